@@ -1,0 +1,19 @@
+"""hires: ultra-high-resolution images from a text prompt with SDXL + LinFusion on one GPU."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+__all__ = ["Job", "generate", "load", "__version__"]
+
+
+def __getattr__(name: str):
+    # Lazy: `import hires` (and `hires --help`) must not pay torch's import time.
+    if name == "Job":
+        from hires.job import Job
+
+        return Job
+    if name in ("generate", "load"):
+        from hires import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'hires' has no attribute {name!r}")
