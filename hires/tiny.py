@@ -39,7 +39,7 @@ def _bytes_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + extra)
             extra += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
+    return dict(zip(bs, [chr(c) for c in cs], strict=True))
 
 
 def tiny_clip_vocab() -> dict[str, int]:
@@ -60,7 +60,9 @@ def tiny_clip_vocab() -> dict[str, int]:
 
 
 def tiny_tokenizer(pad_token: str = EOS) -> CLIPTokenizer:
-    return CLIPTokenizer(vocab=tiny_clip_vocab(), merges=[], model_max_length=77, pad_token=pad_token)
+    return CLIPTokenizer(
+        vocab=tiny_clip_vocab(), merges=[], model_max_length=77, pad_token=pad_token
+    )
 
 
 def _text_config() -> CLIPTextConfig:

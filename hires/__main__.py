@@ -1,0 +1,5 @@
+"""`python -m hires` works like `hires`."""
+
+from hires.cli import main
+
+main()

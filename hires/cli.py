@@ -1,0 +1,454 @@
+"""The `hires` command line: parses options, calls the library, prints results.
+
+stdout carries only results (one path, or one JSON object, per image); everything else goes to
+stderr. Exit codes: 0 success, 1 runtime failure, 2 usage error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from hires import __version__
+
+app = typer.Typer(
+    name="hires", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Text to ultra-high-resolution image (1K to 16K px) with SDXL + LinFusion on one GPU.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+presets_app = typer.Typer(help="List and show presets.", invoke_without_command=True)
+app.add_typer(presets_app, name="presets")
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+class Quiet:
+    """Whether to keep stderr free of anything but errors."""
+
+    on = False
+
+
+def say(message: str) -> None:
+    """A log line on stderr (not with -q)."""
+    if not Quiet.on:
+        err.print(message, markup=False)
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    err.print(f"error: {message}", markup=False)
+    return typer.Exit(code)
+
+
+@contextmanager
+def exit_codes() -> Iterator[None]:
+    """Turn our exceptions into one-line errors and the documented exit codes."""
+    from hires.job import JobError
+    from hires.output import OutputError
+
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        err.print("interrupted", markup=False)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except (JobError, typer.BadParameter) as e:
+        raise fail(str(e), EXIT_USAGE) from None
+    except OutputError as e:
+        raise fail(str(e), EXIT_USAGE if e.usage else EXIT_RUNTIME) from None
+    except Exception as e:
+        if os.environ.get("HIRES_DEBUG"):
+            raise
+        from hires.models import ModelError
+
+        text = str(e) if isinstance(e, ModelError) else f"{type(e).__name__}: {e}"
+        first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+        raise fail(f"{first} (set HIRES_DEBUG=1 for the traceback)"
+                   if not isinstance(e, ModelError) else first, EXIT_RUNTIME) from None
+
+
+# Options shared by gen, plan and batch; None means "not given", so presets can fill it.
+Size = Annotated[int | None, typer.Option("--size", help="Long side in pixels (e.g. 16384).")]
+Aspect = Annotated[str | None, typer.Option(help="Aspect ratio with --size, e.g. 16:9 or 2:3.")]
+Width = Annotated[int | None, typer.Option(help="Exact width in pixels (with --height).")]
+Height = Annotated[int | None, typer.Option(help="Exact height in pixels (with --width).")]
+Negative = Annotated[str | None, typer.Option(help="Negative prompt.")]
+Seed = Annotated[int | None, typer.Option(help="Random seed (random when absent; recorded).")]
+Steps = Annotated[int | None, typer.Option(help="Base-stage steps (default 50).")]
+Guidance = Annotated[float | None, typer.Option(help="CFG scale (default 7.5).")]
+Strength = Annotated[float | None, typer.Option(
+    help="SDEdit strength of the first x2 stage; later ones taper to 0 (default 0.32).")]
+Model = Annotated[str | None, typer.Option(
+    help="Hub id, local diffusers folder, .safetensors file, or 'tiny' (offline test model).")]
+LinFusionRef = Annotated[str | None, typer.Option(
+    "--linfusion", help="LinFusion checkpoint: Hub id, folder, 'auto' or 'none'.")]
+Preset = Annotated[str | None, typer.Option(help="Preset name or .toml path; flags override.")]
+Fmt = Annotated[str | None, typer.Option("--format", help="png, jpg, webp or tiff.")]
+Vram = Annotated[float | None, typer.Option(help="GPU memory budget in GB for planning.")]
+Offload = Annotated[str | None, typer.Option(help="auto, none, model or sequential.")]
+Device = Annotated[str | None, typer.Option(help="auto, cuda, cuda:N, mps or cpu.")]
+Dtype = Annotated[str | None, typer.Option(help="auto, fp16, bf16 or fp32.")]
+Upsample = Annotated[str | None, typer.Option(help="Between stages: pixel (default) or latent.")]
+VaeTile = Annotated[int | None, typer.Option(help="VAE tile size in pixels (memory vs speed).")]
+AllowPickle = Annotated[bool, typer.Option(
+    "--allow-pickle", help="Allow loading pickle (.ckpt/.bin) weights you trust.")]
+JsonOut = Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="No progress or logs on stderr.")]
+Overwrite = Annotated[bool, typer.Option(help="Replace existing output files.")]
+
+
+def job_flags(**flags: Any) -> dict[str, Any]:
+    """The job keys the user actually gave, with --size/--aspect turned into width/height."""
+    from hires.job import size_from
+
+    size = size_from(flags.pop("size"), flags.pop("aspect"), flags.pop("width"),
+                     flags.pop("height"))
+    given = {k: v for k, v in flags.items() if v is not None and v is not False}
+    if size:
+        given["width"], given["height"] = size
+    return given
+
+
+def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]):
+    """Defaults, then the preset, then a recorded job (--from), then explicit flags."""
+    from hires.job import Job
+    from hires.output import job_values_from_image
+    from hires.presets import load_preset
+
+    job = Job()
+    if preset:
+        job = job.merged(load_preset(preset).values, where=f"preset '{preset}'")
+    if from_image is not None:
+        job = job.merged(job_values_from_image(from_image), where=f"metadata of {from_image}")
+    return job.merged(flags, where="options").validate()
+
+
+def read_prompts(prompt: str) -> list[str]:
+    """'-' reads one prompt per line from stdin; blank lines are skipped."""
+    if prompt != "-":
+        return [prompt]
+    prompts = [line.strip() for line in sys.stdin if line.strip()]
+    if not prompts:
+        raise typer.BadParameter("prompt '-' read no prompts from stdin (one per line)")
+    return prompts
+
+
+def progress_renderer(quiet: bool):
+    """Rich bars on a terminal, plain lines otherwise, nothing with -q."""
+    from contextlib import nullcontext
+
+    from hires.progress import PlainProgress, RichProgress
+
+    if quiet:
+        return nullcontext(None)
+    if sys.stderr.isatty():
+        return RichProgress(err)
+    return nullcontext(PlainProgress(sys.stderr))
+
+
+def record_for(result, path: Path) -> dict[str, Any]:
+    """The JSON object printed with --json and kept in manifests and metadata."""
+    return {
+        "path": str(path), "seed": result.seed, "width": result.image.width,
+        "height": result.image.height, "prompt": result.job.prompt,
+        "model": result.job.model, "linfusion": result.linfusion,
+        "seconds": round(result.seconds, 3), "peak_memory": result.peak_memory,
+        "stages": [{"index": s.index, "width": s.width, "height": s.height,
+                    "strength": round(s.strength, 4), "steps": s.steps,
+                    "unet_evaluations": s.unet_evaluations, "seconds": round(s.seconds, 3),
+                    "peak_memory": s.peak_memory} for s in result.stages],
+    }
+
+
+def save_result(result, path: Path, fmt: str, overwrite: bool, save_stages: bool) -> dict:
+    """Write the image (and stage images) with metadata; return the record."""
+    from hires import output
+
+    record = record_for(result, path)
+    metadata = {"hires": __version__, "job": result.job.to_dict(), "result": record}
+    if save_stages:
+        for i, stage_image in enumerate(result.stage_images):
+            stage_path = path.with_name(f"{path.stem}.stage{i}{path.suffix}")
+            output.save_image(stage_image, stage_path, fmt=fmt, metadata=metadata,
+                              overwrite=overwrite)
+    output.save_image(result.image, path, fmt=fmt, metadata=metadata, overwrite=overwrite)
+    return record
+
+
+def emit(record: dict[str, Any], as_json: bool) -> None:
+    """A result on stdout: its path, or its JSON object."""
+    print(json.dumps(record) if as_json else record["path"], flush=True)
+
+
+def check_writable(path: Path, overwrite: bool) -> None:
+    """Fail before any GPU time is spent when the output cannot be written."""
+    from hires.output import OutputError, OutputExists
+
+    if path.exists() and not overwrite:
+        raise OutputExists(f"{path} already exists; pass --overwrite or choose another -o")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write to {folder}; choose another -o")
+
+
+@app.command()
+def gen(
+    prompt: Annotated[str, typer.Argument(help="The prompt; '-' reads one prompt a line from "
+                                          "stdin.")] = "",
+    size: Size = None, aspect: Aspect = None, width: Width = None, height: Height = None,
+    negative: Negative = None, seed: Seed = None, steps: Steps = None,
+    guidance: Guidance = None, strength: Strength = None, model: Model = None,
+    linfusion: LinFusionRef = None, preset: Preset = None,
+    output: Annotated[str | None, typer.Option(
+        "-o", "--output", help="File, folder, or template with {seed} {width} {height} {index} "
+        "{prompt}.")] = None,
+    fmt: Fmt = None,
+    save_stages: Annotated[bool, typer.Option(help="Also save each stage's image.")] = False,
+    vram: Vram = None, offload: Offload = None, device: Device = None, dtype: Dtype = None,
+    upsample: Upsample = None, vae_tile: VaeTile = None, allow_pickle: AllowPickle = False,
+    from_image: Annotated[Path | None, typer.Option(
+        "--from", help="Re-run the job recorded in an image made by hires.")] = None,
+    as_json: JsonOut = False, quiet: QuietOpt = False, overwrite: Overwrite = False,
+) -> None:
+    """Make an image from a prompt, 1K to 16K."""
+    Quiet.on = quiet
+    with exit_codes():
+        flags = job_flags(size=size, aspect=aspect, width=width, height=height,
+                          negative=negative, seed=seed, steps=steps, guidance=guidance,
+                          strength=strength, model=model, linfusion=linfusion, format=fmt,
+                          vram=vram, offload=offload, device=device, dtype=dtype,
+                          upsample=upsample, vae_tile=vae_tile, allow_pickle=allow_pickle)
+        if prompt and prompt != "-":
+            flags["prompt"] = prompt
+        job = build_job(preset, from_image, flags)
+        prompts = read_prompts(prompt) if prompt == "-" else [job.prompt]
+        if not prompts[0] and from_image is None:
+            raise typer.BadParameter("give a prompt (or '-' to read prompts from stdin)")
+        run_prompts(job, prompts, output, save_stages, as_json, quiet, overwrite)
+
+
+def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, as_json: bool,
+                quiet: bool, overwrite: bool) -> None:
+    """Plan and check every output first, load the model once, then make each image."""
+    import secrets
+
+    from hires import output as out
+    from hires.job import JobError
+
+    fmt_given = job.format
+    many = len(prompts) > 1
+    if many and output and "{" not in output and not Path(output).is_dir() \
+            and not output.endswith("/"):
+        raise JobError("several prompts need -o to be a folder or a template with {index}")
+    runs = []
+    for i, text in enumerate(prompts):
+        one = job.merged({"prompt": text, "seed": job.seed if job.seed is not None
+                          else secrets.randbelow(2**32)})
+        fmt = out.format_for(Path(output), None) if output and "{" not in output and \
+            Path(output).suffix and fmt_given == "png" else fmt_given
+        path = out.output_path(output, width=one.width, height=one.height, seed=one.seed,
+                               fmt=fmt, index=i, prompt=text)
+        if many and output is None:
+            path = path.with_name(f"{path.stem}_{i:03d}{path.suffix}")
+        if fmt == "webp" and max(one.width, one.height) > out.WEBP_MAX_SIDE:
+            raise JobError(f"WebP images are at most {out.WEBP_MAX_SIDE} px a side; "
+                           "use --format png, tiff or jpg")
+        check_writable(path, overwrite)
+        runs.append((one, path, fmt))
+    from hires.pipeline import generate, load, plan_for
+
+    first = runs[0][0]
+    components = load(first.model, first.linfusion, first.dtype, first.device,
+                      first.allow_pickle, first.offload)
+    for warning in components.warnings:
+        err.print(f"warning: {warning}", markup=False)
+    for one, path, fmt in runs:
+        plan = plan_for(one, components)
+        say(f"{path}: seed {one.seed}, {len(plan.stages)} stage(s), "
+            f"{plan.requested_width}x{plan.requested_height}")
+        with progress_renderer(quiet) as progress:
+            result = generate(one, components=components, progress=progress,
+                              save_stages=save_stages)
+        emit(save_result(result, path, fmt, overwrite, save_stages), as_json)
+
+
+@app.command()
+def plan(
+    size: Size = None, aspect: Aspect = None, width: Width = None, height: Height = None,
+    steps: Steps = None, strength: Strength = None, model: Model = None, preset: Preset = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Show the stages a job would run, without loading any weights."""
+    with exit_codes():
+        from hires.plan import describe, make_plan
+
+        job = build_job(preset, None, job_flags(size=size, aspect=aspect, width=width,
+                                                height=height, steps=steps, strength=strength,
+                                                model=model))
+        native = 256 if job.model == "tiny" else 1024
+        p = make_plan(job.width, job.height, steps=job.steps, strength=job.strength,
+                      native=native)
+        if as_json:
+            print(json.dumps({"width": p.width, "height": p.height,
+                              "requested_width": p.requested_width,
+                              "requested_height": p.requested_height,
+                              "stages": [{"index": s.index, "width": s.width, "height": s.height,
+                                          "strength": s.strength, "steps": s.steps,
+                                          "timesteps": list(s.timesteps)} for s in p.stages]}))
+        else:
+            print("\n".join(describe(p)))
+
+
+@presets_app.callback()
+def presets_list(ctx: typer.Context) -> None:
+    """List the presets (shipped and your own)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with exit_codes():
+        from hires.presets import available, user_folder
+
+        for name, p in sorted(available().items()):
+            print(f"{name:12s} {p.description}")
+        say(f"(your own presets go in {user_folder()})")
+
+
+@presets_app.command("show")
+def presets_show(name: Annotated[str, typer.Argument(help="Preset name or path.")]) -> None:
+    """Print one preset's TOML."""
+    with exit_codes():
+        from hires.presets import load_preset
+
+        print(Path(load_preset(name).path).read_text(encoding="utf-8"), end="")
+
+
+@app.command()
+def batch(
+    file: Annotated[Path, typer.Argument(help="TOML ([defaults] + [[job]]) or JSONL job file.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the images.")] = Path(
+        "."),
+    manifest: Annotated[Path | None, typer.Option(
+        help="JSONL record of every result (default: OUTPUT/manifest.jsonl).")] = None,
+    shard: Annotated[str | None, typer.Option(
+        help="I/N: run every N-th job from I (else RANK/WORLD_SIZE from torchrun).")] = None,
+    preset: Preset = None, model: Model = None, device: Device = None,
+    as_json: JsonOut = False, quiet: QuietOpt = False, overwrite: Overwrite = False,
+) -> None:
+    """Run many jobs from a file; models load once; finished images are skipped on a re-run."""
+    Quiet.on = quiet
+    with exit_codes():
+        from hires import batch as b
+        from hires import output as out
+        from hires.job import Job
+        from hires.presets import load_preset
+
+        base = Job()
+        if preset:
+            base = base.merged(load_preset(preset).values, where=f"preset '{preset}'")
+        overrides = {k: v for k, v in {"model": model, "device": device or b.local_device()
+                                       }.items() if v}
+        items = [b.BatchItem(i.index, i.job.merged(overrides), i.output)
+                 for i in b.read_batch(file, base)]
+        rank, world = b.parse_shard(shard)
+        mine = b.my_share(items, rank, world)
+        say(f"batch {file}: {len(items)} job(s), shard {rank}/{world} runs {len(mine)}")
+        loaded: dict[tuple, Any] = {}
+
+        def resolve(item: b.BatchItem) -> Path:
+            j = item.job
+            name = item.output or f"job{item.index:04d}_{j.width}x{j.height}_s{j.seed}"
+            return out.output_path(output / name if not Path(name).is_absolute() else name,
+                                   width=j.width, height=j.height, seed=j.seed, fmt=j.format,
+                                   index=item.index, prompt=j.prompt)
+
+        def make(item: b.BatchItem, path: Path) -> dict:
+            from hires.pipeline import generate, load
+
+            j = item.job
+            key = (j.model, j.linfusion, j.dtype, j.device, j.allow_pickle, j.offload)
+            if key not in loaded:
+                loaded.clear()  # one model in memory at a time
+                loaded[key] = load(*key)
+            say(f"job {item.index}: {j.width}x{j.height} seed {j.seed} -> {path}")
+            with progress_renderer(quiet) as progress:
+                result = generate(j, components=loaded[key], progress=progress)
+            return save_result(result, path, j.format, overwrite, False)
+
+        def report(o: b.Outcome) -> None:
+            if o.status == "failed":
+                err.print(f"job {o.item.index} failed: {o.error}", markup=False)
+            elif o.status == "skipped":
+                say(f"job {o.item.index}: {o.path} exists, skipped")
+            if o.record:
+                emit(o.record, as_json)
+
+        output.mkdir(parents=True, exist_ok=True)
+        outcomes = b.run_batch(mine, resolve, make, manifest or output / "manifest.jsonl",
+                               overwrite, report)
+        counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
+        err.print(f"batch: {counts['done']} done, {counts['skipped']} skipped, "
+                  f"{counts['failed']} failed", markup=False)
+        if counts["failed"]:
+            raise typer.Exit(EXIT_RUNTIME)
+
+
+@app.command()
+def info() -> None:
+    """Versions, devices and their memory, and the model cache."""
+    with exit_codes():
+        import platform
+
+        import torch
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        from hires.job import DEFAULT_MODEL
+
+        lines = [f"hires {__version__}", f"python {platform.python_version()}",
+                 f"torch {torch.__version__}"]
+        for name in ("diffusers", "transformers", "accelerate", "safetensors"):
+            try:
+                module = __import__(name)
+                lines.append(f"{name} {module.__version__}")
+            except ImportError:
+                lines.append(f"{name} missing")
+        if torch.cuda.is_available():
+            for i in range(torch.cuda.device_count()):
+                p = torch.cuda.get_device_properties(i)
+                lines.append(f"device cuda:{i} {p.name}, {p.total_memory / 1024**3:.1f} GiB")
+        else:
+            lines.append("device cpu only (no CUDA GPU visible to torch)")
+        lines.append(f"model cache {constants.HF_HUB_CACHE}")
+        for repo, file in ((DEFAULT_MODEL, "model_index.json"),
+                           ("Yuanshi/LinFusion-XL", "config.json")):
+            cached = isinstance(try_to_load_from_cache(repo, file), str)
+            lines.append(f"{repo} {'cached' if cached else 'not cached (downloads on first use)'}")
+        print("\n".join(lines))
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        print(f"hires {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=version_callback,
+                                          is_eager=True, help="Print the version.")] = False,
+) -> None:
+    """hires: 1K to 16K images from a prompt, on one GPU."""
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,211 @@
+"""Resolving a model reference (Hub id, local folder, single file, `tiny`) into components."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from hires.job import DEFAULT_MODEL
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+class ModelError(RuntimeError):
+    """A model or LinFusion checkpoint could not be loaded; the message is one line."""
+
+
+@dataclass
+class Components:
+    """A loaded SDXL (as a diffusers pipeline, used for its parts) and how it was loaded."""
+
+    pipe: object  # diffusers StableDiffusionXLPipeline
+    model: str
+    linfusion: str | None  # what is mounted; None when running the original attention
+    device: torch.device
+    dtype: torch.dtype
+    vae_dtype: torch.dtype
+    offload: str = "none"  # none | model | sequential: where the weights wait between phases
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def unet(self):
+        return self.pipe.unet
+
+    @property
+    def vae(self):
+        return self.pipe.vae
+
+    @property
+    def native(self) -> int:
+        """The model's native image size in pixels (1024 for SDXL)."""
+        return self.unet.config.sample_size * self.pipe.vae_scale_factor
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' picks CUDA, then Apple MPS, then CPU."""
+    if device != "auto":
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise ModelError(f"unknown device '{device}'; use cpu, cuda, cuda:N or mps") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ModelError(
+                "torch sees no CUDA GPU here; use --device cpu (or install a CUDA build of torch)")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+DTYPES = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16,
+          "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """'auto' is fp16 on GPUs and fp32 on CPU (fp16 is ~50x slower there)."""
+    if dtype == "auto":
+        return torch.float32 if device.type == "cpu" else torch.float16
+    if dtype not in DTYPES:
+        raise ModelError(f"unknown dtype '{dtype}'; use auto, fp16, bf16 or fp32")
+    return DTYPES[dtype]
+
+
+def model_kind(ref: str) -> str:
+    """'tiny', 'folder', 'file' or 'hub', from the reference's form alone."""
+    if ref == "tiny":
+        return "tiny"
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return "folder"
+    if path.is_file() or path.suffix in (".safetensors", *PICKLE_SUFFIXES):
+        return "file"
+    if ref.startswith((".", "/", "~")) or os.sep in ref.strip("/").replace("/", "", 1):
+        return "file"
+    return "hub"
+
+
+def load_pipeline(ref: str, dtype: torch.dtype, allow_pickle: bool = False):
+    """The StableDiffusionXLPipeline for a reference, with one-line errors for the usual faults."""
+    from diffusers import StableDiffusionXLPipeline
+    from diffusers.utils import logging as dlogging
+
+    kind = model_kind(ref)
+    if kind == "tiny":
+        from hires.tiny import tiny_pipeline
+
+        return tiny_pipeline().to(dtype=dtype)
+    dlogging.set_verbosity_error()  # we report failures ourselves, in one line
+    path = Path(ref).expanduser()
+    if kind == "file":
+        if not path.is_file():
+            raise ModelError(f"model file not found: {ref}")
+        if path.suffix != ".safetensors" and not allow_pickle:
+            raise ModelError(
+                f"{path.name} is a pickle checkpoint, which can run code when loaded; "
+                "convert it to .safetensors or pass --allow-pickle if you trust it"
+            )
+        try:
+            return StableDiffusionXLPipeline.from_single_file(str(path), dtype=dtype)
+        except Exception as e:  # diffusers raises many kinds here; the user needs one line
+            raise ModelError(f"could not load {path.name} as an SDXL checkpoint: {_first_line(e)}"
+                             " (single files need the SDXL config: connect once to cache it)"
+                             ) from e
+    if kind == "folder" and not (path / "model_index.json").is_file():
+        raise ModelError(f"{ref} is a folder but not a diffusers model (no model_index.json)")
+    safetensors = None if allow_pickle else True
+    variant = "fp16" if dtype == torch.float16 and kind == "hub" else None
+    try:
+        try:
+            return StableDiffusionXLPipeline.from_pretrained(
+                str(path) if kind == "folder" else ref, dtype=dtype,
+                use_safetensors=safetensors, variant=variant)
+        except (OSError, ValueError):
+            if variant is None:
+                raise
+            # Not every repo ships an fp16 variant: fall back to the full-precision files.
+            return StableDiffusionXLPipeline.from_pretrained(
+                ref, dtype=dtype, use_safetensors=safetensors)
+    except OSError as e:
+        if kind == "hub" and "cached" in str(e):
+            raise ModelError(
+                f"model '{ref}' is not in the local cache and the Hugging Face Hub cannot be "
+                "reached; connect once to download it, or pass a local folder or .safetensors "
+                "file with --model (or --model tiny to try hires offline)") from e
+        raise ModelError(f"could not load model '{ref}': {_first_line(e)}") from e
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__
+
+
+def attach_linfusion(
+    pipe, model: str, linfusion: str, dtype: torch.dtype
+) -> tuple[str | None, list[str]]:
+    """Mount LinFusion on the pipeline's UNet; returns what was mounted and any warnings."""
+    from hires import linfusion as lf
+
+    if linfusion == "none":
+        return None, []
+    warnings: list[str] = []
+    unet = pipe.unet
+    if linfusion == "auto":
+        if model == "tiny":
+            # The tiny model's LinFusion is random like the rest of it, made from its UNet.
+            lf.LinFusion.from_unet(unet).mount(unet)
+            return "tiny", []
+        carried = Path(model).expanduser() / "linfusion"
+        if model_kind(model) == "folder" and (carried / "config.json").is_file():
+            linfusion = str(carried)
+        else:
+            hub_id = model if model_kind(model) == "hub" else None
+            checkpoint = lf.checkpoint_for(hub_id, unet)
+            if checkpoint is None:
+                raise ModelError(
+                    f"no LinFusion checkpoint is known for '{model}'; pass --linfusion PATH or "
+                    "HUB_ID, or --linfusion none for the original (quadratic) attention")
+            linfusion = checkpoint
+            warning = lf.distillation_warning(hub_id, checkpoint)
+            if warning:
+                warnings.append(warning)
+    try:
+        lf.LinFusion.load(linfusion, dtype=dtype).mount(unet)
+    except lf.LinFusionError as e:
+        raise ModelError(str(e)) from e
+    return linfusion, warnings
+
+
+def load(
+    model: str = DEFAULT_MODEL,
+    linfusion: str = "auto",
+    dtype: str = "auto",
+    device: str = "auto",
+    allow_pickle: bool = False,
+    offload: str = "auto",
+) -> Components:
+    """Load a model for generation: pipeline parts, LinFusion mounted, on the chosen device."""
+    from hires.memory import choose_offload, place
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    pipe = load_pipeline(model, dt, allow_pickle)
+    mounted, warnings = attach_linfusion(pipe, model, linfusion, dt)
+    # The SDXL VAE overflows in fp16; it runs in fp32 unless its config says it is safe.
+    vae_dt = dt
+    if dt == torch.float16 and getattr(pipe.vae.config, "force_upcast", False):
+        vae_dt = torch.float32
+    pipe.vae.to(dtype=vae_dt)
+    for part in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
+        part.requires_grad_(False).eval()
+    pipe.set_progress_bar_config(disable=True)
+    logging.getLogger("hires").debug("loaded %s (linfusion %s) on %s %s", model, mounted, dev, dt)
+    components = Components(pipe, model, mounted, dev, dt, vae_dt, choose_offload(offload, dev),
+                            warnings)
+    place(components)
+    return components

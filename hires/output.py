@@ -1,0 +1,249 @@
+"""Saving images (PNG/JPEG/WebP/TIFF) atomically with A1111 and hires metadata; reading it back."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, PngImagePlugin
+
+from hires import __version__
+
+EXTENSIONS = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tiff"}
+SUFFIX_FORMATS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp", ".tif": "tiff",
+                  ".tiff": "tiff"}
+WEBP_MAX_SIDE = 16383
+USER_COMMENT, IMAGE_DESCRIPTION, EXIF_IFD = 0x9286, 0x010E, 0x8769
+TIFF_HIRES_TAG = 65000  # a private TIFF tag for the job JSON
+# Pillow refuses to open images above ~179 MP as a decompression-bomb guard; our own 16K
+# outputs are 268 MP, so `--from` and `hires up` lift the limit deliberately.
+Image.MAX_IMAGE_PIXELS = None
+
+
+class OutputError(Exception):
+    """The output cannot be written as asked; the message says what to do."""
+
+    usage = False  # True when the user's request is at fault (exit 2), not the machine
+
+
+class OutputExists(OutputError):
+    usage = True
+
+
+def format_for(path: Path, fmt: str | None) -> str:
+    """The format from --format, else from the file's suffix, else PNG."""
+    if fmt:
+        return fmt
+    return SUFFIX_FORMATS.get(path.suffix.lower(), "png")
+
+
+def default_name(width: int, height: int, seed: int, fmt: str = "png") -> str:
+    return f"hires_{width}x{height}_s{seed}{EXTENSIONS[fmt]}"
+
+
+def output_path(
+    output: str | Path | None, *, width: int, height: int, seed: int, fmt: str, index: int = 0,
+    prompt: str = "",
+) -> Path:
+    """Where an image goes: a folder gets the default name; `{seed}`-style fields are filled."""
+    if output is None:
+        return Path(default_name(width, height, seed, fmt))
+    text = str(output)
+    fields = {"seed": seed, "width": width, "height": height, "index": index,
+              "prompt": slug(prompt), "format": fmt}
+    if "{" in text:
+        try:
+            text = text.format_map(fields)
+        except (KeyError, ValueError) as e:
+            valid = ", ".join("{" + k + "}" for k in fields)
+            raise OutputError(f"bad output template '{output}' ({e}); fields: {valid}") from None
+    path = Path(text).expanduser()
+    if path.is_dir() or text.endswith(("/", os.sep)):
+        return path / default_name(width, height, seed, fmt)
+    if not path.suffix:
+        path = path.with_suffix(EXTENSIONS[fmt])
+    return path
+
+
+def slug(text: str, limit: int = 40) -> str:
+    """A file-name-safe short form of a prompt."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:limit] or "image"
+
+
+def parameters_text(job: dict[str, Any], width: int, height: int) -> str:
+    """The A1111 'parameters' layout, read by PNG Info, civitai and image galleries."""
+    lines = [job.get("prompt", "")]
+    if job.get("negative"):
+        lines.append(f"Negative prompt: {job['negative']}")
+    pairs = [("Steps", job.get("steps")), ("Sampler", "Euler"), ("CFG scale", job.get("guidance")),
+             ("Seed", job.get("seed")), ("Size", f"{width}x{height}"), ("Model", job.get("model")),
+             ("Denoising strength", job.get("strength")), ("LinFusion", job.get("linfusion")),
+             ("Version", f"hires {__version__}")]
+    lines.append(", ".join(f"{k}: {_a1111_value(v)}" for k, v in pairs if v is not None))
+    return "\n".join(lines)
+
+
+def _a1111_value(value: Any) -> str:
+    text = str(value)
+    return json.dumps(text) if "," in text or ":" in text and " " in text else text
+
+
+def save_image(
+    image: Image.Image,
+    path: str | Path,
+    *,
+    fmt: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    quality: int = 95,
+) -> Path:
+    """Write `image` via a temp file renamed into place: a crash never leaves half a file.
+
+    `metadata` is the JSON-ready record of the run (with a 'job' key); it is embedded as A1111
+    parameters plus the full JSON.
+    """
+    path = Path(path)
+    fmt = format_for(path, fmt)
+    if path.exists() and not overwrite:
+        raise OutputExists(f"{path} already exists; pass --overwrite or choose another -o")
+    if fmt == "webp" and max(image.size) > WEBP_MAX_SIDE:
+        raise OutputError(f"WebP images are at most {WEBP_MAX_SIDE} px a side and this one is "
+                          f"{image.width}x{image.height}; use --format png, tiff or jpg")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"cannot create output folder {folder}: {e.strerror}") from None
+    kwargs = _encoder_args(image, fmt, metadata, quality)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
+    except OSError as e:
+        raise OutputError(f"cannot write to {folder}: {e.strerror}; choose another -o") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format=_PIL_FORMATS[fmt], **kwargs)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        # Interrupts included: whatever happens, no partial file is left behind.
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+_PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP", "tiff": "TIFF"}
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _encoder_args(image: Image.Image, fmt: str, metadata: dict | None, quality: int) -> dict:
+    params = blob = None
+    if metadata is not None:
+        params = parameters_text(metadata.get("job", {}), image.width, image.height)
+        blob = json.dumps(metadata, ensure_ascii=True, sort_keys=True)
+    if fmt == "png":
+        info = PngImagePlugin.PngInfo()
+        if params is not None:
+            info.add_itxt("parameters", params)
+            info.add_itxt("hires", blob)
+        # zlib level 1: a 16K PNG saves in seconds instead of minutes, for ~10 % more bytes.
+        return {"pnginfo": info, "compress_level": 1}
+    if fmt == "tiff":
+        args: dict[str, Any] = {"compression": "tiff_deflate"}
+        if params is not None:
+            args["tiffinfo"] = {IMAGE_DESCRIPTION: params, TIFF_HIRES_TAG: blob}
+        return args
+    args = {"quality": quality}
+    if params is not None:
+        exif = Image.Exif()
+        # A1111 writes UserComment as "UNICODE\0" + UTF-16BE; galleries read it that way.
+        exif.get_ifd(EXIF_IFD)[USER_COMMENT] = b"UNICODE\0" + params.encode("utf-16-be")
+        exif[IMAGE_DESCRIPTION] = blob
+        args["exif"] = exif.tobytes()
+    return args
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """{'parameters': A1111 text or None, 'hires': the run's JSON record or None}."""
+    try:
+        with Image.open(path) as im:
+            fmt = im.format
+            info = dict(im.info)
+            exif = im.getexif()
+            tags = dict(getattr(im, "tag_v2", {}) or {})
+    except FileNotFoundError:
+        raise OutputError(f"no such image: {path}") from None
+    except OSError as e:
+        raise OutputError(f"cannot read {path} as an image: {e}") from None
+    params = blob = None
+    if fmt == "PNG":
+        params, blob = info.get("parameters"), info.get("hires")
+    elif fmt == "TIFF":
+        params, blob = tags.get(IMAGE_DESCRIPTION), tags.get(TIFF_HIRES_TAG)
+    else:
+        raw = exif.get_ifd(EXIF_IFD).get(USER_COMMENT)
+        if isinstance(raw, bytes) and raw.startswith(b"UNICODE\0"):
+            params = raw[8:].decode("utf-16-be", errors="replace")
+        elif isinstance(raw, bytes):
+            params = raw[8:].decode("utf-8", errors="replace")
+        blob = exif.get(IMAGE_DESCRIPTION)
+    record = None
+    if blob:
+        try:
+            record = json.loads(blob)
+        except json.JSONDecodeError:
+            record = None
+    return {"parameters": params, "hires": record}
+
+
+def job_values_from_image(path: str | Path) -> dict[str, Any]:
+    """The recorded job of an image made by hires (or, failing that, its A1111 parameters)."""
+    meta = read_metadata(path)
+    if meta["hires"] and isinstance(meta["hires"].get("job"), dict):
+        return dict(meta["hires"]["job"])
+    if meta["parameters"]:
+        return parse_parameters(meta["parameters"])
+    raise OutputError(f"{path} carries no hires or A1111 generation metadata to re-run")
+
+
+def parse_parameters(text: str) -> dict[str, Any]:
+    """The job keys an A1111 'parameters' text can give (prompt, negative, steps, ...)."""
+    lines = text.strip().split("\n")
+    last = lines.pop() if lines and re.match(r"^\s*Steps: ", lines[-1]) else ""
+    negative = [line for line in lines if line.startswith("Negative prompt: ")]
+    prompt = "\n".join(line for line in lines if not line.startswith("Negative prompt: "))
+    values: dict[str, Any] = {"prompt": prompt}
+    if negative:
+        values["negative"] = negative[0][len("Negative prompt: "):]
+    pairs = dict(re.findall(r'\s*([\w ]+): ("(?:\\.|[^"])*"|[^,]*)(?:,|$)', last))
+    keys = {"Steps": ("steps", int), "CFG scale": ("guidance", float), "Seed": ("seed", int),
+            "Model": ("model", str), "Denoising strength": ("strength", float)}
+    for key, (name, kind) in keys.items():
+        if key in pairs:
+            raw = pairs[key].strip()
+            values[name] = kind(json.loads(raw) if raw.startswith('"') else raw)
+    if "Size" in pairs:
+        w, _, h = pairs["Size"].strip().partition("x")
+        values["width"], values["height"] = int(w), int(h)
+    return values
+
+
+def append_manifest(path: str | Path, record: dict[str, Any]) -> None:
+    """One JSON line per result, flushed at once so a killed batch keeps what it finished."""
+    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    # One write() on an O_APPEND descriptor: shards appending at once never interleave lines.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,90 @@
+"""Presets: TOML tables of job defaults, shipped in the package or kept in a user folder."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hires.job import Job, JobError, closest_hint
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named set of job defaults and its one-line description."""
+
+    name: str
+    description: str
+    values: dict[str, Any]
+    path: str
+
+
+def user_folder() -> Path:
+    """$HIRES_PRESETS, else $XDG_CONFIG_HOME/hires/presets (~/.config/hires/presets)."""
+    if os.environ.get("HIRES_PRESETS"):
+        return Path(os.environ["HIRES_PRESETS"]).expanduser()
+    config = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(config) / "hires" / "presets"
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Parse a TOML file; errors name the file and the line."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise JobError(f"no such file: {path}") from None
+    except OSError as e:
+        raise JobError(f"cannot read {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise JobError(f"{path} is not valid TOML: {e}") from None
+
+
+def _parse(name: str, path: str, data: dict[str, Any]) -> Preset:
+    values = dict(data)
+    description = str(values.pop("description", ""))
+    Job.from_dict(values, where=f"preset '{name}' ({path})")  # unknown keys fail here
+    return Preset(name, description, values, path)
+
+
+def shipped_folder() -> Path:
+    """Installed: hires/preset_files (see pyproject.toml); from a checkout: the repo's presets/."""
+    here = Path(__file__).resolve().parent
+    installed = here / "preset_files"
+    return installed if installed.is_dir() else here.parent / "presets"
+
+
+def shipped() -> dict[str, Preset]:
+    """The presets that come with hires."""
+    paths = sorted(shipped_folder().glob("*.toml"))
+    return {p.stem: _parse(p.stem, str(p), read_toml(p)) for p in paths}
+
+
+def available() -> dict[str, Preset]:
+    """Shipped presets, then the user's (a user preset of the same name wins)."""
+    found = shipped()
+    folder = user_folder()
+    if folder.is_dir():
+        for path in sorted(folder.glob("*.toml")):
+            found[path.stem] = _parse(path.stem, str(path), read_toml(path))
+    return found
+
+
+def load_preset(ref: str) -> Preset:
+    """A preset by name, or from a path to a .toml file."""
+    path = Path(ref).expanduser()
+    if ref.endswith(".toml") or os.sep in ref:
+        if not path.is_file():
+            raise JobError(f"preset file not found: {ref}")
+        return _parse(path.stem, str(path), read_toml(path))
+    presets = available()
+    if ref not in presets:
+        raise JobError(f"unknown preset '{ref}'{closest_hint(ref, sorted(presets))}; "
+                       "'hires presets' lists them")
+    return presets[ref]
