@@ -1,0 +1,36 @@
+"""Job validation, sizes from --size/--aspect, and preset merging."""
+
+import pytest
+
+from hires.job import Job, JobError, size_from
+
+
+@pytest.mark.parametrize("w,message", [(0, "positive"), (-8, "positive"), (1001, "multiple of 8"),
+                                       (40000, "at most 32768")])
+def test_bad_sizes(w, message):
+    with pytest.raises(JobError, match=message):
+        Job(width=w).validate()
+
+
+def test_sizes_from_long_side_and_aspect():
+    assert size_from(4096, "16:9", None, None) == (4096, 2304)
+    assert size_from(4096, "9:16", None, None) == (2304, 4096)
+    assert size_from(2048, None, None, None) == (2048, 2048)
+    assert size_from(None, None, 3000, 1000) == (3000, 1000)
+    assert size_from(None, None, None, None) is None
+    with pytest.raises(JobError, match="both"):
+        size_from(None, None, 3000, None)
+    with pytest.raises(JobError, match="aspect"):
+        size_from(2048, "wide", None, None)
+
+
+def test_unknown_key_names_the_closest():
+    with pytest.raises(JobError, match="did you mean 'strength'"):
+        Job.from_dict({"strenght": 0.3})
+
+
+def test_merge_overrides_and_coerces():
+    job = Job.from_dict({"steps": 30, "guidance": "5"}).merged({"steps": 20})
+    assert job.steps == 20 and job.guidance == 5.0
+    with pytest.raises(JobError, match="steps"):
+        Job.from_dict({"steps": "many"})

@@ -1,0 +1,139 @@
+"""The step formulas of the upscale stages, on hand-made tensors."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from hires.sampling import (
+    channel_stats,
+    cosine_factor,
+    dilated_convs,
+    euler_step,
+    gaussian_blur,
+    renormalize,
+    sample_upscale,
+    sigmas_for,
+)
+
+
+def test_cosine_factor_at_known_timesteps():
+    assert cosine_factor(1000) == pytest.approx(1.0)
+    assert cosine_factor(500) == pytest.approx(0.5)
+    assert cosine_factor(0) == pytest.approx(0.0)
+    t = 981
+    cf = 0.5 * (1 + math.cos(math.pi * (1000 - t) / 1000))
+    assert cosine_factor(t) == pytest.approx(cf)
+    # c1 = cf^3, c2 = cf, c3 = 0.99 cf + 0.01 with the reference scales
+    assert cosine_factor(500) ** 3 == pytest.approx(0.125)
+
+
+@pytest.mark.parametrize("ratio", [2, 4, 8])
+def test_blur_kernel_is_2r_minus_1(ratio):
+    k = 2 * ratio - 1
+    x = torch.zeros(1, 1, 41, 41)
+    x[0, 0, 20, 20] = 1.0
+    y = gaussian_blur(x, k, 0.8 * 3)
+    nonzero = (y[0, 0, 20].abs() > 0).nonzero().flatten()
+    assert nonzero.min().item() == 20 - (k // 2) and nonzero.max().item() == 20 + (k // 2)
+    assert y.sum().item() == pytest.approx(1.0, abs=1e-6)  # mass preserved away from borders
+
+
+def test_blur_preserves_a_constant_field_at_the_borders():
+    x = torch.full((1, 4, 9, 13), 3.0)
+    assert torch.allclose(gaussian_blur(x, 7, 2.0), x)
+
+
+def test_renormalize_to_anchor_statistics():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 16, 16, generator=g) * 3 + 5
+    mean = torch.tensor([0.1, -0.2, 0.3, 0.0]).view(1, 4, 1, 1)
+    std = torch.tensor([1.0, 0.5, 2.0, 0.8]).view(1, 4, 1, 1)
+    m, s = channel_stats(renormalize(x, mean, std))
+    assert torch.allclose(m, mean, atol=1e-5) and torch.allclose(s, std, atol=1e-4)
+
+
+def test_euler_step_moves_along_eps():
+    x, eps = torch.ones(2), torch.tensor([1.0, -2.0])
+    assert torch.equal(euler_step(x, eps, 3.0, 1.0), torch.tensor([-1.0, 5.0]))
+
+
+def test_sigmas_match_the_diffusers_scheduler():
+    from hires.plan import schedule
+    from hires.tiny import tiny_scheduler
+
+    sched = tiny_scheduler()
+    sched.set_timesteps(50)
+    ours = sigmas_for(sched.alphas_cumprod, schedule(50))
+    assert ours[-1] == 0.0
+    assert torch.allclose(torch.tensor(ours, dtype=torch.float64), sched.sigmas.double(), atol=1e-5)
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(4, 4, 3, padding=1)
+        self.down = nn.Conv2d(4, 4, 3, stride=2, padding=1)
+        self.one = nn.Conv2d(4, 4, 1)
+
+
+def test_dilation_applies_to_3x3_convs_and_is_restored():
+    net = Net()
+    with dilated_convs(net, 4, downsamplers=True):
+        assert net.a.dilation == (4, 4) and net.a.padding == (4, 4)
+        assert net.down.dilation == (4, 4)
+        assert net.one.dilation == (1, 1)
+    assert net.a.dilation == (1, 1) and net.a.padding == (1, 1)
+    with dilated_convs(net, 4, downsamplers=False):
+        assert net.down.dilation == (1, 1)
+
+
+def test_dilation_is_restored_when_the_unet_raises_mid_step():
+    net = Net()
+
+    class Boom(RuntimeError):
+        pass
+
+    class Raising:
+        unet = net
+
+        def eps(self, x, sigma, t):
+            if net.a.dilation != (1, 1):
+                raise Boom  # the global (dilated) pass fails
+            return torch.zeros_like(x)
+
+    x0 = torch.zeros(1, 4, 8, 8)
+    with pytest.raises(Boom):
+        sample_upscale(Raising(), x0, torch.ones_like(x0), [1.0, 0.0], [500], 2,
+                       channel_stats(x0 + 1))
+    assert all(m.dilation == (1, 1) for m in net.modules() if isinstance(m, nn.Conv2d))
+
+
+def test_upscale_step_formula_with_a_known_model():
+    """One step by hand: skip residual, two passes, mix, then anchor renormalization."""
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(1, 4, 12, 12, generator=g)
+    noise = torch.randn(1, 4, 12, 12, generator=g)
+    t, sigma = 700, 2.0
+    seen = []
+
+    class Model:
+        unet = Net()
+
+        def eps(self, x, s, tt):
+            seen.append((x.clone(), s, tt, self.unet.a.dilation))
+            return 0.1 * x
+
+    anchor = (torch.zeros(1, 4, 1, 1), torch.ones(1, 4, 1, 1))
+    out = sample_upscale(Model(), x0, noise, [sigma, 0.0], [t], 2, anchor)
+    cf = cosine_factor(t)
+    x = x0 + sigma * noise  # start from x_t; the skip residual then mixes x_t with itself
+    assert torch.allclose(seen[0][0], x, atol=1e-6)
+    assert seen[0][1:] == (sigma, t, (1, 1)) and seen[1][1:] == (sigma, t, (2, 2))
+    blurred = renormalize(gaussian_blur(x, 3, 0.8 * (0.99 * cf + 0.01)), *channel_stats(x))
+    assert torch.allclose(seen[1][0], blurred, atol=1e-5)
+    x1 = euler_step(x, 0.1 * x, sigma, 0.0)
+    x2 = euler_step(x, 0.1 * blurred, sigma, 0.0)
+    expected = renormalize((1 - cf) * x1 + cf * x2, *anchor)
+    assert torch.allclose(out, expected, atol=1e-5)
