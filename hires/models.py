@@ -99,7 +99,8 @@ def load_pipeline(ref: str, dtype: torch.dtype, allow_pickle: bool = False):
     if kind == "tiny":
         from hires.tiny import tiny_pipeline
 
-        return tiny_pipeline().to(dtype=dtype)
+        pipe = tiny_pipeline()
+        return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
     dlogging.set_verbosity_error()  # we report failures ourselves, in one line
     path = Path(ref).expanduser()
     if kind == "file":
@@ -149,10 +150,10 @@ def attach_linfusion(
     pipe, model: str, linfusion: str, dtype: torch.dtype
 ) -> tuple[str | None, list[str]]:
     """Mount LinFusion on the pipeline's UNet; returns what was mounted and any warnings."""
-    from hires import linfusion as lf
-
     if linfusion == "none":
         return None, []
+    from hires import linfusion as lf
+
     warnings: list[str] = []
     unet = pipe.unet
     if linfusion == "auto":
@@ -200,7 +201,7 @@ def load(
     vae_dt = dt
     if dt == torch.float16 and getattr(pipe.vae.config, "force_upcast", False):
         vae_dt = torch.float32
-    pipe.vae.to(dtype=vae_dt)
+        pipe.vae.to(dtype=vae_dt)
     for part in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
         part.requires_grad_(False).eval()
     pipe.set_progress_bar_config(disable=True)

@@ -126,8 +126,15 @@ def tiny_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
 
 
 def save_tiny(folder: str | Path, seed: int = 0) -> Path:
-    """Write the tiny SDXL as a diffusers folder (safetensors), loadable like any real model."""
+    """Write the tiny SDXL as a diffusers folder (safetensors), loadable like any real model.
+
+    Its LinFusion weights go in `linfusion/` inside, where the resolver looks for a folder's own.
+    """
+    from hires.linfusion import LinFusion
+
     folder = Path(folder)
-    tiny_pipeline(seed).save_pretrained(folder, safe_serialization=True)
+    pipe = tiny_pipeline(seed)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    LinFusion.from_unet(pipe.unet).save(folder / "linfusion")
     (folder / "hires_tiny.json").write_text(json.dumps({"seed": seed}))
     return folder
