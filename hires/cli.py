@@ -161,6 +161,7 @@ def record_for(result, path: Path) -> dict[str, Any]:
     return {
         "path": str(path), "seed": result.seed, "width": result.image.width,
         "height": result.image.height, "prompt": result.job.prompt,
+        "generated_width": result.plan.width, "generated_height": result.plan.height,
         "model": result.job.model, "linfusion": result.linfusion,
         "seconds": round(result.seconds, 3), "peak_memory": result.peak_memory,
         "stages": [{"index": s.index, "width": s.width, "height": s.height,
@@ -276,8 +277,9 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
         err.print(f"warning: {warning}", markup=False)
     for one, path, fmt in runs:
         plan = plan_for(one, components)
+        made = "" if plan.exact else f" (made at {plan.width}x{plan.height}, then fit)"
         say(f"{path}: seed {one.seed}, {len(plan.stages)} stage(s), "
-            f"{plan.requested_width}x{plan.requested_height}")
+            f"{plan.requested_width}x{plan.requested_height}{made}")
         with progress_renderer(quiet) as progress:
             result = generate(one, components=components, progress=progress,
                               save_stages=save_stages)

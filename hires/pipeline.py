@@ -90,6 +90,12 @@ def generate(
         job = replace(job, seed=secrets.randbelow(2**32))
     comps = components or load(job.model, job.linfusion, job.dtype, job.device,
                                job.allow_pickle, job.offload)
+    with torch.inference_mode():
+        return _run(job, comps, progress, save_stages)
+
+
+def _run(job: Job, comps: Components, progress: ProgressFn | None, save_stages: bool) -> Result:
+    """The stages of one job, in order: base, then each x2 upscale, then the final decode."""
     plan = plan_for(job, comps)
     emit = progress or (lambda e: None)
     n = len(plan.stages)
