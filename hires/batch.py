@@ -56,7 +56,11 @@ def read_batch(path: str | Path, base: Job | None = None) -> list[BatchItem]:
 
 
 def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as e:
+        raise JobError(f"cannot read {path}: {e.strerror}") from None
+    with f:
         for n, line in enumerate(f, start=1):
             if not line.strip() or line.lstrip().startswith("#"):
                 continue

@@ -19,6 +19,11 @@ from rich.console import Console
 
 from hires import __version__
 
+# transformers and diffusers log notices (e.g. a missing torchvision) that say nothing to a user
+# of hires; real failures reach the user through our own one-line errors.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
 app = typer.Typer(
     name="hires", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -121,15 +126,19 @@ def job_flags(**flags: Any) -> dict[str, Any]:
 
 def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]):
     """Defaults, then the preset, then a recorded job (--from), then explicit flags."""
-    from hires.job import Job
-    from hires.output import job_values_from_image
+    from hires.job import Job, JobError
+    from hires.output import OutputError, job_values_from_image
     from hires.presets import load_preset
 
     job = Job()
     if preset:
         job = job.merged(load_preset(preset).values, where=f"preset '{preset}'")
     if from_image is not None:
-        job = job.merged(job_values_from_image(from_image), where=f"metadata of {from_image}")
+        try:
+            recorded = job_values_from_image(from_image)
+        except OutputError as e:  # a missing or unreadable input is the user's to fix
+            raise JobError(str(e)) from None
+        job = job.merged(recorded, where=f"metadata of {from_image}")
     return job.merged(flags, where="options").validate()
 
 
@@ -193,15 +202,17 @@ def emit(record: dict[str, Any], as_json: bool) -> None:
 
 def check_writable(path: Path, overwrite: bool) -> None:
     """Fail before any GPU time is spent when the output cannot be written."""
-    from hires.output import OutputError, OutputExists
+    from hires.output import OutputExists, OutputUnwritable
 
     if path.exists() and not overwrite:
         raise OutputExists(f"{path} already exists; pass --overwrite or choose another -o")
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
+    if not folder.is_dir():
+        raise OutputUnwritable(f"cannot write under {folder}: it is a file; choose another -o")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write to {folder}; choose another -o")
+        raise OutputUnwritable(f"cannot write to {folder}; choose another -o")
 
 
 @app.command()
@@ -261,8 +272,10 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
             Path(output).suffix and fmt_given == "png" else fmt_given
         path = out.output_path(output, width=one.width, height=one.height, seed=one.seed,
                                fmt=fmt, index=i, prompt=text)
-        if many and output is None:
+        if many and (output is None or "{" not in output):
             path = path.with_name(f"{path.stem}_{i:03d}{path.suffix}")
+        if any(path == other for _, other, _ in runs):
+            raise JobError(f"two prompts would both write {path}; add {{index}} to -o")
         if fmt == "webp" and max(one.width, one.height) > out.WEBP_MAX_SIDE:
             raise JobError(f"WebP images are at most {out.WEBP_MAX_SIDE} px a side; "
                            "use --format png, tiff or jpg")
@@ -396,6 +409,8 @@ def batch(
                 emit(o.record, as_json)
 
         output.mkdir(parents=True, exist_ok=True)
+        for part in out.remove_stale_parts(output):
+            say(f"removed {part.name}, left by a run that died while saving")
         outcomes = b.run_batch(mine, resolve, make, manifest or output / "manifest.jsonl",
                                overwrite, report)
         counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
@@ -450,6 +465,7 @@ def root(
                                           is_eager=True, help="Print the version.")] = False,
 ) -> None:
     """hires: 1K to 16K images from a prompt, on one GPU."""
+    Quiet.on = False  # per invocation: tests and scripts may call the app many times
 
 
 def main() -> None:

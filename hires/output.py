@@ -34,6 +34,10 @@ class OutputExists(OutputError):
     usage = True
 
 
+class OutputUnwritable(OutputError):
+    usage = True
+
+
 def format_for(path: Path, fmt: str | None) -> str:
     """The format from --format, else from the file's suffix, else PNG."""
     if fmt:
@@ -118,12 +122,14 @@ def save_image(
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise OutputError(f"cannot create output folder {folder}: {e.strerror}") from None
+            raise OutputUnwritable(f"cannot create output folder {folder}: {e.strerror}") from None
     kwargs = _encoder_args(image, fmt, metadata, quality)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".part",
+                                   dir=folder)
     except OSError as e:
-        raise OutputError(f"cannot write to {folder}: {e.strerror}; choose another -o") from None
+        raise OutputUnwritable(f"cannot write to {folder}: {e.strerror}; choose another -o"
+                               ) from None
     try:
         with os.fdopen(fd, "wb") as f:
             image.save(f, format=_PIL_FORMATS[fmt], **kwargs)
@@ -170,6 +176,28 @@ def _encoder_args(image: Image.Image, fmt: str, metadata: dict | None, quality: 
         exif[IMAGE_DESCRIPTION] = blob
         args["exif"] = exif.tobytes()
     return args
+
+
+def remove_stale_parts(folder: str | Path) -> list[Path]:
+    """Delete temp files left by hires processes that died mid-save (not by live ones)."""
+    removed = []
+    for part in Path(folder).glob(".*.part"):
+        match = re.match(r"^\..+\.(\d+)\.[^.]+\.part$", part.name)
+        if not match or _alive(int(match.group(1))):
+            continue
+        part.unlink(missing_ok=True)
+        removed.append(part)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

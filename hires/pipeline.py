@@ -60,6 +60,7 @@ class Result:
     peak_memory: int | None
     stage_images: list[Image.Image] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    linfusion: str | None = None  # the LinFusion checkpoint that ran; None: original attention
 
     @property
     def seed(self) -> int:
@@ -156,7 +157,7 @@ def _run(job: Job, comps: Components, progress: ProgressFn | None, save_stages: 
     if not plan.exact:
         image = fit(image, plan.requested_width, plan.requested_height)
     return Result(image, job, plan, reports, time.perf_counter() - started,
-                  peak_memory(comps.device), stage_images, list(comps.warnings))
+                  peak_memory(comps.device), stage_images, list(comps.warnings), comps.linfusion)
 
 
 def encode_prompt(comps: Components, job: Job, plan: Plan) -> Conditioning:

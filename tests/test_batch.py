@@ -1,0 +1,338 @@
+"""Batches: job files, sharding, resumable runs with a manifest, through the library and the CLI."""
+
+import json
+import signal
+from itertools import combinations
+from pathlib import Path
+
+import pytest
+from helpers_cli import (
+    IS_ROOT,
+    cli,
+    error_lines,
+    json_lines,
+    one_torch_thread,
+    part_files,
+    sha256,
+    spawn_hires,
+    use_cached_tiny,
+    wait_for,
+)
+
+from hires.batch import BatchItem, my_share, parse_shard, read_batch, run_batch, stable_seed
+from hires.job import Job, JobError
+
+TINY = 'model = "tiny"\nwidth = 256\nheight = 256\nsteps = 1\n'
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    yield from one_torch_thread()
+
+
+@pytest.fixture
+def tiny_cli(monkeypatch, tiny):
+    return use_cached_tiny(monkeypatch, tiny)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def manifest(path: Path) -> list[dict]:
+    return json_lines(path.read_text(encoding="utf-8"))
+
+
+def jsonl_jobs(path: Path, n: int, **values) -> Path:
+    lines = [json.dumps({"prompt": f"job {i}", "model": "tiny", "width": 256, "height": 256,
+                         "steps": 1, **values}) for i in range(n)]
+    return write(path, "# seven tiny jobs\n\n" + "\n".join(lines) + "\n")
+
+
+# --- reading job files --------------------------------------------------------------------------
+
+def test_toml_defaults_apply_to_every_job_and_jobs_override_them(tmp_path):
+    path = write(tmp_path / "jobs.toml", f"""
+[defaults]
+{TINY}
+guidance = 4.0
+
+[[job]]
+prompt = "a fox"
+seed = 5
+output = "fox.png"
+
+[[job]]
+prompt = "a whale"
+guidance = 9.0
+preset = "draft"
+""")
+    first, second = read_batch(path)
+    assert (first.index, first.output, first.job.prompt, first.job.seed) == (0, "fox.png",
+                                                                              "a fox", 5)
+    assert (first.job.model, first.job.width, first.job.steps, first.job.guidance) == (
+        "tiny", 256, 1, 4.0)
+    assert second.output is None and second.job.guidance == 9.0
+    assert second.job.width == 256  # the file's values win over the job's preset
+
+
+def test_jsonl_skips_blank_and_comment_lines(tmp_path):
+    items = read_batch(jsonl_jobs(tmp_path / "jobs.jsonl", 3))
+    assert [i.job.prompt for i in items] == ["job 0", "job 1", "job 2"]
+    assert [i.index for i in items] == [0, 1, 2]
+
+
+def test_seeds_are_stable_so_a_restarted_batch_finds_its_outputs(tmp_path):
+    path = jsonl_jobs(tmp_path / "jobs.jsonl", 3)
+    seeds = [i.job.seed for i in read_batch(path)]
+    assert seeds == [i.job.seed for i in read_batch(path)]
+    assert len(set(seeds)) == 3 and all(isinstance(s, int) for s in seeds)
+    assert stable_seed(0, {"prompt": "a"}) != stable_seed(1, {"prompt": "a"})
+
+
+def test_a_base_job_is_under_the_file(tmp_path):
+    (item,) = read_batch(write(tmp_path / "j.toml", '[[job]]\nprompt = "x"\n'),
+                         Job(steps=7, model="tiny"))
+    assert (item.job.steps, item.job.model) == (7, "tiny")
+
+
+@pytest.mark.parametrize("name,text,words", [
+    ("bad.toml", '[[job]]\nprompt = "x"\nsteps = \n', ["line 3"]),
+    ("bad.jsonl", '{"prompt": "x"}\n\n{"prompt": "y",}\n', ["line 3", "not valid JSON"]),
+    ("list.jsonl", '{"prompt": "x"}\n["y"]\n', ["line 2", "JSON object"]),
+    ("key.toml", '[[job]]\nprompt = "x"\nstesp = 3\n', ["stesp", "did you mean 'steps'"]),
+    ("table.toml", '[default]\nsteps = 3\n[[job]]\nprompt = "x"\n', ["unknown table 'default'"]),
+    ("empty.toml", "[defaults]\nsteps = 3\n", ["no jobs"]),
+    ("size.jsonl", '{"prompt": "x", "width": 1001, "height": 256}\n', ["multiple of 8"]),
+])
+def test_bad_batch_files_are_job_errors_that_say_where(tmp_path, name, text, words):
+    with pytest.raises(JobError) as e:
+        read_batch(write(tmp_path / name, text))
+    for word in words:
+        assert word in str(e.value)
+
+
+def test_a_missing_batch_file_is_a_job_error(tmp_path):
+    with pytest.raises(JobError, match="not found"):
+        read_batch(tmp_path / "missing.toml")
+
+
+# --- sharding -----------------------------------------------------------------------------------
+
+def items(n: int) -> list[BatchItem]:
+    return [BatchItem(i, Job(prompt=str(i)), None) for i in range(n)]
+
+
+def test_three_shards_over_seven_jobs_cover_each_job_exactly_once():
+    all_jobs = items(7)
+    shares = [{i.index for i in my_share(all_jobs, *parse_shard(f"{r}/3", env={}))}
+              for r in range(3)]
+    assert set().union(*shares) == set(range(7))
+    assert all(not a & b for a, b in combinations(shares, 2))
+    assert sum(len(s) for s in shares) == 7
+
+
+def test_shard_from_torchrun_environment():
+    assert parse_shard(None, env={"RANK": "2", "WORLD_SIZE": "3"}) == (2, 3)
+    assert parse_shard(None, env={"LOCAL_RANK": "1", "WORLD_SIZE": "2"}) == (1, 2)
+    assert parse_shard(None, env={}) == (0, 1)
+    assert parse_shard("1/4", env={"RANK": "2", "WORLD_SIZE": "3"}) == (1, 4)  # the flag wins
+
+
+@pytest.mark.parametrize("shard", ["3/3", "-1/3", "1/0", "1-3", "a/b", "1/"])
+def test_bad_shards_are_refused(shard):
+    with pytest.raises(JobError, match="shard"):
+        parse_shard(shard, env={})
+
+
+def test_bad_rank_environment_is_refused():
+    with pytest.raises(JobError, match="RANK"):
+        parse_shard(None, env={"RANK": "x", "WORLD_SIZE": "2"})
+
+
+# --- run_batch ----------------------------------------------------------------------------------
+
+def test_run_batch_skips_existing_outputs_and_goes_on_after_a_failure(tmp_path):
+    (tmp_path / "1.png").write_bytes(b"done before")
+
+    def make(item, path):
+        if item.index == 2:
+            raise RuntimeError("out of memory\nsecond line")
+        path.write_bytes(b"new")
+        return {"path": str(path), "seed": item.index}
+
+    seen = []
+    outcomes = run_batch(items(4), lambda i: tmp_path / f"{i.index}.png", make,
+                         tmp_path / "manifest.jsonl", on_outcome=seen.append)
+    assert [o.status for o in outcomes] == ["done", "skipped", "failed", "done"]
+    assert seen == outcomes
+    assert outcomes[2].error == "out of memory"
+    assert (tmp_path / "1.png").read_bytes() == b"done before"
+    assert (tmp_path / "3.png").read_bytes() == b"new"
+    rows = manifest(tmp_path / "manifest.jsonl")
+    assert [(r["index"], r["status"]) for r in rows] == [(0, "done"), (1, "skipped"),
+                                                         (2, "failed"), (3, "done")]
+    assert rows[2]["error"] == "out of memory" and rows[0]["seed"] == 0
+
+
+def test_run_batch_lets_an_interrupt_through(tmp_path):
+    def make(item, path):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(items(2), lambda i: tmp_path / f"{i.index}.png", make, None)
+
+
+# --- the batch command --------------------------------------------------------------------------
+
+def test_batch_cli_a_failed_job_does_not_stop_the_others_and_a_rerun_resumes(tmp_path, tiny_cli):
+    jobs = write(tmp_path / "jobs.toml", f"""
+[defaults]
+{TINY}
+[[job]]
+prompt = "one"
+[[job]]
+prompt = "broken"
+model = "/nonexistent.safetensors"
+[[job]]
+prompt = "three"
+output = "three.png"
+""")
+    out = tmp_path / "out"
+    first = cli("batch", jobs, "-o", out)
+    assert first.exit_code == 1, first.stderr
+    paths = first.stdout.splitlines()  # stdout: the path of each finished image, nothing else
+    assert len(paths) == 2 and paths[1] == str(out / "three.png")
+    assert all(Path(p).is_file() for p in paths)
+    assert "job 1 failed: " in first.stderr and "/nonexistent.safetensors" in first.stderr
+    assert "batch: 2 done, 0 skipped, 1 failed" in first.stderr
+    rows = manifest(out / "manifest.jsonl")
+    assert [(r["index"], r["status"]) for r in rows] == [(0, "done"), (1, "failed"), (2, "done")]
+    assert rows[0]["path"] == paths[0] and rows[0]["model"] == "tiny"
+    assert "/nonexistent.safetensors" in rows[1]["error"]
+    hashes = {p: sha256(Path(p)) for p in paths}
+
+    again = cli("batch", jobs, "-o", out, "--json")
+    assert again.exit_code == 1
+    assert again.stdout == ""  # nothing was made this time
+    assert "batch: 0 done, 2 skipped, 1 failed" in again.stderr
+    assert [r["status"] for r in manifest(out / "manifest.jsonl")[3:]] == ["skipped", "failed",
+                                                                          "skipped"]
+    assert {p: sha256(Path(p)) for p in paths} == hashes
+    assert part_files(tmp_path) == []
+
+
+def test_batch_cli_json_and_custom_manifest(tmp_path, tiny_cli):
+    jobs = jsonl_jobs(tmp_path / "jobs.jsonl", 2, seed=11)
+    result = cli("batch", jobs, "-o", tmp_path / "out", "--json", "-q",
+                 "--manifest", tmp_path / "m.jsonl")
+    assert result.exit_code == 0, result.stderr
+    records = json_lines(result.stdout)
+    assert [(r["seed"], r["width"], r["height"], r["model"]) for r in records] == [
+        (11, 256, 256, "tiny")] * 2
+    assert records[0]["path"] == str(tmp_path / "out" / "job0000_256x256_s11.png")
+    assert [r["status"] for r in manifest(tmp_path / "m.jsonl")] == ["done", "done"]
+    assert not (tmp_path / "out" / "manifest.jsonl").exists()
+    assert result.stderr == "batch: 2 done, 0 skipped, 0 failed\n"  # -q keeps only the summary
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_batch_cli_shards_cover_every_job_exactly_once(tmp_path, tiny_cli, how):
+    jobs = jsonl_jobs(tmp_path / "jobs.jsonl", 7)
+    out = tmp_path / "out"
+    shares = []
+    for rank in range(3):
+        args = ["batch", jobs, "-o", out, "-q", "--manifest", tmp_path / f"m{rank}.jsonl"]
+        if how == "flag":
+            result = cli(*args, "--shard", f"{rank}/3")
+        else:
+            result = cli(*args, env={"RANK": str(rank), "WORLD_SIZE": "3"})
+        assert result.exit_code == 0, result.stderr
+        rows = manifest(tmp_path / f"m{rank}.jsonl")
+        assert {r["status"] for r in rows} == {"done"}
+        shares.append({r["index"] for r in rows})
+    assert set().union(*shares) == set(range(7))
+    assert all(not a & b for a, b in combinations(shares, 2))
+    assert len(list(out.glob("*.png"))) == 7
+
+
+def test_batch_cli_malformed_toml_names_the_line(tmp_path):
+    jobs = write(tmp_path / "jobs.toml", '[[job]]\nprompt = "x"\nsteps = = 3\n')
+    result = cli("batch", jobs, "-o", tmp_path / "out")
+    assert result.exit_code == 2
+    assert error_lines(result.stderr) == result.stderr.strip().splitlines()
+    assert "line 3" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_batch_cli_malformed_jsonl_names_the_line(tmp_path):
+    jobs = write(tmp_path / "jobs.jsonl", '{"prompt": "x"}\n{"prompt": \n')
+    result = cli("batch", jobs, "-o", tmp_path / "out")
+    assert result.exit_code == 2
+    assert len(error_lines(result.stderr)) == 1 and "line 2" in result.stderr
+
+
+def test_batch_cli_missing_file_is_a_usage_error(tmp_path):
+    result = cli("batch", tmp_path / "missing.toml", "-o", tmp_path / "out")
+    assert result.exit_code == 2
+    assert error_lines(result.stderr) == [f"error: batch file not found: {tmp_path}/missing.toml"]
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".jsonl"])
+def test_batch_cli_unreadable_file_is_a_usage_error(tmp_path, suffix):
+    if IS_ROOT:
+        # root reads through chmod 000; a folder with the file's name is unreadable as a file.
+        jobs = tmp_path / f"jobs{suffix}"
+        jobs.mkdir()
+    else:
+        jobs = jsonl_jobs(tmp_path / f"jobs{suffix}", 1)
+        jobs.chmod(0)
+    result = cli("batch", jobs, "-o", tmp_path / "out")
+    assert result.exit_code == 2, result.stderr
+    assert len(error_lines(result.stderr)) == 1 and "Traceback" not in result.stderr
+
+
+def test_batch_cli_bad_shard_is_a_usage_error(tmp_path):
+    result = cli("batch", jsonl_jobs(tmp_path / "jobs.jsonl", 2), "-o", tmp_path, "--shard", "2/2")
+    assert result.exit_code == 2
+    assert error_lines(result.stderr) == ["error: --shard 2/2: need 0 <= I < N"]
+
+
+def test_batch_cli_unknown_key_in_a_job_names_the_closest(tmp_path):
+    jobs = write(tmp_path / "jobs.toml", '[[job]]\nprompt = "x"\nguidence = 3\n')
+    result = cli("batch", jobs, "-o", tmp_path / "out")
+    assert result.exit_code == 2
+    assert "did you mean 'guidance'" in result.stderr
+
+
+# --- kill and resume, with real processes -------------------------------------------------------
+
+def test_a_killed_batch_resumes_without_redoing_finished_images(tmp_path):
+    # Job 1 is the slow one: the first image appears, then the kill lands during job 1.
+    jobs = write(tmp_path / "jobs.jsonl", "".join(
+        json.dumps({"prompt": f"job {i}", "model": "tiny", "width": 256, "height": 256,
+                    "steps": steps}) + "\n" for i, steps in enumerate([2, 40, 2, 2])))
+    out = tmp_path / "out"
+    args = ("batch", jobs, "-o", out, "--device", "cpu")
+
+    first = spawn_hires(*args, stderr_path=tmp_path / "first.err")
+    try:
+        wait_for(lambda: any(out.glob("*.png")), first)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+    kept = {p: (sha256(p), p.stat().st_mtime_ns) for p in out.glob("*.png")}
+    assert 1 <= len(kept) < 4, "the batch should have been killed part way"
+    rows_before = len(manifest(out / "manifest.jsonl"))
+
+    second = spawn_hires(*args, stderr_path=tmp_path / "second.err")
+    assert second.wait(300) == 0, (tmp_path / "second.err").read_text()
+    assert {p: (sha256(p), p.stat().st_mtime_ns) for p in kept} == kept
+    rows = manifest(out / "manifest.jsonl")[rows_before:]
+    status = {Path(r["path"]): r["status"] for r in rows}
+    assert len(rows) == 4
+    assert all(status[p] == "skipped" for p in kept)
+    assert sorted(s for p, s in status.items() if p not in kept) == ["done"] * (4 - len(kept))
+    assert len(list(out.glob("*.png"))) == 4
+    assert part_files(out) == []

@@ -1,0 +1,384 @@
+"""The `hires` command: stdout for results only, exit codes, presets, metadata, bad input.
+
+Most tests run in-process through Typer's CliRunner with the session's tiny model; a few run
+`python -m hires` as a real process (pipes, -q, Ctrl-C).
+"""
+
+import json
+import signal
+import time
+
+import numpy as np
+import pytest
+from helpers_cli import (
+    IS_ROOT,
+    assert_usage_error,
+    cli,
+    error_lines,
+    json_lines,
+    one_torch_thread,
+    part_files,
+    run_hires,
+    spawn_hires,
+    use_cached_tiny,
+    wait_for,
+)
+from PIL import Image
+
+from hires import __version__
+from hires.output import read_metadata
+from hires.presets import tomllib  # tomli on Python 3.10
+
+TINY = ("--model", "tiny", "--size", "256", "--steps", "2")
+RECORD_FIELDS = {"path", "seed", "width", "height", "stages", "seconds", "peak_memory", "model",
+                 "linfusion"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    yield from one_torch_thread()
+
+
+@pytest.fixture
+def asked(monkeypatch, tiny):
+    """The CLI loads the session's tiny model; the list says which models it asked for."""
+    return use_cached_tiny(monkeypatch, tiny)
+
+
+def pixels(path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+# --- results on stdout, logs on stderr ----------------------------------------------------------
+
+def test_gen_prints_only_the_path_and_logs_progress_as_plain_lines(tmp_path, asked):
+    result = cli("gen", "a red fox", *TINY, "--seed", "3", "-o", tmp_path / "fox.png")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == f"{tmp_path / 'fox.png'}\n"
+    assert "stage 1/1 256x256 denoise 2/2 done in" in result.stderr  # not a terminal: plain
+    assert "\x1b[" not in result.stderr
+    assert asked == ["tiny"]
+    with Image.open(tmp_path / "fox.png") as im:
+        assert im.size == (256, 256)
+
+
+def test_gen_json_record_and_embedded_metadata(tmp_path, asked):
+    result = cli("gen", "a red fox", *TINY, "--seed", "3", "--negative", "blurry",
+                 "--guidance", "5", "-o", tmp_path / "fox.png", "--json")
+    assert result.exit_code == 0, result.stderr
+    (record,) = json_lines(result.stdout)
+    assert RECORD_FIELDS <= set(record)
+    assert (record["path"], record["seed"], record["width"], record["height"]) == (
+        str(tmp_path / "fox.png"), 3, 256, 256)
+    assert record["model"] == "tiny" and record["linfusion"] == "tiny"
+    assert [(s["width"], s["height"], s["steps"]) for s in record["stages"]] == [(256, 256, 2)]
+    meta = read_metadata(tmp_path / "fox.png")
+    assert meta["parameters"].split("\n")[:2] == ["a red fox", "Negative prompt: blurry"]
+    assert meta["parameters"].split("\n")[2].startswith(
+        "Steps: 2, Sampler: Euler, CFG scale: 5.0, Seed: 3, Size: 256x256, Model: tiny")
+    assert meta["hires"]["job"]["seed"] == 3 and meta["hires"]["result"]["seed"] == 3
+
+
+def test_quiet_leaves_stderr_empty(tmp_path, asked):
+    result = cli("gen", "a red fox", *TINY, "-q", "-o", tmp_path / "fox.png")
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == ""
+    assert result.stdout == f"{tmp_path / 'fox.png'}\n"
+
+
+def test_a_random_seed_is_recorded_in_the_default_name(tmp_path, asked):
+    result = cli("gen", "a red fox", *TINY, "-q", "-o", tmp_path, "--json")
+    (record,) = json_lines(result.stdout)
+    assert record["path"] == str(tmp_path / f"hires_256x256_s{record['seed']}.png")
+    assert read_metadata(record["path"])["hires"]["job"]["seed"] == record["seed"]
+
+
+def test_prompts_from_stdin_one_per_line(tmp_path, asked):
+    result = cli("gen", "-", *TINY, "-q", "--json", "-o", f"{tmp_path}/{{index}}.png",
+                 input="a red fox\n\n  a blue whale  \n")
+    assert result.exit_code == 0, result.stderr
+    records = json_lines(result.stdout)
+    assert [r["path"] for r in records] == [str(tmp_path / "0.png"), str(tmp_path / "1.png")]
+    assert [r["prompt"] for r in records] == ["a red fox", "a blue whale"]
+    assert read_metadata(tmp_path / "1.png")["hires"]["job"]["prompt"] == "a blue whale"
+
+
+def test_prompts_from_stdin_into_a_folder_with_a_fixed_seed(tmp_path, asked):
+    """Two prompts, one seed, -o a folder: the default names must not collide."""
+    result = cli("gen", "-", *TINY, "-q", "--seed", "5", "-o", tmp_path,
+                 input="a red fox\na blue whale\n")
+    assert result.exit_code == 0, result.stderr
+    paths = result.stdout.splitlines()
+    assert len(paths) == 2 and len(set(paths)) == 2
+    assert len(list(tmp_path.glob("*.png"))) == 2
+
+
+def test_several_prompts_need_a_folder_or_template(tmp_path, asked):
+    result = cli("gen", "-", *TINY, "-o", tmp_path / "one.png", input="a\nb\n")
+    assert_usage_error(result, "folder or a template")
+    assert asked == [] and list(tmp_path.iterdir()) == []
+
+
+def test_empty_stdin_and_missing_prompt_are_usage_errors(asked):
+    assert_usage_error(cli("gen", "-", *TINY, input="\n\n"), "read no prompts")
+    assert_usage_error(cli("gen", *TINY), "give a prompt")
+    assert asked == []
+
+
+# --- re-running a recorded job ------------------------------------------------------------------
+
+def test_from_image_reruns_the_recorded_job_to_identical_pixels(tmp_path, asked):
+    first = tmp_path / "first.png"
+    assert cli("gen", "a red fox", *TINY, "--seed", "9", "-q", "-o", first).exit_code == 0
+    again = cli("gen", "--from", first, "-q", "--json", "-o", tmp_path / "again.png")
+    assert again.exit_code == 0, again.stderr
+    (record,) = json_lines(again.stdout)
+    assert (record["seed"], record["prompt"], record["model"]) == (9, "a red fox", "tiny")
+    assert np.array_equal(pixels(first), pixels(tmp_path / "again.png"))
+    other = cli("gen", "--from", first, "--seed", "10", "-q", "-o", tmp_path / "other.png")
+    assert other.exit_code == 0, other.stderr
+    assert not np.array_equal(pixels(first), pixels(tmp_path / "other.png"))
+    assert read_metadata(tmp_path / "other.png")["hires"]["job"]["seed"] == 10
+
+
+def test_from_a_missing_image_is_a_usage_error(tmp_path, asked):
+    result = cli("gen", "--from", tmp_path / "missing.png", "-o", tmp_path / "out.png")
+    assert_usage_error(result, "missing.png")
+    assert asked == [] and list(tmp_path.iterdir()) == []
+
+
+def test_from_an_unreadable_image_is_a_usage_error(tmp_path, asked):
+    if IS_ROOT:  # root reads through chmod 000: use a folder, which no one can read as an image
+        source = tmp_path / "folder.png"
+        source.mkdir()
+    else:
+        source = tmp_path / "locked.png"
+        Image.new("RGB", (8, 8)).save(source)
+        source.chmod(0)
+    result = cli("gen", "--from", source, "-o", tmp_path / "out.png")
+    assert_usage_error(result, source.name)
+    assert not (tmp_path / "out.png").exists()
+
+
+# --- presets ------------------------------------------------------------------------------------
+
+def test_presets_lists_the_shipped_ones():
+    result = cli("presets")
+    assert result.exit_code == 0
+    names = [line.split()[0] for line in result.stdout.splitlines()]
+    assert {"16k", "8k", "4k", "16k-24gb", "draft"} <= set(names)
+    assert "presets go in" not in result.stdout  # the hint is a log, not a result
+
+
+def test_quiet_does_not_stick_to_the_next_command(tmp_path):
+    assert cli("gen", "x", "-q", "--size", "0").exit_code == 2
+    assert "presets go in" in cli("presets").stderr
+
+
+def test_presets_show_prints_the_toml():
+    result = cli("presets", "show", "draft")
+    assert result.exit_code == 0
+    values = tomllib.loads(result.stdout)
+    assert (values["width"], values["height"], values["steps"]) == (2048, 2048, 12)
+
+
+def test_presets_show_unknown_names_the_closest():
+    assert_usage_error(cli("presets", "show", "drat"), "unknown preset 'drat'", "'draft'")
+
+
+def test_explicit_flags_override_the_preset(tmp_path, asked):
+    result = cli("gen", "a red fox", "--preset", "draft", "--size", "512", "--model", "tiny",
+                 "--seed", "1", "-q", "--json", "-o", tmp_path / "draft.png")
+    assert result.exit_code == 0, result.stderr
+    (record,) = json_lines(result.stdout)
+    assert (record["width"], record["height"]) == (512, 512)
+    assert record["stages"][0]["steps"] == 12  # the draft's steps, at our size
+    assert [(s["width"], s["height"]) for s in record["stages"]] == [(256, 256), (512, 512)]
+    assert read_metadata(tmp_path / "draft.png")["hires"]["job"]["guidance"] == 6.0
+
+
+def test_user_preset_by_path_and_by_name(tmp_path, asked):
+    folder = tmp_path / "presets"
+    folder.mkdir()
+    (folder / "mine.toml").write_text('description = "mine"\nmodel = "tiny"\nwidth = 256\n'
+                                      'height = 256\nsteps = 3\n')
+    listed = cli("presets", env={"HIRES_PRESETS": str(folder)})
+    assert "mine" in [line.split()[0] for line in listed.stdout.splitlines()]
+    by_name = cli("gen", "x", "--preset", "mine", "-q", "--json", "-o", tmp_path / "a.png",
+                  env={"HIRES_PRESETS": str(folder)})
+    by_path = cli("gen", "x", "--preset", folder / "mine.toml", "--steps", "2", "-q", "--json",
+                  "-o", tmp_path / "b.png")
+    assert by_name.exit_code == 0 and by_path.exit_code == 0, (by_name.stderr, by_path.stderr)
+    assert json_lines(by_name.stdout)[0]["stages"][0]["steps"] == 3
+    assert json_lines(by_path.stdout)[0]["stages"][0]["steps"] == 2
+
+
+def test_unknown_preset_names_the_closest(tmp_path, asked):
+    assert_usage_error(cli("gen", "x", "--preset", "4K", "-o", tmp_path / "a.png"),
+                       "unknown preset '4K'", "'4k'")
+    assert asked == [] and list(tmp_path.iterdir()) == []
+
+
+def test_unknown_preset_key_names_the_closest(tmp_path, asked):
+    preset = tmp_path / "bad.toml"
+    preset.write_text('model = "tiny"\nstesp = 3\n')
+    assert_usage_error(cli("gen", "x", "--preset", preset, "-o", tmp_path / "a.png"),
+                       "stesp", "did you mean 'steps'")
+    assert asked == [] and not (tmp_path / "a.png").exists()
+
+
+def test_malformed_preset_names_the_line(tmp_path, asked):
+    preset = tmp_path / "bad.toml"
+    preset.write_text('model = "tiny"\nwidth = 256\nsteps = = 3\nheight = 256\n')
+    assert_usage_error(cli("gen", "x", "--preset", preset, "-o", tmp_path / "a.png"), "line 3")
+    assert asked == [] and not (tmp_path / "a.png").exists()
+
+
+# --- bad input: one line on stderr, exit 2, no file, no model loaded ----------------------------
+
+@pytest.mark.parametrize("args,words", [
+    (["--size", "0"], ["size", "positive"]),
+    (["--size", "-256"], ["size", "positive"]),
+    (["--size", "1001"], ["multiple of 8", "try 1000 or 1008"]),
+    (["--size", "32776"], ["at most 32768"]),
+    (["--width", "256", "--height", "250"], ["height", "multiple of 8"]),
+    (["--width", "40000", "--height", "256"], ["width", "at most 32768"]),
+    (["--size", "256", "--width", "256", "--height", "256"], ["not both"]),
+    (["--size", "256", "--aspect", "wide"], ["aspect"]),
+    (["--size", "256", "--steps", "0"], ["steps"]),
+    (["--size", "256", "--format", "gif"], ["format"]),
+])
+def test_bad_sizes_and_settings_are_usage_errors(tmp_path, asked, args, words):
+    result = cli("gen", "x", "--model", "tiny", *args, "-o", tmp_path / "a.png")
+    assert_usage_error(result, *words)
+    assert asked == [] and list(tmp_path.iterdir()) == []
+
+
+def test_an_unknown_option_is_a_usage_error():
+    result = cli("gen", "x", "--sise", "256")
+    assert result.exit_code == 2
+    assert result.stdout == "" and "--sise" in result.stderr
+
+
+def test_existing_output_is_kept_without_overwrite(tmp_path, asked):
+    target = tmp_path / "a.png"
+    target.write_bytes(b"precious")
+    assert_usage_error(cli("gen", "x", *TINY, "-o", target), "already exists", "--overwrite")
+    assert target.read_bytes() == b"precious" and asked == []
+    result = cli("gen", "x", *TINY, "-q", "-o", target, "--overwrite")
+    assert result.exit_code == 0, result.stderr
+    assert pixels(target).shape == (256, 256, 3)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"]
+
+
+def test_output_under_a_regular_file_is_a_usage_error(tmp_path, asked):
+    (tmp_path / "file.txt").write_text("x")
+    result = cli("gen", "x", *TINY, "-o", tmp_path / "file.txt" / "a.png")
+    assert_usage_error(result, "file.txt")
+    assert asked == [] and (tmp_path / "file.txt").read_text() == "x"
+
+
+def test_output_in_a_read_only_folder_is_a_usage_error(tmp_path, asked):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        result = cli("gen", "x", *TINY, "-q", "-o", folder / "a.png")
+        if IS_ROOT:  # root writes through 0555: the CLI rightly succeeds
+            assert result.exit_code == 0, result.stderr
+        else:
+            assert_usage_error(result, str(folder))
+            assert asked == [] and list(folder.iterdir()) == []
+    finally:
+        folder.chmod(0o755)
+    assert part_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("args", [["--format", "webp", "-o", "{tmp}/big"],
+                                  ["-o", "{tmp}/big.webp"]])
+def test_webp_over_16383_px_fails_before_any_work(tmp_path, asked, args):
+    args = [a.format(tmp=tmp_path) for a in args]
+    assert_usage_error(cli("gen", "x", "--model", "tiny", "--size", "16384", *args), "16383")
+    assert asked == [] and list(tmp_path.iterdir()) == []
+
+
+def test_a_model_that_cannot_load_is_a_runtime_failure(tmp_path, asked):
+    result = cli("gen", "x", "--model", "/nonexistent.safetensors", "-o", tmp_path / "a.png")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    (line,) = error_lines(result.stderr)
+    assert "/nonexistent.safetensors" in line
+    assert "Traceback" not in result.stderr and list(tmp_path.iterdir()) == []
+
+
+# --- info and version ---------------------------------------------------------------------------
+
+def test_info_prints_versions_devices_and_the_model_cache():
+    from huggingface_hub import constants
+
+    result = cli("info")
+    assert result.exit_code == 0
+    out = result.stdout
+    assert out.startswith(f"hires {__version__}\n")
+    for name in ("python", "torch", "diffusers", "transformers"):
+        assert f"\n{name} " in out
+    assert "\ndevice " in out
+    assert f"model cache {constants.HF_HUB_CACHE}" in out
+    default = next(line for line in out.splitlines()
+                   if line.startswith("stabilityai/stable-diffusion-xl-base-1.0 "))
+    assert default.endswith(("cached", "(downloads on first use)"))
+
+
+def test_version():
+    result = cli("--version")
+    assert result.exit_code == 0 and result.stdout == f"hires {__version__}\n"
+
+
+# --- real processes -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def piped(tmp_path_factory):
+    """`python -m hires gen - --json` with two prompts on stdin, as a script would run it."""
+    folder = tmp_path_factory.mktemp("piped")
+    result = run_hires("gen", "-", *TINY, "--seed", "5", "--json", "-o", f"{folder}/{{index}}.png",
+                       input="a red fox\na blue whale\n")
+    return folder, result
+
+
+def test_subprocess_stdout_is_one_json_object_per_image(piped):
+    folder, result = piped
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["path"] for r in records] == [str(folder / "0.png"), str(folder / "1.png")]
+    assert all(RECORD_FIELDS <= set(r) and r["seed"] == 5 for r in records)
+    assert "stage 1/1 256x256 denoise" in result.stderr  # progress: plain lines on stderr
+    assert "\x1b[" not in result.stderr
+    assert "error" not in result.stderr
+
+
+def test_subprocess_from_image_is_pixel_identical_and_quiet(piped, tmp_path):
+    folder, first = piped
+    assert first.returncode == 0, first.stderr
+    result = run_hires("gen", "--from", folder / "1.png", "-q", "-o", tmp_path / "again.png")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{tmp_path / 'again.png'}\n"
+    assert np.array_equal(pixels(folder / "1.png"), pixels(tmp_path / "again.png"))
+    assert result.stderr == ""  # -q: nothing at all on stderr after success
+
+
+def test_subprocess_ctrl_c_exits_130_and_leaves_no_file(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = spawn_hires("gen", "x", "--model", "tiny", "--size", "256", "--steps", "100000",
+                       "-o", out / "a.png", stderr_path=tmp_path / "err.txt")
+    try:
+        wait_for(lambda: "denoise" in (tmp_path / "err.txt").read_text(), proc, every=0.1)
+        time.sleep(0.5)  # well inside the sampling loop
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 130
+    finally:
+        proc.kill()
+    assert "interrupted" in (tmp_path / "err.txt").read_text()
+    assert proc.stdout.read() == b""
+    assert list(out.iterdir()) == []

@@ -1,0 +1,187 @@
+"""hires.output: atomic saves in four formats, A1111 + hires metadata, output paths."""
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from hires.job import Job
+from hires.output import (
+    EXIF_IFD,
+    USER_COMMENT,
+    OutputError,
+    OutputExists,
+    job_values_from_image,
+    output_path,
+    parameters_text,
+    parse_parameters,
+    read_metadata,
+    save_image,
+)
+
+JOB = Job(prompt="a lighthouse, at dusk", negative="blurry", width=256, height=192, seed=1234,
+          steps=30, guidance=6.5, model="tiny", linfusion="none")
+METADATA = {"hires": "test", "job": JOB.to_dict(), "result": {"seed": 1234}}
+
+
+def picture(width: int = 64, height: int = 48) -> Image.Image:
+    return Image.linear_gradient("L").resize((width, height)).convert("RGB")
+
+
+@pytest.mark.parametrize("fmt,name,pil_format", [("png", "a.png", "PNG"), ("jpg", "a.jpg", "JPEG"),
+                                                 ("webp", "a.webp", "WEBP"),
+                                                 ("tiff", "a.tiff", "TIFF")])
+def test_save_round_trips_metadata_and_leaves_no_temp_file(tmp_path, fmt, name, pil_format):
+    path = save_image(picture(), tmp_path / name, metadata=METADATA)
+    assert path == tmp_path / name
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # renamed into place, no .part left
+    with Image.open(path) as im:
+        assert im.format == pil_format and im.size == (64, 48)
+    meta = read_metadata(path)
+    assert meta["hires"] == METADATA
+    assert meta["parameters"] == parameters_text(JOB.to_dict(), 64, 48)
+    values = job_values_from_image(path)
+    assert Job.from_dict(values) == JOB
+
+
+@pytest.mark.parametrize("name", ["a.jpg", "a.webp"])
+def test_jpeg_and_webp_carry_the_parameters_in_exif_user_comment(tmp_path, name):
+    path = save_image(picture(), tmp_path / name, metadata=METADATA)
+    with Image.open(path) as im:
+        raw = im.getexif().get_ifd(EXIF_IFD)[USER_COMMENT]
+    assert raw.startswith(b"UNICODE\0")
+    assert raw[8:].decode("utf-16-be").startswith("a lighthouse, at dusk\nNegative prompt: blurry")
+
+
+def test_png_carries_a1111_parameters_and_the_job_as_json(tmp_path):
+    path = save_image(picture(), tmp_path / "a.png", metadata=METADATA)
+    with Image.open(path) as im:
+        assert set(im.info) >= {"parameters", "hires"}
+        assert json.loads(im.info["hires"])["job"]["seed"] == 1234
+
+
+def test_a1111_parameters_layout():
+    text = parameters_text({"prompt": "a red fox", "negative": "blurry", "steps": 50,
+                            "guidance": 7.5, "seed": 1234,
+                            "model": "stabilityai/stable-diffusion-xl-base-1.0"}, 16384, 16384)
+    prompt, negative, settings = text.split("\n")
+    assert prompt == "a red fox"
+    assert negative == "Negative prompt: blurry"
+    assert settings.startswith("Steps: 50, Sampler: Euler, CFG scale: 7.5, Seed: 1234, "
+                               "Size: 16384x16384, Model: stabilityai/stable-diffusion-xl-base-1.0")
+
+
+def test_a1111_parameters_without_negative_has_two_lines():
+    text = parameters_text({"prompt": "a red fox", "steps": 4, "seed": 1}, 256, 256)
+    assert text.split("\n")[0] == "a red fox"
+    assert text.split("\n")[1].startswith("Steps: 4, Sampler: Euler, Seed: 1, Size: 256x256")
+
+
+def test_parse_a_hand_written_a1111_text():
+    text = ("a castle on a hill, golden hour\n"
+            "Negative prompt: blurry, lowres\n"
+            "Steps: 30, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 123456789, Size: 1024x768, "
+            'Model hash: 31e35c80fc, Model: sd_xl_base_1.0, Lora hashes: "a: 1, b: 2", '
+            "Denoising strength: 0.4, Version: v1.6.0")
+    assert parse_parameters(text) == {
+        "prompt": "a castle on a hill, golden hour", "negative": "blurry, lowres", "steps": 30,
+        "guidance": 7.0, "seed": 123456789, "width": 1024, "height": 768,
+        "model": "sd_xl_base_1.0", "strength": 0.4}
+
+
+def test_parameters_text_parses_back_to_the_job():
+    values = parse_parameters(parameters_text(JOB.to_dict(), 256, 192))
+    assert values == {"prompt": JOB.prompt, "negative": "blurry", "steps": 30, "guidance": 6.5,
+                      "seed": 1234, "width": 256, "height": 192, "model": "tiny",
+                      "strength": JOB.strength}
+
+
+def test_an_a1111_only_image_gives_its_job(tmp_path):
+    """A PNG from another tool, with only the `parameters` chunk, can still be re-run."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a fox\nSteps: 20, Sampler: Euler a, CFG scale: 5, Seed: 9, "
+                                "Size: 512x768, Model: someModel")
+    picture().save(tmp_path / "a1111.png", pnginfo=info)
+    assert job_values_from_image(tmp_path / "a1111.png") == {
+        "prompt": "a fox", "steps": 20, "guidance": 5.0, "seed": 9, "width": 512, "height": 768,
+        "model": "someModel"}
+
+
+def test_an_image_without_metadata_cannot_be_rerun(tmp_path):
+    picture().save(tmp_path / "plain.png")
+    with pytest.raises(OutputError, match="no hires or A1111"):
+        job_values_from_image(tmp_path / "plain.png")
+
+
+def test_reading_a_missing_or_non_image_file_is_an_output_error(tmp_path):
+    with pytest.raises(OutputError, match="no such image"):
+        read_metadata(tmp_path / "missing.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(OutputError, match="cannot read"):
+        read_metadata(tmp_path / "notes.txt")
+
+
+def test_webp_over_16383_px_is_refused_and_nothing_is_written(tmp_path):
+    with pytest.raises(OutputError, match="16383"):
+        save_image(picture(16384, 8), tmp_path / "wide.webp")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_existing_file_is_refused_without_overwrite(tmp_path):
+    target = tmp_path / "a.png"
+    target.write_bytes(b"precious")
+    with pytest.raises(OutputExists, match="already exists"):
+        save_image(picture(), target)
+    assert target.read_bytes() == b"precious"
+    save_image(picture(), target, overwrite=True)
+    with Image.open(target) as im:
+        assert im.size == (64, 48)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"]
+
+
+def test_a_failed_write_leaves_neither_the_file_nor_a_temp_file(tmp_path, monkeypatch):
+    def broken_save(self, fp, *args, **kwargs):
+        fp.write(b"half an image")
+        raise KeyboardInterrupt  # as if Ctrl-C arrived mid-encode
+
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_image(picture(), tmp_path / "a.png", metadata=METADATA)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_creates_missing_folders(tmp_path):
+    path = save_image(picture(), tmp_path / "new" / "deeper" / "a.png")
+    assert path.is_file()
+
+
+def test_save_under_a_regular_file_is_an_output_error(tmp_path):
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(OutputError):
+        save_image(picture(), tmp_path / "file.txt" / "a.png")
+
+
+def test_output_path_default_name_and_folders(tmp_path):
+    kw = {"width": 512, "height": 256, "seed": 7, "fmt": "png"}
+    assert output_path(None, **kw) == Path("hires_512x256_s7.png")
+    assert output_path(tmp_path, **kw) == tmp_path / "hires_512x256_s7.png"
+    new = tmp_path / "not-yet"
+    assert output_path(f"{new}/", **kw) == new / "hires_512x256_s7.png"
+    assert output_path(tmp_path, **{**kw, "fmt": "jpg"}) == tmp_path / "hires_512x256_s7.jpg"
+    assert output_path(tmp_path / "named", **kw) == tmp_path / "named.png"
+    assert output_path(tmp_path / "named.tiff", **kw) == tmp_path / "named.tiff"
+
+
+def test_output_path_templates(tmp_path):
+    path = output_path(str(tmp_path / "{index:03d}_{seed}_{width}x{height}_{prompt}.png"),
+                       width=512, height=256, seed=7, fmt="png", index=3,
+                       prompt="A Red Fox, at night!")
+    assert path == tmp_path / "003_7_512x256_a-red-fox-at-night.png"
+
+
+def test_output_path_bad_template_names_the_valid_fields():
+    with pytest.raises(OutputError, match=r"\{seed\}"):
+        output_path("out_{sed}.png", width=8, height=8, seed=1, fmt="png")
