@@ -185,3 +185,17 @@ def test_output_path_templates(tmp_path):
 def test_output_path_bad_template_names_the_valid_fields():
     with pytest.raises(OutputError, match=r"\{seed\}"):
         output_path("out_{sed}.png", width=8, height=8, seed=1, fmt="png")
+
+
+def test_stale_temp_files_of_dead_processes_are_removed(tmp_path):
+    import os
+
+    from hires.output import remove_stale_parts
+
+    dead = tmp_path / ".a.png.999999999.x1.part"  # no such pid
+    live = tmp_path / f".b.png.{os.getpid()}.x2.part"  # this process, still saving
+    other = tmp_path / "c.png"
+    for f in (dead, live, other):
+        f.write_bytes(b"x")
+    assert remove_stale_parts(tmp_path) == [dead]
+    assert not dead.exists() and live.exists() and other.exists()
