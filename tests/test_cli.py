@@ -388,17 +388,17 @@ def test_subprocess_ctrl_c_exits_130_and_leaves_no_file(tmp_path):
 
 def test_gen_runs_three_upscale_stages_to_the_exact_requested_size(tmp_path, asked):
     out = tmp_path / "castle.png"
-    result = cli("gen", "a castle", "--model", "tiny", "--width", "2000", "--height", "720",
+    result = cli("gen", "a castle", "--model", "tiny", "--width", "2000", "--height", "240",
                  "--steps", "4", "--seed", "1", "--save-stages", "-o", out, "--json")
     assert result.exit_code == 0, result.stderr
     (record,) = json_lines(result.stdout)
-    assert [(s["width"], s["height"]) for s in record["stages"]] == [
-        (256, 96), (512, 192), (1024, 384), (2048, 768)]
-    assert (record["generated_width"], record["generated_height"]) == (2048, 768)
-    assert (record["width"], record["height"]) == (2000, 720)
-    assert "made at 2048x768, then fit" in result.stderr
+    sizes = [(256, 32), (512, 64), (1024, 128), (2048, 256)]
+    assert [(s["width"], s["height"]) for s in record["stages"]] == sizes
+    assert (record["generated_width"], record["generated_height"]) == (2048, 256)
+    assert (record["width"], record["height"]) == (2000, 240)
+    assert "made at 2048x256, then fit" in result.stderr
     with Image.open(out) as im:
-        assert im.size == (2000, 720)
-    for i, size in enumerate([(256, 96), (512, 192), (1024, 384), (2048, 768)]):
+        assert im.size == (2000, 240)
+    for i, size in enumerate(sizes):
         with Image.open(tmp_path / f"castle.stage{i}.png") as im:
             assert im.size == size
