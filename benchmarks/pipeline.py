@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import threading
 import time
 from datetime import date
@@ -37,6 +38,8 @@ class RssSampler:
         self.phase: tuple[int, str] | None = None
         self.peaks: dict[tuple[int, str], int] = {}
         self.before: dict[tuple[int, str], int] = {}
+        self.seconds: dict[tuple[int, str], float] = {}  # wall time per phase
+        self.start = self.since = time.perf_counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -50,8 +53,22 @@ class RssSampler:
     def on_event(self, e: Event) -> None:
         key = (e.stage, e.phase)
         if key != self.phase:
+            now = time.perf_counter()
+            if self.phase is not None:
+                self.seconds[self.phase] = self.seconds.get(self.phase, 0) + now - self.since
+            self.since = now
             self.before.setdefault(key, self.proc.memory_info().rss)
             self.phase = key
+            # Live, so that a long run shows where it is (and what it measured so far).
+            print(f"[{now - self.start:8.1f} s] stage {e.stage} {e.phase} {e.width}x{e.height}"
+                  f" (RSS {self.proc.memory_info().rss / GB:.2f} GB)", file=sys.stderr,
+                  flush=True)
+
+    def close_phase(self) -> None:
+        if self.phase is not None:
+            now = time.perf_counter()
+            self.seconds[self.phase] = self.seconds.get(self.phase, 0) + now - self.since
+            self.phase = None
 
     def __enter__(self) -> RssSampler:
         self._thread.start()
@@ -125,6 +142,7 @@ def main() -> None:
         t0 = time.perf_counter()
         result = generate(job, components=components, progress=rss.on_event)
         total = time.perf_counter() - t0
+        rss.close_phase()
     rows = []
     for s in result.stages:
         decode_key = (s.index, "vae-decode")
@@ -139,6 +157,8 @@ def main() -> None:
                                  3),
             "decode_peak_rss_gb": round(decode_peak / GB, 3) if decode_peak else None,
             "decode_extra_minus_canvas_gb": round(decode_extra / GB, 3) if decode_extra else None,
+            "phase_seconds": {p: round(v, 1) for (i, p), v in rss.seconds.items()
+                              if i == s.index},
             "cuda_max_allocated_gb": round(s.peak_memory / GB, 3)
             if dev.type == "cuda" and s.peak_memory else None,
         })

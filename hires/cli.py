@@ -104,7 +104,8 @@ Offload = Annotated[str | None, typer.Option(help="auto, none, model or sequenti
 Device = Annotated[str | None, typer.Option(help="auto, cuda, cuda:N, mps or cpu.")]
 Dtype = Annotated[str | None, typer.Option(help="auto, fp16, bf16 or fp32.")]
 Upsample = Annotated[str | None, typer.Option(help="Between stages: pixel (default) or latent.")]
-VaeTile = Annotated[int | None, typer.Option(help="VAE tile size in pixels (memory vs speed).")]
+VaeTile = Annotated[int | None, typer.Option(
+    help="VAE tile size in pixels (memory vs speed; default 1024).")]
 AllowPickle = Annotated[bool, typer.Option(
     "--allow-pickle", help="Allow loading pickle (.ckpt/.bin) weights you trust.")]
 JsonOut = Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout.")]

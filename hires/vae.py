@@ -35,6 +35,9 @@
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
@@ -399,11 +402,132 @@ def _gather(state: _State, grid: _Grid, sample: list[tuple[Box, Box]],
                                    (m2 / n).float().to(state.device))
 
 
+# ---------------------------------------------------------------------------------------------
+# Resuming tiles from saved block outputs
+
+
+def _stages(net: nn.Module) -> list[Callable[[Tensor], Tensor]]:
+    """diffusers' VAE Encoder or Decoder forward as a list of steps (block by block)."""
+    if hasattr(net, "up_blocks"):
+        blocks = [net.conv_in, net.mid_block, *net.up_blocks]
+    elif hasattr(net, "down_blocks"):
+        blocks = [net.conv_in, *net.down_blocks, net.mid_block]
+    else:
+        return [net]  # an unknown network: run whole, nothing to resume from
+
+    def tail(x: Tensor) -> Tensor:
+        return net.conv_out(net.conv_act(net.conv_norm_out(x)))
+
+    return [*blocks, tail]
+
+
+class _Memo:
+    """Block outputs of tiles, kept in temporary files for the next statistics passes.
+
+    A pass stops at the first GroupNorm without statistics; every block before it already ran
+    on whole-image statistics, so its output for that tile is final. Later passes resume from
+    the deepest saved output instead of starting from the latents: each block then runs about
+    once per tile instead of once per pass (the mid-block attention ran in ~17 passes).
+    On disk, not in memory, so that memory stays set by the tile: 12 GB at 16K for the tiny
+    VAE, read back through the page cache. A level is only kept while it fits `budget` bytes
+    and half the free disk; a shallower level is deleted once a deeper one holds its tiles.
+    """
+
+    def __init__(self, windows: int, budget: float):
+        self.windows, self.budget = windows, budget
+        self.levels: dict[int, tuple] = {}  # level -> (file, {box: (offset, shape, dtype, cl)})
+        self.refused: set[int] = set()
+        self.ends: dict[int, int] = {}
+
+    def load(self, box: Box, device: torch.device) -> tuple[int, Tensor] | None:
+        """(level, saved input of that stage) for the deepest level holding `box`."""
+        for level in sorted(self.levels, reverse=True):
+            f, index = self.levels[level]
+            if box in index:
+                offset, shape, dtype, cl = index[box]
+                t = torch.empty(shape, dtype=dtype)
+                _read_into(f.fileno(), t.reshape(-1).view(torch.uint8).numpy(), offset)
+                if cl:
+                    t = t.contiguous(memory_format=torch.channels_last)
+                return level, t.to(device)
+        return None
+
+    def save(self, level: int, box: Box, x: Tensor) -> None:
+        if level in self.refused or box in self.levels.get(level, (None, {}))[1]:
+            return
+        t = x.detach().to("cpu").contiguous()
+        data = t.reshape(-1).view(torch.uint8).numpy()
+        if level not in self.levels:
+            need = data.nbytes * self.windows
+            if need > min(self.budget, shutil.disk_usage(tempfile.gettempdir()).free / 2):
+                self.refused.add(level)
+                return
+            self.levels[level] = (tempfile.TemporaryFile(), {})
+            self.ends[level] = 0
+        f, index = self.levels[level]
+        cl = x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(
+            memory_format=torch.channels_last)
+        index[box] = (self.ends[level], tuple(t.shape), t.dtype, cl)
+        _write_at(f.fileno(), data, self.ends[level])
+        self.ends[level] += data.nbytes
+        for shallow in [lv for lv in self.levels if lv < level]:
+            if self.levels[shallow][1].keys() <= index.keys():
+                self.levels.pop(shallow)[0].close()
+
+    def close(self) -> None:
+        for f, _ in self.levels.values():
+            f.close()
+        self.levels.clear()
+
+
+def _write_at(fd: int, data: np.ndarray, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def _read_into(fd: int, data: np.ndarray, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        n = os.preadv(fd, [view], offset)
+        if n == 0:
+            raise OSError("tiled VAE scratch file ended early")
+        view, offset = view[n:], offset + n
+
+
+class _Runner:
+    """Runs one tile through a network's stages, resuming from and saving to a `_Memo`."""
+
+    def __init__(self, head: Callable[[Box], Tensor], net: nn.Module, memo: _Memo | None,
+                 device: torch.device):
+        self.head, self.stages, self.memo, self.device = head, _stages(net), memo, device
+
+    def __call__(self, box: Box) -> Tensor:
+        start, x = 0, None
+        hit = self.memo.load(box, self.device) if self.memo is not None else None
+        if hit is not None:
+            start, x = hit
+        else:
+            x = self.head(box)
+        for i in range(start, len(self.stages)):
+            x = self.stages[i](x)
+            if self.memo is not None and i + 1 < len(self.stages):
+                self.memo.save(i + 1, box, x)
+        return x
+
+
+MEMO_BYTES = 16e9  # the most one level of saved block outputs may take on disk
+
+
 @contextmanager
-def _whole_image(net: nn.Module, run: Callable[[Box], Tensor], size: tuple[int, int], t: int,
+def _whole_image(net: nn.Module, head: Callable[[Box], Tensor], size: tuple[int, int], t: int,
                  o: int, stats_tiles: int | None, device: torch.device, dtype: torch.dtype,
                  progress: Progress | None) -> Iterator[tuple[_Grid, Callable[[Box], Tensor]]]:
-    """Patch `net`, gather whole-image statistics, then hand out the tile grid and a runner."""
+    """Patch `net`, gather whole-image statistics, then hand out the tile grid and a runner.
+
+    `head(box)` gives the input of `net` for a tile window.
+    """
     h, w = size
     grid = _Grid(_spans(h, t, o), _spans(w, t, o))
     # Statistics average each tile's owned part, which tile-border effects barely move, so
@@ -431,14 +555,22 @@ def _whole_image(net: nn.Module, run: Callable[[Box], Tensor], size: tuple[int, 
         tick()
         return out
 
-    with torch.no_grad(), _patched(net, state):
-        _gather(state, stats_grid, sample, run, dtype, tick)
+    memo = _Memo(len(stats_grid), MEMO_BYTES)
+    with torch.no_grad(), _patched(net, state), closing(memo):
+        _gather(state, stats_grid, sample, _Runner(head, net, memo, device), dtype, tick)
+        memo.close()  # the final pass uses other windows
+        run = _Runner(head, net, None, device)
         done = total - len(grid)  # exact even if some module never ran
         yield grid, run_tile
 
 
 # ---------------------------------------------------------------------------------------------
 # Decode
+
+
+def _layout(x: Tensor) -> Tensor:
+    """Channels-last on the CPU: its convolutions run about 1.4x faster that way (measured)."""
+    return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else x
 
 
 def _decode_strips(vae, latents: Tensor, tile: int, overlap: int | None,
@@ -454,26 +586,26 @@ def _decode_strips(vae, latents: Tensor, tile: int, overlap: int | None,
     t, o = _tile_sizes(tile, overlap)
     shift = getattr(vae.config, "shift_factor", None)
 
-    def run(box: Box) -> Tensor:
+    def head(box: Box) -> Tensor:
         y0, y1, x0, x1 = box
         z = latents[:, :, y0:y1, x0:x1].to(device=vae.device, dtype=torch.float32)
         z = z / vae.config.scaling_factor
         if shift is not None:
             z = z + shift
-        z = z.to(vae.dtype)
+        z = _layout(z.to(vae.dtype))
         if vae.post_quant_conv is not None:
             z = vae.post_quant_conv(z)
-        return vae.decoder(z)
+        return z
 
     if h * w <= t * t:  # no more pixels than one tile: one plain pass
         with torch.no_grad():
-            out = run((0, h, 0, w))[0].float().cpu()
+            out = vae.decoder(head((0, h, 0, w)))[0].float().cpu()
         if progress is not None:
             progress(1, 1)
         yield 0, out
         return
     drop, fade = DROP * o * SCALE, FADE * o * SCALE
-    with _whole_image(vae.decoder, run, (h, w), t, o, stats_tiles, vae.device, vae.dtype,
+    with _whole_image(vae.decoder, head, (h, w), t, o, stats_tiles, vae.device, vae.dtype,
                       progress) as (grid, run_tile):
         wy = _weights(grid.ys, h, SCALE, drop, fade)
         wx = _weights(grid.xs, w, SCALE, drop, fade)
@@ -559,7 +691,7 @@ def _pixel_source(image: np.ndarray | Tensor) -> tuple[tuple[int, int], Callable
         def window(box: Box) -> Tensor:
             # Only windows become floats. (Copied first: arrays from PIL are read-only.)
             y0, y1, x0, x1 = (v * SCALE for v in box)
-            part = torch.from_numpy(np.ascontiguousarray(image[y0:y1, x0:x1]))
+            part = torch.from_numpy(image[y0:y1, x0:x1].copy())
             return part.permute(2, 0, 1)[None].float() / 127.5 - 1
 
         return (image.shape[0], image.shape[1]), window
@@ -587,27 +719,29 @@ def encode(vae, image: np.ndarray | Tensor, *, tile: int = 1024, overlap: int | 
     t, o = _tile_sizes(tile, overlap)
     channels = vae.config.latent_channels
 
-    def run(box: Box) -> Tensor:
-        moments = vae.encoder(window(box).to(device=vae.device, dtype=vae.dtype))
+    def head(box: Box) -> Tensor:
+        return _layout(window(box).to(device=vae.device, dtype=vae.dtype))
+
+    def tail(moments: Tensor) -> Tensor:
         if vae.quant_conv is not None:
             moments = vae.quant_conv(moments)
         return moments[:, :channels]  # the mean; the log-variance is not needed
 
     if h * w <= t * t:  # no more pixels than one tile: one plain pass
         with torch.no_grad():
-            mean = run((0, h, 0, w)).float()
+            mean = tail(vae.encoder(head((0, h, 0, w)))).float()
         if progress is not None:
             progress(1, 1)
     else:
         mean = torch.zeros(1, channels, h, w)
         drop, fade = DROP * o, FADE * o
-        with _whole_image(vae.encoder, run, (h, w), t, o, stats_tiles, vae.device, vae.dtype,
+        with _whole_image(vae.encoder, head, (h, w), t, o, stats_tiles, vae.device, vae.dtype,
                           progress) as (grid, run_tile):
             wy = _weights(grid.ys, h, 1, drop, fade)
             wx = _weights(grid.xs, w, 1, drop, fade)
             for (y0, y1), wyr in zip(grid.ys, wy):
                 for (x0, x1), wxc in zip(grid.xs, wx):
-                    out = run_tile((y0, y1, x0, x1))[0].float().cpu()
+                    out = tail(run_tile((y0, y1, x0, x1)))[0].float().cpu()
                     mean[0, :, y0:y1, x0:x1] += out * (wyr[:, None] * wxc[None, :])
     shift = getattr(vae.config, "shift_factor", None)
     if shift is not None:

@@ -389,7 +389,8 @@ def test_subprocess_ctrl_c_exits_130_and_leaves_no_file(tmp_path):
 def test_gen_runs_three_upscale_stages_to_the_exact_requested_size(tmp_path, asked):
     out = tmp_path / "castle.png"
     result = cli("gen", "a castle", "--model", "tiny", "--width", "2000", "--height", "240",
-                 "--steps", "4", "--seed", "1", "--save-stages", "-o", out, "--json")
+                 "--steps", "4", "--seed", "1", "--save-stages", "--vae-tile", "256", "-o", out,
+                 "--json")
     assert result.exit_code == 0, result.stderr
     (record,) = json_lines(result.stdout)
     sizes = [(256, 32), (512, 64), (1024, 128), (2048, 256)]

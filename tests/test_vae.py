@@ -170,7 +170,9 @@ def test_small_images_take_one_plain_pass(vae):
     calls = []
     pixels = tiled.decode(vae, z, tile=TILE, progress=lambda d, t: calls.append((d, t)))
     assert calls == [(1, 1)]
-    np.testing.assert_array_equal(pixels, tiled.to_uint8(diffusers_decode(vae, z)).numpy())
+    # Channels-last convolutions on the CPU round differently: a few pixels land one level off.
+    diff = np.abs(pixels.astype(int) - tiled.to_uint8(diffusers_decode(vae, z)).numpy())
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
     image = diffusers_decode(vae, z).clamp(-1, 1)
     torch.testing.assert_close(tiled.encode(vae, image, tile=TILE), diffusers_encode(vae, image))
 
@@ -263,3 +265,36 @@ def test_patches_are_undone_even_when_the_vae_raises(part):
     assert all("forward" not in m.__dict__ for m in norms[1:])
     # And the VAE works as before, bit for bit.
     torch.testing.assert_close(diffusers_decode(vae, z), reference, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("part", ["decoder", "encoder"])
+def test_saved_block_outputs_change_nothing_and_spare_work(vae, part, monkeypatch):
+    z = smooth_latent(48, 48, seed=7)
+    image = diffusers_decode(vae, z).clamp(-1, 1)
+    net = getattr(vae, part)
+    runs = 0
+
+    def count(module, args, output):
+        nonlocal runs
+        runs += 1
+
+    def run() -> tuple[torch.Tensor, int]:
+        nonlocal runs
+        runs = 0
+        handle = net.conv_in.register_forward_hook(count)
+        try:
+            if part == "decoder":
+                out = tiled.decode_float(vae, z, tile=TILE, overlap=OVERLAP)
+            else:
+                out = tiled.encode(vae, image, tile=TILE, overlap=OVERLAP)
+        finally:
+            handle.remove()
+        return out, runs
+
+    saved, saved_runs = run()
+    monkeypatch.setattr(tiled, "MEMO_BYTES", 0)  # nothing fits: every pass starts afresh
+    fresh, fresh_runs = run()
+    torch.testing.assert_close(saved, fresh, rtol=0, atol=1e-6)
+    # Without saved outputs the first block runs in every pass; with them, once per tile in the
+    # statistics passes plus once per tile in the final pass.
+    assert saved_runs < fresh_runs / 2
