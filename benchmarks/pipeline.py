@@ -159,6 +159,8 @@ def main() -> None:
             "decode_extra_minus_canvas_gb": round(decode_extra / GB, 3) if decode_extra else None,
             "phase_seconds": {p: round(v, 1) for (i, p), v in rss.seconds.items()
                               if i == s.index},
+            "phase_peak_rss_gb": {p: round(v / GB, 3) for (i, p), v in rss.peaks.items()
+                                  if i == s.index},
             "cuda_max_allocated_gb": round(s.peak_memory / GB, 3)
             if dev.type == "cuda" and s.peak_memory else None,
         })

@@ -138,6 +138,7 @@ def _run(job: Job, comps: Components, progress: ProgressFn | None, save_stages: 
                 image = decode(comps, latents, tile, emit, stage.index - 1, n)
                 if save_stages:
                     stage_images.append(image)
+                emit(Event("resize", stage.index, n, stage.width, stage.height))
                 image = image.resize((stage.width, stage.height), Image.LANCZOS)
                 x0 = encode(comps, image, tile, emit, stage, n)
                 image = None

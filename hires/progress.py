@@ -13,7 +13,7 @@ from typing import TextIO
 class Event:
     """Something happened in a run: a phase started, advanced or ended."""
 
-    phase: str  # "encode-prompt" | "denoise" | "vae-decode" | "vae-encode" | "save"
+    phase: str  # "encode-prompt" | "denoise" | "vae-decode" | "resize" | "vae-encode" | "save"
     stage: int  # 0 = base stage
     stages: int
     width: int
