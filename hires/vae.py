@@ -447,7 +447,7 @@ class _Memo:
     on whole-image statistics, so its output for that tile is final. Later passes resume from
     the deepest saved output instead of starting from the latents: each block then runs about
     once per tile instead of once per pass (the mid-block attention ran in ~17 passes).
-    On disk, not in memory, so that memory stays set by the tile: 12 GB at 16K for the tiny
+    On disk, not in memory, so that memory stays set by the tile: up to 17 GB at 16K for the tiny
     VAE, read back through the page cache. A level is only kept while it fits `budget` bytes
     and half the free disk; a shallower level is deleted once a deeper one holds its tiles.
     """
