@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -85,7 +86,14 @@ def spawn_hires(*args: str, stderr_path: Path) -> subprocess.Popen:
     """A running `python -m hires ARGS`; stderr goes to a file the test can poll."""
     with open(stderr_path, "wb") as err:
         return subprocess.Popen(hires_cmd(*args), stdout=subprocess.PIPE, stderr=err,
-                                stdin=subprocess.DEVNULL, env=subprocess_env(), cwd=REPO)
+                                stdin=subprocess.DEVNULL, env=subprocess_env(), cwd=REPO,
+                                preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    # A shell runs background jobs (`cmd &`) with SIGINT ignored, and children inherit that:
+    # Python then installs no Ctrl-C handler at all. Give the child what a terminal would.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for(condition, proc: subprocess.Popen, timeout: float = 240, every: float = 0.02):
