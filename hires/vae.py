@@ -43,6 +43,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
+from typing import IO
 
 import numpy as np
 import torch
@@ -454,49 +455,56 @@ class _Memo:
 
     def __init__(self, windows: int, budget: float):
         self.windows, self.budget = windows, budget
-        self.levels: dict[int, tuple] = {}  # level -> (file, {box: (offset, shape, dtype, cl)})
+        self.levels: dict[int, _Level] = {}
         self.refused: set[int] = set()
-        self.ends: dict[int, int] = {}
 
     def load(self, box: Box, device: torch.device) -> tuple[int, Tensor] | None:
         """(level, saved input of that stage) for the deepest level holding `box`."""
-        for level in sorted(self.levels, reverse=True):
-            f, index = self.levels[level]
-            if box in index:
-                offset, shape, dtype, cl = index[box]
+        for number in sorted(self.levels, reverse=True):
+            level = self.levels[number]
+            if box in level.index:
+                offset, shape, dtype, cl = level.index[box]
                 t = torch.empty(shape, dtype=dtype)
-                _read_into(f.fileno(), t.reshape(-1).view(torch.uint8).numpy(), offset)
+                _read_into(level.file.fileno(), t.reshape(-1).view(torch.uint8).numpy(), offset)
                 if cl:
                     t = t.contiguous(memory_format=torch.channels_last)
-                return level, t.to(device)
+                return number, t.to(device)
         return None
 
-    def save(self, level: int, box: Box, x: Tensor) -> None:
-        if level in self.refused or box in self.levels.get(level, (None, {}))[1]:
+    def save(self, number: int, box: Box, x: Tensor) -> None:
+        level = self.levels.get(number)
+        if number in self.refused or (level is not None and box in level.index):
             return
         t = x.detach().to("cpu").contiguous()
         data = t.reshape(-1).view(torch.uint8).numpy()
-        if level not in self.levels:
+        if level is None:
             need = data.nbytes * self.windows
             if need > min(self.budget, shutil.disk_usage(tempfile.gettempdir()).free / 2):
-                self.refused.add(level)
+                self.refused.add(number)
                 return
-            self.levels[level] = (tempfile.TemporaryFile(), {})
-            self.ends[level] = 0
-        f, index = self.levels[level]
+            level = self.levels[number] = _Level(tempfile.TemporaryFile())
         cl = x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(
             memory_format=torch.channels_last)
-        index[box] = (self.ends[level], tuple(t.shape), t.dtype, cl)
-        _write_at(f.fileno(), data, self.ends[level])
-        self.ends[level] += data.nbytes
-        for shallow in [lv for lv in self.levels if lv < level]:
-            if self.levels[shallow][1].keys() <= index.keys():
-                self.levels.pop(shallow)[0].close()
+        level.index[box] = (level.end, tuple(t.shape), t.dtype, cl)
+        _write_at(level.file.fileno(), data, level.end)
+        level.end += data.nbytes
+        for shallow in [n for n in self.levels if n < number]:
+            if self.levels[shallow].index.keys() <= level.index.keys():
+                self.levels.pop(shallow).file.close()
 
     def close(self) -> None:
-        for f, _ in self.levels.values():
-            f.close()
+        for level in self.levels.values():
+            level.file.close()
         self.levels.clear()
+
+
+@dataclass
+class _Level:
+    """One level of saved outputs: a scratch file and where each tile's tensor lies in it."""
+
+    file: IO[bytes]
+    index: dict = field(default_factory=dict)  # box -> (offset, shape, dtype, channels-last)
+    end: int = 0  # bytes written
 
 
 def _write_at(fd: int, data: np.ndarray, offset: int) -> None:
