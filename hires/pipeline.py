@@ -13,6 +13,7 @@ from PIL import Image
 
 from hires import vae as tiled_vae
 from hires.job import Job
+from hires.lean import lean_unet
 from hires.memory import chunked_feed_forward, on_device, peak_memory, reset_peak
 from hires.models import Components, load
 from hires.plan import Plan, Stage, make_plan
@@ -30,7 +31,8 @@ from hires.sampling import (
 __all__ = ["Result", "StageReport", "generate", "load", "plan_for"]
 
 # Stages at least this many times the base size in area run uncond and cond as separate UNet
-# calls and chunk the feed-forward: the same result with about half the activation memory.
+# calls, chunk the feed-forward and run resnets in row bands (hires.lean): the same result with
+# a fraction of the activation memory.
 LOW_MEMORY_AREA = 16
 DEFAULT_VAE_TILE = 1024  # px
 
@@ -127,7 +129,8 @@ def _run(job: Job, comps: Components, progress: ProgressFn | None, save_stages: 
         shape = (1, 4, stage.height // 8, stage.width // 8)
         if stage.index == 0:
             noise = torch.randn(shape, generator=generator).to(comps.device)
-            with on_device(comps, comps.unet), chunked_feed_forward(comps.unet, low_memory):
+            with on_device(comps, comps.unet), lean_unet(comps.unet, low_memory), \
+                    chunked_feed_forward(comps.unet, low_memory):
                 on_step(0, stage.steps)
                 latents = sample_base(denoiser, noise, sigmas, stage.timesteps, on_step)
             anchor = channel_stats(latents)
@@ -144,7 +147,8 @@ def _run(job: Job, comps: Components, progress: ProgressFn | None, save_stages: 
                 image = None
             # One noise tensor per stage, from the job's generator: same seed, same image.
             noise = torch.randn(shape, generator=generator).to(comps.device)
-            with on_device(comps, comps.unet), chunked_feed_forward(comps.unet, low_memory):
+            with on_device(comps, comps.unet), lean_unet(comps.unet, low_memory), \
+                    chunked_feed_forward(comps.unet, low_memory):
                 on_step(0, stage.steps)
                 latents = sample_upscale(denoiser, x0, noise, sigmas, stage.timesteps,
                                          stage.ratio, anchor, knobs, on_step)

@@ -1,0 +1,220 @@
+"""Memory-lean UNet inference at huge latents: resnets, up blocks and upsamplers in row bands."""
+
+# Why our own: diffusers' up blocks concatenate each skip connection onto the hidden state, and
+# ResnetBlock2D and Upsample2D keep every intermediate (GroupNorm out, SiLU out, 2x nearest
+# upsample, conv out, shortcut) as a whole-latent tensor; CPU convolutions add an output-sized
+# reorder buffer. At the 16K stage's 2048^2 latent the tiny model's full-resolution up block
+# (96 channels, fp32) holds several 0.5-1.6 GB of them at once: one UNet evaluation peaked at
+# 8.2 GB RSS. SDXL's 320-960 channels in fp16 make each 2.7-8 GB. Here a GroupNorm's statistics
+# are taken over its whole input first (exact), then norm, SiLU (and the nearest upsample) and
+# the 3x3 convolution run over bands of rows, each band read with the convolution's halo rows,
+# into one preallocated output; the shortcut is added in place, and the concatenation is only
+# ever made one band at a time. Same arithmetic as diffusers up to float rounding.
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+BAND_BYTES = 64 * 2**20  # fp32 working set of one band on CPU: stays in cache, measured fast
+GPU_BAND_BYTES = 2**30  # on a GPU fewer, larger bands: fewer kernel launches (not yet measured)
+RowFn = Callable[[int, int], Tensor]  # rows [lo, hi) of a conv input that is made band by band
+
+
+@dataclass
+class Stacked:
+    """The channel concatenation of `parts` (N x C_i x H x W each), read band by band."""
+
+    parts: list[Tensor]
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        n, _, h, w = self.parts[0].shape
+        return n, sum(p.shape[1] for p in self.parts), h, w
+
+    def rows(self, lo: int, hi: int) -> Tensor:
+        if len(self.parts) == 1:
+            return self.parts[0][:, :, lo:hi]
+        return torch.cat([p[:, :, lo:hi] for p in self.parts], dim=1)
+
+
+def band_rows(like: Tensor, channels: int, width: int, reach: int = 0) -> int:
+    """Rows per band: about BAND_BYTES of fp32, and several times the conv's halo."""
+    budget = BAND_BYTES if like.device.type == "cpu" else GPU_BAND_BYTES
+    return max(budget // max(1, channels * width * 4), 4 * reach, 1)
+
+
+def group_scale_shift(x: Stacked, norm: nn.GroupNorm) -> tuple[Tensor, Tensor]:
+    """GroupNorm of `x` as a per-channel affine map (scale, shift), N x C x 1 x 1 in fp32.
+
+    Statistics are exact over the whole input (two passes, fp64 sums), read band by band so
+    no whole-size temporary is made.
+    """
+    n, c, h, w = x.shape
+    g, step = norm.num_groups, band_rows(x.parts[0], c, w)
+    count = (c // g) * h * w
+
+    def grouped(a: int) -> Tensor:
+        return x.rows(a, a + step).float().reshape(n, g, -1)
+
+    mean = sum(grouped(a).sum(-1, dtype=torch.float64) for a in range(0, h, step)) / count
+    m2 = sum((grouped(a) - mean[..., None].float()).square().sum(-1, dtype=torch.float64)
+             for a in range(0, h, step))
+    rstd = torch.rsqrt(m2 / count + norm.eps)
+    scale = rstd.repeat_interleave(c // g, dim=1).float()
+    shift = (-mean * rstd).repeat_interleave(c // g, dim=1).float()
+    if norm.affine:
+        shift = shift * norm.weight.float() + norm.bias.float()
+        scale = scale * norm.weight.float()
+    return scale.view(n, c, 1, 1), shift.view(n, c, 1, 1)
+
+
+def banded_conv(conv: nn.Conv2d, rows: RowFn, shape: tuple[int, int, int, int],
+                like: Tensor) -> Tensor:
+    """A stride-1 conv over an input of `shape` (N, C, H, W) that `rows(lo, hi)` makes."""
+    n, c, height, width = shape
+    (kh, kw), (dh, dw), (ph, pw) = conv.kernel_size, conv.dilation, conv.padding
+    reach = dh * (kh - 1)
+    out_h, out_w = height + 2 * ph - reach, width + 2 * pw - dw * (kw - 1)
+    out = like.new_empty((n, conv.out_channels, out_h, out_w))
+    step = band_rows(like, c, width, reach)
+    for a in range(0, out_h, step):
+        b = min(a + step, out_h)
+        lo, hi = a - ph, b - ph + reach  # input rows this band reads; outside is zero padding
+        band = rows(max(lo, 0), min(hi, height))
+        if lo < 0 or hi > height:
+            band = F.pad(band, (0, 0, max(0, -lo), max(0, hi - height)))
+        out[:, :, a:b] = F.conv2d(band, conv.weight, conv.bias, 1, (0, pw), conv.dilation,
+                                  conv.groups)
+    return out
+
+
+def norm_act_conv(x: Stacked, norm: nn.GroupNorm, act: nn.Module, conv: nn.Conv2d) -> Tensor:
+    """conv(act(norm(x))) without a whole-size norm or activation output."""
+    scale, shift = group_scale_shift(x, norm)
+    like = x.parts[0]
+
+    def rows(lo: int, hi: int) -> Tensor:
+        h = torch.addcmul(shift, x.rows(lo, hi).float(), scale)
+        h = F.silu(h, inplace=True) if isinstance(act, nn.SiLU) else act(h)
+        return h.to(like.dtype)
+
+    return banded_conv(conv, rows, x.shape, like)
+
+
+def _plain_conv(conv: nn.Module | None) -> bool:
+    return (isinstance(conv, nn.Conv2d) and conv.stride == (1, 1)
+            and conv.padding_mode == "zeros" and not isinstance(conv.padding, str))
+
+
+def resnet_supported(block: nn.Module, temb: Tensor | None) -> bool:
+    """Whether `resnet` computes this ResnetBlock2D exactly (SDXL's resnets all qualify)."""
+    return (not block.training and block.time_embedding_norm == "default"
+            and block.upsample is None and block.downsample is None
+            and (temb is None or block.time_emb_proj is not None)
+            and isinstance(block.norm1, nn.GroupNorm) and isinstance(block.norm2, nn.GroupNorm)
+            and _plain_conv(block.conv1) and _plain_conv(block.conv2))
+
+
+def resnet(block: nn.Module, x: Stacked, temb: Tensor | None) -> Tensor:
+    """ResnetBlock2D.forward on the concatenation `x`, band by band."""
+    h = norm_act_conv(x, block.norm1, block.nonlinearity, block.conv1)
+    if temb is not None:
+        t = temb if block.skip_time_act else block.nonlinearity(temb)
+        h += block.time_emb_proj(t)[:, :, None, None]
+    out = norm_act_conv(Stacked([h]), block.norm2, block.nonlinearity, block.conv2)  # no dropout
+    del h
+    n, c, height, width = x.shape
+    step = band_rows(out, c, width)
+    for a in range(0, height, step):
+        band = x.rows(a, a + step)
+        out[:, :, a:a + step] += band if block.conv_shortcut is None else block.conv_shortcut(band)
+    if block.output_scale_factor != 1:
+        out /= block.output_scale_factor
+    return out
+
+
+def lean_resnet(block: nn.Module, original: Callable) -> Callable:
+    """A ResnetBlock2D forward with the same result and no whole-size temporaries."""
+
+    def forward(x: Tensor, temb: Tensor | None = None, *args, **kwargs) -> Tensor:
+        if args or kwargs or not resnet_supported(block, temb):
+            return original(x, temb, *args, **kwargs)
+        return resnet(block, Stacked([x]), temb)
+
+    return forward
+
+
+def lean_up_block(block: nn.Module, original: Callable) -> Callable:
+    """An UpBlock2D / CrossAttnUpBlock2D forward that never concatenates a skip whole."""
+
+    def forward(hidden_states: Tensor, res_hidden_states_tuple: tuple[Tensor, ...],
+                temb: Tensor | None = None, *args, upsample_size: int | None = None,
+                **attn_kwargs) -> Tensor:
+        freeu = all(getattr(block, k, None) for k in ("s1", "s2", "b1", "b2"))
+        if (args or freeu or block.training
+                or not all(resnet_supported(r, temb) for r in block.resnets)):
+            return original(hidden_states, res_hidden_states_tuple, temb, *args,
+                            upsample_size=upsample_size, **attn_kwargs)
+        attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
+        skips = list(res_hidden_states_tuple)
+        for res, attn in zip(block.resnets, attentions, strict=True):
+            hidden_states = resnet(res, Stacked([hidden_states, skips.pop()]), temb)
+            if attn is not None:
+                hidden_states = attn(hidden_states, return_dict=False, **attn_kwargs)[0]
+        for upsampler in block.upsamplers or ():
+            hidden_states = upsampler(hidden_states, upsample_size)
+        return hidden_states
+
+    return forward
+
+
+def lean_upsample(block: nn.Module, original: Callable) -> Callable:
+    """An Upsample2D forward (2x nearest, then conv) that never holds the upsampled input."""
+    conv = block.conv if block.name == "conv" else getattr(block, "Conv2d_0", None)
+
+    def forward(x: Tensor, output_size=None, *args, **kwargs) -> Tensor:
+        if (args or kwargs or output_size is not None or block.norm is not None
+                or block.use_conv_transpose or not block.interpolate or not block.use_conv
+                or not _plain_conv(conv)):
+            return original(x, output_size, *args, **kwargs)
+
+        def rows(lo: int, hi: int) -> Tensor:  # rows [lo, hi) of the 2x upsampled input
+            src = F.interpolate(x[:, :, lo // 2:(hi + 1) // 2], scale_factor=2.0, mode="nearest")
+            return src[:, :, lo % 2:lo % 2 + hi - lo]
+
+        n, c, height, width = x.shape
+        return banded_conv(conv, rows, (n, c, 2 * height, 2 * width), x)
+
+    return forward
+
+
+@contextmanager
+def lean_unet(unet: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Run the UNet's resnets, up blocks and upsamplers band by band while a huge stage runs."""
+    from diffusers.models.resnet import ResnetBlock2D
+    from diffusers.models.unets.unet_2d_blocks import CrossAttnUpBlock2D, UpBlock2D
+    from diffusers.models.upsampling import Upsample2D
+
+    makers = {ResnetBlock2D: lean_resnet, Upsample2D: lean_upsample,
+              UpBlock2D: lean_up_block, CrossAttnUpBlock2D: lean_up_block}
+    patched = []
+    try:
+        for m in unet.modules() if enabled else ():
+            make = makers.get(type(m))
+            if make is None or hasattr(m, "_diffusers_hook"):  # hooked: leave its forward be
+                continue
+            patched.append((m, m.__dict__.get("forward")))
+            m.forward = make(m, m.forward)
+        yield
+    finally:
+        for m, before in patched:
+            if before is None:
+                del m.forward
+            else:
+                m.forward = before
