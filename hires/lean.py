@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-BAND_BYTES = 64 * 2**20  # fp32 working set of one band on CPU: stays in cache, measured fast
+BAND_BYTES = 64 * 2**20  # fp32 working set of one band on CPU (measured: no slower than whole)
 GPU_BAND_BYTES = 2**30  # on a GPU fewer, larger bands: fewer kernel launches (not yet measured)
 RowFn = Callable[[int, int], Tensor]  # rows [lo, hi) of a conv input that is made band by band
 
@@ -52,18 +52,19 @@ def band_rows(like: Tensor, channels: int, width: int, reach: int = 0) -> int:
 def group_scale_shift(x: Stacked, norm: nn.GroupNorm) -> tuple[Tensor, Tensor]:
     """GroupNorm of `x` as a per-channel affine map (scale, shift), N x C x 1 x 1 in fp32.
 
-    Statistics are exact over the whole input (two passes, fp64 sums), read band by band so
-    no whole-size temporary is made.
+    Statistics are exact over the whole input (two passes, fp64 sums where the device has
+    fp64), read band by band so no whole-size temporary is made.
     """
     n, c, h, w = x.shape
     g, step = norm.num_groups, band_rows(x.parts[0], c, w)
     count = (c // g) * h * w
+    acc = torch.float32 if x.parts[0].device.type == "mps" else torch.float64  # MPS: no fp64
 
     def grouped(a: int) -> Tensor:
         return x.rows(a, a + step).float().reshape(n, g, -1)
 
-    mean = sum(grouped(a).sum(-1, dtype=torch.float64) for a in range(0, h, step)) / count
-    m2 = sum((grouped(a) - mean[..., None].float()).square().sum(-1, dtype=torch.float64)
+    mean = sum(grouped(a).sum(-1, dtype=acc) for a in range(0, h, step)) / count
+    m2 = sum((grouped(a) - mean[..., None].float()).square().sum(-1, dtype=acc)
              for a in range(0, h, step))
     rstd = torch.rsqrt(m2 / count + norm.eps)
     scale = rstd.repeat_interleave(c // g, dim=1).float()
