@@ -5,6 +5,7 @@ Each mode runs in its own process, so its peak memory is its own: peak RSS (VmHW
 pipeline's big stages do.
 
     python benchmarks/unet_memory.py                           # tiny, CPU, 2048^2 latent (16K)
+    python benchmarks/unet_memory.py --dilation 64             # the 16K stage's global pass
     python benchmarks/unet_memory.py --full --device cuda      # full-size SDXL, fp16
 """
 
@@ -38,6 +39,7 @@ def one_evaluation(args: argparse.Namespace) -> dict:
     """Load the model, run one UNet call at the latent size, report time and peak memory."""
     from hires.lean import lean_unet
     from hires.memory import chunked_feed_forward
+    from hires.sampling import dilated_convs
 
     if args.full:
         from pipeline import full_size_components
@@ -62,20 +64,23 @@ def one_evaluation(args: argparse.Namespace) -> dict:
         torch.cuda.reset_peak_memory_stats(dev)
     lean = lean_unet(unet) if args.mode == "lean" else nullcontext()
     t0 = time.perf_counter()
-    with torch.inference_mode(), chunked_feed_forward(unet, True), lean:
+    with (torch.inference_mode(), dilated_convs(unet, args.dilation),
+          chunked_feed_forward(unet, True), lean):
         unet(x, torch.tensor(500.0, device=dev), encoder_hidden_states=emb,
              added_cond_kwargs=added, return_dict=False)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - t0
     peak = vm_hwm() if dev.type == "cpu" else torch.cuda.max_memory_allocated(dev)
-    return {"mode": args.mode, "seconds": round(seconds, 1), "before_gb": round(before / GB, 3),
-            "peak_gb": round(peak / GB, 3)}
+    return {"mode": args.mode, "dilation": args.dilation, "seconds": round(seconds, 1),
+            "before_gb": round(before / GB, 3), "peak_gb": round(peak / GB, 3)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--latent", type=int, default=2048, help="latent side (pixels / 8)")
+    ap.add_argument("--dilation", type=int, default=1,
+                    help="dilate the 3x3 convs, as the global pass does (stage ratio: 64 at 16K)")
     ap.add_argument("--full", action="store_true", help="full-size SDXL, random weights")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--mode", choices=["diffusers", "lean"], help=argparse.SUPPRESS)
@@ -88,7 +93,8 @@ def main() -> None:
     rows = []
     for mode in ("diffusers", "lean"):
         cmd = [sys.executable, __file__, "--mode", mode, "--latent", str(args.latent),
-               "--device", args.device] + (["--full"] if args.full else [])
+               "--dilation", str(args.dilation), "--device", args.device]
+        cmd += ["--full"] if args.full else []
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
             sys.exit(f"{mode} run failed:\n{done.stderr[-2000:]}")
@@ -102,12 +108,13 @@ def main() -> None:
         "machine": f"{platform.machine()} {psutil.cpu_count()} cpus, "
                    f"{psutil.virtual_memory().total / 2**30:.0f} GiB",
         "torch": torch.__version__, "model": model, "device": args.device,
-        "latent": args.latent,
+        "latent": args.latent, "dilation": args.dilation,
         "memory": "VmHWM (peak RSS)" if args.device == "cpu" else "cuda max_memory_allocated",
         "rows": rows,
     }
+    suffix = f"-dilation{args.dilation}" if args.dilation > 1 else ""
     out = Path(args.out or f"benchmarks/results/unet-memory-{model}-"
-                           f"{torch.device(args.device).type}.json")
+                           f"{torch.device(args.device).type}{suffix}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(f"wrote {out}")
