@@ -5,11 +5,12 @@
 # upsample, conv out, shortcut) as a whole-latent tensor; CPU convolutions add an output-sized
 # reorder buffer. At the 16K stage's 2048^2 latent the tiny model's full-resolution up block
 # (96 channels, fp32) holds several 0.5-1.6 GB of them at once: one UNet evaluation peaked at
-# 8.2 GB RSS. SDXL's 320-960 channels in fp16 make each 2.7-8 GB. Here a GroupNorm's statistics
-# are taken over its whole input first (exact), then norm, SiLU (and the nearest upsample) and
-# the 3x3 convolution run over bands of rows, each band read with the convolution's halo rows,
-# into one preallocated output; the shortcut is added in place, and the concatenation is only
-# ever made one band at a time. Same arithmetic as diffusers up to float rounding.
+# 8.4 GB RSS (4.5 GB here). SDXL's 320-960 channels in fp16 make each 2.7-8 GB. Here a
+# GroupNorm's statistics are taken over its whole input first (exact), then norm, SiLU (and the
+# nearest upsample) and the 3x3 convolution run over bands of rows, each band read with the
+# convolution's halo rows, into one preallocated output; the shortcut is added in place, and
+# the concatenation is only ever made one band at a time. Same arithmetic as diffusers up to
+# float rounding.
 
 from __future__ import annotations
 
