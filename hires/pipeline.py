@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -129,8 +131,7 @@ def _run(job: Job, comps: Components, progress: ProgressFn | None, save_stages: 
         shape = (1, 4, stage.height // 8, stage.width // 8)
         if stage.index == 0:
             noise = torch.randn(shape, generator=generator).to(comps.device)
-            with on_device(comps, comps.unet), lean_unet(comps.unet, low_memory), \
-                    chunked_feed_forward(comps.unet, low_memory):
+            with denoising(comps, low_memory):
                 on_step(0, stage.steps)
                 latents = sample_base(denoiser, noise, sigmas, stage.timesteps, on_step)
             anchor = channel_stats(latents)
@@ -147,8 +148,7 @@ def _run(job: Job, comps: Components, progress: ProgressFn | None, save_stages: 
                 image = None
             # One noise tensor per stage, from the job's generator: same seed, same image.
             noise = torch.randn(shape, generator=generator).to(comps.device)
-            with on_device(comps, comps.unet), lean_unet(comps.unet, low_memory), \
-                    chunked_feed_forward(comps.unet, low_memory):
+            with denoising(comps, low_memory):
                 on_step(0, stage.steps)
                 latents = sample_upscale(denoiser, x0, noise, sigmas, stage.timesteps,
                                          stage.ratio, anchor, knobs, on_step)
@@ -166,6 +166,15 @@ def _run(job: Job, comps: Components, progress: ProgressFn | None, save_stages: 
         image = fit(image, plan.requested_width, plan.requested_height)
     return Result(image, job, plan, reports, time.perf_counter() - started,
                   peak_memory(comps.device), stage_images, list(comps.warnings), comps.linfusion)
+
+
+@contextmanager
+def denoising(comps: Components, low_memory: bool) -> Iterator[None]:
+    """The UNet on its device for a stage; in big stages, chunked feed-forward and row bands."""
+    unet = comps.unet
+    with on_device(comps, unet), lean_unet(unet, low_memory), \
+            chunked_feed_forward(unet, low_memory):
+        yield
 
 
 def encode_prompt(comps: Components, job: Job, plan: Plan) -> Conditioning:
