@@ -106,6 +106,8 @@ Dtype = Annotated[str | None, typer.Option(help="auto, fp16, bf16 or fp32.")]
 Upsample = Annotated[str | None, typer.Option(help="Between stages: pixel (default) or latent.")]
 VaeTile = Annotated[int | None, typer.Option(
     help="VAE tile size in pixels (memory vs speed; default 1024).")]
+VaeStats = Annotated[str | None, typer.Option(
+    help="How tiles share GroupNorm statistics: fast (default) or exact (slower, scratch disk).")]
 AllowPickle = Annotated[bool, typer.Option(
     "--allow-pickle", help="Allow loading pickle (.ckpt/.bin) weights you trust.")]
 JsonOut = Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout.")]
@@ -230,7 +232,8 @@ def gen(
     fmt: Fmt = None,
     save_stages: Annotated[bool, typer.Option(help="Also save each stage's image.")] = False,
     vram: Vram = None, offload: Offload = None, device: Device = None, dtype: Dtype = None,
-    upsample: Upsample = None, vae_tile: VaeTile = None, allow_pickle: AllowPickle = False,
+    upsample: Upsample = None, vae_tile: VaeTile = None, vae_stats: VaeStats = None,
+    allow_pickle: AllowPickle = False,
     from_image: Annotated[Path | None, typer.Option(
         "--from", help="Re-run the job recorded in an image made by hires.")] = None,
     as_json: JsonOut = False, quiet: QuietOpt = False, overwrite: Overwrite = False,
@@ -242,7 +245,8 @@ def gen(
                           negative=negative, seed=seed, steps=steps, guidance=guidance,
                           strength=strength, model=model, linfusion=linfusion, format=fmt,
                           vram=vram, offload=offload, device=device, dtype=dtype,
-                          upsample=upsample, vae_tile=vae_tile, allow_pickle=allow_pickle)
+                          upsample=upsample, vae_tile=vae_tile, vae_stats=vae_stats,
+                          allow_pickle=allow_pickle)
         if prompt and prompt != "-":
             flags["prompt"] = prompt
         job = build_job(preset, from_image, flags)

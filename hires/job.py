@@ -13,6 +13,7 @@ MAX_SIDE = 32768
 FORMATS = ("png", "jpg", "webp", "tiff")
 UPSAMPLE_MODES = ("pixel", "latent")
 OFFLOAD_MODES = ("auto", "none", "model", "sequential")
+VAE_STATS_MODES = ("fast", "exact")
 
 
 class JobError(ValueError):
@@ -44,6 +45,7 @@ class Job:
     offload: str = "auto"
     vram: float | None = None
     vae_tile: int | None = None
+    vae_stats: str = "fast"
     format: str = "png"
     allow_pickle: bool = False
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -65,6 +67,7 @@ class Job:
         _check_choice("upsample", self.upsample, UPSAMPLE_MODES)
         _check_choice("format", self.format, FORMATS)
         _check_choice("offload", self.offload, OFFLOAD_MODES)
+        _check_choice("vae_stats", self.vae_stats, VAE_STATS_MODES)
         if self.vae_tile is not None and (self.vae_tile < 64 or self.vae_tile % 8):
             raise JobError(f"vae_tile must be a multiple of 8 and >= 64, got {self.vae_tile}")
         return self
