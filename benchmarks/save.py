@@ -1,0 +1,131 @@
+"""Saving a huge PNG: Pillow's encoder (zlib level 1) against hires' parallel strip writer.
+
+The image is realistic, not flat colour: four scikit-image photos, upscaled (bicubic) to fill a
+2 x 2 grid of the requested size, with Gaussian noise (sigma 3 levels) like a generated image's
+fine texture; `--kind smooth` leaves the noise out. Each case saves through the same metadata
+(the A1111 parameters and the job JSON) into a temporary file, once (a 16K save is seconds to a
+minute, well above timer noise), and reports wall time, process CPU time (all threads) and size.
+
+    python benchmarks/save.py                               # 8192 and 16384, photo
+    python benchmarks/save.py --sizes 4096 --kinds photo smooth --methods pillow-l1 strips
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import zlib
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from hires import output
+from hires.job import Job
+
+METHODS = {
+    "pillow-l1": "Pillow, adaptive filters, zlib level 1 (hires until 2026-12-01)",
+    "pillow-l6": "Pillow's default (zlib level 6)",
+    "strips": "hires.output.write_png: Up filter, zlib level 1 RLE, strips in threads (now)",
+    "strips-lz": "the same strips, zlib level 1 with LZ77 matches (Z_DEFAULT_STRATEGY)",
+}
+
+
+def photo(size: int, noise: float = 3.0, seed: int = 0) -> Image.Image:
+    """A size x size RGB image from four upscaled photos, plus Gaussian noise."""
+    from skimage import data
+
+    half = size // 2
+    tiles = [np.asarray(Image.fromarray(p).resize((half, half), Image.BICUBIC))
+             for p in (data.astronaut(), data.coffee(), data.chelsea(), data.rocket())]
+    image = np.concatenate([np.concatenate(tiles[:2], 1), np.concatenate(tiles[2:], 1)], 0)
+    if noise:
+        rng = np.random.default_rng(seed)
+        for rows in range(0, size, 1024):  # in bands: an int16 copy of 16K would be 1.6 GB
+            band = image[rows:rows + 1024].astype(np.int16)
+            band += rng.normal(0, noise, band.shape).round().astype(np.int16)
+            image[rows:rows + 1024] = band.clip(0, 255).astype(np.uint8)
+    return Image.fromarray(image)
+
+
+def save(image: Image.Image, method: str, folder: Path, metadata: dict) -> Path:
+    """Save `image` one way; returns the file."""
+    path = folder / f"{method}.png"
+    if method == "strips":
+        return output.save_image(image, path, metadata=metadata, overwrite=True)
+    kwargs = output._encoder_args(image, "png", metadata, 95)
+    if method == "strips-lz":
+        strategy, output.PNG_STRATEGY = output.PNG_STRATEGY, zlib.Z_DEFAULT_STRATEGY
+        try:
+            with open(path, "wb") as f:
+                output.write_png(image, f, kwargs["pnginfo"])
+        finally:
+            output.PNG_STRATEGY = strategy
+        return path
+    kwargs["compress_level"] = 1 if method == "pillow-l1" else 6
+    with open(path, "wb") as f:
+        image.save(f, format="PNG", **kwargs)
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[8192, 16384])
+    ap.add_argument("--kinds", nargs="+", default=["photo"], choices=["photo", "smooth"])
+    ap.add_argument("--methods", nargs="+", default=["pillow-l1", "strips"],
+                    choices=list(METHODS))
+    ap.add_argument("--dir", type=Path, default=None, help="where to write (default TMPDIR)")
+    ap.add_argument("--out", type=Path, default=None, help="JSON (default results/save-cpu.json)")
+    args = ap.parse_args()
+
+    job = Job(prompt="a lighthouse on a cliff at dawn", width=16384, height=16384, seed=1)
+    metadata = {"hires": "benchmark", "job": job.to_dict()}
+    rows = []
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        for size in args.sizes:
+            for kind in args.kinds:
+                t0 = time.perf_counter()
+                image = photo(size, noise=3.0 if kind == "photo" else 0.0)
+                print(f"{kind} {size}: made in {time.perf_counter() - t0:.1f} s", flush=True)
+                for method in args.methods:
+                    wall, cpu = time.perf_counter(), time.process_time()
+                    path = save(image, method, Path(tmp), metadata)
+                    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                    size_mb = path.stat().st_size / 1e6
+                    path.unlink()
+                    rows.append({"size": size, "kind": kind, "method": method,
+                                 "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+                                 "file_mb": round(size_mb, 1),
+                                 "raw_mb": round(size * size * 3 / 1e6, 1)})
+                    print(f"  {method:10s} wall {wall:7.2f} s  cpu {cpu:7.2f} s  "
+                          f"{size_mb:8.1f} MB", flush=True)
+                del image
+    header = "| size | image | method | wall s | CPU s | MB | speedup (wall) |"
+    print("\n" + header + "\n|---:|---|---|---:|---:|---:|---:|")
+    for r in rows:
+        base = next((b for b in rows if b["size"] == r["size"] and b["kind"] == r["kind"]
+                     and b["method"] == "pillow-l1"), None)
+        speedup = f"{base['wall_s'] / r['wall_s']:.1f}x" if base else "-"
+        print(f"| {r['size']} | {r['kind']} | {r['method']} | {r['wall_s']} | {r['cpu_s']} | "
+              f"{r['file_mb']} | {speedup} |")
+    out = args.out or Path(__file__).parent / "results" / "save-cpu.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "benchmark": "save", "date": date.today().isoformat(),
+        "command": " ".join(["python"] + sys.argv), "machine": platform.platform(),
+        "cpu_count": os.cpu_count(), "pillow": Image.__version__, "numpy": np.__version__,
+        "zlib": zlib.ZLIB_RUNTIME_VERSION, "load_average_before": load_before,
+        "load_average_after": os.getloadavg(), "methods": METHODS, "results": rows,
+    }, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
