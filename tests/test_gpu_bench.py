@@ -1,0 +1,46 @@
+"""benchmarks/gpu.py --smoke: the GPU benchmark's whole path runs on CPU and writes its JSON."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_gpu_benchmark_smoke_run_writes_every_phase(tmp_path):
+    out = tmp_path / "gpu.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--smoke", "--out", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["smoke"] and report["device"] == "cpu"
+
+    phases = {(p["phase"], p["stage"]) for p in report["phases"]}
+    assert phases == {("text-encode", 0), ("denoise", 0), ("vae-decode", 0), ("resize", 1),
+                      ("vae-encode", 1), ("denoise", 1), ("vae-decode", 1), ("save", 1)}
+    for p in report["phases"]:
+        assert p["seconds"] >= 0 and p["peak_gpu_gb"] is None  # no GPU memory on CPU
+        if p["phase"] in ("resize", "save"):
+            assert p["flops"] is None and p["tflop_per_s"] is None
+        else:
+            assert p["flops"] > 0 and p["tflop_per_s"] >= 0
+    assert [s["size"] for s in report["stages"].values()] == ["256x256", "512x512"]
+    # Two UNet passes per upscale step, CFG 2 in both stages.
+    evals = [s["unet_evaluations"] / s["steps"] for s in report["stages"].values()]
+    assert evals == [2, 4]
+
+    # The UNet's FLOPs grow with the latent (LinFusion keeps it linear): b > 0 dominates.
+    unet = report["flops"]["unet_per_evaluation"]
+    assert unet["b_per_latent_pixel"] > 0 and unet["a"] >= 0
+    assert report["flops"]["vae_decode_per_pixel"] > report["flops"]["vae_encode_per_pixel"] > 0
+
+    projection = report["projection"]
+    assert projection["total_seconds"] > report["total_seconds"]  # 50 steps instead of 2
+    assert [p["phase"] for p in projection["phases"]] == [p["phase"] for p in report["phases"]]
+
+    attention = report["attention"]
+    assert "error" not in attention, attention
+    assert {r["impl"] for r in attention["results"]} == {"linear", "sdpa"}
+    assert (tmp_path / "gpu-attention.json").is_file()
