@@ -67,6 +67,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 GB = 1e9
+VAE_TILE = 1024  # px: the tile hires' pipeline decodes and encodes in (DEFAULT_VAE_TILE)
 WHEELS_HELP = ("diffusers is not installed here. On the GPU machine install the carried wheels "
                "first (see this script's docstring): python3 -m pip install --no-index --no-deps "
                "--target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD")
@@ -291,7 +292,7 @@ def main() -> None:
     from hires.memory import peak_rss
     from hires.models import DTYPES, load
     from hires.output import save_image
-    from hires.pipeline import DEFAULT_VAE_TILE, encode_prompt, generate, plan_for
+    from hires.pipeline import generate, plan_for
 
     device = torch.device(args.device or ("cpu" if args.smoke else "cuda"))
     size = args.size or (512 if args.smoke else 16384)
@@ -334,11 +335,13 @@ def main() -> None:
     job = Job(prompt="a lighthouse on a cliff at dawn, oil painting", width=size, height=size,
               steps=steps, strength=args.strength, seed=0)
     plan = plan_for(job, comps)
-    tile = min(DEFAULT_VAE_TILE, comps.native)
+    tile = min(VAE_TILE, comps.native)
     sides = (16, 32) if args.smoke else (32, 64)
     unet_ab = unet_flop_model(comps, sides)
     vae_pp = vae_flops_per_pixel(comps, tile)
-    text_flops = count_flops(lambda: encode_prompt(comps, job, plan))
+    text_flops = count_flops(lambda: comps.pipe.encode_prompt(
+        prompt=job.prompt, device=device, num_images_per_prompt=1,
+        do_classifier_free_guidance=True))
     report["flops"] = {
         "method": "torch.utils.flop_counter.FlopCounterMode (matmuls and convolutions)",
         "unet_per_evaluation": {"a": unet_ab[0], "b_per_latent_pixel": unet_ab[1],
@@ -351,7 +354,13 @@ def main() -> None:
     print(f"run {plan.stages[0].width} -> {size}, stages "
           f"{[s.steps for s in plan.stages]} steps", flush=True)
     phases.start("text-encode", 0, plan.stages[0].width, plan.stages[0].height)
-    result = generate(job, components=comps, progress=phases.on_event)
+    try:
+        result = generate(job, components=comps, progress=phases.on_event)
+    except BaseException as e:  # keep what was measured, and say where it stopped
+        phases.close()
+        report["error"] = f"{type(e).__name__}: {e}"[:2000]
+        dump()
+        raise
     phases.close()
     with tempfile.TemporaryDirectory() as tmp:
         phases.start("save", len(plan.stages) - 1, result.image.width, result.image.height)
@@ -384,8 +393,9 @@ def main() -> None:
     for r in rows:
         seconds = r["seconds"]
         if r["phase"] == "denoise":
-            steady = statistics.median(r["step_seconds"][1:] or r["step_seconds"])
-            seconds += (default.stages[r["stage"]].steps - stages[r["stage"]]["steps"]) * steady
+            times = r["step_seconds"][1:] or r["step_seconds"] or [0.0]
+            seconds += (default.stages[r["stage"]].steps - stages[r["stage"]]["steps"]) \
+                * statistics.median(times)
         projected.append({"phase": r["phase"], "stage": r["stage"],
                           "seconds": round(seconds, 2)})
     report["projection"] = {
