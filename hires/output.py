@@ -268,7 +268,8 @@ def write_png(image: Image.Image, f, pnginfo: PngImagePlugin.PngInfo | None = No
                                        _PNG_COLOR_TYPES[image.mode], 0, 0, 0))
     f.write(text)
     _png_chunk(f, b"IDAT", b"\x78\x01")  # zlib header: deflate, 32K window, fastest level
-    workers = max(1, min(threads or os.cpu_count() or 1, PNG_MAX_THREADS, len(strips)))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    workers = max(1, min(threads or cores or 1, PNG_MAX_THREADS, len(strips)))
     adler = 1
     pool = ThreadPoolExecutor(workers, thread_name_prefix="png")
     pending: deque[Future] = deque()
