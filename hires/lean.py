@@ -39,9 +39,10 @@ class Stacked:
         return n, sum(p.shape[1] for p in self.parts), h, w
 
     def rows(self, lo: int, hi: int) -> Tensor:
-        if len(self.parts) == 1:
-            return self.parts[0][:, :, lo:hi]
-        return torch.cat([p[:, :, lo:hi] for p in self.parts], dim=1)
+        # Parts parked on the CPU (hires.strategy.parked_skips) come over one band at a time.
+        device = self.parts[0].device
+        bands = [p[:, :, lo:hi].to(device, non_blocking=True) for p in self.parts]
+        return bands[0] if len(bands) == 1 else torch.cat(bands, dim=1)
 
 
 def band_rows(like: Tensor, channels: int, width: int, reach: int = 0) -> int:
@@ -178,6 +179,7 @@ def lean_up_block(block: nn.Module, original: Callable) -> Callable:
             hidden_states = upsampler(hidden_states, upsample_size)
         return hidden_states
 
+    forward.reads_parked = True  # skips parked on the CPU are read band by band
     return forward
 
 

@@ -10,9 +10,6 @@ import torch
 from torch import nn
 
 GIB = 1024**3
-# Weights of SDXL in fp16 (UNet 4.8 GiB, text encoders 1.5 GiB, VAE 0.3 GiB in fp32) plus the
-# 16K stage's activations fit below this; smaller GPUs keep only the active part resident.
-FULL_RESIDENCY_GIB = 16
 
 
 def device_memory(device: torch.device) -> int | None:
@@ -22,48 +19,61 @@ def device_memory(device: torch.device) -> int | None:
     return torch.cuda.get_device_properties(device).total_memory
 
 
+def free_memory(device: torch.device, parts: tuple[nn.Module, ...] = ()) -> int | None:
+    """What a plan may use: the device's free memory plus what `parts` already hold there.
+
+    On CPU, the available RAM; None where it cannot be told (MPS).
+    """
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        mine = sum(t.numel() * t.element_size() for p in parts
+                   for t in (*p.parameters(), *p.buffers()) if t.device.type == "cuda")
+        return free + mine
+    if device.type == "cpu":
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
+
+
 def choose_offload(offload: str, device: torch.device, vram_gib: float | None = None) -> str:
-    """'auto' keeps everything on big GPUs and offloads idle parts on smaller ones."""
-    if device.type != "cuda":
-        return "none"  # nothing to offload to: the weights already live in RAM
-    if offload != "auto":
-        return offload
-    total = vram_gib * GIB if vram_gib else device_memory(device)
-    return "none" if total and total >= FULL_RESIDENCY_GIB * GIB else "model"
+    """The offload modes the planner may use: the user's choice, 'none' where there is no GPU."""
+    return "none" if device.type not in ("cuda", "mps") else offload
 
 
 def place(components) -> None:
-    """Put the weights where the offload mode wants them to wait."""
+    """Where the weights wait after loading: on the GPU with offload 'none', else on the CPU
+    until a stage's plan brings what it needs (see `placed`)."""
     pipe, dev = components.pipe, components.device
-    parts = (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2)
-    if components.offload == "none":
-        for part in parts:
-            part.to(dev)
-        return
-    for part in parts:
-        part.to("cpu")
-    if components.offload == "sequential":
-        # diffusers' group offloading streams the UNet block by block: slowest, smallest.
-        pipe.unet.enable_group_offload(
-            onload_device=dev, offload_device=torch.device("cpu"), offload_type="block_level",
-            num_blocks_per_group=1, use_stream=dev.type == "cuda")
+    target = dev if components.offload == "none" or dev.type == "cpu" else torch.device("cpu")
+    for part in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
+        part.to(target)
 
 
 @contextmanager
-def on_device(components, *parts: nn.Module) -> Iterator[None]:
-    """With model offload, keep `parts` on the GPU only for the duration of a phase."""
-    if components.offload != "model":
+def placed(components, weights: str, *active: nn.Module) -> Iterator[None]:
+    """Weights where a phase's strategy wants them: 'resident' everything on the GPU, 'model'
+    only the `active` parts, 'sequential' the same but the UNet streams itself block by block
+    (hires.strategy.streamed_blocks)."""
+    pipe, dev = components.pipe, components.device
+    if dev.type == "cpu":
         yield
         return
-    for part in parts:
-        part.to(components.device)
-    try:
-        yield
-    finally:
+    parts = (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2)
+    if weights == "resident":
         for part in parts:
-            part.to("cpu")
-        if components.device.type == "cuda":
+            part.to(dev)
+    else:
+        for part in parts:
+            if not any(part is a for a in active):
+                part.to("cpu")
+        for part in active:
+            if not (weights == "sequential" and part is pipe.unet):
+                part.to(dev)
+        if dev.type == "cuda":
             torch.cuda.empty_cache()
+    yield
 
 
 class ChunkedFeedForward(nn.Module):

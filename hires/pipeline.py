@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -14,11 +12,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from hires import vae as tiled_vae
+from hires.costs import model_shape, rate_for
 from hires.job import Job
-from hires.lean import lean_unet
-from hires.memory import chunked_feed_forward, on_device, peak_memory, reset_peak
+from hires.memory import free_memory, peak_memory, placed, reset_peak
 from hires.models import Components, load
-from hires.plan import Plan, Stage, make_plan
+from hires.plan import Plan, Stage, cheaper, make_plan
 from hires.progress import Event, ProgressFn
 from hires.sampling import (
     Conditioning,
@@ -29,14 +27,11 @@ from hires.sampling import (
     sample_upscale,
     sigmas_for,
 )
+from hires.strategy import applied
 
 __all__ = ["Result", "StageReport", "generate", "load", "plan_for"]
 
-# Stages at least this many times the base size in area run uncond and cond as separate UNet
-# calls, chunk the feed-forward and run resnets in row bands (hires.lean): the same result with
-# a fraction of the activation memory.
-LOW_MEMORY_AREA = 16
-DEFAULT_VAE_TILE = 1024  # px
+GIB = 1024**3
 
 
 @dataclass
@@ -51,6 +46,9 @@ class StageReport:
     unet_evaluations: int
     seconds: float
     peak_memory: int | None
+    strategy: str = "batched"
+    estimated_peak: int | None = None
+    retried_with: str | None = None  # the cheaper strategy after an out-of-memory error
 
 
 @dataclass
@@ -72,13 +70,24 @@ class Result:
         return self.job.seed  # type: ignore[return-value]
 
 
-def plan_for(job: Job, components: Components) -> Plan:
-    """The job's stage list for this model's native size and schedule."""
+def budget_for(job: Job, components: Components) -> int | None:
+    """Device bytes the plan may use: --vram, else the device's free memory (on CPU, RAM)."""
+    if job.vram is not None:
+        return int(job.vram * GIB)
+    pipe = components.pipe
+    return free_memory(components.device,
+                       (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2))
+
+
+def plan_for(job: Job, components: Components, *, gpu: str | None = None) -> Plan:
+    """The job's stages for this model, each with the fastest strategy that fits the budget."""
     cfg = components.pipe.scheduler.config
     return make_plan(
         job.width, job.height, steps=job.steps, strength=job.strength, native=components.native,
         spacing=cfg.get("timestep_spacing", "leading"), train_steps=cfg["num_train_timesteps"],
-        offset=cfg.get("steps_offset", 0),
+        offset=cfg.get("steps_offset", 0), model=model_shape(components),
+        budget=budget_for(job, components), offload=components.offload,
+        vae_tile=job.vae_tile, vae_stats=job.vae_stats, rate=rate_for(gpu) if gpu else None,
     )
 
 
@@ -88,99 +97,137 @@ def generate(
     components: Components | None = None,
     progress: ProgressFn | None = None,
     save_stages: bool = False,
+    plan: Plan | None = None,
     **overrides: Any,
 ) -> Result:
-    """Make one image. Keyword overrides are Job fields: `generate(prompt="a fox", width=4096)`."""
+    """Make one image. Keyword overrides are Job fields: `generate(prompt="a fox", width=4096)`.
+
+    `plan` (from `plan_for`, possibly with strategies replaced) overrides the planner.
+    """
     job = (job or Job()).merged(overrides).validate()
     if job.seed is None:
         job = replace(job, seed=secrets.randbelow(2**32))
     comps = components or load(job.model, job.linfusion, job.dtype, job.device,
                                job.allow_pickle, job.offload)
     with torch.inference_mode():
-        return _run(job, comps, progress, save_stages)
+        return _run(job, comps, plan or plan_for(job, comps), progress, save_stages)
 
 
-def _run(job: Job, comps: Components, progress: ProgressFn | None, save_stages: bool) -> Result:
-    """The stages of one job, in order: base, then each x2 upscale, then the final decode."""
-    plan = plan_for(job, comps)
+@dataclass
+class _Carry:
+    """What one stage hands the next: its latents, and the base stage's anchor statistics."""
+
+    latents: torch.Tensor | None = None
+    anchor: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
+         save_stages: bool) -> Result:
+    """The stages of one job, in order: base, then each upscale stage, then the final decode."""
     emit = progress or (lambda e: None)
-    n = len(plan.stages)
     started = time.perf_counter()
-    generator = torch.Generator("cpu").manual_seed(job.seed)
-    cond = encode_prompt(comps, job, plan)
-    alphas = comps.pipe.scheduler.alphas_cumprod
-    # 1024 px tiles whatever the model: fewer, larger tiles waste less on overlaps, and a
-    # 1024 px tile of the SDXL VAE is what diffusers decodes whole anyway.
-    tile = job.vae_tile or DEFAULT_VAE_TILE
-    knobs = UpscaleKnobs(job.cosine_scale_1, job.cosine_scale_2, job.cosine_scale_3, job.sigma,
-                         job.dilate_downsamplers)
+    first = plan.stages[0].strategy.weights
+    with placed(comps, first, comps.pipe.text_encoder, comps.pipe.text_encoder_2):
+        cond = encode_prompt(comps, job, plan)
     reports: list[StageReport] = []
     stage_images: list[Image.Image] = []
-    image: Image.Image | None = None
-    latents = anchor = None
-    for stage in plan.stages:
+    warnings = list(comps.warnings)
+    carry = _Carry()
+    stages = list(plan.stages)
+    for stage in stages:
         t0 = time.perf_counter()
         reset_peak(comps.device)
+        try:
+            carry, report = _stage(job, comps, plan, stage, cond, carry, emit, save_stages,
+                                   stage_images)
+        except torch.cuda.OutOfMemoryError:
+            fallback = cheaper(stage, stages, model_shape(comps), comps.offload, job.vae_tile,
+                               job.vae_stats) if stage.cost else None
+            if fallback is None:
+                raise
+            note = (f"stage {stage.index} ran out of GPU memory with {stage.strategy.label}; "
+                    f"retried with {fallback.strategy.label}")
+            warnings.append(note)
+            emit(Event("retry", stage.index, len(stages), stage.width, stage.height))
+            if comps.device.type == "cuda":
+                torch.cuda.empty_cache()
+            carry, report = _stage(job, comps, plan, fallback, cond, carry, emit, save_stages,
+                                   stage_images)
+            report.retried_with = fallback.strategy.label
+        report.seconds = time.perf_counter() - t0
+        report.peak_memory = peak_memory(comps.device)
+        reports.append(report)
+    return Result(stage_images.pop() if not save_stages else stage_images[-1], job, plan,
+                  reports, time.perf_counter() - started, peak_memory(comps.device),
+                  stage_images, warnings, comps.linfusion)
 
-        def on_step(done: int, total: int, stage: Stage = stage) -> None:
-            emit(Event("denoise", stage.index, n, stage.width, stage.height, done, total))
 
-        low_memory = stage.ratio**2 >= LOW_MEMORY_AREA
-        denoiser = Denoiser(comps.unet, cond, job.guidance, split_cfg=low_memory)
-        sigmas = sigmas_for(alphas, stage.timesteps)
-        shape = (1, 4, stage.height // 8, stage.width // 8)
-        if stage.index == 0:
-            noise = torch.randn(shape, generator=generator).to(comps.device)
-            with denoising(comps, low_memory):
-                on_step(0, stage.steps)
-                latents = sample_base(denoiser, noise, sigmas, stage.timesteps, on_step)
-            anchor = channel_stats(latents)
+def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditioning,
+           carry: _Carry, emit: ProgressFn, save_stages: bool,
+           stage_images: list[Image.Image]) -> tuple[_Carry, StageReport]:
+    """One stage from the previous stage's latents (or from noise); the last one decodes.
+
+    Nothing in `carry` is changed, so a stage can be run again after an out-of-memory error.
+    """
+    n = len(plan.stages)
+    strategy = stage.strategy
+    tile = job.vae_tile or (stage.cost.vae_tile if stage.cost else DEFAULT_VAE_TILE)
+    # Each stage draws its noise from its own stream of the job's seed: same seed, same image,
+    # and a retried stage draws the same noise again.
+    generator = torch.Generator("cpu").manual_seed((job.seed + 7919 * stage.index) % 2**63)
+    alphas = comps.pipe.scheduler.alphas_cumprod
+    knobs = UpscaleKnobs(job.cosine_scale_1, job.cosine_scale_2, job.cosine_scale_3, job.sigma,
+                         job.dilate_downsamplers)
+
+    def on_step(done: int, total: int) -> None:
+        emit(Event("denoise", stage.index, n, stage.width, stage.height, done, total))
+
+    denoiser = Denoiser(comps.unet, cond, job.guidance, split_cfg=strategy.split_cfg)
+    sigmas = sigmas_for(alphas, stage.timesteps)
+    shape = (1, 4, stage.height // 8, stage.width // 8)
+    unet, vae = comps.unet, comps.vae
+    if stage.index == 0:
+        noise = torch.randn(shape, generator=generator).to(comps.device)
+        with placed(comps, strategy.weights, unet), applied(unet, strategy, comps.device):
+            on_step(0, stage.steps)
+            latents = sample_base(denoiser, noise, sigmas, stage.timesteps, on_step)
+        anchor = channel_stats(latents)
+    else:
+        anchor = carry.anchor
+        if job.upsample == "latent":
+            x0 = F.interpolate(carry.latents, size=shape[2:], mode="bicubic", align_corners=False)
         else:
-            if job.upsample == "latent":
-                x0 = F.interpolate(latents, size=shape[2:], mode="bicubic", align_corners=False)
-            else:
-                image = decode(comps, latents, tile, emit, stage.index - 1, n)
-                if save_stages:
+            with placed(comps, strategy.weights, vae):
+                image = decode(comps, carry.latents, tile, emit, stage.index - 1, n, job)
+                if save_stages and len(stage_images) < stage.index:
                     stage_images.append(image)
                 emit(Event("resize", stage.index, n, stage.width, stage.height))
-                image = image.resize((stage.width, stage.height), Image.LANCZOS)
-                x0 = encode(comps, image, tile, emit, stage, n)
-                image = None
-            # One noise tensor per stage, from the job's generator: same seed, same image.
-            noise = torch.randn(shape, generator=generator).to(comps.device)
-            with denoising(comps, low_memory):
-                on_step(0, stage.steps)
-                latents = sample_upscale(denoiser, x0, noise, sigmas, stage.timesteps,
-                                         stage.ratio, anchor, knobs, on_step)
-            del x0, noise
-        reports.append(StageReport(
-            stage.index, stage.width, stage.height, stage.strength, stage.steps,
-            denoiser.evaluations, time.perf_counter() - t0, peak_memory(comps.device)))
-    last = plan.stages[-1]
-    t0 = time.perf_counter()
-    image = decode(comps, latents, tile, emit, last.index, n)
-    reports[-1].seconds += time.perf_counter() - t0
-    if save_stages:
-        stage_images.append(image)
-    if not plan.exact:
-        image = fit(image, plan.requested_width, plan.requested_height)
-    return Result(image, job, plan, reports, time.perf_counter() - started,
-                  peak_memory(comps.device), stage_images, list(comps.warnings), comps.linfusion)
+                image = fit(image, stage.width, stage.height)
+                x0 = encode(comps, image, tile, emit, stage, n, job)
+                del image
+        # One noise tensor per stage, from the job's generator: same seed, same image.
+        noise = torch.randn(shape, generator=generator).to(comps.device)
+        with placed(comps, strategy.weights, unet), applied(unet, strategy, comps.device):
+            on_step(0, stage.steps)
+            latents = sample_upscale(denoiser, x0, noise, sigmas, stage.timesteps,
+                                     stage.ratio, anchor, knobs, on_step)
+        del x0, noise
+    if stage.index == n - 1:
+        with placed(comps, strategy.weights, vae):
+            stage_images.append(decode(comps, latents, tile, emit, stage.index, n, job))
+    report = StageReport(stage.index, stage.width, stage.height, stage.strength, stage.steps,
+                         denoiser.evaluations, 0.0, None, strategy.label,
+                         stage.cost.peak_bytes if stage.cost else None)
+    return _Carry(latents, anchor), report
 
 
-@contextmanager
-def denoising(comps: Components, low_memory: bool) -> Iterator[None]:
-    """The UNet on its device for a stage; in big stages, chunked feed-forward and row bands."""
-    unet = comps.unet
-    with on_device(comps, unet), lean_unet(unet, low_memory), \
-            chunked_feed_forward(unet, low_memory):
-        yield
+DEFAULT_VAE_TILE = 1024  # px, when no plan chose one
 
 
 def encode_prompt(comps: Components, job: Job, plan: Plan) -> Conditioning:
     """Both text encoders, once per job; micro-conditioning uses the final size at every stage."""
     pipe = comps.pipe
-    with on_device(comps, pipe.text_encoder, pipe.text_encoder_2), torch.inference_mode():
+    with torch.inference_mode():
         embeds, neg, pooled, neg_pooled = pipe.encode_prompt(
             prompt=job.prompt, device=comps.device, num_images_per_prompt=1,
             do_classifier_free_guidance=True, negative_prompt=job.negative or None)
@@ -191,7 +238,8 @@ def encode_prompt(comps: Components, job: Job, plan: Plan) -> Conditioning:
         torch.cat([neg_pooled, pooled]).to(comps.dtype).clone(), time_ids)
 
 
-def decode(comps: Components, latents, tile: int, emit: ProgressFn, stage: int, n: int):
+def decode(comps: Components, latents, tile: int, emit: ProgressFn, stage: int, n: int,
+           job: Job | None = None):
     """Latents to a PIL image through the tiled VAE."""
     h, w = latents.shape[2] * 8, latents.shape[3] * 8
 
@@ -199,13 +247,14 @@ def decode(comps: Components, latents, tile: int, emit: ProgressFn, stage: int, 
         emit(Event("vae-decode", stage, n, w, h, done, total))
 
     on_tile(0, 0)  # the phase starts now (its tile count comes with the first tile)
-    with on_device(comps, comps.vae), torch.inference_mode():
-        pixels = tiled_vae.decode(comps.vae, latents, tile=tile, progress=on_tile)
+    with torch.inference_mode():
+        pixels = tiled_vae.decode(comps.vae, latents, tile=tile, progress=on_tile,
+                                  **_stats(job))
     return Image.fromarray(pixels)
 
 
 def encode(comps: Components, image: Image.Image, tile: int, emit: ProgressFn, stage: Stage,
-           n: int):
+           n: int, job: Job | None = None):
     """A PIL image to UNet-space latents through the tiled VAE."""
     import numpy as np
 
@@ -213,8 +262,9 @@ def encode(comps: Components, image: Image.Image, tile: int, emit: ProgressFn, s
         emit(Event("vae-encode", stage.index, n, stage.width, stage.height, done, total))
 
     on_tile(0, 0)
-    with on_device(comps, comps.vae), torch.inference_mode():
-        latents = tiled_vae.encode(comps.vae, np.asarray(image), tile=tile, progress=on_tile)
+    with torch.inference_mode():
+        latents = tiled_vae.encode(comps.vae, np.asarray(image), tile=tile, progress=on_tile,
+                                   **_stats(job))
     return latents.to(comps.device, torch.float32)
 
 
@@ -226,3 +276,12 @@ def fit(image: Image.Image, width: int, height: int) -> Image.Image:
         image = image.resize(size, Image.LANCZOS)
     left, top = (image.width - width) // 2, (image.height - height) // 2
     return image.crop((left, top, left + width, top + height))
+
+
+def _stats(job: Job | None) -> dict[str, str]:
+    """The tiled VAE's statistics mode, where the tiled VAE takes one."""
+    import inspect
+
+    if job is None or "stats" not in inspect.signature(tiled_vae.decode).parameters:
+        return {}
+    return {"stats": job.vae_stats}

@@ -1,9 +1,25 @@
-"""The stage list of a job: sizes, SDEdit strengths and timesteps, as a pure function."""
+"""The plan of a job: its stages (sizes, strengths, timesteps) and how each one runs.
+
+`make_plan` is a pure function of the request, the model's shape (`hires.costs.ModelShape`)
+and a device budget: for each stage it picks the fastest `Strategy` whose estimated peak
+memory fits, and records that estimate, the stage's FLOPs, scratch disk and time.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+
+from hires.costs import ModelShape, StageCost, stage_cost
+from hires.strategy import WEIGHTS, Strategy, all_strategies
+
+MIN_SIDE, MAX_SIDE = 64, 32768  # px: the sizes hires plans for
+OFFLOAD_WEIGHTS = {"auto": WEIGHTS, "none": ("resident",), "model": ("model",),
+                   "sequential": ("sequential",)}
+
+
+class PlanError(ValueError):
+    """No strategy fits the budget; the message says what would."""
 
 
 @dataclass(frozen=True)
@@ -13,9 +29,11 @@ class Stage:
     index: int
     width: int
     height: int
-    ratio: int  # scale relative to the base stage: 1, 2, 4, ...
+    ratio: int  # the global pass's dilation: the stage's scale over the base, rounded
     strength: float  # 1.0 for the base stage
     timesteps: tuple[int, ...]  # the timesteps this stage runs, high to low
+    strategy: Strategy = field(default_factory=Strategy)
+    cost: StageCost | None = None  # estimates: peak device bytes, TFLOPs, scratch, seconds
 
     @property
     def steps(self) -> int:
@@ -24,17 +42,34 @@ class Stage:
 
 @dataclass(frozen=True)
 class Plan:
-    """All stages, the size they generate and the size the user asked for."""
+    """All stages; the last one is the size the user asked for."""
 
     stages: tuple[Stage, ...]
-    width: int  # generated: base x 2^n
+    width: int
     height: int
-    requested_width: int
-    requested_height: int
+    budget: int | None = None  # device bytes the plan was fitted to; None: not fitted
+
+    @property
+    def requested_width(self) -> int:  # kept for callers of the old API
+        return self.width
+
+    @property
+    def requested_height(self) -> int:
+        return self.height
 
     @property
     def exact(self) -> bool:
-        return (self.width, self.height) == (self.requested_width, self.requested_height)
+        return True
+
+    @property
+    def peak_bytes(self) -> int | None:
+        peaks = [s.cost.peak_bytes for s in self.stages if s.cost]
+        return max(peaks) if peaks else None
+
+    @property
+    def seconds(self) -> float | None:
+        times = [s.cost.seconds for s in self.stages if s.cost]
+        return sum(times) if times else None
 
 
 def schedule(steps: int, train_steps: int = 1000, spacing: str = "leading", offset: int = 1):
@@ -53,17 +88,49 @@ def schedule(steps: int, train_steps: int = 1000, spacing: str = "leading", offs
 
 
 def base_size(width: int, height: int, native: int) -> tuple[int, int]:
-    """The base stage's size: long side `native` (or the request if smaller), aspect kept."""
-    long_side = max(width, height)
-    if long_side <= native:
+    """The base stage: the model's native area (SDXL: ~1 MP) at the request's aspect.
+
+    Sides are multiples of native/16 px (64 for SDXL, its training buckets' grid): 16:9 gives
+    1344x768, 3:1 1792x576. A request inside that size is its own base.
+    """
+    grid = max(8, native // 16)
+    aspect = width / height
+    bw = max(grid, round(native * math.sqrt(aspect) / grid) * grid)
+    bh = max(grid, round(native / math.sqrt(aspect) / grid) * grid)
+    if width <= bw and height <= bh:
         return width, height
-    short = max(8, round(min(width, height) * native / long_side / 8) * 8)
-    return (native, short) if width >= height else (short, native)
+    return bw, bh
 
 
 def stage_strengths(strength: float, n: int) -> list[float]:
     """linspace(strength, 0, n+1)[:n]: stage k (1-based) gets entry k-1."""
     return [strength * (n - k) / n for k in range(n)] if n else []
+
+
+def stage_sizes(width: int, height: int, native: int) -> list[tuple[int, int, float]]:
+    """(width, height, scale over the base) of every stage: x2 steps, then the request itself.
+
+    The base doubles while the next size stays below the request; the last stage is the
+    request (1-2x the one before), so nothing beyond the request is ever generated.
+    """
+    bw, bh = base_size(width, height, native)
+    cover = max(width / bw, height / bh)
+    sizes = [(bw, bh, 1.0)]
+    k = 1
+    while 2**k < cover - 1e-9:
+        sizes.append((bw << k, bh << k, float(2**k)))
+        k += 1
+    if (width, height) != sizes[-1][:2]:
+        sizes.append((width, height, cover))
+    return sizes
+
+
+def check_size(width: int, height: int) -> None:
+    """The supported range, with what to do instead."""
+    for name, side in (("width", width), ("height", height)):
+        if not MIN_SIDE <= side <= MAX_SIDE:
+            raise PlanError(f"{name} {side} px is outside the supported {MIN_SIDE}-{MAX_SIDE} px; "
+                            f"choose a size in that range")
 
 
 def make_plan(
@@ -76,18 +143,85 @@ def make_plan(
     spacing: str = "leading",
     train_steps: int = 1000,
     offset: int = 1,
+    model: ModelShape | None = None,
+    budget: int | None = None,
+    offload: str = "auto",
+    vae_tile: int | None = None,
+    vae_stats: str = "fast",
+    rate: float | None = None,
 ) -> Plan:
-    """Stages for a `width` x `height` request on a model of `native` px."""
-    bw, bh = base_size(width, height, native)
-    n = max(0, math.ceil(math.log2(max(width, height) / max(bw, bh)) - 1e-9))
+    """Stages for a `width` x `height` request; with a model shape, each one's strategy.
+
+    `budget` is the device memory in bytes (None: fit nothing, pick the fastest); `rate` the
+    achieved FLOP/s used for the time estimate (None: no time estimate).
+    """
+    check_size(width, height)
+    sizes = stage_sizes(width, height, native)
     full = schedule(steps, train_steps, spacing, offset)
+    bw, bh, _ = sizes[0]
     stages = [Stage(0, bw, bh, 1, 1.0, full)]
-    for k, s in enumerate(stage_strengths(strength, n), start=1):
+    for (w, h, scale), s in zip(sizes[1:], stage_strengths(strength, len(sizes) - 1),
+                                strict=True):
         # The small epsilon keeps 50 x 0.24 = 12.000000000000002 at 12 steps.
         count = min(steps, math.ceil(steps * s - 1e-9))
-        stages.append(Stage(k, bw << k, bh << k, 1 << k, s, full[steps - count :]))
-    last = stages[-1]
-    return Plan(tuple(stages), last.width, last.height, width, height)
+        stages.append(Stage(len(stages), w, h, max(1, round(scale)), s, full[steps - count:]))
+    if model is not None:
+        stages = [fit_stage(stage, stages, model, budget, offload, vae_tile, vae_stats, rate)
+                  for stage in stages]
+    return Plan(tuple(stages), width, height, budget)
+
+
+def _with_cost(stage: Stage, stages: list[Stage], model: ModelShape, strategy: Strategy,
+               vae_tile: int | None, vae_stats: str, rate: float | None,
+               budget: int | None = None) -> Stage:
+    prev = stages[stage.index - 1] if stage.index else None
+    last = stage.index == len(stages) - 1
+    cost = stage_cost(model, stage.width, stage.height, stage.steps, strategy,
+                      base=stage.index == 0, previous=(prev.width, prev.height) if prev else None,
+                      final_decode=last, vae_tile=vae_tile, vae_stats=vae_stats, rate=rate,
+                      budget=budget)
+    return replace(stage, strategy=strategy, cost=cost)
+
+
+def strategies_for(model: ModelShape, offload: str) -> list[Strategy]:
+    """The strategies a device allows: on a CPU there is nowhere to park or offload to."""
+    if not model.on_gpu:
+        return [s for s in all_strategies(("resident",)) if not s.park_skips]
+    return all_strategies(OFFLOAD_WEIGHTS[offload])
+
+
+def fit_stage(stage: Stage, stages: list[Stage], model: ModelShape, budget: int | None,
+              offload: str, vae_tile: int | None, vae_stats: str, rate: float | None) -> Stage:
+    """The stage with the fastest strategy whose estimated peak fits `budget`."""
+    options = [_with_cost(stage, stages, model, s, vae_tile, vae_stats, rate, budget)
+               for s in strategies_for(model, offload)]
+    fits = [o for o in options if budget is None or o.cost.peak_bytes <= budget]
+    if not fits:
+        least = min(options, key=lambda o: o.cost.peak_bytes)
+        raise PlanError(
+            f"stage {stage.index} ({stage.width}x{stage.height}) needs at least "
+            f"{least.cost.peak_bytes / GIB:.1f} GiB of GPU memory "
+            f"({least.strategy.label}), more than the {budget / GIB:.1f} GiB budget")
+    return min(fits, key=lambda o: (o.cost.seconds or 0.0, o.cost.peak_bytes))
+
+
+def cheaper(stage: Stage, stages: list[Stage], model: ModelShape, offload: str = "auto",
+            vae_tile: int | None = None, vae_stats: str = "fast",
+            rate: float | None = None) -> Stage | None:
+    """The fastest strategy estimated to need less memory than the stage's own (for OOM):
+    a lower peak, or the same peak (another phase's) and less while the UNet runs."""
+    assert stage.cost is not None
+
+    def need(s: Stage) -> tuple[int, int]:
+        return s.cost.peak_bytes, s.cost.denoise_peak_bytes
+
+    options = [_with_cost(stage, stages, model, s, vae_tile, vae_stats, rate)
+               for s in strategies_for(model, offload)]
+    lower = [o for o in options if need(o) < need(stage)]
+    return min(lower, key=lambda o: (o.cost.seconds or 0.0, o.cost.peak_bytes)) if lower else None
+
+
+GIB = 1024**3
 
 
 def describe(plan: Plan) -> list[str]:
@@ -95,13 +229,14 @@ def describe(plan: Plan) -> list[str]:
     lines = []
     for s in plan.stages:
         kind = "base" if s.index == 0 else f"x{s.ratio}"
-        lines.append(
-            f"stage {s.index} ({kind}): {s.width}x{s.height}, strength {s.strength:.2f}, "
-            f"{s.steps} steps"
-        )
-    if not plan.exact:
-        lines.append(
-            f"final: {plan.width}x{plan.height} resized/cropped to "
-            f"{plan.requested_width}x{plan.requested_height}"
-        )
+        line = (f"stage {s.index} ({kind}): {s.width}x{s.height}, strength {s.strength:.2f}, "
+                f"{s.steps} steps")
+        if s.cost:
+            line += f", {s.strategy.label}, peak {s.cost.peak_bytes / GIB:.1f} GiB, " \
+                    f"{s.cost.tflop:.0f} TFLOP"
+            if s.cost.scratch_bytes:
+                line += f", scratch {s.cost.scratch_bytes / 1e9:.1f} GB"
+            if s.cost.seconds is not None:
+                line += f", ~{s.cost.seconds:.0f} s"
+        lines.append(line)
     return lines

@@ -66,7 +66,7 @@ class Denoiser:
 
     def _unet(self, x: Tensor, t: int, cond: Conditioning) -> Tensor:
         self.evaluations += x.shape[0]
-        timestep = torch.tensor(float(t), device=x.device)
+        timestep = torch.full((1,), float(t), device=x.device)  # a factory op: fake-tensor safe
         added = {"text_embeds": cond.pooled, "time_ids": cond.time_ids}
         return self.unet(x, timestep, encoder_hidden_states=cond.embeds,
                          added_cond_kwargs=added, return_dict=False)[0]

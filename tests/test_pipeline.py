@@ -3,7 +3,17 @@
 import numpy as np
 import pytest
 
-from hires.pipeline import generate
+from hires.job import Job
+from hires.pipeline import generate, plan_for
+from hires.strategy import Strategy
+
+
+def forced(tiny, strategy, **job):
+    """The plan of `job` with every stage run under `strategy`."""
+    from dataclasses import replace
+
+    plan = plan_for(Job(**job), tiny)
+    return replace(plan, stages=tuple(replace(s, strategy=strategy) for s in plan.stages))
 
 
 def pixels(result):
@@ -19,7 +29,7 @@ def test_base_only_image_has_the_requested_size(tiny):
 
 def test_same_seed_same_pixels_other_seed_other_pixels(tiny):
     # Latent upsampling keeps this cheap; the pixel path is covered by the three-stage test.
-    kw = dict(prompt="a red fox", width=512, height=128, steps=4, components=tiny,
+    kw = dict(prompt="a red fox", width=1024, height=256, steps=4, components=tiny,
               upsample="latent")
     a, b, c = generate(seed=7, **kw), generate(seed=7, **kw), generate(seed=8, **kw)
     assert len(a.stages) == 2
@@ -33,14 +43,15 @@ def test_the_prompt_changes_the_image(tiny):
     assert not np.array_equal(pixels(a), pixels(b))
 
 
-def test_three_upscale_stages_to_an_exact_odd_size(tiny):
+def test_upscale_stages_end_exactly_at_an_odd_size(tiny):
     # Small VAE tiles, so that every decode and encode takes the tiled path.
     r = generate(prompt="a castle", width=2000, height=240, steps=6, seed=2, components=tiny,
                  save_stages=True, vae_tile=256)
     assert r.image.size == (2000, 240)
-    sizes = [(256, 32), (512, 64), (1024, 128), (2048, 256)]
+    # The base is the tiny model's native area at 25:3; the last stage is the request itself.
+    sizes = [(736, 96), (1472, 192), (2000, 240)]
     assert [(s.width, s.height) for s in r.stages] == sizes
-    assert (r.plan.width, r.plan.height) == (2048, 256) and not r.plan.exact
+    assert [s.ratio for s in r.plan.stages] == [1, 2, 3]
     assert [im.size for im in r.stage_images] == sizes
     # Each upscale step runs two CFG passes (full + dilated global): 4 evaluations a step.
     assert [s.unet_evaluations for s in r.stages[1:]] == [4 * s.steps for s in r.stages[1:]]
@@ -48,9 +59,9 @@ def test_three_upscale_stages_to_an_exact_odd_size(tiny):
 
 
 def test_latent_upsampling_option(tiny):
-    r = generate(prompt="a castle", width=512, height=128, steps=4, seed=2, components=tiny,
+    r = generate(prompt="a castle", width=1024, height=256, steps=4, seed=2, components=tiny,
                  upsample="latent")
-    assert r.image.size == (512, 128)
+    assert r.image.size == (1024, 256) and len(r.stages) == 2
 
 
 def test_unet_is_left_as_it_was(tiny):
@@ -58,33 +69,65 @@ def test_unet_is_left_as_it_was(tiny):
 
     before = {n: (m.dilation, m.padding) for n, m in tiny.unet.named_modules()
               if isinstance(m, torch.nn.Conv2d)}
-    # 4x the base side: the low-memory path (split CFG, chunked feed-forward, row bands) runs.
-    generate(prompt="x", width=1024, height=128, steps=4, seed=0, components=tiny,
-             upsample="latent")
+    job = dict(prompt="x", width=1024, height=256, steps=4, seed=0, upsample="latent")
+    every = Strategy(split_cfg=True, ff_chunks=True, row_bands=True, park_skips=True)
+    generate(components=tiny, plan=forced(tiny, every, **job), **job)
     after = {n: (m.dilation, m.padding) for n, m in tiny.unet.named_modules()
              if isinstance(m, torch.nn.Conv2d)}
     assert before == after
     assert not any("ff.ff" in n for n, _ in tiny.unet.named_modules())
     assert not any("forward" in vars(m) for m in tiny.unet.modules())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in tiny.unet.modules())
 
 
-def test_row_bands_do_not_change_the_image(tiny, monkeypatch):
-    from contextlib import nullcontext
-
+def test_memory_levers_do_not_change_the_image(tiny, monkeypatch):
     import hires.lean
-    import hires.pipeline
 
-    kw = dict(prompt="a castle", width=1024, height=128, steps=4, seed=5, components=tiny,
-              upsample="latent")
+    job = dict(prompt="a castle", width=1024, height=256, steps=4, seed=5, upsample="latent")
     calls = []
     real = hires.lean.resnet
     monkeypatch.setattr(hires.lean, "resnet", lambda *a: calls.append(1) or real(*a))
-    lean = pixels(generate(**kw))
-    assert calls  # the 4x stage ran its resnets in row bands
-    monkeypatch.setattr(hires.pipeline, "lean_unet", lambda unet, enabled: nullcontext())
-    plain = pixels(generate(**kw))
+    plain = pixels(generate(components=tiny, plan=forced(tiny, Strategy(), **job), **job))
+    assert not calls
+    every = Strategy(split_cfg=True, ff_chunks=True, row_bands=True)
+    lean = pixels(generate(components=tiny, plan=forced(tiny, every, **job), **job))
+    assert calls  # the resnets ran in row bands
     diff = np.abs(lean.astype(int) - plain.astype(int))
     assert diff.max() <= 1 and (diff > 0).mean() < 0.001  # float rounding only
+
+
+def test_out_of_memory_retries_the_stage_with_a_cheaper_strategy(tiny):
+    import torch
+
+    from hires.plan import cheaper
+
+    job = dict(prompt="a castle", width=1024, height=256, steps=3, seed=4, upsample="latent")
+    plan = plan_for(Job(**job), tiny)
+    assert plan.stages[1].strategy == Strategy()  # plenty of RAM: the fastest, no levers
+    expected = pixels(generate(components=tiny, plan=plan, **job))
+    real = tiny.pipe.unet.forward
+    failures = []
+
+    def flaky(*args, **kwargs):  # the first call in the x2 stage runs out of memory
+        if args[0].shape[-1] == 1024 // 8 and not failures:
+            failures.append(1)
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(*args, **kwargs)
+
+    tiny.pipe.unet.forward = flaky
+    try:
+        r = generate(components=tiny, plan=plan, **job)
+    finally:
+        del tiny.pipe.unet.forward
+    assert failures == [1]
+    from hires.costs import model_shape
+
+    fallback = cheaper(plan.stages[1], list(plan.stages), model_shape(tiny), tiny.offload)
+    assert r.stages[1].retried_with == fallback.strategy.label != "batched"
+    assert r.stages[0].retried_with is None
+    assert any("ran out of GPU memory" in w for w in r.warnings)
+    diff = np.abs(pixels(r).astype(int) - expected.astype(int))
+    assert diff.max() <= 1  # the same image: the levers are exact
 
 
 def test_bad_job_is_refused_before_any_work(tiny):

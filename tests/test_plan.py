@@ -1,8 +1,13 @@
-"""The stage plan: sizes, strengths and step counts for the shapes users ask for."""
+"""The stage plan: sizes, strengths and step counts, and the strategy chosen for a budget."""
+
+import math
+from functools import lru_cache
 
 import pytest
 
-from hires.plan import base_size, make_plan, schedule
+from hires.plan import PlanError, base_size, make_plan, schedule, stage_sizes
+
+GIB = 1024**3
 
 
 def sizes(plan):
@@ -13,7 +18,6 @@ def test_1k_is_a_single_base_stage():
     p = make_plan(1024, 1024)
     assert sizes(p) == [(1024, 1024)]
     assert p.stages[0].steps == 50 and p.stages[0].strength == 1.0
-    assert p.exact
 
 
 def test_2k_adds_one_stage_at_full_strength():
@@ -36,25 +40,42 @@ def test_16k_square_ladder_matches_the_reference():
     assert p.stages[-1].timesteps == (61, 41, 21, 1)
 
 
-@pytest.mark.parametrize("w,h,base", [(16384, 9216, (1024, 576)), (9216, 16384, (576, 1024))])
-def test_16_9_and_9_16(w, h, base):
+@pytest.mark.parametrize("aspect,base", [(16 / 9, (1344, 768)), (3, (1792, 576)),
+                                         (9 / 16, (768, 1344)), (1, (1024, 1024))])
+def test_the_base_is_about_one_megapixel_at_the_aspect(aspect, base):
+    w = 16384 if aspect >= 1 else round(16384 * aspect / 8) * 8
+    h = round(16384 / aspect / 8) * 8 if aspect >= 1 else 16384
+    assert base_size(w, h, 1024) == base
+    assert 0.9 < base[0] * base[1] / 1024**2 < 1.1
+    assert abs(base[0] / base[1] / aspect - 1) < 0.04
+
+
+@pytest.mark.parametrize("w,h", [(20000, 20000), (16392, 16392), (3000, 1000), (16384, 9216),
+                                 (5000, 700), (1500, 1500)])
+def test_no_stage_is_bigger_than_the_request_and_the_last_is_the_request(w, h):
     p = make_plan(w, h)
-    assert (p.stages[0].width, p.stages[0].height) == base
-    assert (p.width, p.height) == (w, h) and p.exact
-    assert len(p.stages) == 5
+    assert (p.stages[-1].width, p.stages[-1].height) == (w, h)
+    for a, b in zip(p.stages, p.stages[1:]):
+        assert b.width <= w and b.height <= h
+        assert 1 < max(b.width / a.width, b.height / a.height) <= 2 + 1e-9
+    # The last stage's dilation is its scale over the base, rounded.
+    scale = max(w / p.stages[0].width, h / p.stages[0].height)
+    assert p.stages[-1].ratio == max(1, round(scale))
 
 
-def test_odd_sizes_are_generated_larger_then_fit_exactly():
-    p = make_plan(3000, 1000)
-    assert sizes(p) == [(1024, 344), (2048, 688), (4096, 1376)]
-    assert (p.requested_width, p.requested_height) == (3000, 1000)
-    assert not p.exact
-    assert [s.steps for s in p.stages] == [50, 16, 8]  # linspace(0.32, 0, 3) = 0.32, 0.16
+def test_20000_goes_from_16k_equivalents_straight_to_the_request():
+    assert stage_sizes(20000, 20000, 1024)[-2:] == [(16384, 16384, 16.0),
+                                                    (20000, 20000, 20000 / 1024)]
+
+
+def test_sizes_outside_the_range_are_refused_with_the_range():
+    with pytest.raises(PlanError, match="64-32768"):
+        make_plan(40000, 1024)
 
 
 def test_small_requests_run_at_their_own_size():
     assert sizes(make_plan(512, 384)) == [(512, 384)]
-    assert base_size(200, 100, 256) == (200, 100)
+    assert base_size(200, 104, 256) == (200, 104)
 
 
 def test_tiny_native_size_and_few_steps():
@@ -72,3 +93,60 @@ def test_schedule_matches_diffusers_euler():
     for steps in (1, 7, 30, 50):
         sched.set_timesteps(steps)
         assert schedule(steps) == tuple(int(t) for t in sched.timesteps)
+
+
+# The planner's choices, full SDXL + LinFusion-XL shapes on the meta device (no weights).
+
+
+@lru_cache(maxsize=1)
+def sdxl():
+    from hires.costs import sdxl_shape
+
+    return sdxl_shape()
+
+
+def planned(size, budget_gib, offload="auto"):
+    return make_plan(size, size, model=sdxl(), budget=None if budget_gib is None else
+                     int(budget_gib * GIB), offload=offload, rate=400e12)
+
+
+@pytest.mark.parametrize("size", [4096, 8192, 16384])
+def test_every_stage_fits_its_budget_and_more_memory_is_never_slower(size):
+    seconds = {}
+    for budget in (8, 12, 24, 80):
+        try:
+            p = planned(size, budget)
+        except PlanError as e:
+            assert budget <= 12 and size == 16384, e  # only 16K on small cards cannot fit
+            continue
+        assert all(s.cost.peak_bytes <= budget * GIB for s in p.stages)
+        seconds[budget] = p.seconds
+    budgets = sorted(seconds)
+    assert [seconds[b] for b in budgets] == sorted((seconds[b] for b in budgets), reverse=True)
+    assert 80 in seconds and 24 in seconds
+
+
+def test_an_80_gb_card_runs_16k_faster_than_a_24_gb_one_with_fewer_levers():
+    big, small = planned(16384, 80), planned(16384, 24)
+    assert big.seconds < small.seconds
+    assert small.stages[-1].strategy.row_bands or small.stages[-1].strategy.weights != "resident"
+    assert big.stages[0].strategy.label == "batched"  # 1K needs no lever anywhere
+
+
+def test_a_plan_that_cannot_fit_says_how_much_it_needs():
+    with pytest.raises(PlanError, match=r"needs at least \d+\.\d GiB"):
+        planned(16384, 4)
+
+
+def test_offload_choice_limits_the_weights_modes():
+    p = planned(4096, 24, offload="model")
+    assert {s.strategy.weights for s in p.stages} == {"model"}
+    p = planned(4096, None, offload="none")
+    assert {s.strategy.weights for s in p.stages} == {"resident"}
+
+
+def test_costs_grow_with_size():
+    p = planned(16384, 80)
+    tflop = [s.cost.unet_tflop / s.steps for s in p.stages[1:]]
+    assert all(b > 3.5 * a for a, b in zip(tflop, tflop[1:]))  # ~4x pixels per x2 stage
+    assert math.isclose(p.seconds, sum(s.cost.seconds for s in p.stages))

@@ -1,0 +1,517 @@
+"""What a stage costs, from the model's config alone: peak device memory, FLOPs, transfers.
+
+The memory model walks the UNet's forward pass block by block, as diffusers runs it, keeping
+the tensors that stay alive (skip connections, the block's input) and adding each block's
+internal peak (e.g. a resnet's GroupNorm and SiLU outputs, a feed-forward's 8x-wide GEGLU
+projection). Row bands and feed-forward chunks cap those peaks at a band's or a chunk's size.
+`hires.memsim` runs the real model on a simulated GPU to check it (tests/test_costs.py,
+benchmarks/memory.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hires.lean import GPU_BAND_BYTES
+from hires.strategy import Strategy
+
+FF_TOKENS = 65536  # tokens per feed-forward chunk (hires.memory.chunked_feed_forward)
+LINFUSION_WORK = 256 << 20  # fp32 work buffers of one LinFusion call on a GPU (linfusion.py)
+HOST_LINK = 25e9  # bytes/s between host and GPU (PCIe 4 x16 in practice) for offload traffic
+
+
+@dataclass(frozen=True)
+class UNetShape:
+    """The parts of a UNet2DConditionModel config that set its memory and FLOPs."""
+
+    channels: tuple[int, ...]  # per level, top (full resolution) first
+    layers: int  # resnets per down block (up blocks have one more)
+    depth: tuple[int, ...]  # transformer blocks per level; 0: no attention there
+    in_channels: int
+    out_channels: int
+    cross_dim: int
+    text_tokens: int = 77
+    heads: tuple[int, ...] = ()
+    linfusion: bool = True
+    param_bytes: int = 0  # weights in the run dtype, LinFusion included
+    block_param_bytes: tuple[int, ...] = ()  # down blocks, mid block, up blocks: weights
+    outer_param_bytes: int = 0  # weights outside those blocks (embeddings, conv in/out)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], *, param_bytes: int = 0,
+                    block_param_bytes: tuple[int, ...] = (), outer_param_bytes: int = 0,
+                    linfusion: bool = True) -> UNetShape:
+        types = config["down_block_types"]
+        tl = config.get("transformer_layers_per_block", 1)
+        tl = [tl] * len(types) if isinstance(tl, int) else list(tl)
+        depth = tuple(n if "CrossAttn" in t else 0 for t, n in zip(types, tl, strict=True))
+        heads = config.get("attention_head_dim", 8)
+        heads = [heads] * len(types) if isinstance(heads, int) else list(heads)
+        return cls(tuple(config["block_out_channels"]), config["layers_per_block"], depth,
+                   config["in_channels"], config["out_channels"],
+                   config["cross_attention_dim"], heads=tuple(heads), linfusion=linfusion,
+                   param_bytes=param_bytes, block_param_bytes=block_param_bytes,
+                   outer_param_bytes=outer_param_bytes)
+
+    @classmethod
+    def of(cls, unet: Any) -> UNetShape:
+        """The shape of a built UNet (any device, meta included), LinFusion or not."""
+        from hires.memsim import module_bytes
+
+        blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
+        sizes = [module_bytes(b) for b in blocks]
+        total = module_bytes(unet)
+        linfusion = any(type(m).__name__ == "LinearAttention" for m in unet.modules())
+        return cls.from_config(dict(unet.config), param_bytes=total,
+                               block_param_bytes=tuple(sizes),
+                               outer_param_bytes=total - sum(sizes),
+                               linfusion=linfusion)
+
+
+class _Walk:
+    """Live bytes through one forward pass, and their peak (one CFG batch of `batch`)."""
+
+    def __init__(self, shape: UNetShape, height: int, width: int, batch: int, dtype_bytes: int,
+                 strategy: Strategy) -> None:
+        self.s, self.h, self.w = shape, height, width
+        self.unit = batch * dtype_bytes  # bytes of one channel-pixel across the batch
+        self.batch, self.strategy = batch, strategy
+        self.live = self.peak = 0
+        self.weights = 0  # streamed weights on the GPU now (sequential offload)
+
+    def block(self, index: int) -> None:
+        """Block `index` (down, mid, up order) runs now; under sequential offload its weights
+        are the ones on the GPU."""
+        if self.strategy.weights == "sequential" and self.s.block_param_bytes:
+            self.weights = self.s.block_param_bytes[index]
+
+    def pixels(self, level: int) -> int:
+        return -(-self.h // 2**level) * -(-self.w // 2**level)
+
+    def size(self, channels: int, level: int) -> int:
+        return channels * self.pixels(level) * self.unit
+
+    def touch(self, extra: int = 0) -> None:
+        self.peak = max(self.peak, self.live + self.weights + extra)
+
+    def band(self, channels: int, level: int) -> int:
+        """Working set of one row band: its input, the fp32 norm/activation copies, its output.
+
+        A band is about GPU_BAND_BYTES of fp32 (hires.lean.band_rows), or the whole tensor.
+        """
+        whole = channels * self.pixels(level) * self.batch * 4
+        return 3 * min(GPU_BAND_BYTES, whole)
+
+    def resnet(self, c_in: int, c_out: int, level: int) -> int:
+        """Peak above the live set inside one resnet whose input is live; returns its output."""
+        i, o = self.size(c_in, level), self.size(c_out, level)
+        shortcut = o if c_in != c_out else 0
+        if self.strategy.row_bands:
+            extra = max(o + self.band(c_in, level), 2 * o + self.band(c_out, level))
+        else:
+            extra = max(2 * i, i + o, 3 * o + shortcut)
+        self.touch(extra)
+        return o
+
+    def transformer(self, channels: int, level: int, blocks: int) -> None:
+        """Peak above the live set inside one Transformer2DModel whose input is live."""
+        c = self.size(channels, level)
+        tokens = self.pixels(level)
+        ff = 16 * c  # GEGLU: the 8x projection, GELU of its gate half, their product
+        if self.strategy.ff_chunks and tokens > FF_TOKENS:
+            ff = 16 * channels * FF_TOKENS * self.unit + 2 * c  # a chunk, the outputs, the cat
+        attn = 5 * c + (min(LINFUSION_WORK, c // self.unit * self.batch * 4)
+                        if self.s.linfusion else 0)
+        # Around the blocks: the residual input, the projected tokens, the block's norm output.
+        self.touch(2 * c + max(ff, attn) + (c if blocks else 0))
+
+    def upsample(self, channels: int, level: int) -> int:
+        """Nearest 2x then a conv, from `level` to `level - 1`; returns the output's bytes."""
+        out = self.size(channels, level - 1)
+        self.touch(out + (self.band(channels, level - 1) if self.strategy.row_bands else out))
+        return out
+
+
+def unet_peak_bytes(shape: UNetShape, height: int, width: int, strategy: Strategy,
+                    dtype_bytes: int = 2) -> int:
+    """Estimated peak device bytes of one guided UNet evaluation at a latent of this size,
+    the UNet's weights as `strategy.weights` keeps them included, nothing else."""
+    batch = 1 if strategy.split_cfg else 2
+    walk = _Walk(shape, height, width, batch, dtype_bytes, strategy)
+    ch, layers, levels = shape.channels, shape.layers, len(shape.channels)
+    park = strategy.park_skips
+    # Down path: every resnet (or attention) output and downsample output is a skip.
+    first = walk.size(ch[0], 0)  # conv_in's output: a skip and block 0's input; never parked
+    skips: list[int] = [first]
+    walk.live += first
+    c_prev, given = ch[0], first  # the block's input; under park_skips its GPU copy
+    for level, c in enumerate(ch):
+        walk.block(level)
+        made = []
+        for _ in range(layers):
+            out = walk.resnet(c_prev, c, level)
+            walk.live += out
+            if shape.depth[level]:
+                walk.transformer(c, level, shape.depth[level])
+            made.append(out)
+            c_prev = c
+        if level < levels - 1:
+            out = walk.size(c, level + 1)
+            walk.touch(out)
+            walk.live += out
+            made.append(out)
+        skips += made
+        if park:  # once the block returns its skips go to the CPU; its output stays
+            walk.live -= sum(made) - made[-1] + (given if level else 0)
+            given = made[-1]
+    # Mid block: resnet, attention, resnet at the lowest level.
+    low = levels - 1
+    walk.block(levels)
+    walk.live += walk.resnet(ch[low], ch[low], low)
+    walk.transformer(ch[low], low, shape.depth[low])
+    walk.touch(walk.resnet(ch[low], ch[low], low))
+    if park:
+        walk.live -= given
+    # Up path: each block takes back layers + 1 skips, deepest first.
+    c_h = ch[low]
+    for level in reversed(range(levels)):
+        walk.block(2 * levels - level)
+        c = ch[level]
+        mine = skips[-(layers + 1):]
+        del skips[-(layers + 1):]
+        on_gpu = first if level == 0 else 0  # under park_skips: only conv_in's output
+        moved = sum(mine) - on_gpu if park and not strategy.row_bands else 0
+        walk.live += moved  # parked skips come back whole for a diffusers up block
+        first_input = walk.size(c_h, level)
+        hidden = 0  # the block's running hidden state, once it differs from its input
+        for skip in reversed(mine):
+            c_skip = skip // walk.pixels(level) // walk.unit
+            if strategy.row_bands:
+                out = walk.resnet(c_h + c_skip, c, level)
+            else:
+                cat = walk.size(c_h + c_skip, level)
+                walk.live += cat - hidden
+                out = walk.resnet(c_h + c_skip, c, level)
+                walk.live -= cat
+                hidden = 0
+            walk.live += out - hidden
+            hidden = out
+            if shape.depth[level]:
+                walk.transformer(c, level, shape.depth[level])
+            c_h = c
+        if level > 0:
+            up = walk.upsample(c, level)
+            walk.live += up - hidden - first_input
+        else:
+            walk.live -= first_input
+        walk.live -= moved + (on_gpu if park else sum(mine))
+    # Out: GroupNorm, SiLU, conv to the latent channels.
+    walk.weights = 0
+    walk.touch(2 * walk.size(ch[0], 0))
+    if strategy.weights == "sequential" and shape.block_param_bytes:
+        return shape.outer_param_bytes + walk.peak
+    return shape.param_bytes + walk.peak
+
+
+# ---------------------------------------------------------------------------------------------
+# FLOPs (multiply-adds x 2), from the config: convs, linears and LinFusion's attention
+
+
+def unet_flops(shape: UNetShape, height: int, width: int) -> float:
+    """FLOPs of one UNet evaluation of one batch item at a latent of this size."""
+    ch, layers, levels = shape.channels, shape.layers, len(shape.channels)
+
+    def px(level: int) -> int:
+        return -(-height // 2**level) * -(-width // 2**level)
+
+    def resnet(c_in: int, c: int, level: int) -> float:
+        return px(level) * (9 * c_in * c + 9 * c * c + (c_in * c if c_in != c else 0))
+
+    def transformer(c: int, level: int, depth: int) -> float:
+        n = px(level)
+        heads = shape.heads[level] if shape.heads else 8
+        per_block = n * (4 * c * c + 4 * c * (c // 16 if shape.linfusion else 0)  # attn1
+                         + 2 * c * (c // heads if shape.linfusion else n)  # its attention
+                         + 2 * c * c + 2 * c * shape.text_tokens  # attn2, 77 text tokens
+                         + 12 * c * c)  # GEGLU feed-forward
+        per_block += 2 * shape.text_tokens * shape.cross_dim * c  # attn2 keys and values
+        return 2 * n * c * c + depth * per_block
+
+    macs = 9 * shape.in_channels * ch[0] * px(0)
+    c_prev = ch[0]
+    skips = [(ch[0], 0)]
+    for level, c in enumerate(ch):
+        for _ in range(layers):
+            macs += resnet(c_prev, c, level) + (transformer(c, level, shape.depth[level])
+                                                if shape.depth[level] else 0)
+            skips.append((c, level))
+            c_prev = c
+        if level < levels - 1:
+            macs += 9 * c * c * px(level + 1)
+            skips.append((c, level + 1))
+    low = levels - 1
+    macs += 2 * resnet(ch[low], ch[low], low) + transformer(ch[low], low, shape.depth[low] or 1)
+    c_h = ch[low]
+    for level in reversed(range(levels)):
+        c = ch[level]
+        for _ in range(layers + 1):
+            c_skip, _ = skips.pop()
+            macs += resnet(c_h + c_skip, c, level) + (
+                transformer(c, level, shape.depth[level]) if shape.depth[level] else 0)
+            c_h = c
+        if level > 0:
+            macs += 9 * c * c * px(level - 1)
+    macs += 9 * ch[0] * shape.out_channels * px(0)
+    return 2.0 * macs
+
+
+@dataclass(frozen=True)
+class VaeShape:
+    """The parts of an AutoencoderKL config that set its memory and FLOPs."""
+
+    channels: tuple[int, ...]  # block_out_channels, full resolution first
+    layers: int
+    latent_channels: int = 4
+    image_channels: int = 3
+    param_bytes: int = 0
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], *, param_bytes: int = 0) -> VaeShape:
+        return cls(tuple(config["block_out_channels"]), config["layers_per_block"],
+                   config.get("latent_channels", 4), config.get("out_channels", 3),
+                   param_bytes)
+
+
+def vae_flops(vae: VaeShape, width: int, height: int, *, decode: bool) -> float:
+    """FLOPs of one plain decode (latents to a width x height image) or encode."""
+    ch, levels = vae.channels, len(vae.channels)
+    top = width * height
+
+    def px(level: int) -> float:  # level 0: full resolution
+        return top / 4**level
+
+    def resnet(c_in: int, c: int, level: int) -> float:
+        return px(level) * (9 * c_in * c + 9 * c * c + (c_in * c if c_in != c else 0))
+
+    low = levels - 1
+    c_low = ch[-1]
+    macs = 2 * resnet(c_low, c_low, low) + 4 * c_low * c_low * px(low)  # mid block
+    if decode:
+        macs += 9 * vae.latent_channels * c_low * px(low) + 9 * ch[0] * vae.image_channels * top
+        c_prev = c_low
+        for level in reversed(range(levels)):
+            c = ch[level]
+            for _ in range(vae.layers + 1):
+                macs += resnet(c_prev, c, level)
+                c_prev = c
+            if level > 0:
+                macs += 9 * c * c * px(level - 1)
+    else:
+        macs += 9 * vae.image_channels * ch[0] * top + 9 * c_low * 2 * vae.latent_channels * px(
+            low)
+        c_prev = ch[0]
+        for level, c in enumerate(ch):
+            for _ in range(vae.layers):
+                macs += resnet(c_prev, c, level)
+                c_prev = c
+            if level < levels - 1:
+                macs += 9 * c * c * px(level + 1)
+    return 2.0 * macs
+
+
+def vae_tile_peak(vae: VaeShape, tile: int, dtype_bytes: int = 2) -> int:
+    """Estimated activation bytes of decoding (or encoding) one tile of `tile` px.
+
+    The VAE has no skip connections: the peak is one op's input plus its transient, worst at
+    the full-resolution levels (a resnet's GroupNorm and SiLU outputs next to its input).
+    """
+    ch, levels = vae.channels, len(vae.channels)
+    worst = 0.0
+    c_prev = ch[-1]
+    for level in reversed(range(levels)):
+        c, px = ch[level], tile * tile / 4**level
+        worst = max(worst, px * (c_prev + max(2 * c_prev, c_prev + c, 4 * c)))
+        if level > 0:
+            worst = max(worst, px * 4 * c / 4 + 2 * c * px * 4)  # nearest 2x, then conv
+        c_prev = c
+    # Tiling keeps the tile's own input and output, and fp32 copies for the cross-fade.
+    return int(worst * dtype_bytes + tile * tile * vae.image_channels * 4 * 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# A stage: its phases' peaks, its work and its time
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the planner needs of a model: UNet and VAE shapes, weights, dtypes."""
+
+    unet: UNetShape
+    vae: VaeShape
+    text_bytes: int  # both text encoders' weights
+    dtype_bytes: int = 2  # the UNet's run dtype
+    vae_dtype_bytes: int = 2
+    native: int = 1024  # px
+    on_gpu: bool = True
+
+    @property
+    def weights(self) -> int:
+        return self.unet.param_bytes + self.vae.param_bytes + self.text_bytes
+
+
+@dataclass(frozen=True)
+class StageCost:
+    """Estimates for one stage under one strategy."""
+
+    peak_bytes: int  # device memory at the stage's peak phase
+    denoise_peak_bytes: int  # device memory while the UNet runs
+    tflop: float  # UNet and VAE work
+    unet_tflop: float
+    scratch_bytes: int  # temporary files of the tiled VAE
+    seconds: float | None  # at the given FLOP rate; None without one
+    vae_tile: int  # px
+
+
+VAE_TILES = (2048, 1536, 1024, 768, 512)  # px, largest first: fewer tiles, less overlap
+LEVER_SLOWDOWN = {"split_cfg": 0.03, "ff_chunks": 0.01, "row_bands": 0.10}  # assumed
+
+
+def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy: Strategy, *,
+               base: bool, previous: tuple[int, int] | None, final_decode: bool,
+               vae_tile: int | None = None, vae_stats: str = "fast",
+               rate: float | None = None, budget: int | None = None) -> StageCost:
+    """Peak device memory, FLOPs, scratch disk and time of one stage under `strategy`."""
+    lat_h, lat_w = height // 8, width // 8
+    unet = model.unet
+    resident = strategy.weights == "resident"
+    others = model.text_bytes + model.vae.param_bytes if resident else 0
+    state = 10 * unet.in_channels * lat_h * lat_w * 4  # latents, noise, x0, blur, eps: fp32
+    peaks = [unet_peak_bytes(unet, lat_h, lat_w, strategy, model.dtype_bytes) + others + state]
+    weights_now = model.weights if resident else 0
+    if base:
+        peaks.append((weights_now or model.text_bytes) + (64 << 20))
+    tile = vae_tile or VAE_TILES[-1]
+    if not base or final_decode:
+        vae_weights = weights_now or model.vae.param_bytes
+        if vae_tile is None:  # the largest tile that fits next to the weights
+            for t in VAE_TILES:
+                tile = t
+                if budget is None or vae_weights + vae_tile_peak(
+                        model.vae, t, model.vae_dtype_bytes) + state <= budget:
+                    break
+        tile = min(tile, max(width, height))
+        peaks.append(vae_weights + vae_tile_peak(model.vae, tile, model.vae_dtype_bytes) + state)
+    evals = steps * (1 if base else 2)
+    unet_flop = evals * 2 * unet_flops(unet, lat_h, lat_w)
+    vae_flop = 0.0
+    if previous:
+        vae_flop += vae_flops(model.vae, *previous, decode=True)
+        vae_flop += vae_flops(model.vae, width, height, decode=False)
+    if final_decode:
+        vae_flop += vae_flops(model.vae, width, height, decode=True)
+    scratch = 0
+    if vae_stats == "exact" and (previous or final_decode):
+        # Saved block outputs, fp32, up to 16 GB a level (hires.vae's cap).
+        scratch = int(sum(min(16e9, c * width * height / 4**i * 4)
+                          for i, c in enumerate(model.vae.channels)))
+    seconds = None
+    if rate:
+        slowdown = 1 + sum(v for k, v in LEVER_SLOWDOWN.items() if getattr(strategy, k))
+        calls = evals * (2 if strategy.split_cfg else 1)
+        moved = 0.0
+        if strategy.park_skips:
+            skips = _skip_bytes(unet, lat_h, lat_w, model.dtype_bytes)
+            moved += evals * 2 * skips * (5 if strategy.row_bands else 2)
+        if strategy.weights == "sequential":
+            moved += calls * unet.param_bytes + 2 * model.vae.param_bytes
+        elif strategy.weights == "model":
+            moved += 2 * (unet.param_bytes + model.vae.param_bytes + (
+                model.text_bytes if base else 0))
+        seconds = (unet_flop * slowdown + vae_flop) / rate + moved / HOST_LINK
+    return StageCost(max(peaks), peaks[0], (unet_flop + vae_flop) / 1e12, unet_flop / 1e12, scratch,
+                     seconds, tile)
+
+
+def _skip_bytes(shape: UNetShape, height: int, width: int, dtype_bytes: int) -> int:
+    """Bytes (one batch item) of the skips parked on the CPU: all but conv_in's output."""
+    total = 0
+    for level, c in enumerate(shape.channels):
+        px = -(-height // 2**level) * -(-width // 2**level)
+        total += shape.layers * c * px
+        if level < len(shape.channels) - 1:
+            total += c * -(-height // 2**(level + 1)) * -(-width // 2**(level + 1))
+    return total * dtype_bytes
+
+
+# Peak dense bf16 throughput (tensor cores, FLOP/s) of common GPUs, from their data sheets.
+GPU_PEAK = {"h200": 989e12, "h100": 989e12, "a100": 312e12, "l40s": 362e12, "a6000": 155e12,
+            "a10": 125e12, "l4": 121e12, "4090": 165e12, "4080": 97e12, "3090": 71e12,
+            "t4": 65e12}
+EFFICIENCY = 0.4  # fraction of peak these convs and matmuls reach: assumed until measured
+
+
+def rate_for(gpu: str) -> float:
+    """Achieved FLOP/s for `--gpu`: a name from GPU_PEAK (x EFFICIENCY) or a TFLOP/s figure."""
+    key = gpu.lower().removeprefix("rtx").removeprefix("nvidia").strip(" -")
+    if key in GPU_PEAK:
+        return GPU_PEAK[key] * EFFICIENCY
+    try:
+        value = float(gpu)
+    except ValueError:
+        raise ValueError(f"unknown GPU '{gpu}': use one of {', '.join(GPU_PEAK)} or a measured "
+                         "TFLOP/s figure like 350") from None
+    if not value > 0:
+        raise ValueError(f"--gpu rate must be a positive TFLOP/s figure, got {gpu}")
+    return value * 1e12
+
+
+# ---------------------------------------------------------------------------------------------
+# Shapes of real models: loaded ones, and the default SDXL without loading a weight
+
+
+def model_shape(components: Any) -> ModelShape:
+    """The shape of loaded components (weights counted as they are, in their dtypes)."""
+    from hires.memsim import module_bytes
+
+    pipe = components.pipe
+    vae = VaeShape.from_config(dict(pipe.vae.config), param_bytes=module_bytes(pipe.vae))
+    text = module_bytes(pipe.text_encoder) + module_bytes(pipe.text_encoder_2)
+    return ModelShape(UNetShape.of(pipe.unet), vae, text,
+                      dtype_bytes=components.dtype.itemsize,
+                      vae_dtype_bytes=components.vae_dtype.itemsize,
+                      native=components.native, on_gpu=components.device.type != "cpu")
+
+
+def sdxl_shape(*, linfusion: bool = True, dtype_bytes: int = 2, on_gpu: bool = True) -> ModelShape:
+    """SDXL base (with LinFusion-XL unless told not) as the planner sees it, built on `meta`."""
+    import torch
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from hires.memsim import module_bytes, sdxl_unet_on_meta
+    from hires.sdxl import SDXL_UNET_CONFIG, SDXL_VAE_CONFIG
+
+    dtype = {2: torch.bfloat16, 4: torch.float32}[dtype_bytes]
+    if linfusion:
+        unet_shape = UNetShape.of(sdxl_unet_on_meta(dtype))
+    else:
+        from diffusers import UNet2DConditionModel
+
+        with torch.device("meta"):
+            unet_shape = UNetShape.of(UNet2DConditionModel(**SDXL_UNET_CONFIG).to(dtype))
+    with torch.device("meta"):
+        vae = AutoencoderKL(**SDXL_VAE_CONFIG)
+        common = dict(vocab_size=49408, max_position_embeddings=77, hidden_act="gelu")
+        te1 = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072,
+                                           num_attention_heads=12, num_hidden_layers=12,
+                                           **common))
+        te2 = CLIPTextModelWithProjection(CLIPTextConfig(
+            hidden_size=1280, intermediate_size=5120, num_attention_heads=20,
+            num_hidden_layers=32, projection_dim=1280, **common))
+    vae_dtype_bytes = 2 if on_gpu else 4  # bf16 on GPUs, fp32 on CPU (hires.models)
+    vae_bytes = module_bytes(vae) // 4 * vae_dtype_bytes
+    text = (module_bytes(te1) + module_bytes(te2)) // 4 * dtype_bytes
+    return ModelShape(unet_shape, VaeShape.from_config(SDXL_VAE_CONFIG, param_bytes=vae_bytes),
+                      text, dtype_bytes=dtype_bytes, vae_dtype_bytes=vae_dtype_bytes,
+                      native=1024, on_gpu=on_gpu)

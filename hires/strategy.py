@@ -1,0 +1,150 @@
+"""How one stage runs the UNet: the memory levers a plan picks, and applying them to a UNet.
+
+Every lever gives the same numbers (up to float rounding); each trades some speed for memory:
+- split_cfg: uncond and cond as two UNet calls (half the activations, smaller batches);
+- ff_chunks: every transformer feed-forward (4x wider than its input) over token chunks;
+- row_bands: resnets, up blocks and upsamplers in bands of rows (`hires.lean`);
+- park_skips: the UNet's skip connections wait on the CPU until the up blocks read them;
+- weights: "resident" (all weights on the GPU), "model" (only the running model: the UNet while
+  it denoises, the VAE while it decodes) or "sequential" (the UNet streamed block by block).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
+from itertools import product
+
+import torch
+from torch import Tensor, nn
+
+from hires.lean import lean_unet
+from hires.memory import chunked_feed_forward
+
+WEIGHTS = ("resident", "model", "sequential")
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """The memory levers of one stage (see the module docstring)."""
+
+    split_cfg: bool = False
+    ff_chunks: bool = False
+    row_bands: bool = False
+    park_skips: bool = False
+    weights: str = "resident"
+
+    @property
+    def label(self) -> str:
+        """A short name for logs: 'batched' or e.g. 'split-cfg+ff-chunks+model-offload'."""
+        parts = [name for on, name in ((self.split_cfg, "split-cfg"),
+                                       (self.ff_chunks, "ff-chunks"),
+                                       (self.row_bands, "row-bands"),
+                                       (self.park_skips, "parked-skips")) if on]
+        if self.weights != "resident":
+            parts.append(f"{self.weights}-offload")
+        return "+".join(parts) or "batched"
+
+    def to_dict(self) -> dict[str, object]:
+        return {"split_cfg": self.split_cfg, "ff_chunks": self.ff_chunks,
+                "row_bands": self.row_bands, "park_skips": self.park_skips,
+                "weights": self.weights}
+
+
+def all_strategies(weights: tuple[str, ...] = WEIGHTS) -> list[Strategy]:
+    """Every combination of the levers, with the weight modes allowed."""
+    return [Strategy(*levers, weights=w)
+            for levers in product((False, True), repeat=4) for w in weights]
+
+
+def lowest(strategy: Strategy) -> Strategy:
+    """Every lever on, weights as given: the least memory for that weight mode."""
+    return replace(strategy, split_cfg=True, ff_chunks=True, row_bands=True, park_skips=True)
+
+
+@contextmanager
+def applied(unet: nn.Module, strategy: Strategy, device: torch.device) -> Iterator[None]:
+    """The UNet set up for `strategy` for the duration of a stage; always undone."""
+    with ExitStack() as stack:
+        stack.enter_context(lean_unet(unet, strategy.row_bands))
+        stack.enter_context(chunked_feed_forward(unet, strategy.ff_chunks))
+        if strategy.park_skips and device.type != "cpu":
+            stack.enter_context(parked_skips(unet))
+        if strategy.weights == "sequential" and device.type not in ("cpu", "meta"):
+            stack.enter_context(streamed_blocks(unet, device))
+        yield
+
+
+def _park(x: Tensor) -> Tensor:
+    """A CPU copy of `x` (pinned where possible, so the copy back can overlap compute)."""
+    if x.device.type == "cpu":
+        return x
+    if x.device.type == "meta":  # the simulated GPU (hires.memsim): a stand-in costing nothing
+        return torch.zeros((), dtype=x.dtype).expand(x.shape)
+    out = torch.empty(x.shape, dtype=x.dtype, pin_memory=x.device.type == "cuda")
+    return out.copy_(x, non_blocking=True)
+
+
+@contextmanager
+def parked_skips(unet: nn.Module) -> Iterator[None]:
+    """Down blocks hand their skip outputs over as CPU copies; up blocks bring them back.
+
+    With row bands, an up block reads its skips band by band straight from the CPU
+    (`hires.lean.Stacked` moves each band); without, it moves the block's skips back whole.
+    The conv_in output (the first skip) stays: it is also down block 0's input.
+    """
+    def down_hook(module, args, output):
+        hidden, skips = output
+        return hidden, tuple(_park(s) for s in skips)
+
+    def up_pre_hook(module, args, kwargs):
+        if "res_hidden_states_tuple" in kwargs:
+            skips, where = kwargs["res_hidden_states_tuple"], "kw"
+        else:
+            skips, where = args[1], "arg"
+        device = (args[0] if args else kwargs["hidden_states"]).device
+        if not getattr(module.forward, "reads_parked", False):
+            skips = tuple(s.to(device, non_blocking=True) for s in skips)
+        if where == "kw":
+            return args, {**kwargs, "res_hidden_states_tuple": skips}
+        return (args[0], skips, *args[2:]), kwargs
+
+    handles = [b.register_forward_hook(down_hook) for b in unet.down_blocks]
+    handles += [b.register_forward_pre_hook(up_pre_hook, with_kwargs=True)
+                for b in unet.up_blocks]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def streamed_blocks(unet: nn.Module, device: torch.device) -> Iterator[None]:
+    """Keep the UNet's weights on the CPU; each top-level block visits the GPU while it runs.
+
+    Ours rather than diffusers' group offloading, which replaces `forward` on the blocks (the
+    lean pass then falls back to whole-size tensors) and is not meant to be switched per stage.
+    """
+    unet.to("cpu")
+    blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
+    small = [m for name, m in unet.named_children()
+             if name not in ("down_blocks", "up_blocks", "mid_block")]
+    for m in small:  # embeddings, conv_in/out: small, stay on the GPU for the stage
+        m.to(device)
+
+    def arrive(module, args, kwargs):
+        module.to(device, non_blocking=True)
+
+    def leave(module, args, kwargs, output):
+        module.to("cpu")
+
+    handles = [h for b in blocks if b is not None for h in (
+        b.register_forward_pre_hook(arrive, with_kwargs=True),
+        b.register_forward_hook(leave, with_kwargs=True))]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
