@@ -14,6 +14,7 @@ from diffusers.models.attention_processor import Attention
 from torch import nn
 
 from hires import vae as tiled
+from hires import vae_memo, vae_stats, vae_tiles
 from hires.tiny import tiny_vae
 
 # 256 px tiles overlapping by 128 px: on a 512 px image that is 3 x 3 tiles, and each keeps a
@@ -65,9 +66,9 @@ def diffusers_tiling(vae: AutoencoderKL, tile: int) -> Iterator[None]:
 
 def fade_zones(n: int) -> torch.Tensor:
     """Pixel rows/columns (of an n-latent side) where two tiles are cross-faded."""
-    t, o = tiled._tile_sizes(TILE, OVERLAP)
-    spans = tiled._spans(n, t, o)
-    weights = tiled._weights(spans, n, 8, tiled.DROP * o * 8, tiled.FADE * o * 8)
+    t, o = vae_tiles.tile_sizes(TILE, OVERLAP)
+    spans = vae_tiles.spans(n, t, o)
+    weights = vae_tiles.weights(spans, n, 8, vae_tiles.DROP * o * 8, vae_tiles.FADE * o * 8)
     mask = torch.zeros(n * 8, dtype=torch.bool)
     for (s, e), w in zip(spans, weights):
         mask[s * 8:e * 8] |= (w > 0) & (w < 1)
@@ -145,24 +146,35 @@ def test_uint8_is_the_quantized_float_and_progress_counts_tiles(vae):
     assert not any("forward" in m.__dict__ for m in vae.modules())  # patches undone
 
     # One call per tile run: a statistics pass per GroupNorm and attention, then the decode.
-    t, o = tiled._tile_sizes(TILE, OVERLAP)
-    so = max(2, o // 4)
-    stats_tiles = len(tiled._spans(32, t, so)) * len(tiled._spans(48, t, so))
-    tiles = len(tiled._spans(32, t, o)) * len(tiled._spans(48, t, o))
+    t, o = vae_tiles.tile_sizes(TILE, OVERLAP)
+    tiles = len(vae_tiles.spans(32, t, o)) * len(vae_tiles.spans(48, t, o))
     norms = sum(isinstance(m, nn.GroupNorm) for m in vae.decoder.modules())
     attns = sum(isinstance(m, Attention) for m in vae.decoder.modules())
-    total = (norms + attns) * stats_tiles + tiles
-    assert (stats_tiles, tiles) == (2, 2)
+    total = (norms + attns) * tiles + tiles
+    assert tiles == 2
     assert calls == [(i, total) for i in range(1, total + 1)]
+    for mode in vae_stats.MODES:
+        calls.clear()
+        tiled.decode(vae, z, tile=TILE, overlap=OVERLAP, stats=mode,
+                     progress=lambda done, total: calls.append((done, total)))
+        assert calls == [(i, total) for i in range(1, total + 1)]
 
-    # Pooling GroupNorm statistics from fewer tiles: fewer runs (attention cells still take
-    # every tile). Approximate: only the count is checked here.
-    calls.clear()
-    sampled = tiled.decode(vae, z, tile=TILE, overlap=OVERLAP, stats_tiles=1,
-                           progress=lambda done, total: calls.append((done, total)))
-    total = norms * 1 + attns * stats_tiles + tiles
-    assert sampled.shape == pixels.shape
-    assert calls == [(i, total) for i in range(1, total + 1)]
+
+@pytest.mark.parametrize("budget", [vae_stats.FAST_BYTES, 3e6, 0])
+def test_fast_mode_is_exact_in_memory_whatever_its_budget(vae, budget, monkeypatch):
+    """Fast statistics write no scratch file; a short memory budget costs time, not accuracy."""
+    z = smooth_latent(48, 48, seed=8)
+    exact = tiled.decode_float(vae, z, tile=TILE, overlap=OVERLAP, stats="exact")
+
+    def no_scratch(*args, **kwargs):
+        raise AssertionError("fast mode opened a scratch file")
+
+    monkeypatch.setattr(vae_stats, "FAST_BYTES", budget)
+    monkeypatch.setattr(vae_memo.tempfile, "TemporaryFile", no_scratch)
+    fast = tiled.decode_float(vae, z, tile=TILE, overlap=OVERLAP, stats="fast")
+    torch.testing.assert_close(fast, exact, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="stats must be one of"):
+        tiled.decode(vae, z, tile=TILE, stats="sampled")
 
 
 def test_small_images_take_one_plain_pass(vae):
@@ -286,15 +298,15 @@ def test_saved_block_outputs_change_nothing_and_spare_work(vae, part, monkeypatc
         handle = net.conv_in.register_forward_hook(count)
         try:
             if part == "decoder":
-                out = tiled.decode_float(vae, z, tile=TILE, overlap=OVERLAP)
+                out = tiled.decode_float(vae, z, tile=TILE, overlap=OVERLAP, stats="exact")
             else:
-                out = tiled.encode(vae, image, tile=TILE, overlap=OVERLAP)
+                out = tiled.encode(vae, image, tile=TILE, overlap=OVERLAP, stats="exact")
         finally:
             handle.remove()
         return out, runs
 
     saved, saved_runs = run()
-    monkeypatch.setattr(tiled, "MEMO_BYTES", 0)  # nothing fits: every pass starts afresh
+    monkeypatch.setattr(vae_stats, "MEMO_BYTES", 0)  # nothing fits: every pass starts afresh
     fresh, fresh_runs = run()
     torch.testing.assert_close(saved, fresh, rtol=0, atol=1e-6)
     # Without saved outputs the first block runs in every pass; with them, once per tile in the

@@ -1,0 +1,139 @@
+"""The mid-block attention of a tile, over the whole image: exact keys nearby, cells far away.
+
+A tile's queries attend to the tile's trusted inner tokens exactly and to the rest of the image
+through a grid of at most CONTEXT_CELLS x tile-area cells: each cell the mean key/value of its
+tokens (gathered exactly, in one more pass) with a log(token count) bias. Measured on the tiny
+random VAE, 512 px in 256 px tiles, max |diff| on the [-1, 1] scale: per-tile attention alone
+0.02-0.22; cells plus all of the tile's own keys, including those near its cut edges that saw
+zero padding, 0.002-0.005; trusted keys only 0.0003-0.0005.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention
+from torch import Tensor
+
+from hires.vae_tiles import crop
+
+if TYPE_CHECKING:
+    from hires.vae_stats import State
+
+CONTEXT_CELLS = 4  # attention context grid: at most this many cells per tile area
+
+
+def cell_side(size: tuple[int, int], tile: int) -> int:
+    """Side of one context cell for a latent of `size` in tiles of side `tile`."""
+    return max(1, math.ceil(math.sqrt(size[0] * size[1] / (CONTEXT_CELLS * tile * tile))))
+
+
+class ContextAttention:
+    """Attention processor: one tile's self-attention with the rest of the image as cells.
+
+    Each cell's logit is raised by log(number of its tokens not among the tile's trusted ones):
+    for a cell of similar keys that is what softmax over its tokens would give.
+    """
+
+    def __init__(self, state: State):
+        self.state = state
+
+    def __call__(self, attn: Attention, hidden_states: Tensor, encoder_hidden_states=None,
+                 attention_mask=None, temb=None, **kwargs) -> Tensor:
+        state = self.state
+        if attn.group_norm is not None and attn.group_norm not in state.stats:
+            attn.group_norm(hidden_states)  # gathers its statistics and stops the pass
+        if attn not in state.context:
+            add_cells(state, attn, crop(hidden_states, state.window, state.owned))
+            state.stop(attn)
+        residual = hidden_states
+        b, c, h, w = hidden_states.shape
+        q, k, v = _qkv(attn, hidden_states)
+        out = _attend_with_context(state, attn, q, k, v)
+        out = out.transpose(1, 2).reshape(b, h * w, -1)
+        out = attn.to_out[1](attn.to_out[0](out))
+        out = out.transpose(1, 2).reshape(b, c, h, w)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+def _qkv(attn: Attention, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Queries, keys and values (batch, heads, tokens, head dim) of a b x c x h x w input."""
+    x = attn.group_norm(hidden) if attn.group_norm is not None else hidden
+    b, c = x.shape[:2]
+    x = x.reshape(b, c, -1).transpose(1, 2)
+    q, k, v = attn.to_q(x), attn.to_k(x), attn.to_v(x)
+    d = q.shape[-1] // attn.heads
+    return tuple(t.view(b, -1, attn.heads, d).transpose(1, 2) for t in (q, k, v))
+
+
+def add_cells(state: State, attn: Attention, x: Tensor) -> None:
+    """Add one tile's attention inputs (its owned part) into per-cell sums."""
+    oy0, oy1, ox0, ox1 = state.owned
+    if x.shape[-2:] != (oy1 - oy0, ox1 - ox0):
+        raise NotImplementedError("attention away from the latent resolution")
+    f = state.cell
+    gh, gw = -(-state.size[0] // f), -(-state.size[1] // f)
+    x = x[0].float()
+    rows = torch.zeros(x.shape[0], gh, x.shape[2], device=x.device)
+    rows.index_add_(1, (torch.arange(oy0, oy1) // f).to(x.device), x)
+    cells = torch.zeros(x.shape[0], gh, gw, device=x.device)
+    cells.index_add_(2, (torch.arange(ox0, ox1) // f).to(x.device), rows)
+    if attn in state.sums:
+        state.sums[attn] += cells
+    else:
+        state.sums[attn] = cells
+
+
+def finish_cells(state: State, attn: Attention, sums: Tensor, dtype: torch.dtype) -> None:
+    """Cell keys/values from the cells' mean inputs.
+
+    The attention's GroupNorm (with fixed statistics) and its key/value projections are affine,
+    so the key of a cell's mean input is exactly the mean of the cell's keys.
+    """
+    h, w = state.size
+    f = state.cell
+    gh, gw = sums.shape[1:]
+    ey = torch.tensor([min(i * f, h) for i in range(gh + 1)], dtype=torch.float64)
+    ex = torch.tensor([min(j * f, w) for j in range(gw + 1)], dtype=torch.float64)
+    area = ((ey[1:] - ey[:-1])[:, None] * (ex[1:] - ex[:-1])[None, :]).float()
+    mean = (sums / area.to(sums.device))[None].to(dtype)
+    _, k, v = _qkv(attn, mean)
+    state.context[attn] = (k, v, ey, ex)
+
+
+def _attend_with_context(state: State, attn: Attention, q: Tensor, k: Tensor,
+                         v: Tensor) -> Tensor:
+    ck, cv, ey, ex = state.context[attn]
+    # Local keys only from the tile's trusted inner part: near a cut edge they saw zero padding.
+    wy0, wy1, wx0, wx1 = state.window
+    y0, y1, x0, x1 = state.trusted
+    b, heads, _, d = k.shape
+    grid = (b, heads, wy1 - wy0, wx1 - wx0, d)
+    k = k.reshape(grid)[:, :, y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0].reshape(b, heads, -1, d)
+    v = v.reshape(grid)[:, :, y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0].reshape(b, heads, -1, d)
+    # How many tokens of each cell lie outside the trusted part (those inside are local keys).
+    in_y = (ey[1:].clamp(max=y1) - ey[:-1].clamp(min=y0)).clamp(min=0)
+    in_x = (ex[1:].clamp(max=x1) - ex[:-1].clamp(min=x0)).clamp(min=0)
+    area = (ey[1:] - ey[:-1])[:, None] * (ex[1:] - ex[:-1])[None, :]
+    outside = (area - in_y[:, None] * in_x[None, :]).flatten()
+    keep = (outside > 0.5).to(ck.device)
+    bias = torch.log(outside.clamp(min=0.5)).to(ck.device)[keep]
+    ck, cv = ck[:, :, keep], cv[:, :, keep]
+    # The per-key bias rides on an extra channel, since a queries x keys float mask would take
+    # gigabytes: logit = scale * (q.k + 1 * bias / scale). 8 extra keep fused kernels usable.
+    scale = 1 / math.sqrt(d)
+
+    def widen(t: Tensor, first: Tensor | float) -> Tensor:
+        extra = torch.zeros(*t.shape[:-1], 8, dtype=t.dtype, device=t.device)
+        extra[..., 0] = first
+        return torch.cat([t, extra], -1)
+
+    q2 = widen(q, 1.0)
+    k2 = torch.cat([widen(k, 0.0), widen(ck, (bias / scale).to(ck.dtype))], 2)
+    v2 = widen(torch.cat([v, cv], 2), 0.0)
+    return F.scaled_dot_product_attention(q2, k2, v2, scale=scale)[..., :d]

@@ -1,0 +1,205 @@
+"""Tiles resume from saved block outputs: the VAE as a list of steps, and where outputs are kept.
+
+A statistics pass stops at the first GroupNorm without statistics; every step before it already
+ran on whole-image statistics, so its output for that tile is final. Later passes resume from
+the deepest saved output instead of starting from the latents: each step then runs about once
+per tile instead of once per pass (the mid-block attention ran in ~17 passes).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from hires.vae_tiles import Box
+
+
+def stages(net: nn.Module) -> list[Callable[[Tensor], Tensor]]:
+    """diffusers' VAE Encoder or Decoder forward as a list of steps, resnet by resnet."""
+    if hasattr(net, "up_blocks"):
+        blocks = [net.conv_in, net.mid_block, *net.up_blocks]
+    elif hasattr(net, "down_blocks"):
+        blocks = [net.conv_in, *net.down_blocks, net.mid_block]
+    else:
+        return [net]  # an unknown network: run whole, nothing to resume from
+
+    def tail(x: Tensor) -> Tensor:
+        return net.conv_out(net.conv_act(net.conv_norm_out(x)))
+
+    return [step for block in blocks for step in _block_steps(block)] + [tail]
+
+
+def _block_steps(block: nn.Module) -> list[Callable[[Tensor], Tensor]]:
+    """The steps of one block, as its forward runs them (only for the VAE's block types)."""
+    def resnet(m: nn.Module) -> Callable[[Tensor], Tensor]:
+        return lambda x: m(x, None)
+
+    kind = type(block).__name__
+    if kind == "UNetMidBlock2D":
+        steps = [resnet(block.resnets[0])]
+        for attn, res in zip(block.attentions, block.resnets[1:]):
+            steps += ([attn] if attn is not None else []) + [resnet(res)]
+        return steps
+    if kind in ("UpDecoderBlock2D", "DownEncoderBlock2D"):
+        resamplers = getattr(block, "upsamplers", None) or getattr(block, "downsamplers", None)
+        return [resnet(m) for m in block.resnets] + list(resamplers or [])
+    return [block]
+
+
+class Memo:
+    """Where tiles' step outputs are kept: the deepest one of each tile."""
+
+    def load(self, box: Box, device: torch.device) -> tuple[int, Tensor] | None:
+        """(step number, saved input of that step) for the deepest output kept for `box`."""
+        raise NotImplementedError
+
+    def save(self, number: int, box: Box, x: Tensor) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    @property
+    def bytes(self) -> int:
+        """Scratch-file bytes written so far."""
+        return 0
+
+
+class MemoryMemo(Memo):
+    """The deepest output of each tile that fits, kept in memory, `budget` bytes in all.
+
+    When a deeper output does not fit, the tile keeps the shallower one it has and resumes
+    from there: on big images the cheap latent-resolution levels of every tile stay, and only
+    the full-resolution steps run more than once.
+    """
+
+    def __init__(self, budget: float):
+        self.budget, self.used = budget, 0
+        self.kept: dict[Box, tuple[int, Tensor]] = {}
+
+    def load(self, box: Box, device: torch.device) -> tuple[int, Tensor] | None:
+        return self.kept.get(box)
+
+    def save(self, number: int, box: Box, x: Tensor) -> None:
+        old = self.kept.get(box)
+        freed = 0 if old is None else old[1].nbytes
+        if self.used - freed + x.nbytes <= self.budget:
+            self.kept[box] = (number, x.detach())  # the step's own output: no copy
+            self.used += x.nbytes - freed
+
+    def close(self) -> None:
+        self.kept.clear()
+        self.used = 0
+
+
+class DiskMemo(Memo):
+    """Step outputs of tiles in temporary files (in TMPDIR), level by level.
+
+    On disk, not in memory, so that memory stays set by the tile: up to 17 GB at 16K for the
+    tiny VAE, read back through the page cache. A level is only kept while it fits `budget`
+    bytes and half the free disk; a shallower level is deleted once a deeper one holds its tiles.
+    """
+
+    def __init__(self, windows: int, budget: float):
+        self.windows, self.budget = windows, budget
+        self.levels: dict[int, _Level] = {}
+        self.refused: set[int] = set()
+        self.written = 0
+
+    @property
+    def bytes(self) -> int:
+        return self.written
+
+    def load(self, box: Box, device: torch.device) -> tuple[int, Tensor] | None:
+        for number in sorted(self.levels, reverse=True):
+            level = self.levels[number]
+            if box in level.index:
+                offset, shape, dtype, cl = level.index[box]
+                t = torch.empty(shape, dtype=dtype)
+                _read_into(level.file.fileno(), t.reshape(-1).view(torch.uint8).numpy(), offset)
+                if cl:
+                    t = t.contiguous(memory_format=torch.channels_last)
+                return number, t.to(device)
+        return None
+
+    def save(self, number: int, box: Box, x: Tensor) -> None:
+        level = self.levels.get(number)
+        if number in self.refused or (level is not None and box in level.index):
+            return
+        t = x.detach().to("cpu").contiguous()
+        data = t.reshape(-1).view(torch.uint8).numpy()
+        if level is None:
+            need = data.nbytes * self.windows
+            if need > min(self.budget, shutil.disk_usage(tempfile.gettempdir()).free / 2):
+                self.refused.add(number)
+                return
+            level = self.levels[number] = _Level(tempfile.TemporaryFile())
+        cl = x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(
+            memory_format=torch.channels_last)
+        level.index[box] = (level.end, tuple(t.shape), t.dtype, cl)
+        _write_at(level.file.fileno(), data, level.end)
+        level.end += data.nbytes
+        self.written += data.nbytes
+        for shallow in [n for n in self.levels if n < number]:
+            if self.levels[shallow].index.keys() <= level.index.keys():
+                self.levels.pop(shallow).file.close()
+
+    def close(self) -> None:
+        for level in self.levels.values():
+            level.file.close()
+        self.levels.clear()
+
+
+@dataclass
+class _Level:
+    """One level of saved outputs: a scratch file and where each tile's tensor lies in it."""
+
+    file: IO[bytes]
+    index: dict = field(default_factory=dict)  # box -> (offset, shape, dtype, channels-last)
+    end: int = 0  # bytes written
+
+
+def _write_at(fd: int, data: np.ndarray, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def _read_into(fd: int, data: np.ndarray, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        n = os.preadv(fd, [view], offset)
+        if n == 0:
+            raise OSError("tiled VAE scratch file ended early")
+        view, offset = view[n:], offset + n
+
+
+class Runner:
+    """Runs one tile through a network's steps, resuming from and saving to a `Memo`."""
+
+    def __init__(self, head: Callable[[Box], Tensor], net: nn.Module, memo: Memo,
+                 device: torch.device):
+        self.head, self.stages, self.memo, self.device = head, stages(net), memo, device
+        self.saving = True
+
+    def __call__(self, box: Box) -> Tensor:
+        start, x = 0, None
+        hit = self.memo.load(box, self.device)
+        if hit is not None:
+            start, x = hit
+        else:
+            x = self.head(box)
+        for i in range(start, len(self.stages)):
+            x = self.stages[i](x)
+            if self.saving and i + 1 < len(self.stages):
+                self.memo.save(i + 1, box, x)
+        return x
