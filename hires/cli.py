@@ -111,6 +111,10 @@ VaeStats = Annotated[str | None, typer.Option(
 AllowPickle = Annotated[bool, typer.Option(
     "--allow-pickle", help="Allow loading pickle (.ckpt/.bin) weights you trust.")]
 JsonOut = Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout.")]
+Gpu = Annotated[str | None, typer.Option(
+    help="For time estimates: h100, h200, a100, l40s, 4090, ... or a measured TFLOP/s figure.")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the plan (as `hires plan`) and "
+                                      "exit without loading weights.")]
 QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="No progress or logs on stderr.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace existing output files.")]
 
@@ -173,13 +177,15 @@ def record_for(result, path: Path) -> dict[str, Any]:
     return {
         "path": str(path), "seed": result.seed, "width": result.image.width,
         "height": result.image.height, "prompt": result.job.prompt,
-        "generated_width": result.plan.width, "generated_height": result.plan.height,
         "model": result.job.model, "linfusion": result.linfusion,
         "seconds": round(result.seconds, 3), "peak_memory": result.peak_memory,
         "stages": [{"index": s.index, "width": s.width, "height": s.height,
                     "strength": round(s.strength, 4), "steps": s.steps,
                     "unet_evaluations": s.unet_evaluations, "seconds": round(s.seconds, 3),
-                    "peak_memory": s.peak_memory} for s in result.stages],
+                    "peak_memory": s.peak_memory, "strategy": s.strategy,
+                    "estimated_peak": s.estimated_peak, "retried_with": s.retried_with}
+                   for s in result.stages],
+        "warnings": result.warnings,
     }
 
 
@@ -189,8 +195,8 @@ def save_result(result, path: Path, fmt: str, overwrite: bool, save_stages: bool
 
     record = record_for(result, path)
     metadata = {"hires": __version__, "job": result.job.to_dict(), "result": record}
-    if save_stages:
-        for i, stage_image in enumerate(result.stage_images):
+    if save_stages:  # every stage but the last, which is the image itself
+        for i, stage_image in enumerate(result.stage_images[:-1]):
             stage_path = path.with_name(f"{path.stem}.stage{i}{path.suffix}")
             output.save_image(stage_image, stage_path, fmt=fmt, metadata=metadata,
                               overwrite=overwrite)
@@ -237,6 +243,7 @@ def gen(
     from_image: Annotated[Path | None, typer.Option(
         "--from", help="Re-run the job recorded in an image made by hires.")] = None,
     as_json: JsonOut = False, quiet: QuietOpt = False, overwrite: Overwrite = False,
+    dry_run: DryRun = False, gpu: Gpu = None,
 ) -> None:
     """Make an image from a prompt, 1K to 16K."""
     Quiet.on = quiet
@@ -250,14 +257,30 @@ def gen(
         if prompt and prompt != "-":
             flags["prompt"] = prompt
         job = build_job(preset, from_image, flags)
+        if dry_run:
+            show_plan(job, gpu, as_json)
+            return
+        check_device(job.device)
         prompts = read_prompts(prompt) if prompt == "-" else [job.prompt]
         if not prompts[0] and from_image is None:
             raise typer.BadParameter("give a prompt (or '-' to read prompts from stdin)")
-        run_prompts(job, prompts, output, save_stages, as_json, quiet, overwrite)
+        run_prompts(job, prompts, output, save_stages, as_json, quiet, overwrite, gpu)
+
+
+def check_device(device: str) -> None:
+    """A CUDA device on a machine without CUDA is a usage error, found before any loading."""
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            from hires.job import JobError
+
+            raise JobError("--device cuda: torch sees no CUDA GPU here; use --device cpu (slow) "
+                           "or install a CUDA build of torch")
 
 
 def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, as_json: bool,
-                quiet: bool, overwrite: bool) -> None:
+                quiet: bool, overwrite: bool, gpu: str | None = None) -> None:
     """Plan and check every output first, load the model once, then make each image."""
     import secrets
 
@@ -287,48 +310,116 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
         check_writable(path, overwrite)
         runs.append((one, path, fmt))
     from hires.pipeline import generate, load, plan_for
+    from hires.plan import describe
 
     first = runs[0][0]
     components = load(first.model, first.linfusion, first.dtype, first.device,
                       first.allow_pickle, first.offload)
     for warning in components.warnings:
         err.print(f"warning: {warning}", markup=False)
+    if components.device.type == "cpu":
+        say("running on the CPU: expect minutes per megapixel (a GPU takes seconds)")
     for one, path, fmt in runs:
-        plan = plan_for(one, components)
-        made = "" if plan.exact else f" (made at {plan.width}x{plan.height}, then fit)"
-        say(f"{path}: seed {one.seed}, {len(plan.stages)} stage(s), "
-            f"{plan.requested_width}x{plan.requested_height}{made}")
+        plan = fitted_plan(lambda j=one: plan_for(j, components, gpu=gpu), one)
+        say(f"{path}: seed {one.seed}, {len(plan.stages)} stage(s), {plan.width}x{plan.height}")
+        for line in describe(plan):
+            say(f"  {line}")
         with progress_renderer(quiet) as progress:
             result = generate(one, components=components, progress=progress,
-                              save_stages=save_stages)
+                              save_stages=save_stages, plan=plan)
+        for warning in result.warnings[len(components.warnings):]:
+            err.print(f"warning: {warning}", markup=False)
         emit(save_result(result, path, fmt, overwrite, save_stages), as_json)
 
 
 @app.command()
 def plan(
+    prompt: Annotated[str, typer.Argument(help="The prompt (does not change the plan).")] = "",
     size: Size = None, aspect: Aspect = None, width: Width = None, height: Height = None,
-    steps: Steps = None, strength: Strength = None, model: Model = None, preset: Preset = None,
-    as_json: JsonOut = False,
+    negative: Negative = None, seed: Seed = None, steps: Steps = None,
+    guidance: Guidance = None, strength: Strength = None, model: Model = None,
+    linfusion: LinFusionRef = None, preset: Preset = None, fmt: Fmt = None,
+    vram: Vram = None, offload: Offload = None, device: Device = None, dtype: Dtype = None,
+    upsample: Upsample = None, vae_tile: VaeTile = None, vae_stats: VaeStats = None,
+    from_image: Annotated[Path | None, typer.Option(
+        "--from", help="Plan the job recorded in an image made by hires.")] = None,
+    gpu: Gpu = None, as_json: JsonOut = False,
 ) -> None:
-    """Show the stages a job would run, without loading any weights."""
+    """A dry run: each stage's size, steps, strategy, peak memory, work and time; no weights."""
     with exit_codes():
-        from hires.plan import describe, make_plan
+        flags = job_flags(size=size, aspect=aspect, width=width, height=height,
+                          negative=negative, seed=seed, steps=steps, guidance=guidance,
+                          strength=strength, model=model, linfusion=linfusion, format=fmt,
+                          vram=vram, offload=offload, device=device, dtype=dtype,
+                          upsample=upsample, vae_tile=vae_tile, vae_stats=vae_stats)
+        if prompt:
+            flags["prompt"] = prompt
+        show_plan(build_job(preset, from_image, flags), gpu, as_json)
 
-        job = build_job(preset, None, job_flags(size=size, aspect=aspect, width=width,
-                                                height=height, steps=steps, strength=strength,
-                                                model=model))
-        native = 256 if job.model == "tiny" else 1024
-        p = make_plan(job.width, job.height, steps=job.steps, strength=job.strength,
-                      native=native)
-        if as_json:
-            print(json.dumps({"width": p.width, "height": p.height,
-                              "requested_width": p.requested_width,
-                              "requested_height": p.requested_height,
-                              "stages": [{"index": s.index, "width": s.width, "height": s.height,
-                                          "strength": s.strength, "steps": s.steps,
-                                          "timesteps": list(s.timesteps)} for s in p.stages]}))
-        else:
-            print("\n".join(describe(p)))
+
+def fitted_plan(make, job):
+    """`make()`'s plan; a plan that cannot fit becomes a usage error that says what would."""
+    from hires.job import JobError
+    from hires.plan import PlanError, largest_fitting
+
+    try:
+        return make()
+    except PlanError as e:
+        hint = ""
+        if job.vram is not None or job.offload != "auto":
+            hint = "; try a larger --vram or --offload auto"
+        kwargs = getattr(e, "plan_kwargs", None)
+        if kwargs:
+            fits = largest_fitting(job.width, job.height, **kwargs)
+            if fits:
+                hint = f"; {fits[0]}x{fits[1]} fits" + hint
+        raise JobError(f"{e}{hint}") from None
+
+
+def show_plan(job, gpu: str | None, as_json: bool) -> None:
+    """Print the plan of `job` without loading weights (`hires plan`, `gen --dry-run`)."""
+    from hires.costs import GPU_PEAK, rate_for
+    from hires.plan import describe, plan_without_weights
+
+    if gpu is None:
+        gpu = local_gpu() or "h100"
+    try:
+        rate = rate_for(gpu)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    p = fitted_plan(lambda: plan_without_weights(job, rate), job)
+    if as_json:
+        print(json.dumps({
+            "width": p.width, "height": p.height, "gpu": gpu, "tflops": rate / 1e12,
+            "budget_bytes": p.budget,
+            "stages": [{"index": s.index, "width": s.width, "height": s.height,
+                        "steps": s.steps, "strength": round(s.strength, 4), "ratio": s.ratio,
+                        "strategy": s.strategy.label, "levers": s.strategy.to_dict(),
+                        "peak_bytes": s.cost.peak_bytes, "tflop": round(s.cost.tflop, 3),
+                        "scratch_bytes": s.cost.scratch_bytes, "vae_tile": s.cost.vae_tile,
+                        "seconds": round(s.cost.seconds, 3)} for s in p.stages],
+            "peak_bytes": p.peak_bytes, "seconds": round(p.seconds, 3)}), flush=True)
+        return
+    where = f"{gpu} ({rate / 1e12:.0f} TFLOP/s achieved" + (
+        ", assumed)" if gpu.lower() in GPU_PEAK else ")")
+    budget = f"{p.budget / 1024**3:.1f} GiB budget" if p.budget else "no memory budget"
+    lines = [f"{p.width}x{p.height}: {len(p.stages)} stage(s), {budget}, times on {where}"]
+    lines += describe(p)
+    lines.append(f"total: peak {p.peak_bytes / 1024**3:.1f} GiB, "
+                 f"{sum(s.cost.tflop for s in p.stages) / 1000:.1f} PFLOP, ~{p.seconds:.0f} s")
+    print("\n".join(lines), flush=True)
+
+
+def local_gpu() -> str | None:
+    """The local CUDA GPU's short name when it is in the throughput table."""
+    import torch
+
+    from hires.costs import GPU_PEAK
+
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name().lower()
+    return next((key for key in GPU_PEAK if key in name), None)
 
 
 @presets_app.callback()

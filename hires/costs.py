@@ -11,6 +11,7 @@ benchmarks/memory.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from hires.lean import GPU_BAND_BYTES
@@ -483,6 +484,7 @@ def model_shape(components: Any) -> ModelShape:
                       native=components.native, on_gpu=components.device.type != "cpu")
 
 
+@lru_cache(maxsize=4)
 def sdxl_shape(*, linfusion: bool = True, dtype_bytes: int = 2, on_gpu: bool = True) -> ModelShape:
     """SDXL base (with LinFusion-XL unless told not) as the planner sees it, built on `meta`."""
     import torch

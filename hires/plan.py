@@ -18,6 +18,16 @@ OFFLOAD_WEIGHTS = {"auto": WEIGHTS, "none": ("resident",), "model": ("model",),
                    "sequential": ("sequential",)}
 
 
+# Kept free of the estimates: the caching allocator's slack and fragmentation, cuDNN's
+# workspaces, the CUDA context's own use of the budget. Not yet calibrated on a real GPU.
+MARGIN_BYTES, MARGIN_SHARE = 512 << 20, 0.05
+
+
+def usable(budget: int | None) -> int | None:
+    """The part of a device budget that estimates may fill."""
+    return None if budget is None else int(budget * (1 - MARGIN_SHARE)) - MARGIN_BYTES
+
+
 class PlanError(ValueError):
     """No strategy fits the budget; the message says what would."""
 
@@ -166,8 +176,15 @@ def make_plan(
         count = min(steps, math.ceil(steps * s - 1e-9))
         stages.append(Stage(len(stages), w, h, max(1, round(scale)), s, full[steps - count:]))
     if model is not None:
-        stages = [fit_stage(stage, stages, model, budget, offload, vae_tile, vae_stats, rate)
-                  for stage in stages]
+        try:
+            stages = [fit_stage(stage, stages, model, budget, offload, vae_tile, vae_stats, rate)
+                      for stage in stages]
+        except PlanError as e:  # what to plan again with, to say which size would fit
+            e.plan_kwargs = dict(steps=steps, strength=strength, native=native, spacing=spacing,
+                                 train_steps=train_steps, offset=offset, model=model,
+                                 budget=budget, offload=offload, vae_tile=vae_tile,
+                                 vae_stats=vae_stats, rate=rate)
+            raise
     return Plan(tuple(stages), width, height, budget)
 
 
@@ -179,7 +196,7 @@ def _with_cost(stage: Stage, stages: list[Stage], model: ModelShape, strategy: S
     cost = stage_cost(model, stage.width, stage.height, stage.steps, strategy,
                       base=stage.index == 0, previous=(prev.width, prev.height) if prev else None,
                       final_decode=last, vae_tile=vae_tile, vae_stats=vae_stats, rate=rate,
-                      budget=budget)
+                      budget=usable(budget))
     return replace(stage, strategy=strategy, cost=cost)
 
 
@@ -195,13 +212,14 @@ def fit_stage(stage: Stage, stages: list[Stage], model: ModelShape, budget: int 
     """The stage with the fastest strategy whose estimated peak fits `budget`."""
     options = [_with_cost(stage, stages, model, s, vae_tile, vae_stats, rate, budget)
                for s in strategies_for(model, offload)]
-    fits = [o for o in options if budget is None or o.cost.peak_bytes <= budget]
+    room = usable(budget)
+    fits = [o for o in options if room is None or o.cost.peak_bytes <= room]
     if not fits:
         least = min(options, key=lambda o: o.cost.peak_bytes)
         raise PlanError(
             f"stage {stage.index} ({stage.width}x{stage.height}) needs at least "
-            f"{least.cost.peak_bytes / GIB:.1f} GiB of GPU memory "
-            f"({least.strategy.label}), more than the {budget / GIB:.1f} GiB budget")
+            f"{least.cost.peak_bytes / GIB:.1f} GiB of GPU memory ({least.strategy.label}) "
+            f"plus a margin, more than the {budget / GIB:.1f} GiB budget allows")
     return min(fits, key=lambda o: (o.cost.seconds or 0.0, o.cost.peak_bytes))
 
 
@@ -240,3 +258,59 @@ def describe(plan: Plan) -> list[str]:
                 line += f", ~{s.cost.seconds:.0f} s"
         lines.append(line)
     return lines
+
+
+def largest_fitting(width: int, height: int, **kwargs) -> tuple[int, int] | None:
+    """The largest size at the request's aspect (sides multiples of 64) whose plan fits."""
+    def fits(scale: float) -> tuple[int, int] | None:
+        w, h = max(64, int(width * scale) // 64 * 64), max(64, int(height * scale) // 64 * 64)
+        try:
+            make_plan(w, h, **kwargs)
+        except PlanError:
+            return None
+        return w, h
+
+    lo, hi, best = 0.0, 1.0, None
+    for _ in range(12):  # bisection on the scale: ~0.02 % of the side
+        mid = (lo + hi) / 2
+        found = fits(mid)
+        if found:
+            lo, best = mid, found
+        else:
+            hi = mid
+    return best
+
+
+def plan_without_weights(job, rate: float | None = None) -> Plan:
+    """The plan of a Job for the device it names, from the model's shapes alone (a dry run).
+
+    Without a CUDA GPU here the plan is still for one (that is what it is for), fitted to
+    `--vram` if given; `--device cpu` plans a CPU run.
+    """
+    from dataclasses import replace as copy
+
+    import torch
+
+    from hires.costs import model_shape, sdxl_shape
+
+    on_gpu = not job.device.startswith(("cpu", "mps"))
+    dtype_bytes = 4 if job.dtype in ("fp32", "float32") or not on_gpu else 2
+    budget = int(job.vram * 1024**3) if job.vram is not None else None
+    if budget is None and on_gpu and torch.cuda.is_available():
+        budget = torch.cuda.mem_get_info()[0]
+    if job.model == "tiny":
+        from hires.models import load
+
+        tiny = load("tiny", job.linfusion, "fp32", "cpu")
+        shape = copy(model_shape(tiny), on_gpu=on_gpu)
+        cfg = tiny.pipe.scheduler.config
+        spacing, train, offset = (cfg.get("timestep_spacing", "leading"),
+                                  cfg["num_train_timesteps"], cfg.get("steps_offset", 0))
+    else:
+        shape = sdxl_shape(linfusion=job.linfusion != "none", dtype_bytes=dtype_bytes,
+                           on_gpu=on_gpu)
+        spacing, train, offset = "leading", 1000, 1  # SDXL base's scheduler
+    return make_plan(job.width, job.height, steps=job.steps, strength=job.strength,
+                     native=shape.native, spacing=spacing, train_steps=train, offset=offset,
+                     model=shape, budget=budget, offload=job.offload if on_gpu else "none",
+                     vae_tile=job.vae_tile, vae_stats=job.vae_stats, rate=rate)

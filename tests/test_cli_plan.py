@@ -1,0 +1,78 @@
+"""`hires plan` and `gen --dry-run`: a real dry run of the planner, without weights."""
+
+import json
+
+from helpers_cli import cli
+
+GIB = 1024**3
+KEYS = {"index", "width", "height", "steps", "strategy", "peak_bytes", "tflop", "scratch_bytes",
+        "seconds"}
+
+
+def plan_json(*args):
+    result = cli("plan", *args, "--json")
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_plan_json_has_every_field_and_fits_the_budget():
+    p = plan_json("a lighthouse", "--size", "16384", "--vram", "24", "--gpu", "h200",
+                  "--seed", "3")
+    assert {"width", "height", "stages", "peak_bytes", "seconds"} <= set(p)
+    assert (p["width"], p["height"]) == (16384, 16384)
+    assert [s["index"] for s in p["stages"]] == list(range(5))
+    for s in p["stages"]:
+        assert KEYS <= set(s)
+        assert s["peak_bytes"] <= 24 * GIB and s["tflop"] > 0 and s["seconds"] > 0
+    assert p["peak_bytes"] == max(s["peak_bytes"] for s in p["stages"])
+    assert abs(p["seconds"] - sum(s["seconds"] for s in p["stages"])) < 0.01
+    assert p["stages"][-1]["strategy"] != "batched"  # 16K on 24 GB needs levers
+
+
+def test_a_smaller_budget_changes_the_plan_and_a_preset_carries_its_budget():
+    big = plan_json("--size", "16384", "--vram", "80")
+    small = plan_json("--preset", "16k-24gb")
+    assert big["stages"][-1]["strategy"] != small["stages"][-1]["strategy"]
+    assert small["peak_bytes"] < big["peak_bytes"] and small["seconds"] > big["seconds"]
+
+
+def test_a_faster_gpu_gives_a_shorter_estimate():
+    assert plan_json("--size", "4096", "--gpu", "h100")["seconds"] < \
+        plan_json("--size", "4096", "--gpu", "4090")["seconds"]
+    assert plan_json("--size", "4096", "--gpu", "500")["tflops"] == 500
+
+
+def test_a_plan_that_cannot_fit_says_what_would_and_exits_2():
+    result = cli("plan", "--size", "16384", "--vram", "12")
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "GiB" in line and "fits" in line
+
+
+def test_gen_dry_run_is_the_plan_and_loads_nothing(tmp_path):
+    out = tmp_path / "x.png"
+    dry = cli("gen", "x", "--size", "8192", "--vram", "24", "--dry-run", "--json", "-o", out)
+    assert dry.exit_code == 0, dry.stderr
+    assert json.loads(dry.stdout) == plan_json("x", "--size", "8192", "--vram", "24")
+    assert not out.exists()
+
+
+def test_plan_text_names_strategy_memory_and_time():
+    result = cli("plan", "--size", "8192", "--aspect", "16:9", "--vram", "24")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("8192x4608") and "24.0 GiB budget" in lines[0]
+    assert "1344x768" in lines[1]  # the ~1 MP base at 16:9
+    assert all("GiB" in line and "TFLOP" in line for line in lines[1:-1])
+    assert lines[-1].startswith("total:")
+
+
+def test_unknown_gpu_is_a_usage_error():
+    result = cli("plan", "--size", "2048", "--gpu", "toaster")
+    assert result.exit_code == 2 and "h100" in result.stderr
+
+
+def test_cuda_without_cuda_is_a_usage_error_before_loading(tmp_path):
+    result = cli("gen", "x", "--model", "tiny", "--device", "cuda", "-o", tmp_path / "x.png")
+    assert result.exit_code == 2
+    assert "--device cpu" in result.stderr
