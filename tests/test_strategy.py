@@ -1,0 +1,75 @@
+"""Every memory lever gives the same UNet output (within 1e-5) and is undone afterwards."""
+
+import pytest
+import torch
+
+import hires.strategy as strategy_module
+from hires.sampling import Conditioning, Denoiser
+from hires.strategy import Strategy, all_strategies, applied, parked_skips, streamed_blocks
+
+
+@pytest.fixture(scope="module")
+def inputs(tiny):
+    g = torch.Generator().manual_seed(0)
+    unet = tiny.unet
+    cfg = unet.config
+    pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+    cond = Conditioning(torch.randn(2, 77, cfg.cross_attention_dim, generator=g),
+                        torch.randn(2, pooled, generator=g),
+                        torch.tensor([[256.0, 512, 0, 0, 256, 512]] * 2))
+    return unet, cond, torch.randn(1, 4, 32, 64, generator=g)
+
+
+def eps(unet, cond, x, strategy, device=torch.device("cpu")):
+    with torch.inference_mode(), applied(unet, strategy, device):
+        return Denoiser(unet, cond, 5.0, split_cfg=strategy.split_cfg).eps(x, 3.0, 400)
+
+
+def close(a, b):
+    return (a - b).abs().max().item() <= 1e-5 * max(1.0, b.abs().max().item())
+
+
+def test_every_lever_combination_gives_the_same_output(inputs):
+    unet, cond, x = inputs
+    reference = eps(unet, cond, x, Strategy())
+    for s in all_strategies(("resident",)):
+        assert close(eps(unet, cond, x, s), reference), s.label
+
+
+def test_parked_skips_and_streamed_blocks_give_the_same_output(inputs, monkeypatch):
+    """On a CPU there is nowhere to park: force the paths, with parking making real copies."""
+    unet, cond, x = inputs
+    reference = eps(unet, cond, x, Strategy())
+    copies = []
+
+    def park(t):
+        copies.append(t.shape)
+        return t.clone()
+
+    monkeypatch.setattr(strategy_module, "_park", park)
+    for bands in (False, True):
+        s = Strategy(split_cfg=True, row_bands=bands)
+        with torch.inference_mode(), parked_skips(unet), \
+                streamed_blocks(unet, torch.device("cpu")), applied(unet, s, torch.device("cpu")):
+            out = Denoiser(unet, cond, 5.0, split_cfg=True).eps(x, 3.0, 400)
+        assert close(out, reference), bands
+    # conv_in's output stays; every other skip is parked: 2 down blocks' worth per call.
+    assert len(copies) == 2 * 2 * (len(unet.down_blocks) * 2 - 1)
+
+
+def test_levers_are_undone_even_after_an_error(inputs):
+    unet, cond, x = inputs
+    every = Strategy(split_cfg=True, ff_chunks=True, row_bands=True, park_skips=True,
+                     weights="sequential")
+    with pytest.raises(RuntimeError, match="boom"):
+        with parked_skips(unet), applied(unet, every, torch.device("cpu")):
+            raise RuntimeError("boom")
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in unet.modules())
+    assert not any("forward" in vars(m) for m in unet.modules())
+
+
+def test_labels_name_the_levers():
+    assert Strategy().label == "batched"
+    s = Strategy(split_cfg=True, park_skips=True, weights="model")
+    assert s.label == "split-cfg+parked-skips+model-offload"
+    assert len(all_strategies()) == 48
