@@ -99,10 +99,11 @@ class _Walk:
     def band(self, channels: int, level: int) -> int:
         """Working set of one row band: its input, the fp32 norm/activation copies, its output.
 
-        A band is about GPU_BAND_BYTES of fp32 (hires.lean.band_rows), or the whole tensor.
+        A band is about GPU_BAND_BYTES of fp32 (hires.lean.band_rows), or the whole tensor;
+        about two of them live at once (fitted on the simulated GPU: 1K-16K, SDXL).
         """
         whole = channels * self.pixels(level) * self.batch * 4
-        return 3 * min(GPU_BAND_BYTES, whole)
+        return 2 * min(GPU_BAND_BYTES, whole)
 
     def resnet(self, c_in: int, c_out: int, level: int) -> int:
         """Peak above the live set inside one resnet whose input is live; returns its output."""
