@@ -1,0 +1,212 @@
+"""Input images for `hires up`: loading PNG/JPEG/WebP/TIFF into 8-bit RGB (+ a separate alpha),
+and the fidelity figure (PSNR of a result, downscaled, against its input).
+
+Transparency: the model only knows RGB, so an input's alpha is kept apart. The RGB goes through
+the x2 stages; the alpha is resized with Lanczos to the final size and re-attached at the end
+(`attach_alpha`). An alpha that is fully opaque carries nothing and is dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+# Pillow format names we accept, and what we report them as. Cameras often write JPEGs with a
+# second (preview/depth) picture, which Pillow opens as "MPO": it is a JPEG to the user.
+FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "WEBP": "WEBP", "TIFF": "TIFF"}
+ACCEPTED = "PNG, JPEG, WebP or TIFF"
+
+# The bound: hires' largest output is 32768 px a side, so an input larger than that on either
+# side (or above 2^30 pixels, 3 GiB as 8-bit RGB) cannot be meant for it, and decoding it could
+# exhaust memory.
+MAX_SIDE = 32768
+MAX_PIXELS = 1 << 30
+
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
+
+
+class ImageInputError(ValueError):
+    """An input image that cannot be used; the one-line message says what to do (CLI: exit 2)."""
+
+
+@dataclass
+class InputImage:
+    """A loaded input: 8-bit RGB with EXIF orientation applied, its alpha (or None) kept apart."""
+
+    rgb: Image.Image
+    alpha: Image.Image | None
+    path: Path
+    sha256: str
+    format: str
+    size: tuple[int, int]
+
+
+@contextlib.contextmanager
+def pixel_limit(limit: int | None = MAX_PIXELS) -> Iterator[None]:
+    """Set Pillow's decompression-bomb limit for the block and restore it after.
+
+    Pillow's default (~89 MP) refuses our own 16K outputs; we raise it here only, and check our
+    own bound explicitly (`check_size`), so the warning Pillow gives short of its error is muted.
+    The limit is process-global: do not load images from other threads meanwhile.
+    """
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = limit
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def check_size(path: Path | str, size: tuple[int, int]) -> None:
+    """Refuse images beyond the sane bound (MAX_SIDE a side, MAX_PIXELS in all)."""
+    w, h = size
+    if w < 1 or h < 1:
+        raise ImageInputError(f"{path}: the image is empty ({w}x{h} px)")
+    if w > MAX_SIDE or h > MAX_SIDE or w * h > MAX_PIXELS:
+        raise ImageInputError(
+            f"{path}: {w}x{h} px is too large (at most {MAX_SIDE} px a side and "
+            f"{MAX_PIXELS:,} pixels); downscale it first")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _to_8bit(values: np.ndarray) -> np.ndarray:
+    """16-bit values to 8 bits by rescaling (65535 -> 255, 32768 -> 128), rounded, not clipped."""
+    v = np.clip(values, 0, 65535).astype(np.uint32)
+    return ((v * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def _split(im: Image.Image) -> tuple[Image.Image, Image.Image | None]:
+    """A decoded image of any mode Pillow opens to (RGB, alpha or None)."""
+    if im.mode in _SIXTEEN_BIT:
+        # Pillow's own I;16 -> L conversion clips at 255 (all but black turns white), so the
+        # 16-bit range is rescaled here. Mode "I" (32-bit) holds 16-bit PNG/PGM data in Pillow;
+        # values outside 0..65535 are clipped.
+        values = np.asarray(im)
+        grey = Image.fromarray(_to_8bit(values), "L").convert("RGB")
+        trns = im.info.get("transparency")
+        if isinstance(trns, int):  # a 16-bit grey PNG's tRNS: one grey level is transparent
+            alpha = Image.fromarray(np.where(values == trns, 0, 255).astype(np.uint8), "L")
+            return grey, alpha
+        return grey, None
+    if im.mode == "F":
+        raise ImageInputError(
+            "floating-point images are not supported; save it as 8- or 16-bit")
+    if im.mode in _ALPHA_MODES or "transparency" in im.info:
+        # Pillow turns palette/grey/RGB transparency and premultiplied modes into plain RGBA.
+        rgba = im.convert("RGBA")
+        alpha = rgba.getchannel("A")
+        rgb = rgba.convert("RGB")
+        if alpha.getextrema() == (255, 255):
+            return rgb, None
+        return rgb, alpha
+    # L, 1, P, CMYK, YCbCr, LAB...: Pillow's conversion. For CMYK this is the plain formula,
+    # no colour management; Adobe (Photoshop) CMYK JPEGs, stored inverted, are read inverted
+    # back by Pillow (JpegImagePlugin's "CMYK;I"), so they come out right too.
+    return (im if im.mode == "RGB" else im.convert("RGB")), None
+
+
+def load_input(path: Path | str) -> InputImage:
+    """Load an input image for upscaling, or raise ImageInputError with one line saying why.
+
+    Multi-frame files (TIFF pages, animated WebP) give their first frame.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageInputError(f"{path}: no such file")
+    if path.is_dir():
+        raise ImageInputError(f"{path}: is a folder, not an image file")
+    # Truncated files must fail, never load half-grey; nobody here should have turned this on.
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is on; hires needs it off")
+    try:
+        sha = _sha256(path)
+        with pixel_limit(MAX_PIXELS):
+            with Image.open(path) as im:
+                fmt = FORMATS.get(im.format or "")
+                if fmt is None:
+                    raise ImageInputError(
+                        f"{path}: {im.format} images are not accepted; use {ACCEPTED}")
+                check_size(path, im.size)  # before decoding anything
+                im.load()  # the full decode: truncation and corruption surface here
+                ImageOps.exif_transpose(im, in_place=True)
+                rgb, alpha = _split(im)
+    except ImageInputError as e:
+        msg = str(e)
+        raise ImageInputError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+    except Image.DecompressionBombError as e:
+        raise ImageInputError(
+            f"{path}: too large ({_one_line(e)}); at most {MAX_SIDE} px a side and "
+            f"{MAX_PIXELS:,} pixels") from None
+    except UnidentifiedImageError:
+        what = "an empty file" if path.stat().st_size == 0 else "not an image file"
+        raise ImageInputError(f"{path}: {what}; use {ACCEPTED}") from None
+    except PermissionError:
+        raise ImageInputError(f"{path}: permission denied") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError) as e:
+        # Pillow reports broken files through all of these (SyntaxError: bad PNG chunks).
+        raise ImageInputError(
+            f"{path}: truncated or corrupt image ({_one_line(e)}); re-export it as {ACCEPTED}"
+        ) from None
+    except MemoryError:
+        raise ImageInputError(f"{path}: not enough memory to decode it; downscale it first") \
+            from None
+    return InputImage(rgb=rgb, alpha=alpha, path=path, sha256=sha, format=fmt, size=rgb.size)
+
+
+def psnr(a: Image.Image, b: Image.Image) -> float:
+    """PSNR in dB between two 8-bit images of the same size (as RGB); inf when identical."""
+    if a.size != b.size:
+        raise ValueError(f"psnr: sizes differ ({a.size[0]}x{a.size[1]} vs {b.size[0]}x{b.size[1]})")
+    x = np.asarray(a.convert("RGB"), dtype=np.float64)
+    y = np.asarray(b.convert("RGB"), dtype=np.float64)
+    mse = float(np.mean((x - y) ** 2))
+    if mse == 0:
+        return math.inf
+    return 10 * math.log10(255.0**2 / mse)
+
+
+def fidelity(result: Image.Image, source: InputImage) -> float:
+    """PSNR (dB) of `result` downscaled to the source's size against the source RGB.
+
+    Lanczos, because it is a proper low-pass at any ratio (Pillow widens the kernel by the
+    factor), so added detail averages out and only drift in content or tone lowers the figure;
+    `reducing_gap` box-reduces huge results first, which keeps a 16K result fast.
+    """
+    rgb = result.convert("RGB") if result.mode != "RGB" else result
+    if rgb.size != source.size:
+        rgb = rgb.resize(source.size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return psnr(rgb, source.rgb)
+
+
+def attach_alpha(rgb: Image.Image, alpha: Image.Image | None) -> Image.Image:
+    """`rgb` with `alpha` resized (Lanczos) to its size as an RGBA image; `rgb` if no alpha."""
+    if alpha is None:
+        return rgb
+    # Lanczos keeps cut-out edges crisp at a 16x enlargement where bilinear would blur them.
+    a = alpha if alpha.size == rgb.size else alpha.resize(rgb.size, Image.Resampling.LANCZOS)
+    out = rgb.convert("RGB") if rgb.mode != "RGB" else rgb.copy()
+    out.putalpha(a)
+    return out

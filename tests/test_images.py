@@ -1,0 +1,311 @@
+"""Input images for `hires up` (hires/images.py): formats, orientation, alpha, bit depths, CMYK,
+broken files, the size bound, PSNR and fidelity. Every input is built in tmp_path from a photo."""
+
+import hashlib
+import math
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFile
+from skimage import data
+
+from hires.images import (
+    MAX_SIDE,
+    ImageInputError,
+    attach_alpha,
+    fidelity,
+    load_input,
+    psnr,
+)
+
+
+@pytest.fixture(scope="module")
+def photo():
+    """A small real photo (astronaut, 96x80: not square, so rotations show)."""
+    return Image.fromarray(data.astronaut()).resize((96, 80), Image.Resampling.LANCZOS)
+
+
+@pytest.fixture(scope="module")
+def smooth():
+    """A smooth photo (coffee, 150x100) for the fidelity figure."""
+    return Image.fromarray(data.coffee()).resize((150, 100), Image.Resampling.LANCZOS)
+
+
+def arr(im):
+    return np.asarray(im).astype(np.int32)
+
+
+def one_line_error(path, match=None):
+    with pytest.raises(ImageInputError) as info:
+        load_input(path)
+    msg = str(info.value)
+    assert "\n" not in msg and str(path) in msg, msg
+    if match:
+        assert match in msg, msg
+    return msg
+
+
+@pytest.mark.parametrize("fmt,suffix,opts,exact", [
+    ("PNG", ".png", {}, True),
+    ("TIFF", ".tiff", {}, True),
+    ("WEBP", ".webp", {"lossless": True}, True),
+    ("JPEG", ".jpg", {"quality": 95}, False),
+])
+def test_round_trip(tmp_path, photo, fmt, suffix, opts, exact):
+    p = tmp_path / f"in{suffix}"
+    photo.save(p, fmt, **opts)
+    got = load_input(p)
+    assert got.format == fmt and got.rgb.mode == "RGB" and got.alpha is None
+    assert got.size == got.rgb.size == photo.size
+    assert got.path == p and got.sha256 == hashlib.sha256(p.read_bytes()).hexdigest()
+    if exact:
+        assert psnr(got.rgb, photo) == math.inf
+    else:
+        assert psnr(got.rgb, photo) > 30
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+def test_exif_orientation_applied(tmp_path, photo):
+    p = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    photo.save(p, "JPEG", quality=95, exif=exif)
+    got = load_input(p)
+    assert got.size == (photo.height, photo.width)
+    with Image.open(p) as raw:  # the same decode, rotated by hand
+        want = raw.convert("RGB").transpose(Image.Transpose.ROTATE_270)
+    assert psnr(got.rgb, want) == math.inf
+
+
+def alpha_mask(size):
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w]
+    disc = ((x - w / 2) ** 2 + (y - h / 2) ** 2) < (min(w, h) / 2.5) ** 2
+    return Image.fromarray(np.where(disc, 255, (x * 255 // w) // 2).astype(np.uint8), "L")
+
+
+@pytest.mark.parametrize("fmt,suffix,opts", [
+    ("PNG", ".png", {}), ("WEBP", ".webp", {"lossless": True, "exact": True}),
+    ("TIFF", ".tiff", {}),
+])
+def test_rgba_alpha_kept_apart_and_reattached(tmp_path, photo, fmt, suffix, opts):
+    alpha = alpha_mask(photo.size)
+    rgba = photo.copy()
+    rgba.putalpha(alpha)
+    p = tmp_path / f"cutout{suffix}"
+    rgba.save(p, fmt, **opts)
+    got = load_input(p)
+    assert got.rgb.mode == "RGB" and got.alpha is not None and got.alpha.mode == "L"
+    assert psnr(got.rgb, photo) == math.inf  # colour under transparent pixels survives too
+    assert (arr(got.alpha) == arr(alpha)).all()
+    big = got.rgb.resize((192, 160), Image.Resampling.LANCZOS)  # stands in for the upscale
+    out = attach_alpha(big, got.alpha)
+    assert out.mode == "RGBA" and out.size == (192, 160)
+    want = alpha.resize((192, 160), Image.Resampling.LANCZOS)
+    assert (arr(out.getchannel("A")) == arr(want)).all()
+    assert psnr(out.convert("RGB"), big) == math.inf
+    assert attach_alpha(big, None) is big
+
+
+def test_opaque_alpha_dropped(tmp_path, photo):
+    p = tmp_path / "opaque.png"
+    photo.convert("RGBA").save(p)
+    got = load_input(p)
+    assert got.alpha is None and psnr(got.rgb, photo) == math.inf
+
+
+def test_palette_and_grey_alpha(tmp_path, photo):
+    pal = photo.quantize(16)
+    pal.info["transparency"] = 0
+    p = tmp_path / "pal.png"
+    pal.save(p, transparency=0)
+    got = load_input(p)
+    idx = np.asarray(pal)
+    assert got.alpha is not None and (np.asarray(got.alpha) == np.where(idx == 0, 0, 255)).all()
+    assert psnr(got.rgb, pal.convert("RGB")) == math.inf
+
+    la = photo.convert("L")
+    la.putalpha(alpha_mask(photo.size))
+    p = tmp_path / "la.png"
+    la.save(p)
+    got = load_input(p)
+    assert (arr(got.alpha) == arr(alpha_mask(photo.size))).all()
+    rgb = arr(got.rgb)
+    assert (rgb[..., 0] == arr(photo.convert("L"))).all() and (rgb[..., 1] == rgb[..., 2]).all()
+
+
+def test_greyscale_and_one_bit(tmp_path, photo):
+    grey = photo.convert("L")
+    p = tmp_path / "grey.png"
+    grey.save(p)
+    got = load_input(p)
+    rgb = arr(got.rgb)
+    assert got.rgb.mode == "RGB" and got.alpha is None
+    for c in range(3):
+        assert (rgb[..., c] == arr(grey)).all()
+
+    bw = grey.convert("1")
+    p = tmp_path / "bw.tiff"
+    bw.save(p)
+    got = load_input(p)
+    assert set(np.unique(arr(got.rgb))) <= {0, 255}
+    assert (arr(got.rgb)[..., 0] == np.asarray(bw).astype(np.int32) * 255).all()
+
+
+def sixteen_bit_grey(photo):
+    """Ramp values 0, 32768, 65535 in the first row, the photo (x257) below."""
+    g = arr(photo.convert("L")).astype(np.uint16) * 257
+    g[0, :3] = [0, 32768, 65535]
+    return g
+
+
+@pytest.mark.parametrize("fmt,suffix", [("PNG", ".png"), ("TIFF", ".tiff")])
+def test_sixteen_bit_grey_scaled_not_clipped(tmp_path, photo, fmt, suffix):
+    g = sixteen_bit_grey(photo)
+    p = tmp_path / f"deep{suffix}"
+    Image.fromarray(g).save(p, fmt)
+    with Image.open(p) as raw:
+        assert raw.mode.startswith("I")  # really 16-bit on disk
+    got = load_input(p)
+    rgb = arr(got.rgb)
+    assert list(rgb[0, :3, 0]) == [0, 128, 255]
+    # x257 then rescaled gives the 8-bit photo back exactly (clipping would give all white)
+    assert (rgb[1:, :, 0] == arr(photo.convert("L"))[1:]).all()
+    assert (rgb[..., 0] == rgb[..., 2]).all()
+
+
+def test_sixteen_bit_big_endian_tiff(tmp_path, photo):
+    g = sixteen_bit_grey(photo)
+    p = tmp_path / "be.tiff"
+    Image.frombytes("I;16B", (g.shape[1], g.shape[0]), g.astype(">u2").tobytes()).save(p)
+    got = load_input(p)
+    assert list(arr(got.rgb)[0, :3, 1]) == [0, 128, 255]
+
+
+def test_sixteen_bit_mode_i(tmp_path, photo):
+    """Mode "I" (32-bit ints holding 16-bit data, as older Pillows open 16-bit PNGs)."""
+    g = sixteen_bit_grey(photo).astype(np.int32)
+    p = tmp_path / "i32.tiff"
+    Image.fromarray(g, "I").save(p)
+    got = load_input(p)
+    assert list(arr(got.rgb)[0, :3, 0]) == [0, 128, 255]
+
+
+def test_48_bit_rgb_tiff(tmp_path, photo):
+    tifffile = pytest.importorskip("tifffile")
+    rgb16 = arr(photo).astype(np.uint16) * 257
+    p = tmp_path / "rgb48.tiff"
+    tifffile.imwrite(p, rgb16, photometric="rgb")
+    got = load_input(p)
+    assert got.format == "TIFF" and got.rgb.mode == "RGB"
+    assert np.abs(arr(got.rgb) - arr(photo)).max() <= 1
+
+
+@pytest.mark.parametrize("fmt,suffix,floor", [("JPEG", ".jpg", 30), ("TIFF", ".tiff", 45)])
+def test_cmyk_converted(tmp_path, photo, fmt, suffix, floor):
+    p = tmp_path / f"cmyk{suffix}"
+    photo.convert("CMYK").save(p, fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    with Image.open(p) as raw:
+        assert raw.mode == "CMYK"
+    got = load_input(p)
+    assert got.rgb.mode == "RGB" and psnr(got.rgb, photo) > floor
+
+
+def test_truncated_png_and_jpeg(tmp_path, photo):
+    for fmt, suffix in (("PNG", ".png"), ("JPEG", ".jpg")):
+        whole = tmp_path / f"whole{suffix}"
+        photo.save(whole, fmt)
+        cut = tmp_path / f"cut{suffix}"
+        cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+        one_line_error(cut, "truncated or corrupt")
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+def test_corrupt_png_data(tmp_path, photo):
+    p = tmp_path / "flipped.png"
+    photo.save(p)
+    b = bytearray(p.read_bytes())
+    for i in range(100, 400):
+        b[i] ^= 0x5A
+    p.write_bytes(bytes(b))
+    one_line_error(p, "corrupt")
+
+
+def test_not_images(tmp_path, photo):
+    before = set(tmp_path.iterdir())
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.jpg"
+    text.write_text("not a picture\nat all\n")
+    gif = tmp_path / "anim.gif"
+    photo.save(gif, "GIF")
+    bmp = tmp_path / "old.bmp"
+    photo.save(bmp, "BMP")
+    made = {empty, text, gif, bmp}
+    one_line_error(empty, "empty file")
+    one_line_error(text, "not an image")
+    assert "PNG, JPEG, WebP or TIFF" in one_line_error(gif, "GIF")
+    assert "PNG, JPEG, WebP or TIFF" in one_line_error(bmp, "BMP")
+    one_line_error(tmp_path / "missing.png", "no such file")
+    one_line_error(tmp_path, "folder")
+    assert set(tmp_path.iterdir()) == before | made  # nothing written
+
+
+def png_header(width, height):
+    """A PNG with a valid IHDR claiming width x height, and no pixel data."""
+    def chunk(kind, payload):
+        return (struct.pack(">I", len(payload)) + kind + payload
+                + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_huge_declared_size_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 89478485)  # Pillow's default
+    p = tmp_path / "huge.png"
+    p.write_bytes(png_header(40000, 40000))
+    msg = one_line_error(p, "too large")
+    assert "40000x40000" in msg and str(MAX_SIDE) in msg
+    p.write_bytes(png_header(MAX_SIDE + 1, 16))
+    one_line_error(p, "too large")
+    assert Image.MAX_IMAGE_PIXELS == 89478485  # restored
+
+
+def test_large_but_sane_passes_pillows_bomb_guard(tmp_path, monkeypatch):
+    """15000x15000 (225 MP) is past Pillow's default bomb error (179 MP) but within our bound:
+    the loader gets as far as decoding, which fails here only because there is no pixel data."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 89478485)
+    p = tmp_path / "big.png"
+    p.write_bytes(png_header(15000, 15000))
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(p)
+    one_line_error(p, "truncated or corrupt")
+    assert Image.MAX_IMAGE_PIXELS == 89478485
+
+
+def test_psnr(photo):
+    assert psnr(photo, photo.copy()) == math.inf
+    rng = np.random.default_rng(0)
+    scores = []
+    for sigma in (1, 4, 16):
+        noisy = np.clip(arr(photo) + rng.normal(0, sigma, arr(photo).shape), 0, 255)
+        scores.append(psnr(photo, Image.fromarray(noisy.astype(np.uint8))))
+    assert scores[0] > scores[1] > scores[2] > 15
+    assert 45 < scores[0] < 52  # sigma 1 -> ~48 dB
+    with pytest.raises(ValueError):
+        psnr(photo, photo.resize((10, 10)))
+
+
+def test_fidelity(tmp_path, smooth):
+    p = tmp_path / "coffee.png"
+    smooth.save(p)
+    src = load_input(p)
+    up = smooth.resize((300, 200), Image.Resampling.LANCZOS)
+    good = fidelity(up, src)
+    assert good > 30
+    assert fidelity(up.convert("RGBA"), src) == good
+    shifted = Image.fromarray(np.roll(np.asarray(up), 8, axis=1))
+    assert fidelity(shifted, src) < good - 5
+    assert fidelity(smooth, src) == math.inf
