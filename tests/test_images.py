@@ -223,6 +223,34 @@ def test_truncated_png_and_jpeg(tmp_path, photo):
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
 
 
+def test_truncated_fails_even_if_pillow_was_told_to_accept_it(tmp_path, photo, monkeypatch):
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # as some library might
+    whole = tmp_path / "whole.png"
+    photo.save(whole)
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(whole.read_bytes()[:1500])
+    one_line_error(cut, "truncated or corrupt")
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored
+
+
+def test_tiff_orientation_first_page_and_mpo(tmp_path, photo):
+    p = tmp_path / "oriented.tiff"
+    photo.save(p, tiffinfo={274: 6})
+    got = load_input(p)
+    assert psnr(got.rgb, photo.transpose(Image.Transpose.ROTATE_270)) == math.inf
+
+    p = tmp_path / "pages.tiff"
+    photo.save(p, save_all=True, append_images=[photo.rotate(90)])
+    assert psnr(load_input(p).rgb, photo) == math.inf
+
+    p = tmp_path / "camera.jpg"  # a JPEG with a second picture, as cameras write: Pillow's MPO
+    photo.save(p, "MPO", save_all=True, append_images=[photo.rotate(90)], quality=95)
+    with Image.open(p) as raw:
+        assert raw.format == "MPO"
+    got = load_input(p)
+    assert got.format == "JPEG" and psnr(got.rgb, photo) > 30
+
+
 def test_corrupt_png_data(tmp_path, photo):
     p = tmp_path / "flipped.png"
     photo.save(p)
