@@ -189,9 +189,16 @@ def psnr(a: Image.Image, b: Image.Image) -> float:
     """PSNR in dB between two 8-bit images of the same size (as RGB); inf when identical."""
     if a.size != b.size:
         raise ValueError(f"psnr: sizes differ ({a.size[0]}x{a.size[1]} vs {b.size[0]}x{b.size[1]})")
-    x = np.asarray(a.convert("RGB"), dtype=np.float64)
-    y = np.asarray(b.convert("RGB"), dtype=np.float64)
-    mse = float(np.mean((x - y) ** 2))
+    x = np.asarray(a.convert("RGB") if a.mode != "RGB" else a)
+    y = np.asarray(b.convert("RGB") if b.mode != "RGB" else b)
+    # Squared errors summed in bands of rows: a float64 copy of a large image would take 24
+    # bytes a pixel; the sums are exact integers either way.
+    total = 0
+    rows = max(1, (1 << 22) // max(1, x.shape[1]))
+    for top in range(0, x.shape[0], rows):
+        d = x[top:top + rows].astype(np.int32) - y[top:top + rows]
+        total += int(np.einsum("ijk,ijk->", d, d, dtype=np.int64))
+    mse = total / x.size
     if mse == 0:
         return math.inf
     return 10 * math.log10(255.0**2 / mse)
