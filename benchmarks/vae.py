@@ -5,6 +5,14 @@ Every (size, operation) runs in a fresh subprocess, so that its memory peak is i
     python benchmarks/vae.py                                   # tiny VAE, CPU, 2K-16K
     python benchmarks/vae.py --sizes 2048,4096 --encode-sizes 2048
     python benchmarks/vae.py --full --device cuda --dtype bfloat16   # SDXL-size VAE, random weights
+    python benchmarks/vae.py --compare --sizes 1024,2048   # trained tiny VAE, held-out photos:
+                                       # untiled vs stats=fast/exact vs diffusers' tiling
+
+--compare: latents from held-out photos (skimage `coffee` and `chelsea`, resized to the size
+as long side, encoded by the untiled VAE), decoded untiled, with `stats="fast"`, with
+`stats="exact"` and with diffusers' `vae.enable_tiling()` (same tile size), each in a fresh
+process: time (ratio to untiled), peak RSS, scratch-file bytes, and max / mean |diff| against
+the untiled decode in 8-bit steps.
 
 Memory: on CPU the process's peak resident memory (the kernel's high-water mark VmHWM, which a
 short peak cannot slip past), whole process; "work" is that minus the resident memory just
@@ -77,6 +85,148 @@ def _test_image(size: int):
     return image
 
 
+PHOTOS = ("coffee", "chelsea")  # held out from the tiny VAE's training
+METHODS = ("untiled", "fast", "exact", "diffusers")
+
+
+def _trained_vae(args: argparse.Namespace):
+    """The trained tiny VAE (hires.tiny), or the tiny architecture with --weights loaded."""
+    import inspect
+
+    from hires.tiny import tiny_vae
+
+    if args.weights:
+        from safetensors.torch import load_file
+
+        vae = tiny_vae(0, **({"trained": False} if "trained" in inspect.signature(
+            tiny_vae).parameters else {}))
+        vae.load_state_dict(load_file(args.weights))
+        return vae
+    if "trained" not in inspect.signature(tiny_vae).parameters:
+        raise SystemExit("no trained tiny VAE in hires.tiny yet: pass --weights FILE")
+    return tiny_vae(trained=True)
+
+
+def _photo_latents(vae, name: str, size: int):
+    """UNet-space latents of a held-out photo resized to `size` px on its long side."""
+    import numpy as np
+    import skimage.data
+    import torch
+    from PIL import Image
+
+    photo = Image.fromarray(getattr(skimage.data, name)())
+    w, h = photo.size
+    if w >= h:
+        w, h = size, max(8, round(size * h / w / 8) * 8)
+    else:
+        w, h = max(8, round(size * w / h / 8) * 8), size
+    pixels = np.asarray(photo.resize((w, h), Image.LANCZOS))
+    x = torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+    with torch.no_grad():
+        return vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+
+
+def run_compare(method: str, args: argparse.Namespace) -> dict:
+    """Decode the saved latents one way, in this process; save the uint8 image next to them."""
+    import numpy as np
+    import torch
+
+    from hires import vae as tiled
+    from hires import vae_memo
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    vae = _trained_vae(args).eval()
+    work = Path(args.work)
+    latents = torch.load(work / "latents.pt")
+    scratch = []
+    close = vae_memo.DiskMemo.close
+
+    def counting_close(memo) -> None:
+        scratch.append(memo.bytes)
+        close(memo)
+
+    vae_memo.DiskMemo.close = counting_close
+    before = _status_bytes("VmRSS")
+    start = time.perf_counter()
+    with torch.inference_mode():
+        if method in ("fast", "exact"):
+            image = tiled.decode(vae, latents, tile=args.tile, overlap=args.overlap, stats=method)
+        else:
+            if method == "diffusers":
+                vae.enable_tiling()
+                vae.tile_sample_min_size = args.tile
+                vae.tile_latent_min_size = args.tile // 8
+            sample = vae.decode(latents / vae.config.scaling_factor).sample
+            image = tiled.to_uint8(sample).numpy()
+    wall = time.perf_counter() - start
+    np.save(work / f"{method}.npy", image)
+    return dict(method=method, wall_s=round(wall, 2), peak_rss_gb=round(_status_bytes(
+        "VmHWM") / GB, 3), rss_before_gb=round(before / GB, 3),
+        scratch_gb=round(sum(scratch) / GB, 3), threads=torch.get_num_threads())
+
+
+def compare(args: argparse.Namespace, sizes: list[int]) -> None:
+    """--compare: every method on every (size, photo), each in a fresh process."""
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    vae = _trained_vae(args).eval()
+    rows = []
+    for size in sizes:
+        for photo in args.photos.split(","):
+            with tempfile.TemporaryDirectory() as work:
+                latents = _photo_latents(vae, photo, size)
+                torch.save(latents, Path(work) / "latents.pt")
+                shape = f"{latents.shape[-1] * 8}x{latents.shape[-2] * 8}"
+                for method in args.methods.split(","):
+                    cmd = [sys.executable, __file__, "--child-compare", method, "--work", work,
+                           "--tile", str(args.tile)]
+                    for flag, value in (("--overlap", args.overlap), ("--threads", args.threads),
+                                        ("--weights", args.weights)):
+                        if value is not None:
+                            cmd += [flag, str(value)]
+                    load = os.getloadavg()[0]
+                    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                                          timeout=args.timeout,
+                                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+                    if proc.returncode != 0:
+                        print(f"{method} {shape} {photo}: failed\n{proc.stderr[-2000:]}")
+                        continue
+                    row = dict(size=shape, photo=photo, load_before=round(load, 1),
+                               **json.loads(proc.stdout.strip().splitlines()[-1]))
+                    ref_path = Path(work) / "untiled.npy"
+                    if ref_path.exists():
+                        ref = np.load(ref_path).astype(np.int16)
+                        diff = np.abs(np.load(Path(work) / f"{method}.npy") - ref)
+                        row.update(max_diff=int(diff.max()), mean_diff=round(float(diff.mean()), 3))
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+            base = {r["photo"]: r["wall_s"] for r in rows
+                    if r["size"] == shape and r["method"] == "untiled"}
+            for r in rows:
+                if r["size"] == shape and r["photo"] in base:
+                    r["time_ratio"] = round(r["wall_s"] / base[r["photo"]], 2)
+    print()
+    print("| size | photo | method | wall s | x untiled | peak RSS GB | scratch GB "
+          "| max diff | mean diff |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['size']} | {r['photo']} | {r['method']} | {r['wall_s']} | "
+              f"{r.get('time_ratio', '')} | {r['peak_rss_gb']} | {r['scratch_gb']} | "
+              f"{r.get('max_diff', '')} | {r.get('mean_diff', '')} |")
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "vae-compare-cpu.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(dict(
+        date=date.today().isoformat(), machine=_machine(args),
+        model=f"trained tiny VAE ({args.weights or 'hires.tiny'})",
+        command=" ".join(["python", "benchmarks/vae.py", *sys.argv[1:]]),
+        tile=args.tile, overlap=args.overlap, results=rows), indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 def run_case(op: str, size: int, args: argparse.Namespace) -> dict:
     """Time one operation at one size, in this process; returns the measurements."""
     import torch
@@ -117,11 +267,11 @@ def run_case(op: str, size: int, args: argparse.Namespace) -> dict:
     with torch.inference_mode():
         if op == "decode":
             out = tiled.decode(vae, data, tile=args.tile, overlap=args.overlap,
-                               progress=progress, stats_tiles=args.stats_tiles)
+                               progress=progress, stats=args.stats)
             assert out.shape == (size, size, 3)
         else:
             out = tiled.encode(vae, data, tile=args.tile, overlap=args.overlap,
-                               progress=progress, stats_tiles=args.stats_tiles)
+                               progress=progress, stats=args.stats)
             assert out.shape == (1, 4, size // 8, size // 8)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -145,8 +295,7 @@ def _child_command(op: str, size: int, args: argparse.Namespace) -> list[str]:
            "--dtype", args.dtype, "--tile", str(args.tile)]
     if args.overlap is not None:
         cmd += ["--overlap", str(args.overlap)]
-    if args.stats_tiles is not None:
-        cmd += ["--stats-tiles", str(args.stats_tiles)]
+    cmd += ["--stats", args.stats]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.full:
@@ -200,16 +349,31 @@ def main() -> None:
                         help="float32 or bfloat16 (the SDXL VAE overflows in float16)")
     parser.add_argument("--tile", type=int, default=1024)
     parser.add_argument("--overlap", type=int, default=None)
-    parser.add_argument("--stats-tiles", type=int, default=None,
-                        help="tiles pooled per GroupNorm statistics pass (default: all, exact)")
+    parser.add_argument("--stats", default="fast", choices=["fast", "exact"],
+                        help="how GroupNorms get whole-image statistics (hires.vae_stats)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--full", action="store_true",
                         help="full-size SDXL VAE (random weights) instead of the tiny one")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per case")
     parser.add_argument("--out", default=None, help="JSON path (default: results/vae-DEVICE.json)")
     parser.add_argument("--child", choices=["decode", "encode"], help=argparse.SUPPRESS)
+    parser.add_argument("--compare", action="store_true",
+                        help="trained tiny VAE on held-out photos: untiled vs fast/exact/diffusers")
+    parser.add_argument("--photos", default=",".join(PHOTOS), help="--compare: skimage photos")
+    parser.add_argument("--methods", default=",".join(METHODS), help="--compare: methods")
+    parser.add_argument("--weights", default=None,
+                        help="--compare: a tiny VAE state dict (default: hires.tiny's trained one)")
+    parser.add_argument("--child-compare", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--work", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
+
+    if args.child_compare:
+        print(json.dumps(run_compare(args.child_compare, args)))
+        return
+    if args.compare:
+        compare(args, sizes)
+        return
 
     if args.child:
         print(json.dumps(run_case(args.child, sizes[0], args)))
@@ -246,7 +410,7 @@ def main() -> None:
     out.write_text(json.dumps(dict(
         date=date.today().isoformat(), machine=_machine(args), model=model,
         command=" ".join(["python", "benchmarks/vae.py", *sys.argv[1:]]),
-        tile=args.tile, overlap=args.overlap, dtype=args.dtype, stats_tiles=args.stats_tiles,
+        tile=args.tile, overlap=args.overlap, dtype=args.dtype, stats=args.stats,
         flatness_largest_vs_4k=flat, results=rows), indent=2) + "\n")
     print(f"wrote {out}")
 

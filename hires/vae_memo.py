@@ -17,6 +17,7 @@ from typing import IO
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hires.vae_tiles import Box
@@ -37,20 +38,49 @@ def stages(net: nn.Module) -> list[Callable[[Tensor], Tensor]]:
     return [step for block in blocks for step in _block_steps(block)] + [tail]
 
 
-def _block_steps(block: nn.Module) -> list[Callable[[Tensor], Tensor]]:
-    """The steps of one block, as its forward runs them (only for the VAE's block types)."""
-    def resnet(m: nn.Module) -> Callable[[Tensor], Tensor]:
-        return lambda x: m(x, None)
+def _resnet(m: nn.Module) -> list[Callable]:
+    """A VAE resnet as two steps, split before its second GroupNorm.
 
+    Whole, the pass for that GroupNorm would run the first convolution, stop, and the next
+    pass run it again: a third more convolution work. The first step's output is the pair
+    (input, first convolution's output), since the shortcut needs the input.
+    """
+    plain = (type(m).__name__ == "ResnetBlock2D" and m.upsample is None
+             and m.downsample is None and m.time_emb_proj is None
+             and m.time_embedding_norm != "scale_shift")
+    if not plain:
+        return [lambda x: m(x, None)]
+
+    # The activation runs in place on the GroupNorm's fresh output (saves a full-size copy).
+    act = (lambda t: F.silu(t, inplace=True)) if isinstance(m.nonlinearity, nn.SiLU) \
+        else m.nonlinearity
+
+    def first(x: Tensor) -> tuple[Tensor, Tensor]:
+        return x, m.conv1(act(m.norm1(x)))
+
+    def second(pair: tuple[Tensor, Tensor]) -> Tensor:
+        x, h = pair
+        h = m.conv2(m.dropout(act(m.norm2(h))))
+        if m.conv_shortcut is not None:
+            x = m.conv_shortcut(x)
+        h += x
+        return h if m.output_scale_factor == 1 else h / m.output_scale_factor
+
+    return [first, second]
+
+
+def _block_steps(block: nn.Module) -> list[Callable]:
+    """The steps of one block, as its forward runs them (only for the VAE's block types)."""
+    resnet = _resnet
     kind = type(block).__name__
     if kind == "UNetMidBlock2D":
-        steps = [resnet(block.resnets[0])]
+        steps = resnet(block.resnets[0])
         for attn, res in zip(block.attentions, block.resnets[1:]):
-            steps += ([attn] if attn is not None else []) + [resnet(res)]
+            steps += ([attn] if attn is not None else []) + resnet(res)
         return steps
     if kind in ("UpDecoderBlock2D", "DownEncoderBlock2D"):
         resamplers = getattr(block, "upsamplers", None) or getattr(block, "downsamplers", None)
-        return [resnet(m) for m in block.resnets] + list(resamplers or [])
+        return [step for m in block.resnets for step in resnet(m)] + list(resamplers or [])
     return [block]
 
 
@@ -88,16 +118,20 @@ class MemoryMemo(Memo):
     def load(self, box: Box, device: torch.device) -> tuple[int, Tensor] | None:
         return self.kept.get(box)
 
-    def save(self, number: int, box: Box, x: Tensor) -> None:
+    def save(self, number: int, box: Box, x: Tensor | tuple[Tensor, ...]) -> None:
         old = self.kept.get(box)
-        freed = 0 if old is None else old[1].nbytes
-        if self.used - freed + x.nbytes <= self.budget:
-            self.kept[box] = (number, x.detach())  # the step's own output: no copy
-            self.used += x.nbytes - freed
+        freed = 0 if old is None else _nbytes(old[1])
+        if self.used - freed + _nbytes(x) <= self.budget:
+            self.kept[box] = (number, x)  # the step's own output: no copy
+            self.used += _nbytes(x) - freed
 
     def close(self) -> None:
         self.kept.clear()
         self.used = 0
+
+
+def _nbytes(x: Tensor | tuple[Tensor, ...]) -> int:
+    return sum(t.nbytes for t in x) if isinstance(x, tuple) else x.nbytes
 
 
 class DiskMemo(Memo):
@@ -132,6 +166,8 @@ class DiskMemo(Memo):
 
     def save(self, number: int, box: Box, x: Tensor) -> None:
         level = self.levels.get(number)
+        if isinstance(x, tuple):  # mid-resnet pairs: not worth a level of files of their own
+            return
         if number in self.refused or (level is not None and box in level.index):
             return
         t = x.detach().to("cpu").contiguous()

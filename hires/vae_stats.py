@@ -33,7 +33,7 @@ import torch
 from diffusers.models.attention_processor import Attention
 from torch import Tensor, nn
 
-from hires.vae_attention import ContextAttention, cell_side, finish_cells
+from hires.vae_attention import ContextAttention, cell_side, finish_context
 from hires.vae_memo import DiskMemo, Memo, MemoryMemo, Runner
 from hires.vae_tiles import DROP, Box, Grid, crop
 
@@ -97,31 +97,39 @@ def _group_norm(state: State, module: nn.GroupNorm, x: Tensor) -> Tensor:
 
 
 def _add_moments(state: State, module: nn.GroupNorm, x: Tensor) -> None:
-    """Add one tile's per-group count, sum and sum of squared deviations from a pilot mean.
+    """Add one tile's per-channel count, sum and sum of squares about a pilot value.
 
-    Sums stay on the tile's device in float64 where it has it (no host sync per tile); the
-    pilot (the first tile's mean) keeps the squares from cancelling, as Chan et al.'s merge
-    would, at the cost of one subtraction.
+    Per channel, because a reduction over height and width reads a channels-last map in place
+    (grouping channels first would copy it): about 5x faster than float64 group moments on the
+    CPU, which cost more than the convolutions. The pilot (the first tile's channel means)
+    keeps the squares from cancelling. Sums stay on the tile's device: no host sync per tile.
     """
-    acc_dtype = torch.float32 if x.device.type == "mps" else torch.float64
-    xg = x.detach().reshape(module.num_groups, -1).to(acc_dtype)
-    n = xg.shape[1]
+    x = x.detach()
+    n = x.numel() // x.shape[1]
     if n == 0:
         return
+    dims = (0, *range(2, x.ndim))
     acc = state.sums.get(module)
     if acc is None:
-        acc = state.sums[module] = [0, xg.mean(1), torch.zeros_like(xg[:, 0]),
-                                    torch.zeros_like(xg[:, 0])]
-    d = xg - acc[1][:, None]
+        acc_dtype = torch.float32 if x.device.type == "mps" else torch.float64
+        pilot = x.float().mean(dims)
+        acc = state.sums[module] = [0, pilot, torch.zeros_like(pilot, dtype=acc_dtype),
+                                    torch.zeros_like(pilot, dtype=acc_dtype)]
+    d = x.float() - acc[1].view(1, -1, *(1,) * (x.ndim - 2))
     acc[0] += n
-    acc[2] += d.sum(1)
-    acc[3] += (d * d).sum(1)
+    acc[2] += d.sum(dims).to(acc[2].dtype)
+    acc[3] += d.square_().sum(dims).to(acc[3].dtype)
 
 
-def _finish_moments(acc: list) -> tuple[Tensor, Tensor]:
+def _finish_moments(module: nn.GroupNorm, acc: list) -> tuple[Tensor, Tensor]:
+    """Per-group mean and (biased) variance from the per-channel sums."""
     n, pilot, s, ss = acc
-    mean = s / n
-    return (pilot + mean).float(), (ss / n - mean * mean).clamp(min=0).float()
+    mean_c = pilot.to(s.dtype) + s / n  # per channel
+    var_c = (ss / n - (s / n) ** 2).clamp(min=0)
+    mean_c, var_c = mean_c.view(module.num_groups, -1), var_c.view(module.num_groups, -1)
+    mean = mean_c.mean(1)
+    var = (var_c + (mean_c - mean[:, None]) ** 2).mean(1)  # channels of a group: equal counts
+    return mean.float(), var.float()
 
 
 @contextmanager
@@ -179,9 +187,9 @@ def _gather(state: State, grid: Grid, run: Callable[[Box], Tensor], dtype: torch
         target = state.target
         acc = state.sums.pop(target)
         if isinstance(target, Attention):
-            finish_cells(state, target, acc, dtype)
+            finish_context(state, target, acc, dtype)
         else:
-            state.stats[target] = _finish_moments(acc)
+            state.stats[target] = _finish_moments(target, acc)
 
 
 @dataclass
