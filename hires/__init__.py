@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["Job", "generate", "load", "__version__"]
+__all__ = ["Job", "generate", "load", "upscale", "__version__"]
 
 
 def __getattr__(name: str):
@@ -16,4 +16,8 @@ def __getattr__(name: str):
         from hires import pipeline
 
         return getattr(pipeline, name)
+    if name == "upscale":
+        from hires.upscale import upscale
+
+        return upscale
     raise AttributeError(f"module 'hires' has no attribute {name!r}")

@@ -381,6 +381,7 @@ LEVER_SLOWDOWN = {"split_cfg": 0.03, "ff_chunks": 0.01, "row_bands": 0.10}  # as
 
 def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy: Strategy, *,
                base: bool, previous: tuple[int, int] | None, final_decode: bool,
+               encode_input: bool = False,
                vae_tile: int | None = None, vae_stats: str = "fast",
                rate: float | None = None, budget: int | None = None) -> StageCost:
     """Peak device memory, FLOPs, scratch disk and time of one stage under `strategy`."""
@@ -394,7 +395,7 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
     if base:
         peaks.append((weights_now or model.text_bytes) + (64 << 20))
     tile = vae_tile or VAE_TILES[-1]
-    if not base or final_decode:
+    if previous or encode_input or final_decode:
         vae_weights = weights_now or model.vae.param_bytes
         if vae_tile is None:  # the largest tile that fits next to the weights
             for t in VAE_TILES:
@@ -409,11 +410,12 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
     vae_flop = 0.0
     if previous:
         vae_flop += vae_flops(model.vae, *previous, decode=True)
+    if previous or encode_input:
         vae_flop += vae_flops(model.vae, width, height, decode=False)
     if final_decode:
         vae_flop += vae_flops(model.vae, width, height, decode=True)
     scratch = 0
-    if vae_stats == "exact" and (previous or final_decode):
+    if vae_stats == "exact" and (previous or encode_input or final_decode):
         # Saved block outputs, fp32, up to 16 GB a level (hires.vae's cap).
         scratch = int(sum(min(16e9, c * width * height / 4**i * 4)
                           for i, c in enumerate(model.vae.channels)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -49,6 +50,7 @@ class StageReport:
     strategy: str = "batched"
     estimated_peak: int | None = None
     retried_with: str | None = None  # the cheaper strategy after an out-of-memory error
+    psnr: float | None = None  # upscales: the result, downscaled, against the input image (dB)
 
 
 @dataclass
@@ -64,6 +66,7 @@ class Result:
     stage_images: list[Image.Image] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     linfusion: str | None = None  # the LinFusion checkpoint that ran; None: original attention
+    source: dict[str, Any] | None = None  # upscales: the input's path, sha256 and size
 
     @property
     def seed(self) -> int:
@@ -79,8 +82,10 @@ def budget_for(job: Job, components: Components) -> int | None:
                        (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2))
 
 
-def plan_for(job: Job, components: Components, *, gpu: str | None = None) -> Plan:
-    """The job's stages for this model, each with the fastest strategy that fits the budget."""
+def plan_for(job: Job, components: Components, *, gpu: str | None = None,
+             source: tuple[int, int] | None = None) -> Plan:
+    """The job's stages for this model, each with the fastest strategy that fits the budget;
+    with `source` (an input image's size), the stages of an upscale from it."""
     cfg = components.pipe.scheduler.config
     return make_plan(
         job.width, job.height, steps=job.steps, strength=job.strength, native=components.native,
@@ -88,6 +93,7 @@ def plan_for(job: Job, components: Components, *, gpu: str | None = None) -> Pla
         offset=cfg.get("steps_offset", 0), model=model_shape(components),
         budget=budget_for(job, components), offload=components.offload,
         vae_tile=job.vae_tile, vae_stats=job.vae_stats, rate=rate_for(gpu) if gpu else None,
+        source=source,
     )
 
 
@@ -115,15 +121,25 @@ def generate(
 
 @dataclass
 class _Carry:
-    """What one stage hands the next: its latents, and the base stage's anchor statistics."""
+    """What one stage hands the next: its latents and the anchor statistics (of the base
+    stage's latents, or of the input image's); before the first stage of an upscale, the
+    input image."""
 
     latents: torch.Tensor | None = None
     anchor: tuple[torch.Tensor, torch.Tensor] | None = None
+    image: Image.Image | None = None
+
+
+Decoded = Callable[[int, Image.Image], None]  # (stage index, that stage's decoded image)
 
 
 def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
-         save_stages: bool) -> Result:
-    """The stages of one job, in order: base, then each upscale stage, then the final decode."""
+         save_stages: bool, source: Image.Image | None = None,
+         on_decoded: Decoded | None = None) -> Result:
+    """The stages of one job, in order (base or input, then x2 stages), then the final decode.
+
+    With `source`, the plan is an upscale plan and its first stage starts from that image.
+    """
     emit = progress or (lambda e: None)
     started = time.perf_counter()
     first = plan.stages[0].strategy.weights
@@ -132,14 +148,15 @@ def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
     reports: list[StageReport] = []
     stage_images: list[Image.Image] = []
     warnings = list(comps.warnings)
-    carry = _Carry()
+    carry = _Carry(image=source)
     stages = list(plan.stages)
+    decoded = on_decoded or (lambda i, im: None)
     for stage in stages:
         t0 = time.perf_counter()
         reset_peak(comps.device)
         try:
             carry, report = _stage(job, comps, plan, stage, cond, carry, emit, save_stages,
-                                   stage_images)
+                                   stage_images, decoded)
         except torch.cuda.OutOfMemoryError:
             fallback = cheaper(stage, stages, model_shape(comps), comps.offload, job.vae_tile,
                                job.vae_stats) if stage.cost else None
@@ -152,7 +169,7 @@ def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
             if comps.device.type == "cuda":
                 torch.cuda.empty_cache()
             carry, report = _stage(job, comps, plan, fallback, cond, carry, emit, save_stages,
-                                   stage_images)
+                                   stage_images, decoded)
             report.retried_with = fallback.strategy.label
         report.seconds = time.perf_counter() - t0
         report.peak_memory = peak_memory(comps.device)
@@ -164,8 +181,9 @@ def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
 
 def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditioning,
            carry: _Carry, emit: ProgressFn, save_stages: bool,
-           stage_images: list[Image.Image]) -> tuple[_Carry, StageReport]:
-    """One stage from the previous stage's latents (or from noise); the last one decodes.
+           stage_images: list[Image.Image], decoded: Decoded) -> tuple[_Carry, StageReport]:
+    """One stage from the previous stage's latents (or from noise, or from the input image);
+    the last one decodes.
 
     Nothing in `carry` is changed, so a stage can be run again after an out-of-memory error.
     """
@@ -186,7 +204,7 @@ def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditio
     sigmas = sigmas_for(alphas, stage.timesteps)
     shape = (1, 4, stage.height // 8, stage.width // 8)
     unet, vae = comps.unet, comps.vae
-    if stage.index == 0:
+    if stage.kind == "base":
         noise = torch.randn(shape, generator=generator).to(comps.device)
         with placed(comps, strategy.weights, unet), applied(unet, strategy, comps.device):
             on_step(0, stage.steps)
@@ -194,11 +212,18 @@ def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditio
         anchor = channel_stats(latents)
     else:
         anchor = carry.anchor
-        if job.upsample == "latent":
+        if stage.kind == "input":
+            with placed(comps, strategy.weights, vae):
+                emit(Event("resize", stage.index, n, stage.width, stage.height))
+                x0 = encode(comps, fit(carry.image, stage.width, stage.height), tile, emit,
+                            stage, n, job)
+            anchor = channel_stats(x0)
+        elif job.upsample == "latent":
             x0 = F.interpolate(carry.latents, size=shape[2:], mode="bicubic", align_corners=False)
         else:
             with placed(comps, strategy.weights, vae):
                 image = decode(comps, carry.latents, tile, emit, stage.index - 1, n, job)
+                decoded(stage.index - 1, image)
                 if save_stages and len(stage_images) < stage.index:
                     stage_images.append(image)
                 emit(Event("resize", stage.index, n, stage.width, stage.height))
@@ -215,6 +240,7 @@ def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditio
     if stage.index == n - 1:
         with placed(comps, strategy.weights, vae):
             stage_images.append(decode(comps, latents, tile, emit, stage.index, n, job))
+        decoded(stage.index, stage_images[-1])
     report = StageReport(stage.index, stage.width, stage.height, stage.strength, stage.steps,
                          denoiser.evaluations, 0.0, None, strategy.label,
                          stage.cost.peak_bytes if stage.cost else None)

@@ -44,6 +44,7 @@ class Stage:
     timesteps: tuple[int, ...]  # the timesteps this stage runs, high to low
     strategy: Strategy = field(default_factory=Strategy)
     cost: StageCost | None = None  # estimates: peak device bytes, TFLOPs, scratch, seconds
+    kind: str = "upscale"  # "base": from noise; "input": from the user's image; "upscale"
 
     @property
     def steps(self) -> int:
@@ -135,6 +136,18 @@ def stage_sizes(width: int, height: int, native: int) -> list[tuple[int, int, fl
     return sizes
 
 
+def upscale_sizes(width: int, height: int, source: tuple[int, int]) -> list[tuple[int, int]]:
+    """Stages of an upscale: the input doubled while below the request, then the request."""
+    sw, sh = source
+    cover = max(width / sw, height / sh)
+    sizes = []
+    k = 1
+    while 2**k < cover - 1e-9:
+        sizes.append(((sw << k) // 8 * 8, (sh << k) // 8 * 8))
+        k += 1
+    return [*sizes, (width, height)]
+
+
 def check_size(width: int, height: int) -> None:
     """The supported range, with what to do instead."""
     for name, side in (("width", width), ("height", height)):
@@ -159,22 +172,36 @@ def make_plan(
     vae_tile: int | None = None,
     vae_stats: str = "fast",
     rate: float | None = None,
+    source: tuple[int, int] | None = None,
 ) -> Plan:
     """Stages for a `width` x `height` request; with a model shape, each one's strategy.
 
     `budget` is the device memory in bytes (None: fit nothing, pick the fastest); `rate` the
-    achieved FLOP/s used for the time estimate (None: no time estimate).
+    achieved FLOP/s used for the time estimate (None: no time estimate). With `source` (an
+    input image's size) every stage is an upscale stage and the first starts from that image.
     """
     check_size(width, height)
-    sizes = stage_sizes(width, height, native)
     full = schedule(steps, train_steps, spacing, offset)
-    bw, bh, _ = sizes[0]
-    stages = [Stage(0, bw, bh, 1, 1.0, full)]
-    for (w, h, scale), s in zip(sizes[1:], stage_strengths(strength, len(sizes) - 1),
-                                strict=True):
+
+    def timesteps(s: float) -> tuple[int, ...]:
         # The small epsilon keeps 50 x 0.24 = 12.000000000000002 at 12 steps.
-        count = min(steps, math.ceil(steps * s - 1e-9))
-        stages.append(Stage(len(stages), w, h, max(1, round(scale)), s, full[steps - count:]))
+        return full[steps - min(steps, math.ceil(steps * s - 1e-9)):]
+
+    if source is None:
+        sizes = stage_sizes(width, height, native)
+        bw, bh, _ = sizes[0]
+        stages = [Stage(0, bw, bh, 1, 1.0, full, kind="base")]
+        for (w, h, scale), s in zip(sizes[1:], stage_strengths(strength, len(sizes) - 1),
+                                    strict=True):
+            stages.append(Stage(len(stages), w, h, max(1, round(scale)), s, timesteps(s)))
+    else:
+        bw, bh = base_size(width, height, native)  # the global pass dilates to native scale
+        sizes = upscale_sizes(width, height, source)
+        stages = []
+        for (w, h), s in zip(sizes, stage_strengths(strength, len(sizes)), strict=True):
+            ratio = max(1, round(max(w / bw, h / bh)))
+            stages.append(Stage(len(stages), w, h, ratio, s, timesteps(s),
+                                kind="upscale" if stages else "input"))
     if model is not None:
         try:
             stages = [fit_stage(stage, stages, model, budget, offload, vae_tile, vae_stats, rate)
@@ -183,7 +210,7 @@ def make_plan(
             e.plan_kwargs = dict(steps=steps, strength=strength, native=native, spacing=spacing,
                                  train_steps=train_steps, offset=offset, model=model,
                                  budget=budget, offload=offload, vae_tile=vae_tile,
-                                 vae_stats=vae_stats, rate=rate)
+                                 vae_stats=vae_stats, rate=rate, source=source)
             raise
     return Plan(tuple(stages), width, height, budget)
 
@@ -194,7 +221,8 @@ def _with_cost(stage: Stage, stages: list[Stage], model: ModelShape, strategy: S
     prev = stages[stage.index - 1] if stage.index else None
     last = stage.index == len(stages) - 1
     cost = stage_cost(model, stage.width, stage.height, stage.steps, strategy,
-                      base=stage.index == 0, previous=(prev.width, prev.height) if prev else None,
+                      base=stage.kind == "base", encode_input=stage.kind == "input",
+                      previous=(prev.width, prev.height) if prev else None,
                       final_decode=last, vae_tile=vae_tile, vae_stats=vae_stats, rate=rate,
                       budget=usable(budget))
     return replace(stage, strategy=strategy, cost=cost)
@@ -246,7 +274,7 @@ def describe(plan: Plan) -> list[str]:
     """One line per stage, for logs and `hires plan`."""
     lines = []
     for s in plan.stages:
-        kind = "base" if s.index == 0 else f"x{s.ratio}"
+        kind = {"base": "base", "input": "from the input"}.get(s.kind, f"x{s.ratio}")
         line = (f"stage {s.index} ({kind}): {s.width}x{s.height}, strength {s.strength:.2f}, "
                 f"{s.steps} steps")
         if s.cost:
