@@ -1,0 +1,42 @@
+"""What sizes cost, from the planner's model: work, peak memory and time, fastest and leanest.
+
+    python benchmarks/plan_sizes.py            # SDXL + LinFusion-XL, 50 steps, on an H100
+
+Prints the Markdown table in README.md ("Sizes, memory and time"). Estimates, not measurements:
+times assume the GPU reaches hires.costs.EFFICIENCY of its peak bf16 throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from hires.costs import rate_for, sdxl_shape
+from hires.plan import PlanError, make_plan
+
+GIB = 1024**3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--gpu", default="h100")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384, 20000])
+    args = ap.parse_args()
+    model, rate = sdxl_shape(), rate_for(args.gpu)
+    print("| size | stages | work (PFLOP) | fastest plan: peak | est. time | smallest GPU budget "
+          "| est. time there |")
+    print("|---|---|---|---|---|---|---|")
+    for size in args.sizes:
+        fastest = make_plan(size, size, model=model, rate=rate)
+        work = sum(s.cost.tflop for s in fastest.stages) / 1000
+        for gib in range(2, 256):  # the smallest whole-GiB budget that fits
+            try:
+                lean = make_plan(size, size, model=model, rate=rate, budget=gib * GIB)
+                break
+            except PlanError:
+                continue
+        print(f"| {size} | {len(fastest.stages)} | {work:.1f} | {fastest.peak_bytes / GIB:.1f} GiB "
+              f"| {fastest.seconds:.0f} s | {gib} GiB | {lean.seconds:.0f} s |")
+
+
+if __name__ == "__main__":
+    main()
