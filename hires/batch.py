@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hires.job import Job, JobError
+from hires.job import FILE_KEYS, TRUSTED_ONLY, Job, JobError, closest_hint, size_from
 from hires.presets import load_preset, read_toml
 
 
@@ -21,6 +21,15 @@ class BatchItem:
     index: int
     job: Job
     output: str | None
+
+
+# Keys a batch file takes besides the job's own: the same as `gen`'s flags.
+BATCH_ONLY_KEYS = ("size", "aspect", "output", "preset")
+
+
+def batch_keys() -> tuple[str, ...]:
+    """Every key a [defaults] table or a job may hold."""
+    return tuple(sorted(FILE_KEYS + BATCH_ONLY_KEYS))
 
 
 def read_batch(path: str | Path, base: Job | None = None) -> list[BatchItem]:
@@ -37,22 +46,69 @@ def read_batch(path: str | Path, base: Job | None = None) -> list[BatchItem]:
             raise JobError(f"{path}: unknown table '{sorted(unknown)[0]}'; "
                            "a batch file has [defaults] and [[job]] entries")
         defaults, entries = data.get("defaults", {}), data.get("job", [])
+        if not isinstance(defaults, dict) or not isinstance(entries, list) or not all(
+                isinstance(e, dict) for e in entries):
+            raise JobError(f"{path}: write [defaults] as a table and each job as [[job]]")
     if not entries:
         raise JobError(f"{path} holds no jobs; add [[job]] entries (TOML) or lines (JSONL)")
+    _check_keys(defaults, f"{path.name} [defaults]")
     base = base or Job()
     items = []
     for i, entry in enumerate(entries):
+        where = f"{path.name} job {i + 1}"
+        _check_keys(entry, where)
         values = {**defaults, **entry}
         output = values.pop("output", None)
-        where = f"{path.name} job {i + 1}"
+        if output is not None and not isinstance(output, str):
+            raise JobError(f"'output' in {where} must be a file name, got {output!r}")
         job = base
         if "preset" in values:
-            job = job.merged(load_preset(str(values.pop("preset"))).values, where=where)
-        job = job.merged(values, where=where).validate()
+            job = job.merged(load_preset(str(values.pop("preset"))).values, where=where,
+                             untrusted=True)
+        job = job.merged(_sizes(defaults, entry, values, where), where=where,
+                         untrusted=True).validate()
         if job.seed is None:
             job = job.merged({"seed": stable_seed(i, values)})
         items.append(BatchItem(i, job, output))
     return items
+
+
+def _check_keys(table: dict[str, Any], where: str) -> None:
+    """An unknown key names its table and the closest valid key, or lists them all."""
+    valid = batch_keys()
+    for key in table:
+        name = str(key).replace("-", "_")
+        if name in TRUSTED_ONLY:
+            raise JobError(f"'{key}' in {where} is refused: only the --allow-pickle flag may "
+                           "allow pickle loading; remove the key")
+        if name not in valid:
+            hint = closest_hint(name, valid)
+            listing = "" if "valid:" in hint else f"; valid keys: {', '.join(valid)}"
+            raise JobError(f"unknown key '{key}' in {where}{hint}{listing}")
+
+
+def _sizes(defaults: dict[str, Any], entry: dict[str, Any], values: dict[str, Any],
+           where: str) -> dict[str, Any]:
+    """`values` with size/aspect turned into width/height; a job's own size beats the defaults'."""
+    out = {k: v for k, v in values.items() if k not in ("size", "aspect")}
+    own = {k for k in entry if k in ("size", "aspect", "width", "height")}
+    # The level that says most about the size wins: the job's own keys, else the defaults'.
+    level = entry if own else defaults
+    try:
+        if "size" in level or "aspect" in level:
+            size = level.get("size", defaults.get("size"))
+            aspect = level.get("aspect", defaults.get("aspect"))
+            if size is None:
+                raise JobError("'aspect' needs 'size' (the long side in pixels)")
+            if isinstance(size, bool) or not isinstance(size, int):
+                raise JobError(f"'size' must be a whole number of pixels, got {size!r}")
+            width_height = size_from(size, None if aspect is None else str(aspect), None, None)
+            if "width" in level or "height" in level:
+                raise JobError("give either size/aspect or width/height, not both")
+            out["width"], out["height"] = width_height
+    except JobError as e:
+        raise JobError(f"{e} (in {where})") from None
+    return out
 
 
 def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
@@ -61,7 +117,7 @@ def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
     except OSError as e:
         raise JobError(f"cannot read {path}: {e.strerror}") from None
     with f:
-        for n, line in enumerate(f, start=1):
+        for n, line in _lines(f, path):
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
             try:
@@ -71,6 +127,15 @@ def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
             if not isinstance(entry, dict):
                 raise JobError(f"{path} line {n}: each line must be a JSON object")
             yield entry
+
+
+def _lines(f, path: Path) -> Iterator[tuple[int, str]]:
+    n = 0
+    try:
+        for n, line in enumerate(f, start=1):  # noqa: B007  (n names the bad line below)
+            yield n, line
+    except UnicodeDecodeError:
+        raise JobError(f"{path} line {n + 1} is not UTF-8 text; save the file as UTF-8") from None
 
 
 def stable_seed(index: int, values: dict[str, Any]) -> int:
@@ -94,21 +159,61 @@ def parse_shard(shard: str | None, env: dict[str, str] | None = None) -> tuple[i
         world = int(env.get("WORLD_SIZE", "1"))
         rank = int(env.get("RANK", env.get("LOCAL_RANK", "0")))
     except ValueError:
-        raise JobError("RANK/WORLD_SIZE in the environment are not numbers") from None
-    return rank, max(world, 1)
+        raise JobError(f"RANK/WORLD_SIZE in the environment must be whole numbers, got "
+                       f"RANK={env.get('RANK')!r} WORLD_SIZE={env.get('WORLD_SIZE')!r}") from None
+    if world < 1 or not 0 <= rank < world:
+        # Running zero jobs and exiting 0 would hide a broken launcher from the user.
+        raise JobError(f"RANK={rank} WORLD_SIZE={world} in the environment: need WORLD_SIZE >= 1 "
+                       "and 0 <= RANK < WORLD_SIZE (or pass --shard I/N)")
+    return rank, world
 
 
 def local_device(env: dict[str, str] | None = None) -> str | None:
     """Under torchrun each process takes the GPU of its LOCAL_RANK."""
     env = os.environ if env is None else env
-    if int(env.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in env:
-        return f"cuda:{int(env['LOCAL_RANK'])}"
+    try:
+        if int(env.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in env:
+            return f"cuda:{int(env['LOCAL_RANK'])}"
+    except ValueError:
+        raise JobError(f"WORLD_SIZE/LOCAL_RANK in the environment must be whole numbers, got "
+                       f"WORLD_SIZE={env.get('WORLD_SIZE')!r} "
+                       f"LOCAL_RANK={env.get('LOCAL_RANK')!r}") from None
     return None
 
 
 def my_share(items: list[BatchItem], rank: int, world: int) -> list[BatchItem]:
     """Every world-th job starting at rank: shards are disjoint and cover every job."""
     return [item for item in items if item.index % world == rank]
+
+
+# Where and how a job runs, not what it makes: a resumed batch on another machine keeps its images.
+PLACEMENT_KEYS = ("device", "offload", "vram")
+
+
+def settings_hash(job: Job | dict[str, Any]) -> str:
+    """A short fingerprint of everything that decides a job's image (recorded with the image)."""
+    values = job.to_dict() if isinstance(job, Job) else dict(job)
+    kept = {k: v for k, v in values.items() if k not in PLACEMENT_KEYS + TRUSTED_ONLY}
+    text = json.dumps(kept, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def recorded_hash(path: Path) -> str | None:
+    """The settings hash an image made by hires records (computed from its job if older)."""
+    from hires.output import OutputError, read_metadata
+
+    try:
+        record = read_metadata(path)["hires"]
+    except OutputError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    result = record.get("result")
+    if isinstance(result, dict) and isinstance(result.get("settings"), str):
+        return result["settings"]
+    if isinstance(record.get("job"), dict):
+        return settings_hash(record["job"])
+    return None
 
 
 @dataclass
@@ -120,6 +225,7 @@ class Outcome:
     path: Path
     error: str | None = None
     record: dict[str, Any] | None = None
+    moved_to: Path | None = None  # the older image of changed settings, kept under this name
 
 
 def run_batch(
@@ -129,30 +235,48 @@ def run_batch(
     manifest: Path | None = None,
     overwrite: bool = False,
     on_outcome: Callable[[Outcome], None] | None = None,
+    check_settings: bool = True,
 ) -> list[Outcome]:
-    """Run each job unless its output exists; one failure does not stop the others.
+    """Run each job unless its output exists with the same settings; failures do not stop others.
 
-    `make(item, path)` generates and saves one image and returns its record.
+    `make(item, path)` generates and saves one image and returns its record. An existing image
+    made with other settings (an edited job) is kept under a new name and the job is re-run.
     """
-    from hires.output import append_manifest
+    from hires.output import append_manifest, claim_rename
 
     outcomes = []
     for item in items:
         path = resolve_path(item)
-        if path.exists() and not overwrite:
-            outcome = Outcome(item, "skipped", path)
-        else:
+        settings = settings_hash(item.job)
+        moved, outcome = None, None
+        if os.path.lexists(path) and not overwrite:
+            old = recorded_hash(path) if check_settings else settings
+            if old == settings:
+                outcome = Outcome(item, "skipped", path)
+            elif old is None:
+                outcome = Outcome(item, "failed", path, error=(
+                    f"{path} exists but holds no hires settings record, so it may not be this "
+                    "job's image; move it away or pass --overwrite"))
+            else:
+                moved = path.with_name(f"{path.stem}.{old[:8]}{path.suffix}")
+                try:
+                    claim_rename(path, moved)
+                except OSError as e:
+                    outcome = Outcome(item, "failed", path, error=(
+                        f"{path} was made with other settings and cannot be moved aside to "
+                        f"{moved.name} ({e.strerror}); pass --overwrite to replace it"))
+        if outcome is None:
             try:
-                outcome = Outcome(item, "done", path, record=make(item, path))
+                outcome = Outcome(item, "done", path, record=make(item, path), moved_to=moved)
             except KeyboardInterrupt:
                 raise
             except Exception as e:  # a failed job is reported; the batch goes on
                 outcome = Outcome(item, "failed", path, error=str(e).splitlines()[0][:500]
-                                  if str(e) else type(e).__name__)
+                                  if str(e) else type(e).__name__, moved_to=moved)
         if manifest is not None:
             append_manifest(manifest, {"index": item.index, "status": outcome.status,
                                        "path": str(path), "error": outcome.error,
-                                       **(outcome.record or {})})
+                                       "settings": settings, **(outcome.record or {})})
         if on_outcome:
             on_outcome(outcome)
         outcomes.append(outcome)

@@ -1,7 +1,9 @@
 """The `hires` command line: parses options, calls the library, prints results.
 
 stdout carries only results (one path, or one JSON object, per image); everything else goes to
-stderr. Exit codes: 0 success, 1 runtime failure, 2 usage error, 130 interrupted.
+stderr. Exit codes: 0 success, 1 runtime failure, 2 usage error, 130 interrupted (Ctrl-C),
+143 terminated (SIGTERM). A reader that closes stdout early (`| head -1`) is normal: hires stops
+printing and exits quietly.
 """
 
 from __future__ import annotations
@@ -34,7 +36,26 @@ presets_app = typer.Typer(help="List and show presets.", invoke_without_command=
 app.add_typer(presets_app, name="presets")
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so every cleanup (temp files) runs on the way out."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
+def out_line(text: str) -> None:
+    """One line of results on stdout; a reader that went away (`| head -1`) is not an error."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # Point stdout at /dev/null so neither later prints nor the flush at exit complain.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 class Quiet:
@@ -64,6 +85,9 @@ def exit_codes() -> Iterator[None]:
         yield
     except typer.Exit:
         raise
+    except Terminated:
+        err.print("terminated", markup=False)
+        raise typer.Exit(EXIT_TERMINATED) from None
     except KeyboardInterrupt:
         err.print("interrupted", markup=False)
         raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -139,21 +163,31 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
 
     job = Job()
     if preset:
-        job = job.merged(load_preset(preset).values, where=f"preset '{preset}'")
+        job = job.merged(load_preset(preset).values, where=f"preset '{preset}'", untrusted=True)
     if from_image is not None:
         try:
             recorded = job_values_from_image(from_image)
         except OutputError as e:  # a missing or unreadable input is the user's to fix
             raise JobError(str(e)) from None
-        job = job.merged(recorded, where=f"metadata of {from_image}")
+        if recorded.get("allow_pickle") in (False, None):
+            recorded.pop("allow_pickle", None)  # hires 0.1 recorded the (harmless) default
+        job = job.merged(recorded, where=f"metadata of {from_image}", untrusted=True)
+        if "model" in recorded and "model" not in flags:
+            # The record names a model, maybe a local file: say which, never load it unseen.
+            say(f"--from {from_image}: model {job.model} (as recorded; --model picks another)")
     return job.merged(flags, where="options").validate()
 
 
 def read_prompts(prompt: str) -> list[str]:
-    """'-' reads one prompt per line from stdin; blank lines are skipped."""
+    """'-' reads one prompt per line from stdin; blank lines and `#` comment lines are skipped."""
     if prompt != "-":
         return [prompt]
-    prompts = [line.strip() for line in sys.stdin if line.strip()]
+    try:
+        lines = sys.stdin.read().splitlines()
+    except UnicodeDecodeError:
+        raise typer.BadParameter("the prompts on stdin are not UTF-8 text") from None
+    prompts = [line.strip() for line in lines if line.strip() and
+               not line.lstrip().startswith("#")]
     if not prompts:
         raise typer.BadParameter("prompt '-' read no prompts from stdin (one per line)")
     return prompts
@@ -186,34 +220,55 @@ def record_for(result, path: Path) -> dict[str, Any]:
                     "estimated_peak": s.estimated_peak, "retried_with": s.retried_with}
                    for s in result.stages],
         "warnings": result.warnings,
+        "settings": settings_hash(result.job),
     }
 
 
-def save_result(result, path: Path, fmt: str, overwrite: bool, save_stages: bool) -> dict:
+def settings_hash(job) -> str:
+    from hires.batch import settings_hash as hash_of
+
+    return hash_of(job)
+
+
+def stage_paths(path: Path, stages: int) -> list[Path]:
+    """Where --save-stages puts every stage but the last (which is the image itself)."""
+    return [path.with_name(f"{path.stem}.stage{i}{path.suffix}") for i in range(stages - 1)]
+
+
+def warn(message: str) -> None:
+    """A warning on stderr (shown with -q too: it is about the result)."""
+    err.print(f"warning: {message}", markup=False)
+
+
+def save_result(result, path: Path, fmt: str, overwrite: bool, save_stages: bool,
+                settings: str | None = None) -> dict:
     """Write the image (and stage images) with metadata; return the record."""
     from hires import output
 
     record = record_for(result, path)
+    if settings:
+        record["settings"] = settings
     metadata = {"hires": __version__, "job": result.job.to_dict(), "result": record}
-    if save_stages:  # every stage but the last, which is the image itself
-        for i, stage_image in enumerate(result.stage_images[:-1]):
-            stage_path = path.with_name(f"{path.stem}.stage{i}{path.suffix}")
+    if save_stages:
+        for stage_image, stage_path in zip(result.stage_images[:-1],
+                                           stage_paths(path, len(result.stage_images))):
             output.save_image(stage_image, stage_path, fmt=fmt, metadata=metadata,
                               overwrite=overwrite)
-    output.save_image(result.image, path, fmt=fmt, metadata=metadata, overwrite=overwrite)
+    output.save_image(result.image, path, fmt=fmt, metadata=metadata, overwrite=overwrite,
+                      warn=warn)
     return record
 
 
 def emit(record: dict[str, Any], as_json: bool) -> None:
     """A result on stdout: its path, or its JSON object."""
-    print(json.dumps(record) if as_json else record["path"], flush=True)
+    out_line(json.dumps(record) if as_json else record["path"])
 
 
 def check_writable(path: Path, overwrite: bool) -> None:
     """Fail before any GPU time is spent when the output cannot be written."""
     from hires.output import OutputExists, OutputUnwritable
 
-    if path.exists() and not overwrite:
+    if os.path.lexists(path) and not overwrite:  # a dangling symlink counts: it is a name
         raise OutputExists(f"{path} already exists; pass --overwrite or choose another -o")
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
@@ -264,7 +319,41 @@ def gen(
         prompts = read_prompts(prompt) if prompt == "-" else [job.prompt]
         if not prompts[0] and from_image is None:
             raise typer.BadParameter("give a prompt (or '-' to read prompts from stdin)")
-        run_prompts(job, prompts, output, save_stages, as_json, quiet, overwrite, gpu)
+        run_prompts(job, prompts, output, save_stages, as_json, quiet, overwrite, gpu,
+                    fmt_flag=fmt)
+
+
+def format_of(path: Path, default: str, flag: str | None) -> str:
+    """The file's format: its extension's, which must agree with an explicit --format."""
+    from hires.job import JobError
+    from hires.output import SUFFIX_FORMATS
+
+    named = SUFFIX_FORMATS.get(path.suffix.lower())
+    if named is None:
+        return flag or default
+    if flag and flag != named:
+        raise JobError(f"-o {path.name} names a {named.upper()} file but --format is {flag}; "
+                       "make them agree (or drop one)")
+    return named
+
+
+def check_loaded(job, components) -> None:
+    """Checks that need the loaded model: steps within its schedule; CPU-only slow settings."""
+    from hires.job import JobError
+
+    config = components.pipe.scheduler.config
+    train = config.get("num_train_timesteps", 1000)
+    most = train - config.get("steps_offset", 0)  # the offset shifts the last step past the end
+    if job.steps > most:
+        raise JobError(f"steps must be at most {most} for this model (its schedule has {train} "
+                       f"timesteps), got {job.steps}")
+    if components.device.type != "cpu":
+        return
+    say("running on the CPU: expect minutes per megapixel (a GPU takes seconds)")
+    if job.dtype in ("fp16", "bf16"):
+        warn(f"--dtype {job.dtype} on the CPU is about 4x slower than fp32; drop --dtype there")
+    if job.offload in ("model", "sequential"):
+        warn(f"--offload {job.offload} does nothing on the CPU (the weights are in RAM already)")
 
 
 def check_device(device: str) -> None:
@@ -280,14 +369,14 @@ def check_device(device: str) -> None:
 
 
 def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, as_json: bool,
-                quiet: bool, overwrite: bool, gpu: str | None = None) -> None:
+                quiet: bool, overwrite: bool, gpu: str | None = None,
+                fmt_flag: str | None = None) -> None:
     """Plan and check every output first, load the model once, then make each image."""
     import secrets
 
     from hires import output as out
     from hires.job import JobError
 
-    fmt_given = job.format
     many = len(prompts) > 1
     if many and output and "{" not in output and not Path(output).is_dir() \
             and not output.endswith("/"):
@@ -295,11 +384,11 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
     runs = []
     for i, text in enumerate(prompts):
         one = job.merged({"prompt": text, "seed": job.seed if job.seed is not None
-                          else secrets.randbelow(2**32)})
-        fmt = out.format_for(Path(output), None) if output and "{" not in output and \
-            Path(output).suffix and fmt_given == "png" else fmt_given
+                          else secrets.randbelow(2**32)}).validate()  # stdin's text too
         path = out.output_path(output, width=one.width, height=one.height, seed=one.seed,
-                               fmt=fmt, index=i, prompt=text)
+                               fmt=job.format, index=i, prompt=text)
+        fmt = format_of(path, job.format, fmt_flag)
+        one = one.merged({"format": fmt})
         if many and (output is None or "{" not in output):
             path = path.with_name(f"{path.stem}_{i:03d}{path.suffix}")
         if any(path == other for _, other, _ in runs):
@@ -309,6 +398,10 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
                            "use --format png, tiff or jpg")
         check_writable(path, overwrite)
         runs.append((one, path, fmt))
+    for folder in {path.parent for _, path, _ in runs}:
+        if folder.is_dir():  # temp files of a gen that was killed while saving here
+            for part in out.remove_stale_parts(folder):
+                say(f"removed {part.name}, left by a run that died while saving")
     from hires.pipeline import generate, load, plan_for
     from hires.plan import describe
 
@@ -317,10 +410,12 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
                       first.allow_pickle, first.offload)
     for warning in components.warnings:
         err.print(f"warning: {warning}", markup=False)
-    if components.device.type == "cpu":
-        say("running on the CPU: expect minutes per megapixel (a GPU takes seconds)")
+    check_loaded(first, components)
     for one, path, fmt in runs:
         plan = fitted_plan(lambda j=one: plan_for(j, components, gpu=gpu), one)
+        if save_stages:  # before the first step, not after the compute is spent
+            for stage_path in stage_paths(path, len(plan.stages)):
+                check_writable(stage_path, overwrite)
         say(f"{path}: seed {one.seed}, {len(plan.stages)} stage(s), {plan.width}x{plan.height}")
         for line in describe(plan):
             say(f"  {line}")
@@ -389,7 +484,7 @@ def show_plan(job, gpu: str | None, as_json: bool) -> None:
         raise typer.BadParameter(str(e)) from None
     p = fitted_plan(lambda: plan_without_weights(job, rate), job)
     if as_json:
-        print(json.dumps({
+        out_line(json.dumps({
             "width": p.width, "height": p.height, "gpu": gpu, "tflops": rate / 1e12,
             "budget_bytes": p.budget,
             "stages": [{"index": s.index, "width": s.width, "height": s.height,
@@ -398,7 +493,7 @@ def show_plan(job, gpu: str | None, as_json: bool) -> None:
                         "peak_bytes": s.cost.peak_bytes, "tflop": round(s.cost.tflop, 3),
                         "scratch_bytes": s.cost.scratch_bytes, "vae_tile": s.cost.vae_tile,
                         "seconds": round(s.cost.seconds, 3)} for s in p.stages],
-            "peak_bytes": p.peak_bytes, "seconds": round(p.seconds, 3)}), flush=True)
+            "peak_bytes": p.peak_bytes, "seconds": round(p.seconds, 3)}))
         return
     where = f"{gpu} ({rate / 1e12:.0f} TFLOP/s achieved" + (
         ", assumed)" if gpu.lower() in GPU_PEAK else ")")
@@ -407,7 +502,7 @@ def show_plan(job, gpu: str | None, as_json: bool) -> None:
     lines += describe(p)
     lines.append(f"total: peak {p.peak_bytes / 1024**3:.1f} GiB, "
                  f"{sum(s.cost.tflop for s in p.stages) / 1000:.1f} PFLOP, ~{p.seconds:.0f} s")
-    print("\n".join(lines), flush=True)
+    out_line("\n".join(lines))
 
 
 def local_gpu() -> str | None:
@@ -423,15 +518,23 @@ def local_gpu() -> str | None:
 
 
 @presets_app.callback()
-def presets_list(ctx: typer.Context) -> None:
+def presets_default(ctx: typer.Context) -> None:
     """List the presets (shipped and your own)."""
-    if ctx.invoked_subcommand is not None:
-        return
+    if ctx.invoked_subcommand is None:
+        presets_list()
+
+
+@presets_app.command("list")
+def presets_list() -> None:
+    """List the presets (shipped and your own)."""
     with exit_codes():
         from hires.presets import available, user_folder
 
-        for name, p in sorted(available().items()):
-            print(f"{name:12s} {p.description}")
+        broken: list[str] = []
+        found = available(broken)
+        out_line("\n".join(f"{name:12s} {p.description}" for name, p in sorted(found.items())))
+        for problem in broken:  # one bad file of the user's does not hide the others
+            warn(f"skipped a broken preset: {problem}")
         say(f"(your own presets go in {user_folder()})")
 
 
@@ -441,7 +544,7 @@ def presets_show(name: Annotated[str, typer.Argument(help="Preset name or path."
     with exit_codes():
         from hires.presets import load_preset
 
-        print(Path(load_preset(name).path).read_text(encoding="utf-8"), end="")
+        out_line(Path(load_preset(name).path).read_text(encoding="utf-8").rstrip("\n"))
 
 
 @app.command()
@@ -454,34 +557,63 @@ def batch(
     shard: Annotated[str | None, typer.Option(
         help="I/N: run every N-th job from I (else RANK/WORLD_SIZE from torchrun).")] = None,
     preset: Preset = None, model: Model = None, device: Device = None,
+    allow_pickle: AllowPickle = False,
     as_json: JsonOut = False, quiet: QuietOpt = False, overwrite: Overwrite = False,
 ) -> None:
-    """Run many jobs from a file; models load once; finished images are skipped on a re-run."""
+    """Run many jobs from a file; models load once; finished images are skipped on a re-run.
+
+    A job whose settings changed since its image was made is re-run; the old image is kept
+    under a new name (NAME.<old settings>.png).
+    """
     Quiet.on = quiet
     with exit_codes():
         from hires import batch as b
         from hires import output as out
-        from hires.job import Job
+        from hires.job import Job, JobError
         from hires.presets import load_preset
 
         base = Job()
         if preset:
-            base = base.merged(load_preset(preset).values, where=f"preset '{preset}'")
-        overrides = {k: v for k, v in {"model": model, "device": device or b.local_device()
-                                       }.items() if v}
-        items = [b.BatchItem(i.index, i.job.merged(overrides), i.output)
-                 for i in b.read_batch(file, base)]
+            base = base.merged(load_preset(preset).values, where=f"preset '{preset}'",
+                               untrusted=True)
+        overrides = {k: v for k, v in {"model": model, "device": device or b.local_device(),
+                                       "allow_pickle": allow_pickle}.items() if v}
+        items = [b.BatchItem(i.index, i.job.merged(overrides, where="options").validate(),
+                             i.output) for i in b.read_batch(file, base)]
         rank, world = b.parse_shard(shard)
+        if output.exists() and not output.is_dir():
+            raise JobError(f"batch -o {output} is a file; -o names the folder for the images")
         mine = b.my_share(items, rank, world)
         say(f"batch {file}: {len(items)} job(s), shard {rank}/{world} runs {len(mine)}")
         loaded: dict[tuple, Any] = {}
 
-        def resolve(item: b.BatchItem) -> Path:
+        # Every output is named and checked before any work: names must not collide (one
+        # image would be lost), and a format must be able to hold its image.
+        paths: dict[int, Path] = {}
+        owner: dict[str, int] = {}
+        for n, item in enumerate(items):
             j = item.job
             name = item.output or f"job{item.index:04d}_{j.width}x{j.height}_s{j.seed}"
-            return out.output_path(output / name if not Path(name).is_absolute() else name,
+            path = out.output_path(output / name if not Path(name).is_absolute() else name,
                                    width=j.width, height=j.height, seed=j.seed, fmt=j.format,
                                    index=item.index, prompt=j.prompt)
+            fmt = format_of(path, j.format, None if j.format == "png" else j.format)
+            if fmt == "webp" and max(j.width, j.height) > out.WEBP_MAX_SIDE:
+                raise JobError(f"{file.name} job {item.index + 1}: WebP images are at most "
+                               f"{out.WEBP_MAX_SIDE} px a side; use format png, tiff or jpg")
+            key = os.path.normcase(os.path.abspath(path))
+            if key in owner:
+                raise JobError(f"{file.name} jobs {owner[key] + 1} and {item.index + 1} both "
+                               f"write {path}; give them different 'output' names (or add "
+                               "{index} or {seed})")
+            owner[key] = item.index
+            paths[item.index] = path
+            if fmt != j.format:  # the file's extension decides, as with gen
+                items[n] = b.BatchItem(item.index, j.merged({"format": fmt}), item.output)
+        mine = b.my_share(items, rank, world)
+
+        def resolve(item: b.BatchItem) -> Path:
+            return paths[item.index]
 
         def make(item: b.BatchItem, path: Path) -> dict:
             from hires.pipeline import generate, load
@@ -494,21 +626,32 @@ def batch(
             say(f"job {item.index}: {j.width}x{j.height} seed {j.seed} -> {path}")
             with progress_renderer(quiet) as progress:
                 result = generate(j, components=loaded[key], progress=progress)
-            return save_result(result, path, j.format, overwrite, False)
+            return save_result(result, path, j.format, overwrite, False,
+                               settings=b.settings_hash(j))
 
         def report(o: b.Outcome) -> None:
             if o.status == "failed":
                 err.print(f"job {o.item.index} failed: {o.error}", markup=False)
             elif o.status == "skipped":
-                say(f"job {o.item.index}: {o.path} exists, skipped")
+                say(f"job {o.item.index}: {o.path} exists with the same settings, skipped")
+            if o.moved_to:
+                say(f"job {o.item.index}: settings changed since {o.path.name} was made; the "
+                    f"old image is kept as {o.moved_to.name}")
             if o.record:
                 emit(o.record, as_json)
 
-        output.mkdir(parents=True, exist_ok=True)
-        for part in out.remove_stale_parts(output):
-            say(f"removed {part.name}, left by a run that died while saving")
-        outcomes = b.run_batch(mine, resolve, make, manifest or output / "manifest.jsonl",
-                               overwrite, report)
+        manifest = manifest or output / "manifest.jsonl"
+        for folder in (output, manifest.parent):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise JobError(f"cannot create folder {folder}: {e.strerror}") from None
+        if manifest.is_dir():
+            raise JobError(f"--manifest {manifest} is a folder; name a .jsonl file")
+        for folder in {output, *(p.parent for p in paths.values() if p.parent.is_dir())}:
+            for part in out.remove_stale_parts(folder):
+                say(f"removed {part.name}, left by a run that died while saving")
+        outcomes = b.run_batch(mine, resolve, make, manifest, overwrite, report)
         counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
         err.print(f"batch: {counts['done']} done, {counts['skipped']} skipped, "
                   f"{counts['failed']} failed", markup=False)
@@ -546,7 +689,7 @@ def info() -> None:
                            ("Yuanshi/LinFusion-XL", "config.json")):
             cached = isinstance(try_to_load_from_cache(repo, file), str)
             lines.append(f"{repo} {'cached' if cached else 'not cached (downloads on first use)'}")
-        print("\n".join(lines))
+        out_line("\n".join(lines))
 
 
 def version_callback(value: bool) -> None:
@@ -565,4 +708,13 @@ def root(
 
 
 def main() -> None:
-    app()
+    """The `hires` entry point: SIGTERM cleans up like Ctrl-C; a closed stdout is no error."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        app()
+    except BrokenPipeError:  # stdout closed outside our own prints (e.g. --help | head -1)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(0)

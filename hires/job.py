@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -14,6 +15,14 @@ FORMATS = ("png", "jpg", "webp", "tiff")
 UPSAMPLE_MODES = ("pixel", "latent")
 OFFLOAD_MODES = ("auto", "none", "model", "sequential")
 VAE_STATS_MODES = ("fast", "exact")
+DTYPES = ("auto", "fp16", "bf16", "fp32")
+# The schedulers hires uses are trained on 1000 timesteps: more steps than that only repeat
+# timesteps, and a tampered `steps = 1e9` must fail before anything is allocated.
+MAX_STEPS = 1000
+# Keys that only the command line may set: a preset, a batch file or an image's metadata that
+# turned on pickle loading would run code from a file the user never vetted.
+TRUSTED_ONLY = ("allow_pickle",)
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 class JobError(ValueError):
@@ -54,16 +63,33 @@ class Job:
         """Raise JobError on the first bad setting; return self for chaining."""
         for name in ("width", "height"):
             check_side(name, getattr(self, name))
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise JobError(f"steps must be a whole number >= 1, got {self.steps!r}")
+        if not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
+            raise JobError(f"steps must be a whole number from 1 to {MAX_STEPS}, "
+                           f"got {self.steps!r}")
+        for name in ("guidance", "strength", "sigma", "cosine_scale_1", "cosine_scale_2",
+                     "cosine_scale_3", "vram"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise JobError(f"{name} must be a finite number, got {value}")
         if not 0.0 <= self.strength <= 1.0:
             raise JobError(f"strength must be between 0 and 1, got {self.strength}")
         if self.guidance < 0:
             raise JobError(f"guidance must be >= 0, got {self.guidance}")
         if self.sigma <= 0:
             raise JobError(f"sigma must be > 0, got {self.sigma}")
+        if self.vram is not None and self.vram <= 0:
+            raise JobError(f"vram must be a positive number of GB, got {self.vram}")
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise JobError(f"seed must be between 0 and 2**63-1, got {self.seed}")
+        for name in ("prompt", "negative"):
+            try:
+                getattr(self, name).encode("utf-8")
+            except UnicodeEncodeError:  # undecodable bytes from argv arrive as surrogates
+                raise JobError(f"the {name} is not valid UTF-8 text; check its encoding"
+                               ) from None
+        _check_choice("dtype", self.dtype, DTYPES)
+        if not _DEVICE.match(self.device):
+            raise JobError(f"device must be auto, cpu, mps, cuda or cuda:N; got '{self.device}'")
         _check_choice("upsample", self.upsample, UPSAMPLE_MODES)
         _check_choice("format", self.format, FORMATS)
         _check_choice("offload", self.offload, OFFLOAD_MODES)
@@ -73,28 +99,42 @@ class Job:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        """The job as plain JSON-ready values (what metadata and manifests record)."""
+        """The job as plain JSON-ready values (what metadata and manifests record).
+
+        Trusted-only keys are left out: a recorded job must not switch them on when re-run.
+        """
         out = dataclasses.asdict(self)
         out.pop("extra")
+        for key in TRUSTED_ONLY:
+            out.pop(key)
         return out
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, where: str = "job") -> Job:
-        """Build a Job from keys as written in presets, batch files and metadata."""
-        return cls().merged(values, where=where)
+        """Build a Job from keys as written in presets, batch files and metadata (untrusted)."""
+        return cls().merged(values, where=where, untrusted=True)
 
-    def merged(self, values: dict[str, Any], *, where: str = "job") -> Job:
-        """A copy with `values` applied on top; unknown keys are an error naming the closest."""
+    def merged(self, values: dict[str, Any], *, where: str = "job", untrusted: bool = False
+               ) -> Job:
+        """A copy with `values` applied on top; unknown keys are an error naming the closest.
+
+        `untrusted` values (from files) may not set TRUSTED_ONLY keys such as allow_pickle.
+        """
+        valid = FILE_KEYS if untrusted else JOB_KEYS
         updates = {}
         for key, value in values.items():
-            name = key.replace("-", "_")
-            if name not in JOB_KEYS:
-                raise JobError(f"unknown key '{key}' in {where}{closest_hint(name, JOB_KEYS)}")
+            name = key.replace("-", "_") if isinstance(key, str) else str(key)
+            if untrusted and name in TRUSTED_ONLY:
+                raise JobError(f"'{key}' in {where} is refused: only the --allow-pickle flag "
+                               "may allow pickle loading; remove the key")
+            if name not in valid:
+                raise JobError(f"unknown key '{key}' in {where}{closest_hint(name, valid)}")
             updates[name] = _coerce(name, value, where)
         return dataclasses.replace(self, **updates)
 
 
 JOB_KEYS = tuple(f.name for f in fields(Job) if f.name != "extra")
+FILE_KEYS = tuple(k for k in JOB_KEYS if k not in TRUSTED_ONLY)
 _TYPES = {f.name: f.type for f in fields(Job)}
 
 
@@ -116,13 +156,14 @@ def _coerce(name: str, value: Any, where: str) -> Any:
     try:
         if value is None:
             return None
-        if kind == "int" or name in ("width", "height", "steps"):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if kind == "int | None":
+        if kind in ("int", "int | None") or name in ("width", "height", "steps"):
+            if isinstance(value, bool) or isinstance(value, float) and not (
+                    math.isfinite(value) and value.is_integer()):
+                raise ValueError  # seed = 1.7 or true is a typo, not a seed
             return int(value)
         if kind in ("float", "float | None"):
+            if isinstance(value, bool):
+                raise ValueError
             return float(value)
         if kind == "bool":
             if isinstance(value, str):
@@ -152,7 +193,7 @@ def parse_aspect(aspect: str) -> float:
             w, h = (float(p) for p in aspect.split(":", 1))
         else:
             w, h = float(aspect), 1.0
-        if w <= 0 or h <= 0 or not math.isfinite(w / h):
+        if not (math.isfinite(w) and math.isfinite(h)) or w <= 0 or h <= 0:
             raise ValueError
     except ValueError:
         raise JobError(f"aspect must look like 16:9 or 1.5, got '{aspect}'") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -10,6 +11,7 @@ import struct
 import tempfile
 import zlib
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -36,12 +38,22 @@ class OutputError(Exception):
     usage = False  # True when the user's request is at fault (exit 2), not the machine
 
 
-class OutputExists(OutputError):
+class OutputUsage(OutputError):
+    """The output the user asked for is impossible as written (bad template, name too long)."""
+
     usage = True
 
 
-class OutputUnwritable(OutputError):
-    usage = True
+class OutputExists(OutputUsage):
+    pass
+
+
+class OutputUnwritable(OutputUsage):
+    pass
+
+
+NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
+JPEG_EXIF_MAX = 65533  # one APP1 segment; longer EXIF cannot be stored in a JPEG
 
 
 def format_for(path: Path, fmt: str | None) -> str:
@@ -70,11 +82,15 @@ def output_path(
             text = text.format_map(fields)
         except (KeyError, ValueError) as e:
             valid = ", ".join("{" + k + "}" for k in fields)
-            raise OutputError(f"bad output template '{output}' ({e}); fields: {valid}") from None
+            raise OutputUsage(f"bad output template '{output}' ({e}); fields: {valid}") from None
     path = Path(text).expanduser()
+    for part in path.parts:  # checked first: stat() of a too-long name fails with OSError
+        if len(os.fsencode(part)) > NAME_MAX - len(".tiff"):
+            raise OutputUsage(f"output name '{part[:40]}...' is {len(os.fsencode(part))} bytes; "
+                              f"file names hold at most {NAME_MAX}; choose a shorter -o")
     if path.is_dir() or text.endswith(("/", os.sep)):
-        return path / default_name(width, height, seed, fmt)
-    if not path.suffix:
+        path = path / default_name(width, height, seed, fmt)
+    elif not path.suffix:
         path = path.with_suffix(EXTENSIONS[fmt])
     return path
 
@@ -110,15 +126,17 @@ def save_image(
     metadata: dict[str, Any] | None = None,
     overwrite: bool = False,
     quality: int = 95,
+    warn: Callable[[str], None] | None = None,
 ) -> Path:
-    """Write `image` via a temp file renamed into place: a crash never leaves half a file.
+    """Write `image` via a temp file moved into place: a crash never leaves half a file.
 
-    `metadata` is the JSON-ready record of the run (with a 'job' key); it is embedded as A1111
-    parameters plus the full JSON.
+    Without `overwrite` the name is claimed atomically at the end, so of two processes saving
+    to one path exactly one wins and the other gets OutputExists. `metadata` is the JSON-ready
+    record of the run (with a 'job' key), embedded as A1111 parameters plus the full JSON.
     """
     path = Path(path)
     fmt = format_for(path, fmt)
-    if path.exists() and not overwrite:
+    if os.path.lexists(path) and not overwrite:  # a dangling symlink is still someone's name
         raise OutputExists(f"{path} already exists; pass --overwrite or choose another -o")
     if fmt == "webp" and max(image.size) > WEBP_MAX_SIDE:
         raise OutputError(f"WebP images are at most {WEBP_MAX_SIDE} px a side and this one is "
@@ -129,9 +147,11 @@ def save_image(
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise OutputUnwritable(f"cannot create output folder {folder}: {e.strerror}") from None
-    kwargs = _encoder_args(image, fmt, metadata, quality)
+    kwargs = _encoder_args(image, fmt, metadata, quality, warn)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".part",
+        # The name is cut so the temp name stays within NAME_MAX; remove_stale_parts reads
+        # the pid back from it.
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:120]}.{os.getpid()}.", suffix=".part",
                                    dir=folder)
     except OSError as e:
         raise OutputUnwritable(f"cannot write to {folder}: {e.strerror}; choose another -o"
@@ -143,12 +163,39 @@ def save_image(
             else:
                 image.save(f, format=_PIL_FORMATS[fmt], **kwargs)
         os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            claim_rename(tmp, path)
+    except FileExistsError:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputExists(f"{path} was written by another process while this one was saving; "
+                           "pass --overwrite or choose another -o") from None
     except BaseException:
         # Interrupts included: whatever happens, no partial file is left behind.
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def claim_rename(src: str | Path, dst: str | Path) -> None:
+    """Move `src` to `dst` unless `dst` exists (FileExistsError): never replaces a file.
+
+    A hard link is the atomic "create unless exists" for a finished file; where the file system
+    has no hard links, the name is first claimed with an exclusive create, then replaced.
+    """
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK,
+                           errno.ENOSYS, errno.EACCES):
+            raise
+        os.close(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.replace(src, dst)
+        return
+    os.unlink(src)
 
 
 _PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP", "tiff": "TIFF"}
@@ -160,7 +207,10 @@ def _umask() -> int:
     return mask
 
 
-def _encoder_args(image: Image.Image, fmt: str, metadata: dict | None, quality: int) -> dict:
+def _encoder_args(image: Image.Image, fmt: str, metadata: dict | None, quality: int,
+                  warn: Callable[[str], None] | None = None) -> dict:
+    if fmt == "jpg" and metadata is not None:
+        metadata = _fit_jpeg_metadata(metadata, image.width, image.height, warn)
     params = blob = None
     if metadata is not None:
         params = parameters_text(metadata.get("job", {}), image.width, image.height)
@@ -185,6 +235,37 @@ def _encoder_args(image: Image.Image, fmt: str, metadata: dict | None, quality: 
         exif[IMAGE_DESCRIPTION] = blob
         args["exif"] = exif.tobytes()
     return args
+
+
+def _jpeg_exif(metadata: dict, width: int, height: int) -> bytes:
+    params = parameters_text(metadata.get("job", {}), width, height)
+    exif = Image.Exif()
+    exif.get_ifd(EXIF_IFD)[USER_COMMENT] = b"UNICODE\0" + params.encode("utf-16-be")
+    exif[IMAGE_DESCRIPTION] = json.dumps(metadata, ensure_ascii=True, sort_keys=True)
+    return exif.tobytes()
+
+
+def _fit_jpeg_metadata(metadata: dict, width: int, height: int,
+                       warn: Callable[[str], None] | None) -> dict:
+    """`metadata` with its prompts cut until the EXIF fits a JPEG segment (the image is kept)."""
+    if len(_jpeg_exif(metadata, width, height)) <= JPEG_EXIF_MAX:
+        return metadata
+    limit = 8000
+    while True:
+        cut = json.loads(json.dumps(metadata))
+        for part in (cut.get("job"), cut.get("result")):
+            for key in ("prompt", "negative"):
+                if isinstance(part, dict) and isinstance(part.get(key), str) \
+                        and len(part[key]) > limit:
+                    part[key] = part[key][:limit] + " [truncated]"
+        cut["truncated"] = True
+        if len(_jpeg_exif(cut, width, height)) <= JPEG_EXIF_MAX or limit < 100:
+            break
+        limit //= 2
+    if warn:
+        warn(f"the prompt is too long for JPEG metadata (64 KB): its first {limit} characters "
+             "are recorded; use PNG or TIFF to keep it whole")
+    return cut
 
 
 # Fast PNG: Pillow's encoder is one thread and tries all five PNG filters on every row; a 16K
@@ -345,10 +426,14 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 def job_values_from_image(path: str | Path) -> dict[str, Any]:
     """The recorded job of an image made by hires (or, failing that, its A1111 parameters)."""
     meta = read_metadata(path)
-    if meta["hires"] and isinstance(meta["hires"].get("job"), dict):
+    if isinstance(meta["hires"], dict) and isinstance(meta["hires"].get("job"), dict):
         return dict(meta["hires"]["job"])
-    if meta["parameters"]:
-        return parse_parameters(meta["parameters"])
+    if isinstance(meta["parameters"], str) and meta["parameters"].strip():
+        try:
+            return parse_parameters(meta["parameters"])
+        except (ValueError, TypeError) as e:
+            raise OutputError(f"{path}: its generation parameters are malformed ({e}); "
+                              "give the settings as options instead of --from") from None
     raise OutputError(f"{path} carries no hires or A1111 generation metadata to re-run")
 
 

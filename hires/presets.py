@@ -44,12 +44,15 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise JobError(f"cannot read {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise JobError(f"{path} is not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise JobError(f"{path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
 
 
 def _parse(name: str, path: str, data: dict[str, Any]) -> Preset:
     values = dict(data)
     description = str(values.pop("description", ""))
-    Job.from_dict(values, where=f"preset '{name}' ({path})")  # unknown keys fail here
+    # Unknown keys and out-of-range numbers (nan, inf) fail here, whoever uses the preset.
+    Job.from_dict(values, where=f"preset '{name}' ({path})").validate()
     return Preset(name, description, values, path)
 
 
@@ -66,13 +69,22 @@ def shipped() -> dict[str, Preset]:
     return {p.stem: _parse(p.stem, str(p), read_toml(p)) for p in paths}
 
 
-def available() -> dict[str, Preset]:
-    """Shipped presets, then the user's (a user preset of the same name wins)."""
+def available(broken: list[str] | None = None) -> dict[str, Preset]:
+    """Shipped presets, then the user's (a user preset of the same name wins).
+
+    With a `broken` list, a user preset that does not parse is left out and its error appended
+    there, so one bad file does not hide the rest; without it, the error is raised.
+    """
     found = shipped()
     folder = user_folder()
     if folder.is_dir():
         for path in sorted(folder.glob("*.toml")):
-            found[path.stem] = _parse(path.stem, str(path), read_toml(path))
+            try:
+                found[path.stem] = _parse(path.stem, str(path), read_toml(path))
+            except JobError as e:
+                if broken is None:
+                    raise
+                broken.append(str(e))
     return found
 
 
@@ -83,7 +95,10 @@ def load_preset(ref: str) -> Preset:
         if not path.is_file():
             raise JobError(f"preset file not found: {ref}")
         return _parse(path.stem, str(path), read_toml(path))
-    presets = available()
+    own = user_folder() / f"{ref}.toml"
+    if own.is_file():  # the user's own wins; its errors are reported, others' are not
+        return _parse(ref, str(own), read_toml(own))
+    presets = available(broken=[])
     if ref not in presets:
         raise JobError(f"unknown preset '{ref}'{closest_hint(ref, sorted(presets))}; "
                        "'hires presets' lists them")

@@ -76,10 +76,11 @@ def hires_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "hires", *[str(a) for a in args]]
 
 
-def run_hires(*args: str, input: str | None = None, timeout: float = 300):
-    """`python -m hires ARGS` as a real process, stdout and stderr as text."""
+def run_hires(*args: str, input: str | None = None, timeout: float = 300,
+              env: dict[str, str] | None = None):
+    """`python -m hires ARGS` as a real process, stdout and stderr as text (`env` adds to it)."""
     return subprocess.run(hires_cmd(*args), input=input, capture_output=True, text=True,
-                          env=subprocess_env(), cwd=REPO, timeout=timeout)
+                          env=subprocess_env(**(env or {})), cwd=REPO, timeout=timeout)
 
 
 def spawn_hires(*args: str, stderr_path: Path) -> subprocess.Popen:

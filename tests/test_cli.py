@@ -370,7 +370,7 @@ def test_subprocess_from_image_is_pixel_identical_and_quiet(piped, tmp_path):
 def test_subprocess_ctrl_c_exits_130_and_leaves_no_file(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    proc = spawn_hires("gen", "x", "--model", "tiny", "--size", "256", "--steps", "100000",
+    proc = spawn_hires("gen", "x", "--model", "tiny", "--size", "256", "--steps", "999",
                        "-o", out / "a.png", stderr_path=tmp_path / "err.txt")
     try:
         wait_for(lambda: "denoise" in (tmp_path / "err.txt").read_text(), proc, every=0.1)

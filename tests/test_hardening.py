@@ -1,0 +1,475 @@
+"""Issue 11, hardening: the pickle gate, no image lost to races or duplicates, signals, pipes,
+exit codes, numbers in range, outputs checked before the compute is spent.
+
+Behaviour about processes (pipes, signals, exit codes, files left behind) runs `python -m hires`
+as a real process; the usage errors among them fail before any model loads, so they are quick.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers_cli import (
+    REPO,
+    cli,
+    error_lines,
+    hires_cmd,
+    json_lines,
+    one_torch_thread,
+    part_files,
+    run_hires,
+    spawn_hires,
+    subprocess_env,
+    use_cached_tiny,
+    wait_for,
+)
+from PIL import Image
+
+import hires.output as output
+from hires.batch import parse_shard, read_batch, settings_hash
+from hires.job import Job, JobError
+from hires.output import OutputExists, read_metadata, save_image
+
+TINY = ("--model", "tiny", "--size", "256", "--steps", "1")
+TINY_TOML = 'model = "tiny"\nwidth = 256\nheight = 256\nsteps = 1\n'
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    yield from one_torch_thread()
+
+
+@pytest.fixture
+def asked(monkeypatch, tiny):
+    return use_cached_tiny(monkeypatch, tiny)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def image_with_job(path: Path, job: dict) -> Path:
+    """A PNG whose hires metadata records `job` (as a crafted or tampered file would)."""
+    return save_image(Image.new("RGB", (64, 64)), path,
+                      metadata={"hires": "0.1.0", "job": job, "result": {}})
+
+
+def assert_usage(result, *words: str) -> None:
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+# --- 8: only the command-line flag may allow pickle ---------------------------------------------
+
+def test_a_preset_cannot_allow_pickle(tmp_path, asked):
+    preset = write(tmp_path / "evil.toml", 'model = "evil.ckpt"\nallow_pickle = true\n')
+    result = cli("gen", "x", "--preset", preset, "-o", tmp_path / "x.png")
+    assert result.exit_code == 2, result.stderr
+    assert "allow_pickle" in result.stderr and "--allow-pickle" in result.stderr
+    assert asked == []
+
+
+def test_a_batch_file_cannot_allow_pickle(tmp_path):
+    for text in ('[defaults]\nallow_pickle = true\n[[job]]\nprompt = "x"\n',
+                 '[[job]]\nprompt = "x"\nmodel = "evil.ckpt"\nallow-pickle = true\n'):
+        jobs = write(tmp_path / "jobs.toml", text)
+        with pytest.raises(JobError, match="only the --allow-pickle flag"):
+            read_batch(jobs)
+    jsonl = write(tmp_path / "jobs.jsonl", '{"prompt": "x", "allow_pickle": true}\n')
+    with pytest.raises(JobError, match="allow_pickle"):
+        read_batch(jsonl)
+
+
+def test_image_metadata_cannot_allow_pickle(tmp_path, asked):
+    image = image_with_job(tmp_path / "evil.png", {"prompt": "x", "model": "evil.ckpt",
+                                                   "allow_pickle": True})
+    result = cli("gen", "--from", image, "-o", tmp_path / "again.png")
+    assert result.exit_code == 2, result.stderr
+    assert "allow_pickle" in result.stderr
+    assert asked == []
+
+
+def test_the_flag_still_allows_pickle_and_records_never_carry_it(tmp_path, asked):
+    job = Job().merged({"allow_pickle": True})  # the CLI flag and the library API are trusted
+    assert job.allow_pickle
+    assert "allow_pickle" not in job.to_dict()
+    with pytest.raises(JobError):
+        Job.from_dict({"allow_pickle": True})
+    # Images of hires 0.1 recorded the harmless default; they still re-run.
+    old = image_with_job(tmp_path / "old.png", {"prompt": "x", "model": "tiny", "width": 256,
+                                                "height": 256, "steps": 1,
+                                                "allow_pickle": False})
+    result = cli("gen", "--from", old, "--dry-run")
+    assert result.exit_code == 0, result.stderr
+
+
+def test_a_recorded_model_is_shown(tmp_path, asked):
+    image = image_with_job(tmp_path / "a.png", {"prompt": "x", "model": "/some/where.safetensors",
+                                                "width": 256, "height": 256})
+    result = cli("gen", "--from", image, "--dry-run")
+    assert "model /some/where.safetensors (as recorded" in result.stderr
+
+
+# --- 9: two writers of one path -----------------------------------------------------------------
+
+def test_a_file_that_appears_during_the_encode_is_never_replaced(tmp_path, monkeypatch):
+    target = tmp_path / "same.png"
+    real = output.write_png
+
+    def slow_encode(image, f, *args, **kwargs):
+        target.write_bytes(b"the other process won")  # another writer finishes meanwhile
+        real(image, f, *args, **kwargs)
+
+    monkeypatch.setattr(output, "write_png", slow_encode)
+    with pytest.raises(OutputExists, match="another process"):
+        save_image(Image.new("RGB", (32, 32)), target)
+    assert target.read_bytes() == b"the other process won"
+    assert part_files(tmp_path) == []
+    # With --overwrite, the later writer replaces the file, as asked.
+    save_image(Image.new("RGB", (32, 32)), target, overwrite=True)
+    assert target.read_bytes().startswith(b"\x89PNG")
+
+
+def test_without_hard_links_the_name_is_still_claimed_exclusively(tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise OSError(1, "Operation not permitted")  # EPERM: e.g. a FAT or some FUSE mounts
+
+    monkeypatch.setattr(os, "link", no_links)
+    first = save_image(Image.new("RGB", (16, 16)), tmp_path / "a.png")
+    assert first.read_bytes().startswith(b"\x89PNG")
+    output.claim_rename(first, tmp_path / "b.png")
+    assert (tmp_path / "b.png").is_file() and not first.exists()
+    (tmp_path / "c.png").write_bytes(b"x")
+    with pytest.raises(FileExistsError):
+        output.claim_rename(tmp_path / "b.png", tmp_path / "c.png")
+
+
+def test_a_dangling_symlink_output_is_not_replaced(tmp_path, asked):
+    link = tmp_path / "x.png"
+    link.symlink_to(tmp_path / "missing-target.png")
+    result = cli("gen", "x", *TINY, "-o", link)
+    assert result.exit_code == 2 and "already exists" in result.stderr
+    with pytest.raises(OutputExists):
+        save_image(Image.new("RGB", (8, 8)), link)
+    assert link.is_symlink()
+
+
+# --- 10: batch jobs with one output -------------------------------------------------------------
+
+def test_batch_jobs_writing_one_file_are_refused_before_any_work(tmp_path):
+    jobs = write(tmp_path / "jobs.toml", f'[defaults]\n{TINY_TOML}\n'
+                 '[[job]]\nprompt = "a"\noutput = "same.png"\n'
+                 '[[job]]\nprompt = "b"\noutput = "same.png"\n')
+    out = tmp_path / "out"
+    result = run_hires("batch", jobs, "-o", out)
+    assert_usage(result, "jobs 1 and 2", "same.png")
+    assert not out.exists() or list(out.iterdir()) == []
+    # The same {prompt} slug collides the same way.
+    jobs = write(tmp_path / "slug.toml", f'[defaults]\n{TINY_TOML}output = "{{prompt}}.png"\n'
+                 '[[job]]\nprompt = "a fox"\n[[job]]\nprompt = "A fox!"\n')
+    result = cli("batch", jobs, "-o", out, "--overwrite")
+    assert result.exit_code == 2 and "both write" in result.stderr
+
+
+# --- 3: resume compares settings, not only names ------------------------------------------------
+
+def test_a_batch_job_whose_settings_changed_is_rerun_and_the_old_image_kept(tmp_path, asked):
+    text = f'[defaults]\n{TINY_TOML}seed = 4\n[[job]]\nprompt = "one"\noutput = "a.png"\n' \
+           '[[job]]\nprompt = "two"\noutput = "b.png"\n'
+    jobs = write(tmp_path / "jobs.toml", text)
+    out = tmp_path / "out"
+    assert cli("batch", jobs, "-o", out, "-q").exit_code == 0
+    first_a = (out / "a.png").read_bytes()
+    recorded = read_metadata(out / "a.png")["hires"]["result"]["settings"]
+    assert recorded == settings_hash(read_batch(jobs)[0].job)
+
+    write(jobs, text.replace('"one"', '"one, edited"'))
+    again = cli("batch", jobs, "-o", out)
+    assert again.exit_code == 0, again.stderr
+    assert "batch: 1 done, 1 skipped, 0 failed" in again.stderr
+    kept = out / f"a.{recorded[:8]}.png"
+    assert "settings changed" in again.stderr and kept.name in again.stderr
+    assert kept.read_bytes() == first_a  # the old image, under a new name
+    assert read_metadata(out / "a.png")["hires"]["job"]["prompt"] == "one, edited"
+    rows = json_lines((out / "manifest.jsonl").read_text())
+    assert all(r["settings"] for r in rows)
+    assert [r["status"] for r in rows[2:]] == ["done", "skipped"]
+
+
+def test_a_file_without_a_settings_record_is_not_taken_for_the_job(tmp_path, asked):
+    jobs = write(tmp_path / "jobs.toml", f'[[job]]\n{TINY_TOML}prompt = "x"\noutput = "a.png"\n')
+    out = tmp_path / "out"
+    out.mkdir()
+    Image.new("RGB", (8, 8)).save(out / "a.png")  # someone else's file
+    result = cli("batch", jobs, "-o", out)
+    assert result.exit_code == 1
+    assert "no hires settings record" in result.stderr
+    with Image.open(out / "a.png") as im:
+        assert im.size == (8, 8)
+
+
+# --- 12: numbers in range wherever they come from -----------------------------------------------
+
+@pytest.mark.parametrize("args,words", [
+    (("--guidance", "nan"), ["guidance", "finite"]),
+    (("--guidance", "inf"), ["guidance", "finite"]),
+    (("--strength", "nan"), ["strength"]),
+    (("--steps", "1001"), ["steps", "1000"]),
+    (("--vram", "-5"), ["vram"]),
+    (("--aspect", "1:inf"), ["aspect"]),
+])
+def test_numbers_out_of_range_are_usage_errors_from_flags(args, words):
+    result = run_hires("gen", "x", "--model", "tiny", "--size", "256", *args, timeout=120)
+    assert_usage(result, *words)
+
+
+def test_numbers_out_of_range_are_refused_from_presets_batch_files_and_metadata(tmp_path):
+    preset = write(tmp_path / "p.toml", "guidance = nan\n")
+    with pytest.raises(JobError, match="finite"):
+        from hires.presets import load_preset
+
+        load_preset(str(preset))
+    jobs = write(tmp_path / "j.toml", '[[job]]\nprompt = "x"\nsteps = 1e9\n')
+    with pytest.raises(JobError, match="steps"):
+        read_batch(jobs)
+    for bad in ({"seed": 1.7}, {"seed": True}, {"guidance": float("inf")}, {"vram": -5},
+                {"steps": 1e9}):
+        with pytest.raises(JobError):
+            Job.from_dict(bad).validate()
+    image = image_with_job(tmp_path / "nan.png", {"prompt": "x", "guidance": float("nan")})
+    result = cli("plan", "--from", image)
+    assert result.exit_code == 2 and "guidance" in result.stderr
+
+
+def test_steps_beyond_the_schedule_are_refused_after_loading(asked, monkeypatch, tiny):
+    from hires.cli import check_loaded
+
+    monkeypatch.setitem(tiny.pipe.scheduler.config, "num_train_timesteps", 20)
+    with pytest.raises(JobError, match="at most 19"):
+        check_loaded(Job(steps=21), tiny)
+
+
+# --- 1: a closed stdout -------------------------------------------------------------------------
+
+def test_a_closed_stdout_exits_quietly():
+    proc = subprocess.Popen(hires_cmd("plan", "--size", "16384"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=subprocess_env(), cwd=REPO)
+    proc.stdout.close()  # `| true`: the reader is gone before hires prints
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert b"error" not in stderr and b"Exception" not in stderr
+
+
+# --- 2: extension and --format agree ------------------------------------------------------------
+
+def test_format_and_extension_that_disagree_are_a_usage_error(tmp_path):
+    result = run_hires("gen", "x", *TINY, "--format", "jpg", "-o", tmp_path / "v" / "x.png")
+    assert_usage(result, "x.png", "jpg")
+    assert not (tmp_path / "v").exists()
+
+
+def test_the_extension_decides_the_format(tmp_path, asked):
+    result = cli("gen", "x", *TINY, "-q", "-o", tmp_path / "x.jpg")
+    assert result.exit_code == 0, result.stderr
+    with Image.open(tmp_path / "x.jpg") as im:
+        assert im.format == "JPEG"
+    assert read_metadata(tmp_path / "x.jpg")["hires"]["job"]["format"] == "jpg"
+
+
+# --- 11: SIGTERM and stale temp files -----------------------------------------------------------
+
+def test_sigterm_cleans_up_and_exits_143(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = spawn_hires("gen", "x", "--model", "tiny", "--size", "256", "--steps", "999",
+                       "-o", out / "a.png", stderr_path=tmp_path / "err.txt")
+    try:
+        wait_for(lambda: "denoise" in (tmp_path / "err.txt").read_text(), proc, every=0.1)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 143
+    finally:
+        proc.kill()
+    assert "terminated" in (tmp_path / "err.txt").read_text()
+    assert list(out.iterdir()) == []
+
+
+def test_gen_removes_temp_files_of_dead_processes(tmp_path, asked):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".x.png.{dead.pid}.abcd1234.part"
+    stale.write_bytes(b"half an image")
+    live = tmp_path / f".y.png.{os.getpid()}.abcd1234.part"  # a live process's: kept
+    live.write_bytes(b"in progress")
+    result = cli("gen", "x", *TINY, "-o", tmp_path / "x.png")
+    assert result.exit_code == 0, result.stderr
+    assert not stale.exists() and live.exists()
+    assert f"removed {stale.name}" in result.stderr
+
+
+# --- 16: usage errors exit 2 --------------------------------------------------------------------
+
+def test_usage_errors_exit_2(tmp_path):
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes('prompt = "caf\xe9"\n'.encode("latin-1"))
+    latin_jobs = tmp_path / "jobs.toml"
+    latin_jobs.write_bytes('[[job]]\nprompt = "caf\xe9"\n'.encode("latin-1"))
+    latin_jsonl = tmp_path / "jobs.jsonl"
+    latin_jsonl.write_bytes('{"prompt": "caf\xe9"}\n'.encode("latin-1"))
+    bad_record = tmp_path / "bad.png"
+    info = __import__("PIL.PngImagePlugin", fromlist=["PngInfo"]).PngInfo()
+    info.add_itxt("parameters", "x\nSteps: many, Seed: 1")
+    Image.new("RGB", (8, 8)).save(bad_record, pnginfo=info)
+    a_file = write(tmp_path / "a-file", "")
+    jobs = write(tmp_path / "ok.toml", f'[[job]]\n{TINY_TOML}prompt = "x"\n')
+    cases = [
+        (("gen", "x", *TINY, "--dtype", "fp8"), {}, "dtype"),
+        (("gen", "x", *TINY, "--device", "tpu"), {}, "device"),
+        (("gen", "x", *TINY, "-o", tmp_path / "{foo}.png"), {}, "template"),
+        (("gen", "x", *TINY, "-o", tmp_path / ("n" * 300 + ".png")), {}, "255"),
+        (("gen", "x", *TINY, "--preset", latin), {}, "UTF-8"),
+        (("batch", latin_jobs, "-o", tmp_path / "o"), {}, "UTF-8"),
+        (("batch", latin_jsonl, "-o", tmp_path / "o"), {}, "UTF-8"),
+        (("gen", "--from", bad_record, "-o", tmp_path / "y.png"), {}, "malformed"),
+        (("batch", jobs, "-o", tmp_path / "o"), {"WORLD_SIZE": "abc"}, "WORLD_SIZE"),
+        (("batch", jobs, "-o", a_file), {}, "is a file"),
+        (("batch", jobs, "-o", tmp_path / "o"), {"RANK": "5", "WORLD_SIZE": "2"}, "RANK"),
+        (("batch", jobs, "-o", tmp_path / "o"), {"RANK": "-1", "WORLD_SIZE": "2"}, "RANK"),
+        (("batch", jobs, "-o", tmp_path / "o"), {"WORLD_SIZE": "0"}, "WORLD_SIZE"),
+        (("gen", "x", *TINY, "--device", "cuda"), {"CUDA_VISIBLE_DEVICES": ""}, "CUDA"),
+    ]
+    for args, env, word in cases:
+        assert_usage(run_hires(*args, env=env, timeout=120), word)
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").glob("*.png"))
+
+
+def test_a_prompt_that_is_not_utf8_is_a_usage_error(tmp_path):
+    cmd = [sys.executable, "-m", "hires", "gen", b"caf\xe9", *TINY, "-o", str(tmp_path / "x.png")]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), cwd=REPO,
+                            timeout=120)
+    assert_usage(result, "UTF-8")
+    stdin = subprocess.run(hires_cmd("gen", "-", *TINY, "-o", tmp_path), input=b"caf\xe9\n",
+                           capture_output=True, env=subprocess_env(), cwd=REPO, timeout=120)
+    assert stdin.returncode == 2 and b"UTF-8" in stdin.stderr
+
+
+# --- 7: devices and CPU-only settings -----------------------------------------------------------
+
+def test_device_cuda_without_cuda_fails_before_loading_anything(tmp_path):
+    start = time.monotonic()
+    result = run_hires("gen", "x", *TINY, "--device", "cuda", "-o", tmp_path / "x.png",
+                       env={"CUDA_VISIBLE_DEVICES": ""})
+    assert_usage(result, "CUDA")
+    assert "diffusers" not in result.stderr
+    assert time.monotonic() - start < 60  # imports of torch only, never the model
+
+
+def test_offload_and_half_precision_on_the_cpu_warn_once(tmp_path, asked, tiny, capsys):
+    result = cli("gen", "x", *TINY, "--offload", "model", "-o", tmp_path / "x.png")
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.count("warning: --offload model does nothing on the CPU") == 1
+    from hires.cli import check_loaded
+
+    check_loaded(Job(dtype="fp16"), tiny)  # the loaded tiny model runs on the CPU
+    assert capsys.readouterr().err.count("--dtype fp16 on the CPU") == 1
+
+
+# --- 5: batch keys as gen's flags ---------------------------------------------------------------
+
+def test_batch_files_take_size_aspect_and_name_the_place_of_an_unknown_key(tmp_path):
+    jobs = write(tmp_path / "jobs.toml", '[defaults]\nsize = 512\naspect = "2:1"\n'
+                 '[[job]]\nprompt = "a"\n[[job]]\nprompt = "b"\nsize = 1024\n'
+                 '[[job]]\nprompt = "c"\nwidth = 64\nheight = 128\n')
+    sizes = [(i.job.width, i.job.height) for i in read_batch(jobs)]
+    assert sizes == [(512, 256), (1024, 512), (64, 128)]
+    bad = write(tmp_path / "bad.toml", '[defaults]\nsise = 512\n[[job]]\nprompt = "a"\n')
+    with pytest.raises(JobError, match=r"in bad.toml \[defaults\] \(did you mean 'size'\?\)"
+                                       r"; valid keys: .*aspect"):
+        read_batch(bad)
+    far = write(tmp_path / "far.toml", '[[job]]\nprompt = "a"\nzzzzzz = 1\n')
+    with pytest.raises(JobError, match="far.toml job 1 .*valid: .*output"):
+        read_batch(far)
+
+
+# --- 6: comments on stdin -----------------------------------------------------------------------
+
+def test_comment_lines_on_stdin_are_not_prompts(tmp_path, asked):
+    result = cli("gen", "-", *TINY, "-q", "--json", "-o", f"{tmp_path}/{{index}}.png",
+                 input="# my prompts\na red fox\n   # indented comment\n")
+    assert result.exit_code == 0, result.stderr
+    assert [r["prompt"] for r in json_lines(result.stdout)] == ["a red fox"]
+
+
+# --- 15: outputs checked before the first step --------------------------------------------------
+
+def test_batch_webp_over_the_limit_and_a_manifest_in_a_new_folder(tmp_path):
+    jobs = write(tmp_path / "jobs.toml", '[[job]]\nprompt = "x"\nmodel = "tiny"\n'
+                 'size = 16384\nformat = "webp"\n')
+    result = run_hires("batch", jobs, "-o", tmp_path / "out")
+    assert_usage(result, "WebP")
+    ok = write(tmp_path / "ok.jsonl", json.dumps({"prompt": "x", "model": "missing-model-dir/",
+                                                  "width": 256, "height": 256}) + "\n")
+    result = cli("batch", ok, "-o", tmp_path / "out", "--manifest", tmp_path / "new" / "m.jsonl")
+    assert (tmp_path / "new" / "m.jsonl").is_file(), result.stderr
+
+
+def test_a_long_prompt_to_jpeg_keeps_the_image_and_says_so(tmp_path):
+    warnings = []
+    prompt = "a very long prompt " * 1600  # 30 KB
+    path = save_image(Image.new("RGB", (64, 64)), tmp_path / "x.jpg",
+                      metadata={"job": {"prompt": prompt}, "result": {"prompt": prompt}},
+                      warn=warnings.append)
+    meta = read_metadata(path)
+    assert meta["hires"]["truncated"] and meta["hires"]["job"]["prompt"].endswith("[truncated]")
+    assert prompt.startswith(meta["hires"]["job"]["prompt"][:1000])
+    assert len(warnings) == 1 and "PNG" in warnings[0]
+
+
+def test_an_existing_stage_file_fails_before_the_first_step(tmp_path, asked):
+    (tmp_path / "x.stage0.png").write_bytes(b"keep me")
+    result = cli("gen", "x", "--model", "tiny", "--size", "512", "--steps", "1",
+                 "--save-stages", "-o", tmp_path / "x.png")
+    assert result.exit_code == 2, result.stderr
+    assert "x.stage0.png already exists" in result.stderr
+    assert "denoise" not in result.stderr
+    assert (tmp_path / "x.stage0.png").read_bytes() == b"keep me"
+
+
+# --- 14 and 17: environment and small things ----------------------------------------------------
+
+@pytest.mark.parametrize("env", [{"RANK": "5", "WORLD_SIZE": "2"}, {"RANK": "-1"},
+                                 {"WORLD_SIZE": "0"}, {"RANK": "1"}])
+def test_an_inconsistent_rank_and_world_size_is_refused(env):
+    with pytest.raises(JobError, match="RANK"):
+        parse_shard(None, env=env)
+
+
+def test_one_broken_user_preset_does_not_hide_the_others(tmp_path, monkeypatch):
+    monkeypatch.setenv("HIRES_PRESETS", str(tmp_path))
+    write(tmp_path / "broken.toml", "guidence = 3\n")
+    write(tmp_path / "mine.toml", 'description = "my own"\nsteps = 20\n')
+    for args in (("presets",), ("presets", "list")):
+        result = cli(*args)
+        assert result.exit_code == 0, result.stderr
+        assert "mine" in result.stdout and "16k" in result.stdout
+        assert "broken" not in result.stdout and "broken.toml" in result.stderr
+    assert cli("gen", "x", "--preset", "broken", "--dry-run").exit_code == 2
+
+
+def test_images_keep_pixels_identical_after_the_claim(tmp_path):
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), np.uint8))
+    path = save_image(image, tmp_path / "a.png")
+    with Image.open(path) as im:
+        assert np.array_equal(np.asarray(im), np.asarray(image))
+    assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~output._umask())
