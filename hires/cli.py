@@ -62,6 +62,7 @@ class Quiet:
     """Whether to keep stderr free of anything but errors."""
 
     on = False
+    bars_off = False  # whether library_bars() turned the libraries' progress bars off
 
 
 def say(message: str) -> None:
@@ -191,6 +192,21 @@ def read_prompts(prompt: str) -> list[str]:
     if not prompts:
         raise typer.BadParameter("prompt '-' read no prompts from stdin (one per line)")
     return prompts
+
+
+def library_bars(quiet: bool) -> None:
+    """diffusers, transformers and the Hub draw their own tqdm bars (loading a local folder
+    shows two): off with -q, on otherwise (the setting is per process; tests run many)."""
+    from diffusers.utils import logging as diffusers_logging
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    if quiet == Quiet.bars_off:
+        return  # only undo what we did: a user's HF_HUB_DISABLE_PROGRESS_BARS stays in force
+    for module in (diffusers_logging, transformers_logging):
+        (module.disable_progress_bar if quiet else module.enable_progress_bar)()
+    (disable_progress_bars if quiet else enable_progress_bars)()
+    Quiet.bars_off = quiet
 
 
 def progress_renderer(quiet: bool):
@@ -406,6 +422,7 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
     from hires.plan import describe
 
     first = runs[0][0]
+    library_bars(quiet)
     components = load(first.model, first.linfusion, first.dtype, first.device,
                       first.allow_pickle, first.offload)
     for warning in components.warnings:
@@ -621,6 +638,7 @@ def batch(
             j = item.job
             key = (j.model, j.linfusion, j.dtype, j.device, j.allow_pickle, j.offload)
             if key not in loaded:
+                library_bars(quiet)
                 loaded.clear()  # one model in memory at a time
                 loaded[key] = load(*key)
             say(f"job {item.index}: {j.width}x{j.height} seed {j.seed} -> {path}")

@@ -158,6 +158,12 @@ def load_pipeline(ref: str, dtype: torch.dtype, allow_pickle: bool = False):
             return StableDiffusionXLPipeline.from_pretrained(
                 ref, dtype=dtype, use_safetensors=safetensors)
     except OSError as e:
+        pickled = kind == "folder" and not allow_pickle and any(
+            not any(b.parent.glob("*.safetensors")) for b in path.rglob("*.bin"))
+        if pickled:  # a component folder with .bin weights only: say why, and the way out
+            raise ModelError(f"{ref} holds pickle (.bin) weights only, which can run code when "
+                             "loaded; convert them to .safetensors or pass --allow-pickle if "
+                             "you trust them") from e
         if kind == "hub" and "cached" in str(e):
             raise ModelError(
                 f"model '{ref}' is not in the local cache and the Hugging Face Hub cannot be "

@@ -473,3 +473,26 @@ def test_images_keep_pixels_identical_after_the_claim(tmp_path):
     with Image.open(path) as im:
         assert np.array_equal(np.asarray(im), np.asarray(image))
     assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~output._umask())
+
+
+def test_a_folder_with_pickle_weights_only_mentions_allow_pickle(tmp_path, tiny_folder):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from hires.models import ModelError, load_pipeline
+
+    folder = Path(shutil.copytree(tiny_folder, tmp_path / "m"))
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(weights), weights.with_name("diffusion_pytorch_model.bin"))
+    weights.unlink()
+    with pytest.raises(ModelError, match="--allow-pickle"):
+        load_pipeline(str(folder), torch.float32)
+
+
+def test_quiet_hides_library_progress_bars_with_a_local_model_folder(tmp_path, tiny_folder):
+    result = cli("gen", "x", "--model", tiny_folder, "--size", "256", "--steps", "1", "-q",
+                 "-o", tmp_path / "x.png")
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == ""
