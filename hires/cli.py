@@ -315,6 +315,8 @@ def gen(
         "--from", help="Re-run the job recorded in an image made by hires.")] = None,
     as_json: JsonOut = False, quiet: QuietOpt = False, overwrite: Overwrite = False,
     dry_run: DryRun = False, gpu: Gpu = None,
+    n: Annotated[int, typer.Option("--n", min=1, max=10000, help="Images per prompt, with "
+                                   "consecutive seeds (default 1).")] = 1,
 ) -> None:
     """Make an image from a prompt, 1K to 16K."""
     Quiet.on = quiet
@@ -336,7 +338,7 @@ def gen(
         if not prompts[0] and from_image is None:
             raise typer.BadParameter("give a prompt (or '-' to read prompts from stdin)")
         run_prompts(job, prompts, output, save_stages, as_json, quiet, overwrite, gpu,
-                    fmt_flag=fmt)
+                    fmt_flag=fmt, n=n)
 
 
 def format_of(path: Path, default: str, flag: str | None) -> str:
@@ -386,21 +388,27 @@ def check_device(device: str) -> None:
 
 def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, as_json: bool,
                 quiet: bool, overwrite: bool, gpu: str | None = None,
-                fmt_flag: str | None = None) -> None:
+                fmt_flag: str | None = None, n: int = 1) -> None:
     """Plan and check every output first, load the model once, then make each image."""
     import secrets
 
     from hires import output as out
     from hires.job import JobError
 
-    many = len(prompts) > 1
+    # Each prompt `n` times, seeds counting up from the prompt's (given or random) seed.
+    todo = [(text, k) for text in prompts for k in range(n)]
+    many = len(todo) > 1
     if many and output and "{" not in output and not Path(output).is_dir() \
             and not output.endswith("/"):
-        raise JobError("several prompts need -o to be a folder or a template with {index}")
+        raise JobError("several images need -o to be a folder or a template with {index} "
+                       "or {seed}")
     runs = []
-    for i, text in enumerate(prompts):
-        one = job.merged({"prompt": text, "seed": job.seed if job.seed is not None
-                          else secrets.randbelow(2**32)}).validate()  # stdin's text too
+    base = 0
+    for i, (text, k) in enumerate(todo):
+        if k == 0:
+            base = job.seed if job.seed is not None else secrets.randbelow(2**32)
+        one = job.merged({"prompt": text, "seed": (base + k) % 2**63}
+                         ).validate()  # stdin's text too
         path = out.output_path(output, width=one.width, height=one.height, seed=one.seed,
                                fmt=job.format, index=i, prompt=text)
         fmt = format_of(path, job.format, fmt_flag)

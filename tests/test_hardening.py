@@ -496,3 +496,14 @@ def test_quiet_hides_library_progress_bars_with_a_local_model_folder(tmp_path, t
                  "-o", tmp_path / "x.png")
     assert result.exit_code == 0, result.stderr
     assert result.stderr == ""
+
+
+# --- 21: several images per prompt --------------------------------------------------------------
+
+def test_n_images_per_prompt_take_consecutive_seeds(tmp_path, asked):
+    result = cli("gen", "x", *TINY, "--n", "3", "--seed", "7", "-q", "--json", "-o", tmp_path)
+    assert result.exit_code == 0, result.stderr
+    records = json_lines(result.stdout)
+    assert [r["seed"] for r in records] == [7, 8, 9]
+    assert len({r["path"] for r in records}) == 3 and len(list(tmp_path.glob("*.png"))) == 3
+    assert cli("gen", "x", *TINY, "--n", "2", "-o", tmp_path / "one.png").exit_code == 2
