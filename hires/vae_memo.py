@@ -8,6 +8,7 @@ per tile instead of once per pass (the mid-block attention ran in ~17 passes).
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -180,8 +181,17 @@ class DiskMemo(Memo):
             level = self.levels[number] = _Level(tempfile.TemporaryFile())
         cl = x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(
             memory_format=torch.channels_last)
+        try:
+            _write_at(level.file.fileno(), data, level.end)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # The scratch disk filled up under us (other users of TMPDIR): give up this level
+            # and recompute its tiles instead, as when it did not fit from the start.
+            self.levels.pop(number).file.close()
+            self.refused.add(number)
+            return
         level.index[box] = (level.end, tuple(t.shape), t.dtype, cl)
-        _write_at(level.file.fileno(), data, level.end)
         level.end += data.nbytes
         self.written += data.nbytes
         for shallow in [n for n in self.levels if n < number]:

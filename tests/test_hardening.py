@@ -507,3 +507,34 @@ def test_n_images_per_prompt_take_consecutive_seeds(tmp_path, asked):
     assert [r["seed"] for r in records] == [7, 8, 9]
     assert len({r["path"] for r in records}) == 3 and len(list(tmp_path.glob("*.png"))) == 3
     assert cli("gen", "x", *TINY, "--n", "2", "-o", tmp_path / "one.png").exit_code == 2
+
+
+# --- 13: the scratch disk fills up mid-run ------------------------------------------------------
+
+def test_a_full_scratch_disk_drops_to_recomputing(monkeypatch):
+    import errno
+
+    import torch
+
+    from hires import vae_memo
+
+    memo = vae_memo.DiskMemo(windows=4, budget=1e9)
+    boxes = [(0, 0, 8, 8), (0, 8, 8, 16)]
+    memo.save(1, boxes[0], torch.ones(1, 4, 8, 8))
+    real = vae_memo._write_at
+
+    def full(fd, data, offset):
+        if offset > 0:  # the first tile fits, then TMPDIR is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, data, offset)
+
+    monkeypatch.setattr(vae_memo, "_write_at", full)
+    memo.save(2, boxes[0], torch.ones(1, 4, 8, 8))  # a new level's first write: fits
+    memo.save(2, boxes[1], torch.ones(1, 4, 8, 8))  # ENOSPC: level 2 is given up
+    assert 2 not in memo.levels and 2 in memo.refused
+    memo.save(2, boxes[1], torch.ones(1, 4, 8, 8))  # refused from now on: nothing written
+    # Level 1 went when level 2 held its tile; with level 2 given up, both tiles are
+    # recomputed from the start: slower, never wrong, never a crash.
+    assert memo.load(boxes[0], torch.device("cpu")) is None
+    assert memo.load(boxes[1], torch.device("cpu")) is None
+    memo.close()
