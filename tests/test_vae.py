@@ -360,7 +360,7 @@ def test_trained_vae_shows_no_seams_on_a_photo(photo):
     ours = tiled.decode_float(trained, z, tile=PHOTO_TILE)
     zones = [fade_zones(n, PHOTO_TILE, None) for n in z.shape[-2:]]
     ref = torch.from_numpy(reference).permute(2, 0, 1)[None].float() / 127.5 - 1
-    ratio = seam_ratio(ours, *zones)
-    # Across the cross-fades the photo changes as much as elsewhere, and exactly as untiled.
-    assert 0.7 <= ratio <= 1.4
-    assert abs(ratio - seam_ratio(ref, *zones)) < 0.02
+    # A photo's own edges may well cross the fade zones (the ratio is 1.9 here for both), so
+    # the seam metric is ours over the untiled image's, in the same places: 1 when the tile
+    # borders add nothing.
+    assert seam_ratio(ours, *zones) / seam_ratio(ref, *zones) == pytest.approx(1, abs=0.02)
