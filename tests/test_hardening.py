@@ -552,3 +552,45 @@ def test_info_shows_ram_and_scratch_without_importing_diffusers():
     assert "\nram " in result.stdout and "GiB available" in result.stdout
     assert "(TMPDIR)" in result.stdout and "GB free" in result.stdout
     assert "a 16K image" in result.stdout
+
+
+WRITER = """
+import os, sys, time
+from pathlib import Path
+from PIL import Image
+import hires.output as output
+
+target, ready, colour = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+
+def at_the_barrier(publish):
+    def wrapped(*args, **kwargs):
+        # Both processes have encoded and passed every check: publish at the same moment.
+        (ready / str(os.getpid())).touch()
+        deadline = time.monotonic() + 60
+        while len(list(ready.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return publish(*args, **kwargs)
+    return wrapped
+
+os.replace, os.link = at_the_barrier(os.replace), at_the_barrier(os.link)
+try:
+    output.save_image(Image.new("RGB", (64, 64), (colour, 0, 0)), target)
+except output.OutputExists as e:
+    print(e, file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+def test_two_processes_saving_one_path_exactly_one_wins(tmp_path):
+    target, ready = tmp_path / "same.png", tmp_path / "ready"
+    ready.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(target), str(ready), str(c)],
+                              stderr=subprocess.PIPE, text=True, env=subprocess_env(), cwd=REPO)
+             for c in (100, 200)]
+    codes = sorted(p.wait(120) for p in procs)
+    errors = [p.stderr.read() for p in procs]
+    assert codes == [0, 2], errors
+    assert any("another process" in e for e in errors)
+    with Image.open(target) as im:
+        assert im.getpixel((0, 0))[0] in (100, 200)
+    assert part_files(tmp_path) == []
