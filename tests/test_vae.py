@@ -331,8 +331,8 @@ PHOTO_TILE = 384  # 768 x 512 px in 3 x 2 tiles, default overlap (96 px)
 
 @pytest.fixture(scope="module")
 def photo():
-    """The trained tiny VAE, latents of skimage's held-out `coffee` at 768 x 512, and the
-    untiled decode as uint8."""
+    """The trained tiny VAE, latents of skimage's held-out `coffee` at 768 x 512, and their
+    untiled decode."""
     if not TRAINED:
         pytest.skip("the trained tiny VAE (hires/weights) has not landed yet")
     skimage_data = pytest.importorskip("skimage.data")
@@ -342,7 +342,7 @@ def photo():
     pixels = np.asarray(Image.fromarray(skimage_data.coffee()).resize((768, 512), Image.LANCZOS))
     x = torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
     z = diffusers_encode(trained, x)
-    return trained, z, tiled.to_uint8(diffusers_decode(trained, z)).numpy()
+    return trained, z, diffusers_decode(trained, z)
 
 
 @pytest.mark.parametrize("stats", ["fast", "exact"])
@@ -351,7 +351,7 @@ def test_trained_vae_on_a_held_out_photo_matches_untiled(photo, stats):
     t, o = vae_tiles.tile_sizes(PHOTO_TILE, None)
     assert len(vae_tiles.Grid.cover(tuple(z.shape[-2:]), t, o)) == 6
     ours = tiled.decode(trained, z, tile=PHOTO_TILE, stats=stats)
-    diff = np.abs(ours.astype(int) - reference)
+    diff = np.abs(ours.astype(int) - tiled.to_uint8(reference).numpy())
     assert diff.max() <= 3 and diff.mean() <= 0.3
 
 
@@ -359,8 +359,7 @@ def test_trained_vae_shows_no_seams_on_a_photo(photo):
     trained, z, reference = photo
     ours = tiled.decode_float(trained, z, tile=PHOTO_TILE)
     zones = [fade_zones(n, PHOTO_TILE, None) for n in z.shape[-2:]]
-    ref = torch.from_numpy(reference).permute(2, 0, 1)[None].float() / 127.5 - 1
     # A photo's own edges may well cross the fade zones (the ratio is 1.9 here for both), so
     # the seam metric is ours over the untiled image's, in the same places: 1 when the tile
     # borders add nothing.
-    assert seam_ratio(ours, *zones) / seam_ratio(ref, *zones) == pytest.approx(1, abs=0.02)
+    assert seam_ratio(ours, *zones) / seam_ratio(reference, *zones) == pytest.approx(1, abs=0.02)
