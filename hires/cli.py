@@ -355,8 +355,9 @@ def format_of(path: Path, default: str, flag: str | None) -> str:
     return named
 
 
-def check_loaded(job, components) -> None:
-    """Checks that need the loaded model: steps within its schedule; CPU-only slow settings."""
+def check_loaded(job, components, notes: bool = True) -> None:
+    """Checks that need the loaded model: steps within its schedule; with `notes`, a word
+    on CPU-only slow settings (once per loaded model)."""
     from hires.job import JobError
 
     config = components.pipe.scheduler.config
@@ -365,7 +366,7 @@ def check_loaded(job, components) -> None:
     if job.steps > most:
         raise JobError(f"steps must be at most {most} for this model (its schedule has {train} "
                        f"timesteps), got {job.steps}")
-    if components.device.type != "cpu":
+    if not notes or components.device.type != "cpu":
         return
     say("running on the CPU: expect minutes per megapixel (a GPU takes seconds)")
     if job.dtype in ("fp16", "bf16"):
@@ -645,10 +646,12 @@ def batch(
 
             j = item.job
             key = (j.model, j.linfusion, j.dtype, j.device, j.allow_pickle, j.offload)
-            if key not in loaded:
+            fresh = key not in loaded
+            if fresh:
                 library_bars(quiet)
                 loaded.clear()  # one model in memory at a time
                 loaded[key] = load(*key)
+            check_loaded(j, loaded[key], notes=fresh)
             say(f"job {item.index}: {j.width}x{j.height} seed {j.seed} -> {path}")
             with progress_renderer(quiet) as progress:
                 result = generate(j, components=loaded[key], progress=progress)
