@@ -94,8 +94,10 @@ class Job:
         _check_choice("format", self.format, FORMATS)
         _check_choice("offload", self.offload, OFFLOAD_MODES)
         _check_choice("vae_stats", self.vae_stats, VAE_STATS_MODES)
-        if self.vae_tile is not None and (self.vae_tile < 64 or self.vae_tile % 8):
-            raise JobError(f"vae_tile must be a multiple of 8 and >= 64, got {self.vae_tile}")
+        if self.vae_tile is not None and (
+                not 64 <= self.vae_tile <= MAX_SIDE or self.vae_tile % 8):
+            raise JobError(f"vae_tile must be a multiple of 8 from 64 to {MAX_SIDE}, "
+                           f"got {self.vae_tile}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
