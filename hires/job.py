@@ -157,6 +157,8 @@ def _coerce(name: str, value: Any, where: str) -> Any:
     kind = _TYPES[name]
     try:
         if value is None:
+            if "None" not in kind:  # e.g. `guidance: null` in a tampered record
+                raise ValueError
             return None
         if kind in ("int", "int | None") or name in ("width", "height", "steps"):
             if isinstance(value, bool) or isinstance(value, float) and not (

@@ -244,7 +244,8 @@ def test_numbers_out_of_range_are_refused_from_presets_batch_files_and_metadata(
     with pytest.raises(JobError, match="steps"):
         read_batch(jobs)
     for bad in ({"seed": 1.7}, {"seed": True}, {"guidance": float("inf")}, {"vram": -5},
-                {"steps": 1e9}, {"vae_tile": 8 * 10**9}, {"sigma": float("nan")}):
+                {"steps": 1e9}, {"vae_tile": 8 * 10**9}, {"sigma": float("nan")},
+                {"guidance": None}, {"prompt": None}):
         with pytest.raises(JobError):
             Job.from_dict(bad).validate()
     image = image_with_job(tmp_path / "nan.png", {"prompt": "x", "guidance": float("nan")})
