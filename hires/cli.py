@@ -293,6 +293,19 @@ def check_writable(path: Path, overwrite: bool) -> None:
         raise OutputUnwritable(f"cannot write under {folder}: it is a file; choose another -o")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputUnwritable(f"cannot write to {folder}; choose another -o")
+    if folder == path.parent:
+        # os.access says yes to root and on read-only mounts; a real file says it for sure.
+        # The name is a temp file's, so a probe left by a killed run is cleaned like one.
+        import tempfile
+
+        try:
+            fd, probe = tempfile.mkstemp(prefix=f".probe.{os.getpid()}.", suffix=".part",
+                                         dir=folder)
+        except OSError as e:
+            raise OutputUnwritable(f"cannot write to {folder}: {e.strerror}; choose another -o"
+                                   ) from None
+        os.close(fd)
+        os.unlink(probe)
 
 
 @app.command()

@@ -175,7 +175,9 @@ def _coerce(name: str, value: Any, where: str) -> Any:
             return bool(value)
         return str(value)
     except (TypeError, ValueError):
-        raise JobError(f"'{name}' in {where} must be a {kind}, got {value!r}") from None
+        words = {"int": "whole number", "float": "number", "str": "text", "bool": "true or false"}
+        what = words.get(kind.replace(" | None", ""), kind)
+        raise JobError(f"'{name}' in {where} must be a {what}, got {value!r}") from None
 
 
 def check_side(name: str, value: int) -> None:

@@ -595,3 +595,10 @@ def test_two_processes_saving_one_path_exactly_one_wins(tmp_path):
     with Image.open(target) as im:
         assert im.getpixel((0, 0))[0] in (100, 200)
     assert part_files(tmp_path) == []
+
+
+def test_an_output_folder_that_refuses_files_fails_before_any_work(tmp_path):
+    # /proc takes no new files, even for root (for whom os.access says yes).
+    result = run_hires("gen", "x", *TINY, "-o", "/proc/x.png")
+    assert_usage(result, "cannot write to /proc")
+    assert "denoise" not in result.stderr
