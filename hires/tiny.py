@@ -1,4 +1,7 @@
-"""The builtin tiny random SDXL: real SDXL layout, ~1M parameters, fully offline."""
+"""The builtin tiny SDXL: real SDXL layout, ~1M parameters, fully offline.
+
+The UNet and text encoders are random; the VAE is trained (see `tiny_vae`).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
+from safetensors.torch import load_file
 from transformers import (
     CLIPTextConfig,
     CLIPTextModel,
@@ -23,6 +27,8 @@ BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 # Native size 256 px (latent 32): small enough for CPU tests, big enough that three x2 stages
 # reach 2048 px and the attention levels see thousands of tokens.
 TINY_SAMPLE_SIZE = 32
+# The tiny VAE's trained weights (about 4 MB, recipe and PSNR in their metadata).
+TINY_VAE_WEIGHTS = Path(__file__).parent / "weights" / "tiny_vae.safetensors"
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -91,16 +97,23 @@ def tiny_unet(seed: int = 0) -> UNet2DConditionModel:
     )
 
 
-def tiny_vae(seed: int = 0) -> AutoencoderKL:
-    """Four levels (8x downsampling) like the SDXL VAE, with a mid-block attention."""
+def tiny_vae(seed: int = 0, trained: bool = True) -> AutoencoderKL:
+    """Four levels (8x downsampling) like the SDXL VAE, with a mid-block attention.
+
+    `trained` loads the weights trained on scikit-image photos (`tools/train_tiny_vae.py`), so
+    round trips and GroupNorm statistics behave like a real VAE's; otherwise random from `seed`.
+    """
     torch.manual_seed(seed)
-    return AutoencoderKL(
+    vae = AutoencoderKL(
         in_channels=3, out_channels=3,
         down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-        block_out_channels=[16, 32, 32, 32], layers_per_block=1, latent_channels=4,
+        block_out_channels=[16, 32, 64, 64], layers_per_block=1, latent_channels=4,
         norm_num_groups=8, sample_size=TINY_SAMPLE_SIZE * 8, scaling_factor=0.13025,
         force_upcast=False,
     )
+    if trained:
+        vae.load_state_dict(load_file(str(TINY_VAE_WEIGHTS)))
+    return vae
 
 
 def tiny_scheduler() -> EulerDiscreteScheduler:
@@ -111,21 +124,22 @@ def tiny_scheduler() -> EulerDiscreteScheduler:
     )
 
 
-def tiny_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
-    """The whole tiny SDXL, deterministic from `seed`."""
+def tiny_pipeline(seed: int = 0, trained_vae: bool = True) -> StableDiffusionXLPipeline:
+    """The whole tiny SDXL, deterministic from `seed`: random UNet and text encoders, trained VAE
+    (or the random one, with `trained_vae=False`)."""
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(_text_config())
     torch.manual_seed(seed + 1)
     text_encoder_2 = CLIPTextModelWithProjection(_text_config())
     return StableDiffusionXLPipeline(
-        unet=tiny_unet(seed), vae=tiny_vae(seed), scheduler=tiny_scheduler(),
+        unet=tiny_unet(seed), vae=tiny_vae(seed, trained=trained_vae), scheduler=tiny_scheduler(),
         text_encoder=text_encoder, text_encoder_2=text_encoder_2,
         tokenizer=tiny_tokenizer(), tokenizer_2=tiny_tokenizer(pad_token="!"),
         image_encoder=None, feature_extractor=None,
     )
 
 
-def save_tiny(folder: str | Path, seed: int = 0) -> Path:
+def save_tiny(folder: str | Path, seed: int = 0, trained_vae: bool = True) -> Path:
     """Write the tiny SDXL as a diffusers folder (safetensors), loadable like any real model.
 
     Its LinFusion weights go in `linfusion/` inside, where the resolver looks for a folder's own.
@@ -133,8 +147,8 @@ def save_tiny(folder: str | Path, seed: int = 0) -> Path:
     from hires.linfusion import LinFusion
 
     folder = Path(folder)
-    pipe = tiny_pipeline(seed)
+    pipe = tiny_pipeline(seed, trained_vae)
     pipe.save_pretrained(folder, safe_serialization=True)
     LinFusion.from_unet(pipe.unet).save(folder / "linfusion")
-    (folder / "hires_tiny.json").write_text(json.dumps({"seed": seed}))
+    (folder / "hires_tiny.json").write_text(json.dumps({"seed": seed, "trained_vae": trained_vae}))
     return folder
