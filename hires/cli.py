@@ -97,6 +97,10 @@ def exit_codes() -> Iterator[None]:
     except OutputError as e:
         raise fail(str(e), EXIT_USAGE if e.usage else EXIT_RUNTIME) from None
     except Exception as e:
+        from hires.images import ImageInputError
+
+        if isinstance(e, ImageInputError):  # the user's input file: theirs to fix
+            raise fail(str(e), EXIT_USAGE) from None
         if os.environ.get("HIRES_DEBUG"):
             raise
         from hires.models import ModelError
@@ -233,8 +237,11 @@ def record_for(result, path: Path) -> dict[str, Any]:
                     "strength": round(s.strength, 4), "steps": s.steps,
                     "unet_evaluations": s.unet_evaluations, "seconds": round(s.seconds, 3),
                     "peak_memory": s.peak_memory, "strategy": s.strategy,
-                    "estimated_peak": s.estimated_peak, "retried_with": s.retried_with}
+                    "estimated_peak": s.estimated_peak, "retried_with": s.retried_with,
+                    **({"psnr": round(s.psnr, 2)} if s.psnr is not None else {})}
                    for s in result.stages],
+        **({"image": result.job.image, "image_sha256": result.job.image_sha256}
+           if result.job.image else {}),
         "warnings": result.warnings,
         "settings": settings_hash(result.job),
     }
@@ -354,6 +361,55 @@ def gen(
                     fmt_flag=fmt, n=n)
 
 
+@app.command()
+def up(
+    image: Annotated[Path, typer.Argument(help="The image to upscale: PNG, JPEG, WebP or TIFF.")],
+    size: Size = None,
+    scale: Annotated[float | None, typer.Option(
+        help="Output size as a multiple of the input's, e.g. 4.")] = None,
+    width: Width = None, height: Height = None,
+    strength: Annotated[float | None, typer.Option(
+        help="SDEdit strength of the first stage, later ones taper to 0; lower stays closer "
+        "to the input (default 0.3).")] = None,
+    prompt: Annotated[str | None, typer.Option(
+        help="What the image shows (optional; guides the new detail).")] = None,
+    negative: Negative = None, seed: Seed = None, steps: Steps = None,
+    guidance: Guidance = None, model: Model = None, linfusion: LinFusionRef = None,
+    preset: Preset = None,
+    output: Annotated[str | None, typer.Option(
+        "-o", "--output", help="File, folder, or template with {seed} {width} {height}.")] = None,
+    fmt: Fmt = None,
+    save_stages: Annotated[bool, typer.Option(help="Also save each stage's image.")] = False,
+    vram: Vram = None, offload: Offload = None, device: Device = None, dtype: Dtype = None,
+    vae_tile: VaeTile = None, vae_stats: VaeStats = None, allow_pickle: AllowPickle = False,
+    as_json: JsonOut = False, quiet: QuietOpt = False, overwrite: Overwrite = False,
+    dry_run: DryRun = False, gpu: Gpu = None,
+) -> None:
+    """Upscale an existing image with new, coherent detail (e.g. --scale 4 or --size 16384)."""
+    Quiet.on = quiet
+    with exit_codes():
+        from hires.images import load_input
+        from hires.upscale import DEFAULT_STRENGTH, target_size
+
+        source = load_input(image)
+        w, h = target_size(source.rgb.size, size=size, scale=scale, width=width, height=height)
+        flags = job_flags(size=None, aspect=None, width=w, height=h, negative=negative,
+                          seed=seed, steps=steps, guidance=guidance, strength=strength,
+                          model=model, linfusion=linfusion, format=fmt, vram=vram,
+                          offload=offload, device=device, dtype=dtype, vae_tile=vae_tile,
+                          vae_stats=vae_stats, allow_pickle=allow_pickle)
+        flags.update(image=str(image), image_sha256=source.sha256, prompt=prompt or "")
+        if strength is None and not preset:
+            flags["strength"] = DEFAULT_STRENGTH
+        job = build_job(preset, None, flags)
+        if dry_run:
+            show_plan(job, gpu, as_json, source=source.rgb.size)
+            return
+        check_device(job.device)
+        run_prompts(job, [job.prompt], output, save_stages, as_json, quiet, overwrite, gpu,
+                    fmt_flag=fmt)
+
+
 def format_of(path: Path, default: str, flag: str | None) -> str:
     """The file's format: its extension's, which must agree with an explicit --format."""
     from hires.job import JobError
@@ -442,6 +498,7 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
                 say(f"removed {part.name}, left by a run that died while saving")
     from hires.pipeline import generate, load, plan_for
     from hires.plan import describe
+    from hires.upscale import load_source, upscale_job
 
     first = runs[0][0]
     library_bars(quiet)
@@ -451,7 +508,9 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
         err.print(f"warning: {warning}", markup=False)
     check_loaded(first, components)
     for one, path, fmt in runs:
-        plan = fitted_plan(lambda j=one: plan_for(j, components, gpu=gpu), one)
+        source = load_source(one) if one.image else None
+        size = source.rgb.size if source else None
+        plan = fitted_plan(lambda j=one, s=size: plan_for(j, components, gpu=gpu, source=s), one)
         if save_stages:  # before the first step, not after the compute is spent
             for stage_path in stage_paths(path, len(plan.stages)):
                 check_writable(stage_path, overwrite)
@@ -459,10 +518,18 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
         for line in describe(plan):
             say(f"  {line}")
         with progress_renderer(quiet) as progress:
-            result = generate(one, components=components, progress=progress,
-                              save_stages=save_stages, plan=plan)
+            if source is not None:
+                result = upscale_job(one, source=source, components=components,
+                                     progress=progress, save_stages=save_stages, plan=plan)
+            else:
+                result = generate(one, components=components, progress=progress,
+                                  save_stages=save_stages, plan=plan)
         for warning in result.warnings[len(components.warnings):]:
             err.print(f"warning: {warning}", markup=False)
+        for s in result.stages:
+            if s.psnr is not None:
+                say(f"  stage {s.index} ({s.width}x{s.height}): {s.psnr:.1f} dB PSNR against "
+                    "the input")
         emit(save_result(result, path, fmt, overwrite, save_stages), as_json)
 
 
@@ -510,7 +577,8 @@ def fitted_plan(make, job):
         raise JobError(f"{e}{hint}") from None
 
 
-def show_plan(job, gpu: str | None, as_json: bool) -> None:
+def show_plan(job, gpu: str | None, as_json: bool,
+              source: tuple[int, int] | None = None) -> None:
     """Print the plan of `job` without loading weights (`hires plan`, `gen --dry-run`)."""
     from hires.costs import GPU_PEAK, rate_for
     from hires.plan import describe, plan_without_weights
@@ -521,7 +589,7 @@ def show_plan(job, gpu: str | None, as_json: bool) -> None:
         rate = rate_for(gpu)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-    p = fitted_plan(lambda: plan_without_weights(job, rate), job)
+    p = fitted_plan(lambda: plan_without_weights(job, rate, source=source), job)
     if as_json:
         out_line(json.dumps({
             "width": p.width, "height": p.height, "gpu": gpu, "tflops": rate / 1e12,
@@ -654,8 +722,9 @@ def batch(
         def resolve(item: b.BatchItem) -> Path:
             return paths[item.index]
 
-        def make(item: b.BatchItem, path: Path) -> dict:
-            from hires.pipeline import generate, load
+        def make_one(item: b.BatchItem, path: Path) -> dict:
+            from hires.pipeline import load
+            from hires.upscale import make
 
             j = item.job
             key = (j.model, j.linfusion, j.dtype, j.device, j.allow_pickle, j.offload)
@@ -667,7 +736,7 @@ def batch(
             check_loaded(j, loaded[key], notes=fresh)
             say(f"job {item.index}: {j.width}x{j.height} seed {j.seed} -> {path}")
             with progress_renderer(quiet) as progress:
-                result = generate(j, components=loaded[key], progress=progress)
+                result = make(j, components=loaded[key], progress=progress)
             return save_result(result, path, j.format, overwrite, False,
                                settings=b.settings_hash(j))
 
@@ -693,7 +762,7 @@ def batch(
         for folder in {output, *(p.parent for p in paths.values() if p.parent.is_dir())}:
             for part in out.remove_stale_parts(folder):
                 say(f"removed {part.name}, left by a run that died while saving")
-        outcomes = b.run_batch(mine, resolve, make, manifest, overwrite, report)
+        outcomes = b.run_batch(mine, resolve, make_one, manifest, overwrite, report)
         counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
         err.print(f"batch: {counts['done']} done, {counts['skipped']} skipped, "
                   f"{counts['failed']} failed", markup=False)

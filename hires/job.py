@@ -56,6 +56,8 @@ class Job:
     vae_tile: int | None = None
     vae_stats: str = "fast"
     format: str = "png"
+    image: str | None = None  # upscale this image (hires up) instead of starting from noise
+    image_sha256: str | None = None  # the image's hash when the job ran: a re-run checks it
     allow_pickle: bool = False
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 

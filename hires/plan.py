@@ -143,7 +143,12 @@ def upscale_sizes(width: int, height: int, source: tuple[int, int]) -> list[tupl
     sizes = []
     k = 1
     while 2**k < cover - 1e-9:
-        sizes.append(((sw << k) // 8 * 8, (sh << k) // 8 * 8))
+        # Rounded up to the latent grid: rounding down could leave a last stage only a few
+        # pixels larger than this one (64x43 at 2x: 128x80, then 128x88).
+        w, h = min(width, -(-(sw << k) // 8) * 8), min(height, -(-(sh << k) // 8) * 8)
+        if (w, h) == (width, height):
+            break
+        sizes.append((w, h))
         k += 1
     return [*sizes, (width, height)]
 
@@ -309,7 +314,8 @@ def largest_fitting(width: int, height: int, **kwargs) -> tuple[int, int] | None
     return best
 
 
-def plan_without_weights(job, rate: float | None = None) -> Plan:
+def plan_without_weights(job, rate: float | None = None,
+                         source: tuple[int, int] | None = None) -> Plan:
     """The plan of a Job for the device it names, from the model's shapes alone (a dry run).
 
     Without a CUDA GPU here the plan is still for one (that is what it is for), fitted to
@@ -341,4 +347,4 @@ def plan_without_weights(job, rate: float | None = None) -> Plan:
     return make_plan(job.width, job.height, steps=job.steps, strength=job.strength,
                      native=shape.native, spacing=spacing, train_steps=train, offset=offset,
                      model=shape, budget=budget, offload=job.offload if on_gpu else "none",
-                     vae_tile=job.vae_tile, vae_stats=job.vae_stats, rate=rate)
+                     vae_tile=job.vae_tile, vae_stats=job.vae_stats, rate=rate, source=source)

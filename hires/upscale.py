@@ -54,7 +54,7 @@ def target_size(source: tuple[int, int], *, size: int | None = None, scale: floa
 
 
 def upscale(
-    image: Any,
+    image: Any = None,
     *,
     size: int | None = None,
     scale: float | None = None,
@@ -71,15 +71,38 @@ def upscale(
 ) -> Result:
     """Upscale `image` (a path or an `images.InputImage`); keyword overrides are Job fields.
 
-    Returns a Result whose stages carry `psnr` against the input, and whose `source` records
-    the input's path and sha256 (so the job can be repeated); transparency comes back resized.
+    Returns a Result whose stages carry `psnr` against the input, and whose job records the
+    input's path and sha256 (so the job can be repeated); transparency comes back resized.
     """
-    from hires.images import InputImage, attach_alpha, fidelity, load_input
+    from hires.images import InputImage, load_input
 
     source = image if isinstance(image, InputImage) else load_input(Path(image))
     w, h = target_size(source.rgb.size, size=size, scale=scale, width=width, height=height)
     job = (job or Job()).merged({"prompt": prompt, "strength": strength, **overrides})
-    job = replace(job, width=w, height=h).validate()
+    job = replace(job, width=w, height=h, image=str(source.path)).validate()
+    return upscale_job(job, source=source, components=components, progress=progress,
+                       save_stages=save_stages, plan=plan)
+
+
+def load_source(job: Job):
+    """The job's input image, checked against the hash recorded when it first ran."""
+    from hires.images import load_input
+
+    source = load_input(Path(job.image))
+    if job.image_sha256 and job.image_sha256 != source.sha256:
+        raise JobError(f"{job.image} has changed since this job ran (its sha256 differs); "
+                       "restore the original, or upscale the new file with hires up")
+    return source
+
+
+def upscale_job(job: Job, *, source: Any = None, components: Components | None = None,
+                progress: ProgressFn | None = None, save_stages: bool = False,
+                plan: Plan | None = None) -> Result:
+    """A complete upscale Job (`job.image` set, width/height final) run as `upscale` does."""
+    from hires.images import attach_alpha, fidelity
+
+    source = source or load_source(job)
+    job = replace(job, image_sha256=source.sha256)
     if job.seed is None:
         job = replace(job, seed=secrets.randbelow(2**32))
     comps = components or load(job.model, job.linfusion, job.dtype, job.device,
@@ -99,3 +122,12 @@ def upscale(
     result.source = {"path": str(source.path), "sha256": source.sha256,
                      "width": source.rgb.width, "height": source.rgb.height}
     return result
+
+
+def make(job: Job, **kwargs: Any) -> Result:
+    """One job's image: an upscale when it names an input image, else text to image."""
+    if job.image:
+        return upscale_job(job, **kwargs)
+    from hires.pipeline import generate
+
+    return generate(job, **kwargs)

@@ -29,6 +29,13 @@ def test_target_sizes_keep_the_aspect_and_refuse_shrinking():
         target_size((160, 104), scale=0.5)
 
 
+def test_rounding_never_adds_a_stage_of_a_few_pixels():
+    from hires.plan import upscale_sizes
+
+    assert upscale_sizes(128, 88, (64, 43)) == [(128, 88)]
+    assert upscale_sizes(256, 176, (64, 43)) == [(128, 88), (256, 176)]
+
+
 def test_the_plan_starts_from_the_input_and_ends_on_the_request():
     p = make_plan(1280, 832, steps=10, strength=0.3, native=256, source=(160, 104))
     assert [(s.width, s.height) for s in p.stages] == [(320, 208), (640, 416), (1280, 832)]

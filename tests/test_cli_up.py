@@ -1,0 +1,67 @@
+"""`hires up`: an existing image upscaled from the command line, reproducible with --from."""
+
+import json
+
+import numpy as np
+import pytest
+from helpers_cli import cli, json_lines, run_hires, use_cached_tiny
+from PIL import Image
+
+
+@pytest.fixture
+def asked(monkeypatch, tiny):
+    return use_cached_tiny(monkeypatch, tiny)
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    from skimage import data
+
+    path = tmp_path_factory.mktemp("photo") / "chelsea.jpg"
+    Image.fromarray(data.chelsea()).resize((144, 96), Image.LANCZOS).save(path, quality=95)
+    return path
+
+
+def test_up_makes_the_exact_size_and_reports_fidelity_per_stage(photo, tmp_path, asked):
+    out = tmp_path / "big.png"
+    result = cli("up", photo, "--scale", "4", "--model", "tiny", "--steps", "4", "--seed", "2",
+                 "-o", out, "--json")
+    assert result.exit_code == 0, result.stderr
+    (record,) = json_lines(result.stdout)
+    assert (record["width"], record["height"]) == (576, 384)
+    assert [(s["width"], s["height"]) for s in record["stages"]] == [(288, 192), (576, 384)]
+    assert all(s["psnr"] > 5 for s in record["stages"])
+    assert record["image"] == str(photo) and len(record["image_sha256"]) == 64
+    assert "dB PSNR against the input" in result.stderr
+    with Image.open(out) as im:
+        assert im.size == (576, 384)
+
+    again = tmp_path / "again.png"
+    rerun = cli("gen", "--from", out, "-o", again)
+    assert rerun.exit_code == 0, rerun.stderr
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(again)))
+
+
+def test_up_dry_run_plans_from_the_input(photo):
+    result = cli("up", photo, "--size", "2304", "--dry-run", "--json")
+    assert result.exit_code == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert (plan["width"], plan["height"]) == (2304, 1536)
+    assert [s["width"] for s in plan["stages"]] == [288, 576, 1152, 2304]
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image", "truncated"])
+def test_bad_inputs_exit_2_with_one_line_and_write_nothing(photo, tmp_path, content):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(photo.read_bytes()[:200] if content == "truncated" else content)
+    out = tmp_path / "out.png"
+    proc = run_hires("up", str(bad), "--scale", "2", "--model", "tiny", "-o", str(out))
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and str(bad) in proc.stderr
+    assert not out.exists() and not list(tmp_path.glob(".*.part"))
+
+
+def test_size_options_are_checked(photo):
+    for args in (["--scale", "2", "--size", "1024"], ["--scale", "0.5"], []):
+        result = cli("up", photo, *args, "--dry-run")
+        assert result.exit_code == 2, args
