@@ -65,3 +65,26 @@ def test_size_options_are_checked(photo):
     for args in (["--scale", "2", "--size", "1024"], ["--scale", "0.5"], []):
         result = cli("up", photo, *args, "--dry-run")
         assert result.exit_code == 2, args
+
+
+def test_a_batch_job_with_an_image_is_an_upscale(photo, tmp_path, asked):
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text(f'''
+[defaults]
+model = "tiny"
+steps = 4
+
+[[job]]
+image = "{photo}"
+width = 288
+height = 192
+strength = 0.3
+seed = 1
+output = "cat.png"
+''', encoding="utf-8")
+    result = cli("batch", jobs, "-o", tmp_path / "out", "--json")
+    assert result.exit_code == 0, result.stderr
+    (record,) = json_lines(result.stdout)
+    assert record["image"] == str(photo) and record["stages"][0]["psnr"] > 5
+    with Image.open(tmp_path / "out" / "cat.png") as im:
+        assert im.size == (288, 192)
