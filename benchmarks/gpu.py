@@ -128,47 +128,6 @@ class Phases:
             c.setdefault("step_ends", []).append(time.perf_counter() - self._t0)
 
 
-def full_components(device: torch.device, dtype: torch.dtype):
-    """SDXL base + LinFusion-XL shapes, random weights, as hires.models.Components."""
-    from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    from hires.linfusion import LinFusion
-    from hires.models import Components, choose_vae_dtype
-    from hires.sdxl import SDXL_UNET_CONFIG, SDXL_VAE_CONFIG
-    from hires.tiny import tiny_clip_vocab, tiny_scheduler, tiny_tokenizer
-
-    vocab = len(tiny_clip_vocab())
-    common = dict(vocab_size=vocab, bos_token_id=vocab - 2, eos_token_id=vocab - 1,
-                  pad_token_id=vocab - 1, max_position_embeddings=77, hidden_act="gelu")
-    vae_dtype = choose_vae_dtype(device, dtype)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # as hires.models.load does on CUDA
-    torch.manual_seed(0)
-    with device:  # initialize on the GPU: seconds instead of a minute of CPU init
-        unet = UNet2DConditionModel(**SDXL_UNET_CONFIG).to(dtype)
-        vae = AutoencoderKL(**SDXL_VAE_CONFIG).to(vae_dtype)
-        te1 = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072,
-                                           num_attention_heads=12, num_hidden_layers=12,
-                                           **common)).to(dtype)
-        te2 = CLIPTextModelWithProjection(CLIPTextConfig(
-            hidden_size=1280, intermediate_size=5120, num_attention_heads=20,
-            num_hidden_layers=32, projection_dim=1280, **common)).to(dtype)
-        # LinFusion-XL's published config: residual MLPs of width dim/16 (40 and 80).
-        config = [dict(m, projection_mid_dim=m["dim_n"] // 16)
-                  for m in LinFusion.default_config(unet)]
-        LinFusion(config).to(dtype).mount(unet)
-    pipe = StableDiffusionXLPipeline(unet=unet, vae=vae, text_encoder=te1, text_encoder_2=te2,
-                                     tokenizer=tiny_tokenizer(),
-                                     tokenizer_2=tiny_tokenizer(pad_token="!"),
-                                     scheduler=tiny_scheduler())
-    pipe.set_progress_bar_config(disable=True)
-    for part in (unet, vae, te1, te2):
-        part.requires_grad_(False).eval()
-    return Components(pipe, "sdxl-random", "linfusion-xl-random", device, dtype, vae_dtype,
-                      "none")
-
-
 def _baddbmm_(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
     batch, n, k = a_shape
     return 2 * batch * n * k * b_shape[-1]
@@ -293,6 +252,7 @@ def main() -> None:
     from hires.models import DTYPES, load
     from hires.output import save_image
     from hires.pipeline import generate, plan_for
+    from hires.sdxl import random_components
 
     device = torch.device(args.device or ("cpu" if args.smoke else "cuda"))
     size = args.size or (512 if args.smoke else 16384)
@@ -325,7 +285,7 @@ def main() -> None:
         comps = load("tiny", device=str(device))
         report["model"] = "tiny (hires.tiny), LinFusion from its UNet"
     else:
-        comps = full_components(device, DTYPES[args.dtype])
+        comps = random_components(device, DTYPES[args.dtype])
         report["model"] = ("SDXL base UNet + LinFusion-XL shapes + SDXL VAE + real-shaped "
                            "CLIP-L/bigG text encoders, random weights")
     report.update(dtype=str(comps.dtype), vae_dtype=str(comps.vae_dtype),

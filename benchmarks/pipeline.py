@@ -96,44 +96,6 @@ class RssSampler:
         self._thread.join()
 
 
-def full_size_components(device: str, dtype: torch.dtype):
-    """SDXL base's architecture with random weights (nothing downloaded) and LinFusion-XL's."""
-    from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    from hires.linfusion import LinFusion
-    from hires.memory import choose_offload
-    from hires.models import Components
-    from hires.sdxl import SDXL_UNET_CONFIG, SDXL_VAE_CONFIG
-    from hires.tiny import tiny_clip_vocab, tiny_scheduler, tiny_tokenizer
-
-    vocab = len(tiny_clip_vocab())  # the offline byte-level tokenizer; shapes are SDXL's
-    common = dict(vocab_size=vocab, bos_token_id=vocab - 2, eos_token_id=vocab - 1,
-                  pad_token_id=vocab - 1, max_position_embeddings=77, hidden_act="gelu")
-    dev = torch.device(device)
-    with dev:
-        unet = UNet2DConditionModel(**SDXL_UNET_CONFIG).to(dtype)
-        vae = AutoencoderKL(**SDXL_VAE_CONFIG)  # fp32: the SDXL VAE overflows in fp16
-        te1 = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072,
-                                           num_attention_heads=12, num_hidden_layers=12,
-                                           **common)).to(dtype)
-        te2 = CLIPTextModelWithProjection(CLIPTextConfig(
-            hidden_size=1280, intermediate_size=5120, num_attention_heads=20,
-            num_hidden_layers=32, projection_dim=1280, **common)).to(dtype)
-        config = [dict(m, projection_mid_dim=m["dim_n"] // 16)
-                  for m in LinFusion.default_config(unet)]
-        LinFusion(config).to(dtype).mount(unet)
-    pipe = StableDiffusionXLPipeline(unet=unet, vae=vae, text_encoder=te1, text_encoder_2=te2,
-                                     tokenizer=tiny_tokenizer(),
-                                     tokenizer_2=tiny_tokenizer(pad_token="!"),
-                                     scheduler=tiny_scheduler())
-    pipe.set_progress_bar_config(disable=True)
-    for part in (unet, vae, te1, te2):
-        part.requires_grad_(False).eval()
-    return Components(pipe, "sdxl-random", "random", dev, dtype, torch.float32,
-                      choose_offload("none", dev))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=int, default=16384, help="final long side")
@@ -165,7 +127,9 @@ def main() -> None:
 
     steps = args.steps or (50 if args.full else 10)
     if args.full:
-        components = full_size_components(args.device, torch.float16)
+        from hires.sdxl import random_components
+
+        components = random_components(torch.device(args.device), torch.float16)
     else:
         from hires.models import load
 

@@ -42,9 +42,9 @@ def one_evaluation(args: argparse.Namespace) -> dict:
     from hires.sampling import dilated_convs
 
     if args.full:
-        from pipeline import full_size_components
+        from hires.sdxl import random_components
 
-        comps = full_size_components(args.device, torch.float16)
+        comps = random_components(torch.device(args.device), torch.float16)
     else:
         from hires.models import load
 
