@@ -243,6 +243,9 @@ def test_bad_inputs_are_refused(vae):
         tiled.encode(vae, np.zeros((100, 64, 3), dtype=np.uint8))
     with pytest.raises(ValueError, match="uint8"):
         tiled.encode(vae, np.zeros((64, 64, 3), dtype=np.float32))
+    for small in (tiled.decode, tiled.decode_float):  # one plain pass, but still checked
+        with pytest.raises(ValueError, match="stats must be one of"):
+            small(vae, torch.zeros(1, 4, 8, 8), stats="sampled")
 
 
 def _patch_state(vae: AutoencoderKL):
