@@ -194,7 +194,7 @@ def test_sixteen_bit_mode_i(tmp_path, photo):
 
 
 def test_48_bit_rgb_tiff(tmp_path, photo):
-    tifffile = pytest.importorskip("tifffile")
+    import tifffile  # comes with scikit-image
     rgb16 = arr(photo).astype(np.uint16) * 257
     p = tmp_path / "rgb48.tiff"
     tifffile.imwrite(p, rgb16, photometric="rgb")

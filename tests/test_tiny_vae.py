@@ -6,13 +6,12 @@ import json
 import math
 
 import pytest
+import skimage.data as skimage_data  # a test dependency: real photos
 import torch
 from diffusers import AutoencoderKL
 from safetensors import safe_open
 
 from hires.tiny import TINY_VAE_WEIGHTS, tiny_vae
-
-skimage_data = pytest.importorskip("skimage.data")
 
 CROP = 256  # the centre crop the training script scores (tools/train_tiny_vae.py)
 

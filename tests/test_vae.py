@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -23,12 +22,11 @@ from hires.tiny import tiny_vae
 TILE, OVERLAP = 256, 128
 
 
-TRAINED = "trained" in inspect.signature(tiny_vae).parameters  # hires/weights has landed
 
 
 def random_vae(seed: int = 0) -> AutoencoderKL:
     """The tiny VAE with random weights: harsh on statistics (1 % off a variance shows)."""
-    return (tiny_vae(seed, trained=False) if TRAINED else tiny_vae(seed)).eval()
+    return tiny_vae(seed, trained=False).eval()
 
 
 @pytest.fixture(scope="module")
@@ -337,9 +335,7 @@ PHOTO_TILE = 384  # 768 x 512 px in 3 x 2 tiles, default overlap (96 px)
 def photo():
     """The trained tiny VAE, latents of skimage's held-out `coffee` at 768 x 512, and their
     untiled decode."""
-    if not TRAINED:
-        pytest.skip("the trained tiny VAE (hires/weights) has not landed yet")
-    skimage_data = pytest.importorskip("skimage.data")
+    import skimage.data as skimage_data
     from PIL import Image
 
     trained = tiny_vae(trained=True).eval()
