@@ -23,3 +23,11 @@ def tiny_folder(tmp_path_factory):
     from hires.tiny import save_tiny
 
     return save_tiny(tmp_path_factory.mktemp("models") / "tiny-sdxl")
+
+
+@pytest.fixture
+def asked(monkeypatch, tiny):
+    """The CLI loads the session's tiny model; the list says which models it asked for."""
+    from helpers_cli import use_cached_tiny
+
+    return use_cached_tiny(monkeypatch, tiny)

@@ -119,3 +119,9 @@ def json_lines(text: str) -> list[dict]:
 
 def part_files(folder: Path) -> list[Path]:
     return sorted(folder.rglob("*.part"))
+
+
+def write(path: Path, text: str) -> Path:
+    """A UTF-8 text file (a batch file, a preset) with `text`."""
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -17,6 +17,7 @@ from helpers_cli import (
     spawn_hires,
     use_cached_tiny,
     wait_for,
+    write,
 )
 
 from hires.batch import BatchItem, my_share, parse_shard, read_batch, run_batch, stable_seed
@@ -33,11 +34,6 @@ def _one_thread():
 @pytest.fixture
 def tiny_cli(monkeypatch, tiny):
     return use_cached_tiny(monkeypatch, tiny)
-
-
-def write(path: Path, text: str) -> Path:
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 def manifest(path: Path) -> list[dict]:

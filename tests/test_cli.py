@@ -20,7 +20,6 @@ from helpers_cli import (
     part_files,
     run_hires,
     spawn_hires,
-    use_cached_tiny,
     wait_for,
 )
 from PIL import Image
@@ -37,12 +36,6 @@ RECORD_FIELDS = {"path", "seed", "width", "height", "stages", "seconds", "peak_m
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     yield from one_torch_thread()
-
-
-@pytest.fixture
-def asked(monkeypatch, tiny):
-    """The CLI loads the session's tiny model; the list says which models it asked for."""
-    return use_cached_tiny(monkeypatch, tiny)
 
 
 def pixels(path) -> np.ndarray:

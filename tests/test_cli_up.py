@@ -4,13 +4,8 @@ import json
 
 import numpy as np
 import pytest
-from helpers_cli import cli, json_lines, run_hires, use_cached_tiny
+from helpers_cli import cli, json_lines, run_hires
 from PIL import Image
-
-
-@pytest.fixture
-def asked(monkeypatch, tiny):
-    return use_cached_tiny(monkeypatch, tiny)
 
 
 @pytest.fixture(scope="module")

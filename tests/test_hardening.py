@@ -26,8 +26,8 @@ from helpers_cli import (
     run_hires,
     spawn_hires,
     subprocess_env,
-    use_cached_tiny,
     wait_for,
+    write,
 )
 from PIL import Image
 
@@ -43,16 +43,6 @@ TINY_TOML = 'model = "tiny"\nwidth = 256\nheight = 256\nsteps = 1\n'
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     yield from one_torch_thread()
-
-
-@pytest.fixture
-def asked(monkeypatch, tiny):
-    return use_cached_tiny(monkeypatch, tiny)
-
-
-def write(path: Path, text: str) -> Path:
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 def image_with_job(path: Path, job: dict) -> Path:
