@@ -607,8 +607,9 @@ def show_plan(job, gpu: str | None, as_json: bool,
     budget = f"{p.budget / 1024**3:.1f} GiB budget" if p.budget else "no memory budget"
     lines = [f"{p.width}x{p.height}: {len(p.stages)} stage(s), {budget}, times on {where}"]
     lines += describe(p)
-    lines.append(f"total: peak {p.peak_bytes / 1024**3:.1f} GiB, "
-                 f"{sum(s.cost.tflop for s in p.stages) / 1000:.1f} PFLOP, ~{p.seconds:.0f} s")
+    tflop = sum(s.cost.tflop for s in p.stages)
+    work = f"{tflop / 1000:.1f} PFLOP" if tflop >= 100 else f"{tflop:.2g} TFLOP"
+    lines.append(f"total: peak {p.peak_bytes / 1024**3:.1f} GiB, {work}, ~{p.seconds:.0f} s")
     out_line("\n".join(lines))
 
 

@@ -283,8 +283,8 @@ def describe(plan: Plan) -> list[str]:
         line = (f"stage {s.index} ({kind}): {s.width}x{s.height}, strength {s.strength:.2f}, "
                 f"{s.steps} steps")
         if s.cost:
-            line += f", {s.strategy.label}, peak {s.cost.peak_bytes / GIB:.1f} GiB, " \
-                    f"{s.cost.tflop:.0f} TFLOP"
+            work = f"{s.cost.tflop:.0f}" if s.cost.tflop >= 10 else f"{s.cost.tflop:.2g}"
+            line += f", {s.strategy.label}, peak {s.cost.peak_bytes / GIB:.1f} GiB, {work} TFLOP"
             if s.cost.scratch_bytes:
                 line += f", scratch {s.cost.scratch_bytes / 1e9:.1f} GB"
             if s.cost.seconds is not None:
