@@ -217,7 +217,10 @@ def which_vae(components) -> dict:
     weights = Path(getattr(tiny, "TINY_VAE_WEIGHTS",
                            Path(tiny.__file__).parent / "weights" / "tiny_vae.safetensors"))
     loaded = components.vae.state_dict()
-    info = {"weights_file": str(weights), "weights_file_exists": weights.is_file(),
+    # Relative to the package, so results carry no machine's paths.
+    shown = weights.relative_to(Path(tiny.__file__).parent.parent) if weights.is_absolute() \
+        and Path(tiny.__file__).parent.parent in weights.parents else weights
+    info = {"weights_file": str(shown), "weights_file_exists": weights.is_file(),
             "parameters": sum(v.numel() for v in loaded.values())}
     trained = False
     if weights.is_file():
