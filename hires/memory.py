@@ -12,13 +12,6 @@ from torch import nn
 GIB = 1024**3
 
 
-def device_memory(device: torch.device) -> int | None:
-    """Total memory of a CUDA device in bytes; None for CPU/MPS."""
-    if device.type != "cuda":
-        return None
-    return torch.cuda.get_device_properties(device).total_memory
-
-
 def free_memory(device: torch.device, parts: tuple[nn.Module, ...] = ()) -> int | None:
     """What a plan may use: the device's free memory plus what `parts` already hold there.
 
@@ -37,7 +30,7 @@ def free_memory(device: torch.device, parts: tuple[nn.Module, ...] = ()) -> int 
     return None
 
 
-def choose_offload(offload: str, device: torch.device, vram_gib: float | None = None) -> str:
+def choose_offload(offload: str, device: torch.device) -> str:
     """The offload modes the planner may use: the user's choice, 'none' where there is no GPU."""
     return "none" if device.type not in ("cuda", "mps") else offload
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from hires.costs import ModelShape, StageCost, stage_cost
 from hires.strategy import WEIGHTS, Strategy, all_strategies
 
+GIB = 1024**3
 MIN_SIDE, MAX_SIDE = 64, 32768  # px: the sizes hires plans for
 OFFLOAD_WEIGHTS = {"auto": WEIGHTS, "none": ("resident",), "model": ("model",),
                    "sequential": ("sequential",)}
@@ -59,18 +60,6 @@ class Plan:
     width: int
     height: int
     budget: int | None = None  # device bytes the plan was fitted to; None: not fitted
-
-    @property
-    def requested_width(self) -> int:  # kept for callers of the old API
-        return self.width
-
-    @property
-    def requested_height(self) -> int:
-        return self.height
-
-    @property
-    def exact(self) -> bool:
-        return True
 
     @property
     def peak_bytes(self) -> int | None:
@@ -271,8 +260,6 @@ def cheaper(stage: Stage, stages: list[Stage], model: ModelShape, offload: str =
     lower = [o for o in options if need(o) < need(stage)]
     return min(lower, key=lambda o: (o.cost.seconds or 0.0, o.cost.peak_bytes)) if lower else None
 
-
-GIB = 1024**3
 
 
 def describe(plan: Plan) -> list[str]:

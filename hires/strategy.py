@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from itertools import product
 
 import torch
@@ -56,11 +56,6 @@ def all_strategies(weights: tuple[str, ...] = WEIGHTS) -> list[Strategy]:
     """Every combination of the levers, with the weight modes allowed."""
     return [Strategy(*levers, weights=w)
             for levers in product((False, True), repeat=4) for w in weights]
-
-
-def lowest(strategy: Strategy) -> Strategy:
-    """Every lever on, weights as given: the least memory for that weight mode."""
-    return replace(strategy, split_cfg=True, ff_chunks=True, row_bands=True, park_skips=True)
 
 
 @contextmanager
