@@ -43,7 +43,7 @@ STRATEGIES = [
 
 def measured_peak(unet, latent: int, strategy: Strategy) -> int:
     """One guided UNet call on the GPU: torch.cuda.max_memory_allocated, weights included."""
-    from hires.sampling import Conditioning, Denoiser
+    from hires.denoiser import Conditioning, Denoiser
     from hires.strategy import applied
 
     dev, dt, cfg = torch.device("cuda"), torch.bfloat16, unet.config

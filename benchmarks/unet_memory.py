@@ -37,9 +37,9 @@ def vm_hwm() -> int:
 
 def one_evaluation(args: argparse.Namespace) -> dict:
     """Load the model, run one UNet call at the latent size, report time and peak memory."""
+    from hires.denoiser import dilated_convs
     from hires.lean import lean_unet
     from hires.memory import chunked_feed_forward
-    from hires.sampling import dilated_convs
 
     if args.full:
         from hires.sdxl import random_components

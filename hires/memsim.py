@@ -106,7 +106,7 @@ def unet_call_peak(unet: nn.Module, height: int, width: int, strategy, *,
     `unet` lives on the meta device (see `sdxl_unet_on_meta`); `weights_bytes` adds other
     resident weights (text encoders, VAE) to the baseline.
     """
-    from hires.sampling import Conditioning, Denoiser
+    from hires.denoiser import Conditioning, Denoiser
     from hires.strategy import applied
 
     cfg = unet.config

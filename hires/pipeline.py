@@ -14,14 +14,13 @@ from PIL import Image
 
 from hires import vae as tiled_vae
 from hires.costs import model_shape, rate_for
+from hires.denoiser import Conditioning, Denoiser
 from hires.job import Job
 from hires.memory import free_memory, peak_memory, placed, reset_peak
 from hires.models import Components, load
 from hires.plan import Plan, Stage, cheaper, make_plan
 from hires.progress import Event, ProgressFn
 from hires.sampling import (
-    Conditioning,
-    Denoiser,
     UpscaleKnobs,
     channel_stats,
     sample_base,

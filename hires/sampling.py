@@ -8,28 +8,16 @@ the second pass sees the next step's sigma (a bug in both reference pipelines).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
+
+from hires.denoiser import Denoiser
 
 StepCallback = Callable[[int, int], None]  # (steps done, steps in this stage)
-
-
-@dataclass
-class Conditioning:
-    """Text conditioning for CFG: row 0 is unconditional, row 1 conditional."""
-
-    embeds: Tensor  # 2 x 77 x D
-    pooled: Tensor  # 2 x P
-    time_ids: Tensor  # 2 x 6
-
-    def row(self, i: int) -> Conditioning:
-        pick = slice(i, i + 1)
-        return Conditioning(self.embeds[pick], self.pooled[pick], self.time_ids[pick])
 
 
 @dataclass
@@ -41,40 +29,6 @@ class UpscaleKnobs:
     cosine_scale_3: float = 1.0  # blur strength of the global pass
     sigma: float = 0.8
     dilate_downsamplers: bool = True
-
-
-@dataclass
-class Denoiser:
-    """A UNet with its conditioning and guidance: `eps(x, sigma, t)` gives the guided noise."""
-
-    unet: nn.Module
-    cond: Conditioning
-    guidance: float
-    split_cfg: bool = False  # uncond and cond as two UNet calls: less memory, same result
-    evaluations: int = 0  # UNet evaluations (batch items), for reports
-
-    def eps(self, x: Tensor, sigma: float, t: int) -> Tensor:
-        x_in = (x / math.sqrt(sigma**2 + 1)).to(self.cond.embeds.dtype)
-        if self.guidance <= 1.0:
-            return self._unet(x_in, t, self.cond.row(1)).float()
-        if self.split_cfg:
-            uncond = self._unet(x_in, t, self.cond.row(0)).float()
-            cond = self._unet(x_in, t, self.cond.row(1)).float()
-        else:
-            uncond, cond = self._unet(torch.cat([x_in, x_in]), t, self.cond).float().chunk(2)
-        return cfg(uncond, cond, self.guidance)
-
-    def _unet(self, x: Tensor, t: int, cond: Conditioning) -> Tensor:
-        self.evaluations += x.shape[0]
-        timestep = torch.full((1,), float(t), device=x.device)  # a factory op: fake-tensor safe
-        added = {"text_embeds": cond.pooled, "time_ids": cond.time_ids}
-        return self.unet(x, timestep, encoder_hidden_states=cond.embeds,
-                         added_cond_kwargs=added, return_dict=False)[0]
-
-
-def cfg(uncond: Tensor, cond: Tensor, guidance: float) -> Tensor:
-    """Classifier-free guidance."""
-    return uncond + guidance * (cond - uncond)
 
 
 def sigmas_for(alphas_cumprod: Tensor, timesteps: Sequence[int]) -> list[float]:
@@ -120,24 +74,6 @@ def renormalize(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     """Shift and scale `x` per channel to the given mean and std."""
     m, s = channel_stats(x)
     return ((x.float() - m) / (s + 1e-6) * std + mean).to(x.dtype)
-
-
-@contextmanager
-def dilated_convs(unet: nn.Module, r: int, downsamplers: bool = True) -> Iterator[None]:
-    """Dilate (and pad) every 3x3 conv by r for the global pass; always restored."""
-    changed = []
-    try:
-        if r > 1:
-            for m in unet.modules():
-                if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3):
-                    if m.stride != (1, 1) and not downsamplers:
-                        continue
-                    changed.append((m, m.dilation, m.padding))
-                    m.dilation, m.padding = (r, r), (r, r)
-        yield
-    finally:
-        for m, dilation, padding in changed:
-            m.dilation, m.padding = dilation, padding
 
 
 def sample_base(
@@ -187,7 +123,7 @@ def sample_upscale(
         x1 = euler_step(x, denoiser.eps(x, sigma, t), sigma, sigma_next)
         c3 = 0.99 * cf**knobs.cosine_scale_3 + 0.01
         blurred = renormalize(gaussian_blur(x, 2 * ratio - 1, knobs.sigma * c3), *channel_stats(x))
-        with dilated_convs(denoiser.unet, ratio, knobs.dilate_downsamplers):
+        with denoiser.dilated(ratio, knobs.dilate_downsamplers):
             eps2 = denoiser.eps(blurred, sigma, t)
         x2 = euler_step(x, eps2, sigma, sigma_next)
         c2 = cf**knobs.cosine_scale_2

@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from hires import lean
-from hires.sampling import dilated_convs
+from hires.denoiser import dilated_convs
 
 
 @pytest.fixture

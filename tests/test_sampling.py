@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+from hires.denoiser import Denoiser, dilated_convs
 from hires.sampling import (
     channel_stats,
     cosine_factor,
-    dilated_convs,
     euler_step,
     gaussian_blur,
     renormalize,
@@ -97,6 +97,7 @@ def test_dilation_is_restored_when_the_unet_raises_mid_step():
 
     class Raising:
         unet = net
+        dilated = Denoiser.dilated
 
         def eps(self, x, sigma, t):
             if net.a.dilation != (1, 1):
@@ -120,6 +121,7 @@ def test_upscale_step_formula_with_a_known_model():
 
     class Model:
         unet = Net()
+        dilated = Denoiser.dilated
 
         def eps(self, x, s, tt):
             seen.append((x.clone(), s, tt, self.unet.a.dilation))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import hires.strategy as strategy_module
-from hires.sampling import Conditioning, Denoiser
+from hires.denoiser import Conditioning, Denoiser
 from hires.strategy import Strategy, all_strategies, applied, parked_skips, streamed_blocks
 
 
