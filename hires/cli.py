@@ -139,6 +139,22 @@ VaeStats = Annotated[str | None, typer.Option(
     help="How tiles share GroupNorm statistics: fast (default) or exact (slower, scratch disk).")]
 AllowPickle = Annotated[bool, typer.Option(
     "--allow-pickle", help="Allow loading pickle (.ckpt/.bin) weights you trust.")]
+Sampler = Annotated[str | None, typer.Option(
+    help="euler (default) or dpmpp-2m (DPM++ 2M: as good in about half the steps).")]
+Karras = Annotated[bool | None, typer.Option(
+    "--karras/--no-karras", help="Karras sigma spacing (more steps near the clean end).")]
+Lora = Annotated[list[str] | None, typer.Option(
+    "--lora", help="A LoRA: PATH or HUB_ID, optionally :SCALE (e.g. style.safetensors:0.8); "
+    "repeat for more.")]
+Control = Annotated[str | None, typer.Option(
+    help="ControlNet conditioning image (edges, depth, pose...), resized to every stage.")]
+ControlModel = Annotated[str | None, typer.Option(
+    help="An SDXL ControlNet: Hub id, diffusers folder or .safetensors file.")]
+ControlScale = Annotated[float | None, typer.Option(help="ControlNet strength (default 1.0).")]
+IpImage = Annotated[str | None, typer.Option(help="IP-Adapter image prompt.")]
+IpAdapter = Annotated[str | None, typer.Option(
+    help="IP-Adapter weights: Hub id (default h94/IP-Adapter), folder or .safetensors file.")]
+IpScale = Annotated[float | None, typer.Option(help="IP-Adapter strength (default 0.6).")]
 JsonOut = Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout.")]
 Gpu = Annotated[str | None, typer.Option(
     help="For time estimates: h100, h200, a100, l40s, 4090, ... or a measured TFLOP/s figure.")]
@@ -154,7 +170,10 @@ def job_flags(**flags: Any) -> dict[str, Any]:
 
     size = size_from(flags.pop("size"), flags.pop("aspect"), flags.pop("width"),
                      flags.pop("height"))
-    given = {k: v for k, v in flags.items() if v is not None and v is not False}
+    # False means "not given" for plain flags; --no-karras is a real False.
+    given = {k: v for k, v in flags.items()
+             if v is not None and (v is not False or k == "karras")
+             and not (isinstance(v, list) and not v)}
     if size:
         given["width"], given["height"] = size
     return given
@@ -242,6 +261,8 @@ def record_for(result, path: Path) -> dict[str, Any]:
                    for s in result.stages],
         **({"image": result.job.image, "image_sha256": result.job.image_sha256}
            if result.job.image else {}),
+        "sampler": result.job.sampler + (" karras" if result.job.karras else ""),
+        "addons": result.addons,
         "warnings": result.warnings,
         "settings": settings_hash(result.job),
     }
@@ -331,6 +352,10 @@ def gen(
     vram: Vram = None, offload: Offload = None, device: Device = None, dtype: Dtype = None,
     upsample: Upsample = None, vae_tile: VaeTile = None, vae_stats: VaeStats = None,
     allow_pickle: AllowPickle = False,
+    sampler: Sampler = None, karras: Karras = None, lora: Lora = None,
+    control: Control = None, control_model: ControlModel = None,
+    control_scale: ControlScale = None, ip_image: IpImage = None, ip_adapter: IpAdapter = None,
+    ip_scale: IpScale = None,
     from_image: Annotated[Path | None, typer.Option(
         "--from", help="Re-run the job recorded in an image made by hires.")] = None,
     as_json: JsonOut = False, quiet: QuietOpt = False, overwrite: Overwrite = False,
@@ -346,6 +371,9 @@ def gen(
                           strength=strength, model=model, linfusion=linfusion, format=fmt,
                           vram=vram, offload=offload, device=device, dtype=dtype,
                           upsample=upsample, vae_tile=vae_tile, vae_stats=vae_stats,
+                          sampler=sampler, karras=karras, lora=lora, control=control,
+                          control_model=control_model, control_scale=control_scale,
+                          ip_image=ip_image, ip_adapter=ip_adapter, ip_scale=ip_scale,
                           allow_pickle=allow_pickle)
         if prompt and prompt != "-":
             flags["prompt"] = prompt
@@ -382,6 +410,10 @@ def up(
     save_stages: Annotated[bool, typer.Option(help="Also save each stage's image.")] = False,
     vram: Vram = None, offload: Offload = None, device: Device = None, dtype: Dtype = None,
     vae_tile: VaeTile = None, vae_stats: VaeStats = None, allow_pickle: AllowPickle = False,
+    sampler: Sampler = None, karras: Karras = None, lora: Lora = None,
+    control: Control = None, control_model: ControlModel = None,
+    control_scale: ControlScale = None, ip_image: IpImage = None, ip_adapter: IpAdapter = None,
+    ip_scale: IpScale = None,
     as_json: JsonOut = False, quiet: QuietOpt = False, overwrite: Overwrite = False,
     dry_run: DryRun = False, gpu: Gpu = None,
 ) -> None:
@@ -397,7 +429,10 @@ def up(
                           seed=seed, steps=steps, guidance=guidance, strength=strength,
                           model=model, linfusion=linfusion, format=fmt, vram=vram,
                           offload=offload, device=device, dtype=dtype, vae_tile=vae_tile,
-                          vae_stats=vae_stats, allow_pickle=allow_pickle)
+                          vae_stats=vae_stats, sampler=sampler, karras=karras, lora=lora,
+                          control=control, control_model=control_model, control_scale=control_scale,
+                          ip_image=ip_image, ip_adapter=ip_adapter, ip_scale=ip_scale,
+                          allow_pickle=allow_pickle)
         flags.update(image=str(image), image_sha256=source.sha256, prompt=prompt or "")
         if strength is None and not preset:
             flags["strength"] = DEFAULT_STRENGTH
@@ -463,6 +498,7 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
     import secrets
 
     from hires import output as out
+    from hires.addons import check_inputs
     from hires.job import JobError
 
     # Each prompt `n` times, seeds counting up from the prompt's (given or random) seed.
@@ -491,6 +527,7 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
             raise JobError(f"WebP images are at most {out.WEBP_MAX_SIDE} px a side; "
                            "use --format png, tiff or jpg")
         check_writable(path, overwrite)
+        check_inputs(one)
         runs.append((one, path, fmt))
     for folder in {path.parent for _, path, _ in runs}:
         if folder.is_dir():  # temp files of a gen that was killed while saving here
@@ -542,6 +579,10 @@ def plan(
     linfusion: LinFusionRef = None, preset: Preset = None, fmt: Fmt = None,
     vram: Vram = None, offload: Offload = None, device: Device = None, dtype: Dtype = None,
     upsample: Upsample = None, vae_tile: VaeTile = None, vae_stats: VaeStats = None,
+    sampler: Sampler = None, karras: Karras = None, lora: Lora = None,
+    control: Control = None, control_model: ControlModel = None,
+    control_scale: ControlScale = None, ip_image: IpImage = None, ip_adapter: IpAdapter = None,
+    ip_scale: IpScale = None,
     from_image: Annotated[Path | None, typer.Option(
         "--from", help="Plan the job recorded in an image made by hires.")] = None,
     gpu: Gpu = None, as_json: JsonOut = False,
@@ -552,7 +593,10 @@ def plan(
                           negative=negative, seed=seed, steps=steps, guidance=guidance,
                           strength=strength, model=model, linfusion=linfusion, format=fmt,
                           vram=vram, offload=offload, device=device, dtype=dtype,
-                          upsample=upsample, vae_tile=vae_tile, vae_stats=vae_stats)
+                          upsample=upsample, vae_tile=vae_tile, vae_stats=vae_stats,
+                          sampler=sampler, karras=karras, lora=lora, control=control,
+                          control_model=control_model, control_scale=control_scale,
+                          ip_image=ip_image, ip_adapter=ip_adapter, ip_scale=ip_scale)
         if prompt:
             flags["prompt"] = prompt
         show_plan(build_job(preset, from_image, flags), gpu, as_json)
@@ -772,9 +816,17 @@ def batch(
 
 
 @app.command()
-def info() -> None:
-    """Versions, devices and their memory, RAM, scratch disk, and the model cache."""
+def info(
+    image: Annotated[Path | None, typer.Argument(
+        help="An image made by hires: show how it was made (add-ons included).")] = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Versions, devices and their memory, RAM, scratch disk, and the model cache; with an
+    IMAGE, how that image was made."""
     with exit_codes():
+        if image is not None:
+            show_made(image, as_json)
+            return
         import platform
         import shutil
         import tempfile
@@ -789,7 +841,7 @@ def info() -> None:
                  f"torch {torch.__version__}"]
         # Versions from the installed metadata: importing diffusers and transformers to ask
         # them took most of `hires info`'s 17 s.
-        for name in ("diffusers", "transformers", "accelerate", "safetensors"):
+        for name in ("diffusers", "transformers", "accelerate", "safetensors", "peft"):
             try:
                 lines.append(f"{name} {metadata.version(name)}")
             except metadata.PackageNotFoundError:
@@ -815,6 +867,48 @@ def info() -> None:
             cached = isinstance(try_to_load_from_cache(repo, file), str)
             lines.append(f"{repo} {'cached' if cached else 'not cached (downloads on first use)'}")
         out_line("\n".join(lines))
+
+
+def show_made(path: Path, as_json: bool) -> None:
+    """How an image was made, from its hires metadata: job, stages and add-ons."""
+    from hires.job import JobError
+    from hires.output import OutputError, read_metadata
+
+    try:
+        record = read_metadata(path)["hires"]
+    except OutputError as e:
+        raise JobError(str(e)) from None
+    if not isinstance(record, dict) or not isinstance(record.get("job"), dict):
+        raise JobError(f"{path} carries no hires metadata; `hires info` alone shows this "
+                       "machine")
+    if as_json:
+        out_line(json.dumps(record))
+        return
+    job, result = record["job"], record.get("result") or {}
+    sampler = job.get("sampler", "euler") + (" karras" if job.get("karras") else "")
+    lines = [f"made by hires {record.get('hires', '?')}",
+             f"prompt {job.get('prompt', '')!r}",
+             f"size {result.get('width', job.get('width'))}x"
+             f"{result.get('height', job.get('height'))}, seed {job.get('seed')}, "
+             f"steps {job.get('steps')}, {sampler}, guidance {job.get('guidance')}",
+             f"model {job.get('model')}, linfusion {result.get('linfusion', job.get('linfusion'))}"]
+    if job.get("image"):
+        lines.append(f"upscaled from {job['image']} (strength {job.get('strength')})")
+    addons = result.get("addons") or {}
+    for lora in addons.get("lora", []):
+        lines.append(f"lora {lora.get('ref')} at {lora.get('scale')}")
+    if addons.get("controlnet"):
+        c = addons["controlnet"]
+        lines.append(f"controlnet {c.get('model')} at {c.get('scale')}, image {c.get('image')}")
+    if addons.get("ip_adapter"):
+        ip = addons["ip_adapter"]
+        lines.append(f"ip-adapter {ip.get('ref')} at {ip.get('scale')}, image {ip.get('image')}")
+    if not addons:
+        lines.append("add-ons none")
+    for stage in result.get("stages", []):
+        lines.append(f"stage {stage.get('index')}: {stage.get('width')}x{stage.get('height')}, "
+                     f"{stage.get('steps')} steps, {stage.get('seconds')} s")
+    out_line("\n".join(lines))
 
 
 def ram_bytes() -> tuple[int, int]:

@@ -15,6 +15,8 @@ FORMATS = ("png", "jpg", "webp", "tiff")
 UPSAMPLE_MODES = ("pixel", "latent")
 OFFLOAD_MODES = ("auto", "none", "model", "sequential")
 VAE_STATS_MODES = ("fast", "exact")
+SAMPLERS = ("euler", "dpmpp-2m")
+DEFAULT_IP_ADAPTER = "h94/IP-Adapter"
 DTYPES = ("auto", "fp16", "bf16", "fp32")
 # The schedulers hires uses are trained on 1000 timesteps: more steps than that only repeat
 # timesteps, and a tampered `steps = 1e9` must fail before anything is allocated.
@@ -58,6 +60,15 @@ class Job:
     format: str = "png"
     image: str | None = None  # upscale this image (hires up) instead of starting from noise
     image_sha256: str | None = None  # the image's hash when the job ran: a re-run checks it
+    sampler: str = "euler"
+    karras: bool = False  # Karras sigma spacing (more steps near the clean end)
+    lora: list[str] = field(default_factory=list)  # "REF" or "REF:SCALE" each, applied in order
+    control: str | None = None  # ControlNet conditioning image (`up`: the input by default)
+    control_model: str | None = None  # an SDXL ControlNet: Hub id, folder or .safetensors
+    control_scale: float = 1.0
+    ip_image: str | None = None  # IP-Adapter image prompt
+    ip_adapter: str = DEFAULT_IP_ADAPTER
+    ip_scale: float = 0.6
     allow_pickle: bool = False
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -69,7 +80,7 @@ class Job:
             raise JobError(f"steps must be a whole number from 1 to {MAX_STEPS}, "
                            f"got {self.steps!r}")
         for name in ("guidance", "strength", "sigma", "cosine_scale_1", "cosine_scale_2",
-                     "cosine_scale_3", "vram"):
+                     "cosine_scale_3", "vram", "control_scale", "ip_scale"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise JobError(f"{name} must be a finite number, got {value}")
@@ -96,11 +107,37 @@ class Job:
         _check_choice("format", self.format, FORMATS)
         _check_choice("offload", self.offload, OFFLOAD_MODES)
         _check_choice("vae_stats", self.vae_stats, VAE_STATS_MODES)
+        _check_choice("sampler", self.sampler, SAMPLERS)
+        self._check_addons()
         if self.vae_tile is not None and (
                 not 64 <= self.vae_tile <= MAX_SIDE or self.vae_tile % 8):
             raise JobError(f"vae_tile must be a multiple of 8 from 64 to {MAX_SIDE}, "
                            f"got {self.vae_tile}")
         return self
+
+    def _check_addons(self) -> None:
+        for name in ("control_scale", "ip_scale"):
+            if not 0.0 <= getattr(self, name) <= 10.0:
+                raise JobError(f"{name} must be between 0 and 10, got {getattr(self, name)}")
+        if self.control and not self.control_model:
+            raise JobError("--control needs --control-model (an SDXL ControlNet: Hub id, folder "
+                           "or .safetensors file)")
+        if self.control_model and not (self.control or self.image):
+            raise JobError("--control-model needs --control IMAGE (hires up uses its input "
+                           "image when --control is not given)")
+        for spec in self.lora:
+            from hires.lora import LoraError, parse_lora
+
+            try:
+                parse_lora(spec)
+            except LoraError as e:
+                raise JobError(str(e)) from None
+
+    @property
+    def addons(self) -> list[str]:
+        """The add-ons this job runs with, by name: lora, controlnet, ip-adapter."""
+        return [name for name, on in (("lora", self.lora), ("controlnet", self.control_model),
+                                      ("ip-adapter", self.ip_image)) if on]
 
     def to_dict(self) -> dict[str, Any]:
         """The job as plain JSON-ready values (what metadata and manifests record).
@@ -109,6 +146,7 @@ class Job:
         """
         out = dataclasses.asdict(self)
         out.pop("extra")
+        out["lora"] = list(self.lora)
         for key in TRUSTED_ONLY:
             out.pop(key)
         return out
@@ -171,13 +209,19 @@ def _coerce(name: str, value: Any, where: str) -> Any:
             if isinstance(value, bool):
                 raise ValueError
             return float(value)
+        if kind == "list[str]":
+            items = [value] if isinstance(value, str) else value
+            if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+                raise ValueError
+            return list(items)
         if kind == "bool":
             if isinstance(value, str):
                 return value.lower() in ("1", "true", "yes", "on")
             return bool(value)
         return str(value)
     except (TypeError, ValueError):
-        words = {"int": "whole number", "float": "number", "str": "text", "bool": "true or false"}
+        words = {"int": "whole number", "float": "number", "str": "text", "bool": "true or false",
+                 "list[str]": "list of text"}
         what = words.get(kind.replace(" | None", ""), kind)
         raise JobError(f"'{name}' in {where} must be a {what}, got {value!r}") from None
 

@@ -53,7 +53,9 @@ def placed(components, weights: str, *active: nn.Module) -> Iterator[None]:
     if dev.type == "cpu":
         yield
         return
-    parts = (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2)
+    controlnets = tuple(components.controlnets.values())
+    parts = (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2, *controlnets)
+    streamed = (pipe.unet, *controlnets)  # sequential: these bring their blocks in themselves
     if weights == "resident":
         for part in parts:
             part.to(dev)
@@ -62,7 +64,7 @@ def placed(components, weights: str, *active: nn.Module) -> Iterator[None]:
             if not any(part is a for a in active):
                 part.to("cpu")
         for part in active:
-            if not (weights == "sequential" and part is pipe.unet):
+            if not (weights == "sequential" and any(part is s for s in streamed)):
                 part.to(dev)
         if dev.type == "cuda":
             torch.cuda.empty_cache()

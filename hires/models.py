@@ -6,6 +6,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -30,6 +31,7 @@ class Components:
     vae_dtype: torch.dtype
     offload: str = "none"  # none | model | sequential: where the weights wait between phases
     warnings: list[str] = field(default_factory=list)
+    controlnets: dict[str, Any] = field(default_factory=dict)  # loaded ControlNets, by reference
 
     @property
     def unet(self):

@@ -100,12 +100,18 @@ def slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:limit] or "image"
 
 
+# (sampler, karras) -> the names A1111 and image sites show; read back by parse_parameters.
+A1111_SAMPLERS = {("euler", False): "Euler", ("euler", True): "Euler Karras",
+                  ("dpmpp-2m", False): "DPM++ 2M", ("dpmpp-2m", True): "DPM++ 2M Karras"}
+
+
 def parameters_text(job: dict[str, Any], width: int, height: int) -> str:
     """The A1111 'parameters' layout, read by PNG Info, civitai and image galleries."""
     lines = [job.get("prompt", "")]
     if job.get("negative"):
         lines.append(f"Negative prompt: {job['negative']}")
-    pairs = [("Steps", job.get("steps")), ("Sampler", "Euler"), ("CFG scale", job.get("guidance")),
+    sampler = A1111_SAMPLERS.get((job.get("sampler", "euler"), bool(job.get("karras"))))
+    pairs = [("Steps", job.get("steps")), ("Sampler", sampler), ("CFG scale", job.get("guidance")),
              ("Seed", job.get("seed")), ("Size", f"{width}x{height}"), ("Model", job.get("model")),
              ("Denoising strength", job.get("strength")), ("LinFusion", job.get("linfusion")),
              ("Version", f"hires {__version__}")]
@@ -453,6 +459,9 @@ def parse_parameters(text: str) -> dict[str, Any]:
         if key in pairs:
             raw = pairs[key].strip()
             values[name] = kind(json.loads(raw) if raw.startswith('"') else raw)
+    named = {v: k for k, v in A1111_SAMPLERS.items()}.get(pairs.get("Sampler", "").strip())
+    if named:
+        values["sampler"], values["karras"] = named
     if "Size" in pairs:
         w, _, h = pairs["Size"].strip().partition("x")
         values["width"], values["height"] = int(w), int(h)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from hires import vae as tiled_vae
+from hires.addons import Addons, attached
 from hires.costs import model_shape, rate_for
 from hires.denoiser import Conditioning, Denoiser
 from hires.job import Job
@@ -66,6 +67,7 @@ class Result:
     warnings: list[str] = field(default_factory=list)
     linfusion: str | None = None  # the LinFusion checkpoint that ran; None: original attention
     source: dict[str, Any] | None = None  # upscales: the input's path, sha256 and size
+    addons: dict[str, Any] = field(default_factory=dict)  # what ran: lora, controlnet, ip_adapter
 
     @property
     def seed(self) -> int:
@@ -114,8 +116,9 @@ def generate(
         job = replace(job, seed=secrets.randbelow(2**32))
     comps = components or load(job.model, job.linfusion, job.dtype, job.device,
                                job.allow_pickle, job.offload)
-    with torch.inference_mode():
-        return _run(job, comps, plan or plan_for(job, comps), progress, save_stages)
+    plan = plan or plan_for(job, comps)
+    with attached(comps, job) as addons, torch.inference_mode():
+        return _run(job, comps, plan, progress, save_stages, addons=addons)
 
 
 @dataclass
@@ -134,16 +137,20 @@ Decoded = Callable[[int, Image.Image], None]  # (stage index, that stage's decod
 
 def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
          save_stages: bool, source: Image.Image | None = None,
-         on_decoded: Decoded | None = None) -> Result:
+         on_decoded: Decoded | None = None, addons: Addons | None = None) -> Result:
     """The stages of one job, in order (base or input, then x2 stages), then the final decode.
 
     With `source`, the plan is an upscale plan and its first stage starts from that image.
+    `addons` are the job's add-ons, already on the model (see hires.addons.attached).
     """
     emit = progress or (lambda e: None)
     started = time.perf_counter()
+    addons = addons or Addons()
     first = plan.stages[0].strategy.weights
     with placed(comps, first, comps.pipe.text_encoder, comps.pipe.text_encoder_2):
         cond = encode_prompt(comps, job, plan)
+    if addons.image_embeds is not None:
+        cond.image_embeds = [e.to(comps.device, comps.dtype) for e in addons.image_embeds]
     reports: list[StageReport] = []
     stage_images: list[Image.Image] = []
     warnings = list(comps.warnings)
@@ -155,7 +162,7 @@ def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
         reset_peak(comps.device)
         try:
             carry, report = _stage(job, comps, plan, stage, cond, carry, emit, save_stages,
-                                   stage_images, decoded)
+                                   stage_images, decoded, addons)
         except torch.cuda.OutOfMemoryError:
             fallback = cheaper(stage, stages, model_shape(comps), comps.offload, job.vae_tile,
                                job.vae_stats) if stage.cost else None
@@ -168,19 +175,20 @@ def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
             if comps.device.type == "cuda":
                 torch.cuda.empty_cache()
             carry, report = _stage(job, comps, plan, fallback, cond, carry, emit, save_stages,
-                                   stage_images, decoded)
+                                   stage_images, decoded, addons)
             report.retried_with = fallback.strategy.label
         report.seconds = time.perf_counter() - t0
         report.peak_memory = peak_memory(comps.device)
         reports.append(report)
     return Result(stage_images.pop() if not save_stages else stage_images[-1], job, plan,
                   reports, time.perf_counter() - started, peak_memory(comps.device),
-                  stage_images, warnings, comps.linfusion)
+                  stage_images, warnings, comps.linfusion, addons=addons.record)
 
 
 def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditioning,
            carry: _Carry, emit: ProgressFn, save_stages: bool,
-           stage_images: list[Image.Image], decoded: Decoded) -> tuple[_Carry, StageReport]:
+           stage_images: list[Image.Image], decoded: Decoded,
+           addons: Addons) -> tuple[_Carry, StageReport]:
     """One stage from the previous stage's latents (or from noise, or from the input image);
     the last one decodes.
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from hires.addons import attached
 from hires.job import Job, JobError
 from hires.models import Components, load
 from hires.pipeline import Result, _run, plan_for
@@ -113,9 +114,9 @@ def upscale_job(job: Job, *, source: Any = None, components: Components | None =
     def on_decoded(index: int, result: Image.Image) -> None:
         scores[index] = fidelity(result, source)
 
-    with torch.inference_mode():
+    with attached(comps, job, source.rgb) as addons, torch.inference_mode():
         result = _run(job, comps, plan, progress, save_stages, source=source.rgb,
-                      on_decoded=on_decoded)
+                      on_decoded=on_decoded, addons=addons)
     for report in result.stages:
         report.psnr = scores.get(report.index)
     result.image = attach_alpha(result.image, source.alpha)

@@ -87,14 +87,21 @@ def test_parse_a_hand_written_a1111_text():
     assert parse_parameters(text) == {
         "prompt": "a castle on a hill, golden hour", "negative": "blurry, lowres", "steps": 30,
         "guidance": 7.0, "seed": 123456789, "width": 1024, "height": 768,
-        "model": "sd_xl_base_1.0", "strength": 0.4}
+        "model": "sd_xl_base_1.0", "strength": 0.4, "sampler": "dpmpp-2m", "karras": True}
 
 
 def test_parameters_text_parses_back_to_the_job():
     values = parse_parameters(parameters_text(JOB.to_dict(), 256, 192))
     assert values == {"prompt": JOB.prompt, "negative": "blurry", "steps": 30, "guidance": 6.5,
                       "seed": 1234, "width": 256, "height": 192, "model": "tiny",
-                      "strength": JOB.strength}
+                      "strength": JOB.strength, "sampler": "euler", "karras": False}
+
+
+def test_the_sampler_round_trips_through_a1111_text():
+    job = {**JOB.to_dict(), "sampler": "dpmpp-2m", "karras": True}
+    assert "Sampler: DPM++ 2M Karras," in parameters_text(job, 256, 256)
+    values = parse_parameters(parameters_text(job, 256, 256))
+    assert (values["sampler"], values["karras"]) == ("dpmpp-2m", True)
 
 
 def test_an_a1111_only_image_gives_its_job(tmp_path):

@@ -1,0 +1,117 @@
+"""A job's add-ons (LoRAs, a ControlNet, an IP-Adapter) put on the loaded model for that job.
+
+`attached(components, job)` loads what the job asks for, yields what the stages need (the
+ControlNet and its image, the image prompt's embeddings) and takes it all off again, so one
+loaded model serves a batch whose jobs differ in add-ons. What ran is recorded for metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from hires.job import Job, JobError
+from hires.models import model_kind
+
+
+@dataclass
+class Addons:
+    """What the stages need from a job's add-ons, and the record of what ran."""
+
+    controlnet: Any = None  # diffusers ControlNetModel
+    control_image: Image.Image | None = None
+    control_scale: float = 1.0
+    image_embeds: list[Any] | None = None  # IP-Adapter: one 2 x ... tensor (uncond, cond)
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def check_inputs(job: Job) -> None:
+    """Fail before any loading when a local add-on file the job names is missing."""
+    local = [("--control", job.control), ("--ip-image", job.ip_image)]
+    if job.lora:
+        from hires.lora import parse_lora
+
+        local += [("--lora", parse_lora(spec)[0]) for spec in job.lora]
+    if job.control_model:
+        local.append(("--control-model", job.control_model))
+    if job.ip_image:
+        local.append(("--ip-adapter", job.ip_adapter))
+    for flag, ref in local:
+        if ref and model_kind(ref) in ("file", "folder") and not Path(ref).expanduser().exists():
+            raise JobError(f"{flag} {ref}: no such file or folder")
+
+
+def sha256_of(path: str | Path) -> str:
+    """The file's sha256 (hex), read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextmanager
+def attached(components: Any, job: Job, source: Image.Image | None = None) -> Iterator[Addons]:
+    """The job's add-ons on `components` for the duration; always taken off again.
+
+    `source` is an upscale's input image: a ControlNet without --control is fed it (the tile
+    ControlNet path). Add-on errors come out as JobError (exit code 2 in the CLI).
+    """
+    from hires.images import load_input
+
+    addons = Addons(control_scale=job.control_scale)
+    pipe = components.pipe
+    with ExitStack() as undo:
+        try:
+            if job.lora:
+                from hires import lora
+
+                addons.record["lora"] = lora.load_loras(pipe, job.lora, job.allow_pickle)
+                undo.callback(lora.unload_loras, pipe)
+            if job.control_model:
+                from hires import controlnet
+
+                model = _controlnet(components, job.control_model, job.allow_pickle)
+                controlnet.check_fits(model, components.unet)
+                image = load_input(Path(job.control)) if job.control else None
+                addons.controlnet = model
+                addons.control_image = image.rgb if image else source
+                addons.record["controlnet"] = {
+                    "model": job.control_model, "scale": job.control_scale,
+                    "image": job.control or job.image,
+                    "image_sha256": image.sha256 if image else job.image_sha256}
+            if job.ip_image:
+                from hires import ip_adapter
+
+                info = ip_adapter.load_ip_adapter(pipe, job.ip_adapter, job.allow_pickle)
+                undo.callback(ip_adapter.unload_ip_adapter, pipe)
+                ip_adapter.set_scale(pipe, job.ip_scale)
+                image = load_input(Path(job.ip_image))
+                embeds = ip_adapter.image_embeds(pipe, image.rgb, components.device,
+                                                 components.dtype)
+                addons.image_embeds = [embeds]
+                addons.record["ip_adapter"] = {**info, "scale": job.ip_scale,
+                                               "image": job.ip_image, "image_sha256": image.sha256}
+        except ValueError as e:  # LoraError, ControlError, IPAdapterError: the user's to fix
+            if isinstance(e, JobError):
+                raise
+            raise JobError(str(e)) from None
+        yield addons
+
+
+def _controlnet(components: Any, ref: str, allow_pickle: bool) -> Any:
+    """The ControlNet for `ref`, loaded once per components (batches reuse it)."""
+    from hires import controlnet
+
+    cache = components.controlnets
+    if ref not in cache:
+        cache.clear()  # one ControlNet at a time: each is 2.5 GB in fp16
+        cache[ref] = controlnet.load_controlnet(ref, components.dtype, components.device,
+                                                allow_pickle)
+    return cache[ref]
