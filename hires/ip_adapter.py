@@ -1,0 +1,305 @@
+"""An image prompt (IP-Adapter) for the SDXL pipeline, through diffusers' IPAdapterMixin.
+
+IP-Adapter replaces the UNet's cross-attention (attn2) processors and adds an image
+projection (`encoder_hid_proj`); LinFusion replaces the self-attention (attn1) modules, which
+then have no processor at all, so the two touch disjoint parts and coexist. Diffusers numbers
+the adapter's weights per attn2 (1, 3, 5, ...), not per processor, so the numbering holds with
+LinFusion mounted.
+
+Diffusers' own unload puts fresh processors back and leaves small traces (the pipeline config's
+(None, None) becomes a list); `unload_ip_adapter` here puts back the very objects from before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from hires.models import PICKLE_SUFFIXES, model_kind
+
+# The reference SDXL IP-Adapter. Checked on the Hub (tree of h94/IP-Adapter, sdxl_models/):
+# ip-adapter_sdxl.safetensors (703 MB, a safetensors copy of ip-adapter_sdxl.bin) and
+# image_encoder/ (config.json + model.safetensors, 3.69 GB: OpenCLIP ViT-bigG/14, whose
+# 1280-wide image embeddings image_proj takes); no preprocessor config: diffusers builds a
+# CLIPImageProcessor sized from the encoder's config.
+DEFAULT_IP_ADAPTER = "h94/IP-Adapter"
+HUB_SUBFOLDER = "sdxl_models"
+WEIGHT_NAME = "ip-adapter_sdxl.safetensors"
+IMAGE_ENCODER_FOLDER = "image_encoder"
+
+
+class IPAdapterError(ValueError):
+    """An IP-Adapter could not be loaded or used; the message is one line."""
+
+
+@dataclass
+class _Before:
+    """What loading changes, kept to undo it exactly."""
+
+    processors: dict
+    encoder_hid_proj: object
+    encoder_hid_dim_type: object
+    image_encoder: object
+    feature_extractor: object
+
+
+# Pipelines with an IP-Adapter loaded by this module, and their state from before.
+_LOADED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def is_loaded(pipe) -> bool:
+    """Whether this module has an IP-Adapter loaded on the pipeline."""
+    return pipe in _LOADED
+
+
+def load_ip_adapter(pipe, ref: str = DEFAULT_IP_ADAPTER, allow_pickle: bool = False) -> dict:
+    """Load an IP-Adapter and its image encoder onto `pipe`; returns a record for metadata.
+
+    `ref`: a Hub id laid out like h94/IP-Adapter (sdxl_models/ip-adapter_sdxl.safetensors and
+    sdxl_models/image_encoder/), a local .safetensors file with an image_encoder/ folder beside
+    it, or a local folder laid out like the Hub repo or holding one weight file and
+    image_encoder/. One already loaded by this module is replaced.
+    """
+    kind = model_kind(ref)
+    if kind == "tiny":
+        raise IPAdapterError("'tiny' is a model, not an IP-Adapter; pass a Hub id, a folder or "
+                             "a .safetensors file")
+    if is_loaded(pipe):
+        unload_ip_adapter(pipe)
+    elif getattr(pipe.unet, "encoder_hid_proj", None) is not None:
+        raise IPAdapterError("this UNet already has an image or text projection "
+                             "(encoder_hid_proj); hires cannot add an IP-Adapter to it")
+    if kind == "hub":
+        repo, subfolder, weight = ref, HUB_SUBFOLDER, WEIGHT_NAME
+    else:
+        repo, subfolder, weight = _local_weight(Path(ref).expanduser(), ref, allow_pickle)
+    before = _Before(dict(pipe.unet.attn_processors), pipe.unet.encoder_hid_proj,
+                     pipe.unet.config.encoder_hid_dim_type, pipe.image_encoder,
+                     pipe.feature_extractor)
+    try:
+        with _quiet():
+            pipe.load_ip_adapter(repo, subfolder=subfolder, weight_name=weight,
+                                 image_encoder_folder=IMAGE_ENCODER_FOLDER)
+    except Exception as e:  # diffusers raises many kinds here; the user needs one line
+        _restore(pipe, before)
+        raise _load_error(e, ref, kind, pipe.unet) from e
+    if pipe.image_encoder is None:
+        _restore(pipe, before)
+        raise IPAdapterError(f"IP-Adapter '{ref}' loaded without an image encoder; it needs an "
+                             f"{IMAGE_ENCODER_FOLDER}/ folder beside its weights")
+    _LOADED[pipe] = before
+    # Parked on the CPU: it runs once per job (image_embeds moves it to the device for that),
+    # and SDXL's ViT-bigG would otherwise hold 2.5 GB of GPU memory through the whole job.
+    encoder = pipe.image_encoder.requires_grad_(False).eval().to("cpu")
+    return {
+        "ref": ref,
+        "weight": weight,
+        "sha256": _sha256(_weight_file(ref, kind, repo, subfolder, weight)),
+        "image_encoder": "/".join(p for p in (subfolder, IMAGE_ENCODER_FOLDER) if p),
+        "image_encoder_params": sum(p.numel() for p in encoder.parameters()),
+        "image_size": encoder.config.image_size,
+        "projection_dim": encoder.config.projection_dim,
+    }
+
+
+def image_embeds(pipe, image: Image.Image, device: torch.device | str,
+                 dtype: torch.dtype) -> torch.Tensor:
+    """The image prompt's embeddings for `Conditioning.image_embeds`: 2 x 1 x D (one adapter).
+
+    Row 0 is the unconditional embedding and row 1 the image's, the order diffusers'
+    `prepare_ip_adapter_image_embeds` returns with CFG (it concatenates negative, then
+    positive). For the plain IP-Adapter the unconditional row is zeros (`encode_image` uses
+    zeros_like), not the encoder's view of a blank image. The encoder runs on `device` and goes
+    back where it was.
+    """
+    if not is_loaded(pipe):
+        raise IPAdapterError("no IP-Adapter is loaded; load one before encoding an image prompt")
+    encoder = pipe.image_encoder
+    home = next(encoder.parameters()).device
+    try:
+        encoder.to(device)
+        with torch.no_grad():
+            embeds = pipe.prepare_ip_adapter_image_embeds(
+                ip_adapter_image=image.convert("RGB"), ip_adapter_image_embeds=None,
+                device=device, num_images_per_prompt=1, do_classifier_free_guidance=True)
+    finally:
+        encoder.to(home)
+    return embeds[0].to(device=device, dtype=dtype)
+
+
+def set_scale(pipe, scale: float) -> None:
+    """How strongly the image prompt steers: 0 turns it off (diffusers then skips the branch)."""
+    if not is_loaded(pipe):
+        raise IPAdapterError("no IP-Adapter is loaded; load one before setting its scale")
+    try:
+        value = float(scale)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0 <= value < float("inf"):
+        raise IPAdapterError(f"IP-Adapter scale must be a number >= 0, not {scale!r}")
+    pipe.set_ip_adapter_scale(value)
+
+
+def unload_ip_adapter(pipe) -> None:
+    """Remove the IP-Adapter: the UNet, its processors and config are as before loading."""
+    before = _LOADED.pop(pipe, None)
+    if before is None:
+        raise IPAdapterError("no IP-Adapter is loaded; nothing to unload")
+    pipe.unload_ip_adapter()
+    _restore(pipe, before)
+
+
+def _restore(pipe, before: _Before) -> None:
+    """Put back what loading changed (also after a load that failed half way)."""
+    unet = pipe.unet
+    # Keyed by what is there now: LinFusion may have been (un)mounted since, changing which
+    # attn1 have processors; those keep the fresh ones diffusers' unload gave them.
+    unet.set_attn_processor({n: before.processors.get(n, p)
+                             for n, p in unet.attn_processors.items()})
+    unet.encoder_hid_proj = before.encoder_hid_proj
+    # diffusers sets this as an attribute of the config's FrozenDict (its item never changes)
+    unet.config.encoder_hid_dim_type = before.encoder_hid_dim_type
+    pipe.register_modules(image_encoder=before.image_encoder,
+                          feature_extractor=before.feature_extractor)
+
+
+def _local_weight(path: Path, ref: str, allow_pickle: bool) -> tuple[str, str, str]:
+    """(folder, subfolder, weight file name) for diffusers, from a local file or folder."""
+    if path.is_file():
+        folder, subfolder, weight = path.parent, "", path.name
+    elif path.is_dir():
+        folder = path
+        subfolder = HUB_SUBFOLDER if (path / HUB_SUBFOLDER).is_dir() else ""
+        weight = _pick_weight(path / subfolder, ref, allow_pickle)
+    else:
+        raise IPAdapterError(f"IP-Adapter file or folder not found: {ref}")
+    if Path(weight).suffix != ".safetensors" and not allow_pickle:
+        raise IPAdapterError(
+            f"{weight} is a pickle checkpoint, which can run code when loaded; convert it to "
+            ".safetensors or pass --allow-pickle if you trust it")
+    if not (folder / subfolder / IMAGE_ENCODER_FOLDER / "config.json").is_file():
+        raise IPAdapterError(
+            f"no image encoder for IP-Adapter {ref}: put the CLIP vision model (config.json and "
+            f"weights) in an {IMAGE_ENCODER_FOLDER}/ folder beside {weight}")
+    return str(folder), subfolder, weight
+
+
+def _pick_weight(folder: Path, ref: str, allow_pickle: bool) -> str:
+    """The folder's one weight file: the reference name first, else its only .safetensors."""
+    for name in (WEIGHT_NAME, Path(WEIGHT_NAME).with_suffix(".bin").name):
+        if (folder / name).is_file():
+            return name
+    found = sorted(p.name for p in folder.glob("*.safetensors"))
+    if not found:
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if len(pickles) == 1:
+            return pickles[0]  # refused later unless allow_pickle
+        found = pickles if allow_pickle else []
+    if len(found) != 1:
+        what = ", ".join(found) if found else "no .safetensors file"
+        raise IPAdapterError(f"IP-Adapter folder {ref} must hold one weight file ({what}); pass "
+                             "the file to use instead of the folder")
+    return found[0]
+
+
+def _weight_file(ref: str, kind: str, repo: str, subfolder: str, weight: str) -> Path:
+    if kind != "hub":
+        return Path(repo) / subfolder / weight
+    from huggingface_hub import hf_hub_download
+
+    # load_ip_adapter has just fetched it, so this is a cache lookup
+    return Path(hf_hub_download(ref, weight, subfolder=subfolder, local_files_only=True))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _load_error(e: Exception, ref: str, kind: str, unet) -> IPAdapterError:
+    """The one-line message for a failed `pipe.load_ip_adapter`."""
+    text = str(e)
+    # diffusers' meta-device loading says "X expected shape A, but got B"; torch's
+    # load_state_dict (without accelerate) says "size mismatch for X: ... shape B ... shape A"
+    shapes = r"torch\.Size\(\[([\d, ]*)\]\)"
+    found = re.search(rf"(\S+) expected shape {shapes}, but got {shapes}", text)
+    if found:
+        name, want, got = found.groups()
+    elif found := re.search(rf"size mismatch for (\S+?):.*?shape {shapes}.*?shape {shapes}",
+                            text, re.S):
+        name, got, want = found.groups()
+    if found:
+        got, want = _dims(got), _dims(want)
+        cross = unet.config.cross_attention_dim
+        why = (f"cross-attention width {got[-1]} in the file, {cross} in this UNet"
+               if "_ip." in name and got[-1] != want[-1] else "made for another model")
+        return IPAdapterError(
+            f"IP-Adapter {ref} does not fit this UNet: {name} is {_shape(got)} in the file, "
+            f"{_shape(want)} in the UNet ({why})")
+    if isinstance(e, KeyError):
+        return IPAdapterError(
+            f"IP-Adapter {ref} does not fit this UNet: it has no weights for cross-attention "
+            f"layer {e.args[0]!r} (made for another model)")
+    if "image_proj" in text and "missing" in text:
+        return IPAdapterError(f"{ref} is not an IP-Adapter checkpoint (no image_proj or "
+                              "ip_adapter weights)")
+    if kind == "hub" and _offline_miss(e):
+        return IPAdapterError(
+            f"IP-Adapter '{ref}' is not in the local cache and the Hugging Face Hub cannot be "
+            "reached; connect once to download it, or pass a local .safetensors file with an "
+            f"{IMAGE_ENCODER_FOLDER}/ folder beside it")
+    first = text.strip().splitlines()[0][:300] if text.strip() else type(e).__name__
+    return IPAdapterError(f"could not load IP-Adapter '{ref}': {first}")
+
+
+def _offline_miss(e: BaseException | None) -> bool:
+    """Whether the Hub could not be reached for a file missing from the cache."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    seen = 0
+    while e is not None and seen < 10:  # diffusers re-raises hub errors with a vaguer message
+        if isinstance(e, LocalEntryNotFoundError | OfflineModeIsEnabled):
+            return True
+        if "cached files" in str(e):  # transformers' wording, for the image encoder
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
+def _dims(dims: str) -> list[int]:
+    return [int(d) for d in dims.split(",") if d.strip()]
+
+
+def _shape(dims: list[int]) -> str:
+    return "x".join(map(str, dims))
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence diffusers' and transformers' loading chatter; errors are reported in one line."""
+    from diffusers.utils import logging as dlogging
+    from transformers.utils import logging as tlogging
+
+    levels = dlogging.get_verbosity(), tlogging.get_verbosity()
+    bar = tlogging.is_progress_bar_enabled()
+    dlogging.set_verbosity_error()
+    tlogging.set_verbosity_error()
+    tlogging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        dlogging.set_verbosity(levels[0])
+        tlogging.set_verbosity(levels[1])
+        if bar:
+            tlogging.enable_progress_bar()
