@@ -1,0 +1,374 @@
+"""LoRA adapters on the SDXL pipeline (UNet and both text encoders), loaded through diffusers/peft.
+
+A LoRA is a local .safetensors file, a folder holding one, or a Hugging Face Hub repository (or
+a file in one); `--lora REF[:SCALE]` names it. Kohya (lora_unet_..., lora_te1_..., also with
+SDXL's SGM block names) and diffusers/peft (unet.<module>.lora_A/lora_B) layouts both load:
+diffusers converts them. Before anything is patched, every LoRA is checked against the model,
+so a LoRA for another base model fails in one line naming the first module that does not fit.
+
+LinFusion: a LoRA's self-attention (attn1) weights are applied to LinFusion's to_q, to_k, to_v
+and to_out.0 projections. LinFusion's projections start from SDXL's own attn1 projections and
+keep their roles (v and out act identically in both attentions; q and k still produce the
+features the kernel compares), so a low-rank delta trained on them is meaningful; skipping them
+would silently drop part of every style LoRA. LinFusion's own residual MLPs (to_q_, to_k_) are
+never patched: no LoRA trained on SDXL has weights for them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hires.linfusion import LinearAttention, _first_line, _offline
+from hires.models import PICKLE_SUFFIXES
+
+ADAPTER_PREFIX = "hires_"
+_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+_HUB_REPO = re.compile(r"[\w][\w.-]*/[\w][\w.-]*")
+
+
+class LoraError(ValueError):
+    """A LoRA cannot be found, read or applied to this model; the message is one line."""
+
+
+# --- naming a LoRA --------------------------------------------------------------------------------
+
+
+def parse_lora(spec: str) -> tuple[str, float]:
+    """'REF' or 'REF:SCALE' -> (REF, scale); the scale defaults to 1.0.
+
+    Only a trailing ':<number>' is a scale, so Windows paths (C:\\x.safetensors) keep working.
+    """
+    if spec.strip() and Path(spec).expanduser().exists():  # a file named like "style:v2"
+        return spec, 1.0
+    ref, colon, tail = spec.rpartition(":")
+    # A tail with a path separator, or a one-letter head (a drive), is part of the reference.
+    if not colon or any(c in tail for c in "/\\") or (len(ref) == 1 and ref.isalpha()):
+        ref, tail = spec, None
+    if tail is not None:
+        try:
+            scale = float(tail)
+        except ValueError:
+            raise LoraError(f"LoRA '{spec}': the scale after ':' must be a number, not "
+                            f"'{tail}'; write REF or REF:SCALE (e.g. style.safetensors:0.8)"
+                            ) from None
+        if not math.isfinite(scale):
+            raise LoraError(f"LoRA '{spec}': the scale must be a finite number, not {tail}")
+    else:
+        scale = 1.0
+    if not ref.strip():
+        raise LoraError(f"LoRA '{spec}': no file, folder or Hub id before the scale; write "
+                        "REF or REF:SCALE")
+    return ref, scale
+
+
+def resolve(ref: str, allow_pickle: bool = False) -> Path:
+    """The local weights file of a LoRA reference, downloaded from the Hub when needed.
+
+    A .safetensors file; a folder (its pytorch_lora_weights.safetensors or single .safetensors);
+    a Hub id owner/repo (the same choice among its files) or owner/repo/FILE.
+    """
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return path / _pick(ref, [p.name for p in path.iterdir() if p.is_file()], allow_pickle)
+    if path.is_file():
+        _refuse_pickle(ref, path.name, allow_pickle)
+        return path
+    hub = _hub_parts(ref)
+    if hub is None:
+        raise LoraError(f"LoRA file not found: {ref}")
+    return _download(ref, *hub, allow_pickle)
+
+
+def _refuse_pickle(ref: str, name: str, allow_pickle: bool) -> None:
+    if name.lower().endswith(PICKLE_SUFFIXES) and not allow_pickle:
+        raise LoraError(f"LoRA {ref}: {name} is a pickle file, which can run code when loaded; "
+                        "use a .safetensors LoRA or pass --allow-pickle if you trust it")
+
+
+def _pick(where: str, names: list[str], allow_pickle: bool) -> str:
+    """The LoRA file among a folder's (or repository's) top-level files."""
+    for kind in (".safetensors", PICKLE_SUFFIXES):
+        found = sorted(n for n in names if n.lower().endswith(kind))
+        # What diffusers' trainers write: the LoRA among checkpoints and samples.
+        preferred = [n for n in found if n.startswith("pytorch_lora_weights.")]
+        found = preferred or found
+        if len(found) > 1:
+            listed = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+            raise LoraError(f"LoRA {where} holds {len(found)} weights files ({listed}); name "
+                            f"the one to use, e.g. {where.rstrip('/')}/{found[0]}")
+        if found:
+            _refuse_pickle(where, found[0], allow_pickle)
+            return found[0]
+    raise LoraError(f"LoRA {where} holds no .safetensors file; name the LoRA file itself")
+
+
+def _hub_parts(ref: str) -> tuple[str, str | None] | None:
+    """(repo id, file or None) when `ref` reads as a Hub reference, else None (a local path)."""
+    if ref.startswith((".", "/", "~")) or "\\" in ref or re.match(r"[A-Za-z]:", ref):
+        return None
+    parts = ref.split("/")
+    repo = "/".join(parts[:2])
+    if len(parts) < 2 or not _HUB_REPO.fullmatch(repo) or not all(parts):
+        return None
+    if len(parts) == 2:
+        # dir/file.safetensors is a missing local file, not a repository named like a file.
+        return None if parts[1].lower().endswith((".safetensors", *PICKLE_SUFFIXES)) else (
+            repo, None)
+    return repo, "/".join(parts[2:])
+
+
+def _download(ref: str, repo: str, filename: str | None, allow_pickle: bool) -> Path:
+    """A Hub LoRA's file in the local cache, downloaded once."""
+    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
+
+    offline = _offline()
+    try:
+        if filename is None:
+            if offline:  # what the cache holds of the repository is all there is to choose from
+                folder = Path(snapshot_download(repo, local_files_only=True))
+                names = [p.name for p in folder.iterdir() if p.is_file()]
+            else:
+                names = [n for n in HfApi().list_repo_files(repo) if "/" not in n]
+            filename = _pick(repo, names, allow_pickle)
+        else:
+            _refuse_pickle(ref, filename, allow_pickle)
+        return Path(hf_hub_download(repo, filename, local_files_only=offline))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+        raise LoraError(f"LoRA {ref}: no such local file or folder, and not in the local Hugging "
+                        "Face cache while the Hub cannot be reached; connect once to download "
+                        "it, or pass a local .safetensors file") from None
+    except RepositoryNotFoundError:  # also gated repositories without a login
+        raise LoraError(f"LoRA {ref}: no such local file or folder, nor Hugging Face Hub "
+                        f"repository {repo} (or it needs a login)") from None
+    except EntryNotFoundError:
+        raise LoraError(f"LoRA {ref}: the Hub repository {repo} has no file {filename}") from None
+    except (HfHubHTTPError, OSError) as e:
+        raise LoraError(f"could not download LoRA {ref}: {_first_line(e)}") from None
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+
+def load_loras(pipe, specs: Sequence[str], allow_pickle: bool = False) -> list[dict]:
+    """Apply LoRAs ('REF[:SCALE]'), all checked against the model first, replacing any loaded
+    before; one record each (see `_record`)."""
+    parsed = [parse_lora(spec) for spec in specs]
+    files = [resolve(ref, allow_pickle) for ref, _ in parsed]
+    with _quiet():
+        sources = [_source(ref, file) for (ref, _), file in zip(parsed, files, strict=True)]
+        expected = [_check_fits(pipe, ref, source)
+                    for (ref, _), source in zip(parsed, sources, strict=True)]
+        unload_loras(pipe)
+        names = [f"{ADAPTER_PREFIX}{i}" for i in range(len(specs))]
+        which = "the LoRAs"
+        try:
+            for (ref, _), name, source in zip(parsed, names, sources, strict=True):
+                which = f"LoRA {ref}"
+                if isinstance(source, dict):
+                    pipe.load_lora_weights(dict(source), adapter_name=name)
+                else:  # a path: diffusers also reads the adapter settings in the file's header
+                    pipe.load_lora_weights(source, adapter_name=name, use_safetensors=True)
+            which = "the LoRAs"
+            if names:
+                pipe.set_adapters(names, adapter_weights=[scale for _, scale in parsed])
+        except Exception as e:  # diffusers and peft raise many kinds; leave the model clean
+            unload_loras(pipe)
+            raise LoraError(f"could not apply {which}: {_first_line(e)}") from e
+    return [_record(pipe, *args) for args in zip(parsed, files, names, expected, strict=True)]
+
+
+def _record(pipe, parsed: tuple[str, float], file: Path, adapter: str,
+            expected: tuple[int, int]) -> dict:
+    """ref, scale, sha256 (of the file), adapter (its peft name), unet_modules and
+    text_encoder_modules (layers patched), linfusion_modules (of those, LinFusion attn1 ones)."""
+    ref, scale = parsed
+    unet, text, linfusion = _patched(pipe, adapter)
+    if (unet, text) != expected:  # a layer peft skipped would silently weaken the LoRA
+        unload_loras(pipe)
+        raise LoraError(f"LoRA {ref}: diffusers patched {unet} UNet and {text} text-encoder "
+                        f"layers, but the LoRA has weights for {expected[0]} and {expected[1]}")
+    return {"ref": ref, "scale": scale, "sha256": _sha256(file), "adapter": adapter,
+            "unet_modules": unet, "text_encoder_modules": text, "linfusion_modules": linfusion}
+
+
+def unload_loras(pipe) -> None:
+    """Remove every LoRA: the UNet and text encoders get their original layers back, unchanged."""
+    if any(getattr(getattr(pipe, c, None), "peft_config", None) for c in _COMPONENTS):
+        with _quiet():
+            pipe.unload_lora_weights()
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """diffusers', transformers' and peft's logs, warnings and progress bars off meanwhile."""
+    # transformers reports every base weight as "MISSING" when peft loads a text encoder's
+    # adapter and shows a progress bar per encoder; peft warns that a second adapter makes
+    # "multiple adapters", which is the point.
+    from diffusers.utils import logging as dlogging
+    from transformers.utils import logging as tlogging
+
+    levels = dlogging.get_verbosity(), tlogging.get_verbosity()
+    bars = tlogging.is_progress_bar_enabled()
+    dlogging.set_verbosity_error()
+    tlogging.set_verbosity_error()
+    tlogging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            yield
+    finally:
+        dlogging.set_verbosity(levels[0])
+        tlogging.set_verbosity(levels[1])
+        if bars:
+            tlogging.enable_progress_bar()
+
+
+def _source(ref: str, file: Path) -> str | dict[str, torch.Tensor]:
+    """What diffusers loads: the path of a safetensors file, or a pickle's tensors read safely."""
+    if not file.name.lower().endswith(PICKLE_SUFFIXES):
+        return str(file)
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle and zip errors of every kind
+        raise LoraError(f"LoRA {ref}: {file.name} is unreadable ({_first_line(e)})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        raise LoraError(f"LoRA {ref}: {file.name} holds no plain dict of tensors; it is not a "
+                        "LoRA file")
+    return state
+
+
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --- checking a LoRA against the model -----------------------------------------------------------
+
+
+def _converted(pipe, ref: str, source: str | dict) -> dict[str, torch.Tensor]:
+    """The LoRA's tensors as diffusers will load them: unet./text_encoder. keys, kohya converted."""
+    from safetensors import SafetensorError
+
+    arg = dict(source) if isinstance(source, dict) else source  # diffusers pops from dicts
+    try:
+        state, _ = pipe.lora_state_dict(arg, unet_config=pipe.unet.config, use_safetensors=True)
+    except SafetensorError as e:
+        raise LoraError(f"LoRA {ref} is not a readable safetensors file ({_first_line(e)})"
+                        ) from None
+    except Exception as e:  # diffusers' kohya conversion raises bare ValueErrors and others
+        raise LoraError(f"LoRA {ref} is not a LoRA diffusers can read: {_first_line(e)}") from None
+    if not state:
+        raise LoraError(f"LoRA {ref} holds no tensors")
+    return state
+
+
+def _peft_keys(pipe, component: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One component's tensors under the module names peft will patch (as diffusers maps them)."""
+    from diffusers.utils import (
+        convert_state_dict_to_diffusers,
+        convert_state_dict_to_peft,
+        convert_unet_state_dict_to_peft,
+    )
+
+    if not state:
+        return {}
+    if component == "unet":
+        return state if "lora_A" in next(iter(state)) else convert_unet_state_dict_to_peft(state)
+    state = convert_state_dict_to_peft(convert_state_dict_to_diffusers(state))
+    if not hasattr(getattr(pipe, component), "text_model"):  # transformers 5's flat CLIP
+        state = {k.removeprefix("text_model."): v for k, v in state.items()}
+    return state
+
+
+def _check_fits(pipe, ref: str, source: str | dict) -> tuple[int, int]:
+    """Raise LoraError on the first module the LoRA names that this model lacks or sizes
+    differently; returns how many UNet and text-encoder modules it patches."""
+    state = _converted(pipe, ref, source)
+    parts: dict[str, dict[str, torch.Tensor]] = {c: {} for c in _COMPONENTS}
+    for key, tensor in state.items():
+        component, _, rest = key.partition(".")
+        if component not in parts or "lora" not in key:
+            raise LoraError(f"LoRA {ref} is not an SDXL LoRA: its tensor {key} belongs to no "
+                            "LoRA layer of the UNet or text encoders")
+        parts[component][rest] = tensor
+    counts = []
+    for component, tensors in parts.items():
+        model = getattr(pipe, component)
+        where = "" if component == "unet" else f"{component}."
+        modules: dict[str, dict[str, torch.Tensor]] = {}
+        for key, tensor in _peft_keys(pipe, component, tensors).items():
+            module, dot, kind = key.partition(".lora_")
+            if not dot:
+                raise LoraError(f"LoRA {ref}: tensor {where}{key} is not in a LoRA layout "
+                                "diffusers can load")
+            modules.setdefault(module, {})[kind] = tensor
+        for module, weights in modules.items():
+            _check_module(ref, f"{where}{module}", _get(model, module), weights)
+        counts.append(len(modules))
+    return counts[0], counts[1] + counts[2]
+
+
+def _get(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        return None
+    return getattr(module, "base_layer", module)  # already patched by another adapter
+
+
+def _check_module(ref: str, name: str, module: nn.Module | None,
+                  weights: dict[str, torch.Tensor]) -> None:
+    """The layer exists and the LoRA's down (A) and up (B) factors match its in and out sizes."""
+    misfit = f"LoRA {ref} does not fit this model: {name}"
+    if module is None:
+        raise LoraError(f"{misfit} is not a module of this model (a LoRA for another base "
+                        "model?)")
+    if isinstance(module, nn.Linear):
+        sizes = module.in_features, module.out_features
+    elif isinstance(module, nn.Conv2d):
+        sizes = module.in_channels, module.out_channels
+    else:
+        raise LoraError(f"{misfit} is a {type(module).__name__}, not a Linear or Conv2d layer "
+                        "(a LoRA for another base model?)")
+    down, up = weights.get("A.weight"), weights.get("B.weight")
+    if down is None or up is None or down.ndim < 2 or up.ndim < 2 or down.shape[0] != up.shape[1]:
+        raise LoraError(f"LoRA {ref}: the layer for {name} is incomplete or malformed (its down "
+                        "and up weights do not pair up)")
+    if (down.shape[1], up.shape[0]) != sizes:
+        raise LoraError(f"{misfit} is {sizes[0]} -> {sizes[1]} but the LoRA has "
+                        f"{down.shape[1]} -> {up.shape[0]} (a LoRA for another base model?)")
+
+
+def _patched(pipe, adapter: str) -> tuple[int, int, int]:
+    """Layers carrying `adapter`: in the UNet, in the text encoders, and LinFusion's attn1 ones."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    def carrying(model: nn.Module) -> list[str]:
+        return [name for name, m in model.named_modules() if isinstance(m, BaseTunerLayer)
+                and any(adapter in getattr(m, attr, {}) for attr in m.adapter_layer_names)]
+
+    unet = carrying(pipe.unet)
+    linfusion = {f"{name}.{proj}" for name, m in pipe.unet.named_modules()
+                 if isinstance(m, LinearAttention) for proj in ("to_q", "to_k", "to_v", "to_out.0")}
+    text = carrying(pipe.text_encoder) + carrying(pipe.text_encoder_2)
+    return len(unet), len(text), sum(name in linfusion for name in unet)
