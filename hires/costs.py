@@ -70,6 +70,38 @@ class UNetShape:
                                linfusion=linfusion)
 
 
+@dataclass(frozen=True)
+class ControlShape:
+    """A ControlNet: its down and mid blocks (shaped as a UNet's, no up path) and the
+    conditioning embedding that runs at the image's pixel size."""
+
+    net: UNetShape
+    embedding: tuple[int, ...] = (16, 32, 96, 256)  # conditioning_embedding_out_channels
+    cond_channels: int = 3
+
+    @property
+    def param_bytes(self) -> int:
+        return self.net.param_bytes
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], **kwargs: Any) -> ControlShape:
+        net = UNetShape.from_config({"out_channels": config["in_channels"], **config}, **kwargs)
+        return cls(net, tuple(config.get("conditioning_embedding_out_channels")
+                              or (16, 32, 96, 256)), config.get("conditioning_channels", 3))
+
+    @classmethod
+    def of(cls, controlnet: Any) -> ControlShape:
+        """The shape of a built ControlNetModel (any device, meta included)."""
+        from hires.memsim import module_bytes
+
+        sizes = [module_bytes(b) for b in (*controlnet.down_blocks, controlnet.mid_block)]
+        total = module_bytes(controlnet)
+        linfusion = any(type(m).__name__ == "LinearAttention" for m in controlnet.modules())
+        return cls.from_config(dict(controlnet.config), param_bytes=total,
+                               block_param_bytes=tuple(sizes),
+                               outer_param_bytes=total - sum(sizes), linfusion=linfusion)
+
+
 class _Walk:
     """Live bytes through one forward pass, and their peak (one CFG batch of `batch`)."""
 
@@ -136,15 +168,24 @@ class _Walk:
 
 
 def unet_peak_bytes(shape: UNetShape, height: int, width: int, strategy: Strategy,
-                    dtype_bytes: int = 2) -> int:
+                    dtype_bytes: int = 2, *, control: bool = False) -> int:
     """Estimated peak device bytes of one guided UNet evaluation at a latent of this size,
-    the UNet's weights as `strategy.weights` keeps them included, nothing else."""
+    the UNet's weights as `strategy.weights` keeps them included, nothing else.
+
+    With `control`, a ControlNet's residuals wait on the GPU when the call starts (on the CPU
+    with parked skips, but conv_in's and the mid block's) and go as the down blocks add them
+    (hires.controlnet.residuals_added).
+    """
     batch = 1 if strategy.split_cfg else 2
     walk = _Walk(shape, height, width, batch, dtype_bytes, strategy)
     ch, layers, levels = shape.channels, shape.layers, len(shape.channels)
     park = strategy.park_skips
-    # Down path: every resnet (or attention) output and downsample output is a skip.
     first = walk.size(ch[0], 0)  # conv_in's output: a skip and block 0's input; never parked
+    mid = walk.size(ch[-1], levels - 1)
+    if control:
+        walk.live += first + mid + (0 if park else _skip_bytes(shape, height, width,
+                                                                dtype_bytes) * batch)
+    # Down path: every resnet (or attention) output and downsample output is a skip.
     skips: list[int] = [first]
     walk.live += first
     c_prev, given = ch[0], first  # the block's input; under park_skips its GPU copy
@@ -164,6 +205,9 @@ def unet_peak_bytes(shape: UNetShape, height: int, width: int, strategy: Strateg
             walk.live += out
             made.append(out)
         skips += made
+        if control:  # the block's residuals are added (a parked one comes over first)
+            walk.touch(max(made) if park else made[-1])
+            walk.live -= (0 if park else sum(made)) + (first if level == 0 else 0)
         if park:  # once the block returns its skips go to the CPU; its output stays
             walk.live -= sum(made) - made[-1] + (given if level else 0)
             given = made[-1]
@@ -173,6 +217,8 @@ def unet_peak_bytes(shape: UNetShape, height: int, width: int, strategy: Strateg
     walk.live += walk.resnet(ch[low], ch[low], low)
     walk.transformer(ch[low], low, shape.depth[low])
     walk.touch(walk.resnet(ch[low], ch[low], low))
+    if control:
+        walk.live -= mid
     if park:
         walk.live -= given
     # Up path: each block takes back layers + 1 skips, deepest first.
@@ -216,8 +262,120 @@ def unet_peak_bytes(shape: UNetShape, height: int, width: int, strategy: Strateg
     return shape.param_bytes + walk.peak
 
 
+def controlnet_peak_bytes(control: ControlShape, height: int, width: int, strategy: Strategy,
+                         dtype_bytes: int = 2) -> int:
+    """Estimated peak device bytes of one guided ControlNet evaluation at a latent of this
+    size (its weights as `strategy.weights` keeps them included; the control image is the
+    stage's), and what it leaves for the UNet call is counted there (unet_peak_bytes)."""
+    shape = control.net
+    batch = 1 if strategy.split_cfg else 2
+    walk = _Walk(shape, height, width, batch, dtype_bytes, strategy)
+    ch, layers, levels = shape.channels, shape.layers, len(shape.channels)
+    park = strategy.park_skips
+    first = walk.size(ch[0], 0)
+    # The conditioning embedding at pixel size: its widest maps are the first level's (conv,
+    # then SiLU's copy); with row bands one band of them at a time.
+    e0 = control.embedding[0] * walk.pixels(0) * 64 * walk.unit
+    walk.touch(first + (2 * min(GPU_BAND_BYTES * walk.unit // 4, e0) if strategy.row_bands
+                        else 2 * e0))
+    walk.live += first  # the embedding; then conv_in's output, and their sum
+    walk.touch(2 * first)
+    skips: list[int] = [first]
+    c_prev, given = ch[0], first
+    for level, c in enumerate(ch):
+        walk.block(level)
+        made = []
+        for _ in range(layers):
+            out = walk.resnet(c_prev, c, level)
+            walk.live += out
+            if shape.depth[level]:
+                walk.transformer(c, level, shape.depth[level])
+            made.append(out)
+            c_prev = c
+        if level < levels - 1:
+            out = walk.size(c, level + 1)
+            walk.touch(out)
+            walk.live += out
+            made.append(out)
+        skips += made
+        if park:
+            walk.live -= sum(made) - made[-1] + (given if level else 0)
+            given = made[-1]
+    low = levels - 1
+    walk.block(levels)
+    walk.live += walk.resnet(ch[low], ch[low], low)
+    walk.transformer(ch[low], low, shape.depth[low])
+    out = walk.resnet(ch[low], ch[low], low)
+    walk.live += out
+    if park:
+        walk.live -= given
+    # Zero convs: each output is written over the skip it read (parked: both come and go).
+    walk.weights = 0
+    walk.touch(max(skips) * (2 if park else 1) + out)
+    if strategy.weights == "sequential" and shape.block_param_bytes:
+        return shape.outer_param_bytes + walk.peak
+    return shape.param_bytes + walk.peak
+
+
+def denoise_peak_bytes(unet: UNetShape, control: ControlShape | None, height: int, width: int,
+                       strategy: Strategy, dtype_bytes: int = 2) -> int:
+    """Peak device bytes of one guided evaluation: the UNet's, or with a ControlNet the larger
+    of its call (the UNet's weights held) and the UNet's (its weights and residuals held);
+    weights as `strategy.weights` keeps them, the control image not included."""
+    peak = unet_peak_bytes(unet, height, width, strategy, dtype_bytes,
+                           control=control is not None)
+    if control is None:
+        return peak
+    streamed = strategy.weights == "sequential"
+    held = control.net.outer_param_bytes if streamed else control.param_bytes
+    unet_held = unet.outer_param_bytes if streamed else unet.param_bytes
+    return max(peak + held, unet_held + controlnet_peak_bytes(control, height, width, strategy,
+                                                              dtype_bytes))
+
+
 # ---------------------------------------------------------------------------------------------
 # FLOPs (multiply-adds x 2), from the config: convs, linears and LinFusion's attention
+
+
+def _down_mid_macs(shape: UNetShape, height: int, width: int) -> tuple[float, list]:
+    """Multiply-adds of conv_in, the down blocks and the mid block; the skips' (channels,
+    level), conv_in's first."""
+    ch, layers, levels = shape.channels, shape.layers, len(shape.channels)
+
+    def px(level: int) -> int:
+        return -(-height // 2**level) * -(-width // 2**level)
+
+    macs = 9 * shape.in_channels * ch[0] * px(0)
+    c_prev = ch[0]
+    skips = [(ch[0], 0)]
+    for level, c in enumerate(ch):
+        for _ in range(layers):
+            macs += _resnet_macs(c_prev, c, px(level)) + (
+                _transformer_macs(shape, c, level, px(level), shape.depth[level])
+                if shape.depth[level] else 0)
+            skips.append((c, level))
+            c_prev = c
+        if level < levels - 1:
+            macs += 9 * c * c * px(level + 1)
+            skips.append((c, level + 1))
+    low = levels - 1
+    macs += 2 * _resnet_macs(ch[low], ch[low], px(low)) + _transformer_macs(
+        shape, ch[low], low, px(low), shape.depth[low] or 1)
+    return macs, skips
+
+
+def _resnet_macs(c_in: int, c: int, px: int) -> float:
+    return px * (9 * c_in * c + 9 * c * c + (c_in * c if c_in != c else 0))
+
+
+def _transformer_macs(shape: UNetShape, c: int, level: int, n: int, depth: int) -> float:
+    heads = shape.heads[level] if shape.heads else 8
+    per_block = n * (4 * c * c + 4 * c * (c // 16 if shape.linfusion else 0)  # attn1
+                     + 2 * c * (c // heads if shape.linfusion else n)  # its attention
+                     + 2 * c * c + 2 * c * shape.text_tokens  # attn2, 77 text tokens
+                     + 12 * c * c)  # GEGLU feed-forward
+    per_block += 2 * shape.text_tokens * shape.cross_dim * c  # attn2 keys and values
+    return 2 * n * c * c + depth * per_block
 
 
 def unet_flops(shape: UNetShape, height: int, width: int) -> float:
@@ -227,44 +385,39 @@ def unet_flops(shape: UNetShape, height: int, width: int) -> float:
     def px(level: int) -> int:
         return -(-height // 2**level) * -(-width // 2**level)
 
-    def resnet(c_in: int, c: int, level: int) -> float:
-        return px(level) * (9 * c_in * c + 9 * c * c + (c_in * c if c_in != c else 0))
-
-    def transformer(c: int, level: int, depth: int) -> float:
-        n = px(level)
-        heads = shape.heads[level] if shape.heads else 8
-        per_block = n * (4 * c * c + 4 * c * (c // 16 if shape.linfusion else 0)  # attn1
-                         + 2 * c * (c // heads if shape.linfusion else n)  # its attention
-                         + 2 * c * c + 2 * c * shape.text_tokens  # attn2, 77 text tokens
-                         + 12 * c * c)  # GEGLU feed-forward
-        per_block += 2 * shape.text_tokens * shape.cross_dim * c  # attn2 keys and values
-        return 2 * n * c * c + depth * per_block
-
-    macs = 9 * shape.in_channels * ch[0] * px(0)
-    c_prev = ch[0]
-    skips = [(ch[0], 0)]
-    for level, c in enumerate(ch):
-        for _ in range(layers):
-            macs += resnet(c_prev, c, level) + (transformer(c, level, shape.depth[level])
-                                                if shape.depth[level] else 0)
-            skips.append((c, level))
-            c_prev = c
-        if level < levels - 1:
-            macs += 9 * c * c * px(level + 1)
-            skips.append((c, level + 1))
-    low = levels - 1
-    macs += 2 * resnet(ch[low], ch[low], low) + transformer(ch[low], low, shape.depth[low] or 1)
-    c_h = ch[low]
+    macs, skips = _down_mid_macs(shape, height, width)
+    c_h = ch[-1]
     for level in reversed(range(levels)):
         c = ch[level]
         for _ in range(layers + 1):
             c_skip, _ = skips.pop()
-            macs += resnet(c_h + c_skip, c, level) + (
-                transformer(c, level, shape.depth[level]) if shape.depth[level] else 0)
+            macs += _resnet_macs(c_h + c_skip, c, px(level)) + (
+                _transformer_macs(shape, c, level, px(level), shape.depth[level])
+                if shape.depth[level] else 0)
             c_h = c
         if level > 0:
             macs += 9 * c * c * px(level - 1)
     macs += 9 * ch[0] * shape.out_channels * px(0)
+    return 2.0 * macs
+
+
+def controlnet_flops(control: ControlShape, height: int, width: int) -> float:
+    """FLOPs of one ControlNet evaluation of one batch item at a latent of this size: the
+    conditioning embedding (at 8x the latent's size), down and mid blocks, zero convs."""
+    shape = control.net
+    macs, skips = _down_mid_macs(shape, height, width)
+    for c, level in skips:  # zero convs: 1x1, c to c
+        macs += c * c * -(-height // 2**level) * -(-width // 2**level)
+    low = len(shape.channels) - 1
+    macs += shape.channels[low] ** 2 * -(-height // 2**low) * -(-width // 2**low)
+    # The embedding: 3x3 convs, each stride-2 one halving the rows and columns.
+    e, (h, w) = control.embedding, (8 * height, 8 * width)
+    macs += 9 * control.cond_channels * e[0] * h * w
+    for c_in, c_out in zip(e, e[1:], strict=False):
+        macs += 9 * c_in * c_in * h * w
+        h, w = -(-h // 2), -(-w // 2)
+        macs += 9 * c_in * c_out * h * w
+    macs += 9 * e[-1] * shape.channels[0] * h * w
     return 2.0 * macs
 
 
@@ -356,10 +509,12 @@ class ModelShape:
     vae_dtype_bytes: int = 2
     native: int = 1024  # px
     on_gpu: bool = True
+    control: ControlShape | None = None  # a ControlNet that runs with the UNet
 
     @property
     def weights(self) -> int:
-        return self.unet.param_bytes + self.vae.param_bytes + self.text_bytes
+        control = self.control.param_bytes if self.control else 0
+        return self.unet.param_bytes + self.vae.param_bytes + self.text_bytes + control
 
 
 @dataclass(frozen=True)
@@ -384,13 +539,21 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
                encode_input: bool = False,
                vae_tile: int | None = None, vae_stats: str = "fast",
                rate: float | None = None, budget: int | None = None) -> StageCost:
-    """Peak device memory, FLOPs, scratch disk and time of one stage under `strategy`."""
+    """Peak device memory, FLOPs, scratch disk and time of one stage under `strategy`.
+
+    A ControlNet (`model.control`) runs before each UNet call: its peak is counted next to
+    the UNet's weights, the UNet's next to its weights and its residuals; its FLOPs are in
+    `unet_tflop` (the denoising work).
+    """
     lat_h, lat_w = height // 8, width // 8
-    unet = model.unet
+    unet, control = model.unet, model.control
     resident = strategy.weights == "resident"
     others = model.text_bytes + model.vae.param_bytes if resident else 0
     state = 10 * unet.in_channels * lat_h * lat_w * 4  # latents, noise, x0, blur, eps: fp32
-    peaks = [unet_peak_bytes(unet, lat_h, lat_w, strategy, model.dtype_bytes) + others + state]
+    if control is not None:
+        state += control.cond_channels * width * height * model.dtype_bytes  # its image
+    denoise = denoise_peak_bytes(unet, control, lat_h, lat_w, strategy, model.dtype_bytes)
+    peaks = [denoise + others + state]
     weights_now = model.weights if resident else 0
     if base:
         peaks.append((weights_now or model.text_bytes) + (64 << 20))
@@ -407,6 +570,8 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
         peaks.append(vae_weights + vae_tile_peak(model.vae, tile, model.vae_dtype_bytes) + state)
     evals = steps * (1 if base else 2)
     unet_flop = evals * 2 * unet_flops(unet, lat_h, lat_w)
+    if control is not None:
+        unet_flop += evals * 2 * controlnet_flops(control, lat_h, lat_w)
     vae_flop = 0.0
     if previous:
         vae_flop += vae_flops(model.vae, *previous, decode=True)
@@ -424,14 +589,16 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
         slowdown = 1 + sum(v for k, v in LEVER_SLOWDOWN.items() if getattr(strategy, k))
         calls = evals * (2 if strategy.split_cfg else 1)
         moved = 0.0
+        nets = unet.param_bytes + (control.param_bytes if control else 0)
         if strategy.park_skips:
             skips = _skip_bytes(unet, lat_h, lat_w, model.dtype_bytes)
             moved += evals * 2 * skips * (5 if strategy.row_bands else 2)
+            if control is not None:  # its skips, then its residuals: out and back each
+                moved += evals * 2 * skips * 4
         if strategy.weights == "sequential":
-            moved += calls * unet.param_bytes + 2 * model.vae.param_bytes
+            moved += calls * nets + 2 * model.vae.param_bytes
         elif strategy.weights == "model":
-            moved += 2 * (unet.param_bytes + model.vae.param_bytes + (
-                model.text_bytes if base else 0))
+            moved += 2 * (nets + model.vae.param_bytes + (model.text_bytes if base else 0))
         seconds = (unet_flop * slowdown + vae_flop) / rate + moved / HOST_LINK
     return StageCost(max(peaks), peaks[0], (unet_flop + vae_flop) / 1e12, unet_flop / 1e12, scratch,
                      seconds, tile)
@@ -474,8 +641,9 @@ def rate_for(gpu: str) -> float:
 # Shapes of real models: loaded ones, and the default SDXL without loading a weight
 
 
-def model_shape(components: Any) -> ModelShape:
-    """The shape of loaded components (weights counted as they are, in their dtypes)."""
+def model_shape(components: Any, controlnet: Any = None) -> ModelShape:
+    """The shape of loaded components (weights counted as they are, in their dtypes), with
+    the ControlNet that runs with their UNet, if any."""
     from hires.memsim import module_bytes
 
     pipe = components.pipe
@@ -484,17 +652,20 @@ def model_shape(components: Any) -> ModelShape:
     return ModelShape(UNetShape.of(pipe.unet), vae, text,
                       dtype_bytes=components.dtype.itemsize,
                       vae_dtype_bytes=components.vae_dtype.itemsize,
-                      native=components.native, on_gpu=components.device.type != "cpu")
+                      native=components.native, on_gpu=components.device.type != "cpu",
+                      control=ControlShape.of(controlnet) if controlnet is not None else None)
 
 
-@lru_cache(maxsize=4)
-def sdxl_shape(*, linfusion: bool = True, dtype_bytes: int = 2, on_gpu: bool = True) -> ModelShape:
-    """SDXL base (with LinFusion-XL unless told not) as the planner sees it, built on `meta`."""
+@lru_cache(maxsize=8)
+def sdxl_shape(*, linfusion: bool = True, dtype_bytes: int = 2, on_gpu: bool = True,
+               controlnet: bool = False) -> ModelShape:
+    """SDXL base (with LinFusion-XL unless told not; with an SDXL ControlNet if told) as the
+    planner sees it, built on `meta`."""
     import torch
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from hires.memsim import module_bytes, sdxl_unet_on_meta
+    from hires.memsim import module_bytes, sdxl_controlnet_on_meta, sdxl_unet_on_meta
     from hires.sdxl import SDXL_UNET_CONFIG, SDXL_VAE_CONFIG
 
     dtype = {2: torch.bfloat16, 4: torch.float32}[dtype_bytes]
@@ -517,6 +688,7 @@ def sdxl_shape(*, linfusion: bool = True, dtype_bytes: int = 2, on_gpu: bool = T
     vae_dtype_bytes = 2 if on_gpu else 4  # bf16 on GPUs, fp32 on CPU (hires.models)
     vae_bytes = module_bytes(vae) // 4 * vae_dtype_bytes
     text = (module_bytes(te1) + module_bytes(te2)) // 4 * dtype_bytes
+    control = ControlShape.of(sdxl_controlnet_on_meta(dtype)) if controlnet else None
     return ModelShape(unet_shape, VaeShape.from_config(SDXL_VAE_CONFIG, param_bytes=vae_bytes),
                       text, dtype_bytes=dtype_bytes, vae_dtype_bytes=vae_dtype_bytes,
-                      native=1024, on_gpu=on_gpu)
+                      native=1024, on_gpu=on_gpu, control=control)

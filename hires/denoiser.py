@@ -1,18 +1,20 @@
 """The guided noise prediction: a UNet, its text conditioning and classifier-free guidance.
 
 The samplers (sampling.py) see only `Denoiser.eps(x, sigma, t)` and `Denoiser.dilated(r)`;
-what runs inside (split CFG, an image prompt's embeddings) is decided here.
+what runs inside (split CFG, an image prompt's embeddings, a ControlNet) is decided here.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from hires.controlnet import control_residuals, residuals_added
 
 
 @dataclass
@@ -32,6 +34,16 @@ class Conditioning:
 
 
 @dataclass
+class Control:
+    """A ControlNet for one stage: the model, its image at the stage's pixel size
+    (1 x 3 x H x W in [0, 1], hires.controlnet.control_tensor) and its strength."""
+
+    model: nn.Module  # diffusers ControlNetModel
+    image: Tensor
+    scale: float = 1.0
+
+
+@dataclass
 class Denoiser:
     """A UNet with its conditioning and guidance: `eps(x, sigma, t)` gives the guided noise."""
 
@@ -40,6 +52,8 @@ class Denoiser:
     guidance: float
     split_cfg: bool = False  # uncond and cond as two UNet calls: less memory, same result
     evaluations: int = 0  # UNet evaluations (batch items), for reports
+    control: Control | None = None
+    control_evaluations: int = 0  # ControlNet evaluations (batch items)
 
     def eps(self, x: Tensor, sigma: float, t: int) -> Tensor:
         x_in = (x / math.sqrt(sigma**2 + 1)).to(self.cond.embeds.dtype)
@@ -56,16 +70,32 @@ class Denoiser:
         self.evaluations += x.shape[0]
         timestep = torch.full((1,), float(t), device=x.device)  # a factory op: fake-tensor safe
         added = {"text_embeds": cond.pooled, "time_ids": cond.time_ids}
-        if cond.image_embeds is not None:
+        residuals = None
+        if self.control is not None:
+            self.control_evaluations += x.shape[0]
+            c = self.control
+            residuals = control_residuals(c.model, x, timestep, cond.embeds, dict(added),
+                                          c.image.to(x.dtype), c.scale)
+        if cond.image_embeds is not None:  # IP-Adapter: the UNet's alone
             added["image_embeds"] = cond.image_embeds
-        return self.unet(x, timestep, encoder_hidden_states=cond.embeds,
-                         added_cond_kwargs=added, return_dict=False)[0]
-
+        with residuals_added(self.unet, residuals):
+            return self.unet(x, timestep, encoder_hidden_states=cond.embeds,
+                             added_cond_kwargs=added, return_dict=False)[0]
 
     @contextmanager
     def dilated(self, r: int, downsamplers: bool = True) -> Iterator[None]:
-        """The global pass's dilation (see dilated_convs), for as long as the block runs."""
-        with dilated_convs(self.unet, r, downsamplers):
+        """The global pass's dilation (see dilated_convs), for as long as the block runs.
+
+        A ControlNet is dilated too, but not its conditioning embedding: that maps each 8x8
+        pixel block to its latent cell, as the latent itself is not subsampled.
+        """
+        with ExitStack() as stack:
+            stack.enter_context(dilated_convs(self.unet, r, downsamplers))
+            control = getattr(self, "control", None)  # duck-typed denoisers may have none
+            if control is not None:
+                net = control.model
+                stack.enter_context(dilated_convs(net, r, downsamplers,
+                                                  keep=net.controlnet_cond_embedding))
             yield
 
 
@@ -75,13 +105,16 @@ def cfg(uncond: Tensor, cond: Tensor, guidance: float) -> Tensor:
 
 
 @contextmanager
-def dilated_convs(unet: nn.Module, r: int, downsamplers: bool = True) -> Iterator[None]:
-    """Dilate (and pad) every 3x3 conv by r for the global pass; always restored."""
+def dilated_convs(unet: nn.Module, r: int, downsamplers: bool = True,
+                  keep: nn.Module | None = None) -> Iterator[None]:
+    """Dilate (and pad) every 3x3 conv by r for the global pass, but those in `keep`;
+    always restored."""
     changed = []
+    kept = set(keep.modules()) if keep is not None else set()
     try:
         if r > 1:
             for m in unet.modules():
-                if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3):
+                if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) and m not in kept:
                     if m.stride != (1, 1) and not downsamplers:
                         continue
                     changed.append((m, m.dilation, m.padding))

@@ -1,4 +1,5 @@
-"""Memory-lean UNet inference at huge latents: resnets, up blocks and upsamplers in row bands."""
+"""Memory-lean UNet inference at huge latents: resnets, up blocks and upsamplers in row bands
+(and a ControlNet's conditioning embedding, which runs at the image's full pixel size)."""
 
 # Why our own: diffusers' up blocks concatenate each skip connection onto the hidden state, and
 # ResnetBlock2D and Upsample2D keep every intermediate (GroupNorm out, SiLU out, 2x nearest
@@ -203,15 +204,66 @@ def lean_upsample(block: nn.Module, original: Callable) -> Callable:
     return forward
 
 
+def _embedding_reach(block: nn.Module) -> tuple[int, int] | None:
+    """(total stride, pixel rows each side an output row reads) of a ControlNet conditioning
+    embedding made of zero-padded convs; None for a layout `lean_embedding` cannot band."""
+    convs = [block.conv_in, *block.blocks, block.conv_out]
+    stride, reach = 1, 0
+    for conv in convs:
+        if not (_plain_conv(conv) or conv.stride == (2, 2) and conv.padding_mode == "zeros"):
+            return None
+        (k, _), (d, _), (p, _) = conv.kernel_size, conv.dilation, conv.padding
+        if k % 2 == 0 or p != d * (k // 2) or conv.stride[0] != conv.stride[1]:
+            return None
+        reach += p * stride
+        stride *= conv.stride[0]
+    return stride, reach
+
+
+def lean_embedding(block: nn.Module, original: Callable) -> Callable:
+    """A ControlNetConditioningEmbedding forward over bands of output rows, each computed from
+    its pixel rows and a halo as deep as the convs reach (exact: every band starts on the
+    stride grid, and the rows the band's edge spoils lie in the halo, which is dropped).
+
+    At the 16K stage its 16-channel full-resolution maps are 8.6 GB each in fp16.
+    """
+    layout = _embedding_reach(block)
+
+    def forward(cond: Tensor, *args, **kwargs) -> Tensor:
+        n, _, height, width = cond.shape
+        if args or kwargs or layout is None or block.training or height % layout[0]:
+            return original(cond, *args, **kwargs)
+        stride, reach = layout
+        halo, out_h = -(-reach // stride), height // stride
+        step = max(1, band_rows(cond, block.conv_in.out_channels, width) // stride)
+        if step >= out_h:
+            return original(cond)
+        out = None
+        for a in range(0, out_h, step):
+            b = min(a + step, out_h)
+            lo, hi = max(0, a - halo), min(out_h, b + halo)
+            part = original(cond[:, :, lo * stride:hi * stride])
+            if out is None:
+                out = part.new_empty((n, part.shape[1], out_h, part.shape[3]))
+            out[:, :, a:b] = part[:, :, a - lo:b - lo]
+            del part
+        return out
+
+    return forward
+
+
 @contextmanager
 def lean_unet(unet: nn.Module, enabled: bool = True) -> Iterator[None]:
-    """Run the UNet's resnets, up blocks and upsamplers band by band while a huge stage runs."""
+    """Run the UNet's resnets, up blocks and upsamplers band by band while a huge stage runs
+    (a ControlNet's resnets and conditioning embedding too)."""
+    from diffusers.models.controlnets.controlnet import ControlNetConditioningEmbedding
     from diffusers.models.resnet import ResnetBlock2D
     from diffusers.models.unets.unet_2d_blocks import CrossAttnUpBlock2D, UpBlock2D
     from diffusers.models.upsampling import Upsample2D
 
     makers = {ResnetBlock2D: lean_resnet, Upsample2D: lean_upsample,
-              UpBlock2D: lean_up_block, CrossAttnUpBlock2D: lean_up_block}
+              UpBlock2D: lean_up_block, CrossAttnUpBlock2D: lean_up_block,
+              ControlNetConditioningEmbedding: lean_embedding}
     patched = []
     try:
         for m in unet.modules() if enabled else ():

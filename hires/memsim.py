@@ -98,15 +98,29 @@ def sdxl_unet_on_meta(dtype: torch.dtype = torch.bfloat16) -> nn.Module:
     return unet.eval()
 
 
+def sdxl_controlnet_on_meta(dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+    """An SDXL ControlNet (diffusers' layout: the SDXL UNet's down and mid blocks, softmax
+    attention), on meta."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    from hires.sdxl import SDXL_UNET_CONFIG
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**SDXL_UNET_CONFIG)
+        net = ControlNetModel.from_unet(unet, load_weights_from_unet=False).to(dtype)
+    return net.eval()
+
+
 def unet_call_peak(unet: nn.Module, height: int, width: int, strategy, *,
-                   weights_bytes: int | None = None) -> int:
+                   weights_bytes: int | None = None, controlnet: nn.Module | None = None) -> int:
     """Simulated peak device bytes of one guided UNet evaluation (both CFG halves) at a
     `height` x `width` latent under `strategy`, with the UNet's weights as the stage has them.
 
     `unet` lives on the meta device (see `sdxl_unet_on_meta`); `weights_bytes` adds other
-    resident weights (text encoders, VAE) to the baseline.
+    resident weights (text encoders, VAE) to the baseline. With `controlnet` (on meta too),
+    it runs first on a control image of the latent's pixel size, as a stage runs it.
     """
-    from hires.denoiser import Conditioning, Denoiser
+    from hires.denoiser import Conditioning, Control, Denoiser
     from hires.strategy import applied
 
     cfg = unet.config
@@ -116,12 +130,19 @@ def unet_call_peak(unet: nn.Module, height: int, width: int, strategy, *,
     cond = Conditioning(torch.empty(2, 77, cfg.cross_attention_dim, dtype=dtype, device=dev),
                         torch.empty(2, pooled, dtype=dtype, device=dev),
                         torch.empty(2, 6, dtype=dtype, device=dev))
-    denoiser = Denoiser(unet, cond, guidance=7.5, split_cfg=strategy.split_cfg)
+    control = None
+    nets = [unet]
+    if controlnet is not None:
+        image = torch.empty(1, 3, 8 * height, 8 * width, dtype=dtype, device=dev)
+        control, nets = Control(controlnet, image, 1.0), [unet, controlnet]
+    denoiser = Denoiser(unet, cond, guidance=7.5, split_cfg=strategy.split_cfg, control=control)
     x = torch.empty(1, cfg.in_channels, height, width, device=dev)
     streamed = strategy.weights == "sequential"
-    blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
-    resident = module_bytes(unet) - (sum(module_bytes(b) for b in blocks) if streamed else 0)
-    tracker = PeakTracker(resident + (weights_bytes or 0))
+    blocks = [b for n in nets for b in (*n.down_blocks, n.mid_block, *getattr(n, "up_blocks", ()))]
+    resident = sum(module_bytes(n) for n in nets) - (
+        sum(module_bytes(b) for b in blocks) if streamed else 0)
+    image_bytes = 0 if control is None else image.nbytes
+    tracker = PeakTracker(resident + image_bytes + (weights_bytes or 0))
     handles = []
     if streamed:  # each block's weights count while it runs, as hires.strategy streams them
         def arrive(module, args):
@@ -134,7 +155,8 @@ def unet_call_peak(unet: nn.Module, height: int, width: int, strategy, *,
         handles = [h for b in blocks for h in (b.register_forward_pre_hook(arrive),
                                                 b.register_forward_hook(leave))]
     try:
-        with torch.inference_mode(), applied(unet, strategy, dev), tracker:
+        with torch.inference_mode(), applied(unet, strategy, dev, controlnet=controlnet), \
+                tracker:
             out = denoiser.eps(x, 10.0, 500)
             del out
     finally:

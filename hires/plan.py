@@ -328,8 +328,9 @@ def plan_without_weights(job, rate: float | None = None,
         spacing, train, offset = (cfg.get("timestep_spacing", "leading"),
                                   cfg["num_train_timesteps"], cfg.get("steps_offset", 0))
     else:
+        # An SDXL ControlNet's shape is fixed by SDXL's: its name is all a dry run needs.
         shape = sdxl_shape(linfusion=job.linfusion != "none", dtype_bytes=dtype_bytes,
-                           on_gpu=on_gpu)
+                           on_gpu=on_gpu, controlnet=bool(getattr(job, "controlnet", None)))
         spacing, train, offset = "leading", 1000, 1  # SDXL base's scheduler
     return make_plan(job.width, job.height, steps=job.steps, strength=job.strength,
                      native=shape.native, spacing=spacing, train_steps=train, offset=offset,

@@ -7,6 +7,9 @@ Every lever gives the same numbers (up to float rounding); each trades some spee
 - park_skips: the UNet's skip connections wait on the CPU until the up blocks read them;
 - weights: "resident" (all weights on the GPU), "model" (only the running model: the UNet while
   it denoises, the VAE while it decodes) or "sequential" (the UNet streamed block by block).
+A stage's ControlNet gets the same levers: its resnets and conditioning embedding in row bands,
+its feed-forwards chunked, its skips parked (and with them the residuals made from them, see
+hires.controlnet), its blocks streamed.
 """
 
 from __future__ import annotations
@@ -59,15 +62,18 @@ def all_strategies(weights: tuple[str, ...] = WEIGHTS) -> list[Strategy]:
 
 
 @contextmanager
-def applied(unet: nn.Module, strategy: Strategy, device: torch.device) -> Iterator[None]:
-    """The UNet set up for `strategy` for the duration of a stage; always undone."""
+def applied(unet: nn.Module, strategy: Strategy, device: torch.device, *,
+            controlnet: nn.Module | None = None) -> Iterator[None]:
+    """The UNet (and the stage's ControlNet) set up for `strategy` for the duration of a
+    stage; always undone."""
     with ExitStack() as stack:
-        stack.enter_context(lean_unet(unet, strategy.row_bands))
-        stack.enter_context(chunked_feed_forward(unet, strategy.ff_chunks))
-        if strategy.park_skips and device.type != "cpu":
-            stack.enter_context(parked_skips(unet))
-        if strategy.weights == "sequential" and device.type not in ("cpu", "meta"):
-            stack.enter_context(streamed_blocks(unet, device))
+        for model in (unet, controlnet) if controlnet is not None else (unet,):
+            stack.enter_context(lean_unet(model, strategy.row_bands))
+            stack.enter_context(chunked_feed_forward(model, strategy.ff_chunks))
+            if strategy.park_skips and device.type != "cpu":
+                stack.enter_context(parked_skips(model))
+            if strategy.weights == "sequential" and device.type not in ("cpu", "meta"):
+                stack.enter_context(streamed_blocks(model, device))
         yield
 
 
@@ -87,7 +93,8 @@ def parked_skips(unet: nn.Module) -> Iterator[None]:
 
     With row bands, an up block reads its skips band by band straight from the CPU
     (`hires.lean.Stacked` moves each band); without, it moves the block's skips back whole.
-    The conv_in output (the first skip) stays: it is also down block 0's input.
+    The conv_in output (the first skip) stays: it is also down block 0's input. A ControlNet
+    (no up blocks) brings each skip back for the zero conv that reads it.
     """
     def down_hook(module, args, output):
         hidden, skips = output
@@ -105,9 +112,14 @@ def parked_skips(unet: nn.Module) -> Iterator[None]:
             return args, {**kwargs, "res_hidden_states_tuple": skips}
         return (args[0], skips, *args[2:]), kwargs
 
+    def zero_conv_pre_hook(module, args):
+        return (args[0].to(module.weight.device, non_blocking=True), *args[1:])
+
     handles = [b.register_forward_hook(down_hook) for b in unet.down_blocks]
     handles += [b.register_forward_pre_hook(up_pre_hook, with_kwargs=True)
-                for b in unet.up_blocks]
+                for b in getattr(unet, "up_blocks", ())]
+    handles += [c.register_forward_pre_hook(zero_conv_pre_hook)
+                for c in getattr(unet, "controlnet_down_blocks", ())]
     try:
         yield
     finally:
@@ -117,16 +129,17 @@ def parked_skips(unet: nn.Module) -> Iterator[None]:
 
 @contextmanager
 def streamed_blocks(unet: nn.Module, device: torch.device) -> Iterator[None]:
-    """Keep the UNet's weights on the CPU; each top-level block visits the GPU while it runs.
+    """Keep the UNet's (or a ControlNet's) weights on the CPU; each top-level block visits the
+    GPU while it runs.
 
     Ours rather than diffusers' group offloading, which replaces `forward` on the blocks (the
     lean pass then falls back to whole-size tensors) and is not meant to be switched per stage.
     """
     unet.to("cpu")
-    blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
+    blocks = [*unet.down_blocks, unet.mid_block, *getattr(unet, "up_blocks", ())]
     small = [m for name, m in unet.named_children()
              if name not in ("down_blocks", "up_blocks", "mid_block")]
-    for m in small:  # embeddings, conv_in/out: small, stay on the GPU for the stage
+    for m in small:  # embeddings, conv_in/out, zero convs: small, stay on the GPU for the stage
         m.to(device)
 
     def arrive(module, args, kwargs):

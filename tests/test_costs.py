@@ -94,3 +94,73 @@ def test_vae_flops_match_torch_flop_counter(decode):
             vae.encode(torch.empty(1, 3, 256, 384, device="meta"))
     model = vae_flops(VaeShape.from_config(SDXL_VAE_CONFIG), 384, 256, decode=decode)
     assert abs(model / counter.get_total_flops() - 1) < 0.05
+
+
+# ---------------------------------------------------------------------------------------------
+# With a ControlNet: its call before the UNet's, its residuals, its weights, its FLOPs
+
+
+@lru_cache(maxsize=1)
+def sdxl_controlnet():
+    from hires.memsim import sdxl_controlnet_on_meta
+
+    return sdxl_controlnet_on_meta()
+
+
+@pytest.mark.parametrize("latent,name", [(128, "batched"), (128, "every lever, sequential"),
+                                         (512, "every lever")])
+def test_controlnet_estimate_within_15_percent_of_the_simulated_gpu(latent, name):
+    from hires.costs import ControlShape, denoise_peak_bytes
+
+    strategy, unet, net = STRATEGIES[name], sdxl(), sdxl_controlnet()
+    image = 3 * 64 * latent * latent * 2  # the control image, counted by the stage
+    simulated = unet_call_peak(unet, latent, latent, strategy, controlnet=net) - image
+    estimated = denoise_peak_bytes(UNetShape.of(unet), ControlShape.of(net), latent, latent,
+                                   strategy)
+    assert abs(estimated / simulated - 1) <= 0.15, (estimated / 2**30, simulated / 2**30)
+    assert simulated > unet_call_peak(unet, latent, latent, strategy)
+
+
+def test_controlnet_flops_match_torch_flop_counter(tiny):
+    from helpers_control import tiny_controlnet
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from hires.costs import ControlShape, controlnet_flops
+
+    h, w = 24, 32
+    for net, dev, dt in ((tiny_controlnet(tiny.unet), "cpu", torch.float32),
+                         (sdxl_controlnet(), "meta", torch.bfloat16)):
+        cfg = net.config
+        pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+        added = {"text_embeds": torch.zeros(1, pooled, device=dev, dtype=dt),
+                 "time_ids": torch.zeros(1, 6, device=dev, dtype=dt)}
+        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+            net(torch.zeros(1, 4, h, w, device=dev, dtype=dt), torch.ones(1, device=dev),
+                encoder_hidden_states=torch.zeros(1, 77, cfg.cross_attention_dim, device=dev,
+                                                  dtype=dt),
+                controlnet_cond=torch.zeros(1, 3, 8 * h, 8 * w, device=dev, dtype=dt),
+                added_cond_kwargs=added)
+        model = controlnet_flops(ControlShape.of(net), h, w)
+        assert abs(model / counter.get_total_flops() - 1) < 0.03, dev
+
+
+def test_a_controlnet_costs_memory_and_time_and_the_planner_makes_room():
+    from dataclasses import replace
+
+    from hires.costs import sdxl_shape, stage_cost
+    from hires.plan import make_plan
+
+    plain, control = sdxl_shape(), sdxl_shape(controlnet=True)
+    assert control.weights - plain.weights == control.control.param_bytes > 2 * 10**9
+    budget = 12 * 2**30
+    without = make_plan(8192, 8192, model=plain, budget=budget, rate=400e12)
+    with_control = make_plan(8192, 8192, model=control, budget=budget, rate=400e12)
+    for a, b in zip(without.stages, with_control.stages, strict=True):
+        same = stage_cost(control, a.width, a.height, a.steps, a.strategy, base=a.kind == "base",
+                          previous=None, final_decode=False)
+        assert same.denoise_peak_bytes > a.cost.denoise_peak_bytes
+        assert b.cost.unet_tflop > a.cost.unet_tflop and b.cost.seconds > a.cost.seconds
+    # Where the ControlNet no longer fits next to the UNet, a cheaper strategy is chosen.
+    assert any(a.strategy != b.strategy for a, b in zip(without.stages, with_control.stages,
+                                                        strict=True))
+    assert replace(control, control=None) == plain

@@ -1,0 +1,231 @@
+"""ControlNet for hires' stages: loading and checking one, its control image, and the way its
+outputs reach the UNet.
+
+diffusers' ControlNetModel runs as it is. Two things are ours, both for memory at huge latents:
+its residuals are recorded as each zero conv makes them (written over the skip that conv read,
+so the ControlNet never holds two sets), and they are added into the UNet's skips as each UNet
+down block returns them, so each residual is freed as soon as it is used. diffusers' own path
+(`down_block_additional_residuals`) keeps every residual alive through the whole UNet call and
+makes a third set when it adds them, and fails with skips parked on the CPU. Same arithmetic:
+each residual is the zero conv's output times the scale, added to the skip.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from hires import strategy as _strategy
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+class ControlError(ValueError):
+    """A ControlNet could not be loaded or does not fit the model; the message is one line."""
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__
+
+
+def load_controlnet(ref: str, dtype: torch.dtype, device: torch.device | str = "cpu",
+                    allow_pickle: bool = False) -> Any:
+    """A diffusers ControlNetModel from a Hub id, a local diffusers folder or one file."""
+    from diffusers import ControlNetModel
+    from diffusers.utils import logging as dlogging
+
+    dlogging.set_verbosity_error()  # failures are reported here, in one line
+    path = Path(ref).expanduser()
+    local = path.exists() or ref.startswith((".", "/", "~")) or path.suffix in (
+        ".safetensors", *PICKLE_SUFFIXES)
+    if local and not path.exists():
+        raise ControlError(f"ControlNet not found: {ref}")
+    try:
+        if path.is_file():
+            if path.suffix != ".safetensors" and not allow_pickle:
+                raise ControlError(
+                    f"{path.name} is a pickle checkpoint, which can run code when loaded; "
+                    "convert it to .safetensors or pass --allow-pickle if you trust it")
+            model = ControlNetModel.from_single_file(str(path), torch_dtype=dtype)
+        else:
+            if path.is_dir() and not (path / "config.json").is_file():
+                raise ControlError(f"{ref} is a folder but not a diffusers ControlNet "
+                                   "(no config.json)")
+            if path.is_dir() and not allow_pickle and not any(path.glob("*.safetensors")):
+                raise ControlError(f"{ref} holds pickle (.bin) weights only, which can run code "
+                                   "when loaded; convert them to .safetensors or pass "
+                                   "--allow-pickle if you trust them")
+            model = ControlNetModel.from_pretrained(
+                str(path) if path.is_dir() else ref, torch_dtype=dtype,
+                use_safetensors=None if allow_pickle else True)
+    except ControlError:
+        raise
+    except OSError as e:
+        from huggingface_hub import constants
+
+        if path.is_file():
+            raise ControlError(f"could not load {path.name} as a ControlNet: {_first_line(e)} "
+                               "(single files need their config from the Hub: connect once to "
+                               "cache it, or pass a diffusers folder)") from e
+        if not local and ("cached" in str(e) or constants.HF_HUB_OFFLINE):
+            raise ControlError(
+                f"ControlNet '{ref}' is not in the local cache and the Hugging Face Hub cannot "
+                "be reached; connect once to download it, or pass a local folder or "
+                ".safetensors file") from e
+        raise ControlError(f"could not load ControlNet '{ref}': {_first_line(e)}") from e
+    except Exception as e:  # diffusers raises many kinds here; the user needs one line
+        raise ControlError(f"could not load '{ref}' as a ControlNet: {_first_line(e)}") from e
+    if not isinstance(model, ControlNetModel):
+        raise ControlError(f"'{ref}' is a {type(model).__name__}, not a ControlNet")
+    logging.getLogger("hires").debug("loaded ControlNet %s", ref)
+    return model.to(device).requires_grad_(False).eval()
+
+
+FITS = ("cross_attention_dim", "block_out_channels", "addition_embed_type", "in_channels",
+        "projection_class_embeddings_input_dim")
+
+
+def check_fits(controlnet: nn.Module, unet: nn.Module) -> None:
+    """ControlError when `controlnet` was made for another architecture than `unet`."""
+    if not all(hasattr(controlnet, a) for a in ("controlnet_down_blocks", "controlnet_mid_block")):
+        raise ControlError(f"{type(controlnet).__name__} is not a ControlNet")
+    differ = []
+    for key in FITS:
+        mine, theirs = controlnet.config.get(key), unet.config.get(key)
+        if isinstance(mine, list | tuple) and isinstance(theirs, list | tuple):
+            mine, theirs = tuple(mine), tuple(theirs)
+        if mine != theirs:
+            differ.append(f"{key} {mine} vs the model's {theirs}")
+    if differ:
+        raise ControlError("the ControlNet is for another model architecture (e.g. SD 1.5 "
+                           f"rather than SDXL): {'; '.join(differ)}; use an SDXL ControlNet")
+
+
+def control_tensor(image: Image.Image, width: int, height: int, device: torch.device | str,
+                   dtype: torch.dtype) -> Tensor:
+    """The control image as 1 x 3 x height x width in [0, 1], RGB: scaled to cover, then
+    centre-cropped (Lanczos), as hires.pipeline.fit fits an input image."""
+    import numpy as np
+
+    image = image.convert("RGB")
+    scale = max(width / image.width, height / image.height)
+    size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+    if size != image.size:
+        image = image.resize(size, Image.LANCZOS)
+    left, top = (image.width - width) // 2, (image.height - height) // 2
+    image = image.crop((left, top, left + width, top + height))
+    pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None]
+    return (pixels.to(device=device, dtype=torch.float32) / 255).to(dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# One call: the ControlNet's residuals, then the UNet with them added to its skips
+
+
+@dataclass
+class Residuals:
+    """A ControlNet's outputs for one call, times its scale: one per UNet skip (conv_in's
+    first, as the UNet orders them), and the mid block's. Entries are dropped as used."""
+
+    down: list[Tensor | None]
+    mid: Tensor | None
+
+
+def control_residuals(controlnet: nn.Module, x: Tensor, timestep: Tensor, embeds: Tensor,
+                      added: dict[str, Tensor], image: Tensor, scale: float) -> Residuals:
+    """Run `controlnet` on `x` (the UNet's input) and the control image; its scaled outputs.
+
+    A zero conv whose input came from the host (its skip parked there, hires.strategy) sends
+    its output back there too: a residual waits where its skip waited.
+    """
+    down: list[Tensor | None] = []
+    mid: list[Tensor] = []
+    from_host: dict[nn.Module, bool] = {}
+    pool = controlnet.config.get("global_pool_conditions", False)
+
+    def note(module, args):
+        from_host[module] = args[0].device != module.weight.device
+
+    def record(module, args, out):
+        res = out.mul_(scale)  # diffusers: zero conv output * conditioning_scale
+        if pool:
+            res = res.mean(dim=(2, 3), keepdim=True)
+        if module is controlnet.controlnet_mid_block:
+            mid.append(res)
+        elif from_host[module]:
+            down.append(_strategy._park(res))
+        else:
+            skip = args[0]
+            # The skip this conv read is not read again: keep the residual in its place.
+            if skip.shape == res.shape and skip.dtype == res.dtype:
+                res = skip.copy_(res)
+            down.append(res)
+        # What diffusers goes on to scale (and return) is a stand-in: the values are ours.
+        return out.new_zeros((1, 1, 1, 1))
+
+    convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]
+    handles = [h for c in convs for h in (c.register_forward_pre_hook(note, prepend=True),
+                                          c.register_forward_hook(record, prepend=True))]
+    n = x.shape[0]
+    try:
+        controlnet(x, timestep, encoder_hidden_states=embeds,
+                   controlnet_cond=image.expand(n, -1, -1, -1), conditioning_scale=1.0,
+                   added_cond_kwargs=added, return_dict=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return Residuals(down, mid[0])
+
+
+@contextmanager
+def residuals_added(unet: nn.Module, residuals: Residuals | None) -> Iterator[None]:
+    """The UNet adds `residuals` to its skips as each down block returns them (conv_in's
+    once down block 0 has read it) and to its mid block's output; each is freed once used."""
+    if residuals is None:
+        yield
+        return
+    down = residuals.down
+    taken = [0]
+
+    def take() -> Tensor:
+        i = taken[0]
+        res, down[i] = down[i], None
+        taken[0] += 1
+        return res
+
+    def add(skip: Tensor, res: Tensor) -> Tensor:
+        return skip.add_(res.to(skip.device, non_blocking=True))
+
+    def after_down(module, args, kwargs, output):
+        hidden, skips = output
+        if module is unet.down_blocks[0]:
+            add(args[0] if args else kwargs["hidden_states"], take())  # conv_in's output
+        # The block's last output is also the next block's input: that one is added anew.
+        summed = tuple(s + take().to(s.device) if s is hidden else add(s, take())
+                       for s in skips)
+        return hidden, summed
+
+    def after_mid(module, args, kwargs, output):
+        res, residuals.mid = residuals.mid, None
+        return output + res
+
+    # Prepended: the residuals are added before hires.strategy.parked_skips parks the skips.
+    handles = [b.register_forward_hook(after_down, prepend=True, with_kwargs=True)
+               for b in unet.down_blocks]
+    handles.append(unet.mid_block.register_forward_hook(after_mid, prepend=True,
+                                                        with_kwargs=True))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
