@@ -75,10 +75,7 @@ def attached(components: Any, job: Job, source: Image.Image | None = None) -> It
                 addons.record["lora"] = lora.load_loras(pipe, job.lora, job.allow_pickle)
                 undo.callback(lora.unload_loras, pipe)
             if job.control_model:
-                from hires import controlnet
-
                 model = _controlnet(components, job.control_model, job.allow_pickle)
-                controlnet.check_fits(model, components.unet)
                 image = load_input(Path(job.control)) if job.control else None
                 addons.controlnet = model
                 addons.control_image = image.rgb if image else source
@@ -112,6 +109,10 @@ def _controlnet(components: Any, ref: str, allow_pickle: bool) -> Any:
     cache = components.controlnets
     if ref not in cache:
         cache.clear()  # one ControlNet at a time: each is 2.5 GB in fp16
-        cache[ref] = controlnet.load_controlnet(ref, components.dtype, components.device,
-                                                allow_pickle)
+        model = controlnet.load_controlnet(ref, components.dtype, components.device,
+                                           allow_pickle)
+        controlnet.check_fits(model, components.unet)
+        # Its attention follows the UNet's: linear when LinFusion is mounted.
+        controlnet.linearize(model, components.unet, components.attention_originals)
+        cache[ref] = model
     return cache[ref]

@@ -55,7 +55,7 @@ def load_controlnet(ref: str, dtype: torch.dtype, device: torch.device | str = "
                 raise ControlError(
                     f"{path.name} is a pickle checkpoint, which can run code when loaded; "
                     "convert it to .safetensors or pass --allow-pickle if you trust it")
-            model = ControlNetModel.from_single_file(str(path), torch_dtype=dtype)
+            model = ControlNetModel.from_single_file(str(path), dtype=dtype)
         else:
             if path.is_dir() and not (path / "config.json").is_file():
                 raise ControlError(f"{ref} is a folder but not a diffusers ControlNet "
@@ -65,7 +65,7 @@ def load_controlnet(ref: str, dtype: torch.dtype, device: torch.device | str = "
                                    "when loaded; convert them to .safetensors or pass "
                                    "--allow-pickle if you trust them")
             model = ControlNetModel.from_pretrained(
-                str(path) if path.is_dir() else ref, torch_dtype=dtype,
+                str(path) if path.is_dir() else ref, dtype=dtype,
                 use_safetensors=None if allow_pickle else True)
     except ControlError:
         raise
@@ -88,6 +88,69 @@ def load_controlnet(ref: str, dtype: torch.dtype, device: torch.device | str = "
         raise ControlError(f"'{ref}' is a {type(model).__name__}, not a ControlNet")
     logging.getLogger("hires").debug("loaded ControlNet %s", ref)
     return model.to(device).requires_grad_(False).eval()
+
+
+def linearize(controlnet: nn.Module, unet: nn.Module,
+              originals: dict[str, nn.Module] | None = None) -> int:
+    """Give the ControlNet's self-attention the UNet's LinFusion; returns how many were swapped.
+
+    A ControlNet is a fine-tuned copy of the UNet's encoder, so each of its attn1 layers has a
+    twin in the UNet. With softmax attention it would cost O(tokens^2) at 8K-16K (hours a
+    stage); instead each gets a copy of its twin's LinearAttention, plus the ControlNet's own
+    fine-tuning (its projections minus the UNet's original ones, from `originals`) added to the
+    projections, the way a LoRA's delta is. Without `originals` the copies are used as they are.
+    """
+    import copy
+
+    from hires.linfusion import LinearAttention
+
+    swapped = 0
+    for name, module in list(controlnet.named_modules()):
+        if not name.endswith("attn1") or isinstance(module, LinearAttention):
+            continue
+        twin = _submodule(unet, name)
+        if not isinstance(twin, LinearAttention):
+            continue
+        ours = copy.deepcopy(twin)
+        original = (originals or {}).get(name)
+        if original is not None:
+            with torch.no_grad():
+                for proj in ("to_q", "to_k", "to_v", "to_out.0"):
+                    new, was = ours.get_submodule(proj), original.get_submodule(proj)
+                    tuned = module.get_submodule(proj)
+                    new.weight += (tuned.weight - was.weight.to(tuned.weight)).to(new.weight)
+                    if new.bias is not None and tuned.bias is not None:
+                        new.bias += (tuned.bias - was.bias.to(tuned.bias)).to(new.bias)
+        parent, _, child = name.rpartition(".")
+        setattr(controlnet.get_submodule(parent), child, ours)
+        swapped += 1
+    return swapped
+
+
+def controlnet_like(unet: nn.Module) -> nn.Module:
+    """A ControlNet for `unet` on the meta device (shapes only, for the planner), its attention
+    as `linearize` leaves a loaded one."""
+    from diffusers import ControlNetModel
+
+    from hires.linfusion import LinearAttention
+
+    dtype = next(unet.parameters()).dtype
+    with torch.device("meta"):
+        net = ControlNetModel.from_unet(unet, load_weights_from_unet=False).to(dtype)
+        for name, _ in list(net.named_modules()):
+            twin = _submodule(unet, name) if name.endswith("attn1") else None
+            if isinstance(twin, LinearAttention):
+                parent, _, child = name.rpartition(".")
+                setattr(net.get_submodule(parent), child, LinearAttention(
+                    twin.dim, twin.heads, twin.projection_mid_dim).to(dtype))
+    return net.eval()
+
+
+def _submodule(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
 
 
 FITS = ("cross_attention_dim", "block_out_channels", "addition_embed_type", "in_channels",

@@ -688,7 +688,14 @@ def sdxl_shape(*, linfusion: bool = True, dtype_bytes: int = 2, on_gpu: bool = T
     vae_dtype_bytes = 2 if on_gpu else 4  # bf16 on GPUs, fp32 on CPU (hires.models)
     vae_bytes = module_bytes(vae) // 4 * vae_dtype_bytes
     text = (module_bytes(te1) + module_bytes(te2)) // 4 * dtype_bytes
-    control = ControlShape.of(sdxl_controlnet_on_meta(dtype)) if controlnet else None
+    control = None
+    if controlnet:
+        from hires.controlnet import controlnet_like
+
+        # A ControlNet's attention follows the UNet's (hires.controlnet.linearize).
+        net = controlnet_like(sdxl_unet_on_meta(dtype)) if linfusion else \
+            sdxl_controlnet_on_meta(dtype)
+        control = ControlShape.of(net)
     return ModelShape(unet_shape, VaeShape.from_config(SDXL_VAE_CONFIG, param_bytes=vae_bytes),
                       text, dtype_bytes=dtype_bytes, vae_dtype_bytes=vae_dtype_bytes,
                       native=1024, on_gpu=on_gpu, control=control)

@@ -348,6 +348,11 @@ class LinFusion(nn.Module):
         """Whether this LinFusion currently replaces a UNet's attn1 modules."""
         return bool(self._originals)
 
+    @property
+    def originals(self) -> dict[str, nn.Module]:
+        """The attn1 modules mount() replaced (parked on the CPU), by module name."""
+        return dict(self._originals)
+
     def mount(self, unet: nn.Module) -> LinFusion:
         """Replace `unet`'s attn1 modules with these, each on its original's device and dtype.
 

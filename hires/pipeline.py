@@ -14,8 +14,9 @@ from PIL import Image
 
 from hires import vae as tiled_vae
 from hires.addons import Addons, attached
+from hires.controlnet import control_tensor
 from hires.costs import model_shape, rate_for
-from hires.denoiser import Conditioning, Denoiser
+from hires.denoiser import Conditioning, Control, Denoiser
 from hires.job import Job
 from hires.memory import free_memory, peak_memory, placed, reset_peak
 from hires.models import Components, load
@@ -26,7 +27,7 @@ from hires.sampling import (
     channel_stats,
     sample_base,
     sample_upscale,
-    sigmas_for,
+    schedule,
 )
 from hires.strategy import applied
 
@@ -80,7 +81,8 @@ def budget_for(job: Job, components: Components) -> int | None:
         return int(job.vram * GIB)
     pipe = components.pipe
     return free_memory(components.device,
-                       (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2))
+                       (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2,
+                        *components.controlnets.values()))
 
 
 def plan_for(job: Job, components: Components, *, gpu: str | None = None,
@@ -91,11 +93,21 @@ def plan_for(job: Job, components: Components, *, gpu: str | None = None,
     return make_plan(
         job.width, job.height, steps=job.steps, strength=job.strength, native=components.native,
         spacing=cfg.get("timestep_spacing", "leading"), train_steps=cfg["num_train_timesteps"],
-        offset=cfg.get("steps_offset", 0), model=model_shape(components),
+        offset=cfg.get("steps_offset", 0), model=shape_for(job, components),
         budget=budget_for(job, components), offload=components.offload,
         vae_tile=job.vae_tile, vae_stats=job.vae_stats, rate=rate_for(gpu) if gpu else None,
         source=source,
     )
+
+
+def shape_for(job: Job, components: Components):
+    """The model as the planner sees it, with the job's ControlNet (loaded, or one like it)."""
+    net = None
+    if job.control_model:
+        from hires.controlnet import controlnet_like
+
+        net = components.controlnets.get(job.control_model) or controlnet_like(components.unet)
+    return model_shape(components, controlnet=net)
 
 
 def generate(
@@ -164,8 +176,8 @@ def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
             carry, report = _stage(job, comps, plan, stage, cond, carry, emit, save_stages,
                                    stage_images, decoded, addons)
         except torch.cuda.OutOfMemoryError:
-            fallback = cheaper(stage, stages, model_shape(comps), comps.offload, job.vae_tile,
-                               job.vae_stats) if stage.cost else None
+            fallback = cheaper(stage, stages, shape_for(job, comps), comps.offload,
+                               job.vae_tile, job.vae_stats) if stage.cost else None
             if fallback is None:
                 raise
             note = (f"stage {stage.index} ran out of GPU memory with {stage.strategy.label}; "
@@ -207,15 +219,24 @@ def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditio
     def on_step(done: int, total: int) -> None:
         emit(Event("denoise", stage.index, n, stage.width, stage.height, done, total))
 
-    denoiser = Denoiser(comps.unet, cond, job.guidance, split_cfg=strategy.split_cfg)
-    sigmas = sigmas_for(alphas, stage.timesteps)
+    net = addons.controlnet
+    control = None
+    if net is not None:  # the control image at this stage's size
+        control = Control(net, control_tensor(addons.control_image, stage.width, stage.height,
+                                              comps.device, comps.dtype), addons.control_scale)
+    denoiser = Denoiser(comps.unet, cond, job.guidance, split_cfg=strategy.split_cfg,
+                        control=control)
+    nets = (comps.unet,) if net is None else (comps.unet, net)
+    sigmas, timesteps = schedule(alphas, stage.timesteps, job.karras)
     shape = (1, 4, stage.height // 8, stage.width // 8)
     unet, vae = comps.unet, comps.vae
     if stage.kind == "base":
         noise = torch.randn(shape, generator=generator).to(comps.device)
-        with placed(comps, strategy.weights, unet), applied(unet, strategy, comps.device):
+        with placed(comps, strategy.weights, *nets), \
+                applied(unet, strategy, comps.device, controlnet=net):
             on_step(0, stage.steps)
-            latents = sample_base(denoiser, noise, sigmas, stage.timesteps, on_step)
+            latents = sample_base(denoiser, noise, sigmas, timesteps, on_step,
+                                  sampler=job.sampler)
         anchor = channel_stats(latents)
     else:
         anchor = carry.anchor
@@ -239,10 +260,11 @@ def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditio
                 del image
         # One noise tensor per stage, from the job's generator: same seed, same image.
         noise = torch.randn(shape, generator=generator).to(comps.device)
-        with placed(comps, strategy.weights, unet), applied(unet, strategy, comps.device):
+        with placed(comps, strategy.weights, *nets), \
+                applied(unet, strategy, comps.device, controlnet=net):
             on_step(0, stage.steps)
-            latents = sample_upscale(denoiser, x0, noise, sigmas, stage.timesteps,
-                                     stage.ratio, anchor, knobs, on_step)
+            latents = sample_upscale(denoiser, x0, noise, sigmas, timesteps, stage.ratio,
+                                     anchor, knobs, on_step, sampler=job.sampler)
         del x0, noise
     if stage.index == n - 1:
         with placed(comps, strategy.weights, vae):

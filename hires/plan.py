@@ -330,7 +330,7 @@ def plan_without_weights(job, rate: float | None = None,
     else:
         # An SDXL ControlNet's shape is fixed by SDXL's: its name is all a dry run needs.
         shape = sdxl_shape(linfusion=job.linfusion != "none", dtype_bytes=dtype_bytes,
-                           on_gpu=on_gpu, controlnet=bool(getattr(job, "controlnet", None)))
+                           on_gpu=on_gpu, controlnet=bool(job.control_model))
         spacing, train, offset = "leading", 1000, 1  # SDXL base's scheduler
     return make_plan(job.width, job.height, steps=job.steps, strength=job.strength,
                      native=shape.native, spacing=spacing, train_steps=train, offset=offset,

@@ -216,3 +216,35 @@ def test_control_tensor_covers_and_centre_crops():
     assert t[0, 2, 8, 13] > 0.9 and t[0, 0, 8, 13] < 0.1  # blue on the right
     gray = control_tensor(Image.new("L", (10, 30), 128), 24, 8, "cpu", torch.bfloat16)
     assert gray.shape == (1, 3, 8, 24) and gray.dtype == torch.bfloat16
+
+
+def test_linearize_gives_the_controlnet_linfusion_with_its_own_fine_tuning(setup):
+    """Each ControlNet attn1 becomes a copy of its UNet twin's LinearAttention, its projections
+    moved by what the ControlNet changed from the UNet's original attention."""
+    from hires.controlnet import controlnet_like, linearize
+    from hires.linfusion import LinearAttention
+    from hires.models import load
+
+    comps = load("tiny", device="cpu")
+    unet = comps.unet
+    net = tiny_controlnet(unet, seed=3)
+    names = [n for n, m in net.named_modules() if n.endswith("attn1")]
+    assert names and comps.attention_originals
+    tuned = {n: net.get_submodule(n).to_v.weight.clone() for n in names}
+    assert linearize(net, unet, comps.attention_originals) == len(names)
+    for name in names:
+        ours, twin = net.get_submodule(name), unet.get_submodule(name)
+        assert isinstance(ours, LinearAttention) and ours is not twin
+        delta = tuned[name] - comps.attention_originals[name].to_v.weight
+        assert torch.allclose(ours.to_v.weight, twin.to_v.weight + delta, atol=1e-6)
+        assert torch.equal(ours.to_q_[0].weight, twin.to_q_[0].weight)  # LinFusion's own MLP
+    # Without the originals the copies are the twins' weights as they are.
+    plain = tiny_controlnet(unet, seed=3)
+    linearize(plain, unet)
+    assert torch.equal(plain.get_submodule(names[0]).to_v.weight,
+                       unet.get_submodule(names[0]).to_v.weight)
+    # The planner's stand-in has the same modules (shapes only, on meta).
+    like = controlnet_like(unet)
+    assert [type(m).__name__ for n, m in like.named_modules() if n in names] == \
+        ["LinearAttention"] * len(names)
+    assert next(like.parameters()).device.type == "meta"

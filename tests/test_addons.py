@@ -1,0 +1,204 @@
+"""Add-ons end to end (tiny model, offline): LoRA, ControlNet, IP-Adapter and the DPM++ 2M
+sampler each change the image, repeat exactly, and round-trip through metadata and --from."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers_cli import assert_usage_error, cli, json_lines, write
+from PIL import Image
+
+TINY = ("--model", "tiny", "--size", "512", "--steps", "2", "--seed", "5", "-q")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, tiny):
+    """A LoRA, a ControlNet folder, an IP-Adapter folder and two small photos, made offline."""
+    from helpers_control import tiny_controlnet
+    from helpers_ip import write_tiny_ip_adapter
+    from helpers_lora import write_tiny_lora
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("addons")
+    lora = write_tiny_lora(root / "style.safetensors", tiny.pipe)
+    tiny_controlnet(tiny.unet).save_pretrained(root / "control-net")
+    write_tiny_ip_adapter(root / "ip", tiny.pipe)
+    Image.fromarray(data.astronaut()).resize((96, 96), Image.LANCZOS).save(root / "edges.png")
+    Image.fromarray(data.coffee()).resize((96, 64), Image.LANCZOS).save(root / "style.png")
+    return {"lora": lora, "control_model": root / "control-net", "ip": root / "ip",
+            "control": root / "edges.png", "ip_image": root / "style.png", "root": root}
+
+
+def addon_flags(name: str, files: dict) -> list[str]:
+    return {
+        "lora": ["--lora", f"{files['lora']}:0.8"],
+        "controlnet": ["--control", str(files["control"]),
+                       "--control-model", str(files["control_model"]), "--control-scale", "0.7"],
+        "ip-adapter": ["--ip-image", str(files["ip_image"]), "--ip-adapter", str(files["ip"]),
+                       "--ip-scale", "0.9"],
+        # With 2 steps DPM++ 2M is Euler (first order, then the step onto sigma 0).
+        "sampler": ["--sampler", "dpmpp-2m", "--karras", "--steps", "6"],
+    }[name]
+
+
+def pixels(path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB")).astype(np.int16)
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory, tiny):
+    from helpers_cli import use_cached_tiny
+
+    mp = pytest.MonkeyPatch()
+    use_cached_tiny(mp, tiny)
+    out = tmp_path_factory.mktemp("plain") / "plain.png"
+    result = cli("gen", "a lighthouse", *TINY, "-o", out)
+    mp.undo()
+    assert result.exit_code == 0, result.stderr
+    return pixels(out)
+
+
+@pytest.mark.parametrize("name", ["lora", "controlnet", "ip-adapter", "sampler"])
+def test_an_addon_changes_the_image_and_reruns_exactly_from_metadata(name, files, plain,
+                                                                       tmp_path, asked, tiny):
+    before = {k: v.clone() for k, v in tiny.unet.state_dict().items()}
+    first, again = tmp_path / "first.png", tmp_path / "again.png"
+    made = cli("gen", "a lighthouse", *TINY, *addon_flags(name, files), "-o", first, "--json")
+    assert made.exit_code == 0, made.stderr
+    record = json_lines(made.stdout)[0]
+    image = pixels(first)
+    if name != "sampler":  # (6 steps against 2 would differ anyway)
+        assert np.abs(image - plain).mean() > 0.5  # the add-on changed the picture
+    rerun = cli("gen", "--from", first, "-o", again, "-q")
+    assert rerun.exit_code == 0, rerun.stderr
+    assert np.array_equal(pixels(again), image)  # same job, same pixels
+    # What ran is said in --json and by `hires info IMAGE`; the model is left as it was.
+    shown = cli("info", first)
+    assert shown.exit_code == 0, shown.stderr
+    if name == "sampler":
+        assert record["sampler"] == "dpmpp-2m karras" and record["addons"] == {}
+        assert "dpmpp-2m karras" in shown.stdout
+    else:
+        key = name.replace("-", "_")
+        assert list(record["addons"]) == [key]
+        assert name in shown.stdout
+    after = tiny.unet.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_addon_records_name_their_files(files, tmp_path, asked):
+    out = tmp_path / "all.png"
+    made = cli("gen", "a lighthouse", *TINY, *addon_flags("lora", files),
+               *addon_flags("controlnet", files), *addon_flags("ip-adapter", files), "-o", out,
+               "--json")
+    assert made.exit_code == 0, made.stderr
+    addons = json_lines(made.stdout)[0]["addons"]
+    assert addons["lora"][0]["scale"] == 0.8 and len(addons["lora"][0]["sha256"]) == 64
+    assert addons["controlnet"]["scale"] == 0.7
+    assert addons["controlnet"]["image"] == str(files["control"])
+    assert addons["ip_adapter"]["scale"] == 0.9
+    shown = cli("info", out, "--json")
+    assert json.loads(shown.stdout)["result"]["addons"] == addons
+
+
+def test_a_lora_at_scale_zero_gives_the_same_pixels_as_none(files, tiny):
+    from hires import generate
+
+    common = dict(prompt="a lighthouse", width=256, height=256, steps=2, seed=3)
+    none = generate(components=tiny, **common).image
+    zero = generate(components=tiny, lora=[f"{files['lora']}:0"], **common).image
+    assert np.array_equal(np.asarray(none), np.asarray(zero))
+
+
+def test_up_feeds_its_input_to_a_controlnet_without_control(files, tmp_path, asked):
+    out = tmp_path / "up.png"
+    made = cli("up", files["control"], "--scale", "2", "--model", "tiny", "--steps", "2",
+               "--seed", "1", "--control-model", files["control_model"], "-o", out, "--json",
+               "-q")
+    assert made.exit_code == 0, made.stderr
+    control = json_lines(made.stdout)[0]["addons"]["controlnet"]
+    assert control["image"] == str(files["control"])
+    assert Image.open(out).size == (192, 192)
+
+
+def test_batch_jobs_and_presets_take_addons(files, tmp_path, asked):
+    preset = write(tmp_path / "fast.toml", 'sampler = "dpmpp-2m"\nsteps = 2\n')
+    jobs = write(tmp_path / "jobs.toml", f"""
+[defaults]
+model = "tiny"
+size = 256
+preset = "{preset}"
+
+[[job]]
+prompt = "a lighthouse"
+seed = 1
+lora = ["{files['lora']}:0.5"]
+""")
+    made = cli("batch", jobs, "-o", tmp_path / "out", "-q")
+    assert made.exit_code == 0, made.stderr
+    manifest = [json.loads(line) for line in
+                (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert manifest[-1]["sampler"] == "dpmpp-2m"
+    assert manifest[-1]["addons"]["lora"][0]["scale"] == 0.5
+
+
+def bad_lora(files: dict, tmp_path) -> str:
+    """The tiny LoRA with one matrix of the wrong width: made for another model."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(files["lora"])
+    key = next(k for k in state if k.endswith("lora_down.weight") and "attn1_to_q" in k)
+    state[key] = torch.zeros(state[key].shape[0], state[key].shape[1] + 8)
+    save_file(state, tmp_path / "other.safetensors")
+    return str(tmp_path / "other.safetensors")
+
+
+def pickled_lora(files: dict, tmp_path) -> str:
+    from safetensors.torch import load_file
+
+    torch.save(load_file(files["lora"]), tmp_path / "style.pt")
+    return str(tmp_path / "style.pt")
+
+
+@pytest.mark.parametrize("case, words", [
+    ("missing-lora", ["--lora", "no such"]),
+    ("other-lora", ["does not fit"]),
+    ("pickle-lora", ["--allow-pickle"]),
+    ("missing-control-model", ["--control-model", "no such"]),
+    ("control-without-model", ["--control needs --control-model"]),
+    ("model-without-control", ["--control-model needs --control"]),
+    ("missing-ip-image", ["--ip-image", "no such"]),
+    ("bad-scale", ["control_scale"]),
+])
+def test_bad_addon_inputs_exit_2_with_one_line(case, words, files, tmp_path, asked):
+    args = {
+        "missing-lora": ["--lora", str(tmp_path / "nope.safetensors")],
+        "other-lora": ["--lora", bad_lora(files, tmp_path)] if case == "other-lora" else [],
+        "pickle-lora": ["--lora", pickled_lora(files, tmp_path)] if case == "pickle-lora" else [],
+        "missing-control-model": ["--control", str(files["control"]), "--control-model",
+                                  str(tmp_path / "no-net")],
+        "control-without-model": ["--control", str(files["control"])],
+        "model-without-control": ["--control-model", str(files["control_model"])],
+        "missing-ip-image": ["--ip-image", str(tmp_path / "none.png")],
+        "bad-scale": ["--control", str(files["control"]), "--control-model",
+                      str(files["control_model"]), "--control-scale", "nan"],
+    }[case]
+    out = tmp_path / "out.png"
+    result = cli("gen", "x", *TINY, *args, "-o", out)
+    assert_usage_error(result, *words)
+    assert not out.exists()
+
+
+def test_dpmpp_2m_changes_the_image_and_karras_changes_it_again(tiny):
+    from hires import generate
+
+    common = dict(prompt="a lighthouse", width=256, height=256, steps=6, seed=3)
+    euler = np.asarray(generate(components=tiny, **common).image).astype(int)
+    dpm = np.asarray(generate(components=tiny, sampler="dpmpp-2m", **common).image).astype(int)
+    karras = generate(components=tiny, sampler="dpmpp-2m", karras=True, **common)
+    assert np.abs(dpm - euler).mean() > 0.5
+    assert np.abs(np.asarray(karras.image).astype(int) - dpm).mean() > 0.5
+    assert karras.job.sampler == "dpmpp-2m" and karras.job.karras
