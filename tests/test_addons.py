@@ -163,6 +163,24 @@ def pickled_lora(files: dict, tmp_path) -> str:
     return str(tmp_path / "style.pt")
 
 
+def sd15_controlnet(tmp_path) -> str:
+    """A small ControlNet shaped like SD 1.5's (768-wide text, no SDXL time embedding)."""
+    from diffusers import ControlNetModel
+
+    net = ControlNetModel(block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
+                          down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                          cross_attention_dim=32, attention_head_dim=2,
+                          conditioning_embedding_out_channels=(8, 16))
+    net.save_pretrained(tmp_path / "sd15-net")
+    return str(tmp_path / "sd15-net")
+
+
+def pickled_ip(tmp_path) -> str:
+    torch.save({}, tmp_path / "ip-adapter_sdxl.bin")
+    (tmp_path / "image_encoder").mkdir()
+    return str(tmp_path / "ip-adapter_sdxl.bin")
+
+
 @pytest.mark.parametrize("case, words", [
     ("missing-lora", ["--lora", "no such"]),
     ("other-lora", ["does not fit"]),
@@ -171,6 +189,8 @@ def pickled_lora(files: dict, tmp_path) -> str:
     ("control-without-model", ["--control needs --control-model"]),
     ("model-without-control", ["--control-model needs --control"]),
     ("missing-ip-image", ["--ip-image", "no such"]),
+    ("other-controlnet", ["another model architecture", "SDXL ControlNet"]),
+    ("pickle-ip-adapter", ["--allow-pickle"]),
     ("bad-scale", ["control_scale"]),
 ])
 def test_bad_addon_inputs_exit_2_with_one_line(case, words, files, tmp_path, asked):
@@ -183,6 +203,10 @@ def test_bad_addon_inputs_exit_2_with_one_line(case, words, files, tmp_path, ask
         "control-without-model": ["--control", str(files["control"])],
         "model-without-control": ["--control-model", str(files["control_model"])],
         "missing-ip-image": ["--ip-image", str(tmp_path / "none.png")],
+        "other-controlnet": ["--control", str(files["control"]), "--control-model",
+                             sd15_controlnet(tmp_path) if case == "other-controlnet" else ""],
+        "pickle-ip-adapter": ["--ip-image", str(files["ip_image"]), "--ip-adapter",
+                              pickled_ip(tmp_path) if case == "pickle-ip-adapter" else ""],
         "bad-scale": ["--control", str(files["control"]), "--control-model",
                       str(files["control_model"]), "--control-scale", "nan"],
     }[case]
