@@ -93,7 +93,8 @@ def dpmpp_2m_step(
         return denoised  # the first-order update's limit as h -> inf
     h = math.log(sigma / sigma_next)
     keep, pull = sigma_next / sigma, -math.expm1(-h)  # exp(-h), 1 - exp(-h)
-    if old_denoised is None or sigma_prev is None:
+    # A repeated sigma (a caller's repeated timestep) has no slope to extrapolate: first order.
+    if old_denoised is None or sigma_prev is None or sigma_prev == sigma:
         return keep * x + pull * denoised
     half_over_r = 0.5 * h / math.log(sigma_prev / sigma)  # 1 / (2 r), r = h_last / h
     return keep * x + pull * ((1 + half_over_r) * denoised - half_over_r * old_denoised)

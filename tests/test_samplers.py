@@ -246,3 +246,12 @@ def test_unknown_sampler_is_an_error():
         sample_base(Linear(), noise, [1.0, 0.0], [500], sampler="heun")
     with pytest.raises(ValueError, match="unknown sampler 'ddim'"):
         sample_upscale(Linear(), x0, noise, [1.0, 0.0], [500], 2, anchor, sampler="ddim")
+
+
+def test_a_repeated_sigma_falls_back_to_first_order():
+    from hires.sampling import dpmpp_2m_step
+
+    x, d, old = torch.ones(1, 4, 2, 2), torch.zeros(1, 4, 2, 2), torch.full((1, 4, 2, 2), 5.0)
+    out = dpmpp_2m_step(x, d, old, 2.0, 2.0, 1.0)
+    assert torch.isfinite(out).all()
+    assert torch.allclose(out, dpmpp_2m_step(x, d, None, None, 2.0, 1.0))
