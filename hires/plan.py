@@ -323,7 +323,12 @@ def plan_without_weights(job, rate: float | None = None,
         from hires.models import load
 
         tiny = load("tiny", job.linfusion, "fp32", "cpu")
-        shape = copy(model_shape(tiny), on_gpu=on_gpu)
+        net = None
+        if job.control_model:
+            from hires.controlnet import controlnet_like
+
+            net = controlnet_like(tiny.unet)
+        shape = copy(model_shape(tiny, controlnet=net), on_gpu=on_gpu)
         cfg = tiny.pipe.scheduler.config
         spacing, train, offset = (cfg.get("timestep_spacing", "leading"),
                                   cfg["num_train_timesteps"], cfg.get("steps_offset", 0))

@@ -226,3 +226,17 @@ def test_dpmpp_2m_changes_the_image_and_karras_changes_it_again(tiny):
     assert np.abs(dpm - euler).mean() > 0.5
     assert np.abs(np.asarray(karras.image).astype(int) - dpm).mean() > 0.5
     assert karras.job.sampler == "dpmpp-2m" and karras.job.karras
+
+
+@pytest.mark.parametrize("model", ["tiny", "stabilityai/stable-diffusion-xl-base-1.0"])
+def test_the_planner_counts_a_controlnet(model, files):
+    """A dry run (no weights) with a ControlNet plans more work and memory in every stage."""
+    common = ("plan", "--size", "1024" if model == "tiny" else "4096", "--model", model,
+              "--json")
+    plain = json.loads(cli(*common).stdout)["stages"]
+    control = cli(*common, "--control", files["control"], "--control-model", "some/controlnet")
+    assert control.exit_code == 0, control.stderr
+    stages = json.loads(control.stdout)["stages"]
+    assert len(stages) == len(plain)
+    for a, b in zip(plain, stages):
+        assert b["tflop"] > a["tflop"] and b["peak_bytes"] > a["peak_bytes"]
