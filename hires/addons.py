@@ -47,6 +47,29 @@ def check_inputs(job: Job) -> None:
             raise JobError(f"{flag} {ref}: no such file or folder")
 
 
+def check_unchanged(job: Job, recorded: dict[str, Any]) -> None:
+    """JobError when a local file the job still uses differs from the one a recorded run used
+    (its sha256): a re-run (--from) would silently make another image."""
+    files: list[tuple[str, Any]] = []
+    specs = set(job.lora)
+    for lora in recorded.get("lora") or []:
+        if isinstance(lora, dict) and any(s.startswith(str(lora.get("ref"))) for s in specs):
+            files.append((lora.get("ref"), lora.get("sha256")))
+    control = recorded.get("controlnet") or {}
+    if isinstance(control, dict) and control.get("image") in (job.control, job.image):
+        files.append((control.get("image"), control.get("image_sha256")))
+    ip = recorded.get("ip_adapter") or {}
+    if isinstance(ip, dict) and ip.get("image") == job.ip_image:
+        files.append((ip.get("image"), ip.get("image_sha256")))
+    for ref, digest in files:
+        if not (isinstance(ref, str) and isinstance(digest, str)):
+            continue
+        path = Path(ref).expanduser()
+        if path.is_file() and sha256_of(path) != digest:
+            raise JobError(f"{ref} has changed since this image was made (its sha256 differs); "
+                           "restore the original, or give the add-on options yourself")
+
+
 def sha256_of(path: str | Path) -> str:
     """The file's sha256 (hex), read in 1 MiB blocks."""
     digest = hashlib.sha256()
@@ -69,11 +92,7 @@ def attached(components: Any, job: Job, source: Image.Image | None = None) -> It
     pipe = components.pipe
     with ExitStack() as undo:
         try:
-            if job.lora:
-                from hires import lora
-
-                addons.record["lora"] = lora.load_loras(pipe, job.lora, job.allow_pickle)
-                undo.callback(lora.unload_loras, pipe)
+            # The ControlNet first: its attention is copied from the UNet's, without LoRAs.
             if job.control_model:
                 model = _controlnet(components, job.control_model, job.allow_pickle)
                 image = load_input(Path(job.control)) if job.control else None
@@ -83,6 +102,11 @@ def attached(components: Any, job: Job, source: Image.Image | None = None) -> It
                     "model": job.control_model, "scale": job.control_scale,
                     "image": job.control or job.image,
                     "image_sha256": image.sha256 if image else job.image_sha256}
+            if job.lora:
+                from hires import lora
+
+                addons.record["lora"] = lora.load_loras(pipe, job.lora, job.allow_pickle)
+                undo.callback(lora.unload_loras, pipe)
             if job.ip_image:
                 from hires import ip_adapter
 

@@ -199,7 +199,22 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
         if "model" in recorded and "model" not in flags:
             # The record names a model, maybe a local file: say which, never load it unseen.
             say(f"--from {from_image}: model {job.model} (as recorded; --model picks another)")
+        job = job.merged(flags, where="options").validate()
+        from hires.addons import check_unchanged
+
+        check_unchanged(job, recorded_addons(from_image))
+        return job
     return job.merged(flags, where="options").validate()
+
+
+def recorded_addons(path: Path) -> dict[str, Any]:
+    """The add-ons record (files and their sha256) of an image made by hires, if any."""
+    from hires.output import read_metadata
+
+    record = read_metadata(path)["hires"]
+    result = record.get("result") if isinstance(record, dict) else None
+    addons = result.get("addons") if isinstance(result, dict) else None
+    return addons if isinstance(addons, dict) else {}
 
 
 def read_prompts(prompt: str) -> list[str]:

@@ -118,9 +118,9 @@ def linearize(controlnet: nn.Module, unet: nn.Module,
                 for proj in ("to_q", "to_k", "to_v", "to_out.0"):
                     new, was = ours.get_submodule(proj), original.get_submodule(proj)
                     tuned = module.get_submodule(proj)
-                    new.weight += (tuned.weight - was.weight.to(tuned.weight)).to(new.weight)
+                    new.weight.add_((tuned.weight - was.weight.to(tuned.weight)).to(new.weight))
                     if new.bias is not None and tuned.bias is not None:
-                        new.bias += (tuned.bias - was.bias.to(tuned.bias)).to(new.bias)
+                        new.bias.add_((tuned.bias - was.bias.to(tuned.bias)).to(new.bias))
         parent, _, child = name.rpartition(".")
         setattr(controlnet.get_submodule(parent), child, ours)
         swapped += 1

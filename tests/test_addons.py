@@ -240,3 +240,25 @@ def test_the_planner_counts_a_controlnet(model, files):
     assert len(stages) == len(plain)
     for a, b in zip(plain, stages):
         assert b["tflop"] > a["tflop"] and b["peak_bytes"] > a["peak_bytes"]
+
+
+def test_from_refuses_when_an_addon_file_changed(files, tmp_path, asked, tiny):
+    import shutil
+
+    from helpers_lora import write_tiny_lora
+
+    lora, control = tmp_path / "mine.safetensors", tmp_path / "edges.png"
+    shutil.copy(files["lora"], lora)
+    shutil.copy(files["control"], control)
+    first = tmp_path / "first.png"
+    made = cli("gen", "x", *TINY, "--lora", f"{lora}:0.5", "--control", control,
+               "--control-model", files["control_model"], "-o", first)
+    assert made.exit_code == 0, made.stderr
+    write_tiny_lora(lora, tiny.pipe, seed=9)  # retrained under the same name
+    assert_usage_error(cli("gen", "--from", first, "-o", tmp_path / "a.png", "-q"),
+                       str(lora), "has changed")
+    shutil.copy(files["lora"], lora)
+    Image.open(files["ip_image"]).save(control)  # another control image
+    assert_usage_error(cli("gen", "--from", first, "-o", tmp_path / "b.png", "-q"),
+                       str(control), "has changed")
+    assert not (tmp_path / "a.png").exists() and not (tmp_path / "b.png").exists()
