@@ -24,8 +24,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from hires import strategy as _strategy
-
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+from hires.models import PICKLE_SUFFIXES, quiet_loading
 
 
 class ControlError(ValueError):
@@ -40,10 +39,15 @@ def _first_line(e: BaseException) -> str:
 def load_controlnet(ref: str, dtype: torch.dtype, device: torch.device | str = "cpu",
                     allow_pickle: bool = False) -> Any:
     """A diffusers ControlNetModel from a Hub id, a local diffusers folder or one file."""
-    from diffusers import ControlNetModel
-    from diffusers.utils import logging as dlogging
+    with quiet_loading():  # failures are reported here, in one line
+        model = _load(ref, dtype, allow_pickle).to(device)
+    logging.getLogger("hires").debug("loaded ControlNet %s", ref)
+    return model.requires_grad_(False).eval()
 
-    dlogging.set_verbosity_error()  # failures are reported here, in one line
+
+def _load(ref: str, dtype: torch.dtype, allow_pickle: bool) -> Any:
+    from diffusers import ControlNetModel
+
     path = Path(ref).expanduser()
     local = path.exists() or ref.startswith((".", "/", "~")) or path.suffix in (
         ".safetensors", *PICKLE_SUFFIXES)
@@ -86,8 +90,7 @@ def load_controlnet(ref: str, dtype: torch.dtype, device: torch.device | str = "
         raise ControlError(f"could not load '{ref}' as a ControlNet: {_first_line(e)}") from e
     if not isinstance(model, ControlNetModel):
         raise ControlError(f"'{ref}' is a {type(model).__name__}, not a ControlNet")
-    logging.getLogger("hires").debug("loaded ControlNet %s", ref)
-    return model.to(device).requires_grad_(False).eval()
+    return model
 
 
 def linearize(controlnet: nn.Module, unet: nn.Module,
@@ -135,7 +138,7 @@ def controlnet_like(unet: nn.Module) -> nn.Module:
     from hires.linfusion import LinearAttention
 
     dtype = next(unet.parameters()).dtype
-    with torch.device("meta"):
+    with torch.device("meta"), quiet_loading():
         net = ControlNetModel.from_unet(unet, load_weights_from_unet=False).to(dtype)
         for name, _ in list(net.named_modules()):
             twin = _submodule(unet, name) if name.endswith("attn1") else None

@@ -15,15 +15,13 @@ from __future__ import annotations
 import hashlib
 import re
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from hires.models import PICKLE_SUFFIXES, model_kind
+from hires.models import PICKLE_SUFFIXES, model_kind, quiet_loading
 
 # The reference SDXL IP-Adapter. Checked on the Hub (tree of h94/IP-Adapter, sdxl_models/):
 # ip-adapter_sdxl.safetensors (703 MB, a safetensors copy of ip-adapter_sdxl.bin) and
@@ -85,7 +83,7 @@ def load_ip_adapter(pipe, ref: str = DEFAULT_IP_ADAPTER, allow_pickle: bool = Fa
                      pipe.unet.config.encoder_hid_dim_type, pipe.image_encoder,
                      pipe.feature_extractor)
     try:
-        with _quiet():
+        with quiet_loading():
             pipe.load_ip_adapter(repo, subfolder=subfolder, weight_name=weight,
                                  image_encoder_folder=IMAGE_ENCODER_FOLDER)
     except Exception as e:  # diffusers raises many kinds here; the user needs one line
@@ -283,23 +281,3 @@ def _dims(dims: str) -> list[int]:
 
 def _shape(dims: list[int]) -> str:
     return "x".join(map(str, dims))
-
-
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence diffusers' and transformers' loading chatter; errors are reported in one line."""
-    from diffusers.utils import logging as dlogging
-    from transformers.utils import logging as tlogging
-
-    levels = dlogging.get_verbosity(), tlogging.get_verbosity()
-    bar = tlogging.is_progress_bar_enabled()
-    dlogging.set_verbosity_error()
-    tlogging.set_verbosity_error()
-    tlogging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        dlogging.set_verbosity(levels[0])
-        tlogging.set_verbosity(levels[1])
-        if bar:
-            tlogging.enable_progress_bar()

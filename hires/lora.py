@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from hires.linfusion import LinearAttention, _first_line, _offline
-from hires.models import PICKLE_SUFFIXES
+from hires.models import PICKLE_SUFFIXES, quiet_loading
 
 ADAPTER_PREFIX = "hires_"
 _COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
@@ -216,27 +216,13 @@ def unload_loras(pipe) -> None:
 
 @contextmanager
 def _quiet() -> Iterator[None]:
-    """diffusers', transformers' and peft's logs, warnings and progress bars off meanwhile."""
-    # transformers reports every base weight as "MISSING" when peft loads a text encoder's
-    # adapter and shows a progress bar per encoder; peft warns that a second adapter makes
-    # "multiple adapters", which is the point.
-    from diffusers.utils import logging as dlogging
-    from transformers.utils import logging as tlogging
-
-    levels = dlogging.get_verbosity(), tlogging.get_verbosity()
-    bars = tlogging.is_progress_bar_enabled()
-    dlogging.set_verbosity_error()
-    tlogging.set_verbosity_error()
-    tlogging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-            yield
-    finally:
-        dlogging.set_verbosity(levels[0])
-        tlogging.set_verbosity(levels[1])
-        if bars:
-            tlogging.enable_progress_bar()
+    """Loading chatter off meanwhile (hires.models.quiet_loading), and peft's warning that a
+    second adapter makes "multiple adapters", which is the point."""
+    # transformers also reports every base weight as "MISSING" when peft loads a text
+    # encoder's adapter, and shows a progress bar per encoder: quiet_loading covers those.
+    with quiet_loading(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+        yield
 
 
 def _source(ref: str, file: Path) -> str | dict[str, torch.Tensor]:

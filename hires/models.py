@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,27 @@ class Components:
     def native(self) -> int:
         """The model's native image size in pixels (1024 for SDXL)."""
         return self.unet.config.sample_size * self.pipe.vae_scale_factor
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """diffusers' and transformers' loading chatter (logs, progress bars) off meanwhile: our
+    errors say what matters in one line."""
+    from diffusers.utils import logging as dlogging
+    from transformers.utils import logging as tlogging
+
+    levels = dlogging.get_verbosity(), tlogging.get_verbosity()
+    bars = tlogging.is_progress_bar_enabled()
+    dlogging.set_verbosity_error()
+    tlogging.set_verbosity_error()
+    tlogging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        dlogging.set_verbosity(levels[0])
+        tlogging.set_verbosity(levels[1])
+        if bars:
+            tlogging.enable_progress_bar()
 
 
 def resolve_device(device: str = "auto") -> torch.device:
