@@ -7,7 +7,6 @@ loaded model serves a batch whose jobs differ in add-ons. What ran is recorded f
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from typing import Any
 
 from PIL import Image
 
+from hires.images import file_sha256
 from hires.job import Job, JobError
 from hires.models import model_kind
 
@@ -65,18 +65,9 @@ def check_unchanged(job: Job, recorded: dict[str, Any]) -> None:
         if not (isinstance(ref, str) and isinstance(digest, str)):
             continue
         path = Path(ref).expanduser()
-        if path.is_file() and sha256_of(path) != digest:
+        if path.is_file() and file_sha256(path) != digest:
             raise JobError(f"{ref} has changed since this image was made (its sha256 differs); "
                            "restore the original, or give the add-on options yourself")
-
-
-def sha256_of(path: str | Path) -> str:
-    """The file's sha256 (hex), read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @contextmanager

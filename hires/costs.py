@@ -160,6 +160,25 @@ class _Walk:
         # Around the blocks: the residual input, the projected tokens, the block's norm output.
         self.touch(2 * c + max(ff, attn) + (c if blocks else 0))
 
+    def down_block(self, c_in: int, c: int, level: int) -> list[int]:
+        """A down block's resnets (and transformers), then its downsampler unless it is the
+        last level; each output stays alive (a skip). Returns their bytes."""
+        shape = self.s
+        made = []
+        for _ in range(shape.layers):
+            out = self.resnet(c_in, c, level)
+            self.live += out
+            if shape.depth[level]:
+                self.transformer(c, level, shape.depth[level])
+            made.append(out)
+            c_in = c
+        if level < len(shape.channels) - 1:
+            out = self.size(c, level + 1)
+            self.touch(out)
+            self.live += out
+            made.append(out)
+        return made
+
     def upsample(self, channels: int, level: int) -> int:
         """Nearest 2x then a conv, from `level` to `level - 1`; returns the output's bytes."""
         out = self.size(channels, level - 1)
@@ -191,19 +210,8 @@ def unet_peak_bytes(shape: UNetShape, height: int, width: int, strategy: Strateg
     c_prev, given = ch[0], first  # the block's input; under park_skips its GPU copy
     for level, c in enumerate(ch):
         walk.block(level)
-        made = []
-        for _ in range(layers):
-            out = walk.resnet(c_prev, c, level)
-            walk.live += out
-            if shape.depth[level]:
-                walk.transformer(c, level, shape.depth[level])
-            made.append(out)
-            c_prev = c
-        if level < levels - 1:
-            out = walk.size(c, level + 1)
-            walk.touch(out)
-            walk.live += out
-            made.append(out)
+        made = walk.down_block(c_prev, c, level)
+        c_prev = c
         skips += made
         if control:  # the block's residuals are added (a parked one comes over first)
             walk.touch(max(made) if park else made[-1])
@@ -270,7 +278,7 @@ def controlnet_peak_bytes(control: ControlShape, height: int, width: int, strate
     shape = control.net
     batch = 1 if strategy.split_cfg else 2
     walk = _Walk(shape, height, width, batch, dtype_bytes, strategy)
-    ch, layers, levels = shape.channels, shape.layers, len(shape.channels)
+    ch, levels = shape.channels, len(shape.channels)
     park = strategy.park_skips
     first = walk.size(ch[0], 0)
     # The conditioning embedding at pixel size: its widest maps are the first level's (conv,
@@ -284,19 +292,8 @@ def controlnet_peak_bytes(control: ControlShape, height: int, width: int, strate
     c_prev, given = ch[0], first
     for level, c in enumerate(ch):
         walk.block(level)
-        made = []
-        for _ in range(layers):
-            out = walk.resnet(c_prev, c, level)
-            walk.live += out
-            if shape.depth[level]:
-                walk.transformer(c, level, shape.depth[level])
-            made.append(out)
-            c_prev = c
-        if level < levels - 1:
-            out = walk.size(c, level + 1)
-            walk.touch(out)
-            walk.live += out
-            made.append(out)
+        made = walk.down_block(c_prev, c, level)
+        c_prev = c
         skips += made
         if park:
             walk.live -= sum(made) - made[-1] + (given if level else 0)

@@ -96,7 +96,8 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """A file's sha256 (hex), read in 1 MiB blocks: what jobs record of their input files."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -151,7 +152,7 @@ def load_input(path: Path | str) -> InputImage:
     if path.is_dir():
         raise ImageInputError(f"{path}: is a folder, not an image file")
     try:
-        sha = _sha256(path)
+        sha = file_sha256(path)
         with pixel_limit(MAX_PIXELS), _strict_decoding():
             with Image.open(path) as im:
                 fmt = FORMATS.get(im.format or "")

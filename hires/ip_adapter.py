@@ -12,7 +12,6 @@ Diffusers' own unload puts fresh processors back and leaves small traces (the pi
 
 from __future__ import annotations
 
-import hashlib
 import re
 import weakref
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from hires.images import file_sha256
 from hires.models import PICKLE_SUFFIXES, model_kind, quiet_loading
 
 # The reference SDXL IP-Adapter. Checked on the Hub (tree of h94/IP-Adapter, sdxl_models/):
@@ -100,7 +100,7 @@ def load_ip_adapter(pipe, ref: str = DEFAULT_IP_ADAPTER, allow_pickle: bool = Fa
     return {
         "ref": ref,
         "weight": weight,
-        "sha256": _sha256(_weight_file(ref, kind, repo, subfolder, weight)),
+        "sha256": file_sha256(_weight_file(ref, kind, repo, subfolder, weight)),
         "image_encoder": "/".join(p for p in (subfolder, IMAGE_ENCODER_FOLDER) if p),
         "image_encoder_params": sum(p.numel() for p in encoder.parameters()),
         "image_size": encoder.config.image_size,
@@ -215,14 +215,6 @@ def _weight_file(ref: str, kind: str, repo: str, subfolder: str, weight: str) ->
 
     # load_ip_adapter has just fetched it, so this is a cache lookup
     return Path(hf_hub_download(ref, weight, subfolder=subfolder, local_files_only=True))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _load_error(e: Exception, ref: str, kind: str, unet) -> IPAdapterError:

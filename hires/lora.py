@@ -16,7 +16,6 @@ never patched: no LoRA trained on SDXL has weights for them.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 import warnings
@@ -27,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from hires.images import file_sha256
 from hires.linfusion import LinearAttention, _first_line, _offline
 from hires.models import PICKLE_SUFFIXES, quiet_loading
 
@@ -203,7 +203,7 @@ def _record(pipe, parsed: tuple[str, float], file: Path, adapter: str,
         unload_loras(pipe)
         raise LoraError(f"LoRA {ref}: diffusers patched {unet} UNet and {text} text-encoder "
                         f"layers, but the LoRA has weights for {expected[0]} and {expected[1]}")
-    return {"ref": ref, "scale": scale, "sha256": _sha256(file), "adapter": adapter,
+    return {"ref": ref, "scale": scale, "sha256": file_sha256(file), "adapter": adapter,
             "unet_modules": unet, "text_encoder_modules": text, "linfusion_modules": linfusion}
 
 
@@ -238,14 +238,6 @@ def _source(ref: str, file: Path) -> str | dict[str, torch.Tensor]:
         raise LoraError(f"LoRA {ref}: {file.name} holds no plain dict of tensors; it is not a "
                         "LoRA file")
     return state
-
-
-def _sha256(file: Path) -> str:
-    digest = hashlib.sha256()
-    with open(file, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --- checking a LoRA against the model -----------------------------------------------------------
