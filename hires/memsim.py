@@ -39,6 +39,11 @@ class PeakTracker(TorchDispatchMode):
                 self._track(t)
         return out
 
+    def count(self, t: torch.Tensor) -> None:
+        """Count a tensor made before tracking began (from now until it is freed): an op that
+        returns it unchanged, such as a same-dtype `.to()`, then adds nothing."""
+        self._track(t)
+
     def _track(self, t: torch.Tensor) -> None:
         if t.device.type == "cpu":  # host memory (parked skips, offloaded weights)
             return
@@ -141,8 +146,9 @@ def unet_call_peak(unet: nn.Module, height: int, width: int, strategy, *,
     blocks = [b for n in nets for b in (*n.down_blocks, n.mid_block, *getattr(n, "up_blocks", ()))]
     resident = sum(module_bytes(n) for n in nets) - (
         sum(module_bytes(b) for b in blocks) if streamed else 0)
-    image_bytes = 0 if control is None else image.nbytes
-    tracker = PeakTracker(resident + image_bytes + (weights_bytes or 0))
+    tracker = PeakTracker(resident + (weights_bytes or 0))
+    if control is not None:
+        tracker.count(image)
     handles = []
     if streamed:  # each block's weights count while it runs, as hires.strategy streams them
         def arrive(module, args):

@@ -164,3 +164,16 @@ def test_a_controlnet_costs_memory_and_time_and_the_planner_makes_room():
     assert any(a.strategy != b.strategy for a, b in zip(without.stages, with_control.stages,
                                                         strict=True))
     assert replace(control, control=None) == plain
+
+
+def test_a_tensor_counted_before_tracking_is_not_counted_again():
+    """The simulator's control image: counted once, though `.to(same dtype)` returns it."""
+    from hires.memsim import PeakTracker
+
+    image = torch.empty(1, 3, 64, 64, device="meta")
+    tracker = PeakTracker()
+    tracker.count(image)
+    with tracker:
+        same = image.to(image.dtype)
+    assert same.untyped_storage().nbytes() == image.nbytes
+    assert tracker.live == tracker.peak == image.nbytes
