@@ -736,6 +736,7 @@ def batch(
     with exit_codes():
         from hires import batch as b
         from hires import output as out
+        from hires.addons import check_inputs
         from hires.job import Job, JobError
         from hires.presets import load_preset
 
@@ -775,6 +776,10 @@ def batch(
                                "{index} or {seed})")
             owner[key] = item.index
             paths[item.index] = path
+            try:
+                check_inputs(j)
+            except JobError as e:
+                raise JobError(f"{file.name} job {item.index + 1}: {e}") from None
             if fmt != j.format:  # the file's extension decides, as with gen
                 items[n] = b.BatchItem(item.index, j.merged({"format": fmt}), item.output)
         mine = b.my_share(items, rank, world)

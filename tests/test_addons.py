@@ -262,3 +262,23 @@ def test_from_refuses_when_an_addon_file_changed(files, tmp_path, asked, tiny):
     assert_usage_error(cli("gen", "--from", first, "-o", tmp_path / "b.png", "-q"),
                        str(control), "has changed")
     assert not (tmp_path / "a.png").exists() and not (tmp_path / "b.png").exists()
+
+
+def test_a_batch_job_naming_a_missing_addon_file_stops_the_batch_before_any_work(tmp_path,
+                                                                                   asked):
+    jobs = write(tmp_path / "jobs.toml", f"""
+[defaults]
+model = "tiny"
+size = 256
+
+[[job]]
+prompt = "fine"
+
+[[job]]
+prompt = "broken"
+control = "{tmp_path / 'none.png'}"
+control_model = "{tmp_path / 'net'}"
+""")
+    result = cli("batch", jobs, "-o", tmp_path / "out", "-q")
+    assert_usage_error(result, "job 2", "none.png", "no such file")
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.png"))
