@@ -61,20 +61,27 @@ def test_same_seed_same_pixels(photo, tiny):
 
 
 def test_strength_zero_is_the_resized_input_up_to_vae_round_trips(photo, tiny):
-    """Two stages at strength 0 are two VAE round trips of a Lanczos upscale: within 3 dB of
-    what one round trip of the trained tiny VAE scores on the same image."""
+    """Two stages at strength 0 are two VAE round trips of Lanczos upscales (the first at the
+    first stage's size): the result matches that chain but for the anchor's renormalization."""
     import torch
 
     from hires import vae as tiled_vae
 
+    def round_trip(image: Image.Image) -> Image.Image:
+        with torch.inference_mode():
+            latents = tiled_vae.encode(tiny.vae, np.asarray(image))
+            return Image.fromarray(tiled_vae.decode(tiny.vae, latents))
+
     source = load_input(photo)
     r = upscale(photo, scale=4, strength=0.0, components=tiny, steps=4, seed=0)
     assert r.image.size == (640, 416) and len(r.stages) == 2
+    first = (r.stages[0].width, r.stages[0].height)
+    chain = round_trip(round_trip(source.rgb.resize(first, Image.LANCZOS))
+                       .resize(r.image.size, Image.LANCZOS))
+    assert psnr(r.image, chain) > 35  # 40.8 dB measured with the shipped tiny VAE
+    # And the chain is what two round trips cost: less than one, more than nothing.
     lanczos = source.rgb.resize(r.image.size, Image.LANCZOS)
-    with torch.inference_mode():
-        latents = tiled_vae.encode(tiny.vae, np.asarray(lanczos))
-        once = Image.fromarray(tiled_vae.decode(tiny.vae, latents))
-    assert psnr(r.image, lanczos) >= psnr(once, lanczos) - 3
+    assert 20 < psnr(r.image, lanczos) < psnr(round_trip(lanczos), lanczos)
 
 
 def test_transparency_comes_back_resized(tmp_path, tiny):
