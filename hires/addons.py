@@ -77,8 +77,10 @@ def attached(components: Any, job: Job, source: Image.Image | None = None) -> It
     `source` is an upscale's input image: a ControlNet without --control is fed it (the tile
     ControlNet path). Add-on errors come out as JobError (exit code 2 in the CLI).
     """
+    from hires import controlnet, ip_adapter, lora
     from hires.images import load_input
 
+    theirs = (lora.LoraError, controlnet.ControlError, ip_adapter.IPAdapterError)
     addons = Addons(control_scale=job.control_scale)
     pipe = components.pipe
     with ExitStack() as undo:
@@ -94,13 +96,9 @@ def attached(components: Any, job: Job, source: Image.Image | None = None) -> It
                     "image": job.control or job.image,
                     "image_sha256": image.sha256 if image else job.image_sha256}
             if job.lora:
-                from hires import lora
-
                 addons.record["lora"] = lora.load_loras(pipe, job.lora, job.allow_pickle)
                 undo.callback(lora.unload_loras, pipe)
             if job.ip_image:
-                from hires import ip_adapter
-
                 info = ip_adapter.load_ip_adapter(pipe, job.ip_adapter, job.allow_pickle)
                 undo.callback(ip_adapter.unload_ip_adapter, pipe)
                 ip_adapter.set_scale(pipe, job.ip_scale)
@@ -110,9 +108,7 @@ def attached(components: Any, job: Job, source: Image.Image | None = None) -> It
                 addons.image_embeds = [embeds]
                 addons.record["ip_adapter"] = {**info, "scale": job.ip_scale,
                                                "image": job.ip_image, "image_sha256": image.sha256}
-        except ValueError as e:  # LoraError, ControlError, IPAdapterError: the user's to fix
-            if isinstance(e, JobError):
-                raise
+        except theirs as e:  # a file or model the user named: theirs to fix (exit code 2)
             raise JobError(str(e)) from None
         yield addons
 
