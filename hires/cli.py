@@ -164,15 +164,19 @@ QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="No progress or lo
 Overwrite = Annotated[bool, typer.Option(help="Replace existing output files.")]
 
 
-def job_flags(**flags: Any) -> dict[str, Any]:
-    """The job keys the user actually gave, with --size/--aspect turned into width/height."""
-    from hires.job import size_from
+def job_flags(options: dict[str, Any], **replaced: Any) -> dict[str, Any]:
+    """The job keys the user actually gave, from a command's `locals()` (its options; `replaced`
+    first), with --size/--aspect turned into width/height. `prompt` and `image` are the
+    commands' own to handle."""
+    from hires.job import JOB_KEYS, size_from
 
-    size = size_from(flags.pop("size"), flags.pop("aspect"), flags.pop("width"),
-                     flags.pop("height"))
+    values = {("format" if k == "fmt" else k): v for k, v in {**options, **replaced}.items()}
+    size = size_from(values.get("size"), values.get("aspect"), values.get("width"),
+                     values.get("height"))
     # False means "not given" for plain flags; --no-karras is a real False.
-    given = {k: v for k, v in flags.items()
-             if v is not None and (v is not False or k == "karras")
+    given = {k: v for k, v in values.items()
+             if k in JOB_KEYS and k not in ("prompt", "image", "width", "height")
+             and v is not None and (v is not False or k == "karras")
              and not (isinstance(v, list) and not v)}
     if size:
         given["width"], given["height"] = size
@@ -379,17 +383,10 @@ def gen(
                                    "consecutive seeds (default 1).")] = 1,
 ) -> None:
     """Make an image from a prompt, 1K to 16K."""
+    options = dict(locals())  # every option, by name: job_flags picks the job's
     Quiet.on = quiet
     with exit_codes():
-        flags = job_flags(size=size, aspect=aspect, width=width, height=height,
-                          negative=negative, seed=seed, steps=steps, guidance=guidance,
-                          strength=strength, model=model, linfusion=linfusion, format=fmt,
-                          vram=vram, offload=offload, device=device, dtype=dtype,
-                          upsample=upsample, vae_tile=vae_tile, vae_stats=vae_stats,
-                          sampler=sampler, karras=karras, lora=lora, control=control,
-                          control_model=control_model, control_scale=control_scale,
-                          ip_image=ip_image, ip_adapter=ip_adapter, ip_scale=ip_scale,
-                          allow_pickle=allow_pickle)
+        flags = job_flags(options)
         if prompt and prompt != "-":
             flags["prompt"] = prompt
         job = build_job(preset, from_image, flags)
@@ -433,6 +430,7 @@ def up(
     dry_run: DryRun = False, gpu: Gpu = None,
 ) -> None:
     """Upscale an existing image with new, coherent detail (e.g. --scale 4 or --size 16384)."""
+    options = dict(locals())  # every option, by name: job_flags picks the job's
     Quiet.on = quiet
     with exit_codes():
         from hires.images import load_input
@@ -440,14 +438,7 @@ def up(
 
         source = load_input(image)
         w, h = target_size(source.rgb.size, size=size, scale=scale, width=width, height=height)
-        flags = job_flags(size=None, aspect=None, width=w, height=h, negative=negative,
-                          seed=seed, steps=steps, guidance=guidance, strength=strength,
-                          model=model, linfusion=linfusion, format=fmt, vram=vram,
-                          offload=offload, device=device, dtype=dtype, vae_tile=vae_tile,
-                          vae_stats=vae_stats, sampler=sampler, karras=karras, lora=lora,
-                          control=control, control_model=control_model, control_scale=control_scale,
-                          ip_image=ip_image, ip_adapter=ip_adapter, ip_scale=ip_scale,
-                          allow_pickle=allow_pickle)
+        flags = job_flags(options, size=None, width=w, height=h)
         flags.update(image=str(image), image_sha256=source.sha256, prompt=prompt or "")
         if strength is None and not preset:
             flags["strength"] = DEFAULT_STRENGTH
@@ -603,15 +594,9 @@ def plan(
     gpu: Gpu = None, as_json: JsonOut = False,
 ) -> None:
     """A dry run: each stage's size, steps, strategy, peak memory, work and time; no weights."""
+    options = dict(locals())  # every option, by name: job_flags picks the job's
     with exit_codes():
-        flags = job_flags(size=size, aspect=aspect, width=width, height=height,
-                          negative=negative, seed=seed, steps=steps, guidance=guidance,
-                          strength=strength, model=model, linfusion=linfusion, format=fmt,
-                          vram=vram, offload=offload, device=device, dtype=dtype,
-                          upsample=upsample, vae_tile=vae_tile, vae_stats=vae_stats,
-                          sampler=sampler, karras=karras, lora=lora, control=control,
-                          control_model=control_model, control_scale=control_scale,
-                          ip_image=ip_image, ip_adapter=ip_adapter, ip_scale=ip_scale)
+        flags = job_flags(options)
         if prompt:
             flags["prompt"] = prompt
         show_plan(build_job(preset, from_image, flags), gpu, as_json)
