@@ -177,12 +177,24 @@ def test_fast_mode_is_exact_in_memory_whatever_its_budget(vae, monkeypatch):
 
     monkeypatch.setattr(vae_memo.tempfile, "TemporaryFile", no_scratch)
     # Room for everything; for the low-resolution levels only; for nothing (all recomputed).
-    for budget in (vae_stats.FAST_BYTES, 3e6, 0):
+    for budget in (None, 3e6, 0):
         monkeypatch.setattr(vae_stats, "FAST_BYTES", budget)
         fast = tiled.decode_float(vae, z, tile=TILE, overlap=OVERLAP, stats="fast")
         torch.testing.assert_close(fast, exact, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="stats must be one of"):
         tiled.decode(vae, z, tile=TILE, stats="sampled")
+
+
+def test_fast_budget_is_a_share_of_free_memory(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(vae_stats, "free_memory", lambda device: 22e9)
+    assert vae_stats.fast_budget(cpu) == 0.5 * (22e9 - 2e9)
+    monkeypatch.setattr(vae_stats, "free_memory", lambda device: 3e9)
+    assert vae_stats.fast_budget(cpu) == vae_stats.FAST_FLOOR
+    monkeypatch.setattr(vae_stats, "free_memory", lambda device: 40e9)
+    assert vae_stats.fast_budget(torch.device("cuda")) == 0.5 * (40e9 - 8e9)
+    monkeypatch.setattr(vae_stats, "FAST_BYTES", 5e6)
+    assert vae_stats.fast_budget(cpu) == 5e6
 
 
 def test_small_images_take_one_plain_pass(vae):
