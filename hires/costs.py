@@ -16,6 +16,7 @@ from typing import Any
 
 from hires.lean import GPU_BAND_BYTES
 from hires.strategy import Strategy
+from hires.vae_attention import CONTEXT_CELLS, GLOBAL_TOKENS
 
 FF_TOKENS = 65536  # tokens per feed-forward chunk (hires.memory.chunked_feed_forward)
 LINFUSION_WORK = 256 << 20  # fp32 work buffers of one LinFusion call on a GPU (linfusion.py)
@@ -435,10 +436,21 @@ class VaeShape:
                    param_bytes)
 
 
-def vae_flops(vae: VaeShape, width: int, height: int, *, decode: bool) -> float:
-    """FLOPs of one plain decode (latents to a width x height image) or encode."""
+def vae_flops(vae: VaeShape, width: int, height: int, *, decode: bool, tile: int = 1024) -> float:
+    """FLOPs of one decode (latents to a width x height image) or encode, `tile` px tiles.
+
+    Convolutions as a plain pass runs them; the mid-block attention as `hires.vae_attention`
+    runs it: whole (quadratic in latent pixels) up to GLOBAL_TOKENS, else each tile's queries
+    against its own keys and the context cells.
+    """
     ch, levels = vae.channels, len(vae.channels)
     top = width * height
+    tokens = top / 64
+    if tokens <= GLOBAL_TOKENS:
+        keys = tokens
+    else:
+        keys = min(tokens, (tile / 8) ** 2 * (1 + CONTEXT_CELLS))
+    attention = 2 * 2 * tokens * keys * ch[-1]  # q.k and weights.v
 
     def px(level: int) -> float:  # level 0: full resolution
         return top / 4**level
@@ -469,7 +481,19 @@ def vae_flops(vae: VaeShape, width: int, height: int, *, decode: bool) -> float:
                 c_prev = c
             if level < levels - 1:
                 macs += 9 * c * c * px(level + 1)
-    return 2.0 * macs
+    return 2.0 * macs + attention
+
+
+def vae_attention_bytes(vae: VaeShape, width: int, height: int, dtype_bytes: int = 2) -> int:
+    """Device bytes of the whole-image mid-block attention (0 where context cells stand in).
+
+    Its gathered float32 input, that input in the run dtype, q, k, v, the attention output
+    and its projection.
+    """
+    tokens = width * height // 64
+    if tokens > GLOBAL_TOKENS:
+        return 0
+    return int(vae.channels[-1] * tokens * (4 + 6 * dtype_bytes))
 
 
 def vae_tile_peak(vae: VaeShape, tile: int, dtype_bytes: int = 2) -> int:
@@ -564,18 +588,21 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
                         model.vae, t, model.vae_dtype_bytes) + state <= budget:
                     break
         tile = min(tile, max(width, height))
-        peaks.append(vae_weights + vae_tile_peak(model.vae, tile, model.vae_dtype_bytes) + state)
+        attention = max(vae_attention_bytes(model.vae, w, h, model.vae_dtype_bytes)
+                        for w, h in [(width, height), *([previous] if previous else [])])
+        peaks.append(vae_weights + max(vae_tile_peak(model.vae, tile, model.vae_dtype_bytes),
+                                       attention) + state)
     evals = steps * (1 if base else 2)
     unet_flop = evals * 2 * unet_flops(unet, lat_h, lat_w)
     if control is not None:
         unet_flop += evals * 2 * controlnet_flops(control, lat_h, lat_w)
     vae_flop = 0.0
     if previous:
-        vae_flop += vae_flops(model.vae, *previous, decode=True)
+        vae_flop += vae_flops(model.vae, *previous, decode=True, tile=tile)
     if previous or encode_input:
-        vae_flop += vae_flops(model.vae, width, height, decode=False)
+        vae_flop += vae_flops(model.vae, width, height, decode=False, tile=tile)
     if final_decode:
-        vae_flop += vae_flops(model.vae, width, height, decode=True)
+        vae_flop += vae_flops(model.vae, width, height, decode=True, tile=tile)
     scratch = 0
     if vae_stats == "exact" and (previous or encode_input or final_decode):
         # Saved block outputs, fp32, up to 16 GB a level (hires.vae's cap).

@@ -1,19 +1,21 @@
 """The mid-block attention of a tile, over the whole image.
 
-Up to GLOBAL_TOKENS latent pixels (a 2048 x 2048 px image), the attention runs once, exactly, on
+Up to GLOBAL_TOKENS latent pixels (a 4096 x 4096 px image), the attention runs once, exactly, on
 the whole image's attention input, gathered from the tiles' owned parts in one pass; each tile
 then takes its window of the result. That costs what the untiled attention costs, less than
-every tile attending to the whole image (1.5x the queries at 2048 px), and is exact even at a
-tile's cut edges. On a trained tiny VAE the cell approximation below was the only difference
-left between exact statistics and the untiled decode (1024 x 1536 px in 512 px tiles: mean
-0.04 against 0.000 in 8-bit steps).
+every tile attending to the whole image, and is exact even at a tile's cut edges.
 
 Bigger images: a tile's queries attend to the tile's trusted inner tokens exactly and to the
 rest of the image through a grid of at most CONTEXT_CELLS x tile-area cells: each cell the mean
 key/value of its tokens (gathered exactly, in one more pass) with a log(token count) bias.
-Measured on the tiny random VAE, 512 px in 256 px tiles, max |diff| on the [-1, 1] scale:
-per-tile attention alone 0.02-0.22; cells plus all of the tile's own keys, including those near
-its cut edges that saw zero padding, 0.002-0.005; trusted keys only 0.0003-0.0005.
+That assumes a cell's keys alike, and a trained VAE's are not: its attention spreads over the
+whole image (the trained tiny VAE at 2048 px: 31 % of a query's weight within 64 latent px),
+and pooling even 2 x 2 tokens drops the spread of their logits inside the exponential. Against
+the untiled decode, in 8-bit steps (trained tiny VAE, held-out photos; BENCHMARKS.md):
+4096 px in 1024 px tiles with cells of 2 x 2, max 11 / 66, mean 0.08 / 1.65 (coffee / chelsea),
+against max 1 with the global attention, which took 48 s instead of 33 s on the CPU. On a GPU
+the global attention of a 4096^2 image is about 60 TFLOP for the SDXL VAE (a fraction of a
+second); at 16384 px it would be about 36 PFLOP, so the cells stay above 4096 px.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
     from hires.vae_stats import State
 
 CONTEXT_CELLS = 4  # attention context grid: at most this many cells per tile area
-GLOBAL_TOKENS = 256 * 256  # up to this many latent pixels the attention runs whole, exactly
+GLOBAL_TOKENS = 512 * 512  # up to this many latent pixels the attention runs whole, exactly
 
 
 def cell_side(size: tuple[int, int], tile: int) -> int:

@@ -177,3 +177,35 @@ def test_a_tensor_counted_before_tracking_is_not_counted_again():
         same = image.to(image.dtype)
     assert same.untyped_storage().nbytes() == image.nbytes
     assert tracker.live == tracker.peak == image.nbytes
+
+
+def test_vae_attention_is_quadratic_while_whole_then_linear_in_cells():
+    from hires.costs import vae_attention_bytes
+    from hires.sdxl import SDXL_VAE_CONFIG
+    from hires.vae_attention import GLOBAL_TOKENS, is_global
+
+    vae = VaeShape.from_config(SDXL_VAE_CONFIG)
+    side = int(GLOBAL_TOKENS**0.5) * 8  # the largest square image whose attention runs whole
+    assert is_global((side // 8, side // 8)) and not is_global((side // 8 + 1, side // 8))
+
+    half = side // 2
+    assert _attention_only(vae, half) == pytest.approx(2 * 2 * (half // 8) ** 4 * vae.channels[-1])
+    assert _attention_only(vae, side) == pytest.approx(16 * _attention_only(vae, half))
+    # Past the limit each token attends to a tile's keys and its cells: linear in pixels.
+    big = side * 2
+    assert _attention_only(vae, 2 * big) == pytest.approx(4 * _attention_only(vae, big))
+    assert vae_attention_bytes(vae, side, side) == vae.channels[-1] * (side // 8) ** 2 * 16
+    assert vae_attention_bytes(vae, big, big) == 0
+
+
+def _attention_only(vae: VaeShape, size: int) -> float:
+    """The attention's FLOPs in vae_flops: its total less the same shape with 1 px tiles."""
+    from hires import costs
+
+    saved = costs.GLOBAL_TOKENS
+    try:
+        costs.GLOBAL_TOKENS = 0
+        none = vae_flops(vae, size, size, decode=True, tile=0)
+    finally:
+        costs.GLOBAL_TOKENS = saved
+    return vae_flops(vae, size, size, decode=True) - none
