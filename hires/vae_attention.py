@@ -155,8 +155,10 @@ def _attend_with_context(state: State, attn: Attention, q: Tensor, k: Tensor,
     in_x = (ex[1:].clamp(max=x1) - ex[:-1].clamp(min=x0)).clamp(min=0)
     area = (ey[1:] - ey[:-1])[:, None] * (ex[1:] - ex[:-1])[None, :]
     outside = (area - in_y[:, None] * in_x[None, :]).flatten()
-    keep = (outside > 0.5).to(ck.device)
-    bias = torch.log(outside.clamp(min=0.5)).to(ck.device)[keep]
+    # Indices found on the CPU: a boolean mask on the device would make the host wait for it.
+    keep = (outside > 0.5).nonzero().flatten()
+    bias = torch.log(outside[keep]).to(ck.device)
+    keep = keep.to(ck.device)
     ck, cv = ck[:, :, keep], cv[:, :, keep]
     # The per-key bias rides on an extra channel, since a queries x keys float mask would take
     # gigabytes: logit = scale * (q.k + 1 * bias / scale). 8 extra keep fused kernels usable.
