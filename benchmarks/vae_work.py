@@ -7,6 +7,10 @@ extrapolated) FLOPs `hires.costs.vae_flops` assumes, for a given memory budget o
 It answers "how much does exactness cost at 16K on a GPU with B GB free" without the GPU.
 
     python benchmarks/vae_work.py --sizes 4096 8192 16384 --budget-gb 4 60
+    python benchmarks/vae_work.py --job --budget-gb 98   # a 1K -> 16K job's VAE work, summed
+
+98 GB is what `hires.vae_stats.fast_budget` gives on an H200 (139 GB) with the UNet, the text
+encoders and the VAE resident: 0.8 x (131 - 8) GB.
 """
 
 from __future__ import annotations
@@ -78,6 +82,9 @@ def main() -> None:
     ap.add_argument("--budget-gb", type=float, nargs="+", default=[4.0, 60.0],
                     help="fast mode's memory for kept step outputs (60: an H200 with the UNet "
                          "parked)")
+    ap.add_argument("--job", action="store_true",
+                    help="the VAE passes of a 1024 -> 16384 job: decodes at every size, "
+                         "encodes from 2048 (overrides --sizes)")
     ap.add_argument("--tile", type=int, default=2048, help="px (the planner's pick on big GPUs)")
     ap.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/vae-work-sdxl.json"))
@@ -87,14 +94,20 @@ def main() -> None:
     rows = []
     print(f"{'size':>6} {'op':>6} {'tiles':>5} {'budget GB':>9} {'PFLOP':>7} {'stats':>7} "
           f"{'plain':>7} {'x plain':>7} {'replay s':>8}")
-    for size in args.sizes:
+    sizes = [1024, 2048, 4096, 8192, 16384] if args.job else args.sizes
+    for size in sizes:
         for budget in args.budget_gb:
-            for decode in (True, False):
+            for decode in (True, False) if size > 1024 or not args.job else (True,):
                 r = replay(vae, size, args.tile, budget * 1e9, decode, dtype)
                 rows.append(r)
                 print(f"{size:>6} {r['op']:>6} {r['tiles']:>5} {budget:>9g} {r['pflop']:>7.3f} "
                       f"{r['statistics_pflop']:>7.3f} {r['plain_pflop']:>7.3f} "
                       f"{r['x_plain']:>7.2f} {r['replay_s']:>8}", flush=True)
+    for budget in args.budget_gb if args.job else []:
+        mine = [r for r in rows if r["budget_gb"] == budget]
+        total, plain = sum(r["pflop"] for r in mine), sum(r["plain_pflop"] for r in mine)
+        print(f"job, {budget:g} GB: {total:.2f} PFLOP of VAE work, {total / plain:.2f}x the "
+              f"{plain:.2f} PFLOP of plain passes")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"dtype": args.dtype, "tile": args.tile, "rows": rows},
                                    indent=1))
