@@ -449,7 +449,7 @@ def vae_flops(vae: VaeShape, width: int, height: int, *, decode: bool, tile: int
     if tokens <= GLOBAL_TOKENS:
         keys = tokens
     else:
-        keys = min(tokens, (tile / 8) ** 2 * (1 + CONTEXT_CELLS))
+        keys = min(tokens, (tile / 8) ** 2 + CONTEXT_CELLS)
     attention = 2 * 2 * tokens * keys * ch[-1]  # q.k and weights.v
 
     def px(level: int) -> float:  # level 0: full resolution

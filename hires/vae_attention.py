@@ -6,8 +6,10 @@ then takes its window of the result. That costs what the untiled attention costs
 every tile attending to the whole image, and is exact even at a tile's cut edges.
 
 Bigger images: a tile's queries attend to the tile's trusted inner tokens exactly and to the
-rest of the image through a grid of at most CONTEXT_CELLS x tile-area cells: each cell the mean
-key/value of its tokens (gathered exactly, in one more pass) with a log(token count) bias.
+rest of the image through a grid of at most CONTEXT_CELLS cells: each cell the mean key/value of
+its tokens (gathered exactly, in one more pass) with a log(token count) bias. A fixed count, not
+a multiple of the tile's area (4 tile areas until 2026-12-01): with 2048 px tiles that gave
+every query 4x more cells than with 1024 px tiles, half the SDXL VAE's work at 16384 px.
 That assumes a cell's keys alike, and a trained VAE's are not: its attention spreads over the
 whole image (the trained tiny VAE at 2048 px: 31 % of a query's weight within 64 latent px),
 and pooling even 2 x 2 tokens drops the spread of their logits inside the exponential. Against
@@ -33,13 +35,13 @@ from hires.vae_tiles import crop
 if TYPE_CHECKING:
     from hires.vae_stats import State
 
-CONTEXT_CELLS = 4  # attention context grid: at most this many cells per tile area
+CONTEXT_CELLS = 256 * 256  # attention context grid: at most this many cells
 GLOBAL_TOKENS = 512 * 512  # up to this many latent pixels the attention runs whole, exactly
 
 
-def cell_side(size: tuple[int, int], tile: int) -> int:
-    """Side of one context cell for a latent of `size` in tiles of side `tile`."""
-    return max(1, math.ceil(math.sqrt(size[0] * size[1] / (CONTEXT_CELLS * tile * tile))))
+def cell_side(size: tuple[int, int]) -> int:
+    """Side of one context cell for a latent of `size`."""
+    return max(1, math.ceil(math.sqrt(size[0] * size[1] / CONTEXT_CELLS)))
 
 
 class ContextAttention:

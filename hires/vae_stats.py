@@ -238,8 +238,7 @@ def whole_image(net: nn.Module, head: Callable[[Box], Tensor], grid: Grid, overl
     if mode not in MODES:
         raise ValueError(f"stats must be one of {MODES}, got {mode!r}")
     size = grid.size
-    tile = max(max(e - s for s, e in grid.ys), max(e - s for s, e in grid.xs))
-    state = State(size=size, cell=cell_side(size, tile), device=device,
+    state = State(size=size, cell=cell_side(size), device=device,
                   margin=round(DROP * overlap))
     memo = DiskMemo(len(grid), MEMO_BYTES) if mode == "exact" else MemoryMemo(fast_budget(device))
     norms = sum(isinstance(m, nn.GroupNorm) for m in net.modules())
