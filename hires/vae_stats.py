@@ -206,8 +206,8 @@ def fast_budget(device: torch.device) -> float:
 
     The more tiles keep their outputs, the less is recomputed: 8192 x 5472 px on the tiny VAE
     took 179 s with a fixed 4 GB and 155 s with the 7 GB this gave (the CPU machine, 20 GB
-    free); a 16384 px SDXL decode in 2048 px tiles is 17x a plain decode's FLOPs with 4 GB,
-    3.1x with 60 GB and 1.7x with 120 GB (benchmarks/vae_work.py).
+    free); a 16384 px SDXL decode in 2048 px tiles is 19x a plain decode's FLOPs with 4 GB,
+    4.1x with 60 GB and 2.1x with 120 GB (benchmarks/vae_work.py).
     """
     if FAST_BYTES is not None:
         return FAST_BYTES
