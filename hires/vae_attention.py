@@ -16,7 +16,7 @@ and pooling even 2 x 2 tokens drops the spread of their logits inside the expone
 the untiled decode, in 8-bit steps (trained tiny VAE, held-out photos; BENCHMARKS.md):
 4096 px in 1024 px tiles with cells of 2 x 2, max 11 / 66, mean 0.08 / 1.65 (coffee / chelsea),
 against max 1 with the global attention, which took 48 s instead of 33 s on the CPU. On a GPU
-the global attention of a 4096^2 image is about 60 TFLOP for the SDXL VAE (a fraction of a
+the global attention of a 4096^2 image is about 0.14 PFLOP for the SDXL VAE (a fraction of a
 second); at 16384 px it would be about 36 PFLOP, so the cells stay above 4096 px.
 """
 

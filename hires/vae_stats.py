@@ -11,11 +11,11 @@ context cells (`hires.vae_attention`) are gathered the same way, in one pass of 
 Modes (`stats=`):
 - "exact": every tile in every pass; step outputs in scratch files (`DiskMemo`), since at 16K
   they are far bigger than memory. Costly at scale (hundreds of GB of scratch I/O at 16K).
-- "fast": the same exact statistics, with step outputs kept in memory (`MemoryMemo`: half the
-  memory free when the decode starts, beyond a reserve) instead of scratch files. Each tile
-  keeps the deepest output that fits; past the budget tiles resume from a shallower (cheaper,
-  lower-resolution) output, so big images cost recomputation, never disk. Every tile's final
-  output is ready when the passes end, so the final pass only blends.
+- "fast": the same exact statistics, with step outputs kept in memory (`MemoryMemo`: a share
+  of the memory free when the decode starts, see `fast_budget`) instead of scratch files.
+  Each tile keeps the deepest output that fits; past the budget tiles resume from a shallower
+  (cheaper, lower-resolution) output, so big images cost recomputation, never disk. Every
+  tile's final output is ready when the passes end, so the final pass only blends.
 
 Cheap estimates were measured and rejected (a trained tiny VAE, held-out photos, 1024 x 1536 px
 in 512 px tiles; 8-bit steps against the untiled decode, exact being max 1, mean 0.04):
