@@ -16,7 +16,7 @@ from typing import Any
 
 from hires.lean import GPU_BAND_BYTES
 from hires.strategy import Strategy
-from hires.vae_attention import CONTEXT_CELLS, GLOBAL_TOKENS
+from hires.vae_attention import CONTEXT_CELLS, GLOBAL_TOKENS, landmarks
 
 FF_TOKENS = 65536  # tokens per feed-forward chunk (hires.memory.chunked_feed_forward)
 LINFUSION_WORK = 256 << 20  # fp32 work buffers of one LinFusion call on a GPU (linfusion.py)
@@ -441,7 +441,7 @@ def vae_flops(vae: VaeShape, width: int, height: int, *, decode: bool, tile: int
 
     Convolutions as a plain pass runs them; the mid-block attention as `hires.vae_attention`
     runs it: whole (quadratic in latent pixels) up to GLOBAL_TOKENS, else each tile's queries
-    against its own keys and the context cells.
+    against its own keys, the context cells and the landmarks.
     """
     ch, levels = vae.channels, len(vae.channels)
     top = width * height
@@ -449,7 +449,7 @@ def vae_flops(vae: VaeShape, width: int, height: int, *, decode: bool, tile: int
     if tokens <= GLOBAL_TOKENS:
         keys = tokens
     else:
-        keys = min(tokens, (tile / 8) ** 2 + CONTEXT_CELLS)
+        keys = min(tokens, (tile / 8) ** 2 + CONTEXT_CELLS + landmarks((height // 8, width // 8)))
     attention = 2 * 2 * tokens * keys * ch[-1]  # q.k and weights.v
 
     def px(level: int) -> float:  # level 0: full resolution

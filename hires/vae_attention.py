@@ -5,19 +5,16 @@ the whole image's attention input, gathered from the tiles' owned parts in one p
 then takes its window of the result. That costs what the untiled attention costs, less than
 every tile attending to the whole image, and is exact even at a tile's cut edges.
 
-Bigger images: a tile's queries attend to the tile's trusted inner tokens exactly and to the
-rest of the image through a grid of at most CONTEXT_CELLS cells: each cell the mean key/value of
-its tokens (gathered exactly, in one more pass) with a log(token count) bias. A fixed count, not
-a multiple of the tile's area (4 tile areas until 2026-12-01): with 2048 px tiles that gave
-every query 4x more cells than with 1024 px tiles, half the SDXL VAE's work at 16384 px.
-That assumes a cell's keys alike, and a trained VAE's are not: its attention spreads over the
-whole image (the trained tiny VAE at 2048 px: 31 % of a query's weight within 64 latent px),
-and pooling even 2 x 2 tokens drops the spread of their logits inside the exponential. Against
-the untiled decode, in 8-bit steps (trained tiny VAE, held-out photos; BENCHMARKS.md):
-4096 px in 1024 px tiles with cells of 2 x 2, max 11 / 66, mean 0.08 / 1.65 (coffee / chelsea),
-against max 1 with the global attention, which took 48 s instead of 33 s on the CPU. On a GPU
-the global attention of a 4096^2 image is about 0.14 PFLOP for the SDXL VAE (a fraction of a
-second); at 16384 px it would be about 36 PFLOP, so the cells stay above 4096 px.
+Bigger images: a tile's queries attend exactly to the tile's trusted inner tokens, and to the
+rest of the image through CONTEXT_CELLS cells and `landmarks` exact tokens, both gathered in one
+more pass. A cell stands for its tokens by their mean key and value with a log(count) bias: right
+where its keys are alike. A trained VAE's are not everywhere: a few tokens carry keys ten times
+the median's, and some queries put most of their weight on them (the trained tiny VAE at
+2048 px: the top 4 of 43,520 tokens draw 13 % of all attention). Averaged into a cell such a
+token loses that weight, and the whole image shifts (chelsea at 4096 px, cells of 2 x 2:
+max 66, mean 1.65 8-bit steps against the untiled decode). So the tokens whose keys stand
+farthest from their cell's mean key are kept apart as exact keys for every tile, and their
+cells stand for the rest (max 1, mean 0.02 with 4096 landmarks; BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -37,6 +34,8 @@ if TYPE_CHECKING:
 
 CONTEXT_CELLS = 256 * 256  # attention context grid: at most this many cells
 GLOBAL_TOKENS = 512 * 512  # up to this many latent pixels the attention runs whole, exactly
+MIN_LANDMARKS = 4096  # tokens kept as exact keys for every tile: those their cells misstate,
+LANDMARK_EVERY = 64  # or one per this many latent pixels where that is more
 
 
 def cell_side(size: tuple[int, int]) -> int:
@@ -44,11 +43,17 @@ def cell_side(size: tuple[int, int]) -> int:
     return max(1, math.ceil(math.sqrt(size[0] * size[1] / CONTEXT_CELLS)))
 
 
+def landmarks(size: tuple[int, int]) -> int:
+    """How many landmarks a latent of `size` keeps: more as the image grows, since a fixed
+    count lets errors grow (chelsea, 4096 of them: mean 0.009 at 4096 px, 0.071 at 8192)."""
+    return max(MIN_LANDMARKS, size[0] * size[1] // LANDMARK_EVERY)
+
+
 class ContextAttention:
     """Attention processor: one tile's self-attention with the rest of the image as cells.
 
-    Each cell's logit is raised by log(number of its tokens not among the tile's trusted ones):
-    for a cell of similar keys that is what softmax over its tokens would give.
+    Each cell's logit is raised by log(number of its tokens neither among the tile's trusted
+    ones nor landmarks): for a cell of similar keys that is what softmax over them would give.
     """
 
     def __init__(self, state: State):
@@ -93,7 +98,11 @@ def _qkv(attn: Attention, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def add_cells(state: State, attn: Attention, x: Tensor) -> None:
-    """Add one tile's attention inputs (its owned part) into per-cell sums, or the whole map."""
+    """Add one tile's attention inputs (its owned part) into per-cell sums, or the whole map.
+
+    Cells: also keeps the `landmarks` tokens seen so far whose keys stand out most from their
+    cell's mean key (what pooling them would lose), to serve every tile as exact keys.
+    """
     oy0, oy1, ox0, ox1 = state.owned
     if x.shape[-2:] != (oy1 - oy0, ox1 - ox0):
         raise NotImplementedError("attention away from the latent resolution")
@@ -102,17 +111,39 @@ def add_cells(state: State, attn: Attention, x: Tensor) -> None:
             state.sums[attn] = torch.zeros(x.shape[1], *state.size, device=x.device)
         state.sums[attn][:, oy0:oy1, ox0:ox1] = x[0]
         return
-    f = state.cell
+    f, dev = state.cell, x.device
     gh, gw = -(-state.size[0] // f), -(-state.size[1] // f)
-    x = x[0].float()
-    rows = torch.zeros(x.shape[0], gh, x.shape[2], device=x.device)
-    rows.index_add_(1, (torch.arange(oy0, oy1) // f).to(x.device), x)
-    cells = torch.zeros(x.shape[0], gh, gw, device=x.device)
-    cells.index_add_(2, (torch.arange(ox0, ox1) // f).to(x.device), rows)
-    if attn in state.sums:
-        state.sums[attn] += cells
-    else:
-        state.sums[attn] = cells
+    rows, cols = (torch.arange(oy0, oy1) // f).to(dev), (torch.arange(ox0, ox1) // f).to(dev)
+    xf = x[0].float()
+    cells = _pool(xf, rows, cols, (gh, gw))
+    # Each token's key against its cell's mean key, over the cells' parts in this tile.
+    _, k, _ = _qkv(attn, x)
+    h, w = x.shape[-2:]
+    k = k[0].float().permute(0, 2, 1).reshape(-1, h, w)
+    rows, cols = rows - oy0 // f, cols - ox0 // f
+    local = ((oy1 - 1) // f - oy0 // f + 1, (ox1 - 1) // f - ox0 // f + 1)
+    count = _pool(torch.ones(1, h, w, device=dev), rows, cols, local)
+    mean_k = _pool(k, rows, cols, local) / count
+    score = (k - mean_k[:, rows][:, :, cols]).square().sum(0).flatten()
+    count = landmarks(state.size)
+    top = score.topk(min(count, score.numel())).indices
+    pos = (oy0 + top // w) * state.size[1] + ox0 + top % w
+    marks = (score[top], pos, xf.reshape(xf.shape[0], -1)[:, top])
+    acc = state.sums.get(attn)
+    if acc is not None:
+        cells += acc[0]
+        marks = tuple(torch.cat([a, b], -1) for a, b in zip(acc[1], marks))
+        keep = marks[0].topk(min(count, marks[0].numel())).indices
+        marks = tuple(t[..., keep] for t in marks)
+    state.sums[attn] = (cells, marks)
+
+
+def _pool(x: Tensor, rows: Tensor, cols: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Sums of a c x h x w map over cells: row r goes to cell row rows[r], column to cols[c]."""
+    out = torch.zeros(x.shape[0], grid[0], x.shape[2], device=x.device)
+    out.index_add_(1, rows, x)
+    cells = torch.zeros(x.shape[0], *grid, device=x.device)
+    return cells.index_add_(2, cols, out)
 
 
 def is_global(size: tuple[int, int]) -> bool:
@@ -120,8 +151,8 @@ def is_global(size: tuple[int, int]) -> bool:
     return size[0] * size[1] <= GLOBAL_TOKENS
 
 
-def finish_context(state: State, attn: Attention, sums: Tensor, dtype: torch.dtype) -> None:
-    """The whole image's attention output, or the cells' keys/values from their mean inputs.
+def finish_context(state: State, attn: Attention, sums, dtype: torch.dtype) -> None:
+    """The whole image's attention output, or the cells' and landmarks' keys and values.
 
     The attention's GroupNorm (with fixed statistics) and its key/value projections are affine,
     so the key of a cell's mean input is exactly the mean of the cell's keys.
@@ -131,23 +162,35 @@ def finish_context(state: State, attn: Attention, sums: Tensor, dtype: torch.dty
         q, k, v = _qkv(attn, hidden)
         state.context[attn] = _output(attn, F.scaled_dot_product_attention(q, k, v), hidden)
         return
-    h, w = state.size
-    f = state.cell
-    gh, gw = sums.shape[1:]
+    (h, w), f = state.size, state.cell
+    cells, (_, pos, marked) = sums
+    c, gh, gw = cells.shape
     ey = torch.tensor([min(i * f, h) for i in range(gh + 1)], dtype=torch.float64)
     ex = torch.tensor([min(j * f, w) for j in range(gw + 1)], dtype=torch.float64)
-    area = ((ey[1:] - ey[:-1])[:, None] * (ex[1:] - ex[:-1])[None, :]).float()
-    mean = (sums / area.to(sums.device))[None].to(dtype)
-    _, k, v = _qkv(attn, mean)
-    state.context[attn] = (k, v, ey, ex)
+    area = ((ey[1:] - ey[:-1])[:, None] * (ex[1:] - ex[:-1])[None, :]).float().flatten()
+    # Landmarks leave their cells: a cell stands for the mean of its other tokens.
+    cell_of = (pos // w) // f * gw + (pos % w) // f
+    sums = cells.reshape(c, -1).index_add(1, cell_of, -marked)
+    others = area.to(cells.device).index_add(0, cell_of, -torch.ones_like(marked[0]))
+    _, k, v = _qkv(attn, (sums / others.clamp(min=1)).view(1, c, gh, gw).to(dtype))
+    _, mk, mv = _qkv(attn, marked[None, :, None, :].to(dtype))
+    state.context[attn] = (k, v, ey, ex, mk, mv, pos, cell_of)
+
+
+def _on_cells(box: tuple[int, int, int, int], f: int, size: tuple[int, int]):
+    """`box` shrunk to whole cells, so that no cell is part local keys and part summary."""
+    y0, y1, x0, x1 = box
+    (h, w) = size
+    return (-(-y0 // f) * f, y1 if y1 == h else y1 // f * f,
+            -(-x0 // f) * f, x1 if x1 == w else x1 // f * f)
 
 
 def _attend_with_context(state: State, attn: Attention, q: Tensor, k: Tensor,
                          v: Tensor) -> Tensor:
-    ck, cv, ey, ex = state.context[attn]
+    ck, cv, ey, ex, mk, mv, pos, cell_of = state.context[attn]
     # Local keys only from the tile's trusted inner part: near a cut edge they saw zero padding.
     wy0, wy1, wx0, wx1 = state.window
-    y0, y1, x0, x1 = state.trusted
+    y0, y1, x0, x1 = _on_cells(state.trusted, state.cell, state.size)
     b, heads, _, d = k.shape
     grid = (b, heads, wy1 - wy0, wx1 - wx0, d)
     k = k.reshape(grid)[:, :, y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0].reshape(b, heads, -1, d)
@@ -159,9 +202,17 @@ def _attend_with_context(state: State, attn: Attention, q: Tensor, k: Tensor,
     outside = (area - in_y[:, None] * in_x[None, :]).flatten()
     # Indices found on the CPU: a boolean mask on the device would make the host wait for it.
     keep = (outside > 0.5).nonzero().flatten()
-    bias = torch.log(outside[keep]).to(ck.device)
+    # Landmarks inside the trusted part are local keys already: masked out, no host sync.
+    py, px = pos // state.size[1], pos % state.size[1]
+    inside = ((py >= y0) & (py < y1) & (px >= x0) & (px < x1)).float()
+    marks_out = torch.zeros(area.numel(), device=pos.device).index_add_(0, cell_of, 1 - inside)
+    others = outside.float().to(pos.device) - marks_out
     keep = keep.to(ck.device)
-    ck, cv = ck[:, :, keep], cv[:, :, keep]
+    # A cell whose outside tokens are all landmarks is masked out like them (its mean is void).
+    others = others[keep]
+    bias = torch.cat([torch.where(others > 0.5, others.clamp(min=1).log(), -1e4), inside * -1e4])
+    ck = torch.cat([ck[:, :, keep], mk], 2)
+    cv = torch.cat([cv[:, :, keep], mv], 2)
     # The per-key bias rides on an extra channel, since a queries x keys float mask would take
     # gigabytes: logit = scale * (q.k + 1 * bias / scale). 8 extra keep fused kernels usable.
     scale = 1 / math.sqrt(d)
