@@ -14,7 +14,7 @@ the median's, and some queries put most of their weight on them (the trained tin
 token loses that weight, and the whole image shifts (chelsea at 4096 px, cells of 2 x 2:
 max 66, mean 1.65 8-bit steps against the untiled decode). So the tokens whose keys stand
 farthest from their cell's mean key are kept apart as exact keys for every tile, and their
-cells stand for the rest (max 1, mean 0.02 with 4096 landmarks; BENCHMARKS.md).
+cells stand for the rest (chelsea at 8192 px: max 2, mean 0.05; BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -122,8 +122,8 @@ def add_cells(state: State, attn: Attention, x: Tensor) -> None:
     k = k[0].float().permute(0, 2, 1).reshape(-1, h, w)
     rows, cols = rows - oy0 // f, cols - ox0 // f
     local = ((oy1 - 1) // f - oy0 // f + 1, (ox1 - 1) // f - ox0 // f + 1)
-    count = _pool(torch.ones(1, h, w, device=dev), rows, cols, local)
-    mean_k = _pool(k, rows, cols, local) / count
+    tokens = _pool(torch.ones(1, h, w, device=dev), rows, cols, local)
+    mean_k = _pool(k, rows, cols, local) / tokens
     score = (k - mean_k[:, rows][:, :, cols]).square().sum(0).flatten()
     count = landmarks(state.size)
     top = score.topk(min(count, score.numel())).indices
