@@ -22,13 +22,12 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hires import vae_stats  # noqa: E402
 from hires.costs import VaeShape, vae_flops  # noqa: E402
 from hires.sdxl import SDXL_VAE_CONFIG  # noqa: E402
+from hires.vae_cost import replayed_flops, tiled_flops  # noqa: E402
 from hires.vae_tiles import Grid, tile_sizes  # noqa: E402
 
 META = torch.device("meta")
@@ -43,37 +42,21 @@ def sdxl_vae(dtype: torch.dtype):
 
 
 def replay(vae, size: int, tile: int, budget: float, decode: bool, dtype: torch.dtype) -> dict:
-    """FLOPs of one tiled decode (or encode) of a size x size image, `fast` statistics."""
-    h = w = size // 8
-    t, o = tile_sizes(tile, None)
-    grid = Grid.cover((h, w), t, o)
-
-    def head(box):
-        y0, y1, x0, x1 = box
-        if decode:
-            return vae.post_quant_conv(torch.empty(1, 4, y1 - y0, x1 - x0, device=META,
-                                                   dtype=dtype))
-        return torch.empty(1, 3, 8 * (y1 - y0), 8 * (x1 - x0), device=META, dtype=dtype)
-
-    net = vae.decoder if decode else vae.encoder
-    saved = vae_stats.FAST_BYTES
-    vae_stats.FAST_BYTES = budget
+    """FLOPs of one tiled decode (or encode) of a size x size image, `fast` statistics: replayed,
+    and as the planner simulates them (`hires.vae_cost.tiled_flops`)."""
     start = time.perf_counter()
-    try:
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            with vae_stats.whole_image(net, head, grid, o, "fast", META, dtype, None) as tiles:
-                gathered = counter.get_total_flops()
-                for window, _ in grid.tiles():
-                    tiles.run(window)
-            total = counter.get_total_flops()
-    finally:
-        vae_stats.FAST_BYTES = saved
-    plain = vae_flops(VaeShape.from_config(SDXL_VAE_CONFIG), size, size, decode=decode,
-                      tile=tile)
+    total, gathered = replayed_flops(vae, size, size, decode=decode, tile=tile, budget=budget)
+    seconds = time.perf_counter() - start
+    shape = VaeShape.from_config(SDXL_VAE_CONFIG)
+    simulated = tiled_flops(shape, size, size, decode=decode, tile=tile, budget=budget,
+                            dtype_bytes=dtype.itemsize)
+    plain = vae_flops(shape, size, size, decode=decode, tile=tile)
+    t, o = tile_sizes(tile, None)
     return {"size": size, "op": "decode" if decode else "encode", "tile": tile,
-            "tiles": len(grid), "budget_gb": budget / 1e9, "pflop": total / 1e15,
-            "statistics_pflop": gathered / 1e15, "plain_pflop": plain / 1e15,
-            "x_plain": total / plain, "replay_s": round(time.perf_counter() - start, 1)}
+            "tiles": len(Grid.cover((size // 8, size // 8), t, o)), "budget_gb": budget / 1e9,
+            "pflop": total / 1e15, "statistics_pflop": gathered / 1e15,
+            "simulated_pflop": simulated / 1e15, "plain_pflop": plain / 1e15,
+            "x_plain": total / plain, "replay_s": round(seconds, 1)}
 
 
 def main() -> None:
@@ -93,7 +76,7 @@ def main() -> None:
     vae = sdxl_vae(dtype)
     rows = []
     print(f"{'size':>6} {'op':>6} {'tiles':>5} {'budget GB':>9} {'PFLOP':>7} {'stats':>7} "
-          f"{'plain':>7} {'x plain':>7} {'replay s':>8}")
+          f"{'sim':>7} {'plain':>7} {'x plain':>7} {'replay s':>8}")
     sizes = [1024, 2048, 4096, 8192, 16384] if args.job else args.sizes
     for size in sizes:
         for budget in args.budget_gb:
@@ -101,7 +84,8 @@ def main() -> None:
                 r = replay(vae, size, args.tile, budget * 1e9, decode, dtype)
                 rows.append(r)
                 print(f"{size:>6} {r['op']:>6} {r['tiles']:>5} {budget:>9g} {r['pflop']:>7.3f} "
-                      f"{r['statistics_pflop']:>7.3f} {r['plain_pflop']:>7.3f} "
+                      f"{r['statistics_pflop']:>7.3f} {r['simulated_pflop']:>7.3f} "
+                      f"{r['plain_pflop']:>7.3f} "
                       f"{r['x_plain']:>7.2f} {r['replay_s']:>8}", flush=True)
     for budget in args.budget_gb if args.job else []:
         mine = [r for r in rows if r["budget_gb"] == budget]

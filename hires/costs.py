@@ -17,6 +17,8 @@ from typing import Any
 from hires.lean import GPU_BAND_BYTES
 from hires.strategy import Strategy
 from hires.vae_attention import CONTEXT_CELLS, GLOBAL_TOKENS, landmarks
+from hires.vae_cost import tiled_flops
+from hires.vae_stats import budget_from_free
 
 FF_TOKENS = 65536  # tokens per feed-forward chunk (hires.memory.chunked_feed_forward)
 LINFUSION_WORK = 256 << 20  # fp32 work buffers of one LinFusion call on a GPU (linfusion.py)
@@ -552,6 +554,7 @@ class StageCost:
 
 
 VAE_TILES = (2048, 1536, 1024, 768, 512)  # px, largest first: fewer tiles, less overlap
+SMALLER_TILE_SAVING = 0.85  # a smaller VAE tile is taken only if it does this much of the work
 LEVER_SLOWDOWN = {"split_cfg": 0.03, "ff_chunks": 0.01, "row_bands": 0.10}  # assumed
 
 
@@ -579,15 +582,33 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
     if base:
         peaks.append((weights_now or model.text_bytes) + (64 << 20))
     tile = vae_tile or VAE_TILES[-1]
+    vae_flop = 0.0
     if previous or encode_input or final_decode:
         vae_weights = weights_now or model.vae.param_bytes
-        if vae_tile is None:  # the largest tile that fits next to the weights
-            for t in VAE_TILES:
-                tile = t
-                if budget is None or vae_weights + vae_tile_peak(
-                        model.vae, t, model.vae_dtype_bytes) + state <= budget:
-                    break
+        # What the fast mode will keep step outputs in: a share of what is free (no budget:
+        # room for all of them).
+        memo = (float("inf") if budget is None or vae_stats != "fast" else
+                budget_from_free(budget - vae_weights - state, model.on_gpu))
+        passes = [(*previous, True)] if previous else []
+        if previous or encode_input:
+            passes.append((width, height, False))
+        if final_decode:
+            passes.append((width, height, True))
+
+        def work(t: int) -> float:
+            return sum(tiled_flops(model.vae, w, h, decode=d, tile=t, budget=memo,
+                                   dtype_bytes=model.vae_dtype_bytes) for w, h, d in passes)
+
+        if vae_tile is None:
+            # The largest tile that fits next to the weights (fewer tile runs: each costs
+            # launches and host work that FLOPs do not show), unless a smaller one saves
+            # a good share of the work.
+            fit = [t for t in VAE_TILES if budget is None or vae_weights + vae_tile_peak(
+                model.vae, t, model.vae_dtype_bytes) + state <= budget] or [VAE_TILES[-1]]
+            least = min(work(t) for t in fit)
+            tile = next(t for t in fit if work(t) * SMALLER_TILE_SAVING <= least)
         tile = min(tile, max(width, height))
+        vae_flop = work(tile)
         attention = max(vae_attention_bytes(model.vae, w, h, model.vae_dtype_bytes)
                         for w, h in [(width, height), *([previous] if previous else [])])
         peaks.append(vae_weights + max(vae_tile_peak(model.vae, tile, model.vae_dtype_bytes),
@@ -596,13 +617,6 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
     unet_flop = evals * 2 * unet_flops(unet, lat_h, lat_w)
     if control is not None:
         unet_flop += evals * 2 * controlnet_flops(control, lat_h, lat_w)
-    vae_flop = 0.0
-    if previous:
-        vae_flop += vae_flops(model.vae, *previous, decode=True, tile=tile)
-    if previous or encode_input:
-        vae_flop += vae_flops(model.vae, width, height, decode=False, tile=tile)
-    if final_decode:
-        vae_flop += vae_flops(model.vae, width, height, decode=True, tile=tile)
     scratch = 0
     if vae_stats == "exact" and (previous or encode_input or final_decode):
         # Saved block outputs, fp32, up to 16 GB a level (hires.vae's cap).

@@ -177,7 +177,7 @@ def finish_context(state: State, attn: Attention, sums, dtype: torch.dtype) -> N
     state.context[attn] = (k, v, ey, ex, mk, mv, pos, cell_of)
 
 
-def _on_cells(box: tuple[int, int, int, int], f: int, size: tuple[int, int]):
+def on_cells(box: tuple[int, int, int, int], f: int, size: tuple[int, int]):
     """`box` shrunk to whole cells, so that no cell is part local keys and part summary."""
     y0, y1, x0, x1 = box
     (h, w) = size
@@ -190,7 +190,7 @@ def _attend_with_context(state: State, attn: Attention, q: Tensor, k: Tensor,
     ck, cv, ey, ex, mk, mv, pos, cell_of = state.context[attn]
     # Local keys only from the tile's trusted inner part: near a cut edge they saw zero padding.
     wy0, wy1, wx0, wx1 = state.window
-    y0, y1, x0, x1 = _on_cells(state.trusted, state.cell, state.size)
+    y0, y1, x0, x1 = on_cells(state.trusted, state.cell, state.size)
     b, heads, _, d = k.shape
     grid = (b, heads, wy1 - wy0, wx1 - wx0, d)
     k = k.reshape(grid)[:, :, y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0].reshape(b, heads, -1, d)

@@ -214,7 +214,12 @@ def fast_budget(device: torch.device) -> float:
     free = free_memory(device)
     if free is None:
         return 4e9
-    kind = "cuda" if device.type == "cuda" else "cpu"
+    return budget_from_free(free, device.type == "cuda")
+
+
+def budget_from_free(free: float, on_gpu: bool) -> float:
+    """The fast mode's budget when `free` bytes are free as a decode starts (the planner's too)."""
+    kind = "cuda" if on_gpu else "cpu"
     return max(FAST_FLOOR, FAST_SHARE[kind] * (free - FAST_RESERVE[kind]))
 
 

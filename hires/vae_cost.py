@@ -1,0 +1,218 @@
+"""What one tiled decode or encode costs in `fast` mode: its statistics passes, on shapes alone.
+
+`hires.costs.vae_flops` prices one plain pass. The tiled VAE runs a pass per GroupNorm, each
+resuming every tile from its deepest step output kept in memory (`hires.vae_memo.MemoryMemo`),
+so its work depends on how much of that the memory budget holds: about 1.5x a plain pass when
+all of it fits, 19x for a 16K SDXL decode with 4 GB. This replays the same bookkeeping (the same
+steps, passes, tile order and keep-or-not rule) on sizes and FLOP counts, without tensors: a
+few milliseconds against seconds for the meta-device replay (`benchmarks/vae_work.py`), which
+it matches (tests/test_vae_cost.py), so the planner can price it and pick a tile by it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from hires import vae_stats
+from hires.vae_attention import cell_side, is_global, landmarks, on_cells
+from hires.vae_tiles import DROP, SCALE, Box, Grid, tile_sizes
+
+if TYPE_CHECKING:
+    from hires.costs import VaeShape
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of `hires.vae_memo.stages` on one tile, as the memo sees it."""
+
+    flops: float  # running it
+    out: int  # bytes of its output (what the memo would keep); 0 for the last step
+    stops: int = 0  # passes that stop at its start: one per GroupNorm there, +1 for context
+    attention: bool = False  # the mid-block attention: its flops depend on the tile's place
+
+
+def _conv(c_in: int, c_out: int, px: float, k: int = 3) -> float:
+    return 2.0 * c_in * c_out * k * k * px
+
+
+def _resnet(c_in: int, c: int, px: float, b: int) -> list[Step]:
+    """A resnet split before its second GroupNorm, as `hires.vae_memo._resnet` splits it."""
+    shortcut = _conv(c_in, c, px, 1) if c_in != c else 0.0
+    return [Step(_conv(c_in, c, px), int((c_in + c) * px * b), stops=1),
+            Step(_conv(c, c, px) + shortcut, int(c * px * b), stops=1)]
+
+
+def _mid(c: int, px: float, b: int) -> list[Step]:
+    return [*_resnet(c, c, px, b), Step(0.0, int(c * px * b), stops=2, attention=True),
+            *_resnet(c, c, px, b)]
+
+
+def steps(vae: VaeShape, h: int, w: int, *, decode: bool, dtype_bytes: int) -> list[Step]:
+    """The steps of the decoder (or encoder) on an h x w latent window, first to last."""
+    ch, b, lat = vae.channels, dtype_bytes, vae.latent_channels
+    px = float(h * w)  # latent pixels
+    low = ch[-1]
+    if decode:
+        out = [Step(_conv(lat, low, px), int(low * px * b)), *_mid(low, px, b)]
+        c_prev = low
+        for i, c in enumerate(reversed(ch)):
+            p = px * 4**i
+            for _ in range(vae.layers + 1):
+                out += _resnet(c_prev, c, p, b)
+                c_prev = c
+            if i < len(ch) - 1:
+                out.append(Step(_conv(c, c, 4 * p), int(c * 4 * p * b)))
+        return [*out, Step(_conv(ch[0], vae.image_channels, px * 4 ** (len(ch) - 1)), 0,
+                           stops=1)]
+    top = px * 4 ** (len(ch) - 1)
+    out = [Step(_conv(vae.image_channels, ch[0], top), int(ch[0] * top * b))]
+    c_prev = ch[0]
+    for i, c in enumerate(ch):
+        p = top / 4**i
+        for _ in range(vae.layers):
+            out += _resnet(c_prev, c, p, b)
+            c_prev = c
+        if i < len(ch) - 1:
+            out.append(Step(_conv(c, c, p / 4), int(c * p / 4 * b)))
+    return [*out, *_mid(low, px, b), Step(_conv(low, 2 * lat, px), 0, stops=1)]
+
+
+def _attention_flops(c: int, window: Box, size: tuple[int, int], overlap: int) -> float:
+    """One tile's attention with context (`hires.vae_attention._attend_with_context`)."""
+    y0, y1, x0, x1 = window
+    (h, w), f = size, cell_side(size)
+    state = vae_stats.State(size=size, cell=f, device=torch.device("meta"),
+                            margin=round(DROP * overlap))
+    state.window = window
+    ly0, ly1, lx0, lx1 = on_cells(state.trusted, f, size)
+    local = max(0, ly1 - ly0) * max(0, lx1 - lx0)
+    # Cells wholly inside the local box are left out; all others are keys.
+    inside = max(0, ly1 // f - ly0 // f) * max(0, lx1 // f - lx0 // f) if local else 0
+    cells = -(-h // f) * -(-w // f) - inside
+    keys = local + cells + min(landmarks(size), h * w)
+    tokens = (y1 - y0) * (x1 - x0)
+    # q, k, v and out projections; q.k and weights.v, 8 channels wider (the bias channel)
+    return 8.0 * c * c * tokens + 4.0 * tokens * keys * (c + 8)
+
+
+def _whole_attention_flops(c: int, tokens: int) -> float:
+    return 8.0 * c * c * tokens + 4.0 * tokens * tokens * c
+
+
+def tiled_flops(vae: VaeShape, width: int, height: int, *, decode: bool, tile: int,
+                budget: float, dtype_bytes: int = 2, overlap: int | None = None) -> float:
+    """FLOPs of one `fast` decode (or encode) of a width x height image: passes and final pass.
+
+    `budget`: bytes the memo may keep (`hires.vae_stats.fast_budget`). Counts what torch's
+    FlopCounterMode counts (convolutions and matmuls), like the meta-device replay.
+    """
+    h, w = height // SCALE, width // SCALE
+    return _tiled_flops(vae, w, h, decode, tile, float(budget), dtype_bytes, overlap,
+                        is_global((h, w)))
+
+
+@lru_cache(maxsize=512)
+def _tiled_flops(vae: VaeShape, w: int, h: int, decode: bool, tile: int, budget: float,
+                 dtype_bytes: int, overlap: int | None, whole: bool) -> float:
+    t, o = tile_sizes(tile, overlap)
+    c = vae.channels[-1]
+    head = 2.0 * vae.latent_channels**2 if decode else 0.0  # post_quant_conv, per latent px
+    tail = 0.0 if decode else 2.0 * (2 * vae.latent_channels)**2  # quant_conv, per latent px
+    if h * w <= t * t:  # one plain pass, diffusers' own (whole) attention
+        net = steps(vae, h, w, decode=decode, dtype_bytes=dtype_bytes)
+        return (sum(s.flops for s in net) + _whole_attention_flops(c, h * w)
+                + (head + tail) * h * w)
+    size = (h, w)
+    grid = Grid.cover(size, t, o)
+    tiles = list(grid.tiles())
+    nets, attention = {}, {}
+    for window, _ in tiles:
+        y0, y1, x0, x1 = window
+        shape = (y1 - y0, x1 - x0)
+        if shape not in nets:
+            nets[shape] = steps(vae, *shape, decode=decode, dtype_bytes=dtype_bytes)
+        attention[window] = 0.0 if whole else _attention_flops(c, window, size, o)
+    n = len(next(iter(nets.values())))
+    kept: dict[Box, tuple[int, int]] = {}  # window -> (step number, bytes): MemoryMemo's rule
+    used, total = 0, 0.0
+
+    def run(window: Box, stop: int | None, saving: bool = True) -> None:
+        """Run a tile from its kept output up to the start of step `stop` (None: to the end)."""
+        nonlocal used, total
+        y0, y1, x0, x1 = window
+        net = nets[(y1 - y0, x1 - x0)]
+        start = kept[window][0] if window in kept else 0
+        if start == 0:
+            total += head * (y1 - y0) * (x1 - x0)
+        for i in range(start, n if stop is None else stop):
+            total += attention[window] if net[i].attention else net[i].flops
+            if saving and i + 1 < n:
+                freed = kept[window][1] if window in kept else 0
+                if used - freed + net[i].out <= budget:
+                    kept[window] = (i + 1, net[i].out)
+                    used += net[i].out - freed
+
+    net0 = next(iter(nets.values()))
+    for j, s in enumerate(net0):
+        for k in range(s.stops):
+            for window, owned in tiles:
+                run(window, j)
+                if s.attention and k == 1 and not whole:
+                    oy0, oy1, ox0, ox1 = owned  # the landmark scores: q, k, v of owned tokens
+                    total += 6.0 * c * c * (oy1 - oy0) * (ox1 - ox0)
+            if s.attention and k == 1:  # the context, once
+                if whole:
+                    total += _whole_attention_flops(c, h * w)
+                else:
+                    f = cell_side(size)
+                    total += 6.0 * c * c * (-(-h // f) * -(-w // f) + min(landmarks(size), h * w))
+    run(tiles[0][0], None)  # the gathering loop's last pass: the first tile goes through whole
+    for window, _ in tiles:
+        run(window, None, saving=False)
+        y0, y1, x0, x1 = window
+        total += tail * (y1 - y0) * (x1 - x0)
+    return total
+
+
+
+def replayed_flops(vae, width: int, height: int, *, decode: bool, tile: int, budget: float,
+                   overlap: int | None = None) -> tuple[float, float]:
+    """(all, before the final pass) FLOPs of the same decode (or encode), counted by running
+    hires' own tiling code on `vae` built on the meta device: the reference for `tiled_flops`.
+    """
+    meta, dtype = torch.device("meta"), next(vae.parameters()).dtype
+    h, w = height // SCALE, width // SCALE
+    t, o = tile_sizes(tile, overlap)
+    lat = vae.config.latent_channels
+
+    def head(box: Box) -> torch.Tensor:
+        y0, y1, x0, x1 = box
+        if decode:
+            z = torch.empty(1, lat, y1 - y0, x1 - x0, device=meta, dtype=dtype)
+            return vae.post_quant_conv(z)
+        return torch.empty(1, 3, SCALE * (y1 - y0), SCALE * (x1 - x0), device=meta, dtype=dtype)
+
+    def finish(out: torch.Tensor) -> None:
+        if not decode:
+            vae.quant_conv(out)
+
+    net = vae.decoder if decode else vae.encoder
+    saved, vae_stats.FAST_BYTES = vae_stats.FAST_BYTES, budget
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            if h * w <= t * t:
+                finish(net(head((0, h, 0, w))))
+                return float(counter.get_total_flops()), 0.0
+            grid = Grid.cover((h, w), t, o)
+            with vae_stats.whole_image(net, head, grid, o, "fast", meta, dtype, None) as tiles:
+                gathered = counter.get_total_flops()
+                for window, _ in grid.tiles():
+                    finish(tiles.run(window))
+    finally:
+        vae_stats.FAST_BYTES = saved
+    return float(counter.get_total_flops()), float(gathered)

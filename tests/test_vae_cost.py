@@ -1,0 +1,70 @@
+"""The planner's simulation of the tiled VAE's passes against hires' own code on meta tensors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import AutoencoderKL
+
+from hires import vae_attention
+from hires.costs import VaeShape, sdxl_shape, stage_cost, vae_flops
+from hires.sdxl import SDXL_VAE_CONFIG
+from hires.strategy import Strategy
+from hires.tiny import tiny_vae
+from hires.vae_cost import replayed_flops, tiled_flops
+
+
+def _on_meta(config: dict) -> AutoencoderKL:
+    with torch.device("meta"):
+        vae = AutoencoderKL(**{k: v for k, v in config.items() if not k.startswith("_")})
+    return torch.nn.Module.to(vae.eval(), torch.bfloat16)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    config = dict(tiny_vae(trained=False).config)
+    return _on_meta(config), VaeShape.from_config(config)
+
+
+@pytest.mark.parametrize("decode", [True, False])
+@pytest.mark.parametrize("budget", [0.0, 3e6, 1e12])  # nothing kept, some, everything
+@pytest.mark.parametrize("cells", [False, True])  # whole attention, or context cells
+def test_simulation_counts_what_the_tiling_code_runs(tiny, monkeypatch, decode, budget, cells):
+    vae, shape = tiny
+    if cells:
+        monkeypatch.setattr(vae_attention, "GLOBAL_TOKENS", 0)
+    # Not square, and tiles of two sizes along x, so that rows and columns cannot be mixed up.
+    replayed, _ = replayed_flops(vae, 1024, 640, decode=decode, tile=256, budget=budget)
+    simulated = tiled_flops(shape, 1024, 640, decode=decode, tile=256, budget=budget,
+                            dtype_bytes=2)
+    assert simulated == pytest.approx(replayed, rel=1e-9)
+
+
+def test_simulation_matches_at_sdxl_shapes_and_one_tile():
+    vae = _on_meta(SDXL_VAE_CONFIG)
+    shape = VaeShape.from_config(SDXL_VAE_CONFIG)
+    for size, tile in ((2048, 1024), (1024, 1024)):  # a 3 x 3 grid; one plain pass
+        for decode in (True, False):
+            replayed, _ = replayed_flops(vae, size, size, decode=decode, tile=tile, budget=2e9)
+            assert tiled_flops(shape, size, size, decode=decode, tile=tile, budget=2e9) == \
+                pytest.approx(replayed, rel=1e-9)
+    # The one plain pass is what the plain price says.
+    assert tiled_flops(shape, 1024, 1024, decode=True, tile=1024, budget=0) == pytest.approx(
+        vae_flops(shape, 1024, 1024, decode=True), rel=0.01)
+
+
+def test_less_memory_costs_recomputation_and_the_planner_prices_it():
+    shape = sdxl_shape(linfusion=True)
+    vae = shape.vae
+    roomy = tiled_flops(vae, 16384, 16384, decode=True, tile=2048, budget=float("inf"))
+    tight = tiled_flops(vae, 16384, 16384, decode=True, tile=2048, budget=4e9)
+    plain = vae_flops(vae, 16384, 16384, decode=True, tile=2048)
+    assert 1.0 < roomy / plain < 2.0 and tight > 5 * roomy
+
+    def vae_tflop(gib: float) -> float:
+        cost = stage_cost(shape, 16384, 16384, 4, Strategy(), base=False,
+                          previous=(8192, 8192), final_decode=True, budget=int(gib * 2**30))
+        return cost.tflop - cost.unet_tflop
+
+    # The same stage on a smaller GPU keeps fewer outputs and recomputes more.
+    assert vae_tflop(40) > 1.5 * vae_tflop(139) > 1.5 * plain / 1e12
