@@ -101,10 +101,10 @@ def decode(vae, latents: Tensor, *, tile: int = 1024, overlap: int | None = None
            stats: str = DEFAULT_STATS, progress: Progress | None = None) -> np.ndarray:
     """Decode UNet-space latents 1 x 4 x h x w into an 8h x 8w x 3 uint8 image on the CPU.
 
-    Tiles are at most `tile` px squares overlapping by `overlap` px (default tile / 4); an image
-    of at most tile^2 pixels decodes in one plain pass. `stats` picks how GroupNorms get
-    whole-image statistics ("fast" or "exact", see `hires.vae_stats`). `progress(done, total)`
-    is called after each tile run, the statistics passes included.
+    Tiles are at most `tile` px squares overlapping by `overlap` px (default tile / 4, at most
+    256); an image of at most tile^2 pixels decodes in one plain pass. `stats` picks how
+    GroupNorms get whole-image statistics ("fast" or "exact", see `hires.vae_stats`).
+    `progress(done, total)` is called after each tile run, the statistics passes included.
     """
     h, w = latents.shape[-2:]
     canvas = np.empty((h * SCALE, w * SCALE, 3), dtype=np.uint8)
