@@ -27,7 +27,9 @@ LinFusion (every layer is linear in pixels: convolutions, linear attention, cros
 counted too (FlopCounterMode knows only the out-of-place form). The
 VAE's are counted for one untiled 1024 px decode/encode (the tile size hires uses, mid-block
 attention over the tile) and scaled by pixels: the nominal work of the image, so the extra
-passes of the tiled VAE's exact statistics show as lower TFLOP/s. Text encoders: counted as run.
+passes of the tiled VAE's exact statistics show as lower TFLOP/s. Each VAE phase also gets
+`work_flops`, what the tiled VAE ran (`hires.vae_cost.tiled_flops` for its tile and the memory
+budget it had), and the TFLOP/s of that ("VAE run TFLOP/s"). Text encoders: counted as run.
 
 On a lent GPU (device tool; the GPU image has torch, transformers, accelerate, safetensors,
 huggingface_hub >= 1.32 but no diffusers). Here, once: the wheels go to the git-ignored .whl/:
@@ -99,6 +101,10 @@ class Phases:
             torch.cuda.reset_peak_memory_stats(self.device)
         self.current = {"phase": phase, "stage": stage, "width": width, "height": height,
                         "peak_bytes": None}
+        if phase.startswith("vae-"):  # what the fast statistics will keep outputs in, as hires
+            from hires.vae_stats import fast_budget  # sees it when the decode starts
+
+            self.current["memo_budget"] = fast_budget(self.device)
         self._t0 = time.perf_counter()
 
     def close(self) -> None:
@@ -212,16 +218,34 @@ def phase_flops(row: dict, stages: dict, unet_ab, vae_pp, text_flops: int) -> fl
     return None
 
 
+def vae_work(row: dict, plan, vae_config, dtype_bytes: int) -> float | None:
+    """What the tiled VAE ran in a VAE phase: its statistics passes and recomputation too
+    (`hires.vae_cost.tiled_flops`, with the memory budget it had), not only the image's work."""
+    from hires.costs import VaeShape
+    from hires.vae_cost import tiled_flops
+
+    if not row["phase"].startswith("vae-") or row.get("memo_budget") is None:
+        return None
+    decode, last = row["phase"] == "vae-decode", len(plan.stages) - 1
+    # A stage decodes the previous stage's latents with its own tile.
+    stage = plan.stages[row["stage"] + 1 if decode and row["stage"] < last else row["stage"]]
+    tile = stage.cost.vae_tile if stage.cost else 1024
+    return tiled_flops(VaeShape.from_config(vae_config), row["width"], row["height"],
+                       decode=decode, tile=tile, budget=row["memo_budget"],
+                       dtype_bytes=dtype_bytes)
+
+
 def table(rows: list[dict]) -> list[str]:
     """The phases as Markdown rows."""
-    lines = ["| phase | stage | size | seconds | peak GPU GB | TFLOP | TFLOP/s |",
-             "|---|---:|---|---:|---:|---:|---:|"]
+    lines = ["| phase | stage | size | seconds | peak GPU GB | TFLOP | TFLOP/s | VAE run TFLOP/s |",
+             "|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         gb = "-" if r.get("peak_gpu_gb") is None else f"{r['peak_gpu_gb']:.1f}"
         tf = "-" if r.get("flops") is None else f"{r['flops'] / 1e12:.4g}"
         rate = "-" if r.get("tflop_per_s") is None else f"{r['tflop_per_s']:.3g}"
+        run = "-" if r.get("work_tflop_per_s") is None else f"{r['work_tflop_per_s']:.3g}"
         lines.append(f"| {r['phase']} | {r['stage']} | {r['width']}x{r['height']} | "
-                     f"{r['seconds']:.2f} | {gb} | {tf} | {rate} |")
+                     f"{r['seconds']:.2f} | {gb} | {tf} | {rate} | {run} |")
     return lines
 
 
@@ -334,6 +358,7 @@ def main() -> None:
     rows = []
     for r in phases.rows:
         flops = phase_flops(r, stages, unet_ab, vae_pp, text_flops)
+        work = vae_work(r, plan, comps.vae.config, comps.vae_dtype.itemsize)
         ends = r.get("step_ends", [])
         steps_s = [round(b - a, 4) for a, b in zip([0.0, *ends], ends, strict=False)]
         rows.append({**{k: v for k, v in r.items() if k not in ("peak_bytes", "step_ends")},
@@ -342,7 +367,11 @@ def main() -> None:
                      "peak_gpu_gb": None if r["peak_bytes"] is None
                      else round(r["peak_bytes"] / GB, 2),
                      "flops": flops, "tflop_per_s": None if flops is None
-                     else float(f"{flops / 1e12 / max(r['seconds'], 1e-9):.4g}")})
+                     else float(f"{flops / 1e12 / max(r['seconds'], 1e-9):.4g}"),
+                     **({} if work is None else {
+                         "work_flops": work,
+                         "work_tflop_per_s": float(f"{work / 1e12 / max(r['seconds'], 1e-9):.4g}")
+                     })})
     report.update(stages=stages, phases=rows,
                   total_seconds=round(sum(r["seconds"] for r in rows), 2))
 

@@ -26,6 +26,9 @@ def test_gpu_benchmark_smoke_run_writes_every_phase(tmp_path):
             assert p["flops"] is None and p["tflop_per_s"] is None
         else:
             assert p["flops"] > 0 and p["tflop_per_s"] >= 0
+        if p["phase"].startswith("vae-"):  # what the tiled VAE ran, at least the image's work
+            assert p["memo_budget"] > 0 and p["work_flops"] > 0.9 * p["flops"]
+            assert p["work_tflop_per_s"] >= 0
     assert [s["size"] for s in report["stages"].values()] == ["256x256", "512x512"]
     # Two UNet passes per upscale step, CFG 2 in both stages.
     evals = [s["unet_evaluations"] / s["steps"] for s in report["stages"].values()]
