@@ -3,7 +3,7 @@
 `hires.costs.vae_flops` prices one plain pass. The tiled VAE runs a pass per GroupNorm, each
 resuming every tile from its deepest step output kept in memory (`hires.vae_memo.MemoryMemo`),
 so its work depends on how much of that the memory budget holds: about 1.5x a plain pass when
-all of it fits, 19x for a 16K SDXL decode with 4 GB. This replays the same bookkeeping (the same
+all of it fits, 12x for a 16K SDXL decode with 4 GB. This replays the same bookkeeping (the same
 steps, passes, tile order and keep-or-not rule) on sizes and FLOP counts, without tensors: a
 few milliseconds against seconds for the meta-device replay (`benchmarks/vae_work.py`), which
 it matches (tests/test_vae_cost.py), so the planner can price it and pick a tile by it.
@@ -177,7 +177,6 @@ def _tiled_flops(vae: VaeShape, w: int, h: int, decode: bool, tile: int, budget:
         y0, y1, x0, x1 = window
         total += tail * (y1 - y0) * (x1 - x0)
     return total
-
 
 
 def replayed_flops(vae, width: int, height: int, *, decode: bool, tile: int, budget: float,
