@@ -137,6 +137,8 @@ VaeTile = Annotated[int | None, typer.Option(
     help="VAE tile size in pixels (memory vs speed; default 1024).")]
 VaeStats = Annotated[str | None, typer.Option(
     help="How tiles share GroupNorm statistics: fast (default) or exact (slower, scratch disk).")]
+VaeDtype = Annotated[str | None, typer.Option(
+    help="VAE precision: auto (bf16 on CUDA and AMX CPUs, else fp32), bf16 or fp32.")]
 AllowPickle = Annotated[bool, typer.Option(
     "--allow-pickle", help="Allow loading pickle (.ckpt/.bin) weights you trust.")]
 Sampler = Annotated[str | None, typer.Option(
@@ -370,6 +372,7 @@ def gen(
     save_stages: Annotated[bool, typer.Option(help="Also save each stage's image.")] = False,
     vram: Vram = None, offload: Offload = None, device: Device = None, dtype: Dtype = None,
     upsample: Upsample = None, vae_tile: VaeTile = None, vae_stats: VaeStats = None,
+    vae_dtype: VaeDtype = None,
     allow_pickle: AllowPickle = False,
     sampler: Sampler = None, karras: Karras = None, lora: Lora = None,
     control: Control = None, control_model: ControlModel = None,
@@ -421,7 +424,8 @@ def up(
     fmt: Fmt = None,
     save_stages: Annotated[bool, typer.Option(help="Also save each stage's image.")] = False,
     vram: Vram = None, offload: Offload = None, device: Device = None, dtype: Dtype = None,
-    vae_tile: VaeTile = None, vae_stats: VaeStats = None, allow_pickle: AllowPickle = False,
+    vae_tile: VaeTile = None, vae_stats: VaeStats = None, vae_dtype: VaeDtype = None,
+    allow_pickle: AllowPickle = False,
     sampler: Sampler = None, karras: Karras = None, lora: Lora = None,
     control: Control = None, control_model: ControlModel = None,
     control_scale: ControlScale = None, ip_image: IpImage = None, ip_adapter: IpAdapter = None,
@@ -479,7 +483,9 @@ def check_loaded(job, components, notes: bool = True) -> None:
     if not notes or components.device.type != "cpu":
         return
     say("running on the CPU: expect minutes per megapixel (a GPU takes seconds)")
-    if job.dtype in ("fp16", "bf16"):
+    from hires.models import cpu_has_fast_bf16
+
+    if job.dtype == "fp16" or (job.dtype == "bf16" and not cpu_has_fast_bf16()):
         warn(f"--dtype {job.dtype} on the CPU is about 4x slower than fp32; drop --dtype there")
     if job.offload in ("model", "sequential"):
         warn(f"--offload {job.offload} does nothing on the CPU (the weights are in RAM already)")
@@ -546,7 +552,7 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
     first = runs[0][0]
     library_bars(quiet)
     components = load(first.model, first.linfusion, first.dtype, first.device,
-                      first.allow_pickle, first.offload)
+                      first.allow_pickle, first.offload, first.vae_dtype)
     for warning in components.warnings:
         err.print(f"warning: {warning}", markup=False)
     check_loaded(first, components)
@@ -585,6 +591,7 @@ def plan(
     linfusion: LinFusionRef = None, preset: Preset = None, fmt: Fmt = None,
     vram: Vram = None, offload: Offload = None, device: Device = None, dtype: Dtype = None,
     upsample: Upsample = None, vae_tile: VaeTile = None, vae_stats: VaeStats = None,
+    vae_dtype: VaeDtype = None,
     sampler: Sampler = None, karras: Karras = None, lora: Lora = None,
     control: Control = None, control_model: ControlModel = None,
     control_scale: ControlScale = None, ip_image: IpImage = None, ip_adapter: IpAdapter = None,
@@ -777,7 +784,8 @@ def batch(
             from hires.upscale import make
 
             j = item.job
-            key = (j.model, j.linfusion, j.dtype, j.device, j.allow_pickle, j.offload)
+            key = (j.model, j.linfusion, j.dtype, j.device, j.allow_pickle, j.offload,
+                   j.vae_dtype)
             fresh = key not in loaded
             if fresh:
                 library_bars(quiet)

@@ -696,9 +696,9 @@ def model_shape(components: Any, controlnet: Any = None) -> ModelShape:
 
 @lru_cache(maxsize=8)
 def sdxl_shape(*, linfusion: bool = True, dtype_bytes: int = 2, on_gpu: bool = True,
-               controlnet: bool = False) -> ModelShape:
+               controlnet: bool = False, vae_dtype_bytes: int | None = None) -> ModelShape:
     """SDXL base (with LinFusion-XL unless told not; with an SDXL ControlNet if told) as the
-    planner sees it, built on `meta`."""
+    planner sees it, built on `meta`. The VAE is bf16 on GPUs, fp32 on CPU unless told."""
     import torch
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -723,7 +723,8 @@ def sdxl_shape(*, linfusion: bool = True, dtype_bytes: int = 2, on_gpu: bool = T
         te2 = CLIPTextModelWithProjection(CLIPTextConfig(
             hidden_size=1280, intermediate_size=5120, num_attention_heads=20,
             num_hidden_layers=32, projection_dim=1280, **common))
-    vae_dtype_bytes = 2 if on_gpu else 4  # bf16 on GPUs, fp32 on CPU (hires.models)
+    if vae_dtype_bytes is None:
+        vae_dtype_bytes = 2 if on_gpu else 4
     vae_bytes = module_bytes(vae) // 4 * vae_dtype_bytes
     text = (module_bytes(te1) + module_bytes(te2)) // 4 * dtype_bytes
     control = None

@@ -18,6 +18,7 @@ VAE_STATS_MODES = ("fast", "exact")
 SAMPLERS = ("euler", "dpmpp-2m")
 DEFAULT_IP_ADAPTER = "h94/IP-Adapter"
 DTYPES = ("auto", "fp16", "bf16", "fp32")
+VAE_DTYPES = ("auto", "bf16", "fp32")  # the SDXL VAE overflows in fp16
 # The schedulers hires uses are trained on 1000 timesteps: more steps than that only repeat
 # timesteps, and a tampered `steps = 1e9` must fail before anything is allocated.
 MAX_STEPS = 1000
@@ -57,6 +58,7 @@ class Job:
     vram: float | None = None
     vae_tile: int | None = None
     vae_stats: str = "fast"
+    vae_dtype: str = "auto"  # bf16 on CUDA and AMX CPUs, else fp32 (hires.models)
     format: str = "png"
     image: str | None = None  # upscale this image (hires up) instead of starting from noise
     image_sha256: str | None = None  # the image's hash when the job ran: a re-run checks it
@@ -107,6 +109,7 @@ class Job:
         _check_choice("format", self.format, FORMATS)
         _check_choice("offload", self.offload, OFFLOAD_MODES)
         _check_choice("vae_stats", self.vae_stats, VAE_STATS_MODES)
+        _check_choice("vae_dtype", self.vae_dtype, VAE_DTYPES)
         _check_choice("sampler", self.sampler, SAMPLERS)
         self._check_addons()
         if self.vae_tile is not None and (

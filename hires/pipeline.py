@@ -127,7 +127,7 @@ def generate(
     if job.seed is None:
         job = replace(job, seed=secrets.randbelow(2**32))
     comps = components or load(job.model, job.linfusion, job.dtype, job.device,
-                               job.allow_pickle, job.offload)
+                               job.allow_pickle, job.offload, job.vae_dtype)
     plan = plan or plan_for(job, comps)
     with attached(comps, job) as addons, torch.inference_mode():
         return _run(job, comps, plan, progress, save_stages, addons=addons)

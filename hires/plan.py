@@ -301,6 +301,18 @@ def largest_fitting(width: int, height: int, **kwargs) -> tuple[int, int] | None
     return best
 
 
+def _vae_dtype_bytes(requested: str, dtype_bytes: int, on_gpu: bool) -> int:
+    """Bytes per VAE value in the planned run: what `hires.models.choose_vae_dtype` will pick
+    there (a planned GPU may not be this machine's, so its bf16 support is assumed)."""
+    from hires.models import DTYPES, cpu_has_fast_bf16
+
+    if requested != "auto":
+        return DTYPES[requested].itemsize
+    if on_gpu:
+        return dtype_bytes  # bf16 for a half-precision model, fp32 for an fp32 one
+    return 2 if cpu_has_fast_bf16() else 4
+
+
 def plan_without_weights(job, rate: float | None = None,
                          source: tuple[int, int] | None = None) -> Plan:
     """The plan of a Job for the device it names, from the model's shapes alone (a dry run).
@@ -316,6 +328,7 @@ def plan_without_weights(job, rate: float | None = None,
 
     on_gpu = not job.device.startswith(("cpu", "mps"))
     dtype_bytes = 4 if job.dtype in ("fp32", "float32") or not on_gpu else 2
+    vae_dtype_bytes = _vae_dtype_bytes(job.vae_dtype, dtype_bytes, on_gpu)
     budget = int(job.vram * 1024**3) if job.vram is not None else None
     if budget is None and on_gpu and torch.cuda.is_available():
         budget = torch.cuda.mem_get_info()[0]
@@ -328,14 +341,16 @@ def plan_without_weights(job, rate: float | None = None,
             from hires.controlnet import controlnet_like
 
             net = controlnet_like(tiny.unet)
-        shape = copy(model_shape(tiny, controlnet=net), on_gpu=on_gpu)
+        shape = copy(model_shape(tiny, controlnet=net), on_gpu=on_gpu,
+                     vae_dtype_bytes=vae_dtype_bytes)
         cfg = tiny.pipe.scheduler.config
         spacing, train, offset = (cfg.get("timestep_spacing", "leading"),
                                   cfg["num_train_timesteps"], cfg.get("steps_offset", 0))
     else:
         # An SDXL ControlNet's shape is fixed by SDXL's: its name is all a dry run needs.
         shape = sdxl_shape(linfusion=job.linfusion != "none", dtype_bytes=dtype_bytes,
-                           on_gpu=on_gpu, controlnet=bool(job.control_model))
+                           on_gpu=on_gpu, controlnet=bool(job.control_model),
+                           vae_dtype_bytes=vae_dtype_bytes)
         spacing, train, offset = "leading", 1000, 1  # SDXL base's scheduler
     return make_plan(job.width, job.height, steps=job.steps, strength=job.strength,
                      native=shape.native, spacing=spacing, train_steps=train, offset=offset,

@@ -76,3 +76,13 @@ def test_cuda_without_cuda_is_a_usage_error_before_loading(tmp_path):
     result = cli("gen", "x", "--model", "tiny", "--device", "cuda", "-o", tmp_path / "x.png")
     assert result.exit_code == 2
     assert "--device cpu" in result.stderr
+
+
+def test_an_fp32_vae_is_planned_with_its_memory_and_work():
+    # --vae-dtype reaches the planner: fp32 doubles the VAE's tiles and kept outputs, so at
+    # 24 GB the 16K stage either peaks higher or recomputes more (a smaller tile, more work).
+    args = ("x", "--size", "16384", "--vram", "24", "--gpu", "4090")
+    bf16, fp32 = plan_json(*args), plan_json(*args, "--vae-dtype", "fp32")
+    assert plan_json(*args, "--vae-dtype", "bf16") == bf16  # auto is bf16 on a GPU
+    last16, last32 = bf16["stages"][-1], fp32["stages"][-1]
+    assert last32["tflop"] > last16["tflop"] or last32["peak_bytes"] > last16["peak_bytes"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image, PngImagePlugin
 
-from hires import output
+from hires import models, output
 from hires.models import ModelError, choose_vae_dtype
 
 CUDA, CPU, MPS = torch.device("cuda"), torch.device("cpu"), torch.device("mps")
@@ -46,10 +46,22 @@ def test_cuda_fp32_only_when_asked(bf16):
     assert choose_vae_dtype(CUDA, torch.float32, "bf16") == torch.bfloat16
 
 
-@pytest.mark.parametrize("device", [CPU, MPS])
+@pytest.mark.parametrize("amx", [True, False])
 @pytest.mark.parametrize("model", [torch.float32, torch.float16, torch.bfloat16])
-def test_cpu_and_mps_keep_fp32(bf16, device, model):
-    assert choose_vae_dtype(device, model) == torch.float32
+def test_cpu_vae_is_bf16_only_with_amx(bf16, monkeypatch, amx, model):
+    monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: amx)
+    assert choose_vae_dtype(CPU, model) == (torch.bfloat16 if amx else torch.float32)
+    assert choose_vae_dtype(CPU, model, "fp32") == torch.float32
+    assert choose_vae_dtype(CPU, model, "bf16") == torch.bfloat16
+    assert choose_vae_dtype(MPS, model) == torch.float32
+
+
+def test_fast_bf16_means_amx(monkeypatch):
+    caps = {"amx_tile": True, "avx512_bf16": True}
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    assert models.cpu_has_fast_bf16()
+    caps["amx_tile"] = False  # avx512_bf16 alone (Cooper Lake): not measured, so fp32
+    assert not models.cpu_has_fast_bf16()
 
 
 def test_fp16_and_unknown_requests_are_refused(bf16):
@@ -65,16 +77,20 @@ def test_bf16_support_is_not_asked_off_cuda(monkeypatch):
         raise AssertionError("queried CUDA on a CPU path")
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", boom)
+    monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: False)
     assert choose_vae_dtype(CPU, torch.float32) == torch.float32
     assert choose_vae_dtype(CPU, torch.float32, "bf16") == torch.bfloat16
 
 
-def test_tiny_model_on_cpu_loads_an_fp32_vae():
-    from hires.models import load
-
-    loaded = load("tiny", device="cpu", dtype="bf16")
-    assert loaded.vae_dtype == torch.float32 and loaded.vae.dtype == torch.float32
-    assert loaded.unet.dtype == torch.bfloat16
+@pytest.mark.parametrize("amx", [True, False])
+def test_tiny_model_on_cpu_loads_the_chosen_vae_dtype(monkeypatch, amx):
+    monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: amx)
+    want = torch.bfloat16 if amx else torch.float32
+    loaded = models.load("tiny", device="cpu", dtype="fp32")
+    assert loaded.vae_dtype == want and loaded.vae.dtype == want
+    assert loaded.unet.dtype == torch.float32
+    loaded = models.load("tiny", device="cpu", dtype="bf16", vae_dtype="fp32")
+    assert loaded.vae.dtype == torch.float32 and loaded.unet.dtype == torch.bfloat16
 
 
 # --- the fast PNG writer (hires.output.write_png) ---------------------------------------------
