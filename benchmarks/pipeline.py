@@ -105,6 +105,8 @@ def main() -> None:
     ap.add_argument("--full", action="store_true", help="full-size SDXL, random weights")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--vae-tile", type=int, default=None)
+    ap.add_argument("--vae-dtype", default="auto", choices=["auto", "bf16", "fp32"],
+                    help="tiny model: the VAE's dtype (auto: bf16 on AMX CPUs, else fp32)")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/...)")
     ap.add_argument("--image", type=Path, default=None,
                     help="upscale this image (hires.upscale) instead of generating one")
@@ -133,7 +135,7 @@ def main() -> None:
     else:
         from hires.models import load
 
-        components = load("tiny", device=args.device)
+        components = load("tiny", device=args.device, vae_dtype=args.vae_dtype)
     dev = components.device
     job = Job(prompt="a lighthouse on a cliff at dawn", width=args.size, height=args.size,
               steps=steps, strength=args.strength, seed=0, vae_tile=args.vae_tile)
@@ -172,7 +174,9 @@ def main() -> None:
               f"{r['unet_evaluations']:>10} {r['seconds']:>8} {r['peak_rss_gb']:>11} "
               f"{'' if extra is None else extra:>10}")
     peak = max(rss.peaks.values())
-    print(f"total {total:.1f} s, process peak RSS {peak / GB:.2f} GB")
+    vae = sum(v for (_, p), v in rss.seconds.items() if p.startswith("vae-"))
+    print(f"total {total:.1f} s, the VAE {vae:.1f} s ({vae / total:.1%}, "
+          f"{components.vae_dtype}), process peak RSS {peak / GB:.2f} GB")
     if dev.type == "cuda":
         print(f"torch.cuda.max_memory_allocated per stage: "
               f"{[r['cuda_max_allocated_gb'] for r in rows]} GB")
@@ -183,7 +187,9 @@ def main() -> None:
                    + (f", {torch.cuda.get_device_name(dev)}" if dev.type == "cuda" else ""),
         "torch": torch.__version__, "model": "sdxl-random" if args.full else "tiny",
         "device": str(dev), "size": args.size, "steps": steps, "strength": args.strength,
-        "total_seconds": round(total, 2), "peak_rss_gb": round(peak / GB, 3), "stages": rows,
+        "dtype": str(components.dtype), "vae_dtype": str(components.vae_dtype),
+        "total_seconds": round(total, 2), "vae_seconds": round(vae, 2),
+        "vae_share": round(vae / total, 4), "peak_rss_gb": round(peak / GB, 3), "stages": rows,
     }
     out = Path(args.out or f"benchmarks/results/pipeline-{report['model']}-{dev.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

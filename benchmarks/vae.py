@@ -136,7 +136,8 @@ def run_compare(method: str, args: argparse.Namespace) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    vae = _trained_vae(args).eval()
+    dtype = getattr(torch, args.dtype)
+    vae = _trained_vae(args).eval().to(dtype)
     work = Path(args.work)
     latents = torch.load(work / "latents.pt")
     scratch = []
@@ -157,13 +158,15 @@ def run_compare(method: str, args: argparse.Namespace) -> dict:
                 vae.enable_tiling()
                 vae.tile_sample_min_size = args.tile
                 vae.tile_latent_min_size = args.tile // 8
-            sample = vae.decode(latents / vae.config.scaling_factor).sample
+            z = (latents / vae.config.scaling_factor).to(dtype)
+            sample = vae.decode(z).sample.float()
             image = tiled.to_uint8(sample).numpy()
     wall = time.perf_counter() - start
-    np.save(work / f"{method}.npy", image)
+    np.save(work / f"{method}{'' if dtype == torch.float32 else '-' + args.dtype}.npy", image)
     return dict(method=method, wall_s=round(wall, 2), peak_rss_gb=round(_status_bytes(
         "VmHWM") / GB, 3), rss_before_gb=round(before / GB, 3),
-        scratch_gb=round(sum(scratch) / GB, 3), threads=torch.get_num_threads())
+        scratch_gb=round(sum(scratch) / GB, 3), threads=torch.get_num_threads(),
+        dtype=args.dtype)
 
 
 def compare(args: argparse.Namespace, sizes: list[int]) -> None:
@@ -181,9 +184,12 @@ def compare(args: argparse.Namespace, sizes: list[int]) -> None:
                 latents = _photo_latents(vae, photo, size)
                 torch.save(latents, Path(work) / "latents.pt")
                 shape = f"{latents.shape[-1] * 8}x{latents.shape[-2] * 8}"
-                for method in args.methods.split(","):
+                low = args.dtype != "float32"  # also the fp32 untiled decode, as a reference
+                runs = ([("untiled", "float32")] if low else []) + [
+                    (m, args.dtype) for m in args.methods.split(",")]
+                for method, dtype in runs:
                     cmd = [sys.executable, __file__, "--child-compare", method, "--work", work,
-                           "--tile", str(args.tile)]
+                           "--tile", str(args.tile), "--dtype", dtype]
                     for flag, value in (("--overlap", args.overlap), ("--threads", args.threads),
                                         ("--weights", args.weights)):
                         if value is not None:
@@ -197,33 +203,37 @@ def compare(args: argparse.Namespace, sizes: list[int]) -> None:
                         continue
                     row = dict(size=shape, photo=photo, load_before=round(load, 1),
                                **json.loads(proc.stdout.strip().splitlines()[-1]))
-                    ref_path = Path(work) / "untiled.npy"
-                    if ref_path.exists():
-                        ref = np.load(ref_path).astype(np.int16)
-                        diff = np.abs(np.load(Path(work) / f"{method}.npy") - ref)
-                        row.update(max_diff=int(diff.max()), mean_diff=round(float(diff.mean()), 3))
+                    suffix = "" if dtype == "float32" else f"-{dtype}"
+                    ours = np.load(Path(work) / f"{method}{suffix}.npy").astype(np.int16)
+                    for key, ref_name in (("", f"untiled{suffix}"), ("_fp32", "untiled")):
+                        ref_path = Path(work) / f"{ref_name}.npy"
+                        if ref_path.exists() and (key == "" or low):
+                            diff = np.abs(ours - np.load(ref_path).astype(np.int16))
+                            row[f"max_diff{key}"] = int(diff.max())
+                            row[f"mean_diff{key}"] = round(float(diff.mean()), 3)
                     rows.append(row)
                     print(json.dumps(row), flush=True)
-            base = {r["photo"]: r["wall_s"] for r in rows
-                    if r["size"] == shape and r["method"] == "untiled"}
+            base = {r["photo"]: r["wall_s"] for r in rows if r["size"] == shape
+                    and r["method"] == "untiled" and r["dtype"] == args.dtype}
             for r in rows:
                 if r["size"] == shape and r["photo"] in base:
                     r["time_ratio"] = round(r["wall_s"] / base[r["photo"]], 2)
     print()
-    print("| size | photo | method | wall s | x untiled | peak RSS GB | scratch GB "
-          "| max diff | mean diff |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    print("| size | photo | method | dtype | wall s | x untiled | peak RSS GB | scratch GB "
+          "| max diff | mean diff | vs fp32: max | mean |")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['size']} | {r['photo']} | {r['method']} | {r['wall_s']} | "
+        print(f"| {r['size']} | {r['photo']} | {r['method']} | {r['dtype']} | {r['wall_s']} | "
               f"{r.get('time_ratio', '')} | {r['peak_rss_gb']} | {r['scratch_gb']} | "
-              f"{r.get('max_diff', '')} | {r.get('mean_diff', '')} |")
+              f"{r.get('max_diff', '')} | {r.get('mean_diff', '')} | "
+              f"{r.get('max_diff_fp32', '')} | {r.get('mean_diff_fp32', '')} |")
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "vae-compare-cpu.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(
         date=date.today().isoformat(), machine=_machine(args),
         model=f"trained tiny VAE ({args.weights or 'hires.tiny'})",
         command=" ".join(["python", "benchmarks/vae.py", *sys.argv[1:]]),
-        tile=args.tile, overlap=args.overlap, results=rows), indent=2) + "\n")
+        tile=args.tile, overlap=args.overlap, dtype=args.dtype, results=rows), indent=2) + "\n")
     print(f"wrote {out}")
 
 
