@@ -1,4 +1,5 @@
-"""benchmarks/gpu.py --smoke: the GPU benchmark's whole path runs on CPU and writes its JSON."""
+"""Benchmarks' smoke runs on CPU: gpu.py --smoke (the GPU benchmark's whole path, known to work
+before a GPU is lent) and cpu_dtype.py --smoke (fp32 against bf16); each writes its JSON."""
 
 import json
 import subprocess
@@ -47,3 +48,16 @@ def test_gpu_benchmark_smoke_run_writes_every_phase(tmp_path):
     assert "error" not in attention, attention
     assert {r["impl"] for r in attention["results"]} == {"linear", "sdpa"}
     assert (tmp_path / "gpu-attention.json").is_file()
+
+
+def test_cpu_dtype_benchmark_smoke_run_times_both_dtypes(tmp_path):
+    out = tmp_path / "cpu-dtype.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "cpu_dtype.py"), "--smoke", "--unet-size",
+         "256", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [r["dtype"] for r in report["results"]] == ["fp32", "bf16"]
+    for r in report["results"]:
+        assert r["unet_s"] > 0 and r["vae_decode_s"] > 0
+    assert "bf16 speed-up" in done.stdout
