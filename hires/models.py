@@ -134,8 +134,11 @@ def choose_vae_dtype(device: torch.device, model_dtype: torch.dtype,
         return torch.float32
     if wanted == "auto":
         wanted = "fp32" if model_dtype == torch.float32 else "bf16"
-    if DTYPES[wanted] == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-        return torch.float32  # pre-Ampere GPUs: bf16 is emulated (slow) or missing
+    # Pre-Ampere GPUs (T4, V100): bf16 is emulated, several times slower, or missing. torch
+    # counts emulation as support unless told not to.
+    if DTYPES[wanted] == torch.bfloat16 and not torch.cuda.is_bf16_supported(
+            including_emulation=False):
+        return torch.float32
     return DTYPES[wanted]
 
 

@@ -39,6 +39,13 @@ def test_cuda_without_bf16_falls_back_to_fp32(bf16):
     assert choose_vae_dtype(CUDA, torch.float16, "bf16") == torch.float32
 
 
+def test_emulated_bf16_counts_as_unsupported(monkeypatch):
+    # A T4 or V100: torch's default answer counts emulation as support.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: including_emulation)
+    assert choose_vae_dtype(CUDA, torch.float16) == torch.float32
+
+
 def test_cuda_fp32_only_when_asked(bf16):
     assert choose_vae_dtype(CUDA, torch.float16, "fp32") == torch.float32
     assert choose_vae_dtype(CUDA, torch.float16, "float32") == torch.float32
