@@ -215,3 +215,38 @@ def _attention_only(vae: VaeShape, size: int) -> float:
     finally:
         costs.GLOBAL_TOKENS, costs.CONTEXT_CELLS, costs.landmarks = saved
     return vae_flops(vae, size, size, decode=True) - none
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_vae_tile_peak_covers_the_patched_decoder_on_a_simulated_gpu(dtype):
+    # The full SDXL decoder's up blocks on a 1024 px tile (its peak is at full resolution; the
+    # mid-block attention is priced apart), GroupNorms patched as the tiled VAE runs them. A
+    # bf16 tile once took an fp32 copy per GroupNorm: simulated 2.5 GiB here (10.0 at 2048 px)
+    # against the 1.5 GiB estimate.
+    from diffusers import AutoencoderKL
+
+    from hires import vae_stats
+    from hires.costs import vae_tile_peak
+    from hires.memsim import peak_of
+    from hires.sdxl import SDXL_VAE_CONFIG
+
+    with torch.device("meta"):
+        vae = AutoencoderKL(**SDXL_VAE_CONFIG).to(dtype).eval()
+    decoder, tile = vae.decoder, 1024
+    state = vae_stats.State(size=(tile // 8, tile // 8), cell=1, device=torch.device("meta"))
+    for m in decoder.modules():
+        if isinstance(m, torch.nn.GroupNorm):
+            state.stats[m] = (torch.zeros(m.num_groups, device="meta"),
+                              torch.ones(m.num_groups, device="meta"))
+
+    def up_blocks() -> torch.Tensor:
+        x = torch.empty(1, 512, tile // 8, tile // 8, device="meta", dtype=dtype)
+        for block in decoder.up_blocks:
+            x = block(x)
+        return decoder.conv_out(decoder.conv_act(decoder.conv_norm_out(x)))
+
+    with vae_stats._patched(decoder, state):
+        simulated = peak_of(up_blocks)
+    shape = VaeShape.from_config(SDXL_VAE_CONFIG, param_bytes=module_bytes(vae))
+    estimate = vae_tile_peak(shape, tile, dtype.itemsize)
+    assert 0.9 * estimate <= simulated <= estimate
