@@ -301,16 +301,18 @@ def largest_fitting(width: int, height: int, **kwargs) -> tuple[int, int] | None
     return best
 
 
-def _vae_dtype_bytes(requested: str, dtype_bytes: int, on_gpu: bool) -> int:
+def _vae_dtype_bytes(requested: str, dtype_bytes: int, device: str) -> int:
     """Bytes per VAE value in the planned run: what `hires.models.choose_vae_dtype` will pick
     there (a planned GPU may not be this machine's, so its bf16 support is assumed)."""
-    from hires.models import DTYPES, cpu_has_fast_bf16
+    import torch
 
+    from hires.models import DTYPES, choose_vae_dtype
+
+    if device.startswith(("cpu", "mps")):  # this machine: ask the rule itself
+        return choose_vae_dtype(torch.device(device), torch.float32, requested).itemsize
     if requested != "auto":
         return DTYPES[requested].itemsize
-    if on_gpu:
-        return dtype_bytes  # bf16 for a half-precision model, fp32 for an fp32 one
-    return 2 if cpu_has_fast_bf16() else 4
+    return dtype_bytes  # bf16 for a half-precision model, fp32 for an fp32 one
 
 
 def plan_without_weights(job, rate: float | None = None,
@@ -328,7 +330,7 @@ def plan_without_weights(job, rate: float | None = None,
 
     on_gpu = not job.device.startswith(("cpu", "mps"))
     dtype_bytes = 4 if job.dtype in ("fp32", "float32") or not on_gpu else 2
-    vae_dtype_bytes = _vae_dtype_bytes(job.vae_dtype, dtype_bytes, on_gpu)
+    vae_dtype_bytes = _vae_dtype_bytes(job.vae_dtype, dtype_bytes, job.device)
     budget = int(job.vram * 1024**3) if job.vram is not None else None
     if budget is None and on_gpu and torch.cuda.is_available():
         budget = torch.cuda.mem_get_info()[0]
