@@ -438,3 +438,21 @@ def test_low_precision_group_norm_normalizes_in_fp32():
     shift = norm.bias.view(1, -1, 1, 1) - mean * scale
     naive = torch.addcmul(shift.to(torch.bfloat16), x, scale.to(torch.bfloat16))
     assert (naive.float() - want).abs().max() > 4 * error
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_moments_are_exact_in_bands_and_leave_the_map_as_it_was(dtype, layout, monkeypatch):
+    # Several bands of rows (a small band size), on a cropped view as the passes hand it over,
+    # far from zero mean: the per-channel sums about the pilot agree with float64 ones, and the
+    # activations are untouched (.float() of a float32 map is the map itself).
+    monkeypatch.setitem(vae_stats.MOMENT_BAND, "cpu", 3 * 16 * 37)
+    x = (torch.randn(1, 16, 40, 50) * 2 + 30).to(dtype).contiguous(memory_format=layout)
+    before = x.clone()
+    part = x[:, :, 3:33, 5:42]
+    pilot = part[:, :, ::4, ::4].float().mean((0, 2, 3))
+    s, ss = vae_stats._moments(part, pilot)
+    d = part.double() - pilot.double().view(1, -1, 1, 1)
+    torch.testing.assert_close(s.double(), d.sum((0, 2, 3)), rtol=1e-5, atol=1e-2)
+    torch.testing.assert_close(ss.double(), d.square().sum((0, 2, 3)), rtol=1e-5, atol=1e-2)
+    assert torch.equal(x, before)
