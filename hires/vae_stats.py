@@ -53,7 +53,7 @@ FAST_RESERVE = {"cuda": 8e9, "cpu": 2e9}
 FAST_FLOOR = 1e9
 # Elements of one band of rows upcast at a time to gather moments: about a core's L2 cache in
 # float32 on the CPU; on a GPU large enough that a tile takes a few launches.
-MOMENT_BAND = {"cpu": 1 << 19, "cuda": 1 << 26}
+MOMENT_BAND = {"cpu": 1 << 19, "cuda": 1 << 25}
 
 
 class Stop(Exception):
@@ -151,18 +151,20 @@ def _moments(x: Tensor, pilot: Tensor) -> tuple[Tensor, Tensor]:
         p = pilot.repeat(w)
         s, ss = torch.zeros_like(p), torch.zeros_like(p)
         for i in range(0, h, band):
-            # Out of place: .float() of a float32 map is the map itself.
-            d = rows[i:i + band].float() - p
-            s += d.sum(0)
-            ss += d.square_().sum(0)
+            _add_band(rows[i:i + band], p, (0,), s, ss)
         return s.view(w, c).sum(0), ss.view(w, c).sum(0)
-    p = pilot.view(1, c, 1, 1)
     s, ss = torch.zeros_like(pilot), torch.zeros_like(pilot)
     for i in range(0, h, band):
-        d = x[:, :, i:i + band].float() - p
-        s += d.sum((0, 2, 3))
-        ss += d.square_().sum((0, 2, 3))
+        _add_band(x[:, :, i:i + band], pilot.view(1, c, 1, 1), (0, 2, 3), s, ss)
     return s, ss
+
+
+def _add_band(band: Tensor, pilot: Tensor, dims: tuple[int, ...], s: Tensor, ss: Tensor) -> None:
+    # One float32 copy (a copy even of float32: the activations must stay as they are), freed
+    # on return, before the next band's.
+    d = band.to(torch.float32, copy=True).sub_(pilot)
+    s += d.sum(dims)
+    ss += d.square_().sum(dims)
 
 
 def _finish_moments(module: nn.GroupNorm, acc: list) -> tuple[Tensor, Tensor]:

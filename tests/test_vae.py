@@ -456,3 +456,23 @@ def test_moments_are_exact_in_bands_and_leave_the_map_as_it_was(dtype, layout, m
     torch.testing.assert_close(s.double(), d.sum((0, 2, 3)), rtol=1e-5, atol=1e-2)
     torch.testing.assert_close(ss.double(), d.square().sum((0, 2, 3)), rtol=1e-5, atol=1e-2)
     assert torch.equal(x, before)
+
+
+def test_gathering_moments_takes_bands_not_a_float32_copy_of_the_tile(monkeypatch):
+    # An SDXL full-resolution map of a 2048 px tile in bf16 (1 GiB), on the simulated GPU: its
+    # moments take one float32 band on top (the GPU's band size), not float32 copies of the
+    # whole map (4 GiB more, beyond the tile's own peak that the planner prices).
+    from hires.memsim import peak_of
+
+    monkeypatch.setitem(vae_stats.MOMENT_BAND, "meta", vae_stats.MOMENT_BAND["cuda"])
+    norm = nn.GroupNorm(32, 128)
+    state = vae_stats.State(size=(256, 256), cell=1, device=torch.device("meta"))
+    size = 128 * 2048 * 2048 * 2
+
+    def gather() -> None:
+        x = torch.empty(1, 128, 2048, 2048, device="meta", dtype=torch.bfloat16)
+        vae_stats._add_moments(state, norm, x[:, :, 16:2032, 16:2032])
+
+    extra = peak_of(gather) - size
+    assert extra <= 4 * vae_stats.MOMENT_BAND["cuda"] + 2**20  # one float32 band
+    assert extra < size / 2
