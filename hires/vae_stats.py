@@ -138,15 +138,16 @@ def _add_moments(state: State, module: nn.GroupNorm, x: Tensor) -> None:
 
 
 def _moments(x: Tensor, pilot: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel sums of x - pilot and of its squares, in float32, of a 1 x C x h x w map.
+    """Per-channel sums of x - pilot and of its squares, in float32, of an N x C x h x w map.
 
     In bands of rows, each upcast once and small enough to stay in cache: the whole tile in
     float32 would be a copy 2x (bf16: 4x) its size, and every elementwise pass over it goes to
-    memory. On the CPU that took 5x longer than this (a 2048 px tile of the tiny VAE).
+    memory. On the CPU that took 6x longer than this (16 bf16 channels of 2100 x 2100 px).
     """
     c, h, w = x.shape[1:]
     band = max(1, MOMENT_BAND.get(x.device.type, MOMENT_BAND["cpu"]) // (c * w))
-    if x.stride(1) == 1 and x.stride(3) == c:  # channels-last: a band is rows of w * c values
+    if x.shape[0] == 1 and x.stride(1) == 1 and x.stride(3) == c:
+        # Channels-last: each row is w * c contiguous values.
         rows = x[0].permute(1, 2, 0).reshape(h, w * c)
         p = pilot.repeat(w)
         s, ss = torch.zeros_like(p), torch.zeros_like(p)

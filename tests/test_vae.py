@@ -442,12 +442,14 @@ def test_low_precision_group_norm_normalizes_in_fp32():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-def test_moments_are_exact_in_bands_and_leave_the_map_as_it_was(dtype, layout, monkeypatch):
+@pytest.mark.parametrize("batch", [1, 2])
+def test_moments_are_exact_in_bands_and_leave_the_map_as_it_was(dtype, layout, batch,
+                                                                 monkeypatch):
     # Several bands of rows (a small band size), on a cropped view as the passes hand it over,
     # far from zero mean: the per-channel sums about the pilot agree with float64 ones, and the
     # activations are untouched (.float() of a float32 map is the map itself).
     monkeypatch.setitem(vae_stats.MOMENT_BAND, "cpu", 3 * 16 * 37)
-    x = (torch.randn(1, 16, 40, 50) * 2 + 30).to(dtype).contiguous(memory_format=layout)
+    x = (torch.randn(batch, 16, 40, 50) * 2 + 30).to(dtype).contiguous(memory_format=layout)
     before = x.clone()
     part = x[:, :, 3:33, 5:42]
     pilot = part[:, :, ::4, ::4].float().mean((0, 2, 3))
