@@ -16,7 +16,7 @@ from typing import Any
 
 from hires.lean import GPU_BAND_BYTES
 from hires.strategy import Strategy
-from hires.vae_attention import CONTEXT_CELLS, GLOBAL_TOKENS, landmarks
+from hires.vae_attention import CONTEXT_CELLS, GLOBAL_TOKENS, SWEEP_BLOCK, SWEEP_REACH, landmarks
 from hires.vae_cost import tiled_flops
 from hires.vae_stats import budget_from_free
 
@@ -442,8 +442,8 @@ def vae_flops(vae: VaeShape, width: int, height: int, *, decode: bool, tile: int
     """FLOPs of one decode (latents to a width x height image) or encode, `tile` px tiles.
 
     Convolutions as a plain pass runs them; the mid-block attention as `hires.vae_attention`
-    runs it: whole (quadratic in latent pixels) up to GLOBAL_TOKENS, else each tile's queries
-    against its own keys, the context cells and the landmarks.
+    runs it: whole (quadratic in latent pixels) up to GLOBAL_TOKENS, else once per token (the
+    sweep), against the tokens around its block, the context cells and the landmarks.
     """
     ch, levels = vae.channels, len(vae.channels)
     top = width * height
@@ -451,7 +451,8 @@ def vae_flops(vae: VaeShape, width: int, height: int, *, decode: bool, tile: int
     if tokens <= GLOBAL_TOKENS:
         keys = tokens
     else:
-        keys = min(tokens, (tile / 8) ** 2 + CONTEXT_CELLS + landmarks((height // 8, width // 8)))
+        keys = min(tokens, (SWEEP_BLOCK + 2 * SWEEP_REACH) ** 2 + CONTEXT_CELLS
+                   + landmarks((height // 8, width // 8)))
     attention = 2 * 2 * tokens * keys * ch[-1]  # q.k and weights.v
 
     def px(level: int) -> float:  # level 0: full resolution
@@ -487,7 +488,8 @@ def vae_flops(vae: VaeShape, width: int, height: int, *, decode: bool, tile: int
 
 
 def vae_attention_bytes(vae: VaeShape, width: int, height: int, dtype_bytes: int = 2) -> int:
-    """Device bytes of the whole-image mid-block attention (0 where context cells stand in).
+    """Device bytes of the whole-image mid-block attention (0 above GLOBAL_TOKENS: the sweep
+    keeps its maps in the CPU's memory and works a block at a time, less than a tile's run).
 
     Its gathered float32 input, that input in the run dtype, q, k, v, the attention output
     and its projection.

@@ -75,7 +75,7 @@ def _decode_strips(vae, latents: Tensor, tile: int, overlap: int | None, stats: 
         yield 0, out
         return
     grid = Grid.cover((h, w), t, o)
-    with whole_image(vae.decoder, head, grid, o, stats, vae.device, vae.dtype, progress) as tiles:
+    with whole_image(vae.decoder, head, grid, stats, vae.device, vae.dtype, progress) as tiles:
         yield from blend(grid, SCALE, 3, o, tiles.run)
 
 
@@ -193,7 +193,7 @@ def encode(vae, image: np.ndarray | Tensor, *, tile: int = 1024, overlap: int | 
     else:
         mean = torch.zeros(1, channels, h, w)
         grid = Grid.cover((h, w), t, o)
-        with whole_image(vae.encoder, head, grid, o, stats, vae.device, vae.dtype,
+        with whole_image(vae.encoder, head, grid, stats, vae.device, vae.dtype,
                          progress) as tiles:
             for top, rows in blend(grid, 1, channels, o, lambda box: tail(tiles.run(box))):
                 mean[0, :, top:top + rows.shape[1]] = rows

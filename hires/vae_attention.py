@@ -1,25 +1,31 @@
-"""The mid-block attention of a tile, over the whole image.
+"""The mid-block attention of a tiled VAE, over the whole image, computed once per token.
 
 Up to GLOBAL_TOKENS latent pixels (a 4096 x 4096 px image), the attention runs once, exactly, on
 the whole image's attention input, gathered from the tiles' owned parts in one pass; each tile
 then takes its window of the result. That costs what the untiled attention costs, less than
 every tile attending to the whole image, and is exact even at a tile's cut edges.
 
-Bigger images: a tile's queries attend exactly to the tile's trusted inner tokens, and to the
-rest of the image through CONTEXT_CELLS cells and `landmarks` exact tokens, both gathered in one
-more pass. A cell stands for its tokens by their mean key and value with a log(count) bias: right
-where its keys are alike. A trained VAE's are not everywhere: a few tokens carry keys ten times
-the median's, and some queries put most of their weight on them (the trained tiny VAE at
-2048 px: the top 4 of 43,520 tokens draw 13 % of all attention). Averaged into a cell such a
-token loses that weight, and the whole image shifts (chelsea at 4096 px, cells of 2 x 2:
-max 66, mean 1.65 8-bit steps against the untiled decode). So the tokens whose keys stand
-farthest from their cell's mean key are kept apart as exact keys for every tile, and their
-cells stand for the rest (chelsea at 8192 px: max 2, mean 0.05; BENCHMARKS.md).
+Bigger images (the "sweep"): the same pass gathers the input whole (in the run dtype, in the
+CPU's memory), and the output is computed once per token, block by block of queries. A block's
+queries attend exactly to every token within SWEEP_REACH of the block, and to the rest of the
+image through CONTEXT_CELLS cells and `landmarks` exact tokens. Answering per block rather than
+per tile computes no query twice (tiles overlap: 1.3x the tokens at 16K) and gives every query
+its neighbourhood on all sides (a tile's queries next to its cut edge had none on that side).
+
+A cell stands for its tokens by their mean key and value with a log(count) bias: right where its
+keys are alike. A trained VAE's are not everywhere: a few tokens carry keys ten times the
+median's, and some queries put most of their weight on them (the trained tiny VAE at 2048 px:
+the top 4 of 43,520 tokens draw 13 % of all attention). Averaged into a cell such a token loses
+that weight, and the whole image shifts (chelsea at 4096 px, cells of 2 x 2: max 66, mean 1.65
+8-bit steps against the untiled decode). So the tokens whose keys stand farthest from their
+cell's mean key are kept apart as exact keys for every block, and their cells stand for the
+rest (chelsea at 8192 px: max 2, mean 0.05; BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -27,15 +33,17 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 from torch import Tensor
 
-from hires.vae_tiles import crop
+from hires.vae_tiles import Box, crop
 
 if TYPE_CHECKING:
     from hires.vae_stats import State
 
 CONTEXT_CELLS = 256 * 256  # attention context grid: at most this many cells
 GLOBAL_TOKENS = 512 * 512  # up to this many latent pixels the attention runs whole, exactly
-MIN_LANDMARKS = 4096  # tokens kept as exact keys for every tile: those their cells misstate,
+MIN_LANDMARKS = 4096  # tokens kept as exact keys for every block: those their cells misstate,
 LANDMARK_EVERY = 64  # or one per this many latent pixels where that is more
+SWEEP_BLOCK = 64  # above GLOBAL_TOKENS: queries answered together, a square of this side
+SWEEP_REACH = 64  # latent px around a block whose tokens are its exact keys
 
 
 def cell_side(size: tuple[int, int]) -> int:
@@ -49,11 +57,31 @@ def landmarks(size: tuple[int, int]) -> int:
     return max(MIN_LANDMARKS, size[0] * size[1] // LANDMARK_EVERY)
 
 
-class ContextAttention:
-    """Attention processor: one tile's self-attention with the rest of the image as cells.
+def is_global(size: tuple[int, int]) -> bool:
+    """Whether the attention of a latent of `size` runs whole, once (else: the sweep)."""
+    return size[0] * size[1] <= GLOBAL_TOKENS
 
-    Each cell's logit is raised by log(number of its tokens neither among the tile's trusted
-    ones nor landmarks): for a cell of similar keys that is what softmax over them would give.
+
+def blocks(size: tuple[int, int]) -> Iterator[tuple[Box, Box]]:
+    """The sweep's (query block, exact-key box) pairs, covering a latent of `size` once.
+
+    The key box is the block grown by SWEEP_REACH and then out to whole cells, so that no cell
+    is part exact keys and part summary.
+    """
+    (h, w), f, r = size, cell_side(size), SWEEP_REACH
+    for y0 in range(0, h, SWEEP_BLOCK):
+        for x0 in range(0, w, SWEEP_BLOCK):
+            y1, x1 = min(y0 + SWEEP_BLOCK, h), min(x0 + SWEEP_BLOCK, w)
+            keys = (max(0, y0 - r) // f * f, min(h, -(-(y1 + r) // f) * f),
+                    max(0, x0 - r) // f * f, min(w, -(-(x1 + r) // f) * f))
+            yield (y0, y1, x0, x1), keys
+
+
+class ContextAttention:
+    """Attention processor: a tile's window of the whole image's attention output.
+
+    The first pass to reach the attention gathers its input (`add_cells`); the output is then
+    computed once for the whole image (`finish_context`), and every later tile copies its part.
     """
 
     def __init__(self, state: State):
@@ -67,13 +95,9 @@ class ContextAttention:
         if attn not in state.context:
             add_cells(state, attn, crop(hidden_states, state.window, state.owned))
             state.stop(attn)
-        context = state.context[attn]
-        if isinstance(context, Tensor):  # the whole image's output, computed once
-            y0, y1, x0, x1 = state.window
-            # In the input's memory format (channels-last on the CPU), as the convolutions want.
-            return torch.empty_like(hidden_states).copy_(context[:, :, y0:y1, x0:x1])
-        q, k, v = _qkv(attn, hidden_states)
-        return _output(attn, _attend_with_context(state, attn, q, k, v), hidden_states)
+        y0, y1, x0, x1 = state.window
+        # In the input's memory format (channels-last on the CPU), as the convolutions want.
+        return torch.empty_like(hidden_states).copy_(state.context[attn][:, :, y0:y1, x0:x1])
 
 
 def _output(attn: Attention, out: Tensor, hidden: Tensor) -> Tensor:
@@ -97,11 +121,18 @@ def _qkv(attn: Attention, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return tuple(t.view(b, -1, attn.heads, d).transpose(1, 2) for t in (q, k, v))
 
 
+def _home(device: torch.device) -> torch.device:
+    """Where the sweep keeps its whole-image maps: in the CPU's memory, next to the canvas,
+    not in the GPU memory the tiles' saved outputs use (meta stays meta, for the replay)."""
+    return device if device.type in ("cpu", "meta") else torch.device("cpu")
+
+
 def add_cells(state: State, attn: Attention, x: Tensor) -> None:
-    """Add one tile's attention inputs (its owned part) into per-cell sums, or the whole map.
+    """Add one tile's attention inputs (its owned part) to the whole map, and above
+    GLOBAL_TOKENS into per-cell sums.
 
     Cells: also keeps the `landmarks` tokens seen so far whose keys stand out most from their
-    cell's mean key (what pooling them would lose), to serve every tile as exact keys.
+    cell's mean key (what pooling them would lose), to serve every block as exact keys.
     """
     oy0, oy1, ox0, ox1 = state.owned
     if x.shape[-2:] != (oy1 - oy0, ox1 - ox0):
@@ -111,6 +142,14 @@ def add_cells(state: State, attn: Attention, x: Tensor) -> None:
             state.sums[attn] = torch.zeros(x.shape[1], *state.size, device=x.device)
         state.sums[attn][:, oy0:oy1, ox0:ox1] = x[0]
         return
+    acc = state.sums.get(attn)
+    if acc is None:
+        home = _home(x.device)
+        inputs = torch.empty(x.shape[1], *state.size, dtype=x.dtype, device=home,
+                             pin_memory=home != x.device and torch.cuda.is_available())
+    else:
+        inputs = acc[2]
+    inputs[:, oy0:oy1, ox0:ox1] = x[0]
     f, dev = state.cell, x.device
     gh, gw = -(-state.size[0] // f), -(-state.size[1] // f)
     rows, cols = (torch.arange(oy0, oy1) // f).to(dev), (torch.arange(ox0, ox1) // f).to(dev)
@@ -129,13 +168,12 @@ def add_cells(state: State, attn: Attention, x: Tensor) -> None:
     top = score.topk(min(count, score.numel())).indices
     pos = (oy0 + top // w) * state.size[1] + ox0 + top % w
     marks = (score[top], pos, xf.reshape(xf.shape[0], -1)[:, top])
-    acc = state.sums.get(attn)
     if acc is not None:
         cells += acc[0]
         marks = tuple(torch.cat([a, b], -1) for a, b in zip(acc[1], marks))
         keep = marks[0].topk(min(count, marks[0].numel())).indices
         marks = tuple(t[..., keep] for t in marks)
-    state.sums[attn] = (cells, marks)
+    state.sums[attn] = (cells, marks, inputs)
 
 
 def _pool(x: Tensor, rows: Tensor, cols: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -146,13 +184,10 @@ def _pool(x: Tensor, rows: Tensor, cols: Tensor, grid: tuple[int, int]) -> Tenso
     return cells.index_add_(2, cols, out)
 
 
-def is_global(size: tuple[int, int]) -> bool:
-    """Whether the attention of a latent of `size` runs whole, once (else: context cells)."""
-    return size[0] * size[1] <= GLOBAL_TOKENS
-
-
-def finish_context(state: State, attn: Attention, sums, dtype: torch.dtype) -> None:
-    """The whole image's attention output, or the cells' and landmarks' keys and values.
+def finish_context(state: State, attn: Attention, sums, dtype: torch.dtype,
+                   tick: Callable[[], None] | None = None) -> None:
+    """The whole image's attention output: exactly, or above GLOBAL_TOKENS by the sweep
+    (`tick()` after each block).
 
     The attention's GroupNorm (with fixed statistics) and its key/value projections are affine,
     so the key of a cell's mean input is exactly the mean of the cell's keys.
@@ -162,8 +197,17 @@ def finish_context(state: State, attn: Attention, sums, dtype: torch.dtype) -> N
         q, k, v = _qkv(attn, hidden)
         state.context[attn] = _output(attn, F.scaled_dot_product_attention(q, k, v), hidden)
         return
+    cells, marks, inputs = sums
+    context = summaries(state, attn, cells, marks, dtype)
+    state.context[attn] = _sweep(state, attn, inputs, context, tick)
+
+
+def summaries(state: State, attn: Attention, cells: Tensor, marks: tuple,
+              dtype: torch.dtype) -> tuple:
+    """The cells' and landmarks' keys and values, from their gathered inputs, and where they
+    are: what `_attend_with_context` needs besides a block's own keys."""
     (h, w), f = state.size, state.cell
-    cells, (_, pos, marked) = sums
+    _, pos, marked = marks
     c, gh, gw = cells.shape
     ey = torch.tensor([min(i * f, h) for i in range(gh + 1)], dtype=torch.float64)
     ex = torch.tensor([min(j * f, w) for j in range(gw + 1)], dtype=torch.float64)
@@ -174,36 +218,46 @@ def finish_context(state: State, attn: Attention, sums, dtype: torch.dtype) -> N
     others = area.to(cells.device).index_add(0, cell_of, -torch.ones_like(marked[0]))
     _, k, v = _qkv(attn, (sums / others.clamp(min=1)).view(1, c, gh, gw).to(dtype))
     _, mk, mv = _qkv(attn, marked[None, :, None, :].to(dtype))
-    state.context[attn] = (k, v, ey, ex, mk, mv, pos, cell_of)
+    return k, v, ey, ex, mk, mv, pos, cell_of
 
 
-def on_cells(box: tuple[int, int, int, int], f: int, size: tuple[int, int]):
-    """`box` shrunk to whole cells, so that no cell is part local keys and part summary."""
-    y0, y1, x0, x1 = box
-    (h, w) = size
-    return (-(-y0 // f) * f, y1 if y1 == h else y1 // f * f,
-            -(-x0 // f) * f, x1 if x1 == w else x1 // f * f)
+def _sweep(state: State, attn: Attention, inputs: Tensor, context: tuple,
+           tick: Callable[[], None] | None) -> Tensor:
+    """The attention's output (1 x C x h x w, where `inputs` is) for every token, block by block."""
+    # Pinned like the input where a GPU copies tiles' windows out of it.
+    out = torch.empty(inputs.shape, dtype=inputs.dtype, device=inputs.device,
+                      pin_memory=inputs.device.type == "cpu" and inputs.is_pinned())
+    for (y0, y1, x0, x1), keys in blocks(state.size):
+        ky0, ky1, kx0, kx1 = keys
+        hidden = inputs[None, :, ky0:ky1, kx0:kx1].to(state.device)
+        q, k, v = _qkv(attn, hidden)
+        b, heads, _, d = q.shape
+        q = q.reshape(b, heads, ky1 - ky0, kx1 - kx0, d)[
+            :, :, y0 - ky0:y1 - ky0, x0 - kx0:x1 - kx0].reshape(b, heads, -1, d)
+        result = _attend_with_context(context, state.size, q, k, v, keys)
+        block = hidden[:, :, y0 - ky0:y1 - ky0, x0 - kx0:x1 - kx0]
+        out[:, y0:y1, x0:x1] = _output(attn, result, block)[0]
+        if tick is not None:
+            tick()
+    return out[None]
 
 
-def _attend_with_context(state: State, attn: Attention, q: Tensor, k: Tensor,
-                         v: Tensor) -> Tensor:
-    ck, cv, ey, ex, mk, mv, pos, cell_of = state.context[attn]
-    # Local keys only from the tile's trusted inner part: near a cut edge they saw zero padding.
-    wy0, wy1, wx0, wx1 = state.window
-    y0, y1, x0, x1 = on_cells(state.trusted, state.cell, state.size)
-    b, heads, _, d = k.shape
-    grid = (b, heads, wy1 - wy0, wx1 - wx0, d)
-    k = k.reshape(grid)[:, :, y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0].reshape(b, heads, -1, d)
-    v = v.reshape(grid)[:, :, y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0].reshape(b, heads, -1, d)
-    # How many tokens of each cell lie outside the trusted part (those inside are local keys).
+def _attend_with_context(context: tuple, size: tuple[int, int], q: Tensor, k: Tensor,
+                         v: Tensor, keys: Box) -> Tensor:
+    """Queries q against k, v (the tokens of `keys`, a box on whole cells) exactly, and against
+    the rest of the image through the cells and landmarks of `context`."""
+    ck, cv, ey, ex, mk, mv, pos, cell_of = context
+    y0, y1, x0, x1 = keys
+    d = k.shape[-1]
+    # How many tokens of each cell lie outside the key box (those inside are exact keys).
     in_y = (ey[1:].clamp(max=y1) - ey[:-1].clamp(min=y0)).clamp(min=0)
     in_x = (ex[1:].clamp(max=x1) - ex[:-1].clamp(min=x0)).clamp(min=0)
     area = (ey[1:] - ey[:-1])[:, None] * (ex[1:] - ex[:-1])[None, :]
     outside = (area - in_y[:, None] * in_x[None, :]).flatten()
     # Indices found on the CPU: a boolean mask on the device would make the host wait for it.
     keep = (outside > 0.5).nonzero().flatten()
-    # Landmarks inside the trusted part are local keys already: masked out, no host sync.
-    py, px = pos // state.size[1], pos % state.size[1]
+    # Landmarks inside the key box are exact keys already: masked out, no host sync.
+    py, px = pos // size[1], pos % size[1]
     inside = ((py >= y0) & (py < y1) & (px >= x0) & (px < x1)).float()
     marks_out = torch.zeros(area.numel(), device=pos.device).index_add_(0, cell_of, 1 - inside)
     others = outside.float().to(pos.device) - marks_out

@@ -19,8 +19,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from hires import vae_stats
-from hires.vae_attention import cell_side, is_global, landmarks, on_cells
-from hires.vae_tiles import DROP, SCALE, Box, Grid, tile_sizes
+from hires.vae_attention import blocks, cell_side, is_global, landmarks
+from hires.vae_tiles import SCALE, Box, Grid, tile_sizes
 
 if TYPE_CHECKING:
     from hires.costs import VaeShape
@@ -82,22 +82,21 @@ def steps(vae: VaeShape, h: int, w: int, *, decode: bool, dtype_bytes: int) -> l
     return [*out, *_mid(low, px, b), Step(_conv(low, 2 * lat, px), 0, stops=1)]
 
 
-def _attention_flops(c: int, window: Box, size: tuple[int, int], overlap: int) -> float:
-    """One tile's attention with context (`hires.vae_attention._attend_with_context`)."""
-    y0, y1, x0, x1 = window
+def _sweep_flops(c: int, size: tuple[int, int]) -> float:
+    """The attention output for every token above GLOBAL_TOKENS (`vae_attention.finish_context`):
+    per block, q, k, v of its key box, q.k and weights.v (8 channels wider: the bias channel)
+    against the box's tokens, the cells not wholly inside it and the landmarks, and the output
+    projection of the block's tokens."""
     (h, w), f = size, cell_side(size)
-    state = vae_stats.State(size=size, cell=f, device=torch.device("meta"),
-                            margin=round(DROP * overlap))
-    state.window = window
-    ly0, ly1, lx0, lx1 = on_cells(state.trusted, f, size)
-    local = max(0, ly1 - ly0) * max(0, lx1 - lx0)
-    # Cells wholly inside the local box are left out; all others are keys.
-    inside = max(0, ly1 // f - ly0 // f) * max(0, lx1 // f - lx0 // f) if local else 0
-    cells = -(-h // f) * -(-w // f) - inside
-    keys = local + cells + min(landmarks(size), h * w)
-    tokens = (y1 - y0) * (x1 - x0)
-    # q, k, v and out projections; q.k and weights.v, 8 channels wider (the bias channel)
-    return 8.0 * c * c * tokens + 4.0 * tokens * keys * (c + 8)
+    cells, marks = -(-h // f) * -(-w // f), min(landmarks(size), h * w)
+    total = 0.0
+    for (y0, y1, x0, x1), (ky0, ky1, kx0, kx1) in blocks(size):
+        box = (ky1 - ky0) * (kx1 - kx0)
+        inside = (-(-ky1 // f) - ky0 // f) * (-(-kx1 // f) - kx0 // f)
+        queries = (y1 - y0) * (x1 - x0)
+        keys = box + cells - inside + marks
+        total += 6.0 * c * c * box + 4.0 * queries * keys * (c + 8) + 2.0 * c * c * queries
+    return total
 
 
 def _whole_attention_flops(c: int, tokens: int) -> float:
@@ -130,13 +129,12 @@ def _tiled_flops(vae: VaeShape, w: int, h: int, decode: bool, tile: int, budget:
     size = (h, w)
     grid = Grid.cover(size, t, o)
     tiles = list(grid.tiles())
-    nets, attention = {}, {}
+    nets = {}
     for window, _ in tiles:
         y0, y1, x0, x1 = window
         shape = (y1 - y0, x1 - x0)
         if shape not in nets:
             nets[shape] = steps(vae, *shape, decode=decode, dtype_bytes=dtype_bytes)
-        attention[window] = 0.0 if whole else _attention_flops(c, window, size, o)
     n = len(next(iter(nets.values())))
     kept: dict[Box, tuple[int, int]] = {}  # window -> (step number, bytes): MemoryMemo's rule
     used, total = 0, 0.0
@@ -150,7 +148,7 @@ def _tiled_flops(vae: VaeShape, w: int, h: int, decode: bool, tile: int, budget:
         if start == 0:
             total += head * (y1 - y0) * (x1 - x0)
         for i in range(start, n if stop is None else stop):
-            total += attention[window] if net[i].attention else net[i].flops
+            total += 0.0 if net[i].attention else net[i].flops  # a copy of the output
             if saving and i + 1 < n:
                 freed = kept[window][1] if window in kept else 0
                 if used - freed + net[i].out <= budget:
@@ -171,6 +169,7 @@ def _tiled_flops(vae: VaeShape, w: int, h: int, decode: bool, tile: int, budget:
                 else:
                     f = cell_side(size)
                     total += 6.0 * c * c * (-(-h // f) * -(-w // f) + min(landmarks(size), h * w))
+                    total += _sweep_flops(c, size)
     run(tiles[0][0], None)  # the gathering loop's last pass: the first tile goes through whole
     for window, _ in tiles:
         run(window, None, saving=False)
@@ -208,7 +207,7 @@ def replayed_flops(vae, width: int, height: int, *, decode: bool, tile: int, bud
                 finish(net(head((0, h, 0, w))))
                 return float(counter.get_total_flops()), 0.0
             grid = Grid.cover((h, w), t, o)
-            with vae_stats.whole_image(net, head, grid, o, "fast", meta, dtype, None) as tiles:
+            with vae_stats.whole_image(net, head, grid, "fast", meta, dtype, None) as tiles:
                 gathered = counter.get_total_flops()
                 for window, _ in grid.tiles():
                     finish(tiles.run(window))

@@ -37,9 +37,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from hires.memory import free_memory
-from hires.vae_attention import ContextAttention, cell_side, finish_context
+from hires.vae_attention import ContextAttention, blocks, cell_side, finish_context, is_global
 from hires.vae_memo import DiskMemo, Memo, MemoryMemo, Runner
-from hires.vae_tiles import DROP, Box, Grid, crop
+from hires.vae_tiles import Box, Grid, crop
 
 Progress = Callable[[int, int], None]
 MODES = ("fast", "exact")
@@ -68,20 +68,11 @@ class State:
     cell: int  # side of one attention context cell
     device: torch.device
     stats: dict = field(default_factory=dict)  # GroupNorm -> (mean[G], var[G]) float32
-    context: dict = field(default_factory=dict)  # Attention -> (keys, values, edges y, edges x)
+    context: dict = field(default_factory=dict)  # Attention -> its whole-image output
     sums: dict = field(default_factory=dict)  # module -> what the current pass accumulates
     target: nn.Module | None = None  # the module the current pass stopped at
-    margin: int = 0  # of a tile next to a neighbour, not trusted for attention keys
     window: Box = (0, 0, 0, 0)
     owned: Box = (0, 0, 0, 0)
-
-    @property
-    def trusted(self) -> Box:
-        """The window less `margin` on every side that is not the image border."""
-        y0, y1, x0, x1 = self.window
-        m, (h, w) = self.margin, self.size
-        return (y0 + m if y0 > 0 else 0, y1 - m if y1 < h else h,
-                x0 + m if x0 > 0 else 0, x1 - m if x1 < w else w)
 
     def stop(self, module: nn.Module) -> None:
         """End this tile's pass: `module` has had its input."""
@@ -234,7 +225,7 @@ def _gather(state: State, grid: Grid, run: Callable[[Box], Tensor], dtype: torch
         target = state.target
         acc = state.sums.pop(target)
         if isinstance(target, Attention):
-            finish_context(state, target, acc, dtype)
+            finish_context(state, target, acc, dtype, tick)
         else:
             state.stats[target] = _finish_moments(target, acc)
 
@@ -271,7 +262,7 @@ class Tiles:
 
 
 @contextmanager
-def whole_image(net: nn.Module, head: Callable[[Box], Tensor], grid: Grid, overlap: int,
+def whole_image(net: nn.Module, head: Callable[[Box], Tensor], grid: Grid,
                 mode: str, device: torch.device, dtype: torch.dtype,
                 progress: Progress | None) -> Iterator[Tiles]:
     """Patch `net`, gather whole-image statistics, then hand out the grid and a tile runner.
@@ -281,12 +272,13 @@ def whole_image(net: nn.Module, head: Callable[[Box], Tensor], grid: Grid, overl
     if mode not in MODES:
         raise ValueError(f"stats must be one of {MODES}, got {mode!r}")
     size = grid.size
-    state = State(size=size, cell=cell_side(size), device=device,
-                  margin=round(DROP * overlap))
+    state = State(size=size, cell=cell_side(size), device=device)
     memo = DiskMemo(len(grid), MEMO_BYTES) if mode == "exact" else MemoryMemo(fast_budget(device))
     norms = sum(isinstance(m, nn.GroupNorm) for m in net.modules())
     attns = sum(isinstance(m, Attention) for m in net.modules())
-    total = (norms + attns + 1) * len(grid)
+    # Tile runs, and above GLOBAL_TOKENS the attention's blocks (as long as a pass, or more).
+    total = (norms + attns + 1) * len(grid) + (0 if is_global(size) else attns * len(
+        list(blocks(size))))
     done = 0
 
     def tick() -> None:

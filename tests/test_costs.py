@@ -191,13 +191,15 @@ def test_vae_attention_is_quadratic_while_whole_then_linear_in_cells():
     half = side // 2
     assert _attention_only(vae, half) == pytest.approx(2 * 2 * (half // 8) ** 4 * vae.channels[-1])
     assert _attention_only(vae, side) == pytest.approx(16 * _attention_only(vae, half))
-    # Past the limit each token attends to a tile's keys, the cells and the landmarks.
-    from hires.vae_attention import CONTEXT_CELLS, landmarks
+    # Past the limit each token attends to the tokens around its block, the cells and the
+    # landmarks.
+    from hires.vae_attention import CONTEXT_CELLS, SWEEP_BLOCK, SWEEP_REACH, landmarks
 
     big = side * 2
     for size in (big, 2 * big):
         tokens = (size // 8) ** 2
-        keys = (1024 // 8) ** 2 + CONTEXT_CELLS + landmarks((size // 8, size // 8))
+        keys = (SWEEP_BLOCK + 2 * SWEEP_REACH) ** 2 + CONTEXT_CELLS + landmarks(
+            (size // 8, size // 8))
         assert _attention_only(vae, size) == pytest.approx(4 * tokens * keys * vae.channels[-1])
     assert vae_attention_bytes(vae, side, side) == vae.channels[-1] * (side // 8) ** 2 * 16
     assert vae_attention_bytes(vae, big, big) == 0
@@ -207,13 +209,15 @@ def _attention_only(vae: VaeShape, size: int) -> float:
     """The attention's FLOPs in vae_flops: its total less the same with no keys at all."""
     from hires import costs
 
-    saved = costs.GLOBAL_TOKENS, costs.CONTEXT_CELLS, costs.landmarks
+    saved = (costs.GLOBAL_TOKENS, costs.CONTEXT_CELLS, costs.SWEEP_BLOCK, costs.SWEEP_REACH,
+             costs.landmarks)
     try:
-        costs.GLOBAL_TOKENS = costs.CONTEXT_CELLS = 0
+        costs.GLOBAL_TOKENS = costs.CONTEXT_CELLS = costs.SWEEP_BLOCK = costs.SWEEP_REACH = 0
         costs.landmarks = lambda size: 0
-        none = vae_flops(vae, size, size, decode=True, tile=0)
+        none = vae_flops(vae, size, size, decode=True)
     finally:
-        costs.GLOBAL_TOKENS, costs.CONTEXT_CELLS, costs.landmarks = saved
+        (costs.GLOBAL_TOKENS, costs.CONTEXT_CELLS, costs.SWEEP_BLOCK, costs.SWEEP_REACH,
+         costs.landmarks) = saved
     return vae_flops(vae, size, size, decode=True) - none
 
 

@@ -23,15 +23,15 @@ def trained():
 def _context_attention(attn, x: torch.Tensor, cell: int, window: tuple[int, int, int, int]):
     """One window's queries against the whole map `x` through cells (the map is one tile)."""
     h, w = x.shape[-2:]
-    state = State(size=(h, w), cell=cell, device=x.device, margin=0)
+    state = State(size=(h, w), cell=cell, device=x.device)
     state.window = state.owned = (0, h, 0, w)
     vae_attention.add_cells(state, attn, x)
-    vae_attention.finish_context(state, attn, state.sums.pop(attn), x.dtype)
-    state.window = window
+    cells, marks, _ = state.sums.pop(attn)
+    context = vae_attention.summaries(state, attn, cells, marks, x.dtype)
     y0, y1, x0, x1 = window
     with torch.no_grad():
         q, k, v = vae_attention._qkv(attn, x[:, :, y0:y1, x0:x1])
-        ours = vae_attention._attend_with_context(state, attn, q, k, v)
+        ours = vae_attention._attend_with_context(context, (h, w), q, k, v, window)
         _, keys, values = vae_attention._qkv(attn, x)
         exact = F.scaled_dot_product_attention(q, keys, values)
     return ours, exact
@@ -86,8 +86,9 @@ def test_a_token_that_stands_out_is_kept_exact(trained, forced_cells, monkeypatc
 
 
 def test_landmarks_keep_a_photo_within_bounds(trained, forced_cells, monkeypatch):
-    """Cells of 5 x 5 tokens on a held-out photo: without landmarks the trained VAE's few
-    favoured tokens are averaged away (max 32 8-bit steps off); with them, the issue's bounds."""
+    """Cells of 5 x 5 tokens on a held-out photo, blocks of 16 x 16 queries with exact keys 10
+    tokens around: without landmarks the trained VAE's few favoured tokens are averaged away;
+    with them, the issue's bounds."""
     import skimage.data as skimage_data
     from PIL import Image
 
@@ -97,6 +98,8 @@ def test_landmarks_keep_a_photo_within_bounds(trained, forced_cells, monkeypatch
         z = trained.encode(x).latent_dist.mean * trained.config.scaling_factor
         reference = tiled.to_uint8(trained.decode(z / trained.config.scaling_factor).sample)
     monkeypatch.setattr(vae_attention, "CONTEXT_CELLS", 256)
+    monkeypatch.setattr(vae_attention, "SWEEP_BLOCK", 16)
+    monkeypatch.setattr(vae_attention, "SWEEP_REACH", 10)
     assert vae_attention.cell_side(tuple(z.shape[-2:])) == 5
     monkeypatch.setattr(vae_attention, "landmarks", lambda size: 256)
     diff = np.abs(tiled.decode(trained, z, tile=384).astype(int) - reference.numpy())
@@ -104,3 +107,35 @@ def test_landmarks_keep_a_photo_within_bounds(trained, forced_cells, monkeypatch
     pooled = np.abs(tiled.decode(trained, z, tile=384).astype(int) - reference.numpy())
     assert pooled.max() > 10
     assert diff.max() <= 3 and diff.mean() <= 0.3
+
+
+def test_a_sweep_whose_keys_span_the_image_is_the_whole_attention(trained, monkeypatch):
+    """Blocks of queries (uneven at the edges) whose exact keys reach over the whole image give
+    the whole attention: the sweep's slicing puts every token's answer in its place."""
+    g = torch.Generator().manual_seed(4)
+    z = F.interpolate(torch.randn(1, 4, 10, 14, generator=g), size=(40, 56), mode="bilinear")
+    whole = tiled.decode_float(trained, z, tile=192)
+    monkeypatch.setattr(vae_attention, "GLOBAL_TOKENS", 0)
+    monkeypatch.setattr(vae_attention, "SWEEP_BLOCK", 12)
+    monkeypatch.setattr(vae_attention, "SWEEP_REACH", 1000)
+    calls = []
+    swept = tiled.decode_float(trained, z, tile=192, progress=lambda *a: calls.append(a))
+    assert (swept - whole).abs().max().item() < 1e-4
+    # Progress counts the blocks too (4 x 5 here), and ends at its total.
+    runs = calls[-1][1] - 20
+    assert runs % 6 == 0 and calls == [(i, runs + 20) for i in range(1, runs + 21)]
+
+
+def test_blocks_cover_the_latent_once_with_keys_on_whole_cells(monkeypatch):
+    monkeypatch.setattr(vae_attention, "SWEEP_BLOCK", 16)
+    monkeypatch.setattr(vae_attention, "SWEEP_REACH", 5)
+    size = (50, 37)
+    f = vae_attention.cell_side(size)
+    seen = torch.zeros(size, dtype=torch.int)
+    for (y0, y1, x0, x1), (ky0, ky1, kx0, kx1) in vae_attention.blocks(size):
+        seen[y0:y1, x0:x1] += 1
+        assert ky0 <= max(0, y0 - 5) and ky1 >= min(50, y1 + 5)
+        assert kx0 <= max(0, x0 - 5) and kx1 >= min(37, x1 + 5)
+        assert ky0 % f == 0 and kx0 % f == 0 and (ky1 % f == 0 or ky1 == 50)
+        assert kx1 % f == 0 or kx1 == 37
+    assert (seen == 1).all()
