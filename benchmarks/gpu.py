@@ -218,10 +218,11 @@ def phase_flops(row: dict, stages: dict, unet_ab, vae_pp, text_flops: int) -> fl
     return None
 
 
-def vae_work(row: dict, plan, vae_config, dtype_bytes: int) -> float | None:
+def vae_work(row: dict, job, plan, vae_config, dtype_bytes: int) -> float | None:
     """What the tiled VAE ran in a VAE phase: its statistics passes and recomputation too
     (`hires.vae_cost.tiled_flops`, with the memory budget it had), not only the image's work."""
     from hires.costs import VaeShape
+    from hires.pipeline import vae_tile
     from hires.vae_cost import tiled_flops
 
     if not row["phase"].startswith("vae-") or row.get("memo_budget") is None:
@@ -229,7 +230,7 @@ def vae_work(row: dict, plan, vae_config, dtype_bytes: int) -> float | None:
     decode, last = row["phase"] == "vae-decode", len(plan.stages) - 1
     # A stage decodes the previous stage's latents with its own tile.
     stage = plan.stages[row["stage"] + 1 if decode and row["stage"] < last else row["stage"]]
-    tile = stage.cost.vae_tile if stage.cost else 1024
+    tile = vae_tile(job, stage)
     return tiled_flops(VaeShape.from_config(vae_config), row["width"], row["height"],
                        decode=decode, tile=tile, budget=row["memo_budget"],
                        dtype_bytes=dtype_bytes)
@@ -358,7 +359,7 @@ def main() -> None:
     rows = []
     for r in phases.rows:
         flops = phase_flops(r, stages, unet_ab, vae_pp, text_flops)
-        work = vae_work(r, plan, comps.vae.config, comps.vae_dtype.itemsize)
+        work = vae_work(r, job, plan, comps.vae.config, comps.vae_dtype.itemsize)
         ends = r.get("step_ends", [])
         steps_s = [round(b - a, 4) for a, b in zip([0.0, *ends], ends, strict=False)]
         rows.append({**{k: v for k, v in r.items() if k not in ("peak_bytes", "step_ends")},

@@ -208,7 +208,7 @@ def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditio
     """
     n = len(plan.stages)
     strategy = stage.strategy
-    tile = job.vae_tile or (stage.cost.vae_tile if stage.cost else DEFAULT_VAE_TILE)
+    tile = vae_tile(job, stage)
     # Each stage draws its noise from its own stream of the job's seed: same seed, same image,
     # and a retried stage draws the same noise again.
     generator = torch.Generator("cpu").manual_seed((job.seed + 7919 * stage.index) % 2**63)
@@ -277,6 +277,11 @@ def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditio
 
 
 DEFAULT_VAE_TILE = 1024  # px, when no plan chose one
+
+
+def vae_tile(job: Job, stage: Stage) -> int:
+    """The tile a stage's VAE passes run in: the job's, else the plan's, else the default."""
+    return job.vae_tile or (stage.cost.vae_tile if stage.cost else DEFAULT_VAE_TILE)
 
 
 def encode_prompt(comps: Components, job: Job, plan: Plan) -> Conditioning:

@@ -62,6 +62,11 @@ def is_global(size: tuple[int, int]) -> bool:
     return size[0] * size[1] <= GLOBAL_TOKENS
 
 
+def block_count(size: tuple[int, int]) -> int:
+    """How many query blocks `blocks(size)` yields."""
+    return -(-size[0] // SWEEP_BLOCK) * -(-size[1] // SWEEP_BLOCK)
+
+
 def blocks(size: tuple[int, int]) -> Iterator[tuple[Box, Box]]:
     """The sweep's (query block, exact-key box) pairs, covering a latent of `size` once.
 

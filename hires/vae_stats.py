@@ -37,7 +37,13 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from hires.memory import free_memory
-from hires.vae_attention import ContextAttention, blocks, cell_side, finish_context, is_global
+from hires.vae_attention import (
+    ContextAttention,
+    block_count,
+    cell_side,
+    finish_context,
+    is_global,
+)
 from hires.vae_memo import DiskMemo, Memo, MemoryMemo, Runner
 from hires.vae_tiles import Box, Grid, crop
 
@@ -277,8 +283,7 @@ def whole_image(net: nn.Module, head: Callable[[Box], Tensor], grid: Grid,
     norms = sum(isinstance(m, nn.GroupNorm) for m in net.modules())
     attns = sum(isinstance(m, Attention) for m in net.modules())
     # Tile runs, and above GLOBAL_TOKENS the attention's blocks (as long as a pass, or more).
-    total = (norms + attns + 1) * len(grid) + (0 if is_global(size) else attns * len(
-        list(blocks(size))))
+    total = (norms + attns + 1) * len(grid) + (0 if is_global(size) else attns * block_count(size))
     done = 0
 
     def tick() -> None:

@@ -139,3 +139,18 @@ def test_bad_job_is_refused_before_any_work(tiny):
 
     with pytest.raises(JobError, match="multiple of 8"):
         generate(prompt="x", width=1001, height=1000, components=tiny)
+
+
+def test_vae_tile_is_the_jobs_else_the_plans_else_the_default():
+    from hires.costs import sdxl_shape
+    from hires.job import Job
+    from hires.pipeline import DEFAULT_VAE_TILE, vae_tile
+    from hires.plan import make_plan
+
+    planned = make_plan(16384, 16384, model=sdxl_shape(), budget=24 * 1024**3,
+                        rate=400e12).stages[-1]
+    unplanned = make_plan(1024, 1024).stages[-1]
+    assert planned.cost is not None and unplanned.cost is None
+    assert vae_tile(Job(width=16384, height=16384), planned) == planned.cost.vae_tile
+    assert vae_tile(Job(width=16384, height=16384, vae_tile=512), planned) == 512
+    assert vae_tile(Job(width=1024, height=1024), unplanned) == DEFAULT_VAE_TILE

@@ -132,7 +132,9 @@ def test_blocks_cover_the_latent_once_with_keys_on_whole_cells(monkeypatch):
     size = (50, 37)
     f = vae_attention.cell_side(size)
     seen = torch.zeros(size, dtype=torch.int)
-    for (y0, y1, x0, x1), (ky0, ky1, kx0, kx1) in vae_attention.blocks(size):
+    pairs = list(vae_attention.blocks(size))
+    assert vae_attention.block_count(size) == len(pairs) == 4 * 3  # what progress counts
+    for (y0, y1, x0, x1), (ky0, ky1, kx0, kx1) in pairs:
         seen[y0:y1, x0:x1] += 1
         assert ky0 <= max(0, y0 - 5) and ky1 >= min(50, y1 + 5)
         assert kx0 <= max(0, x0 - 5) and kx1 >= min(37, x1 + 5)
