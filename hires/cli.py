@@ -631,7 +631,7 @@ def fitted_plan(make, job):
 def show_plan(job, gpu: str | None, as_json: bool,
               source: tuple[int, int] | None = None) -> None:
     """Print the plan of `job` without loading weights (`hires plan`, `gen --dry-run`)."""
-    from hires.costs import GPU_PEAK, rate_for
+    from hires.costs import GPU_PEAK, local_gpu, rate_for
     from hires.plan import describe, plan_without_weights
 
     if gpu is None:
@@ -644,7 +644,7 @@ def show_plan(job, gpu: str | None, as_json: bool,
     if as_json:
         out_line(json.dumps({
             "width": p.width, "height": p.height, "gpu": gpu, "tflops": rate / 1e12,
-            "budget_bytes": p.budget,
+            "budget_bytes": p.budget, "vae_spill_bytes": int(p.spill),
             "stages": [{"index": s.index, "width": s.width, "height": s.height,
                         "steps": s.steps, "strength": round(s.strength, 4), "ratio": s.ratio,
                         "strategy": s.strategy.label, "levers": s.strategy.to_dict(),
@@ -656,24 +656,14 @@ def show_plan(job, gpu: str | None, as_json: bool,
     where = f"{gpu} ({rate / 1e12:.0f} TFLOP/s achieved" + (
         ", assumed)" if gpu.lower() in GPU_PEAK else ")")
     budget = f"{p.budget / 1024**3:.1f} GiB budget" if p.budget else "no memory budget"
+    if p.spill:
+        budget += f" (+{p.spill / 1e9:.0f} GB of this machine's RAM for VAE outputs)"
     lines = [f"{p.width}x{p.height}: {len(p.stages)} stage(s), {budget}, times on {where}"]
     lines += describe(p)
     tflop = sum(s.cost.tflop for s in p.stages)
     work = f"{tflop / 1000:.1f} PFLOP" if tflop >= 100 else f"{tflop:.2g} TFLOP"
     lines.append(f"total: peak {p.peak_bytes / 1024**3:.1f} GiB, {work}, ~{p.seconds:.0f} s")
     out_line("\n".join(lines))
-
-
-def local_gpu() -> str | None:
-    """The local CUDA GPU's short name when it is in the throughput table."""
-    import torch
-
-    from hires.costs import GPU_PEAK
-
-    if not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name().lower()
-    return next((key for key in GPU_PEAK if key in name), None)
 
 
 @presets_app.callback()

@@ -17,8 +17,8 @@ from typing import Any
 from hires.lean import GPU_BAND_BYTES
 from hires.strategy import Strategy
 from hires.vae_attention import CONTEXT_CELLS, GLOBAL_TOKENS, SWEEP_BLOCK, SWEEP_REACH, landmarks
-from hires.vae_cost import tiled_flops
-from hires.vae_stats import budget_from_free
+from hires.vae_cost import tiled_cost
+from hires.vae_stats import budget_from_free, spill_budget
 
 FF_TOKENS = 65536  # tokens per feed-forward chunk (hires.memory.chunked_feed_forward)
 LINFUSION_WORK = 256 << 20  # fp32 work buffers of one LinFusion call on a GPU (linfusion.py)
@@ -535,6 +535,7 @@ class ModelShape:
     native: int = 1024  # px
     on_gpu: bool = True
     control: ControlShape | None = None  # a ControlNet that runs with the UNet
+    spill: float = 0.0  # CPU memory a GPU's VAE may keep step outputs in (spill_budget)
 
     @property
     def weights(self) -> int:
@@ -553,11 +554,16 @@ class StageCost:
     scratch_bytes: int  # temporary files of the tiled VAE
     seconds: float | None  # at the given FLOP rate; None without one
     vae_tile: int  # px
+    rank: float = 0.0  # seconds at the given rate, else at RANK_RATE: what plans compare
+    vae_spill: bool = False  # the VAE keeps what does not fit the GPU in the CPU's memory
 
 
 VAE_TILES = (2048, 1536, 1024, 768, 512)  # px, largest first: fewer tiles, less overlap
 SMALLER_TILE_SAVING = 0.85  # a smaller VAE tile is taken only if it does this much of the work
 LEVER_SLOWDOWN = {"split_cfg": 0.03, "ff_chunks": 0.01, "row_bands": 0.10}  # assumed
+# FLOP/s at which strategies are compared when no rate is known (a GPU not in GPU_PEAK, a
+# CPU): without one, every strategy would tie and the least-memory one, the slowest, would win.
+RANK_RATE = 100e12
 
 
 def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy: Strategy, *,
@@ -584,7 +590,8 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
     if base:
         peaks.append((weights_now or model.text_bytes) + (64 << 20))
     tile = vae_tile or VAE_TILES[-1]
-    vae_flop = 0.0
+    vae_flop = spilled = 0.0
+    spill_on = False
     if previous or encode_input or final_decode:
         vae_weights = weights_now or model.vae.param_bytes
         # What the fast mode will keep step outputs in: a share of what is free (no budget:
@@ -597,9 +604,13 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
         if final_decode:
             passes.append((width, height, True))
 
+        def cost(t: int, spill: float = 0.0) -> tuple[float, float]:  # FLOPs, bytes copied
+            runs = [tiled_cost(model.vae, w, h, decode=d, tile=t, budget=memo, spill=spill,
+                               dtype_bytes=model.vae_dtype_bytes) for w, h, d in passes]
+            return sum(f for f, _ in runs), sum(b for _, b in runs)
+
         def work(t: int) -> float:
-            return sum(tiled_flops(model.vae, w, h, decode=d, tile=t, budget=memo,
-                                   dtype_bytes=model.vae_dtype_bytes) for w, h, d in passes)
+            return cost(t)[0]
 
         if vae_tile is None:
             # The largest tile that fits next to the weights (fewer tile runs: each costs
@@ -610,7 +621,15 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
             least = min(work(t) for t in fit)
             tile = next(t for t in fit if work(t) * SMALLER_TILE_SAVING <= least)
         tile = min(tile, max(width, height))
-        vae_flop = work(tile)
+        vae_flop, spilled = cost(tile)
+        if rate and model.on_gpu and model.spill and vae_stats == "fast":
+            # Outputs kept in the CPU's memory: less recomputation for copies over the host
+            # link; worth it on a GPU slow enough that its recomputation takes longer (a
+            # 4090, not an H100: BENCHMARKS.md). Only with a known rate.
+            flop, copied = cost(tile, model.spill)
+            spill_on = flop / rate + copied / HOST_LINK < vae_flop / rate
+            if spill_on:
+                vae_flop, spilled = flop, copied
         attention = max(vae_attention_bytes(model.vae, w, h, model.vae_dtype_bytes)
                         for w, h in [(width, height), *([previous] if previous else [])])
         peaks.append(vae_weights + max(vae_tile_peak(model.vae, tile, model.vae_dtype_bytes),
@@ -624,24 +643,23 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
         # Saved block outputs, fp32, up to 16 GB a level (hires.vae's cap).
         scratch = int(sum(min(16e9, c * width * height / 4**i * 4)
                           for i, c in enumerate(model.vae.channels)))
-    seconds = None
-    if rate:
-        slowdown = 1 + sum(v for k, v in LEVER_SLOWDOWN.items() if getattr(strategy, k))
-        calls = evals * (2 if strategy.split_cfg else 1)
-        moved = 0.0
-        nets = unet.param_bytes + (control.param_bytes if control else 0)
-        if strategy.park_skips:
-            skips = _skip_bytes(unet, lat_h, lat_w, model.dtype_bytes)
-            moved += evals * 2 * skips * (5 if strategy.row_bands else 2)
-            if control is not None:  # its skips, then its residuals: out and back each
-                moved += evals * 2 * skips * 4
-        if strategy.weights == "sequential":
-            moved += calls * nets + 2 * model.vae.param_bytes
-        elif strategy.weights == "model":
-            moved += 2 * (nets + model.vae.param_bytes + (model.text_bytes if base else 0))
-        seconds = (unet_flop * slowdown + vae_flop) / rate + moved / HOST_LINK
+    # The time, at `rate` or, only to compare strategies, at RANK_RATE.
+    slowdown = 1 + sum(v for k, v in LEVER_SLOWDOWN.items() if getattr(strategy, k))
+    calls = evals * (2 if strategy.split_cfg else 1)
+    moved = spilled
+    nets = unet.param_bytes + (control.param_bytes if control else 0)
+    if strategy.park_skips:
+        skips = _skip_bytes(unet, lat_h, lat_w, model.dtype_bytes)
+        moved += evals * 2 * skips * (5 if strategy.row_bands else 2)
+        if control is not None:  # its skips, then its residuals: out and back each
+            moved += evals * 2 * skips * 4
+    if strategy.weights == "sequential":
+        moved += calls * nets + 2 * model.vae.param_bytes
+    elif strategy.weights == "model":
+        moved += 2 * (nets + model.vae.param_bytes + (model.text_bytes if base else 0))
+    rank = (unet_flop * slowdown + vae_flop) / (rate or RANK_RATE) + moved / HOST_LINK
     return StageCost(max(peaks), peaks[0], (unet_flop + vae_flop) / 1e12, unet_flop / 1e12, scratch,
-                     seconds, tile)
+                     rank if rate else None, tile, rank, spill_on)
 
 
 def _skip_bytes(shape: UNetShape, height: int, width: int, dtype_bytes: int) -> int:
@@ -660,6 +678,16 @@ GPU_PEAK = {"h200": 989e12, "h100": 989e12, "a100": 312e12, "l40s": 362e12, "a60
             "a10": 125e12, "l4": 121e12, "4090": 165e12, "4080": 97e12, "3090": 71e12,
             "t4": 65e12}
 EFFICIENCY = 0.4  # fraction of peak these convs and matmuls reach: assumed until measured
+
+
+def local_gpu() -> str | None:
+    """The local CUDA GPU's short name when it is in the throughput table."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name().lower()
+    return next((key for key in GPU_PEAK if key in name), None)
 
 
 def rate_for(gpu: str) -> float:
@@ -693,7 +721,8 @@ def model_shape(components: Any, controlnet: Any = None) -> ModelShape:
                       dtype_bytes=components.dtype.itemsize,
                       vae_dtype_bytes=components.vae_dtype.itemsize,
                       native=components.native, on_gpu=components.device.type != "cpu",
-                      control=ControlShape.of(controlnet) if controlnet is not None else None)
+                      control=ControlShape.of(controlnet) if controlnet is not None else None,
+                      spill=spill_budget(components.device))
 
 
 @lru_cache(maxsize=8)

@@ -15,7 +15,7 @@ from PIL import Image
 from hires import vae as tiled_vae
 from hires.addons import Addons, attached
 from hires.controlnet import control_tensor
-from hires.costs import model_shape, rate_for
+from hires.costs import local_gpu, model_shape, rate_for
 from hires.denoiser import Conditioning, Control, Denoiser
 from hires.job import Job
 from hires.memory import free_memory, peak_memory, placed, reset_peak
@@ -88,8 +88,11 @@ def budget_for(job: Job, components: Components) -> int | None:
 def plan_for(job: Job, components: Components, *, gpu: str | None = None,
              source: tuple[int, int] | None = None) -> Plan:
     """The job's stages for this model, each with the fastest strategy that fits the budget;
-    with `source` (an input image's size), the stages of an upscale from it."""
+    with `source` (an input image's size), the stages of an upscale from it. Times are for
+    `gpu` (a GPU_PEAK name or TFLOP/s), else for the local GPU where it is in that table."""
     cfg = components.pipe.scheduler.config
+    if gpu is None and components.device.type == "cuda":
+        gpu = local_gpu()
     return make_plan(
         job.width, job.height, steps=job.steps, strength=job.strength, native=components.native,
         spacing=cfg.get("timestep_spacing", "leading"), train_steps=cfg["num_train_timesteps"],
@@ -209,6 +212,7 @@ def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditio
     n = len(plan.stages)
     strategy = stage.strategy
     tile = vae_tile(job, stage)
+    spill = bool(stage.cost and stage.cost.vae_spill)  # the plan found the copies worth it
     # Each stage draws its noise from its own stream of the job's seed: same seed, same image,
     # and a retried stage draws the same noise again.
     generator = torch.Generator("cpu").manual_seed((job.seed + 7919 * stage.index) % 2**63)
@@ -244,19 +248,19 @@ def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditio
             with placed(comps, strategy.weights, vae):
                 emit(Event("resize", stage.index, n, stage.width, stage.height))
                 x0 = encode(comps, fit(carry.image, stage.width, stage.height), tile, emit,
-                            stage, n, job)
+                            stage, n, job, spill)
             anchor = channel_stats(x0)
         elif job.upsample == "latent":
             x0 = F.interpolate(carry.latents, size=shape[2:], mode="bicubic", align_corners=False)
         else:
             with placed(comps, strategy.weights, vae):
-                image = decode(comps, carry.latents, tile, emit, stage.index - 1, n, job)
+                image = decode(comps, carry.latents, tile, emit, stage.index - 1, n, job, spill)
                 decoded(stage.index - 1, image)
                 if save_stages and len(stage_images) < stage.index:
                     stage_images.append(image)
                 emit(Event("resize", stage.index, n, stage.width, stage.height))
                 image = fit(image, stage.width, stage.height)
-                x0 = encode(comps, image, tile, emit, stage, n, job)
+                x0 = encode(comps, image, tile, emit, stage, n, job, spill)
                 del image
         # One noise tensor per stage, from the job's generator: same seed, same image.
         noise = torch.randn(shape, generator=generator).to(comps.device)
@@ -268,7 +272,7 @@ def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditio
         del x0, noise
     if stage.index == n - 1:
         with placed(comps, strategy.weights, vae):
-            stage_images.append(decode(comps, latents, tile, emit, stage.index, n, job))
+            stage_images.append(decode(comps, latents, tile, emit, stage.index, n, job, spill))
         decoded(stage.index, stage_images[-1])
     report = StageReport(stage.index, stage.width, stage.height, stage.strength, stage.steps,
                          denoiser.evaluations, 0.0, None, strategy.label,
@@ -299,7 +303,7 @@ def encode_prompt(comps: Components, job: Job, plan: Plan) -> Conditioning:
 
 
 def decode(comps: Components, latents, tile: int, emit: ProgressFn, stage: int, n: int,
-           job: Job | None = None):
+           job: Job | None = None, spill: bool = False):
     """Latents to a PIL image through the tiled VAE."""
     h, w = latents.shape[2] * 8, latents.shape[3] * 8
 
@@ -309,12 +313,12 @@ def decode(comps: Components, latents, tile: int, emit: ProgressFn, stage: int, 
     on_tile(0, 0)  # the phase starts now (its tile count comes with the first tile)
     with torch.inference_mode():
         pixels = tiled_vae.decode(comps.vae, latents, tile=tile, progress=on_tile,
-                                  **_stats(job))
+                                  spill=spill, **_stats(job))
     return Image.fromarray(pixels)
 
 
 def encode(comps: Components, image: Image.Image, tile: int, emit: ProgressFn, stage: Stage,
-           n: int, job: Job | None = None):
+           n: int, job: Job | None = None, spill: bool = False):
     """A PIL image to UNet-space latents through the tiled VAE."""
     import numpy as np
 
@@ -324,7 +328,7 @@ def encode(comps: Components, image: Image.Image, tile: int, emit: ProgressFn, s
     on_tile(0, 0)
     with torch.inference_mode():
         latents = tiled_vae.encode(comps.vae, np.asarray(image), tile=tile, progress=on_tile,
-                                   **_stats(job))
+                                   spill=spill, **_stats(job))
     return latents.to(comps.device, torch.float32)
 
 

@@ -8,6 +8,7 @@ memory fits, and records that estimate, the stage's FLOPs, scratch disk and time
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field, replace
 
 from hires.costs import ModelShape, StageCost, stage_cost
@@ -60,6 +61,7 @@ class Plan:
     width: int
     height: int
     budget: int | None = None  # device bytes the plan was fitted to; None: not fitted
+    spill: float = 0.0  # CPU memory the VAE may keep a GPU's step outputs in
 
     @property
     def peak_bytes(self) -> int | None:
@@ -206,7 +208,8 @@ def make_plan(
                                  budget=budget, offload=offload, vae_tile=vae_tile,
                                  vae_stats=vae_stats, rate=rate, source=source)
             raise
-    return Plan(tuple(stages), width, height, budget)
+    spill = model.spill if model is not None and model.on_gpu else 0.0
+    return Plan(tuple(stages), width, height, budget, spill)
 
 
 def _with_cost(stage: Stage, stages: list[Stage], model: ModelShape, strategy: Strategy,
@@ -242,7 +245,7 @@ def fit_stage(stage: Stage, stages: list[Stage], model: ModelShape, budget: int 
             f"stage {stage.index} ({stage.width}x{stage.height}) needs at least "
             f"{least.cost.peak_bytes / GIB:.1f} GiB of GPU memory ({least.strategy.label}) "
             f"plus a margin, more than the {budget / GIB:.1f} GiB budget allows")
-    return min(fits, key=lambda o: (o.cost.seconds or 0.0, o.cost.peak_bytes))
+    return min(fits, key=lambda o: (o.cost.rank, o.cost.peak_bytes))
 
 
 def cheaper(stage: Stage, stages: list[Stage], model: ModelShape, offload: str = "auto",
@@ -258,7 +261,7 @@ def cheaper(stage: Stage, stages: list[Stage], model: ModelShape, offload: str =
     options = [_with_cost(stage, stages, model, s, vae_tile, vae_stats, rate)
                for s in strategies_for(model, offload)]
     lower = [o for o in options if need(o) < need(stage)]
-    return min(lower, key=lambda o: (o.cost.seconds or 0.0, o.cost.peak_bytes)) if lower else None
+    return min(lower, key=lambda o: (o.cost.rank, o.cost.peak_bytes)) if lower else None
 
 
 
@@ -315,6 +318,17 @@ def _vae_dtype_bytes(requested: str, dtype_bytes: int, device: str) -> int:
     return dtype_bytes  # bf16 for a half-precision model, fp32 for an fp32 one
 
 
+DRY_RUN_FREE_RAM = 0.8  # the share of this machine's RAM a dry run takes to be free
+
+
+def _total_ram() -> int:
+    """This machine's RAM in bytes (0 where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (OSError, ValueError, AttributeError):
+        return 0
+
+
 def plan_without_weights(job, rate: float | None = None,
                          source: tuple[int, int] | None = None) -> Plan:
     """The plan of a Job for the device it names, from the model's shapes alone (a dry run).
@@ -327,6 +341,7 @@ def plan_without_weights(job, rate: float | None = None,
     import torch
 
     from hires.costs import model_shape, sdxl_shape
+    from hires.vae_stats import spill_from_free
 
     on_gpu = not job.device.startswith(("cpu", "mps"))
     dtype_bytes = 4 if job.dtype in ("fp32", "float32") or not on_gpu else 2
@@ -354,6 +369,10 @@ def plan_without_weights(job, rate: float | None = None,
                            on_gpu=on_gpu, controlnet=bool(job.control_model),
                            vae_dtype_bytes=vae_dtype_bytes)
         spacing, train, offset = "leading", 1000, 1  # SDXL base's scheduler
+    if on_gpu:
+        # The VAE's outputs that do not fit the GPU may go to the CPU's memory: as if
+        # DRY_RUN_FREE_RAM of this machine's RAM were free then (a run looks at what is free).
+        shape = copy(shape, spill=spill_from_free(DRY_RUN_FREE_RAM * _total_ram()))
     return make_plan(job.width, job.height, steps=job.steps, strength=job.strength,
                      native=shape.native, spacing=spacing, train_steps=train, offset=offset,
                      model=shape, budget=budget, offload=job.offload if on_gpu else "none",

@@ -20,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from hires import vae_stats
 from hires.vae_attention import blocks, cell_side, is_global, landmarks
+from hires.vae_memo import spilled_size
 from hires.vae_tiles import SCALE, Box, Grid, tile_sizes
 
 if TYPE_CHECKING:
@@ -104,20 +105,31 @@ def _whole_attention_flops(c: int, tokens: int) -> float:
 
 
 def tiled_flops(vae: VaeShape, width: int, height: int, *, decode: bool, tile: int,
-                budget: float, dtype_bytes: int = 2, overlap: int | None = None) -> float:
+                budget: float, dtype_bytes: int = 2, overlap: int | None = None,
+                spill: float = 0.0) -> float:
     """FLOPs of one `fast` decode (or encode) of a width x height image: passes and final pass.
 
-    `budget`: bytes the memo may keep (`hires.vae_stats.fast_budget`). Counts what torch's
-    FlopCounterMode counts (convolutions and matmuls), like the meta-device replay.
+    `budget`: bytes the memo may keep (`hires.vae_stats.fast_budget`); `spill`: more in the
+    CPU's memory (`spill_budget`). Counts what torch's FlopCounterMode counts (convolutions
+    and matmuls), like the meta-device replay.
     """
+    return tiled_cost(vae, width, height, decode=decode, tile=tile, budget=budget,
+                      dtype_bytes=dtype_bytes, overlap=overlap, spill=spill)[0]
+
+
+def tiled_cost(vae: VaeShape, width: int, height: int, *, decode: bool, tile: int,
+               budget: float, dtype_bytes: int = 2, overlap: int | None = None,
+               spill: float = 0.0) -> tuple[float, float]:
+    """(FLOPs, bytes copied between the GPU and the CPU's memory for the spilled outputs)."""
     h, w = height // SCALE, width // SCALE
-    return _tiled_flops(vae, w, h, decode, tile, float(budget), dtype_bytes, overlap,
-                        is_global((h, w)))
+    return _tiled_cost(vae, w, h, decode, tile, float(budget), float(spill), dtype_bytes,
+                       overlap, is_global((h, w)))
 
 
 @lru_cache(maxsize=512)
-def _tiled_flops(vae: VaeShape, w: int, h: int, decode: bool, tile: int, budget: float,
-                 dtype_bytes: int, overlap: int | None, whole: bool) -> float:
+def _tiled_cost(vae: VaeShape, w: int, h: int, decode: bool, tile: int, budget: float,
+                spill: float, dtype_bytes: int, overlap: int | None,
+                whole: bool) -> tuple[float, float]:
     t, o = tile_sizes(tile, overlap)
     c = vae.channels[-1]
     head = 2.0 * vae.latent_channels**2 if decode else 0.0  # post_quant_conv, per latent px
@@ -125,7 +137,7 @@ def _tiled_flops(vae: VaeShape, w: int, h: int, decode: bool, tile: int, budget:
     if h * w <= t * t:  # one plain pass, diffusers' own (whole) attention
         net = steps(vae, h, w, decode=decode, dtype_bytes=dtype_bytes)
         return (sum(s.flops for s in net) + _whole_attention_flops(c, h * w)
-                + (head + tail) * h * w)
+                + (head + tail) * h * w), 0.0
     size = (h, w)
     grid = Grid.cover(size, t, o)
     tiles = list(grid.tiles())
@@ -136,24 +148,33 @@ def _tiled_flops(vae: VaeShape, w: int, h: int, decode: bool, tile: int, budget:
         if shape not in nets:
             nets[shape] = steps(vae, *shape, decode=decode, dtype_bytes=dtype_bytes)
     n = len(next(iter(nets.values())))
-    kept: dict[Box, tuple[int, int]] = {}  # window -> (step number, bytes): MemoryMemo's rule
-    used, total = 0, 0.0
+    # window -> (step number, bytes, spilled): MemoryMemo's rule
+    kept: dict[Box, tuple[int, int, bool]] = {}
+    used, spilled, total, copied = 0, 0, 0.0, 0.0
 
     def run(window: Box, stop: int | None, saving: bool = True) -> None:
         """Run a tile from its kept output up to the start of step `stop` (None: to the end)."""
-        nonlocal used, total
+        nonlocal used, spilled, total, copied
         y0, y1, x0, x1 = window
         net = nets[(y1 - y0, x1 - x0)]
-        start = kept[window][0] if window in kept else 0
+        start, size, away = kept.get(window, (0, 0, False))
         if start == 0:
             total += head * (y1 - y0) * (x1 - x0)
+        elif away:
+            copied += size
         for i in range(start, n if stop is None else stop):
             total += 0.0 if net[i].attention else net[i].flops  # a copy of the output
             if saving and i + 1 < n:
-                freed = kept[window][1] if window in kept else 0
-                if used - freed + net[i].out <= budget:
-                    kept[window] = (i + 1, net[i].out)
-                    used += net[i].out - freed
+                _, size, away = kept.get(window, (0, 0, False))
+                here, there = (0, spilled_size(size)) if away else (size, 0)
+                need = net[i].out
+                if used - here + need <= budget:
+                    kept[window] = (i + 1, need, False)
+                    used, spilled = used - here + need, spilled - there
+                elif spilled - there + spilled_size(need) <= spill:
+                    kept[window] = (i + 1, need, True)
+                    used, spilled = used - here, spilled - there + spilled_size(need)
+                    copied += need
 
     net0 = next(iter(nets.values()))
     for j, s in enumerate(net0):
@@ -175,11 +196,11 @@ def _tiled_flops(vae: VaeShape, w: int, h: int, decode: bool, tile: int, budget:
         run(window, None, saving=False)
         y0, y1, x0, x1 = window
         total += tail * (y1 - y0) * (x1 - x0)
-    return total
+    return total, copied
 
 
 def replayed_flops(vae, width: int, height: int, *, decode: bool, tile: int, budget: float,
-                   overlap: int | None = None) -> tuple[float, float]:
+                   overlap: int | None = None, spill: float = 0.0) -> tuple[float, float]:
     """(all, before the final pass) FLOPs of the same decode (or encode), counted by running
     hires' own tiling code on `vae` built on the meta device: the reference for `tiled_flops`.
     """
@@ -200,17 +221,19 @@ def replayed_flops(vae, width: int, height: int, *, decode: bool, tile: int, bud
             vae.quant_conv(out)
 
     net = vae.decoder if decode else vae.encoder
-    saved, vae_stats.FAST_BYTES = vae_stats.FAST_BYTES, budget
+    saved = vae_stats.FAST_BYTES, vae_stats.SPILL_BYTES
+    vae_stats.FAST_BYTES, vae_stats.SPILL_BYTES = budget, spill
     try:
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             if h * w <= t * t:
                 finish(net(head((0, h, 0, w))))
                 return float(counter.get_total_flops()), 0.0
             grid = Grid.cover((h, w), t, o)
-            with vae_stats.whole_image(net, head, grid, "fast", meta, dtype, None) as tiles:
+            with vae_stats.whole_image(net, head, grid, "fast", meta, dtype, None,
+                                       spill > 0) as tiles:
                 gathered = counter.get_total_flops()
                 for window, _ in grid.tiles():
                     finish(tiles.run(window))
     finally:
-        vae_stats.FAST_BYTES = saved
+        vae_stats.FAST_BYTES, vae_stats.SPILL_BYTES = saved
     return float(counter.get_total_flops()), float(gathered)

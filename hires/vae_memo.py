@@ -109,26 +109,64 @@ class MemoryMemo(Memo):
 
     When a deeper output does not fit, the tile keeps the shallower one it has and resumes
     from there: on big images the cheap latent-resolution levels of every tile stay, and only
-    the full-resolution steps run more than once.
+    the full-resolution steps run more than once. A GPU's outputs that do not fit `budget`
+    go to the CPU's memory, up to `spill` bytes more: copying one back costs far less than
+    running its steps again (a 16K SDXL decode on a 24 GB card: BENCHMARKS.md).
     """
 
-    def __init__(self, budget: float):
-        self.budget, self.used = budget, 0
-        self.kept: dict[Box, tuple[int, Tensor]] = {}
+    def __init__(self, budget: float, spill: float = 0.0):
+        self.budget, self.spill = budget, spill
+        self.used = self.spilled = 0
+        self.pinned = False  # whether anything went to the CPU's pinned memory
+        self.kept: dict[Box, tuple[int, Tensor | tuple[Tensor, ...], bool]] = {}  # + spilled?
 
     def load(self, box: Box, device: torch.device) -> tuple[int, Tensor] | None:
-        return self.kept.get(box)
+        hit = self.kept.get(box)
+        if hit is None:
+            return None
+        number, x, spilled = hit
+        return number, (_moved(x, device) if spilled else x)
 
     def save(self, number: int, box: Box, x: Tensor | tuple[Tensor, ...]) -> None:
         old = self.kept.get(box)
-        freed = 0 if old is None else _nbytes(old[1])
-        if self.used - freed + _nbytes(x) <= self.budget:
-            self.kept[box] = (number, x)  # the step's own output: no copy
-            self.used += _nbytes(x) - freed
+        need = _nbytes(x)
+        here = 0 if old is None or old[2] else _nbytes(old[1])
+        away = 0 if old is None or not old[2] else spilled_size(_nbytes(old[1]))
+        if self.used - here + need <= self.budget:
+            self.kept[box] = (number, x, False)  # the step's own output: no copy
+            self.used, self.spilled = self.used - here + need, self.spilled - away
+        elif self.spilled - away + spilled_size(need) <= self.spill:
+            self.kept[box] = (number, _moved(x, torch.device("cpu")), True)
+            self.used, self.spilled = self.used - here, self.spilled - away + spilled_size(need)
+            self.pinned = self.pinned or _on_gpu(x)
 
     def close(self) -> None:
         self.kept.clear()
-        self.used = 0
+        self.used = self.spilled = 0
+        empty = getattr(getattr(torch, "accelerator", None), "empty_host_cache", None)
+        if self.pinned and empty is not None:
+            empty()  # the pinned blocks, back to the machine (torch 2.8+)
+        self.pinned = False
+
+
+def spilled_size(n: int) -> int:
+    """What `n` bytes take in the CPU's pinned memory: torch's pinned allocator rounds blocks
+    up to a power of two (per tensor; counted here per step output)."""
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _on_gpu(x: Tensor | tuple[Tensor, ...]) -> bool:
+    return any(t.device.type == "cuda" for t in (x if isinstance(x, tuple) else (x,)))
+
+
+def _moved(x: Tensor | tuple[Tensor, ...], device: torch.device) -> Tensor | tuple[Tensor, ...]:
+    """`x` on `device`, copied without waiting where a GPU is involved (pinned on the CPU side:
+    torch pins a non-blocking copy's CPU output); as it is where no GPU is (CPU, meta)."""
+    if isinstance(x, tuple):
+        return tuple(_moved(t, device) for t in x)
+    if x.device.type != "cuda" and device.type != "cuda":
+        return x
+    return x.to(device, non_blocking=True)
 
 
 def _nbytes(x: Tensor | tuple[Tensor, ...]) -> int:

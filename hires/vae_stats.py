@@ -57,6 +57,11 @@ FAST_BYTES: float | None = None  # fast: the most kept step outputs may take (No
 FAST_SHARE = {"cuda": 0.8, "cpu": 0.5}
 FAST_RESERVE = {"cuda": 8e9, "cpu": 2e9}
 FAST_FLOOR = 1e9
+# fast, on a GPU: outputs that do not fit its budget go to the CPU's memory, up to this share of
+# what is free there beyond a reserve (the canvas, the attention's input, the rest of the
+# machine). SPILL_BYTES, when set, replaces the rule (tests, replays).
+SPILL_SHARE, SPILL_RESERVE = 0.5, 8e9
+SPILL_BYTES: float | None = None
 # Elements of one band of rows upcast at a time to gather moments: about a core's L2 cache in
 # float32 on the CPU; on a GPU large enough that a tile takes a few launches.
 MOMENT_BAND = {"cpu": 1 << 19, "cuda": 1 << 25}
@@ -252,6 +257,20 @@ def fast_budget(device: torch.device) -> float:
     return budget_from_free(free, device.type == "cuda")
 
 
+def spill_budget(device: torch.device) -> float:
+    """Bytes of the CPU's memory a GPU's fast mode may keep step outputs in (0 off a GPU)."""
+    if SPILL_BYTES is not None:
+        return SPILL_BYTES
+    if device.type != "cuda":
+        return 0.0
+    return spill_from_free(free_memory(torch.device("cpu")) or 0.0)
+
+
+def spill_from_free(free: float) -> float:
+    """`spill_budget` when `free` bytes of the CPU's memory are free (the planner's too)."""
+    return max(0.0, SPILL_SHARE * (free - SPILL_RESERVE))
+
+
 def budget_from_free(free: float, on_gpu: bool) -> float:
     """The fast mode's budget when `free` bytes are free as a decode starts (the planner's too)."""
     kind = "cuda" if on_gpu else "cpu"
@@ -270,16 +289,18 @@ class Tiles:
 @contextmanager
 def whole_image(net: nn.Module, head: Callable[[Box], Tensor], grid: Grid,
                 mode: str, device: torch.device, dtype: torch.dtype,
-                progress: Progress | None) -> Iterator[Tiles]:
+                progress: Progress | None, spill: bool = False) -> Iterator[Tiles]:
     """Patch `net`, gather whole-image statistics, then hand out the grid and a tile runner.
 
-    `head(box)` gives the input of `net` for a tile window.
+    `head(box)` gives the input of `net` for a tile window; with `spill`, the fast mode may
+    keep step outputs in the CPU's memory too (`spill_budget`).
     """
     if mode not in MODES:
         raise ValueError(f"stats must be one of {MODES}, got {mode!r}")
     size = grid.size
     state = State(size=size, cell=cell_side(size), device=device)
-    memo = DiskMemo(len(grid), MEMO_BYTES) if mode == "exact" else MemoryMemo(fast_budget(device))
+    memo = DiskMemo(len(grid), MEMO_BYTES) if mode == "exact" else MemoryMemo(
+        fast_budget(device), spill_budget(device) if spill else 0.0)
     norms = sum(isinstance(m, nn.GroupNorm) for m in net.modules())
     attns = sum(isinstance(m, Attention) for m in net.modules())
     # Tile runs, and above GLOBAL_TOKENS the attention's blocks (as long as a pass, or more).

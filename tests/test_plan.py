@@ -150,3 +150,13 @@ def test_costs_grow_with_size():
     tflop = [s.cost.unet_tflop / s.steps for s in p.stages[1:]]
     assert all(b > 3.5 * a for a, b in zip(tflop, tflop[1:]))  # ~4x pixels per x2 stage
     assert math.isclose(p.seconds, sum(s.cost.seconds for s in p.stages))
+
+
+def test_without_a_rate_the_plan_still_picks_the_fastest_strategy_that_fits():
+    """A run on a GPU not in the table plans without a rate: strategies are still ranked by
+    time (at RANK_RATE), not by memory, so an 80 GB card does not stream its weights."""
+    p = make_plan(4096, 4096, model=sdxl(), budget=80 * GIB)
+    assert all(s.cost.seconds is None for s in p.stages)
+    assert [s.strategy.label for s in p.stages] == ["batched"] * 3
+    tight = make_plan(16384, 16384, model=sdxl(), budget=24 * GIB)
+    assert tight.stages[-1].strategy.weights == "sequential"  # where it must

@@ -478,3 +478,54 @@ def test_gathering_moments_takes_bands_not_a_float32_copy_of_the_tile(monkeypatc
     extra = peak_of(gather) - size
     assert extra <= 4 * vae_stats.MOMENT_BAND["cuda"] + 2**20  # one float32 band
     assert extra < size / 2
+
+
+def test_memo_spills_what_its_budget_cannot_hold_and_frees_the_right_share():
+    # Spilled outputs count as the power-of-two blocks torch's pinned allocator gives them.
+    memo = vae_memo.MemoryMemo(budget=100, spill=512)
+    a, b, c = (torch.zeros(n, dtype=torch.uint8) for n in (80, 200, 15))
+    box1, box2, cpu = (0, 1, 0, 1), (1, 2, 0, 1), torch.device("cpu")
+    memo.save(1, box1, a)  # fits the budget
+    memo.save(1, box2, b)  # does not: spilled, as 256
+    assert (memo.used, memo.spilled) == (80, 256)
+    memo.save(2, box2, c)  # deeper, and fits beside `a`: the spilled one is freed
+    assert (memo.used, memo.spilled) == (95, 0)
+    memo.save(3, box1, b)  # no room beside `c`: spilled, and `a` freed
+    assert (memo.used, memo.spilled) == (15, 256)
+    memo.save(4, box1, (a, a))  # 160: spilled (as 256) in place of its own
+    assert (memo.used, memo.spilled) == (15, 256) and memo.load(box1, cpu)[0] == 4
+    number, x = memo.load(box2, cpu)
+    assert number == 2 and x is c  # off a GPU nothing is copied
+    memo.save(5, box2, torch.zeros(300, dtype=torch.uint8))  # 512 more fits nowhere
+    assert memo.load(box2, cpu)[0] == 2 and (memo.used, memo.spilled) == (15, 256)
+    assert [vae_memo.spilled_size(n) for n in (1, 2, 3, 256, 257)] == [1, 2, 4, 256, 512]
+
+
+def test_spill_budget_is_a_share_of_the_cpus_free_memory_on_a_gpu_only(monkeypatch):
+    monkeypatch.setattr(vae_stats, "free_memory", lambda device: 72e9)
+    assert vae_stats.spill_budget(torch.device("cpu")) == 0
+    assert vae_stats.spill_budget(torch.device("cuda")) == 0.5 * (72e9 - 8e9)
+    monkeypatch.setattr(vae_stats, "free_memory", lambda device: 5e9)
+    assert vae_stats.spill_budget(torch.device("cuda")) == 0
+    monkeypatch.setattr(vae_stats, "SPILL_BYTES", 7e6)
+    assert vae_stats.spill_budget(torch.device("cpu")) == 7e6
+
+
+def test_fast_mode_with_spilled_outputs_is_exact(vae, monkeypatch):
+    z = smooth_latent(32, 48, seed=8)  # 2 tiles
+    exact = tiled.decode_float(vae, z, tile=TILE, overlap=OVERLAP, stats="exact")
+    monkeypatch.setattr(vae_stats, "FAST_BYTES", 1e6)
+    monkeypatch.setattr(vae_stats, "SPILL_BYTES", 3e6)
+    spilled = []
+    real = vae_memo.MemoryMemo.save
+
+    def save(memo, number, box, x):
+        real(memo, number, box, x)
+        spilled.append(memo.spilled)
+
+    monkeypatch.setattr(vae_memo.MemoryMemo, "save", save)
+    fast = tiled.decode_float(vae, z, tile=TILE, overlap=OVERLAP, stats="fast")
+    assert max(spilled) == 0  # not asked to
+    fast = tiled.decode_float(vae, z, tile=TILE, overlap=OVERLAP, stats="fast", spill=True)
+    torch.testing.assert_close(fast, exact, rtol=0, atol=1e-5)
+    assert max(spilled) > 0  # some outputs went to the spill share

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from diffusers import AutoencoderKL
@@ -11,7 +13,7 @@ from hires.costs import VaeShape, sdxl_shape, stage_cost, vae_flops
 from hires.sdxl import SDXL_VAE_CONFIG
 from hires.strategy import Strategy
 from hires.tiny import tiny_vae
-from hires.vae_cost import replayed_flops, tiled_flops
+from hires.vae_cost import replayed_flops, tiled_cost, tiled_flops
 
 
 def _on_meta(config: dict) -> AutoencoderKL:
@@ -71,3 +73,41 @@ def test_less_memory_costs_recomputation_and_the_planner_prices_it():
 
     # The same stage on a smaller GPU keeps fewer outputs and recomputes more.
     assert vae_tflop(40) > 1.5 * vae_tflop(139) > 1.5 * plain / 1e12
+
+
+@pytest.mark.parametrize("decode", [True, False])
+def test_simulation_follows_outputs_spilled_to_the_cpu(tiny, decode):
+    """A GPU's outputs that do not fit its budget go to the CPU's memory (`spill`): the
+    simulation keeps the same books as the memo, and spilling saves work for copies."""
+    vae, shape = tiny
+    replayed, _ = replayed_flops(vae, 768, 576, decode=decode, tile=256, budget=1e6, spill=3e6)
+    flops, copied = tiled_cost(shape, 768, 576, decode=decode, tile=256, budget=1e6, spill=3e6)
+    assert flops == pytest.approx(replayed, rel=1e-9)
+    alone, none = tiled_cost(shape, 768, 576, decode=decode, tile=256, budget=1e6)
+    assert none == 0 and copied > 0 and flops < alone
+    # Spilled or not, a byte kept is a byte kept: the same work as one budget of both sizes.
+    both, _ = tiled_cost(shape, 768, 576, decode=decode, tile=256, budget=4e6)
+    assert both <= flops
+
+
+def test_the_planner_prices_spilled_outputs_and_their_copies():
+    shape = sdxl_shape(linfusion=True)
+
+    def vae_cost(spill: float, rate: float = 66e12) -> tuple[float, float, bool]:
+        cost = stage_cost(replace(shape, spill=spill), 16384, 16384, 4, Strategy(), base=False,
+                          previous=(8192, 8192), final_decode=True, budget=24 * 2**30,
+                          rate=rate)
+        return cost.tflop - cost.unet_tflop, cost.seconds, cost.vae_spill
+
+    (tight, slow, no), (roomy, fast, yes) = vae_cost(0.0), vae_cost(32e9)
+    assert roomy < 0.6 * tight and fast < slow and yes and not no
+    # The copies are priced: the time falls by less than the work's share of it.
+    assert slow - fast < (tight - roomy) * 1e12 / 66e12
+    # A GPU six times faster recomputes sooner than the copies come back: no spilling.
+    assert vae_cost(32e9, 400e12)[0::2] == (tight, False)
+    assert vae_cost(32e9, None)[2] is False  # nor without a rate to judge by
+    off = stage_cost(replace(shape, spill=32e9, on_gpu=False), 4096, 4096, 2, Strategy(),
+                     base=False, previous=(2048, 2048), final_decode=True, budget=24 * 2**30)
+    on = stage_cost(replace(shape, on_gpu=False), 4096, 4096, 2, Strategy(), base=False,
+                    previous=(2048, 2048), final_decode=True, budget=24 * 2**30)
+    assert off.tflop == on.tflop  # a CPU has nowhere to spill to
