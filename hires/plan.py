@@ -245,7 +245,7 @@ def fit_stage(stage: Stage, stages: list[Stage], model: ModelShape, budget: int 
             f"stage {stage.index} ({stage.width}x{stage.height}) needs at least "
             f"{least.cost.peak_bytes / GIB:.1f} GiB of GPU memory ({least.strategy.label}) "
             f"plus a margin, more than the {budget / GIB:.1f} GiB budget allows")
-    return min(fits, key=lambda o: (o.cost.rank, o.cost.peak_bytes))
+    return min(fits, key=_preference(model))
 
 
 def cheaper(stage: Stage, stages: list[Stage], model: ModelShape, offload: str = "auto",
@@ -261,7 +261,16 @@ def cheaper(stage: Stage, stages: list[Stage], model: ModelShape, offload: str =
     options = [_with_cost(stage, stages, model, s, vae_tile, vae_stats, rate)
                for s in strategies_for(model, offload)]
     lower = [o for o in options if need(o) < need(stage)]
-    return min(lower, key=lambda o: (o.cost.rank, o.cost.peak_bytes)) if lower else None
+    return min(lower, key=_preference(model)) if lower else None
+
+
+def _preference(model: ModelShape):
+    """How strategies that fit are ranked: on a GPU the fastest first; on a CPU the leanest,
+    since fresh memory is what costs there (the 8K tiny pipeline on the 2-core machine: its 8K
+    denoise 59.5 s with split CFG, chunks and row bands, 98.7 s batched; BENCHMARKS.md)."""
+    if model.on_gpu:
+        return lambda o: (o.cost.rank, o.cost.peak_bytes)
+    return lambda o: (o.cost.peak_bytes, o.cost.rank)
 
 
 

@@ -5,6 +5,7 @@ from functools import lru_cache
 
 import pytest
 
+from hires.costs import sdxl_shape
 from hires.plan import PlanError, base_size, make_plan, schedule, stage_sizes, usable
 
 GIB = 1024**3
@@ -160,3 +161,22 @@ def test_without_a_rate_the_plan_still_picks_the_fastest_strategy_that_fits():
     assert [s.strategy.label for s in p.stages] == ["batched"] * 3
     tight = make_plan(16384, 16384, model=sdxl(), budget=24 * GIB)
     assert tight.stages[-1].strategy.weights == "sequential"  # where it must
+
+
+def test_on_a_cpu_the_leanest_strategy_that_fits_wins():
+    """Fresh memory is what costs on a CPU (BENCHMARKS.md): the plan takes the least peak,
+    where on a GPU it takes the least time."""
+    cpu = make_plan(8192, 8192, model=sdxl_shape(on_gpu=False, dtype_bytes=4),
+                    budget=64 * GIB, offload="none")
+    for stage in cpu.stages:
+        assert stage.cost.peak_bytes == min(
+            o.cost.peak_bytes for o in _options(stage, cpu, on_gpu=False))
+    assert cpu.stages[-1].strategy.row_bands
+
+
+def _options(stage, plan, on_gpu):
+    from hires.plan import _with_cost, strategies_for
+
+    model = sdxl_shape(on_gpu=on_gpu, dtype_bytes=4)
+    return [_with_cost(stage, list(plan.stages), model, s, None, "fast", None, 64 * GIB)
+            for s in strategies_for(model, "none")]
