@@ -855,6 +855,8 @@ def info(
                 lines.append(f"device cuda:{i} {p.name}, {p.total_memory / 1024**3:.1f} GiB")
         else:
             lines.append("device cpu only (no CUDA GPU visible to torch)")
+        from hires.memory import ram_bytes
+
         total, available = ram_bytes()
         if total:
             lines.append(f"ram {total / 1024**3:.1f} GiB, {available / 1024**3:.1f} GiB available")
@@ -912,22 +914,6 @@ def show_made(path: Path, as_json: bool) -> None:
         lines.append(f"stage {stage.get('index')}: {stage.get('width')}x{stage.get('height')}, "
                      f"{stage.get('steps')} steps, {stage.get('seconds')} s")
     out_line("\n".join(lines))
-
-
-def ram_bytes() -> tuple[int, int]:
-    """(total, available) RAM in bytes; (0, 0) where the system does not say."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            fields = {k: int(v.split()[0]) * 1024 for k, v in
-                      (line.split(":", 1) for line in f if ":" in line)}
-        return fields["MemTotal"], fields.get("MemAvailable", fields.get("MemFree", 0))
-    except (OSError, KeyError, ValueError):
-        pass
-    try:
-        page = os.sysconf("SC_PAGE_SIZE")
-        return page * os.sysconf("SC_PHYS_PAGES"), page * os.sysconf("SC_AVPHYS_PAGES")
-    except (OSError, ValueError, AttributeError):
-        return 0, 0
 
 
 def version_callback(value: bool) -> None:

@@ -30,6 +30,22 @@ def free_memory(device: torch.device, parts: tuple[nn.Module, ...] = ()) -> int 
     return None
 
 
+def ram_bytes() -> tuple[int, int]:
+    """(total, available) RAM in bytes; (0, 0) where the system does not say."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            fields = {k: int(v.split()[0]) * 1024 for k, v in
+                      (line.split(":", 1) for line in f if ":" in line)}
+        return fields["MemTotal"], fields.get("MemAvailable", fields.get("MemFree", 0))
+    except (OSError, KeyError, ValueError):
+        pass
+    try:
+        page = os.sysconf("SC_PAGE_SIZE")
+        return page * os.sysconf("SC_PHYS_PAGES"), page * os.sysconf("SC_AVPHYS_PAGES")
+    except (OSError, ValueError, AttributeError):
+        return 0, 0
+
+
 def choose_offload(offload: str, device: torch.device) -> str:
     """The offload modes the planner may use: the user's choice, 'none' where there is no GPU."""
     return "none" if device.type not in ("cuda", "mps") else offload

@@ -8,7 +8,6 @@ memory fits, and records that estimate, the stage's FLOPs, scratch disk and time
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field, replace
 
 from hires.costs import ModelShape, StageCost, stage_cost
@@ -330,14 +329,6 @@ def _vae_dtype_bytes(requested: str, dtype_bytes: int, device: str) -> int:
 DRY_RUN_FREE_RAM = 0.8  # the share of this machine's RAM a dry run takes to be free
 
 
-def _total_ram() -> int:
-    """This machine's RAM in bytes (0 where the system does not say)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (OSError, ValueError, AttributeError):
-        return 0
-
-
 def plan_without_weights(job, rate: float | None = None,
                          source: tuple[int, int] | None = None) -> Plan:
     """The plan of a Job for the device it names, from the model's shapes alone (a dry run).
@@ -350,6 +341,7 @@ def plan_without_weights(job, rate: float | None = None,
     import torch
 
     from hires.costs import model_shape, sdxl_shape
+    from hires.memory import ram_bytes
     from hires.vae_stats import spill_from_free
 
     on_gpu = not job.device.startswith(("cpu", "mps"))
@@ -381,7 +373,7 @@ def plan_without_weights(job, rate: float | None = None,
     if on_gpu:
         # The VAE's outputs that do not fit the GPU may go to the CPU's memory: as if
         # DRY_RUN_FREE_RAM of this machine's RAM were free then (a run looks at what is free).
-        shape = copy(shape, spill=spill_from_free(DRY_RUN_FREE_RAM * _total_ram()))
+        shape = copy(shape, spill=spill_from_free(DRY_RUN_FREE_RAM * ram_bytes()[0]))
     return make_plan(job.width, job.height, steps=job.steps, strength=job.strength,
                      native=shape.native, spacing=spacing, train_steps=train, offset=offset,
                      model=shape, budget=budget, offload=job.offload if on_gpu else "none",
