@@ -1,7 +1,8 @@
 """fp32 against bf16 on this CPU: one UNet evaluation and one tiled VAE decode in each.
 
-With Intel AMX (4th-gen Xeon and later) bf16 matmuls and convolutions run in hardware, which is
-why `hires.models.choose_vae_dtype` picks bf16 for the VAE there; without it bf16 is emulated.
+With native bf16 dot products (AVX512-BF16: Zen 4/5, Cooper Lake; AMX: 4th-gen Xeon and later)
+bf16 matmuls and convolutions run in hardware, which is why `hires.models.choose_vae_dtype`
+picks bf16 for the VAE there; without them torch emulates bf16.
 
     python benchmarks/cpu_dtype.py              # SDXL UNet at 512 px, trained tiny VAE at 2048 px
     python benchmarks/cpu_dtype.py --smoke      # tiny UNet, 512 px VAE: seconds
@@ -84,13 +85,15 @@ def main() -> None:
     for r in rows:
         print(f"| {r['dtype']} | {r['unet_s']} | {r['vae_decode_s']} |")
     fp32, bf16 = rows
+    caps = torch.cpu.get_capabilities()
     print(f"bf16 speed-up: UNet {fp32['unet_s'] / bf16['unet_s']:.2f}x, "
           f"VAE {fp32['vae_decode_s'] / bf16['vae_decode_s']:.2f}x "
-          f"(AMX: {cpu_has_fast_bf16()})")
+          f"(native bf16: {cpu_has_fast_bf16()}, AMX: {caps.get('amx_bf16', False)})")
     report = dict(benchmark="cpu_dtype", date=date.today().isoformat(),
                   machine=f"{platform.processor() or platform.machine()}, "
                           f"{torch.get_num_threads()} threads",
-                  amx=cpu_has_fast_bf16(), torch=torch.__version__, unet=name,
+                  native_bf16=cpu_has_fast_bf16(), amx=caps.get("amx_bf16", False),
+                  torch=torch.__version__, unet=name,
                   unet_size=args.unet_size, vae_size=vae_size, runs=runs, results=rows)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -106,7 +106,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--vae-tile", type=int, default=None)
     ap.add_argument("--vae-dtype", default="auto", choices=["auto", "bf16", "fp32"],
-                    help="tiny model: the VAE's dtype (auto: bf16 on AMX CPUs, else fp32)")
+                    help="tiny model: the VAE's dtype (auto: bf16 on bf16-capable CPUs, else fp32)")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/...)")
     ap.add_argument("--image", type=Path, default=None,
                     help="upscale this image (hires.upscale) instead of generating one")

@@ -58,7 +58,7 @@ class Job:
     vram: float | None = None
     vae_tile: int | None = None
     vae_stats: str = "fast"
-    vae_dtype: str = "auto"  # bf16 on CUDA and AMX CPUs, else fp32 (hires.models)
+    vae_dtype: str = "auto"  # bf16 on CUDA and bf16-capable CPUs, else fp32 (hires.models)
     format: str = "png"
     image: str | None = None  # upscale this image (hires up) instead of starting from noise
     image_sha256: str | None = None  # the image's hash when the job ran: a re-run checks it

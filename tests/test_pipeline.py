@@ -84,8 +84,8 @@ def test_memory_levers_do_not_change_the_image(monkeypatch):
     import hires.lean
     from hires.models import load
 
-    # An fp32 VAE: a bf16 one (the default on AMX CPUs) would turn the levers' float rounding
-    # in the latents into whole bf16 steps of its input.
+    # An fp32 VAE: a bf16 one (the default on bf16-capable CPUs) would turn the levers'
+    # float rounding in the latents into whole bf16 steps of its input.
     tiny = load("tiny", vae_dtype="fp32")
     job = dict(prompt="a castle", width=1024, height=256, steps=4, seed=5, upsample="latent")
     calls = []

@@ -74,7 +74,7 @@ def test_latents_have_about_unit_scale_in_unet_space():
 
 def test_tiny_model_and_its_saved_folder_use_the_trained_vae(tiny, tiny_folder):
     trained = tiny_vae().state_dict()
-    for name, value in tiny.vae.state_dict().items():  # bf16 on AMX CPUs (hires.models)
+    for name, value in tiny.vae.state_dict().items():  # bf16 on bf16-capable CPUs (hires.models)
         assert torch.equal(value.cpu(), trained[name].to(value.dtype)), name
     saved = AutoencoderKL.from_pretrained(tiny_folder / "vae").eval()
     recorded = float(metadata()["coffee_crop256_psnr"])

@@ -396,9 +396,9 @@ def test_a_small_overlap_is_enough_on_the_trained_vae(photo):
 
 
 def test_bf16_vae_stays_within_the_bounds_of_the_fp32_one(photo):
-    # bf16 is the VAE's dtype on CUDA and on AMX CPUs (hires.models.choose_vae_dtype). Against
-    # the fp32 untiled decode: measured max 2, mean 0.24 (coffee), bf16's own rounding nearly
-    # all of it (untiled bf16: max 2, mean 0.24); against the untiled bf16 decode max 1.
+    # bf16 is the VAE's dtype on CUDA and on bf16-capable CPUs (hires.models.choose_vae_dtype).
+    # Against the fp32 untiled decode: measured max 2, mean 0.24 (coffee), bf16's own rounding
+    # nearly all of it (untiled bf16: max 2, mean 0.24); against the untiled bf16 decode max 1.
     trained, z, reference = photo
     half = copy.deepcopy(trained).to(torch.bfloat16)
     ours = tiled.decode(half, z, tile=PHOTO_TILE).astype(int)
