@@ -102,9 +102,10 @@ class Phases:
         self.current = {"phase": phase, "stage": stage, "width": width, "height": height,
                         "peak_bytes": None}
         if phase.startswith("vae-"):  # what the fast statistics will keep outputs in, as hires
-            from hires.vae_stats import fast_budget  # sees it when the decode starts
+            from hires.vae_stats import fast_budget, spill_budget  # sees it as the pass starts
 
             self.current["memo_budget"] = fast_budget(self.device)
+            self.current["spill_budget"] = spill_budget(self.device)  # used if the plan spills
         self._t0 = time.perf_counter()
 
     def close(self) -> None:
@@ -231,9 +232,12 @@ def vae_work(row: dict, job, plan, vae_config, dtype_bytes: int) -> float | None
     # A stage decodes the previous stage's latents with its own tile.
     stage = plan.stages[row["stage"] + 1 if decode and row["stage"] < last else row["stage"]]
     tile = vae_tile(job, stage)
+    # That stage's plan also says whether its passes spilled outputs to the CPU (hires.pipeline).
+    spilled = bool(stage.cost and stage.cost.vae_spill)
     return tiled_flops(VaeShape.from_config(vae_config), row["width"], row["height"],
                        decode=decode, tile=tile, budget=row["memo_budget"],
-                       dtype_bytes=dtype_bytes)
+                       dtype_bytes=dtype_bytes,
+                       spill=row.get("spill_budget", 0.0) if spilled else 0.0)
 
 
 def table(rows: list[dict]) -> list[str]:

@@ -61,3 +61,32 @@ def test_cpu_dtype_benchmark_smoke_run_times_both_dtypes(tmp_path):
     for r in report["results"]:
         assert r["unet_s"] > 0 and r["vae_decode_s"] > 0
     assert "bf16 speed-up" in done.stdout
+
+
+def test_vae_work_replays_the_spill_where_the_plan_spilled():
+    """A VAE row's work is replayed with the CPU memory its stage spilled to, not without."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    from hires.costs import VaeShape
+    from hires.tiny import tiny_vae
+    from hires.vae_cost import tiled_flops
+
+    spec = importlib.util.spec_from_file_location("gpu_bench", ROOT / "benchmarks" / "gpu.py")
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    config = tiny_vae(trained=False).config
+
+    def stage(spills: bool):
+        return SimpleNamespace(cost=SimpleNamespace(vae_spill=spills, vae_tile=256))
+
+    row = dict(phase="vae-decode", stage=1, width=768, height=576, memo_budget=1e6,
+               spill_budget=3e6)
+    job = SimpleNamespace(vae_tile=None)
+    shape = VaeShape.from_config(config)
+    kept, spilled = (tiled_flops(shape, 768, 576, decode=True, tile=256, budget=1e6, spill=s,
+                                 dtype_bytes=2) for s in (0.0, 3e6))
+    assert spilled < kept  # the case tells the two apart
+    for spills, want in ((True, spilled), (False, kept)):
+        plan = SimpleNamespace(stages=[stage(False), stage(False), stage(spills)])
+        assert gpu.vae_work(row, job, plan, config, 2) == want  # stage 1 decodes for stage 2
