@@ -107,7 +107,8 @@ def cpu_has_fast_bf16() -> bool:
     """Whether this CPU has native bf16 dot products (AVX512-BF16; AMX CPUs have it too).
 
     Measured faster than fp32 with it: Intel AMX (SDXL UNet 3.9x, tiny VAE decode 2.1-2.3x) and
-    AMD Zen 5 without AMX (3.4x, 1.3-1.7x). Without it torch emulates bf16, several times slower.
+    AMD Zen 5 without AMX (2.7-3.4x, 1.3-1.7x). Without it torch emulates bf16, several times
+    slower.
     """
     return torch.cpu._is_avx512_bf16_supported()
 

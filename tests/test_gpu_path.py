@@ -67,7 +67,7 @@ def test_fast_bf16_means_native_bf16_dot_products(monkeypatch):
     caps = {"amx_tile": True, "avx512_bf16": True}
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
     assert models.cpu_has_fast_bf16()
-    caps["amx_tile"] = False  # AVX512-BF16 alone (Zen 4/5): bf16 measured faster there too
+    caps["amx_tile"] = False  # AVX512-BF16 alone (Zen 4/5): bf16 measured faster on Zen 5
     assert models.cpu_has_fast_bf16()
     caps["avx512_bf16"] = False  # AVX2 or plain AVX-512: torch emulates bf16
     assert not models.cpu_has_fast_bf16()
