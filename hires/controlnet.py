@@ -261,6 +261,10 @@ def residuals_added(unet: nn.Module, residuals: Residuals | None) -> Iterator[No
         return
     down = residuals.down
     taken = [0]
+    first: list[Tensor] = []  # conv_in's output as the UNet keeps it (parked or not)
+
+    def conv_in_out(module, args, output):
+        first.append(output)
 
     def take() -> Tensor:
         i = taken[0]
@@ -273,8 +277,13 @@ def residuals_added(unet: nn.Module, residuals: Residuals | None) -> Iterator[No
 
     def after_down(module, args, kwargs, output):
         hidden, skips = output
-        if module is unet.down_blocks[0]:
-            add(args[0] if args else kwargs["hidden_states"], take())  # conv_in's output
+        if module is unet.down_blocks[0]:  # conv_in's output, which this block has read
+            read, kept, res = args[0] if args else kwargs["hidden_states"], first.pop(), take()
+            if kept is read:
+                add(kept, res)
+            elif not read.is_meta:  # parked: add where the block's input is, then copy over
+                kept.copy_(add(read, res), non_blocking=True)
+            del res  # (on the simulated GPU, hires.memsim, a parked copy holds no values)
         # The block's last output is also the next block's input: that one is added anew.
         summed = tuple(s + take().to(s.device) if s is hidden else add(s, take())
                        for s in skips)
@@ -289,6 +298,8 @@ def residuals_added(unet: nn.Module, residuals: Residuals | None) -> Iterator[No
                for b in unet.down_blocks]
     handles.append(unet.mid_block.register_forward_hook(after_mid, prepend=True,
                                                         with_kwargs=True))
+    # Appended: it sees what conv_in's other hooks made of the output (parked_skips parks it).
+    handles.append(unet.conv_in.register_forward_hook(conv_in_out))
     try:
         yield
     finally:

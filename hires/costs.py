@@ -155,6 +155,13 @@ class _Walk:
         """Peak above the live set inside one Transformer2DModel whose input is live."""
         c = self.size(channels, level)
         tokens = self.pixels(level)
+        if self.strategy.ff_chunks and tokens > FF_TOKENS and self.s.linfusion and blocks:
+            # hires.token_chunks: a block holds its input, its output and one chunk's work
+            # (the GEGLU's 8x projection and its halves, the norms and sums); around the
+            # blocks, the model's input and output projections with their layout copies.
+            chunk = 20 * channels * FF_TOKENS * self.unit
+            self.touch(max(4 * c, 2 * c + chunk))
+            return
         ff = 16 * c  # GEGLU: the 8x projection, GELU of its gate half, their product
         if self.strategy.ff_chunks and tokens > FF_TOKENS:
             ff = 16 * channels * FF_TOKENS * self.unit + 2 * c  # a chunk, the outputs, the cat
@@ -202,7 +209,7 @@ def unet_peak_bytes(shape: UNetShape, height: int, width: int, strategy: Strateg
     walk = _Walk(shape, height, width, batch, dtype_bytes, strategy)
     ch, layers, levels = shape.channels, shape.layers, len(shape.channels)
     park = strategy.park_skips
-    first = walk.size(ch[0], 0)  # conv_in's output: a skip and block 0's input; never parked
+    first = walk.size(ch[0], 0)  # conv_in's output: a skip and block 0's input
     mid = walk.size(ch[-1], levels - 1)
     if control:
         walk.live += first + mid + (0 if park else _skip_bytes(shape, height, width,
@@ -220,7 +227,7 @@ def unet_peak_bytes(shape: UNetShape, height: int, width: int, strategy: Strateg
             walk.touch(max(made) if park else made[-1])
             walk.live -= (0 if park else sum(made)) + (first if level == 0 else 0)
         if park:  # once the block returns its skips go to the CPU; its output stays
-            walk.live -= sum(made) - made[-1] + (given if level else 0)
+            walk.live -= sum(made) - made[-1] + given  # conv_in's output: parked at once
             given = made[-1]
     # Mid block: resnet, attention, resnet at the lowest level.
     low = levels - 1
@@ -234,15 +241,15 @@ def unet_peak_bytes(shape: UNetShape, height: int, width: int, strategy: Strateg
         walk.live -= given
     # Up path: each block takes back layers + 1 skips, deepest first.
     c_h = ch[low]
+    parked_input = False  # the last up block's input waits on the CPU (parked_skips)
     for level in reversed(range(levels)):
         walk.block(2 * levels - level)
         c = ch[level]
         mine = skips[-(layers + 1):]
         del skips[-(layers + 1):]
-        on_gpu = first if level == 0 else 0  # under park_skips: only conv_in's output
-        moved = sum(mine) - on_gpu if park and not strategy.row_bands else 0
+        moved = sum(mine) if park and not strategy.row_bands else 0
         walk.live += moved  # parked skips come back whole for a diffusers up block
-        first_input = walk.size(c_h, level)
+        first_input = 0 if parked_input else walk.size(c_h, level)
         hidden = 0  # the block's running hidden state, once it differs from its input
         for skip in reversed(mine):
             c_skip = skip // walk.pixels(level) // walk.unit
@@ -261,10 +268,11 @@ def unet_peak_bytes(shape: UNetShape, height: int, width: int, strategy: Strateg
             c_h = c
         if level > 0:
             up = walk.upsample(c, level)
-            walk.live += up - hidden - first_input
+            parked_input = park and strategy.row_bands and level == 1
+            walk.live += (0 if parked_input else up) - hidden - first_input
         else:
             walk.live -= first_input
-        walk.live -= moved + (on_gpu if park else sum(mine))
+        walk.live -= moved + (0 if park else sum(mine))
     # Out: GroupNorm, SiLU, conv to the latent channels.
     walk.weights = 0
     walk.touch(2 * walk.size(ch[0], 0))
@@ -650,7 +658,12 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
     nets = unet.param_bytes + (control.param_bytes if control else 0)
     if strategy.park_skips:
         skips = _skip_bytes(unet, lat_h, lat_w, model.dtype_bytes)
-        moved += evals * 2 * skips * (5 if strategy.row_bands else 2)
+        parked = skips + unet.channels[0] * lat_h * lat_w * model.dtype_bytes  # conv_in's too
+        if strategy.row_bands:  # the last up block's input
+            c_in = unet.channels[min(1, len(unet.channels) - 1)]
+            parked += c_in * lat_h * lat_w * model.dtype_bytes
+        # Out once; back once whole, or in bands four times (two norm passes, conv, shortcut).
+        moved += evals * 2 * parked * (5 if strategy.row_bands else 2)
         if control is not None:  # its skips, then its residuals: out and back each
             moved += evals * 2 * skips * 4
     if strategy.weights == "sequential":

@@ -33,15 +33,24 @@ class Stacked:
     """The channel concatenation of `parts` (N x C_i x H x W each), read band by band."""
 
     parts: list[Tensor]
+    device: torch.device | None = None  # where the bands are computed: the first part's if None
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
         n, _, h, w = self.parts[0].shape
         return n, sum(p.shape[1] for p in self.parts), h, w
 
+    @property
+    def like(self) -> Tensor:
+        """A tensor of the compute device and dtype, for outputs made from these bands."""
+        first = self.parts[0]
+        if self.device is None or first.device == self.device:
+            return first
+        return torch.empty(0, dtype=first.dtype, device=self.device)
+
     def rows(self, lo: int, hi: int) -> Tensor:
         # Parts parked on the CPU (hires.strategy.parked_skips) come over one band at a time.
-        device = self.parts[0].device
+        device = self.device or self.parts[0].device
         bands = [p[:, :, lo:hi].to(device, non_blocking=True) for p in self.parts]
         return bands[0] if len(bands) == 1 else torch.cat(bands, dim=1)
 
@@ -64,9 +73,9 @@ def group_scale_shift(x: Stacked, norm: nn.GroupNorm) -> tuple[Tensor, Tensor]:
     fp64), read band by band so no whole-size temporary is made.
     """
     n, c, h, w = x.shape
-    g, step = norm.num_groups, band_rows(x.parts[0], c, w)
+    g, step = norm.num_groups, band_rows(x.like, c, w)
     count = (c // g) * h * w
-    acc = torch.float32 if x.parts[0].device.type == "mps" else torch.float64  # MPS: no fp64
+    acc = torch.float32 if x.like.device.type == "mps" else torch.float64  # MPS: no fp64
 
     def grouped(a: int) -> Tensor:
         return x.rows(a, a + step).float().reshape(n, g, -1)
@@ -106,7 +115,7 @@ def banded_conv(conv: nn.Conv2d, rows: RowFn, shape: tuple[int, int, int, int],
 def norm_act_conv(x: Stacked, norm: nn.GroupNorm, act: nn.Module, conv: nn.Conv2d) -> Tensor:
     """conv(act(norm(x))) without a whole-size norm or activation output."""
     scale, shift = group_scale_shift(x, norm)
-    like = x.parts[0]
+    like = x.like
 
     def rows(lo: int, hi: int) -> Tensor:
         h = torch.addcmul(shift, x.rows(lo, hi).float(), scale)
@@ -173,7 +182,9 @@ def lean_up_block(block: nn.Module, original: Callable) -> Callable:
         attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
         skips = list(res_hidden_states_tuple)
         for res, attn in zip(block.resnets, attentions, strict=True):
-            hidden_states = resnet(res, Stacked([hidden_states, skips.pop()]), temb)
+            # The block's input may wait on the CPU too (hires.strategy.parked_skips).
+            x = Stacked([hidden_states, skips.pop()], device=res.conv1.weight.device)
+            hidden_states = resnet(res, x, temb)
             if attn is not None:
                 hidden_states = attn(hidden_states, return_dict=False, **attn_kwargs)[0]
         for upsampler in block.upsamplers or ():

@@ -117,50 +117,76 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, heads: int, eps: float = 1
     if q.ndim != 3 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2]:
         raise ValueError(f"expected B x N x C q, k, v; got {tuple(q.shape)}, {tuple(k.shape)}, "
                          f"{tuple(v.shape)}")
-    b, n_q, c = q.shape
-    n_k = k.shape[1]
-    if c % heads:
-        raise ValueError(f"{c} channels do not split into {heads} heads")
+    if q.shape[2] % heads:
+        raise ValueError(f"{q.shape[2]} channels do not split into {heads} heads")
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         return _linear_attention_differentiable(q, k, v, heads, eps)
+    state = KeyValueState(heads)
+    state.add(k, v, tile_tokens=tile_tokens)
+    return state.attend(q, eps, tile_tokens=tile_tokens)
 
-    d = c // heads
-    acc = _accumulation_dtype(q.dtype)
-    tile = tile_tokens or _tokens_per_tile(q, heads, acc)
-    tile_q, tile_k = _even_tiles(n_q, tile), _even_tiles(n_k, tile)
-    # Tiles of tokens (all heads) go through two work buffers, reused by every tile: the
-    # features (Kf, then Qf) and the products (an fp32 copy of V, then [Qf S | Qf.kmean]).
-    # Reuse also matters on CPU, where each fresh allocation pays a page fault per page.
-    features = torch.empty(b * heads * max(tile_q, tile_k) * d, dtype=acc, device=q.device)
-    products = torch.empty(b * heads * max(tile_q, tile_k) * (d + 1), dtype=acc,
-                           device=q.device)
 
-    # Pass 1, over key tiles: the sums of Kf_j^T V_j and of Kf_j, per head.
-    kv = torch.zeros(b, heads, d, d, dtype=acc, device=q.device)
-    k_sum = torch.zeros(b, heads, d, dtype=acc, device=q.device)
-    for t in range(0, n_k, tile_k):
-        kf = _features_into(features, k[:, t:t + tile_k], heads)
-        vh = _split_heads(v[:, t:t + tile_k], heads)
-        if vh.dtype != acc:
-            vh = products[: vh.numel()].view(vh.shape).copy_(vh)
-        for i in range(b):  # per batch element: bmm reads the strided vh[i] in place
-            kv[i].baddbmm_(kf[i].transpose(-1, -2), vh[i])
-        k_sum += kf.sum(dim=-2)
-    # [S | kmean], d x (d + 1) per head: one matmul gives numerator and normalizer together.
-    state = torch.cat([kv, k_sum.unsqueeze(-1)], dim=-1).div_(n_k).view(b * heads, d, d + 1)
+class KeyValueState:
+    """The keys' and values' part of the linear attention, summed over as many batches of
+    tokens as are added: what lets a huge image's attention run over chunks of its tokens.
 
-    # Pass 2, over query tiles, straight into the output.
-    out = torch.empty(b, n_q, c, dtype=q.dtype, device=q.device)
-    for t in range(0, n_q, tile_q):
-        qf = _features_into(features, q[:, t:t + tile_q], heads)
-        n = qf.shape[2]
-        prod = products[: b * heads * n * (d + 1)].view(b * heads, n, d + 1)
-        torch.bmm(qf.view(b * heads, n, d), state, out=prod)
-        prod = prod.view(b, heads, n, d + 1)
-        # Divide in place, then copy (and cast) into the output: a division straight into a
-        # half-precision `out` would allocate an fp32 temporary.
-        _split_heads(out[:, t:t + n], heads).copy_(prod[..., :d].div_(prod[..., d:].add_(eps)))
-    return out
+    Tiles of tokens (all heads) go through two work buffers, reused by every tile: the
+    features (Kf or Qf) and the products (an fp32 copy of V, or [Qf S | Qf.kmean]). Reuse also
+    matters on CPU, where each fresh allocation pays a page fault per page.
+    """
+
+    def __init__(self, heads: int) -> None:
+        self.heads = heads
+        self.count = 0
+        self.kv: Tensor | None = None  # B x heads x d x d: sum of Kf_j^T V_j
+        self.k_sum: Tensor | None = None  # B x heads x d: sum of Kf_j
+
+    def _buffers(self, x: Tensor, tile: int, acc: torch.dtype) -> tuple[Tensor, Tensor]:
+        b, d = x.shape[0], x.shape[2] // self.heads
+        return (torch.empty(b * self.heads * tile * d, dtype=acc, device=x.device),
+                torch.empty(b * self.heads * tile * (d + 1), dtype=acc, device=x.device))
+
+    def add(self, k: Tensor, v: Tensor, *, tile_tokens: int | None = None) -> None:
+        """Sum the projected B x N x C keys and values `k`, `v` into the state."""
+        b, n_k, c = k.shape
+        heads, d, acc = self.heads, c // self.heads, _accumulation_dtype(k.dtype)
+        if self.kv is None:
+            self.kv = torch.zeros(b, heads, d, d, dtype=acc, device=k.device)
+            self.k_sum = torch.zeros(b, heads, d, dtype=acc, device=k.device)
+        tile = _even_tiles(n_k, tile_tokens or _tokens_per_tile(k, heads, acc))
+        features, products = self._buffers(k, tile, acc)
+        for t in range(0, n_k, tile):
+            kf = _features_into(features, k[:, t:t + tile], heads)
+            vh = _split_heads(v[:, t:t + tile], heads)
+            if vh.dtype != acc:
+                vh = products[: vh.numel()].view(vh.shape).copy_(vh)
+            for i in range(b):  # per batch element: bmm reads the strided vh[i] in place
+                self.kv[i].baddbmm_(kf[i].transpose(-1, -2), vh[i])
+            self.k_sum += kf.sum(dim=-2)
+        self.count += n_k
+
+    def attend(self, q: Tensor, eps: float = 1e-4, *, tile_tokens: int | None = None) -> Tensor:
+        """The attention output for the projected B x N x C queries `q` (dtype of `q`)."""
+        if self.kv is None or self.count == 0:
+            raise ValueError("no keys added to the attention state")
+        b, n_q, c = q.shape
+        heads, d, acc = self.heads, c // self.heads, _accumulation_dtype(q.dtype)
+        # [S | kmean], d x (d + 1) per head: one matmul gives numerator and normalizer together.
+        state = torch.cat([self.kv, self.k_sum.unsqueeze(-1)], dim=-1).div_(self.count)
+        state = state.view(b * heads, d, d + 1)
+        tile = _even_tiles(n_q, tile_tokens or _tokens_per_tile(q, heads, acc))
+        features, products = self._buffers(q, tile, acc)
+        out = torch.empty(b, n_q, c, dtype=q.dtype, device=q.device)
+        for t in range(0, n_q, tile):
+            qf = _features_into(features, q[:, t:t + tile], heads)
+            n = qf.shape[2]
+            prod = products[: b * heads * n * (d + 1)].view(b * heads, n, d + 1)
+            torch.bmm(qf.view(b * heads, n, d), state, out=prod)
+            prod = prod.view(b, heads, n, d + 1)
+            # Divide in place, then copy (and cast) into the output: a division straight into
+            # a half-precision `out` would allocate an fp32 temporary.
+            _split_heads(out[:, t:t + n], heads).copy_(prod[..., :d].div_(prod[..., d:].add_(eps)))
+        return out
 
 
 class LinearAttention(nn.Module):
@@ -187,6 +213,16 @@ class LinearAttention(nn.Module):
         # q, k, v stay temporaries of this call, freed before to_out allocates its result.
         out = linear_attention(self.to_q(x + self.to_q_(x)), self.to_k(x + self.to_k_(x)),
                                self.to_v(x), self.heads)
+        return self.to_out[1](self.to_out[0](out))
+
+    def add_keys(self, state: KeyValueState, x: Tensor) -> None:
+        """Add the keys and values of the B x n x C tokens `x` (a chunk of the image) to
+        `state` (a `KeyValueState` of this module's heads)."""
+        state.add(self.to_k(x + self.to_k_(x)), self.to_v(x))
+
+    def attend(self, state: KeyValueState, x: Tensor) -> Tensor:
+        """This module's output for the tokens `x`, their keys those summed in `state`."""
+        out = state.attend(self.to_q(x + self.to_q_(x)))
         return self.to_out[1](self.to_out[0](out))
 
     def extra_repr(self) -> str:

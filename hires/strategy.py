@@ -2,7 +2,8 @@
 
 Every lever gives the same numbers (up to float rounding); each trades some speed for memory:
 - split_cfg: uncond and cond as two UNet calls (half the activations, smaller batches);
-- ff_chunks: every transformer feed-forward (4x wider than its input) over token chunks;
+- ff_chunks: every transformer block over chunks of tokens (with LinFusion; only its
+  feed-forward, 4x wider than its input, otherwise: `hires.token_chunks`);
 - row_bands: resnets, up blocks and upsamplers in bands of rows (`hires.lean`);
 - park_skips: the UNet's skip connections wait on the CPU until the up blocks read them;
 - weights: "resident" (all weights on the GPU), "model" (only the running model: the UNet while
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from hires.lean import lean_unet
-from hires.memory import chunked_feed_forward
+from hires.token_chunks import token_chunks
 
 WEIGHTS = ("resident", "model", "sequential")
 
@@ -69,7 +70,7 @@ def applied(unet: nn.Module, strategy: Strategy, device: torch.device, *,
     with ExitStack() as stack:
         for model in (unet, controlnet) if controlnet is not None else (unet,):
             stack.enter_context(lean_unet(model, strategy.row_bands))
-            stack.enter_context(chunked_feed_forward(model, strategy.ff_chunks))
+            stack.enter_context(token_chunks(model, strategy.ff_chunks))
             if strategy.park_skips and device.type != "cpu":
                 stack.enter_context(parked_skips(model))
             if strategy.weights == "sequential" and device.type not in ("cpu", "meta"):
@@ -93,9 +94,31 @@ def parked_skips(unet: nn.Module) -> Iterator[None]:
 
     With row bands, an up block reads its skips band by band straight from the CPU
     (`hires.lean.Stacked` moves each band); without, it moves the block's skips back whole.
-    The conv_in output (the first skip) stays: it is also down block 0's input. A ControlNet
-    (no up blocks) brings each skip back for the zero conv that reads it.
+    The UNet's conv_in output (the first skip) is parked as conv_in returns it, and down block
+    0 reads the GPU original, which goes when that block returns. With row bands the last up
+    block's input (the largest map of the up path: 640 channels at full latent size for SDXL)
+    waits on the CPU too, read band by band like the skips. A ControlNet (no up blocks)
+    brings each skip back for the zero conv that reads it.
     """
+    first: list[Tensor] = []  # conv_in's output on the GPU, until down block 0 takes it
+
+    def conv_in_hook(module, args, output):
+        first.append(output)
+        return _park(output)
+
+    def down_0_pre_hook(module, args, kwargs):
+        if not first:
+            return None
+        x = first.pop()
+        if args:
+            return (x, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": x}
+
+    def last_input_hook(module, args, output):
+        if getattr(unet.up_blocks[-1].forward, "reads_parked", False):
+            return _park(output)
+        return None
+
     def down_hook(module, args, output):
         hidden, skips = output
         return hidden, tuple(_park(s) for s in skips)
@@ -116,6 +139,12 @@ def parked_skips(unet: nn.Module) -> Iterator[None]:
         return (args[0].to(module.weight.device, non_blocking=True), *args[1:])
 
     handles = [b.register_forward_hook(down_hook) for b in unet.down_blocks]
+    if getattr(unet, "up_blocks", None):  # a ControlNet adds to its conv_in output at once
+        handles += [unet.conv_in.register_forward_hook(conv_in_hook),
+                    unet.down_blocks[0].register_forward_pre_hook(down_0_pre_hook,
+                                                                  with_kwargs=True)]
+        if len(unet.up_blocks) > 1:
+            handles.append(unet.up_blocks[-2].register_forward_hook(last_input_hook))
     handles += [b.register_forward_pre_hook(up_pre_hook, with_kwargs=True)
                 for b in getattr(unet, "up_blocks", ())]
     handles += [c.register_forward_pre_hook(zero_conv_pre_hook)

@@ -53,8 +53,11 @@ def test_parked_skips_and_streamed_blocks_give_the_same_output(inputs, monkeypat
                 streamed_blocks(unet, torch.device("cpu")), applied(unet, s, torch.device("cpu")):
             out = Denoiser(unet, cond, 5.0, split_cfg=True).eps(x, 3.0, 400)
         assert close(out, reference), bands
-    # conv_in's output stays; every other skip is parked: 2 down blocks' worth per call.
-    assert len(copies) == 2 * 2 * (len(unet.down_blocks) * 2 - 1)
+    # Every skip is parked, conv_in's output too (down block 0 reads the original): 2 calls a
+    # run, each parking conv_in's output and the down blocks' (2 each, 1 for the last); with
+    # row bands also the last up block's input, which that block reads band by band.
+    per_call = 1 + 2 * len(unet.down_blocks) - 1
+    assert len(copies) == 2 * per_call + 2 * (per_call + 1)
 
 
 def test_levers_are_undone_even_after_an_error(inputs):
