@@ -144,8 +144,8 @@ class _Walk:
         """Peak above the live set inside one resnet whose input is live; returns its output."""
         i, o = self.size(c_in, level), self.size(c_out, level)
         shortcut = o if c_in != c_out else 0
-        if self.strategy.row_bands:
-            extra = max(o + self.band(c_in, level), 2 * o + self.band(c_out, level))
+        if self.strategy.row_bands:  # the second conv writes over the first's output
+            extra = o + self.band(max(c_in, c_out), level)
         else:
             extra = max(2 * i, i + o, 3 * o + shortcut)
         self.touch(extra)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 BAND_BYTES = 64 * 2**20  # fp32 working set of one band on CPU (measured: no slower than whole)
-GPU_BAND_BYTES = 2**30  # on a GPU fewer, larger bands: fewer kernel launches (not yet measured)
+GPU_BAND_BYTES = 2**28  # on a GPU larger bands (fewer kernel launches); 1 GiB cost 1.5 GiB at 16K
 RowFn = Callable[[int, int], Tensor]  # rows [lo, hi) of a conv input that is made band by band
 
 
@@ -112,17 +112,48 @@ def banded_conv(conv: nn.Conv2d, rows: RowFn, shape: tuple[int, int, int, int],
     return out
 
 
+def _norm_act(band: Tensor, scale: Tensor, shift: Tensor, act: nn.Module, dtype) -> Tensor:
+    h = torch.addcmul(shift, band.float(), scale)
+    h = F.silu(h, inplace=True) if isinstance(act, nn.SiLU) else act(h)
+    return h.to(dtype)
+
+
 def norm_act_conv(x: Stacked, norm: nn.GroupNorm, act: nn.Module, conv: nn.Conv2d) -> Tensor:
     """conv(act(norm(x))) without a whole-size norm or activation output."""
     scale, shift = group_scale_shift(x, norm)
     like = x.like
 
     def rows(lo: int, hi: int) -> Tensor:
-        h = torch.addcmul(shift, x.rows(lo, hi).float(), scale)
-        h = F.silu(h, inplace=True) if isinstance(act, nn.SiLU) else act(h)
-        return h.to(like.dtype)
+        return _norm_act(x.rows(lo, hi), scale, shift, act, like.dtype)
 
     return banded_conv(conv, rows, x.shape, like)
+
+
+def keeps_shape(conv: nn.Conv2d, channels: int) -> bool:
+    """Whether `conv` maps `channels` channels to as many, at the same height and width."""
+    (kh, kw), (dh, dw), (ph, pw) = conv.kernel_size, conv.dilation, conv.padding
+    return (_plain_conv(conv) and conv.in_channels == conv.out_channels == channels
+            and 2 * ph == dh * (kh - 1) and 2 * pw == dw * (kw - 1))
+
+
+def norm_act_conv_(x: Tensor, norm: nn.GroupNorm, act: nn.Module, conv: nn.Conv2d) -> Tensor:
+    """conv(act(norm(x))) written over `x` (a conv that `keeps_shape`): no second whole-size
+    tensor. Each band's output replaces rows that no later band reads, but the `padding` rows
+    above the next band, which are kept aside before they are overwritten."""
+    scale, shift = group_scale_shift(Stacked([x]), norm)
+    n, c, height, width = x.shape
+    kh, dh, (ph, pw) = conv.kernel_size[0], conv.dilation[0], conv.padding
+    step = band_rows(x, c, width, dh * (kh - 1))
+    kept = x[:, :, :0].clone()  # the original rows [a - ph, a) above the band at a
+    for a in range(0, height, step):
+        b = min(a + step, height)
+        hi = min(b + ph, height)
+        band = _norm_act(torch.cat([kept, x[:, :, a:hi]], dim=2), scale, shift, act, x.dtype)
+        band = F.pad(band, (0, 0, ph - kept.shape[2], b + ph - hi))
+        out = F.conv2d(band, conv.weight, conv.bias, 1, (0, pw), conv.dilation, conv.groups)
+        kept = x[:, :, max(b - ph, 0):b].clone()
+        x[:, :, a:b] = out
+    return x
 
 
 def _plain_conv(conv: nn.Module | None) -> bool:
@@ -145,7 +176,11 @@ def resnet(block: nn.Module, x: Stacked, temb: Tensor | None) -> Tensor:
     if temb is not None:
         t = temb if block.skip_time_act else block.nonlinearity(temb)
         h += block.time_emb_proj(t)[:, :, None, None]
-    out = norm_act_conv(Stacked([h]), block.norm2, block.nonlinearity, block.conv2)  # no dropout
+    # No dropout at inference. The second conv overwrites h where its shape allows.
+    if keeps_shape(block.conv2, h.shape[1]):
+        out = norm_act_conv_(h, block.norm2, block.nonlinearity, block.conv2)
+    else:
+        out = norm_act_conv(Stacked([h]), block.norm2, block.nonlinearity, block.conv2)
     del h
     n, c, height, width = x.shape
     step = band_rows(out, c, width)
@@ -183,8 +218,8 @@ def lean_up_block(block: nn.Module, original: Callable) -> Callable:
         skips = list(res_hidden_states_tuple)
         for res, attn in zip(block.resnets, attentions, strict=True):
             # The block's input may wait on the CPU too (hires.strategy.parked_skips).
-            x = Stacked([hidden_states, skips.pop()], device=res.conv1.weight.device)
-            hidden_states = resnet(res, x, temb)
+            hidden_states = resnet(res, Stacked([hidden_states, skips.pop()],
+                                                device=res.conv1.weight.device), temb)
             if attn is not None:
                 hidden_states = attn(hidden_states, return_dict=False, **attn_kwargs)[0]
         for upsampler in block.upsamplers or ():

@@ -106,6 +106,24 @@ def test_banded_conv_matches_a_whole_conv(small_bands, kernel, dilation, padding
         assert torch.allclose(got, conv(x), atol=1e-5)
 
 
+@pytest.mark.parametrize("dilation,height", [(1, 23), (4, 23), (16, 5)])
+def test_a_conv_written_over_its_input_matches_a_whole_one(small_bands, dilation, height):
+    # Bands of 2-3 rows (at least the halo): each band's output lands on rows the next band
+    # still reads above it; those must come from the rows kept aside, not the output.
+    torch.manual_seed(2)
+    norm = nn.GroupNorm(2, 6)
+    nn.init.normal_(norm.weight)
+    conv = nn.Conv2d(6, 6, 3, padding=dilation, dilation=dilation)
+    x = torch.randn(1, 6, height, 40) * 2 + 1
+    assert lean.keeps_shape(conv, 6) and not lean.keeps_shape(nn.Conv2d(6, 5, 3, padding=1), 6)
+    with torch.no_grad():
+        ref = conv(F.silu(norm(x)))
+        y = x.clone()
+        got = lean.norm_act_conv_(y, norm, nn.SiLU(), conv)
+    assert got.data_ptr() == y.data_ptr()
+    assert torch.allclose(got, ref, atol=1e-5)
+
+
 def test_upsampler_rows_of_odd_bands_match(tiny, small_bands):
     up = tiny.unet.up_blocks[0].upsamplers[0]
     x = torch.randn(1, up.channels, 13, 9)
