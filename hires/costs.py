@@ -223,9 +223,10 @@ def unet_peak_bytes(shape: UNetShape, height: int, width: int, strategy: Strateg
         made = walk.down_block(c_prev, c, level)
         c_prev = c
         skips += made
-        if control:  # the block's residuals are added (a parked one comes over first)
+        if control:  # conv_in's residual is added first, then the block's (a parked one
+            walk.live -= first if level == 0 else 0  # comes over first)
             walk.touch(max(made) if park else made[-1])
-            walk.live -= (0 if park else sum(made)) + (first if level == 0 else 0)
+            walk.live -= 0 if park else sum(made)
         if park:  # once the block returns its skips go to the CPU; its output stays
             walk.live -= sum(made) - made[-1] + given  # conv_in's output: parked at once
             given = made[-1]
@@ -299,6 +300,7 @@ def controlnet_peak_bytes(control: ControlShape, height: int, width: int, strate
                         else 2 * e0))
     walk.live += first  # the embedding; then conv_in's output, and their sum
     walk.touch(2 * first)
+    walk.live += first  # diffusers' forward holds the embedding to its end, beside the sum
     skips: list[int] = [first]
     c_prev, given = ch[0], first
     for level, c in enumerate(ch):
