@@ -298,6 +298,15 @@ def lean_embedding(block: nn.Module, original: Callable) -> Callable:
     return forward
 
 
+def restore_forwards(patched: list[tuple[nn.Module, Callable | None]]) -> None:
+    """Undo `module.forward = ...` patches: (module, the instance's own forward before, if any)."""
+    for m, before in patched:
+        if before is None:
+            del m.forward
+        else:
+            m.forward = before
+
+
 @contextmanager
 def lean_unet(unet: nn.Module, enabled: bool = True) -> Iterator[None]:
     """Run the UNet's resnets, up blocks and upsamplers band by band while a huge stage runs
@@ -320,8 +329,4 @@ def lean_unet(unet: nn.Module, enabled: bool = True) -> Iterator[None]:
             m.forward = make(m, m.forward)
         yield
     finally:
-        for m, before in patched:
-            if before is None:
-                del m.forward
-            else:
-                m.forward = before
+        restore_forwards(patched)

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from hires.lean import restore_forwards
 from hires.linfusion import KeyValueState, LinearAttention
 from hires.memory import ChunkedFeedForward
 
@@ -91,11 +92,7 @@ def token_chunks(model: nn.Module, enabled: bool = True,
                 block.ff = ChunkedFeedForward(block.ff, max_tokens)
         yield
     finally:
-        for block, before in patched:
-            if before is None:
-                del block.forward
-            else:
-                block.forward = before
+        restore_forwards(patched)
         for block in wrapped:
             if isinstance(block.ff, ChunkedFeedForward):
                 block.ff = block.ff.ff
