@@ -1,8 +1,9 @@
 """One UNet evaluation at a huge latent, diffusers' forward vs hires' row bands (hires.lean).
 
 Each mode runs in its own process, so its peak memory is its own: peak RSS (VmHWM) on CPU,
-`torch.cuda.max_memory_allocated` on a GPU. Both modes chunk the feed-forward, as the
-pipeline's big stages do.
+`torch.cuda.max_memory_allocated` on a GPU. Both modes chunk the feed-forward only, to isolate
+the row bands (the pipeline's big stages run whole transformer blocks over token chunks,
+hires.token_chunks).
 
     python benchmarks/unet_memory.py                           # tiny, CPU, 2048^2 latent (16K)
     python benchmarks/unet_memory.py --dilation 64             # the 16K stage's global pass
