@@ -187,7 +187,7 @@ def my_share(items: list[BatchItem], rank: int, world: int) -> list[BatchItem]:
 
 
 # Where and how a job runs, not what it makes: a resumed batch on another machine keeps its images.
-PLACEMENT_KEYS = ("device", "offload", "vram")
+PLACEMENT_KEYS = ("device", "offload", "vram", "ram")
 
 
 def settings_hash(job: Job | dict[str, Any]) -> str:

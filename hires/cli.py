@@ -129,6 +129,8 @@ LinFusionRef = Annotated[str | None, typer.Option(
 Preset = Annotated[str | None, typer.Option(help="Preset name or .toml path; flags override.")]
 Fmt = Annotated[str | None, typer.Option("--format", help="png, jpg, webp or tiff.")]
 Vram = Annotated[float | None, typer.Option(help="GPU memory budget in GB for planning.")]
+Ram = Annotated[float | None, typer.Option(
+    help="CPU memory budget in GB for parked maps and offloaded weights (default: what is free).")]
 Offload = Annotated[str | None, typer.Option(help="auto, none, model or sequential.")]
 Device = Annotated[str | None, typer.Option(help="auto, cuda, cuda:N, mps or cpu.")]
 Dtype = Annotated[str | None, typer.Option(help="auto, fp16, bf16 or fp32.")]
@@ -370,7 +372,8 @@ def gen(
         "{prompt}.")] = None,
     fmt: Fmt = None,
     save_stages: Annotated[bool, typer.Option(help="Also save each stage's image.")] = False,
-    vram: Vram = None, offload: Offload = None, device: Device = None, dtype: Dtype = None,
+    vram: Vram = None, ram: Ram = None, offload: Offload = None, device: Device = None,
+    dtype: Dtype = None,
     upsample: Upsample = None, vae_tile: VaeTile = None, vae_stats: VaeStats = None,
     vae_dtype: VaeDtype = None,
     allow_pickle: AllowPickle = False,
@@ -423,7 +426,8 @@ def up(
         "-o", "--output", help="File, folder, or template with {seed} {width} {height}.")] = None,
     fmt: Fmt = None,
     save_stages: Annotated[bool, typer.Option(help="Also save each stage's image.")] = False,
-    vram: Vram = None, offload: Offload = None, device: Device = None, dtype: Dtype = None,
+    vram: Vram = None, ram: Ram = None, offload: Offload = None, device: Device = None,
+    dtype: Dtype = None,
     vae_tile: VaeTile = None, vae_stats: VaeStats = None, vae_dtype: VaeDtype = None,
     allow_pickle: AllowPickle = False,
     sampler: Sampler = None, karras: Karras = None, lora: Lora = None,
@@ -589,7 +593,8 @@ def plan(
     negative: Negative = None, seed: Seed = None, steps: Steps = None,
     guidance: Guidance = None, strength: Strength = None, model: Model = None,
     linfusion: LinFusionRef = None, preset: Preset = None, fmt: Fmt = None,
-    vram: Vram = None, offload: Offload = None, device: Device = None, dtype: Dtype = None,
+    vram: Vram = None, ram: Ram = None, offload: Offload = None, device: Device = None,
+    dtype: Dtype = None,
     upsample: Upsample = None, vae_tile: VaeTile = None, vae_stats: VaeStats = None,
     vae_dtype: VaeDtype = None,
     sampler: Sampler = None, karras: Karras = None, lora: Lora = None,
@@ -618,7 +623,9 @@ def fitted_plan(make, job):
         return make()
     except PlanError as e:
         hint = ""
-        if job.vram is not None or job.offload != "auto":
+        if e.host:
+            hint = "; try --ram with what is free" if job.ram is None else "; try a larger --ram"
+        elif job.vram is not None or job.offload != "auto":
             hint = "; try a larger --vram or --offload auto"
         kwargs = getattr(e, "plan_kwargs", None)
         if kwargs:
@@ -650,6 +657,7 @@ def show_plan(job, gpu: str | None, as_json: bool,
                         "strategy": s.strategy.label, "levers": s.strategy.to_dict(),
                         "peak_bytes": s.cost.peak_bytes, "tflop": round(s.cost.tflop, 3),
                         "scratch_bytes": s.cost.scratch_bytes, "vae_tile": s.cost.vae_tile,
+                        "host_bytes": s.cost.host_bytes,
                         "seconds": round(s.cost.seconds, 3)} for s in p.stages],
             "peak_bytes": p.peak_bytes, "seconds": round(p.seconds, 3)}))
         return

@@ -546,6 +546,8 @@ class ModelShape:
     on_gpu: bool = True
     control: ControlShape | None = None  # a ControlNet that runs with the UNet
     spill: float = 0.0  # CPU memory a GPU's VAE may keep step outputs in (spill_budget)
+    host: float | None = None  # CPU memory a stage's parked maps and offloaded weights may
+    # take (hires.memory.host_room); None: not checked
 
     @property
     def weights(self) -> int:
@@ -566,6 +568,7 @@ class StageCost:
     vae_tile: int  # px
     rank: float = 0.0  # seconds at the given rate, else at RANK_RATE: what plans compare
     vae_spill: bool = False  # the VAE keeps what does not fit the GPU in the CPU's memory
+    host_bytes: int = 0  # CPU memory while the UNet runs: parked maps, offloaded weights
 
 
 VAE_TILES = (2048, 1536, 1024, 768, 512)  # px, largest first: fewer tiles, less overlap
@@ -659,22 +662,42 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
     moved = spilled
     nets = unet.param_bytes + (control.param_bytes if control else 0)
     if strategy.park_skips:
-        skips = _skip_bytes(unet, lat_h, lat_w, model.dtype_bytes)
-        parked = skips + unet.channels[0] * lat_h * lat_w * model.dtype_bytes  # conv_in's too
-        if strategy.row_bands:  # the last up block's input
-            c_in = unet.channels[min(1, len(unet.channels) - 1)]
-            parked += c_in * lat_h * lat_w * model.dtype_bytes
+        parked = _unet_parked_bytes(unet, lat_h, lat_w, strategy.row_bands, model.dtype_bytes)
         # Out once; back once whole, or in bands four times (two norm passes, conv, shortcut).
         moved += evals * 2 * parked * (5 if strategy.row_bands else 2)
         if control is not None:  # its skips, then its residuals: out and back each
-            moved += evals * 2 * skips * 4
+            moved += evals * 2 * _skip_bytes(unet, lat_h, lat_w, model.dtype_bytes) * 4
     if strategy.weights == "sequential":
         moved += calls * nets + 2 * model.vae.param_bytes
     elif strategy.weights == "model":
         moved += 2 * (nets + model.vae.param_bytes + (model.text_bytes if base else 0))
     rank = (unet_flop * slowdown + vae_flop) / (rate or RANK_RATE) + moved / HOST_LINK
+    host = parked_bytes(model, lat_h, lat_w, strategy) + (0 if resident else model.weights)
     return StageCost(max(peaks), peaks[0], (unet_flop + vae_flop) / 1e12, unet_flop / 1e12, scratch,
-                     rank if rate else None, tile, rank, spill_on)
+                     rank if rate else None, tile, rank, spill_on, host)
+
+
+def parked_bytes(model: ModelShape, lat_h: int, lat_w: int, strategy: Strategy) -> int:
+    """The CPU memory one guided UNet call parks under `strategy` (hires.parking holds it
+    for the stage): per batch item the UNet's maps and a ControlNet's skips and residuals."""
+    if not strategy.park_skips or not model.on_gpu:
+        return 0
+    per_item = _unet_parked_bytes(model.unet, lat_h, lat_w, strategy.row_bands,
+                                  model.dtype_bytes)
+    if model.control is not None:
+        per_item += 2 * _skip_bytes(model.unet, lat_h, lat_w, model.dtype_bytes)
+    return per_item * (1 if strategy.split_cfg else 2)
+
+
+def _unet_parked_bytes(shape: UNetShape, lat_h: int, lat_w: int, row_bands: bool,
+                       dtype_bytes: int) -> int:
+    """One batch item's UNet maps parked: its skips, conv_in's output and, with row bands, the
+    last up block's input."""
+    parked = _skip_bytes(shape, lat_h, lat_w, dtype_bytes)
+    parked += shape.channels[0] * lat_h * lat_w * dtype_bytes
+    if row_bands:
+        parked += shape.channels[min(1, len(shape.channels) - 1)] * lat_h * lat_w * dtype_bytes
+    return parked
 
 
 def _skip_bytes(shape: UNetShape, height: int, width: int, dtype_bytes: int) -> int:
@@ -737,7 +760,23 @@ def model_shape(components: Any, controlnet: Any = None) -> ModelShape:
                       vae_dtype_bytes=components.vae_dtype.itemsize,
                       native=components.native, on_gpu=components.device.type != "cpu",
                       control=ControlShape.of(controlnet) if controlnet is not None else None,
-                      spill=spill_budget(components.device))
+                      spill=spill_budget(components.device), host=host_budget(components))
+
+
+def host_budget(components: Any) -> float | None:
+    """What a GPU run's parked maps and offloaded weights may take of the CPU's memory: what
+    is free, and what the components' weights already hold there; None on a CPU."""
+    from hires.memory import host_room, ram_bytes
+
+    if components.device.type == "cpu":
+        return None
+    pipe = components.pipe
+    parts = (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2,
+             *components.controlnets.values())
+    held = sum(t.nbytes for p in parts for t in (*p.parameters(), *p.buffers())
+               if t.device.type == "cpu")
+    free = ram_bytes()[1]
+    return host_room(free + held) if free else None
 
 
 @lru_cache(maxsize=8)

@@ -56,6 +56,7 @@ class Job:
     device: str = "auto"
     offload: str = "auto"
     vram: float | None = None
+    ram: float | None = None  # GB of the CPU's memory a GPU plan may fill; None: what is free
     vae_tile: int | None = None
     vae_stats: str = "fast"
     vae_dtype: str = "auto"  # bf16 on CUDA and bf16-capable CPUs, else fp32 (hires.models)
@@ -82,7 +83,7 @@ class Job:
             raise JobError(f"steps must be a whole number from 1 to {MAX_STEPS}, "
                            f"got {self.steps!r}")
         for name in ("guidance", "strength", "sigma", "cosine_scale_1", "cosine_scale_2",
-                     "cosine_scale_3", "vram", "control_scale", "ip_scale"):
+                     "cosine_scale_3", "vram", "ram", "control_scale", "ip_scale"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise JobError(f"{name} must be a finite number, got {value}")
@@ -94,6 +95,8 @@ class Job:
             raise JobError(f"sigma must be > 0, got {self.sigma}")
         if self.vram is not None and self.vram <= 0:
             raise JobError(f"vram must be a positive number of GB, got {self.vram}")
+        if self.ram is not None and self.ram <= 0:
+            raise JobError(f"ram must be a positive number of GB, got {self.ram}")
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise JobError(f"seed must be between 0 and 2**63-1, got {self.seed}")
         for name in ("prompt", "negative"):

@@ -30,6 +30,15 @@ def free_memory(device: torch.device, parts: tuple[nn.Module, ...] = ()) -> int 
     return None
 
 
+# RAM a plan leaves alone: the process itself, the image being made, the system's own use.
+HOST_MARGIN_BYTES, HOST_MARGIN_SHARE = 2 * GIB, 0.1
+
+
+def host_room(free: float) -> float:
+    """The part of `free` bytes of RAM that a plan's parked maps and offloaded weights may fill."""
+    return max(0.0, free * (1 - HOST_MARGIN_SHARE) - HOST_MARGIN_BYTES)
+
+
 def ram_bytes() -> tuple[int, int]:
     """(total, available) RAM in bytes; (0, 0) where the system does not say."""
     try:

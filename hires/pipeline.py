@@ -18,7 +18,7 @@ from hires.controlnet import control_tensor
 from hires.costs import local_gpu, model_shape, rate_for
 from hires.denoiser import Conditioning, Control, Denoiser
 from hires.job import Job
-from hires.memory import free_memory, peak_memory, placed, reset_peak
+from hires.memory import free_memory, host_room, peak_memory, placed, reset_peak
 from hires.models import Components, load
 from hires.plan import Plan, Stage, cheaper, make_plan
 from hires.progress import Event, ProgressFn
@@ -104,13 +104,17 @@ def plan_for(job: Job, components: Components, *, gpu: str | None = None,
 
 
 def shape_for(job: Job, components: Components):
-    """The model as the planner sees it, with the job's ControlNet (loaded, or one like it)."""
+    """The model as the planner sees it, with the job's ControlNet (loaded, or one like it)
+    and the CPU memory it may fill (`--ram`, else what is free)."""
     net = None
     if job.control_model:
         from hires.controlnet import controlnet_like
 
         net = components.controlnets.get(job.control_model) or controlnet_like(components.unet)
-    return model_shape(components, controlnet=net)
+    shape = model_shape(components, controlnet=net)
+    if job.ram is not None and shape.on_gpu:
+        shape = replace(shape, host=host_room(job.ram * GIB))
+    return shape
 
 
 def generate(

@@ -32,6 +32,8 @@ def usable(budget: int | None) -> int | None:
 class PlanError(ValueError):
     """No strategy fits the budget; the message says what would."""
 
+    host = False  # the CPU's memory, not the GPU's, is what ran short
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -237,7 +239,17 @@ def fit_stage(stage: Stage, stages: list[Stage], model: ModelShape, budget: int 
     options = [_with_cost(stage, stages, model, s, vae_tile, vae_stats, rate, budget)
                for s in strategies_for(model, offload)]
     room = usable(budget)
-    fits = [o for o in options if room is None or o.cost.peak_bytes <= room]
+    on_gpu = [o for o in options if room is None or o.cost.peak_bytes <= room]
+    fits = [o for o in on_gpu if model.host is None or o.cost.host_bytes <= model.host]
+    if not fits and on_gpu:
+        least = min(on_gpu, key=lambda o: o.cost.host_bytes)
+        error = PlanError(
+            f"stage {stage.index} ({stage.width}x{stage.height}) fits the GPU only with "
+            f"{least.cost.host_bytes / 1e9:.1f} GB of the CPU's memory for parked maps and "
+            f"offloaded weights ({least.strategy.label}), and {model.host / 1e9:.1f} GB of it "
+            f"is free for them: close other programs or plan a smaller size")
+        error.host = True
+        raise error
     if not fits:
         least = min(options, key=lambda o: o.cost.peak_bytes)
         raise PlanError(
@@ -283,6 +295,8 @@ def describe(plan: Plan) -> list[str]:
         if s.cost:
             work = f"{s.cost.tflop:.0f}" if s.cost.tflop >= 10 else f"{s.cost.tflop:.2g}"
             line += f", {s.strategy.label}, peak {s.cost.peak_bytes / GIB:.1f} GiB, {work} TFLOP"
+            if s.cost.host_bytes:
+                line += f", {s.cost.host_bytes / 1e9:.1f} GB of RAM"
             if s.cost.scratch_bytes:
                 line += f", scratch {s.cost.scratch_bytes / 1e9:.1f} GB"
             if s.cost.seconds is not None:
@@ -341,7 +355,7 @@ def plan_without_weights(job, rate: float | None = None,
     import torch
 
     from hires.costs import model_shape, sdxl_shape
-    from hires.memory import ram_bytes
+    from hires.memory import host_room, ram_bytes
     from hires.vae_stats import spill_from_free
 
     on_gpu = not job.device.startswith(("cpu", "mps"))
@@ -371,9 +385,11 @@ def plan_without_weights(job, rate: float | None = None,
                            vae_dtype_bytes=vae_dtype_bytes)
         spacing, train, offset = "leading", 1000, 1  # SDXL base's scheduler
     if on_gpu:
-        # The VAE's outputs that do not fit the GPU may go to the CPU's memory: as if
-        # DRY_RUN_FREE_RAM of this machine's RAM were free then (a run looks at what is free).
-        shape = copy(shape, spill=spill_from_free(DRY_RUN_FREE_RAM * ram_bytes()[0]))
+        # Parked maps, offloaded weights and the VAE's outputs that do not fit the GPU go to
+        # the CPU's memory: --ram GB of it, else as if DRY_RUN_FREE_RAM of this machine's RAM
+        # were free then (a run looks at what is free).
+        free = job.ram * GIB if job.ram is not None else DRY_RUN_FREE_RAM * ram_bytes()[0]
+        shape = copy(shape, spill=spill_from_free(free), host=host_room(free) if free else None)
     return make_plan(job.width, job.height, steps=job.steps, strength=job.strength,
                      native=shape.native, spacing=spacing, train_steps=train, offset=offset,
                      model=shape, budget=budget, offload=job.offload if on_gpu else "none",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from itertools import product
 
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from hires.lean import lean_unet
+from hires.parking import Parking
 from hires.token_chunks import token_chunks
 
 WEIGHTS = ("resident", "model", "sequential")
@@ -64,24 +66,46 @@ def all_strategies(weights: tuple[str, ...] = WEIGHTS) -> list[Strategy]:
 
 @contextmanager
 def applied(unet: nn.Module, strategy: Strategy, device: torch.device, *,
-            controlnet: nn.Module | None = None) -> Iterator[None]:
+            controlnet: nn.Module | None = None) -> Iterator[Parking | None]:
     """The UNet (and the stage's ControlNet) set up for `strategy` for the duration of a
-    stage; always undone."""
+    stage; always undone. Yields where parked maps wait (None when nothing parks)."""
+    park = strategy.park_skips and device.type != "cpu"
     with ExitStack() as stack:
+        parking = stack.enter_context(parked_in(Parking(), unet)) if park else None
         for model in (unet, controlnet) if controlnet is not None else (unet,):
             stack.enter_context(lean_unet(model, strategy.row_bands))
             stack.enter_context(token_chunks(model, strategy.ff_chunks))
-            if strategy.park_skips and device.type != "cpu":
+            if park:
                 stack.enter_context(parked_skips(model))
             if strategy.weights == "sequential" and device.type not in ("cpu", "meta"):
                 stack.enter_context(streamed_blocks(model, device))
-        yield
+        yield parking
+
+
+_parking: ContextVar[Parking | None] = ContextVar("parking", default=None)
+
+
+@contextmanager
+def parked_in(parking: Parking, unet: nn.Module) -> Iterator[Parking]:
+    """Parked maps go to `parking`'s buffers, free again once each UNet call returns (a
+    ControlNet's residuals, parked before, are read by that call); closed at the end."""
+    token = _parking.set(parking)
+    handle = unet.register_forward_hook(lambda module, args, output: parking.recycle())
+    try:
+        yield parking
+    finally:
+        handle.remove()
+        _parking.reset(token)
+        parking.close()
 
 
 def _park(x: Tensor) -> Tensor:
-    """A CPU copy of `x` (pinned where possible, so the copy back can overlap compute)."""
+    """A CPU copy of `x` (page-locked, so the copy back can overlap compute)."""
     if x.device.type == "cpu":
         return x
+    parking = _parking.get()
+    if parking is not None:
+        return parking.park(x)
     if x.device.type == "meta":  # the simulated GPU (hires.memsim): a stand-in costing nothing
         return torch.zeros((), dtype=x.dtype).expand(x.shape)
     out = torch.empty(x.shape, dtype=x.dtype, pin_memory=x.device.type == "cuda")

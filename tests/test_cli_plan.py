@@ -86,3 +86,15 @@ def test_an_fp32_vae_is_planned_with_its_memory_and_work():
     assert plan_json(*args, "--vae-dtype", "bf16") == bf16  # auto is bf16 on a GPU
     last16, last32 = bf16["stages"][-1], fp32["stages"][-1]
     assert last32["tflop"] > last16["tflop"] or last32["peak_bytes"] > last16["peak_bytes"]
+
+
+def test_ram_bounds_what_a_plan_parks_and_a_short_one_says_so():
+    p = plan_json("--size", "16384", "--vram", "12", "--ram", "48", "--gpu", "4090")
+    assert all(s["host_bytes"] <= 48 * GIB for s in p["stages"])
+    assert p["stages"][-1]["levers"]["park_skips"]
+    short = cli("plan", "--size", "16384", "--vram", "12", "--ram", "16")
+    assert short.exit_code == 2
+    (line,) = short.stderr.strip().splitlines()
+    assert "CPU's memory" in line and "--ram" in line and "fits" in line
+    bad = cli("plan", "--size", "4096", "--ram", "0")
+    assert bad.exit_code == 2 and "ram must be a positive number" in bad.stderr

@@ -193,3 +193,25 @@ def _options(stage, plan, on_gpu):
     model = sdxl_shape(on_gpu=on_gpu, dtype_bytes=4)
     return [_with_cost(stage, list(plan.stages), model, s, None, "fast", None, 64 * GIB)
             for s in strategies_for(model, "none")]
+
+
+def test_16k_on_a_12_gb_card_counts_the_ram_it_parks_in_and_is_refused_without_it():
+    """The 16K stage parks 18.5 GB of maps and streams 7 GB of weights from the CPU's memory
+    (hires.parking); a plan with less RAM free than that takes another strategy or refuses."""
+    from dataclasses import replace
+
+    p = planned(16384, 12)
+    last = p.stages[-1]
+    assert 24e9 < last.cost.host_bytes < 27e9
+    fits = make_plan(16384, 16384, model=replace(sdxl(), host=last.cost.host_bytes),
+                     budget=12 * GIB, rate=400e12)
+    assert fits.stages[-1].strategy == last.strategy
+    with pytest.raises(PlanError, match=r"only with 2\d\.\d GB of the CPU's memory") as e:
+        make_plan(16384, 16384, model=replace(sdxl(), host=last.cost.host_bytes - 1),
+                  budget=12 * GIB, rate=400e12)
+    assert e.value.host
+    # With room on the GPU, a strategy that parks less is taken instead.
+    roomy = make_plan(16384, 16384, model=replace(sdxl(), host=8e9), budget=24 * GIB,
+                      rate=400e12)
+    assert all(s.cost.host_bytes <= 8e9 for s in roomy.stages)
+    assert roomy.seconds >= planned(16384, 24).seconds

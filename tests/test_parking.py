@@ -1,0 +1,114 @@
+"""Parked maps: exact-size buffers, reused call after call, unlocked at the end; the planner's
+count of the CPU memory they take equals what a simulated 16K-shaped call parks."""
+
+import pytest
+import torch
+
+from hires import memsim
+from hires.costs import parked_bytes, sdxl_shape
+from hires.parking import Parking
+from hires.strategy import Strategy, applied
+
+
+class Driver:
+    """Stands in for cudaHostRegister/Unregister: records what is locked."""
+
+    def __init__(self, refuse: bool = False):
+        self.refuse, self.locked, self.unlocked, self.pinned = refuse, [], [], []
+
+    def lock(self, t):
+        if self.refuse:
+            return False
+        self.locked.append(t.data_ptr())
+        return True
+
+    def unlock(self, t):
+        self.unlocked.append(t.data_ptr())
+
+    def pin(self, nbytes):
+        self.pinned.append(nbytes)
+        return torch.empty(nbytes, dtype=torch.uint8)
+
+
+def parking(driver):
+    return Parking(driver.lock, driver.unlock, driver.pin)
+
+
+def test_buffers_have_exact_sizes_and_serve_the_next_call():
+    driver = Driver()
+    p = parking(driver)
+    a, b = torch.randn(1, 3, 5, 7), torch.randn(2, 3, 5, 7, dtype=torch.bfloat16)
+    first = [p.park(a), p.park(b)]
+    assert torch.equal(first[0], a) and torch.equal(first[1], b)
+    assert first[1].dtype == torch.bfloat16 and first[1].shape == b.shape
+    assert p.bytes == p.peak == a.nbytes + b.nbytes  # not rounded up to powers of two
+    ptrs = [t.data_ptr() for t in first]
+    p.recycle()
+    again = [p.park(b * 2), p.park(a * 3)]  # same sizes, any order: the same buffers
+    assert sorted(t.data_ptr() for t in again) == sorted(ptrs)
+    assert torch.equal(again[0], b * 2) and torch.equal(again[1], a * 3)
+    assert p.bytes == a.nbytes + b.nbytes and len(driver.locked) == 2
+    bigger = p.park(torch.ones(4, 4))  # nothing idle of this size: a new buffer
+    assert bigger.data_ptr() not in ptrs and len(driver.locked) == 3
+    p.close()
+    assert sorted(driver.unlocked) == sorted(driver.locked) and p.bytes == 0
+
+
+def test_a_buffer_is_not_handed_out_twice_in_one_call():
+    p = parking(Driver())
+    x = torch.randn(8)
+    one, two = p.park(x), p.park(x + 1)
+    assert one.data_ptr() != two.data_ptr() and torch.equal(one, x)
+
+
+def test_when_the_driver_refuses_torch_pinned_memory_is_used():
+    driver = Driver(refuse=True)
+    p = parking(driver)
+    x = torch.randn(3, 4)
+    assert torch.equal(p.park(x), x)
+    assert driver.pinned == [x.nbytes] and p.fallback
+    p.park(x)
+    assert driver.pinned == [x.nbytes] * 2  # no second try at locking
+    p.close()
+    assert driver.unlocked == []
+
+
+def test_meta_maps_are_counted_per_call():
+    p = parking(Driver())
+    x = torch.empty(2, 320, 64, 64, dtype=torch.bfloat16, device="meta")
+    p.park(x)
+    p.park(x)
+    p.recycle()
+    p.park(x)
+    assert p.peak == 2 * x.nbytes and p.bytes == x.nbytes
+
+
+@pytest.mark.parametrize("control", [False, True])
+@pytest.mark.parametrize("strategy", [
+    Strategy(park_skips=True),
+    Strategy(split_cfg=True, ff_chunks=True, row_bands=True, park_skips=True,
+             weights="sequential"),
+], ids=lambda s: s.label if isinstance(s, Strategy) else None)
+def test_planner_counts_what_a_call_parks(strategy, control):
+    """Full SDXL with LinFusion (and an SDXL ControlNet) on meta, a 768x1280 px latent."""
+    unet = memsim.sdxl_unet_on_meta()
+    net = memsim.sdxl_controlnet_on_meta() if control else None
+    seen = []
+    original = Parking.close
+
+    def close(self):
+        seen.append(self.peak)
+        original(self)
+
+    Parking.close = close
+    try:
+        memsim.unet_call_peak(unet, 96, 160, strategy, controlnet=net)
+    finally:
+        Parking.close = original
+    shape = sdxl_shape(controlnet=control)
+    assert seen == [parked_bytes(shape, 96, 160, strategy)] and seen[0] > 0
+
+
+def test_applied_parks_nothing_on_a_cpu(tiny):
+    with applied(tiny.unet, Strategy(park_skips=True), torch.device("cpu")) as parking:
+        assert parking is None
