@@ -26,7 +26,10 @@ def torch_pinned(nbytes: int) -> Tensor:
 
 def cuda_lock(t: Tensor) -> bool:
     """Page-lock `t` for the CUDA driver (asynchronous copies to and from the GPU)."""
-    ok = int(torch.cuda.cudart().cudaHostRegister(t.data_ptr(), t.nbytes, 0)) == 0
+    try:
+        ok = int(torch.cuda.cudart().cudaHostRegister(t.data_ptr(), t.nbytes, 0)) == 0
+    except (AttributeError, RuntimeError, TypeError):  # a build without these bindings
+        return False
     if not ok:
         _clear_cuda_error()
     return ok
@@ -63,6 +66,8 @@ class Parking:
         if x.device.type == "meta":  # the simulated GPU (hires.memsim): counted, no memory
             self._hold(x.nbytes)
             return torch.zeros((), dtype=x.dtype).expand(x.shape)
+        if x.device.type != "cuda":  # e.g. MPS: memory the GPU shares, nothing to lock
+            return x.to("cpu")
         spare = self.idle.get(x.nbytes)
         buffer = spare.pop() if spare else self._new(x.nbytes)
         self.taken.append(buffer)

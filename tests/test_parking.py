@@ -34,10 +34,22 @@ def parking(driver):
     return Parking(driver.lock, driver.unlock, driver.pin)
 
 
+class FromGpu(torch.Tensor):
+    """A CPU tensor that says it is on CUDA: what parking copies from, on a CPU-only torch."""
+
+    @property
+    def device(self):
+        return torch.device("cuda")
+
+
+def gpu(t):
+    return t.as_subclass(FromGpu)
+
+
 def test_buffers_have_exact_sizes_and_serve_the_next_call():
     driver = Driver()
     p = parking(driver)
-    a, b = torch.randn(1, 3, 5, 7), torch.randn(2, 3, 5, 7, dtype=torch.bfloat16)
+    a, b = gpu(torch.randn(1, 3, 5, 7)), gpu(torch.randn(2, 3, 5, 7, dtype=torch.bfloat16))
     first = [p.park(a), p.park(b)]
     assert torch.equal(first[0], a) and torch.equal(first[1], b)
     assert first[1].dtype == torch.bfloat16 and first[1].shape == b.shape
@@ -48,7 +60,7 @@ def test_buffers_have_exact_sizes_and_serve_the_next_call():
     assert sorted(t.data_ptr() for t in again) == sorted(ptrs)
     assert torch.equal(again[0], b * 2) and torch.equal(again[1], a * 3)
     assert p.bytes == a.nbytes + b.nbytes and len(driver.locked) == 2
-    bigger = p.park(torch.ones(4, 4))  # nothing idle of this size: a new buffer
+    bigger = p.park(gpu(torch.ones(4, 4)))  # nothing idle of this size: a new buffer
     assert bigger.data_ptr() not in ptrs and len(driver.locked) == 3
     p.close()
     assert sorted(driver.unlocked) == sorted(driver.locked) and p.bytes == 0
@@ -56,7 +68,7 @@ def test_buffers_have_exact_sizes_and_serve_the_next_call():
 
 def test_a_buffer_is_not_handed_out_twice_in_one_call():
     p = parking(Driver())
-    x = torch.randn(8)
+    x = gpu(torch.randn(8))
     one, two = p.park(x), p.park(x + 1)
     assert one.data_ptr() != two.data_ptr() and torch.equal(one, x)
 
@@ -64,13 +76,20 @@ def test_a_buffer_is_not_handed_out_twice_in_one_call():
 def test_when_the_driver_refuses_torch_pinned_memory_is_used():
     driver = Driver(refuse=True)
     p = parking(driver)
-    x = torch.randn(3, 4)
+    x = gpu(torch.randn(3, 4))
     assert torch.equal(p.park(x), x)
     assert driver.pinned == [x.nbytes] and p.fallback
     p.park(x)
     assert driver.pinned == [x.nbytes] * 2  # no second try at locking
     p.close()
     assert driver.unlocked == []
+
+
+def test_maps_from_other_devices_are_plain_copies():
+    driver = Driver()
+    p = parking(driver)
+    x = torch.randn(3)  # MPS, say: nothing to lock
+    assert torch.equal(p.park(x), x) and driver.locked == [] and p.bytes == 0
 
 
 def test_meta_maps_are_counted_per_call():
