@@ -766,17 +766,12 @@ def model_shape(components: Any, controlnet: Any = None) -> ModelShape:
 def host_budget(components: Any) -> float | None:
     """What a GPU run's parked maps and offloaded weights may take of the CPU's memory: what
     is free, and what the components' weights already hold there; None on a CPU."""
-    from hires.memory import host_room, ram_bytes
+    from hires.memory import bytes_on, host_room, ram_bytes
 
     if components.device.type == "cpu":
         return None
-    pipe = components.pipe
-    parts = (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2,
-             *components.controlnets.values())
-    held = sum(t.nbytes for p in parts for t in (*p.parameters(), *p.buffers())
-               if t.device.type == "cpu")
     free = ram_bytes()[1]
-    return host_room(free + held) if free else None
+    return host_room(free + bytes_on("cpu", components.parts)) if free else None
 
 
 @lru_cache(maxsize=8)

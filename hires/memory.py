@@ -19,15 +19,19 @@ def free_memory(device: torch.device, parts: tuple[nn.Module, ...] = ()) -> int 
     """
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        mine = sum(t.numel() * t.element_size() for p in parts
-                   for t in (*p.parameters(), *p.buffers()) if t.device.type == "cuda")
-        return free + mine
+        return free + bytes_on("cuda", parts)
     if device.type == "cpu":
         try:
             return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (ValueError, OSError, AttributeError):
             return None
     return None
+
+
+def bytes_on(device_type: str, parts: tuple[nn.Module, ...]) -> int:
+    """Bytes of the weights and buffers of `parts` that live on devices of `device_type`."""
+    return sum(t.numel() * t.element_size() for p in parts
+               for t in (*p.parameters(), *p.buffers()) if t.device.type == device_type)
 
 
 # RAM a plan leaves alone: the process itself, the image being made, the system's own use.
@@ -78,9 +82,9 @@ def placed(components, weights: str, *active: nn.Module) -> Iterator[None]:
     if dev.type == "cpu":
         yield
         return
-    controlnets = tuple(components.controlnets.values())
-    parts = (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2, *controlnets)
-    streamed = (pipe.unet, *controlnets)  # sequential: these bring their blocks in themselves
+    parts = components.parts
+    # sequential: these bring their blocks in themselves
+    streamed = (pipe.unet, *components.controlnets.values())
     if weights == "resident":
         for part in parts:
             part.to(dev)

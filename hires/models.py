@@ -46,6 +46,13 @@ class Components:
         return self.pipe.vae
 
     @property
+    def parts(self) -> tuple[Any, ...]:
+        """Every model with weights: UNet, VAE, both text encoders, the loaded ControlNets."""
+        pipe = self.pipe
+        return (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2,
+                *self.controlnets.values())
+
+    @property
     def native(self) -> int:
         """The model's native image size in pixels (1024 for SDXL)."""
         return self.unet.config.sample_size * self.pipe.vae_scale_factor

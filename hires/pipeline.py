@@ -79,10 +79,7 @@ def budget_for(job: Job, components: Components) -> int | None:
     """Device bytes the plan may use: --vram, else the device's free memory (on CPU, RAM)."""
     if job.vram is not None:
         return int(job.vram * GIB)
-    pipe = components.pipe
-    return free_memory(components.device,
-                       (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2,
-                        *components.controlnets.values()))
+    return free_memory(components.device, components.parts)
 
 
 def plan_for(job: Job, components: Components, *, gpu: str | None = None,
