@@ -20,7 +20,7 @@ from hires.vae_attention import CONTEXT_CELLS, GLOBAL_TOKENS, SWEEP_BLOCK, SWEEP
 from hires.vae_cost import tiled_cost
 from hires.vae_stats import budget_from_free, spill_budget
 
-FF_TOKENS = 65536  # tokens per feed-forward chunk (hires.memory.chunked_feed_forward)
+FF_TOKENS = 16384  # tokens per chunk (hires.token_chunks.CHUNK_TOKENS)
 LINFUSION_WORK = 256 << 20  # fp32 work buffers of one LinFusion call on a GPU (linfusion.py)
 HOST_LINK = 25e9  # bytes/s between host and GPU (PCIe 4 x16 in practice) for offload traffic
 
@@ -160,7 +160,7 @@ class _Walk:
             # (the GEGLU's 8x projection and its halves, the norms and sums); around the
             # blocks, the model's input and output projections with their layout copies.
             chunk = 20 * channels * FF_TOKENS * self.unit
-            self.touch(max(4 * c, 2 * c + chunk))
+            self.touch(max(3 * c, 2 * c + chunk))
             return
         ff = 16 * c  # GEGLU: the 8x projection, GELU of its gate half, their product
         if self.strategy.ff_chunks and tokens > FF_TOKENS:
@@ -170,17 +170,20 @@ class _Walk:
         # Around the blocks: the residual input, the projected tokens, the block's norm output.
         self.touch(2 * c + max(ff, attn) + (c if blocks else 0))
 
-    def down_block(self, c_in: int, c: int, level: int) -> list[int]:
+    def down_block(self, c_in: int, c: int, level: int, at_once: bool = False) -> list[int]:
         """A down block's resnets (and transformers), then its downsampler unless it is the
-        last level; each output stays alive (a skip). Returns their bytes."""
+        last level; each output stays alive (a skip) but, `at_once`, those the block's next
+        resnet reads from the CPU (hires.strategy.parked_skips). Returns their bytes."""
         shape = self.s
         made = []
-        for _ in range(shape.layers):
+        for layer in range(shape.layers):
             out = self.resnet(c_in, c, level)
             self.live += out
             if shape.depth[level]:
                 self.transformer(c, level, shape.depth[level])
             made.append(out)
+            if at_once and layer < shape.layers - 1:
+                self.live -= out
             c_in = c
         if level < len(shape.channels) - 1:
             out = self.size(c, level + 1)
@@ -189,10 +192,14 @@ class _Walk:
             made.append(out)
         return made
 
-    def upsample(self, channels: int, level: int) -> int:
-        """Nearest 2x then a conv, from `level` to `level - 1`; returns the output's bytes."""
+    def upsample(self, channels: int, level: int, parked: bool = False) -> int:
+        """Nearest 2x then a conv, from `level` to `level - 1`; returns the output's bytes.
+        `parked`: the output is written to the CPU band by band (hires.lean.lean_upsample)."""
         out = self.size(channels, level - 1)
-        self.touch(out + (self.band(channels, level - 1) if self.strategy.row_bands else out))
+        if self.strategy.row_bands:
+            self.touch((0 if parked else out) + self.band(channels, level - 1))
+        else:
+            self.touch(2 * out)
         return out
 
 
@@ -209,6 +216,8 @@ def unet_peak_bytes(shape: UNetShape, height: int, width: int, strategy: Strateg
     walk = _Walk(shape, height, width, batch, dtype_bytes, strategy)
     ch, layers, levels = shape.channels, shape.layers, len(shape.channels)
     park = strategy.park_skips
+    # Parked as made (hires.strategy.applied): conv_in's output, a down block's inner outputs.
+    at_once = park and strategy.row_bands and not control
     first = walk.size(ch[0], 0)  # conv_in's output: a skip and block 0's input
     mid = walk.size(ch[-1], levels - 1)
     if control:
@@ -216,11 +225,14 @@ def unet_peak_bytes(shape: UNetShape, height: int, width: int, strategy: Strateg
                                                                 dtype_bytes) * batch)
     # Down path: every resnet (or attention) output and downsample output is a skip.
     skips: list[int] = [first]
-    walk.live += first
-    c_prev, given = ch[0], first  # the block's input; under park_skips its GPU copy
+    walk.touch(first)
+    walk.live += 0 if at_once else first
+    c_prev, given = ch[0], 0 if at_once else first  # the block's input; parked: its GPU copy
     for level, c in enumerate(ch):
         walk.block(level)
-        made = walk.down_block(c_prev, c, level)
+        made = walk.down_block(c_prev, c, level, at_once)
+        if at_once:  # the inner outputs went as they were made
+            walk.live += sum(made[:shape.layers - 1])
         c_prev = c
         skips += made
         if control:  # conv_in's residual is added first, then the block's (a parked one
@@ -242,7 +254,7 @@ def unet_peak_bytes(shape: UNetShape, height: int, width: int, strategy: Strateg
         walk.live -= given
     # Up path: each block takes back layers + 1 skips, deepest first.
     c_h = ch[low]
-    parked_input = False  # the last up block's input waits on the CPU (parked_skips)
+    parked_input = False  # the up block's input waits on the CPU (parked_skips, row bands)
     for level in reversed(range(levels)):
         walk.block(2 * levels - level)
         c = ch[level]
@@ -268,15 +280,15 @@ def unet_peak_bytes(shape: UNetShape, height: int, width: int, strategy: Strateg
                 walk.transformer(c, level, shape.depth[level])
             c_h = c
         if level > 0:
-            up = walk.upsample(c, level)
-            parked_input = park and strategy.row_bands and level == 1
+            parked_input = park and strategy.row_bands
+            up = walk.upsample(c, level, parked_input)
             walk.live += (0 if parked_input else up) - hidden - first_input
         else:
             walk.live -= first_input
         walk.live -= moved + (0 if park else sum(mine))
     # Out: GroupNorm, SiLU, conv to the latent channels.
     walk.weights = 0
-    walk.touch(2 * walk.size(ch[0], 0))
+    walk.touch(walk.size(ch[0], 0))  # the norm's output beside the up path's (SiLU in place)
     if strategy.weights == "sequential" and shape.block_param_bytes:
         return shape.outer_param_bytes + walk.peak
     return shape.param_bytes + walk.peak
@@ -692,11 +704,13 @@ def parked_bytes(model: ModelShape, lat_h: int, lat_w: int, strategy: Strategy) 
 def _unet_parked_bytes(shape: UNetShape, lat_h: int, lat_w: int, row_bands: bool,
                        dtype_bytes: int) -> int:
     """One batch item's UNet maps parked: its skips, conv_in's output and, with row bands, the
-    last up block's input."""
+    input of every up block after the first (its upsampler's output)."""
     parked = _skip_bytes(shape, lat_h, lat_w, dtype_bytes)
     parked += shape.channels[0] * lat_h * lat_w * dtype_bytes
     if row_bands:
-        parked += shape.channels[min(1, len(shape.channels) - 1)] * lat_h * lat_w * dtype_bytes
+        for level in range(1, len(shape.channels)):
+            px = -(-lat_h // 2**(level - 1)) * -(-lat_w // 2**(level - 1))
+            parked += shape.channels[level] * px * dtype_bytes
     return parked
 
 

@@ -23,9 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hires.parking import settle
+
 BAND_BYTES = 64 * 2**20  # fp32 working set of one band on CPU (measured: no slower than whole)
 GPU_BAND_BYTES = 2**28  # on a GPU larger bands (fewer kernel launches); 1 GiB cost 1.5 GiB at 16K
 RowFn = Callable[[int, int], Tensor]  # rows [lo, hi) of a conv input that is made band by band
+Empty = Callable[[tuple[int, ...], torch.dtype, torch.device], Tensor]  # where an output goes
 
 
 @dataclass
@@ -51,6 +54,8 @@ class Stacked:
     def rows(self, lo: int, hi: int) -> Tensor:
         # Parts parked on the CPU (hires.strategy.parked_skips) come over one band at a time.
         device = self.device or self.parts[0].device
+        if device.type != "cpu" and any(p.device.type == "cpu" for p in self.parts):
+            settle()  # a band of rows is strided: torch reads it on the CPU, once it has landed
         bands = [p[:, :, lo:hi].to(device, non_blocking=True) for p in self.parts]
         return bands[0] if len(bands) == 1 else torch.cat(bands, dim=1)
 
@@ -93,13 +98,15 @@ def group_scale_shift(x: Stacked, norm: nn.GroupNorm) -> tuple[Tensor, Tensor]:
 
 
 def banded_conv(conv: nn.Conv2d, rows: RowFn, shape: tuple[int, int, int, int],
-                like: Tensor) -> Tensor:
-    """A stride-1 conv over an input of `shape` (N, C, H, W) that `rows(lo, hi)` makes."""
+                like: Tensor, output_to: Empty | None = None) -> Tensor:
+    """A stride-1 conv over an input of `shape` (N, C, H, W) that `rows(lo, hi)` makes; its
+    output in `output_to(shape, dtype, device)` if given, else on `like`'s device."""
     n, c, height, width = shape
     (kh, kw), (dh, dw), (ph, pw) = conv.kernel_size, conv.dilation, conv.padding
     reach = dh * (kh - 1)
     out_h, out_w = height + 2 * ph - reach, width + 2 * pw - dw * (kw - 1)
-    out = like.new_empty((n, conv.out_channels, out_h, out_w))
+    size = (n, conv.out_channels, out_h, out_w)
+    out = like.new_empty(size) if output_to is None else output_to(size, like.dtype, like.device)
     step = band_rows(like, c, width, reach)
     for a in range(0, out_h, step):
         b = min(a + step, out_h)
@@ -193,13 +200,16 @@ def resnet(block: nn.Module, x: Stacked, temb: Tensor | None) -> Tensor:
 
 
 def lean_resnet(block: nn.Module, original: Callable) -> Callable:
-    """A ResnetBlock2D forward with the same result and no whole-size temporaries."""
+    """A ResnetBlock2D forward with the same result and no whole-size temporaries; an input
+    parked on the CPU (hires.strategy.parked_skips) is read band by band."""
 
     def forward(x: Tensor, temb: Tensor | None = None, *args, **kwargs) -> Tensor:
+        device = block.conv1.weight.device
         if args or kwargs or not resnet_supported(block, temb):
-            return original(x, temb, *args, **kwargs)
-        return resnet(block, Stacked([x]), temb)
+            return original(x.to(device, non_blocking=True), temb, *args, **kwargs)
+        return resnet(block, Stacked([x], device=device), temb)
 
+    forward.reads_parked = True
     return forward
 
 
@@ -231,7 +241,10 @@ def lean_up_block(block: nn.Module, original: Callable) -> Callable:
 
 
 def lean_upsample(block: nn.Module, original: Callable) -> Callable:
-    """An Upsample2D forward (2x nearest, then conv) that never holds the upsampled input."""
+    """An Upsample2D forward (2x nearest, then conv) that never holds the upsampled input.
+
+    Its output goes where `block.output_to` (if set: hires.strategy.parked_skips) puts it.
+    """
     conv = block.conv if block.name == "conv" else getattr(block, "Conv2d_0", None)
 
     def forward(x: Tensor, output_size=None, *args, **kwargs) -> Tensor:
@@ -245,8 +258,10 @@ def lean_upsample(block: nn.Module, original: Callable) -> Callable:
             return src[:, :, lo % 2:lo % 2 + hi - lo]
 
         n, c, height, width = x.shape
-        return banded_conv(conv, rows, (n, c, 2 * height, 2 * width), x)
+        return banded_conv(conv, rows, (n, c, 2 * height, 2 * width), x,
+                           getattr(block, "output_to", None))
 
+    forward.writes_to = True
     return forward
 
 

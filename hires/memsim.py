@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_iter
 
 
@@ -48,6 +48,8 @@ class PeakTracker(TorchDispatchMode):
         if t.device.type == "cpu":  # host memory (parked skips, offloaded weights)
             return
         storage = t.untyped_storage()
+        if getattr(storage, HOST, False):
+            return
         key = id(storage)
         if key in self._seen:
             return
@@ -60,6 +62,19 @@ class PeakTracker(TorchDispatchMode):
     def _free(self, key: int, size: int) -> None:
         self._seen.discard(key)
         self.live -= size
+
+
+HOST = "_memsim_host"  # set on a meta storage that stands for CPU memory
+
+
+def host_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A meta tensor standing for CPU memory that is written band by band (a parked map):
+    no tracker counts it or its views. Made outside any tracker (private torch API: there is
+    no public way to step out of a dispatch mode)."""
+    with _disable_current_modes():
+        t = torch.empty(shape, dtype=dtype, device="meta")
+    setattr(t.untyped_storage(), HOST, True)
+    return t
 
 
 def module_bytes(module: nn.Module) -> int:

@@ -5,12 +5,18 @@ to a power of two, so a parked 5 GiB map takes 8 GiB of RAM that nothing else ma
 maps one 16K SDXL call parks (18.6 GB) took 27.5 GB. Here each buffer is its map's exact size,
 is page-locked once (cudaHostRegister) and takes the same map again in every later call of the
 stage (a stage's calls park the same shapes in the same order); `close` unlocks them all.
+
+A map is copied over without waiting, so the CPU must not read a buffer before its copy has
+landed: `settle` waits for that where the CPU reads one itself (torch copies a band of rows,
+which is strided, to the GPU through a CPU temporary).
 """
 
 from __future__ import annotations
 
 import ctypes
+import math
 from collections.abc import Callable
+from contextvars import ContextVar
 
 import torch
 from torch import Tensor
@@ -18,6 +24,7 @@ from torch import Tensor
 Lock = Callable[[Tensor], bool]  # page-locks a CPU tensor's memory; False if it could not
 Unlock = Callable[[Tensor], None]
 Pinned = Callable[[int], Tensor]  # n bytes from torch's pinned allocator
+Mark = Callable[[], object]  # marks the GPU stream's work so far; `.synchronize()` waits for it
 
 
 def torch_pinned(nbytes: int) -> Tensor:
@@ -33,6 +40,12 @@ def cuda_lock(t: Tensor) -> bool:
     if not ok:
         _clear_cuda_error()
     return ok
+
+
+def cuda_mark() -> torch.cuda.Event:
+    event = torch.cuda.Event()
+    event.record()
+    return event
 
 
 def cuda_unlock(t: Tensor) -> None:
@@ -52,8 +65,9 @@ class Parking:
     """CPU buffers for the maps one UNet call parks, handed out again after `recycle`."""
 
     def __init__(self, lock: Lock = cuda_lock, unlock: Unlock = cuda_unlock,
-                 pinned: Pinned = torch_pinned):
-        self.lock, self.unlock, self.pinned = lock, unlock, pinned
+                 pinned: Pinned = torch_pinned, mark: Mark = cuda_mark):
+        self.lock, self.unlock, self.pinned, self.mark = lock, unlock, pinned, mark
+        self.pending: object | None = None  # the mark after the last copy not yet waited for
         self.idle: dict[int, list[Tensor]] = {}  # buffers free for the next map, by bytes
         self.taken: list[Tensor] = []  # buffers handed out since the last recycle
         self.locked: list[Tensor] = []  # buffers this object page-locked (unlocked by close)
@@ -68,10 +82,31 @@ class Parking:
             return torch.zeros((), dtype=x.dtype).expand(x.shape)
         if x.device.type != "cuda":  # e.g. MPS: memory the GPU shares, nothing to lock
             return x.to("cpu")
-        spare = self.idle.get(x.nbytes)
-        buffer = spare.pop() if spare else self._new(x.nbytes)
+        out = self.empty(x.shape, x.dtype, x.device).copy_(x, non_blocking=True)
+        self.pending = self.mark()
+        return out
+
+    def empty(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """A buffer for a map that `device` writes band by band (each band a strided copy,
+        which torch makes through a CPU temporary: landed when the copy returns)."""
+        if device.type == "meta":  # counted; a meta tensor the simulated GPU does not count
+            from hires.memsim import host_tensor
+
+            self._hold(math.prod(shape) * dtype.itemsize)
+            return host_tensor(shape, dtype)
+        if device.type != "cuda":
+            return torch.empty(shape, dtype=dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        spare = self.idle.get(nbytes)
+        buffer = spare.pop() if spare else self._new(nbytes)
         self.taken.append(buffer)
-        return buffer.view(x.dtype).view(x.shape).copy_(x, non_blocking=True)
+        return buffer.view(dtype).view(shape)
+
+    def settle(self) -> None:
+        """Wait until every map parked so far is in its buffer (before the CPU reads one)."""
+        if self.pending is not None:
+            self.pending.synchronize()
+            self.pending = None
 
     def _new(self, nbytes: int) -> Tensor:
         self._hold(nbytes)
@@ -105,8 +140,18 @@ class Parking:
         self.idle.clear()
         self.taken.clear()
         self.locked.clear()
-        self.bytes = 0
+        self.bytes, self.pending = 0, None
         if self.fallback and gpu:
             empty = getattr(getattr(torch, "accelerator", None), "empty_host_cache", None)
             if empty is not None:
                 empty()  # torch's pinned blocks, back to the machine (torch 2.8+)
+
+
+current: ContextVar[Parking | None] = ContextVar("parking", default=None)  # the stage's
+
+
+def settle() -> None:
+    """`Parking.settle` for the stage's parking, if maps are parked."""
+    parking = current.get()
+    if parking is not None:
+        parking.settle()

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from itertools import product
 
 import torch
 from torch import Tensor, nn
 
+from hires import parking as parking_module
 from hires.lean import lean_unet
 from hires.parking import Parking
 from hires.token_chunks import token_chunks
@@ -70,32 +70,32 @@ def applied(unet: nn.Module, strategy: Strategy, device: torch.device, *,
     """The UNet (and the stage's ControlNet) set up for `strategy` for the duration of a
     stage; always undone. Yields where parked maps wait (None when nothing parks)."""
     park = strategy.park_skips and device.type != "cpu"
+    # Maps parked as soon as made need hires.controlnet.residuals_added to add on the CPU:
+    # with a ControlNet they park as its down blocks return, as before.
+    at_once = strategy.row_bands and controlnet is None
     with ExitStack() as stack:
         parking = stack.enter_context(parked_in(Parking(), unet)) if park else None
         for model in (unet, controlnet) if controlnet is not None else (unet,):
             stack.enter_context(lean_unet(model, strategy.row_bands))
             stack.enter_context(token_chunks(model, strategy.ff_chunks))
             if park:
-                stack.enter_context(parked_skips(model))
+                stack.enter_context(parked_skips(model, at_once=at_once))
             if strategy.weights == "sequential" and device.type not in ("cpu", "meta"):
                 stack.enter_context(streamed_blocks(model, device))
         yield parking
-
-
-_parking: ContextVar[Parking | None] = ContextVar("parking", default=None)
 
 
 @contextmanager
 def parked_in(parking: Parking, unet: nn.Module) -> Iterator[Parking]:
     """Parked maps go to `parking`'s buffers, free again once each UNet call returns (a
     ControlNet's residuals, parked before, are read by that call); closed at the end."""
-    token = _parking.set(parking)
+    token = parking_module.current.set(parking)
     handle = unet.register_forward_hook(lambda module, args, output: parking.recycle())
     try:
         yield parking
     finally:
         handle.remove()
-        _parking.reset(token)
+        parking_module.current.reset(token)
         parking.close()
 
 
@@ -103,7 +103,7 @@ def _park(x: Tensor) -> Tensor:
     """A CPU copy of `x` (page-locked, so the copy back can overlap compute)."""
     if x.device.type == "cpu":
         return x
-    parking = _parking.get()
+    parking = parking_module.current.get()
     if parking is not None:
         return parking.park(x)
     if x.device.type == "meta":  # the simulated GPU (hires.memsim): a stand-in costing nothing
@@ -113,21 +113,30 @@ def _park(x: Tensor) -> Tensor:
 
 
 @contextmanager
-def parked_skips(unet: nn.Module) -> Iterator[None]:
+def parked_skips(unet: nn.Module, *, at_once: bool = False) -> Iterator[None]:
     """Down blocks hand their skip outputs over as CPU copies; up blocks bring them back.
 
     With row bands, an up block reads its skips band by band straight from the CPU
     (`hires.lean.Stacked` moves each band); without, it moves the block's skips back whole.
     The UNet's conv_in output (the first skip) is parked as conv_in returns it, and down block
     0 reads the GPU original, which goes when that block returns. With row bands the last up
-    block's input (the largest map of the up path: 640 channels at full latent size for SDXL)
-    waits on the CPU too, read band by band like the skips. A ControlNet (no up blocks)
-    brings each skip back for the zero conv that reads it.
+    block's input waits on the CPU too, read band by band like the skips, and so does every
+    up block's input made by an upsampler, which writes it there band by band (SDXL at 16K:
+    640 channels at full latent size, 5 GiB in fp16, and 1280 at half size, 2.5 GiB).
+    A ControlNet (no up blocks) brings each skip back for the zero conv that reads it.
+
+    `at_once` (with row bands, whose resnets read their input from the CPU band by band): no
+    GPU copy of conv_in's output is kept, and in a down block every output that the next
+    resnet reads (a resnet's, or its attention's) is parked as it is made, all but the last:
+    a down block holds one of its full-size maps on the GPU, not all.
     """
     first: list[Tensor] = []  # conv_in's output on the GPU, until down block 0 takes it
+    up_blocks = getattr(unet, "up_blocks", None) or ()
+    at_once = at_once and _reads_parked(unet.down_blocks[0].resnets[0])
 
     def conv_in_hook(module, args, output):
-        first.append(output)
+        if not at_once:
+            first.append(output)
         return _park(output)
 
     def down_0_pre_hook(module, args, kwargs):
@@ -138,8 +147,13 @@ def parked_skips(unet: nn.Module) -> Iterator[None]:
             return (x, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": x}
 
+    def park_output(module, args, output):
+        if isinstance(output, tuple):  # a Transformer2DModel's (hidden_states,)
+            return (_park(output[0]), *output[1:])
+        return _park(output)
+
     def last_input_hook(module, args, output):
-        if getattr(unet.up_blocks[-1].forward, "reads_parked", False):
+        if getattr(up_blocks[-1].forward, "reads_parked", False):
             return _park(output)
         return None
 
@@ -163,14 +177,28 @@ def parked_skips(unet: nn.Module) -> Iterator[None]:
         return (args[0].to(module.weight.device, non_blocking=True), *args[1:])
 
     handles = [b.register_forward_hook(down_hook) for b in unet.down_blocks]
-    if getattr(unet, "up_blocks", None):  # a ControlNet adds to its conv_in output at once
-        handles += [unet.conv_in.register_forward_hook(conv_in_hook),
-                    unet.down_blocks[0].register_forward_pre_hook(down_0_pre_hook,
-                                                                  with_kwargs=True)]
-        if len(unet.up_blocks) > 1:
-            handles.append(unet.up_blocks[-2].register_forward_hook(last_input_hook))
-    handles += [b.register_forward_pre_hook(up_pre_hook, with_kwargs=True)
-                for b in getattr(unet, "up_blocks", ())]
+    patched: list[nn.Module] = []
+    if up_blocks:  # a ControlNet adds to its conv_in output at once
+        handles.append(unet.conv_in.register_forward_hook(conv_in_hook))
+        if not at_once:
+            handles.append(unet.down_blocks[0].register_forward_pre_hook(down_0_pre_hook,
+                                                                         with_kwargs=True))
+        for block, after in zip(up_blocks, up_blocks[1:]):  # an up block's input: parked
+            upsampler = (block.upsamplers or [None])[0]
+            if not getattr(after.forward, "reads_parked", False):
+                continue
+            if getattr(getattr(upsampler, "forward", None), "writes_to", False):
+                upsampler.output_to = _parked_empty  # written there band by band
+                patched.append(upsampler)
+            elif after is up_blocks[-1]:
+                handles.append(block.register_forward_hook(last_input_hook))
+    if at_once:  # the next resnet reads each output but the block's last from the CPU
+        for block in unet.down_blocks:
+            readers = getattr(block, "attentions", None) or block.resnets
+            for made, after in zip(readers, block.resnets[1:]):
+                if _reads_parked(after):
+                    handles.append(made.register_forward_hook(park_output))
+    handles += [b.register_forward_pre_hook(up_pre_hook, with_kwargs=True) for b in up_blocks]
     handles += [c.register_forward_pre_hook(zero_conv_pre_hook)
                 for c in getattr(unet, "controlnet_down_blocks", ())]
     try:
@@ -178,6 +206,21 @@ def parked_skips(unet: nn.Module) -> Iterator[None]:
     finally:
         for h in handles:
             h.remove()
+        for m in patched:
+            del m.output_to
+
+
+def _reads_parked(module: nn.Module) -> bool:
+    """Whether `module` (a resnet) reads an input waiting on the CPU itself (hires.lean)."""
+    return getattr(module.forward, "reads_parked", False)
+
+
+def _parked_empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A parked map's buffer for `device` to write band by band (a CPU tensor off a parking)."""
+    parking = parking_module.current.get()
+    if parking is not None:
+        return parking.empty(shape, dtype, device)
+    return torch.empty(shape, dtype=dtype, device=device)
 
 
 @contextmanager

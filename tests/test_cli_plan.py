@@ -43,7 +43,7 @@ def test_a_faster_gpu_gives_a_shorter_estimate():
 
 
 def test_a_plan_that_cannot_fit_says_what_would_and_exits_2():
-    result = cli("plan", "--size", "16384", "--vram", "8")
+    result = cli("plan", "--size", "16384", "--vram", "6", "--ram", "64")
     assert result.exit_code == 2
     (line,) = result.stderr.strip().splitlines()
     assert "GiB" in line and "fits" in line

@@ -25,13 +25,23 @@ class Driver:
     def unlock(self, t):
         self.unlocked.append(t.data_ptr())
 
+    def mark(self):
+        self.marks = getattr(self, "marks", 0) + 1
+        driver = self
+
+        class Mark:
+            def synchronize(self):
+                driver.waited = getattr(driver, "waited", 0) + 1
+
+        return Mark()
+
     def pin(self, nbytes):
         self.pinned.append(nbytes)
         return torch.empty(nbytes, dtype=torch.uint8)
 
 
 def parking(driver):
-    return Parking(driver.lock, driver.unlock, driver.pin)
+    return Parking(driver.lock, driver.unlock, driver.pin, driver.mark)
 
 
 class FromGpu(torch.Tensor):
@@ -131,3 +141,36 @@ def test_planner_counts_what_a_call_parks(strategy, control):
 def test_applied_parks_nothing_on_a_cpu(tiny):
     with applied(tiny.unet, Strategy(park_skips=True), torch.device("cpu")) as parking:
         assert parking is None
+
+
+def test_the_cpu_reads_a_parked_band_only_once_its_copy_has_landed():
+    """A band of rows is strided, so torch reads it on the CPU: `settle` waits for the copy."""
+    from hires import parking as parking_module
+    from hires.lean import Stacked
+
+    driver = Driver()
+    p = parking(driver)
+    x = gpu(torch.randn(1, 2, 6, 3))
+    token = parking_module.current.set(p)
+    try:
+        parked = p.park(x).as_subclass(torch.Tensor)
+        assert parked.device.type == "cpu" and driver.marks == 1
+        assert getattr(driver, "waited", 0) == 0
+        band = Stacked([parked], device=torch.device("meta")).rows(2, 4)
+        assert band.shape == (1, 2, 2, 3) and driver.waited == 1
+        Stacked([parked], device=torch.device("meta")).rows(0, 2)  # landed: no second wait
+        assert driver.waited == 1
+    finally:
+        parking_module.current.reset(token)
+        p.close()
+
+
+def test_a_buffer_written_band_by_band_is_exact_and_reused():
+    p = parking(Driver())
+    one = p.empty((1, 4, 5, 6), torch.bfloat16, torch.device("cuda"))
+    assert one.shape == (1, 4, 5, 6) and one.dtype == torch.bfloat16
+    assert p.bytes == one.nbytes
+    p.recycle()
+    again = p.empty((2, 2, 5, 6), torch.bfloat16, torch.device("cuda"))  # same bytes
+    assert again.data_ptr() == one.data_ptr() and p.bytes == one.nbytes
+    p.close()

@@ -163,17 +163,18 @@ def test_without_a_rate_the_plan_still_picks_the_fastest_strategy_that_fits():
     assert tight.stages[-1].strategy.weights == "sequential"  # where it must
 
 
-def test_16k_fits_a_12_gb_card():
+def test_16k_fits_an_8_gb_card():
     """Transformer blocks over chunks of tokens, resnets writing their second conv over the
     first's output, smaller bands on a GPU, conv_in's output and the last up block's input
     parked on the CPU: the 16K stage's estimate went from 17.7 to 10.1 GiB (12288 px was the
-    most a 12 GB card allowed before)."""
-    p = planned(16384, 12)
+    most a 12 GB card allowed before); then maps parked as they are made, every up block's
+    input written to the CPU band by band and smaller token chunks: 6.9 GiB."""
+    p = planned(16384, 8)
     last = p.stages[-1]
     assert last.strategy.park_skips and last.strategy.row_bands and last.strategy.ff_chunks
-    assert last.cost.peak_bytes <= usable(12 * GIB)
-    with pytest.raises(PlanError, match=r"needs at least (9|10)\.\d GiB"):
-        planned(16384, 10)
+    assert last.cost.peak_bytes <= usable(8 * GIB)
+    with pytest.raises(PlanError, match=r"needs at least 6\.\d GiB"):
+        planned(16384, 6)
 
 
 def test_on_a_cpu_the_leanest_strategy_that_fits_wins():
@@ -196,13 +197,13 @@ def _options(stage, plan, on_gpu):
 
 
 def test_16k_on_a_12_gb_card_counts_the_ram_it_parks_in_and_is_refused_without_it():
-    """The 16K stage parks 18.5 GB of maps and streams 7 GB of weights from the CPU's memory
+    """The 16K stage parks 21.1 GB of maps and streams 7 GB of weights from the CPU's memory
     (hires.parking); a plan with less RAM free than that takes another strategy or refuses."""
     from dataclasses import replace
 
     p = planned(16384, 12)
     last = p.stages[-1]
-    assert 24e9 < last.cost.host_bytes < 27e9
+    assert 27e9 < last.cost.host_bytes < 30e9
     fits = make_plan(16384, 16384, model=replace(sdxl(), host=last.cost.host_bytes),
                      budget=12 * GIB, rate=400e12)
     assert fits.stages[-1].strategy == last.strategy

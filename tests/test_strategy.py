@@ -55,9 +55,29 @@ def test_parked_skips_and_streamed_blocks_give_the_same_output(inputs, monkeypat
         assert close(out, reference), bands
     # Every skip is parked, conv_in's output too (down block 0 reads the original): 2 calls a
     # run, each parking conv_in's output and the down blocks' (2 each, 1 for the last); with
-    # row bands also the last up block's input, which that block reads band by band.
+    # row bands the up blocks' inputs are written where parked maps go by their upsamplers.
     per_call = 1 + 2 * len(unet.down_blocks) - 1
-    assert len(copies) == 2 * per_call + 2 * (per_call + 1)
+    assert len(copies) == 2 * per_call + 2 * per_call
+
+
+def test_parking_maps_as_they_are_made_gives_the_same_output(inputs, monkeypatch):
+    """`at_once`: conv_in's output and a down block's inner outputs are read from the park."""
+    from diffusers import UNet2DConditionModel
+
+    unet, cond, x = inputs
+    torch.manual_seed(1)
+    two = UNet2DConditionModel(**{**unet.config, "layers_per_block": 2}).eval()
+    reference = eps(two, cond, x, Strategy())
+    parked = []
+    monkeypatch.setattr(strategy_module, "_park", lambda t: parked.append(t.shape) or t.clone())
+    s = Strategy(split_cfg=True, row_bands=True)
+    with torch.inference_mode(), parked_skips(two, at_once=True), \
+            applied(two, s, torch.device("cpu")):
+        out = Denoiser(two, cond, 5.0, split_cfg=True).eps(x, 3.0, 400)
+    assert close(out, reference)
+    # Per call: conv_in's output, 3 outputs per down block (2 for the last), 2 of them inner
+    # outputs parked as made (a resnet's in block 0, an attention's in blocks 1 and 2).
+    assert len(parked) == 2 * (1 + 3 * len(two.down_blocks) - 1)
 
 
 def test_levers_are_undone_even_after_an_error(inputs):
