@@ -231,8 +231,6 @@ def unet_peak_bytes(shape: UNetShape, height: int, width: int, strategy: Strateg
     for level, c in enumerate(ch):
         walk.block(level)
         made = walk.down_block(c_prev, c, level, at_once)
-        if at_once:  # the inner outputs went as they were made
-            walk.live += sum(made[:shape.layers - 1])
         c_prev = c
         skips += made
         if control:  # conv_in's residual is added first, then the block's (a parked one
@@ -240,7 +238,8 @@ def unet_peak_bytes(shape: UNetShape, height: int, width: int, strategy: Strateg
             walk.touch(max(made) if park else made[-1])
             walk.live -= 0 if park else sum(made)
         if park:  # once the block returns its skips go to the CPU; its output stays
-            walk.live -= sum(made) - made[-1] + given  # conv_in's output: parked at once
+            still = made[shape.layers - 1:] if at_once else made  # inner ones went as made
+            walk.live -= sum(still) - made[-1] + given  # conv_in's output: parked at once
             given = made[-1]
     # Mid block: resnet, attention, resnet at the lowest level.
     low = levels - 1

@@ -89,14 +89,14 @@ class Parking:
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
         """A buffer for a map that `device` writes band by band (each band a strided copy,
         which torch makes through a CPU temporary: landed when the copy returns)."""
+        nbytes = math.prod(shape) * dtype.itemsize
         if device.type == "meta":  # counted; a meta tensor the simulated GPU does not count
             from hires.memsim import host_tensor
 
-            self._hold(math.prod(shape) * dtype.itemsize)
+            self._hold(nbytes)
             return host_tensor(shape, dtype)
         if device.type != "cuda":
             return torch.empty(shape, dtype=dtype)
-        nbytes = math.prod(shape) * dtype.itemsize
         spare = self.idle.get(nbytes)
         buffer = spare.pop() if spare else self._new(nbytes)
         self.taken.append(buffer)
