@@ -377,6 +377,18 @@ def test_offload_and_half_precision_on_the_cpu_warn_once(tmp_path, asked, tiny, 
     assert capsys.readouterr().err.count("--dtype fp16 on the CPU") == 1
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_a_cpu_with_native_bf16_is_told_of_dtype_bf16(monkeypatch, tiny, capsys, native):
+    from hires import models
+    from hires.cli import check_loaded
+
+    monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: native)
+    check_loaded(Job(), tiny)
+    assert ("--dtype bf16 runs the UNet" in capsys.readouterr().err) == native
+    check_loaded(Job(dtype="bf16"), tiny)  # asked for already: no hint
+    assert "--dtype bf16 runs the UNet" not in capsys.readouterr().err
+
+
 # --- 5: batch keys as gen's flags ---------------------------------------------------------------
 
 def test_batch_files_take_size_aspect_and_name_the_place_of_an_unknown_key(tmp_path):
