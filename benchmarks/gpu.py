@@ -10,9 +10,11 @@ a reduced schedule (`--steps 4 --strength 1.0`: base 4 steps, stages 4/3/2/1; st
 picks which timesteps run, not what a step costs), then saves the PNG, and reports per phase
 (text encode, each stage's denoise, each VAE decode and encode, each resize, the save): seconds,
 peak GPU memory and achieved TFLOP/s. Then it projects the default job (50 base steps, stages
-16/12/8/4 steps, two UNet passes per stage step, CFG 2) from the measured phases: every phase as
-measured, plus each stage's extra steps at its steady step time (the median of its steps after
-the first, which carries one-off costs; a one-step stage's only step).
+16/12/8/4 steps, CFG 2, the dilated global pass in a stage's first 12/8/4/0 of them while its
+weight is at least `hires.sampling.GLOBAL_FLOOR`) from the measured phases: every phase as
+measured, plus each stage's extra UNet passes at its steady time per pass (the median over its
+steps after the first, which carries one-off costs, of a step's time over its passes; a
+one-step stage's only step).
 
 Phases are split on hires' progress events (`hires.progress.Event`), with a CUDA synchronize at
 each phase change so GPU work is charged to the phase that queued it. "text-encode" runs from
@@ -359,7 +361,9 @@ def main() -> None:
         report["png_mb"] = round(path.stat().st_size / 1e6, 1)
 
     stages = {s.index: {"size": f"{s.width}x{s.height}", "steps": s.steps,
-                        "unet_evaluations": s.unet_evaluations} for s in result.stages}
+                        "global_steps": p.global_steps if p.kind != "base" else 0,
+                        "unet_evaluations": s.unet_evaluations}
+              for s, p in zip(result.stages, result.plan.stages, strict=True)}
     rows = []
     for r in phases.rows:
         flops = phase_flops(r, stages, unet_ab, vae_pp, text_flops)
@@ -380,22 +384,28 @@ def main() -> None:
     report.update(stages=stages, phases=rows,
                   total_seconds=round(sum(r["seconds"] for r in rows), 2))
 
-    # The default job: the same phases; each denoise gets the default schedule's extra steps
-    # at the stage's steady step time (its later steps' median; the first if it ran one).
+    # The default job: the same phases; each denoise gets the default schedule's extra UNet
+    # passes at the stage's steady time per pass (its later steps' median; the first if it ran
+    # one). A step runs the global pass too in the stage's first `global_steps` steps.
     default = plan_for(Job(width=size, height=size), comps)
     projected = []
     for r in rows:
         seconds = r["seconds"]
         if r["phase"] == "denoise":
-            times = r["step_seconds"][1:] or r["step_seconds"] or [0.0]
-            seconds += (default.stages[r["stage"]].steps - stages[r["stage"]]["steps"]) \
-                * statistics.median(times)
+            ran = stages[r["stage"]]
+            per_pass = [dt / (2 if i < ran["global_steps"] else 1)
+                        for i, dt in enumerate(r["step_seconds"])]
+            times = per_pass[1:] or per_pass or [0.0]
+            want = default.stages[r["stage"]]
+            extra = (want.steps + (want.global_steps if want.kind != "base" else 0)) \
+                - (ran["steps"] + ran["global_steps"])
+            seconds += extra * statistics.median(times)
         projected.append({"phase": r["phase"], "stage": r["stage"],
                           "seconds": round(seconds, 2)})
     report["projection"] = {
         "job": "default: 50 base steps, strength 0.32, stages "
-               f"{[s.steps for s in default.stages[1:]]} steps, 2 UNet passes per stage step, "
-               "CFG 2",
+               f"{[s.steps for s in default.stages[1:]]} steps, the global pass in "
+               f"{[s.global_steps for s in default.stages[1:]]} of them, CFG 2",
         "phases": projected, "total_seconds": round(sum(p["seconds"] for p in projected), 1),
     }
     report["peak_rss_gb"] = round((peak_rss() or 0) / GB, 2)

@@ -592,7 +592,7 @@ RANK_RATE = 100e12
 
 def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy: Strategy, *,
                base: bool, previous: tuple[int, int] | None, final_decode: bool,
-               encode_input: bool = False,
+               global_steps: int | None = None, encode_input: bool = False,
                vae_tile: int | None = None, vae_stats: str = "fast",
                rate: float | None = None, budget: int | None = None) -> StageCost:
     """Peak device memory, FLOPs, scratch disk and time of one stage under `strategy`.
@@ -658,7 +658,8 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
                         for w, h in [(width, height), *([previous] if previous else [])])
         peaks.append(vae_weights + max(vae_tile_peak(model.vae, tile, model.vae_dtype_bytes),
                                        attention) + state)
-    evals = steps * (1 if base else 2)
+    # An upscale step's local pass, plus the global pass in its first `global_steps` steps.
+    evals = steps if base else steps + (steps if global_steps is None else global_steps)
     unet_flop = evals * 2 * unet_flops(unet, lat_h, lat_w)
     if control is not None:
         unet_flop += evals * 2 * controlnet_flops(control, lat_h, lat_w)

@@ -50,6 +50,9 @@ class Job:
     sigma: float = 0.8
     upsample: str = "pixel"
     dilate_downsamplers: bool = True
+    # The global pass stops once its mix weight falls below this (hires.sampling.GLOBAL_FLOOR);
+    # 0 runs it at every step, as the reference does.
+    global_floor: float = 0.01
     model: str = DEFAULT_MODEL
     linfusion: str = "auto"
     dtype: str = "auto"
@@ -83,7 +86,8 @@ class Job:
             raise JobError(f"steps must be a whole number from 1 to {MAX_STEPS}, "
                            f"got {self.steps!r}")
         for name in ("guidance", "strength", "sigma", "cosine_scale_1", "cosine_scale_2",
-                     "cosine_scale_3", "vram", "ram", "control_scale", "ip_scale"):
+                     "cosine_scale_3", "global_floor", "vram", "ram", "control_scale",
+                     "ip_scale"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise JobError(f"{name} must be a finite number, got {value}")
@@ -93,6 +97,9 @@ class Job:
             raise JobError(f"guidance must be >= 0, got {self.guidance}")
         if self.sigma <= 0:
             raise JobError(f"sigma must be > 0, got {self.sigma}")
+        if not 0.0 <= self.global_floor < 1.0:
+            raise JobError(f"global_floor must be from 0 (every global pass) to below 1, got "
+                           f"{self.global_floor}")
         if self.vram is not None and self.vram <= 0:
             raise JobError(f"vram must be a positive number of GB, got {self.vram}")
         if self.ram is not None and self.ram <= 0:

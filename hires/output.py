@@ -433,7 +433,10 @@ def job_values_from_image(path: str | Path) -> dict[str, Any]:
     """The recorded job of an image made by hires (or, failing that, its A1111 parameters)."""
     meta = read_metadata(path)
     if isinstance(meta["hires"], dict) and isinstance(meta["hires"].get("job"), dict):
-        return dict(meta["hires"]["job"])
+        values = dict(meta["hires"]["job"])
+        # Recorded before hires skipped negligible global passes: it ran them all.
+        values.setdefault("global_floor", 0.0)
+        return values
     if isinstance(meta["parameters"], str) and meta["parameters"].strip():
         try:
             return parse_parameters(meta["parameters"])

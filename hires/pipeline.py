@@ -96,7 +96,7 @@ def plan_for(job: Job, components: Components, *, gpu: str | None = None,
         offset=cfg.get("steps_offset", 0), model=shape_for(job, components),
         budget=budget_for(job, components), offload=components.offload,
         vae_tile=job.vae_tile, vae_stats=job.vae_stats, rate=rate_for(gpu) if gpu else None,
-        source=source,
+        source=source, cosine_scale_2=job.cosine_scale_2, global_floor=job.global_floor,
     )
 
 
@@ -219,7 +219,7 @@ def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditio
     generator = torch.Generator("cpu").manual_seed((job.seed + 7919 * stage.index) % 2**63)
     alphas = comps.pipe.scheduler.alphas_cumprod
     knobs = UpscaleKnobs(job.cosine_scale_1, job.cosine_scale_2, job.cosine_scale_3, job.sigma,
-                         job.dilate_downsamplers)
+                         job.dilate_downsamplers, job.global_floor)
 
     def on_step(done: int, total: int) -> None:
         emit(Event("denoise", stage.index, n, stage.width, stage.height, done, total))

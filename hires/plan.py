@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 from hires.costs import ModelShape, StageCost, stage_cost
+from hires.sampling import GLOBAL_FLOOR, global_steps
 from hires.strategy import WEIGHTS, Strategy, all_strategies
 
 GIB = 1024**3
@@ -48,6 +49,7 @@ class Stage:
     strategy: Strategy = field(default_factory=Strategy)
     cost: StageCost | None = None  # estimates: peak device bytes, TFLOPs, scratch, seconds
     kind: str = "upscale"  # "base": from noise; "input": from the user's image; "upscale"
+    global_steps: int = 0  # the first steps that also run the dilated global pass
 
     @property
     def steps(self) -> int:
@@ -170,12 +172,15 @@ def make_plan(
     vae_stats: str = "fast",
     rate: float | None = None,
     source: tuple[int, int] | None = None,
+    cosine_scale_2: float = 1.0,
+    global_floor: float = GLOBAL_FLOOR,
 ) -> Plan:
     """Stages for a `width` x `height` request; with a model shape, each one's strategy.
 
     `budget` is the device memory in bytes (None: fit nothing, pick the fastest); `rate` the
     achieved FLOP/s used for the time estimate (None: no time estimate). With `source` (an
     input image's size) every stage is an upscale stage and the first starts from that image.
+    `cosine_scale_2` and `global_floor` say which steps run the global pass (global_steps).
     """
     check_size(width, height)
     full = schedule(steps, train_steps, spacing, offset)
@@ -184,21 +189,25 @@ def make_plan(
         # The small epsilon keeps 50 x 0.24 = 12.000000000000002 at 12 steps.
         return full[steps - min(steps, math.ceil(steps * s - 1e-9)):]
 
+    def upscale(index: int, w: int, h: int, ratio: int, s: float, kind: str) -> Stage:
+        ts = timesteps(s)
+        return Stage(index, w, h, ratio, s, ts, kind=kind,
+                     global_steps=global_steps(ts, cosine_scale_2, global_floor))
+
     if source is None:
         sizes = stage_sizes(width, height, native)
         bw, bh, _ = sizes[0]
         stages = [Stage(0, bw, bh, 1, 1.0, full, kind="base")]
         for (w, h, scale), s in zip(sizes[1:], stage_strengths(strength, len(sizes) - 1),
                                     strict=True):
-            stages.append(Stage(len(stages), w, h, max(1, round(scale)), s, timesteps(s)))
+            stages.append(upscale(len(stages), w, h, max(1, round(scale)), s, "upscale"))
     else:
         bw, bh = base_size(width, height, native)  # the global pass dilates to native scale
         sizes = upscale_sizes(width, height, source)
         stages = []
         for (w, h), s in zip(sizes, stage_strengths(strength, len(sizes)), strict=True):
             ratio = max(1, round(max(w / bw, h / bh)))
-            stages.append(Stage(len(stages), w, h, ratio, s, timesteps(s),
-                                kind="upscale" if stages else "input"))
+            stages.append(upscale(len(stages), w, h, ratio, s, "upscale" if stages else "input"))
     if model is not None:
         try:
             stages = [fit_stage(stage, stages, model, budget, offload, vae_tile, vae_stats, rate)
@@ -207,7 +216,8 @@ def make_plan(
             e.plan_kwargs = dict(steps=steps, strength=strength, native=native, spacing=spacing,
                                  train_steps=train_steps, offset=offset, model=model,
                                  budget=budget, offload=offload, vae_tile=vae_tile,
-                                 vae_stats=vae_stats, rate=rate, source=source)
+                                 vae_stats=vae_stats, rate=rate, source=source,
+                                 cosine_scale_2=cosine_scale_2, global_floor=global_floor)
             raise
     spill = model.spill if model is not None and model.on_gpu else 0.0
     return Plan(tuple(stages), width, height, budget, spill)
@@ -219,7 +229,8 @@ def _with_cost(stage: Stage, stages: list[Stage], model: ModelShape, strategy: S
     prev = stages[stage.index - 1] if stage.index else None
     last = stage.index == len(stages) - 1
     cost = stage_cost(model, stage.width, stage.height, stage.steps, strategy,
-                      base=stage.kind == "base", encode_input=stage.kind == "input",
+                      base=stage.kind == "base", global_steps=stage.global_steps,
+                      encode_input=stage.kind == "input",
                       previous=(prev.width, prev.height) if prev else None,
                       final_decode=last, vae_tile=vae_tile, vae_stats=vae_stats, rate=rate,
                       budget=usable(budget))
@@ -292,6 +303,8 @@ def describe(plan: Plan) -> list[str]:
         kind = {"base": "base", "input": "from the input"}.get(s.kind, f"x{s.ratio}")
         line = (f"stage {s.index} ({kind}): {s.width}x{s.height}, strength {s.strength:.2f}, "
                 f"{s.steps} steps")
+        if s.kind != "base":
+            line += f" ({s.global_steps} with the global pass)"
         if s.cost:
             work = f"{s.cost.tflop:.0f}" if s.cost.tflop >= 10 else f"{s.cost.tflop:.2g}"
             line += f", {s.strategy.label}, peak {s.cost.peak_bytes / GIB:.1f} GiB, {work} TFLOP"
@@ -393,4 +406,5 @@ def plan_without_weights(job, rate: float | None = None,
     return make_plan(job.width, job.height, steps=job.steps, strength=job.strength,
                      native=shape.native, spacing=spacing, train_steps=train, offset=offset,
                      model=shape, budget=budget, offload=job.offload if on_gpu else "none",
-                     vae_tile=job.vae_tile, vae_stats=job.vae_stats, rate=rate, source=source)
+                     vae_tile=job.vae_tile, vae_stats=job.vae_stats, rate=rate, source=source,
+                     cosine_scale_2=job.cosine_scale_2, global_floor=job.global_floor)

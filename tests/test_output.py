@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from hires.job import Job
+from hires.job import Job, JobError
 from hires.output import (
     EXIF_IFD,
     USER_COMMENT,
@@ -206,3 +206,14 @@ def test_stale_temp_files_of_dead_processes_are_removed(tmp_path):
         f.write_bytes(b"x")
     assert remove_stale_parts(tmp_path) == [dead]
     assert not dead.exists() and live.exists() and other.exists()
+
+
+def test_a_record_from_before_the_global_floor_reruns_every_global_pass(tmp_path):
+    """Images made before hires skipped negligible global passes ran them all: a re-run does."""
+    old = {k: v for k, v in JOB.to_dict().items() if k != "global_floor"}
+    path = save_image(picture(), tmp_path / "old.png", metadata={**METADATA, "job": old})
+    assert job_values_from_image(path)["global_floor"] == 0.0
+    now = save_image(picture(), tmp_path / "new.png", metadata=METADATA)
+    assert job_values_from_image(now)["global_floor"] == JOB.global_floor == 0.01
+    with pytest.raises(JobError, match="global_floor must be from 0"):
+        Job(global_floor=1.0).validate()

@@ -53,8 +53,11 @@ def test_upscale_stages_end_exactly_at_an_odd_size(tiny):
     assert [(s.width, s.height) for s in r.stages] == sizes
     assert [s.ratio for s in r.plan.stages] == [1, 2, 3]
     assert [im.size for im in r.stage_images] == sizes
-    # Each upscale step runs two CFG passes (full + dilated global): 4 evaluations a step.
-    assert [s.unet_evaluations for s in r.stages[1:]] == [4 * s.steps for s in r.stages[1:]]
+    # An upscale step runs the local pass, and the dilated global one while its weight counts
+    # (c2 >= 0.01: the first step of stage 1, none of stage 2's): CFG 2 each.
+    assert [p.global_steps for p in r.plan.stages[1:]] == [1, 0]
+    assert [s.unet_evaluations for s in r.stages[1:]] == [
+        2 * (s.steps + p.global_steps) for s, p in zip(r.stages[1:], r.plan.stages[1:])]
     assert all(s.seconds > 0 for s in r.stages)
 
 

@@ -148,7 +148,8 @@ def test_offload_choice_limits_the_weights_modes():
 
 def test_costs_grow_with_size():
     p = planned(16384, 80)
-    tflop = [s.cost.unet_tflop / s.steps for s in p.stages[1:]]
+    passes = [s.steps + s.global_steps for s in p.stages[1:]]  # local, and global while it counts
+    tflop = [s.cost.unet_tflop / n for s, n in zip(p.stages[1:], passes)]
     assert all(b > 3.5 * a for a, b in zip(tflop, tflop[1:]))  # ~4x pixels per x2 stage
     assert math.isclose(p.seconds, sum(s.cost.seconds for s in p.stages))
 
@@ -216,3 +217,14 @@ def test_16k_on_a_12_gb_card_counts_the_ram_it_parks_in_and_is_refused_without_i
                       rate=400e12)
     assert all(s.cost.host_bytes <= 8e9 for s in roomy.stages)
     assert roomy.seconds >= planned(16384, 24).seconds
+
+
+def test_the_global_pass_runs_only_while_its_weight_counts():
+    p = make_plan(16384, 16384, model=sdxl(), rate=400e12)
+    assert [s.global_steps for s in p.stages[1:]] == [12, 8, 4, 0]
+    every = make_plan(16384, 16384, model=sdxl(), rate=400e12, global_floor=0.0)
+    assert [s.global_steps for s in every.stages[1:]] == [16, 12, 8, 4]
+    for a, b in zip(p.stages[1:], every.stages[1:], strict=True):
+        passes = (a.steps + a.global_steps) / (b.steps + b.global_steps)
+        assert a.cost.unet_tflop == pytest.approx(b.cost.unet_tflop * passes)
+    assert p.seconds < 0.8 * every.seconds

@@ -8,10 +8,12 @@ from torch import nn
 
 from hires.denoiser import Denoiser, dilated_convs
 from hires.sampling import (
+    UpscaleKnobs,
     channel_stats,
     cosine_factor,
     euler_step,
     gaussian_blur,
+    global_steps,
     renormalize,
     sample_upscale,
     sigmas_for,
@@ -139,3 +141,47 @@ def test_upscale_step_formula_with_a_known_model():
     x2 = euler_step(x, 0.1 * blurred, sigma, 0.0)
     expected = renormalize((1 - cf) * x1 + cf * x2, *anchor)
     assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_global_steps_are_the_first_steps_whose_weight_reaches_the_floor():
+    # The default 16K stage (50 steps, strength 0.08): cf(61) = 0.009, so no global pass.
+    assert global_steps((61, 41, 21, 1)) == 0
+    assert global_steps((141, 121, 101, 81, 61, 41, 21, 1)) == 4  # cf(81) = 0.016
+    assert global_steps((141, 121, 101, 81), floor=0.0) == 4  # 0: every step, as the reference
+    assert global_steps((301, 281), cosine_scale_2=3.0) == 0  # cf^3 = 0.009 at t = 301
+    assert global_steps((301, 281)) == 2
+    assert global_steps(()) == 0
+
+
+def test_upscale_skips_the_global_pass_once_its_weight_is_below_the_floor():
+    """Below the floor a step is its local pass alone, which moves x by what the global pass's
+    share would have: c2 * |dsigma| * |eps2 - eps1| a step (Euler)."""
+    g = torch.Generator().manual_seed(3)
+    x0, noise = torch.randn(1, 4, 12, 12, generator=g), torch.randn(1, 4, 12, 12, generator=g)
+    apart = 0.05 * torch.randn(1, 4, 12, 12, generator=g)  # where the passes disagree
+    anchor = (torch.zeros(1, 4, 1, 1), torch.ones(1, 4, 1, 1))
+    ts = (201, 141, 81, 61, 21)  # cf: 0.095, 0.048, 0.016 | 0.009, 0.001
+    sigmas = sigmas_for(torch.linspace(0.9999, 0.01, 1000), ts)
+
+    class Model:
+        unet = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1))
+        dilated = Denoiser.dilated
+        globals = 0
+
+        def eps(self, x, sigma, t):
+            if self.unet[0].dilation != (1, 1):  # the global pass
+                self.globals += 1
+                return 0.1 * x + apart
+            return 0.1 * x
+
+    runs = {}
+    for floor in (0.0, 0.01):
+        m = Model()
+        out = sample_upscale(m, x0, noise, sigmas, ts, 2, anchor, UpscaleKnobs(global_floor=floor))
+        runs[floor] = out, m.globals
+    assert runs[0.0][1] == 5 and runs[0.01][1] == 3
+    diff = (runs[0.01][0] - runs[0.0][0]).abs().max()
+    bound = sum(cosine_factor(t) * abs(sigmas[i + 1] - sigmas[i])
+                for i, t in enumerate(ts) if i >= 3) * apart.abs().max()
+    # The blur makes the global eps differ a little more; renormalization rescales by about 1.
+    assert bound / 10 < diff <= 1.5 * bound
