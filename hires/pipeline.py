@@ -97,6 +97,7 @@ def plan_for(job: Job, components: Components, *, gpu: str | None = None,
         budget=budget_for(job, components), offload=components.offload,
         vae_tile=job.vae_tile, vae_stats=job.vae_stats, rate=rate_for(gpu) if gpu else None,
         source=source, cosine_scale_2=job.cosine_scale_2, global_floor=job.global_floor,
+        karras=job.karras, alphas_cumprod=components.pipe.scheduler.alphas_cumprod,
     )
 
 

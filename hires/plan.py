@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from hires.costs import ModelShape, StageCost, stage_cost
 from hires.sampling import GLOBAL_FLOOR, global_steps
+from hires.sampling import schedule as sigma_schedule
 from hires.strategy import WEIGHTS, Strategy, all_strategies
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 GIB = 1024**3
 MIN_SIDE, MAX_SIDE = 64, 32768  # px: the sizes hires plans for
@@ -174,13 +179,17 @@ def make_plan(
     source: tuple[int, int] | None = None,
     cosine_scale_2: float = 1.0,
     global_floor: float = GLOBAL_FLOOR,
+    karras: bool = False,
+    alphas_cumprod: Tensor | None = None,
 ) -> Plan:
     """Stages for a `width` x `height` request; with a model shape, each one's strategy.
 
     `budget` is the device memory in bytes (None: fit nothing, pick the fastest); `rate` the
     achieved FLOP/s used for the time estimate (None: no time estimate). With `source` (an
     input image's size) every stage is an upscale stage and the first starts from that image.
-    `cosine_scale_2` and `global_floor` say which steps run the global pass (global_steps).
+    `cosine_scale_2` and `global_floor` say which steps run the global pass (global_steps), at
+    the timesteps the sampler runs: with `karras`, those of a Karras ramp over the scheduler's
+    `alphas_cumprod` (default: SDXL base's).
     """
     check_size(width, height)
     full = schedule(steps, train_steps, spacing, offset)
@@ -191,8 +200,12 @@ def make_plan(
 
     def upscale(index: int, w: int, h: int, ratio: int, s: float, kind: str) -> Stage:
         ts = timesteps(s)
+        run = ts
+        if karras and ts:  # the Karras ramp moves the timesteps toward the clean end
+            alphas = sdxl_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod
+            run = sigma_schedule(alphas, ts, karras=True)[1]
         return Stage(index, w, h, ratio, s, ts, kind=kind,
-                     global_steps=global_steps(ts, cosine_scale_2, global_floor))
+                     global_steps=global_steps(run, cosine_scale_2, global_floor))
 
     if source is None:
         sizes = stage_sizes(width, height, native)
@@ -217,7 +230,8 @@ def make_plan(
                                  train_steps=train_steps, offset=offset, model=model,
                                  budget=budget, offload=offload, vae_tile=vae_tile,
                                  vae_stats=vae_stats, rate=rate, source=source,
-                                 cosine_scale_2=cosine_scale_2, global_floor=global_floor)
+                                 cosine_scale_2=cosine_scale_2, global_floor=global_floor,
+                                 karras=karras, alphas_cumprod=alphas_cumprod)
             raise
     spill = model.spill if model is not None and model.on_gpu else 0.0
     return Plan(tuple(stages), width, height, budget, spill)
@@ -294,6 +308,15 @@ def _preference(model: ModelShape):
         return lambda o: (o.cost.rank, o.cost.peak_bytes)
     return lambda o: (o.cost.peak_bytes, o.cost.rank)
 
+
+
+def sdxl_alphas_cumprod() -> Tensor:
+    """SDXL base's noise schedule (scaled_linear betas 0.00085-0.012 over 1000 steps), as
+    diffusers builds it: what a plan without a loaded scheduler assumes."""
+    import torch
+
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float32) ** 2
+    return torch.cumprod(1.0 - betas, dim=0)
 
 
 def describe(plan: Plan) -> list[str]:
@@ -391,12 +414,14 @@ def plan_without_weights(job, rate: float | None = None,
         cfg = tiny.pipe.scheduler.config
         spacing, train, offset = (cfg.get("timestep_spacing", "leading"),
                                   cfg["num_train_timesteps"], cfg.get("steps_offset", 0))
+        alphas = tiny.pipe.scheduler.alphas_cumprod
     else:
         # An SDXL ControlNet's shape is fixed by SDXL's: its name is all a dry run needs.
         shape = sdxl_shape(linfusion=job.linfusion != "none", dtype_bytes=dtype_bytes,
                            on_gpu=on_gpu, controlnet=bool(job.control_model),
                            vae_dtype_bytes=vae_dtype_bytes)
         spacing, train, offset = "leading", 1000, 1  # SDXL base's scheduler
+        alphas = None  # make_plan's default: SDXL base's
     if on_gpu:
         # Parked maps, offloaded weights and the VAE's outputs that do not fit the GPU go to
         # the CPU's memory: --ram GB of it, else as if DRY_RUN_FREE_RAM of this machine's RAM
@@ -407,4 +432,5 @@ def plan_without_weights(job, rate: float | None = None,
                      native=shape.native, spacing=spacing, train_steps=train, offset=offset,
                      model=shape, budget=budget, offload=job.offload if on_gpu else "none",
                      vae_tile=job.vae_tile, vae_stats=job.vae_stats, rate=rate, source=source,
-                     cosine_scale_2=job.cosine_scale_2, global_floor=job.global_floor)
+                     cosine_scale_2=job.cosine_scale_2, global_floor=job.global_floor,
+                     karras=job.karras, alphas_cumprod=alphas)

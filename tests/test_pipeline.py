@@ -157,3 +157,11 @@ def test_vae_tile_is_the_jobs_else_the_plans_else_the_default():
     assert vae_tile(Job(width=16384, height=16384), planned) == planned.cost.vae_tile
     assert vae_tile(Job(width=16384, height=16384, vae_tile=512), planned) == 512
     assert vae_tile(Job(width=1024, height=1024), unplanned) == DEFAULT_VAE_TILE
+
+
+def test_the_plan_counts_the_unet_passes_a_karras_run_makes(tiny):
+    r = generate(prompt="a castle", width=512, height=512, steps=12, seed=1, components=tiny,
+                 karras=True)
+    assert [s.unet_evaluations for s in r.stages[1:]] == [
+        2 * (s.steps + p.global_steps) for s, p in zip(r.stages[1:], r.plan.stages[1:])]
+    assert 0 < r.plan.stages[1].global_steps < r.plan.stages[1].steps

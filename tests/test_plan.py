@@ -228,3 +228,17 @@ def test_the_global_pass_runs_only_while_its_weight_counts():
         passes = (a.steps + a.global_steps) / (b.steps + b.global_steps)
         assert a.cost.unet_tflop == pytest.approx(b.cost.unet_tflop * passes)
     assert p.seconds < 0.8 * every.seconds
+
+
+def test_with_karras_the_plan_counts_the_global_passes_the_sampler_runs():
+    from hires.plan import sdxl_alphas_cumprod
+    from hires.sampling import global_steps
+    from hires.sampling import schedule as sigma_schedule
+
+    karras, plain = make_plan(16384, 16384, karras=True), make_plan(16384, 16384)
+    alphas = sdxl_alphas_cumprod()
+    for s in karras.stages[1:]:
+        assert s.global_steps == global_steps(sigma_schedule(alphas, s.timesteps, True)[1])
+    # The Karras ramp spends more steps near the clean end, where the pass is skipped.
+    assert [s.global_steps for s in karras.stages[1:]] == [7, 4, 2, 0]
+    assert [s.global_steps for s in plain.stages[1:]] == [12, 8, 4, 0]
