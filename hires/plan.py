@@ -309,7 +309,6 @@ def _preference(model: ModelShape):
     return lambda o: (o.cost.peak_bytes, o.cost.rank)
 
 
-
 def sdxl_alphas_cumprod() -> Tensor:
     """SDXL base's noise schedule (scaled_linear betas 0.00085-0.012 over 1000 steps), as
     diffusers builds it: what a plan without a loaded scheduler assumes."""
