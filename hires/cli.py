@@ -665,15 +665,15 @@ def show_plan(job, gpu: str | None, as_json: bool,
                         "strategy": s.strategy.label, "levers": s.strategy.to_dict(),
                         "peak_bytes": s.cost.peak_bytes, "tflop": round(s.cost.tflop, 3),
                         "scratch_bytes": s.cost.scratch_bytes, "vae_tile": s.cost.vae_tile,
-                        "host_bytes": s.cost.host_bytes,
+                        "host_bytes": s.cost.host_bytes, "vae_spill": s.cost.vae_spill,
                         "seconds": round(s.cost.seconds, 3)} for s in p.stages],
             "peak_bytes": p.peak_bytes, "seconds": round(p.seconds, 3)}))
         return
     where = f"{gpu} ({rate / 1e12:.0f} TFLOP/s achieved" + (
         ", assumed)" if gpu.lower() in GPU_PEAK else ")")
     budget = f"{p.budget / 1024**3:.1f} GiB budget" if p.budget else "no memory budget"
-    if p.spill:
-        budget += f" (+{p.spill / 1e9:.0f} GB of this machine's RAM for VAE outputs)"
+    if any(s.cost and s.cost.vae_spill for s in p.stages):
+        budget += f" (+{p.spill / 1e9:.0f} GB of RAM for VAE outputs)"
     lines = [f"{p.width}x{p.height}: {len(p.stages)} stage(s), {budget}, times on {where}"]
     lines += describe(p)
     tflop = sum(s.cost.tflop for s in p.stages)

@@ -332,6 +332,8 @@ def describe(plan: Plan) -> list[str]:
             line += f", {s.strategy.label}, peak {s.cost.peak_bytes / GIB:.1f} GiB, {work} TFLOP"
             if s.cost.host_bytes:
                 line += f", {s.cost.host_bytes / 1e9:.1f} GB of RAM"
+            if s.cost.vae_spill:
+                line += ", VAE outputs in RAM"
             if s.cost.scratch_bytes:
                 line += f", scratch {s.cost.scratch_bytes / 1e9:.1f} GB"
             if s.cost.seconds is not None:

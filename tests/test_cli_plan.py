@@ -98,3 +98,19 @@ def test_ram_bounds_what_a_plan_parks_and_a_short_one_says_so():
     assert "CPU's memory" in line and "--ram" in line and "fits" in line
     bad = cli("plan", "--size", "4096", "--ram", "0")
     assert bad.exit_code == 2 and "ram must be a positive number" in bad.stderr
+
+
+def test_ram_for_vae_outputs_is_shown_only_where_a_stage_spills():
+    # A 4090 recomputes slower than it copies: its 16K stage keeps VAE outputs in RAM. An H100
+    # recomputes faster, so no stage spills and the plan must not claim RAM for it.
+    args = ("x", "--size", "16384", "--ram", "64")
+    slow = cli("plan", *args, "--vram", "24", "--gpu", "4090")
+    fast = cli("plan", *args, "--vram", "80", "--gpu", "h100")
+    assert slow.exit_code == fast.exit_code == 0
+    header, *stages = slow.stdout.splitlines()
+    assert "RAM for VAE outputs" in header and "VAE outputs in RAM" in stages[4]
+    assert "VAE outputs" not in fast.stdout
+    spills = [s["vae_spill"] for s in plan_json(*args, "--vram", "24", "--gpu", "4090")["stages"]]
+    assert spills[-1] and not any(spills[:-1])
+    h100 = plan_json(*args, "--vram", "80", "--gpu", "h100")["stages"]
+    assert not any(s["vae_spill"] for s in h100)
