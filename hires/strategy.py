@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from hires import parking as parking_module
 from hires.lean import lean_unet
-from hires.parking import Parking
+from hires.parking import Lock, Parking, Unlock, cuda_lock, cuda_unlock
 from hires.token_chunks import token_chunks
 
 WEIGHTS = ("resident", "model", "sequential")
@@ -224,27 +224,40 @@ def _parked_empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.devi
 
 
 @contextmanager
-def streamed_blocks(unet: nn.Module, device: torch.device) -> Iterator[None]:
+def streamed_blocks(unet: nn.Module, device: torch.device, *, lock: Lock | None = None,
+                    unlock: Unlock = cuda_unlock) -> Iterator[None]:
     """Keep the UNet's (or a ControlNet's) weights on the CPU; each top-level block visits the
     GPU while it runs.
 
+    The blocks' weights move once into one page-locked CPU buffer of their exact size; a block
+    arriving copies them over without waiting, and a block leaving drops its GPU copies (the
+    CPU ones are unchanged), so each call moves the weights one way, as the planner prices it
+    (`costs.stage_cost`): before, they went over from pageable memory and back again.
     Ours rather than diffusers' group offloading, which replaces `forward` on the blocks (the
     lean pass then falls back to whole-size tensors) and is not meant to be switched per stage.
+    `lock`/`unlock` page-lock the buffer (default: CUDA's, on a CUDA device).
     """
-    unet.to("cpu")
-    blocks = [*unet.down_blocks, unet.mid_block, *getattr(unet, "up_blocks", ())]
+    blocks = [b for b in (*unet.down_blocks, unet.mid_block, *getattr(unet, "up_blocks", ()))
+              if b is not None]
     small = [m for name, m in unet.named_children()
              if name not in ("down_blocks", "up_blocks", "mid_block")]
     for m in small:  # embeddings, conv_in/out, zero convs: small, stay on the GPU for the stage
         m.to(device)
+    weights = {b: _weights(b) for b in blocks}
+    buffer, homes = _one_buffer([t for ts in weights.values() for t in ts])
+    home = dict(zip([id(t) for ts in weights.values() for t in ts], homes))
+    lock = lock or (cuda_lock if device.type == "cuda" else None)
+    locked = lock is not None and lock(buffer)
 
     def arrive(module, args, kwargs):
-        module.to(device, non_blocking=True)
+        for t in weights[module]:
+            t.data = home[id(t)].to(device, non_blocking=True)
 
     def leave(module, args, kwargs, output):
-        module.to("cpu")
+        for t in weights[module]:
+            t.data = home[id(t)]
 
-    handles = [h for b in blocks if b is not None for h in (
+    handles = [h for b in blocks for h in (
         b.register_forward_pre_hook(arrive, with_kwargs=True),
         b.register_forward_hook(leave, with_kwargs=True))]
     try:
@@ -252,3 +265,33 @@ def streamed_blocks(unet: nn.Module, device: torch.device) -> Iterator[None]:
     finally:
         for h in handles:
             h.remove()
+        for b in blocks:  # a call that failed may have left a block on the GPU
+            leave(b, (), {}, None)
+        if locked:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # copies out of the buffer have landed
+            unlock(buffer)
+
+
+def _weights(module: nn.Module) -> list[Tensor]:
+    """The parameters and buffers of `module` (each once)."""
+    seen: dict[int, Tensor] = {}
+    for t in (*module.parameters(), *module.buffers()):
+        seen.setdefault(id(t), t)
+    return list(seen.values())
+
+
+def _one_buffer(tensors: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    """Move `tensors` (from any device) into one CPU buffer, each at a 64-byte aligned offset;
+    returns the buffer and their new homes in it (each tensor's data now points there)."""
+    offsets, end = [], 0
+    for t in tensors:
+        offsets.append(end)
+        end += -(-t.nbytes // 64) * 64
+    buffer = torch.empty(end, dtype=torch.uint8)
+    homes = []
+    for t, at in zip(tensors, offsets):
+        view = buffer[at:at + t.nbytes].view(t.dtype).view(t.shape).copy_(t.data)
+        t.data = view  # the old storage goes now, not after every copy: RAM stays one copy
+        homes.append(view)
+    return buffer, homes

@@ -96,3 +96,51 @@ def test_labels_name_the_levers():
     s = Strategy(split_cfg=True, park_skips=True, weights="model")
     assert s.label == "split-cfg+parked-skips+model-offload"
     assert len(all_strategies()) == 48
+
+
+class _Toy(torch.nn.Module):
+    """The block layout streamed_blocks walks: down blocks, a mid block, up blocks."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_in = torch.nn.Linear(4, 8)
+        self.down_blocks = torch.nn.ModuleList([torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)])
+        self.mid_block = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8))
+        self.up_blocks = torch.nn.ModuleList([torch.nn.Linear(8, 8)])
+
+    def forward(self, x):
+        x = self.conv_in(x)
+        for b in (*self.down_blocks, self.mid_block, *self.up_blocks):
+            x = b(x)
+        return x
+
+
+def test_streamed_blocks_keep_weights_in_one_locked_buffer_without_copies_back():
+    """The blocks' weights move once into one page-locked buffer and stay there call after
+    call (a block leaving the GPU drops its copies, nothing comes back); a failed call leaves
+    them home too. On the CPU nothing moves to a device: the buffer's books are checked."""
+    toy = _Toy()
+    before = {n: p.detach().clone() for n, p in toy.named_parameters()}
+    blocks = [*toy.down_blocks, toy.mid_block, *toy.up_blocks]
+    locks, unlocks = [], []
+    with torch.inference_mode(), streamed_blocks(
+            toy, torch.device("cpu"), lock=lambda b: locks.append(b) or True,
+            unlock=unlocks.append):
+        (buffer,) = locks
+        start = buffer.data_ptr()
+        homes = {n: p.data_ptr() for n, p in toy.named_parameters() if not n.startswith("conv_in")}
+        assert all(start <= ptr < start + buffer.nbytes for ptr in homes.values())
+        weights = sum(p.nbytes for b in blocks for p in b.parameters())
+        assert weights <= buffer.nbytes < weights + 64 * len(homes)
+        x = torch.randn(3, 4)
+        first = toy(x)
+        assert torch.equal(toy(x), first)
+        assert {n: p.data_ptr() for n, p in toy.named_parameters() if n in homes} == homes
+        toy.mid_block.register_forward_hook(lambda *a: (_ for _ in ()).throw(ValueError()))
+        with pytest.raises(ValueError):  # a call that fails inside a block
+            toy(x)
+        assert not unlocks
+    assert unlocks == [buffer]
+    for n, p in toy.named_parameters():
+        if n in homes:  # in place, the same values
+            assert p.data_ptr() == homes[n] and torch.equal(p, before[n])
