@@ -244,8 +244,9 @@ def streamed_blocks(unet: nn.Module, device: torch.device, *, lock: Lock | None 
     for m in small:  # embeddings, conv_in/out, zero convs: small, stay on the GPU for the stage
         m.to(device)
     weights = {b: _weights(b) for b in blocks}
-    buffer, homes = _one_buffer([t for ts in weights.values() for t in ts])
-    home = dict(zip([id(t) for ts in weights.values() for t in ts], homes))
+    flat = [t for ts in weights.values() for t in ts]
+    buffer, homes = _one_buffer(flat)
+    home = dict(zip(map(id, flat), homes))  # each tensor's CPU copy, in the buffer
     lock = lock or (cuda_lock if device.type == "cuda" else None)
     locked = lock is not None and lock(buffer)
 
