@@ -284,7 +284,13 @@ def _weights(module: nn.Module) -> list[Tensor]:
 
 def _one_buffer(tensors: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
     """Move `tensors` (from any device) into one CPU buffer, each at a 64-byte aligned offset;
-    returns the buffer and their new homes in it (each tensor's data now points there)."""
+    returns the buffer and their new homes in it (each tensor's data now points there).
+    Tensors already in one CPU buffer (an earlier stage streamed them) stay where they are: a
+    second buffer would hold every weight twice while the first is emptied."""
+    if all(t.device.type == "cpu" for t in tensors) and \
+            len({t.untyped_storage().data_ptr() for t in tensors}) == 1:
+        buffer = torch.empty(0, dtype=torch.uint8).set_(tensors[0].untyped_storage())
+        return buffer, [t.data for t in tensors]
     offsets, end = [], 0
     for t in tensors:
         offsets.append(end)

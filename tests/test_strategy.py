@@ -144,3 +144,18 @@ def test_streamed_blocks_keep_weights_in_one_locked_buffer_without_copies_back()
     for n, p in toy.named_parameters():
         if n in homes:  # in place, the same values
             assert p.data_ptr() == homes[n] and torch.equal(p, before[n])
+
+
+def test_streamed_blocks_reuse_the_buffer_of_an_earlier_stage():
+    """A second sequential stage finds the weights in one buffer already: no second copy."""
+    toy = _Toy()
+    locks, ptrs = [], []
+    for _ in range(2):
+        with torch.inference_mode(), streamed_blocks(
+                toy, torch.device("cpu"), lock=lambda b: locks.append(b) or True,
+                unlock=lambda b: None):
+            toy(torch.randn(3, 4))
+        ptrs.append([p.data_ptr() for b in toy.up_blocks for p in b.parameters()])
+    first, second = locks
+    assert second.data_ptr() == first.data_ptr() and second.nbytes == first.nbytes
+    assert ptrs[0] == ptrs[1]
