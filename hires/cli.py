@@ -664,10 +664,13 @@ def show_plan(job, gpu: str | None, as_json: bool,
                         "strength": round(s.strength, 4), "ratio": s.ratio,
                         "strategy": s.strategy.label, "levers": s.strategy.to_dict(),
                         "peak_bytes": s.cost.peak_bytes, "tflop": round(s.cost.tflop, 3),
+                        "unet_tflop": round(s.cost.unet_tflop, 3),
                         "scratch_bytes": s.cost.scratch_bytes, "vae_tile": s.cost.vae_tile,
                         "host_bytes": s.cost.host_bytes, "vae_spill": s.cost.vae_spill,
-                        "seconds": round(s.cost.seconds, 3)} for s in p.stages],
-            "peak_bytes": p.peak_bytes, "seconds": round(p.seconds, 3)}))
+                        "seconds": round(s.cost.seconds, 3),
+                        "vae_seconds": round(s.cost.vae_seconds, 3)} for s in p.stages],
+            "peak_bytes": p.peak_bytes, "seconds": round(p.seconds, 3),
+            "vae_seconds": round(p.vae_seconds, 3)}))
         return
     where = f"{gpu} ({rate / 1e12:.0f} TFLOP/s achieved" + (
         ", assumed)" if gpu.lower() in GPU_PEAK else ")")
@@ -678,7 +681,8 @@ def show_plan(job, gpu: str | None, as_json: bool,
     lines += describe(p)
     tflop = sum(s.cost.tflop for s in p.stages)
     work = f"{tflop / 1000:.1f} PFLOP" if tflop >= 100 else f"{tflop:.2g} TFLOP"
-    lines.append(f"total: peak {p.peak_bytes / 1024**3:.1f} GiB, {work}, ~{p.seconds:.0f} s")
+    vae = f" (VAE ~{p.vae_seconds:.0f} s)" if p.vae_seconds >= 0.5 else ""
+    lines.append(f"total: peak {p.peak_bytes / 1024**3:.1f} GiB, {work}, ~{p.seconds:.0f} s{vae}")
     out_line("\n".join(lines))
 
 

@@ -580,6 +580,7 @@ class StageCost:
     rank: float = 0.0  # seconds at the given rate, else at RANK_RATE: what plans compare
     vae_spill: bool = False  # the VAE keeps what does not fit the GPU in the CPU's memory
     host_bytes: int = 0  # CPU memory while the UNet runs: parked maps, offloaded weights
+    vae_seconds: float | None = None  # the VAE's share of `seconds` (its work and its copies)
 
 
 VAE_TILES = (2048, 1536, 1024, 768, 512)  # px, largest first: fewer tiles, less overlap
@@ -685,8 +686,9 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
         moved += 2 * (nets + model.vae.param_bytes + (model.text_bytes if base else 0))
     rank = (unet_flop * slowdown + vae_flop) / (rate or RANK_RATE) + moved / HOST_LINK
     host = parked_bytes(model, lat_h, lat_w, strategy) + (0 if resident else model.weights)
+    vae_seconds = vae_flop / rate + spilled / HOST_LINK if rate else None
     return StageCost(max(peaks), peaks[0], (unet_flop + vae_flop) / 1e12, unet_flop / 1e12, scratch,
-                     rank if rate else None, tile, rank, spill_on, host)
+                     rank if rate else None, tile, rank, spill_on, host, vae_seconds)
 
 
 def parked_bytes(model: ModelShape, lat_h: int, lat_w: int, strategy: Strategy) -> int:

@@ -81,6 +81,12 @@ class Plan:
         times = [s.cost.seconds for s in self.stages if s.cost]
         return sum(times) if times else None
 
+    @property
+    def vae_seconds(self) -> float | None:
+        """The VAE's share of `seconds`."""
+        times = [s.cost.vae_seconds for s in self.stages if s.cost]
+        return sum(times) if times and None not in times else None
+
 
 def schedule(steps: int, train_steps: int = 1000, spacing: str = "leading", offset: int = 1):
     """The timesteps of an `steps`-step Euler schedule, as diffusers spaces them for SDXL."""
@@ -338,6 +344,8 @@ def describe(plan: Plan) -> list[str]:
                 line += f", scratch {s.cost.scratch_bytes / 1e9:.1f} GB"
             if s.cost.seconds is not None:
                 line += f", ~{s.cost.seconds:.0f} s"
+                if (s.cost.vae_seconds or 0) >= 0.5:
+                    line += f" (VAE ~{s.cost.vae_seconds:.0f} s)"
         lines.append(line)
     return lines
 

@@ -114,3 +114,14 @@ def test_ram_for_vae_outputs_is_shown_only_where_a_stage_spills():
     assert spills[-1] and not any(spills[:-1])
     h100 = plan_json(*args, "--vram", "80", "--gpu", "h100")["stages"]
     assert not any(s["vae_spill"] for s in h100)
+
+
+def test_the_vae_share_of_each_stage_time_is_its_work_at_the_rate():
+    p = plan_json("x", "--size", "8192", "--vram", "80", "--gpu", "100")  # 100 TFLOP/s
+    for s in p["stages"]:
+        assert abs(s["vae_seconds"] - (s["tflop"] - s["unet_tflop"]) / 100) < 1e-3 * s["seconds"]
+        assert 0 <= s["vae_seconds"] < s["seconds"]
+    assert p["stages"][-1]["vae_seconds"] > 0  # the last stage decodes the image
+    assert abs(p["vae_seconds"] - sum(s["vae_seconds"] for s in p["stages"])) < 0.01
+    text = cli("plan", "x", "--size", "8192", "--vram", "80", "--gpu", "100").stdout
+    assert f"(VAE ~{p['vae_seconds']:.0f} s)" in text.splitlines()[-1]
