@@ -299,6 +299,6 @@ def _one_buffer(tensors: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
     homes = []
     for t, at in zip(tensors, offsets):
         view = buffer[at:at + t.nbytes].view(t.dtype).view(t.shape).copy_(t.data)
-        t.data = view  # the old storage goes now, not after every copy: RAM stays one copy
+        t.data = view  # each old storage is freed as its tensor moves: RAM holds about one copy
         homes.append(view)
     return buffer, homes
