@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hires.costs import GPU_PEAK, rate_for, sdxl_shape
+from hires.costs import sdxl_shape
+from hires.gpus import GPUS, rate_for
 from hires.job import Job
 from hires.pipeline import generate
 from hires.plan import make_plan
@@ -75,7 +76,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[2048], help="tiny runs' sizes")
     ap.add_argument("--steps", type=int, default=50, help="base steps (the default job's 50)")
-    ap.add_argument("--gpu", default="h200", choices=sorted(GPU_PEAK))
+    ap.add_argument("--gpu", default="h200", choices=sorted(GPUS))
     ap.add_argument("--vram", type=float, default=139.0, help="GiB, for the projection")
     ap.add_argument("--out", default=None, help="JSON path")
     args = ap.parse_args()

@@ -4,14 +4,15 @@
 
 Prints the Markdown table in README.md ("Sizes, memory and time"), each time with the VAE's share
 of it. Estimates, not measurements:
-times assume the GPU reaches hires.costs.EFFICIENCY of its peak bf16 throughput.
+times assume the GPU reaches hires.gpus.EFFICIENCY of its peak bf16 throughput.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from hires.costs import rate_for, sdxl_shape
+from hires.costs import sdxl_shape
+from hires.gpus import rate_for
 from hires.plan import PlanError, make_plan
 
 GIB = 1024**3

@@ -642,23 +642,34 @@ def fitted_plan(make, job):
         raise JobError(f"{e}{hint}") from None
 
 
+def budget_source(job, plan, on_card: bool) -> str | None:
+    """Where a dry run's memory budget came from, for --json: vram, gpu, device or None."""
+    if not plan.budget:
+        return None
+    return "vram" if job.vram is not None else "gpu" if on_card else "device"
+
+
 def show_plan(job, gpu: str | None, as_json: bool,
               source: tuple[int, int] | None = None) -> None:
     """Print the plan of `job` without loading weights (`hires plan`, `gen --dry-run`)."""
-    from hires.costs import GPU_PEAK, local_gpu, rate_for
+    from hires.gpus import CUDA_CONTEXT_GIB, card, card_budget_gib, local_gpu, rate_for
     from hires.plan import describe, plan_without_weights
 
+    # A named card is the card to plan for: its memory is the budget unless --vram says.
+    card_vram = card_budget_gib(gpu) if gpu is not None and job.vram is None else None
     if gpu is None:
         gpu = local_gpu() or "h100"
     try:
         rate = rate_for(gpu)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-    p = fitted_plan(lambda: plan_without_weights(job, rate, source=source), job)
+    p = fitted_plan(lambda: plan_without_weights(job, rate, source=source, vram=card_vram), job)
+    on_card = card_vram is not None and p.budget is not None
     if as_json:
         out_line(json.dumps({
             "width": p.width, "height": p.height, "gpu": gpu, "tflops": rate / 1e12,
-            "budget_bytes": p.budget, "vae_spill_bytes": int(p.spill),
+            "budget_bytes": p.budget, "budget_from": budget_source(job, p, on_card),
+            "vae_spill_bytes": int(p.spill),
             "stages": [{"index": s.index, "width": s.width, "height": s.height,
                         "steps": s.steps, "global_steps": s.global_steps,
                         "strength": round(s.strength, 4), "ratio": s.ratio,
@@ -672,11 +683,13 @@ def show_plan(job, gpu: str | None, as_json: bool,
             "peak_bytes": p.peak_bytes, "seconds": round(p.seconds, 3),
             "vae_seconds": round(p.vae_seconds, 3)}))
         return
-    where = f"{gpu} ({rate / 1e12:.0f} TFLOP/s achieved" + (
-        ", assumed)" if gpu.lower() in GPU_PEAK else ")")
+    where = f"{gpu} ({rate / 1e12:.0f} TFLOP/s achieved" + (", assumed)" if card(gpu) else ")")
     budget = f"{p.budget / 1024**3:.1f} GiB budget" if p.budget else "no memory budget"
+    if on_card:
+        budget += (f" (the {gpu}'s {card(gpu).memory_gib:.1f} GiB less {CUDA_CONTEXT_GIB} for "
+                   "CUDA; --vram sets it)")
     if any(s.cost and s.cost.vae_spill for s in p.stages):
-        budget += f" (+{p.spill / 1e9:.0f} GB of RAM for VAE outputs)"
+        budget += f", +{p.spill / 1e9:.0f} GB of RAM for VAE outputs"
     lines = [f"{p.width}x{p.height}: {len(p.stages)} stage(s), {budget}, times on {where}"]
     lines += describe(p)
     tflop = sum(s.cost.tflop for s in p.stages)

@@ -586,7 +586,7 @@ class StageCost:
 VAE_TILES = (2048, 1536, 1024, 768, 512)  # px, largest first: fewer tiles, less overlap
 SMALLER_TILE_SAVING = 0.85  # a smaller VAE tile is taken only if it does this much of the work
 LEVER_SLOWDOWN = {"split_cfg": 0.03, "ff_chunks": 0.01, "row_bands": 0.10}  # assumed
-# FLOP/s at which strategies are compared when no rate is known (a GPU not in GPU_PEAK, a
+# FLOP/s at which strategies are compared when no rate is known (a GPU not in hires.gpus, a
 # CPU): without one, every strategy would tie and the least-memory one, the slowest, would win.
 RANK_RATE = 100e12
 
@@ -725,38 +725,6 @@ def _skip_bytes(shape: UNetShape, height: int, width: int, dtype_bytes: int) -> 
         if level < len(shape.channels) - 1:
             total += c * -(-height // 2**(level + 1)) * -(-width // 2**(level + 1))
     return total * dtype_bytes
-
-
-# Peak dense bf16 throughput (tensor cores, FLOP/s) of common GPUs, from their data sheets.
-GPU_PEAK = {"h200": 989e12, "h100": 989e12, "a100": 312e12, "l40s": 362e12, "a6000": 155e12,
-            "a10": 125e12, "l4": 121e12, "4090": 165e12, "4080": 97e12, "3090": 71e12,
-            "t4": 65e12}
-EFFICIENCY = 0.4  # fraction of peak these convs and matmuls reach: assumed until measured
-
-
-def local_gpu() -> str | None:
-    """The local CUDA GPU's short name when it is in the throughput table."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name().lower()
-    return next((key for key in GPU_PEAK if key in name), None)
-
-
-def rate_for(gpu: str) -> float:
-    """Achieved FLOP/s for `--gpu`: a name from GPU_PEAK (x EFFICIENCY) or a TFLOP/s figure."""
-    key = gpu.lower().removeprefix("rtx").removeprefix("nvidia").strip(" -")
-    if key in GPU_PEAK:
-        return GPU_PEAK[key] * EFFICIENCY
-    try:
-        value = float(gpu)
-    except ValueError:
-        raise ValueError(f"unknown GPU '{gpu}': use one of {', '.join(GPU_PEAK)} or a measured "
-                         "TFLOP/s figure like 350") from None
-    if not value > 0:
-        raise ValueError(f"--gpu rate must be a positive TFLOP/s figure, got {gpu}")
-    return value * 1e12
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ from PIL import Image
 from hires import vae as tiled_vae
 from hires.addons import Addons, attached
 from hires.controlnet import control_tensor
-from hires.costs import local_gpu, model_shape, rate_for
+from hires.costs import model_shape
 from hires.denoiser import Conditioning, Control, Denoiser
+from hires.gpus import local_gpu, rate_for
 from hires.job import Job
 from hires.memory import free_memory, host_room, peak_memory, placed, reset_peak
 from hires.models import Components, load
@@ -86,7 +87,7 @@ def plan_for(job: Job, components: Components, *, gpu: str | None = None,
              source: tuple[int, int] | None = None) -> Plan:
     """The job's stages for this model, each with the fastest strategy that fits the budget;
     with `source` (an input image's size), the stages of an upscale from it. Times are for
-    `gpu` (a GPU_PEAK name or TFLOP/s), else for the local GPU where it is in that table."""
+    `gpu` (a hires.gpus name or TFLOP/s), else for the local GPU where it is in that table."""
     cfg = components.pipe.scheduler.config
     if gpu is None and components.device.type == "cuda":
         gpu = local_gpu()

@@ -389,11 +389,13 @@ DRY_RUN_FREE_RAM = 0.8  # the share of this machine's RAM a dry run takes to be 
 
 
 def plan_without_weights(job, rate: float | None = None,
-                         source: tuple[int, int] | None = None) -> Plan:
+                         source: tuple[int, int] | None = None,
+                         vram: float | None = None) -> Plan:
     """The plan of a Job for the device it names, from the model's shapes alone (a dry run).
 
     Without a CUDA GPU here the plan is still for one (that is what it is for), fitted to
-    `--vram` if given; `--device cpu` plans a CPU run.
+    `--vram` if given, else to `vram` (GiB: a named card's), else to the local GPU's free
+    memory; `--device cpu` plans a CPU run.
     """
     from dataclasses import replace as copy
 
@@ -406,7 +408,8 @@ def plan_without_weights(job, rate: float | None = None,
     on_gpu = not job.device.startswith(("cpu", "mps"))
     dtype_bytes = 4 if job.dtype in ("fp32", "float32") or not on_gpu else 2
     vae_dtype_bytes = _vae_dtype_bytes(job.vae_dtype, dtype_bytes, job.device)
-    budget = int(job.vram * 1024**3) if job.vram is not None else None
+    vram = job.vram if job.vram is not None else vram if on_gpu else None
+    budget = int(vram * 1024**3) if vram is not None else None
     if budget is None and on_gpu and torch.cuda.is_available():
         budget = torch.cuda.mem_get_info()[0]
     if job.model == "tiny":

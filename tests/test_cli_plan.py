@@ -125,3 +125,41 @@ def test_the_vae_share_of_each_stage_time_is_its_work_at_the_rate():
     assert abs(p["vae_seconds"] - sum(s["vae_seconds"] for s in p["stages"])) < 0.01
     text = cli("plan", "x", "--size", "8192", "--vram", "80", "--gpu", "100").stdout
     assert f"(VAE ~{p['vae_seconds']:.0f} s)" in text.splitlines()[-1]
+
+
+def test_a_named_gpu_is_planned_with_its_memory_unless_vram_says():
+    args = ("x", "--size", "16384", "--ram", "64")
+    card = plan_json(*args, "--gpu", "4090")
+    assert card["budget_from"] == "gpu" and card["budget_bytes"] == int(23.5 * GIB)
+    assert all(s["peak_bytes"] <= 23.5 * GIB for s in card["stages"])
+    named = plan_json(*args, "--gpu", "RTX 4090")  # the card's full name is the card
+    assert named.pop("gpu") == "RTX 4090" and named == {k: v for k, v in card.items() if k != "gpu"}
+    given = plan_json(*args, "--gpu", "4090", "--vram", "80")
+    assert given["budget_from"] == "vram" and given["budget_bytes"] == 80 * GIB
+    assert given["seconds"] < card["seconds"]  # 80 GiB needs fewer levers
+    twelve = plan_json(*args, "--gpu", "3060")
+    assert twelve["budget_bytes"] == int(11.5 * GIB) and twelve["tflops"] == 10
+    assert plan_json(*args, "--gpu", "500")["budget_from"] is None  # a rate names no memory
+    header = cli("plan", *args, "--gpu", "4090").stdout.splitlines()[0]
+    assert "23.5 GiB budget (the 4090's 24.0 GiB less 0.5 for CUDA" in header
+
+
+def test_a_card_number_not_in_the_table_is_not_read_as_tflops():
+    result = cli("plan", "--size", "4096", "--gpu", "3050")
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "3060" in line and "--vram" in line
+
+
+def test_the_local_gpu_is_the_longest_name_it_contains(monkeypatch):
+    import torch
+
+    from hires.gpus import local_gpu
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for name, key in [("NVIDIA A100-SXM4-80GB", "a100"), ("NVIDIA L40S", "l40s"),
+                      ("NVIDIA A10", "a10"), ("Tesla T4", "t4"),
+                      ("NVIDIA GeForce RTX 4070 Ti", "4070"), ("NVIDIA H200", "h200"),
+                      ("NVIDIA GeForce GTX 1080", None)]:
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, n=name: n)
+        assert local_gpu() == key, name

@@ -1,0 +1,78 @@
+"""The GPUs that `--gpu` names: each one's throughput (for time estimates) and memory (for the
+budget of a dry run planned for that card)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Card(NamedTuple):
+    """A GPU model as the planner sees it."""
+
+    peak: float  # dense bf16 tensor-core FLOP/s with fp32 accumulation, as torch runs it
+    memory_gib: float  # total memory as the driver reports it (nvidia-smi's MiB / 1024)
+
+
+# From the vendors' data sheets; GeForce cards accumulate in fp32 at half their fp16 rate.
+# A card sold with two memory sizes is listed with the common one: --vram plans the other.
+GPUS = {
+    "h200": Card(989e12, 140.4), "h100": Card(989e12, 79.6), "a100": Card(312e12, 80.0),
+    "l40s": Card(362e12, 45.0), "a6000": Card(155e12, 48.0), "a10": Card(125e12, 22.5),
+    "l4": Card(121e12, 22.5), "t4": Card(65e12, 15.0),
+    "5090": Card(209e12, 31.8), "4090": Card(165e12, 24.0), "4080": Card(97e12, 16.0),
+    "4070": Card(58e12, 12.0), "3090": Card(71e12, 24.0), "3080": Card(59e12, 10.0),
+    "3060": Card(25e12, 12.0),
+}
+EFFICIENCY = 0.4  # fraction of peak these convs and matmuls reach: assumed until measured
+CUDA_CONTEXT_GIB = 0.5  # what the CUDA context takes before a weight loads (more with a display)
+MAX_TFLOPS = 1000  # above what any one GPU achieves here: a larger "--gpu 3050" is a card's name
+
+
+def card_key(gpu: str) -> str:
+    """`--gpu`'s text as a table key: 'NVIDIA GeForce RTX 4090' and '4090' are one card."""
+    key = gpu.lower()
+    for word in ("nvidia", "geforce", "rtx", "tesla"):
+        key = key.replace(word, "")
+    return key.strip(" -_")
+
+
+def card(gpu: str) -> Card | None:
+    """The named card, or None for a TFLOP/s figure or a card not in the table."""
+    return GPUS.get(card_key(gpu))
+
+
+def local_gpu() -> str | None:
+    """The local CUDA GPU's short name when it is in the table."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name().lower()
+    # The longest match: an "A100" also contains "a10", an "L40S" also "l4".
+    return max((key for key in GPUS if key in name), key=len, default=None)
+
+
+def rate_for(gpu: str) -> float:
+    """Achieved FLOP/s for `--gpu`: a card's peak x EFFICIENCY, or a measured TFLOP/s figure."""
+    named = card(gpu)
+    if named:
+        return named.peak * EFFICIENCY
+    names = ", ".join(GPUS)
+    try:
+        value = float(gpu)
+    except ValueError:
+        raise ValueError(f"unknown GPU '{gpu}': use one of {names} or a measured TFLOP/s "
+                         "figure like 350 (and --vram for its memory)") from None
+    if not value > 0:
+        raise ValueError(f"--gpu rate must be a positive TFLOP/s figure, got {gpu}")
+    if value >= MAX_TFLOPS:
+        raise ValueError(f"--gpu {gpu} is not a card in the table, and more TFLOP/s than one "
+                         f"GPU achieves: use one of {names}, or the card's measured TFLOP/s "
+                         "figure (like 350) and --vram for its memory")
+    return value * 1e12
+
+
+def card_budget_gib(gpu: str) -> float | None:
+    """The memory a run on the named card may plan with: its total less the CUDA context."""
+    named = card(gpu)
+    return named.memory_gib - CUDA_CONTEXT_GIB if named else None
