@@ -871,6 +871,7 @@ def info(
         import torch
         from huggingface_hub import constants, try_to_load_from_cache
 
+        from hires.gpus import key_in_name
         from hires.job import DEFAULT_MODEL
 
         lines = [f"hires {__version__}", f"python {platform.python_version()}",
@@ -885,7 +886,11 @@ def info(
         if torch.cuda.is_available():
             for i in range(torch.cuda.device_count()):
                 p = torch.cuda.get_device_properties(i)
-                lines.append(f"device cuda:{i} {p.name}, {p.total_memory / 1024**3:.1f} GiB")
+                key = key_in_name(p.name)
+                timed = (f"estimates as --gpu {key}" if key else "not in hires' GPU table "
+                         "(--gpu with a measured TFLOP/s times its plans)")
+                lines.append(f"device cuda:{i} {p.name}, {p.total_memory / 1024**3:.1f} GiB, "
+                             f"{timed}")
         else:
             lines.append("device cpu only (no CUDA GPU visible to torch)")
         from hires.memory import ram_bytes

@@ -41,15 +41,20 @@ def card(gpu: str) -> Card | None:
     return GPUS.get(card_key(gpu))
 
 
+def key_in_name(name: str) -> str | None:
+    """The table's key for a device name as CUDA reports it ('NVIDIA A100-SXM4-80GB')."""
+    name = name.lower()
+    # The longest match: an "A100" also contains "a10", an "L40S" also "l4".
+    return max((key for key in GPUS if key in name), key=len, default=None)
+
+
 def local_gpu() -> str | None:
     """The local CUDA GPU's short name when it is in the table."""
     import torch
 
     if not torch.cuda.is_available():
         return None
-    name = torch.cuda.get_device_name().lower()
-    # The longest match: an "A100" also contains "a10", an "L40S" also "l4".
-    return max((key for key in GPUS if key in name), key=len, default=None)
+    return key_in_name(torch.cuda.get_device_name())
 
 
 def rate_for(gpu: str) -> float:

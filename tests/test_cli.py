@@ -323,6 +323,21 @@ def test_info_prints_versions_devices_and_the_model_cache():
     assert default.endswith(("cached", "(downloads on first use)"))
 
 
+def test_info_says_how_each_gpu_is_timed(monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+
+    cards = [SimpleNamespace(name="NVIDIA GeForce RTX 4090", total_memory=24564 << 20),
+             SimpleNamespace(name="NVIDIA RTX PRO 6000", total_memory=97887 << 20)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: cards[i])
+    lines = [line for line in cli("info").stdout.splitlines() if line.startswith("device ")]
+    assert lines[0] == "device cuda:0 NVIDIA GeForce RTX 4090, 24.0 GiB, estimates as --gpu 4090"
+    assert lines[1].startswith("device cuda:1 NVIDIA RTX PRO 6000, 95.6 GiB, not in hires' GPU")
+
+
 def test_version():
     result = cli("--version")
     assert result.exit_code == 0 and result.stdout == f"hires {__version__}\n"
