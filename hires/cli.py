@@ -685,6 +685,8 @@ def show_plan(job, gpu: str | None, as_json: bool,
         return
     where = f"{gpu} ({rate / 1e12:.0f} TFLOP/s achieved" + (", assumed)" if card(gpu) else ")")
     budget = f"{p.budget / 1024**3:.1f} GiB budget" if p.budget else "no memory budget"
+    if not p.budget and not job.device.startswith(("cpu", "mps")):
+        budget += " (--gpu NAME or --vram GiB sets one)"
     if on_card:
         budget += (f" (the {gpu}'s {card(gpu).memory_gib:.1f} GiB less {CUDA_CONTEXT_GIB} for "
                    "CUDA; --vram sets it)")

@@ -140,6 +140,7 @@ def test_a_named_gpu_is_planned_with_its_memory_unless_vram_says():
     twelve = plan_json(*args, "--gpu", "3060")
     assert twelve["budget_bytes"] == int(11.5 * GIB) and twelve["tflops"] == 10
     assert plan_json(*args, "--gpu", "500")["budget_from"] is None  # a rate names no memory
+    assert "(--gpu NAME or --vram GiB sets one)" in cli("plan", *args).stdout.splitlines()[0]
     header = cli("plan", *args, "--gpu", "4090").stdout.splitlines()[0]
     assert "23.5 GiB budget (the 4090's 24.0 GiB less 0.5 for CUDA" in header
 
