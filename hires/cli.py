@@ -663,7 +663,9 @@ def show_plan(job, gpu: str | None, as_json: bool,
         rate = rate_for(gpu)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-    p = fitted_plan(lambda: plan_without_weights(job, rate, source=source, vram=card_vram), job)
+    named = card(gpu)
+    p = fitted_plan(lambda: plan_without_weights(job, rate, source=source, vram=card_vram,
+                                                 bf16=named.bf16 if named else True), job)
     on_card = card_vram is not None and p.budget is not None
     if as_json:
         out_line(json.dumps({

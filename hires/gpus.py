@@ -11,6 +11,7 @@ class Card(NamedTuple):
 
     peak: float  # dense bf16 tensor-core FLOP/s with fp32 accumulation, as torch runs it
     memory_gib: float  # total memory as the driver reports it (nvidia-smi's MiB / 1024)
+    bf16: bool = True  # native bf16 (Ampere on); without it the VAE runs in fp32 (models.py)
 
 
 # From the vendors' data sheets; GeForce cards accumulate in fp32 at half their fp16 rate.
@@ -18,7 +19,7 @@ class Card(NamedTuple):
 GPUS = {
     "h200": Card(989e12, 140.4), "h100": Card(989e12, 79.6), "a100": Card(312e12, 80.0),
     "l40s": Card(362e12, 45.0), "a6000": Card(155e12, 48.0), "a10": Card(125e12, 22.5),
-    "l4": Card(121e12, 22.5), "t4": Card(65e12, 15.0),
+    "l4": Card(121e12, 22.5), "t4": Card(65e12, 15.0, bf16=False),  # fp16 peak
     "5090": Card(209e12, 31.8), "4090": Card(165e12, 24.0), "4080": Card(97e12, 16.0),
     "4070": Card(58e12, 12.0), "3090": Card(71e12, 24.0), "3080": Card(59e12, 10.0),
     "3060": Card(25e12, 12.0),

@@ -371,18 +371,17 @@ def largest_fitting(width: int, height: int, **kwargs) -> tuple[int, int] | None
     return best
 
 
-def _vae_dtype_bytes(requested: str, dtype_bytes: int, device: str) -> int:
+def _vae_dtype_bytes(requested: str, dtype_bytes: int, device: str, bf16: bool = True) -> int:
     """Bytes per VAE value in the planned run: what `hires.models.choose_vae_dtype` will pick
-    there (a planned GPU may not be this machine's, so its bf16 support is assumed)."""
+    there (a planned GPU may not be this machine's: `bf16` says whether it has native bf16)."""
     import torch
 
     from hires.models import DTYPES, choose_vae_dtype
 
     if device.startswith(("cpu", "mps")):  # this machine: ask the rule itself
         return choose_vae_dtype(torch.device(device), torch.float32, requested).itemsize
-    if requested != "auto":
-        return DTYPES[requested].itemsize
-    return dtype_bytes  # bf16 for a half-precision model, fp32 for an fp32 one
+    wanted = DTYPES[requested].itemsize if requested != "auto" else dtype_bytes
+    return 4 if not bf16 else wanted  # auto: bf16 for a half-precision model, else fp32
 
 
 DRY_RUN_FREE_RAM = 0.8  # the share of this machine's RAM a dry run takes to be free
@@ -390,12 +389,13 @@ DRY_RUN_FREE_RAM = 0.8  # the share of this machine's RAM a dry run takes to be 
 
 def plan_without_weights(job, rate: float | None = None,
                          source: tuple[int, int] | None = None,
-                         vram: float | None = None) -> Plan:
+                         vram: float | None = None, bf16: bool = True) -> Plan:
     """The plan of a Job for the device it names, from the model's shapes alone (a dry run).
 
     Without a CUDA GPU here the plan is still for one (that is what it is for), fitted to
     `--vram` if given, else to `vram` (GiB: a named card's), else to the local GPU's free
-    memory; `--device cpu` plans a CPU run.
+    memory; `bf16`: whether that GPU has native bf16 (else its VAE is planned in fp32);
+    `--device cpu` plans a CPU run.
     """
     from dataclasses import replace as copy
 
@@ -407,7 +407,7 @@ def plan_without_weights(job, rate: float | None = None,
 
     on_gpu = not job.device.startswith(("cpu", "mps"))
     dtype_bytes = 4 if job.dtype in ("fp32", "float32") or not on_gpu else 2
-    vae_dtype_bytes = _vae_dtype_bytes(job.vae_dtype, dtype_bytes, job.device)
+    vae_dtype_bytes = _vae_dtype_bytes(job.vae_dtype, dtype_bytes, job.device, bf16)
     vram = job.vram if job.vram is not None else vram if on_gpu else None
     budget = int(vram * 1024**3) if vram is not None else None
     if budget is None and on_gpu and torch.cuda.is_available():

@@ -164,3 +164,15 @@ def test_the_local_gpu_is_the_longest_name_it_contains(monkeypatch):
                       ("NVIDIA GeForce GTX 1080", None)]:
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, n=name: n)
         assert local_gpu() == key, name
+
+
+def test_a_card_without_native_bf16_is_planned_with_an_fp32_vae():
+    # A T4 emulates bf16, so hires.models.choose_vae_dtype gives its VAE fp32 whatever is
+    # asked; a card of its memory and rate with bf16 plans a lighter VAE.
+    args = ("x", "--size", "16384", "--ram", "64")
+    t4 = plan_json(*args, "--gpu", "t4")
+    assert plan_json(*args, "--gpu", "t4", "--vae-dtype", "bf16")["stages"] == t4["stages"]
+    assert plan_json(*args, "--gpu", "t4", "--vae-dtype", "fp32")["stages"] == t4["stages"]
+    same = plan_json(*args, "--gpu", "26", "--vram", "14.5")["stages"][-1]
+    assert t4["stages"][-1]["tflop"] > same["tflop"] or \
+        t4["stages"][-1]["peak_bytes"] > same["peak_bytes"]
