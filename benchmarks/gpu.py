@@ -235,11 +235,11 @@ def vae_work(row: dict, job, plan, vae_config, dtype_bytes: int) -> float | None
     stage = plan.stages[row["stage"] + 1 if decode and row["stage"] < last else row["stage"]]
     tile = vae_tile(job, stage)
     # That stage's plan also says whether its passes spilled outputs to the CPU (hires.pipeline).
-    spilled = bool(stage.cost and stage.cost.vae_spill)
+    spilled = stage.cost.vae_spill_bytes if stage.cost and stage.cost.vae_spill else 0.0
     return tiled_flops(VaeShape.from_config(vae_config), row["width"], row["height"],
                        decode=decode, tile=tile, budget=row["memo_budget"],
                        dtype_bytes=dtype_bytes,
-                       spill=row.get("spill_budget", 0.0) if spilled else 0.0)
+                       spill=min(row.get("spill_budget", 0.0), spilled))
 
 
 def table(rows: list[dict]) -> list[str]:

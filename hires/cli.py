@@ -642,36 +642,25 @@ def fitted_plan(make, job):
         raise JobError(f"{e}{hint}") from None
 
 
-def budget_source(job, plan, on_card: bool) -> str | None:
-    """Where a dry run's memory budget came from, for --json: vram, gpu, device or None."""
-    if not plan.budget:
-        return None
-    return "vram" if job.vram is not None else "gpu" if on_card else "device"
-
-
 def show_plan(job, gpu: str | None, as_json: bool,
               source: tuple[int, int] | None = None) -> None:
     """Print the plan of `job` without loading weights (`hires plan`, `gen --dry-run`)."""
-    from hires.gpus import CUDA_CONTEXT_GIB, card, card_budget_gib, local_gpu, rate_for
-    from hires.plan import describe, plan_without_weights
+    from hires.gpus import CUDA_CONTEXT_GIB, card, rate_for
+    from hires.plan import describe, dry_run
 
-    # A named card is the card to plan for: its memory is the budget unless --vram says.
-    card_vram = card_budget_gib(gpu) if gpu is not None and job.vram is None else None
-    if gpu is None:
-        gpu = local_gpu() or "h100"
     try:
-        rate = rate_for(gpu)
+        rate_for(gpu or "h100")  # a usage error, before any planning
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-    named = card(gpu)
-    p = fitted_plan(lambda: plan_without_weights(job, rate, source=source, vram=card_vram,
-                                                 bf16=named.bf16 if named else True), job)
-    on_card = card_vram is not None and p.budget is not None
+    run = fitted_plan(lambda: dry_run(job, gpu, source), job)
+    p, gpu, rate = run.plan, run.gpu, run.rate
+    # RAM the VAE's outputs may take in the stage that keeps the most there (a share of p.spill).
+    spill = max(s.cost.vae_spill_bytes if s.cost and s.cost.vae_spill else 0 for s in p.stages)
     if as_json:
         out_line(json.dumps({
             "width": p.width, "height": p.height, "gpu": gpu, "tflops": rate / 1e12,
-            "budget_bytes": p.budget, "budget_from": budget_source(job, p, on_card),
-            "vae_spill_bytes": int(p.spill),
+            "budget_bytes": p.budget, "budget_from": run.budget_from,
+            "vae_spill_bytes": int(spill), "vae_spill_budget_bytes": int(p.spill),
             "stages": [{"index": s.index, "width": s.width, "height": s.height,
                         "steps": s.steps, "global_steps": s.global_steps,
                         "strength": round(s.strength, 4), "ratio": s.ratio,
@@ -680,6 +669,7 @@ def show_plan(job, gpu: str | None, as_json: bool,
                         "unet_tflop": round(s.cost.unet_tflop, 3),
                         "scratch_bytes": s.cost.scratch_bytes, "vae_tile": s.cost.vae_tile,
                         "host_bytes": s.cost.host_bytes, "vae_spill": s.cost.vae_spill,
+                        "vae_spill_bytes": int(s.cost.vae_spill_bytes),
                         "seconds": round(s.cost.seconds, 3),
                         "vae_seconds": round(s.cost.vae_seconds, 3)} for s in p.stages],
             "peak_bytes": p.peak_bytes, "seconds": round(p.seconds, 3),
@@ -689,11 +679,11 @@ def show_plan(job, gpu: str | None, as_json: bool,
     budget = f"{p.budget / 1024**3:.1f} GiB budget" if p.budget else "no memory budget"
     if not p.budget and not job.device.startswith(("cpu", "mps")):
         budget += " (--gpu NAME or --vram GiB sets one)"
-    if on_card:
+    if run.budget_from == "gpu":
         budget += (f" (the {gpu}'s {card(gpu).memory_gib:.1f} GiB less {CUDA_CONTEXT_GIB} for "
                    "CUDA; --vram sets it)")
-    if any(s.cost and s.cost.vae_spill for s in p.stages):
-        budget += f", +{p.spill / 1e9:.0f} GB of RAM for VAE outputs"
+    if spill:
+        budget += f", +{spill / 1e9:.0f} GB of RAM for VAE outputs"
     lines = [f"{p.width}x{p.height}: {len(p.stages)} stage(s), {budget}, times on {where}"]
     lines += describe(p)
     tflop = sum(s.cost.tflop for s in p.stages)

@@ -579,11 +579,13 @@ class StageCost:
     vae_tile: int  # px
     rank: float = 0.0  # seconds at the given rate, else at RANK_RATE: what plans compare
     vae_spill: bool = False  # the VAE keeps what does not fit the GPU in the CPU's memory
+    vae_spill_bytes: float = 0.0  # at most this much of it (a share of ModelShape.spill)
     host_bytes: int = 0  # CPU memory while the UNet runs: parked maps, offloaded weights
     vae_seconds: float | None = None  # the VAE's share of `seconds` (its work and its copies)
 
 
 VAE_TILES = (2048, 1536, 1024, 768, 512)  # px, largest first: fewer tiles, less overlap
+SPILL_SHARES = (0.25, 0.5, 0.75, 1.0)  # of the VAE's RAM budget, tried for the fastest
 SMALLER_TILE_SAVING = 0.85  # a smaller VAE tile is taken only if it does this much of the work
 LEVER_SLOWDOWN = {"split_cfg": 0.03, "ff_chunks": 0.01, "row_bands": 0.10}  # assumed
 # FLOP/s at which strategies are compared when no rate is known (a GPU not in hires.gpus, a
@@ -616,7 +618,7 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
         peaks.append((weights_now or model.text_bytes) + (64 << 20))
     tile = vae_tile or VAE_TILES[-1]
     vae_flop = spilled = 0.0
-    spill_on = False
+    spill_on, spill_bytes = False, 0.0
     if previous or encode_input or final_decode:
         vae_weights = weights_now or model.vae.param_bytes
         # What the fast mode will keep step outputs in: a share of what is free (no budget:
@@ -650,11 +652,16 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
         if rate and model.on_gpu and model.spill and vae_stats == "fast":
             # Outputs kept in the CPU's memory: less recomputation for copies over the host
             # link; worth it on a GPU slow enough that its recomputation takes longer (a
-            # 4090, not an H100: BENCHMARKS.md). Only with a known rate.
-            flop, copied = cost(tile, model.spill)
-            spill_on = flop / rate + copied / HOST_LINK < vae_flop / rate
-            if spill_on:
-                vae_flop, spilled = flop, copied
+            # 4090, not an H100: BENCHMARKS.md). Only with a known rate. The fastest share
+            # of the budget: each output kept saves its recomputation but costs its copies,
+            # and past some point (l40s, 16K: 64 GB of RAM free) copying costs more.
+            best = vae_flop / rate
+            for share in SPILL_SHARES:
+                flop, copied = cost(tile, share * model.spill)
+                if flop / rate + copied / HOST_LINK < best:
+                    best = flop / rate + copied / HOST_LINK
+                    spill_on, spill_bytes = True, share * model.spill
+                    vae_flop, spilled = flop, copied
         attention = max(vae_attention_bytes(model.vae, w, h, model.vae_dtype_bytes)
                         for w, h in [(width, height), *([previous] if previous else [])])
         peaks.append(vae_weights + max(vae_tile_peak(model.vae, tile, model.vae_dtype_bytes),
@@ -688,7 +695,8 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
     host = parked_bytes(model, lat_h, lat_w, strategy) + (0 if resident else model.weights)
     vae_seconds = vae_flop / rate + spilled / HOST_LINK if rate else None
     return StageCost(max(peaks), peaks[0], (unet_flop + vae_flop) / 1e12, unet_flop / 1e12, scratch,
-                     rank if rate else None, tile, rank, spill_on, host, vae_seconds)
+                     rank if rate else None, tile, rank, spill_on, spill_bytes, host,
+                     vae_seconds)
 
 
 def parked_bytes(model: ModelShape, lat_h: int, lat_w: int, strategy: Strategy) -> int:

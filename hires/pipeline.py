@@ -215,7 +215,8 @@ def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditio
     n = len(plan.stages)
     strategy = stage.strategy
     tile = vae_tile(job, stage)
-    spill = bool(stage.cost and stage.cost.vae_spill)  # the plan found the copies worth it
+    # RAM the VAE may keep outputs in: what the plan found worth its copies.
+    spill = stage.cost.vae_spill_bytes if stage.cost and stage.cost.vae_spill else 0.0
     # Each stage draws its noise from its own stream of the job's seed: same seed, same image,
     # and a retried stage draws the same noise again.
     generator = torch.Generator("cpu").manual_seed((job.seed + 7919 * stage.index) % 2**63)
@@ -306,7 +307,7 @@ def encode_prompt(comps: Components, job: Job, plan: Plan) -> Conditioning:
 
 
 def decode(comps: Components, latents, tile: int, emit: ProgressFn, stage: int, n: int,
-           job: Job | None = None, spill: bool = False):
+           job: Job | None = None, spill: float = 0.0):
     """Latents to a PIL image through the tiled VAE."""
     h, w = latents.shape[2] * 8, latents.shape[3] * 8
 
@@ -321,7 +322,7 @@ def decode(comps: Components, latents, tile: int, emit: ProgressFn, stage: int, 
 
 
 def encode(comps: Components, image: Image.Image, tile: int, emit: ProgressFn, stage: Stage,
-           n: int, job: Job | None = None, spill: bool = False):
+           n: int, job: Job | None = None, spill: float = 0.0):
     """A PIL image to UNet-space latents through the tiled VAE."""
     import numpy as np
 

@@ -387,6 +387,36 @@ def _vae_dtype_bytes(requested: str, dtype_bytes: int, device: str, bf16: bool =
 DRY_RUN_FREE_RAM = 0.8  # the share of this machine's RAM a dry run takes to be free
 
 
+@dataclass(frozen=True)
+class DryRun:
+    """A plan made without weights, and what its budget and times are for."""
+
+    plan: Plan
+    gpu: str  # the card (or TFLOP/s figure) its times are for
+    rate: float  # FLOP/s
+    budget_from: str | None  # 'vram', 'gpu' (the named card's memory), 'device' or None
+
+
+def dry_run(job, gpu: str | None = None, source: tuple[int, int] | None = None) -> DryRun:
+    """`hires plan`: the job planned for the card `gpu` names (its memory unless `--vram`
+    says, its rate), else for the local GPU, else at an H100's rate without a budget.
+
+    Raises ValueError for a `gpu` that is neither a known card nor a TFLOP/s figure.
+    """
+    from hires.gpus import card, card_budget_gib, local_gpu, rate_for
+
+    card_vram = card_budget_gib(gpu) if gpu is not None and job.vram is None else None
+    gpu = gpu or local_gpu() or "h100"
+    rate = rate_for(gpu)
+    named = card(gpu)
+    plan = plan_without_weights(job, rate, source=source, vram=card_vram,
+                                bf16=named.bf16 if named else True)
+    budget_from = None
+    if plan.budget:
+        budget_from = "vram" if job.vram is not None else "gpu" if card_vram else "device"
+    return DryRun(plan, gpu, rate, budget_from)
+
+
 def plan_without_weights(job, rate: float | None = None,
                          source: tuple[int, int] | None = None,
                          vram: float | None = None, bf16: bool = True) -> Plan:

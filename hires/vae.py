@@ -44,7 +44,7 @@ def _layout(x: Tensor) -> Tensor:
 
 
 def _decode_strips(vae, latents: Tensor, tile: int, overlap: int | None, stats: str,
-                   progress: Progress | None, spill: bool = False) -> Iterator[tuple[int, Tensor]]:
+                   progress: Progress | None, spill: float = 0.0) -> Iterator[tuple[int, Tensor]]:
     """Yield (first row, float rows 3 x n x W on the CPU) of the image, top to bottom.
 
     The rows are a view of a scratch buffer: use (or change) them before asking for the next.
@@ -100,14 +100,15 @@ def to_uint8(image: Tensor) -> Tensor:
 
 def decode(vae, latents: Tensor, *, tile: int = 1024, overlap: int | None = None,
            stats: str = DEFAULT_STATS, progress: Progress | None = None,
-           spill: bool = False) -> np.ndarray:
+           spill: float = 0.0) -> np.ndarray:
     """Decode UNet-space latents 1 x 4 x h x w into an 8h x 8w x 3 uint8 image on the CPU.
 
     Tiles are at most `tile` px squares overlapping by `overlap` px (default tile / 4, at most
     256); an image of at most tile^2 pixels decodes in one plain pass. `stats` picks how
     GroupNorms get whole-image statistics ("fast" or "exact", see `hires.vae_stats`).
     `progress(done, total)` is called after each tile run, the statistics passes included.
-    `spill`: on a GPU, step outputs that do not fit its memory are kept in the CPU's.
+    `spill`: on a GPU, step outputs that do not fit its memory are kept in the CPU's, up to
+    this many bytes (and what `hires.vae_stats.spill_budget` allows then).
     """
     h, w = latents.shape[-2:]
     canvas = np.empty((h * SCALE, w * SCALE, 3), dtype=np.uint8)
@@ -122,7 +123,7 @@ def decode(vae, latents: Tensor, *, tile: int = 1024, overlap: int | None = None
 
 def decode_float(vae, latents: Tensor, *, tile: int = 1024, overlap: int | None = None,
                  stats: str = DEFAULT_STATS, progress: Progress | None = None,
-                 spill: bool = False) -> Tensor:
+                 spill: float = 0.0) -> Tensor:
     """What `decode` computes, before quantizing: 1 x 3 x H x W floats in [-1, 1] on the CPU."""
     h, w = latents.shape[-2:]
     image = torch.empty(1, 3, h * SCALE, w * SCALE)
@@ -165,7 +166,7 @@ def _pixel_source(image: np.ndarray | Tensor) -> tuple[tuple[int, int], Callable
 
 def encode(vae, image: np.ndarray | Tensor, *, tile: int = 1024, overlap: int | None = None,
            stats: str = DEFAULT_STATS, progress: Progress | None = None,
-           spill: bool = False) -> Tensor:
+           spill: float = 0.0) -> Tensor:
     """Encode an image into UNet-space latents 1 x 4 x H/8 x W/8, float32 on the VAE's device.
 
     `image` is H x W x 3 uint8 or 1 x 3 x H x W floats in [-1, 1], H and W multiples of 8. The

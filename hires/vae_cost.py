@@ -230,7 +230,7 @@ def replayed_flops(vae, width: int, height: int, *, decode: bool, tile: int, bud
                 return float(counter.get_total_flops()), 0.0
             grid = Grid.cover((h, w), t, o)
             with vae_stats.whole_image(net, head, grid, "fast", meta, dtype, None,
-                                       spill > 0) as tiles:
+                                       spill) as tiles:
                 gathered = counter.get_total_flops()
                 for window, _ in grid.tiles():
                     finish(tiles.run(window))

@@ -289,18 +289,18 @@ class Tiles:
 @contextmanager
 def whole_image(net: nn.Module, head: Callable[[Box], Tensor], grid: Grid,
                 mode: str, device: torch.device, dtype: torch.dtype,
-                progress: Progress | None, spill: bool = False) -> Iterator[Tiles]:
+                progress: Progress | None, spill: float = 0.0) -> Iterator[Tiles]:
     """Patch `net`, gather whole-image statistics, then hand out the grid and a tile runner.
 
-    `head(box)` gives the input of `net` for a tile window; with `spill`, the fast mode may
-    keep step outputs in the CPU's memory too (`spill_budget`).
+    `head(box)` gives the input of `net` for a tile window; the fast mode may keep step
+    outputs in the CPU's memory too, up to `spill` bytes and what `spill_budget` allows.
     """
     if mode not in MODES:
         raise ValueError(f"stats must be one of {MODES}, got {mode!r}")
     size = grid.size
     state = State(size=size, cell=cell_side(size), device=device)
     memo = DiskMemo(len(grid), MEMO_BYTES) if mode == "exact" else MemoryMemo(
-        fast_budget(device), spill_budget(device) if spill else 0.0)
+        fast_budget(device), min(spill, spill_budget(device)) if spill else 0.0)
     norms = sum(isinstance(m, nn.GroupNorm) for m in net.modules())
     attns = sum(isinstance(m, Attention) for m in net.modules())
     # Tile runs, and above GLOBAL_TOKENS the attention's blocks (as long as a pass, or more).

@@ -79,8 +79,9 @@ def test_vae_work_replays_the_spill_where_the_plan_spilled():
     spec.loader.exec_module(gpu)
     config = tiny_vae(trained=False).config
 
-    def stage(spills: bool):
-        return SimpleNamespace(cost=SimpleNamespace(vae_spill=spills, vae_tile=256))
+    def stage(spills: bool, most: float = 5e6):  # 5e6: more than the pass had (3e6)
+        return SimpleNamespace(cost=SimpleNamespace(vae_spill=spills, vae_spill_bytes=most,
+                                                    vae_tile=256))
 
     row = dict(phase="vae-decode", stage=1, width=768, height=576, memo_budget=1e6,
                spill_budget=3e6)
@@ -92,3 +93,9 @@ def test_vae_work_replays_the_spill_where_the_plan_spilled():
     for spills, want in ((True, spilled), (False, kept)):
         plan = SimpleNamespace(stages=[stage(False), stage(False), stage(spills)])
         assert gpu.vae_work(row, job, plan, config, 2) == want  # stage 1 decodes for stage 2
+    # A plan that spills less than the pass could: replayed with the plan's share.
+    less = tiled_flops(shape, 768, 576, decode=True, tile=256, budget=1e6, spill=1e6,
+                       dtype_bytes=2)
+    assert spilled < less < kept
+    plan = SimpleNamespace(stages=[stage(False), stage(False), stage(True, 1e6)])
+    assert gpu.vae_work(row, job, plan, config, 2) == less

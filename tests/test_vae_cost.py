@@ -111,3 +111,27 @@ def test_the_planner_prices_spilled_outputs_and_their_copies():
     on = stage_cost(replace(shape, on_gpu=False), 4096, 4096, 2, Strategy(), base=False,
                     previous=(2048, 2048), final_decode=True, budget=24 * 2**30)
     assert off.tflop == on.tflop  # a CPU has nowhere to spill to
+
+
+def test_the_planner_spills_the_fastest_share_of_the_budget(monkeypatch):
+    # Past some point each output kept costs more in copies than its recomputation saves
+    # (an L40S's 16K stage with 30 GB to spill into): the planner keeps less than it may.
+    from hires import costs
+
+    shape = sdxl_shape(linfusion=True)
+
+    def cost(spill: float):
+        return stage_cost(replace(shape, spill=spill), 16384, 16384, 4, Strategy(),
+                          base=False, previous=(8192, 8192), final_decode=True,
+                          budget=int(44.5 * 2**30), rate=145e12)
+
+    roomy = cost(30e9)
+    assert roomy.vae_spill and 0 < roomy.vae_spill_bytes < 30e9
+    # That share as the whole budget: the same choice, the same time.
+    just = cost(roomy.vae_spill_bytes)
+    assert (just.vae_spill_bytes, just.seconds) == (roomy.vae_spill_bytes, roomy.seconds)
+    shares = {spill: cost(spill).seconds for spill in (8e9, 15e9, 30e9, 60e9)}
+    monkeypatch.setattr(costs, "SPILL_SHARES", (1.0,))  # all of it, or nothing
+    whole = {spill: cost(spill).seconds for spill in shares}
+    assert all(shares[s] <= whole[s] for s in shares) and shares[30e9] < whole[30e9]
+    assert whole[30e9] > whole[15e9]  # where more RAM made the old plan slower

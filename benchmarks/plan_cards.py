@@ -1,0 +1,69 @@
+"""A 16K job on each card `--gpu` names, from the planner's model: does it fit, and how long.
+
+    python benchmarks/plan_cards.py                     # 16384 px, 32 and 64 GB of free RAM
+    python benchmarks/plan_cards.py --size 8192 --ram 16 32 --out cards.json
+
+Each cell is `hires plan --size N --gpu CARD --ram R` (SDXL + LinFusion-XL, 50 steps, the
+card's memory less the CUDA context; RAM free as hires starts): the estimated time with the
+VAE's share and the RAM the plan fills (while denoising: parked maps and offloaded weights /
+the VAE's outputs kept there, at another time), or the largest size that fits. Prints the
+Markdown table in README.md ("Will it run on my card?") and writes JSON. Estimates, not
+measurements: times assume each card reaches hires.gpus.EFFICIENCY of its data-sheet bf16 peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from hires.gpus import GPUS
+from hires.job import Job
+from hires.plan import PlanError, dry_run, largest_fitting
+
+
+def cell(card: str, size: int, ram: float) -> dict:
+    """One card at one RAM size: the plan's figures, or the largest size that fits."""
+    try:
+        p = dry_run(Job(width=size, height=size, ram=ram), card).plan
+    except PlanError as e:
+        fits = largest_fitting(size, size, **e.plan_kwargs)
+        return {"fits": False, "largest": fits[0] if fits else None, "ram_short": e.host}
+    return {"fits": True, "seconds": round(p.seconds, 1), "vae_seconds": round(p.vae_seconds, 1),
+            "peak_gib": round(p.peak_bytes / 1024**3, 2),
+            "ram_gb": round(max(s.cost.host_bytes for s in p.stages) / 1e9, 1),
+            "vae_ram_gb": round(max(s.cost.vae_spill_bytes if s.cost.vae_spill else 0
+                                    for s in p.stages) / 1e9, 1)}
+
+
+def text(c: dict) -> str:
+    if c["fits"]:
+        minutes = f"{c['seconds'] / 60:.0f} min" if c["seconds"] >= 600 else f"{c['seconds']:.0f} s"
+        share = f"~{minutes} (VAE {100 * c['vae_seconds'] / c['seconds']:.0f} %)"
+        if not c["ram_gb"] and not c["vae_ram_gb"]:
+            return share
+        return share + f", RAM {c['ram_gb']:.0f} / {c['vae_ram_gb']:.0f} GB"
+    short = "RAM" if c["ram_short"] else "GPU memory"
+    return f"no ({short}); {c['largest']} px fits" if c["largest"] else f"no ({short})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=16384)
+    ap.add_argument("--ram", type=float, nargs="+", default=[32, 64],
+                    help="GB of free RAM, one column each")
+    ap.add_argument("--out", type=Path, help="write the cells as JSON here")
+    args = ap.parse_args()
+    rows = {card: {str(ram): cell(card, args.size, ram) for ram in args.ram} for card in GPUS}
+    head = " | ".join(f"{ram:g} GB of RAM free" for ram in args.ram)
+    print(f"| `--gpu` | memory | {head} |")
+    print("|---|---|" + "---|" * len(args.ram))
+    for card, cells in rows.items():
+        row = " | ".join(text(cells[str(ram)]) for ram in args.ram)
+        print(f"| {card} | {GPUS[card].memory_gib:g} GiB | {row} |")
+    if args.out:
+        args.out.write_text(json.dumps({"size": args.size, "cards": rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
