@@ -47,19 +47,21 @@ def text(c: dict) -> str:
     return f"no ({short}); {c['largest']} px fits" if c["largest"] else f"no ({short})"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=16384)
     ap.add_argument("--ram", type=float, nargs="+", default=[32, 64],
                     help="GB of free RAM, one column each")
+    ap.add_argument("--cards", nargs="+", choices=list(GPUS), default=list(GPUS))
     ap.add_argument("--out", type=Path, help="write the cells as JSON here")
-    args = ap.parse_args()
-    rows = {card: {str(ram): cell(card, args.size, ram) for ram in args.ram} for card in GPUS}
+    args = ap.parse_args(argv)
+    rows = {card: {f"{ram:g}": cell(card, args.size, ram) for ram in args.ram}
+            for card in args.cards}
     head = " | ".join(f"{ram:g} GB of RAM free" for ram in args.ram)
     print(f"| `--gpu` | memory | {head} |")
     print("|---|---|" + "---|" * len(args.ram))
     for card, cells in rows.items():
-        row = " | ".join(text(cells[str(ram)]) for ram in args.ram)
+        row = " | ".join(text(cells[f"{ram:g}"]) for ram in args.ram)
         print(f"| {card} | {GPUS[card].memory_gib:g} GiB | {row} |")
     if args.out:
         args.out.write_text(json.dumps({"size": args.size, "cards": rows}, indent=1) + "\n")

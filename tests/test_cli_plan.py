@@ -176,3 +176,23 @@ def test_a_card_without_native_bf16_is_planned_with_an_fp32_vae():
     same = plan_json(*args, "--gpu", "26", "--vram", "14.5")["stages"][-1]
     assert t4["stages"][-1]["tflop"] > same["tflop"] or \
         t4["stages"][-1]["peak_bytes"] > same["peak_bytes"]
+
+
+def test_the_cards_table_is_the_plan_of_each_card(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "plan_cards.py"
+    spec = importlib.util.spec_from_file_location("plan_cards", path)
+    cards = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cards)
+    out = tmp_path / "cards.json"
+    cards.main(["--size", "8192", "--ram", "4", "64", "--cards", "4090", "3060",
+                "--out", str(out)])
+    rows = json.loads(out.read_text())["cards"]
+    want = plan_json("x", "--size", "8192", "--ram", "64", "--gpu", "4090")
+    assert rows["4090"]["64"]["seconds"] == round(want["seconds"], 1)
+    assert rows["3060"]["4"]["fits"] is False and rows["3060"]["4"]["ram_short"]
+    assert rows["3060"]["4"]["largest"] < 8192
+    table = capsys.readouterr().out.splitlines()
+    assert table[2].startswith("| 4090 | 24 GiB | ~") and "px fits" in table[3]
