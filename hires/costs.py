@@ -585,12 +585,22 @@ class StageCost:
 
 
 VAE_TILES = (2048, 1536, 1024, 768, 512)  # px, largest first: fewer tiles, less overlap
-SPILL_SHARES = (0.25, 0.5, 0.75, 1.0)  # of the VAE's RAM budget, tried for the fastest
+SPILL_STEP = 2 ** 0.5  # VAE RAM tried for the fastest: 0.5 GB, then 41 % more each, and all
 SMALLER_TILE_SAVING = 0.85  # a smaller VAE tile is taken only if it does this much of the work
 LEVER_SLOWDOWN = {"split_cfg": 0.03, "ff_chunks": 0.01, "row_bands": 0.10}  # assumed
 # FLOP/s at which strategies are compared when no rate is known (a GPU not in hires.gpus, a
 # CPU): without one, every strategy would tie and the least-memory one, the slowest, would win.
 RANK_RATE = 100e12
+
+
+def spill_amounts(budget: float) -> list[float]:
+    """The VAE RAM a plan tries, up to `budget`: the same ladder for every budget (so more RAM
+    never plans slower than less, up to the ladder's steps), and the budget itself."""
+    amounts, amount = [], 0.5e9
+    while amount < budget:
+        amounts.append(amount)
+        amount *= SPILL_STEP
+    return [*amounts, budget]
 
 
 def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy: Strategy, *,
@@ -651,16 +661,16 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
         vae_flop, spilled = cost(tile)
         if rate and model.on_gpu and model.spill and vae_stats == "fast":
             # Outputs kept in the CPU's memory: less recomputation for copies over the host
-            # link; worth it on a GPU slow enough that its recomputation takes longer (a
-            # 4090, not an H100: BENCHMARKS.md). Only with a known rate. The fastest share
-            # of the budget: each output kept saves its recomputation but costs its copies,
+            # link, where recomputing takes longer than copying: much on a 4090, little or
+            # none on an H100 (BENCHMARKS.md). Only with a known rate. The fastest amount up
+            # to the budget: each output kept saves its recomputation but costs its copies,
             # and past some point (l40s, 16K: 64 GB of RAM free) copying costs more.
             best = vae_flop / rate
-            for share in SPILL_SHARES:
-                flop, copied = cost(tile, share * model.spill)
+            for amount in spill_amounts(model.spill):
+                flop, copied = cost(tile, amount)
                 if flop / rate + copied / HOST_LINK < best:
                     best = flop / rate + copied / HOST_LINK
-                    spill_on, spill_bytes = True, share * model.spill
+                    spill_on, spill_bytes = True, amount
                     vae_flop, spilled = flop, copied
         attention = max(vae_attention_bytes(model.vae, w, h, model.vae_dtype_bytes)
                         for w, h in [(width, height), *([previous] if previous else [])])

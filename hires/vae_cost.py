@@ -126,7 +126,7 @@ def tiled_cost(vae: VaeShape, width: int, height: int, *, decode: bool, tile: in
                        overlap, is_global((h, w)))
 
 
-@lru_cache(maxsize=512)
+@lru_cache(maxsize=8192)
 def _tiled_cost(vae: VaeShape, w: int, h: int, decode: bool, tile: int, budget: float,
                 spill: float, dtype_bytes: int, overlap: int | None,
                 whole: bool) -> tuple[float, float]:

@@ -93,18 +93,20 @@ def test_simulation_follows_outputs_spilled_to_the_cpu(tiny, decode):
 def test_the_planner_prices_spilled_outputs_and_their_copies():
     shape = sdxl_shape(linfusion=True)
 
-    def vae_cost(spill: float, rate: float = 66e12) -> tuple[float, float, bool]:
+    def vae_cost(spill: float, rate: float = 66e12) -> tuple[float, float, bool, float]:
         cost = stage_cost(replace(shape, spill=spill), 16384, 16384, 4, Strategy(), base=False,
                           previous=(8192, 8192), final_decode=True, budget=24 * 2**30,
                           rate=rate)
-        return cost.tflop - cost.unet_tflop, cost.seconds, cost.vae_spill
+        return cost.tflop - cost.unet_tflop, cost.seconds, cost.vae_spill, cost.vae_spill_bytes
 
-    (tight, slow, no), (roomy, fast, yes) = vae_cost(0.0), vae_cost(32e9)
+    (tight, slow, no, _), (roomy, fast, yes, _) = vae_cost(0.0), vae_cost(32e9)
     assert roomy < 0.6 * tight and fast < slow and yes and not no
     # The copies are priced: the time falls by less than the work's share of it.
     assert slow - fast < (tight - roomy) * 1e12 / 66e12
-    # A GPU six times faster recomputes sooner than the copies come back: no spilling.
-    assert vae_cost(32e9, 400e12)[0::2] == (tight, False)
+    # A GPU six times faster recomputes most outputs sooner than their copies come back: it
+    # keeps a little (under 2 GB of the 32) and saves a few % of the work.
+    work, _, kept, amount = vae_cost(32e9, 400e12)
+    assert kept and 0 < amount < 2e9 and 0.95 * tight < work < tight
     assert vae_cost(32e9, None)[2] is False  # nor without a rate to judge by
     off = stage_cost(replace(shape, spill=32e9, on_gpu=False), 4096, 4096, 2, Strategy(),
                      base=False, previous=(2048, 2048), final_decode=True, budget=24 * 2**30)
@@ -115,7 +117,8 @@ def test_the_planner_prices_spilled_outputs_and_their_copies():
 
 def test_the_planner_spills_the_fastest_share_of_the_budget(monkeypatch):
     # Past some point each output kept costs more in copies than its recomputation saves
-    # (an L40S's 16K stage with 30 GB to spill into): the planner keeps less than it may.
+    # (an L40S's 16K stage with 30 GB to spill into): the planner keeps less than it may,
+    # the fastest amount on a ladder that every budget shares.
     from hires import costs
 
     shape = sdxl_shape(linfusion=True)
@@ -130,8 +133,9 @@ def test_the_planner_spills_the_fastest_share_of_the_budget(monkeypatch):
     # That share as the whole budget: the same choice, the same time.
     just = cost(roomy.vae_spill_bytes)
     assert (just.vae_spill_bytes, just.seconds) == (roomy.vae_spill_bytes, roomy.seconds)
-    shares = {spill: cost(spill).seconds for spill in (8e9, 15e9, 30e9, 60e9)}
-    monkeypatch.setattr(costs, "SPILL_SHARES", (1.0,))  # all of it, or nothing
-    whole = {spill: cost(spill).seconds for spill in shares}
-    assert all(shares[s] <= whole[s] for s in shares) and shares[30e9] < whole[30e9]
+    ladder = {spill: cost(spill).seconds for spill in (8e9, 15e9, 30e9, 60e9, 120e9)}
+    assert list(ladder.values()) == sorted(ladder.values(), reverse=True)  # more RAM: faster
+    monkeypatch.setattr(costs, "spill_amounts", lambda budget: [budget])  # all, or nothing
+    whole = {spill: cost(spill).seconds for spill in ladder}
+    assert all(ladder[s] <= whole[s] for s in ladder) and ladder[30e9] < whole[30e9]
     assert whole[30e9] > whole[15e9]  # where more RAM made the old plan slower
