@@ -352,6 +352,10 @@ def describe(plan: Plan) -> list[str]:
 
 def largest_fitting(width: int, height: int, **kwargs) -> tuple[int, int] | None:
     """The largest size at the request's aspect (sides multiples of 64) whose plan fits."""
+    # Whether a plan fits does not depend on the rate (peaks and RAM do not), and without one
+    # the planner skips pricing the VAE's RAM amounts (a 16K job on 6 GiB: 57 -> 21 s).
+    kwargs = {**kwargs, "rate": None}
+
     def fits(scale: float) -> tuple[int, int] | None:
         w, h = max(64, int(width * scale) // 64 * 64), max(64, int(height * scale) // 64 * 64)
         try:
