@@ -235,7 +235,7 @@ def vae_work(row: dict, job, plan, vae_config, dtype_bytes: int) -> float | None
     stage = plan.stages[row["stage"] + 1 if decode and row["stage"] < last else row["stage"]]
     tile = vae_tile(job, stage)
     # That stage's plan also says whether its passes spilled outputs to the CPU (hires.pipeline).
-    spilled = stage.cost.vae_spill_bytes if stage.cost and stage.cost.vae_spill else 0.0
+    spilled = stage.cost.vae_spill_bytes if stage.cost else 0.0
     return tiled_flops(VaeShape.from_config(vae_config), row["width"], row["height"],
                        decode=decode, tile=tile, budget=row["memo_budget"],
                        dtype_bytes=dtype_bytes,

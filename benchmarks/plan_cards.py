@@ -32,8 +32,7 @@ def cell(card: str, size: int, ram: float) -> dict:
     return {"fits": True, "seconds": round(p.seconds, 1), "vae_seconds": round(p.vae_seconds, 1),
             "peak_gib": round(p.peak_bytes / 1024**3, 2),
             "ram_gb": round(max(s.cost.host_bytes for s in p.stages) / 1e9, 1),
-            "vae_ram_gb": round(max(s.cost.vae_spill_bytes if s.cost.vae_spill else 0
-                                    for s in p.stages) / 1e9, 1)}
+            "vae_ram_gb": round(p.vae_spill_bytes / 1e9, 1)}
 
 
 def text(c: dict) -> str:

@@ -654,8 +654,7 @@ def show_plan(job, gpu: str | None, as_json: bool,
         raise typer.BadParameter(str(e)) from None
     run = fitted_plan(lambda: dry_run(job, gpu, source), job)
     p, gpu, rate = run.plan, run.gpu, run.rate
-    # RAM the VAE's outputs may take in the stage that keeps the most there (a share of p.spill).
-    spill = max(s.cost.vae_spill_bytes if s.cost and s.cost.vae_spill else 0 for s in p.stages)
+    spill = p.vae_spill_bytes
     if as_json:
         out_line(json.dumps({
             "width": p.width, "height": p.height, "gpu": gpu, "tflops": rate / 1e12,

@@ -578,10 +578,14 @@ class StageCost:
     seconds: float | None  # at the given FLOP rate; None without one
     vae_tile: int  # px
     rank: float = 0.0  # seconds at the given rate, else at RANK_RATE: what plans compare
-    vae_spill: bool = False  # the VAE keeps what does not fit the GPU in the CPU's memory
-    vae_spill_bytes: float = 0.0  # at most this much of it (a share of ModelShape.spill)
+    # The most of the CPU's memory the VAE keeps what does not fit the GPU in (of ModelShape.spill)
+    vae_spill_bytes: float = 0.0
     host_bytes: int = 0  # CPU memory while the UNet runs: parked maps, offloaded weights
     vae_seconds: float | None = None  # the VAE's share of `seconds` (its work and its copies)
+
+    @property
+    def vae_spill(self) -> bool:
+        return self.vae_spill_bytes > 0
 
 
 VAE_TILES = (2048, 1536, 1024, 768, 512)  # px, largest first: fewer tiles, less overlap
@@ -628,7 +632,7 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
         peaks.append((weights_now or model.text_bytes) + (64 << 20))
     tile = vae_tile or VAE_TILES[-1]
     vae_flop = spilled = 0.0
-    spill_on, spill_bytes = False, 0.0
+    spill_bytes = 0.0
     if previous or encode_input or final_decode:
         vae_weights = weights_now or model.vae.param_bytes
         # What the fast mode will keep step outputs in: a share of what is free (no budget:
@@ -670,7 +674,7 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
                 flop, copied = cost(tile, amount)
                 if flop / rate + copied / HOST_LINK < best:
                     best = flop / rate + copied / HOST_LINK
-                    spill_on, spill_bytes = True, amount
+                    spill_bytes = amount
                     vae_flop, spilled = flop, copied
         attention = max(vae_attention_bytes(model.vae, w, h, model.vae_dtype_bytes)
                         for w, h in [(width, height), *([previous] if previous else [])])
@@ -705,8 +709,7 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
     host = parked_bytes(model, lat_h, lat_w, strategy) + (0 if resident else model.weights)
     vae_seconds = vae_flop / rate + spilled / HOST_LINK if rate else None
     return StageCost(max(peaks), peaks[0], (unet_flop + vae_flop) / 1e12, unet_flop / 1e12, scratch,
-                     rank if rate else None, tile, rank, spill_on, spill_bytes, host,
-                     vae_seconds)
+                     rank if rate else None, tile, rank, spill_bytes, host, vae_seconds)
 
 
 def parked_bytes(model: ModelShape, lat_h: int, lat_w: int, strategy: Strategy) -> int:

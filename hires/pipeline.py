@@ -216,7 +216,7 @@ def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditio
     strategy = stage.strategy
     tile = vae_tile(job, stage)
     # RAM the VAE may keep outputs in: what the plan found worth its copies.
-    spill = stage.cost.vae_spill_bytes if stage.cost and stage.cost.vae_spill else 0.0
+    spill = stage.cost.vae_spill_bytes if stage.cost else 0.0
     # Each stage draws its noise from its own stream of the job's seed: same seed, same image,
     # and a retried stage draws the same noise again.
     generator = torch.Generator("cpu").manual_seed((job.seed + 7919 * stage.index) % 2**63)

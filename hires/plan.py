@@ -82,6 +82,11 @@ class Plan:
         return sum(times) if times else None
 
     @property
+    def vae_spill_bytes(self) -> float:
+        """The most RAM one stage's VAE keeps outputs in (a share of `spill`)."""
+        return max((s.cost.vae_spill_bytes for s in self.stages if s.cost), default=0.0)
+
+    @property
     def vae_seconds(self) -> float | None:
         """The VAE's share of `seconds`."""
         times = [s.cost.vae_seconds for s in self.stages if s.cost]

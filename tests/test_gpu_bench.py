@@ -80,7 +80,7 @@ def test_vae_work_replays_the_spill_where_the_plan_spilled():
     config = tiny_vae(trained=False).config
 
     def stage(spills: bool, most: float = 5e6):  # 5e6: more than the pass had (3e6)
-        return SimpleNamespace(cost=SimpleNamespace(vae_spill=spills, vae_spill_bytes=most,
+        return SimpleNamespace(cost=SimpleNamespace(vae_spill_bytes=most if spills else 0.0,
                                                     vae_tile=256))
 
     row = dict(phase="vae-decode", stage=1, width=768, height=576, memo_budget=1e6,
