@@ -658,6 +658,8 @@ def show_plan(job, gpu: str | None, as_json: bool,
     if as_json:
         out_line(json.dumps({
             "width": p.width, "height": p.height, "gpu": gpu, "tflops": rate / 1e12,
+            "fp32": [part.lower() for part in p.fp32],
+            "fp32_tflops": round(rate * p.fp32_share / 1e12, 3),
             "budget_bytes": p.budget, "budget_from": run.budget_from,
             "vae_spill_bytes": int(spill), "vae_spill_budget_bytes": int(p.spill),
             "stages": [{"index": s.index, "width": s.width, "height": s.height,
@@ -674,7 +676,11 @@ def show_plan(job, gpu: str | None, as_json: bool,
             "peak_bytes": p.peak_bytes, "seconds": round(p.seconds, 3),
             "vae_seconds": round(p.vae_seconds, 3)}))
         return
-    where = f"{gpu} ({rate / 1e12:.0f} TFLOP/s achieved" + (", assumed)" if card(gpu) else ")")
+    where = f"{gpu} ({rate / 1e12:.0f} TFLOP/s achieved"
+    if p.fp32:
+        fp32 = rate * p.fp32_share / 1e12
+        where += f", {fp32:.{0 if fp32 >= 10 else 1}f} in the fp32 {' and '.join(p.fp32)}"
+    where += ", assumed)" if card(gpu) else ")"
     budget = f"{p.budget / 1024**3:.1f} GiB budget" if p.budget else "no memory budget"
     if not p.budget and not job.device.startswith(("cpu", "mps")):
         budget += " (--gpu NAME or --vram GiB sets one)"

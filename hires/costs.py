@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from hires.gpus import FP32_SHARE
 from hires.lean import GPU_BAND_BYTES
 from hires.strategy import Strategy
 from hires.vae_attention import CONTEXT_CELLS, GLOBAL_TOKENS, SWEEP_BLOCK, SWEEP_REACH, landmarks
@@ -559,6 +560,7 @@ class ModelShape:
     spill: float = 0.0  # CPU memory a GPU's VAE may keep step outputs in (spill_budget)
     host: float | None = None  # CPU memory a stage's parked maps and offloaded weights may
     # take (hires.memory.host_room); None: not checked
+    fp32_share: float = FP32_SHARE  # a GPU's fp32 FLOP/s as a share of its bf16 rate (hires.gpus)
 
     @property
     def weights(self) -> int:
@@ -631,6 +633,9 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
     if base:
         peaks.append((weights_now or model.text_bytes) + (64 << 20))
     tile = vae_tile or VAE_TILES[-1]
+    # The UNet's and the VAE's rates: `rate` is a GPU's bf16 rate; fp32 runs slower there.
+    unet_rate, vae_rate = (_rate_in(model, b, rate or RANK_RATE)
+                           for b in (model.dtype_bytes, model.vae_dtype_bytes))
     vae_flop = spilled = 0.0
     spill_bytes = 0.0
     if previous or encode_input or final_decode:
@@ -669,11 +674,11 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
             # none on an H100 (BENCHMARKS.md). Only with a known rate. The fastest amount up
             # to the budget: each output kept saves its recomputation but costs its copies,
             # and past some point (l40s, 16K: 64 GB of RAM free) copying costs more.
-            best = vae_flop / rate
+            best = vae_flop / vae_rate
             for amount in spill_amounts(model.spill):
                 flop, copied = cost(tile, amount)
-                if flop / rate + copied / HOST_LINK < best:
-                    best = flop / rate + copied / HOST_LINK
+                if flop / vae_rate + copied / HOST_LINK < best:
+                    best = flop / vae_rate + copied / HOST_LINK
                     spill_bytes = amount
                     vae_flop, spilled = flop, copied
         attention = max(vae_attention_bytes(model.vae, w, h, model.vae_dtype_bytes)
@@ -705,11 +710,16 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
         moved += calls * nets + 2 * model.vae.param_bytes
     elif strategy.weights == "model":
         moved += 2 * (nets + model.vae.param_bytes + (model.text_bytes if base else 0))
-    rank = (unet_flop * slowdown + vae_flop) / (rate or RANK_RATE) + moved / HOST_LINK
+    rank = unet_flop * slowdown / unet_rate + vae_flop / vae_rate + moved / HOST_LINK
     host = parked_bytes(model, lat_h, lat_w, strategy) + (0 if resident else model.weights)
-    vae_seconds = vae_flop / rate + spilled / HOST_LINK if rate else None
+    vae_seconds = vae_flop / vae_rate + spilled / HOST_LINK if rate else None
     return StageCost(max(peaks), peaks[0], (unet_flop + vae_flop) / 1e12, unet_flop / 1e12, scratch,
                      rank if rate else None, tile, rank, spill_bytes, host, vae_seconds)
+
+
+def _rate_in(model: ModelShape, dtype_bytes: int, rate: float) -> float:
+    """FLOP/s of work in `dtype_bytes` values when `rate` is the device's half-precision rate."""
+    return rate * model.fp32_share if model.on_gpu and dtype_bytes == 4 else rate
 
 
 def parked_bytes(model: ModelShape, lat_h: int, lat_w: int, strategy: Strategy) -> int:

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+# fp32 convolutions and matmuls as a share of the bf16 rate: TF32 tensor cores (which hires
+# allows on CUDA) run at half of it on every card here from Ampere on; the T4 has none.
+FP32_SHARE = 0.5
+
 
 class Card(NamedTuple):
     """A GPU model as the planner sees it."""
@@ -12,6 +16,7 @@ class Card(NamedTuple):
     peak: float  # dense bf16 tensor-core FLOP/s with fp32 accumulation, as torch runs it
     memory_gib: float  # total memory as the driver reports it (nvidia-smi's MiB / 1024)
     bf16: bool = True  # native bf16 (Ampere on); without it the VAE runs in fp32 (models.py)
+    fp32_share: float = FP32_SHARE  # fp32 FLOP/s as a share of `peak`
 
 
 # From the vendors' data sheets; GeForce cards accumulate in fp32 at half their fp16 rate.
@@ -19,7 +24,8 @@ class Card(NamedTuple):
 GPUS = {
     "h200": Card(989e12, 140.4), "h100": Card(989e12, 79.6), "a100": Card(312e12, 80.0),
     "l40s": Card(362e12, 45.0), "a6000": Card(155e12, 48.0), "a10": Card(125e12, 22.5),
-    "l4": Card(121e12, 22.5), "t4": Card(65e12, 15.0, bf16=False),  # fp16 peak
+    "l4": Card(121e12, 22.5),
+    "t4": Card(65e12, 15.0, bf16=False, fp32_share=8.1 / 65),  # fp16; fp32 on CUDA cores
     "5090": Card(209e12, 31.8), "4090": Card(165e12, 24.0), "4080": Card(97e12, 16.0),
     "4070": Card(58e12, 12.0), "3090": Card(71e12, 24.0), "3080": Card(59e12, 10.0),
     "3060": Card(25e12, 12.0),
@@ -76,6 +82,12 @@ def rate_for(gpu: str) -> float:
                          f"GPU achieves: use one of {names}, or the card's measured TFLOP/s "
                          "figure (like 350) and --vram for its memory")
     return value * 1e12
+
+
+def fp32_share_for(gpu: str | None) -> float:
+    """The fp32 rate as a share of `rate_for(gpu)`: the card's, else TF32's."""
+    named = card(gpu) if gpu else None
+    return named.fp32_share if named else FP32_SHARE
 
 
 def card_budget_gib(gpu: str) -> float | None:

@@ -17,7 +17,7 @@ from hires.addons import Addons, attached
 from hires.controlnet import control_tensor
 from hires.costs import model_shape
 from hires.denoiser import Conditioning, Control, Denoiser
-from hires.gpus import local_gpu, rate_for
+from hires.gpus import fp32_share_for, local_gpu, rate_for
 from hires.job import Job
 from hires.memory import free_memory, host_room, peak_memory, placed, reset_peak
 from hires.models import Components, load
@@ -94,7 +94,8 @@ def plan_for(job: Job, components: Components, *, gpu: str | None = None,
     return make_plan(
         job.width, job.height, steps=job.steps, strength=job.strength, native=components.native,
         spacing=cfg.get("timestep_spacing", "leading"), train_steps=cfg["num_train_timesteps"],
-        offset=cfg.get("steps_offset", 0), model=shape_for(job, components),
+        offset=cfg.get("steps_offset", 0),
+        model=replace(shape_for(job, components), fp32_share=fp32_share_for(gpu)),
         budget=budget_for(job, components), offload=components.offload,
         vae_tile=job.vae_tile, vae_stats=job.vae_stats, rate=rate_for(gpu) if gpu else None,
         source=source, cosine_scale_2=job.cosine_scale_2, global_floor=job.global_floor,

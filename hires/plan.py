@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from hires.costs import ModelShape, StageCost, stage_cost
+from hires.gpus import FP32_SHARE, Card
 from hires.sampling import GLOBAL_FLOOR, global_steps
 from hires.sampling import schedule as sigma_schedule
 from hires.strategy import WEIGHTS, Strategy, all_strategies
@@ -70,6 +71,8 @@ class Plan:
     height: int
     budget: int | None = None  # device bytes the plan was fitted to; None: not fitted
     spill: float = 0.0  # CPU memory the VAE may keep a GPU's step outputs in
+    fp32: tuple[str, ...] = ()  # what runs in fp32 on a GPU ("UNet", "VAE"), at its fp32 rate
+    fp32_share: float = FP32_SHARE  # that rate as a share of the plan's (hires.gpus)
 
     @property
     def peak_bytes(self) -> int | None:
@@ -245,7 +248,11 @@ def make_plan(
                                  karras=karras, alphas_cumprod=alphas_cumprod)
             raise
     spill = model.spill if model is not None and model.on_gpu else 0.0
-    return Plan(tuple(stages), width, height, budget, spill)
+    fp32 = tuple(part for part, size in (("UNet", model.dtype_bytes),
+                                         ("VAE", model.vae_dtype_bytes))
+                 if size == 4 and model.on_gpu) if model is not None else ()
+    return Plan(tuple(stages), width, height, budget, spill, fp32,
+                model.fp32_share if model is not None else FP32_SHARE)
 
 
 def _with_cost(stage: Stage, stages: list[Stage], model: ModelShape, strategy: Strategy,
@@ -417,9 +424,7 @@ def dry_run(job, gpu: str | None = None, source: tuple[int, int] | None = None) 
     card_vram = card_budget_gib(gpu) if gpu is not None and job.vram is None else None
     gpu = gpu or local_gpu() or "h100"
     rate = rate_for(gpu)
-    named = card(gpu)
-    plan = plan_without_weights(job, rate, source=source, vram=card_vram,
-                                bf16=named.bf16 if named else True)
+    plan = plan_without_weights(job, rate, source=source, vram=card_vram, gpu=card(gpu))
     budget_from = None
     if plan.budget:
         budget_from = "vram" if job.vram is not None else "gpu" if card_vram else "device"
@@ -428,13 +433,13 @@ def dry_run(job, gpu: str | None = None, source: tuple[int, int] | None = None) 
 
 def plan_without_weights(job, rate: float | None = None,
                          source: tuple[int, int] | None = None,
-                         vram: float | None = None, bf16: bool = True) -> Plan:
+                         vram: float | None = None, gpu: Card | None = None) -> Plan:
     """The plan of a Job for the device it names, from the model's shapes alone (a dry run).
 
     Without a CUDA GPU here the plan is still for one (that is what it is for), fitted to
     `--vram` if given, else to `vram` (GiB: a named card's), else to the local GPU's free
-    memory; `bf16`: whether that GPU has native bf16 (else its VAE is planned in fp32);
-    `--device cpu` plans a CPU run.
+    memory; `gpu`: the card planned for (whether it has native bf16, else its VAE is planned
+    in fp32, and its fp32 rate); `--device cpu` plans a CPU run.
     """
     from dataclasses import replace as copy
 
@@ -446,7 +451,8 @@ def plan_without_weights(job, rate: float | None = None,
 
     on_gpu = not job.device.startswith(("cpu", "mps"))
     dtype_bytes = 4 if job.dtype in ("fp32", "float32") or not on_gpu else 2
-    vae_dtype_bytes = _vae_dtype_bytes(job.vae_dtype, dtype_bytes, job.device, bf16)
+    vae_dtype_bytes = _vae_dtype_bytes(job.vae_dtype, dtype_bytes, job.device,
+                                       gpu.bf16 if gpu else True)
     vram = job.vram if job.vram is not None else vram if on_gpu else None
     budget = int(vram * 1024**3) if vram is not None else None
     if budget is None and on_gpu and torch.cuda.is_available():
@@ -478,7 +484,8 @@ def plan_without_weights(job, rate: float | None = None,
         # the CPU's memory: --ram GB of it, else as if DRY_RUN_FREE_RAM of this machine's RAM
         # were free then (a run looks at what is free).
         free = job.ram * GIB if job.ram is not None else DRY_RUN_FREE_RAM * ram_bytes()[0]
-        shape = copy(shape, spill=spill_from_free(free), host=host_room(free) if free else None)
+        shape = copy(shape, spill=spill_from_free(free), host=host_room(free) if free else None,
+                     fp32_share=gpu.fp32_share if gpu else FP32_SHARE)
     return make_plan(job.width, job.height, steps=job.steps, strength=job.strength,
                      native=shape.native, spacing=spacing, train_steps=train, offset=offset,
                      model=shape, budget=budget, offload=job.offload if on_gpu else "none",

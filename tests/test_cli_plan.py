@@ -178,6 +178,22 @@ def test_a_card_without_native_bf16_is_planned_with_an_fp32_vae():
         t4["stages"][-1]["peak_bytes"] > same["peak_bytes"]
 
 
+def test_fp32_work_is_timed_at_the_cards_fp32_rate():
+    # Tensor cores run TF32 at half the bf16 rate: the same work in fp32 takes twice as long
+    # (2048 px on an H200: every stage batched and resident, nothing copied).
+    half = plan_json("x", "--size", "2048", "--gpu", "h200")
+    full = plan_json("x", "--size", "2048", "--gpu", "h200", "--dtype", "fp32")
+    assert [s["strategy"] for s in full["stages"]] == [s["strategy"] for s in half["stages"]]
+    assert full["fp32"] == ["unet", "vae"] and half["fp32"] == []
+    assert abs(full["seconds"] - 2 * half["seconds"]) < 0.01
+    # A T4 has no TF32: its fp32 VAE runs on CUDA cores at 8.1 of its 65 TFLOP/s.
+    t4 = plan_json("x", "--size", "2048", "--gpu", "t4", "--vram", "15")
+    assert t4["fp32"] == ["vae"] and t4["vae_spill_bytes"] == 0
+    vae_tflop = sum(s["tflop"] - s["unet_tflop"] for s in t4["stages"])
+    assert abs(t4["fp32_tflops"] - 8.1 * 0.4) < 1e-6
+    assert abs(t4["vae_seconds"] - vae_tflop / t4["fp32_tflops"]) < 0.05
+
+
 def test_the_cards_table_is_the_plan_of_each_card(tmp_path, capsys):
     import importlib.util
     from pathlib import Path
