@@ -188,12 +188,16 @@ def my_share(items: list[BatchItem], rank: int, world: int) -> list[BatchItem]:
 
 # Where and how a job runs, not what it makes: a resumed batch on another machine keeps its images.
 PLACEMENT_KEYS = ("device", "offload", "vram", "ram")
+# Keys added after images were made, left out while at their default, so that those images
+# keep their fingerprint and a batch re-run does not redo them.
+LATER_KEYS: dict[str, Any] = {"vae": None}
 
 
 def settings_hash(job: Job | dict[str, Any]) -> str:
     """A short fingerprint of everything that decides a job's image (recorded with the image)."""
     values = job.to_dict() if isinstance(job, Job) else dict(job)
-    kept = {k: v for k, v in values.items() if k not in PLACEMENT_KEYS + TRUSTED_ONLY}
+    kept = {k: v for k, v in values.items() if k not in PLACEMENT_KEYS + TRUSTED_ONLY
+            and not (k in LATER_KEYS and v == LATER_KEYS[k])}
     text = json.dumps(kept, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

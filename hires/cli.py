@@ -107,8 +107,9 @@ def exit_codes() -> Iterator[None]:
 
         text = str(e) if isinstance(e, ModelError) else f"{type(e).__name__}: {e}"
         first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
-        raise fail(f"{first} (set HIRES_DEBUG=1 for the traceback)"
-                   if not isinstance(e, ModelError) else first, EXIT_RUNTIME) from None
+        if not isinstance(e, ModelError):
+            raise fail(f"{first} (set HIRES_DEBUG=1 for the traceback)", EXIT_RUNTIME) from None
+        raise fail(first, EXIT_USAGE if e.usage else EXIT_RUNTIME) from None
 
 
 # Options shared by gen, plan and batch; None means "not given", so presets can fill it.
@@ -143,7 +144,11 @@ VaeTile = Annotated[int | None, typer.Option(
 VaeStats = Annotated[str | None, typer.Option(
     help="How tiles share GroupNorm statistics: fast (default) or exact (slower, scratch disk).")]
 VaeDtype = Annotated[str | None, typer.Option(
-    help="VAE precision: auto (bf16 on CUDA and bf16-capable CPUs, else fp32), bf16 or fp32.")]
+    help="VAE precision: auto (bf16 on CUDA and bf16-capable CPUs, else fp32; fp16 on GPUs "
+         "without bf16 for a VAE made for it), bf16, fp32 or fp16 (such a VAE only).")]
+VaeRef = Annotated[str | None, typer.Option(
+    "--vae", help="A VAE instead of the model's: Hub id, diffusers folder or .safetensors file "
+    "(e.g. madebyollin/sdxl-vae-fp16-fix, which runs in fp16 where bf16 is slow).")]
 AllowPickle = Annotated[bool, typer.Option(
     "--allow-pickle", help="Allow loading pickle (.ckpt/.bin) weights you trust.")]
 Sampler = Annotated[str | None, typer.Option(
@@ -378,7 +383,7 @@ def gen(
     vram: Vram = None, ram: Ram = None, offload: Offload = None, device: Device = None,
     dtype: Dtype = None,
     upsample: Upsample = None, vae_tile: VaeTile = None, vae_stats: VaeStats = None,
-    vae_dtype: VaeDtype = None,
+    vae_dtype: VaeDtype = None, vae: VaeRef = None,
     allow_pickle: AllowPickle = False,
     sampler: Sampler = None, karras: Karras = None, lora: Lora = None,
     control: Control = None, control_model: ControlModel = None,
@@ -432,7 +437,7 @@ def up(
     vram: Vram = None, ram: Ram = None, offload: Offload = None, device: Device = None,
     dtype: Dtype = None,
     vae_tile: VaeTile = None, vae_stats: VaeStats = None, vae_dtype: VaeDtype = None,
-    allow_pickle: AllowPickle = False,
+    vae: VaeRef = None, allow_pickle: AllowPickle = False,
     sampler: Sampler = None, karras: Karras = None, lora: Lora = None,
     control: Control = None, control_model: ControlModel = None,
     control_scale: ControlScale = None, ip_image: IpImage = None, ip_adapter: IpAdapter = None,
@@ -556,14 +561,13 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
         if folder.is_dir():  # temp files of a gen that was killed while saving here
             for part in out.remove_stale_parts(folder):
                 say(f"removed {part.name}, left by a run that died while saving")
-    from hires.pipeline import generate, load, plan_for
+    from hires.pipeline import generate, load, load_args, plan_for
     from hires.plan import describe
     from hires.upscale import load_source, upscale_job
 
     first = runs[0][0]
     library_bars(quiet)
-    components = load(first.model, first.linfusion, first.dtype, first.device,
-                      first.allow_pickle, first.offload, first.vae_dtype)
+    components = load(*load_args(first))
     for warning in components.warnings:
         err.print(f"warning: {warning}", markup=False)
     check_loaded(first, components)
@@ -603,7 +607,7 @@ def plan(
     vram: Vram = None, ram: Ram = None, offload: Offload = None, device: Device = None,
     dtype: Dtype = None,
     upsample: Upsample = None, vae_tile: VaeTile = None, vae_stats: VaeStats = None,
-    vae_dtype: VaeDtype = None,
+    vae_dtype: VaeDtype = None, vae: VaeRef = None,
     sampler: Sampler = None, karras: Karras = None, lora: Lora = None,
     control: Control = None, control_model: ControlModel = None,
     control_scale: ControlScale = None, ip_image: IpImage = None, ip_adapter: IpAdapter = None,
@@ -802,12 +806,11 @@ def batch(
             return paths[item.index]
 
         def make_one(item: b.BatchItem, path: Path) -> dict:
-            from hires.pipeline import load
+            from hires.pipeline import load, load_args
             from hires.upscale import make
 
             j = item.job
-            key = (j.model, j.linfusion, j.dtype, j.device, j.allow_pickle, j.offload,
-                   j.vae_dtype)
+            key = load_args(j)
             fresh = key not in loaded
             if fresh:
                 library_bars(quiet)

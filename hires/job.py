@@ -18,7 +18,7 @@ VAE_STATS_MODES = ("fast", "exact")
 SAMPLERS = ("euler", "dpmpp-2m")
 DEFAULT_IP_ADAPTER = "h94/IP-Adapter"
 DTYPES = ("auto", "fp16", "bf16", "fp32")
-VAE_DTYPES = ("auto", "bf16", "fp32")  # the SDXL VAE overflows in fp16
+VAE_DTYPES = ("auto", "fp16", "bf16", "fp32")  # fp16 only for a VAE made for it (hires.models)
 # The schedulers hires uses are trained on 1000 timesteps: more steps than that only repeat
 # timesteps, and a tampered `steps = 1e9` must fail before anything is allocated.
 MAX_STEPS = 1000
@@ -63,6 +63,7 @@ class Job:
     vae_tile: int | None = None
     vae_stats: str = "fast"
     vae_dtype: str = "auto"  # bf16 on CUDA and bf16-capable CPUs, else fp32 (hires.models)
+    vae: str | None = None  # a VAE instead of the model's: Hub id, folder or .safetensors file
     format: str = "png"
     image: str | None = None  # upscale this image (hires up) instead of starting from noise
     image_sha256: str | None = None  # the image's hash when the job ran: a re-run checks it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,10 +16,15 @@ import torch
 from hires.job import DEFAULT_MODEL
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+FP16_VAE = "madebyollin/sdxl-vae-fp16-fix"  # the SDXL VAE fine-tuned not to overflow in fp16
 
 
 class ModelError(RuntimeError):
     """A model or LinFusion checkpoint could not be loaded; the message is one line."""
+
+    def __init__(self, message: str, usage: bool = False):
+        super().__init__(message)
+        self.usage = usage  # the options asked for what cannot be (exit 2), not a load failure
 
 
 @dataclass
@@ -121,20 +127,24 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def choose_vae_dtype(device: torch.device, model_dtype: torch.dtype,
-                     requested: str | None = None) -> torch.dtype:
+                     requested: str | None = None, fp16_ok: bool = False) -> torch.dtype:
     """The VAE's dtype: bf16 on CUDA and bf16-capable CPUs unless fp32 is asked for, else fp32.
 
     The SDXL VAE overflows in fp16 (NaNs at its largest activations) but not in bf16, which has
     fp32's exponent range; bf16 halves its memory and runs on tensor cores (CUDA) or native bf16
-    units (AVX512-BF16, AMX: recent Xeons and EPYCs). `requested` ('auto', 'bf16', 'fp32')
-    overrides; on CUDA an fp32 model counts as asking for an fp32 VAE (on the CPU fp32 is
-    simply auto's choice for the model).
+    units (AVX512-BF16, AMX: recent Xeons and EPYCs). `fp16_ok`: the VAE is made for fp16 (its
+    config has `force_upcast` off, as madebyollin/sdxl-vae-fp16-fix's has); then fp16 may be
+    asked for, and a GPU without native bf16 (T4, V100) or MPS runs it in fp16 rather than
+    fp32, several times faster. `requested` ('auto', 'fp16', 'bf16', 'fp32') overrides; on
+    CUDA an fp32 model counts as asking for an fp32 VAE (on the CPU fp32 is simply auto's
+    choice for the model).
     """
     wanted = requested or "auto"
     if wanted not in ("auto", *DTYPES):
-        raise ModelError(f"unknown VAE dtype '{wanted}'; use auto, bf16 or fp32")
-    if wanted != "auto" and DTYPES[wanted] == torch.float16:
-        raise ModelError("the SDXL VAE overflows in fp16; use bf16 or fp32")
+        raise ModelError(f"unknown VAE dtype '{wanted}'; use auto, bf16, fp32 or fp16")
+    if wanted != "auto" and DTYPES[wanted] == torch.float16 and not fp16_ok:
+        raise ModelError("this VAE overflows in fp16 (its config says force_upcast); use bf16 "
+                         f"or fp32, or a VAE made for fp16 (--vae {FP16_VAE})", usage=True)
     if wanted != "auto" and device.type != "cuda":
         return DTYPES[wanted]
     if device.type == "cpu":
@@ -143,16 +153,16 @@ def choose_vae_dtype(device: torch.device, model_dtype: torch.dtype,
         # emulated and several times slower.
         return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
     if device.type != "cuda":
-        # MPS: fp16 overflows as on CUDA, and bf16 convolutions need macOS 14+ and are slow
-        # where they exist.
-        return torch.float32
+        # MPS: bf16 convolutions need macOS 14+ and are slow where they exist; fp16 is its
+        # fast path, for a VAE that does not overflow in it.
+        return torch.float16 if fp16_ok and model_dtype != torch.float32 else torch.float32
     if wanted == "auto":
         wanted = "fp32" if model_dtype == torch.float32 else "bf16"
     # Pre-Ampere GPUs (T4, V100): bf16 is emulated, several times slower, or missing. torch
     # counts emulation as support unless told not to.
     if DTYPES[wanted] == torch.bfloat16 and not torch.cuda.is_bf16_supported(
             including_emulation=False):
-        return torch.float32
+        return torch.float16 if fp16_ok else torch.float32
     return DTYPES[wanted]
 
 
@@ -227,6 +237,122 @@ def load_pipeline(ref: str, dtype: torch.dtype, allow_pickle: bool = False):
         raise ModelError(f"could not load model '{ref}': {_first_line(e)}") from e
 
 
+def load_vae(ref: str, like, allow_pickle: bool = False):
+    """An AutoencoderKL to use instead of the model's (`like`): a Hub id or diffusers folder (a
+    VAE's own, or a whole pipeline's `vae/`), or a single .safetensors file read with `like`'s
+    config. It must make latents of `like`'s shape."""
+
+    kind = model_kind(ref)
+    path = Path(ref).expanduser()
+    try:
+        with quiet_loading(), warnings.catch_warnings():
+            # diffusers passes huggingface_hub an argument it deprecated: not the user's to fix.
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks")
+            if kind == "tiny":
+                from hires.tiny import tiny_vae
+
+                vae = tiny_vae()
+            elif kind == "file":
+                vae = _vae_from_file(path, like, allow_pickle)
+            else:
+                if kind == "folder" and not any(
+                        (path / sub / "config.json").is_file() for sub in ("", "vae")):
+                    raise ModelError(f"{ref} is a folder but not a diffusers VAE (no config.json, "
+                                     "nor vae/config.json)")
+                vae = _vae_from_pretrained(str(path) if kind == "folder" else ref, allow_pickle)
+    except OSError as e:
+        from huggingface_hub import constants
+
+        if kind == "hub" and ("cached" in str(e) or constants.HF_HUB_OFFLINE):
+            raise ModelError(
+                f"VAE '{ref}' is not in the local cache and the Hugging Face Hub cannot be "
+                "reached; connect once to download it, or pass a local folder or .safetensors "
+                "file with --vae") from e
+        if kind == "folder" and not allow_pickle and not any(path.rglob("*.safetensors")):
+            raise ModelError(f"{ref} holds pickle (.bin) weights only, which can run code when "
+                             "loaded; convert them to .safetensors or pass --allow-pickle if "
+                             "you trust them") from e
+        raise ModelError(f"could not load VAE '{ref}': {_first_line(e)}") from e
+    mine, theirs = _latent_shape(vae), _latent_shape(like)
+    if mine != theirs:
+        raise ModelError(f"VAE '{ref}' makes {mine[0]}-channel latents at 1/{mine[1]} scale and "
+                         f"this model's VAE {theirs[0]} at 1/{theirs[1]}: use a VAE made for "
+                         "this model (an SDXL VAE for SDXL)")
+    return vae
+
+
+def _latent_shape(vae) -> tuple[int, int]:
+    return vae.config.latent_channels, 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def _vae_from_pretrained(where: str, allow_pickle: bool):
+    """A VAE's own folder or Hub repo, else a whole pipeline's `vae/`."""
+    from diffusers import AutoencoderKL
+
+    safetensors = None if allow_pickle else True
+    if Path(where).is_dir() and (Path(where) / "config.json").is_file():
+        return AutoencoderKL.from_pretrained(where, use_safetensors=safetensors)
+    if Path(where).is_dir():
+        return AutoencoderKL.from_pretrained(where, subfolder="vae", use_safetensors=safetensors)
+    try:
+        return AutoencoderKL.from_pretrained(where, use_safetensors=safetensors)
+    except OSError:  # no config.json at the top: a pipeline's repo
+        return AutoencoderKL.from_pretrained(where, subfolder="vae", use_safetensors=safetensors)
+
+
+def _vae_from_file(path: Path, like, allow_pickle: bool):
+    """A single-file VAE (diffusers' or the original layout) read with `like`'s config."""
+    import tempfile
+
+    from diffusers import AutoencoderKL
+
+    if not path.is_file():
+        raise ModelError(f"VAE file not found: {path}")
+    if path.suffix != ".safetensors" and not allow_pickle:
+        raise ModelError(f"{path.name} is a pickle checkpoint, which can run code when loaded; "
+                         "convert it to .safetensors or pass --allow-pickle if you trust it")
+    with tempfile.TemporaryDirectory() as config:
+        # Its own config would come from the Hub; the model's VAE has the same architecture.
+        like.save_config(config)
+        try:
+            return AutoencoderKL.from_single_file(str(path), config=config,
+                                                  local_files_only=True)
+        except Exception as e:  # diffusers raises many kinds here; the user needs one line
+            raise ModelError(f"could not load {path.name} as a VAE for this model: "
+                             f"{_first_line(e)}") from e
+
+
+def vae_fp16_ok(model: str, vae: str | None) -> bool:
+    """Whether the VAE a job names is made for fp16 (`force_upcast` off in its config), read
+    without loading weights; False where its config cannot be read here (a single file takes
+    the model's VAE config)."""
+    import json
+
+    if vae == "tiny" or (vae is None and model == "tiny"):
+        from hires.tiny import tiny_vae
+
+        return tiny_vae(trained=False).config.force_upcast is False
+    ref, subs = (vae, ("", "vae/")) if vae else (model, ("vae/",))
+    kind = model_kind(ref)
+    if kind == "file":
+        return False
+    for sub in subs:
+        if kind == "folder":
+            found = Path(ref).expanduser() / sub / "config.json"
+            text = found.read_text(encoding="utf-8") if found.is_file() else None
+        else:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(ref, f"{sub}config.json")
+            text = Path(cached).read_text(encoding="utf-8") if isinstance(cached, str) else None
+        if text is not None:
+            try:
+                return json.loads(text).get("force_upcast", True) is False
+            except ValueError:
+                return False
+    return ref == FP16_VAE  # not cached here: the one VAE known to be made for fp16
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0][:300] if text else type(e).__name__
@@ -277,17 +403,20 @@ def load(
     allow_pickle: bool = False,
     offload: str = "auto",
     vae_dtype: str = "auto",
+    vae: str | None = None,
 ) -> Components:
     """Load a model for generation: pipeline parts, LinFusion mounted, on the chosen device.
 
-    `vae_dtype`: 'auto' (bf16 on CUDA and bf16-capable CPUs, else fp32), 'bf16' or 'fp32'; see
-    choose_vae_dtype.
+    `vae_dtype`: 'auto' (bf16 on CUDA and bf16-capable CPUs, else fp32), 'fp16', 'bf16' or
+    'fp32'; see choose_vae_dtype. `vae`: a VAE to use instead of the model's (load_vae).
     """
     from hires.memory import choose_offload, place
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     pipe = load_pipeline(model, dt, allow_pickle)
+    if vae is not None:
+        pipe.register_modules(vae=load_vae(vae, pipe.vae, allow_pickle))
     mounted, warnings, originals = attach_linfusion(pipe, model, linfusion, dt)
     if dev.type == "cuda":
         # LinFusion's attention sums run in fp32 even when the model is half precision, and
@@ -295,7 +424,7 @@ def load(
         # tensor cores' speed. TF32 keeps fp32's range; its 10-bit mantissa is still finer than
         # the fp16/bf16 inputs those sums are made from.
         torch.backends.cuda.matmul.allow_tf32 = True
-    vae_dt = choose_vae_dtype(dev, dt, vae_dtype)
+    vae_dt = choose_vae_dtype(dev, dt, vae_dtype, fp16_ok=pipe.vae.config.force_upcast is False)
     if dev.type == "cuda" and vae_dt == torch.float32:
         # An fp32 VAE on tensor cores (TF32): several times faster, with errors far below one
         # 8-bit pixel level. cuDNN's flag is on by default; set it in case someone turned it off.
@@ -313,3 +442,9 @@ def load(
     components.attention_originals = originals
     place(components)
     return components
+
+
+def load_args(job) -> tuple:
+    """`load`'s arguments for a Job: what decides the loaded components (a batch's key)."""
+    return (job.model, job.linfusion, job.dtype, job.device, job.allow_pickle, job.offload,
+            job.vae_dtype, job.vae)

@@ -20,7 +20,7 @@ from hires.denoiser import Conditioning, Control, Denoiser
 from hires.gpus import fp32_share_for, local_gpu, rate_for
 from hires.job import Job
 from hires.memory import free_memory, host_room, peak_memory, placed, reset_peak
-from hires.models import Components, load
+from hires.models import Components, load, load_args
 from hires.plan import Plan, Stage, cheaper, make_plan
 from hires.progress import Event, ProgressFn
 from hires.sampling import (
@@ -133,8 +133,7 @@ def generate(
     job = (job or Job()).merged(overrides).validate()
     if job.seed is None:
         job = replace(job, seed=secrets.randbelow(2**32))
-    comps = components or load(job.model, job.linfusion, job.dtype, job.device,
-                               job.allow_pickle, job.offload, job.vae_dtype)
+    comps = components or load(*load_args(job))
     plan = plan or plan_for(job, comps)
     with attached(comps, job) as addons, torch.inference_mode():
         return _run(job, comps, plan, progress, save_stages, addons=addons)

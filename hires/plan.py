@@ -387,17 +387,24 @@ def largest_fitting(width: int, height: int, **kwargs) -> tuple[int, int] | None
     return best
 
 
-def _vae_dtype_bytes(requested: str, dtype_bytes: int, device: str, bf16: bool = True) -> int:
+def _vae_dtype_bytes(requested: str, dtype_bytes: int, device: str, bf16: bool = True,
+                     fp16_ok: bool = False) -> int:
     """Bytes per VAE value in the planned run: what `hires.models.choose_vae_dtype` will pick
-    there (a planned GPU may not be this machine's: `bf16` says whether it has native bf16)."""
+    there (a planned GPU may not be this machine's: `bf16` says whether it has native bf16;
+    `fp16_ok` whether the VAE is made for fp16)."""
     import torch
 
     from hires.models import DTYPES, choose_vae_dtype
 
     if device.startswith(("cpu", "mps")):  # this machine: ask the rule itself
-        return choose_vae_dtype(torch.device(device), torch.float32, requested).itemsize
-    wanted = DTYPES[requested].itemsize if requested != "auto" else dtype_bytes
-    return 4 if not bf16 else wanted  # auto: bf16 for a half-precision model, else fp32
+        return choose_vae_dtype(torch.device(device), torch.float32, requested,
+                                fp16_ok).itemsize
+    if requested == "fp16":
+        choose_vae_dtype(torch.device("cpu"), torch.float16, requested, fp16_ok)  # or refuse
+    wanted = requested if requested != "auto" else "fp32" if dtype_bytes == 4 else "bf16"
+    if wanted == "bf16" and not bf16:
+        return 2 if fp16_ok else 4
+    return DTYPES[wanted].itemsize
 
 
 DRY_RUN_FREE_RAM = 0.8  # the share of this machine's RAM a dry run takes to be free
@@ -447,12 +454,13 @@ def plan_without_weights(job, rate: float | None = None,
 
     from hires.costs import model_shape, sdxl_shape
     from hires.memory import host_room, ram_bytes
+    from hires.models import vae_fp16_ok
     from hires.vae_stats import spill_from_free
 
     on_gpu = not job.device.startswith(("cpu", "mps"))
     dtype_bytes = 4 if job.dtype in ("fp32", "float32") or not on_gpu else 2
     vae_dtype_bytes = _vae_dtype_bytes(job.vae_dtype, dtype_bytes, job.device,
-                                       gpu.bf16 if gpu else True)
+                                       gpu.bf16 if gpu else True, vae_fp16_ok(job.model, job.vae))
     vram = job.vram if job.vram is not None else vram if on_gpu else None
     budget = int(vram * 1024**3) if vram is not None else None
     if budget is None and on_gpu and torch.cuda.is_available():

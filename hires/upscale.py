@@ -18,7 +18,7 @@ from PIL import Image
 
 from hires.addons import attached
 from hires.job import Job, JobError
-from hires.models import Components, load
+from hires.models import Components, load, load_args
 from hires.pipeline import Result, _run, plan_for
 from hires.plan import Plan
 from hires.progress import ProgressFn
@@ -106,8 +106,7 @@ def upscale_job(job: Job, *, source: Any = None, components: Components | None =
     job = replace(job, image_sha256=source.sha256)
     if job.seed is None:
         job = replace(job, seed=secrets.randbelow(2**32))
-    comps = components or load(job.model, job.linfusion, job.dtype, job.device,
-                               job.allow_pickle, job.offload)
+    comps = components or load(*load_args(job))
     plan = plan or plan_for(job, comps, source=source.rgb.size)
     scores: dict[int, float] = {}
 

@@ -81,6 +81,21 @@ def test_fp16_and_unknown_requests_are_refused(bf16):
             choose_vae_dtype(device, torch.float16, "int8")
 
 
+def test_a_vae_made_for_fp16_runs_in_fp16_where_bf16_is_missing(bf16):
+    # madebyollin/sdxl-vae-fp16-fix and the like: force_upcast off in their config.
+    assert choose_vae_dtype(CUDA, torch.float16, fp16_ok=True) == torch.bfloat16  # as fast, safer
+    assert choose_vae_dtype(CUDA, torch.float16, "fp16", fp16_ok=True) == torch.float16
+    bf16(False)  # T4, V100: fp16 on tensor cores instead of fp32 on CUDA cores
+    assert choose_vae_dtype(CUDA, torch.float16, fp16_ok=True) == torch.float16
+    assert choose_vae_dtype(CUDA, torch.float16, "bf16", fp16_ok=True) == torch.float16
+    assert choose_vae_dtype(CUDA, torch.float16, "fp32", fp16_ok=True) == torch.float32
+    assert choose_vae_dtype(MPS, torch.float16, fp16_ok=True) == torch.float16
+    assert choose_vae_dtype(MPS, torch.float32, fp16_ok=True) == torch.float32
+    with pytest.raises(ModelError, match="sdxl-vae-fp16-fix") as refused:
+        choose_vae_dtype(CUDA, torch.float16, "fp16")
+    assert refused.value.usage  # the options, not a load failure: exit 2
+
+
 def test_bf16_support_is_not_asked_off_cuda(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("queried CUDA on a CPU path")

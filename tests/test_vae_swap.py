@@ -1,0 +1,168 @@
+"""`--vae`: a VAE instead of the model's, from a folder, a pipeline, a single file (either key
+layout) or the Hub cache; and fp16 for a VAE made for it."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from helpers_cli import assert_usage_error, cli
+from PIL import Image
+from safetensors.torch import save_file
+
+from hires.batch import settings_hash
+from hires.job import Job
+from hires.models import ModelError, load
+from hires.output import read_metadata
+from hires.tiny import tiny_vae
+
+TINY = ("--model", "tiny", "--size", "256", "--steps", "2", "--seed", "4", "-q")
+
+
+def ldm_state_dict(vae) -> dict:
+    """A diffusers AutoencoderKL's weights under the original (LDM) key names, as single-file
+    SDXL VAEs ship them."""
+    ups = len(vae.config.block_out_channels)
+    attn = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+    out = {}
+    for key, value in vae.state_dict().items():
+        new = key.replace("conv_shortcut", "nin_shortcut").replace("conv_norm_out", "norm_out")
+        new = re.sub(r"down_blocks\.(\d+)\.resnets\.", r"down.\1.block.", new)
+        new = re.sub(r"down_blocks\.(\d+)\.downsamplers\.0\.", r"down.\1.downsample.", new)
+        new = re.sub(r"up_blocks\.(\d+)\.resnets\.", lambda m: f"up.{ups - 1 - int(m[1])}.block.",
+                     new)
+        new = re.sub(r"up_blocks\.(\d+)\.upsamplers\.0\.",
+                     lambda m: f"up.{ups - 1 - int(m[1])}.upsample.", new)
+        new = re.sub(r"mid_block\.resnets\.(\d)\.", lambda m: f"mid.block_{int(m[1]) + 1}.", new)
+        m = re.match(r"(.*)mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\.(.*)",
+                     new)
+        if m:
+            new = f"{m[1]}mid.attn_1.{attn[m[2]]}.{m[3]}"
+            value = value[:, :, None, None] if value.ndim == 2 else value  # 1x1 convs there
+        out[new] = value.contiguous()
+    return out
+
+
+@pytest.fixture(scope="module")
+def other_vae():
+    return tiny_vae(seed=5, trained=False)  # not the model's (trained) VAE
+
+
+@pytest.fixture(scope="module")
+def vae_folder(other_vae, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("vae") / "other-vae"
+    other_vae.save_pretrained(folder)
+    return folder
+
+
+def same_weights(a, b) -> bool:
+    theirs = b.state_dict()
+    return all(torch.equal(v, theirs[k]) for k, v in a.state_dict().items())
+
+
+def test_every_form_of_a_vae_replaces_the_models(other_vae, vae_folder, tmp_path):
+    pipeline = tmp_path / "pipeline"
+    swapped = load("tiny", "none", "fp32", "cpu", vae_dtype="fp32", vae=str(vae_folder))
+    swapped.pipe.save_pretrained(pipeline)
+    diffusers_file, ldm_file = tmp_path / "diffusers.safetensors", tmp_path / "ldm.safetensors"
+    save_file({k: v.contiguous() for k, v in other_vae.state_dict().items()}, diffusers_file)
+    save_file(ldm_state_dict(other_vae), ldm_file)
+    model = load("tiny", "none", "fp32", "cpu", vae_dtype="fp32")
+    assert not same_weights(model.vae, other_vae)
+    for ref in (vae_folder, pipeline, diffusers_file, ldm_file):
+        loaded = load("tiny", "none", "fp32", "cpu", vae_dtype="fp32", vae=str(ref))
+        assert same_weights(loaded.vae, other_vae), ref
+        assert loaded.vae_dtype == torch.float32
+
+
+def test_a_vae_that_cannot_be_used_fails_in_one_line(tmp_path, vae_folder):
+    wide = tmp_path / "wide"
+    tiny_vae(trained=False).__class__(
+        latent_channels=8, block_out_channels=[16, 32, 64, 64], norm_num_groups=8,
+        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+    ).save_pretrained(wide)
+    pickled = tmp_path / "vae.ckpt"
+    pickled.write_bytes(b"not read")
+    (tmp_path / "empty").mkdir()
+    cases = [(tmp_path / "missing.safetensors", "not found"), (pickled, "pickle"),
+             (tmp_path / "empty", "not a diffusers VAE"), ("someone/some-vae", "local cache"),
+             (wide, "8-channel latents")]
+    for ref, words in cases:
+        with pytest.raises(ModelError, match=words) as caught:
+            load("tiny", "none", "fp32", "cpu", vae=str(ref))
+        assert "\n" not in str(caught.value)
+
+
+def test_gen_records_the_vae_and_from_reruns_with_it(vae_folder, tmp_path):
+    plain, swapped = tmp_path / "plain.png", tmp_path / "swapped.png"
+    assert cli("gen", "a fox", *TINY, "-o", plain).exit_code == 0
+    result = cli("gen", "a fox", *TINY, "--vae", vae_folder, "-o", swapped)
+    assert result.exit_code == 0, result.stderr
+    assert read_metadata(swapped)["hires"]["job"]["vae"] == str(vae_folder)
+    pixels = [np.asarray(Image.open(p)) for p in (plain, swapped)]
+    assert not np.array_equal(*pixels)
+    again = tmp_path / "again.png"
+    assert cli("gen", "--from", swapped, "-q", "-o", again).exit_code == 0
+    assert np.array_equal(np.asarray(Image.open(again)), pixels[1])
+
+
+def test_a_job_without_a_vae_keeps_its_fingerprint():
+    # Images made before --vae existed record no "vae": batch must not think them stale.
+    job = Job(prompt="x", seed=1)
+    older = {k: v for k, v in job.to_dict().items() if k != "vae"}
+    assert settings_hash(job) == settings_hash(older)
+    assert settings_hash(Job(prompt="x", seed=1, vae="some/vae")) != settings_hash(job)
+
+
+def plan(*args):
+    result = cli("plan", "x", "--size", "2048", *args, "--json")
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_a_vae_made_for_fp16_is_planned_in_fp16_where_bf16_is_missing(tmp_path):
+    made_for_fp16, sdxl_like = tmp_path / "fp16-fix", tmp_path / "plain"
+    for folder, upcast in ((made_for_fp16, False), (sdxl_like, True)):
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"force_upcast": upcast}))
+    t4 = plan("--gpu", "t4")
+    assert t4["fp32"] == ["vae"]
+    assert plan("--gpu", "t4", "--vae", sdxl_like)["fp32"] == ["vae"]
+    fixed = plan("--gpu", "t4", "--vae", made_for_fp16)
+    assert fixed["fp32"] == [] and fixed["vae_seconds"] < t4["vae_seconds"] / 4
+    assert plan("--gpu", "t4", "--vae", made_for_fp16, "--vae-dtype", "fp16")["stages"] == \
+        fixed["stages"]
+    # A card with bf16 keeps bf16 (as fast, and safer); fp16 for the plain VAE is refused.
+    assert plan("--gpu", "4090", "--vae", made_for_fp16)["stages"] == \
+        plan("--gpu", "4090")["stages"]
+    result = cli("plan", "x", "--size", "2048", "--gpu", "t4", "--vae-dtype", "fp16")
+    assert_usage_error(result, "overflows in fp16", "--vae")
+
+
+def test_the_library_loads_every_setting_the_job_names(monkeypatch, tmp_path):
+    # hires.upscale used to leave out vae_dtype: `hires.upscale(..., vae_dtype="fp32")` ran bf16.
+    import hires.pipeline
+    import hires.upscale
+
+    asked = []
+
+    class Loaded(Exception):
+        pass
+
+    def load(*args):
+        asked.append(args)
+        raise Loaded
+
+    for module in (hires.pipeline, hires.upscale):
+        monkeypatch.setattr(module, "load", load)
+    image = tmp_path / "in.png"
+    Image.new("RGB", (64, 64), "gray").save(image)
+    job = Job(model="tiny", vae_dtype="fp32", vae="some/vae", offload="none", device="cpu")
+    with pytest.raises(Loaded):
+        hires.pipeline.generate(job)
+    with pytest.raises(Loaded):
+        hires.upscale.upscale_job(Job(**{**job.__dict__, "image": str(image),
+                                         "width": 128, "height": 128}))
+    assert asked[0] == asked[1] == ("tiny", "auto", "auto", "cpu", False, "none", "fp32",
+                                    "some/vae")
