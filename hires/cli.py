@@ -483,7 +483,9 @@ def format_of(path: Path, default: str, flag: str | None) -> str:
 
 def check_loaded(job, components, notes: bool = True) -> None:
     """Checks that need the loaded model: steps within its schedule; with `notes`, a word
-    on CPU-only slow settings (once per loaded model)."""
+    on slow settings (once per loaded model)."""
+    import torch
+
     from hires.job import JobError
 
     config = components.pipe.scheduler.config
@@ -492,7 +494,12 @@ def check_loaded(job, components, notes: bool = True) -> None:
     if job.steps > most:
         raise JobError(f"steps must be at most {most} for this model (its schedule has {train} "
                        f"timesteps), got {job.steps}")
-    if not notes or components.device.type != "cpu":
+    if not notes:
+        return
+    if (components.device.type == "cuda" and components.vae_dtype == torch.float32
+            and components.dtype != torch.float32 and job.vae_dtype == "auto"):
+        say(fp16_vae_hint("this GPU"))
+    if components.device.type != "cpu":
         return
     say("running on the CPU: expect minutes per megapixel (a GPU takes seconds)")
     from hires.models import cpu_has_fast_bf16
@@ -505,6 +512,14 @@ def check_loaded(job, components, notes: bool = True) -> None:
         warn(f"--dtype {job.dtype} on the CPU is about 4x slower than fp32; drop --dtype there")
     if job.offload in ("model", "sequential"):
         warn(f"--offload {job.offload} does nothing on the CPU (the weights are in RAM already)")
+
+
+def fp16_vae_hint(gpu: str) -> str:
+    """What to do when a GPU without native bf16 runs the VAE in fp32."""
+    from hires.models import FP16_VAE
+
+    return (f"{gpu} has no native bf16, so the VAE runs in fp32, several times slower than the "
+            f"UNet's fp16; a VAE made for fp16 runs in fp16 (--vae {FP16_VAE})")
 
 
 def check_device(device: str) -> None:
@@ -700,6 +715,8 @@ def show_plan(job, gpu: str | None, as_json: bool,
     vae = f" (VAE ~{p.vae_seconds:.0f} s)" if p.vae_seconds >= 0.5 else ""
     lines.append(f"total: peak {p.peak_bytes / 1024**3:.1f} GiB, {work}, ~{p.seconds:.0f} s{vae}")
     out_line("\n".join(lines))
+    if p.fp32 == ("VAE",) and job.vae_dtype == "auto":  # only a GPU without bf16 does that
+        say(fp16_vae_hint(f"the {gpu}"))
 
 
 @presets_app.callback()

@@ -389,6 +389,25 @@ def test_a_cpu_with_native_bf16_is_told_of_dtype_bf16(monkeypatch, tiny, capsys,
     assert "--dtype bf16 runs the UNet" not in capsys.readouterr().err
 
 
+def test_a_gpu_without_bf16_is_told_of_a_vae_made_for_fp16(tiny, capsys):
+    from types import SimpleNamespace
+
+    import torch
+
+    from hires.cli import check_loaded
+
+    def loaded(vae_dtype):  # what load() gives on a T4 (the VAE falls back to fp32) and else
+        return SimpleNamespace(pipe=tiny.pipe, device=torch.device("cuda"), dtype=torch.float16,
+                               vae_dtype=vae_dtype)
+
+    check_loaded(Job(), loaded(torch.float32))
+    assert "--vae madebyollin/sdxl-vae-fp16-fix" in capsys.readouterr().err
+    for job, vae in [(Job(), torch.bfloat16), (Job(), torch.float16),
+                     (Job(vae_dtype="fp32"), torch.float32)]:
+        check_loaded(job, loaded(vae))
+        assert "fp16" not in capsys.readouterr().err
+
+
 # --- 5: batch keys as gen's flags ---------------------------------------------------------------
 
 def test_batch_files_take_size_aspect_and_name_the_place_of_an_unknown_key(tmp_path):

@@ -140,6 +140,15 @@ def test_a_vae_made_for_fp16_is_planned_in_fp16_where_bf16_is_missing(tmp_path):
     assert_usage_error(result, "overflows in fp16", "--vae")
 
 
+def test_a_plan_for_a_card_without_bf16_names_a_vae_made_for_fp16():
+    hint = "--vae madebyollin/sdxl-vae-fp16-fix"
+    assert hint in cli("plan", "x", "--size", "2048", "--gpu", "t4").stderr
+    for args in (("--gpu", "h100"), ("--gpu", "t4", "--vae-dtype", "fp32"),
+                 ("--gpu", "h100", "--dtype", "fp32")):
+        result = cli("plan", "x", "--size", "2048", *args)
+        assert result.exit_code == 0 and hint not in result.stderr, args
+
+
 def test_the_library_loads_every_setting_the_job_names(monkeypatch, tmp_path):
     # hires.upscale used to leave out vae_dtype: `hires.upscale(..., vae_dtype="fp32")` ran bf16.
     import hires.pipeline
