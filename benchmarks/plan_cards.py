@@ -7,7 +7,8 @@ Each cell is `hires plan --size N --gpu CARD --ram R` (SDXL + LinFusion-XL, 50 s
 card's memory less the CUDA context; RAM free as hires starts): the estimated time with the
 VAE's share and the RAM the plan fills (while denoising: parked maps and offloaded weights /
 the VAE's outputs kept there, at another time), or the largest size that fits. Prints the
-Markdown table in README.md ("Will it run on my card?") and writes JSON. Estimates, not
+Markdown table in README.md ("Will it run on my card?") and writes JSON; a card without
+native bf16 gets a second row with a VAE made for fp16. Estimates, not
 measurements: times assume each card reaches hires.gpus.EFFICIENCY of its data-sheet bf16 peak.
 """
 
@@ -19,13 +20,16 @@ from pathlib import Path
 
 from hires.gpus import GPUS
 from hires.job import Job
+from hires.models import FP16_VAE
 from hires.plan import PlanError, dry_run, largest_fitting
 
+FP16_ROW = f"with `--vae {FP16_VAE}`"
 
-def cell(card: str, size: int, ram: float) -> dict:
+
+def cell(card: str, size: int, ram: float, vae: str | None = None) -> dict:
     """One card at one RAM size: the plan's figures, or the largest size that fits."""
     try:
-        p = dry_run(Job(width=size, height=size, ram=ram), card).plan
+        p = dry_run(Job(width=size, height=size, ram=ram, vae=vae), card).plan
     except PlanError as e:
         fits = largest_fitting(size, size, **e.plan_kwargs)
         return {"fits": False, "largest": fits[0] if fits else None, "ram_short": e.host}
@@ -54,14 +58,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cards", nargs="+", choices=list(GPUS), default=list(GPUS))
     ap.add_argument("--out", type=Path, help="write the cells as JSON here")
     args = ap.parse_args(argv)
-    rows = {card: {f"{ram:g}": cell(card, args.size, ram) for ram in args.ram}
-            for card in args.cards}
+    rows = {}
+    for card in args.cards:
+        rows[card] = {f"{ram:g}": cell(card, args.size, ram) for ram in args.ram}
+        if not GPUS[card].bf16:  # its VAE runs in fp32 unless it is made for fp16
+            rows[f"{card} {FP16_ROW}"] = {f"{ram:g}": cell(card, args.size, ram, FP16_VAE)
+                                          for ram in args.ram}
     head = " | ".join(f"{ram:g} GB of RAM free" for ram in args.ram)
     print(f"| `--gpu` | memory | {head} |")
     print("|---|---|" + "---|" * len(args.ram))
     for card, cells in rows.items():
         row = " | ".join(text(cells[f"{ram:g}"]) for ram in args.ram)
-        print(f"| {card} | {GPUS[card].memory_gib:g} GiB | {row} |")
+        name = card.removesuffix(f" {FP16_ROW}")
+        print(f"| {card} | {GPUS[name].memory_gib:g} GiB | {row} |")
     if args.out:
         args.out.write_text(json.dumps({"size": args.size, "cards": rows}, indent=1) + "\n")
 

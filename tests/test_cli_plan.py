@@ -212,3 +212,10 @@ def test_the_cards_table_is_the_plan_of_each_card(tmp_path, capsys):
     assert rows["3060"]["4"]["largest"] < 8192
     table = capsys.readouterr().out.splitlines()
     assert table[2].startswith("| 4090 | 24 GiB | ~") and "px fits" in table[3]
+    # A card without native bf16 gets a second row, with a VAE made for fp16.
+    cards.main(["--size", "2048", "--ram", "64", "--cards", "t4", "--out", str(out)])
+    rows = json.loads(out.read_text())["cards"]
+    fixed = rows["t4 with `--vae madebyollin/sdxl-vae-fp16-fix`"]["64"]
+    want = plan_json("x", "--size", "2048", "--ram", "64", "--gpu", "t4",
+                     "--vae", "madebyollin/sdxl-vae-fp16-fix")
+    assert fixed["seconds"] == round(want["seconds"], 1) < rows["t4"]["64"]["seconds"]
