@@ -892,6 +892,7 @@ def info(
 
         from hires.gpus import key_in_name
         from hires.job import DEFAULT_MODEL
+        from hires.models import FP16_VAE
 
         lines = [f"hires {__version__}", f"python {platform.python_version()}",
                  f"torch {torch.__version__}"]
@@ -908,6 +909,9 @@ def info(
                 key = key_in_name(p.name)
                 timed = (f"estimates as --gpu {key}" if key else "not in hires' GPU table "
                          "(--gpu with a measured TFLOP/s times its plans)")
+                if p.major < 8:  # before Ampere: bf16 emulated (hires.models.choose_vae_dtype)
+                    timed += ("; no native bf16, so the VAE runs in fp32 unless it is made for "
+                              f"fp16 (--vae {FP16_VAE})")
                 lines.append(f"device cuda:{i} {p.name}, {p.total_memory / 1024**3:.1f} GiB, "
                              f"{timed}")
         else:

@@ -328,14 +328,19 @@ def test_info_says_how_each_gpu_is_timed(monkeypatch):
 
     import torch
 
-    cards = [SimpleNamespace(name="NVIDIA GeForce RTX 4090", total_memory=24564 << 20),
-             SimpleNamespace(name="NVIDIA RTX PRO 6000", total_memory=97887 << 20)]
+    cards = [SimpleNamespace(name="NVIDIA GeForce RTX 4090", total_memory=24564 << 20, major=8),
+             SimpleNamespace(name="NVIDIA RTX PRO 6000", total_memory=97887 << 20, major=12),
+             SimpleNamespace(name="Tesla T4", total_memory=15360 << 20, major=7)]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: cards[i])
     lines = [line for line in cli("info").stdout.splitlines() if line.startswith("device ")]
     assert lines[0] == "device cuda:0 NVIDIA GeForce RTX 4090, 24.0 GiB, estimates as --gpu 4090"
     assert lines[1].startswith("device cuda:1 NVIDIA RTX PRO 6000, 95.6 GiB, not in hires' GPU")
+    assert lines[2].startswith("device cuda:2 Tesla T4, 15.0 GiB, estimates as --gpu t4; no "
+                               "native bf16")
+    assert lines[2].endswith("(--vae madebyollin/sdxl-vae-fp16-fix)")
+    assert "bf16" not in lines[0] + lines[1]
 
 
 def test_version():
