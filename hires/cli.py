@@ -215,6 +215,8 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
         if "model" in recorded and "model" not in flags:
             # The record names a model, maybe a local file: say which, never load it unseen.
             say(f"--from {from_image}: model {job.model} (as recorded; --model picks another)")
+        if recorded.get("vae") and "vae" not in flags:
+            say(f"--from {from_image}: VAE {job.vae} (as recorded; --vae picks another)")
         job = job.merged(flags, where="options").validate()
         from hires.addons import check_unchanged
 
@@ -282,6 +284,7 @@ def record_for(result, path: Path) -> dict[str, Any]:
         "path": str(path), "seed": result.seed, "width": result.image.width,
         "height": result.image.height, "prompt": result.job.prompt,
         "model": result.job.model, "linfusion": result.linfusion,
+        **({"vae": result.job.vae} if result.job.vae else {}),
         "seconds": round(result.seconds, 3), "peak_memory": result.peak_memory,
         "stages": [{"index": s.index, "width": s.width, "height": s.height,
                     "strength": round(s.strength, 4), "steps": s.steps,

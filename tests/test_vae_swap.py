@@ -103,7 +103,10 @@ def test_gen_records_the_vae_and_from_reruns_with_it(vae_folder, tmp_path):
     pixels = [np.asarray(Image.open(p)) for p in (plain, swapped)]
     assert not np.array_equal(*pixels)
     again = tmp_path / "again.png"
-    assert cli("gen", "--from", swapped, "-q", "-o", again).exit_code == 0
+    rerun = cli("gen", "--from", swapped, "--json", "-o", again)
+    assert rerun.exit_code == 0, rerun.stderr
+    assert f"VAE {vae_folder} (as recorded; --vae picks another)" in rerun.stderr
+    assert json.loads(rerun.stdout)["vae"] == str(vae_folder)
     assert np.array_equal(np.asarray(Image.open(again)), pixels[1])
 
 
