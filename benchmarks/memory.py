@@ -12,7 +12,7 @@ For the full SDXL UNet with LinFusion-XL's modules (random weights, bf16), at th
 
 With --controlnet the evaluation is the ControlNet's call then the UNet's, the ControlNet's
 attention linear as hires makes it (hires.controlnet.controlnet_like); the estimate is
-hires.costs.denoise_peak_bytes, and the control image (which the stage counts) is left out of
+hires.unet_costs.denoise_peak_bytes, and the control image (which the stage counts) is left out of
 both figures.
 """
 
@@ -27,15 +27,15 @@ from pathlib import Path
 
 import torch
 
-from hires.costs import (
+from hires.memsim import sdxl_unet_on_meta, unet_call_peak
+from hires.strategy import Strategy
+from hires.unet_costs import (
     ControlShape,
     UNetShape,
     controlnet_peak_bytes,
     denoise_peak_bytes,
     unet_peak_bytes,
 )
-from hires.memsim import sdxl_unet_on_meta, unet_call_peak
-from hires.strategy import Strategy
 
 GIB = 1024**3
 EVERY = dict(split_cfg=True, ff_chunks=True, row_bands=True, park_skips=True)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 
 from hires import memsim
-from hires.costs import UNetShape, unet_peak_bytes
 from hires.strategy import Strategy
+from hires.unet_costs import UNetShape, unet_peak_bytes
 
 GIB = 2**30
 

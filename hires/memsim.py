@@ -2,7 +2,7 @@
 
 No GPU is needed to know what a run allocates: meta tensors carry shapes, dtypes and storage
 sizes but no data, so the full-size SDXL UNet runs in seconds at any latent size. This is how
-the planner's memory model (`hires.costs`) is checked without a GPU.
+the planner's memory model (`hires.unet_costs`, `hires.costs`) is checked without a GPU.
 """
 
 # Why our own tracker rather than torch's `MemTracker`: MemTracker rescans every tracked tensor

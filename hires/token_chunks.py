@@ -23,7 +23,7 @@ from hires.lean import restore_forwards
 from hires.linfusion import KeyValueState, LinearAttention
 from hires.memory import ChunkedFeedForward
 
-CHUNK_TOKENS = 16384  # tokens per chunk (hires.costs prices a chunk of this size)
+CHUNK_TOKENS = 16384  # tokens per chunk (hires.unet_costs prices a chunk of this size)
 
 
 def block_supported(block: nn.Module) -> bool:

@@ -6,9 +6,10 @@ from functools import lru_cache
 import pytest
 import torch
 
-from hires.costs import UNetShape, VaeShape, unet_flops, unet_peak_bytes, vae_flops
+from hires.costs import VaeShape, vae_flops
 from hires.memsim import PeakTracker, module_bytes, sdxl_unet_on_meta, unet_call_peak
 from hires.strategy import Strategy
+from hires.unet_costs import UNetShape, unet_flops, unet_peak_bytes
 
 EVERY = dict(split_cfg=True, ff_chunks=True, row_bands=True, park_skips=True)
 STRATEGIES = {
@@ -110,7 +111,7 @@ def sdxl_controlnet():
 @pytest.mark.parametrize("latent,name", [(128, "batched"), (128, "every lever, sequential"),
                                          (512, "every lever")])
 def test_controlnet_estimate_within_15_percent_of_the_simulated_gpu(latent, name):
-    from hires.costs import ControlShape, denoise_peak_bytes
+    from hires.unet_costs import ControlShape, denoise_peak_bytes
 
     strategy, unet, net = STRATEGIES[name], sdxl(), sdxl_controlnet()
     image = 3 * 64 * latent * latent * 2  # the control image, counted by the stage
@@ -125,7 +126,7 @@ def test_controlnet_flops_match_torch_flop_counter(tiny):
     from helpers_control import tiny_controlnet
     from torch.utils.flop_counter import FlopCounterMode
 
-    from hires.costs import ControlShape, controlnet_flops
+    from hires.unet_costs import ControlShape, controlnet_flops
 
     h, w = 24, 32
     for net, dev, dt in ((tiny_controlnet(tiny.unet), "cpu", torch.float32),
