@@ -26,6 +26,7 @@ GPUS = {
     "l40s": Card(362e12, 45.0), "a6000": Card(155e12, 48.0), "a10": Card(125e12, 22.5),
     "l4": Card(121e12, 22.5),
     "t4": Card(65e12, 15.0, bf16=False, fp32_share=8.1 / 65),  # fp16; fp32 on CUDA cores
+    "v100": Card(125e12, 15.8, bf16=False, fp32_share=15.7 / 125),  # SXM2 16 GB; likewise
     "5090": Card(209e12, 31.8), "4090": Card(165e12, 24.0), "4080": Card(97e12, 16.0),
     "4070": Card(58e12, 12.0), "3090": Card(71e12, 24.0), "3080": Card(59e12, 10.0),
     "3060": Card(25e12, 12.0),

@@ -159,7 +159,7 @@ def test_the_local_gpu_is_the_longest_name_it_contains(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     for name, key in [("NVIDIA A100-SXM4-80GB", "a100"), ("NVIDIA L40S", "l40s"),
-                      ("NVIDIA A10", "a10"), ("Tesla T4", "t4"),
+                      ("NVIDIA A10", "a10"), ("Tesla T4", "t4"), ("Tesla V100-SXM2-16GB", "v100"),
                       ("NVIDIA GeForce RTX 4070 Ti", "4070"), ("NVIDIA H200", "h200"),
                       ("NVIDIA GeForce GTX 1080", None)]:
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, n=name: n)
