@@ -197,10 +197,7 @@ def load_pipeline(ref: str, dtype: torch.dtype, allow_pickle: bool = False):
         if not path.is_file():
             raise ModelError(f"model file not found: {ref}")
         if path.suffix != ".safetensors" and not allow_pickle:
-            raise ModelError(
-                f"{path.name} is a pickle checkpoint, which can run code when loaded; "
-                "convert it to .safetensors or pass --allow-pickle if you trust it"
-            )
+            raise _pickled(f"{path.name} is a pickle checkpoint", "it")
         try:
             return StableDiffusionXLPipeline.from_single_file(str(path), dtype=dtype)
         except Exception as e:  # diffusers raises many kinds here; the user needs one line
@@ -226,9 +223,7 @@ def load_pipeline(ref: str, dtype: torch.dtype, allow_pickle: bool = False):
         pickled = kind == "folder" and not allow_pickle and any(
             not any(b.parent.glob("*.safetensors")) for b in path.rglob("*.bin"))
         if pickled:  # a component folder with .bin weights only: say why, and the way out
-            raise ModelError(f"{ref} holds pickle (.bin) weights only, which can run code when "
-                             "loaded; convert them to .safetensors or pass --allow-pickle if "
-                             "you trust them") from e
+            raise _pickled(f"{ref} holds pickle (.bin) weights only", "them") from e
         if kind == "hub" and "cached" in str(e):
             raise ModelError(
                 f"model '{ref}' is not in the local cache and the Hugging Face Hub cannot be "
@@ -269,9 +264,7 @@ def load_vae(ref: str, like, allow_pickle: bool = False):
                 "reached; connect once to download it, or pass a local folder or .safetensors "
                 "file with --vae") from e
         if kind == "folder" and not allow_pickle and not any(path.rglob("*.safetensors")):
-            raise ModelError(f"{ref} holds pickle (.bin) weights only, which can run code when "
-                             "loaded; convert them to .safetensors or pass --allow-pickle if "
-                             "you trust them") from e
+            raise _pickled(f"{ref} holds pickle (.bin) weights only", "them") from e
         raise ModelError(f"could not load VAE '{ref}': {_first_line(e)}") from e
     mine, theirs = _latent_shape(vae), _latent_shape(like)
     if mine != theirs:
@@ -309,8 +302,7 @@ def _vae_from_file(path: Path, like, allow_pickle: bool):
     if not path.is_file():
         raise ModelError(f"VAE file not found: {path}")
     if path.suffix != ".safetensors" and not allow_pickle:
-        raise ModelError(f"{path.name} is a pickle checkpoint, which can run code when loaded; "
-                         "convert it to .safetensors or pass --allow-pickle if you trust it")
+        raise _pickled(f"{path.name} is a pickle checkpoint", "it")
     with tempfile.TemporaryDirectory() as config:
         # Its own config would come from the Hub; the model's VAE has the same architecture.
         like.save_config(config)
@@ -351,6 +343,12 @@ def vae_fp16_ok(model: str, vae: str | None) -> bool:
             except ValueError:
                 return False
     return ref == FP16_VAE  # not cached here: the one VAE known to be made for fp16
+
+
+def _pickled(what: str, it: str) -> ModelError:
+    """The refusal of pickle weights without --allow-pickle: why, and the ways out."""
+    return ModelError(f"{what}, which can run code when loaded; convert {it} to .safetensors or "
+                      f"pass --allow-pickle if you trust {it}")
 
 
 def _first_line(e: BaseException) -> str:
