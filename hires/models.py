@@ -283,10 +283,9 @@ def _vae_from_pretrained(where: str, allow_pickle: bool):
     from diffusers import AutoencoderKL
 
     safetensors = None if allow_pickle else True
-    if Path(where).is_dir() and (Path(where) / "config.json").is_file():
-        return AutoencoderKL.from_pretrained(where, use_safetensors=safetensors)
     if Path(where).is_dir():
-        return AutoencoderKL.from_pretrained(where, subfolder="vae", use_safetensors=safetensors)
+        sub = None if (Path(where) / "config.json").is_file() else "vae"
+        return AutoencoderKL.from_pretrained(where, subfolder=sub, use_safetensors=safetensors)
     try:
         return AutoencoderKL.from_pretrained(where, use_safetensors=safetensors)
     except OSError:  # no config.json at the top: a pipeline's repo
