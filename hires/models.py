@@ -271,6 +271,12 @@ def load_vae(ref: str, like, allow_pickle: bool = False):
         raise ModelError(f"VAE '{ref}' makes {mine[0]}-channel latents at 1/{mine[1]} scale and "
                          f"this model's VAE {theirs[0]} at 1/{theirs[1]}: use a VAE made for "
                          "this model (an SDXL VAE for SDXL)")
+    # An SD 1.x/2.x VAE has SDXL's shapes but another latent space, which its scale gives away.
+    scale, wanted = vae.config.scaling_factor, like.config.scaling_factor
+    if abs(scale - wanted) > 1e-4:
+        raise ModelError(f"VAE '{ref}' scales latents by {scale:g} and this model's VAE by "
+                         f"{wanted:g}: it is made for another model (an SDXL VAE whose config "
+                         f"lacks scaling_factor needs \"scaling_factor\": {wanted:g} added)")
     return vae
 
 

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from diffusers import AutoencoderKL
 from helpers_cli import assert_usage_error, cli
 from PIL import Image
 from safetensors.torch import save_file
@@ -76,18 +77,21 @@ def test_every_form_of_a_vae_replaces_the_models(other_vae, vae_folder, tmp_path
         assert loaded.vae_dtype == torch.float32
 
 
-def test_a_vae_that_cannot_be_used_fails_in_one_line(tmp_path, vae_folder):
+def test_a_vae_that_cannot_be_used_fails_in_one_line(tmp_path):
     wide = tmp_path / "wide"
-    tiny_vae(trained=False).__class__(
+    AutoencoderKL(
         latent_channels=8, block_out_channels=[16, 32, 64, 64], norm_num_groups=8,
         down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
     ).save_pretrained(wide)
+    sd15 = tmp_path / "sd15"  # the model's shapes, another latent space (as SD 1.5's VAE)
+    config = {**tiny_vae().config, "scaling_factor": 0.18215}
+    AutoencoderKL.from_config(config).save_pretrained(sd15)
     pickled = tmp_path / "vae.ckpt"
     pickled.write_bytes(b"not read")
     (tmp_path / "empty").mkdir()
     cases = [(tmp_path / "missing.safetensors", "not found"), (pickled, "pickle"),
              (tmp_path / "empty", "not a diffusers VAE"), ("someone/some-vae", "local cache"),
-             (wide, "8-channel latents")]
+             (wide, "8-channel latents"), (sd15, "scales latents by 0.18215")]
     for ref, words in cases:
         with pytest.raises(ModelError, match=words) as caught:
             load("tiny", "none", "fp32", "cpu", vae=str(ref))
