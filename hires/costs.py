@@ -355,43 +355,30 @@ def host_budget(components: Any) -> float | None:
 def sdxl_shape(*, linfusion: bool = True, dtype_bytes: int = 2, on_gpu: bool = True,
                controlnet: bool = False, vae_dtype_bytes: int | None = None) -> ModelShape:
     """SDXL base (with LinFusion-XL unless told not; with an SDXL ControlNet if told) as the
-    planner sees it, built on `meta`. The VAE is bf16 on GPUs, fp32 on CPU unless told."""
-    import torch
-    from diffusers import AutoencoderKL
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    planner sees it, from its configs and parameter counts. The VAE is bf16 on GPUs, fp32 on
+    CPU unless told."""
+    from hires import sdxl
 
-    from hires.memsim import module_bytes, sdxl_controlnet_on_meta, sdxl_unet_on_meta
-    from hires.sdxl import SDXL_UNET_CONFIG, SDXL_VAE_CONFIG
-
-    dtype = {2: torch.bfloat16, 4: torch.float32}[dtype_bytes]
+    blocks = sdxl.SDXL_UNET_BLOCK_PARAMS
     if linfusion:
-        unet_shape = UNetShape.of(sdxl_unet_on_meta(dtype))
-    else:
-        from diffusers import UNet2DConditionModel
-
-        with torch.device("meta"):
-            unet_shape = UNetShape.of(UNet2DConditionModel(**SDXL_UNET_CONFIG).to(dtype))
-    with torch.device("meta"):
-        vae = AutoencoderKL(**SDXL_VAE_CONFIG)
-        common = dict(vocab_size=49408, max_position_embeddings=77, hidden_act="gelu")
-        te1 = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072,
-                                           num_attention_heads=12, num_hidden_layers=12,
-                                           **common))
-        te2 = CLIPTextModelWithProjection(CLIPTextConfig(
-            hidden_size=1280, intermediate_size=5120, num_attention_heads=20,
-            num_hidden_layers=32, projection_dim=1280, **common))
+        blocks = tuple(a + b for a, b in zip(blocks, sdxl.LINFUSION_XL_BLOCK_PARAMS, strict=True))
+    block_bytes = tuple(n * dtype_bytes for n in blocks)
+    outer = sdxl.SDXL_UNET_OUTER_PARAMS * dtype_bytes
+    unet = UNetShape.from_config(sdxl.SDXL_UNET_CONFIG, param_bytes=sum(block_bytes) + outer,
+                                 block_param_bytes=block_bytes, outer_param_bytes=outer,
+                                 linfusion=linfusion)
     if vae_dtype_bytes is None:
         vae_dtype_bytes = 2 if on_gpu else 4
-    vae_bytes = module_bytes(vae) // 4 * vae_dtype_bytes
-    text = (module_bytes(te1) + module_bytes(te2)) // 4 * dtype_bytes
+    vae = VaeShape.from_config(sdxl.SDXL_VAE_CONFIG,
+                               param_bytes=sdxl.SDXL_VAE_PARAMS * vae_dtype_bytes)
     control = None
-    if controlnet:
-        from hires.controlnet import controlnet_like
-
-        # A ControlNet's attention follows the UNet's (hires.controlnet.linearize).
-        net = controlnet_like(sdxl_unet_on_meta(dtype)) if linfusion else \
-            sdxl_controlnet_on_meta(dtype)
-        control = ControlShape.of(net)
-    return ModelShape(unet_shape, VaeShape.from_config(SDXL_VAE_CONFIG, param_bytes=vae_bytes),
-                      text, dtype_bytes=dtype_bytes, vae_dtype_bytes=vae_dtype_bytes,
-                      native=1024, on_gpu=on_gpu, control=control)
+    if controlnet:  # the UNet's down and mid blocks (LinFusion's too: controlnet.linearize)
+        down_mid = block_bytes[:len(unet.channels) + 1]
+        outer = sdxl.SDXL_CONTROLNET_OUTER_PARAMS * dtype_bytes
+        control = ControlShape.from_config(sdxl.SDXL_UNET_CONFIG,
+                                           param_bytes=sum(down_mid) + outer,
+                                           block_param_bytes=down_mid, outer_param_bytes=outer,
+                                           linfusion=linfusion)
+    return ModelShape(unet, vae, sdxl.SDXL_TEXT_PARAMS * dtype_bytes, dtype_bytes=dtype_bytes,
+                      vae_dtype_bytes=vae_dtype_bytes, native=1024, on_gpu=on_gpu,
+                      control=control)

@@ -24,6 +24,17 @@ SDXL_VAE_CONFIG = dict(
 )
 """AutoencoderKL arguments of the SDXL VAE (84 M parameters, 8x downsampling)."""
 
+# Parameter counts, so that the planner prices SDXL's weights without building a model (which
+# takes seconds); tests/test_sdxl.py counts them again on the meta device.
+SDXL_UNET_BLOCK_PARAMS = (5_432_000, 60_105_600, 757_404_160,  # down blocks
+                          413_117_440,  # mid block
+                          1_206_568_960, 106_343_680, 11_171_840)  # up blocks
+SDXL_UNET_OUTER_PARAMS = 7_320_004  # outside the blocks: embeddings, conv in and out
+LINFUSION_XL_BLOCK_PARAMS = (0, 415_680, 8_252_800, 4_126_400, 12_379_200, 623_520, 0)  # added
+SDXL_CONTROLNET_OUTER_PARAMS = 14_954_960  # besides the UNet's down and mid blocks
+SDXL_VAE_PARAMS = 83_653_863
+SDXL_TEXT_PARAMS = 123_060_480 + 694_659_840  # CLIP ViT-L/14, OpenCLIP ViT-bigG/14
+
 
 def random_components(device: torch.device, dtype: torch.dtype):
     """SDXL base + LinFusion-XL shapes with random weights, as hires.models.Components

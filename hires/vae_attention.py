@@ -30,12 +30,13 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_processor import Attention
-from torch import Tensor
+from torch import Tensor, nn
 
 from hires.vae_tiles import Box, crop
 
 if TYPE_CHECKING:
+    from diffusers.models.attention_processor import Attention
+
     from hires.vae_stats import State
 
 CONTEXT_CELLS = 256 * 256  # attention context grid: at most this many cells
@@ -44,6 +45,14 @@ MIN_LANDMARKS = 4096  # tokens kept as exact keys for every block: those their c
 LANDMARK_EVERY = 64  # or one per this many latent pixels where that is more
 SWEEP_BLOCK = 64  # above GLOBAL_TOKENS: queries answered together, a square of this side
 SWEEP_REACH = 64  # latent px around a block whose tokens are its exact keys
+
+
+def attentions(net: nn.Module) -> list[Attention]:
+    """The attention modules of `net` (a VAE's encoder or decoder)."""
+    # Imported here, not above: the planner imports this module, and diffusers takes seconds.
+    from diffusers.models.attention_processor import Attention
+
+    return [m for m in net.modules() if isinstance(m, Attention)]
 
 
 def cell_side(size: tuple[int, int]) -> int:

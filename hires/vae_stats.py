@@ -32,13 +32,13 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from diffusers.models.attention_processor import Attention
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from hires.memory import free_memory
 from hires.vae_attention import (
     ContextAttention,
+    attentions,
     block_count,
     cell_side,
     finish_context,
@@ -185,7 +185,7 @@ def _finish_moments(module: nn.GroupNorm, acc: list) -> tuple[Tensor, Tensor]:
 def _patched(net: nn.Module, state: State) -> Iterator[None]:
     """Route every GroupNorm and attention of `net` through `state`; always undone on exit."""
     norms = [m for m in net.modules() if isinstance(m, nn.GroupNorm)]
-    attns = [m for m in net.modules() if isinstance(m, Attention)]
+    attns = attentions(net)
     # An instance attribute `forward` shadows the class method. Keep any that was already there
     # (accelerate and diffusers hooks install one) so that exactly it is put back.
     saved_forwards = [m.__dict__.get("forward") for m in norms]
@@ -235,7 +235,7 @@ def _gather(state: State, grid: Grid, run: Callable[[Box], Tensor], dtype: torch
             return  # a whole forward went through: every module has its statistics
         target = state.target
         acc = state.sums.pop(target)
-        if isinstance(target, Attention):
+        if not isinstance(target, nn.GroupNorm):  # the attention
             finish_context(state, target, acc, dtype, tick)
         else:
             state.stats[target] = _finish_moments(target, acc)
@@ -302,7 +302,7 @@ def whole_image(net: nn.Module, head: Callable[[Box], Tensor], grid: Grid,
     memo = DiskMemo(len(grid), MEMO_BYTES) if mode == "exact" else MemoryMemo(
         fast_budget(device), min(spill, spill_budget(device)) if spill else 0.0)
     norms = sum(isinstance(m, nn.GroupNorm) for m in net.modules())
-    attns = sum(isinstance(m, Attention) for m in net.modules())
+    attns = len(attentions(net))
     # Tile runs, and above GLOBAL_TOKENS the attention's blocks (as long as a pass, or more).
     total = (norms + attns + 1) * len(grid) + (0 if is_global(size) else attns * block_count(size))
     done = 0
