@@ -141,13 +141,21 @@ def _tiled_cost(vae: VaeShape, w: int, h: int, decode: bool, tile: int, budget: 
     size = (h, w)
     grid = Grid.cover(size, t, o)
     tiles = list(grid.tiles())
+    # tile shape -> (its steps, the FLOPs before each step, the bytes of each output the memo
+    # may keep, the same in the CPU's pinned memory): the replay runs millions of steps for a
+    # small card's plan, so what can be is worked out once per tile shape.
     nets = {}
     for window, _ in tiles:
         y0, y1, x0, x1 = window
         shape = (y1 - y0, x1 - x0)
         if shape not in nets:
-            nets[shape] = steps(vae, *shape, decode=decode, dtype_bytes=dtype_bytes)
-    n = len(next(iter(nets.values())))
+            net = steps(vae, *shape, decode=decode, dtype_bytes=dtype_bytes)
+            before = [0.0]
+            for s in net:  # the attention's own work is counted once, below
+                before.append(before[-1] + (0.0 if s.attention else s.flops))
+            outs = [s.out for s in net[:-1]]
+            nets[shape] = (net, before, outs, [spilled_size(o) for o in outs])
+    n = len(next(iter(nets.values()))[0])
     # window -> (step number, bytes, spilled): MemoryMemo's rule
     kept: dict[Box, tuple[int, int, bool]] = {}
     used, spilled, total, copied = 0, 0, 0.0, 0.0
@@ -156,28 +164,34 @@ def _tiled_cost(vae: VaeShape, w: int, h: int, decode: bool, tile: int, budget: 
         """Run a tile from its kept output up to the start of step `stop` (None: to the end)."""
         nonlocal used, spilled, total, copied
         y0, y1, x0, x1 = window
-        net = nets[(y1 - y0, x1 - x0)]
+        _, before, outs, away_outs = nets[(y1 - y0, x1 - x0)]
         start, size, away = kept.get(window, (0, 0, False))
         if start == 0:
             total += head * (y1 - y0) * (x1 - x0)
         elif away:
             copied += size
-        for i in range(start, n if stop is None else stop):
-            total += 0.0 if net[i].attention else net[i].flops  # a copy of the output
-            if saving and i + 1 < n:
-                _, size, away = kept.get(window, (0, 0, False))
-                here, there = (0, spilled_size(size)) if away else (size, 0)
-                need = net[i].out
-                if used - here + need <= budget:
-                    kept[window] = (i + 1, need, False)
-                    used, spilled = used - here + need, spilled - there
-                elif spilled - there + spilled_size(need) <= spill:
-                    kept[window] = (i + 1, need, True)
-                    used, spilled = used - here, spilled - there + spilled_size(need)
-                    copied += need
+        end = n if stop is None else stop
+        total += before[end] - before[start]
+        if not saving:
+            return
+        # Each step's output replaces the tile's kept one if it fits beside the other tiles'
+        # (in memory, else spilled); theirs do not change meanwhile.
+        others_used = used - (0 if away else size)
+        others_spilled = spilled - (spilled_size(size) if away else 0)
+        free, room = budget - others_used, spill - others_spilled
+        last = None
+        for i in range(start, min(end, n - 1)):
+            if outs[i] <= free:
+                last = (i + 1, outs[i], False)
+            elif away_outs[i] <= room:
+                last = (i + 1, outs[i], True)
+                copied += outs[i]
+        if last is not None:
+            kept[window] = last
+            used = others_used + (0 if last[2] else last[1])
+            spilled = others_spilled + (away_outs[last[0] - 1] if last[2] else 0)
 
-    net0 = next(iter(nets.values()))
-    for j, s in enumerate(net0):
+    for j, s in enumerate(next(iter(nets.values()))[0]):
         for k in range(s.stops):
             for window, owned in tiles:
                 run(window, j)
