@@ -219,3 +219,22 @@ def test_the_cards_table_is_the_plan_of_each_card(tmp_path, capsys):
     want = plan_json("x", "--size", "2048", "--ram", "64", "--gpu", "t4",
                      "--vae", "madebyollin/sdxl-vae-fp16-fix")
     assert fixed["seconds"] == round(want["seconds"], 1) < rows["t4"]["64"]["seconds"]
+
+
+def test_a_plan_imports_no_model_library():
+    """SDXL is planned from its configs: diffusers and transformers (seconds to import) stay
+    out of `hires plan`."""
+    import subprocess
+    import sys
+
+    from helpers_cli import REPO, subprocess_env
+
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "hires", "plan", "x",
+                             "--size", "16384", "--gpu", "4090", "--json"], capture_output=True,
+                            text=True, env=subprocess_env(), cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["stages"]
+    imported = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "torch" in imported  # the check sees imports
+    assert not {m for m in imported if m.split(".")[0] in ("diffusers", "transformers")}
