@@ -47,7 +47,13 @@ Then the device tool's `run` with carry [".whl"], timeout_s 600 and the command:
       PYTHONUNBUFFERED=1 python3 benchmarks/gpu.py --out $OUT/gpu.json 2>&1 | tee $OUT/gpu.log
 
 Here, on CPU, to know it works (tiny model, 256 -> 512, seconds): `python benchmarks/gpu.py
---smoke`. Flags: --size, --steps, --strength, --dtype, --attention-tokens, --no-attention.
+--smoke`. Flags: --size, --steps, --strength, --dtype, --attention-tokens, --no-attention,
+--no-levers.
+
+Last, `benchmarks/gpu_levers.py` runs the memory levers that small cards depend on (parked skip
+maps, streamed weights, the VAE's spilled outputs and scratch files) against the plain path on
+the same inputs: a 16K plan on a big GPU never runs them. Seconds, peak memory and the largest
+difference for each go to the JSON's "levers".
 """
 
 from __future__ import annotations
@@ -270,6 +276,8 @@ def main() -> None:
                     help="token counts for benchmarks/attention.py (default: its own, to 1M)")
     ap.add_argument("--attention-repeats", type=int, default=None)
     ap.add_argument("--no-attention", action="store_true")
+    ap.add_argument("--no-levers", action="store_true",
+                    help="skip the memory levers' checks against the plain path (gpu_levers.py)")
     ap.add_argument("--out", type=Path, default=None,
                     help="JSON path (default benchmarks/results/gpu-DEVICE.json)")
     args = ap.parse_args()
@@ -279,10 +287,10 @@ def main() -> None:
         sys.exit(WHEELS_HELP)
 
     from hires.job import Job
-    from hires.memory import peak_rss
+    from hires.memory import peak_rss, placed
     from hires.models import DTYPES, load
     from hires.output import save_image
-    from hires.pipeline import generate, plan_for
+    from hires.pipeline import encode_prompt, generate, plan_for
     from hires.sdxl import random_components
 
     device = torch.device(args.device or ("cpu" if args.smoke else "cuda"))
@@ -418,6 +426,26 @@ def main() -> None:
     print("\n".join(table(rows)))
     print(f"total {report['total_seconds']:.1f} s; projected default job "
           f"({report['projection']['job']}): {report['projection']['total_seconds']:.0f} s")
+
+    if not args.no_levers:  # last: the job's figures are written whatever happens here
+        import gpu_levers
+
+        print("\nthe memory levers against the plain path ...", flush=True)
+        levers: list[dict] = []
+        report["levers"] = levers
+        try:
+            with placed(comps, plan.stages[0].strategy.weights, comps.pipe.text_encoder,
+                        comps.pipe.text_encoder_2):
+                cond = encode_prompt(comps, job, plan)
+            levers += gpu_levers.unet_checks(comps, cond, 32 if args.smoke else 256)
+            dump()
+            levers += gpu_levers.vae_checks(comps, 256 if args.smoke else 2048,
+                                            64 if args.smoke else 512)
+        except Exception as e:  # keep the rows that ran, and say where it stopped
+            report["levers_error"] = f"{type(e).__name__}: {e}"[:2000]
+            print(f"levers: {report['levers_error']}", flush=True)
+        dump()
+        print("\n".join(gpu_levers.table(levers)))
     print(f"wrote {out}")
 
 

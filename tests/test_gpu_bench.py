@@ -46,6 +46,14 @@ def test_gpu_benchmark_smoke_run_writes_every_phase(tmp_path):
     assert projection["total_seconds"] > report["total_seconds"]  # 50 steps instead of 2
     assert [p["phase"] for p in projection["phases"]] == [p["phase"] for p in report["phases"]]
 
+    # The memory levers against the plain path: every one ran and gave the same result.
+    assert "levers_error" not in report, report["levers_error"]
+    checks = [r["check"] for r in report["levers"]]
+    assert len(checks) == 9 and all(r["ok"] for r in report["levers"]), report["levers"]
+    assert any("sequential-offload" in c for c in checks)
+    spills = [r for r in report["levers"] if "spilled" in r["check"]]
+    assert len(spills) == 2 and all(r["spilled_mb"] > 0 for r in spills)
+
     attention = report["attention"]
     assert "error" not in attention, attention
     assert {r["impl"] for r in attention["results"]} == {"linear", "sdpa"}
