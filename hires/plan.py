@@ -82,7 +82,7 @@ class Plan:
     @property
     def seconds(self) -> float | None:
         times = [s.cost.seconds for s in self.stages if s.cost]
-        return sum(times) if times else None
+        return sum(times) if times and None not in times else None  # None: no rate
 
     @property
     def vae_spill_bytes(self) -> float:
