@@ -265,8 +265,9 @@ def library_bars(quiet: bool) -> None:
     Quiet.bars_off = quiet
 
 
-def progress_renderer(quiet: bool):
-    """Rich bars on a terminal, plain lines otherwise, nothing with -q."""
+def progress_renderer(quiet: bool, plan=None):
+    """Rich bars on a terminal, plain lines otherwise, nothing with -q; with `plan`, they say
+    how long the rest of the job takes too."""
     from contextlib import nullcontext
 
     from hires.progress import PlainProgress, RichProgress
@@ -274,8 +275,8 @@ def progress_renderer(quiet: bool):
     if quiet:
         return nullcontext(None)
     if sys.stderr.isatty():
-        return RichProgress(err)
-    return nullcontext(PlainProgress(sys.stderr))
+        return RichProgress(err, plan=plan)
+    return nullcontext(PlainProgress(sys.stderr, plan=plan))
 
 
 def record_for(result, path: Path) -> dict[str, Any]:
@@ -599,7 +600,7 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
         say(f"{path}: seed {one.seed}, {len(plan.stages)} stage(s), {plan.width}x{plan.height}")
         for line in describe(plan):
             say(f"  {line}")
-        with progress_renderer(quiet) as progress:
+        with progress_renderer(quiet, plan) as progress:
             if source is not None:
                 result = upscale_job(one, source=source, components=components,
                                      progress=progress, save_stages=save_stages, plan=plan)
@@ -826,8 +827,8 @@ def batch(
             return paths[item.index]
 
         def make_one(item: b.BatchItem, path: Path) -> dict:
-            from hires.pipeline import load, load_args
-            from hires.upscale import make
+            from hires.pipeline import generate, load, load_args, plan_for
+            from hires.upscale import load_source, upscale_job
 
             j = item.job
             key = load_args(j)
@@ -838,8 +839,15 @@ def batch(
                 loaded[key] = load(*key)
             check_loaded(j, loaded[key], notes=fresh)
             say(f"job {item.index}: {j.width}x{j.height} seed {j.seed} -> {path}")
-            with progress_renderer(quiet) as progress:
-                result = make(j, components=loaded[key], progress=progress)
+            comps = loaded[key]
+            source = load_source(j) if j.image else None
+            plan = plan_for(j, comps, source=source.rgb.size if source else None)
+            with progress_renderer(quiet, plan) as progress:
+                if source is not None:
+                    result = upscale_job(j, source=source, components=comps,
+                                         progress=progress, plan=plan)
+                else:
+                    result = generate(j, components=comps, progress=progress, plan=plan)
             return save_result(result, path, j.format, overwrite, False,
                                settings=b.settings_hash(j))
 

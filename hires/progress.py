@@ -6,7 +6,12 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+from hires.eta import JobClock, duration
+
+if TYPE_CHECKING:
+    from hires.plan import Plan
 
 
 @dataclass(frozen=True)
@@ -32,15 +37,20 @@ def _label(e: Event) -> str:
 class PlainProgress:
     """One log line per phase and every few seconds: for logs, pipes and CI."""
 
-    def __init__(self, stream: TextIO | None = None, every: float = 5.0):
+    def __init__(self, stream: TextIO | None = None, every: float = 5.0,
+                 plan: Plan | None = None, clock: Callable[[], float] = time.monotonic):
         self.stream = stream or sys.stderr
         self.every = every
+        self.clock = clock
         self._last = 0.0
         self._started: dict[tuple[int, str], float] = {}
+        self.job = JobClock(plan, clock()) if plan is not None else None
 
     def __call__(self, e: Event) -> None:
         key = (e.stage, e.phase)
-        now = time.monotonic()
+        now = self.clock()
+        if self.job is not None:
+            self.job.update(e, now)
         start = self._started.setdefault(key, now)
         first, last = e.done == 0, e.total and e.done >= e.total
         if not (first or last or now - self._last >= self.every):
@@ -55,45 +65,57 @@ class PlainProgress:
                 line += f" ({rate:.2f} it/s, ETA {eta:.0f}s)"
             if last:
                 line += f" done in {now - start:.1f}s"
+        left = self.job.remaining() if self.job is not None else None
+        if left is not None:
+            line += f"; job {duration(left)} left"
         print(line, file=self.stream, flush=True)
 
 
 class RichProgress:
-    """A rich bar per phase with steps, it/s and ETA, on stderr."""
+    """A rich bar per phase with steps, it/s and ETA, and one for the whole job, on stderr."""
 
-    def __init__(self, console=None):
+    def __init__(self, console=None, plan: Plan | None = None):
         from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.console = console or Console(stderr=True)
+        # Our own count and ETA columns: rich's would read the job's bar as steps per second.
         self.bars = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
-            TimeRemainingColumn(), console=self.console, transient=False,
+            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[count]}"),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+            TextColumn("{task.fields[eta]}"), console=self.console, transient=False,
         )
         self._tasks: dict[tuple[int, str], int] = {}
         self._started: dict[int, float] = {}
+        self.job = JobClock(plan, time.monotonic()) if plan is not None else None
+        self._job_task: int | None = None
 
     def __enter__(self) -> RichProgress:
         self.bars.start()
+        if self.job is not None:
+            self._job_task = self.bars.add_task("job", total=1000, count="", rate="", eta="")
         return self
 
     def __exit__(self, *exc) -> None:
         self.bars.stop()
 
     def __call__(self, e: Event) -> None:
+        now = time.monotonic()
         key = (e.stage, e.phase)
         if key not in self._tasks:
-            self._tasks[key] = self.bars.add_task(_label(e), total=e.total or None, rate="")
-            self._started[self._tasks[key]] = time.monotonic()
+            self._tasks[key] = self.bars.add_task(_label(e), total=e.total or None, count="",
+                                                  rate="", eta="")
+            self._started[self._tasks[key]] = now
         task = self._tasks[key]
-        elapsed = time.monotonic() - self._started[task]
-        rate = f"{e.done / elapsed:.2f} it/s" if e.done and elapsed > 0 else ""
-        self.bars.update(task, completed=e.done, total=e.total or None, rate=rate)
+        elapsed = now - self._started[task]
+        rate = e.done / elapsed if e.done and elapsed > 0 else 0.0
+        eta = f"ETA {duration((e.total - e.done) / rate)}" if rate and e.total > e.done else ""
+        self.bars.update(task, completed=e.done, total=e.total or None,
+                         count=f"{e.done}/{e.total}" if e.total else "",
+                         rate=f"{rate:.2f} it/s" if rate else "", eta=eta)
+        if self.job is not None and self._job_task is not None:
+            self.job.update(e, now)
+            share, left = self.job.fraction(now), self.job.remaining()
+            if share is not None and left is not None:
+                self.bars.update(self._job_task, completed=round(1000 * share),
+                                 count=f"{100 * share:.0f} %", eta=f"{duration(left)} left")

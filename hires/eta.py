@@ -1,0 +1,135 @@
+"""How long the rest of a job will take: the plan's work, timed as the job runs.
+
+The plan knows each stage's UNet and VAE work (TFLOP) but only assumes a rate, so the clock
+times the work as it is done: seconds per TFLOP for the UNet and for the VAE apart (their rates
+differ by device and by strategy), then prices the work still to do at those rates. Until both
+have been seen, the one seen stands in for the other; until any has, the plan's own times.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hires.plan import Plan
+    from hires.progress import Event
+
+# The SDXL VAE's work per image pixel, decode and encode (FlopCounter, BENCHMARKS.md "GPU"):
+# how a stage's VAE work is split between the decode before it, its encode and a final decode.
+DECODE_PER_PX, ENCODE_PER_PX = 9.99e6, 4.65e6
+
+
+@dataclass
+class Phase:
+    """One phase of a run, as its progress events name it, and its planned work."""
+
+    stage: int  # the stage its events carry (a stage's first decode carries the one before)
+    name: str  # "denoise", "vae-decode" or "vae-encode"
+    tflop: float
+    steps: tuple[float, ...] = ()  # denoise: each step's share of the work
+    done: float = 0.0  # share of the work done
+
+    @property
+    def kind(self) -> str:
+        return "unet" if self.name == "denoise" else "vae"
+
+    def share(self, done: int, total: int) -> float:
+        """The share of the work done after `done` of `total` progress ticks."""
+        if total <= 0:
+            return 0.0
+        if self.steps and len(self.steps) == total:
+            return sum(self.steps[:done])
+        return min(1.0, done / total)
+
+
+def phases(plan: Plan) -> list[Phase]:
+    """The phases a run of `plan` goes through, in order (empty for a plan without costs)."""
+    if any(s.cost is None for s in plan.stages):
+        return []
+    out: list[Phase] = []
+    last = len(plan.stages) - 1
+    for s in plan.stages:
+        px, vae = s.width * s.height, s.cost.tflop - s.cost.unet_tflop
+        parts = []  # (stage its events carry, name, relative VAE work)
+        if s.kind == "upscale":
+            before = plan.stages[s.index - 1]
+            parts.append((before.index, "vae-decode", DECODE_PER_PX * before.width * before.height))
+        if s.kind != "base":
+            parts.append((s.index, "vae-encode", ENCODE_PER_PX * px))
+        final = [(s.index, "vae-decode", DECODE_PER_PX * px)] if s.index == last else []
+        whole = sum(w for *_, w in parts + final) or 1.0
+        out += [Phase(i, name, vae * w / whole) for i, name, w in parts]
+        # An upscale stage's first `global_steps` steps run the UNet twice (the global pass).
+        passes = [2.0 if k < s.global_steps and s.kind != "base" else 1.0
+                  for k in range(s.steps)]
+        out.append(Phase(s.index, "denoise", s.cost.unet_tflop,
+                         tuple(p / sum(passes) for p in passes)))
+        out += [Phase(i, name, vae * w / whole) for i, name, w in final]
+    return out
+
+
+class JobClock:
+    """Fed a run's progress events with the time each came, says how long the rest takes."""
+
+    def __init__(self, plan: Plan, now: float):
+        self.phases = phases(plan)
+        self.planned = plan.seconds  # None without a rate
+        self.tflop = sum(p.tflop for p in self.phases)
+        self.start = self.last = now
+        self.current: Phase | None = None
+        self.seconds = {"unet": 0.0, "vae": 0.0}  # spent on each kind of work
+        self.work = {"unet": 0.0, "vae": 0.0}  # TFLOP of it done
+
+    def update(self, e: Event, now: float) -> None:
+        index = next((i for i, p in enumerate(self.phases)
+                      if (p.stage, p.name) == (e.stage, e.phase)), None)
+        if index is None:  # a resize, a retry: the time goes to the next phase's work
+            return
+        phase = self.phases[index]
+        for skipped in self.phases[:index]:  # phases a run leaves out (latent upsampling)
+            skipped.done = 1.0
+        # The time since the last tick went to this phase's work, unless this tick only says
+        # that it starts: then to the one before (its end), or before any, to the set-up.
+        owner = phase if e.done > 0 else self.current
+        if owner is not None:
+            self.seconds[owner.kind] += now - self.last
+        self.last = now
+        share = phase.share(e.done, e.total)
+        if share > phase.done:
+            self.work[phase.kind] += (share - phase.done) * phase.tflop
+        phase.done = share  # lower again when a stage is run again (out of memory)
+        self.current = phase
+
+    def remaining(self) -> float | None:
+        """Seconds the job still needs, or None while nothing says."""
+        if not self.phases:
+            return None
+        rates = {k: self.seconds[k] / self.work[k] for k in self.work if self.work[k] > 0}
+        left = {"unet": 0.0, "vae": 0.0}
+        for p in self.phases:
+            left[p.kind] += (1.0 - p.done) * p.tflop
+        if not rates:
+            if self.planned is None or not self.tflop:
+                return None
+            return self.planned * sum(left.values()) / self.tflop
+        overall = sum(self.seconds[k] for k in rates) / sum(self.work[k] for k in rates)
+        return sum(left[k] * rates.get(k, overall) for k in left)
+
+    def fraction(self, now: float) -> float | None:
+        """The share of the job's time behind it."""
+        left = self.remaining()
+        if left is None:
+            return None
+        spent = now - self.start
+        return spent / (spent + left) if spent + left > 0 else 0.0
+
+
+def duration(seconds: float) -> str:
+    """'~40 s', '~12 min', '~1 h 05 min'."""
+    if seconds < 90:
+        return f"~{max(1, round(seconds))} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"~{minutes} min"
+    return f"~{minutes // 60} h {minutes % 60:02d} min"
