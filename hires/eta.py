@@ -52,10 +52,10 @@ def phases(plan: Plan) -> list[Phase]:
     for s in plan.stages:
         px, vae = s.width * s.height, s.cost.tflop - s.cost.unet_tflop
         parts = []  # (stage its events carry, name, relative VAE work)
-        if s.kind == "upscale":
+        if s.kind == "upscale" and not s.latent_upsample:
             before = plan.stages[s.index - 1]
             parts.append((before.index, "vae-decode", DECODE_PER_PX * before.width * before.height))
-        if s.kind != "base":
+        if s.kind != "base" and not s.latent_upsample:
             parts.append((s.index, "vae-encode", ENCODE_PER_PX * px))
         final = [(s.index, "vae-decode", DECODE_PER_PX * px)] if s.index == last else []
         whole = sum(w for *_, w in parts + final) or 1.0

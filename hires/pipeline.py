@@ -100,6 +100,7 @@ def plan_for(job: Job, components: Components, *, gpu: str | None = None,
         vae_tile=job.vae_tile, vae_stats=job.vae_stats, rate=rate_for(gpu) if gpu else None,
         source=source, cosine_scale_2=job.cosine_scale_2, global_floor=job.global_floor,
         karras=job.karras, alphas_cumprod=components.pipe.scheduler.alphas_cumprod,
+        upsample=job.upsample,
     )
 
 

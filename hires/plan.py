@@ -56,6 +56,7 @@ class Stage:
     cost: StageCost | None = None  # estimates: peak device bytes, TFLOPs, scratch, seconds
     kind: str = "upscale"  # "base": from noise; "input": from the user's image; "upscale"
     global_steps: int = 0  # the first steps that also run the dilated global pass
+    latent_upsample: bool = False  # starts from the previous latents resized: no VAE before it
 
     @property
     def steps(self) -> int:
@@ -195,6 +196,7 @@ def make_plan(
     global_floor: float = GLOBAL_FLOOR,
     karras: bool = False,
     alphas_cumprod: Tensor | None = None,
+    upsample: str = "pixel",
 ) -> Plan:
     """Stages for a `width` x `height` request; with a model shape, each one's strategy.
 
@@ -219,7 +221,8 @@ def make_plan(
             alphas = sdxl_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod
             run = sigma_schedule(alphas, ts, karras=True)[1]
         return Stage(index, w, h, ratio, s, ts, kind=kind,
-                     global_steps=global_steps(run, cosine_scale_2, global_floor))
+                     global_steps=global_steps(run, cosine_scale_2, global_floor),
+                     latent_upsample=kind == "upscale" and upsample == "latent")
 
     if source is None:
         sizes = stage_sizes(width, height, native)
@@ -245,7 +248,8 @@ def make_plan(
                                  budget=budget, offload=offload, vae_tile=vae_tile,
                                  vae_stats=vae_stats, rate=rate, source=source,
                                  cosine_scale_2=cosine_scale_2, global_floor=global_floor,
-                                 karras=karras, alphas_cumprod=alphas_cumprod)
+                                 karras=karras, alphas_cumprod=alphas_cumprod,
+                                 upsample=upsample)
             raise
     spill = model.spill if model is not None and model.on_gpu else 0.0
     fp32 = tuple(part for part, size in (("UNet", model.dtype_bytes),
@@ -263,7 +267,8 @@ def _with_cost(stage: Stage, stages: list[Stage], model: ModelShape, strategy: S
     cost = stage_cost(model, stage.width, stage.height, stage.steps, strategy,
                       base=stage.kind == "base", global_steps=stage.global_steps,
                       encode_input=stage.kind == "input",
-                      previous=(prev.width, prev.height) if prev else None,
+                      previous=(prev.width, prev.height)
+                      if prev and not stage.latent_upsample else None,
                       final_decode=last, vae_tile=vae_tile, vae_stats=vae_stats, rate=rate,
                       budget=usable(budget))
     return replace(stage, strategy=strategy, cost=cost)
@@ -340,7 +345,8 @@ def describe(plan: Plan) -> list[str]:
     """One line per stage, for logs and `hires plan`."""
     lines = []
     for s in plan.stages:
-        kind = {"base": "base", "input": "from the input"}.get(s.kind, f"x{s.ratio}")
+        kind = {"base": "base", "input": "from the input"}.get(
+            s.kind, f"x{s.ratio}" + (", latents resized" if s.latent_upsample else ""))
         line = (f"stage {s.index} ({kind}): {s.width}x{s.height}, strength {s.strength:.2f}, "
                 f"{s.steps} steps")
         if s.kind != "base":
@@ -499,4 +505,4 @@ def plan_without_weights(job, rate: float | None = None,
                      model=shape, budget=budget, offload=job.offload if on_gpu else "none",
                      vae_tile=job.vae_tile, vae_stats=job.vae_stats, rate=rate, source=source,
                      cosine_scale_2=job.cosine_scale_2, global_floor=job.global_floor,
-                     karras=job.karras, alphas_cumprod=alphas)
+                     karras=job.karras, alphas_cumprod=alphas, upsample=job.upsample)

@@ -131,3 +131,38 @@ def test_plain_progress_says_how_long_the_job_has_left():
                                            (700, "~12 min"), (3900, "~1 h 05 min")])
 def test_durations_read_as_people_say_them(seconds, text):
     assert duration(seconds) == text
+
+
+@pytest.mark.parametrize("upsample", ["pixel", "latent"])
+def test_a_run_goes_through_the_phases_the_clock_expects(tiny, upsample):
+    from hires.job import Job
+    from hires.pipeline import generate, plan_for
+
+    job = Job(prompt="x", width=512, height=512, steps=3, seed=1, model="tiny",
+              upsample=upsample)
+    plan = plan_for(job, tiny)
+    events = []
+    generate(job, components=tiny, plan=plan, progress=events.append)
+    expected = [(p.stage, p.name) for p in phases(plan)]
+    seen = list(dict.fromkeys((e.stage, e.phase) for e in events if e.phase != "resize"))
+    assert seen == expected
+    if upsample == "latent":  # only the final decode
+        assert [name for _, name in expected if name != "denoise"] == ["vae-decode"]
+    clock, now = JobClock(plan, 0.0), 0.0
+    for e in events:
+        now += 1.0
+        clock.update(e, now)
+    assert clock.remaining() == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_plan_with_latent_upsampling_prices_no_vae_between_stages():
+    pixel, latent = plan_4k(rate=400e12), plan_4k(rate=400e12, upsample="latent")
+    for a, b in zip(pixel.stages, latent.stages, strict=True):
+        assert b.cost.unet_tflop == a.cost.unet_tflop
+        assert b.latent_upsample == (b.kind == "upscale")
+    for s in latent.stages[:-1]:
+        assert s.cost.tflop == s.cost.unet_tflop and not s.cost.vae_seconds
+    # The last stage keeps its final decode, not the decode and encode before it.
+    vae = [s.cost.tflop - s.cost.unet_tflop for s in (pixel.stages[-1], latent.stages[-1])]
+    assert 0 < vae[1] < 0.75 * vae[0]
+    assert latent.seconds < pixel.seconds
