@@ -668,6 +668,7 @@ def fitted_plan(make, job):
 def show_plan(job, gpu: str | None, as_json: bool,
               source: tuple[int, int] | None = None) -> None:
     """Print the plan of `job` without loading weights (`hires plan`, `gen --dry-run`)."""
+    from hires.eta import duration
     from hires.gpus import CUDA_CONTEXT_GIB, card, rate_for
     from hires.plan import describe, dry_run
 
@@ -717,8 +718,11 @@ def show_plan(job, gpu: str | None, as_json: bool,
     lines += describe(p)
     tflop = sum(s.cost.tflop for s in p.stages)
     work = f"{tflop / 1000:.1f} PFLOP" if tflop >= 100 else f"{tflop:.2g} TFLOP"
-    vae = f" (VAE ~{p.vae_seconds:.0f} s)" if p.vae_seconds >= 0.5 else ""
-    lines.append(f"total: peak {p.peak_bytes / 1024**3:.1f} GiB, {work}, ~{p.seconds:.0f} s{vae}")
+    notes = [duration(p.seconds)] if p.seconds >= 90 else []  # a person reads minutes
+    notes += [f"VAE ~{p.vae_seconds:.0f} s"] if p.vae_seconds >= 0.5 else []
+    notes_text = f" ({', '.join(notes)})" if notes else ""
+    lines.append(f"total: peak {p.peak_bytes / 1024**3:.1f} GiB, {work}, ~{p.seconds:.0f} s"
+                 f"{notes_text}")
     out_line("\n".join(lines))
     if p.fp32 == ("VAE",) and job.vae_dtype == "auto":  # only a GPU without bf16 does that
         say(fp16_vae_hint(f"the {gpu}", f" (~{p.vae_seconds:.0f} of the ~{p.seconds:.0f} s)"))

@@ -67,6 +67,14 @@ def test_plan_text_names_strategy_memory_and_time():
     assert lines[-1].startswith("total:")
 
 
+def test_a_long_plan_says_its_time_in_minutes_too():
+    result = cli("plan", "--size", "16384", "--gpu", "4090", "--ram", "64")
+    assert result.exit_code == 0, result.stderr
+    total = result.stdout.strip().splitlines()[-1]
+    seconds = float(total.split("~")[1].split(" s")[0])
+    assert f"(~{round(seconds / 60)} min, VAE ~" in total
+
+
 def test_unknown_gpu_is_a_usage_error():
     result = cli("plan", "--size", "2048", "--gpu", "toaster")
     assert result.exit_code == 2 and "h100" in result.stderr
