@@ -137,7 +137,9 @@ Device = Annotated[str | None, typer.Option(help="auto, cuda, cuda:N, mps or cpu
 Dtype = Annotated[str | None, typer.Option(
     help="auto (fp16 on GPUs, fp32 on the CPU), fp16, bf16 (about 3x faster than fp32 on CPUs"
          " with AVX512-BF16) or fp32.")]
-Upsample = Annotated[str | None, typer.Option(help="Between stages: pixel (default) or latent.")]
+Upsample = Annotated[str | None, typer.Option(
+    help="Between stages: pixel (default: decode, resize, encode) or latent (the latents "
+         "resized: no VAE between stages, faster).")]
 VaeTile = Annotated[int | None, typer.Option(
     help="VAE tile size in pixels, a multiple of 8 (default: the planner's pick, the largest of"
          " 2048-512 that fits the memory).")]
