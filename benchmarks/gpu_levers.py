@@ -124,33 +124,27 @@ def vae_checks(comps, side: int, tile: int, seed: int = 0) -> list[dict]:
     little = 64e6 if device.type == "cuda" else 2e6
     tolerance = TOLERANCE[comps.vae_dtype]
     rows = []
-    with placed(comps, "model", vae), torch.inference_mode():
-        def decode(stats: str = "fast", spill: float = 0.0) -> Tensor:
-            return tiled_vae.decode_float(vae, latent, tile=tile, stats=stats, spill=spill)
 
-        plain, seconds, peak = _timed(device, decode)
-        rows.append(_row(f"vae decode {side} px, {tile} px tiles: fast", seconds, peak, 0.0,
-                         tolerance))
+    def plain_and_spilled(what: str, run: Callable[[float], Tensor]) -> Tensor:
+        """`run(spill)` with room for every output, then with most of them spilled."""
+        plain, seconds, peak = _timed(device, lambda: run(0.0))
+        rows.append(_row(f"vae {what}, {tile} px tiles: fast", seconds, peak, 0.0, tolerance))
         with _memo_budget(little, 64 * little) as spilled:
-            out, seconds, peak = _timed(device, lambda: decode(spill=float("inf")))
-        rows.append(_row(f"vae decode {side} px: fast, outputs spilled to the CPU", seconds,
-                         peak, _rel(out, plain), tolerance) | {"spilled_mb": spilled[0] / 1e6})
-        out, seconds, peak = _timed(device, lambda: decode("exact"))
+            out, seconds, peak = _timed(device, lambda: run(float("inf")))
+        rows.append(_row(f"vae {what}: fast, outputs spilled to the CPU", seconds, peak,
+                         _rel(out, plain), tolerance) | {"spilled_mb": spilled[0] / 1e6})
+        return plain
+
+    with placed(comps, "model", vae), torch.inference_mode():
+        plain = plain_and_spilled(f"decode {side} px", lambda spill: tiled_vae.decode_float(
+            vae, latent, tile=tile, spill=spill))
+        out, seconds, peak = _timed(device, lambda: tiled_vae.decode_float(
+            vae, latent, tile=tile, stats="exact"))
         rows.append(_row(f"vae decode {side} px: exact (scratch files)", seconds, peak,
                          _rel(out, plain), tolerance))
-
         image = plain.clamp(-1, 1)
-
-        def encode(spill: float = 0.0) -> Tensor:
-            return tiled_vae.encode(vae, image, tile=tile, spill=spill)
-
-        plain_z, seconds, peak = _timed(device, encode)
-        rows.append(_row(f"vae encode {side} px, {tile} px tiles: fast", seconds, peak, 0.0,
-                         tolerance))
-        with _memo_budget(little, 64 * little) as spilled:
-            out, seconds, peak = _timed(device, lambda: encode(spill=float("inf")))
-        rows.append(_row(f"vae encode {side} px: fast, outputs spilled to the CPU", seconds,
-                         peak, _rel(out, plain_z), tolerance) | {"spilled_mb": spilled[0] / 1e6})
+        plain_and_spilled(f"encode {side} px", lambda spill: tiled_vae.encode(
+            vae, image, tile=tile, spill=spill))
     return rows
 
 
