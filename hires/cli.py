@@ -592,14 +592,16 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
     for warning in components.warnings:
         err.print(f"warning: {warning}", markup=False)
     check_loaded(first, components)
-    for one, path, fmt in runs:
+    for number, (one, path, fmt) in enumerate(runs, 1):
         source = load_source(one) if one.image else None
         size = source.rgb.size if source else None
         plan = fitted_plan(lambda j=one, s=size: plan_for(j, components, gpu=gpu, source=s), one)
         if save_stages:  # before the first step, not after the compute is spent
             for stage_path in stage_paths(path, len(plan.stages)):
                 check_writable(stage_path, overwrite)
-        say(f"{path}: seed {one.seed}, {len(plan.stages)} stage(s), {plan.width}x{plan.height}")
+        of = f" (image {number} of {len(runs)})" if many else ""
+        say(f"{path}{of}: seed {one.seed}, {len(plan.stages)} stage(s), "
+            f"{plan.width}x{plan.height}")
         for line in describe(plan):
             say(f"  {line}")
         with progress_renderer(quiet, plan) as progress:

@@ -524,10 +524,12 @@ def test_quiet_hides_library_progress_bars_with_a_local_model_folder(tmp_path, t
 # --- 21: several images per prompt --------------------------------------------------------------
 
 def test_n_images_per_prompt_take_consecutive_seeds(tmp_path, asked):
-    result = cli("gen", "x", *TINY, "--n", "3", "--seed", "7", "-q", "--json", "-o", tmp_path)
+    result = cli("gen", "x", *TINY, "--n", "3", "--seed", "7", "--json", "-o", tmp_path)
     assert result.exit_code == 0, result.stderr
     records = json_lines(result.stdout)
     assert [r["seed"] for r in records] == [7, 8, 9]
+    for k, r in enumerate(records, 1):  # the log says which image of how many each is
+        assert f"{r['path']} (image {k} of 3): seed {r['seed']}" in result.stderr
     assert len({r["path"] for r in records}) == 3 and len(list(tmp_path.glob("*.png"))) == 3
     assert cli("gen", "x", *TINY, "--n", "2", "-o", tmp_path / "one.png").exit_code == 2
 
