@@ -547,6 +547,7 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
     import secrets
 
     from hires import output as out
+    from hires import resume
     from hires.addons import check_inputs
     from hires.job import JobError
 
@@ -568,6 +569,10 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
                                fmt=job.format, index=i, prompt=text)
         fmt = format_of(path, job.format, fmt_flag)
         one = one.merged({"format": fmt})
+        kept = resume.path_for(path)
+        if job.seed is None and not many and kept.exists():  # a run that drew its seed stopped
+            seed = resume.seed_of(kept, one)
+            one = one.merged({"seed": seed}) if seed is not None else one
         if many and (output is None or "{" not in output):
             path = path.with_name(f"{path.stem}_{i:03d}{path.suffix}")
         if any(path == other for _, other, _ in runs):
@@ -604,13 +609,16 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
             f"{plan.width}x{plan.height}")
         for line in describe(plan):
             say(f"  {line}")
+        kept = resume.path_for(path)
+        say_resume(kept, one, plan, save_stages)
         with progress_renderer(quiet, plan) as progress:
             if source is not None:
                 result = upscale_job(one, source=source, components=components,
-                                     progress=progress, save_stages=save_stages, plan=plan)
+                                     progress=progress, save_stages=save_stages, plan=plan,
+                                     checkpoint=kept)
             else:
                 result = generate(one, components=components, progress=progress,
-                                  save_stages=save_stages, plan=plan)
+                                  save_stages=save_stages, plan=plan, checkpoint=kept)
         for warning in result.warnings[len(components.warnings):]:
             err.print(f"warning: {warning}", markup=False)
         for s in result.stages:
@@ -618,6 +626,21 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
                 say(f"  stage {s.index} ({s.width}x{s.height}): {s.psnr:.1f} dB PSNR against "
                     "the input")
         emit(save_result(result, path, fmt, overwrite, save_stages), as_json)
+        resume.remove(kept)
+
+
+def say_resume(kept: Path, job, plan, save_stages: bool) -> None:
+    """Say whether a run goes on from a stopped one's checkpoint."""
+    from hires import resume
+
+    stage = resume.stage_of(kept, job, plan) if kept.exists() else None
+    if stage is None:
+        return
+    if save_stages:
+        say(f"  {kept.name} holds stages 0-{stage} of this job, but --save-stages needs every "
+            "stage's image: starting over")
+    else:
+        say(f"  resuming: stages 0-{stage} were kept in {kept.name}")
 
 
 @app.command()
@@ -836,6 +859,7 @@ def batch(
             return paths[item.index]
 
         def make_one(item: b.BatchItem, path: Path) -> dict:
+            from hires import resume
             from hires.pipeline import generate, load, load_args, plan_for
             from hires.upscale import load_source, upscale_job
 
@@ -851,14 +875,19 @@ def batch(
             comps = loaded[key]
             source = load_source(j) if j.image else None
             plan = plan_for(j, comps, source=source.rgb.size if source else None)
+            kept = resume.path_for(path)
+            say_resume(kept, j, plan, False)
             with progress_renderer(quiet, plan) as progress:
                 if source is not None:
                     result = upscale_job(j, source=source, components=comps,
-                                         progress=progress, plan=plan)
+                                         progress=progress, plan=plan, checkpoint=kept)
                 else:
-                    result = generate(j, components=comps, progress=progress, plan=plan)
-            return save_result(result, path, j.format, overwrite, False,
-                               settings=b.settings_hash(j))
+                    result = generate(j, components=comps, progress=progress, plan=plan,
+                                      checkpoint=kept)
+            record = save_result(result, path, j.format, overwrite, False,
+                                 settings=b.settings_hash(j))
+            resume.remove(kept)
+            return record
 
         def report(o: b.Outcome) -> None:
             if o.status == "failed":

@@ -6,12 +6,14 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from hires import resume
 from hires import vae as tiled_vae
 from hires.addons import Addons, attached
 from hires.controlnet import control_tensor
@@ -125,11 +127,15 @@ def generate(
     progress: ProgressFn | None = None,
     save_stages: bool = False,
     plan: Plan | None = None,
+    checkpoint: str | Path | None = None,
     **overrides: Any,
 ) -> Result:
     """Make one image. Keyword overrides are Job fields: `generate(prompt="a fox", width=4096)`.
 
     `plan` (from `plan_for`, possibly with strategies replaced) overrides the planner.
+    `checkpoint` (`hires.resume.path_for(output)`): each finished stage is kept there, and a
+    run of the same job that finds one goes on after its stage; remove it once the image is
+    saved (`hires.resume.remove`).
     """
     job = (job or Job()).merged(overrides).validate()
     if job.seed is None:
@@ -137,7 +143,8 @@ def generate(
     comps = components or load(*load_args(job))
     plan = plan or plan_for(job, comps)
     with attached(comps, job) as addons, torch.inference_mode():
-        return _run(job, comps, plan, progress, save_stages, addons=addons)
+        return _run(job, comps, plan, progress, save_stages, addons=addons,
+                    checkpoint=Path(checkpoint) if checkpoint else None)
 
 
 @dataclass
@@ -151,16 +158,19 @@ class _Carry:
     image: Image.Image | None = None
 
 
-Decoded = Callable[[int, Image.Image], None]  # (stage index, that stage's decoded image)
+# (stage index, that stage's decoded image) -> a score for its report (`StageReport.psnr`)
+Decoded = Callable[[int, Image.Image], "float | None"]
 
 
 def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
          save_stages: bool, source: Image.Image | None = None,
-         on_decoded: Decoded | None = None, addons: Addons | None = None) -> Result:
+         on_decoded: Decoded | None = None, addons: Addons | None = None,
+         checkpoint: Path | None = None) -> Result:
     """The stages of one job, in order (base or input, then x2 stages), then the final decode.
 
     With `source`, the plan is an upscale plan and its first stage starts from that image.
     `addons` are the job's add-ons, already on the model (see hires.addons.attached).
+    `checkpoint`: where finished stages are kept, and a run of this job is resumed from.
     """
     emit = progress or (lambda e: None)
     started = time.perf_counter()
@@ -175,8 +185,26 @@ def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
     warnings = list(comps.warnings)
     carry = _Carry(image=source)
     stages = list(plan.stages)
-    decoded = on_decoded or (lambda i, im: None)
-    for stage in stages:
+    scores: dict[int, float] = {}
+
+    def decoded(index: int, image: Image.Image) -> None:
+        score = on_decoded(index, image) if on_decoded else None
+        if score is not None:
+            scores[index] = score
+
+    def scored(reports: list[StageReport]) -> list[StageReport]:
+        for r in reports:
+            r.psnr = scores.get(r.index, r.psnr)
+        return reports
+
+    # Stage images are not kept, so a run that saves them starts over.
+    saved = resume.load(checkpoint, job, plan, comps.device) \
+        if checkpoint and not save_stages else None
+    if saved is not None:
+        carry = _Carry(saved.latents, saved.anchor)
+        reports = [StageReport(**r) for r in saved.reports]
+        warnings.append(f"resumed: stages 0-{saved.stage} were kept in {checkpoint.name}")
+    for stage in stages[len(reports):]:
         t0 = time.perf_counter()
         reset_peak(comps.device)
         try:
@@ -199,8 +227,15 @@ def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
         report.seconds = time.perf_counter() - t0
         report.peak_memory = peak_memory(comps.device)
         reports.append(report)
+        if checkpoint is not None and stage.index < len(stages) - 1:
+            try:
+                resume.save(checkpoint, job, plan, stage.index, carry.latents, carry.anchor,
+                            scored(reports))
+            except OSError as e:  # the job goes on; only its resumability is lost
+                warnings.append(f"could not keep stage {stage.index} in {checkpoint}: {e}")
+                checkpoint = None
     return Result(stage_images.pop() if not save_stages else stage_images[-1], job, plan,
-                  reports, time.perf_counter() - started, peak_memory(comps.device),
+                  scored(reports), time.perf_counter() - started, peak_memory(comps.device),
                   stage_images, warnings, comps.linfusion, addons=addons.record)
 
 

@@ -98,8 +98,9 @@ def load_source(job: Job):
 
 def upscale_job(job: Job, *, source: Any = None, components: Components | None = None,
                 progress: ProgressFn | None = None, save_stages: bool = False,
-                plan: Plan | None = None) -> Result:
-    """A complete upscale Job (`job.image` set, width/height final) run as `upscale` does."""
+                plan: Plan | None = None, checkpoint: str | Path | None = None) -> Result:
+    """A complete upscale Job (`job.image` set, width/height final) run as `upscale` does;
+    `checkpoint` as for `hires.generate`."""
     from hires.images import attach_alpha, fidelity
 
     source = source or load_source(job)
@@ -108,16 +109,13 @@ def upscale_job(job: Job, *, source: Any = None, components: Components | None =
         job = replace(job, seed=secrets.randbelow(2**32))
     comps = components or load(*load_args(job))
     plan = plan or plan_for(job, comps, source=source.rgb.size)
-    scores: dict[int, float] = {}
-
-    def on_decoded(index: int, result: Image.Image) -> None:
-        scores[index] = fidelity(result, source)
+    def on_decoded(index: int, result: Image.Image) -> float:
+        return fidelity(result, source)
 
     with attached(comps, job, source.rgb) as addons, torch.inference_mode():
         result = _run(job, comps, plan, progress, save_stages, source=source.rgb,
-                      on_decoded=on_decoded, addons=addons)
-    for report in result.stages:
-        report.psnr = scores.get(report.index)
+                      on_decoded=on_decoded, addons=addons,
+                      checkpoint=Path(checkpoint) if checkpoint else None)
     result.image = attach_alpha(result.image, source.alpha)
     result.source = {"path": str(source.path), "sha256": source.sha256,
                      "width": source.rgb.width, "height": source.rgb.height}

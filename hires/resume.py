@@ -1,0 +1,127 @@
+"""Stage checkpoints: a job that stops (killed, out of memory, a crash) goes on after its last
+finished stage when it is run again with the same settings.
+
+After each stage but the last, its latents and the anchor statistics go to NAME.resume.safetensors
+beside the output (megabytes: 17 MB after an 8K stage), with the job's settings, the stages'
+sizes and timesteps and the reports so far. A run of the same job finds it and skips the stages
+it holds: every stage draws its noise from its own stream of the seed, so the image is the one
+an unbroken run makes. The file goes once the image is saved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from hires.job import Job
+    from hires.plan import Plan
+
+SUFFIX = ".resume.safetensors"
+FORMAT = "hires-resume-1"
+
+
+@dataclass
+class Checkpoint:
+    """What a run had done: stages up to `stage` (index), and what the next one starts from."""
+
+    stage: int
+    latents: Tensor
+    anchor: tuple[Tensor, Tensor]
+    reports: list[dict[str, Any]]
+
+
+def path_for(output: str | Path) -> Path:
+    """Where the checkpoints of the job writing `output` go."""
+    output = Path(output)
+    return output.with_name(output.name + SUFFIX)
+
+
+def _stages(plan: Plan) -> str:
+    return json.dumps([[s.width, s.height, list(s.timesteps)] for s in plan.stages])
+
+
+def _settings(job: Job) -> str:
+    from hires.batch import settings_hash
+
+    return settings_hash(job)
+
+
+def _header(path: Path) -> dict[str, str] | None:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception:  # missing, cut short, not ours: no checkpoint
+        return None
+    return meta if meta.get("format") == FORMAT else None
+
+
+def stage_of(path: Path, job: Job, plan: Plan) -> int | None:
+    """The last stage the checkpoint at `path` holds, if it is of this job, else None."""
+    from hires import __version__
+
+    meta = _header(path)
+    if meta is None or meta.get("hires") != __version__ or meta.get("settings") != _settings(job) \
+            or meta.get("stages") != _stages(plan):
+        return None
+    stage = int(meta["stage"])
+    return stage if 0 <= stage < len(plan.stages) - 1 else None
+
+
+def seed_of(path: Path, job: Job) -> int | None:
+    """The seed of the checkpoint at `path` if it is of `job` with another seed (a run that
+    drew its seed at random): the seed to run again with."""
+    meta = _header(path)
+    if meta is None:
+        return None
+    try:
+        seed = int(json.loads(meta["job"])["seed"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return seed if meta.get("settings") == _settings(job.merged({"seed": seed})) else None
+
+
+def load(path: Path, job: Job, plan: Plan, device: torch.device) -> Checkpoint | None:
+    """The checkpoint at `path` on `device`, if it is of this job and plan."""
+    stage = stage_of(path, job, plan)
+    if stage is None:
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        reports = json.loads(f.metadata()["reports"])
+        latents, mean, std = (f.get_tensor(k).to(device) for k in ("latents", "mean", "std"))
+    return Checkpoint(stage, latents, (mean, std), reports)
+
+
+def save(path: Path, job: Job, plan: Plan, stage: int, latents: Tensor,
+         anchor: tuple[Tensor, Tensor], reports: list) -> None:
+    """Write the checkpoint after `stage` whole or not at all (a temp file, then renamed)."""
+    from hires import __version__
+
+    tensors = {"latents": latents, "mean": anchor[0], "std": anchor[1]}
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
+    meta = {"format": FORMAT, "hires": __version__, "settings": _settings(job),
+            "job": json.dumps(job.to_dict(), default=str), "stages": _stages(plan),
+            "stage": str(stage), "reports": json.dumps([asdict(r) for r in reports])}
+    # Named as hires' other temp files, so that the next run removes it if this one dies here.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:120]}.{os.getpid()}.", suffix=".part",
+                               dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def remove(path: Path) -> None:
+    path.unlink(missing_ok=True)

@@ -1,0 +1,133 @@
+"""Stage checkpoints: a stopped job goes on after its last finished stage, to the same image."""
+
+import numpy as np
+import pytest
+from helpers_cli import cli, json_lines
+from PIL import Image
+
+import hires.pipeline
+from hires import resume
+from hires.job import Job
+from hires.pipeline import generate
+from hires.upscale import upscale_job
+
+JOB = dict(prompt="a fox", model="tiny", width=768, height=768, steps=3, seed=5)
+
+
+class Stop(Exception):
+    """Stands for whatever stops a run: a kill, an out-of-memory error, a crash."""
+
+
+def stop_at(stage: int):
+    def progress(e):
+        if e.stage == stage and e.phase == "denoise" and e.done == 1:
+            raise Stop
+    return progress
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image).astype(int)
+
+
+@pytest.fixture(scope="module")
+def unbroken(tiny):
+    return generate(components=tiny, **JOB)
+
+
+def test_a_stopped_job_goes_on_after_its_last_stage_to_the_same_image(tiny, unbroken, tmp_path):
+    kept = resume.path_for(tmp_path / "fox.png")
+    with pytest.raises(Stop):
+        generate(components=tiny, checkpoint=kept, progress=stop_at(2), **JOB)
+    assert kept.is_file() and resume.stage_of(kept, unbroken.job, unbroken.plan) == 1
+    events = []
+    result = generate(components=tiny, checkpoint=kept, progress=events.append, **JOB)
+    assert np.array_equal(pixels(result.image), pixels(unbroken.image))
+    assert {e.stage for e in events if e.phase == "denoise"} == {2}  # stages 0 and 1: kept
+    assert [r.index for r in result.stages] == [0, 1, 2]
+    assert result.warnings[-1] == f"resumed: stages 0-1 were kept in {kept.name}"
+
+
+def test_a_checkpoint_of_other_settings_is_not_resumed(tiny, tmp_path):
+    kept = resume.path_for(tmp_path / "fox.png")
+    with pytest.raises(Stop):
+        generate(components=tiny, checkpoint=kept, progress=stop_at(2), **JOB)
+    other = {**JOB, "prompt": "a hare"}
+    assert resume.seed_of(kept, Job(**{**other, "seed": 9})) is None
+    events = []
+    generate(components=tiny, checkpoint=kept, progress=events.append, **other)
+    assert {e.stage for e in events if e.phase == "denoise"} == {0, 1, 2}
+    # That run kept its own stages. Stage images are not kept: --save-stages starts over.
+    assert resume.stage_of(kept, Job(**other), hires.pipeline.plan_for(Job(**other), tiny)) == 1
+    events.clear()
+    generate(components=tiny, checkpoint=kept, progress=events.append, save_stages=True,
+             **other)
+    assert {e.stage for e in events if e.phase == "denoise"} == {0, 1, 2}
+
+
+def test_an_upscale_resumes_with_every_stages_fidelity(tiny, tmp_path):
+    from skimage import data
+
+    photo = tmp_path / "chelsea.png"
+    Image.fromarray(data.chelsea()).resize((96, 64)).save(photo)
+    job = Job(image=str(photo), model="tiny", width=768, height=512, steps=4, seed=3,
+              strength=0.5)
+    whole = upscale_job(job, components=tiny)
+    kept = resume.path_for(tmp_path / "up.png")
+    with pytest.raises(Stop):
+        upscale_job(job, components=tiny, checkpoint=kept, progress=stop_at(2))
+    result = upscale_job(job, components=tiny, checkpoint=kept)
+    assert "resumed: stages 0-1" in result.warnings[-1]
+    assert np.array_equal(pixels(result.image), pixels(whole.image))
+    assert [r.psnr for r in result.stages] == [r.psnr for r in whole.stages]
+    assert all(r.psnr is not None for r in result.stages)
+
+
+def test_the_same_command_resumes_a_run_that_drew_its_seed(tmp_path, asked, monkeypatch):
+    out = tmp_path / "fox.png"
+    args = ("gen", "a fox", "--model", "tiny", "--size", "768", "--steps", "3", "--json",
+            "-o", out)
+    real = hires.pipeline._stage
+
+    def failing(job, comps, plan, stage, *rest):
+        if stage.index == 2:
+            raise RuntimeError("the GPU fell off the bus")
+        return real(job, comps, plan, stage, *rest)
+
+    monkeypatch.setattr(hires.pipeline, "_stage", failing)
+    assert cli(*args).exit_code == 1 and not out.exists()
+    kept = resume.path_for(out)
+    assert kept.is_file()
+    monkeypatch.setattr(hires.pipeline, "_stage", real)
+    result = cli(*args)
+    assert result.exit_code == 0, result.stderr
+    assert "resuming: stages 0-1 were kept in fox.png.resume.safetensors" in result.stderr
+    (record,) = json_lines(result.stdout)
+    assert not kept.exists()  # gone once the image is saved
+    # The seed of the stopped run, and its image.
+    again = cli("gen", "a fox", "--model", "tiny", "--size", "768", "--steps", "3", "--seed",
+                record["seed"], "-q", "-o", tmp_path / "again.png")
+    assert again.exit_code == 0, again.stderr
+    assert np.array_equal(pixels(Image.open(out)), pixels(Image.open(tmp_path / "again.png")))
+
+
+def test_a_batch_job_that_failed_mid_way_resumes(tmp_path, asked, monkeypatch):
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text('[[job]]\nprompt = "a fox"\nmodel = "tiny"\nwidth = 768\nheight = 768\n'
+                    'steps = 3\noutput = "fox.png"\n', encoding="utf-8")
+    real = hires.pipeline._stage
+
+    def failing(job, comps, plan, stage, *rest):
+        if stage.index == 2:
+            raise RuntimeError("out of memory")
+        return real(job, comps, plan, stage, *rest)
+
+    monkeypatch.setattr(hires.pipeline, "_stage", failing)
+    first = cli("batch", jobs, "-o", tmp_path)
+    assert first.exit_code == 1 and "job 0 failed" in first.stderr
+    kept = resume.path_for(tmp_path / "fox.png")
+    assert kept.is_file()
+    monkeypatch.setattr(hires.pipeline, "_stage", real)
+    again = cli("batch", jobs, "-o", tmp_path)
+    assert again.exit_code == 0, again.stderr
+    assert "resuming: stages 0-1 were kept in fox.png.resume.safetensors" in again.stderr
+    assert (tmp_path / "fox.png").is_file() and not kept.exists()
