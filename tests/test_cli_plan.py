@@ -132,7 +132,7 @@ def test_the_vae_share_of_each_stage_time_is_its_work_at_the_rate():
     assert p["stages"][-1]["vae_seconds"] > 0  # the last stage decodes the image
     assert abs(p["vae_seconds"] - sum(s["vae_seconds"] for s in p["stages"])) < 0.01
     text = cli("plan", "x", "--size", "8192", "--vram", "80", "--gpu", "100").stdout
-    assert f"(VAE ~{p['vae_seconds']:.0f} s)" in text.splitlines()[-1]
+    assert f"VAE ~{p['vae_seconds']:.0f} s)" in text.splitlines()[-1]
 
 
 def test_a_named_gpu_is_planned_with_its_memory_unless_vram_says():
