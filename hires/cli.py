@@ -610,7 +610,7 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
         for line in describe(plan):
             say(f"  {line}")
         kept = resume.path_for(path)
-        say_resume(kept, one, plan, save_stages)
+        say_resume(kept, one, plan, save_stages, source)
         with progress_renderer(quiet, plan) as progress:
             if source is not None:
                 result = upscale_job(one, source=source, components=components,
@@ -629,10 +629,15 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
         resume.remove(kept)
 
 
-def say_resume(kept: Path, job, plan, save_stages: bool) -> None:
-    """Say whether a run goes on from a stopped one's checkpoint."""
+def say_resume(kept: Path, job, plan, save_stages: bool, source=None) -> None:
+    """Say whether a run goes on from a stopped one's checkpoint (an upscale's job records
+    its `source` image's sha256)."""
+    from dataclasses import replace
+
     from hires import resume
 
+    if source is not None:
+        job = replace(job, image_sha256=source.sha256)
     stage = resume.stage_of(kept, job, plan) if kept.exists() else None
     if stage is None:
         return
@@ -876,7 +881,7 @@ def batch(
             source = load_source(j) if j.image else None
             plan = plan_for(j, comps, source=source.rgb.size if source else None)
             kept = resume.path_for(path)
-            say_resume(kept, j, plan, False)
+            say_resume(kept, j, plan, False, source)
             with progress_renderer(quiet, plan) as progress:
                 if source is not None:
                     result = upscale_job(j, source=source, components=comps,

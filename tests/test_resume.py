@@ -131,3 +131,25 @@ def test_a_batch_job_that_failed_mid_way_resumes(tmp_path, asked, monkeypatch):
     assert again.exit_code == 0, again.stderr
     assert "resuming: stages 0-1 were kept in fox.png.resume.safetensors" in again.stderr
     assert (tmp_path / "fox.png").is_file() and not kept.exists()
+
+
+def test_hires_up_says_it_resumes(tmp_path, asked, monkeypatch):
+    from skimage import data
+
+    photo = tmp_path / "chelsea.png"
+    Image.fromarray(data.chelsea()).resize((96, 64)).save(photo)
+    args = ("up", photo, "--model", "tiny", "--scale", "8", "--steps", "4", "--seed", "3",
+            "-o", tmp_path / "up.png")
+    real = hires.pipeline._stage
+
+    def failing(job, comps, plan, stage, *rest):
+        if stage.index == 2:
+            raise RuntimeError("killed")
+        return real(job, comps, plan, stage, *rest)
+
+    monkeypatch.setattr(hires.pipeline, "_stage", failing)
+    assert cli(*args).exit_code == 1
+    monkeypatch.setattr(hires.pipeline, "_stage", real)
+    again = cli(*args)
+    assert again.exit_code == 0, again.stderr
+    assert "resuming: stages 0-1 were kept in up.png.resume.safetensors" in again.stderr
