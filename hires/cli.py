@@ -176,6 +176,9 @@ DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the plan (as `hir
                                       "exit without loading weights.")]
 QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="No progress or logs on stderr.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace existing output files.")]
+Resume = Annotated[bool, typer.Option(
+    "--resume/--no-resume", help="Go on from the stages a stopped run of the same job kept "
+    "beside the output (NAME.resume.safetensors); --no-resume starts over.")]
 
 
 def job_flags(options: dict[str, Any], **replaced: Any) -> dict[str, Any]:
@@ -401,6 +404,7 @@ def gen(
     dry_run: DryRun = False, gpu: Gpu = None,
     n: Annotated[int, typer.Option("--n", min=1, max=10000, help="Images per prompt, with "
                                    "consecutive seeds (default 1).")] = 1,
+    resume_runs: Resume = True,
 ) -> None:
     """Make an image from a prompt, 1K to 16K."""
     options = dict(locals())  # every option, by name: job_flags picks the job's
@@ -418,7 +422,7 @@ def gen(
         if not prompts[0] and from_image is None:
             raise typer.BadParameter("give a prompt (or '-' to read prompts from stdin)")
         run_prompts(job, prompts, output, save_stages, as_json, quiet, overwrite, gpu,
-                    fmt_flag=fmt, n=n)
+                    fmt_flag=fmt, n=n, resume_runs=resume_runs)
 
 
 @app.command()
@@ -449,7 +453,7 @@ def up(
     control_scale: ControlScale = None, ip_image: IpImage = None, ip_adapter: IpAdapter = None,
     ip_scale: IpScale = None,
     as_json: JsonOut = False, quiet: QuietOpt = False, overwrite: Overwrite = False,
-    dry_run: DryRun = False, gpu: Gpu = None,
+    dry_run: DryRun = False, gpu: Gpu = None, resume_runs: Resume = True,
 ) -> None:
     """Upscale an existing image with new, coherent detail (e.g. --scale 4 or --size 16384)."""
     options = dict(locals())  # every option, by name: job_flags picks the job's
@@ -470,7 +474,7 @@ def up(
             return
         check_device(job.device)
         run_prompts(job, [job.prompt], output, save_stages, as_json, quiet, overwrite, gpu,
-                    fmt_flag=fmt)
+                    fmt_flag=fmt, resume_runs=resume_runs)
 
 
 def format_of(path: Path, default: str, flag: str | None) -> str:
@@ -542,8 +546,9 @@ def check_device(device: str) -> None:
 
 def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, as_json: bool,
                 quiet: bool, overwrite: bool, gpu: str | None = None,
-                fmt_flag: str | None = None, n: int = 1) -> None:
-    """Plan and check every output first, load the model once, then make each image."""
+                fmt_flag: str | None = None, n: int = 1, resume_runs: bool = True) -> None:
+    """Plan and check every output first, load the model once, then make each image;
+    `resume_runs`: go on from what stopped runs of a job kept (`hires.resume`)."""
     import secrets
 
     from hires import output as out
@@ -570,7 +575,9 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
         fmt = format_of(path, job.format, fmt_flag)
         one = one.merged({"format": fmt})
         kept = resume.path_for(path)
-        if job.seed is None and not many and kept.exists():  # a run that drew its seed stopped
+        if not resume_runs:
+            resume.remove(kept)
+        elif job.seed is None and not many and kept.exists():  # it drew its seed, and stopped
             seed = resume.seed_of(kept, one)
             one = one.merged({"seed": seed}) if seed is not None else one
         if many and (output is None or "{" not in output):
@@ -802,8 +809,10 @@ def batch(
     preset: Preset = None, model: Model = None, device: Device = None,
     allow_pickle: AllowPickle = False,
     as_json: JsonOut = False, quiet: QuietOpt = False, overwrite: Overwrite = False,
+    resume_runs: Resume = True,
 ) -> None:
-    """Run many jobs from a file; models load once; finished images are skipped on a re-run.
+    """Run many jobs from a file; models load once; finished images are skipped on a re-run,
+    and a job that stopped goes on after its last finished stage.
 
     A job whose settings changed since its image was made is re-run; the old image is kept
     under a new name (NAME.<old settings>.png).
@@ -881,6 +890,8 @@ def batch(
             source = load_source(j) if j.image else None
             plan = plan_for(j, comps, source=source.rgb.size if source else None)
             kept = resume.path_for(path)
+            if not resume_runs:
+                resume.remove(kept)
             say_resume(kept, j, plan, False, source)
             with progress_renderer(quiet, plan) as progress:
                 if source is not None:

@@ -56,6 +56,25 @@ def _settings(job: Job) -> str:
     return settings_hash(job)
 
 
+def _inputs(job: Job) -> str:
+    """The job's local files and folders as they are now (sizes, times): a model, LoRA or
+    image changed in place under the same name makes other latents, so a checkpoint made
+    before the change is not of this job."""
+    from hires.lora import parse_lora
+
+    refs = [job.model, job.vae, job.linfusion, job.control_model, job.ip_adapter, job.control,
+            job.ip_image, job.image, *(parse_lora(spec)[0] for spec in job.lora)]
+    seen = {}
+    for ref in refs:
+        path = Path(ref).expanduser() if ref else None
+        if path is None or not path.exists():
+            continue  # a Hub id or a builtin name: its settings say what it is
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        seen[str(ref)] = [[str(f.relative_to(path)) if f != path else "", f.stat().st_size,
+                           f.stat().st_mtime_ns] for f in files]
+    return json.dumps(seen, sort_keys=True)
+
+
 def _header(path: Path) -> dict[str, str] | None:
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -71,7 +90,7 @@ def stage_of(path: Path, job: Job, plan: Plan) -> int | None:
 
     meta = _header(path)
     if meta is None or meta.get("hires") != __version__ or meta.get("settings") != _settings(job) \
-            or meta.get("stages") != _stages(plan):
+            or meta.get("stages") != _stages(plan) or meta.get("inputs") != _inputs(job):
         return None
     stage = int(meta["stage"])
     return stage if 0 <= stage < len(plan.stages) - 1 else None
@@ -110,7 +129,8 @@ def save(path: Path, job: Job, plan: Plan, stage: int, latents: Tensor,
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
     meta = {"format": FORMAT, "hires": __version__, "settings": _settings(job),
             "job": json.dumps(job.to_dict(), default=str), "stages": _stages(plan),
-            "stage": str(stage), "reports": json.dumps([asdict(r) for r in reports])}
+            "stage": str(stage), "reports": json.dumps([asdict(r) for r in reports]),
+            "inputs": _inputs(job)}
     # Named as hires' other temp files, so that the next run removes it if this one dies here.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:120]}.{os.getpid()}.", suffix=".part",
                                dir=path.parent)

@@ -153,3 +153,43 @@ def test_hires_up_says_it_resumes(tmp_path, asked, monkeypatch):
     again = cli(*args)
     assert again.exit_code == 0, again.stderr
     assert "resuming: stages 0-1 were kept in up.png.resume.safetensors" in again.stderr
+
+
+def test_a_model_changed_in_place_is_not_resumed_from(tiny, tiny_folder, tmp_path):
+    import os
+
+    job = {**JOB, "model": str(tiny_folder)}  # the session's tiny model, named by its folder
+    kept = resume.path_for(tmp_path / "fox.png")
+    with pytest.raises(Stop):
+        generate(components=tiny, checkpoint=kept, progress=stop_at(2), **job)
+    plan = hires.pipeline.plan_for(Job(**job), tiny)
+    assert resume.stage_of(kept, Job(**job), plan) == 1
+    weights = next(tiny_folder.rglob("*.safetensors"))
+    stat = weights.stat()
+    try:  # re-saved under the same name
+        os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+        assert resume.stage_of(kept, Job(**job), plan) is None
+    finally:
+        os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_no_resume_starts_over(tmp_path, asked, monkeypatch):
+    args = ("gen", "a fox", "--model", "tiny", "--size", "768", "--steps", "3", "--seed", "5",
+            "-o", tmp_path / "fox.png")
+    real = hires.pipeline._stage
+    stages, killed = [], []
+
+    def failing(job, comps, plan, stage, *rest):
+        stages.append(stage.index)
+        if stage.index == 2 and not killed:
+            killed.append(True)
+            raise RuntimeError("killed")
+        return real(job, comps, plan, stage, *rest)
+
+    monkeypatch.setattr(hires.pipeline, "_stage", failing)
+    assert cli(*args).exit_code == 1 and resume.path_for(tmp_path / "fox.png").exists()
+    stages.clear()
+    result = cli(*args, "--no-resume")
+    assert result.exit_code == 0, result.stderr
+    assert stages == [0, 1, 2] and "resuming" not in result.stderr
+    assert not resume.path_for(tmp_path / "fox.png").exists()
