@@ -25,6 +25,24 @@ def stop_at(stage: int):
     return progress
 
 
+def failing_once(monkeypatch, at: int = 2) -> list[int]:
+    """Stage `at` fails the first time it runs, as a kill or an out-of-memory error would;
+    returns the indices of the stages run, in order."""
+    real = hires.pipeline._stage
+    ran: list[int] = []
+    failed: list[bool] = []
+
+    def stage(job, comps, plan, s, *rest):
+        ran.append(s.index)
+        if s.index == at and not failed:
+            failed.append(True)
+            raise RuntimeError("the GPU fell off the bus")
+        return real(job, comps, plan, s, *rest)
+
+    monkeypatch.setattr(hires.pipeline, "_stage", stage)
+    return ran
+
+
 def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image).astype(int)
 
@@ -86,18 +104,10 @@ def test_the_same_command_resumes_a_run_that_drew_its_seed(tmp_path, asked, monk
     out = tmp_path / "fox.png"
     args = ("gen", "a fox", "--model", "tiny", "--size", "768", "--steps", "3", "--json",
             "-o", out)
-    real = hires.pipeline._stage
-
-    def failing(job, comps, plan, stage, *rest):
-        if stage.index == 2:
-            raise RuntimeError("the GPU fell off the bus")
-        return real(job, comps, plan, stage, *rest)
-
-    monkeypatch.setattr(hires.pipeline, "_stage", failing)
+    failing_once(monkeypatch)
     assert cli(*args).exit_code == 1 and not out.exists()
     kept = resume.path_for(out)
     assert kept.is_file()
-    monkeypatch.setattr(hires.pipeline, "_stage", real)
     result = cli(*args)
     assert result.exit_code == 0, result.stderr
     assert "resuming: stages 0-1 were kept in fox.png.resume.safetensors" in result.stderr
@@ -114,19 +124,11 @@ def test_a_batch_job_that_failed_mid_way_resumes(tmp_path, asked, monkeypatch):
     jobs = tmp_path / "jobs.toml"
     jobs.write_text('[[job]]\nprompt = "a fox"\nmodel = "tiny"\nwidth = 768\nheight = 768\n'
                     'steps = 3\noutput = "fox.png"\n', encoding="utf-8")
-    real = hires.pipeline._stage
-
-    def failing(job, comps, plan, stage, *rest):
-        if stage.index == 2:
-            raise RuntimeError("out of memory")
-        return real(job, comps, plan, stage, *rest)
-
-    monkeypatch.setattr(hires.pipeline, "_stage", failing)
+    failing_once(monkeypatch)
     first = cli("batch", jobs, "-o", tmp_path)
     assert first.exit_code == 1 and "job 0 failed" in first.stderr
     kept = resume.path_for(tmp_path / "fox.png")
     assert kept.is_file()
-    monkeypatch.setattr(hires.pipeline, "_stage", real)
     again = cli("batch", jobs, "-o", tmp_path)
     assert again.exit_code == 0, again.stderr
     assert "resuming: stages 0-1 were kept in fox.png.resume.safetensors" in again.stderr
@@ -140,16 +142,8 @@ def test_hires_up_says_it_resumes(tmp_path, asked, monkeypatch):
     Image.fromarray(data.chelsea()).resize((96, 64)).save(photo)
     args = ("up", photo, "--model", "tiny", "--scale", "8", "--steps", "4", "--seed", "3",
             "-o", tmp_path / "up.png")
-    real = hires.pipeline._stage
-
-    def failing(job, comps, plan, stage, *rest):
-        if stage.index == 2:
-            raise RuntimeError("killed")
-        return real(job, comps, plan, stage, *rest)
-
-    monkeypatch.setattr(hires.pipeline, "_stage", failing)
+    failing_once(monkeypatch)
     assert cli(*args).exit_code == 1
-    monkeypatch.setattr(hires.pipeline, "_stage", real)
     again = cli(*args)
     assert again.exit_code == 0, again.stderr
     assert "resuming: stages 0-1 were kept in up.png.resume.safetensors" in again.stderr
@@ -176,17 +170,7 @@ def test_a_model_changed_in_place_is_not_resumed_from(tiny, tiny_folder, tmp_pat
 def test_no_resume_starts_over(tmp_path, asked, monkeypatch):
     args = ("gen", "a fox", "--model", "tiny", "--size", "768", "--steps", "3", "--seed", "5",
             "-o", tmp_path / "fox.png")
-    real = hires.pipeline._stage
-    stages, killed = [], []
-
-    def failing(job, comps, plan, stage, *rest):
-        stages.append(stage.index)
-        if stage.index == 2 and not killed:
-            killed.append(True)
-            raise RuntimeError("killed")
-        return real(job, comps, plan, stage, *rest)
-
-    monkeypatch.setattr(hires.pipeline, "_stage", failing)
+    stages = failing_once(monkeypatch)
     assert cli(*args).exit_code == 1 and resume.path_for(tmp_path / "fox.png").exists()
     stages.clear()
     result = cli(*args, "--no-resume")
