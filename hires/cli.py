@@ -574,12 +574,18 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
                                fmt=job.format, index=i, prompt=text)
         fmt = format_of(path, job.format, fmt_flag)
         one = one.merged({"format": fmt})
-        kept = resume.path_for(path)
         if not resume_runs:
-            resume.remove(kept)
-        elif job.seed is None and not many and kept.exists():  # it drew its seed, and stopped
-            seed = resume.seed_of(kept, one)
-            one = one.merged({"seed": seed}) if seed is not None else one
+            resume.remove(resume.path_for(path))
+        elif job.seed is None and not many:
+            # A stopped run of this job may have drawn its seed at random: find it again.
+            def path_with(seed: int, w: int = one.width, h: int = one.height, i: int = i,
+                          text: str = text) -> Path:
+                return out.output_path(output, width=w, height=h, seed=seed, fmt=job.format,
+                                       index=i, prompt=text)
+
+            seed = resume.stopped_seed(path.parent, one, path_with)
+            if seed is not None:
+                one, path = one.merged({"seed": seed}), path_with(seed)
         if many and (output is None or "{" not in output):
             path = path.with_name(f"{path.stem}_{i:03d}{path.suffix}")
         if any(path == other for _, other, _ in runs):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -107,6 +108,16 @@ def seed_of(path: Path, job: Job) -> int | None:
     except (KeyError, TypeError, ValueError):
         return None
     return seed if meta.get("settings") == _settings(job.merged({"seed": seed})) else None
+
+
+def stopped_seed(folder: Path, job: Job, output_for: Callable[[int], Path]) -> int | None:
+    """The seed of a stopped run of `job` that drew its seed at random: the seed of a
+    checkpoint in `folder` of this job with that seed, beside the output that seed names."""
+    for kept in sorted(folder.glob("*" + SUFFIX)):
+        seed = seed_of(kept, job)
+        if seed is not None and path_for(output_for(seed)) == kept:
+            return seed
+    return None
 
 
 def load(path: Path, job: Job, plan: Plan, device: torch.device) -> Checkpoint | None:

@@ -177,3 +177,16 @@ def test_no_resume_starts_over(tmp_path, asked, monkeypatch):
     assert result.exit_code == 0, result.stderr
     assert stages == [0, 1, 2] and "resuming" not in result.stderr
     assert not resume.path_for(tmp_path / "fox.png").exists()
+
+
+def test_a_random_seed_is_found_again_for_a_default_name(tmp_path, asked, monkeypatch):
+    args = ("gen", "a fox", "--model", "tiny", "--size", "768", "--steps", "3", "--json",
+            "-o", tmp_path)  # a folder: the name says the seed
+    failing_once(monkeypatch)
+    assert cli(*args).exit_code == 1
+    (kept,) = tmp_path.glob("*" + resume.SUFFIX)
+    result = cli(*args)
+    assert result.exit_code == 0, result.stderr
+    (record,) = json_lines(result.stdout)
+    assert resume.path_for(record["path"]) == kept and not kept.exists()
+    assert f"resuming: stages 0-1 were kept in {kept.name}" in result.stderr
