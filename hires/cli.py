@@ -600,9 +600,9 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
         if folder.is_dir():  # temp files of a gen that was killed while saving here
             for part in out.remove_stale_parts(folder):
                 say(f"removed {part.name}, left by a run that died while saving")
-    from hires.pipeline import generate, load, load_args, plan_for
+    from hires.pipeline import load, load_args, plan_for
     from hires.plan import describe
-    from hires.upscale import load_source, upscale_job
+    from hires.upscale import load_source, make
 
     first = runs[0][0]
     library_bars(quiet)
@@ -625,13 +625,8 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
         kept = resume.path_for(path)
         say_resume(kept, one, plan, save_stages, source)
         with progress_renderer(quiet, plan) as progress:
-            if source is not None:
-                result = upscale_job(one, source=source, components=components,
-                                     progress=progress, save_stages=save_stages, plan=plan,
-                                     checkpoint=kept)
-            else:
-                result = generate(one, components=components, progress=progress,
-                                  save_stages=save_stages, plan=plan, checkpoint=kept)
+            result = make(one, source=source, components=components, progress=progress,
+                          save_stages=save_stages, plan=plan, checkpoint=kept)
         for warning in result.warnings[len(components.warnings):]:
             err.print(f"warning: {warning}", markup=False)
         for s in result.stages:
@@ -880,8 +875,8 @@ def batch(
 
         def make_one(item: b.BatchItem, path: Path) -> dict:
             from hires import resume
-            from hires.pipeline import generate, load, load_args, plan_for
-            from hires.upscale import load_source, upscale_job
+            from hires.pipeline import load, load_args, plan_for
+            from hires.upscale import load_source, make
 
             j = item.job
             key = load_args(j)
@@ -900,12 +895,8 @@ def batch(
                 resume.remove(kept)
             say_resume(kept, j, plan, False, source)
             with progress_renderer(quiet, plan) as progress:
-                if source is not None:
-                    result = upscale_job(j, source=source, components=comps,
-                                         progress=progress, plan=plan, checkpoint=kept)
-                else:
-                    result = generate(j, components=comps, progress=progress, plan=plan,
-                                      checkpoint=kept)
+                result = make(j, source=source, components=comps, progress=progress,
+                              plan=plan, checkpoint=kept)
             record = save_result(result, path, j.format, overwrite, False,
                                  settings=b.settings_hash(j))
             resume.remove(kept)

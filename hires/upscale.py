@@ -122,10 +122,11 @@ def upscale_job(job: Job, *, source: Any = None, components: Components | None =
     return result
 
 
-def make(job: Job, **kwargs: Any) -> Result:
-    """One job's image: an upscale when it names an input image, else text to image."""
+def make(job: Job, *, source: Any = None, **kwargs: Any) -> Result:
+    """One job's image: an upscale when it names an input image (`source`: it, loaded), else
+    text to image. Keyword arguments as for `hires.generate`."""
     if job.image:
-        return upscale_job(job, **kwargs)
+        return upscale_job(job, source=source, **kwargs)
     from hires.pipeline import generate
 
     return generate(job, **kwargs)
