@@ -291,6 +291,12 @@ def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditio
                             stage, n, job, spill)
             anchor = channel_stats(x0)
         elif job.upsample == "latent":
+            if save_stages and len(stage_images) < stage.index:  # a decode only to keep it
+                with placed(comps, strategy.weights, vae):
+                    image = decode(comps, carry.latents, tile, emit, stage.index - 1, n, job,
+                                   spill)
+                decoded(stage.index - 1, image)
+                stage_images.append(image)
             x0 = F.interpolate(carry.latents, size=shape[2:], mode="bicubic", align_corners=False)
         else:
             with placed(comps, strategy.weights, vae):

@@ -62,9 +62,15 @@ def test_upscale_stages_end_exactly_at_an_odd_size(tiny):
 
 
 def test_latent_upsampling_option(tiny):
-    r = generate(prompt="a castle", width=1024, height=256, steps=4, seed=2, components=tiny,
-                 upsample="latent")
+    kw = dict(prompt="a castle", width=1024, height=256, steps=4, seed=2, components=tiny,
+              upsample="latent")
+    r = generate(**kw)
     assert r.image.size == (1024, 256) and len(r.stages) == 2
+    # No decode between stages, unless the stages' images are asked for: then each is decoded
+    # to be kept, and the final image is the same.
+    kept = generate(save_stages=True, **kw)
+    assert [im.size for im in kept.stage_images] == [(512, 128), (1024, 256)]
+    assert np.array_equal(pixels(kept), pixels(r))
 
 
 def test_unet_is_left_as_it_was(tiny):
