@@ -284,63 +284,9 @@ def progress_renderer(quiet: bool, plan=None):
     return nullcontext(PlainProgress(sys.stderr, plan=plan))
 
 
-def record_for(result, path: Path) -> dict[str, Any]:
-    """The JSON object printed with --json and kept in manifests and metadata."""
-    return {
-        "path": str(path), "seed": result.seed, "width": result.image.width,
-        "height": result.image.height, "prompt": result.job.prompt,
-        "model": result.job.model, "linfusion": result.linfusion,
-        **({"vae": result.job.vae} if result.job.vae else {}),
-        "seconds": round(result.seconds, 3), "peak_memory": result.peak_memory,
-        "stages": [{"index": s.index, "width": s.width, "height": s.height,
-                    "strength": round(s.strength, 4), "steps": s.steps,
-                    "unet_evaluations": s.unet_evaluations, "seconds": round(s.seconds, 3),
-                    "peak_memory": s.peak_memory, "strategy": s.strategy,
-                    "estimated_peak": s.estimated_peak, "retried_with": s.retried_with,
-                    **({"psnr": round(s.psnr, 2)} if s.psnr is not None else {})}
-                   for s in result.stages],
-        **({"image": result.job.image, "image_sha256": result.job.image_sha256}
-           if result.job.image else {}),
-        "sampler": result.job.sampler + (" karras" if result.job.karras else ""),
-        "addons": result.addons,
-        "warnings": result.warnings,
-        "settings": settings_hash(result.job),
-    }
-
-
-def settings_hash(job) -> str:
-    from hires.batch import settings_hash as hash_of
-
-    return hash_of(job)
-
-
-def stage_paths(path: Path, stages: int) -> list[Path]:
-    """Where --save-stages puts every stage but the last (which is the image itself)."""
-    return [path.with_name(f"{path.stem}.stage{i}{path.suffix}") for i in range(stages - 1)]
-
-
 def warn(message: str) -> None:
     """A warning on stderr (shown with -q too: it is about the result)."""
     err.print(f"warning: {message}", markup=False)
-
-
-def save_result(result, path: Path, fmt: str, overwrite: bool, save_stages: bool,
-                settings: str | None = None) -> dict:
-    """Write the image (and stage images) with metadata; return the record."""
-    from hires import output
-
-    record = record_for(result, path)
-    if settings:
-        record["settings"] = settings
-    metadata = {"hires": __version__, "job": result.job.to_dict(), "result": record}
-    if save_stages:
-        for stage_image, stage_path in zip(result.stage_images[:-1],
-                                           stage_paths(path, len(result.stage_images))):
-            output.save_image(stage_image, stage_path, fmt=fmt, metadata=metadata,
-                              overwrite=overwrite)
-    output.save_image(result.image, path, fmt=fmt, metadata=metadata, overwrite=overwrite,
-                      warn=warn)
-    return record
 
 
 def emit(record: dict[str, Any], as_json: bool) -> None:
@@ -602,6 +548,7 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
                 say(f"removed {part.name}, left by a run that died while saving")
     from hires.pipeline import load, load_args, plan_for
     from hires.plan import describe
+    from hires.record import stage_paths
     from hires.upscale import load_source, make
 
     first = runs[0][0]
@@ -633,7 +580,8 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
             if s.psnr is not None:
                 say(f"  stage {s.index} ({s.width}x{s.height}): {s.psnr:.1f} dB PSNR against "
                     "the input")
-        emit(save_result(result, path, fmt, overwrite, save_stages), as_json)
+        emit(result.save(path, fmt=fmt, overwrite=overwrite, save_stages=save_stages,
+                         warn=warn), as_json)
         resume.remove(kept)
 
 
@@ -897,8 +845,8 @@ def batch(
             with progress_renderer(quiet, plan) as progress:
                 result = make(j, source=source, components=comps, progress=progress,
                               plan=plan, checkpoint=kept)
-            record = save_result(result, path, j.format, overwrite, False,
-                                 settings=b.settings_hash(j))
+            record = result.save(path, fmt=j.format, overwrite=overwrite,
+                                 settings=b.settings_hash(j), warn=warn)
             resume.remove(kept)
             return record
 

@@ -77,6 +77,13 @@ class Result:
     def seed(self) -> int:
         return self.job.seed  # type: ignore[return-value]
 
+    def save(self, path: str | Path, **options: Any) -> dict[str, Any]:
+        """Write the image with hires' metadata (what `hires info` shows, `--from` runs again),
+        via a temp file; return the record. Options: `hires.record.save`'s."""
+        from hires.record import save
+
+        return save(self, path, **options)
+
 
 def budget_for(job: Job, components: Components) -> int | None:
     """Device bytes the plan may use: --vram, else the device's free memory (on CPU, RAM)."""

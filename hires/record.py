@@ -1,0 +1,72 @@
+"""What hires records about an image it made (the `--json` line, the manifest line, the file's
+metadata), and saving a result with that record (`Result.save`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hires import __version__
+
+if TYPE_CHECKING:
+    from hires.pipeline import Result
+
+
+def record_for(result: Result, path: Path) -> dict[str, Any]:
+    """The JSON object printed with --json and kept in manifests and metadata."""
+    from hires.batch import settings_hash
+
+    job = result.job
+    return {
+        "path": str(path), "seed": result.seed, "width": result.image.width,
+        "height": result.image.height, "prompt": job.prompt,
+        "model": job.model, "linfusion": result.linfusion,
+        **({"vae": job.vae} if job.vae else {}),
+        "seconds": round(result.seconds, 3), "peak_memory": result.peak_memory,
+        "stages": [{"index": s.index, "width": s.width, "height": s.height,
+                    "strength": round(s.strength, 4), "steps": s.steps,
+                    "unet_evaluations": s.unet_evaluations, "seconds": round(s.seconds, 3),
+                    "peak_memory": s.peak_memory, "strategy": s.strategy,
+                    "estimated_peak": s.estimated_peak, "retried_with": s.retried_with,
+                    **({"psnr": round(s.psnr, 2)} if s.psnr is not None else {})}
+                   for s in result.stages],
+        **({"image": job.image, "image_sha256": job.image_sha256} if job.image else {}),
+        "sampler": job.sampler + (" karras" if job.karras else ""),
+        "addons": result.addons,
+        "warnings": result.warnings,
+        "settings": settings_hash(job),
+    }
+
+
+def stage_paths(path: Path, stages: int) -> list[Path]:
+    """Where `save_stages` puts every stage but the last (which is the image itself)."""
+    return [path.with_name(f"{path.stem}.stage{i}{path.suffix}") for i in range(stages - 1)]
+
+
+def save(result: Result, path: str | Path, *, fmt: str | None = None, overwrite: bool = False,
+         save_stages: bool = False, settings: str | None = None,
+         warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Write the image (and with `save_stages` the earlier stages' images) with hires'
+    metadata, atomically; return the record. The format is `fmt`, else the path's suffix's.
+
+    The metadata is what `hires info IMAGE` shows and `hires gen --from IMAGE` runs again.
+    `settings` replaces the record's settings hash (a batch records its job file's).
+    """
+    from hires import output
+
+    path = Path(path)
+    record = record_for(result, path)
+    if settings:
+        record["settings"] = settings
+    metadata = {"hires": __version__, "job": result.job.to_dict(), "result": record}
+    if save_stages:
+        if len(result.stage_images) < len(result.stages):
+            raise ValueError("this result kept no stage images; make it with save_stages=True")
+        for stage_image, stage_path in zip(result.stage_images[:-1],
+                                           stage_paths(path, len(result.stage_images))):
+            output.save_image(stage_image, stage_path, fmt=fmt, metadata=metadata,
+                              overwrite=overwrite)
+    output.save_image(result.image, path, fmt=fmt, metadata=metadata, overwrite=overwrite,
+                      warn=warn)
+    return record

@@ -1,0 +1,60 @@
+"""hires.record: a result saved from Python carries what the CLI records (info, --from)."""
+
+import pytest
+from PIL import Image
+
+from hires.batch import settings_hash
+from hires.job import Job
+from hires.output import OutputExists, job_values_from_image, read_metadata
+from hires.pipeline import Result, StageReport
+from tests.helpers_cli import cli
+
+JOB = Job(prompt="a lighthouse", width=128, height=96, seed=77, steps=4, model="tiny",
+          linfusion="none")
+
+
+def result(stage_images: bool = False) -> Result:
+    images = [Image.new("RGB", (64, 48), "navy"), Image.new("RGB", (128, 96), "teal")]
+    stages = [StageReport(i, im.width, im.height, s, 4, 8, 0.5, None)
+              for i, (im, s) in enumerate(zip(images, (1.0, 0.3)))]
+    return Result(images[-1], JOB, None, stages, 1.25, None,  # type: ignore[arg-type]
+                  stage_images=images if stage_images else [], linfusion=None)
+
+
+def test_a_saved_result_records_its_job_for_info_and_from(tmp_path):
+    path = tmp_path / "out" / "light.png"  # the folder is made
+    record = result().save(path)
+    assert record["path"] == str(path) and record["seed"] == 77
+    assert record["settings"] == settings_hash(JOB)
+    assert [s["strength"] for s in record["stages"]] == [1.0, 0.3]
+    saved = read_metadata(path)["hires"]
+    assert saved["result"] == record and saved["job"]["prompt"] == "a lighthouse"
+    assert job_values_from_image(path)["seed"] == 77  # what `hires gen --from` runs again
+    shown = cli("info", str(path))
+    assert shown.exit_code == 0 and "prompt 'a lighthouse'" in shown.stdout
+
+
+def test_saving_never_replaces_a_file_unless_asked(tmp_path):
+    path = tmp_path / "light.png"
+    path.write_bytes(b"someone's")
+    with pytest.raises(OutputExists):
+        result().save(path)
+    assert path.read_bytes() == b"someone's"
+    result().save(path, overwrite=True)
+    with Image.open(path) as im:
+        assert im.size == (128, 96)
+
+
+def test_the_format_follows_the_suffix_and_stages_are_saved_beside(tmp_path):
+    path = tmp_path / "light.jpg"
+    result(stage_images=True).save(path, save_stages=True)
+    with Image.open(path) as im, Image.open(tmp_path / "light.stage0.jpg") as stage0:
+        assert im.format == stage0.format == "JPEG"
+        assert stage0.size == (64, 48)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["light.jpg", "light.stage0.jpg"]
+
+
+def test_stages_a_result_did_not_keep_are_an_error_not_a_silence(tmp_path):
+    with pytest.raises(ValueError, match="save_stages=True"):
+        result().save(tmp_path / "light.png", save_stages=True)
+    assert not list(tmp_path.iterdir())
