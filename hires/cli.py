@@ -294,34 +294,6 @@ def emit(record: dict[str, Any], as_json: bool) -> None:
     out_line(json.dumps(record) if as_json else record["path"])
 
 
-def check_writable(path: Path, overwrite: bool) -> None:
-    """Fail before any GPU time is spent when the output cannot be written."""
-    from hires.output import OutputExists, OutputUnwritable
-
-    if os.path.lexists(path) and not overwrite:  # a dangling symlink counts: it is a name
-        raise OutputExists(f"{path} already exists; pass --overwrite or choose another -o")
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise OutputUnwritable(f"cannot write under {folder}: it is a file; choose another -o")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputUnwritable(f"cannot write to {folder}; choose another -o")
-    if folder == path.parent:
-        # os.access says yes to root and on read-only mounts; a real file says it for sure.
-        # The name is a temp file's, so a probe left by a killed run is cleaned like one.
-        import tempfile
-
-        try:
-            fd, probe = tempfile.mkstemp(prefix=f".probe.{os.getpid()}.", suffix=".part",
-                                         dir=folder)
-        except OSError as e:
-            raise OutputUnwritable(f"cannot write to {folder}: {e.strerror}; choose another -o"
-                                   ) from None
-        os.close(fd)
-        os.unlink(probe)
-
-
 @app.command()
 def gen(
     prompt: Annotated[str, typer.Argument(help="The prompt; '-' reads one prompt a line from "
@@ -423,20 +395,6 @@ def up(
                     fmt_flag=fmt, resume_runs=resume_runs)
 
 
-def format_of(path: Path, default: str, flag: str | None) -> str:
-    """The file's format: its extension's, which must agree with an explicit --format."""
-    from hires.job import JobError
-    from hires.output import SUFFIX_FORMATS
-
-    named = SUFFIX_FORMATS.get(path.suffix.lower())
-    if named is None:
-        return flag or default
-    if flag and flag != named:
-        raise JobError(f"-o {path.name} names a {named.upper()} file but --format is {flag}; "
-                       "make them agree (or drop one)")
-    return named
-
-
 def check_loaded(job, components, notes: bool = True) -> None:
     """Checks that need the loaded model: steps within its schedule; with `notes`, a word
     on slow settings (once per loaded model)."""
@@ -495,54 +453,13 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
                 fmt_flag: str | None = None, n: int = 1, resume_runs: bool = True) -> None:
     """Plan and check every output first, load the model once, then make each image;
     `resume_runs`: go on from what stopped runs of a job kept (`hires.resume`)."""
-    import secrets
-
     from hires import output as out
     from hires import resume
-    from hires.addons import check_inputs
-    from hires.job import JobError
+    from hires.runs import plan_runs
 
-    # Each prompt `n` times, seeds counting up from the prompt's (given or random) seed.
-    todo = [(text, k) for text in prompts for k in range(n)]
-    many = len(todo) > 1
-    if many and output and "{" not in output and not Path(output).is_dir() \
-            and not output.endswith("/"):
-        raise JobError("several images need -o to be a folder or a template with {index} "
-                       "or {seed}")
-    runs = []
-    base = 0
-    for i, (text, k) in enumerate(todo):
-        if k == 0:
-            base = job.seed if job.seed is not None else secrets.randbelow(2**32)
-        one = job.merged({"prompt": text, "seed": (base + k) % 2**63}
-                         ).validate()  # stdin's text too
-        path = out.output_path(output, width=one.width, height=one.height, seed=one.seed,
-                               fmt=job.format, index=i, prompt=text)
-        fmt = format_of(path, job.format, fmt_flag)
-        one = one.merged({"format": fmt})
-        if not resume_runs:
-            resume.remove(resume.path_for(path))
-        elif job.seed is None and not many:
-            # A stopped run of this job may have drawn its seed at random: find it again.
-            def path_with(seed: int, w: int = one.width, h: int = one.height, i: int = i,
-                          text: str = text) -> Path:
-                return out.output_path(output, width=w, height=h, seed=seed, fmt=job.format,
-                                       index=i, prompt=text)
-
-            seed = resume.stopped_seed(path.parent, one, path_with)
-            if seed is not None:
-                one, path = one.merged({"seed": seed}), path_with(seed)
-        if many and (output is None or "{" not in output):
-            path = path.with_name(f"{path.stem}_{i:03d}{path.suffix}")
-        if any(path == other for _, other, _ in runs):
-            raise JobError(f"two prompts would both write {path}; add {{index}} to -o")
-        if fmt == "webp" and max(one.width, one.height) > out.WEBP_MAX_SIDE:
-            raise JobError(f"WebP images are at most {out.WEBP_MAX_SIDE} px a side; "
-                           "use --format png, tiff or jpg")
-        check_writable(path, overwrite)
-        check_inputs(one)
-        runs.append((one, path, fmt))
-    for folder in {path.parent for _, path, _ in runs}:
+    runs = plan_runs(job, prompts, output, n=n, fmt_flag=fmt_flag, overwrite=overwrite,
+                     resume_runs=resume_runs)
+    for folder in {run.path.parent for run in runs}:
         if folder.is_dir():  # temp files of a gen that was killed while saving here
             for part in out.remove_stale_parts(folder):
                 say(f"removed {part.name}, left by a run that died while saving")
@@ -551,25 +468,34 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
     from hires.record import stage_paths
     from hires.upscale import load_source, make
 
-    first = runs[0][0]
-    library_bars(quiet)
-    components = load(*load_args(first))
-    for warning in components.warnings:
-        err.print(f"warning: {warning}", markup=False)
-    check_loaded(first, components)
-    for number, (one, path, fmt) in enumerate(runs, 1):
+    components = None
+    for number, run in enumerate(runs, 1):
+        one, path = run.job, run.path
+        of = f" (image {number} of {len(runs)})" if len(runs) > 1 else ""
+        if run.made is not None:
+            say(f"{path}{of}: made already by these settings, kept (--overwrite makes it again)")
+            emit(run.made, as_json)
+            continue
+        if components is None:  # once, and only when some image is to be made
+            library_bars(quiet)
+            components = load(*load_args(one))
+            for warning in components.warnings:
+                err.print(f"warning: {warning}", markup=False)
+            check_loaded(one, components)
         source = load_source(one) if one.image else None
         size = source.rgb.size if source else None
-        plan = fitted_plan(lambda j=one, s=size: plan_for(j, components, gpu=gpu, source=s), one)
+        plan = fitted_plan(lambda j=one, s=size, c=components: plan_for(j, c, gpu=gpu, source=s),
+                           one)
         if save_stages:  # before the first step, not after the compute is spent
             for stage_path in stage_paths(path, len(plan.stages)):
-                check_writable(stage_path, overwrite)
-        of = f" (image {number} of {len(runs)})" if many else ""
+                out.check_writable(stage_path, overwrite)
         say(f"{path}{of}: seed {one.seed}, {len(plan.stages)} stage(s), "
             f"{plan.width}x{plan.height}")
         for line in describe(plan):
             say(f"  {line}")
         kept = resume.path_for(path)
+        if not resume_runs:
+            resume.remove(kept)
         say_resume(kept, one, plan, save_stages, source)
         with progress_renderer(quiet, plan) as progress:
             result = make(one, source=source, components=components, progress=progress,
@@ -580,7 +506,7 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
             if s.psnr is not None:
                 say(f"  stage {s.index} ({s.width}x{s.height}): {s.psnr:.1f} dB PSNR against "
                     "the input")
-        emit(result.save(path, fmt=fmt, overwrite=overwrite, save_stages=save_stages,
+        emit(result.save(path, fmt=one.format, overwrite=overwrite, save_stages=save_stages,
                          warn=warn), as_json)
         resume.remove(kept)
 
@@ -799,7 +725,7 @@ def batch(
             path = out.output_path(output / name if not Path(name).is_absolute() else name,
                                    width=j.width, height=j.height, seed=j.seed, fmt=j.format,
                                    index=item.index, prompt=j.prompt)
-            fmt = format_of(path, j.format, None if j.format == "png" else j.format)
+            fmt = out.format_of(path, j.format, None if j.format == "png" else j.format)
             if fmt == "webp" and max(j.width, j.height) > out.WEBP_MAX_SIDE:
                 raise JobError(f"{file.name} job {item.index + 1}: WebP images are at most "
                                f"{out.WEBP_MAX_SIDE} px a side; use format png, tiff or jpg")

@@ -63,6 +63,41 @@ def format_for(path: Path, fmt: str | None) -> str:
     return SUFFIX_FORMATS.get(path.suffix.lower(), "png")
 
 
+def format_of(path: Path, default: str, flag: str | None) -> str:
+    """The file's format: its extension's, which must agree with an explicit --format."""
+    named = SUFFIX_FORMATS.get(path.suffix.lower())
+    if named is None:
+        return flag or default
+    if flag and flag != named:
+        raise OutputUsage(f"-o {path.name} names a {named.upper()} file but --format is {flag}; "
+                          "make them agree (or drop one)")
+    return named
+
+
+def check_writable(path: Path, overwrite: bool) -> None:
+    """Fail before any GPU time is spent when the output cannot be written."""
+    if os.path.lexists(path) and not overwrite:  # a dangling symlink counts: it is a name
+        raise OutputExists(f"{path} already exists; pass --overwrite or choose another -o")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputUnwritable(f"cannot write under {folder}: it is a file; choose another -o")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputUnwritable(f"cannot write to {folder}; choose another -o")
+    if folder == path.parent:
+        # os.access says yes to root and on read-only mounts; a real file says it for sure.
+        # The name is a temp file's, so a probe left by a killed run is cleaned like one.
+        try:
+            fd, probe = tempfile.mkstemp(prefix=f".probe.{os.getpid()}.", suffix=".part",
+                                         dir=folder)
+        except OSError as e:
+            raise OutputUnwritable(f"cannot write to {folder}: {e.strerror}; choose another -o"
+                                   ) from None
+        os.close(fd)
+        os.unlink(probe)
+
+
 def default_name(width: int, height: int, seed: int, fmt: str = "png") -> str:
     return f"hires_{width}x{height}_s{seed}{EXTENSIONS[fmt]}"
 

@@ -25,16 +25,16 @@ def stop_at(stage: int):
     return progress
 
 
-def failing_once(monkeypatch, at: int = 2) -> list[int]:
-    """Stage `at` fails the first time it runs, as a kill or an out-of-memory error would;
-    returns the indices of the stages run, in order."""
+def failing_once(monkeypatch, at: int = 2, after: int = 0) -> list[int]:
+    """Stage `at` fails once, the first time it runs after `after` runs of it, as a kill or an
+    out-of-memory error would; returns the indices of the stages run, in order."""
     real = hires.pipeline._stage
     ran: list[int] = []
     failed: list[bool] = []
 
     def stage(job, comps, plan, s, *rest):
         ran.append(s.index)
-        if s.index == at and not failed:
+        if s.index == at and not failed and ran.count(at) > after:
             failed.append(True)
             raise RuntimeError("the GPU fell off the bus")
         return real(job, comps, plan, s, *rest)
@@ -190,3 +190,23 @@ def test_a_random_seed_is_found_again_for_a_default_name(tmp_path, asked, monkey
     (record,) = json_lines(result.stdout)
     assert resume.path_for(record["path"]) == kept and not kept.exists()
     assert f"resuming: stages 0-1 were kept in {kept.name}" in result.stderr
+
+
+@pytest.mark.parametrize("again", [(), ("--no-resume",)])
+def test_several_images_go_on_where_they_stopped(tmp_path, asked, monkeypatch, again):
+    args = ("gen", "a fox", "--model", "tiny", "--size", "768", "--steps", "3", "--seed", "5",
+            "--n", "2", "--json", "-o", tmp_path)
+    stages = failing_once(monkeypatch, after=1)  # the second image's last stage
+    first = cli(*args)
+    assert first.exit_code == 1
+    (made,) = json_lines(first.stdout)
+    stages.clear()
+    result = cli(*args, *again)
+    assert result.exit_code == 0, result.stderr
+    # The first image is kept (and reported as made), the second goes on, or starts over.
+    assert json_lines(result.stdout)[0] == made
+    assert [r["seed"] for r in json_lines(result.stdout)] == [5, 6]
+    assert "made already by these settings, kept" in result.stderr
+    assert stages == ([0, 1, 2] if again else [2])
+    assert ("resuming: stages 0-1" in result.stderr) == (not again)
+    assert not list(tmp_path.glob("*" + resume.SUFFIX))

@@ -1,0 +1,82 @@
+"""The images one `hires gen` or `hires up` makes: a job per image (its prompt and seed), where
+each goes, and every check that can fail, all before a model loads."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hires import output as out
+from hires import resume
+from hires.job import Job, JobError
+
+
+@dataclass
+class Run:
+    """One image to make: its job (prompt, seed and format set) and its file."""
+
+    job: Job
+    path: Path
+    made: dict[str, Any] | None = None  # the file holds this job's image already: its record
+
+
+def plan_runs(job: Job, prompts: list[str], output: str | None, *, n: int = 1,
+              fmt_flag: str | None = None, overwrite: bool = False,
+              resume_runs: bool = True) -> list[Run]:
+    """Each prompt `n` times, seeds counting up from the prompt's (given or random) seed; each
+    image's path from `output` (a file, folder or template). Raises on any name, format or
+    input that cannot work. An image already at its path, made by the same settings, is not
+    made again (`Run.made`) unless `overwrite`."""
+    from hires.addons import check_inputs
+
+    todo = [(text, k) for text in prompts for k in range(n)]
+    many = len(todo) > 1
+    if many and output and "{" not in output and not Path(output).is_dir() \
+            and not output.endswith("/"):
+        raise JobError("several images need -o to be a folder or a template with {index} "
+                       "or {seed}")
+    runs: list[Run] = []
+    base = 0
+    for i, (text, k) in enumerate(todo):
+        if k == 0:
+            base = job.seed if job.seed is not None else secrets.randbelow(2**32)
+        one = job.merged({"prompt": text, "seed": (base + k) % 2**63}).validate()  # stdin's too
+
+        def path_of(seed: int, one: Job = one, i: int = i) -> Path:
+            path = out.output_path(output, width=one.width, height=one.height, seed=seed,
+                                   fmt=job.format, index=i, prompt=one.prompt)
+            if many and (output is None or "{" not in output):
+                path = path.with_name(f"{path.stem}_{i:03d}{path.suffix}")
+            return path
+
+        path = path_of(one.seed)
+        one = one.merged({"format": out.format_of(path, job.format, fmt_flag)})
+        if resume_runs and job.seed is None and not many:
+            # A stopped run of this job may have drawn its seed at random: find it again.
+            seed = resume.stopped_seed(path.parent, one, path_of)
+            if seed is not None:
+                one, path = one.merged({"seed": seed}), path_of(seed)
+        if any(path == other.path for other in runs):
+            raise JobError(f"two prompts would both write {path}; add {{index}} to -o")
+        if one.format == "webp" and max(one.width, one.height) > out.WEBP_MAX_SIDE:
+            raise JobError(f"WebP images are at most {out.WEBP_MAX_SIDE} px a side; "
+                           "use --format png, tiff or jpg")
+        made = made_by(path, one) if os.path.lexists(path) and not overwrite else None
+        if made is None:
+            out.check_writable(path, overwrite)
+        check_inputs(one)
+        runs.append(Run(one, path, made))
+    return runs
+
+
+def made_by(path: Path, job: Job) -> dict[str, Any] | None:
+    """The record of the image at `path` if `job` made it (it records the same settings)."""
+    from hires.batch import recorded_hash, settings_hash
+
+    if recorded_hash(path) != settings_hash(job):
+        return None
+    record = out.read_metadata(path)["hires"].get("result")
+    return {**(record if isinstance(record, dict) else {}), "path": str(path)}

@@ -1,0 +1,53 @@
+"""hires.runs: the images of one command, named and checked before any model loads."""
+
+import pytest
+from PIL import Image
+
+from hires.job import Job, JobError
+from hires.output import OutputExists, OutputUsage
+from hires.pipeline import Result
+from hires.runs import plan_runs
+
+JOB = Job(prompt="a fox", width=512, height=256, model="tiny", linfusion="none")
+
+
+def test_each_prompt_n_times_with_seeds_counting_up(tmp_path):
+    runs = plan_runs(JOB.merged({"seed": 7}), ["a fox", "a hen"], str(tmp_path), n=2)
+    assert [(r.job.prompt, r.job.seed) for r in runs] == [
+        ("a fox", 7), ("a fox", 8), ("a hen", 7), ("a hen", 8)]
+    assert [r.path.name for r in runs] == [f"hires_512x256_s{s}_{i:03d}.png"
+                                           for i, s in enumerate((7, 8, 7, 8))]
+    assert all(r.made is None for r in runs)
+
+
+def test_a_random_seed_is_drawn_per_prompt_and_a_template_names_files(tmp_path):
+    runs = plan_runs(JOB, ["a fox"], str(tmp_path / "{prompt}-{seed}.webp"), n=3)
+    seeds = [r.job.seed for r in runs]
+    assert seeds[1:] == [seeds[0] + 1, seeds[0] + 2]
+    assert [r.path.name for r in runs] == [f"a-fox-{s}.webp" for s in seeds]
+    assert {r.job.format for r in runs} == {"webp"}  # the suffix decides
+
+
+@pytest.mark.parametrize("output,n,prompts,message", [
+    ("one.png", 2, ["a fox"], "folder or a template"),
+    ("{seed}.png", 1, ["a fox", "a hen"], "both write"),
+    ("x.jpg", 1, ["a fox"], "--format is png"),
+])
+def test_names_that_cannot_work_are_refused(tmp_path, output, n, prompts, message):
+    with pytest.raises((JobError, OutputUsage), match=message):
+        plan_runs(JOB.merged({"seed": 1}), prompts, str(tmp_path / output), n=n,
+                  fmt_flag="png" if output.endswith(".jpg") else None)
+
+
+def test_an_image_this_job_made_is_kept_and_other_files_are_refused(tmp_path):
+    job = JOB.merged({"seed": 3})
+    (run,) = plan_runs(job, ["a fox"], str(tmp_path))
+    Result(Image.new("RGB", (512, 256)), run.job, None, [], 1.0, None).save(run.path)
+    (again,) = plan_runs(job, ["a fox"], str(tmp_path))
+    assert again.made is not None and again.made["seed"] == 3
+    assert again.made["path"] == str(run.path)
+    # Another prompt's image under that name is not this job's; --overwrite makes it anew.
+    with pytest.raises(OutputExists, match="--overwrite"):
+        plan_runs(job, ["a hen"], str(run.path))
+    (forced,) = plan_runs(job, ["a fox"], str(tmp_path), overwrite=True)
+    assert forced.made is None
