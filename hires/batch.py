@@ -193,6 +193,43 @@ PLACEMENT_KEYS = ("device", "offload", "vram", "ram")
 LATER_KEYS: dict[str, Any] = {"vae": None}
 
 
+def name_outputs(items: list[BatchItem], folder: Path, file_name: str
+                 ) -> tuple[list[BatchItem], dict[int, Path]]:
+    """Every job's output path (by index), named and checked before any work: names must not
+    collide (one image would be lost), a format must hold its image, inputs must exist. The
+    items come back with the format their file's extension names, as with `gen`."""
+    from hires import output as out
+    from hires.addons import check_inputs
+
+    named: list[BatchItem] = []
+    paths: dict[int, Path] = {}
+    owner: dict[str, int] = {}
+    for item in items:
+        j, where = item.job, f"{file_name} job {item.index + 1}"
+        name = item.output or f"job{item.index:04d}_{j.width}x{j.height}_s{j.seed}"
+        path = out.output_path(folder / name if not Path(name).is_absolute() else name,
+                               width=j.width, height=j.height, seed=j.seed, fmt=j.format,
+                               index=item.index, prompt=j.prompt)
+        fmt = out.format_of(path, j.format, None if j.format == "png" else j.format)
+        if fmt == "webp" and max(j.width, j.height) > out.WEBP_MAX_SIDE:
+            raise JobError(f"{where}: WebP images are at most {out.WEBP_MAX_SIDE} px a side; "
+                           "use format png, tiff or jpg")
+        key = os.path.normcase(os.path.abspath(path))
+        if key in owner:
+            raise JobError(f"{file_name} jobs {owner[key] + 1} and {item.index + 1} both write "
+                           f"{path}; give them different 'output' names (or add {{index}} or "
+                           "{seed})")
+        owner[key] = item.index
+        paths[item.index] = path
+        try:
+            check_inputs(j)
+        except JobError as e:
+            raise JobError(f"{where}: {e}") from None
+        named.append(item if fmt == j.format else
+                     BatchItem(item.index, j.merged({"format": fmt}), item.output))
+    return named, paths
+
+
 def settings_hash(job: Job | dict[str, Any]) -> str:
     """A short fingerprint of everything that decides a job's image (recorded with the image)."""
     values = job.to_dict() if isinstance(job, Job) else dict(job)

@@ -696,7 +696,6 @@ def batch(
     with exit_codes():
         from hires import batch as b
         from hires import output as out
-        from hires.addons import check_inputs
         from hires.job import Job, JobError
         from hires.presets import load_preset
 
@@ -715,33 +714,7 @@ def batch(
         say(f"batch {file}: {len(items)} job(s), shard {rank}/{world} runs {len(mine)}")
         loaded: dict[tuple, Any] = {}
 
-        # Every output is named and checked before any work: names must not collide (one
-        # image would be lost), and a format must be able to hold its image.
-        paths: dict[int, Path] = {}
-        owner: dict[str, int] = {}
-        for n, item in enumerate(items):
-            j = item.job
-            name = item.output or f"job{item.index:04d}_{j.width}x{j.height}_s{j.seed}"
-            path = out.output_path(output / name if not Path(name).is_absolute() else name,
-                                   width=j.width, height=j.height, seed=j.seed, fmt=j.format,
-                                   index=item.index, prompt=j.prompt)
-            fmt = out.format_of(path, j.format, None if j.format == "png" else j.format)
-            if fmt == "webp" and max(j.width, j.height) > out.WEBP_MAX_SIDE:
-                raise JobError(f"{file.name} job {item.index + 1}: WebP images are at most "
-                               f"{out.WEBP_MAX_SIDE} px a side; use format png, tiff or jpg")
-            key = os.path.normcase(os.path.abspath(path))
-            if key in owner:
-                raise JobError(f"{file.name} jobs {owner[key] + 1} and {item.index + 1} both "
-                               f"write {path}; give them different 'output' names (or add "
-                               "{index} or {seed})")
-            owner[key] = item.index
-            paths[item.index] = path
-            try:
-                check_inputs(j)
-            except JobError as e:
-                raise JobError(f"{file.name} job {item.index + 1}: {e}") from None
-            if fmt != j.format:  # the file's extension decides, as with gen
-                items[n] = b.BatchItem(item.index, j.merged({"format": fmt}), item.output)
+        items, paths = b.name_outputs(items, output, file.name)
         mine = b.my_share(items, rank, world)
 
         def resolve(item: b.BatchItem) -> Path:
