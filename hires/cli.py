@@ -497,7 +497,8 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
         if not resume_runs:
             resume.remove(kept)
         say_resume(kept, one, plan, save_stages, source)
-        with progress_renderer(quiet, plan) as progress:
+        with saying_what_is_kept(kept, one, plan, source), \
+                progress_renderer(quiet, plan) as progress:
             result = make(one, source=source, components=components, progress=progress,
                           save_stages=save_stages, plan=plan, checkpoint=kept)
         for warning in result.warnings[len(components.warnings):]:
@@ -511,16 +512,21 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
         resume.remove(kept)
 
 
-def say_resume(kept: Path, job, plan, save_stages: bool, source=None) -> None:
-    """Say whether a run goes on from a stopped one's checkpoint (an upscale's job records
-    its `source` image's sha256)."""
+def kept_stage(kept: Path, job, plan, source=None) -> int | None:
+    """The last stage of this job that the checkpoint `kept` holds, if any (an upscale's job
+    records its `source` image's sha256)."""
     from dataclasses import replace
 
     from hires import resume
 
     if source is not None:
         job = replace(job, image_sha256=source.sha256)
-    stage = resume.stage_of(kept, job, plan) if kept.exists() else None
+    return resume.stage_of(kept, job, plan) if kept.exists() else None
+
+
+def say_resume(kept: Path, job, plan, save_stages: bool, source=None) -> None:
+    """Say whether a run goes on from a stopped one's checkpoint."""
+    stage = kept_stage(kept, job, plan, source)
     if stage is None:
         return
     if save_stages:
@@ -528,6 +534,20 @@ def say_resume(kept: Path, job, plan, save_stages: bool, source=None) -> None:
             "stage's image: starting over")
     else:
         say(f"  resuming: stages 0-{stage} were kept in {kept.name}")
+
+
+@contextmanager
+def saying_what_is_kept(kept: Path, job, plan, source=None) -> Iterator[None]:
+    """A run that stops (an error, Ctrl-C) says what its checkpoint keeps for the next one
+    (with -q too: it is about the result)."""
+    try:
+        yield
+    except BaseException:
+        stage = kept_stage(kept, job, plan, source)
+        if stage is not None:
+            err.print(f"{kept} keeps stages 0-{stage}: the same command goes on from there",
+                      markup=False)
+        raise
 
 
 @app.command()
@@ -741,7 +761,8 @@ def batch(
             if not resume_runs:
                 resume.remove(kept)
             say_resume(kept, j, plan, False, source)
-            with progress_renderer(quiet, plan) as progress:
+            with saying_what_is_kept(kept, j, plan, source), \
+                    progress_renderer(quiet, plan) as progress:
                 result = make(j, source=source, components=comps, progress=progress,
                               plan=plan, checkpoint=kept)
             record = result.save(path, fmt=j.format, overwrite=overwrite,

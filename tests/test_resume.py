@@ -105,9 +105,12 @@ def test_the_same_command_resumes_a_run_that_drew_its_seed(tmp_path, asked, monk
     args = ("gen", "a fox", "--model", "tiny", "--size", "768", "--steps", "3", "--json",
             "-o", out)
     failing_once(monkeypatch)
-    assert cli(*args).exit_code == 1 and not out.exists()
+    stopped = cli(*args, "-q")
+    assert stopped.exit_code == 1 and not out.exists()
     kept = resume.path_for(out)
     assert kept.is_file()
+    assert stopped.stderr.splitlines()[:1] == [
+        f"{kept} keeps stages 0-1: the same command goes on from there"]
     result = cli(*args)
     assert result.exit_code == 0, result.stderr
     assert "resuming: stages 0-1 were kept in fox.png.resume.safetensors" in result.stderr
@@ -128,7 +131,7 @@ def test_a_batch_job_that_failed_mid_way_resumes(tmp_path, asked, monkeypatch):
     first = cli("batch", jobs, "-o", tmp_path)
     assert first.exit_code == 1 and "job 0 failed" in first.stderr
     kept = resume.path_for(tmp_path / "fox.png")
-    assert kept.is_file()
+    assert kept.is_file() and f"{kept} keeps stages 0-1" in first.stderr
     again = cli("batch", jobs, "-o", tmp_path)
     assert again.exit_code == 0, again.stderr
     assert "resuming: stages 0-1 were kept in fox.png.resume.safetensors" in again.stderr
