@@ -88,12 +88,7 @@ def check_writable(path: Path, overwrite: bool) -> None:
     if folder == path.parent:
         # os.access says yes to root and on read-only mounts; a real file says it for sure.
         # The name is a temp file's, so a probe left by a killed run is cleaned like one.
-        try:
-            fd, probe = tempfile.mkstemp(prefix=f".probe.{os.getpid()}.", suffix=".part",
-                                         dir=folder)
-        except OSError as e:
-            raise OutputUnwritable(f"cannot write to {folder}: {e.strerror}; choose another -o"
-                                   ) from None
+        fd, probe = part_file(folder, "probe")
         os.close(fd)
         os.unlink(probe)
 
@@ -189,14 +184,7 @@ def save_image(
         except OSError as e:
             raise OutputUnwritable(f"cannot create output folder {folder}: {e.strerror}") from None
     kwargs = _encoder_args(image, fmt, metadata, quality, warn)
-    try:
-        # The name is cut so the temp name stays within NAME_MAX; remove_stale_parts reads
-        # the pid back from it.
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:120]}.{os.getpid()}.", suffix=".part",
-                                   dir=folder)
-    except OSError as e:
-        raise OutputUnwritable(f"cannot write to {folder}: {e.strerror}; choose another -o"
-                               ) from None
+    fd, tmp = part_file(folder, path.name)
     try:
         with os.fdopen(fd, "wb") as f:
             if fmt == "png" and _fast_png_ok(image):
@@ -217,6 +205,18 @@ def save_image(
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def part_file(folder: Path, name: str) -> tuple[int, str]:
+    """A temp file for `name` in `folder`, open: (fd, path). Its name holds our pid, which
+    `remove_stale_parts` reads back to clean up after a killed run; `name` is cut so that it
+    stays within NAME_MAX."""
+    try:
+        return tempfile.mkstemp(prefix=f".{name[:120]}.{os.getpid()}.", suffix=".part",
+                                dir=folder)
+    except OSError as e:
+        raise OutputUnwritable(f"cannot write to {folder}: {e.strerror}; choose another -o"
+                               ) from None
 
 
 def claim_rename(src: str | Path, dst: str | Path) -> None:
