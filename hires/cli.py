@@ -176,6 +176,8 @@ DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the plan (as `hir
                                       "exit without loading weights.")]
 QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="No progress or logs on stderr.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace existing output files.")]
+SaveStages = Annotated[bool, typer.Option(help="Also save each stage's image as it is done "
+                                         "(NAME.stage0.png, ...): see a long job early.")]
 Resume = Annotated[bool, typer.Option(
     "--resume/--no-resume", help="Go on from the stages a stopped run of the same job kept "
     "beside the output (NAME.resume.safetensors); --no-resume starts over.")]
@@ -306,7 +308,7 @@ def gen(
         "-o", "--output", help="File, folder, or template with {seed} {width} {height} {index} "
         "{prompt}.")] = None,
     fmt: Fmt = None,
-    save_stages: Annotated[bool, typer.Option(help="Also save each stage's image.")] = False,
+    save_stages: SaveStages = False,
     vram: Vram = None, ram: Ram = None, offload: Offload = None, device: Device = None,
     dtype: Dtype = None,
     upsample: Upsample = None, vae_tile: VaeTile = None, vae_stats: VaeStats = None,
@@ -361,7 +363,7 @@ def up(
     output: Annotated[str | None, typer.Option(
         "-o", "--output", help="File, folder, or template with {seed} {width} {height}.")] = None,
     fmt: Fmt = None,
-    save_stages: Annotated[bool, typer.Option(help="Also save each stage's image.")] = False,
+    save_stages: SaveStages = False,
     vram: Vram = None, ram: Ram = None, offload: Offload = None, device: Device = None,
     dtype: Dtype = None,
     vae_tile: VaeTile = None, vae_stats: VaeStats = None, vae_dtype: VaeDtype = None,
@@ -465,7 +467,8 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
                 say(f"removed {part.name}, left by a run that died while saving")
     from hires.pipeline import load, load_args, plan_for
     from hires.plan import describe
-    from hires.record import stage_paths
+    from hires.record import save_stage, stage_paths
+    from hires.runs import made_by
     from hires.upscale import load_source, make
 
     components = None
@@ -486,8 +489,11 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
         size = source.rgb.size if source else None
         plan = fitted_plan(lambda j=one, s=size, c=components: plan_for(j, c, gpu=gpu, source=s),
                            one)
-        if save_stages:  # before the first step, not after the compute is spent
-            for stage_path in stage_paths(path, len(plan.stages)):
+        # Stage images are written as each stage is done. Checked before the first step, not
+        # after the compute is spent; a stopped run's own stage images are this run's to write.
+        stage_files = stage_paths(path, len(plan.stages)) if save_stages else []
+        for stage_path in stage_files:
+            if not (stage_path.exists() and made_by(stage_path, one)):
                 out.check_writable(stage_path, overwrite)
         say(f"{path}{of}: seed {one.seed}, {len(plan.stages)} stage(s), "
             f"{plan.width}x{plan.height}")
@@ -496,19 +502,24 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
         kept = resume.path_for(path)
         if not resume_runs:
             resume.remove(kept)
-        say_resume(kept, one, plan, save_stages, source)
+        say_resume(kept, one, plan, source, stage_files)
+
+        def stage_image(index: int, image, one=one, files=stage_files) -> None:
+            save_stage(image, files[index], one, index, fmt=one.format, overwrite=True)
+            say(f"  stage {index}: {files[index]}")
+
         with saying_what_is_kept(kept, one, plan, source), \
                 progress_renderer(quiet, plan) as progress:
             result = make(one, source=source, components=components, progress=progress,
-                          save_stages=save_stages, plan=plan, checkpoint=kept)
+                          plan=plan, checkpoint=kept,
+                          on_stage_image=stage_image if save_stages else None)
         for warning in result.warnings[len(components.warnings):]:
             err.print(f"warning: {warning}", markup=False)
         for s in result.stages:
             if s.psnr is not None:
                 say(f"  stage {s.index} ({s.width}x{s.height}): {s.psnr:.1f} dB PSNR against "
                     "the input")
-        emit(result.save(path, fmt=one.format, overwrite=overwrite, save_stages=save_stages,
-                         warn=warn), as_json)
+        emit(result.save(path, fmt=one.format, overwrite=overwrite, warn=warn), as_json)
         resume.remove(kept)
 
 
@@ -524,14 +535,22 @@ def kept_stage(kept: Path, job, plan, source=None) -> int | None:
     return resume.stage_of(kept, job, plan) if kept.exists() else None
 
 
-def say_resume(kept: Path, job, plan, save_stages: bool, source=None) -> None:
-    """Say whether a run goes on from a stopped one's checkpoint."""
+def say_resume(kept: Path, job, plan, source=None, stage_files: list[Path] | None = None
+               ) -> None:
+    """Say whether a run goes on from a stopped one's checkpoint. With --save-stages
+    (`stage_files`) it does only if the images of the stages it holds are this job's, on disk
+    (all but its last, which the next stage decodes again); else it starts over."""
+    from hires import resume
+    from hires.runs import made_by
+
     stage = kept_stage(kept, job, plan, source)
     if stage is None:
         return
-    if save_stages:
-        say(f"  {kept.name} holds stages 0-{stage} of this job, but --save-stages needs every "
-            "stage's image: starting over")
+    lost = [p for p in (stage_files or [])[:stage] if not (p.exists() and made_by(p, job))]
+    if lost:
+        say(f"  {kept.name} holds stages 0-{stage} of this job, but {lost[0].name} is not "
+            "its stage image (--save-stages): starting over")
+        resume.remove(kept)
     else:
         say(f"  resuming: stages 0-{stage} were kept in {kept.name}")
 
@@ -760,7 +779,7 @@ def batch(
             kept = resume.path_for(path)
             if not resume_runs:
                 resume.remove(kept)
-            say_resume(kept, j, plan, False, source)
+            say_resume(kept, j, plan, source)
             with saying_what_is_kept(kept, j, plan, source), \
                     progress_renderer(quiet, plan) as progress:
                 result = make(j, source=source, components=comps, progress=progress,

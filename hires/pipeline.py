@@ -72,6 +72,7 @@ class Result:
     linfusion: str | None = None  # the LinFusion checkpoint that ran; None: original attention
     source: dict[str, Any] | None = None  # upscales: the input's path, sha256 and size
     addons: dict[str, Any] = field(default_factory=dict)  # what ran: lora, controlnet, ip_adapter
+    resumed: int | None = None  # the last stage a stopped run's checkpoint gave this one
 
     @property
     def seed(self) -> int:
@@ -135,10 +136,14 @@ def generate(
     save_stages: bool = False,
     plan: Plan | None = None,
     checkpoint: str | Path | None = None,
+    on_stage_image: StageImage | None = None,
     **overrides: Any,
 ) -> Result:
     """Make one image. Keyword overrides are Job fields: `generate(prompt="a fox", width=4096)`.
 
+    `save_stages`: the result holds every stage's image (`Result.stage_images`).
+    `on_stage_image(index, image)` is called as each stage but the last is decoded, so a
+    caller can show or save it at once (it may come twice after an out-of-memory retry).
     `plan` (from `plan_for`, possibly with strategies replaced) overrides the planner.
     `checkpoint` (`hires.resume.path_for(output)`): each finished stage is kept there, and a
     run of the same job that finds one goes on after its stage; remove it once the image is
@@ -151,7 +156,8 @@ def generate(
     plan = plan or plan_for(job, comps)
     with attached(comps, job) as addons, torch.inference_mode():
         return _run(job, comps, plan, progress, save_stages, addons=addons,
-                    checkpoint=Path(checkpoint) if checkpoint else None)
+                    checkpoint=Path(checkpoint) if checkpoint else None,
+                    on_stage_image=on_stage_image)
 
 
 @dataclass
@@ -167,12 +173,13 @@ class _Carry:
 
 # (stage index, that stage's decoded image) -> a score for its report (`StageReport.psnr`)
 Decoded = Callable[[int, Image.Image], "float | None"]
+StageImage = Callable[[int, Image.Image], None]  # (stage index, its image), as it is decoded
 
 
 def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
          save_stages: bool, source: Image.Image | None = None,
          on_decoded: Decoded | None = None, addons: Addons | None = None,
-         checkpoint: Path | None = None) -> Result:
+         checkpoint: Path | None = None, on_stage_image: StageImage | None = None) -> Result:
     """The stages of one job, in order (base or input, then x2 stages), then the final decode.
 
     With `source`, the plan is an upscale plan and its first stage starts from that image.
@@ -188,13 +195,19 @@ def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
     if addons.image_embeds is not None:
         cond.image_embeds = [e.to(comps.device, comps.dtype) for e in addons.image_embeds]
     reports: list[StageReport] = []
-    stage_images: list[Image.Image] = []
+    stage_images: dict[int, Image.Image] = {}  # with save_stages
     warnings = list(comps.warnings)
     carry = _Carry(image=source)
     stages = list(plan.stages)
     scores: dict[int, float] = {}
+    # Between stages a latent-upsampling job decodes only for someone who wants the images.
+    wanted = save_stages or on_stage_image is not None
 
     def decoded(index: int, image: Image.Image) -> None:
+        if save_stages:
+            stage_images[index] = image
+        if on_stage_image and index < len(stages) - 1:
+            on_stage_image(index, image)
         score = on_decoded(index, image) if on_decoded else None
         if score is not None:
             scores[index] = score
@@ -210,13 +223,12 @@ def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
     if saved is not None:
         carry = _Carry(saved.latents, saved.anchor)
         reports = [StageReport(**r) for r in saved.reports]
-        warnings.append(f"resumed: stages 0-{saved.stage} were kept in {checkpoint.name}")
     for stage in stages[len(reports):]:
         t0 = time.perf_counter()
         reset_peak(comps.device)
         try:
-            carry, report = _stage(job, comps, plan, stage, cond, carry, emit, save_stages,
-                                   stage_images, decoded, addons)
+            carry, report = _stage(job, comps, plan, stage, cond, carry, emit, wanted, decoded,
+                                   addons)
         except torch.cuda.OutOfMemoryError:
             fallback = cheaper(stage, stages, shape_for(job, comps), comps.offload,
                                job.vae_tile, job.vae_stats) if stage.cost else None
@@ -228,8 +240,8 @@ def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
             emit(Event("retry", stage.index, len(stages), stage.width, stage.height))
             if comps.device.type == "cuda":
                 torch.cuda.empty_cache()
-            carry, report = _stage(job, comps, plan, fallback, cond, carry, emit, save_stages,
-                                   stage_images, decoded, addons)
+            carry, report = _stage(job, comps, plan, fallback, cond, carry, emit, wanted,
+                                   decoded, addons)
             report.retried_with = fallback.strategy.label
         report.seconds = time.perf_counter() - t0
         report.peak_memory = peak_memory(comps.device)
@@ -241,17 +253,18 @@ def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
             except OSError as e:  # the job goes on; only its resumability is lost
                 warnings.append(f"could not keep stage {stage.index} in {checkpoint}: {e}")
                 checkpoint = None
-    return Result(stage_images.pop() if not save_stages else stage_images[-1], job, plan,
-                  scored(reports), time.perf_counter() - started, peak_memory(comps.device),
-                  stage_images, warnings, comps.linfusion, addons=addons.record)
+    return Result(carry.image, job, plan, scored(reports), time.perf_counter() - started,
+                  peak_memory(comps.device), [stage_images[i] for i in sorted(stage_images)],
+                  warnings, comps.linfusion, addons=addons.record,
+                  resumed=saved.stage if saved else None)
 
 
 def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditioning,
-           carry: _Carry, emit: ProgressFn, save_stages: bool,
-           stage_images: list[Image.Image], decoded: Decoded,
+           carry: _Carry, emit: ProgressFn, wanted: bool, decoded: Decoded,
            addons: Addons) -> tuple[_Carry, StageReport]:
     """One stage from the previous stage's latents (or from noise, or from the input image);
-    the last one decodes.
+    the last one decodes (its image in the carry). Each stage image goes to `decoded`; with
+    `wanted`, latent upsampling decodes them too.
 
     Nothing in `carry` is changed, so a stage can be run again after an out-of-memory error.
     """
@@ -298,19 +311,16 @@ def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditio
                             stage, n, job, spill)
             anchor = channel_stats(x0)
         elif job.upsample == "latent":
-            if save_stages and len(stage_images) < stage.index:  # a decode only to keep it
+            if wanted:  # a decode only for the image
                 with placed(comps, strategy.weights, vae):
                     image = decode(comps, carry.latents, tile, emit, stage.index - 1, n, job,
                                    spill)
                 decoded(stage.index - 1, image)
-                stage_images.append(image)
             x0 = F.interpolate(carry.latents, size=shape[2:], mode="bicubic", align_corners=False)
         else:
             with placed(comps, strategy.weights, vae):
                 image = decode(comps, carry.latents, tile, emit, stage.index - 1, n, job, spill)
                 decoded(stage.index - 1, image)
-                if save_stages and len(stage_images) < stage.index:
-                    stage_images.append(image)
                 emit(Event("resize", stage.index, n, stage.width, stage.height))
                 image = fit(image, stage.width, stage.height)
                 x0 = encode(comps, image, tile, emit, stage, n, job, spill)
@@ -323,14 +333,15 @@ def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditio
             latents = sample_upscale(denoiser, x0, noise, sigmas, timesteps, stage.ratio,
                                      anchor, knobs, on_step, sampler=job.sampler)
         del x0, noise
+    final = None
     if stage.index == n - 1:
         with placed(comps, strategy.weights, vae):
-            stage_images.append(decode(comps, latents, tile, emit, stage.index, n, job, spill))
-        decoded(stage.index, stage_images[-1])
+            final = decode(comps, latents, tile, emit, stage.index, n, job, spill)
+        decoded(stage.index, final)
     report = StageReport(stage.index, stage.width, stage.height, stage.strength, stage.steps,
                          denoiser.evaluations, 0.0, None, strategy.label,
                          stage.cost.peak_bytes if stage.cost else None)
-    return _Carry(latents, anchor), report
+    return _Carry(latents, anchor, final), report
 
 
 DEFAULT_VAE_TILE = 1024  # px, when no plan chose one

@@ -10,6 +10,9 @@ from typing import TYPE_CHECKING, Any
 from hires import __version__
 
 if TYPE_CHECKING:
+    from PIL import Image
+
+    from hires.job import Job
     from hires.pipeline import Result
 
 
@@ -35,8 +38,23 @@ def record_for(result: Result, path: Path) -> dict[str, Any]:
         "sampler": job.sampler + (" karras" if job.karras else ""),
         "addons": result.addons,
         "warnings": result.warnings,
+        **({"resumed_after_stage": result.resumed} if result.resumed is not None else {}),
         "settings": settings_hash(job),
     }
+
+
+def save_stage(image: Image.Image, path: str | Path, job: Job, index: int, *,
+               fmt: str | None = None, overwrite: bool = False) -> Path:
+    """Write stage `index`'s image of `job` (every stage but the last), atomically; its
+    metadata names the job and the stage, so `hires info` reads it and `--from` runs the job."""
+    from hires import output
+    from hires.batch import settings_hash
+
+    record = {"path": str(path), "stage": index, "seed": job.seed, "width": image.width,
+              "height": image.height, "prompt": job.prompt, "model": job.model,
+              "settings": settings_hash(job)}
+    metadata = {"hires": __version__, "job": job.to_dict(), "result": record}
+    return output.save_image(image, path, fmt=fmt, metadata=metadata, overwrite=overwrite)
 
 
 def stage_paths(path: Path, stages: int) -> list[Path]:
@@ -63,10 +81,9 @@ def save(result: Result, path: str | Path, *, fmt: str | None = None, overwrite:
     if save_stages:
         if len(result.stage_images) < len(result.stages):
             raise ValueError("this result kept no stage images; make it with save_stages=True")
-        for stage_image, stage_path in zip(result.stage_images[:-1],
-                                           stage_paths(path, len(result.stage_images))):
-            output.save_image(stage_image, stage_path, fmt=fmt, metadata=metadata,
-                              overwrite=overwrite)
+        for index, (stage_image, stage_path) in enumerate(zip(
+                result.stage_images[:-1], stage_paths(path, len(result.stage_images)))):
+            save_stage(stage_image, stage_path, result.job, index, fmt=fmt, overwrite=overwrite)
     output.save_image(result.image, path, fmt=fmt, metadata=metadata, overwrite=overwrite,
                       warn=warn)
     return record

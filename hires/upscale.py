@@ -19,7 +19,7 @@ from PIL import Image
 from hires.addons import attached
 from hires.job import Job, JobError
 from hires.models import Components, load, load_args
-from hires.pipeline import Result, _run, plan_for
+from hires.pipeline import Result, StageImage, _run, plan_for
 from hires.plan import Plan
 from hires.progress import ProgressFn
 
@@ -68,6 +68,7 @@ def upscale(
     progress: ProgressFn | None = None,
     save_stages: bool = False,
     plan: Plan | None = None,
+    on_stage_image: StageImage | None = None,
     **overrides: Any,
 ) -> Result:
     """Upscale `image` (a path or an `images.InputImage`); keyword overrides are Job fields.
@@ -82,7 +83,7 @@ def upscale(
     job = (job or Job()).merged({"prompt": prompt, "strength": strength, **overrides})
     job = replace(job, width=w, height=h, image=str(source.path)).validate()
     return upscale_job(job, source=source, components=components, progress=progress,
-                       save_stages=save_stages, plan=plan)
+                       save_stages=save_stages, plan=plan, on_stage_image=on_stage_image)
 
 
 def load_source(job: Job):
@@ -98,9 +99,10 @@ def load_source(job: Job):
 
 def upscale_job(job: Job, *, source: Any = None, components: Components | None = None,
                 progress: ProgressFn | None = None, save_stages: bool = False,
-                plan: Plan | None = None, checkpoint: str | Path | None = None) -> Result:
+                plan: Plan | None = None, checkpoint: str | Path | None = None,
+                on_stage_image: StageImage | None = None) -> Result:
     """A complete upscale Job (`job.image` set, width/height final) run as `upscale` does;
-    `checkpoint` as for `hires.generate`."""
+    `checkpoint` and `on_stage_image` as for `hires.generate`."""
     from hires.images import attach_alpha, fidelity
 
     source = source or load_source(job)
@@ -115,7 +117,8 @@ def upscale_job(job: Job, *, source: Any = None, components: Components | None =
     with attached(comps, job, source.rgb) as addons, torch.inference_mode():
         result = _run(job, comps, plan, progress, save_stages, source=source.rgb,
                       on_decoded=on_decoded, addons=addons,
-                      checkpoint=Path(checkpoint) if checkpoint else None)
+                      checkpoint=Path(checkpoint) if checkpoint else None,
+                      on_stage_image=on_stage_image)
     result.image = attach_alpha(result.image, source.alpha)
     result.source = {"path": str(source.path), "sha256": source.sha256,
                      "width": source.rgb.width, "height": source.rgb.height}

@@ -45,9 +45,14 @@ def test_the_prompt_changes_the_image(tiny):
 
 def test_upscale_stages_end_exactly_at_an_odd_size(tiny):
     # Small VAE tiles, so that every decode and encode takes the tiled path.
+    seen = []
     r = generate(prompt="a castle", width=2000, height=240, steps=6, seed=2, components=tiny,
-                 save_stages=True, vae_tile=256)
+                 save_stages=True, vae_tile=256,
+                 on_stage_image=lambda i, im: seen.append((i, im)))
     assert r.image.size == (2000, 240)
+    # Each stage but the last is handed out as it is decoded: the images the result keeps.
+    assert [i for i, _ in seen] == [0, 1]
+    assert all(im is kept for (_, im), kept in zip(seen, r.stage_images))
     # The base is the tiny model's native area at 25:3; the last stage is the request itself.
     sizes = [(736, 96), (1472, 192), (2000, 240)]
     assert [(s.width, s.height) for s in r.stages] == sizes
@@ -71,6 +76,11 @@ def test_latent_upsampling_option(tiny):
     kept = generate(save_stages=True, **kw)
     assert [im.size for im in kept.stage_images] == [(512, 128), (1024, 256)]
     assert np.array_equal(pixels(kept), pixels(r))
+    seen = []
+    shown = generate(on_stage_image=lambda i, im: seen.append((i, im)), **kw)
+    assert [(i, im.size) for i, im in seen] == [(0, (512, 128))]
+    assert np.array_equal(np.asarray(seen[0][1]), np.asarray(kept.stage_images[0]))
+    assert np.array_equal(pixels(shown), pixels(r)) and shown.stage_images == []
 
 
 def test_unet_is_left_as_it_was(tiny):

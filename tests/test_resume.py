@@ -62,7 +62,7 @@ def test_a_stopped_job_goes_on_after_its_last_stage_to_the_same_image(tiny, unbr
     assert np.array_equal(pixels(result.image), pixels(unbroken.image))
     assert {e.stage for e in events if e.phase == "denoise"} == {2}  # stages 0 and 1: kept
     assert [r.index for r in result.stages] == [0, 1, 2]
-    assert result.warnings[-1] == f"resumed: stages 0-1 were kept in {kept.name}"
+    assert result.resumed == 1
 
 
 def test_a_checkpoint_of_other_settings_is_not_resumed(tiny, tmp_path):
@@ -74,7 +74,8 @@ def test_a_checkpoint_of_other_settings_is_not_resumed(tiny, tmp_path):
     events = []
     generate(components=tiny, checkpoint=kept, progress=events.append, **other)
     assert {e.stage for e in events if e.phase == "denoise"} == {0, 1, 2}
-    # That run kept its own stages. Stage images are not kept: --save-stages starts over.
+    # That run kept its own stages. A result that is to hold every stage's image starts over:
+    # a checkpoint keeps latents, not images.
     assert resume.stage_of(kept, Job(**other), hires.pipeline.plan_for(Job(**other), tiny)) == 1
     events.clear()
     generate(components=tiny, checkpoint=kept, progress=events.append, save_stages=True,
@@ -94,7 +95,7 @@ def test_an_upscale_resumes_with_every_stages_fidelity(tiny, tmp_path):
     with pytest.raises(Stop):
         upscale_job(job, components=tiny, checkpoint=kept, progress=stop_at(2))
     result = upscale_job(job, components=tiny, checkpoint=kept)
-    assert "resumed: stages 0-1" in result.warnings[-1]
+    assert result.resumed == 1
     assert np.array_equal(pixels(result.image), pixels(whole.image))
     assert [r.psnr for r in result.stages] == [r.psnr for r in whole.stages]
     assert all(r.psnr is not None for r in result.stages)
@@ -115,6 +116,8 @@ def test_the_same_command_resumes_a_run_that_drew_its_seed(tmp_path, asked, monk
     assert result.exit_code == 0, result.stderr
     assert "resuming: stages 0-1 were kept in fox.png.resume.safetensors" in result.stderr
     (record,) = json_lines(result.stdout)
+    assert record["resumed_after_stage"] == 1
+    assert "warning" not in result.stderr
     assert not kept.exists()  # gone once the image is saved
     # The seed of the stopped run, and its image.
     again = cli("gen", "a fox", "--model", "tiny", "--size", "768", "--steps", "3", "--seed",
@@ -213,3 +216,35 @@ def test_several_images_go_on_where_they_stopped(tmp_path, asked, monkeypatch, a
     assert stages == ([0, 1, 2] if again else [2])
     assert ("resuming: stages 0-1" in result.stderr) == (not again)
     assert not list(tmp_path.glob("*" + resume.SUFFIX))
+
+
+def test_stage_images_are_saved_as_made_and_a_run_that_saves_them_resumes(
+        tmp_path, asked, monkeypatch):
+    out = tmp_path / "fox.png"
+    args = ("gen", "a fox", "--model", "tiny", "--size", "768", "--steps", "3", "--seed", "5",
+            "--save-stages", "-o", out)
+    stages = failing_once(monkeypatch)
+    first = cli(*args)
+    assert first.exit_code == 1
+    # Stage 0's image was written when stage 1 decoded it, before the stop in stage 2.
+    assert sorted(p.name for p in tmp_path.glob("fox.stage*")) == ["fox.stage0.png"]
+    stages.clear()
+    again = cli(*args)
+    assert again.exit_code == 0, again.stderr
+    assert stages == [2] and "resuming: stages 0-1" in again.stderr
+    assert sorted(p.name for p in tmp_path.glob("fox.*")) == [
+        "fox.png", "fox.stage0.png", "fox.stage1.png"]
+
+
+def test_a_run_that_saves_stages_starts_over_without_their_images(tmp_path, asked, monkeypatch):
+    out = tmp_path / "fox.png"
+    args = ("gen", "a fox", "--model", "tiny", "--size", "768", "--steps", "3", "--seed", "5",
+            "--save-stages", "-o", out)
+    stages = failing_once(monkeypatch)
+    assert cli(*args).exit_code == 1
+    (tmp_path / "fox.stage0.png").unlink()
+    stages.clear()
+    again = cli(*args)
+    assert again.exit_code == 0, again.stderr
+    assert stages == [0, 1, 2]
+    assert "fox.stage0.png is not its stage image (--save-stages): starting over" in again.stderr
