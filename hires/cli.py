@@ -461,6 +461,9 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
 
     runs = plan_runs(job, prompts, output, n=n, fmt_flag=fmt_flag, overwrite=overwrite,
                      resume_runs=resume_runs)
+    if job.seed is None and len(runs) > 1:
+        base = runs[0].job.seed
+        say(f"seeds from {base} (--seed {base} makes these images again)")
     for folder in {run.path.parent for run in runs}:
         if folder.is_dir():  # temp files of a gen that was killed while saving here
             for part in out.remove_stale_parts(folder):

@@ -26,10 +26,11 @@ class Run:
 def plan_runs(job: Job, prompts: list[str], output: str | None, *, n: int = 1,
               fmt_flag: str | None = None, overwrite: bool = False,
               resume_runs: bool = True) -> list[Run]:
-    """Each prompt `n` times, seeds counting up from the prompt's (given or random) seed; each
-    image's path from `output` (a file, folder or template). Raises on any name, format or
-    input that cannot work. An image already at its path, made by the same settings, is not
-    made again (`Run.made`) unless `overwrite`."""
+    """Each prompt `n` times, seeds counting up from the job's seed (one drawn at random if it
+    has none: the stopped run's, when `resume_runs` finds one); each image's path from
+    `output` (a file, folder or template). Raises on any name, format or input that cannot
+    work. An image already at its path, made by the same settings, is not made again
+    (`Run.made`) unless `overwrite`."""
     from hires.addons import check_inputs
 
     todo = [(text, k) for text in prompts for k in range(n)]
@@ -38,27 +39,35 @@ def plan_runs(job: Job, prompts: list[str], output: str | None, *, n: int = 1,
             and not output.endswith("/"):
         raise JobError("several images need -o to be a folder or a template with {index} "
                        "or {seed}")
-    runs: list[Run] = []
-    base = 0
-    for i, (text, k) in enumerate(todo):
-        if k == 0:
-            base = job.seed if job.seed is not None else secrets.randbelow(2**32)
-        one = job.merged({"prompt": text, "seed": (base + k) % 2**63}).validate()  # stdin's too
 
-        def path_of(seed: int, one: Job = one, i: int = i) -> Path:
-            path = out.output_path(output, width=one.width, height=one.height, seed=seed,
-                                   fmt=job.format, index=i, prompt=one.prompt)
-            if many and (output is None or "{" not in output):
-                path = path.with_name(f"{path.stem}_{i:03d}{path.suffix}")
-            return path
+    def path_of(i: int, one: Job, seed: int) -> Path:
+        path = out.output_path(output, width=one.width, height=one.height, seed=seed,
+                               fmt=job.format, index=i, prompt=one.prompt)
+        if many and (output is None or "{" not in output):
+            path = path.with_name(f"{path.stem}_{i:03d}{path.suffix}")
+        return path
 
-        path = path_of(one.seed)
-        one = one.merged({"format": out.format_of(path, job.format, fmt_flag)})
-        if resume_runs and job.seed is None and not many:
-            # A stopped run of this job may have drawn its seed at random: find it again.
-            seed = resume.stopped_seed(path.parent, one, path_of)
+    def image(i: int, text: str, seed: int) -> tuple[Job, Path]:
+        """Image i's job (prompt, seed and format set) and path."""
+        one = job.merged({"prompt": text, "seed": seed % 2**63}).validate()  # stdin's text too
+        path = path_of(i, one, one.seed)
+        return one.merged({"format": out.format_of(path, job.format, fmt_flag)}), path
+
+    base = job.seed
+    if base is None and resume_runs:
+        # A stopped run of this command drew its seeds at random: its checkpoint says which.
+        for i, (text, k) in enumerate(todo):
+            one, path = image(i, text, 0)
+            seed = resume.stopped_seed(path.parent, one,
+                                       lambda s, i=i, one=one: path_of(i, one, s))
             if seed is not None:
-                one, path = one.merged({"seed": seed}), path_of(seed)
+                base = seed - k
+                break
+    if base is None:
+        base = secrets.randbelow(2**32)
+    runs: list[Run] = []
+    for i, (text, k) in enumerate(todo):
+        one, path = image(i, text, base + k)
         if any(path == other.path for other in runs):
             raise JobError(f"two prompts would both write {path}; add {{index}} to -o")
         if one.format == "webp" and max(one.width, one.height) > out.WEBP_MAX_SIDE:

@@ -248,3 +248,19 @@ def test_a_run_that_saves_stages_starts_over_without_their_images(tmp_path, aske
     assert again.exit_code == 0, again.stderr
     assert stages == [0, 1, 2]
     assert "fox.stage0.png is not its stage image (--save-stages): starting over" in again.stderr
+
+
+def test_several_images_with_random_seeds_go_on_where_they_stopped(tmp_path, asked, monkeypatch):
+    args = ("gen", "a fox", "--model", "tiny", "--size", "768", "--steps", "3", "--n", "2",
+            "--json", "-o", tmp_path)
+    stages = failing_once(monkeypatch, after=1)  # the second image's last stage
+    first = cli(*args)
+    assert first.exit_code == 1
+    (made,) = json_lines(first.stdout)
+    assert f"seeds from {made['seed']} (--seed {made['seed']} makes these" in first.stderr
+    stages.clear()
+    result = cli(*args)
+    assert result.exit_code == 0, result.stderr
+    # The stopped image's checkpoint gave the seeds back: the first image is kept.
+    assert [r["seed"] for r in json_lines(result.stdout)] == [made["seed"], made["seed"] + 1]
+    assert stages == [2] and "made already by these settings, kept" in result.stderr

@@ -20,12 +20,14 @@ def test_each_prompt_n_times_with_seeds_counting_up(tmp_path):
     assert all(r.made is None for r in runs)
 
 
-def test_a_random_seed_is_drawn_per_prompt_and_a_template_names_files(tmp_path):
-    runs = plan_runs(JOB, ["a fox"], str(tmp_path / "{prompt}-{seed}.webp"), n=3)
-    seeds = [r.job.seed for r in runs]
-    assert seeds[1:] == [seeds[0] + 1, seeds[0] + 2]
-    assert [r.path.name for r in runs] == [f"a-fox-{s}.webp" for s in seeds]
+def test_one_random_seed_for_the_command_and_a_template_names_files(tmp_path):
+    runs = plan_runs(JOB, ["a fox", "a hen"], str(tmp_path / "{prompt}-{seed}.webp"), n=2)
+    s = runs[0].job.seed
+    assert [r.job.seed for r in runs] == [s, s + 1, s, s + 1]  # as --seed s would make them
+    assert [r.path.name for r in runs] == [f"a-fox-{s}.webp", f"a-fox-{s + 1}.webp",
+                                           f"a-hen-{s}.webp", f"a-hen-{s + 1}.webp"]
     assert {r.job.format for r in runs} == {"webp"}  # the suffix decides
+    assert plan_runs(JOB, ["a fox"], str(tmp_path))[0].job.seed != s  # a new draw
 
 
 @pytest.mark.parametrize("output,n,prompts,message", [
