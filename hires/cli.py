@@ -335,7 +335,7 @@ def gen(
             flags["prompt"] = prompt
         job = build_job(preset, from_image, flags)
         if dry_run:
-            show_plan(job, gpu, as_json)
+            show_plan(job, gpu, as_json, stage_images=save_stages)
             return
         check_device(job.device)
         prompts = read_prompts(prompt) if prompt == "-" else [job.prompt]
@@ -390,7 +390,7 @@ def up(
             flags["strength"] = DEFAULT_STRENGTH
         job = build_job(preset, None, flags)
         if dry_run:
-            show_plan(job, gpu, as_json, source=source.rgb.size)
+            show_plan(job, gpu, as_json, source=source.rgb.size, stage_images=save_stages)
             return
         check_device(job.device)
         run_prompts(job, [job.prompt], output, save_stages, as_json, quiet, overwrite, gpu,
@@ -490,8 +490,8 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
             check_loaded(one, components)
         source = load_source(one) if one.image else None
         size = source.rgb.size if source else None
-        plan = fitted_plan(lambda j=one, s=size, c=components: plan_for(j, c, gpu=gpu, source=s),
-                           one)
+        plan = fitted_plan(lambda j=one, s=size, c=components: plan_for(
+            j, c, gpu=gpu, source=s, stage_images=save_stages), one)
         # Stage images are written as each stage is done. Checked before the first step, not
         # after the compute is spent; a stopped run's own stage images are this run's to write.
         stage_files = stage_paths(path, len(plan.stages)) if save_stages else []
@@ -622,7 +622,7 @@ def fitted_plan(make, job):
 
 
 def show_plan(job, gpu: str | None, as_json: bool,
-              source: tuple[int, int] | None = None) -> None:
+              source: tuple[int, int] | None = None, stage_images: bool = False) -> None:
     """Print the plan of `job` without loading weights (`hires plan`, `gen --dry-run`)."""
     from hires.eta import duration
     from hires.gpus import CUDA_CONTEXT_GIB, card, rate_for
@@ -632,7 +632,7 @@ def show_plan(job, gpu: str | None, as_json: bool,
         rate_for(gpu or "h100")  # a usage error, before any planning
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-    run = fitted_plan(lambda: dry_run(job, gpu, source), job)
+    run = fitted_plan(lambda: dry_run(job, gpu, source, stage_images), job)
     p, gpu, rate = run.plan, run.gpu, run.rate
     spill = p.vae_spill_bytes
     if as_json:
@@ -646,6 +646,7 @@ def show_plan(job, gpu: str | None, as_json: bool,
                         "steps": s.steps, "global_steps": s.global_steps,
                         "strength": round(s.strength, 4), "ratio": s.ratio,
                         "upsample": "latent" if s.latent_upsample else "pixel",
+                        "decodes_previous": s.decodes_previous,
                         "strategy": s.strategy.label, "levers": s.strategy.to_dict(),
                         "peak_bytes": s.cost.peak_bytes, "tflop": round(s.cost.tflop, 3),
                         "unet_tflop": round(s.cost.unet_tflop, 3),

@@ -198,6 +198,7 @@ def spill_amounts(budget: float) -> list[float]:
 def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy: Strategy, *,
                base: bool, previous: tuple[int, int] | None, final_decode: bool,
                global_steps: int | None = None, encode_input: bool = False,
+               encode_previous: bool = True,
                vae_tile: int | None = None, vae_stats: str = "fast",
                rate: float | None = None, budget: int | None = None) -> StageCost:
     """Peak device memory, FLOPs, scratch disk and time of one stage under `strategy`.
@@ -231,7 +232,7 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
         memo = (float("inf") if budget is None or vae_stats != "fast" else
                 budget_from_free(budget - vae_weights - state, model.on_gpu))
         passes = [(*previous, True)] if previous else []
-        if previous or encode_input:
+        if (previous and encode_previous) or encode_input:
             passes.append((width, height, False))
         if final_decode:
             passes.append((width, height, True))

@@ -52,7 +52,7 @@ def phases(plan: Plan) -> list[Phase]:
     for s in plan.stages:
         px, vae = s.width * s.height, s.cost.tflop - s.cost.unet_tflop
         parts = []  # (stage its events carry, name, relative VAE work)
-        if s.kind == "upscale" and not s.latent_upsample:
+        if s.kind == "upscale" and (s.decodes_previous or not s.latent_upsample):
             before = plan.stages[s.index - 1]
             parts.append((before.index, "vae-decode", DECODE_PER_PX * before.width * before.height))
         if s.kind != "base" and not s.latent_upsample:

@@ -94,10 +94,11 @@ def budget_for(job: Job, components: Components) -> int | None:
 
 
 def plan_for(job: Job, components: Components, *, gpu: str | None = None,
-             source: tuple[int, int] | None = None) -> Plan:
+             source: tuple[int, int] | None = None, stage_images: bool = False) -> Plan:
     """The job's stages for this model, each with the fastest strategy that fits the budget;
     with `source` (an input image's size), the stages of an upscale from it. Times are for
-    `gpu` (a hires.gpus name or TFLOP/s), else for the local GPU where it is in that table."""
+    `gpu` (a hires.gpus name or TFLOP/s), else for the local GPU where it is in that table.
+    `stage_images`: every stage's image is wanted (see `make_plan`)."""
     cfg = components.pipe.scheduler.config
     if gpu is None and components.device.type == "cuda":
         gpu = local_gpu()
@@ -110,7 +111,7 @@ def plan_for(job: Job, components: Components, *, gpu: str | None = None,
         vae_tile=job.vae_tile, vae_stats=job.vae_stats, rate=rate_for(gpu) if gpu else None,
         source=source, cosine_scale_2=job.cosine_scale_2, global_floor=job.global_floor,
         karras=job.karras, alphas_cumprod=components.pipe.scheduler.alphas_cumprod,
-        upsample=job.upsample,
+        upsample=job.upsample, stage_images=stage_images,
     )
 
 
@@ -153,7 +154,7 @@ def generate(
     if job.seed is None:
         job = replace(job, seed=secrets.randbelow(2**32))
     comps = components or load(*load_args(job))
-    plan = plan or plan_for(job, comps)
+    plan = plan or plan_for(job, comps, stage_images=save_stages or on_stage_image is not None)
     with attached(comps, job) as addons, torch.inference_mode():
         return _run(job, comps, plan, progress, save_stages, addons=addons,
                     checkpoint=Path(checkpoint) if checkpoint else None,

@@ -57,6 +57,8 @@ class Stage:
     kind: str = "upscale"  # "base": from noise; "input": from the user's image; "upscale"
     global_steps: int = 0  # the first steps that also run the dilated global pass
     latent_upsample: bool = False  # starts from the previous latents resized: no VAE before it
+    # ... but the previous stage is decoded anyway, for its image (--save-stages)
+    decodes_previous: bool = False
 
     @property
     def steps(self) -> int:
@@ -197,8 +199,11 @@ def make_plan(
     karras: bool = False,
     alphas_cumprod: Tensor | None = None,
     upsample: str = "pixel",
+    stage_images: bool = False,
 ) -> Plan:
     """Stages for a `width` x `height` request; with a model shape, each one's strategy.
+
+    `stage_images`: every stage's image is wanted, so latent upsampling decodes each too.
 
     `budget` is the device memory in bytes (None: fit nothing, pick the fastest); `rate` the
     achieved FLOP/s used for the time estimate (None: no time estimate). With `source` (an
@@ -222,7 +227,9 @@ def make_plan(
             run = sigma_schedule(alphas, ts, karras=True)[1]
         return Stage(index, w, h, ratio, s, ts, kind=kind,
                      global_steps=global_steps(run, cosine_scale_2, global_floor),
-                     latent_upsample=kind == "upscale" and upsample == "latent")
+                     latent_upsample=kind == "upscale" and upsample == "latent",
+                     decodes_previous=kind == "upscale" and upsample == "latent"
+                     and stage_images)
 
     if source is None:
         sizes = stage_sizes(width, height, native)
@@ -249,7 +256,7 @@ def make_plan(
                                  vae_stats=vae_stats, rate=rate, source=source,
                                  cosine_scale_2=cosine_scale_2, global_floor=global_floor,
                                  karras=karras, alphas_cumprod=alphas_cumprod,
-                                 upsample=upsample)
+                                 upsample=upsample, stage_images=stage_images)
             raise
     spill = model.spill if model is not None and model.on_gpu else 0.0
     fp32 = tuple(part for part, size in (("UNet", model.dtype_bytes),
@@ -268,7 +275,8 @@ def _with_cost(stage: Stage, stages: list[Stage], model: ModelShape, strategy: S
                       base=stage.kind == "base", global_steps=stage.global_steps,
                       encode_input=stage.kind == "input",
                       previous=(prev.width, prev.height)
-                      if prev and not stage.latent_upsample else None,
+                      if prev and (stage.decodes_previous or not stage.latent_upsample)
+                      else None, encode_previous=not stage.latent_upsample,
                       final_decode=last, vae_tile=vae_tile, vae_stats=vae_stats, rate=rate,
                       budget=usable(budget))
     return replace(stage, strategy=strategy, cost=cost)
@@ -346,7 +354,8 @@ def describe(plan: Plan) -> list[str]:
     lines = []
     for s in plan.stages:
         kind = {"base": "base", "input": "from the input"}.get(
-            s.kind, f"x{s.ratio}" + (", latents resized" if s.latent_upsample else ""))
+            s.kind, f"x{s.ratio}" + (", latents resized" if s.latent_upsample else "")
+            + (f", stage {s.index - 1} decoded for its image" if s.decodes_previous else ""))
         line = (f"stage {s.index} ({kind}): {s.width}x{s.height}, strength {s.strength:.2f}, "
                 f"{s.steps} steps")
         if s.kind != "base":
@@ -426,7 +435,8 @@ class DryRun:
     budget_from: str | None  # 'vram', 'gpu' (the named card's memory), 'device' or None
 
 
-def dry_run(job, gpu: str | None = None, source: tuple[int, int] | None = None) -> DryRun:
+def dry_run(job, gpu: str | None = None, source: tuple[int, int] | None = None,
+            stage_images: bool = False) -> DryRun:
     """`hires plan`: the job planned for the card `gpu` names (its memory unless `--vram`
     says, its rate), else for the local GPU, else at an H100's rate without a budget.
 
@@ -437,7 +447,8 @@ def dry_run(job, gpu: str | None = None, source: tuple[int, int] | None = None) 
     card_vram = card_budget_gib(gpu) if gpu is not None and job.vram is None else None
     gpu = gpu or local_gpu() or "h100"
     rate = rate_for(gpu)
-    plan = plan_without_weights(job, rate, source=source, vram=card_vram, gpu=card(gpu))
+    plan = plan_without_weights(job, rate, source=source, vram=card_vram, gpu=card(gpu),
+                                stage_images=stage_images)
     budget_from = None
     if plan.budget:
         budget_from = "vram" if job.vram is not None else "gpu" if card_vram else "device"
@@ -446,7 +457,8 @@ def dry_run(job, gpu: str | None = None, source: tuple[int, int] | None = None) 
 
 def plan_without_weights(job, rate: float | None = None,
                          source: tuple[int, int] | None = None,
-                         vram: float | None = None, gpu: Card | None = None) -> Plan:
+                         vram: float | None = None, gpu: Card | None = None,
+                         stage_images: bool = False) -> Plan:
     """The plan of a Job for the device it names, from the model's shapes alone (a dry run).
 
     Without a CUDA GPU here the plan is still for one (that is what it is for), fitted to
@@ -505,4 +517,5 @@ def plan_without_weights(job, rate: float | None = None,
                      model=shape, budget=budget, offload=job.offload if on_gpu else "none",
                      vae_tile=job.vae_tile, vae_stats=job.vae_stats, rate=rate, source=source,
                      cosine_scale_2=job.cosine_scale_2, global_floor=job.global_floor,
-                     karras=job.karras, alphas_cumprod=alphas, upsample=job.upsample)
+                     karras=job.karras, alphas_cumprod=alphas, upsample=job.upsample,
+                     stage_images=stage_images)

@@ -110,7 +110,8 @@ def upscale_job(job: Job, *, source: Any = None, components: Components | None =
     if job.seed is None:
         job = replace(job, seed=secrets.randbelow(2**32))
     comps = components or load(*load_args(job))
-    plan = plan or plan_for(job, comps, source=source.rgb.size)
+    plan = plan or plan_for(job, comps, source=source.rgb.size,
+                            stage_images=save_stages or on_stage_image is not None)
     def on_decoded(index: int, result: Image.Image) -> float:
         return fidelity(result, source)
 

@@ -133,21 +133,24 @@ def test_durations_read_as_people_say_them(seconds, text):
     assert duration(seconds) == text
 
 
-@pytest.mark.parametrize("upsample", ["pixel", "latent"])
-def test_a_run_goes_through_the_phases_the_clock_expects(tiny, upsample):
+@pytest.mark.parametrize("upsample,images", [("pixel", False), ("latent", False),
+                                             ("latent", True)])
+def test_a_run_goes_through_the_phases_the_clock_expects(tiny, upsample, images):
     from hires.job import Job
     from hires.pipeline import generate, plan_for
 
     job = Job(prompt="x", width=512, height=512, steps=3, seed=1, model="tiny",
               upsample=upsample)
-    plan = plan_for(job, tiny)
+    plan = plan_for(job, tiny, stage_images=images)
     events = []
-    generate(job, components=tiny, plan=plan, progress=events.append)
+    generate(job, components=tiny, plan=plan, progress=events.append,
+             on_stage_image=(lambda i, image: None) if images else None)
     expected = [(p.stage, p.name) for p in phases(plan)]
     seen = list(dict.fromkeys((e.stage, e.phase) for e in events if e.phase != "resize"))
     assert seen == expected
-    if upsample == "latent":  # only the final decode
-        assert [name for _, name in expected if name != "denoise"] == ["vae-decode"]
+    if upsample == "latent":  # the final decode; with the stage images, stage 0's too
+        assert [(i, name) for i, name in expected if name != "denoise"] == [
+            *([(0, "vae-decode")] if images else []), (1, "vae-decode")]
     clock, now = JobClock(plan, 0.0), 0.0
     for e in events:
         now += 1.0
@@ -166,3 +169,10 @@ def test_a_plan_with_latent_upsampling_prices_no_vae_between_stages():
     vae = [s.cost.tflop - s.cost.unet_tflop for s in (pixel.stages[-1], latent.stages[-1])]
     assert 0 < vae[1] < 0.75 * vae[0]
     assert latent.seconds < pixel.seconds
+    # Stage images wanted: the stage before each is decoded, still without an encode.
+    shown = plan_4k(rate=400e12, upsample="latent", stage_images=True)
+    assert [s.decodes_previous for s in shown.stages] == [False, True, True]
+    for a, b, c in zip(latent.stages[1:], shown.stages[1:], pixel.stages[1:], strict=True):
+        vae = [s.cost.tflop - s.cost.unet_tflop for s in (a, b, c)]
+        assert vae[0] < vae[1] < vae[2]
+    assert latent.seconds < shown.seconds < pixel.seconds
