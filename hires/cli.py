@@ -911,6 +911,9 @@ def show_made(path: Path, as_json: bool) -> None:
              f"{result.get('height', job.get('height'))}, seed {job.get('seed')}, "
              f"steps {job.get('steps')}, {sampler}, guidance {job.get('guidance')}",
              f"model {job.get('model')}, linfusion {result.get('linfusion', job.get('linfusion'))}"]
+    if isinstance(result.get("stage"), int):  # --save-stages: one stage of a bigger job
+        lines.append(f"stage {result['stage']} of a job for {job.get('width')}x"
+                     f"{job.get('height')} (`hires gen --from` runs the whole job)")
     if job.get("image"):
         lines.append(f"upscaled from {job['image']} (strength {job.get('strength')})")
     addons = result.get("addons") or {}

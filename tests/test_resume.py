@@ -234,6 +234,8 @@ def test_stage_images_are_saved_as_made_and_a_run_that_saves_them_resumes(
     assert stages == [2] and "resuming: stages 0-1" in again.stderr
     assert sorted(p.name for p in tmp_path.glob("fox.*")) == [
         "fox.png", "fox.stage0.png", "fox.stage1.png"]
+    shown = cli("info", tmp_path / "fox.stage1.png")
+    assert "size 512x512" in shown.stdout and "stage 1 of a job for 768x768" in shown.stdout
 
 
 def test_a_run_that_saves_stages_starts_over_without_their_images(tmp_path, asked, monkeypatch):
