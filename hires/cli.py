@@ -496,7 +496,7 @@ def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, 
         # after the compute is spent; a stopped run's own stage images are this run's to write.
         stage_files = stage_paths(path, len(plan.stages)) if save_stages else []
         for stage_path in stage_files:
-            if not (stage_path.exists() and made_by(stage_path, one)):
+            if not made_by(stage_path, one):
                 out.check_writable(stage_path, overwrite)
         say(f"{path}{of}: seed {one.seed}, {len(plan.stages)} stage(s), "
             f"{plan.width}x{plan.height}")
@@ -549,7 +549,7 @@ def say_resume(kept: Path, job, plan, source=None, stage_files: list[Path] | Non
     stage = kept_stage(kept, job, plan, source)
     if stage is None:
         return
-    lost = [p for p in (stage_files or [])[:stage] if not (p.exists() and made_by(p, job))]
+    lost = [p for p in (stage_files or [])[:stage] if not made_by(p, job)]
     if lost:
         say(f"  {kept.name} holds stages 0-{stage} of this job, but {lost[0].name} is not "
             "its stage image (--save-stages): starting over")

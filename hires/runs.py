@@ -3,7 +3,6 @@ each goes, and every check that can fail, all before a model loads."""
 
 from __future__ import annotations
 
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +72,7 @@ def plan_runs(job: Job, prompts: list[str], output: str | None, *, n: int = 1,
         if one.format == "webp" and max(one.width, one.height) > out.WEBP_MAX_SIDE:
             raise JobError(f"WebP images are at most {out.WEBP_MAX_SIDE} px a side; "
                            "use --format png, tiff or jpg")
-        made = made_by(path, one) if os.path.lexists(path) and not overwrite else None
+        made = None if overwrite else made_by(path, one)
         if made is None:
             out.check_writable(path, overwrite)
         check_inputs(one)
@@ -82,7 +81,8 @@ def plan_runs(job: Job, prompts: list[str], output: str | None, *, n: int = 1,
 
 
 def made_by(path: Path, job: Job) -> dict[str, Any] | None:
-    """The record of the image at `path` if `job` made it (it records the same settings)."""
+    """The record of the image at `path` if `job` made it (it records the same settings);
+    None for any other file, or none."""
     from hires.batch import recorded_hash, settings_hash
 
     if recorded_hash(path) != settings_hash(job):
