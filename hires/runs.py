@@ -55,8 +55,14 @@ def plan_runs(job: Job, prompts: list[str], output: str | None, *, n: int = 1,
     base = job.seed
     if base is None and resume_runs:
         # A stopped run of this command drew its seeds at random: its checkpoint says which.
+        # Folders without any checkpoint are listed once, not once per image.
+        kept_in: dict[Path, bool] = {}
         for i, (text, k) in enumerate(todo):
             one, path = image(i, text, 0)
+            if path.parent not in kept_in:
+                kept_in[path.parent] = any(path.parent.glob("*" + resume.SUFFIX))
+            if not kept_in[path.parent]:
+                continue
             seed = resume.stopped_seed(path.parent, one,
                                        lambda s, i=i, one=one: path_of(i, one, s))
             if seed is not None:
