@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hires.job import FILE_KEYS, TRUSTED_ONLY, Job, JobError, closest_hint, size_from
+from hires.images import ImageInputError, input_size
+from hires.job import FILE_KEYS, TRUSTED_ONLY, Job, JobError, closest_hint
 from hires.presets import load_preset, read_toml
+from hires.sizes import job_from_levels
 
 
 @dataclass(frozen=True)
@@ -24,7 +26,7 @@ class BatchItem:
 
 
 # Keys a batch file takes besides the job's own: the same as `gen`'s flags.
-BATCH_ONLY_KEYS = ("size", "aspect", "output", "preset")
+BATCH_ONLY_KEYS = ("size", "aspect", "scale", "output", "preset")
 
 
 def batch_keys() -> tuple[str, ...]:
@@ -32,8 +34,11 @@ def batch_keys() -> tuple[str, ...]:
     return tuple(sorted(FILE_KEYS + BATCH_ONLY_KEYS))
 
 
-def read_batch(path: str | Path, base: Job | None = None) -> list[BatchItem]:
-    """Jobs from a TOML file ([defaults] + [[job]]) or JSONL (one object a line)."""
+def read_batch(path: str | Path, base: Job | None = None,
+               levels: list[tuple[dict[str, Any], str, bool]] | None = None) -> list[BatchItem]:
+    """Jobs from a TOML file ([defaults] + [[job]]) or JSONL (one object a line), on top of
+    `base` and `levels` (a command's preset: values, where, from a file), which the file's
+    keys beat. An upscale job's size (`image` with `size` or `scale`) reads the image's."""
     path = Path(path)
     if not path.is_file():
         raise JobError(f"batch file not found: {path}")
@@ -61,16 +66,26 @@ def read_batch(path: str | Path, base: Job | None = None) -> list[BatchItem]:
         output = values.pop("output", None)
         if output is not None and not isinstance(output, str):
             raise JobError(f"'output' in {where} must be a file name, got {output!r}")
-        job = base
-        if "preset" in values:
-            job = job.merged(load_preset(str(values.pop("preset"))).values, where=where,
-                             untrusted=True)
-        job = job.merged(_sizes(defaults, entry, values, where), where=where,
-                         untrusted=True).validate()
+        preset = values.pop("preset", None)
+        job_levels = list(levels or [])
+        if preset is not None:
+            job_levels.append((load_preset(str(preset)).values, f"preset '{preset}' ({where})",
+                               True))
+        job_levels += [(_without(defaults), f"{path.name} [defaults]", True),
+                       (_without(entry), where, True)]
+        try:
+            job = job_from_levels(job_levels, base=base, size_of=input_size)
+        except ImageInputError as e:
+            raise JobError(f"{where}: {e}") from None
         if job.seed is None:
             job = job.merged({"seed": stable_seed(i, values)})
         items.append(BatchItem(i, job, output))
     return items
+
+
+def _without(table: dict[str, Any]) -> dict[str, Any]:
+    """A table's job keys: what is not the batch's own (output, preset)."""
+    return {k: v for k, v in table.items() if k not in ("output", "preset")}
 
 
 def _check_keys(table: dict[str, Any], where: str) -> None:
@@ -85,30 +100,6 @@ def _check_keys(table: dict[str, Any], where: str) -> None:
             hint = closest_hint(name, valid)
             listing = "" if "valid:" in hint else f"; valid keys: {', '.join(valid)}"
             raise JobError(f"unknown key '{key}' in {where}{hint}{listing}")
-
-
-def _sizes(defaults: dict[str, Any], entry: dict[str, Any], values: dict[str, Any],
-           where: str) -> dict[str, Any]:
-    """`values` with size/aspect turned into width/height; a job's own size beats the defaults'."""
-    out = {k: v for k, v in values.items() if k not in ("size", "aspect")}
-    own = {k for k in entry if k in ("size", "aspect", "width", "height")}
-    # The level that says most about the size wins: the job's own keys, else the defaults'.
-    level = entry if own else defaults
-    try:
-        if "size" in level or "aspect" in level:
-            size = level.get("size", defaults.get("size"))
-            aspect = level.get("aspect", defaults.get("aspect"))
-            if size is None:
-                raise JobError("'aspect' needs 'size' (the long side in pixels)")
-            if isinstance(size, bool) or not isinstance(size, int):
-                raise JobError(f"'size' must be a whole number of pixels, got {size!r}")
-            width_height = size_from(size, None if aspect is None else str(aspect), None, None)
-            if "width" in level or "height" in level:
-                raise JobError("give either size/aspect or width/height, not both")
-            out["width"], out["height"] = width_height
-    except JobError as e:
-        raise JobError(f"{e} (in {where})") from None
-    return out
 
 
 def _jsonl(path: Path) -> Iterator[dict[str, Any]]:

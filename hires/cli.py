@@ -185,51 +185,56 @@ Resume = Annotated[bool, typer.Option(
 
 def job_flags(options: dict[str, Any], **replaced: Any) -> dict[str, Any]:
     """The job keys the user actually gave, from a command's `locals()` (its options; `replaced`
-    first), with --size/--aspect turned into width/height. `prompt` and `image` are the
-    commands' own to handle."""
-    from hires.job import JOB_KEYS, size_from
+    first), the size keys (--size, --aspect, --scale, --width, --height) among them. `prompt` and
+    `image` are the commands' own to handle."""
+    from hires.job import JOB_KEYS
+    from hires.sizes import SIZE_KEYS
 
     values = {("format" if k == "fmt" else k): v for k, v in {**options, **replaced}.items()}
-    size = size_from(values.get("size"), values.get("aspect"), values.get("width"),
-                     values.get("height"))
     # False means "not given" for plain flags; --no-karras is a real False.
-    given = {k: v for k, v in values.items()
-             if k in JOB_KEYS and k not in ("prompt", "image", "width", "height")
-             and v is not None and (v is not False or k == "karras")
-             and not (isinstance(v, list) and not v)}
-    if size:
-        given["width"], given["height"] = size
-    return given
+    return {k: v for k, v in values.items()
+            if (k in JOB_KEYS or k in SIZE_KEYS) and k not in ("prompt", "image")
+            and v is not None and (v is not False or k == "karras")
+            and not (isinstance(v, list) and not v)}
 
 
-def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]):
-    """Defaults, then the preset, then a recorded job (--from), then explicit flags."""
-    from hires.job import Job, JobError
+def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any],
+              source: tuple[int, int] | None = None):
+    """Defaults, then the preset, then a recorded job (--from), then explicit flags; the size
+    from all of them (`hires.sizes`). `source`: an upscale's input size, when it is loaded."""
+    from hires.images import input_size
+    from hires.job import JobError
     from hires.output import OutputError, job_values_from_image
     from hires.presets import load_preset
+    from hires.sizes import OPTIONS, job_from_levels
 
-    job = Job()
+    def size_of(path: str) -> tuple[int, int]:
+        return source or input_size(path)
+
+    levels: list[tuple[dict[str, Any], str, bool]] = []
     if preset:
-        job = job.merged(load_preset(preset).values, where=f"preset '{preset}'", untrusted=True)
-    if from_image is not None:
-        try:
-            recorded = job_values_from_image(from_image)
-        except OutputError as e:  # a missing or unreadable input is the user's to fix
-            raise JobError(str(e)) from None
-        if recorded.get("allow_pickle") in (False, None):
-            recorded.pop("allow_pickle", None)  # hires 0.1 recorded the (harmless) default
-        job = job.merged(recorded, where=f"metadata of {from_image}", untrusted=True)
-        if "model" in recorded and "model" not in flags:
-            # The record names a model, maybe a local file: say which, never load it unseen.
-            say(f"--from {from_image}: model {job.model} (as recorded; --model picks another)")
-        if recorded.get("vae") and "vae" not in flags:
-            say(f"--from {from_image}: VAE {job.vae} (as recorded; --vae picks another)")
-        job = job.merged(flags, where="options").validate()
-        from hires.addons import check_unchanged
+        levels.append((load_preset(preset).values, f"preset '{preset}'", True))
+    if from_image is None:
+        return job_from_levels([*levels, (flags, OPTIONS, False)], size_of=size_of)
+    try:
+        recorded = job_values_from_image(from_image)
+    except OutputError as e:  # a missing or unreadable input is the user's to fix
+        raise JobError(str(e)) from None
+    if recorded.get("allow_pickle") in (False, None):
+        recorded.pop("allow_pickle", None)  # hires 0.1 recorded the (harmless) default
+    where = f"metadata of {from_image}"
+    if recorded.get("model") and "model" not in flags:
+        # The record names a model, maybe a local file: say which, never load it unseen.
+        say(f"--from {from_image}: model {recorded['model']} (as recorded; --model picks "
+            "another)")
+    if recorded.get("vae") and "vae" not in flags:
+        say(f"--from {from_image}: VAE {recorded['vae']} (as recorded; --vae picks another)")
+    job = job_from_levels([*levels, (recorded, where, True), (flags, OPTIONS, False)],
+                          size_of=size_of)
+    from hires.addons import check_unchanged
 
-        check_unchanged(job, recorded_addons(from_image))
-        return job
-    return job.merged(flags, where="options").validate()
+    check_unchanged(job, recorded_addons(from_image))
+    return job
 
 
 def recorded_addons(path: Path) -> dict[str, Any]:
@@ -380,15 +385,14 @@ def up(
     Quiet.on = quiet
     with exit_codes():
         from hires.images import load_input
-        from hires.upscale import DEFAULT_STRENGTH, target_size
+        from hires.upscale import DEFAULT_STRENGTH
 
         source = load_input(image)
-        w, h = target_size(source.rgb.size, size=size, scale=scale, width=width, height=height)
-        flags = job_flags(options, size=None, width=w, height=h)
+        flags = job_flags(options)
         flags.update(image=str(image), image_sha256=source.sha256, prompt=prompt or "")
         if strength is None and not preset:
             flags["strength"] = DEFAULT_STRENGTH
-        job = build_job(preset, None, flags)
+        job = build_job(preset, None, flags, source=source.rgb.size)
         if dry_run:
             show_plan(job, gpu, as_json, source=source.rgb.size, stage_images=save_stages)
             return
@@ -739,17 +743,14 @@ def batch(
     with exit_codes():
         from hires import batch as b
         from hires import output as out
-        from hires.job import Job, JobError
+        from hires.job import JobError
         from hires.presets import load_preset
 
-        base = Job()
-        if preset:
-            base = base.merged(load_preset(preset).values, where=f"preset '{preset}'",
-                               untrusted=True)
+        levels = [(load_preset(preset).values, f"preset '{preset}'", True)] if preset else []
         overrides = {k: v for k, v in {"model": model, "device": device or b.local_device(),
                                        "allow_pickle": allow_pickle}.items() if v}
         items = [b.BatchItem(i.index, i.job.merged(overrides, where="options").validate(),
-                             i.output) for i in b.read_batch(file, base)]
+                             i.output) for i in b.read_batch(file, levels=levels)]
         rank, world = b.parse_shard(shard)
         if output.exists() and not output.is_dir():
             raise JobError(f"batch -o {output} is a file; -o names the folder for the images")

@@ -147,22 +147,45 @@ def load_input(path: Path | str) -> InputImage:
     Multi-frame files (TIFF pages, animated WebP) give their first frame.
     """
     path = Path(path)
+    with _reading(path) as im:
+        sha = file_sha256(path)
+        im.load()  # the full decode: truncation and corruption surface here
+        ImageOps.exif_transpose(im, in_place=True)
+        rgb, alpha = _split(im)
+        fmt = FORMATS[im.format or ""]
+    return InputImage(rgb=rgb, alpha=alpha, path=path, sha256=sha, format=fmt, size=rgb.size)
+
+
+def input_size(path: Path | str) -> tuple[int, int]:
+    """An input image's size as `load_input` gives it (EXIF rotation applied), from its header
+    alone: an upscale's output size is known before any image is decoded."""
+    path = Path(path)
+    with _reading(path) as im:
+        w, h = im.size
+        # EXIF orientations 5-8 turn the picture a quarter: its sides swap.
+        turned = im.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)
+    return (h, w) if turned else (w, h)
+
+
+ORIENTATION = 0x0112  # the EXIF tag
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[Image.Image]:
+    """The image at `path`, opened (not decoded) and checked for format and size; whatever
+    goes wrong in the block becomes an ImageInputError of one line."""
     if not path.exists():
         raise ImageInputError(f"{path}: no such file")
     if path.is_dir():
         raise ImageInputError(f"{path}: is a folder, not an image file")
     try:
-        sha = file_sha256(path)
         with pixel_limit(MAX_PIXELS), _strict_decoding():
             with Image.open(path) as im:
-                fmt = FORMATS.get(im.format or "")
-                if fmt is None:
+                if FORMATS.get(im.format or "") is None:
                     raise ImageInputError(
                         f"{path}: {im.format} images are not accepted; convert it to {ACCEPTED}")
                 check_size(path, im.size)  # before decoding anything
-                im.load()  # the full decode: truncation and corruption surface here
-                ImageOps.exif_transpose(im, in_place=True)
-                rgb, alpha = _split(im)
+                yield im
     except ImageInputError as e:
         msg = str(e)
         raise ImageInputError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
@@ -183,7 +206,6 @@ def load_input(path: Path | str) -> InputImage:
     except MemoryError:
         raise ImageInputError(f"{path}: not enough memory to decode it; downscale it first") \
             from None
-    return InputImage(rgb=rgb, alpha=alpha, path=path, sha256=sha, format=fmt, size=rgb.size)
 
 
 def psnr(a: Image.Image, b: Image.Image) -> float:

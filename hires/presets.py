@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hires.job import Job, JobError, closest_hint
+from hires.job import FILE_KEYS, TRUSTED_ONLY, Job, JobError, closest_hint
+from hires.sizes import SIZE_KEYS, check_size_keys
 
 try:
     import tomllib
@@ -51,8 +52,17 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 def _parse(name: str, path: str, data: dict[str, Any]) -> Preset:
     values = dict(data)
     description = str(values.pop("description", ""))
-    # Unknown keys and out-of-range numbers (nan, inf) fail here, whoever uses the preset.
-    Job.from_dict(values, where=f"preset '{name}' ({path})").validate()
+    # Unknown keys and out-of-range numbers (nan, inf) fail here, whoever uses the preset. The
+    # size keys (size, aspect, scale, width, height) are kept as written: what they make
+    # depends on the flags and, for an upscale, the input (hires.sizes).
+    where = f"preset '{name}' ({path})"
+    for key in values:
+        if str(key).replace("-", "_") not in (*FILE_KEYS, *SIZE_KEYS, *TRUSTED_ONLY):
+            valid = sorted((*FILE_KEYS, *SIZE_KEYS))
+            raise JobError(f"unknown key '{key}' in {where}{closest_hint(str(key), valid)}")
+    check_size_keys(values, where)
+    Job.from_dict({k: v for k, v in values.items() if k not in SIZE_KEYS}, where=where
+                  ).validate()
     return Preset(name, description, values, path)
 
 

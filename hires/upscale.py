@@ -22,36 +22,11 @@ from hires.models import Components, load, load_args
 from hires.pipeline import Result, StageImage, _run, plan_for
 from hires.plan import Plan
 from hires.progress import ProgressFn
+from hires.sizes import target_size
 
 # Lower keeps closer to the input. 0.3 (a little under gen's 0.32): the first stage re-draws
 # 30 % of the schedule, enough for new texture at 2x, and later stages taper to 0.
 DEFAULT_STRENGTH = 0.3
-
-
-def target_size(source: tuple[int, int], *, size: int | None = None, scale: float | None = None,
-                width: int | None = None, height: int | None = None) -> tuple[int, int]:
-    """The output size from exactly one of --size (long side), --scale, or --width/--height.
-
-    The input's aspect is kept (sides rounded to multiples of 8) unless both sides are given.
-    """
-    sw, sh = source
-    given = [name for name, v in (("--size", size), ("--scale", scale),
-                                  ("--width/--height", width or height)) if v]
-    if len(given) != 1:
-        raise JobError("give one of --size, --scale or --width/--height for the output size")
-    if width or height:
-        if not (width and height):
-            raise JobError("--width and --height go together; give both (or use --size)")
-        w, h = width, height
-    else:
-        factor = scale if scale else size / max(sw, sh)
-        if not factor or factor <= 0 or factor != factor:
-            raise JobError(f"--scale must be a positive number, got {scale}")
-        w, h = round(sw * factor / 8) * 8, round(sh * factor / 8) * 8
-    if w < sw or h < sh:
-        raise JobError(f"hires up makes images larger: {w}x{h} is smaller than the "
-                       f"{sw}x{sh} input; ask for a larger --size or --scale")
-    return w, h
 
 
 def upscale(

@@ -173,7 +173,7 @@ def test_presets_show_prints_the_toml():
     result = cli("presets", "show", "draft")
     assert result.exit_code == 0
     values = tomllib.loads(result.stdout)
-    assert (values["width"], values["height"], values["steps"]) == (2048, 2048, 12)
+    assert (values["size"], values["steps"]) == (2048, 12)
 
 
 def test_presets_show_unknown_names_the_closest():

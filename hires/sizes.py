@@ -1,0 +1,164 @@
+"""How big an image is, from the size keys of every level that sets a job: a preset, a batch
+file's [defaults], a job or the command's flags, an image's record (`--from`).
+
+The keys are `size` (the long side) with `aspect`, `width` and `height` (exact), and for an
+upscale `scale` (a multiple of the input's size). The most specific level that names a size
+decides it; where that level gives only `aspect`, the long side comes from the level below
+(`--preset 8k --aspect 16:9` is 8192 x 4608), and where it gives only `size`, the shape does
+(`--from wide.png --size 8192` keeps the recorded aspect). An upscale keeps its input's aspect:
+`size` is the input's long side made that long, not a square it would be cropped to.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from hires.job import Job, JobError, check_side, parse_aspect, size_from
+
+SIZE_KEYS = ("size", "aspect", "scale", "width", "height")
+OPTIONS = "options"  # the `where` of a command's flags: its keys are named as flags (--size)
+
+Level = tuple[dict[str, Any], str]  # (values, where they come from, for errors)
+
+
+def _name(key: str, where: str) -> str:
+    return f"--{key}" if where == OPTIONS else f"'{key}'"
+
+
+def _in(where: str) -> str:
+    return "" if where == OPTIONS else f" (in {where})"
+
+
+def size_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """The size keys `values` sets (None is unset)."""
+    return {k: values[k] for k in SIZE_KEYS if values.get(k) is not None}
+
+
+def check_size_keys(values: dict[str, Any], where: str) -> None:
+    """Raise JobError (one line, naming `where`) for size keys that cannot go together or have
+    bad values; any image's size is not needed for this."""
+    keys, n = size_keys(values), (lambda key: _name(key, where))
+    try:
+        if "width" in keys or "height" in keys:
+            if len(keys.keys() & {"size", "aspect", "scale"}):
+                raise JobError(f"give either {n('size')}/{n('aspect')}, {n('scale')} or "
+                               f"{n('width')}/{n('height')}, not both")
+            if not ("width" in keys and "height" in keys):
+                raise JobError(f"{n('width')} and {n('height')} go together; give both (or use "
+                               f"{n('size')})")
+            for key in ("width", "height"):
+                _whole(key, keys[key], n)
+                check_side(key, keys[key])
+        if "scale" in keys:
+            if len(keys.keys() & {"size", "aspect"}):
+                raise JobError(f"give one of {n('size')}, {n('scale')} or "
+                               f"{n('width')}/{n('height')}")
+            scale = keys["scale"]
+            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (
+                    math.isfinite(scale) and scale > 0):
+                raise JobError(f"{n('scale')} must be a positive number, got {scale!r}")
+        if "size" in keys:
+            _whole("size", keys["size"], n)
+            check_side("size", keys["size"])
+        if "aspect" in keys:
+            parse_aspect(str(keys["aspect"]))
+    except JobError as e:
+        raise JobError(f"{e}{_in(where)}") from None
+
+
+def _whole(key: str, value: Any, n: Callable[[str], str]) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise JobError(f"{n(key)} must be a whole number of pixels, got {value!r}")
+
+
+def layered_size(levels: list[Level],
+                 source: tuple[int, int] | Callable[[], tuple[int, int]] | None = None
+                 ) -> tuple[int, int] | None:
+    """Width and height from the levels' size keys (least specific first), or None when no
+    level names a size. `source`: an upscale's input size (its aspect is kept), or a function
+    that reads it, called only when the size depends on it."""
+    named = [(size_keys(values), where) for values, where in levels]
+    named = [(keys, where) for keys, where in named if keys]
+    if not named:
+        return None
+    for keys, where in named:
+        check_size_keys(keys, where)
+    (top, where), below = named[-1], (named[-2][0] if len(named) > 1 else {})
+    n = (lambda key: _name(key, where))  # noqa: E731
+    if "width" in top:
+        return top["width"], top["height"]
+    if source is not None:
+        if "aspect" in top:
+            raise JobError(f"an upscale keeps its input's aspect: drop {n('aspect')}, or give "
+                           f"{n('width')} and {n('height')} for another shape{_in(where)}")
+        try:
+            return target_size(source() if callable(source) else source, size=top.get("size"),
+                               scale=top.get("scale"))
+        except JobError as e:
+            raise JobError(f"{e}{_in(where)}") from None
+    if "scale" in top:
+        raise JobError(f"{n('scale')} multiplies an input image's size: it is for upscales "
+                       f"(hires up, or a job with 'image'); give {n('size')} instead{_in(where)}")
+    size, aspect = top.get("size"), top.get("aspect")
+    if size is None:  # only the aspect: the long side from below
+        size = below.get("size") or max(below.get("width", 0), below.get("height", 0)) or None
+        if size is None:
+            raise JobError(f"{n('aspect')} needs {n('size')} (the long side in pixels)"
+                           f"{_in(where)}")
+    elif aspect is None:  # only the long side: the shape from below
+        aspect = below.get("aspect") or (f"{below['width']}:{below['height']}"
+                                         if "width" in below else None)
+    return size_from(size, None if aspect is None else str(aspect), None, None)
+
+
+def target_size(source: tuple[int, int], *, size: int | None = None, scale: float | None = None,
+                width: int | None = None, height: int | None = None) -> tuple[int, int]:
+    """An upscale's output size from exactly one of size (long side), scale, or width/height.
+
+    The input's aspect is kept (sides rounded to multiples of 8) unless both sides are given.
+    """
+    sw, sh = source
+    given = [name for name, v in (("--size", size), ("--scale", scale),
+                                  ("--width/--height", width or height)) if v]
+    if len(given) != 1:
+        raise JobError("give one of --size, --scale or --width/--height for the output size")
+    if width or height:
+        if not (width and height):
+            raise JobError("--width and --height go together; give both (or use --size)")
+        w, h = width, height
+    else:
+        factor = scale if scale else size / max(sw, sh)
+        if not factor or factor <= 0 or factor != factor:
+            raise JobError(f"--scale must be a positive number, got {scale}")
+        w, h = round(sw * factor / 8) * 8, round(sh * factor / 8) * 8
+    if w < sw or h < sh:
+        raise JobError(f"hires up makes images larger: {w}x{h} is smaller than the "
+                       f"{sw}x{sh} input; ask for a larger --size or --scale")
+    return w, h
+
+
+def job_from_levels(levels: list[tuple[dict[str, Any], str, bool]], base: Job | None = None,
+                    size_of: Callable[[str], tuple[int, int]] | None = None) -> Job:
+    """`base` with each level's keys applied in turn, least specific first (values, where,
+    untrusted: from a file), and its size from all of them (`layered_size`); validated.
+
+    `size_of(path)` reads an upscale input's size (a job with an `image`); an upscale must be
+    given its size at some level, as the default 1024 x 1024 would crop most pictures.
+    """
+    job = base or Job()
+    for values, where, untrusted in levels:
+        job = job.merged({k: v for k, v in values.items() if k not in SIZE_KEYS}, where=where,
+                         untrusted=untrusted)
+    image = job.image
+    source = (lambda: size_of(image)) if image and size_of else None
+    size = layered_size([(values, where) for values, where, _ in levels], source)
+    if size is None and image:
+        where = levels[-1][1] if levels else OPTIONS
+        n = (lambda key: _name(key, where))  # noqa: E731
+        raise JobError(f"give one of {n('size')}, {n('scale')} or {n('width')}/{n('height')} "
+                       f"for the upscale's output size{_in(where)}")
+    if size is not None:
+        job = job.merged({"width": size[0], "height": size[1]})
+    return job.validate()

@@ -1,0 +1,133 @@
+"""Image sizes from every level that sets a job: presets, batch files, flags, records, and an
+upscale's input (its aspect kept)."""
+
+import pytest
+from helpers_cli import assert_usage_error, cli, write
+from PIL import Image
+
+from hires import __version__
+from hires.batch import read_batch
+from hires.images import input_size, load_input
+from hires.job import Job, JobError
+from hires.output import save_image
+from hires.presets import load_preset
+from hires.sizes import OPTIONS, layered_size
+
+
+def levels(*tables):
+    return [(t, f"level {i}") for i, t in enumerate(tables[:-1])] + [(tables[-1], OPTIONS)]
+
+
+def test_the_most_specific_level_decides_and_borrows_what_it_leaves_out():
+    assert layered_size(levels({"size": 8192}, {})) == (8192, 8192)
+    assert layered_size(levels({}, {})) is None
+    # Only an aspect: the long side from below (a preset's size, or its width/height).
+    assert layered_size(levels({"size": 8192}, {"aspect": "16:9"})) == (8192, 4608)
+    assert layered_size(levels({"width": 4096, "height": 4096}, {"aspect": "1:2"})) == (
+        2048, 4096)
+    # Only a long side: the shape from below.
+    assert layered_size(levels({"width": 3000, "height": 1000}, {"size": 6000})) == (6000, 2000)
+    assert layered_size(levels({"size": 512, "aspect": "2:1"}, {"size": 1024})) == (1024, 512)
+    # Exact sides ignore everything below.
+    assert layered_size(levels({"size": 512, "aspect": "2:1"}, {"width": 64, "height": 128})
+                        ) == (64, 128)
+
+
+def test_an_upscale_keeps_its_input_aspect():
+    photo = (451, 300)
+    assert layered_size(levels({"size": 904}), photo) == (904, 600)
+    assert layered_size(levels({"scale": 2}), photo) == (904, 600)
+    assert layered_size(levels({"size": 8192}, {}), photo) == (8192, 5448)  # a preset's size
+    assert layered_size(levels({"width": 904, "height": 904}), photo) == (904, 904)  # asked
+    read = []
+    assert layered_size(levels({"width": 904, "height": 904}), lambda: read.append(1)) == (
+        904, 904)
+    assert not read  # exact sides need no input size: the image is not opened
+    with pytest.raises(JobError, match="keeps its input's aspect"):
+        layered_size(levels({"size": 904, "aspect": "1:1"}), photo)
+
+
+@pytest.mark.parametrize("table,words", [
+    ({"size": 512, "width": 512, "height": 512}, "not both"),
+    ({"width": 512}, "go together"),
+    ({"scale": 2, "size": 512}, "give one of"),
+    ({"scale": 0}, "positive number"),
+    ({"scale": "2x"}, "positive number"),
+    ({"size": 500}, "multiple of 8"),
+    ({"size": 512.5}, "whole number"),
+    ({"aspect": "wide", "size": 512}, "aspect"),
+])
+def test_bad_size_keys_say_what_to_do_and_where(table, words):
+    with pytest.raises(JobError, match=words) as caught:
+        layered_size([(table, "jobs.toml job 2")])
+    assert "(in jobs.toml job 2)" in str(caught.value) and "--" not in str(caught.value)
+
+
+def test_scale_without_an_input_and_aspect_without_a_size_are_refused():
+    with pytest.raises(JobError, match="--scale multiplies an input image's size"):
+        layered_size(levels({"scale": 2}))
+    with pytest.raises(JobError, match="'aspect' needs 'size'.*in preset"):
+        layered_size([({"aspect": "16:9"}, "preset 'wide'")])
+
+
+def test_input_size_reads_the_header_and_turns_with_exif(tmp_path):
+    path = tmp_path / "turned.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # a phone held upright: stored 40 x 24, shown 24 x 40
+    Image.new("RGB", (40, 24), "red").save(path, exif=exif)
+    assert input_size(path) == load_input(path).rgb.size == (24, 40)
+    with pytest.raises(ValueError, match="no such file"):
+        input_size(tmp_path / "missing.png")
+
+
+def test_presets_take_size_aspect_and_scale(tmp_path, monkeypatch):
+    monkeypatch.setenv("HIRES_PRESETS", str(tmp_path))
+    write(tmp_path / "wide.toml", 'size = 4096\naspect = "16:9"\nsteps = 7\n')
+    write(tmp_path / "x4.toml", 'scale = 4\n')
+    assert load_preset("wide").values["aspect"] == "16:9"
+    assert load_preset("8k").values["size"] == 8192  # shipped presets give a long side
+    write(tmp_path / "typo.toml", "sise = 4096\n")
+    with pytest.raises(JobError, match="did you mean 'size'"):
+        load_preset("typo")
+    write(tmp_path / "both.toml", "size = 4096\nwidth = 4096\nheight = 4096\n")
+    with pytest.raises(JobError, match="not both.*preset 'both'"):
+        load_preset("both")
+    plan = cli("plan", "--preset", "wide", "--size", "2048")
+    assert plan.exit_code == 0 and plan.stdout.startswith("2048x1152:")
+    assert cli("plan", "--preset", "8k", "--aspect", "2:1").stdout.startswith("8192x4096:")
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (160, 104), "grey").save(photo)
+    up = cli("up", str(photo), "--preset", "x4", "--dry-run")
+    assert up.exit_code == 0 and up.stdout.startswith("640x416:")
+    up = cli("up", str(photo), "--preset", "8k", "--dry-run")
+    assert up.stdout.startswith("8192x5328:")  # the preset's long side, the photo's aspect
+    assert_usage_error(cli("gen", "x", "--preset", "x4", "--dry-run"), "'scale'", "upscales",
+                       "preset 'x4'")
+
+
+def test_batch_upscale_jobs_keep_the_input_aspect(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (160, 104), "grey").save("photo.png")
+    jobs = write(tmp_path / "jobs.toml", '[defaults]\nsize = 512\n'
+                 '[[job]]\nprompt = "made"\n'
+                 '[[job]]\nimage = "photo.png"\n'
+                 '[[job]]\nimage = "photo.png"\nscale = 4\n'
+                 '[[job]]\nimage = "photo.png"\nwidth = 320\nheight = 320\n')
+    sizes = [(i.job.width, i.job.height) for i in read_batch(jobs)]
+    assert sizes == [(512, 512), (512, 336), (640, 416), (320, 320)]
+    no_size = write(tmp_path / "none.toml", '[[job]]\nimage = "photo.png"\n')
+    with pytest.raises(JobError, match="give one of 'size', 'scale'.*none.toml job 1"):
+        read_batch(no_size)
+    missing = write(tmp_path / "missing.toml", '[[job]]\nimage = "gone.png"\nscale = 2\n')
+    with pytest.raises(JobError, match="missing.toml job 1: gone.png: no such file"):
+        read_batch(missing)
+
+
+def test_a_new_size_for_a_recorded_job_keeps_its_shape(tmp_path):
+    job = Job(prompt="wide", width=1024, height=576, seed=3)
+    made = tmp_path / "wide.png"
+    save_image(Image.new("RGB", (1024, 576)), made,
+               metadata={"hires": __version__, "job": job.to_dict(), "result": {}})
+    plan = cli("plan", "--from", str(made), "--size", "2048")
+    assert plan.exit_code == 0 and plan.stdout.startswith("2048x1152:")
+    assert cli("plan", "--from", str(made)).stdout.startswith("1024x576:")
