@@ -346,13 +346,16 @@ def gen(
         prompts = read_prompts(prompt) if prompt == "-" else [job.prompt]
         if not prompts[0] and from_image is None:
             raise typer.BadParameter("give a prompt (or '-' to read prompts from stdin)")
-        run_prompts(job, prompts, output, save_stages, as_json, quiet, overwrite, gpu,
-                    fmt_flag=fmt, n=n, resume_runs=resume_runs)
+        jobs = [job.merged({"prompt": text}) for text in prompts]
+        run_jobs(jobs, output, save_stages, as_json, quiet, overwrite, gpu, fmt_flag=fmt, n=n,
+                 resume_runs=resume_runs)
 
 
 @app.command()
 def up(
-    image: Annotated[Path, typer.Argument(help="The image to upscale: PNG, JPEG, WebP or TIFF.")],
+    images: Annotated[list[Path], typer.Argument(
+        help="The images to upscale: PNG, JPEG, WebP or TIFF; '-' reads one path a line from "
+        "stdin. The model loads once for all of them.", metavar="IMAGE...")],
     size: Size = None,
     scale: Annotated[float | None, typer.Option(
         help="Output size as a multiple of the input's, e.g. 4.")] = None,
@@ -366,7 +369,8 @@ def up(
     guidance: Guidance = None, model: Model = None, linfusion: LinFusionRef = None,
     preset: Preset = None,
     output: Annotated[str | None, typer.Option(
-        "-o", "--output", help="File, folder, or template with {seed} {width} {height}.")] = None,
+        "-o", "--output", help="File, folder, or template with {name} (the input's file name) "
+        "{seed} {width} {height} {index}.")] = None,
     fmt: Fmt = None,
     save_stages: SaveStages = False,
     vram: Vram = None, ram: Ram = None, offload: Offload = None, device: Device = None,
@@ -380,25 +384,50 @@ def up(
     as_json: JsonOut = False, quiet: QuietOpt = False, overwrite: Overwrite = False,
     dry_run: DryRun = False, gpu: Gpu = None, resume_runs: Resume = True,
 ) -> None:
-    """Upscale an existing image with new, coherent detail (e.g. --scale 4 or --size 16384)."""
+    """Upscale existing images with new, coherent detail (e.g. --scale 4 or --size 16384)."""
     options = dict(locals())  # every option, by name: job_flags picks the job's
     Quiet.on = quiet
     with exit_codes():
         from hires.images import load_input
         from hires.upscale import DEFAULT_STRENGTH
 
-        source = load_input(image)
         flags = job_flags(options)
-        flags.update(image=str(image), image_sha256=source.sha256, prompt=prompt or "")
+        flags.update(prompt=prompt or "")
         if strength is None and not preset:
             flags["strength"] = DEFAULT_STRENGTH
-        job = build_job(preset, None, flags, source=source.rgb.size)
+        jobs, sizes = [], []
+        for image in read_paths(images):
+            # Every input is decoded here, so that a broken one stops the command before any
+            # work; none is kept (each is loaded again in its turn), so memory stays flat.
+            source = load_input(image)
+            sizes.append(source.rgb.size)
+            jobs.append(build_job(preset, None, {**flags, "image": str(image),
+                                                 "image_sha256": source.sha256},
+                                  source=source.rgb.size))
         if dry_run:
-            show_plan(job, gpu, as_json, source=source.rgb.size, stage_images=save_stages)
+            for job, size in zip(jobs, sizes):
+                show_plan(job, gpu, as_json, source=size, stage_images=save_stages)
             return
-        check_device(job.device)
-        run_prompts(job, [job.prompt], output, save_stages, as_json, quiet, overwrite, gpu,
-                    fmt_flag=fmt, resume_runs=resume_runs)
+        check_device(jobs[0].device)
+        run_jobs(jobs, output, save_stages, as_json, quiet, overwrite, gpu, fmt_flag=fmt,
+                 resume_runs=resume_runs)
+
+
+def read_paths(images: list[Path]) -> list[Path]:
+    """The input paths; '-' reads one a line from stdin (blank and `#` lines skipped)."""
+    if Path("-") not in images:
+        return images
+    if images != [Path("-")]:
+        raise typer.BadParameter("give image paths or '-' (paths on stdin), not both")
+    try:
+        lines = sys.stdin.read().splitlines()
+    except UnicodeDecodeError:
+        raise typer.BadParameter("the paths on stdin are not UTF-8 text") from None
+    paths = [Path(line.strip()) for line in lines
+             if line.strip() and not line.lstrip().startswith("#")]
+    if not paths:
+        raise typer.BadParameter("'-' read no image paths from stdin (one per line)")
+    return paths
 
 
 def check_loaded(job, components, notes: bool = True) -> None:
@@ -454,18 +483,19 @@ def check_device(device: str) -> None:
                            "or install a CUDA build of torch")
 
 
-def run_prompts(job, prompts: list[str], output: str | None, save_stages: bool, as_json: bool,
-                quiet: bool, overwrite: bool, gpu: str | None = None,
-                fmt_flag: str | None = None, n: int = 1, resume_runs: bool = True) -> None:
-    """Plan and check every output first, load the model once, then make each image;
-    `resume_runs`: go on from what stopped runs of a job kept (`hires.resume`)."""
+def run_jobs(jobs: list, output: str | None, save_stages: bool, as_json: bool,
+             quiet: bool, overwrite: bool, gpu: str | None = None,
+             fmt_flag: str | None = None, n: int = 1, resume_runs: bool = True) -> None:
+    """Plan and check every output first, load the model once, then make each image (each
+    job `n` times); `resume_runs`: go on from what stopped runs of a job kept
+    (`hires.resume`)."""
     from hires import output as out
     from hires import resume
     from hires.runs import plan_runs
 
-    runs = plan_runs(job, prompts, output, n=n, fmt_flag=fmt_flag, overwrite=overwrite,
+    runs = plan_runs(jobs, output, n=n, fmt_flag=fmt_flag, overwrite=overwrite,
                      resume_runs=resume_runs)
-    if job.seed is None and len(runs) > 1:
+    if jobs[0].seed is None and len(runs) > 1:
         base = runs[0].job.seed
         say(f"seeds from {base} (--seed {base} makes these images again)")
     for folder in {run.path.parent for run in runs}:

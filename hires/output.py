@@ -99,14 +99,16 @@ def default_name(width: int, height: int, seed: int, fmt: str = "png") -> str:
 
 def output_path(
     output: str | Path | None, *, width: int, height: int, seed: int, fmt: str, index: int = 0,
-    prompt: str = "",
+    prompt: str = "", name: str = "",
 ) -> Path:
-    """Where an image goes: a folder gets the default name; `{seed}`-style fields are filled."""
+    """Where an image goes: a folder gets the default name; `{seed}`-style fields are filled.
+    `{name}` is an upscale's input file name (its stem), else the prompt's short form."""
     if output is None:
         return Path(default_name(width, height, seed, fmt))
     text = str(output)
     fields = {"seed": seed, "width": width, "height": height, "index": index,
-              "prompt": slug(prompt), "format": fmt}
+              "prompt": slug(prompt), "name": stem_part(name) if name else slug(prompt),
+              "format": fmt}
     if "{" in text:
         try:
             text = text.format_map(fields)
@@ -128,6 +130,12 @@ def output_path(
 def slug(text: str, limit: int = 40) -> str:
     """A file-name-safe short form of a prompt."""
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:limit] or "image"
+
+
+def stem_part(stem: str, limit: int = 80) -> str:
+    """An input file's stem as part of an output name: kept as written (case, `_`, `.`), but
+    spaces and shell-unfriendly characters made `-`."""
+    return re.sub(r"[^\w.\-]+", "-", stem).strip("-.")[:limit] or "image"
 
 
 # (sampler, karras) -> the names A1111 and image sites show; read back by parse_parameters.

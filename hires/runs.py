@@ -22,43 +22,48 @@ class Run:
     made: dict[str, Any] | None = None  # the file holds this job's image already: its record
 
 
-def plan_runs(job: Job, prompts: list[str], output: str | None, *, n: int = 1,
+def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
               fmt_flag: str | None = None, overwrite: bool = False,
               resume_runs: bool = True) -> list[Run]:
-    """Each prompt `n` times, seeds counting up from the job's seed (one drawn at random if it
-    has none: the stopped run's, when `resume_runs` finds one); each image's path from
-    `output` (a file, folder or template). Raises on any name, format or input that cannot
-    work. An image already at its path, made by the same settings, is not made again
-    (`Run.made`) unless `overwrite`."""
+    """Each job (a prompt of `hires gen`, an input image of `hires up`) `n` times, seeds
+    counting up from the jobs' seed for each (one drawn at random if they have none: the
+    stopped run's, when `resume_runs` finds one); each image's path from `output` (a file,
+    folder or template). Raises on any name, format or input that cannot work. An image
+    already at its path, made by the same settings, is not made again (`Run.made`) unless
+    `overwrite`."""
     from hires.addons import check_inputs
 
-    todo = [(text, k) for text in prompts for k in range(n)]
+    todo = [(job, k) for job in jobs for k in range(n)]
     many = len(todo) > 1
     if many and output and "{" not in output and not Path(output).is_dir() \
             and not output.endswith("/"):
-        raise JobError("several images need -o to be a folder or a template with {index} "
-                       "or {seed}")
+        raise JobError("several images need -o to be a folder or a template with {index}, "
+                       "{seed} or {name}")
+    # Several inputs are told apart by their names; several prompts (or --n) by their place.
+    by_name = len({job.image for job in jobs}) == len(jobs) > 1 and all(j.image for j in jobs)
 
     def path_of(i: int, one: Job, seed: int) -> Path:
+        name = Path(one.image).stem if one.image else ""
         path = out.output_path(output, width=one.width, height=one.height, seed=seed,
-                               fmt=job.format, index=i, prompt=one.prompt)
+                               fmt=one.format, index=i, prompt=one.prompt, name=name)
         if many and (output is None or "{" not in output):
-            path = path.with_name(f"{path.stem}_{i:03d}{path.suffix}")
+            path = path.with_name(f"{path.stem}_{out.stem_part(name) if by_name else f'{i:03d}'}"
+                                  f"{path.suffix}")
         return path
 
-    def image(i: int, text: str, seed: int) -> tuple[Job, Path]:
-        """Image i's job (prompt, seed and format set) and path."""
-        one = job.merged({"prompt": text, "seed": seed % 2**63}).validate()  # stdin's text too
+    def image(i: int, job: Job, seed: int) -> tuple[Job, Path]:
+        """Image i's job (seed and format set) and path."""
+        one = job.merged({"seed": seed % 2**63}).validate()  # stdin's prompts too
         path = path_of(i, one, one.seed)
         return one.merged({"format": out.format_of(path, job.format, fmt_flag)}), path
 
-    base = job.seed
+    base = jobs[0].seed
     if base is None and resume_runs:
         # A stopped run of this command drew its seeds at random: its checkpoint says which.
         # Folders without any checkpoint are listed once, not once per image.
         kept_in: dict[Path, bool] = {}
-        for i, (text, k) in enumerate(todo):
-            one, path = image(i, text, 0)
+        for i, (job, k) in enumerate(todo):
+            one, path = image(i, job, 0)
             if path.parent not in kept_in:
                 kept_in[path.parent] = any(path.parent.glob("*" + resume.SUFFIX))
             if not kept_in[path.parent]:
@@ -71,10 +76,10 @@ def plan_runs(job: Job, prompts: list[str], output: str | None, *, n: int = 1,
     if base is None:
         base = secrets.randbelow(2**32)
     runs: list[Run] = []
-    for i, (text, k) in enumerate(todo):
-        one, path = image(i, text, base + k)
+    for i, (job, k) in enumerate(todo):
+        one, path = image(i, job, base + k)
         if any(path == other.path for other in runs):
-            raise JobError(f"two prompts would both write {path}; add {{index}} to -o")
+            raise JobError(f"two images would both write {path}; add {{index}} to -o")
         if one.format == "webp" and max(one.width, one.height) > out.WEBP_MAX_SIDE:
             raise JobError(f"WebP images are at most {out.WEBP_MAX_SIDE} px a side; "
                            "use --format png, tiff or jpg")

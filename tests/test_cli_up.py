@@ -83,3 +83,28 @@ output = "cat.png"
     assert record["image"] == str(photo) and record["stages"][0]["psnr"] > 5
     with Image.open(tmp_path / "out" / "cat.png") as im:
         assert im.size == (288, 192)
+
+
+def test_several_inputs_load_the_model_once_and_keep_their_names(photo, tmp_path, asked):
+    second = tmp_path / "my coffee.png"
+    Image.open(photo).resize((96, 64)).save(second)
+    out = tmp_path / "out"
+    result = cli("up", photo, second, "--scale", "2", "--model", "tiny", "--steps", "1",
+                 "--seed", "4", "-o", f"{out}/", "--json")
+    assert result.exit_code == 0, result.stderr
+    records = json_lines(result.stdout)
+    assert [(r["image"], r["width"], r["height"], r["seed"]) for r in records] == [
+        (str(photo), 288, 192, 4), (str(second), 192, 128, 4)]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "hires_192x128_s4_my-coffee.png", "hires_288x192_s4_chelsea.png"]
+    assert result.stderr.count("running on the CPU") == 1  # one load for both
+    # Paths on stdin, a template with the input's name; a broken input stops all before work.
+    plans = cli("up", "-", "--scale", "2", "--dry-run", input=f"{photo}\n# skipped\n{second}\n")
+    assert [line.split(":")[0] for line in plans.stdout.splitlines()
+            if not line.startswith(("stage", "total"))] == ["288x192", "192x128"]
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    stopped = cli("up", photo, bad, "--scale", "2", "--model", "tiny", "-o",
+                  f"{tmp_path}/{{name}}_2x.png")
+    assert stopped.exit_code == 2 and "bad.png" in stopped.stderr
+    assert not (tmp_path / "chelsea_2x.png").exists()

@@ -11,8 +11,12 @@ from hires.runs import plan_runs
 JOB = Job(prompt="a fox", width=512, height=256, model="tiny", linfusion="none")
 
 
+def jobs(job: Job, prompts: list[str]) -> list[Job]:
+    return [job.merged({"prompt": p}) for p in prompts]
+
+
 def test_each_prompt_n_times_with_seeds_counting_up(tmp_path):
-    runs = plan_runs(JOB.merged({"seed": 7}), ["a fox", "a hen"], str(tmp_path), n=2)
+    runs = plan_runs(jobs(JOB.merged({"seed": 7}), ["a fox", "a hen"]), str(tmp_path), n=2)
     assert [(r.job.prompt, r.job.seed) for r in runs] == [
         ("a fox", 7), ("a fox", 8), ("a hen", 7), ("a hen", 8)]
     assert [r.path.name for r in runs] == [f"hires_512x256_s{s}_{i:03d}.png"
@@ -21,13 +25,14 @@ def test_each_prompt_n_times_with_seeds_counting_up(tmp_path):
 
 
 def test_one_random_seed_for_the_command_and_a_template_names_files(tmp_path):
-    runs = plan_runs(JOB, ["a fox", "a hen"], str(tmp_path / "{prompt}-{seed}.webp"), n=2)
+    runs = plan_runs(jobs(JOB, ["a fox", "a hen"]), str(tmp_path / "{prompt}-{seed}.webp"),
+                     n=2)
     s = runs[0].job.seed
     assert [r.job.seed for r in runs] == [s, s + 1, s, s + 1]  # as --seed s would make them
     assert [r.path.name for r in runs] == [f"a-fox-{s}.webp", f"a-fox-{s + 1}.webp",
                                            f"a-hen-{s}.webp", f"a-hen-{s + 1}.webp"]
     assert {r.job.format for r in runs} == {"webp"}  # the suffix decides
-    assert plan_runs(JOB, ["a fox"], str(tmp_path))[0].job.seed != s  # a new draw
+    assert plan_runs([JOB], str(tmp_path))[0].job.seed != s  # a new draw
 
 
 @pytest.mark.parametrize("output,n,prompts,message", [
@@ -37,19 +42,28 @@ def test_one_random_seed_for_the_command_and_a_template_names_files(tmp_path):
 ])
 def test_names_that_cannot_work_are_refused(tmp_path, output, n, prompts, message):
     with pytest.raises((JobError, OutputUsage), match=message):
-        plan_runs(JOB.merged({"seed": 1}), prompts, str(tmp_path / output), n=n,
+        plan_runs(jobs(JOB.merged({"seed": 1}), prompts), str(tmp_path / output), n=n,
                   fmt_flag="png" if output.endswith(".jpg") else None)
 
 
 def test_an_image_this_job_made_is_kept_and_other_files_are_refused(tmp_path):
     job = JOB.merged({"seed": 3})
-    (run,) = plan_runs(job, ["a fox"], str(tmp_path))
+    (run,) = plan_runs([job], str(tmp_path))
     Result(Image.new("RGB", (512, 256)), run.job, None, [], 1.0, None).save(run.path)
-    (again,) = plan_runs(job, ["a fox"], str(tmp_path))
+    (again,) = plan_runs([job], str(tmp_path))
     assert again.made is not None and again.made["seed"] == 3
     assert again.made["path"] == str(run.path)
     # Another prompt's image under that name is not this job's; --overwrite makes it anew.
     with pytest.raises(OutputExists, match="--overwrite"):
-        plan_runs(job, ["a hen"], str(run.path))
-    (forced,) = plan_runs(job, ["a fox"], str(tmp_path), overwrite=True)
+        plan_runs(jobs(job, ["a hen"]), str(run.path))
+    (forced,) = plan_runs([job], str(tmp_path), overwrite=True)
     assert forced.made is None
+
+
+def test_several_inputs_are_named_for_their_files(tmp_path):
+    ups = [JOB.merged({"image": str(tmp_path / name), "seed": 5})
+           for name in ("IMG_0042.jpg", "my photo.png")]
+    assert [r.path.name for r in plan_runs(ups, str(tmp_path))] == [
+        "hires_512x256_s5_IMG_0042.png", "hires_512x256_s5_my-photo.png"]
+    assert [r.path.name for r in plan_runs(ups, str(tmp_path / "{name}_x2.jpg"))] == [
+        "IMG_0042_x2.jpg", "my-photo_x2.jpg"]
