@@ -200,7 +200,8 @@ def name_outputs(items: list[BatchItem], folder: Path, file_name: str
         name = item.output or f"job{item.index:04d}_{j.width}x{j.height}_s{j.seed}"
         path = out.output_path(folder / name if not Path(name).is_absolute() else name,
                                width=j.width, height=j.height, seed=j.seed, fmt=j.format,
-                               index=item.index, prompt=j.prompt)
+                               index=item.index, prompt=j.prompt,
+                               name=Path(j.image).stem if j.image else "")
         fmt = out.format_of(path, j.format, None if j.format == "png" else j.format)
         if fmt == "webp" and max(j.width, j.height) > out.WEBP_MAX_SIDE:
             raise JobError(f"{where}: WebP images are at most {out.WEBP_MAX_SIDE} px a side; "

@@ -6,7 +6,7 @@ from helpers_cli import assert_usage_error, cli, write
 from PIL import Image
 
 from hires import __version__
-from hires.batch import read_batch
+from hires.batch import BatchItem, name_outputs, read_batch
 from hires.images import input_size, load_input
 from hires.job import Job, JobError
 from hires.output import save_image
@@ -113,8 +113,12 @@ def test_batch_upscale_jobs_keep_the_input_aspect(tmp_path, monkeypatch):
                  '[[job]]\nimage = "photo.png"\n'
                  '[[job]]\nimage = "photo.png"\nscale = 4\n'
                  '[[job]]\nimage = "photo.png"\nwidth = 320\nheight = 320\n')
-    sizes = [(i.job.width, i.job.height) for i in read_batch(jobs)]
-    assert sizes == [(512, 512), (512, 336), (640, 416), (320, 320)]
+    items = read_batch(jobs)
+    assert [(i.job.width, i.job.height) for i in items] == [
+        (512, 512), (512, 336), (640, 416), (320, 320)]
+    items = [BatchItem(i.index, i.job, "{index}-{name}") for i in items]
+    assert [p.name for p in name_outputs(items, tmp_path, "jobs.toml")[1].values()] == [
+        "0-made.png", "1-photo.png", "2-photo.png", "3-photo.png"]
     no_size = write(tmp_path / "none.toml", '[[job]]\nimage = "photo.png"\n')
     with pytest.raises(JobError, match="give one of 'size', 'scale'.*none.toml job 1"):
         read_batch(no_size)
