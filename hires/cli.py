@@ -172,8 +172,9 @@ IpScale = Annotated[float | None, typer.Option(help="IP-Adapter strength (defaul
 JsonOut = Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout.")]
 Gpu = Annotated[str | None, typer.Option(
     help="For time estimates: h100, h200, a100, l40s, 4090, ... or a measured TFLOP/s figure.")]
-DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the plan (as `hires plan`) and "
-                                      "exit without loading weights.")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Check the outputs and inputs, print "
+                                      "the plan (as `hires plan`) and exit without loading "
+                                      "weights.")]
 QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="No progress or logs on stderr.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace existing output files.")]
 SaveStages = Annotated[bool, typer.Option(help="Also save each stage's image as it is done "
@@ -339,14 +340,15 @@ def gen(
         if prompt and prompt != "-":
             flags["prompt"] = prompt
         job = build_job(preset, from_image, flags)
+        prompts = read_prompts(prompt) if prompt == "-" else [job.prompt]
+        jobs = [job.merged({"prompt": text}) for text in prompts]
         if dry_run:
+            check_outputs(jobs, output, fmt, n, overwrite)
             show_plan(job, gpu, as_json, stage_images=save_stages)
             return
         check_device(job.device)
-        prompts = read_prompts(prompt) if prompt == "-" else [job.prompt]
         if not prompts[0] and from_image is None:
             raise typer.BadParameter("give a prompt (or '-' to read prompts from stdin)")
-        jobs = [job.merged({"prompt": text}) for text in prompts]
         run_jobs(jobs, output, save_stages, as_json, quiet, overwrite, gpu, fmt_flag=fmt, n=n,
                  resume_runs=resume_runs)
 
@@ -405,12 +407,22 @@ def up(
                                                  "image_sha256": source.sha256},
                                   source=source.rgb.size))
         if dry_run:
+            check_outputs(jobs, output, fmt, 1, overwrite)
             for job, size in zip(jobs, sizes):
                 show_plan(job, gpu, as_json, source=size, stage_images=save_stages)
             return
         check_device(jobs[0].device)
         run_jobs(jobs, output, save_stages, as_json, quiet, overwrite, gpu, fmt_flag=fmt,
                  resume_runs=resume_runs)
+
+
+def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overwrite: bool
+                  ) -> None:
+    """What a run checks of its outputs before it loads anything (names, formats, files in
+    the way), for --dry-run: a plan that shows should be a command that starts."""
+    from hires.runs import plan_runs
+
+    plan_runs(jobs, output, n=n, fmt_flag=fmt, overwrite=overwrite, resume_runs=False)
 
 
 def read_paths(images: list[Path]) -> list[Path]:
@@ -960,7 +972,9 @@ def show_made(path: Path, as_json: bool) -> None:
         lines.append("add-ons none")
     for stage in result.get("stages", []):
         lines.append(f"stage {stage.get('index')}: {stage.get('width')}x{stage.get('height')}, "
-                     f"{stage.get('steps')} steps, {stage.get('seconds')} s")
+                     f"{stage.get('steps')} steps, {stage.get('seconds')} s"
+                     + (f", {stage['psnr']} dB PSNR against the input" if "psnr" in stage
+                        else ""))
     out_line("\n".join(lines))
 
 

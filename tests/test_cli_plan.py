@@ -246,3 +246,18 @@ def test_a_plan_imports_no_model_library():
                 if line.startswith("import time:")}
     assert "torch" in imported  # the check sees imports
     assert not {m for m in imported if m.split(".")[0] in ("diffusers", "transformers")}
+
+
+def test_a_dry_run_stops_where_the_run_would_stop_on_its_outputs(tmp_path):
+    from helpers_cli import assert_usage_error
+
+    taken = tmp_path / "taken.png"
+    taken.write_bytes(b"someone's file")
+    assert_usage_error(cli("gen", "x", "--dry-run", "-o", taken), "already exists")
+    assert_usage_error(cli("gen", "x", "--size", "20000", "--dry-run", "-o", tmp_path / "a.webp"),
+                       "WebP")
+    assert_usage_error(cli("gen", "-", "--n", "2", "--dry-run", "-o", tmp_path / "one.png",
+                           input="a fox\n"), "folder or a template")
+    fine = cli("gen", "x", "--dry-run", "-o", tmp_path / "new.png")
+    assert fine.exit_code == 0 and fine.stdout.startswith("1024x1024:")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.png"]  # nothing left behind

@@ -30,6 +30,7 @@ def test_up_makes_the_exact_size_and_reports_fidelity_per_stage(photo, tmp_path,
     assert "dB PSNR against the input" in result.stderr
     with Image.open(out) as im:
         assert im.size == (576, 384)
+    assert cli("info", out).stdout.count("dB PSNR against the input") == 2
 
     again = tmp_path / "again.png"
     rerun = cli("gen", "--from", out, "-o", again)
