@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -521,6 +522,7 @@ def run_jobs(jobs: list, output: str | None, save_stages: bool, as_json: bool,
     from hires.upscale import load_source, make
 
     components = None
+    made: list[tuple[int, float]] = []  # (pixels, seconds) of each image made so far
     for number, run in enumerate(runs, 1):
         one, path = run.job, run.path
         of = f" (image {number} of {len(runs)})" if len(runs) > 1 else ""
@@ -534,6 +536,7 @@ def run_jobs(jobs: list, output: str | None, save_stages: bool, as_json: bool,
             for warning in components.warnings:
                 err.print(f"warning: {warning}", markup=False)
             check_loaded(one, components)
+        started = time.monotonic()  # the model's load is not an image's pace
         source = load_source(one) if one.image else None
         size = source.rgb.size if source else None
         plan = fitted_plan(lambda j=one, s=size, c=components: plan_for(
@@ -570,6 +573,17 @@ def run_jobs(jobs: list, output: str | None, save_stages: bool, as_json: bool,
                     "the input")
         emit(result.save(path, fmt=one.format, overwrite=overwrite, warn=warn), as_json)
         resume.remove(kept)
+        made.append((one.width * one.height, time.monotonic() - started))
+        say_left(made, [r.job.width * r.job.height for r in runs[number:] if r.made is None])
+
+
+def say_left(made: list[tuple[int, float]], todo: list[int]) -> None:
+    """After an image of several: how long the ones still to make take at this run's pace."""
+    from hires.eta import duration, left_after
+
+    left = left_after(made, todo)
+    if todo and left is not None:
+        say(f"{len(todo)} more to make: {duration(left)} at this run's pace")
 
 
 def kept_stage(kept: Path, job, plan, source=None) -> int | None:
@@ -819,6 +833,7 @@ def batch(
                 loaded.clear()  # one model in memory at a time
                 loaded[key] = load(*key)
             check_loaded(j, loaded[key], notes=fresh)
+            started = time.monotonic()  # a model's load is not an image's pace
             say(f"job {item.index}: {j.width}x{j.height} seed {j.seed} -> {path}")
             comps = loaded[key]
             source = load_source(j) if j.image else None
@@ -834,7 +849,13 @@ def batch(
             record = result.save(path, fmt=j.format, overwrite=overwrite,
                                  settings=b.settings_hash(j), warn=warn)
             resume.remove(kept)
+            made.append((j.width * j.height, time.monotonic() - started))
             return record
+
+        # For the time left: the jobs whose images are not there yet, and those made so far.
+        todo = [item for item in mine if overwrite or
+                b.recorded_hash(paths[item.index]) != b.settings_hash(item.job)]
+        made: list[tuple[int, float]] = []
 
         def report(o: b.Outcome) -> None:
             if o.status == "failed":
@@ -846,6 +867,9 @@ def batch(
                     f"old image is kept as {o.moved_to.name}")
             if o.record:
                 emit(o.record, as_json)
+            if o.status != "skipped" and o.item in todo:
+                later = todo[todo.index(o.item) + 1:]
+                say_left(made, [i.job.width * i.job.height for i in later])
 
         manifest = manifest or output / "manifest.jsonl"
         for folder in (output, manifest.parent):

@@ -125,6 +125,16 @@ class JobClock:
         return spent / (spent + left) if spent + left > 0 else 0.0
 
 
+def left_after(done: list[tuple[int, float]], todo: list[int]) -> float | None:
+    """Seconds the images still to make need, at the pace of those made so far (`done`: each
+    one's pixels and seconds; `todo`: each one's pixels), or None before any was made. An image
+    takes time in proportion to its pixels: the last stage's work, most of it, grows so."""
+    pixels, seconds = sum(p for p, _ in done), sum(s for _, s in done)
+    if not pixels:
+        return None
+    return seconds / pixels * sum(todo)
+
+
 def duration(seconds: float) -> str:
     """'~40 s', '~12 min', '~1 h 05 min'."""
     if seconds < 90:

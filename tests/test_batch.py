@@ -205,6 +205,8 @@ output = "three.png"
     assert all(Path(p).is_file() for p in paths)
     assert "job 1 failed: " in first.stderr and "/nonexistent.safetensors" in first.stderr
     assert "batch: 2 done, 0 skipped, 1 failed" in first.stderr
+    # After each job, the time the rest take at the pace so far (none after the last).
+    assert "2 more to make: " in first.stderr and "1 more to make: " in first.stderr
     rows = manifest(out / "manifest.jsonl")
     assert [(r["index"], r["status"]) for r in rows] == [(0, "done"), (1, "failed"), (2, "done")]
     assert rows[0]["path"] == paths[0] and rows[0]["model"] == "tiny"

@@ -99,6 +99,7 @@ def test_several_inputs_load_the_model_once_and_keep_their_names(photo, tmp_path
     assert sorted(p.name for p in out.iterdir()) == [
         "hires_192x128_s4_my-coffee.png", "hires_288x192_s4_chelsea.png"]
     assert result.stderr.count("running on the CPU") == 1  # one load for both
+    assert result.stderr.count("1 more to make: ~") == 1  # the time the second takes
     # Paths on stdin, a template with the input's name; a broken input stops all before work.
     plans = cli("up", "-", "--scale", "2", "--dry-run", input=f"{photo}\n# skipped\n{second}\n")
     assert [line.split(":")[0] for line in plans.stdout.splitlines()

@@ -5,7 +5,7 @@ import io
 import pytest
 
 from hires.costs import sdxl_shape
-from hires.eta import JobClock, duration, phases
+from hires.eta import JobClock, duration, left_after, phases
 from hires.plan import make_plan
 from hires.progress import Event, PlainProgress
 
@@ -176,3 +176,11 @@ def test_a_plan_with_latent_upsampling_prices_no_vae_between_stages():
         vae = [s.cost.tflop - s.cost.unet_tflop for s in (a, b, c)]
         assert vae[0] < vae[1] < vae[2]
     assert latent.seconds < shown.seconds < pixel.seconds
+
+
+def test_the_images_left_take_the_pace_of_those_made_by_their_pixels():
+    assert left_after([], [1000]) is None  # nothing made: nothing to say
+    made = [(4096 * 4096, 30.0), (4096 * 4096, 34.0)]
+    assert left_after(made, []) == 0
+    assert left_after(made, [4096 * 4096] * 3) == pytest.approx(96.0)
+    assert left_after(made, [8192 * 8192]) == pytest.approx(128.0)
