@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -142,9 +141,13 @@ def save(path: Path, job: Job, plan: Plan, stage: int, latents: Tensor,
             "job": json.dumps(job.to_dict(), default=str), "stages": _stages(plan),
             "stage": str(stage), "reports": json.dumps([asdict(r) for r in reports]),
             "inputs": _inputs(job)}
+    from hires.output import part_file
+
+    # The output's folder may not be there yet: the image is saved at the end, into a folder
+    # made then, but its checkpoints come before.
+    path.parent.mkdir(parents=True, exist_ok=True)
     # Named as hires' other temp files, so that the next run removes it if this one dies here.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:120]}.{os.getpid()}.", suffix=".part",
-                               dir=path.parent)
+    fd, tmp = part_file(path.parent, path.name)
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)

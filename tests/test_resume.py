@@ -266,3 +266,11 @@ def test_several_images_with_random_seeds_go_on_where_they_stopped(tmp_path, ask
     # The stopped image's checkpoint gave the seeds back: the first image is kept.
     assert [r["seed"] for r in json_lines(result.stdout)] == [made["seed"], made["seed"] + 1]
     assert stages == [2] and "made already by these settings, kept" in result.stderr
+
+
+def test_a_run_into_a_new_folder_keeps_its_stages(tiny, tmp_path):
+    # The image's folder is made when the image is saved; the checkpoint comes before it.
+    kept = resume.path_for(tmp_path / "new" / "deeper" / "fox.png")
+    with pytest.raises(Stop):
+        generate(components=tiny, checkpoint=kept, progress=stop_at(1), **JOB)
+    assert kept.is_file() and resume.seed_of(kept, Job(**JOB)) == JOB["seed"]
