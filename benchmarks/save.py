@@ -1,4 +1,4 @@
-"""Saving a huge PNG: Pillow's encoder (zlib level 1) against hires' parallel strip writer.
+"""Saving a huge PNG or TIFF: Pillow's encoders against hires' parallel strip writers.
 
 The image is realistic, not flat colour: four scikit-image photos, upscaled (bicubic) to fill a
 2 x 2 grid of the requested size, with Gaussian noise (sigma 3 levels) like a generated image's
@@ -8,6 +8,7 @@ minute, well above timer noise), and reports wall time, process CPU time (all th
 
     python benchmarks/save.py                               # 8192 and 16384, photo
     python benchmarks/save.py --sizes 4096 --kinds photo smooth --methods pillow-l1 strips
+    python benchmarks/save.py --methods pillow-tiff tiff-strips     # TIFF: libtiff against ours
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ METHODS = {
     "pillow-l6": "Pillow's default (zlib level 6)",
     "strips": "hires.output.write_png: Up filter, zlib level 1 RLE, strips in threads (now)",
     "strips-lz": "the same strips, zlib level 1 with LZ77 matches (Z_DEFAULT_STRATEGY)",
+    "pillow-tiff": "Pillow's libtiff, deflate, no predictor (hires until 2026-12-03)",
+    "tiff-strips": "hires.tiff.write_tiff: predictor 2, zlib level 1 RLE, strips in threads",
 }
 
 
@@ -57,6 +60,13 @@ def photo(size: int, noise: float = 3.0, seed: int = 0) -> Image.Image:
 def save(image: Image.Image, method: str, folder: Path, metadata: dict) -> Path:
     """Save `image` one way; returns the file."""
     path = folder / f"{method}.png"
+    if method in ("pillow-tiff", "tiff-strips"):
+        path = path.with_suffix(".tiff")
+        if method == "tiff-strips":
+            return output.save_image(image, path, metadata=metadata, overwrite=True)
+        with open(path, "wb") as f:
+            image.save(f, format="TIFF", **output._encoder_args(image, "tiff", metadata, 95))
+        return path
     if method == "strips":
         return output.save_image(image, path, metadata=metadata, overwrite=True)
     kwargs = output._encoder_args(image, "png", metadata, 95)
@@ -110,8 +120,9 @@ def main() -> None:
     header = "| size | image | method | wall s | CPU s | MB | speedup (wall) |"
     print("\n" + header + "\n|---:|---|---|---:|---:|---:|---:|")
     for r in rows:
+        before = "pillow-tiff" if "tiff" in r["method"] else "pillow-l1"
         base = next((b for b in rows if b["size"] == r["size"] and b["kind"] == r["kind"]
-                     and b["method"] == "pillow-l1"), None)
+                     and b["method"] == before), None)
         speedup = f"{base['wall_s'] / r['wall_s']:.1f}x" if base else "-"
         print(f"| {r['size']} | {r['kind']} | {r['method']} | {r['wall_s']} | {r['cpu_s']} | "
               f"{r['file_mb']} | {speedup} |")

@@ -10,16 +10,15 @@ import re
 import struct
 import tempfile
 import zlib
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from hires import __version__
+from hires import __version__, tiff
+from hires import strips as strips_
 
 EXTENSIONS = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tiff"}
 SUFFIX_FORMATS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp", ".tif": "tiff",
@@ -197,6 +196,8 @@ def save_image(
         with os.fdopen(fd, "wb") as f:
             if fmt == "png" and _fast_png_ok(image):
                 write_png(image, f, kwargs["pnginfo"])
+            elif fmt == "tiff" and tiff.can_write(image):
+                tiff.write_tiff(image, f, kwargs.get("tiffinfo"))
             else:
                 image.save(f, format=_PIL_FORMATS[fmt], **kwargs)
         os.chmod(tmp, 0o666 & ~_umask())
@@ -325,8 +326,6 @@ def _fit_jpeg_metadata(metadata: dict, width: int, height: int,
 # flat areas still shrink. Each strip ends byte-aligned (a sync flush), so the strips
 # concatenate into one valid zlib stream, as pigz does; the Adler-32 is combined from the
 # strips'. benchmarks/save.py measures it against Pillow.
-PNG_STRIP_BYTES = 4 << 20  # raw bytes per strip: enough work per thread, little memory
-PNG_MAX_THREADS = 16
 PNG_STRATEGY = zlib.Z_RLE
 _PNG_COLOR_TYPES = {"L": 0, "RGB": 2, "RGBA": 6}
 
@@ -371,7 +370,7 @@ def write_png(image: Image.Image, f, pnginfo: PngImagePlugin.PngInfo | None = No
     width, height = image.size
     row = width * len(image.mode)
     image.load()
-    rows = max(1, PNG_STRIP_BYTES // (row + 1))
+    rows = strips_.rows_per_strip(row + 1)
     strips = [(y, min(y + rows, height)) for y in range(0, height, rows)]
     text = _png_text_chunks(pnginfo)
 
@@ -398,21 +397,10 @@ def write_png(image: Image.Image, f, pnginfo: PngImagePlugin.PngInfo | None = No
                                        _PNG_COLOR_TYPES[image.mode], 0, 0, 0))
     f.write(text)
     _png_chunk(f, b"IDAT", b"\x78\x01")  # zlib header: deflate, 32K window, fastest level
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    workers = max(1, min(threads or cores or 1, PNG_MAX_THREADS, len(strips)))
     adler = 1
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="png")
-    pending: deque[Future] = deque()
-    try:
-        for i in range(len(strips)):
-            pending.append(pool.submit(strip, i))
-            # Keep a couple of strips per thread in flight, not the whole compressed image.
-            while len(pending) > 2 * workers or (pending and i == len(strips) - 1):
-                packed, crc, part, size = pending.popleft().result()
-                _png_chunk(f, b"IDAT", packed, crc)
-                adler = adler32_combine(adler, part, size)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    for packed, crc, part, size in strips_.in_order(strip, len(strips), threads):
+        _png_chunk(f, b"IDAT", packed, crc)
+        adler = adler32_combine(adler, part, size)
     _png_chunk(f, b"IDAT", struct.pack(">I", adler))
     _png_chunk(f, b"IEND", b"")
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image, PngImagePlugin
 
-from hires import models, output
+from hires import models, output, strips
 from hires.models import ModelError, choose_vae_dtype
 
 CUDA, CPU, MPS = torch.device("cuda"), torch.device("cpu"), torch.device("mps")
@@ -131,7 +131,7 @@ def noisy(mode: str, width: int, height: int) -> Image.Image:
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA"])
 @pytest.mark.parametrize("size", [(1, 1), (97, 1), (1, 53), (129, 67)])
 def test_write_png_round_trips_pixels_over_many_strips(monkeypatch, mode, size):
-    monkeypatch.setattr(output, "PNG_STRIP_BYTES", 700)  # many strips even for tiny images
+    monkeypatch.setattr(strips, "STRIP_BYTES", 700)  # many strips even for tiny images
     image = noisy(mode, *size)
     buf = io.BytesIO()
     output.write_png(image, buf, threads=3)
@@ -143,7 +143,7 @@ def test_write_png_round_trips_pixels_over_many_strips(monkeypatch, mode, size):
 
 
 def test_write_png_bytes_do_not_depend_on_threads(monkeypatch):
-    monkeypatch.setattr(output, "PNG_STRIP_BYTES", 1000)
+    monkeypatch.setattr(strips, "STRIP_BYTES", 1000)
     image = noisy("RGB", 200, 90)
     one, many = io.BytesIO(), io.BytesIO()
     output.write_png(image, one, threads=1)

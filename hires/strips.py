@@ -1,0 +1,36 @@
+"""Compressing an image strip by strip on threads, handed back in order (zlib releases the GIL,
+so threads use every core): what the PNG and TIFF writers share."""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+STRIP_BYTES = 4 << 20  # raw bytes per strip: enough work per thread, little memory
+MAX_THREADS = 16
+
+T = TypeVar("T")
+
+
+def rows_per_strip(row_bytes: int) -> int:
+    """Rows in one strip of about STRIP_BYTES."""
+    return max(1, STRIP_BYTES // max(1, row_bytes))
+
+
+def in_order(work: Callable[[int], T], count: int, threads: int | None = None) -> Iterator[T]:
+    """work(0), work(1), ... work(count - 1), run on threads and yielded in order; a couple of
+    results per thread are in flight, never the whole compressed image."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    workers = max(1, min(threads or cores or 1, MAX_THREADS, count))
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="strips")
+    pending: deque[Future] = deque()
+    try:
+        for i in range(count):
+            pending.append(pool.submit(work, i))
+            while len(pending) > 2 * workers or (pending and i == count - 1):
+                yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

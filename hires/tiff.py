@@ -1,0 +1,103 @@
+"""A fast TIFF writer for 8-bit L, RGB and RGBA images: deflate strips on threads.
+
+Why our own: Pillow hands TIFFs to libtiff, which deflates on one thread and, as Pillow calls
+it, without a predictor; a 16K image took about 20 s and came out 70 % larger than our PNG.
+TIFF's strips are independent zlib streams, so they compress in parallel as they are; each row
+is first differenced horizontally (TIFF predictor 2, what Photoshop writes), which shrinks
+photos and generated images about as much as PNG's filters. zlib level 1 with the RLE strategy,
+as for PNG (hires.output). Classic (32-bit) TIFF: images up to 32768 px a side fit its 4 GB.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+from PIL import Image
+
+from hires import strips
+
+_PHOTOMETRIC = {"L": 1, "RGB": 2, "RGBA": 2}  # BlackIsZero, RGB
+SHORT, LONG, ASCII = 3, 4, 2
+_SIZES = {SHORT: 2, LONG: 4, ASCII: 1}
+MAX_BYTES = 2**32 - 1
+
+
+def can_write(image: Image.Image) -> bool:
+    """8-bit L/RGB/RGBA without an ICC profile (Pillow does the rest)."""
+    return image.mode in _PHOTOMETRIC and "icc_profile" not in image.info and \
+        image.width * image.height * len(image.mode) * 1.01 + (1 << 20) < MAX_BYTES
+
+
+def _ascii(text: str) -> bytes:
+    # As Pillow writes TIFF text: ASCII, anything else replaced (the JSON is ASCII already).
+    return text.encode("ascii", "replace") + b"\0"
+
+
+def write_tiff(image: Image.Image, f, texts: dict[int, str] | None = None,
+               threads: int | None = None) -> None:
+    """Write `image` (see `can_write`) as a deflate-compressed TIFF to the binary file `f`,
+    with `texts` as ASCII tags (tag number: text), strips compressed in parallel."""
+    width, height = image.size
+    channels = len(image.mode)
+    image.load()
+    rows = strips.rows_per_strip(width * channels)
+    spans = [(y, min(y + rows, height)) for y in range(0, height, rows)]
+
+    def strip(i: int) -> bytes:
+        y0, y1 = spans[i]
+        raw = np.asarray(image.crop((0, y0, width, y1))).reshape(y1 - y0, width, channels)
+        diff = np.empty_like(raw)
+        diff[:, :1] = raw[:, :1]  # predictor 2: each sample minus the one left of it, mod 256
+        np.subtract(raw[:, 1:], raw[:, :-1], out=diff[:, 1:])
+        deflate = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+        return deflate.compress(diff) + deflate.flush()
+
+    f.write(b"II*\0" + struct.pack("<I", 0))  # the first IFD's offset, filled in at the end
+    offsets, counts = [], []
+    position = 8
+    for packed in strips.in_order(strip, len(spans), threads):
+        f.write(packed)
+        offsets.append(position)
+        counts.append(len(packed))
+        position += len(packed)
+    if position + (1 << 20) > MAX_BYTES:
+        raise ValueError("the image does not fit a classic TIFF's 4 GB")
+    position += position % 2
+    f.write(b"\0" * (position - offsets[-1] - counts[-1]))  # the IFD starts on a word
+    tags: list[tuple[int, int, list[int] | bytes]] = [
+        (256, LONG, [width]), (257, LONG, [height]), (258, SHORT, [8] * channels),
+        (259, SHORT, [8]),  # Adobe deflate
+        (262, SHORT, [_PHOTOMETRIC[image.mode]]), (273, LONG, offsets),
+        (277, SHORT, [channels]), (278, LONG, [rows]), (279, LONG, counts),
+        (284, SHORT, [1]),  # samples interleaved
+        (317, SHORT, [2]),  # horizontal differencing
+    ]
+    if image.mode == "RGBA":
+        tags.append((338, SHORT, [2]))  # unassociated alpha
+    tags += [(tag, ASCII, _ascii(text)) for tag, text in (texts or {}).items()]
+    tags.sort()
+    _write_ifd(f, position, tags)
+    f.seek(4)
+    f.write(struct.pack("<I", position))
+    f.seek(0, 2)
+
+
+def _write_ifd(f, position: int, tags: list[tuple[int, int, list[int] | bytes]]) -> None:
+    """The IFD at `position` (where `f` is): entries, then the values that do not fit in one."""
+    extra = position + 2 + 12 * len(tags) + 4  # where out-of-line values go
+    entries, values = [], []
+    for tag, kind, value in tags:
+        data = value if isinstance(value, bytes) else struct.pack(
+            f"<{len(value)}{'H' if kind == SHORT else 'I'}", *value)
+        count = len(data) // _SIZES[kind]
+        if len(data) <= 4:
+            entries.append(struct.pack("<HHI", tag, kind, count) + data.ljust(4, b"\0"))
+        else:
+            entries.append(struct.pack("<HHII", tag, kind, count, extra))
+            data += b"\0" * (len(data) % 2)  # values start on a word
+            values.append(data)
+            extra += len(data)
+    f.write(struct.pack("<H", len(tags)) + b"".join(entries) + struct.pack("<I", 0))
+    f.write(b"".join(values))
