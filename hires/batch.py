@@ -181,7 +181,7 @@ def my_share(items: list[BatchItem], rank: int, world: int) -> list[BatchItem]:
 PLACEMENT_KEYS = ("device", "offload", "vram", "ram")
 # Keys added after images were made, left out while at their default, so that those images
 # keep their fingerprint and a batch re-run does not redo them.
-LATER_KEYS: dict[str, Any] = {"vae": None}
+LATER_KEYS: dict[str, Any] = {"vae": None, "dpi": None}
 
 
 def name_outputs(items: list[BatchItem], folder: Path, file_name: str

@@ -176,6 +176,9 @@ Gpu = Annotated[str | None, typer.Option(
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Check the outputs and inputs, print "
                                       "the plan (as `hires plan`) and exit without loading "
                                       "weights.")]
+Dpi = Annotated[float | None, typer.Option(
+    help="Resolution the file records, for print (PNG, TIFF, JPEG): at 300 a 16384 px side "
+    "prints 138.7 cm wide.")]
 QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="No progress or logs on stderr.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace existing output files.")]
 SaveStages = Annotated[bool, typer.Option(help="Also save each stage's image as it is done "
@@ -314,7 +317,7 @@ def gen(
     output: Annotated[str | None, typer.Option(
         "-o", "--output", help="File, folder, or template with {seed} {width} {height} {index} "
         "{prompt}.")] = None,
-    fmt: Fmt = None,
+    fmt: Fmt = None, dpi: Dpi = None,
     save_stages: SaveStages = False,
     vram: Vram = None, ram: Ram = None, offload: Offload = None, device: Device = None,
     dtype: Dtype = None,
@@ -374,7 +377,7 @@ def up(
     output: Annotated[str | None, typer.Option(
         "-o", "--output", help="File, folder, or template with {name} (the input's file name) "
         "{seed} {width} {height} {index}.")] = None,
-    fmt: Fmt = None,
+    fmt: Fmt = None, dpi: Dpi = None,
     save_stages: SaveStages = False,
     vram: Vram = None, ram: Ram = None, offload: Offload = None, device: Device = None,
     dtype: Dtype = None,
@@ -638,7 +641,7 @@ def plan(
     size: Size = None, aspect: Aspect = None, width: Width = None, height: Height = None,
     negative: Negative = None, seed: Seed = None, steps: Steps = None,
     guidance: Guidance = None, strength: Strength = None, model: Model = None,
-    linfusion: LinFusionRef = None, preset: Preset = None, fmt: Fmt = None,
+    linfusion: LinFusionRef = None, preset: Preset = None, fmt: Fmt = None, dpi: Dpi = None,
     vram: Vram = None, ram: Ram = None, offload: Offload = None, device: Device = None,
     dtype: Dtype = None,
     upsample: Upsample = None, vae_tile: VaeTile = None, vae_stats: VaeStats = None,
@@ -983,6 +986,11 @@ def show_made(path: Path, as_json: bool) -> None:
                      f"{job.get('height')} (`hires gen --from` runs the whole job)")
     if job.get("image"):
         lines.append(f"upscaled from {job['image']} (strength {job.get('strength')})")
+    if isinstance(job.get("dpi"), (int, float)) and job["dpi"] > 0:
+        w, h = (result.get(k, job.get(k)) for k in ("width", "height"))
+        if isinstance(w, int) and isinstance(h, int):
+            lines.append(f"print size {w / job['dpi'] * 2.54:.1f} x {h / job['dpi'] * 2.54:.1f}"
+                         f" cm at {job['dpi']:g} dpi")
     addons = result.get("addons") or {}
     for lora in addons.get("lora", []):
         lines.append(f"lora {lora.get('ref')} at {lora.get('scale')}")

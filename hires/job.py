@@ -22,6 +22,7 @@ VAE_DTYPES = ("auto", "fp16", "bf16", "fp32")  # fp16 only for a VAE made for it
 # The schedulers hires uses are trained on 1000 timesteps: more steps than that only repeat
 # timesteps, and a tampered `steps = 1e9` must fail before anything is allocated.
 MAX_STEPS = 1000
+MAX_DPI = 10000
 # Keys that only the command line may set: a preset, a batch file or an image's metadata that
 # turned on pickle loading would run code from a file the user never vetted.
 TRUSTED_ONLY = ("allow_pickle",)
@@ -65,6 +66,7 @@ class Job:
     vae_dtype: str = "auto"  # bf16 on CUDA and bf16-capable CPUs, else fp32 (hires.models)
     vae: str | None = None  # a VAE instead of the model's: Hub id, folder or .safetensors file
     format: str = "png"
+    dpi: float | None = None  # pixels per inch the file records (its print size); None: none
     image: str | None = None  # upscale this image (hires up) instead of starting from noise
     image_sha256: str | None = None  # the image's hash when the job ran: a re-run checks it
     sampler: str = "euler"
@@ -88,7 +90,7 @@ class Job:
                            f"got {self.steps!r}")
         for name in ("guidance", "strength", "sigma", "cosine_scale_1", "cosine_scale_2",
                      "cosine_scale_3", "global_floor", "vram", "ram", "control_scale",
-                     "ip_scale"):
+                     "ip_scale", "dpi"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise JobError(f"{name} must be a finite number, got {value}")
@@ -101,6 +103,8 @@ class Job:
         if not 0.0 <= self.global_floor < 1.0:
             raise JobError(f"global_floor must be from 0 (every global pass) to below 1, got "
                            f"{self.global_floor}")
+        if self.dpi is not None and not 1 <= self.dpi <= MAX_DPI:
+            raise JobError(f"dpi must be from 1 to {MAX_DPI} pixels per inch, got {self.dpi}")
         if self.vram is not None and self.vram <= 0:
             raise JobError(f"vram must be a positive number of GB, got {self.vram}")
         if self.ram is not None and self.ram <= 0:

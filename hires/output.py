@@ -170,12 +170,14 @@ def save_image(
     overwrite: bool = False,
     quality: int = 95,
     warn: Callable[[str], None] | None = None,
+    dpi: float | None = None,
 ) -> Path:
     """Write `image` via a temp file moved into place: a crash never leaves half a file.
 
     Without `overwrite` the name is claimed atomically at the end, so of two processes saving
     to one path exactly one wins and the other gets OutputExists. `metadata` is the JSON-ready
     record of the run (with a 'job' key), embedded as A1111 parameters plus the full JSON.
+    `dpi`: the resolution the file records (its print size); WebP has no field for it.
     """
     path = Path(path)
     fmt = format_for(path, fmt)
@@ -191,13 +193,19 @@ def save_image(
         except OSError as e:
             raise OutputUnwritable(f"cannot create output folder {folder}: {e.strerror}") from None
     kwargs = _encoder_args(image, fmt, metadata, quality, warn)
+    if dpi is not None:
+        if fmt != "webp":
+            kwargs["dpi"] = (dpi, dpi)
+        elif warn:
+            warn(f"WebP files record no resolution: {path.name} keeps no dpi; use png, tiff or "
+                 "jpg for print")
     fd, tmp = part_file(folder, path.name)
     try:
         with os.fdopen(fd, "wb") as f:
             if fmt == "png" and _fast_png_ok(image):
-                write_png(image, f, kwargs["pnginfo"])
+                write_png(image, f, kwargs["pnginfo"], dpi=dpi)
             elif fmt == "tiff" and tiff.can_write(image):
-                tiff.write_tiff(image, f, kwargs.get("tiffinfo"))
+                tiff.write_tiff(image, f, kwargs.get("tiffinfo"), dpi=dpi)
             else:
                 image.save(f, format=_PIL_FORMATS[fmt], **kwargs)
         os.chmod(tmp, 0o666 & ~_umask())
@@ -365,8 +373,9 @@ def adler32_combine(a: int, b: int, length_b: int) -> int:
 
 
 def write_png(image: Image.Image, f, pnginfo: PngImagePlugin.PngInfo | None = None,
-              threads: int | None = None) -> None:
-    """Write an 8-bit L/RGB/RGBA image as PNG to the binary file `f`, strips in parallel."""
+              threads: int | None = None, dpi: float | None = None) -> None:
+    """Write an 8-bit L/RGB/RGBA image as PNG to the binary file `f`, strips in parallel;
+    `dpi` goes in a pHYs chunk (PNG counts pixels per metre)."""
     width, height = image.size
     row = width * len(image.mode)
     image.load()
@@ -395,6 +404,9 @@ def write_png(image: Image.Image, f, pnginfo: PngImagePlugin.PngInfo | None = No
     f.write(b"\x89PNG\r\n\x1a\n")
     _png_chunk(f, b"IHDR", struct.pack(">IIBBBBB", width, height, 8,
                                        _PNG_COLOR_TYPES[image.mode], 0, 0, 0))
+    if dpi is not None:
+        per_metre = round(dpi / 0.0254)
+        _png_chunk(f, b"pHYs", struct.pack(">IIB", per_metre, per_metre, 1))
     f.write(text)
     _png_chunk(f, b"IDAT", b"\x78\x01")  # zlib header: deflate, 32K window, fastest level
     adler = 1

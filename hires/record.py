@@ -54,7 +54,8 @@ def save_stage(image: Image.Image, path: str | Path, job: Job, index: int, *,
               "height": image.height, "prompt": job.prompt, "model": job.model,
               "settings": settings_hash(job)}
     metadata = {"hires": __version__, "job": job.to_dict(), "result": record}
-    return output.save_image(image, path, fmt=fmt, metadata=metadata, overwrite=overwrite)
+    return output.save_image(image, path, fmt=fmt, metadata=metadata, overwrite=overwrite,
+                             dpi=job.dpi)
 
 
 def stage_paths(path: Path, stages: int) -> list[Path]:
@@ -85,5 +86,5 @@ def save(result: Result, path: str | Path, *, fmt: str | None = None, overwrite:
                 result.stage_images[:-1], stage_paths(path, len(result.stage_images)))):
             save_stage(stage_image, stage_path, result.job, index, fmt=fmt, overwrite=overwrite)
     output.save_image(result.image, path, fmt=fmt, metadata=metadata, overwrite=overwrite,
-                      warn=warn)
+                      dpi=result.job.dpi, warn=warn)
     return record

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from fractions import Fraction
 
 import numpy as np
 from PIL import Image
@@ -19,8 +20,8 @@ from PIL import Image
 from hires import strips
 
 _PHOTOMETRIC = {"L": 1, "RGB": 2, "RGBA": 2}  # BlackIsZero, RGB
-SHORT, LONG, ASCII = 3, 4, 2
-_SIZES = {SHORT: 2, LONG: 4, ASCII: 1}
+SHORT, LONG, ASCII, RATIONAL = 3, 4, 2, 5
+_SIZES = {SHORT: 2, LONG: 4, ASCII: 1, RATIONAL: 8}
 MAX_BYTES = 2**32 - 1
 
 
@@ -36,9 +37,10 @@ def _ascii(text: str) -> bytes:
 
 
 def write_tiff(image: Image.Image, f, texts: dict[int, str] | None = None,
-               threads: int | None = None) -> None:
+               threads: int | None = None, dpi: float | None = None) -> None:
     """Write `image` (see `can_write`) as a deflate-compressed TIFF to the binary file `f`,
-    with `texts` as ASCII tags (tag number: text), strips compressed in parallel."""
+    with `texts` as ASCII tags (tag number: text) and `dpi` as its resolution, strips
+    compressed in parallel."""
     width, height = image.size
     channels = len(image.mode)
     image.load()
@@ -76,6 +78,11 @@ def write_tiff(image: Image.Image, f, texts: dict[int, str] | None = None,
     ]
     if image.mode == "RGBA":
         tags.append((338, SHORT, [2]))  # unassociated alpha
+    if dpi is not None:
+        per_inch = Fraction(dpi).limit_denominator(10000)
+        resolution = struct.pack("<II", per_inch.numerator, per_inch.denominator)
+        tags += [(282, RATIONAL, resolution), (283, RATIONAL, resolution),
+                 (296, SHORT, [2])]  # X and Y resolution, in inches
     tags += [(tag, ASCII, _ascii(text)) for tag, text in (texts or {}).items()]
     tags.sort()
     _write_ifd(f, position, tags)

@@ -1,0 +1,41 @@
+"""--dpi: the print resolution a file records, in every format that has a field for it."""
+
+import pytest
+from helpers_cli import cli
+from PIL import Image
+
+from hires import __version__, output
+from hires.batch import settings_hash
+from hires.job import Job, JobError
+
+
+@pytest.mark.parametrize("name,mode", [("a.png", "RGB"), ("a.tiff", "RGB"), ("a.jpg", "RGB"),
+                                       ("p.png", "P"), ("p.tiff", "P")])
+def test_each_format_records_the_dpi(tmp_path, name, mode):
+    image = Image.new("RGB", (40, 30), "teal").convert(mode)  # P: Pillow writes it, not us
+    path = output.save_image(image, tmp_path / name, dpi=300)
+    with Image.open(path) as back:
+        assert back.info["dpi"] == pytest.approx((300, 300), abs=0.01)
+    plain = output.save_image(image, tmp_path / f"plain-{name}", dpi=None)
+    with Image.open(plain) as back:
+        assert back.info.get("dpi", (72, 72)) != pytest.approx((300, 300), abs=0.01)
+
+
+def test_webp_says_it_keeps_no_dpi(tmp_path):
+    said = []
+    output.save_image(Image.new("RGB", (8, 8)), tmp_path / "a.webp", dpi=300, warn=said.append)
+    assert said and "no resolution" in said[0]
+
+
+def test_dpi_is_checked_and_leaves_older_settings_hashes_alone(tmp_path):
+    with pytest.raises(JobError, match="dpi must be from 1"):
+        Job(dpi=0).validate()
+    old = Job(prompt="x", seed=1).to_dict()
+    old.pop("dpi")  # as an image made before --dpi records it
+    assert settings_hash(old) == settings_hash(Job(prompt="x", seed=1))
+    assert settings_hash(Job(prompt="x", seed=1, dpi=300)) != settings_hash(old)
+    job = Job(prompt="poster", width=16384, height=8192, seed=2, dpi=300)
+    path = output.save_image(Image.new("RGB", (16, 8)), tmp_path / "p.png", dpi=300,
+                             metadata={"hires": __version__, "job": job.to_dict(),
+                                       "result": {"width": 16384, "height": 8192}})
+    assert "print size 138.7 x 69.4 cm at 300 dpi" in cli("info", path).stdout
