@@ -589,6 +589,11 @@ def say_left(made: list[tuple[int, float]], todo: list[int]) -> None:
         say(f"{len(todo)} more to make: {duration(left)} at this run's pace")
 
 
+def stages_upto(stage: int) -> str:
+    """'stage 0', 'stages 0-2'."""
+    return "stage 0" if stage == 0 else f"stages 0-{stage}"
+
+
 def kept_stage(kept: Path, job, plan, source=None) -> int | None:
     """The last stage of this job that the checkpoint `kept` holds, if any (an upscale's job
     records its `source` image's sha256)."""
@@ -614,11 +619,12 @@ def say_resume(kept: Path, job, plan, source=None, stage_files: list[Path] | Non
         return
     lost = [p for p in (stage_files or [])[:stage] if not made_by(p, job)]
     if lost:
-        say(f"  {kept.name} holds stages 0-{stage} of this job, but {lost[0].name} is not "
+        say(f"  {kept.name} holds {stages_upto(stage)} of this job, but {lost[0].name} is not "
             "its stage image (--save-stages): starting over")
         resume.remove(kept)
     else:
-        say(f"  resuming: stages 0-{stage} were kept in {kept.name}")
+        say(f"  resuming: {stages_upto(stage)} {'was' if stage == 0 else 'were'} kept in "
+            f"{kept.name}")
 
 
 @contextmanager
@@ -630,7 +636,7 @@ def saying_what_is_kept(kept: Path, job, plan, source=None) -> Iterator[None]:
     except BaseException:
         stage = kept_stage(kept, job, plan, source)
         if stage is not None:
-            err.print(f"{kept} keeps stages 0-{stage}: the same command goes on from there",
+            err.print(f"{kept} keeps {stages_upto(stage)}: the same command goes on from there",
                       markup=False)
         raise
 

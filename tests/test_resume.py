@@ -274,3 +274,9 @@ def test_a_run_into_a_new_folder_keeps_its_stages(tiny, tmp_path):
     with pytest.raises(Stop):
         generate(components=tiny, checkpoint=kept, progress=stop_at(1), **JOB)
     assert kept.is_file() and resume.seed_of(kept, Job(**JOB)) == JOB["seed"]
+
+
+def test_what_a_checkpoint_keeps_reads_as_people_say_it():
+    from hires.cli import stages_upto
+
+    assert (stages_upto(0), stages_upto(2)) == ("stage 0", "stages 0-2")
