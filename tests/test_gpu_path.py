@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image, PngImagePlugin
 
-from hires import models, output, strips
+from hires import models, output, strips, tiff
 from hires.models import ModelError, choose_vae_dtype
 
 CUDA, CPU, MPS = torch.device("cuda"), torch.device("cpu"), torch.device("mps")
@@ -117,7 +117,7 @@ def test_tiny_model_on_cpu_loads_the_chosen_vae_dtype(monkeypatch, native):
     assert loaded.vae.dtype == torch.float32 and loaded.unet.dtype == torch.bfloat16
 
 
-# --- the fast PNG writer (hires.output.write_png) ---------------------------------------------
+# --- the strip writers: PNG (hires.output.write_png) and TIFF (hires.tiff) -----------------------
 
 
 def noisy(mode: str, width: int, height: int) -> Image.Image:
@@ -128,26 +128,34 @@ def noisy(mode: str, width: int, height: int) -> Image.Image:
     return Image.fromarray(a[..., 0] if channels == 1 else a, mode)
 
 
+@pytest.mark.parametrize("write", [output.write_png, tiff.write_tiff])
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA"])
 @pytest.mark.parametrize("size", [(1, 1), (97, 1), (1, 53), (129, 67)])
-def test_write_png_round_trips_pixels_over_many_strips(monkeypatch, mode, size):
+def test_strip_writers_round_trip_pixels_over_many_strips(monkeypatch, write, mode, size):
     monkeypatch.setattr(strips, "STRIP_BYTES", 700)  # many strips even for tiny images
     image = noisy(mode, *size)
     buf = io.BytesIO()
-    output.write_png(image, buf, threads=3)
+    write(image, buf, threads=3)
     buf.seek(0)
     with Image.open(buf) as back:
         back.load()
         assert back.mode == mode and back.size == image.size
         assert np.array_equal(np.asarray(back), np.asarray(image))
+    if write is tiff.write_tiff:  # a second reader: tifffile, not libtiff
+        import tifffile
+
+        buf.seek(0)
+        assert np.array_equal(tifffile.imread(buf).reshape(np.asarray(image).shape),
+                              np.asarray(image))
 
 
-def test_write_png_bytes_do_not_depend_on_threads(monkeypatch):
+@pytest.mark.parametrize("write", [output.write_png, tiff.write_tiff])
+def test_strip_writers_bytes_do_not_depend_on_threads(monkeypatch, write):
     monkeypatch.setattr(strips, "STRIP_BYTES", 1000)
     image = noisy("RGB", 200, 90)
     one, many = io.BytesIO(), io.BytesIO()
-    output.write_png(image, one, threads=1)
-    output.write_png(image, many, threads=4)
+    write(image, one, threads=1)
+    write(image, many, threads=4)
     assert one.getvalue() == many.getvalue()
 
 

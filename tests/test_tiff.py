@@ -1,13 +1,11 @@
-"""hires.tiff: TIFFs written in parallel strips read back exactly, by Pillow and by tifffile."""
-
-import io
+"""hires.tiff through save_image: metadata and the Pillow fallback (the writer's pixels, read
+back by Pillow and tifffile, and its bytes across threads: tests/test_gpu_path.py, with the PNG
+writer's)."""
 
 import numpy as np
-import pytest
-import tifffile
 from PIL import Image
 
-from hires import output, strips, tiff
+from hires import output, tiff
 from hires.job import Job
 
 
@@ -16,33 +14,6 @@ def noisy(mode: str, width: int, height: int) -> Image.Image:
     a = rng.integers(0, 256, (height, width, len(mode)), dtype=np.uint8)
     a[: height // 3] = 17  # a flat band
     return Image.fromarray(a[..., 0] if mode == "L" else a, mode)
-
-
-@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA"])
-@pytest.mark.parametrize("size", [(1, 1), (97, 1), (1, 53), (129, 67)])
-def test_write_tiff_round_trips_pixels_over_many_strips(monkeypatch, mode, size):
-    monkeypatch.setattr(strips, "STRIP_BYTES", 700)  # many strips even for tiny images
-    image = noisy(mode, *size)
-    buf = io.BytesIO()
-    tiff.write_tiff(image, buf, {270: "a description"}, threads=3)
-    buf.seek(0)
-    with Image.open(buf) as back:
-        back.load()
-        assert back.mode == mode and back.size == image.size
-        assert np.array_equal(np.asarray(back), np.asarray(image))
-        assert back.tag_v2[270] == "a description" and back.tag_v2[317] == 2  # predictor
-    buf.seek(0)
-    assert np.array_equal(tifffile.imread(buf).reshape(np.asarray(image).shape),
-                          np.asarray(image))
-
-
-def test_tiff_bytes_do_not_depend_on_threads(monkeypatch):
-    monkeypatch.setattr(strips, "STRIP_BYTES", 1000)
-    image = noisy("RGB", 200, 90)
-    one, many = io.BytesIO(), io.BytesIO()
-    tiff.write_tiff(image, one, threads=1)
-    tiff.write_tiff(image, many, threads=4)
-    assert one.getvalue() == many.getvalue()
 
 
 def test_a_saved_tiff_keeps_its_metadata_and_others_go_through_pillow(tmp_path):
