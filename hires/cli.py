@@ -188,14 +188,14 @@ Resume = Annotated[bool, typer.Option(
     "beside the output (NAME.resume.safetensors); --no-resume starts over.")]
 
 
-def job_flags(options: dict[str, Any], **replaced: Any) -> dict[str, Any]:
-    """The job keys the user actually gave, from a command's `locals()` (its options; `replaced`
-    first), the size keys (--size, --aspect, --scale, --width, --height) among them. `prompt` and
-    `image` are the commands' own to handle."""
+def job_flags(options: dict[str, Any]) -> dict[str, Any]:
+    """The job keys the user actually gave, from a command's `locals()` (its options), the size
+    keys (--size, --aspect, --scale, --width, --height) among them. `prompt` and `image` are the
+    commands' own to handle."""
     from hires.job import JOB_KEYS
     from hires.sizes import SIZE_KEYS
 
-    values = {("format" if k == "fmt" else k): v for k, v in {**options, **replaced}.items()}
+    values = {("format" if k == "fmt" else k): v for k, v in options.items()}
     # False means "not given" for plain flags; --no-karras is a real False.
     return {k: v for k, v in values.items()
             if (k in JOB_KEYS or k in SIZE_KEYS) and k not in ("prompt", "image")

@@ -32,6 +32,7 @@ MAX_PIXELS = 1 << 30
 
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
+ORIENTATION = 0x0112  # the EXIF tag
 
 
 class ImageInputError(ValueError):
@@ -165,9 +166,6 @@ def input_size(path: Path | str) -> tuple[int, int]:
         # EXIF orientations 5-8 turn the picture a quarter: its sides swap.
         turned = im.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)
     return (h, w) if turned else (w, h)
-
-
-ORIENTATION = 0x0112  # the EXIF tag
 
 
 @contextlib.contextmanager

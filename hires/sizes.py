@@ -42,7 +42,7 @@ def check_size_keys(values: dict[str, Any], where: str) -> None:
     keys, n = size_keys(values), (lambda key: _name(key, where))
     try:
         if "width" in keys or "height" in keys:
-            if len(keys.keys() & {"size", "aspect", "scale"}):
+            if keys.keys() & {"size", "aspect", "scale"}:
                 raise JobError(f"give either {n('size')}/{n('aspect')}, {n('scale')} or "
                                f"{n('width')}/{n('height')}, not both")
             if not ("width" in keys and "height" in keys):
@@ -52,7 +52,7 @@ def check_size_keys(values: dict[str, Any], where: str) -> None:
                 _whole(key, keys[key], n)
                 check_side(key, keys[key])
         if "scale" in keys:
-            if len(keys.keys() & {"size", "aspect"}):
+            if keys.keys() & {"size", "aspect"}:
                 raise JobError(f"give one of {n('size')}, {n('scale')} or "
                                f"{n('width')}/{n('height')}")
             scale = keys["scale"]
