@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hires.images import ImageInputError, input_size
+from hires.images import ImageInputError, file_sha256, input_size
 from hires.job import FILE_KEYS, TRUSTED_ONLY, Job, JobError, closest_hint
 from hires.presets import load_preset, read_toml
 from hires.sizes import job_from_levels
@@ -259,6 +259,26 @@ class Outcome:
     error: str | None = None
     record: dict[str, Any] | None = None
     moved_to: Path | None = None  # the older image of changed settings, kept under this name
+    why: str = "settings changed"  # why an older image was moved aside
+
+
+def input_changed(path: Path, job: Job) -> bool:
+    """Whether the upscale `job`'s input file differs from the one the image at `path` was made
+    from (edited since under the same name): the sha256 its record keeps against the file's."""
+    from hires.output import OutputError, read_metadata
+
+    if not job.image:
+        return False
+    try:
+        record = read_metadata(path)["hires"]
+    except OutputError:
+        return False
+    made = record.get("job") if isinstance(record, dict) else None
+    recorded = made.get("image_sha256") if isinstance(made, dict) else None
+    try:
+        return isinstance(recorded, str) and file_sha256(job.image) != recorded
+    except OSError:  # a missing input fails when its job runs, with its own message
+        return False
 
 
 def run_batch(
@@ -281,10 +301,13 @@ def run_batch(
     for item in items:
         path = resolve_path(item)
         settings = settings_hash(item.job)
-        moved, outcome = None, None
+        moved, outcome, why = None, None, "settings changed"
         if os.path.lexists(path) and not overwrite:
             old = recorded_hash(path) if check_settings else settings
-            if old == settings:
+            # An edited input keeps the job's settings (the file's name is the setting).
+            if old == settings and check_settings and input_changed(path, item.job):
+                why = f"{item.job.image} changed"
+            if old == settings and why == "settings changed":
                 outcome = Outcome(item, "skipped", path)
             elif old is None:
                 outcome = Outcome(item, "failed", path, error=(
@@ -300,12 +323,13 @@ def run_batch(
                         f"{moved.name} ({e.strerror}); pass --overwrite to replace it"))
         if outcome is None:
             try:
-                outcome = Outcome(item, "done", path, record=make(item, path), moved_to=moved)
+                outcome = Outcome(item, "done", path, record=make(item, path), moved_to=moved,
+                                  why=why)
             except KeyboardInterrupt:
                 raise
             except Exception as e:  # a failed job is reported; the batch goes on
                 outcome = Outcome(item, "failed", path, error=str(e).splitlines()[0][:500]
-                                  if str(e) else type(e).__name__, moved_to=moved)
+                                  if str(e) else type(e).__name__, moved_to=moved, why=why)
         if manifest is not None:
             append_manifest(manifest, {"index": item.index, "status": outcome.status,
                                        "path": str(path), "error": outcome.error,

@@ -872,8 +872,8 @@ def batch(
             elif o.status == "skipped":
                 say(f"job {o.item.index}: {o.path} exists with the same settings, skipped")
             if o.moved_to:
-                say(f"job {o.item.index}: settings changed since {o.path.name} was made; the "
-                    f"old image is kept as {o.moved_to.name}")
+                say(f"job {o.item.index}: {o.why} since {o.path.name} was made; the old image "
+                    f"is kept as {o.moved_to.name}")
             if o.record:
                 emit(o.record, as_json)
             if o.status != "skipped" and o.item in todo:

@@ -64,6 +64,8 @@ def test_size_options_are_checked(photo):
 
 
 def test_a_batch_job_with_an_image_is_an_upscale(photo, tmp_path, asked):
+    cat = tmp_path / "cat.jpg"
+    cat.write_bytes(photo.read_bytes())
     jobs = tmp_path / "jobs.toml"
     jobs.write_text(f'''
 [defaults]
@@ -71,7 +73,7 @@ model = "tiny"
 steps = 4
 
 [[job]]
-image = "{photo}"
+image = "{cat}"
 width = 288
 height = 192
 strength = 0.3
@@ -81,9 +83,16 @@ output = "cat.png"
     result = cli("batch", jobs, "-o", tmp_path / "out", "--json")
     assert result.exit_code == 0, result.stderr
     (record,) = json_lines(result.stdout)
-    assert record["image"] == str(photo) and record["stages"][0]["psnr"] > 5
+    assert record["image"] == str(cat) and record["stages"][0]["psnr"] > 5
     with Image.open(tmp_path / "out" / "cat.png") as im:
         assert im.size == (288, 192)
+    assert "skipped" in cli("batch", jobs, "-o", tmp_path / "out").stderr
+    # The input edited under the same name: its upscale is made again, the old one kept.
+    Image.open(photo).transpose(Image.FLIP_LEFT_RIGHT).save(cat)
+    again = cli("batch", jobs, "-o", tmp_path / "out")
+    assert again.exit_code == 0, again.stderr
+    assert f"{cat} changed since cat.png was made; the old image is kept as cat." in again.stderr
+    assert len(list((tmp_path / "out").glob("cat*.png"))) == 2
 
 
 def test_several_inputs_load_the_model_once_and_keep_their_names(photo, tmp_path, asked):
