@@ -797,6 +797,10 @@ def batch(
     allow_pickle: AllowPickle = False,
     as_json: JsonOut = False, quiet: QuietOpt = False, overwrite: Overwrite = False,
     resume_runs: Resume = True,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Check every job, print each one's size, file and time (on --gpu) "
+        "and the total; load no weights, write nothing.")] = False,
+    gpu: Gpu = None,
 ) -> None:
     """Run many jobs from a file; models load once; finished images are skipped on a re-run,
     and a job that stopped goes on after its last finished stage.
@@ -825,6 +829,9 @@ def batch(
 
         items, paths = b.name_outputs(items, output, file.name)
         mine = b.my_share(items, rank, world)
+        if dry_run:
+            show_batch_plan(mine, paths, gpu, as_json, overwrite)
+            return
 
         def resolve(item: b.BatchItem) -> Path:
             return paths[item.index]
@@ -897,6 +904,62 @@ def batch(
                   f"{counts['failed']} failed", markup=False)
         if counts["failed"]:
             raise typer.Exit(EXIT_RUNTIME)
+
+
+def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_json: bool,
+                    overwrite: bool) -> None:
+    """`batch --dry-run`: each job's size, file and planned time on `gpu`, or that its image is
+    made already, and the total; jobs that cannot run are said and exit 2 at the end."""
+    from hires import batch as b
+    from hires.eta import duration
+    from hires.gpus import rate_for
+    from hires.images import input_size
+    from hires.job import JobError
+    from hires.plan import dry_run
+
+    try:
+        rate_for(gpu or "h100")  # a usage error, before any planning
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    plans: dict[str, Any] = {}  # jobs that differ only in prompt and seed share a plan
+    total, counts, planned_on = 0.0, {"to make": 0, "made": 0, "cannot run": 0}, None
+    for item in items:
+        job, path = item.job, paths[item.index]
+        row: dict[str, Any] = {"index": item.index, "path": str(path), "width": job.width,
+                               "height": job.height}
+        if not overwrite and b.recorded_hash(path) == b.settings_hash(job) \
+                and not b.input_changed(path, job):
+            row["status"], text = "made", f"job {item.index}: {path} is made already"
+        else:
+            source = input_size(job.image) if job.image else None
+            key = json.dumps([{k: v for k, v in job.to_dict().items()
+                               if k not in ("prompt", "negative", "seed")}, source],
+                             sort_keys=True, default=str)
+            try:
+                if key not in plans:
+                    plans[key] = fitted_plan(lambda j=job, s=source: dry_run(j, gpu, s), job)
+                run = plans[key]
+            except JobError as e:
+                row.update(status="cannot run", error=str(e))
+                text = f"job {item.index}: cannot run: {e}"
+            else:
+                seconds, planned_on = run.plan.seconds, run.gpu
+                total += seconds
+                row.update(status="to make", seconds=round(seconds, 3),
+                           peak_bytes=run.plan.peak_bytes)
+                text = (f"job {item.index}: {job.width}x{job.height} -> {path}, "
+                        f"{duration(seconds)}, peak {run.plan.peak_bytes / 1024**3:.1f} GiB")
+        counts[row["status"]] += 1
+        out_line(json.dumps(row) if as_json else text)
+    if not as_json:
+        parts = [f"{counts['to make']} to make" + (
+            f", {duration(total)} on {planned_on} (assumed rates)" if planned_on else ""),
+            f"{counts['made']} made already"]
+        if counts["cannot run"]:
+            parts.append(f"{counts['cannot run']} cannot run")
+        out_line("total: " + "; ".join(parts))
+    if counts["cannot run"]:
+        raise typer.Exit(EXIT_USAGE)
 
 
 @app.command()

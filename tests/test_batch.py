@@ -337,3 +337,32 @@ def test_a_killed_batch_resumes_without_redoing_finished_images(tmp_path):
     assert sorted(s for p, s in status.items() if p not in kept) == ["done"] * (4 - len(kept))
     assert len(list(out.glob("*.png"))) == 4
     assert part_files(out) == []
+
+
+def test_a_dry_run_plans_every_job_and_writes_nothing(tmp_path):
+    from PIL import Image
+
+    from hires import __version__
+    from hires.batch import name_outputs, settings_hash
+    from hires.output import save_image
+
+    jobs = write(tmp_path / "jobs.toml", '[defaults]\nsize = 2048\n'
+                 '[[job]]\nprompt = "a"\n[[job]]\nprompt = "b"\naspect = "2:1"\n'
+                 '[[job]]\nprompt = "made"\n[[job]]\nprompt = "tight"\nvram = 2\n')
+    out = tmp_path / "out"
+    items, paths = name_outputs(read_batch(jobs), out, "jobs.toml")
+    made = items[2].job
+    save_image(Image.new("RGB", (8, 8)), paths[2], metadata={
+        "hires": __version__, "job": made.to_dict(), "result": {"settings": settings_hash(made)}})
+    before = sorted(p.name for p in out.iterdir())
+    result = cli("batch", jobs, "-o", out, "--dry-run", "--gpu", "h100", "--json")
+    assert result.exit_code == 2  # job 3 cannot run: said, after every job was planned
+    rows = json_lines(result.stdout)
+    assert [(r["index"], r["status"], r["width"], r["height"]) for r in rows] == [
+        (0, "to make", 2048, 2048), (1, "to make", 2048, 1024), (2, "made", 2048, 2048),
+        (3, "cannot run", 2048, 2048)]
+    assert rows[1]["seconds"] < rows[0]["seconds"] and "--vram" in rows[3]["error"]
+    assert sorted(p.name for p in out.iterdir()) == before  # no manifest, no probe files
+    text = cli("batch", jobs, "-o", out, "--dry-run", "--gpu", "h100").stdout
+    assert text.splitlines()[-1].startswith("total: 2 to make, ~")
+    assert text.splitlines()[-1].endswith("1 made already; 1 cannot run")
