@@ -281,6 +281,12 @@ def input_changed(path: Path, job: Job) -> bool:
         return False
 
 
+def made_already(path: Path, job: Job) -> bool:
+    """Whether the image at `path` is this job's, so a run skips it: its settings, and for an
+    upscale its input as the file is now."""
+    return recorded_hash(path) == settings_hash(job) and not input_changed(path, job)
+
+
 def run_batch(
     items: list[BatchItem],
     resolve_path: Callable[[BatchItem], Path],
@@ -305,9 +311,10 @@ def run_batch(
         if os.path.lexists(path) and not overwrite:
             old = recorded_hash(path) if check_settings else settings
             # An edited input keeps the job's settings (the file's name is the setting).
-            if old == settings and check_settings and input_changed(path, item.job):
+            stale = old == settings and check_settings and input_changed(path, item.job)
+            if stale:
                 why = f"{item.job.image} changed"
-            if old == settings and why == "settings changed":
+            if old == settings and not stale:
                 outcome = Outcome(item, "skipped", path)
             elif old is None:
                 outcome = Outcome(item, "failed", path, error=(

@@ -927,8 +927,7 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
         job, path = item.job, paths[item.index]
         row: dict[str, Any] = {"index": item.index, "path": str(path), "width": job.width,
                                "height": job.height}
-        if not overwrite and b.recorded_hash(path) == b.settings_hash(job) \
-                and not b.input_changed(path, job):
+        if not overwrite and b.made_already(path, job):
             row["status"], text = "made", f"job {item.index}: {path} is made already"
         else:
             source = input_size(job.image) if job.image else None
