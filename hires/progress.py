@@ -31,7 +31,8 @@ ProgressFn = Callable[[Event], None]
 
 
 def _label(e: Event) -> str:
-    return f"stage {e.stage + 1}/{e.stages} {e.width}x{e.height} {e.phase}"
+    """'[2/5] stage 1 2048x2048 denoise': the count, then the stage as the plan numbers it."""
+    return f"[{e.stage + 1}/{e.stages}] stage {e.stage} {e.width}x{e.height} {e.phase}"
 
 
 class PlainProgress:

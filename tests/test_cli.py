@@ -49,7 +49,7 @@ def test_gen_prints_only_the_path_and_logs_progress_as_plain_lines(tmp_path, ask
     result = cli("gen", "a red fox", *TINY, "--seed", "3", "-o", tmp_path / "fox.png")
     assert result.exit_code == 0, result.stderr
     assert result.stdout == f"{tmp_path / 'fox.png'}\n"
-    assert "stage 1/1 256x256 denoise 2/2 done in" in result.stderr  # not a terminal: plain
+    assert "[1/1] stage 0 256x256 denoise 2/2 done in" in result.stderr  # not a terminal: plain
     assert "\x1b[" not in result.stderr
     assert asked == ["tiny"]
     with Image.open(tmp_path / "fox.png") as im:
@@ -365,7 +365,7 @@ def test_subprocess_stdout_is_one_json_object_per_image(piped):
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["path"] for r in records] == [str(folder / "0.png"), str(folder / "1.png")]
     assert all(RECORD_FIELDS <= set(r) and r["seed"] == 5 for r in records)
-    assert "stage 1/1 256x256 denoise" in result.stderr  # progress: plain lines on stderr
+    assert "[1/1] stage 0 256x256 denoise" in result.stderr  # progress: plain lines on stderr
     assert "\x1b[" not in result.stderr
     assert "error" not in result.stderr
 

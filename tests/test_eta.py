@@ -123,7 +123,7 @@ def test_plain_progress_says_how_long_the_job_has_left():
         progress(e)
     lines = stream.getvalue().splitlines()
     assert "job" not in lines[0]  # the start: nothing timed yet, and no plan times
-    assert lines[-1].startswith("stage 1/3 1024x1024 denoise 2/") and "; job ~" in lines[-1]
+    assert lines[-1].startswith("[1/3] stage 0 1024x1024 denoise 2/") and "; job ~" in lines[-1]
     assert " left" in lines[-1]
 
 
