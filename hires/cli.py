@@ -361,7 +361,7 @@ def gen(
 def up(
     images: Annotated[list[Path], typer.Argument(
         help="The images to upscale: PNG, JPEG, WebP or TIFF; '-' reads one path a line from "
-        "stdin. The model loads once for all of them.", metavar="IMAGE...")],
+        "stdin. The model loads once for all of them.", metavar="IMAGE")],
     size: Size = None,
     scale: Annotated[float | None, typer.Option(
         help="Output size as a multiple of the input's, e.g. 4.")] = None,
@@ -963,16 +963,17 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
 
 @app.command()
 def info(
-    image: Annotated[Path | None, typer.Argument(
-        help="An image made by hires: show how it was made (add-ons included).")] = None,
+    images: Annotated[list[Path] | None, typer.Argument(
+        metavar="IMAGE",
+        help="Images made by hires: how each was made (add-ons included).")] = None,
     as_json: JsonOut = False,
 ) -> None:
-    """Versions, devices and their memory, RAM, scratch disk, and the model cache; with an
-    IMAGE, how that image was made."""
+    """Versions, devices and their memory, RAM, scratch disk, and the model cache; with
+    IMAGEs, how each was made."""
+    if images:
+        show_all_made(images, as_json)
+        return
     with exit_codes():
-        if image is not None:
-            show_made(image, as_json)
-            return
         import platform
         import shutil
         import tempfile
@@ -1026,6 +1027,22 @@ def info(
         out_line("\n".join(lines))
 
 
+def show_all_made(paths: list[Path], as_json: bool) -> None:
+    """`hires info` on each image; one that cannot be read is said on stderr and the others
+    are still shown (as `ls` and `head` do), then the exit code is the first failure's."""
+    failed = 0
+    for number, path in enumerate(paths):
+        if len(paths) > 1 and not as_json:
+            out_line(("\n" if number else "") + f"file {path}")
+        try:
+            with exit_codes():
+                show_made(path, as_json)
+        except typer.Exit as e:
+            failed = failed or e.exit_code
+    if failed:
+        raise typer.Exit(failed)
+
+
 def show_made(path: Path, as_json: bool) -> None:
     """How an image was made, from its hires metadata: job, stages and add-ons."""
     from hires.job import JobError
@@ -1039,7 +1056,7 @@ def show_made(path: Path, as_json: bool) -> None:
         raise JobError(f"{path} carries no hires metadata; `hires info` alone shows this "
                        "machine")
     if as_json:
-        out_line(json.dumps(record))
+        out_line(json.dumps({"file": str(path), **record}))
         return
     job, result = record["job"], record.get("result") or {}
     sampler = job.get("sampler", "euler") + (" karras" if job.get("karras") else "")

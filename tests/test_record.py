@@ -1,5 +1,7 @@
 """hires.record: a result saved from Python carries what the CLI records (info, --from)."""
 
+import json
+
 import pytest
 from PIL import Image
 
@@ -32,6 +34,23 @@ def test_a_saved_result_records_its_job_for_info_and_from(tmp_path):
     assert job_values_from_image(path)["seed"] == 77  # what `hires gen --from` runs again
     shown = cli("info", str(path))
     assert shown.exit_code == 0 and "prompt 'a lighthouse'" in shown.stdout
+
+
+def test_info_shows_several_images_and_goes_on_past_a_bad_one(tmp_path):
+    paths = [tmp_path / "a.png", tmp_path / "b.jpg"]
+    for path in paths:
+        result().save(path)
+    (tmp_path / "plain.png").write_bytes(b"not an image")
+    shown = cli("info", *paths, tmp_path / "plain.png", tmp_path / "missing.png")
+    assert shown.exit_code == 2  # the first failure's code, after every image was tried
+    assert shown.stdout.count("prompt 'a lighthouse'") == 2
+    assert [line for line in shown.stdout.splitlines() if line.startswith("file ")] == [
+        f"file {p}" for p in (*paths, tmp_path / "plain.png", tmp_path / "missing.png")]
+    assert "cannot read" in shown.stderr and "no such image" in shown.stderr
+    # --json: one object per image, each naming its file, for scripts to join on.
+    objects = [json.loads(line) for line in cli("info", *paths, "--json").stdout.splitlines()]
+    assert [o["file"] for o in objects] == [str(p) for p in paths]
+    assert all(o["job"]["seed"] == 77 for o in objects)
 
 
 def test_saving_never_replaces_a_file_unless_asked(tmp_path):
