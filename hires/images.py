@@ -175,7 +175,8 @@ def _reading(path: Path) -> Iterator[Image.Image]:
     if not path.exists():
         raise ImageInputError(f"{path}: no such file")
     if path.is_dir():
-        raise ImageInputError(f"{path}: is a folder, not an image file")
+        raise ImageInputError(f"{path}: is a folder, not an image file; for every image in it, "
+                              f"give {path / '*'}")
     try:
         with pixel_limit(MAX_PIXELS), _strict_decoding():
             with Image.open(path) as im:

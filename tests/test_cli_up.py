@@ -57,6 +57,11 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(photo, tmp_path, cont
     assert not out.exists() and not list(tmp_path.glob(".*.part"))
 
 
+def test_a_folder_says_how_to_give_its_images(tmp_path):
+    result = cli("up", tmp_path, "--scale", "2", "--dry-run")
+    assert result.exit_code == 2 and f"give {tmp_path / '*'}" in result.stderr
+
+
 def test_size_options_are_checked(photo):
     for args in (["--scale", "2", "--size", "1024"], ["--scale", "0.5"], []):
         result = cli("up", photo, *args, "--dry-run")
