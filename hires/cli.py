@@ -870,7 +870,7 @@ def batch(
 
         # For the time left: the jobs whose images are not there yet, and those made so far.
         todo = [item for item in mine if overwrite or
-                b.recorded_hash(paths[item.index]) != b.settings_hash(item.job)]
+                not b.made_already(paths[item.index], item.job)]
         made: list[tuple[int, float]] = []
 
         def report(o: b.Outcome) -> None:
