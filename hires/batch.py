@@ -43,14 +43,16 @@ def read_batch(path: str | Path, base: Job | None = None,
     if not path.is_file():
         raise JobError(f"batch file not found: {path}")
     if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        defaults, entries = {}, list(_jsonl(path))
+        defaults, lines = {}, list(_jsonl(path))
+        entries = [entry for _, entry in lines]
+        line_of = {i: n for i, (n, _) in enumerate(lines)}
     else:
         data = read_toml(path)
         unknown = set(data) - {"defaults", "job"}
         if unknown:
             raise JobError(f"{path}: unknown table '{sorted(unknown)[0]}'; "
                            "a batch file has [defaults] and [[job]] entries")
-        defaults, entries = data.get("defaults", {}), data.get("job", [])
+        defaults, entries, line_of = data.get("defaults", {}), data.get("job", []), {}
         if not isinstance(defaults, dict) or not isinstance(entries, list) or not all(
                 isinstance(e, dict) for e in entries):
             raise JobError(f"{path}: write [defaults] as a table and each job as [[job]]")
@@ -60,7 +62,8 @@ def read_batch(path: str | Path, base: Job | None = None,
     base = base or Job()
     items = []
     for i, entry in enumerate(entries):
-        where = f"{path.name} job {i + 1}"
+        # Numbered from 0, as the run, the manifest and the default names number it.
+        where = f"{path.name} job {i}" + (f" (line {line_of[i]})" if i in line_of else "")
         _check_keys(entry, where)
         values = {**defaults, **entry}
         output = values.pop("output", None)
@@ -102,7 +105,8 @@ def _check_keys(table: dict[str, Any], where: str) -> None:
             raise JobError(f"unknown key '{key}' in {where}{hint}{listing}")
 
 
-def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
+def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, job) for each job line of a JSONL file."""
     try:
         f = open(path, encoding="utf-8")
     except OSError as e:
@@ -117,7 +121,7 @@ def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 raise JobError(f"{path} line {n}: not valid JSON ({e.msg})") from None
             if not isinstance(entry, dict):
                 raise JobError(f"{path} line {n}: each line must be a JSON object")
-            yield entry
+            yield n, entry
 
 
 def _lines(f, path: Path) -> Iterator[tuple[int, str]]:
@@ -196,7 +200,7 @@ def name_outputs(items: list[BatchItem], folder: Path, file_name: str
     paths: dict[int, Path] = {}
     owner: dict[str, int] = {}
     for item in items:
-        j, where = item.job, f"{file_name} job {item.index + 1}"
+        j, where = item.job, f"{file_name} job {item.index}"
         name = item.output or f"job{item.index:04d}_{j.width}x{j.height}_s{j.seed}"
         path = out.output_path(folder / name if not Path(name).is_absolute() else name,
                                width=j.width, height=j.height, seed=j.seed, fmt=j.format,
@@ -208,7 +212,7 @@ def name_outputs(items: list[BatchItem], folder: Path, file_name: str
                            "use format png, tiff or jpg")
         key = os.path.normcase(os.path.abspath(path))
         if key in owner:
-            raise JobError(f"{file_name} jobs {owner[key] + 1} and {item.index + 1} both write "
+            raise JobError(f"{file_name} jobs {owner[key]} and {item.index} both write "
                            f"{path}; give them different 'output' names (or add {{index}} or "
                            "{seed})")
         owner[key] = item.index

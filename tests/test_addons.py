@@ -280,5 +280,5 @@ control = "{tmp_path / 'none.png'}"
 control_model = "{tmp_path / 'net'}"
 """)
     result = cli("batch", jobs, "-o", tmp_path / "out", "-q")
-    assert_usage_error(result, "job 2", "none.png", "no such file")
+    assert_usage_error(result, "job 1", "none.png", "no such file")
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.png"))

@@ -163,7 +163,7 @@ def test_batch_jobs_writing_one_file_are_refused_before_any_work(tmp_path):
                  '[[job]]\nprompt = "b"\noutput = "same.png"\n')
     out = tmp_path / "out"
     result = run_hires("batch", jobs, "-o", out)
-    assert_usage(result, "jobs 1 and 2", "same.png")
+    assert_usage(result, "jobs 0 and 1", "same.png")  # as the run numbers them
     assert not out.exists() or list(out.iterdir()) == []
     # The same {prompt} slug collides the same way.
     jobs = write(tmp_path / "slug.toml", f'[defaults]\n{TINY_TOML}output = "{{prompt}}.png"\n'
@@ -421,8 +421,12 @@ def test_batch_files_take_size_aspect_and_name_the_place_of_an_unknown_key(tmp_p
                                        r"; valid keys: .*aspect"):
         read_batch(bad)
     far = write(tmp_path / "far.toml", '[[job]]\nprompt = "a"\nzzzzzz = 1\n')
-    with pytest.raises(JobError, match="far.toml job 1 .*valid: .*output"):
+    with pytest.raises(JobError, match="far.toml job 0 .*valid: .*output"):
         read_batch(far)
+    # JSONL jobs are numbered as the run numbers them, with the line an editor shows.
+    lines = write(tmp_path / "far.jsonl", '{"prompt": "a"}\n\n# two\n{"prompt": "b", "sedd": 1}\n')
+    with pytest.raises(JobError, match=r"far.jsonl job 1 \(line 4\) \(did you mean 'seed'"):
+        read_batch(lines)
 
 
 # --- 6: comments on stdin -----------------------------------------------------------------------
