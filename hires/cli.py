@@ -488,15 +488,22 @@ def fp16_vae_hint(gpu: str, detail: str = "") -> str:
 
 
 def check_device(device: str) -> None:
-    """A CUDA device on a machine without CUDA is a usage error, found before any loading."""
+    """A device this machine's torch cannot use is a usage error, found before any loading."""
+    import torch
+
+    from hires.job import JobError
+
     if device.startswith("cuda"):
-        import torch
-
         if not torch.cuda.is_available():
-            from hires.job import JobError
-
             raise JobError("--device cuda: torch sees no CUDA GPU here; use --device cpu (slow) "
                            "or install a CUDA build of torch")
+        index, count = int(device.partition(":")[2] or 0), torch.cuda.device_count()
+        if index >= count:
+            raise JobError(f"--device {device}: torch sees {count} CUDA GPU(s), cuda:0 to "
+                           f"cuda:{count - 1}; pick one of those (`hires info` lists them)")
+    elif device == "mps" and not torch.backends.mps.is_available():
+        raise JobError("--device mps: this machine's torch has no Apple GPU (MPS) support; use "
+                       "--device auto or cpu")
 
 
 def run_jobs(jobs: list, output: str | None, save_stages: bool, as_json: bool,
@@ -832,6 +839,12 @@ def batch(
         if dry_run:
             show_batch_plan(mine, paths, gpu, as_json, overwrite)
             return
+        first_on = {item.job.device: item.index for item in reversed(mine)}
+        for name, index in sorted(first_on.items(), key=lambda kv: kv[1]):
+            try:  # before any work, as for gen: not a failure per job
+                check_device(name)
+            except JobError as e:
+                raise JobError(f"{file.name} job {index}: {e}") from None
 
         def resolve(item: b.BatchItem) -> Path:
             return paths[item.index]

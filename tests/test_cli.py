@@ -416,3 +416,23 @@ def test_gen_runs_upscale_stages_to_the_exact_requested_size(tmp_path, asked):
         with Image.open(tmp_path / f"castle.stage{i}.png") as im:
             assert im.size == size
     assert not (tmp_path / "castle.stage2.png").exists()  # that one is castle.png itself
+
+
+def test_a_device_this_torch_cannot_use_is_a_usage_error(monkeypatch, tmp_path):
+    import torch
+
+    jobs = tmp_path / "jobs.toml"  # in a batch: before any job runs, naming the first on it
+    jobs.write_text('[defaults]\nmodel = "tiny"\nsize = 256\n[[job]]\nprompt = "a"\n'
+                    '[[job]]\nprompt = "b"\ndevice = "mps"\n', encoding="utf-8")
+    result = cli("batch", jobs, "-o", tmp_path / "out")
+    assert result.exit_code == 2 and "jobs.toml job 1: --device mps" in result.stderr
+    assert not list((tmp_path / "out").glob("*.png"))
+
+    for device, words in (("mps", ["--device mps", "no Apple GPU"]),
+                          ("cuda", ["sees no CUDA GPU"])):
+        assert_usage_error(cli("gen", "x", "--model", "tiny", "--device", device), *words)
+    # A GPU index past the machine's: named with the ones there are, before any loading.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert_usage_error(cli("gen", "x", "--model", "tiny", "--device", "cuda:2"),
+                       "sees 2 CUDA GPU(s), cuda:0 to cuda:1")
