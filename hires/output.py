@@ -23,6 +23,10 @@ from hires import strips as strips_
 EXTENSIONS = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tiff"}
 SUFFIX_FORMATS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp", ".tif": "tiff",
                   ".tiff": "tiff"}
+# Image formats hires does not write: a name ending in one is refused, not given PNG bytes.
+OTHER_IMAGE_SUFFIXES = frozenset(
+    ".gif .bmp .avif .heic .heif .jxl .jp2 .exr .hdr .ppm .pgm .pbm .tga .ico .psd .dng .qoi "
+    ".svg".split())
 WEBP_MAX_SIDE = 16383
 USER_COMMENT, IMAGE_DESCRIPTION, EXIF_IFD = 0x9286, 0x010E, 0x8769
 TIFF_HIRES_TAG = 65000  # a private TIFF tag for the job JSON
@@ -120,9 +124,13 @@ def output_path(
             raise OutputUsage(f"output name '{part[:40]}...' is {len(os.fsencode(part))} bytes; "
                               f"file names hold at most {NAME_MAX}; choose a shorter -o")
     if path.is_dir() or text.endswith(("/", os.sep)):
-        path = path / default_name(width, height, seed, fmt)
-    elif not path.suffix:
-        path = path.with_suffix(EXTENSIONS[fmt])
+        return path / default_name(width, height, seed, fmt)
+    suffix = path.suffix.lower()
+    if suffix in OTHER_IMAGE_SUFFIXES:
+        raise OutputUsage(f"-o {path.name}: hires writes PNG, JPEG, WebP or TIFF, not "
+                          f"{suffix[1:].upper()}; end the name in .png, .jpg, .webp or .tif")
+    if suffix not in SUFFIX_FORMATS:  # none, or a dot in the name ('v1.2'): the format's added
+        path = path.with_name(path.name + EXTENSIONS[fmt])
     return path
 
 

@@ -180,6 +180,12 @@ def test_output_path_default_name_and_folders(tmp_path):
     assert output_path(tmp_path, **{**kw, "fmt": "jpg"}) == tmp_path / "hires_512x256_s7.jpg"
     assert output_path(tmp_path / "named", **kw) == tmp_path / "named.png"
     assert output_path(tmp_path / "named.tiff", **kw) == tmp_path / "named.tiff"
+    # A dot inside the name is no format: the format's extension is added (it was written
+    # as PNG bytes under 'poster_v1.2'); a format hires does not write is refused.
+    assert output_path(tmp_path / "poster_v1.2", **kw) == tmp_path / "poster_v1.2.png"
+    assert output_path(tmp_path / "shot.JPG", **kw) == tmp_path / "shot.JPG"
+    with pytest.raises(OutputError, match="not GIF; end the name in .png"):
+        output_path(tmp_path / "anim.gif", **kw)
 
 
 def test_output_path_templates(tmp_path):
