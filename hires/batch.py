@@ -202,10 +202,13 @@ def name_outputs(items: list[BatchItem], folder: Path, file_name: str
     for item in items:
         j, where = item.job, f"{file_name} job {item.index}"
         name = item.output or f"job{item.index:04d}_{j.width}x{j.height}_s{j.seed}"
-        path = out.output_path(folder / name if not Path(name).is_absolute() else name,
-                               width=j.width, height=j.height, seed=j.seed, fmt=j.format,
-                               index=item.index, prompt=j.prompt,
-                               name=Path(j.image).stem if j.image else "")
+        try:
+            path = out.output_path(folder / name if not Path(name).is_absolute() else name,
+                                   width=j.width, height=j.height, seed=j.seed, fmt=j.format,
+                                   index=item.index, prompt=j.prompt,
+                                   name=Path(j.image).stem if j.image else "")
+        except out.OutputError as e:
+            raise JobError(f"{where}: {e}") from None
         fmt = out.format_of(path, j.format, None if j.format == "png" else j.format)
         if fmt == "webp" and max(j.width, j.height) > out.WEBP_MAX_SIDE:
             raise JobError(f"{where}: WebP images are at most {out.WEBP_MAX_SIDE} px a side; "

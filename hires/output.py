@@ -127,7 +127,7 @@ def output_path(
         return path / default_name(width, height, seed, fmt)
     suffix = path.suffix.lower()
     if suffix in OTHER_IMAGE_SUFFIXES:
-        raise OutputUsage(f"-o {path.name}: hires writes PNG, JPEG, WebP or TIFF, not "
+        raise OutputUsage(f"{path.name}: hires writes PNG, JPEG, WebP or TIFF, not "
                           f"{suffix[1:].upper()}; end the name in .png, .jpg, .webp or .tif")
     if suffix not in SUFFIX_FORMATS:  # none, or a dot in the name ('v1.2'): the format's added
         path = path.with_name(path.name + EXTENSIONS[fmt])
