@@ -570,18 +570,18 @@ def run_jobs(jobs: list, output: str | None, save_stages: bool, as_json: bool,
             save_stage(image, files[index], one, index, fmt=one.format, overwrite=True)
             say(f"  stage {index}: {files[index]}")
 
-        with saying_what_is_kept(kept, one, plan, source), \
-                progress_renderer(quiet, plan) as progress:
-            result = make(one, source=source, components=components, progress=progress,
-                          plan=plan, checkpoint=kept,
-                          on_stage_image=stage_image if save_stages else None)
-        for warning in result.warnings[len(components.warnings):]:
-            err.print(f"warning: {warning}", markup=False)
-        for s in result.stages:
-            if s.psnr is not None:
-                say(f"  stage {s.index} ({s.width}x{s.height}): {s.psnr:.1f} dB PSNR against "
-                    "the input")
-        emit(result.save(path, fmt=one.format, overwrite=overwrite, warn=warn), as_json)
+        with saying_what_is_kept(kept, one, plan, source):  # the save too: a full disk
+            with progress_renderer(quiet, plan) as progress:
+                result = make(one, source=source, components=components, progress=progress,
+                              plan=plan, checkpoint=kept,
+                              on_stage_image=stage_image if save_stages else None)
+            for warning in result.warnings[len(components.warnings):]:
+                err.print(f"warning: {warning}", markup=False)
+            for s in result.stages:
+                if s.psnr is not None:
+                    say(f"  stage {s.index} ({s.width}x{s.height}): {s.psnr:.1f} dB PSNR "
+                        "against the input")
+            emit(result.save(path, fmt=one.format, overwrite=overwrite, warn=warn), as_json)
         resume.remove(kept)
         made.append((one.width * one.height, time.monotonic() - started))
         say_left(made, [r.job.width * r.job.height for r in runs[number:] if r.made is None])
@@ -629,6 +629,8 @@ def say_resume(kept: Path, job, plan, source=None, stage_files: list[Path] | Non
         say(f"  {kept.name} holds {stages_upto(stage)} of this job, but {lost[0].name} is not "
             "its stage image (--save-stages): starting over")
         resume.remove(kept)
+    elif stage == len(plan.stages) - 1:
+        say(f"  resuming: every stage was kept in {kept.name}; only the decode is left")
     else:
         say(f"  resuming: {stages_upto(stage)} {'was' if stage == 0 else 'were'} kept in "
             f"{kept.name}")
@@ -642,7 +644,10 @@ def saying_what_is_kept(kept: Path, job, plan, source=None) -> Iterator[None]:
         yield
     except BaseException:
         stage = kept_stage(kept, job, plan, source)
-        if stage is not None:
+        if stage == len(plan.stages) - 1:
+            err.print(f"{kept} keeps every stage: the same command only decodes it",
+                      markup=False)
+        elif stage is not None:
             err.print(f"{kept} keeps {stages_upto(stage)}: the same command goes on from there",
                       markup=False)
         raise
@@ -871,12 +876,12 @@ def batch(
             if not resume_runs:
                 resume.remove(kept)
             say_resume(kept, j, plan, source)
-            with saying_what_is_kept(kept, j, plan, source), \
-                    progress_renderer(quiet, plan) as progress:
-                result = make(j, source=source, components=comps, progress=progress,
-                              plan=plan, checkpoint=kept)
-            record = result.save(path, fmt=j.format, overwrite=overwrite,
-                                 settings=b.settings_hash(j), warn=warn)
+            with saying_what_is_kept(kept, j, plan, source):  # the save too: a full disk
+                with progress_renderer(quiet, plan) as progress:
+                    result = make(j, source=source, components=comps, progress=progress,
+                                  plan=plan, checkpoint=kept)
+                record = result.save(path, fmt=j.format, overwrite=overwrite,
+                                     settings=b.settings_hash(j), warn=warn)
             resume.remove(kept)
             made.append((j.width * j.height, time.monotonic() - started))
             return record

@@ -225,6 +225,9 @@ def save_image(
         Path(tmp).unlink(missing_ok=True)
         raise OutputExists(f"{path} was written by another process while this one was saving; "
                            "pass --overwrite or choose another -o") from None
+    except OSError as e:  # a full disk, a quota, a folder gone: the machine's, not the request's
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
     except BaseException:
         # Interrupts included: whatever happens, no partial file is left behind.
         Path(tmp).unlink(missing_ok=True)

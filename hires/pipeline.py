@@ -247,14 +247,23 @@ def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
         report.seconds = time.perf_counter() - t0
         report.peak_memory = peak_memory(comps.device)
         reports.append(report)
-        if checkpoint is not None and stage.index < len(stages) - 1:
+        # The last stage too: its decode and the save can still fail (out of memory, a full
+        # disk, Ctrl-C in a 16K decode of many minutes), and a re-run then only decodes.
+        if checkpoint is not None:
             try:
                 resume.save(checkpoint, job, plan, stage.index, carry.latents, carry.anchor,
                             scored(reports))
             except OSError as e:  # the job goes on; only its resumability is lost
                 warnings.append(f"could not keep stage {stage.index} in {checkpoint}: {e}")
                 checkpoint = None
-    return Result(carry.image, job, plan, scored(reports), time.perf_counter() - started,
+    t0 = time.perf_counter()
+    last = stages[-1]
+    image = _decode_last(job, comps, plan, last, carry.latents, emit, warnings)
+    decoded(last.index, image)
+    reports[-1].seconds += time.perf_counter() - t0
+    peaks = [m for m in (reports[-1].peak_memory, peak_memory(comps.device)) if m is not None]
+    reports[-1].peak_memory = max(peaks, default=None)
+    return Result(image, job, plan, scored(reports), time.perf_counter() - started,
                   peak_memory(comps.device), [stage_images[i] for i in sorted(stage_images)],
                   warnings, comps.linfusion, addons=addons.record,
                   resumed=saved.stage if saved else None)
@@ -263,9 +272,9 @@ def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
 def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditioning,
            carry: _Carry, emit: ProgressFn, wanted: bool, decoded: Decoded,
            addons: Addons) -> tuple[_Carry, StageReport]:
-    """One stage from the previous stage's latents (or from noise, or from the input image);
-    the last one decodes (its image in the carry). Each stage image goes to `decoded`; with
-    `wanted`, latent upsampling decodes them too.
+    """One stage from the previous stage's latents (or from noise, or from the input image),
+    to its latents (the last one's are decoded by `_decode_last`). Each earlier stage's image
+    goes to `decoded`; with `wanted`, latent upsampling decodes them too.
 
     Nothing in `carry` is changed, so a stage can be run again after an out-of-memory error.
     """
@@ -334,15 +343,36 @@ def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditio
             latents = sample_upscale(denoiser, x0, noise, sigmas, timesteps, stage.ratio,
                                      anchor, knobs, on_step, sampler=job.sampler)
         del x0, noise
-    final = None
-    if stage.index == n - 1:
-        with placed(comps, strategy.weights, vae):
-            final = decode(comps, latents, tile, emit, stage.index, n, job, spill)
-        decoded(stage.index, final)
     report = StageReport(stage.index, stage.width, stage.height, stage.strength, stage.steps,
                          denoiser.evaluations, 0.0, None, strategy.label,
                          stage.cost.peak_bytes if stage.cost else None)
-    return _Carry(latents, anchor, final), report
+    return _Carry(latents, anchor), report
+
+
+def _decode_last(job: Job, comps: Components, plan: Plan, stage: Stage, latents: torch.Tensor,
+                 emit: ProgressFn, warnings: list[str]) -> Image.Image:
+    """The last stage's latents to the image. Out of GPU memory, it decodes again in a leaner
+    way; the stage's denoising is not run again (it used to be, with the decode inside it)."""
+    n = len(plan.stages)
+
+    def run(s: Stage) -> Image.Image:
+        spill = s.cost.vae_spill_bytes if s.cost else 0.0
+        with placed(comps, s.strategy.weights, comps.vae):
+            return decode(comps, latents, vae_tile(job, s), emit, s.index, n, job, spill)
+
+    try:
+        return run(stage)
+    except torch.cuda.OutOfMemoryError:
+        fallback = cheaper(stage, list(plan.stages), shape_for(job, comps), comps.offload,
+                           job.vae_tile, job.vae_stats) if stage.cost else None
+        if fallback is None:
+            raise
+    warnings.append(f"stage {stage.index}'s decode ran out of GPU memory with "
+                    f"{stage.strategy.label}; decoded again with {fallback.strategy.label}")
+    emit(Event("retry", stage.index, n, stage.width, stage.height))
+    if comps.device.type == "cuda":
+        torch.cuda.empty_cache()
+    return run(fallback)
 
 
 DEFAULT_VAE_TILE = 1024  # px, when no plan chose one

@@ -1,11 +1,12 @@
 """Stage checkpoints: a job that stops (killed, out of memory, a crash) goes on after its last
 finished stage when it is run again with the same settings.
 
-After each stage but the last, its latents and the anchor statistics go to NAME.resume.safetensors
-beside the output (megabytes: 17 MB after an 8K stage), with the job's settings, the stages'
-sizes and timesteps and the reports so far. A run of the same job finds it and skips the stages
-it holds: every stage draws its noise from its own stream of the seed, so the image is the one
-an unbroken run makes. The file goes once the image is saved.
+After each stage, its latents and the anchor statistics go to NAME.resume.safetensors beside
+the output (megabytes: 17 MB after an 8K stage, 67 MB after a 16K one), with the job's
+settings, the stages' sizes and timesteps and the reports so far. A run of the same job finds it
+and skips the stages it holds (after the last one, it only decodes): every stage draws its noise
+from its own stream of the seed, so the image is the one an unbroken run makes. The file goes
+once the image is saved.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def stage_of(path: Path, job: Job, plan: Plan) -> int | None:
             or meta.get("stages") != _stages(plan) or meta.get("inputs") != _inputs(job):
         return None
     stage = int(meta["stage"])
-    return stage if 0 <= stage < len(plan.stages) - 1 else None
+    return stage if 0 <= stage < len(plan.stages) else None
 
 
 def seed_of(path: Path, job: Job) -> int | None:

@@ -74,9 +74,10 @@ def test_a_checkpoint_of_other_settings_is_not_resumed(tiny, tmp_path):
     events = []
     generate(components=tiny, checkpoint=kept, progress=events.append, **other)
     assert {e.stage for e in events if e.phase == "denoise"} == {0, 1, 2}
-    # That run kept its own stages. A result that is to hold every stage's image starts over:
-    # a checkpoint keeps latents, not images.
-    assert resume.stage_of(kept, Job(**other), hires.pipeline.plan_for(Job(**other), tiny)) == 1
+    # That run kept its own stages, the last too (the caller removes the file once the image
+    # is saved). A result that is to hold every stage's image starts over: a checkpoint keeps
+    # latents, not images.
+    assert resume.stage_of(kept, Job(**other), hires.pipeline.plan_for(Job(**other), tiny)) == 2
     events.clear()
     generate(components=tiny, checkpoint=kept, progress=events.append, save_stages=True,
              **other)
@@ -280,3 +281,69 @@ def test_what_a_checkpoint_keeps_reads_as_people_say_it():
     from hires.cli import stages_upto
 
     assert (stages_upto(0), stages_upto(2)) == ("stage 0", "stages 0-2")
+
+
+def test_a_run_stopped_in_its_final_decode_goes_on_with_the_decode_alone(tiny, unbroken,
+                                                                         tmp_path):
+    kept = resume.path_for(tmp_path / "fox.png")
+
+    def stop_in_decode(e):
+        if e.stage == 2 and e.phase == "vae-decode":
+            raise Stop
+
+    with pytest.raises(Stop):
+        generate(components=tiny, checkpoint=kept, progress=stop_in_decode, **JOB)
+    assert resume.stage_of(kept, unbroken.job, unbroken.plan) == 2
+    events = []
+    result = generate(components=tiny, checkpoint=kept, progress=events.append, **JOB)
+    assert np.array_equal(pixels(result.image), pixels(unbroken.image))
+    assert {e.phase for e in events} == {"vae-decode"} and result.resumed == 2
+    assert [r.index for r in result.stages] == [0, 1, 2]
+
+
+def test_out_of_memory_in_the_final_decode_decodes_again_without_denoising_again(
+        tiny, unbroken, monkeypatch):
+    import torch
+
+    real = hires.pipeline.decode
+    calls: list[int] = []
+
+    def decode(comps, latents, tile, emit, stage, *rest):
+        calls.append(stage)
+        if stage == 2 and calls.count(2) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return real(comps, latents, tile, emit, stage, *rest)
+
+    monkeypatch.setattr(hires.pipeline, "decode", decode)
+    events = []
+    result = generate(components=tiny, progress=events.append, **JOB)
+    assert calls.count(2) == 2  # the decode again ...
+    assert sum(e.phase == "denoise" and e.stage == 2 and e.done == 0 for e in events) == 1
+    assert any("decode ran out of GPU memory" in w for w in result.warnings)
+    assert np.array_equal(pixels(result.image), pixels(unbroken.image))
+
+
+def test_a_full_disk_at_the_save_loses_only_the_decode(tmp_path, asked, monkeypatch):
+    import errno
+
+    import hires.output
+
+    out = tmp_path / "fox.png"
+    args = ("gen", "a fox", "--model", "tiny", "--size", "512", "--steps", "2", "--seed", "5",
+            "-o", out)
+    real = hires.output.write_png
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(hires.output, "write_png", full)
+    stopped = cli(*args)
+    assert stopped.exit_code == 1 and not out.exists() and not list(tmp_path.glob(".*.part"))
+    kept = resume.path_for(out)
+    assert f"error: cannot write {out}: No space left on device" in stopped.stderr
+    assert f"{kept} keeps every stage: the same command only decodes it" in stopped.stderr
+    monkeypatch.setattr(hires.output, "write_png", real)
+    result = cli(*args)
+    assert result.exit_code == 0, result.stderr
+    assert "only the decode is left" in result.stderr and "denoise" not in result.stderr
+    assert out.is_file() and not kept.exists()
