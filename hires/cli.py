@@ -301,6 +301,16 @@ def warn(message: str) -> None:
     err.print(f"warning: {message}", markup=False)
 
 
+def warn_space(todo: list[tuple[Path, Any]], stage_images: bool = False) -> None:
+    """Before any work: warn when the images to make, (path, job), may not fit their disks."""
+    from hires.output import disk_need, short_of_space
+
+    note = short_of_space([(path, disk_need(j.width, j.height, j.format, stage_images),
+                            j.width * j.height) for path, j in todo])
+    if note:
+        warn(note)
+
+
 def emit(record: dict[str, Any], as_json: bool) -> None:
     """A result on stdout: its path, or its JSON object."""
     out_line(json.dumps(record) if as_json else record["path"])
@@ -347,7 +357,7 @@ def gen(
         prompts = read_prompts(prompt) if prompt == "-" else [job.prompt]
         jobs = [job.merged({"prompt": text}) for text in prompts]
         if dry_run:
-            check_outputs(jobs, output, fmt, n, overwrite)
+            check_outputs(jobs, output, fmt, n, overwrite, save_stages)
             show_plan(job, gpu, as_json, stage_images=save_stages)
             return
         check_device(job.device)
@@ -420,13 +430,14 @@ def up(
                  resume_runs=resume_runs)
 
 
-def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overwrite: bool
-                  ) -> None:
+def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overwrite: bool,
+                  stage_images: bool = False) -> None:
     """What a run checks of its outputs before it loads anything (names, formats, files in
     the way), for --dry-run: a plan that shows should be a command that starts."""
     from hires.runs import plan_runs
 
-    plan_runs(jobs, output, n=n, fmt_flag=fmt, overwrite=overwrite, resume_runs=False)
+    runs = plan_runs(jobs, output, n=n, fmt_flag=fmt, overwrite=overwrite, resume_runs=False)
+    warn_space([(r.path, r.job) for r in runs if r.made is None], stage_images)
 
 
 def read_paths(images: list[Path]) -> list[Path]:
@@ -525,6 +536,7 @@ def run_jobs(jobs: list, output: str | None, save_stages: bool, as_json: bool,
         if folder.is_dir():  # temp files of a gen that was killed while saving here
             for part in out.remove_stale_parts(folder):
                 say(f"removed {part.name}, left by a run that died while saving")
+    warn_space([(r.path, r.job) for r in runs if r.made is None], save_stages)
     from hires.pipeline import load, load_args, plan_for
     from hires.plan import describe
     from hires.record import save_stage, stage_paths
@@ -889,6 +901,7 @@ def batch(
         # For the time left: the jobs whose images are not there yet, and those made so far.
         todo = [item for item in mine if overwrite or
                 not b.made_already(paths[item.index], item.job)]
+        warn_space([(paths[item.index], item.job) for item in todo])
         made: list[tuple[int, float]] = []
 
         def report(o: b.Outcome) -> None:
@@ -941,6 +954,7 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
         raise typer.BadParameter(str(e)) from None
     plans: dict[str, Any] = {}  # jobs that differ only in prompt and seed share a plan
     total, counts, planned_on = 0.0, {"to make": 0, "made": 0, "cannot run": 0}, None
+    to_make: list[tuple[Path, Any]] = []
     for item in items:
         job, path = item.job, paths[item.index]
         row: dict[str, Any] = {"index": item.index, "path": str(path), "width": job.width,
@@ -967,7 +981,10 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
                 text = (f"job {item.index}: {job.width}x{job.height} -> {path}, "
                         f"{duration(seconds)}, peak {run.plan.peak_bytes / 1024**3:.1f} GiB")
         counts[row["status"]] += 1
+        if row["status"] == "to make":
+            to_make.append((path, job))
         out_line(json.dumps(row) if as_json else text)
+    warn_space(to_make)
     if not as_json:
         parts = [f"{counts['to make']} to make" + (
             f", {duration(total)} on {planned_on} (assumed rates)" if planned_on else ""),

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import shutil
 import struct
 import tempfile
 import zlib
@@ -94,6 +95,46 @@ def check_writable(path: Path, overwrite: bool) -> None:
         fd, probe = part_file(folder, "probe")
         os.close(fd)
         os.unlink(probe)
+
+
+def disk_need(width: int, height: int, fmt: str, stage_images: bool = False) -> int:
+    """The most bytes an image may take on disk: its raw RGB size as PNG or TIFF (photos
+    compress to about half, noise hardly at all), a quarter of that as JPEG or WebP; a third
+    more with the stages' images (each x2 stage has 4x the pixels of the one before)."""
+    raw = 3 * width * height
+    need = raw if fmt in ("png", "tiff") else raw // 4
+    return need * 4 // 3 if stage_images else need
+
+
+def short_of_space(images: list[tuple[Path, int, int]]) -> str | None:
+    """A warning when the images still to make, (path, `disk_need`, pixels), may not fit the
+    free space of their disks, with the checkpoint kept while the largest is made; else None."""
+    by_disk: dict[int, tuple[Path, int, int, int]] = {}  # st_dev: folder, bytes, count, pixels
+    for path, need, pixels in images:
+        folder = path.parent.absolute()
+        while not folder.exists() and folder != folder.parent:  # a folder a run will make
+            folder = folder.parent
+        try:
+            dev = folder.stat().st_dev
+        except OSError:
+            continue
+        named, total, count, largest = by_disk.get(dev, (path.parent.absolute(), 0, 0, 0))
+        by_disk[dev] = (named, total + need, count + 1, max(largest, pixels))
+    for folder, total, count, largest in by_disk.values():
+        total += largest // 4  # the last stage's checkpoint: 4 fp32 values per 8x8 pixels
+        existing = folder
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        try:
+            free = shutil.disk_usage(existing).free
+        except OSError:
+            continue
+        if free < total:
+            images_word = "the image" if count == 1 else f"the {count} images"
+            return (f"{folder} has {free / 1e9:.1f} GB free and {images_word} to make may "
+                    f"need up to {total / 1e9:.1f} GB; if the disk fills at the save, free "
+                    "some space and run the same command again: it only decodes")
+    return None
 
 
 def default_name(width: int, height: int, seed: int, fmt: str = "png") -> str:

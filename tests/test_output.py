@@ -223,3 +223,30 @@ def test_a_record_from_before_the_global_floor_reruns_every_global_pass(tmp_path
     assert job_values_from_image(now)["global_floor"] == JOB.global_floor == 0.01
     with pytest.raises(JobError, match="global_floor must be from 0"):
         Job(global_floor=1.0).validate()
+
+
+def test_images_that_may_not_fit_their_disk_are_warned_of_before_any_work(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from helpers_cli import cli
+
+    from hires.output import disk_need, short_of_space
+
+    assert disk_need(16384, 16384, "png") == 3 * 16384**2  # lossless: up to the raw size
+    assert disk_need(16384, 16384, "jpg") == 3 * 16384**2 // 4
+    assert disk_need(1024, 1024, "png", stage_images=True) == 4 * 1024**2
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 0, 2 * 10**9))
+    new = tmp_path / "not-yet"  # a folder the run will make: its disk is its parent's
+    one = [(new / "a.png", disk_need(16384, 16384, "png"), 16384**2)]
+    assert short_of_space(one) is None  # 0.81 GB + its 0.07 GB checkpoint fit in 2 GB
+    note = short_of_space(one * 3)
+    assert note is not None and f"{new} has 2.0 GB free" in note and "the 3 images" in note
+    assert "up to 2.5 GB" in note and "only decodes" in note
+    # Said by a dry run and a run alike, before the model loads; -q does not hide it.
+    result = cli("gen", "x", "--size", "16384", "--n", "3", "-o", f"{new}/", "--dry-run", "-q")
+    assert result.exit_code == 0 and "warning: " in result.stderr and "the 3 images" in \
+        result.stderr
+    quiet = cli("gen", "x", "--size", "16384", "-o", f"{new}/", "--dry-run")
+    assert "warning" not in quiet.stderr
