@@ -1078,10 +1078,42 @@ def show_all_made(paths: list[Path], as_json: bool) -> None:
         raise typer.Exit(failed)
 
 
+def show_checkpoint(path: Path, as_json: bool) -> None:
+    """What a stopped run's checkpoint (NAME.resume.safetensors) keeps, and for which job."""
+    from hires import resume
+    from hires.job import JobError
+
+    kept = resume.describe(path)
+    if kept is None:
+        raise JobError(f"{path} is not a checkpoint hires can read (from another version, or "
+                       "cut short); delete it, and a run of its job starts over")
+    if as_json:
+        out_line(json.dumps({"file": str(path), "checkpoint": True, **kept}))
+        return
+    job, stage, sizes = kept["job"], kept["stage"], kept["stages"]
+    image = path.with_name(path.name[:-len(resume.SUFFIX)])
+    then = ("the same command only decodes it" if stage == len(sizes) - 1 else
+            f"the same command goes on with stage {stage + 1}")
+    if kept.get("hires") != __version__:  # resume.stage_of takes only this version's
+        then = f"hires {__version__} cannot go on from it (it starts over)"
+    out_line("\n".join([
+        f"checkpoint of {image}, kept by hires {kept.get('hires', '?')} for a run that stopped",
+        f"prompt {job.get('prompt', '')!r}",
+        f"size {job.get('width')}x{job.get('height')}, seed {job.get('seed')}, "
+        f"steps {job.get('steps')}",
+        f"keeps {stages_upto(stage)} of the job's {len(sizes)}, up to {sizes[stage][0]}x"
+        f"{sizes[stage][1]}: {then}; deleting it starts that run over"]))
+
+
 def show_made(path: Path, as_json: bool) -> None:
     """How an image was made, from its hires metadata: job, stages and add-ons."""
+    from hires import resume
     from hires.job import JobError
     from hires.output import OutputError, read_metadata
+
+    if path.name.endswith(resume.SUFFIX):
+        show_checkpoint(path, as_json)
+        return
 
     try:
         record = read_metadata(path)["hires"]

@@ -85,6 +85,20 @@ def _header(path: Path) -> dict[str, str] | None:
     return meta if meta.get("format") == FORMAT else None
 
 
+def describe(path: Path) -> dict[str, Any] | None:
+    """What the checkpoint at `path` holds, for `hires info`: its job (a dict), the last stage
+    it keeps and every stage's size; None if it is not one of hires' checkpoints."""
+    meta = _header(path)
+    if meta is None:
+        return None
+    try:
+        job, stages = json.loads(meta["job"]), json.loads(meta["stages"])
+        return {"hires": meta.get("hires"), "job": job, "stage": int(meta["stage"]),
+                "stages": [[w, h] for w, h, _ in stages]}
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def stage_of(path: Path, job: Job, plan: Plan) -> int | None:
     """The last stage the checkpoint at `path` holds, if it is of this job, else None."""
     from hires import __version__

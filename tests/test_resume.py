@@ -347,3 +347,23 @@ def test_a_full_disk_at_the_save_loses_only_the_decode(tmp_path, asked, monkeypa
     assert result.exit_code == 0, result.stderr
     assert "only the decode is left" in result.stderr and "denoise" not in result.stderr
     assert out.is_file() and not kept.exists()
+
+
+def test_info_says_what_a_checkpoint_keeps(tiny, tmp_path):
+    import json
+
+    kept = resume.path_for(tmp_path / "fox.png")
+    with pytest.raises(Stop):
+        generate(components=tiny, checkpoint=kept, progress=stop_at(2), **JOB)
+    shown = cli("info", kept)
+    assert shown.exit_code == 0, shown.stderr
+    assert f"checkpoint of {tmp_path / 'fox.png'}" in shown.stdout
+    assert "prompt 'a fox'" in shown.stdout and "seed 5" in shown.stdout
+    assert "keeps stages 0-1 of the job's 3, up to 512x512: the same command goes on with " \
+        "stage 2" in shown.stdout
+    record = json.loads(cli("info", kept, "--json").stdout)
+    assert record["checkpoint"] and record["stage"] == 1 and record["job"]["seed"] == 5
+    assert record["stages"] == [[256, 256], [512, 512], [768, 768]]
+    (tmp_path / "cut.png.resume.safetensors").write_bytes(kept.read_bytes()[:100])
+    broken = cli("info", tmp_path / "cut.png.resume.safetensors")
+    assert broken.exit_code == 2 and "not a checkpoint hires can read" in broken.stderr
