@@ -224,6 +224,7 @@ def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
     if saved is not None:
         carry = _Carry(saved.latents, saved.anchor)
         reports = [StageReport(**r) for r in saved.reports]
+    last = stages[-1]  # the last stage as it ran: a retry's leaner way decodes it too
     for stage in stages[len(reports):]:
         t0 = time.perf_counter()
         reset_peak(comps.device)
@@ -244,6 +245,7 @@ def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
             carry, report = _stage(job, comps, plan, fallback, cond, carry, emit, wanted,
                                    decoded, addons)
             report.retried_with = fallback.strategy.label
+            last = fallback if stage is stages[-1] else last
         report.seconds = time.perf_counter() - t0
         report.peak_memory = peak_memory(comps.device)
         reports.append(report)
@@ -257,7 +259,6 @@ def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
                 warnings.append(f"could not keep stage {stage.index} in {checkpoint}: {e}")
                 checkpoint = None
     t0 = time.perf_counter()
-    last = stages[-1]
     image = _decode_last(job, comps, plan, last, carry.latents, emit, warnings)
     decoded(last.index, image)
     reports[-1].seconds += time.perf_counter() - t0

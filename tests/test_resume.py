@@ -367,3 +367,25 @@ def test_info_says_what_a_checkpoint_keeps(tiny, tmp_path):
     (tmp_path / "cut.png.resume.safetensors").write_bytes(kept.read_bytes()[:100])
     broken = cli("info", tmp_path / "cut.png.resume.safetensors")
     assert broken.exit_code == 2 and "not a checkpoint hires can read" in broken.stderr
+
+
+def test_a_last_stage_retried_leaner_is_decoded_the_leaner_way(tiny, monkeypatch):
+    import torch
+
+    real_stage, real_decode = hires.pipeline._stage, hires.pipeline._decode_last
+    decoded_with = []
+
+    def stage(job, comps, plan, s, *rest):
+        if s.index == 2 and s is plan.stages[2]:  # the planned way runs out of memory
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return real_stage(job, comps, plan, s, *rest)
+
+    def decode_last(job, comps, plan, s, *rest):
+        decoded_with.append(s.strategy.label)
+        return real_decode(job, comps, plan, s, *rest)
+
+    monkeypatch.setattr(hires.pipeline, "_stage", stage)
+    monkeypatch.setattr(hires.pipeline, "_decode_last", decode_last)
+    result = generate(components=tiny, **JOB)
+    assert result.stages[2].retried_with is not None
+    assert decoded_with == [result.stages[2].retried_with] != [result.plan.stages[2].strategy.label]
