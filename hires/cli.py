@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from hires import __version__
 
@@ -27,9 +28,39 @@ from hires import __version__
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
+class OneLineErrors(TyperGroup):
+    """click's own usage errors (an unknown option, a bad number) as one line, like hires'
+    errors: `error: no such option: --sise (...) (see 'hires gen -h')`, exit 2. click prints
+    four lines, its usage and a hint around the message."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        # typer's click classes, found through a public one: typer >= 0.2x carries its own
+        # copy of click, older ones use click itself.
+        found = {c.__name__: c for c in typer.BadParameter.__mro__}
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except found["ClickException"] as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # `hires` alone: the help
+                e.show()
+                sys.exit(e.exit_code)
+            text = e.format_message().rstrip(".")
+            text = text[:1].lower() + text[1:]
+            ctx = getattr(e, "ctx", None)
+            if isinstance(e, found["UsageError"]):
+                text += f" (see '{ctx.command_path if ctx else 'hires'} -h')"
+            err.print(f"error: {text}", markup=False)
+            sys.exit(e.exit_code)
+        except typer.Abort:  # Ctrl-D or Ctrl-C outside a command's own handling
+            err.print("interrupted", markup=False)
+            sys.exit(EXIT_INTERRUPTED)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
     name="hires", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-    rich_markup_mode=None,
+    rich_markup_mode=None, cls=OneLineErrors,
     help="Text to ultra-high-resolution image (1K to 16K px) with SDXL + LinFusion on one GPU.",
     context_settings={"help_option_names": ["-h", "--help"]},
 )

@@ -346,6 +346,24 @@ def test_usage_errors_exit_2(tmp_path):
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").glob("*.png"))
 
 
+def test_the_parsers_own_errors_are_one_line_too():
+    """An unknown option, a bad number, a missing argument: click's messages, on one line with
+    where to look (click prints four: its usage, a hint, a blank line, the message)."""
+    from helpers_cli import cli
+
+    for args, words in ((("gen", "x", "--sise", "5"), ["no such option: --sise", "--size",
+                                                       "(see 'hires gen -h')"]),
+                        (("gen", "x", "--n", "0"), ["invalid value for '--n'"]),
+                        (("up",), ["missing argument 'IMAGE' (see 'hires up -h')"]),
+                        (("genn",), ["no such command 'genn'", "(see 'hires -h')"])):
+        result = cli(*args)
+        assert result.exit_code == 2 and result.stdout == "", args
+        assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
+        for word in words:
+            assert word in result.stderr, result.stderr
+    assert "Usage: hires" in cli().stdout + cli().stderr  # `hires` alone: still the help
+
+
 def test_a_prompt_that_is_not_utf8_is_a_usage_error(tmp_path):
     cmd = [sys.executable, "-m", "hires", "gen", b"caf\xe9", *TINY, "-o", str(tmp_path / "x.png")]
     result = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), cwd=REPO,
