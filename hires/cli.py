@@ -962,8 +962,14 @@ def batch(
                 say(f"removed {part.name}, left by a run that died while saving")
         outcomes = b.run_batch(mine, resolve, make_one, manifest, overwrite, report)
         counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
+        failed = [o.item.index for o in outcomes if o.status == "failed"]
+        which = ""
+        if failed:  # their errors scrolled by long ago in a big batch
+            listed = ", ".join(map(str, failed[:10])) + (", ..." if len(failed) > 10 else "")
+            which = (f" (job{'s' if len(failed) > 1 else ''} {listed}; errors in {manifest}; "
+                     "the same command runs them again)")
         err.print(f"batch: {counts['done']} done, {counts['skipped']} skipped, "
-                  f"{counts['failed']} failed", markup=False)
+                  f"{counts['failed']} failed{which}", markup=False)
         if counts["failed"]:
             raise typer.Exit(EXIT_RUNTIME)
 

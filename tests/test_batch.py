@@ -204,7 +204,8 @@ output = "three.png"
     assert len(paths) == 2 and paths[1] == str(out / "three.png")
     assert all(Path(p).is_file() for p in paths)
     assert "job 1 failed: " in first.stderr and "/nonexistent.safetensors" in first.stderr
-    assert "batch: 2 done, 0 skipped, 1 failed" in first.stderr
+    assert f"batch: 2 done, 0 skipped, 1 failed (job 1; errors in {out / 'manifest.jsonl'}; " \
+        "the same command runs them again)" in first.stderr
     # After each job, the time the rest take at the pace so far (none after the last).
     assert "2 more to make: " in first.stderr and "1 more to make: " in first.stderr
     rows = manifest(out / "manifest.jsonl")
