@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -59,7 +59,7 @@ class OneLineErrors(TyperGroup):
 
 
 app = typer.Typer(
-    name="hires", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    name="hires", no_args_is_help=True, pretty_exceptions_enable=False,
     rich_markup_mode=None, cls=OneLineErrors,
     help="Text to ultra-high-resolution image (1K to 16K px) with SDXL + LinFusion on one GPU.",
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -159,34 +159,63 @@ Model = Annotated[str | None, typer.Option(
     help="Hub id, local diffusers folder, .safetensors file, or 'tiny' (offline test model).")]
 LinFusionRef = Annotated[str | None, typer.Option(
     "--linfusion", help="LinFusion checkpoint: Hub id, folder, 'auto' or 'none'.")]
-Preset = Annotated[str | None, typer.Option(help="Preset name or .toml path; flags override.")]
-Fmt = Annotated[str | None, typer.Option("--format", help="png, jpg, webp or tiff.")]
+def completes(values: Callable[[], Iterable[str]]) -> Callable[[str], list[str]]:
+    """Tab completion (`hires --install-completion`) from `values`, computed when asked."""
+    return lambda incomplete: [v for v in values() if v.startswith(incomplete)]
+
+
+def one_of(*values: str) -> Callable[[str], list[str]]:
+    return completes(lambda: values)
+
+
+def preset_names() -> list[str]:
+    from hires.presets import available
+
+    return sorted(available())
+
+
+def gpu_names() -> list[str]:
+    from hires.gpus import GPUS
+
+    return sorted(GPUS)
+
+
+Preset = Annotated[str | None, typer.Option(help="Preset name or .toml path; flags override.",
+                                            autocompletion=completes(preset_names))]
+Fmt = Annotated[str | None, typer.Option("--format", help="png, jpg, webp or tiff.",
+                                         autocompletion=one_of("png", "jpg", "webp", "tiff"))]
 Vram = Annotated[float | None, typer.Option(help="GPU memory budget in GB for planning.")]
 Ram = Annotated[float | None, typer.Option(
     help="CPU memory budget in GB for parked maps and offloaded weights (default: what is free).")]
-Offload = Annotated[str | None, typer.Option(help="auto, none, model or sequential.")]
-Device = Annotated[str | None, typer.Option(help="auto, cuda, cuda:N, mps or cpu.")]
+Offload = Annotated[str | None, typer.Option(
+    help="auto, none, model or sequential.",
+    autocompletion=one_of("auto", "none", "model", "sequential"))]
+Device = Annotated[str | None, typer.Option(help="auto, cuda, cuda:N, mps or cpu.",
+                                            autocompletion=one_of("auto", "cuda", "cpu", "mps"))]
 Dtype = Annotated[str | None, typer.Option(
     help="auto (fp16 on GPUs, fp32 on the CPU), fp16, bf16 (about 3x faster than fp32 on CPUs"
-         " with AVX512-BF16) or fp32.")]
+         " with AVX512-BF16) or fp32.", autocompletion=one_of("auto", "fp16", "bf16", "fp32"))]
 Upsample = Annotated[str | None, typer.Option(
     help="Between stages: pixel (default: decode, resize, encode) or latent (the latents "
-         "resized: no VAE between stages, faster).")]
+         "resized: no VAE between stages, faster).", autocompletion=one_of("pixel", "latent"))]
 VaeTile = Annotated[int | None, typer.Option(
     help="VAE tile size in pixels, a multiple of 8 (default: the planner's pick, the largest of"
          " 2048-512 that fits the memory).")]
 VaeStats = Annotated[str | None, typer.Option(
-    help="How tiles share GroupNorm statistics: fast (default) or exact (slower, scratch disk).")]
+    help="How tiles share GroupNorm statistics: fast (default) or exact (slower, scratch disk).",
+    autocompletion=one_of("fast", "exact"))]
 VaeDtype = Annotated[str | None, typer.Option(
     help="VAE precision: auto (bf16 on CUDA and bf16-capable CPUs, else fp32; fp16 on GPUs "
-         "without bf16 for a VAE made for it), bf16, fp32 or fp16 (such a VAE only).")]
+         "without bf16 for a VAE made for it), bf16, fp32 or fp16 (such a VAE only).",
+    autocompletion=one_of("auto", "bf16", "fp32", "fp16"))]
 VaeRef = Annotated[str | None, typer.Option(
     "--vae", help="A VAE instead of the model's: Hub id, diffusers folder or .safetensors file "
     "(e.g. madebyollin/sdxl-vae-fp16-fix, which runs in fp16 where bf16 is slow).")]
 AllowPickle = Annotated[bool, typer.Option(
     "--allow-pickle", help="Allow loading pickle (.ckpt/.bin) weights you trust.")]
 Sampler = Annotated[str | None, typer.Option(
-    help="euler (default) or dpmpp-2m (DPM++ 2M: as good in about half the steps).")]
+    help="euler (default) or dpmpp-2m (DPM++ 2M: as good in about half the steps).",
+    autocompletion=one_of("euler", "dpmpp-2m"))]
 Karras = Annotated[bool | None, typer.Option(
     "--karras/--no-karras", help="Karras sigma spacing (more steps near the clean end).")]
 Lora = Annotated[list[str] | None, typer.Option(
@@ -203,7 +232,8 @@ IpAdapter = Annotated[str | None, typer.Option(
 IpScale = Annotated[float | None, typer.Option(help="IP-Adapter strength (default 0.6).")]
 JsonOut = Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout.")]
 Gpu = Annotated[str | None, typer.Option(
-    help="For time estimates: h100, h200, a100, l40s, 4090, ... or a measured TFLOP/s figure.")]
+    help="For time estimates: h100, h200, a100, l40s, 4090, ... or a measured TFLOP/s figure.",
+    autocompletion=completes(gpu_names))]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Check the outputs and inputs, print "
                                       "the plan (as `hires plan`) and exit without loading "
                                       "weights.")]

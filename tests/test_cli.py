@@ -436,3 +436,16 @@ def test_a_device_this_torch_cannot_use_is_a_usage_error(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert_usage_error(cli("gen", "x", "--model", "tiny", "--device", "cuda:2"),
                        "sees 2 CUDA GPU(s), cuda:0 to cuda:1")
+
+
+def test_tab_completion_offers_presets_gpus_and_choices():
+    def complete(words: str) -> list[str]:
+        env = {"_HIRES_COMPLETE": "complete_bash", "COMP_WORDS": words,
+               "COMP_CWORD": str(len(words.split()) - (0 if words.endswith(" ") else 1))}
+        return cli(env=env).stdout.split()
+
+    assert {"16k", "16k-24gb"} <= set(complete("hires gen --preset 1"))
+    assert "4090" in complete("hires plan --gpu 40")
+    assert complete("hires gen --sampler ") == ["euler", "dpmpp-2m"]
+    assert complete("hires up x --format t") == ["tiff"]
+    assert "--size" in complete("hires gen --si")
