@@ -9,7 +9,9 @@ the x2 stages; the alpha is resized with Lanczos to the final size and re-attach
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import io
 import math
 import warnings
 from collections.abc import Iterator
@@ -142,6 +144,40 @@ def _split(im: Image.Image) -> tuple[Image.Image, Image.Image | None]:
     return (im if im.mode == "RGB" else im.convert("RGB")), None
 
 
+@functools.cache
+def srgb_icc() -> bytes | None:
+    """An sRGB ICC profile (lcms' own, through Pillow), which hires' images are tagged with;
+    None where Pillow was built without lcms."""
+    try:
+        from PIL import ImageCms
+
+        return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    except (ImportError, OSError):
+        return None
+
+
+def _in_srgb(im: Image.Image, rgb: Image.Image) -> Image.Image:
+    """`rgb` (decoded from `im`) in sRGB, by the ICC profile `im` carries: a phone's Display
+    P3, Adobe RGB, a print shop's CMYK. The model was trained on sRGB and hires' images are
+    tagged sRGB, so reading P3 values as sRGB would dull every colour. Without a profile, or
+    with one that lcms cannot read, `rgb` as it is."""
+    icc, target = im.info.get("icc_profile"), srgb_icc()
+    if not icc or target is None:
+        return rgb
+    from PIL import ImageCms
+
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        space = profile.profile.xcolor_space.strip()
+        source = rgb if space == "RGB" else im if space == "CMYK" == im.mode else None
+        if source is None:  # a grey profile: grey stays grey
+            return rgb
+        return ImageCms.profileToProfile(source, profile, ImageCms.ImageCmsProfile(
+            io.BytesIO(target)), outputMode="RGB")
+    except (OSError, ValueError, ImageCms.PyCMSError):
+        return rgb
+
+
 def load_input(path: Path | str) -> InputImage:
     """Load an input image for upscaling, or raise ImageInputError with one line saying why.
 
@@ -153,6 +189,7 @@ def load_input(path: Path | str) -> InputImage:
         im.load()  # the full decode: truncation and corruption surface here
         ImageOps.exif_transpose(im, in_place=True)
         rgb, alpha = _split(im)
+        rgb = _in_srgb(im, rgb)
         fmt = FORMATS[im.format or ""]
     return InputImage(rgb=rgb, alpha=alpha, path=path, sha256=sha, format=fmt, size=rgb.size)
 

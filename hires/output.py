@@ -20,6 +20,7 @@ from PIL import Image, PngImagePlugin
 
 from hires import __version__, tiff
 from hires import strips as strips_
+from hires.images import srgb_icc
 
 EXTENSIONS = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tiff"}
 SUFFIX_FORMATS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp", ".tif": "tiff",
@@ -248,13 +249,19 @@ def save_image(
         elif warn:
             warn(f"WebP files record no resolution: {path.name} keeps no dpi; use png, tiff or "
                  "jpg for print")
+    # Tagged sRGB, the model's colours, so that print shops' software and colour-managed
+    # viewers need not guess; an image that carries its own profile keeps it.
+    icc = srgb_icc() if image.mode in ("RGB", "RGBA") else None
+    if icc and "icc_profile" not in image.info:
+        kwargs["icc_profile"] = icc
     fd, tmp = part_file(folder, path.name)
     try:
         with os.fdopen(fd, "wb") as f:
             if fmt == "png" and _fast_png_ok(image):
-                write_png(image, f, kwargs["pnginfo"], dpi=dpi)
+                write_png(image, f, kwargs["pnginfo"], dpi=dpi, icc=kwargs.get("icc_profile"))
             elif fmt == "tiff" and tiff.can_write(image):
-                tiff.write_tiff(image, f, kwargs.get("tiffinfo"), dpi=dpi)
+                tiff.write_tiff(image, f, kwargs.get("tiffinfo"), dpi=dpi,
+                                icc=kwargs.get("icc_profile"))
             else:
                 image.save(f, format=_PIL_FORMATS[fmt], **kwargs)
         os.chmod(tmp, 0o666 & ~_umask())
@@ -425,9 +432,10 @@ def adler32_combine(a: int, b: int, length_b: int) -> int:
 
 
 def write_png(image: Image.Image, f, pnginfo: PngImagePlugin.PngInfo | None = None,
-              threads: int | None = None, dpi: float | None = None) -> None:
+              threads: int | None = None, dpi: float | None = None,
+              icc: bytes | None = None) -> None:
     """Write an 8-bit L/RGB/RGBA image as PNG to the binary file `f`, strips in parallel;
-    `dpi` goes in a pHYs chunk (PNG counts pixels per metre)."""
+    `dpi` goes in a pHYs chunk (PNG counts pixels per metre), `icc` (a profile) in iCCP."""
     width, height = image.size
     row = width * len(image.mode)
     image.load()
@@ -456,6 +464,8 @@ def write_png(image: Image.Image, f, pnginfo: PngImagePlugin.PngInfo | None = No
     f.write(b"\x89PNG\r\n\x1a\n")
     _png_chunk(f, b"IHDR", struct.pack(">IIBBBBB", width, height, 8,
                                        _PNG_COLOR_TYPES[image.mode], 0, 0, 0))
+    if icc is not None:  # name, compression method 0 (zlib), the profile
+        _png_chunk(f, b"iCCP", b"ICC profile\0\0" + zlib.compress(icc))
     if dpi is not None:
         per_metre = round(dpi / 0.0254)
         _png_chunk(f, b"pHYs", struct.pack(">IIB", per_metre, per_metre, 1))

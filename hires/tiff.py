@@ -20,8 +20,8 @@ from PIL import Image
 from hires import strips
 
 _PHOTOMETRIC = {"L": 1, "RGB": 2, "RGBA": 2}  # BlackIsZero, RGB
-SHORT, LONG, ASCII, RATIONAL = 3, 4, 2, 5
-_SIZES = {SHORT: 2, LONG: 4, ASCII: 1, RATIONAL: 8}
+SHORT, LONG, ASCII, RATIONAL, UNDEFINED = 3, 4, 2, 5, 7
+_SIZES = {SHORT: 2, LONG: 4, ASCII: 1, RATIONAL: 8, UNDEFINED: 1}
 MAX_BYTES = 2**32 - 1
 
 
@@ -37,10 +37,11 @@ def _ascii(text: str) -> bytes:
 
 
 def write_tiff(image: Image.Image, f, texts: dict[int, str] | None = None,
-               threads: int | None = None, dpi: float | None = None) -> None:
+               threads: int | None = None, dpi: float | None = None,
+               icc: bytes | None = None) -> None:
     """Write `image` (see `can_write`) as a deflate-compressed TIFF to the binary file `f`,
-    with `texts` as ASCII tags (tag number: text) and `dpi` as its resolution, strips
-    compressed in parallel."""
+    with `texts` as ASCII tags (tag number: text), `dpi` as its resolution and `icc` as its
+    colour profile, strips compressed in parallel."""
     width, height = image.size
     channels = len(image.mode)
     image.load()
@@ -83,6 +84,8 @@ def write_tiff(image: Image.Image, f, texts: dict[int, str] | None = None,
         resolution = struct.pack("<II", per_inch.numerator, per_inch.denominator)
         tags += [(282, RATIONAL, resolution), (283, RATIONAL, resolution),
                  (296, SHORT, [2])]  # X and Y resolution, in inches
+    if icc is not None:
+        tags.append((34675, UNDEFINED, icc))  # InterColorProfile
     tags += [(tag, ASCII, _ascii(text)) for tag, text in (texts or {}).items()]
     tags.sort()
     _write_ifd(f, position, tags)

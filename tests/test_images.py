@@ -337,3 +337,28 @@ def test_fidelity(tmp_path, smooth):
     shifted = Image.fromarray(np.roll(np.asarray(up), 8, axis=1))
     assert fidelity(shifted, src) < good - 5
     assert fidelity(smooth, src) == math.inf
+
+
+def _swapped_profile() -> bytes:
+    """sRGB with its red and blue primaries swapped: a profile under which stored red is blue."""
+    from PIL import ImageCms
+
+    icc = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    entries = {bytes(icc[o:o + 4]): o for o in range(132, 132 + 12 * struct.unpack(
+        ">I", icc[128:132])[0], 12)}
+    r, b = entries[b"rXYZ"] + 4, entries[b"bXYZ"] + 4
+    icc[r:r + 8], icc[b:b + 8] = bytes(icc[b:b + 8]), bytes(icc[r:r + 8])
+    return bytes(icc)
+
+
+def test_an_input_with_a_colour_profile_is_read_in_srgb(tmp_path):
+    """A phone's Display P3 or an Adobe RGB photo: its values mean other colours than sRGB's,
+    which the model knows; they are converted, not read as if they were sRGB."""
+    from hires.images import load_input
+
+    red = Image.new("RGB", (64, 48), (255, 0, 0))
+    tagged, plain = tmp_path / "tagged.png", tmp_path / "plain.png"
+    red.save(tagged, icc_profile=_swapped_profile())
+    red.save(plain)
+    assert load_input(tagged).rgb.getpixel((0, 0)) == (0, 0, 255)
+    assert load_input(plain).rgb.getpixel((0, 0)) == (255, 0, 0)

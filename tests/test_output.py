@@ -250,3 +250,16 @@ def test_images_that_may_not_fit_their_disk_are_warned_of_before_any_work(tmp_pa
         result.stderr
     quiet = cli("gen", "x", "--size", "16384", "-o", f"{new}/", "--dry-run")
     assert "warning" not in quiet.stderr
+
+
+@pytest.mark.parametrize("fmt", ["png", "tiff", "jpg", "webp"])
+def test_images_are_tagged_srgb_for_colour_managed_software(tmp_path, fmt):
+    import io
+
+    from PIL import ImageCms
+
+    path = save_image(Image.new("RGB", (64, 48), (200, 30, 40)), tmp_path / f"a.{fmt}")
+    with Image.open(path) as im:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(im.info["icc_profile"]))
+        assert im.convert("RGB").getpixel((0, 0))[:2] == (200, 30)
+    assert ImageCms.getProfileDescription(profile).startswith("sRGB")
