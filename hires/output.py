@@ -110,22 +110,19 @@ def disk_need(width: int, height: int, fmt: str, stage_images: bool = False) -> 
 def short_of_space(images: list[tuple[Path, int, int]]) -> str | None:
     """A warning when the images still to make, (path, `disk_need`, pixels), may not fit the
     free space of their disks, with the checkpoint kept while the largest is made; else None."""
-    by_disk: dict[int, tuple[Path, int, int, int]] = {}  # st_dev: folder, bytes, count, pixels
+    # st_dev: [the first folder named, a folder there now, bytes, images, largest pixels]
+    by_disk: dict[int, list] = {}
     for path, need, pixels in images:
-        folder = path.parent.absolute()
-        while not folder.exists() and folder != folder.parent:  # a folder a run will make
-            folder = folder.parent
+        folder = existing = path.parent.absolute()
+        while not existing.exists() and existing != existing.parent:  # one a run will make
+            existing = existing.parent
         try:
-            dev = folder.stat().st_dev
+            disk = by_disk.setdefault(existing.stat().st_dev, [folder, existing, 0, 0, 0])
         except OSError:
             continue
-        named, total, count, largest = by_disk.get(dev, (path.parent.absolute(), 0, 0, 0))
-        by_disk[dev] = (named, total + need, count + 1, max(largest, pixels))
-    for folder, total, count, largest in by_disk.values():
+        disk[2:] = disk[2] + need, disk[3] + 1, max(disk[4], pixels)
+    for folder, existing, total, count, largest in by_disk.values():
         total += largest // 4  # the last stage's checkpoint: 4 fp32 values per 8x8 pixels
-        existing = folder
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
         try:
             free = shutil.disk_usage(existing).free
         except OSError:
