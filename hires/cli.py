@@ -621,6 +621,7 @@ def run_jobs(jobs: list, output: str | None, save_stages: bool, as_json: bool,
             check_loaded(one, components)
         started = time.monotonic()  # the model's load is not an image's pace
         source = load_source(one) if one.image else None
+        say_colour(source)
         size = source.rgb.size if source else None
         plan = fitted_plan(lambda j=one, s=size, c=components: plan_for(
             j, c, gpu=gpu, source=s, stage_images=save_stages), one)
@@ -658,6 +659,12 @@ def run_jobs(jobs: list, output: str | None, save_stages: bool, as_json: bool,
         resume.remove(kept)
         made.append((one.width * one.height, time.monotonic() - started))
         say_left(made, [r.job.width * r.job.height for r in runs[number:] if r.made is None])
+
+
+def say_colour(source) -> None:
+    """That an input's pixels were converted to sRGB from its own colour profile."""
+    if source is not None and source.converted_from:
+        say(f"  {source.path.name}: colour profile '{source.converted_from}' converted to sRGB")
 
 
 def say_left(made: list[tuple[int, float]], todo: list[int]) -> None:
@@ -944,6 +951,7 @@ def batch(
             say(f"job {item.index}: {j.width}x{j.height} seed {j.seed} -> {path}")
             comps = loaded[key]
             source = load_source(j) if j.image else None
+            say_colour(source)
             plan = plan_for(j, comps, source=source.rgb.size if source else None)
             kept = resume.path_for(path)
             if not resume_runs:

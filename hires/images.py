@@ -51,6 +51,7 @@ class InputImage:
     sha256: str
     format: str
     size: tuple[int, int]
+    converted_from: str | None = None  # the colour profile its pixels were converted from
 
 
 @contextlib.contextmanager
@@ -156,14 +157,14 @@ def srgb_icc() -> bytes | None:
         return None
 
 
-def _in_srgb(im: Image.Image, rgb: Image.Image) -> Image.Image:
+def _in_srgb(im: Image.Image, rgb: Image.Image) -> tuple[Image.Image, str | None]:
     """`rgb` (decoded from `im`) in sRGB, by the ICC profile `im` carries: a phone's Display
-    P3, Adobe RGB, a print shop's CMYK. The model was trained on sRGB and hires' images are
-    tagged sRGB, so reading P3 values as sRGB would dull every colour. Without a profile, or
-    with one that lcms cannot read, `rgb` as it is."""
+    P3, Adobe RGB, a print shop's CMYK; and that profile's name. The model was trained on sRGB
+    and hires' images are tagged sRGB, so reading P3 values as sRGB would dull every colour.
+    Without a profile, or with one that lcms cannot read, `rgb` as it is (and None)."""
     icc, target = im.info.get("icc_profile"), srgb_icc()
     if not icc or target is None:
-        return rgb
+        return rgb, None
     from PIL import ImageCms
 
     try:
@@ -171,11 +172,12 @@ def _in_srgb(im: Image.Image, rgb: Image.Image) -> Image.Image:
         space = profile.profile.xcolor_space.strip()
         source = rgb if space == "RGB" else im if space == "CMYK" == im.mode else None
         if source is None:  # a grey profile: grey stays grey
-            return rgb
-        return ImageCms.profileToProfile(source, profile, ImageCms.ImageCmsProfile(
+            return rgb, None
+        converted = ImageCms.profileToProfile(source, profile, ImageCms.ImageCmsProfile(
             io.BytesIO(target)), outputMode="RGB")
+        return converted, ImageCms.getProfileDescription(profile).strip() or "unnamed"
     except (OSError, ValueError, ImageCms.PyCMSError):
-        return rgb
+        return rgb, None
 
 
 def load_input(path: Path | str) -> InputImage:
@@ -189,9 +191,10 @@ def load_input(path: Path | str) -> InputImage:
         im.load()  # the full decode: truncation and corruption surface here
         ImageOps.exif_transpose(im, in_place=True)
         rgb, alpha = _split(im)
-        rgb = _in_srgb(im, rgb)
+        rgb, profile = _in_srgb(im, rgb)
         fmt = FORMATS[im.format or ""]
-    return InputImage(rgb=rgb, alpha=alpha, path=path, sha256=sha, format=fmt, size=rgb.size)
+    return InputImage(rgb=rgb, alpha=alpha, path=path, sha256=sha, format=fmt, size=rgb.size,
+                      converted_from=profile)
 
 
 def input_size(path: Path | str) -> tuple[int, int]:

@@ -351,7 +351,7 @@ def _swapped_profile() -> bytes:
     return bytes(icc)
 
 
-def test_an_input_with_a_colour_profile_is_read_in_srgb(tmp_path):
+def test_an_input_with_a_colour_profile_is_read_in_srgb(tmp_path, asked):
     """A phone's Display P3 or an Adobe RGB photo: its values mean other colours than sRGB's,
     which the model knows; they are converted, not read as if they were sRGB."""
     from hires.images import load_input
@@ -361,4 +361,13 @@ def test_an_input_with_a_colour_profile_is_read_in_srgb(tmp_path):
     red.save(tagged, icc_profile=_swapped_profile())
     red.save(plain)
     assert load_input(tagged).rgb.getpixel((0, 0)) == (0, 0, 255)
+    assert load_input(tagged).converted_from == "sRGB built-in"  # lcms' name, kept in the swap
     assert load_input(plain).rgb.getpixel((0, 0)) == (255, 0, 0)
+    assert load_input(plain).converted_from is None
+    # `hires up` says so (a dry run loads no input's pixels, so a real run: the tiny model).
+    from helpers_cli import cli
+
+    result = cli("up", tagged, "--scale", "2", "--model", "tiny", "--steps", "1", "-o",
+                 tmp_path / "out.png")
+    assert result.exit_code == 0, result.stderr
+    assert "tagged.png: colour profile 'sRGB built-in' converted to sRGB" in result.stderr
