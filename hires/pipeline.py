@@ -232,16 +232,10 @@ def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
             carry, report = _stage(job, comps, plan, stage, cond, carry, emit, wanted, decoded,
                                    addons)
         except torch.cuda.OutOfMemoryError:
-            fallback = cheaper(stage, stages, shape_for(job, comps), comps.offload,
-                               job.vae_tile, job.vae_stats) if stage.cost else None
+            fallback = _leaner(job, comps, plan, stage, emit, warnings,
+                               f"stage {stage.index}", "retried")
             if fallback is None:
                 raise
-            note = (f"stage {stage.index} ran out of GPU memory with {stage.strategy.label}; "
-                    f"retried with {fallback.strategy.label}")
-            warnings.append(note)
-            emit(Event("retry", stage.index, len(stages), stage.width, stage.height))
-            if comps.device.type == "cuda":
-                torch.cuda.empty_cache()
             carry, report = _stage(job, comps, plan, fallback, cond, carry, emit, wanted,
                                    decoded, addons)
             report.retried_with = fallback.strategy.label
@@ -364,16 +358,26 @@ def _decode_last(job: Job, comps: Components, plan: Plan, stage: Stage, latents:
     try:
         return run(stage)
     except torch.cuda.OutOfMemoryError:
-        fallback = cheaper(stage, list(plan.stages), shape_for(job, comps), comps.offload,
-                           job.vae_tile, job.vae_stats) if stage.cost else None
+        fallback = _leaner(job, comps, plan, stage, emit, warnings,
+                           f"stage {stage.index}'s decode", "decoded again")
         if fallback is None:
             raise
-    warnings.append(f"stage {stage.index}'s decode ran out of GPU memory with "
-                    f"{stage.strategy.label}; decoded again with {fallback.strategy.label}")
-    emit(Event("retry", stage.index, n, stage.width, stage.height))
-    if comps.device.type == "cuda":
-        torch.cuda.empty_cache()
     return run(fallback)
+
+
+def _leaner(job: Job, comps: Components, plan: Plan, stage: Stage, emit: ProgressFn,
+            warnings: list[str], what: str, again: str) -> Stage | None:
+    """After `what` of `stage` ran out of GPU memory: the leaner way to run it `again`, said
+    in `warnings` and as a retry event, with the GPU's cache emptied; None if there is none."""
+    fallback = cheaper(stage, list(plan.stages), shape_for(job, comps), comps.offload,
+                       job.vae_tile, job.vae_stats) if stage.cost else None
+    if fallback is not None:
+        warnings.append(f"{what} ran out of GPU memory with {stage.strategy.label}; {again} "
+                        f"with {fallback.strategy.label}")
+        emit(Event("retry", stage.index, len(plan.stages), stage.width, stage.height))
+        if comps.device.type == "cuda":
+            torch.cuda.empty_cache()
+    return fallback
 
 
 DEFAULT_VAE_TILE = 1024  # px, when no plan chose one
