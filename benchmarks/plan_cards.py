@@ -1,12 +1,13 @@
 """A 16K job on each card `--gpu` names, from the planner's model: does it fit, and how long.
 
-    python benchmarks/plan_cards.py                     # 16384 px, 32 and 64 GB of free RAM
-    python benchmarks/plan_cards.py --size 8192 --ram 16 32 --out cards.json
+    python benchmarks/plan_cards.py                     # 16384 px; 16, 32 and 64 GB of free RAM
+    python benchmarks/plan_cards.py --size 8192 --ram 16 32 --disk 0 --out cards.json
 
-Each cell is `hires plan --size N --gpu CARD --ram R` (SDXL + LinFusion-XL, 50 steps, the
-card's memory less the CUDA context; RAM free as hires starts): the estimated time with the
-VAE's share and the RAM the plan fills (while denoising: parked maps and offloaded weights /
-the VAE's outputs kept there, at another time), or the largest size that fits. Prints the
+Each cell is `hires plan --size N --gpu CARD --ram R --disk D` (SDXL + LinFusion-XL, 50 steps,
+the card's memory less the CUDA context; RAM free as hires starts; D GB of scratch disk for
+parked maps the RAM cannot hold): the estimated time with the VAE's share and the RAM the plan
+fills (while denoising: parked maps and offloaded weights / the VAE's outputs kept there, at
+another time) and the maps that wait on the disk, or the largest size that fits. Prints the
 Markdown table in README.md ("Will it run on my card?") and writes JSON; a card without
 native bf16 gets a second row with a VAE made for fp16. Estimates, not
 measurements: times assume each card reaches hires.gpus.EFFICIENCY of its data-sheet bf16 peak.
@@ -26,17 +27,18 @@ from hires.plan import PlanError, dry_run, largest_fitting
 FP16_ROW = f"with `--vae {FP16_VAE}`"
 
 
-def cell(card: str, size: int, ram: float, vae: str | None = None) -> dict:
+def cell(card: str, size: int, ram: float, vae: str | None = None, disk: float = 0.0) -> dict:
     """One card at one RAM size: the plan's figures, or the largest size that fits."""
     try:
-        p = dry_run(Job(width=size, height=size, ram=ram, vae=vae), card).plan
+        p = dry_run(Job(width=size, height=size, ram=ram, disk=disk, vae=vae), card).plan
     except PlanError as e:
         fits = largest_fitting(size, size, **e.plan_kwargs)
         return {"fits": False, "largest": fits[0] if fits else None, "ram_short": e.host}
     return {"fits": True, "seconds": round(p.seconds, 1), "vae_seconds": round(p.vae_seconds, 1),
             "peak_gib": round(p.peak_bytes / 1024**3, 2),
-            "ram_gb": round(max(s.cost.host_bytes for s in p.stages) / 1e9, 1),
-            "vae_ram_gb": round(p.vae_spill_bytes / 1e9, 1)}
+            "ram_gb": round(max(s.cost.host_bytes - s.cost.disk_bytes for s in p.stages) / 1e9, 1),
+            "vae_ram_gb": round(p.vae_spill_bytes / 1e9, 1),
+            "disk_gb": round(max(s.cost.disk_bytes for s in p.stages) / 1e9, 1)}
 
 
 def text(c: dict) -> str:
@@ -45,7 +47,8 @@ def text(c: dict) -> str:
         share = f"~{minutes} (VAE {100 * c['vae_seconds'] / c['seconds']:.0f} %)"
         if not c["ram_gb"] and not c["vae_ram_gb"]:
             return share
-        return share + f", RAM {c['ram_gb']:.0f} / {c['vae_ram_gb']:.0f} GB"
+        disk = f", disk {c['disk_gb']:.0f} GB" if c.get("disk_gb") else ""
+        return share + f", RAM {c['ram_gb']:.0f} / {c['vae_ram_gb']:.0f} GB" + disk
     short = "RAM" if c["ram_short"] else "GPU memory"
     return f"no ({short}); {c['largest']} px fits" if c["largest"] else f"no ({short})"
 
@@ -53,17 +56,20 @@ def text(c: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=16384)
-    ap.add_argument("--ram", type=float, nargs="+", default=[32, 64],
+    ap.add_argument("--ram", type=float, nargs="+", default=[16, 32, 64],
                     help="GB of free RAM, one column each")
+    ap.add_argument("--disk", type=float, default=100.0,
+                    help="GB of scratch disk for parked maps the RAM cannot hold (0: none)")
     ap.add_argument("--cards", nargs="+", choices=list(GPUS), default=list(GPUS))
     ap.add_argument("--out", type=Path, help="write the cells as JSON here")
     args = ap.parse_args(argv)
     rows = {}
     for card in args.cards:
-        rows[card] = {f"{ram:g}": cell(card, args.size, ram) for ram in args.ram}
+        rows[card] = {f"{ram:g}": cell(card, args.size, ram, disk=args.disk)
+                      for ram in args.ram}
         if not GPUS[card].bf16:  # its VAE runs in fp32 unless it is made for fp16
-            rows[f"{card} {FP16_ROW}"] = {f"{ram:g}": cell(card, args.size, ram, FP16_VAE)
-                                          for ram in args.ram}
+            rows[f"{card} {FP16_ROW}"] = {f"{ram:g}": cell(card, args.size, ram, FP16_VAE,
+                                                           args.disk) for ram in args.ram}
     head = " | ".join(f"{ram:g} GB of RAM free" for ram in args.ram)
     print(f"| `--gpu` | memory | {head} |")
     print("|---|---|" + "---|" * len(args.ram))
@@ -72,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
         name = card.removesuffix(f" {FP16_ROW}")
         print(f"| {card} | {GPUS[name].memory_gib:g} GiB | {row} |")
     if args.out:
-        args.out.write_text(json.dumps({"size": args.size, "cards": rows}, indent=1) + "\n")
+        args.out.write_text(json.dumps({"size": args.size, "disk_gb": args.disk, "cards": rows},
+                                       indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -182,7 +182,7 @@ def my_share(items: list[BatchItem], rank: int, world: int) -> list[BatchItem]:
 
 
 # Where and how a job runs, not what it makes: a resumed batch on another machine keeps its images.
-PLACEMENT_KEYS = ("device", "offload", "vram", "ram")
+PLACEMENT_KEYS = ("device", "offload", "vram", "ram", "disk")
 # Keys added after images were made, left out while at their default, so that those images
 # keep their fingerprint and a batch re-run does not redo them.
 LATER_KEYS: dict[str, Any] = {"vae": None, "dpi": None}

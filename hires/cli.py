@@ -187,6 +187,9 @@ Fmt = Annotated[str | None, typer.Option("--format", help="png, jpg, webp or tif
 Vram = Annotated[float | None, typer.Option(help="GPU memory budget in GB for planning.")]
 Ram = Annotated[float | None, typer.Option(
     help="CPU memory budget in GB for parked maps and offloaded weights (default: what is free).")]
+Disk = Annotated[float | None, typer.Option(
+    help="Scratch disk in GB (in TMPDIR) for parked maps the RAM cannot hold (default: what is "
+    "free there; 0: never).")]
 Offload = Annotated[str | None, typer.Option(
     help="auto, none, model or sequential.",
     autocompletion=one_of("auto", "none", "model", "sequential"))]
@@ -390,7 +393,8 @@ def gen(
         "{prompt}.")] = None,
     fmt: Fmt = None, dpi: Dpi = None,
     save_stages: SaveStages = False,
-    vram: Vram = None, ram: Ram = None, offload: Offload = None, device: Device = None,
+    vram: Vram = None, ram: Ram = None, disk: Disk = None, offload: Offload = None,
+    device: Device = None,
     dtype: Dtype = None,
     upsample: Upsample = None, vae_tile: VaeTile = None, vae_stats: VaeStats = None,
     vae_dtype: VaeDtype = None, vae: VaeRef = None,
@@ -450,7 +454,8 @@ def up(
         "{seed} {width} {height} {index}.")] = None,
     fmt: Fmt = None, dpi: Dpi = None,
     save_stages: SaveStages = False,
-    vram: Vram = None, ram: Ram = None, offload: Offload = None, device: Device = None,
+    vram: Vram = None, ram: Ram = None, disk: Disk = None, offload: Offload = None,
+    device: Device = None,
     dtype: Dtype = None,
     vae_tile: VaeTile = None, vae_stats: VaeStats = None, vae_dtype: VaeDtype = None,
     vae: VaeRef = None, allow_pickle: AllowPickle = False,
@@ -740,7 +745,8 @@ def plan(
     negative: Negative = None, seed: Seed = None, steps: Steps = None,
     guidance: Guidance = None, strength: Strength = None, model: Model = None,
     linfusion: LinFusionRef = None, preset: Preset = None, fmt: Fmt = None, dpi: Dpi = None,
-    vram: Vram = None, ram: Ram = None, offload: Offload = None, device: Device = None,
+    vram: Vram = None, ram: Ram = None, disk: Disk = None, offload: Offload = None,
+    device: Device = None,
     dtype: Dtype = None,
     upsample: Upsample = None, vae_tile: VaeTile = None, vae_stats: VaeStats = None,
     vae_dtype: VaeDtype = None, vae: VaeRef = None,
@@ -812,7 +818,9 @@ def show_plan(job, gpu: str | None, as_json: bool,
                         "peak_bytes": s.cost.peak_bytes, "tflop": round(s.cost.tflop, 3),
                         "unet_tflop": round(s.cost.unet_tflop, 3),
                         "scratch_bytes": s.cost.scratch_bytes, "vae_tile": s.cost.vae_tile,
-                        "host_bytes": s.cost.host_bytes, "vae_spill": s.cost.vae_spill,
+                        "host_bytes": s.cost.host_bytes,
+                        "parked_bytes": s.cost.parked_bytes,
+                        "disk_bytes": s.cost.disk_bytes, "vae_spill": s.cost.vae_spill,
                         "vae_spill_bytes": int(s.cost.vae_spill_bytes),
                         "seconds": round(s.cost.seconds, 3),
                         "vae_seconds": round(s.cost.vae_seconds, 3)} for s in p.stages],

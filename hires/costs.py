@@ -7,6 +7,7 @@ FLOP rate.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -27,6 +28,9 @@ from hires.vae_cost import tiled_cost
 from hires.vae_stats import budget_from_free, spill_budget
 
 HOST_LINK = 25e9  # bytes/s between host and GPU (PCIe 4 x16 in practice) for offload traffic
+# bytes/s to and from the scratch disk for parked maps RAM cannot hold: a consumer NVMe's
+# sustained rate through the page cache, assumed (a SATA SSD does about a third of it)
+DISK_RATE = 1.5e9
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,7 @@ class ModelShape:
     spill: float = 0.0  # CPU memory a GPU's VAE may keep step outputs in (spill_budget)
     host: float | None = None  # CPU memory a stage's parked maps and offloaded weights may
     # take (hires.memory.host_room); None: not checked
+    disk: float = 0.0  # scratch disk where parked maps that `host` cannot hold may wait
     fp32_share: float = FP32_SHARE  # a GPU's fp32 FLOP/s as a share of its bf16 rate (hires.gpus)
 
     @property
@@ -170,6 +175,8 @@ class StageCost:
     vae_spill_bytes: float = 0.0
     host_bytes: int = 0  # CPU memory while the UNet runs: parked maps, offloaded weights
     vae_seconds: float | None = None  # the VAE's share of `seconds` (its work and its copies)
+    parked_bytes: int = 0  # the maps one UNet call parks (part of `host_bytes`)
+    disk_bytes: int = 0  # of those, what waits on the scratch disk (RAM cannot hold it)
 
     @property
     def vae_spill(self) -> bool:
@@ -298,10 +305,24 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
     elif strategy.weights == "model":
         moved += 2 * (nets + model.vae.param_bytes + (model.text_bytes if base else 0))
     rank = unet_flop * slowdown / unet_rate + vae_flop / vae_rate + moved / HOST_LINK
-    host = parked_bytes(model, lat_h, lat_w, strategy) + (0 if resident else model.weights)
+    maps = parked_bytes(model, lat_h, lat_w, strategy)
+    host = maps + (0 if resident else model.weights)
+    on_disk = maps_on_disk(model, maps, host)
+    rank += calls * 2 * on_disk / DISK_RATE  # each call writes them out and reads them back
     vae_seconds = vae_flop / vae_rate + spilled / HOST_LINK if rate else None
     return StageCost(max(peaks), peaks[0], (unet_flop + vae_flop) / 1e12, unet_flop / 1e12, scratch,
-                     rank if rate else None, tile, rank, spill_bytes, host, vae_seconds)
+                     rank if rate else None, tile, rank, spill_bytes, host, vae_seconds,
+                     maps, on_disk)
+
+
+def maps_on_disk(model: ModelShape, maps: int, host: int) -> int:
+    """The parked maps (of `host` bytes a call needs in the CPU's memory) that wait on the
+    scratch disk because `model.host` cannot hold them; 0 when it can, or when the disk
+    cannot take them (the weights must fit in RAM either way)."""
+    if model.host is None or host <= model.host:
+        return 0
+    over = math.ceil(host - model.host)
+    return over if over <= min(maps, model.disk) else 0
 
 
 def _rate_in(model: ModelShape, dtype_bytes: int, rate: float) -> float:
@@ -328,6 +349,7 @@ def parked_bytes(model: ModelShape, lat_h: int, lat_w: int, strategy: Strategy) 
 def model_shape(components: Any, controlnet: Any = None) -> ModelShape:
     """The shape of loaded components (weights counted as they are, in their dtypes), with
     the ControlNet that runs with their UNet, if any."""
+    from hires.memory import disk_room, scratch_folder
     from hires.memsim import module_bytes
 
     pipe = components.pipe
@@ -338,7 +360,9 @@ def model_shape(components: Any, controlnet: Any = None) -> ModelShape:
                       vae_dtype_bytes=components.vae_dtype.itemsize,
                       native=components.native, on_gpu=components.device.type != "cpu",
                       control=ControlShape.of(controlnet) if controlnet is not None else None,
-                      spill=spill_budget(components.device), host=host_budget(components))
+                      spill=spill_budget(components.device), host=host_budget(components),
+                      disk=disk_room(scratch_folder()) if components.device.type != "cpu"
+                      else 0.0)
 
 
 def host_budget(components: Any) -> float | None:

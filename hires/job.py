@@ -61,6 +61,9 @@ class Job:
     offload: str = "auto"
     vram: float | None = None
     ram: float | None = None  # GB of the CPU's memory a GPU plan may fill; None: what is free
+    # GB of scratch disk (TMPDIR) where parked maps the RAM cannot hold may wait; None: what is
+    # free there less a margin; 0: never
+    disk: float | None = None
     vae_tile: int | None = None
     vae_stats: str = "fast"
     vae_dtype: str = "auto"  # bf16 on CUDA and bf16-capable CPUs, else fp32 (hires.models)
@@ -89,7 +92,7 @@ class Job:
             raise JobError(f"steps must be a whole number from 1 to {MAX_STEPS}, "
                            f"got {self.steps!r}")
         for name in ("guidance", "strength", "sigma", "cosine_scale_1", "cosine_scale_2",
-                     "cosine_scale_3", "global_floor", "vram", "ram", "control_scale",
+                     "cosine_scale_3", "global_floor", "vram", "ram", "disk", "control_scale",
                      "ip_scale", "dpi"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
@@ -109,6 +112,8 @@ class Job:
             raise JobError(f"vram must be a positive number of GB, got {self.vram}")
         if self.ram is not None and self.ram <= 0:
             raise JobError(f"ram must be a positive number of GB, got {self.ram}")
+        if self.disk is not None and self.disk < 0:
+            raise JobError(f"disk must be 0 (never) or a positive number of GB, got {self.disk}")
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise JobError(f"seed must be between 0 and 2**63-1, got {self.seed}")
         for name in ("prompt", "negative"):

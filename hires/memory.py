@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -41,6 +43,44 @@ HOST_MARGIN_BYTES, HOST_MARGIN_SHARE = 2 * GIB, 0.1
 def host_room(free: float) -> float:
     """The part of `free` bytes of RAM that a plan's parked maps and offloaded weights may fill."""
     return max(0.0, free * (1 - HOST_MARGIN_SHARE) - HOST_MARGIN_BYTES)
+
+
+# Scratch disk a plan leaves alone: other users of TMPDIR, the image being saved.
+DISK_MARGIN_BYTES, DISK_MARGIN_SHARE = 4 * GIB, 0.1
+MEMORY_FILESYSTEMS = {"tmpfs", "ramfs"}  # a "disk" in RAM: no room for what RAM cannot hold
+
+
+def scratch_folder() -> str:
+    """Where parked maps that RAM cannot hold wait (TMPDIR, as for the VAE's scratch files)."""
+    return tempfile.gettempdir()
+
+
+def disk_room(folder: str) -> float:
+    """The part of `folder`'s free disk that parked maps may fill; 0 on a filesystem in RAM."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return 0.0
+    if _filesystem(folder) in MEMORY_FILESYSTEMS:
+        return 0.0
+    return max(0.0, free * (1 - DISK_MARGIN_SHARE) - DISK_MARGIN_BYTES)
+
+
+def _filesystem(folder: str) -> str | None:
+    """The type of the filesystem that holds `folder` (Linux's mount table), else None."""
+    try:
+        with open("/proc/self/mounts", encoding="utf-8") as f:
+            mounts = [line.split()[1:3] for line in f if len(line.split()) >= 3]
+    except OSError:
+        return None
+    path = os.path.realpath(folder)
+    best = None
+    for point, kind in mounts:
+        point = point.replace("\\040", " ")
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) >= len(best[0])):
+            best = (point, kind)
+    return best[1] if best else None
 
 
 def ram_bytes() -> tuple[int, int]:

@@ -9,12 +9,20 @@ stage (a stage's calls park the same shapes in the same order); `close` unlocks 
 A map is copied over without waiting, so the CPU must not read a buffer before its copy has
 landed: `settle` waits for that where the CPU reads one itself (torch copies a band of rows,
 which is strided, to the GPU through a CPU temporary).
+
+Where the RAM cannot hold them all (a 16K stage parks 21 GB on a 12 or 16 GB card), the plan
+gives a RAM cap and a folder on a disk: buffers past the cap are files there, mapped into
+memory, so the kernel writes them out and reads them back as it needs the RAM. Those are not
+page-locked (that would pin them in RAM), so their copies wait for the GPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
+import os
+import tempfile
 from collections.abc import Callable
 from contextvars import ContextVar
 
@@ -61,12 +69,44 @@ def _clear_cuda_error() -> None:
         pass
 
 
+def file_buffer(folder: str, nbytes: int) -> Tensor:
+    """`nbytes` of memory backed by a new file in `folder`, its name gone at once.
+
+    The file's blocks are reserved first: a full disk then fails here, with a message, rather
+    than as a crash (SIGBUS) when a copy lands on a page the disk has no room for.
+    """
+    from hires.output import OutputError
+
+    fd, path = tempfile.mkstemp(prefix=".hires-parked-", dir=folder)
+    try:
+        try:
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(fd, 0, nbytes)
+            else:  # no way to reserve blocks (macOS): a sparse file
+                os.ftruncate(fd, nbytes)
+        except OSError as e:
+            raise OutputError(
+                f"no room in {folder} for {nbytes / 1e9:.1f} GB of parked maps ({e.strerror}): "
+                "free some, or set TMPDIR to a folder on a disk with more") from None
+        return torch.from_file(path, shared=True, size=nbytes, dtype=torch.uint8)
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):  # Windows keeps a mapped file's name: left behind
+            os.unlink(path)
+
+
 class Parking:
-    """CPU buffers for the maps one UNet call parks, handed out again after `recycle`."""
+    """CPU buffers for the maps one UNet call parks, handed out again after `recycle`.
+
+    `ram`: bytes of buffers that may be held in RAM; past it, buffers are files in `disk`.
+    """
 
     def __init__(self, lock: Lock = cuda_lock, unlock: Unlock = cuda_unlock,
-                 pinned: Pinned = torch_pinned, mark: Mark = cuda_mark):
+                 pinned: Pinned = torch_pinned, mark: Mark = cuda_mark, *,
+                 ram: int | None = None, disk: str | None = None):
         self.lock, self.unlock, self.pinned, self.mark = lock, unlock, pinned, mark
+        self.ram, self.disk = ram, disk
+        self.on_disk = 0  # bytes of buffers that are files in `disk`
         self.pending: object | None = None  # the mark after the last copy not yet waited for
         self.idle: dict[int, list[Tensor]] = {}  # buffers free for the next map, by bytes
         self.taken: list[Tensor] = []  # buffers handed out since the last recycle
@@ -109,6 +149,12 @@ class Parking:
             self.pending = None
 
     def _new(self, nbytes: int) -> Tensor:
+        if self.disk is not None and self.ram is not None and \
+                self.bytes - self.on_disk + nbytes > self.ram:
+            buffer = file_buffer(self.disk, nbytes)
+            self._hold(nbytes)
+            self.on_disk += nbytes
+            return buffer
         self._hold(nbytes)
         if not self.fallback:
             buffer = torch.empty(nbytes, dtype=torch.uint8)
@@ -133,14 +179,14 @@ class Parking:
     def close(self) -> None:
         """Unlock and free every buffer, once the GPU has finished copying."""
         gpu = torch.cuda.is_available()
-        if (self.locked or self.fallback) and gpu:
+        if (self.locked or self.fallback or self.on_disk) and gpu:
             torch.cuda.synchronize()
         for buffer in self.locked:
             self.unlock(buffer)
         self.idle.clear()
         self.taken.clear()
         self.locked.clear()
-        self.bytes, self.pending = 0, None
+        self.bytes, self.on_disk, self.pending = 0, 0, None
         if self.fallback and gpu:
             empty = getattr(getattr(torch, "accelerator", None), "empty_host_cache", None)
             if empty is not None:

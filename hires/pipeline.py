@@ -126,6 +126,8 @@ def shape_for(job: Job, components: Components):
     shape = model_shape(components, controlnet=net)
     if job.ram is not None and shape.on_gpu:
         shape = replace(shape, host=host_room(job.ram * GIB))
+    if job.disk is not None and shape.on_gpu:
+        shape = replace(shape, disk=job.disk * 1e9)
     return shape
 
 
@@ -299,10 +301,13 @@ def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditio
     sigmas, timesteps = schedule(alphas, stage.timesteps, job.karras)
     shape = (1, 4, stage.height // 8, stage.width // 8)
     unet, vae = comps.unet, comps.vae
+    # Parked maps past this many bytes wait on the scratch disk (the RAM cannot hold them).
+    disk_after = (stage.cost.parked_bytes - stage.cost.disk_bytes
+                  if stage.cost and stage.cost.disk_bytes else None)
     if stage.kind == "base":
         noise = torch.randn(shape, generator=generator).to(comps.device)
         with placed(comps, strategy.weights, *nets), \
-                applied(unet, strategy, comps.device, controlnet=net):
+                applied(unet, strategy, comps.device, controlnet=net, disk_after=disk_after):
             on_step(0, stage.steps)
             latents = sample_base(denoiser, noise, sigmas, timesteps, on_step,
                                   sampler=job.sampler)
@@ -333,7 +338,7 @@ def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditio
         # One noise tensor per stage, from the job's generator: same seed, same image.
         noise = torch.randn(shape, generator=generator).to(comps.device)
         with placed(comps, strategy.weights, *nets), \
-                applied(unet, strategy, comps.device, controlnet=net):
+                applied(unet, strategy, comps.device, controlnet=net, disk_after=disk_after):
             on_step(0, stage.steps)
             latents = sample_upscale(denoiser, x0, noise, sigmas, timesteps, stage.ratio,
                                      anchor, knobs, on_step, sampler=job.sampler)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from hires.costs import ModelShape, StageCost, stage_cost
 from hires.gpus import FP32_SHARE, Card
+from hires.memory import scratch_folder
 from hires.sampling import GLOBAL_FLOOR, global_steps
 from hires.sampling import schedule as sigma_schedule
 from hires.strategy import WEIGHTS, Strategy, all_strategies
@@ -296,14 +297,23 @@ def fit_stage(stage: Stage, stages: list[Stage], model: ModelShape, budget: int 
                for s in strategies_for(model, offload)]
     room = usable(budget)
     on_gpu = [o for o in options if room is None or o.cost.peak_bytes <= room]
-    fits = [o for o in on_gpu if model.host is None or o.cost.host_bytes <= model.host]
+    fits = [o for o in on_gpu if model.host is None
+            or o.cost.host_bytes - o.cost.disk_bytes <= model.host]
+    # Parked maps go to the scratch disk only when no strategy keeps them all in RAM.
+    fits = [o for o in fits if not o.cost.disk_bytes] or fits
     if not fits and on_gpu:
         least = min(on_gpu, key=lambda o: o.cost.host_bytes)
+        short = least.cost.host_bytes - model.host
+        disk = ""
+        if short <= least.cost.parked_bytes:  # the maps could wait on a disk
+            disk = (f", let the {short / 1e9:.1f} GB of parked maps that RAM cannot hold wait "
+                    f"on a disk ({scratch_folder()} has room for {model.disk / 1e9:.1f} GB of "
+                    f"them; TMPDIR picks the folder, --disk the room)")
         error = PlanError(
             f"stage {stage.index} ({stage.width}x{stage.height}) fits the GPU only with "
             f"{least.cost.host_bytes / 1e9:.1f} GB of the CPU's memory for parked maps and "
             f"offloaded weights ({least.strategy.label}), and {model.host / 1e9:.1f} GB of it "
-            f"is free for them: close other programs or plan a smaller size")
+            f"is free for them: close other programs{disk} or plan a smaller size")
         error.host = True
         raise error
     if not fits:
@@ -364,7 +374,11 @@ def describe(plan: Plan) -> list[str]:
             work = f"{s.cost.tflop:.0f}" if s.cost.tflop >= 10 else f"{s.cost.tflop:.2g}"
             line += f", {s.strategy.label}, peak {s.cost.peak_bytes / GIB:.1f} GiB, {work} TFLOP"
             if s.cost.host_bytes:
-                line += f", {s.cost.host_bytes / 1e9:.1f} GB of RAM"
+                ram = s.cost.host_bytes - s.cost.disk_bytes
+                line += f", {ram / 1e9:.1f} GB of RAM"
+                if s.cost.disk_bytes:
+                    line += (f" + {s.cost.disk_bytes / 1e9:.1f} GB of parked maps on disk "
+                             f"({scratch_folder()})")
             if s.cost.vae_spill:
                 line += ", VAE outputs in RAM"
             if s.cost.scratch_bytes:
@@ -471,7 +485,7 @@ def plan_without_weights(job, rate: float | None = None,
     import torch
 
     from hires.costs import model_shape, sdxl_shape
-    from hires.memory import host_room, ram_bytes
+    from hires.memory import disk_room, host_room, ram_bytes
     from hires.models import vae_fp16_ok
     from hires.vae_stats import spill_from_free
 
@@ -511,6 +525,7 @@ def plan_without_weights(job, rate: float | None = None,
         # were free then (a run looks at what is free).
         free = job.ram * GIB if job.ram is not None else DRY_RUN_FREE_RAM * ram_bytes()[0]
         shape = copy(shape, spill=spill_from_free(free), host=host_room(free) if free else None,
+                     disk=disk_room(scratch_folder()) if job.disk is None else job.disk * 1e9,
                      fp32_share=gpu.fp32_share if gpu else FP32_SHARE)
     return make_plan(job.width, job.height, steps=job.steps, strength=job.strength,
                      native=shape.native, spacing=spacing, train_steps=train, offset=offset,

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from hires import parking as parking_module
 from hires.lean import lean_unet
+from hires.memory import scratch_folder
 from hires.parking import Lock, Parking, Unlock, cuda_lock, cuda_unlock
 from hires.token_chunks import token_chunks
 
@@ -66,15 +67,20 @@ def all_strategies(weights: tuple[str, ...] = WEIGHTS) -> list[Strategy]:
 
 @contextmanager
 def applied(unet: nn.Module, strategy: Strategy, device: torch.device, *,
-            controlnet: nn.Module | None = None) -> Iterator[Parking | None]:
+            controlnet: nn.Module | None = None,
+            disk_after: int | None = None) -> Iterator[Parking | None]:
     """The UNet (and the stage's ControlNet) set up for `strategy` for the duration of a
-    stage; always undone. Yields where parked maps wait (None when nothing parks)."""
+    stage; always undone. Yields where parked maps wait (None when nothing parks): past
+    `disk_after` bytes of them, in files on the scratch disk (the plan's `disk_bytes`)."""
     park = strategy.park_skips and device.type != "cpu"
     # Maps parked as soon as made need hires.controlnet.residuals_added to add on the CPU:
     # with a ControlNet they park as its down blocks return, as before.
     at_once = strategy.row_bands and controlnet is None
     with ExitStack() as stack:
-        parking = stack.enter_context(parked_in(Parking(), unet)) if park else None
+        parking = None
+        if park:
+            disk = scratch_folder() if disk_after is not None else None
+            parking = stack.enter_context(parked_in(Parking(ram=disk_after, disk=disk), unet))
         for model in (unet, controlnet) if controlnet is not None else (unet,):
             stack.enter_context(lean_unet(model, strategy.row_bands))
             stack.enter_context(token_chunks(model, strategy.ff_chunks))

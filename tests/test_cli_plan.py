@@ -100,12 +100,27 @@ def test_ram_bounds_what_a_plan_parks_and_a_short_one_says_so():
     p = plan_json("--size", "16384", "--vram", "12", "--ram", "48", "--gpu", "4090")
     assert all(s["host_bytes"] <= 48 * GIB for s in p["stages"])
     assert p["stages"][-1]["levers"]["park_skips"]
-    short = cli("plan", "--size", "16384", "--vram", "12", "--ram", "16")
+    short = cli("plan", "--size", "16384", "--vram", "12", "--ram", "16", "--disk", "0")
     assert short.exit_code == 2
     (line,) = short.stderr.strip().splitlines()
     assert "CPU's memory" in line and "--ram" in line and "fits" in line
+    assert "parked maps that RAM cannot hold wait on a disk" in line and "--disk" in line
+    # With room on a disk, the maps RAM cannot hold wait there instead.
+    disk = plan_json("--size", "16384", "--vram", "12", "--ram", "16", "--disk", "40")
+    last = disk["stages"][-1]
+    assert 0 < last["disk_bytes"] <= 40e9 and last["disk_bytes"] < last["parked_bytes"]
+    assert last["host_bytes"] - last["disk_bytes"] <= 16 * GIB
     bad = cli("plan", "--size", "4096", "--ram", "0")
     assert bad.exit_code == 2 and "ram must be a positive number" in bad.stderr
+    bad = cli("plan", "--size", "4096", "--disk", "-1")
+    assert bad.exit_code == 2 and "disk must be 0 (never) or a positive number" in bad.stderr
+
+
+def test_the_disk_room_is_where_to_run_not_what_is_made():
+    from hires.batch import settings_hash
+    from hires.job import Job
+
+    assert settings_hash(Job(prompt="x", seed=1, disk=40)) == settings_hash(Job(prompt="x", seed=1))
 
 
 def test_ram_for_vae_outputs_is_shown_only_where_a_stage_spills():
@@ -211,13 +226,17 @@ def test_the_cards_table_is_the_plan_of_each_card(tmp_path, capsys):
     cards = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cards)
     out = tmp_path / "cards.json"
-    cards.main(["--size", "8192", "--ram", "4", "64", "--cards", "4090", "3060",
+    cards.main(["--size", "8192", "--ram", "4", "64", "--cards", "4090", "3060", "--disk", "0",
                 "--out", str(out)])
     rows = json.loads(out.read_text())["cards"]
     want = plan_json("x", "--size", "8192", "--ram", "64", "--gpu", "4090")
     assert rows["4090"]["64"]["seconds"] == round(want["seconds"], 1)
     assert rows["3060"]["4"]["fits"] is False and rows["3060"]["4"]["ram_short"]
     assert rows["3060"]["4"]["largest"] < 8192
+    cards.main(["--size", "16384", "--ram", "16", "--cards", "3060", "--disk", "100",
+                "--out", str(out)])
+    on_disk = json.loads(out.read_text())["cards"]["3060"]["16"]
+    assert on_disk["fits"] and 0 < on_disk["disk_gb"] <= 100
     table = capsys.readouterr().out.splitlines()
     assert table[2].startswith("| 4090 | 24 GiB | ~") and "px fits" in table[3]
     # A card without native bf16 gets a second row, with a VAE made for fp16.

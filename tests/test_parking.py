@@ -174,3 +174,58 @@ def test_a_buffer_written_band_by_band_is_exact_and_reused():
     again = p.empty((2, 2, 5, 6), torch.bfloat16, torch.device("cuda"))  # same bytes
     assert again.data_ptr() == one.data_ptr() and p.bytes == one.nbytes
     p.close()
+
+
+def test_maps_past_the_ram_cap_wait_in_files_whose_names_are_gone(tmp_path):
+    """The plan's RAM cap: buffers past it are files on the scratch disk, not page-locked."""
+    driver = Driver()
+    p = Parking(driver.lock, driver.unlock, driver.pin, driver.mark, ram=200, disk=str(tmp_path))
+    a, b, c = (gpu(torch.randn(25) + i) for i in range(3))  # 100 bytes each
+    parked = [p.park(x) for x in (a, b, c)]
+    assert all(torch.equal(t, x) for t, x in zip(parked, (a, b, c), strict=True))
+    assert len(driver.locked) == 2 and p.on_disk == 100 and p.bytes == 300
+    storage = parked[2].untyped_storage()
+    assert storage.filename and str(tmp_path) in storage.filename
+    assert list(tmp_path.iterdir()) == []  # nothing left behind, even while mapped
+    p.recycle()
+    again = [p.park(x * 2) for x in (a, b, c)]  # the same three buffers, no new file
+    assert p.on_disk == 100 and p.bytes == 300
+    assert all(torch.equal(t, x * 2) for t, x in zip(again, (a, b, c), strict=True))
+    p.close()
+    assert p.on_disk == p.bytes == 0 and sorted(driver.unlocked) == sorted(driver.locked)
+
+
+def test_without_a_folder_the_cap_does_not_apply():
+    driver = Driver()
+    p = Parking(driver.lock, driver.unlock, driver.pin, driver.mark, ram=10)
+    p.park(gpu(torch.randn(25)))
+    assert p.on_disk == 0 and len(driver.locked) == 1
+
+
+def test_a_full_scratch_disk_is_a_message_not_a_crash(tmp_path, monkeypatch):
+    """Blocks are reserved before the GPU writes into them: no SIGBUS on a full disk."""
+    import errno
+    import os
+
+    from hires.output import OutputError
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
+    p = Parking(*(lambda d: (d.lock, d.unlock, d.pin, d.mark))(Driver()), ram=0,
+                disk=str(tmp_path))
+    with pytest.raises(OutputError, match=r"no room in .* for 0\.0 GB of parked maps .*TMPDIR"):
+        p.park(gpu(torch.randn(4)))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_applied_hands_the_plans_disk_cap_to_its_parking(tiny, monkeypatch, tmp_path):
+    from hires import strategy as strategy_module
+
+    monkeypatch.setattr(strategy_module, "scratch_folder", lambda: str(tmp_path))
+    cuda = torch.device("cuda")
+    with applied(tiny.unet, Strategy(park_skips=True), cuda, disk_after=123) as parking:
+        assert parking.ram == 123 and parking.disk == str(tmp_path)
+    with applied(tiny.unet, Strategy(park_skips=True), cuda) as parking:
+        assert parking.disk is None

@@ -219,6 +219,51 @@ def test_16k_on_a_12_gb_card_counts_the_ram_it_parks_in_and_is_refused_without_i
     assert roomy.seconds >= planned(16384, 24).seconds
 
 
+def test_maps_the_ram_cannot_hold_wait_on_a_disk_only_when_nothing_else_fits():
+    """A 12 GB card with 16 GB of RAM free: the 16K stage parks its maps past what RAM holds
+    on the scratch disk, and its time counts writing them out and reading them back."""
+    from dataclasses import replace
+
+    from hires.costs import DISK_RATE
+
+    full = planned(16384, 12).stages[-1]
+    host = full.cost.host_bytes - 12e9
+    short = replace(sdxl(), host=host, disk=100e9)
+    p = make_plan(16384, 16384, model=short, budget=12 * GIB, rate=400e12)
+    last = p.stages[-1]
+    assert last.strategy == full.strategy
+    assert last.cost.disk_bytes == pytest.approx(12e9, abs=1)
+    assert last.cost.host_bytes - last.cost.disk_bytes <= host
+    calls = 2 * (last.steps + last.global_steps)  # split CFG: two calls an evaluation
+    extra = calls * 2 * last.cost.disk_bytes / DISK_RATE
+    assert last.cost.seconds == pytest.approx(full.cost.seconds + extra, rel=1e-6)
+    assert all(s.cost.disk_bytes == 0 for s in p.stages[:-1])  # they fit in RAM
+    # Enough RAM: nothing on disk, whatever the disk.
+    roomy = make_plan(16384, 16384, model=replace(sdxl(), host=full.cost.host_bytes, disk=1e12),
+                      budget=12 * GIB, rate=400e12)
+    assert all(s.cost.disk_bytes == 0 for s in roomy.stages)
+    # Too little disk, or weights alone beyond the RAM: refused, saying how much disk would do.
+    with pytest.raises(PlanError, match=r"let the 12\.0 GB of parked maps that RAM cannot hold "
+                       r"wait on a disk \(.* has room for 11\.0 GB of them; TMPDIR"):
+        make_plan(16384, 16384, model=replace(short, disk=11e9), budget=12 * GIB, rate=400e12)
+    with pytest.raises(PlanError) as e:
+        make_plan(16384, 16384, model=replace(short, host=5e9, disk=1e12), budget=12 * GIB,
+                  rate=400e12)
+    assert "TMPDIR" not in str(e.value)
+
+
+def test_a_scratch_folder_in_ram_has_no_room_for_maps(monkeypatch, tmp_path):
+    from hires import memory
+
+    assert memory.disk_room(str(tmp_path)) > 0 or memory._filesystem(str(tmp_path)) == "tmpfs"
+    monkeypatch.setattr(memory, "_filesystem", lambda folder: "tmpfs")
+    assert memory.disk_room(str(tmp_path)) == 0
+    assert memory.disk_room(str(tmp_path / "missing")) == 0
+    monkeypatch.setattr(memory, "_filesystem", lambda folder: "ext4")
+    free = memory.shutil.disk_usage(tmp_path).free
+    assert 0 < memory.disk_room(str(tmp_path)) < free
+
+
 def test_the_global_pass_runs_only_while_its_weight_counts():
     p = make_plan(16384, 16384, model=sdxl(), rate=400e12)
     assert [s.global_steps for s in p.stages[1:]] == [12, 8, 4, 0]
