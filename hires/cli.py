@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from hires import __version__
 
@@ -56,6 +56,46 @@ class OneLineErrors(TyperGroup):
             err.print("interrupted", markup=False)
             sys.exit(EXIT_INTERRUPTED)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+# `hires gen -h` lists 50 options: grouped under these headings, by parameter name, in this
+# order (anything not named goes under "Other options", and -h last).
+HELP_SECTIONS = {
+    "Size": ("size", "scale", "aspect", "width", "height"),
+    "Prompt and sampling": ("prompt", "negative", "seed", "steps", "guidance", "strength",
+                            "sampler", "karras", "n"),
+    "Output": ("output", "fmt", "dpi", "save_stages", "overwrite", "resume_runs", "as_json",
+               "quiet"),
+    "Model": ("model", "linfusion", "vae", "lora", "dtype", "allow_pickle"),
+    "ControlNet and IP-Adapter": ("control", "control_model", "control_scale", "ip_image",
+                                  "ip_adapter", "ip_scale"),
+    "Memory and speed": ("device", "vram", "ram", "disk", "offload", "upsample", "vae_tile",
+                         "vae_stats", "vae_dtype"),
+    "Plans, presets and re-runs": ("dry_run", "gpu", "preset", "from_image"),
+}
+
+
+class Sections(TyperCommand):
+    """A command whose options `-h` lists under HELP_SECTIONS' headings (click has no panels
+    without rich's help, which we leave off: plain help reads the same in a pipe)."""
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:  # typer's own click types
+        groups: dict[str, list[tuple[str, str]]] = {"Arguments": []}
+        groups.update((name, []) for name in HELP_SECTIONS)
+        groups["Other options"] = []
+        order = {p: (title, i) for title, names in HELP_SECTIONS.items()
+                 for i, p in enumerate(names)}
+        params = [p for p in self.get_params(ctx) if p.get_help_record(ctx) is not None]
+        # In each section in HELP_SECTIONS' order; the rest as declared, -h last.
+        params.sort(key=lambda p: (p.name == "help", order.get(p.name, ("", 0))[1]))
+        for param in params:
+            title = ("Arguments" if param.param_type_name == "argument"
+                     else order.get(param.name, ("Other options", 0))[0])
+            groups[title].append(param.get_help_record(ctx))
+        for title, records in groups.items():
+            if records:
+                with formatter.section(title):
+                    formatter.write_dl(records)
 
 
 app = typer.Typer(
@@ -380,7 +420,7 @@ def emit(record: dict[str, Any], as_json: bool) -> None:
     out_line(json.dumps(record) if as_json else record["path"])
 
 
-@app.command()
+@app.command(cls=Sections)
 def gen(
     prompt: Annotated[str, typer.Argument(help="The prompt; '-' reads one prompt a line from "
                                           "stdin.")] = "",
@@ -432,7 +472,7 @@ def gen(
                  resume_runs=resume_runs)
 
 
-@app.command()
+@app.command(cls=Sections)
 def up(
     images: Annotated[list[Path], typer.Argument(
         help="The images to upscale: PNG, JPEG, WebP or TIFF; '-' reads one path a line from "
@@ -738,7 +778,7 @@ def saying_what_is_kept(kept: Path, job, plan, source=None) -> Iterator[None]:
         raise
 
 
-@app.command()
+@app.command(cls=Sections)
 def plan(
     prompt: Annotated[str, typer.Argument(help="The prompt (does not change the plan).")] = "",
     size: Size = None, aspect: Aspect = None, width: Width = None, height: Height = None,

@@ -449,3 +449,23 @@ def test_tab_completion_offers_presets_gpus_and_choices():
     assert complete("hires gen --sampler ") == ["euler", "dpmpp-2m"]
     assert complete("hires up x --format t") == ["tiff"]
     assert "--size" in complete("hires gen --si")
+
+
+@pytest.mark.parametrize("command", ["gen", "up", "plan"])
+def test_help_groups_every_option_under_a_heading(command):
+    """`-h` lists the options by topic; a new option without a heading would land in "Other
+    options" beside -h, and this fails until HELP_SECTIONS names it."""
+    from hires.cli import HELP_SECTIONS
+
+    result = cli(command, "-h")
+    assert result.exit_code == 0
+    text = result.stdout
+    headings = [line[:-1] for line in text.splitlines() if line.endswith(":") and
+                not line.startswith(" ")]
+    wanted = ["Arguments", *HELP_SECTIONS, "Other options"]
+    assert headings == [h for h in wanted if h in headings] and "Size" in headings
+    other = text.split("Other options:")[1]
+    assert other.split() == ["-h,", "--help", "Show", "this", "message", "and", "exit."]
+    found = [text.index(f"  {o} ") for o in ("--size", "--negative", "--output", "--model",
+                                              "--vram", "--gpu") if f"  {o} " in text]
+    assert len(found) >= 5 and found == sorted(found)
