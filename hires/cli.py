@@ -1134,7 +1134,6 @@ def info(
     with exit_codes():
         import platform
         import shutil
-        import tempfile
         from importlib import metadata
 
         import torch
@@ -1166,14 +1165,17 @@ def info(
                              f"{timed}")
         else:
             lines.append("device cpu only (no CUDA GPU visible to torch)")
-        from hires.memory import ram_bytes
+        from hires.memory import disk_room, ram_bytes, scratch_folder
 
         total, available = ram_bytes()
         if total:
             lines.append(f"ram {total / 1024**3:.1f} GiB, {available / 1024**3:.1f} GiB available")
-        scratch = tempfile.gettempdir()
+        scratch = scratch_folder()
+        room = disk_room(scratch)
         lines.append(f"scratch {scratch} (TMPDIR), "
-                     f"{shutil.disk_usage(scratch).free / 1e9:.1f} GB free")
+                     f"{shutil.disk_usage(scratch).free / 1e9:.1f} GB free, "
+                     + (f"room for {room / 1e9:.1f} GB of parked maps the RAM cannot hold" if room
+                        else "in RAM or full: no room for parked maps (point TMPDIR at a disk)"))
         lines.append("a 16K image: 0.8 GB in RAM as 8-bit RGB, its PNG about as much on disk; "
                      "no scratch with --vae-stats fast (the default), up to 16 GB a level "
                      "with exact (never over half the free space; it recomputes past that)")

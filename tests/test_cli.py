@@ -469,3 +469,13 @@ def test_help_groups_every_option_under_a_heading(command):
     found = [text.index(f"  {o} ") for o in ("--size", "--negative", "--output", "--model",
                                               "--vram", "--gpu") if f"  {o} " in text]
     assert len(found) >= 5 and found == sorted(found)
+
+
+def test_info_says_whether_the_scratch_folder_has_room_for_parked_maps(monkeypatch):
+    from hires import memory
+
+    monkeypatch.setattr(memory, "_filesystem", lambda folder: "ext4")
+    assert "GB of parked maps the RAM cannot hold" in cli("info").stdout
+    monkeypatch.setattr(memory, "_filesystem", lambda folder: "tmpfs")
+    line = next(x for x in cli("info").stdout.splitlines() if x.startswith("scratch "))
+    assert "no room for parked maps (point TMPDIR at a disk)" in line
