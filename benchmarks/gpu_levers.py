@@ -2,10 +2,11 @@
 
 A plan for a big GPU runs everything batched and resident, so `benchmarks/gpu.py`'s 16K job never
 runs the paths that small cards depend on and that only a GPU can run: skip maps parked in
-page-locked CPU memory (cudaHostRegister, event waits, band copies), UNet blocks streamed from
-one locked buffer, the VAE's step outputs spilled to pinned CPU memory, the exact mode's scratch
-files written from GPU tensors. Each check runs one piece both ways on the same input and
-reports the time, the peak device memory and how far the result is from the plain path's.
+page-locked CPU memory (cudaHostRegister, event waits, band copies) or, past a RAM cap, in files
+on the scratch disk, UNet blocks streamed from one locked buffer, the VAE's step outputs spilled
+to pinned CPU memory, the exact mode's scratch files written from GPU tensors. Each check runs
+one piece both ways on the same input and reports the time, the peak device memory and how far
+the result is from the plain path's.
 
 On the CPU (`gpu.py --smoke`) parking and streaming do nothing (there is nowhere to move to), so
 the smoke run only shows that this harness works.
@@ -22,6 +23,7 @@ from torch import Tensor
 
 GB = 1e9
 LEANEST = dict(split_cfg=True, ff_chunks=True, row_bands=True, park_skips=True)
+DISK_AFTER = 64 << 20  # bytes of parked maps kept in RAM when checking the disk's files
 # Relative max difference (to the plain output's largest magnitude) still counted as the same
 # result: the levers reorder float work (other batch sizes, bands, chunks), and half precision
 # rounds at about 1e-3.
@@ -73,9 +75,10 @@ def unet_checks(comps, cond, latent: int, seed: int = 0) -> list[dict]:
     x = torch.randn((1, 4, latent, latent), generator=torch.Generator().manual_seed(seed))
     x = x.to(device)
 
-    def run(strategy: Strategy) -> tuple[Tensor, float, float | None]:
-        with placed(comps, strategy.weights, unet), applied(unet, strategy, device), \
-                torch.inference_mode():
+    def run(strategy: Strategy, disk_after: int | None = None
+            ) -> tuple[Tensor, float, float | None]:
+        with placed(comps, strategy.weights, unet), \
+                applied(unet, strategy, device, disk_after=disk_after), torch.inference_mode():
             denoiser = Denoiser(unet, cond, 5.0, split_cfg=strategy.split_cfg)
             return _timed(device, lambda: denoiser.eps(x, 3.0, 400))
 
@@ -87,6 +90,10 @@ def unet_checks(comps, cond, latent: int, seed: int = 0) -> list[dict]:
         out, seconds, peak = run(strategy)
         rows.append(_row(f"unet {latent}^2 latent: {strategy.label}", seconds, peak,
                          _rel(out, plain), tolerance))
+    # Maps past a small RAM cap in files on the scratch disk (not page-locked: copies wait).
+    out, seconds, peak = run(Strategy(**LEANEST, weights="sequential"), disk_after=DISK_AFTER)
+    rows.append(_row(f"unet {latent}^2 latent: parked maps past {DISK_AFTER >> 20} MiB on "
+                     "disk", seconds, peak, _rel(out, plain), tolerance))
     return rows
 
 
