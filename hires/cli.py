@@ -1134,6 +1134,7 @@ def info(
     with exit_codes():
         import platform
         import shutil
+        import tempfile
         from importlib import metadata
 
         import torch
@@ -1172,7 +1173,9 @@ def info(
             lines.append(f"ram {total / 1024**3:.1f} GiB, {available / 1024**3:.1f} GiB available")
         scratch = scratch_folder()
         room = disk_room(scratch)
-        lines.append(f"scratch {scratch} (TMPDIR), "
+        why = ("TMPDIR" if scratch == tempfile.gettempdir() else
+               f"{tempfile.gettempdir()} is in RAM; TMPDIR picks another")
+        lines.append(f"scratch {scratch} ({why}), "
                      f"{shutil.disk_usage(scratch).free / 1e9:.1f} GB free, "
                      + (f"room for {room / 1e9:.1f} GB of parked maps the RAM cannot hold" if room
                         else "in RAM or full: no room for parked maps (point TMPDIR at a disk)"))

@@ -50,9 +50,21 @@ DISK_MARGIN_BYTES, DISK_MARGIN_SHARE = 4 * GIB, 0.1
 MEMORY_FILESYSTEMS = {"tmpfs", "ramfs"}  # a "disk" in RAM: no room for what RAM cannot hold
 
 
+BIG_TEMP = "/var/tmp"  # meant for big temporary files, on a disk where /tmp is in RAM
+
+
 def scratch_folder() -> str:
-    """Where parked maps that RAM cannot hold wait (TMPDIR, as for the VAE's scratch files)."""
-    return tempfile.gettempdir()
+    """Where big temporary files go (parked maps the RAM cannot hold, the exact VAE mode's
+    files): TMPDIR if set, else the system's temp folder, unless that is in RAM (a tmpfs /tmp,
+    as on Fedora and Arch) and /var/tmp is on a disk."""
+    here = tempfile.gettempdir()
+    if any(os.environ.get(v) for v in ("TMPDIR", "TEMP", "TMP")) \
+            or _filesystem(here) not in MEMORY_FILESYSTEMS:
+        return here
+    if os.path.isdir(BIG_TEMP) and os.access(BIG_TEMP, os.W_OK | os.X_OK) \
+            and _filesystem(BIG_TEMP) not in MEMORY_FILESYSTEMS:
+        return BIG_TEMP
+    return here
 
 
 def disk_room(folder: str) -> float:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hires.memory import scratch_folder
 from hires.vae_tiles import Box
 
 
@@ -174,7 +175,8 @@ def _nbytes(x: Tensor | tuple[Tensor, ...]) -> int:
 
 
 class DiskMemo(Memo):
-    """Step outputs of tiles in temporary files (in TMPDIR), level by level.
+    """Step outputs of tiles in temporary files (in `hires.memory.scratch_folder`: TMPDIR),
+    level by level.
 
     On disk, not in memory, so that memory stays set by the tile: up to 17 GB at 16K for the
     tiny VAE, read back through the page cache. A level is only kept while it fits `budget`
@@ -213,10 +215,11 @@ class DiskMemo(Memo):
         data = t.reshape(-1).view(torch.uint8).numpy()
         if level is None:
             need = data.nbytes * self.windows
-            if need > min(self.budget, shutil.disk_usage(tempfile.gettempdir()).free / 2):
+            folder = scratch_folder()
+            if need > min(self.budget, shutil.disk_usage(folder).free / 2):
                 self.refused.add(number)
                 return
-            level = self.levels[number] = _Level(tempfile.TemporaryFile())
+            level = self.levels[number] = _Level(tempfile.TemporaryFile(dir=folder))
         cl = x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(
             memory_format=torch.channels_last)
         try:

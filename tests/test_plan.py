@@ -287,3 +287,27 @@ def test_with_karras_the_plan_counts_the_global_passes_the_sampler_runs():
     # The Karras ramp spends more steps near the clean end, where the pass is skipped.
     assert [s.global_steps for s in karras.stages[1:]] == [7, 4, 2, 0]
     assert [s.global_steps for s in plain.stages[1:]] == [12, 8, 4, 0]
+
+
+def test_big_temporary_files_avoid_a_tmp_in_ram(monkeypatch):
+    """A tmpfs /tmp (Fedora, Arch) holds files in RAM: the scratch folder is then /var/tmp,
+    on a disk, unless TMPDIR says where."""
+    import tempfile
+
+    from hires import memory
+
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        monkeypatch.delenv(name, raising=False)
+    here = tempfile.gettempdir()
+    kinds = {here: "tmpfs", memory.BIG_TEMP: "ext4"}
+    monkeypatch.setattr(memory, "_filesystem", lambda folder: kinds.get(folder, "ext4"))
+    monkeypatch.setattr(memory.os.path, "isdir", lambda folder: True)
+    monkeypatch.setattr(memory.os, "access", lambda folder, mode: True)
+    assert memory.scratch_folder() == memory.BIG_TEMP
+    kinds[memory.BIG_TEMP] = "tmpfs"  # both in RAM: nowhere better
+    assert memory.scratch_folder() == here
+    kinds[memory.BIG_TEMP], kinds[here] = "ext4", "ext4"  # /tmp on a disk: /tmp
+    assert memory.scratch_folder() == here
+    kinds[here] = "tmpfs"
+    monkeypatch.setenv("TMPDIR", here)  # the user's choice stands
+    assert memory.scratch_folder() == here
