@@ -101,6 +101,12 @@ def test_a_base_job_is_under_the_file(tmp_path):
     ("table.toml", '[default]\nsteps = 3\n[[job]]\nprompt = "x"\n', ["unknown table 'default'"]),
     ("empty.toml", "[defaults]\nsteps = 3\n", ["no jobs"]),
     ("size.jsonl", '{"prompt": "x", "width": 1001, "height": 256}\n', ["multiple of 8"]),
+    ("value.toml", '[[job]]\nprompt = "x"\n[[job]]\nprompt = "y"\nsteps = -1\n',
+     ["value.toml job 1: steps must be"]),
+    ("value.jsonl", '{"prompt": "x"}\n\n{"prompt": "y", "ram": -1}\n',
+     ["value.jsonl job 1 (line 3): ram must be"]),
+    ("defaults.toml", '[defaults]\ndisk = -2\n[[job]]\nprompt = "x"\n',
+     ["defaults.toml [defaults]: disk must be"]),
 ])
 def test_bad_batch_files_are_job_errors_that_say_where(tmp_path, name, text, words):
     with pytest.raises(JobError) as e:
