@@ -13,7 +13,7 @@ from typing import Any
 from hires.images import ImageInputError, file_sha256, input_size
 from hires.job import FILE_KEYS, TRUSTED_ONLY, Job, JobError, closest_hint
 from hires.presets import load_preset, read_toml
-from hires.sizes import SIZE_KEYS, job_from_levels
+from hires.sizes import job_from_levels
 
 
 @dataclass(frozen=True)
@@ -80,25 +80,10 @@ def read_batch(path: str | Path, base: Job | None = None,
             job = job_from_levels(job_levels, base=base, size_of=input_size)
         except ImageInputError as e:
             raise JobError(f"{where}: {e}") from None
-        except JobError as e:  # a bad value (steps = -1): which of many jobs holds it
-            if path.name in str(e):
-                raise
-            culprit = f"{path.name} [defaults]" if _bad(defaults, base) else where
-            raise JobError(f"{culprit}: {e}") from None
         if job.seed is None:
             job = job.merged({"seed": stable_seed(i, values)})
         items.append(BatchItem(i, job, output))
     return items
-
-
-def _bad(defaults: dict[str, Any], base: Job) -> bool:
-    """Whether [defaults] alone hold a bad value (every job fails on it, not job 0's)."""
-    try:
-        base.merged({k: v for k, v in _without(defaults).items() if k not in SIZE_KEYS},
-                    untrusted=True).validate()
-    except JobError:
-        return True
-    return False
 
 
 def _without(table: dict[str, Any]) -> dict[str, Any]:

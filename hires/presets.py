@@ -61,8 +61,11 @@ def _parse(name: str, path: str, data: dict[str, Any]) -> Preset:
             valid = sorted((*FILE_KEYS, *SIZE_KEYS))
             raise JobError(f"unknown key '{key}' in {where}{closest_hint(str(key), valid)}")
     check_size_keys(values, where)
-    Job.from_dict({k: v for k, v in values.items() if k not in SIZE_KEYS}, where=where
-                  ).validate()
+    job = Job.from_dict({k: v for k, v in values.items() if k not in SIZE_KEYS}, where=where)
+    try:
+        job.validate()
+    except JobError as e:  # "steps must be ...": in this preset
+        raise JobError(f"{e} (in {where})") from None
     return Preset(name, description, values, path)
 
 

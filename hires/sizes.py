@@ -161,4 +161,12 @@ def job_from_levels(levels: list[tuple[dict[str, Any], str, bool]], base: Job | 
                        f"for the upscale's output size{_in(where)}")
     if size is not None:
         job = job.merged({"width": size[0], "height": size[1]})
-    return job.validate()
+    try:
+        return job.validate()
+    except JobError as e:  # "steps must be ...": say which preset, file or job gave it
+        key = str(e).split(" ", 1)[0]
+        where = next((w for values, w, _ in reversed(levels)
+                      if key in {str(k).replace("-", "_") for k in values}), OPTIONS)
+        if where == OPTIONS:
+            raise
+        raise JobError(f"{e}{_in(where)}") from None

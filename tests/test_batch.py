@@ -102,11 +102,11 @@ def test_a_base_job_is_under_the_file(tmp_path):
     ("empty.toml", "[defaults]\nsteps = 3\n", ["no jobs"]),
     ("size.jsonl", '{"prompt": "x", "width": 1001, "height": 256}\n', ["multiple of 8"]),
     ("value.toml", '[[job]]\nprompt = "x"\n[[job]]\nprompt = "y"\nsteps = -1\n',
-     ["value.toml job 1: steps must be"]),
+     ["steps must be", "got -1 (in value.toml job 1)"]),
     ("value.jsonl", '{"prompt": "x"}\n\n{"prompt": "y", "ram": -1}\n',
-     ["value.jsonl job 1 (line 3): ram must be"]),
+     ["ram must be", "(in value.jsonl job 1 (line 3))"]),
     ("defaults.toml", '[defaults]\ndisk = -2\n[[job]]\nprompt = "x"\n',
-     ["defaults.toml [defaults]: disk must be"]),
+     ["disk must be", "(in defaults.toml [defaults])"]),
 ])
 def test_bad_batch_files_are_job_errors_that_say_where(tmp_path, name, text, words):
     with pytest.raises(JobError) as e:

@@ -180,6 +180,15 @@ def test_presets_show_unknown_names_the_closest():
     assert_usage_error(cli("presets", "show", "drat"), "unknown preset 'drat'", "'draft'")
 
 
+def test_a_bad_value_names_the_preset_that_holds_it(tmp_path):
+    preset = tmp_path / "mine.toml"
+    preset.write_text('description = "x"\nsteps = -4\n')
+    result = cli("plan", "--size", "1024", "--preset", str(preset))
+    assert result.exit_code == 2
+    assert error_lines(result.stderr) == [
+        f"error: steps must be a whole number from 1 to 1000, got -4 (in preset 'mine' ({preset}))"]
+
+
 def test_explicit_flags_override_the_preset(tmp_path, asked):
     result = cli("gen", "a red fox", "--preset", "draft", "--size", "512", "--model", "tiny",
                  "--seed", "1", "-q", "--json", "-o", tmp_path / "draft.png")
