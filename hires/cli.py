@@ -892,6 +892,37 @@ def show_plan(job, gpu: str | None, as_json: bool,
     out_line("\n".join(lines))
     if p.fp32 == ("VAE",) and job.vae_dtype == "auto":  # only a GPU without bf16 does that
         say(fp16_vae_hint(f"the {gpu}", f" (~{p.vae_seconds:.0f} of the ~{p.seconds:.0f} s)"))
+    more = more_ram_hint(job, gpu, p, lambda j: dry_run(j, gpu, source, stage_images).plan)
+    if more:
+        say(more)
+
+
+ROOMY_RAM_GB = 64  # what `more_ram_hint` plans with
+
+
+def more_ram_hint(job, gpu: str, p, replan: Callable[[Any], Any]) -> str | None:
+    """Where the RAM limits a GPU plan (the VAE keeps all it may there, or parked maps wait
+    on a disk): how long the job takes with ROOMY_RAM_GB free, if that saves a tenth."""
+    from hires.eta import duration
+    from hires.memory import GIB, ram_bytes
+    from hires.plan import DRY_RUN_FREE_RAM, PlanError
+
+    if job.device.startswith(("cpu", "mps")) or p.seconds is None:
+        return None
+    free = job.ram * GIB if job.ram is not None else DRY_RUN_FREE_RAM * ram_bytes()[0]
+    bound = any(s.cost.disk_bytes for s in p.stages) or (
+        p.spill and p.vae_spill_bytes >= 0.99 * p.spill)
+    if not bound or free >= ROOMY_RAM_GB * GIB:
+        return None
+    try:
+        roomy = replan(job.merged({"ram": ROOMY_RAM_GB}))
+    except PlanError:
+        return None
+    if roomy.seconds > 0.9 * p.seconds:
+        return None
+    return (f"the RAM limits this plan: with {ROOMY_RAM_GB} GB of RAM free, "
+            f"{duration(roomy.seconds)} instead of {duration(p.seconds)} (hires plans with what "
+            f"is free as it starts; --ram {ROOMY_RAM_GB} plans that)")
 
 
 @presets_app.callback()

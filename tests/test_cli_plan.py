@@ -280,3 +280,15 @@ def test_a_dry_run_stops_where_the_run_would_stop_on_its_outputs(tmp_path):
     fine = cli("gen", "x", "--dry-run", "-o", tmp_path / "new.png")
     assert fine.exit_code == 0 and fine.stdout.startswith("1024x1024:")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.png"]  # nothing left behind
+
+
+def test_a_plan_the_ram_limits_says_what_more_would_save():
+    small = cli("plan", "--size", "16384", "--gpu", "4090", "--ram", "16")
+    assert small.exit_code == 0
+    (line,) = [x for x in small.stderr.splitlines() if "RAM limits" in x]
+    assert line.startswith("the RAM limits this plan: with 64 GB of RAM free, ~")
+    assert "--ram 64 plans that" in line
+    roomy = plan_json("--size", "16384", "--gpu", "4090", "--ram", "64")
+    assert f"~{round(roomy['seconds'] / 60)} min instead of" in line
+    for args in (("--gpu", "4090", "--ram", "64"), ("--gpu", "h200", "--ram", "16")):
+        assert "RAM limits" not in cli("plan", "--size", "16384", *args).stderr
