@@ -69,8 +69,9 @@ def _clear_cuda_error() -> None:
         pass
 
 
-def file_buffer(folder: str, nbytes: int) -> Tensor:
-    """`nbytes` of memory backed by a new file in `folder`, its name gone at once.
+def file_buffer(folder: str, nbytes: int, left: list[str] | None = None) -> Tensor:
+    """`nbytes` of memory backed by a new file in `folder`, its name gone at once (where the
+    system keeps a mapped file's name, as Windows does, the path goes to `left`).
 
     The file's blocks are reserved first: a full disk then fails here, with a message, rather
     than as a crash (SIGBUS) when a copy lands on a page the disk has no room for.
@@ -91,8 +92,11 @@ def file_buffer(folder: str, nbytes: int) -> Tensor:
         return torch.from_file(path, shared=True, size=nbytes, dtype=torch.uint8)
     finally:
         os.close(fd)
-        with contextlib.suppress(OSError):  # Windows keeps a mapped file's name: left behind
+        try:
             os.unlink(path)
+        except OSError:
+            if left is not None:
+                left.append(path)
 
 
 class Parking:
@@ -107,6 +111,7 @@ class Parking:
         self.lock, self.unlock, self.pinned, self.mark = lock, unlock, pinned, mark
         self.ram, self.disk = ram, disk
         self.on_disk = 0  # bytes of buffers that are files in `disk`
+        self.left: list[str] = []  # such files whose names could not go while mapped
         self.pending: object | None = None  # the mark after the last copy not yet waited for
         self.idle: dict[int, list[Tensor]] = {}  # buffers free for the next map, by bytes
         self.taken: list[Tensor] = []  # buffers handed out since the last recycle
@@ -151,7 +156,7 @@ class Parking:
     def _new(self, nbytes: int) -> Tensor:
         if self.disk is not None and self.ram is not None and \
                 self.bytes - self.on_disk + nbytes > self.ram:
-            buffer = file_buffer(self.disk, nbytes)
+            buffer = file_buffer(self.disk, nbytes, self.left)
             self._hold(nbytes)
             self.on_disk += nbytes
             return buffer
@@ -187,6 +192,10 @@ class Parking:
         self.taken.clear()
         self.locked.clear()
         self.bytes, self.on_disk, self.pending = 0, 0, None
+        for path in self.left:  # unmapped now that the buffers are gone
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        self.left.clear()
         if self.fallback and gpu:
             empty = getattr(getattr(torch, "accelerator", None), "empty_host_cache", None)
             if empty is not None:

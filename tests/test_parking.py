@@ -229,3 +229,26 @@ def test_applied_hands_the_plans_disk_cap_to_its_parking(tiny, monkeypatch, tmp_
         assert parking.ram == 123 and parking.disk == str(tmp_path)
     with applied(tiny.unet, Strategy(park_skips=True), cuda) as parking:
         assert parking.disk is None
+
+
+def test_a_file_whose_name_cannot_go_while_mapped_goes_at_close(tmp_path, monkeypatch):
+    """Windows keeps a mapped file's name: the file is removed once its buffer is freed."""
+    import os
+
+    real = os.unlink
+    mapped = []
+
+    def unlink(path):
+        if path not in mapped:  # the first try, while mapped
+            mapped.append(path)
+            raise PermissionError(13, "in use")
+        real(path)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    driver = Driver()
+    p = Parking(driver.lock, driver.unlock, driver.pin, driver.mark, ram=0, disk=str(tmp_path))
+    x = gpu(torch.randn(10))
+    assert torch.equal(p.park(x), x)
+    assert len(list(tmp_path.iterdir())) == 1 and p.left
+    p.close()
+    assert list(tmp_path.iterdir()) == [] and p.left == []
