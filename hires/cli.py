@@ -65,7 +65,7 @@ HELP_SECTIONS = {
     "Prompt and sampling": ("prompt", "negative", "seed", "steps", "guidance", "strength",
                             "sampler", "karras", "n"),
     "Output": ("output", "fmt", "dpi", "save_stages", "overwrite", "resume_runs", "as_json",
-               "quiet"),
+               "quiet", "progress"),
     "Model": ("model", "linfusion", "vae", "lora", "dtype", "allow_pickle"),
     "ControlNet and IP-Adapter": ("control", "control_model", "control_scale", "ip_image",
                                   "ip_adapter", "ip_scale"),
@@ -135,6 +135,7 @@ class Quiet:
 
     on = False
     bars_off = False  # whether library_bars() turned the libraries' progress bars off
+    progress = "auto"  # --progress: auto, bars, plain or json
 
 
 def say(message: str) -> None:
@@ -284,6 +285,19 @@ Dpi = Annotated[float | None, typer.Option(
     help="Resolution the file records, for print (PNG, TIFF, JPEG): at 300 a 16384 px side "
     "prints 138.7 cm wide.")]
 QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="No progress or logs on stderr.")]
+PROGRESS_MODES = ("auto", "bars", "plain", "json")
+
+
+def _progress_mode(value: str) -> str:
+    if value not in PROGRESS_MODES:
+        raise typer.BadParameter(f"'{value}' is not one of {', '.join(PROGRESS_MODES)}")
+    return value
+
+
+ProgressOpt = Annotated[str, typer.Option(
+    "--progress", help="How progress shows on stderr: auto (bars on a terminal, else plain "
+    "lines), bars, plain, or json (an object a line, for programs).",
+    callback=_progress_mode, autocompletion=one_of(*PROGRESS_MODES))]
 Overwrite = Annotated[bool, typer.Option(help="Replace existing output files.")]
 SaveStages = Annotated[bool, typer.Option(help="Also save each stage's image as it is done "
                                          "(NAME.stage0.png, ...): see a long job early.")]
@@ -386,16 +400,19 @@ def library_bars(quiet: bool) -> None:
     Quiet.bars_off = quiet
 
 
-def progress_renderer(quiet: bool, plan=None):
-    """Rich bars on a terminal, plain lines otherwise, nothing with -q; with `plan`, they say
-    how long the rest of the job takes too."""
+def progress_renderer(quiet: bool, plan=None, image: str | None = None):
+    """As --progress says (auto: rich bars on a terminal, plain lines otherwise), nothing with
+    -q; with `plan`, they say how long the rest of the job takes too."""
     from contextlib import nullcontext
 
-    from hires.progress import PlainProgress, RichProgress
+    from hires.progress import JsonProgress, PlainProgress, RichProgress
 
+    mode = Quiet.progress
     if quiet:
         return nullcontext(None)
-    if sys.stderr.isatty():
+    if mode == "json":
+        return nullcontext(JsonProgress(sys.stderr, plan=plan, image=image))
+    if mode == "bars" or (mode == "auto" and sys.stderr.isatty()):
         return RichProgress(err, plan=plan)
     return nullcontext(PlainProgress(sys.stderr, plan=plan))
 
@@ -445,7 +462,8 @@ def gen(
     ip_scale: IpScale = None,
     from_image: Annotated[Path | None, typer.Option(
         "--from", help="Re-run the job recorded in an image made by hires.")] = None,
-    as_json: JsonOut = False, quiet: QuietOpt = False, overwrite: Overwrite = False,
+    as_json: JsonOut = False, quiet: QuietOpt = False, progress: ProgressOpt = "auto",
+    overwrite: Overwrite = False,
     dry_run: DryRun = False, gpu: Gpu = None,
     n: Annotated[int, typer.Option("--n", min=1, max=10000, help="Images per prompt, with "
                                    "consecutive seeds (default 1).")] = 1,
@@ -453,7 +471,7 @@ def gen(
 ) -> None:
     """Make an image from a prompt, 1K to 16K."""
     options = dict(locals())  # every option, by name: job_flags picks the job's
-    Quiet.on = quiet
+    Quiet.on, Quiet.progress = quiet, progress
     with exit_codes():
         flags = job_flags(options)
         if prompt and prompt != "-":
@@ -503,12 +521,13 @@ def up(
     control: Control = None, control_model: ControlModel = None,
     control_scale: ControlScale = None, ip_image: IpImage = None, ip_adapter: IpAdapter = None,
     ip_scale: IpScale = None,
-    as_json: JsonOut = False, quiet: QuietOpt = False, overwrite: Overwrite = False,
+    as_json: JsonOut = False, quiet: QuietOpt = False, progress: ProgressOpt = "auto",
+    overwrite: Overwrite = False,
     dry_run: DryRun = False, gpu: Gpu = None, resume_runs: Resume = True,
 ) -> None:
     """Upscale existing images with new, coherent detail (e.g. --scale 4 or --size 16384)."""
     options = dict(locals())  # every option, by name: job_flags picks the job's
-    Quiet.on = quiet
+    Quiet.on, Quiet.progress = quiet, progress
     with exit_codes():
         from hires.images import load_input
         from hires.upscale import DEFAULT_STRENGTH
@@ -690,7 +709,7 @@ def run_jobs(jobs: list, output: str | None, save_stages: bool, as_json: bool,
             say(f"  stage {index}: {files[index]}")
 
         with saying_what_is_kept(kept, one, plan, source):  # the save too: a full disk
-            with progress_renderer(quiet, plan) as progress:
+            with progress_renderer(quiet, plan, str(path)) as progress:
                 result = make(one, source=source, components=components, progress=progress,
                               plan=plan, checkpoint=kept,
                               on_stage_image=stage_image if save_stages else None)
@@ -966,7 +985,8 @@ def batch(
         help="I/N: run every N-th job from I (else RANK/WORLD_SIZE from torchrun).")] = None,
     preset: Preset = None, model: Model = None, device: Device = None,
     allow_pickle: AllowPickle = False,
-    as_json: JsonOut = False, quiet: QuietOpt = False, overwrite: Overwrite = False,
+    as_json: JsonOut = False, quiet: QuietOpt = False, progress: ProgressOpt = "auto",
+    overwrite: Overwrite = False,
     resume_runs: Resume = True,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Check every job, print each one's size, file and time (on --gpu) "
@@ -979,7 +999,7 @@ def batch(
     A job whose settings changed since its image was made is re-run; the old image is kept
     under a new name (NAME.<old settings>.png).
     """
-    Quiet.on = quiet
+    Quiet.on, Quiet.progress = quiet, progress
     with exit_codes():
         from hires import batch as b
         from hires import output as out
@@ -1037,7 +1057,7 @@ def batch(
                 resume.remove(kept)
             say_resume(kept, j, plan, source)
             with saying_what_is_kept(kept, j, plan, source):  # the save too: a full disk
-                with progress_renderer(quiet, plan) as progress:
+                with progress_renderer(quiet, plan, str(path)) as progress:
                     result = make(j, source=source, components=comps, progress=progress,
                                   plan=plan, checkpoint=kept)
                 record = result.save(path, fmt=j.format, overwrite=overwrite,

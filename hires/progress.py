@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -57,19 +58,42 @@ class PlainProgress:
         if not (first or last or now - self._last >= self.every):
             return
         self._last = now
+        self.write(e, now - start, bool(last))
+
+    def write(self, e: Event, elapsed: float, last: bool) -> None:
+        """One line for `e`, `elapsed` seconds into its phase."""
         line = _label(e)
         if e.total:
-            rate = e.done / (now - start) if now > start and e.done else 0.0
+            rate = e.done / elapsed if elapsed > 0 and e.done else 0.0
             eta = (e.total - e.done) / rate if rate else 0.0
             line += f" {e.done}/{e.total}"
             if rate and not last:
                 line += f" ({rate:.2f} it/s, ETA {eta:.0f}s)"
             if last:
-                line += f" done in {now - start:.1f}s"
+                line += f" done in {elapsed:.1f}s"
         left = self.job.remaining() if self.job is not None else None
         if left is not None:
             line += f"; job {duration(left)} left"
         print(line, file=self.stream, flush=True)
+
+
+class JsonProgress(PlainProgress):
+    """`--progress json`: the same events as JSON objects, one a line, for programs that show
+    hires' progress (a GUI, a job queue); `image` is the file being made."""
+
+    def __init__(self, stream: TextIO | None = None, every: float = 1.0,
+                 plan: Plan | None = None, clock: Callable[[], float] = time.monotonic,
+                 image: str | None = None):
+        super().__init__(stream, every, plan, clock)
+        self.image = image
+
+    def write(self, e: Event, elapsed: float, last: bool) -> None:
+        left = self.job.remaining() if self.job is not None else None
+        record = {"image": self.image, "phase": e.phase, "stage": e.stage, "stages": e.stages,
+                  "width": e.width, "height": e.height, "done": e.done, "total": e.total,
+                  "elapsed_s": round(elapsed, 3),
+                  "job_left_s": None if left is None else round(left, 1)}
+        print(json.dumps(record), file=self.stream, flush=True)
 
 
 class RichProgress:

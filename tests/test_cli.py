@@ -488,3 +488,15 @@ def test_info_says_whether_the_scratch_folder_has_room_for_parked_maps(monkeypat
     monkeypatch.setattr(memory, "_filesystem", lambda folder: "tmpfs")
     line = next(x for x in cli("info").stdout.splitlines() if x.startswith("scratch "))
     assert "no room for parked maps (point TMPDIR at a disk)" in line
+
+
+def test_progress_json_puts_objects_on_stderr_and_the_path_on_stdout(tmp_path, asked):
+    out = tmp_path / "p.png"
+    result = cli("gen", "a fox", *TINY, "--seed", "1", "-o", str(out), "--progress", "json")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip() == str(out)
+    records = [json.loads(x) for x in result.stderr.splitlines() if x.startswith("{")]
+    assert {r["image"] for r in records} == {str(out)}
+    assert [r["phase"] for r in records if r["done"] == r["total"] and r["total"]][-1] \
+        == "vae-decode"
+    assert_usage_error(cli("gen", "x", "--progress", "jsn"), "'jsn' is not one of")

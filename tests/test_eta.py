@@ -127,6 +127,26 @@ def test_plain_progress_says_how_long_the_job_has_left():
     assert " left" in lines[-1]
 
 
+def test_json_progress_is_one_object_a_line_with_the_same_events():
+    import json
+
+    from hires.progress import JsonProgress
+
+    plan = plan_4k()
+    times = iter(range(1000))
+    stream = io.StringIO()
+    progress = JsonProgress(stream, every=0.0, plan=plan, clock=lambda: float(next(times)),
+                            image="out/x.png")
+    events = [e for e, _ in run_events(plan)[:3]]
+    for e in events:
+        progress(e)
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(r["phase"], r["stage"], r["done"], r["total"]) for r in records] == [
+        (e.phase, e.stage, e.done, e.total) for e in events]
+    assert {r["image"] for r in records} == {"out/x.png"} and records[-1]["job_left_s"] > 0
+    assert records[0]["elapsed_s"] == 0 and records[-1]["elapsed_s"] > 0
+
+
 @pytest.mark.parametrize("seconds, text", [(0.2, "~1 s"), (42, "~42 s"), (89, "~89 s"),
                                            (700, "~12 min"), (3900, "~1 h 05 min")])
 def test_durations_read_as_people_say_them(seconds, text):
