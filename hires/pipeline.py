@@ -126,8 +126,8 @@ def shape_for(job: Job, components: Components):
     shape = model_shape(components, controlnet=net)
     if job.ram is not None and shape.on_gpu:
         shape = replace(shape, host=host_room(job.ram * GIB))
-    if job.disk is not None and shape.on_gpu:
-        shape = replace(shape, disk=job.disk * 1e9)
+    if job.disk is not None and shape.on_gpu:  # a cap: a run cannot use more than is free
+        shape = replace(shape, disk=min(job.disk * 1e9, shape.disk))
     return shape
 
 

@@ -311,3 +311,18 @@ def test_big_temporary_files_avoid_a_tmp_in_ram(monkeypatch):
     kinds[here] = "tmpfs"
     monkeypatch.setenv("TMPDIR", here)  # the user's choice stands
     assert memory.scratch_folder() == here
+
+
+def test_a_runs_disk_cap_never_exceeds_what_is_free(monkeypatch):
+    """`--disk` plans another machine in a dry run; in a run it only lowers what is free."""
+    from dataclasses import replace
+
+    from hires import pipeline
+    from hires.job import Job
+
+    free = replace(sdxl(), disk=10e9)
+    monkeypatch.setattr(pipeline, "model_shape", lambda components, controlnet=None: free)
+    assert pipeline.shape_for(Job(disk=50), None).disk == 10e9
+    assert pipeline.shape_for(Job(disk=5), None).disk == 5e9
+    assert pipeline.shape_for(Job(disk=0), None).disk == 0
+    assert pipeline.shape_for(Job(), None).disk == 10e9
