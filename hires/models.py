@@ -77,7 +77,11 @@ def quiet_loading() -> Iterator[None]:
     tlogging.set_verbosity_error()
     tlogging.disable_progress_bar()
     try:
-        yield
+        with warnings.catch_warnings():
+            # diffusers passes huggingface_hub an argument it deprecated (single-file loads):
+            # not the user's to fix.
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks")
+            yield
     finally:
         dlogging.set_verbosity(levels[0])
         tlogging.set_verbosity(levels[1])
@@ -240,9 +244,7 @@ def load_vae(ref: str, like, allow_pickle: bool = False):
     kind = model_kind(ref)
     path = Path(ref).expanduser()
     try:
-        with quiet_loading(), warnings.catch_warnings():
-            # diffusers passes huggingface_hub an argument it deprecated: not the user's to fix.
-            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks")
+        with quiet_loading():
             if kind == "tiny":
                 from hires.tiny import tiny_vae
 
