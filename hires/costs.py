@@ -308,7 +308,9 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
     maps = parked_bytes(model, lat_h, lat_w, strategy)
     host = maps + (0 if resident else model.weights)
     on_disk = maps_on_disk(model, maps, host)
-    rank += calls * 2 * on_disk / DISK_RATE  # each call writes them out and reads them back
+    # Each call writes them out and reads them back as it reads its parked maps: once whole,
+    # or in bands four times over (a map read again may have left the page cache meanwhile).
+    rank += calls * on_disk * (5 if strategy.row_bands else 2) / DISK_RATE
     vae_seconds = vae_flop / vae_rate + spilled / HOST_LINK if rate else None
     return StageCost(max(peaks), peaks[0], (unet_flop + vae_flop) / 1e12, unet_flop / 1e12, scratch,
                      rank if rate else None, tile, rank, spill_bytes, host, vae_seconds,
