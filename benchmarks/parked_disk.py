@@ -6,8 +6,8 @@ how fast do they go out and come back?
 A UNet call on a 12 GB card at 16K parks 21 GB of maps and reads them back (`hires.parking`).
 This parks `--maps-gb` of maps in 1 GB pieces through `Parking` (its first `--ram-gb` in RAM,
 the rest in files in TMPDIR), writes each the way the GPU's copies do, then reads them back
-last first, as the up blocks do, and checks every byte, `--calls` times over the same buffers.
-It runs each case in a child process inside a cgroup (v1, as root) whose memory is capped at
+last first, as the up blocks do (`--passes` times over each, as row bands do), and checks every
+value, `--calls` times over the same buffers. It runs each case in a child process inside a cgroup (v1, as root) whose memory is capped at
 `--limit-gb`: the RAM case must die there, the disk case must not. Prints a table, writes JSON.
 No GPU is involved: the buffers are the ones a CUDA run gets, filled by the CPU.
 """
@@ -28,7 +28,7 @@ CGROUP = Path("/sys/fs/cgroup/memory")
 PIECE = 1 << 30  # bytes a map
 
 
-def child(maps: int, ram: int | None, calls: int) -> dict:
+def child(maps: int, ram: int | None, calls: int, passes: int = 1) -> dict:
     """Park, read back and check `maps` bytes; the figures as a dict."""
     import torch
 
@@ -55,11 +55,13 @@ def child(maps: int, ram: int | None, calls: int) -> dict:
         out["write_s"].append(time.perf_counter() - start)
         start = time.perf_counter()
         for i in reversed(range(pieces)):
-            # Read back in bands, as row bands do; each band checked.
+            # Read back in bands, as row bands do, `passes` times over (their norm passes,
+            # conv and shortcut); each band checked.
             flat = buffers[i].view(torch.int16)
-            for band in flat.split(PIECE // 16):
-                if not bool((band == i * 7 + call).all()):
-                    raise SystemExit(f"map {i} came back wrong in call {call}")
+            for _ in range(passes):
+                for band in flat.split(PIECE // 16):
+                    if not bool((band == i * 7 + call).all()):
+                        raise SystemExit(f"map {i} came back wrong in call {call}")
         out["read_s"].append(time.perf_counter() - start)
         parking.recycle()
     out.update(on_disk=parking.on_disk, in_ram=parking.bytes - parking.on_disk)
@@ -70,7 +72,7 @@ def child(maps: int, ram: int | None, calls: int) -> dict:
 def run_case(args, ram_gb: float | None) -> dict:
     """One case in a child process, in a memory-capped cgroup where there is one."""
     cmd = [sys.executable, __file__, "--child", "--maps-gb", str(args.maps_gb),
-           "--calls", str(args.calls)]
+           "--calls", str(args.calls), "--passes", str(args.passes)]
     cmd += ["--ram-gb", str(ram_gb)] if ram_gb is not None else ["--in-ram"]
     group = None
     if args.limit_gb and (CGROUP / "cgroup.procs").exists() and os.geteuid() == 0:
@@ -104,6 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ram-gb", type=float, default=1.0, help="of them, GB held in RAM")
     ap.add_argument("--limit-gb", type=float, default=2.5, help="the cgroup's memory cap (GiB)")
     ap.add_argument("--calls", type=int, default=2)
+    ap.add_argument("--passes", type=int, default=1,
+                    help="reads of each map a call (row bands read each four times)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--in-ram", action="store_true", help=argparse.SUPPRESS)
@@ -111,12 +115,12 @@ def main(argv: list[str] | None = None) -> None:
     maps = int(args.maps_gb * 2**30) // PIECE * PIECE
     if args.child:
         ram = None if args.in_ram else int(args.ram_gb * 2**30)
-        print(json.dumps(child(maps, ram, args.calls)))
+        print(json.dumps(child(maps, ram, args.calls, args.passes)))
         return
     rows = [run_case(args, None), run_case(args, args.ram_gb)]
     gb = maps / 1e9
-    print(f"{gb:.1f} GB of maps a call, {args.calls} calls, cap {args.limit_gb} GiB, "
-          f"scratch {tempfile.gettempdir()}")
+    print(f"{gb:.1f} GB of maps a call, {args.calls} calls, read {args.passes}x, cap "
+          f"{args.limit_gb} GiB, scratch {tempfile.gettempdir()}")
     print("| maps wait in | result | peak GB | write GB/s | read GB/s | wall s |")
     print("|---|---|---:|---:|---:|---:|")
     for r in rows:
@@ -126,12 +130,13 @@ def main(argv: list[str] | None = None) -> None:
                   f"{r.get('peak_gb', '-')} | - | - | {r['wall_s']} |")
             continue
         write = gb / (sum(r["write_s"]) / args.calls)
-        read = gb / (sum(r["read_s"]) / args.calls)
+        read = args.passes * gb / (sum(r["read_s"]) / args.calls)
         print(f"| {where} | ok | {r.get('peak_gb', '-')} | {write:.2f} | {read:.2f} | "
               f"{r['wall_s']} |")
     if args.out:
         args.out.write_text(json.dumps({"machine": platform.processor() or platform.machine(),
                                         "maps_gb": gb, "calls": args.calls,
+                                        "passes": args.passes,
                                         "cases": rows}, indent=1) + "\n")
 
 
