@@ -422,6 +422,22 @@ def warn(message: str) -> None:
     err.print(f"warning: {message}", markup=False)
 
 
+def warn_ram(jobs: list) -> None:
+    """Before a GPU run: a --ram above this machine's RAM plans parking that cannot happen
+    here (it is meant for `hires plan` of another machine)."""
+    import torch
+
+    from hires.memory import GIB, ram_bytes
+
+    total = ram_bytes()[0]
+    for ram in sorted({j.ram for j in jobs if j.ram is not None and j.device != "cpu"
+                       and (j.device != "auto" or torch.cuda.is_available())}):
+        if total and ram * GIB > total:
+            warn(f"--ram {ram:g} is more than this machine's {total / GIB:.1f} GiB of RAM: a "
+                 "plan that fills it fails here (--ram plans another machine's, with `hires "
+                 "plan`)")
+
+
 def warn_space(todo: list[tuple[Path, Any]], stage_images: bool = False) -> None:
     """Before any work: warn when the images to make, (path, job), may not fit their disks."""
     from hires.output import disk_need, short_of_space
@@ -662,6 +678,7 @@ def run_jobs(jobs: list, output: str | None, save_stages: bool, as_json: bool,
             for part in out.remove_stale_parts(folder):
                 say(f"removed {part.name}, left by a run that died while saving")
     warn_space([(r.path, r.job) for r in runs if r.made is None], save_stages)
+    warn_ram([r.job for r in runs])
     from hires.pipeline import load, load_args, plan_for
     from hires.plan import describe
     from hires.record import save_stage, stage_paths
@@ -1070,6 +1087,7 @@ def batch(
         todo = [item for item in mine if overwrite or
                 not b.made_already(paths[item.index], item.job)]
         warn_space([(paths[item.index], item.job) for item in todo])
+        warn_ram([item.job for item in todo])
         made: list[tuple[int, float]] = []
 
         def report(o: b.Outcome) -> None:

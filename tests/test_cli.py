@@ -500,3 +500,16 @@ def test_progress_json_puts_objects_on_stderr_and_the_path_on_stdout(tmp_path, a
     assert [r["phase"] for r in records if r["done"] == r["total"] and r["total"]][-1] \
         == "vae-decode"
     assert_usage_error(cli("gen", "x", "--progress", "jsn"), "'jsn' is not one of")
+
+
+def test_a_ram_above_this_machines_is_a_warning_before_a_gpu_run(capsys):
+    from hires.cli import warn_ram
+    from hires.job import Job
+    from hires.memory import GIB, ram_bytes
+
+    total = ram_bytes()[0] / GIB
+    warn_ram([Job(ram=total * 2, device="cuda"), Job(ram=total * 2, device="cuda:1")])
+    (line,) = capsys.readouterr().err.strip().splitlines()  # once for the same figure
+    assert line.startswith(f"warning: --ram {total * 2:g} is more than this machine's")
+    warn_ram([Job(ram=total / 2, device="cuda"), Job(ram=total * 2, device="cpu")])
+    assert capsys.readouterr().err == ""  # within the RAM; a CPU run parks nothing
