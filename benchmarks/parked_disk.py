@@ -7,8 +7,9 @@ A UNet call on a 12 GB card at 16K parks 21 GB of maps and reads them back (`hir
 This parks `--maps-gb` of maps in 1 GB pieces through `Parking` (its first `--ram-gb` in RAM,
 the rest in files in TMPDIR), writes each the way the GPU's copies do, then reads them back
 last first, as the up blocks do (`--passes` times over each, as row bands do), and checks every
-value, `--calls` times over the same buffers. It runs each case in a child process inside a cgroup (v1, as root) whose memory is capped at
-`--limit-gb`: the RAM case must die there, the disk case must not. Prints a table, writes JSON.
+value, `--calls` times over the same buffers. It runs each case in a child process inside a
+cgroup (v1, as root) whose memory is capped at `--limit-gb`: the RAM case must die there, the
+disk case must not. Prints a table, writes JSON.
 No GPU is involved: the buffers are the ones a CUDA run gets, filled by the CPU.
 """
 
