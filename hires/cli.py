@@ -878,11 +878,17 @@ def show_plan(job, gpu: str | None, as_json: bool,
     run = fitted_plan(lambda: dry_run(job, gpu, source, stage_images), job)
     p, gpu, rate = run.plan, run.gpu, run.rate
     spill = p.vae_spill_bytes
+    timed = rate is not None  # a CPU plan is not timed (its rate is not known)
+
+    def rounded(x: float | None) -> float | None:
+        return None if x is None else round(x, 3)
+
     if as_json:
         out_line(json.dumps({
-            "width": p.width, "height": p.height, "gpu": gpu, "tflops": rate / 1e12,
+            "width": p.width, "height": p.height, "gpu": gpu,
+            "tflops": rate / 1e12 if timed else None,
             "fp32": [part.lower() for part in p.fp32],
-            "fp32_tflops": round(rate * p.fp32_share / 1e12, 3),
+            "fp32_tflops": round(rate * p.fp32_share / 1e12, 3) if timed else None,
             "budget_bytes": p.budget, "budget_from": run.budget_from,
             "vae_spill_bytes": int(spill), "vae_spill_budget_bytes": int(p.spill),
             "stages": [{"index": s.index, "width": s.width, "height": s.height,
@@ -898,33 +904,41 @@ def show_plan(job, gpu: str | None, as_json: bool,
                         "parked_bytes": s.cost.parked_bytes,
                         "disk_bytes": s.cost.disk_bytes, "vae_spill": s.cost.vae_spill,
                         "vae_spill_bytes": int(s.cost.vae_spill_bytes),
-                        "seconds": round(s.cost.seconds, 3),
-                        "vae_seconds": round(s.cost.vae_seconds, 3)} for s in p.stages],
-            "peak_bytes": p.peak_bytes, "seconds": round(p.seconds, 3),
-            "vae_seconds": round(p.vae_seconds, 3)}))
+                        "seconds": rounded(s.cost.seconds),
+                        "vae_seconds": rounded(s.cost.vae_seconds)} for s in p.stages],
+            "peak_bytes": p.peak_bytes, "seconds": rounded(p.seconds),
+            "vae_seconds": rounded(p.vae_seconds)}))
         return
-    where = f"{gpu} ({rate / 1e12:.0f} TFLOP/s achieved"
-    if p.fp32:
-        fp32 = rate * p.fp32_share / 1e12
-        where += f", {fp32:.{0 if fp32 >= 10 else 1}f} in the fp32 {' and '.join(p.fp32)}"
-    where += ", assumed)" if card(gpu) else ")"
+    if timed:
+        where = f"times on {gpu} ({rate / 1e12:.3g} TFLOP/s achieved"
+        if p.fp32:
+            fp32 = rate * p.fp32_share / 1e12
+            where += f", {fp32:.{0 if fp32 >= 10 else 1}f} in the fp32 {' and '.join(p.fp32)}"
+        where += ", assumed)" if card(gpu) else ")"
+    else:
+        where = ("no times: a CPU's rate is not known (expect minutes per megapixel; --gpu "
+                 "with a TFLOP/s figure times it)")
     budget = f"{p.budget / 1024**3:.1f} GiB budget" if p.budget else "no memory budget"
     if not p.budget and not job.device.startswith(("cpu", "mps")):
         budget += " (--gpu NAME or --vram GiB sets one)"
     if run.budget_from == "gpu":
         budget += (f" (the {gpu}'s {card(gpu).memory_gib:.1f} GiB less {CUDA_CONTEXT_GIB} for "
                    "CUDA; --vram sets it)")
+    elif job.device.startswith("cpu") and run.budget_from == "device":
+        budget += " (the free RAM)"
     if spill:
         budget += f", +{spill / 1e9:.0f} GB of RAM for VAE outputs"
-    lines = [f"{p.width}x{p.height}: {len(p.stages)} stage(s), {budget}, times on {where}"]
+    lines = [f"{p.width}x{p.height}: {len(p.stages)} stage(s), {budget}, {where}"]
     lines += describe(p)
     tflop = sum(s.cost.tflop for s in p.stages)
     work = f"{tflop / 1000:.1f} PFLOP" if tflop >= 100 else f"{tflop:.2g} TFLOP"
-    notes = [duration(p.seconds)] if p.seconds >= 90 else []  # a person reads minutes
-    notes += [f"VAE ~{p.vae_seconds:.0f} s"] if p.vae_seconds >= 0.5 else []
-    notes_text = f" ({', '.join(notes)})" if notes else ""
-    lines.append(f"total: peak {p.peak_bytes / 1024**3:.1f} GiB, {work}, ~{p.seconds:.0f} s"
-                 f"{notes_text}")
+    total = f"total: peak {p.peak_bytes / 1024**3:.1f} GiB, {work}"
+    if timed:
+        notes = [duration(p.seconds)] if p.seconds >= 90 else []  # a person reads minutes
+        notes += [f"VAE ~{p.vae_seconds:.0f} s"] if p.vae_seconds >= 0.5 else []
+        notes_text = f" ({', '.join(notes)})" if notes else ""
+        total += f", ~{p.seconds:.0f} s{notes_text}"
+    lines.append(total)
     out_line("\n".join(lines))
     if p.fp32 == ("VAE",) and job.vae_dtype == "auto":  # only a GPU without bf16 does that
         say(fp16_vae_hint(f"the {gpu}", f" (~{p.vae_seconds:.0f} of the ~{p.seconds:.0f} s)"))
@@ -1166,12 +1180,14 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
                 row.update(status="cannot run", error=str(e))
                 text = f"job {item.index}: cannot run: {e}"
             else:
-                seconds, planned_on = run.plan.seconds, run.gpu
-                total += seconds
-                row.update(status="to make", seconds=round(seconds, 3),
-                           peak_bytes=run.plan.peak_bytes)
+                seconds = run.plan.seconds  # None: a CPU job, not timed
+                if seconds is not None:
+                    total, planned_on = total + seconds, run.gpu
+                row.update(status="to make", peak_bytes=run.plan.peak_bytes,
+                           seconds=None if seconds is None else round(seconds, 3))
+                when = "" if seconds is None else f"{duration(seconds)}, "
                 text = (f"job {item.index}: {job.width}x{job.height} -> {path}, "
-                        f"{duration(seconds)}, peak {run.plan.peak_bytes / 1024**3:.1f} GiB")
+                        f"{when}peak {run.plan.peak_bytes / 1024**3:.1f} GiB")
         counts[row["status"]] += 1
         if row["status"] == "to make":
             to_make.append((path, job))

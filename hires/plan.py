@@ -318,9 +318,10 @@ def fit_stage(stage: Stage, stages: list[Stage], model: ModelShape, budget: int 
         raise error
     if not fits:
         least = min(options, key=lambda o: o.cost.peak_bytes)
+        memory = "GPU memory" if model.on_gpu else "memory"
         raise PlanError(
             f"stage {stage.index} ({stage.width}x{stage.height}) needs at least "
-            f"{least.cost.peak_bytes / GIB:.1f} GiB of GPU memory ({least.strategy.label}) "
+            f"{least.cost.peak_bytes / GIB:.1f} GiB of {memory} ({least.strategy.label}) "
             f"plus a margin, more than the {budget / GIB:.1f} GiB budget allows")
     return min(fits, key=_preference(model))
 
@@ -444,20 +445,25 @@ class DryRun:
     """A plan made without weights, and what its budget and times are for."""
 
     plan: Plan
-    gpu: str  # the card (or TFLOP/s figure) its times are for
-    rate: float  # FLOP/s
+    gpu: str  # the card (or TFLOP/s figure) its times are for; "cpu": a CPU's, not timed
+    rate: float | None  # FLOP/s; None: no times
     budget_from: str | None  # 'vram', 'gpu' (the named card's memory), 'device' or None
 
 
 def dry_run(job, gpu: str | None = None, source: tuple[int, int] | None = None,
             stage_images: bool = False) -> DryRun:
     """`hires plan`: the job planned for the card `gpu` names (its memory unless `--vram`
-    says, its rate), else for the local GPU, else at an H100's rate without a budget.
+    says, its rate), else for the local GPU, else at an H100's rate without a budget. A job
+    for the CPU (`--device cpu`) is planned as a run plans it, in the free RAM, and timed only
+    at a rate `gpu` gives (a CPU's is not known: `gpu` is then "cpu", the rate None).
 
     Raises ValueError for a `gpu` that is neither a known card nor a TFLOP/s figure.
     """
     from hires.gpus import card, card_budget_gib, local_gpu, rate_for
 
+    if job.device.startswith("cpu") and gpu is None:
+        plan = plan_without_weights(job, None, source=source, stage_images=stage_images)
+        return DryRun(plan, "cpu", None, "vram" if job.vram is not None else "device")
     card_vram = card_budget_gib(gpu) if gpu is not None and job.vram is None else None
     gpu = gpu or local_gpu() or "h100"
     rate = rate_for(gpu)
@@ -497,6 +503,10 @@ def plan_without_weights(job, rate: float | None = None,
     budget = int(vram * 1024**3) if vram is not None else None
     if budget is None and on_gpu and torch.cuda.is_available():
         budget = torch.cuda.mem_get_info()[0]
+    if budget is None and job.device.startswith("cpu"):  # as a CPU run plans: in the free RAM
+        from hires.memory import free_memory
+
+        budget = free_memory(torch.device("cpu"))
     if job.model == "tiny":
         from hires.models import load
 

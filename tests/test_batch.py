@@ -373,3 +373,7 @@ def test_a_dry_run_plans_every_job_and_writes_nothing(tmp_path):
     text = cli("batch", jobs, "-o", out, "--dry-run", "--gpu", "h100").stdout
     assert text.splitlines()[-1].startswith("total: 2 to make, ~")
     assert text.splitlines()[-1].endswith("1 made already; 1 cannot run")
+    # On the CPU no job is timed: a CPU's rate is not known.
+    cpu = cli("batch", jobs, "-o", out, "--dry-run", "--device", "cpu").stdout.splitlines()
+    assert cpu[0].startswith("job 0: 2048x2048 -> ") and ", peak " in cpu[0] and "~" not in cpu[0]
+    assert cpu[-1].startswith("total: 2 to make;")

@@ -292,3 +292,19 @@ def test_a_plan_the_ram_limits_says_what_more_would_save():
     assert f"~{round(roomy['seconds'] / 60)} min instead of" in line
     for args in (("--gpu", "4090", "--ram", "64"), ("--gpu", "h200", "--ram", "16")):
         assert "RAM limits" not in cli("plan", "--size", "16384", *args).stderr
+
+
+def test_a_cpu_plan_fits_the_free_ram_and_claims_no_time():
+    """`--device cpu` is planned as a CPU run plans it (in the free RAM), and not timed at a
+    GPU's rate: a CPU's is not known unless --gpu gives a figure."""
+    result = cli("plan", "--size", "2048", "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    header, *_, total = result.stdout.splitlines()
+    assert "GiB budget (the free RAM)" in header and "no times: a CPU's rate is not known" in header
+    assert " s" not in total and "h100" not in result.stdout
+    p = plan_json("--size", "2048", "--device", "cpu")
+    assert p["seconds"] is None and p["tflops"] is None and p["budget_from"] == "device"
+    assert all(s["seconds"] is None and s["peak_bytes"] <= p["budget_bytes"]
+               for s in p["stages"])
+    timed = cli("plan", "--size", "2048", "--device", "cpu", "--gpu", "0.5").stdout
+    assert "times on 0.5 (0.5 TFLOP/s achieved)" in timed and "~" in timed.splitlines()[-1]
