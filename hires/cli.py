@@ -942,7 +942,7 @@ def show_plan(job, gpu: str | None, as_json: bool,
     out_line("\n".join(lines))
     if p.fp32 == ("VAE",) and job.vae_dtype == "auto":  # only a GPU without bf16 does that
         say(fp16_vae_hint(f"the {gpu}", f" (~{p.vae_seconds:.0f} of the ~{p.seconds:.0f} s)"))
-    more = more_ram_hint(job, gpu, p, lambda j: dry_run(j, gpu, source, stage_images).plan)
+    more = more_ram_hint(job, p, lambda j: dry_run(j, gpu, source, stage_images).plan)
     if more:
         say(more)
 
@@ -950,16 +950,16 @@ def show_plan(job, gpu: str | None, as_json: bool,
 ROOMY_RAM_GB = 64  # what `more_ram_hint` plans with
 
 
-def more_ram_hint(job, gpu: str, p, replan: Callable[[Any], Any]) -> str | None:
+def more_ram_hint(job, p, replan: Callable[[Any], Any]) -> str | None:
     """Where the RAM limits a GPU plan (the VAE keeps all it may there, or parked maps wait
     on a disk): how long the job takes with ROOMY_RAM_GB free, if that saves a tenth."""
     from hires.eta import duration
-    from hires.memory import GIB, ram_bytes
-    from hires.plan import DRY_RUN_FREE_RAM, PlanError
+    from hires.memory import GIB
+    from hires.plan import PlanError, dry_run_free_ram
 
     if job.device.startswith(("cpu", "mps")) or p.seconds is None:
         return None
-    free = job.ram * GIB if job.ram is not None else DRY_RUN_FREE_RAM * ram_bytes()[0]
+    free = dry_run_free_ram(job)
     bound = any(s.cost.disk_bytes for s in p.stages) or (
         p.spill and p.vae_spill_bytes >= 0.99 * p.spill)
     if not bound or free >= ROOMY_RAM_GB * GIB:

@@ -440,6 +440,14 @@ def _vae_dtype_bytes(requested: str, dtype_bytes: int, device: str, bf16: bool =
 DRY_RUN_FREE_RAM = 0.8  # the share of this machine's RAM a dry run takes to be free
 
 
+def dry_run_free_ram(job) -> float:
+    """The RAM a dry run plans with: --ram GB, else DRY_RUN_FREE_RAM of this machine's (a run
+    looks at what is free then)."""
+    from hires.memory import ram_bytes
+
+    return job.ram * GIB if job.ram is not None else DRY_RUN_FREE_RAM * ram_bytes()[0]
+
+
 @dataclass(frozen=True)
 class DryRun:
     """A plan made without weights, and what its budget and times are for."""
@@ -491,7 +499,7 @@ def plan_without_weights(job, rate: float | None = None,
     import torch
 
     from hires.costs import model_shape, sdxl_shape
-    from hires.memory import disk_room, host_room, ram_bytes
+    from hires.memory import disk_room, host_room
     from hires.models import vae_fp16_ok
     from hires.vae_stats import spill_from_free
 
@@ -533,7 +541,7 @@ def plan_without_weights(job, rate: float | None = None,
         # Parked maps, offloaded weights and the VAE's outputs that do not fit the GPU go to
         # the CPU's memory: --ram GB of it, else as if DRY_RUN_FREE_RAM of this machine's RAM
         # were free then (a run looks at what is free).
-        free = job.ram * GIB if job.ram is not None else DRY_RUN_FREE_RAM * ram_bytes()[0]
+        free = dry_run_free_ram(job)
         shape = copy(shape, spill=spill_from_free(free), host=host_room(free) if free else None,
                      disk=disk_room(scratch_folder()) if job.disk is None else job.disk * 1e9,
                      fp32_share=gpu.fp32_share if gpu else FP32_SHARE)
