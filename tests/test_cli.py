@@ -464,7 +464,7 @@ def test_tab_completion_offers_presets_gpus_and_choices():
 def test_help_groups_every_option_under_a_heading(command):
     """`-h` lists the options by topic; a new option without a heading would land in "Other
     options" beside -h, and this fails until HELP_SECTIONS names it."""
-    from hires.cli import HELP_SECTIONS
+    from hires.cli_options import HELP_SECTIONS
 
     result = cli(command, "-h")
     assert result.exit_code == 0
@@ -503,7 +503,7 @@ def test_progress_json_puts_objects_on_stderr_and_the_path_on_stdout(tmp_path, a
 
 
 def test_a_ram_above_this_machines_is_a_warning_before_a_gpu_run(capsys):
-    from hires.cli import warn_ram
+    from hires.cli_runs import warn_ram
     from hires.job import Job
     from hires.memory import GIB, ram_bytes
 

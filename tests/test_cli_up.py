@@ -95,6 +95,11 @@ output = "cat-1x.png"
     assert result.exit_code == 0, result.stderr
     record, _ = json_lines(result.stdout)
     assert record["image"] == str(cat) and record["stages"][0]["psnr"] > 5
+    # A batch job says what `hires up` says of the same image: its plan and each stage's PSNR.
+    assert f"job 0 -> {tmp_path / 'out' / 'cat.png'}: seed 1, 1 stage(s), 288x192" \
+        in result.stderr
+    assert "  stage 0 (from the input): 288x192" in result.stderr
+    assert "dB PSNR against the input" in result.stderr
     with Image.open(tmp_path / "out" / "cat.png") as im:
         assert im.size == (288, 192)
     assert "skipped" in cli("batch", jobs, "-o", tmp_path / "out").stderr

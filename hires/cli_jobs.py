@@ -1,0 +1,147 @@
+"""From the command line's options and inputs to checked jobs and their plans."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from hires.cli_output import say
+
+
+def job_flags(options: dict[str, Any]) -> dict[str, Any]:
+    """The job keys the user actually gave, from a command's `locals()` (its options), the size
+    keys (--size, --aspect, --scale, --width, --height) among them. `prompt` and `image` are the
+    commands' own to handle."""
+    from hires.job import JOB_KEYS
+    from hires.sizes import SIZE_KEYS
+
+    values = {("format" if k == "fmt" else k): v for k, v in options.items()}
+    # False means "not given" for plain flags; --no-karras is a real False.
+    return {k: v for k, v in values.items()
+            if (k in JOB_KEYS or k in SIZE_KEYS) and k not in ("prompt", "image")
+            and v is not None and (v is not False or k == "karras")
+            and not (isinstance(v, list) and not v)}
+
+
+def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any],
+              source: tuple[int, int] | None = None):
+    """Defaults, then the preset, then a recorded job (--from), then explicit flags; the size
+    from all of them (`hires.sizes`). `source`: an upscale's input size, when it is loaded."""
+    from hires.images import input_size
+    from hires.job import JobError
+    from hires.output import OutputError, job_values_from_image
+    from hires.presets import load_preset
+    from hires.sizes import OPTIONS, job_from_levels
+
+    def size_of(path: str) -> tuple[int, int]:
+        return source or input_size(path)
+
+    levels: list[tuple[dict[str, Any], str, bool]] = []
+    if preset:
+        levels.append((load_preset(preset).values, f"preset '{preset}'", True))
+    if from_image is None:
+        return job_from_levels([*levels, (flags, OPTIONS, False)], size_of=size_of)
+    try:
+        recorded = job_values_from_image(from_image)
+    except OutputError as e:  # a missing or unreadable input is the user's to fix
+        raise JobError(str(e)) from None
+    if recorded.get("allow_pickle") in (False, None):
+        recorded.pop("allow_pickle", None)  # hires 0.1 recorded the (harmless) default
+    where = f"metadata of {from_image}"
+    if recorded.get("model") and "model" not in flags:
+        # The record names a model, maybe a local file: say which, never load it unseen.
+        say(f"--from {from_image}: model {recorded['model']} (as recorded; --model picks "
+            "another)")
+    if recorded.get("vae") and "vae" not in flags:
+        say(f"--from {from_image}: VAE {recorded['vae']} (as recorded; --vae picks another)")
+    job = job_from_levels([*levels, (recorded, where, True), (flags, OPTIONS, False)],
+                          size_of=size_of)
+    from hires.addons import check_unchanged
+
+    check_unchanged(job, recorded_addons(from_image))
+    return job
+
+
+def recorded_addons(path: Path) -> dict[str, Any]:
+    """The add-ons record (files and their sha256) of an image made by hires, if any."""
+    from hires.output import read_metadata
+
+    record = read_metadata(path)["hires"]
+    result = record.get("result") if isinstance(record, dict) else None
+    addons = result.get("addons") if isinstance(result, dict) else None
+    return addons if isinstance(addons, dict) else {}
+
+
+def read_prompts(prompt: str) -> list[str]:
+    """'-' reads one prompt per line from stdin; blank lines and `#` comment lines are skipped."""
+    if prompt != "-":
+        return [prompt]
+    try:
+        lines = sys.stdin.read().splitlines()
+    except UnicodeDecodeError:
+        raise typer.BadParameter("the prompts on stdin are not UTF-8 text") from None
+    prompts = [line.strip() for line in lines if line.strip() and
+               not line.lstrip().startswith("#")]
+    if not prompts:
+        raise typer.BadParameter("prompt '-' read no prompts from stdin (one per line)")
+    return prompts
+
+
+def read_paths(images: list[Path]) -> list[Path]:
+    """The input paths; '-' reads one a line from stdin (blank and `#` lines skipped)."""
+    if Path("-") not in images:
+        return images
+    if images != [Path("-")]:
+        raise typer.BadParameter("give image paths or '-' (paths on stdin), not both")
+    try:
+        lines = sys.stdin.read().splitlines()
+    except UnicodeDecodeError:
+        raise typer.BadParameter("the paths on stdin are not UTF-8 text") from None
+    paths = [Path(line.strip()) for line in lines
+             if line.strip() and not line.lstrip().startswith("#")]
+    if not paths:
+        raise typer.BadParameter("'-' read no image paths from stdin (one per line)")
+    return paths
+
+
+def check_device(device: str) -> None:
+    """A device this machine's torch cannot use is a usage error, found before any loading."""
+    import torch
+
+    from hires.job import JobError
+
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise JobError("--device cuda: torch sees no CUDA GPU here; use --device cpu (slow) "
+                           "or install a CUDA build of torch")
+        index, count = int(device.partition(":")[2] or 0), torch.cuda.device_count()
+        if index >= count:
+            raise JobError(f"--device {device}: torch sees {count} CUDA GPU(s), cuda:0 to "
+                           f"cuda:{count - 1}; pick one of those (`hires info` lists them)")
+    elif device == "mps" and not torch.backends.mps.is_available():
+        raise JobError("--device mps: this machine's torch has no Apple GPU (MPS) support; use "
+                       "--device auto or cpu")
+
+
+def fitted_plan(make, job):
+    """`make()`'s plan; a plan that cannot fit becomes a usage error that says what would."""
+    from hires.job import JobError
+    from hires.plan import PlanError, largest_fitting
+
+    try:
+        return make()
+    except PlanError as e:
+        hint = ""
+        if e.host:
+            hint = "; try --ram with what is free" if job.ram is None else "; try a larger --ram"
+        elif job.vram is not None or job.offload != "auto":
+            hint = "; try a larger --vram or --offload auto"
+        kwargs = getattr(e, "plan_kwargs", None)
+        if kwargs:
+            fits = largest_fitting(job.width, job.height, **kwargs)
+            if fits:
+                hint = f"; {fits[0]}x{fits[1]} fits" + hint
+        raise JobError(f"{e}{hint}") from None

@@ -1,0 +1,174 @@
+"""The options the commands share, their tab completion, and the headings `-h` lists them
+under."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperCommand
+
+# `hires gen -h` lists 50 options: grouped under these headings, by parameter name, in this
+# order (anything not named goes under "Other options", and -h last).
+HELP_SECTIONS = {
+    "Size": ("size", "scale", "aspect", "width", "height"),
+    "Prompt and sampling": ("prompt", "negative", "seed", "steps", "guidance", "strength",
+                            "sampler", "karras", "n"),
+    "Output": ("output", "fmt", "dpi", "save_stages", "overwrite", "resume_runs", "as_json",
+               "quiet", "progress"),
+    "Model": ("model", "linfusion", "vae", "lora", "dtype", "allow_pickle"),
+    "ControlNet and IP-Adapter": ("control", "control_model", "control_scale", "ip_image",
+                                  "ip_adapter", "ip_scale"),
+    "Memory and speed": ("device", "vram", "ram", "disk", "offload", "upsample", "vae_tile",
+                         "vae_stats", "vae_dtype"),
+    "Plans, presets and re-runs": ("dry_run", "gpu", "preset", "from_image"),
+}
+
+
+class Sections(TyperCommand):
+    """A command whose options `-h` lists under HELP_SECTIONS' headings (click has no panels
+    without rich's help, which we leave off: plain help reads the same in a pipe)."""
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:  # typer's own click types
+        groups: dict[str, list[tuple[str, str]]] = {"Arguments": []}
+        groups.update((name, []) for name in HELP_SECTIONS)
+        groups["Other options"] = []
+        order = {p: (title, i) for title, names in HELP_SECTIONS.items()
+                 for i, p in enumerate(names)}
+        params = [p for p in self.get_params(ctx) if p.get_help_record(ctx) is not None]
+        # In each section in HELP_SECTIONS' order; the rest as declared, -h last.
+        params.sort(key=lambda p: (p.name == "help", order.get(p.name, ("", 0))[1]))
+        for param in params:
+            title = ("Arguments" if param.param_type_name == "argument"
+                     else order.get(param.name, ("Other options", 0))[0])
+            groups[title].append(param.get_help_record(ctx))
+        for title, records in groups.items():
+            if records:
+                with formatter.section(title):
+                    formatter.write_dl(records)
+
+
+def completes(values: Callable[[], Iterable[str]]) -> Callable[[str], list[str]]:
+    """Tab completion (`hires --install-completion`) from `values`, computed when asked."""
+    return lambda incomplete: [v for v in values() if v.startswith(incomplete)]
+
+
+def one_of(*values: str) -> Callable[[str], list[str]]:
+    return completes(lambda: values)
+
+
+def preset_names() -> list[str]:
+    from hires.presets import available
+
+    return sorted(available())
+
+
+def gpu_names() -> list[str]:
+    from hires.gpus import GPUS
+
+    return sorted(GPUS)
+
+
+
+
+# Options shared by gen, plan and batch; None means "not given", so presets can fill it.
+Size = Annotated[int | None, typer.Option("--size", help="Long side in pixels (e.g. 16384).")]
+Aspect = Annotated[str | None, typer.Option(help="Aspect ratio with --size, e.g. 16:9 or 2:3.")]
+Width = Annotated[int | None, typer.Option(help="Exact width in pixels (with --height).")]
+Height = Annotated[int | None, typer.Option(help="Exact height in pixels (with --width).")]
+Negative = Annotated[str | None, typer.Option(help="Negative prompt.")]
+Seed = Annotated[int | None, typer.Option(help="Random seed (random when absent; recorded).")]
+Steps = Annotated[int | None, typer.Option(help="Base-stage steps (default 50).")]
+Guidance = Annotated[float | None, typer.Option(help="CFG scale (default 7.5).")]
+Strength = Annotated[float | None, typer.Option(
+    help="SDEdit strength of the first x2 stage; later ones taper to 0 (default 0.32).")]
+Model = Annotated[str | None, typer.Option(
+    help="Hub id, local diffusers folder, .safetensors file, or 'tiny' (offline test model).")]
+LinFusionRef = Annotated[str | None, typer.Option(
+    "--linfusion", help="LinFusion checkpoint: Hub id, folder, 'auto' or 'none'.")]
+
+Preset = Annotated[str | None, typer.Option(help="Preset name or .toml path; flags override.",
+                                            autocompletion=completes(preset_names))]
+Fmt = Annotated[str | None, typer.Option("--format", help="png, jpg, webp or tiff.",
+                                         autocompletion=one_of("png", "jpg", "webp", "tiff"))]
+Vram = Annotated[float | None, typer.Option(help="GPU memory budget in GB for planning.")]
+Ram = Annotated[float | None, typer.Option(
+    help="CPU memory budget in GB for parked maps and offloaded weights (default: what is free).")]
+Disk = Annotated[float | None, typer.Option(
+    help="Scratch disk in GB (in TMPDIR) for parked maps the RAM cannot hold (default: what is "
+    "free there; 0: never).")]
+Offload = Annotated[str | None, typer.Option(
+    help="auto, none, model or sequential.",
+    autocompletion=one_of("auto", "none", "model", "sequential"))]
+Device = Annotated[str | None, typer.Option(help="auto, cuda, cuda:N, mps or cpu.",
+                                            autocompletion=one_of("auto", "cuda", "cpu", "mps"))]
+Dtype = Annotated[str | None, typer.Option(
+    help="auto (fp16 on GPUs, fp32 on the CPU), fp16, bf16 (about 3x faster than fp32 on CPUs"
+         " with AVX512-BF16) or fp32.", autocompletion=one_of("auto", "fp16", "bf16", "fp32"))]
+Upsample = Annotated[str | None, typer.Option(
+    help="Between stages: pixel (default: decode, resize, encode) or latent (the latents "
+         "resized: no VAE between stages, faster).", autocompletion=one_of("pixel", "latent"))]
+VaeTile = Annotated[int | None, typer.Option(
+    help="VAE tile size in pixels, a multiple of 8 (default: the planner's pick, the largest of"
+         " 2048-512 that fits the memory).")]
+VaeStats = Annotated[str | None, typer.Option(
+    help="How tiles share GroupNorm statistics: fast (default) or exact (slower, scratch disk).",
+    autocompletion=one_of("fast", "exact"))]
+VaeDtype = Annotated[str | None, typer.Option(
+    help="VAE precision: auto (bf16 on CUDA and bf16-capable CPUs, else fp32; fp16 on GPUs "
+         "without bf16 for a VAE made for it), bf16, fp32 or fp16 (such a VAE only).",
+    autocompletion=one_of("auto", "bf16", "fp32", "fp16"))]
+VaeRef = Annotated[str | None, typer.Option(
+    "--vae", help="A VAE instead of the model's: Hub id, diffusers folder or .safetensors file "
+    "(e.g. madebyollin/sdxl-vae-fp16-fix, which runs in fp16 where bf16 is slow).")]
+AllowPickle = Annotated[bool, typer.Option(
+    "--allow-pickle", help="Allow loading pickle (.ckpt/.bin) weights you trust.")]
+Sampler = Annotated[str | None, typer.Option(
+    help="euler (default) or dpmpp-2m (DPM++ 2M: as good in about half the steps).",
+    autocompletion=one_of("euler", "dpmpp-2m"))]
+Karras = Annotated[bool | None, typer.Option(
+    "--karras/--no-karras", help="Karras sigma spacing (more steps near the clean end).")]
+Lora = Annotated[list[str] | None, typer.Option(
+    "--lora", help="A LoRA: PATH or HUB_ID, optionally :SCALE (e.g. style.safetensors:0.8); "
+    "repeat for more.")]
+Control = Annotated[str | None, typer.Option(
+    help="ControlNet conditioning image (edges, depth, pose...), resized to every stage.")]
+ControlModel = Annotated[str | None, typer.Option(
+    help="An SDXL ControlNet: Hub id, diffusers folder or .safetensors file.")]
+ControlScale = Annotated[float | None, typer.Option(help="ControlNet strength (default 1.0).")]
+IpImage = Annotated[str | None, typer.Option(help="IP-Adapter image prompt.")]
+IpAdapter = Annotated[str | None, typer.Option(
+    help="IP-Adapter weights: Hub id (default h94/IP-Adapter), folder or .safetensors file.")]
+IpScale = Annotated[float | None, typer.Option(help="IP-Adapter strength (default 0.6).")]
+JsonOut = Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout.")]
+Gpu = Annotated[str | None, typer.Option(
+    help="For time estimates: h100, h200, a100, l40s, 4090, ... or a measured TFLOP/s figure.",
+    autocompletion=completes(gpu_names))]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Check the outputs and inputs, print "
+                                      "the plan (as `hires plan`) and exit without loading "
+                                      "weights.")]
+Dpi = Annotated[float | None, typer.Option(
+    help="Resolution the file records, for print (PNG, TIFF, JPEG): at 300 a 16384 px side "
+    "prints 138.7 cm wide.")]
+QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="No progress or logs on stderr.")]
+
+PROGRESS_MODES = ("auto", "bars", "plain", "json")
+
+
+def _progress_mode(value: str) -> str:
+    if value not in PROGRESS_MODES:
+        raise typer.BadParameter(f"'{value}' is not one of {', '.join(PROGRESS_MODES)}")
+    return value
+
+
+ProgressOpt = Annotated[str, typer.Option(
+    "--progress", help="How progress shows on stderr: auto (bars on a terminal, else plain "
+    "lines), bars, plain, or json (an object a line, for programs).",
+    callback=_progress_mode, autocompletion=one_of(*PROGRESS_MODES))]
+Overwrite = Annotated[bool, typer.Option(help="Replace existing output files.")]
+SaveStages = Annotated[bool, typer.Option(help="Also save each stage's image as it is done "
+                                         "(NAME.stage0.png, ...): see a long job early.")]
+Resume = Annotated[bool, typer.Option(
+    "--resume/--no-resume", help="Go on from the stages a stopped run of the same job kept "
+    "beside the output (NAME.resume.safetensors); --no-resume starts over.")]

@@ -1,0 +1,175 @@
+"""What the command line prints and how it exits.
+
+stdout carries only results (one path, or one JSON object, per image); everything else goes to
+stderr. Exit codes: 0 success, 1 runtime failure, 2 usage error, 130 interrupted (Ctrl-C),
+143 terminated (SIGTERM). A reader that closes stdout early (`| head -1`) is normal: hires stops
+printing and exits quietly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so every cleanup (temp files) runs on the way out."""
+
+
+def on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
+def out_line(text: str) -> None:
+    """One line of results on stdout; a reader that went away (`| head -1`) is not an error."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        quiet_stdout()
+
+
+def quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that neither later prints nor the flush at exit complain
+    of a reader that went away."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+class Quiet:
+    """Whether to keep stderr free of anything but errors."""
+
+    on = False
+    bars_off = False  # whether library_bars() turned the libraries' progress bars off
+    progress = "auto"  # --progress: auto, bars, plain or json
+
+
+def say(message: str) -> None:
+    """A log line on stderr (not with -q)."""
+    if not Quiet.on:
+        err.print(message, markup=False)
+
+
+def warn(message: str) -> None:
+    """A warning on stderr (shown with -q too: it is about the result)."""
+    err.print(f"warning: {message}", markup=False)
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    err.print(f"error: {message}", markup=False)
+    return typer.Exit(code)
+
+
+def emit(record: dict[str, Any], as_json: bool) -> None:
+    """A result on stdout: its path, or its JSON object."""
+    out_line(json.dumps(record) if as_json else record["path"])
+
+
+@contextmanager
+def exit_codes() -> Iterator[None]:
+    """Turn our exceptions into one-line errors and the documented exit codes."""
+    from hires.job import JobError
+    from hires.output import OutputError
+
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except Terminated:
+        err.print("terminated", markup=False)
+        raise typer.Exit(EXIT_TERMINATED) from None
+    except KeyboardInterrupt:
+        err.print("interrupted", markup=False)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except (JobError, typer.BadParameter) as e:
+        raise fail(str(e), EXIT_USAGE) from None
+    except OutputError as e:
+        raise fail(str(e), EXIT_USAGE if e.usage else EXIT_RUNTIME) from None
+    except Exception as e:
+        from hires.images import ImageInputError
+
+        if isinstance(e, ImageInputError):  # the user's input file: theirs to fix
+            raise fail(str(e), EXIT_USAGE) from None
+        if os.environ.get("HIRES_DEBUG"):
+            raise
+        from hires.models import ModelError
+
+        text = str(e) if isinstance(e, ModelError) else f"{type(e).__name__}: {e}"
+        first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+        if not isinstance(e, ModelError):
+            raise fail(f"{first} (set HIRES_DEBUG=1 for the traceback)", EXIT_RUNTIME) from None
+        raise fail(first, EXIT_USAGE if e.usage else EXIT_RUNTIME) from None
+
+
+class OneLineErrors(TyperGroup):
+    """click's own usage errors (an unknown option, a bad number) as one line, like hires'
+    errors: `error: no such option: --sise (...) (see 'hires gen -h')`, exit 2. click prints
+    four lines, its usage and a hint around the message."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        # typer's click classes, found through a public one: typer >= 0.2x carries its own
+        # copy of click, older ones use click itself.
+        found = {c.__name__: c for c in typer.BadParameter.__mro__}
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except found["ClickException"] as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # `hires` alone: the help
+                e.show()
+                sys.exit(e.exit_code)
+            text = e.format_message().rstrip(".")
+            text = text[:1].lower() + text[1:]
+            ctx = getattr(e, "ctx", None)
+            if isinstance(e, found["UsageError"]):
+                text += f" (see '{ctx.command_path if ctx else 'hires'} -h')"
+            err.print(f"error: {text}", markup=False)
+            sys.exit(e.exit_code)
+        except typer.Abort:  # Ctrl-D or Ctrl-C outside a command's own handling
+            err.print("interrupted", markup=False)
+            sys.exit(EXIT_INTERRUPTED)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def library_bars(quiet: bool) -> None:
+    """diffusers, transformers and the Hub draw their own tqdm bars (loading a local folder
+    shows two): off with -q, on otherwise (the setting is per process; tests run many)."""
+    from diffusers.utils import logging as diffusers_logging
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    if quiet == Quiet.bars_off:
+        return  # only undo what we did: a user's HF_HUB_DISABLE_PROGRESS_BARS stays in force
+    for module in (diffusers_logging, transformers_logging):
+        (module.disable_progress_bar if quiet else module.enable_progress_bar)()
+    (disable_progress_bars if quiet else enable_progress_bars)()
+    Quiet.bars_off = quiet
+
+
+def progress_renderer(quiet: bool, plan=None, image: str | None = None):
+    """As --progress says (auto: rich bars on a terminal, plain lines otherwise), nothing with
+    -q; with `plan`, they say how long the rest of the job takes too."""
+    from contextlib import nullcontext
+
+    from hires.progress import JsonProgress, PlainProgress, RichProgress
+
+    mode = Quiet.progress
+    if quiet:
+        return nullcontext(None)
+    if mode == "json":
+        return nullcontext(JsonProgress(sys.stderr, plan=plan, image=image))
+    if mode == "bars" or (mode == "auto" and sys.stderr.isatty()):
+        return RichProgress(err, plan=plan)
+    return nullcontext(PlainProgress(sys.stderr, plan=plan))

@@ -1,0 +1,347 @@
+"""Making images from the command line: the checks before a run, the model loaded once,
+each image planned, resumed, shown in progress and saved, and what a stopped run keeps."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from hires.cli_jobs import check_device, fitted_plan
+from hires.cli_output import EXIT_RUNTIME, emit, err, library_bars, progress_renderer, say, warn
+
+
+def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overwrite: bool,
+                  stage_images: bool = False) -> None:
+    """What a run checks of its outputs before it loads anything (names, formats, files in
+    the way), for --dry-run: a plan that shows should be a command that starts."""
+    from hires.runs import plan_runs
+
+    runs = plan_runs(jobs, output, n=n, fmt_flag=fmt, overwrite=overwrite, resume_runs=False)
+    warn_space([(r.path, r.job) for r in runs if r.made is None], stage_images)
+
+
+def warn_ram(jobs: list) -> None:
+    """Before a GPU run: a --ram above this machine's RAM plans parking that cannot happen
+    here (it is meant for `hires plan` of another machine)."""
+    import torch
+
+    from hires.memory import GIB, ram_bytes
+
+    total = ram_bytes()[0]
+    for ram in sorted({j.ram for j in jobs if j.ram is not None and j.device != "cpu"
+                       and (j.device != "auto" or torch.cuda.is_available())}):
+        if total and ram * GIB > total:
+            warn(f"--ram {ram:g} is more than this machine's {total / GIB:.1f} GiB of RAM: a "
+                 "plan that fills it fails here (--ram plans another machine's, with `hires "
+                 "plan`)")
+
+
+def warn_space(todo: list[tuple[Path, Any]], stage_images: bool = False) -> None:
+    """Before any work: warn when the images to make, (path, job), may not fit their disks."""
+    from hires.output import disk_need, short_of_space
+
+    note = short_of_space([(path, disk_need(j.width, j.height, j.format, stage_images),
+                            j.width * j.height) for path, j in todo])
+    if note:
+        warn(note)
+
+
+def check_loaded(job, components, notes: bool = True) -> None:
+    """Checks that need the loaded model: steps within its schedule; with `notes`, a word
+    on slow settings (once per loaded model)."""
+    import torch
+
+    from hires.job import JobError
+
+    config = components.pipe.scheduler.config
+    train = config.get("num_train_timesteps", 1000)
+    most = train - config.get("steps_offset", 0)  # the offset shifts the last step past the end
+    if job.steps > most:
+        raise JobError(f"steps must be at most {most} for this model (its schedule has {train} "
+                       f"timesteps), got {job.steps}")
+    if not notes:
+        return
+    if (components.device.type == "cuda" and components.vae_dtype == torch.float32
+            and components.dtype != torch.float32 and job.vae_dtype == "auto"):
+        say(fp16_vae_hint("this GPU"))
+    if components.device.type != "cpu":
+        return
+    say("running on the CPU: expect minutes per megapixel (a GPU takes seconds)")
+    from hires.models import cpu_has_fast_bf16
+
+    if job.dtype == "auto" and cpu_has_fast_bf16():
+        # auto stays fp32 on the CPU: bf16's effect on SDXL's pictures is unmeasured here.
+        say("this CPU has native bf16: --dtype bf16 runs the UNet about 3x faster than fp32 "
+            "(BENCHMARKS.md, bf16)")
+    if job.dtype == "fp16" or (job.dtype == "bf16" and not cpu_has_fast_bf16()):
+        warn(f"--dtype {job.dtype} on the CPU is about 4x slower than fp32; drop --dtype there")
+    if job.offload in ("model", "sequential"):
+        warn(f"--offload {job.offload} does nothing on the CPU (the weights are in RAM already)")
+
+
+def fp16_vae_hint(gpu: str, detail: str = "") -> str:
+    """What to do when a GPU without native bf16 runs the VAE in fp32."""
+    from hires.models import FP16_VAE
+
+    return (f"{gpu} has no native bf16, so the VAE runs in fp32{detail}; a VAE made for fp16 "
+            f"runs in fp16, several times faster there (--vae {FP16_VAE})")
+
+
+def run_jobs(jobs: list, output: str | None, save_stages: bool, as_json: bool,
+             quiet: bool, overwrite: bool, gpu: str | None = None,
+             fmt_flag: str | None = None, n: int = 1, resume_runs: bool = True) -> None:
+    """`gen` and `up`: plan and check every output first, load the model once, then make each
+    image (each job `n` times); `resume_runs`: go on from what stopped runs of a job kept."""
+    from hires import output as out
+    from hires.runs import plan_runs
+
+    runs = plan_runs(jobs, output, n=n, fmt_flag=fmt_flag, overwrite=overwrite,
+                     resume_runs=resume_runs)
+    if jobs[0].seed is None and len(runs) > 1:
+        base = runs[0].job.seed
+        say(f"seeds from {base} (--seed {base} makes these images again)")
+    for folder in {run.path.parent for run in runs}:
+        if folder.is_dir():  # temp files of a gen that was killed while saving here
+            for part in out.remove_stale_parts(folder):
+                say(f"removed {part.name}, left by a run that died while saving")
+    warn_space([(r.path, r.job) for r in runs if r.made is None], save_stages)
+    warn_ram([r.job for r in runs])
+    components = None
+    made: list[tuple[int, float]] = []  # (pixels, seconds) of each image made so far
+    for number, run in enumerate(runs, 1):
+        of = f" (image {number} of {len(runs)})" if len(runs) > 1 else ""
+        if run.made is not None:
+            say(f"{run.path}{of}: made already by these settings, kept (--overwrite makes it "
+                "again)")
+            emit(run.made, as_json)
+            continue
+        if components is None:  # once, and only when some image is to be made
+            components = load_model(run.job, quiet)
+            check_loaded(run.job, components)
+        started = time.monotonic()  # the model's load is not an image's pace
+        emit(make_image(run.job, run.path, components, heading=f"{run.path}{of}", gpu=gpu,
+                        quiet=quiet, overwrite=overwrite, resume_runs=resume_runs,
+                        save_stages=save_stages), as_json)
+        made.append((run.job.width * run.job.height, time.monotonic() - started))
+        say_left(made, [r.job.width * r.job.height for r in runs[number:] if r.made is None])
+
+
+def load_model(job, quiet: bool):
+    """The model `job` names, with the libraries' own bars as -q says; its warnings said."""
+    from hires.pipeline import load, load_args
+
+    library_bars(quiet)
+    components = load(*load_args(job))
+    for warning in components.warnings:
+        warn(warning)
+    return components
+
+
+def make_image(job, path: Path, components, *, heading: str, gpu: str | None = None,
+               quiet: bool = False, overwrite: bool = False, resume_runs: bool = True,
+               save_stages: bool = False, settings: str | None = None) -> dict[str, Any]:
+    """One image from loaded `components`: planned, gone on from what a stopped run kept,
+    shown in progress and saved at `path`; its record. `heading` names it in the log."""
+    from hires import output as out
+    from hires import resume
+    from hires.pipeline import plan_for
+    from hires.plan import describe
+    from hires.record import save_stage, stage_paths
+    from hires.runs import made_by
+    from hires.upscale import load_source, make
+
+    source = load_source(job) if job.image else None
+    say_colour(source)
+    size = source.rgb.size if source else None
+    plan = fitted_plan(lambda: plan_for(job, components, gpu=gpu, source=size,
+                                        stage_images=save_stages), job)
+    # Stage images are written as each stage is done. Checked before the first step, not
+    # after the compute is spent; a stopped run's own stage images are this run's to write.
+    stage_files = stage_paths(path, len(plan.stages)) if save_stages else []
+    for stage_path in stage_files:
+        if not made_by(stage_path, job):
+            out.check_writable(stage_path, overwrite)
+    say(f"{heading}: seed {job.seed}, {len(plan.stages)} stage(s), {plan.width}x{plan.height}")
+    for line in describe(plan):
+        say(f"  {line}")
+    kept = resume.path_for(path)
+    if not resume_runs:
+        resume.remove(kept)
+    say_resume(kept, job, plan, source, stage_files)
+
+    def stage_image(index: int, image) -> None:
+        save_stage(image, stage_files[index], job, index, fmt=job.format, overwrite=True)
+        say(f"  stage {index}: {stage_files[index]}")
+
+    with saying_what_is_kept(kept, job, plan, source):  # the save too: a full disk
+        with progress_renderer(quiet, plan, str(path)) as progress:
+            result = make(job, source=source, components=components, progress=progress,
+                          plan=plan, checkpoint=kept,
+                          on_stage_image=stage_image if save_stages else None)
+        for warning in result.warnings[len(components.warnings):]:
+            warn(warning)
+        for s in result.stages:
+            if s.psnr is not None:
+                say(f"  stage {s.index} ({s.width}x{s.height}): {s.psnr:.1f} dB PSNR "
+                    "against the input")
+        record = result.save(path, fmt=job.format, overwrite=overwrite, settings=settings,
+                             warn=warn)
+    resume.remove(kept)
+    return record
+
+
+def run_batch_jobs(items: list, paths: dict[int, Path], file: Path, output: Path,
+                   manifest: Path | None, as_json: bool, quiet: bool, overwrite: bool,
+                   resume_runs: bool, gpu: str | None = None) -> None:
+    """`batch`: each job's image unless it is made already; one model in memory at a time; a
+    failed job is said and recorded in the manifest, and the others go on (exit 1 at the
+    end)."""
+    from hires import batch as b
+    from hires import output as out
+    from hires.job import JobError
+
+    first_on = {item.job.device: item.index for item in reversed(items)}
+    for name, index in sorted(first_on.items(), key=lambda kv: kv[1]):
+        try:  # before any work, as for gen: not a failure per job
+            check_device(name)
+        except JobError as e:
+            raise JobError(f"{file.name} job {index}: {e}") from None
+    # For the time left: the jobs whose images are not there yet, and those made so far.
+    todo = [item for item in items if overwrite or
+            not b.made_already(paths[item.index], item.job)]
+    warn_space([(paths[item.index], item.job) for item in todo])
+    warn_ram([item.job for item in todo])
+    made: list[tuple[int, float]] = []
+    loaded: dict[tuple, Any] = {}
+
+    def make_one(item: b.BatchItem, path: Path) -> dict:
+        from hires.pipeline import load_args
+
+        key = load_args(item.job)
+        fresh = key not in loaded
+        if fresh:
+            loaded.clear()  # one model in memory at a time
+            loaded[key] = load_model(item.job, quiet)
+        check_loaded(item.job, loaded[key], notes=fresh)
+        started = time.monotonic()  # a model's load is not an image's pace
+        record = make_image(item.job, path, loaded[key], heading=f"job {item.index} -> {path}",
+                            gpu=gpu, quiet=quiet, overwrite=overwrite, resume_runs=resume_runs,
+                            settings=b.settings_hash(item.job))
+        made.append((item.job.width * item.job.height, time.monotonic() - started))
+        return record
+
+    def report(o: b.Outcome) -> None:
+        if o.status == "failed":
+            err.print(f"job {o.item.index} failed: {o.error}", markup=False)
+        elif o.status == "skipped":
+            say(f"job {o.item.index}: {o.path} exists with the same settings, skipped")
+        if o.moved_to:
+            say(f"job {o.item.index}: {o.why} since {o.path.name} was made; the old image "
+                f"is kept as {o.moved_to.name}")
+        if o.record:
+            emit(o.record, as_json)
+        if o.status != "skipped" and o.item in todo:
+            later = todo[todo.index(o.item) + 1:]
+            say_left(made, [i.job.width * i.job.height for i in later])
+
+    manifest = manifest or output / "manifest.jsonl"
+    for folder in (output, manifest.parent):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise JobError(f"cannot create folder {folder}: {e.strerror}") from None
+    if manifest.is_dir():
+        raise JobError(f"--manifest {manifest} is a folder; name a .jsonl file")
+    for folder in {output, *(p.parent for p in paths.values() if p.parent.is_dir())}:
+        for part in out.remove_stale_parts(folder):
+            say(f"removed {part.name}, left by a run that died while saving")
+    outcomes = b.run_batch(items, lambda item: paths[item.index], make_one, manifest, overwrite,
+                           report)
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
+    failed = [o.item.index for o in outcomes if o.status == "failed"]
+    which = ""
+    if failed:  # their errors scrolled by long ago in a big batch
+        listed = ", ".join(map(str, failed[:10])) + (", ..." if len(failed) > 10 else "")
+        which = (f" (job{'s' if len(failed) > 1 else ''} {listed}; errors in {manifest}; "
+                 "the same command runs them again)")
+    err.print(f"batch: {counts['done']} done, {counts['skipped']} skipped, "
+              f"{counts['failed']} failed{which}", markup=False)
+    if counts["failed"]:
+        raise typer.Exit(EXIT_RUNTIME)
+
+
+def say_colour(source) -> None:
+    """That an input's pixels were converted to sRGB from its own colour profile."""
+    if source is not None and source.converted_from:
+        say(f"  {source.path.name}: colour profile '{source.converted_from}' converted to sRGB")
+
+
+def say_left(made: list[tuple[int, float]], todo: list[int]) -> None:
+    """After an image of several: how long the ones still to make take at this run's pace."""
+    from hires.eta import duration, left_after
+
+    left = left_after(made, todo)
+    if todo and left is not None:
+        say(f"{len(todo)} more to make: {duration(left)} at this run's pace")
+
+
+def stages_upto(stage: int) -> str:
+    """'stage 0', 'stages 0-2'."""
+    return "stage 0" if stage == 0 else f"stages 0-{stage}"
+
+
+def kept_stage(kept: Path, job, plan, source=None) -> int | None:
+    """The last stage of this job that the checkpoint `kept` holds, if any (an upscale's job
+    records its `source` image's sha256)."""
+    from dataclasses import replace
+
+    from hires import resume
+
+    if source is not None:
+        job = replace(job, image_sha256=source.sha256)
+    return resume.stage_of(kept, job, plan) if kept.exists() else None
+
+
+def say_resume(kept: Path, job, plan, source=None, stage_files: list[Path] | None = None
+               ) -> None:
+    """Say whether a run goes on from a stopped one's checkpoint. With --save-stages
+    (`stage_files`) it does only if the images of the stages it holds are this job's, on disk
+    (all but its last, which the next stage decodes again); else it starts over."""
+    from hires import resume
+    from hires.runs import made_by
+
+    stage = kept_stage(kept, job, plan, source)
+    if stage is None:
+        return
+    lost = [p for p in (stage_files or [])[:stage] if not made_by(p, job)]
+    if lost:
+        say(f"  {kept.name} holds {stages_upto(stage)} of this job, but {lost[0].name} is not "
+            "its stage image (--save-stages): starting over")
+        resume.remove(kept)
+    elif stage == len(plan.stages) - 1:
+        say(f"  resuming: every stage was kept in {kept.name}; only the decode is left")
+    else:
+        say(f"  resuming: {stages_upto(stage)} {'was' if stage == 0 else 'were'} kept in "
+            f"{kept.name}")
+
+
+@contextmanager
+def saying_what_is_kept(kept: Path, job, plan, source=None) -> Iterator[None]:
+    """A run that stops (an error, Ctrl-C) says what its checkpoint keeps for the next one
+    (with -q too: it is about the result)."""
+    try:
+        yield
+    except BaseException:
+        stage = kept_stage(kept, job, plan, source)
+        if stage == len(plan.stages) - 1:
+            err.print(f"{kept} keeps every stage: the same command only decodes it",
+                      markup=False)
+        elif stage is not None:
+            err.print(f"{kept} keeps {stages_upto(stage)}: the same command goes on from there",
+                      markup=False)
+        raise

@@ -1,0 +1,349 @@
+"""What `hires plan`, `batch --dry-run` and `hires info` print: plans, the machine, and how
+an image or a checkpoint was made."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from hires import __version__
+from hires.cli_jobs import fitted_plan
+from hires.cli_output import EXIT_USAGE, exit_codes, out_line, say
+from hires.cli_runs import fp16_vae_hint, stages_upto, warn_space
+
+
+def show_plan(job, gpu: str | None, as_json: bool,
+              source: tuple[int, int] | None = None, stage_images: bool = False) -> None:
+    """Print the plan of `job` without loading weights (`hires plan`, `gen --dry-run`)."""
+    from hires.eta import duration
+    from hires.gpus import CUDA_CONTEXT_GIB, card, rate_for
+    from hires.plan import describe, dry_run
+
+    try:
+        rate_for(gpu or "h100")  # a usage error, before any planning
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    run = fitted_plan(lambda: dry_run(job, gpu, source, stage_images), job)
+    p, gpu, rate = run.plan, run.gpu, run.rate
+    spill = p.vae_spill_bytes
+    timed = rate is not None  # a CPU plan is not timed (its rate is not known)
+
+    def rounded(x: float | None) -> float | None:
+        return None if x is None else round(x, 3)
+
+    if as_json:
+        out_line(json.dumps({
+            "width": p.width, "height": p.height, "gpu": gpu,
+            "tflops": rate / 1e12 if timed else None,
+            "fp32": [part.lower() for part in p.fp32],
+            "fp32_tflops": round(rate * p.fp32_share / 1e12, 3) if timed else None,
+            "budget_bytes": p.budget, "budget_from": run.budget_from,
+            "vae_spill_bytes": int(spill), "vae_spill_budget_bytes": int(p.spill),
+            "stages": [{"index": s.index, "width": s.width, "height": s.height,
+                        "steps": s.steps, "global_steps": s.global_steps,
+                        "strength": round(s.strength, 4), "ratio": s.ratio,
+                        "upsample": "latent" if s.latent_upsample else "pixel",
+                        "decodes_previous": s.decodes_previous,
+                        "strategy": s.strategy.label, "levers": s.strategy.to_dict(),
+                        "peak_bytes": s.cost.peak_bytes, "tflop": round(s.cost.tflop, 3),
+                        "unet_tflop": round(s.cost.unet_tflop, 3),
+                        "scratch_bytes": s.cost.scratch_bytes, "vae_tile": s.cost.vae_tile,
+                        "host_bytes": s.cost.host_bytes,
+                        "parked_bytes": s.cost.parked_bytes,
+                        "disk_bytes": s.cost.disk_bytes, "vae_spill": s.cost.vae_spill,
+                        "vae_spill_bytes": int(s.cost.vae_spill_bytes),
+                        "seconds": rounded(s.cost.seconds),
+                        "vae_seconds": rounded(s.cost.vae_seconds)} for s in p.stages],
+            "peak_bytes": p.peak_bytes, "seconds": rounded(p.seconds),
+            "vae_seconds": rounded(p.vae_seconds)}))
+        return
+    if timed:
+        where = f"times on {gpu} ({rate / 1e12:.3g} TFLOP/s achieved"
+        if p.fp32:
+            fp32 = rate * p.fp32_share / 1e12
+            where += f", {fp32:.{0 if fp32 >= 10 else 1}f} in the fp32 {' and '.join(p.fp32)}"
+        where += ", assumed)" if card(gpu) else ")"
+    else:
+        where = ("no times: a CPU's rate is not known (expect minutes per megapixel; --gpu "
+                 "with a TFLOP/s figure times it)")
+    budget = f"{p.budget / 1024**3:.1f} GiB budget" if p.budget else "no memory budget"
+    if not p.budget and not job.device.startswith(("cpu", "mps")):
+        budget += " (--gpu NAME or --vram GiB sets one)"
+    if run.budget_from == "gpu":
+        budget += (f" (the {gpu}'s {card(gpu).memory_gib:.1f} GiB less {CUDA_CONTEXT_GIB} for "
+                   "CUDA; --vram sets it)")
+    elif job.device.startswith("cpu") and run.budget_from == "device":
+        budget += " (the free RAM)"
+    if spill:
+        budget += f", +{spill / 1e9:.0f} GB of RAM for VAE outputs"
+    lines = [f"{p.width}x{p.height}: {len(p.stages)} stage(s), {budget}, {where}"]
+    lines += describe(p)
+    tflop = sum(s.cost.tflop for s in p.stages)
+    work = f"{tflop / 1000:.1f} PFLOP" if tflop >= 100 else f"{tflop:.2g} TFLOP"
+    total = f"total: peak {p.peak_bytes / 1024**3:.1f} GiB, {work}"
+    if timed:
+        notes = [duration(p.seconds)] if p.seconds >= 90 else []  # a person reads minutes
+        notes += [f"VAE ~{p.vae_seconds:.0f} s"] if p.vae_seconds >= 0.5 else []
+        notes_text = f" ({', '.join(notes)})" if notes else ""
+        total += f", ~{p.seconds:.0f} s{notes_text}"
+    lines.append(total)
+    out_line("\n".join(lines))
+    if p.fp32 == ("VAE",) and job.vae_dtype == "auto":  # only a GPU without bf16 does that
+        say(fp16_vae_hint(f"the {gpu}", f" (~{p.vae_seconds:.0f} of the ~{p.seconds:.0f} s)"))
+    more = more_ram_hint(job, p, lambda j: dry_run(j, gpu, source, stage_images).plan)
+    if more:
+        say(more)
+
+
+ROOMY_RAM_GB = 64  # what `more_ram_hint` plans with
+
+
+def more_ram_hint(job, p, replan: Callable[[Any], Any]) -> str | None:
+    """Where the RAM limits a GPU plan (the VAE keeps all it may there, or parked maps wait
+    on a disk): how long the job takes with ROOMY_RAM_GB free, if that saves a tenth."""
+    from hires.eta import duration
+    from hires.memory import GIB
+    from hires.plan import PlanError, dry_run_free_ram
+
+    if job.device.startswith(("cpu", "mps")) or p.seconds is None:
+        return None
+    free = dry_run_free_ram(job)
+    bound = any(s.cost.disk_bytes for s in p.stages) or (
+        p.spill and p.vae_spill_bytes >= 0.99 * p.spill)
+    if not bound or free >= ROOMY_RAM_GB * GIB:
+        return None
+    try:
+        roomy = replan(job.merged({"ram": ROOMY_RAM_GB}))
+    except PlanError:
+        return None
+    if roomy.seconds > 0.9 * p.seconds:
+        return None
+    return (f"the RAM limits this plan: with {ROOMY_RAM_GB} GB of RAM free, "
+            f"{duration(roomy.seconds)} instead of {duration(p.seconds)} (hires plans with what "
+            f"is free as it starts; --ram {ROOMY_RAM_GB} plans that)")
+
+
+def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_json: bool,
+                    overwrite: bool) -> None:
+    """`batch --dry-run`: each job's size, file and planned time on `gpu`, or that its image is
+    made already, and the total; jobs that cannot run are said and exit 2 at the end."""
+    from hires import batch as b
+    from hires.eta import duration
+    from hires.gpus import rate_for
+    from hires.images import input_size
+    from hires.job import JobError
+    from hires.plan import dry_run
+
+    try:
+        rate_for(gpu or "h100")  # a usage error, before any planning
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    plans: dict[str, Any] = {}  # jobs that differ only in prompt and seed share a plan
+    total, counts, planned_on = 0.0, {"to make": 0, "made": 0, "cannot run": 0}, None
+    to_make: list[tuple[Path, Any]] = []
+    for item in items:
+        job, path = item.job, paths[item.index]
+        row: dict[str, Any] = {"index": item.index, "path": str(path), "width": job.width,
+                               "height": job.height}
+        if not overwrite and b.made_already(path, job):
+            row["status"], text = "made", f"job {item.index}: {path} is made already"
+        else:
+            source = input_size(job.image) if job.image else None
+            key = json.dumps([{k: v for k, v in job.to_dict().items()
+                               if k not in ("prompt", "negative", "seed")}, source],
+                             sort_keys=True, default=str)
+            try:
+                if key not in plans:
+                    plans[key] = fitted_plan(lambda j=job, s=source: dry_run(j, gpu, s), job)
+                run = plans[key]
+            except JobError as e:
+                row.update(status="cannot run", error=str(e))
+                text = f"job {item.index}: cannot run: {e}"
+            else:
+                seconds = run.plan.seconds  # None: a CPU job, not timed
+                if seconds is not None:
+                    total, planned_on = total + seconds, run.gpu
+                row.update(status="to make", peak_bytes=run.plan.peak_bytes,
+                           seconds=None if seconds is None else round(seconds, 3))
+                when = "" if seconds is None else f"{duration(seconds)}, "
+                text = (f"job {item.index}: {job.width}x{job.height} -> {path}, "
+                        f"{when}peak {run.plan.peak_bytes / 1024**3:.1f} GiB")
+        counts[row["status"]] += 1
+        if row["status"] == "to make":
+            to_make.append((path, job))
+        out_line(json.dumps(row) if as_json else text)
+    warn_space(to_make)
+    if not as_json:
+        parts = [f"{counts['to make']} to make" + (
+            f", {duration(total)} on {planned_on} (assumed rates)" if planned_on else ""),
+            f"{counts['made']} made already"]
+        if counts["cannot run"]:
+            parts.append(f"{counts['cannot run']} cannot run")
+        out_line("total: " + "; ".join(parts))
+    if counts["cannot run"]:
+        raise typer.Exit(EXIT_USAGE)
+
+
+def show_all_made(paths: list[Path], as_json: bool) -> None:
+    """`hires info` on each image; one that cannot be read is said on stderr and the others
+    are still shown (as `ls` and `head` do), then the exit code is the first failure's."""
+    failed = 0
+    for number, path in enumerate(paths):
+        if len(paths) > 1 and not as_json:
+            out_line(("\n" if number else "") + f"file {path}")
+        try:
+            with exit_codes():
+                show_made(path, as_json)
+        except typer.Exit as e:
+            failed = failed or e.exit_code
+    if failed:
+        raise typer.Exit(failed)
+
+
+def show_checkpoint(path: Path, as_json: bool) -> None:
+    """What a stopped run's checkpoint (NAME.resume.safetensors) keeps, and for which job."""
+    from hires import resume
+    from hires.job import JobError
+
+    kept = resume.describe(path)
+    if kept is None:
+        raise JobError(f"{path} is not a checkpoint hires can read (from another version, or "
+                       "cut short); delete it, and a run of its job starts over")
+    if as_json:
+        out_line(json.dumps({"file": str(path), "checkpoint": True, **kept}))
+        return
+    job, stage, sizes = kept["job"], kept["stage"], kept["stages"]
+    image = path.with_name(path.name[:-len(resume.SUFFIX)])
+    then = ("the same command only decodes it" if stage == len(sizes) - 1 else
+            f"the same command goes on with stage {stage + 1}")
+    if kept.get("hires") != __version__:  # resume.stage_of takes only this version's
+        then = f"hires {__version__} cannot go on from it (it starts over)"
+    out_line("\n".join([
+        f"checkpoint of {image}, kept by hires {kept.get('hires', '?')} for a run that stopped",
+        f"prompt {job.get('prompt', '')!r}",
+        f"size {job.get('width')}x{job.get('height')}, seed {job.get('seed')}, "
+        f"steps {job.get('steps')}",
+        f"keeps {stages_upto(stage)} of the job's {len(sizes)}, up to {sizes[stage][0]}x"
+        f"{sizes[stage][1]}: {then}; deleting it starts that run over"]))
+
+
+def show_made(path: Path, as_json: bool) -> None:
+    """How an image was made, from its hires metadata: job, stages and add-ons."""
+    from hires import resume
+    from hires.job import JobError
+    from hires.output import OutputError, read_metadata
+
+    if path.name.endswith(resume.SUFFIX):
+        show_checkpoint(path, as_json)
+        return
+
+    try:
+        record = read_metadata(path)["hires"]
+    except OutputError as e:
+        raise JobError(str(e)) from None
+    if not isinstance(record, dict) or not isinstance(record.get("job"), dict):
+        raise JobError(f"{path} carries no hires metadata; `hires info` alone shows this "
+                       "machine")
+    if as_json:
+        out_line(json.dumps({"file": str(path), **record}))
+        return
+    job, result = record["job"], record.get("result") or {}
+    sampler = job.get("sampler", "euler") + (" karras" if job.get("karras") else "")
+    lines = [f"made by hires {record.get('hires', '?')}",
+             f"prompt {job.get('prompt', '')!r}",
+             f"size {result.get('width', job.get('width'))}x"
+             f"{result.get('height', job.get('height'))}, seed {job.get('seed')}, "
+             f"steps {job.get('steps')}, {sampler}, guidance {job.get('guidance')}",
+             f"model {job.get('model')}, linfusion {result.get('linfusion', job.get('linfusion'))}"]
+    if isinstance(result.get("stage"), int):  # --save-stages: one stage of a bigger job
+        lines.append(f"stage {result['stage']} of a job for {job.get('width')}x"
+                     f"{job.get('height')} (`hires gen --from` runs the whole job)")
+    if job.get("image"):
+        lines.append(f"upscaled from {job['image']} (strength {job.get('strength')})")
+    if isinstance(job.get("dpi"), (int, float)) and job["dpi"] > 0:
+        w, h = (result.get(k, job.get(k)) for k in ("width", "height"))
+        if isinstance(w, int) and isinstance(h, int):
+            lines.append(f"print size {w / job['dpi'] * 2.54:.1f} x {h / job['dpi'] * 2.54:.1f}"
+                         f" cm at {job['dpi']:g} dpi")
+    addons = result.get("addons") or {}
+    for lora in addons.get("lora", []):
+        lines.append(f"lora {lora.get('ref')} at {lora.get('scale')}")
+    if addons.get("controlnet"):
+        c = addons["controlnet"]
+        lines.append(f"controlnet {c.get('model')} at {c.get('scale')}, image {c.get('image')}")
+    if addons.get("ip_adapter"):
+        ip = addons["ip_adapter"]
+        lines.append(f"ip-adapter {ip.get('ref')} at {ip.get('scale')}, image {ip.get('image')}")
+    if not addons:
+        lines.append("add-ons none")
+    for stage in result.get("stages", []):
+        lines.append(f"stage {stage.get('index')}: {stage.get('width')}x{stage.get('height')}, "
+                     f"{stage.get('steps')} steps, {stage.get('seconds')} s"
+                     + (f", {stage['psnr']} dB PSNR against the input" if "psnr" in stage
+                        else ""))
+    out_line("\n".join(lines))
+
+
+def machine_lines() -> list[str]:
+    """`hires info` alone: versions, devices and their memory, RAM, the scratch disk, and
+    whether the default model is cached."""
+    import platform
+    import shutil
+    import tempfile
+    from importlib import metadata
+
+    import torch
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    from hires.gpus import key_in_name
+    from hires.job import DEFAULT_MODEL
+    from hires.models import FP16_VAE
+
+    lines = [f"hires {__version__}", f"python {platform.python_version()}",
+             f"torch {torch.__version__}"]
+    # Versions from the installed metadata: importing diffusers and transformers to ask
+    # them took most of `hires info`'s 17 s.
+    for name in ("diffusers", "transformers", "accelerate", "safetensors", "peft"):
+        try:
+            lines.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            lines.append(f"{name} missing")
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            key = key_in_name(p.name)
+            timed = (f"estimates as --gpu {key}" if key else "not in hires' GPU table "
+                     "(--gpu with a measured TFLOP/s times its plans)")
+            if p.major < 8:  # before Ampere: bf16 emulated (hires.models.choose_vae_dtype)
+                timed += ("; no native bf16, so the VAE runs in fp32 unless it is made for "
+                          f"fp16 (--vae {FP16_VAE})")
+            lines.append(f"device cuda:{i} {p.name}, {p.total_memory / 1024**3:.1f} GiB, "
+                         f"{timed}")
+    else:
+        lines.append("device cpu only (no CUDA GPU visible to torch)")
+    from hires.memory import disk_room, ram_bytes, scratch_folder
+
+    total, available = ram_bytes()
+    if total:
+        lines.append(f"ram {total / 1024**3:.1f} GiB, {available / 1024**3:.1f} GiB available")
+    scratch = scratch_folder()
+    room = disk_room(scratch)
+    why = ("TMPDIR" if scratch == tempfile.gettempdir() else
+           f"{tempfile.gettempdir()} is in RAM; TMPDIR picks another")
+    lines.append(f"scratch {scratch} ({why}), "
+                 f"{shutil.disk_usage(scratch).free / 1e9:.1f} GB free, "
+                 + (f"room for {room / 1e9:.1f} GB of parked maps the RAM cannot hold" if room
+                    else "in RAM or full: no room for parked maps (point TMPDIR at a disk)"))
+    lines.append("a 16K image: 0.8 GB in RAM as 8-bit RGB, its PNG about as much on disk; "
+                 "no scratch with --vae-stats fast (the default), up to 16 GB a level "
+                 "with exact (never over half the free space; it recomputes past that)")
+    lines.append(f"model cache {constants.HF_HUB_CACHE}")
+    for repo, file in ((DEFAULT_MODEL, "model_index.json"),
+                       ("Yuanshi/LinFusion-XL", "config.json")):
+        cached = isinstance(try_to_load_from_cache(repo, file), str)
+        lines.append(f"{repo} {'cached' if cached else 'not cached (downloads on first use)'}")
+    return lines
