@@ -201,7 +201,8 @@ def name_outputs(items: list[BatchItem], folder: Path, file_name: str
     owner: dict[str, int] = {}
     for item in items:
         j, where = item.job, f"{file_name} job {item.index}"
-        name = item.output or f"job{item.index:04d}_{j.width}x{j.height}_s{j.seed}"
+        name = item.output or f"job{item.index:04d}_{j.width}x{j.height}_s{j.seed}" + (
+            f"_{out.stem_part(Path(j.image).stem)}" if j.image else "")  # an upscale's input
         try:
             path = out.output_path(folder / name if not Path(name).is_absolute() else name,
                                    width=j.width, height=j.height, seed=j.seed, fmt=j.format,

@@ -43,12 +43,15 @@ def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
     by_name = len({job.image for job in jobs}) == len(jobs) > 1 and all(j.image for j in jobs)
 
     def path_of(i: int, one: Job, seed: int) -> Path:
-        name = Path(one.image).stem if one.image else ""
+        name = Path(one.image).stem if one.image else ""  # an upscale's names end in its input's
         path = out.output_path(output, width=one.width, height=one.height, seed=seed,
                                fmt=one.format, index=i, prompt=one.prompt, name=name)
         if many and (output is None or "{" not in output):
             path = path.with_name(f"{path.stem}_{out.stem_part(name) if by_name else f'{i:03d}'}"
                                   f"{path.suffix}")
+        elif name and path.name == out.default_name(one.width, one.height, seed, one.format) \
+                and (output is None or Path(output).name != path.name):  # not a name given
+            path = path.with_name(f"{path.stem}_{out.stem_part(name)}{path.suffix}")
         return path
 
     def image(i: int, job: Job, seed: int) -> tuple[Job, Path]:

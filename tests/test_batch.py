@@ -377,3 +377,17 @@ def test_a_dry_run_plans_every_job_and_writes_nothing(tmp_path):
     cpu = cli("batch", jobs, "-o", out, "--dry-run", "--device", "cpu").stdout.splitlines()
     assert cpu[0].startswith("job 0: 2048x2048 -> ") and ", peak " in cpu[0] and "~" not in cpu[0]
     assert cpu[-1].startswith("total: 2 to make;")
+
+
+def test_an_upscale_jobs_default_name_ends_in_its_inputs_name(tmp_path):
+    from PIL import Image
+
+    from hires.batch import name_outputs
+
+    photo = tmp_path / "IMG 0042.png"
+    Image.new("RGB", (64, 48)).save(photo)
+    jobs = write(tmp_path / "jobs.toml", f'[defaults]\n{TINY}[[job]]\nimage = "{photo}"\n'
+                 'seed = 3\n[[job]]\nprompt = "a fox"\nseed = 3\n')
+    _, paths = name_outputs(read_batch(jobs), tmp_path / "out", "jobs.toml")
+    assert [p.name for p in paths.values()] == ["job0000_256x256_s3_IMG-0042.png",
+                                                "job0001_256x256_s3.png"]

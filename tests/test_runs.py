@@ -1,5 +1,7 @@
 """hires.runs: the images of one command, named and checked before any model loads."""
 
+from pathlib import Path
+
 import pytest
 from PIL import Image
 
@@ -67,3 +69,15 @@ def test_several_inputs_are_named_for_their_files(tmp_path):
         "hires_512x256_s5_IMG_0042.png", "hires_512x256_s5_my-photo.png"]
     assert [r.path.name for r in plan_runs(ups, str(tmp_path / "{name}_x2.jpg"))] == [
         "IMG_0042_x2.jpg", "my-photo_x2.jpg"]
+
+
+def test_one_inputs_default_name_ends_in_its_files_name_but_a_name_given_is_kept(tmp_path):
+    up = JOB.merged({"image": str(tmp_path / "IMG 0042.jpg"), "seed": 5})
+    (to_folder,) = plan_runs([up], str(tmp_path))
+    assert to_folder.path == tmp_path / "hires_512x256_s5_IMG-0042.png"
+    (here,) = plan_runs([up], None)
+    assert here.path == Path("hires_512x256_s5_IMG-0042.png")
+    (given,) = plan_runs([up], str(tmp_path / "hires_512x256_s5.png"))
+    assert given.path == tmp_path / "hires_512x256_s5.png"
+    (prompted,) = plan_runs([JOB.merged({"seed": 5})], str(tmp_path))  # no input: no name
+    assert prompted.path.name == "hires_512x256_s5.png"
