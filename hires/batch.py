@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,32 +38,42 @@ def read_batch(path: str | Path, base: Job | None = None,
                levels: list[tuple[dict[str, Any], str, bool]] | None = None) -> list[BatchItem]:
     """Jobs from a TOML file ([defaults] + [[job]]) or JSONL (one object a line), on top of
     `base` and `levels` (a command's preset: values, where, from a file), which the file's
-    keys beat. An upscale job's size (`image` with `size` or `scale`) reads the image's."""
+    keys beat. An upscale job's size (`image` with `size` or `scale`) reads the image's. The
+    path '-' reads the jobs from stdin (JSONL when its first entry starts with '{')."""
     path = Path(path)
-    if not path.is_file():
-        raise JobError(f"batch file not found: {path}")
-    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        defaults, lines = {}, list(_jsonl(path))
+    if str(path) == "-":
+        label = name = "stdin"
+        text = _stdin_text()
+        firsts = [ln.lstrip() for ln in text.splitlines() if ln.strip()
+                  and not ln.lstrip().startswith("#")]
+        jsonl = bool(firsts) and firsts[0].startswith("{")
+    else:
+        if not path.is_file():
+            raise JobError(f"batch file not found: {path}")
+        label, name, text = str(path), path.name, None
+        jsonl = path.suffix.lower() in (".jsonl", ".json", ".ndjson")
+    if jsonl:
+        defaults, lines = {}, list(_jsonl(path, text))
         entries = [entry for _, entry in lines]
         line_of = {i: n for i, (n, _) in enumerate(lines)}
     else:
-        data = read_toml(path)
+        data = read_toml(path) if text is None else _toml_text(text, label)
         unknown = set(data) - {"defaults", "job"}
         if unknown:
-            raise JobError(f"{path}: unknown table '{sorted(unknown)[0]}'; "
+            raise JobError(f"{label}: unknown table '{sorted(unknown)[0]}'; "
                            "a batch file has [defaults] and [[job]] entries")
         defaults, entries, line_of = data.get("defaults", {}), data.get("job", []), {}
         if not isinstance(defaults, dict) or not isinstance(entries, list) or not all(
                 isinstance(e, dict) for e in entries):
-            raise JobError(f"{path}: write [defaults] as a table and each job as [[job]]")
+            raise JobError(f"{label}: write [defaults] as a table and each job as [[job]]")
     if not entries:
-        raise JobError(f"{path} holds no jobs; add [[job]] entries (TOML) or lines (JSONL)")
-    _check_keys(defaults, f"{path.name} [defaults]")
+        raise JobError(f"{label} holds no jobs; add [[job]] entries (TOML) or lines (JSONL)")
+    _check_keys(defaults, f"{name} [defaults]")
     base = base or Job()
     items = []
     for i, entry in enumerate(entries):
         # Numbered from 0, as the run, the manifest and the default names number it.
-        where = f"{path.name} job {i}" + (f" (line {line_of[i]})" if i in line_of else "")
+        where = f"{name} job {i}" + (f" (line {line_of[i]})" if i in line_of else "")
         _check_keys(entry, where)
         values = {**defaults, **entry}
         output = values.pop("output", None)
@@ -74,7 +84,7 @@ def read_batch(path: str | Path, base: Job | None = None,
         if preset is not None:
             job_levels.append((load_preset(str(preset)).values, f"preset '{preset}' ({where})",
                                True))
-        job_levels += [(_without(defaults), f"{path.name} [defaults]", True),
+        job_levels += [(_without(defaults), f"{name} [defaults]", True),
                        (_without(entry), where, True)]
         try:
             job = job_from_levels(job_levels, base=base, size_of=input_size)
@@ -84,6 +94,25 @@ def read_batch(path: str | Path, base: Job | None = None,
             job = job.merged({"seed": stable_seed(i, values)})
         items.append(BatchItem(i, job, output))
     return items
+
+
+def _stdin_text() -> str:
+    """The job file piped in (`hires batch -`)."""
+    import sys
+
+    try:
+        return sys.stdin.buffer.read().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise JobError(f"the jobs on stdin are not UTF-8 text (byte {e.start})") from None
+
+
+def _toml_text(text: str, label: str) -> dict[str, Any]:
+    import tomllib
+
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise JobError(f"{label} is not valid TOML: {e}") from None
 
 
 def _without(table: dict[str, Any]) -> dict[str, Any]:
@@ -105,23 +134,32 @@ def _check_keys(table: dict[str, Any], where: str) -> None:
             raise JobError(f"unknown key '{key}' in {where}{hint}{listing}")
 
 
-def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, job) for each job line of a JSONL file."""
+def _jsonl(path: Path, text: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, job) for each job line of a JSONL file, or of `text` (stdin)."""
+    label = "stdin" if text is not None else str(path)
+    if text is not None:
+        yield from _jsonl_entries(enumerate(text.splitlines(), start=1), label)
+        return
     try:
         f = open(path, encoding="utf-8")
     except OSError as e:
         raise JobError(f"cannot read {path}: {e.strerror}") from None
     with f:
-        for n, line in _lines(f, path):
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise JobError(f"{path} line {n}: not valid JSON ({e.msg})") from None
-            if not isinstance(entry, dict):
-                raise JobError(f"{path} line {n}: each line must be a JSON object")
-            yield n, entry
+        yield from _jsonl_entries(_lines(f, path), label)
+
+
+def _jsonl_entries(lines: Iterable[tuple[int, str]], label: str
+                   ) -> Iterator[tuple[int, dict[str, Any]]]:
+    for n, line in lines:
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise JobError(f"{label} line {n}: not valid JSON ({e.msg})") from None
+        if not isinstance(entry, dict):
+            raise JobError(f"{label} line {n}: each line must be a JSON object")
+        yield n, entry
 
 
 def _lines(f, path: Path) -> Iterator[tuple[int, str]]:

@@ -268,7 +268,8 @@ def presets_show(name: Annotated[str, typer.Argument(help="Preset name or path."
 
 @app.command()
 def batch(
-    file: Annotated[Path, typer.Argument(help="TOML ([defaults] + [[job]]) or JSONL job file.")],
+    file: Annotated[Path, typer.Argument(help="TOML ([defaults] + [[job]]) or JSONL job file; "
+                                         "'-' reads one from stdin.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the images.")] = Path(
         "."),
     manifest: Annotated[Path | None, typer.Option(
@@ -305,13 +306,15 @@ def batch(
         rank, world = b.parse_shard(shard)
         if output.exists() and not output.is_dir():
             raise JobError(f"batch -o {output} is a file; -o names the folder for the images")
-        items, paths = b.name_outputs(items, output, file.name)
+        name = "stdin" if str(file) == "-" else file.name
+        items, paths = b.name_outputs(items, output, name)
         mine = b.my_share(items, rank, world)
-        say(f"batch {file}: {len(items)} job(s), shard {rank}/{world} runs {len(mine)}")
+        say(f"batch {name if name == 'stdin' else file}: {len(items)} job(s), shard "
+            f"{rank}/{world} runs {len(mine)}")
         if dry_run:
             show_batch_plan(mine, paths, gpu, as_json, overwrite)
             return
-        run_batch_jobs(mine, paths, file, output, manifest, as_json, quiet, overwrite,
+        run_batch_jobs(mine, paths, name, output, manifest, as_json, quiet, overwrite,
                        resume_runs, gpu)
 
 

@@ -195,12 +195,12 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
     return record
 
 
-def run_batch_jobs(items: list, paths: dict[int, Path], file: Path, output: Path,
+def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
                    manifest: Path | None, as_json: bool, quiet: bool, overwrite: bool,
                    resume_runs: bool, gpu: str | None = None) -> None:
     """`batch`: each job's image unless it is made already; one model in memory at a time; a
     failed job is said and recorded in the manifest, and the others go on (exit 1 at the
-    end)."""
+    end). `name`: the job file's, for messages."""
     from hires import batch as b
     from hires import output as out
     from hires.job import JobError
@@ -210,7 +210,7 @@ def run_batch_jobs(items: list, paths: dict[int, Path], file: Path, output: Path
         try:  # before any work, as for gen: not a failure per job
             check_device(name)
         except JobError as e:
-            raise JobError(f"{file.name} job {index}: {e}") from None
+            raise JobError(f"{name} job {index}: {e}") from None
     # For the time left: the jobs whose images are not there yet, and those made so far.
     todo = [item for item in items if overwrite or
             not b.made_already(paths[item.index], item.job)]

@@ -391,3 +391,25 @@ def test_an_upscale_jobs_default_name_ends_in_its_inputs_name(tmp_path):
     _, paths = name_outputs(read_batch(jobs), tmp_path / "out", "jobs.toml")
     assert [p.name for p in paths.values()] == ["job0000_256x256_s3_IMG-0042.png",
                                                 "job0001_256x256_s3.png"]
+
+
+def test_jobs_piped_to_batch_dash_run_and_a_rerun_of_the_same_jobs_skips_them(tmp_path,
+                                                                               tiny_cli):
+    lines = "# made by a script\n" + "\n".join(json.dumps(
+        {"prompt": p, "model": "tiny", "width": 256, "height": 256, "steps": 1})
+        for p in ("a fox", "a hen")) + "\n"
+    out = tmp_path / "out"
+    first = cli("batch", "-", "-o", out, input=lines)
+    assert first.exit_code == 0, first.stderr
+    assert len(first.stdout.splitlines()) == 2 and "batch stdin: 2 job(s)" in first.stderr
+    again = cli("batch", "-", "-o", out, input=lines)  # the same jobs: the same seeds and names
+    assert "batch: 0 done, 2 skipped, 0 failed" in again.stderr
+    toml = f'[defaults]\n{TINY}[[job]]\nprompt = "a cat"\n'
+    plan = cli("batch", "-", "-o", out, "--dry-run", input=toml)  # TOML: not starting with {
+    assert plan.exit_code == 0 and "job 0: 256x256 -> " in plan.stdout
+    for text, words in (('{"prompt": 1x}\n', "stdin line 1: not valid JSON"),
+                        ('[[job]]\nprompt = "a\n', "stdin is not valid TOML"),
+                        ("# nothing\n", "stdin holds no jobs"),
+                        ('{"prompt": "a", "colour": 1}\n', "unknown key 'colour' in stdin job 0")):
+        result = cli("batch", "-", "-o", out, input=text)
+        assert result.exit_code == 2 and words in result.stderr, (text, result.stderr)
