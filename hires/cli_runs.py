@@ -206,9 +206,9 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
     from hires.job import JobError
 
     first_on = {item.job.device: item.index for item in reversed(items)}
-    for name, index in sorted(first_on.items(), key=lambda kv: kv[1]):
+    for device, index in sorted(first_on.items(), key=lambda kv: kv[1]):
         try:  # before any work, as for gen: not a failure per job
-            check_device(name)
+            check_device(device)
         except JobError as e:
             raise JobError(f"{name} job {index}: {e}") from None
     # For the time left: the jobs whose images are not there yet, and those made so far.
