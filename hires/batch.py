@@ -26,7 +26,7 @@ class BatchItem:
 
 
 # Keys a batch file takes besides the job's own: the same as `gen`'s flags.
-BATCH_ONLY_KEYS = ("size", "aspect", "scale", "output", "preset")
+BATCH_ONLY_KEYS = ("size", "aspect", "scale", "print_size", "output", "preset")
 
 
 def batch_keys() -> tuple[str, ...]:

@@ -42,6 +42,7 @@ from hires.cli_options import (
     Offload,
     Overwrite,
     Preset,
+    PrintSize,
     ProgressOpt,
     QuietOpt,
     Ram,
@@ -94,6 +95,7 @@ def gen(
     prompt: Annotated[str, typer.Argument(help="The prompt; '-' reads one prompt a line from "
                                           "stdin.")] = "",
     size: Size = None, aspect: Aspect = None, width: Width = None, height: Height = None,
+    print_size: PrintSize = None,
     negative: Negative = None, seed: Seed = None, steps: Steps = None,
     guidance: Guidance = None, strength: Strength = None, model: Model = None,
     linfusion: LinFusionRef = None, preset: Preset = None,
@@ -150,7 +152,7 @@ def up(
     size: Size = None,
     scale: Annotated[float | None, typer.Option(
         help="Output size as a multiple of the input's, e.g. 4.")] = None,
-    width: Width = None, height: Height = None,
+    width: Width = None, height: Height = None, print_size: PrintSize = None,
     strength: Annotated[float | None, typer.Option(
         help="SDEdit strength of the first stage, later ones taper to 0; lower stays closer "
         "to the input (default 0.3).")] = None,
@@ -211,6 +213,7 @@ def up(
 def plan(
     prompt: Annotated[str, typer.Argument(help="The prompt (does not change the plan).")] = "",
     size: Size = None, aspect: Aspect = None, width: Width = None, height: Height = None,
+    print_size: PrintSize = None,
     negative: Negative = None, seed: Seed = None, steps: Steps = None,
     guidance: Guidance = None, strength: Strength = None, model: Model = None,
     linfusion: LinFusionRef = None, preset: Preset = None, fmt: Fmt = None, dpi: Dpi = None,

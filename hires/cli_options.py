@@ -12,7 +12,7 @@ from typer.core import TyperCommand
 # `hires gen -h` lists 50 options: grouped under these headings, by parameter name, in this
 # order (anything not named goes under "Other options", and -h last).
 HELP_SECTIONS = {
-    "Size": ("size", "scale", "aspect", "width", "height"),
+    "Size": ("size", "scale", "aspect", "width", "height", "print_size"),
     "Prompt and sampling": ("prompt", "negative", "seed", "steps", "guidance", "strength",
                             "sampler", "karras", "n"),
     "Output": ("output", "fmt", "dpi", "save_stages", "overwrite", "resume_runs", "as_json",
@@ -77,6 +77,9 @@ Size = Annotated[int | None, typer.Option("--size", help="Long side in pixels (e
 Aspect = Annotated[str | None, typer.Option(help="Aspect ratio with --size, e.g. 16:9 or 2:3.")]
 Width = Annotated[int | None, typer.Option(help="Exact width in pixels (with --height).")]
 Height = Annotated[int | None, typer.Option(help="Exact height in pixels (with --width).")]
+PrintSize = Annotated[str | None, typer.Option(
+    help="A print's width x height, e.g. 60x90cm, 600x900mm or 24x36in: the pixels at --dpi "
+    "(default 300), recorded in the file.")]
 Negative = Annotated[str | None, typer.Option(help="Negative prompt.")]
 Seed = Annotated[int | None, typer.Option(help="Random seed (random when absent; recorded).")]
 Steps = Annotated[int | None, typer.Option(help="Base-stage steps (default 50).")]

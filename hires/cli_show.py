@@ -37,7 +37,7 @@ def show_plan(job, gpu: str | None, as_json: bool,
 
     if as_json:
         out_line(json.dumps({
-            "width": p.width, "height": p.height, "gpu": gpu,
+            "width": p.width, "height": p.height, "dpi": job.dpi, "gpu": gpu,
             "tflops": rate / 1e12 if timed else None,
             "fp32": [part.lower() for part in p.fp32],
             "fp32_tflops": round(rate * p.fp32_share / 1e12, 3) if timed else None,
@@ -80,7 +80,12 @@ def show_plan(job, gpu: str | None, as_json: bool,
         budget += " (the free RAM)"
     if spill:
         budget += f", +{spill / 1e9:.0f} GB of RAM for VAE outputs"
-    lines = [f"{p.width}x{p.height}: {len(p.stages)} stage(s), {budget}, {where}"]
+    printed = ""
+    if job.dpi:  # for print: the size on paper
+        w, h = p.width / job.dpi, p.height / job.dpi
+        printed = (f" ({w * 2.54:.1f} x {h * 2.54:.1f} cm, {w:.1f} x {h:.1f} in at "
+                   f"{job.dpi:g} dpi)")
+    lines = [f"{p.width}x{p.height}{printed}: {len(p.stages)} stage(s), {budget}, {where}"]
     lines += describe(p)
     tflop = sum(s.cost.tflop for s in p.stages)
     work = f"{tflop / 1000:.1f} PFLOP" if tflop >= 100 else f"{tflop:.2g} TFLOP"

@@ -61,7 +61,8 @@ def _parse(name: str, path: str, data: dict[str, Any]) -> Preset:
             valid = sorted((*FILE_KEYS, *SIZE_KEYS))
             raise JobError(f"unknown key '{key}' in {where}{closest_hint(str(key), valid)}")
     check_size_keys(values, where)
-    job = Job.from_dict({k: v for k, v in values.items() if k not in SIZE_KEYS}, where=where)
+    job = Job.from_dict({k: v for k, v in values.items()
+                         if str(k).replace("-", "_") not in SIZE_KEYS}, where=where)
     try:
         job.validate()
     except JobError as e:  # "steps must be ...": in this preset

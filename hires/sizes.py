@@ -1,8 +1,9 @@
 """How big an image is, from the size keys of every level that sets a job: a preset, a batch
 file's [defaults], a job or the command's flags, an image's record (`--from`).
 
-The keys are `size` (the long side) with `aspect`, `width` and `height` (exact), and for an
-upscale `scale` (a multiple of the input's size). The most specific level that names a size
+The keys are `size` (the long side) with `aspect`, `width` and `height` (exact), `print_size`
+(a print's width and height, e.g. "60x90cm", at the job's dpi, 300 when it names none), and for
+an upscale `scale` (a multiple of the input's size). The most specific level that names a size
 decides it; where that level gives only `aspect`, the long side comes from the level below
 (`--preset 8k --aspect 16:9` is 8192 x 4608), and where it gives only `size`, the shape does
 (`--from wide.png --size 8192` keeps the recorded aspect). An upscale keeps its input's aspect:
@@ -12,19 +13,23 @@ decides it; where that level gives only `aspect`, the long side comes from the l
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
-from hires.job import Job, JobError, check_side, parse_aspect, size_from
+from hires.job import MAX_SIDE, Job, JobError, check_side, parse_aspect, size_from
 
-SIZE_KEYS = ("size", "aspect", "scale", "width", "height")
+SIZE_KEYS = ("size", "aspect", "scale", "width", "height", "print_size")
+PRINT_DPI = 300  # a print size's resolution when the job names no dpi: photo print quality
+_UNITS = {"cm": 1 / 2.54, "mm": 1 / 25.4, "in": 1.0, "inch": 1.0, "inches": 1.0, '"': 1.0}
+_PRINT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[x×*]\s*(\d+(?:\.\d+)?)\s*([a-z\"]*)\s*$")
 OPTIONS = "options"  # the `where` of a command's flags: its keys are named as flags (--size)
 
 Level = tuple[dict[str, Any], str]  # (values, where they come from, for errors)
 
 
 def _name(key: str, where: str) -> str:
-    return f"--{key}" if where == OPTIONS else f"'{key}'"
+    return f"--{key.replace('_', '-')}" if where == OPTIONS else f"'{key}'"
 
 
 def _in(where: str) -> str:
@@ -32,8 +37,34 @@ def _in(where: str) -> str:
 
 
 def size_keys(values: dict[str, Any]) -> dict[str, Any]:
-    """The size keys `values` sets (None is unset)."""
-    return {k: values[k] for k in SIZE_KEYS if values.get(k) is not None}
+    """The size keys `values` sets (None is unset); `print-size` is `print_size`."""
+    named = {str(k).replace("-", "_"): v for k, v in values.items()}
+    return {k: named[k] for k in SIZE_KEYS if named.get(k) is not None}
+
+
+def print_inches(text: Any) -> tuple[float, float]:
+    """A print's width and height in inches, from '60x90cm', '600x900mm' or '24x36in'."""
+    m = _PRINT.match(str(text).lower())
+    if not m or m.group(3) not in _UNITS or not float(m.group(1)) or not float(m.group(2)):
+        unit = "" if not m or m.group(3) else " with its unit"
+        raise JobError(f"print size must look like 60x90cm, 600x900mm or 24x36in{unit}, got "
+                       f"{text!r}")
+    per_unit = _UNITS[m.group(3)]
+    return float(m.group(1)) * per_unit, float(m.group(2)) * per_unit
+
+
+def print_pixels(text: Any, dpi: float | None) -> tuple[int, int]:
+    """A print size's pixels at `dpi` (PRINT_DPI when None), each side the nearest multiple
+    of 8 (at 300 dpi, within 0.34 mm of the print)."""
+    dpi = dpi or PRINT_DPI
+    inches = print_inches(text)
+    w, h = (max(8, round(side * dpi / 8) * 8) for side in inches)
+    if max(w, h) > MAX_SIDE:
+        most = math.floor(MAX_SIDE / max(inches))
+        raise JobError(f"print size {text} at {dpi:g} dpi is {w}x{h} px, more than the "
+                       f"{MAX_SIDE} px a side hires makes; at most {most} dpi for that print "
+                       "(--dpi), or a smaller print")
+    return w, h
 
 
 def check_size_keys(values: dict[str, Any], where: str) -> None:
@@ -41,6 +72,12 @@ def check_size_keys(values: dict[str, Any], where: str) -> None:
     bad values; any image's size is not needed for this."""
     keys, n = size_keys(values), (lambda key: _name(key, where))
     try:
+        if "print_size" in keys:
+            if len(keys) > 1:
+                others = sorted(keys.keys() - {"print_size"})
+                raise JobError(f"{n('print_size')} sets both sides: drop "
+                               f"{n(others[0])}")
+            print_inches(keys["print_size"])
         if "width" in keys or "height" in keys:
             if keys.keys() & {"size", "aspect", "scale"}:
                 raise JobError(f"give either {n('size')}/{n('aspect')}, {n('scale')} or "
@@ -74,11 +111,11 @@ def _whole(key: str, value: Any, n: Callable[[str], str]) -> None:
 
 
 def layered_size(levels: list[Level],
-                 source: tuple[int, int] | Callable[[], tuple[int, int]] | None = None
-                 ) -> tuple[int, int] | None:
+                 source: tuple[int, int] | Callable[[], tuple[int, int]] | None = None,
+                 dpi: float | None = None) -> tuple[int, int] | None:
     """Width and height from the levels' size keys (least specific first), or None when no
     level names a size. `source`: an upscale's input size (its aspect is kept), or a function
-    that reads it, called only when the size depends on it."""
+    that reads it, called only when the size depends on it; `dpi`: a print size's."""
     named = [(size_keys(values), where) for values, where in levels]
     named = [(keys, where) for keys, where in named if keys]
     if not named:
@@ -87,6 +124,14 @@ def layered_size(levels: list[Level],
         check_size_keys(keys, where)
     (top, where), below = named[-1], (named[-2][0] if len(named) > 1 else {})
     n = (lambda key: _name(key, where))  # noqa: E731
+    if "print_size" in top:  # both sides, as width and height are
+        try:
+            w, h = print_pixels(top["print_size"], dpi)
+            if source is not None:
+                target_size(source() if callable(source) else source, width=w, height=h)
+        except JobError as e:
+            raise JobError(f"{e}{_in(where)}") from None
+        return w, h
     if "width" in top:
         return top["width"], top["height"]
     if source is not None:
@@ -110,6 +155,8 @@ def layered_size(levels: list[Level],
     elif aspect is None:  # only the long side: the shape from below
         aspect = below.get("aspect") or (f"{below['width']}:{below['height']}"
                                          if "width" in below else None)
+        if "print_size" in below:
+            aspect = "{}:{}".format(*print_inches(below["print_size"]))
     return size_from(size, None if aspect is None else str(aspect), None, None)
 
 
@@ -149,11 +196,13 @@ def job_from_levels(levels: list[tuple[dict[str, Any], str, bool]], base: Job | 
     """
     job = base or Job()
     for values, where, untrusted in levels:
-        job = job.merged({k: v for k, v in values.items() if k not in SIZE_KEYS}, where=where,
+        job = job.merged({k: v for k, v in values.items()
+                          if str(k).replace("-", "_") not in SIZE_KEYS}, where=where,
                          untrusted=untrusted)
     image = job.image
     source = (lambda: size_of(image)) if image and size_of else None
-    size = layered_size([(values, where) for values, where, _ in levels], source)
+    named = [(values, where) for values, where, _ in levels]
+    size = layered_size(named, source, job.dpi)
     if size is None and image:
         where = levels[-1][1] if levels else OPTIONS
         n = (lambda key: _name(key, where))  # noqa: E731
@@ -161,6 +210,9 @@ def job_from_levels(levels: list[tuple[dict[str, Any], str, bool]], base: Job | 
                        f"for the upscale's output size{_in(where)}")
     if size is not None:
         job = job.merged({"width": size[0], "height": size[1]})
+        top = next((keys for keys in (size_keys(v) for v, _ in reversed(named)) if keys), {})
+        if "print_size" in top and job.dpi is None:
+            job = job.merged({"dpi": PRINT_DPI})  # the file records the print's size
     try:
         return job.validate()
     except JobError as e:  # "steps must be ...": say which preset, file or job gave it

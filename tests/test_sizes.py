@@ -1,6 +1,8 @@
 """Image sizes from every level that sets a job: presets, batch files, flags, records, and an
 upscale's input (its aspect kept)."""
 
+import json
+
 import pytest
 from helpers_cli import assert_usage_error, cli, write
 from PIL import Image
@@ -135,3 +137,51 @@ def test_a_new_size_for_a_recorded_job_keeps_its_shape(tmp_path):
     plan = cli("plan", "--from", str(made), "--size", "2048")
     assert plan.exit_code == 0 and plan.stdout.startswith("2048x1152:")
     assert cli("plan", "--from", str(made)).stdout.startswith("1024x576:")
+
+
+def test_a_print_size_is_its_pixels_at_the_dpi_and_the_file_records_that_dpi(tmp_path):
+    from hires.sizes import job_from_levels, print_pixels
+
+    assert print_pixels("60x90cm", None) == (7088, 10632)  # 300 dpi: 7086.6 -> 7088 px
+    assert print_pixels("600 x 900 mm", 300) == (7088, 10632)
+    assert print_pixels('24x36"', 150) == print_pixels("24x36in", 150) == (3600, 5400)
+    job = job_from_levels([({"print_size": "24x36in"}, OPTIONS, False)])
+    assert (job.width, job.height, job.dpi) == (7200, 10800, 300)
+    # A dpi from any level prices the print; a size below borrows the print's shape.
+    job = job_from_levels([({"print_size": "24x36in"}, "preset 'poster'", True),
+                           ({"dpi": 200}, OPTIONS, False)])
+    assert (job.width, job.height, job.dpi) == (4800, 7200, 200)
+    assert layered_size(levels({"print_size": "20x10cm"}, {"size": 1024})) == (1024, 512)
+    # An upscale is made that size (both sides given, as with width and height).
+    assert layered_size(levels({"print_size": "6x4in"}), (451, 300), dpi=100) == (600, 400)
+    with pytest.raises(JobError, match="makes images larger"):
+        layered_size(levels({"print_size": "6x4in"}), (451, 300), dpi=50)
+
+
+@pytest.mark.parametrize("table,words", [
+    ({"print_size": "60x90"}, "with its unit"),
+    ({"print_size": "60x90ft"}, "must look like 60x90cm"),
+    ({"print_size": "0x90cm"}, "must look like"),
+    ({"print_size": "60x90cm", "size": 4096}, "--print-size sets both sides: drop --size"),
+    ({"print_size": "200x300cm"}, "at most 277 dpi for that print"),
+])
+def test_bad_print_sizes_say_what_to_do(table, words):
+    with pytest.raises(JobError, match=words):
+        layered_size(levels(table))
+
+
+def test_print_size_from_the_command_line_a_batch_file_and_a_preset(tmp_path):
+    result = cli("plan", "--print-size", "60x90cm", "--model", "tiny", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["width"] == 7088
+    text = cli("plan", "--print-size", "24x36in", "--dpi", "150").stdout.splitlines()[0]
+    assert text.startswith("3600x5400 (61.0 x 91.4 cm, 24.0 x 36.0 in at 150 dpi): ")
+    assert_usage_error(cli("plan", "--print-size", "60x90"), "with its unit")
+    jobs = write(tmp_path / "jobs.toml", '[defaults]\nprint-size = "10x15cm"\n[[job]]\n'
+                 'prompt = "a"\n[[job]]\nprompt = "b"\nprint_size = "15x10cm"\ndpi = 100\n')
+    assert [(i.job.width, i.job.height, i.job.dpi) for i in read_batch(jobs)] == [
+        (1184, 1768, 300), (592, 392, 100)]
+    preset = write(tmp_path / "postcard.toml", 'description = "a postcard"\n'
+                   'print_size = "148x105mm"\n')
+    plan = json.loads(cli("plan", "--preset", str(preset), "--json").stdout)
+    assert (plan["width"], plan["height"], plan["dpi"]) == (1752, 1240, 300)
