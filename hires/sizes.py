@@ -7,7 +7,8 @@ an upscale `scale` (a multiple of the input's size). The most specific level tha
 decides it; where that level gives only `aspect`, the long side comes from the level below
 (`--preset 8k --aspect 16:9` is 8192 x 4608), and where it gives only `size`, the shape does
 (`--from wide.png --size 8192` keeps the recorded aspect). An upscale keeps its input's aspect:
-`size` is the input's long side made that long, not a square it would be cropped to.
+`size` is the input's long side made that long, not a square it would be cropped to, and
+`print_size` the largest the input fits in the print, turned to the input's orientation.
 """
 
 from __future__ import annotations
@@ -124,11 +125,11 @@ def layered_size(levels: list[Level],
         check_size_keys(keys, where)
     (top, where), below = named[-1], (named[-2][0] if len(named) > 1 else {})
     n = (lambda key: _name(key, where))  # noqa: E731
-    if "print_size" in top:  # both sides, as width and height are
+    if "print_size" in top:
         try:
             w, h = print_pixels(top["print_size"], dpi)
             if source is not None:
-                target_size(source() if callable(source) else source, width=w, height=h)
+                return fit_print((source() if callable(source) else source), w, h)
         except JobError as e:
             raise JobError(f"{e}{_in(where)}") from None
         return w, h
@@ -158,6 +159,18 @@ def layered_size(levels: list[Level],
         if "print_size" in below:
             aspect = "{}:{}".format(*print_inches(below["print_size"]))
     return size_from(size, None if aspect is None else str(aspect), None, None)
+
+
+def fit_print(source: tuple[int, int], width: int, height: int) -> tuple[int, int]:
+    """An upscale for a print of `width` x `height` px: turned to the input's orientation (a
+    60x90 cm poster of a landscape photo is 90 x 60), the input's aspect kept, as large as fits
+    the print (sides multiples of 8)."""
+    sw, sh = source
+    if (sw - sh) * (width - height) < 0:
+        width, height = height, width
+    factor = min(width / sw, height / sh)
+    return target_size(source, width=max(8, round(sw * factor / 8) * 8),
+                       height=max(8, round(sh * factor / 8) * 8))
 
 
 def target_size(source: tuple[int, int], *, size: int | None = None, scale: float | None = None,
