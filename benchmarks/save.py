@@ -27,13 +27,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hires import output
+from hires import output, png
 from hires.job import Job
 
 METHODS = {
     "pillow-l1": "Pillow, adaptive filters, zlib level 1 (hires until 2026-12-01)",
     "pillow-l6": "Pillow's default (zlib level 6)",
-    "strips": "hires.output.write_png: Up filter, zlib level 1 RLE, strips in threads (now)",
+    "strips": "hires.png.write_png: Up filter, zlib level 1 RLE, strips in threads (now)",
     "strips-lz": "the same strips, zlib level 1 with LZ77 matches (Z_DEFAULT_STRATEGY)",
     "pillow-tiff": "Pillow's libtiff, deflate, no predictor (hires until 2026-12-03)",
     "tiff-strips": "hires.tiff.write_tiff: predictor 2, zlib level 1 RLE, strips in threads",
@@ -71,12 +71,12 @@ def save(image: Image.Image, method: str, folder: Path, metadata: dict) -> Path:
         return output.save_image(image, path, metadata=metadata, overwrite=True)
     kwargs = output._encoder_args(image, "png", metadata, 95)
     if method == "strips-lz":
-        strategy, output.PNG_STRATEGY = output.PNG_STRATEGY, zlib.Z_DEFAULT_STRATEGY
+        strategy, png.PNG_STRATEGY = png.PNG_STRATEGY, zlib.Z_DEFAULT_STRATEGY
         try:
             with open(path, "wb") as f:
-                output.write_png(image, f, kwargs["pnginfo"])
+                png.write_png(image, f, kwargs["pnginfo"])
         finally:
-            output.PNG_STRATEGY = strategy
+            png.PNG_STRATEGY = strategy
         return path
     kwargs["compress_level"] = 1 if method == "pillow-l1" else 6
     with open(path, "wb") as f:

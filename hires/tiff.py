@@ -5,7 +5,7 @@ it, without a predictor; a 16K image took about 20 s and came out 70 % larger th
 TIFF's strips are independent zlib streams, so they compress in parallel as they are; each row
 is first differenced horizontally (TIFF predictor 2, what Photoshop writes), which shrinks
 photos and generated images about as much as PNG's filters. zlib level 1 with the RLE strategy,
-as for PNG (hires.output). Classic (32-bit) TIFF: images up to 32768 px a side fit its 4 GB.
+as for PNG (hires.png). Classic (32-bit) TIFF: images up to 32768 px a side fit its 4 GB.
 """
 
 from __future__ import annotations

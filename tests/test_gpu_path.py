@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image, PngImagePlugin
 
-from hires import models, output, strips, tiff
+from hires import models, output, png, strips, tiff
 from hires.models import ModelError, choose_vae_dtype
 
 CUDA, CPU, MPS = torch.device("cuda"), torch.device("cpu"), torch.device("mps")
@@ -117,7 +117,7 @@ def test_tiny_model_on_cpu_loads_the_chosen_vae_dtype(monkeypatch, native):
     assert loaded.vae.dtype == torch.float32 and loaded.unet.dtype == torch.bfloat16
 
 
-# --- the strip writers: PNG (hires.output.write_png) and TIFF (hires.tiff) -----------------------
+# --- the strip writers: PNG (hires.png) and TIFF (hires.tiff) -----------------------
 
 
 def noisy(mode: str, width: int, height: int) -> Image.Image:
@@ -128,7 +128,7 @@ def noisy(mode: str, width: int, height: int) -> Image.Image:
     return Image.fromarray(a[..., 0] if channels == 1 else a, mode)
 
 
-@pytest.mark.parametrize("write", [output.write_png, tiff.write_tiff])
+@pytest.mark.parametrize("write", [png.write_png, tiff.write_tiff])
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA"])
 @pytest.mark.parametrize("size", [(1, 1), (97, 1), (1, 53), (129, 67)])
 def test_strip_writers_round_trip_pixels_over_many_strips(monkeypatch, write, mode, size):
@@ -149,7 +149,7 @@ def test_strip_writers_round_trip_pixels_over_many_strips(monkeypatch, write, mo
                               np.asarray(image))
 
 
-@pytest.mark.parametrize("write", [output.write_png, tiff.write_tiff])
+@pytest.mark.parametrize("write", [png.write_png, tiff.write_tiff])
 def test_strip_writers_bytes_do_not_depend_on_threads(monkeypatch, write):
     monkeypatch.setattr(strips, "STRIP_BYTES", 1000)
     image = noisy("RGB", 200, 90)
@@ -163,7 +163,7 @@ def test_adler32_combine_matches_zlib():
     rng = np.random.default_rng(1)
     for n_a, n_b in [(0, 5), (1, 1), (5000, 70000), (65521, 3)]:
         a, b = rng.bytes(n_a), rng.bytes(n_b)
-        assert output.adler32_combine(zlib.adler32(a), zlib.adler32(b), n_b) == \
+        assert png.adler32_combine(zlib.adler32(a), zlib.adler32(b), n_b) == \
             zlib.adler32(a + b)
 
 
@@ -174,11 +174,11 @@ def test_saved_png_metadata_is_what_pillow_writes(tmp_path):
     ours, pillows = tmp_path / "ours.png", tmp_path / "pillow.png"
     image = noisy("RGB", 40, 30)
     with open(ours, "wb") as f:
-        output.write_png(image, f, info)
+        png.write_png(image, f, info)
     image.save(pillows, pnginfo=info)
     with Image.open(ours) as a, Image.open(pillows) as b:
         assert a.info == b.info and a.info["parameters"].startswith("a fox")
-    assert output._png_text_chunks(info) in ours.read_bytes()
+    assert png._png_text_chunks(info) in ours.read_bytes()
 
 
 @pytest.mark.parametrize("make", [lambda: noisy("RGB", 30, 20).convert("P"),
@@ -197,7 +197,7 @@ def test_a_failing_strip_leaves_no_file(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(output.zlib, "compressobj", broken)
+    monkeypatch.setattr(png.zlib, "compressobj", broken)
     with pytest.raises(output.OutputError, match="cannot write .*a.png: disk full"):
         output.save_image(noisy("RGB", 64, 64), tmp_path / "a.png")
     assert list(tmp_path.iterdir()) == []

@@ -115,13 +115,15 @@ def test_a_recorded_model_is_shown(tmp_path, asked):
 
 def test_a_file_that_appears_during_the_encode_is_never_replaced(tmp_path, monkeypatch):
     target = tmp_path / "same.png"
-    real = output.write_png
+    from hires import png
+
+    real = png.write_png
 
     def slow_encode(image, f, *args, **kwargs):
         target.write_bytes(b"the other process won")  # another writer finishes meanwhile
         real(image, f, *args, **kwargs)
 
-    monkeypatch.setattr(output, "write_png", slow_encode)
+    monkeypatch.setattr(png, "write_png", slow_encode)
     with pytest.raises(OutputExists, match="another process"):
         save_image(Image.new("RGB", (32, 32)), target)
     assert target.read_bytes() == b"the other process won"

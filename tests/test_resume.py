@@ -326,23 +326,23 @@ def test_out_of_memory_in_the_final_decode_decodes_again_without_denoising_again
 def test_a_full_disk_at_the_save_loses_only_the_decode(tmp_path, asked, monkeypatch):
     import errno
 
-    import hires.output
+    import hires.png
 
     out = tmp_path / "fox.png"
     args = ("gen", "a fox", "--model", "tiny", "--size", "512", "--steps", "2", "--seed", "5",
             "-o", out)
-    real = hires.output.write_png
+    real = hires.png.write_png
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(hires.output, "write_png", full)
+    monkeypatch.setattr(hires.png, "write_png", full)
     stopped = cli(*args)
     assert stopped.exit_code == 1 and not out.exists() and not list(tmp_path.glob(".*.part"))
     kept = resume.path_for(out)
     assert f"error: cannot write {out}: No space left on device" in stopped.stderr
     assert f"{kept} keeps every stage: the same command only decodes it" in stopped.stderr
-    monkeypatch.setattr(hires.output, "write_png", real)
+    monkeypatch.setattr(hires.png, "write_png", real)
     result = cli(*args)
     assert result.exit_code == 0, result.stderr
     assert "only the decode is left" in result.stderr and "denoise" not in result.stderr
