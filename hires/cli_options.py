@@ -78,8 +78,9 @@ Aspect = Annotated[str | None, typer.Option(help="Aspect ratio with --size, e.g.
 Width = Annotated[int | None, typer.Option(help="Exact width in pixels (with --height).")]
 Height = Annotated[int | None, typer.Option(help="Exact height in pixels (with --width).")]
 PrintSize = Annotated[str | None, typer.Option(
-    help="A print's width x height, e.g. 60x90cm, 600x900mm or 24x36in: the pixels at --dpi "
-    "(default 300), recorded in the file.")]
+    help="A print's width x height, e.g. 60x90cm, 600x900mm, 24x36in, or a paper: A0-A6, letter,"
+    " legal, tabloid (A2-landscape turns it); the pixels at --dpi (default 300), recorded in the "
+    "file.")]
 Negative = Annotated[str | None, typer.Option(help="Negative prompt.")]
 Seed = Annotated[int | None, typer.Option(help="Random seed (random when absent; recorded).")]
 Steps = Annotated[int | None, typer.Option(help="Base-stage steps (default 50).")]

@@ -23,6 +23,10 @@ from hires.job import MAX_SIDE, Job, JobError, check_side, parse_aspect, size_fr
 SIZE_KEYS = ("size", "aspect", "scale", "width", "height", "print_size")
 PRINT_DPI = 300  # a print size's resolution when the job names no dpi: photo print quality
 _UNITS = {"cm": 1 / 2.54, "mm": 1 / 25.4, "in": 1.0, "inch": 1.0, "inches": 1.0, '"': 1.0}
+# Paper sizes by name, portrait (width x height, in mm); "-landscape" turns one.
+PAPER_MM = {"a0": (841, 1189), "a1": (594, 841), "a2": (420, 594), "a3": (297, 420),
+            "a4": (210, 297), "a5": (148, 210), "a6": (105, 148),
+            "letter": (215.9, 279.4), "legal": (215.9, 355.6), "tabloid": (279.4, 431.8)}
 _PRINT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[x×*]\s*(\d+(?:\.\d+)?)\s*([a-z\"]*)\s*$")
 OPTIONS = "options"  # the `where` of a command's flags: its keys are named as flags (--size)
 
@@ -44,12 +48,19 @@ def size_keys(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def print_inches(text: Any) -> tuple[float, float]:
-    """A print's width and height in inches, from '60x90cm', '600x900mm' or '24x36in'."""
+    """A print's width and height in inches, from '60x90cm', '600x900mm', '24x36in' or a paper
+    name ('A2', 'letter'; portrait, or turned with '-landscape')."""
+    name, turned = str(text).strip().lower(), False
+    if name.endswith(("-landscape", " landscape")):
+        name, turned = name[:-len("-landscape")].strip(), True
+    if name in PAPER_MM:
+        w, h = (side / 25.4 for side in PAPER_MM[name])
+        return (h, w) if turned else (w, h)
     m = _PRINT.match(str(text).lower())
     if not m or m.group(3) not in _UNITS or not float(m.group(1)) or not float(m.group(2)):
         unit = "" if not m or m.group(3) else " with its unit"
-        raise JobError(f"print size must look like 60x90cm, 600x900mm or 24x36in{unit}, got "
-                       f"{text!r}")
+        raise JobError(f"print size must look like 60x90cm, 600x900mm or 24x36in{unit}, or be a "
+                       f"paper (A0-A6, letter, legal, tabloid; A2-landscape), got {text!r}")
     per_unit = _UNITS[m.group(3)]
     return float(m.group(1)) * per_unit, float(m.group(2)) * per_unit
 

@@ -145,6 +145,9 @@ def test_a_print_size_is_its_pixels_at_the_dpi_and_the_file_records_that_dpi(tmp
     assert print_pixels("60x90cm", None) == (7088, 10632)  # 300 dpi: 7086.6 -> 7088 px
     assert print_pixels("600 x 900 mm", 300) == (7088, 10632)
     assert print_pixels('24x36"', 150) == print_pixels("24x36in", 150) == (3600, 5400)
+    assert print_pixels("A2", 300) == print_pixels("420x594mm", 300) == (4960, 7016)
+    assert print_pixels("a2-landscape", 300) == (7016, 4960)
+    assert print_pixels("Letter", 100) == (848, 1104)  # 8.5 x 11 in
     job = job_from_levels([({"print_size": "24x36in"}, OPTIONS, False)])
     assert (job.width, job.height, job.dpi) == (7200, 10800, 300)
     # A dpi from any level prices the print; a size below borrows the print's shape.
