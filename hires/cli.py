@@ -6,6 +6,7 @@ records).
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -73,7 +74,7 @@ from hires.cli_output import (
     warn,
 )
 from hires.cli_runs import check_outputs, run_batch_jobs, run_jobs
-from hires.cli_show import machine_lines, show_all_made, show_batch_plan, show_plan
+from hires.cli_show import machine_info, machine_lines, show_all_made, show_batch_plan, show_plan
 
 # transformers and diffusers log notices (e.g. a missing torchvision) that say nothing to a user
 # of hires; real failures reach the user through our own one-line errors.
@@ -328,13 +329,14 @@ def info(
         help="Images made by hires: how each was made (add-ons included).")] = None,
     as_json: JsonOut = False,
 ) -> None:
-    """Versions, devices and their memory, RAM, scratch disk, and the model cache; with
-    IMAGEs, how each was made."""
+    """Versions, devices and their memory, RAM, scratch disk, and the model cache (--json: one
+    object); with IMAGEs, how each was made."""
     if images:
         show_all_made(images, as_json)
         return
     with exit_codes():
-        out_line("\n".join(machine_lines()))
+        machine = machine_info()
+        out_line(json.dumps(machine) if as_json else "\n".join(machine_lines(machine)))
 
 
 def version_callback(value: bool) -> None:

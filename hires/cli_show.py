@@ -293,9 +293,10 @@ def show_made(path: Path, as_json: bool) -> None:
     out_line("\n".join(lines))
 
 
-def machine_lines() -> list[str]:
+def machine_info() -> dict[str, Any]:
     """`hires info` alone: versions, devices and their memory, RAM, the scratch disk, and
-    whether the default model is cached."""
+    whether the default model is cached (`--json` prints this)."""
+    import os
     import platform
     import shutil
     import tempfile
@@ -306,49 +307,71 @@ def machine_lines() -> list[str]:
 
     from hires.gpus import key_in_name
     from hires.job import DEFAULT_MODEL
-    from hires.models import FP16_VAE
+    from hires.memory import disk_room, ram_bytes, scratch_folder
 
-    lines = [f"hires {__version__}", f"python {platform.python_version()}",
-             f"torch {torch.__version__}"]
     # Versions from the installed metadata: importing diffusers and transformers to ask
     # them took most of `hires info`'s 17 s.
+    packages: dict[str, str | None] = {"torch": torch.__version__}
     for name in ("diffusers", "transformers", "accelerate", "safetensors", "peft"):
         try:
-            lines.append(f"{name} {metadata.version(name)}")
+            packages[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
-            lines.append(f"{name} missing")
+            packages[name] = None
+    devices = []
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
-            key = key_in_name(p.name)
-            timed = (f"estimates as --gpu {key}" if key else "not in hires' GPU table "
-                     "(--gpu with a measured TFLOP/s times its plans)")
-            if p.major < 8:  # before Ampere: bf16 emulated (hires.models.choose_vae_dtype)
-                timed += ("; no native bf16, so the VAE runs in fp32 unless it is made for "
-                          f"fp16 (--vae {FP16_VAE})")
-            lines.append(f"device cuda:{i} {p.name}, {p.total_memory / 1024**3:.1f} GiB, "
-                         f"{timed}")
-    else:
-        lines.append("device cpu only (no CUDA GPU visible to torch)")
-    from hires.memory import disk_room, ram_bytes, scratch_folder
-
+            # Before Ampere bf16 is emulated (hires.models.choose_vae_dtype).
+            devices.append({"device": f"cuda:{i}", "name": p.name,
+                            "memory_bytes": p.total_memory, "gpu": key_in_name(p.name),
+                            "native_bf16": p.major >= 8})
     total, available = ram_bytes()
-    if total:
-        lines.append(f"ram {total / 1024**3:.1f} GiB, {available / 1024**3:.1f} GiB available")
     scratch = scratch_folder()
-    room = disk_room(scratch)
-    why = ("TMPDIR" if scratch == tempfile.gettempdir() else
-           f"{tempfile.gettempdir()} is in RAM; TMPDIR picks another")
-    lines.append(f"scratch {scratch} ({why}), "
-                 f"{shutil.disk_usage(scratch).free / 1e9:.1f} GB free, "
+    why = ("TMPDIR" if os.environ.get("TMPDIR") else "the system's temp folder"
+           ) if scratch == tempfile.gettempdir() else (
+        f"{tempfile.gettempdir()} is in RAM; TMPDIR picks another")
+    return {
+        "hires": __version__, "python": platform.python_version(), "packages": packages,
+        "devices": devices, "ram_bytes": total or None,
+        "ram_available_bytes": available if total else None,
+        "scratch": {"folder": scratch, "why": why,
+                    "free_bytes": shutil.disk_usage(scratch).free,
+                    "parked_room_bytes": int(disk_room(scratch))},
+        "model_cache": str(constants.HF_HUB_CACHE),
+        "cached": {repo: isinstance(try_to_load_from_cache(repo, file), str)
+                   for repo, file in ((DEFAULT_MODEL, "model_index.json"),
+                                      ("Yuanshi/LinFusion-XL", "config.json"))},
+    }
+
+
+def machine_lines(info: dict[str, Any]) -> list[str]:
+    """`machine_info` as `hires info` prints it."""
+    from hires.models import FP16_VAE
+
+    lines = [f"hires {info['hires']}", f"python {info['python']}"]
+    lines += [f"{name} {version or 'missing'}" for name, version in info["packages"].items()]
+    for d in info["devices"]:
+        timed = (f"estimates as --gpu {d['gpu']}" if d["gpu"] else "not in hires' GPU table "
+                 "(--gpu with a measured TFLOP/s times its plans)")
+        if not d["native_bf16"]:
+            timed += ("; no native bf16, so the VAE runs in fp32 unless it is made for "
+                      f"fp16 (--vae {FP16_VAE})")
+        lines.append(f"device {d['device']} {d['name']}, {d['memory_bytes'] / 1024**3:.1f} GiB, "
+                     f"{timed}")
+    if not info["devices"]:
+        lines.append("device cpu only (no CUDA GPU visible to torch)")
+    if info["ram_bytes"]:
+        lines.append(f"ram {info['ram_bytes'] / 1024**3:.1f} GiB, "
+                     f"{info['ram_available_bytes'] / 1024**3:.1f} GiB available")
+    scratch, room = info["scratch"], info["scratch"]["parked_room_bytes"]
+    lines.append(f"scratch {scratch['folder']} ({scratch['why']}), "
+                 f"{scratch['free_bytes'] / 1e9:.1f} GB free, "
                  + (f"room for {room / 1e9:.1f} GB of parked maps the RAM cannot hold" if room
                     else "in RAM or full: no room for parked maps (point TMPDIR at a disk)"))
     lines.append("a 16K image: 0.8 GB in RAM as 8-bit RGB, its PNG about as much on disk; "
                  "no scratch with --vae-stats fast (the default), up to 16 GB a level "
                  "with exact (never over half the free space; it recomputes past that)")
-    lines.append(f"model cache {constants.HF_HUB_CACHE}")
-    for repo, file in ((DEFAULT_MODEL, "model_index.json"),
-                       ("Yuanshi/LinFusion-XL", "config.json")):
-        cached = isinstance(try_to_load_from_cache(repo, file), str)
+    lines.append(f"model cache {info['model_cache']}")
+    for repo, cached in info["cached"].items():
         lines.append(f"{repo} {'cached' if cached else 'not cached (downloads on first use)'}")
     return lines

@@ -350,6 +350,13 @@ def test_info_says_how_each_gpu_is_timed(monkeypatch):
                                "native bf16")
     assert lines[2].endswith("(--vae madebyollin/sdxl-vae-fp16-fix)")
     assert "bf16" not in lines[0] + lines[1]
+    # --json: the same facts as one object, for scripts that pick a GPU or check a cache.
+    info = json.loads(cli("info", "--json").stdout)
+    assert [(d["device"], d["gpu"], d["native_bf16"]) for d in info["devices"]] == [
+        ("cuda:0", "4090", True), ("cuda:1", None, True), ("cuda:2", "t4", False)]
+    assert info["devices"][0]["memory_bytes"] == 24564 << 20
+    assert info["hires"] == __version__ and info["packages"]["torch"]
+    assert set(info["scratch"]) == {"folder", "why", "free_bytes", "parked_room_bytes"}
 
 
 def test_version():
