@@ -591,15 +591,16 @@ def test_a_full_scratch_disk_drops_to_recomputing(monkeypatch):
 
 # --- 19: start-up -------------------------------------------------------------------------------
 
-def test_info_shows_ram_and_scratch_without_importing_diffusers():
+def test_info_shows_ram_and_scratch_without_importing_diffusers(tmp_path):
     code = ("import sys, atexit; atexit.register(lambda: print('diffusers' in sys.modules, "
             "file=sys.stderr)); sys.argv = ['hires', 'info']; from hires.cli import main; main()")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env=subprocess_env(), cwd=REPO, timeout=120)
+                            env={**subprocess_env(), "TMPDIR": str(tmp_path)}, cwd=REPO,
+                            timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "False"  # versions come from metadata, not imports
     assert "\nram " in result.stdout and "GiB available" in result.stdout
-    assert "(TMPDIR)" in result.stdout and "GB free" in result.stdout
+    assert f"scratch {tmp_path} (TMPDIR)" in result.stdout and "GB free" in result.stdout
     assert "a 16K image" in result.stdout
 
 
