@@ -303,6 +303,8 @@ def batch(
         from hires.presets import load_preset
 
         levels = [(load_preset(preset).values, f"preset '{preset}'", True)] if preset else []
+        if str(file) == "-" and sys.stdin.isatty():  # else nothing says why hires waits
+            say("reading the jobs from stdin (JSONL, or TOML); end with Ctrl-D")
         overrides = {k: v for k, v in {"model": model, "device": device or b.local_device(),
                                        "allow_pickle": allow_pickle}.items() if v}
         items = [b.BatchItem(i.index, i.job.merged(overrides, where="options").validate(),

@@ -75,16 +75,23 @@ def recorded_addons(path: Path) -> dict[str, Any]:
     return addons if isinstance(addons, dict) else {}
 
 
+def stdin_lines(what: str) -> list[str]:
+    """The lines on stdin, stripped, without blank and `#` comment lines; on a terminal, first
+    a word on how to end them (nothing else would say why hires waits)."""
+    if sys.stdin.isatty():
+        say(f"reading {what} from stdin, one a line; end with Ctrl-D")
+    try:
+        lines = sys.stdin.read().splitlines()
+    except UnicodeDecodeError:
+        raise typer.BadParameter(f"the {what} on stdin are not UTF-8 text") from None
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
 def read_prompts(prompt: str) -> list[str]:
     """'-' reads one prompt per line from stdin; blank lines and `#` comment lines are skipped."""
     if prompt != "-":
         return [prompt]
-    try:
-        lines = sys.stdin.read().splitlines()
-    except UnicodeDecodeError:
-        raise typer.BadParameter("the prompts on stdin are not UTF-8 text") from None
-    prompts = [line.strip() for line in lines if line.strip() and
-               not line.lstrip().startswith("#")]
+    prompts = stdin_lines("prompts")
     if not prompts:
         raise typer.BadParameter("prompt '-' read no prompts from stdin (one per line)")
     return prompts
@@ -96,12 +103,7 @@ def read_paths(images: list[Path]) -> list[Path]:
         return images
     if images != [Path("-")]:
         raise typer.BadParameter("give image paths or '-' (paths on stdin), not both")
-    try:
-        lines = sys.stdin.read().splitlines()
-    except UnicodeDecodeError:
-        raise typer.BadParameter("the paths on stdin are not UTF-8 text") from None
-    paths = [Path(line.strip()) for line in lines
-             if line.strip() and not line.lstrip().startswith("#")]
+    paths = [Path(line) for line in stdin_lines("paths")]
     if not paths:
         raise typer.BadParameter("'-' read no image paths from stdin (one per line)")
     return paths

@@ -520,3 +520,19 @@ def test_a_ram_above_this_machines_is_a_warning_before_a_gpu_run(capsys):
     assert line.startswith(f"warning: --ram {total * 2:g} is more than this machine's")
     warn_ram([Job(ram=total / 2, device="cuda"), Job(ram=total * 2, device="cpu")])
     assert capsys.readouterr().err == ""  # within the RAM; a CPU run parks nothing
+
+
+def test_reading_stdin_from_a_terminal_says_how_to_end_it(monkeypatch, capsys):
+    import io
+
+    from hires.cli_jobs import stdin_lines
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr("sys.stdin", Terminal("a fox\n# not this\n\n  a hen \n"))
+    assert stdin_lines("prompts") == ["a fox", "a hen"]
+    assert capsys.readouterr().err == "reading prompts from stdin, one a line; end with Ctrl-D\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO("a fox\n"))  # a pipe: nothing to say
+    assert stdin_lines("prompts") == ["a fox"] and capsys.readouterr().err == ""
