@@ -123,6 +123,9 @@ def gen(
     n: Annotated[int, typer.Option("--n", min=1, max=10000, help="Images per prompt, with "
                                    "consecutive seeds (default 1).")] = 1,
     resume_runs: Resume = True,
+    preview: Annotated[bool, typer.Option(
+        "--preview", help="Make only each image's first stage, its composition, in a fraction "
+        "of the time (NAME.stage0.png); `hires gen --from` one makes it whole.")] = False,
 ) -> None:
     """Make an image from a prompt, 1K to 16K."""
     options = dict(locals())  # every option, by name: job_flags picks the job's
@@ -134,15 +137,17 @@ def gen(
         job = build_job(preset, from_image, flags)
         prompts = read_prompts(prompt) if prompt == "-" else [job.prompt]
         jobs = [job.merged({"prompt": text}) for text in prompts]
+        if preview and save_stages:
+            raise typer.BadParameter("--preview makes only the first stage; drop --save-stages")
         if dry_run:
-            check_outputs(jobs, output, fmt, n, overwrite, save_stages)
-            show_plan(job, gpu, as_json, stage_images=save_stages)
+            check_outputs(jobs, output, fmt, n, overwrite, save_stages, preview)
+            show_plan(job, gpu, as_json, stage_images=save_stages, preview=preview)
             return
         check_device(job.device)
         if not prompts[0] and from_image is None:
             raise typer.BadParameter("give a prompt (or '-' to read prompts from stdin)")
         run_jobs(jobs, output, save_stages, as_json, quiet, overwrite, gpu, fmt_flag=fmt, n=n,
-                 resume_runs=resume_runs)
+                 resume_runs=resume_runs, preview=preview)
 
 
 @app.command(cls=Sections)

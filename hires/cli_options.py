@@ -22,7 +22,7 @@ HELP_SECTIONS = {
                                   "ip_adapter", "ip_scale"),
     "Memory and speed": ("device", "vram", "ram", "disk", "offload", "upsample", "vae_tile",
                          "vae_stats", "vae_dtype"),
-    "Plans, presets and re-runs": ("dry_run", "gpu", "preset", "from_image"),
+    "Plans, presets and re-runs": ("dry_run", "gpu", "preview", "preset", "from_image"),
 }
 
 

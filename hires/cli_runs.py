@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +16,13 @@ from hires.cli_output import EXIT_RUNTIME, emit, err, library_bars, progress_ren
 
 
 def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overwrite: bool,
-                  stage_images: bool = False) -> None:
+                  stage_images: bool = False, preview: bool = False) -> None:
     """What a run checks of its outputs before it loads anything (names, formats, files in
     the way), for --dry-run: a plan that shows should be a command that starts."""
     from hires.runs import plan_runs
 
-    runs = plan_runs(jobs, output, n=n, fmt_flag=fmt, overwrite=overwrite, resume_runs=False)
+    runs = plan_runs(jobs, output, n=n, fmt_flag=fmt, overwrite=overwrite, resume_runs=False,
+                     preview=preview)
     warn_space([(r.path, r.job) for r in runs if r.made is None], stage_images)
 
 
@@ -94,14 +95,16 @@ def fp16_vae_hint(gpu: str, detail: str = "") -> str:
 
 def run_jobs(jobs: list, output: str | None, save_stages: bool, as_json: bool,
              quiet: bool, overwrite: bool, gpu: str | None = None,
-             fmt_flag: str | None = None, n: int = 1, resume_runs: bool = True) -> None:
+             fmt_flag: str | None = None, n: int = 1, resume_runs: bool = True,
+             preview: bool = False) -> None:
     """`gen` and `up`: plan and check every output first, load the model once, then make each
-    image (each job `n` times); `resume_runs`: go on from what stopped runs of a job kept."""
+    image (each job `n` times); `resume_runs`: go on from what stopped runs of a job kept;
+    `preview`: only each image's first stage."""
     from hires import output as out
     from hires.runs import plan_runs
 
     runs = plan_runs(jobs, output, n=n, fmt_flag=fmt_flag, overwrite=overwrite,
-                     resume_runs=resume_runs)
+                     resume_runs=resume_runs, preview=preview)
     if jobs[0].seed is None and len(runs) > 1:
         base = runs[0].job.seed
         say(f"seeds from {base} (--seed {base} makes these images again)")
@@ -126,9 +129,12 @@ def run_jobs(jobs: list, output: str | None, save_stages: bool, as_json: bool,
         started = time.monotonic()  # the model's load is not an image's pace
         emit(make_image(run.job, run.path, components, heading=f"{run.path}{of}", gpu=gpu,
                         quiet=quiet, overwrite=overwrite, resume_runs=resume_runs,
-                        save_stages=save_stages), as_json)
+                        save_stages=save_stages, preview=preview), as_json)
         made.append((run.job.width * run.job.height, time.monotonic() - started))
         say_left(made, [r.job.width * r.job.height for r in runs[number:] if r.made is None])
+    if preview:
+        say(f"previews: `hires gen --from {runs[-1].path}` (or another) makes that image whole, "
+            "from the same first stage")
 
 
 def load_model(job, quiet: bool):
@@ -144,13 +150,15 @@ def load_model(job, quiet: bool):
 
 def make_image(job, path: Path, components, *, heading: str, gpu: str | None = None,
                quiet: bool = False, overwrite: bool = False, resume_runs: bool = True,
-               save_stages: bool = False, settings: str | None = None) -> dict[str, Any]:
+               save_stages: bool = False, settings: str | None = None,
+               preview: bool = False) -> dict[str, Any]:
     """One image from loaded `components`: planned, gone on from what a stopped run kept,
-    shown in progress and saved at `path`; its record. `heading` names it in the log."""
+    shown in progress and saved at `path`; its record. `heading` names it in the log. A
+    `preview` is the job's first stage alone (`hires.plan.preview_of`), kept by no checkpoint."""
     from hires import output as out
     from hires import resume
     from hires.pipeline import plan_for
-    from hires.plan import describe
+    from hires.plan import describe, preview_of
     from hires.record import save_stage, stage_paths
     from hires.runs import made_by
     from hires.upscale import load_source, make
@@ -160,25 +168,32 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
     size = source.rgb.size if source else None
     plan = fitted_plan(lambda: plan_for(job, components, gpu=gpu, source=size,
                                         stage_images=save_stages), job)
+    whole = f"{len(plan.stages)} stage(s), {plan.width}x{plan.height}"
+    if preview:
+        plan = preview_of(plan)
+        first = plan.stages[0]
+        whole = f"preview: stage 0, {first.width}x{first.height}, of a {whole} job"
     # Stage images are written as each stage is done. Checked before the first step, not
     # after the compute is spent; a stopped run's own stage images are this run's to write.
     stage_files = stage_paths(path, len(plan.stages)) if save_stages else []
     for stage_path in stage_files:
         if not made_by(stage_path, job):
             out.check_writable(stage_path, overwrite)
-    say(f"{heading}: seed {job.seed}, {len(plan.stages)} stage(s), {plan.width}x{plan.height}")
+    say(f"{heading}: seed {job.seed}, {whole}")
     for line in describe(plan):
         say(f"  {line}")
-    kept = resume.path_for(path)
-    if not resume_runs:
-        resume.remove(kept)
-    say_resume(kept, job, plan, source, stage_files)
+    kept = None if preview else resume.path_for(path)  # a preview is seconds: kept by none
+    if kept is not None:
+        if not resume_runs:
+            resume.remove(kept)
+        say_resume(kept, job, plan, source, stage_files)
 
     def stage_image(index: int, image) -> None:
         save_stage(image, stage_files[index], job, index, fmt=job.format, overwrite=True)
         say(f"  stage {index}: {stage_files[index]}")
 
-    with saying_what_is_kept(kept, job, plan, source):  # the save too: a full disk
+    keeping = saying_what_is_kept(kept, job, plan, source) if kept else nullcontext()
+    with keeping:  # the save too: a full disk
         with progress_renderer(quiet, plan, str(path)) as progress:
             result = make(job, source=source, components=components, progress=progress,
                           plan=plan, checkpoint=kept,
@@ -190,8 +205,9 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
                 say(f"  stage {s.index} ({s.width}x{s.height}): {s.psnr:.1f} dB PSNR "
                     "against the input")
         record = result.save(path, fmt=job.format, overwrite=overwrite, settings=settings,
-                             warn=warn)
-    resume.remove(kept)
+                             warn=warn, stage=0 if preview else None)
+    if kept is not None:
+        resume.remove(kept)
     return record
 
 

@@ -16,19 +16,20 @@ from hires.cli_output import EXIT_USAGE, exit_codes, out_line, say
 from hires.cli_runs import fp16_vae_hint, stages_upto, warn_space
 
 
-def show_plan(job, gpu: str | None, as_json: bool,
-              source: tuple[int, int] | None = None, stage_images: bool = False) -> None:
-    """Print the plan of `job` without loading weights (`hires plan`, `gen --dry-run`)."""
+def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | None = None,
+              stage_images: bool = False, preview: bool = False) -> None:
+    """Print the plan of `job` without loading weights (`hires plan`, `gen --dry-run`); with
+    `preview`, of its first stage alone."""
     from hires.eta import duration
     from hires.gpus import CUDA_CONTEXT_GIB, card, rate_for
-    from hires.plan import describe, dry_run
+    from hires.plan import describe, dry_run, preview_of
 
     try:
         rate_for(gpu or "h100")  # a usage error, before any planning
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     run = fitted_plan(lambda: dry_run(job, gpu, source, stage_images), job)
-    p, gpu, rate = run.plan, run.gpu, run.rate
+    p, gpu, rate = (preview_of(run.plan) if preview else run.plan), run.gpu, run.rate
     spill = p.vae_spill_bytes
     timed = rate is not None  # a CPU plan is not timed (its rate is not known)
 
@@ -85,7 +86,9 @@ def show_plan(job, gpu: str | None, as_json: bool,
         w, h = p.width / job.dpi, p.height / job.dpi
         printed = (f" ({w * 2.54:.1f} x {h * 2.54:.1f} cm, {w:.1f} x {h:.1f} in at "
                    f"{job.dpi:g} dpi)")
-    lines = [f"{p.width}x{p.height}{printed}: {len(p.stages)} stage(s), {budget}, {where}"]
+    stages = (f"stage 0 of {len(run.plan.stages)} (--preview)" if preview else
+              f"{len(p.stages)} stage(s)")
+    lines = [f"{p.width}x{p.height}{printed}: {stages}, {budget}, {where}"]
     lines += describe(p)
     tflop = sum(s.cost.tflop for s in p.stages)
     work = f"{tflop / 1000:.1f} PFLOP" if tflop >= 100 else f"{tflop:.2g} TFLOP"
@@ -99,7 +102,8 @@ def show_plan(job, gpu: str | None, as_json: bool,
     out_line("\n".join(lines))
     if p.fp32 == ("VAE",) and job.vae_dtype == "auto":  # only a GPU without bf16 does that
         say(fp16_vae_hint(f"the {gpu}", f" (~{p.vae_seconds:.0f} of the ~{p.seconds:.0f} s)"))
-    more = more_ram_hint(job, p, lambda j: dry_run(j, gpu, source, stage_images).plan)
+    more = None if preview else more_ram_hint(
+        job, p, lambda j: dry_run(j, gpu, source, stage_images).plan)
     if more:
         say(more)
 

@@ -100,6 +100,12 @@ class Plan:
         return sum(times) if times and None not in times else None
 
 
+def preview_of(plan: Plan) -> Plan:
+    """The plan's first stage alone: the job's composition at the base size, conditioned on
+    the final size as the whole job is, so that the whole job's first stage is this image."""
+    return replace(plan, stages=plan.stages[:1])
+
+
 def schedule(steps: int, train_steps: int = 1000, spacing: str = "leading", offset: int = 1):
     """The timesteps of an `steps`-step Euler schedule, as diffusers spaces them for SDXL."""
     if spacing == "leading":

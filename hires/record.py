@@ -58,19 +58,25 @@ def save_stage(image: Image.Image, path: str | Path, job: Job, index: int, *,
                              dpi=job.dpi)
 
 
+def stage_path(path: Path, index: int) -> Path:
+    """Where stage `index`'s image of the image at `path` goes (NAME.stage0.png)."""
+    return path.with_name(f"{path.stem}.stage{index}{path.suffix}")
+
+
 def stage_paths(path: Path, stages: int) -> list[Path]:
     """Where `save_stages` puts every stage but the last (which is the image itself)."""
-    return [path.with_name(f"{path.stem}.stage{i}{path.suffix}") for i in range(stages - 1)]
+    return [stage_path(path, i) for i in range(stages - 1)]
 
 
 def save(result: Result, path: str | Path, *, fmt: str | None = None, overwrite: bool = False,
          save_stages: bool = False, settings: str | None = None,
-         warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+         warn: Callable[[str], None] | None = None, stage: int | None = None) -> dict[str, Any]:
     """Write the image (and with `save_stages` the earlier stages' images) with hires'
     metadata, atomically; return the record. The format is `fmt`, else the path's suffix's.
 
     The metadata is what `hires info IMAGE` shows and `hires gen --from IMAGE` runs again.
-    `settings` replaces the record's settings hash (a batch records its job file's).
+    `settings` replaces the record's settings hash (a batch records its job file's); `stage`
+    records that the result is that stage of its job (a preview), not the whole job.
     """
     from hires import output
 
@@ -78,6 +84,8 @@ def save(result: Result, path: str | Path, *, fmt: str | None = None, overwrite:
     record = record_for(result, path)
     if settings:
         record["settings"] = settings
+    if stage is not None:
+        record["stage"] = stage
     metadata = {"hires": __version__, "job": result.job.to_dict(), "result": record}
     if save_stages:
         if len(result.stage_images) < len(result.stages):

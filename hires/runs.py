@@ -11,6 +11,7 @@ from typing import Any
 from hires import output as out
 from hires import resume
 from hires.job import Job, JobError
+from hires.record import stage_path
 
 
 @dataclass
@@ -24,13 +25,13 @@ class Run:
 
 def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
               fmt_flag: str | None = None, overwrite: bool = False,
-              resume_runs: bool = True) -> list[Run]:
+              resume_runs: bool = True, preview: bool = False) -> list[Run]:
     """Each job (a prompt of `hires gen`, an input image of `hires up`) `n` times, seeds
     counting up from the jobs' seed for each (one drawn at random if they have none: the
     stopped run's, when `resume_runs` finds one); each image's path from `output` (a file,
     folder or template). Raises on any name, format or input that cannot work. An image
     already at its path, made by the same settings, is not made again (`Run.made`) unless
-    `overwrite`."""
+    `overwrite`. A `preview` is each image's first stage, at NAME.stage0.png."""
     from hires.addons import check_inputs
 
     todo = [(job, k) for job in jobs for k in range(n)]
@@ -58,6 +59,8 @@ def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
         """Image i's job (seed and format set) and path."""
         one = job.merged({"seed": seed % 2**63}).validate()  # stdin's prompts too
         path = path_of(i, one, one.seed)
+        if preview:
+            path = stage_path(path, 0)
         return one.merged({"format": out.format_of(path, job.format, fmt_flag)}), path
 
     base = jobs[0].seed

@@ -536,3 +536,35 @@ def test_reading_stdin_from_a_terminal_says_how_to_end_it(monkeypatch, capsys):
     assert capsys.readouterr().err == "reading prompts from stdin, one a line; end with Ctrl-D\n"
     monkeypatch.setattr("sys.stdin", io.StringIO("a fox\n"))  # a pipe: nothing to say
     assert stdin_lines("prompts") == ["a fox"] and capsys.readouterr().err == ""
+
+
+def test_previews_are_first_stages_and_from_one_makes_it_whole_with_that_stage(tmp_path, asked):
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    small = ("--model", "tiny", "--size", "512", "--steps", "2", "--seed", "3")
+    out = f"{tmp_path / 'pv'}/"
+    result = cli("gen", "a fox", *small, "--n", "2", "--preview", "-o", out, "--json")
+    assert result.exit_code == 0, result.stderr
+    records = json_lines(result.stdout)
+    paths = [Path(r["path"]) for r in records]
+    assert [p.name for p in paths] == ["hires_512x512_s3_000.stage0.png",
+                                       "hires_512x512_s4_001.stage0.png"]
+    assert [(r["stage"], r["width"], len(r["stages"])) for r in records] == [(0, 256, 1)] * 2
+    assert "preview: stage 0, 256x256, of a 2 stage(s), 512x512 job" in result.stderr
+    assert "made already" in cli("gen", "a fox", *small, "--n", "2", "--preview", "-o",
+                                 out).stderr
+    # The whole job from a preview: its first stage is the preview, pixel for pixel.
+    whole = cli("gen", "--from", paths[1], "--save-stages", "-o", f"{tmp_path / 'whole'}/")
+    assert whole.exit_code == 0, whole.stderr
+    first = tmp_path / "whole" / "hires_512x512_s4.stage0.png"
+    with Image.open(paths[1]) as a, Image.open(first) as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    with Image.open(tmp_path / "whole" / "hires_512x512_s4.png") as im:
+        assert im.size == (512, 512)
+    plan = cli("gen", "x", *small, "--preview", "--dry-run", "-o", tmp_path / "d").stdout
+    assert "512x512: stage 0 of 2 (--preview)" in plan
+    assert "stage 0 (base)" in plan and "stage 1" not in plan
+    assert_usage_error(cli("gen", "x", *small, "--preview", "--save-stages"), "drop --save")
