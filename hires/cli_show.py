@@ -102,6 +102,11 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
     out_line("\n".join(lines))
     if p.fp32 == ("VAE",) and job.vae_dtype == "auto":  # only a GPU without bf16 does that
         say(fp16_vae_hint(f"the {gpu}", f" (~{p.vae_seconds:.0f} of the ~{p.seconds:.0f} s)"))
+    first = p.stages[0].cost.seconds if p.stages[0].cost else None
+    if not preview and timed and first is not None and p.seconds >= LONG_JOB_S \
+            and p.stages[0].kind == "base":
+        say(f"a long job: `hires gen --preview` makes its composition first, in "
+            f"{duration(first)}")
     more = None if preview else more_ram_hint(
         job, p, lambda j: dry_run(j, gpu, source, stage_images).plan)
     if more:
@@ -109,6 +114,7 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
 
 
 ROOMY_RAM_GB = 64  # what `more_ram_hint` plans with
+LONG_JOB_S = 600  # a planned job this long gets a word on --preview
 
 
 def more_ram_hint(job, p, replan: Callable[[Any], Any]) -> str | None:

@@ -308,3 +308,12 @@ def test_a_cpu_plan_fits_the_free_ram_and_claims_no_time():
                for s in p["stages"])
     timed = cli("plan", "--size", "2048", "--device", "cpu", "--gpu", "0.5").stdout
     assert "times on 0.5 (0.5 TFLOP/s achieved)" in timed and "~" in timed.splitlines()[-1]
+
+
+def test_a_long_plan_suggests_a_preview_first():
+    long = cli("plan", "--size", "16384", "--gpu", "4090")
+    assert long.exit_code == 0, long.stderr
+    assert "a long job: `hires gen --preview` makes its composition first, in ~" in long.stderr
+    for args in (("--gpu", "h100"), ("--gpu", "4090", "--size", "2048")):  # minutes, not more
+        quick = cli("plan", "--size", "16384", *args)
+        assert "--preview" not in quick.stderr, args
