@@ -294,6 +294,9 @@ def batch(
         "--dry-run", help="Check every job, print each one's size, file and time (on --gpu) "
         "and the total; load no weights, write nothing.")] = False,
     gpu: Gpu = None,
+    preview: Annotated[bool, typer.Option(
+        "--preview", help="Make only each job's first stage (NAME.stage0.png); the same "
+        "command without it makes the whole images.")] = False,
 ) -> None:
     """Run many jobs from a file; models load once; finished images are skipped on a re-run,
     and a job that stopped goes on after its last finished stage.
@@ -306,6 +309,7 @@ def batch(
         from hires import batch as b
         from hires.job import JobError
         from hires.presets import load_preset
+        from hires.record import stage_path
 
         levels = [(load_preset(preset).values, f"preset '{preset}'", True)] if preset else []
         if str(file) == "-" and sys.stdin.isatty():  # else nothing says why hires waits
@@ -319,14 +323,16 @@ def batch(
             raise JobError(f"batch -o {output} is a file; -o names the folder for the images")
         name = "stdin" if str(file) == "-" else file.name
         items, paths = b.name_outputs(items, output, name)
+        if preview:
+            paths = {index: stage_path(path, 0) for index, path in paths.items()}
         mine = b.my_share(items, rank, world)
         say(f"batch {name if name == 'stdin' else file}: {len(items)} job(s), shard "
             f"{rank}/{world} runs {len(mine)}")
         if dry_run:
-            show_batch_plan(mine, paths, gpu, as_json, overwrite)
+            show_batch_plan(mine, paths, gpu, as_json, overwrite, preview)
             return
         run_batch_jobs(mine, paths, name, output, manifest, as_json, quiet, overwrite,
-                       resume_runs, gpu)
+                       resume_runs, gpu, preview)
 
 
 @app.command()

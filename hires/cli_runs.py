@@ -213,7 +213,7 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
 
 def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
                    manifest: Path | None, as_json: bool, quiet: bool, overwrite: bool,
-                   resume_runs: bool, gpu: str | None = None) -> None:
+                   resume_runs: bool, gpu: str | None = None, preview: bool = False) -> None:
     """`batch`: each job's image unless it is made already; one model in memory at a time; a
     failed job is said and recorded in the manifest, and the others go on (exit 1 at the
     end). `name`: the job file's, for messages."""
@@ -247,7 +247,7 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
         started = time.monotonic()  # a model's load is not an image's pace
         record = make_image(item.job, path, loaded[key], heading=f"job {item.index} -> {path}",
                             gpu=gpu, quiet=quiet, overwrite=overwrite, resume_runs=resume_runs,
-                            settings=b.settings_hash(item.job))
+                            settings=b.settings_hash(item.job), preview=preview)
         made.append((item.job.width * item.job.height, time.monotonic() - started))
         return record
 

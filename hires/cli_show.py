@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +144,7 @@ def more_ram_hint(job, p, replan: Callable[[Any], Any]) -> str | None:
 
 
 def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_json: bool,
-                    overwrite: bool) -> None:
+                    overwrite: bool, preview: bool = False) -> None:
     """`batch --dry-run`: each job's size, file and planned time on `gpu`, or that its image is
     made already, and the total; jobs that cannot run are said and exit 2 at the end."""
     from hires import batch as b
@@ -151,7 +152,7 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
     from hires.gpus import rate_for
     from hires.images import input_size
     from hires.job import JobError
-    from hires.plan import dry_run
+    from hires.plan import dry_run, preview_of
 
     try:
         rate_for(gpu or "h100")  # a usage error, before any planning
@@ -175,6 +176,8 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
                 if key not in plans:
                     plans[key] = fitted_plan(lambda j=job, s=source: dry_run(j, gpu, s), job)
                 run = plans[key]
+                if preview:
+                    run = replace(run, plan=preview_of(run.plan))
             except JobError as e:
                 row.update(status="cannot run", error=str(e))
                 text = f"job {item.index}: cannot run: {e}"

@@ -413,3 +413,18 @@ def test_jobs_piped_to_batch_dash_run_and_a_rerun_of_the_same_jobs_skips_them(tm
                         ('{"prompt": "a", "colour": 1}\n', "unknown key 'colour' in stdin job 0")):
         result = cli("batch", "-", "-o", out, input=text)
         assert result.exit_code == 2 and words in result.stderr, (text, result.stderr)
+
+
+def test_a_preview_batch_makes_first_stages_and_the_same_batch_without_it_the_images(
+        tmp_path, tiny_cli):
+    jobs = jsonl_jobs(tmp_path / "jobs.jsonl", 2, width=512, height=512, seed=4)
+    out = tmp_path / "out"
+    first = cli("batch", jobs, "-o", out, "--preview", "--json")
+    assert first.exit_code == 0, first.stderr
+    records = json_lines(first.stdout)
+    assert [(Path(r["path"]).name, r["stage"], r["width"]) for r in records] == [
+        ("job0000_512x512_s4.stage0.png", 0, 256), ("job0001_512x512_s4.stage0.png", 0, 256)]
+    assert "batch: 0 done, 2 skipped" in cli("batch", jobs, "-o", out, "--preview").stderr
+    whole = cli("batch", jobs, "-o", out, "--json")
+    assert [(Path(r["path"]).name, r["width"]) for r in json_lines(whole.stdout)] == [
+        ("job0000_512x512_s4.png", 512), ("job0001_512x512_s4.png", 512)]
