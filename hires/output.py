@@ -23,7 +23,7 @@ SUFFIX_FORMATS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp",
 # Image formats hires does not write: a name ending in one is refused, not given PNG bytes.
 OTHER_IMAGE_SUFFIXES = frozenset(
     ".gif .bmp .avif .heic .heif .jxl .jp2 .exr .hdr .ppm .pgm .pbm .tga .ico .psd .dng .qoi "
-    ".svg".split())
+    ".svg .pdf .eps .ps .raw .cr2 .nef .arw .pcx .dds".split())
 WEBP_MAX_SIDE = 16383
 USER_COMMENT, IMAGE_DESCRIPTION, EXIF_IFD = 0x9286, 0x010E, 0x8769
 TIFF_HIRES_TAG = 65000  # a private TIFF tag for the job JSON
@@ -161,8 +161,10 @@ def output_path(
         return path / default_name(width, height, seed, fmt)
     suffix = path.suffix.lower()
     if suffix in OTHER_IMAGE_SUFFIXES:
+        print_hint = " (.tif for print)" if suffix in (".pdf", ".eps", ".ps") else ""
         raise OutputUsage(f"{path.name}: hires writes PNG, JPEG, WebP or TIFF, not "
-                          f"{suffix[1:].upper()}; end the name in .png, .jpg, .webp or .tif")
+                          f"{suffix[1:].upper()}; end the name in .png, .jpg, .webp or .tif"
+                          f"{print_hint}")
     if suffix not in SUFFIX_FORMATS:  # none, or a dot in the name ('v1.2'): the format's added
         path = path.with_name(path.name + EXTENSIONS[fmt])
     return path

@@ -186,6 +186,8 @@ def test_output_path_default_name_and_folders(tmp_path):
     assert output_path(tmp_path / "shot.JPG", **kw) == tmp_path / "shot.JPG"
     with pytest.raises(OutputError, match="not GIF; end the name in .png"):
         output_path(tmp_path / "anim.gif", **kw)
+    with pytest.raises(OutputError, match=r"not PDF; .* or \.tif \(\.tif for print\)"):
+        output_path(tmp_path / "poster.pdf", **kw)  # it was written as poster.pdf.png
 
 
 def test_output_path_templates(tmp_path):
