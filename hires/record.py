@@ -26,6 +26,7 @@ def record_for(result: Result, path: Path) -> dict[str, Any]:
         "height": result.image.height, "prompt": job.prompt,
         "model": job.model, "linfusion": result.linfusion,
         **({"vae": job.vae} if job.vae else {}),
+        **({"dpi": job.dpi} if job.dpi else {}),  # for print: the file records it too
         "seconds": round(result.seconds, 3), "peak_memory": result.peak_memory,
         "stages": [{"index": s.index, "width": s.width, "height": s.height,
                     "strength": round(s.strength, 4), "steps": s.steps,

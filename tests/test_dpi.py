@@ -39,3 +39,17 @@ def test_dpi_is_checked_and_leaves_older_settings_hashes_alone(tmp_path):
                              metadata={"hires": __version__, "job": job.to_dict(),
                                        "result": {"width": 16384, "height": 8192}})
     assert "print size 138.7 x 69.4 cm at 300 dpi" in cli("info", path).stdout
+
+
+def test_a_print_sized_image_says_its_dpi_in_the_json_line(tmp_path, tiny):
+    from helpers_cli import json_lines, use_cached_tiny
+
+    with pytest.MonkeyPatch.context() as mp:
+        use_cached_tiny(mp, tiny)
+        result = cli("gen", "a fox", "--model", "tiny", "--print-size", "2x2in", "--dpi", "128",
+                     "--steps", "1", "-o", tmp_path / "p.png", "--json")
+    assert result.exit_code == 0, result.stderr
+    (record,) = json_lines(result.stdout)
+    assert (record["width"], record["height"], record["dpi"]) == (256, 256, 128)
+    with Image.open(tmp_path / "p.png") as back:
+        assert back.info["dpi"] == pytest.approx((128, 128), abs=0.01)
