@@ -79,8 +79,8 @@ Width = Annotated[int | None, typer.Option(help="Exact width in pixels (with --h
 Height = Annotated[int | None, typer.Option(help="Exact height in pixels (with --width).")]
 PrintSize = Annotated[str | None, typer.Option(
     help="A print's width x height, e.g. 60x90cm, 600x900mm, 24x36in, or a paper: A0-A6, letter,"
-    " legal, tabloid (A2-landscape turns it); the pixels at --dpi (default 300), recorded in the "
-    "file.")]
+    " legal, tabloid (A2-landscape turns it); +3mm adds bleed on every side (A2+3mm); the pixels"
+    " at --dpi (default 300), recorded in the file.")]
 Negative = Annotated[str | None, typer.Option(help="Negative prompt.")]
 Seed = Annotated[int | None, typer.Option(help="Random seed (random when absent; recorded).")]
 Steps = Annotated[int | None, typer.Option(help="Base-stage steps (default 50).")]

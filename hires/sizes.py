@@ -27,6 +27,7 @@ _UNITS = {"cm": 1 / 2.54, "mm": 1 / 25.4, "in": 1.0, "inch": 1.0, "inches": 1.0,
 PAPER_MM = {"a0": (841, 1189), "a1": (594, 841), "a2": (420, 594), "a3": (297, 420),
             "a4": (210, 297), "a5": (148, 210), "a6": (105, 148),
             "letter": (215.9, 279.4), "legal": (215.9, 355.6), "tabloid": (279.4, 431.8)}
+_BLEED = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z\"]+)\s*$")
 _PRINT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[x×*]\s*(\d+(?:\.\d+)?)\s*([a-z\"]*)\s*$")
 OPTIONS = "options"  # the `where` of a command's flags: its keys are named as flags (--size)
 
@@ -49,8 +50,22 @@ def size_keys(values: dict[str, Any]) -> dict[str, Any]:
 
 def print_inches(text: Any) -> tuple[float, float]:
     """A print's width and height in inches, from '60x90cm', '600x900mm', '24x36in' or a paper
-    name ('A2', 'letter'; portrait, or turned with '-landscape')."""
-    name, turned = str(text).strip().lower(), False
+    name ('A2', 'letter'; portrait, or turned with '-landscape'); '+3mm' adds that much bleed
+    on every side ('A2+3mm' is 426 x 600 mm)."""
+    text, _, bleed_text = str(text).partition("+")
+    bleed = 0.0
+    if bleed_text:
+        m = _BLEED.match(bleed_text.lower())
+        if not m or m.group(2) not in _UNITS:
+            raise JobError(f"bleed must look like +3mm, +0.3cm or +0.125in, got "
+                           f"'+{bleed_text}'")
+        bleed = float(m.group(1)) * _UNITS[m.group(2)]
+    w, h = _print_inches(text)
+    return w + 2 * bleed, h + 2 * bleed
+
+
+def _print_inches(text: str) -> tuple[float, float]:
+    name, turned = text.strip().lower(), False
     if name.endswith(("-landscape", " landscape")):
         name, turned = name[:-len("-landscape")].strip(), True
     if name in PAPER_MM:
@@ -60,7 +75,8 @@ def print_inches(text: Any) -> tuple[float, float]:
     if not m or m.group(3) not in _UNITS or not float(m.group(1)) or not float(m.group(2)):
         unit = "" if not m or m.group(3) else " with its unit"
         raise JobError(f"print size must look like 60x90cm, 600x900mm or 24x36in{unit}, or be a "
-                       f"paper (A0-A6, letter, legal, tabloid; A2-landscape), got {text!r}")
+                       f"paper (A0-A6, letter, legal, tabloid; A2-landscape), got "
+                       f"'{text.strip()}'")
     per_unit = _UNITS[m.group(3)]
     return float(m.group(1)) * per_unit, float(m.group(2)) * per_unit
 

@@ -148,6 +148,9 @@ def test_a_print_size_is_its_pixels_at_the_dpi_and_the_file_records_that_dpi(tmp
     assert print_pixels("A2", 300) == print_pixels("420x594mm", 300) == (4960, 7016)
     assert print_pixels("a2-landscape", 300) == (7016, 4960)
     assert print_pixels("Letter", 100) == (848, 1104)  # 8.5 x 11 in
+    # Bleed on every side: A2 + 3 mm is 426 x 600 mm.
+    assert print_pixels("A2+3mm", 300) == print_pixels("426x600mm", 300) == (5032, 7088)
+    assert print_pixels("24x36in + 0.125in", 100) == (2424, 3624)
     job = job_from_levels([({"print_size": "24x36in"}, OPTIONS, False)])
     assert (job.width, job.height, job.dpi) == (7200, 10800, 300)
     # A dpi from any level prices the print; a size below borrows the print's shape.
@@ -170,6 +173,7 @@ def test_a_print_size_is_its_pixels_at_the_dpi_and_the_file_records_that_dpi(tmp
     ({"print_size": "0x90cm"}, "must look like"),
     ({"print_size": "60x90cm", "size": 4096}, "--print-size sets both sides: drop --size"),
     ({"print_size": "200x300cm"}, "at most 277 dpi for that print"),
+    ({"print_size": "A2+3"}, "bleed must look like \\+3mm"),
 ])
 def test_bad_print_sizes_say_what_to_do(table, words):
     with pytest.raises(JobError, match=words):
