@@ -177,6 +177,8 @@ def layered_size(levels: list[Level],
     size, aspect = top.get("size"), top.get("aspect")
     if size is None:  # only the aspect: the long side from below
         size = below.get("size") or max(below.get("width", 0), below.get("height", 0)) or None
+        if "print_size" in below:
+            size = max(print_pixels(below["print_size"], dpi))
         if size is None:
             raise JobError(f"{n('aspect')} needs {n('size')} (the long side in pixels)"
                            f"{_in(where)}")

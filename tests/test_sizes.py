@@ -158,6 +158,7 @@ def test_a_print_size_is_its_pixels_at_the_dpi_and_the_file_records_that_dpi(tmp
                            ({"dpi": 200}, OPTIONS, False)])
     assert (job.width, job.height, job.dpi) == (4800, 7200, 200)
     assert layered_size(levels({"print_size": "20x10cm"}, {"size": 1024})) == (1024, 512)
+    assert layered_size(levels({"print_size": "A2"}, {"aspect": "1:1"})) == (7016, 7016)
     # An upscale keeps its input's shape: as large as fits the print, turned to its orientation.
     assert layered_size(levels({"print_size": "6x4in"}), (451, 300), dpi=100) == (600, 400)
     assert layered_size(levels({"print_size": "4x6in"}), (451, 300), dpi=100) == (600, 400)
