@@ -184,6 +184,10 @@ def up(
     as_json: JsonOut = False, quiet: QuietOpt = False, progress: ProgressOpt = "auto",
     overwrite: Overwrite = False,
     dry_run: DryRun = False, gpu: Gpu = None, resume_runs: Resume = True,
+    preview: Annotated[bool, typer.Option(
+        "--preview", help="Make only each image's first stage (NAME.stage0.png), to judge "
+        "--strength and the prompt before the long run; `hires gen --from` one makes it "
+        "whole.")] = False,
 ) -> None:
     """Upscale existing images with new, coherent detail (e.g. --scale 4 or --size 16384)."""
     options = dict(locals())  # every option, by name: job_flags picks the job's
@@ -205,14 +209,17 @@ def up(
             jobs.append(build_job(preset, None, {**flags, "image": str(image),
                                                  "image_sha256": source.sha256},
                                   source=source.rgb.size))
+        if preview and save_stages:
+            raise typer.BadParameter("--preview makes only the first stage; drop --save-stages")
         if dry_run:
-            check_outputs(jobs, output, fmt, 1, overwrite)
+            check_outputs(jobs, output, fmt, 1, overwrite, preview=preview)
             for job, size in zip(jobs, sizes):
-                show_plan(job, gpu, as_json, source=size, stage_images=save_stages)
+                show_plan(job, gpu, as_json, source=size, stage_images=save_stages,
+                          preview=preview)
             return
         check_device(jobs[0].device)
         run_jobs(jobs, output, save_stages, as_json, quiet, overwrite, gpu, fmt_flag=fmt,
-                 resume_runs=resume_runs)
+                 resume_runs=resume_runs, preview=preview)
 
 
 @app.command(cls=Sections)

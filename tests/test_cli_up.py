@@ -136,3 +136,14 @@ def test_several_inputs_load_the_model_once_and_keep_their_names(photo, tmp_path
                   f"{tmp_path}/{{name}}_2x.png")
     assert stopped.exit_code == 2 and "bad.png" in stopped.stderr
     assert not (tmp_path / "chelsea_2x.png").exists()
+
+
+def test_an_upscale_preview_is_its_first_stage_with_its_psnr(photo, tmp_path, asked):
+    result = cli("up", photo, "--model", "tiny", "--scale", "4", "--steps", "2", "--seed", "2",
+                 "--preview", "-o", f"{tmp_path}/", "--json")
+    assert result.exit_code == 0, result.stderr
+    (record,) = json_lines(result.stdout)
+    assert record["path"] == str(tmp_path / "hires_576x384_s2_chelsea.stage0.png")
+    assert record["stage"] == 0 and len(record["stages"]) == 1
+    assert record["width"] < 576 and record["stages"][0]["psnr"] > 5
+    assert "dB PSNR against the input" in result.stderr
