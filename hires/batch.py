@@ -12,7 +12,7 @@ from typing import Any
 
 from hires.images import ImageInputError, file_sha256, input_size
 from hires.job import FILE_KEYS, TRUSTED_ONLY, Job, JobError, closest_hint
-from hires.presets import load_preset, read_toml
+from hires.presets import load_preset, parse_toml, read_toml
 from hires.sizes import job_from_levels
 
 
@@ -57,7 +57,7 @@ def read_batch(path: str | Path, base: Job | None = None,
         entries = [entry for _, entry in lines]
         line_of = {i: n for i, (n, _) in enumerate(lines)}
     else:
-        data = read_toml(path) if text is None else _toml_text(text, label)
+        data = read_toml(path) if text is None else parse_toml(text, label)
         unknown = set(data) - {"defaults", "job"}
         if unknown:
             raise JobError(f"{label}: unknown table '{sorted(unknown)[0]}'; "
@@ -104,15 +104,6 @@ def _stdin_text() -> str:
         return sys.stdin.buffer.read().decode("utf-8")
     except UnicodeDecodeError as e:
         raise JobError(f"the jobs on stdin are not UTF-8 text (byte {e.start})") from None
-
-
-def _toml_text(text: str, label: str) -> dict[str, Any]:
-    import tomllib
-
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise JobError(f"{label} is not valid TOML: {e}") from None
 
 
 def _without(table: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,14 @@ from typing import Annotated
 import typer
 
 from hires import __version__
-from hires.cli_jobs import build_job, check_device, job_flags, read_paths, read_prompts
+from hires.cli_jobs import (
+    build_job,
+    check_device,
+    check_preview,
+    job_flags,
+    read_paths,
+    read_prompts,
+)
 from hires.cli_options import (
     AllowPickle,
     Aspect,
@@ -137,8 +144,7 @@ def gen(
         job = build_job(preset, from_image, flags)
         prompts = read_prompts(prompt) if prompt == "-" else [job.prompt]
         jobs = [job.merged({"prompt": text}) for text in prompts]
-        if preview and save_stages:
-            raise typer.BadParameter("--preview makes only the first stage; drop --save-stages")
+        check_preview(preview, save_stages)
         if dry_run:
             check_outputs(jobs, output, fmt, n, overwrite, save_stages, preview)
             show_plan(job, gpu, as_json, stage_images=save_stages, preview=preview)
@@ -209,8 +215,7 @@ def up(
             jobs.append(build_job(preset, None, {**flags, "image": str(image),
                                                  "image_sha256": source.sha256},
                                   source=source.rgb.size))
-        if preview and save_stages:
-            raise typer.BadParameter("--preview makes only the first stage; drop --save-stages")
+        check_preview(preview, save_stages)
         if dry_run:
             check_outputs(jobs, output, fmt, 1, overwrite, preview=preview)
             for job, size in zip(jobs, sizes):

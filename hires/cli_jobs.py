@@ -109,6 +109,12 @@ def read_paths(images: list[Path]) -> list[Path]:
     return paths
 
 
+def check_preview(preview: bool, save_stages: bool) -> None:
+    """--preview makes the first stage only: no other stage has an image to save."""
+    if preview and save_stages:
+        raise typer.BadParameter("--preview makes only the first stage; drop --save-stages")
+
+
 def check_device(device: str) -> None:
     """A device this machine's torch cannot use is a usage error, found before any loading."""
     import torch

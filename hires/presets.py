@@ -37,16 +37,24 @@ def user_folder() -> Path:
 def read_toml(path: str | Path) -> dict[str, Any]:
     """Parse a TOML file; errors name the file and the line."""
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise JobError(f"no such file: {path}") from None
     except OSError as e:
         raise JobError(f"cannot read {path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise JobError(f"{path} is not valid TOML: {e}") from None
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise JobError(f"{path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    return parse_toml(text, str(path))
+
+
+def parse_toml(text: str, where: str) -> dict[str, Any]:
+    """Parse TOML text (a file's, or stdin's); errors name `where` and the line."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise JobError(f"{where} is not valid TOML: {e}") from None
 
 
 def _parse(name: str, path: str, data: dict[str, Any]) -> Preset:
