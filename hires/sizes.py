@@ -252,9 +252,13 @@ def job_from_levels(levels: list[tuple[dict[str, Any], str, bool]], base: Job | 
                        f"for the upscale's output size{_in(where)}")
     if size is not None:
         job = job.merged({"width": size[0], "height": size[1]})
-        top = next((keys for keys in (size_keys(v) for v, _ in reversed(named)) if keys), {})
-        if "print_size" in top and job.dpi is None:
-            job = job.merged({"dpi": PRINT_DPI})  # the file records the print's size
+        given = [keys for keys in (size_keys(v) for v, _ in named) if keys]
+        top, below = given[-1], (given[-2] if len(given) > 1 else {})
+        # A print's size decides the pixels (an aspect over it keeps its long side): the file
+        # records the dpi it was priced at.
+        from_print = "print_size" in top or (set(top) == {"aspect"} and "print_size" in below)
+        if from_print and job.dpi is None:
+            job = job.merged({"dpi": PRINT_DPI})
     try:
         return job.validate()
     except JobError as e:  # "steps must be ...": say which preset, file or job gave it

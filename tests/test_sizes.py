@@ -159,6 +159,12 @@ def test_a_print_size_is_its_pixels_at_the_dpi_and_the_file_records_that_dpi(tmp
     assert (job.width, job.height, job.dpi) == (4800, 7200, 200)
     assert layered_size(levels({"print_size": "20x10cm"}, {"size": 1024})) == (1024, 512)
     assert layered_size(levels({"print_size": "A2"}, {"aspect": "1:1"})) == (7016, 7016)
+    job = job_from_levels([({"print_size": "A2"}, "preset 'a2'", True),
+                           ({"aspect": "1:1"}, OPTIONS, False)])
+    assert (job.width, job.dpi) == (7016, 300)  # the print's long side, at the print's dpi
+    job = job_from_levels([({"print_size": "A2"}, "preset 'a2'", True),
+                           ({"size": 1024}, OPTIONS, False)])
+    assert (job.width, job.height, job.dpi) == (728, 1024, None)  # its shape only: no print
     # An upscale keeps its input's shape: as large as fits the print, turned to its orientation.
     assert layered_size(levels({"print_size": "6x4in"}), (451, 300), dpi=100) == (600, 400)
     assert layered_size(levels({"print_size": "4x6in"}), (451, 300), dpi=100) == (600, 400)
