@@ -109,10 +109,15 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _to_8bit(values: np.ndarray) -> np.ndarray:
-    """16-bit values to 8 bits by rescaling (65535 -> 255, 32768 -> 128), rounded, not clipped."""
-    v = np.clip(values, 0, 65535).astype(np.uint32)
-    return ((v * 255 + 32767) // 65535).astype(np.uint8)
+def to_8bit(values: np.ndarray) -> np.ndarray:
+    """16-bit values to 8 bits by rescaling (65535 -> 255, 32768 -> 128), rounded, not clipped;
+    in bands of rows, so a 16K image needs no 3 GB of 32-bit scratch."""
+    out = np.empty(values.shape, np.uint8)
+    rows = max(1, (1 << 22) // max(1, values[0].size)) if values.ndim > 1 else len(values)
+    for top in range(0, len(values), rows):
+        v = np.clip(values[top:top + rows], 0, 65535).astype(np.uint32)
+        out[top:top + rows] = (v * 255 + 32767) // 65535
+    return out
 
 
 def _split(im: Image.Image) -> tuple[Image.Image, Image.Image | None]:
@@ -122,7 +127,7 @@ def _split(im: Image.Image) -> tuple[Image.Image, Image.Image | None]:
         # 16-bit range is rescaled here. Mode "I" (32-bit) holds 16-bit PNG/PGM data in Pillow;
         # values outside 0..65535 are clipped.
         values = np.asarray(im)
-        grey = Image.fromarray(_to_8bit(values), "L").convert("RGB")
+        grey = Image.fromarray(to_8bit(values), "L").convert("RGB")
         trns = im.info.get("transparency")
         if isinstance(trns, int):  # a 16-bit grey PNG's tRNS: one grey level is transparent
             alpha = Image.fromarray(np.where(values == trns, 0, 255).astype(np.uint8), "L")

@@ -9,10 +9,31 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
+import numpy as np
+from PIL import Image
+
 STRIP_BYTES = 4 << 20  # raw bytes per strip: enough work per thread, little memory
 MAX_THREADS = 16
 
 T = TypeVar("T")
+Pixels = Image.Image | np.ndarray  # an 8-bit Pillow image, or H x W x C uint8 / uint16 samples
+MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # channels -> mode
+
+
+def layout(image: Pixels) -> tuple[int, int, str, int]:
+    """(width, height, mode, bits per sample) of a Pillow image or an array of samples."""
+    if isinstance(image, np.ndarray):
+        channels = image.shape[2] if image.ndim == 3 else 1
+        return image.shape[1], image.shape[0], MODES[channels], image.dtype.itemsize * 8
+    image.load()
+    return image.width, image.height, image.mode, 8
+
+
+def rows(image: Pixels, top: int, bottom: int) -> np.ndarray:
+    """Rows top..bottom of the image as an array (of a Pillow image, only those rows copied)."""
+    if isinstance(image, np.ndarray):
+        return image[top:bottom]
+    return np.asarray(image.crop((0, top, image.width, bottom)))
 
 
 def rows_per_strip(row_bytes: int) -> int:
