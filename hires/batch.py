@@ -214,7 +214,7 @@ def my_share(items: list[BatchItem], rank: int, world: int) -> list[BatchItem]:
 PLACEMENT_KEYS = ("device", "offload", "vram", "ram", "disk")
 # Keys added after images were made, left out while at their default, so that those images
 # keep their fingerprint and a batch re-run does not redo them.
-LATER_KEYS: dict[str, Any] = {"vae": None, "dpi": None}
+LATER_KEYS: dict[str, Any] = {"vae": None, "dpi": None, "depth": 8}
 
 
 def name_outputs(items: list[BatchItem], folder: Path, file_name: str
@@ -240,9 +240,9 @@ def name_outputs(items: list[BatchItem], folder: Path, file_name: str
         except out.OutputError as e:
             raise JobError(f"{where}: {e}") from None
         fmt = out.format_of(path, j.format, None if j.format == "png" else j.format)
-        if fmt == "webp" and max(j.width, j.height) > out.WEBP_MAX_SIDE:
-            raise JobError(f"{where}: WebP images are at most {out.WEBP_MAX_SIDE} px a side; "
-                           "use format png, tiff or jpg")
+        problem = out.format_problem(fmt, j.width, j.height, j.depth)
+        if problem:
+            raise JobError(f"{where}: {problem}")
         key = os.path.normcase(os.path.abspath(path))
         if key in owner:
             raise JobError(f"{file_name} jobs {owner[key]} and {item.index} both write "

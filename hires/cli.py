@@ -29,6 +29,7 @@ from hires.cli_options import (
     Control,
     ControlModel,
     ControlScale,
+    Depth,
     Device,
     Disk,
     Dpi,
@@ -110,7 +111,7 @@ def gen(
     output: Annotated[str | None, typer.Option(
         "-o", "--output", help="File, folder, or template with {seed} {width} {height} {index} "
         "{prompt}.")] = None,
-    fmt: Fmt = None, dpi: Dpi = None,
+    fmt: Fmt = None, dpi: Dpi = None, depth: Depth = None,
     save_stages: SaveStages = False,
     vram: Vram = None, ram: Ram = None, disk: Disk = None, offload: Offload = None,
     device: Device = None,
@@ -176,7 +177,7 @@ def up(
     output: Annotated[str | None, typer.Option(
         "-o", "--output", help="File, folder, or template with {name} (the input's file name) "
         "{seed} {width} {height} {index}.")] = None,
-    fmt: Fmt = None, dpi: Dpi = None,
+    fmt: Fmt = None, dpi: Dpi = None, depth: Depth = None,
     save_stages: SaveStages = False,
     vram: Vram = None, ram: Ram = None, disk: Disk = None, offload: Offload = None,
     device: Device = None,

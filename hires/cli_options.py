@@ -15,8 +15,8 @@ HELP_SECTIONS = {
     "Size": ("size", "scale", "aspect", "width", "height", "print_size"),
     "Prompt and sampling": ("prompt", "negative", "seed", "steps", "guidance", "strength",
                             "sampler", "karras", "n"),
-    "Output": ("output", "fmt", "dpi", "save_stages", "overwrite", "resume_runs", "as_json",
-               "quiet", "progress"),
+    "Output": ("output", "fmt", "dpi", "depth", "save_stages", "overwrite", "resume_runs",
+               "as_json", "quiet", "progress"),
     "Model": ("model", "linfusion", "vae", "lora", "dtype", "allow_pickle"),
     "ControlNet and IP-Adapter": ("control", "control_model", "control_scale", "ip_image",
                                   "ip_adapter", "ip_scale"),
@@ -155,6 +155,9 @@ DryRun = Annotated[bool, typer.Option("--dry-run", help="Check the outputs and i
 Dpi = Annotated[float | None, typer.Option(
     help="Resolution the file records, for print (PNG, TIFF, JPEG): at 300 a 16384 px side "
     "prints 138.7 cm wide.")]
+Depth = Annotated[int | None, typer.Option(
+    help="Bits per channel of the file: 8, or 16 (PNG and TIFF) to keep the decoder's fine "
+    "gradations for print and editing; twice the file.", autocompletion=one_of("8", "16"))]
 QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="No progress or logs on stderr.")]
 
 PROGRESS_MODES = ("auto", "bars", "plain", "json")

@@ -46,7 +46,7 @@ def warn_space(todo: list[tuple[Path, Any]], stage_images: bool = False) -> None
     """Before any work: warn when the images to make, (path, job), may not fit their disks."""
     from hires.output import disk_need, short_of_space
 
-    note = short_of_space([(path, disk_need(j.width, j.height, j.format, stage_images),
+    note = short_of_space([(path, disk_need(j.width, j.height, j.format, stage_images, j.depth),
                             j.width * j.height) for path, j in todo])
     if note:
         warn(note)

@@ -275,7 +275,8 @@ def show_made(path: Path, as_json: bool) -> None:
              f"prompt {job.get('prompt', '')!r}",
              f"size {result.get('width', job.get('width'))}x"
              f"{result.get('height', job.get('height'))}, seed {job.get('seed')}, "
-             f"steps {job.get('steps')}, {sampler}, guidance {job.get('guidance')}",
+             f"steps {job.get('steps')}, {sampler}, guidance {job.get('guidance')}"
+             + (", 16-bit" if result.get("depth") == 16 else ""),
              f"model {job.get('model')}, linfusion {result.get('linfusion', job.get('linfusion'))}"]
     if isinstance(result.get("stage"), int):  # --save-stages: one stage of a bigger job
         lines.append(f"stage {result['stage']} of a job for {job.get('width')}x"

@@ -12,6 +12,7 @@ from typing import Any
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 MAX_SIDE = 32768
 FORMATS = ("png", "jpg", "webp", "tiff")
+DEPTHS = (8, 16)  # bits per channel of the file; 16 only as PNG or TIFF
 UPSAMPLE_MODES = ("pixel", "latent")
 OFFLOAD_MODES = ("auto", "none", "model", "sequential")
 VAE_STATS_MODES = ("fast", "exact")
@@ -70,6 +71,7 @@ class Job:
     vae: str | None = None  # a VAE instead of the model's: Hub id, folder or .safetensors file
     format: str = "png"
     dpi: float | None = None  # pixels per inch the file records (its print size); None: none
+    depth: int = 8  # bits per channel of the image's file (earlier stages' images stay 8-bit)
     image: str | None = None  # upscale this image (hires up) instead of starting from noise
     image_sha256: str | None = None  # the image's hash when the job ran: a re-run checks it
     sampler: str = "euler"
@@ -108,6 +110,8 @@ class Job:
                            f"{self.global_floor}")
         if self.dpi is not None and not 1 <= self.dpi <= MAX_DPI:
             raise JobError(f"dpi must be from 1 to {MAX_DPI} pixels per inch, got {self.dpi}")
+        if self.depth not in DEPTHS or isinstance(self.depth, bool):
+            raise JobError(f"depth must be 8 or 16 bits per channel, got {self.depth!r}")
         if self.vram is not None and self.vram <= 0:
             raise JobError(f"vram must be a positive number of GB, got {self.vram}")
         if self.ram is not None and self.ram <= 0:

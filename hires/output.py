@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image, PngImagePlugin
 
 from hires import __version__, png, tiff
@@ -74,6 +75,16 @@ def format_of(path: Path, default: str, flag: str | None) -> str:
     return named
 
 
+def format_problem(fmt: str, width: int, height: int, depth: int = 8) -> str | None:
+    """Why an image of this size and bit depth cannot be a `fmt` file (None: it can)."""
+    if fmt == "webp" and max(width, height) > WEBP_MAX_SIDE:
+        return f"WebP images are at most {WEBP_MAX_SIDE} px a side; use png, tiff or jpg"
+    if depth == 16 and fmt not in ("png", "tiff"):
+        name = {"jpg": "JPEG", "webp": "WebP"}.get(fmt, fmt)
+        return f"{name} holds 8 bits a channel; a 16-bit image is a .png or .tif file"
+    return None
+
+
 def check_writable(path: Path, overwrite: bool) -> None:
     """Fail before any GPU time is spent when the output cannot be written."""
     if os.path.lexists(path) and not overwrite:  # a dangling symlink counts: it is a name
@@ -93,13 +104,15 @@ def check_writable(path: Path, overwrite: bool) -> None:
         os.unlink(probe)
 
 
-def disk_need(width: int, height: int, fmt: str, stage_images: bool = False) -> int:
+def disk_need(width: int, height: int, fmt: str, stage_images: bool = False,
+              depth: int = 8) -> int:
     """The most bytes an image may take on disk: its raw RGB size as PNG or TIFF (photos
-    compress to about half, noise hardly at all), a quarter of that as JPEG or WebP; a third
-    more with the stages' images (each x2 stage has 4x the pixels of the one before)."""
+    compress to about half, noise hardly at all; 16-bit files twice that), a quarter of that as
+    JPEG or WebP; a third of the 8-bit size more with the stages' images (each x2 stage has 4x
+    the pixels of the one before)."""
     raw = 3 * width * height
-    need = raw if fmt in ("png", "tiff") else raw // 4
-    return need * 4 // 3 if stage_images else need
+    need = raw * depth // 8 if fmt in ("png", "tiff") else raw // 4
+    return need + raw // 3 if stage_images else need  # stage images are 8-bit
 
 
 def short_of_space(images: list[tuple[Path, int, int]]) -> str | None:
@@ -215,6 +228,7 @@ def save_image(
     quality: int = 95,
     warn: Callable[[str], None] | None = None,
     dpi: float | None = None,
+    pixels16: np.ndarray | None = None,
 ) -> Path:
     """Write `image` via a temp file moved into place: a crash never leaves half a file.
 
@@ -222,14 +236,18 @@ def save_image(
     to one path exactly one wins and the other gets OutputExists. `metadata` is the JSON-ready
     record of the run (with a 'job' key), embedded as A1111 parameters plus the full JSON.
     `dpi`: the resolution the file records (its print size); WebP has no field for it.
+    `pixels16`: H x W x 3 uint16 samples the file holds instead of `image`'s (PNG and TIFF).
     """
     path = Path(path)
     fmt = format_for(path, fmt)
     if os.path.lexists(path) and not overwrite:  # a dangling symlink is still someone's name
         raise OutputExists(f"{path} already exists; pass --overwrite or choose another -o")
-    if fmt == "webp" and max(image.size) > WEBP_MAX_SIDE:
-        raise OutputError(f"WebP images are at most {WEBP_MAX_SIDE} px a side and this one is "
-                          f"{image.width}x{image.height}; use --format png, tiff or jpg")
+    problem = format_problem(fmt, image.width, image.height, 8 if pixels16 is None else 16)
+    if problem:
+        raise OutputUsage(f"{path.name}: {problem}")
+    if pixels16 is not None and fmt == "tiff" and not tiff.can_write(pixels16):
+        raise OutputUsage(f"{path.name}: a 16-bit image this large does not fit a TIFF's 4 GB; "
+                          "use .png")
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         try:
@@ -251,12 +269,12 @@ def save_image(
     fd, tmp = part_file(folder, path.name)
     try:
         with os.fdopen(fd, "wb") as f:
-            if fmt == "png" and png.can_write(image):
-                png.write_png(image, f, kwargs["pnginfo"], dpi=dpi,
-                              icc=kwargs.get("icc_profile"))
-            elif fmt == "tiff" and tiff.can_write(image):
-                tiff.write_tiff(image, f, kwargs.get("tiffinfo"), dpi=dpi,
-                                icc=kwargs.get("icc_profile"))
+            if fmt == "png" and (pixels16 is not None or png.can_write(image)):
+                png.write_png(image if pixels16 is None else pixels16, f, kwargs["pnginfo"],
+                              dpi=dpi, icc=kwargs.get("icc_profile"))
+            elif fmt == "tiff" and (pixels16 is not None or tiff.can_write(image)):
+                tiff.write_tiff(image if pixels16 is None else pixels16, f,
+                                kwargs.get("tiffinfo"), dpi=dpi, icc=kwargs.get("icc_profile"))
             else:
                 image.save(f, format=_PIL_FORMATS[fmt], **kwargs)
         os.chmod(tmp, 0o666 & ~_umask())

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -20,6 +21,7 @@ from hires.controlnet import control_tensor
 from hires.costs import model_shape
 from hires.denoiser import Conditioning, Control, Denoiser
 from hires.gpus import fp32_share_for, local_gpu, rate_for
+from hires.images import to_8bit
 from hires.job import Job
 from hires.memory import free_memory, host_room, peak_memory, placed, reset_peak
 from hires.models import Components, load, load_args
@@ -73,6 +75,9 @@ class Result:
     source: dict[str, Any] | None = None  # upscales: the input's path, sha256 and size
     addons: dict[str, Any] = field(default_factory=dict)  # what ran: lora, controlnet, ip_adapter
     resumed: int | None = None  # the last stage a stopped run's checkpoint gave this one
+    # A job of `depth` 16: the image's H x W x 3 uint16 pixels, which its file holds
+    # (`image` is them rounded to 8 bits); None for 8-bit jobs.
+    pixels16: np.ndarray | None = None
 
     @property
     def seed(self) -> int:
@@ -255,7 +260,11 @@ def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
                 warnings.append(f"could not keep stage {stage.index} in {checkpoint}: {e}")
                 checkpoint = None
     t0 = time.perf_counter()
-    image = _decode_last(job, comps, plan, last, carry.latents, emit, warnings)
+    # Only the job's own image is 16-bit: a preview (its first stage alone) is 8-bit, as that
+    # stage's image is in the whole job, which starts the next stage from it.
+    bits = job.depth if (last.width, last.height) == (plan.width, plan.height) else 8
+    pixels = _decode_last(job, comps, plan, last, carry.latents, emit, warnings, bits)
+    image = Image.fromarray(pixels if pixels.dtype == np.uint8 else to_8bit(pixels))
     decoded(last.index, image)
     reports[-1].seconds += time.perf_counter() - t0
     peaks = [m for m in (reports[-1].peak_memory, peak_memory(comps.device)) if m is not None]
@@ -263,7 +272,8 @@ def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
     return Result(image, job, plan, scored(reports), time.perf_counter() - started,
                   peak_memory(comps.device), [stage_images[i] for i in sorted(stage_images)],
                   warnings, comps.linfusion, addons=addons.record,
-                  resumed=saved.stage if saved else None)
+                  resumed=saved.stage if saved else None,
+                  pixels16=None if pixels.dtype == np.uint8 else pixels)
 
 
 def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditioning,
@@ -323,13 +333,14 @@ def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditio
         elif job.upsample == "latent":
             if wanted:  # a decode only for the image
                 with placed(comps, strategy.weights, vae):
-                    image = decode(comps, carry.latents, tile, emit, stage.index - 1, n, job,
-                                   spill)
+                    image = Image.fromarray(decode(comps, carry.latents, tile, emit,
+                                                   stage.index - 1, n, job, spill))
                 decoded(stage.index - 1, image)
             x0 = F.interpolate(carry.latents, size=shape[2:], mode="bicubic", align_corners=False)
         else:
             with placed(comps, strategy.weights, vae):
-                image = decode(comps, carry.latents, tile, emit, stage.index - 1, n, job, spill)
+                image = Image.fromarray(decode(comps, carry.latents, tile, emit,
+                                               stage.index - 1, n, job, spill))
                 decoded(stage.index - 1, image)
                 emit(Event("resize", stage.index, n, stage.width, stage.height))
                 image = fit(image, stage.width, stage.height)
@@ -350,15 +361,16 @@ def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditio
 
 
 def _decode_last(job: Job, comps: Components, plan: Plan, stage: Stage, latents: torch.Tensor,
-                 emit: ProgressFn, warnings: list[str]) -> Image.Image:
-    """The last stage's latents to the image. Out of GPU memory, it decodes again in a leaner
-    way; the stage's denoising is not run again (it used to be, with the decode inside it)."""
+                 emit: ProgressFn, warnings: list[str], bits: int = 8) -> np.ndarray:
+    """The last stage's latents to the image's pixels, of `bits` a sample. Out of GPU memory,
+    it decodes again in a leaner way; the stage's denoising is not run again."""
     n = len(plan.stages)
 
-    def run(s: Stage) -> Image.Image:
+    def run(s: Stage) -> np.ndarray:
         spill = s.cost.vae_spill_bytes if s.cost else 0.0
         with placed(comps, s.strategy.weights, comps.vae):
-            return decode(comps, latents, vae_tile(job, s), emit, s.index, n, job, spill)
+            return decode(comps, latents, vae_tile(job, s), emit, s.index, n, job, spill,
+                                 bits)
 
     try:
         return run(stage)
@@ -408,8 +420,8 @@ def encode_prompt(comps: Components, job: Job, plan: Plan) -> Conditioning:
 
 
 def decode(comps: Components, latents, tile: int, emit: ProgressFn, stage: int, n: int,
-           job: Job | None = None, spill: float = 0.0):
-    """Latents to a PIL image through the tiled VAE."""
+           job: Job | None = None, spill: float = 0.0, bits: int = 8) -> np.ndarray:
+    """Latents to H x W x 3 pixels (uint8, or uint16 with `bits=16`) through the tiled VAE."""
     h, w = latents.shape[2] * 8, latents.shape[3] * 8
 
     def on_tile(done: int, total: int) -> None:
@@ -417,9 +429,8 @@ def decode(comps: Components, latents, tile: int, emit: ProgressFn, stage: int, 
 
     on_tile(0, 0)  # the phase starts now (its tile count comes with the first tile)
     with torch.inference_mode():
-        pixels = tiled_vae.decode(comps.vae, latents, tile=tile, progress=on_tile,
-                                  spill=spill, **_stats(job))
-    return Image.fromarray(pixels)
+        return tiled_vae.decode(comps.vae, latents, tile=tile, progress=on_tile, spill=spill,
+                                bits=bits, **_stats(job))
 
 
 def encode(comps: Components, image: Image.Image, tile: int, emit: ProgressFn, stage: Stage,

@@ -27,6 +27,7 @@ def record_for(result: Result, path: Path) -> dict[str, Any]:
         "model": job.model, "linfusion": result.linfusion,
         **({"vae": job.vae} if job.vae else {}),
         **({"dpi": job.dpi} if job.dpi else {}),  # for print: the file records it too
+        **({"depth": 16} if result.pixels16 is not None else {}),
         "seconds": round(result.seconds, 3), "peak_memory": result.peak_memory,
         "stages": [{"index": s.index, "width": s.width, "height": s.height,
                     "strength": round(s.strength, 4), "steps": s.steps,
@@ -95,5 +96,5 @@ def save(result: Result, path: str | Path, *, fmt: str | None = None, overwrite:
                 result.stage_images[:-1], stage_paths(path, len(result.stage_images)))):
             save_stage(stage_image, stage_path, result.job, index, fmt=fmt, overwrite=overwrite)
     output.save_image(result.image, path, fmt=fmt, metadata=metadata, overwrite=overwrite,
-                      dpi=result.job.dpi, warn=warn)
+                      dpi=result.job.dpi, warn=warn, pixels16=result.pixels16)
     return record

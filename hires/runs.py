@@ -86,9 +86,9 @@ def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
         one, path = image(i, job, base + k)
         if any(path == other.path for other in runs):
             raise JobError(f"two images would both write {path}; add {{index}} to -o")
-        if one.format == "webp" and max(one.width, one.height) > out.WEBP_MAX_SIDE:
-            raise JobError(f"WebP images are at most {out.WEBP_MAX_SIDE} px a side; "
-                           "use --format png, tiff or jpg")
+        problem = out.format_problem(one.format, one.width, one.height, one.depth)
+        if problem:
+            raise JobError(f"{path.name}: {problem}")
         made = None if overwrite else made_by(path, one)
         if made is None:
             out.check_writable(path, overwrite)

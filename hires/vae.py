@@ -87,10 +87,13 @@ def _each_strip(strips: Iterator[tuple[int, Tensor]], write: Callable[[int, Tens
             write(top, rows)
 
 
-def _quantize_(image: Tensor) -> Tensor:
-    """In place: [-1, 1] floats 3 x H x W -> H x W x 3 uint8 (a view), rounded like diffusers."""
-    image.mul_(0.5).add_(0.5).clamp_(0, 1).mul_(255).round_()
-    return image.to(torch.uint8).permute(1, 2, 0)
+def _quantize_(image: Tensor, bits: int = 8) -> Tensor:
+    """In place: [-1, 1] floats 3 x H x W -> H x W x 3 uint8 (uint16 with `bits=16`, a view),
+    rounded like diffusers."""
+    top, dtype = (255, torch.uint8) if bits == 8 else (65535, torch.uint16)
+    # float32 holds every whole number below 2**24, so 65535 steps round exactly
+    image.mul_(0.5).add_(0.5).clamp_(0, 1).mul_(top).round_()
+    return image.to(dtype).permute(1, 2, 0)
 
 
 def to_uint8(image: Tensor) -> Tensor:
@@ -100,8 +103,9 @@ def to_uint8(image: Tensor) -> Tensor:
 
 def decode(vae, latents: Tensor, *, tile: int = 1024, overlap: int | None = None,
            stats: str = DEFAULT_STATS, progress: Progress | None = None,
-           spill: float = 0.0) -> np.ndarray:
-    """Decode UNet-space latents 1 x 4 x h x w into an 8h x 8w x 3 uint8 image on the CPU.
+           spill: float = 0.0, bits: int = 8) -> np.ndarray:
+    """Decode UNet-space latents 1 x 4 x h x w into an 8h x 8w x 3 uint8 image on the CPU
+    (uint16 with `bits=16`, for 16-bit files).
 
     Tiles are at most `tile` px squares overlapping by `overlap` px (default tile / 4, at most
     256); an image of at most tile^2 pixels decodes in one plain pass. `stats` picks how
@@ -111,11 +115,13 @@ def decode(vae, latents: Tensor, *, tile: int = 1024, overlap: int | None = None
     this many bytes (and what `hires.vae_stats.spill_budget` allows then).
     """
     h, w = latents.shape[-2:]
-    canvas = np.empty((h * SCALE, w * SCALE, 3), dtype=np.uint8)
+    if bits not in (8, 16):
+        raise ValueError(f"bits must be 8 or 16, got {bits}")
+    canvas = np.empty((h * SCALE, w * SCALE, 3), dtype=np.uint8 if bits == 8 else np.uint16)
     view = torch.from_numpy(canvas)
 
     def write(top: int, rows: Tensor) -> None:
-        view[top:top + rows.shape[1]] = _quantize_(rows)
+        view[top:top + rows.shape[1]] = _quantize_(rows, bits)
 
     _each_strip(_decode_strips(vae, latents, tile, overlap, stats, progress, spill), write)
     return canvas

@@ -1,0 +1,174 @@
+"""16-bit output (`--depth 16`): the decode's samples, both writers' bytes read back by readers
+other than ours, and the command line's choices and refusals."""
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from helpers_cli import assert_usage_error, cli, json_lines
+from PIL import Image
+
+from hires import output, png, tiff
+from hires import vae as tiled_vae
+from hires.images import to_8bit
+from hires.job import Job, JobError
+
+
+def samples(height: int = 67, width: int = 45) -> np.ndarray:
+    """16-bit RGB with a smooth ramp (what 8 bits band), noise, and both ends of the range."""
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 65536, (height, width, 3)).astype(np.uint16)
+    a[: height // 2] = np.linspace(1000, 1300, width)[None, :, None].astype(np.uint16)
+    a[-1, :3] = [[0, 0, 0], [65535, 65535, 65535], [255, 256, 257]]
+    return a
+
+
+def read_png16(data: bytes) -> tuple[dict, np.ndarray]:
+    """A 16-bit PNG decoded by the book (chunks and CRCs checked, all five filters undone):
+    Pillow reads 48-bit PNGs as 8-bit, so it cannot check the low bytes."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, chunks = 8, []
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        assert struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])[0] == \
+            zlib.crc32(body, zlib.crc32(kind))
+        chunks.append((kind, body))
+        pos += 12 + length
+    width, height, bits, colour = struct.unpack(">IIBB", chunks[0][1][:10])
+    channels = {0: 1, 2: 3, 6: 4}[colour]
+    bpp, row = channels * bits // 8, width * channels * bits // 8
+    raw = zlib.decompress(b"".join(b for k, b in chunks if k == b"IDAT"))
+    out = np.zeros((height, row), np.int32)
+    prev = np.zeros(row, np.int32)
+    for y in range(height):
+        kind, line = raw[y * (row + 1)], np.frombuffer(raw, np.uint8, row, y * (row + 1) + 1)
+        cur = line.astype(np.int32)
+        if kind == 2:
+            cur = (cur + prev) % 256
+        elif kind != 0:  # ours writes Up only; others would need Sub/Average/Paeth here
+            raise AssertionError(f"filter {kind}")
+        out[y] = prev = cur
+    info = {"bits": bits, "channels": channels, "bpp": bpp,
+            "kinds": [k for k, _ in chunks]}
+    return info, out.astype(np.uint8).view(">u2" if bits == 16 else np.uint8).reshape(
+        height, width, channels).astype(np.uint16 if bits == 16 else np.uint8)
+
+
+def test_the_png_writer_writes_16_bit_samples_exactly():
+    a = samples()
+    buf = io.BytesIO()
+    png.write_png(a, buf, dpi=300, threads=3)
+    info, back = read_png16(buf.getvalue())
+    assert info["bits"] == 16 and info["channels"] == 3 and b"pHYs" in info["kinds"]
+    assert np.array_equal(back, a)
+    with Image.open(io.BytesIO(buf.getvalue())) as im:  # valid for Pillow too (8 bits of it)
+        im.load()
+        assert im.size == (45, 67) and round(im.info["dpi"][0]) == 300
+        assert np.array_equal(np.asarray(im), (a >> 8).astype(np.uint8))
+
+
+def test_the_tiff_writer_writes_16_bit_samples_exactly():
+    a = samples()
+    buf = io.BytesIO()
+    tiff.write_tiff(a, buf, {270: "a fox"}, dpi=300, threads=2)
+    with tifffile.TiffFile(io.BytesIO(buf.getvalue())) as t:
+        page = t.pages[0]
+        assert page.bitspersample == 16 and page.predictor == 2
+        assert np.array_equal(page.asarray(), a)
+    with Image.open(io.BytesIO(buf.getvalue())) as im:
+        im.load()
+        assert im.size == (45, 67)
+
+
+def test_the_decode_rounds_the_same_floats_to_16_bits(tiny):
+    torch.manual_seed(0)
+    z = torch.randn(1, 4, 24, 32)
+    with torch.inference_mode():
+        floats = tiled_vae.decode_float(tiny.vae, z, tile=128)
+        eight = tiled_vae.decode(tiny.vae, z, tile=128)
+        sixteen = tiled_vae.decode(tiny.vae, z, tile=128, bits=16)
+    assert sixteen.dtype == np.uint16 and sixteen.shape == eight.shape == (192, 256, 3)
+    want = ((floats[0] * 0.5 + 0.5).clamp(0, 1) * 65535).round().permute(1, 2, 0)
+    assert np.array_equal(sixteen, want.numpy().astype(np.uint16))
+    # The 16-bit image rounded to 8 bits is the 8-bit image, but where two roundings differ.
+    diff = np.abs(to_8bit(sixteen).astype(int) - eight.astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+    assert len(np.unique(sixteen)) > 4 * len(np.unique(eight))  # the finer steps are kept
+    with pytest.raises(ValueError, match="bits must be 8 or 16"):
+        tiled_vae.decode(tiny.vae, z, tile=128, bits=12)
+
+
+def test_formats_that_hold_16_bits_and_those_that_do_not():
+    assert output.format_problem("png", 512, 512, 16) is None
+    assert output.format_problem("tiff", 512, 512, 16) is None
+    assert "JPEG holds 8 bits" in output.format_problem("jpg", 512, 512, 16)
+    assert "WebP holds 8 bits" in output.format_problem("webp", 512, 512, 16)
+    assert "at most 16383 px" in output.format_problem("webp", 20000, 512)
+    assert output.disk_need(1000, 1000, "png", depth=16) == 2 * output.disk_need(
+        1000, 1000, "png")
+    assert output.disk_need(1000, 1000, "jpg", depth=16) == output.disk_need(1000, 1000, "jpg")
+    with pytest.raises(JobError, match="depth must be 8 or 16"):
+        Job(depth=10).validate()
+    assert Job.from_dict({"depth": 16}).validate().depth == 16
+    with pytest.raises(JobError, match="depth' in job must be a whole number"):
+        Job.from_dict({"depth": True})
+
+
+def test_save_image_refuses_16_bits_in_a_jpeg_and_leaves_nothing(tmp_path):
+    a = samples()
+    with pytest.raises(output.OutputUsage, match="JPEG holds 8 bits"):
+        output.save_image(Image.fromarray(to_8bit(a)), tmp_path / "a.jpg", pixels16=a)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_gen_depth_16_writes_a_16_bit_file_that_rounds_to_the_8_bit_one(tmp_path, asked):
+    small = ("--model", "tiny", "--size", "512", "--steps", "2", "--seed", "5")
+    deep = cli("gen", "a fox", *small, "--depth", "16", "-o", tmp_path / "f16.png", "--json")
+    assert deep.exit_code == 0, deep.stderr
+    assert json_lines(deep.stdout)[0]["depth"] == 16
+    flat = cli("gen", "a fox", *small, "-o", tmp_path / "f8.png", "--json")
+    assert "depth" not in json_lines(flat.stdout)[0]
+    info, pixels = read_png16((tmp_path / "f16.png").read_bytes())
+    assert info["bits"] == 16 and b"iCCP" in info["kinds"]
+    with Image.open(tmp_path / "f8.png") as im:
+        eight = np.asarray(im).astype(int)
+    diff = np.abs(to_8bit(pixels).astype(int) - eight)
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+    shown = cli("info", tmp_path / "f16.png").stdout
+    assert ", 16-bit" in shown and ", 16-bit" not in cli("info", tmp_path / "f8.png").stdout
+    # The recorded job runs again at 16 bits; a TIFF holds them too.
+    again = cli("gen", "--from", tmp_path / "f16.png", "-o", tmp_path / "again.tif")
+    assert again.exit_code == 0, again.stderr
+    assert np.array_equal(tifffile.imread(tmp_path / "again.tif"), pixels)
+
+
+def test_depth_16_refusals_are_usage_errors_that_write_nothing(tmp_path, asked):
+    small = ("--model", "tiny", "--size", "512", "--steps", "2")
+    assert_usage_error(cli("gen", "x", *small, "--depth", "16", "-o", tmp_path / "a.jpg"),
+                       "a.jpg: JPEG holds 8 bits a channel; a 16-bit image is a .png or .tif")
+    assert_usage_error(cli("gen", "x", *small, "--depth", "16", "--format", "webp", "-o",
+                           f"{tmp_path}/"), "WebP holds 8 bits")
+    assert_usage_error(cli("gen", "x", *small, "--depth", "12", "-o", f"{tmp_path}/"),
+                       "depth must be 8 or 16")
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text('[[job]]\nprompt = "a"\nsize = 512\ndepth = 16\nformat = "jpg"\n')
+    assert_usage_error(cli("batch", jobs, "-o", tmp_path / "b", "--model", "tiny"),
+                       "job 0: JPEG holds 8 bits")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["jobs.toml"]
+
+
+def test_a_16_bit_jobs_preview_is_8_bit_and_its_whole_job_16(tmp_path, asked):
+    small = ("--model", "tiny", "--size", "512", "--steps", "2", "--seed", "3", "--depth", "16")
+    made = cli("gen", "a fox", *small, "--preview", "-o", f"{tmp_path}/", "--json")
+    assert made.exit_code == 0, made.stderr
+    preview = Path(json_lines(made.stdout)[0]["path"])
+    assert read_png16(preview.read_bytes())[0]["bits"] == 8  # what the next stage starts from
+    whole = cli("gen", "--from", preview, "-o", tmp_path / "whole.png")
+    assert whole.exit_code == 0, whole.stderr
+    assert read_png16((tmp_path / "whole.png").read_bytes())[0]["bits"] == 16
