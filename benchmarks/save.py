@@ -9,6 +9,10 @@ minute, well above timer noise), and reports wall time, process CPU time (all th
     python benchmarks/save.py                               # 8192 and 16384, photo
     python benchmarks/save.py --sizes 4096 --kinds photo smooth --methods pillow-l1 strips
     python benchmarks/save.py --methods pillow-tiff tiff-strips     # TIFF: libtiff against ours
+    python benchmarks/save.py --methods strips strips-16 tiff-strips tiff-strips-16  # --depth 16
+
+The 16-bit cases (`--depth 16`) save the same photo at 16 bits a sample with random low bytes,
+as a decoder's float output has: the worst case for compression.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ METHODS = {
     "strips-lz": "the same strips, zlib level 1 with LZ77 matches (Z_DEFAULT_STRATEGY)",
     "pillow-tiff": "Pillow's libtiff, deflate, no predictor (hires until 2026-12-03)",
     "tiff-strips": "hires.tiff.write_tiff: predictor 2, zlib level 1 RLE, strips in threads",
+    "strips-16": "hires.png.write_png at 16 bits a sample (gen --depth 16)",
+    "tiff-strips-16": "hires.tiff.write_tiff at 16 bits a sample (gen --depth 16)",
 }
 
 
@@ -57,9 +63,26 @@ def photo(size: int, noise: float = 3.0, seed: int = 0) -> Image.Image:
     return Image.fromarray(image)
 
 
-def save(image: Image.Image, method: str, folder: Path, metadata: dict) -> Path:
-    """Save `image` one way; returns the file."""
+def sixteen(image: Image.Image, seed: int = 0) -> np.ndarray:
+    """The image at 16 bits a sample: each 8-bit level times 257, low byte random (+-128)."""
+    eight = np.asarray(image)
+    out = np.empty(eight.shape, np.uint16)
+    rng = np.random.default_rng(seed)
+    for rows in range(0, len(eight), 1024):  # in bands, as in photo()
+        band = eight[rows:rows + 1024].astype(np.int32) * 257
+        band += rng.integers(-128, 129, band.shape, dtype=np.int32)
+        out[rows:rows + 1024] = band.clip(0, 65535)
+    return out
+
+
+def save(image: Image.Image, method: str, folder: Path, metadata: dict,
+         pixels16: np.ndarray | None = None) -> Path:
+    """Save `image` one way (the 16-bit methods save `pixels16`); returns the file."""
     path = folder / f"{method}.png"
+    if method.endswith("-16"):
+        path = path.with_suffix(".tiff" if method.startswith("tiff") else ".png")
+        return output.save_image(image, path, metadata=metadata, overwrite=True,
+                                 pixels16=pixels16)
     if method in ("pillow-tiff", "tiff-strips"):
         path = path.with_suffix(".tiff")
         if method == "tiff-strips":
@@ -103,24 +126,29 @@ def main() -> None:
             for kind in args.kinds:
                 t0 = time.perf_counter()
                 image = photo(size, noise=3.0 if kind == "photo" else 0.0)
+                deep = sixteen(image) if any(m.endswith("-16") for m in args.methods) else None
                 print(f"{kind} {size}: made in {time.perf_counter() - t0:.1f} s", flush=True)
                 for method in args.methods:
                     wall, cpu = time.perf_counter(), time.process_time()
-                    path = save(image, method, Path(tmp), metadata)
+                    path = save(image, method, Path(tmp), metadata, deep)
                     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
                     size_mb = path.stat().st_size / 1e6
+                    bytes_per = 2 if method.endswith("-16") else 1
                     path.unlink()
                     rows.append({"size": size, "kind": kind, "method": method,
                                  "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
                                  "file_mb": round(size_mb, 1),
-                                 "raw_mb": round(size * size * 3 / 1e6, 1)})
+                                 "raw_mb": round(size * size * 3 * bytes_per / 1e6, 1)})
                     print(f"  {method:10s} wall {wall:7.2f} s  cpu {cpu:7.2f} s  "
                           f"{size_mb:8.1f} MB", flush=True)
-                del image
+                del image, deep
     header = "| size | image | method | wall s | CPU s | MB | speedup (wall) |"
+    # (a 16-bit row's "speedup" is against the same writer at 8 bits: below 1 is its cost)
     print("\n" + header + "\n|---:|---|---|---:|---:|---:|---:|")
     for r in rows:
         before = "pillow-tiff" if "tiff" in r["method"] else "pillow-l1"
+        if r["method"].endswith("-16"):  # against the same writer at 8 bits
+            before = r["method"][:-3]
         base = next((b for b in rows if b["size"] == r["size"] and b["kind"] == r["kind"]
                      and b["method"] == before), None)
         speedup = f"{base['wall_s'] / r['wall_s']:.1f}x" if base else "-"
