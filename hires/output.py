@@ -236,7 +236,8 @@ def save_image(
     to one path exactly one wins and the other gets OutputExists. `metadata` is the JSON-ready
     record of the run (with a 'job' key), embedded as A1111 parameters plus the full JSON.
     `dpi`: the resolution the file records (its print size); WebP has no field for it.
-    `pixels16`: H x W x 3 uint16 samples the file holds instead of `image`'s (PNG and TIFF).
+    `pixels16`: H x W x 3 (or 4, RGBA) uint16 samples the file holds instead of `image`'s (PNG
+    and TIFF).
     """
     path = Path(path)
     fmt = format_for(path, fmt)

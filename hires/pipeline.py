@@ -75,8 +75,8 @@ class Result:
     source: dict[str, Any] | None = None  # upscales: the input's path, sha256 and size
     addons: dict[str, Any] = field(default_factory=dict)  # what ran: lora, controlnet, ip_adapter
     resumed: int | None = None  # the last stage a stopped run's checkpoint gave this one
-    # A job of `depth` 16: the image's H x W x 3 uint16 pixels, which its file holds
-    # (`image` is them rounded to 8 bits); None for 8-bit jobs.
+    # A job of `depth` 16: the image's H x W x 3 (4 with an upscaled image's alpha) uint16
+    # samples, which its file holds (`image` is them rounded to 8 bits); None for 8-bit jobs.
     pixels16: np.ndarray | None = None
 
     @property

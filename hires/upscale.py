@@ -78,7 +78,7 @@ def upscale_job(job: Job, *, source: Any = None, components: Components | None =
                 on_stage_image: StageImage | None = None) -> Result:
     """A complete upscale Job (`job.image` set, width/height final) run as `upscale` does;
     `checkpoint` and `on_stage_image` as for `hires.generate`."""
-    from hires.images import attach_alpha, fidelity
+    from hires.images import attach_alpha, attach_alpha16, fidelity
 
     source = source or load_source(job)
     job = replace(job, image_sha256=source.sha256)
@@ -96,6 +96,8 @@ def upscale_job(job: Job, *, source: Any = None, components: Components | None =
                       checkpoint=Path(checkpoint) if checkpoint else None,
                       on_stage_image=on_stage_image)
     result.image = attach_alpha(result.image, source.alpha)
+    if result.pixels16 is not None:
+        result.pixels16 = attach_alpha16(result.pixels16, source.alpha)
     result.source = {"path": str(source.path), "sha256": source.sha256,
                      "width": source.rgb.width, "height": source.rgb.height}
     return result

@@ -172,3 +172,28 @@ def test_a_16_bit_jobs_preview_is_8_bit_and_its_whole_job_16(tmp_path, asked):
     whole = cli("gen", "--from", preview, "-o", tmp_path / "whole.png")
     assert whole.exit_code == 0, whole.stderr
     assert read_png16((tmp_path / "whole.png").read_bytes())[0]["bits"] == 16
+
+
+def test_a_16_bit_upscale_keeps_the_inputs_alpha_at_16_bits(tmp_path, asked):
+    """An RGBA input upscaled with --depth 16 is a 16-bit RGBA file (the alpha was dropped
+    once); its alpha rounds to the 8-bit upscale's and has finer steps."""
+    a = np.zeros((64, 64, 4), np.uint8)
+    a[..., 0] = 200
+    a[..., 3] = np.linspace(0, 255, 64)[None, :]
+    a[20:40, 20:40, 3] = 0  # a hole with hard edges
+    Image.fromarray(a, "RGBA").save(tmp_path / "in.png")
+    args = ("up", tmp_path / "in.png", "--scale", "4", "--model", "tiny", "--steps", "2",
+            "--seed", "5")
+    for name, more in (("u16.png", ("--depth", "16")), ("u16.tif", ("--depth", "16")),
+                       ("u8.png", ())):
+        made = cli(*args, *more, "-o", tmp_path / name)
+        assert made.exit_code == 0, made.stderr
+    info, pixels = read_png16((tmp_path / "u16.png").read_bytes())
+    assert (info["bits"], info["channels"]) == (16, 4)
+    assert np.array_equal(tifffile.imread(tmp_path / "u16.tif"), pixels)
+    with Image.open(tmp_path / "u8.png") as im:
+        eight = np.asarray(im).astype(int)
+    assert eight.shape == (256, 256, 4)
+    diff = np.abs(to_8bit(pixels).astype(int) - eight)
+    assert diff.max() <= 1
+    assert len(np.unique(pixels[..., 3])) > len(np.unique(eight[..., 3]))
