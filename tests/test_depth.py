@@ -104,6 +104,13 @@ def test_the_decode_rounds_the_same_floats_to_16_bits(tiny):
         tiled_vae.decode(tiny.vae, z, tile=128, bits=12)
 
 
+def test_to_8bit_rounds_every_16_bit_value_and_clips_wider_ones():
+    v = np.arange(65536)
+    assert np.array_equal(to_8bit(v.astype(np.uint16)), np.rint(v / 257).astype(np.uint8))
+    wide = np.array([[-5, 0, 128, 129, 70000]], np.int32)  # Pillow's mode "I"
+    assert to_8bit(wide).tolist() == [[0, 0, 0, 1, 255]]
+
+
 def test_formats_that_hold_16_bits_and_those_that_do_not():
     assert output.format_problem("png", 512, 512, 16) is None
     assert output.format_problem("tiff", 512, 512, 16) is None
