@@ -164,7 +164,7 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
     from hires.upscale import load_source, make
 
     source = load_source(job) if job.image else None
-    say_colour(source)
+    say_colour(source, job.depth)
     size = source.rgb.size if source else None
     plan = fitted_plan(lambda: plan_for(job, components, gpu=gpu, source=size,
                                         stage_images=save_stages), job)
@@ -291,10 +291,13 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
         raise typer.Exit(EXIT_RUNTIME)
 
 
-def say_colour(source) -> None:
-    """That an input's pixels were converted to sRGB from its own colour profile."""
+def say_colour(source, depth: int = 8) -> None:
+    """That an input's pixels were converted to sRGB from its own colour profile; that a
+    16-bit input makes an 8-bit result unless the job asks for 16 bits."""
     if source is not None and source.converted_from:
         say(f"  {source.path.name}: colour profile '{source.converted_from}' converted to sRGB")
+    if source is not None and source.bits == 16 and depth == 8:
+        say(f"  {source.path.name} has 16 bits a channel; the result has 8 (--depth 16 for 16)")
 
 
 def say_left(made: list[tuple[int, float]], todo: list[int]) -> None:

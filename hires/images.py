@@ -52,6 +52,7 @@ class InputImage:
     format: str
     size: tuple[int, int]
     converted_from: str | None = None  # the colour profile its pixels were converted from
+    bits: int = 8  # bits a sample in the file (16: a 16-bit PNG or TIFF, read as 8)
 
 
 @contextlib.contextmanager
@@ -202,8 +203,24 @@ def load_input(path: Path | str) -> InputImage:
         rgb, alpha = _split(im)
         rgb, profile = _in_srgb(im, rgb)
         fmt = FORMATS[im.format or ""]
+        bits = _file_bits(im, path)
     return InputImage(rgb=rgb, alpha=alpha, path=path, sha256=sha, format=fmt, size=rgb.size,
-                      converted_from=profile)
+                      converted_from=profile, bits=bits)
+
+
+def _file_bits(im: Image.Image, path: Path) -> int:
+    """Bits a sample the file holds; Pillow opens 16-bit RGB(A) PNGs and TIFFs as 8-bit modes
+    and keeps no public trace of it, so PNG's header and TIFF's BitsPerSample say."""
+    if im.mode in _SIXTEEN_BIT:
+        return 16
+    if im.format == "TIFF":
+        per = im.tag_v2.get(258, 8)  # BitsPerSample: one count, or one per sample
+        return max(per) if isinstance(per, tuple) else int(per)
+    if im.format == "PNG":
+        with open(path, "rb") as f:
+            head = f.read(25)  # signature, IHDR's length and type, width, height, bit depth
+        return head[24] if len(head) == 25 and head[12:16] == b"IHDR" else 8
+    return 8
 
 
 def input_size(path: Path | str) -> tuple[int, int]:

@@ -204,3 +204,26 @@ def test_a_16_bit_upscale_keeps_the_inputs_alpha_at_16_bits(tmp_path, asked):
     diff = np.abs(to_8bit(pixels).astype(int) - eight)
     assert diff.max() <= 1
     assert len(np.unique(pixels[..., 3])) > len(np.unique(eight[..., 3]))
+
+
+def test_inputs_say_their_bits_and_a_16_bit_one_hints_at_depth_16(tmp_path, asked):
+    from hires.images import load_input
+
+    deep = samples(64, 64)
+    with open(tmp_path / "rgb16.png", "wb") as f:
+        png.write_png(deep, f)
+    tifffile.imwrite(tmp_path / "rgb16.tif", deep)
+    Image.fromarray(deep[..., 0]).save(tmp_path / "grey16.png")  # Pillow's I;16
+    Image.fromarray(to_8bit(deep)).save(tmp_path / "rgb8.png")
+    Image.fromarray(to_8bit(deep)).save(tmp_path / "rgb8.tif")
+    bits = {p.name: load_input(p).bits for p in sorted(tmp_path.iterdir())}
+    assert bits == {"grey16.png": 16, "rgb16.png": 16, "rgb16.tif": 16, "rgb8.png": 8,
+                    "rgb8.tif": 8}
+    small = ("--scale", "2", "--model", "tiny", "--steps", "2")
+    hint = "rgb16.tif has 16 bits a channel; the result has 8 (--depth 16 for 16)"
+    made = cli("up", tmp_path / "rgb16.tif", *small, "-o", tmp_path / "a.png")
+    assert made.exit_code == 0 and hint in made.stderr, made.stderr
+    made = cli("up", tmp_path / "rgb16.tif", *small, "--depth", "16", "-o", tmp_path / "b.png")
+    assert made.exit_code == 0 and "16 bits a channel" not in made.stderr, made.stderr
+    made = cli("up", tmp_path / "rgb8.tif", *small, "-o", tmp_path / "c.png")
+    assert made.exit_code == 0 and "16 bits a channel" not in made.stderr, made.stderr
