@@ -110,7 +110,7 @@ def gen(
     linfusion: LinFusionRef = None, preset: Preset = None,
     output: Annotated[str | None, typer.Option(
         "-o", "--output", help="File, folder, or template with {seed} {width} {height} {index} "
-        "{prompt}.")] = None,
+        "{prompt}; '-': the image to stdout.")] = None,
     fmt: Fmt = None, dpi: Dpi = None, depth: Depth = None,
     save_stages: SaveStages = False,
     vram: Vram = None, ram: Ram = None, disk: Disk = None, offload: Offload = None,
@@ -176,7 +176,7 @@ def up(
     preset: Preset = None,
     output: Annotated[str | None, typer.Option(
         "-o", "--output", help="File, folder, or template with {name} (the input's file name) "
-        "{seed} {width} {height} {index}.")] = None,
+        "{seed} {width} {height} {index}; '-': the image to stdout.")] = None,
     fmt: Fmt = None, dpi: Dpi = None, depth: Depth = None,
     save_stages: SaveStages = False,
     vram: Vram = None, ram: Ram = None, disk: Disk = None, offload: Offload = None,

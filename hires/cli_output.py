@@ -1,9 +1,9 @@
 """What the command line prints and how it exits.
 
-stdout carries only results (one path, or one JSON object, per image); everything else goes to
-stderr. Exit codes: 0 success, 1 runtime failure, 2 usage error, 130 interrupted (Ctrl-C),
-143 terminated (SIGTERM). A reader that closes stdout early (`| head -1`) is normal: hires stops
-printing and exits quietly.
+stdout carries only results (one path, or one JSON object, per image; with `-o -` the image
+itself); everything else goes to stderr. Exit codes: 0 success, 1 runtime failure, 2 usage
+error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). A reader that closes stdout early
+(`| head -1`) is normal: hires stops printing and exits quietly.
 """
 
 from __future__ import annotations

@@ -19,8 +19,12 @@ def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overw
                   stage_images: bool = False, preview: bool = False) -> None:
     """What a run checks of its outputs before it loads anything (names, formats, files in
     the way), for --dry-run: a plan that shows should be a command that starts."""
+    from hires import cli_stdout
     from hires.runs import plan_runs
 
+    if output == cli_stdout.STDOUT:  # a dry run prints its plan there: no terminal check
+        cli_stdout.check(len(jobs) * n, stage_images, False, preview, terminal=False)
+        return
     runs = plan_runs(jobs, output, n=n, fmt_flag=fmt, overwrite=overwrite, resume_runs=False,
                      preview=preview)
     warn_space([(r.path, r.job) for r in runs if r.made is None], stage_images)
@@ -99,7 +103,27 @@ def run_jobs(jobs: list, output: str | None, save_stages: bool, as_json: bool,
              preview: bool = False) -> None:
     """`gen` and `up`: plan and check every output first, load the model once, then make each
     image (each job `n` times); `resume_runs`: go on from what stopped runs of a job kept;
-    `preview`: only each image's first stage."""
+    `preview`: only each image's first stage. `output` "-": the one image's bytes to stdout."""
+    from hires import cli_stdout
+
+    if output != cli_stdout.STDOUT:
+        _make_all(jobs, output, save_stages, as_json, quiet, overwrite, gpu, fmt_flag, n,
+                  resume_runs, preview)
+        return
+    cli_stdout.check(len(jobs) * n, save_stages, as_json, preview)
+    with cli_stdout.scratch() as place:
+        with cli_stdout.on_stderr():
+            path = _make_all(jobs, str(place / "hires"), False, False, quiet, True, gpu,
+                             fmt_flag, 1, False, False, piped=True)
+        size = cli_stdout.send(path)
+    say(f"stdout: {size:,} bytes of {path.suffix[1:].upper()}")
+
+
+def _make_all(jobs: list, output: str | None, save_stages: bool, as_json: bool, quiet: bool,
+              overwrite: bool, gpu: str | None, fmt_flag: str | None, n: int, resume_runs: bool,
+              preview: bool, piped: bool = False) -> Path:
+    """`run_jobs`' work; the last image's path. `piped`: the image goes to stdout after, so
+    nothing is printed there now, and no checkpoint is kept (its folder goes too)."""
     from hires import output as out
     from hires.runs import plan_runs
 
@@ -127,14 +151,18 @@ def run_jobs(jobs: list, output: str | None, save_stages: bool, as_json: bool,
             components = load_model(run.job, quiet)
             check_loaded(run.job, components)
         started = time.monotonic()  # the model's load is not an image's pace
-        emit(make_image(run.job, run.path, components, heading=f"{run.path}{of}", gpu=gpu,
-                        quiet=quiet, overwrite=overwrite, resume_runs=resume_runs,
-                        save_stages=save_stages, preview=preview), as_json)
+        record = make_image(run.job, run.path, components,
+                            heading="stdout" if piped else f"{run.path}{of}", gpu=gpu,
+                            quiet=quiet, overwrite=overwrite, resume_runs=resume_runs,
+                            save_stages=save_stages, preview=preview, piped=piped)
+        if not piped:
+            emit(record, as_json)
         made.append((run.job.width * run.job.height, time.monotonic() - started))
         say_left(made, [r.job.width * r.job.height for r in runs[number:] if r.made is None])
     if preview:
         say(f"previews: `hires gen --from {runs[-1].path}` (or another) makes that image whole, "
             "from the same first stage")
+    return runs[-1].path
 
 
 def load_model(job, quiet: bool):
@@ -151,10 +179,11 @@ def load_model(job, quiet: bool):
 def make_image(job, path: Path, components, *, heading: str, gpu: str | None = None,
                quiet: bool = False, overwrite: bool = False, resume_runs: bool = True,
                save_stages: bool = False, settings: str | None = None,
-               preview: bool = False) -> dict[str, Any]:
+               preview: bool = False, piped: bool = False) -> dict[str, Any]:
     """One image from loaded `components`: planned, gone on from what a stopped run kept,
     shown in progress and saved at `path`; its record. `heading` names it in the log. A
-    `preview` is the job's first stage alone (`hires.plan.preview_of`), kept by no checkpoint."""
+    `preview` is the job's first stage alone (`hires.plan.preview_of`), kept by no checkpoint;
+    nor is a `piped` one, whose file in a temporary folder goes to stdout (recorded as "-")."""
     from hires import output as out
     from hires import resume
     from hires.pipeline import plan_for
@@ -182,7 +211,8 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
     say(f"{heading}: seed {job.seed}, {whole}")
     for line in describe(plan):
         say(f"  {line}")
-    kept = None if preview else resume.path_for(path)  # a preview is seconds: kept by none
+    # A preview is seconds: kept by none.
+    kept = None if preview or piped else resume.path_for(path)
     if kept is not None:
         if not resume_runs:
             resume.remove(kept)
@@ -205,7 +235,8 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
                 say(f"  stage {s.index} ({s.width}x{s.height}): {s.psnr:.1f} dB PSNR "
                     "against the input")
         record = result.save(path, fmt=job.format, overwrite=overwrite, settings=settings,
-                             warn=warn, stage=0 if preview else None)
+                             warn=warn, stage=0 if preview else None,
+                             recorded_as="-" if piped else None)
     if kept is not None:
         resume.remove(kept)
     return record

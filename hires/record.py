@@ -72,18 +72,22 @@ def stage_paths(path: Path, stages: int) -> list[Path]:
 
 def save(result: Result, path: str | Path, *, fmt: str | None = None, overwrite: bool = False,
          save_stages: bool = False, settings: str | None = None,
-         warn: Callable[[str], None] | None = None, stage: int | None = None) -> dict[str, Any]:
+         warn: Callable[[str], None] | None = None, stage: int | None = None,
+         recorded_as: str | None = None) -> dict[str, Any]:
     """Write the image (and with `save_stages` the earlier stages' images) with hires'
     metadata, atomically; return the record. The format is `fmt`, else the path's suffix's.
 
     The metadata is what `hires info IMAGE` shows and `hires gen --from IMAGE` runs again.
     `settings` replaces the record's settings hash (a batch records its job file's); `stage`
-    records that the result is that stage of its job (a preview), not the whole job.
+    records that the result is that stage of its job (a preview), not the whole job;
+    `recorded_as` replaces the path in the record (`-`: the file is bound for stdout).
     """
     from hires import output
 
     path = Path(path)
     record = record_for(result, path)
+    if recorded_as is not None:
+        record["path"] = recorded_as
     if settings:
         record["settings"] = settings
     if stage is not None:

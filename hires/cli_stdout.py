@@ -1,0 +1,85 @@
+"""`-o -`: the image's bytes on stdout, for pipes (`hires gen "x" -o - | upload`).
+
+The image is made into a temporary folder and copied out only once it is whole, so a failed
+run writes nothing to the pipe. While it is made, stdout points at stderr: a stray print of a
+library would otherwise land in the middle of the image.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
+from pathlib import Path
+
+import typer
+
+STDOUT = "-"
+
+
+def check(jobs: int, save_stages: bool, as_json: bool, preview: bool,
+          terminal: bool = True) -> None:
+    """What `-o -` cannot do, as usage errors before any work; `terminal`: a stdout that is
+    one too."""
+    if jobs > 1:
+        raise typer.BadParameter(f"-o - writes one image to stdout, and this run makes {jobs}; "
+                                 "give one prompt and --n 1, or -o a folder")
+    if as_json:
+        raise typer.BadParameter("--json prints to stdout, which -o - fills with the image; "
+                                 "drop one")
+    if save_stages or preview:
+        flag = "--save-stages" if save_stages else "--preview"
+        raise typer.BadParameter(f"{flag} names its files after the output; with -o - there "
+                                 "is none: -o a file")
+    if terminal and sys.stdout.isatty():
+        raise typer.BadParameter("-o - writes the image's bytes to stdout, which is a "
+                                 "terminal; pipe it (|) or redirect it (>)")
+
+
+@contextmanager
+def scratch() -> Iterator[Path]:
+    """A temporary folder to make the image in; removed after, with what is left in it."""
+    place = Path(tempfile.mkdtemp(prefix="hires-stdout-"))
+    try:
+        yield place
+    finally:
+        shutil.rmtree(place, ignore_errors=True)
+
+
+@contextmanager
+def on_stderr() -> Iterator[None]:
+    """stdout pointed at stderr in the block: Python's prints and, where stdout is a file
+    descriptor, C code's writes to it too."""
+    sys.stdout.flush()
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a test's capture)
+        fd = None
+    saved = os.dup(fd) if fd is not None else None
+    try:
+        if fd is not None:
+            os.dup2(sys.stderr.fileno(), fd)
+        with redirect_stdout(sys.stderr):
+            yield
+    finally:
+        if saved is not None:
+            sys.stdout.flush()
+            os.dup2(saved, fd)
+            os.close(saved)
+
+
+def send(path: Path) -> int:
+    """Copy the finished image to stdout; its size in bytes. A reader that went away early
+    (`| head -c 100`) is not an error."""
+    from hires.cli_output import quiet_stdout
+
+    try:
+        with open(path, "rb") as f:
+            shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
+        sys.stdout.buffer.flush()
+    except BrokenPipeError:
+        quiet_stdout()
+    return path.stat().st_size

@@ -1,0 +1,130 @@
+"""`-o -`: the image's bytes on stdout, whole or not at all, and what it refuses."""
+
+import io
+import json
+import signal
+import subprocess
+import tempfile
+
+import numpy as np
+import pytest
+from helpers_cli import (
+    REPO,
+    assert_usage_error,
+    cli,
+    hires_cmd,
+    spawn_hires,
+    subprocess_env,
+    wait_for,
+)
+from PIL import Image
+
+import hires.pipeline
+
+SMALL = ("--model", "tiny", "--size", "256", "--steps", "2", "--seed", "4")
+
+
+@pytest.fixture
+def scratch(tmp_path, monkeypatch):
+    """The temporary folder `-o -` makes its image in goes here, to see that it is removed."""
+    place = tmp_path / "tmp"
+    place.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(place))
+    return place
+
+
+def pixels(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im)
+
+
+def test_gen_to_stdout_writes_the_image_that_a_file_gets(tmp_path, scratch, asked):
+    piped = cli("gen", "a cat", *SMALL, "-o", "-")
+    assert piped.exit_code == 0, piped.stderr
+    assert piped.stdout_bytes[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"stdout: {len(piped.stdout_bytes):,} bytes of PNG" in piped.stderr
+    made = cli("gen", "a cat", *SMALL, "-o", tmp_path / "a.png")
+    assert made.exit_code == 0, made.stderr
+    assert np.array_equal(pixels(piped.stdout_bytes), pixels((tmp_path / "a.png").read_bytes()))
+    assert list(scratch.iterdir()) == []  # nor a checkpoint left behind
+    # --format and --depth as for a file; the metadata goes along.
+    jpeg = cli("gen", "a cat", *SMALL, "--format", "jpg", "-o", "-")
+    assert jpeg.exit_code == 0 and jpeg.stdout_bytes[:2] == b"\xff\xd8", jpeg.stderr
+    (tmp_path / "b.png").write_bytes(cli("gen", "a", *SMALL, "--depth", "16", "-o", "-")
+                                     .stdout_bytes)
+    assert (tmp_path / "b.png").read_bytes()[24] == 16  # IHDR's bit depth
+    assert "seed 4" in cli("info", tmp_path / "b.png").stdout
+    shown = json.loads(cli("info", "--json", tmp_path / "b.png").stdout)
+    assert shown["result"]["path"] == "-"  # not the temporary file it was made as
+
+
+def test_a_stray_print_does_not_reach_the_image(scratch, asked, monkeypatch):
+    real = hires.pipeline._run
+
+    def chatty(*args, **kwargs):
+        print("a library's stray line")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hires.pipeline, "_run", chatty)
+    piped = cli("gen", "a cat", *SMALL, "-o", "-")
+    assert piped.exit_code == 0, piped.stderr
+    assert b"stray" not in piped.stdout_bytes and "stray line" in piped.stderr
+    assert pixels(piped.stdout_bytes).shape == (256, 256, 3)
+
+
+def test_a_failed_save_writes_nothing_to_stdout(scratch, asked, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(hires.pipeline.Result, "save", full)
+    piped = cli("gen", "a cat", *SMALL, "-o", "-")
+    assert piped.exit_code == 1 and piped.stdout_bytes == b""
+    assert list(scratch.iterdir()) == []
+
+
+def test_what_stdout_cannot_hold_is_a_usage_error(tmp_path, asked):
+    assert_usage_error(cli("gen", "a", *SMALL, "--n", "2", "-o", "-"),
+                       "-o - writes one image to stdout, and this run makes 2")
+    assert_usage_error(cli("gen", "-", *SMALL, "-o", "-", input="a\nb\n"), "makes 2")
+    assert_usage_error(cli("gen", "a", *SMALL, "--json", "-o", "-"), "--json prints to stdout")
+    assert_usage_error(cli("gen", "a", *SMALL, "--save-stages", "-o", "-"), "--save-stages")
+    assert_usage_error(cli("gen", "a", *SMALL, "--preview", "-o", "-"), "--preview")
+    Image.new("RGB", (64, 64)).save(tmp_path / "x.png")
+    assert_usage_error(cli("up", tmp_path / "x.png", tmp_path / "x.png", "--scale", "2",
+                           "--model", "tiny", "-o", "-"), "makes 2")
+    # A dry run checks the same, and plans.
+    assert_usage_error(cli("gen", "a", *SMALL, "--n", "3", "--dry-run", "-o", "-"), "makes 3")
+    planned = cli("gen", "a", *SMALL, "--dry-run", "-o", "-")
+    assert planned.exit_code == 0 and "stage 0" in planned.stdout, planned.stderr
+
+
+def test_a_real_process_pipes_the_image_and_refuses_a_terminal(tmp_path):
+    env = subprocess_env(TMPDIR=str(tmp_path))
+    done = subprocess.run(hires_cmd("gen", "a cat", *SMALL, "-o", "-"), capture_output=True,
+                          env=env, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()
+    assert pixels(done.stdout).shape == (256, 256, 3)
+    assert list(tmp_path.iterdir()) == []
+    # A pseudo-terminal as stdout: refused before any work.
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        refused = subprocess.run(hires_cmd("gen", "a", *SMALL, "-o", "-"), stdout=follower,
+                                 stderr=subprocess.PIPE, env=env, cwd=REPO, timeout=300)
+    finally:
+        import os
+
+        os.close(follower)
+        os.close(leader)
+    assert refused.returncode == 2
+    assert "which is a terminal; pipe it" in refused.stderr.decode()
+
+
+def test_ctrl_c_leaves_stdout_empty(tmp_path):
+    proc = spawn_hires("gen", "a cat", "--model", "tiny", "--size", "1024", "--steps", "8",
+                       "-o", "-", stderr_path=tmp_path / "err")
+    wait_for(lambda: "denoise" in (tmp_path / "err").read_text(), proc)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and out == b""
