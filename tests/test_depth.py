@@ -227,3 +227,19 @@ def test_inputs_say_their_bits_and_a_16_bit_one_hints_at_depth_16(tmp_path, aske
     assert made.exit_code == 0 and "16 bits a channel" not in made.stderr, made.stderr
     made = cli("up", tmp_path / "rgb8.tif", *small, "-o", tmp_path / "c.png")
     assert made.exit_code == 0 and "16 bits a channel" not in made.stderr, made.stderr
+
+
+def test_the_print_preset_makes_a_16_bit_tiff_at_its_dpi(tmp_path, asked):
+    """presets/print-a2.toml: an A2 plan at 300 dpi; a smaller paper from a flag keeps the
+    preset's 16-bit TIFF and dpi."""
+    planned = cli("plan", "--preset", "print-a2")
+    assert planned.exit_code == 0 and planned.stdout.startswith("4960x7016 (42.0 x 59.4 cm")
+    made = cli("gen", "x", "--model", "tiny", "--steps", "2", "--preset", "print-a2",
+               "--print-size", "4x4cm", "-o", f"{tmp_path}/", "--json")
+    assert made.exit_code == 0, made.stderr
+    path = Path(json_lines(made.stdout)[0]["path"])
+    assert path.suffix == ".tiff"
+    with tifffile.TiffFile(path) as f:
+        page = f.pages[0]
+        assert page.dtype == np.uint16 and page.shape == (472, 472, 3)  # 4 cm at 300 dpi
+        assert page.tags["XResolution"].value == (300, 1)
