@@ -382,9 +382,10 @@ def machine_lines(info: dict[str, Any]) -> list[str]:
                  f"{scratch['free_bytes'] / 1e9:.1f} GB free, "
                  + (f"room for {room / 1e9:.1f} GB of parked maps the RAM cannot hold" if room
                     else "in RAM or full: no room for parked maps (point TMPDIR at a disk)"))
-    lines.append("a 16K image: 0.8 GB in RAM as 8-bit RGB, its PNG about as much on disk; "
-                 "no scratch with --vae-stats fast (the default), up to 16 GB a level "
-                 "with exact (never over half the free space; it recomputes past that)")
+    lines.append("a 16K image: 0.8 GB in RAM as 8-bit RGB, its PNG about as much on disk "
+                 "(--depth 16: 2.4 GB in RAM, up to 1.6 GB on disk); no scratch with "
+                 "--vae-stats fast (the default), up to 16 GB a level with exact (never over "
+                 "half the free space; it recomputes past that)")
     lines.append(f"model cache {info['model_cache']}")
     for repo, cached in info["cached"].items():
         lines.append(f"{repo} {'cached' if cached else 'not cached (downloads on first use)'}")
