@@ -243,6 +243,9 @@ def _reading(path: Path) -> Iterator[Image.Image]:
     if path.is_dir():
         raise ImageInputError(f"{path}: is a folder, not an image file; for every image in it, "
                               f"give {path / '*'}")
+    if not path.is_file():  # a pipe (`cat x.png | hires up /dev/stdin`), a device
+        raise ImageInputError(f"{path}: not a file (a pipe?); hires reads an input more than "
+                              "once, so save it to a file first")
     try:
         with pixel_limit(MAX_PIXELS), _strict_decoding():
             with Image.open(path) as im:

@@ -1,10 +1,11 @@
 """`hires up`: an existing image upscaled from the command line, reproducible with --from."""
 
 import json
+import os
 
 import numpy as np
 import pytest
-from helpers_cli import cli, json_lines, run_hires
+from helpers_cli import assert_usage_error, cli, json_lines, run_hires
 from PIL import Image
 
 
@@ -60,6 +61,12 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(photo, tmp_path, cont
 def test_a_folder_says_how_to_give_its_images(tmp_path):
     result = cli("up", tmp_path, "--scale", "2", "--dry-run")
     assert result.exit_code == 2 and f"give {tmp_path / '*'}" in result.stderr
+
+
+def test_a_pipe_says_to_save_it_first_without_waiting_on_it(tmp_path):
+    os.mkfifo(tmp_path / "pipe")  # opening it would wait for a writer: it must not be opened
+    result = cli("up", tmp_path / "pipe", "--scale", "2", "--dry-run")
+    assert_usage_error(result, "pipe: not a file (a pipe?)", "save it to a file first")
 
 
 def test_size_options_are_checked(photo):
