@@ -107,21 +107,23 @@ def run_jobs(jobs: list, output: str | None, save_stages: bool, as_json: bool,
     from hires import cli_stdout
 
     if output != cli_stdout.STDOUT:
-        _make_all(jobs, output, save_stages, as_json, quiet, overwrite, gpu, fmt_flag, n,
-                  resume_runs, preview)
+        _make_all(jobs, output, save_stages=save_stages, as_json=as_json, quiet=quiet,
+                  overwrite=overwrite, gpu=gpu, fmt_flag=fmt_flag, n=n, resume_runs=resume_runs,
+                  preview=preview)
         return
     cli_stdout.check(len(jobs) * n, save_stages, as_json, preview)
     with cli_stdout.scratch() as place:
         with cli_stdout.on_stderr():
-            path = _make_all(jobs, str(place / "hires"), False, False, quiet, True, gpu,
-                             fmt_flag, 1, False, False, piped=True)
+            path = _make_all(jobs, str(place / "hires"), quiet=quiet, overwrite=True, gpu=gpu,
+                             fmt_flag=fmt_flag, resume_runs=False, piped=True)
         size = cli_stdout.send(path)
     say(f"stdout: {size:,} bytes of {path.suffix[1:].upper()}")
 
 
-def _make_all(jobs: list, output: str | None, save_stages: bool, as_json: bool, quiet: bool,
-              overwrite: bool, gpu: str | None, fmt_flag: str | None, n: int, resume_runs: bool,
-              preview: bool, piped: bool = False) -> Path:
+def _make_all(jobs: list, output: str | None, *, save_stages: bool = False,
+              as_json: bool = False, quiet: bool, overwrite: bool, gpu: str | None,
+              fmt_flag: str | None, n: int = 1, resume_runs: bool, preview: bool = False,
+              piped: bool = False) -> Path:
     """`run_jobs`' work; the last image's path. `piped`: the image goes to stdout after, so
     nothing is printed there now, and no checkpoint is kept (its folder goes too)."""
     from hires import output as out
@@ -193,7 +195,7 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
     from hires.upscale import load_source, make
 
     source = load_source(job) if job.image else None
-    say_colour(source, job.depth)
+    say_input(source, job.depth)
     size = source.rgb.size if source else None
     plan = fitted_plan(lambda: plan_for(job, components, gpu=gpu, source=size,
                                         stage_images=save_stages), job)
@@ -322,9 +324,9 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
         raise typer.Exit(EXIT_RUNTIME)
 
 
-def say_colour(source, depth: int = 8) -> None:
-    """That an input's pixels were converted to sRGB from its own colour profile; that a
-    16-bit input makes an 8-bit result unless the job asks for 16 bits."""
+def say_input(source, depth: int = 8) -> None:
+    """What reading an input changed: its colour profile converted to sRGB; its 16 bits a
+    channel read as 8 (unless the job makes a 16-bit result)."""
     if source is not None and source.converted_from:
         say(f"  {source.path.name}: colour profile '{source.converted_from}' converted to sRGB")
     if source is not None and source.bits == 16 and depth == 8:
