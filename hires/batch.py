@@ -79,6 +79,8 @@ def read_batch(path: str | Path, base: Job | None = None,
         output = values.pop("output", None)
         if output is not None and not isinstance(output, str):
             raise JobError(f"'output' in {where} must be a file name, got {output!r}")
+        if output == "-":  # stdout is for gen and up's one image, not a batch's many
+            raise JobError(f"'output' in {where} is '-', but a batch writes files; name one")
         preset = values.pop("preset", None)
         job_levels = list(levels or [])
         if preset is not None:

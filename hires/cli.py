@@ -334,6 +334,9 @@ def batch(
         rank, world = b.parse_shard(shard)
         if output.exists() and not output.is_dir():
             raise JobError(f"batch -o {output} is a file; -o names the folder for the images")
+        if str(output) == "-":
+            raise JobError("batch -o names the folder for the images; '-' (stdout) takes one "
+                           "image, from gen or up")
         name = "stdin" if str(file) == "-" else file.name
         items, paths = b.name_outputs(items, output, name)
         if preview:

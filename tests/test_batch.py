@@ -280,6 +280,20 @@ def test_batch_cli_malformed_jsonl_names_the_line(tmp_path):
     assert len(error_lines(result.stderr)) == 1 and "line 2" in result.stderr
 
 
+def test_batch_refuses_stdout_as_its_output(tmp_path, monkeypatch):
+    """'-' is stdout for gen and up; a batch writes files, never one named '-'."""
+    monkeypatch.chdir(tmp_path)
+    jobs = write(tmp_path / "jobs.toml", '[[job]]\nprompt = "x"\nsize = 256\noutput = "-"\n')
+    result = cli("batch", jobs, "--model", "tiny", "--dry-run")
+    assert result.exit_code == 2
+    assert error_lines(result.stderr) == [
+        "error: 'output' in jobs.toml job 0 is '-', but a batch writes files; name one"]
+    other = write(tmp_path / "other.toml", '[[job]]\nprompt = "x"\nsize = 256\n')
+    result = cli("batch", other, "--model", "tiny", "-o", "-")
+    assert result.exit_code == 2 and "'-' (stdout) takes one image" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["jobs.toml", "other.toml"]
+
+
 def test_batch_cli_missing_file_is_a_usage_error(tmp_path):
     result = cli("batch", tmp_path / "missing.toml", "-o", tmp_path / "out")
     assert result.exit_code == 2
