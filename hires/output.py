@@ -82,6 +82,9 @@ def format_problem(fmt: str, width: int, height: int, depth: int = 8) -> str | N
     if depth == 16 and fmt not in ("png", "tiff"):
         name = {"jpg": "JPEG", "webp": "WebP"}.get(fmt, fmt)
         return f"{name} holds 8 bits a channel; a 16-bit image is a .png or .tif file"
+    if depth == 16 and fmt == "tiff" and not tiff.fits(width, height, 3, 16):
+        return (f"a 16-bit {width}x{height} image does not fit a TIFF's 4 GB; use .png, or "
+                "--depth 8")
     return None
 
 

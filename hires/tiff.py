@@ -30,7 +30,13 @@ def can_write(image: strips.Pixels) -> bool:
     width, height, mode, bits = strips.layout(image)
     plain = isinstance(image, np.ndarray) or (
         image.mode in _PHOTOMETRIC and "icc_profile" not in image.info)
-    return plain and width * height * len(mode) * bits / 8 * 1.01 + (1 << 20) < MAX_BYTES
+    return plain and fits(width, height, len(mode), bits)
+
+
+def fits(width: int, height: int, channels: int, bits: int) -> bool:
+    """Whether such an image, even incompressible, fits a classic TIFF's 4 GB (hires writes no
+    BigTIFF: many print shops' and older tools' readers cannot open one)."""
+    return width * height * channels * bits / 8 * 1.01 + (1 << 20) < MAX_BYTES
 
 
 def _ascii(text: str) -> bytes:

@@ -117,6 +117,12 @@ def test_formats_that_hold_16_bits_and_those_that_do_not():
     assert "JPEG holds 8 bits" in output.format_problem("jpg", 512, 512, 16)
     assert "WebP holds 8 bits" in output.format_problem("webp", 512, 512, 16)
     assert "at most 16383 px" in output.format_problem("webp", 20000, 512)
+    # A classic TIFF's 4 GB: 16-bit RGB up to about 25,800 px square (no BigTIFF).
+    assert output.format_problem("tiff", 24576, 24576, 16) is None
+    assert output.format_problem("tiff", 32768, 32768) is None  # 8-bit: 3.2 GB
+    assert "does not fit a TIFF's 4 GB; use .png" in output.format_problem(
+        "tiff", 32768, 24576, 16)
+    assert output.format_problem("png", 32768, 32768, 16) is None
     assert output.disk_need(1000, 1000, "png", depth=16) == 2 * output.disk_need(
         1000, 1000, "png")
     assert output.disk_need(1000, 1000, "jpg", depth=16) == output.disk_need(1000, 1000, "jpg")
