@@ -75,14 +75,16 @@ def format_of(path: Path, default: str, flag: str | None) -> str:
     return named
 
 
-def format_problem(fmt: str, width: int, height: int, depth: int = 8) -> str | None:
-    """Why an image of this size and bit depth cannot be a `fmt` file (None: it can)."""
+def format_problem(fmt: str, width: int, height: int, depth: int = 8,
+                   channels: int = 3) -> str | None:
+    """Why an image of this size and bit depth cannot be a `fmt` file (None: it can); before a
+    job, `channels` is 3 (an upscale's alpha is known only when its image is)."""
     if fmt == "webp" and max(width, height) > WEBP_MAX_SIDE:
         return f"WebP images are at most {WEBP_MAX_SIDE} px a side; use png, tiff or jpg"
     if depth == 16 and fmt not in ("png", "tiff"):
         name = {"jpg": "JPEG", "webp": "WebP"}.get(fmt, fmt)
         return f"{name} holds 8 bits a channel; a 16-bit image is a .png or .tif file"
-    if depth == 16 and fmt == "tiff" and not tiff.fits(width, height, 3, 16):
+    if depth == 16 and fmt == "tiff" and not tiff.fits(width, height, channels, 16):
         return (f"a 16-bit {width}x{height} image does not fit a TIFF's 4 GB; use .png, or "
                 "--depth 8")
     return None
@@ -246,12 +248,11 @@ def save_image(
     fmt = format_for(path, fmt)
     if os.path.lexists(path) and not overwrite:  # a dangling symlink is still someone's name
         raise OutputExists(f"{path} already exists; pass --overwrite or choose another -o")
-    problem = format_problem(fmt, image.width, image.height, 8 if pixels16 is None else 16)
+    deep = pixels16 is not None
+    problem = format_problem(fmt, image.width, image.height, 16 if deep else 8,
+                             pixels16.shape[2] if deep and pixels16.ndim == 3 else 3)
     if problem:
         raise OutputUsage(f"{path.name}: {problem}")
-    if pixels16 is not None and fmt == "tiff" and not tiff.can_write(pixels16):
-        raise OutputUsage(f"{path.name}: a 16-bit image this large does not fit a TIFF's 4 GB; "
-                          "use .png")
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         try:

@@ -369,8 +369,7 @@ def _decode_last(job: Job, comps: Components, plan: Plan, stage: Stage, latents:
     def run(s: Stage) -> np.ndarray:
         spill = s.cost.vae_spill_bytes if s.cost else 0.0
         with placed(comps, s.strategy.weights, comps.vae):
-            return decode(comps, latents, vae_tile(job, s), emit, s.index, n, job, spill,
-                                 bits)
+            return decode(comps, latents, vae_tile(job, s), emit, s.index, n, job, spill, bits)
 
     try:
         return run(stage)

@@ -123,6 +123,7 @@ def test_formats_that_hold_16_bits_and_those_that_do_not():
     assert "does not fit a TIFF's 4 GB; use .png" in output.format_problem(
         "tiff", 32768, 24576, 16)
     assert output.format_problem("png", 32768, 32768, 16) is None
+    assert "4 GB" in output.format_problem("tiff", 24576, 24576, 16, channels=4)  # RGBA
     assert output.disk_need(1000, 1000, "png", depth=16) == 2 * output.disk_need(
         1000, 1000, "png")
     assert output.disk_need(1000, 1000, "jpg", depth=16) == output.disk_need(1000, 1000, "jpg")
