@@ -112,7 +112,8 @@ Dtype = Annotated[str | None, typer.Option(
          " with AVX512-BF16) or fp32.", autocompletion=one_of("auto", "fp16", "bf16", "fp32"))]
 Upsample = Annotated[str | None, typer.Option(
     help="Between stages: pixel (default: decode, resize, encode) or latent (the latents "
-         "resized: no VAE between stages, faster).", autocompletion=one_of("pixel", "latent"))]
+         "resized: no VAE between stages; faster, but each stage starts from a less faithful "
+         "image).", autocompletion=one_of("pixel", "latent"))]
 VaeTile = Annotated[int | None, typer.Option(
     help="VAE tile size in pixels, a multiple of 8 (default: the planner's pick, the largest of"
          " 2048-512 that fits the memory).")]
