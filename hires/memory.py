@@ -21,7 +21,9 @@ def free_memory(device: torch.device, parts: tuple[nn.Module, ...] = ()) -> int 
     """
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return free + bytes_on("cuda", parts)
+        # The driver counts what torch's caching allocator holds unused as taken; torch reuses it.
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return free + cached + bytes_on("cuda", parts)
     if device.type == "cpu":
         try:
             return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -123,6 +125,17 @@ def place(components) -> None:
     target = dev if components.offload == "none" or dev.type == "cpu" else torch.device("cpu")
     for part in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
         part.to(target)
+
+
+@contextmanager
+def current(device: torch.device) -> Iterator[None]:
+    """`device` as CUDA's current device for the block: streams, events and `synchronize()`
+    act on the current device (cuda:0 unless set), not on the device of the tensors."""
+    if device.type != "cuda":
+        yield
+        return
+    with torch.cuda.device(device):
+        yield
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from hires.denoiser import Conditioning, Control, Denoiser
 from hires.gpus import fp32_share_for, local_gpu, rate_for
 from hires.images import to_8bit
 from hires.job import Job
-from hires.memory import free_memory, host_room, peak_memory, placed, reset_peak
+from hires.memory import current, free_memory, host_room, peak_memory, placed, reset_peak
 from hires.models import Components, load, load_args
 from hires.plan import Plan, Stage, cheaper, make_plan
 from hires.progress import Event, ProgressFn
@@ -162,7 +162,7 @@ def generate(
         job = replace(job, seed=secrets.randbelow(2**32))
     comps = components or load(*load_args(job))
     plan = plan or plan_for(job, comps, stage_images=save_stages or on_stage_image is not None)
-    with attached(comps, job) as addons, torch.inference_mode():
+    with attached(comps, job) as addons, torch.inference_mode(), current(comps.device):
         return _run(job, comps, plan, progress, save_stages, addons=addons,
                     checkpoint=Path(checkpoint) if checkpoint else None,
                     on_stage_image=on_stage_image)
@@ -235,6 +235,7 @@ def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
     for stage in stages[len(reports):]:
         t0 = time.perf_counter()
         reset_peak(comps.device)
+        fallback = None
         try:
             carry, report = _stage(job, comps, plan, stage, cond, carry, emit, wanted, decoded,
                                    addons)
@@ -243,6 +244,8 @@ def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
                                f"stage {stage.index}", "retried")
             if fallback is None:
                 raise
+        if fallback is not None:  # out of the except block: see _empty_cache
+            _empty_cache(comps)
             carry, report = _stage(job, comps, plan, fallback, cond, carry, emit, wanted,
                                    decoded, addons)
             report.retried_with = fallback.strategy.label
@@ -378,22 +381,29 @@ def _decode_last(job: Job, comps: Components, plan: Plan, stage: Stage, latents:
                            f"stage {stage.index}'s decode", "decoded again")
         if fallback is None:
             raise
+    _empty_cache(comps)
     return run(fallback)
 
 
 def _leaner(job: Job, comps: Components, plan: Plan, stage: Stage, emit: ProgressFn,
             warnings: list[str], what: str, again: str) -> Stage | None:
     """After `what` of `stage` ran out of GPU memory: the leaner way to run it `again`, said
-    in `warnings` and as a retry event, with the GPU's cache emptied; None if there is none."""
+    in `warnings` and as a retry event; None if there is none."""
     fallback = cheaper(stage, list(plan.stages), shape_for(job, comps), comps.offload,
                        job.vae_tile, job.vae_stats) if stage.cost else None
     if fallback is not None:
         warnings.append(f"{what} ran out of GPU memory with {stage.strategy.label}; {again} "
                         f"with {fallback.strategy.label}")
         emit(Event("retry", stage.index, len(plan.stages), stage.width, stage.height))
-        if comps.device.type == "cuda":
-            torch.cuda.empty_cache()
     return fallback
+
+
+def _empty_cache(comps: Components) -> None:
+    """Hand the failed attempt's GPU memory back before a leaner retry. Called after the except
+    block, not in it: until the block ends, the error's traceback keeps the failed frames, and
+    with them their tensors (a UNet call's activations, the stage's x0 and noise), alive."""
+    if comps.device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 DEFAULT_VAE_TILE = 1024  # px, when no plan chose one

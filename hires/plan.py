@@ -505,7 +505,7 @@ def plan_without_weights(job, rate: float | None = None,
     import torch
 
     from hires.costs import model_shape, sdxl_shape
-    from hires.memory import disk_room, host_room
+    from hires.memory import disk_room, free_memory, host_room
     from hires.models import vae_fp16_ok
     from hires.vae_stats import spill_from_free
 
@@ -516,10 +516,9 @@ def plan_without_weights(job, rate: float | None = None,
     vram = job.vram if job.vram is not None else vram if on_gpu else None
     budget = int(vram * 1024**3) if vram is not None else None
     if budget is None and on_gpu and torch.cuda.is_available():
-        budget = torch.cuda.mem_get_info()[0]
+        budget = free_memory(torch.device(job.device if job.device.startswith("cuda")
+                                          else "cuda"))
     if budget is None and job.device.startswith("cpu"):  # as a CPU run plans: in the free RAM
-        from hires.memory import free_memory
-
         budget = free_memory(torch.device("cpu"))
     if job.model == "tiny":
         from hires.models import load

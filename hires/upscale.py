@@ -18,6 +18,7 @@ from PIL import Image
 
 from hires.addons import attached
 from hires.job import Job, JobError
+from hires.memory import current
 from hires.models import Components, load, load_args
 from hires.pipeline import Result, StageImage, _run, plan_for
 from hires.plan import Plan
@@ -90,7 +91,8 @@ def upscale_job(job: Job, *, source: Any = None, components: Components | None =
     def on_decoded(index: int, result: Image.Image) -> float:
         return fidelity(result, source)
 
-    with attached(comps, job, source.rgb) as addons, torch.inference_mode():
+    with attached(comps, job, source.rgb) as addons, torch.inference_mode(), \
+            current(comps.device):
         result = _run(job, comps, plan, progress, save_stages, source=source.rgb,
                       on_decoded=on_decoded, addons=addons,
                       checkpoint=Path(checkpoint) if checkpoint else None,

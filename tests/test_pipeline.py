@@ -1,5 +1,7 @@
 """generate() end to end on the tiny model: sizes, determinism, stages."""
 
+import weakref
+
 import numpy as np
 import pytest
 
@@ -129,12 +131,15 @@ def test_out_of_memory_retries_the_stage_with_a_cheaper_strategy(tiny):
     assert plan.stages[1].strategy == Strategy()  # plenty of RAM: the fastest, no levers
     expected = pixels(generate(components=tiny, plan=plan, **job))
     real = tiny.pipe.unet.forward
-    failures = []
+    failures, held = [], []
 
     def flaky(*args, **kwargs):  # the first call in the x2 stage runs out of memory
         if args[0].shape[-1] == 1024 // 8 and not failures:
-            failures.append(1)
+            activations = torch.ones(1024)  # what the failed call holds on a GPU
+            failures.append(weakref.ref(activations))
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        if failures and not held:  # the retry's first call: the failed one's memory is free
+            held.append(failures[0]() is not None)
         return real(*args, **kwargs)
 
     tiny.pipe.unet.forward = flaky
@@ -142,7 +147,7 @@ def test_out_of_memory_retries_the_stage_with_a_cheaper_strategy(tiny):
         r = generate(components=tiny, plan=plan, **job)
     finally:
         del tiny.pipe.unet.forward
-    assert failures == [1]
+    assert len(failures) == 1 and held == [False]
     from hires.costs import model_shape
 
     fallback = cheaper(plan.stages[1], list(plan.stages), model_shape(tiny), tiny.offload)
