@@ -19,7 +19,6 @@ page-locked (that would pin them in RAM), so their copies wait for the GPU.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import math
 import os
 import tempfile
@@ -61,11 +60,15 @@ def cuda_unlock(t: Tensor) -> None:
 
 
 def _clear_cuda_error() -> None:
-    """Best effort: a failed registration is left as CUDA's last error, which torch's next
-    kernel-launch check would report as its own; torch binds no cudaGetLastError."""
+    """Take a failed registration's error off CUDA's last-error slot, where torch's next
+    kernel-launch check would report it as that kernel's failure.
+
+    torch binds no cudaGetLastError, but every launch check calls it (which clears the error):
+    so launch one tiny kernel and let its check raise the stale error here, where it is expected.
+    """
     try:
-        ctypes.CDLL(None).cudaGetLastError()
-    except (OSError, AttributeError):
+        torch.empty(1, device="cuda").zero_()
+    except (RuntimeError, AssertionError):  # the stale error, or no CUDA at all
         pass
 
 

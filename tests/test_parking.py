@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from hires import memsim
+from hires import parking as parking_module
 from hires.costs import parked_bytes, sdxl_shape
 from hires.parking import Parking
 from hires.strategy import Strategy, applied
@@ -93,6 +94,29 @@ def test_when_the_driver_refuses_torch_pinned_memory_is_used():
     assert driver.pinned == [x.nbytes] * 2  # no second try at locking
     p.close()
     assert driver.unlocked == []
+
+
+def test_a_refused_registration_leaves_no_error_for_the_next_kernel(monkeypatch):
+    """CUDA keeps a failed call's error until cudaGetLastError reads it, and torch's next
+    launch check (which reads it) would blame its own kernel: the lock has one read it first."""
+    last_error, real_empty = [], torch.empty
+
+    class Cudart:
+        def cudaHostRegister(self, ptr, nbytes, flags):
+            last_error.append(2)  # cudaErrorMemoryAllocation
+            return 2
+
+    def launch(*args, **kwargs):  # a kernel whose launch check reads and clears the error
+        if last_error:
+            last_error.clear()
+            raise RuntimeError("CUDA error: out of memory")
+        return real_empty(*args, **{**kwargs, "device": "cpu"})
+
+    t = torch.zeros(4)
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: Cudart())
+    monkeypatch.setattr(torch, "empty", launch)
+    assert parking_module.cuda_lock(t) is False
+    assert last_error == []
 
 
 def test_maps_from_other_devices_are_plain_copies():
