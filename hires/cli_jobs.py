@@ -115,6 +115,17 @@ def check_preview(preview: bool, save_stages: bool) -> None:
         raise typer.BadParameter("--preview makes only the first stage; drop --save-stages")
 
 
+def check_gpu(gpu: str | None) -> None:
+    """A --gpu that names no card and no rate is a usage error, found before any planning."""
+    from hires.gpus import rate_for
+
+    if gpu is not None:
+        try:
+            rate_for(gpu)
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from None
+
+
 def check_device(device: str) -> None:
     """A device this machine's torch cannot use is a usage error, found before any loading."""
     import torch

@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from hires.cli_jobs import check_device, fitted_plan
+from hires.cli_jobs import check_device, check_gpu, fitted_plan
 from hires.cli_output import EXIT_RUNTIME, emit, err, library_bars, progress_renderer, say, warn
 
 
@@ -22,12 +22,20 @@ def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overw
     from hires import cli_stdout
     from hires.runs import plan_runs
 
+    check_paths(jobs[0])
     if output == cli_stdout.STDOUT:  # a dry run prints its plan there: no terminal check
         cli_stdout.check(len(jobs) * n, stage_images, False, preview, terminal=False)
         return
     runs = plan_runs(jobs, output, n=n, fmt_flag=fmt, overwrite=overwrite, resume_runs=False,
                      preview=preview)
     warn_space([(r.path, r.job) for r in runs if r.made is None], stage_images)
+
+
+def check_paths(job) -> None:
+    """The model, VAE and LinFusion checkpoint `job` names by paths are there (exit 2)."""
+    from hires.models import check_paths
+
+    check_paths(job.model, job.vae, job.linfusion)
 
 
 def warn_ram(jobs: list) -> None:
@@ -106,6 +114,8 @@ def run_jobs(jobs: list, output: str | None, save_stages: bool, as_json: bool,
     `preview`: only each image's first stage. `output` "-": the one image's bytes to stdout."""
     from hires import cli_stdout
 
+    check_gpu(gpu)
+    check_paths(jobs[0])  # the jobs of one gen or up load one model
     if output != cli_stdout.STDOUT:
         _make_all(jobs, output, save_stages=save_stages, as_json=as_json, quiet=quiet,
                   overwrite=overwrite, gpu=gpu, fmt_flag=fmt_flag, n=n, resume_runs=resume_runs,
@@ -253,13 +263,20 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
     from hires import batch as b
     from hires import output as out
     from hires.job import JobError
+    from hires.models import ModelError
 
+    check_gpu(gpu)
     first_on = {item.job.device: item.index for item in reversed(items)}
     for device, index in sorted(first_on.items(), key=lambda kv: kv[1]):
         try:  # before any work, as for gen: not a failure per job
             check_device(device)
         except JobError as e:
             raise JobError(f"{name} job {index}: {e}") from None
+    for item in items:
+        try:
+            check_paths(item.job)
+        except ModelError as e:
+            raise JobError(f"{name} job {item.index}: {e}") from None
     # For the time left: the jobs whose images are not there yet, and those made so far.
     todo = [item for item in items if overwrite or
             not b.made_already(paths[item.index], item.job)]

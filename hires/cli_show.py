@@ -12,7 +12,7 @@ from typing import Any
 import typer
 
 from hires import __version__
-from hires.cli_jobs import fitted_plan
+from hires.cli_jobs import check_gpu, fitted_plan
 from hires.cli_output import EXIT_USAGE, exit_codes, out_line, say
 from hires.cli_runs import fp16_vae_hint, stages_upto, warn_space
 
@@ -22,13 +22,10 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
     """Print the plan of `job` without loading weights (`hires plan`, `gen --dry-run`); with
     `preview`, of its first stage alone."""
     from hires.eta import duration
-    from hires.gpus import CUDA_CONTEXT_GIB, card, rate_for
+    from hires.gpus import CUDA_CONTEXT_GIB, card
     from hires.plan import describe, dry_run, preview_of
 
-    try:
-        rate_for(gpu or "h100")  # a usage error, before any planning
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from None
+    check_gpu(gpu)
     run = fitted_plan(lambda: dry_run(job, gpu, source, stage_images), job)
     p, gpu, rate = (preview_of(run.plan) if preview else run.plan), run.gpu, run.rate
     spill = p.vae_spill_bytes
@@ -149,15 +146,11 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
     made already, and the total; jobs that cannot run are said and exit 2 at the end."""
     from hires import batch as b
     from hires.eta import duration
-    from hires.gpus import rate_for
     from hires.images import input_size
     from hires.job import JobError
     from hires.plan import dry_run, preview_of
 
-    try:
-        rate_for(gpu or "h100")  # a usage error, before any planning
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from None
+    check_gpu(gpu)
     plans: dict[str, Any] = {}  # jobs that differ only in prompt and seed share a plan
     total, counts, planned_on = 0.0, {"to make": 0, "made": 0, "cannot run": 0}, None
     to_make: list[tuple[Path, Any]] = []

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
-MAX_SIDE = 32768
+MIN_SIDE, MAX_SIDE = 64, 32768  # px a side: the sizes hires makes
 FORMATS = ("png", "jpg", "webp", "tiff")
 DEPTHS = (8, 16)  # bits per channel of the file; 16 only as PNG or TIFF
 UPSAMPLE_MODES = ("pixel", "latent")
@@ -254,7 +254,7 @@ def _coerce(name: str, value: Any, where: str) -> Any:
 
 
 def check_side(name: str, value: int) -> None:
-    """A pixel size must be a positive multiple of 8 no larger than MAX_SIDE."""
+    """A pixel size must be a positive multiple of 8 from MIN_SIDE to MAX_SIDE."""
     if not isinstance(value, int) or value <= 0:
         raise JobError(f"{name} must be a positive number of pixels, got {value}")
     if value % 8:
@@ -263,6 +263,8 @@ def check_side(name: str, value: int) -> None:
         raise JobError(f"{name} must be a multiple of 8, got {value}; {hint}")
     if value > MAX_SIDE:
         raise JobError(f"{name} must be at most {MAX_SIDE}, got {value}")
+    if value < MIN_SIDE:
+        raise JobError(f"{name} must be at least {MIN_SIDE} px, got {value}")
 
 
 def parse_aspect(aspect: str) -> float:

@@ -471,6 +471,14 @@ def _offline() -> bool:
     return env in ("1", "ON", "YES", "TRUE") or bool(getattr(constants, "HF_HUB_OFFLINE", False))
 
 
+def check_ref(ref: str | Path) -> None:
+    """A checkpoint reference that is neither a folder here nor a Hub id (owner/name)."""
+    if not Path(ref).expanduser().is_dir() and not re.fullmatch(r"[\w][\w.-]*/[\w][\w.-]*",
+                                                                 str(ref)):
+        raise LinFusionError(f"LinFusion checkpoint {ref}: no such folder, and not a Hugging Face "
+                             "Hub id (owner/name); give a checkpoint folder, a Hub id, or none")
+
+
 def _checkpoint_folder(ref: str | Path, cache_dir: str | Path | None,
                        local_files_only: bool) -> Path:
     """The local folder of a checkpoint: `ref` itself, or its Hub snapshot (downloaded once)."""
@@ -480,9 +488,7 @@ def _checkpoint_folder(ref: str | Path, cache_dir: str | Path | None,
     if path.exists():
         raise LinFusionError(f"LinFusion checkpoint {ref} is a file; pass the folder holding "
                              f"{CONFIG_NAME} and {WEIGHTS_NAME}")
-    if not re.fullmatch(r"[\w][\w.-]*/[\w][\w.-]*", str(ref)):
-        raise LinFusionError(f"LinFusion checkpoint {ref}: no such folder, and not a Hugging Face "
-                             "Hub id (owner/name)")
+    check_ref(ref)
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         HfHubHTTPError,

@@ -184,6 +184,22 @@ def model_kind(ref: str) -> str:
     return "hub"
 
 
+def check_paths(model: str, vae: str | None, linfusion: str) -> None:
+    """Before any loading: a model, VAE or LinFusion checkpoint named by a path that is not
+    there is a usage error (else the VAE's and LinFusion's show only after the model loads)."""
+    from hires import linfusion as lf
+
+    for what, ref in (("--model", model), ("--vae", vae)):
+        if ref and model_kind(ref) == "file" and not Path(ref).expanduser().exists():
+            raise ModelError(f"{what} {ref}: no such file; give a .safetensors file, a diffusers "
+                             "folder or a Hugging Face Hub id (owner/name)", usage=True)
+    if linfusion not in ("auto", "none"):
+        try:
+            lf.check_ref(linfusion)
+        except lf.LinFusionError as e:
+            raise ModelError(str(e), usage=True) from None
+
+
 def load_pipeline(ref: str, dtype: torch.dtype, allow_pickle: bool = False):
     """The StableDiffusionXLPipeline for a reference, with one-line errors for the usual faults."""
     from diffusers import StableDiffusionXLPipeline
@@ -199,7 +215,7 @@ def load_pipeline(ref: str, dtype: torch.dtype, allow_pickle: bool = False):
     path = Path(ref).expanduser()
     if kind == "file":
         if not path.is_file():
-            raise ModelError(f"model file not found: {ref}")
+            raise ModelError(f"model file not found: {ref}", usage=True)
         if path.suffix != ".safetensors" and not allow_pickle:
             raise _pickled(f"{path.name} is a pickle checkpoint", "it")
         try:
@@ -307,7 +323,7 @@ def _vae_from_file(path: Path, like, allow_pickle: bool):
     from diffusers import AutoencoderKL
 
     if not path.is_file():
-        raise ModelError(f"VAE file not found: {path}")
+        raise ModelError(f"VAE file not found: {path}", usage=True)
     if path.suffix != ".safetensors" and not allow_pickle:
         raise _pickled(f"{path.name} is a pickle checkpoint", "it")
     with tempfile.TemporaryDirectory() as config:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from hires.costs import ModelShape, StageCost, stage_cost
 from hires.gpus import FP32_SHARE, Card
+from hires.job import MAX_SIDE, MIN_SIDE
 from hires.memory import scratch_folder
 from hires.sampling import GLOBAL_FLOOR, global_steps
 from hires.sampling import schedule as sigma_schedule
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 GIB = 1024**3
-MIN_SIDE, MAX_SIDE = 64, 32768  # px: the sizes hires plans for
 OFFLOAD_WEIGHTS = {"auto": WEIGHTS, "none": ("resident",), "model": ("model",),
                    "sequential": ("sequential",)}
 

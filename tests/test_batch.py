@@ -191,6 +191,8 @@ def test_run_batch_lets_an_interrupt_through(tmp_path):
 # --- the batch command --------------------------------------------------------------------------
 
 def test_batch_cli_a_failed_job_does_not_stop_the_others_and_a_rerun_resumes(tmp_path, tiny_cli):
+    broken = tmp_path / "broken.safetensors"  # there, but no checkpoint: fails at its load
+    broken.write_text("not a checkpoint")
     jobs = write(tmp_path / "jobs.toml", f"""
 [defaults]
 {TINY}
@@ -198,7 +200,7 @@ def test_batch_cli_a_failed_job_does_not_stop_the_others_and_a_rerun_resumes(tmp
 prompt = "one"
 [[job]]
 prompt = "broken"
-model = "/nonexistent.safetensors"
+model = "{broken}"
 [[job]]
 prompt = "three"
 output = "three.png"
@@ -209,7 +211,7 @@ output = "three.png"
     paths = first.stdout.splitlines()  # stdout: the path of each finished image, nothing else
     assert len(paths) == 2 and paths[1] == str(out / "three.png")
     assert all(Path(p).is_file() for p in paths)
-    assert "job 1 failed: " in first.stderr and "/nonexistent.safetensors" in first.stderr
+    assert "job 1 failed: " in first.stderr and "broken.safetensors" in first.stderr
     assert f"batch: 2 done, 0 skipped, 1 failed (job 1; errors in {out / 'manifest.jsonl'}; " \
         "the same command runs them again)" in first.stderr
     # After each job, the time the rest take at the pace so far (none after the last).
@@ -217,7 +219,7 @@ output = "three.png"
     rows = manifest(out / "manifest.jsonl")
     assert [(r["index"], r["status"]) for r in rows] == [(0, "done"), (1, "failed"), (2, "done")]
     assert rows[0]["path"] == paths[0] and rows[0]["model"] == "tiny"
-    assert "/nonexistent.safetensors" in rows[1]["error"]
+    assert "broken.safetensors" in rows[1]["error"]
     hashes = {p: sha256(Path(p)) for p in paths}
 
     again = cli("batch", jobs, "-o", out, "--json")
@@ -228,6 +230,24 @@ output = "three.png"
                                                                           "skipped"]
     assert {p: sha256(Path(p)) for p in paths} == hashes
     assert part_files(tmp_path) == []
+
+
+def test_batch_cli_a_missing_model_path_stops_it_before_any_work(tmp_path, tiny_cli):
+    jobs = write(tmp_path / "jobs.toml", f"""
+[defaults]
+{TINY}
+[[job]]
+prompt = "one"
+[[job]]
+prompt = "typo"
+model = "/nonexistent/sdxl.safetensors"
+""")
+    out = tmp_path / "out"
+    result = cli("batch", jobs, "-o", out)
+    assert result.exit_code == 2
+    assert "error: jobs.toml job 1: --model /nonexistent/sdxl.safetensors: no such file" \
+        in result.stderr
+    assert not (out / "manifest.jsonl").exists() and result.stdout == ""
 
 
 def test_batch_cli_json_and_custom_manifest(tmp_path, tiny_cli):

@@ -306,12 +306,41 @@ def test_webp_over_16383_px_fails_before_any_work(tmp_path, asked, args):
 
 
 def test_a_model_that_cannot_load_is_a_runtime_failure(tmp_path, asked):
-    result = cli("gen", "x", "--model", "/nonexistent.safetensors", "-o", tmp_path / "a.png")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_text("not a checkpoint")
+    result = cli("gen", "x", "--model", bad, "-o", tmp_path / "a.png")
     assert result.exit_code == 1
     assert result.stdout == ""
     (line,) = error_lines(result.stderr)
-    assert "/nonexistent.safetensors" in line
-    assert "Traceback" not in result.stderr and list(tmp_path.iterdir()) == []
+    assert "bad.safetensors" in line
+    assert "Traceback" not in result.stderr and list(tmp_path.iterdir()) == [bad]
+
+
+@pytest.mark.parametrize("args", [["--model", "/nonexistent.safetensors"],
+                                  ["--model", "tiny", "--vae", "/nonexistent/vae.safetensors"],
+                                  ["--model", "tiny", "--linfusion", "/nonexistent/lf"],
+                                  ["--model", "tiny", "--linfusion", "not-a-hub-id"]])
+@pytest.mark.parametrize("dry", [[], ["--dry-run"]])
+def test_a_missing_model_path_is_a_usage_error_before_any_loading(tmp_path, asked, args, dry):
+    result = cli("gen", "x", *args, *dry, "-o", tmp_path / "a.png")
+    assert_usage_error(result, "/nonexistent" if "/nonexistent" in str(args) else "not-a-hub-id",
+                       "Hub id")
+    assert asked == [] and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args,words", [
+    (["gen", "x", "--width", "32", "--height", "32"], ["width", "at least 64"]),
+    (["gen", "x", "--size", "256", "--aspect", "1000:1"], ["height", "at least 64"]),
+    (["up", "{tmp}/in16.png", "--scale", "2"], ["width", "at least 64"]),
+    (["gen", "x", "--size", "256", "--gpu", "bogus"], ["unknown GPU 'bogus'"]),
+    (["gen", "x", "--size", "256", "--gpu", "nan"], ["positive TFLOP/s"]),
+])
+def test_sizes_and_gpus_hires_cannot_use_fail_before_any_loading(tmp_path, asked, args, words):
+    Image.new("RGB", (16, 16)).save(tmp_path / "in16.png")
+    args = [a.format(tmp=tmp_path) for a in args]
+    result = cli(*args, "--model", "tiny", "-o", tmp_path / "out" / "a.png")
+    assert_usage_error(result, *words)
+    assert asked == [] and not (tmp_path / "out").exists()
 
 
 # --- info and version ---------------------------------------------------------------------------
