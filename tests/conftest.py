@@ -23,6 +23,15 @@ def pytest_xdist_auto_num_workers(config) -> int:
                       else os.cpu_count() or 1))
 
 
+@pytest.fixture(autouse=True)
+def _not_quiet(monkeypatch):
+    """Each test starts with the CLI's log on: a `-q` command before it on the same worker
+    leaves `Quiet.on` set, and a test that calls `say` directly would then see nothing."""
+    from hires.cli_output import Quiet
+
+    monkeypatch.setattr(Quiet, "on", False)
+
+
 @pytest.fixture(scope="session")
 def tiny():
     """The tiny model's components with its LinFusion mounted, as `--model tiny` loads them."""
