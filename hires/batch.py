@@ -340,7 +340,7 @@ def run_batch(
     `make(item, path)` generates and saves one image and returns its record. An existing image
     made with other settings (an edited job) is kept under a new name and the job is re-run.
     """
-    from hires.output import append_manifest, claim_rename
+    from hires.output import OutputError, append_manifest, claim_rename
 
     outcomes = []
     for item in items:
@@ -377,9 +377,14 @@ def run_batch(
                 outcome = Outcome(item, "failed", path, error=str(e).splitlines()[0][:500]
                                   if str(e) else type(e).__name__, moved_to=moved, why=why)
         if manifest is not None:
-            append_manifest(manifest, {"index": item.index, "status": outcome.status,
-                                       "path": str(path), "error": outcome.error,
-                                       "settings": settings, **(outcome.record or {})})
+            try:
+                append_manifest(manifest, {"index": item.index, "status": outcome.status,
+                                           "path": str(path), "error": outcome.error,
+                                           "settings": settings, **(outcome.record or {})})
+            except OSError as e:  # a full disk: the images made so far are kept all the same
+                raise OutputError(f"cannot append job {item.index} to the manifest {manifest} "
+                                  f"({e.strerror}); free some space and run the same command "
+                                  "again (made images are skipped)") from None
         if on_outcome:
             on_outcome(outcome)
         outcomes.append(outcome)

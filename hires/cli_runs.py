@@ -315,14 +315,12 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
             later = todo[todo.index(o.item) + 1:]
             say_left(made, [i.job.width * i.job.height for i in later])
 
-    manifest = manifest or output / "manifest.jsonl"
+    manifest = check_batch_outputs(items, paths, name, output, manifest)
     for folder in (output, manifest.parent):
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise JobError(f"cannot create folder {folder}: {e.strerror}") from None
-    if manifest.is_dir():
-        raise JobError(f"--manifest {manifest} is a folder; name a .jsonl file")
     for folder in {output, *(p.parent for p in paths.values() if p.parent.is_dir())}:
         for part in out.remove_stale_parts(folder):
             say(f"removed {part.name}, left by a run that died while saving")
@@ -339,6 +337,37 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
               f"{counts['failed']} failed{which}", markup=False)
     if counts["failed"]:
         raise typer.Exit(EXIT_RUNTIME)
+
+
+def check_batch_outputs(items: list, paths: dict[int, Path], name: str, output: Path,
+                        manifest: Path | None) -> Path:
+    """Before any work (and in --dry-run): the manifest and every job's folder can be written,
+    else exit 2 (not a crash after the first image). Creates nothing; returns the manifest."""
+    import os
+
+    from hires import output as out
+    from hires.job import JobError
+
+    manifest = manifest or output / "manifest.jsonl"
+    if manifest.is_dir():
+        raise JobError(f"--manifest {manifest} is a folder; name a .jsonl file")
+    if manifest.exists() and not os.access(manifest, os.W_OK):
+        raise JobError(f"cannot append to the manifest {manifest}; make it writable or choose "
+                       "another --manifest")
+    try:
+        out.check_writable(manifest, overwrite=True)  # appended to: a file there is fine
+    except out.OutputError as e:
+        raise JobError(f"the manifest: {e}") from None
+    seen: set[Path] = set()
+    for item in items:
+        folder = paths[item.index].parent
+        if folder not in seen:
+            seen.add(folder)
+            try:  # an image there is the batch's to skip, move aside or replace
+                out.check_writable(paths[item.index], overwrite=True)
+            except out.OutputError as e:
+                raise JobError(f"{name} job {item.index}: {e}") from None
+    return manifest
 
 
 def say_input(source, depth: int = 8) -> None:

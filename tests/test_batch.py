@@ -250,6 +250,50 @@ model = "/nonexistent/sdxl.safetensors"
     assert not (out / "manifest.jsonl").exists() and result.stdout == ""
 
 
+@pytest.mark.parametrize("dry", [[], ["--dry-run"]])
+@pytest.mark.parametrize("where", ["job", "manifest"])
+def test_batch_cli_an_unwritable_place_stops_it_before_any_work(tmp_path, tiny_cli, where, dry):
+    (tmp_path / "file.txt").write_text("x")  # a file where a folder should be: as root too
+    output = f'output = "{tmp_path}/file.txt/two.png"' if where == "job" else ""
+    jobs = write(tmp_path / "jobs.toml", f"""
+[defaults]
+{TINY}
+[[job]]
+prompt = "one"
+[[job]]
+prompt = "two"
+{output}
+""")
+    out = tmp_path / "out"
+    extra = ["--manifest", tmp_path / "file.txt" / "m.jsonl"] if where == "manifest" else []
+    result = cli("batch", jobs, "-o", out, *extra, *dry, "--model", "tiny")
+    assert result.exit_code == 2, result.stderr
+    (line,) = [ln for ln in result.stderr.splitlines() if ln.startswith("error: ")]
+    assert "file.txt: it is a file" in line
+    assert ("jobs.toml job 1" if where == "job" else "the manifest") in line
+    assert not out.exists() and result.stdout == ""
+
+
+def test_batch_cli_a_manifest_that_cannot_grow_is_one_line_and_keeps_the_image(
+        tmp_path, tiny_cli, monkeypatch):
+    import errno
+
+    from hires import output
+
+    def full(path, record):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(output, "append_manifest", full)
+    jobs = jsonl_jobs(tmp_path / "jobs.jsonl", 2, seed=3)
+    out = tmp_path / "out"
+    result = cli("batch", jobs, "-o", out)
+    assert result.exit_code == 1
+    (line,) = [ln for ln in result.stderr.splitlines() if ln.startswith("error: ")]
+    assert "cannot append job 0 to the manifest" in line and "No space left" in line
+    assert "Traceback" not in result.stderr
+    assert [p.suffix for p in out.iterdir()] == [".png"]  # job 0's image, whole
+
+
 def test_batch_cli_json_and_custom_manifest(tmp_path, tiny_cli):
     jobs = jsonl_jobs(tmp_path / "jobs.jsonl", 2, seed=11)
     result = cli("batch", jobs, "-o", tmp_path / "out", "--json", "-q",
