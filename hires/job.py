@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import re
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -242,10 +243,17 @@ def _coerce(name: str, value: Any, where: str) -> Any:
                 raise ValueError
             return list(items)
         if kind == "bool":
-            if isinstance(value, str):
-                return value.lower() in ("1", "true", "yes", "on")
-            return bool(value)
-        return str(value)
+            word = value.strip().lower() if isinstance(value, str) else value
+            if word in ("1", "true", "yes", "on", True, 1):
+                return True
+            if word in ("0", "false", "no", "off", False, 0):
+                return False
+            raise ValueError  # karras = "ture" is a typo, not a quiet "no"
+        if isinstance(value, os.PathLike):  # the library's callers may pass paths
+            return os.fspath(value)
+        if not isinstance(value, str):
+            raise ValueError  # negative = ["a", "b"] would become the text "['a', 'b']"
+        return value
     except (TypeError, ValueError):
         words = {"int": "whole number", "float": "number", "str": "text", "bool": "true or false",
                  "list[str]": "list of text"}

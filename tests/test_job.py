@@ -6,7 +6,7 @@ from hires.job import Job, JobError, size_from
 
 
 @pytest.mark.parametrize("w,message", [(0, "positive"), (-8, "positive"), (1001, "multiple of 8"),
-                                       (40000, "at most 32768")])
+                                       (40000, "at most 32768"), (32, "at least 64")])
 def test_bad_sizes(w, message):
     with pytest.raises(JobError, match=message):
         Job(width=w).validate()
@@ -34,3 +34,21 @@ def test_merge_overrides_and_coerces():
     assert job.steps == 20 and job.guidance == 5.0
     with pytest.raises(JobError, match="steps"):
         Job.from_dict({"steps": "many"})
+
+
+@pytest.mark.parametrize("key,value,what", [
+    ("negative", ["blurry", "dark"], "text"), ("prompt", 5, "text"), ("model", 5, "text"),
+    ("karras", "yes please", "true or false"), ("karras", "ture", "true or false"),
+    ("karras", 2, "true or false"), ("vae", {"path": "x"}, "text")])
+def test_a_value_of_the_wrong_kind_is_an_error_not_a_conversion(key, value, what):
+    with pytest.raises(JobError, match=f"'{key}' in preset 'p' must be a {what}"):
+        Job.from_dict({key: value}, where="preset 'p'")
+
+
+def test_true_false_words_and_paths_are_taken():
+    from pathlib import Path
+
+    assert Job.from_dict({"karras": "Yes"}).karras is True
+    assert Job.from_dict({"karras": "off"}).karras is False
+    assert Job.from_dict({"karras": 1}).karras is True
+    assert Job().merged({"image": Path("in.png")}).image == "in.png"
