@@ -28,6 +28,7 @@ MAX_DPI = 10000
 # Keys that only the command line may set: a preset, a batch file or an image's metadata that
 # turned on pickle loading would run code from a file the user never vetted.
 TRUSTED_ONLY = ("allow_pickle",)
+RECORD_ONLY = ("image_sha256",)  # written by hires into its images' records, not by people
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -209,11 +210,13 @@ _TYPES = {f.name: f.type for f in fields(Job)}
 
 
 def closest_hint(name: str, valid: tuple[str, ...] | list[str]) -> str:
-    """'; did you mean X?' for the closest valid name, or a list of valid names."""
-    match = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
+    """'; did you mean X?' for the closest valid name, or a list of valid names (each once,
+    without those only hires' own records hold)."""
+    shown = list(dict.fromkeys(k for k in valid if k not in RECORD_ONLY))
+    match = difflib.get_close_matches(name, shown, n=1, cutoff=0.5)
     if match:
         return f" (did you mean '{match[0]}'?)"
-    return f" (valid: {', '.join(valid)})"
+    return f" (valid: {', '.join(shown)})"
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

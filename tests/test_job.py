@@ -52,3 +52,10 @@ def test_true_false_words_and_paths_are_taken():
     assert Job.from_dict({"karras": "off"}).karras is False
     assert Job.from_dict({"karras": 1}).karras is True
     assert Job().merged({"image": Path("in.png")}).image == "in.png"
+
+
+def test_the_valid_keys_listed_are_each_once_and_for_people():
+    from hires.job import closest_hint
+
+    hint = closest_hint("zzzzqqq", ["width", "height", "image_sha256", "steps", "width"])
+    assert hint == " (valid: width, height, steps)"
