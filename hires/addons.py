@@ -52,7 +52,8 @@ def check_unchanged(job: Job, recorded: dict[str, Any]) -> None:
     (its sha256): a re-run (--from) would silently make another image."""
     files: list[tuple[str, Any]] = []
     specs = set(job.lora)
-    for lora in recorded.get("lora") or []:
+    loras = recorded.get("lora")
+    for lora in loras if isinstance(loras, list) else []:  # a tampered record: nothing to check
         if isinstance(lora, dict) and any(s.startswith(str(lora.get("ref"))) for s in specs):
             files.append((lora.get("ref"), lora.get("sha256")))
     control = recorded.get("controlnet") or {}

@@ -282,3 +282,12 @@ control_model = "{tmp_path / 'net'}"
     result = cli("batch", jobs, "-o", tmp_path / "out", "-q")
     assert_usage_error(result, "job 1", "none.png", "no such file")
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.png"))
+
+
+@pytest.mark.parametrize("recorded", [{"lora": 5}, {"lora": "x"}, {"controlnet": [1]},
+                                      {"ip_adapter": 3}])
+def test_a_tampered_addons_record_is_no_crash(recorded):
+    from hires.addons import check_unchanged
+    from hires.job import Job
+
+    check_unchanged(Job(lora=["style.safetensors"]), recorded)  # nothing it names to check
