@@ -173,4 +173,6 @@ def save(path: Path, job: Job, plan: Plan, stage: int, latents: Tensor,
 
 
 def remove(path: Path) -> None:
-    path.unlink(missing_ok=True)
+    """The checkpoint at `path`, if any; a folder of that name is not one (nor hires' to delete)."""
+    if not path.is_dir():
+        path.unlink(missing_ok=True)

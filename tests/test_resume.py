@@ -389,3 +389,14 @@ def test_a_last_stage_retried_leaner_is_decoded_the_leaner_way(tiny, monkeypatch
     result = generate(components=tiny, **JOB)
     assert result.stages[2].retried_with is not None
     assert decoded_with == [result.stages[2].retried_with] != [result.plan.stages[2].strategy.label]
+
+
+def test_a_folder_where_the_checkpoint_goes_is_a_warning_not_a_failure(tmp_path, asked):
+    kept = tmp_path / "g.png.resume.safetensors"
+    (kept / "mine").mkdir(parents=True)  # someone's folder, with that name
+    result = cli("gen", "x", "--model", "tiny", "--size", "256", "--steps", "1", "-o",
+                 tmp_path / "g.png")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip() == str(tmp_path / "g.png")
+    assert "warning: could not keep stage 0" in result.stderr
+    assert (kept / "mine").is_dir()
