@@ -27,7 +27,7 @@ def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overw
         cli_stdout.check(len(jobs) * n, stage_images, False, preview, terminal=False)
         return
     runs = plan_runs(jobs, output, n=n, fmt_flag=fmt, overwrite=overwrite, resume_runs=False,
-                     preview=preview)
+                     preview=preview, stage_images=stage_images)
     warn_space([(r.path, r.job) for r in runs if r.made is None], stage_images)
 
 
@@ -140,7 +140,7 @@ def _make_all(jobs: list, output: str | None, *, save_stages: bool = False,
     from hires.runs import plan_runs
 
     runs = plan_runs(jobs, output, n=n, fmt_flag=fmt_flag, overwrite=overwrite,
-                     resume_runs=resume_runs, preview=preview)
+                     resume_runs=resume_runs, preview=preview, stage_images=save_stages)
     if jobs[0].seed is None and len(runs) > 1:
         base = runs[0].job.seed
         say(f"seeds from {base} (--seed {base} makes these images again)")

@@ -11,7 +11,7 @@ from typing import Any
 from hires import output as out
 from hires import resume
 from hires.job import Job, JobError
-from hires.record import stage_path
+from hires.record import stage_path, stage_paths
 
 
 @dataclass
@@ -25,13 +25,15 @@ class Run:
 
 def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
               fmt_flag: str | None = None, overwrite: bool = False,
-              resume_runs: bool = True, preview: bool = False) -> list[Run]:
+              resume_runs: bool = True, preview: bool = False,
+              stage_images: bool = False) -> list[Run]:
     """Each job (a prompt of `hires gen`, an input image of `hires up`) `n` times, seeds
     counting up from the jobs' seed for each (one drawn at random if they have none: the
     stopped run's, when `resume_runs` finds one); each image's path from `output` (a file,
     folder or template). Raises on any name, format or input that cannot work. An image
     already at its path, made by the same settings, is not made again (`Run.made`) unless
-    `overwrite`. A `preview` is each image's first stage, at NAME.stage0.png."""
+    `overwrite`. A `preview` is each image's first stage, at NAME.stage0.png; `stage_images`
+    (--save-stages): the stage images' names must be free too, or this job's."""
     from hires.addons import check_inputs
 
     todo = [(job, k) for job in jobs for k in range(n)]
@@ -92,9 +94,26 @@ def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
         made = None if overwrite else made_by(path, one)
         if made is None:
             out.check_writable(path, overwrite)
+            if stage_images:
+                for stage_file in stage_paths(path, stage_count(one)):
+                    if not made_by(stage_file, one):
+                        out.check_writable(stage_file, overwrite)
         check_inputs(one)
         runs.append(Run(one, path, made))
     return runs
+
+
+def stage_count(job: Job) -> int:
+    """How many stages `job` has, from its sizes alone (no weights): SDXL's native 1024 px, or
+    the tiny model's. A run checks again with the loaded model's (hires.cli_runs.make_image)."""
+    from hires.images import input_size
+    from hires.plan import stage_sizes, upscale_sizes
+    from hires.tiny import TINY_SAMPLE_SIZE
+
+    if job.image:
+        return len(upscale_sizes(job.width, job.height, input_size(job.image)))
+    native = TINY_SAMPLE_SIZE * 8 if job.model == "tiny" else 1024
+    return len(stage_sizes(job.width, job.height, native))
 
 
 def made_by(path: Path, job: Job) -> dict[str, Any] | None:

@@ -597,3 +597,15 @@ def test_previews_are_first_stages_and_from_one_makes_it_whole_with_that_stage(t
     assert "512x512: stage 0 of 2 (--preview)" in plan
     assert "stage 0 (base)" in plan and "stage 1" not in plan
     assert_usage_error(cli("gen", "x", *small, "--preview", "--save-stages"), "drop --save")
+
+
+@pytest.mark.parametrize("dry", [[], ["--dry-run"]])
+def test_a_stage_image_in_the_way_fails_before_any_loading(tmp_path, asked, dry):
+    (tmp_path / "x.stage0.png").write_text("someone's")
+    (tmp_path / "x.stage1.png").write_text("no stage of this job: its last is x.png")
+    args = ["gen", "a", "--model", "tiny", "--size", "512", "--steps", "1", "--save-stages"]
+    result = cli(*args, *dry, "-o", tmp_path / "x.png")
+    assert_usage_error(result, "x.stage0.png already exists")
+    assert asked == [] and (tmp_path / "x.stage0.png").read_text() == "someone's"
+    (tmp_path / "x.stage0.png").unlink()
+    assert cli(*args, "--dry-run", "-o", tmp_path / "x.png").exit_code == 0
