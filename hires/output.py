@@ -427,6 +427,10 @@ def _alive(pid: int) -> bool:
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """{'parameters': A1111 text or None, 'hires': the run's JSON record or None}."""
+    if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
+        # A pipe would block the open until someone writes to it: hires would hang, silent.
+        raise OutputError(f"cannot read {path} as an image: not a file (a pipe?); give the image "
+                          "file itself")
     try:
         with Image.open(path) as im:
             fmt = im.format

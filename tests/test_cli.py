@@ -609,3 +609,14 @@ def test_a_stage_image_in_the_way_fails_before_any_loading(tmp_path, asked, dry)
     assert asked == [] and (tmp_path / "x.stage0.png").read_text() == "someone's"
     (tmp_path / "x.stage0.png").unlink()
     assert cli(*args, "--dry-run", "-o", tmp_path / "x.png").exit_code == 0
+
+
+@pytest.mark.parametrize("args", [["info", "{p}"], ["plan", "--from", "{p}"],
+                                  ["gen", "--from", "{p}", "--dry-run"]])
+def test_a_pipe_given_as_an_image_is_refused_not_waited_on(tmp_path, args):
+    import os
+
+    pipe = tmp_path / "p.png"
+    os.mkfifo(pipe)  # opening it to read would wait for a writer that never comes
+    result = cli(*[a.format(p=pipe) for a in args])
+    assert_usage_error(result, "p.png", "not a file")
