@@ -6,6 +6,19 @@ __version__ = "0.1.0"
 __all__ = ["Job", "generate", "load", "upscale", "__version__"]
 
 
+def main() -> None:
+    """The `hires` command. Its CLI is imported here, inside the Ctrl-C handling: a Ctrl-C in
+    the first moments (while typer, rich and the rest load) is a quiet exit 130 too."""
+    try:
+        from hires.cli import main as cli_main
+    except KeyboardInterrupt:
+        import sys
+
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    cli_main()
+
+
 def __getattr__(name: str):
     # Lazy: `import hires` (and `hires --help`) must not pay torch's import time.
     if name == "Job":

@@ -1,5 +1,5 @@
 """`python -m hires` works like `hires`."""
 
-from hires.cli import main
+from hires import main
 
 main()

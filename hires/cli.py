@@ -72,8 +72,12 @@ from hires.cli_options import (
     Width,
 )
 from hires.cli_output import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
     OneLineErrors,
     Quiet,
+    Terminated,
+    err,
     exit_codes,
     on_sigterm,
     out_line,
@@ -394,3 +398,7 @@ def main() -> None:
     except BrokenPipeError:  # stdout closed outside our own prints (e.g. --help | head -1)
         quiet_stdout()
         sys.exit(0)
+    except KeyboardInterrupt as e:  # before a command's own handling (typer builds the CLI)
+        terminated = isinstance(e, Terminated)
+        err.print("terminated" if terminated else "interrupted", markup=False)
+        sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)

@@ -620,3 +620,35 @@ def test_a_pipe_given_as_an_image_is_refused_not_waited_on(tmp_path, args):
     os.mkfifo(pipe)  # opening it to read would wait for a writer that never comes
     result = cli(*[a.format(p=pipe) for a in args])
     assert_usage_error(result, "p.png", "not a file")
+
+
+def test_a_ctrl_c_while_the_cli_loads_is_one_word_and_130(monkeypatch, capsys):
+    import sys
+
+    import hires
+    from hires import cli as cli_module
+    from hires.cli_output import Terminated
+
+    class Interrupting:  # the `hires.cli` import (typer, rich, ...) takes a moment
+        def find_spec(self, name, path=None, target=None):
+            if name == "hires.cli":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "hires.cli")
+    monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
+    with pytest.raises(SystemExit) as stopped:
+        hires.main()
+    assert stopped.value.code == 130 and capsys.readouterr().err == "interrupted\n"
+    monkeypatch.setattr(sys, "meta_path", sys.meta_path[1:])
+
+    for signal_, code, word in ((KeyboardInterrupt, 130, "interrupted"),
+                                (Terminated, 143, "terminated")):
+        def building(signal_=signal_):  # typer building the commands, before exit_codes()
+            raise signal_()
+
+        monkeypatch.setattr(cli_module, "app", building)
+        monkeypatch.setattr("signal.signal", lambda *a: None)  # this worker's SIGTERM stays
+        with pytest.raises(SystemExit) as stopped:
+            cli_module.main()
+        assert stopped.value.code == code and capsys.readouterr().err == f"{word}\n"
