@@ -128,3 +128,19 @@ def test_ctrl_c_leaves_stdout_empty(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130 and out == b""
+
+
+def test_a_killed_runs_scratch_folder_is_removed_by_the_next(scratch, asked):
+    import os
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its pid is no process now
+    theirs = scratch / f"hires-stdout-{gone.pid}-abcd"
+    (theirs / "hires").mkdir(parents=True)
+    (theirs / "hires" / "half.png").write_bytes(b"\x89PNG half")
+    alive = scratch / f"hires-stdout-{os.getpid()}-efgh"  # a run still going: kept
+    alive.mkdir()
+    result = cli("gen", "x", *SMALL, "-o", "-")
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in scratch.iterdir()) == [alive.name]
