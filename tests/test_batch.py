@@ -232,16 +232,14 @@ output = "three.png"
     assert part_files(tmp_path) == []
 
 
+def two_jobs(path: Path, second: str) -> Path:
+    """A TOML batch of two tiny jobs; `second`: more lines for the second."""
+    return write(path, f'[defaults]\n{TINY}\n[[job]]\nprompt = "one"\n[[job]]\n'
+                       f'prompt = "two"\n{second}\n')
+
+
 def test_batch_cli_a_missing_model_path_stops_it_before_any_work(tmp_path, tiny_cli):
-    jobs = write(tmp_path / "jobs.toml", f"""
-[defaults]
-{TINY}
-[[job]]
-prompt = "one"
-[[job]]
-prompt = "typo"
-model = "/nonexistent/sdxl.safetensors"
-""")
+    jobs = two_jobs(tmp_path / "jobs.toml", 'model = "/nonexistent/sdxl.safetensors"')
     out = tmp_path / "out"
     result = cli("batch", jobs, "-o", out)
     assert result.exit_code == 2
@@ -255,15 +253,7 @@ model = "/nonexistent/sdxl.safetensors"
 def test_batch_cli_an_unwritable_place_stops_it_before_any_work(tmp_path, tiny_cli, where, dry):
     (tmp_path / "file.txt").write_text("x")  # a file where a folder should be: as root too
     output = f'output = "{tmp_path}/file.txt/two.png"' if where == "job" else ""
-    jobs = write(tmp_path / "jobs.toml", f"""
-[defaults]
-{TINY}
-[[job]]
-prompt = "one"
-[[job]]
-prompt = "two"
-{output}
-""")
+    jobs = two_jobs(tmp_path / "jobs.toml", output)
     out = tmp_path / "out"
     extra = ["--manifest", tmp_path / "file.txt" / "m.jsonl"] if where == "manifest" else []
     result = cli("batch", jobs, "-o", out, *extra, *dry, "--model", "tiny")
