@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+import types
+from collections.abc import Callable
+from typing import Any
+
 __version__ = "0.1.0"
 __all__ = ["Job", "generate", "load", "upscale", "__version__"]
 
@@ -12,8 +17,6 @@ def main() -> None:
     try:
         from hires.cli import main as cli_main
     except KeyboardInterrupt:
-        import sys
-
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
     cli_main()
@@ -29,8 +32,23 @@ def __getattr__(name: str):
         from hires import pipeline
 
         return getattr(pipeline, name)
-    if name == "upscale":
+    raise AttributeError(f"module 'hires' has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """`hires.upscale` is the function, always. The submodule of that name would take the
+    attribute over as it loads (the import system sets a package's attribute to its newly
+    loaded submodule), and `hires.upscale(...)` then failed from its second call on."""
+
+    @property
+    def upscale(self) -> Callable[..., Any]:
         from hires.upscale import upscale
 
         return upscale
-    raise AttributeError(f"module 'hires' has no attribute {name!r}")
+
+    @upscale.setter
+    def upscale(self, module: types.ModuleType) -> None:  # that import's setattr: not taken
+        pass
+
+
+sys.modules[__name__].__class__ = _Package

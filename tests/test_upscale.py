@@ -93,3 +93,18 @@ def test_transparency_comes_back_resized(tmp_path, tiny):
     assert r.image.mode == "RGBA" and r.image.size == (192, 128)
     alpha = np.asarray(r.image.getchannel("A"), dtype=float)
     assert alpha[:8].mean() < 40 and alpha[-8:].mean() > 215  # the gradient, top to bottom
+
+
+def test_hires_upscale_stays_the_function_call_after_call(photo, tiny):
+    import subprocess
+    import sys
+
+    import hires
+
+    # The submodule hires.upscale, loading, would set the package's attribute to itself.
+    first = hires.upscale(photo, scale=2, components=tiny, steps=1, seed=3)
+    again = hires.upscale(photo, scale=2, components=tiny, steps=1, seed=3)
+    assert first.image.size == again.image.size == (320, 208)
+    code = "import hires.pipeline, hires.upscale, hires; print(callable(hires.upscale))"
+    fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert fresh.stdout.strip() == "True", fresh.stderr

@@ -158,8 +158,10 @@ def test_a_plan_for_a_card_without_bf16_names_a_vae_made_for_fp16():
 
 def test_the_library_loads_every_setting_the_job_names(monkeypatch, tmp_path):
     # hires.upscale used to leave out vae_dtype: `hires.upscale(..., vae_dtype="fp32")` ran bf16.
+    import sys
+
     import hires.pipeline
-    import hires.upscale
+    from hires.upscale import upscale_job
 
     asked = []
 
@@ -170,7 +172,7 @@ def test_the_library_loads_every_setting_the_job_names(monkeypatch, tmp_path):
         asked.append(args)
         raise Loaded
 
-    for module in (hires.pipeline, hires.upscale):
+    for module in (hires.pipeline, sys.modules["hires.upscale"]):  # hires.upscale: the function
         monkeypatch.setattr(module, "load", load)
     image = tmp_path / "in.png"
     Image.new("RGB", (64, 64), "gray").save(image)
@@ -178,8 +180,7 @@ def test_the_library_loads_every_setting_the_job_names(monkeypatch, tmp_path):
     with pytest.raises(Loaded):
         hires.pipeline.generate(job)
     with pytest.raises(Loaded):
-        hires.upscale.upscale_job(Job(**{**job.__dict__, "image": str(image),
-                                         "width": 128, "height": 128}))
+        upscale_job(Job(**{**job.__dict__, "image": str(image), "width": 128, "height": 128}))
     assert asked[0] == asked[1] == ("tiny", "auto", "auto", "cpu", False, "none", "fp32",
                                     "some/vae")
 
