@@ -90,6 +90,13 @@ def format_problem(fmt: str, width: int, height: int, depth: int = 8,
     return None
 
 
+def flattened(image: Image.Image) -> Image.Image:
+    """An RGBA (LA) image on white, as RGB (L): what image editors export as JPEG."""
+    white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    flat = Image.alpha_composite(white, image.convert("RGBA"))
+    return flat.convert("RGB" if image.mode == "RGBA" else "L")
+
+
 def check_writable(path: Path, overwrite: bool) -> None:
     """Fail before any GPU time is spent when the output cannot be written."""
     if os.path.lexists(path) and not overwrite:  # a dangling symlink counts: it is a name
@@ -259,6 +266,11 @@ def save_image(
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise OutputUnwritable(f"cannot create output folder {folder}: {e.strerror}") from None
+    if fmt == "jpg" and image.mode in ("RGBA", "LA"):
+        image = flattened(image)
+        if warn:
+            warn(f"JPEG holds no transparency: {path.name} is flattened on white; use png, webp "
+                 "or tiff to keep it")
     kwargs = _encoder_args(image, fmt, metadata, quality, warn)
     if dpi is not None:
         if fmt != "webp":

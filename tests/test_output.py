@@ -265,3 +265,18 @@ def test_images_are_tagged_srgb_for_colour_managed_software(tmp_path, fmt):
         profile = ImageCms.ImageCmsProfile(io.BytesIO(im.info["icc_profile"]))
         assert im.convert("RGB").getpixel((0, 0))[:2] == (200, 30)
     assert ImageCms.getProfileDescription(profile).startswith("sRGB")
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_a_transparent_image_saved_as_jpeg_is_flattened_on_white_with_a_warning(tmp_path, mode):
+    image = Image.new(mode, (32, 16), (40, 255) if mode == "LA" else (200, 10, 10, 255))
+    image.paste((0, 0) if mode == "LA" else (0, 0, 255, 0), (0, 0, 16, 16))  # left: clear
+    said = []
+    path = save_image(image, tmp_path / "a.jpg", warn=said.append)
+    with Image.open(path) as saved:
+        assert saved.format == "JPEG" and saved.mode == mode[:-1]
+        left, right = saved.getpixel((4, 8)), saved.getpixel((28, 8))
+    assert left == (255 if mode == "LA" else (255, 255, 255))
+    assert right != left
+    (line,) = said
+    assert "flattened on white" in line and "png, webp or tiff" in line
