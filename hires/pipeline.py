@@ -22,7 +22,7 @@ from hires.costs import model_shape
 from hires.denoiser import Conditioning, Control, Denoiser
 from hires.gpus import fp32_share_for, local_gpu, rate_for
 from hires.images import to_8bit
-from hires.job import Job
+from hires.job import DEFAULT_MODEL, Job
 from hires.memory import current, free_memory, host_room, peak_memory, placed, reset_peak
 from hires.models import Components, load, load_args
 from hires.plan import Plan, Stage, cheaper, make_plan
@@ -137,7 +137,7 @@ def shape_for(job: Job, components: Components):
 
 
 def generate(
-    job: Job | None = None,
+    job: Job | str | None = None,
     *,
     components: Components | None = None,
     progress: ProgressFn | None = None,
@@ -147,7 +147,9 @@ def generate(
     on_stage_image: StageImage | None = None,
     **overrides: Any,
 ) -> Result:
-    """Make one image. Keyword overrides are Job fields: `generate(prompt="a fox", width=4096)`.
+    """Make one image. Keyword overrides are Job fields: `generate(prompt="a fox", width=4096)`,
+    or `size` (the long side) with `aspect`; `generate("a fox")` takes the prompt. A job with an
+    input `image` is an upscale (`hires.upscale`).
 
     `save_stages`: the result holds every stage's image (`Result.stage_images`).
     `on_stage_image(index, image)` is called as each stage but the last is decoded, so a
@@ -157,7 +159,13 @@ def generate(
     run of the same job that finds one goes on after its stage; remove it once the image is
     saved (`hires.resume.remove`).
     """
-    job = (job or Job()).merged(overrides).validate()
+    job = library_job(job, overrides, components, progress)
+    if job.image:  # an upscale's job (one read from an image's record, say): run as one
+        from hires.upscale import upscale_job
+
+        return upscale_job(job, components=components, progress=progress,
+                           save_stages=save_stages, plan=plan, checkpoint=checkpoint,
+                           on_stage_image=on_stage_image)
     if job.seed is None:
         job = replace(job, seed=secrets.randbelow(2**32))
     comps = components or load(*load_args(job))
@@ -166,6 +174,38 @@ def generate(
         return _run(job, comps, plan, progress, save_stages, addons=addons,
                     checkpoint=Path(checkpoint) if checkpoint else None,
                     on_stage_image=on_stage_image)
+
+
+def library_job(job: Job | str | None, overrides: dict[str, Any],
+                components: Components | None = None, progress: Any = None) -> Job:
+    """The Job a library call asks for, checked as the CLI checks its flags (TypeError for
+    arguments of the wrong kind); with `components` and no model named, theirs, so that its
+    record (and `--from`) names the model that ran."""
+    from hires.job import JobError, size_from
+
+    if isinstance(job, str):
+        job, overrides = Job(), {"prompt": job, **overrides}
+    if job is not None and not isinstance(job, Job):
+        raise TypeError(f"job must be a hires.Job or a prompt, got {type(job).__name__}")
+    if components is not None and not isinstance(components, Components):
+        raise TypeError(f"components must be what hires.load(...) returns, got "
+                        f"{type(components).__name__}; to name a model, pass model=...")
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be a function of one hires.progress.Event, got "
+                        f"{type(progress).__name__}")
+    sizes = {k: overrides.pop(k) for k in ("size", "aspect", "width", "height") if k in overrides}
+    if sizes:  # as --size/--aspect and --width/--height: one pair or the other, whole
+        w, h = size_from(sizes.get("size"), sizes.get("aspect"), sizes.get("width"),
+                         sizes.get("height")) or (None, None)
+        if w is None:
+            raise JobError("give size (with aspect, if you like) or width and height")
+        overrides = {**overrides, "width": w, "height": h}
+    job = (job or Job()).merged(overrides)
+    if components is not None and job.model == DEFAULT_MODEL:  # not named: the loaded one
+        job = replace(job, model=components.model, linfusion="none"
+                      if components.linfusion is None and job.linfusion == "auto"
+                      else job.linfusion)
+    return job.validate()
 
 
 @dataclass

@@ -8,6 +8,8 @@ PSNR in dB (higher is more faithful).
 
 from __future__ import annotations
 
+import math
+import os
 import secrets
 from dataclasses import replace
 from pathlib import Path
@@ -20,7 +22,7 @@ from hires.addons import attached
 from hires.job import Job, JobError
 from hires.memory import current
 from hires.models import Components, load, load_args
-from hires.pipeline import Result, StageImage, _run, plan_for
+from hires.pipeline import Result, StageImage, _run, library_job, plan_for
 from hires.plan import Plan
 from hires.progress import ProgressFn
 from hires.sizes import target_size
@@ -54,12 +56,35 @@ def upscale(
     """
     from hires.images import InputImage, load_input
 
+    if not isinstance(image, (str, os.PathLike, InputImage)):
+        raise TypeError(f"image must be an image file's path (str or Path), got "
+                        f"{type(image).__name__}; save an in-memory image to a file first (its "
+                        "path and sha256 are recorded, so the upscale can be repeated)")
+    check_size_args(size=size, scale=scale, width=width, height=height)
     source = image if isinstance(image, InputImage) else load_input(Path(image))
     w, h = target_size(source.rgb.size, size=size, scale=scale, width=width, height=height)
-    job = (job or Job()).merged({"prompt": prompt, "strength": strength, **overrides})
+    job = library_job(job, {"prompt": prompt, "strength": strength, **overrides}, components,
+                      progress)
     job = replace(job, width=w, height=h, image=str(source.path)).validate()
     return upscale_job(job, source=source, components=components, progress=progress,
                        save_stages=save_stages, plan=plan, on_stage_image=on_stage_image)
+
+
+def check_size_args(**sizes: Any) -> None:
+    """`upscale`'s size, scale, width and height: numbers in range, as their flags are."""
+    from hires.job import check_side
+
+    for name, value in sizes.items():
+        if value is None:
+            continue
+        if name == "scale":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    math.isfinite(value) and value > 0):
+                raise JobError(f"scale must be a positive number, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, int):
+            raise JobError(f"{name} must be a whole number of pixels, got {value!r}")
+        else:
+            check_side(name, value)
 
 
 def load_source(job: Job):

@@ -1,0 +1,62 @@
+"""The library's own front door: `hires.generate` and `hires.upscale` take what their docs say
+and refuse the rest with a message, not an error from deep inside."""
+
+import pytest
+from PIL import Image
+
+import hires
+from hires.job import JobError
+
+ONE = {"steps": 1, "seed": 5}
+
+
+@pytest.fixture
+def small(tmp_path):
+    path = tmp_path / "in.png"
+    Image.new("RGB", (96, 64), "gray").save(path)
+    return path
+
+
+def test_a_prompt_as_the_first_argument_and_size_with_aspect(tiny):
+    result = hires.generate("a fox", components=tiny, size=256, aspect="2:1", **ONE)
+    assert result.image.size == (256, 128) and result.job.prompt == "a fox"
+
+
+def test_the_record_names_the_model_that_ran(tiny):
+    # Without model=..., the job's default (SDXL base) was recorded: --from fetched SDXL.
+    result = hires.generate("a fox", components=tiny, width=256, height=256, **ONE)
+    assert result.job.model == "tiny"
+
+
+def test_a_job_with_an_input_image_is_an_upscale(tiny, small):
+    result = hires.generate("x", components=tiny, image=str(small), width=192, height=128, **ONE)
+    assert result.image.size == (192, 128) and result.source["path"] == str(small)
+    assert [s.psnr is not None for s in result.stages] == [True]
+
+
+@pytest.mark.parametrize("call,error,words", [
+    (lambda c: hires.generate("x", components=c, width=256), JobError, "go together"),
+    (lambda c: hires.generate({"prompt": "x"}, components=c), TypeError, "hires.Job or a prompt"),
+    (lambda c: hires.generate("x", components="tiny"), TypeError, "model=..."),
+    (lambda c: hires.generate("x", components=c, progress=5), TypeError, "progress must be"),
+    (lambda c: hires.generate("x", components=c, image="/nonexistent.png", width=192,
+                              height=128), ValueError, "no such file"),
+])
+def test_generate_refuses_what_it_cannot_use(tiny, call, error, words):
+    with pytest.raises(error, match=words):
+        call(tiny)
+
+
+@pytest.mark.parametrize("image,sizes,error,words", [
+    (None, {"scale": 2}, TypeError, "image file's path"),
+    (Image.new("RGB", (8, 8)), {"scale": 2}, TypeError, "save an in-memory image"),
+    ("{small}", {"scale": "2"}, JobError, "scale must be a positive number"),
+    ("{small}", {"scale": float("inf")}, JobError, "scale must be a positive number"),
+    ("{small}", {"scale": True}, JobError, "scale must be a positive number"),
+    ("{small}", {"size": -256}, JobError, "size must be a positive"),
+    ("{small}", {"size": 250}, JobError, "multiple of 8"),
+])
+def test_upscale_refuses_what_it_cannot_use(tiny, small, image, sizes, error, words):
+    image = str(small) if image == "{small}" else image
+    with pytest.raises(error, match=words):
+        hires.upscale(image, components=tiny, **sizes)
