@@ -89,7 +89,13 @@ class Job:
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def validate(self) -> Job:
-        """Raise JobError on the first bad setting; return self for chaining."""
+        """Raise JobError on the first bad setting; return the job with each value of its
+        field's kind (a Job built directly is not checked as it is made: `Job(karras="no")`
+        is False here, `Job(lora="a.safetensors")` a list of one)."""
+        kinds = {name: _coerce(name, getattr(self, name), "the job") for name in JOB_KEYS}
+        return dataclasses.replace(self, **kinds)._checked()
+
+    def _checked(self) -> Job:
         for name in ("width", "height"):
             check_side(name, getattr(self, name))
         if not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:

@@ -59,3 +59,11 @@ def test_the_valid_keys_listed_are_each_once_and_for_people():
 
     hint = closest_hint("zzzzqqq", ["width", "height", "image_sha256", "steps", "width"])
     assert hint == " (valid: width, height, steps)"
+
+
+def test_a_job_built_directly_gets_each_value_of_its_kind_at_validate():
+    job = Job(karras="no", lora="style.safetensors", strength="0.5", seed="7").validate()
+    assert (job.karras, job.lora, job.strength, job.seed) == (False, ["style.safetensors"], 0.5, 7)
+    for bad in ({"guidance": None}, {"prompt": None}, {"device": None}, {"vram": "x"}):
+        with pytest.raises(JobError, match=f"'{next(iter(bad))}' in the job must be"):
+            Job(**bad).validate()
