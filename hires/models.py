@@ -417,7 +417,7 @@ def attach_linfusion(
 
 
 def load(
-    model: str = DEFAULT_MODEL,
+    model: str | os.PathLike = DEFAULT_MODEL,
     linfusion: str = "auto",
     dtype: str = "auto",
     device: str = "auto",
@@ -431,8 +431,15 @@ def load(
     `vae_dtype`: 'auto' (bf16 on CUDA and bf16-capable CPUs, else fp32), 'fp16', 'bf16' or
     'fp32'; see choose_vae_dtype. `vae`: a VAE to use instead of the model's (load_vae).
     """
+    from hires.job import Job
     from hires.memory import choose_offload, place
 
+    # The library's callers get the CLI's checks: a Path is taken, offload="bad" refused.
+    asked = Job(model=model, linfusion=linfusion, dtype=dtype, device=device, offload=offload,
+                vae_dtype=vae_dtype, vae=vae).validate()
+    model, linfusion, dtype, device, offload, vae_dtype, vae = (
+        asked.model, asked.linfusion, asked.dtype, asked.device, asked.offload, asked.vae_dtype,
+        asked.vae)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     pipe = load_pipeline(model, dt, allow_pickle)

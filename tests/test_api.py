@@ -60,3 +60,13 @@ def test_upscale_refuses_what_it_cannot_use(tiny, small, image, sizes, error, wo
     image = str(small) if image == "{small}" else image
     with pytest.raises(error, match=words):
         hires.upscale(image, components=tiny, **sizes)
+
+
+def test_load_takes_a_path_and_refuses_what_the_cli_refuses(tiny_folder):
+    from pathlib import Path
+
+    assert hires.load(Path(tiny_folder)).model == str(tiny_folder)
+    with pytest.raises(JobError, match="offload must be one of"):
+        hires.load("tiny", offload="bad")
+    with pytest.raises(JobError, match="'model' in the job must be a text"):
+        hires.load(None)
