@@ -58,10 +58,26 @@ JPEG_EXIF_MAX = 65533  # one APP1 segment; longer EXIF cannot be stored in a JPE
 
 
 def format_for(path: Path, fmt: str | None) -> str:
-    """The format from --format, else from the file's suffix, else PNG."""
-    if fmt:
-        return fmt
-    return SUFFIX_FORMATS.get(path.suffix.lower(), "png")
+    """The format from `fmt`, else from the file's suffix, else PNG; OutputUsage for a format
+    hires does not write, or a suffix that names another (the library's `Result.save` too)."""
+    named = SUFFIX_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        other_format(path)
+        return named or "png"
+    wanted = SUFFIX_FORMATS.get("." + str(fmt).lower())
+    if wanted is None:
+        raise OutputUsage(f"format {fmt!r}: hires writes png, jpg, webp or tiff")
+    return format_of(path, wanted, wanted)
+
+
+def other_format(path: Path) -> None:
+    """OutputUsage when `path` names an image format hires does not write (.gif, .bmp, ...)."""
+    suffix = path.suffix.lower()
+    if suffix in OTHER_IMAGE_SUFFIXES:
+        print_hint = " (.tif for print)" if suffix in (".pdf", ".eps", ".ps") else ""
+        raise OutputUsage(f"{path.name}: hires writes PNG, JPEG, WebP or TIFF, not "
+                          f"{suffix[1:].upper()}; end the name in .png, .jpg, .webp or .tif"
+                          f"{print_hint}")
 
 
 def format_of(path: Path, default: str, flag: str | None) -> str:
@@ -184,13 +200,8 @@ def output_path(
                               f"file names hold at most {NAME_MAX}; choose a shorter -o")
     if path.is_dir() or text.endswith(("/", os.sep)):
         return path / default_name(width, height, seed, fmt)
-    suffix = path.suffix.lower()
-    if suffix in OTHER_IMAGE_SUFFIXES:
-        print_hint = " (.tif for print)" if suffix in (".pdf", ".eps", ".ps") else ""
-        raise OutputUsage(f"{path.name}: hires writes PNG, JPEG, WebP or TIFF, not "
-                          f"{suffix[1:].upper()}; end the name in .png, .jpg, .webp or .tif"
-                          f"{print_hint}")
-    if suffix not in SUFFIX_FORMATS:  # none, or a dot in the name ('v1.2'): the format's added
+    other_format(path)
+    if path.suffix.lower() not in SUFFIX_FORMATS:  # none, or a dot in a name ('v1.2'): add one
         path = path.with_name(path.name + EXTENSIONS[fmt])
     return path
 

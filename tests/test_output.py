@@ -280,3 +280,16 @@ def test_a_transparent_image_saved_as_jpeg_is_flattened_on_white_with_a_warning(
     assert right != left
     (line,) = said
     assert "flattened on white" in line and "png, webp or tiff" in line
+
+
+@pytest.mark.parametrize("name,fmt,words", [("x.gif", None, "not GIF"),
+                                            ("y.png", "bmp", "format 'bmp'"),
+                                            ("z.png", "jpg", "names a PNG file")])
+def test_save_refuses_a_format_it_would_mislabel(tmp_path, name, fmt, words):
+    from hires.output import OutputError
+
+    with pytest.raises(OutputError, match=words):
+        save_image(Image.new("RGB", (16, 16)), tmp_path / name, fmt=fmt)
+    assert list(tmp_path.iterdir()) == []
+    with Image.open(save_image(Image.new("RGB", (16, 16)), tmp_path / "w.jpg", fmt="JPEG")) as im:
+        assert im.format == "JPEG"
