@@ -60,10 +60,9 @@ JPEG_EXIF_MAX = 65533  # one APP1 segment; longer EXIF cannot be stored in a JPE
 def format_for(path: Path, fmt: str | None) -> str:
     """The format from `fmt`, else from the file's suffix, else PNG; OutputUsage for a format
     hires does not write, or a suffix that names another (the library's `Result.save` too)."""
-    named = SUFFIX_FORMATS.get(path.suffix.lower())
+    other_format(path)
     if fmt is None:
-        other_format(path)
-        return named or "png"
+        return SUFFIX_FORMATS.get(path.suffix.lower(), "png")
     wanted = SUFFIX_FORMATS.get("." + str(fmt).lower())
     if wanted is None:
         raise OutputUsage(f"format {fmt!r}: hires writes png, jpg, webp or tiff")

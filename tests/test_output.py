@@ -282,7 +282,7 @@ def test_a_transparent_image_saved_as_jpeg_is_flattened_on_white_with_a_warning(
     assert "flattened on white" in line and "png, webp or tiff" in line
 
 
-@pytest.mark.parametrize("name,fmt,words", [("x.gif", None, "not GIF"),
+@pytest.mark.parametrize("name,fmt,words", [("x.gif", None, "not GIF"), ("x.gif", "png", "not GIF"),
                                             ("y.png", "bmp", "format 'bmp'"),
                                             ("z.png", "jpg", "names a PNG file")])
 def test_save_refuses_a_format_it_would_mislabel(tmp_path, name, fmt, words):
