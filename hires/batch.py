@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hires.images import ImageInputError, file_sha256, input_size
-from hires.job import FILE_KEYS, RECORD_ONLY, TRUSTED_ONLY, Job, JobError, closest_hint
+from hires.job import FILE_KEYS, TRUSTED_ONLY, Job, JobError, closest_hint, keys_for_people
 from hires.presets import load_preset, parse_toml, read_toml
 from hires.sizes import job_from_levels
 
@@ -123,8 +123,8 @@ def _check_keys(table: dict[str, Any], where: str) -> None:
                            "allow pickle loading; remove the key")
         if name not in valid:
             hint = closest_hint(name, valid)
-            shown = (k for k in valid if k not in RECORD_ONLY)
-            listing = "" if "valid:" in hint else f"; valid keys: {', '.join(shown)}"
+            shown = ", ".join(keys_for_people(valid))
+            listing = "" if "valid:" in hint else f"; valid keys: {shown}"
             raise JobError(f"unknown key '{key}' in {where}{hint}{listing}")
 
 

@@ -215,10 +215,14 @@ FILE_KEYS = tuple(k for k in JOB_KEYS if k not in TRUSTED_ONLY)
 _TYPES = {f.name: f.type for f in fields(Job)}
 
 
+def keys_for_people(valid: tuple[str, ...] | list[str]) -> list[str]:
+    """The keys to list in a message: each once, without those only hires' records hold."""
+    return list(dict.fromkeys(k for k in valid if k not in RECORD_ONLY))
+
+
 def closest_hint(name: str, valid: tuple[str, ...] | list[str]) -> str:
-    """'; did you mean X?' for the closest valid name, or a list of valid names (each once,
-    without those only hires' own records hold)."""
-    shown = list(dict.fromkeys(k for k in valid if k not in RECORD_ONLY))
+    """'; did you mean X?' for the closest valid name, or a list of valid names."""
+    shown = keys_for_people(valid)
     match = difflib.get_close_matches(name, shown, n=1, cutoff=0.5)
     if match:
         return f" (did you mean '{match[0]}'?)"

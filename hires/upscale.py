@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from hires.addons import attached
-from hires.job import Job, JobError
+from hires.job import Job, JobError, check_side
 from hires.memory import current
 from hires.models import Components, load, load_args
 from hires.pipeline import Result, StageImage, _run, library_job, plan_for
@@ -72,8 +72,6 @@ def upscale(
 
 def check_size_args(**sizes: Any) -> None:
     """`upscale`'s size, scale, width and height: numbers in range, as their flags are."""
-    from hires.job import check_side
-
     for name, value in sizes.items():
         if value is None:
             continue
