@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from hires.job import MAX_SIDE, Job, JobError, check_side, parse_aspect, size_from
+from hires.job import MAX_SIDE, MIN_SIDE, Job, JobError, check_side, parse_aspect, size_from
 
 SIZE_KEYS = ("size", "aspect", "scale", "width", "height", "print_size")
 PRINT_DPI = 300  # a print size's resolution when the job names no dpi: photo print quality
@@ -81,18 +81,62 @@ def _print_inches(text: str) -> tuple[float, float]:
     return float(m.group(1)) * per_unit, float(m.group(2)) * per_unit
 
 
-def print_pixels(text: Any, dpi: float | None) -> tuple[int, int]:
+def print_pixels(text: Any, dpi: float | None,
+                 source: tuple[int, int] | None = None) -> tuple[int, int]:
     """A print size's pixels at `dpi` (PRINT_DPI when None), each side the nearest multiple
-    of 8 (at 300 dpi, within 0.34 mm of the print)."""
+    of 8 (at 300 dpi, within 0.34 mm of the print); with `source`, an upscale's input size,
+    the largest that input fits in the print (`fit_print`)."""
     dpi = dpi or PRINT_DPI
     inches = print_inches(text)
-    w, h = (max(8, round(side * dpi / 8) * 8) for side in inches)
+    most = math.floor(MAX_SIDE / max(inches))
+    if math.ceil(MIN_SIDE / min(inches)) > most:
+        raise JobError(f"print size {text} is {max(inches) / min(inches):.0f} times longer "
+                       f"than wide; hires makes {MIN_SIDE} to {MAX_SIDE} px a side, at most "
+                       f"{MAX_SIDE // MIN_SIDE} times: a print closer to square")
+    w, h = _print_pixels(inches, dpi)
     if max(w, h) > MAX_SIDE:
-        most = math.floor(MAX_SIDE / max(inches))
         raise JobError(f"print size {text} at {dpi:g} dpi is {w}x{h} px, more than the "
                        f"{MAX_SIDE} px a side hires makes; at most {most} dpi for that print "
                        "(--dpi), or a smaller print")
+    made = (w, h) if source is None else fit_print(source, w, h)
+    if _in_range(made, source):
+        return made
+    sw, sh = source or made
+    fitted = "" if source is None else f", the {sw}x{sh} input fitted to it {made[0]}x{made[1]}"
+    problem = (f"less than the {MIN_SIDE} px a side hires makes" if min(made) < MIN_SIDE else
+               "smaller than the input (hires up makes images larger)")
+    least = _least_dpi(inches, source, most)
+    fix = "a larger print" if least is None else (f"at least {least} dpi for that print "
+                                                 "(--dpi), or a larger print")
+    raise JobError(f"print size {text} at {dpi:g} dpi is {w}x{h} px{fitted}, {problem}; {fix}")
+
+
+def _print_pixels(inches: tuple[float, float], dpi: float) -> tuple[int, int]:
+    w, h = (max(8, round(side * dpi / 8) * 8) for side in inches)
     return w, h
+
+
+def _in_range(made: tuple[int, int], source: tuple[int, int] | None) -> bool:
+    """Whether an image of size `made` is one hires makes (from `source`: larger than it)."""
+    fits = MIN_SIDE <= min(made) and max(made) <= MAX_SIDE
+    return fits and (source is None or (made[0] >= source[0] and made[1] >= source[1]))
+
+
+def _least_dpi(inches: tuple[float, float], source: tuple[int, int] | None,
+               most: int) -> int | None:
+    """The least whole dpi at which the print (and `source` fitted to it) is in range, or None
+    when none up to `most` is. Sides are rounded to multiples of 8, so the estimate from the
+    sides' ratio can fall a little short: the few dpi above it are tried in turn."""
+    if source is None:
+        need = MIN_SIDE / min(inches)
+    else:  # the input fitted to the print is its size times dpi * (inches per input px)
+        pw, ph = inches if (source[0] - source[1]) * (inches[0] - inches[1]) >= 0 else inches[::-1]
+        need = scale_range(source)[0] / min(pw / source[0], ph / source[1])
+    for d in range(max(1, math.floor(need * 0.9)), min(most, math.ceil(need * 1.1) + 64) + 1):
+        px = _print_pixels(inches, d)
+        if _in_range(px if source is None else fit_print(source, *px), source):
+            return d
+    return None
 
 
 def check_size_keys(values: dict[str, Any], where: str) -> None:
@@ -154,12 +198,10 @@ def layered_size(levels: list[Level],
     n = (lambda key: _name(key, where))  # noqa: E731
     if "print_size" in top:
         try:
-            w, h = print_pixels(top["print_size"], dpi)
-            if source is not None:
-                return fit_print((source() if callable(source) else source), w, h)
+            return print_pixels(top["print_size"], dpi,
+                                (source() if callable(source) else source) if source else None)
         except JobError as e:
             raise JobError(f"{e}{_in(where)}") from None
-        return w, h
     if "width" in top:
         return top["width"], top["height"]
     if source is not None:
@@ -193,13 +235,12 @@ def layered_size(levels: list[Level],
 def fit_print(source: tuple[int, int], width: int, height: int) -> tuple[int, int]:
     """An upscale for a print of `width` x `height` px: turned to the input's orientation (a
     60x90 cm poster of a landscape photo is 90 x 60), the input's aspect kept, as large as fits
-    the print (sides multiples of 8)."""
+    the print (sides multiples of 8, at least 8 px)."""
     sw, sh = source
     if (sw - sh) * (width - height) < 0:
         width, height = height, width
     factor = min(width / sw, height / sh)
-    return target_size(source, width=max(8, round(sw * factor / 8) * 8),
-                       height=max(8, round(sh * factor / 8) * 8))
+    return max(8, round(sw * factor / 8) * 8), max(8, round(sh * factor / 8) * 8)
 
 
 def target_size(source: tuple[int, int], *, size: int | None = None, scale: float | None = None,
@@ -216,16 +257,51 @@ def target_size(source: tuple[int, int], *, size: int | None = None, scale: floa
     if width or height:
         if not (width and height):
             raise JobError("--width and --height go together; give both (or use --size)")
-        w, h = width, height
-    else:
-        factor = scale if scale else size / max(sw, sh)
-        if not factor or factor <= 0 or factor != factor:
-            raise JobError(f"--scale must be a positive number, got {scale}")
-        w, h = round(sw * factor / 8) * 8, round(sh * factor / 8) * 8
+        if width < sw or height < sh:
+            raise JobError(f"hires up makes images larger: {width}x{height} is smaller than the "
+                           f"{sw}x{sh} input; ask for a larger --width and --height")
+        return width, height
+    factor = scale if scale else size / max(sw, sh)
+    if not factor or factor <= 0 or factor != factor:
+        raise JobError(f"--scale must be a positive number, got {scale}")
+    w, h = round(sw * factor / 8) * 8, round(sh * factor / 8) * 8
+    if w >= sw and h >= sh and MIN_SIDE <= min(w, h) and max(w, h) <= MAX_SIDE:
+        return w, h
+    flag, (least, most) = ("--scale", scale_range(source)) if scale else ("--size",
+                                                                          size_range(source))
+    if least > most:
+        raise JobError(f"the {sw}x{sh} input is too narrow to keep its aspect within {MIN_SIDE} "
+                       f"to {MAX_SIDE} px a side; give --width and --height")
+    asked = f"{flag} {scale:g}" if scale else f"{flag} {size}"
     if w < sw or h < sh:
-        raise JobError(f"hires up makes images larger: {w}x{h} is smaller than the "
-                       f"{sw}x{sh} input; ask for a larger --size or --scale")
-    return w, h
+        raise JobError(f"hires up makes images larger: {asked} makes {w}x{h}, smaller than the "
+                       f"{sw}x{sh} input; ask for {flag} {least:g} or more")
+    if max(w, h) > MAX_SIDE:
+        raise JobError(f"{asked} makes {w}x{h} px from the {sw}x{sh} input, more than the "
+                       f"{MAX_SIDE} px a side hires makes; use {flag} {most:g} or less")
+    raise JobError(f"{asked} makes {w}x{h} px from the {sw}x{sh} input, less than the "
+                   f"{MIN_SIDE} px a side hires makes; use {flag} {least:g} or more")
+
+
+def scale_range(source: tuple[int, int]) -> tuple[float, float]:
+    """The least and the most --scale (to 2 decimals) that make no side smaller than the
+    input's or MIN_SIDE, and none over MAX_SIDE (each side is round(side * scale / 8) * 8)."""
+    sw, sh = source
+    least = max(_multiple_of_8(max(side, MIN_SIDE)) / side for side in source)
+    return math.ceil(least * 100) / 100, math.floor(MAX_SIDE / max(sw, sh) * 100) / 100
+
+
+def size_range(source: tuple[int, int]) -> tuple[int, int]:
+    """The least and the most --size (multiples of 8) that keep every side from the input's
+    (or MIN_SIDE) to MAX_SIDE, the input's aspect kept."""
+    sw, sh = source
+    long, short = max(sw, sh), min(sw, sh)
+    least = max(_multiple_of_8(long), _multiple_of_8(max(short, MIN_SIDE) * long / short))
+    return least, MAX_SIDE
+
+
+def _multiple_of_8(px: float) -> int:
+    return math.ceil(px / 8) * 8
 
 
 def job_from_levels(levels: list[tuple[dict[str, Any], str, bool]], base: Job | None = None,

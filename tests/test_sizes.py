@@ -202,3 +202,74 @@ def test_print_size_from_the_command_line_a_batch_file_and_a_preset(tmp_path):
                    'print_size = "148x105mm"\n')
     plan = json.loads(cli("plan", "--preset", str(preset), "--json").stdout)
     assert (plan["width"], plan["height"], plan["dpi"]) == (1752, 1240, 300)
+
+
+def _suggested(message: str, flag: str) -> float:
+    """The value a refusal suggests for `flag` ('use --scale 1.6 or more' -> 1.6)."""
+    import re
+
+    return float(re.search(rf"{flag} ([\d.]+) or (more|less)", message).group(1))
+
+
+@pytest.mark.parametrize("source,given,words", [
+    ((300, 200), {"scale": 1e9}, "32768 px a side hires makes; use --scale 109.22 or less"),
+    ((60, 40), {"scale": 1}, "makes 64x40 px from the 60x40 input, less than the 64 px"),
+    ((60, 40), {"size": 64}, "use --size 96 or more"),
+    ((20000, 40), {"scale": 2}, "use --scale 1.63 or less"),
+    ((67, 67), {"scale": 1}, "smaller than the 67x67 input; ask for --scale 1.08 or more"),
+    ((300, 200), {"size": 200}, "ask for --size 304 or more"),
+])
+def test_an_upscale_size_out_of_range_names_the_flag_value_that_works(source, given, words):
+    from hires.sizes import target_size
+
+    with pytest.raises(JobError, match=words.replace(".", "\\.")) as caught:
+        target_size(source, **given)
+    flag = next(iter(given))
+    w, h = target_size(source, **{flag: _suggested(str(caught.value), f"--{flag}")})
+    assert 64 <= min(w, h) and max(w, h) <= 32768 and w >= source[0] and h >= source[1]
+
+
+def test_an_input_too_narrow_for_any_scale_says_to_give_both_sides():
+    from hires.sizes import target_size
+
+    with pytest.raises(JobError, match="too narrow.*give --width and --height"):
+        target_size((30000, 40), scale=2)
+
+
+def test_a_print_too_small_or_too_narrow_says_what_dpi_or_print_works():
+    from hires.sizes import print_pixels
+
+    with pytest.raises(JobError, match="is 8x8 px, less than the 64 px.*at least 1524 dpi") as e:
+        print_pixels("1x1mm", 300)
+    assert min(print_pixels("1x1mm", _suggested_dpi(e.value))) >= 64
+    with pytest.raises(JobError, match="1000 times longer than wide.*closer to square"):
+        print_pixels("1x1000mm", 300)
+    # Upscales: a panorama fitted into A4 (its short side under 64 px), a photo into a print
+    # smaller than itself. The dpi named is the least that works.
+    for source, text, words in [((20000, 40), "A4", "fitted to it 352x8, less than the 64 px"),
+                                ((3000, 2000), "A6-landscape", "smaller than the input"),
+                                ((67, 67), "2x3mm", "fitted to it 8x8")]:
+        with pytest.raises(JobError, match=words) as e:
+            print_pixels(text, 30, source)
+        dpi = _suggested_dpi(e.value)
+        w, h = print_pixels(text, dpi, source)
+        assert 64 <= min(w, h) and w >= source[0] and h >= source[1]
+        with pytest.raises(JobError):
+            print_pixels(text, dpi - 1, source)
+    with pytest.raises(JobError, match="fitted to it 8x8, less than the 64 px.*; a larger print$"):
+        print_pixels("400x1cm", 30, (1000, 1000))  # 1 cm holds 64 px only above the most dpi
+
+
+def _suggested_dpi(error: Exception) -> int:
+    import re
+
+    return int(re.search(r"at least (\d+) dpi", str(error)).group(1))
+
+
+def test_the_cli_names_the_scale_and_dpi_that_work(tmp_path):
+    small = tmp_path / "small.png"
+    Image.new("RGB", (60, 40), "gray").save(small)
+    assert_usage_error(cli("up", str(small), "--scale", "1", "--model", "tiny", "--dry-run"),
+                       "use --scale 1.6 or more")
+    assert_usage_error(cli("gen", "x", "--print-size", "1x1mm", "--model", "tiny",
+                           "--dry-run"), "at least 1524 dpi for that print (--dpi)")
