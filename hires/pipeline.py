@@ -148,8 +148,9 @@ def generate(
     **overrides: Any,
 ) -> Result:
     """Make one image. Keyword overrides are Job fields: `generate(prompt="a fox", width=4096)`,
-    or `size` (the long side) with `aspect`; `generate("a fox")` takes the prompt. A job with an
-    input `image` is an upscale (`hires.upscale`).
+    or `size` (the long side) with `aspect`, or `print_size` ("60x90cm", "A2"; at `dpi`, 300
+    unless given); `generate("a fox")` takes the prompt. A job with an input `image` is an
+    upscale (`hires.upscale`).
 
     `save_stages`: the result holds every stage's image (`Result.stage_images`).
     `on_stage_image(index, image)` is called as each stage but the last is decoded, so a
@@ -193,6 +194,9 @@ def library_job(job: Job | str | None, overrides: dict[str, Any],
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be a function of one hires.progress.Event, got "
                         f"{type(progress).__name__}")
+    if overrides.get("print_size") is not None:  # as --print-size: a print at the dpi
+        overrides = {**overrides, **print_size_overrides(overrides)}
+    overrides.pop("print_size", None)
     sizes = {k: overrides.pop(k) for k in ("size", "aspect", "width", "height") if k in overrides}
     if sizes:  # as --size/--aspect and --width/--height: one pair or the other, whole
         w, h = size_from(sizes.get("size"), sizes.get("aspect"), sizes.get("width"),
@@ -206,6 +210,24 @@ def library_job(job: Job | str | None, overrides: dict[str, Any],
                       if components.linfusion is None and job.linfusion == "auto"
                       else job.linfusion)
     return job.validate()
+
+
+def print_size_overrides(overrides: dict[str, Any],
+                         source: tuple[int, int] | None = None) -> dict[str, Any]:
+    """A library call's `print_size` as width, height and the dpi it is priced at (300 unless
+    `dpi` is given); `source`: an upscale's input size, fitted into the print."""
+    from hires.job import JobError
+    from hires.sizes import PRINT_DPI, print_pixels
+
+    others = [k for k in ("size", "aspect", "scale", "width", "height")
+              if overrides.get(k) is not None]
+    if others:
+        raise JobError(f"print_size sets both sides: drop {others[0]}")
+    dpi = overrides.get("dpi") or PRINT_DPI
+    if isinstance(dpi, bool) or not isinstance(dpi, (int, float)):
+        raise TypeError(f"dpi must be a number, got {type(dpi).__name__}")
+    w, h = print_pixels(overrides["print_size"], dpi, source)
+    return {"width": w, "height": h, "dpi": dpi}
 
 
 @dataclass

@@ -22,7 +22,14 @@ from hires.addons import attached
 from hires.job import Job, JobError, check_side
 from hires.memory import current
 from hires.models import Components, load, load_args
-from hires.pipeline import Result, StageImage, _run, library_job, plan_for
+from hires.pipeline import (
+    Result,
+    StageImage,
+    _run,
+    library_job,
+    plan_for,
+    print_size_overrides,
+)
 from hires.plan import Plan
 from hires.progress import ProgressFn
 from hires.sizes import target_size
@@ -39,6 +46,7 @@ def upscale(
     scale: float | None = None,
     width: int | None = None,
     height: int | None = None,
+    print_size: str | None = None,
     strength: float = DEFAULT_STRENGTH,
     prompt: str = "",
     job: Job | None = None,
@@ -50,6 +58,8 @@ def upscale(
     **overrides: Any,
 ) -> Result:
     """Upscale `image` (a path or an `images.InputImage`); keyword overrides are Job fields.
+    The output size: `size` (long side), `scale`, `width` with `height`, or `print_size`
+    ("60x90cm", "A2"; the largest the input fits at `dpi`, 300 unless given).
 
     Returns a Result whose stages carry `psnr` against the input, and whose job records the
     input's path and sha256 (so the job can be repeated); transparency comes back resized.
@@ -61,8 +71,18 @@ def upscale(
                         f"{type(image).__name__}; save an in-memory image to a file first (its "
                         "path and sha256 are recorded, so the upscale can be repeated)")
     check_size_args(size=size, scale=scale, width=width, height=height)
+    if print_size is not None and not isinstance(print_size, str):
+        raise TypeError(f"print_size must be text like '60x90cm' or 'A2', got "
+                        f"{type(print_size).__name__}")
     source = image if isinstance(image, InputImage) else load_input(Path(image))
-    w, h = target_size(source.rgb.size, size=size, scale=scale, width=width, height=height)
+    if print_size is not None:
+        printed = print_size_overrides({**overrides, "print_size": print_size, "size": size,
+                                        "scale": scale, "width": width, "height": height},
+                                       source.rgb.size)
+        w, h = printed.pop("width"), printed.pop("height")
+        overrides = {**overrides, **printed}
+    else:
+        w, h = target_size(source.rgb.size, size=size, scale=scale, width=width, height=height)
     job = library_job(job, {"prompt": prompt, "strength": strength, **overrides}, components,
                       progress)
     job = replace(job, width=w, height=h, image=str(source.path)).validate()

@@ -70,3 +70,14 @@ def test_load_takes_a_path_and_refuses_what_the_cli_refuses(tiny_folder):
         hires.load("tiny", offload="bad")
     with pytest.raises(JobError, match="'model' in the job must be a text"):
         hires.load(None)
+
+
+def test_generate_and_upscale_take_a_print_size(tiny, small):
+    made = hires.generate("x", components=tiny, print_size="20x10mm", **ONE)
+    assert made.image.size == (240, 120) and made.job.dpi == 300  # 236 x 118 px at 300 dpi
+    up = hires.upscale(small, components=tiny, print_size="2x1in", dpi=100, **ONE)
+    assert up.image.size == (144, 96) and up.job.dpi == 100  # 96x64 fitted into 200 x 96 px
+    with pytest.raises(JobError, match="print_size sets both sides: drop scale"):
+        hires.upscale(small, components=tiny, print_size="A4", scale=2)
+    with pytest.raises(JobError, match="print_size sets both sides: drop size"):
+        hires.generate("x", components=tiny, print_size="A4", size=1024)
