@@ -22,23 +22,32 @@ def main() -> None:
     cli_main()
 
 
-def __getattr__(name: str):
-    # Lazy: `import hires` (and `hires --help`) must not pay torch's import time.
-    if name == "Job":
+class _Package(types.ModuleType):
+    """The package's public names, imported on first use: `import hires` (and `hires --help`)
+    must not pay torch's import time.
+
+    `hires.upscale` is the function, always: the submodule of that name would take the
+    attribute over as it loads (the import system sets a package's attribute to its newly
+    loaded submodule), and `hires.upscale(...)` then failed from its second call on.
+    """
+
+    @property
+    def Job(self) -> type:  # noqa: N802 (the class's name)
         from hires.job import Job
 
         return Job
-    if name in ("generate", "load"):
-        from hires import pipeline
 
-        return getattr(pipeline, name)
-    raise AttributeError(f"module 'hires' has no attribute {name!r}")
+    @property
+    def generate(self) -> Callable[..., Any]:
+        from hires.pipeline import generate
 
+        return generate
 
-class _Package(types.ModuleType):
-    """`hires.upscale` is the function, always. The submodule of that name would take the
-    attribute over as it loads (the import system sets a package's attribute to its newly
-    loaded submodule), and `hires.upscale(...)` then failed from its second call on."""
+    @property
+    def load(self) -> Callable[..., Any]:
+        from hires.pipeline import load
+
+        return load
 
     @property
     def upscale(self) -> Callable[..., Any]:
