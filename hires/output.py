@@ -99,9 +99,11 @@ def format_problem(fmt: str, width: int, height: int, depth: int = 8,
     if depth == 16 and fmt not in ("png", "tiff"):
         name = {"jpg": "JPEG", "webp": "WebP"}.get(fmt, fmt)
         return f"{name} holds 8 bits a channel; a 16-bit image is a .png or .tif file"
-    if depth == 16 and fmt == "tiff" and not tiff.fits(width, height, channels, 16):
-        return (f"a 16-bit {width}x{height} image does not fit a TIFF's 4 GB; use .png, or "
-                "--depth 8")
+    if fmt == "tiff" and not tiff.fits(width, height, channels, depth):
+        alpha = " with transparency" if channels in (2, 4) else ""
+        smaller = ", or --depth 8" if depth == 16 and tiff.fits(width, height, channels, 8) else ""
+        return (f"a {depth}-bit {width}x{height} image{alpha} does not fit a TIFF's 4 GB; use "
+                f".png{smaller}")
     return None
 
 
@@ -266,8 +268,9 @@ def save_image(
     if os.path.lexists(path) and not overwrite:  # a dangling symlink is still someone's name
         raise OutputExists(f"{path} already exists; pass --overwrite or choose another -o")
     deep = pixels16 is not None
-    problem = format_problem(fmt, image.width, image.height, 16 if deep else 8,
-                             pixels16.shape[2] if deep and pixels16.ndim == 3 else 3)
+    channels = ((pixels16.shape[2] if pixels16.ndim == 3 else 1) if deep
+                else len(image.getbands()))
+    problem = format_problem(fmt, image.width, image.height, 16 if deep else 8, channels)
     if problem:
         raise OutputUsage(f"{path.name}: {problem}")
     folder = path.parent if str(path.parent) else Path(".")

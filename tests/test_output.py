@@ -293,3 +293,21 @@ def test_save_refuses_a_format_it_would_mislabel(tmp_path, name, fmt, words):
     assert list(tmp_path.iterdir()) == []
     with Image.open(save_image(Image.new("RGB", (16, 16)), tmp_path / "w.jpg", fmt="JPEG")) as im:
         assert im.format == "JPEG"
+
+
+def test_an_8_bit_tiff_with_transparency_over_4_gb_is_refused_before_writing(tmp_path,
+                                                                            monkeypatch):
+    from hires import output, tiff
+    from hires.output import OutputUsage
+
+    # 32768 px square: RGB (3.2 GB) fits a classic TIFF, RGBA (4.3 GB) does not.
+    assert output.format_problem("tiff", 32768, 32768, 8, channels=3) is None
+    assert ("8-bit 32768x32768 image with transparency does not fit a TIFF's 4 GB; use .png"
+            in output.format_problem("tiff", 32768, 32768, 8, channels=4))
+    # The save counts the image's own channels: with a 4 GB shrunk to fit 64 x 64 RGB but not
+    # RGBA, the RGBA image is refused up front and nothing is left behind.
+    monkeypatch.setattr(tiff, "MAX_BYTES", 64 * 64 * 3.5 * 1.01 + (1 << 20))
+    save_image(Image.new("RGB", (64, 64)), tmp_path / "rgb.tif", metadata=METADATA)
+    with pytest.raises(OutputUsage, match="with transparency does not fit"):
+        save_image(Image.new("RGBA", (64, 64)), tmp_path / "rgba.tif", metadata=METADATA)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rgb.tif"]
