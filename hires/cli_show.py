@@ -48,7 +48,9 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
                         "upsample": "latent" if s.latent_upsample else "pixel",
                         "decodes_previous": s.decodes_previous,
                         "strategy": s.strategy.label, "levers": s.strategy.to_dict(),
-                        "peak_bytes": s.cost.peak_bytes, "tflop": round(s.cost.tflop, 3),
+                        "peak_bytes": s.cost.peak_bytes,
+                        "used_bytes": max(s.cost.used_bytes, s.cost.peak_bytes),
+                        "tflop": round(s.cost.tflop, 3),
                         "unet_tflop": round(s.cost.unet_tflop, 3),
                         "scratch_bytes": s.cost.scratch_bytes, "vae_tile": s.cost.vae_tile,
                         "host_bytes": s.cost.host_bytes,
@@ -57,7 +59,8 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
                         "vae_spill_bytes": int(s.cost.vae_spill_bytes),
                         "seconds": rounded(s.cost.seconds),
                         "vae_seconds": rounded(s.cost.vae_seconds)} for s in p.stages],
-            "peak_bytes": p.peak_bytes, "seconds": rounded(p.seconds),
+            "peak_bytes": p.peak_bytes, "used_bytes": p.used_bytes,
+            "seconds": rounded(p.seconds),
             "vae_seconds": rounded(p.vae_seconds)}))
         return
     if timed:
@@ -90,7 +93,10 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
     lines += describe(p)
     tflop = sum(s.cost.tflop for s in p.stages)
     work = f"{tflop / 1000:.1f} PFLOP" if tflop >= 100 else f"{tflop:.2g} TFLOP"
-    total = f"total: peak {p.peak_bytes / 1024**3:.1f} GiB, {work}"
+    total = f"total: peak {p.peak_bytes / 1024**3:.1f} GiB"
+    if p.used_bytes > p.peak_bytes:
+        total += f" ({p.used_bytes / 1024**3:.1f} with the VAE's kept outputs)"
+    total += f", {work}"
     if timed:
         notes = [duration(p.seconds)] if p.seconds >= 90 else []  # a person reads minutes
         notes += [f"VAE ~{p.vae_seconds:.0f} s"] if p.vae_seconds >= 0.5 else []
@@ -275,7 +281,9 @@ def show_made(path: Path, as_json: bool) -> None:
         lines.append(f"stage {result['stage']} of a job for {job.get('width')}x"
                      f"{job.get('height')} (`hires gen --from` runs the whole job)")
     if job.get("image"):
-        lines.append(f"upscaled from {job['image']} (strength {job.get('strength')})")
+        # "-": its bytes were piped in (hires up -); `gen --from` takes them on stdin again
+        source = "an image on stdin" if job["image"] == "-" else job["image"]
+        lines.append(f"upscaled from {source} (strength {job.get('strength')})")
     if isinstance(job.get("dpi"), (int, float)) and job["dpi"] > 0:
         w, h = (result.get(k, job.get(k)) for k in ("width", "height"))
         if isinstance(w, int) and isinstance(h, int):

@@ -24,7 +24,7 @@ from hires.unet_costs import (
     unet_parked_bytes,
 )
 from hires.vae_attention import CONTEXT_CELLS, GLOBAL_TOKENS, SWEEP_BLOCK, SWEEP_REACH, landmarks
-from hires.vae_cost import tiled_cost
+from hires.vae_cost import tiled_cost, tiled_memo_bytes
 from hires.vae_stats import budget_from_free, spill_budget
 
 HOST_LINK = 25e9  # bytes/s between host and GPU (PCIe 4 x16 in practice) for offload traffic
@@ -177,6 +177,9 @@ class StageCost:
     vae_seconds: float | None = None  # the VAE's share of `seconds` (its work and its copies)
     parked_bytes: int = 0  # the maps one UNet call parks (part of `host_bytes`)
     disk_bytes: int = 0  # of those, what waits on the scratch disk (RAM cannot hold it)
+    # The most device memory the stage takes: `peak_bytes` and, in the VAE's fast mode, the
+    # outputs it keeps, which fill a share of what is free (hires.vae_stats.budget_from_free)
+    used_bytes: int = 0
 
     @property
     def vae_spill(self) -> bool:
@@ -232,6 +235,7 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
                            for b in (model.dtype_bytes, model.vae_dtype_bytes))
     vae_flop = spilled = 0.0
     spill_bytes = 0.0
+    used = 0
     if previous or encode_input or final_decode:
         vae_weights = weights_now or model.vae.param_bytes
         # What the fast mode will keep step outputs in: a share of what is free (no budget:
@@ -279,6 +283,11 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
                         for w, h in [(width, height), *([previous] if previous else [])])
         peaks.append(vae_weights + max(vae_tile_peak(model.vae, tile, model.vae_dtype_bytes),
                                        attention) + state)
+        if budget is not None and vae_stats == "fast":  # no budget: a CPU's RAM, not planned
+            kept = max(tiled_memo_bytes(model.vae, w, h, decode=d, tile=tile, budget=memo,
+                                        spill=spill_bytes, dtype_bytes=model.vae_dtype_bytes)
+                       for w, h, d in passes)
+            used = peaks[-1] + int(kept)
     # An upscale step's local pass, plus the global pass in its first `global_steps` steps.
     evals = steps if base else steps + (steps if global_steps is None else global_steps)
     unet_flop = evals * 2 * unet_flops(unet, lat_h, lat_w)
@@ -314,7 +323,7 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
     vae_seconds = vae_flop / vae_rate + spilled / HOST_LINK if rate else None
     return StageCost(max(peaks), peaks[0], (unet_flop + vae_flop) / 1e12, unet_flop / 1e12, scratch,
                      rank if rate else None, tile, rank, spill_bytes, host, vae_seconds,
-                     maps, on_disk)
+                     maps, on_disk, max(*peaks, used))
 
 
 def maps_on_disk(model: ModelShape, maps: int, host: int) -> int:

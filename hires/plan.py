@@ -84,6 +84,13 @@ class Plan:
         return max(peaks) if peaks else None
 
     @property
+    def used_bytes(self) -> int | None:
+        """The most device memory a stage takes with the VAE's kept outputs (`peak_bytes` is
+        what must be free; the kept outputs fill a share of what is free beyond it)."""
+        used = [max(s.cost.used_bytes, s.cost.peak_bytes) for s in self.stages if s.cost]
+        return max(used) if used else None
+
+    @property
     def seconds(self) -> float | None:
         times = [s.cost.seconds for s in self.stages if s.cost]
         return sum(times) if times and None not in times else None  # None: no rate
@@ -379,7 +386,10 @@ def describe(plan: Plan) -> list[str]:
             line += f" ({s.global_steps} with the global pass)"
         if s.cost:
             work = f"{s.cost.tflop:.0f}" if s.cost.tflop >= 10 else f"{s.cost.tflop:.2g}"
-            line += f", {s.strategy.label}, peak {s.cost.peak_bytes / GIB:.1f} GiB, {work} TFLOP"
+            line += f", {s.strategy.label}, peak {s.cost.peak_bytes / GIB:.1f} GiB"
+            if s.cost.used_bytes > s.cost.peak_bytes:
+                line += f" ({s.cost.used_bytes / GIB:.1f} with the VAE's kept outputs)"
+            line += f", {work} TFLOP"
             if s.cost.host_bytes:
                 ram = s.cost.host_bytes - s.cost.disk_bytes
                 line += f", {ram / 1e9:.1f} GB of RAM"

@@ -121,6 +121,19 @@ def tiled_cost(vae: VaeShape, width: int, height: int, *, decode: bool, tile: in
                budget: float, dtype_bytes: int = 2, overlap: int | None = None,
                spill: float = 0.0) -> tuple[float, float]:
     """(FLOPs, bytes copied between the GPU and the CPU's memory for the spilled outputs)."""
+    return _tiled(vae, width, height, decode, tile, budget, spill, dtype_bytes, overlap)[:2]
+
+
+def tiled_memo_bytes(vae: VaeShape, width: int, height: int, *, decode: bool, tile: int,
+                     budget: float, dtype_bytes: int = 2, overlap: int | None = None,
+                     spill: float = 0.0) -> float:
+    """The most device memory the fast mode's kept outputs take at once in that decode (or
+    encode): up to `budget`, what its tiles' outputs need."""
+    return _tiled(vae, width, height, decode, tile, budget, spill, dtype_bytes, overlap)[2]
+
+
+def _tiled(vae: VaeShape, width: int, height: int, decode: bool, tile: int, budget: float,
+           spill: float, dtype_bytes: int, overlap: int | None) -> tuple[float, float, float]:
     h, w = height // SCALE, width // SCALE
     return _tiled_cost(vae, w, h, decode, tile, float(budget), float(spill), dtype_bytes,
                        overlap, is_global((h, w)))
@@ -129,7 +142,8 @@ def tiled_cost(vae: VaeShape, width: int, height: int, *, decode: bool, tile: in
 @lru_cache(maxsize=8192)
 def _tiled_cost(vae: VaeShape, w: int, h: int, decode: bool, tile: int, budget: float,
                 spill: float, dtype_bytes: int, overlap: int | None,
-                whole: bool) -> tuple[float, float]:
+                whole: bool) -> tuple[float, float, float]:
+    """(FLOPs, bytes copied, the most bytes kept on the device at once)."""
     t, o = tile_sizes(tile, overlap)
     c = vae.channels[-1]
     head = 2.0 * vae.latent_channels**2 if decode else 0.0  # post_quant_conv, per latent px
@@ -137,7 +151,7 @@ def _tiled_cost(vae: VaeShape, w: int, h: int, decode: bool, tile: int, budget: 
     if h * w <= t * t:  # one plain pass, diffusers' own (whole) attention
         net = steps(vae, h, w, decode=decode, dtype_bytes=dtype_bytes)
         return (sum(s.flops for s in net) + _whole_attention_flops(c, h * w)
-                + (head + tail) * h * w), 0.0
+                + (head + tail) * h * w), 0.0, 0.0
     size = (h, w)
     grid = Grid.cover(size, t, o)
     tiles = list(grid.tiles())
@@ -158,11 +172,11 @@ def _tiled_cost(vae: VaeShape, w: int, h: int, decode: bool, tile: int, budget: 
     n = len(next(iter(nets.values()))[0])
     # window -> (step number, bytes, spilled): MemoryMemo's rule
     kept: dict[Box, tuple[int, int, bool]] = {}
-    used, spilled, total, copied = 0, 0, 0.0, 0.0
+    used, spilled, total, copied, most = 0, 0, 0.0, 0.0, 0
 
     def run(window: Box, stop: int | None, saving: bool = True) -> None:
         """Run a tile from its kept output up to the start of step `stop` (None: to the end)."""
-        nonlocal used, spilled, total, copied
+        nonlocal used, spilled, total, copied, most
         y0, y1, x0, x1 = window
         _, before, outs, away_outs = nets[(y1 - y0, x1 - x0)]
         start, size, away = kept.get(window, (0, 0, False))
@@ -183,6 +197,7 @@ def _tiled_cost(vae: VaeShape, w: int, h: int, decode: bool, tile: int, budget: 
         for i in range(start, min(end, n - 1)):
             if outs[i] <= free:
                 last = (i + 1, outs[i], False)
+                most = max(most, others_used + outs[i])  # each output replaces the last
             elif away_outs[i] <= room:
                 last = (i + 1, outs[i], True)
                 copied += outs[i]
@@ -210,7 +225,7 @@ def _tiled_cost(vae: VaeShape, w: int, h: int, decode: bool, tile: int, budget: 
         run(window, None, saving=False)
         y0, y1, x0, x1 = window
         total += tail * (y1 - y0) * (x1 - x0)
-    return total, copied
+    return total, copied, float(most)
 
 
 def replayed_flops(vae, width: int, height: int, *, decode: bool, tile: int, budget: float,
@@ -218,6 +233,18 @@ def replayed_flops(vae, width: int, height: int, *, decode: bool, tile: int, bud
     """(all, before the final pass) FLOPs of the same decode (or encode), counted by running
     hires' own tiling code on `vae` built on the meta device: the reference for `tiled_flops`.
     """
+    return _replay(vae, width, height, decode, tile, budget, overlap, spill)[:2]
+
+
+def replayed_memo_bytes(vae, width: int, height: int, *, decode: bool, tile: int,
+                        budget: float, overlap: int | None = None, spill: float = 0.0) -> float:
+    """The most device memory the memo took in that replay: the reference for
+    `tiled_memo_bytes`."""
+    return _replay(vae, width, height, decode, tile, budget, overlap, spill)[2]
+
+
+def _replay(vae, width: int, height: int, decode: bool, tile: int, budget: float,
+            overlap: int | None, spill: float) -> tuple[float, float, float]:
     meta, dtype = torch.device("meta"), next(vae.parameters()).dtype
     h, w = height // SCALE, width // SCALE
     t, o = tile_sizes(tile, overlap)
@@ -241,13 +268,14 @@ def replayed_flops(vae, width: int, height: int, *, decode: bool, tile: int, bud
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             if h * w <= t * t:
                 finish(net(head((0, h, 0, w))))
-                return float(counter.get_total_flops()), 0.0
+                return float(counter.get_total_flops()), 0.0, 0.0
             grid = Grid.cover((h, w), t, o)
             with vae_stats.whole_image(net, head, grid, "fast", meta, dtype, None,
                                        spill) as tiles:
                 gathered = counter.get_total_flops()
                 for window, _ in grid.tiles():
                     finish(tiles.run(window))
+                most = getattr(tiles.memo, "most", 0)
     finally:
         vae_stats.FAST_BYTES, vae_stats.SPILL_BYTES = saved
-    return float(counter.get_total_flops()), float(gathered)
+    return float(counter.get_total_flops()), float(gathered), float(most)

@@ -118,6 +118,7 @@ class MemoryMemo(Memo):
     def __init__(self, budget: float, spill: float = 0.0):
         self.budget, self.spill = budget, spill
         self.used = self.spilled = 0
+        self.most = 0  # the most `used` has been: what the memo took of the device at once
         self.pinned = False  # whether anything went to the CPU's pinned memory
         self.kept: dict[Box, tuple[int, Tensor | tuple[Tensor, ...], bool]] = {}  # + spilled?
 
@@ -136,6 +137,7 @@ class MemoryMemo(Memo):
         if self.used - here + need <= self.budget:
             self.kept[box] = (number, x, False)  # the step's own output: no copy
             self.used, self.spilled = self.used - here + need, self.spilled - away
+            self.most = max(self.most, self.used)
         elif self.spilled - away + spilled_size(need) <= self.spill:
             self.kept[box] = (number, _moved(x, torch.device("cpu")), True)
             self.used, self.spilled = self.used - here, self.spilled - away + spilled_size(need)

@@ -317,3 +317,21 @@ def test_a_long_plan_suggests_a_preview_first():
     for args in (("--gpu", "h100"), ("--gpu", "4090", "--size", "2048")):  # minutes, not more
         quick = cli("plan", "--size", "16384", *args)
         assert "--preview" not in quick.stderr, args
+
+
+def test_the_plan_counts_the_memory_the_vae_keeps_outputs_in():
+    """The fast VAE keeps tiles' outputs in a share of what is free: on a big card the stage
+    takes far more than its peak need. The plan says how much, within the card."""
+    h200 = plan_json("--size", "16384", "--gpu", "h200")
+    last = h200["stages"][-1]
+    assert last["peak_bytes"] < last["used_bytes"] <= h200["budget_bytes"]
+    assert h200["used_bytes"] == max(s["used_bytes"] for s in h200["stages"])
+    assert h200["stages"][0]["used_bytes"] == h200["stages"][0]["peak_bytes"]  # no tiled VAE
+    text = cli("plan", "--size", "16384", "--gpu", "h200").stdout.splitlines()[-1]
+    assert f"({h200['used_bytes'] / GIB:.1f} with the VAE's kept outputs)" in text
+    # The exact mode keeps them in files instead: nothing more on the card.
+    exact = plan_json("--size", "16384", "--gpu", "h200", "--vae-stats", "exact")
+    assert all(s["used_bytes"] == s["peak_bytes"] for s in exact["stages"])
+    for card in ("4090", "3060"):
+        small = plan_json("--size", "8192", "--gpu", card)
+        assert all(s["used_bytes"] <= small["budget_bytes"] for s in small["stages"])

@@ -13,7 +13,13 @@ from hires.costs import VaeShape, sdxl_shape, stage_cost, vae_flops
 from hires.sdxl import SDXL_VAE_CONFIG
 from hires.strategy import Strategy
 from hires.tiny import tiny_vae
-from hires.vae_cost import replayed_flops, tiled_cost, tiled_flops
+from hires.vae_cost import (
+    replayed_flops,
+    replayed_memo_bytes,
+    tiled_cost,
+    tiled_flops,
+    tiled_memo_bytes,
+)
 
 
 def _on_meta(config: dict) -> AutoencoderKL:
@@ -139,3 +145,18 @@ def test_the_planner_spills_the_fastest_share_of_the_budget(monkeypatch):
     whole = {spill: cost(spill).seconds for spill in ladder}
     assert all(ladder[s] <= whole[s] for s in ladder) and ladder[30e9] < whole[30e9]
     assert whole[30e9] > whole[15e9]  # where more RAM made the old plan slower
+
+
+@pytest.mark.parametrize("decode", [True, False])
+@pytest.mark.parametrize("budget, spill", [(3e6, 0.0), (1e6, 3e6), (1e12, 0.0)])
+def test_simulation_counts_the_device_memory_the_kept_outputs_take(tiny, decode, budget, spill):
+    """The planner adds the memo's memory to a stage's peak (what a run takes of a big card):
+    the simulation keeps the same books as the memo, up to its budget."""
+    vae, shape = tiny
+    replayed = replayed_memo_bytes(vae, 768, 576, decode=decode, tile=256, budget=budget,
+                                   spill=spill)
+    simulated = tiled_memo_bytes(shape, 768, 576, decode=decode, tile=256, budget=budget,
+                                 spill=spill, dtype_bytes=2)
+    assert simulated == replayed and 0 < simulated <= budget
+    if budget == 3e6:
+        assert simulated > 0.9 * budget  # it fills what it is given
