@@ -20,8 +20,9 @@ from hires.cli_jobs import (
     check_device,
     check_preview,
     job_flags,
-    read_paths,
     read_prompts,
+    recorded_stdin,
+    up_inputs,
 )
 from hires.cli_options import (
     AllowPickle,
@@ -142,11 +143,12 @@ def gen(
     """Make an image from a prompt, 1K to 16K."""
     options = dict(locals())  # every option, by name: job_flags picks the job's
     Quiet.on, Quiet.progress = quiet, progress
-    with exit_codes():
+    busy = "prompt '-'" if prompt == "-" else ""  # stdin holds the prompts
+    with exit_codes(), recorded_stdin(from_image, "gen", busy) as piped:
         flags = job_flags(options)
         if prompt and prompt != "-":
             flags["prompt"] = prompt
-        job = build_job(preset, from_image, flags)
+        job = build_job(preset, from_image, flags, source=piped.size if piped else None)
         prompts = read_prompts(prompt) if prompt == "-" else [job.prompt]
         jobs = [job.merged({"prompt": text}) for text in prompts]
         check_preview(preview, save_stages)
@@ -164,8 +166,9 @@ def gen(
 @app.command(cls=Sections)
 def up(
     images: Annotated[list[Path], typer.Argument(
-        help="The images to upscale: PNG, JPEG, WebP or TIFF; '-' reads one path a line from "
-        "stdin. The model loads once for all of them.", metavar="IMAGE")],
+        help="The images to upscale: PNG, JPEG, WebP or TIFF; '-' reads stdin: one image's "
+        "bytes (cat photo.png | hires up - ...), or one path a line. The model loads once for "
+        "all of them.", metavar="IMAGE")],
     size: Size = None,
     scale: Annotated[float | None, typer.Option(
         help="Output size as a multiple of the input's, e.g. 4.")] = None,
@@ -179,8 +182,9 @@ def up(
     guidance: Guidance = None, model: Model = None, linfusion: LinFusionRef = None,
     preset: Preset = None,
     output: Annotated[str | None, typer.Option(
-        "-o", "--output", help="File, folder, or template with {name} (the input's file name) "
-        "{seed} {width} {height} {index}; '-': the image to stdout.")] = None,
+        "-o", "--output", help="File, folder, or template with {name} (the input's file name; "
+        "'stdin' for piped bytes) {seed} {width} {height} {index}; '-': the image to "
+        "stdout.")] = None,
     fmt: Fmt = None, dpi: Dpi = None, depth: Depth = None,
     save_stages: SaveStages = False,
     vram: Vram = None, ram: Ram = None, disk: Disk = None, offload: Offload = None,
@@ -203,8 +207,8 @@ def up(
     """Upscale existing images with new, coherent detail (e.g. --scale 4 or --size 16384)."""
     options = dict(locals())  # every option, by name: job_flags picks the job's
     Quiet.on, Quiet.progress = quiet, progress
-    with exit_codes():
-        from hires.images import load_input
+    with exit_codes(), up_inputs(images) as names:
+        from hires import piped
         from hires.upscale import DEFAULT_STRENGTH
 
         flags = job_flags(options)
@@ -212,12 +216,12 @@ def up(
         if strength is None and not preset:
             flags["strength"] = DEFAULT_STRENGTH
         jobs, sizes = [], []
-        for image in read_paths(images):
+        for image in names:
             # Every input is decoded here, so that a broken one stops the command before any
             # work; none is kept (each is loaded again in its turn), so memory stays flat.
-            source = load_input(image)
+            source = piped.load(image)
             sizes.append(source.rgb.size)
-            jobs.append(build_job(preset, None, {**flags, "image": str(image),
+            jobs.append(build_job(preset, None, {**flags, "image": image,
                                                  "image_sha256": source.sha256},
                                   source=source.rgb.size))
         check_preview(preview, save_stages)
@@ -259,7 +263,7 @@ def plan(
         flags = job_flags(options)
         if prompt:
             flags["prompt"] = prompt
-        show_plan(build_job(preset, from_image, flags), gpu, as_json)
+        show_plan(build_job(preset, from_image, flags, command="plan"), gpu, as_json)
 
 
 @presets_app.callback()

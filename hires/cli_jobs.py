@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from hires.cli_output import say
+
+if TYPE_CHECKING:
+    from hires.images import InputImage
 
 
 def job_flags(options: dict[str, Any]) -> dict[str, Any]:
@@ -27,17 +32,24 @@ def job_flags(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any],
-              source: tuple[int, int] | None = None):
+              source: tuple[int, int] | None = None, command: str = "gen"):
     """Defaults, then the preset, then a recorded job (--from), then explicit flags; the size
-    from all of them (`hires.sizes`). `source`: an upscale's input size, when it is loaded."""
-    from hires.images import input_size
+    from all of them (`hires.sizes`). `source`: an upscale's input size, when it is loaded.
+    A record of an image piped to `up` ("-") reads it from stdin if the size needs it;
+    `command` says how in the message when none is there."""
+    from hires import piped
     from hires.job import JobError
     from hires.output import OutputError, job_values_from_image
     from hires.presets import load_preset
     from hires.sizes import OPTIONS, job_from_levels
 
     def size_of(path: str) -> tuple[int, int]:
-        return source or input_size(path)
+        if source:
+            return source
+        if path == piped.STDIN and from_image is not None and not piped.is_held():
+            with recorded_stdin(from_image, command) as image:
+                return image.size if image else piped.image_size(path)
+        return piped.image_size(path)
 
     levels: list[tuple[dict[str, Any], str, bool]] = []
     if preset:
@@ -75,13 +87,19 @@ def recorded_addons(path: Path) -> dict[str, Any]:
     return addons if isinstance(addons, dict) else {}
 
 
-def stdin_lines(what: str) -> list[str]:
+def stdin_lines(what: str, head: bytes = b"") -> list[str]:
     """The lines on stdin, stripped, without blank and `#` comment lines; on a terminal, first
-    a word on how to end them (nothing else would say why hires waits)."""
+    a word on how to end them (nothing else would say why hires waits). `head`: its first
+    bytes, read already from `sys.stdin.buffer`."""
     if sys.stdin.isatty():
         say(f"reading {what} from stdin, one a line; end with Ctrl-D")
     try:
-        lines = sys.stdin.read().splitlines()
+        if head:  # decoded as sys.stdin would have (its errors: surrogateescape in a C locale)
+            text = (head + sys.stdin.buffer.read()).decode(sys.stdin.encoding or "utf-8",
+                                                            sys.stdin.errors or "strict")
+        else:
+            text = sys.stdin.read()
+        lines = text.splitlines()
     except UnicodeDecodeError:
         raise typer.BadParameter(f"the {what} on stdin are not UTF-8 text") from None
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
@@ -97,16 +115,64 @@ def read_prompts(prompt: str) -> list[str]:
     return prompts
 
 
-def read_paths(images: list[Path]) -> list[Path]:
-    """The input paths; '-' reads one a line from stdin (blank and `#` lines skipped)."""
+@contextmanager
+def up_inputs(images: list[Path]) -> Iterator[list[str]]:
+    """`up`'s inputs as its jobs name them. '-' alone reads stdin: an image's bytes (named
+    "-", kept in a temporary file until the block ends: `hires.piped`), else one path a line
+    (blank and `#` lines skipped)."""
+    from hires import piped
+
     if Path("-") not in images:
-        return images
+        yield [str(image) for image in images]
+        return
     if images != [Path("-")]:
-        raise typer.BadParameter("give image paths or '-' (paths on stdin), not both")
-    paths = [Path(line) for line in stdin_lines("paths")]
+        raise typer.BadParameter("give image paths or '-' (an image, or paths, on stdin), not "
+                                 "both")
+    stream = None if sys.stdin.isatty() else getattr(sys.stdin, "buffer", None)
+    head = piped.read_head(stream) if stream is not None else b""
+    if stream is not None and not head:
+        raise typer.BadParameter("'-' read nothing from stdin: pipe an image in (hires up - < "
+                                 "photo.png), or image paths, one a line")
+    if piped.looks_binary(head):
+        with piped.held(stream, head):
+            yield [piped.STDIN]
+        return
+    paths = stdin_lines("paths", head)
     if not paths:
         raise typer.BadParameter("'-' read no image paths from stdin (one per line)")
-    return paths
+    yield paths
+
+
+@contextmanager
+def recorded_stdin(from_image: Path | None, command: str,
+                   busy: str = "") -> Iterator[InputImage | None]:
+    """For `--from` an image upscaled from stdin (its record's image is "-"): that image,
+    piped again and checked against the recorded sha256, kept for the block (as
+    `piped.held`); None for any other `from_image`, or none. `busy`: what else of the
+    command reads stdin, if anything (then such a record is refused)."""
+    from hires import piped
+    from hires.job import JobError
+    from hires.output import OutputError, job_values_from_image
+
+    try:
+        recorded = job_values_from_image(from_image) if from_image is not None else {}
+    except OutputError:  # build_job says what is wrong with it
+        recorded = {}
+    if recorded.get("image") != piped.STDIN:
+        yield None
+        return
+    again = (f"{from_image} was upscaled from an image on stdin; give the same image again: "
+             f"hires {command} --from {from_image} < IMAGE")
+    if busy:
+        raise JobError(f"{from_image} was upscaled from an image on stdin, which {busy} reads "
+                       "too; give the prompt as an argument")
+    stream = None if sys.stdin.isatty() else getattr(sys.stdin, "buffer", None)
+    if stream is None:
+        raise JobError(again)
+    sha = recorded.get("image_sha256")
+    with piped.held(stream, expect_sha256=sha if isinstance(sha, str) else None,
+                    again=f"; {again}") as image:
+        yield image
 
 
 def check_preview(preview: bool, save_stages: bool) -> None:

@@ -198,13 +198,14 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
     nor is a `piped` one, whose file in a temporary folder goes to stdout (recorded as "-")."""
     from hires import output as out
     from hires import resume
+    from hires.piped import load_job_input
     from hires.pipeline import plan_for
     from hires.plan import describe, preview_of
     from hires.record import save_stage, stage_paths
     from hires.runs import made_by
-    from hires.upscale import load_source, make
+    from hires.upscale import make
 
-    source = load_source(job) if job.image else None
+    source = load_job_input(job) if job.image else None
     say_input(source, job.depth)
     size = source.rgb.size if source else None
     plan = fitted_plan(lambda: plan_for(job, components, gpu=gpu, source=size,
@@ -373,10 +374,15 @@ def check_batch_outputs(items: list, paths: dict[int, Path], name: str, output: 
 def say_input(source, depth: int = 8) -> None:
     """What reading an input changed: its colour profile converted to sRGB; its 16 bits a
     channel read as 8 (unless the job makes a 16-bit result)."""
-    if source is not None and source.converted_from:
-        say(f"  {source.path.name}: colour profile '{source.converted_from}' converted to sRGB")
-    if source is not None and source.bits == 16 and depth == 8:
-        say(f"  {source.path.name} has 16 bits a channel; the result has 8 (--depth 16 for 16)")
+    from hires.piped import STDIN
+
+    if source is None:
+        return
+    name = "stdin" if str(source.path) == STDIN else source.path.name
+    if source.converted_from:
+        say(f"  {name}: colour profile '{source.converted_from}' converted to sRGB")
+    if source.bits == 16 and depth == 8:
+        say(f"  {name} has 16 bits a channel; the result has 8 (--depth 16 for 16)")
 
 
 def say_left(made: list[tuple[int, float]], todo: list[int]) -> None:

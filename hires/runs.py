@@ -46,7 +46,7 @@ def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
     by_name = len({job.image for job in jobs}) == len(jobs) > 1 and all(j.image for j in jobs)
 
     def path_of(i: int, one: Job, seed: int) -> Path:
-        name = Path(one.image).stem if one.image else ""  # an upscale's names end in its input's
+        name = input_name(one.image) if one.image else ""  # an upscale's end in its input's
         path = out.output_path(output, width=one.width, height=one.height, seed=seed,
                                fmt=one.format, index=i, prompt=one.prompt, name=name)
         if many and (output is None or "{" not in output):
@@ -103,15 +103,23 @@ def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
     return runs
 
 
+def input_name(image: str) -> str:
+    """An upscale input's name in its output's: its file's stem; "stdin" for piped bytes, as
+    `batch -` names its jobs."""
+    from hires.piped import STDIN
+
+    return "stdin" if image == STDIN else Path(image).stem
+
+
 def stage_count(job: Job) -> int:
     """How many stages `job` has, from its sizes alone (no weights): SDXL's native 1024 px, or
     the tiny model's. A run checks again with the loaded model's (hires.cli_runs.make_image)."""
-    from hires.images import input_size
+    from hires.piped import image_size
     from hires.plan import stage_sizes, upscale_sizes
     from hires.tiny import TINY_SAMPLE_SIZE
 
     if job.image:
-        return len(upscale_sizes(job.width, job.height, input_size(job.image)))
+        return len(upscale_sizes(job.width, job.height, image_size(job.image)))
     native = TINY_SAMPLE_SIZE * 8 if job.model == "tiny" else 1024
     return len(stage_sizes(job.width, job.height, native))
 
