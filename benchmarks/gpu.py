@@ -33,6 +33,10 @@ passes of the tiled VAE's exact statistics show as lower TFLOP/s. Each VAE phase
 `work_flops`, what the tiled VAE ran (`hires.vae_cost.tiled_flops` for its tile and the memory
 budget it had), and the TFLOP/s of that ("VAE run TFLOP/s"). Text encoders: counted as run.
 
+Memory: each stage's planned peak (what must be free) and planned use with the VAE's kept
+outputs (`hires plan`'s "with the VAE's kept outputs"), beside the largest measured phase peak
+(torch.cuda.max_memory_allocated), in the JSON's "stages" and a table of their own.
+
 On a lent GPU (device tool; the GPU image has torch, transformers, accelerate, safetensors,
 huggingface_hub >= 1.32 but no diffusers). Here, once: the wheels go to the git-ignored .whl/:
 
@@ -262,6 +266,19 @@ def table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def memory_table(stages: dict[int, dict]) -> list[str]:
+    """Each stage's planned GPU memory against its largest measured phase peak, in GB."""
+    def gb(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}"
+
+    lines = ["| stage | size | planned peak GB | planned with the VAE's kept outputs GB | "
+             "measured peak GB |", "|---:|---|---:|---:|---:|"]
+    for index, s in stages.items():
+        lines.append(f"| {index} | {s['size']} | {gb(s.get('planned_peak_gb'))} | "
+                     f"{gb(s.get('planned_used_gb'))} | {gb(s.get('measured_peak_gb'))} |")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true",
@@ -389,6 +406,17 @@ def main() -> None:
                          "work_flops": work,
                          "work_tflop_per_s": float(f"{work / 1e12 / max(r['seconds'], 1e-9):.4g}")
                      })})
+    # The planner's memory beside what ran: the peak a stage needs free, and what it takes
+    # with the VAE's kept outputs (which fill a share of what is free), against the largest
+    # of the stage's phases' measured peaks.
+    for index, stage in stages.items():
+        cost = plan.stages[index].cost
+        measured = [r["peak_gpu_gb"] for r in rows
+                    if r["stage"] == index and r["peak_gpu_gb"] is not None]
+        stage.update(planned_peak_gb=None if cost is None else round(cost.peak_bytes / GB, 2),
+                     planned_used_gb=None if cost is None
+                     else round(max(cost.used_bytes, cost.peak_bytes) / GB, 2),
+                     measured_peak_gb=max(measured, default=None))
     report.update(stages=stages, phases=rows,
                   total_seconds=round(sum(r["seconds"] for r in rows), 2))
 
@@ -424,6 +452,7 @@ def main() -> None:
           f"{comps.vae_dtype} VAE; {plan.stages[0].width} -> {size}, steps "
           f"{[s['steps'] for s in stages.values()]}")
     print("\n".join(table(rows)))
+    print("\n".join(memory_table(stages)))
     print(f"total {report['total_seconds']:.1f} s; projected default job "
           f"({report['projection']['job']}): {report['projection']['total_seconds']:.0f} s")
 

@@ -36,6 +36,11 @@ def test_gpu_benchmark_smoke_run_writes_every_phase(tmp_path):
     assert [s["unet_evaluations"] for s in ran] == [2 * s["steps"] for s in ran[:1]] + [
         2 * (s["steps"] + s["global_steps"]) for s in ran[1:]]
     assert 0 < ran[1]["global_steps"] < ran[1]["steps"]  # smoke: the first of 2 steps
+    # The planner's memory beside the measured (none on a CPU): a stage takes at least its peak.
+    for s in ran:
+        assert s["measured_peak_gb"] is None
+        assert 0 < s["planned_peak_gb"] <= s["planned_used_gb"]
+    assert "| stage | size | planned peak GB |" in done.stdout
 
     # The UNet's FLOPs grow with the latent (LinFusion keeps it linear): b > 0 dominates.
     unet = report["flops"]["unet_per_evaluation"]
