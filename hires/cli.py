@@ -23,6 +23,7 @@ from hires.cli_jobs import (
     read_prompts,
     recorded_stdin,
     up_inputs,
+    upscale_source,
 )
 from hires.cli_options import (
     AllowPickle,
@@ -154,7 +155,8 @@ def gen(
         check_preview(preview, save_stages)
         if dry_run:
             check_outputs(jobs, output, fmt, n, overwrite, save_stages, preview)
-            show_plan(job, gpu, as_json, stage_images=save_stages, preview=preview)
+            show_plan(job, gpu, as_json, source=upscale_source(job, piped),
+                      stage_images=save_stages, preview=preview)
             return
         check_device(job.device)
         if not prompts[0] and from_image is None:
@@ -259,11 +261,13 @@ def plan(
 ) -> None:
     """A dry run: each stage's size, steps, strategy, peak memory, work and time; no weights."""
     options = dict(locals())  # every option, by name: job_flags picks the job's
-    with exit_codes():
+    with exit_codes(), recorded_stdin(from_image, "plan") as piped:
         flags = job_flags(options)
         if prompt:
             flags["prompt"] = prompt
-        show_plan(build_job(preset, from_image, flags, command="plan"), gpu, as_json)
+        job = build_job(preset, from_image, flags, source=piped.size if piped else None,
+                        command="plan")
+        show_plan(job, gpu, as_json, source=upscale_source(job, piped))
 
 
 @presets_app.callback()

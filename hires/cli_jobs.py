@@ -175,6 +175,16 @@ def recorded_stdin(from_image: Path | None, command: str,
         yield image
 
 
+def upscale_source(job, piped: InputImage | None = None) -> tuple[int, int] | None:
+    """The input size an upscale job's plan starts from (None: not an upscale): `piped`'s, the
+    image on stdin, or its file's (read from its header)."""
+    from hires.piped import image_size
+
+    if not job.image:
+        return None
+    return piped.size if piped is not None else image_size(job.image)
+
+
 def check_preview(preview: bool, save_stages: bool) -> None:
     """--preview makes the first stage only: no other stage has an image to save."""
     if preview and save_stages:

@@ -154,3 +154,18 @@ def test_an_upscale_preview_is_its_first_stage_with_its_psnr(photo, tmp_path, as
     assert record["stage"] == 0 and len(record["stages"]) == 1
     assert record["width"] < 576 and record["stages"][0]["psnr"] > 5
     assert "dB PSNR against the input" in result.stderr
+
+
+def test_plan_and_dry_run_from_an_upscaled_image_plan_an_upscale(tmp_path):
+    """They planned the record as a generation (a base stage at strength 1), not the upscale
+    that `gen --from` runs: its stages start from the input image's size."""
+    source, out = tmp_path / "in.png", tmp_path / "out.png"
+    Image.new("RGB", (96, 64), "gray").save(source)
+    made = cli("up", str(source), "--scale", "2", "--model", "tiny", "--steps", "2", "-o", out)
+    assert made.exit_code == 0, made.stderr
+    for args in (("plan", "--from", out), ("gen", "--dry-run", "--from", out, "-o",
+                                           tmp_path / "again.png")):
+        result = cli(*args, "--device", "cpu", "--json")
+        assert result.exit_code == 0, result.stderr
+        stages = json.loads(result.stdout.splitlines()[-1])["stages"]
+        assert [(s["width"], s["height"], s["strength"]) for s in stages] == [(192, 128, 0.3)]

@@ -95,19 +95,20 @@ def test_gen_from_takes_the_same_bytes_on_stdin_and_refuses_others(photo, tmp_pa
     assert list(scratch.iterdir()) == []
 
 
-def test_plan_from_a_piped_upscale_needs_the_bytes_only_for_another_size(photo, tmp_path,
-                                                                          asked):
+def test_plan_from_a_piped_upscale_plans_it_from_the_same_bytes(photo, tmp_path, asked):
     out = tmp_path / "out.png"
     assert cli("up", "-", "--scale", "2", *TINY, "-o", out, input=photo).exit_code == 0
-    recorded = cli("plan", "--from", out, "--device", "cpu", "--json")
+    # Its stages start from the input's size: the plan needs the image, as a re-run does.
+    recorded = cli("plan", "--from", out, "--device", "cpu", "--json", input=photo)
     assert recorded.exit_code == 0, recorded.stderr
-    assert (json.loads(recorded.stdout)["width"], json.loads(recorded.stdout)["height"]) == (
-        288, 192)
+    p = json.loads(recorded.stdout)
+    assert (p["width"], p["height"]) == (288, 192)
+    assert [(s["width"], s["strength"]) for s in p["stages"]] == [(288, 0.3)]  # from the input
     larger = cli("plan", "--from", out, "--size", "576", "--device", "cpu", "--json",
                  input=photo)
     assert larger.exit_code == 0, larger.stderr
     assert (json.loads(larger.stdout)["width"], json.loads(larger.stdout)["height"]) == (576, 384)
-    refused = cli("plan", "--from", out, "--size", "576", "--device", "cpu")
+    refused = cli("plan", "--from", out, "--device", "cpu")
     assert refused.exit_code == 2 and refused.stdout == ""
     (line,) = error_lines(refused.stderr)  # after the word on the recorded model
     assert "stdin is empty" in line and f"hires plan --from {out} < IMAGE" in line
