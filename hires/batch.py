@@ -88,6 +88,10 @@ def read_batch(path: str | Path, base: Job | None = None,
                                True))
         job_levels += [(_without(defaults), f"{name} [defaults]", True),
                        (_without(entry), where, True)]
+        if any(values.get("image") == "-" for values, _, _ in job_levels):
+            # stdin holds the batch file, or is read once: it cannot also be a job's image
+            raise JobError(f"'image' in {where} is '-' (stdin), but a batch's images are "
+                           "files; give the image's path")
         try:
             job = job_from_levels(job_levels, base=base, size_of=input_size)
         except ImageInputError as e:

@@ -109,6 +109,10 @@ def load_source(job: Job):
     """The job's input image, checked against the hash recorded when it first ran."""
     from hires.images import load_input
 
+    if job.image == "-":  # hires up's record of an image piped in: nothing to read it from
+        raise JobError("this job's image came on stdin ('-'); give its file: "
+                       "dataclasses.replace(job, image='photo.png'), or "
+                       "hires gen --from IMAGE < photo.png")
     source = load_input(Path(job.image))
     if job.image_sha256 and job.image_sha256 != source.sha256:
         raise JobError(f"{job.image} has changed since this job ran (its sha256 differs); "

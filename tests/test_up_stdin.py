@@ -192,3 +192,23 @@ def test_ctrl_c_while_reading_removes_the_piped_bytes(photo, tmp_path):
         proc.stdin.close()
         proc.stderr.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_batch_job_or_a_library_call_on_a_piped_image_says_to_give_its_file(tmp_path, tiny):
+    """Only `up -` and `--from` read an image on stdin: elsewhere '-' was 'no such file'."""
+    import dataclasses
+
+    import hires
+    from hires.job import Job, JobError
+
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text('[[job]]\nprompt = "a"\nimage = "-"\nscale = 2\nmodel = "tiny"\n')
+    assert_usage_error(cli("batch", jobs, "-o", tmp_path / "out", "--dry-run"),
+                       "'image' in jobs.toml job 0 is '-' (stdin)", "give the image's path")
+    job = Job(prompt="a", image="-", width=192, height=128, steps=1, seed=1)
+    with pytest.raises(JobError, match="came on stdin.*give its file"):
+        hires.generate(job, components=tiny)
+    source = tmp_path / "in.png"
+    Image.new("RGB", (96, 64), "gray").save(source)
+    made = hires.generate(dataclasses.replace(job, image=str(source)), components=tiny)
+    assert made.image.size == (192, 128)
