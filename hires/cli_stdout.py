@@ -17,8 +17,9 @@ from pathlib import Path
 
 import typer
 
+from hires import leftovers
+
 STDOUT = "-"
-PREFIX = "hires-stdout-"  # then the process id: hires-stdout-1234-k2j4
 
 
 def check(jobs: int, save_stages: bool, as_json: bool, preview: bool,
@@ -40,33 +41,14 @@ def check(jobs: int, save_stages: bool, as_json: bool, preview: bool,
                                  "terminal; pipe it (|) or redirect it (>)")
 
 
-def stale_scratch(folder: Path) -> list[Path]:
-    """The scratch folders in `folder` of this user's `-o -` runs whose process is gone."""
-    if os.name != "posix":  # os.kill(pid, 0) is no probe on Windows: it sends Ctrl-C
-        return []
-    stale = []
-    for place in folder.glob(f"{PREFIX}*-*"):
-        pid = place.name[len(PREFIX):].partition("-")[0]
-        try:
-            if not pid.isdigit() or place.stat().st_uid != os.getuid():
-                continue
-            os.kill(int(pid), 0)  # no signal: only whether the process is there
-        except ProcessLookupError:
-            stale.append(place)
-        except OSError:  # there, but another user's; or the folder went meanwhile
-            continue
-    return stale
-
-
 @contextmanager
 def scratch() -> Iterator[Path]:
     """A temporary folder to make the image in; removed after, with what is left in it.
 
     Its name holds the process id: a run that was killed (SIGKILL, a power cut) cannot remove
     its own, so each run first removes those of this user's runs that are gone."""
-    for stale in stale_scratch(Path(tempfile.gettempdir())):
-        shutil.rmtree(stale, ignore_errors=True)
-    place = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
+    leftovers.remove_stale(Path(tempfile.gettempdir()), "stdout")
+    place = Path(tempfile.mkdtemp(prefix=leftovers.prefix("stdout")))
     try:
         yield place
     finally:

@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from hires import leftovers
 from hires.images import ACCEPTED, ImageInputError, input_size, load_input
 
 if TYPE_CHECKING:
@@ -65,8 +66,9 @@ def looks_binary(head: bytes) -> bool:
 def spooled(stream: BinaryIO, head: bytes = b"") -> Iterator[Path]:
     """`head` (read already) and the rest of `stream` in a temporary file only this user can
     read, removed when the block ends; at most MAX_BYTES, else an ImageInputError."""
+    leftovers.remove_stale(Path(tempfile.gettempdir()), "stdin")  # killed runs' bytes
     try:
-        fd, name = tempfile.mkstemp(prefix="hires-stdin-")
+        fd, name = tempfile.mkstemp(prefix=leftovers.prefix("stdin"))
     except OSError as e:
         raise _no_room(Path(tempfile.gettempdir()), e) from None
     path = Path(name)

@@ -212,3 +212,18 @@ def test_a_batch_job_or_a_library_call_on_a_piped_image_says_to_give_its_file(tm
     Image.new("RGB", (96, 64), "gray").save(source)
     made = hires.generate(dataclasses.replace(job, image=str(source)), components=tiny)
     assert made.image.size == (192, 128)
+
+
+def test_a_killed_runs_piped_image_is_removed_by_the_next(photo, scratch, tmp_path, asked):
+    """A SIGKILLed `up -` cannot remove the bytes it kept; the next piped run does."""
+    import os
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its pid is no process now
+    theirs = scratch / f"hires-stdin-{gone.pid}-abcd"
+    theirs.write_bytes(photo)
+    alive = scratch / f"hires-stdin-{os.getpid()}-efgh"  # a run still going: kept
+    alive.write_bytes(photo)
+    result = cli("up", "-", "--scale", "2", *TINY, "-o", tmp_path / "out.png", input=photo)
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in scratch.iterdir()) == [alive.name]
