@@ -217,25 +217,28 @@ def up(
         flags.update(prompt=prompt or "")
         if strength is None and not preset:
             flags["strength"] = DEFAULT_STRENGTH
-        jobs, sizes = [], []
+        jobs, sizes, alpha = [], [], set()
         for image in names:
             # Every input is decoded here, so that a broken one stops the command before any
             # work; none is kept (each is loaded again in its turn), so memory stays flat.
             source = piped.load(image)
             sizes.append(source.rgb.size)
+            if source.alpha is not None:  # the output keeps it: a 4th channel to store
+                alpha.add(image)
             jobs.append(build_job(preset, None, {**flags, "image": image,
                                                  "image_sha256": source.sha256},
                                   source=source.rgb.size))
         check_preview(preview, save_stages)
         if dry_run:
-            check_outputs(jobs, output, fmt, 1, overwrite, preview=preview)
+            check_outputs(jobs, output, fmt, 1, overwrite, preview=preview,
+                          alpha=frozenset(alpha))
             for job, size in zip(jobs, sizes):
                 show_plan(job, gpu, as_json, source=size, stage_images=save_stages,
                           preview=preview)
             return
         check_device(jobs[0].device)
         run_jobs(jobs, output, save_stages, as_json, quiet, overwrite, gpu, fmt_flag=fmt,
-                 resume_runs=resume_runs, preview=preview)
+                 resume_runs=resume_runs, preview=preview, alpha=frozenset(alpha))
 
 
 @app.command(cls=Sections)

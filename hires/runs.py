@@ -26,14 +26,16 @@ class Run:
 def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
               fmt_flag: str | None = None, overwrite: bool = False,
               resume_runs: bool = True, preview: bool = False,
-              stage_images: bool = False) -> list[Run]:
+              stage_images: bool = False, alpha: frozenset[str] = frozenset()) -> list[Run]:
     """Each job (a prompt of `hires gen`, an input image of `hires up`) `n` times, seeds
     counting up from the jobs' seed for each (one drawn at random if they have none: the
     stopped run's, when `resume_runs` finds one); each image's path from `output` (a file,
     folder or template). Raises on any name, format or input that cannot work. An image
     already at its path, made by the same settings, is not made again (`Run.made`) unless
     `overwrite`. A `preview` is each image's first stage, at NAME.stage0.png; `stage_images`
-    (--save-stages): the stage images' names must be free too, or this job's."""
+    (--save-stages): the stage images' names must be free too, or this job's. `alpha`: the
+    upscale inputs (as their jobs name them) that keep an alpha channel, which the output
+    carries too."""
     from hires.addons import check_inputs
 
     todo = [(job, k) for job in jobs for k in range(n)]
@@ -88,7 +90,8 @@ def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
         one, path = image(i, job, base + k)
         if any(path == other.path for other in runs):
             raise JobError(f"two images would both write {path}; add {{index}} to -o")
-        problem = out.format_problem(one.format, one.width, one.height, one.depth)
+        problem = out.format_problem(one.format, one.width, one.height, one.depth,
+                                     4 if one.image in alpha else 3)
         if problem:
             raise JobError(f"{path.name}: {problem}")
         made = None if overwrite else made_by(path, one)

@@ -169,3 +169,20 @@ def test_plan_and_dry_run_from_an_upscaled_image_plan_an_upscale(tmp_path):
         assert result.exit_code == 0, result.stderr
         stages = json.loads(result.stdout.splitlines()[-1])["stages"]
         assert [(s["width"], s["height"], s["strength"]) for s in stages] == [(192, 128, 0.3)]
+
+
+def test_a_transparent_input_too_large_for_a_tiff_is_refused_before_the_run(tmp_path):
+    """The output keeps the input's alpha: a 4th channel. 32768 px square fits a TIFF's 4 GB
+    as RGB, not as RGBA; this was found only at the save, after the whole run."""
+    see_through, opaque, rgb = (tmp_path / n for n in ("a.png", "opaque.png", "rgb.png"))
+    Image.new("RGBA", (64, 64), (9, 9, 9, 128)).save(see_through)
+    Image.new("RGBA", (64, 64), (9, 9, 9, 255)).save(opaque)  # its alpha carries nothing
+    Image.new("RGB", (64, 64)).save(rgb)
+    for args in ((), ("--dry-run",)):
+        refused = cli("up", str(see_through), "--size", "32768", "--model", "tiny",
+                      "-o", tmp_path / "big.tif", *args)
+        assert_usage_error(refused, "with transparency does not fit a TIFF's 4 GB; use .png")
+    for fine in (opaque, rgb):
+        result = cli("up", str(fine), "--size", "32768", "--model", "tiny", "--dry-run",
+                     "-o", tmp_path / "big.tif")
+        assert result.exit_code == 0, result.stderr
