@@ -171,9 +171,16 @@ def test_plan_and_dry_run_from_an_upscaled_image_plan_an_upscale(tmp_path):
         assert [(s["width"], s["height"], s["strength"]) for s in stages] == [(192, 128, 0.3)]
 
 
-def test_a_transparent_input_too_large_for_a_tiff_is_refused_before_the_run(tmp_path):
+def test_a_transparent_input_too_large_for_a_tiff_is_refused_before_the_run(tmp_path,
+                                                                             monkeypatch):
     """The output keeps the input's alpha: a 4th channel. 32768 px square fits a TIFF's 4 GB
     as RGB, not as RGBA; this was found only at the save, after the whole run."""
+    from hires import cli_runs
+
+    def no_run(*args, **kwargs):  # were the check gone, no 32K job on this CPU
+        raise AssertionError("the model loaded: the check came too late")
+
+    monkeypatch.setattr(cli_runs, "load_model", no_run)
     see_through, opaque, rgb = (tmp_path / n for n in ("a.png", "opaque.png", "rgb.png"))
     Image.new("RGBA", (64, 64), (9, 9, 9, 128)).save(see_through)
     Image.new("RGBA", (64, 64), (9, 9, 9, 255)).save(opaque)  # its alpha carries nothing
