@@ -53,6 +53,23 @@ class OutputUnwritable(OutputUsage):
     pass
 
 
+# The messages above speak of the CLI's flags; a library call (`Result.save`) names its
+# keywords instead. Kept beside the messages so that a change to one shows the other.
+_LIBRARY_TERMS = ((re.compile(r"--overwrite"), "overwrite=True"),
+                  (re.compile(r"another -o\b"), "another path"),
+                  (re.compile(r"^-o (\S+) names"), r"\1 names"),
+                  (re.compile(r"--format is (\w+)"), r"fmt is '\1'"),
+                  (re.compile(r"--depth 8"), "depth=8"))
+
+
+def in_library_terms(error: OutputError) -> OutputError:
+    """`error` with the CLI's flags in its message named as the library's keywords."""
+    message = str(error)
+    for pattern, words in _LIBRARY_TERMS:
+        message = pattern.sub(words, message)
+    return type(error)(message)
+
+
 NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
 JPEG_EXIF_MAX = 65533  # one APP1 segment; longer EXIF cannot be stored in a JPEG
 
@@ -277,6 +294,9 @@ def save_image(
     if not folder.is_dir():
         try:
             folder.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):  # a file has its name, or one above
+            raise OutputUnwritable(f"cannot create output folder {folder}: a file is in the "
+                                   "way; choose another -o") from None
         except OSError as e:
             raise OutputUnwritable(f"cannot create output folder {folder}: {e.strerror}") from None
     if fmt == "jpg" and image.mode in ("RGBA", "LA"):

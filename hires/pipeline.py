@@ -86,9 +86,13 @@ class Result:
     def save(self, path: str | Path, **options: Any) -> dict[str, Any]:
         """Write the image with hires' metadata (what `hires info` shows, `--from` runs again),
         via a temp file; return the record. Options: `hires.record.save`'s."""
+        from hires.output import OutputError, in_library_terms
         from hires.record import save
 
-        return save(self, path, **options)
+        try:
+            return save(self, path, **options)
+        except OutputError as e:  # its message names the CLI's flags: say the keywords
+            raise in_library_terms(e) from None
 
 
 def budget_for(job: Job, components: Components) -> int | None:

@@ -81,3 +81,25 @@ def test_generate_and_upscale_take_a_print_size(tiny, small):
         hires.upscale(small, components=tiny, print_size="A4", scale=2)
     with pytest.raises(JobError, match="print_size sets both sides: drop size"):
         hires.generate("x", components=tiny, print_size="A4", size=1024)
+
+
+def test_result_save_speaks_of_its_keywords_not_the_clis_flags(tiny, tmp_path):
+    from hires.output import OutputExists, OutputUsage
+
+    result = hires.generate("x", components=tiny, size=128, **ONE)
+    result.save(tmp_path / "a.png")
+    (tmp_path / "file").write_text("")
+    for call, error, words in [
+        (lambda: result.save(tmp_path / "a.png"), OutputExists,
+         "already exists; pass overwrite=True or choose another path"),
+        (lambda: result.save(tmp_path / "b.png", fmt="jpg"), OutputUsage,
+         "b.png names a PNG file but fmt is 'jpg'"),
+        (lambda: result.save(tmp_path / "file" / "c.png"), OutputUsage,
+         "a file is in the way; choose another path"),
+        (lambda: result.save(tmp_path / "file" / "deeper" / "c.png"), OutputUsage,
+         "a file is in the way; choose another path"),
+    ]:
+        with pytest.raises(error) as caught:
+            call()
+        message = str(caught.value)
+        assert words in message and "--" not in message and "-o " not in message, message
