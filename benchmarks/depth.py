@@ -24,21 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from photos import cropped
 
 from hires import tiny
 from hires import vae as tv
 
 HELD_OUT = ("chelsea", "coffee")  # not seen in training (tools/train_tiny_vae.py)
 PHOTOS = HELD_OUT + ("astronaut",)  # and one training photo
-
-
-def photo(name: str) -> np.ndarray:
-    """A scikit-image photo cropped to multiples of 64 px."""
-    from skimage import data
-
-    image = getattr(data, name)()
-    h, w = image.shape[0] // 64 * 64, image.shape[1] // 64 * 64
-    return np.ascontiguousarray(image[:h, :w])
 
 
 def rms_steps(samples: np.ndarray, reference: np.ndarray) -> float:
@@ -60,7 +52,7 @@ def input_rows(vae) -> list[dict]:
         return torch.from_numpy(x / 127.5 - 1).permute(2, 0, 1)[None].float()
 
     def halved(name: str) -> np.ndarray:
-        x = photo(name).astype(np.float64)
+        x = cropped(name, 64).astype(np.float64)
         h, w = x.shape[0] // 2, x.shape[1] // 2
         return x.reshape(h, 2, w, 2, 3).mean((1, 3))
 
@@ -92,7 +84,7 @@ def main() -> None:
     rows = []
     with torch.inference_mode():
         for name in PHOTOS:
-            image = photo(name)
+            image = cropped(name, 64)
             latents = tv.encode(vaes["fp32"], image)
             floats = tv.decode_float(vaes["fp32"], latents)[0].permute(1, 2, 0).double()
             reference = ((floats * 0.5 + 0.5).clamp(0, 1) * 255).numpy()

@@ -199,13 +199,13 @@ def main() -> None:
 
 def write_photo(name: str, width: int) -> Path:
     """skimage.data's `name` photo, Lanczos-resized to `width` px wide, as /tmp/<name>-<w>.png."""
+    from photos import resized
     from PIL import Image
-    from skimage import data
 
-    photo = Image.fromarray(getattr(data, name)())
-    height = round(photo.height * width / photo.width)
+    image = Image.fromarray(resized(name, width=width))
+    height = image.height
     path = Path(f"/tmp/{name}-{width}.png")
-    photo.resize((width, height), Image.Resampling.LANCZOS).save(path)
+    image.save(path)
     print(f"wrote {path} ({width}x{height}, skimage.data.{name}() resized)", file=sys.stderr)
     return path
 

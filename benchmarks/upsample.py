@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from photos import cropped
 from PIL import Image
 from torch.nn import functional as F
 
@@ -35,15 +36,6 @@ from hires.sampling import sigmas_for
 
 HELD_OUT = ("chelsea", "coffee")  # not seen in training (tools/train_tiny_vae.py)
 STRENGTHS = (0.32, 0.24, 0.16, 0.08)  # a 1K -> 16K job's x2 stages (`hires plan --size 16384`)
-
-
-def photo(name: str) -> np.ndarray:
-    """A scikit-image photo cropped to multiples of 32 px (two x2 steps down to latents)."""
-    from skimage import data
-
-    image = getattr(data, name)()
-    h, w = image.shape[0] // 32 * 32, image.shape[1] // 32 * 32
-    return np.ascontiguousarray(image[:h, :w])
 
 
 def lanczos(image: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -77,7 +69,7 @@ def main() -> None:
     rows = []
     with torch.inference_mode():
         for name in HELD_OUT:
-            full = photo(name)
+            full = cropped(name, 32)  # two x2 steps down to latents
             h, w = full.shape[:2]
             real = {k: lanczos(full, w // k, h // k) for k in (4, 2, 1)}
             latents = {"pixel": tv.encode(vae, real[4]), "latent": tv.encode(vae, real[4])}

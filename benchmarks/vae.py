@@ -109,18 +109,10 @@ def _trained_vae(args: argparse.Namespace):
 
 def _photo_latents(vae, name: str, size: int):
     """UNet-space latents of a held-out photo resized to `size` px on its long side."""
-    import numpy as np
-    import skimage.data
     import torch
-    from PIL import Image
+    from photos import resized
 
-    photo = Image.fromarray(getattr(skimage.data, name)())
-    w, h = photo.size
-    if w >= h:
-        w, h = size, max(8, round(size * h / w / 8) * 8)
-    else:
-        w, h = max(8, round(size * w / h / 8) * 8), size
-    pixels = np.asarray(photo.resize((w, h), Image.LANCZOS))
+    pixels = resized(name, long_side=size, multiple=8)
     x = torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
     with torch.no_grad():
         return vae.encode(x).latent_dist.mean * vae.config.scaling_factor

@@ -40,12 +40,9 @@ def main() -> None:
     vae = tiny_vae(trained=True).to(torch.bfloat16).eval()
     base = args.dir / f"sweep-{args.photo}-{args.size}"
     if args.mode == "prep":
-        import skimage.data
-        from PIL import Image
+        from photos import resized
 
-        image = getattr(skimage.data, args.photo)()
-        height = round(image.shape[0] * args.size / image.shape[1] / 8) * 8
-        pixels = np.asarray(Image.fromarray(image).resize((args.size, height), Image.LANCZOS))
+        pixels = resized(args.photo, width=args.size, multiple=8)
         torch.save(tiled.encode(vae, pixels, tile=2048), f"{base}-z.pt")
         return
     z = torch.load(f"{base}-z.pt")
