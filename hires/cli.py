@@ -87,7 +87,13 @@ from hires.cli_output import (
     say,
     warn,
 )
-from hires.cli_runs import check_batch_outputs, check_outputs, run_batch_jobs, run_jobs
+from hires.cli_runs import (
+    check_batch_outputs,
+    check_batch_paths,
+    check_outputs,
+    run_batch_jobs,
+    run_jobs,
+)
 from hires.cli_show import machine_info, machine_lines, show_all_made, show_batch_plan, show_plan
 
 # transformers and diffusers log notices (e.g. a missing torchvision) that say nothing to a user
@@ -360,6 +366,7 @@ def batch(
         say(f"batch {name if name == 'stdin' else file}: {len(items)} job(s), shard "
             f"{rank}/{world} runs {len(mine)}")
         if dry_run:
+            check_batch_paths(mine, name)
             check_batch_outputs(mine, paths, name, output, manifest)
             show_batch_plan(mine, paths, gpu, as_json, overwrite, preview)
             return

@@ -40,6 +40,19 @@ def check_paths(job) -> None:
     check_paths(job.model, job.vae, job.linfusion)
 
 
+def check_batch_paths(items: list, name: str) -> None:
+    """Every batch job's model, VAE and LinFusion paths are there, before any work and in
+    --dry-run alike (exit 2, naming the job); `name`: the job file's, for messages."""
+    from hires.job import JobError
+    from hires.models import ModelError
+
+    for item in items:
+        try:
+            check_paths(item.job)
+        except ModelError as e:
+            raise JobError(f"{name} job {item.index}: {e}") from None
+
+
 def warn_ram(jobs: list) -> None:
     """Before a GPU run: a --ram above this machine's RAM plans parking that cannot happen
     here (it is meant for `hires plan` of another machine)."""
@@ -268,7 +281,6 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
     from hires import batch as b
     from hires import output as out
     from hires.job import JobError
-    from hires.models import ModelError
 
     check_gpu(gpu)
     first_on = {item.job.device: item.index for item in reversed(items)}
@@ -277,11 +289,7 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
             check_device(device)
         except JobError as e:
             raise JobError(f"{name} job {index}: {e}") from None
-    for item in items:
-        try:
-            check_paths(item.job)
-        except ModelError as e:
-            raise JobError(f"{name} job {item.index}: {e}") from None
+    check_batch_paths(items, name)
     # For the time left: the jobs whose images are not there yet, and those made so far.
     todo = [item for item in items if overwrite or
             not b.made_already(paths[item.index], item.job)]

@@ -1,0 +1,21 @@
+"""What README.md promises, where an audit of it found the code short of it."""
+
+import pytest
+from helpers_cli import assert_usage_error, cli, write
+
+
+@pytest.mark.parametrize("key, value, said", [
+    ("model", "missing-model.safetensors", "--model"),
+    ("vae", "missing-vae.safetensors", "--vae"),
+    ("linfusion", "./missing-linfusion", "LinFusion checkpoint"),
+])
+def test_batch_dry_run_refuses_a_path_that_is_not_there(tmp_path, key, value, said):
+    # README, Batches: "a `model`, `vae` or `linfusion` path that is not there (exit 2, in
+    # `--dry-run` too)". The dry run planned such jobs and exited 0 (or 1 for LinFusion).
+    jobs = write(tmp_path / "jobs.toml",
+                 '[defaults]\nmodel = "tiny"\nsize = 256\nsteps = 2\n\n'
+                 '[[job]]\nprompt = "fine"\n\n'
+                 f'[[job]]\nprompt = "broken"\n{key} = "{tmp_path / value}"\n')
+    result = cli("batch", jobs, "-o", tmp_path / "out", "--dry-run", "-q")
+    assert_usage_error(result, "jobs.toml job 1", said)
+    assert not (tmp_path / "out").exists()
