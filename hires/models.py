@@ -371,7 +371,7 @@ def vae_fp16_ok(model: str, vae: str | None) -> bool:
 def _pickled(what: str, it: str) -> ModelError:
     """The refusal of pickle weights without --allow-pickle: why, and the ways out."""
     return ModelError(f"{what}, which can run code when loaded; convert {it} to .safetensors or "
-                      f"pass --allow-pickle if you trust {it}")
+                      f"pass --allow-pickle if you trust {it}", usage=True)
 
 
 def _first_line(e: BaseException) -> str:

@@ -19,3 +19,14 @@ def test_batch_dry_run_refuses_a_path_that_is_not_there(tmp_path, key, value, sa
     result = cli("batch", jobs, "-o", tmp_path / "out", "--dry-run", "-q")
     assert_usage_error(result, "jobs.toml job 1", said)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_pickle_model_without_allow_pickle_is_a_usage_error(tmp_path):
+    # README: "pickle files without `--allow-pickle` exit 2 with one line"; a pickled --model
+    # exited 1, as if loading had failed.
+    checkpoint = tmp_path / "model.ckpt"
+    checkpoint.write_bytes(b"not really a pickle")
+    result = cli("gen", "a fox", "--model", checkpoint, "--size", "256", "--steps", "2",
+                 "-o", tmp_path / "fox.png", "-q")
+    assert_usage_error(result, "model.ckpt is a pickle checkpoint", "--allow-pickle")
+    assert not (tmp_path / "fox.png").exists()
