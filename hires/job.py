@@ -276,7 +276,10 @@ def _coerce(name: str, value: Any, where: str) -> Any:
 
 def check_side(name: str, value: int) -> None:
     """A pixel size must be a positive multiple of 8 from MIN_SIDE to MAX_SIDE."""
-    if not isinstance(value, int) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, int):
+        # A library caller's "256" or 256.0: its repr, or the message reads "got 256"
+        raise JobError(f"{name} must be a whole number of pixels, got {value!r}")
+    if value <= 0:
         raise JobError(f"{name} must be a positive number of pixels, got {value}")
     if value % 8:
         lo, hi = value // 8 * 8, value // 8 * 8 + 8

@@ -3,6 +3,9 @@
 import pytest
 from helpers_cli import assert_usage_error, cli, write
 
+import hires
+from hires.job import JobError
+
 
 @pytest.mark.parametrize("key, value, said", [
     ("model", "missing-model.safetensors", "--model"),
@@ -30,3 +33,12 @@ def test_a_pickle_model_without_allow_pickle_is_a_usage_error(tmp_path):
                  "-o", tmp_path / "fox.png", "-q")
     assert_usage_error(result, "model.ckpt is a pickle checkpoint", "--allow-pickle")
     assert not (tmp_path / "fox.png").exists()
+
+
+@pytest.mark.parametrize("size", ["256", 256.0, True])
+def test_library_size_of_the_wrong_kind_says_what_it_got(size):
+    # A text "256" was refused as "size must be a positive number of pixels, got 256", and
+    # True as "a multiple of 8, got True": neither says what to pass instead.
+    with pytest.raises(JobError) as caught:
+        hires.generate("a fox", size=size, steps=2)
+    assert str(caught.value) == f"size must be a whole number of pixels, got {size!r}"
