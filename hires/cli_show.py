@@ -276,7 +276,8 @@ def show_made(path: Path, as_json: bool) -> None:
              f"{result.get('height', job.get('height'))}, seed {job.get('seed')}, "
              f"steps {job.get('steps')}, {sampler}, guidance {job.get('guidance')}"
              + (", 16-bit" if result.get("depth") == 16 else ""),
-             f"model {job.get('model')}, linfusion {result.get('linfusion', job.get('linfusion'))}"]
+             f"model {job.get('model')}, linfusion "
+             f"{result.get('linfusion', job.get('linfusion')) or 'none (plain attention)'}"]
     if isinstance(result.get("stage"), int):  # --save-stages: one stage of a bigger job
         lines.append(f"stage {result['stage']} of a job for {job.get('width')}x"
                      f"{job.get('height')} (`hires gen --from` runs the whole job)")

@@ -42,3 +42,13 @@ def test_library_size_of_the_wrong_kind_says_what_it_got(size):
     with pytest.raises(JobError) as caught:
         hires.generate("a fox", size=size, steps=2)
     assert str(caught.value) == f"size must be a whole number of pixels, got {size!r}"
+
+
+def test_info_says_plain_attention_for_a_job_without_linfusion(tmp_path):
+    # README: `--linfusion none` runs plain attention; `hires info` printed "linfusion None".
+    components = hires.load("tiny", linfusion="none")
+    path = tmp_path / "plain.png"
+    hires.generate("a fox", size=64, steps=1, seed=1, components=components).save(path)
+    result = cli("info", path)
+    assert result.exit_code == 0, result.stderr
+    assert "model tiny, linfusion none (plain attention)" in result.stdout.splitlines()
