@@ -179,4 +179,4 @@ SaveStages = Annotated[bool, typer.Option(help="Also save each stage's image as 
                                          "(NAME.stage0.png, ...): see a long job early.")]
 Resume = Annotated[bool, typer.Option(
     "--resume/--no-resume", help="Go on from the stages a stopped run of the same job kept "
-    "beside the output (NAME.resume.safetensors); --no-resume starts over.")]
+    "beside the output (out.png.resume.safetensors); --no-resume starts over.")]
