@@ -91,6 +91,7 @@ from hires.cli_runs import (
     check_batch_outputs,
     check_batch_paths,
     check_outputs,
+    check_paths,
     run_batch_jobs,
     run_jobs,
 )
@@ -276,6 +277,7 @@ def plan(
             flags["prompt"] = prompt
         job = build_job(preset, from_image, flags, source=piped.size if piped else None,
                         command="plan")
+        check_paths(job, loads=False)  # a checkpoint that is not there: as gen --dry-run does
         show_plan(job, gpu, as_json, source=upscale_source(job, piped))
 
 

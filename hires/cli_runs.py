@@ -33,11 +33,12 @@ def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overw
     warn_space([(r.path, r.job) for r in runs if r.made is None], stage_images)
 
 
-def check_paths(job) -> None:
-    """The model, VAE and LinFusion checkpoint `job` names by paths are there (exit 2)."""
+def check_paths(job, loads: bool = True) -> None:
+    """The model, VAE and LinFusion checkpoint `job` names by paths are there (exit 2), and,
+    for a command that `loads` them, none is a pickle file unless the job allows it."""
     from hires.models import check_paths
 
-    check_paths(job.model, job.vae, job.linfusion)
+    check_paths(job.model, job.vae, job.linfusion, job.allow_pickle or not loads)
 
 
 def check_batch_paths(items: list, name: str) -> None:

@@ -184,15 +184,21 @@ def model_kind(ref: str) -> str:
     return "hub"
 
 
-def check_paths(model: str, vae: str | None, linfusion: str) -> None:
+def check_paths(model: str, vae: str | None, linfusion: str, allow_pickle: bool = False) -> None:
     """Before any loading: a model, VAE or LinFusion checkpoint named by a path that is not
-    there is a usage error (else the VAE's and LinFusion's show only after the model loads)."""
+    there is a usage error (else the VAE's and LinFusion's show only after the model loads),
+    and so is a pickle file without `allow_pickle` (else a dry run plans what cannot run)."""
     from hires import linfusion as lf
 
     for what, ref in (("--model", model), ("--vae", vae)):
-        if ref and model_kind(ref) == "file" and not Path(ref).expanduser().exists():
+        if not ref or model_kind(ref) != "file":
+            continue
+        path = Path(ref).expanduser()
+        if not path.exists():
             raise ModelError(f"{what} {ref}: no such file; give a .safetensors file, a diffusers "
                              "folder or a Hugging Face Hub id (owner/name)", usage=True)
+        if path.suffix != ".safetensors" and not allow_pickle:
+            raise _pickled(f"{what} {path.name} is a pickle checkpoint", "it")
     if linfusion not in ("auto", "none"):
         try:
             lf.check_ref(linfusion)

@@ -52,3 +52,31 @@ def test_info_says_plain_attention_for_a_job_without_linfusion(tmp_path):
     result = cli("info", path)
     assert result.exit_code == 0, result.stderr
     assert "model tiny, linfusion none (plain attention)" in result.stdout.splitlines()
+
+
+def test_dry_runs_refuse_what_the_run_would_before_planning(tmp_path):
+    # gen --dry-run planned a pickle --model the run refuses (exit 0), and plan exited 1 on a
+    # --linfusion path that is not there. plan loads nothing, so a pickle is no risk there.
+    checkpoint = tmp_path / "model.ckpt"
+    checkpoint.write_bytes(b"not really a pickle")
+    for args in (("gen", "x", "--dry-run", "-o", tmp_path / "x.png"),
+                 ("up", str(_small_png(tmp_path)), "--scale", "2", "--dry-run")):
+        for flag in ("--model", "--vae"):
+            result = cli(*args, flag, checkpoint, *(("--model", "tiny") if flag == "--vae"
+                                                   else ()))
+            assert_usage_error(result, f"{flag} model.ckpt is a pickle checkpoint",
+                               "--allow-pickle")
+    allowed = cli("gen", "x", "--dry-run", "--model", checkpoint, "--allow-pickle",
+                  "-o", tmp_path / "x.png")
+    assert allowed.exit_code == 0, allowed.stderr
+    assert cli("plan", "--model", checkpoint).exit_code == 0
+    assert_usage_error(cli("plan", "--model", "tiny", "--linfusion", tmp_path / "missing"),
+                       "LinFusion checkpoint")
+
+
+def _small_png(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "in.png"
+    Image.new("RGB", (96, 64)).save(path)
+    return path
