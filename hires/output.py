@@ -98,6 +98,8 @@ def other_format(path: Path) -> None:
 
 def format_of(path: Path, default: str, flag: str | None) -> str:
     """The file's format: its extension's, which must agree with an explicit --format."""
+    if flag:  # --format tif or JPEG: as the suffixes name the formats
+        flag = SUFFIX_FORMATS.get("." + flag.lower(), flag)
     named = SUFFIX_FORMATS.get(path.suffix.lower())
     if named is None:
         return flag or default

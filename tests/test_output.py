@@ -311,3 +311,17 @@ def test_an_8_bit_tiff_with_transparency_over_4_gb_is_refused_before_writing(tmp
     with pytest.raises(OutputUsage, match="with transparency does not fit"):
         save_image(Image.new("RGBA", (64, 64)), tmp_path / "rgba.tif", metadata=METADATA)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rgb.tif"]
+
+
+def test_the_format_takes_the_names_the_suffixes_take():
+    # --format tif or jpeg was refused ("format must be one of png, jpg, webp, tiff") though
+    # -o x.tif and x.jpeg were taken; and --format JPEG disagreed with -o x.jpg.
+    from hires.output import format_of
+
+    assert Job(format="tif").validate().format == "tiff"
+    assert Job(format="JPEG").validate().format == "jpg"
+    assert format_of(Path("a.tif"), "png", "tif") == "tiff"
+    assert format_of(Path("a.jpg"), "png", "JPEG") == "jpg"
+    assert format_of(Path("a"), "png", "jpeg") == "jpg"
+    with pytest.raises(JobError, match="format must be one of"):
+        Job(format="gif").validate()
