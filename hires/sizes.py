@@ -103,8 +103,11 @@ def print_pixels(text: Any, dpi: float | None,
         return made
     sw, sh = source or made
     fitted = "" if source is None else f", the {sw}x{sh} input fitted to it {made[0]}x{made[1]}"
-    problem = (f"less than the {MIN_SIDE} px a side hires makes" if min(made) < MIN_SIDE else
-               "smaller than the input (hires up makes images larger)")
+    problems = ([f"less than the {MIN_SIDE} px a side hires makes"] if min(made) < MIN_SIDE
+                else [])
+    if source is not None and (made[0] < sw or made[1] < sh):
+        problems.append("smaller than the input (hires up makes images larger)")
+    problem = " and ".join(problems)
     least = _least_dpi(inches, source, most)
     fix = "a larger print" if least is None else (f"at least {least} dpi for that print "
                                                  "(--dpi), or a larger print")

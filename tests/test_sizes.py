@@ -256,6 +256,9 @@ def test_a_print_too_small_or_too_narrow_says_what_dpi_or_print_works():
         assert 64 <= min(w, h) and w >= source[0] and h >= source[1]
         with pytest.raises(JobError):
             print_pixels(text, dpi - 1, source)
+    with pytest.raises(JobError, match="less than the 64 px a side hires makes and smaller than "
+                       "the input"):
+        print_pixels("5x5mm", 300, (300, 200))  # both, and both named
     with pytest.raises(JobError, match="fitted to it 8x8, less than the 64 px.*; a larger print$"):
         print_pixels("400x1cm", 30, (1000, 1000))  # 1 cm holds 64 px only above the most dpi
 
