@@ -43,8 +43,12 @@ def check_inputs(job: Job) -> None:
     if job.ip_image:
         local.append(("--ip-adapter", job.ip_adapter))
     for flag, ref in local:
-        if ref and model_kind(ref) in ("file", "folder") and not Path(ref).expanduser().exists():
-            raise JobError(f"{flag} {ref}: no such file or folder")
+        # The images are files whatever their names look like ("photo.png" is no Hub id).
+        image = flag in ("--control", "--ip-image")
+        if ref and (image or model_kind(ref) in ("file", "folder")) and \
+                not Path(ref).expanduser().exists():
+            raise JobError(f"{flag} {ref}: no such file" if image else
+                           f"{flag} {ref}: no such file or folder")
 
 
 def check_unchanged(job: Job, recorded: dict[str, Any]) -> None:

@@ -80,3 +80,18 @@ def _small_png(tmp_path):
     path = tmp_path / "in.png"
     Image.new("RGB", (96, 64)).save(path)
     return path
+
+
+@pytest.mark.parametrize("args, said", [
+    (("--control", "missing.png", "--control-model", "diffusers/controlnet-canny-sdxl-1.0"),
+     "--control missing.png: no such file"),
+    (("--ip-image", "missing.jpg"), "--ip-image missing.jpg: no such file"),
+])
+def test_an_add_on_image_that_is_not_there_is_refused_before_any_loading(tmp_path, monkeypatch,
+                                                                          args, said):
+    # A name like "missing.png" was taken for a Hub id and let through: the dry run planned,
+    # and the run loaded the model (and tried the add-on's download) before the image failed.
+    monkeypatch.chdir(tmp_path)
+    for dry in (("--dry-run",), ()):
+        result = cli("gen", "x", "--model", "tiny", *args, *dry, "-o", tmp_path / "x.png")
+        assert_usage_error(result, said)
