@@ -376,9 +376,13 @@ def sdxl_alphas_cumprod() -> Tensor:
 def describe(plan: Plan) -> list[str]:
     """One line per stage, for logs and `hires plan`."""
     lines = []
+    first = plan.stages[0].width if plan.stages else 1
     for s in plan.stages:
+        # The scale over the first stage (a gen's base, an upscale's first from its input);
+        # `ratio` is the global pass's dilation, which an upscale's does not show.
+        scale = f"{s.width / first:.3g}"
         kind = {"base": "base", "input": "from the input"}.get(
-            s.kind, f"x{s.ratio}" + (", latents resized" if s.latent_upsample else "")
+            s.kind, f"x{scale}" + (", latents resized" if s.latent_upsample else "")
             + (f", stage {s.index - 1} decoded for its image" if s.decodes_previous else ""))
         line = (f"stage {s.index} ({kind}): {s.width}x{s.height}, strength {s.strength:.2f}, "
                 f"{s.steps} steps")

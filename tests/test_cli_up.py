@@ -193,3 +193,15 @@ def test_a_transparent_input_too_large_for_a_tiff_is_refused_before_the_run(tmp_
         result = cli("up", str(fine), "--size", "32768", "--model", "tiny", "--dry-run",
                      "-o", tmp_path / "big.tif")
         assert result.exit_code == 0, result.stderr
+
+
+def test_an_upscales_stages_are_labelled_by_their_scale_over_the_first(tmp_path):
+    # They showed the global pass's dilation against SDXL's 1024 px: x1, x2, x3 here.
+    source = tmp_path / "in.png"
+    Image.new("RGB", (300, 200)).save(source)
+    result = cli("up", str(source), "--size", "4096", "--dry-run", "-o", tmp_path / "o.png")
+    assert result.exit_code == 0, result.stderr
+    labels = [line.split(":")[0] for line in result.stdout.splitlines()
+              if line.startswith("stage ")]
+    assert labels == ["stage 0 (from the input)", "stage 1 (x2)", "stage 2 (x4)",
+                      "stage 3 (x6.83)"]
