@@ -54,3 +54,15 @@ def asked(monkeypatch, tiny):
     from helpers_cli import use_cached_tiny
 
     return use_cached_tiny(monkeypatch, tiny)
+
+
+@pytest.fixture
+def scratch(tmp_path, monkeypatch):
+    """A TMPDIR of the test's own (Python's tempfile), to see that what a run keeps there
+    while it runs (`-o -`'s folder, `up -`'s piped bytes) is gone after."""
+    import tempfile
+
+    place = tmp_path / "tmp"
+    place.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(place))
+    return place

@@ -125,3 +125,14 @@ def write(path: Path, text: str) -> Path:
     """A UTF-8 text file (a batch file, a preset) with `text`."""
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def pixels(data: bytes):
+    """The samples of an image file's bytes (from stdout, say), as a numpy array."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im)

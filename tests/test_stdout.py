@@ -1,18 +1,16 @@
 """`-o -`: the image's bytes on stdout, whole or not at all, and what it refuses."""
 
-import io
 import json
 import signal
 import subprocess
-import tempfile
 
 import numpy as np
-import pytest
 from helpers_cli import (
     REPO,
     assert_usage_error,
     cli,
     hires_cmd,
+    pixels,
     spawn_hires,
     subprocess_env,
     wait_for,
@@ -24,18 +22,6 @@ import hires.pipeline
 SMALL = ("--model", "tiny", "--size", "256", "--steps", "2", "--seed", "4")
 
 
-@pytest.fixture
-def scratch(tmp_path, monkeypatch):
-    """The temporary folder `-o -` makes its image in goes here, to see that it is removed."""
-    place = tmp_path / "tmp"
-    place.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(place))
-    return place
-
-
-def pixels(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im)
 
 
 def test_gen_to_stdout_writes_the_image_that_a_file_gets(tmp_path, scratch, asked):

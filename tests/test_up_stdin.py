@@ -6,7 +6,6 @@ import io
 import json
 import signal
 import subprocess
-import tempfile
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from helpers_cli import (
     error_lines,
     hires_cmd,
     json_lines,
+    pixels,
     subprocess_env,
     wait_for,
 )
@@ -44,18 +44,6 @@ def photo() -> bytes:
     return png_bytes(0)
 
 
-@pytest.fixture
-def scratch(tmp_path, monkeypatch):
-    """TMPDIR for the run, to see that the piped image's temporary file is gone after."""
-    place = tmp_path / "tmp"
-    place.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(place))
-    return place
-
-
-def pixels(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im)
 
 
 def test_bytes_on_stdin_are_upscaled_and_recorded_as_stdin(photo, tmp_path, scratch, asked):
