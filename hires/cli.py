@@ -275,8 +275,7 @@ def plan(
         flags = job_flags(options)
         if prompt:
             flags["prompt"] = prompt
-        job = build_job(preset, from_image, flags, source=piped.size if piped else None,
-                        command="plan")
+        job = build_job(preset, from_image, flags, source=piped.size if piped else None)
         check_paths(job, loads=False)  # a checkpoint that is not there: as gen --dry-run does
         show_plan(job, gpu, as_json, source=upscale_source(job, piped))
 

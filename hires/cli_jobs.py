@@ -32,11 +32,10 @@ def job_flags(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any],
-              source: tuple[int, int] | None = None, command: str = "gen"):
+              source: tuple[int, int] | None = None):
     """Defaults, then the preset, then a recorded job (--from), then explicit flags; the size
-    from all of them (`hires.sizes`). `source`: an upscale's input size, when it is loaded.
-    A record of an image piped to `up` ("-") reads it from stdin if the size needs it;
-    `command` says how in the message when none is there."""
+    from all of them (`hires.sizes`). `source`: an upscale's input size, when it is loaded
+    (a record of an image piped to `up`, "-": that image's, from `recorded_stdin`)."""
     from hires import piped
     from hires.job import JobError
     from hires.output import OutputError, job_values_from_image
@@ -44,12 +43,7 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
     from hires.sizes import OPTIONS, job_from_levels
 
     def size_of(path: str) -> tuple[int, int]:
-        if source:
-            return source
-        if path == piped.STDIN and from_image is not None and not piped.is_held():
-            with recorded_stdin(from_image, command) as image:
-                return image.size if image else piped.image_size(path)
-        return piped.image_size(path)
+        return source or piped.image_size(path)
 
     levels: list[tuple[dict[str, Any], str, bool]] = []
     if preset:

@@ -131,11 +131,6 @@ def held(stream: BinaryIO, head: bytes = b"", expect_sha256: str | None = None,
             _held.pop(STDIN, None)
 
 
-def is_held() -> bool:
-    """Whether a piped image is kept now (`held` runs)."""
-    return STDIN in _held
-
-
 def local_path(image: str) -> Path:
     """Where a job's input `image` is read: its own path, or for "-" the piped image's file
     while `held` runs (a JobError otherwise: nothing can read that image again)."""
