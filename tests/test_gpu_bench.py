@@ -113,3 +113,16 @@ def test_vae_work_replays_the_spill_where_the_plan_spilled():
     assert spilled < less < kept
     plan = SimpleNamespace(stages=[stage(False), stage(False), stage(True, 1e6)])
     assert gpu.vae_work(row, job, plan, config, 2) == less
+
+
+def test_vae_profile_smoke_run_writes_both_tables(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "vae_profile.py"), "--smoke", "--out",
+         str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "vae-profile.json").read_text())
+    assert set(report["passes"]) == {"decode", "encode"}
+    for run in report["passes"].values():
+        assert run["seconds"] > 0 and run["by_device"] and run["by_host"]
+        assert any("conv" in op["op"] for op in run["by_device"])
+    assert "### by host time" in (tmp_path / "vae-profile.txt").read_text()
