@@ -13,7 +13,7 @@ from typing import Any
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 MIN_SIDE, MAX_SIDE = 64, 32768  # px a side: the sizes hires makes
 FORMATS = ("png", "jpg", "webp", "tiff")
-FORMAT_ALIASES = {"tif": "tiff", "jpeg": "jpg"}
+_FORMAT_ALIASES = {"tif": "tiff", "jpeg": "jpg"}
 DEPTHS = (8, 16)  # bits per channel of the file; 16 only as PNG or TIFF
 UPSAMPLE_MODES = ("pixel", "latent")
 OFFLOAD_MODES = ("auto", "none", "model", "sequential")
@@ -268,13 +268,19 @@ def _coerce(name: str, value: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise ValueError  # negative = ["a", "b"] would become the text "['a', 'b']"
         if name == "format":  # as the file suffixes name them: .tif and .jpeg are taken
-            return FORMAT_ALIASES.get(value.lower(), value.lower())
+            return format_name(value)
         return value
     except (TypeError, ValueError):
         words = {"int": "whole number", "float": "number", "str": "text", "bool": "true or false",
                  "list[str]": "list of text"}
         what = words.get(kind.replace(" | None", ""), kind)
         raise JobError(f"'{name}' in {where} must be a {what}, got {value!r}") from None
+
+
+def format_name(text: str) -> str:
+    """A format as hires names it (FORMATS), from any case and the suffixes' names: 'TIF' and
+    'jpeg' are 'tiff' and 'jpg'."""
+    return _FORMAT_ALIASES.get(text.lower(), text.lower())
 
 
 def check_side(name: str, value: int) -> None:

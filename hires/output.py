@@ -17,6 +17,7 @@ from PIL import Image, PngImagePlugin
 
 from hires import __version__, png, tiff
 from hires.images import srgb_icc
+from hires.job import format_name
 
 EXTENSIONS = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tiff"}
 SUFFIX_FORMATS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp", ".tif": "tiff",
@@ -99,7 +100,7 @@ def other_format(path: Path) -> None:
 def format_of(path: Path, default: str, flag: str | None) -> str:
     """The file's format: its extension's, which must agree with an explicit --format."""
     if flag:  # --format tif or JPEG: as the suffixes name the formats
-        flag = SUFFIX_FORMATS.get("." + flag.lower(), flag)
+        flag = format_name(flag)
     named = SUFFIX_FORMATS.get(path.suffix.lower())
     if named is None:
         return flag or default
