@@ -24,12 +24,13 @@ rest (chelsea at 8192 px: max 2, mean 0.05; BENCHMARKS.md).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hires.vae_tiles import Box, crop
@@ -45,6 +46,7 @@ MIN_LANDMARKS = 4096  # tokens kept as exact keys for every block: those their c
 LANDMARK_EVERY = 64  # or one per this many latent pixels where that is more
 SWEEP_BLOCK = 64  # above GLOBAL_TOKENS: queries answered together, a square of this side
 SWEEP_REACH = 64  # latent px around a block whose tokens are its exact keys
+SCORE_BYTES = 1 << 29  # float32 scores of one chunk of queries (`attend`): at most this many
 
 
 def attentions(net: nn.Module) -> list[Attention]:
@@ -110,8 +112,14 @@ class ContextAttention:
             add_cells(state, attn, crop(hidden_states, state.window, state.owned))
             state.stop(attn)
         y0, y1, x0, x1 = state.window
-        # In the input's memory format (channels-last on the CPU), as the convolutions want.
-        return torch.empty_like(hidden_states).copy_(state.context[attn][:, :, y0:y1, x0:x1])
+        part = state.context[attn][:, :, y0:y1, x0:x1]
+        if part.device != hidden_states.device and part.device.type == "cpu":
+            # Gathered on the host into pinned memory first: the upload then need not wait
+            # (a strided window would go through pageable memory, the GPU idle meanwhile).
+            part = torch.empty_strided(part.shape, hidden_states.stride(), dtype=part.dtype,
+                                       pin_memory=True).copy_(part)
+        # In the input's memory format (channels-last), as the convolutions want.
+        return torch.empty_like(hidden_states).copy_(part, non_blocking=True)
 
 
 def _output(attn: Attention, out: Tensor, hidden: Tensor) -> Tensor:
@@ -141,6 +149,15 @@ def _home(device: torch.device) -> torch.device:
     return device if device.type in ("cpu", "meta") else torch.device("cpu")
 
 
+def _whole_map(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """An empty 1 x C x h x w map like `x`, where the sweep keeps it (`_home`): channels-last,
+    so that a band of whole rows is one contiguous run of memory, and pinned off a GPU, so
+    that bands cross to it without waiting."""
+    home, (h, w), c = _home(x.device), size, x.shape[1]
+    return torch.empty_strided((1, c, h, w), (h * w * c, 1, w * c, c), dtype=x.dtype,
+                               device=home, pin_memory=home != x.device and x.device.type == "cuda")
+
+
 def add_cells(state: State, attn: Attention, x: Tensor) -> None:
     """Add one tile's attention inputs (its owned part) to the whole map, and above
     GLOBAL_TOKENS into per-cell sums.
@@ -157,16 +174,12 @@ def add_cells(state: State, attn: Attention, x: Tensor) -> None:
         state.sums[attn][:, oy0:oy1, ox0:ox1] = x[0]
         return
     acc = state.sums.get(attn)
-    if acc is None:
-        home = _home(x.device)
-        inputs = torch.empty(x.shape[1], *state.size, dtype=x.dtype, device=home,
-                             pin_memory=home != x.device and torch.cuda.is_available())
-    else:
-        inputs = acc[2]
-    inputs[:, oy0:oy1, ox0:ox1] = x[0]
+    inputs = _whole_map(x, state.size) if acc is None else acc[2]
+    inputs[:, :, oy0:oy1, ox0:ox1] = x
     f, dev = state.cell, x.device
     gh, gw = -(-state.size[0] // f), -(-state.size[1] // f)
-    rows, cols = (torch.arange(oy0, oy1) // f).to(dev), (torch.arange(ox0, ox1) // f).to(dev)
+    rows = torch.arange(oy0, oy1, device=dev) // f
+    cols = torch.arange(ox0, ox1, device=dev) // f
     xf = x[0].float()
     cells = _pool(xf, rows, cols, (gh, gw))
     # Each token's key against its cell's mean key, over the cells' parts in this tile.
@@ -209,88 +222,160 @@ def finish_context(state: State, attn: Attention, sums, dtype: torch.dtype,
     if is_global(state.size):
         hidden = sums[None].to(dtype)
         q, k, v = _qkv(attn, hidden)
-        state.context[attn] = _output(attn, F.scaled_dot_product_attention(q, k, v), hidden)
+        state.context[attn] = _output(attn, attend(q, k, v), hidden)
         return
     cells, marks, inputs = sums
     context = summaries(state, attn, cells, marks, dtype)
     state.context[attn] = _sweep(state, attn, inputs, context, tick)
 
 
+def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
+    """softmax(q.k / sqrt(d) + bias) v for q, k, v of shape (batch, heads, tokens, d), `bias`
+    one float per key: chunks of queries, their scores in float32.
+
+    Our own, not SDPA: the SDXL VAE's single 512-channel head is too wide for flash kernels,
+    and SDPA's memory-efficient kernel ran at 73 TFLOP/s on an H200 (BENCHMARKS.md); plain
+    matmuls run at the tensor cores' rate.
+    """
+    scale = q.shape[-1] ** -0.5
+    chunk = max(1, SCORE_BYTES // (4 * k.shape[-2] * q.shape[0] * q.shape[1]))
+    mixed = q.dtype != torch.float32 and _mixed_matmul(q.device.type)
+    # bf16 values are exact in float32 (and TF32): without mixed matmuls, the same products.
+    kt = k.transpose(-1, -2) if mixed else k.float().transpose(-1, -2)
+    out = torch.empty(*q.shape[:-1], v.shape[-1], dtype=v.dtype, device=v.device)
+    for i in range(0, q.shape[-2], chunk):
+        scores = _scores(q[:, :, i:i + chunk], kt, mixed).mul_(scale)
+        if bias is not None:
+            scores += bias
+        weights = torch.softmax(scores, -1)
+        del scores
+        out[:, :, i:i + chunk] = torch.matmul(weights.to(v.dtype), v)
+    return out
+
+
+def _scores(q: Tensor, kt: Tensor, mixed: bool) -> Tensor:
+    """q.kt in float32 (rounded to bf16, logits near 50 would move by 0.1, their weights by
+    10 %): bf16 products with float32 results where `mixed`, else in float32."""
+    if not mixed:
+        return torch.matmul(q.float(), kt)
+    b, h, n, d = q.shape
+    s = torch.bmm(q.reshape(b * h, n, d), kt.reshape(b * h, d, -1), out_dtype=torch.float32)
+    return s.view(b, h, n, -1)
+
+
+@functools.cache
+def _mixed_matmul(device_type: str) -> bool:
+    """Whether bmm takes bf16 inputs to a float32 output on this kind of device (CUDA, torch
+    2.8 and later; meta, for the replay)."""
+    if device_type not in ("cuda", "meta"):
+        return False
+    try:
+        a = torch.zeros(1, 1, 8, dtype=torch.bfloat16, device=device_type)
+        torch.bmm(a, a.transpose(1, 2), out_dtype=torch.float32)
+    except (RuntimeError, TypeError, NotImplementedError):
+        return False
+    return True
+
+
+@dataclass
+class Context:
+    """What a block attends to beyond its key box: the cells' and landmarks' keys and values
+    (cells first), and what `_context_bias` needs to weigh them for a given box."""
+
+    keys: Tensor  # 1 x heads x (cells + landmarks) x d
+    values: Tensor
+    ey: Tensor  # cell edges down and across, in latent px, float32, on the keys' device
+    ex: Tensor
+    area: Tensor  # tokens per cell, flattened
+    pos: Tensor  # the landmarks' places (y * w + x)
+    cell_of: Tensor  # the landmarks' cells
+
+
 def summaries(state: State, attn: Attention, cells: Tensor, marks: tuple,
-              dtype: torch.dtype) -> tuple:
+              dtype: torch.dtype) -> Context:
     """The cells' and landmarks' keys and values, from their gathered inputs, and where they
     are: what `_attend_with_context` needs besides a block's own keys."""
     (h, w), f = state.size, state.cell
     _, pos, marked = marks
     c, gh, gw = cells.shape
-    ey = torch.tensor([min(i * f, h) for i in range(gh + 1)], dtype=torch.float64)
-    ex = torch.tensor([min(j * f, w) for j in range(gw + 1)], dtype=torch.float64)
-    area = ((ey[1:] - ey[:-1])[:, None] * (ex[1:] - ex[:-1])[None, :]).float().flatten()
+    dev = cells.device
+    ey = torch.tensor([min(i * f, h) for i in range(gh + 1)], dtype=torch.float32, device=dev)
+    ex = torch.tensor([min(j * f, w) for j in range(gw + 1)], dtype=torch.float32, device=dev)
+    area = ((ey[1:] - ey[:-1])[:, None] * (ex[1:] - ex[:-1])[None, :]).flatten()
     # Landmarks leave their cells: a cell stands for the mean of its other tokens.
     cell_of = (pos // w) // f * gw + (pos % w) // f
     sums = cells.reshape(c, -1).index_add(1, cell_of, -marked)
-    others = area.to(cells.device).index_add(0, cell_of, -torch.ones_like(marked[0]))
+    others = area.index_add(0, cell_of, -torch.ones_like(marked[0]))
     _, k, v = _qkv(attn, (sums / others.clamp(min=1)).view(1, c, gh, gw).to(dtype))
     _, mk, mv = _qkv(attn, marked[None, :, None, :].to(dtype))
-    return k, v, ey, ex, mk, mv, pos, cell_of
+    return Context(torch.cat([k, mk], 2), torch.cat([v, mv], 2), ey, ex, area, pos, cell_of)
 
 
-def _sweep(state: State, attn: Attention, inputs: Tensor, context: tuple,
+def block_rows(size: tuple[int, int]) -> list[list[tuple[Box, Box]]]:
+    """`blocks(size)` by rows of blocks (which share their key rows)."""
+    rows: dict[int, list[tuple[Box, Box]]] = {}
+    for block, keys in blocks(size):
+        rows.setdefault(block[0], []).append((block, keys))
+    return list(rows.values())
+
+
+def _sweep(state: State, attn: Attention, inputs: Tensor, context: Context,
            tick: Callable[[], None] | None) -> Tensor:
-    """The attention's output (1 x C x h x w, where `inputs` is) for every token, block by block."""
-    # Pinned like the input where a GPU copies tiles' windows out of it.
-    out = torch.empty(inputs.shape, dtype=inputs.dtype, device=inputs.device,
-                      pin_memory=inputs.device.type == "cpu" and inputs.is_pinned())
-    for (y0, y1, x0, x1), keys in blocks(state.size):
-        ky0, ky1, kx0, kx1 = keys
-        hidden = inputs[None, :, ky0:ky1, kx0:kx1].to(state.device)
-        q, k, v = _qkv(attn, hidden)
-        b, heads, _, d = q.shape
-        q = q.reshape(b, heads, ky1 - ky0, kx1 - kx0, d)[
-            :, :, y0 - ky0:y1 - ky0, x0 - kx0:x1 - kx0].reshape(b, heads, -1, d)
-        result = _attend_with_context(context, state.size, q, k, v, keys)
-        block = hidden[:, :, y0 - ky0:y1 - ky0, x0 - kx0:x1 - kx0]
-        out[:, y0:y1, x0:x1] = _output(attn, result, block)[0]
-        if tick is not None:
-            tick()
-    return out[None]
+    """The attention's output (1 x C x h x w, where `inputs` is) for every token, block by block.
+
+    A row of blocks at a time: its key rows cross to the device in one copy and its output
+    comes back in one, both contiguous (the maps are channels-last) and, off a GPU, pinned, so
+    neither makes the host wait for the device; the host waits once, at the end.
+    """
+    dev = state.device
+    out = torch.empty_strided(inputs.shape, inputs.stride(), dtype=inputs.dtype,
+                              device=inputs.device, pin_memory=inputs.is_pinned())
+    for row in block_rows(state.size):
+        (y0, y1, _, _), (ky0, ky1, _, _) = row[0]
+        band = inputs[:, :, ky0:ky1].to(dev, non_blocking=True)
+        done = out[:, :, y0:y1]
+        result = done if done.device == band.device else torch.empty_like(
+            band[:, :, y0 - ky0:y1 - ky0])
+        for (y0, y1, x0, x1), (ky0, ky1, kx0, kx1) in row:
+            hidden = band[:, :, :, kx0:kx1]
+            q, k, v = _qkv(attn, hidden)
+            b, heads, _, d = q.shape
+            q = q.reshape(b, heads, ky1 - ky0, kx1 - kx0, d)[
+                :, :, y0 - ky0:y1 - ky0, x0 - kx0:x1 - kx0].reshape(b, heads, -1, d)
+            attended = _attend_with_context(context, state.size, q, k, v, (ky0, ky1, kx0, kx1))
+            block = hidden[:, :, y0 - ky0:y1 - ky0, x0 - kx0:x1 - kx0]
+            result[:, :, :, x0:x1] = _output(attn, attended, block)
+            if tick is not None:
+                tick()
+        if result is not done:
+            done.copy_(result, non_blocking=True)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)  # the last rows' copies: the host reads `out` next
+    return out
 
 
-def _attend_with_context(context: tuple, size: tuple[int, int], q: Tensor, k: Tensor,
+def _context_bias(context: Context, size: tuple[int, int], keys: Box) -> Tensor:
+    """Per context key, for a block whose exact keys are the tokens of `keys` (a box on whole
+    cells): the log of how many tokens a cell stands for outside the box (less its landmarks,
+    which are keys of their own), 0 for a landmark outside, -inf for what stands for nothing.
+    Computed on the device from the box's numbers: nothing the host waits for."""
+    y0, y1, x0, x1 = keys
+    ey, ex = context.ey, context.ex
+    in_y = (ey[1:].clamp(max=y1) - ey[:-1].clamp(min=y0)).clamp(min=0)
+    in_x = (ex[1:].clamp(max=x1) - ex[:-1].clamp(min=x0)).clamp(min=0)
+    outside = context.area - (in_y[:, None] * in_x[None, :]).flatten()
+    py, px = context.pos // size[1], context.pos % size[1]
+    inside = (py >= y0) & (py < y1) & (px >= x0) & (px < x1)
+    others = outside.index_add(0, context.cell_of, (~inside).float(), alpha=-1)
+    none = torch.tensor(float("-inf"), device=outside.device)
+    cells = torch.where(others > 0.5, others.clamp(min=1).log(), none)
+    return torch.cat([cells, torch.where(inside, none, 0.0)])
+
+
+def _attend_with_context(context: Context, size: tuple[int, int], q: Tensor, k: Tensor,
                          v: Tensor, keys: Box) -> Tensor:
     """Queries q against k, v (the tokens of `keys`, a box on whole cells) exactly, and against
     the rest of the image through the cells and landmarks of `context`."""
-    ck, cv, ey, ex, mk, mv, pos, cell_of = context
-    y0, y1, x0, x1 = keys
-    d = k.shape[-1]
-    # How many tokens of each cell lie outside the key box (those inside are exact keys).
-    in_y = (ey[1:].clamp(max=y1) - ey[:-1].clamp(min=y0)).clamp(min=0)
-    in_x = (ex[1:].clamp(max=x1) - ex[:-1].clamp(min=x0)).clamp(min=0)
-    area = (ey[1:] - ey[:-1])[:, None] * (ex[1:] - ex[:-1])[None, :]
-    outside = (area - in_y[:, None] * in_x[None, :]).flatten()
-    # Indices found on the CPU: a boolean mask on the device would make the host wait for it.
-    keep = (outside > 0.5).nonzero().flatten()
-    # Landmarks inside the key box are exact keys already: masked out, no host sync.
-    py, px = pos // size[1], pos % size[1]
-    inside = ((py >= y0) & (py < y1) & (px >= x0) & (px < x1)).float()
-    marks_out = torch.zeros(area.numel(), device=pos.device).index_add_(0, cell_of, 1 - inside)
-    others = outside.float().to(pos.device) - marks_out
-    keep = keep.to(ck.device)
-    # A cell whose outside tokens are all landmarks is masked out like them (its mean is void).
-    others = others[keep]
-    bias = torch.cat([torch.where(others > 0.5, others.clamp(min=1).log(), -1e4), inside * -1e4])
-    ck = torch.cat([ck[:, :, keep], mk], 2)
-    cv = torch.cat([cv[:, :, keep], mv], 2)
-    # The per-key bias rides on an extra channel, since a queries x keys float mask would take
-    # gigabytes: logit = scale * (q.k + 1 * bias / scale). 8 extra keep fused kernels usable.
-    scale = 1 / math.sqrt(d)
-
-    def widen(t: Tensor, first: Tensor | float) -> Tensor:
-        extra = torch.zeros(*t.shape[:-1], 8, dtype=t.dtype, device=t.device)
-        extra[..., 0] = first
-        return torch.cat([t, extra], -1)
-
-    q2 = widen(q, 1.0)
-    k2 = torch.cat([widen(k, 0.0), widen(ck, (bias / scale).to(ck.dtype))], 2)
-    v2 = widen(torch.cat([v, cv], 2), 0.0)
-    return F.scaled_dot_product_attention(q2, k2, v2, scale=scale)[..., :d]
+    bias = torch.cat([torch.zeros(k.shape[-2], device=k.device),
+                      _context_bias(context, size, keys).to(k.device)])
+    return attend(q, torch.cat([k, context.keys], 2), torch.cat([v, context.values], 2), bias)

@@ -85,18 +85,16 @@ def steps(vae: VaeShape, h: int, w: int, *, decode: bool, dtype_bytes: int) -> l
 
 def _sweep_flops(c: int, size: tuple[int, int]) -> float:
     """The attention output for every token above GLOBAL_TOKENS (`vae_attention.finish_context`):
-    per block, q, k, v of its key box, q.k and weights.v (8 channels wider: the bias channel)
-    against the box's tokens, the cells not wholly inside it and the landmarks, and the output
-    projection of the block's tokens."""
+    per block, q, k, v of its key box, q.k and weights.v against the box's tokens, every cell
+    and the landmarks, and the output projection of the block's tokens."""
     (h, w), f = size, cell_side(size)
     cells, marks = -(-h // f) * -(-w // f), min(landmarks(size), h * w)
     total = 0.0
     for (y0, y1, x0, x1), (ky0, ky1, kx0, kx1) in blocks(size):
         box = (ky1 - ky0) * (kx1 - kx0)
-        inside = (-(-ky1 // f) - ky0 // f) * (-(-kx1 // f) - kx0 // f)
         queries = (y1 - y0) * (x1 - x0)
-        keys = box + cells - inside + marks
-        total += 6.0 * c * c * box + 4.0 * queries * keys * (c + 8) + 2.0 * c * c * queries
+        keys = box + cells + marks
+        total += 6.0 * c * c * box + 4.0 * queries * keys * c + 2.0 * c * c * queries
     return total
 
 
