@@ -149,10 +149,47 @@ def vae_checks(comps, side: int, tile: int, seed: int = 0) -> list[dict]:
             vae, latent, tile=tile, stats="exact"))
         rows.append(_row(f"vae decode {side} px: exact (scratch files)", seconds, peak,
                          _rel(out, plain), tolerance))
+        # The sweep (block by block, key rows copied in bands) with exact keys reaching over
+        # the whole image is the whole attention: on a GPU, its pinned non-blocking copies.
+        with _whole_sweep():
+            out, seconds, peak = _timed(device, lambda: tiled_vae.decode_float(
+                vae, latent, tile=tile))
+        rows.append(_row(f"vae decode {side} px: the attention swept in blocks", seconds, peak,
+                         _rel(out, plain), tolerance))
         image = plain.clamp(-1, 1)
         plain_and_spilled(f"encode {side} px", lambda spill: tiled_vae.encode(
             vae, image, tile=tile, spill=spill))
+    rows.append(_attention_check(device, comps.vae_dtype, 1024 if device.type == "cpu" else 65536,
+                                 tolerance))
     return rows
+
+
+@contextmanager
+def _whole_sweep():
+    """The VAE attention's sweep on any size, its exact keys reaching over the whole image."""
+    from hires import vae_attention
+
+    saved = vae_attention.GLOBAL_TOKENS, vae_attention.SWEEP_REACH
+    vae_attention.GLOBAL_TOKENS, vae_attention.SWEEP_REACH = 0, 1 << 20
+    try:
+        yield
+    finally:
+        vae_attention.GLOBAL_TOKENS, vae_attention.SWEEP_REACH = saved
+
+
+def _attention_check(device: torch.device, dtype: torch.dtype, keys: int,
+                     tolerance: float) -> dict:
+    """The VAE attention's own kernel (`vae_attention.attend`: chunked matmuls, float32
+    scores) against SDPA, at the SDXL VAE's single 512-channel head."""
+    from hires.vae_attention import attend
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 1, n, 512, generator=g).to(device, dtype)
+               for n in (4096, keys, keys))
+    ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    out, seconds, peak = _timed(device, lambda: attend(q, k, v))
+    return _row(f"vae attention: 4096 queries x {keys} keys against SDPA (fp32)", seconds,
+                peak, _rel(out, ref), tolerance)
 
 
 def table(rows: list[dict]) -> list[str]:

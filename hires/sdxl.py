@@ -43,15 +43,13 @@ def random_components(device: torch.device, dtype: torch.dtype):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from hires.linfusion import LinFusion
-    from hires.models import Components, choose_vae_dtype
+    from hires.models import Components, choose_vae_dtype, tune_for_cuda
     from hires.tiny import tiny_clip_vocab, tiny_scheduler, tiny_tokenizer
 
     vocab = len(tiny_clip_vocab())
     common = dict(vocab_size=vocab, bos_token_id=vocab - 2, eos_token_id=vocab - 1,
                   pad_token_id=vocab - 1, max_position_embeddings=77, hidden_act="gelu")
     vae_dtype = choose_vae_dtype(device, dtype)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # as hires.models.load does on CUDA
     torch.manual_seed(0)
     with device:  # initialize on the GPU: seconds instead of a minute of CPU init
         unet = UNet2DConditionModel(**SDXL_UNET_CONFIG).to(dtype)
@@ -73,5 +71,7 @@ def random_components(device: torch.device, dtype: torch.dtype):
     pipe.set_progress_bar_config(disable=True)
     for part in (unet, vae, te1, te2):
         part.requires_grad_(False).eval()
+    if device.type == "cuda":
+        tune_for_cuda(pipe)  # as hires.models.load does
     return Components(pipe, "sdxl-random", "linfusion-xl-random", device, dtype, vae_dtype,
                       "none")

@@ -39,8 +39,9 @@ def _check_stats(stats: str) -> None:
 
 
 def _layout(x: Tensor) -> Tensor:
-    """Channels-last on the CPU: its convolutions run about 1.4x faster that way (measured)."""
-    return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else x
+    """Channels-last: the CPU's convolutions run about 1.4x faster that way (measured), and
+    cuDNN's tensor-core ones are NHWC (NCHW maps cost a conversion around each)."""
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 def _decode_strips(vae, latents: Tensor, tile: int, overlap: int | None, stats: str,

@@ -33,6 +33,36 @@ def test_cuda_vae_runs_bf16_by_default(bf16, model):
     assert choose_vae_dtype(torch.device("cuda:1"), model) == torch.bfloat16
 
 
+@pytest.fixture
+def tf32_off():
+    """TF32 for fp32 matmuls off for the test, then as it was (a global switch)."""
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_cuda_tuning_makes_convolutions_channels_last_and_allows_tf32(tf32_off):
+    """cuDNN's tensor-core convolutions are NHWC: the UNet's and VAE's weights go
+    channels-last (PyTorch then runs their convolutions NHWC), and fp32 matmuls may use TF32;
+    the output is still the same image (checked on the CPU, where the layout is honoured too)."""
+    from hires.tiny import tiny_pipeline
+
+    pipe = tiny_pipeline()
+    x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = pipe.vae.decoder(x)
+        models.tune_for_cuda(pipe)
+        after = pipe.vae.decoder(x)
+    assert torch.backends.cuda.matmul.allow_tf32
+    convs = [m for part in (pipe.unet, pipe.vae) for m in part.modules()
+             if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
+    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last)
+                         for m in convs)
+    assert after.is_contiguous(memory_format=torch.channels_last)
+    assert (after - before).abs().max() < 1e-4
+
+
 def test_cuda_without_bf16_falls_back_to_fp32(bf16):
     bf16(False)
     assert choose_vae_dtype(CUDA, torch.float16) == torch.float32
