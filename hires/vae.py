@@ -188,7 +188,12 @@ def encode(vae, image: np.ndarray | Tensor, *, tile: int = 1024, overlap: int | 
     channels = vae.config.latent_channels
 
     def head(box: Box) -> Tensor:
-        x = window(box).to(vae.device)
+        x = window(box)
+        if vae.device.type == "cuda" and x.device.type == "cpu":
+            # Through pinned memory: a strided window of a pageable array would make the host
+            # wait for the GPU to drain before each upload.
+            x = torch.empty(x.shape, dtype=x.dtype, pin_memory=True).copy_(x)
+        x = x.to(vae.device, non_blocking=True)
         if x.dtype == torch.uint8:
             x = x.to(torch.float32) / 127.5 - 1
         return _layout(x.to(vae.dtype))
