@@ -156,12 +156,30 @@ def vae_checks(comps, side: int, tile: int, seed: int = 0) -> list[dict]:
                 vae, latent, tile=tile))
         rows.append(_row(f"vae decode {side} px: the attention swept in blocks", seconds, peak,
                          _rel(out, plain), tolerance))
+        # The cross-fade's buffer in the CPU's memory (a small card's case), against the GPU's.
+        with _rows_share(0.0):
+            out, seconds, peak = _timed(device, lambda: tiled_vae.decode_float(
+                vae, latent, tile=tile))
+        rows.append(_row(f"vae decode {side} px: cross-fade in the CPU's memory", seconds,
+                         peak, _rel(out, plain), tolerance))
         image = plain.clamp(-1, 1)
         plain_and_spilled(f"encode {side} px", lambda spill: tiled_vae.encode(
             vae, image, tile=tile, spill=spill))
     rows.append(_attention_check(device, comps.vae_dtype, 1024 if device.type == "cpu" else 65536,
                                  tolerance))
     return rows
+
+
+@contextmanager
+def _rows_share(share: float):
+    """`hires.vae_tiles.ROWS_SHARE` set for a check, and put back."""
+    from hires import vae_tiles
+
+    saved, vae_tiles.ROWS_SHARE = vae_tiles.ROWS_SHARE, share
+    try:
+        yield
+    finally:
+        vae_tiles.ROWS_SHARE = saved
 
 
 @contextmanager

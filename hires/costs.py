@@ -23,9 +23,17 @@ from hires.unet_costs import (
     unet_flops,
     unet_parked_bytes,
 )
-from hires.vae_attention import CONTEXT_CELLS, GLOBAL_TOKENS, SWEEP_BLOCK, SWEEP_REACH, landmarks
+from hires.vae_attention import (
+    CONTEXT_CELLS,
+    GLOBAL_TOKENS,
+    SCORE_BYTES,
+    SWEEP_BLOCK,
+    SWEEP_REACH,
+    landmarks,
+)
 from hires.vae_cost import tiled_cost, tiled_memo_bytes
 from hires.vae_stats import budget_from_free, spill_budget
+from hires.vae_tiles import rows_on_device
 
 HOST_LINK = 25e9  # bytes/s between host and GPU (PCIe 4 x16 in practice) for offload traffic
 # bytes/s to and from the scratch disk for parked maps RAM cannot hold: a consumer NVMe's
@@ -104,12 +112,19 @@ def vae_attention_bytes(vae: VaeShape, width: int, height: int, dtype_bytes: int
     keeps its maps in the CPU's memory and works a block at a time, less than a tile's run).
 
     Its gathered float32 input, that input in the run dtype, q, k, v, the attention output
-    and its projection.
+    and its projection, and one chunk of queries' float32 scores and weights (`attend`).
     """
     tokens = width * height // 64
     if tokens > GLOBAL_TOKENS:
         return 0
-    return int(vae.channels[-1] * tokens * (4 + 6 * dtype_bytes))
+    scores = 2 * min(SCORE_BYTES, 4 * tokens * tokens)
+    return int(vae.channels[-1] * tokens * (4 + 6 * dtype_bytes)) + scores
+
+
+def vae_rows_bytes(width: int, height: int, tile: int) -> int:
+    """Bytes of a decode's cross-fade buffer (`hires.vae_tiles.blend`): one row of tiles of
+    the image, full width, 3 float32 channels, on the VAE's device (400 MB at 16K)."""
+    return 3 * 4 * min(tile, height) * width
 
 
 def vae_tile_peak(vae: VaeShape, tile: int, dtype_bytes: int = 2) -> int:
@@ -283,6 +298,11 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
                         for w, h in [(width, height), *([previous] if previous else [])])
         peaks.append(vae_weights + max(vae_tile_peak(model.vae, tile, model.vae_dtype_bytes),
                                        attention) + state)
+        # The decode's cross-fade buffer, where a GPU keeps it (the rule hires.vae follows).
+        rows = max((vae_rows_bytes(w, h, tile) for w, h, d in passes if d), default=0)
+        if model.on_gpu and budget is not None and rows_on_device(
+                rows, budget - vae_weights - state):
+            peaks[-1] += rows
         if budget is not None and vae_stats == "fast":  # no budget: a CPU's RAM, not planned
             kept = max(tiled_memo_bytes(model.vae, w, h, decode=d, tile=tile, budget=memo,
                                         spill=spill_bytes, dtype_bytes=model.vae_dtype_bytes)

@@ -24,8 +24,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hires.memory import free_memory
 from hires.vae_stats import MODES, Progress, whole_image
-from hires.vae_tiles import SCALE, Box, Grid, blend, tile_sizes
+from hires.vae_tiles import SCALE, Box, Grid, blend, rows_on_device, tile_sizes
 
 __all__ = ["MODES", "SCALE", "decode", "decode_float", "encode", "to_uint8"]
 
@@ -46,7 +47,7 @@ def _layout(x: Tensor) -> Tensor:
 
 def _decode_strips(vae, latents: Tensor, tile: int, overlap: int | None, stats: str,
                    progress: Progress | None, spill: float = 0.0) -> Iterator[tuple[int, Tensor]]:
-    """Yield (first row, float rows 3 x n x W on the CPU) of the image, top to bottom.
+    """Yield (first row, float rows 3 x n x W on the VAE's device) of the image, top to bottom.
 
     The rows are a view of a scratch buffer: use (or change) them before asking for the next.
     """
@@ -70,15 +71,19 @@ def _decode_strips(vae, latents: Tensor, tile: int, overlap: int | None, stats: 
 
     if h * w <= t * t:  # no more pixels than one tile: one plain pass
         with torch.no_grad():
-            out = vae.decoder(head((0, h, 0, w)))[0].float().cpu()
+            out = vae.decoder(head((0, h, 0, w)))[0].float()
         if progress is not None:
             progress(1, 1)
         yield 0, out
         return
     grid = Grid.cover((h, w), t, o)
+    # A GPU keeps the cross-fade buffer (costs.vae_rows_bytes) where it has room for it.
+    rows = 3 * 4 * min(t * SCALE, h * SCALE) * w * SCALE
+    home = torch.device("cpu") if vae.device.type == "cuda" and not rows_on_device(
+        rows, free_memory(vae.device)) else vae.device
     with whole_image(vae.decoder, head, grid, stats, vae.device, vae.dtype, progress,
                      spill) as tiles:
-        yield from blend(grid, SCALE, 3, o, tiles.run)
+        yield from blend(grid, SCALE, 3, o, tiles.run, home)
 
 
 def _each_strip(strips: Iterator[tuple[int, Tensor]], write: Callable[[int, Tensor], None]) -> None:
@@ -122,6 +127,8 @@ def decode(vae, latents: Tensor, *, tile: int = 1024, overlap: int | None = None
     view = torch.from_numpy(canvas)
 
     def write(top: int, rows: Tensor) -> None:
+        if bits == 16:
+            rows = rows.cpu()  # uint16 is a CPU dtype in torch; 8 bits quantize where rows are
         view[top:top + rows.shape[1]] = _quantize_(rows, bits)
 
     _each_strip(_decode_strips(vae, latents, tile, overlap, stats, progress, spill), write)

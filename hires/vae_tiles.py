@@ -111,35 +111,51 @@ class Grid:
                 yield ys + xs, oys + oxs
 
 
+# The cross-fade buffer (one row of tiles, full width, float32: 400 MB for a 16K decode in
+# 2048 px tiles) stays on a GPU when it takes at most this share of the memory free there:
+# then the GPU does the sums and the host only takes finished rows. Else it lives in the
+# CPU's memory (a small card's memory is better spent on tiles).
+ROWS_SHARE = 0.02
+
+
+def rows_on_device(rows_bytes: float, free: float | None) -> bool:
+    """Whether a cross-fade buffer of `rows_bytes` stays on a GPU with `free` bytes free."""
+    return free is not None and rows_bytes <= ROWS_SHARE * free
+
+
 def blend(grid: Grid, scale: int, channels: int, overlap: float,
-          run: Callable[[Box], Tensor]) -> Iterator[tuple[int, Tensor]]:
+          run: Callable[[Box], Tensor], home: torch.device | None = None
+          ) -> Iterator[tuple[int, Tensor]]:
     """Run every tile and cross-fade them; yield (first row, rows C x n x W) top to bottom.
 
     `run(window)` gives a tile's output, 1 x C x (scale * window); `overlap` is in latent units.
     Rows go out as soon as no later tile touches them, so only one row of tiles (full width,
-    float32) is ever held: the rows are a view of that buffer, to use before the next step.
-    On CUDA, tiles are weighted on the device and copied into pinned memory without waiting;
-    the copies are waited for once per row of tiles, not per tile.
+    float32, on `home`: default the tiles' device) is ever held: the rows are a view of that
+    buffer, to use before the next step. Tiles from a GPU into a CPU buffer are weighted on
+    the GPU and copied into pinned memory without waiting, once per row of tiles.
     """
     (h, w), drop, fade = grid.size, DROP * overlap * scale, FADE * overlap * scale
     wy = weights(grid.ys, h, scale, drop, fade)
     wx = weights(grid.xs, w, scale, drop, fade)
     height = max(e - s for s, e in grid.ys) * scale
-    buf = torch.zeros(channels, height, w * scale)
+    buf = None
     top = 0  # image row of buf[:, 0]
     for r, ((y0, y1), wyr) in enumerate(zip(grid.ys, wy)):
         pending = []
         for (x0, x1), wxc in zip(grid.xs, wx):
             out = run((y0, y1, x0, x1))[0]
+            if buf is None:
+                buf = torch.zeros(channels, height, w * scale, device=home or out.device)
             weight = (wyr[:, None] * wxc[None, :]).to(out.device)
             part = buf[:, y0 * scale - top:y1 * scale - top, x0 * scale:x1 * scale]
-            if out.device.type == "cuda":
+            if part.device == out.device or out.device.type != "cuda":
+                # addcmul_ promotes a bf16 tile to float32 as it goes: no float32 copy of it.
+                part.addcmul_(out, weight)
+            else:
                 staged = torch.empty(part.shape, pin_memory=True)
                 staged.copy_(out.float() * weight, non_blocking=True)
                 pending.append((part, staged, torch.cuda.Event()))
                 pending[-1][2].record()
-            else:
-                part.addcmul_(out.float(), weight)
             del out
         for part, staged, done in pending:
             done.synchronize()

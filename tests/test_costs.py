@@ -202,7 +202,11 @@ def test_vae_attention_is_quadratic_while_whole_then_linear_in_cells():
         keys = (SWEEP_BLOCK + 2 * SWEEP_REACH) ** 2 + CONTEXT_CELLS + landmarks(
             (size // 8, size // 8))
         assert _attention_only(vae, size) == pytest.approx(4 * tokens * keys * vae.channels[-1])
-    assert vae_attention_bytes(vae, side, side) == vae.channels[-1] * (side // 8) ** 2 * 16
+    # Its maps, and a chunk of queries' float32 scores and weights (`attend`).
+    from hires.vae_attention import SCORE_BYTES
+
+    assert vae_attention_bytes(vae, side, side) == vae.channels[-1] * (side // 8) ** 2 * 16 \
+        + 2 * SCORE_BYTES
     assert vae_attention_bytes(vae, big, big) == 0
 
 

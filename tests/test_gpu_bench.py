@@ -54,7 +54,7 @@ def test_gpu_benchmark_smoke_run_writes_every_phase(tmp_path):
     # The memory levers against the plain path: every one ran and gave the same result.
     assert "levers_error" not in report, report["levers_error"]
     checks = [r["check"] for r in report["levers"]]
-    assert len(checks) == 12 and all(r["ok"] for r in report["levers"]), report["levers"]
+    assert len(checks) == 13 and all(r["ok"] for r in report["levers"]), report["levers"]
     assert any("on disk" in c for c in checks)
     assert any("swept in blocks" in c for c in checks) and any("SDPA" in c for c in checks)
     assert any("sequential-offload" in c for c in checks)
