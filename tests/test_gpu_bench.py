@@ -127,3 +127,15 @@ def test_vae_profile_smoke_run_writes_both_tables(tmp_path):
         assert run["seconds"] > 0 and run["by_device"] and run["by_host"]
         assert any("conv" in op["op"] for op in run["by_device"])
     assert "### by host time" in (tmp_path / "vae-profile.txt").read_text()
+
+
+def test_unet_profile_smoke_run_times_and_profiles_an_evaluation(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "unet_profile.py"), "--smoke", "--out",
+         str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "unet-profile.json").read_text())
+    (run,) = report["latents"].values()
+    assert run["seconds_per_evaluation"] > 0 and run["by_device"] and run["by_host"]
+    assert any("conv" in op["op"] for op in run["by_device"])
+    assert "### by host time" in (tmp_path / "unet-profile.txt").read_text()
