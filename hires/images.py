@@ -330,6 +330,67 @@ def attach_alpha(rgb: Image.Image, alpha: Image.Image | None) -> Image.Image:
     return out
 
 
+# Output a band of `resize_lanczos` makes at most (Pillow holds RGB in 4 bytes a pixel). Each
+# band resizes across again the source rows next to it that its neighbours also read (Lanczos
+# reaches 3 rows, more when shrinking): at x2 a 16K band is 256 rows made from 128 + 10 rows,
+# 8% more work across, under 3% in all; larger bands waste less but hold more memory (a band
+# per thread at once, up to 16 threads).
+BAND_BYTES = 16 << 20
+# Pillow 13 (python-pillow/Pillow#9549) resizes down first where the height shrinks more than
+# twice as much as the width; earlier versions always resize across first.
+_DOWN_FIRST_RULE = int(Image.__version__.split(".")[0]) >= 13
+
+
+def resize_lanczos(image: Image.Image, size: tuple[int, int],
+                   threads: int | None = None) -> Image.Image:
+    """`image.resize(size, Image.LANCZOS)`, bit for bit; for L and RGB images (all `fit` is
+    given), made in bands of rows on `threads` threads (default: every core)."""
+    from hires.strips import cores, in_order
+
+    width, height = size
+    # Bands start where the source row under their top is whole (a box is exact in Pillow's
+    # 32-bit floats). A band per thread, none above BAND_BYTES.
+    step = height // math.gcd(image.height, height)
+    rows = min(max(1, BAND_BYTES // (4 * width)), -(-height // (threads or cores())))
+    rows = -(-rows // step) * step
+    # Only where the height ratio is exact in binary (its denominator `step` a power of two: x2,
+    # /2, x4/3 ...) does a band place each row's filter exactly where the whole resize does; at
+    # other ratios the last bit can differ, which now and then moves an 8-bit filter weight.
+    # Other modes may convert between the passes (RGBA premultiplies), an unchanged height has
+    # no pass down to cut, and one band is one whole resize.
+    if (step & (step - 1) or image.mode not in ("L", "RGB") or image.height == height
+            or rows >= height):
+        return image.resize(size, Image.Resampling.LANCZOS)
+    image.load()
+    out = Image.new(image.mode, size, None)  # not filled: the bands cover it
+    shrink_down, shrink_across = image.height - height, image.width - width
+    down_first = _DOWN_FIRST_RULE and 0 < shrink_down and 2 * shrink_across < shrink_down
+    reach = 3 * -(-image.height // height) + 2  # source rows Lanczos reads past a band, +2 spare
+
+    def band(i: int) -> None:
+        top, bottom = i * rows, min(height, (i + 1) * rows)
+        start, end = top * image.height // height, bottom * image.height // height  # exact
+        first, last = max(0, start - reach), min(image.height, end + reach)
+        part = image.crop((0, first, image.width, last))  # all that the two passes read
+
+        def down(im: Image.Image) -> Image.Image:
+            box = (0, start - first, im.width, end - first)
+            return im.resize((im.width, bottom - top), Image.Resampling.LANCZOS, box=box)
+
+        def across(im: Image.Image) -> Image.Image:
+            return im if im.width == width else im.resize((width, im.height),
+                                                          Image.Resampling.LANCZOS)
+
+        # Two resizes in Pillow's order: one resize of the band would choose its own order (the
+        # band is far shorter than the image), and the 8-bit image between the passes rounds.
+        part = across(down(part)) if down_first else down(across(part))
+        out.paste(part, (0, top))  # rows no other band writes; Pillow pastes without the GIL
+
+    for _ in in_order(band, -(-height // rows), threads):  # Pillow resizes without the GIL
+        pass
+    return out
+
+
 def attach_alpha16(pixels: np.ndarray, alpha: Image.Image | None) -> np.ndarray:
     """16-bit RGB samples H x W x 3 with `alpha` resized (Lanczos, in floats, so the enlarged
     edges get 16-bit steps) as a fourth channel; `pixels` if no alpha."""

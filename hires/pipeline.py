@@ -21,7 +21,7 @@ from hires.controlnet import control_tensor
 from hires.costs import model_shape
 from hires.denoiser import Conditioning, Control, Denoiser
 from hires.gpus import fp32_share_for, local_gpu, rate_for
-from hires.images import to_8bit
+from hires.images import resize_lanczos, to_8bit
 from hires.job import DEFAULT_MODEL, Job
 from hires.memory import current, free_memory, host_room, peak_memory, placed, reset_peak
 from hires.models import Components, load, load_args
@@ -527,8 +527,8 @@ def fit(image: Image.Image, width: int, height: int) -> Image.Image:
     """Scale to cover `width` x `height` (Lanczos), then crop the centre: no distortion."""
     scale = max(width / image.width, height / image.height)
     size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
-    if size != image.size:
-        image = image.resize(size, Image.LANCZOS)
+    if size != image.size:  # in bands on threads: single-threaded, 8K -> 16K took 8.5 s
+        image = resize_lanczos(image, size)
     left, top = (image.width - width) // 2, (image.height - height) // 2
     return image.crop((left, top, left + width, top + height))
 

@@ -41,11 +41,16 @@ def rows_per_strip(row_bytes: int) -> int:
     return max(1, STRIP_BYTES // max(1, row_bytes))
 
 
+def cores() -> int:
+    """CPU cores this process may run on."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores or 1
+
+
 def in_order(work: Callable[[int], T], count: int, threads: int | None = None) -> Iterator[T]:
     """work(0), work(1), ... work(count - 1), run on threads and yielded in order; a couple of
     results per thread are in flight, never the whole compressed image."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    workers = max(1, min(threads or cores or 1, MAX_THREADS, count))
+    workers = max(1, min(threads or cores(), MAX_THREADS, count))
     pool = ThreadPoolExecutor(workers, thread_name_prefix="strips")
     pending: deque[Future] = deque()
     try:
