@@ -423,17 +423,18 @@ def attach_linfusion(
 
 
 def tune_for_cuda(pipe) -> None:
-    """TF32 for fp32 matmuls, and the UNet's and VAE's convolution weights channels-last."""
+    """TF32 for fp32 matmuls, and the VAE's convolution weights channels-last."""
     # LinFusion's attention sums run in fp32 even when the model is half precision, and
     # PyTorch leaves TF32 off for fp32 matmuls: without this they run at a fraction of the
     # tensor cores' speed. TF32 keeps fp32's range; its 10-bit mantissa is still finer than
     # the fp16/bf16 inputs those sums are made from.
     torch.backends.cuda.matmul.allow_tf32 = True
-    # cuDNN's tensor-core convolutions are NHWC: with NCHW maps every convolution converted its
-    # input and output (0.64 s of an 8K VAE decode on an H200). Channels-last weights make
-    # PyTorch pick NHWC for their convolutions, and the maps stay NHWC from there on.
-    for part in (pipe.unet, pipe.vae):
-        part.to(memory_format=torch.channels_last)
+    # cuDNN's tensor-core convolutions are NHWC: with NCHW maps every VAE convolution converted
+    # its input and output (0.64 s of an 8K decode on an H200). Channels-last weights make
+    # PyTorch pick NHWC for their convolutions, and the maps stay NHWC from there on. Not the
+    # UNet's: its attention and linear layers want tokens in rows, and channels-last made the
+    # H200's 4K-16K denoising 6-20 % slower (BENCHMARKS.md).
+    pipe.vae.to(memory_format=torch.channels_last)
 
 
 def load(

@@ -17,7 +17,8 @@ from hires.lean import GPU_BAND_BYTES
 from hires.strategy import Strategy
 
 FF_TOKENS = 16384  # tokens per chunk (hires.token_chunks.CHUNK_TOKENS)
-LINFUSION_WORK = 256 << 20  # fp32 work buffers of one LinFusion call on a GPU (linfusion.py)
+LINFUSION_WORK = 256 << 20  # fp32 work buffers of one LinFusion call on a GPU (linfusion.py),
+LINFUSION_FLOOR = 64 << 20  # at most, and as much as this where the call's input is smaller
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,7 @@ class _Walk:
         ff = 16 * c  # GEGLU: the 8x projection, GELU of its gate half, their product
         if self.strategy.ff_chunks and tokens > FF_TOKENS:
             ff = 16 * channels * FF_TOKENS * self.unit + 2 * c  # a chunk, the outputs, the cat
-        attn = 5 * c + (min(LINFUSION_WORK, c // self.unit * self.batch * 4)
+        attn = 5 * c + (min(LINFUSION_WORK, max(LINFUSION_FLOOR, c // self.unit * self.batch * 4))
                         if self.s.linfusion else 0)
         # Around the blocks: the residual input, the projected tokens, the block's norm output.
         self.touch(2 * c + max(ff, attn) + (c if blocks else 0))
