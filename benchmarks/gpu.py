@@ -252,6 +252,15 @@ def vae_work(row: dict, job, plan, vae_config, dtype_bytes: int) -> float | None
                        spill=min(row.get("spill_budget", 0.0), spilled))
 
 
+def plan_stage_of(row: dict, last: int) -> int:
+    """The plan stage whose cost counts a phase. Progress labels a decode with the stage it
+    decodes; the plan counts that decode in the next stage (it decodes its previous image),
+    except the last stage's final decode."""
+    if row["phase"] == "vae-decode" and row["stage"] < last:
+        return row["stage"] + 1
+    return row["stage"]
+
+
 def table(rows: list[dict]) -> list[str]:
     """The phases as Markdown rows."""
     lines = ["| phase | stage | size | seconds | peak GPU GB | TFLOP | TFLOP/s | VAE run TFLOP/s |",
@@ -408,11 +417,12 @@ def main() -> None:
                      })})
     # The planner's memory beside what ran: the peak a stage needs free, and what it takes
     # with the VAE's kept outputs (which fill a share of what is free), against the largest
-    # of the stage's phases' measured peaks.
+    # of the measured peaks of the phases the plan counts in that stage.
+    last = max(stages)
     for index, stage in stages.items():
         cost = plan.stages[index].cost
         measured = [r["peak_gpu_gb"] for r in rows
-                    if r["stage"] == index and r["peak_gpu_gb"] is not None]
+                    if plan_stage_of(r, last) == index and r["peak_gpu_gb"] is not None]
         stage.update(planned_peak_gb=None if cost is None else round(cost.peak_bytes / GB, 2),
                      planned_used_gb=None if cost is None
                      else round(max(cost.used_bytes, cost.peak_bytes) / GB, 2),

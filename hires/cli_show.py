@@ -15,6 +15,7 @@ from hires import __version__
 from hires.cli_jobs import check_gpu, fitted_plan
 from hires.cli_output import EXIT_USAGE, exit_codes, out_line, say
 from hires.cli_runs import fp16_vae_hint, stages_upto, warn_space
+from hires.strips import cores
 
 
 def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | None = None,
@@ -68,7 +69,9 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
         if p.fp32:
             fp32 = rate * p.fp32_share / 1e12
             where += f", {fp32:.{0 if fp32 >= 10 else 1}f} in the fp32 {' and '.join(p.fp32)}"
-        where += ", assumed)" if card(gpu) else ")"
+        if card(gpu):
+            where += ", at the share of its peak an H200 reached"
+        where += f"; host work on {cores()} cores)"
     else:
         where = ("no times: a CPU's rate is not known (expect minutes per megapixel; --gpu "
                  "with a TFLOP/s figure times it)")

@@ -12,8 +12,15 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from hires.gpus import FP32_SHARE
+from hires.gpus import (
+    CALL_SECONDS,
+    FP32_SHARE,
+    RESIZE_PX_PER_CORE,
+    SAVE_PX_PER_CORE,
+    VAE_SHARE,
+)
 from hires.strategy import Strategy
+from hires.strips import cores
 from hires.unet_costs import (
     ControlShape,
     UNetShape,
@@ -239,15 +246,17 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
     state = 10 * unet.in_channels * lat_h * lat_w * 4  # latents, noise, x0, blur, eps: fp32
     if control is not None:
         state += control.cond_channels * width * height * model.dtype_bytes  # its image
-    denoise = denoise_peak_bytes(unet, control, lat_h, lat_w, strategy, model.dtype_bytes)
+    denoise = denoise_peak_bytes(unet, control, lat_h, lat_w, strategy, model.dtype_bytes,
+                                 gpu=model.on_gpu)
     peaks = [denoise + others + state]
     weights_now = model.weights if resident else 0
     if base:
         peaks.append((weights_now or model.text_bytes) + (64 << 20))
     tile = vae_tile or VAE_TILES[-1]
-    # The UNet's and the VAE's rates: `rate` is a GPU's bf16 rate; fp32 runs slower there.
-    unet_rate, vae_rate = (_rate_in(model, b, rate or RANK_RATE)
-                           for b in (model.dtype_bytes, model.vae_dtype_bytes))
+    # The UNet's and the VAE's rates: `rate` is the UNet's at the GPU's bf16 rate; fp32 runs
+    # slower there, and the tiled VAE reaches a share of the UNet's rate (hires.gpus).
+    unet_rate = _rate_in(model, model.dtype_bytes, rate or RANK_RATE)
+    vae_rate = _rate_in(model, model.vae_dtype_bytes, rate or RANK_RATE) * VAE_SHARE
     vae_flop = spilled = 0.0
     spill_bytes = 0.0
     used = 0
@@ -311,8 +320,7 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
     # An upscale step's local pass, plus the global pass in its first `global_steps` steps.
     evals = steps if base else steps + (steps if global_steps is None else global_steps)
     unet_flop = evals * 2 * unet_flops(unet, lat_h, lat_w)
-    if control is not None:
-        unet_flop += evals * 2 * controlnet_flops(control, lat_h, lat_w)
+    control_flop = 0 if control is None else evals * 2 * controlnet_flops(control, lat_h, lat_w)
     scratch = 0
     if vae_stats == "exact" and (previous or encode_input or final_decode):
         # Saved block outputs, fp32, up to 16 GB a level (hires.vae's cap).
@@ -333,7 +341,15 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
         moved += calls * nets + 2 * model.vae.param_bytes
     elif strategy.weights == "model":
         moved += 2 * (nets + model.vae.param_bytes + (model.text_bytes if base else 0))
-    rank = unet_flop * slowdown / unet_rate + vae_flop / vae_rate + moved / HOST_LINK
+    unet_seconds = unet_flop * slowdown / unet_rate
+    if model.on_gpu:  # a small image's calls are bound by the host's launches
+        unet_seconds = max(unet_seconds, calls * CALL_SECONDS)
+    unet_seconds += control_flop * slowdown / unet_rate
+    unet_flop += control_flop
+    rank = unet_seconds + vae_flop / vae_rate + moved / HOST_LINK
+    if model.on_gpu:
+        rank += host_seconds(width, height, resize=bool(previous and encode_previous),
+                             save=final_decode)
     maps = parked_bytes(model, lat_h, lat_w, strategy)
     host = maps + (0 if resident else model.weights)
     on_disk = maps_on_disk(model, maps, host)
@@ -344,6 +360,13 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
     return StageCost(max(peaks), peaks[0], (unet_flop + vae_flop) / 1e12, unet_flop / 1e12, scratch,
                      rank if rate else None, tile, rank, spill_bytes, host, vae_seconds,
                      maps, on_disk, max(*peaks, used))
+
+
+def host_seconds(width: int, height: int, *, resize: bool, save: bool) -> float:
+    """The host's own work in a stage: resizing the previous image to width x height, and
+    saving the final one, on this machine's cores."""
+    px = width * height
+    return (resize * px / RESIZE_PX_PER_CORE + save * px / SAVE_PX_PER_CORE) / cores()
 
 
 def maps_on_disk(model: ModelShape, maps: int, host: int) -> int:

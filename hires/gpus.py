@@ -31,7 +31,21 @@ GPUS = {
     "4070": Card(58e12, 12.0), "3090": Card(71e12, 24.0), "3080": Card(59e12, 10.0),
     "3060": Card(25e12, 12.0),
 }
-EFFICIENCY = 0.4  # fraction of peak these convs and matmuls reach: assumed until measured
+# Fraction of the data-sheet peak the UNet reaches, measured on an H200 (benchmarks/gpu.py,
+# 2026-12-04: 262 TFLOP/s of 989 over the 4K-16K stages); other cards are assumed alike.
+EFFICIENCY = 0.265
+# The tiled VAE's rate (of the work it runs: hires.vae_cost) as a share of the UNet's: 152
+# against 262 TFLOP/s on the same run. GroupNorm statistics, copies and the attention sweep
+# weigh more there than in the UNet.
+VAE_SHARE = 0.58
+# Host work per UNet call that no GPU hides: a small image's denoising is bound by kernel
+# launches (the 1K base stage's guided evaluation took 0.081 s on the H200 host, where its
+# FLOPs need 0.023 s).
+CALL_SECONDS = 0.08
+# The host's stage resize (banded Lanczos) and PNG save, output pixels per second per core:
+# the H200 host's 16 cores did 8192 -> 16384 in 1.37 s and saved the 16K PNG in 0.94 s.
+RESIZE_PX_PER_CORE = 12e6
+SAVE_PX_PER_CORE = 17e6
 CUDA_CONTEXT_GIB = 0.5  # what the CUDA context takes before a weight loads (more with a display)
 MAX_TFLOPS = 1000  # above what any one GPU achieves here: a larger "--gpu 3050" is a card's name
 

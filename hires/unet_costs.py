@@ -19,6 +19,7 @@ from hires.strategy import Strategy
 FF_TOKENS = 16384  # tokens per chunk (hires.token_chunks.CHUNK_TOKENS)
 LINFUSION_WORK = 256 << 20  # fp32 work buffers of one LinFusion call on a GPU (linfusion.py),
 LINFUSION_FLOOR = 64 << 20  # at most, and as much as this where the call's input is smaller
+# (on a CPU: at most 8 MB, less than the planner's figure, which stays as it was)
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,8 @@ class _Walk:
     """Live bytes through one forward pass, and their peak (one CFG batch of `batch`)."""
 
     def __init__(self, shape: UNetShape, height: int, width: int, batch: int, dtype_bytes: int,
-                 strategy: Strategy) -> None:
-        self.s, self.h, self.w = shape, height, width
+                 strategy: Strategy, gpu: bool = True) -> None:
+        self.s, self.h, self.w, self.gpu = shape, height, width, gpu
         self.unit = batch * dtype_bytes  # bytes of one channel-pixel across the batch
         self.batch, self.strategy = batch, strategy
         self.live = self.peak = 0
@@ -161,7 +162,8 @@ class _Walk:
         ff = 16 * c  # GEGLU: the 8x projection, GELU of its gate half, their product
         if self.strategy.ff_chunks and tokens > FF_TOKENS:
             ff = 16 * channels * FF_TOKENS * self.unit + 2 * c  # a chunk, the outputs, the cat
-        attn = 5 * c + (min(LINFUSION_WORK, max(LINFUSION_FLOOR, c // self.unit * self.batch * 4))
+        floor = LINFUSION_FLOOR if self.gpu else 0
+        attn = 5 * c + (min(LINFUSION_WORK, max(floor, c // self.unit * self.batch * 4))
                         if self.s.linfusion else 0)
         # Around the blocks: the residual input, the projected tokens, the block's norm output.
         self.touch(2 * c + max(ff, attn) + (c if blocks else 0))
@@ -200,7 +202,7 @@ class _Walk:
 
 
 def unet_peak_bytes(shape: UNetShape, height: int, width: int, strategy: Strategy,
-                    dtype_bytes: int = 2, *, control: bool = False) -> int:
+                    dtype_bytes: int = 2, *, control: bool = False, gpu: bool = True) -> int:
     """Estimated peak device bytes of one guided UNet evaluation at a latent of this size,
     the UNet's weights as `strategy.weights` keeps them included, nothing else.
 
@@ -209,7 +211,7 @@ def unet_peak_bytes(shape: UNetShape, height: int, width: int, strategy: Strateg
     (hires.controlnet.residuals_added).
     """
     batch = 1 if strategy.split_cfg else 2
-    walk = _Walk(shape, height, width, batch, dtype_bytes, strategy)
+    walk = _Walk(shape, height, width, batch, dtype_bytes, strategy, gpu)
     ch, layers, levels = shape.channels, shape.layers, len(shape.channels)
     park = strategy.park_skips
     # Parked as made (hires.strategy.applied): conv_in's output, a down block's inner outputs.
@@ -290,13 +292,13 @@ def unet_peak_bytes(shape: UNetShape, height: int, width: int, strategy: Strateg
 
 
 def controlnet_peak_bytes(control: ControlShape, height: int, width: int, strategy: Strategy,
-                         dtype_bytes: int = 2) -> int:
+                         dtype_bytes: int = 2, *, gpu: bool = True) -> int:
     """Estimated peak device bytes of one guided ControlNet evaluation at a latent of this
     size (its weights as `strategy.weights` keeps them included; the control image is the
     stage's), and what it leaves for the UNet call is counted there (unet_peak_bytes)."""
     shape = control.net
     batch = 1 if strategy.split_cfg else 2
-    walk = _Walk(shape, height, width, batch, dtype_bytes, strategy)
+    walk = _Walk(shape, height, width, batch, dtype_bytes, strategy, gpu)
     ch, levels = shape.channels, len(shape.channels)
     park = strategy.park_skips
     first = walk.size(ch[0], 0)
@@ -335,19 +337,20 @@ def controlnet_peak_bytes(control: ControlShape, height: int, width: int, strate
 
 
 def denoise_peak_bytes(unet: UNetShape, control: ControlShape | None, height: int, width: int,
-                       strategy: Strategy, dtype_bytes: int = 2) -> int:
+                       strategy: Strategy, dtype_bytes: int = 2, *, gpu: bool = True) -> int:
     """Peak device bytes of one guided evaluation: the UNet's, or with a ControlNet the larger
     of its call (the UNet's weights held) and the UNet's (its weights and residuals held);
-    weights as `strategy.weights` keeps them, the control image not included."""
+    weights as `strategy.weights` keeps them, the control image not included. `gpu`: on a
+    GPU (LinFusion's work buffers differ)."""
     peak = unet_peak_bytes(unet, height, width, strategy, dtype_bytes,
-                           control=control is not None)
+                           control=control is not None, gpu=gpu)
     if control is None:
         return peak
     streamed = strategy.weights == "sequential"
     held = control.net.outer_param_bytes if streamed else control.param_bytes
     unet_held = unet.outer_param_bytes if streamed else unet.param_bytes
     return max(peak + held, unet_held + controlnet_peak_bytes(control, height, width, strategy,
-                                                              dtype_bytes))
+                                                              dtype_bytes, gpu=gpu))
 
 
 # ---------------------------------------------------------------------------------------------

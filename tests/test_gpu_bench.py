@@ -80,18 +80,25 @@ def test_cpu_dtype_benchmark_smoke_run_times_both_dtypes(tmp_path):
     assert "bf16 speed-up" in done.stdout
 
 
+def _gpu_bench():
+    """benchmarks/gpu.py as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_bench", ROOT / "benchmarks" / "gpu.py")
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    return gpu
+
+
 def test_vae_work_replays_the_spill_where_the_plan_spilled():
     """A VAE row's work is replayed with the CPU memory its stage spilled to, not without."""
-    import importlib.util
     from types import SimpleNamespace
 
     from hires.costs import VaeShape
     from hires.tiny import tiny_vae
     from hires.vae_cost import tiled_flops
 
-    spec = importlib.util.spec_from_file_location("gpu_bench", ROOT / "benchmarks" / "gpu.py")
-    gpu = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu)
+    gpu = _gpu_bench()
     config = tiny_vae(trained=False).config
 
     def stage(spills: bool, most: float = 5e6):  # 5e6: more than the pass had (3e6)
@@ -139,3 +146,13 @@ def test_unet_profile_smoke_run_times_and_profiles_an_evaluation(tmp_path):
     assert run["seconds_per_evaluation"] > 0 and run["by_device"] and run["by_host"]
     assert any("conv" in op["op"] for op in run["by_device"])
     assert "### by host time" in (tmp_path / "unet-profile.txt").read_text()
+
+
+def test_memory_table_counts_a_decode_in_the_stage_that_plans_it():
+    """A stage's plan counts the decode of its previous image; progress labels that decode
+    with the stage it decodes (the H200's 8K decode looked 20 GB over stage 3's plan)."""
+    gpu = _gpu_bench()
+    assert gpu.plan_stage_of({"phase": "vae-decode", "stage": 3}, 4) == 4
+    assert gpu.plan_stage_of({"phase": "vae-decode", "stage": 4}, 4) == 4  # the final decode
+    assert gpu.plan_stage_of({"phase": "vae-encode", "stage": 3}, 4) == 3
+    assert gpu.plan_stage_of({"phase": "denoise", "stage": 0}, 4) == 0
