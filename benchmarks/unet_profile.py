@@ -14,7 +14,6 @@ profiled, then the ops by device time and by host time) and DIR/unet-profile.jso
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run from a bare checkout: hires need not be installed
 
-from vae_profile import top_ops  # noqa: E402
+from vae_profile import tables, top_ops, write  # noqa: E402
 
 
 def main() -> None:
@@ -79,18 +78,14 @@ def main() -> None:
                 denoiser.eps(x, 3.0, 400)
                 sync()
             profiled = time.perf_counter() - start
-        table = prof.key_averages().table(sort_by=device_key, row_limit=30)
-        by_host = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20)
+        table, by_host = tables(prof, device_key)
         lines += [f"## latent {side}^2: {plain:.4f} s per guided evaluation ({profiled:.4f} s "
                   "profiled)", "### by device time", table, "### by host time", by_host, ""]
         report["latents"][str(side)] = {
             "seconds_per_evaluation": round(plain, 5), "profiled_seconds": round(profiled, 5),
             "by_device": top_ops(prof, device_key), "by_host": top_ops(prof, "self_cpu_time_total")}
         print(f"latent {side}^2: {plain:.4f} s per guided evaluation", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "unet-profile.txt").write_text("\n".join(lines))
-    (args.out / "unet-profile.json").write_text(json.dumps(report, indent=1))
-    print(f"wrote {args.out / 'unet-profile.txt'}")
+    write(args.out, "unet-profile", lines, report)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,23 @@ def top_ops(prof, key: str, n: int = 25) -> list[dict]:
              "cpu_total_ms": round(e.cpu_time_total / 1e3, 2)} for e in rows]
 
 
+def tables(prof, device_key: str) -> tuple[str, str]:
+    """The profile's ops as text tables: by device time, then by host time."""
+    try:
+        by_device = prof.key_averages().table(sort_by=device_key, row_limit=30)
+    except (AttributeError, KeyError, ValueError):  # an older torch's name for it
+        by_device = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=30)
+    return by_device, prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20)
+
+
+def write(out: Path, stem: str, lines: list[str], report: dict) -> None:
+    """OUT/STEM.txt (the tables) and OUT/STEM.json (the report)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.txt").write_text("\n".join(lines))
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
+    print(f"wrote {out / f'{stem}.txt'}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="CPU, the tiny VAE, 512 px")
@@ -93,12 +110,7 @@ def main() -> None:
                 run()
                 sync()
             seconds = time.perf_counter() - start
-            try:
-                by_device = prof.key_averages().table(sort_by=device_key, row_limit=30)
-            except (AttributeError, KeyError, ValueError):  # an older torch's name for it
-                by_device = prof.key_averages().table(sort_by="self_cuda_time_total",
-                                                      row_limit=30)
-            by_host = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20)
+            by_device, by_host = tables(prof, device_key)
             lines += [f"## {name} {size} px, {tile} px tiles: {plain:.2f} s ({seconds:.2f} s "
                       "profiled)",
                       "### by device time", by_device, "### by host time", by_host, ""]
@@ -107,10 +119,7 @@ def main() -> None:
                                       "by_device": top_ops(prof, device_key),
                                       "by_host": top_ops(prof, "self_cpu_time_total")}
             print(f"{name}: {plain:.2f} s ({seconds:.2f} s profiled)", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "vae-profile.txt").write_text("\n".join(lines))
-    (args.out / "vae-profile.json").write_text(json.dumps(report, indent=1))
-    print(f"wrote {args.out / 'vae-profile.txt'}")
+    write(args.out, "vae-profile", lines, report)
 
 
 if __name__ == "__main__":

@@ -123,29 +123,29 @@ def test_vae_work_replays_the_spill_where_the_plan_spilled():
     assert gpu.vae_work(row, job, plan, config, 2) == less
 
 
-def test_vae_profile_smoke_run_writes_both_tables(tmp_path):
+def _profile_smoke(tmp_path, script: str, stem: str) -> dict:
+    """Run a profile benchmark's --smoke mode; its JSON report (the text tables checked)."""
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "vae_profile.py"), "--smoke", "--out",
-         str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        [sys.executable, str(ROOT / "benchmarks" / script), "--smoke", "--out", str(tmp_path)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads((tmp_path / "vae-profile.json").read_text())
+    assert "### by host time" in (tmp_path / f"{stem}.txt").read_text()
+    return json.loads((tmp_path / f"{stem}.json").read_text())
+
+
+def test_vae_profile_smoke_run_writes_both_tables(tmp_path):
+    report = _profile_smoke(tmp_path, "vae_profile.py", "vae-profile")
     assert set(report["passes"]) == {"decode", "encode"}
     for run in report["passes"].values():
         assert run["seconds"] > 0 and run["by_device"] and run["by_host"]
         assert any("conv" in op["op"] for op in run["by_device"])
-    assert "### by host time" in (tmp_path / "vae-profile.txt").read_text()
 
 
 def test_unet_profile_smoke_run_times_and_profiles_an_evaluation(tmp_path):
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "unet_profile.py"), "--smoke", "--out",
-         str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads((tmp_path / "unet-profile.json").read_text())
+    report = _profile_smoke(tmp_path, "unet_profile.py", "unet-profile")
     (run,) = report["latents"].values()
     assert run["seconds_per_evaluation"] > 0 and run["by_device"] and run["by_host"]
     assert any("conv" in op["op"] for op in run["by_device"])
-    assert "### by host time" in (tmp_path / "unet-profile.txt").read_text()
 
 
 def test_memory_table_counts_a_decode_in_the_stage_that_plans_it():
