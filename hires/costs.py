@@ -40,7 +40,7 @@ from hires.vae_attention import (
 )
 from hires.vae_cost import tiled_cost, tiled_memo_bytes
 from hires.vae_stats import budget_from_free, spill_budget
-from hires.vae_tiles import rows_on_device
+from hires.vae_tiles import rows_bytes, rows_on_device
 
 HOST_LINK = 25e9  # bytes/s between host and GPU (PCIe 4 x16 in practice) for offload traffic
 # bytes/s to and from the scratch disk for parked maps RAM cannot hold: a consumer NVMe's
@@ -126,12 +126,6 @@ def vae_attention_bytes(vae: VaeShape, width: int, height: int, dtype_bytes: int
         return 0
     scores = 2 * min(SCORE_BYTES, 4 * tokens * tokens)
     return int(vae.channels[-1] * tokens * (4 + 6 * dtype_bytes)) + scores
-
-
-def vae_rows_bytes(width: int, height: int, tile: int) -> int:
-    """Bytes of a decode's cross-fade buffer (`hires.vae_tiles.blend`): one row of tiles of
-    the image, full width, 3 float32 channels, on the VAE's device (400 MB at 16K)."""
-    return 3 * 4 * min(tile, height) * width
 
 
 def vae_tile_peak(vae: VaeShape, tile: int, dtype_bytes: int = 2) -> int:
@@ -308,7 +302,7 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
         peaks.append(vae_weights + max(vae_tile_peak(model.vae, tile, model.vae_dtype_bytes),
                                        attention) + state)
         # The decode's cross-fade buffer, where a GPU keeps it (the rule hires.vae follows).
-        rows = max((vae_rows_bytes(w, h, tile) for w, h, d in passes if d), default=0)
+        rows = max((rows_bytes(w, h, tile) for w, h, d in passes if d), default=0)
         if model.on_gpu and budget is not None and rows_on_device(
                 rows, budget - vae_weights - state):
             peaks[-1] += rows

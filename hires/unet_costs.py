@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from hires.lean import GPU_BAND_BYTES
+from hires.linfusion import GPU_WORK_BYTES, GPU_WORK_FLOOR
 from hires.strategy import Strategy
 
 FF_TOKENS = 16384  # tokens per chunk (hires.token_chunks.CHUNK_TOKENS)
-LINFUSION_WORK = 256 << 20  # fp32 work buffers of one LinFusion call on a GPU (linfusion.py),
-LINFUSION_FLOOR = 64 << 20  # at most, and as much as this where the call's input is smaller
-# (on a CPU: at most 8 MB, less than the planner's figure, which stays as it was)
+# fp32 work buffers of one LinFusion call on a GPU (hires.linfusion): at most LINFUSION_WORK,
+# and at least LINFUSION_FLOOR where the call's input is smaller; on a CPU at most 8 MB, which
+# the planner counts as the GPU's figure without the floor.
+LINFUSION_WORK, LINFUSION_FLOOR = GPU_WORK_BYTES, GPU_WORK_FLOOR
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from hires.memory import free_memory
 from hires.vae_stats import MODES, Progress, whole_image
-from hires.vae_tiles import SCALE, Box, Grid, blend, rows_on_device, tile_sizes
+from hires.vae_tiles import SCALE, Box, Grid, blend, rows_bytes, rows_on_device, tile_sizes
 
 __all__ = ["MODES", "SCALE", "decode", "decode_float", "encode", "to_uint8"]
 
@@ -77,8 +77,8 @@ def _decode_strips(vae, latents: Tensor, tile: int, overlap: int | None, stats: 
         yield 0, out
         return
     grid = Grid.cover((h, w), t, o)
-    # A GPU keeps the cross-fade buffer (costs.vae_rows_bytes) where it has room for it.
-    rows = 3 * 4 * min(t * SCALE, h * SCALE) * w * SCALE
+    # A GPU keeps the cross-fade buffer where it has room for it (the planner counts it so).
+    rows = rows_bytes(w * SCALE, h * SCALE, t * SCALE)
     home = torch.device("cpu") if vae.device.type == "cuda" and not rows_on_device(
         rows, free_memory(vae.device)) else vae.device
     with whole_image(vae.decoder, head, grid, stats, vae.device, vae.dtype, progress,

@@ -118,6 +118,12 @@ class Grid:
 ROWS_SHARE = 0.02
 
 
+def rows_bytes(width: int, height: int, tile: int) -> int:
+    """Bytes of the cross-fade buffer of a `width` x `height` px decode in `tile` px tiles:
+    one row of tiles, full width, 3 float32 channels."""
+    return 3 * 4 * min(tile, height) * width
+
+
 def rows_on_device(rows_bytes: float, free: float | None) -> bool:
     """Whether a cross-fade buffer of `rows_bytes` stays on a GPU with `free` bytes free."""
     return free is not None and rows_bytes <= ROWS_SHARE * free
@@ -146,7 +152,8 @@ def blend(grid: Grid, scale: int, channels: int, overlap: float,
             out = run((y0, y1, x0, x1))[0]
             if buf is None:
                 buf = torch.zeros(channels, height, w * scale, device=home or out.device)
-            weight = (wyr[:, None] * wxc[None, :]).to(out.device)
+            # The two 1-D weights cross to the tile's device, not their (tile-sized) product.
+            weight = wyr.to(out.device)[:, None] * wxc.to(out.device)[None, :]
             part = buf[:, y0 * scale - top:y1 * scale - top, x0 * scale:x1 * scale]
             if part.device == out.device or out.device.type != "cuda":
                 # addcmul_ promotes a bf16 tile to float32 as it goes: no float32 copy of it.
