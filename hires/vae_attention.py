@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hires.vae_tiles import Box, crop
@@ -47,6 +48,8 @@ LANDMARK_EVERY = 64  # or one per this many latent pixels where that is more
 SWEEP_BLOCK = 64  # above GLOBAL_TOKENS: queries answered together, a square of this side
 SWEEP_REACH = 64  # latent px around a block whose tokens are its exact keys
 SCORE_BYTES = 1 << 29  # float32 scores of one chunk of queries (`attend`): at most this many
+FLASH_HEAD_DIM = 256  # the widest head SDPA's flash kernels take on a GPU
+MASKED = -1e4  # a key's bias for no weight (finite: no inf * 0 in the widened channel)
 
 
 def attentions(net: nn.Module) -> list[Attention]:
@@ -231,12 +234,34 @@ def finish_context(state: State, attn: Attention, sums, dtype: torch.dtype,
 
 def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
     """softmax(q.k / sqrt(d) + bias) v for q, k, v of shape (batch, heads, tokens, d), `bias`
-    one float per key: chunks of queries, their scores in float32.
+    one float per key (MASKED: none of the key's weight).
 
-    Our own, not SDPA: the SDXL VAE's single 512-channel head is too wide for flash kernels,
-    and SDPA's memory-efficient kernel ran at 73 TFLOP/s on an H200 (BENCHMARKS.md); plain
-    matmuls run at the tensor cores' rate.
+    SDPA's fused kernels where they take the head: any width on a CPU, up to FLASH_HEAD_DIM
+    channels on a GPU. Wider heads on a GPU (the SDXL VAE's one head of 512 channels) get our
+    own chunked matmuls: SDPA's fallback kernel ran at 73 TFLOP/s on an H200 (BENCHMARKS.md).
+    Meta tensors (the planner's replay) take the GPU's way.
     """
+    if q.device.type in ("cuda", "meta") and q.shape[-1] > FLASH_HEAD_DIM:
+        return _attend_chunked(q, k, v, bias)
+    if bias is None:
+        return F.scaled_dot_product_attention(q, k, v)
+    # The bias rides on an extra channel (logit = scale * (q.k + 1 * bias / scale)), since a
+    # queries x keys mask would take gigabytes; 8 extra keep the fused kernels' alignment.
+    d = q.shape[-1]
+    scale = d**-0.5
+
+    def widen(t: Tensor, first: Tensor | float) -> Tensor:
+        extra = torch.zeros(*t.shape[:-1], 8, dtype=t.dtype, device=t.device)
+        extra[..., 0] = first
+        return torch.cat([t, extra], -1)
+
+    out = F.scaled_dot_product_attention(widen(q, 1.0), widen(k, (bias / scale).to(k.dtype)),
+                                         widen(v, 0.0), scale=scale)
+    return out[..., :d]
+
+
+def _attend_chunked(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
+    """`attend` as plain matmuls, a chunk of queries at a time, their scores in float32."""
     scale = q.shape[-1] ** -0.5
     chunk = max(1, SCORE_BYTES // (4 * k.shape[-2] * q.shape[0] * q.shape[1]))
     mixed = q.dtype != torch.float32 and _mixed_matmul(q.device.type)
@@ -357,7 +382,7 @@ def _sweep(state: State, attn: Attention, inputs: Tensor, context: Context,
 def _context_bias(context: Context, size: tuple[int, int], keys: Box) -> Tensor:
     """Per context key, for a block whose exact keys are the tokens of `keys` (a box on whole
     cells): the log of how many tokens a cell stands for outside the box (less its landmarks,
-    which are keys of their own), 0 for a landmark outside, -inf for what stands for nothing.
+    which are keys of their own), 0 for a landmark outside, MASKED for what stands for nothing.
     Computed on the device from the box's numbers: nothing the host waits for."""
     y0, y1, x0, x1 = keys
     ey, ex = context.ey, context.ex
@@ -367,9 +392,8 @@ def _context_bias(context: Context, size: tuple[int, int], keys: Box) -> Tensor:
     py, px = context.pos // size[1], context.pos % size[1]
     inside = (py >= y0) & (py < y1) & (px >= x0) & (px < x1)
     others = outside.index_add(0, context.cell_of, (~inside).float(), alpha=-1)
-    none = torch.tensor(float("-inf"), device=outside.device)
-    cells = torch.where(others > 0.5, others.clamp(min=1).log(), none)
-    return torch.cat([cells, torch.where(inside, none, 0.0)])
+    cells = torch.where(others > 0.5, others.clamp(min=1).log(), MASKED)
+    return torch.cat([cells, torch.where(inside, MASKED, 0.0)])
 
 
 def _attend_with_context(context: Context, size: tuple[int, int], q: Tensor, k: Tensor,

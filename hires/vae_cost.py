@@ -19,7 +19,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from hires import vae_stats
-from hires.vae_attention import blocks, cell_side, is_global, landmarks
+from hires.vae_attention import FLASH_HEAD_DIM, blocks, cell_side, is_global, landmarks
 from hires.vae_memo import spilled_size
 from hires.vae_tiles import SCALE, Box, Grid, tile_sizes
 
@@ -86,15 +86,17 @@ def steps(vae: VaeShape, h: int, w: int, *, decode: bool, dtype_bytes: int) -> l
 def _sweep_flops(c: int, size: tuple[int, int]) -> float:
     """The attention output for every token above GLOBAL_TOKENS (`vae_attention.finish_context`):
     per block, q, k, v of its key box, q.k and weights.v against the box's tokens, every cell
-    and the landmarks, and the output projection of the block's tokens."""
+    and the landmarks (8 channels wider where SDPA runs it: `vae_attention.attend`), and the
+    output projection of the block's tokens. The VAE's one head is `c` channels wide."""
     (h, w), f = size, cell_side(size)
     cells, marks = -(-h // f) * -(-w // f), min(landmarks(size), h * w)
+    width = c if c > FLASH_HEAD_DIM else c + 8
     total = 0.0
     for (y0, y1, x0, x1), (ky0, ky1, kx0, kx1) in blocks(size):
         box = (ky1 - ky0) * (kx1 - kx0)
         queries = (y1 - y0) * (x1 - x0)
         keys = box + cells + marks
-        total += 6.0 * c * c * box + 4.0 * queries * keys * c + 2.0 * c * c * queries
+        total += 6.0 * c * c * box + 4.0 * queries * keys * width + 2.0 * c * c * queries
     return total
 
 

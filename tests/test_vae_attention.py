@@ -141,3 +141,36 @@ def test_blocks_cover_the_latent_once_with_keys_on_whole_cells(monkeypatch):
         assert ky0 % f == 0 and kx0 % f == 0 and (ky1 % f == 0 or ky1 == 50)
         assert kx1 % f == 0 or kx1 == 37
     assert (seen == 1).all()
+
+
+def test_both_attention_kernels_are_sdpa_with_a_per_key_bias(monkeypatch):
+    """`attend`'s two ways (SDPA with the bias on an extra channel, as a CPU runs it; chunked
+    matmuls with float32 scores, as a GPU runs the SDXL VAE's wide head) against SDPA with the
+    bias as a full mask, masked keys included; chunks that do not divide the queries."""
+    monkeypatch.setattr(vae_attention, "SCORE_BYTES", 4 * 300 * 7)  # 7 queries a chunk
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 2, n, 32, generator=g) for n in (50, 300, 300))
+    bias = torch.randn(300, generator=g)
+    bias[::7] = vae_attention.MASKED
+    exact = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.expand(50, 300))
+    assert (vae_attention._attend_chunked(q, k, v, bias) - exact).abs().max() < 1e-5
+    assert (vae_attention.attend(q, k, v, bias) - exact).abs().max() < 1e-5
+    assert (vae_attention._attend_chunked(q, k, v) - F.scaled_dot_product_attention(
+        q, k, v)).abs().max() < 1e-5
+
+
+def test_wide_heads_on_a_gpu_take_the_chunked_matmuls(monkeypatch):
+    """On meta tensors (a GPU's way, for the planner's replay) a 512-channel head goes to the
+    chunked matmuls, whose float32 scores the planner counts; 64 channels stay with SDPA."""
+    calls = []
+    real = vae_attention._attend_chunked
+
+    def spy(*args, **kwargs):
+        calls.append(args[0].shape[-1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(vae_attention, "_attend_chunked", spy)
+    for d in (512, 64):
+        q = torch.empty(1, 1, 16, d, device="meta")
+        assert vae_attention.attend(q, q, q).shape == q.shape
+    assert calls == [512]
