@@ -59,10 +59,11 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
                         "disk_bytes": s.cost.disk_bytes, "vae_spill": s.cost.vae_spill,
                         "vae_spill_bytes": int(s.cost.vae_spill_bytes),
                         "seconds": rounded(s.cost.seconds),
-                        "vae_seconds": rounded(s.cost.vae_seconds)} for s in p.stages],
+                        "vae_seconds": rounded(s.cost.vae_seconds),
+                        "host_seconds": rounded(s.cost.host_seconds)} for s in p.stages],
             "peak_bytes": p.peak_bytes, "used_bytes": p.used_bytes,
             "seconds": rounded(p.seconds),
-            "vae_seconds": rounded(p.vae_seconds)}))
+            "vae_seconds": rounded(p.vae_seconds), "host_seconds": rounded(p.host_seconds)}))
         return
     if timed:
         where = f"times on {gpu} ({rate / 1e12:.3g} TFLOP/s achieved"
@@ -103,6 +104,7 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
     if timed:
         notes = [duration(p.seconds)] if p.seconds >= 90 else []  # a person reads minutes
         notes += [f"VAE ~{p.vae_seconds:.0f} s"] if p.vae_seconds >= 0.5 else []
+        notes += [f"host ~{p.host_seconds:.0f} s"] if (p.host_seconds or 0) >= 0.5 else []
         notes_text = f" ({', '.join(notes)})" if notes else ""
         total += f", ~{p.seconds:.0f} s{notes_text}"
     lines.append(total)

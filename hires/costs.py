@@ -196,6 +196,7 @@ class StageCost:
     # The most device memory the stage takes: `peak_bytes` and, in the VAE's fast mode, the
     # outputs it keeps, which fill a share of what is free (hires.vae_stats.budget_from_free)
     used_bytes: int = 0
+    host_seconds: float | None = None  # the host's own share of `seconds`: resize and save
 
     @property
     def vae_spill(self) -> bool:
@@ -340,10 +341,9 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
         unet_seconds = max(unet_seconds, calls * CALL_SECONDS)
     unet_seconds += control_flop * slowdown / unet_rate
     unet_flop += control_flop
-    rank = unet_seconds + vae_flop / vae_rate + moved / HOST_LINK
-    if model.on_gpu:
-        rank += host_seconds(width, height, resize=bool(previous and encode_previous),
-                             save=final_decode)
+    own = host_seconds(width, height, resize=bool(previous and encode_previous),
+                       save=final_decode) if model.on_gpu else 0.0
+    rank = unet_seconds + vae_flop / vae_rate + moved / HOST_LINK + own
     maps = parked_bytes(model, lat_h, lat_w, strategy)
     host = maps + (0 if resident else model.weights)
     on_disk = maps_on_disk(model, maps, host)
@@ -353,7 +353,7 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
     vae_seconds = vae_flop / vae_rate + spilled / HOST_LINK if rate else None
     return StageCost(max(peaks), peaks[0], (unet_flop + vae_flop) / 1e12, unet_flop / 1e12, scratch,
                      rank if rate else None, tile, rank, spill_bytes, host, vae_seconds,
-                     maps, on_disk, max(*peaks, used))
+                     maps, on_disk, max(*peaks, used), own if rate else None)
 
 
 def host_seconds(width: int, height: int, *, resize: bool, save: bool) -> float:

@@ -106,6 +106,12 @@ class Plan:
         times = [s.cost.vae_seconds for s in self.stages if s.cost]
         return sum(times) if times and None not in times else None
 
+    @property
+    def host_seconds(self) -> float | None:
+        """The host's own share of `seconds`: the resizes between stages and the save."""
+        times = [s.cost.host_seconds for s in self.stages if s.cost]
+        return sum(times) if times and None not in times else None
+
 
 def preview_of(plan: Plan) -> Plan:
     """The plan's first stage alone: the job's composition at the base size, conditioned on
@@ -406,8 +412,11 @@ def describe(plan: Plan) -> list[str]:
                 line += f", scratch {s.cost.scratch_bytes / 1e9:.1f} GB"
             if s.cost.seconds is not None:
                 line += f", ~{s.cost.seconds:.0f} s"
-                if (s.cost.vae_seconds or 0) >= 0.5:
-                    line += f" (VAE ~{s.cost.vae_seconds:.0f} s)"
+                shares = [f"{what} ~{t:.0f} s" for what, t in
+                          (("VAE", s.cost.vae_seconds), ("host", s.cost.host_seconds))
+                          if (t or 0) >= 0.5]
+                if shares:
+                    line += f" ({', '.join(shares)})"
         lines.append(line)
     return lines
 

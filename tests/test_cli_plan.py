@@ -152,7 +152,8 @@ def test_the_vae_share_of_each_stage_time_is_its_work_at_the_rate():
     assert p["stages"][-1]["vae_seconds"] > 0  # the last stage decodes the image
     assert abs(p["vae_seconds"] - sum(s["vae_seconds"] for s in p["stages"])) < 0.01
     text = cli("plan", "x", "--size", "8192", "--vram", "80", "--gpu", "100").stdout
-    assert f"VAE ~{p['vae_seconds']:.0f} s)" in text.splitlines()[-1]
+    assert f"VAE ~{p['vae_seconds']:.0f} s, host ~{p['host_seconds']:.0f} s)" in \
+        text.splitlines()[-1]
 
 
 def test_a_named_gpu_is_planned_with_its_memory_unless_vram_says():
@@ -345,3 +346,19 @@ def test_the_plan_counts_the_memory_the_vae_keeps_outputs_in():
     for card in ("4090", "3060"):
         small = plan_json("--size", "8192", "--gpu", card)
         assert all(s["used_bytes"] <= small["budget_bytes"] for s in small["stages"])
+
+
+def test_the_hosts_share_of_each_stage_time_is_its_resize_and_save():
+    """A stage's host seconds: the resize to its size (every stage after the base) and, in the
+    last, the save, on this machine's cores; shown beside the VAE's share."""
+    from hires.costs import host_seconds
+
+    p = plan_json("x", "--size", "4096", "--vram", "80", "--gpu", "h200")
+    sizes = [(s["width"], s["height"]) for s in p["stages"]]
+    want = [host_seconds(w, h, resize=i > 0, save=i == len(sizes) - 1)
+            for i, (w, h) in enumerate(sizes)]
+    assert [s["host_seconds"] for s in p["stages"]] == [round(t, 3) for t in want]
+    assert want[-1] > 0 and abs(p["host_seconds"] - sum(want)) < 0.01
+    assert all(s["host_seconds"] < s["seconds"] for s in p["stages"])
+    cpu = plan_json("x", "--size", "4096", "--device", "cpu")  # no rate: no times at all
+    assert cpu["host_seconds"] is None
