@@ -171,7 +171,9 @@ def test_ctrl_c_while_reading_removes_the_piped_bytes(photo, tmp_path):
     try:
         proc.stdin.write(photo[:1000])  # the rest never comes: hires waits on the pipe
         proc.stdin.flush()
-        wait_for(lambda: any(tmp_path.iterdir()), proc, timeout=120)
+        # The spooled bytes' own file: Python's first gettempdir() also makes (and at once
+        # removes) a probe file there, and a Ctrl-C that lands inside that probe leaves it.
+        wait_for(lambda: any(tmp_path.glob("hires-stdin-*")), proc, timeout=120)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 130
         assert proc.stderr.read().decode().strip() == "interrupted"
