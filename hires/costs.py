@@ -341,7 +341,8 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
         unet_seconds = max(unet_seconds, calls * CALL_SECONDS)
     unet_seconds += control_flop * slowdown / unet_rate
     unet_flop += control_flop
-    own = host_seconds(width, height, resize=bool(previous and encode_previous),
+    # The previous image, or the user's image for an upscale, is resized to this stage's size.
+    own = host_seconds(width, height, resize=bool(previous and encode_previous) or encode_input,
                        save=final_decode) if model.on_gpu else 0.0
     rank = unet_seconds + vae_flop / vae_rate + moved / HOST_LINK + own
     maps = parked_bytes(model, lat_h, lat_w, strategy)

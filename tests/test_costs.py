@@ -293,3 +293,8 @@ def test_a_gpu_stage_counts_launch_bound_calls_and_the_hosts_resize_and_save():
     # The last stage also decodes and saves: its extra time is that decode's and the save's.
     assert last.seconds - plain.seconds == pytest.approx(
         last.vae_seconds - plain.vae_seconds + px / SAVE_PX_PER_CORE / cores())
+
+    # An upscale's first stage resizes the user's image to its size before the encode.
+    given = stage_cost(shape, 2048, 2048, 8, Strategy(), base=False, previous=None,
+                       encode_input=True, final_decode=False, rate=262e12)
+    assert given.host_seconds == pytest.approx(2048 * 2048 / RESIZE_PX_PER_CORE / cores())
