@@ -1,4 +1,5 @@
-"""Every memory lever gives the same UNet output (within 1e-5) and is undone afterwards."""
+"""Every memory lever gives the same UNet output (within 1e-4 of its scale) and is undone
+afterwards."""
 
 import pytest
 import torch
@@ -26,7 +27,11 @@ def eps(unet, cond, x, strategy, device=torch.device("cpu")):
 
 
 def close(a, b):
-    return (a - b).abs().max().item() <= 1e-5 * max(1.0, b.abs().max().item())
+    # Split calls and row bands reach the same sums in another order (other GEMM and conv
+    # blockings): 2.3e-5 of a 1.85 output on an AVX2 CPU (Zen 3), under 1e-5 on AVX-512
+    # (Zen 5). The bound stays far below what a lever that loses rows or mixes batch halves
+    # would change.
+    return (a - b).abs().max().item() <= 1e-4 * max(1.0, b.abs().max().item())
 
 
 def test_every_lever_combination_gives_the_same_output(inputs):
