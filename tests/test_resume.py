@@ -11,7 +11,8 @@ from hires.job import Job
 from hires.pipeline import generate
 from hires.upscale import upscale_job
 
-JOB = dict(prompt="a fox", model="tiny", width=768, height=768, steps=3, seed=5)
+# Three stages (256, 512, 640 px): the least a stop before the last one and a resume need.
+JOB = dict(prompt="a fox", model="tiny", width=640, height=640, steps=3, seed=5)
 
 
 class Stop(Exception):
@@ -104,7 +105,7 @@ def test_an_upscale_resumes_with_every_stages_fidelity(tiny, tmp_path):
 
 def test_the_same_command_resumes_a_run_that_drew_its_seed(tmp_path, asked, monkeypatch):
     out = tmp_path / "fox.png"
-    args = ("gen", "a fox", "--model", "tiny", "--size", "768", "--steps", "3", "--json",
+    args = ("gen", "a fox", "--model", "tiny", "--size", "640", "--steps", "3", "--json",
             "-o", out)
     failing_once(monkeypatch)
     stopped = cli(*args, "-q")
@@ -121,7 +122,7 @@ def test_the_same_command_resumes_a_run_that_drew_its_seed(tmp_path, asked, monk
     assert "warning" not in result.stderr
     assert not kept.exists()  # gone once the image is saved
     # The seed of the stopped run, and its image.
-    again = cli("gen", "a fox", "--model", "tiny", "--size", "768", "--steps", "3", "--seed",
+    again = cli("gen", "a fox", "--model", "tiny", "--size", "640", "--steps", "3", "--seed",
                 record["seed"], "-q", "-o", tmp_path / "again.png")
     assert again.exit_code == 0, again.stderr
     assert np.array_equal(pixels(Image.open(out)), pixels(Image.open(tmp_path / "again.png")))
@@ -129,7 +130,7 @@ def test_the_same_command_resumes_a_run_that_drew_its_seed(tmp_path, asked, monk
 
 def test_a_batch_job_that_failed_mid_way_resumes(tmp_path, asked, monkeypatch):
     jobs = tmp_path / "jobs.toml"
-    jobs.write_text('[[job]]\nprompt = "a fox"\nmodel = "tiny"\nwidth = 768\nheight = 768\n'
+    jobs.write_text('[[job]]\nprompt = "a fox"\nmodel = "tiny"\nwidth = 640\nheight = 640\n'
                     'steps = 3\noutput = "fox.png"\n', encoding="utf-8")
     failing_once(monkeypatch)
     first = cli("batch", jobs, "-o", tmp_path)
@@ -175,7 +176,7 @@ def test_a_model_changed_in_place_is_not_resumed_from(tiny, tiny_folder, tmp_pat
 
 
 def test_no_resume_starts_over(tmp_path, asked, monkeypatch):
-    args = ("gen", "a fox", "--model", "tiny", "--size", "768", "--steps", "3", "--seed", "5",
+    args = ("gen", "a fox", "--model", "tiny", "--size", "640", "--steps", "3", "--seed", "5",
             "-o", tmp_path / "fox.png")
     stages = failing_once(monkeypatch)
     assert cli(*args).exit_code == 1 and resume.path_for(tmp_path / "fox.png").exists()
@@ -187,7 +188,7 @@ def test_no_resume_starts_over(tmp_path, asked, monkeypatch):
 
 
 def test_a_random_seed_is_found_again_for_a_default_name(tmp_path, asked, monkeypatch):
-    args = ("gen", "a fox", "--model", "tiny", "--size", "768", "--steps", "3", "--json",
+    args = ("gen", "a fox", "--model", "tiny", "--size", "640", "--steps", "3", "--json",
             "-o", tmp_path)  # a folder: the name says the seed
     failing_once(monkeypatch)
     assert cli(*args).exit_code == 1
@@ -201,7 +202,7 @@ def test_a_random_seed_is_found_again_for_a_default_name(tmp_path, asked, monkey
 
 @pytest.mark.parametrize("again", [(), ("--no-resume",)])
 def test_several_images_go_on_where_they_stopped(tmp_path, asked, monkeypatch, again):
-    args = ("gen", "a fox", "--model", "tiny", "--size", "768", "--steps", "3", "--seed", "5",
+    args = ("gen", "a fox", "--model", "tiny", "--size", "640", "--steps", "3", "--seed", "5",
             "--n", "2", "--json", "-o", tmp_path)
     stages = failing_once(monkeypatch, after=1)  # the second image's last stage
     first = cli(*args)
@@ -222,7 +223,7 @@ def test_several_images_go_on_where_they_stopped(tmp_path, asked, monkeypatch, a
 def test_stage_images_are_saved_as_made_and_a_run_that_saves_them_resumes(
         tmp_path, asked, monkeypatch):
     out = tmp_path / "fox.png"
-    args = ("gen", "a fox", "--model", "tiny", "--size", "768", "--steps", "3", "--seed", "5",
+    args = ("gen", "a fox", "--model", "tiny", "--size", "640", "--steps", "3", "--seed", "5",
             "--save-stages", "-o", out)
     stages = failing_once(monkeypatch)
     first = cli(*args)
@@ -236,12 +237,12 @@ def test_stage_images_are_saved_as_made_and_a_run_that_saves_them_resumes(
     assert sorted(p.name for p in tmp_path.glob("fox.*")) == [
         "fox.png", "fox.stage0.png", "fox.stage1.png"]
     shown = cli("info", tmp_path / "fox.stage1.png")
-    assert "size 512x512" in shown.stdout and "stage 1 of a job for 768x768" in shown.stdout
+    assert "size 512x512" in shown.stdout and "stage 1 of a job for 640x640" in shown.stdout
 
 
 def test_a_run_that_saves_stages_starts_over_without_their_images(tmp_path, asked, monkeypatch):
     out = tmp_path / "fox.png"
-    args = ("gen", "a fox", "--model", "tiny", "--size", "768", "--steps", "3", "--seed", "5",
+    args = ("gen", "a fox", "--model", "tiny", "--size", "640", "--steps", "3", "--seed", "5",
             "--save-stages", "-o", out)
     stages = failing_once(monkeypatch)
     assert cli(*args).exit_code == 1
@@ -254,7 +255,7 @@ def test_a_run_that_saves_stages_starts_over_without_their_images(tmp_path, aske
 
 
 def test_several_images_with_random_seeds_go_on_where_they_stopped(tmp_path, asked, monkeypatch):
-    args = ("gen", "a fox", "--model", "tiny", "--size", "768", "--steps", "3", "--n", "2",
+    args = ("gen", "a fox", "--model", "tiny", "--size", "640", "--steps", "3", "--n", "2",
             "--json", "-o", tmp_path)
     stages = failing_once(monkeypatch, after=1)  # the second image's last stage
     first = cli(*args)
@@ -363,7 +364,7 @@ def test_info_says_what_a_checkpoint_keeps(tiny, tmp_path):
         "stage 2" in shown.stdout
     record = json.loads(cli("info", kept, "--json").stdout)
     assert record["checkpoint"] and record["stage"] == 1 and record["job"]["seed"] == 5
-    assert record["stages"] == [[256, 256], [512, 512], [768, 768]]
+    assert record["stages"] == [[256, 256], [512, 512], [640, 640]]
     (tmp_path / "cut.png.resume.safetensors").write_bytes(kept.read_bytes()[:100])
     broken = cli("info", tmp_path / "cut.png.resume.safetensors")
     assert broken.exit_code == 2 and "not a checkpoint hires can read" in broken.stderr
