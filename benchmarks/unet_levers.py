@@ -60,7 +60,7 @@ def wide_group_norm(norm: nn.GroupNorm, x: Tensor) -> Tensor:
     # One normalizing pass with the affine folded in: channels of all samples side by side,
     # each with its own (sample, group) statistics; batch_norm's mixed-dtype kernel keeps
     # x - mean in fp32 for half inputs.
-    y = F.batch_norm(x.reshape(1, n * c, -1), mean.float().repeat_interleave(per),
+    y = F.batch_norm(x.reshape(1, n * c, *x.shape[2:]), mean.float().repeat_interleave(per),
                      var.float().repeat_interleave(per), weight.repeat(n), bias.repeat(n),
                      False, 0.0, norm.eps)
     return y.view_as(x)
@@ -198,40 +198,56 @@ def main(argv: list[str] | None = None) -> dict:
         x = x.to(device, comps.dtype)
         rows, reference = {}, None
         for variant in variants:
-            unet, compile_s = comps.unet, None
-            if variant == "compile":
-                if compiled is None:
-                    compiled = torch.compile(comps.unet)
-                unet = compiled
-            denoiser = Denoiser(unet, cond, 5.0)
-            if cuda:
-                torch.cuda.reset_peak_memory_stats()
-            with torch.inference_mode(), levers(variant, comps.unet):
-                if variant == "compile":  # the first call at a shape compiles it
-                    start = time.perf_counter()
-                    denoiser.eps(x, 3.0, 400)
-                    sync()
-                    compile_s = time.perf_counter() - start
-                seconds, out = timed(lambda d=denoiser, x=x: d.eps(x, 3.0, 400), args.repeats,
-                                     sync)
-            if reference is None:
-                reference = out
-            diff = ((out - reference).abs().max() / reference.abs().max()).item()
-            peak = torch.cuda.max_memory_allocated() / 1e9 if cuda else None
-            plain = rows.get("plain", {}).get("seconds")
-            rows[variant] = {"seconds": round(seconds, 5), "peak_gpu_gb": peak,
-                             "max_rel_diff": diff, "compile_seconds": compile_s,
-                             "speedup": None if plain is None else round(plain / seconds, 3)}
-            lines.append(
-                f"| {side}^2 | {variant} | {seconds:.4f} | "
-                + ("-" if plain is None else f"{plain / seconds:.2f}x") + " | "
-                + ("-" if peak is None else f"{peak:.1f}") + f" | {diff:.2e} | "
-                + ("-" if compile_s is None else f"{compile_s:.0f}") + " |")
+            if variant == "compile" and compiled is None:
+                compiled = torch.compile(comps.unet)
+            unet = compiled if variant == "compile" else comps.unet
+            try:
+                row, out = run(variant, Denoiser(unet, cond, 5.0), comps.unet, x, args.repeats,
+                               sync, cuda)
+            except Exception as e:  # one lever failing on this device leaves the others
+                first = (str(e).splitlines() or [""])[0][:300]
+                rows[variant] = {"error": f"{type(e).__name__}: {first}"}
+                lines.append(f"| {side}^2 | {variant} | failed: {rows[variant]['error']} |")
+            else:
+                if reference is None:
+                    reference = out
+                row["max_rel_diff"] = ((out - reference).abs().max()
+                                       / reference.abs().max()).item()
+                plain = rows.get("plain", {}).get("seconds")
+                row["speedup"] = None if plain is None else round(plain / row["seconds"], 3)
+                rows[variant] = row
+                lines.append(row_line(side, variant, row))
             print(lines[-1], flush=True)
             report["latents"][str(side)] = rows
             write(args.out, report, lines)  # after every row: a run cut short keeps them
     print(f"wrote {args.out / 'unet-levers.json'}")
     return report
+
+
+def run(variant: str, denoiser, unet: nn.Module, x: Tensor, repeats: int,
+        sync: Callable[[], None], cuda: bool) -> tuple[dict, Tensor]:
+    """One variant's row (seconds, peak memory, compile seconds) and its output."""
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    compile_s = None
+    with torch.inference_mode(), levers(variant, unet):
+        if variant == "compile":  # the first call at a shape compiles it
+            start = time.perf_counter()
+            denoiser.eps(x, 3.0, 400)
+            sync()
+            compile_s = time.perf_counter() - start
+        seconds, out = timed(lambda: denoiser.eps(x, 3.0, 400), repeats, sync)
+    peak = torch.cuda.max_memory_allocated() / 1e9 if cuda else None
+    return {"seconds": round(seconds, 5), "peak_gpu_gb": peak, "compile_seconds": compile_s}, out
+
+
+def row_line(side: int, variant: str, row: dict) -> str:
+    """The table's line for one variant."""
+    speedup, peak, compile_s = row["speedup"], row["peak_gpu_gb"], row["compile_seconds"]
+    return (f"| {side}^2 | {variant} | {row['seconds']:.4f} | "
+            + ("-" if speedup is None else f"{speedup:.2f}x") + " | "
+            + ("-" if peak is None else f"{peak:.1f}") + f" | {row['max_rel_diff']:.2e} | "
+            + ("-" if compile_s is None else f"{compile_s:.0f}") + " |")
 
 
 def write(out: Path, report: dict, lines: list[str]) -> None:

@@ -60,15 +60,24 @@ def test_the_levers_are_undone_after_their_block(levers):
     assert "forward" not in vars(unet[0])
 
 
-def test_smoke_run_writes_each_variant_against_plain(levers, tmp_path):
-    report = levers.main(["--smoke", "--variants", "plain", "both", "--repeats", "1",
+def test_smoke_run_writes_each_variant_against_plain(levers, tmp_path, monkeypatch):
+    def no_compiler(module):  # as torch.compile fails on a machine without its compiler
+        def call(*args, **kwargs):
+            raise RuntimeError("no compiler here\nmore lines")
+        return call
+
+    monkeypatch.setattr(levers.torch, "compile", no_compiler)
+    report = levers.main(["--smoke", "--variants", "both", "compile", "--repeats", "1",
                           "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "unet-levers.json").read_text())
     assert saved == json.loads(json.dumps(report))
     rows = saved["latents"]["16"]
-    assert set(rows) == {"plain", "both"}
+    assert list(rows) == ["plain", "both", "compile"]  # plain first: the reference
     assert rows["plain"]["max_rel_diff"] == 0
-    # Both levers on the tiny model's UNet (fp32): the same noise prediction.
+    # Both levers on the tiny model's UNet (fp32): the same noise prediction, by another path.
     assert 0 < rows["both"]["max_rel_diff"] < 1e-4
     assert rows["both"]["seconds"] > 0 and rows["both"]["speedup"] > 0
-    assert "| 16^2 | both |" in (tmp_path / "unet-levers.md").read_text()
+    # A lever that fails on this device is recorded, and the run goes on.
+    assert rows["compile"] == {"error": "RuntimeError: no compiler here"}
+    table = (tmp_path / "unet-levers.md").read_text()
+    assert "| 16^2 | both |" in table and "| 16^2 | compile | failed: " in table
