@@ -50,8 +50,9 @@ Then the device tool's `run` with carry [".whl"], timeout_s 600 and the command:
       --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit; \
       PYTHONUNBUFFERED=1 python3 benchmarks/gpu.py --out $OUT/gpu.json 2>&1 | tee $OUT/gpu.log
 
-`benchmarks/gpu_session.sh` runs this (without the attention sweep) and the VAE and UNet
-profiles and the resize benchmark in one call, each with its own time limit.
+`benchmarks/gpu_session.sh` runs the UNet levers' A/B (`benchmarks/unet_levers.py`) and this
+(without the attention sweep) in one call, each with its own time limit; its STEPS adds the VAE
+and UNet profiles and the resize benchmark.
 
 Here, on CPU, to know it works (tiny model, 256 -> 512, seconds): `python benchmarks/gpu.py
 --smoke`. Flags: --size, --steps, --strength, --dtype, --attention-tokens, --no-attention,
