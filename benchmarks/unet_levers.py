@@ -40,6 +40,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run from a bare checkout: hires need not be installed
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # its neighbours, when imported
+    sys.path.append(str(Path(__file__).resolve().parent))
+
+from unet_profile import components  # noqa: E402
+
 import hires.linfusion as linfusion  # noqa: E402
 
 VARIANTS = ("plain", "wide-groupnorm", "mixed-linfusion", "both", "compile")
@@ -170,19 +175,11 @@ def main(argv: list[str] | None = None) -> dict:
     variants = ["plain"] + [v for v in asked if v != "plain"]  # plain first: the reference
 
     from hires.denoiser import Denoiser
-    from hires.job import Job
-    from hires.models import load
-    from hires.pipeline import encode_prompt, plan_for
-    from hires.sdxl import random_components
 
-    device = torch.device("cpu" if args.smoke else "cuda")
+    comps, cond = components(args.smoke)
+    device = comps.device
     cuda = device.type == "cuda"
-    comps = load("tiny", device="cpu") if args.smoke else random_components(device,
-                                                                           torch.float16)
     latents = [16] if args.smoke else args.latents
-    job = Job(prompt="a lighthouse on a cliff at dawn", width=1024, height=1024, seed=0)
-    with torch.inference_mode():
-        cond = encode_prompt(comps, job, plan_for(job, comps))
 
     def sync() -> None:
         if cuda:

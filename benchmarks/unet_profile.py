@@ -28,6 +28,21 @@ if str(ROOT) not in sys.path:
 from vae_profile import tables, top_ops, write  # noqa: E402
 
 
+def components(smoke: bool):
+    """The UNet to time and a prompt's conditioning: with `smoke` the tiny model on the CPU,
+    else SDXL + LinFusion-XL shapes on CUDA (fp16, random weights)."""
+    from hires.job import Job
+    from hires.models import load
+    from hires.pipeline import encode_prompt, plan_for
+    from hires.sdxl import random_components
+
+    comps = (load("tiny", device="cpu") if smoke
+             else random_components(torch.device("cuda"), torch.float16))
+    job = Job(prompt="a lighthouse on a cliff at dawn", width=1024, height=1024, seed=0)
+    with torch.inference_mode():
+        return comps, encode_prompt(comps, job, plan_for(job, comps))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="CPU, the tiny model, 16 latent px")
@@ -38,19 +53,11 @@ def main() -> None:
     args = ap.parse_args()
 
     from hires.denoiser import Denoiser
-    from hires.job import Job
-    from hires.models import load
-    from hires.pipeline import encode_prompt, plan_for
-    from hires.sdxl import random_components
 
-    device = torch.device("cpu" if args.smoke else "cuda")
+    comps, cond = components(args.smoke)
+    device = comps.device
     cuda = device.type == "cuda"
-    comps = load("tiny", device="cpu") if args.smoke else random_components(device,
-                                                                           torch.float16)
     latents = [16] if args.smoke else args.latents
-    job = Job(prompt="a lighthouse on a cliff at dawn", width=1024, height=1024, seed=0)
-    with torch.inference_mode():
-        cond = encode_prompt(comps, job, plan_for(job, comps))
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     device_key = "self_device_time_total" if cuda else "self_cpu_time_total"
 
