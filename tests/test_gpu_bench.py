@@ -1,12 +1,38 @@
 """Benchmarks' smoke runs on CPU: gpu.py --smoke (the GPU benchmark's whole path, known to work
-before a GPU is lent) and cpu_dtype.py --smoke (fp32 against bf16); each writes its JSON."""
+before a GPU is lent) and cpu_dtype.py --smoke (fp32 against bf16); each writes its JSON.
 
+gpu.py runs as a real process, as it is run (its own set-up handles a missing diffusers); the
+others' main() runs in this process with their command line in sys.argv: a second process would
+only add its start-up (torch, diffusers: 7-9 s of imports on a 2-core machine) to what is checked.
+"""
+
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _benchmark(name: str):
+    """benchmarks/NAME.py as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run_main(monkeypatch, tmp_path, name: str, *args: str) -> None:
+    """`python benchmarks/NAME.py ARGS` in this process, in `tmp_path`: its main() with that
+    sys.argv, and benchmarks/ first on sys.path as for a script (unet_profile imports
+    vae_profile); sys.path and the modules it loads are restored after the test."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [str(ROOT / "benchmarks"), *sys.path])
+    if name == "unet_profile":  # imports vae_profile by name: the test's own copy of it
+        monkeypatch.setitem(sys.modules, "vae_profile", _benchmark("vae_profile"))
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "benchmarks" / f"{name}.py"), *args])
+    _benchmark(name).main()
 
 
 def test_gpu_benchmark_smoke_run_writes_every_phase(tmp_path):
@@ -67,27 +93,20 @@ def test_gpu_benchmark_smoke_run_writes_every_phase(tmp_path):
     assert (tmp_path / "gpu-attention.json").is_file()
 
 
-def test_cpu_dtype_benchmark_smoke_run_times_both_dtypes(tmp_path):
+def test_cpu_dtype_benchmark_smoke_run_times_both_dtypes(tmp_path, monkeypatch, capsys):
     out = tmp_path / "cpu-dtype.json"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "cpu_dtype.py"), "--smoke", "--unet-size",
-         "256", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    _run_main(monkeypatch, tmp_path, "cpu_dtype", "--smoke", "--unet-size", "256",
+              "--out", str(out))
     report = json.loads(out.read_text())
     assert [r["dtype"] for r in report["results"]] == ["fp32", "bf16"]
     for r in report["results"]:
         assert r["unet_s"] > 0 and r["vae_decode_s"] > 0
-    assert "bf16 speed-up" in done.stdout
+    assert "bf16 speed-up" in capsys.readouterr().out
 
 
 def _gpu_bench():
     """benchmarks/gpu.py as a module."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gpu_bench", ROOT / "benchmarks" / "gpu.py")
-    gpu = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu)
-    return gpu
+    return _benchmark("gpu")
 
 
 def test_vae_work_replays_the_spill_where_the_plan_spilled():
@@ -123,26 +142,23 @@ def test_vae_work_replays_the_spill_where_the_plan_spilled():
     assert gpu.vae_work(row, job, plan, config, 2) == less
 
 
-def _profile_smoke(tmp_path, script: str, stem: str) -> dict:
+def _profile_smoke(monkeypatch, tmp_path, script: str, stem: str) -> dict:
     """Run a profile benchmark's --smoke mode; its JSON report (the text tables checked)."""
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), "--smoke", "--out", str(tmp_path)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    _run_main(monkeypatch, tmp_path, script, "--smoke", "--out", str(tmp_path))
     assert "### by host time" in (tmp_path / f"{stem}.txt").read_text()
     return json.loads((tmp_path / f"{stem}.json").read_text())
 
 
-def test_vae_profile_smoke_run_writes_both_tables(tmp_path):
-    report = _profile_smoke(tmp_path, "vae_profile.py", "vae-profile")
+def test_vae_profile_smoke_run_writes_both_tables(tmp_path, monkeypatch):
+    report = _profile_smoke(monkeypatch, tmp_path, "vae_profile", "vae-profile")
     assert set(report["passes"]) == {"decode", "encode"}
     for run in report["passes"].values():
         assert run["seconds"] > 0 and run["by_device"] and run["by_host"]
         assert any("conv" in op["op"] for op in run["by_device"])
 
 
-def test_unet_profile_smoke_run_times_and_profiles_an_evaluation(tmp_path):
-    report = _profile_smoke(tmp_path, "unet_profile.py", "unet-profile")
+def test_unet_profile_smoke_run_times_and_profiles_an_evaluation(tmp_path, monkeypatch):
+    report = _profile_smoke(monkeypatch, tmp_path, "unet_profile", "unet-profile")
     (run,) = report["latents"].values()
     assert run["seconds_per_evaluation"] > 0 and run["by_device"] and run["by_host"]
     assert any("conv" in op["op"] for op in run["by_device"])
