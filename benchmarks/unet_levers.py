@@ -189,35 +189,37 @@ def main(argv: list[str] | None = None) -> dict:
               "torch": torch.__version__, "dtype": str(comps.dtype), "latents": {}}
     lines = ["| latent | variant | s per guided evaluation | vs plain | peak GPU GB | "
              "max rel. diff | compile s |", "|---:|---|---:|---:|---:|---:|---:|"]
-    compiled = None
-    for side in latents:
-        x = torch.randn(1, 4, side, side, generator=torch.Generator().manual_seed(0))
-        x = x.to(device, comps.dtype)
-        rows, reference = {}, None
-        for variant in variants:
-            if variant == "compile" and compiled is None:
-                # Static shapes: each latent gets kernels of its own size, as a stage would.
-                compiled = torch.compile(comps.unet, dynamic=False)
-            unet = compiled if variant == "compile" else comps.unet
-            try:
-                row, out = run(variant, Denoiser(unet, cond, 5.0), comps.unet, x, args.repeats,
-                               sync, cuda)
-            except Exception as e:  # one lever failing on this device leaves the others
-                first = (str(e).splitlines() or [""])[0][:300]
-                rows[variant] = {"error": f"{type(e).__name__}: {first}"}
-                lines.append(f"| {side}^2 | {variant} | failed: {rows[variant]['error']} |")
-            else:
-                if reference is None:
-                    reference = out
-                row["max_rel_diff"] = ((out - reference).abs().max()
-                                       / reference.abs().max()).item()
-                plain = rows.get("plain", {}).get("seconds")
-                row["speedup"] = None if plain is None else round(plain / row["seconds"], 3)
-                rows[variant] = row
-                lines.append(row_line(side, variant, row))
-            print(lines[-1], flush=True)
-            report["latents"][str(side)] = rows
-            write(args.out, report, lines)  # after every row: a run cut short keeps them
+    compiled, references = None, {}
+    # The eager variants at every size first, then compile's (minutes of compiling): a run cut
+    # short by its time limit loses compile's rows, not the others.
+    eager = [v for v in variants if v != "compile"]
+    for group in (eager, [v for v in variants if v == "compile"]):
+        for side in latents:
+            x = torch.randn(1, 4, side, side, generator=torch.Generator().manual_seed(0))
+            x = x.to(device, comps.dtype)
+            rows = report["latents"].setdefault(str(side), {})
+            for variant in group:
+                if variant == "compile" and compiled is None:
+                    # Static shapes: each latent gets kernels of its own size, as a stage would.
+                    compiled = torch.compile(comps.unet, dynamic=False)
+                unet = compiled if variant == "compile" else comps.unet
+                try:
+                    row, out = run(variant, Denoiser(unet, cond, 5.0), comps.unet, x,
+                                   args.repeats, sync, cuda)
+                except Exception as e:  # one lever failing on this device leaves the others
+                    first = (str(e).splitlines() or [""])[0][:300]
+                    rows[variant] = {"error": f"{type(e).__name__}: {first}"}
+                    lines.append(f"| {side}^2 | {variant} | failed: {rows[variant]['error']} |")
+                else:
+                    reference = references.setdefault(side, out)
+                    row["max_rel_diff"] = ((out - reference).abs().max()
+                                           / reference.abs().max()).item()
+                    plain = rows.get("plain", {}).get("seconds")
+                    row["speedup"] = None if plain is None else round(plain / row["seconds"], 3)
+                    rows[variant] = row
+                    lines.append(row_line(side, variant, row))
+                print(lines[-1], flush=True)
+                write(args.out, report, lines)  # after every row: a run cut short keeps them
     print(f"wrote {args.out / 'unet-levers.json'}")
     return report
 
