@@ -227,8 +227,13 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
                global_steps: int | None = None, encode_input: bool = False,
                encode_previous: bool = True,
                vae_tile: int | None = None, vae_stats: str = "fast",
-               rate: float | None = None, budget: int | None = None) -> StageCost:
+               rate: float | None = None, budget: int | None = None,
+               free: int | None = None) -> StageCost:
     """Peak device memory, FLOPs, scratch disk and time of one stage under `strategy`.
+
+    `budget`: what the stage's peak may fill (the planner's, less its safety margin); `free`:
+    the device memory a run has, which the VAE's fast mode takes its share of as a decode
+    starts (default: `budget`).
 
     A ControlNet (`model.control`) runs before each UNet call: its peak is counted next to
     the UNet's weights, the UNet's next to its weights and its residuals; its FLOPs are in
@@ -258,9 +263,12 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
     if previous or encode_input or final_decode:
         vae_weights = weights_now or model.vae.param_bytes
         # What the fast mode will keep step outputs in: a share of what is free (no budget:
-        # room for all of them).
-        memo = (float("inf") if budget is None or vae_stats != "fast" else
-                budget_from_free(budget - vae_weights - state, model.on_gpu))
+        # room for all of them). A run sees the device's free memory, not the planner's
+        # margin-reduced budget: priced from that, an H200's 16K decode kept 6 GB more than
+        # planned (BENCHMARKS.md, "The planner's margin and the VAE's kept outputs").
+        room = (budget if free is None else free) if budget is not None else None
+        memo = (float("inf") if room is None or vae_stats != "fast" else
+                budget_from_free(room - vae_weights - state, model.on_gpu))
         passes = [(*previous, True)] if previous else []
         if (previous and encode_previous) or encode_input:
             passes.append((width, height, False))
@@ -304,8 +312,8 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
                                        attention) + state)
         # The decode's cross-fade buffer, where a GPU keeps it (the rule hires.vae follows).
         rows = max((rows_bytes(w, h, tile) for w, h, d in passes if d), default=0)
-        if model.on_gpu and budget is not None and rows_on_device(
-                rows, budget - vae_weights - state):
+        if model.on_gpu and room is not None and rows_on_device(
+                rows, room - vae_weights - state):
             peaks[-1] += rows
         if budget is not None and vae_stats == "fast":  # no budget: a CPU's RAM, not planned
             kept = max(tiled_memo_bytes(model.vae, w, h, decode=d, tile=tile, budget=memo,

@@ -298,7 +298,7 @@ def _with_cost(stage: Stage, stages: list[Stage], model: ModelShape, strategy: S
                       if prev and (stage.decodes_previous or not stage.latent_upsample)
                       else None, encode_previous=not stage.latent_upsample,
                       final_decode=last, vae_tile=vae_tile, vae_stats=vae_stats, rate=rate,
-                      budget=usable(budget))
+                      budget=usable(budget), free=budget)
     return replace(stage, strategy=strategy, cost=cost)
 
 
