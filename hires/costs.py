@@ -266,7 +266,7 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
         # room for all of them). A run sees the device's free memory, not the planner's
         # margin-reduced budget: priced from that, an H200's 16K decode kept 6 GB more than
         # planned (BENCHMARKS.md, "The planner's margin and the VAE's kept outputs").
-        room = (budget if free is None else free) if budget is not None else None
+        room = budget if budget is None or free is None else free
         memo = (float("inf") if room is None or vae_stats != "fast" else
                 budget_from_free(room - vae_weights - state, model.on_gpu))
         passes = [(*previous, True)] if previous else []
