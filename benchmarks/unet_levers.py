@@ -46,6 +46,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # its neighbours, when
 from unet_profile import components  # noqa: E402
 
 import hires.linfusion as linfusion  # noqa: E402
+from hires.vae_attention import mixed_matmul  # noqa: E402
 
 VARIANTS = ("plain", "wide-groupnorm", "mixed-linfusion", "both", "compile")
 
@@ -60,13 +61,13 @@ def wide_group_norm(norm: nn.GroupNorm, x: Tensor) -> Tensor:
     # fp16 / bf16 inputs: the reduction sums in fp32 and rounds the result once.
     var, mean = torch.var_mean(x.reshape(n * groups, -1), dim=1, correction=0)
     per = c // groups
-    weight = torch.ones(c, device=x.device) if norm.weight is None else norm.weight.float()
-    bias = torch.zeros(c, device=x.device) if norm.bias is None else norm.bias.float()
     # One normalizing pass with the affine folded in: channels of all samples side by side,
     # each with its own (sample, group) statistics; batch_norm's mixed-dtype kernel keeps
     # x - mean in fp32 for half inputs.
     y = F.batch_norm(x.reshape(1, n * c, *x.shape[2:]), mean.float().repeat_interleave(per),
-                     var.float().repeat_interleave(per), weight.repeat(n), bias.repeat(n),
+                     var.float().repeat_interleave(per),
+                     None if norm.weight is None else norm.weight.float().repeat(n),
+                     None if norm.bias is None else norm.bias.float().repeat(n),
                      False, 0.0, norm.eps)
     return y.view_as(x)
 
@@ -87,22 +88,9 @@ def wide_groupnorms(unet: nn.Module) -> Iterator[None]:
 # --- LinFusion: half-precision features, fp32 results ----------------------------------------
 
 
-@functools.cache
-def _mixed_bmm(device_type: str, dtype: torch.dtype) -> bool:
-    """Whether bmm takes `dtype` inputs to float32 results on this kind of device."""
-    if dtype == torch.float32:
-        return False
-    try:
-        a = torch.zeros(1, 1, 8, dtype=dtype, device=device_type)
-        torch.bmm(a, a.transpose(1, 2), out_dtype=torch.float32)
-    except (RuntimeError, TypeError, NotImplementedError):
-        return False
-    return True
-
-
 def _bmm_f32(a: Tensor, b: Tensor) -> Tensor:
     """a @ b in float32: half products with fp32 sums where bmm can (CUDA), else upcast."""
-    if _mixed_bmm(a.device.type, a.dtype):
+    if mixed_matmul(a.device.type, a.dtype):
         return torch.bmm(a, b, out_dtype=torch.float32)
     return torch.bmm(a.float(), b.float())
 

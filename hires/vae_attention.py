@@ -264,7 +264,7 @@ def _attend_chunked(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None)
     """`attend` as plain matmuls, a chunk of queries at a time, their scores in float32."""
     scale = q.shape[-1] ** -0.5
     chunk = max(1, SCORE_BYTES // (4 * k.shape[-2] * q.shape[0] * q.shape[1]))
-    mixed = q.dtype != torch.float32 and _mixed_matmul(q.device.type)
+    mixed = q.dtype != torch.float32 and mixed_matmul(q.device.type)
     # bf16 values are exact in float32 (and TF32): without mixed matmuls, the same products.
     kt = k.transpose(-1, -2) if mixed else k.float().transpose(-1, -2)
     out = torch.empty(*q.shape[:-1], v.shape[-1], dtype=v.dtype, device=v.device)
@@ -289,13 +289,13 @@ def _scores(q: Tensor, kt: Tensor, mixed: bool) -> Tensor:
 
 
 @functools.cache
-def _mixed_matmul(device_type: str) -> bool:
-    """Whether bmm takes bf16 inputs to a float32 output on this kind of device (CUDA, torch
-    2.8 and later; meta, for the replay)."""
-    if device_type not in ("cuda", "meta"):
+def mixed_matmul(device_type: str, dtype: torch.dtype = torch.bfloat16) -> bool:
+    """Whether bmm takes `dtype` (half) inputs to a float32 output on this kind of device
+    (CUDA, torch 2.8 and later; meta, for the replay)."""
+    if device_type not in ("cuda", "meta") or dtype == torch.float32:
         return False
     try:
-        a = torch.zeros(1, 1, 8, dtype=torch.bfloat16, device=device_type)
+        a = torch.zeros(1, 1, 8, dtype=dtype, device=device_type)
         torch.bmm(a, a.transpose(1, 2), out_dtype=torch.float32)
     except (RuntimeError, TypeError, NotImplementedError):
         return False
