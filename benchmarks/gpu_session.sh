@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Every measurement for a lent GPU in one call (the device tool's `run`, carry [".whl"]).
-# STEPS picks them, in order (default "levers gpu"):
+# STEPS picks them, in order (default "vlevers levers gpu"):
+#   vlevers the tiled VAE's levers (GroupNorm moments, window copies; benchmarks/vae_levers.py)
 #   levers  the UNet levers against the plain evaluation at 1K and 4K (benchmarks/unet_levers.py)
 #   gpu     the 1K -> 16K job and its projection (benchmarks/gpu.py; extra arguments go to it,
 #           e.g. --no-levers)
 #   vae     the tiled VAE's profile at 8K (benchmarks/vae_profile.py)
 #   resize  the stage resize on the host's cores (benchmarks/resize.py)
 #   unet    the UNet's profile at 1K and 4K (benchmarks/unet_profile.py)
-# Each step has its own time limit (LEVERS_S, GPU_S, VAE_S, RESIZE_S, UNET_S), so a slow one
-# leaves the others their time; results go to $OUT (the device tool brings back 8 files: the
-# default steps write 6). See benchmarks/gpu.py for the wheels in .whl/.
+# Each step has its own time limit (VLEVERS_S, LEVERS_S, GPU_S, VAE_S, RESIZE_S, UNET_S), so a
+# slow one leaves the others their time; results go to $OUT (the device tool brings back 8
+# files: the default steps write 7, in at most 585 s). See benchmarks/gpu.py for the wheels in .whl/.
 # SMOKE=1: the same on CPU, small, to know it works first.
 set -u
 SMOKE=${SMOKE:+--smoke}
@@ -19,11 +20,13 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:?set OUT to the results folder}
 [ -n "$SMOKE" ] || nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv \
     > "$OUT/gpu-info.csv"
-for step in ${STEPS:-levers gpu}; do
+for step in ${STEPS:-vlevers levers gpu}; do
     case $step in
-    levers) timeout "${LEVERS_S:-240}" python3 benchmarks/unet_levers.py $SMOKE \
+    vlevers) timeout "${VLEVERS_S:-45}" python3 benchmarks/vae_levers.py $SMOKE --out "$OUT" \
+                 2>&1 | tail -16 ;;
+    levers) timeout "${LEVERS_S:-230}" python3 benchmarks/unet_levers.py $SMOKE \
                 --latents 128 512 --out "$OUT" 2>&1 | tail -14 | tee "$OUT/unet-levers.log" ;;
-    gpu) timeout "${GPU_S:-330}" python3 benchmarks/gpu.py $SMOKE --no-attention \
+    gpu) timeout "${GPU_S:-310}" python3 benchmarks/gpu.py $SMOKE --no-attention \
              --out "$OUT/gpu.json" "$@" 2>&1 | tee "$OUT/gpu.log" ;;
     vae) timeout "${VAE_S:-120}" python3 benchmarks/vae_profile.py $SMOKE --size 8192 \
              --out "$OUT" 2>&1 | tail -5 | tee "$OUT/vae-profile.log" ;;
@@ -31,6 +34,6 @@ for step in ${STEPS:-levers gpu}; do
                 2>&1 | tail -8 | tee "$OUT/resize.log" ;;
     unet) timeout "${UNET_S:-90}" python3 benchmarks/unet_profile.py $SMOKE --latents 128 512 \
               --out "$OUT" 2>&1 | tail -5 | tee "$OUT/unet-profile.log" ;;
-    *) echo "unknown step: $step (levers, gpu, vae, resize or unet)" >&2; exit 2 ;;
+    *) echo "unknown step: $step (vlevers, levers, gpu, vae, resize or unet)" >&2; exit 2 ;;
     esac
 done
