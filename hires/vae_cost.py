@@ -11,9 +11,10 @@ it matches (tests/test_vae_cost.py), so the planner can price it and pick a tile
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -35,6 +36,7 @@ class Step:
     out: int  # bytes of its output (what the memo would keep); 0 for the last step
     stops: int = 0  # passes that stop at its start: one per GroupNorm there, +1 for context
     attention: bool = False  # the mid-block attention: its flops depend on the tile's place
+    pair: bool = False  # its output is a split resnet's (input, first conv): never on disk
 
 
 def _conv(c_in: int, c_out: int, px: float, k: int = 3) -> float:
@@ -44,7 +46,7 @@ def _conv(c_in: int, c_out: int, px: float, k: int = 3) -> float:
 def _resnet(c_in: int, c: int, px: float, b: int) -> list[Step]:
     """A resnet split before its second GroupNorm, as `hires.vae_memo._resnet` splits it."""
     shortcut = _conv(c_in, c, px, 1) if c_in != c else 0.0
-    return [Step(_conv(c_in, c, px), int((c_in + c) * px * b), stops=1),
+    return [Step(_conv(c_in, c, px), int((c_in + c) * px * b), stops=1, pair=True),
             Step(_conv(c, c, px) + shortcut, int(c * px * b), stops=1)]
 
 
@@ -153,22 +155,8 @@ def _tiled_cost(vae: VaeShape, w: int, h: int, decode: bool, tile: int, budget: 
         return (sum(s.flops for s in net) + _whole_attention_flops(c, h * w)
                 + (head + tail) * h * w), 0.0, 0.0
     size = (h, w)
-    grid = Grid.cover(size, t, o)
-    tiles = list(grid.tiles())
-    # tile shape -> (its steps, the FLOPs before each step, the bytes of each output the memo
-    # may keep, the same in the CPU's pinned memory): the replay runs millions of steps for a
-    # small card's plan, so what can be is worked out once per tile shape.
-    nets = {}
-    for window, _ in tiles:
-        y0, y1, x0, x1 = window
-        shape = (y1 - y0, x1 - x0)
-        if shape not in nets:
-            net = steps(vae, *shape, decode=decode, dtype_bytes=dtype_bytes)
-            before = [0.0]
-            for s in net:  # the attention's own work is counted once, below
-                before.append(before[-1] + (0.0 if s.attention else s.flops))
-            outs = [s.out for s in net[:-1]]
-            nets[shape] = (net, before, outs, [spilled_size(o) for o in outs])
+    tiles = list(Grid.cover(size, t, o).tiles())
+    nets = _tile_nets(vae, tiles, decode, dtype_bytes)
     n = len(next(iter(nets.values()))[0])
     # window -> (step number, bytes, spilled): MemoryMemo's rule
     kept: dict[Box, tuple[int, int, bool]] = {}
@@ -206,26 +194,136 @@ def _tiled_cost(vae: VaeShape, w: int, h: int, decode: bool, tile: int, budget: 
             used = others_used + (0 if last[2] else last[1])
             spilled = others_spilled + (away_outs[last[0] - 1] if last[2] else 0)
 
+    extra = _passes(vae, nets, tiles, run, size, whole, tail)  # runs first: it adds to total
+    total += extra
+    return total, copied, float(most)
+
+
+class ExactCost(NamedTuple):
+    """What one `exact` decode (or encode) costs: its work and its scratch files."""
+
+    flops: float
+    written: float  # bytes written to the scratch files
+    read: float  # bytes read back from them
+    most: float  # the most bytes the files held at once
+
+
+def exact_cost(vae: VaeShape, width: int, height: int, *, decode: bool, tile: int,
+               budget: float, disk: float = float("inf"), dtype_bytes: int = 2,
+               overlap: int | None = None) -> ExactCost:
+    """The `exact` mode's decode (or encode) of a width x height image, by DiskMemo's rule.
+
+    Every step output but a split resnet's pair goes to a level file for its step, while
+    the whole level (this tile's output times the tiles) fits `budget` (`vae_stats.MEMO_BYTES`)
+    and half of what is free of `disk` then; a refused level's tiles recompute from a
+    shallower one. Without this, a plan priced `exact` as if it recomputed nothing and its
+    files cost no time: faster than `fast`, where it is far slower.
+    """
+    h, w = height // SCALE, width // SCALE
+    return ExactCost(*_exact_cost(vae, w, h, decode, tile, float(budget), float(disk),
+                                  dtype_bytes, overlap, is_global((h, w))))
+
+
+@lru_cache(maxsize=1024)
+def _exact_cost(vae: VaeShape, w: int, h: int, decode: bool, tile: int, budget: float,
+                disk: float, dtype_bytes: int, overlap: int | None,
+                whole: bool) -> tuple[float, float, float, float]:
+    t, o = tile_sizes(tile, overlap)
+    head = 2.0 * vae.latent_channels**2 if decode else 0.0
+    tail = 0.0 if decode else 2.0 * (2 * vae.latent_channels)**2
+    if h * w <= t * t:  # one plain pass, no files
+        return _tiled_cost(vae, w, h, decode, tile, 0.0, 0.0, dtype_bytes, overlap, whole)[0], \
+            0.0, 0.0, 0.0
+    size = (h, w)
+    tiles = list(Grid.cover(size, t, o).tiles())
+    nets = _tile_nets(vae, tiles, decode, dtype_bytes)
+    n = len(next(iter(nets.values()))[0])
+    levels: dict[int, dict[Box, int]] = {}  # step number -> the tiles' outputs in its file
+    refused: set[int] = set()
+    total = written = read = 0.0
+    live = most = 0
+
+    def run(window: Box, stop: int | None, saving: bool = True) -> None:
+        nonlocal total, written, read, live, most
+        y0, y1, x0, x1 = window
+        net, before, outs, _ = nets[(y1 - y0, x1 - x0)]
+        start = next((k for k in sorted(levels, reverse=True) if window in levels[k]), 0)
+        if start == 0:
+            total += head * (y1 - y0) * (x1 - x0)
+        else:
+            read += levels[start][window]
+        end = n if stop is None else stop
+        total += before[end] - before[start]
+        if not saving:
+            return
+        for i in range(start, min(end, n - 1)):
+            number = i + 1
+            level = levels.get(number)
+            if net[i].pair or number in refused or (level is not None and window in level):
+                continue
+            if level is None:
+                if outs[i] * len(tiles) > min(budget, (disk - live) / 2):
+                    refused.add(number)
+                    continue
+                level = levels[number] = {}
+            level[window] = outs[i]
+            written += outs[i]
+            live += outs[i]
+            most = max(most, live)
+            for shallow in [k for k in levels if k < number]:
+                if levels[shallow].keys() <= level.keys():
+                    live -= sum(levels.pop(shallow).values())
+
+    extra = _passes(vae, nets, tiles, run, size, whole, tail)  # runs first: it adds to total
+    total += extra
+    return total, written, read, float(most)
+
+
+def _tile_nets(vae: VaeShape, tiles: list, decode: bool, dtype_bytes: int) -> dict:
+    """Tile shape -> (its steps, the FLOPs before each step, the bytes of each output a memo
+    may keep, the same in the CPU's pinned memory): the replay runs millions of steps for a
+    small card's plan, so what can be is worked out once per tile shape."""
+    nets = {}
+    for window, _ in tiles:
+        y0, y1, x0, x1 = window
+        shape = (y1 - y0, x1 - x0)
+        if shape not in nets:
+            net = steps(vae, *shape, decode=decode, dtype_bytes=dtype_bytes)
+            before = [0.0]
+            for s in net:  # the attention's own work is counted once, in _passes
+                before.append(before[-1] + (0.0 if s.attention else s.flops))
+            outs = [s.out for s in net[:-1]]
+            nets[shape] = (net, before, outs, [spilled_size(o) for o in outs])
+    return nets
+
+
+def _passes(vae: VaeShape, nets: dict, tiles: list, run: Callable, size: tuple[int, int],
+            whole: bool, tail: float) -> float:
+    """Every statistics pass, then the final pass, as `hires.vae_stats.whole_image` runs them,
+    each tile through `run(window, stop, saving)`; returns the work outside the tiles' steps
+    (the attention's context and landmark scores, the encoder's quant_conv)."""
+    c, (h, w) = vae.channels[-1], size
+    extra = 0.0
     for j, s in enumerate(next(iter(nets.values()))[0]):
         for k in range(s.stops):
             for window, owned in tiles:
                 run(window, j)
                 if s.attention and k == 1 and not whole:
                     oy0, oy1, ox0, ox1 = owned  # the landmark scores: q, k, v of owned tokens
-                    total += 6.0 * c * c * (oy1 - oy0) * (ox1 - ox0)
+                    extra += 6.0 * c * c * (oy1 - oy0) * (ox1 - ox0)
             if s.attention and k == 1:  # the context, once
                 if whole:
-                    total += _whole_attention_flops(c, h * w)
+                    extra += _whole_attention_flops(c, h * w)
                 else:
                     f = cell_side(size)
-                    total += 6.0 * c * c * (-(-h // f) * -(-w // f) + min(landmarks(size), h * w))
-                    total += _sweep_flops(c, size)
+                    extra += 6.0 * c * c * (-(-h // f) * -(-w // f) + min(landmarks(size), h * w))
+                    extra += _sweep_flops(c, size)
     run(tiles[0][0], None)  # the gathering loop's last pass: the first tile goes through whole
     for window, _ in tiles:
         run(window, None, saving=False)
         y0, y1, x0, x1 = window
-        total += tail * (y1 - y0) * (x1 - x0)
-    return total, copied, float(most)
+        extra += tail * (y1 - y0) * (x1 - x0)
+    return extra
 
 
 def replayed_flops(vae, width: int, height: int, *, decode: bool, tile: int, budget: float,
@@ -243,8 +341,19 @@ def replayed_memo_bytes(vae, width: int, height: int, *, decode: bool, tile: int
     return _replay(vae, width, height, decode, tile, budget, overlap, spill)[2]
 
 
+def replayed_exact(vae, width: int, height: int, *, decode: bool, tile: int, budget: float,
+                   overlap: int | None = None) -> ExactCost:
+    """The same in `exact` mode, its files sizes only (level budget `budget`, as
+    `vae_stats.MEMO_BYTES`): the reference for `exact_cost`."""
+    total, _, _, memo = _replay(vae, width, height, decode, tile, budget, overlap, 0.0, "exact")
+    if memo is None:  # one tile: a plain pass
+        return ExactCost(total, 0.0, 0.0, 0.0)
+    return ExactCost(total, float(memo.written), float(memo.read), float(memo.most))
+
+
 def _replay(vae, width: int, height: int, decode: bool, tile: int, budget: float,
-            overlap: int | None, spill: float) -> tuple[float, float, float]:
+            overlap: int | None, spill: float, mode: str = "fast") -> tuple:
+    """(FLOPs, FLOPs before the final pass, the most the memo kept in memory, the memo)."""
     meta, dtype = torch.device("meta"), next(vae.parameters()).dtype
     h, w = height // SCALE, width // SCALE
     t, o = tile_sizes(tile, overlap)
@@ -262,20 +371,21 @@ def _replay(vae, width: int, height: int, decode: bool, tile: int, budget: float
             vae.quant_conv(out)
 
     net = vae.decoder if decode else vae.encoder
-    saved = vae_stats.FAST_BYTES, vae_stats.SPILL_BYTES
-    vae_stats.FAST_BYTES, vae_stats.SPILL_BYTES = budget, spill
+    saved = vae_stats.FAST_BYTES, vae_stats.SPILL_BYTES, vae_stats.MEMO_BYTES
+    vae_stats.FAST_BYTES, vae_stats.SPILL_BYTES, vae_stats.MEMO_BYTES = budget, spill, budget
     try:
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             if h * w <= t * t:
                 finish(net(head((0, h, 0, w))))
-                return float(counter.get_total_flops()), 0.0, 0.0
+                return float(counter.get_total_flops()), 0.0, 0.0, None
             grid = Grid.cover((h, w), t, o)
-            with vae_stats.whole_image(net, head, grid, "fast", meta, dtype, None,
+            with vae_stats.whole_image(net, head, grid, mode, meta, dtype, None,
                                        spill) as tiles:
                 gathered = counter.get_total_flops()
                 for window, _ in grid.tiles():
                     finish(tiles.run(window))
-                most = getattr(tiles.memo, "most", 0)
+                memo = tiles.memo
     finally:
-        vae_stats.FAST_BYTES, vae_stats.SPILL_BYTES = saved
-    return float(counter.get_total_flops()), float(gathered), float(most)
+        vae_stats.FAST_BYTES, vae_stats.SPILL_BYTES, vae_stats.MEMO_BYTES = saved
+    most = memo.most if mode == "fast" else 0
+    return float(counter.get_total_flops()), float(gathered), float(most), memo

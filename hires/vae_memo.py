@@ -9,6 +9,7 @@ per tile instead of once per pass (the mid-block attention ran in ~17 passes).
 from __future__ import annotations
 
 import errno
+import math
 import os
 import shutil
 import tempfile
@@ -189,7 +190,8 @@ class DiskMemo(Memo):
         self.windows, self.budget = windows, budget
         self.levels: dict[int, _Level] = {}
         self.refused: set[int] = set()
-        self.written = 0
+        self.written = self.read = 0
+        self.live = self.most = 0  # bytes in the files now; the most at once
 
     @property
     def bytes(self) -> int:
@@ -200,6 +202,10 @@ class DiskMemo(Memo):
             level = self.levels[number]
             if box in level.index:
                 offset, shape, dtype, cl = level.index[box]
+                self.read += math.prod(shape) * dtype.itemsize
+                if device.type == "meta":  # sizes only: the planner's replay (hires.vae_cost)
+                    t = torch.empty(shape, dtype=dtype, device=device)
+                    return number, (t.contiguous(memory_format=torch.channels_last) if cl else t)
                 t = torch.empty(shape, dtype=dtype)
                 _read_into(level.file.fileno(), t.reshape(-1).view(torch.uint8).numpy(), offset)
                 if cl:
@@ -213,10 +219,11 @@ class DiskMemo(Memo):
             return
         if number in self.refused or (level is not None and box in level.index):
             return
-        t = x.detach().to("cpu").contiguous()
-        data = t.reshape(-1).view(torch.uint8).numpy()
+        meta = x.device.type == "meta"  # sizes only: nothing to write
+        t = x.detach() if meta else x.detach().to("cpu").contiguous()
+        nbytes = t.nbytes
         if level is None:
-            need = data.nbytes * self.windows
+            need = nbytes * self.windows
             folder = scratch_folder()
             if need > min(self.budget, shutil.disk_usage(folder).free / 2):
                 self.refused.add(number)
@@ -225,21 +232,29 @@ class DiskMemo(Memo):
         cl = x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(
             memory_format=torch.channels_last)
         try:
-            _write_at(level.file.fileno(), data, level.end)
+            if not meta:
+                _write_at(level.file.fileno(), t.reshape(-1).view(torch.uint8).numpy(),
+                          level.end)
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             # The scratch disk filled up under us (other users of TMPDIR): give up this level
             # and recompute its tiles instead, as when it did not fit from the start.
-            self.levels.pop(number).file.close()
+            gone = self.levels.pop(number)
+            gone.file.close()
+            self.live -= gone.end
             self.refused.add(number)
             return
         level.index[box] = (level.end, tuple(t.shape), t.dtype, cl)
-        level.end += data.nbytes
-        self.written += data.nbytes
+        level.end += nbytes
+        self.written += nbytes
+        self.live += nbytes
+        self.most = max(self.most, self.live)
         for shallow in [n for n in self.levels if n < number]:
             if self.levels[shallow].index.keys() <= level.index.keys():
-                self.levels.pop(shallow).file.close()
+                gone = self.levels.pop(shallow)
+                gone.file.close()
+                self.live -= gone.end
 
     def close(self) -> None:
         for level in self.levels.values():

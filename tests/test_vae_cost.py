@@ -90,6 +90,50 @@ def test_simulation_matches_at_sdxl_shapes_and_one_tile():
         vae_flops(shape, 1024, 1024, decode=True), rel=0.01)
 
 
+# A level budget that refuses some levels and keeps others, and one that keeps every level.
+@pytest.mark.parametrize("decode, budget", [(True, 3e6), (False, 2e7), (True, 1e12)])
+def test_exact_simulation_follows_the_scratch_files(tiny, decode, budget):
+    """`exact` keeps step outputs in level files (DiskMemo): the simulation runs the same work
+    and writes, reads and holds the same bytes as the real memo does on meta tensors."""
+    vae, shape = tiny
+    replayed = vae_cost.replayed_exact(vae, 768, 576, decode=decode, tile=256, budget=budget)
+    simulated = vae_cost.exact_cost(shape, 768, 576, decode=decode, tile=256, budget=budget)
+    assert simulated.flops == pytest.approx(replayed.flops, rel=1e-9)
+    assert simulated[1:] == tuple(replayed[1:]) and replayed.written > 0 and replayed.read > 0
+    # Never less work than `fast` with the same bytes in memory: a resnet's mid pair never
+    # goes to a file, so its first convolution runs again in the next pass.
+    assert simulated.flops > tiled_flops(shape, 768, 576, decode=decode, tile=256,
+                                         budget=budget)
+
+
+def test_exact_simulation_leaves_half_the_free_disk(tiny, monkeypatch):
+    """A level is refused once it would take more than half of what is free of the disk."""
+    from collections import namedtuple
+
+    from hires import vae_memo
+
+    vae, shape = tiny
+    disk = 6e7
+    memos = []
+    real_init = vae_memo.DiskMemo.__init__
+
+    def init(self, *args):
+        real_init(self, *args)
+        memos.append(self)
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(vae_memo.DiskMemo, "__init__", init)
+    monkeypatch.setattr(vae_memo.shutil, "disk_usage",
+                        lambda folder: usage(disk, 0, disk - memos[-1].live))
+    replayed = vae_cost.replayed_exact(vae, 768, 576, decode=True, tile=256, budget=1e12)
+    simulated = vae_cost.exact_cost(shape, 768, 576, decode=True, tile=256, budget=1e12,
+                                    disk=disk)
+    assert simulated.flops == pytest.approx(replayed.flops, rel=1e-9)
+    assert simulated[1:] == tuple(replayed[1:])
+    roomy = vae_cost.exact_cost(shape, 768, 576, decode=True, tile=256, budget=1e12)
+    assert simulated.most < disk < roomy.most and simulated.flops > roomy.flops
+
+
 def test_less_memory_costs_recomputation_and_the_planner_prices_it():
     shape = sdxl_shape(linfusion=True)
     vae = shape.vae
