@@ -38,8 +38,8 @@ from hires.vae_attention import (
     SWEEP_REACH,
     landmarks,
 )
-from hires.vae_cost import tiled_cost, tiled_memo_bytes
-from hires.vae_stats import budget_from_free, spill_budget
+from hires.vae_cost import exact_cost, tiled_cost, tiled_memo_bytes
+from hires.vae_stats import MEMO_BYTES, budget_from_free, spill_budget
 from hires.vae_tiles import rows_bytes, rows_on_device
 
 HOST_LINK = 25e9  # bytes/s between host and GPU (PCIe 4 x16 in practice) for offload traffic
@@ -257,9 +257,9 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
     # slower there, and the tiled VAE reaches a share of the UNet's rate (hires.gpus).
     unet_rate = _rate_in(model, model.dtype_bytes, rate or RANK_RATE)
     vae_rate = _rate_in(model, model.vae_dtype_bytes, rate or RANK_RATE) * VAE_SHARE
-    vae_flop = spilled = 0.0
+    vae_flop = spilled = on_files = 0.0  # FLOPs; bytes over the host link; to and from disk
     spill_bytes = 0.0
-    used = 0
+    used = scratch = 0
     if previous or encode_input or final_decode:
         vae_weights = weights_now or model.vae.param_bytes
         # What the fast mode will keep step outputs in: a share of what is free (no budget:
@@ -276,9 +276,20 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
             passes.append((width, height, True))
 
         def cost(t: int, spill: float = 0.0) -> tuple[float, float]:  # FLOPs, bytes copied
+            if vae_stats == "exact":  # outputs in scratch files, through the host
+                runs = exact_runs(t)
+                return sum(r.flops for r in runs), sum(
+                    r.written + r.read for r in runs) if model.on_gpu else 0.0
             runs = [tiled_cost(model.vae, w, h, decode=d, tile=t, budget=memo, spill=spill,
                                dtype_bytes=model.vae_dtype_bytes) for w, h, d in passes]
             return sum(f for f, _ in runs), sum(b for _, b in runs)
+
+        def exact_runs(t: int) -> list:
+            # Half of what is free of the scratch disk, as DiskMemo looks at it (unknown: its
+            # level cap alone).
+            return [exact_cost(model.vae, w, h, decode=d, tile=t, budget=MEMO_BYTES,
+                               disk=model.disk or float("inf"),
+                               dtype_bytes=model.vae_dtype_bytes) for w, h, d in passes]
 
         def work(t: int) -> float:
             return cost(t)[0]
@@ -293,6 +304,10 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
             tile = next(t for t in fit if work(t) * SMALLER_TILE_SAVING <= least)
         tile = min(tile, max(width, height))
         vae_flop, spilled = cost(tile)
+        if vae_stats == "exact":
+            runs = exact_runs(tile)
+            on_files = sum(r.written + r.read for r in runs)
+            scratch = int(max(r.most for r in runs))  # one pass's files at a time
         if rate and model.on_gpu and model.spill and vae_stats == "fast":
             # Outputs kept in the CPU's memory: less recomputation for copies over the host
             # link, where recomputing takes longer than copying: much on a 4090, little or
@@ -324,11 +339,6 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
     evals = steps if base else steps + (steps if global_steps is None else global_steps)
     unet_flop = evals * 2 * unet_flops(unet, lat_h, lat_w)
     control_flop = 0 if control is None else evals * 2 * controlnet_flops(control, lat_h, lat_w)
-    scratch = 0
-    if vae_stats == "exact" and (previous or encode_input or final_decode):
-        # Saved block outputs, fp32, up to 16 GB a level (hires.vae's cap).
-        scratch = int(sum(min(16e9, c * width * height / 4**i * 4)
-                          for i, c in enumerate(model.vae.channels)))
     # The time, at `rate` or, only to compare strategies, at RANK_RATE.
     slowdown = 1 + sum(v for k, v in LEVER_SLOWDOWN.items() if getattr(strategy, k))
     calls = evals * (2 if strategy.split_cfg else 1)
@@ -352,14 +362,15 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
     # The previous image, or the user's image for an upscale, is resized to this stage's size.
     own = host_seconds(width, height, resize=bool(previous and encode_previous) or encode_input,
                        save=final_decode) if model.on_gpu else 0.0
-    rank = unet_seconds + vae_flop / vae_rate + moved / HOST_LINK + own
+    rank = unet_seconds + vae_flop / vae_rate + moved / HOST_LINK + on_files / DISK_RATE + own
     maps = parked_bytes(model, lat_h, lat_w, strategy)
     host = maps + (0 if resident else model.weights)
     on_disk = maps_on_disk(model, maps, host)
     # Each call writes them out and reads them back as it reads its parked maps: once whole,
     # or in bands four times over (a map read again may have left the page cache meanwhile).
     rank += calls * on_disk * (5 if strategy.row_bands else 2) / DISK_RATE
-    vae_seconds = vae_flop / vae_rate + spilled / HOST_LINK if rate else None
+    vae_seconds = (vae_flop / vae_rate + spilled / HOST_LINK + on_files / DISK_RATE
+                   if rate else None)
     return StageCost(max(peaks), peaks[0], (unet_flop + vae_flop) / 1e12, unet_flop / 1e12, scratch,
                      rank if rate else None, tile, rank, spill_bytes, host, vae_seconds,
                      maps, on_disk, max(*peaks, used), own if rate else None)

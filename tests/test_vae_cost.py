@@ -194,6 +194,32 @@ def test_the_planner_prices_spilled_outputs_and_their_copies():
     assert off.tflop == on.tflop  # a CPU has nowhere to spill to
 
 
+def test_the_planner_prices_exact_mode_by_its_files():
+    """`exact` recomputes what its level files refuse and copies the rest through the host
+    and the disk: the plan prices both (it was priced as if it recomputed nothing and its
+    files cost no time: an H200's 16K job planned faster with it than with `fast`)."""
+    from hires.costs import DISK_RATE, HOST_LINK
+    from hires.vae_stats import MEMO_BYTES
+
+    shape = replace(sdxl_shape(linfusion=True), disk=200e9)
+
+    def stage(mode: str):
+        return stage_cost(shape, 16384, 16384, 4, Strategy(), base=False,
+                          previous=(8192, 8192), final_decode=True, budget=139 * 2**30,
+                          rate=400e12 / VAE_SHARE, vae_stats=mode)
+
+    fast, exact = stage("fast"), stage("exact")
+    runs = [vae_cost.exact_cost(shape.vae, w, h, decode=d, tile=exact.vae_tile,
+                                budget=MEMO_BYTES, disk=200e9)
+            for w, h, d in ((8192, 8192, True), (16384, 16384, False), (16384, 16384, True))]
+    flops, files = sum(r.flops for r in runs), sum(r.written + r.read for r in runs)
+    assert exact.tflop - exact.unet_tflop == pytest.approx(flops / 1e12)
+    assert exact.vae_seconds == pytest.approx(flops / 400e12 + files / HOST_LINK
+                                              + files / DISK_RATE)
+    assert exact.scratch_bytes == int(max(r.most for r in runs)) > 0
+    assert exact.vae_seconds > 3 * fast.vae_seconds and fast.scratch_bytes == 0
+
+
 def test_the_planner_spills_the_fastest_share_of_the_budget(monkeypatch):
     # Past some point each output kept costs more in copies than its recomputation saves
     # (a 16K stage whose VAE runs at 145 TFLOP/s, with 30 GB to spill into): the planner keeps
