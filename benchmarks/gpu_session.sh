@@ -10,7 +10,8 @@
 #   unet    the UNet's profile at 1K and 4K (benchmarks/unet_profile.py)
 # Each step has its own time limit (VLEVERS_S, LEVERS_S, GPU_S, VAE_S, RESIZE_S, UNET_S), so a
 # slow one leaves the others their time; results go to $OUT (the device tool brings back 8
-# files: the default steps write 7, in at most 585 s). See benchmarks/gpu.py for the wheels in .whl/.
+# files: the default steps write 7, in at most 565 s of a call's 600). See benchmarks/gpu.py
+# for the wheels in .whl/.
 # SMOKE=1: the same on CPU, small, to know it works first.
 set -u
 SMOKE=${SMOKE:+--smoke}
@@ -26,7 +27,7 @@ for step in ${STEPS:-vlevers levers gpu}; do
                  2>&1 | tail -16 ;;
     levers) timeout "${LEVERS_S:-230}" python3 benchmarks/unet_levers.py $SMOKE \
                 --latents 128 512 --out "$OUT" 2>&1 | tail -14 | tee "$OUT/unet-levers.log" ;;
-    gpu) timeout "${GPU_S:-310}" python3 benchmarks/gpu.py $SMOKE --no-attention \
+    gpu) timeout "${GPU_S:-290}" python3 benchmarks/gpu.py $SMOKE --no-attention \
              --out "$OUT/gpu.json" "$@" 2>&1 | tee "$OUT/gpu.log" ;;
     vae) timeout "${VAE_S:-120}" python3 benchmarks/vae_profile.py $SMOKE --size 8192 \
              --out "$OUT" 2>&1 | tail -5 | tee "$OUT/vae-profile.log" ;;
