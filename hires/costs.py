@@ -278,8 +278,8 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
         def cost(t: int, spill: float = 0.0) -> tuple[float, float]:  # FLOPs, bytes copied
             if vae_stats == "exact":  # outputs in scratch files, through the host
                 runs = exact_runs(t)
-                return sum(r.flops for r in runs), sum(
-                    r.written + r.read for r in runs) if model.on_gpu else 0.0
+                files = sum(r.written + r.read for r in runs)
+                return sum(r.flops for r in runs), (files if model.on_gpu else 0.0)
             runs = [tiled_cost(model.vae, w, h, decode=d, tile=t, budget=memo, spill=spill,
                                dtype_bytes=model.vae_dtype_bytes) for w, h, d in passes]
             return sum(f for f, _ in runs), sum(b for _, b in runs)
