@@ -304,6 +304,21 @@ def test_a_plan_the_ram_limits_says_what_more_would_save():
         assert "RAM limits" not in cli("plan", "--size", "16384", *args).stderr
 
 
+def test_an_exact_plan_says_what_fast_would_take():
+    """`--vae-stats exact` makes the pixels `fast` makes, in scratch files and recomputation:
+    the plan says what the default would take, where it is faster."""
+    exact = cli("plan", "--size", "16384", "--gpu", "h200", "--vae-stats", "exact")
+    assert exact.exit_code == 0, exact.stderr
+    (line,) = [x for x in exact.stderr.splitlines() if "--vae-stats exact" in x]
+    fast, slow = (plan_json("--size", "16384", "--gpu", "h200", "--vae-stats", mode)["seconds"]
+                  for mode in ("fast", "exact"))
+    assert fast < 0.5 * slow
+    assert (f"same pixels as fast (the default), which plans at ~{round(fast / 60)} min "
+            f"instead of ~{round(slow / 60)} min here") in line
+    for args in (("--vae-stats", "fast"), ("--vae-stats", "exact", "--device", "cpu")):
+        assert "--vae-stats exact" not in cli("plan", "--size", "4096", *args).stderr
+
+
 def test_a_cpu_plan_fits_the_free_ram_and_claims_no_time():
     """`--device cpu` is planned as a CPU run plans it (in the free RAM), and not timed at a
     GPU's rate: a CPU's is not known unless --gpu gives a figure."""
