@@ -106,6 +106,33 @@ def test_exact_simulation_follows_the_scratch_files(tiny, decode, budget):
                                          budget=budget)
 
 
+@pytest.mark.parametrize("budget", [3e6, 1e12])  # some levels refused; none
+def test_exact_simulation_writes_what_a_real_decode_writes(monkeypatch, budget):
+    """The tiny VAE decoding on the CPU in exact mode, its level files real: the bytes it
+    writes, reads back and holds at once are the simulation's."""
+    from hires import vae as tiled
+    from hires import vae_memo, vae_stats
+
+    vae = tiny_vae(trained=False).float()
+    shape = VaeShape.from_config(dict(vae.config))
+    memos = []
+    close = vae_memo.DiskMemo.close
+
+    def kept_close(memo) -> None:
+        memos.append(memo)
+        close(memo)
+
+    monkeypatch.setattr(vae_memo.DiskMemo, "close", kept_close)
+    monkeypatch.setattr(vae_stats, "MEMO_BYTES", budget)
+    z = torch.randn(1, 4, 40, 48, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        tiled.decode_float(vae, z, tile=128, stats="exact")
+    (memo,) = memos
+    simulated = vae_cost.exact_cost(shape, 384, 320, decode=True, tile=128, budget=budget,
+                                    dtype_bytes=4)
+    assert (memo.written, memo.read, memo.most) == simulated[1:] and memo.written > 0
+
+
 def test_exact_simulation_leaves_half_the_free_disk(tiny, monkeypatch):
     """A level is refused once it would take more than half of what is free of the disk."""
     from collections import namedtuple
