@@ -1,4 +1,4 @@
-"""What one tiled decode or encode costs in `fast` mode: its statistics passes, on shapes alone.
+"""What one tiled decode or encode costs: its statistics passes, on shapes alone.
 
 `hires.costs.vae_flops` prices one plain pass. The tiled VAE runs a pass per GroupNorm, each
 resuming every tile from its deepest step output kept in memory (`hires.vae_memo.MemoryMemo`),
@@ -7,6 +7,8 @@ all of it fits, 12x for a 16K SDXL decode with 4 GB. This replays the same bookk
 steps, passes, tile order and keep-or-not rule) on sizes and FLOP counts, without tensors: a
 few milliseconds against seconds for the meta-device replay (`benchmarks/vae_work.py`), which
 it matches (tests/test_vae_cost.py), so the planner can price it and pick a tile by it.
+`exact` mode keeps the outputs in level files instead (`hires.vae_memo.DiskMemo`):
+`exact_cost` replays that rule, and counts the files' bytes too.
 """
 
 from __future__ import annotations
