@@ -253,18 +253,25 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
         save_stage(image, stage_files[index], job, index, fmt=job.format, overwrite=True)
         say(f"  stage {index}: {stage_files[index]}")
 
+    scored: set[int] = set()
+
+    def score(index: int, psnr: float) -> None:  # as each stage ends, not after the last
+        stage = plan.stages[index]
+        say(f"  stage {index} ({stage.width}x{stage.height}): {psnr:.1f} dB PSNR against the "
+            "input")
+        scored.add(index)
+
     keeping = saying_what_is_kept(kept, job, plan, source) if kept else nullcontext()
     with keeping:  # the save too: a full disk
         with progress_renderer(quiet, plan, str(path)) as progress:
             result = make(job, source=source, components=components, progress=progress,
                           plan=plan, checkpoint=kept,
-                          on_stage_image=stage_image if save_stages else None)
+                          on_stage_image=stage_image if save_stages else None, on_score=score)
         for warning in result.warnings[len(components.warnings):]:
             warn(warning)
-        for s in result.stages:
-            if s.psnr is not None:
-                say(f"  stage {s.index} ({s.width}x{s.height}): {s.psnr:.1f} dB PSNR "
-                    "against the input")
+        for s in result.stages:  # stages a stopped run had scored, resumed here
+            if s.psnr is not None and s.index not in scored:
+                score(s.index, s.psnr)
         record = result.save(path, fmt=job.format, overwrite=overwrite, settings=settings,
                              warn=warn, stage=0 if preview else None,
                              recorded_as="-" if piped else None)

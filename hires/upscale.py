@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -55,14 +56,16 @@ def upscale(
     save_stages: bool = False,
     plan: Plan | None = None,
     on_stage_image: StageImage | None = None,
+    on_score: Callable[[int, float], None] | None = None,
     **overrides: Any,
 ) -> Result:
     """Upscale `image` (a path or an `images.InputImage`); keyword overrides are Job fields.
     The output size: `size` (long side), `scale`, `width` with `height`, or `print_size`
     ("60x90cm", "A2"; the largest the input fits at `dpi`, 300 unless given).
 
-    Returns a Result whose stages carry `psnr` against the input, and whose job records the
-    input's path and sha256 (so the job can be repeated); transparency comes back resized.
+    Returns a Result whose stages carry `psnr` against the input (`on_score(index, psnr)` as
+    each stage ends), and whose job records the input's path and sha256 (so the job can be
+    repeated); transparency comes back resized.
     """
     from hires.images import InputImage, load_input
 
@@ -87,7 +90,8 @@ def upscale(
                       progress)
     job = replace(job, width=w, height=h, image=str(source.path)).validate()
     return upscale_job(job, source=source, components=components, progress=progress,
-                       save_stages=save_stages, plan=plan, on_stage_image=on_stage_image)
+                       save_stages=save_stages, plan=plan, on_stage_image=on_stage_image,
+                       on_score=on_score)
 
 
 def check_size_args(**sizes: Any) -> None:
@@ -123,9 +127,11 @@ def load_source(job: Job):
 def upscale_job(job: Job, *, source: Any = None, components: Components | None = None,
                 progress: ProgressFn | None = None, save_stages: bool = False,
                 plan: Plan | None = None, checkpoint: str | Path | None = None,
-                on_stage_image: StageImage | None = None) -> Result:
+                on_stage_image: StageImage | None = None,
+                on_score: Callable[[int, float], None] | None = None) -> Result:
     """A complete upscale Job (`job.image` set, width/height final) run as `upscale` does;
-    `checkpoint` and `on_stage_image` as for `hires.generate`."""
+    `checkpoint` and `on_stage_image` as for `hires.generate`; `on_score(index, psnr)` as
+    each stage's image is scored against the input."""
     from hires.images import attach_alpha, attach_alpha16, fidelity
 
     source = source or load_source(job)
@@ -136,7 +142,10 @@ def upscale_job(job: Job, *, source: Any = None, components: Components | None =
     plan = plan or plan_for(job, comps, source=source.rgb.size,
                             stage_images=save_stages or on_stage_image is not None)
     def on_decoded(index: int, result: Image.Image) -> float:
-        return fidelity(result, source)
+        score = fidelity(result, source)
+        if on_score is not None:
+            on_score(index, score)
+        return score
 
     with attached(comps, job, source.rgb) as addons, torch.inference_mode(), \
             current(comps.device):
@@ -154,9 +163,11 @@ def upscale_job(job: Job, *, source: Any = None, components: Components | None =
 
 def make(job: Job, *, source: Any = None, **kwargs: Any) -> Result:
     """One job's image: an upscale when it names an input image (`source`: it, loaded), else
-    text to image. Keyword arguments as for `hires.generate`."""
+    text to image. Keyword arguments as for `hires.generate`, and `on_score` as for
+    `upscale_job` (only an upscale has a score)."""
     if job.image:
         return upscale_job(job, source=source, **kwargs)
     from hires.pipeline import generate
 
+    kwargs.pop("on_score", None)
     return generate(job, **kwargs)

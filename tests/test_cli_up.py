@@ -28,7 +28,15 @@ def test_up_makes_the_exact_size_and_reports_fidelity_per_stage(photo, tmp_path,
     assert [(s["width"], s["height"]) for s in record["stages"]] == [(288, 192), (576, 384)]
     assert all(s["psnr"] > 5 for s in record["stages"])
     assert record["image"] == str(photo) and len(record["image_sha256"]) == 64
-    assert "dB PSNR against the input" in result.stderr
+    # Each stage's score as the stage ends (before the next stage's progress), once.
+    lines = result.stderr.splitlines()
+    scores = [i for i, x in enumerate(lines) if x.endswith("dB PSNR against the input")]
+    said = [lines[i].split(":") for i in scores]
+    assert [label.strip() for label, _ in said] == [
+        f"stage {i} ({s['width']}x{s['height']})" for i, s in enumerate(record["stages"])]
+    for (_, value), stage in zip(said, record["stages"]):  # the record keeps 2 decimals
+        assert abs(float(value.split()[0]) - stage["psnr"]) <= 0.051
+    assert scores[0] < min(i for i, x in enumerate(lines) if x.startswith("[2/2]"))
     with Image.open(out) as im:
         assert im.size == (576, 384)
     assert cli("info", out).stdout.count("dB PSNR against the input") == 2

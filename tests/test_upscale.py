@@ -46,9 +46,12 @@ def test_the_plan_starts_from_the_input_and_ends_on_the_request():
 @pytest.mark.parametrize("kw,size", [(dict(scale=2), (320, 208)),
                                      (dict(width=480, height=256), (480, 256))])
 def test_exact_output_size_and_a_fidelity_figure_per_stage(photo, tiny, kw, size):
-    r = upscale(photo, components=tiny, steps=6, seed=1, vae_tile=256, **kw)
+    heard = []
+    r = upscale(photo, components=tiny, steps=6, seed=1, vae_tile=256,
+                on_score=lambda index, psnr: heard.append((index, psnr)), **kw)
     assert r.image.size == size
     assert all(s.psnr is not None and s.psnr > 5 for s in r.stages)
+    assert heard == [(s.index, s.psnr) for s in r.stages]  # each stage's, as it ended
     assert r.source["sha256"] == load_input(photo).sha256
 
 
