@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -43,6 +42,11 @@ from torch import Tensor
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run from a bare checkout: hires need not be installed
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # its neighbours, when imported
+    sys.path.append(str(Path(__file__).resolve().parent))
+
+from unet_levers import timed  # noqa: E402
 
 from hires.vae_stats import _moments  # noqa: E402
 
@@ -99,17 +103,6 @@ def activations(c: int, side: int, device: torch.device, dtype: torch.dtype) -> 
     offset = torch.linspace(-30.0, 30.0, c, device=device).view(1, c, 1, 1)
     return (x.mul_(std).add_(offset * std)).to(dtype).contiguous(
         memory_format=torch.channels_last)
-
-
-def timed(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> tuple[float, object]:
-    """Seconds per call of `fn` over `repeats` calls after one warm-up; the last output."""
-    out = fn()
-    sync()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        out = fn()
-    sync()
-    return (time.perf_counter() - start) / repeats, out
 
 
 def moments_rows(levels: dict, device: torch.device, dtype: torch.dtype, repeats: int,

@@ -6,21 +6,14 @@ others' main() runs in this process with their command line in sys.argv: a secon
 only add its start-up (torch, diffusers: 7-9 s of imports on a 2-core machine) to what is checked.
 """
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+from helpers_bench import benchmark
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _benchmark(name: str):
-    """benchmarks/NAME.py as a module."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _run_main(monkeypatch, tmp_path, name: str, *args: str) -> None:
@@ -30,9 +23,9 @@ def _run_main(monkeypatch, tmp_path, name: str, *args: str) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [str(ROOT / "benchmarks"), *sys.path])
     if name == "unet_profile":  # imports vae_profile by name: the test's own copy of it
-        monkeypatch.setitem(sys.modules, "vae_profile", _benchmark("vae_profile"))
+        monkeypatch.setitem(sys.modules, "vae_profile", benchmark("vae_profile"))
     monkeypatch.setattr(sys, "argv", [str(ROOT / "benchmarks" / f"{name}.py"), *args])
-    _benchmark(name).main()
+    benchmark(name).main()
 
 
 def test_gpu_benchmark_smoke_run_writes_every_phase(tmp_path):
@@ -106,7 +99,7 @@ def test_cpu_dtype_benchmark_smoke_run_times_both_dtypes(tmp_path, monkeypatch, 
 
 def _gpu_bench():
     """benchmarks/gpu.py as a module."""
-    return _benchmark("gpu")
+    return benchmark("gpu")
 
 
 def test_vae_work_replays_the_spill_where_the_plan_spilled():

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from helpers_bench import benchmark
 from torch import nn
 
 import hires.linfusion as linfusion
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "unet_levers.py"
-
 
 @pytest.fixture(scope="module")
 def levers():
-    spec = importlib.util.spec_from_file_location("unet_levers", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark("unet_levers")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

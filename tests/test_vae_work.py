@@ -1,17 +1,11 @@
 """benchmarks/vae_work.py: the tiled VAE replayed on the meta device at SDXL shapes."""
 
-import importlib.util
-from pathlib import Path
-
 import torch
+from helpers_bench import benchmark
 
 
 def _module():
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "vae_work.py"
-    spec = importlib.util.spec_from_file_location("vae_work", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark("vae_work")
 
 
 def test_replay_counts_the_statistics_passes_and_recomputation():
