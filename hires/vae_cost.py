@@ -196,7 +196,7 @@ def _tiled_cost(vae: VaeShape, w: int, h: int, decode: bool, tile: int, budget: 
             used = others_used + (0 if last[2] else last[1])
             spilled = others_spilled + (away_outs[last[0] - 1] if last[2] else 0)
 
-    extra = _passes(vae, nets, tiles, run, size, whole, tail)  # runs first: it adds to total
+    extra = _passes(vae, nets, tiles, run, size, whole, tail)  # its runs add to total first
     total += extra
     return total, copied, float(most)
 
@@ -276,7 +276,7 @@ def _exact_cost(vae: VaeShape, w: int, h: int, decode: bool, tile: int, budget: 
                 if levels[shallow].keys() <= level.keys():
                     live -= sum(levels.pop(shallow).values())
 
-    extra = _passes(vae, nets, tiles, run, size, whole, tail)  # runs first: it adds to total
+    extra = _passes(vae, nets, tiles, run, size, whole, tail)  # its runs add to total first
     total += extra
     return total, written, read, float(most)
 
