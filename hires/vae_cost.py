@@ -150,8 +150,7 @@ def _tiled_cost(vae: VaeShape, w: int, h: int, decode: bool, tile: int, budget: 
     """(FLOPs, bytes copied, the most bytes kept on the device at once)."""
     t, o = tile_sizes(tile, overlap)
     c = vae.channels[-1]
-    head = 2.0 * vae.latent_channels**2 if decode else 0.0  # post_quant_conv, per latent px
-    tail = 0.0 if decode else 2.0 * (2 * vae.latent_channels)**2  # quant_conv, per latent px
+    head, tail = _ends(vae, decode)
     if h * w <= t * t:  # one plain pass, diffusers' own (whole) attention
         net = steps(vae, h, w, decode=decode, dtype_bytes=dtype_bytes)
         return (sum(s.flops for s in net) + _whole_attention_flops(c, h * w)
@@ -231,8 +230,7 @@ def _exact_cost(vae: VaeShape, w: int, h: int, decode: bool, tile: int, budget: 
                 disk: float, dtype_bytes: int, overlap: int | None,
                 whole: bool) -> tuple[float, float, float, float]:
     t, o = tile_sizes(tile, overlap)
-    head = 2.0 * vae.latent_channels**2 if decode else 0.0
-    tail = 0.0 if decode else 2.0 * (2 * vae.latent_channels)**2
+    head, tail = _ends(vae, decode)
     if h * w <= t * t:  # one plain pass, no files
         return _tiled_cost(vae, w, h, decode, tile, 0.0, 0.0, dtype_bytes, overlap, whole)[0], \
             0.0, 0.0, 0.0
@@ -279,6 +277,12 @@ def _exact_cost(vae: VaeShape, w: int, h: int, decode: bool, tile: int, budget: 
     extra = _passes(vae, nets, tiles, run, size, whole, tail)  # its runs add to total first
     total += extra
     return total, written, read, float(most)
+
+
+def _ends(vae: VaeShape, decode: bool) -> tuple[float, float]:
+    """FLOPs per latent px before the network (post_quant_conv) and after it (quant_conv)."""
+    lat = vae.latent_channels
+    return (2.0 * lat**2, 0.0) if decode else (0.0, 2.0 * (2 * lat)**2)
 
 
 def _tile_nets(vae: VaeShape, tiles: list, decode: bool, dtype_bytes: int) -> dict:
