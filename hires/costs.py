@@ -436,12 +436,14 @@ def model_shape(components: Any, controlnet: Any = None) -> ModelShape:
 def host_budget(components: Any) -> float | None:
     """What a GPU run's parked maps and offloaded weights may take of the CPU's memory: what
     is free, and what the components' weights already hold there; None on a CPU."""
-    from hires.memory import bytes_on, host_room, ram_bytes
+    import torch
+
+    from hires.memory import free_memory, host_room
 
     if components.device.type == "cpu":
         return None
-    free = ram_bytes()[1]
-    return host_room(free + bytes_on("cpu", components.parts)) if free else None
+    free = free_memory(torch.device("cpu"), components.parts)
+    return host_room(free) if free else None
 
 
 @lru_cache(maxsize=8)

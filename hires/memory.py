@@ -17,7 +17,8 @@ GIB = 1024**3
 def free_memory(device: torch.device, parts: tuple[nn.Module, ...] = ()) -> int | None:
     """What a plan may use: the device's free memory plus what `parts` already hold there.
 
-    On CPU, the available RAM; None where it cannot be told (MPS).
+    On CPU, the available RAM (page cache counts: the kernel gives it back) plus `parts`'
+    weights there; None where it cannot be told (MPS).
     """
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
@@ -25,11 +26,23 @@ def free_memory(device: torch.device, parts: tuple[nn.Module, ...] = ()) -> int 
         cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         return free + cached + bytes_on("cuda", parts)
     if device.type == "cpu":
-        try:
-            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            return None
+        available = ram_bytes()[1]
+        # The plan counts the weights as its own, so what they hold is given back; only their
+        # anonymous pages, though: a memory-mapped file's are already in the available figure.
+        return available + min(bytes_on("cpu", parts), anonymous_rss()) if available else None
     return None
+
+
+def anonymous_rss() -> int:
+    """Bytes of this process's resident memory not backed by a file; 0 where not told."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def bytes_on(device_type: str, parts: tuple[nn.Module, ...]) -> int:
