@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import time
 from datetime import date
 from pathlib import Path
@@ -23,16 +22,10 @@ import torch
 GIB = 1024**3
 
 
-def peak_rss() -> int:
-    """The process's peak resident bytes so far (Linux reports KiB)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if platform.system() == "Darwin" else peak * 1024
-
-
 def run(size: int, steps: int, smoke: bool) -> dict:
     """Build, plan and run one job; the figures as a dict."""
     from hires.job import Job
-    from hires.memory import ram_bytes
+    from hires.memory import peak_rss, ram_bytes
     from hires.pipeline import budget_for, generate, plan_for
 
     start = time.perf_counter()
