@@ -69,7 +69,6 @@ def read_batch(path: str | Path, base: Job | None = None,
     if not entries:
         raise JobError(f"{label} holds no jobs; add [[job]] entries (TOML) or lines (JSONL)")
     _check_keys(defaults, f"{name} [defaults]")
-    base = base or Job()
     items = []
     for i, entry in enumerate(entries):
         # Numbered from 0, as the run, the manifest and the default names number it.

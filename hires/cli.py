@@ -218,12 +218,9 @@ def up(
     Quiet.on, Quiet.progress = quiet, progress
     with exit_codes(), up_inputs(images) as names:
         from hires import piped
-        from hires.upscale import DEFAULT_STRENGTH
 
-        flags = job_flags(options)
+        flags = job_flags(options)  # no --strength: up's own default (hires.sizes)
         flags.update(prompt=prompt or "")
-        if strength is None and not preset:
-            flags["strength"] = DEFAULT_STRENGTH
         jobs, sizes, alpha = [], [], set()
         for image in names:
             # Every input is decoded here, so that a broken one stops the command before any

@@ -18,7 +18,16 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from hires.job import MAX_SIDE, MIN_SIDE, Job, JobError, check_side, parse_aspect, size_from
+from hires.job import (
+    MAX_SIDE,
+    MIN_SIDE,
+    UPSCALE_STRENGTH,
+    Job,
+    JobError,
+    check_side,
+    parse_aspect,
+    size_from,
+)
 
 SIZE_KEYS = ("size", "aspect", "scale", "width", "height", "print_size")
 PRINT_DPI = 300  # a print size's resolution when the job names no dpi: photo print quality
@@ -321,6 +330,9 @@ def job_from_levels(levels: list[tuple[dict[str, Any], str, bool]], base: Job | 
                           if str(k).replace("-", "_") not in SIZE_KEYS}, where=where,
                          untrusted=untrusted)
     image = job.image
+    if image and base is None and not any("strength" in values for values, _, _ in levels):
+        # An upscale made by `up`, a batch job or --from gets up's strength, not gen's.
+        job = job.merged({"strength": UPSCALE_STRENGTH})
     source = (lambda: size_of(image)) if image and size_of else None
     named = [(values, where) for values, where, _ in levels]
     size = layered_size(named, source, job.dpi)

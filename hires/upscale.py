@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from hires.addons import attached
-from hires.job import Job, JobError, check_side
+from hires.job import UPSCALE_STRENGTH, Job, JobError, check_side
 from hires.memory import current
 from hires.models import Components, load, load_args
 from hires.pipeline import (
@@ -35,9 +35,7 @@ from hires.plan import Plan
 from hires.progress import ProgressFn
 from hires.sizes import target_size
 
-# Lower keeps closer to the input. 0.3 (a little under gen's 0.32): the first stage re-draws
-# 30 % of the schedule, enough for new texture at 2x, and later stages taper to 0.
-DEFAULT_STRENGTH = 0.3
+DEFAULT_STRENGTH = UPSCALE_STRENGTH
 
 
 def upscale(

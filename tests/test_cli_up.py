@@ -213,3 +213,26 @@ def test_an_upscales_stages_are_labelled_by_their_scale_over_the_first(tmp_path)
               if line.startswith("stage ")]
     assert labels == ["stage 0 (from the input)", "stage 1 (x2)", "stage 2 (x4)",
                       "stage 3 (x6.83)"]
+
+
+def test_every_way_to_upscale_uses_ups_strength_unless_one_is_set(photo, tmp_path):
+    """`up`, `up --preset` and a batch job with an `image` all default to 0.3, not gen's 0.32
+    (a batch upscale once took 0.32 and made a different image than `hires up`)."""
+    def first_strength(result):  # each job's first re-noised stage (a gen's base is 1.0)
+        assert result.exit_code == 0, result.stderr
+        return [max(s["strength"] for s in json.loads(line)["stages"] if s["strength"] < 1)
+                for line in result.stdout.splitlines()]
+
+    for preset in ((), ("--preset", "4k"), ("--preset", "draft")):
+        up = cli("up", photo, "--scale", "4", *preset, "--dry-run", "--json", "--device", "cpu",
+                 "--vram", "64")
+        assert first_strength(up) == [0.3], preset
+    assert first_strength(cli("up", photo, "--scale", "4", "--strength", "0.5", "--dry-run",
+                              "--json", "--device", "cpu")) == [0.5]
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text(f'[[job]]\nimage = "{photo}"\nscale = 4\n\n'
+                    f'[[job]]\nimage = "{photo}"\nscale = 4\nstrength = 0.4\n\n'
+                    '[[job]]\nprompt = "a fox"\nsize = 1024\n', encoding="utf-8")
+    from hires.batch import read_batch
+
+    assert [item.job.strength for item in read_batch(jobs)] == [0.3, 0.4, 0.32]
