@@ -191,7 +191,12 @@ def check_paths(model: str, vae: str | None, linfusion: str, allow_pickle: bool 
     from hires import linfusion as lf
 
     for what, ref in (("--model", model), ("--vae", vae)):
-        if not ref or model_kind(ref) != "file":
+        kind = model_kind(ref) if ref else None
+        if kind == "hub":
+            _check_hub_id(what, ref)
+        if kind == "folder":
+            _check_folder(what, ref)
+        if kind != "file":
             continue
         path = Path(ref).expanduser()
         if not path.exists():
@@ -204,6 +209,31 @@ def check_paths(model: str, vae: str | None, linfusion: str, allow_pickle: bool 
             lf.check_ref(linfusion)
         except lf.LinFusionError as e:
             raise ModelError(str(e), usage=True) from None
+
+
+def _check_hub_id(what: str, ref: str) -> None:
+    """A reference that is no local path must be a well-formed Hub id, or it is a typo."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(ref)
+    except HFValidationError:
+        raise ModelError(f"{what} {ref}: no such file or folder here, and not a Hugging Face Hub "
+                         "id (owner/name); check the spelling", usage=True) from None
+
+
+def _check_folder(what: str, ref: str) -> None:
+    """A folder given as a model must hold a diffusers pipeline (a VAE: a diffusers VAE)."""
+    path = Path(ref).expanduser()
+    if what == "--model":
+        if not (path / "model_index.json").is_file():
+            raise ModelError(f"--model {ref} is a folder but not a diffusers model (no "
+                             "model_index.json); give the folder that holds it, a .safetensors "
+                             "file or a Hub id", usage=True)
+    elif not any((path / sub / "config.json").is_file() for sub in ("", "vae")):
+        raise ModelError(f"--vae {ref} is a folder but not a diffusers VAE (no config.json, nor "
+                         "vae/config.json); give a VAE's folder, a .safetensors file or a Hub "
+                         "id", usage=True)
 
 
 def load_pipeline(ref: str, dtype: torch.dtype, allow_pickle: bool = False):
