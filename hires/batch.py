@@ -95,6 +95,9 @@ def read_batch(path: str | Path, base: Job | None = None,
             job = job_from_levels(job_levels, base=base, size_of=input_size)
         except ImageInputError as e:
             raise JobError(f"{where}: {e}") from None
+        if not job.image and not job.prompt.strip():  # as gen refuses '': a forgotten key
+            raise JobError(f"{where} has no prompt; give it a 'prompt' (or an 'image' to "
+                           "upscale)")
         if job.seed is None:
             job = job.merged({"seed": stable_seed(i, values)})
         items.append(BatchItem(i, job, output))

@@ -107,6 +107,10 @@ def test_a_base_job_is_under_the_file(tmp_path):
      ["ram must be", "(in value.jsonl job 1 (line 3))"]),
     ("defaults.toml", '[defaults]\ndisk = -2\n[[job]]\nprompt = "x"\n',
      ["disk must be", "(in defaults.toml [defaults])"]),
+    # A job that forgot its prompt made an unconditioned image; gen refuses '' too.
+    ("noprompt.toml", '[[job]]\nprompt = "x"\n[[job]]\nsteps = 4\n',
+     ["noprompt.toml job 1 has no prompt", "'image'"]),
+    ("blank.jsonl", '{"prompt": "  "}\n', ["blank.jsonl job 0 (line 1) has no prompt"]),
 ])
 def test_bad_batch_files_are_job_errors_that_say_where(tmp_path, name, text, words):
     with pytest.raises(JobError) as e:
