@@ -219,7 +219,7 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
     from hires.piped import load_job_input
     from hires.pipeline import plan_for
     from hires.plan import describe, preview_of
-    from hires.record import save_stage, stage_paths
+    from hires.record import save, save_stage, stage_paths
     from hires.runs import made_by
     from hires.upscale import make
 
@@ -272,9 +272,11 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
         for s in result.stages:  # stages a stopped run had scored, resumed here
             if s.psnr is not None and s.index not in scored:
                 score(s.index, s.psnr)
-        record = result.save(path, fmt=job.format, overwrite=overwrite, settings=settings,
-                             warn=warn, stage=0 if preview else None,
-                             recorded_as="-" if piped else None)
+        # record.save, not Result.save: its errors keep the CLI's flags (--overwrite), which
+        # Result.save words as the library's keywords.
+        record = save(result, path, fmt=job.format, overwrite=overwrite, settings=settings,
+                      warn=warn, stage=0 if preview else None,
+                      recorded_as="-" if piped else None)
     if kept is not None:
         resume.remove(kept)
     return record
