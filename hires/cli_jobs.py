@@ -57,6 +57,12 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
     if recorded.get("allow_pickle") in (False, None):
         recorded.pop("allow_pickle", None)  # hires 0.1 recorded the (harmless) default
     where = f"metadata of {from_image}"
+    image = recorded.get("image")
+    if isinstance(image, str) and image != "-" and "image" not in flags and not Path(
+            image).expanduser().is_absolute() and not Path(image).expanduser().exists():
+        # The record keeps the input's path as it was typed: relative to where hires ran.
+        raise JobError(f"{from_image} was made from {image}, a path relative to the folder "
+                       "hires ran in, and there is none here; run this command in that folder")
     if recorded.get("model") and "model" not in flags:
         # The record names a model, maybe a local file: say which, never load it unseen.
         say(f"--from {from_image}: model {recorded['model']} (as recorded; --model picks "

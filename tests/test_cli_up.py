@@ -236,3 +236,17 @@ def test_every_way_to_upscale_uses_ups_strength_unless_one_is_set(photo, tmp_pat
     from hires.batch import read_batch
 
     assert [item.job.strength for item in read_batch(jobs)] == [0.3, 0.4, 0.32]
+
+
+def test_from_an_upscale_made_elsewhere_says_where_to_run_it(tmp_path, monkeypatch):
+    """The record keeps the input's path as typed; from another folder it names none here."""
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (96, 64), "gray").save("in.png")
+    made = cli("up", "in.png", "--scale", "2", "--model", "tiny", "--steps", "1", "-q",
+               "-o", "o/up.png")
+    assert made.exit_code == 0, made.stderr
+    assert cli("plan", "--from", "o/up.png", "--device", "cpu").exit_code == 0
+    monkeypatch.chdir(tmp_path / "o")
+    for args in (("plan", "--from", "up.png"), ("gen", "--from", "up.png", "-o", "again.png")):
+        assert_usage_error(cli(*args), "made from in.png", "run this command in that folder")
+    assert not (tmp_path / "o" / "again.png").exists()
