@@ -291,6 +291,7 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
     from hires import batch as b
     from hires import output as out
     from hires.job import JobError
+    from hires.runs import made_by
 
     check_gpu(gpu)
     first_on = {item.job.device: item.index for item in reversed(items)}
@@ -329,6 +330,8 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
             err.print(f"job {o.item.index} failed: {o.error}", markup=False)
         elif o.status == "skipped":
             say(f"job {o.item.index}: {o.path} exists with the same settings, skipped")
+            # stdout lists every image of the batch, as gen's does those it keeps
+            emit(made_by(o.path, o.item.job) or {"path": str(o.path)}, as_json)
         if o.moved_to:
             say(f"job {o.item.index}: {o.why} since {o.path.name} was made; the old image "
                 f"is kept as {o.moved_to.name}")

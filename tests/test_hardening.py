@@ -190,6 +190,8 @@ def test_a_batch_job_whose_settings_changed_is_rerun_and_the_old_image_kept(tmp_
     again = cli("batch", jobs, "-o", out)
     assert again.exit_code == 0, again.stderr
     assert "batch: 1 done, 1 skipped, 0 failed" in again.stderr
+    # stdout names every image of the batch, the one kept as it was too (as gen's does)
+    assert again.stdout.splitlines() == [str(out / "a.png"), str(out / "b.png")]
     kept = out / f"a.{recorded[:8]}.png"
     assert "settings changed" in again.stderr and kept.name in again.stderr
     assert kept.read_bytes() == first_a  # the old image, under a new name
@@ -197,6 +199,9 @@ def test_a_batch_job_whose_settings_changed_is_rerun_and_the_old_image_kept(tmp_
     rows = json_lines((out / "manifest.jsonl").read_text())
     assert all(r["settings"] for r in rows)
     assert [r["status"] for r in rows[2:]] == ["done", "skipped"]
+    listed = cli("batch", jobs, "-o", out, "--json", "-q")
+    assert [(r["path"], r["prompt"]) for r in json_lines(listed.stdout)] == [
+        (str(out / "a.png"), "one, edited"), (str(out / "b.png"), "two")]
 
 
 def test_a_file_without_a_settings_record_is_not_taken_for_the_job(tmp_path, asked):
