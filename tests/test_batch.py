@@ -228,7 +228,8 @@ output = "three.png"
 
     again = cli("batch", jobs, "-o", out, "--json")
     assert again.exit_code == 1
-    assert again.stdout == ""  # nothing was made this time
+    # Nothing was made this time; stdout names the images kept, with their records.
+    assert [r["path"] for r in json_lines(again.stdout)] == paths
     assert "batch: 0 done, 2 skipped, 1 failed" in again.stderr
     assert [r["status"] for r in manifest(out / "manifest.jsonl")[3:]] == ["skipped", "failed",
                                                                           "skipped"]

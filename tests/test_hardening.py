@@ -470,7 +470,9 @@ def test_batch_webp_over_the_limit_and_a_manifest_in_a_new_folder(tmp_path):
                  'size = 16384\nformat = "webp"\n')
     result = run_hires("batch", jobs, "-o", tmp_path / "out")
     assert_usage(result, "WebP")
-    ok = write(tmp_path / "ok.jsonl", json.dumps({"prompt": "x", "model": "missing-model-dir/",
+    broken = tmp_path / "broken.safetensors"  # there, so the job fails only as it loads
+    broken.write_bytes(b"not weights")
+    ok = write(tmp_path / "ok.jsonl", json.dumps({"prompt": "x", "model": str(broken),
                                                   "width": 256, "height": 256}) + "\n")
     result = cli("batch", ok, "-o", tmp_path / "out", "--manifest", tmp_path / "new" / "m.jsonl")
     assert (tmp_path / "new" / "m.jsonl").is_file(), result.stderr

@@ -18,6 +18,7 @@ from helpers_cli import (
 from PIL import Image
 
 import hires.pipeline
+import hires.record
 
 SMALL = ("--model", "tiny", "--size", "256", "--steps", "2", "--seed", "4")
 
@@ -62,7 +63,7 @@ def test_a_failed_save_writes_nothing_to_stdout(scratch, asked, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(hires.pipeline.Result, "save", full)
+    monkeypatch.setattr(hires.record, "save", full)  # what the CLI saves through
     piped = cli("gen", "a cat", *SMALL, "-o", "-")
     assert piped.exit_code == 1 and piped.stdout_bytes == b""
     assert list(scratch.iterdir()) == []
