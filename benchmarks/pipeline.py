@@ -273,9 +273,10 @@ def reset_peak_rss() -> None:
 def upscale_main(args: argparse.Namespace) -> None:
     """Per-stage time, peak RSS and PSNR of `hires.upscale` at each of `args.scale`."""
     from hires.images import ImageInputError, load_input
+    from hires.job import UPSCALE_STRENGTH
     from hires.memory import peak_rss
     from hires.models import load
-    from hires.upscale import DEFAULT_STRENGTH, upscale
+    from hires.upscale import upscale
 
     components = load("tiny", device=args.device)
     vae = which_vae(components)
@@ -285,7 +286,7 @@ def upscale_main(args: argparse.Namespace) -> None:
         source = load_input(args.image)
     except ImageInputError as e:
         sys.exit(f"error: {e}")
-    strength = DEFAULT_STRENGTH if args.strength is None else args.strength
+    strength = UPSCALE_STRENGTH if args.strength is None else args.strength
     extra = {"steps": args.steps} if args.steps else {}
     if args.vae_tile:
         extra["vae_tile"] = args.vae_tile

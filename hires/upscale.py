@@ -35,8 +35,6 @@ from hires.plan import Plan
 from hires.progress import ProgressFn
 from hires.sizes import target_size
 
-DEFAULT_STRENGTH = UPSCALE_STRENGTH
-
 
 def upscale(
     image: Any = None,
@@ -46,7 +44,7 @@ def upscale(
     width: int | None = None,
     height: int | None = None,
     print_size: str | None = None,
-    strength: float = DEFAULT_STRENGTH,
+    strength: float = UPSCALE_STRENGTH,
     prompt: str = "",
     job: Job | None = None,
     components: Components | None = None,
