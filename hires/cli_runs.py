@@ -463,14 +463,18 @@ def say_resume(kept: Path, job, plan, source=None, stage_files: list[Path] | Non
 def saying_what_is_kept(kept: Path, job, plan, source=None) -> Iterator[None]:
     """A run that stops (an error, Ctrl-C) says what its checkpoint keeps for the next one
     (with -q too: it is about the result)."""
+    from hires.output import OutputExists
+
     try:
         yield
-    except BaseException:
+    except BaseException as e:
         stage = kept_stage(kept, job, plan, source)
+        # Another run saved there first: the same command would meet its file again.
+        command = "the same command with --overwrite" if isinstance(e, OutputExists) \
+            else "the same command"
         if stage == len(plan.stages) - 1:
-            err.print(f"{kept} keeps every stage: the same command only decodes it",
-                      markup=False)
+            err.print(f"{kept} keeps every stage: {command} only decodes it", markup=False)
         elif stage is not None:
-            err.print(f"{kept} keeps {stages_upto(stage)}: the same command goes on from there",
+            err.print(f"{kept} keeps {stages_upto(stage)}: {command} goes on from there",
                       markup=False)
         raise

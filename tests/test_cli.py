@@ -276,6 +276,9 @@ def test_a_file_made_there_during_the_run_is_kept_and_the_error_names_the_flag(t
     assert result.exit_code == 2 and target.read_bytes() == b"the other run's"
     assert "already exists" in result.stderr and "--overwrite" in result.stderr
     assert "overwrite=True" not in result.stderr
+    # Its checkpoint is kept; the plain command would meet the other run's file again.
+    assert "keeps every stage: the same command with --overwrite only decodes it" in \
+        result.stderr
 
 
 def test_an_unknown_option_is_a_usage_error():
