@@ -335,5 +335,13 @@ def size_from(
     check_side("size", size)
     ratio = parse_aspect(aspect) if aspect else 1.0
     long_w = ratio >= 1
-    short = max(8, round(size * (1 / ratio if long_w else ratio) / 8) * 8)
+    stretch = 1 / ratio if long_w else ratio  # short side / long side
+    short = max(8, round(size * stretch / 8) * 8)
+    if short < MIN_SIDE:
+        least = next((s for s in range(size, MAX_SIDE + 1, 8)
+                      if round(s * stretch / 8) * 8 >= MIN_SIDE), None)
+        bigger = f"--size {least} or more, or " if least else ""
+        widest = f"{size // MIN_SIDE}:1" if long_w else f"1:{size // MIN_SIDE}"
+        raise JobError(f"--aspect {aspect} at --size {size} makes the short side {short} px, "
+                       f"under {MIN_SIDE}: give {bigger}an aspect of at most {widest}")
     return (size, short) if long_w else (short, size)

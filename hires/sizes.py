@@ -163,9 +163,10 @@ def check_size_keys(values: dict[str, Any], where: str) -> None:
                                f"{n(others[0])}")
             print_inches(keys["print_size"])
         if "width" in keys or "height" in keys:
-            if keys.keys() & {"size", "aspect", "scale"}:
-                raise JobError(f"give either {n('size')}/{n('aspect')}, {n('scale')} or "
-                               f"{n('width')}/{n('height')}, not both")
+            clash = sorted(keys.keys() & {"size", "aspect", "scale"})
+            if clash:  # name only what was given: gen has no --scale
+                raise JobError(f"give either {n('width')}/{n('height')} or "
+                               f"{'/'.join(n(k) for k in clash)}, not both")
             if not ("width" in keys and "height" in keys):
                 raise JobError(f"{n('width')} and {n('height')} go together; give both (or use "
                                f"{n('size')})")

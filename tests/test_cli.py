@@ -247,6 +247,11 @@ def test_malformed_preset_names_the_line(tmp_path, asked):
     (["--width", "256", "--height", "250"], ["height", "multiple of 8"]),
     (["--width", "40000", "--height", "256"], ["width", "at most 32768"]),
     (["--size", "256", "--width", "256", "--height", "256"], ["not both"]),
+    (["--aspect", "1:1", "--width", "256", "--height", "256"],
+     ["give either --width/--height or --aspect, not both"]),  # gen has no --scale to name
+    (["--size", "1024", "--aspect", "100:1"],
+     ["short side 8 px", "--size 6000 or more", "at most 16:1"]),
+    (["--size", "1024", "--aspect", "1:100"], ["at most 1:16"]),
     (["--size", "256", "--aspect", "wide"], ["aspect"]),
     (["--size", "256", "--steps", "0"], ["steps"]),
     (["--size", "256", "--format", "gif"], ["format"]),
