@@ -79,12 +79,12 @@ from hires.cli_output import (
     OneLineErrors,
     Quiet,
     Terminated,
-    err,
     exit_codes,
     on_sigterm,
     out_line,
     quiet_stdout,
     say,
+    stopped,
     warn,
 )
 from hires.cli_runs import (
@@ -401,7 +401,8 @@ def root(
                                           is_eager=True, help="Print the version.")] = False,
 ) -> None:
     """hires: 1K to 16K images from a prompt, on one GPU."""
-    Quiet.on = False  # per invocation: tests and scripts may call the app many times
+    # per invocation: tests and scripts may call the app many times
+    Quiet.on, Quiet.progress = False, "auto"
 
 
 def main() -> None:
@@ -416,5 +417,5 @@ def main() -> None:
         sys.exit(0)
     except KeyboardInterrupt as e:  # before a command's own handling (typer builds the CLI)
         terminated = isinstance(e, Terminated)
-        err.print("terminated" if terminated else "interrupted", markup=False)
+        stopped(terminated)
         sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)

@@ -56,20 +56,48 @@ class Quiet:
     progress = "auto"  # --progress: auto, bars, plain or json
 
 
+def _stderr(kind: str, text: str) -> None:
+    """One line on stderr: text (`warning: ...`, `error: ...`), or with --progress json an
+    object (`{"log": ...}`, `{"warning": ...}`, `{"error": ...}`), so that a program reading
+    the progress parses every line hires writes there."""
+    if Quiet.progress == "json":
+        print(json.dumps({kind: text}), file=sys.stderr, flush=True)
+    else:
+        err.print(text if kind == "log" else f"{kind}: {text}", markup=False)
+
+
 def say(message: str) -> None:
     """A log line on stderr (not with -q)."""
     if not Quiet.on:
-        err.print(message, markup=False)
+        _stderr("log", message)
+
+
+def tell(message: str) -> None:
+    """A log line on stderr that -q keeps: it is about the result (a batch's count)."""
+    _stderr("log", message)
 
 
 def warn(message: str) -> None:
     """A warning on stderr (shown with -q too: it is about the result)."""
-    err.print(f"warning: {message}", markup=False)
+    _stderr("warning", message)
 
 
 def fail(message: str, code: int) -> typer.Exit:
-    err.print(f"error: {message}", markup=False)
+    _stderr("error", message)
     return typer.Exit(code)
+
+
+def stopped(terminated: bool) -> None:
+    """The line for Ctrl-C or SIGTERM (an error object with --progress json)."""
+    text = "terminated" if terminated else "interrupted"
+    if Quiet.progress == "json":
+        _stderr("error", text)
+    else:
+        err.print(text, markup=False)
+
+
+def _json_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    _stderr("warning", f"{category.__name__}: {message}")
 
 
 def emit(record: dict[str, Any], as_json: bool) -> None:
@@ -80,18 +108,23 @@ def emit(record: dict[str, Any], as_json: bool) -> None:
 @contextmanager
 def exit_codes() -> Iterator[None]:
     """Turn our exceptions into one-line errors and the documented exit codes."""
+    import warnings
+
     from hires.job import JobError
     from hires.output import OutputError
 
     try:
-        yield
+        with warnings.catch_warnings():
+            if Quiet.progress == "json":  # the libraries' warnings as objects too
+                warnings.showwarning = _json_warning
+            yield
     except typer.Exit:
         raise
     except Terminated:
-        err.print("terminated", markup=False)
+        stopped(terminated=True)
         raise typer.Exit(EXIT_TERMINATED) from None
     except KeyboardInterrupt:
-        err.print("interrupted", markup=False)
+        stopped(terminated=False)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except (JobError, typer.BadParameter) as e:
         raise fail(str(e), EXIT_USAGE) from None

@@ -12,7 +12,17 @@ from typing import Any
 import typer
 
 from hires.cli_jobs import check_device, check_gpu, fitted_plan
-from hires.cli_output import EXIT_RUNTIME, emit, err, library_bars, progress_renderer, say, warn
+from hires.cli_output import (
+    EXIT_RUNTIME,
+    Quiet,
+    emit,
+    fail,
+    library_bars,
+    progress_renderer,
+    say,
+    tell,
+    warn,
+)
 
 
 def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overwrite: bool,
@@ -196,10 +206,11 @@ def _make_all(jobs: list, output: str | None, *, save_stages: bool = False,
 
 
 def load_model(job, quiet: bool):
-    """The model `job` names, with the libraries' own bars as -q says; its warnings said."""
+    """The model `job` names, with the libraries' own bars as -q says (never with --progress
+    json: they are not JSON); its warnings said."""
     from hires.pipeline import load, load_args
 
-    library_bars(quiet)
+    library_bars(quiet or Quiet.progress == "json")
     components = load(*load_args(job))
     for warning in components.warnings:
         warn(warning)
@@ -327,7 +338,7 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
 
     def report(o: b.Outcome) -> None:
         if o.status == "failed":
-            err.print(f"job {o.item.index} failed: {o.error}", markup=False)
+            fail(f"job {o.item.index} failed: {o.error}", EXIT_RUNTIME)  # the batch goes on
         elif o.status == "skipped":
             say(f"job {o.item.index}: {o.path} exists with the same settings, skipped")
             # stdout lists every image of the batch, as gen's does those it keeps
@@ -359,8 +370,8 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
         listed = ", ".join(map(str, failed[:10])) + (", ..." if len(failed) > 10 else "")
         which = (f" (job{'s' if len(failed) > 1 else ''} {listed}; errors in {manifest}; "
                  "the same command runs them again)")
-    err.print(f"batch: {counts['done']} done, {counts['skipped']} skipped, "
-              f"{counts['failed']} failed{which}", markup=False)
+    tell(f"batch: {counts['done']} done, {counts['skipped']} skipped, "
+         f"{counts['failed']} failed{which}")
     if counts["failed"]:
         raise typer.Exit(EXIT_RUNTIME)
 
@@ -473,8 +484,7 @@ def saying_what_is_kept(kept: Path, job, plan, source=None) -> Iterator[None]:
         command = "the same command with --overwrite" if isinstance(e, OutputExists) \
             else "the same command"
         if stage == len(plan.stages) - 1:
-            err.print(f"{kept} keeps every stage: {command} only decodes it", markup=False)
+            tell(f"{kept} keeps every stage: {command} only decodes it")
         elif stage is not None:
-            err.print(f"{kept} keeps {stages_upto(stage)}: {command} goes on from there",
-                      markup=False)
+            tell(f"{kept} keeps {stages_upto(stage)}: {command} goes on from there")
         raise

@@ -26,10 +26,12 @@ def pytest_xdist_auto_num_workers(config) -> int:
 @pytest.fixture(autouse=True)
 def _not_quiet(monkeypatch):
     """Each test starts with the CLI's log on: a `-q` command before it on the same worker
-    leaves `Quiet.on` set, and a test that calls `say` directly would then see nothing."""
+    leaves `Quiet.on` set, and a test that calls `say` directly would then see nothing (or,
+    after `--progress json`, JSON)."""
     from hires.cli_output import Quiet
 
     monkeypatch.setattr(Quiet, "on", False)
+    monkeypatch.setattr(Quiet, "progress", "auto")
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+import typer
 from helpers_cli import (
     IS_ROOT,
     assert_usage_error,
@@ -359,7 +360,7 @@ def test_a_missing_model_path_is_a_usage_error_before_any_loading(tmp_path, aske
 
 @pytest.mark.parametrize("args,words", [
     (["gen", "x", "--width", "32", "--height", "32"], ["width", "at least 64"]),
-    (["gen", "x", "--size", "256", "--aspect", "1000:1"], ["height", "at least 64"]),
+    (["gen", "x", "--size", "256", "--aspect", "1000:1"], ["short side 8 px", "at most 4:1"]),
     (["up", "{tmp}/in16.png", "--scale", "2"], ["makes 32x32 px", "use --scale 4 or more"]),
     (["gen", "x", "--size", "256", "--gpu", "bogus"], ["unknown GPU 'bogus'"]),
     (["gen", "x", "--size", "256", "--gpu", "nan"], ["positive TFLOP/s"]),
@@ -560,11 +561,29 @@ def test_progress_json_puts_objects_on_stderr_and_the_path_on_stdout(tmp_path, a
     result = cli("gen", "a fox", *TINY, "--seed", "1", "-o", str(out), "--progress", "json")
     assert result.exit_code == 0, result.stderr
     assert result.stdout.strip() == str(out)
-    records = [json.loads(x) for x in result.stderr.splitlines() if x.startswith("{")]
+    lines = [json.loads(x) for x in result.stderr.splitlines()]  # every line is an object
+    records = [r for r in lines if "phase" in r]
     assert {r["image"] for r in records} == {str(out)}
     assert [r["phase"] for r in records if r["done"] == r["total"] and r["total"]][-1] \
         == "vae-decode"
+    assert any(r.get("log", "").startswith("  stage 0 (base)") for r in lines)  # the plan
+    again = cli("gen", "a fox", *TINY, "--seed", "2", "-o", str(out), "--progress", "json")
+    assert again.exit_code == 2 and "--overwrite" in json.loads(again.stderr)["error"]
     assert_usage_error(cli("gen", "x", "--progress", "jsn"), "'jsn' is not one of")
+
+
+def test_with_progress_json_warnings_and_stops_are_objects_too(capsys):
+    import warnings
+
+    from hires.cli_output import Quiet, exit_codes
+
+    Quiet.progress = "json"
+    with pytest.raises(typer.Exit) as stop, exit_codes():
+        warnings.warn("a library's warning", UserWarning, stacklevel=1)
+        raise KeyboardInterrupt
+    assert stop.value.exit_code == 130
+    assert [json.loads(x) for x in capsys.readouterr().err.splitlines()] == [
+        {"warning": "UserWarning: a library's warning"}, {"error": "interrupted"}]
 
 
 def test_a_ram_above_this_machines_is_a_warning_before_a_gpu_run(capsys):
