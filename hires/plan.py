@@ -391,7 +391,7 @@ def describe(plan: Plan) -> list[str]:
             s.kind, f"x{scale}" + (", latents resized" if s.latent_upsample else "")
             + (f", stage {s.index - 1} decoded for its image" if s.decodes_previous else ""))
         line = (f"stage {s.index} ({kind}): {s.width}x{s.height}, strength {s.strength:.2f}, "
-                f"{s.steps} steps")
+                f"{s.steps} step{'' if s.steps == 1 else 's'}")
         if s.kind != "base":
             line += f" ({s.global_steps} with the global pass)"
         if s.cost:
