@@ -271,7 +271,13 @@ def _reading(path: Path) -> Iterator[Image.Image]:
             f"{path}: too large ({_one_line(e)}); at most {MAX_SIDE} px a side and "
             f"{MAX_PIXELS:,} pixels") from None
     except UnidentifiedImageError:
-        what = "an empty file" if path.stat().st_size == 0 else "not an image file"
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head in (b"II*\0", b"MM\0*"):  # Pillow opens only some sample formats of TIFF
+            raise ImageInputError(
+                f"{path}: a TIFF whose samples Pillow cannot read (32-bit float or integer, "
+                f"or more than 4 channels); save it as an 8- or 16-bit RGB TIFF or PNG") from None
+        what = "an empty file" if not head else "not an image file"
         raise ImageInputError(f"{path}: {what}; expected {ACCEPTED}") from None
     except PermissionError:
         raise ImageInputError(f"{path}: permission denied") from None

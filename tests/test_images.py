@@ -281,6 +281,30 @@ def test_not_images(tmp_path, photo):
     assert set(tmp_path.iterdir()) == before | made  # nothing written
 
 
+def float_rgb_tiff(width, height):
+    """A valid little-endian TIFF of 32-bit float RGB samples, which Pillow cannot open."""
+    pixels = np.linspace(0, 1, width * height * 3, dtype="<f4").tobytes()
+    # (tag, type, value): type 3 SHORT, 4 LONG; offsets of the arrays after the directory
+    directory = 8 + 2 + 12 * 11 + 4
+    tags = [(256, 3, width), (257, 3, height), (258, 3, directory), (259, 3, 1), (262, 3, 2),
+            (273, 4, directory + 12), (277, 3, 3), (278, 3, height), (279, 4, len(pixels)),
+            (284, 3, 1), (339, 3, directory + 6)]
+    out = b"II*\0" + struct.pack("<IH", 8, len(tags))
+    for tag, kind, value in tags:
+        count = 3 if tag in (258, 339) else 1
+        packed = struct.pack("<HH", value, 0) if kind == 3 and count == 1 else \
+            struct.pack("<I", value)
+        out += struct.pack("<HHI", tag, kind, count) + packed
+    return out + struct.pack("<I", 0) + struct.pack("<6H", 32, 32, 32, 3, 3, 3) + pixels
+
+
+def test_a_tiff_pillow_cannot_read_says_what_to_save_it_as(tmp_path):
+    p = tmp_path / "hdr.tif"
+    p.write_bytes(float_rgb_tiff(8, 8))
+    msg = one_line_error(p, "TIFF whose samples Pillow cannot read")
+    assert "8- or 16-bit" in msg and "not an image file" not in msg
+
+
 def png_header(width, height):
     """A PNG with a valid IHDR claiming width x height, and no pixel data."""
     def chunk(kind, payload):
