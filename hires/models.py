@@ -236,10 +236,26 @@ def _check_folder(what: str, ref: str) -> None:
                          "id", usage=True)
 
 
+def _sdxl_pipeline_class():
+    """diffusers' StableDiffusionXLPipeline. Importing it the first time makes transformers log
+    that torchvision is missing, about image processors hires does not use: not for our users'
+    eyes (the CLI turns such notices off for its whole run; a library caller gets this)."""
+    from transformers.utils import logging as tlogging
+
+    level = tlogging.get_verbosity()
+    tlogging.set_verbosity_error()
+    try:
+        from diffusers import StableDiffusionXLPipeline
+    finally:
+        tlogging.set_verbosity(level)
+    return StableDiffusionXLPipeline
+
+
 def load_pipeline(ref: str, dtype: torch.dtype, allow_pickle: bool = False):
     """The StableDiffusionXLPipeline for a reference, with one-line errors for the usual faults."""
-    from diffusers import StableDiffusionXLPipeline
     from diffusers.utils import logging as dlogging
+
+    StableDiffusionXLPipeline = _sdxl_pipeline_class()  # noqa: N806 (a class)
 
     kind = model_kind(ref)
     if kind == "tiny":

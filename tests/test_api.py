@@ -103,3 +103,15 @@ def test_result_save_speaks_of_its_keywords_not_the_clis_flags(tiny, tmp_path):
             call()
         message = str(caught.value)
         assert words in message and "--" not in message and "-o " not in message, message
+
+
+def test_loading_through_the_library_prints_no_library_notices():
+    """transformers' notice that torchvision is missing, logged as diffusers' SDXL pipeline is
+    first imported, is not for a script's stderr (a fresh process: it is logged once)."""
+    import subprocess
+    import sys
+
+    code = "import hires; hires.load('tiny')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
