@@ -233,7 +233,9 @@ def fitted_plan(make, job):
         if e.host:
             hint = "; try --ram with what is free" if job.ram is None else "; try a larger --ram"
         elif job.vram is not None or job.offload != "auto":
-            hint = "; try a larger --vram or --offload auto"
+            # --offload auto only where it was not: the plan already had every offload to try
+            hint = "; try a larger --vram" + (" or --offload auto" if job.offload != "auto"
+                                               else "")
         kwargs = getattr(e, "plan_kwargs", None)
         if kwargs:
             fits = largest_fitting(job.width, job.height, **kwargs)

@@ -49,6 +49,10 @@ def test_a_plan_that_cannot_fit_says_what_would_and_exits_2():
     assert result.exit_code == 2
     (line,) = result.stderr.strip().splitlines()
     assert "GiB" in line and "fits" in line
+    assert line.endswith("try a larger --vram")  # not --offload auto: it was, and tried all
+    (line,) = cli("plan", "--size", "16384", "--vram", "6", "--ram", "64", "--offload",
+                  "none").stderr.strip().splitlines()
+    assert line.endswith("try a larger --vram or --offload auto")
 
 
 def test_gen_dry_run_is_the_plan_and_loads_nothing(tmp_path):
