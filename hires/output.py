@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import tempfile
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -228,8 +229,10 @@ def output_path(
 
 
 def slug(text: str, limit: int = 40) -> str:
-    """A file-name-safe short form of a prompt."""
-    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:limit] or "image"
+    """A file-name-safe short form of a prompt: its letters and digits in any script (a
+    Japanese or accented prompt keeps its words), the rest made `-`."""
+    text = unicodedata.normalize("NFKC", text)  # full-width and composed forms as one
+    return re.sub(r"[\W_]+", "-", text).strip("-").lower()[:limit].strip("-") or "image"
 
 
 def stem_part(stem: str, limit: int = 80) -> str:

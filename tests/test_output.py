@@ -197,6 +197,15 @@ def test_output_path_templates(tmp_path):
     assert path == tmp_path / "003_7_512x256_a-red-fox-at-night.png"
 
 
+@pytest.mark.parametrize("prompt,name", [
+    ("café crème brûlée", "café-crème-brûlée"), ("Straße im Nebel", "straße-im-nebel"),
+    ("赤い猫", "赤い猫"), ("青い犬 🐶", "青い犬"), ("ＦＯＸ_2", "fox-2"), ("🐱!", "image")])
+def test_a_prompt_in_any_script_keeps_its_words_in_the_name(tmp_path, prompt, name):
+    path = output_path(str(tmp_path / "{prompt}.png"), width=64, height=64, seed=1, fmt="png",
+                       index=0, prompt=prompt)
+    assert path == tmp_path / f"{name}.png"
+
+
 def test_output_path_bad_template_names_the_valid_fields():
     with pytest.raises(OutputError, match=r"\{seed\}"):
         output_path("out_{sed}.png", width=8, height=8, seed=1, fmt="png")
