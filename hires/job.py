@@ -295,8 +295,8 @@ def check_side(name: str, value: int) -> None:
     if value <= 0:
         raise JobError(f"{name} must be a positive number of pixels, got {value}")
     if value % 8:
-        lo, hi = value // 8 * 8, value // 8 * 8 + 8
-        hint = f"try {hi}" if lo == 0 else f"try {lo} or {hi}"
+        near = [v for v in (value // 8 * 8, value // 8 * 8 + 8) if MIN_SIDE <= v <= MAX_SIDE]
+        hint = f"try {' or '.join(map(str, near))}" if near else f"try {MIN_SIDE}"
         raise JobError(f"{name} must be a multiple of 8, got {value}; {hint}")
     if value > MAX_SIDE:
         raise JobError(f"{name} must be at most {MAX_SIDE}, got {value}")

@@ -12,6 +12,13 @@ def test_bad_sizes(w, message):
         Job(width=w).validate()
 
 
+@pytest.mark.parametrize("side,hint", [(1001, "try 1000 or 1008"), (32769, "try 32768"),
+                                       (60, "try 64"), (3, "try 64")])
+def test_a_side_off_the_grid_suggests_only_sides_hires_takes(side, hint):
+    with pytest.raises(JobError, match=f"multiple of 8, got {side}; {hint}$"):
+        Job(width=side, height=512).validate()
+
+
 def test_sizes_from_long_side_and_aspect():
     assert size_from(4096, "16:9", None, None) == (4096, 2304)
     assert size_from(4096, "9:16", None, None) == (2304, 4096)
