@@ -239,13 +239,22 @@ def name_outputs(items: list[BatchItem], folder: Path, file_name: str
     owner: dict[str, int] = {}
     for item in items:
         j, where = item.job, f"{file_name} job {item.index}"
-        name = item.output or f"job{item.index:04d}_{j.width}x{j.height}_s{j.seed}" + (
+        fields: dict[str, Any] = dict(width=j.width, height=j.height, seed=j.seed, fmt=j.format,
+                                      index=item.index, prompt=j.prompt,
+                                      name=Path(j.image).stem if j.image else "")
+        name = f"job{item.index:04d}_{j.width}x{j.height}_s{j.seed}" + (
             f"_{out.stem_part(Path(j.image).stem)}" if j.image else "")  # an upscale's input
         try:
-            path = out.output_path(folder / name if not Path(name).is_absolute() else name,
-                                   width=j.width, height=j.height, seed=j.seed, fmt=j.format,
-                                   index=item.index, prompt=j.prompt,
-                                   name=Path(j.image).stem if j.image else "")
+            if item.output is None:
+                path = out.output_path(folder / name, **fields)
+            else:
+                given = os.path.join(folder, item.output)  # keeps a trailing '/'; absolute wins
+                # A folder takes the batch's own names (as gen's -o its own), not hires_...;
+                # one that exists counts once its template is filled.
+                if given.endswith(("/", os.sep)) or out.output_path(
+                        os.path.join(given, ""), **fields).parent.is_dir():
+                    given = os.path.join(given, name)
+                path = out.output_path(given, **fields)
         except out.OutputError as e:
             raise JobError(f"{where}: {e}") from None
         fmt = out.format_of(path, j.format, None if j.format == "png" else j.format)

@@ -501,3 +501,25 @@ def test_a_preview_batch_makes_first_stages_and_the_same_batch_without_it_the_im
     whole = cli("batch", jobs, "-o", out, "--json")
     assert [(Path(r["path"]).name, r["width"]) for r in json_lines(whole.stdout)] == [
         ("job0000_512x512_s4.png", 512), ("job0001_512x512_s4.png", 512)]
+
+
+def test_an_output_ending_in_a_slash_or_naming_a_folder_takes_the_batchs_names_in_it(
+        tmp_path, tiny_cli):
+    from hires.batch import name_outputs
+
+    out = tmp_path / "out"
+    (out / "there").mkdir(parents=True)
+    jobs = write(tmp_path / "jobs.toml", f'[defaults]\n{TINY}seed = 1\n'
+                 '[[job]]\nprompt = "a"\noutput = "sub/"\n'
+                 '[[job]]\nprompt = "b"\noutput = "sub/"\n'  # two in one folder: no clash
+                 '[[job]]\nprompt = "c"\noutput = "there"\n'  # a folder already, no slash
+                 '[[job]]\nprompt = "d"\noutput = "{seed}/"\n'  # a template's folder
+                 '[[job]]\nprompt = "e"\noutput = "sub/e"\n')  # a file name, as before
+    _, paths = name_outputs(read_batch(jobs), out, "jobs.toml")
+    assert [str(p.relative_to(out)) for p in paths.values()] == [
+        "sub/job0000_256x256_s1.png", "sub/job0001_256x256_s1.png",
+        "there/job0002_256x256_s1.png", "1/job0003_256x256_s1.png", "sub/e.png"]
+    result = cli("batch", jobs, "-o", out, "-q")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == [str(p) for p in paths.values()]
+    assert all(p.is_file() for p in paths.values())
