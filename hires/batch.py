@@ -342,6 +342,16 @@ def made_already(path: Path, job: Job) -> bool:
     return recorded_hash(path) == settings_hash(job) and not input_changed(path, job)
 
 
+def in_the_way(path: Path, overwrite: bool = False) -> str | None:
+    """Why a batch job may not write its image at `path`, if so: a file there that records no
+    hires settings may be anyone's, kept unless --overwrite. One that records some is the
+    batch's to skip, or to move aside when they differ."""
+    if overwrite or not os.path.lexists(path) or recorded_hash(path) is not None:
+        return None
+    return (f"{path} exists but holds no hires settings record, so it may not be this job's "
+            "image; move it away or pass --overwrite")
+
+
 def run_batch(
     items: list[BatchItem],
     resolve_path: Callable[[BatchItem], Path],
@@ -371,10 +381,8 @@ def run_batch(
                 why = f"{item.job.image} changed"
             if old == settings and not stale:
                 outcome = Outcome(item, "skipped", path)
-            elif old is None:
-                outcome = Outcome(item, "failed", path, error=(
-                    f"{path} exists but holds no hires settings record, so it may not be this "
-                    "job's image; move it away or pass --overwrite"))
+            elif old is None:  # put there since the checks before the run (in_the_way)
+                outcome = Outcome(item, "failed", path, error=in_the_way(path))
             else:
                 moved = path.with_name(f"{path.stem}.{old[:8]}{path.suffix}")
                 try:

@@ -312,6 +312,7 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
         except JobError as e:
             raise JobError(f"{name} job {index}: {e}") from None
     check_batch_paths(items, name)
+    manifest = check_batch_outputs(items, paths, name, output, manifest, overwrite)
     # For the time left: the jobs whose images are not there yet, and those made so far.
     todo = [item for item in items if overwrite or
             not b.made_already(paths[item.index], item.job)]
@@ -352,7 +353,6 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
             later = todo[todo.index(o.item) + 1:]
             say_left(made, [i.job.width * i.job.height for i in later])
 
-    manifest = check_batch_outputs(items, paths, name, output, manifest)
     for folder in (output, manifest.parent):
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -377,11 +377,13 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
 
 
 def check_batch_outputs(items: list, paths: dict[int, Path], name: str, output: Path,
-                        manifest: Path | None) -> Path:
+                        manifest: Path | None, overwrite: bool = False) -> Path:
     """Before any work (and in --dry-run): the manifest and every job's folder can be written,
-    else exit 2 (not a crash after the first image). Creates nothing; returns the manifest."""
+    and no file that is not hires' is in a job's way (unless `overwrite`), else exit 2 (not a
+    failed job once the model is loaded). Creates nothing; returns the manifest."""
     import os
 
+    from hires import batch as b
     from hires import output as out
     from hires.job import JobError
 
@@ -397,6 +399,9 @@ def check_batch_outputs(items: list, paths: dict[int, Path], name: str, output: 
         raise JobError(f"the manifest: {e}") from None
     seen: set[Path] = set()
     for item in items:
+        why = b.in_the_way(paths[item.index], overwrite)  # as the run would fail the job
+        if why:
+            raise JobError(f"{name} job {item.index}: {why}")
         folder = paths[item.index].parent
         if folder not in seen:
             seen.add(folder)

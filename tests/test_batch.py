@@ -503,6 +503,30 @@ def test_a_preview_batch_makes_first_stages_and_the_same_batch_without_it_the_im
         ("job0000_512x512_s4.png", 512), ("job0001_512x512_s4.png", 512)]
 
 
+def test_a_file_not_made_by_hires_in_a_jobs_way_stops_the_batch_before_any_work(tmp_path,
+                                                                               tiny_cli):
+    from PIL import Image
+
+    out = tmp_path / "out"
+    out.mkdir()
+    foreign = out / "foreign.png"
+    Image.new("RGB", (8, 8)).save(foreign)  # no hires record: it may be anyone's
+    before = sha256(foreign)
+    jobs = jsonl_jobs(tmp_path / "jobs.jsonl", 1, seed=1, output="foreign.png")
+    words = f"jobs.jsonl job 0: {foreign} exists but holds no hires settings record"
+    for dry in (["--dry-run"], []):  # the dry run says what the run would meet
+        result = cli("batch", jobs, "-o", out, *dry)
+        assert result.exit_code == 2, result.stderr
+        (line,) = error_lines(result.stderr)
+        assert words in line and "--overwrite" in line
+        assert result.stdout == ""
+    assert tiny_cli == [] and sha256(foreign) == before  # no model loaded, nothing written
+    assert sorted(p.name for p in out.iterdir()) == ["foreign.png"]
+    replaced = cli("batch", jobs, "-o", out, "--overwrite", "-q")
+    assert replaced.exit_code == 0, replaced.stderr
+    assert replaced.stdout.splitlines() == [str(foreign)] and sha256(foreign) != before
+
+
 def test_an_output_ending_in_a_slash_or_naming_a_folder_takes_the_batchs_names_in_it(
         tmp_path, tiny_cli):
     from hires.batch import name_outputs
