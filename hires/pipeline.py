@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import secrets
 import time
 from collections.abc import Callable
@@ -164,6 +165,7 @@ def generate(
     run of the same job that finds one goes on after its stage; remove it once the image is
     saved (`hires.resume.remove`).
     """
+    check_callback("on_stage_image", on_stage_image, "(index, image)")
     job = library_job(job, overrides, components, progress)
     if job.image:  # an upscale's job (one read from an image's record, say): run as one
         from hires.upscale import upscale_job
@@ -189,6 +191,9 @@ def library_job(job: Job | str | None, overrides: dict[str, Any],
     from hires.job import JobError, size_from
 
     if isinstance(job, str):
+        if "prompt" in overrides:
+            raise TypeError("the prompt was given twice, as the first argument and as "
+                            "prompt=...; give one")
         job, overrides = Job(), {"prompt": job, **overrides}
     if job is not None and not isinstance(job, Job):
         raise TypeError(f"job must be a hires.Job or a prompt, got {type(job).__name__}")
@@ -213,7 +218,55 @@ def library_job(job: Job | str | None, overrides: dict[str, Any],
         job = replace(job, model=components.model, linfusion="none"
                       if components.linfusion is None and job.linfusion == "auto"
                       else job.linfusion)
-    return job.validate()
+    job = job.validate()
+    if components is not None:
+        _check_loaded(job, components)
+    return job
+
+
+def _check_loaded(job: Job, components: Components) -> None:
+    """A job that names another model, dtype or device than `components` were loaded with
+    would run theirs and record its own: refused, so an image's record says what ran."""
+    from hires.job import JobError
+    from hires.models import DTYPES
+
+    def same_model(a: str, b: str) -> bool:
+        if a == b:
+            return True
+        pa, pb = Path(a).expanduser(), Path(b).expanduser()
+        return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+    loaded = {"model": components.model, "dtype": str(components.dtype).removeprefix("torch."),
+              "device": str(components.device)}
+    wrong = None
+    if not same_model(job.model, components.model):
+        wrong = "model"
+    elif job.dtype != "auto" and DTYPES[job.dtype] != components.dtype:
+        wrong = "dtype"
+    elif job.device != "auto":
+        asked, have = torch.device(job.device), components.device
+        if asked.type != have.type or (asked.index or 0) != (have.index or 0):
+            wrong = "device"
+    if wrong:
+        raise JobError(f"{wrong}={getattr(job, wrong)!r}, but the components were loaded with "
+                       f"{wrong} {loaded[wrong]!r}: drop {wrong}=, or load them with it "
+                       f"(hires.load({wrong}=...))")
+
+
+def check_callback(name: str, fn: Any, args: str) -> None:
+    """A library caller's callback (None or a function taking `args`), checked before any work:
+    otherwise a wrong one fails only after the first stage is made."""
+    if fn is None:
+        return
+    if not callable(fn):
+        raise TypeError(f"{name} must be a function of {args}, got {type(fn).__name__}")
+    try:
+        inspect.signature(fn).bind(*args.strip("()").split(", "))
+    except TypeError:
+        raise TypeError(f"{name} is called with {args}: give a function that takes them"
+                        ) from None
+    except ValueError:  # some builtins have no signature to check: taken on trust
+        pass
 
 
 def print_size_overrides(overrides: dict[str, Any],

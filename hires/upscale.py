@@ -27,6 +27,7 @@ from hires.pipeline import (
     Result,
     StageImage,
     _run,
+    check_callback,
     library_job,
     plan_for,
     print_size_overrides,
@@ -70,6 +71,8 @@ def upscale(
                         f"{type(image).__name__}; save an in-memory image to a file first (its "
                         "path and sha256 are recorded, so the upscale can be repeated)")
     check_size_args(size=size, scale=scale, width=width, height=height)
+    check_callback("on_stage_image", on_stage_image, "(index, image)")
+    check_callback("on_score", on_score, "(index, psnr)")
     if print_size is not None and not isinstance(print_size, str):
         raise TypeError(f"print_size must be text like '60x90cm' or 'A2', got "
                         f"{type(print_size).__name__}")

@@ -26,6 +26,10 @@ def test_the_record_names_the_model_that_ran(tiny):
     # Without model=..., the job's default (SDXL base) was recorded: --from fetched SDXL.
     result = hires.generate("a fox", components=tiny, width=256, height=256, **ONE)
     assert result.job.model == "tiny"
+    # Naming what was loaded is fine; so is a folder by another spelling of its path.
+    result = hires.generate("a fox", components=tiny, model="tiny", dtype="fp32",
+                            device="cpu", width=256, height=256, **ONE)
+    assert (result.job.model, result.job.dtype, result.job.device) == ("tiny", "fp32", "cpu")
 
 
 def test_a_job_with_an_input_image_is_an_upscale(tiny, small):
@@ -41,6 +45,20 @@ def test_a_job_with_an_input_image_is_an_upscale(tiny, small):
     (lambda c: hires.generate("x", components=c, progress=5), TypeError, "progress must be"),
     (lambda c: hires.generate("x", components=c, image="/nonexistent.png", width=192,
                               height=128), ValueError, "no such file"),
+    # A script's config passed with loaded components: theirs would run, its own be recorded.
+    (lambda c: hires.generate("x", components=c, model="stabilityai/sdxl-turbo", **ONE),
+     JobError, "model='stabilityai/sdxl-turbo', but the components were loaded with model"),
+    (lambda c: hires.generate("x", components=c, dtype="fp16", **ONE), JobError,
+     "dtype='fp16', but the components were loaded with dtype 'float32'"),
+    (lambda c: hires.generate("x", components=c, device="cuda", **ONE), JobError,
+     "device='cuda', but the components were loaded with device 'cpu'"),
+    (lambda c: hires.generate("a fox", prompt="a cat", components=c), TypeError,
+     "prompt was given twice"),
+    # Callbacks are checked before the first stage, not when it ends.
+    (lambda c: hires.generate("x", components=c, on_stage_image=5), TypeError,
+     "on_stage_image must be a function of"),
+    (lambda c: hires.generate("x", components=c, on_stage_image=lambda image: None),
+     TypeError, r"on_stage_image is called with \(index, image\)"),
 ])
 def test_generate_refuses_what_it_cannot_use(tiny, call, error, words):
     with pytest.raises(error, match=words):
@@ -55,6 +73,8 @@ def test_generate_refuses_what_it_cannot_use(tiny, call, error, words):
     ("{small}", {"scale": True}, JobError, "scale must be a positive number"),
     ("{small}", {"size": -256}, JobError, "size must be a positive"),
     ("{small}", {"size": 250}, JobError, "multiple of 8"),
+    ("{small}", {"scale": 2, "on_score": 3}, TypeError, "on_score must be a function"),
+    ("{small}", {"scale": 2, "on_score": lambda psnr: None}, TypeError, "on_score is called"),
 ])
 def test_upscale_refuses_what_it_cannot_use(tiny, small, image, sizes, error, words):
     image = str(small) if image == "{small}" else image

@@ -162,14 +162,15 @@ def test_hires_up_says_it_resumes(tmp_path, asked, monkeypatch):
                             enumerate([(192, 128), (384, 256), (768, 512)])]
 
 
-def test_a_model_changed_in_place_is_not_resumed_from(tiny, tiny_folder, tmp_path):
+def test_a_model_changed_in_place_is_not_resumed_from(tiny_folder, tmp_path):
     import os
 
     job = {**JOB, "model": str(tiny_folder)}  # the session's tiny model, named by its folder
+    folder = hires.load(str(tiny_folder))  # loaded from it: what a job naming it records
     kept = resume.path_for(tmp_path / "fox.png")
     with pytest.raises(Stop):
-        generate(components=tiny, checkpoint=kept, progress=stop_at(2), **job)
-    plan = hires.pipeline.plan_for(Job(**job), tiny)
+        generate(components=folder, checkpoint=kept, progress=stop_at(2), **job)
+    plan = hires.pipeline.plan_for(Job(**job), folder)
     assert resume.stage_of(kept, Job(**job), plan) == 1
     weights = next(tiny_folder.rglob("*.safetensors"))
     stat = weights.stat()
