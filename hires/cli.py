@@ -365,7 +365,7 @@ def batch(
             f"{rank}/{world} runs {len(mine)}")
         if dry_run:
             check_batch_paths(mine, name)
-            check_batch_outputs(mine, paths, name, output, manifest)
+            check_batch_outputs(mine, paths, name, output, manifest, overwrite)
             show_batch_plan(mine, paths, gpu, as_json, overwrite, preview)
             return
         run_batch_jobs(mine, paths, name, output, manifest, as_json, quiet, overwrite,

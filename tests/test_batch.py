@@ -522,6 +522,8 @@ def test_a_file_not_made_by_hires_in_a_jobs_way_stops_the_batch_before_any_work(
         assert result.stdout == ""
     assert tiny_cli == [] and sha256(foreign) == before  # no model loaded, nothing written
     assert sorted(p.name for p in out.iterdir()) == ["foreign.png"]
+    plan = cli("batch", jobs, "-o", out, "--overwrite", "--dry-run")
+    assert plan.exit_code == 0 and f"job 0: 256x256 -> {foreign}" in plan.stdout, plan.stderr
     replaced = cli("batch", jobs, "-o", out, "--overwrite", "-q")
     assert replaced.exit_code == 0, replaced.stderr
     assert replaced.stdout.splitlines() == [str(foreign)] and sha256(foreign) != before
