@@ -222,6 +222,10 @@ def output_path(
                               f"file names hold at most {NAME_MAX}; choose a shorter -o")
     if path.is_dir() or text.endswith(("/", os.sep)):
         return path / default_name(width, height, seed, fmt)
+    if path.exists() and not path.is_file():  # a device or a pipe: `-o /dev/null` made null.png
+        raise OutputUsage(f"{path} is a device or pipe, not a file: hires writes files (via a "
+                          "temporary file); `-o -` writes the image to stdout, to send anywhere "
+                          "(`-o - > /dev/null` discards it)")
     other_format(path)
     if path.suffix.lower() not in SUFFIX_FORMATS:  # none, or a dot in a name ('v1.2'): add one
         path = path.with_name(path.name + EXTENSIONS[fmt])

@@ -334,3 +334,16 @@ def test_the_format_takes_the_names_the_suffixes_take():
     assert format_of(Path("a"), "png", "jpeg") == "jpg"
     with pytest.raises(JobError, match="format must be one of"):
         Job(format="gif").validate()
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_a_device_or_pipe_is_refused_not_given_a_png_beside_it(tmp_path, kind):
+    # -o /dev/null wrote /dev/null.png: a temp file and a rename cannot write to a device.
+    import os
+
+    target = Path("/dev/null") if kind == "device" else tmp_path / "pipe"
+    if kind == "fifo":
+        os.mkfifo(target)
+    with pytest.raises(OutputError, match="device or pipe.*-o - > /dev/null"):
+        output_path(target, width=64, height=64, seed=1, fmt="png")
+    assert not Path(f"{target}.png").exists()
