@@ -43,7 +43,7 @@ def read_batch(path: str | Path, base: Job | None = None,
     path = Path(path)
     if str(path) == "-":
         label = name = "stdin"
-        text = _stdin_text()
+        text = _stdin_text().removeprefix("\ufeff")  # a byte-order mark (Windows editors)
         firsts = [ln.lstrip() for ln in text.splitlines() if ln.strip()
                   and not ln.lstrip().startswith("#")]
         jsonl = bool(firsts) and firsts[0].startswith("{")
@@ -141,7 +141,7 @@ def _jsonl(path: Path, text: str | None = None) -> Iterator[tuple[int, dict[str,
         yield from _jsonl_entries(enumerate(text.splitlines(), start=1), label)
         return
     try:
-        f = open(path, encoding="utf-8")
+        f = open(path, encoding="utf-8-sig")  # -sig: a byte-order mark, if any, skipped
     except OSError as e:
         raise JobError(f"cannot read {path}: {e.strerror}") from None
     with f:

@@ -51,8 +51,8 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 
 def parse_toml(text: str, where: str) -> dict[str, Any]:
     """Parse TOML text (a file's, or stdin's); errors name `where` and the line."""
-    try:
-        return tomllib.loads(text)
+    try:  # a byte-order mark (Windows editors write one) is no TOML: skipped
+        return tomllib.loads(text.removeprefix("\ufeff"))
     except tomllib.TOMLDecodeError as e:
         raise JobError(f"{where} is not valid TOML: {e}") from None
 

@@ -79,6 +79,15 @@ def test_jsonl_skips_blank_and_comment_lines(tmp_path):
     assert [i.index for i in items] == [0, 1, 2]
 
 
+def test_a_byte_order_mark_from_a_windows_editor_is_skipped(tmp_path):
+    jsonl = jsonl_jobs(tmp_path / "jobs.jsonl", 2)
+    jsonl.write_bytes(b"\xef\xbb\xbf" + jsonl.read_bytes())
+    assert [i.job.prompt for i in read_batch(jsonl)] == ["job 0", "job 1"]
+    toml = write(tmp_path / "jobs.toml", f'[defaults]\n{TINY}\n[[job]]\nprompt = "a fox"\n')
+    toml.write_bytes(b"\xef\xbb\xbf" + toml.read_bytes())
+    assert [i.job.prompt for i in read_batch(toml)] == ["a fox"]
+
+
 def test_seeds_are_stable_so_a_restarted_batch_finds_its_outputs(tmp_path):
     path = jsonl_jobs(tmp_path / "jobs.jsonl", 3)
     seeds = [i.job.seed for i in read_batch(path)]
