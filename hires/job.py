@@ -228,9 +228,10 @@ def keys_for_people(valid: tuple[str, ...] | list[str]) -> list[str]:
 def closest_hint(name: str, valid: tuple[str, ...] | list[str]) -> str:
     """'; did you mean X?' for the closest valid name, or a list of valid names."""
     shown = keys_for_people(valid)
-    match = difflib.get_close_matches(name, shown, n=1, cutoff=0.5)
+    by_case = {v.lower(): v for v in shown}  # 'DRAFT' is 'draft', however far difflib finds it
+    match = difflib.get_close_matches(name.lower(), list(by_case), n=1, cutoff=0.5)
     if match:
-        return f" (did you mean '{match[0]}'?)"
+        return f" (did you mean '{by_case[match[0]]}'?)"
     return f" (valid: {', '.join(shown)})"
 
 

@@ -65,6 +65,10 @@ def _parse(name: str, path: str, data: dict[str, Any]) -> Preset:
     # depends on the flags and, for an upscale, the input (hires.sizes).
     where = f"preset '{name}' ({path})"
     for key in values:
+        if key in ("output", "preset"):  # a batch file's keys: a preset's hint misleads
+            what = ("name the file (give -o, or 'output' in a batch job)" if key == "output"
+                    else "take another preset (copy that one's keys in)")
+            raise JobError(f"'{key}' in {where}: a preset does not {what}; remove the key")
         if str(key).replace("-", "_") not in (*FILE_KEYS, *SIZE_KEYS, *TRUSTED_ONLY):
             valid = sorted((*FILE_KEYS, *SIZE_KEYS))
             raise JobError(f"unknown key '{key}' in {where}{closest_hint(str(key), valid)}")

@@ -220,6 +220,8 @@ def test_user_preset_by_path_and_by_name(tmp_path, asked):
 def test_unknown_preset_names_the_closest(tmp_path, asked):
     assert_usage_error(cli("gen", "x", "--preset", "4K", "-o", tmp_path / "a.png"),
                        "unknown preset '4K'", "'4k'")
+    assert_usage_error(cli("gen", "x", "--preset", "DRAFT", "-o", tmp_path / "a.png"),
+                       "unknown preset 'DRAFT' (did you mean 'draft'?)")
     assert asked == [] and list(tmp_path.iterdir()) == []
 
 
@@ -229,6 +231,13 @@ def test_unknown_preset_key_names_the_closest(tmp_path, asked):
     assert_usage_error(cli("gen", "x", "--preset", preset, "-o", tmp_path / "a.png"),
                        "stesp", "did you mean 'steps'")
     assert asked == [] and not (tmp_path / "a.png").exists()
+    # A batch file's own keys: not "did you mean 'prompt'" for 'preset'.
+    preset.write_text('model = "tiny"\npreset = "draft"\n')
+    assert_usage_error(cli("gen", "x", "--preset", preset, "-o", tmp_path / "a.png"),
+                       "a preset does not take another preset")
+    preset.write_text('model = "tiny"\noutput = "a.png"\n')
+    assert_usage_error(cli("gen", "x", "--preset", preset, "-o", tmp_path / "a.png"),
+                       "a preset does not name the file")
 
 
 def test_malformed_preset_names_the_line(tmp_path, asked):
