@@ -210,7 +210,7 @@ def test_a_file_without_a_settings_record_is_not_taken_for_the_job(tmp_path, ask
     out.mkdir()
     Image.new("RGB", (8, 8)).save(out / "a.png")  # someone else's file
     result = cli("batch", jobs, "-o", out)
-    assert result.exit_code == 1
+    assert result.exit_code == 2 and asked == []  # refused before any model is loaded
     assert "no hires settings record" in result.stderr
     with Image.open(out / "a.png") as im:
         assert im.size == (8, 8)
