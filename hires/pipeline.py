@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -183,11 +185,30 @@ def generate(
                     on_stage_image=on_stage_image)
 
 
+@contextmanager
+def in_keywords() -> Iterator[None]:
+    """A library call's JobError names its keywords, not the CLI's flags that the shared checks
+    name: 'aspect needs size', not '--aspect needs --size'."""
+    from hires.job import JobError
+
+    try:
+        yield
+    except JobError as e:
+        raise JobError(re.sub(r"--([a-z][a-z0-9-]*)",
+                              lambda m: m.group(1).replace("-", "_"), str(e))) from None
+
+
 def library_job(job: Job | str | None, overrides: dict[str, Any],
                 components: Components | None = None, progress: Any = None) -> Job:
     """The Job a library call asks for, checked as the CLI checks its flags (TypeError for
     arguments of the wrong kind); with `components` and no model named, theirs, so that its
     record (and `--from`) names the model that ran."""
+    with in_keywords():
+        return _library_job(job, overrides, components, progress)
+
+
+def _library_job(job: Job | str | None, overrides: dict[str, Any],
+                 components: Components | None, progress: Any) -> Job:
     from hires.job import JobError, size_from
 
     if isinstance(job, str):

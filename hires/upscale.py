@@ -28,6 +28,7 @@ from hires.pipeline import (
     StageImage,
     _run,
     check_callback,
+    in_keywords,
     library_job,
     plan_for,
     print_size_overrides,
@@ -70,24 +71,26 @@ def upscale(
         raise TypeError(f"image must be an image file's path (str or Path), got "
                         f"{type(image).__name__}; save an in-memory image to a file first (its "
                         "path and sha256 are recorded, so the upscale can be repeated)")
-    check_size_args(size=size, scale=scale, width=width, height=height)
     check_callback("on_stage_image", on_stage_image, "(index, image)")
     check_callback("on_score", on_score, "(index, psnr)")
     if print_size is not None and not isinstance(print_size, str):
         raise TypeError(f"print_size must be text like '60x90cm' or 'A2', got "
                         f"{type(print_size).__name__}")
-    source = image if isinstance(image, InputImage) else load_input(Path(image))
-    if print_size is not None:
-        printed = print_size_overrides({**overrides, "print_size": print_size, "size": size,
-                                        "scale": scale, "width": width, "height": height},
-                                       source.rgb.size)
-        w, h = printed.pop("width"), printed.pop("height")
-        overrides = {**overrides, **printed}
-    else:
-        w, h = target_size(source.rgb.size, size=size, scale=scale, width=width, height=height)
-    job = library_job(job, {"prompt": prompt, "strength": strength, **overrides}, components,
-                      progress)
-    job = replace(job, width=w, height=h, image=str(source.path)).validate()
+    with in_keywords():
+        check_size_args(size=size, scale=scale, width=width, height=height)
+        source = image if isinstance(image, InputImage) else load_input(Path(image))
+        if print_size is not None:
+            printed = print_size_overrides({**overrides, "print_size": print_size, "size": size,
+                                            "scale": scale, "width": width, "height": height},
+                                           source.rgb.size)
+            w, h = printed.pop("width"), printed.pop("height")
+            overrides = {**overrides, **printed}
+        else:
+            w, h = target_size(source.rgb.size, size=size, scale=scale, width=width,
+                               height=height)
+        job = library_job(job, {"prompt": prompt, "strength": strength, **overrides},
+                          components, progress)
+        job = replace(job, width=w, height=h, image=str(source.path)).validate()
     return upscale_job(job, source=source, components=components, progress=progress,
                        save_stages=save_stages, plan=plan, on_stage_image=on_stage_image,
                        on_score=on_score)

@@ -39,7 +39,9 @@ def test_a_job_with_an_input_image_is_an_upscale(tiny, small):
 
 
 @pytest.mark.parametrize("call,error,words", [
-    (lambda c: hires.generate("x", components=c, width=256), JobError, "go together"),
+    (lambda c: hires.generate("x", components=c, width=256), JobError,
+     "^width and height go together; give both \\(or use size\\)"),  # keywords, not flags
+    (lambda c: hires.generate("x", components=c, aspect="16:9"), JobError, "^aspect needs size"),
     (lambda c: hires.generate({"prompt": "x"}, components=c), TypeError, "hires.Job or a prompt"),
     (lambda c: hires.generate("x", components="tiny"), TypeError, "model=..."),
     (lambda c: hires.generate("x", components=c, progress=5), TypeError, "progress must be"),
@@ -73,6 +75,7 @@ def test_generate_refuses_what_it_cannot_use(tiny, call, error, words):
     ("{small}", {"scale": True}, JobError, "scale must be a positive number"),
     ("{small}", {"size": -256}, JobError, "size must be a positive"),
     ("{small}", {"size": 250}, JobError, "multiple of 8"),
+    ("{small}", {}, JobError, "^give one of size, scale or width/height"),  # not --size
     ("{small}", {"scale": 2, "on_score": 3}, TypeError, "on_score must be a function"),
     ("{small}", {"scale": 2, "on_score": lambda psnr: None}, TypeError, "on_score is called"),
 ])
