@@ -96,12 +96,29 @@ Preset = Annotated[str | None, typer.Option(help="Preset name or .toml path; fla
                                             autocompletion=completes(preset_names))]
 Fmt = Annotated[str | None, typer.Option("--format", help="png, jpg, webp or tiff.",
                                          autocompletion=one_of("png", "jpg", "webp", "tiff"))]
-Vram = Annotated[float | None, typer.Option(help="GPU memory budget in GB for planning.")]
+def gigabytes(text: str) -> float:
+    """A size in GB as typed: `24`, `24.5`, `24GB`, `24 GiB` or `24G` (hires counts GB as GiB,
+    as card makers' 24 GB are)."""
+    number = text.strip()
+    for unit in ("gib", "gb", "g"):
+        if number.lower().endswith(unit):
+            number = number[: -len(unit)].strip()
+            break
+    try:
+        return float(number)
+    except ValueError:
+        raise typer.BadParameter(f"'{text}' is not a size in GB; give a number like 24 or "
+                                 "24GB") from None
+
+
+Vram = Annotated[float | None, typer.Option(
+    help="GPU memory budget in GB for planning.", parser=gigabytes, metavar="<GB>")]
 Ram = Annotated[float | None, typer.Option(
-    help="CPU memory budget in GB for parked maps and offloaded weights (default: what is free).")]
+    help="CPU memory budget in GB for parked maps and offloaded weights (default: what is free).",
+    parser=gigabytes, metavar="<GB>")]
 Disk = Annotated[float | None, typer.Option(
     help="Scratch disk in GB (in TMPDIR) for parked maps the RAM cannot hold (default: what is "
-    "free there; 0: never).")]
+    "free there; 0: never).", parser=gigabytes, metavar="<GB>")]
 Offload = Annotated[str | None, typer.Option(
     help="auto, none, model or sequential.",
     autocompletion=one_of("auto", "none", "model", "sequential"))]

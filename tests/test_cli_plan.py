@@ -2,7 +2,7 @@
 
 import json
 
-from helpers_cli import cli
+from helpers_cli import assert_usage_error, cli
 
 from hires.gpus import EFFICIENCY, VAE_SHARE
 
@@ -385,3 +385,12 @@ def test_the_hosts_share_of_each_stage_time_is_its_resize_and_save():
     # no rate: no times at all (--vram: not the free RAM, which a busy machine may lack)
     cpu = plan_json("x", "--size", "4096", "--device", "cpu", "--vram", "64")
     assert cpu["host_seconds"] is None
+
+
+def test_memory_sizes_take_a_gb_unit_as_people_write_them():
+    args = ("x", "--size", "4096", "--ram", "64")
+    bare = plan_json(*args, "--vram", "24")
+    for typed in ("24GB", "24 GiB", "24g"):
+        assert plan_json(*args, "--vram", typed)["budget_bytes"] == bare["budget_bytes"]
+    assert plan_json("x", "--size", "4096", "--vram", "24", "--ram", "64GB") == bare
+    assert_usage_error(cli("plan", *args, "--vram", "24MB"), "'24MB' is not a size in GB")
