@@ -337,18 +337,26 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
         made.append((item.job.width * item.job.height, time.monotonic() - started))
         return record
 
+    def line(o: b.Outcome, record: dict) -> None:
+        """A job's line on stdout; with --json it says which job and how it went, so a script
+        needs no manifest to tell the failed ones (they have a line only with --json)."""
+        emit({"job": o.item.index, "status": o.status, **record} if as_json else record,
+             as_json)
+
     def report(o: b.Outcome) -> None:
         if o.status == "failed":
             fail(f"job {o.item.index} failed: {o.error}", EXIT_RUNTIME)  # the batch goes on
+            if as_json:
+                line(o, {"path": str(o.path), "error": str(o.error)})
         elif o.status == "skipped":
             say(f"job {o.item.index}: {o.path} exists with the same settings, skipped")
             # stdout lists every image of the batch, as gen's does those it keeps
-            emit(made_by(o.path, o.item.job) or {"path": str(o.path)}, as_json)
+            line(o, made_by(o.path, o.item.job) or {"path": str(o.path)})
         if o.moved_to:
             say(f"job {o.item.index}: {o.why} since {o.path.name} was made; the old image "
                 f"is kept as {o.moved_to.name}")
         if o.record:
-            emit(o.record, as_json)
+            line(o, o.record)
         if o.status != "skipped" and o.item in todo:
             later = todo[todo.index(o.item) + 1:]
             say_left(made, [i.job.width * i.job.height for i in later])
