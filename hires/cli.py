@@ -343,7 +343,8 @@ def batch(
         from hires.presets import load_preset
         from hires.record import stage_path
 
-        levels = [(load_preset(preset).values, f"preset '{preset}'", True)] if preset else []
+        levels = [(load_preset(preset).values, f"preset '{preset}'", True)] \
+            if preset is not None else []
         if str(file) == "-" and sys.stdin.isatty():  # else nothing says why hires waits
             say("reading the jobs from stdin (JSONL, or TOML); end with Ctrl-D")
         overrides = {k: v for k, v in {"model": model, "device": device or b.local_device(),

@@ -46,7 +46,7 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
         return source or piped.image_size(path)
 
     levels: list[tuple[dict[str, Any], str, bool]] = []
-    if preset:
+    if preset is not None:  # "" too: an unset variable is an error, not no preset
         levels.append((load_preset(preset).values, f"preset '{preset}'", True))
     if from_image is None:
         return job_from_levels([*levels, (flags, OPTIONS, False)], size_of=size_of)

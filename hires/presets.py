@@ -116,6 +116,9 @@ def available(broken: list[str] | None = None) -> dict[str, Preset]:
 
 def load_preset(ref: str) -> Preset:
     """A preset by name, or from a path to a .toml file."""
+    if not ref.strip():  # `--preset "$PRESET"` with the variable unset
+        raise JobError("--preset is empty: give a preset's name ('hires presets' lists them) "
+                       "or a .toml file's path")
     path = Path(ref).expanduser()
     if ref.endswith(".toml") or os.sep in ref:
         if not path.is_file():

@@ -222,6 +222,9 @@ def test_unknown_preset_names_the_closest(tmp_path, asked):
                        "unknown preset '4K'", "'4k'")
     assert_usage_error(cli("gen", "x", "--preset", "DRAFT", "-o", tmp_path / "a.png"),
                        "unknown preset 'DRAFT' (did you mean 'draft'?)")
+    # `--preset "$PRESET"` with the variable unset ran without any preset.
+    assert_usage_error(cli("gen", "x", "--preset", "", "-o", tmp_path / "a.png"),
+                       "--preset is empty")
     assert asked == [] and list(tmp_path.iterdir()) == []
 
 
