@@ -88,11 +88,20 @@ class Result:
 
     def save(self, path: str | Path, **options: Any) -> dict[str, Any]:
         """Write the image with hires' metadata (what `hires info` shows, `--from` runs again),
-        via a temp file; return the record. Options: `hires.record.save`'s."""
-        from hires.output import OutputError, in_library_terms
+        via a temp file; return the record. A `{seed}`-style template is filled as `-o`'s
+        ({seed}, {width}, {height}, {prompt}, {name}, {format}). Options: `hires.record.save`'s."""
+        from hires.output import OutputError, in_library_terms, output_path
         from hires.record import save
+        from hires.runs import input_name
 
+        if not str(path).strip():
+            raise ValueError("save needs a file's path, e.g. result.save('out.png')")
         try:
+            if "{" in str(path):
+                path = output_path(str(path), width=self.image.width, height=self.image.height,
+                                   seed=self.seed, fmt=options.get("fmt") or self.job.format,
+                                   prompt=self.job.prompt,
+                                   name=input_name(self.job.image) if self.job.image else "")
             return save(self, path, **options)
         except OutputError as e:  # its message names the CLI's flags: say the keywords
             raise in_library_terms(e) from None

@@ -126,6 +126,15 @@ def test_result_save_speaks_of_its_keywords_not_the_clis_flags(tiny, tmp_path):
             call()
         message = str(caught.value)
         assert words in message and "--" not in message and "-o " not in message, message
+    with pytest.raises(ValueError, match="save needs a file's path"):
+        result.save("")  # it said ". already exists"
+
+
+def test_result_save_fills_a_template_as_o_does(tiny, tmp_path):
+    result = hires.generate("A red fox", components=tiny, size=128, **ONE)
+    record = result.save(tmp_path / "{seed}_{prompt}_{width}.{format}")
+    assert record["path"] == str(tmp_path / "5_a-red-fox_128.png")
+    assert (tmp_path / "5_a-red-fox_128.png").is_file()
 
 
 def test_loading_through_the_library_prints_no_library_notices():
