@@ -338,9 +338,10 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
         return record
 
     def line(o: b.Outcome, record: dict) -> None:
-        """A job's line on stdout; with --json it says which job and how it went, so a script
-        needs no manifest to tell the failed ones (they have a line only with --json)."""
-        emit({"job": o.item.index, "status": o.status, **record} if as_json else record,
+        """A job's line on stdout; with --json it says which job and how it went, as the
+        manifest's lines do, so a script needs no manifest to tell the failed ones (they have a
+        line only with --json)."""
+        emit({"index": o.item.index, "status": o.status, **record} if as_json else record,
              as_json)
 
     def report(o: b.Outcome) -> None:

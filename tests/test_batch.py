@@ -240,8 +240,8 @@ output = "three.png"
     # Nothing was made this time; stdout names the images kept, with their records, and with
     # --json the failed job too, each line with its job and how it went.
     lines = json_lines(again.stdout)
-    assert [(r["job"], r["status"]) for r in lines] == [(0, "skipped"), (1, "failed"),
-                                                       (2, "skipped")]
+    assert [(r["index"], r["status"]) for r in lines] == [(0, "skipped"), (1, "failed"),
+                                                         (2, "skipped")]
     assert [r["path"] for r in lines if r["status"] == "skipped"] == paths
     assert "broken.safetensors" in lines[1]["error"]
     assert "batch: 0 done, 2 skipped, 1 failed" in again.stderr
@@ -311,7 +311,7 @@ def test_batch_cli_json_and_custom_manifest(tmp_path, tiny_cli):
     records = json_lines(result.stdout)
     assert [(r["seed"], r["width"], r["height"], r["model"]) for r in records] == [
         (11, 256, 256, "tiny")] * 2
-    assert [(r["job"], r["status"]) for r in records] == [(0, "done"), (1, "done")]
+    assert [(r["index"], r["status"]) for r in records] == [(0, "done"), (1, "done")]
     assert records[0]["path"] == str(tmp_path / "out" / "job0000_256x256_s11.png")
     assert [r["status"] for r in manifest(tmp_path / "m.jsonl")] == ["done", "done"]
     assert not (tmp_path / "out" / "manifest.jsonl").exists()
