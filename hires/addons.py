@@ -35,9 +35,11 @@ def check_inputs(job: Job) -> None:
     """Fail before any loading when a local add-on file the job names is missing."""
     local = [("--control", job.control), ("--ip-image", job.ip_image)]
     if job.lora:
-        from hires.lora import parse_lora
+        from hires.lora import hub_parts, parse_lora
 
-        local += [("--lora", parse_lora(spec)[0]) for spec in job.lora]
+        # owner/repo/file.safetensors is a Hub file, though model_kind reads a path in it
+        local += [("--lora", ref) for ref in (parse_lora(spec)[0] for spec in job.lora)
+                  if hub_parts(ref) is None]
     if job.control_model:
         local.append(("--control-model", job.control_model))
     if job.ip_image:

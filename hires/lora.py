@@ -82,7 +82,7 @@ def resolve(ref: str, allow_pickle: bool = False) -> Path:
     if path.is_file():
         _refuse_pickle(ref, path.name, allow_pickle)
         return path
-    hub = _hub_parts(ref)
+    hub = hub_parts(ref)
     if hub is None:
         raise LoraError(f"LoRA file not found: {ref}")
     return _download(ref, *hub, allow_pickle)
@@ -111,7 +111,7 @@ def _pick(where: str, names: list[str], allow_pickle: bool) -> str:
     raise LoraError(f"LoRA {where} holds no .safetensors file; name the LoRA file itself")
 
 
-def _hub_parts(ref: str) -> tuple[str, str | None] | None:
+def hub_parts(ref: str) -> tuple[str, str | None] | None:
     """(repo id, file or None) when `ref` reads as a Hub reference, else None (a local path)."""
     if ref.startswith((".", "/", "~")) or "\\" in ref or re.match(r"[A-Za-z]:", ref):
         return None
@@ -144,7 +144,14 @@ def _download(ref: str, repo: str, filename: str | None, allow_pickle: bool) -> 
                 folder = Path(snapshot_download(repo, local_files_only=True))
                 names = [p.name for p in folder.iterdir() if p.is_file()]
             else:
-                names = [n for n in HfApi().list_repo_files(repo) if "/" not in n]
+                try:
+                    names = [n for n in HfApi().list_repo_files(repo) if "/" not in n]
+                except HfHubHTTPError:  # the Hub answered: no such repository, a login, ...
+                    raise
+                except Exception:  # no answer (the HTTP library's own connection errors, not
+                    # huggingface_hub's): what the cache holds decides, as offline
+                    folder = Path(snapshot_download(repo, local_files_only=True))
+                    names = [p.name for p in folder.iterdir() if p.is_file()]
             filename = _pick(repo, names, allow_pickle)
         else:
             _refuse_pickle(ref, filename, allow_pickle)

@@ -260,6 +260,33 @@ def test_hub_lora_not_cached_offline(tmp_path, monkeypatch):
         one_line(e)
 
 
+def test_hub_lora_unreachable_online_says_so(tmp_path, monkeypatch):
+    """Not offline by the setting, but no answer: the HTTP library's connection error (not
+    huggingface_hub's) ended the run as 'ConnectError: ...'; the cache decides, as offline."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    def unreachable(self, repo, **kwargs):
+        raise ConnectionError("[Errno -2] Name or service not known")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", unreachable)
+    with pytest.raises(LoraError, match="not in the local Hugging Face cache") as e:
+        resolve("someone/some-lora")
+    one_line(e)
+
+
+def test_a_hub_file_in_a_repo_is_not_taken_for_a_missing_local_file():
+    from hires.addons import check_inputs
+    from hires.job import Job, JobError
+
+    check_inputs(Job(prompt="x", lora=["someone/some-lora/style.safetensors:0.8"]))  # the Hub's
+    with pytest.raises(JobError, match="--lora dir/style.safetensors: no such file"):
+        check_inputs(Job(prompt="x", lora=["dir/style.safetensors"]))
+
+
 def test_hub_lora_from_the_cache(tmp_path, monkeypatch):
     """Offline, a cached Hub LoRA resolves: the repo's preferred file, or the one named."""
     from huggingface_hub import constants
