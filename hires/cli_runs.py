@@ -36,7 +36,8 @@ def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overw
 
     check_paths(jobs[0])
     if output == cli_stdout.STDOUT:  # a dry run prints its plan there: no terminal check
-        cli_stdout.check(len(jobs) * n, stage_images, False, preview, terminal=False)
+        cli_stdout.check(len(jobs) * n, stage_images, False, preview, terminal=False,
+                         upscale=bool(jobs[0].image))
         return
     runs = plan_runs(jobs, output, n=n, fmt_flag=fmt, overwrite=overwrite, resume_runs=False,
                      preview=preview, stage_images=stage_images, alpha=alpha)
@@ -148,7 +149,7 @@ def run_jobs(jobs: list, output: str | None, save_stages: bool, as_json: bool,
                   overwrite=overwrite, gpu=gpu, fmt_flag=fmt_flag, n=n, resume_runs=resume_runs,
                   preview=preview, alpha=alpha)
         return
-    cli_stdout.check(len(jobs) * n, save_stages, as_json, preview)
+    cli_stdout.check(len(jobs) * n, save_stages, as_json, preview, upscale=bool(jobs[0].image))
     with cli_stdout.scratch() as place:
         with cli_stdout.on_stderr():
             path = _make_all(jobs, str(place / "hires"), quiet=quiet, overwrite=True, gpu=gpu,

@@ -23,12 +23,13 @@ STDOUT = "-"
 
 
 def check(jobs: int, save_stages: bool, as_json: bool, preview: bool,
-          terminal: bool = True) -> None:
+          terminal: bool = True, upscale: bool = False) -> None:
     """What `-o -` cannot do, as usage errors before any work; `terminal`: a stdout that is
-    one too."""
+    one too; `upscale`: `hires up`'s run (its inputs, not prompts, make the images)."""
     if jobs > 1:
+        one = "one input image" if upscale else "one prompt and --n 1"
         raise typer.BadParameter(f"-o - writes one image to stdout, and this run makes {jobs}; "
-                                 "give one prompt and --n 1, or -o a folder")
+                                 f"give {one}, or -o a folder")
     if as_json:
         raise typer.BadParameter("--json prints to stdout, which -o - fills with the image; "
                                  "drop one")

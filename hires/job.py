@@ -162,6 +162,8 @@ class Job:
         if self.control and not self.control_model:
             raise JobError("--control needs --control-model (an SDXL ControlNet: Hub id, folder "
                            "or .safetensors file)")
+        if self.ip_adapter != DEFAULT_IP_ADAPTER and not self.ip_image:  # else unused, unsaid
+            raise JobError("--ip-adapter needs --ip-image IMAGE (the image prompt it encodes)")
         if self.control_model and not (self.control or self.image):
             raise JobError("--control-model needs --control IMAGE (hires up uses its input "
                            "image when --control is not given)")

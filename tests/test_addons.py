@@ -188,6 +188,7 @@ def pickled_ip(tmp_path) -> str:
     ("missing-control-model", ["--control-model", "no such"]),
     ("control-without-model", ["--control needs --control-model"]),
     ("model-without-control", ["--control-model needs --control"]),
+    ("adapter-without-image", ["--ip-adapter needs --ip-image"]),  # it was ignored, unsaid
     ("missing-ip-image", ["--ip-image", "no such"]),
     ("other-controlnet", ["another model architecture", "SDXL ControlNet"]),
     ("pickle-ip-adapter", ["--allow-pickle"]),
@@ -203,6 +204,7 @@ def test_bad_addon_inputs_exit_2_with_one_line(case, words, files, tmp_path, ask
         "control-without-model": ["--control", str(files["control"])],
         "model-without-control": ["--control-model", str(files["control_model"])],
         "missing-ip-image": ["--ip-image", str(tmp_path / "none.png")],
+        "adapter-without-image": ["--ip-adapter", str(tmp_path / "some-adapter")],
         "other-controlnet": ["--control", str(files["control"]), "--control-model",
                              sd15_controlnet(tmp_path) if case == "other-controlnet" else ""],
         "pickle-ip-adapter": ["--ip-image", str(files["ip_image"]), "--ip-adapter",
