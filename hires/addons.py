@@ -17,7 +17,7 @@ from PIL import Image
 
 from hires.images import file_sha256
 from hires.job import Job, JobError
-from hires.models import model_kind
+from hires.models import model_kind, weights_refusal
 
 
 @dataclass
@@ -51,6 +51,11 @@ def check_inputs(job: Job) -> None:
                 not Path(ref).expanduser().exists():
             raise JobError(f"{flag} {ref}: no such file" if image else
                            f"{flag} {ref}: no such file or folder")
+        what = {"--control-model": "a ControlNet", "--ip-adapter": "an IP-Adapter"}.get(flag)
+        if what and ref and Path(ref).expanduser().is_file():  # an image given for one, say
+            refusal = weights_refusal(Path(ref).expanduser(), what, job.allow_pickle)
+            if refusal:
+                raise JobError(f"{flag} {refusal}")
 
 
 def check_unchanged(job: Job, recorded: dict[str, Any]) -> None:

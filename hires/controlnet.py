@@ -24,7 +24,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from hires import strategy as _strategy
-from hires.models import PICKLE_SUFFIXES, quiet_loading
+from hires.models import PICKLE_SUFFIXES, quiet_loading, weights_refusal
 
 
 class ControlError(ValueError):
@@ -55,10 +55,9 @@ def _load(ref: str, dtype: torch.dtype, allow_pickle: bool) -> Any:
         raise ControlError(f"ControlNet not found: {ref}")
     try:
         if path.is_file():
-            if path.suffix != ".safetensors" and not allow_pickle:
-                raise ControlError(
-                    f"{path.name} is a pickle checkpoint, which can run code when loaded; "
-                    "convert it to .safetensors or pass --allow-pickle if you trust it")
+            refusal = weights_refusal(path, "a ControlNet", allow_pickle)
+            if refusal:
+                raise ControlError(refusal)
             model = ControlNetModel.from_single_file(str(path), dtype=dtype)
         else:
             if path.is_dir() and not (path / "config.json").is_file():

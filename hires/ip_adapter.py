@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from hires.images import file_sha256
-from hires.models import PICKLE_SUFFIXES, model_kind, quiet_loading
+from hires.models import PICKLE_SUFFIXES, model_kind, quiet_loading, weights_refusal
 
 # The reference SDXL IP-Adapter. Checked on the Hub (tree of h94/IP-Adapter, sdxl_models/):
 # ip-adapter_sdxl.safetensors (703 MB, a safetensors copy of ip-adapter_sdxl.bin) and
@@ -179,10 +179,9 @@ def _local_weight(path: Path, ref: str, allow_pickle: bool) -> tuple[str, str, s
         weight = _pick_weight(path / subfolder, ref, allow_pickle)
     else:
         raise IPAdapterError(f"IP-Adapter file or folder not found: {ref}")
-    if Path(weight).suffix != ".safetensors" and not allow_pickle:
-        raise IPAdapterError(
-            f"{weight} is a pickle checkpoint, which can run code when loaded; convert it to "
-            ".safetensors or pass --allow-pickle if you trust it")
+    refusal = weights_refusal(Path(weight), "an IP-Adapter", allow_pickle)
+    if refusal:
+        raise IPAdapterError(refusal)
     if not (folder / subfolder / IMAGE_ENCODER_FOLDER / "config.json").is_file():
         raise IPAdapterError(
             f"no image encoder for IP-Adapter {ref}: put the CLIP vision model (config.json and "

@@ -202,8 +202,10 @@ def check_paths(model: str, vae: str | None, linfusion: str, allow_pickle: bool 
         if not path.exists():
             raise ModelError(f"{what} {ref}: no such file; give a .safetensors file, a diffusers "
                              "folder or a Hugging Face Hub id (owner/name)", usage=True)
-        if path.suffix != ".safetensors" and not allow_pickle:
-            raise _pickled(f"{what} {path.name} is a pickle checkpoint", "it")
+        refusal = weights_refusal(path, {"--vae": "a VAE"}.get(what, "an SDXL model"),
+                                  allow_pickle)
+        if refusal:
+            raise ModelError(f"{what} {refusal}", usage=True)
     if linfusion not in ("auto", "none"):
         try:
             lf.check_ref(linfusion)
@@ -268,8 +270,9 @@ def load_pipeline(ref: str, dtype: torch.dtype, allow_pickle: bool = False):
     if kind == "file":
         if not path.is_file():
             raise ModelError(f"model file not found: {ref}", usage=True)
-        if path.suffix != ".safetensors" and not allow_pickle:
-            raise _pickled(f"{path.name} is a pickle checkpoint", "it")
+        refusal = weights_refusal(path, "an SDXL model", allow_pickle)
+        if refusal:
+            raise ModelError(refusal, usage=True)
         try:
             return StableDiffusionXLPipeline.from_single_file(str(path), dtype=dtype)
         except Exception as e:  # diffusers raises many kinds here; the user needs one line
@@ -376,8 +379,9 @@ def _vae_from_file(path: Path, like, allow_pickle: bool):
 
     if not path.is_file():
         raise ModelError(f"VAE file not found: {path}", usage=True)
-    if path.suffix != ".safetensors" and not allow_pickle:
-        raise _pickled(f"{path.name} is a pickle checkpoint", "it")
+    refusal = weights_refusal(path, "a VAE", allow_pickle)
+    if refusal:
+        raise ModelError(refusal, usage=True)
     with tempfile.TemporaryDirectory() as config:
         # Its own config would come from the Hub; the model's VAE has the same architecture.
         like.save_config(config)
@@ -418,6 +422,18 @@ def vae_fp16_ok(model: str, vae: str | None) -> bool:
             except ValueError:
                 return False
     return ref == FP16_VAE  # not cached here: the one VAE known to be made for fp16
+
+
+def weights_refusal(path: Path, what: str, allow_pickle: bool) -> str | None:
+    """Why the file at `path` is not taken as `what`'s weights (None: it is): a pickle without
+    --allow-pickle, or a suffix no weights have (an image given for a model, say)."""
+    if path.suffix == ".safetensors" or path.suffix in PICKLE_SUFFIXES and allow_pickle:
+        return None
+    if path.suffix in PICKLE_SUFFIXES:
+        return (f"{path.name} is a pickle checkpoint, which can run code when loaded; convert it "
+                "to .safetensors or pass --allow-pickle if you trust it")
+    return (f"{path.name} is not {what}'s weights: give a .safetensors file, a diffusers folder "
+            "or a Hugging Face Hub id (owner/name)")
 
 
 def _pickled(what: str, it: str) -> ModelError:
