@@ -89,11 +89,8 @@ def fail(message: str, code: int) -> typer.Exit:
 
 def stopped(terminated: bool) -> None:
     """The line for Ctrl-C or SIGTERM (an error object with --progress json)."""
-    text = "terminated" if terminated else "interrupted"
-    if Quiet.progress == "json":
-        _stderr("error", text)
-    else:
-        err.print(text, markup=False)
+    _stderr("error" if Quiet.progress == "json" else "log",  # text: the bare word, as ever
+            "terminated" if terminated else "interrupted")
 
 
 def _json_warning(message, category, filename, lineno, file=None, line=None) -> None:
