@@ -24,7 +24,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from hires import strategy as _strategy
-from hires.models import PICKLE_SUFFIXES, quiet_loading, weights_refusal
+from hires.models import PICKLE_SUFFIXES, hub_unreachable, quiet_loading, weights_refusal
 
 
 class ControlError(ValueError):
@@ -79,7 +79,8 @@ def _load(ref: str, dtype: torch.dtype, allow_pickle: bool) -> Any:
             raise ControlError(f"could not load {path.name} as a ControlNet: {_first_line(e)} "
                                "(single files need their config from the Hub: connect once to "
                                "cache it, or pass a diffusers folder)") from e
-        if not local and ("cached" in str(e) or constants.HF_HUB_OFFLINE):
+        if not local and (hub_unreachable(e) or "cached" in str(e)
+                          or constants.HF_HUB_OFFLINE):
             raise ControlError(
                 f"ControlNet '{ref}' is not in the local cache and the Hugging Face Hub cannot "
                 "be reached; connect once to download it, or pass a local folder or "

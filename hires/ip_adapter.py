@@ -21,7 +21,13 @@ import torch
 from PIL import Image
 
 from hires.images import file_sha256
-from hires.models import PICKLE_SUFFIXES, model_kind, quiet_loading, weights_refusal
+from hires.models import (
+    PICKLE_SUFFIXES,
+    hub_unreachable,
+    model_kind,
+    quiet_loading,
+    weights_refusal,
+)
 
 # The reference SDXL IP-Adapter. Checked on the Hub (tree of h94/IP-Adapter, sdxl_models/):
 # ip-adapter_sdxl.safetensors (703 MB, a safetensors copy of ip-adapter_sdxl.bin) and
@@ -243,27 +249,13 @@ def _load_error(e: Exception, ref: str, kind: str, unet) -> IPAdapterError:
     if "image_proj" in text and "missing" in text:
         return IPAdapterError(f"{ref} is not an IP-Adapter checkpoint (no image_proj or "
                               "ip_adapter weights)")
-    if kind == "hub" and _offline_miss(e):
+    if kind == "hub" and hub_unreachable(e):
         return IPAdapterError(
             f"IP-Adapter '{ref}' is not in the local cache and the Hugging Face Hub cannot be "
             "reached; connect once to download it, or pass a local .safetensors file with an "
             f"{IMAGE_ENCODER_FOLDER}/ folder beside it")
     first = text.strip().splitlines()[0][:300] if text.strip() else type(e).__name__
     return IPAdapterError(f"could not load IP-Adapter '{ref}': {first}")
-
-
-def _offline_miss(e: BaseException | None) -> bool:
-    """Whether the Hub could not be reached for a file missing from the cache."""
-    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
-
-    seen = 0
-    while e is not None and seen < 10:  # diffusers re-raises hub errors with a vaguer message
-        if isinstance(e, LocalEntryNotFoundError | OfflineModeIsEnabled):
-            return True
-        if "cached files" in str(e):  # transformers' wording, for the image encoder
-            return True
-        e, seen = e.__cause__ or e.__context__, seen + 1
-    return False
 
 
 def _dims(dims: str) -> list[int]:

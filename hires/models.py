@@ -331,7 +331,8 @@ def load_vae(ref: str, like, allow_pickle: bool = False):
     except OSError as e:
         from huggingface_hub import constants
 
-        if kind == "hub" and ("cached" in str(e) or constants.HF_HUB_OFFLINE):
+        if kind == "hub" and (hub_unreachable(e) or "cached" in str(e)
+                              or constants.HF_HUB_OFFLINE):
             raise ModelError(
                 f"VAE '{ref}' is not in the local cache and the Hugging Face Hub cannot be "
                 "reached; connect once to download it, or pass a local folder or .safetensors "
@@ -422,6 +423,21 @@ def vae_fp16_ok(model: str, vae: str | None) -> bool:
             except ValueError:
                 return False
     return ref == FP16_VAE  # not cached here: the one VAE known to be made for fp16
+
+
+def hub_unreachable(e: BaseException | None) -> bool:
+    """Whether `e` comes of a file missing from the cache while the Hub could not be reached
+    (no network, or HF_HUB_OFFLINE): diffusers words it as a file missing from the repo."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    seen = 0
+    while e is not None and seen < 10:  # diffusers re-raises hub errors with a vaguer message
+        if isinstance(e, LocalEntryNotFoundError | OfflineModeIsEnabled):
+            return True
+        if "cached files" in str(e):  # transformers' wording, for the image encoder
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
 
 
 def weights_refusal(path: Path, what: str, allow_pickle: bool) -> str | None:

@@ -46,3 +46,34 @@ def test_an_image_given_as_weights_is_not_called_a_pickle(tmp_path):
         assert_usage_error(result, f"photo.png is not {what}'s weights: give a .safetensors")
         assert "stage 0" not in result.stderr  # before any planning or loading
         assert "pickle" not in result.stderr and not out.exists()
+
+
+def _missing_while_unreachable(*args, **kwargs):
+    """What diffusers raises for a Hub file when there is no network: a vague OSError, its
+    cause the Hub's 'not in the cache' error."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        raise LocalEntryNotFoundError("cannot find the requested files")
+    except LocalEntryNotFoundError as e:
+        raise OSError("owner/x does not appear to have a file named config.json.") from e
+
+
+def test_a_hub_vae_or_controlnet_with_no_network_says_so(monkeypatch):
+    """Both said 'does not appear to have a file named config.json', as if the repo were
+    broken."""
+    import diffusers
+    from huggingface_hub import constants
+
+    from hires import models
+    from hires.controlnet import ControlError, _load
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(models, "_vae_from_pretrained", _missing_while_unreachable)
+    with pytest.raises(models.ModelError, match="not in the local cache and the Hugging Face Hub "
+                                                "cannot be reached"):
+        models.load_vae("owner/vae", like=None)
+    monkeypatch.setattr(diffusers.ControlNetModel, "from_pretrained", _missing_while_unreachable)
+    with pytest.raises(ControlError, match="not in the local cache and the Hugging Face Hub "
+                                           "cannot be reached"):
+        _load("owner/cn", dtype=None, allow_pickle=False)
