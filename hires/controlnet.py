@@ -24,7 +24,13 @@ from PIL import Image
 from torch import Tensor, nn
 
 from hires import strategy as _strategy
-from hires.models import PICKLE_SUFFIXES, hub_unreachable, quiet_loading, weights_refusal
+from hires.models import (
+    PICKLE_SUFFIXES,
+    ModelError,
+    hub_unreachable,
+    quiet_loading,
+    weights_refusal,
+)
 
 
 class ControlError(ValueError):
@@ -81,7 +87,7 @@ def _load(ref: str, dtype: torch.dtype, allow_pickle: bool) -> Any:
                                "cache it, or pass a diffusers folder)") from e
         if not local and (hub_unreachable(e) or "cached" in str(e)
                           or constants.HF_HUB_OFFLINE):
-            raise ControlError(
+            raise ModelError(
                 f"ControlNet '{ref}' is not in the local cache and the Hugging Face Hub cannot "
                 "be reached; connect once to download it, or pass a local folder or "
                 ".safetensors file") from e

@@ -23,6 +23,7 @@ from PIL import Image
 from hires.images import file_sha256
 from hires.models import (
     PICKLE_SUFFIXES,
+    ModelError,
     hub_unreachable,
     model_kind,
     quiet_loading,
@@ -222,7 +223,7 @@ def _weight_file(ref: str, kind: str, repo: str, subfolder: str, weight: str) ->
     return Path(hf_hub_download(ref, weight, subfolder=subfolder, local_files_only=True))
 
 
-def _load_error(e: Exception, ref: str, kind: str, unet) -> IPAdapterError:
+def _load_error(e: Exception, ref: str, kind: str, unet) -> IPAdapterError | ModelError:
     """The one-line message for a failed `pipe.load_ip_adapter`."""
     text = str(e)
     # diffusers' meta-device loading says "X expected shape A, but got B"; torch's
@@ -250,7 +251,7 @@ def _load_error(e: Exception, ref: str, kind: str, unet) -> IPAdapterError:
         return IPAdapterError(f"{ref} is not an IP-Adapter checkpoint (no image_proj or "
                               "ip_adapter weights)")
     if kind == "hub" and hub_unreachable(e):
-        return IPAdapterError(
+        return ModelError(
             f"IP-Adapter '{ref}' is not in the local cache and the Hugging Face Hub cannot be "
             "reached; connect once to download it, or pass a local .safetensors file with an "
             f"{IMAGE_ENCODER_FOLDER}/ folder beside it")

@@ -20,7 +20,9 @@ FP16_VAE = "madebyollin/sdxl-vae-fp16-fix"  # the SDXL VAE fine-tuned not to ove
 
 
 class ModelError(RuntimeError):
-    """A model or LinFusion checkpoint could not be loaded; the message is one line."""
+    """A model, add-on or LinFusion checkpoint could not be loaded; the message is one line.
+    An add-on's Hub files that are not cached while the Hub is unreachable come out as this
+    (exit 1, as for the model), not as the add-on's own usage error."""
 
     def __init__(self, message: str, usage: bool = False):
         super().__init__(message)

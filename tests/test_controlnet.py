@@ -10,6 +10,7 @@ from PIL import Image
 from hires import lean
 from hires.controlnet import ControlError, check_fits, control_tensor, load_controlnet
 from hires.denoiser import Conditioning, Control, Denoiser
+from hires.models import ModelError
 from hires.strategy import Strategy, applied
 
 
@@ -164,7 +165,7 @@ def test_load_errors_are_one_line(tmp_path, setup):
         load_controlnet(str(pickled), torch.float32)
     with pytest.raises(ControlError, match="not a diffusers ControlNet"):
         load_controlnet(str(tmp_path), torch.float32)
-    with pytest.raises(ControlError, match="local cache"):
+    with pytest.raises(ModelError, match="local cache"):  # exit 1, as for the model
         load_controlnet("nobody/no-such-controlnet", torch.float32)
 
 

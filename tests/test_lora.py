@@ -11,6 +11,7 @@ from torch import nn
 
 from hires.linfusion import LinearAttention
 from hires.lora import LoraError, load_loras, parse_lora, resolve, unload_loras
+from hires.models import ModelError
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +256,7 @@ def test_hub_lora_not_cached_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     for ref in ("someone/some-lora", "someone/some-lora/style.safetensors"):
-        with pytest.raises(LoraError, match="not in the local Hugging Face cache") as e:
+        with pytest.raises(ModelError, match="not in the local Hugging Face cache") as e:
             resolve(ref)
         one_line(e)
 
@@ -273,7 +274,7 @@ def test_hub_lora_unreachable_online_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", unreachable)
-    with pytest.raises(LoraError, match="not in the local Hugging Face cache") as e:
+    with pytest.raises(ModelError, match="not in the local Hugging Face cache") as e:
         resolve("someone/some-lora")
     one_line(e)
 

@@ -66,7 +66,7 @@ def test_a_hub_vae_or_controlnet_with_no_network_says_so(monkeypatch):
     from huggingface_hub import constants
 
     from hires import models
-    from hires.controlnet import ControlError, _load
+    from hires.controlnet import _load
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(models, "_vae_from_pretrained", _missing_while_unreachable)
@@ -74,6 +74,6 @@ def test_a_hub_vae_or_controlnet_with_no_network_says_so(monkeypatch):
                                                 "cannot be reached"):
         models.load_vae("owner/vae", like=None)
     monkeypatch.setattr(diffusers.ControlNetModel, "from_pretrained", _missing_while_unreachable)
-    with pytest.raises(ControlError, match="not in the local cache and the Hugging Face Hub "
-                                           "cannot be reached"):
+    with pytest.raises(models.ModelError, match="not in the local cache and the Hugging Face "
+                                                "Hub cannot be reached"):
         _load("owner/cn", dtype=None, allow_pickle=False)
