@@ -17,7 +17,7 @@ from PIL import Image
 
 from hires.images import file_sha256
 from hires.job import Job, JobError
-from hires.models import model_kind, weights_refusal
+from hires.models import hub_id_refusal, model_kind, weights_refusal
 
 
 @dataclass
@@ -47,10 +47,13 @@ def check_inputs(job: Job) -> None:
     for flag, ref in local:
         # The images are files whatever their names look like ("photo.png" is no Hub id).
         image = flag in ("--control", "--ip-image")
-        if ref and (image or model_kind(ref) in ("file", "folder")) and \
+        kind = model_kind(ref) if ref else None
+        if ref and (image or kind in ("file", "folder") or flag == "--lora") and \
                 not Path(ref).expanduser().exists():
             raise JobError(f"{flag} {ref}: no such file" if image else
                            f"{flag} {ref}: no such file or folder")
+        if kind == "hub" and not image and (refusal := hub_id_refusal(flag, ref)):
+            raise JobError(refusal)
         what = {"--control-model": "a ControlNet", "--ip-adapter": "an IP-Adapter"}.get(flag)
         if what and ref and Path(ref).expanduser().is_file():  # an image given for one, say
             refusal = weights_refusal(Path(ref).expanduser(), what, job.allow_pickle)

@@ -194,8 +194,8 @@ def check_paths(model: str, vae: str | None, linfusion: str, allow_pickle: bool 
 
     for what, ref in (("--model", model), ("--vae", vae)):
         kind = model_kind(ref) if ref else None
-        if kind == "hub":
-            _check_hub_id(what, ref)
+        if kind == "hub" and (refusal := hub_id_refusal(what, ref)):
+            raise ModelError(refusal, usage=True)
         if kind == "folder":
             _check_folder(what, ref)
         if kind != "file":
@@ -215,15 +215,20 @@ def check_paths(model: str, vae: str | None, linfusion: str, allow_pickle: bool 
             raise ModelError(str(e), usage=True) from None
 
 
-def _check_hub_id(what: str, ref: str) -> None:
-    """A reference that is no local path must be a well-formed Hub id, or it is a typo."""
+def hub_id_refusal(flag: str, ref: str) -> str | None:
+    """Why `ref`, which is no local path, is not taken as a Hub id (None: it is). A bare name is
+    a mistyped local folder far more often than one of the Hub's old ids without an owner."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     try:
         validate_repo_id(ref)
     except HFValidationError:
-        raise ModelError(f"{what} {ref}: no such file or folder here, and not a Hugging Face Hub "
-                         "id (owner/name); check the spelling", usage=True) from None
+        return (f"{flag} {ref}: no such file or folder here, and not a Hugging Face Hub id "
+                "(owner/name); check the spelling")
+    if "/" not in ref:
+        return (f"{flag} {ref}: no such file or folder here (check the spelling), and a "
+                "Hugging Face Hub id is owner/name")
+    return None
 
 
 def _check_folder(what: str, ref: str) -> None:

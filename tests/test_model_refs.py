@@ -1,5 +1,5 @@
 """A `--model` or `--vae` that cannot name anything is a usage error before any loading: a
-malformed Hub id, or a folder that holds no diffusers model."""
+malformed Hub id, a bare name that is no local path, or a folder that holds no diffusers model."""
 
 import pytest
 from helpers_cli import assert_usage_error, cli
@@ -14,6 +14,25 @@ def test_a_malformed_hub_id_is_a_usage_error(tmp_path, args, words):
     out = tmp_path / "x.png"
     assert_usage_error(cli("gen", "a fox", "--size", "64", *args, "-o", out), *words)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--model", "mymodel"), ("--model mymodel", "no such file or folder", "owner/name")),
+    (("--model", "tiny", "--vae", "myvae"), ("--vae myvae", "owner/name")),
+    (("--model", "tiny", "--control", "{img}", "--control-model", "mycn"),
+     ("--control-model mycn", "owner/name")),
+    (("--model", "tiny", "--ip-image", "{img}", "--ip-adapter", "myip"),
+     ("--ip-adapter myip", "owner/name")),
+    (("--model", "tiny", "--lora", "mylora:0.5"), ("--lora mylora", "no such file or folder")),
+])
+def test_a_bare_name_that_is_no_local_path_is_a_usage_error(tmp_path, args, words):
+    """A mistyped local folder without a slash went to the Hub as a repository name (and the
+    dry run planned it); Hub ids have an owner."""
+    from PIL import Image
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "in.png")
+    args = [str(tmp_path / "in.png") if a == "{img}" else a for a in args]
+    assert_usage_error(cli("gen", "a fox", "--size", "64", *args, "--dry-run"), *words)
 
 
 def test_a_folder_without_a_model_says_what_to_give(tmp_path):
