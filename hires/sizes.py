@@ -357,6 +357,9 @@ def job_from_levels(levels: list[tuple[dict[str, Any], str, bool]], base: Job | 
         key = str(e).split(" ", 1)[0]
         where = next((w for values, w, _ in reversed(levels)
                       if key in {str(k).replace("-", "_") for k in values}), OPTIONS)
-        if where == OPTIONS:
-            raise
-        raise JobError(f"{e}{_in(where)}") from None
+        if where != OPTIONS:
+            raise JobError(f"{e}{_in(where)}") from None
+        if any(key in {str(k).replace("-", "_") for k in values}
+               for values, w, _ in levels if w == OPTIONS):  # a flag's: "--strength must ..."
+            raise JobError(f"{_name(key, OPTIONS)}{str(e)[len(key):]}") from None
+        raise

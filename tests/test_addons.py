@@ -192,7 +192,7 @@ def pickled_ip(tmp_path) -> str:
     ("missing-ip-image", ["--ip-image", "no such"]),
     ("other-controlnet", ["another model architecture", "SDXL ControlNet"]),
     ("pickle-ip-adapter", ["--allow-pickle"]),
-    ("bad-scale", ["control_scale"]),
+    ("bad-scale", ["--control-scale must be a finite number"]),  # the flag, not the key
 ])
 def test_bad_addon_inputs_exit_2_with_one_line(case, words, files, tmp_path, asked):
     args = {

@@ -190,6 +190,21 @@ def test_a_bad_value_names_the_preset_that_holds_it(tmp_path):
         f"error: steps must be a whole number from 1 to 1000, got -4 (in preset 'mine' ({preset}))"]
 
 
+def test_a_bad_flag_value_names_the_flag_and_a_preset_value_its_key(tmp_path):
+    """Range errors from flags named the job's key ('strength must be ...')."""
+    bad, good = tmp_path / "bad.toml", tmp_path / "good.toml"
+    bad.write_text("steps = -4\n")
+    good.write_text("steps = 4\n")
+    for args, said in ((("--strength", "2"), "--strength must be between 0 and 1"),
+                       (("--guidance", "nan"), "--guidance must be a finite number"),
+                       (("--preset", str(bad)), "steps must be a whole number"),
+                       (("--preset", str(good), "--steps", "0"),
+                        "--steps must be a whole number")):
+        result = cli("gen", "x", "--size", "1024", *args, "--dry-run")
+        assert result.exit_code == 2 and error_lines(result.stderr)[0].startswith(
+            f"error: {said}"), result.stderr
+
+
 def test_explicit_flags_override_the_preset(tmp_path, asked):
     result = cli("gen", "a red fox", "--preset", "draft", "--size", "512", "--model", "tiny",
                  "--seed", "1", "-q", "--json", "-o", tmp_path / "draft.png")
