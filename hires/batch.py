@@ -115,8 +115,20 @@ def _stdin_text() -> str:
 
 
 def _without(table: dict[str, Any]) -> dict[str, Any]:
-    """A table's job keys: what is not the batch's own (output, preset)."""
-    return {k: v for k, v in table.items() if k not in ("output", "preset")}
+    """A table's job keys: what is not the batch's own (output, preset), with `~/` in its
+    paths expanded as a shell does for the same paths given as flags."""
+    return {k: _home(v) if k in PATH_KEYS else [_home(x) for x in v] if k == "lora" and
+            isinstance(v, list) else v
+            for k, v in table.items() if k not in ("output", "preset")}
+
+
+PATH_KEYS = ("image", "control", "ip_image", "model", "vae", "linfusion", "control_model",
+             "ip_adapter")
+
+
+def _home(value: Any) -> Any:
+    return os.path.expanduser(value) if isinstance(value, str) and value.startswith("~") \
+        else value
 
 
 def _check_keys(table: dict[str, Any], where: str) -> None:
@@ -248,7 +260,8 @@ def name_outputs(items: list[BatchItem], folder: Path, file_name: str
             if item.output is None:
                 path = out.output_path(folder / name, **fields)
             else:
-                given = os.path.join(folder, item.output)  # keeps a trailing '/'; absolute wins
+                # keeps a trailing '/'; an absolute one (or ~/..., as a shell reads it) wins
+                given = os.path.join(folder, os.path.expanduser(item.output))
                 # A folder takes the batch's own names (as gen's -o its own), not hires_...;
                 # one that exists counts once its template is filled.
                 if given.endswith(("/", os.sep)) or out.output_path(

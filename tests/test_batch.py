@@ -564,3 +564,22 @@ def test_an_output_ending_in_a_slash_or_naming_a_folder_takes_the_batchs_names_i
     assert result.exit_code == 0, result.stderr
     assert result.stdout.splitlines() == [str(p) for p in paths.values()]
     assert all(p.is_file() for p in paths.values())
+
+
+def test_paths_in_a_job_file_starting_with_a_tilde_are_under_home(tmp_path, monkeypatch,
+                                                                  tiny_cli):
+    """As a shell expands them on the command line: an 'output' of ~/a.png made a folder
+    named '~' under -o, and an 'image' of ~/in.png was 'no such file'."""
+    from PIL import Image
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    Image.new("RGB", (128, 128), "gray").save(home / "in.png")
+    jobs = write(tmp_path / "jobs.toml", f'[defaults]\n{TINY}seed = 1\n'
+                 '[[job]]\nprompt = "a"\noutput = "~/a.png"\n'
+                 '[[job]]\nimage = "~/in.png"\nscale = 2\noutput = "b.png"\n')
+    result = cli("batch", jobs, "-o", tmp_path / "out", "-q")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == [str(home / "a.png"), str(tmp_path / "out" / "b.png")]
+    assert not (tmp_path / "out" / "~").exists()
