@@ -145,7 +145,10 @@ def _download(ref: str, repo: str, filename: str | None, allow_pickle: bool) -> 
                 names = [p.name for p in folder.iterdir() if p.is_file()]
             else:
                 try:
-                    names = [n for n in HfApi().list_repo_files(repo) if "/" not in n]
+                    # model_info, not list_repo_files: one request, where the latter retries
+                    # for about 25 s when the Hub cannot be reached
+                    names = [s.rfilename for s in HfApi().model_info(repo).siblings or []
+                             if "/" not in s.rfilename]
                 except HfHubHTTPError:  # the Hub answered: no such repository, a login, ...
                     raise
                 except Exception:  # no answer (the HTTP library's own connection errors, not

@@ -261,6 +261,28 @@ def test_hub_lora_not_cached_offline(tmp_path, monkeypatch):
         one_line(e)
 
 
+def test_hub_lora_online_picks_from_the_repositorys_top_level_files(tmp_path, monkeypatch):
+    """One model_info request lists the files (list_repo_files retried for about 25 s when the
+    Hub could not be reached); files in subfolders are not candidates."""
+    from types import SimpleNamespace
+
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    files = ["README.md", "sub/a.safetensors", "pytorch_lora_weights.safetensors",
+             "other.safetensors"]
+
+    def model_info(self, repo, **kwargs):
+        return SimpleNamespace(siblings=[SimpleNamespace(rfilename=f) for f in files])
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
+                        lambda repo, name, **kw: str(tmp_path / repo / name))
+    assert resolve("someone/some-lora") == tmp_path / "someone/some-lora" / files[2]
+
+
 def test_hub_lora_unreachable_online_says_so(tmp_path, monkeypatch):
     """Not offline by the setting, but no answer: the HTTP library's connection error (not
     huggingface_hub's) ended the run as 'ConnectError: ...'; the cache decides, as offline."""
@@ -273,7 +295,7 @@ def test_hub_lora_unreachable_online_says_so(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
-    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", unreachable)
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", unreachable)
     with pytest.raises(ModelError, match="not in the local Hugging Face cache") as e:
         resolve("someone/some-lora")
     one_line(e)
