@@ -447,6 +447,46 @@ def hub_unreachable(e: BaseException | None) -> bool:
     return False
 
 
+def hub_refs(job) -> list[str]:
+    """The Hugging Face Hub ids `job` loads from: its model, VAE and LinFusion (auto: a
+    checkpoint from the Hub unless the model's folder carries one) and its add-ons."""
+    from hires.lora import hub_parts, parse_lora
+
+    refs = [job.model, job.vae, job.control_model, job.ip_adapter if job.ip_image else None]
+    if job.linfusion not in ("auto", "none"):
+        refs.append(job.linfusion)
+    elif job.linfusion == "auto" and job.model != "tiny" and not (
+            Path(job.model).expanduser() / "linfusion" / "config.json").is_file():
+        refs.append(job.model if model_kind(job.model) == "hub" else "auto/linfusion")
+    found = [r for r in refs if r and model_kind(r) == "hub"]
+    return found + [parse_lora(s)[0] for s in job.lora or () if hub_parts(parse_lora(s)[0])]
+
+
+_hub_state: dict[str, bool] = {}  # "answered": whether the Hub answered this process's probe
+
+
+def go_offline_if_unreachable(refs: list[str], timeout: float = 5.0) -> bool:
+    """When `refs` name the Hub and it does not answer, switch huggingface_hub to offline mode
+    for this process: loads then read the local cache at once, where its retries would wait
+    about 25 s per file before falling back to it. True on the call that switched."""
+    from huggingface_hub import constants
+
+    if not refs or constants.HF_HUB_OFFLINE or "answered" in _hub_state:
+        return False
+    from huggingface_hub.utils import get_session
+
+    try:  # any answer, an error status too, means it can be reached
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+        _hub_state["answered"] = True
+        return False
+    except Exception:  # no name resolution, no route, refused, timed out (the HTTP library's
+        # own errors, which huggingface_hub's versions name differently)
+        _hub_state["answered"] = False
+    constants.HF_HUB_OFFLINE = True  # read at every request by huggingface_hub and transformers
+    os.environ["HF_HUB_OFFLINE"] = "1"  # for readers of the variable (hires.linfusion)
+    return True
+
+
 def weights_refusal(path: Path, what: str, allow_pickle: bool) -> str | None:
     """Why the file at `path` is not taken as `what`'s weights (None: it is): a pickle without
     --allow-pickle, or a suffix no weights have (an image given for a model, say)."""
@@ -543,6 +583,7 @@ def load(
     # The library's callers get the CLI's checks: a Path is taken, offload="bad" refused.
     asked = Job(model=model, linfusion=linfusion, dtype=dtype, device=device, offload=offload,
                 vae_dtype=vae_dtype, vae=vae).validate()
+    go_offline_if_unreachable(hub_refs(asked))
     model, linfusion, dtype, device, offload, vae_dtype, vae = (
         asked.model, asked.linfusion, asked.dtype, asked.device, asked.offload, asked.vae_dtype,
         asked.vae)

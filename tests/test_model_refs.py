@@ -1,6 +1,8 @@
 """A `--model` or `--vae` that cannot name anything is a usage error before any loading: a
 malformed Hub id, a bare name that is no local path, or a folder that holds no diffusers model."""
 
+import os
+
 import pytest
 from helpers_cli import assert_usage_error, cli
 
@@ -96,3 +98,49 @@ def test_a_hub_vae_or_controlnet_with_no_network_says_so(monkeypatch):
     with pytest.raises(models.ModelError, match="not in the local cache and the Hugging Face "
                                                 "Hub cannot be reached"):
         _load("owner/cn", dtype=None, allow_pickle=False)
+
+
+def test_an_unreachable_hub_switches_to_the_cache_once_and_only_for_hub_ids(monkeypatch):
+    """huggingface_hub retried each file for about 25 s before falling back to the cache (a
+    Hub VAE offline took a minute to fail); one probe now decides, for the whole process."""
+    from huggingface_hub import constants, utils
+
+    from hires import models
+    from hires.job import Job
+
+    probes = []
+
+    class Unreachable:
+        def head(self, url, **kwargs):
+            probes.append(url)
+            raise ConnectionError("[Errno -2] Name or service not known")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(utils, "get_session", Unreachable)
+    monkeypatch.setattr(models, "_hub_state", {})
+    assert models.hub_refs(Job(model="tiny")) == []
+    assert not models.go_offline_if_unreachable([]) and probes == []  # nothing from the Hub
+    job = Job(model="tiny", vae="owner/vae", lora=["owner/lora:0.5", "./local.safetensors"])
+    assert models.hub_refs(job) == ["owner/vae", "owner/lora"]
+    assert models.go_offline_if_unreachable(models.hub_refs(job))
+    assert constants.HF_HUB_OFFLINE and os.environ["HF_HUB_OFFLINE"] == "1"
+    assert not models.go_offline_if_unreachable(["owner/other"]) and len(probes) == 1
+    with pytest.raises(models.ModelError, match="not in the local cache"):
+        models.load_vae("owner/vae", like=None)
+
+
+def test_a_hub_that_answers_stays_online(monkeypatch):
+    from huggingface_hub import constants, utils
+
+    from hires import models
+
+    class Answers:
+        def head(self, url, **kwargs):
+            return object()  # any answer: a 4xx or 5xx status too
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(utils, "get_session", Answers)
+    monkeypatch.setattr(models, "_hub_state", {})
+    assert not models.go_offline_if_unreachable(["owner/model"])
+    assert not constants.HF_HUB_OFFLINE
