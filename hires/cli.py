@@ -163,7 +163,7 @@ def gen(
         if dry_run:
             check_outputs(jobs, output, fmt, n, overwrite, save_stages, preview)
             show_plan(job, gpu, as_json, source=upscale_source(job, piped),
-                      stage_images=save_stages, preview=preview)
+                      stage_images=save_stages, preview=preview, here=True)
             return
         check_device(job.device)
         if not prompts[0] and from_image is None:
@@ -238,7 +238,7 @@ def up(
                           alpha=frozenset(alpha))
             for job, size in zip(jobs, sizes):
                 show_plan(job, gpu, as_json, source=size, stage_images=save_stages,
-                          preview=preview)
+                          preview=preview, here=True)
             return
         check_device(jobs[0].device)
         run_jobs(jobs, output, save_stages, as_json, quiet, overwrite, gpu, fmt_flag=fmt,

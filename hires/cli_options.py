@@ -168,7 +168,8 @@ Gpu = Annotated[str | None, typer.Option(
     help="For time estimates: h100, h200, a100, l40s, 4090, ... or a measured TFLOP/s figure.",
     autocompletion=completes(gpu_names))]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Check the outputs and inputs, print "
-                                      "the plan (as `hires plan`) and exit without loading "
+                                      "the plan of the run on this machine (--gpu CARD: on "
+                                      "that card, as `hires plan`) and exit without loading "
                                       "weights.")]
 Dpi = Annotated[float | None, typer.Option(
     help="Resolution the file records, for print (PNG, TIFF, JPEG): at 300 a 16384 px side "

@@ -19,14 +19,16 @@ from hires.strips import cores
 
 
 def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | None = None,
-              stage_images: bool = False, preview: bool = False) -> None:
+              stage_images: bool = False, preview: bool = False, here: bool = False) -> None:
     """Print the plan of `job` without loading weights (`hires plan`, `gen --dry-run`); with
-    `preview`, of its first stage alone."""
+    `preview`, of its first stage alone; `here`: as it would run on this machine (a dry run)."""
     from hires.eta import duration
     from hires.gpus import CUDA_CONTEXT_GIB, card
-    from hires.plan import describe, dry_run, preview_of
+    from hires.plan import as_run_here, describe, dry_run, preview_of
 
     check_gpu(gpu)
+    if here:
+        job = as_run_here(job, gpu)
     run = fitted_plan(lambda: dry_run(job, gpu, source, stage_images), job)
     p, gpu, rate = (preview_of(run.plan) if preview else run.plan), run.gpu, run.rate
     spill = p.vae_spill_bytes
@@ -174,7 +176,7 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
     from hires.eta import duration
     from hires.images import input_size
     from hires.job import JobError
-    from hires.plan import dry_run, preview_of
+    from hires.plan import as_run_here, dry_run, preview_of
 
     check_gpu(gpu)
     plans: dict[str, Any] = {}  # jobs that differ only in prompt and seed share a plan
@@ -193,7 +195,8 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
                              sort_keys=True, default=str)
             try:
                 if key not in plans:
-                    plans[key] = fitted_plan(lambda j=job, s=source: dry_run(j, gpu, s), job)
+                    here = as_run_here(job, gpu)
+                    plans[key] = fitted_plan(lambda j=here, s=source: dry_run(j, gpu, s), here)
                 run = plans[key]
                 if preview:
                     run = replace(run, plan=preview_of(run.plan))

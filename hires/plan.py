@@ -512,6 +512,19 @@ def dry_run(job, gpu: str | None = None, source: tuple[int, int] | None = None,
     return DryRun(plan, gpu, rate, budget_from)
 
 
+def as_run_here(job, gpu: str | None):
+    """The job a dry run (`gen`, `up`, `batch --dry-run`) plans: as the run would go on this
+    machine, so `--device auto` without a CUDA GPU is a CPU run (a TFLOP/s `gpu` times it);
+    a `gpu` that names a card plans for that card instead, as `hires plan` does."""
+    import torch
+
+    from hires.gpus import card
+
+    if job.device == "auto" and not (gpu and card(gpu)) and not torch.cuda.is_available():
+        return job.merged({"device": "cpu"})
+    return job
+
+
 def plan_without_weights(job, rate: float | None = None,
                          source: tuple[int, int] | None = None,
                          vram: float | None = None, gpu: Card | None = None,

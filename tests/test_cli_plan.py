@@ -3,6 +3,7 @@
 import json
 
 from helpers_cli import assert_usage_error, cli
+from PIL import Image
 
 from hires.gpus import EFFICIENCY, VAE_SHARE
 
@@ -57,10 +58,36 @@ def test_a_plan_that_cannot_fit_says_what_would_and_exits_2():
 
 def test_gen_dry_run_is_the_plan_and_loads_nothing(tmp_path):
     out = tmp_path / "x.png"
-    dry = cli("gen", "x", "--size", "8192", "--vram", "24", "--dry-run", "--json", "-o", out)
+    card = ("--gpu", "h100", "--vram", "24")
+    dry = cli("gen", "x", "--size", "8192", *card, "--dry-run", "--json", "-o", out)
     assert dry.exit_code == 0, dry.stderr
-    assert json.loads(dry.stdout) == plan_json("x", "--size", "8192", "--vram", "24")
+    assert json.loads(dry.stdout) == plan_json("x", "--size", "8192", *card)
     assert not out.exists()
+
+
+def test_a_dry_run_without_a_gpu_plans_the_cpu_run_that_would_happen(tmp_path, monkeypatch):
+    """It planned an H100 (exit 0) where the run, on the CPU, would not fit and exit 2; a
+    named card still plans that card, and `hires plan` (for other machines) an H100."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = ("x", "--size", "2048", "--ram", "64", "--json")
+
+    def planned_on(*cmd: str) -> str:
+        result = cli(*cmd)
+        assert result.exit_code == 0, result.stderr
+        return json.loads(result.stdout)["gpu"]
+
+    assert planned_on("gen", *args, "--dry-run") == "cpu"
+    assert planned_on("gen", *args, "--dry-run", "--device", "cpu") == "cpu"
+    assert planned_on("gen", *args, "--dry-run", "--gpu", "a100") == "a100"
+    assert planned_on("plan", *args) == "h100"
+    photo = tmp_path / "in.png"
+    Image.new("RGB", (256, 256)).save(photo)
+    assert planned_on("up", str(photo), "--scale", "4", "--ram", "64", "--json",
+                      "--dry-run") == "cpu"
+    too_big = cli("gen", "x", "--size", "8192", "--ram", "8", "--dry-run", "-o", tmp_path / "y.png")
+    assert too_big.exit_code == 2 and "fits" in too_big.stderr
 
 
 def test_plan_text_names_strategy_memory_and_time():

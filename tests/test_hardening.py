@@ -333,7 +333,7 @@ def test_usage_errors_exit_2(tmp_path):
     jobs = write(tmp_path / "ok.toml", f'[[job]]\n{TINY_TOML}prompt = "x"\n')
     cases = [
         (("gen", "x", *TINY, "--dtype", "fp8"), {}, "dtype"),
-        (("gen", "x", *TINY, "--vae-dtype", "fp8"), {}, "vae_dtype"),
+        (("gen", "x", *TINY, "--vae-dtype", "fp8"), {}, "--vae-dtype"),
         (("gen", "x", *TINY, "--device", "tpu"), {}, "device"),
         (("gen", "x", *TINY, "-o", tmp_path / "{foo}.png"), {}, "template"),
         (("gen", "x", *TINY, "-o", tmp_path / ("n" * 300 + ".png")), {}, "255"),

@@ -256,10 +256,11 @@ def test_images_that_may_not_fit_their_disk_are_warned_of_before_any_work(tmp_pa
     assert note is not None and f"{new} has 2.0 GB free" in note and "the 3 images" in note
     assert "up to 2.5 GB" in note and "only decodes" in note
     # Said by a dry run and a run alike, before the model loads; -q does not hide it.
-    result = cli("gen", "x", "--size", "16384", "--n", "3", "-o", f"{new}/", "--dry-run", "-q")
+    result = cli("gen", "x", "--size", "16384", "--n", "3", "-o", f"{new}/", "--dry-run", "-q",
+                 "--gpu", "h100")
     assert result.exit_code == 0 and "warning: " in result.stderr and "the 3 images" in \
         result.stderr
-    quiet = cli("gen", "x", "--size", "16384", "-o", f"{new}/", "--dry-run")
+    quiet = cli("gen", "x", "--size", "16384", "-o", f"{new}/", "--dry-run", "--gpu", "h100")
     assert "warning" not in quiet.stderr
 
 

@@ -101,7 +101,7 @@ def test_presets_take_size_aspect_and_scale(tmp_path, monkeypatch):
     Image.new("RGB", (160, 104), "grey").save(photo)
     up = cli("up", str(photo), "--preset", "x4", "--dry-run")
     assert up.exit_code == 0 and up.stdout.startswith("640x416:")
-    up = cli("up", str(photo), "--preset", "8k", "--dry-run")
+    up = cli("up", str(photo), "--preset", "8k", "--dry-run", "--gpu", "h100")
     assert up.stdout.startswith("8192x5328:")  # the preset's long side, the photo's aspect
     assert_usage_error(cli("gen", "x", "--preset", "x4", "--dry-run"), "'scale'", "upscales",
                        "preset 'x4'")
