@@ -232,7 +232,7 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
     from hires import output as out
     from hires import resume
     from hires.piped import load_job_input
-    from hires.pipeline import plan_for
+    from hires.pipeline import plan_for, prompt_warnings
     from hires.plan import describe, preview_of
     from hires.record import save, save_stage, stage_paths
     from hires.runs import made_by
@@ -257,6 +257,9 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
     say(f"{heading}: seed {job.seed}, {whole}")
     for line in describe(plan):
         say(f"  {line}")
+    early = prompt_warnings(components, job)  # before the work, not after it
+    for warning in early:
+        warn(warning)
     # A preview is seconds: kept by none.
     kept = None if preview or piped else resume.path_for(path)
     if kept is not None:
@@ -283,7 +286,8 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
                           plan=plan, checkpoint=kept,
                           on_stage_image=stage_image if save_stages else None, on_score=score)
         for warning in result.warnings[len(components.warnings):]:
-            warn(warning)
+            if warning not in early:
+                warn(warning)
         for s in result.stages:  # stages a stopped run had scored, resumed here
             if s.psnr is not None and s.index not in scored:
                 score(s.index, s.psnr)

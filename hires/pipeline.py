@@ -353,7 +353,7 @@ def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
         cond.image_embeds = [e.to(comps.device, comps.dtype) for e in addons.image_embeds]
     reports: list[StageReport] = []
     stage_images: dict[int, Image.Image] = {}  # with save_stages
-    warnings = list(comps.warnings)
+    warnings = list(comps.warnings) + prompt_warnings(comps, job)
     carry = _Carry(image=source)
     stages = list(plan.stages)
     scores: dict[int, float] = {}
@@ -561,6 +561,29 @@ DEFAULT_VAE_TILE = 1024  # px, when no plan chose one
 def vae_tile(job: Job, stage: Stage) -> int:
     """The tile a stage's VAE passes run in: the job's, else the plan's, else the default."""
     return job.vae_tile or (stage.cost.vae_tile if stage.cost else DEFAULT_VAE_TILE)
+
+
+def prompt_warnings(comps: Components, job: Job) -> list[str]:
+    """What SDXL's text encoders will not read of the prompt and negative prompt: each holds
+    77 tokens with its start and end marks, and diffusers drops the rest (its own notice is
+    off in the CLI, as are the libraries' logs)."""
+    tokenizer = comps.pipe.tokenizer
+    if tokenizer is None:
+        return []
+    room = tokenizer.model_max_length - 2
+    said = []
+    for name, text in (("prompt", job.prompt), ("negative prompt", job.negative)):
+        tokens = tokenizer.tokenize(text) if text else []
+        if len(tokens) > room:
+            cut = room  # back to the start of the word the limit falls in ("</w>" ends one)
+            while cut > 0 and not tokens[cut - 1].endswith("</w>"):
+                cut -= 1
+            dropped = tokenizer.decode(tokenizer.convert_tokens_to_ids(
+                tokens[cut or room:])).strip()
+            dropped = dropped if len(dropped) <= 40 else dropped[:40].rstrip() + "..."
+            said.append(f"the {name} is {len(tokens)} tokens and SDXL reads {room}: the rest, "
+                        f"from '{dropped}', is ignored; shorten it")
+    return said
 
 
 def encode_prompt(comps: Components, job: Job, plan: Plan) -> Conditioning:
