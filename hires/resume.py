@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
@@ -165,7 +165,10 @@ def save(path: Path, job: Job, plan: Plan, stage: int, latents: Tensor,
     fd, tmp = part_file(path.parent, path.name)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=meta)
+        try:
+            save_file(tensors, tmp, metadata=meta)
+        except SafetensorError as e:  # its I/O errors (a full disk) are not OSErrors
+            raise OSError(f"cannot write {path.name}: {e}") from None
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

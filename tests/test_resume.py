@@ -1,5 +1,7 @@
 """Stage checkpoints: a stopped job goes on after its last finished stage, to the same image."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from helpers_cli import cli, json_lines
@@ -407,3 +409,26 @@ def test_a_folder_where_the_checkpoint_goes_is_a_warning_not_a_failure(tmp_path,
     assert result.stdout.strip() == str(tmp_path / "g.png")
     assert "warning: could not keep stage 0" in result.stderr
     assert (kept / "mine").is_dir()
+
+
+def test_a_full_disk_for_the_checkpoint_is_a_warning_not_a_failure(tmp_path, asked,
+                                                                    monkeypatch):
+    """safetensors' own I/O error is no OSError: the run died ('SafetensorError: ... No space
+    left on device', exit 1) where only its resumability was lost."""
+    from safetensors import SafetensorError
+
+    from hires import resume
+
+    def full(tensors, where, metadata=None):
+        Path(where).write_bytes(b"half")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device "
+                              "(os error 28)")
+
+    monkeypatch.setattr(resume, "save_file", full)
+    result = cli("gen", "x", "--model", "tiny", "--size", "256", "--steps", "1", "-o",
+                 tmp_path / "g.png")
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "g.png").is_file()
+    assert "warning: could not keep stage 0" in result.stderr and "No space left" in \
+        result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.png"]  # no half-written file
