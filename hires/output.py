@@ -216,10 +216,19 @@ def output_path(
             valid = ", ".join("{" + k + "}" for k in fields)
             raise OutputUsage(f"bad output template '{output}' ({e}); fields: {valid}") from None
     path = Path(text).expanduser()
-    for part in path.parts:  # checked first: stat() of a too-long name fails with OSError
-        if len(os.fsencode(part)) > NAME_MAX - len(".tiff"):
-            raise OutputUsage(f"output name '{part[:40]}...' is {len(os.fsencode(part))} bytes; "
-                              f"file names hold at most {NAME_MAX}; choose a shorter -o")
+    from hires.resume import SUFFIX
+
+    # The image's name leaves room for a suffix hires adds and for the checkpoint beside it
+    # (NAME.png.resume.safetensors), which is written first.
+    longest = NAME_MAX - len(".tiff") - len(SUFFIX)
+    for i, part in enumerate(path.parts):  # checked first: stat() of a too-long name fails
+        size, most = len(os.fsencode(part)), NAME_MAX if i < len(path.parts) - 1 else longest
+        if size > most:
+            why = (f"file names hold {NAME_MAX}" if most == NAME_MAX else
+                   f"hires writes NAME{SUFFIX} beside it and file names hold {NAME_MAX}")
+            raise OutputUsage(f"{'folder' if most == NAME_MAX else 'output'} name "
+                              f"'{part[:40]}...' is {size} bytes; it may be at most {most}, as "
+                              f"{why}: choose a shorter -o")
     if path.is_dir() or text.endswith(("/", os.sep)):
         return path / default_name(width, height, seed, fmt)
     if path.exists() and not path.is_file():  # a device or a pipe: `-o /dev/null` made null.png

@@ -206,6 +206,25 @@ def test_a_prompt_in_any_script_keeps_its_words_in_the_name(tmp_path, prompt, na
     assert path == tmp_path / f"{name}.png"
 
 
+def test_a_name_leaves_room_for_the_checkpoint_beside_it(tmp_path):
+    """A name of 237-250 bytes passed, then the run died after the model loaded: its
+    NAME.png.resume.safetensors was too long to exist."""
+    from functools import partial
+
+    from hires.output import OutputUsage
+    from hires.output import output_path as named
+
+    output_path = partial(named, width=8, height=8, seed=1, fmt="png")
+
+    fits = output_path(tmp_path / ("b" * 227 + ".png"))  # + .resume.safetensors: 250 bytes
+    assert len((fits.name + ".resume.safetensors").encode()) <= 255
+    with pytest.raises(OutputUsage, match="is 236 bytes; it may be at most 231"):
+        output_path(tmp_path / ("b" * 232 + ".png"))
+    with pytest.raises(OutputUsage, match="folder name .* is 256 bytes; it may be at most 255"):
+        output_path(tmp_path / ("d" * 256) / "x.png")
+    assert output_path(tmp_path / ("d" * 255) / "x.png").name == "x.png"  # a folder may
+
+
 def test_output_path_bad_template_names_the_valid_fields():
     with pytest.raises(OutputError, match=r"\{seed\}"):
         output_path("out_{sed}.png", width=8, height=8, seed=1, fmt="png")
