@@ -166,7 +166,7 @@ def gen(
                       stage_images=save_stages, preview=preview, here=True)
             return
         check_device(job.device)
-        if not prompts[0] and from_image is None:
+        if not prompts[0].strip() and from_image is None:
             raise typer.BadParameter("give a prompt (or '-' to read prompts from stdin)")
         run_jobs(jobs, output, save_stages, as_json, quiet, overwrite, gpu, fmt_flag=fmt, n=n,
                  resume_runs=resume_runs, preview=preview)

@@ -117,6 +117,7 @@ def test_several_prompts_need_a_folder_or_template(tmp_path, asked):
 def test_empty_stdin_and_missing_prompt_are_usage_errors(asked):
     assert_usage_error(cli("gen", "-", *TINY, input="\n\n"), "read no prompts")
     assert_usage_error(cli("gen", *TINY), "give a prompt")
+    assert_usage_error(cli("gen", "  \t ", *TINY), "give a prompt")  # made an image
     assert asked == []
 
 
