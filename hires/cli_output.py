@@ -156,6 +156,13 @@ class OneLineErrors(TyperGroup):
         found = {c.__name__: c for c in typer.BadParameter.__mro__}
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
+        except SystemExit as e:
+            # typer ends a closed stdout (`hires --help | head -1`) as exit 1, even here; its
+            # sign is the flush wrapper it puts on stdout first. A reader gone is no error.
+            if e.code == 1 and type(sys.stdout).__name__ == "PacifyFlushWrapper":
+                quiet_stdout()
+                sys.exit(0)
+            raise
         except found["ClickException"] as e:
             if type(e).__name__ == "NoArgsIsHelpError":  # `hires` alone: the help
                 e.show()

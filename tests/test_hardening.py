@@ -260,8 +260,10 @@ def test_steps_beyond_the_schedule_are_refused_after_loading(asked, monkeypatch,
 
 # --- 1: a closed stdout -------------------------------------------------------------------------
 
-def test_a_closed_stdout_exits_quietly():
-    proc = subprocess.Popen(hires_cmd("plan", "--size", "16384"), stdout=subprocess.PIPE,
+@pytest.mark.parametrize("args", [("plan", "--size", "16384"), ("--help",), ("--version",)])
+def test_a_closed_stdout_exits_quietly(args):
+    """--help and --version exited 1: typer ends a closed stdout so before hires sees it."""
+    proc = subprocess.Popen(hires_cmd(*args), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=subprocess_env(), cwd=REPO)
     proc.stdout.close()  # `| true`: the reader is gone before hires prints
     _, stderr = proc.communicate(timeout=300)
