@@ -3,12 +3,12 @@ and the live bytes after it (GiB), for the full SDXL UNet with LinFusion-XL's mo
 under every lever with sequential offload (what an 8-12 GB card's 16K stage runs).
 
     python benchmarks/unet_peak_where.py [LATENT] [DEPTH] [GIB]   # default 2048 4 5: modules
-                                                                 # <= DEPTH dots, peaks > GIB
+                                                                 # < DEPTH dots, peaks > GIB
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 
 from hires import memsim
 from hires.strategy import Strategy
@@ -18,9 +18,18 @@ GIB = 2**30
 
 
 def main() -> None:
-    lat = int(sys.argv[1]) if len(sys.argv) > 1 else 2048
-    depth = int(sys.argv[2]) if len(sys.argv) > 2 else 4
-    floor = float(sys.argv[3]) if len(sys.argv) > 3 else 5.0
+    parser = argparse.ArgumentParser(
+        description="Where a simulated UNet call peaks (full SDXL UNet + LinFusion-XL on meta, "
+                    "every lever, sequential offload): per module, the live GiB at its entry, "
+                    "the peak inside it and the live GiB after it.")
+    parser.add_argument("latent", nargs="?", type=int, default=2048,
+                        help="latent side, px (default 2048: a 16K image)")
+    parser.add_argument("depth", nargs="?", type=int, default=4,
+                        help="list modules with fewer dots in their name than this (default 4)")
+    parser.add_argument("gib", nargs="?", type=float, default=5.0,
+                        help="list modules whose peak is above this many GiB (default 5)")
+    args = parser.parse_args()
+    lat, depth, floor = args.latent, args.depth, args.gib
     unet = memsim.sdxl_unet_on_meta()
     strategy = Strategy(True, True, True, True, "sequential")
     trackers, stack, rows = [], [], []
