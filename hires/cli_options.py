@@ -190,7 +190,7 @@ def _progress_mode(value: str) -> str:
 
 ProgressOpt = Annotated[str, typer.Option(
     "--progress", help="How progress shows on stderr: auto (bars on a terminal, else plain "
-    "lines), bars, plain, or json (an object a line, for programs).",
+    "lines, as with TERM=dumb), bars, plain, or json (an object a line, for programs).",
     callback=_progress_mode, autocompletion=one_of(*PROGRESS_MODES))]
 Overwrite = Annotated[bool, typer.Option(help="Replace existing output files.")]
 SaveStages = Annotated[bool, typer.Option(help="Also save each stage's image as it is done "

@@ -195,6 +195,10 @@ def library_bars(quiet: bool) -> None:
     Quiet.bars_off = quiet
 
 
+def dumb_terminal() -> bool:
+    return os.environ.get("TERM", "").lower() in ("dumb", "unknown")
+
+
 def progress_renderer(quiet: bool, plan=None, image: str | None = None):
     """As --progress says (auto: rich bars on a terminal, plain lines otherwise), nothing with
     -q; with `plan`, they say how long the rest of the job takes too."""
@@ -207,6 +211,8 @@ def progress_renderer(quiet: bool, plan=None, image: str | None = None):
         return nullcontext(None)
     if mode == "json":
         return nullcontext(JsonProgress(sys.stderr, plan=plan, image=image))
-    if mode == "bars" or (mode == "auto" and sys.stderr.isatty()):
+    # A dumb terminal (TERM=dumb: an editor's shell, some CI logs) cannot redraw a bar: rich
+    # would show them all only at the end, so it gets plain lines as it goes.
+    if mode == "bars" or (mode == "auto" and sys.stderr.isatty() and not dumb_terminal()):
         return RichProgress(err, plan=plan)
     return nullcontext(PlainProgress(sys.stderr, plan=plan))

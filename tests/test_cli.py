@@ -728,3 +728,24 @@ def test_a_ctrl_c_while_the_cli_loads_is_one_word_and_130(monkeypatch, capsys):
         with pytest.raises(SystemExit) as stopped:
             cli_module.main()
         assert stopped.value.code == code and capsys.readouterr().err == f"{word}\n"
+
+
+@pytest.mark.parametrize("term, kind", [("xterm-256color", "RichProgress"),
+                                        ("dumb", "PlainProgress")])
+def test_auto_progress_is_plain_lines_on_a_dumb_terminal(monkeypatch, term, kind):
+    """With TERM=dumb rich cannot redraw a bar, and showed none until the job ended."""
+    import io
+    from contextlib import nullcontext
+
+    from hires.cli_output import Quiet, progress_renderer
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr("sys.stderr", Terminal())
+    monkeypatch.setenv("TERM", term)
+    Quiet.progress = "auto"
+    made = progress_renderer(False)
+    shown = made.enter_result if isinstance(made, nullcontext) else made
+    assert type(shown).__name__ == kind
