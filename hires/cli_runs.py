@@ -154,8 +154,13 @@ def run_jobs(jobs: list, output: str | None, save_stages: bool, as_json: bool,
         with cli_stdout.on_stderr():
             path = _make_all(jobs, str(place / "hires"), quiet=quiet, overwrite=True, gpu=gpu,
                              fmt_flag=fmt_flag, resume_runs=False, piped=True, alpha=alpha)
-        size = cli_stdout.send(path)
-    say(f"stdout: {size:,} bytes of {path.suffix[1:].upper()}")
+        sent, size = cli_stdout.send(path)
+    kind = path.suffix[1:].upper()
+    if sent < size:  # -q keeps it: the image is lost
+        warn(f"stdout was closed after {sent:,} of the {size:,} bytes of {kind}: the reader "
+             "has not the whole image, and -o - keeps no file")
+    else:
+        say(f"stdout: {size:,} bytes of {kind}")
 
 
 def _make_all(jobs: list, output: str | None, *, save_stages: bool = False,

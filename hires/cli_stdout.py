@@ -78,15 +78,18 @@ def on_stderr() -> Iterator[None]:
             os.close(saved)
 
 
-def send(path: Path) -> int:
-    """Copy the finished image to stdout; its size in bytes. A reader that went away early
-    (`| head -c 100`) is not an error."""
+def send(path: Path) -> tuple[int, int]:
+    """Copy the finished image to stdout: (bytes handed to it, the image's size). A reader
+    that went away early (`| head -c 100`) is not an error; it is said (-o - keeps no file)."""
     from hires.cli_output import quiet_stdout
 
+    sent = 0
     try:
         with open(path, "rb") as f:
-            shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
-        sys.stdout.buffer.flush()
+            while chunk := f.read(1 << 20):
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.buffer.flush()
+                sent += len(chunk)
     except BrokenPipeError:
         quiet_stdout()
-    return path.stat().st_size
+    return sent, path.stat().st_size

@@ -110,6 +110,20 @@ def test_a_real_process_pipes_the_image_and_refuses_a_terminal(tmp_path):
     assert "which is a terminal; pipe it" in refused.stderr.decode()
 
 
+def test_a_reader_that_goes_away_early_is_said_not_an_error(tmp_path):
+    """`-o - | (exit 3)` said 'stdout: N bytes of PNG' of an image the reader never got (and
+    -o - keeps no file)."""
+    proc = subprocess.Popen(hires_cmd("gen", "a cat", *SMALL, "-o", "-"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=subprocess_env(TMPDIR=str(tmp_path)),
+                            cwd=REPO)
+    proc.stdout.close()  # the reader is gone before the image is made
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 0, stderr
+    assert "warning: stdout was closed after 0 of the " in stderr and "bytes of PNG" in stderr
+    assert not any(line.startswith("stdout: ") and line.endswith("bytes of PNG")
+                   for line in stderr.splitlines()) and "Traceback" not in stderr
+
+
 def test_ctrl_c_leaves_stdout_empty(tmp_path):
     proc = spawn_hires("gen", "a cat", "--model", "tiny", "--size", "1024", "--steps", "8",
                        "-o", "-", stderr_path=tmp_path / "err")
