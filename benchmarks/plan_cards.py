@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         if not GPUS[card].bf16:  # its VAE runs in fp32 unless it is made for fp16
             rows[f"{card} {FP16_ROW}"] = {f"{ram:g}": cell(card, args.size, ram, FP16_VAE,
                                                            args.disk) for ram in args.ram}
-    head = " | ".join(f"{ram:g} GB of RAM free" for ram in args.ram)
+    head = " | ".join(f"{ram:g} GiB of RAM free" for ram in args.ram)
     print(f"| `--gpu` | memory | {head} |")
     print("|---|---|" + "---|" * len(args.ram))
     for card, cells in rows.items():

@@ -24,6 +24,7 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
     `preview`, of its first stage alone; `here`: as it would run on this machine (a dry run)."""
     from hires.eta import duration
     from hires.gpus import CUDA_CONTEXT_GIB, card
+    from hires.memory import GIB
     from hires.plan import as_run_here, describe, dry_run, preview_of
 
     check_gpu(gpu)
@@ -87,7 +88,7 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
     elif job.device.startswith("cpu") and run.budget_from == "device":
         budget += " (the free RAM)"
     if spill:
-        budget += f", +{spill / 1e9:.0f} GB of RAM for VAE outputs"
+        budget += f", +{spill / GIB:.0f} GiB of RAM for VAE outputs"
     printed = ""
     if job.dpi:  # for print: the size on paper
         w, h = p.width / job.dpi, p.height / job.dpi
@@ -148,7 +149,7 @@ def more_ram_hint(job, p, replan: Callable[[Any], Any]) -> str | None:
         return None
     if roomy.seconds > 0.9 * p.seconds:
         return None
-    return (f"the RAM limits this plan: with {ROOMY_RAM_GB} GB of RAM free, "
+    return (f"the RAM limits this plan: with {ROOMY_RAM_GB} GiB of RAM free, "
             f"{duration(roomy.seconds)} instead of {duration(p.seconds)} (hires plans with what "
             f"is free as it starts; --ram {ROOMY_RAM_GB} plans that)")
 

@@ -330,8 +330,8 @@ def fit_stage(stage: Stage, stages: list[Stage], model: ModelShape, budget: int 
                     f"them; TMPDIR picks the folder, --disk the room)")
         error = PlanError(
             f"stage {stage.index} ({stage.width}x{stage.height}) fits the GPU only with "
-            f"{least.cost.host_bytes / 1e9:.1f} GB of the CPU's memory for parked maps and "
-            f"offloaded weights ({least.strategy.label}), and {model.host / 1e9:.1f} GB of it "
+            f"{least.cost.host_bytes / GIB:.1f} GiB of the CPU's memory for parked maps and "
+            f"offloaded weights ({least.strategy.label}), and {model.host / GIB:.1f} GiB of it "
             f"is free for them: close other programs{disk} or plan a smaller size")
         error.host = True
         raise error
@@ -402,7 +402,7 @@ def describe(plan: Plan) -> list[str]:
             line += f", {work} TFLOP"
             if s.cost.host_bytes:
                 ram = s.cost.host_bytes - s.cost.disk_bytes
-                line += f", {ram / 1e9:.1f} GB of RAM"
+                line += f", {ram / GIB:.1f} GiB of RAM"  # as --ram counts
                 if s.cost.disk_bytes:
                     line += (f" + {s.cost.disk_bytes / 1e9:.1f} GB of parked maps on disk "
                              f"({scratch_folder()})")

@@ -327,7 +327,7 @@ def test_a_plan_the_ram_limits_says_what_more_would_save():
     small = cli("plan", "--size", "16384", "--gpu", "4090", "--ram", "16")
     assert small.exit_code == 0
     (line,) = [x for x in small.stderr.splitlines() if "RAM limits" in x]
-    assert line.startswith("the RAM limits this plan: with 64 GB of RAM free, ~")
+    assert line.startswith("the RAM limits this plan: with 64 GiB of RAM free, ~")  # --ram's
     assert "--ram 64 plans that" in line
     roomy = plan_json("--size", "16384", "--gpu", "4090", "--ram", "64")
     assert f"~{round(roomy['seconds'] / 60)} min instead of" in line

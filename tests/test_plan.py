@@ -208,7 +208,7 @@ def test_16k_on_a_12_gb_card_counts_the_ram_it_parks_in_and_is_refused_without_i
     fits = make_plan(16384, 16384, model=replace(sdxl(), host=last.cost.host_bytes),
                      budget=12 * GIB, rate=400e12)
     assert fits.stages[-1].strategy == last.strategy
-    with pytest.raises(PlanError, match=r"only with 2\d\.\d GB of the CPU's memory") as e:
+    with pytest.raises(PlanError, match=r"only with 2\d\.\d GiB of the CPU's memory") as e:
         make_plan(16384, 16384, model=replace(sdxl(), host=last.cost.host_bytes - 1),
                   budget=12 * GIB, rate=400e12)
     assert e.value.host
