@@ -122,8 +122,8 @@ def gen(
     guidance: Guidance = None, strength: Strength = None, model: Model = None,
     linfusion: LinFusionRef = None, preset: Preset = None,
     output: Annotated[str | None, typer.Option(
-        "-o", "--output", help="File, folder, or template with {seed} {width} {height} {index} "
-        "{prompt}; '-': the image to stdout.")] = None,
+        "-o", "--output", help="File, folder, or template with {prompt} (its words, or "
+        "{name}) {seed} {width} {height} {index} {format}; '-': the image to stdout.")] = None,
     fmt: Fmt = None, dpi: Dpi = None, depth: Depth = None,
     save_stages: SaveStages = False,
     vram: Vram = None, ram: Ram = None, disk: Disk = None, offload: Offload = None,
@@ -192,13 +192,13 @@ def up(
     preset: Preset = None,
     output: Annotated[str | None, typer.Option(
         "-o", "--output", help="File, folder, or template with {name} (the input's file name; "
-        "'stdin' for piped bytes) {seed} {width} {height} {index}; '-': the image to "
-        "stdout.")] = None,
+        "'stdin' for piped bytes) {prompt} {seed} {width} {height} {index} {format}; '-': the "
+        "image to stdout.")] = None,
     fmt: Fmt = None, dpi: Dpi = None, depth: Depth = None,
     save_stages: SaveStages = False,
     vram: Vram = None, ram: Ram = None, disk: Disk = None, offload: Offload = None,
     device: Device = None,
-    dtype: Dtype = None,
+    dtype: Dtype = None, upsample: Upsample = None,
     vae_tile: VaeTile = None, vae_stats: VaeStats = None, vae_dtype: VaeDtype = None,
     vae: VaeRef = None, allow_pickle: AllowPickle = False,
     sampler: Sampler = None, karras: Karras = None, lora: Lora = None,

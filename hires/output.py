@@ -206,9 +206,11 @@ def output_path(
     if output is None:
         return Path(default_name(width, height, seed, fmt))
     text = str(output)
+    # {format} is the file's: a template's own suffix decides it, as it decides the format
+    # (`{format}_{seed}.tif` is tiff_1.tif, not png_1.tif).
     fields = {"seed": seed, "width": width, "height": height, "index": index,
               "prompt": slug(prompt), "name": stem_part(name) if name else slug(prompt),
-              "format": fmt}
+              "format": SUFFIX_FORMATS.get(os.path.splitext(text)[1].lower(), fmt)}
     if "{" in text:
         try:
             text = text.format_map(fields)

@@ -55,6 +55,13 @@ def test_up_dry_run_plans_from_the_input(photo):
     assert [s["width"] for s in plan["stages"]] == [288, 576, 1152, 2304]
 
 
+def test_up_takes_upsample_as_gen_and_batch_do(photo):
+    """README offers --upsample latent for every job; up had no such flag."""
+    result = cli("up", photo, "--size", "2304", "--upsample", "latent", "--dry-run", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert [s["upsample"] for s in json.loads(result.stdout)["stages"]][1:] == ["latent"] * 3
+
+
 @pytest.mark.parametrize("content", [b"", b"not an image", "truncated"])
 def test_bad_inputs_exit_2_with_one_line_and_write_nothing(photo, tmp_path, content):
     bad = tmp_path / "bad.png"

@@ -225,6 +225,16 @@ def test_a_name_leaves_room_for_the_checkpoint_beside_it(tmp_path):
     assert output_path(tmp_path / ("d" * 255) / "x.png").name == "x.png"  # a folder may
 
 
+def test_the_format_field_is_the_files_format():
+    """`{format}_{seed}.tif` was png_1.tif: --format's default, not the suffix's TIFF."""
+    from hires.output import output_path
+
+    args = dict(width=8, height=8, seed=1, fmt="png")
+    assert output_path("{format}_{seed}.tif", **args).name == "tiff_1.tif"
+    assert output_path("{format}_{seed}", **args).name == "png_1.png"
+    assert output_path("{format}/{seed}.JPEG", **args) == Path("jpg/1.JPEG")
+
+
 def test_output_path_bad_template_names_the_valid_fields():
     with pytest.raises(OutputError, match=r"\{seed\}"):
         output_path("out_{sed}.png", width=8, height=8, seed=1, fmt="png")
