@@ -41,6 +41,7 @@ from hires.cli_options import (
     Gpu,
     Guidance,
     Height,
+    InfoJson,
     IpAdapter,
     IpImage,
     IpScale,
@@ -52,6 +53,7 @@ from hires.cli_options import (
     Negative,
     Offload,
     Overwrite,
+    PlanJson,
     Preset,
     PrintSize,
     ProgressOpt,
@@ -264,7 +266,7 @@ def plan(
     ip_scale: IpScale = None,
     from_image: Annotated[Path | None, typer.Option(
         "--from", help="Plan the job recorded in an image made by hires.")] = None,
-    gpu: Gpu = None, as_json: JsonOut = False,
+    gpu: Gpu = None, as_json: PlanJson = False,
 ) -> None:
     """A dry run: each stage's size, steps, strategy, peak memory, work and time; no weights."""
     options = dict(locals())  # every option, by name: job_flags picks the job's
@@ -378,7 +380,7 @@ def info(
     images: Annotated[list[Path] | None, typer.Argument(
         metavar="IMAGE",
         help="Images made by hires: how each was made (add-ons included).")] = None,
-    as_json: JsonOut = False,
+    as_json: InfoJson = False,
 ) -> None:
     """Versions, devices and their memory, RAM, scratch disk, and the model cache (--json: one
     object); with IMAGEs, how each was made."""

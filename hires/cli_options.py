@@ -163,7 +163,11 @@ IpImage = Annotated[str | None, typer.Option(help="IP-Adapter image prompt.")]
 IpAdapter = Annotated[str | None, typer.Option(
     help="IP-Adapter weights: Hub id (default h94/IP-Adapter), folder or .safetensors file.")]
 IpScale = Annotated[float | None, typer.Option(help="IP-Adapter strength (default 0.6).")]
-JsonOut = Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout.")]
+JsonOut = Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout "
+                                       "(with --dry-run: the plan's).")]
+PlanJson = Annotated[bool, typer.Option("--json", help="The plan as one JSON object on stdout.")]
+InfoJson = Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout; "
+                                        "without an image, one for this machine.")]
 Gpu = Annotated[str | None, typer.Option(
     help="For time estimates: h100, h200, a100, l40s, 4090, ... or a measured TFLOP/s figure.",
     autocompletion=completes(gpu_names))]

@@ -266,7 +266,8 @@ def target_size(source: tuple[int, int], *, size: int | None = None, scale: floa
     given = [name for name, v in (("--size", size), ("--scale", scale),
                                   ("--width/--height", width or height)) if v]
     if len(given) != 1:
-        raise JobError("give one of --size, --scale or --width/--height for the output size")
+        raise JobError("give one of --size, --scale, --width/--height or --print-size for the "
+                       "output size")
     if width or height:
         if not (width and height):
             raise JobError("--width and --height go together; give both (or use --size)")
@@ -340,8 +341,9 @@ def job_from_levels(levels: list[tuple[dict[str, Any], str, bool]], base: Job | 
     if size is None and image:
         where = levels[-1][1] if levels else OPTIONS
         n = (lambda key: _name(key, where))  # noqa: E731
-        raise JobError(f"give one of {n('size')}, {n('scale')} or {n('width')}/{n('height')} "
-                       f"for the upscale's output size{_in(where)}")
+        preset = " (or a preset that gives one)" if where == OPTIONS else ""
+        raise JobError(f"give one of {n('size')}, {n('scale')}, {n('width')}/{n('height')} or "
+                       f"{n('print_size')} for the upscale's output size{preset}{_in(where)}")
     if size is not None:
         job = job.merged({"width": size[0], "height": size[1]})
         given = [keys for keys in (size_keys(v) for v, _ in named) if keys]

@@ -75,7 +75,7 @@ def test_generate_refuses_what_it_cannot_use(tiny, call, error, words):
     ("{small}", {"scale": True}, JobError, "scale must be a positive number"),
     ("{small}", {"size": -256}, JobError, "size must be a positive"),
     ("{small}", {"size": 250}, JobError, "multiple of 8"),
-    ("{small}", {}, JobError, "^give one of size, scale or width/height"),  # not --size
+    ("{small}", {}, JobError, "^give one of size, scale, width/height or print_size"),  # not --size
     ("{small}", {"scale": 2, "on_score": 3}, TypeError, "on_score must be a function"),
     ("{small}", {"scale": 2, "on_score": lambda psnr: None}, TypeError, "on_score is called"),
 ])

@@ -62,6 +62,11 @@ def test_up_takes_upsample_as_gen_and_batch_do(photo):
     assert [s["upsample"] for s in json.loads(result.stdout)["stages"]][1:] == ["latent"] * 3
 
 
+def test_up_without_a_size_names_every_way_to_give_one(photo):
+    assert_usage_error(cli("up", photo, "--dry-run"), "--size, --scale, --width/--height or "
+                       "--print-size", "preset")
+
+
 @pytest.mark.parametrize("content", [b"", b"not an image", "truncated"])
 def test_bad_inputs_exit_2_with_one_line_and_write_nothing(photo, tmp_path, content):
     bad = tmp_path / "bad.png"
