@@ -187,10 +187,18 @@ def short_of_space(images: list[tuple[Path, int, int]]) -> str | None:
             continue
         if free < total:
             images_word = "the image" if count == 1 else f"the {count} images"
-            return (f"{folder} has {free / 1e9:.1f} GB free and {images_word} to make may "
-                    f"need up to {total / 1e9:.1f} GB; if the disk fills at the save, free "
-                    "some space and run the same command again: it only decodes")
+            return (f"{folder} has {_amount(free)} free and {images_word} to make may need "
+                    f"up to {_amount(total)}; if the disk fills, free some space and run the "
+                    "same command again: it goes on from the last stage it kept (at the final "
+                    "save, it only decodes)")
     return None
+
+
+def _amount(size: float) -> str:
+    """Bytes as a person reads a disk's: 2.5 GB, 310 MB."""
+    if size >= 1e9:
+        return f"{size / 1e9:.1f} GB"
+    return f"{size / 1e6:.0f} MB" if size >= 1e7 else f"{size / 1e6:.1f} MB"
 
 
 def default_name(width: int, height: int, seed: int, fmt: str = "png") -> str:

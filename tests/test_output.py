@@ -283,7 +283,12 @@ def test_images_that_may_not_fit_their_disk_are_warned_of_before_any_work(tmp_pa
     assert short_of_space(one) is None  # 0.81 GB + its 0.07 GB checkpoint fit in 2 GB
     note = short_of_space(one * 3)
     assert note is not None and f"{new} has 2.0 GB free" in note and "the 3 images" in note
-    assert "up to 2.5 GB" in note and "only decodes" in note
+    assert "up to 2.5 GB" in note and "goes on from the last stage it kept" in note
+    small = [(new / "a.png", disk_need(512, 512, "png"), 512**2)]  # 0.0 GB: said in MB
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 0, 300_000))
+    assert "has 0.3 MB free" in short_of_space(small) and "up to 0.9 MB" in \
+        short_of_space(small)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 0, 2 * 10**9))
     # Said by a dry run and a run alike, before the model loads; -q does not hide it.
     result = cli("gen", "x", "--size", "16384", "--n", "3", "-o", f"{new}/", "--dry-run", "-q",
                  "--gpu", "h100")
