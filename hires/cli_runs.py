@@ -65,6 +65,16 @@ def check_batch_paths(items: list, name: str) -> None:
             raise JobError(f"{name} job {item.index}: {e}") from None
 
 
+def warn_tmpdir() -> None:
+    """A TMPDIR that cannot be used is said: the scratch files and checkpoints' temporary
+    files would go elsewhere without a word."""
+    from hires.memory import tmpdir_problem
+
+    problem = tmpdir_problem()
+    if problem:
+        warn(problem)
+
+
 def warn_ram(jobs: list) -> None:
     """Before a GPU run: a --ram above this machine's RAM plans parking that cannot happen
     here (it is meant for `hires plan` of another machine)."""
@@ -144,6 +154,7 @@ def run_jobs(jobs: list, output: str | None, save_stages: bool, as_json: bool,
 
     check_gpu(gpu)
     check_paths(jobs[0])  # the jobs of one gen or up load one model
+    warn_tmpdir()
     if output != cli_stdout.STDOUT:
         _make_all(jobs, output, save_stages=save_stages, as_json=as_json, quiet=quiet,
                   overwrite=overwrite, gpu=gpu, fmt_flag=fmt_flag, n=n, resume_runs=resume_runs,
@@ -330,6 +341,7 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
     todo = [item for item in items if overwrite or
             not b.made_already(paths[item.index], item.job)]
     warn_space([(paths[item.index], item.job) for item in todo])
+    warn_tmpdir()
     warn_ram([item.job for item in todo])
     made: list[tuple[int, float]] = []
     loaded: dict[tuple, Any] = {}

@@ -347,7 +347,7 @@ def machine_info() -> dict[str, Any]:
 
     from hires.gpus import key_in_name
     from hires.job import DEFAULT_MODEL
-    from hires.memory import disk_room, ram_bytes, scratch_folder
+    from hires.memory import disk_room, ram_bytes, scratch_folder, tmpdir_problem
 
     # Versions from the installed metadata: importing diffusers and transformers to ask
     # them took most of `hires info`'s 17 s.
@@ -367,9 +367,9 @@ def machine_info() -> dict[str, Any]:
                             "native_bf16": p.major >= 8})
     total, available = ram_bytes()
     scratch = scratch_folder()
-    why = ("TMPDIR" if os.environ.get("TMPDIR") else "the system's temp folder"
-           ) if scratch == tempfile.gettempdir() else (
-        f"{tempfile.gettempdir()} is in RAM; TMPDIR picks another")
+    why = tmpdir_problem() or (("TMPDIR" if os.environ.get("TMPDIR") else
+                                "the system's temp folder") if scratch == tempfile.gettempdir()
+                               else f"{tempfile.gettempdir()} is in RAM; TMPDIR picks another")
     return {
         "hires": __version__, "python": platform.python_version(), "packages": packages,
         "devices": devices, "ram_bytes": total or None,

@@ -68,6 +68,20 @@ MEMORY_FILESYSTEMS = {"tmpfs", "ramfs"}  # a "disk" in RAM: no room for what RAM
 BIG_TEMP = "/var/tmp"  # meant for big temporary files, on a disk where /tmp is in RAM
 
 
+def tmpdir_problem() -> str | None:
+    """Why TMPDIR (or TEMP, TMP), if set, is not where temporary files go: Python passes over
+    a folder that is missing or not writable without a word, to the system's."""
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        value = os.environ.get(name)
+        if value:
+            if os.path.isdir(value) and os.access(value, os.W_OK | os.X_OK):
+                return None
+            what = "not a folder" if not os.path.isdir(value) else "not writable"
+            return (f"{name}={value} is {what}: temporary files go to "
+                    f"{tempfile.gettempdir()} instead")
+    return None
+
+
 def scratch_folder() -> str:
     """Where big temporary files go (parked maps the RAM cannot hold, the exact VAE mode's
     files): TMPDIR if set, else the system's temp folder, unless that is in RAM (a tmpfs /tmp,

@@ -584,6 +584,24 @@ def test_info_says_whether_the_scratch_folder_has_room_for_parked_maps(monkeypat
     assert "no room for parked maps (point TMPDIR at a disk)" in line
 
 
+def test_a_tmpdir_that_cannot_be_used_is_said(tmp_path, monkeypatch, asked):
+    """Python passes over a missing TMPDIR for /tmp without a word; info labelled /tmp
+    'TMPDIR', and runs put their scratch files elsewhere unsaid."""
+    import tempfile
+
+    missing = tmp_path / "missing"
+    monkeypatch.setenv("TMPDIR", str(missing))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # Python keeps its first answer
+    said = f"TMPDIR={missing} is not a folder: temporary files go to "
+    line = next(x for x in cli("info").stdout.splitlines() if x.startswith("scratch "))
+    assert said in line
+    result = cli("gen", "x", *TINY, "-o", tmp_path / "x.png")
+    assert result.exit_code == 0 and f"warning: {said}" in result.stderr, result.stderr
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    assert "TMPDIR=" not in cli("gen", "x", *TINY, "-o", tmp_path / "y.png").stderr
+
+
 def test_progress_json_puts_objects_on_stderr_and_the_path_on_stdout(tmp_path, asked):
     out = tmp_path / "p.png"
     result = cli("gen", "a fox", *TINY, "--seed", "1", "-o", str(out), "--progress", "json")
