@@ -27,6 +27,7 @@ from hires import strategy as _strategy
 from hires.models import (
     PICKLE_SUFFIXES,
     ModelError,
+    hub_closed,
     hub_unreachable,
     quiet_loading,
     weights_refusal,
@@ -88,9 +89,8 @@ def _load(ref: str, dtype: torch.dtype, allow_pickle: bool) -> Any:
         if not local and (hub_unreachable(e) or "cached" in str(e)
                           or constants.HF_HUB_OFFLINE):
             raise ModelError(
-                f"ControlNet '{ref}' is not in the local cache and the Hugging Face Hub cannot "
-                "be reached; connect once to download it, or pass a local folder or "
-                ".safetensors file") from e
+                f"ControlNet '{ref}' is not in the local cache and {hub_closed()} to download "
+                "it, or pass a local folder or .safetensors file") from e
         raise ControlError(f"could not load ControlNet '{ref}': {_first_line(e)}") from e
     except Exception as e:  # diffusers raises many kinds here; the user needs one line
         raise ControlError(f"could not load '{ref}' as a ControlNet: {_first_line(e)}") from e

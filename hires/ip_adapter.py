@@ -24,6 +24,7 @@ from hires.images import file_sha256
 from hires.models import (
     PICKLE_SUFFIXES,
     ModelError,
+    hub_closed,
     hub_unreachable,
     model_kind,
     quiet_loading,
@@ -252,9 +253,9 @@ def _load_error(e: Exception, ref: str, kind: str, unet) -> IPAdapterError | Mod
                               "ip_adapter weights)")
     if kind == "hub" and hub_unreachable(e):
         return ModelError(
-            f"IP-Adapter '{ref}' is not in the local cache and the Hugging Face Hub cannot be "
-            "reached; connect once to download it, or pass a local .safetensors file with an "
-            f"{IMAGE_ENCODER_FOLDER}/ folder beside it")
+            f"IP-Adapter '{ref}' is not in the local cache and {hub_closed()} to download it, "
+            f"or pass a local .safetensors file with an {IMAGE_ENCODER_FOLDER}/ folder beside "
+            "it")
     first = text.strip().splitlines()[0][:300] if text.strip() else type(e).__name__
     return IPAdapterError(f"could not load IP-Adapter '{ref}': {first}")
 

@@ -510,10 +510,12 @@ def _checkpoint_folder(ref: str | Path, cache_dir: str | Path | None,
             str(ref), allow_patterns=[CONFIG_NAME, "*.safetensors"], cache_dir=cache_dir,
             local_files_only=local_files_only or _offline()))
     except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+        from hires.models import hub_closed
+
         raise LinFusionError(
-            f"LinFusion checkpoint {ref} is not in the local Hugging Face cache and the Hub "
-            "cannot be reached; connect once to download it, pass a local folder "
-            "(--linfusion PATH), or run without it (--linfusion none)") from None
+            f"LinFusion checkpoint {ref} is not in the local Hugging Face cache and "
+            f"{hub_closed()} to download it, pass a local folder (--linfusion PATH), or run "
+            "without it (--linfusion none)") from None
     except RepositoryNotFoundError:  # also gated repositories without a login
         raise LinFusionError(f"LinFusion checkpoint {ref} was not found on the Hugging Face Hub "
                              "(or needs a login); check the id, or pass a local folder") from None

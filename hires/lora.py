@@ -28,7 +28,7 @@ from torch import nn
 
 from hires.images import file_sha256
 from hires.linfusion import LinearAttention, _first_line, _offline
-from hires.models import PICKLE_SUFFIXES, ModelError, quiet_loading
+from hires.models import PICKLE_SUFFIXES, ModelError, hub_closed, quiet_loading
 
 ADAPTER_PREFIX = "hires_"
 _COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
@@ -161,8 +161,8 @@ def _download(ref: str, repo: str, filename: str | None, allow_pickle: bool) -> 
         return Path(hf_hub_download(repo, filename, local_files_only=offline))
     except (LocalEntryNotFoundError, OfflineModeIsEnabled):
         raise ModelError(f"LoRA {ref}: no such local file or folder, and not in the local Hugging "
-                        "Face cache while the Hub cannot be reached; connect once to download "
-                        "it, or pass a local .safetensors file") from None
+                         f"Face cache while {hub_closed()} to download it, or pass a local "
+                         ".safetensors file") from None
     except RepositoryNotFoundError:  # also gated repositories without a login
         raise LoraError(f"LoRA {ref}: no such local file or folder, nor Hugging Face Hub "
                         f"repository {repo} (or it needs a login)") from None

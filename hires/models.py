@@ -308,9 +308,9 @@ def load_pipeline(ref: str, dtype: torch.dtype, allow_pickle: bool = False):
             raise _pickled(f"{ref} holds pickle (.bin) weights only", "them") from e
         if kind == "hub" and "cached" in str(e):
             raise ModelError(
-                f"model '{ref}' is not in the local cache and the Hugging Face Hub cannot be "
-                "reached; connect once to download it, or pass a local folder or .safetensors "
-                "file with --model (or --model tiny to try hires offline)") from e
+                f"model '{ref}' is not in the local cache and {hub_closed()} to download it, "
+                "or pass a local folder or .safetensors file with --model (or --model tiny to "
+                "try hires offline)") from e
         raise ModelError(f"could not load model '{ref}': {_first_line(e)}") from e
 
 
@@ -341,9 +341,8 @@ def load_vae(ref: str, like, allow_pickle: bool = False):
         if kind == "hub" and (hub_unreachable(e) or "cached" in str(e)
                               or constants.HF_HUB_OFFLINE):
             raise ModelError(
-                f"VAE '{ref}' is not in the local cache and the Hugging Face Hub cannot be "
-                "reached; connect once to download it, or pass a local folder or .safetensors "
-                "file with --vae") from e
+                f"VAE '{ref}' is not in the local cache and {hub_closed()} to download it, or "
+                "pass a local folder or .safetensors file with --vae") from e
         if kind == "folder" and not allow_pickle and not any(path.rglob("*.safetensors")):
             raise _pickled(f"{ref} holds pickle (.bin) weights only", "them") from e
         raise ModelError(f"could not load VAE '{ref}': {_first_line(e)}") from e
@@ -463,6 +462,16 @@ def hub_refs(job) -> list[str]:
 
 
 _hub_state: dict[str, bool] = {}  # "answered": whether the Hub answered this process's probe
+
+
+def hub_closed() -> str:
+    """Why hires did not download, and what lets it: 'the Hugging Face Hub cannot be reached;
+    connect once', or the user's HF_HUB_OFFLINE (to finish: '... to download it')."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE and _hub_state.get("answered") is not False:
+        return "HF_HUB_OFFLINE is set; unset it"
+    return "the Hugging Face Hub cannot be reached; connect once"
 
 
 def go_offline_if_unreachable(refs: list[str], timeout: float = 5.0) -> bool:

@@ -218,19 +218,24 @@ def test_bad_addon_inputs_exit_2_with_one_line(case, words, files, tmp_path, ask
     assert not out.exists()
 
 
-@pytest.mark.parametrize("flag", ["--vae", "--lora", "--control-model", "--ip-adapter"])
+@pytest.mark.parametrize("flag", ["--vae", "--linfusion", "--lora", "--control-model",
+                                  "--ip-adapter"])
 def test_an_uncached_hub_id_offline_exits_1_like_the_model(flag, files, tmp_path, request):
     """Not cached while the Hub is unreachable is the machine's state, not a usage error: the
-    add-ons exited 2 and --model/--vae 1. Tests run with HF_HUB_OFFLINE=1."""
-    if flag != "--vae":  # the VAE loads with the model; the add-ons on the cached one
+    add-ons exited 2 and --model/--vae 1. Tests run with HF_HUB_OFFLINE=1, which the message
+    named as 'the Hub cannot be reached'."""
+    if flag not in ("--vae", "--linfusion"):  # those load with the model; add-ons on the cached
         request.getfixturevalue("asked")
-    args = {"--vae": [], "--lora": [], "--control-model": ["--control", str(files["control"])],
+    args = {"--vae": [], "--linfusion": [], "--lora": [],
+            "--control-model": ["--control", str(files["control"])],
             "--ip-adapter": ["--ip-image", str(files["ip_image"])]}[flag]
     out = tmp_path / "out.png"
     result = cli("gen", "x", *TINY, *args, flag, "nobody/not-cached", "-o", out)
     assert result.exit_code == 1, (result.stdout, result.stderr)
     assert error_lines(result.stderr) == [result.stderr.strip()], result.stderr
-    assert "cannot be reached" in result.stderr and not out.exists()
+    # the user's setting, not a network that is down, is named (and how to undo it)
+    assert "HF_HUB_OFFLINE is set; unset it to download it" in result.stderr
+    assert not out.exists()
 
 
 def test_dpmpp_2m_changes_the_image_and_karras_changes_it_again(tiny):
