@@ -296,7 +296,8 @@ def presets_list() -> None:
         found = available(broken)
         out_line("\n".join(f"{name:12s} {p.description}" for name, p in sorted(found.items())))
         for problem in broken:  # one bad file of the user's does not hide the others
-            warn(f"skipped a broken preset: {problem}")
+            warn(problem if problem.startswith("your own presets:") else
+                 f"skipped a broken preset: {problem}")
         say(f"(your own presets go in {user_folder()})")
 
 

@@ -523,6 +523,32 @@ def test_one_broken_user_preset_does_not_hide_the_others(tmp_path, monkeypatch):
     assert cli("gen", "x", "--preset", "broken", "--dry-run").exit_code == 2
 
 
+def test_a_presets_folder_that_is_a_file_or_unreadable_is_said_not_a_traceback(tmp_path,
+                                                                                 monkeypatch):
+    """HIRES_PRESETS naming a file was listed as where presets go, without a word; an
+    unreadable folder ended as 'PermissionError: ...'."""
+    a_file = write(tmp_path / "presets.txt", "")
+    monkeypatch.setenv("HIRES_PRESETS", str(a_file))
+    result = cli("presets")
+    assert result.exit_code == 0 and "16k" in result.stdout
+    assert f"warning: your own presets: {a_file} is a file, not a folder" in result.stderr
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    monkeypatch.setenv("HIRES_PRESETS", str(folder))
+
+    real = Path.glob
+
+    def unreadable(self, pattern, **kwargs):  # as for a folder without read permission
+        if self == folder:
+            raise PermissionError(13, "Permission denied")
+        return real(self, pattern, **kwargs)
+
+    monkeypatch.setattr(Path, "glob", unreadable)
+    result = cli("presets")
+    assert result.exit_code == 0 and "16k" in result.stdout, result.stderr
+    assert f"your own presets: cannot read {folder}: Permission denied" in result.stderr
+
+
 def test_images_keep_pixels_identical_after_the_claim(tmp_path):
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), np.uint8))
     path = save_image(image, tmp_path / "a.png")
