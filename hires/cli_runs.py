@@ -284,7 +284,8 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
         say_resume(kept, job, plan, source, stage_files)
 
     def stage_image(index: int, image) -> None:
-        save_stage(image, stage_files[index], job, index, fmt=job.format, overwrite=True)
+        save_stage(image, stage_files[index], job, index, fmt=job.format, overwrite=True,
+                   linfusion=components.linfusion)
         say(f"  stage {index}: {stage_files[index]}")
 
     scored: set[int] = set()

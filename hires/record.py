@@ -46,15 +46,17 @@ def record_for(result: Result, path: Path) -> dict[str, Any]:
 
 
 def save_stage(image: Image.Image, path: str | Path, job: Job, index: int, *,
-               fmt: str | None = None, overwrite: bool = False) -> Path:
+               fmt: str | None = None, overwrite: bool = False,
+               linfusion: str | None = None) -> Path:
     """Write stage `index`'s image of `job` (every stage but the last), atomically; its
-    metadata names the job and the stage, so `hires info` reads it and `--from` runs the job."""
+    metadata names the job and the stage, so `hires info` reads it and `--from` runs the job.
+    `linfusion`: the checkpoint that ran (`auto` resolved), as the image's record has it."""
     from hires import output
     from hires.batch import settings_hash
 
     record = {"path": str(path), "stage": index, "seed": job.seed, "width": image.width,
               "height": image.height, "prompt": job.prompt, "model": job.model,
-              "settings": settings_hash(job)}
+              "linfusion": linfusion, "settings": settings_hash(job)}
     metadata = {"hires": __version__, "job": job.to_dict(), "result": record}
     return output.save_image(image, path, fmt=fmt, metadata=metadata, overwrite=overwrite,
                              dpi=job.dpi)
@@ -98,7 +100,8 @@ def save(result: Result, path: str | Path, *, fmt: str | None = None, overwrite:
             raise ValueError("this result kept no stage images; make it with save_stages=True")
         for index, (stage_image, stage_path) in enumerate(zip(
                 result.stage_images[:-1], stage_paths(path, len(result.stage_images)))):
-            save_stage(stage_image, stage_path, result.job, index, fmt=fmt, overwrite=overwrite)
+            save_stage(stage_image, stage_path, result.job, index, fmt=fmt, overwrite=overwrite,
+                       linfusion=result.linfusion)
     output.save_image(result.image, path, fmt=fmt, metadata=metadata, overwrite=overwrite,
                       dpi=result.job.dpi, warn=warn, pixels16=result.pixels16)
     return record

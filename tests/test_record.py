@@ -77,3 +77,16 @@ def test_stages_a_result_did_not_keep_are_an_error_not_a_silence(tmp_path):
     with pytest.raises(ValueError, match="save_stages=True"):
         result().save(tmp_path / "light.png", save_stages=True)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_stage_image_names_the_linfusion_that_ran_as_the_image_does(tmp_path, asked):
+    """A --save-stages stage image recorded the job's 'auto', so `hires info` said
+    'linfusion auto' of it and 'linfusion tiny' of the image."""
+    out = tmp_path / "a.png"
+    result = cli("gen", "x", "--model", "tiny", "--size", "512", "--steps", "1", "--save-stages",
+                 "-o", out, "-q")
+    assert result.exit_code == 0, result.stderr
+    stage, whole = (read_metadata(p)["hires"]["result"] for p in (tmp_path / "a.stage0.png", out))
+    assert stage["linfusion"] == whole["linfusion"] == "tiny"
+    info = cli("info", tmp_path / "a.stage0.png").stdout
+    assert "linfusion tiny" in info
