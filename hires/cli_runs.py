@@ -370,7 +370,10 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
         emit({"index": o.item.index, "status": o.status, **record} if as_json else record,
              as_json)
 
+    seen: list[b.Outcome] = []  # for the count when the batch is stopped
+
     def report(o: b.Outcome) -> None:
+        seen.append(o)
         if o.status == "failed":
             fail(f"job {o.item.index} failed: {o.error}", EXIT_RUNTIME)  # the batch goes on
             if as_json:
@@ -396,8 +399,15 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
     for folder in {output, *(p.parent for p in paths.values() if p.parent.is_dir())}:
         for part in out.remove_stale_parts(folder):
             say(f"removed {part.name}, left by a run that died while saving")
-    outcomes = b.run_batch(items, lambda item: paths[item.index], make_one, manifest, overwrite,
-                           report)
+    try:
+        outcomes = b.run_batch(items, lambda item: paths[item.index], make_one, manifest,
+                               overwrite, report)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what is made is kept; say how far it got
+        counts = {s: sum(o.status == s for o in seen) for s in ("done", "skipped", "failed")}
+        tell(f"batch stopped after {len(seen)} of {len(items)} jobs: {counts['done']} done, "
+             f"{counts['skipped']} skipped, {counts['failed']} failed; the same command goes "
+             "on from there")
+        raise
     counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
     failed = [o.item.index for o in outcomes if o.status == "failed"]
     which = ""

@@ -583,3 +583,22 @@ def test_paths_in_a_job_file_starting_with_a_tilde_are_under_home(tmp_path, monk
     assert result.exit_code == 0, result.stderr
     assert result.stdout.splitlines() == [str(home / "a.png"), str(tmp_path / "out" / "b.png")]
     assert not (tmp_path / "out" / "~").exists()
+
+
+def test_a_stopped_batch_says_how_far_it_got(tmp_path, monkeypatch, tiny_cli):
+    """Ctrl-C in a batch said only 'interrupted': not how many images were made."""
+    import hires.cli_runs
+
+    real, calls = hires.cli_runs.make_image, []
+
+    def stopped_in_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hires.cli_runs, "make_image", stopped_in_the_second)
+    result = cli("batch", jsonl_jobs(tmp_path / "jobs.jsonl", 3), "-o", tmp_path / "out")
+    assert result.exit_code == 130, result.stderr
+    assert "batch stopped after 1 of 3 jobs: 1 done, 0 skipped, 0 failed; the same command " \
+        "goes on from there" in result.stderr
