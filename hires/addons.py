@@ -20,7 +20,6 @@ from hires.job import Job, JobError
 from hires.models import (
     go_offline_if_unreachable,
     hub_id_refusal,
-    hub_refs,
     model_kind,
     weights_refusal,
 )
@@ -102,7 +101,7 @@ def attached(components: Any, job: Job, source: Image.Image | None = None) -> It
     from hires.images import load_input
 
     theirs = (lora.LoraError, controlnet.ControlError, ip_adapter.IPAdapterError)
-    go_offline_if_unreachable(hub_refs(job))  # once a process; the CLI's load has said it
+    go_offline_if_unreachable(job)  # once a process; the CLI's load has said it
     addons = Addons(control_scale=job.control_scale)
     pipe = components.pipe
     with ExitStack() as undo:

@@ -225,10 +225,10 @@ def _make_all(jobs: list, output: str | None, *, save_stages: bool = False,
 def load_model(job, quiet: bool):
     """The model `job` names, with the libraries' own bars as -q says (never with --progress
     json: they are not JSON); its warnings said."""
-    from hires.models import go_offline_if_unreachable, hub_refs
+    from hires.models import go_offline_if_unreachable
     from hires.pipeline import load, load_args
 
-    if go_offline_if_unreachable(hub_refs(job)):
+    if go_offline_if_unreachable(job):
         say("the Hugging Face Hub cannot be reached: loading from the local cache")
     library_bars(quiet or Quiet.progress == "json")
     components = load(*load_args(job))

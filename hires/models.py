@@ -446,19 +446,17 @@ def hub_unreachable(e: BaseException | None) -> bool:
     return False
 
 
-def hub_refs(job) -> list[str]:
-    """The Hugging Face Hub ids `job` loads from: its model, VAE and LinFusion (auto: a
-    checkpoint from the Hub unless the model's folder carries one) and its add-ons."""
+def uses_hub(job) -> bool:
+    """Whether `job` loads anything from the Hugging Face Hub: its model, VAE, LinFusion (auto
+    takes a Hub checkpoint unless the model's folder carries one) or an add-on."""
     from hires.lora import hub_parts, parse_lora
 
-    refs = [job.model, job.vae, job.control_model, job.ip_adapter if job.ip_image else None]
-    if job.linfusion not in ("auto", "none"):
-        refs.append(job.linfusion)
-    elif job.linfusion == "auto" and job.model != "tiny" and not (
-            Path(job.model).expanduser() / "linfusion" / "config.json").is_file():
-        refs.append(job.model if model_kind(job.model) == "hub" else "auto/linfusion")
-    found = [r for r in refs if r and model_kind(r) == "hub"]
-    return found + [parse_lora(s)[0] for s in job.lora or () if hub_parts(parse_lora(s)[0])]
+    refs = [job.model, job.vae, job.control_model, job.ip_adapter if job.ip_image else None,
+            None if job.linfusion in ("auto", "none") else job.linfusion]
+    own = (Path(job.model).expanduser() / "linfusion" / "config.json").is_file()
+    return (any(r and model_kind(r) == "hub" for r in refs)
+            or (job.linfusion == "auto" and job.model != "tiny" and not own)
+            or any(hub_parts(parse_lora(spec)[0]) for spec in job.lora or ()))
 
 
 _hub_state: dict[str, bool] = {}  # "answered": whether the Hub answered this process's probe
@@ -474,13 +472,13 @@ def hub_closed() -> str:
     return "the Hugging Face Hub cannot be reached; connect once"
 
 
-def go_offline_if_unreachable(refs: list[str], timeout: float = 5.0) -> bool:
-    """When `refs` name the Hub and it does not answer, switch huggingface_hub to offline mode
-    for this process: loads then read the local cache at once, where its retries would wait
-    about 25 s per file before falling back to it. True on the call that switched."""
+def go_offline_if_unreachable(job, timeout: float = 5.0) -> bool:
+    """When `job` loads from the Hub and it does not answer, switch huggingface_hub to offline
+    mode for this process: loads then read the local cache at once, where its retries would
+    wait about 25 s per file before falling back to it. True on the call that switched."""
     from huggingface_hub import constants
 
-    if not refs or constants.HF_HUB_OFFLINE or "answered" in _hub_state:
+    if constants.HF_HUB_OFFLINE or "answered" in _hub_state or not uses_hub(job):
         return False
     from huggingface_hub.utils import get_session
 
@@ -592,7 +590,7 @@ def load(
     # The library's callers get the CLI's checks: a Path is taken, offload="bad" refused.
     asked = Job(model=model, linfusion=linfusion, dtype=dtype, device=device, offload=offload,
                 vae_dtype=vae_dtype, vae=vae).validate()
-    go_offline_if_unreachable(hub_refs(asked))
+    go_offline_if_unreachable(asked)
     model, linfusion, dtype, device, offload, vae_dtype, vae = (
         asked.model, asked.linfusion, asked.dtype, asked.device, asked.offload, asked.vae_dtype,
         asked.vae)

@@ -119,13 +119,14 @@ def test_an_unreachable_hub_switches_to_the_cache_once_and_only_for_hub_ids(monk
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(utils, "get_session", Unreachable)
     monkeypatch.setattr(models, "_hub_state", {})
-    assert models.hub_refs(Job(model="tiny")) == []
-    assert not models.go_offline_if_unreachable([]) and probes == []  # nothing from the Hub
+    assert not models.uses_hub(Job(model="tiny", lora=["./local.safetensors"]))
+    assert not models.go_offline_if_unreachable(Job(model="tiny")) and probes == []
     job = Job(model="tiny", vae="owner/vae", lora=["owner/lora:0.5", "./local.safetensors"])
-    assert models.hub_refs(job) == ["owner/vae", "owner/lora"]
-    assert models.go_offline_if_unreachable(models.hub_refs(job))
+    assert models.uses_hub(job) and models.uses_hub(Job(model="tiny", lora=["owner/lora"]))
+    assert models.uses_hub(Job(model="./sdxl.safetensors"))  # LinFusion auto: from the Hub
+    assert models.go_offline_if_unreachable(job)
     assert constants.HF_HUB_OFFLINE and os.environ["HF_HUB_OFFLINE"] == "1"
-    assert not models.go_offline_if_unreachable(["owner/other"]) and len(probes) == 1
+    assert not models.go_offline_if_unreachable(Job(model="owner/other")) and len(probes) == 1
     with pytest.raises(models.ModelError, match="not in the local cache"):
         models.load_vae("owner/vae", like=None)
 
@@ -134,6 +135,7 @@ def test_a_hub_that_answers_stays_online(monkeypatch):
     from huggingface_hub import constants, utils
 
     from hires import models
+    from hires.job import Job
 
     class Answers:
         def head(self, url, **kwargs):
@@ -142,5 +144,5 @@ def test_a_hub_that_answers_stays_online(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(utils, "get_session", Answers)
     monkeypatch.setattr(models, "_hub_state", {})
-    assert not models.go_offline_if_unreachable(["owner/model"])
+    assert not models.go_offline_if_unreachable(Job(model="owner/model"))
     assert not constants.HF_HUB_OFFLINE
