@@ -114,19 +114,21 @@ def _stdin_text() -> str:
         raise JobError(f"the jobs on stdin are not UTF-8 text (byte {e.start})") from None
 
 
+PATH_KEYS = ("image", "control", "ip_image", "model", "vae", "linfusion", "control_model",
+             "ip_adapter", "lora")
+
+
 def _without(table: dict[str, Any]) -> dict[str, Any]:
     """A table's job keys: what is not the batch's own (output, preset), with `~/` in its
     paths expanded as a shell does for the same paths given as flags."""
-    return {k: _home(v) if k in PATH_KEYS else [_home(x) for x in v] if k == "lora" and
-            isinstance(v, list) else v
+    return {k: _home(v) if k in PATH_KEYS else v
             for k, v in table.items() if k not in ("output", "preset")}
 
 
-PATH_KEYS = ("image", "control", "ip_image", "model", "vae", "linfusion", "control_model",
-             "ip_adapter")
-
-
 def _home(value: Any) -> Any:
+    """A path (or a list of them: LoRAs) with a leading `~` expanded; anything else as is."""
+    if isinstance(value, list):
+        return [_home(v) for v in value]
     return os.path.expanduser(value) if isinstance(value, str) and value.startswith("~") \
         else value
 
