@@ -103,22 +103,20 @@ def available(broken: list[str] | None = None) -> dict[str, Preset]:
     """
     found = shipped()
     folder = user_folder()
-    try:
-        if folder.exists() and not folder.is_dir():
-            raise JobError(f"your own presets: {folder} is a file, not a folder (HIRES_PRESETS "
-                           "or XDG_CONFIG_HOME names it)")
-        paths = sorted(folder.glob("*.toml")) if folder.is_dir() else []
-    except OSError as e:
-        paths = []
-        problem = JobError(f"your own presets: cannot read {folder}: {e.strerror}")
-        if broken is None:
-            raise problem from None
-        broken.append(str(problem))
-    except JobError as e:
-        paths = []
-        if broken is None:
-            raise
-        broken.append(str(e))
+    paths: list[Path] = []
+    problem = None
+    if folder.exists() and not folder.is_dir():
+        problem = (f"your own presets: {folder} is a file, not a folder (HIRES_PRESETS or "
+                   "XDG_CONFIG_HOME names it)")
+    elif folder.is_dir():
+        try:
+            paths = sorted(folder.glob("*.toml"))
+        except OSError as e:
+            problem = f"your own presets: cannot read {folder}: {e.strerror}"
+    if problem and broken is None:
+        raise JobError(problem)
+    if problem:
+        broken.append(problem)
     for path in paths:
         try:
             found[path.stem] = _parse(path.stem, str(path), read_toml(path))
