@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,8 @@ class Addons:
 
 
 def check_inputs(job: Job) -> None:
-    """Fail before any loading when a local add-on file the job names is missing."""
+    """Fail before any loading when a local add-on file the job names is missing, or an image
+    it names cannot be read (else the model and the add-on load first, minutes with SDXL)."""
     local = [("--control", job.control), ("--ip-image", job.ip_image)]
     if job.lora:
         from hires.lora import hub_parts, parse_lora
@@ -57,6 +59,12 @@ def check_inputs(job: Job) -> None:
                 not Path(ref).expanduser().exists():
             raise JobError(f"{flag} {ref}: no such file" if image else
                            f"{flag} {ref}: no such file or folder")
+        if image and ref:
+            path = Path(ref).expanduser()
+            stat = path.stat()
+            problem = _unreadable(str(path), stat.st_mtime_ns, stat.st_size)
+            if problem:
+                raise JobError(f"{flag} {problem}")
         if kind == "hub" and not image and (refusal := hub_id_refusal(flag, ref)):
             raise JobError(refusal)
         what = {"--control-model": "a ControlNet", "--ip-adapter": "an IP-Adapter"}.get(flag)
@@ -64,6 +72,19 @@ def check_inputs(job: Job) -> None:
             refusal = weights_refusal(Path(ref).expanduser(), what, job.allow_pickle)
             if refusal:
                 raise JobError(f"{flag} {refusal}")
+
+
+@lru_cache(maxsize=16)
+def _unreadable(path: str, mtime_ns: int, size: int) -> str | None:
+    """Why the image at `path` cannot be used (None: it can), decoded whole as `up` reads its
+    input, so a truncated file fails too; once per file and version (`--n 50` checks 50 jobs)."""
+    from hires.images import ImageInputError, load_input
+
+    try:
+        load_input(path)
+    except ImageInputError as e:
+        return str(e)
+    return None
 
 
 def check_unchanged(job: Job, recorded: dict[str, Any]) -> None:

@@ -218,6 +218,23 @@ def test_bad_addon_inputs_exit_2_with_one_line(case, words, files, tmp_path, ask
     assert not out.exists()
 
 
+@pytest.mark.parametrize("flag", ["--control", "--ip-image"])
+def test_an_unreadable_add_on_image_is_refused_before_any_loading(flag, files, tmp_path, asked):
+    """A truncated or GIF image passed the dry run (exit 0) and, in a run, failed only after the
+    model and the add-on had loaded (minutes with SDXL, or a first download)."""
+    truncated = tmp_path / "half.png"
+    whole = files["control"].read_bytes()
+    truncated.write_bytes(whole[:len(whole) // 2])
+    gif = tmp_path / "anim.gif"
+    Image.new("RGB", (32, 32)).save(gif)
+    extra = ["--control-model", str(files["control_model"])] if flag == "--control" else []
+    for bad, said in ((truncated, "truncated or corrupt"), (gif, "GIF images are not accepted")):
+        for dry in (("--dry-run",), ()):
+            result = cli("gen", "x", *TINY, flag, bad, *extra, *dry, "-o", tmp_path / "x.png")
+            assert_usage_error(result, f"{flag} {bad}", said)
+    assert asked == []  # nothing loaded
+
+
 @pytest.mark.parametrize("flag", ["--vae", "--linfusion", "--lora", "--control-model",
                                   "--ip-adapter"])
 def test_an_uncached_hub_id_offline_exits_1_like_the_model(flag, files, tmp_path, request):
