@@ -157,7 +157,11 @@ def gaussian_blur(x: Tensor, kernel_size: int, sigma: float) -> Tensor:
 def channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
     """Per sample and channel mean and std, in fp32."""
     x = x.float()
-    return x.mean(dim=(2, 3), keepdim=True), x.std(dim=(2, 3), keepdim=True)
+    # One value a channel (a 1x1 latent: an 8 px input) has no spread; the unbiased estimate
+    # would be NaN, and NaN turns every later stage black.
+    one = x.shape[2] * x.shape[3] == 1
+    return x.mean(dim=(2, 3), keepdim=True), x.std(dim=(2, 3), keepdim=True,
+                                                   correction=0 if one else 1)
 
 
 def renormalize(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:

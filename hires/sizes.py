@@ -287,13 +287,14 @@ def target_size(source: tuple[int, int], *, size: int | None = None, scale: floa
         raise JobError(f"the {sw}x{sh} input is too narrow to keep its aspect within {MIN_SIDE} "
                        f"to {MAX_SIDE} px a side; give --width and --height")
     asked = f"{flag} {scale:g}" if scale else f"{flag} {size}"
-    if w < sw or h < sh:
+    if (w < sw or h < sh) and min(w, h) >= MIN_SIDE:  # else the least side is the reason
         raise JobError(f"hires up makes images larger: {asked} makes {w}x{h}, smaller than the "
                        f"{sw}x{sh} input; ask for {flag} {least:g} or more")
     if max(w, h) > MAX_SIDE:
         raise JobError(f"{asked} makes {w}x{h} px from the {sw}x{sh} input, more than the "
                        f"{MAX_SIDE} px a side hires makes; use {flag} {most:g} or less")
-    raise JobError(f"{asked} makes {w}x{h} px from the {sw}x{sh} input, less than the "
+    raw = f"{max(1, round(sw * factor))}x{max(1, round(sh * factor))}"  # before the 8 px grid
+    raise JobError(f"{asked} makes {raw} px from the {sw}x{sh} input, less than the "
                    f"{MIN_SIDE} px a side hires makes; use {flag} {least:g} or more")
 
 

@@ -185,3 +185,16 @@ def test_upscale_skips_the_global_pass_once_its_weight_is_below_the_floor():
                 for i, t in enumerate(ts) if i >= 3) * apart.abs().max()
     # The blur makes the global eps differ a little more; renormalization rescales by about 1.
     assert bound / 10 < diff <= 1.5 * bound
+
+
+def test_a_one_value_latent_has_a_zero_spread_not_nan():
+    """An 8 px input's 1x1 latent: the unbiased std was NaN, and the upscale came out black."""
+    from hires.sampling import channel_stats, renormalize
+
+    one = torch.tensor([[[[0.5]], [[-1.0]], [[2.0]], [[0.0]]]])
+    mean, std = channel_stats(one)
+    assert torch.equal(mean, one) and torch.equal(std, torch.zeros_like(one))
+    x = torch.randn(1, 4, 1, 1)
+    assert torch.isfinite(renormalize(x, mean, std)).all()
+    wide = torch.randn(1, 4, 8, 8)
+    assert torch.allclose(channel_stats(wide)[1].flatten(), wide.std(dim=(2, 3)).flatten())

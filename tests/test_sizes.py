@@ -213,7 +213,8 @@ def _suggested(message: str, flag: str) -> float:
 
 @pytest.mark.parametrize("source,given,words", [
     ((300, 200), {"scale": 1e9}, "32768 px a side hires makes; use --scale 109.22 or less"),
-    ((60, 40), {"scale": 1}, "makes 64x40 px from the 60x40 input, less than the 64 px"),
+    ((60, 40), {"scale": 1}, "makes 60x40 px from the 60x40 input, less than the 64 px"),
+    ((1, 1), {"scale": 2}, "makes 2x2 px from the 1x1 input, less than"),  # not "0x0 ... smaller"
     ((60, 40), {"size": 64}, "use --size 96 or more"),
     ((20000, 40), {"scale": 2}, "use --scale 1.63 or less"),
     ((67, 67), {"scale": 1}, "smaller than the 67x67 input; ask for --scale 1.08 or more"),
