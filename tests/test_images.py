@@ -395,3 +395,15 @@ def test_an_input_with_a_colour_profile_is_read_in_srgb(tmp_path, asked):
                  tmp_path / "out.png")
     assert result.exit_code == 0, result.stderr
     assert "tagged.png: colour profile 'sRGB built-in' converted to sRGB" in result.stderr
+
+
+def test_a_32_bit_integer_tiff_is_refused_not_clipped_to_white(tmp_path):
+    """Pillow opens it as mode I, which hires read as 16-bit: every value above 65535 became
+    white (the photo's mean 129 came out 243) and it said 'has 16 bits a channel'."""
+    photo = np.asarray(Image.fromarray(data.camera()).resize((64, 64))).astype(np.int32)
+    Image.fromarray(photo * 65793, "I").save(tmp_path / "i32.tif")
+    with pytest.raises(ImageInputError, match="32-bit integers beyond the 16-bit range"):
+        load_input(tmp_path / "i32.tif")
+    Image.fromarray((photo * 257).astype(np.uint16)).save(tmp_path / "i16.tif")  # I;16: fine
+    got = load_input(tmp_path / "i16.tif")
+    assert got.bits == 16 and abs(np.asarray(got.rgb)[..., 0].mean() - photo.mean()) < 1
