@@ -33,6 +33,9 @@ MAX_SIDE = 32768
 MAX_PIXELS = 1 << 30
 
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# The brands of HEIF files (iPhones' photos are HEIC) and AVIF, which Pillow does not read.
+HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1",
+               b"avif", b"avis")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
 ORIENTATION = 0x0112  # the EXIF tag
 
@@ -275,7 +278,12 @@ def _reading(path: Path) -> Iterator[Image.Image]:
             f"{MAX_PIXELS:,} pixels") from None
     except UnidentifiedImageError:
         with open(path, "rb") as f:
-            head = f.read(4)
+            head = f.read(12)
+        if head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS:  # a phone's photo, say
+            kind = "AVIF" if head[8:12] in (b"avif", b"avis") else "HEIC"
+            raise ImageInputError(f"{path}: {kind} images are not accepted; convert it to "
+                                  f"{ACCEPTED}") from None
+        head = head[:4]
         if head in (b"II*\0", b"MM\0*"):  # Pillow opens only some sample formats of TIFF
             raise ImageInputError(
                 f"{path}: a TIFF whose samples Pillow cannot read (32-bit float or integer, "

@@ -407,3 +407,12 @@ def test_a_32_bit_integer_tiff_is_refused_not_clipped_to_white(tmp_path):
     Image.fromarray((photo * 257).astype(np.uint16)).save(tmp_path / "i16.tif")  # I;16: fine
     got = load_input(tmp_path / "i16.tif")
     assert got.bits == 16 and abs(np.asarray(got.rgb)[..., 0].mean() - photo.mean()) < 1
+
+
+@pytest.mark.parametrize("brand, kind", [(b"heic", "HEIC"), (b"mif1", "HEIC"), (b"avif", "AVIF")])
+def test_a_phones_heic_photo_is_named_not_called_no_image(tmp_path, brand, kind):
+    """An iPhone's HEIC was 'not an image file', as if it were anything but a photo."""
+    path = tmp_path / "IMG_0001.HEIC"
+    path.write_bytes(b"\0\0\0\x18ftyp" + brand + b"\0\0\0\0mif1heic" + bytes(64))
+    with pytest.raises(ImageInputError, match=f"{kind} images are not accepted; convert it"):
+        load_input(path)
