@@ -459,7 +459,7 @@ def check_batch_outputs(items: list, paths: dict[int, Path], name: str, output: 
 
 def say_input(source, depth: int = 8) -> None:
     """What reading an input changed: its colour profile converted to sRGB; its 16 bits a
-    channel read as 8 (unless the job makes a 16-bit result)."""
+    channel read as 8 (unless the job makes a 16-bit result); all frames but its first left."""
     from hires.piped import STDIN
 
     if source is None:
@@ -469,6 +469,9 @@ def say_input(source, depth: int = 8) -> None:
         say(f"  {name}: colour profile '{source.converted_from}' converted to sRGB")
     if source.bits == 16 and depth == 8:
         say(f"  {name} has 16 bits a channel; the result has 8 (--depth 16 for 16)")
+    if source.frames > 1:  # an animation or a multi-page TIFF
+        what = "pages" if source.format == "TIFF" else "frames"
+        say(f"  {name} has {source.frames} {what}; hires upscales the first")
 
 
 def say_left(made: list[tuple[int, float]], todo: list[int]) -> None:

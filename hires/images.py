@@ -56,6 +56,7 @@ class InputImage:
     size: tuple[int, int]
     converted_from: str | None = None  # the colour profile its pixels were converted from
     bits: int = 8  # bits a sample in the file (16: a 16-bit PNG or TIFF, read as 8)
+    frames: int = 1  # frames or pages in the file (an animation, a multi-page TIFF): the first
 
 
 @contextlib.contextmanager
@@ -167,7 +168,11 @@ def _split(im: Image.Image) -> tuple[Image.Image, Image.Image | None]:
     # L, 1, P, CMYK, YCbCr, LAB...: Pillow's conversion. For CMYK this is the plain formula,
     # no colour management; Adobe (Photoshop) CMYK JPEGs, stored inverted, are read inverted
     # back by Pillow (JpegImagePlugin's "CMYK;I"), so they come out right too.
-    return (im if im.mode == "RGB" else im.convert("RGB")), None
+    if im.mode != "RGB":
+        return im.convert("RGB"), None
+    # A multi-frame file's image reloads its frame from the file on use, after it is closed
+    # (Pillow then fails an assertion): such a one is copied out.
+    return (im.copy() if getattr(im, "n_frames", 1) > 1 else im), None
 
 
 @functools.cache
@@ -219,8 +224,9 @@ def load_input(path: Path | str) -> InputImage:
         rgb, profile = _in_srgb(im, rgb)
         fmt = FORMATS[im.format or ""]
         bits = _file_bits(im, path)
+        frames = getattr(im, "n_frames", 1)
     return InputImage(rgb=rgb, alpha=alpha, path=path, sha256=sha, format=fmt, size=rgb.size,
-                      converted_from=profile, bits=bits)
+                      converted_from=profile, bits=bits, frames=frames)
 
 
 def _file_bits(im: Image.Image, path: Path) -> int:

@@ -67,6 +67,18 @@ def test_up_without_a_size_names_every_way_to_give_one(photo):
                        "--print-size", "preset")
 
 
+def test_a_multi_frame_input_says_only_its_first_is_upscaled(tmp_path, asked):
+    """An animated WebP or a multi-page TIFF gave its first frame without a word."""
+    frames = [Image.new("RGB", (64, 64), c) for c in ("red", "green", "blue")]
+    frames[0].save(tmp_path / "anim.webp", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "pages.tif", save_all=True, append_images=frames[1:])
+    for name, said in (("anim.webp", "anim.webp has 3 frames; hires upscales the first"),
+                       ("pages.tif", "pages.tif has 3 pages; hires upscales the first")):
+        result = cli("up", tmp_path / name, "--model", "tiny", "--scale", "2", "--steps", "1",
+                     "-o", tmp_path / f"{name}.png")
+        assert result.exit_code == 0 and said in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize("content", [b"", b"not an image", "truncated"])
 def test_bad_inputs_exit_2_with_one_line_and_write_nothing(photo, tmp_path, content):
     bad = tmp_path / "bad.png"
