@@ -287,7 +287,9 @@ def target_size(source: tuple[int, int], *, size: int | None = None, scale: floa
         raise JobError(f"the {sw}x{sh} input is too narrow to keep its aspect within {MIN_SIDE} "
                        f"to {MAX_SIDE} px a side; give --width and --height")
     asked = f"{flag} {scale:g}" if scale else f"{flag} {size}"
-    if (w < sw or h < sh) and min(w, h) >= MIN_SIDE:  # else the least side is the reason
+    # Smaller than the input: said so when asked to shrink or where the least side is no
+    # reason (an 8 px input at --scale 2 is too small, not "smaller than the input").
+    if (w < sw or h < sh) and (factor < 1 or min(w, h) >= MIN_SIDE):
         raise JobError(f"hires up makes images larger: {asked} makes {w}x{h}, smaller than the "
                        f"{sw}x{sh} input; ask for {flag} {least:g} or more")
     if max(w, h) > MAX_SIDE:
