@@ -1,6 +1,6 @@
 """A 16K job on each card `--gpu` names, from the planner's model: does it fit, and how long.
 
-    python benchmarks/plan_cards.py                     # 16384 px; 16, 32 and 64 GB of free RAM
+    python benchmarks/plan_cards.py                     # 16384 px; 16, 32 and 64 GiB of free RAM
     python benchmarks/plan_cards.py --size 8192 --ram 16 32 --disk 0 --out cards.json
 
 Each cell is `hires plan --size N --gpu CARD --ram R --disk D` (SDXL + LinFusion-XL, 50 steps,
@@ -36,8 +36,9 @@ def cell(card: str, size: int, ram: float, vae: str | None = None, disk: float =
         return {"fits": False, "largest": fits[0] if fits else None, "ram_short": e.host}
     return {"fits": True, "seconds": round(p.seconds, 1), "vae_seconds": round(p.vae_seconds, 1),
             "peak_gib": round(p.peak_bytes / 1024**3, 2),
-            "ram_gb": round(max(s.cost.host_bytes - s.cost.disk_bytes for s in p.stages) / 1e9, 1),
-            "vae_ram_gb": round(p.vae_spill_bytes / 1e9, 1),
+            "ram_gib": round(max(s.cost.host_bytes - s.cost.disk_bytes for s in p.stages) / 1024**3,
+                             1),
+            "vae_ram_gib": round(p.vae_spill_bytes / 1024**3, 1),
             "disk_gb": round(max(s.cost.disk_bytes for s in p.stages) / 1e9, 1)}
 
 
@@ -45,10 +46,10 @@ def text(c: dict) -> str:
     if c["fits"]:
         minutes = f"{c['seconds'] / 60:.0f} min" if c["seconds"] >= 600 else f"{c['seconds']:.0f} s"
         share = f"~{minutes} (VAE {100 * c['vae_seconds'] / c['seconds']:.0f} %)"
-        if not c["ram_gb"] and not c["vae_ram_gb"]:
+        if not c["ram_gib"] and not c["vae_ram_gib"]:
             return share
         disk = f", disk {c['disk_gb']:.0f} GB" if c.get("disk_gb") else ""
-        return share + f", RAM {c['ram_gb']:.0f} / {c['vae_ram_gb']:.0f} GB" + disk
+        return share + f", RAM {c['ram_gib']:.0f} / {c['vae_ram_gib']:.0f} GiB" + disk
     short = "RAM" if c["ram_short"] else "GPU memory"
     return f"no ({short}); {c['largest']} px fits" if c["largest"] else f"no ({short})"
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=16384)
     ap.add_argument("--ram", type=float, nargs="+", default=[16, 32, 64],
-                    help="GB of free RAM, one column each")
+                    help="GiB of free RAM, one column each")
     ap.add_argument("--disk", type=float, default=100.0,
                     help="GB of scratch disk for parked maps the RAM cannot hold (0: none)")
     ap.add_argument("--cards", nargs="+", choices=list(GPUS), default=list(GPUS))

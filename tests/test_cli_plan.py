@@ -279,6 +279,11 @@ def test_the_cards_table_is_the_plan_of_each_card(tmp_path, capsys):
     on_disk = json.loads(out.read_text())["cards"]["3060"]["16"]
     assert on_disk["fits"] and 0 < on_disk["disk_gb"] <= 100
     table = capsys.readouterr().out.splitlines()
+    # RAM in GiB, as the header's "GiB of RAM free" and `--ram` count it.
+    want = plan_json("x", "--size", "16384", "--ram", "16", "--gpu", "3060", "--disk", "100")
+    host = max(s["host_bytes"] - s["disk_bytes"] for s in want["stages"]) / 1024**3
+    assert on_disk["ram_gib"] == round(host, 1) and f"RAM {host:.0f} / " in table[-1]
+    assert table[-1].count("GiB") == 2  # the card's memory and the RAM
     assert table[2].startswith("| 4090 | 24 GiB | ~") and "px fits" in table[3]
     # A card without native bf16 gets a second row, with a VAE made for fp16.
     cards.main(["--size", "2048", "--ram", "64", "--cards", "t4", "--out", str(out)])
