@@ -107,7 +107,8 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 app = typer.Typer(
     name="hires", no_args_is_help=True, pretty_exceptions_enable=False,
     rich_markup_mode=None, cls=OneLineErrors,
-    help="Text to ultra-high-resolution image (1K to 16K px) with SDXL + LinFusion on one GPU.",
+    help="Text to ultra-high-resolution image (1K to 16K px; 64 to 32768 accepted) with SDXL "
+    "+ LinFusion on one GPU.",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 presets_app = typer.Typer(help="List and show presets.", invoke_without_command=True)
@@ -150,7 +151,7 @@ def gen(
         "--preview", help="Make only each image's first stage, its composition, in a fraction "
         "of the time (NAME.stage0.png); `hires gen --from` one makes it whole.")] = False,
 ) -> None:
-    """Make an image from a prompt, 1K to 16K."""
+    """Make an image from a prompt, 1K to 16K px a side (64 to 32768 accepted)."""
     options = dict(locals())  # every option, by name: job_flags picks the job's
     Quiet.on, Quiet.progress = quiet, progress
     busy = "prompt '-'" if prompt == "-" else ""  # stdin holds the prompts
@@ -404,7 +405,7 @@ def root(
     version: Annotated[bool, typer.Option("--version", callback=version_callback,
                                           is_eager=True, help="Print the version.")] = False,
 ) -> None:
-    """hires: 1K to 16K images from a prompt, on one GPU."""
+    """hires: 1K to 16K images (64 to 32768 px) from a prompt, on one GPU."""
     # per invocation: tests and scripts may call the app many times
     Quiet.on, Quiet.progress = False, "auto"
 

@@ -172,7 +172,7 @@ def check_size_keys(values: dict[str, Any], where: str) -> None:
                                f"{n('size')})")
             for key in ("width", "height"):
                 _whole(key, keys[key], n)
-                check_side(key, keys[key])
+                check_side(n(key), keys[key])
         if "scale" in keys:
             if keys.keys() & {"size", "aspect"}:
                 raise JobError(f"give one of {n('size')}, {n('scale')} or "
@@ -183,7 +183,7 @@ def check_size_keys(values: dict[str, Any], where: str) -> None:
                 raise JobError(f"{n('scale')} must be a positive number, got {scale!r}")
         if "size" in keys:
             _whole("size", keys["size"], n)
-            check_side("size", keys["size"])
+            check_side(n("size"), keys["size"])
         if "aspect" in keys:
             parse_aspect(str(keys["aspect"]))
     except JobError as e:

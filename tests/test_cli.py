@@ -204,6 +204,14 @@ def test_a_bad_flag_value_names_the_flag_and_a_preset_value_its_key(tmp_path):
         result = cli("gen", "x", "--size", "1024", *args, "--dry-run")
         assert result.exit_code == 2 and error_lines(result.stderr)[0].startswith(
             f"error: {said}"), result.stderr
+    sides = tmp_path / "sides.toml"
+    sides.write_text("width = 1000\nheight = 1001\n")
+    for args, said in ((("--size", "32776"), "--size must be at most 32768"),
+                       (("--width", "1000", "--height", "1001"), "--height must be a multiple"),
+                       (("--preset", str(sides)), "'height' must be a multiple")):
+        result = cli("gen", "x", *args, "--dry-run")
+        assert result.exit_code == 2 and error_lines(result.stderr)[0].startswith(
+            f"error: {said}"), result.stderr
 
 
 def test_explicit_flags_override_the_preset(tmp_path, asked):
