@@ -272,6 +272,17 @@ def show_checkpoint(path: Path, as_json: bool) -> None:
         f"{sizes[stage][1]}: {then}; deleting it starts that run over"]))
 
 
+def _file_dpi(path: Path) -> bool:
+    """Whether the image file itself records a resolution (its header only is read)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return bool(image.info.get("dpi"))
+    except (OSError, ValueError):
+        return False
+
+
 def show_made(path: Path, as_json: bool) -> None:
     """How an image was made, from its hires metadata: job, stages and add-ons."""
     from hires import resume
@@ -312,8 +323,10 @@ def show_made(path: Path, as_json: bool) -> None:
     if isinstance(job.get("dpi"), (int, float)) and job["dpi"] > 0:
         w, h = (result.get(k, job.get(k)) for k in ("width", "height"))
         if isinstance(w, int) and isinstance(h, int):
+            kept = "" if _file_dpi(path) else (  # a WebP has no field for it
+                f" (asked for; the file records no dpi: set {job['dpi']:g} dpi when printing)")
             lines.append(f"print size {w / job['dpi'] * 2.54:.1f} x {h / job['dpi'] * 2.54:.1f}"
-                         f" cm at {job['dpi']:g} dpi")
+                         f" cm at {job['dpi']:g} dpi{kept}")
     addons = result.get("addons") or {}
     for lora in addons.get("lora", []):
         lines.append(f"lora {lora.get('ref')} at {lora.get('scale')}")
