@@ -326,7 +326,7 @@ class Outcome:
     item: BatchItem
     status: str  # "done" | "skipped" | "failed"
     path: Path
-    error: str | None = None
+    error: str | None = None  # also why a job was skipped that is not made yet
     record: dict[str, Any] | None = None
     moved_to: Path | None = None  # the older image of changed settings, kept under this name
     why: str = "settings changed"  # why an older image was moved aside
@@ -381,6 +381,7 @@ def run_batch(
     `make(item, path)` generates and saves one image and returns its record. An existing image
     made with other settings (an edited job) is kept under a new name and the job is re-run.
     """
+    from hires.busy import Busy, maker
     from hires.output import OutputError, append_manifest, claim_rename
 
     outcomes = []
@@ -388,7 +389,10 @@ def run_batch(
         path = resolve_path(item)
         settings = settings_hash(item.job)
         moved, outcome, why = None, None, "settings changed"
-        if os.path.lexists(path) and not overwrite:
+        pid = maker(path)
+        if pid is not None:  # two batches of one job file share its jobs
+            outcome = Outcome(item, "skipped", path, error=Busy(path, pid).who + " is making it")
+        elif os.path.lexists(path) and not overwrite:
             old = recorded_hash(path) if check_settings else settings
             # An edited input keeps the job's settings (the file's name is the setting).
             stale = old == settings and check_settings and input_changed(path, item.job)
@@ -412,6 +416,8 @@ def run_batch(
                                   why=why)
             except KeyboardInterrupt:
                 raise
+            except Busy as e:  # taken by another run since the check above
+                outcome = Outcome(item, "skipped", path, error=f"{e.who} is making it")
             except Exception as e:  # a failed job is reported; the batch goes on
                 outcome = Outcome(item, "failed", path, error=str(e).splitlines()[0][:500]
                                   if str(e) else type(e).__name__, moved_to=moved, why=why)

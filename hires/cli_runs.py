@@ -180,6 +180,7 @@ def _make_all(jobs: list, output: str | None, *, save_stages: bool = False,
               piped: bool = False, alpha: frozenset[str] = frozenset()) -> Path:
     """`run_jobs`' work; the last image's path. `piped`: the image goes to stdout after, so
     nothing is printed there now, and no checkpoint is kept (its folder goes too)."""
+    from hires import busy
     from hires import output as out
     from hires.runs import plan_runs
 
@@ -189,10 +190,15 @@ def _make_all(jobs: list, output: str | None, *, save_stages: bool = False,
     if jobs[0].seed is None and len(runs) > 1:
         base = runs[0].job.seed
         say(f"seeds from {base} (--seed {base} makes these images again)")
+    for run in runs:  # before the model's load: this command would make it too
+        pid = busy.maker(run.path) if run.made is None else None
+        if pid is not None:
+            raise busy.Busy(run.path, pid)
     for folder in {run.path.parent for run in runs}:
         if folder.is_dir():  # temp files of a gen that was killed while saving here
             for part in out.remove_stale_parts(folder):
                 say(f"removed {part.name}, left by a run that died while saving")
+            busy.remove_stale(folder)
     warn_space([(r.path, r.job) for r in runs if r.made is None], save_stages)
     warn_ram([r.job for r in runs])
     components = None
@@ -208,10 +214,11 @@ def _make_all(jobs: list, output: str | None, *, save_stages: bool = False,
             components = load_model(run.job, quiet)
             check_loaded(run.job, components)
         started = time.monotonic()  # the model's load is not an image's pace
-        record = make_image(run.job, run.path, components,
-                            heading="stdout" if piped else f"{run.path}{of}", gpu=gpu,
-                            quiet=quiet, overwrite=overwrite, resume_runs=resume_runs,
-                            save_stages=save_stages, preview=preview, piped=piped)
+        with busy.making(run.path):
+            record = make_image(run.job, run.path, components,
+                                heading="stdout" if piped else f"{run.path}{of}", gpu=gpu,
+                                quiet=quiet, overwrite=overwrite, resume_runs=resume_runs,
+                                save_stages=save_stages, preview=preview, piped=piped)
         if not piped:
             emit(record, as_json)
         made.append((run.job.width * run.job.height, time.monotonic() - started))
@@ -325,6 +332,7 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
     failed job is said and recorded in the manifest, and the others go on (exit 1 at the
     end). `name`: the job file's, for messages."""
     from hires import batch as b
+    from hires import busy
     from hires import output as out
     from hires.job import JobError
     from hires.runs import made_by
@@ -357,9 +365,11 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
             loaded[key] = load_model(item.job, quiet)
         check_loaded(item.job, loaded[key], notes=fresh)
         started = time.monotonic()  # a model's load is not an image's pace
-        record = make_image(item.job, path, loaded[key], heading=f"job {item.index} -> {path}",
-                            gpu=gpu, quiet=quiet, overwrite=overwrite, resume_runs=resume_runs,
-                            settings=b.settings_hash(item.job), preview=preview)
+        with busy.making(path):
+            record = make_image(item.job, path, loaded[key],
+                                heading=f"job {item.index} -> {path}", gpu=gpu, quiet=quiet,
+                                overwrite=overwrite, resume_runs=resume_runs,
+                                settings=b.settings_hash(item.job), preview=preview)
         made.append((item.job.width * item.job.height, time.monotonic() - started))
         return record
 
@@ -378,6 +388,10 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
             fail(f"job {o.item.index} failed: {o.error}", EXIT_RUNTIME)  # the batch goes on
             if as_json:
                 line(o, {"path": str(o.path), "error": str(o.error)})
+        elif o.status == "skipped" and o.error:  # another run is making it
+            say(f"job {o.item.index}: {o.error} ({o.path}), skipped")
+            if as_json:  # not a made image: stdout lists only those, as for a failed job
+                line(o, {"path": str(o.path), "error": o.error})
         elif o.status == "skipped":
             say(f"job {o.item.index}: {o.path} exists with the same settings, skipped")
             # stdout lists every image of the batch, as gen's does those it keeps
@@ -399,6 +413,7 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
     for folder in {output, *(p.parent for p in paths.values() if p.parent.is_dir())}:
         for part in out.remove_stale_parts(folder):
             say(f"removed {part.name}, left by a run that died while saving")
+        busy.remove_stale(folder)
     try:
         outcomes = b.run_batch(items, lambda item: paths[item.index], make_one, manifest,
                                overwrite, report)

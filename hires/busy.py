@@ -1,0 +1,117 @@
+"""Images another hires run is making now: while a run makes an image it holds a lock on a
+hidden file beside it (`.NAME.hires-lock`), so two runs of one command do not both spend the
+work on it. The lock is the kernel's (flock): it goes with the process, even one killed outright,
+so a lock file left behind is harmless and the next run takes it over."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from hires.output import OutputUsage
+
+try:
+    import fcntl
+except ImportError:  # Windows has no flock: runs there are not guarded
+    fcntl = None
+
+SUFFIX = ".hires-lock"
+
+
+class Busy(OutputUsage):
+    """Another hires run is making the image; `pid` is that run's (0 if it cannot be told)."""
+
+    def __init__(self, image: Path, pid: int):
+        self.who = f"another hires run (pid {pid})" if pid else "another hires run"
+        super().__init__(f"{self.who} is making {image}; wait for it to end, or choose "
+                         "another -o")
+        self.image, self.pid = image, pid
+
+
+def lock_path(image: Path) -> Path:
+    return image.with_name(f".{image.name}{SUFFIX}")
+
+
+def maker(image: Path) -> int | None:
+    """The pid of the live run making `image` (0 if it cannot be told), or None when none is."""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(lock_path(image), os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:  # no lock file: no run is making it
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _pid(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # and with it the shared lock, taken only to ask
+    return None
+
+
+@contextlib.contextmanager
+def making(image: Path) -> Iterator[None]:
+    """Hold `image`'s lock while the block makes it; Busy if another run holds it. Where no
+    lock file can be made (no such folder, a read-only one), nothing is held: saving the image
+    there fails later with its own message."""
+    fd = _take(lock_path(image), image) if fcntl is not None else None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(lock_path(image))  # before the lock goes: see _take
+            os.close(fd)
+
+
+def _take(lock: Path, image: Path) -> int | None:
+    for attempt in range(20):
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # held; or `maker` asking for an instant: ask again shortly
+            pid = _pid(fd)
+            os.close(fd)
+            if attempt >= 4:
+                raise Busy(image, pid) from None
+            time.sleep(0.05)
+            continue
+        except OSError:  # a file system without locks
+            os.close(fd)
+            return None
+        try:  # still the file at that name? Its last holder may have removed it meanwhile
+            same = os.stat(lock, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+        except OSError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            return fd
+        os.close(fd)
+    return None
+
+
+def _pid(fd: int) -> int:
+    try:
+        text = os.pread(fd, 20, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return 0
+    return int(text) if text.isdigit() else 0
+
+
+def remove_stale(folder: Path) -> None:
+    """Remove the lock files in `folder` that no live run holds (left by runs killed outright)."""
+    if fcntl is None:
+        return
+    for lock in folder.glob(f".*{SUFFIX}"):
+        image = lock.with_name(lock.name[1:-len(SUFFIX)])
+        with contextlib.suppress(Busy, OSError), making(image):
+            pass
