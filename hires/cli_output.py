@@ -148,6 +148,16 @@ class OneLineErrors(TyperGroup):
     errors: `error: no such option: --sise (...) (see 'hires gen -h')`, exit 2. click prints
     four lines, its usage and a hint around the message."""
 
+    def invoke(self, ctx: Any) -> Any:
+        # A stop that lands outside a command's own handling (after its work, as it returns):
+        # typer would end it as a silent exit 130, SIGTERM too.
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as e:
+            terminated = isinstance(e, Terminated)
+            stopped(terminated)
+            raise typer.Exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED) from None
+
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)

@@ -686,3 +686,28 @@ def test_an_output_folder_that_refuses_files_fails_before_any_work(tmp_path):
     result = run_hires("gen", "x", *TINY, "-o", "/proc/x.png")
     assert_usage(result, "cannot write to /proc")
     assert "denoise" not in result.stderr
+
+
+@pytest.mark.parametrize("raised,said,code", [("Terminated", "terminated", 143),
+                                              ("KeyboardInterrupt", "interrupted", 130)])
+def test_a_stop_outside_a_commands_own_handling_says_which_it_was(raised, said, code, capfd):
+    """A SIGTERM landing after a command's work (click turns it into Abort) said nothing and
+    exited 130, as Ctrl-C does."""
+    import typer
+
+    from hires import cli_output
+
+    app = typer.Typer(cls=cli_output.OneLineErrors)
+
+    @app.command()
+    def late() -> None:
+        raise getattr(cli_output, raised, KeyboardInterrupt)()
+
+    @app.command()
+    def other() -> None:  # two commands: a group, as hires is
+        pass
+
+    with pytest.raises(SystemExit) as stop:
+        app(["late"])
+    assert stop.value.code == code
+    assert capfd.readouterr().err.strip().splitlines()[-1] == said
