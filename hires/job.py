@@ -284,6 +284,21 @@ def _coerce(name: str, value: Any, where: str) -> Any:
         raise JobError(f"'{name}' in {where} must be a {what}, got {value!r}") from None
 
 
+def check_kind(name: str, value: Any) -> None:
+    """A library caller's number setting (or allow_pickle), strictly of its kind: a whole
+    number is an int (not a bool, text or float), a number an int or float (not a bool or
+    text). Files and flags are read as text and coerced; a script's "256" is a slip."""
+    if name in TRUSTED_ONLY and not isinstance(value, bool):  # "no" is truthy: pickle on!
+        raise JobError(f"{name} must be True or False, got {value!r}")
+    kind = _TYPES.get(name, "").replace(" | None", "")
+    if value is None or kind not in ("int", "float"):
+        return
+    if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+        raise JobError(f"{name} must be a whole number (an int), got {value!r}")
+    if kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise JobError(f"{name} must be a number (an int or float), got {value!r}")
+
+
 def format_name(text: str) -> str:
     """A format as hires names it (FORMATS), from any case and the suffixes' names: 'TIF' and
     'jpeg' are 'tiff' and 'jpg'."""
@@ -297,6 +312,10 @@ def check_side(name: str, value: int) -> None:
         raise JobError(f"{name} must be a whole number of pixels, got {value!r}")
     if value <= 0:
         raise JobError(f"{name} must be a positive number of pixels, got {value}")
+    # The range first where no multiple of 8 near the value is a side (99999 was told to "try
+    # 64"); a near miss (32769, 60) is told the side it meant.
+    if value > MAX_SIDE + 8:
+        raise JobError(f"{name} must be at most {MAX_SIDE}, got {value}")
     if value % 8:
         near = [v for v in (value // 8 * 8, value // 8 * 8 + 8) if MIN_SIDE <= v <= MAX_SIDE]
         hint = f"try {' or '.join(map(str, near))}" if near else f"try {MIN_SIDE}"
@@ -307,10 +326,14 @@ def check_side(name: str, value: int) -> None:
         raise JobError(f"{name} must be at least {MIN_SIDE} px, got {value}")
 
 
-def parse_aspect(aspect: str) -> float:
-    """'16:9' (or '1.78') -> width / height."""
+def parse_aspect(aspect: str | float) -> float:
+    """'16:9' (or '1.78', or the library's 1.78) -> width / height."""
+    if isinstance(aspect, bool) or not isinstance(aspect, (str, int, float)):
+        raise JobError(f"aspect must be text like '16:9' or a number like 1.5, got {aspect!r}")
     try:
-        if ":" in aspect:
+        if not isinstance(aspect, str):
+            w, h = float(aspect), 1.0
+        elif ":" in aspect:
             w, h = (float(p) for p in aspect.split(":", 1))
         else:
             w, h = float(aspect), 1.0
