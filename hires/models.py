@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +31,25 @@ class ModelError(RuntimeError):
         self.usage = usage  # the options asked for what cannot be (exit 2), not a load failure
 
 
+# ModelError's messages speak of the CLI's flags; a library call (`hires.load`, `generate` or
+# `upscale`) names its keywords instead, as hires.output's `_LIBRARY_TERMS` do for its errors.
+# "--model tiny" is "model=tiny", "--allow-pickle" "allow_pickle=True".
+_LIBRARY_TERMS = ((re.compile(r"--allow-pickle\b"), "allow_pickle=True"),
+                  (re.compile(r"--([a-z][a-z0-9-]*)(?: (?!(?:or|and|if|to|for|with)\b)"
+                              r"(?=[\w.~/'\"-]))?"),
+                   lambda m: m.group(1).replace("-", "_") + "="))
+
+
+def in_library_terms(error: ModelError) -> ModelError:
+    """`error` (of its own kind, usage kept) with the CLI's flags named as the keywords."""
+    message = str(error)
+    for pattern, words in _LIBRARY_TERMS:
+        message = pattern.sub(words, message)
+    said = copy.copy(error)
+    said.args = (message,)
+    return said
+
+
 @dataclass
 class Components:
     """A loaded SDXL (as a diffusers pipeline, used for its parts) and how it was loaded."""
@@ -44,6 +65,7 @@ class Components:
     controlnets: dict[str, Any] = field(default_factory=dict)  # loaded ControlNets, by reference
     # The UNet's original attn1 modules (on the CPU) that LinFusion replaced, by name.
     attention_originals: dict[str, Any] = field(default_factory=dict)
+    vae_ref: str | None = None  # the VAE loaded instead of the model's, as named; None: its own
 
     @property
     def unet(self):
@@ -584,9 +606,10 @@ def load(
     `vae_dtype`: 'auto' (bf16 on CUDA and bf16-capable CPUs, else fp32), 'fp16', 'bf16' or
     'fp32'; see choose_vae_dtype. `vae`: a VAE to use instead of the model's (load_vae).
     """
-    from hires.job import Job
+    from hires.job import Job, check_kind
     from hires.memory import choose_offload, place
 
+    check_kind("allow_pickle", allow_pickle)
     # The library's callers get the CLI's checks: a Path is taken, offload="bad" refused.
     asked = Job(model=model, linfusion=linfusion, dtype=dtype, device=device, offload=offload,
                 vae_dtype=vae_dtype, vae=vae).validate()
@@ -618,6 +641,7 @@ def load(
     # Kept (in RAM, 0.8 GB for SDXL in fp16) so a ControlNet's own attention fine-tuning can be
     # carried over to LinFusion (hires.controlnet.linearize).
     components.attention_originals = originals
+    components.vae_ref = vae
     place(components)
     return components
 
