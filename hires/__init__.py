@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Job", "generate", "load", "upscale", "__version__"]
+__all__ = ["Job", "JobError", "Result", "generate", "load", "upscale", "__version__"]
 
 
 def main() -> None:
@@ -38,6 +38,18 @@ class _Package(types.ModuleType):
         return Job
 
     @property
+    def JobError(self) -> type:  # noqa: N802 (the class's name)
+        from hires.job import JobError
+
+        return JobError
+
+    @property
+    def Result(self) -> type:  # noqa: N802 (the class's name)
+        from hires.pipeline import Result
+
+        return Result
+
+    @property
     def generate(self) -> Callable[..., Any]:
         from hires.pipeline import generate
 
@@ -45,9 +57,9 @@ class _Package(types.ModuleType):
 
     @property
     def load(self) -> Callable[..., Any]:
-        from hires.pipeline import load
+        from hires.pipeline import library_load
 
-        return load
+        return library_load
 
     @property
     def upscale(self) -> Callable[..., Any]:
@@ -58,6 +70,10 @@ class _Package(types.ModuleType):
     @upscale.setter
     def upscale(self, module: types.ModuleType) -> None:  # that import's setattr: not taken
         pass
+
+    def __dir__(self) -> list[str]:
+        """The lazy names too: a property of the class is no key of the module's dict."""
+        return sorted({*super().__dir__(), *__all__})
 
 
 sys.modules[__name__].__class__ = _Package

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import inspect
+import os
 import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import wraps
 from pathlib import Path
 from typing import Any
+from warnings import warn as python_warn
 
 import numpy as np
 import torch
@@ -88,23 +91,53 @@ class Result:
 
     def save(self, path: str | Path, **options: Any) -> dict[str, Any]:
         """Write the image with hires' metadata (what `hires info` shows, `--from` runs again),
-        via a temp file; return the record. A `{seed}`-style template is filled as `-o`'s
-        ({seed}, {width}, {height}, {prompt}, {name}, {format}). Options: `hires.record.save`'s."""
-        from hires.output import OutputError, in_library_terms, output_path
+        via a temp file; return the record. `path` is read as `-o`'s: a folder (one that
+        exists, or a name ending in `/`) holds it under hires' default name, a name without a
+        format's suffix gets the job's format's, `~` is the home folder, and a `{seed}`-style
+        template is filled ({seed}, {width}, {height}, {prompt}, {name}, {format}). Options:
+        `hires.record.save`'s. What the save warns of (a JPEG loses transparency) is added to
+        `warnings` (and the record's) and given to Python's `warnings`."""
+        from hires.output import OutputError, in_library_terms
         from hires.record import save
-        from hires.runs import input_name
 
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"save takes a file's path (str or Path), got {type(path).__name__}"
+                            "; e.g. result.save('out.png')")
         if not str(path).strip():
             raise ValueError("save needs a file's path, e.g. result.save('out.png')")
+        if str(path) == "-":  # the CLI's `-o -`; here it would be a file named '-'
+            raise ValueError("save writes a file, not stdout: give a file's path; to send the "
+                             "image elsewhere, save it and copy the file")
         try:
-            if "{" in str(path):
-                path = output_path(str(path), width=self.image.width, height=self.image.height,
-                                   seed=self.seed, fmt=options.get("fmt") or self.job.format,
-                                   prompt=self.job.prompt,
-                                   name=input_name(self.job.image) if self.job.image else "")
-            return save(self, path, **options)
+            return save(self, self._path(path, options.get("fmt")),
+                        **{"warn": self._warned, **options})
         except OutputError as e:  # its message names the CLI's flags: say the keywords
             raise in_library_terms(e) from None
+
+    def _path(self, path: str | os.PathLike, fmt: str | None) -> Path:
+        """Where `save(path)` writes, named as `hires gen -o PATH` and `hires up -o PATH` name
+        one image (an upscale's default name ends in its input's)."""
+        from hires.job import format_name
+        from hires.output import EXTENSIONS, default_name, output_path, stem_part
+        from hires.runs import input_name
+
+        fmt = format_name(str(fmt)) if fmt else self.job.format
+        if fmt not in EXTENSIONS:  # refused by the save, with what to give
+            fmt = self.job.format
+        name = input_name(self.job.image) if self.job.image else ""
+        size = {"width": self.image.width, "height": self.image.height, "seed": self.seed}
+        where = output_path(os.fspath(path), **size, fmt=fmt, prompt=self.job.prompt, name=name)
+        if name and where.name == default_name(**size, fmt=fmt) \
+                and Path(os.fspath(path)).name != where.name:  # a folder's default name
+            where = where.with_name(f"{where.stem}_{stem_part(name)}{where.suffix}")
+        return where
+
+    def _warned(self, message: str) -> None:
+        """A save's warning: kept with the result's own (and so in its record and file), and
+        said through Python's warnings, as a script may never read `warnings`."""
+        if message not in self.warnings:
+            self.warnings.append(message)
+        python_warn(message, stacklevel=5)  # at the script's save(): past record and output
 
 
 def budget_for(job: Job, components: Components) -> int | None:
@@ -165,8 +198,12 @@ def generate(
 ) -> Result:
     """Make one image. Keyword overrides are Job fields: `generate(prompt="a fox", width=4096)`,
     or `size` (the long side) with `aspect`, or `print_size` ("60x90cm", "A2"; at `dpi`, 300
-    unless given); `generate("a fox")` takes the prompt. A job with an input `image` is an
-    upscale (`hires.upscale`).
+    unless given); `generate("a fox")` takes the prompt. An input `image` makes it an upscale:
+    given as a keyword, it is `hires.upscale(image, ...)`, sized as that is.
+
+    Returns a `Result` (the image, the job as run with its seed, each stage's report; `save`
+    writes it). Raises TypeError for an argument of the wrong kind, `JobError` for a bad
+    setting, `ModelError` for a model or add-on that cannot load (README: "From Python").
 
     `save_stages`: the result holds every stage's image (`Result.stage_images`).
     `on_stage_image(index, image)` is called as each stage but the last is decoded, so a
@@ -177,8 +214,29 @@ def generate(
     saved (`hires.resume.remove`).
     """
     check_callback("on_stage_image", on_stage_image, "(index, image)")
-    job = library_job(job, overrides, components, progress)
-    if job.image:  # an upscale's job (one read from an image's record, say): run as one
+    check_arguments(plan, checkpoint)
+    if (job is None or isinstance(job, str)) and overrides.get("image") is not None:
+        # `hires up`'s sizes, not a Job's default 1024x1024 square: see hires.upscale
+        from hires.upscale import upscale
+
+        if isinstance(job, str):
+            overrides = with_prompt(job, overrides)
+        return upscale(overrides.pop("image"), components=components, progress=progress,
+                       save_stages=save_stages, plan=plan, checkpoint=checkpoint,
+                       on_stage_image=on_stage_image, **overrides)
+    with in_keywords():
+        job = _library_job(job, overrides, components, progress)
+        return run_job(job, components=components, progress=progress, save_stages=save_stages,
+                       plan=plan, checkpoint=checkpoint, on_stage_image=on_stage_image)
+
+
+def run_job(job: Job, *, components: Components | None = None,
+            progress: ProgressFn | None = None, save_stages: bool = False,
+            plan: Plan | None = None, checkpoint: str | Path | None = None,
+            on_stage_image: StageImage | None = None) -> Result:
+    """One checked Job's image, as `generate` makes it, its errors in the CLI's words (the
+    CLI's runs come here); an upscale's job (one read from an image's record) runs as one."""
+    if job.image:
         from hires.upscale import upscale_job
 
         return upscale_job(job, components=components, progress=progress,
@@ -194,17 +252,48 @@ def generate(
                     on_stage_image=on_stage_image)
 
 
+def check_arguments(plan: Any, checkpoint: Any) -> None:
+    """`plan` and `checkpoint` of the kinds they must be, before any work (a wrong one failed
+    deep inside, with an AttributeError or pathlib's TypeError)."""
+    if plan is not None and not isinstance(plan, Plan):
+        raise TypeError(f"plan must be a hires.plan.Plan (from hires.pipeline.plan_for), got "
+                        f"{type(plan).__name__}")
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(f"checkpoint must be a file's path (str or Path), got "
+                        f"{type(checkpoint).__name__}")
+
+
 @contextmanager
 def in_keywords() -> Iterator[None]:
-    """A library call's JobError names its keywords, not the CLI's flags that the shared checks
-    name: 'aspect needs size', not '--aspect needs --size'."""
+    """A library call's JobError and ModelError name its keywords, not the CLI's flags that the
+    shared checks name: 'aspect needs size', not '--aspect needs --size'; 'allow_pickle=True',
+    not '--allow-pickle'."""
     from hires.job import JobError
+    from hires.models import ModelError, in_library_terms
 
     try:
         yield
     except JobError as e:
         raise JobError(re.sub(r"--([a-z][a-z0-9-]*)",
                               lambda m: m.group(1).replace("-", "_"), str(e))) from None
+    except ModelError as e:
+        raise in_library_terms(e) from None
+
+
+@wraps(load)
+def library_load(*args: Any, **kwargs: Any) -> Components:
+    """`hires.load`: `hires.models.load`, its errors naming the keywords (model=, not
+    --model)."""
+    with in_keywords():
+        return load(*args, **kwargs)
+
+
+def with_prompt(prompt: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The overrides with a prompt given as the first argument; a second one is refused."""
+    if "prompt" in overrides:
+        raise TypeError("the prompt was given twice, as the first argument and as "
+                        "prompt=...; give one")
+    return {"prompt": prompt, **overrides}
 
 
 def library_job(job: Job | str | None, overrides: dict[str, Any],
@@ -218,13 +307,12 @@ def library_job(job: Job | str | None, overrides: dict[str, Any],
 
 def _library_job(job: Job | str | None, overrides: dict[str, Any],
                  components: Components | None, progress: Any) -> Job:
-    from hires.job import JobError, size_from
+    from hires.addons import check_inputs
+    from hires.job import JobError, check_kind, size_from
+    from hires.output import format_problem
 
     if isinstance(job, str):
-        if "prompt" in overrides:
-            raise TypeError("the prompt was given twice, as the first argument and as "
-                            "prompt=...; give one")
-        job, overrides = Job(), {"prompt": job, **overrides}
+        job, overrides = Job(), with_prompt(job, overrides)
     if job is not None and not isinstance(job, Job):
         raise TypeError(f"job must be a hires.Job or a prompt, got {type(job).__name__}")
     if components is not None and not isinstance(components, Components):
@@ -233,6 +321,8 @@ def _library_job(job: Job | str | None, overrides: dict[str, Any],
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be a function of one hires.progress.Event, got "
                         f"{type(progress).__name__}")
+    for name, value in overrides.items():  # 256, not "256" or 256.0: as README says
+        check_kind(name, value)
     if overrides.get("print_size") is not None:  # as --print-size: a print at the dpi
         overrides = {**overrides, **print_size_overrides(overrides)}
     overrides.pop("print_size", None)
@@ -245,42 +335,78 @@ def _library_job(job: Job | str | None, overrides: dict[str, Any],
         overrides = {**overrides, "width": w, "height": h}
     job = (job or Job()).merged(overrides)
     if components is not None and job.model == DEFAULT_MODEL:  # not named: the loaded one
-        job = replace(job, model=components.model, linfusion="none"
-                      if components.linfusion is None and job.linfusion == "auto"
-                      else job.linfusion)
+        job = replace(job, model=components.model)
+    if components is not None and components.linfusion is None and job.linfusion == "auto":
+        job = replace(job, linfusion="none")  # what ran, so that --from runs it again
     job = job.validate()
+    # Before any work: a 16-bit JPEG, say, failed only at the save.
+    problem = format_problem(job.format, job.width, job.height, job.depth)
+    if problem:
+        raise JobError(f"format={job.format!r} with depth={job.depth}: {problem}")
     if components is not None:
         _check_loaded(job, components)
+    check_inputs(job)  # an add-on's image that is not there, before its weights load
     return job
 
 
 def _check_loaded(job: Job, components: Components) -> None:
-    """A job that names another model, dtype or device than `components` were loaded with
-    would run theirs and record its own: refused, so an image's record says what ran."""
+    """A job that names another model, dtype, device, LinFusion, VAE, VAE dtype or offload
+    than `components` were loaded with would run theirs and record its own: refused, so an
+    image's record says what ran."""
     from hires.job import JobError
-    from hires.models import DTYPES
 
-    def same_model(a: str, b: str) -> bool:
-        if a == b:
-            return True
-        pa, pb = Path(a).expanduser(), Path(b).expanduser()
-        return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+    def dtype_name(dtype: torch.dtype) -> str:
+        return str(dtype).removeprefix("torch.")
 
-    loaded = {"model": components.model, "dtype": str(components.dtype).removeprefix("torch."),
-              "device": str(components.device)}
-    wrong = None
-    if not same_model(job.model, components.model):
-        wrong = "model"
-    elif job.dtype != "auto" and DTYPES[job.dtype] != components.dtype:
-        wrong = "dtype"
-    elif job.device != "auto":
-        asked, have = torch.device(job.device), components.device
-        if asked.type != have.type or (asked.index or 0) != (have.index or 0):
-            wrong = "device"
+    loaded = {"model": components.model, "dtype": dtype_name(components.dtype),
+              "device": str(components.device), "linfusion": components.linfusion or "none",
+              "vae": components.vae_ref, "vae_dtype": dtype_name(components.vae_dtype),
+              "offload": components.offload}
+    wrong = next((name for name in loaded if not _agrees(name, job, components)), None)
     if wrong:
         raise JobError(f"{wrong}={getattr(job, wrong)!r}, but the components were loaded with "
                        f"{wrong} {loaded[wrong]!r}: drop {wrong}=, or load them with it "
                        f"(hires.load({wrong}=...))")
+
+
+def _agrees(name: str, job: Job, components: Components) -> bool:
+    """Whether the job's `name` setting is what `components` were loaded with ('auto' is)."""
+    from hires.memory import choose_offload
+    from hires.models import DTYPES, ModelError, choose_vae_dtype
+
+    asked = getattr(job, name)
+    if name == "model":
+        return _same_ref(asked, components.model)
+    if name == "vae":
+        have = components.vae_ref
+        return asked == have or (asked is not None and have is not None
+                                 and _same_ref(asked, have))
+    if asked == "auto":
+        return True
+    if name == "dtype":
+        return DTYPES[asked] == components.dtype
+    if name == "device":
+        want, have = torch.device(asked), components.device
+        return want.type == have.type and (want.index or 0) == (have.index or 0)
+    if name == "linfusion":  # 'none', or a checkpoint: the one mounted
+        return (components.linfusion is None if asked == "none"
+                else components.linfusion is not None and _same_ref(asked, components.linfusion))
+    if name == "offload":
+        return choose_offload(asked, components.device) == components.offload
+    try:  # vae_dtype: what loading with it would choose here
+        fp16_ok = components.vae.config.force_upcast is False
+        return choose_vae_dtype(components.device, components.dtype, asked,
+                                fp16_ok=fp16_ok) == components.vae_dtype
+    except ModelError:  # fp16 for a VAE that overflows in it: not how they were loaded
+        return False
+
+
+def _same_ref(a: str, b: str) -> bool:
+    """Two references to one model: the same text, or two paths to one file or folder."""
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
 
 
 def check_callback(name: str, fn: Any, args: str) -> None:
@@ -303,16 +429,15 @@ def print_size_overrides(overrides: dict[str, Any],
                          source: tuple[int, int] | None = None) -> dict[str, Any]:
     """A library call's `print_size` as width, height and the dpi it is priced at (300 unless
     `dpi` is given); `source`: an upscale's input size, fitted into the print."""
-    from hires.job import JobError
+    from hires.job import JobError, check_kind
     from hires.sizes import PRINT_DPI, print_pixels
 
     others = [k for k in ("size", "aspect", "scale", "width", "height")
               if overrides.get(k) is not None]
     if others:
         raise JobError(f"print_size sets both sides: drop {others[0]}")
+    check_kind("dpi", overrides.get("dpi"))
     dpi = overrides.get("dpi") or PRINT_DPI
-    if isinstance(dpi, bool) or not isinstance(dpi, (int, float)):
-        raise TypeError(f"dpi must be a number, got {type(dpi).__name__}")
     w, h = print_pixels(overrides["print_size"], dpi, source)
     return {"width": w, "height": h, "dpi": dpi}
 

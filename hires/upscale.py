@@ -27,6 +27,7 @@ from hires.pipeline import (
     Result,
     StageImage,
     _run,
+    check_arguments,
     check_callback,
     in_keywords,
     library_job,
@@ -39,7 +40,7 @@ from hires.sizes import target_size
 
 
 def upscale(
-    image: Any = None,
+    image: str | os.PathLike | None = None,
     *,
     size: int | None = None,
     scale: float | None = None,
@@ -53,31 +54,41 @@ def upscale(
     progress: ProgressFn | None = None,
     save_stages: bool = False,
     plan: Plan | None = None,
+    checkpoint: str | Path | None = None,
     on_stage_image: StageImage | None = None,
     on_score: Callable[[int, float], None] | None = None,
     **overrides: Any,
 ) -> Result:
-    """Upscale `image` (a path or an `images.InputImage`); keyword overrides are Job fields.
-    The output size: `size` (long side), `scale`, `width` with `height`, or `print_size`
-    ("60x90cm", "A2"; the largest the input fits at `dpi`, 300 unless given).
+    """Upscale `image` (a file's path; without one, `job`'s image); keyword overrides are Job
+    fields. The output size: `size` (long side), `scale`, `width` with `height`, or
+    `print_size` ("60x90cm", "A2"; the largest the input fits at `dpi`, 300 unless given);
+    the input's aspect is kept unless both sides are given.
 
     Returns a Result whose stages carry `psnr` against the input (`on_score(index, psnr)` as
     each stage ends), and whose job records the input's path and sha256 (so the job can be
-    repeated); transparency comes back resized.
+    repeated); transparency comes back resized. `checkpoint` and `on_stage_image` as for
+    `hires.generate`; errors too.
     """
     from hires.images import InputImage, load_input
 
+    if image is None and isinstance(job, Job) and job.image:
+        image = job.image
     if not isinstance(image, (str, os.PathLike, InputImage)):
         raise TypeError(f"image must be an image file's path (str or Path), got "
                         f"{type(image).__name__}; save an in-memory image to a file first (its "
                         "path and sha256 are recorded, so the upscale can be repeated)")
     check_callback("on_stage_image", on_stage_image, "(index, image)")
     check_callback("on_score", on_score, "(index, psnr)")
+    check_arguments(plan, checkpoint)
     if print_size is not None and not isinstance(print_size, str):
         raise TypeError(f"print_size must be text like '60x90cm' or 'A2', got "
                         f"{type(print_size).__name__}")
     with in_keywords():
-        check_size_args(size=size, scale=scale, width=width, height=height)
+        if "aspect" in overrides:  # as `hires up`, which has no --aspect
+            raise JobError("an upscale keeps the input's aspect; drop aspect (or give width "
+                           "and height)")
+        check_size_args(size=size, scale=scale, width=width, height=height,
+                        print_size=print_size)
         source = image if isinstance(image, InputImage) else load_input(Path(image))
         if print_size is not None:
             printed = print_size_overrides({**overrides, "print_size": print_size, "size": size,
@@ -91,13 +102,21 @@ def upscale(
         job = library_job(job, {"prompt": prompt, "strength": strength, **overrides},
                           components, progress)
         job = replace(job, width=w, height=h, image=str(source.path)).validate()
-    return upscale_job(job, source=source, components=components, progress=progress,
-                       save_stages=save_stages, plan=plan, on_stage_image=on_stage_image,
-                       on_score=on_score)
+        return upscale_job(job, source=source, components=components, progress=progress,
+                           save_stages=save_stages, plan=plan, checkpoint=checkpoint,
+                           on_stage_image=on_stage_image, on_score=on_score)
 
 
 def check_size_args(**sizes: Any) -> None:
-    """`upscale`'s size, scale, width and height: numbers in range, as their flags are."""
+    """`upscale`'s size, scale, width and height: numbers in range, as their flags are, and
+    only one way of sizing (print_size's clash says what to drop)."""
+    printed = sizes.pop("print_size", None)
+    given = [name for name, on in (("size", sizes["size"] is not None),
+                                   ("scale", sizes["scale"] is not None),
+                                   ("width/height", sizes["width"] is not None
+                                    or sizes["height"] is not None)) if on]
+    if len(given) > 1 and printed is None:
+        raise JobError("give only one of size, scale, width/height or print_size")
     for name, value in sizes.items():
         if value is None:
             continue
@@ -169,7 +188,7 @@ def make(job: Job, *, source: Any = None, **kwargs: Any) -> Result:
     `upscale_job` (only an upscale has a score)."""
     if job.image:
         return upscale_job(job, source=source, **kwargs)
-    from hires.pipeline import generate
+    from hires.pipeline import run_job
 
     kwargs.pop("on_score", None)
-    return generate(job, **kwargs)
+    return run_job(job, **kwargs)

@@ -1,0 +1,253 @@
+"""The library API's checks found in a QA pass: each refuses, names or saves what README says,
+in the library's keywords."""
+
+import os
+import warnings
+
+import pytest
+from PIL import Image
+
+import hires
+from hires.job import JobError
+
+ONE = {"steps": 1, "seed": 5}
+
+
+@pytest.fixture
+def small(tmp_path):
+    path = tmp_path / "in.png"
+    Image.new("RGB", (96, 64), "gray").save(path)
+    return path
+
+
+@pytest.fixture
+def made(tiny):
+    return hires.generate("x", components=tiny, size=128, **ONE)
+
+
+def other_vae_dtype(tiny) -> str:
+    return "fp32" if str(tiny.vae_dtype) == "torch.bfloat16" else "bf16"
+
+
+@pytest.mark.parametrize("setting,words", [
+    ({"linfusion": "none"}, "linfusion='none', but the components were loaded with linfusion "
+                            "'tiny': drop linfusion=, or load them with it"),
+    ({"vae": "tiny"}, "vae='tiny', but the components were loaded with vae None: drop vae="),
+    ({"vae_dtype": "other"}, "vae_dtype='.*', but the components were loaded with vae_dtype"),
+    ({"offload": "none"}, "offload='none', but the components were loaded with offload "
+                          "'model'"),
+])
+def test_a_setting_that_disagrees_with_the_components_is_refused(tiny, setting, words):
+    from dataclasses import replace
+
+    if setting.get("vae_dtype") == "other":
+        setting = {"vae_dtype": other_vae_dtype(tiny)}
+    if "offload" in setting:  # as a GPU's loaded with offload="model" would be
+        tiny = replace(tiny, offload="model")
+    with pytest.raises(JobError, match=words):
+        hires.generate("x", components=tiny, size=128, **setting, **ONE)
+
+
+def test_settings_that_agree_with_the_components_run_and_are_recorded(tiny):
+    result = hires.generate("x", components=tiny, size=128, linfusion="tiny", offload="none",
+                            vae_dtype=str(tiny.vae_dtype).removeprefix("torch.")
+                            .replace("bfloat16", "bf16").replace("float32", "fp32"), **ONE)
+    assert result.job.linfusion == "tiny" and result.linfusion == "tiny"
+
+
+@pytest.mark.parametrize("value", ["no", 1, None])
+def test_load_takes_allow_pickle_only_as_a_bool(value):
+    with pytest.raises(JobError, match="allow_pickle must be True or False"):
+        hires.load("m.ckpt", allow_pickle=value)
+    with pytest.raises(JobError, match="allow_pickle must be True or False"):
+        hires.generate("x", model="m.ckpt", allow_pickle=value, size=128, **ONE)
+
+
+@pytest.fixture
+def transparent(tmp_path):
+    path = tmp_path / "rgba.png"
+    Image.new("RGBA", (96, 64), (200, 50, 50, 128)).save(path)
+    return path
+
+
+def test_a_transparent_result_saved_as_jpeg_says_it_is_flattened(tiny, transparent, tmp_path):
+    result = hires.upscale(transparent, components=tiny, scale=2, steps=1, seed=5)
+    assert result.image.mode == "RGBA"
+    with pytest.warns(UserWarning, match="JPEG holds no transparency: x.jpg is flattened"):
+        record = result.save(tmp_path / "x.jpg")
+    said = [w for w in result.warnings if "flattened on white" in w]
+    assert len(said) == 1 and said[0] in record["warnings"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result.save(tmp_path / "y.jpg")
+    assert len([w for w in result.warnings if "flattened" in w]) == 2  # one per file
+
+
+def test_save_into_a_folder_takes_the_default_name(made, tmp_path):
+    record = made.save(f"{tmp_path}/new/")
+    assert record["path"] == str(tmp_path / "new" / "hires_128x128_s5.png")
+    (tmp_path / "there").mkdir()
+    record = made.save(tmp_path / "there")
+    assert record["path"] == str(tmp_path / "there" / "hires_128x128_s5.png")
+    assert (tmp_path / "there" / "hires_128x128_s5.png").is_file()
+
+
+def test_an_upscale_saved_into_a_folder_ends_in_its_input_name(tiny, small, tmp_path):
+    result = hires.upscale(small, components=tiny, scale=2, **ONE)
+    record = result.save(f"{tmp_path}/out/")
+    assert record["path"] == str(tmp_path / "out" / "hires_192x128_s5_in.png")
+
+
+def test_a_name_without_a_suffix_gets_the_jobs_format(tiny, tmp_path):
+    result = hires.generate("x", components=tiny, size=128, format="jpg", **ONE)
+    record = result.save(tmp_path / "fmtjpg")
+    assert record["path"] == str(tmp_path / "fmtjpg.jpg")
+    with Image.open(tmp_path / "fmtjpg.jpg") as im:
+        assert im.format == "JPEG"
+
+
+def test_a_16_bit_jpeg_is_refused_before_any_work(tiny):
+    def progress(event):
+        raise AssertionError("work started")
+
+    with pytest.raises(JobError, match="JPEG holds 8 bits a channel"):
+        hires.generate("x", components=tiny, size=128, depth=16, format="jpg",
+                       progress=progress, **ONE)
+
+
+def test_generate_from_an_image_keywords_is_sized_as_upscale(tiny, small):
+    with pytest.raises(JobError, match="^give one of size, scale, width/height or print_size"):
+        hires.generate(components=tiny, image=str(small), steps=2)
+    result = hires.generate("x", components=tiny, image=str(small), size=192, **ONE)
+    assert result.image.size == (192, 128)  # the input's 3:2, as hires up --size keeps it
+
+
+@pytest.mark.parametrize("setting", [
+    {"width": "256", "height": 256}, {"width": 256.0, "height": 256}, {"steps": "1"},
+    {"steps": 1.0}, {"seed": "5"}, {"guidance": "7"}, {"depth": "16"}, {"steps": True},
+    {"guidance": True}, {"size": "256"}, {"size": 256.0}, {"dpi": "300", "size": 128},
+])
+def test_generate_takes_numbers_only_as_numbers(tiny, setting):
+    with pytest.raises(JobError, match="must be a (whole )?number"):
+        hires.generate("x", components=tiny, **{"size": 128, **ONE, **setting}
+                       if "width" not in setting else {**ONE, **setting})
+
+
+def test_a_float_setting_takes_an_int(tiny):
+    result = hires.generate("x", components=tiny, size=128, guidance=7, **ONE)
+    assert result.job.guidance == 7.0
+
+
+@pytest.mark.parametrize("sizes", [{"width": "256", "height": 256}, {"size": 256.0}])
+def test_upscale_takes_sizes_only_as_whole_numbers(tiny, small, sizes):
+    with pytest.raises(JobError, match="must be a whole number"):
+        hires.upscale(small, components=tiny, **sizes)
+
+
+def test_aspect_may_be_a_number(tiny):
+    result = hires.generate("x", components=tiny, size=192, aspect=1.5, **ONE)
+    assert result.image.size == (192, 128)
+
+
+@pytest.mark.parametrize("aspect", [(16, 9), True, [16, 9]])
+def test_aspect_of_another_kind_is_refused(tiny, aspect):
+    with pytest.raises(JobError, match="aspect must be text like '16:9' or a number like 1.5"):
+        hires.generate("x", components=tiny, size=128, aspect=aspect, **ONE)
+
+
+def test_upscale_says_what_to_drop(tiny, small):
+    with pytest.raises(JobError, match="^an upscale keeps the input's aspect; drop aspect"):
+        hires.upscale(small, components=tiny, size=512, aspect="16:9")
+    with pytest.raises(JobError, match="^give only one of size, scale, width/height or "
+                                       "print_size"):
+        hires.upscale(small, components=tiny, size=256, scale=2)
+
+
+def test_a_side_far_out_of_range_says_the_range(tiny):
+    with pytest.raises(JobError, match="^size must be at most 32768, got 99999$"):
+        hires.generate("x", components=tiny, size=99999)
+
+
+def test_model_errors_name_the_keywords(tmp_path):
+    from hires.models import ModelError
+
+    ckpt = tmp_path / "m.ckpt"
+    ckpt.write_bytes(b"pickle")
+    with pytest.raises(ModelError) as caught:
+        hires.load(str(ckpt))
+    message = str(caught.value)
+    assert "allow_pickle=True" in message and "--" not in message, message
+    with pytest.raises(ModelError) as caught:
+        hires.generate("x", model=str(ckpt), size=128, **ONE)
+    assert "allow_pickle=True" in str(caught.value) and "--" not in str(caught.value)
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelError, match="use device=cpu"):
+            hires.load("tiny", device="cuda")
+
+
+def test_the_cli_keeps_its_flags_in_model_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from hires.cli import app
+
+    ckpt = tmp_path / "m.ckpt"
+    ckpt.write_bytes(b"pickle")
+    done = CliRunner().invoke(app, ["gen", "x", "--model", str(ckpt), "--size", "128",
+                                    "-o", str(tmp_path / "o.png")])
+    assert done.exit_code == 2 and "--allow-pickle" in done.output, done.output
+
+
+@pytest.mark.parametrize("call,words", [
+    (lambda c, p: hires.generate("x", components=c, plan="fast"), "plan must be a hires.plan"),
+    (lambda c, p: hires.generate("x", components=c, checkpoint=5), "checkpoint must be a file"),
+    (lambda c, p: hires.upscale(p, components=c, scale=2, plan="fast"), "plan must be"),
+])
+def test_arguments_of_the_wrong_kind_are_type_errors(tiny, small, call, words):
+    with pytest.raises(TypeError, match=words):
+        call(tiny, small)
+
+
+def test_save_refuses_a_path_of_the_wrong_kind_and_stdout(made):
+    with pytest.raises(TypeError, match="save takes a file's path"):
+        made.save(None)
+    with pytest.raises(ValueError, match="save writes a file, not stdout"):
+        made.save("-")
+
+
+def test_save_expands_the_home_folder(made, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    record = made.save("~/home.png")
+    assert record["path"] == str(tmp_path / "home.png") and (tmp_path / "home.png").is_file()
+
+
+def test_the_package_lists_and_exports_its_names():
+    names = dir(hires)
+    assert {"generate", "upscale", "load", "Job", "Result", "JobError"} <= set(names)
+    from hires.job import JobError as job_error
+    from hires.pipeline import Result
+
+    assert hires.JobError is job_error and hires.Result is Result
+    assert "upscale" in hires.generate.__doc__ and "Returns" in hires.generate.__doc__
+    assert "InputImage" not in hires.upscale.__doc__
+
+
+def test_import_hires_stays_cheap():
+    import subprocess
+    import sys
+
+    code = "import sys, hires; dir(hires); print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env={**os.environ})
+    assert done.stdout.strip() == "False", done.stderr
+
+
+def test_a_missing_ip_image_is_said_first(tiny):
+    with pytest.raises(JobError, match="^ip_image nope.png: no such file"):
+        hires.generate("x", components=tiny, ip_image="nope.png", size=128, **ONE)
+
+
+def test_upscale_takes_the_jobs_image(tiny, small):
+    result = hires.upscale(job=hires.Job(image=str(small)), components=tiny, scale=2, **ONE)
+    assert result.image.size == (192, 128) and result.source["path"] == str(small)
