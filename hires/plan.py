@@ -318,8 +318,6 @@ def fit_stage(stage: Stage, stages: list[Stage], model: ModelShape, budget: int 
     on_gpu = [o for o in options if room is None or o.cost.peak_bytes <= room]
     fits = [o for o in on_gpu if model.host is None
             or o.cost.host_bytes - o.cost.disk_bytes <= model.host]
-    # Parked maps go to the scratch disk only when no strategy keeps them all in RAM.
-    fits = [o for o in fits if not o.cost.disk_bytes] or fits
     if not fits and on_gpu:
         least = min(on_gpu, key=lambda o: o.cost.host_bytes)
         short = least.cost.host_bytes - model.host
@@ -342,7 +340,11 @@ def fit_stage(stage: Stage, stages: list[Stage], model: ModelShape, budget: int 
             f"stage {stage.index} ({stage.width}x{stage.height}) needs at least "
             f"{least.cost.peak_bytes / GIB:.1f} GiB of {memory} ({least.strategy.label}) "
             f"plus a margin, more than the {budget / GIB:.1f} GiB budget allows")
-    return min(fits, key=_preference(model))
+    # Parked maps on the scratch disk are priced in the time (costs.DISK_RATE), so a plan that
+    # writes some is taken when it is the faster, not only when nothing else fits the RAM: more
+    # free RAM then never makes a plan slower. At the same time, the one without the disk.
+    rank = _preference(model)
+    return min(fits, key=lambda o: (*rank(o)[:1], bool(o.cost.disk_bytes), *rank(o)[1:]))
 
 
 def cheaper(stage: Stage, stages: list[Stage], model: ModelShape, offload: str = "auto",
