@@ -268,7 +268,8 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
         # planned (BENCHMARKS.md, "The planner's margin and the VAE's kept outputs").
         room = budget if budget is None or free is None else free
         memo = (float("inf") if room is None or vae_stats != "fast" else
-                budget_from_free(room - vae_weights - state, model.on_gpu))
+                budget_from_free(room - vae_weights - state, model.on_gpu,
+                                 model.vae_dtype_bytes))
         passes = [(*previous, True)] if previous else []
         if (previous and encode_previous) or encode_input:
             passes.append((width, height, False))

@@ -53,7 +53,8 @@ MEMO_BYTES = 16e9  # exact: the most one level of saved step outputs may take on
 FAST_BYTES: float | None = None  # fast: the most kept step outputs may take (None: see below)
 # fast, by default: this share of the memory free when a decode starts (RAM is shared with
 # the rest of the machine; a GPU is ours), beyond a reserve for the tiles' own runs (a 2048 px
-# SDXL tile in bf16 needs about 6.5 GB), and at least FAST_FLOOR.
+# SDXL tile in bf16 needs about 6.5 GB; on a GPU the reserve grows with the VAE's element size,
+# so an fp32 VAE's twice as large runs keep room), and at least FAST_FLOOR.
 FAST_SHARE = {"cuda": 0.8, "cpu": 0.5}
 FAST_RESERVE = {"cuda": 8e9, "cpu": 2e9}
 FAST_FLOOR = 1e9
@@ -241,7 +242,7 @@ def _gather(state: State, grid: Grid, run: Callable[[Box], Tensor], dtype: torch
             state.stats[target] = _finish_moments(target, acc)
 
 
-def fast_budget(device: torch.device) -> float:
+def fast_budget(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> float:
     """Bytes the fast mode may keep step outputs in: `FAST_BYTES`, or a share of free memory.
 
     The more tiles keep their outputs, the less is recomputed: 8192 x 5472 px on the tiny VAE
@@ -254,7 +255,7 @@ def fast_budget(device: torch.device) -> float:
     free = free_memory(device)
     if free is None:
         return 4e9
-    return budget_from_free(free, device.type == "cuda")
+    return budget_from_free(free, device.type == "cuda", dtype.itemsize)
 
 
 def spill_budget(device: torch.device) -> float:
@@ -271,10 +272,12 @@ def spill_from_free(free: float) -> float:
     return max(0.0, SPILL_SHARE * (free - SPILL_RESERVE))
 
 
-def budget_from_free(free: float, on_gpu: bool) -> float:
-    """The fast mode's budget when `free` bytes are free as a decode starts (the planner's too)."""
+def budget_from_free(free: float, on_gpu: bool, dtype_bytes: int = 2) -> float:
+    """The fast mode's budget when `free` bytes are free as a decode starts (the planner's too)
+    with the VAE's elements `dtype_bytes` wide."""
     kind = "cuda" if on_gpu else "cpu"
-    return max(FAST_FLOOR, FAST_SHARE[kind] * (free - FAST_RESERVE[kind]))
+    reserve = FAST_RESERVE[kind] * (max(1.0, dtype_bytes / 2) if on_gpu else 1.0)
+    return max(FAST_FLOOR, FAST_SHARE[kind] * (free - reserve))
 
 
 @dataclass
@@ -300,7 +303,7 @@ def whole_image(net: nn.Module, head: Callable[[Box], Tensor], grid: Grid,
     size = grid.size
     state = State(size=size, cell=cell_side(size), device=device)
     memo = DiskMemo(len(grid), MEMO_BYTES) if mode == "exact" else MemoryMemo(
-        fast_budget(device), min(spill, spill_budget(device)) if spill else 0.0)
+        fast_budget(device, dtype), min(spill, spill_budget(device)) if spill else 0.0)
     norms = sum(isinstance(m, nn.GroupNorm) for m in net.modules())
     attns = len(attentions(net))
     # Tile runs, and above GLOBAL_TOKENS the attention's blocks (as long as a pass, or more).

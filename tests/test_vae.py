@@ -194,6 +194,9 @@ def test_fast_budget_is_a_share_of_free_memory(monkeypatch):
     assert vae_stats.fast_budget(cpu) == vae_stats.FAST_FLOOR
     monkeypatch.setattr(vae_stats, "free_memory", lambda device: 40e9)
     assert vae_stats.fast_budget(torch.device("cuda")) == 0.8 * (40e9 - 8e9)
+    # An fp32 VAE's tile runs take twice the room: the reserve beside the kept outputs too.
+    assert vae_stats.fast_budget(torch.device("cuda"), torch.float32) == 0.8 * (40e9 - 16e9)
+    assert vae_stats.fast_budget(cpu, torch.float32) == 0.5 * (40e9 - 2e9)
     monkeypatch.setattr(vae_stats, "FAST_BYTES", 5e6)
     assert vae_stats.fast_budget(cpu) == 5e6
 
