@@ -47,6 +47,7 @@ CALL_SECONDS = 0.08
 RESIZE_PX_PER_CORE = 12e6
 SAVE_PX_PER_CORE = 17e6
 CUDA_CONTEXT_GIB = 0.5  # what the CUDA context takes before a weight loads (more with a display)
+MIN_TFLOPS = 0.001  # a slow CPU's; below it a time estimate is no estimate
 MAX_TFLOPS = 1000  # above what any one GPU achieves here: a larger "--gpu 3050" is a card's name
 
 
@@ -90,8 +91,9 @@ def rate_for(gpu: str) -> float:
     except ValueError:
         raise ValueError(f"unknown GPU '{gpu}': use one of {names} or a measured TFLOP/s "
                          "figure like 350 (and --vram for its memory)") from None
-    if not value > 0:
-        raise ValueError(f"--gpu rate must be a positive TFLOP/s figure, got {gpu}")
+    if not value >= MIN_TFLOPS:  # 1e-300 printed times hundreds of digits long
+        raise ValueError(f"--gpu rate must be a TFLOP/s figure of at least {MIN_TFLOPS:g}, got "
+                         f"{gpu}")
     if value >= MAX_TFLOPS:
         raise ValueError(f"--gpu {gpu} is not a card in the table, and more TFLOP/s than one "
                          f"GPU achieves: use one of {names}, or the card's measured TFLOP/s "

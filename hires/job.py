@@ -35,6 +35,7 @@ MAX_DPI = 10000
 TRUSTED_ONLY = ("allow_pickle",)
 RECORD_ONLY = ("image_sha256",)  # written by hires into its images' records, not by people
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+MAX_MEMORY = 1_000_000  # GiB of vram or ram, GB of disk: more than any one machine has
 
 
 class JobError(ValueError):
@@ -125,10 +126,16 @@ class Job:
             raise JobError(f"dpi must be from 1 to {MAX_DPI} pixels per inch, got {self.dpi}")
         if self.depth not in DEPTHS or isinstance(self.depth, bool):
             raise JobError(f"depth must be 8 or 16 bits per channel, got {self.depth!r}")
+        # Past MAX_MEMORY no machine has it: a typo, and 1e308 overflowed or made the planner
+        # search for minutes.
+        for name, unit in (("vram", "GiB"), ("ram", "GiB"), ("disk", "GB")):
+            value = getattr(self, name)
+            if value is not None and value >= MAX_MEMORY:
+                raise JobError(f"{name} must be less than {MAX_MEMORY:,} {unit}, got {value:g}")
         if self.vram is not None and self.vram <= 0:
-            raise JobError(f"vram must be a positive number of GB, got {self.vram}")
+            raise JobError(f"vram must be a positive number of GiB, got {self.vram}")
         if self.ram is not None and self.ram <= 0:
-            raise JobError(f"ram must be a positive number of GB, got {self.ram}")
+            raise JobError(f"ram must be a positive number of GiB, got {self.ram}")
         if self.disk is not None and self.disk < 0:
             raise JobError(f"disk must be 0 (never) or a positive number of GB, got {self.disk}")
         if self.seed is not None and not 0 <= self.seed < 2**63:

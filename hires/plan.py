@@ -339,12 +339,17 @@ def fit_stage(stage: Stage, stages: list[Stage], model: ModelShape, budget: int 
         raise PlanError(
             f"stage {stage.index} ({stage.width}x{stage.height}) needs at least "
             f"{least.cost.peak_bytes / GIB:.1f} GiB of {memory} ({least.strategy.label}) "
-            f"plus a margin, more than the {budget / GIB:.1f} GiB budget allows")
+            f"plus a margin, more than the {_gib(budget)} GiB budget allows")
     # Parked maps on the scratch disk are priced in the time (costs.DISK_RATE), so a plan that
     # writes some is taken when it is the faster, not only when nothing else fits the RAM: more
     # free RAM then never makes a plan slower. At the same time, the one without the disk.
     rank = _preference(model)
     return min(fits, key=lambda o: (*rank(o)[:1], bool(o.cost.disk_bytes), *rank(o)[1:]))
+
+
+def _gib(size: float) -> str:
+    """GiB with one decimal; a tiny amount (a typo's --vram 0.001) with its own digits."""
+    return f"{size / GIB:.1f}" if size >= GIB / 10 else f"{size / GIB:.2g}"
 
 
 def cheaper(stage: Stage, stages: list[Stage], model: ModelShape, offload: str = "auto",

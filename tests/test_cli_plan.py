@@ -2,7 +2,7 @@
 
 import json
 
-from helpers_cli import assert_usage_error, cli
+from helpers_cli import assert_usage_error, cli, error_lines
 from PIL import Image
 
 from hires.gpus import EFFICIENCY, VAE_SHARE
@@ -426,3 +426,17 @@ def test_memory_sizes_take_a_gb_unit_as_people_write_them():
         assert plan_json(*args, "--vram", typed)["budget_bytes"] == bare["budget_bytes"]
     assert plan_json("x", "--size", "4096", "--vram", "24", "--ram", "64GB") == bare
     assert_usage_error(cli("plan", *args, "--vram", "24MB"), "'24MB' is not a size in GB")
+
+
+def test_implausible_memory_and_rates_are_usage_errors():
+    """--vram 1e308 overflowed (exit 1), --ram 1e300 kept the planner searching for minutes,
+    --gpu 1e-300 printed times hundreds of digits long; a tiny budget read '0.0 GiB'."""
+    for args, said in ((("--vram", "1e308"), "--vram must be less than 1,000,000 GiB"),
+                       (("--ram", "1e300"), "--ram must be less than 1,000,000 GiB"),
+                       (("--disk", "1e300"), "--disk must be less than 1,000,000 GB"),
+                       (("--gpu", "1e-300"), "--gpu rate must be a TFLOP/s figure of at least")):
+        result = cli("plan", "x", "--size", "1024", *args)
+        assert result.exit_code == 2, result.stderr
+        assert error_lines(result.stderr)[0].startswith(f"error: {said}"), result.stderr
+    tiny = cli("plan", "x", "--size", "1024", "--gpu", "4090", "--vram", "0.001")
+    assert tiny.exit_code == 2 and "more than the 0.001 GiB budget" in tiny.stderr
