@@ -85,6 +85,9 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
     if run.budget_from == "gpu":
         budget += (f" (the {gpu}'s {card(gpu).memory_gib:.1f} GiB less {CUDA_CONTEXT_GIB} for "
                    "CUDA; --vram sets it)")
+    elif run.budget_from == "gpu-capped":  # a preset's or --vram's more than the card has
+        budget += (f" (the {gpu}'s {card(gpu).memory_gib:.1f} GiB less {CUDA_CONTEXT_GIB} for "
+                   f"CUDA, not the {job.vram:g} GiB asked: the card has no more)")
     elif job.device.startswith("cpu") and run.budget_from == "device":
         budget += " (the free RAM)"
     if spill:

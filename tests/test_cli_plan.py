@@ -440,3 +440,15 @@ def test_implausible_memory_and_rates_are_usage_errors():
         assert error_lines(result.stderr)[0].startswith(f"error: {said}"), result.stderr
     tiny = cli("plan", "x", "--size", "1024", "--gpu", "4090", "--vram", "0.001")
     assert tiny.exit_code == 2 and "more than the 0.001 GiB budget" in tiny.stderr
+
+
+def test_a_vram_above_the_named_cards_memory_is_capped_at_the_card():
+    """The 16k-24gb preset with --gpu 3060 planned a 20.7 GiB peak on a 12 GiB card."""
+    plan = plan_json("x", "--preset", "16k-24gb", "--gpu", "3060", "--ram", "32", "--disk", "100")
+    assert plan["budget_from"] == "gpu-capped"
+    assert plan["budget_bytes"] == int(11.5 * 1024**3)
+    assert all(s["peak_bytes"] <= plan["budget_bytes"] for s in plan["stages"])
+    text = cli("plan", "x", "--preset", "16k-24gb", "--gpu", "3060", "--ram", "32").stdout
+    assert "11.5 GiB budget (the 3060's 12.0 GiB less 0.5 for CUDA, not the 24 GiB asked" in text
+    below = plan_json("x", "--size", "2048", "--gpu", "4090", "--vram", "8")
+    assert below["budget_from"] == "vram" and below["budget_bytes"] == 8 * 1024**3
