@@ -90,6 +90,8 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
                    f"CUDA, not the {job.vram:g} GiB asked: the card has no more)")
     elif job.device.startswith("cpu") and run.budget_from == "device":
         budget += " (the free RAM)"
+    elif run.budget_from == "ram":
+        budget += " (--ram)"
     if spill:
         budget += f", +{spill / GIB:.0f} GiB of RAM for VAE outputs"
     printed = ""

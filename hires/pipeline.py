@@ -141,9 +141,12 @@ class Result:
 
 
 def budget_for(job: Job, components: Components) -> int | None:
-    """Device bytes the plan may use: --vram, else the device's free memory (on CPU, RAM)."""
+    """Device bytes the plan may use: --vram, else the device's free memory; on a CPU, whose
+    memory is the RAM, --ram says it too."""
     if job.vram is not None:
         return int(job.vram * GIB)
+    if components.device.type == "cpu" and job.ram is not None:
+        return int(job.ram * GIB)
     return free_memory(components.device, components.parts)
 
 

@@ -492,7 +492,7 @@ class DryRun:
     gpu: str  # the card (or TFLOP/s figure) its times are for; "cpu": a CPU's, not timed
     rate: float | None  # FLOP/s; None: no times
     budget_from: str | None  # 'vram', 'gpu' (the named card's memory; 'gpu-capped': less than
-    # the vram asked), 'device' or None
+    # the vram asked), 'ram' (a CPU's, from --ram), 'device' or None
 
 
 def dry_run(job, gpu: str | None = None, source: tuple[int, int] | None = None,
@@ -508,7 +508,8 @@ def dry_run(job, gpu: str | None = None, source: tuple[int, int] | None = None,
 
     if job.device.startswith("cpu") and gpu is None:
         plan = plan_without_weights(job, None, source=source, stage_images=stage_images)
-        return DryRun(plan, "cpu", None, "vram" if job.vram is not None else "device")
+        return DryRun(plan, "cpu", None, "vram" if job.vram is not None else
+                      "ram" if job.ram is not None else "device")
     card_vram = card_budget_gib(gpu) if gpu is not None else None
     capped = job.vram is not None and card_vram is not None and job.vram > card_vram
     if capped:  # a preset's 24 GiB on a 12 GiB card: the card cannot lend what it lacks
@@ -568,8 +569,9 @@ def plan_without_weights(job, rate: float | None = None,
     if budget is None and on_gpu and torch.cuda.is_available():
         budget = free_memory(torch.device(job.device if job.device.startswith("cuda")
                                           else "cuda"))
-    if budget is None and job.device.startswith("cpu"):  # as a CPU run plans: in the free RAM
-        budget = free_memory(torch.device("cpu"))
+    if budget is None and job.device.startswith("cpu"):  # as a CPU run plans: --ram, or the
+        budget = (int(job.ram * 1024**3) if job.ram is not None  # free RAM
+                  else free_memory(torch.device("cpu")))
     if job.model == "tiny":
         from hires.models import load
 

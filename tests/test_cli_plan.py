@@ -2,6 +2,7 @@
 
 import json
 
+import torch
 from helpers_cli import assert_usage_error, cli, error_lines
 from PIL import Image
 
@@ -452,3 +453,20 @@ def test_a_vram_above_the_named_cards_memory_is_capped_at_the_card():
     assert "11.5 GiB budget (the 3060's 12.0 GiB less 0.5 for CUDA, not the 24 GiB asked" in text
     below = plan_json("x", "--size", "2048", "--gpu", "4090", "--vram", "8")
     assert below["budget_from"] == "vram" and below["budget_bytes"] == 8 * 1024**3
+
+
+def test_ram_is_a_cpu_runs_budget(tmp_path):
+    """On a CPU the device's memory is the RAM: --ram was ignored, the free RAM planned."""
+    from hires.job import Job
+    from hires.pipeline import budget_for
+
+    plan = plan_json("x", "--size", "2048", "--device", "cpu", "--ram", "64", "--model", "tiny")
+    assert plan["budget_from"] == "ram" and plan["budget_bytes"] == 64 * 1024**3
+    few = cli("plan", "x", "--size", "16384", "--device", "cpu", "--ram", "8")
+    assert few.exit_code == 2 and "more than the 8.0 GiB budget" in few.stderr
+
+    class Cpu:
+        device, parts = torch.device("cpu"), ()
+
+    assert budget_for(Job(ram=3), Cpu()) == 3 * 1024**3
+    assert budget_for(Job(ram=3, vram=2), Cpu()) == 2 * 1024**3
