@@ -69,7 +69,9 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
             "vae_seconds": rounded(p.vae_seconds), "host_seconds": rounded(p.host_seconds)}))
         return
     if timed:
-        where = f"times on {gpu} ({rate / 1e12:.3g} TFLOP/s achieved"
+        # Without a budget the plan may take more memory than the card has: its rate only.
+        where = (f"times on {gpu}" if p.budget else f"times at {gpu}'s rate, its memory aside"
+                 ) + f" ({rate / 1e12:.3g} TFLOP/s achieved"
         if p.fp32:
             fp32 = rate * p.fp32_share / 1e12
             where += f", {fp32:.{0 if fp32 >= 10 else 1}f} in the fp32 {' and '.join(p.fp32)}"

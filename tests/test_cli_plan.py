@@ -470,3 +470,12 @@ def test_ram_is_a_cpu_runs_budget(tmp_path):
 
     assert budget_for(Job(ram=3), Cpu()) == 3 * 1024**3
     assert budget_for(Job(ram=3, vram=2), Cpu()) == 2 * 1024**3
+
+
+def test_a_plan_without_a_budget_is_timed_at_a_cards_rate_not_on_the_card():
+    """`hires plan --size 16384` (no --gpu, no GPU here) said 'times on h100' of a plan whose
+    83 GiB peak an H100 cannot hold."""
+    text = cli("plan", "x", "--size", "16384").stdout.splitlines()[0]
+    assert "no memory budget" in text and "times at h100's rate, its memory aside" in text
+    named = cli("plan", "x", "--size", "16384", "--gpu", "h100").stdout.splitlines()[0]
+    assert "times on h100 (" in named
