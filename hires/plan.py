@@ -323,9 +323,11 @@ def fit_stage(stage: Stage, stages: list[Stage], model: ModelShape, budget: int 
         short = least.cost.host_bytes - model.host
         disk = ""
         if short <= least.cost.parked_bytes:  # the maps could wait on a disk
+            room = (f"{scratch_folder()} has room for {model.disk / 1e9:.1f} GB of them"
+                    if model.disk else f"none may go there now: --disk 0, or "
+                    f"{scratch_folder()} is full or in memory")  # not "room for 0.0 GB"
             disk = (f", let the {short / 1e9:.1f} GB of parked maps that RAM cannot hold wait "
-                    f"on a disk ({scratch_folder()} has room for {model.disk / 1e9:.1f} GB of "
-                    f"them; TMPDIR picks the folder, --disk the room)")
+                    f"on a disk ({room}; TMPDIR picks the folder, --disk the room)")
         error = PlanError(
             f"stage {stage.index} ({stage.width}x{stage.height}) fits the GPU only with "
             f"{least.cost.host_bytes / GIB:.1f} GiB of the CPU's memory for parked maps and "

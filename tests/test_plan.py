@@ -247,6 +247,9 @@ def test_maps_the_ram_cannot_hold_wait_on_a_disk_priced_in_the_time():
     with pytest.raises(PlanError, match=r"let the 12\.0 GB of parked maps that RAM cannot hold "
                        r"wait on a disk \(.* has room for 11\.0 GB of them; TMPDIR"):
         make_plan(16384, 16384, model=replace(short, disk=11e9), budget=12 * GIB, rate=400e12)
+    with pytest.raises(PlanError, match=r"wait on a disk \(none may go there now: --disk 0, "
+                       r"or .* is full or in memory; TMPDIR"):  # it said "room for 0.0 GB"
+        make_plan(16384, 16384, model=replace(short, disk=0), budget=12 * GIB, rate=400e12)
     with pytest.raises(PlanError) as e:
         make_plan(16384, 16384, model=replace(short, host=5e9, disk=1e12), budget=12 * GIB,
                   rate=400e12)
