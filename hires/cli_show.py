@@ -13,7 +13,7 @@ import typer
 
 from hires import __version__
 from hires.cli_jobs import check_gpu, fitted_plan
-from hires.cli_output import EXIT_USAGE, exit_codes, out_line, say
+from hires.cli_output import EXIT_USAGE, exit_codes, out_line, say, warn
 from hires.cli_runs import fp16_vae_hint, stages_upto, warn_space
 from hires.strips import cores
 
@@ -26,11 +26,15 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
     from hires.gpus import CUDA_CONTEXT_GIB, card
     from hires.memory import GIB
     from hires.plan import as_run_here, describe, dry_run, preview_of
+    from hires.prompts import cached_tokenizer, too_long
 
     check_gpu(gpu)
     if here:
         job = as_run_here(job, gpu)
     run = fitted_plan(lambda: dry_run(job, gpu, source, stage_images), job)
+    tokenizer = cached_tokenizer(job)  # a long prompt, said as the run would say it
+    for warning in too_long(tokenizer, job) if tokenizer is not None else []:
+        warn(warning)
     p, gpu, rate = (preview_of(run.plan) if preview else run.plan), run.gpu, run.rate
     spill = p.vae_spill_bytes
     timed = rate is not None  # a CPU plan is not timed (its rate is not known)

@@ -692,26 +692,11 @@ def vae_tile(job: Job, stage: Stage) -> int:
 
 
 def prompt_warnings(comps: Components, job: Job) -> list[str]:
-    """What SDXL's text encoders will not read of the prompt and negative prompt: each holds
-    77 tokens with its start and end marks, and diffusers drops the rest (its own notice is
-    off in the CLI, as are the libraries' logs)."""
-    tokenizer = comps.pipe.tokenizer
-    if tokenizer is None:
-        return []
-    room = tokenizer.model_max_length - 2
-    said = []
-    for name, text in (("prompt", job.prompt), ("negative prompt", job.negative)):
-        tokens = tokenizer.tokenize(text) if text else []
-        if len(tokens) > room:
-            cut = room  # back to the start of the word the limit falls in ("</w>" ends one)
-            while cut > 0 and not tokens[cut - 1].endswith("</w>"):
-                cut -= 1
-            dropped = tokenizer.decode(tokenizer.convert_tokens_to_ids(
-                tokens[cut or room:])).strip()
-            dropped = dropped if len(dropped) <= 40 else dropped[:40].rstrip() + "..."
-            said.append(f"the {name} is {len(tokens)} tokens and SDXL reads {room}: the rest, "
-                        f"from '{dropped}', is ignored; shorten it")
-    return said
+    """What SDXL's text encoders will not read of the prompts (`hires.prompts.too_long`); their
+    libraries' own notices are off in the CLI, as are their logs."""
+    from hires.prompts import too_long
+
+    return [] if comps.pipe.tokenizer is None else too_long(comps.pipe.tokenizer, job)
 
 
 def encode_prompt(comps: Components, job: Job, plan: Plan) -> Conditioning:

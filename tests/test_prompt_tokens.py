@@ -25,3 +25,50 @@ def test_the_cli_says_it_once_before_the_work(tmp_path, asked):
     said = [i for i, line in enumerate(lines) if "tokens and SDXL reads 75" in line]
     assert len(said) == 1 and lines[said[0]].startswith("warning: the prompt is ")
     assert not any("vae-decode" in line for line in lines[:said[0]])  # before the work
+
+
+def test_a_dry_run_and_a_plan_say_it_too_from_the_cached_tokenizer(tiny, tiny_folder):
+    """`gen --dry-run` and `plan` said nothing of a long prompt: the model is not loaded."""
+    from hires.job import Job
+    from hires.pipeline import prompt_warnings
+    from hires.prompts import cached_tokenizer
+
+    as_run = prompt_warnings(tiny, Job(prompt=LONG, model="tiny"))
+    for args in (("gen", LONG, "--model", "tiny", "--size", "256", "--dry-run"),
+                 ("plan", LONG, "--model", str(tiny_folder), "--size", "256"),
+                 ("plan", "a cat", "--negative", LONG, "--model", "tiny", "--size", "256")):
+        result = cli(*args)
+        assert result.exit_code == 0, result.stderr
+        said = [line for line in result.stderr.splitlines() if "SDXL reads 75" in line]
+        assert len(said) == 1, result.stderr
+        if args[1] == LONG:
+            assert said == [f"warning: {as_run[0]}"]
+    assert cached_tokenizer(Job(prompt="a cat", model="tiny")) is None  # nothing to check
+    # Not cached (no download for a dry run): nothing is said.
+    assert cached_tokenizer(Job(prompt=LONG, model="nobody/nothing-here")) is None
+    quiet = cli("plan", LONG, "--model", "nobody/nothing-here", "--size", "1024")
+    assert quiet.exit_code == 0 and "SDXL reads" not in quiet.stderr
+
+
+def test_a_hub_models_tokenizer_is_found_in_the_cache(tiny_folder, tmp_path, monkeypatch):
+    """A Hub id's tokenizer comes from the Hugging Face cache, as a run after a download has it;
+    a single file's from SDXL base's there."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    from hires.job import DEFAULT_MODEL, Job
+    from hires.prompts import cached_tokenizer
+
+    for repo in ("someone/their-sdxl", DEFAULT_MODEL):
+        snapshot = tmp_path / f"models--{repo.replace('/', '--')}" / "snapshots" / "abc123"
+        shutil.copytree(tiny_folder / "tokenizer", snapshot / "tokenizer")
+        (snapshot.parents[1] / "refs").mkdir()
+        (snapshot.parents[1] / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    found = cached_tokenizer(Job(prompt=LONG, model="someone/their-sdxl"))
+    assert found is not None and len(found.tokenize("a cat")) > 1
+    single = tmp_path / "mine.safetensors"
+    single.write_bytes(b"{}")
+    assert cached_tokenizer(Job(prompt=LONG, model=str(single))) is not None
+    assert cached_tokenizer(Job(prompt=LONG, model="someone/else")) is None
