@@ -3,7 +3,9 @@ each goes, and every check that can fail, all before a model loads."""
 
 from __future__ import annotations
 
+import glob
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,9 @@ def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
             if seed is not None:
                 base = seed - k
                 break
+    if base is None and many and not overwrite:
+        # Stopped between images, it kept no checkpoint: the images it made say its seeds.
+        base = made_base(todo, image)
     if base is None:
         base = secrets.randbelow(2**32)
     runs: list[Run] = []
@@ -104,6 +109,46 @@ def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
         check_inputs(one)
         runs.append(Run(one, path, made))
     return runs
+
+
+# A seed no name holds by chance: where an image's name shows its seed, this shows where.
+SEED_MARK = 918273645546372819
+
+
+def made_base(todo: list[tuple[Job, int]],
+              image: Callable[[int, Job, int], tuple[Job, Path]]) -> int | None:
+    """The first seed of a stopped run of these images (`todo`: each job and its place among
+    its `n`) that drew it at random and made some of them, not all: each image's file with
+    its name and this job's settings at the seed it records gives one. The newest such run's;
+    None if none (a run that made them all is done: the command makes new ones)."""
+    found: dict[int, float] = {}  # first seed: when its newest image was made
+    for i, (job, k) in enumerate(todo):
+        _, named = image(i, job, SEED_MARK)
+        pattern = glob.escape(named.name).replace(str(SEED_MARK), "*")
+        for path in named.parent.glob(pattern) if named.parent.is_dir() else []:
+            seed = recorded_seed(path)
+            if seed is None or seed < k:
+                continue
+            one, at = image(i, job, seed)
+            if at == path and made_by(path, one):
+                found[seed - k] = max(found.get(seed - k, 0.0), path.stat().st_mtime)
+    for base in sorted(found, key=found.__getitem__, reverse=True):
+        made = [made_by(path, one) for one, path in
+                (image(i, job, base + k) for i, (job, k) in enumerate(todo))]
+        if not all(made):
+            return base
+    return None
+
+
+def recorded_seed(path: Path) -> int | None:
+    """The seed the image at `path` records, if hires made it."""
+    try:
+        record = out.read_metadata(path)["hires"]
+    except out.OutputError:
+        return None
+    job = record.get("job") if isinstance(record, dict) else None
+    seed = job.get("seed") if isinstance(job, dict) else None
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 
 def input_name(image: str) -> str:

@@ -1,0 +1,100 @@
+"""What a re-run does with what a stopped run left: images made before the stop, checkpoints
+of other settings, and checkpoints that are damaged."""
+
+from pathlib import Path
+
+import pytest
+from helpers_cli import cli, json_lines
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import hires.pipeline
+from hires import resume
+from hires.pipeline import generate
+
+# Two stages (256, 512 px): a stop in the second leaves the first kept.
+JOB = dict(prompt="a fox", model="tiny", width=512, height=512, steps=2, seed=1)
+GEN = ("gen", "a fox", "--model", "tiny", "--size", "512", "--steps", "2")
+
+
+class Stop(Exception):
+    """Stands for whatever stops a run: Ctrl-C, a kill, an out-of-memory error."""
+
+
+def failing_once(monkeypatch, at: int, after: int = 0) -> list[int]:
+    """Stage `at` fails once, the first time it runs after `after` runs of it; returns the
+    indices of the stages run, in order."""
+    real = hires.pipeline._stage
+    ran: list[int] = []
+    failed: list[bool] = []
+
+    def stage(job, comps, plan, s, *rest):
+        ran.append(s.index)
+        if s.index == at and not failed and ran.count(at) > after:
+            failed.append(True)
+            raise KeyboardInterrupt
+        return real(job, comps, plan, s, *rest)
+
+    monkeypatch.setattr(hires.pipeline, "_stage", stage)
+    return ran
+
+
+def stopped_in_stage_1(tiny, out: Path, **job) -> Path:
+    """The checkpoint a run of JOB (with `job`) writing `out` left when stopped in stage 1."""
+    kept = resume.path_for(out)
+
+    def progress(e):
+        if e.stage == 1 and e.phase == "denoise":
+            raise Stop
+
+    with pytest.raises(Stop):
+        generate(components=tiny, checkpoint=kept, progress=progress, **{**JOB, **job})
+    assert kept.is_file()
+    return kept
+
+
+def rewrite(kept: Path, *, meta: dict | None = None, **tensors) -> None:
+    """The checkpoint at `kept` with some of its metadata or tensors replaced."""
+    with safe_open(str(kept), framework="pt") as f:
+        held = {k: f.get_tensor(k) for k in f.keys()}
+        metadata = f.metadata()
+    save_file({**held, **tensors}, str(kept), metadata={**metadata, **(meta or {})})
+
+
+# 1. Images a stopped run with a random seed made are recognised, and it goes on.
+
+def test_prompts_on_stdin_go_on_after_a_stop_between_images(tmp_path, asked, monkeypatch):
+    args = (*GEN[:1], "-", *GEN[2:], "--json", "-o", tmp_path / "sp" / "{index}.png")
+    stages = failing_once(monkeypatch, at=0, after=1)  # the second prompt's first stage
+    first = cli(*args, input="a fox\na cat\n")
+    assert first.exit_code == 130
+    (made,) = json_lines(first.stdout)
+    assert not list((tmp_path / "sp").glob("*" + resume.SUFFIX))  # stage 0 kept nothing
+    stages.clear()
+    again = cli(*args, input="a fox\na cat\n")
+    assert again.exit_code == 0, again.stderr
+    records = json_lines(again.stdout)
+    assert records[0] == made and [r["seed"] for r in records] == [made["seed"]] * 2
+    assert "made already by these settings, kept" in again.stderr
+    assert stages == [0, 1]  # the second image alone
+
+
+def test_n_images_go_on_after_a_stop_between_images(tmp_path, asked, monkeypatch):
+    args = (*GEN, "--n", "3", "--json", "-o", f"{tmp_path}/")
+    stages = failing_once(monkeypatch, at=0, after=1)  # the second image's first stage
+    assert cli(*args).exit_code == 130
+    (made,) = list(tmp_path.glob("*.png"))
+    stages.clear()
+    again = cli(*args)
+    assert again.exit_code == 0, again.stderr
+    seeds = [r["seed"] for r in json_lines(again.stdout)]
+    assert json_lines(again.stdout)[0]["path"] == str(made)
+    assert seeds == [seeds[0], seeds[0] + 1, seeds[0] + 2]
+    assert len(list(tmp_path.glob("*.png"))) == 3 and stages == [0, 1, 0, 1]
+
+
+def test_a_finished_command_with_a_random_seed_makes_new_images(tmp_path, asked):
+    args = ("gen", "a fox", "--model", "tiny", "--size", "256", "--steps", "1", "--n", "2",
+            "-q", "-o", f"{tmp_path}/")
+    assert cli(*args).exit_code == 0 and cli(*args).exit_code == 0
+    assert len(list(tmp_path.glob("*.png"))) == 4
