@@ -85,6 +85,15 @@ def _header(path: Path) -> dict[str, str] | None:
     return meta if meta.get("format") == FORMAT else None
 
 
+def _kept_stage(meta: dict[str, str]) -> tuple[int, list]:
+    """The last stage a checkpoint's metadata says it keeps, and its stages; ValueError if
+    they do not make sense (a stage that is not one of them)."""
+    stages, stage = json.loads(meta["stages"]), int(meta["stage"])
+    if not isinstance(stages, list) or not 0 <= stage < len(stages):
+        raise ValueError(f"stage {stage} of {len(stages)}")
+    return stage, stages
+
+
 def describe(path: Path) -> dict[str, Any] | None:
     """What the checkpoint at `path` holds, for `hires info`: its job (a dict), the last stage
     it keeps and every stage's size; None if it is not one of hires' checkpoints."""
@@ -92,8 +101,8 @@ def describe(path: Path) -> dict[str, Any] | None:
     if meta is None:
         return None
     try:
-        job, stages = json.loads(meta["job"]), json.loads(meta["stages"])
-        return {"hires": meta.get("hires"), "job": job, "stage": int(meta["stage"]),
+        stage, stages = _kept_stage(meta)
+        return {"hires": meta.get("hires"), "job": json.loads(meta["job"]), "stage": stage,
                 "stages": [[w, h] for w, h, _ in stages]}
     except (KeyError, TypeError, ValueError):
         return None
@@ -107,8 +116,10 @@ def stage_of(path: Path, job: Job, plan: Plan) -> int | None:
     if meta is None or meta.get("hires") != __version__ or meta.get("settings") != _settings(job) \
             or meta.get("stages") != _stages(plan) or meta.get("inputs") != _inputs(job):
         return None
-    stage = int(meta["stage"])
-    return stage if 0 <= stage < len(plan.stages) else None
+    try:
+        return _kept_stage(meta)[0]  # its stages are the plan's
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def seed_of(path: Path, job: Job) -> int | None:

@@ -98,3 +98,16 @@ def test_a_finished_command_with_a_random_seed_makes_new_images(tmp_path, asked)
             "-q", "-o", f"{tmp_path}/")
     assert cli(*args).exit_code == 0 and cli(*args).exit_code == 0
     assert len(list(tmp_path.glob("*.png"))) == 4
+
+
+# 3. A stage out of range is not a checkpoint hires can read.
+
+@pytest.mark.parametrize("stage", ["5", "-1"])
+def test_a_stage_out_of_range_is_refused(tiny, tmp_path, stage):
+    out = tmp_path / "fox.png"
+    kept = stopped_in_stage_1(tiny, out)
+    rewrite(kept, meta={"stage": stage})
+    shown = cli("info", kept)
+    assert shown.exit_code == 2
+    assert "is not a checkpoint hires can read" in shown.stderr and "delete it" in shown.stderr
+    assert resume.describe(kept) is None
