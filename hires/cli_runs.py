@@ -503,16 +503,18 @@ def stages_upto(stage: int) -> str:
     return "stage 0" if stage == 0 else f"stages 0-{stage}"
 
 
-def kept_stage(kept: Path, job, plan, source=None) -> int | None:
-    """The last stage of this job that the checkpoint `kept` holds, if any (an upscale's job
-    records its `source` image's sha256)."""
+def kept_job(job, source=None):
+    """The job as its checkpoint records it: an upscale's records its `source` image's sha256."""
     from dataclasses import replace
 
+    return replace(job, image_sha256=source.sha256) if source is not None else job
+
+
+def kept_stage(kept: Path, job, plan, source=None) -> int | None:
+    """The last stage of this job that the checkpoint `kept` holds, if any."""
     from hires import resume
 
-    if source is not None:
-        job = replace(job, image_sha256=source.sha256)
-    return resume.stage_of(kept, job, plan) if kept.exists() else None
+    return resume.stage_of(kept, kept_job(job, source), plan) if kept.exists() else None
 
 
 def say_resume(kept: Path, job, plan, source=None, stage_files: list[Path] | None = None
@@ -523,6 +525,14 @@ def say_resume(kept: Path, job, plan, source=None, stage_files: list[Path] | Non
     from hires import resume
     from hires.runs import made_by
 
+    if not kept.is_file():
+        return
+    # Said, as the run would otherwise start over without a word: a flag changed by mistake
+    # costs the stages kept.
+    why = resume.why_not(kept, kept_job(job, source), plan)
+    if why is not None:
+        say(f"  {kept.name} {why}: starting over")
+        return
     stage = kept_stage(kept, job, plan, source)
     if stage is None:
         return

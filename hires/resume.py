@@ -23,8 +23,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from hires.job import Job
+
 if TYPE_CHECKING:
-    from hires.job import Job
     from hires.plan import Plan
 
 SUFFIX = ".resume.safetensors"
@@ -51,10 +52,35 @@ def _stages(plan: Plan) -> str:
     return json.dumps([[s.width, s.height, list(s.timesteps)] for s in plan.stages])
 
 
+# What a job's file is (its format, bits, print size) and how its VAE is tiled: none of them
+# changes the latents a checkpoint keeps. The tile only moves the VAE's rounding at the seams,
+# as auto's choice does already, which follows the memory free at each run.
+NOT_IN_LATENTS = ("format", "dpi", "depth", "vae_tile")
+
+
+def _resolved_dtype(job: Job) -> str:
+    """The job's dtype as it runs: an explicit one equal to what auto picks is the same run."""
+    from hires.models import ModelError, resolve_device, resolve_dtype
+
+    try:
+        dtype = resolve_dtype(job.dtype, resolve_device(job.device))
+    except ModelError:  # a run of it fails before any stage: nothing to match
+        return job.dtype
+    return str(dtype).removeprefix("torch.")
+
+
+def _latent_settings(job: Job) -> dict[str, Any]:
+    """The job's settings that shape the latents a checkpoint keeps."""
+    from hires.batch import PLACEMENT_KEYS
+
+    values = {k: v for k, v in job.to_dict().items() if k not in NOT_IN_LATENTS + PLACEMENT_KEYS}
+    return {**values, "dtype": _resolved_dtype(job)}
+
+
 def _settings(job: Job) -> str:
     from hires.batch import settings_hash
 
-    return settings_hash(job)
+    return settings_hash(_latent_settings(job))
 
 
 def _inputs(job: Job) -> str:
@@ -108,18 +134,77 @@ def describe(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def stage_of(path: Path, job: Job, plan: Plan) -> int | None:
-    """The last stage the checkpoint at `path` holds, if it is of this job, else None."""
+class NotOfThisJob(Exception):
+    """Why a checkpoint cannot be gone on from, in a few words (after its name)."""
+
+
+def _differences(meta: dict[str, str], job: Job) -> str:
+    """'seed 1, not 2': the kept job's settings that differ from `job`'s, the first few."""
+    try:
+        kept = _latent_settings(Job.from_dict(json.loads(meta["job"])))
+    except Exception:  # a job this version cannot read: no details
+        return ""
+    now = _latent_settings(job)
+    shown = {k: json.dumps(v, default=str) for k, v in now.items()}
+    differ = [f"{k} {json.dumps(kept.get(k), default=str)}, not {shown[k]}" for k in now
+              if json.dumps(kept.get(k), default=str) != shown[k]]
+    return "; ".join(differ[:3])
+
+
+def _check(path: Path, job: Job, plan: Plan) -> int:
+    """The last stage the checkpoint at `path` keeps, from its header (no tensor read);
+    raises NotOfThisJob if it is not this job's and plan's, or cannot be read."""
     from hires import __version__
 
     meta = _header(path)
-    if meta is None or meta.get("hires") != __version__ or meta.get("settings") != _settings(job) \
-            or meta.get("stages") != _stages(plan) or meta.get("inputs") != _inputs(job):
-        return None
+    if meta is None:
+        raise NotOfThisJob("cannot be read")
     try:
-        return _kept_stage(meta)[0]  # its stages are the plan's
+        stage, _ = _kept_stage(meta)
     except (KeyError, TypeError, ValueError):
+        raise NotOfThisJob("cannot be read") from None
+    if meta.get("hires") != __version__:
+        raise NotOfThisJob(f"was kept by hires {meta.get('hires')}, not {__version__}")
+    if meta.get("settings") != _settings(job):
+        differ = _differences(meta, job)
+        raise NotOfThisJob(f"is of another job ({differ})" if differ else "is of another job")
+    if meta.get("stages") != _stages(plan):
+        raise NotOfThisJob("is of another plan (other stage sizes or steps)")
+    if meta.get("inputs") != _inputs(job):
+        raise NotOfThisJob("is of other input files (a model, LoRA or image changed since)")
+    return stage
+
+
+def _tensors(path: Path, device: torch.device) -> tuple[Tensor, Tensor, Tensor, list]:
+    """Its latents, anchor mean and std on `device`, and its reports; NotOfThisJob if they
+    cannot be read."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            reports = json.loads(f.metadata()["reports"])
+            tensors = [f.get_tensor(k) for k in ("latents", "mean", "std")]
+    except Exception:  # cut short after its header
+        raise NotOfThisJob("cannot be read") from None
+    latents, mean, std = (t.to(device) for t in tensors)
+    return latents, mean, std, reports
+
+
+def stage_of(path: Path, job: Job, plan: Plan) -> int | None:
+    """The last stage the checkpoint at `path` holds, if it is of this job, else None."""
+    try:
+        return _check(path, job, plan)
+    except NotOfThisJob:
         return None
+
+
+def why_not(path: Path, job: Job, plan: Plan) -> str | None:
+    """Why the checkpoint at `path` cannot be gone on from ("cannot be read", "is of another
+    job (seed 1, not 2)"); None if it can. Reads its tensors, as `load` does."""
+    try:
+        _check(path, job, plan)
+        _tensors(path, torch.device("cpu"))
+    except NotOfThisJob as e:
+        return str(e)
+    return None
 
 
 def seed_of(path: Path, job: Job) -> int | None:
@@ -147,12 +232,11 @@ def stopped_seed(folder: Path, job: Job, output_for: Callable[[int], Path]) -> i
 
 def load(path: Path, job: Job, plan: Plan, device: torch.device) -> Checkpoint | None:
     """The checkpoint at `path` on `device`, if it is of this job and plan."""
-    stage = stage_of(path, job, plan)
-    if stage is None:
+    try:
+        stage = _check(path, job, plan)
+        latents, mean, std, reports = _tensors(path, device)
+    except NotOfThisJob:
         return None
-    with safe_open(str(path), framework="pt") as f:
-        reports = json.loads(f.metadata()["reports"])
-        latents, mean, std = (f.get_tensor(k).to(device) for k in ("latents", "mean", "std"))
     return Checkpoint(stage, latents, (mean, std), reports)
 
 

@@ -100,6 +100,36 @@ def test_a_finished_command_with_a_random_seed_makes_new_images(tmp_path, asked)
     assert len(list(tmp_path.glob("*.png"))) == 4
 
 
+# 2. A checkpoint is kept across settings that do not change its latents; a mismatch is said.
+
+def test_settings_that_do_not_shape_the_latents_keep_the_checkpoint(tiny, tmp_path, asked):
+    out = tmp_path / "fox.png"
+    stopped_in_stage_1(tiny, out)
+    result = cli(*GEN, "--seed", "1", "--dpi", "300", "--depth", "16", "--vae-tile", "256",
+                 "--dtype", "fp32", "--device", "cpu", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert "resuming: stage 0 was kept in fox.png.resume.safetensors" in result.stderr
+
+
+def test_a_checkpoint_of_another_seed_is_said_before_starting_over(tiny, tmp_path, asked):
+    out = tmp_path / "fox.png"
+    stopped_in_stage_1(tiny, out)
+    result = cli(*GEN, "--seed", "2", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert ("fox.png.resume.safetensors is of another job (seed 1, not 2): starting over"
+            in result.stderr)
+    assert "resuming" not in result.stderr
+
+
+def test_a_checkpoint_cut_short_is_said_before_starting_over(tiny, tmp_path, asked):
+    out = tmp_path / "fox.png"
+    kept = stopped_in_stage_1(tiny, out)
+    kept.write_bytes(kept.read_bytes()[:-1000])
+    result = cli(*GEN, "--seed", "1", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert "fox.png.resume.safetensors cannot be read: starting over" in result.stderr
+
+
 # 3. A stage out of range is not a checkpoint hires can read.
 
 @pytest.mark.parametrize("stage", ["5", "-1"])
