@@ -172,18 +172,33 @@ def _check(path: Path, job: Job, plan: Plan) -> int:
         raise NotOfThisJob("is of another plan (other stage sizes or steps)")
     if meta.get("inputs") != _inputs(job):
         raise NotOfThisJob("is of other input files (a model, LoRA or image changed since)")
+    _check_shapes(path, plan.stages[stage])
     return stage
 
 
+def _check_shapes(path: Path, stage) -> None:
+    """Its latents are one image of `stage`'s size (read from the header): a file written
+    wrong would otherwise go on to a wrong image, recorded as the job's."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shape = list(f.get_slice("latents").get_shape())
+    except Exception:  # no latents in it
+        raise NotOfThisJob("cannot be read") from None
+    if len(shape) != 4 or shape[0] != 1 or shape[2:] != [stage.height // 8, stage.width // 8]:
+        raise NotOfThisJob("cannot be read")
+
+
 def _tensors(path: Path, device: torch.device) -> tuple[Tensor, Tensor, Tensor, list]:
-    """Its latents, anchor mean and std on `device`, and its reports; NotOfThisJob if they
-    cannot be read."""
+    """Its latents, anchor mean and std on `device`, and its reports; NotOfThisJob if a
+    tensor holds NaN or infinity (a file damaged, or a stage that went wrong)."""
     try:
         with safe_open(str(path), framework="pt") as f:
             reports = json.loads(f.metadata()["reports"])
             tensors = [f.get_tensor(k) for k in ("latents", "mean", "std")]
     except Exception:  # cut short after its header
         raise NotOfThisJob("cannot be read") from None
+    if not all(torch.isfinite(t).all() for t in tensors) or not isinstance(reports, list):
+        raise NotOfThisJob("cannot be read")
     latents, mean, std = (t.to(device) for t in tensors)
     return latents, mean, std, reports
 
@@ -231,7 +246,8 @@ def stopped_seed(folder: Path, job: Job, output_for: Callable[[int], Path]) -> i
 
 
 def load(path: Path, job: Job, plan: Plan, device: torch.device) -> Checkpoint | None:
-    """The checkpoint at `path` on `device`, if it is of this job and plan."""
+    """The checkpoint at `path` on `device`, if it is of this job and plan and whole (its
+    latents the size of its stage's, all finite)."""
     try:
         stage = _check(path, job, plan)
         latents, mean, std, reports = _tensors(path, device)

@@ -4,6 +4,7 @@ of other settings, and checkpoints that are damaged."""
 from pathlib import Path
 
 import pytest
+import torch
 from helpers_cli import cli, json_lines
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -141,3 +142,22 @@ def test_a_stage_out_of_range_is_refused(tiny, tmp_path, stage):
     assert shown.exit_code == 2
     assert "is not a checkpoint hires can read" in shown.stderr and "delete it" in shown.stderr
     assert resume.describe(kept) is None
+
+
+# 4. Latents of the wrong size, or not finite, are not resumed.
+
+@pytest.mark.parametrize("bad", ["shape", "nan"])
+def test_damaged_latents_are_not_resumed(tiny, tmp_path, asked, bad):
+    out = tmp_path / "fox.png"
+    kept = stopped_in_stage_1(tiny, out)
+    with safe_open(str(kept), framework="pt") as f:
+        latents = f.get_tensor("latents")
+    latents = torch.zeros(1, 4, 8, 8) if bad == "shape" else latents * float("nan")
+    rewrite(kept, latents=latents)
+    job = hires.job.Job(**JOB)
+    plan = hires.pipeline.plan_for(job, tiny)
+    assert resume.load(kept, job, plan, torch.device("cpu")) is None
+    result = cli(*GEN, "--seed", "1", "--json", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert "fox.png.resume.safetensors cannot be read: starting over" in result.stderr
+    assert json_lines(result.stdout)[0].get("resumed_after_stage") is None
