@@ -156,6 +156,7 @@ def gen(
     Quiet.on, Quiet.progress = quiet, progress
     busy = "prompt '-'" if prompt == "-" else ""  # stdin holds the prompts
     with exit_codes(), recorded_stdin(from_image, "gen", busy) as piped:
+        check_from(from_image)
         flags = job_flags(options)
         if prompt and prompt != "-":
             flags["prompt"] = prompt
@@ -173,6 +174,17 @@ def gen(
             raise typer.BadParameter("give a prompt (or '-' to read prompts from stdin)")
         run_jobs(jobs, output, save_stages, as_json, quiet, overwrite, gpu, fmt_flag=fmt, n=n,
                  resume_runs=resume_runs, preview=preview)
+
+
+def check_from(from_image: Path | None) -> None:
+    """--from reads the job an image records; a stopped run's checkpoint is no image yet."""
+    from hires import resume
+    from hires.job import JobError
+
+    if from_image is not None and resume.is_checkpoint(from_image):
+        raise JobError(f"{from_image} is the checkpoint of a stopped run, not an image: run the "
+                       f"command that made it again to go on (`hires info {from_image}` shows "
+                       "its job)")
 
 
 @app.command(cls=Sections)
@@ -272,6 +284,7 @@ def plan(
     """A dry run: each stage's size, steps, strategy, peak memory, work and time; no weights."""
     options = dict(locals())  # every option, by name: job_flags picks the job's
     with exit_codes(), recorded_stdin(from_image, "plan") as piped:
+        check_from(from_image)
         flags = job_flags(options)
         if prompt:
             flags["prompt"] = prompt

@@ -120,6 +120,11 @@ def _kept_stage(meta: dict[str, str]) -> tuple[int, list]:
     return stage, stages
 
 
+def is_checkpoint(path: Path) -> bool:
+    """Whether `path` is one of hires' checkpoints, or named as one."""
+    return path.name.endswith(SUFFIX) or (path.is_file() and _header(path) is not None)
+
+
 def describe(path: Path) -> dict[str, Any] | None:
     """What the checkpoint at `path` holds, for `hires info`: its job (a dict), the last stage
     it keeps and every stage's size; None if it is not one of hires' checkpoints."""

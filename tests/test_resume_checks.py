@@ -161,3 +161,14 @@ def test_damaged_latents_are_not_resumed(tiny, tmp_path, asked, bad):
     assert result.exit_code == 0, result.stderr
     assert "fox.png.resume.safetensors cannot be read: starting over" in result.stderr
     assert json_lines(result.stdout)[0].get("resumed_after_stage") is None
+
+
+# 5. --from a checkpoint says what it is.
+
+@pytest.mark.parametrize("command", ["gen", "plan"])
+def test_from_a_checkpoint_says_it_is_one(tiny, tmp_path, command):
+    kept = stopped_in_stage_1(tiny, tmp_path / "fox.png")
+    result = cli(command, "--from", kept)
+    assert result.exit_code == 2
+    assert "is the checkpoint of a stopped run, not an image" in result.stderr
+    assert f"hires info {kept}" in result.stderr
