@@ -351,7 +351,8 @@ def show_made(path: Path, as_json: bool) -> None:
         lines.append("add-ons none")
     for stage in result.get("stages", []):
         lines.append(f"stage {stage.get('index')}: {stage.get('width')}x{stage.get('height')}, "
-                     f"{stage.get('steps')} steps, {stage.get('seconds')} s"
+                     f"{stage.get('steps')} step{'' if stage.get('steps') == 1 else 's'}, "
+                     f"{stage.get('seconds')} s"
                      + (f", {stage['psnr']} dB PSNR against the input" if "psnr" in stage
                         else ""))
     out_line("\n".join(lines))

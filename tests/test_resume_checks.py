@@ -172,3 +172,11 @@ def test_from_a_checkpoint_says_it_is_one(tiny, tmp_path, command):
     assert result.exit_code == 2
     assert "is the checkpoint of a stopped run, not an image" in result.stderr
     assert f"hires info {kept}" in result.stderr
+
+
+def test_info_says_1_step(tmp_path, asked):
+    out = tmp_path / "one.png"
+    assert cli("gen", "x", "--model", "tiny", "--size", "256", "--steps", "1", "-q",
+               "-o", out).exit_code == 0
+    shown = cli("info", out).stdout
+    assert "1 step," in shown and "1 steps" not in shown
