@@ -24,6 +24,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from hires import strategy as _strategy
+from hires.errors import first_line
 from hires.models import (
     PICKLE_SUFFIXES,
     ModelError,
@@ -37,10 +38,6 @@ from hires.models import (
 class ControlError(ValueError):
     """A ControlNet could not be loaded or does not fit the model; the message is one line."""
 
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else type(e).__name__
 
 
 def load_controlnet(ref: str, dtype: torch.dtype, device: torch.device | str = "cpu",
@@ -83,7 +80,7 @@ def _load(ref: str, dtype: torch.dtype, allow_pickle: bool) -> Any:
         from huggingface_hub import constants
 
         if path.is_file():
-            raise ControlError(f"could not load {path.name} as a ControlNet: {_first_line(e)} "
+            raise ControlError(f"could not load {path.name} as a ControlNet: {first_line(e)} "
                                "(single files need their config from the Hub: connect once to "
                                "cache it, or pass a diffusers folder)") from e
         if not local and (hub_unreachable(e) or "cached" in str(e)
@@ -91,9 +88,9 @@ def _load(ref: str, dtype: torch.dtype, allow_pickle: bool) -> Any:
             raise ModelError(
                 f"ControlNet '{ref}' is not in the local cache and {hub_closed()} to download "
                 "it, or pass a local folder or .safetensors file") from e
-        raise ControlError(f"could not load ControlNet '{ref}': {_first_line(e)}") from e
+        raise ControlError(f"could not load ControlNet '{ref}': {first_line(e)}") from e
     except Exception as e:  # diffusers raises many kinds here; the user needs one line
-        raise ControlError(f"could not load '{ref}' as a ControlNet: {_first_line(e)}") from e
+        raise ControlError(f"could not load '{ref}' as a ControlNet: {first_line(e)}") from e
     if not isinstance(model, ControlNetModel):
         raise ControlError(f"'{ref}' is a {type(model).__name__}, not a ControlNet")
     return model

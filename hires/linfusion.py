@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hires.errors import first_line
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
@@ -344,7 +346,7 @@ class LinFusion(nn.Module):
         try:
             state = load_file(weights)
         except Exception as e:  # safetensors raises its own error types for corrupt files
-            raise LinFusionError(f"checkpoint {weights}: unreadable ({_first_line(e)}); "
+            raise LinFusionError(f"checkpoint {weights}: unreadable ({first_line(e)}); "
                                  "re-download or re-save it") from None
         with torch.device("meta"):
             model = cls(modules_list)
@@ -466,10 +468,6 @@ def _check_fits(unet: nn.Module, entry: dict) -> None:
 # --- finding and reading checkpoints -------------------------------------------------------------
 
 
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0][:300] if lines else type(e).__name__
-
 
 def _offline() -> bool:
     """HF_HUB_OFFLINE, read now: huggingface_hub reads it once at import."""
@@ -521,7 +519,7 @@ def _checkpoint_folder(ref: str | Path, cache_dir: str | Path | None,
                              "(or needs a login); check the id, or pass a local folder") from None
     except (HfHubHTTPError, OSError) as e:
         raise LinFusionError(f"could not download LinFusion checkpoint {ref}: "
-                             f"{_first_line(e)}") from None
+                             f"{first_line(e)}") from None
 
 
 def _read_config(path: Path) -> list[dict]:
@@ -532,7 +530,7 @@ def _read_config(path: Path) -> list[dict]:
     try:
         config = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LinFusionError(f"{path}: unreadable ({_first_line(e)})") from None
+        raise LinFusionError(f"{path}: unreadable ({first_line(e)})") from None
     if not isinstance(config, dict) or config.get("_class_name") != "LinFusion":
         found = config.get("_class_name") if isinstance(config, dict) else None
         raise LinFusionError(f"{path}: _class_name is {found!r}, not 'LinFusion'; this is not a "

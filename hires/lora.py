@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from hires.errors import first_line
 from hires.images import file_sha256
-from hires.linfusion import LinearAttention, _first_line, _offline
+from hires.linfusion import LinearAttention, _offline
 from hires.models import PICKLE_SUFFIXES, ModelError, hub_closed, quiet_loading
 
 ADAPTER_PREFIX = "hires_"
@@ -169,7 +170,7 @@ def _download(ref: str, repo: str, filename: str | None, allow_pickle: bool) -> 
     except EntryNotFoundError:
         raise LoraError(f"LoRA {ref}: the Hub repository {repo} has no file {filename}") from None
     except (HfHubHTTPError, OSError) as e:
-        raise LoraError(f"could not download LoRA {ref}: {_first_line(e)}") from None
+        raise LoraError(f"could not download LoRA {ref}: {first_line(e)}") from None
 
 
 # --- loading --------------------------------------------------------------------------------------
@@ -199,7 +200,7 @@ def load_loras(pipe, specs: Sequence[str], allow_pickle: bool = False) -> list[d
                 pipe.set_adapters(names, adapter_weights=[scale for _, scale in parsed])
         except Exception as e:  # diffusers and peft raise many kinds; leave the model clean
             unload_loras(pipe)
-            raise LoraError(f"could not apply {which}: {_first_line(e)}") from e
+            raise LoraError(f"could not apply {which}: {first_line(e)}") from e
     return [_record(pipe, *args) for args in zip(parsed, files, names, expected, strict=True)]
 
 
@@ -242,7 +243,7 @@ def _source(ref: str, file: Path) -> str | dict[str, torch.Tensor]:
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle and zip errors of every kind
-        raise LoraError(f"LoRA {ref}: {file.name} is unreadable ({_first_line(e)})") from None
+        raise LoraError(f"LoRA {ref}: {file.name} is unreadable ({first_line(e)})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
                                               for v in state.values()):
         raise LoraError(f"LoRA {ref}: {file.name} holds no plain dict of tensors; it is not a "
@@ -261,10 +262,10 @@ def _converted(pipe, ref: str, source: str | dict) -> dict[str, torch.Tensor]:
     try:
         state, _ = pipe.lora_state_dict(arg, unet_config=pipe.unet.config, use_safetensors=True)
     except SafetensorError as e:
-        raise LoraError(f"LoRA {ref} is not a readable safetensors file ({_first_line(e)})"
+        raise LoraError(f"LoRA {ref} is not a readable safetensors file ({first_line(e)})"
                         ) from None
     except Exception as e:  # diffusers' kohya conversion raises bare ValueErrors and others
-        raise LoraError(f"LoRA {ref} is not a LoRA diffusers can read: {_first_line(e)}") from None
+        raise LoraError(f"LoRA {ref} is not a LoRA diffusers can read: {first_line(e)}") from None
     if not state:
         raise LoraError(f"LoRA {ref} holds no tensors")
     return state

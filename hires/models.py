@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from hires.errors import first_line
 from hires.job import DEFAULT_MODEL
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -305,7 +306,7 @@ def load_pipeline(ref: str, dtype: torch.dtype, allow_pickle: bool = False):
         try:
             return StableDiffusionXLPipeline.from_single_file(str(path), dtype=dtype)
         except Exception as e:  # diffusers raises many kinds here; the user needs one line
-            raise ModelError(f"could not load {path.name} as an SDXL checkpoint: {_first_line(e)}"
+            raise ModelError(f"could not load {path.name} as an SDXL checkpoint: {first_line(e)}"
                              " (single files need the SDXL config: connect once to cache it)"
                              ) from e
     if kind == "folder" and not (path / "model_index.json").is_file():
@@ -333,7 +334,7 @@ def load_pipeline(ref: str, dtype: torch.dtype, allow_pickle: bool = False):
                 f"model '{ref}' is not in the local cache and {hub_closed()} to download it, "
                 "or pass a local folder or .safetensors file with --model (or --model tiny to "
                 "try hires offline)") from e
-        raise ModelError(f"could not load model '{ref}': {_first_line(e)}") from e
+        raise ModelError(f"could not load model '{ref}': {first_line(e)}") from e
 
 
 def load_vae(ref: str, like, allow_pickle: bool = False):
@@ -367,7 +368,7 @@ def load_vae(ref: str, like, allow_pickle: bool = False):
                 "pass a local folder or .safetensors file with --vae") from e
         if kind == "folder" and not allow_pickle and not any(path.rglob("*.safetensors")):
             raise _pickled(f"{ref} holds pickle (.bin) weights only", "them") from e
-        raise ModelError(f"could not load VAE '{ref}': {_first_line(e)}") from e
+        raise ModelError(f"could not load VAE '{ref}': {first_line(e)}") from e
     mine, theirs = _latent_shape(vae), _latent_shape(like)
     if mine != theirs:
         raise ModelError(f"VAE '{ref}' makes {mine[0]}-channel latents at 1/{mine[1]} scale and "
@@ -419,7 +420,7 @@ def _vae_from_file(path: Path, like, allow_pickle: bool):
                                                   local_files_only=True)
         except Exception as e:  # diffusers raises many kinds here; the user needs one line
             raise ModelError(f"could not load {path.name} as a VAE for this model: "
-                             f"{_first_line(e)}") from e
+                             f"{first_line(e)}") from e
 
 
 def vae_fp16_ok(model: str, vae: str | None) -> bool:
@@ -533,10 +534,6 @@ def _pickled(what: str, it: str) -> ModelError:
     return ModelError(f"{what}, which can run code when loaded; convert {it} to .safetensors or "
                       f"pass --allow-pickle if you trust {it}", usage=True)
 
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else type(e).__name__
 
 
 def attach_linfusion(
