@@ -40,7 +40,7 @@ def one_evaluation(args: argparse.Namespace) -> dict:
     """Load the model, run one UNet call at the latent size, report time and peak memory."""
     from hires.denoiser import dilated_convs
     from hires.lean import lean_unet
-    from hires.memory import chunked_feed_forward
+    from hires.token_chunks import token_chunks
 
     if args.full:
         from hires.sdxl import random_components
@@ -66,7 +66,7 @@ def one_evaluation(args: argparse.Namespace) -> dict:
     lean = lean_unet(unet) if args.mode == "lean" else nullcontext()
     t0 = time.perf_counter()
     with (torch.inference_mode(), dilated_convs(unet, args.dilation),
-          chunked_feed_forward(unet, True), lean):
+          token_chunks(unet, True), lean):
         unet(x, torch.tensor(500.0, device=dev), encoder_hidden_states=emb,
              added_cond_kwargs=added, return_dict=False)
     if dev.type == "cuda":

@@ -192,41 +192,6 @@ def placed(components, weights: str, *active: nn.Module) -> Iterator[None]:
     yield
 
 
-class ChunkedFeedForward(nn.Module):
-    """A transformer feed-forward run over at most `max_tokens` tokens at a time.
-
-    Ours rather than diffusers' `set_chunk_feed_forward`, which needs the token count to be a
-    multiple of the chunk size: arbitrary aspect ratios break that.
-    """
-
-    def __init__(self, ff: nn.Module, max_tokens: int):
-        super().__init__()
-        self.ff, self.max_tokens = ff, max_tokens
-
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        chunks = -(-x.shape[1] // self.max_tokens)
-        if chunks <= 1:
-            return self.ff(x, *args, **kwargs)
-        return torch.cat([self.ff(c, *args, **kwargs) for c in x.chunk(chunks, dim=1)], dim=1)
-
-
-@contextmanager
-def chunked_feed_forward(unet: nn.Module, enabled: bool = True,
-                         max_tokens: int = 65536) -> Iterator[None]:
-    """Chunk every transformer feed-forward (4x wider than its input) while a big stage runs."""
-    from diffusers.models.attention import BasicTransformerBlock
-
-    blocks = [m for m in unet.modules() if isinstance(m, BasicTransformerBlock)] if enabled else []
-    try:
-        for block in blocks:
-            block.ff = ChunkedFeedForward(block.ff, max_tokens)
-        yield
-    finally:
-        for block in blocks:
-            if isinstance(block.ff, ChunkedFeedForward):
-                block.ff = block.ff.ff
-
-
 def reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -8,7 +8,7 @@ chunks. So the block holds its input, its output and one chunk's work, where dif
 its input, the norm output, q, k, v, the attention output and the residual sums, each as
 large as the input (1.25 GiB each at the 16K stage's second level in bf16). With softmax
 self-attention (no LinFusion, or other block layouts) only the feed-forward, the widest part,
-is chunked (hires.memory.ChunkedFeedForward). Same arithmetic as diffusers up to float rounding.
+is chunked (ChunkedFeedForward). Same arithmetic as diffusers up to float rounding.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from torch import Tensor, nn
 
 from hires.lean import restore_forwards
 from hires.linfusion import KeyValueState, LinearAttention
-from hires.memory import ChunkedFeedForward
 
 CHUNK_TOKENS = 16384  # tokens per chunk (hires.unet_costs prices a chunk of this size)
 
@@ -71,6 +70,24 @@ def _chunked_forward(block: nn.Module, original: Callable, max_tokens: int) -> C
                              encoder_attention_mask, kwargs, max_tokens)
 
     return forward
+
+
+class ChunkedFeedForward(nn.Module):
+    """A transformer feed-forward run over at most `max_tokens` tokens at a time.
+
+    Ours rather than diffusers' `set_chunk_feed_forward`, which needs the token count to be a
+    multiple of the chunk size: arbitrary aspect ratios break that.
+    """
+
+    def __init__(self, ff: nn.Module, max_tokens: int):
+        super().__init__()
+        self.ff, self.max_tokens = ff, max_tokens
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        chunks = -(-x.shape[1] // self.max_tokens)
+        if chunks <= 1:
+            return self.ff(x, *args, **kwargs)
+        return torch.cat([self.ff(c, *args, **kwargs) for c in x.chunk(chunks, dim=1)], dim=1)
 
 
 @contextmanager

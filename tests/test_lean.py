@@ -66,15 +66,16 @@ def test_lean_unet_matches_diffusers(tiny, small_bands, ratio):
 def test_no_intermediate_is_as_large_as_a_concatenated_skip(tiny, small_bands):
     # The full-resolution up block concatenates 64 upsampled + 32 skip channels: diffusers makes
     # that 96-channel tensor (and 96-channel norm/SiLU outputs); the lean pass never does. The
-    # feed-forward is chunked, as in the pipeline's big stages, so its 8x-wide GEGLU stays small.
-    from hires.memory import chunked_feed_forward
+    # transformer blocks run over chunks of tokens, as in the pipeline's big stages, so the 8x-wide
+    # GEGLU of their feed-forwards stays small.
+    from hires.token_chunks import token_chunks
 
     unet = tiny.unet
     h = w = 64
     x, kw = unet_inputs(unet, h, w)
     largest = {}
     for name, enabled in (("diffusers", False), ("lean", True)):
-        with (torch.inference_mode(), chunked_feed_forward(unet, True, max_tokens=256),
+        with (torch.inference_mode(), token_chunks(unet, True, max_tokens=256),
               lean.lean_unet(unet, enabled), LargestOutput() as seen):
             unet(x, torch.tensor(500.0), **kw)
         largest[name] = seen.largest
