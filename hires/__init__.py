@@ -57,7 +57,7 @@ class _Package(types.ModuleType):
 
     @property
     def load(self) -> Callable[..., Any]:
-        from hires.pipeline import library_load
+        from hires.library import library_load
 
         return library_load
 

@@ -21,19 +21,16 @@ from PIL import Image
 
 from hires.addons import attached
 from hires.job import UPSCALE_STRENGTH, Job, JobError, check_side
-from hires.memory import current
-from hires.models import Components, load, load_args
-from hires.pipeline import (
-    Result,
-    StageImage,
-    _run,
+from hires.library import (
     check_arguments,
     check_callback,
     in_keywords,
     library_job,
-    plan_for,
     print_size_overrides,
 )
+from hires.memory import current
+from hires.models import Components, load, load_args
+from hires.pipeline import Result, StageImage, _run, plan_for
 from hires.plan import Plan
 from hires.progress import ProgressFn
 from hires.sizes import target_size

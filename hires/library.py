@@ -1,0 +1,205 @@
+"""What the library's callers may pass, checked before any work: the arguments of
+`hires.generate`, `hires.upscale` and `hires.load`, and their errors in the keywords' words."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hires.job import DEFAULT_MODEL, Job
+from hires.models import Components, load
+from hires.plan import Plan
+
+
+def check_arguments(plan: Any, checkpoint: Any) -> None:
+    """`plan` and `checkpoint` of the kinds they must be, before any work (a wrong one failed
+    deep inside, with an AttributeError or pathlib's TypeError)."""
+    if plan is not None and not isinstance(plan, Plan):
+        raise TypeError(f"plan must be a hires.plan.Plan (from hires.pipeline.plan_for), got "
+                        f"{type(plan).__name__}")
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(f"checkpoint must be a file's path (str or Path), got "
+                        f"{type(checkpoint).__name__}")
+
+
+@contextmanager
+def in_keywords() -> Iterator[None]:
+    """A library call's JobError and ModelError name its keywords, not the CLI's flags that the
+    shared checks name: 'aspect needs size', not '--aspect needs --size'; 'allow_pickle=True',
+    not '--allow-pickle'."""
+    from hires.job import JobError
+    from hires.models import ModelError, in_library_terms
+
+    try:
+        yield
+    except JobError as e:
+        raise JobError(re.sub(r"--([a-z][a-z0-9-]*)",
+                              lambda m: m.group(1).replace("-", "_"), str(e))) from None
+    except ModelError as e:
+        raise in_library_terms(e) from None
+
+
+@wraps(load)
+def library_load(*args: Any, **kwargs: Any) -> Components:
+    """`hires.load`: `hires.models.load`, its errors naming the keywords (model=, not
+    --model)."""
+    with in_keywords():
+        return load(*args, **kwargs)
+
+
+def with_prompt(prompt: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The overrides with a prompt given as the first argument; a second one is refused."""
+    if "prompt" in overrides:
+        raise TypeError("the prompt was given twice, as the first argument and as "
+                        "prompt=...; give one")
+    return {"prompt": prompt, **overrides}
+
+
+def library_job(job: Job | str | None, overrides: dict[str, Any],
+                components: Components | None = None, progress: Any = None) -> Job:
+    """The Job a library call asks for, checked as the CLI checks its flags (TypeError for
+    arguments of the wrong kind); with `components` and no model named, theirs, so that its
+    record (and `--from`) names the model that ran. Call it inside `in_keywords()`, so that
+    its errors name the keywords."""
+    from hires.addons import check_inputs
+    from hires.job import JobError, check_kind, size_from
+    from hires.output import format_problem
+
+    if isinstance(job, str):
+        job, overrides = Job(), with_prompt(job, overrides)
+    if job is not None and not isinstance(job, Job):
+        raise TypeError(f"job must be a hires.Job or a prompt, got {type(job).__name__}")
+    if components is not None and not isinstance(components, Components):
+        raise TypeError(f"components must be what hires.load(...) returns, got "
+                        f"{type(components).__name__}; to name a model, pass model=...")
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be a function of one hires.progress.Event, got "
+                        f"{type(progress).__name__}")
+    for name, value in overrides.items():  # 256, not "256" or 256.0: as README says
+        check_kind(name, value)
+    if overrides.get("print_size") is not None:  # as --print-size: a print at the dpi
+        overrides = {**overrides, **print_size_overrides(overrides)}
+    overrides.pop("print_size", None)
+    sizes = {k: overrides.pop(k) for k in ("size", "aspect", "width", "height") if k in overrides}
+    if sizes:  # as --size/--aspect and --width/--height: one pair or the other, whole
+        w, h = size_from(sizes.get("size"), sizes.get("aspect"), sizes.get("width"),
+                         sizes.get("height")) or (None, None)
+        if w is None:
+            raise JobError("give size (with aspect, if you like) or width and height")
+        overrides = {**overrides, "width": w, "height": h}
+    job = (job or Job()).merged(overrides)
+    if components is not None and job.model == DEFAULT_MODEL:  # not named: the loaded one
+        job = replace(job, model=components.model)
+    if components is not None and components.linfusion is None and job.linfusion == "auto":
+        job = replace(job, linfusion="none")  # what ran, so that --from runs it again
+    job = job.validate()
+    # Before any work: a 16-bit JPEG, say, failed only at the save.
+    problem = format_problem(job.format, job.width, job.height, job.depth)
+    if problem:
+        raise JobError(f"format={job.format!r} with depth={job.depth}: {problem}")
+    if components is not None:
+        _check_loaded(job, components)
+    check_inputs(job)  # an add-on's image that is not there, before its weights load
+    return job
+
+
+def _check_loaded(job: Job, components: Components) -> None:
+    """A job that names another model, dtype, device, LinFusion, VAE, VAE dtype or offload
+    than `components` were loaded with would run theirs and record its own: refused, so an
+    image's record says what ran."""
+    from hires.job import JobError
+
+    def dtype_name(dtype: torch.dtype) -> str:
+        return str(dtype).removeprefix("torch.")
+
+    loaded = {"model": components.model, "dtype": dtype_name(components.dtype),
+              "device": str(components.device), "linfusion": components.linfusion or "none",
+              "vae": components.vae_ref, "vae_dtype": dtype_name(components.vae_dtype),
+              "offload": components.offload}
+    wrong = next((name for name in loaded if not _agrees(name, job, components)), None)
+    if wrong:
+        raise JobError(f"{wrong}={getattr(job, wrong)!r}, but the components were loaded with "
+                       f"{wrong} {loaded[wrong]!r}: drop {wrong}=, or load them with it "
+                       f"(hires.load({wrong}=...))")
+
+
+def _agrees(name: str, job: Job, components: Components) -> bool:
+    """Whether the job's `name` setting is what `components` were loaded with ('auto' is)."""
+    from hires.memory import choose_offload
+    from hires.models import DTYPES, ModelError, choose_vae_dtype
+
+    asked = getattr(job, name)
+    if name == "model":
+        return _same_ref(asked, components.model)
+    if name == "vae":
+        have = components.vae_ref
+        return asked == have or (asked is not None and have is not None
+                                 and _same_ref(asked, have))
+    if asked == "auto":
+        return True
+    if name == "dtype":
+        return DTYPES[asked] == components.dtype
+    if name == "device":
+        want, have = torch.device(asked), components.device
+        return want.type == have.type and (want.index or 0) == (have.index or 0)
+    if name == "linfusion":  # 'none', or a checkpoint: the one mounted
+        return (components.linfusion is None if asked == "none"
+                else components.linfusion is not None and _same_ref(asked, components.linfusion))
+    if name == "offload":
+        return choose_offload(asked, components.device) == components.offload
+    try:  # vae_dtype: what loading with it would choose here
+        fp16_ok = components.vae.config.force_upcast is False
+        return choose_vae_dtype(components.device, components.dtype, asked,
+                                fp16_ok=fp16_ok) == components.vae_dtype
+    except ModelError:  # fp16 for a VAE that overflows in it: not how they were loaded
+        return False
+
+
+def _same_ref(a: str, b: str) -> bool:
+    """Two references to one model: the same text, or two paths to one file or folder."""
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
+def check_callback(name: str, fn: Any, args: str) -> None:
+    """A library caller's callback (None or a function taking `args`), checked before any work:
+    otherwise a wrong one fails only after the first stage is made."""
+    if fn is None:
+        return
+    if not callable(fn):
+        raise TypeError(f"{name} must be a function of {args}, got {type(fn).__name__}")
+    try:
+        inspect.signature(fn).bind(*args.strip("()").split(", "))
+    except TypeError:
+        raise TypeError(f"{name} is called with {args}: give a function that takes them"
+                        ) from None
+    except ValueError:  # some builtins have no signature to check: taken on trust
+        pass
+
+
+def print_size_overrides(overrides: dict[str, Any],
+                         source: tuple[int, int] | None = None) -> dict[str, Any]:
+    """A library call's `print_size` as width, height and the dpi it is priced at (300 unless
+    `dpi` is given); `source`: an upscale's input size, fitted into the print."""
+    from hires.job import JobError, check_kind
+    from hires.sizes import PRINT_DPI, print_pixels
+
+    others = [k for k in ("size", "aspect", "scale", "width", "height")
+              if overrides.get(k) is not None]
+    if others:
+        raise JobError(f"print_size sets both sides: drop {others[0]}")
+    check_kind("dpi", overrides.get("dpi"))
+    dpi = overrides.get("dpi") or PRINT_DPI
+    w, h = print_pixels(overrides["print_size"], dpi, source)
+    return {"width": w, "height": h, "dpi": dpi}
