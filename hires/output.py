@@ -251,6 +251,16 @@ def output_path(
     return path
 
 
+def named_for_input(path: Path, output: str | Path | None, name: str, *, width: int,
+                    height: int, seed: int, fmt: str) -> Path:
+    """An upscale's image under the default name (`output` a folder, or None) ends in its
+    input's `name`: hires_4096x4096_s1_photo.png. A name given is kept as given."""
+    if name and path.name == default_name(width, height, seed, fmt) \
+            and (output is None or Path(output).name != path.name):
+        return path.with_name(f"{path.stem}_{stem_part(name)}{path.suffix}")
+    return path
+
+
 def slug(text: str, limit: int = 40) -> str:
     """A file-name-safe short form of a prompt: its letters and digits in any script (a
     Japanese or accented prompt keeps its words), the rest made `-`."""

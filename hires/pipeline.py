@@ -115,7 +115,7 @@ class Result:
         """Where `save(path)` writes, named as `hires gen -o PATH` and `hires up -o PATH` name
         one image (an upscale's default name ends in its input's)."""
         from hires.job import format_name
-        from hires.output import EXTENSIONS, default_name, output_path, stem_part
+        from hires.output import EXTENSIONS, named_for_input, output_path
         from hires.runs import input_name
 
         fmt = format_name(str(fmt)) if fmt else self.job.format
@@ -124,10 +124,7 @@ class Result:
         name = input_name(self.job.image) if self.job.image else ""
         size = {"width": self.image.width, "height": self.image.height, "seed": self.seed}
         where = output_path(os.fspath(path), **size, fmt=fmt, prompt=self.job.prompt, name=name)
-        if name and where.name == default_name(**size, fmt=fmt) \
-                and Path(os.fspath(path)).name != where.name:  # a folder's default name
-            where = where.with_name(f"{where.stem}_{stem_part(name)}{where.suffix}")
-        return where
+        return named_for_input(where, os.fspath(path), name, **size, fmt=fmt)
 
     def _warned(self, message: str) -> None:
         """A save's warning: kept with the result's own (and so in its record and file), and

@@ -54,12 +54,10 @@ def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
         path = out.output_path(output, width=one.width, height=one.height, seed=seed,
                                fmt=one.format, index=i, prompt=one.prompt, name=name)
         if many and (output is None or "{" not in output):
-            path = path.with_name(f"{path.stem}_{out.stem_part(name) if by_name else f'{i:03d}'}"
+            return path.with_name(f"{path.stem}_{out.stem_part(name) if by_name else f'{i:03d}'}"
                                   f"{path.suffix}")
-        elif name and path.name == out.default_name(one.width, one.height, seed, one.format) \
-                and (output is None or Path(output).name != path.name):  # not a name given
-            path = path.with_name(f"{path.stem}_{out.stem_part(name)}{path.suffix}")
-        return path
+        return out.named_for_input(path, output, name, width=one.width, height=one.height,
+                                   seed=seed, fmt=one.format)
 
     def image(i: int, job: Job, seed: int) -> tuple[Job, Path]:
         """Image i's job (seed and format set) and path."""
