@@ -517,24 +517,23 @@ def encode_prompt(comps: Components, job: Job, plan: Plan) -> Conditioning:
         torch.cat([neg_pooled, pooled]).to(comps.dtype).clone(), time_ids)
 
 
-def decode(comps: Components, latents, tile: int, emit: ProgressFn, stage: int, n: int,
-           job: Job | None = None, spill: float = 0.0, bits: int = 8) -> np.ndarray:
+def decode(comps: Components, latents, tile: int, emit: ProgressFn, stage_index: int, n: int,
+           job: Job, spill: float = 0.0, bits: int = 8) -> np.ndarray:
     """Latents to H x W x 3 pixels (uint8, or uint16 with `bits=16`) through the tiled VAE."""
     h, w = latents.shape[2] * 8, latents.shape[3] * 8
 
     def on_tile(done: int, total: int) -> None:
-        emit(Event("vae-decode", stage, n, w, h, done, total))
+        emit(Event("vae-decode", stage_index, n, w, h, done, total))
 
     on_tile(0, 0)  # the phase starts now (its tile count comes with the first tile)
     with torch.inference_mode():
         return tiled_vae.decode(comps.vae, latents, tile=tile, progress=on_tile, spill=spill,
-                                bits=bits, **_stats(job))
+                                bits=bits, stats=job.vae_stats)
 
 
 def encode(comps: Components, image: Image.Image, tile: int, emit: ProgressFn, stage: Stage,
-           n: int, job: Job | None = None, spill: float = 0.0):
+           n: int, job: Job, spill: float = 0.0):
     """A PIL image to UNet-space latents through the tiled VAE."""
-    import numpy as np
 
     def on_tile(done: int, total: int) -> None:
         emit(Event("vae-encode", stage.index, n, stage.width, stage.height, done, total))
@@ -542,7 +541,7 @@ def encode(comps: Components, image: Image.Image, tile: int, emit: ProgressFn, s
     on_tile(0, 0)
     with torch.inference_mode():
         latents = tiled_vae.encode(comps.vae, np.asarray(image), tile=tile, progress=on_tile,
-                                   spill=spill, **_stats(job))
+                                   spill=spill, stats=job.vae_stats)
     return latents.to(comps.device, torch.float32)
 
 
@@ -554,8 +553,3 @@ def fit(image: Image.Image, width: int, height: int) -> Image.Image:
         image = resize_lanczos(image, size)
     left, top = (image.width - width) // 2, (image.height - height) // 2
     return image.crop((left, top, left + width, top + height))
-
-
-def _stats(job: Job | None) -> dict[str, str]:
-    """The tiled VAE's statistics mode: the job's, else the VAE's default."""
-    return {} if job is None else {"stats": job.vae_stats}
