@@ -4,8 +4,7 @@ each image planned, resumed, shown in progress and saved, and what a stopped run
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from hires.cli_output import (
     tell,
     warn,
 )
+from hires.cli_resume import say_resume, saying_what_is_kept
 
 
 def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overwrite: bool,
@@ -496,73 +496,3 @@ def say_left(made: list[tuple[int, float]], todo: list[int]) -> None:
     left = left_after(made, todo)
     if todo and left is not None:
         say(f"{len(todo)} more to make: {duration(left)} at this run's pace")
-
-
-def stages_upto(stage: int) -> str:
-    """'stage 0', 'stages 0-2'."""
-    return "stage 0" if stage == 0 else f"stages 0-{stage}"
-
-
-def kept_job(job, source=None):
-    """The job as its checkpoint records it: an upscale's records its `source` image's sha256."""
-    from dataclasses import replace
-
-    return replace(job, image_sha256=source.sha256) if source is not None else job
-
-
-def kept_stage(kept: Path, job, plan, source=None) -> int | None:
-    """The last stage of this job that the checkpoint `kept` holds, if any."""
-    from hires import resume
-
-    return resume.stage_of(kept, kept_job(job, source), plan) if kept.exists() else None
-
-
-def say_resume(kept: Path, job, plan, source=None, stage_files: list[Path] | None = None
-               ) -> None:
-    """Say whether a run goes on from a stopped one's checkpoint. With --save-stages
-    (`stage_files`) it does only if the images of the stages it holds are this job's, on disk
-    (all but its last, which the next stage decodes again); else it starts over."""
-    from hires import resume
-    from hires.runs import made_by
-
-    if not kept.is_file():
-        return
-    # Said, as the run would otherwise start over without a word: a flag changed by mistake
-    # costs the stages kept.
-    why = resume.why_not(kept, kept_job(job, source), plan)
-    if why is not None:
-        say(f"  {kept.name} {why}: starting over")
-        return
-    stage = kept_stage(kept, job, plan, source)
-    if stage is None:
-        return
-    lost = [p for p in (stage_files or [])[:stage] if not made_by(p, job)]
-    if lost:
-        say(f"  {kept.name} holds {stages_upto(stage)} of this job, but {lost[0].name} is not "
-            "its stage image (--save-stages): starting over")
-        resume.remove(kept)
-    elif stage == len(plan.stages) - 1:
-        say(f"  resuming: every stage was kept in {kept.name}; only the decode is left")
-    else:
-        say(f"  resuming: {stages_upto(stage)} {'was' if stage == 0 else 'were'} kept in "
-            f"{kept.name}")
-
-
-@contextmanager
-def saying_what_is_kept(kept: Path, job, plan, source=None) -> Iterator[None]:
-    """A run that stops (an error, Ctrl-C) says what its checkpoint keeps for the next one
-    (with -q too: it is about the result)."""
-    from hires.output import OutputExists
-
-    try:
-        yield
-    except BaseException as e:
-        stage = kept_stage(kept, job, plan, source)
-        # Another run saved there first: the same command would meet its file again.
-        command = "the same command with --overwrite" if isinstance(e, OutputExists) \
-            else "the same command"
-        if stage == len(plan.stages) - 1:
-            tell(f"{kept} keeps every stage: {command} only decodes it")
-        elif stage is not None:
-            tell(f"{kept} keeps {stages_upto(stage)}: {command} goes on from there")
-        raise

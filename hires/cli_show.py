@@ -14,7 +14,8 @@ import typer
 from hires import __version__
 from hires.cli_jobs import check_gpu, fitted_plan
 from hires.cli_output import EXIT_USAGE, exit_codes, out_line, say, warn
-from hires.cli_runs import fp16_vae_hint, stages_upto, warn_space
+from hires.cli_resume import stages_upto
+from hires.cli_runs import fp16_vae_hint, warn_space
 from hires.strips import cores
 
 

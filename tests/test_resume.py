@@ -287,7 +287,7 @@ def test_a_run_into_a_new_folder_keeps_its_stages(tiny, tmp_path):
 
 
 def test_what_a_checkpoint_keeps_reads_as_people_say_it():
-    from hires.cli_runs import stages_upto
+    from hires.cli_resume import stages_upto
 
     assert (stages_upto(0), stages_upto(2)) == ("stage 0", "stages 0-2")
 
