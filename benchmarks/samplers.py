@@ -35,7 +35,7 @@ from hires.job import Job
 from hires.models import load
 from hires.pipeline import encode_prompt
 from hires.plan import make_plan
-from hires.sampling import sample_base, schedule
+from hires.sampling import sample_base, sigma_schedule
 
 RUNS = (("euler", False), ("dpmpp-2m", False), ("dpmpp-2m", True))
 
@@ -59,7 +59,7 @@ def distance(x: Tensor, ref: Tensor) -> tuple[float, float]:
 def run(denoiser: Denoiser, noise: Tensor, alphas: Tensor, timesteps, sampler: str,
         karras: bool) -> tuple[Tensor, float, int]:
     """One base stage: its latents, wall seconds and UNet evaluations."""
-    sigmas, steps = schedule(alphas, timesteps, karras)
+    sigmas, steps = sigma_schedule(alphas, timesteps, karras)
     denoiser.evaluations = 0
     start = time.perf_counter()
     with torch.inference_mode():

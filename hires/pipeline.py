@@ -35,7 +35,7 @@ from hires.sampling import (
     channel_stats,
     sample_base,
     sample_upscale,
-    schedule,
+    sigma_schedule,
 )
 from hires.strategy import applied
 
@@ -392,7 +392,7 @@ def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditio
     denoiser = Denoiser(comps.unet, cond, job.guidance, split_cfg=strategy.split_cfg,
                         control=control)
     nets = (comps.unet,) if net is None else (comps.unet, net)
-    sigmas, timesteps = schedule(alphas, stage.timesteps, job.karras)
+    sigmas, timesteps = sigma_schedule(alphas, stage.timesteps, job.karras)
     shape = (1, 4, stage.height // 8, stage.width // 8)
     unet, vae = comps.unet, comps.vae
     # Parked maps past this many bytes wait on the scratch disk (the RAM cannot hold them).

@@ -15,8 +15,7 @@ from hires.costs import ModelShape, StageCost, stage_cost
 from hires.gpus import FP32_SHARE, Card
 from hires.job import MAX_SIDE, MIN_SIDE
 from hires.memory import scratch_folder
-from hires.sampling import GLOBAL_FLOOR, global_steps
-from hires.sampling import schedule as sigma_schedule
+from hires.sampling import GLOBAL_FLOOR, global_steps, sigma_schedule
 from hires.strategy import WEIGHTS, Strategy, all_strategies
 
 if TYPE_CHECKING:
@@ -119,8 +118,10 @@ def preview_of(plan: Plan) -> Plan:
     return replace(plan, stages=plan.stages[:1])
 
 
-def schedule(steps: int, train_steps: int = 1000, spacing: str = "leading", offset: int = 1):
-    """The timesteps of an `steps`-step Euler schedule, as diffusers spaces them for SDXL."""
+def timesteps_for(steps: int, train_steps: int = 1000, spacing: str = "leading",
+                  offset: int = 1):
+    """The timesteps of a `steps`-step schedule (every sampler's), as diffusers spaces them
+    for SDXL."""
     if spacing == "leading":
         ratio = train_steps // steps
         return tuple(i * ratio + offset for i in reversed(range(steps)))
@@ -233,7 +234,7 @@ def make_plan(
     `alphas_cumprod` (default: SDXL base's).
     """
     check_size(width, height)
-    full = schedule(steps, train_steps, spacing, offset)
+    full = timesteps_for(steps, train_steps, spacing, offset)
 
     def timesteps(s: float) -> tuple[int, ...]:
         # The small epsilon keeps 50 x 0.24 = 12.000000000000002 at 12 steps.

@@ -60,7 +60,7 @@ def sigma_to_timestep(alphas_cumprod: Tensor, sigmas: Sequence[float]) -> list[i
     return [int(t) for t in (lo + w).round()]
 
 
-def schedule(
+def sigma_schedule(
     alphas_cumprod: Tensor, timesteps: Sequence[int], karras: bool = False
 ) -> tuple[list[float], list[int]]:
     """The sigmas (then 0) and UNet timesteps of a stage; Karras keeps the first sigma.

@@ -6,7 +6,7 @@ from functools import lru_cache
 import pytest
 
 from hires.costs import sdxl_shape
-from hires.plan import PlanError, base_size, make_plan, schedule, stage_sizes, usable
+from hires.plan import PlanError, base_size, make_plan, stage_sizes, timesteps_for, usable
 
 GIB = 1024**3
 
@@ -35,7 +35,7 @@ def test_16k_square_ladder_matches_the_reference():
     assert [round(s.strength, 6) for s in p.stages[1:]] == [0.32, 0.24, 0.16, 0.08]
     assert [s.ratio for s in p.stages] == [1, 2, 4, 8, 16]
     # Each stage runs the *last* timesteps of the same 50-step schedule.
-    full = schedule(50)
+    full = timesteps_for(50)
     for s in p.stages[1:]:
         assert s.timesteps == full[-s.steps:]
     assert p.stages[-1].timesteps == (61, 41, 21, 1)
@@ -93,7 +93,7 @@ def test_schedule_matches_diffusers_euler():
     sched: EulerDiscreteScheduler = tiny_scheduler()
     for steps in (1, 7, 30, 50):
         sched.set_timesteps(steps)
-        assert schedule(steps) == tuple(int(t) for t in sched.timesteps)
+        assert timesteps_for(steps) == tuple(int(t) for t in sched.timesteps)
 
 
 # The planner's choices, full SDXL + LinFusion-XL shapes on the meta device (no weights).
@@ -281,8 +281,7 @@ def test_the_global_pass_runs_only_while_its_weight_counts():
 
 def test_with_karras_the_plan_counts_the_global_passes_the_sampler_runs():
     from hires.plan import sdxl_alphas_cumprod
-    from hires.sampling import global_steps
-    from hires.sampling import schedule as sigma_schedule
+    from hires.sampling import global_steps, sigma_schedule
 
     karras, plain = make_plan(16384, 16384, karras=True), make_plan(16384, 16384)
     alphas = sdxl_alphas_cumprod()

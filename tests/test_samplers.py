@@ -17,7 +17,7 @@ from hires.sampling import (
     karras_sigmas,
     sample_base,
     sample_upscale,
-    schedule,
+    sigma_schedule,
     sigmas_for,
 )
 from hires.tiny import tiny_scheduler
@@ -94,22 +94,22 @@ def test_karras_sigmas_formula_and_endpoints():
 
 
 def test_schedule_without_karras_is_sigmas_for():
-    from hires.plan import schedule as timesteps_of
+    from hires.plan import timesteps_for
 
     alphas = tiny_scheduler().alphas_cumprod
-    for ts in (timesteps_of(50), timesteps_of(50)[-12:], ()):
-        sigmas, steps = schedule(alphas, ts)
+    for ts in (timesteps_for(50), timesteps_for(50)[-12:], ()):
+        sigmas, steps = sigma_schedule(alphas, ts)
         assert sigmas == sigmas_for(alphas, ts) and steps == list(ts)
-    assert schedule(alphas, (), karras=True) == ([0.0], [])
+    assert sigma_schedule(alphas, (), karras=True) == ([0.0], [])
 
 
 def test_schedule_with_karras_keeps_the_start_sigma():
-    from hires.plan import schedule as timesteps_of
+    from hires.plan import timesteps_for
 
     alphas = tiny_scheduler().alphas_cumprod
     table = sigmas_for(alphas, range(1000))[:-1]
-    for ts in (timesteps_of(25), timesteps_of(50)[-8:]):
-        sigmas, steps = schedule(alphas, ts, karras=True)
+    for ts in (timesteps_for(25), timesteps_for(50)[-8:]):
+        sigmas, steps = sigma_schedule(alphas, ts, karras=True)
         assert sigmas[0] == pytest.approx(table[ts[0]], rel=1e-12) and steps[0] == ts[0]
         assert sigmas[-2] == pytest.approx(min(table), rel=1e-12) and sigmas[-1] == 0.0
         assert len(steps) == len(ts) and steps == sorted(steps, reverse=True)
@@ -117,12 +117,13 @@ def test_schedule_with_karras_keeps_the_start_sigma():
 
 def test_schedule_with_karras_matches_diffusers_from_the_top():
     """From t = 999 ("trailing" spacing) our ramp is diffusers' Karras schedule."""
-    from hires.plan import schedule as timesteps_of
+    from hires.plan import timesteps_for
 
     sched = DPMSolverMultistepScheduler.from_config(tiny_scheduler().config,
                                                     use_karras_sigmas=True)
     sched.set_timesteps(20)
-    sigmas, steps = schedule(sched.alphas_cumprod, timesteps_of(20, spacing="trailing"), True)
+    sigmas, steps = sigma_schedule(sched.alphas_cumprod, timesteps_for(20, spacing="trailing"),
+                                   True)
     assert sigmas == pytest.approx([float(s) for s in sched.sigmas], rel=1e-5)
     assert steps == [int(t) for t in sched.timesteps]
 
@@ -197,7 +198,7 @@ def test_dpmpp_2m_upscale_is_exact_for_a_constant_denoiser():
     c = torch.linspace(-1, 1, 4 * 12 * 12).view(1, 4, 12, 12)
     alphas = tiny_scheduler().alphas_cumprod
     for karras in (False, True):
-        sigmas, ts = schedule(alphas, (501, 401, 301, 201, 101, 1), karras)
+        sigmas, ts = sigma_schedule(alphas, (501, 401, 301, 201, 101, 1), karras)
         for sampler in SAMPLERS:
             out = sample_upscale(Constant(c), x0, noise, sigmas, ts, 2, anchor, sampler=sampler)
             assert torch.allclose(out, (c - c.mean((2, 3), keepdim=True))
@@ -210,7 +211,8 @@ def test_dpmpp_2m_upscale_follows_the_closed_form_without_residual_and_global_mi
 
     x0, noise, anchor = _upscale_inputs()
     c = torch.linspace(-1, 1, 4 * 12 * 12).view(1, 4, 12, 12)
-    sigmas, ts = schedule(tiny_scheduler().alphas_cumprod, (601, 451, 301, 151, 1), karras=True)
+    sigmas, ts = sigma_schedule(tiny_scheduler().alphas_cumprod, (601, 451, 301, 151, 1),
+                                karras=True)
     model = Constant(c)
     local = Recording(model)
     local.unet, local.dilated = model.unet, model.dilated
@@ -232,7 +234,7 @@ def test_dpmpp_2m_base_is_exact_for_a_constant_denoiser_before_the_last_step():
     """Each step onto sigma_next > 0 lands on c + sigma_next (x - c) / sigma, solver-free."""
     c = torch.full((1, 4, 4, 4), 0.5)
     noise = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(5))
-    sigmas, ts = schedule(tiny_scheduler().alphas_cumprod, (801, 601, 401), karras=False)
+    sigmas, ts = sigma_schedule(tiny_scheduler().alphas_cumprod, (801, 601, 401), karras=False)
     rec = Recording(Constant(c))
     sample_base(rec, noise, sigmas, ts, sampler="dpmpp-2m")
     x_start = noise * math.sqrt(sigmas[0] ** 2 + 1)

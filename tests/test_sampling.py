@@ -62,12 +62,12 @@ def test_euler_step_moves_along_eps():
 
 
 def test_sigmas_match_the_diffusers_scheduler():
-    from hires.plan import schedule
+    from hires.plan import timesteps_for
     from hires.tiny import tiny_scheduler
 
     sched = tiny_scheduler()
     sched.set_timesteps(50)
-    ours = sigmas_for(sched.alphas_cumprod, schedule(50))
+    ours = sigmas_for(sched.alphas_cumprod, timesteps_for(50))
     assert ours[-1] == 0.0
     assert torch.allclose(torch.tensor(ours, dtype=torch.float64), sched.sigmas.double(), atol=1e-5)
 
