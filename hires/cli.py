@@ -92,8 +92,8 @@ from hires.cli_output import (
 from hires.cli_runs import (
     check_batch_outputs,
     check_batch_paths,
+    check_job_paths,
     check_outputs,
-    check_paths,
     run_batch_jobs,
     run_jobs,
 )
@@ -289,7 +289,7 @@ def plan(
         if prompt:
             flags["prompt"] = prompt
         job = build_job(preset, from_image, flags, source=piped.size if piped else None)
-        check_paths(job, loads=False)  # a checkpoint that is not there: as gen --dry-run does
+        check_job_paths(job, loads=False)  # a checkpoint that is not there: as gen --dry-run does
         show_plan(job, gpu, as_json, source=upscale_source(job, piped))
 
 

@@ -34,7 +34,7 @@ def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overw
     from hires import cli_stdout
     from hires.runs import plan_runs
 
-    check_paths(jobs[0])
+    check_job_paths(jobs[0])
     if output == cli_stdout.STDOUT:  # a dry run prints its plan there: no terminal check
         cli_stdout.check(len(jobs) * n, stage_images, False, preview, terminal=False,
                          upscale=bool(jobs[0].image))
@@ -44,7 +44,7 @@ def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overw
     warn_space([(r.path, r.job) for r in runs if r.made is None], stage_images)
 
 
-def check_paths(job, loads: bool = True) -> None:
+def check_job_paths(job, loads: bool = True) -> None:
     """The model, VAE and LinFusion checkpoint `job` names by paths are there (exit 2), and,
     for a command that `loads` them, none is a pickle file unless the job allows it."""
     from hires.models import check_paths
@@ -60,7 +60,7 @@ def check_batch_paths(items: list, name: str) -> None:
 
     for item in items:
         try:
-            check_paths(item.job)
+            check_job_paths(item.job)
         except ModelError as e:
             raise JobError(f"{name} job {item.index}: {e}") from None
 
@@ -101,7 +101,7 @@ def warn_space(todo: list[tuple[Path, Any]], stage_images: bool = False) -> None
         warn(note)
 
 
-def check_loaded(job, components, notes: bool = True) -> None:
+def check_steps_and_notes(job, components, notes: bool = True) -> None:
     """Checks that need the loaded model: steps within its schedule; with `notes`, a word
     on slow settings (once per loaded model)."""
     import torch
@@ -153,7 +153,7 @@ def run_jobs(jobs: list, output: str | None, save_stages: bool, as_json: bool,
     from hires import cli_stdout
 
     check_gpu(gpu)
-    check_paths(jobs[0])  # the jobs of one gen or up load one model
+    check_job_paths(jobs[0])  # the jobs of one gen or up load one model
     warn_tmpdir()
     if output != cli_stdout.STDOUT:
         _make_all(jobs, output, save_stages=save_stages, as_json=as_json, quiet=quiet,
@@ -212,7 +212,7 @@ def _make_all(jobs: list, output: str | None, *, save_stages: bool = False,
             continue
         if components is None:  # once, and only when some image is to be made
             components = load_model(run.job, quiet)
-            check_loaded(run.job, components)
+            check_steps_and_notes(run.job, components)
         started = time.monotonic()  # the model's load is not an image's pace
         with busy.making(run.path):
             record = make_image(run.job, run.path, components,
@@ -363,7 +363,7 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
         if fresh:
             loaded.clear()  # one model in memory at a time
             loaded[key] = load_model(item.job, quiet)
-        check_loaded(item.job, loaded[key], notes=fresh)
+        check_steps_and_notes(item.job, loaded[key], notes=fresh)
         started = time.monotonic()  # a model's load is not an image's pace
         with busy.making(path):
             record = make_image(item.job, path, loaded[key],

@@ -251,11 +251,11 @@ def test_numbers_out_of_range_are_refused_from_presets_batch_files_and_metadata(
 
 
 def test_steps_beyond_the_schedule_are_refused_after_loading(asked, monkeypatch, tiny):
-    from hires.cli_runs import check_loaded
+    from hires.cli_runs import check_steps_and_notes
 
     monkeypatch.setitem(tiny.pipe.scheduler.config, "num_train_timesteps", 20)
     with pytest.raises(JobError, match="at most 19"):
-        check_loaded(Job(steps=21), tiny)
+        check_steps_and_notes(Job(steps=21), tiny)
 
 
 # --- 1: a closed stdout -------------------------------------------------------------------------
@@ -398,21 +398,21 @@ def test_offload_and_half_precision_on_the_cpu_warn_once(tmp_path, asked, tiny, 
     result = cli("gen", "x", *TINY, "--offload", "model", "-o", tmp_path / "x.png")
     assert result.exit_code == 0, result.stderr
     assert result.stderr.count("warning: --offload model does nothing on the CPU") == 1
-    from hires.cli_runs import check_loaded
+    from hires.cli_runs import check_steps_and_notes
 
-    check_loaded(Job(dtype="fp16"), tiny)  # the loaded tiny model runs on the CPU
+    check_steps_and_notes(Job(dtype="fp16"), tiny)  # the loaded tiny model runs on the CPU
     assert capsys.readouterr().err.count("--dtype fp16 on the CPU") == 1
 
 
 @pytest.mark.parametrize("native", [True, False])
 def test_a_cpu_with_native_bf16_is_told_of_dtype_bf16(monkeypatch, tiny, capsys, native):
     from hires import models
-    from hires.cli_runs import check_loaded
+    from hires.cli_runs import check_steps_and_notes
 
     monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: native)
-    check_loaded(Job(), tiny)
+    check_steps_and_notes(Job(), tiny)
     assert ("--dtype bf16 runs the UNet" in capsys.readouterr().err) == native
-    check_loaded(Job(dtype="bf16"), tiny)  # asked for already: no hint
+    check_steps_and_notes(Job(dtype="bf16"), tiny)  # asked for already: no hint
     assert "--dtype bf16 runs the UNet" not in capsys.readouterr().err
 
 
@@ -421,17 +421,17 @@ def test_a_gpu_without_bf16_is_told_of_a_vae_made_for_fp16(tiny, capsys):
 
     import torch
 
-    from hires.cli_runs import check_loaded
+    from hires.cli_runs import check_steps_and_notes
 
     def loaded(vae_dtype):  # what load() gives on a T4 (the VAE falls back to fp32) and else
         return SimpleNamespace(pipe=tiny.pipe, device=torch.device("cuda"), dtype=torch.float16,
                                vae_dtype=vae_dtype)
 
-    check_loaded(Job(), loaded(torch.float32))
+    check_steps_and_notes(Job(), loaded(torch.float32))
     assert "--vae madebyollin/sdxl-vae-fp16-fix" in capsys.readouterr().err
     for job, vae in [(Job(), torch.bfloat16), (Job(), torch.float16),
                      (Job(vae_dtype="fp32"), torch.float32)]:
-        check_loaded(job, loaded(vae))
+        check_steps_and_notes(job, loaded(vae))
         assert "fp16" not in capsys.readouterr().err
 
 
