@@ -21,15 +21,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from hires.job import MAX_SIDE
+
 # Pillow format names we accept, and what we report them as. Cameras often write JPEGs with a
 # second (preview/depth) picture, which Pillow opens as "MPO": it is a JPEG to the user.
 FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "WEBP": "WEBP", "TIFF": "TIFF"}
 ACCEPTED = "PNG, JPEG, WebP or TIFF"
 
-# The bound: hires' largest output is 32768 px a side, so an input larger than that on either
-# side (or above 2^30 pixels, 3 GiB as 8-bit RGB) cannot be meant for it, and decoding it could
-# exhaust memory.
-MAX_SIDE = 32768
+# The bound: hires' largest output is MAX_SIDE (32768) px a side, so an input larger than that
+# on either side (or above 2^30 pixels, 3 GiB as 8-bit RGB) cannot be meant for it, and decoding
+# it could exhaust memory.
 MAX_PIXELS = 1 << 30
 
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")

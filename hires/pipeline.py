@@ -26,7 +26,7 @@ from hires.gpus import fp32_share_for, local_gpu, rate_for
 from hires.images import resize_lanczos, to_8bit
 from hires.job import Job
 from hires.library import check_arguments, check_callback, in_keywords, library_job, with_prompt
-from hires.memory import current, free_memory, host_room, peak_memory, placed, reset_peak
+from hires.memory import GIB, current, free_memory, host_room, peak_memory, placed, reset_peak
 from hires.models import Components, load, load_args
 from hires.plan import Plan, Stage, cheaper, make_plan
 from hires.progress import Event, ProgressFn
@@ -40,8 +40,6 @@ from hires.sampling import (
 from hires.strategy import applied
 
 __all__ = ["Result", "StageReport", "generate", "load", "plan_for"]
-
-GIB = 1024**3
 
 
 @dataclass

@@ -14,14 +14,13 @@ from typing import TYPE_CHECKING
 from hires.costs import ModelShape, StageCost, stage_cost
 from hires.gpus import FP32_SHARE, Card
 from hires.job import MAX_SIDE, MIN_SIDE
-from hires.memory import scratch_folder
+from hires.memory import GIB, scratch_folder
 from hires.sampling import GLOBAL_FLOOR, global_steps, sigma_schedule
 from hires.strategy import WEIGHTS, Strategy, all_strategies
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-GIB = 1024**3
 OFFLOAD_WEIGHTS = {"auto": WEIGHTS, "none": ("resident",), "model": ("model",),
                    "sequential": ("sequential",)}
 
@@ -568,12 +567,12 @@ def plan_without_weights(job, rate: float | None = None,
     vae_dtype_bytes = _vae_dtype_bytes(job.vae_dtype, dtype_bytes, job.device,
                                        gpu.bf16 if gpu else True, vae_fp16_ok(job.model, job.vae))
     vram = job.vram if job.vram is not None else vram if on_gpu else None
-    budget = int(vram * 1024**3) if vram is not None else None
+    budget = int(vram * GIB) if vram is not None else None
     if budget is None and on_gpu and torch.cuda.is_available():
         budget = free_memory(torch.device(job.device if job.device.startswith("cuda")
                                           else "cuda"))
     if budget is None and job.device.startswith("cpu"):  # as a CPU run plans: --ram, or the
-        budget = (int(job.ram * 1024**3) if job.ram is not None  # free RAM
+        budget = (int(job.ram * GIB) if job.ram is not None  # free RAM
                   else free_memory(torch.device("cpu")))
     if job.model == "tiny":
         from hires.models import load

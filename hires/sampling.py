@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hires.denoiser import Denoiser
+from hires.job import SAMPLERS
 
 StepCallback = Callable[[int, int], None]  # (steps done, steps in this stage)
-SAMPLERS = ("euler", "dpmpp-2m")
 # The global pass is run while its mix weight c2 is at least this: below it, it would move a
 # step's update by under 1 % of the two passes' difference, at the price of a whole UNet pass
 # (half the stage's work). 0 runs it at every step, as the reference does.
