@@ -50,7 +50,7 @@ def replay(vae, size: int, tile: int, budget: float, decode: bool, dtype: torch.
     shape = VaeShape.from_config(SDXL_VAE_CONFIG)
     simulated = tiled_flops(shape, size, size, decode=decode, tile=tile, budget=budget,
                             dtype_bytes=dtype.itemsize)
-    plain = vae_flops(shape, size, size, decode=decode, tile=tile)
+    plain = vae_flops(shape, size, size, decode=decode)
     t, o = tile_sizes(tile, None)
     return {"size": size, "op": "decode" if decode else "encode", "tile": tile,
             "tiles": len(Grid.cover((size // 8, size // 8), t, o)), "budget_gb": budget / 1e9,

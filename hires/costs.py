@@ -1,8 +1,8 @@
 """What a stage costs, from the model's config alone: peak device memory, FLOPs, transfers, time.
 
-The UNet's memory walk and FLOPs are in `hires.unet_costs`; here the VAE's plain passes and
-memory, and a stage: its phases' peaks, its work, what crosses the host link, its time at a
-FLOP rate.
+The UNet's memory walk and FLOPs are in `hires.unet_costs`, the tiled VAE's work in
+`hires.vae_cost`; here the VAE's memory and a plain pass's FLOPs (a yardstick), and a stage:
+its phases' peaks, its work, what crosses the host link, its time at a FLOP rate.
 """
 
 from __future__ import annotations
@@ -65,8 +65,9 @@ class VaeShape:
                    param_bytes)
 
 
-def vae_flops(vae: VaeShape, width: int, height: int, *, decode: bool, tile: int = 1024) -> float:
-    """FLOPs of one decode (latents to a width x height image) or encode, `tile` px tiles.
+def vae_flops(vae: VaeShape, width: int, height: int, *, decode: bool) -> float:
+    """FLOPs of one plain decode (latents to a width x height image) or encode: the yardstick
+    that the tiled passes' work (`hires.vae_cost`, what the planner prices) is measured against.
 
     Convolutions as a plain pass runs them; the mid-block attention as `hires.vae_attention`
     runs it: whole (quadratic in latent pixels) up to GLOBAL_TOKENS, else once per token (the

@@ -7,7 +7,7 @@ the planner's memory model (`hires.unet_costs`, `hires.costs`) is checked withou
 
 # Why our own tracker rather than torch's `MemTracker`: MemTracker rescans every tracked tensor
 # on each op, which took 60-80 s for one 1K UNet call of SDXL here (20k ops x 2.5k tensors);
-# this one does O(1) work per op and agrees with it (tests/test_memsim.py). Why meta rather than
+# this one does O(1) work per op and agrees with it (tests/test_costs.py). Why meta rather than
 # fake `cuda` tensors: on a CPU-only torch, diffusers' `t[:, None]` indexing on a fake CUDA
 # tensor fails ("not linked with support for cuda devices").
 
