@@ -1,7 +1,7 @@
 """The `hires` command line: its commands and their options. They parse, call the library
 and print; how is in `cli_output` (what goes where, exit codes), `cli_options` (shared options,
--h headings), `cli_jobs` (options to jobs), `cli_runs` (making images), `cli_show` (plans,
-records).
+-h headings), `cli_jobs` (options to jobs), `cli_runs` (making images), `cli_batch` (batch
+runs), `cli_resume` (what stopped runs keep), `cli_show` (plans, records).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from hires import __version__
+from hires.cli_batch import check_batch_outputs, check_batch_paths, run_batch_jobs
 from hires.cli_jobs import (
     build_job,
     check_device,
@@ -89,14 +90,7 @@ from hires.cli_output import (
     stopped,
     warn,
 )
-from hires.cli_runs import (
-    check_batch_outputs,
-    check_batch_paths,
-    check_job_paths,
-    check_outputs,
-    run_batch_jobs,
-    run_jobs,
-)
+from hires.cli_runs import check_job_paths, check_outputs, run_jobs
 from hires.cli_show import machine_info, machine_lines, show_all_made, show_batch_plan, show_plan
 
 # transformers and diffusers log notices (e.g. a missing torchvision) that say nothing to a user

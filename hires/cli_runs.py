@@ -1,5 +1,5 @@
-"""Making images from the command line: the checks before a run, the model loaded once,
-each image planned, resumed, shown in progress and saved, and what a stopped run keeps."""
+"""Making images from the command line (`gen`, `up`): the checks before a run, the model loaded
+once, each image planned, resumed, shown in progress and saved (`make_image`, `batch`'s too)."""
 
 from __future__ import annotations
 
@@ -8,20 +8,8 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import typer
-
-from hires.cli_jobs import check_device, check_gpu, fitted_plan
-from hires.cli_output import (
-    EXIT_RUNTIME,
-    Quiet,
-    emit,
-    fail,
-    library_bars,
-    progress_renderer,
-    say,
-    tell,
-    warn,
-)
+from hires.cli_jobs import check_gpu, fitted_plan
+from hires.cli_output import Quiet, emit, library_bars, progress_renderer, say, warn
 from hires.cli_resume import say_resume, saying_what_is_kept
 
 
@@ -50,19 +38,6 @@ def check_job_paths(job, loads: bool = True) -> None:
     from hires.models import check_paths
 
     check_paths(job.model, job.vae, job.linfusion, job.allow_pickle or not loads)
-
-
-def check_batch_paths(items: list, name: str) -> None:
-    """Every batch job's model, VAE and LinFusion paths are there, before any work and in
-    --dry-run alike (exit 2, naming the job); `name`: the job file's, for messages."""
-    from hires.job import JobError
-    from hires.models import ModelError
-
-    for item in items:
-        try:
-            check_job_paths(item.job)
-        except ModelError as e:
-            raise JobError(f"{name} job {item.index}: {e}") from None
 
 
 def warn_tmpdir() -> None:
@@ -181,7 +156,6 @@ def _make_all(jobs: list, output: str | None, *, save_stages: bool = False,
     """`run_jobs`' work; the last image's path. `piped`: the image goes to stdout after, so
     nothing is printed there now, and no checkpoint is kept (its folder goes too)."""
     from hires import busy
-    from hires import output as out
     from hires.runs import plan_runs
 
     runs = plan_runs(jobs, output, n=n, fmt_flag=fmt_flag, overwrite=overwrite,
@@ -196,9 +170,7 @@ def _make_all(jobs: list, output: str | None, *, save_stages: bool = False,
             raise busy.Busy(run.path, pid)
     for folder in {run.path.parent for run in runs}:
         if folder.is_dir():  # temp files of a gen that was killed while saving here
-            for part in out.remove_stale_parts(folder):
-                say(f"removed {part.name}, left by a run that died while saving")
-            busy.remove_stale(folder)
+            remove_leftovers(folder)
     warn_space([(r.path, r.job) for r in runs if r.made is None], save_stages)
     warn_ram([r.job for r in runs])
     components = None
@@ -227,6 +199,17 @@ def _make_all(jobs: list, output: str | None, *, save_stages: bool = False,
         say(f"previews: `hires gen --from {runs[-1].path}` (or another) makes that image whole, "
             "from the same first stage")
     return runs[-1].path
+
+
+def remove_leftovers(folder: Path) -> None:
+    """Remove what runs killed in `folder` left: their images' temporary parts (each one said)
+    and the lock files no live run holds."""
+    from hires import busy
+    from hires import output as out
+
+    for part in out.remove_stale_parts(folder):
+        say(f"removed {part.name}, left by a run that died while saving")
+    busy.remove_stale(folder)
 
 
 def load_model(job, quiet: bool):
@@ -323,153 +306,6 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
     if kept is not None:
         resume.remove(kept)
     return record
-
-
-def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
-                   manifest: Path | None, as_json: bool, quiet: bool, overwrite: bool,
-                   resume_runs: bool, gpu: str | None = None, preview: bool = False) -> None:
-    """`batch`: each job's image unless it is made already; one model in memory at a time; a
-    failed job is said and recorded in the manifest, and the others go on (exit 1 at the
-    end). `name`: the job file's, for messages."""
-    from hires import batch as b
-    from hires import busy
-    from hires import output as out
-    from hires.job import JobError
-    from hires.runs import made_by
-
-    check_gpu(gpu)
-    first_on = {item.job.device: item.index for item in reversed(items)}
-    for device, index in sorted(first_on.items(), key=lambda kv: kv[1]):
-        try:  # before any work, as for gen: not a failure per job
-            check_device(device)
-        except JobError as e:
-            raise JobError(f"{name} job {index}: {e}") from None
-    check_batch_paths(items, name)
-    manifest = check_batch_outputs(items, paths, name, output, manifest, overwrite)
-    # For the time left: the jobs whose images are not there yet, and those made so far.
-    todo = [item for item in items if overwrite or
-            not b.made_already(paths[item.index], item.job)]
-    warn_space([(paths[item.index], item.job) for item in todo])
-    warn_tmpdir()
-    warn_ram([item.job for item in todo])
-    made: list[tuple[int, float]] = []
-    loaded: dict[tuple, Any] = {}
-
-    def make_one(item: b.BatchItem, path: Path) -> dict:
-        from hires.pipeline import load_args
-
-        key = load_args(item.job)
-        fresh = key not in loaded
-        if fresh:
-            loaded.clear()  # one model in memory at a time
-            loaded[key] = load_model(item.job, quiet)
-        check_steps_and_notes(item.job, loaded[key], notes=fresh)
-        started = time.monotonic()  # a model's load is not an image's pace
-        with busy.making(path):
-            record = make_image(item.job, path, loaded[key],
-                                heading=f"job {item.index} -> {path}", gpu=gpu, quiet=quiet,
-                                overwrite=overwrite, resume_runs=resume_runs,
-                                settings=b.settings_hash(item.job), preview=preview)
-        made.append((item.job.width * item.job.height, time.monotonic() - started))
-        return record
-
-    def line(o: b.Outcome, record: dict) -> None:
-        """A job's line on stdout; with --json it says which job and how it went, as the
-        manifest's lines do, so a script needs no manifest to tell the failed ones (they have a
-        line only with --json)."""
-        emit({"index": o.item.index, "status": o.status, **record} if as_json else record,
-             as_json)
-
-    seen: list[b.Outcome] = []  # for the count when the batch is stopped
-
-    def report(o: b.Outcome) -> None:
-        seen.append(o)
-        if o.status == "failed":
-            fail(f"job {o.item.index} failed: {o.error}", EXIT_RUNTIME)  # the batch goes on
-            if as_json:
-                line(o, {"path": str(o.path), "error": str(o.error)})
-        elif o.status == "skipped" and o.error:  # another run is making it
-            say(f"job {o.item.index}: {o.error} ({o.path}), skipped")
-            if as_json:  # not a made image: stdout lists only those, as for a failed job
-                line(o, {"path": str(o.path), "error": o.error})
-        elif o.status == "skipped":
-            say(f"job {o.item.index}: {o.path} exists with the same settings, skipped")
-            # stdout lists every image of the batch, as gen's does those it keeps
-            line(o, made_by(o.path, o.item.job) or {"path": str(o.path)})
-        if o.moved_to:
-            say(f"job {o.item.index}: {o.why} since {o.path.name} was made; the old image "
-                f"is kept as {o.moved_to.name}")
-        if o.record:
-            line(o, o.record)
-        if o.status != "skipped" and o.item in todo:
-            later = todo[todo.index(o.item) + 1:]
-            say_left(made, [i.job.width * i.job.height for i in later])
-
-    for folder in (output, manifest.parent):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise JobError(f"cannot create folder {folder}: {e.strerror}") from None
-    for folder in {output, *(p.parent for p in paths.values() if p.parent.is_dir())}:
-        for part in out.remove_stale_parts(folder):
-            say(f"removed {part.name}, left by a run that died while saving")
-        busy.remove_stale(folder)
-    try:
-        outcomes = b.run_batch(items, lambda item: paths[item.index], make_one, manifest,
-                               overwrite, report)
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what is made is kept; say how far it got
-        counts = {s: sum(o.status == s for o in seen) for s in ("done", "skipped", "failed")}
-        tell(f"batch stopped after {len(seen)} of {len(items)} jobs: {counts['done']} done, "
-             f"{counts['skipped']} skipped, {counts['failed']} failed; the same command goes "
-             "on from there")
-        raise
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
-    failed = [o.item.index for o in outcomes if o.status == "failed"]
-    which = ""
-    if failed:  # their errors scrolled by long ago in a big batch
-        listed = ", ".join(map(str, failed[:10])) + (", ..." if len(failed) > 10 else "")
-        which = (f" (job{'s' if len(failed) > 1 else ''} {listed}; errors in {manifest}; "
-                 "the same command runs them again)")
-    tell(f"batch: {counts['done']} done, {counts['skipped']} skipped, "
-         f"{counts['failed']} failed{which}")
-    if counts["failed"]:
-        raise typer.Exit(EXIT_RUNTIME)
-
-
-def check_batch_outputs(items: list, paths: dict[int, Path], name: str, output: Path,
-                        manifest: Path | None, overwrite: bool = False) -> Path:
-    """Before any work (and in --dry-run): the manifest and every job's folder can be written,
-    and no file that is not hires' is in a job's way (unless `overwrite`), else exit 2 (not a
-    failed job once the model is loaded). Creates nothing; returns the manifest."""
-    import os
-
-    from hires import batch as b
-    from hires import output as out
-    from hires.job import JobError
-
-    manifest = manifest or output / "manifest.jsonl"
-    if manifest.is_dir():
-        raise JobError(f"--manifest {manifest} is a folder; name a .jsonl file")
-    if manifest.exists() and not os.access(manifest, os.W_OK):
-        raise JobError(f"cannot append to the manifest {manifest}; make it writable or choose "
-                       "another --manifest")
-    try:
-        out.check_writable(manifest, overwrite=True)  # appended to: a file there is fine
-    except out.OutputError as e:
-        raise JobError(f"the manifest: {e}") from None
-    seen: set[Path] = set()
-    for item in items:
-        why = b.in_the_way(paths[item.index], overwrite)  # as the run would fail the job
-        if why:
-            raise JobError(f"{name} job {item.index}: {why}")
-        folder = paths[item.index].parent
-        if folder not in seen:
-            seen.add(folder)
-            try:  # an image there is the batch's to skip, move aside or replace
-                out.check_writable(paths[item.index], overwrite=True)
-            except out.OutputError as e:
-                raise JobError(f"{name} job {item.index}: {e}") from None
-    return manifest
 
 
 def say_input(source, depth: int = 8) -> None:

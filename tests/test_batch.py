@@ -587,9 +587,9 @@ def test_paths_in_a_job_file_starting_with_a_tilde_are_under_home(tmp_path, monk
 
 def test_a_stopped_batch_says_how_far_it_got(tmp_path, monkeypatch, tiny_cli):
     """Ctrl-C in a batch said only 'interrupted': not how many images were made."""
-    import hires.cli_runs
+    import hires.cli_batch
 
-    real, calls = hires.cli_runs.make_image, []
+    real, calls = hires.cli_batch.make_image, []
 
     def stopped_in_the_second(*args, **kwargs):
         calls.append(1)
@@ -597,7 +597,7 @@ def test_a_stopped_batch_says_how_far_it_got(tmp_path, monkeypatch, tiny_cli):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(hires.cli_runs, "make_image", stopped_in_the_second)
+    monkeypatch.setattr(hires.cli_batch, "make_image", stopped_in_the_second)
     result = cli("batch", jsonl_jobs(tmp_path / "jobs.jsonl", 3), "-o", tmp_path / "out")
     assert result.exit_code == 130, result.stderr
     assert "batch stopped after 1 of 3 jobs: 1 done, 0 skipped, 0 failed; the same command " \
