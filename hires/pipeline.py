@@ -28,7 +28,7 @@ from hires.job import Job
 from hires.library import check_arguments, check_callback, in_keywords, library_job, with_prompt
 from hires.memory import GIB, current, free_memory, host_room, peak_memory, placed, reset_peak
 from hires.models import Components, load, load_args
-from hires.plan import Plan, Stage, cheaper, make_plan
+from hires.plan import Plan, Stage, budget_bytes, cheaper, make_plan
 from hires.progress import Event, ProgressFn
 from hires.sampling import (
     UpscaleKnobs,
@@ -133,13 +133,10 @@ class Result:
 
 
 def budget_for(job: Job, components: Components) -> int | None:
-    """Device bytes the plan may use: --vram, else the device's free memory; on a CPU, whose
-    memory is the RAM, --ram says it too."""
-    if job.vram is not None:
-        return int(job.vram * GIB)
-    if components.device.type == "cpu" and job.ram is not None:
-        return int(job.ram * GIB)
-    return free_memory(components.device, components.parts)
+    """Device bytes the plan may use (`plan.budget_bytes`): --vram, else on a CPU --ram, else
+    the device's free memory."""
+    return budget_bytes(job.vram, job.ram, components.device.type == "cpu",
+                        lambda: free_memory(components.device, components.parts))
 
 
 def plan_for(job: Job, components: Components, *, gpu: str | None = None,

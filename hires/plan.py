@@ -8,6 +8,7 @@ memory fits, and records that estimate, the stage's FLOPs, scratch disk and time
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -323,11 +324,11 @@ def fit_stage(stage: Stage, stages: list[Stage], model: ModelShape, budget: int 
         short = least.cost.host_bytes - model.host
         disk = ""
         if short <= least.cost.parked_bytes:  # the maps could wait on a disk
-            room = (f"{scratch_folder()} has room for {model.disk / 1e9:.1f} GB of them"
-                    if model.disk else f"none may go there now: --disk 0, or "
-                    f"{scratch_folder()} is full or in memory")  # not "room for 0.0 GB"
+            where = (f"{scratch_folder()} has room for {model.disk / 1e9:.1f} GB of them"
+                     if model.disk else f"none may go there now: --disk 0, or "
+                     f"{scratch_folder()} is full or in memory")  # not "room for 0.0 GB"
             disk = (f", let the {short / 1e9:.1f} GB of parked maps that RAM cannot hold wait "
-                    f"on a disk ({room}; TMPDIR picks the folder, --disk the room)")
+                    f"on a disk ({where}; TMPDIR picks the folder, --disk the room)")
         error = PlanError(
             f"stage {stage.index} ({stage.width}x{stage.height}) fits the GPU only with "
             f"{least.cost.host_bytes / GIB:.1f} GiB of the CPU's memory for parked maps and "
@@ -347,6 +348,17 @@ def fit_stage(stage: Stage, stages: list[Stage], model: ModelShape, budget: int 
     # free RAM then never makes a plan slower. At the same time, the one without the disk.
     rank = _preference(model)
     return min(fits, key=lambda o: (*rank(o)[:1], bool(o.cost.disk_bytes), *rank(o)[1:]))
+
+
+def budget_bytes(vram: float | None, ram: float | None, on_cpu: bool,
+                 free: Callable[[], int | None]) -> int | None:
+    """The device bytes a plan may use: `vram` GiB (--vram), else on a CPU, whose memory is the
+    RAM, `ram` GiB (--ram), else what `free()` finds free (None: no budget)."""
+    if vram is not None:
+        return int(vram * GIB)
+    if on_cpu and ram is not None:
+        return int(ram * GIB)
+    return free()
 
 
 def _gib(size: float) -> str:
@@ -566,14 +578,15 @@ def plan_without_weights(job, rate: float | None = None,
     dtype_bytes = 4 if job.dtype in ("fp32", "float32") or not on_gpu else 2
     vae_dtype_bytes = _vae_dtype_bytes(job.vae_dtype, dtype_bytes, job.device,
                                        gpu.bf16 if gpu else True, vae_fp16_ok(job.model, job.vae))
+
+    def free() -> int | None:  # the local GPU's, or a CPU run's RAM; none on another device
+        if on_gpu and torch.cuda.is_available():
+            return free_memory(torch.device(job.device if job.device.startswith("cuda")
+                                            else "cuda"))
+        return free_memory(torch.device("cpu")) if job.device.startswith("cpu") else None
+
     vram = job.vram if job.vram is not None else vram if on_gpu else None
-    budget = int(vram * GIB) if vram is not None else None
-    if budget is None and on_gpu and torch.cuda.is_available():
-        budget = free_memory(torch.device(job.device if job.device.startswith("cuda")
-                                          else "cuda"))
-    if budget is None and job.device.startswith("cpu"):  # as a CPU run plans: --ram, or the
-        budget = (int(job.ram * GIB) if job.ram is not None  # free RAM
-                  else free_memory(torch.device("cpu")))
+    budget = budget_bytes(vram, job.ram, job.device.startswith("cpu"), free)
     if job.model == "tiny":
         from hires.models import load
 
