@@ -14,22 +14,34 @@ def prefix(kind: str) -> str:
     return f"hires-{kind}-{os.getpid()}-"
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` is there (another user's too). Off POSIX every pid is taken as
+    alive, so nothing of it is deleted: os.kill(pid, 0) is no probe on Windows, it sends Ctrl-C."""
+    if os.name != "posix":
+        return True
+    try:
+        os.kill(pid, 0)  # no signal: only whether the process is there
+    except ProcessLookupError:
+        return False
+    except OSError:  # there, but another user's
+        return True
+    return True
+
+
 def stale(folder: Path, kind: str) -> list[Path]:
     """This user's temporary files and folders of `kind` in `folder` whose process is gone."""
-    if os.name != "posix":  # os.kill(pid, 0) is no probe on Windows: it sends Ctrl-C
+    if os.name != "posix":  # no pid is probed there (see pid_alive), nor is there os.getuid
         return []
     start = f"hires-{kind}-"
     gone = []
     for place in folder.glob(f"{start}*-*"):
         pid = place.name[len(start):].partition("-")[0]
         try:
-            if not pid.isdigit() or place.lstat().st_uid != os.getuid():
-                continue
-            os.kill(int(pid), 0)  # no signal: only whether the process is there
-        except ProcessLookupError:
-            gone.append(place)
-        except OSError:  # there, but another user's; or the file went meanwhile
+            mine = pid.isdigit() and place.lstat().st_uid == os.getuid()
+        except OSError:  # the file went meanwhile
             continue
+        if mine and not pid_alive(int(pid)):
+            gone.append(place)
     return gone
 
 

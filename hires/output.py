@@ -19,6 +19,7 @@ from PIL import Image, PngImagePlugin
 from hires import __version__, png, tiff
 from hires.images import srgb_icc
 from hires.job import format_name
+from hires.leftovers import pid_alive
 
 EXTENSIONS = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tiff"}
 SUFFIX_FORMATS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp", ".tif": "tiff",
@@ -492,21 +493,11 @@ def remove_stale_parts(folder: str | Path) -> list[Path]:
     removed = []
     for part in Path(folder).glob(".*.part"):
         match = re.match(r"^\..+\.(\d+)\.[^.]+\.part$", part.name)
-        if not match or _alive(int(match.group(1))):
+        if not match or pid_alive(int(match.group(1))):
             continue
         part.unlink(missing_ok=True)
         removed.append(part)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    return True
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
