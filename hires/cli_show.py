@@ -4,7 +4,7 @@ an image or a checkpoint was made."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,10 +23,7 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
               stage_images: bool = False, preview: bool = False, here: bool = False) -> None:
     """Print the plan of `job` without loading weights (`hires plan`, `gen --dry-run`); with
     `preview`, of its first stage alone; `here`: as it would run on this machine (a dry run)."""
-    from hires.eta import duration
-    from hires.gpus import CUDA_CONTEXT_GIB, card
-    from hires.memory import GIB
-    from hires.plan import as_run_here, describe, dry_run, preview_of
+    from hires.plan import as_run_here, dry_run, preview_of
     from hires.prompts import cached_tokenizer, too_long
 
     check_gpu(gpu)
@@ -36,56 +33,79 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
     tokenizer = cached_tokenizer(job)  # a long prompt, said as the run would say it
     for warning in too_long(tokenizer, job) if tokenizer is not None else []:
         warn(warning)
-    p, gpu, rate = (preview_of(run.plan) if preview else run.plan), run.gpu, run.rate
-    spill = p.vae_spill_bytes
-    timed = rate is not None  # a CPU plan is not timed (its rate is not known)
-
-    def rounded(x: float | None) -> float | None:
-        return None if x is None else round(x, 3)
-
+    p = preview_of(run.plan) if preview else run.plan
     if as_json:
-        out_line(json.dumps({
-            "width": p.width, "height": p.height, "dpi": job.dpi, "gpu": gpu,
-            "tflops": rate / 1e12 if timed else None,
-            "fp32": [part.lower() for part in p.fp32],
-            "fp32_tflops": round(rate * p.fp32_share / 1e12, 3) if timed else None,
-            "budget_bytes": p.budget, "budget_from": run.budget_from,
-            "vae_spill_bytes": int(spill), "vae_spill_budget_bytes": int(p.spill),
-            "stages": [{"index": s.index, "width": s.width, "height": s.height,
-                        "steps": s.steps, "global_steps": s.global_steps,
-                        "strength": round(s.strength, 4), "ratio": s.ratio,
-                        "upsample": "latent" if s.latent_upsample else "pixel",
-                        "decodes_previous": s.decodes_previous,
-                        "strategy": s.strategy.label, "levers": s.strategy.to_dict(),
-                        "peak_bytes": s.cost.peak_bytes,
-                        "used_bytes": max(s.cost.used_bytes, s.cost.peak_bytes),
-                        "tflop": round(s.cost.tflop, 3),
-                        "unet_tflop": round(s.cost.unet_tflop, 3),
-                        "scratch_bytes": s.cost.scratch_bytes, "vae_tile": s.cost.vae_tile,
-                        "host_bytes": s.cost.host_bytes,
-                        "parked_bytes": s.cost.parked_bytes,
-                        "disk_bytes": s.cost.disk_bytes, "vae_spill": s.cost.vae_spill,
-                        "vae_spill_bytes": int(s.cost.vae_spill_bytes),
-                        "seconds": rounded(s.cost.seconds),
-                        "vae_seconds": rounded(s.cost.vae_seconds),
-                        "host_seconds": rounded(s.cost.host_seconds)} for s in p.stages],
-            "peak_bytes": p.peak_bytes, "used_bytes": p.used_bytes,
-            "seconds": rounded(p.seconds),
-            "vae_seconds": rounded(p.vae_seconds), "host_seconds": rounded(p.host_seconds)}))
+        out_line(json.dumps(plan_json(run, job, p)))
         return
-    if timed:
-        # Without a budget the plan may take more memory than the card has: its rate only.
-        where = (f"times on {gpu}" if p.budget else f"times at {gpu}'s rate, its memory aside"
-                 ) + f" ({rate / 1e12:.3g} TFLOP/s achieved"
-        if p.fp32:
-            fp32 = rate * p.fp32_share / 1e12
-            where += f", {fp32:.{0 if fp32 >= 10 else 1}f} in the fp32 {' and '.join(p.fp32)}"
-        if card(gpu):
-            where += ", at the share of its peak an H200 reached"
-        where += f"; host work on {cores()} cores)"
-    else:
-        where = ("no times: a CPU's rate is not known (expect minutes per megapixel; --gpu "
-                 "with a TFLOP/s figure times it)")
+    out_line("\n".join(plan_lines(run, job, p, preview)))
+    replan = lambda j: dry_run(j, run.gpu, source, stage_images).plan  # noqa: E731
+    for hint in plan_hints(run, job, p, preview, replan):
+        say(hint)
+
+
+def plan_json(run, job, p) -> dict[str, Any]:
+    """What `plan --json` prints: the plan `p` (`run`'s, or its preview) and each stage."""
+    rate, spill = run.rate, p.vae_spill_bytes
+    timed = rate is not None  # a CPU plan is not timed (its rate is not known)
+    return {
+        "width": p.width, "height": p.height, "dpi": job.dpi, "gpu": run.gpu,
+        "tflops": rate / 1e12 if timed else None,
+        "fp32": [part.lower() for part in p.fp32],
+        "fp32_tflops": round(rate * p.fp32_share / 1e12, 3) if timed else None,
+        "budget_bytes": p.budget, "budget_from": run.budget_from,
+        "vae_spill_bytes": int(spill), "vae_spill_budget_bytes": int(p.spill),
+        "stages": [{"index": s.index, "width": s.width, "height": s.height,
+                    "steps": s.steps, "global_steps": s.global_steps,
+                    "strength": round(s.strength, 4), "ratio": s.ratio,
+                    "upsample": "latent" if s.latent_upsample else "pixel",
+                    "decodes_previous": s.decodes_previous,
+                    "strategy": s.strategy.label, "levers": s.strategy.to_dict(),
+                    "peak_bytes": s.cost.peak_bytes,
+                    "used_bytes": max(s.cost.used_bytes, s.cost.peak_bytes),
+                    "tflop": round(s.cost.tflop, 3),
+                    "unet_tflop": round(s.cost.unet_tflop, 3),
+                    "scratch_bytes": s.cost.scratch_bytes, "vae_tile": s.cost.vae_tile,
+                    "host_bytes": s.cost.host_bytes,
+                    "parked_bytes": s.cost.parked_bytes,
+                    "disk_bytes": s.cost.disk_bytes, "vae_spill": s.cost.vae_spill,
+                    "vae_spill_bytes": int(s.cost.vae_spill_bytes),
+                    "seconds": rounded(s.cost.seconds),
+                    "vae_seconds": rounded(s.cost.vae_seconds),
+                    "host_seconds": rounded(s.cost.host_seconds)} for s in p.stages],
+        "peak_bytes": p.peak_bytes, "used_bytes": p.used_bytes,
+        "seconds": rounded(p.seconds),
+        "vae_seconds": rounded(p.vae_seconds), "host_seconds": rounded(p.host_seconds)}
+
+
+def rounded(x: float | None) -> float | None:
+    """Seconds in the JSON plan: to the millisecond."""
+    return None if x is None else round(x, 3)
+
+
+def plan_lines(run, job, p, preview: bool = False) -> list[str]:
+    """The text plan: a header (size, stages, budget, what the times are for), each stage's
+    line, and the total."""
+    from hires.plan import describe
+
+    printed = ""
+    if job.dpi:  # for print: the size on paper
+        w, h = p.width / job.dpi, p.height / job.dpi
+        printed = (f" ({w * 2.54:.1f} x {h * 2.54:.1f} cm, {w:.1f} x {h:.1f} in at "
+                   f"{job.dpi:g} dpi)")
+    stages = (f"stage 0 of {len(run.plan.stages)} (--preview)" if preview else
+              f"{len(p.stages)} stage(s)")
+    header = (f"{p.width}x{p.height}{printed}: {stages}, {budget_phrase(run, job, p)}, "
+              f"{times_phrase(run, p)}")
+    return [header, *describe(p), total_line(p, timed=run.rate is not None)]
+
+
+def budget_phrase(run, job, p) -> str:
+    """The header's words on memory: the budget, where it comes from, the RAM the VAE's
+    outputs take."""
+    from hires.gpus import CUDA_CONTEXT_GIB, card
+    from hires.memory import GIB
+
+    gpu = run.gpu
     budget = f"{p.budget / 1024**3:.1f} GiB budget" if p.budget else "no memory budget"
     if not p.budget and not job.device.startswith(("cpu", "mps")):
         budget += " (--gpu NAME or --vram GiB sets one)"
@@ -99,17 +119,35 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
         budget += " (the free RAM)"
     elif run.budget_from == "ram":
         budget += " (--ram)"
-    if spill:
-        budget += f", +{spill / GIB:.0f} GiB of RAM for VAE outputs"
-    printed = ""
-    if job.dpi:  # for print: the size on paper
-        w, h = p.width / job.dpi, p.height / job.dpi
-        printed = (f" ({w * 2.54:.1f} x {h * 2.54:.1f} cm, {w:.1f} x {h:.1f} in at "
-                   f"{job.dpi:g} dpi)")
-    stages = (f"stage 0 of {len(run.plan.stages)} (--preview)" if preview else
-              f"{len(p.stages)} stage(s)")
-    lines = [f"{p.width}x{p.height}{printed}: {stages}, {budget}, {where}"]
-    lines += describe(p)
+    if p.vae_spill_bytes:
+        budget += f", +{p.vae_spill_bytes / GIB:.0f} GiB of RAM for VAE outputs"
+    return budget
+
+
+def times_phrase(run, p) -> str:
+    """The header's words on time: the card and rate the times are for, or why there are
+    none."""
+    from hires.gpus import card
+
+    gpu, rate = run.gpu, run.rate
+    if rate is None:
+        return ("no times: a CPU's rate is not known (expect minutes per megapixel; --gpu "
+                "with a TFLOP/s figure times it)")
+    # Without a budget the plan may take more memory than the card has: its rate only.
+    where = (f"times on {gpu}" if p.budget else f"times at {gpu}'s rate, its memory aside"
+             ) + f" ({rate / 1e12:.3g} TFLOP/s achieved"
+    if p.fp32:
+        fp32 = rate * p.fp32_share / 1e12
+        where += f", {fp32:.{0 if fp32 >= 10 else 1}f} in the fp32 {' and '.join(p.fp32)}"
+    if card(gpu):
+        where += ", at the share of its peak an H200 reached"
+    return where + f"; host work on {cores()} cores)"
+
+
+def total_line(p, timed: bool) -> str:
+    """The plan's last line: its peak memory, its work and, when `timed`, its time."""
+    from hires.eta import duration
+
     tflop = sum(s.cost.tflop for s in p.stages)
     work = f"{tflop / 1000:.1f} PFLOP" if tflop >= 100 else f"{tflop:.2g} TFLOP"
     total = f"total: peak {p.peak_bytes / 1024**3:.1f} GiB"
@@ -122,19 +160,24 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
         notes += [f"host ~{p.host_seconds:.0f} s"] if (p.host_seconds or 0) >= 0.5 else []
         notes_text = f" ({', '.join(notes)})" if notes else ""
         total += f", ~{p.seconds:.0f} s{notes_text}"
-    lines.append(total)
-    out_line("\n".join(lines))
+    return total
+
+
+def plan_hints(run, job, p, preview: bool, replan: Callable[[Any], Any]) -> Iterator[str]:
+    """What is said on stderr after a text plan, each as it is found: a faster VAE, --preview
+    for a long job, more RAM, `--vae-stats fast`, where each applies."""
+    from hires.eta import duration
+
     if p.fp32 == ("VAE",) and job.vae_dtype == "auto":  # only a GPU without bf16 does that
-        say(fp16_vae_hint(f"the {gpu}", f" (~{p.vae_seconds:.0f} of the ~{p.seconds:.0f} s)"))
+        yield fp16_vae_hint(f"the {run.gpu}", f" (~{p.vae_seconds:.0f} of the ~{p.seconds:.0f} s)")
     first = p.stages[0].cost.seconds if p.stages[0].cost else None
-    if not preview and timed and first is not None and p.seconds >= LONG_JOB_S \
+    if not preview and run.rate is not None and first is not None and p.seconds >= LONG_JOB_S \
             and p.stages[0].kind == "base":
-        say(f"a long job: `hires gen --preview` makes its composition first, in "
-            f"{duration(first)}")
-    replan = lambda j: dry_run(j, gpu, source, stage_images).plan  # noqa: E731
-    for hint in ([] if preview else [more_ram_hint(job, p, replan), exact_hint(job, p, replan)]):
-        if hint:
-            say(hint)
+        yield f"a long job: `hires gen --preview` makes its composition first, in {duration(first)}"
+    for hint in ([] if preview else [more_ram_hint, exact_hint]):
+        said = hint(job, p, replan)
+        if said:
+            yield said
 
 
 ROOMY_RAM_GB = 64  # what `more_ram_hint` plans with
