@@ -23,6 +23,7 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
               stage_images: bool = False, preview: bool = False, here: bool = False) -> None:
     """Print the plan of `job` without loading weights (`hires plan`, `gen --dry-run`); with
     `preview`, of its first stage alone; `here`: as it would run on this machine (a dry run)."""
+    from hires.gpus import card
     from hires.plan import as_run_here, dry_run, preview_of
     from hires.prompts import cached_tokenizer, too_long
 
@@ -33,6 +34,12 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
     tokenizer = cached_tokenizer(job)  # a long prompt, said as the run would say it
     for warning in too_long(tokenizer, job) if tokenizer is not None else []:
         warn(warning)
+    named = card(run.gpu)
+    if run.budget_from == "vram" and named and job.vram > named.memory_gib:
+        # planned as asked (a card of that size at this one's speed), but likely a preset's
+        # budget for another card
+        warn(f"the plan's {job.vram:g} GiB budget is more than the {run.gpu}'s "
+             f"{named.memory_gib:.1f} GiB; drop --vram (or the preset's vram) to plan the card")
     p = preview_of(run.plan) if preview else run.plan
     if as_json:
         out_line(json.dumps(plan_json(run, job, p)))
@@ -112,9 +119,9 @@ def budget_phrase(run, job, p) -> str:
     if run.budget_from == "gpu":
         budget += (f" (the {gpu}'s {card(gpu).memory_gib:.1f} GiB less {CUDA_CONTEXT_GIB} for "
                    "CUDA; --vram sets it)")
-    elif run.budget_from == "gpu-capped":  # a preset's or --vram's more than the card has
-        budget += (f" (the {gpu}'s {card(gpu).memory_gib:.1f} GiB less {CUDA_CONTEXT_GIB} for "
-                   f"CUDA, not the {job.vram:g} GiB asked: the card has no more)")
+    elif run.budget_from == "vram" and card(gpu) and job.vram > card(gpu).memory_gib:
+        budget += (f" (more than the {gpu}'s {card(gpu).memory_gib:.1f} GiB: from --vram or a "
+                   "preset)")
     elif job.device.startswith("cpu") and run.budget_from == "device":
         budget += " (the free RAM)"
     elif run.budget_from == "ram":

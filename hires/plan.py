@@ -505,8 +505,8 @@ class DryRun:
     plan: Plan
     gpu: str  # the card (or TFLOP/s figure) its times are for; "cpu": a CPU's, not timed
     rate: float | None  # FLOP/s; None: no times
-    budget_from: str | None  # 'vram', 'gpu' (the named card's memory; 'gpu-capped': less than
-    # the vram asked), 'ram' (a CPU's, from --ram), 'device' or None
+    budget_from: str | None  # 'vram', 'gpu' (the named card's memory), 'ram' (a CPU's, from
+    # --ram), 'device' or None
 
 
 def dry_run(job, gpu: str | None = None, source: tuple[int, int] | None = None,
@@ -524,20 +524,14 @@ def dry_run(job, gpu: str | None = None, source: tuple[int, int] | None = None,
         plan = plan_without_weights(job, None, source=source, stage_images=stage_images)
         return DryRun(plan, "cpu", None, "vram" if job.vram is not None else
                       "ram" if job.ram is not None else "device")
-    card_vram = card_budget_gib(gpu) if gpu is not None else None
-    capped = job.vram is not None and card_vram is not None and job.vram > card_vram
-    if capped:  # a preset's 24 GiB on a 12 GiB card: the card cannot lend what it lacks
-        job = job.merged({"vram": None})
-    elif job.vram is not None:
-        card_vram = None
+    card_vram = card_budget_gib(gpu) if gpu is not None and job.vram is None else None
     gpu = gpu or local_gpu() or "h100"
     rate = rate_for(gpu)
     plan = plan_without_weights(job, rate, source=source, vram=card_vram, gpu=card(gpu),
                                 stage_images=stage_images)
     budget_from = None
     if plan.budget:
-        budget_from = ("gpu-capped" if capped else "vram" if job.vram is not None
-                       else "gpu" if card_vram else "device")
+        budget_from = "vram" if job.vram is not None else "gpu" if card_vram else "device"
     return DryRun(plan, gpu, rate, budget_from)
 
 
