@@ -399,7 +399,7 @@ def test_a_missing_model_path_is_a_usage_error_before_any_loading(tmp_path, aske
     (["gen", "x", "--size", "256", "--aspect", "1000:1"], ["short side 8 px", "at most 4:1"]),
     (["up", "{tmp}/in16.png", "--scale", "2"], ["makes 32x32 px", "use --scale 4 or more"]),
     (["gen", "x", "--size", "256", "--gpu", "bogus"], ["unknown GPU 'bogus'"]),
-    (["gen", "x", "--size", "256", "--gpu", "nan"], ["positive TFLOP/s"]),
+    (["gen", "x", "--size", "256", "--gpu", "nan"], ["TFLOP/s figure of at least 0.001"]),
 ])
 def test_sizes_and_gpus_hires_cannot_use_fail_before_any_loading(tmp_path, asked, args, words):
     Image.new("RGB", (16, 16)).save(tmp_path / "in16.png")
