@@ -68,3 +68,13 @@ def scratch(tmp_path, monkeypatch):
     place.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(place))
     return place
+
+
+@pytest.fixture
+def small(tmp_path):
+    """A small gray input image (96x64) for upscales."""
+    from PIL import Image
+
+    path = tmp_path / "in.png"
+    Image.new("RGB", (96, 64), "gray").save(path)
+    return path

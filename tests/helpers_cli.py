@@ -136,3 +136,22 @@ def pixels(data: bytes):
 
     with Image.open(io.BytesIO(data)) as im:
         return np.asarray(im)
+
+
+def failing_once(monkeypatch, at: int = 2, after: int = 0,
+                 error: BaseException | type[BaseException] | None = None) -> list[int]:
+    """Stage `at` fails once with `error`, the first time it runs after `after` runs of it, as a
+    kill or an out-of-memory error would; returns the indices of the stages run, in order."""
+    real = hires.pipeline._stage
+    ran: list[int] = []
+    failed: list[bool] = []
+
+    def stage(job, comps, plan, s, *rest):
+        ran.append(s.index)
+        if s.index == at and not failed and ran.count(at) > after:
+            failed.append(True)
+            raise error or RuntimeError("the GPU fell off the bus")
+        return real(job, comps, plan, s, *rest)
+
+    monkeypatch.setattr(hires.pipeline, "_stage", stage)
+    return ran

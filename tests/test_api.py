@@ -10,12 +10,6 @@ from hires.job import JobError
 ONE = {"steps": 1, "seed": 5}
 
 
-@pytest.fixture
-def small(tmp_path):
-    path = tmp_path / "in.png"
-    Image.new("RGB", (96, 64), "gray").save(path)
-    return path
-
 
 def test_a_prompt_as_the_first_argument_and_size_with_aspect(tiny):
     result = hires.generate("a fox", components=tiny, size=256, aspect="2:1", **ONE)

@@ -13,12 +13,6 @@ from hires.job import JobError
 ONE = {"steps": 1, "seed": 5}
 
 
-@pytest.fixture
-def small(tmp_path):
-    path = tmp_path / "in.png"
-    Image.new("RGB", (96, 64), "gray").save(path)
-    return path
-
 
 @pytest.fixture
 def made(tiny):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers_cli import cli, json_lines
+from helpers_cli import cli, failing_once, json_lines
 from PIL import Image
 
 import hires.pipeline
@@ -27,23 +27,6 @@ def stop_at(stage: int):
             raise Stop
     return progress
 
-
-def failing_once(monkeypatch, at: int = 2, after: int = 0) -> list[int]:
-    """Stage `at` fails once, the first time it runs after `after` runs of it, as a kill or an
-    out-of-memory error would; returns the indices of the stages run, in order."""
-    real = hires.pipeline._stage
-    ran: list[int] = []
-    failed: list[bool] = []
-
-    def stage(job, comps, plan, s, *rest):
-        ran.append(s.index)
-        if s.index == at and not failed and ran.count(at) > after:
-            failed.append(True)
-            raise RuntimeError("the GPU fell off the bus")
-        return real(job, comps, plan, s, *rest)
-
-    monkeypatch.setattr(hires.pipeline, "_stage", stage)
-    return ran
 
 
 def pixels(image: Image.Image) -> np.ndarray:

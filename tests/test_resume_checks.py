@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_cli import cli, json_lines
+from helpers_cli import cli, failing_once, json_lines
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -21,23 +21,6 @@ GEN = ("gen", "a fox", "--model", "tiny", "--size", "512", "--steps", "2")
 class Stop(Exception):
     """Stands for whatever stops a run: Ctrl-C, a kill, an out-of-memory error."""
 
-
-def failing_once(monkeypatch, at: int, after: int = 0) -> list[int]:
-    """Stage `at` fails once, the first time it runs after `after` runs of it; returns the
-    indices of the stages run, in order."""
-    real = hires.pipeline._stage
-    ran: list[int] = []
-    failed: list[bool] = []
-
-    def stage(job, comps, plan, s, *rest):
-        ran.append(s.index)
-        if s.index == at and not failed and ran.count(at) > after:
-            failed.append(True)
-            raise KeyboardInterrupt
-        return real(job, comps, plan, s, *rest)
-
-    monkeypatch.setattr(hires.pipeline, "_stage", stage)
-    return ran
 
 
 def stopped_in_stage_1(tiny, out: Path, **job) -> Path:
@@ -66,7 +49,8 @@ def rewrite(kept: Path, *, meta: dict | None = None, **tensors) -> None:
 
 def test_prompts_on_stdin_go_on_after_a_stop_between_images(tmp_path, asked, monkeypatch):
     args = (*GEN[:1], "-", *GEN[2:], "--json", "-o", tmp_path / "sp" / "{index}.png")
-    stages = failing_once(monkeypatch, at=0, after=1)  # the second prompt's first stage
+    # stopped in the second prompt's first stage
+    stages = failing_once(monkeypatch, at=0, after=1, error=KeyboardInterrupt)
     first = cli(*args, input="a fox\na cat\n")
     assert first.exit_code == 130
     (made,) = json_lines(first.stdout)
@@ -82,7 +66,8 @@ def test_prompts_on_stdin_go_on_after_a_stop_between_images(tmp_path, asked, mon
 
 def test_n_images_go_on_after_a_stop_between_images(tmp_path, asked, monkeypatch):
     args = (*GEN, "--n", "3", "--json", "-o", f"{tmp_path}/")
-    stages = failing_once(monkeypatch, at=0, after=1)  # the second image's first stage
+    # stopped in the second image's first stage
+    stages = failing_once(monkeypatch, at=0, after=1, error=KeyboardInterrupt)
     assert cli(*args).exit_code == 130
     (made,) = list(tmp_path.glob("*.png"))
     stages.clear()
