@@ -367,6 +367,40 @@ def in_the_way(path: Path, overwrite: bool = False) -> str | None:
             "image; move it away or pass --overwrite")
 
 
+def _run_one(item: BatchItem, path: Path, settings: str,
+             make: Callable[[BatchItem, Path], dict[str, Any]], overwrite: bool,
+             check_settings: bool) -> Outcome:
+    """One job of `run_batch`: skipped if its image is there with the same settings, else made
+    (an older image of other settings moved aside first)."""
+    from hires.output import claim_rename
+
+    moved, why = None, "settings changed"
+    if os.path.lexists(path) and not overwrite:
+        old = recorded_hash(path) if check_settings else settings
+        # An edited input keeps the job's settings (the file's name is the setting).
+        stale = old == settings and check_settings and input_changed(path, item.job)
+        if stale:
+            why = f"{item.job.image} changed"
+        if old == settings and not stale:
+            return Outcome(item, "skipped", path)
+        if old is None:  # put there since the checks before the run (in_the_way)
+            return Outcome(item, "failed", path, error=in_the_way(path))
+        moved = path.with_name(f"{path.stem}.{old[:8]}{path.suffix}")
+        try:
+            claim_rename(path, moved)
+        except OSError as e:
+            return Outcome(item, "failed", path, error=(
+                f"{path} was made with other settings and cannot be moved aside to "
+                f"{moved.name} ({e.strerror}); pass --overwrite to replace it"))
+    try:
+        return Outcome(item, "done", path, record=make(item, path), moved_to=moved, why=why)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # a failed job is reported; the batch goes on
+        return Outcome(item, "failed", path, error=str(e).splitlines()[0][:500]
+                       if str(e) else type(e).__name__, moved_to=moved, why=why)
+
+
 def run_batch(
     items: list[BatchItem],
     resolve_path: Callable[[BatchItem], Path],
@@ -381,46 +415,20 @@ def run_batch(
     `make(item, path)` generates and saves one image and returns its record. An existing image
     made with other settings (an edited job) is kept under a new name and the job is re-run.
     """
-    from hires.busy import Busy, maker
-    from hires.output import OutputError, append_manifest, claim_rename
+    from hires.busy import Busy, making
+    from hires.output import OutputError, append_manifest
 
     outcomes = []
     for item in items:
         path = resolve_path(item)
         settings = settings_hash(item.job)
-        moved, outcome, why = None, None, "settings changed"
-        pid = maker(path)
-        if pid is not None:  # two batches of one job file share its jobs
-            outcome = Outcome(item, "skipped", path, error=Busy(path, pid).who + " is making it")
-        elif os.path.lexists(path) and not overwrite:
-            old = recorded_hash(path) if check_settings else settings
-            # An edited input keeps the job's settings (the file's name is the setting).
-            stale = old == settings and check_settings and input_changed(path, item.job)
-            if stale:
-                why = f"{item.job.image} changed"
-            if old == settings and not stale:
-                outcome = Outcome(item, "skipped", path)
-            elif old is None:  # put there since the checks before the run (in_the_way)
-                outcome = Outcome(item, "failed", path, error=in_the_way(path))
-            else:
-                moved = path.with_name(f"{path.stem}.{old[:8]}{path.suffix}")
-                try:
-                    claim_rename(path, moved)
-                except OSError as e:
-                    outcome = Outcome(item, "failed", path, error=(
-                        f"{path} was made with other settings and cannot be moved aside to "
-                        f"{moved.name} ({e.strerror}); pass --overwrite to replace it"))
-        if outcome is None:
-            try:
-                outcome = Outcome(item, "done", path, record=make(item, path), moved_to=moved,
-                                  why=why)
-            except KeyboardInterrupt:
-                raise
-            except Busy as e:  # taken by another run since the check above
-                outcome = Outcome(item, "skipped", path, error=f"{e.who} is making it")
-            except Exception as e:  # a failed job is reported; the batch goes on
-                outcome = Outcome(item, "failed", path, error=str(e).splitlines()[0][:500]
-                                  if str(e) else type(e).__name__, moved_to=moved, why=why)
+        try:
+            # The check and the work under one lock: a second batch of the same job file skips
+            # what this one is making, and finds it made once it is.
+            with making(path):
+                outcome = _run_one(item, path, settings, make, overwrite, check_settings)
+        except Busy as e:
+            outcome = Outcome(item, "skipped", path, error=f"{e.who} is making it")
         if manifest is not None:
             try:
                 append_manifest(manifest, {"index": item.index, "status": outcome.status,

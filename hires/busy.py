@@ -56,9 +56,13 @@ def maker(image: Path) -> int | None:
 
 @contextlib.contextmanager
 def making(image: Path) -> Iterator[None]:
-    """Hold `image`'s lock while the block makes it; Busy if another run holds it. Where no
-    lock file can be made (no such folder, a read-only one), nothing is held: saving the image
-    there fails later with its own message."""
+    """Hold `image`'s lock while the block makes it; Busy if another run holds it. Its folder
+    is made now, as the save would make it (`-o new/`): two runs into a new folder find one
+    lock. Where no lock file can be made (a read-only folder), nothing is held: saving the
+    image there fails later with its own message."""
+    if fcntl is not None:
+        with contextlib.suppress(OSError):
+            image.parent.mkdir(parents=True, exist_ok=True)
     fd = _take(lock_path(image), image) if fcntl is not None else None
     try:
         yield

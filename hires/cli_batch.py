@@ -31,7 +31,6 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
     failed job is said and recorded in the manifest, and the others go on (exit 1 at the
     end). `name`: the job file's, for messages."""
     from hires import batch as b
-    from hires import busy
     from hires.job import JobError
     from hires.runs import made_by
 
@@ -63,11 +62,10 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
             loaded[key] = load_model(item.job, quiet)
         check_steps_and_notes(item.job, loaded[key], notes=fresh)
         started = time.monotonic()  # a model's load is not an image's pace
-        with busy.making(path):
-            record = make_image(item.job, path, loaded[key],
-                                heading=f"job {item.index} -> {path}", gpu=gpu, quiet=quiet,
-                                overwrite=overwrite, resume_runs=resume_runs,
-                                settings=b.settings_hash(item.job), preview=preview)
+        # run_batch holds the image's lock (hires.busy) while this makes it
+        record = make_image(item.job, path, loaded[key], heading=f"job {item.index} -> {path}",
+                            gpu=gpu, quiet=quiet, overwrite=overwrite, resume_runs=resume_runs,
+                            settings=b.settings_hash(item.job), preview=preview)
         made.append((item.job.width * item.job.height, time.monotonic() - started))
         return record
 

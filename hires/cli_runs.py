@@ -4,7 +4,7 @@ once, each image planned, resumed, shown in progress and saved (`make_image`, `b
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -164,10 +164,37 @@ def _make_all(jobs: list, output: str | None, *, save_stages: bool = False,
     if jobs[0].seed is None and len(runs) > 1:
         base = runs[0].job.seed
         say(f"seeds from {base} (--seed {base} makes these images again)")
-    for run in runs:  # before the model's load: this command would make it too
-        pid = busy.maker(run.path) if run.made is None else None
-        if pid is not None:
-            raise busy.Busy(run.path, pid)
+    with ExitStack() as held:
+        # Every image's lock, before the model loads, held to the end: a second run of this
+        # command stops here (busy.Busy, exit 2), and one that waited finds them made.
+        for run in runs:
+            if run.made is None:
+                held.enter_context(busy.making(run.path))
+        runs = [made_meanwhile(run, overwrite) for run in runs]
+        return _make_runs(runs, save_stages=save_stages, as_json=as_json, quiet=quiet,
+                          overwrite=overwrite, gpu=gpu, resume_runs=resume_runs,
+                          preview=preview, piped=piped)
+
+
+def made_meanwhile(run, overwrite: bool):
+    """`run`, or `run` marked made when another run made its image since `plan_runs` looked
+    (before this one held its lock); a file of another image there is in the way (exit 2)."""
+    from dataclasses import replace
+
+    from hires import output as out
+    from hires.runs import made_by
+
+    if run.made is not None or overwrite or not run.path.exists():
+        return run
+    record = made_by(run.path, run.job)
+    if record is None:
+        out.check_writable(run.path, overwrite)  # says it exists: --overwrite or another -o
+    return replace(run, made=record)
+
+
+def _make_runs(runs: list, *, save_stages: bool, as_json: bool, quiet: bool, overwrite: bool,
+               gpu: str | None, resume_runs: bool, preview: bool, piped: bool) -> Path:
+    """Make each of `runs` that is not made already, its lock held by the caller."""
     for folder in {run.path.parent for run in runs}:
         if folder.is_dir():  # temp files of a gen that was killed while saving here
             remove_leftovers(folder)
@@ -186,11 +213,10 @@ def _make_all(jobs: list, output: str | None, *, save_stages: bool = False,
             components = load_model(run.job, quiet)
             check_steps_and_notes(run.job, components)
         started = time.monotonic()  # the model's load is not an image's pace
-        with busy.making(run.path):
-            record = make_image(run.job, run.path, components,
-                                heading="stdout" if piped else f"{run.path}{of}", gpu=gpu,
-                                quiet=quiet, overwrite=overwrite, resume_runs=resume_runs,
-                                save_stages=save_stages, preview=preview, piped=piped)
+        record = make_image(run.job, run.path, components,
+                            heading="stdout" if piped else f"{run.path}{of}", gpu=gpu,
+                            quiet=quiet, overwrite=overwrite, resume_runs=resume_runs,
+                            save_stages=save_stages, preview=preview, piped=piped)
         if not piped:
             emit(record, as_json)
         made.append((run.job.width * run.job.height, time.monotonic() - started))

@@ -29,6 +29,11 @@ def test_a_lock_says_who_holds_it_and_goes_with_its_holder(tmp_path):
     busy.lock_path(image).write_text("99999999")
     busy.remove_stale(tmp_path)
     assert not busy.lock_path(image).exists()
+    # A new folder (-o new/) is made for its lock, as the save would make it: two runs into it
+    # found no lock and both made its images.
+    fresh = tmp_path / "new" / "b.png"
+    with busy.making(fresh):
+        assert busy.maker(fresh) == os.getpid()
 
 
 def test_gen_leaves_an_image_another_run_is_making_before_loading_the_model(tmp_path, asked):
@@ -77,14 +82,50 @@ output = "two.png"
     assert again.stdout.splitlines() == [str(out / "one.png"), str(out / "two.png")]
 
 
-def test_a_batch_job_taken_by_another_run_meanwhile_is_skipped(tmp_path):
+def test_a_batch_holds_the_lock_over_its_check_and_its_work(tmp_path):
+    """The check that a job's image is made and the making were two steps: a second batch
+    that checked while the first made the image made it again, then failed on the file."""
     from hires.batch import BatchItem, run_batch
     from hires.job import Job
 
-    def make(item, path):  # the other run took the image between the check and the work
-        raise busy.Busy(path, 4242)
-
     item = BatchItem(index=0, job=Job(prompt="x", seed=1), output=None)
-    (outcome,) = run_batch([item], lambda i: tmp_path / "a.png", make, None)
-    assert (outcome.status, outcome.error) == ("skipped", "another hires run (pid 4242) is "
-                                                          "making it")
+    path = tmp_path / "a.png"
+    held = []
+
+    def make(item, path):
+        held.append(busy.maker(path))
+        return {"path": str(path)}
+
+    (done,) = run_batch([item], lambda i: path, make, None)
+    assert done.status == "done" and held == [os.getpid()]  # its own lock, held while making
+    with busy.making(path):  # another batch is making it
+        (skipped,) = run_batch([item], lambda i: path, make, None)
+    assert (skipped.status, skipped.error) == ("skipped", f"another hires run (pid "
+                                                          f"{os.getpid()}) is making it")
+    assert len(held) == 1  # not made again
+
+
+def test_gen_finds_an_image_made_while_it_waited_for_the_lock(tmp_path, asked):
+    """A second gen that looked before the first held the lock loaded the model, made the
+    image again and failed on the file ('exists; pass --overwrite'), leaving a checkpoint."""
+    from hires.cli_runs import made_meanwhile
+    from hires.runs import plan_runs
+
+    out = tmp_path / "fox.png"
+    args = ("gen", "a fox", "--model", "tiny", "--size", "256", "--steps", "1", "--seed", "3")
+    (run,) = plan_runs([job_of(args)], str(out))  # as the second run saw it: nothing there
+    assert run.made is None
+    assert cli(*args, "-o", out).exit_code == 0  # the first run, meanwhile
+    assert made_meanwhile(run, overwrite=False).made["path"] == str(out)
+    assert made_meanwhile(run, overwrite=True).made is None  # made again, as asked
+    other = plan_runs([job_of(args[:-1] + ("4",))], str(out), overwrite=True)[0]
+    with pytest.raises(Exception, match="already exists; pass --overwrite"):
+        made_meanwhile(other, overwrite=False)
+
+
+def job_of(args: tuple[str, ...]):
+    """The Job `hires gen` makes of these arguments (the tiny model's, at 256 px)."""
+    from hires.job import Job
+
+    seed = int(args[args.index("--seed") + 1])
+    return Job(prompt=args[1], model="tiny", width=256, height=256, steps=1, seed=seed)
