@@ -35,25 +35,6 @@ def lock_path(image: Path) -> Path:
     return image.with_name(f".{image.name}{SUFFIX}")
 
 
-def maker(image: Path) -> int | None:
-    """The pid of the live run making `image` (0 if it cannot be told), or None when none is."""
-    if fcntl is None:
-        return None
-    try:
-        fd = os.open(lock_path(image), os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:  # no lock file: no run is making it
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return _pid(fd)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)  # and with it the shared lock, taken only to ask
-    return None
-
-
 @contextlib.contextmanager
 def making(image: Path) -> Iterator[None]:
     """Hold `image`'s lock while the block makes it; Busy if another run holds it. Its folder
@@ -81,7 +62,7 @@ def _take(lock: Path, image: Path) -> int | None:
             return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # held; or `maker` asking for an instant: ask again shortly
+        except BlockingIOError:  # held; or `remove_stale` trying it for an instant: again
             pid = _pid(fd)
             os.close(fd)
             if attempt >= 4:

@@ -347,7 +347,7 @@ def fit_stage(stage: Stage, stages: list[Stage], model: ModelShape, budget: int 
     # writes some is taken when it is the faster, not only when nothing else fits the RAM: more
     # free RAM then never makes a plan slower. At the same time, the one without the disk.
     rank = _preference(model)
-    return min(fits, key=lambda o: (*rank(o)[:1], bool(o.cost.disk_bytes), *rank(o)[1:]))
+    return min(fits, key=lambda o: (rank(o)[0], bool(o.cost.disk_bytes), rank(o)))
 
 
 def budget_bytes(vram: float | None, ram: float | None, on_cpu: bool,
