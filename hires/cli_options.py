@@ -132,8 +132,8 @@ Upsample = Annotated[str | None, typer.Option(
          "resized: no VAE between stages; faster, but each stage starts from a less faithful "
          "image).", autocompletion=one_of("pixel", "latent"))]
 VaeTile = Annotated[int | None, typer.Option(
-    help="VAE tile size in pixels, a multiple of 8 (default: the planner's pick, the largest of"
-         " 2048-512 that fits the memory).")]
+    help="VAE tile size in pixels, a multiple of 8 (default: the planner's pick of 2048-512,"
+         " the fastest that fits the memory).")]
 VaeStats = Annotated[str | None, typer.Option(
     help="How tiles share GroupNorm statistics: fast (default) or exact (slower, scratch disk).",
     autocompletion=one_of("fast", "exact"))]

@@ -17,6 +17,7 @@ from hires.gpus import (
     FP32_SHARE,
     RESIZE_PX_PER_CORE,
     SAVE_PX_PER_CORE,
+    TILE_RUN_SECONDS,
     VAE_SHARE,
 )
 from hires.strategy import Strategy
@@ -38,7 +39,7 @@ from hires.vae_attention import (
     SWEEP_REACH,
     landmarks,
 )
-from hires.vae_cost import exact_cost, tiled_cost, tiled_memo_bytes
+from hires.vae_cost import exact_cost, tiled_cost, tiled_memo_bytes, tiled_runs
 from hires.vae_stats import MEMO_BYTES, budget_from_free, spill_budget
 from hires.vae_tiles import rows_bytes, rows_on_device
 
@@ -206,7 +207,6 @@ class StageCost:
 
 VAE_TILES = (2048, 1536, 1024, 768, 512)  # px, largest first: fewer tiles, less overlap
 SPILL_STEP = 2 ** 0.5  # VAE RAM tried for the fastest: 0.5 GB, then 41 % more each, and all
-SMALLER_TILE_SAVING = 0.85  # a smaller VAE tile is taken only if it does this much of the work
 LEVER_SLOWDOWN = {"split_cfg": 0.03, "ff_chunks": 0.01, "row_bands": 0.10}  # assumed
 # FLOP/s at which strategies are compared when no rate is known (a GPU not in hires.gpus, a
 # CPU): without one, every strategy would tie and the least-memory one, the slowest, would win.
@@ -258,7 +258,8 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
     # slower there, and the tiled VAE reaches a share of the UNet's rate (hires.gpus).
     unet_rate = _rate_in(model, model.dtype_bytes, rate or RANK_RATE)
     vae_rate = _rate_in(model, model.vae_dtype_bytes, rate or RANK_RATE) * VAE_SHARE
-    vae_flop = spilled = on_files = 0.0  # FLOPs; bytes over the host link; to and from disk
+    # FLOPs; bytes over the host link; to and from disk; the tile runs' host work
+    vae_flop = spilled = on_files = runs_seconds = 0.0
     spill_bytes = 0.0
     used = scratch = 0
     if previous or encode_input or final_decode:
@@ -277,14 +278,20 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
         if final_decode:
             passes.append((width, height, True))
 
-        def cost(t: int, spill: float = 0.0) -> tuple[float, float]:  # FLOPs, bytes copied
+        def cost(t: int, spill: float = 0.0) -> tuple[float, float, int]:
+            """FLOPs, bytes copied over the host link, tile runs."""
             if vae_stats == "exact":  # outputs in scratch files, through the host
                 runs = exact_runs(t)
                 files = sum(r.written + r.read for r in runs)
-                return sum(r.flops for r in runs), (files if model.on_gpu else 0.0)
-            runs = [tiled_cost(model.vae, w, h, decode=d, tile=t, budget=memo, spill=spill,
-                               dtype_bytes=model.vae_dtype_bytes) for w, h, d in passes]
-            return sum(f for f, _ in runs), sum(b for _, b in runs)
+                # Its passes run the tiles as often as the fast mode's that keeps everything.
+                count = sum(tiled_runs(model.vae, w, h, decode=d, tile=t, budget=float("inf"))
+                            for w, h, d in passes)
+                return sum(r.flops for r in runs), (files if model.on_gpu else 0.0), count
+            args = [dict(vae=model.vae, width=w, height=h, decode=d, tile=t, budget=memo,
+                         spill=spill, dtype_bytes=model.vae_dtype_bytes) for w, h, d in passes]
+            runs = [tiled_cost(**a) for a in args]
+            return (sum(f for f, _ in runs), sum(b for _, b in runs),
+                    sum(tiled_runs(**a) for a in args))
 
         def exact_runs(t: int) -> list:
             # Half of what is free of the scratch disk, as DiskMemo looks at it (unknown: its
@@ -293,36 +300,52 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
                                disk=model.disk or float("inf"),
                                dtype_bytes=model.vae_dtype_bytes) for w, h, d in passes]
 
-        def work(t: int) -> float:
-            return cost(t)[0]
+        def priced(t: int, beat: float = math.inf) -> tuple[float, float, float, float]:
+            """The VAE's seconds with tile `t` (`min(t, side)`), its FLOPs, the bytes it copies
+            over the host link, and the CPU memory its fastest plan keeps outputs in; the
+            search for that amount is skipped when even all of it cannot beat `beat` s."""
+            t = min(t, max(width, height))
+            files = (sum(r.written + r.read for r in exact_runs(t)) / DISK_RATE
+                     if vae_stats == "exact" else 0.0)
+            overhead = TILE_RUN_SECONDS if model.on_gpu else 0.0
+
+            def seconds(flop: float, copied: float, count: int) -> float:
+                return flop / vae_rate + copied / HOST_LINK + files + count * overhead
+            flop, copied, count = cost(t)
+            best = (seconds(flop, copied, count), flop, copied, 0.0)
+            if rate and model.on_gpu and model.spill and vae_stats == "fast":
+                # Outputs kept in the CPU's memory: less recomputation for copies over the
+                # host link, where recomputing takes longer than copying: much on a 4090,
+                # little or none on an H100 (BENCHMARKS.md). Only with a known rate. The
+                # fastest amount up to the budget: each output kept saves its recomputation
+                # but costs its copies, and past some point (l40s, 16K: 64 GB of RAM free)
+                # copying costs more. The most kept bounds what any amount saves.
+                if seconds(cost(t, model.spill)[0], 0.0, count) >= min(best[0], beat):
+                    return best
+                for amount in spill_amounts(model.spill):
+                    flop, copied, count = cost(t, amount)
+                    if seconds(flop, copied, count) < best[0]:
+                        best = (seconds(flop, copied, count), flop, copied, amount)
+            return best
 
         if vae_tile is None:
-            # The largest tile that fits next to the weights (fewer tile runs: each costs
-            # launches and host work that FLOPs do not show), unless a smaller one saves
-            # a good share of the work.
+            # The fastest tile that fits next to the weights, by the same price as the
+            # estimate's (the largest of a tie): a larger tile has fewer runs and less overlap,
+            # a smaller one may keep more of its outputs.
             fit = [t for t in VAE_TILES if budget is None or vae_weights + vae_tile_peak(
                 model.vae, t, model.vae_dtype_bytes) + state <= budget] or [VAE_TILES[-1]]
-            least = min(work(t) for t in fit)
-            tile = next(t for t in fit if work(t) * SMALLER_TILE_SAVING <= least)
+            tile, least = fit[0], math.inf
+            for t in fit:
+                seconds = priced(t, least)[0]
+                if seconds < least:
+                    tile, least = t, seconds
         tile = min(tile, max(width, height))
-        vae_flop, spilled = cost(tile)
+        _, vae_flop, spilled, spill_bytes = priced(tile)
+        runs_seconds = cost(tile, spill_bytes)[2] * TILE_RUN_SECONDS if model.on_gpu else 0.0
         if vae_stats == "exact":
             runs = exact_runs(tile)
             on_files = sum(r.written + r.read for r in runs)
             scratch = int(max(r.most for r in runs))  # one pass's files at a time
-        if rate and model.on_gpu and model.spill and vae_stats == "fast":
-            # Outputs kept in the CPU's memory: less recomputation for copies over the host
-            # link, where recomputing takes longer than copying: much on a 4090, little or
-            # none on an H100 (BENCHMARKS.md). Only with a known rate. The fastest amount up
-            # to the budget: each output kept saves its recomputation but costs its copies,
-            # and past some point (l40s, 16K: 64 GB of RAM free) copying costs more.
-            best = vae_flop / vae_rate
-            for amount in spill_amounts(model.spill):
-                flop, copied = cost(tile, amount)
-                if flop / vae_rate + copied / HOST_LINK < best:
-                    best = flop / vae_rate + copied / HOST_LINK
-                    spill_bytes = amount
-                    vae_flop, spilled = flop, copied
         attention = max(vae_attention_bytes(model.vae, w, h, model.vae_dtype_bytes)
                         for w, h in [(width, height), *([previous] if previous else [])])
         peaks.append(vae_weights + max(vae_tile_peak(model.vae, tile, model.vae_dtype_bytes),
@@ -364,7 +387,8 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
     # The previous image, or the user's image for an upscale, is resized to this stage's size.
     own = host_seconds(width, height, resize=bool(previous and encode_previous) or encode_input,
                        save=final_decode) if model.on_gpu else 0.0
-    rank = unet_seconds + vae_flop / vae_rate + moved / HOST_LINK + on_files / DISK_RATE + own
+    rank = (unet_seconds + vae_flop / vae_rate + moved / HOST_LINK + on_files / DISK_RATE
+            + runs_seconds + own)
     maps = parked_bytes(model, lat_h, lat_w, strategy)
     host = maps + (0 if resident else model.weights)
     on_disk = maps_on_disk(model, maps, host)
@@ -372,7 +396,7 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
     # or in bands four times over (a map read again may have left the page cache meanwhile).
     rank += calls * on_disk * (5 if strategy.row_bands else 2) / DISK_RATE
     vae_seconds = (vae_flop / vae_rate + spilled / HOST_LINK + on_files / DISK_RATE
-                   if rate else None)
+                   + runs_seconds if rate else None)
     return StageCost(max(peaks), peaks[0], (unet_flop + vae_flop) / 1e12, unet_flop / 1e12, scratch,
                      rank if rate else None, tile, rank, spill_bytes, host, vae_seconds,
                      maps, on_disk, max(*peaks, used), own if rate else None)

@@ -42,6 +42,10 @@ VAE_SHARE = 0.58
 # launches (the 1K base stage's guided evaluation took 0.081 s on the H200 host, where its
 # FLOPs need 0.023 s).
 CALL_SECONDS = 0.08
+# Host work per tiled-VAE tile run (a tile resumed up to the next GroupNorm: a few kernels and
+# the statistics' hooks), assumed from CALL_SECONDS's ~40 us per launched kernel; the planner
+# weighs it against a smaller tile's saved work.
+TILE_RUN_SECONDS = 0.5e-3
 # The host's stage resize (banded Lanczos) and PNG save, output pixels per second per core:
 # the H200 host's 16 cores did 8192 -> 16384 in 1.37 s and saved the 16K PNG in 0.94 s.
 RESIZE_PX_PER_CORE = 12e6

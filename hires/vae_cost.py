@@ -136,8 +136,17 @@ def tiled_memo_bytes(vae: VaeShape, width: int, height: int, *, decode: bool, ti
     return _tiled(vae, width, height, decode, tile, budget, spill, dtype_bytes, overlap)[2]
 
 
+def tiled_runs(vae: VaeShape, width: int, height: int, *, decode: bool, tile: int,
+               budget: float, dtype_bytes: int = 2, overlap: int | None = None,
+               spill: float = 0.0) -> int:
+    """How many times that decode (or encode) runs a tile part of the way: each run costs
+    launches and host work that its FLOPs do not show (the planner prices them)."""
+    return int(_tiled(vae, width, height, decode, tile, budget, spill, dtype_bytes, overlap)[3])
+
+
 def _tiled(vae: VaeShape, width: int, height: int, decode: bool, tile: int, budget: float,
-           spill: float, dtype_bytes: int, overlap: int | None) -> tuple[float, float, float]:
+           spill: float, dtype_bytes: int, overlap: int | None
+           ) -> tuple[float, float, float, int]:
     h, w = height // SCALE, width // SCALE
     return _tiled_cost(vae, w, h, decode, tile, float(budget), float(spill), dtype_bytes,
                        overlap, is_global((h, w)))
@@ -146,26 +155,27 @@ def _tiled(vae: VaeShape, width: int, height: int, decode: bool, tile: int, budg
 @lru_cache(maxsize=8192)
 def _tiled_cost(vae: VaeShape, w: int, h: int, decode: bool, tile: int, budget: float,
                 spill: float, dtype_bytes: int, overlap: int | None,
-                whole: bool) -> tuple[float, float, float]:
-    """(FLOPs, bytes copied, the most bytes kept on the device at once)."""
+                whole: bool) -> tuple[float, float, float, int]:
+    """(FLOPs, bytes copied, the most bytes kept on the device at once, tile runs)."""
     t, o = tile_sizes(tile, overlap)
     c = vae.channels[-1]
     head, tail = _ends(vae, decode)
     if h * w <= t * t:  # one plain pass, diffusers' own (whole) attention
         net = steps(vae, h, w, decode=decode, dtype_bytes=dtype_bytes)
         return (sum(s.flops for s in net) + _whole_attention_flops(c, h * w)
-                + (head + tail) * h * w), 0.0, 0.0
+                + (head + tail) * h * w), 0.0, 0.0, 1
     size = (h, w)
     tiles = list(Grid.cover(size, t, o).tiles())
     nets = _tile_nets(vae, tiles, decode, dtype_bytes)
     n = len(next(iter(nets.values()))[0])
     # window -> (step number, bytes, spilled): MemoryMemo's rule
     kept: dict[Box, tuple[int, int, bool]] = {}
-    used, spilled, total, copied, most = 0, 0, 0.0, 0.0, 0
+    used, spilled, total, copied, most, runs = 0, 0, 0.0, 0.0, 0, 0
 
     def run(window: Box, stop: int | None, saving: bool = True) -> None:
         """Run a tile from its kept output up to the start of step `stop` (None: to the end)."""
-        nonlocal used, spilled, total, copied, most
+        nonlocal used, spilled, total, copied, most, runs
+        runs += 1
         y0, y1, x0, x1 = window
         _, before, outs, away_outs = nets[(y1 - y0, x1 - x0)]
         start, size, away = kept.get(window, (0, 0, False))
@@ -197,7 +207,7 @@ def _tiled_cost(vae: VaeShape, w: int, h: int, decode: bool, tile: int, budget: 
 
     extra = _passes(vae, nets, tiles, run, size, whole, tail)  # its runs add to total first
     total += extra
-    return total, copied, float(most)
+    return total, copied, float(most), runs
 
 
 class ExactCost(NamedTuple):

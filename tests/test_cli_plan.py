@@ -176,12 +176,13 @@ def test_ram_for_vae_outputs_is_shown_only_where_a_stage_spills():
 
 
 def test_the_vae_share_of_each_stage_time_is_its_work_at_the_rate():
-    """The tiled VAE runs at VAE_SHARE of the UNet's rate (measured on an H200)."""
+    """The tiled VAE runs at VAE_SHARE of the UNet's rate (measured on an H200), plus each tile
+    run's host work (gpus.TILE_RUN_SECONDS): a few per cent of it."""
     p = plan_json("x", "--size", "8192", "--vram", "80", "--gpu", "100")  # 100 TFLOP/s
     for s in p["stages"]:
         vae_rate = 100 * VAE_SHARE
-        assert abs(s["vae_seconds"] - (s["tflop"] - s["unet_tflop"]) / vae_rate) \
-            < 1e-3 * s["seconds"]
+        runs = s["vae_seconds"] - (s["tflop"] - s["unet_tflop"]) / vae_rate
+        assert -1e-3 * s["seconds"] < runs < 0.05 * s["vae_seconds"] + 1e-3
         assert 0 <= s["vae_seconds"] < s["seconds"]
     assert p["stages"][-1]["vae_seconds"] > 0  # the last stage decodes the image
     assert abs(p["vae_seconds"] - sum(s["vae_seconds"] for s in p["stages"])) < 0.01

@@ -73,6 +73,27 @@ def test_simulation_counts_what_the_tiling_code_runs(tiny, monkeypatch, decode, 
     assert simulated == pytest.approx(replayed, rel=1e-9)
 
 
+@pytest.mark.parametrize("decode", [True, False])
+def test_simulation_counts_the_tile_runs_the_tiling_code_makes(tiny, monkeypatch, decode):
+    """The planner prices each tile run's host work, so their count is the real code's."""
+    from hires import vae_memo
+
+    vae, shape = tiny
+    calls, real = [], vae_memo.Runner.__call__
+
+    def counted(self, box):
+        calls.append(box)
+        return real(self, box)
+
+    monkeypatch.setattr(vae_memo.Runner, "__call__", counted)
+    replayed_flops(vae, 768, 576, decode=decode, tile=256, budget=3e6)
+    runs = vae_cost.tiled_runs(shape, 768, 576, decode=decode, tile=256, budget=3e6)
+    assert runs == len(calls) > 12  # 4 x 3 tiles, each run once per statistics pass and more
+    # What is kept changes the work, not the runs: the planner counts them once per tile.
+    assert vae_cost.tiled_runs(shape, 768, 576, decode=decode, tile=256, budget=0.0) == runs
+    assert vae_cost.tiled_runs(shape, 768, 576, decode=decode, tile=768, budget=3e6) == 1
+
+
 def test_simulation_matches_at_sdxl_shapes_and_one_tile():
     vae = _on_meta(SDXL_VAE_CONFIG)
     shape = VaeShape.from_config(SDXL_VAE_CONFIG)
@@ -226,6 +247,7 @@ def test_the_planner_prices_exact_mode_by_its_files():
     and the disk: the plan prices both (it was priced as if it recomputed nothing and its
     files cost no time: an H200's 16K job planned faster with it than with `fast`)."""
     from hires.costs import DISK_RATE, HOST_LINK
+    from hires.gpus import TILE_RUN_SECONDS
     from hires.vae_stats import MEMO_BYTES
 
     shape = replace(sdxl_shape(linfusion=True), disk=200e9)
@@ -240,9 +262,13 @@ def test_the_planner_prices_exact_mode_by_its_files():
                                 budget=MEMO_BYTES, disk=200e9)
             for w, h, d in ((8192, 8192, True), (16384, 16384, False), (16384, 16384, True))]
     flops, files = sum(r.flops for r in runs), sum(r.written + r.read for r in runs)
+    # Each tile run's host work: its passes run the tiles as a fast decode keeping all does.
+    count = sum(vae_cost.tiled_runs(shape.vae, w, h, decode=d, tile=exact.vae_tile,
+                                    budget=float("inf"))
+                for w, h, d in ((8192, 8192, True), (16384, 16384, False), (16384, 16384, True)))
     assert exact.tflop - exact.unet_tflop == pytest.approx(flops / 1e12)
     assert exact.vae_seconds == pytest.approx(flops / 400e12 + files / HOST_LINK
-                                              + files / DISK_RATE)
+                                              + files / DISK_RATE + count * TILE_RUN_SECONDS)
     assert exact.scratch_bytes == int(max(r.most for r in runs)) > 0
     assert exact.vae_seconds > 3 * fast.vae_seconds and fast.scratch_bytes == 0
 
