@@ -75,6 +75,8 @@ from hires.cli_options import (
     VaeTile,
     Vram,
     Width,
+    completes,
+    preset_names,
 )
 from hires.cli_output import (
     EXIT_INTERRUPTED,
@@ -298,11 +300,18 @@ def presets_default(ctx: typer.Context) -> None:
 def presets_list() -> None:
     """List the presets (shipped and your own)."""
     with exit_codes():
-        from hires.presets import available, user_folder
+        from hires.presets import available, shipped, user_folder
 
         broken: list[str] = []
-        found = available(broken)
-        out_line("\n".join(f"{name:12s} {p.description}" for name, p in sorted(found.items())))
+        found, theirs = available(broken), shipped()
+
+        def origin(name: str) -> str:  # a user's preset of a shipped name wins: say so
+            if name not in theirs:
+                return " (yours)"
+            return "" if found[name].path == theirs[name].path else \
+                " (yours; replaces the shipped one)"
+        out_line("\n".join(f"{name:12s} {p.description}{origin(name)}"
+                            for name, p in sorted(found.items())))
         for problem in broken:  # one bad file of the user's does not hide the others
             warn(problem if problem.startswith("your own presets:") else
                  f"skipped a broken preset: {problem}")
@@ -310,7 +319,8 @@ def presets_list() -> None:
 
 
 @presets_app.command("show")
-def presets_show(name: Annotated[str, typer.Argument(help="Preset name or path.")]) -> None:
+def presets_show(name: Annotated[str, typer.Argument(
+        help="Preset name or path.", autocompletion=completes(preset_names))]) -> None:
     """Print one preset's TOML."""
     with exit_codes():
         from hires.presets import load_preset

@@ -61,7 +61,16 @@ def one_of(*values: str) -> Callable[[str], list[str]]:
 def preset_names() -> list[str]:
     from hires.presets import available
 
-    return sorted(available())
+    # A broken preset of the user's is left out, as `hires presets` does: a traceback at
+    # every TAB would hide the rest.
+    return sorted(available(broken=[]))
+
+
+def paper_names() -> list[str]:
+    from hires.sizes import PAPER_MM
+
+    papers = [p.upper() if p.startswith("a") else p for p in PAPER_MM]
+    return [*papers, *(f"{p}-landscape" for p in papers)]
 
 
 def gpu_names() -> list[str]:
@@ -74,23 +83,28 @@ def gpu_names() -> list[str]:
 
 # Options shared by gen, plan and batch; None means "not given", so presets can fill it.
 Size = Annotated[int | None, typer.Option("--size", help="Long side in pixels (e.g. 16384).")]
-Aspect = Annotated[str | None, typer.Option(help="Aspect ratio with --size, e.g. 16:9 or 2:3.")]
+Aspect = Annotated[str | None, typer.Option(
+    help="Aspect ratio with --size, e.g. 16:9 or 2:3.",
+    autocompletion=one_of("1:1", "4:3", "3:4", "3:2", "2:3", "16:9", "9:16", "21:9", "4:5"))]
 Width = Annotated[int | None, typer.Option(help="Exact width in pixels (with --height).")]
 Height = Annotated[int | None, typer.Option(help="Exact height in pixels (with --width).")]
 PrintSize = Annotated[str | None, typer.Option(
     help="A print's width x height, e.g. 60x90cm, 600x900mm, 24x36in, or a paper: A0-A6, letter,"
     " legal, tabloid (A2-landscape turns it); +3mm adds bleed on every side (A2+3mm); the pixels"
-    " at --dpi (default 300), recorded in the file.")]
+    " at --dpi (default 300), recorded in the file.", autocompletion=completes(paper_names))]
 Negative = Annotated[str | None, typer.Option(help="Negative prompt.")]
 Seed = Annotated[int | None, typer.Option(help="Random seed (random when absent; recorded).")]
 Steps = Annotated[int | None, typer.Option(help="Base-stage steps (default 50).")]
 Guidance = Annotated[float | None, typer.Option(help="CFG scale (default 7.5).")]
 Strength = Annotated[float | None, typer.Option(
     help="SDEdit strength of the first x2 stage; later ones taper to 0 (default 0.32).")]
+# Only names that cannot be a path: where none matches, the shell completes file names.
 Model = Annotated[str | None, typer.Option(
-    help="Hub id, local diffusers folder, .safetensors file, or 'tiny' (offline test model).")]
+    help="Hub id, local diffusers folder, .safetensors file, or 'tiny' (offline test model).",
+    autocompletion=one_of("tiny"))]
 LinFusionRef = Annotated[str | None, typer.Option(
-    "--linfusion", help="LinFusion checkpoint: Hub id, folder, 'auto' or 'none'.")]
+    "--linfusion", help="LinFusion checkpoint: Hub id, folder, 'auto' or 'none'.",
+    autocompletion=one_of("auto", "none"))]
 
 Preset = Annotated[str | None, typer.Option(help="Preset name or .toml path; flags override.",
                                             autocompletion=completes(preset_names))]
@@ -99,26 +113,37 @@ Fmt = Annotated[str | None, typer.Option("--format", help="png, jpg, webp or tif
 def gigabytes(text: str) -> float:
     """A size in GB as typed: `24`, `24.5`, `24GB`, `24 GiB` or `24G` (hires counts GB as GiB,
     as card makers' 24 GB are)."""
-    number = text.strip()
-    for unit in ("gib", "gb", "g"):
+    return _size(text)[0]
+
+
+def disk_gigabytes(text: str) -> float:
+    """A disk size in GB of 10^9 bytes, as disks are sold; `GiB` typed counts as GiB."""
+    number, unit = _size(text)
+    return number * 2**30 / 1e9 if unit == "gib" else number
+
+
+def _size(text: str) -> tuple[float, str]:
+    number, unit = text.strip(), ""
+    for unit in ("gib", "gb", "g", ""):
         if number.lower().endswith(unit):
-            number = number[: -len(unit)].strip()
+            number = number[: len(number) - len(unit)].strip()
             break
     try:
-        return float(number)
+        return float(number), unit
     except ValueError:
         raise typer.BadParameter(f"'{text}' is not a size in GB; give a number like 24 or "
                                  "24GB") from None
 
 
 Vram = Annotated[float | None, typer.Option(
-    help="GPU memory budget in GB for planning.", parser=gigabytes, metavar="<GB>")]
+    help="GPU memory budget in GiB for planning (24 for a 24 GB card).", parser=gigabytes,
+    metavar="<GiB>")]
 Ram = Annotated[float | None, typer.Option(
-    help="CPU memory budget in GB for parked maps and offloaded weights (default: what is free).",
-    parser=gigabytes, metavar="<GB>")]
+    help="CPU memory budget in GiB for parked maps and offloaded weights (default: what is "
+         "free).", parser=gigabytes, metavar="<GiB>")]
 Disk = Annotated[float | None, typer.Option(
     help="Scratch disk in GB (in TMPDIR) for parked maps the RAM cannot hold (default: what is "
-    "free there; 0: never).", parser=gigabytes, metavar="<GB>")]
+    "free there; 0: never).", parser=disk_gigabytes, metavar="<GB>")]
 Offload = Annotated[str | None, typer.Option(
     help="auto, none, model or sequential.",
     autocompletion=one_of("auto", "none", "model", "sequential"))]

@@ -110,7 +110,8 @@ def available(broken: list[str] | None = None) -> dict[str, Preset]:
                    "XDG_CONFIG_HOME names it)")
     elif folder.is_dir():
         try:
-            paths = sorted(folder.glob("*.toml"))
+            # Not hidden files: an editor's lock or backup (.draft.toml) is no preset.
+            paths = sorted(p for p in folder.glob("*.toml") if not p.name.startswith("."))
         except OSError as e:
             problem = f"your own presets: cannot read {folder}: {e.strerror}"
     if problem and broken is None:

@@ -1,0 +1,118 @@
+"""Small things a user meets at the shell: completion, presets' listing, sizes and units."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers_cli import cli
+from typer.testing import CliRunner
+
+from hires.cli import app
+from hires.plan import make_plan, upscale_sizes
+
+
+def completions(words: str, env: dict[str, str] | None = None) -> list[str]:
+    """What bash's TAB offers after `words` (as `hires --install-completion` wires it)."""
+    cword = str(len(words.split()) - (0 if words.endswith(" ") else 1))
+    result = CliRunner().invoke(app, [], prog_name="hires", env={
+        "_HIRES_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": cword,
+        **(env or {})})
+    assert result.exit_code == 0, result.output
+    return result.stdout.split()
+
+
+@pytest.fixture
+def own_presets(tmp_path):
+    folder = tmp_path / "presets"
+    folder.mkdir()
+    (folder / "bad.toml").write_text("stepz = 3\n")  # a typo: a broken preset
+    (folder / ".draft.toml").write_text("steps = 3\n")  # an editor's backup
+    (folder / "draft.toml").write_text('description = "mine"\nsteps = 3\n')
+    (folder / "own.toml").write_text('description = "own one"\nsteps = 4\n')
+    return {"HIRES_PRESETS": str(folder)}
+
+
+def test_a_broken_preset_of_the_users_does_not_break_completion(own_presets):
+    """It crashed with a traceback at every TAB, offering nothing."""
+    offered = completions("hires gen --preset ", own_presets)
+    assert {"16k", "draft", "own"} <= set(offered)
+    assert "bad" not in offered and ".draft" not in offered
+
+
+def test_presets_show_completes_preset_names(own_presets):
+    assert {"16k", "own"} <= set(completions("hires presets show ", own_presets))
+
+
+@pytest.mark.parametrize("words, wanted", [
+    ("hires gen --print-size A", {"A2", "A4-landscape"}),
+    ("hires plan --aspect 16", {"16:9"}),
+    ("hires gen --linfusion ", {"auto", "none"}),
+    ("hires gen --model ti", {"tiny"}),
+])
+def test_values_complete(words, wanted):
+    assert wanted <= set(completions(words))
+
+
+def test_presets_list_says_which_are_yours_and_skips_hidden_files(own_presets):
+    result = cli("presets", env=own_presets)
+    assert result.exit_code == 0
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()}
+    assert lines["draft"].endswith("mine (yours; replaces the shipped one)")
+    assert lines["own"].endswith("own one (yours)")
+    assert "(yours" not in lines["16k"]
+    assert ".draft" not in lines
+    assert "skipped a broken preset" in result.stderr
+
+
+def test_disk_sizes_typed_in_gib_count_as_gib():
+    """`--disk 24GiB` was taken as 24 GB (10^9 bytes); --vram and --ram count GB as GiB."""
+    from hires.cli_options import disk_gigabytes
+
+    def planned(*args):
+        return json.loads(cli("plan", "x", "--size", "2048", "--gpu", "h100", "--json",
+                              *args).stdout)
+
+    assert planned("--vram", "24GiB") == planned("--vram", "24 GB") == planned("--vram", "24")
+    assert disk_gigabytes("30") == disk_gigabytes("30GB") == 30
+    assert disk_gigabytes("30 GiB") == pytest.approx(32.212, abs=1e-3)
+    assert cli("plan", "--help").stdout.count("<GiB>") == 2  # --vram, --ram; --disk in GB
+
+
+def test_a_presets_errors_name_it_alike(tmp_path):
+    """A size error in a preset given by path named it by the path as typed, others by name."""
+    preset = tmp_path / "asponly.toml"
+    preset.write_text('aspect = "16:9"\n')
+    result = cli("plan", "x", "--preset", str(preset))
+    assert result.exit_code == 2
+    assert f"(in preset 'asponly' ({preset}))" in result.stderr
+
+
+def test_an_upscale_that_changes_the_aspect_runs_no_stage_twice_at_one_size():
+    """A 4000x1 strip to 4000x64 ran stages 0-2 all at 4000x8 (its width at the request, its
+    height at the 8 px floor), each labelled x1."""
+    sizes = upscale_sizes(4000, 64, (4000, 1))
+    assert sizes == [(4000, 8), (4000, 16), (4000, 32), (4000, 64)]
+    assert len(set(sizes)) == len(sizes)
+    # 128x96 to 256x1024: the height grows more than the width, and names the scale.
+    assert [line.split(":")[0] for line in _describe(256, 1024, (128, 96))] == [
+        "stage 0 (from the input)", "stage 1 (x2)", "stage 2 (x4)", "stage 3 (x5.33)"]
+
+
+def _describe(width, height, source):
+    from hires.plan import describe
+
+    return describe(make_plan(width, height, source=source))
+
+
+def test_a_plan_that_cannot_fit_names_the_budget_that_would():
+    """It said "needs at least 4.9 GiB ... plus a margin", and --vram 5 did not fit."""
+    def plan(vram: str):
+        return cli("plan", "x", "--size", "4096", "--gpu", "t4", "--ram", "64", "--vram", vram)
+
+    refused = plan("5")
+    assert refused.exit_code == 2
+    budget = refused.stderr.split("plus a margin: a ")[1].split(" GiB budget")[0]
+    assert float(budget) > 5
+    assert plan(budget).exit_code == 0
+    assert plan(f"{float(budget) - 0.1:.1f}").exit_code == 2
