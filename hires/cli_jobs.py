@@ -47,7 +47,8 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
 
     levels: list[tuple[dict[str, Any], str, bool]] = []
     if preset is not None:  # "" too: an unset variable is an error, not no preset
-        levels.append((load_preset(preset).values, f"preset '{preset}'", True))
+        chosen = load_preset(preset)  # named as its own errors name it
+        levels.append((chosen.values, f"preset '{chosen.name}' ({chosen.path})", True))
     if from_image is None:
         return job_from_levels([*levels, (flags, OPTIONS, False)], size_of=size_of)
     try:

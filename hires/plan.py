@@ -185,7 +185,8 @@ def upscale_sizes(width: int, height: int, source: tuple[int, int]) -> list[tupl
         w, h = min(width, -(-(sw << k) // 8) * 8), min(height, -(-(sh << k) // 8) * 8)
         if (w, h) == (width, height):
             break
-        sizes.append((w, h))
+        if not sizes or sizes[-1] != (w, h):  # a side at its request or its 8 px floor
+            sizes.append((w, h))                # stays: no stage at the same size again
         k += 1
     return [*sizes, (width, height)]
 
@@ -339,10 +340,13 @@ def fit_stage(stage: Stage, stages: list[Stage], model: ModelShape, budget: int 
     if not fits:
         least = min(options, key=lambda o: o.cost.peak_bytes)
         memory = "GPU memory" if model.on_gpu else "memory"
+        # The budget whose usable part holds that peak: the number to give --vram.
+        needed = (least.cost.peak_bytes + MARGIN_BYTES) / (1 - MARGIN_SHARE)
         raise PlanError(
             f"stage {stage.index} ({stage.width}x{stage.height}) needs at least "
             f"{least.cost.peak_bytes / GIB:.1f} GiB of {memory} ({least.strategy.label}) "
-            f"plus a margin, more than the {_gib(budget)} GiB budget allows")
+            f"plus a margin: a {math.ceil(needed / GIB * 10) / 10:.1f} GiB budget, more than "
+            f"the {_gib(budget)} GiB one")
     # Parked maps on the scratch disk are priced in the time (costs.DISK_RATE), so a plan that
     # writes some is taken when it is the faster, not only when nothing else fits the RAM: more
     # free RAM then never makes a plan slower. At the same time, the one without the disk.
@@ -403,11 +407,12 @@ def sdxl_alphas_cumprod() -> Tensor:
 def describe(plan: Plan) -> list[str]:
     """One line per stage, for logs and `hires plan`."""
     lines = []
-    first = plan.stages[0].width if plan.stages else 1
+    first = plan.stages[0] if plan.stages else None
     for s in plan.stages:
-        # The scale over the first stage (a gen's base, an upscale's first from its input);
-        # `ratio` is the global pass's dilation, which an upscale's does not show.
-        scale = f"{s.width / first:.3g}"
+        # The scale over the first stage (a gen's base, an upscale's first from its input), by
+        # the side that grows most (an upscale may change the aspect); `ratio` is the global
+        # pass's dilation, which an upscale's does not show.
+        scale = f"{max(s.width / first.width, s.height / first.height):.3g}"
         kind = {"base": "base", "input": "from the input"}.get(
             s.kind, f"x{scale}" + (", latents resized" if s.latent_upsample else "")
             + (f", stage {s.index - 1} decoded for its image" if s.decodes_previous else ""))

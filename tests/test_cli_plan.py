@@ -443,7 +443,7 @@ def test_implausible_memory_and_rates_are_usage_errors():
         assert result.exit_code == 2, result.stderr
         assert error_lines(result.stderr)[0].startswith(f"error: {said}"), result.stderr
     tiny = cli("plan", "x", "--size", "1024", "--gpu", "4090", "--vram", "0.001")
-    assert tiny.exit_code == 2 and "more than the 0.001 GiB budget" in tiny.stderr
+    assert tiny.exit_code == 2 and "more than the 0.001 GiB one" in tiny.stderr
 
 
 def test_a_vram_above_the_named_cards_memory_is_said():
@@ -468,7 +468,7 @@ def test_ram_is_a_cpu_runs_budget(tmp_path):
     plan = plan_json("x", "--size", "2048", "--device", "cpu", "--ram", "64", "--model", "tiny")
     assert plan["budget_from"] == "ram" and plan["budget_bytes"] == 64 * 1024**3
     few = cli("plan", "x", "--size", "16384", "--device", "cpu", "--ram", "8")
-    assert few.exit_code == 2 and "more than the 8.0 GiB budget" in few.stderr
+    assert few.exit_code == 2 and "more than the 8.0 GiB one" in few.stderr
 
     class Cpu:
         device, parts = torch.device("cpu"), ()
