@@ -79,17 +79,37 @@ def on_stderr() -> Iterator[None]:
 
 
 def send(path: Path) -> tuple[int, int]:
-    """Copy the finished image to stdout: (bytes handed to it, the image's size). A reader
-    that went away early (`| head -c 100`) is not an error; it is said (-o - keeps no file)."""
+    """Copy the finished image to stdout: (bytes the reader was given, the image's size). A
+    reader that went away early (`| head -c 100`) is not an error; it is said (-o - keeps no
+    file)."""
     from hires.cli_output import quiet_stdout
 
     sent = 0
     try:
+        write = _writer()
         with open(path, "rb") as f:
             while chunk := f.read(1 << 20):
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.buffer.flush()
-                sent += len(chunk)
+                view = memoryview(chunk)
+                while view:
+                    # A pipe whose reader closes mid-write takes part of it and says so only
+                    # by the count; the next write raises BrokenPipeError.
+                    n = write(view)
+                    if not n:
+                        raise BrokenPipeError
+                    sent += n
+                    view = view[n:]
     except BrokenPipeError:
         quiet_stdout()
     return sent, path.stat().st_size
+
+
+def _writer():
+    """What writes to stdout and returns how many bytes went: its file descriptor's write,
+    as Python's buffered writer can hold bytes back, or count a short write as whole."""
+    out = sys.stdout.buffer
+    out.flush()
+    try:
+        fd = out.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a test's capture)
+        return out.write
+    return lambda data: os.write(fd, data)
