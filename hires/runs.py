@@ -48,14 +48,19 @@ def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
                        "{seed} or {name}")
     # Several inputs are told apart by their names; several prompts (or --n) by their place.
     by_name = len({job.image for job in jobs}) == len(jobs) > 1 and all(j.image for j in jobs)
+    # Inputs of one name (a/photo.png, b/photo.jpg) under hires' names: their number added,
+    # as the user named none of them and wants every one made.
+    parts = [out.stem_part(input_name(job.image)) for job in jobs] if by_name else []
+    shared = {part for part in parts if parts.count(part) > 1}
 
     def path_of(i: int, one: Job, seed: int) -> Path:
         name = input_name(one.image) if one.image else ""  # an upscale's end in its input's
         path = out.output_path(output, width=one.width, height=one.height, seed=seed,
                                fmt=one.format, index=i, prompt=one.prompt, name=name)
         if many and (output is None or "{" not in output):
-            return path.with_name(f"{path.stem}_{out.stem_part(name) if by_name else f'{i:03d}'}"
-                                  f"{path.suffix}")
+            part = out.stem_part(name) if by_name else ""
+            end = f"{part}_{i:03d}" if part in shared else part or f"{i:03d}"
+            return path.with_name(f"{path.stem}_{end}{path.suffix}")
         return out.named_for_input(path, output, name, width=one.width, height=one.height,
                                    seed=seed, fmt=one.format)
 
@@ -92,7 +97,9 @@ def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
     for i, (job, k) in enumerate(todo):
         one, path = image(i, job, base + k)
         if any(path == other.path for other in runs):
-            raise JobError(f"two images would both write {path}; add {{index}} to -o")
+            # Only a template can: hires' own names are told apart above.
+            raise JobError(f"two images would both write {path}; number them: -o "
+                           f"{numbered(output)}")
         problem = out.format_problem(one.format, one.width, one.height, one.depth,
                                      4 if one.image in alpha else 3)
         if problem:
@@ -147,6 +154,15 @@ def recorded_seed(path: Path) -> int | None:
     job = record.get("job") if isinstance(record, dict) else None
     seed = job.get("seed") if isinstance(job, dict) else None
     return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
+def numbered(output: str | None) -> str:
+    """`output` (a template) with the image's number first in its file name, quoted for a
+    shell: what to give -o when its images would share names."""
+    import shlex
+
+    where = Path(output or "{name}")
+    return shlex.quote(str(where.parent / f"{{index}}_{where.name}"))
 
 
 def input_name(image: str) -> str:

@@ -4,7 +4,7 @@ them, an output over its own input, and `-o -` as the reader and the progress se
 import subprocess
 
 import numpy as np
-from helpers_cli import REPO, hires_cmd, subprocess_env
+from helpers_cli import REPO, assert_usage_error, cli, hires_cmd, json_lines, subprocess_env
 from PIL import Image
 
 TINY = ("--model", "tiny", "--steps", "1", "--seed", "1")
@@ -31,3 +31,21 @@ def test_a_reader_that_closes_mid_image_is_warned_of(tmp_path):
     assert "bytes of PNG" in said[0] and not any(
         line.startswith("stdout: ") and line.endswith("bytes of PNG")
         for line in stderr.splitlines())
+
+
+def test_inputs_of_one_name_in_a_folder_are_numbered(tmp_path, asked):
+    """`a/photo.png b/photo.png -o out/` exited 2 saying to add {index}, which a folder has no
+    place for: hires names them, so it names them apart."""
+    for folder, colour in (("a", "red"), ("b", "blue")):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (64, 48), colour).save(tmp_path / folder / "photo.png")
+    inputs = (tmp_path / "a" / "photo.png", tmp_path / "b" / "photo.png")
+    out = tmp_path / "out"
+    result = cli("up", *inputs, *TINY, "--scale", "2", "-o", f"{out}/", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert [r["image"] for r in json_lines(result.stdout)] == [str(p) for p in inputs]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "hires_128x96_s1_photo_000.png", "hires_128x96_s1_photo_001.png"]
+    # A template the user wrote is theirs to change: the error gives one to copy.
+    template = cli("up", *inputs, *TINY, "--scale", "2", "-o", f"{tmp_path}/t/{{name}}.png")
+    assert_usage_error(template, f"-o '{tmp_path}/t/{{index}}_{{name}}.png'")
