@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from hires.cli_output import say
+from hires.cli_output import say, warn
 
 if TYPE_CHECKING:
     from hires.images import InputImage
@@ -120,11 +120,11 @@ def read_prompts(prompt: str) -> list[str]:
 def up_inputs(images: list[Path]) -> Iterator[list[str]]:
     """`up`'s inputs as its jobs name them. '-' alone reads stdin: an image's bytes (named
     "-", kept in a temporary file until the block ends: `hires.piped`), else one path a line
-    (blank and `#` lines skipped)."""
+    (blank and `#` lines skipped). A file given twice is upscaled once (warned)."""
     from hires import piped
 
     if Path("-") not in images:
-        yield [str(image) for image in images]
+        yield distinct([str(image) for image in images])
         return
     if images != [Path("-")]:
         raise typer.BadParameter("give image paths or '-' (an image, or paths, on stdin), not "
@@ -141,7 +141,29 @@ def up_inputs(images: list[Path]) -> Iterator[list[str]]:
     paths = stdin_lines("paths", head)
     if not paths:
         raise typer.BadParameter("'-' read no image paths from stdin (one per line)")
-    yield paths
+    yield distinct(paths)
+
+
+def distinct(paths: list[str]) -> list[str]:
+    """`paths` without the repeats of a file (`in.png ./in.png`, a link to it), each warned:
+    the same seed would make the same image again, under a name that lost the input's."""
+    import os
+
+    seen: dict[object, str] = {}
+    kept = []
+    for path in paths:
+        try:
+            info = os.stat(path)
+            key: object = (info.st_dev, info.st_ino)
+        except OSError:  # not there: loading it says so
+            key = path
+        if key in seen:
+            same = "" if seen[key] == path else f" (as {seen[key]})"
+            warn(f"{path} is given again{same}; it is upscaled once")
+            continue
+        seen[key] = path
+        kept.append(path)
+    return kept
 
 
 @contextmanager

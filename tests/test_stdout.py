@@ -77,7 +77,8 @@ def test_what_stdout_cannot_hold_is_a_usage_error(tmp_path, asked):
     assert_usage_error(cli("gen", "a", *SMALL, "--save-stages", "-o", "-"), "--save-stages")
     assert_usage_error(cli("gen", "a", *SMALL, "--preview", "-o", "-"), "--preview")
     Image.new("RGB", (64, 64)).save(tmp_path / "x.png")
-    up = cli("up", tmp_path / "x.png", tmp_path / "x.png", "--scale", "2", "--model", "tiny",
+    Image.new("RGB", (64, 64)).save(tmp_path / "y.png")
+    up = cli("up", tmp_path / "x.png", tmp_path / "y.png", "--scale", "2", "--model", "tiny",
              "-o", "-")
     assert_usage_error(up, "makes 2; give one input image, or -o a folder")
     assert "--n" not in up.stderr  # up has no --n

@@ -49,3 +49,14 @@ def test_inputs_of_one_name_in_a_folder_are_numbered(tmp_path, asked):
     # A template the user wrote is theirs to change: the error gives one to copy.
     template = cli("up", *inputs, *TINY, "--scale", "2", "-o", f"{tmp_path}/t/{{name}}.png")
     assert_usage_error(template, f"-o '{tmp_path}/t/{{index}}_{{name}}.png'")
+
+
+def test_an_input_given_twice_is_upscaled_once(small, tmp_path, asked):
+    """`up in.png in.png -o out/` made the same image twice, as _000 and _001, without the
+    input's name."""
+    out = tmp_path / "out"
+    result = cli("up", small, small, *TINY, "--scale", "2", "-o", f"{out}/", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert len(json_lines(result.stdout)) == 1
+    assert [p.name for p in out.iterdir()] == ["hires_192x128_s1_in.png"]
+    assert f"warning: {small} is given again; it is upscaled once" in result.stderr
