@@ -4,6 +4,7 @@ each goes, and every check that can fail, all before a model loads."""
 from __future__ import annotations
 
 import glob
+import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
     upscale inputs (as their jobs name them) that keep an alpha channel, which the output
     carries too."""
     from hires.addons import check_inputs
+    from hires.piped import STDIN
 
     todo = [(job, k) for job in jobs for k in range(n)]
     many = len(todo) > 1
@@ -100,6 +102,12 @@ def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
             # Only a template can: hires' own names are told apart above.
             raise JobError(f"two images would both write {path}; number them: -o "
                            f"{numbered(output)}")
+        if one.image and one.image != STDIN and path.exists() \
+                and os.path.samefile(path, one.image):
+            # Even with --overwrite: the input would be gone, and the record's sha256 of it
+            # (what `gen --from` checks) would no longer match.
+            raise JobError(f"{path} is the input image; hires does not write over its input: "
+                           "choose another -o")
         problem = out.format_problem(one.format, one.width, one.height, one.depth,
                                      4 if one.image in alpha else 3)
         if problem:

@@ -60,3 +60,13 @@ def test_an_input_given_twice_is_upscaled_once(small, tmp_path, asked):
     assert len(json_lines(result.stdout)) == 1
     assert [p.name for p in out.iterdir()] == ["hires_192x128_s1_in.png"]
     assert f"warning: {small} is given again; it is upscaled once" in result.stderr
+
+
+def test_an_output_over_its_input_is_refused_even_with_overwrite(small, asked):
+    """`-o in.png --overwrite` replaced the source; `gen --from` the result then failed, its
+    input's sha256 changed."""
+    before = small.read_bytes()
+    for extra in ((), ("--overwrite",), ("--overwrite", "--dry-run")):
+        result = cli("up", small, *TINY, "--scale", "2", "-o", small, *extra)
+        assert_usage_error(result, f"{small} is the input image", "choose another -o")
+    assert small.read_bytes() == before
