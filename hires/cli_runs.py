@@ -271,7 +271,7 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
     from hires.upscale import make
 
     source = load_job_input(job) if job.image else None
-    say_input(source, job.depth)
+    noted = say_input(source, job.depth)
     size = source.rgb.size if source else None
     plan = fitted_plan(lambda: plan_for(job, components, gpu=gpu, source=size,
                                         stage_images=save_stages), job)
@@ -319,7 +319,7 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
                           plan=plan, checkpoint=kept,
                           on_stage_image=stage_image if save_stages else None, on_score=score)
         for warning in result.warnings[len(components.warnings):]:
-            if warning not in early:
+            if warning not in early and warning not in noted:  # said already
                 warn(warning)
         for s in result.stages:  # stages a stopped run had scored, resumed here
             if s.psnr is not None and s.index not in scored:
@@ -334,21 +334,22 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
     return record
 
 
-def say_input(source, depth: int = 8) -> None:
-    """What reading an input changed: its colour profile converted to sRGB; its 16 bits a
-    channel read as 8 (unless the job makes a 16-bit result); all frames but its first left."""
+def say_input(source, depth: int = 8) -> list[str]:
+    """What reading an input changed: its colour profile converted to sRGB (said); what it
+    lost, 16 bits a channel or all frames but the first (warned, and returned: the result's
+    warnings hold them too)."""
+    from hires.images import input_notes
     from hires.piped import STDIN
 
     if source is None:
-        return
+        return []
     name = "stdin" if str(source.path) == STDIN else source.path.name
     if source.converted_from:
         say(f"  {name}: colour profile '{source.converted_from}' converted to sRGB")
-    if source.bits == 16 and depth == 8:
-        say(f"  {name} has 16 bits a channel; the result has 8 (--depth 16 for 16)")
-    if source.frames > 1:  # an animation or a multi-page TIFF
-        what = "pages" if source.format == "TIFF" else "frames"
-        say(f"  {name} has {source.frames} {what}; hires upscales the first")
+    notes = input_notes(source, depth)
+    for note in notes:
+        warn(note)
+    return notes
 
 
 def say_left(made: list[tuple[int, float]], todo: list[int]) -> None:

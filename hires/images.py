@@ -230,6 +230,19 @@ def load_input(path: Path | str) -> InputImage:
                       converted_from=profile, bits=bits, frames=frames)
 
 
+def input_notes(source: InputImage, depth: int = 8) -> list[str]:
+    """What reading `source` left out of it, as warnings: 16 bits a channel read as 8 (unless
+    the result is 16-bit, `depth`), every frame or page but the first."""
+    name = "stdin" if str(source.path) == "-" else source.path.name  # "-": piped bytes
+    notes = []
+    if source.bits == 16 and depth == 8:
+        notes.append(f"{name} has 16 bits a channel; the result has 8 (--depth 16 for 16)")
+    if source.frames > 1:  # an animation or a multi-page TIFF
+        what = "pages" if source.format == "TIFF" else "frames"
+        notes.append(f"{name} has {source.frames} {what}; hires upscales the first")
+    return notes
+
+
 def _file_bits(im: Image.Image, path: Path) -> int:
     """Bits a sample the file holds; Pillow opens 16-bit RGB(A) PNGs and TIFFs as 8-bit modes
     and keeps no public trace of it, so PNG's header and TIFF's BitsPerSample say."""

@@ -1,11 +1,15 @@
 """`hires up`'s inputs: what reading them drops (warned), repeats and names shared between
 them, an output over its own input, and `-o -` as the reader and the progress see it."""
 
+import json
 import subprocess
 
 import numpy as np
+import pytest
 from helpers_cli import REPO, assert_usage_error, cli, hires_cmd, json_lines, subprocess_env
 from PIL import Image
+
+import hires
 
 TINY = ("--model", "tiny", "--steps", "1", "--seed", "1")
 
@@ -70,3 +74,32 @@ def test_an_output_over_its_input_is_refused_even_with_overwrite(small, asked):
         result = cli("up", small, *TINY, "--scale", "2", "-o", small, *extra)
         assert_usage_error(result, f"{small} is the input image", "choose another -o")
     assert small.read_bytes() == before
+
+
+def _anim(tmp_path):
+    frames = [Image.new("RGB", (64, 64), c) for c in ("red", "green", "blue")]
+    frames[0].save(tmp_path / "anim.webp", save_all=True, append_images=frames[1:])
+    return tmp_path / "anim.webp", "anim.webp has 3 frames; hires upscales the first"
+
+
+def _deep(tmp_path):
+    ramp = np.linspace(0, 65535, 64 * 64).astype(np.uint16).reshape(64, 64)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    return tmp_path / "deep.png", "deep.png has 16 bits a channel; the result has 8"
+
+
+@pytest.mark.parametrize("make", [_anim, _deep], ids=["frames", "16-bit"])
+def test_what_reading_an_input_drops_is_a_warning(tmp_path, asked, make):
+    """Were log lines: gone under -q, and not in the record's warnings."""
+    image, note = make(tmp_path)
+    result = cli("up", image, *TINY, "--scale", "2", "-q", "--json", "-o", tmp_path / "o.png")
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.count(note) == 1  # before the work; not again after it
+    assert any(line.startswith("warning: ") and note in line
+               for line in result.stderr.splitlines()), result.stderr
+    assert any(note in w for w in json.loads(result.stdout)["warnings"])
+    shown = json.loads(cli("info", "--json", tmp_path / "o.png").stdout)
+    assert any(note in w for w in shown["result"]["warnings"])
+    # The library's result says it too.
+    assert any(note in w for w in hires.upscale(image, scale=2, model="tiny", steps=1,
+                                                seed=1).warnings)
