@@ -192,7 +192,8 @@ def _in_srgb(im: Image.Image, rgb: Image.Image) -> tuple[Image.Image, str | None
     """`rgb` (decoded from `im`) in sRGB, by the ICC profile `im` carries: a phone's Display
     P3, Adobe RGB, a print shop's CMYK; and that profile's name. The model was trained on sRGB
     and hires' images are tagged sRGB, so reading P3 values as sRGB would dull every colour.
-    Without a profile, or with one that lcms cannot read, `rgb` as it is (and None)."""
+    Without a profile, with one that lcms cannot read, or with an sRGB one, `rgb` as it is
+    (and None)."""
     icc, target = im.info.get("icc_profile"), srgb_icc()
     if not icc or target is None:
         return rgb, None
@@ -204,11 +205,26 @@ def _in_srgb(im: Image.Image, rgb: Image.Image) -> tuple[Image.Image, str | None
         source = rgb if space == "RGB" else im if space == "CMYK" == im.mode else None
         if source is None:  # a grey profile: grey stays grey
             return rgb, None
-        converted = ImageCms.profileToProfile(source, profile, ImageCms.ImageCmsProfile(
-            io.BytesIO(target)), outputMode="RGB")
+        transform = ImageCms.buildTransform(profile, ImageCms.ImageCmsProfile(
+            io.BytesIO(target)), source.mode, "RGB")
+        if space == "RGB" and _identity(transform):
+            return rgb, None
+        converted = ImageCms.applyTransform(source, transform)
         return converted, ImageCms.getProfileDescription(profile).strip() or "unnamed"
     except (OSError, ValueError, ImageCms.PyCMSError):
         return rgb, None
+
+
+def _identity(transform) -> bool:
+    """Whether an RGB-to-sRGB `transform` leaves colours as they are (within 1 of 255): its
+    source profile is sRGB by another name ("sRGB built-in", "sRGB IEC61966-2.1", ...),
+    told by what it does to a grid of colours, not by the name."""
+    from PIL import ImageCms
+
+    steps = np.linspace(0, 255, 18).round().astype(np.uint8)
+    grid = np.stack(np.meshgrid(steps, steps, steps, indexing="ij"), -1).reshape(1, -1, 3)
+    out = np.asarray(ImageCms.applyTransform(Image.fromarray(grid, "RGB"), transform))
+    return int(np.abs(out.astype(np.int16) - grid).max()) <= 1
 
 
 def load_input(path: Path | str) -> InputImage:

@@ -7,9 +7,10 @@ import subprocess
 import numpy as np
 import pytest
 from helpers_cli import REPO, assert_usage_error, cli, hires_cmd, json_lines, subprocess_env
-from PIL import Image
+from PIL import Image, ImageCms
 
 import hires
+from hires.images import load_input
 
 TINY = ("--model", "tiny", "--steps", "1", "--seed", "1")
 
@@ -103,3 +104,17 @@ def test_what_reading_an_input_drops_is_a_warning(tmp_path, asked, make):
     # The library's result says it too.
     assert any(note in w for w in hires.upscale(image, scale=2, model="tiny", steps=1,
                                                 seed=1).warnings)
+
+
+def test_an_srgb_tagged_input_is_taken_as_it_is(tmp_path, asked):
+    """An sRGB profile was 'converted to sRGB': work that changes nothing, said as if it did."""
+    tagged = tmp_path / "tagged.png"
+    original = Image.new("RGB", (96, 64), (200, 30, 90))
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    original.save(tagged, icc_profile=srgb)
+    source = load_input(tagged)
+    assert source.converted_from is None
+    assert np.array_equal(np.asarray(source.rgb), np.asarray(original))
+    result = cli("up", tagged, *TINY, "--scale", "2", "-o", tmp_path / "o.png")
+    assert result.exit_code == 0, result.stderr
+    assert "colour profile" not in result.stderr
