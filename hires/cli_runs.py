@@ -314,7 +314,8 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
 
     keeping = saying_what_is_kept(kept, job, plan, source) if kept else nullcontext()
     with keeping:  # the save too: a full disk
-        with progress_renderer(quiet, plan, str(path)) as progress:
+        # A piped image's path is a temporary file's: its events name it as the record does.
+        with progress_renderer(quiet, plan, "-" if piped else str(path)) as progress:
             result = make(job, source=source, components=components, progress=progress,
                           plan=plan, checkpoint=kept,
                           on_stage_image=stage_image if save_stages else None, on_score=score)

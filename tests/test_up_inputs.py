@@ -118,3 +118,11 @@ def test_an_srgb_tagged_input_is_taken_as_it_is(tmp_path, asked):
     result = cli("up", tagged, *TINY, "--scale", "2", "-o", tmp_path / "o.png")
     assert result.exit_code == 0, result.stderr
     assert "colour profile" not in result.stderr
+
+
+def test_piped_progress_events_name_stdout(small, scratch, asked):
+    """`-o - --progress json` events named the temporary file the image was made in."""
+    result = cli("up", small, *TINY, "--scale", "2", "-o", "-", "--progress", "json")
+    assert result.exit_code == 0, result.stderr
+    images = {e["image"] for e in json_lines(result.stderr) if "phase" in e}
+    assert images == {"-"}, images
