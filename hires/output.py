@@ -501,20 +501,26 @@ def remove_stale_parts(folder: str | Path) -> list[Path]:
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """{'parameters': A1111 text or None, 'hires': the run's JSON record or None}."""
-    if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
+    """{'parameters': A1111 text or None, 'hires': the run's JSON record or None,
+    'hires_error': why a 'hires' record there cannot be read (or None), 'format', 'size' and
+    'dpi' (None if unrecorded) of the file}, from its header and metadata only."""
+    if os.path.isdir(path):
+        raise OutputUsage(f"{path} is a folder, not an image; give an image file")
+    if os.path.exists(path) and not os.path.isfile(path):
         # A pipe would block the open until someone writes to it: hires would hang, silent.
         raise OutputError(f"cannot read {path} as an image: not a file (a pipe?); give the image "
                           "file itself")
     try:
         with Image.open(path) as im:
-            fmt = im.format
-            info = dict(im.info)
-            exif = im.getexif()
+            # Never im.load() nor a PNG's getexif() (which loads): pixels are not needed, and
+            # decoding a 16K image, or a bomb whose header claims 40000x40000, takes GBs.
+            # hires writes its PNG text chunks before the pixels, so open() has them in info.
+            fmt, size, info = im.format, im.size, dict(im.info)
+            exif = im.getexif() if fmt in ("JPEG", "WEBP", "MPO") else Image.Exif()
             tags = dict(getattr(im, "tag_v2", {}) or {})
     except FileNotFoundError:
         raise OutputError(f"no such image: {path}") from None
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: Pillow's limit on a text chunk's size
         raise OutputError(f"cannot read {path} as an image: {e}") from None
     params = blob = None
     if fmt == "PNG":
@@ -528,13 +534,16 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         elif isinstance(raw, bytes):
             params = raw[8:].decode("utf-8", errors="replace")
         blob = exif.get(IMAGE_DESCRIPTION)
-    record = None
+    record = error = None
     if blob:
         try:
             record = json.loads(blob)
-        except json.JSONDecodeError:
-            record = None
-    return {"parameters": params, "hires": record}
+        except (json.JSONDecodeError, TypeError) as e:
+            error = f"not JSON: {e}"
+    dpi = info.get("dpi")
+    return {"parameters": params if isinstance(params, str) else None, "hires": record,
+            "hires_error": error, "format": fmt, "size": size,
+            "dpi": tuple(float(d) for d in dpi) if isinstance(dpi, tuple) else None}
 
 
 def job_values_from_image(path: str | Path) -> dict[str, Any]:
