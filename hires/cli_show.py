@@ -292,19 +292,45 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
 
 
 def show_all_made(paths: list[Path], as_json: bool) -> None:
-    """`hires info` on each image; one that cannot be read is said on stderr and the others
-    are still shown (as `ls` and `head` do), then the exit code is the first failure's."""
+    """`hires info` on each image; one that cannot be read is said on stderr (and, with
+    --json, as a {"file", "error"} line) and the others are still shown (as `ls` and `head`
+    do), then the exit code is the first failure's."""
     failed = 0
     for number, path in enumerate(paths):
         if len(paths) > 1 and not as_json:
             out_line(("\n" if number else "") + f"file {path}")
         try:
             with exit_codes():
-                show_made(path, as_json)
+                try:
+                    show_made(path, as_json)
+                except Exception as e:
+                    if as_json:  # a script reads which file failed from stdout, in order
+                        out_line(json.dumps({"file": str(path),
+                                             "error": str(e) or type(e).__name__}))
+                    raise
         except typer.Exit as e:
             failed = failed or e.exit_code
     if failed:
         raise typer.Exit(failed)
+
+
+def _safetensors_metadata(path: Path) -> dict[str, Any] | None:
+    """The `__metadata__` of a safetensors file ({} if it has none), from its header alone;
+    None if `path` is not one (a checkpoint is recognised by content, whatever its name)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            size = int.from_bytes(head, "little") if len(head) == 8 else 0
+            # The header is a JSON object of at most 100 MB (the format's own limit).
+            if not 2 <= size <= 100_000_000 or f.read(1) != b"{":
+                return None
+            header = json.loads(b"{" + f.read(size - 1))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    meta = header.get("__metadata__")
+    return meta if isinstance(meta, dict) else {}
 
 
 def show_checkpoint(path: Path, as_json: bool) -> None:
@@ -312,65 +338,181 @@ def show_checkpoint(path: Path, as_json: bool) -> None:
     from hires import resume
     from hires.job import JobError
 
+    if not path.exists():
+        raise JobError(f"no such file: {path}")
+    if path.is_dir():
+        raise JobError(f"{path} is a folder, not a checkpoint; give the "
+                       "NAME.resume.safetensors file itself")
     kept = resume.describe(path)
-    if kept is None:
+    if kept is None or not isinstance(kept.get("job"), dict):
+        meta = _safetensors_metadata(path)
+        if meta is not None and meta.get("format") != resume.FORMAT:
+            raise JobError(f"{path} is a safetensors file but not a hires checkpoint (model "
+                           "weights?); `hires info` reads images and hires' checkpoints")
         raise JobError(f"{path} is not a checkpoint hires can read (from another version, or "
                        "cut short); delete it, and a run of its job starts over")
     if as_json:
         out_line(json.dumps({"file": str(path), "checkpoint": True, **kept}))
         return
     job, stage, sizes = kept["job"], kept["stage"], kept["stages"]
-    image = path.with_name(path.name[:-len(resume.SUFFIX)])
+    if path.name.endswith(resume.SUFFIX):
+        of = f"checkpoint of {path.with_name(path.name[:-len(resume.SUFFIX)])}"
+    else:  # renamed: a run looks for it only as IMAGE.resume.safetensors
+        of = f"checkpoint (renamed: a run finds it only as IMAGE{resume.SUFFIX})"
     then = ("the same command only decodes it" if stage == len(sizes) - 1 else
             f"the same command goes on with stage {stage + 1}")
     if kept.get("hires") != __version__:  # resume.stage_of takes only this version's
         then = f"hires {__version__} cannot go on from it (it starts over)"
     out_line("\n".join([
-        f"checkpoint of {image}, kept by hires {kept.get('hires', '?')} for a run that stopped",
-        f"prompt {job.get('prompt', '')!r}",
+        f"{of}, kept by hires {kept.get('hires', '?')} for a run that stopped",
+        *_prompt_lines(job),
         f"size {job.get('width')}x{job.get('height')}, seed {job.get('seed')}, "
         f"steps {job.get('steps')}",
         f"keeps {stages_upto(stage)} of the job's {len(sizes)}, up to {sizes[stage][0]}x"
         f"{sizes[stage][1]}: {then}; deleting it starts that run over"]))
 
 
-def _file_dpi(path: Path) -> bool:
-    """Whether the image file itself records a resolution (its header only is read)."""
-    from PIL import Image
+def _prompt_lines(job: dict[str, Any]) -> list[str]:
+    """'prompt ...' ('no prompt' for an upscale without one) and, when set, 'negative ...'."""
+    lines = [f"prompt {job['prompt']!r}" if job.get("prompt") else "no prompt"]
+    if job.get("negative"):
+        lines.append(f"negative {job['negative']!r}")
+    return lines
+
+
+_TEXT_KEYS = ("prompt", "negative", "model", "sampler", "image", "linfusion")
+_NUMBER_KEYS = ("width", "height", "seed", "steps", "guidance", "strength", "dpi", "depth",
+                "stage")
+
+
+def _record_problem(record: Any) -> str | None:
+    """What in a `hires` record is not of the shape `show_made` reads, or None."""
+    def wrong(name: str, value: Any, kind: str) -> str:
+        return f"{name} is {json.dumps(value)[:40]}, not {kind}"
+
+    if not isinstance(record, dict):
+        return wrong("the record", record, "an object")
+    job, result = record.get("job"), record.get("result") or {}
+    if not isinstance(job, dict):
+        return wrong("job", job, "an object")
+    if not isinstance(result, dict):
+        return wrong("result", result, "an object")
+    for name, part in (("job", job), ("result", result)):
+        for key in _TEXT_KEYS:
+            if part.get(key) is not None and not isinstance(part[key], str):
+                return wrong(f"{name}.{key}", part[key], "text")
+        for key in _NUMBER_KEYS:
+            value = part.get(key)
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, (int, float))):
+                return wrong(f"{name}.{key}", value, "a number")
+    stages = result.get("stages") or []
+    if not isinstance(stages, list) or not all(isinstance(s, dict) for s in stages):
+        return wrong("result.stages", stages, "a list of objects")
+    addons = result.get("addons") or {}
+    if not isinstance(addons, dict):
+        return wrong("result.addons", addons, "an object")
+    loras = addons.get("lora") or []
+    if not isinstance(loras, list) or not all(isinstance(x, dict) for x in loras):
+        return wrong("result.addons.lora", loras, "a list of objects")
+    for key in ("controlnet", "ip_adapter"):
+        if addons.get(key) is not None and not isinstance(addons[key], dict):
+            return wrong(f"result.addons.{key}", addons[key], "an object")
+    return None
+
+
+def _dpi_lines(job: dict[str, Any], record_size: tuple[Any, Any], file_size: tuple[int, int],
+              held: tuple[float, float] | None) -> list[str]:
+    """The print size at the dpi the file holds (JPEG keeps whole numbers, PNG pixels per
+    metre), or at the dpi asked for where the file holds none (a WebP has no field for it)."""
+    asked = job.get("dpi")
+    if not isinstance(asked, (int, float)) or asked <= 0:
+        return []
+    w, h = record_size
+    if not isinstance(w, int) or not isinstance(h, int):
+        w, h = file_size
+    dpi, note = asked, (f" (asked for; the file records no dpi: set {asked:g} dpi when "
+                        "printing)")
+    if held and held[0] > 0:
+        # PNG's pixels per metre round 72.5 to 72.49: the same to a printer
+        dpi, note = ((asked, "") if abs(held[0] - asked) < 0.05 else
+                     (held[0], f" (as the file holds it; {asked:g} dpi was asked for)"))
+    lines = [f"print size {w / dpi * 2.54:.1f} x {h / dpi * 2.54:.1f} cm at {dpi:g} dpi{note}"]
+    if (w, h) != tuple(file_size):  # resized since: the recorded size is not what prints
+        lines.append(f"this file ({file_size[0]}x{file_size[1]}) prints at "
+                     f"{file_size[0] / dpi * 2.54:.1f} x {file_size[1] / dpi * 2.54:.1f} cm")
+    return lines
+
+
+def _show_a1111(path: Path, text: str, size: tuple[int, int], as_json: bool) -> None:
+    """An image with only A1111 'parameters': the values `hires gen --from` would take."""
+    from hires.job import JobError
+    from hires.output import parse_parameters
 
     try:
-        with Image.open(path) as image:
-            return bool(image.info.get("dpi"))
-    except (OSError, ValueError):
-        return False
+        values = parse_parameters(text)
+    except (ValueError, TypeError) as e:
+        raise JobError(f"{path}: its A1111 parameters are malformed ({e}); `hires gen --from` "
+                       "cannot use them either") from None
+    if as_json:
+        out_line(json.dumps({"file": str(path), "a1111": values, "parameters": text,
+                             "width": size[0], "height": size[1]}))
+        return
+    lines = ["not made by hires: A1111 parameters, as `hires gen --from` takes them",
+             *_prompt_lines(values)]
+    rest = {k: v for k, v in values.items() if k not in ("prompt", "negative")}
+    if rest:
+        lines.append(", ".join(f"{k} {v}" for k, v in rest.items()))
+    lines.append(f"size {size[0]}x{size[1]} (the file's)")
+    out_line("\n".join(lines))
 
 
 def show_made(path: Path, as_json: bool) -> None:
-    """How an image was made, from its hires metadata: job, stages and add-ons."""
+    """How an image was made, from its hires metadata (or A1111's): job, stages and
+    add-ons; a checkpoint, named so or not, is shown as one."""
+    import sys
+
     from hires import resume
     from hires.job import JobError
     from hires.output import OutputError, read_metadata
 
-    if path.name.endswith(resume.SUFFIX):
+    # A '' argument reaches here as Path('.'): only the command line tells them apart.
+    if str(path) == "." and "" in sys.argv[1:]:
+        raise JobError("an empty path was given; name an image file")
+    if path.name.endswith(resume.SUFFIX) or (
+            path.is_file() and _safetensors_metadata(path) is not None):
         show_checkpoint(path, as_json)
         return
-
     try:
-        record = read_metadata(path)["hires"]
+        meta = read_metadata(path)
     except OutputError as e:
         raise JobError(str(e)) from None
-    if not isinstance(record, dict) or not isinstance(record.get("job"), dict):
-        raise JobError(f"{path} carries no hires metadata; `hires info` alone shows this "
-                       "machine")
+    record, (width, height) = meta["hires"], meta["size"]
+    if meta["hires_error"] or (record is not None and _record_problem(record)):
+        why = meta["hires_error"] or _record_problem(record)
+        raise JobError(f"{path}: its hires metadata is malformed ({why}), changed or cut "
+                       "short since hires wrote it; give `hires gen` the settings as options, "
+                       "not --from")
+    if record is None:
+        if meta["parameters"] and meta["parameters"].strip():
+            _show_a1111(path, meta["parameters"], (width, height), as_json)
+            return
+        raise JobError(f"{path} carries no hires or A1111 metadata; `hires info` alone shows "
+                       "this machine")
     if as_json:
-        out_line(json.dumps({"file": str(path), **record}))
+        out_line(json.dumps({"file": str(path), **record, "image": {
+            "format": meta["format"], "width": width, "height": height,
+            "dpi": meta["dpi"][0] if meta["dpi"] else None}}))
         return
     job, result = record["job"], record.get("result") or {}
-    sampler = job.get("sampler", "euler") + (" karras" if job.get("karras") else "")
+    sampler = (job.get("sampler") or "euler") + (" karras" if job.get("karras") else "")
+    recorded = tuple(result.get(k, job.get(k)) for k in ("width", "height"))
+    size = f"size {width}x{height}"
+    if all(isinstance(n, int) for n in recorded) and recorded != (width, height):
+        size += f" (recorded {recorded[0]}x{recorded[1]}: the file was changed since)"
     lines = [f"made by hires {record.get('hires', '?')}",
-             f"prompt {job.get('prompt', '')!r}",
-             f"size {result.get('width', job.get('width'))}x"
-             f"{result.get('height', job.get('height'))}, seed {job.get('seed')}, "
+             *_prompt_lines(job),
+             f"{size}, seed {job.get('seed')}, "
              f"steps {job.get('steps')}, {sampler}, guidance {job.get('guidance')}"
              + (", 16-bit" if result.get("depth") == 16 else ""),
              f"model {job.get('model')}, linfusion "
@@ -382,15 +524,9 @@ def show_made(path: Path, as_json: bool) -> None:
         # "-": its bytes were piped in (hires up -); `gen --from` takes them on stdin again
         source = "an image on stdin" if job["image"] == "-" else job["image"]
         lines.append(f"upscaled from {source} (strength {job.get('strength')})")
-    if isinstance(job.get("dpi"), (int, float)) and job["dpi"] > 0:
-        w, h = (result.get(k, job.get(k)) for k in ("width", "height"))
-        if isinstance(w, int) and isinstance(h, int):
-            kept = "" if _file_dpi(path) else (  # a WebP has no field for it
-                f" (asked for; the file records no dpi: set {job['dpi']:g} dpi when printing)")
-            lines.append(f"print size {w / job['dpi'] * 2.54:.1f} x {h / job['dpi'] * 2.54:.1f}"
-                         f" cm at {job['dpi']:g} dpi{kept}")
+    lines += _dpi_lines(job, recorded, (width, height), meta["dpi"])
     addons = result.get("addons") or {}
-    for lora in addons.get("lora", []):
+    for lora in addons.get("lora") or []:
         lines.append(f"lora {lora.get('ref')} at {lora.get('scale')}")
     if addons.get("controlnet"):
         c = addons["controlnet"]
@@ -400,7 +536,7 @@ def show_made(path: Path, as_json: bool) -> None:
         lines.append(f"ip-adapter {ip.get('ref')} at {ip.get('scale')}, image {ip.get('image')}")
     if not addons:
         lines.append("add-ons none")
-    for stage in result.get("stages", []):
+    for stage in result.get("stages") or []:
         lines.append(f"stage {stage.get('index')}: {stage.get('width')}x{stage.get('height')}, "
                      f"{stage.get('steps')} step{'' if stage.get('steps') == 1 else 's'}, "
                      f"{stage.get('seconds')} s"

@@ -1,0 +1,187 @@
+"""`hires info IMAGE`: what it reads of a file (header and metadata, never the pixels), and
+what it says of files that are not as hires wrote them."""
+
+import errno
+import json
+import sys
+
+import pytest
+from PIL import Image, ImageFile, PngImagePlugin
+from safetensors.torch import save_file
+
+from hires import resume
+from hires.output import job_values_from_image, read_metadata, save_image
+from tests.helpers_cli import assert_usage_error, cli
+
+A1111 = ("a cat on a mat\nNegative prompt: ugly\nSteps: 20, Sampler: Euler a, CFG scale: 7, "
+         "Seed: 5, Size: 512x512, Model: sdxl")
+
+
+def made(path, *args: str) -> None:
+    """An image made by `hires gen` with the tiny model (256 px, one step)."""
+    result = cli("gen", "a fox", "--model", "tiny", "--size", "256", "--steps", "1",
+                 "--seed", "3", "-o", path, "-q", *args)
+    assert result.exit_code == 0, result.stderr
+
+
+def no_decoding(monkeypatch) -> None:
+    def load(self):
+        raise AssertionError("hires info decoded the pixels")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+
+
+def test_info_reads_no_pixels_and_takes_a_cut_short_png(tmp_path, asked, monkeypatch):
+    """A PNG's getexif() decoded it all: 25 s and 6.5 GB for a 40000x40000 header."""
+    out = tmp_path / "fox.png"
+    made(out)
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(out.read_bytes()[:out.stat().st_size * 2 // 3])  # its text chunks kept
+    no_decoding(monkeypatch)
+    for path in (out, cut):
+        shown = cli("info", path)
+        assert shown.exit_code == 0, shown.stderr
+        assert "prompt 'a fox'" in shown.stdout and "size 256x256, seed 3" in shown.stdout
+    assert job_values_from_image(cut)["seed"] == 3
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".webp", ".tiff"])
+def test_from_reads_every_format_without_its_pixels(tmp_path, monkeypatch, suffix):
+    record = {"hires": "0.1.0", "job": {"prompt": "a boat", "seed": 9, "width": 32,
+                                        "height": 16}, "result": {"width": 32, "height": 16}}
+    path = save_image(Image.new("RGB", (32, 16), "teal"), tmp_path / f"b{suffix}",
+                      metadata=record)
+    no_decoding(monkeypatch)
+    assert job_values_from_image(path)["seed"] == 9
+    assert read_metadata(path)["size"] == (32, 16)
+
+
+def hires_png(path, record: str | None = None, parameters: str | None = None) -> None:
+    info = PngImagePlugin.PngInfo()
+    if parameters is not None:
+        info.add_itxt("parameters", parameters)
+    if record is not None:
+        info.add_itxt("hires", record)
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+
+
+def test_a_malformed_record_is_said_so_and_the_other_files_still_shown(tmp_path, asked):
+    good = tmp_path / "good.png"
+    made(good)
+    shaped = tmp_path / "shaped.png"
+    hires_png(shaped, json.dumps({"job": {"prompt": 5, "width": "x"},
+                                  "result": {"stages": [1, 2]}}))
+    stages = tmp_path / "stages.png"
+    hires_png(stages, json.dumps({"job": {"prompt": "x"}, "result": {"stages": [1, 2]}}))
+    cut = tmp_path / "cut.png"
+    hires_png(cut, json.dumps({"job": {"prompt": "x"}})[:12], parameters=A1111)
+    for path in (shaped, stages, cut):
+        assert_usage_error(cli("info", path), f"{path}: its hires metadata is malformed")
+    shown = cli("info", shaped, good)
+    assert shown.exit_code == 2 and "prompt 'a fox'" in shown.stdout
+    assert "result.stages" in cli("info", stages).stderr
+    assert "job.prompt is 5, not text" in cli("info", shaped).stderr
+
+
+def test_the_size_is_the_files_and_a_resize_is_said(tmp_path, asked):
+    out = tmp_path / "fox.png"
+    made(out)
+    with Image.open(out) as im:
+        info = PngImagePlugin.PngInfo()
+        for key in ("parameters", "hires"):
+            info.add_itxt(key, im.info[key])
+        im.resize((100, 80)).save(tmp_path / "small.png", pnginfo=info)
+    shown = cli("info", tmp_path / "small.png").stdout
+    assert "size 100x80 (recorded 256x256: the file was changed since), seed 3" in shown
+    assert "size 256x256, seed 3" in cli("info", out).stdout
+    record = json.loads(cli("info", tmp_path / "small.png", "--json").stdout)
+    assert (record["image"]["width"], record["image"]["height"]) == (100, 80)
+
+
+def test_json_names_each_file_that_failed(tmp_path, asked):
+    good, bad = tmp_path / "a.png", tmp_path / "bad.png"
+    made(good)
+    bad.write_bytes(b"not an image")
+    result = cli("info", "--json", good, tmp_path / "missing.png", bad)
+    assert result.exit_code == 2
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["file"] for line in lines] == [str(good), str(tmp_path / "missing.png"),
+                                                str(bad)]
+    assert "error" not in lines[0] and lines[0]["job"]["seed"] == 3
+    assert "no such image" in lines[1]["error"] and "cannot read" in lines[2]["error"]
+    assert "no such image" in result.stderr and "cannot read" in result.stderr
+
+
+def test_checkpoints_are_known_by_content_and_missing_ones_by_name(tmp_path, asked,
+                                                                  monkeypatch):
+    import hires.png
+
+    out = tmp_path / "fox.png"
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(hires.png, "write_png", full)
+    stopped = cli("gen", "a fox", "--model", "tiny", "--size", "512", "--steps", "1",
+                  "--seed", "5", "-o", out)
+    assert stopped.exit_code == 1 and resume.path_for(out).is_file(), stopped.stderr
+    renamed = tmp_path / "x.safetensors"
+    resume.path_for(out).rename(renamed)
+    shown = cli("info", renamed)
+    assert shown.exit_code == 0, shown.stderr
+    assert "checkpoint (renamed" in shown.stdout and "seed 5" in shown.stdout
+    assert json.loads(cli("info", renamed, "--json").stdout)["checkpoint"] is True
+
+    missing = tmp_path / "gone.png.resume.safetensors"
+    assert_usage_error(cli("info", missing), f"no such file: {missing}")
+    folder = tmp_path / "dir.png.resume.safetensors"
+    folder.mkdir()
+    assert_usage_error(cli("info", folder), "is a folder, not a checkpoint")
+    import torch
+
+    weights = tmp_path / "lora.safetensors"
+    save_file({"w": torch.zeros(2)}, str(weights), metadata={"name": "a lora"})
+    assert_usage_error(cli("info", weights), "a safetensors file but not a hires checkpoint")
+    named = tmp_path / "w.png.resume.safetensors"
+    named.write_bytes(weights.read_bytes())
+    assert_usage_error(cli("info", named), "a safetensors file but not a hires checkpoint")
+
+
+def test_a1111_parameters_are_shown_as_from_takes_them(tmp_path):
+    path = tmp_path / "cat.png"
+    hires_png(path, parameters=A1111)
+    shown = cli("info", path)
+    assert shown.exit_code == 0, shown.stderr
+    assert "A1111 parameters" in shown.stdout and "prompt 'a cat on a mat'" in shown.stdout
+    assert "negative 'ugly'" in shown.stdout and "steps 20" in shown.stdout
+    record = json.loads(cli("info", path, "--json").stdout)
+    assert record["a1111"] == job_values_from_image(path)
+
+
+def test_an_upscale_without_prompt_and_a_negative_prompt(tmp_path, asked, small):
+    up = tmp_path / "up.png"
+    result = cli("up", small, "--model", "tiny", "--scale", "2", "--steps", "1", "-o", up, "-q")
+    assert result.exit_code == 0, result.stderr
+    shown = cli("info", up).stdout
+    assert "no prompt" in shown and "prompt ''" not in shown
+    neg = tmp_path / "neg.png"
+    made(neg, "--negative", "blurry, dark")
+    assert "negative 'blurry, dark'" in cli("info", neg).stdout
+    assert "negative" not in cli("info", up).stdout
+
+
+def test_the_dpi_is_what_the_file_holds(tmp_path, asked):
+    jpg, png = tmp_path / "a.jpg", tmp_path / "a.png"
+    made(jpg, "--dpi", "72.5")
+    made(png, "--dpi", "72.5")
+    with Image.open(jpg) as im:
+        held = im.info["dpi"][0]
+    assert held != 72.5  # JPEG keeps whole numbers
+    shown = cli("info", jpg).stdout
+    assert f"at {held:g} dpi (as the file holds it; 72.5 dpi was asked for)" in shown
+    assert "at 72.5 dpi\n" in cli("info", png).stdout  # PNG's 72.49: the same to a printer
+
+
+def test_an_empty_path_is_named(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["hires", "info", ""])
+    assert_usage_error(cli("info", ""), "an empty path was given")
