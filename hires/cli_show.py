@@ -56,6 +56,7 @@ def plan_json(run, job, p) -> dict[str, Any]:
     timed = rate is not None  # a CPU plan is not timed (its rate is not known)
     return {
         "width": p.width, "height": p.height, "dpi": job.dpi, "gpu": run.gpu,
+        "job": job.to_dict(),  # as preset, --from and flags made it
         "tflops": rate / 1e12 if timed else None,
         "fp32": [part.lower() for part in p.fp32],
         "fp32_tflops": round(rate * p.fp32_share / 1e12, 3) if timed else None,
@@ -103,7 +104,23 @@ def plan_lines(run, job, p, preview: bool = False) -> list[str]:
               f"{len(p.stages)} stage(s)")
     header = (f"{p.width}x{p.height}{printed}: {stages}, {budget_phrase(run, job, p)}, "
               f"{times_phrase(run, p)}")
-    return [header, *describe(p), total_line(p, timed=run.rate is not None)]
+    return [header, settings_line(job), *describe(p), total_line(p, timed=run.rate is not None)]
+
+
+def settings_line(job) -> str:
+    """What the stage lines leave out of the job as preset, --from and flags made it."""
+    seed = f"seed {job.seed}" if job.seed is not None else "a random seed (--seed fixes it)"
+    sampler = job.sampler + (" (karras)" if job.karras else "")
+    parts = [seed, f"{sampler} sampler", f"guidance {job.guidance:g}", f"model {job.model}"]
+    if job.vae:
+        parts.append(f"vae {job.vae}")
+    parts += [f"{name} {ref}" for name, ref in (("lora", ", ".join(job.lora)),
+                                                 ("controlnet", job.control_model)) if ref]
+    if job.ip_image:
+        parts.append(f"ip-adapter {job.ip_adapter}")
+    if job.negative:
+        parts.append(f"negative {job.negative!r}")
+    return "settings: " + ", ".join(parts)
 
 
 def budget_phrase(run, job, p) -> str:

@@ -98,8 +98,9 @@ def test_plan_text_names_strategy_memory_and_time():
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines[0].startswith("8192x4608") and "24.0 GiB budget" in lines[0]
-    assert "1344x768" in lines[1]  # the ~1 MP base at 16:9
-    assert all("GiB" in line and "TFLOP" in line for line in lines[1:-1])
+    assert lines[1].startswith("settings: a random seed")
+    assert "1344x768" in lines[2]  # the ~1 MP base at 16:9
+    assert all("GiB" in line and "TFLOP" in line for line in lines[2:-1])
     assert lines[-1].startswith("total:")
 
 
@@ -127,7 +128,9 @@ def test_an_fp32_vae_is_planned_with_its_memory_and_work():
     # 24 GB the 16K stage either peaks higher or recomputes more (a smaller tile, more work).
     args = ("x", "--size", "16384", "--vram", "24", "--gpu", "4090")
     bf16, fp32 = plan_json(*args), plan_json(*args, "--vae-dtype", "fp32")
-    assert plan_json(*args, "--vae-dtype", "bf16") == bf16  # auto is bf16 on a GPU
+    same = plan_json(*args, "--vae-dtype", "bf16")
+    assert same.pop("job")["vae_dtype"] == "bf16" and bf16.pop("job")["vae_dtype"] == "auto"
+    assert same == bf16  # auto is bf16 on a GPU
     last16, last32 = bf16["stages"][-1], fp32["stages"][-1]
     assert last32["tflop"] > last16["tflop"] or last32["peak_bytes"] > last16["peak_bytes"]
 
@@ -166,7 +169,7 @@ def test_ram_for_vae_outputs_is_shown_only_where_a_stage_spills():
     slow = cli("plan", *args, "--vram", "24", "--gpu", "4090")
     fast = cli("plan", *args, "--vram", "80", "--gpu", "h100")
     assert slow.exit_code == fast.exit_code == 0
-    header, *stages = slow.stdout.splitlines()
+    header, _, *stages = slow.stdout.splitlines()
     assert "RAM for VAE outputs" in header and "VAE outputs in RAM" in stages[4]
     assert "VAE outputs" not in fast.stdout
     spills = [s["vae_spill"] for s in plan_json(*args, "--vram", "24", "--gpu", "4090")["stages"]]

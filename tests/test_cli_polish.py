@@ -116,3 +116,18 @@ def test_a_plan_that_cannot_fit_names_the_budget_that_would():
     assert float(budget) > 5
     assert plan(budget).exit_code == 0
     assert plan(f"{float(budget) - 0.1:.1f}").exit_code == 2
+
+
+def test_a_dry_run_shows_the_settings_preset_and_flags_made(tmp_path):
+    """Only sizes, steps and strengths were shown: a preset's seed, sampler or guidance merged
+    with flags could not be checked before the image was made."""
+    preset = tmp_path / "mine.toml"
+    preset.write_text('sampler = "dpmpp-2m"\nguidance = 5.5\nseed = 3\nnegative = "blur"\n')
+    args = ("gen", "a cat", "--model", "tiny", "--size", "512", "--preset", str(preset),
+            "--seed", "9", "--dry-run", "-o", str(tmp_path / "a.png"))
+    text = cli(*args).stdout.splitlines()[1]
+    assert text == ("settings: seed 9, dpmpp-2m sampler, guidance 5.5, model tiny, "
+                    "negative 'blur'")
+    job = json.loads(cli(*args, "--json").stdout)["job"]
+    assert (job["seed"], job["sampler"], job["guidance"], job["prompt"]) == (9, "dpmpp-2m", 5.5,
+                                                                           "a cat")

@@ -168,7 +168,7 @@ def test_several_inputs_load_the_model_once_and_keep_their_names(photo, tmp_path
     # Paths on stdin, a template with the input's name; a broken input stops all before work.
     plans = cli("up", "-", "--scale", "2", "--dry-run", input=f"{photo}\n# skipped\n{second}\n")
     assert [line.split(":")[0] for line in plans.stdout.splitlines()
-            if not line.startswith(("stage", "total"))] == ["288x192", "192x128"]
+            if not line.startswith(("stage", "total", "settings"))] == ["288x192", "192x128"]
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
     stopped = cli("up", photo, bad, "--scale", "2", "--model", "tiny", "-o",
