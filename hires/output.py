@@ -549,8 +549,16 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 def job_values_from_image(path: str | Path) -> dict[str, Any]:
     """The recorded job of an image made by hires (or, failing that, its A1111 parameters)."""
     meta = read_metadata(path)
-    if isinstance(meta["hires"], dict) and isinstance(meta["hires"].get("job"), dict):
-        values = dict(meta["hires"]["job"])
+    record = meta["hires"]
+    if meta["hires_error"] or (record is not None and not (
+            isinstance(record, dict) and isinstance(record.get("job"), dict))):
+        # Not the A1111 text beside it instead: that is a short form of this record (hires
+        # writes both), and re-running it would be another job.
+        why = meta["hires_error"] or "no 'job' table in it"
+        raise OutputError(f"{path}: its hires metadata is malformed ({why}); give the settings "
+                          "as options instead of --from")
+    if record is not None:
+        values = dict(record["job"])
         # Recorded before hires skipped negligible global passes: it ran them all.
         values.setdefault("global_floor", 0.0)
         return values

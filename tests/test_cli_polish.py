@@ -131,3 +131,19 @@ def test_a_dry_run_shows_the_settings_preset_and_flags_made(tmp_path):
     job = json.loads(cli(*args, "--json").stdout)["job"]
     assert (job["seed"], job["sampler"], job["guidance"], job["prompt"]) == (9, "dpmpp-2m", 5.5,
                                                                            "a cat")
+
+
+def test_from_refuses_a_malformed_hires_record_rather_than_its_a1111_text(tmp_path):
+    """A cut 'hires' record beside A1111 parameters was re-run from the A1111 text alone, a
+    different job, without a word."""
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("parameters", "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5, "
+                                "Size: 512x512")
+    info.add_itxt("hires", json.dumps({"job": {"prompt": "a dog", "seed": 8}})[:12])
+    path = tmp_path / "cut.png"
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    result = cli("gen", "--from", str(path), "--model", "tiny", "--dry-run")
+    assert result.exit_code == 2
+    assert f"{path}: its hires metadata is malformed (not JSON" in result.stderr
