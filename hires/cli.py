@@ -396,7 +396,7 @@ def batch(
 
 @app.command()
 def info(
-    images: Annotated[list[Path] | None, typer.Argument(
+    images: Annotated[list[str] | None, typer.Argument(  # str: typer makes '' a Path('.')
         metavar="IMAGE",
         help="Images made by hires: how each was made (add-ons included).")] = None,
     as_json: InfoJson = False,

@@ -308,7 +308,7 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
         raise typer.Exit(EXIT_USAGE)
 
 
-def show_all_made(paths: list[Path], as_json: bool) -> None:
+def show_all_made(paths: list[str], as_json: bool) -> None:
     """`hires info` on each image; one that cannot be read is said on stderr (and, with
     --json, as a {"file", "error"} line) and the others are still shown (as `ls` and `head`
     do), then the exit code is the first failure's."""
@@ -484,18 +484,16 @@ def _show_a1111(path: Path, text: str, size: tuple[int, int], as_json: bool) -> 
     out_line("\n".join(lines))
 
 
-def show_made(path: Path, as_json: bool) -> None:
+def show_made(path: str | Path, as_json: bool) -> None:
     """How an image was made, from its hires metadata (or A1111's): job, stages and
     add-ons; a checkpoint, named so or not, is shown as one."""
-    import sys
-
     from hires import resume
     from hires.job import JobError
     from hires.output import OutputError, read_metadata
 
-    # A '' argument reaches here as Path('.'): only the command line tells them apart.
-    if str(path) == "." and "" in sys.argv[1:]:
+    if not str(path):  # `hires info "$IMG"` with the variable unset (a Path would be ".")
         raise JobError("an empty path was given; name an image file")
+    path = Path(path)
     if path.name.endswith(resume.SUFFIX) or (
             path.is_file() and _safetensors_metadata(path) is not None):
         show_checkpoint(path, as_json)
