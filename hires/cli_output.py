@@ -54,6 +54,15 @@ class Quiet:
     on = False
     bars_off = False  # whether library_bars() turned the libraries' progress bars off
     progress = "auto"  # --progress: auto, bars, plain or json
+    warned: set[str] = set()  # what warn_once said in this command
+
+
+def warn_once(message: str) -> None:
+    """A warning said once in a command, however many of its images it is about (a long
+    prompt's, once for `--n 20`)."""
+    if message not in Quiet.warned:
+        Quiet.warned.add(message)
+        warn(message)
 
 
 def _stderr(kind: str, text: str) -> None:
@@ -149,6 +158,7 @@ class OneLineErrors(TyperGroup):
     four lines, its usage and a hint around the message."""
 
     def invoke(self, ctx: Any) -> Any:
+        Quiet.warned = set()  # per command: tests and scripts call the app many times
         # A stop that lands outside a command's own handling (after its work, as it returns):
         # typer would end it as a silent exit 130, SIGTERM too.
         try:

@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from hires.cli_jobs import check_gpu, fitted_plan
-from hires.cli_output import Quiet, emit, library_bars, progress_renderer, say, warn
+from hires.cli_output import (
+    Quiet,
+    emit,
+    library_bars,
+    progress_renderer,
+    say,
+    warn,
+    warn_once,
+)
 from hires.cli_resume import say_resume, saying_what_is_kept
 
 
@@ -290,8 +298,8 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
     for line in describe(plan):
         say(f"  {line}")
     early = prompt_warnings(components, job)  # before the work, not after it
-    for warning in early:
-        warn(warning)
+    for warning in early:  # each image's record keeps them; the terminal hears them once
+        warn_once(warning)
     # A preview is seconds: kept by none.
     kept = None if preview or piped else resume.path_for(path)
     if kept is not None:

@@ -13,7 +13,7 @@ import typer
 
 from hires import __version__
 from hires.cli_jobs import check_gpu, fitted_plan
-from hires.cli_output import EXIT_USAGE, exit_codes, out_line, say, warn
+from hires.cli_output import EXIT_USAGE, exit_codes, out_line, say, warn, warn_once
 from hires.cli_resume import stages_upto
 from hires.cli_runs import fp16_vae_hint, warn_space
 from hires.strips import cores
@@ -33,7 +33,7 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
     run = fitted_plan(lambda: dry_run(job, gpu, source, stage_images), job)
     tokenizer = cached_tokenizer(job)  # a long prompt, said as the run would say it
     for warning in too_long(tokenizer, job) if tokenizer is not None else []:
-        warn(warning)
+        warn_once(warning)  # `up` plans each input: one prompt, said once
     named = card(run.gpu)
     if run.budget_from == "vram" and named and job.vram > named.memory_gib:
         # planned as asked (a card of that size at this one's speed), but likely a preset's

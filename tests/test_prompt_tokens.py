@@ -1,5 +1,7 @@
 """A prompt longer than SDXL's text encoders read is said, not silently cut."""
 
+import json
+
 from helpers_cli import cli
 
 LONG = " ".join(["a beautiful red cat sitting on a blue mat"] * 20)
@@ -25,6 +27,17 @@ def test_the_cli_says_it_once_before_the_work(tmp_path, asked):
     said = [i for i, line in enumerate(lines) if "tokens and SDXL reads 75" in line]
     assert len(said) == 1 and lines[said[0]].startswith("warning: the prompt is ")
     assert not any("vae-decode" in line for line in lines[:said[0]])  # before the work
+
+
+def test_the_cli_says_it_once_for_many_images_each_recording_it(tmp_path, asked):
+    """`--n 3` said the same warning three times."""
+    result = cli("gen", LONG, "--model", "tiny", "--size", "128", "--steps", "1", "--n", "3",
+                 "--seed", "1", "-o", tmp_path, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.count("tokens and SDXL reads 75") == 1
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(records) == 3
+    assert all(any("SDXL reads 75" in w for w in r["warnings"]) for r in records)
 
 
 def test_a_dry_run_and_a_plan_say_it_too_from_the_cached_tokenizer(tiny, tiny_folder):
