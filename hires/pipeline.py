@@ -409,7 +409,7 @@ def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditio
                 x0 = encode(comps, fit(carry.image, stage.width, stage.height), tile, emit,
                             stage, n, job, spill)
             anchor = channel_stats(x0)
-        elif job.upsample == "latent":
+        elif stage.latent_upsample:  # as planned (and priced): no VAE before this stage
             if wanted:  # a decode only for the image
                 with placed(comps, strategy.weights, vae):
                     image = Image.fromarray(decode(comps, carry.latents, tile, emit,
