@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from hires.gpus import (
     CALL_SECONDS,
@@ -253,113 +253,21 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
     weights_now = model.weights if resident else 0
     if base:
         peaks.append((weights_now or model.text_bytes) + (64 << 20))
-    tile = vae_tile or VAE_TILES[-1]
     # The UNet's and the VAE's rates: `rate` is the UNet's at the GPU's bf16 rate; fp32 runs
     # slower there, and the tiled VAE reaches a share of the UNet's rate (hires.gpus).
     unet_rate = _rate_in(model, model.dtype_bytes, rate or RANK_RATE)
     vae_rate = _rate_in(model, model.vae_dtype_bytes, rate or RANK_RATE) * VAE_SHARE
-    # FLOPs; bytes over the host link; to and from disk; the tile runs' host work
-    vae_flop = spilled = on_files = runs_seconds = 0.0
-    spill_bytes = 0.0
-    used = scratch = 0
-    if previous or encode_input or final_decode:
-        vae_weights = weights_now or model.vae.param_bytes
-        # What the fast mode will keep step outputs in: a share of what is free (no budget:
-        # room for all of them). A run sees the device's free memory, not the planner's
-        # margin-reduced budget: priced from that, an H200's 16K decode kept 6 GB more than
-        # planned (BENCHMARKS.md, "The planner's margin and the VAE's kept outputs").
-        room = budget if budget is None or free is None else free
-        memo = (float("inf") if room is None or vae_stats != "fast" else
-                budget_from_free(room - vae_weights - state, model.on_gpu,
-                                 model.vae_dtype_bytes))
-        passes = [(*previous, True)] if previous else []
-        if (previous and encode_previous) or encode_input:
-            passes.append((width, height, False))
-        if final_decode:
-            passes.append((width, height, True))
-
-        def cost(t: int, spill: float = 0.0) -> tuple[float, float, int]:
-            """FLOPs, bytes copied over the host link, tile runs."""
-            if vae_stats == "exact":  # outputs in scratch files, through the host
-                runs = exact_runs(t)
-                files = sum(r.written + r.read for r in runs)
-                # Its passes run the tiles as often as the fast mode's that keeps everything.
-                count = sum(tiled_runs(model.vae, w, h, decode=d, tile=t, budget=float("inf"))
-                            for w, h, d in passes)
-                return sum(r.flops for r in runs), (files if model.on_gpu else 0.0), count
-            args = [dict(vae=model.vae, width=w, height=h, decode=d, tile=t, budget=memo,
-                         spill=spill, dtype_bytes=model.vae_dtype_bytes) for w, h, d in passes]
-            runs = [tiled_cost(**a) for a in args]
-            return (sum(f for f, _ in runs), sum(b for _, b in runs),
-                    sum(tiled_runs(**a) for a in args))
-
-        def exact_runs(t: int) -> list:
-            # Half of what is free of the scratch disk, as DiskMemo looks at it (unknown: its
-            # level cap alone).
-            return [exact_cost(model.vae, w, h, decode=d, tile=t, budget=MEMO_BYTES,
-                               disk=model.disk or float("inf"),
-                               dtype_bytes=model.vae_dtype_bytes) for w, h, d in passes]
-
-        def priced(t: int, beat: float = math.inf) -> tuple[float, float, float, float]:
-            """The VAE's seconds with tile `t` (`min(t, side)`), its FLOPs, the bytes it copies
-            over the host link, and the CPU memory its fastest plan keeps outputs in; the
-            search for that amount is skipped when even all of it cannot beat `beat` s."""
-            t = min(t, max(width, height))
-            files = (sum(r.written + r.read for r in exact_runs(t)) / DISK_RATE
-                     if vae_stats == "exact" else 0.0)
-            overhead = TILE_RUN_SECONDS if model.on_gpu else 0.0
-
-            def seconds(flop: float, copied: float, count: int) -> float:
-                return flop / vae_rate + copied / HOST_LINK + files + count * overhead
-            flop, copied, count = cost(t)
-            best = (seconds(flop, copied, count), flop, copied, 0.0)
-            if rate and model.on_gpu and model.spill and vae_stats == "fast":
-                # Outputs kept in the CPU's memory: less recomputation for copies over the
-                # host link, where recomputing takes longer than copying: much on a 4090,
-                # little or none on an H100 (BENCHMARKS.md). Only with a known rate. The
-                # fastest amount up to the budget: each output kept saves its recomputation
-                # but costs its copies, and past some point (l40s, 16K: 64 GB of RAM free)
-                # copying costs more. The most kept bounds what any amount saves.
-                if seconds(cost(t, model.spill)[0], 0.0, count) >= min(best[0], beat):
-                    return best
-                for amount in spill_amounts(model.spill):
-                    flop, copied, count = cost(t, amount)
-                    if seconds(flop, copied, count) < best[0]:
-                        best = (seconds(flop, copied, count), flop, copied, amount)
-            return best
-
-        if vae_tile is None:
-            # The fastest tile that fits next to the weights, by the same price as the
-            # estimate's (the largest of a tie): a larger tile has fewer runs and less overlap,
-            # a smaller one may keep more of its outputs.
-            fit = [t for t in VAE_TILES if budget is None or vae_weights + vae_tile_peak(
-                model.vae, t, model.vae_dtype_bytes) + state <= budget] or [VAE_TILES[-1]]
-            tile, least = fit[0], math.inf
-            for t in fit:
-                seconds = priced(t, least)[0]
-                if seconds < least:
-                    tile, least = t, seconds
-        tile = min(tile, max(width, height))
-        _, vae_flop, spilled, spill_bytes = priced(tile)
-        runs_seconds = cost(tile, spill_bytes)[2] * TILE_RUN_SECONDS if model.on_gpu else 0.0
-        if vae_stats == "exact":
-            runs = exact_runs(tile)
-            on_files = sum(r.written + r.read for r in runs)
-            scratch = int(max(r.most for r in runs))  # one pass's files at a time
-        attention = max(vae_attention_bytes(model.vae, w, h, model.vae_dtype_bytes)
-                        for w, h in [(width, height), *([previous] if previous else [])])
-        peaks.append(vae_weights + max(vae_tile_peak(model.vae, tile, model.vae_dtype_bytes),
-                                       attention) + state)
-        # The decode's cross-fade buffer, where a GPU keeps it (the rule hires.vae follows).
-        rows = max((rows_bytes(w, h, tile) for w, h, d in passes if d), default=0)
-        if model.on_gpu and room is not None and rows_on_device(
-                rows, room - vae_weights - state):
-            peaks[-1] += rows
-        if budget is not None and vae_stats == "fast":  # no budget: a CPU's RAM, not planned
-            kept = max(tiled_memo_bytes(model.vae, w, h, decode=d, tile=tile, budget=memo,
-                                        spill=spill_bytes, dtype_bytes=model.vae_dtype_bytes)
-                       for w, h, d in passes)
-            used = peaks[-1] + int(kept)
+    passes = [(*previous, True)] if previous else []
+    if (previous and encode_previous) or encode_input:
+        passes.append((width, height, False))
+    if final_decode:
+        passes.append((width, height, True))
+    vae = (_vae_part(model, width, height, passes, weights_now=weights_now, state=state,
+                     vae_tile=vae_tile, vae_stats=vae_stats, rate=rate, vae_rate=vae_rate,
+                     budget=budget, free=free, previous=previous)
+           if passes else VaePart(tile=vae_tile or VAE_TILES[-1]))
+    if vae.peak:
+        peaks.append(vae.peak)
     # An upscale step's local pass, plus the global pass in its first `global_steps` steps.
     evals = steps if base else steps + (steps if global_steps is None else global_steps)
     unet_flop = evals * 2 * unet_flops(unet, lat_h, lat_w)
@@ -367,7 +275,7 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
     # The time, at `rate` or, only to compare strategies, at RANK_RATE.
     slowdown = 1 + sum(v for k, v in LEVER_SLOWDOWN.items() if getattr(strategy, k))
     calls = evals * (2 if strategy.split_cfg else 1)
-    moved = spilled
+    moved = vae.copied
     nets = unet.param_bytes + (control.param_bytes if control else 0)
     if strategy.park_skips:
         parked = unet_parked_bytes(unet, lat_h, lat_w, strategy.row_bands, model.dtype_bytes)
@@ -387,19 +295,141 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
     # The previous image, or the user's image for an upscale, is resized to this stage's size.
     own = host_seconds(width, height, resize=bool(previous and encode_previous) or encode_input,
                        save=final_decode) if model.on_gpu else 0.0
-    rank = (unet_seconds + vae_flop / vae_rate + moved / HOST_LINK + on_files / DISK_RATE
-            + runs_seconds + own)
+    rank = (unet_seconds + vae.flop / vae_rate + moved / HOST_LINK + vae.on_files / DISK_RATE
+            + vae.runs_seconds + own)
     maps = parked_bytes(model, lat_h, lat_w, strategy)
     host = maps + (0 if resident else model.weights)
     on_disk = maps_on_disk(model, maps, host)
     # Each call writes them out and reads them back as it reads its parked maps: once whole,
     # or in bands four times over (a map read again may have left the page cache meanwhile).
     rank += calls * on_disk * (5 if strategy.row_bands else 2) / DISK_RATE
-    vae_seconds = (vae_flop / vae_rate + spilled / HOST_LINK + on_files / DISK_RATE
-                   + runs_seconds if rate else None)
-    return StageCost(max(peaks), peaks[0], (unet_flop + vae_flop) / 1e12, unet_flop / 1e12, scratch,
-                     rank if rate else None, tile, rank, spill_bytes, host, vae_seconds,
-                     maps, on_disk, max(*peaks, used), own if rate else None)
+    vae_seconds = vae.flop / vae_rate + vae.copied / HOST_LINK + vae.on_files / DISK_RATE \
+        + vae.runs_seconds
+    return StageCost(
+        peak_bytes=max(peaks), denoise_peak_bytes=peaks[0],
+        tflop=(unet_flop + vae.flop) / 1e12, unet_tflop=unet_flop / 1e12,
+        scratch_bytes=vae.scratch, seconds=rank if rate else None, vae_tile=vae.tile,
+        rank=rank, vae_spill_bytes=vae.spill_bytes, host_bytes=host,
+        vae_seconds=vae_seconds if rate else None, parked_bytes=maps, disk_bytes=on_disk,
+        used_bytes=max(*peaks, vae.used), host_seconds=own if rate else None)
+
+
+class VaePart(NamedTuple):
+    """What a stage's VAE passes cost (`_vae_part`); no passes, nothing."""
+
+    tile: int
+    flop: float = 0.0
+    copied: float = 0.0  # bytes over the host link: kept outputs, or exact mode's files
+    on_files: float = 0.0  # bytes to and from exact mode's scratch files
+    runs_seconds: float = 0.0  # the tile runs' host work
+    spill_bytes: float = 0.0  # the CPU memory the fast mode keeps outputs in
+    scratch: int = 0  # exact mode's files on the disk at once
+    peak: int = 0  # device memory while the VAE runs
+    used: int = 0  # and with the fast mode's kept outputs
+
+
+def _vae_part(model: ModelShape, width: int, height: int, passes: list[tuple[int, int, bool]],
+              *, weights_now: int, state: int, vae_tile: int | None, vae_stats: str,
+              rate: float | None, vae_rate: float, budget: int | None, free: int | None,
+              previous: tuple[int, int] | None) -> VaePart:
+    """The VAE's `passes` ((width, height, decode) each) in a stage: the tile (`vae_tile`, or
+    the fastest that fits), its work, copies, files, peak and kept outputs."""
+    vae_weights = weights_now or model.vae.param_bytes
+    # What the fast mode will keep step outputs in: a share of what is free (no budget:
+    # room for all of them). A run sees the device's free memory, not the planner's
+    # margin-reduced budget: priced from that, an H200's 16K decode kept 6 GB more than
+    # planned (BENCHMARKS.md, "The planner's margin and the VAE's kept outputs").
+    room = budget if budget is None or free is None else free
+    memo = (float("inf") if room is None or vae_stats != "fast" else
+            budget_from_free(room - vae_weights - state, model.on_gpu,
+                             model.vae_dtype_bytes))
+
+    def cost(t: int, spill: float = 0.0) -> tuple[float, float, int]:
+        """FLOPs, bytes copied over the host link, tile runs."""
+        if vae_stats == "exact":  # outputs in scratch files, through the host
+            runs = exact_runs(t)
+            files = sum(r.written + r.read for r in runs)
+            # Its passes run the tiles as often as the fast mode's that keeps everything.
+            count = sum(tiled_runs(model.vae, w, h, decode=d, tile=t, budget=float("inf"))
+                        for w, h, d in passes)
+            return sum(r.flops for r in runs), (files if model.on_gpu else 0.0), count
+        args = [dict(vae=model.vae, width=w, height=h, decode=d, tile=t, budget=memo,
+                     spill=spill, dtype_bytes=model.vae_dtype_bytes) for w, h, d in passes]
+        runs = [tiled_cost(**a) for a in args]
+        return (sum(f for f, _ in runs), sum(b for _, b in runs),
+                sum(tiled_runs(**a) for a in args))
+
+    def exact_runs(t: int) -> list:
+        # Half of what is free of the scratch disk, as DiskMemo looks at it (unknown: its
+        # level cap alone).
+        return [exact_cost(model.vae, w, h, decode=d, tile=t, budget=MEMO_BYTES,
+                           disk=model.disk or float("inf"),
+                           dtype_bytes=model.vae_dtype_bytes) for w, h, d in passes]
+
+    def priced(t: int, beat: float = math.inf) -> tuple[float, float, float, float]:
+        """The VAE's seconds with tile `t` (`min(t, side)`), its FLOPs, the bytes it copies
+        over the host link, and the CPU memory its fastest plan keeps outputs in; the
+        search for that amount is skipped when even all of it cannot beat `beat` s."""
+        t = min(t, max(width, height))
+        files = (sum(r.written + r.read for r in exact_runs(t)) / DISK_RATE
+                 if vae_stats == "exact" else 0.0)
+        overhead = TILE_RUN_SECONDS if model.on_gpu else 0.0
+
+        def seconds(flop: float, copied: float, count: int) -> float:
+            return flop / vae_rate + copied / HOST_LINK + files + count * overhead
+        flop, copied, count = cost(t)
+        best = (seconds(flop, copied, count), flop, copied, 0.0)
+        if rate and model.on_gpu and model.spill and vae_stats == "fast":
+            # Outputs kept in the CPU's memory: less recomputation for copies over the
+            # host link, where recomputing takes longer than copying: much on a 4090,
+            # little or none on an H100 (BENCHMARKS.md). Only with a known rate. The
+            # fastest amount up to the budget: each output kept saves its recomputation
+            # but costs its copies, and past some point (l40s, 16K: 64 GB of RAM free)
+            # copying costs more. The most kept bounds what any amount saves.
+            if seconds(cost(t, model.spill)[0], 0.0, count) >= min(best[0], beat):
+                return best
+            for amount in spill_amounts(model.spill):
+                flop, copied, count = cost(t, amount)
+                if seconds(flop, copied, count) < best[0]:
+                    best = (seconds(flop, copied, count), flop, copied, amount)
+        return best
+
+    tile = vae_tile or VAE_TILES[-1]
+    if vae_tile is None:
+        # The fastest tile that fits next to the weights, by the same price as the
+        # estimate's (the largest of a tie): a larger tile has fewer runs and less overlap,
+        # a smaller one may keep more of its outputs.
+        fit = [t for t in VAE_TILES if budget is None or vae_weights + vae_tile_peak(
+            model.vae, t, model.vae_dtype_bytes) + state <= budget] or [VAE_TILES[-1]]
+        tile, least = fit[0], math.inf
+        for t in fit:
+            seconds = priced(t, least)[0]
+            if seconds < least:
+                tile, least = t, seconds
+    tile = min(tile, max(width, height))
+    _, flop, copied, spill_bytes = priced(tile)
+    runs_seconds = cost(tile, spill_bytes)[2] * TILE_RUN_SECONDS if model.on_gpu else 0.0
+    on_files, scratch = 0.0, 0
+    if vae_stats == "exact":
+        runs = exact_runs(tile)
+        on_files = sum(r.written + r.read for r in runs)
+        scratch = int(max(r.most for r in runs))  # one pass's files at a time
+    attention = max(vae_attention_bytes(model.vae, w, h, model.vae_dtype_bytes)
+                    for w, h in [(width, height), *([previous] if previous else [])])
+    peak = vae_weights + max(vae_tile_peak(model.vae, tile, model.vae_dtype_bytes),
+                             attention) + state
+    # The decode's cross-fade buffer, where a GPU keeps it (the rule hires.vae follows).
+    rows = max((rows_bytes(w, h, tile) for w, h, d in passes if d), default=0)
+    if model.on_gpu and room is not None and rows_on_device(
+            rows, room - vae_weights - state):
+        peak += rows
+    used = 0
+    if budget is not None and vae_stats == "fast":  # no budget: a CPU's RAM, not planned
+        kept = max(tiled_memo_bytes(model.vae, w, h, decode=d, tile=tile, budget=memo,
+                                    spill=spill_bytes, dtype_bytes=model.vae_dtype_bytes)
+                   for w, h, d in passes)
+        used = peak + int(kept)
+    return VaePart(tile, flop, copied, on_files, runs_seconds, spill_bytes, scratch, peak, used)
 
 
 def host_seconds(width: int, height: int, *, resize: bool, save: bool) -> float:
