@@ -19,10 +19,11 @@ import argparse
 import json
 from pathlib import Path
 
+from hires.dry_run import dry_run
 from hires.gpus import GPUS
 from hires.job import Job
 from hires.models import FP16_VAE
-from hires.plan import PlanError, dry_run, largest_fitting
+from hires.plan import PlanError, largest_fitting
 
 FP16_ROW = f"with `--vae {FP16_VAE}`"
 

@@ -14,9 +14,10 @@ import json
 from pathlib import Path
 
 from hires import costs
+from hires.dry_run import dry_run
 from hires.gpus import GPUS
 from hires.job import Job
-from hires.plan import PlanError, dry_run
+from hires.plan import PlanError
 
 
 def seconds(card: str, size: int, ram: float) -> float | None:

@@ -23,8 +23,9 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
               stage_images: bool = False, preview: bool = False, here: bool = False) -> None:
     """Print the plan of `job` without loading weights (`hires plan`, `gen --dry-run`); with
     `preview`, of its first stage alone; `here`: as it would run on this machine (a dry run)."""
+    from hires.dry_run import as_run_here, dry_run
     from hires.gpus import card
-    from hires.plan import as_run_here, dry_run, preview_of
+    from hires.plan import preview_of
     from hires.prompts import cached_tokenizer, too_long
 
     check_gpu(gpu)
@@ -211,9 +212,10 @@ LONG_JOB_S = 600  # a planned job this long gets a word on --preview
 def more_ram_hint(job, p, replan: Callable[[Any], Any]) -> str | None:
     """Where the RAM limits a GPU plan (the VAE keeps all it may there, or parked maps wait
     on a disk): how long the job takes with ROOMY_RAM_GB free, if that saves a tenth."""
+    from hires.dry_run import dry_run_free_ram
     from hires.eta import duration
     from hires.memory import GIB
-    from hires.plan import PlanError, dry_run_free_ram
+    from hires.plan import PlanError
 
     if job.device.startswith(("cpu", "mps")) or p.seconds is None:
         return None
@@ -253,10 +255,11 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
     """`batch --dry-run`: each job's size, file and planned time on `gpu`, or that its image is
     made already, and the total; jobs that cannot run are said and exit 2 at the end."""
     from hires import batch as b
+    from hires.dry_run import as_run_here, dry_run
     from hires.eta import duration
     from hires.images import input_size
     from hires.job import JobError
-    from hires.plan import as_run_here, dry_run, preview_of
+    from hires.plan import preview_of
 
     check_gpu(gpu)
     plans: dict[str, Any] = {}  # jobs that differ only in prompt and seed share a plan

@@ -334,8 +334,8 @@ def test_a_runs_disk_cap_never_exceeds_what_is_free(monkeypatch):
 def test_more_free_ram_never_makes_a_plan_slower():
     """A T4 at 16K: with 26-28 GiB of RAM free the plan kept its maps off the disk by dropping
     model offload, and took 17 h instead of the 11 h it took with 24 GiB (maps on the disk)."""
+    from hires.dry_run import dry_run
     from hires.job import Job
-    from hires.plan import dry_run
 
     times = [dry_run(Job(width=16384, height=16384, ram=ram, disk=100), "t4").plan.seconds
              for ram in (16, 24, 26, 28, 32, 64)]
@@ -346,8 +346,8 @@ def test_more_gpu_memory_never_makes_a_plan_slower():
     """A T4 at 4K with 32 GiB of RAM: with 9 GiB the planner took a 1536 px VAE tile, whose FLOPs
     were within 15 % of the 1024 px one's but whose copies of kept outputs were not, and the
     plan took ~1033 s against ~976 s with 8 GiB. The tile is picked by the estimate's time."""
+    from hires.dry_run import dry_run
     from hires.job import Job
-    from hires.plan import dry_run
 
     times = [dry_run(Job(width=4096, height=4096, ram=32, vram=vram, disk=100), "t4").plan.seconds
              for vram in (8, 9, 12, 14)]

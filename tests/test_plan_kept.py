@@ -66,8 +66,8 @@ def test_a_plan_prices_its_stages_kept_outputs_from_the_whole_budget(monkeypatch
 def test_an_fp32_vaes_kept_outputs_leave_room_for_its_tile_runs():
     """A T4 (no bf16: the VAE in fp32): the kept outputs took the room of bf16 tile runs, and
     the stage's figure with them passed the card's memory by 2-3 GiB at every size."""
+    from hires.dry_run import dry_run
     from hires.job import Job
-    from hires.plan import dry_run
 
     for gpu in ("t4", "v100"):
         p = dry_run(Job(width=16384, height=16384, ram=64, disk=100), gpu).plan

@@ -1,0 +1,167 @@
+"""A dry run: a job's plan for a device, made from the model's shapes alone, no weights.
+
+`hires plan`, `gen --dry-run` and the planner tables call `dry_run`; `plan_without_weights`
+builds the model's shape (`hires.costs`) the way a run would see it and asks
+`hires.plan.make_plan`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hires.gpus import FP32_SHARE, Card
+from hires.memory import GIB, scratch_folder
+from hires.plan import Plan, budget_bytes, make_plan
+
+
+def _vae_dtype_bytes(requested: str, dtype_bytes: int, device: str, bf16: bool = True,
+                     fp16_ok: bool = False) -> int:
+    """Bytes per VAE value in the planned run: what `hires.models.choose_vae_dtype` will pick
+    there (a planned GPU may not be this machine's: `bf16` says whether it has native bf16;
+    `fp16_ok` whether the VAE is made for fp16)."""
+    import torch
+
+    from hires.models import DTYPES, choose_vae_dtype
+
+    if device.startswith(("cpu", "mps")):  # this machine: ask the rule itself
+        return choose_vae_dtype(torch.device(device), torch.float32, requested,
+                                fp16_ok).itemsize
+    if requested == "fp16":
+        choose_vae_dtype(torch.device("cpu"), torch.float16, requested, fp16_ok)  # or refuse
+    wanted = requested if requested != "auto" else "fp32" if dtype_bytes == 4 else "bf16"
+    if wanted == "bf16" and not bf16:
+        return 2 if fp16_ok else 4
+    return DTYPES[wanted].itemsize
+
+
+DRY_RUN_FREE_RAM = 0.8  # the share of this machine's RAM a dry run takes to be free
+
+
+def dry_run_free_ram(job) -> float:
+    """The RAM a dry run plans with: --ram GB, else DRY_RUN_FREE_RAM of this machine's (a run
+    looks at what is free then)."""
+    from hires.memory import ram_bytes
+
+    return job.ram * GIB if job.ram is not None else DRY_RUN_FREE_RAM * ram_bytes()[0]
+
+
+@dataclass(frozen=True)
+class DryRun:
+    """A plan made without weights, and what its budget and times are for."""
+
+    plan: Plan
+    gpu: str  # the card (or TFLOP/s figure) its times are for; "cpu": a CPU's, not timed
+    rate: float | None  # FLOP/s; None: no times
+    budget_from: str | None  # 'vram', 'gpu' (the named card's memory), 'ram' (a CPU's, from
+    # --ram), 'device' or None
+
+
+def dry_run(job, gpu: str | None = None, source: tuple[int, int] | None = None,
+            stage_images: bool = False) -> DryRun:
+    """`hires plan`: the job planned for the card `gpu` names (its memory unless `--vram`
+    says, its rate), else for the local GPU, else at an H100's rate without a budget. A job
+    for the CPU (`--device cpu`) is planned as a run plans it, in the free RAM, and timed only
+    at a rate `gpu` gives (a CPU's is not known: `gpu` is then "cpu", the rate None).
+
+    Raises ValueError for a `gpu` that is neither a known card nor a TFLOP/s figure.
+    """
+    from hires.gpus import card, card_budget_gib, local_gpu, rate_for
+
+    if job.device.startswith("cpu") and gpu is None:
+        plan = plan_without_weights(job, None, source=source, stage_images=stage_images)
+        return DryRun(plan, "cpu", None, "vram" if job.vram is not None else
+                      "ram" if job.ram is not None else "device")
+    card_vram = card_budget_gib(gpu) if gpu is not None and job.vram is None else None
+    gpu = gpu or local_gpu() or "h100"
+    rate = rate_for(gpu)
+    plan = plan_without_weights(job, rate, source=source, vram=card_vram, gpu=card(gpu),
+                                stage_images=stage_images)
+    budget_from = None
+    if plan.budget:
+        budget_from = "vram" if job.vram is not None else "gpu" if card_vram else "device"
+    return DryRun(plan, gpu, rate, budget_from)
+
+
+def as_run_here(job, gpu: str | None):
+    """The job a dry run (`gen`, `up`, `batch --dry-run`) plans: as the run would go on this
+    machine, so `--device auto` without a CUDA GPU is a CPU run (a TFLOP/s `gpu` times it);
+    a `gpu` that names a card plans for that card instead, as `hires plan` does."""
+    import torch
+
+    from hires.gpus import card
+
+    if job.device == "auto" and not (gpu and card(gpu)) and not torch.cuda.is_available():
+        return job.merged({"device": "cpu"})
+    return job
+
+
+def plan_without_weights(job, rate: float | None = None,
+                         source: tuple[int, int] | None = None,
+                         vram: float | None = None, gpu: Card | None = None,
+                         stage_images: bool = False) -> Plan:
+    """The plan of a Job for the device it names, from the model's shapes alone (a dry run).
+
+    Without a CUDA GPU here the plan is still for one (that is what it is for), fitted to
+    `--vram` if given, else to `vram` (GiB: a named card's), else to the local GPU's free
+    memory; `gpu`: the card planned for (whether it has native bf16, else its VAE is planned
+    in fp32, and its fp32 rate); `--device cpu` plans a CPU run.
+    """
+    from dataclasses import replace as copy
+
+    import torch
+
+    from hires.costs import model_shape, sdxl_shape
+    from hires.memory import disk_room, free_memory, host_room
+    from hires.models import vae_fp16_ok
+    from hires.vae_stats import spill_from_free
+
+    on_gpu = not job.device.startswith(("cpu", "mps"))
+    dtype_bytes = 4 if job.dtype in ("fp32", "float32") or not on_gpu else 2
+    vae_dtype_bytes = _vae_dtype_bytes(job.vae_dtype, dtype_bytes, job.device,
+                                       gpu.bf16 if gpu else True, vae_fp16_ok(job.model, job.vae))
+
+    def free() -> int | None:  # the local GPU's, or a CPU run's RAM; none on another device
+        if on_gpu and torch.cuda.is_available():
+            return free_memory(torch.device(job.device if job.device.startswith("cuda")
+                                            else "cuda"))
+        return free_memory(torch.device("cpu")) if job.device.startswith("cpu") else None
+
+    vram = job.vram if job.vram is not None else vram if on_gpu else None
+    budget = budget_bytes(vram, job.ram, job.device.startswith("cpu"), free)
+    if job.model == "tiny":
+        from hires.models import load
+
+        tiny = load("tiny", job.linfusion, "fp32", "cpu")
+        net = None
+        if job.control_model:
+            from hires.controlnet import controlnet_like
+
+            net = controlnet_like(tiny.unet)
+        shape = copy(model_shape(tiny, controlnet=net), on_gpu=on_gpu,
+                     vae_dtype_bytes=vae_dtype_bytes)
+        cfg = tiny.pipe.scheduler.config
+        spacing, train, offset = (cfg.get("timestep_spacing", "leading"),
+                                  cfg["num_train_timesteps"], cfg.get("steps_offset", 0))
+        alphas = tiny.pipe.scheduler.alphas_cumprod
+    else:
+        # An SDXL ControlNet's shape is fixed by SDXL's: its name is all a dry run needs.
+        shape = sdxl_shape(linfusion=job.linfusion != "none", dtype_bytes=dtype_bytes,
+                           on_gpu=on_gpu, controlnet=bool(job.control_model),
+                           vae_dtype_bytes=vae_dtype_bytes)
+        spacing, train, offset = "leading", 1000, 1  # SDXL base's scheduler
+        alphas = None  # make_plan's default: SDXL base's
+    if on_gpu:
+        # Parked maps, offloaded weights and the VAE's outputs that do not fit the GPU go to
+        # the CPU's memory: --ram GB of it, else as if DRY_RUN_FREE_RAM of this machine's RAM
+        # were free then (a run looks at what is free).
+        free = dry_run_free_ram(job)
+        shape = copy(shape, spill=spill_from_free(free), host=host_room(free) if free else None,
+                     disk=disk_room(scratch_folder()) if job.disk is None else job.disk * 1e9,
+                     fp32_share=gpu.fp32_share if gpu else FP32_SHARE)
+    return make_plan(job.width, job.height, steps=job.steps, strength=job.strength,
+                     native=shape.native, spacing=spacing, train_steps=train, offset=offset,
+                     model=shape, budget=budget, offload=job.offload if on_gpu else "none",
+                     vae_tile=job.vae_tile, vae_stats=job.vae_stats, rate=rate, source=source,
+                     cosine_scale_2=job.cosine_scale_2, global_floor=job.global_floor,
+                     karras=job.karras, alphas_cumprod=alphas, upsample=job.upsample,
+                     stage_images=stage_images)
