@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from hires.images import ImageInputError, file_sha256, input_size
-from hires.job import FILE_KEYS, TRUSTED_ONLY, Job, JobError, closest_hint, keys_for_people
+from hires.job import (
+    FILE_KEYS,
+    LOSSY_FORMATS,
+    TRUSTED_ONLY,
+    Job,
+    JobError,
+    closest_hint,
+    keys_for_people,
+)
 from hires.presets import load_preset, parse_toml, read_toml
 from hires.sizes import job_from_levels
 
@@ -237,7 +245,7 @@ def my_share(items: list[BatchItem], rank: int, world: int) -> list[BatchItem]:
 PLACEMENT_KEYS = ("device", "offload", "vram", "ram", "disk")
 # Keys added after images were made, left out while at their default, so that those images
 # keep their fingerprint and a batch re-run does not redo them.
-LATER_KEYS: dict[str, Any] = {"vae": None, "dpi": None, "depth": 8}
+LATER_KEYS: dict[str, Any] = {"vae": None, "dpi": None, "depth": 8, "quality": None}
 
 
 def name_outputs(items: list[BatchItem], folder: Path, file_name: str
@@ -287,8 +295,11 @@ def name_outputs(items: list[BatchItem], folder: Path, file_name: str
             check_inputs(j)
         except JobError as e:
             raise JobError(f"{where}: {e}") from None
-        named.append(item if fmt == j.format else
-                     BatchItem(item.index, j.merged({"format": fmt}), item.output))
+        # A quality is for JPEG and WebP: [defaults]' (or a preset's) serve every job.
+        lossless = j.quality is not None and fmt not in LOSSY_FORMATS
+        named.append(item if fmt == j.format and not lossless else BatchItem(
+            item.index, j.merged({"format": fmt, **({"quality": None} if lossless else {})}),
+            item.output))
     return named, paths
 
 

@@ -58,6 +58,7 @@ from hires.cli_options import (
     Preset,
     PrintSize,
     ProgressOpt,
+    Quality,
     QuietOpt,
     Ram,
     Resume,
@@ -123,7 +124,7 @@ def gen(
     output: Annotated[str | None, typer.Option(
         "-o", "--output", help="File, folder, or template with {prompt} (its words, or "
         "{name}) {seed} {width} {height} {index} {format}; '-': the image to stdout.")] = None,
-    fmt: Fmt = None, dpi: Dpi = None, depth: Depth = None,
+    fmt: Fmt = None, quality: Quality = None, dpi: Dpi = None, depth: Depth = None,
     save_stages: SaveStages = False,
     vram: Vram = None, ram: Ram = None, disk: Disk = None, offload: Offload = None,
     device: Device = None,
@@ -161,7 +162,8 @@ def gen(
         jobs = [job.merged({"prompt": text}) for text in prompts]
         check_preview(preview, save_stages)
         if dry_run:
-            check_outputs(jobs, output, fmt, n, overwrite, save_stages, preview)
+            check_outputs(jobs, output, fmt, n, overwrite, save_stages, preview,
+                          quality_flag=quality is not None)
             show_plan(job, gpu, as_json, source=upscale_source(job, piped),
                       stage_images=save_stages, preview=preview, here=True)
             return
@@ -169,7 +171,7 @@ def gen(
         if not prompts[0].strip() and from_image is None:
             raise typer.BadParameter("give a prompt (or '-' to read prompts from stdin)")
         run_jobs(jobs, output, save_stages, as_json, quiet, overwrite, gpu, fmt_flag=fmt, n=n,
-                 resume_runs=resume_runs, preview=preview)
+                 resume_runs=resume_runs, preview=preview, quality_flag=quality is not None)
 
 
 def check_from(from_image: Path | None) -> None:
@@ -205,7 +207,7 @@ def up(
         "-o", "--output", help="File, folder, or template with {name} (the input's file name; "
         "'stdin' for piped bytes) {prompt} {seed} {width} {height} {index} {format}; '-': the "
         "image to stdout.")] = None,
-    fmt: Fmt = None, dpi: Dpi = None, depth: Depth = None,
+    fmt: Fmt = None, quality: Quality = None, dpi: Dpi = None, depth: Depth = None,
     save_stages: SaveStages = False,
     vram: Vram = None, ram: Ram = None, disk: Disk = None, offload: Offload = None,
     device: Device = None,
@@ -246,14 +248,15 @@ def up(
         check_preview(preview, save_stages)
         if dry_run:
             check_outputs(jobs, output, fmt, 1, overwrite, preview=preview,
-                          alpha=frozenset(alpha))
+                          alpha=frozenset(alpha), quality_flag=quality is not None)
             for job, size in zip(jobs, sizes):
                 show_plan(job, gpu, as_json, source=size, stage_images=save_stages,
                           preview=preview, here=True)
             return
         check_device(jobs[0].device)
         run_jobs(jobs, output, save_stages, as_json, quiet, overwrite, gpu, fmt_flag=fmt,
-                 resume_runs=resume_runs, preview=preview, alpha=frozenset(alpha))
+                 resume_runs=resume_runs, preview=preview, alpha=frozenset(alpha),
+                 quality_flag=quality is not None)
 
 
 @app.command(cls=Sections)
@@ -339,6 +342,10 @@ def batch(
     shard: Annotated[str | None, typer.Option(
         help="I/N: run every N-th job from I (else RANK/WORLD_SIZE from torchrun).")] = None,
     preset: Preset = None, model: Model = None, device: Device = None,
+    quality: Annotated[int | None, typer.Option(
+        min=1, max=100, help="JPEG and WebP quality of every job, 1-100 (default: the jobs' "
+        "`quality`, else 95); 100: lossless WebP, JPEG with full colour. Refused where a job "
+        "writes PNG or TIFF (lossless): set `quality` in the lossy jobs instead.")] = None,
     allow_pickle: AllowPickle = False,
     as_json: JsonOut = False, quiet: QuietOpt = False, progress: ProgressOpt = "auto",
     overwrite: Overwrite = False,
@@ -360,7 +367,8 @@ def batch(
     Quiet.on, Quiet.progress = quiet, progress
     with exit_codes():
         from hires import batch as b
-        from hires.job import JobError
+        from hires.job import LOSSY_FORMATS, JobError
+        from hires.output import QUALITY_LOSSLESS
         from hires.presets import load_preset
         from hires.record import stage_path
 
@@ -369,7 +377,8 @@ def batch(
         if str(file) == "-" and sys.stdin.isatty():  # else nothing says why hires waits
             say("reading the jobs from stdin (JSONL, or TOML); end with Ctrl-D")
         overrides = {k: v for k, v in {"model": model, "device": device or b.local_device(),
-                                       "allow_pickle": allow_pickle}.items() if v}
+                                       "allow_pickle": allow_pickle,
+                                       "quality": quality}.items() if v}
         items = [b.BatchItem(i.index, i.job.merged(overrides, where="options").validate(),
                              i.output) for i in b.read_batch(file, levels=levels)]
         rank, world = b.parse_shard(shard)
@@ -380,6 +389,10 @@ def batch(
                            "image, from gen or up")
         name = "stdin" if str(file) == "-" else file.name
         items, paths = b.name_outputs(items, output, name)
+        lossless = next((i for i in items if i.job.format not in LOSSY_FORMATS), None)
+        if quality is not None and lossless is not None:
+            raise JobError(f"{name} job {lossless.index} writes {paths[lossless.index].name}: "
+                           f"{QUALITY_LOSSLESS}; set `quality` in the jpg and webp jobs")
         if preview:
             paths = {index: stage_path(path, 0) for index, path in paths.items()}
         mine = b.my_share(items, rank, world)

@@ -15,8 +15,8 @@ HELP_SECTIONS = {
     "Size": ("size", "scale", "aspect", "width", "height", "print_size"),
     "Prompt and sampling": ("prompt", "negative", "seed", "steps", "guidance", "strength",
                             "sampler", "karras", "n"),
-    "Output": ("output", "fmt", "dpi", "depth", "save_stages", "overwrite", "resume_runs",
-               "as_json", "quiet", "progress"),
+    "Output": ("output", "fmt", "quality", "dpi", "depth", "save_stages", "overwrite",
+               "resume_runs", "as_json", "quiet", "progress"),
     "Model": ("model", "linfusion", "vae", "lora", "dtype", "allow_pickle"),
     "ControlNet and IP-Adapter": ("control", "control_model", "control_scale", "ip_image",
                                   "ip_adapter", "ip_scale"),
@@ -206,6 +206,10 @@ Dpi = Annotated[float | None, typer.Option(
 Depth = Annotated[int | None, typer.Option(
     help="Bits per channel of the file: 8, or 16 (PNG and TIFF) to keep the decoder's fine "
     "gradations for print and editing; twice the file.", autocompletion=one_of("8", "16"))]
+Quality = Annotated[int | None, typer.Option(
+    min=1, max=100, help="JPEG and WebP quality, 1-100 (default 95; 75: about half the "
+    "bytes); 100: lossless WebP, JPEG with full colour (no chroma subsampling). PNG and TIFF "
+    "are lossless: with them it is refused.")]
 QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="No progress or logs on stderr.")]
 
 PROGRESS_MODES = ("auto", "bars", "plain", "json")

@@ -23,7 +23,7 @@ from hires.cli_resume import say_resume, saying_what_is_kept
 
 def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overwrite: bool,
                   stage_images: bool = False, preview: bool = False,
-                  alpha: frozenset[str] = frozenset()) -> None:
+                  alpha: frozenset[str] = frozenset(), quality_flag: bool = False) -> None:
     """What a run checks of its outputs before it loads anything (names, formats, files in
     the way), for --dry-run: a plan that shows should be a command that starts. `alpha`: as
     for `plan_runs`."""
@@ -36,7 +36,8 @@ def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overw
                          upscale=bool(jobs[0].image))
         return
     runs = plan_runs(jobs, output, n=n, fmt_flag=fmt, overwrite=overwrite, resume_runs=False,
-                     preview=preview, stage_images=stage_images, alpha=alpha)
+                     preview=preview, stage_images=stage_images, alpha=alpha,
+                     quality_flag=quality_flag)
     warn_space([(r.path, r.job) for r in runs if r.made is None], stage_images)
 
 
@@ -128,11 +129,12 @@ def fp16_vae_hint(gpu: str, detail: str = "") -> str:
 def run_jobs(jobs: list, output: str | None, save_stages: bool, as_json: bool,
              quiet: bool, overwrite: bool, gpu: str | None = None,
              fmt_flag: str | None = None, n: int = 1, resume_runs: bool = True,
-             preview: bool = False, alpha: frozenset[str] = frozenset()) -> None:
+             preview: bool = False, alpha: frozenset[str] = frozenset(),
+             quality_flag: bool = False) -> None:
     """`gen` and `up`: plan and check every output first, load the model once, then make each
     image (each job `n` times); `resume_runs`: go on from what stopped runs of a job kept;
     `preview`: only each image's first stage. `output` "-": the one image's bytes to stdout.
-    `alpha`: `up`'s inputs that keep an alpha channel (`plan_runs`)."""
+    `alpha`: `up`'s inputs that keep an alpha channel, and `quality_flag` (`plan_runs`)."""
     from hires import cli_stdout
 
     check_gpu(gpu)
@@ -141,13 +143,14 @@ def run_jobs(jobs: list, output: str | None, save_stages: bool, as_json: bool,
     if output != cli_stdout.STDOUT:
         _make_all(jobs, output, save_stages=save_stages, as_json=as_json, quiet=quiet,
                   overwrite=overwrite, gpu=gpu, fmt_flag=fmt_flag, n=n, resume_runs=resume_runs,
-                  preview=preview, alpha=alpha)
+                  preview=preview, alpha=alpha, quality_flag=quality_flag)
         return
     cli_stdout.check(len(jobs) * n, save_stages, as_json, preview, upscale=bool(jobs[0].image))
     with cli_stdout.scratch() as place:
         with cli_stdout.on_stderr():
             path = _make_all(jobs, str(place / "hires"), quiet=quiet, overwrite=True, gpu=gpu,
-                             fmt_flag=fmt_flag, resume_runs=False, piped=True, alpha=alpha)
+                             fmt_flag=fmt_flag, resume_runs=False, piped=True, alpha=alpha,
+                             quality_flag=quality_flag)
         sent, size = cli_stdout.send(path)
     kind = path.suffix[1:].upper()
     if sent < size:  # -q keeps it: the image is lost
@@ -160,7 +163,8 @@ def run_jobs(jobs: list, output: str | None, save_stages: bool, as_json: bool,
 def _make_all(jobs: list, output: str | None, *, save_stages: bool = False,
               as_json: bool = False, quiet: bool, overwrite: bool, gpu: str | None,
               fmt_flag: str | None, n: int = 1, resume_runs: bool, preview: bool = False,
-              piped: bool = False, alpha: frozenset[str] = frozenset()) -> Path:
+              piped: bool = False, alpha: frozenset[str] = frozenset(),
+              quality_flag: bool = False) -> Path:
     """`run_jobs`' work; the last image's path. `piped`: the image goes to stdout after, so
     nothing is printed there now, and no checkpoint is kept (its folder goes too)."""
     from hires import busy
@@ -168,7 +172,7 @@ def _make_all(jobs: list, output: str | None, *, save_stages: bool = False,
 
     runs = plan_runs(jobs, output, n=n, fmt_flag=fmt_flag, overwrite=overwrite,
                      resume_runs=resume_runs, preview=preview, stage_images=save_stages,
-                     alpha=alpha)
+                     alpha=alpha, quality_flag=quality_flag)
     if jobs[0].seed is None and len(runs) > 1:
         base = runs[0].job.seed
         say(f"seeds from {base} (--seed {base} makes these images again)")

@@ -30,6 +30,8 @@ VAE_DTYPES = ("auto", "fp16", "bf16", "fp32")  # fp16 only for a VAE made for it
 # timesteps, and a tampered `steps = 1e9` must fail before anything is allocated.
 MAX_STEPS = 1000
 MAX_DPI = 10000
+MAX_QUALITY = 100  # a JPEG's or WebP's quality: from 1; 100 is lossless WebP
+LOSSY_FORMATS = ("jpg", "webp")  # the formats a job's `quality` applies to
 # Keys that only the command line may set: a preset, a batch file or an image's metadata that
 # turned on pickle loading would run code from a file the user never vetted.
 TRUSTED_ONLY = ("allow_pickle",)
@@ -80,6 +82,9 @@ class Job:
     format: str = "png"
     dpi: float | None = None  # pixels per inch the file records (its print size); None: none
     depth: int = 8  # bits per channel of the image's file (earlier stages' images stay 8-bit)
+    # JPEG and WebP quality, 1-100 (100: lossless WebP, JPEG without chroma subsampling); None:
+    # hires.output.DEFAULT_QUALITY. PNG and TIFF are lossless: a job for one drops it.
+    quality: int | None = None
     image: str | None = None  # upscale this image (hires up) instead of starting from noise
     image_sha256: str | None = None  # the image's hash when the job ran: a re-run checks it
     sampler: str = "euler"
@@ -124,6 +129,9 @@ class Job:
                            f"{self.global_floor}")
         if self.dpi is not None and not 1 <= self.dpi <= MAX_DPI:
             raise JobError(f"dpi must be from 1 to {MAX_DPI} pixels per inch, got {self.dpi}")
+        if self.quality is not None and not 1 <= self.quality <= MAX_QUALITY:
+            raise JobError(f"quality must be a whole number from 1 to {MAX_QUALITY} (100: "
+                           f"lossless WebP, JPEG at full colour), got {self.quality}")
         if self.depth not in DEPTHS or isinstance(self.depth, bool):
             raise JobError(f"depth must be 8 or 16 bits per channel, got {self.depth!r}")
         # Past MAX_MEMORY no machine has it: a typo, and 1e308 overflowed or made the planner

@@ -71,7 +71,7 @@ def library_job(job: Job | str | None, overrides: dict[str, Any],
     record (and `--from`) names the model that ran. Call it inside `in_keywords()`, so that
     its errors name the keywords."""
     from hires.addons import check_inputs
-    from hires.job import JobError, check_kind, size_from
+    from hires.job import LOSSY_FORMATS, JobError, check_kind, size_from
     from hires.output import format_problem
 
     if isinstance(job, str):
@@ -106,6 +106,9 @@ def library_job(job: Job | str | None, overrides: dict[str, Any],
     problem = format_problem(job.format, job.width, job.height, job.depth)
     if problem:
         raise JobError(f"format={job.format!r} with depth={job.depth}: {problem}")
+    if job.quality is not None and job.format not in LOSSY_FORMATS:
+        raise JobError(f"format={job.format!r} with quality={job.quality}: quality applies to "
+                       "jpg and webp; png and tiff are lossless")
     if components is not None:
         _check_loaded(job, components)
     check_inputs(job)  # an add-on's image that is not there, before its weights load

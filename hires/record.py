@@ -4,6 +4,7 @@ metadata), and saving a result with that record (`Result.save`)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,7 +60,16 @@ def save_stage(image: Image.Image, path: str | Path, job: Job, index: int, *,
               "linfusion": linfusion, "settings": settings_hash(job)}
     metadata = {"hires": __version__, "job": job.to_dict(), "result": record}
     return output.save_image(image, path, fmt=fmt, metadata=metadata, overwrite=overwrite,
-                             dpi=job.dpi)
+                             dpi=job.dpi, quality=job_quality(job, path, fmt))
+
+
+def job_quality(job: Job, path: Path | str, fmt: str | None) -> int | None:
+    """The job's quality where its file is a JPEG or WebP; None (no quality) for PNG and TIFF,
+    which are lossless: a preset's or a recorded job's quality is for the lossy formats."""
+    from hires import output
+    from hires.job import LOSSY_FORMATS
+
+    return job.quality if output.format_for(Path(path), fmt) in LOSSY_FORMATS else None
 
 
 def stage_path(path: Path, index: int) -> Path:
@@ -75,7 +85,7 @@ def stage_paths(path: Path, stages: int) -> list[Path]:
 def save(result: Result, path: str | Path, *, fmt: str | None = None, overwrite: bool = False,
          save_stages: bool = False, settings: str | None = None,
          warn: Callable[[str], None] | None = None, stage: int | None = None,
-         recorded_as: str | None = None) -> dict[str, Any]:
+         recorded_as: str | None = None, quality: int | None = None) -> dict[str, Any]:
     """Write the image (and with `save_stages` the earlier stages' images) with hires'
     metadata, atomically; return the record. The format is `fmt`, else the path's suffix's.
 
@@ -83,10 +93,13 @@ def save(result: Result, path: str | Path, *, fmt: str | None = None, overwrite:
     `settings` replaces the record's settings hash (a batch records its job file's); `stage`
     records that the result is that stage of its job (a preview), not the whole job;
     `recorded_as` replaces the path in the record (`-`: the file is bound for stdout).
+    `quality` (1-100) replaces the job's for a JPEG or WebP (for PNG or TIFF: OutputUsage).
     """
     from hires import output
 
     path = Path(path)
+    if quality is not None:  # before any file, stages' included, is written
+        output.check_quality(quality, output.format_for(path, fmt))
     record = record_for(result, path)
     if recorded_as is not None:
         record["path"] = recorded_as
@@ -94,14 +107,21 @@ def save(result: Result, path: str | Path, *, fmt: str | None = None, overwrite:
         record["settings"] = settings
     if stage is not None:
         record["stage"] = stage
-    metadata = {"hires": __version__, "job": result.job.to_dict(), "result": record}
+    # The quality the file has: none for a PNG or TIFF, and so none recorded.
+    quality = job_quality(replace(result.job, quality=quality or result.job.quality), path, fmt)
+    job = result.job if quality == result.job.quality else replace(result.job, quality=quality)
+    if job is not result.job and not settings:  # the job the file holds: its fingerprint
+        from hires.batch import settings_hash
+
+        record["settings"] = settings_hash(job)
+    metadata = {"hires": __version__, "job": job.to_dict(), "result": record}
     if save_stages:
         if len(result.stage_images) < len(result.stages):
             raise ValueError("this result kept no stage images; make it with save_stages=True")
         for index, (stage_image, stage_path) in enumerate(zip(
                 result.stage_images[:-1], stage_paths(path, len(result.stage_images)))):
-            save_stage(stage_image, stage_path, result.job, index, fmt=fmt, overwrite=overwrite,
+            save_stage(stage_image, stage_path, job, index, fmt=fmt, overwrite=overwrite,
                        linfusion=result.linfusion)
     output.save_image(result.image, path, fmt=fmt, metadata=metadata, overwrite=overwrite,
-                      dpi=result.job.dpi, warn=warn, pixels16=result.pixels16)
+                      dpi=result.job.dpi, warn=warn, pixels16=result.pixels16, quality=quality)
     return record

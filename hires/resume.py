@@ -52,10 +52,10 @@ def _stages(plan: Plan) -> str:
     return json.dumps([[s.width, s.height, list(s.timesteps)] for s in plan.stages])
 
 
-# What a job's file is (its format, bits, print size) and how its VAE is tiled: none of them
-# changes the latents a checkpoint keeps. The tile only moves the VAE's rounding at the seams,
-# as auto's choice does already, which follows the memory free at each run.
-NOT_IN_LATENTS = ("format", "dpi", "depth", "vae_tile")
+# What a job's file is (its format, bits, quality, print size) and how its VAE is tiled: none
+# of them changes the latents a checkpoint keeps. The tile only moves the VAE's rounding at the
+# seams, as auto's choice does already, which follows the memory free at each run.
+NOT_IN_LATENTS = ("format", "dpi", "depth", "quality", "vae_tile")
 
 
 def _resolved_dtype(job: Job) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 from hires import output as out
 from hires import resume
-from hires.job import Job, JobError
+from hires.job import LOSSY_FORMATS, Job, JobError
 from hires.record import stage_path, stage_paths
 
 
@@ -29,7 +29,8 @@ class Run:
 def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
               fmt_flag: str | None = None, overwrite: bool = False,
               resume_runs: bool = True, preview: bool = False,
-              stage_images: bool = False, alpha: frozenset[str] = frozenset()) -> list[Run]:
+              stage_images: bool = False, alpha: frozenset[str] = frozenset(),
+              quality_flag: bool = False) -> list[Run]:
     """Each job (a prompt of `hires gen`, an input image of `hires up`) `n` times, seeds
     counting up from the jobs' seed for each (one drawn at random if they have none: the
     stopped run's, when `resume_runs` finds one); each image's path from `output` (a file,
@@ -38,7 +39,8 @@ def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
     `overwrite`. A `preview` is each image's first stage, at NAME.stage0.png; `stage_images`
     (--save-stages): the stage images' names must be free too, or this job's. `alpha`: the
     upscale inputs (as their jobs name them) that keep an alpha channel, which the output
-    carries too."""
+    carries too. A job's quality is dropped for a PNG or TIFF (a preset's or a record's is
+    for the lossy formats); `quality_flag` (--quality given) makes that a JobError."""
     from hires.addons import check_inputs
     from hires.piped import STDIN
 
@@ -72,7 +74,12 @@ def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
         path = path_of(i, one, one.seed)
         if preview:
             path = stage_path(path, 0)
-        return one.merged({"format": out.format_of(path, job.format, fmt_flag)}), path
+        fmt = out.format_of(path, job.format, fmt_flag)
+        if fmt not in LOSSY_FORMATS and one.quality is not None:
+            if quality_flag:
+                raise JobError(f"{path.name}: {out.QUALITY_LOSSLESS}")
+            one = one.merged({"quality": None})
+        return one.merged({"format": fmt}), path
 
     base = jobs[0].seed
     if base is None and resume_runs:
