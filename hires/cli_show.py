@@ -402,7 +402,7 @@ def _prompt_lines(job: dict[str, Any]) -> list[str]:
 
 _TEXT_KEYS = ("prompt", "negative", "model", "sampler", "image", "linfusion")
 _NUMBER_KEYS = ("width", "height", "seed", "steps", "guidance", "strength", "dpi", "depth",
-                "stage")
+                "stage", "quality")
 
 
 def _record_problem(record: Any) -> str | None:
@@ -532,7 +532,8 @@ def show_made(path: str | Path, as_json: bool) -> None:
              *_prompt_lines(job),
              f"{size}, seed {job.get('seed')}, "
              f"steps {job.get('steps')}, {sampler}, guidance {job.get('guidance')}"
-             + (", 16-bit" if result.get("depth") == 16 else ""),
+             + (", 16-bit" if result.get("depth") == 16 else "")
+             + (f", quality {job['quality']}" if isinstance(job.get("quality"), int) else ""),
              f"model {job.get('model')}, linfusion "
              f"{result.get('linfusion', job.get('linfusion')) or 'none (plain attention)'}"]
     if isinstance(result.get("stage"), int):  # --save-stages: one stage of a bigger job

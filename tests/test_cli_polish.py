@@ -147,3 +147,11 @@ def test_from_refuses_a_malformed_hires_record_rather_than_its_a1111_text(tmp_pa
     result = cli("gen", "--from", str(path), "--model", "tiny", "--dry-run")
     assert result.exit_code == 2
     assert f"{path}: its hires metadata is malformed (not JSON" in result.stderr
+
+
+def test_info_shows_a_lossy_files_quality(tmp_path, asked):
+    out = tmp_path / "q.jpg"
+    made = cli("gen", "a fox", "--model", "tiny", "--size", "128", "--steps", "1", "--seed", "2",
+               "--quality", "80", "-o", str(out), "-q")
+    assert made.exit_code == 0, made.stderr
+    assert "guidance 7.5, quality 80" in cli("info", str(out)).stdout
