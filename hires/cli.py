@@ -141,8 +141,9 @@ def gen(
     as_json: JsonOut = False, quiet: QuietOpt = False, progress: ProgressOpt = "auto",
     overwrite: Overwrite = False,
     dry_run: DryRun = False, gpu: Gpu = None,
-    n: Annotated[int, typer.Option("--n", min=1, max=10000, help="Images per prompt, with "
-                                   "consecutive seeds (default 1).")] = 1,
+    n: Annotated[int, typer.Option("--n", min=1, max=10000, metavar="<int>", show_default=False,
+                                   help="Images per prompt, with consecutive seeds (default 1)."
+                                   )] = 1,
     resume_runs: Resume = True,
     preview: Annotated[bool, typer.Option(
         "--preview", help="Make only each image's first stage, its composition, in a fraction "
