@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -31,6 +33,9 @@ class BatchItem:
     index: int
     job: Job
     output: str | None
+    # `format` set by the file, a preset or [defaults]: an 'output' suffix must agree with it,
+    # a png too (it is also the default, which a suffix overrides)
+    format_given: bool = False
 
 
 # Keys a batch file takes besides the job's own: the same as `gen`'s flags.
@@ -108,7 +113,9 @@ def read_batch(path: str | Path, base: Job | None = None,
                            "upscale)")
         if job.seed is None:
             job = job.merged({"seed": stable_seed(i, values)})
-        items.append(BatchItem(i, job, output))
+        format_given = any("format" in {str(k).replace("-", "_") for k in values}
+                           for values, _, _ in job_levels)
+        items.append(BatchItem(i, job, output, format_given))
     return items
 
 
@@ -266,6 +273,7 @@ def name_outputs(items: list[BatchItem], folder: Path, file_name: str
                                       name=Path(j.image).stem if j.image else "")
         name = f"job{item.index:04d}_{j.width}x{j.height}_s{j.seed}" + (
             f"_{out.stem_part(Path(j.image).stem)}" if j.image else "")  # an upscale's input
+        given = ""
         try:
             if item.output is None:
                 path = out.output_path(folder / name, **fields)
@@ -279,8 +287,17 @@ def name_outputs(items: list[BatchItem], folder: Path, file_name: str
                     given = os.path.join(given, name)
                 path = out.output_path(given, **fields)
         except out.OutputError as e:
-            raise JobError(f"{where}: {e}") from None
-        fmt = out.format_of(path, j.format, None if j.format == "png" else j.format)
+            text = str(e)
+            if item.output is not None and "{" in item.output:
+                # a bad template is shown as the job wrote it, not joined to -o as tried here
+                for tried in (os.path.join(given, ""), given):
+                    text = text.replace(f"'{tried}'", f"'{item.output}'")
+            raise JobError(f"{where}: {text}") from None
+        named_fmt = out.SUFFIX_FORMATS.get(path.suffix.lower())
+        if item.format_given and named_fmt and named_fmt != j.format:
+            raise JobError(f"'output' in {where} names a {named_fmt.upper()} file ({path.name}) "
+                           f"but 'format' is {j.format}; make them agree (or drop one)")
+        fmt = named_fmt or j.format
         problem = out.format_problem(fmt, j.width, j.height, j.depth)
         if problem:
             raise JobError(f"{where}: {problem}")
@@ -297,9 +314,8 @@ def name_outputs(items: list[BatchItem], folder: Path, file_name: str
             raise JobError(f"{where}: {e}") from None
         # A quality is for JPEG and WebP: [defaults]' (or a preset's) serve every job.
         lossless = j.quality is not None and fmt not in LOSSY_FORMATS
-        named.append(item if fmt == j.format and not lossless else BatchItem(
-            item.index, j.merged({"format": fmt, **({"quality": None} if lossless else {})}),
-            item.output))
+        named.append(item if fmt == j.format and not lossless else dataclasses.replace(
+            item, job=j.merged({"format": fmt, **({"quality": None} if lossless else {})})))
     return named, paths
 
 
@@ -446,9 +462,11 @@ def run_batch(
                                            "path": str(path), "error": outcome.error,
                                            "settings": settings, **(outcome.record or {})})
             except OSError as e:  # a full disk: the images made so far are kept all the same
+                fix = ("free some space" if e.errno in (errno.ENOSPC, errno.EDQUOT)
+                       else "fix that or choose another --manifest")
                 raise OutputError(f"cannot append job {item.index} to the manifest {manifest} "
-                                  f"({e.strerror}); free some space and run the same command "
-                                  "again (made images are skipped)") from None
+                                  f"({e.strerror}); {fix} and run the same command again (made "
+                                  "images are skipped)") from None
         if on_outcome:
             on_outcome(outcome)
         outcomes.append(outcome)

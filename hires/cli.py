@@ -6,6 +6,7 @@ runs), `cli_resume` (what stopped runs keep), `cli_show` (plans, records).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -380,8 +381,8 @@ def batch(
         overrides = {k: v for k, v in {"model": model, "device": device or b.local_device(),
                                        "allow_pickle": allow_pickle,
                                        "quality": quality}.items() if v}
-        items = [b.BatchItem(i.index, i.job.merged(overrides, where="options").validate(),
-                             i.output) for i in b.read_batch(file, levels=levels)]
+        items = [dataclasses.replace(i, job=i.job.merged(overrides, where="options").validate())
+                 for i in b.read_batch(file, levels=levels)]
         rank, world = b.parse_shard(shard)
         if output.exists() and not output.is_dir():
             raise JobError(f"batch -o {output} is a file; -o names the folder for the images")

@@ -140,19 +140,38 @@ def check_batch_outputs(items: list, paths: dict[int, Path], name: str, output: 
     from hires import batch as b
     from hires import output as out
     from hires.job import JobError
+    from hires.runs import check_not_input
 
     manifest = manifest or output / "manifest.jsonl"
-    if manifest.is_dir():
-        raise JobError(f"--manifest {manifest} is a folder; name a .jsonl file")
+
+    def same(path: Path) -> bool:
+        return os.path.normcase(os.path.abspath(path)) == os.path.normcase(
+            os.path.abspath(manifest))
+
+    # A folder the run makes (-o, a job's own) is not one yet: the append would fail after
+    # the first job was made.
+    if manifest.is_dir() or same(output) or any(same(p.parent) for p in paths.values()):
+        raise JobError(f"--manifest {manifest} is a folder; name a .jsonl file (the default "
+                       f"is {output / 'manifest.jsonl'})")
+    taken = next((i for i in items if same(paths[i.index])), None)
+    if taken is not None:
+        raise JobError(f"--manifest {manifest} is where {name} job {taken.index} writes its "
+                       "image; name another .jsonl file")
     if manifest.exists() and not os.access(manifest, os.W_OK):
         raise JobError(f"cannot append to the manifest {manifest}; make it writable or choose "
                        "another --manifest")
     try:
         out.check_writable(manifest, overwrite=True)  # appended to: a file there is fine
-    except out.OutputError as e:
-        raise JobError(f"the manifest: {e}") from None
+    except out.OutputError as e:  # its hint names -o, which is the images' folder
+        raise JobError(f"--manifest {manifest}: "
+                       + str(e).replace("choose another -o", "choose another --manifest")
+                       ) from None
     seen: set[Path] = set()
     for item in items:
+        try:  # --overwrite or not, and in a dry run: the real run would replace the input
+            check_not_input(paths[item.index], item.job.image, "'output'")
+        except JobError as e:
+            raise JobError(f"{name} job {item.index}: {e}") from None
         why = b.in_the_way(paths[item.index], overwrite)  # as the run would fail the job
         if why:
             raise JobError(f"{name} job {item.index}: {why}")

@@ -44,6 +44,18 @@ class JobError(ValueError):
     """A bad job setting; the message is one line that says what to do."""
 
 
+class KeyedError(JobError):
+    """A JobError said with flags (its text, for the command line), which `in_file` says with
+    a file's keys instead: `'key' in WHERE` and the rest."""
+
+    def __init__(self, flags: str, key: str, rest: str):
+        super().__init__(flags)
+        self.key, self.rest = key, rest
+
+    def in_file(self, where: str) -> str:
+        return f"'{self.key}' in {where}{self.rest}"
+
+
 @dataclass
 class Job:
     """One image to make: prompt, size and every sampling knob (reference defaults)."""
@@ -175,20 +187,25 @@ class Job:
             if not 0.0 <= getattr(self, name) <= 10.0:
                 raise JobError(f"{name} must be between 0 and 10, got {getattr(self, name)}")
         if self.control and not self.control_model:
-            raise JobError("--control needs --control-model (an SDXL ControlNet: Hub id, folder "
-                           "or .safetensors file)")
+            why = "(an SDXL ControlNet: Hub id, folder or .safetensors file)"
+            raise KeyedError(f"--control needs --control-model {why}", "control",
+                             f" needs 'control_model' {why}")
         if self.ip_adapter != DEFAULT_IP_ADAPTER and not self.ip_image:  # else unused, unsaid
-            raise JobError("--ip-adapter needs --ip-image IMAGE (the image prompt it encodes)")
+            why = "(the image prompt it encodes)"
+            raise KeyedError(f"--ip-adapter needs --ip-image IMAGE {why}", "ip_adapter",
+                             f" needs 'ip_image' {why}")
         if self.control_model and not (self.control or self.image):
-            raise JobError("--control-model needs --control IMAGE (hires up uses its input "
-                           "image when --control is not given)")
+            raise KeyedError("--control-model needs --control IMAGE (hires up uses its input "
+                             "image when --control is not given)", "control_model",
+                             " needs 'control' (an upscale's 'image' serves when 'control' "
+                             "is not given)")
         for spec in self.lora:
             from hires.lora import LoraError, parse_lora
 
             try:
                 parse_lora(spec)
             except LoraError as e:
-                raise JobError(str(e)) from None
+                raise KeyedError(str(e), "lora", f": {e}") from None
 
     @property
     def addons(self) -> list[str]:

@@ -42,7 +42,6 @@ def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
     carries too. A job's quality is dropped for a PNG or TIFF (a preset's or a record's is
     for the lossy formats); `quality_flag` (--quality given) makes that a JobError."""
     from hires.addons import check_inputs
-    from hires.piped import STDIN
 
     todo = [(job, k) for job in jobs for k in range(n)]
     many = len(todo) > 1
@@ -109,12 +108,7 @@ def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
             # Only a template can: hires' own names are told apart above.
             raise JobError(f"two images would both write {path}; number them: -o "
                            f"{numbered(output)}")
-        if one.image and one.image != STDIN and path.exists() \
-                and os.path.samefile(path, one.image):
-            # Even with --overwrite: the input would be gone, and the record's sha256 of it
-            # (what `gen --from` checks) would no longer match.
-            raise JobError(f"{path} is the input image; hires does not write over its input: "
-                           "choose another -o")
+        check_not_input(path, one.image)
         problem = out.format_problem(one.format, one.width, one.height, one.depth,
                                      4 if one.image in alpha else 3)
         if problem:
@@ -129,6 +123,18 @@ def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
         check_inputs(one)
         runs.append(Run(one, path, made))
     return runs
+
+
+def check_not_input(path: Path, image: str | None, change: str = "-o") -> None:
+    """JobError when `path` is the upscale input `image` itself (by another name or a link
+    too), --overwrite or not: the input would be gone, and the record's sha256 of it (what
+    `gen --from` checks) would no longer match. `change`: what the user is to change."""
+    from hires.piped import STDIN
+
+    if image and image != STDIN and os.path.exists(path) and os.path.exists(image) \
+            and os.path.samefile(path, image):
+        raise JobError(f"{path} is the input image; hires does not write over its input: "
+                       f"choose another {change}")
 
 
 # A seed no name holds by chance: where an image's name shows its seed, this shows where.

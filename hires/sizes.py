@@ -24,6 +24,7 @@ from hires.job import (
     UPSCALE_STRENGTH,
     Job,
     JobError,
+    KeyedError,
     check_side,
     parse_aspect,
     size_from,
@@ -358,6 +359,10 @@ def job_from_levels(levels: list[tuple[dict[str, Any], str, bool]], base: Job | 
             job = job.merged({"dpi": PRINT_DPI})
     try:
         return job.validate()
+    except KeyedError as e:  # "--control needs --control-model": a file's keys, and which job
+        if levels and levels[-1][1] != OPTIONS:  # the last level (a batch's job) has them all
+            raise JobError(e.in_file(levels[-1][1])) from None
+        raise
     except JobError as e:  # "steps must be ...": say which preset, file or job gave it
         key = str(e).split(" ", 1)[0]
         where = next((w for values, w, _ in reversed(levels)

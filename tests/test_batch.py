@@ -279,7 +279,7 @@ def test_batch_cli_an_unwritable_place_stops_it_before_any_work(tmp_path, tiny_c
     assert result.exit_code == 2, result.stderr
     (line,) = [ln for ln in result.stderr.splitlines() if ln.startswith("error: ")]
     assert "file.txt: it is a file" in line
-    assert ("jobs.toml job 1" if where == "job" else "the manifest") in line
+    assert ("jobs.toml job 1" if where == "job" else "error: --manifest ") in line
     assert not out.exists() and result.stdout == ""
 
 

@@ -1,0 +1,170 @@
+"""Batch checks before any work: an output over its own input, a suffix against `format`, errors
+that name the file, job and key, and a manifest that is (or will be) a folder."""
+
+import errno
+from pathlib import Path
+
+import pytest
+from helpers_cli import cli, error_lines, write
+
+from hires.batch import BatchItem, run_batch
+from hires.job import Job
+from hires.output import OutputError
+
+DEFAULTS = '[defaults]\nmodel = "tiny"\nsteps = 1\nwidth = 64\nheight = 64\n'
+
+
+def refused(result) -> str:
+    """The one error line of a batch refused as a usage error (exit 2) before any image."""
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def second_job(tmp_path: Path, keys: str) -> Path:
+    """A job file whose job 1 has `keys` (TOML lines); job 0 is fine."""
+    return write(tmp_path / "j.toml", f'{DEFAULTS}[[job]]\nprompt = "a"\n[[job]]\nprompt = "b"\n'
+                                      f"{keys}\n")
+
+
+# --- 1. an output that is the job's own input ----------------------------------------------------
+
+def test_a_job_writing_over_its_own_input_is_refused_even_with_overwrite(small, tmp_path):
+    """It exited 0 with --overwrite, the user's input replaced by the upscale."""
+    jobs = write(tmp_path / "self.toml", f'{DEFAULTS}[[job]]\nimage = "{small}"\nscale = 2\n'
+                                         'output = "in.png"\n')
+    before = small.read_bytes()
+    for extra in ((), ("--dry-run",), ("--overwrite",), ("--overwrite", "--dry-run")):
+        line = refused(cli("batch", jobs, "-o", small.parent, *extra))
+        assert "self.toml job 0" in line and f"{small} is the input image" in line, line
+        assert "choose another 'output'" in line
+    assert small.read_bytes() == before
+    assert sorted(p.name for p in small.parent.iterdir()) == ["in.png", "self.toml"]
+
+
+def test_a_hires_made_input_is_not_moved_aside_for_its_own_job(small, tmp_path, asked):
+    """An input made by hires (its settings recorded) passed the dry run; the run moved it aside
+    (in.<hash>.png) and the job then failed for want of its input."""
+    made = tmp_path / "made" / "up.png"
+    assert cli("up", small, "--model", "tiny", "--steps", "1", "--scale", "2", "-o",
+               made).exit_code == 0
+    jobs = write(tmp_path / "again.toml", f'{DEFAULTS}[[job]]\nimage = "{made}"\nscale = 2\n'
+                                          'output = "up.png"\n')
+    before = made.read_bytes()
+    for extra in (("--dry-run",), ()):
+        line = refused(cli("batch", jobs, "-o", made.parent, *extra))
+        assert "again.toml job 0" in line and "is the input image" in line, line
+    assert made.read_bytes() == before
+    assert [p.name for p in made.parent.iterdir()] == ["up.png"]
+
+
+# --- 2. an output's suffix against an explicit format, png too ----------------------------------
+
+@pytest.mark.parametrize("name", ["x.jpg", "x.tif", "x.webp"])
+def test_an_output_suffix_against_an_explicit_png_is_refused(tmp_path, name):
+    """format = "png" was taken for the default, and x.jpg written as a JPEG."""
+    jobs = second_job(tmp_path, f'output = "{name}"\nformat = "png"')
+    for extra in (("--dry-run",), ()):
+        line = refused(cli("batch", jobs, "-o", tmp_path / "ot", *extra))
+        assert "'output' in j.toml job 1 names a" in line and f"({name})" in line, line
+        assert "'format' is png" in line
+    assert not (tmp_path / "ot").exists()
+
+
+def test_a_png_format_from_defaults_counts_as_given(tmp_path):
+    jobs = write(tmp_path / "d.toml", f'{DEFAULTS}format = "png"\n[[job]]\nprompt = "a"\n'
+                                      'output = "x.jpg"\n')
+    line = refused(cli("batch", jobs, "-o", tmp_path / "ot", "--dry-run"))
+    assert "'output' in d.toml job 0 names a JPG file" in line, line
+
+
+def test_an_output_suffix_alone_still_picks_the_format(tmp_path):
+    jobs = second_job(tmp_path, 'output = "x.jpg"')
+    result = cli("batch", jobs, "-o", tmp_path / "ot", "--dry-run")
+    assert result.exit_code == 0, result.stderr
+    assert "x.jpg" in result.stdout
+
+
+# --- 3. errors name the file, the job and the key, not a flag -----------------------------------
+
+@pytest.mark.parametrize(("keys", "named"), [
+    ('lora = "tl.safetensors:abc"', "'lora' in j.toml job 1: "),
+    ('lora = "tl.safetensors:nan"', "'lora' in j.toml job 1: "),
+    ('lora = ":0.5"', "'lora' in j.toml job 1: "),
+    ('control = "c.png"', "'control' in j.toml job 1 needs 'control_model'"),
+    ('control_model = "cn.safetensors"', "'control_model' in j.toml job 1 needs 'control'"),
+    ('ip_adapter = "ip.safetensors"', "'ip_adapter' in j.toml job 1 needs 'ip_image'"),
+    ('output = "x.png"\nformat = "jpg"', "'output' in j.toml job 1 names a PNG file"),
+])
+def test_a_bad_key_is_named_with_its_file_and_job(tmp_path, keys, named):
+    line = refused(cli("batch", second_job(tmp_path, keys), "-o", tmp_path / "ot", "--dry-run"))
+    assert named in line, line
+    assert " --" not in line and " -o " not in line, line  # batch files have keys, not flags
+
+
+def test_gen_still_names_its_flags(tmp_path):
+    result = cli("gen", "a", "--model", "tiny", "--control", "c.png", "--dry-run")
+    assert "--control needs --control-model" in refused(result)
+
+
+# --- 4 and 5. the manifest ------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("out", "manifest"), [("m3/", "m3/"), ("m3", "m3"), ("m3", "m3/sub")])
+def test_a_manifest_that_will_be_a_folder_is_refused_before_any_work(tmp_path, monkeypatch,
+                                                                     out, manifest):
+    """-o m3/ --manifest m3/ made job 0, then failed appending to the folder, saying to free
+    some space. A job's own folder (output = "sub/...") is made by the run too."""
+    monkeypatch.chdir(tmp_path)
+    jobs = write(tmp_path / "s.toml", f'{DEFAULTS}[[job]]\nprompt = "a"\n[[job]]\nprompt = "b"\n'
+                                      'output = "sub/b.png"\n')
+    for extra in (("--dry-run",), ()):
+        line = refused(cli("batch", jobs, "-o", out, "--manifest", manifest, *extra))
+        assert f"--manifest {manifest.rstrip('/')} is a folder" in line, line
+    assert not (tmp_path / "m3").exists()
+
+
+def test_a_manifest_over_a_jobs_image_is_refused(tmp_path):
+    jobs = write(tmp_path / "s.toml", f'{DEFAULTS}[[job]]\nprompt = "a"\noutput = "a.png"\n')
+    out = tmp_path / "ot"
+    line = refused(cli("batch", jobs, "-o", out, "--manifest", out / "a.png", "--dry-run"))
+    assert "s.toml job 0 writes its image" in line, line
+
+
+def test_an_unwritable_manifest_names_manifest_not_o(tmp_path):
+    blocker = write(tmp_path / "afile", "x")
+    jobs = second_job(tmp_path, "")
+    line = refused(cli("batch", jobs, "-o", tmp_path / "ot", "--manifest",
+                       blocker / "m.jsonl", "--dry-run"))
+    assert line.startswith(f"error: --manifest {blocker / 'm.jsonl'}: "), line
+    assert "choose another --manifest" in line and "choose another -o" not in line
+
+
+def _one_job_into(tmp_path: Path, manifest: Path):
+    items = [BatchItem(0, Job(prompt="a", seed=1), None)]
+    return run_batch(items, lambda item: tmp_path / "a.png", lambda item, path: {}, manifest)
+
+
+def test_a_manifest_append_error_says_free_space_only_for_a_full_disk(tmp_path, monkeypatch):
+    with pytest.raises(OutputError) as e:
+        _one_job_into(tmp_path, tmp_path)  # a folder: EISDIR
+    assert "free some space" not in str(e.value) and "--manifest" in str(e.value)
+
+    def full(path, record):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("hires.output.append_manifest", full)
+    with pytest.raises(OutputError, match="free some space"):
+        _one_job_into(tmp_path, tmp_path / "m.jsonl")
+
+
+# --- 6. a bad template as the job wrote it -----------------------------------------------------
+
+@pytest.mark.parametrize("template", ["{foo}.png", "sub/{foo}.png"])
+def test_a_bad_template_is_shown_as_written(tmp_path, template):
+    out = tmp_path / "ot"
+    line = refused(cli("batch", second_job(tmp_path, f'output = "{template}"'), "-o", out,
+                       "--dry-run"))
+    assert "j.toml job 1" in line and f"'{template}'" in line, line
+    assert str(out) not in line
