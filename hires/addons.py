@@ -47,6 +47,12 @@ def check_inputs(job: Job) -> None:
         # owner/repo/file.safetensors is a Hub file, though model_kind reads a path in it
         local += [("--lora", ref) for ref in (parse_lora(spec)[0] for spec in job.lora)
                   if hub_parts(ref) is None]
+        parsed = [parse_lora(spec) for spec in job.lora]
+        refs = [ref for ref, _ in parsed]
+        for ref in dict.fromkeys(r for r in refs if refs.count(r) > 1):
+            scales = " and ".join(f"{s:g}" for r, s in parsed if r == ref)
+            raise JobError(f"--lora {ref} is given twice (scales {scales}, which would add up); "
+                           "give it once, with the scale you want")
     if job.control_model:
         local.append(("--control-model", job.control_model))
     if job.ip_image:
@@ -65,6 +71,11 @@ def check_inputs(job: Job) -> None:
             problem = _unreadable(str(path), stat.st_mtime_ns, stat.st_size)
             if problem:
                 raise JobError(f"{flag} {problem}")
+        if flag == "--lora" and ref and Path(ref).expanduser().exists():
+            from hires.lora import local_problem
+
+            if problem := local_problem(ref, job.allow_pickle):
+                raise JobError(problem)
         if kind == "hub" and not image and (refusal := hub_id_refusal(flag, ref)):
             raise JobError(refusal)
         what = {"--control-model": "a ControlNet", "--ip-adapter": "an IP-Adapter"}.get(flag)

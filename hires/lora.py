@@ -43,6 +43,39 @@ class LoraError(ValueError):
 # --- naming a LoRA --------------------------------------------------------------------------------
 
 
+MAX_SCALE = 10.0  # as --control-scale's and --ip-scale's bounds
+
+
+def local_problem(ref: str, allow_pickle: bool = False) -> str | None:
+    """Why a local LoRA file or folder cannot be one, from its names and the file's header
+    alone (None: it may be; `load_loras` checks it against the model): for a dry run, which
+    loads nothing, and a run, before the model loads."""
+    import json
+    import struct
+
+    try:
+        file = resolve(ref, allow_pickle)
+    except LoraError as e:
+        return str(e)
+    if file.suffix.lower() != ".safetensors":
+        return None  # a pickle allowed: read only by torch
+    try:
+        with file.open("rb") as f:
+            size = struct.unpack("<Q", f.read(8))[0]
+            header = json.loads(f.read(size)) if 0 < size < 100 << 20 else None
+    except (OSError, struct.error, ValueError):
+        header = None
+    if not isinstance(header, dict):
+        return f"LoRA {ref}: {file.name} is not a readable safetensors file"
+    # Every LoRA layout diffusers reads names its tensors so (kohya's lora_unet_*, PEFT's
+    # lora_A, LyCORIS' hada_/lokr_); a checkpoint or a VAE does not.
+    marks = ("lora", "lycoris", "hada_", "lokr_")
+    if not any(m in key.lower() for key in header if key != "__metadata__" for m in marks):
+        return (f"LoRA {ref}: {file.name} holds no LoRA weights (no lora tensors); is it a "
+                "LoRA file?")
+    return None
+
+
 def parse_lora(spec: str) -> tuple[str, float]:
     """'REF' or 'REF:SCALE' -> (REF, scale); the scale defaults to 1.0.
 
@@ -61,8 +94,10 @@ def parse_lora(spec: str) -> tuple[str, float]:
             raise LoraError(f"LoRA '{spec}': the scale after ':' must be a number, not "
                             f"'{tail}'; write REF or REF:SCALE (e.g. style.safetensors:0.8)"
                             ) from None
-        if not math.isfinite(scale):
-            raise LoraError(f"LoRA '{spec}': the scale must be a finite number, not {tail}")
+        if not math.isfinite(scale) or abs(scale) > MAX_SCALE:
+            # Far past its training a LoRA only breaks the model: :1e9 made a black image.
+            raise LoraError(f"LoRA '{spec}': the scale must be from -{MAX_SCALE:g} to "
+                            f"{MAX_SCALE:g} (1: as trained), not {tail}")
     else:
         scale = 1.0
     if not ref.strip():

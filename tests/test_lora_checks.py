@@ -1,0 +1,55 @@
+"""A LoRA the run would refuse is refused before any work, in a dry run too."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers_cli import cli
+from helpers_lora import write_tiny_lora
+from safetensors.torch import save_file
+
+
+@pytest.fixture(scope="module")
+def lora(tiny, tmp_path_factory):
+    return write_tiny_lora(tmp_path_factory.mktemp("l") / "style.safetensors", tiny.pipe)
+
+
+def dry(*loras: str):
+    args = [a for spec in loras for a in ("--lora", spec)]
+    return cli("gen", "a cat", "--model", "tiny", "--size", "64", "--dry-run", *args)
+
+
+def test_a_lora_scale_past_ten_is_refused(lora):
+    """`:1e9` passed and made an all-black image, exit 0."""
+    refused = dry(f"{lora}:1e9")
+    assert refused.exit_code == 2 and "the scale must be from -10 to 10" in refused.stderr
+    assert dry(f"{lora}:-1.5").exit_code == 0  # a negative scale is a LoRA's use too
+
+
+def test_a_lora_given_twice_is_refused(lora):
+    refused = dry(f"{lora}:0.8", f"{lora}:0.3")
+    assert refused.exit_code == 2
+    assert f"--lora {lora} is given twice (scales 0.8 and 0.3" in refused.stderr
+
+
+@pytest.mark.parametrize("kind", ["empty folder", "garbage", "not a lora"])
+def test_a_local_file_that_is_no_lora_is_refused_by_a_dry_run(tmp_path, kind):
+    """The dry run passed these; the run then exited 1 or 2 after loading the model."""
+    if kind == "empty folder":
+        ref = tmp_path / "empty"
+        ref.mkdir()
+        said = "holds no .safetensors file"
+    elif kind == "garbage":
+        ref = tmp_path / "garbage.safetensors"
+        ref.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+        said = "is not a readable safetensors file"
+    else:
+        ref = tmp_path / "vae.safetensors"
+        save_file({"decoder.conv_in.weight": torch.zeros(2, 2)}, ref)
+        said = "holds no LoRA weights"
+    refused = dry(str(ref))
+    assert refused.exit_code == 2 and said in refused.stderr, refused.stderr
+
+
+def test_a_real_lora_passes(lora):
+    assert dry(f"{lora}:0.7").exit_code == 0
