@@ -19,7 +19,17 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+class _LogConsole(Console):
+    """rich's console for the log on stderr, but a reader of it that goes away (`2>&1 | head`)
+    ends only the log, not the run: rich's own answer is exit 1, the image lost."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        _to_devnull(sys.stderr)
+
+
+err = _LogConsole(stderr=True, highlight=False, soft_wrap=True)
 
 EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
 
@@ -43,8 +53,12 @@ def out_line(text: str) -> None:
 def quiet_stdout() -> None:
     """Point stdout at /dev/null, so that neither later prints nor the flush at exit complain
     of a reader that went away."""
+    _to_devnull(sys.stdout)
+
+
+def _to_devnull(stream) -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
+    os.dup2(devnull, stream.fileno())
     os.close(devnull)
 
 
@@ -69,10 +83,13 @@ def _stderr(kind: str, text: str) -> None:
     """One line on stderr: text (`warning: ...`, `error: ...`), or with --progress json an
     object (`{"log": ...}`, `{"warning": ...}`, `{"error": ...}`), so that a program reading
     the progress parses every line hires writes there."""
-    if Quiet.progress == "json":
-        print(json.dumps({kind: text}), file=sys.stderr, flush=True)
-    else:
+    if Quiet.progress != "json":
         err.print(text if kind == "log" else f"{kind}: {text}", markup=False)
+        return
+    try:
+        print(json.dumps({kind: text}), file=sys.stderr, flush=True)
+    except BrokenPipeError:  # as _LogConsole does: the log's reader went away, not the run
+        _to_devnull(sys.stderr)
 
 
 def say(message: str) -> None:

@@ -23,16 +23,17 @@ from hires.cli_resume import say_resume, saying_what_is_kept
 
 def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overwrite: bool,
                   stage_images: bool = False, preview: bool = False,
-                  alpha: frozenset[str] = frozenset(), quality_flag: bool = False) -> None:
+                  alpha: frozenset[str] = frozenset(), quality_flag: bool = False,
+                  as_json: bool = False) -> None:
     """What a run checks of its outputs before it loads anything (names, formats, files in
     the way), for --dry-run: a plan that shows should be a command that starts. `alpha`: as
-    for `plan_runs`."""
+    for `plan_runs`; `as_json`: the run's --json (a dry run's prints the plan)."""
     from hires import cli_stdout
     from hires.runs import plan_runs
 
     check_job_paths(jobs[0])
     if output == cli_stdout.STDOUT:  # a dry run prints its plan there: no terminal check
-        cli_stdout.check(len(jobs) * n, stage_images, False, preview, terminal=False,
+        cli_stdout.check(len(jobs) * n, stage_images, as_json, preview, terminal=False,
                          upscale=bool(jobs[0].image))
         return
     runs = plan_runs(jobs, output, n=n, fmt_flag=fmt, overwrite=overwrite, resume_runs=False,

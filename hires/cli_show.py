@@ -230,8 +230,11 @@ def more_ram_hint(job, p, replan: Callable[[Any], Any]) -> str | None:
         return None
     if roomy.seconds > 0.9 * p.seconds:
         return None
+    faster, now = duration(roomy.seconds), duration(p.seconds)
+    if faster == now:  # a tenth that rounds away in minutes ("~6 min instead of ~6 min")
+        faster, now = f"~{roomy.seconds:.0f} s", f"~{p.seconds:.0f} s"
     return (f"the RAM limits this plan: with {ROOMY_RAM_GB} GiB of RAM free, "
-            f"{duration(roomy.seconds)} instead of {duration(p.seconds)} (hires plans with what "
+            f"{faster} instead of {now} (hires plans with what "
             f"is free as it starts; --ram {ROOMY_RAM_GB} plans that)")
 
 

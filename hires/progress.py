@@ -48,6 +48,14 @@ class PlainProgress:
         self._started: dict[tuple[int, str], float] = {}
         self.job = JobClock(plan, clock()) if plan is not None else None
 
+    def _print(self, line: str) -> None:
+        if self.stream is None:
+            return
+        try:
+            print(line, file=self.stream, flush=True)
+        except BrokenPipeError:  # its reader went away (`2>&1 | head`): the work goes on
+            self.stream = None
+
     def __call__(self, e: Event) -> None:
         key = (e.stage, e.phase)
         now = self.clock()
@@ -74,7 +82,7 @@ class PlainProgress:
         left = self.job.remaining() if self.job is not None else None
         if left is not None:
             line += f"; job {duration(left)} left"
-        print(line, file=self.stream, flush=True)
+        self._print(line)
 
 
 class JsonProgress(PlainProgress):
@@ -93,7 +101,7 @@ class JsonProgress(PlainProgress):
                   "width": e.width, "height": e.height, "done": e.done, "total": e.total,
                   "elapsed_s": round(elapsed, 3),
                   "job_left_s": None if left is None else round(left, 1)}
-        print(json.dumps(record), file=self.stream, flush=True)
+        self._print(json.dumps(record))
 
 
 class RichProgress:

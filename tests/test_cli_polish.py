@@ -155,3 +155,39 @@ def test_info_shows_a_lossy_files_quality(tmp_path, asked):
                "--quality", "80", "-o", str(out), "-q")
     assert made.exit_code == 0, made.stderr
     assert "guidance 7.5, quality 80" in cli("info", str(out)).stdout
+
+
+@pytest.mark.parametrize("progress", ["plain", "json"])
+def test_a_log_reader_that_goes_away_does_not_end_the_run(tmp_path, progress):
+    """`hires gen ... 2>&1 | head -2`: rich ended the run (exit 1, no image) as its log's
+    reader closed; a --progress line did the same."""
+    import subprocess
+
+    from helpers_cli import REPO, hires_cmd, subprocess_env
+
+    out = tmp_path / "a.png"
+    proc = subprocess.Popen(hires_cmd("gen", "a cat", "--model", "tiny", "--size", "128",
+                                      "--steps", "2", "-o", out, "--progress", progress),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, env=subprocess_env(), cwd=REPO)
+    proc.stdout.readline()
+    proc.stdout.readline()
+    proc.stdout.close()  # as `| head -2` does
+    assert proc.wait(timeout=300) == 0
+    assert out.is_file()
+
+
+def test_the_more_ram_hint_never_says_the_same_time_twice():
+    """'with 64 GiB of RAM free, ~6 min instead of ~6 min': a tenth saved, lost to rounding."""
+    result = cli("plan", "x", "--size", "16384", "--vram", "24", "--ram", "16")
+    assert result.exit_code == 0
+    hint = next(line for line in result.stderr.splitlines() if "RAM limits" in line)
+    faster, now = hint.split("free, ")[1].split(" (hires plans")[0].split(" instead of ")
+    assert faster != now
+
+
+def test_a_dry_run_refuses_json_with_the_image_on_stdout():
+    """The run refused `-o - --json`; its dry run printed a plan (exit 0)."""
+    result = cli("gen", "p", "--model", "tiny", "--size", "64", "-o", "-", "--json",
+                 "--dry-run")
+    assert result.exit_code == 2 and "--json prints to stdout" in result.stderr
