@@ -330,6 +330,11 @@ def fit_stage(stage: Stage, stages: list[Stage], model: ModelShape, budget: int 
                      f"{scratch_folder()} is full or in memory")  # not "room for 0.0 GB"
             disk = (f", let the {short / 1e9:.1f} GB of parked maps that RAM cannot hold wait "
                     f"on a disk ({where}; TMPDIR picks the folder, --disk the room)")
+        else:  # too short even with every parked map on a disk: say what RAM must hold
+            floor = min(o.cost.host_bytes - o.cost.parked_bytes for o in on_gpu)
+            if model.disk and floor < least.cost.host_bytes:
+                disk = (f" (with its parked maps on the disk, {floor / GIB:.1f} GiB of it would "
+                        "do: the weights it streams)")
         error = PlanError(
             f"stage {stage.index} ({stage.width}x{stage.height}) fits the GPU only with "
             f"{least.cost.host_bytes / GIB:.1f} GiB of the CPU's memory for parked maps and "

@@ -191,3 +191,14 @@ def test_a_dry_run_refuses_json_with_the_image_on_stdout():
     result = cli("gen", "p", "--model", "tiny", "--size", "64", "-o", "-", "--json",
                  "--dry-run")
     assert result.exit_code == 2 and "--json prints to stdout" in result.stderr
+
+
+def test_a_ram_error_says_what_ram_would_do_with_the_maps_on_a_disk():
+    """It said only the 26.2 GiB that RAM alone would need, and no disk size helped: the
+    streamed weights must be in RAM, the parked maps may wait on a disk."""
+    result = cli("plan", "x", "--size", "16384", "--gpu", "3060", "--ram", "8", "--disk", "100")
+    assert result.exit_code == 2
+    said = result.stderr.split("with its parked maps on the disk, ")[1]
+    assert 5 < float(said.split(" GiB")[0]) < 26.2
+    no_disk = cli("plan", "x", "--size", "16384", "--gpu", "3060", "--ram", "8", "--disk", "0")
+    assert no_disk.exit_code == 2 and "parked maps on the disk" not in no_disk.stderr
