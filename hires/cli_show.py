@@ -340,17 +340,10 @@ def show_all_made(paths: list[str], as_json: bool) -> None:
 def _safetensors_metadata(path: Path) -> dict[str, Any] | None:
     """The `__metadata__` of a safetensors file ({} if it has none), from its header alone;
     None if `path` is not one (a checkpoint is recognised by content, whatever its name)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            size = int.from_bytes(head, "little") if len(head) == 8 else 0
-            # The header is a JSON object of at most 100 MB (the format's own limit).
-            if not 2 <= size <= 100_000_000 or f.read(1) != b"{":
-                return None
-            header = json.loads(b"{" + f.read(size - 1))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(header, dict):
+    from hires.safetensors_header import read_header
+
+    header = read_header(path)
+    if header is None:
         return None
     meta = header.get("__metadata__")
     return meta if isinstance(meta, dict) else {}

@@ -50,8 +50,7 @@ def local_problem(ref: str, allow_pickle: bool = False) -> str | None:
     """Why a local LoRA file or folder cannot be one, from its names and the file's header
     alone (None: it may be; `load_loras` checks it against the model): for a dry run, which
     loads nothing, and a run, before the model loads."""
-    import json
-    import struct
+    from hires.safetensors_header import read_header
 
     try:
         file = resolve(ref, allow_pickle)
@@ -59,13 +58,8 @@ def local_problem(ref: str, allow_pickle: bool = False) -> str | None:
         return str(e)
     if file.suffix.lower() != ".safetensors":
         return None  # a pickle allowed: read only by torch
-    try:
-        with file.open("rb") as f:
-            size = struct.unpack("<Q", f.read(8))[0]
-            header = json.loads(f.read(size)) if 0 < size < 100 << 20 else None
-    except (OSError, struct.error, ValueError):
-        header = None
-    if not isinstance(header, dict):
+    header = read_header(file)
+    if header is None:
         return f"LoRA {ref}: {file.name} is not a readable safetensors file"
     # Every LoRA layout diffusers reads names its tensors so (kohya's lora_unet_*, PEFT's
     # lora_A, LyCORIS' hada_/lokr_); a checkpoint or a VAE does not.
