@@ -352,14 +352,12 @@ def say_input(source, depth: int = 8) -> list[str]:
     """What reading an input changed: its colour profile converted to sRGB (said); what it
     lost, 16 bits a channel or all frames but the first (warned, and returned: the result's
     warnings hold them too)."""
-    from hires.images import input_notes
-    from hires.piped import STDIN
+    from hires.images import input_label, input_notes
 
     if source is None:
         return []
-    name = "stdin" if str(source.path) == STDIN else source.path.name
     if source.converted_from:
-        say(f"  {name}: colour profile '{source.converted_from}' converted to sRGB")
+        say(f"  {input_label(source)}: colour profile '{source.converted_from}' converted to sRGB")
     notes = input_notes(source, depth)
     for note in notes:
         warn(note)

@@ -246,10 +246,16 @@ def load_input(path: Path | str) -> InputImage:
                       converted_from=profile, bits=bits, frames=frames)
 
 
+def input_label(source: InputImage) -> str:
+    """An input as messages name it: its file's name, or "stdin" for piped bytes (whose path
+    is "-", `hires.piped.STDIN`, which imports this module)."""
+    return "stdin" if str(source.path) == "-" else source.path.name
+
+
 def input_notes(source: InputImage, depth: int = 8) -> list[str]:
     """What reading `source` left out of it, as warnings: 16 bits a channel read as 8 (unless
     the result is 16-bit, `depth`), every frame or page but the first."""
-    name = "stdin" if str(source.path) == "-" else source.path.name  # "-": piped bytes
+    name = input_label(source)
     notes = []
     if source.bits == 16 and depth == 8:
         notes.append(f"{name} has 16 bits a channel; the result has 8 (--depth 16 for 16)")
