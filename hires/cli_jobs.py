@@ -50,7 +50,8 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
         chosen = load_preset(preset)  # named as its own errors name it
         levels.append((chosen.values, f"preset '{chosen.name}' ({chosen.path})", True))
     if from_image is None:
-        return job_from_levels([*levels, (flags, OPTIONS, False)], size_of=size_of)
+        return check_scale_flags(
+            job_from_levels([*levels, (flags, OPTIONS, False)], size_of=size_of), flags)
     try:
         recorded = job_values_from_image(from_image)
     except OutputError as e:  # a missing or unreadable input is the user's to fix
@@ -75,6 +76,18 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
     from hires.addons import check_unchanged
 
     check_unchanged(job, recorded_addons(from_image))
+    return check_scale_flags(job, flags)
+
+
+def check_scale_flags(job, flags: dict[str, Any]):
+    """A strength flag for an add-on the job does not run is a usage error: it would be
+    ignored without a word. A preset's or record's strength alone is a default, and passes."""
+    for flag, model, needs in (("control_scale", job.control_model,
+                                "--control IMAGE --control-model MODEL"),
+                               ("ip_scale", job.ip_image, "--ip-image IMAGE")):
+        if flag in flags and not model:
+            raise typer.BadParameter(f"--{flag.replace('_', '-')} has nothing to scale: add "
+                                     f"{needs}, or leave it out")
     return job
 
 
