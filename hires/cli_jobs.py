@@ -59,11 +59,11 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
     if recorded.get("allow_pickle") in (False, None):
         recorded.pop("allow_pickle", None)  # hires 0.1 recorded the (harmless) default
     where = f"metadata of {from_image}"
-    image = recorded.get("image")
-    if isinstance(image, str) and image != "-" and "image" not in flags and not Path(
-            image).expanduser().is_absolute() and not Path(image).expanduser().exists():
-        # The record keeps the input's path as it was typed: relative to where hires ran.
-        raise JobError(f"{from_image} was made from {image}, a path relative to the folder "
+    missing = missing_relative(recorded, flags)
+    if missing:
+        # The record keeps paths as they were typed: relative to the folder hires ran in.
+        what, path = missing
+        raise JobError(f"{from_image} was made {what} {path}, a path relative to the folder "
                        "hires ran in, and there is none here; run this command in that folder")
     if recorded.get("model") and "model" not in flags:
         # The record names a model, maybe a local file: say which, never load it unseen.
@@ -89,6 +89,46 @@ def check_scale_flags(job, flags: dict[str, Any]):
             raise typer.BadParameter(f"--{flag.replace('_', '-')} has nothing to scale: add "
                                      f"{needs}, or leave it out")
     return job
+
+
+def missing_relative(recorded: dict[str, Any], flags: dict[str, Any]
+                     ) -> tuple[str, str] | None:
+    """(how it was used, path) of the first local file or folder a record names by a relative
+    path that is not here, among those no flag replaces; Hub ids are not paths."""
+    from hires.lora import LoraError, hub_parts, parse_lora
+    from hires.models import PICKLE_SUFFIXES
+
+    def missing(path: object) -> bool:
+        if not isinstance(path, str) or path in ("", "-", "tiny"):
+            return False
+        local = Path(path).expanduser()
+        return not local.is_absolute() and not local.exists()
+
+    for key, what in (("image", "from"), ("control", "with the control image"),
+                      ("ip_image", "with the image prompt")):
+        if key not in flags and missing(recorded.get(key)):
+            return what, recorded[key]
+    loras = recorded.get("lora")
+    if "lora" not in flags and isinstance(loras, list):
+        for spec in loras:
+            try:
+                ref = parse_lora(spec)[0] if isinstance(spec, str) else None
+            except LoraError:
+                continue  # the job's own check says what is wrong with it
+            if missing(ref) and hub_parts(ref) is None:
+                return "with the LoRA", ref
+    # A model's Hub id reads like a relative path (owner/name): only a weights file, or a
+    # path that starts with '.', is surely local.
+    for key, what in (("model", "with the model"), ("vae", "with the VAE"),
+                      ("linfusion", "with the LinFusion weights"),
+                      ("control_model", "with the ControlNet"),
+                      ("ip_adapter", "with the IP-Adapter")):
+        value = recorded.get(key)
+        if key not in flags and missing(value) and (
+                value.startswith(".") or value.lower().endswith((".safetensors",
+                                                                 *PICKLE_SUFFIXES))):
+            return what, value
+    return None
 
 
 def recorded_addons(path: Path) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from helpers_cli import assert_usage_error, cli
+from helpers_cli import assert_usage_error, cli, error_lines
 
 
 @pytest.mark.parametrize(("flag", "needs"), [("--control-scale", "--control-model"),
@@ -35,3 +35,49 @@ def test_up_scales_its_input_as_control_without_control_flag(tmp_path):
     result = cli("up", image, "--model", "tiny", "--scale", "2", "--control-model",
                  str(tmp_path / "missing-controlnet"), "--control-scale", "0.5", "--dry-run")
     assert_usage_error(result, "missing-controlnet")  # checked past the strength
+
+
+def recorded_image(path, job: dict) -> str:
+    """An image whose hires record holds `job`, as if hires had made it."""
+    import json
+
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("hires", json.dumps({"job": {"prompt": "a cat", "model": "tiny",
+                                               "width": 256, "height": 256, **job}}))
+    Image.new("RGB", (256, 256)).save(path, pnginfo=info)
+    return str(path)
+
+
+@pytest.mark.parametrize(("job", "what"), [
+    ({"lora": ["styles/ink.safetensors:0.5"]}, "with the LoRA styles/ink.safetensors,"),
+    ({"vae": "./vae/fixed.safetensors"}, "with the VAE ./vae/fixed.safetensors,"),
+    ({"control": "edges.png", "control_model": "diffusers/controlnet-canny-sdxl-1.0"},
+     "with the control image edges.png,")])
+def test_from_says_a_recorded_relative_path_is_missing_here(tmp_path, monkeypatch, job, what):
+    """A LoRA recorded as typed (relative) failed from another folder as `--lora X: no such
+    file`, a flag the user never gave."""
+    made = recorded_image(tmp_path / "made.png", job)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = cli("gen", "--from", made, "--dry-run")
+    assert result.exit_code == 2
+    assert error_lines(result.stderr) == [
+        f"error: {made} was made {what} a path relative to the folder hires ran in, and there "
+        "is none here; run this command in that folder"]
+
+
+def test_from_takes_recorded_hub_ids_and_paths_that_are_here(tmp_path, monkeypatch):
+    made = recorded_image(tmp_path / "made.png", {"lora": ["owner/ink-lora:0.5"]})
+    assert "a path relative" not in cli("gen", "--from", made, "--dry-run").stderr
+    (tmp_path / "styles").mkdir()
+    (tmp_path / "styles" / "ink.safetensors").write_bytes(b"not a lora")
+    made = recorded_image(tmp_path / "made.png", {"lora": ["styles/ink.safetensors"]})
+    monkeypatch.chdir(tmp_path)
+    result = cli("gen", "--from", made, "--dry-run")
+    assert result.exit_code == 2
+    assert "not a readable safetensors file" in result.stderr  # found, and checked past it
+    assert "a path relative" not in cli("gen", "--from", made, "--dry-run", "--lora",
+                                        "owner/other:0.5").stderr
