@@ -124,7 +124,8 @@ def gen(
     linfusion: LinFusionRef = None, preset: Preset = None,
     output: Annotated[str | None, typer.Option(
         "-o", "--output", help="File, folder, or template with {prompt} (its words, or "
-        "{name}) {seed} {width} {height} {index} {format}; '-': the image to stdout.")] = None,
+        "{name}) {seed} {width} {height} {index} {format} ({index:03} pads); '-': the image "
+        "to stdout.")] = None,
     fmt: Fmt = None, quality: Quality = None, dpi: Dpi = None, depth: Depth = None,
     save_stages: SaveStages = False,
     vram: Vram = None, ram: Ram = None, disk: Disk = None, offload: Offload = None,
@@ -207,8 +208,8 @@ def up(
     preset: Preset = None,
     output: Annotated[str | None, typer.Option(
         "-o", "--output", help="File, folder, or template with {name} (the input's file name; "
-        "'stdin' for piped bytes) {prompt} {seed} {width} {height} {index} {format}; '-': the "
-        "image to stdout.")] = None,
+        "'stdin' for piped bytes) {prompt} {seed} {width} {height} {index} {format} "
+        "({index:03} pads); '-': the image to stdout.")] = None,
     fmt: Fmt = None, quality: Quality = None, dpi: Dpi = None, depth: Depth = None,
     save_stages: SaveStages = False,
     vram: Vram = None, ram: Ram = None, disk: Disk = None, offload: Offload = None,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import errno
 import json
 import os
 import re
 import shutil
+import string
 import tempfile
 import unicodedata
 from collections.abc import Callable
@@ -237,10 +239,12 @@ def output_path(
               "format": SUFFIX_FORMATS.get(os.path.splitext(text)[1].lower(), fmt)}
     if "{" in text:
         try:
+            _check_template(text, fields)
             text = text.format_map(fields)
         except (KeyError, ValueError) as e:
             valid = ", ".join("{" + k + "}" for k in fields)
-            raise OutputUsage(f"bad output template '{output}' ({e}); fields: {valid}") from None
+            raise OutputUsage(f"bad output template '{output}' ({e}); fields: {valid}, each "
+                              "with a format as {seed:06d} may have") from None
     path = Path(text).expanduser()
     from hires.resume import SUFFIX
 
@@ -265,6 +269,26 @@ def output_path(
     if path.suffix.lower() not in SUFFIX_FORMATS:  # none, or a dot in a name ('v1.2'): add one
         path = path.with_name(path.name + EXTENSIONS[fmt])
     return path
+
+
+# Python's format spec ([[fill]align][sign][#][0][width][,_][.precision][type]) with at most
+# 3 digits of width: {seed:999999999} would build a gigabyte before the name check.
+_FORMAT_SPEC = re.compile(r"(.?[<>^=])?[+\- ]?#?0?\d{0,3}[,_]?(\.\d{1,3})?[a-zA-Z%]?")
+
+
+def _check_template(text: str, fields: dict[str, Any]) -> None:
+    """Raise ValueError unless `text` uses only `fields` by name, each with a plain format
+    spec: str.format alone also reads attributes and items ({seed.real}, {prompt[0]})."""
+    for _, name, spec, conversion in string.Formatter().parse(text):
+        if name is None:
+            continue
+        if name not in fields:
+            close = difflib.get_close_matches(name.lower(), list(fields), n=1)
+            raise ValueError((f"unknown field {{{name}}}" if name else "an empty {}")
+                             + (f", did you mean {{{close[0]}}}?" if close else ""))
+        if conversion or "{" in (spec or "") or not _FORMAT_SPEC.fullmatch(spec or ""):
+            raise ValueError(f"{{{name}{'!' + conversion if conversion else ''}"
+                             f"{':' + spec if spec else ''}}} is not a field with a format")
 
 
 def named_for_input(path: Path, output: str | Path | None, name: str, *, width: int,

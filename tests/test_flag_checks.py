@@ -81,3 +81,25 @@ def test_from_takes_recorded_hub_ids_and_paths_that_are_here(tmp_path, monkeypat
     assert "not a readable safetensors file" in result.stderr  # found, and checked past it
     assert "a path relative" not in cli("gen", "--from", made, "--dry-run", "--lora",
                                         "owner/other:0.5").stderr
+
+
+@pytest.mark.parametrize(("template", "name"), [("{seed:06d}.png", "000042.png"),
+                                                ("{index:03}_{prompt:.5}.png", "007_a-red.png"),
+                                                ("{{x}}_{seed}.png", "{x}_42.png")])
+def test_an_output_template_field_may_carry_a_format(template, name):
+    from hires.output import output_path
+
+    assert output_path(template, width=64, height=64, seed=42, fmt="png", index=7,
+                       prompt="a red cat").name == name
+
+
+@pytest.mark.parametrize(("template", "why"), [
+    ("{seed.real}.png", "unknown field {seed.real}"),  # str.format read attributes
+    ("{prompt[0]}.png", "unknown field {prompt[0]}"),  # ... and items
+    ("{seed!r}.png", "{seed!r} is not a field with a format"),
+    ("{seed:999999999}.png", "{seed:999999999} is not a field"),  # a gigabyte-long name
+    ("{sead}.png", "did you mean {seed}?")])
+def test_an_output_template_reads_only_its_fields(tmp_path, template, why):
+    result = cli("gen", "a cat", "--model", "tiny", "--size", "256", "--dry-run", "-o",
+                 str(tmp_path / template))
+    assert_usage_error(result, why, "fields: {seed}")
