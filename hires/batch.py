@@ -61,10 +61,14 @@ def read_batch(path: str | Path, base: Job | None = None,
                   and not ln.lstrip().startswith("#")]
         jsonl = bool(firsts) and firsts[0].startswith("{")
     else:
+        if path.is_dir():
+            raise JobError(f"{path} is a folder; give a batch file (TOML: [defaults] and "
+                           "[[job]] entries, or JSONL: one object a line)")
         if not path.is_file():
             raise JobError(f"batch file not found: {path}")
         label, name, text = str(path), path.name, None
-        jsonl = path.suffix.lower() in (".jsonl", ".json", ".ndjson")
+        jsonl = path.suffix.lower() in (".jsonl", ".json", ".ndjson") or (
+            path.suffix.lower() != ".toml" and _starts_like_json(path))
     if jsonl:
         defaults, lines = {}, list(_jsonl(path, text))
         entries = [entry for _, entry in lines]
@@ -117,6 +121,20 @@ def read_batch(path: str | Path, base: Job | None = None,
                            for values, _, _ in job_levels)
         items.append(BatchItem(i, job, output, format_given))
     return items
+
+
+def _starts_like_json(path: Path) -> bool:
+    """Whether a file's first entry (past blank and `#` lines) starts with '{': jobs.txt may
+    hold JSONL as well as TOML."""
+    try:
+        with path.open("rb") as f:
+            for line in f:
+                line = line.removeprefix(b"\xef\xbb\xbf").strip()  # a byte-order mark
+                if line and not line.startswith(b"#"):
+                    return line.startswith(b"{")
+    except OSError:
+        pass  # read_toml says why it cannot be read
+    return False
 
 
 def _stdin_text() -> str:

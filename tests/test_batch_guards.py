@@ -168,3 +168,26 @@ def test_a_bad_template_is_shown_as_written(tmp_path, template):
                        "--dry-run"))
     assert "j.toml job 1" in line and f"'{template}'" in line, line
     assert str(out) not in line
+
+
+@pytest.mark.parametrize("name", ["jobs.txt", "jobs"])
+def test_jsonl_under_another_suffix_is_read_as_jsonl(tmp_path, name):
+    """jobs.txt holding one object a line was parsed as TOML: 'not valid TOML' at line 1."""
+    jobs = write(tmp_path / name, '# two jobs\n\n{"prompt": "a", "model": "tiny", "width": 64, '
+                                  '"height": 64}\n{"prompt": "b", "model": "tiny", "width": 64, '
+                                  '"height": 64}\n')
+    result = cli("batch", str(jobs), "-o", str(tmp_path / "out"), "--dry-run")
+    assert result.exit_code == 0, result.stderr
+    assert "total: 2 to make" in result.stdout
+
+
+def test_a_txt_batch_file_in_toml_is_still_toml(tmp_path):
+    jobs = write(tmp_path / "jobs.txt", f'{DEFAULTS}[[job]]\nprompt = "a"\n')
+    result = cli("batch", str(jobs), "-o", str(tmp_path / "out"), "--dry-run")
+    assert result.exit_code == 0, result.stderr
+
+
+def test_a_folder_as_the_batch_file_says_so(tmp_path):
+    """`hires batch .` said 'batch file not found: .'."""
+    line = refused(cli("batch", str(tmp_path), "--dry-run"))
+    assert line.startswith(f"error: {tmp_path} is a folder; give a batch file")
