@@ -24,6 +24,7 @@ from hires.cli_jobs import (
     job_flags,
     read_prompts,
     recorded_stdin,
+    refuse_empty,
     up_inputs,
     upscale_source,
 )
@@ -156,6 +157,7 @@ def gen(
     Quiet.on, Quiet.progress = quiet, progress
     busy = "prompt '-'" if prompt == "-" else ""  # stdin holds the prompts
     with exit_codes(), recorded_stdin(from_image, "gen", busy) as piped:
+        refuse_empty("-o", output, "a file, folder or template")
         check_from(from_image)
         flags = job_flags(options)
         if prompt and prompt != "-":
@@ -233,6 +235,7 @@ def up(
     options = dict(locals())  # every option, by name: job_flags picks the job's
     Quiet.on, Quiet.progress = quiet, progress
     with exit_codes(), up_inputs(images) as names:
+        refuse_empty("-o", output, "a file, folder or template")
         from hires import piped
 
         flags = job_flags(options)  # no --strength: up's own default (hires.sizes)
@@ -338,9 +341,9 @@ def presets_show(name: Annotated[str, typer.Argument(
 def batch(
     file: Annotated[Path, typer.Argument(help="TOML ([defaults] + [[job]]) or JSONL job file; "
                                          "'-' reads one from stdin.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the images.")] = Path(
-        "."),
-    manifest: Annotated[Path | None, typer.Option(
+    output: Annotated[str, typer.Option(  # str: typer makes '' a Path('.')
+        "-o", "--output", help="Folder for the images (default: this folder).")] = ".",
+    manifest: Annotated[str | None, typer.Option(
         help="JSONL record of every result (default: OUTPUT/manifest.jsonl).")] = None,
     shard: Annotated[str | None, typer.Option(
         help="I/N: run every N-th job from I (else RANK/WORLD_SIZE from torchrun).")] = None,
@@ -375,6 +378,11 @@ def batch(
         from hires.presets import load_preset
         from hires.record import stage_path
 
+        refuse_empty("-o", output, "the folder for the images")
+        refuse_empty("--manifest", manifest, "a file")
+        refuse_empty("--shard", shard, "I/N (e.g. 0/4)")
+        output = Path(output)
+        manifest = None if manifest is None else Path(manifest)
         levels = [(load_preset(preset).values, f"preset '{preset}'", True)] \
             if preset is not None else []
         if str(file) == "-" and sys.stdin.isatty():  # else nothing says why hires waits

@@ -31,6 +31,15 @@ def job_flags(options: dict[str, Any]) -> dict[str, Any]:
             and not (isinstance(v, list) and not v)}
 
 
+def refuse_empty(flag: str, value: str | None, what: str) -> None:
+    """`-o "$OUT"` with the variable unset is a usage error: "" read as not given would write
+    somewhere else than meant."""
+    from hires.job import JobError
+
+    if value is not None and not value.strip():
+        raise JobError(f"{flag} is empty (an unset variable?): give {what}, or leave it out")
+
+
 def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any],
               source: tuple[int, int] | None = None):
     """Defaults, then the preset, then a recorded job (--from), then explicit flags; the size

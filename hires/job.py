@@ -175,12 +175,29 @@ class Job:
         _check_choice("vae_stats", self.vae_stats, VAE_STATS_MODES)
         _check_choice("vae_dtype", self.vae_dtype, VAE_DTYPES)
         _check_choice("sampler", self.sampler, SAMPLERS)
+        self._check_refs()
         self._check_addons()
         if self.vae_tile is not None and (
                 not 64 <= self.vae_tile <= MAX_SIDE or self.vae_tile % 8):
             raise JobError(f"vae_tile must be a multiple of 8 from 64 to {MAX_SIDE}, "
                            f"got {self.vae_tile}")
         return self
+
+    def _check_refs(self) -> None:
+        # `--model "$MODEL"` with the variable unset: "" read as no choice would fetch the
+        # default model (7 GB) or run without the add-on, never what was meant.
+        for name, what in (("model", "a Hub id, folder or .safetensors file"),
+                           ("linfusion", "auto, none, a Hub id or folder"),
+                           ("vae", "a Hub id, folder or .safetensors file"),
+                           ("image", "an image file"), ("control", "an image file"),
+                           ("control_model", "a Hub id, folder or .safetensors file"),
+                           ("ip_image", "an image file"),
+                           ("ip_adapter", "a Hub id, folder or .safetensors file")):
+            value = getattr(self, name)
+            if isinstance(value, str) and not value.strip():
+                flag = "--" + name.replace("_", "-")
+                raise KeyedError(f"{flag} is empty (an unset variable?): give {what}, or leave "
+                                 "it out", name, f" is empty: give {what}, or leave it out")
 
     def _check_addons(self) -> None:
         for name in ("control_scale", "ip_scale"):

@@ -103,3 +103,29 @@ def test_an_output_template_reads_only_its_fields(tmp_path, template, why):
     result = cli("gen", "a cat", "--model", "tiny", "--size", "256", "--dry-run", "-o",
                  str(tmp_path / template))
     assert_usage_error(result, why, "fields: {seed}")
+
+
+@pytest.mark.parametrize(("args", "flag"), [
+    (("gen", "a cat", "--model", ""), "--model"),  # read as no choice: the 7 GB default model
+    (("gen", "a cat", "--model", "tiny", "--vae", " "), "--vae"),
+    (("gen", "a cat", "--model", "tiny", "--linfusion", ""), "--linfusion"),
+    (("gen", "a cat", "--model", "tiny", "--control", ""), "--control"),
+    (("gen", "a cat", "--model", "tiny", "--ip-image", ""), "--ip-image"),
+    (("gen", "a cat", "--model", "tiny", "-o", ""), "-o"),  # wrote into the working folder
+    (("batch", "JOBS", "-o", ""), "-o"),
+    (("batch", "JOBS", "--manifest", ""), "--manifest"),
+    (("batch", "JOBS", "--shard", ""), "--shard")])  # ran every job, as no shard
+def test_an_empty_value_an_unset_variable_gave_is_refused(tmp_path, args, flag):
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text('[[job]]\nprompt = "a"\nmodel = "tiny"\nwidth = 64\nheight = 64\n')
+    args = [str(jobs) if a == "JOBS" else a for a in args]
+    result = cli(*args, "--size" if args[0] == "gen" else "--dry-run",
+                 *(["256", "--dry-run"] if args[0] == "gen" else []))
+    assert_usage_error(result, f"{flag} is empty (an unset variable?)")
+
+
+def test_an_empty_reference_in_a_job_file_names_its_key(tmp_path):
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text('[[job]]\nprompt = "a"\nmodel = "tiny"\ncontrol_model = ""\n')
+    result = cli("batch", str(jobs), "--dry-run")
+    assert_usage_error(result, "'control_model' in jobs.toml job 0 is empty")
