@@ -14,6 +14,7 @@ from typing import Any
 
 from hires.images import ImageInputError, file_sha256, input_size
 from hires.job import (
+    COMMAND_FLAGS,
     FILE_KEYS,
     LOSSY_FORMATS,
     TRUSTED_ONLY,
@@ -177,7 +178,7 @@ def _check_keys(table: dict[str, Any], where: str) -> None:
         if name not in valid:
             hint = closest_hint(name, valid)
             shown = ", ".join(keys_for_people(valid))
-            listing = "" if "valid:" in hint else f"; valid keys: {shown}"
+            listing = "" if "valid:" in hint or name in COMMAND_FLAGS else f"; valid keys: {shown}"
             raise JobError(f"unknown key '{key}' in {where}{hint}{listing}")
 
 

@@ -46,7 +46,7 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
     from all of them (`hires.sizes`). `source`: an upscale's input size, when it is loaded
     (a record of an image piped to `up`, "-": that image's, from `recorded_stdin`)."""
     from hires import piped
-    from hires.job import JobError
+    from hires.job import TRUSTED_ONLY, Job, JobError
     from hires.output import OutputError, job_values_from_image
     from hires.presets import load_preset
     from hires.sizes import OPTIONS, job_from_levels
@@ -68,7 +68,8 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
     if recorded.get("allow_pickle") in (False, None):
         recorded.pop("allow_pickle", None)  # hires 0.1 recorded the (harmless) default
     where = f"metadata of {from_image}"
-    missing = missing_relative(recorded, flags)
+    Job.from_dict({k: v for k, v in recorded.items() if k in TRUSTED_ONLY}, where=where)
+    missing = missing_relative(recorded, flags)  # before the size: it reads an input image
     if missing:
         # The record keeps paths as they were typed: relative to the folder hires ran in.
         what, path = missing

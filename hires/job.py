@@ -267,6 +267,17 @@ class Job:
 
 
 JOB_KEYS = tuple(f.name for f in fields(Job) if f.name != "extra")
+# Flags that steer a command, not an image: named as keys, what to do instead.
+COMMAND_FLAGS = {
+    "n": "in a batch, give a job for each image",
+    "save_stages": "pass it on the command line",
+    "preview": "pass it on the command line",
+    "overwrite": "pass it on the command line",
+    "dry_run": "pass it on the command line",
+    "gpu": "pass it on the command line",
+    "progress": "pass it on the command line",
+    "quiet": "pass it on the command line",
+}
 FILE_KEYS = tuple(k for k in JOB_KEYS if k not in TRUSTED_ONLY)
 _TYPES = {f.name: f.type for f in fields(Job)}
 
@@ -278,6 +289,9 @@ def keys_for_people(valid: tuple[str, ...] | list[str]) -> list[str]:
 
 def closest_hint(name: str, valid: tuple[str, ...] | list[str]) -> str:
     """'; did you mean X?' for the closest valid name, or a list of valid names."""
+    if name in COMMAND_FLAGS:
+        return f" (--{name.replace('_', '-')} is a command's flag, not a key: " \
+               f"{COMMAND_FLAGS[name]})"
     shown = keys_for_people(valid)
     by_case = {v.lower(): v for v in shown}  # 'DRAFT' is 'draft', however far difflib finds it
     match = difflib.get_close_matches(name.lower(), list(by_case), n=1, cutoff=0.5)
@@ -327,10 +341,10 @@ def _coerce(name: str, value: Any, where: str) -> Any:
             return format_name(value)
         return value
     except (TypeError, ValueError):
-        words = {"int": "whole number", "float": "number", "str": "text", "bool": "true or false",
-                 "list[str]": "list of text"}
+        words = {"int": "a whole number", "float": "a number", "str": "text",
+                 "bool": "true or false", "list[str]": "text or a list of text"}
         what = words.get(kind.replace(" | None", ""), kind)
-        raise JobError(f"'{name}' in {where} must be a {what}, got {value!r}") from None
+        raise JobError(f"'{name}' in {where} must be {what}, got {value!r}") from None
 
 
 def check_kind(name: str, value: Any) -> None:

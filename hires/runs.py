@@ -26,6 +26,12 @@ class Run:
     made: dict[str, Any] | None = None  # the file holds this job's image already: its record
 
 
+def _templated(output: str, field: str) -> str:
+    """`output` with `field` before its suffix: what -o could be (x.png -> x_{index}.png)."""
+    path = Path(output)
+    return str(path.with_name(f"{path.stem}_{field}{path.suffix}"))
+
+
 def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
               fmt_flag: str | None = None, overwrite: bool = False,
               resume_runs: bool = True, preview: bool = False,
@@ -47,8 +53,12 @@ def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
     many = len(todo) > 1
     if many and output and "{" not in output and not Path(output).is_dir() \
             and not output.endswith("/"):
-        raise JobError("several images need -o to be a folder or a template with {index}, "
-                       "{seed} or {name}")
+        # Only fields that differ between these images can tell them apart: {name} is the
+        # same for --n's images of one prompt, {seed} for several prompts (they share it).
+        fields = ("{name} or {index}" if all(j.image for j in jobs) else
+                  "{index} or {seed}" if len(jobs) == 1 else "{index}")
+        raise JobError(f"several images need -o to be a folder or a template with {fields} "
+                       f"(-o '{_templated(output, fields[:fields.index('}') + 1])}')")
     # Several inputs are told apart by their names; several prompts (or --n) by their place.
     by_name = len({job.image for job in jobs}) == len(jobs) > 1 and all(j.image for j in jobs)
     # Inputs of one name (a/photo.png, b/photo.jpg) under hires' names: their number added,

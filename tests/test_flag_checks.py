@@ -129,3 +129,38 @@ def test_an_empty_reference_in_a_job_file_names_its_key(tmp_path):
     jobs.write_text('[[job]]\nprompt = "a"\nmodel = "tiny"\ncontrol_model = ""\n')
     result = cli("batch", str(jobs), "--dry-run")
     assert_usage_error(result, "'control_model' in jobs.toml job 0 is empty")
+
+
+@pytest.mark.parametrize(("key", "says"), [
+    ("n = 3", "--n is a command's flag, not a key: in a batch, give a job for each image"),
+    ("overwrite = true", "--overwrite is a command's flag, not a key: pass it on the command")])
+def test_a_commands_flag_written_as_a_key_says_so(tmp_path, key, says):
+    """'n' got the list of 46 valid keys and no word that --n is a flag."""
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text(f'[[job]]\nprompt = "a"\nmodel = "tiny"\n{key}\n')
+    result = cli("batch", str(jobs), "--dry-run")
+    assert_usage_error(result, says)
+    assert "valid keys" not in result.stderr
+
+
+def test_a_lora_key_of_the_wrong_kind_says_text_is_fine_too(tmp_path):
+    """It said 'must be a list of text', though one text is taken."""
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text('[[job]]\nprompt = "a"\nlora = 5\n')
+    assert_usage_error(cli("batch", str(jobs), "--dry-run"),
+                       "'lora' in jobs.toml job 0 must be text or a list of text, got 5")
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (("gen", "a cat", "--n", "3"), "{index} or {seed} (-o 'DIR/x_{index}.png')"),
+    (("up", "IN", "IN2", "--scale", "2"), "{name} or {index} (-o 'DIR/x_{name}.png')")])
+def test_several_images_to_one_file_name_the_fields_that_tell_them_apart(tmp_path, args, says):
+    """--n 3 -o x.png suggested {name}, which is the same for all three."""
+    from PIL import Image
+
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (64, 64)).save(tmp_path / name)
+    args = [{"IN": str(tmp_path / "a.png"), "IN2": str(tmp_path / "b.png")}.get(a, a)
+            for a in args]
+    result = cli(*args, "--model", "tiny", "--dry-run", "-o", str(tmp_path / "x.png"))
+    assert_usage_error(result, says.replace("DIR", str(tmp_path)))

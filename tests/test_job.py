@@ -48,7 +48,7 @@ def test_merge_overrides_and_coerces():
     ("karras", "yes please", "true or false"), ("karras", "ture", "true or false"),
     ("karras", 2, "true or false"), ("vae", {"path": "x"}, "text")])
 def test_a_value_of_the_wrong_kind_is_an_error_not_a_conversion(key, value, what):
-    with pytest.raises(JobError, match=f"'{key}' in preset 'p' must be a {what}"):
+    with pytest.raises(JobError, match=f"'{key}' in preset 'p' must be {what}"):
         Job.from_dict({key: value}, where="preset 'p'")
 
 
