@@ -69,7 +69,9 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
         recorded.pop("allow_pickle", None)  # hires 0.1 recorded the (harmless) default
     where = f"metadata of {from_image}"
     Job.from_dict({k: v for k, v in recorded.items() if k in TRUSTED_ONLY}, where=where)
-    missing = missing_relative(recorded, flags)  # before the size: it reads an input image
+    result = recorded_result(from_image)
+    local = result.get("local") if isinstance(result.get("local"), list) else []
+    missing = missing_relative(recorded, flags, local)  # before the size: it reads an input
     if missing:
         # The record keeps paths as they were typed: relative to the folder hires ran in.
         what, path = missing
@@ -85,7 +87,8 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
                           size_of=size_of)
     from hires.addons import check_unchanged
 
-    check_unchanged(job, recorded_addons(from_image))
+    addons = result.get("addons")
+    check_unchanged(job, addons if isinstance(addons, dict) else {})
     return check_scale_flags(job, flags)
 
 
@@ -101,10 +104,11 @@ def check_scale_flags(job, flags: dict[str, Any]):
     return job
 
 
-def missing_relative(recorded: dict[str, Any], flags: dict[str, Any]
+def missing_relative(recorded: dict[str, Any], flags: dict[str, Any], local: list[str]
                      ) -> tuple[str, str] | None:
     """(how it was used, path) of the first local file or folder a record names by a relative
-    path that is not here, among those no flag replaces; Hub ids are not paths."""
+    path that is not here, among those no flag replaces; Hub ids are not paths. `local`: the
+    keys the record says were local (`hires.record.local_refs`)."""
     from hires.lora import LoraError, hub_parts, parse_lora
     from hires.models import PICKLE_SUFFIXES
 
@@ -135,20 +139,20 @@ def missing_relative(recorded: dict[str, Any], flags: dict[str, Any]
                       ("ip_adapter", "with the IP-Adapter")):
         value = recorded.get(key)
         if key not in flags and missing(value) and (
-                value.startswith(".") or value.lower().endswith((".safetensors",
-                                                                 *PICKLE_SUFFIXES))):
+                key in local or value.startswith(".")
+                or value.lower().endswith((".safetensors", *PICKLE_SUFFIXES))):
             return what, value
     return None
 
 
-def recorded_addons(path: Path) -> dict[str, Any]:
-    """The add-ons record (files and their sha256) of an image made by hires, if any."""
+def recorded_result(path: Path) -> dict[str, Any]:
+    """The result part of an image's hires record (add-ons and their sha256, which references
+    were local), if any."""
     from hires.output import read_metadata
 
     record = read_metadata(path)["hires"]
     result = record.get("result") if isinstance(record, dict) else None
-    addons = result.get("addons") if isinstance(result, dict) else None
-    return addons if isinstance(addons, dict) else {}
+    return result if isinstance(result, dict) else {}
 
 
 def stdin_lines(what: str, head: bytes = b"") -> list[str]:

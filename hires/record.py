@@ -43,7 +43,18 @@ def record_for(result: Result, path: Path) -> dict[str, Any]:
         "warnings": result.warnings,
         **({"resumed_after_stage": result.resumed} if result.resumed is not None else {}),
         "settings": settings_hash(job),
+        **({"local": local} if (local := local_refs(job)) else {}),
     }
+
+
+def local_refs(job: Job) -> list[str]:
+    """The job's keys whose references were local files or folders by a relative path: read
+    from another folder, `sub/model` would be taken for a Hub id (`gen --from` says so)."""
+    refs = {key: getattr(job, key) for key in ("model", "vae", "control_model")}
+    if job.ip_image:
+        refs["ip_adapter"] = job.ip_adapter
+    return [key for key, ref in refs.items() if ref and ref != "tiny"
+            and not Path(ref).expanduser().is_absolute() and Path(ref).expanduser().exists()]
 
 
 def save_stage(image: Image.Image, path: str | Path, job: Job, index: int, *,

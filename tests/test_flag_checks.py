@@ -37,15 +37,16 @@ def test_up_scales_its_input_as_control_without_control_flag(tmp_path):
     assert_usage_error(result, "missing-controlnet")  # checked past the strength
 
 
-def recorded_image(path, job: dict) -> str:
-    """An image whose hires record holds `job`, as if hires had made it."""
+def recorded_image(path, job: dict, result: dict | None = None) -> str:
+    """An image whose hires record holds `job` (and `result`), as if hires had made it."""
     import json
 
     from PIL import Image, PngImagePlugin
 
     info = PngImagePlugin.PngInfo()
     info.add_itxt("hires", json.dumps({"job": {"prompt": "a cat", "model": "tiny",
-                                               "width": 256, "height": 256, **job}}))
+                                               "width": 256, "height": 256, **job},
+                                       **({"result": result} if result else {})}))
     Image.new("RGB", (256, 256)).save(path, pnginfo=info)
     return str(path)
 
@@ -164,3 +165,27 @@ def test_several_images_to_one_file_name_the_fields_that_tell_them_apart(tmp_pat
             for a in args]
     result = cli(*args, "--model", "tiny", "--dry-run", "-o", str(tmp_path / "x.png"))
     assert_usage_error(result, says.replace("DIR", str(tmp_path)))
+
+
+def test_a_record_says_which_references_were_local(tmp_path, monkeypatch):
+    from hires.job import Job
+    from hires.record import local_refs
+
+    (tmp_path / "sub" / "model").mkdir(parents=True)
+    (tmp_path / "vae.safetensors").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    job = Job(model="sub/model", vae="vae.safetensors", control_model="owner/controlnet")
+    assert local_refs(job) == ["model", "vae"]
+    assert local_refs(Job(model=str(tmp_path / "sub" / "model"))) == []  # read from anywhere
+
+
+def test_from_says_a_local_model_named_like_a_hub_id_is_missing_here(tmp_path, monkeypatch):
+    """`--model sub/tiny` (a folder) re-run from another folder was taken for the Hub id
+    sub/tiny: offline "not in the local cache", online another model fetched."""
+    made = recorded_image(tmp_path / "made.png", {"model": "sub/tiny"}, {"local": ["model"]})
+    monkeypatch.chdir(tmp_path.parent)
+    result = cli("gen", "--from", made, "--dry-run")
+    assert result.exit_code == 2
+    assert error_lines(result.stderr) == [
+        f"error: {made} was made with the model sub/tiny, a path relative to the folder hires "
+        "ran in, and there is none here; run this command in that folder"]
