@@ -70,16 +70,23 @@ def phases(plan: Plan) -> list[Phase]:
 
 
 class JobClock:
-    """Fed a run's progress events with the time each came, says how long the rest takes."""
+    """Fed a run's progress events with the time each came, says how long the rest takes.
 
-    def __init__(self, plan: Plan, now: float):
+    `prior`: seconds per TFLOP of each kind of work ("unet", "vae") measured on the images an
+    earlier part of the run made: they stand for a kind until this image has timed its own.
+    `planned`: False ignores the plan's times (they are another machine's: `--gpu`)."""
+
+    def __init__(self, plan: Plan, now: float, prior: dict[str, float] | None = None,
+                 planned: bool = True):
         self.phases = phases(plan)
-        self.planned = plan.seconds  # None without a rate
+        self.planned = plan.seconds if planned else None  # None without a rate
         self.tflop = sum(p.tflop for p in self.phases)
         self.start = self.last = now
         self.current: Phase | None = None
         self.seconds = {"unet": 0.0, "vae": 0.0}  # spent on each kind of work
         self.work = {"unet": 0.0, "vae": 0.0}  # TFLOP of it done
+        self.prior = dict(prior or {})
+        self._shown = 0.0  # the largest share `fraction` has said: it never goes back
 
     def update(self, e: Event, now: float) -> None:
         index = next((i for i, p in enumerate(self.phases)
@@ -105,7 +112,7 @@ class JobClock:
         """Seconds the job still needs, or None while nothing says."""
         if not self.phases:
             return None
-        rates = {k: self.seconds[k] / self.work[k] for k in self.work if self.work[k] > 0}
+        rates = {**self.prior, **self.rates()}
         left = {"unet": 0.0, "vae": 0.0}
         for p in self.phases:
             left[p.kind] += (1.0 - p.done) * p.tflop
@@ -113,16 +120,81 @@ class JobClock:
             if self.planned is None or not self.tflop:
                 return None
             return self.planned * sum(left.values()) / self.tflop
-        overall = sum(self.seconds[k] for k in rates) / sum(self.work[k] for k in rates)
+        own = [k for k in self.rates()]
+        if own:
+            overall = sum(self.seconds[k] for k in own) / sum(self.work[k] for k in own)
+        else:  # only earlier images' rates
+            overall = sum(rates.values()) / len(rates)
         return sum(left[k] * rates.get(k, overall) for k in left)
 
+    def rates(self) -> dict[str, float]:
+        """Seconds per TFLOP of each kind of work this image has timed."""
+        return {k: self.seconds[k] / self.work[k] for k in self.work if self.work[k] > 0}
+
+    @property
+    def finished(self) -> bool:
+        """Whether every phase's work is done (the last tile of the final decode came)."""
+        return bool(self.phases) and all(p.done >= 1.0 - 1e-9 for p in self.phases)
+
     def fraction(self, now: float) -> float | None:
-        """The share of the job's time behind it."""
+        """The share of the job's time behind it. It never goes back, though the estimate of
+        the rest may rise (a slower phase, a retry): it waits until the time catches it up;
+        and it is 1.0 only when the job is done."""
         left = self.remaining()
         if left is None:
             return None
+        if self.finished:
+            self._shown = 1.0
+            return 1.0
         spent = now - self.start
-        return spent / (spent + left) if spent + left > 0 else 0.0
+        share = spent / (spent + left) if spent + left > 0 else 0.0
+        self._shown = max(self._shown, min(share, 0.999))
+        return self._shown
+
+
+class RunPace:
+    """The images of one run (`--n`, several inputs, prompts on stdin): how many, which one
+    is being made, and the pace of those made so far, which prices the rest (`left_after`)
+    and gives the next image's clock its first rates."""
+
+    def __init__(self, images: int):
+        self.images = images
+        self.index = 0  # the image being made, 0-based, of `images`
+        self.made: list[tuple[int, float]] = []  # (pixels, seconds) of each image made
+        self.todo: list[int] = []  # pixels of the images still to make after this one
+        self.pixels = 0  # this image's
+        self._seconds = {"unet": 0.0, "vae": 0.0}  # the UNet's and VAE's time and work in
+        self._work = {"unet": 0.0, "vae": 0.0}  # the images made so far
+
+        self.clock: JobClock | None = None  # the image's, once its progress shows it
+
+    def start(self, index: int, pixels: int, todo: list[int]) -> None:
+        """Image `index` (of `pixels`) starts; `todo`: the images still to make after it."""
+        self.index, self.pixels, self.todo, self.clock = index, pixels, list(todo), None
+
+    def end(self, seconds: float) -> None:
+        """This image took `seconds`; its clock, if any, timed its UNet and VAE work."""
+        self.made.append((self.pixels, seconds))
+        if self.clock is not None:
+            for k in self._work:
+                self._seconds[k] += self.clock.seconds[k]
+                self._work[k] += self.clock.work[k]
+        self.clock = None
+
+    def rates(self) -> dict[str, float]:
+        """Seconds per TFLOP of the UNet's and the VAE's work on the images made so far."""
+        return {k: self._seconds[k] / self._work[k] for k in self._work if self._work[k] > 0}
+
+    def left(self, image_left: float | None, image_spent: float) -> float | None:
+        """Seconds the whole run still needs, this image's `image_left` included (after
+        `image_spent` seconds on it); None while nothing says. The images after this one go
+        at the pace of those made (`left_after`), before any, at this one's as estimated."""
+        if image_left is None:
+            return None
+        rest = left_after(self.made, self.todo)
+        if rest is None and self.pixels:
+            rest = left_after([(self.pixels, image_spent + image_left)], self.todo)
+        return image_left + (rest or 0.0)
 
 
 def left_after(done: list[tuple[int, float]], todo: list[int]) -> float | None:
@@ -133,6 +205,13 @@ def left_after(done: list[tuple[int, float]], todo: list[int]) -> float | None:
     if not pixels:
         return None
     return seconds / pixels * sum(todo)
+
+
+def time_left(seconds: float | None, finished: bool = False) -> str:
+    """'~40 s left', or 'done' for a finished job or no time left; '' while nothing says."""
+    if finished or (seconds is not None and seconds <= 0):
+        return "done"
+    return "" if seconds is None else f"{duration(seconds)} left"
 
 
 def duration(seconds: float) -> str:
