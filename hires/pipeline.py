@@ -406,8 +406,10 @@ def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditio
         if stage.kind == "input":
             with placed(comps, strategy.weights, vae):
                 emit(Event("resize", stage.index, n, stage.width, stage.height))
-                x0 = encode(comps, fit(carry.image, stage.width, stage.height), tile, emit,
-                            stage, n, job, spill)
+                image = fit(carry.image, stage.width, stage.height)
+                emit(Event("resize", stage.index, n, stage.width, stage.height, 1, 1))
+                x0 = encode(comps, image, tile, emit, stage, n, job, spill)
+                del image
             anchor = channel_stats(x0)
         elif stage.latent_upsample:  # as planned (and priced): no VAE before this stage
             if wanted:  # a decode only for the image
@@ -423,6 +425,7 @@ def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditio
                 decoded(stage.index - 1, image)
                 emit(Event("resize", stage.index, n, stage.width, stage.height))
                 image = fit(image, stage.width, stage.height)
+                emit(Event("resize", stage.index, n, stage.width, stage.height, 1, 1))
                 x0 = encode(comps, image, tile, emit, stage, n, job, spill)
                 del image
         # One noise tensor per stage, from the job's generator: same seed, same image.
