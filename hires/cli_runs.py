@@ -213,8 +213,10 @@ def _make_runs(runs: list, *, save_stages: bool, as_json: bool, quiet: bool, ove
             remove_leftovers(folder)
     warn_space([(r.path, r.job) for r in runs if r.made is None], save_stages)
     warn_ram([r.job for r in runs])
+    from hires.eta import RunPace
+
     components = None
-    made: list[tuple[int, float]] = []  # (pixels, seconds) of each image made so far
+    pace = RunPace(len(runs))  # the images made so far, by their pixels and seconds
     for number, run in enumerate(runs, 1):
         of = f" (image {number} of {len(runs)})" if len(runs) > 1 else ""
         if run.made is not None:
@@ -225,15 +227,17 @@ def _make_runs(runs: list, *, save_stages: bool, as_json: bool, quiet: bool, ove
         if components is None:  # once, and only when some image is to be made
             components = load_model(run.job, quiet)
             check_steps_and_notes(run.job, components)
+        todo = [r.job.width * r.job.height for r in runs[number:] if r.made is None]
+        pace.start(number - 1, run.job.width * run.job.height, todo)
         started = time.monotonic()  # the model's load is not an image's pace
         record = make_image(run.job, run.path, components,
                             heading="stdout" if piped else f"{run.path}{of}", gpu=gpu,
                             quiet=quiet, overwrite=overwrite, resume_runs=resume_runs,
-                            save_stages=save_stages, preview=preview, piped=piped)
+                            save_stages=save_stages, preview=preview, piped=piped, run=pace)
         if not piped:
             emit(record, as_json)
-        made.append((run.job.width * run.job.height, time.monotonic() - started))
-        say_left(made, [r.job.width * r.job.height for r in runs[number:] if r.made is None])
+        pace.end(time.monotonic() - started)
+        say_left(pace.made, todo)
     if preview:
         say(f"previews: `hires gen --from {runs[-1].path}` (or another) makes that image whole, "
             "from the same first stage")
@@ -269,11 +273,13 @@ def load_model(job, quiet: bool):
 def make_image(job, path: Path, components, *, heading: str, gpu: str | None = None,
                quiet: bool = False, overwrite: bool = False, resume_runs: bool = True,
                save_stages: bool = False, settings: str | None = None,
-               preview: bool = False, piped: bool = False) -> dict[str, Any]:
+               preview: bool = False, piped: bool = False, run=None) -> dict[str, Any]:
     """One image from loaded `components`: planned, gone on from what a stopped run kept,
     shown in progress and saved at `path`; its record. `heading` names it in the log. A
     `preview` is the job's first stage alone (`hires.plan.preview_of`), kept by no checkpoint;
-    nor is a `piped` one, whose file in a temporary folder goes to stdout (recorded as "-")."""
+    nor is a `piped` one, whose file in a temporary folder goes to stdout (recorded as "-").
+    `run`: the hires.eta.RunPace of the run it is one image of (its number, the pace of those
+    made before it), for the progress."""
     from hires import output as out
     from hires import resume
     from hires.piped import load_job_input
@@ -329,6 +335,8 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
     with keeping:  # the save too: a full disk
         # A piped image's path is a temporary file's: its events name it as the record does.
         with progress_renderer(quiet, plan, "-" if piped else str(path)) as progress:
+            if progress is not None:
+                progress.attach(run, planned=planned_here(gpu, components))
             result = make(job, source=source, components=components, progress=progress,
                           plan=plan, checkpoint=kept,
                           on_stage_image=stage_image if save_stages else None, on_score=score)
@@ -371,3 +379,24 @@ def say_left(made: list[tuple[int, float]], todo: list[int]) -> None:
     left = left_after(made, todo)
     if todo and left is not None:
         say(f"{len(todo)} more to make: {duration(left)} at this run's pace")
+
+
+def planned_here(gpu: str | None, components) -> bool:
+    """Whether the plan's times are this run's to show: not when --gpu names another machine
+    than the one it runs on (a CPU run's `--gpu h100` would time it at an H100's rate), which
+    is said once; its estimates then come from this run's own pace."""
+    from hires.cli_output import Quiet
+    from hires.gpus import card, card_key, local_gpu
+
+    if gpu is None:
+        return True
+    if components.device.type == "cuda" and (card(gpu) is None or
+                                             local_gpu() == card_key(gpu)):
+        return True  # this card, or a rate measured for the one it runs on
+    where = "the CPU" if components.device.type == "cpu" else str(components.device)
+    note = (f"--gpu {gpu} plans another machine: this run is on {where}, and its time "
+            "estimates come from its own pace")
+    if note not in Quiet.warned:  # once a command
+        Quiet.warned.add(note)
+        say(note)
+    return False
