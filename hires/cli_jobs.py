@@ -54,15 +54,17 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
     def size_of(path: str) -> tuple[int, int]:
         return source or piped.image_size(path)
 
+    flags, dropped = switched_off(flags)
     levels: list[tuple[dict[str, Any], str, bool]] = []
     if preset is not None:  # "" too: an unset variable is an error, not no preset
         chosen = load_preset(preset)  # named as its own errors name it
-        levels.append((chosen.values, f"preset '{chosen.name}' ({chosen.path})", True))
+        levels.append((without(chosen.values, dropped),
+                       f"preset '{chosen.name}' ({chosen.path})", True))
     if from_image is None:
         return check_scale_flags(
             job_from_levels([*levels, (flags, OPTIONS, False)], size_of=size_of), flags)
     try:
-        recorded = job_values_from_image(from_image)
+        recorded = without(job_values_from_image(from_image), dropped)
     except OutputError as e:  # a missing or unreadable input is the user's to fix
         raise JobError(str(e)) from None
     if recorded.get("allow_pickle") in (False, None):
@@ -90,6 +92,26 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
     addons = result.get("addons")
     check_unchanged(job, addons if isinstance(addons, dict) else {})
     return check_scale_flags(job, flags)
+
+
+# `--control none` (and the others) drops an add-on a preset or `--from`'s record brings:
+# the flag's key, and the keys that go with it.
+SWITCHES = {"control": ("control", "control_model", "control_scale"),
+            "control_model": ("control", "control_model", "control_scale"),
+            "ip_image": ("ip_image", "ip_adapter", "ip_scale"),
+            "lora": ("lora",)}
+
+
+def switched_off(flags: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
+    """The flags without the add-ons given as 'none', and the job keys those drop."""
+    off = {key for key, value in flags.items() if key in SWITCHES and (
+        value == "none" or (isinstance(value, list) and value == ["none"]))}
+    dropped = {name for key in off for name in SWITCHES[key]}
+    return {k: v for k, v in flags.items() if k not in off}, dropped
+
+
+def without(values: dict[str, Any], keys: set[str]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if str(k).replace("-", "_") not in keys}
 
 
 def check_scale_flags(job, flags: dict[str, Any]):

@@ -178,13 +178,15 @@ Karras = Annotated[bool | None, typer.Option(
     "--karras/--no-karras", help="Karras sigma spacing (more steps near the clean end).")]
 Lora = Annotated[list[str] | None, typer.Option(
     "--lora", help="A LoRA: PATH or HUB_ID, optionally :SCALE (e.g. style.safetensors:0.8); "
-    "repeat for more.")]
+    "repeat for more; 'none' drops a preset's or --from record's.")]
 Control = Annotated[str | None, typer.Option(
-    help="ControlNet conditioning image (edges, depth, pose...), resized to every stage.")]
+    help="ControlNet conditioning image (edges, depth, pose...), resized to every stage; "
+    "'none' drops a preset's or --from record's ControlNet.")]
 ControlModel = Annotated[str | None, typer.Option(
     help="An SDXL ControlNet: Hub id, diffusers folder or .safetensors file.")]
 ControlScale = Annotated[float | None, typer.Option(help="ControlNet strength (default 1.0).")]
-IpImage = Annotated[str | None, typer.Option(help="IP-Adapter image prompt.")]
+IpImage = Annotated[str | None, typer.Option(
+    help="IP-Adapter image prompt; 'none' drops a preset's or --from record's.")]
 IpAdapter = Annotated[str | None, typer.Option(
     help="IP-Adapter weights: Hub id (default h94/IP-Adapter), folder or .safetensors file.")]
 IpScale = Annotated[float | None, typer.Option(help="IP-Adapter strength (default 0.6).")]

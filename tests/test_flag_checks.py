@@ -189,3 +189,47 @@ def test_from_says_a_local_model_named_like_a_hub_id_is_missing_here(tmp_path, m
     assert error_lines(result.stderr) == [
         f"error: {made} was made with the model sub/tiny, a path relative to the folder hires "
         "ran in, and there is none here; run this command in that folder"]
+
+
+@pytest.fixture
+def addon_preset(tmp_path):
+    folder = tmp_path / "presets"
+    folder.mkdir()
+    (folder / "cn.toml").write_text(
+        'control = "edges.png"\ncontrol_model = "owner/controlnet"\ncontrol_scale = 0.4\n'
+        'ip_image = "style.png"\nlora = ["owner/ink:0.5"]\n')
+    return {"HIRES_PRESETS": str(folder)}
+
+
+@pytest.mark.parametrize(("flags", "left"), [
+    (("--control", "none"), "lora owner/ink:0.5, ip-adapter h94/IP-Adapter"),
+    (("--control-model", "none", "--ip-image", "none"), "lora owner/ink:0.5"),
+    (("--control", "none", "--ip-image", "none", "--lora", "none"), "model tiny")])
+def test_none_drops_an_add_on_a_preset_brings(addon_preset, flags, left):
+    """Flags override a preset, but nothing could switch its ControlNet off ('' is refused)."""
+    result = cli("plan", "a cat", "--model", "tiny", "--size", "256", "--preset", "cn", "--json",
+                 *flags, env=addon_preset)
+    assert result.exit_code == 0, result.stderr
+    import json
+
+    job = json.loads(result.stdout)["job"]
+    dropped = {"--control": "control_model", "--control-model": "control_model",
+               "--ip-image": "ip_image", "--lora": "lora"}
+    for flag in flags[::2]:
+        assert not job[dropped[flag]], job
+    settings = cli("plan", "a cat", "--model", "tiny", "--size", "256", "--preset", "cn",
+                   *flags, env=addon_preset).stdout.splitlines()[1]
+    assert settings.endswith(left)
+
+
+def test_a_strength_for_an_add_on_switched_off_is_refused(addon_preset):
+    result = cli("plan", "a cat", "--model", "tiny", "--size", "256", "--preset", "cn",
+                 "--control", "none", "--control-scale", "0.3", env=addon_preset)
+    assert_usage_error(result, "--control-scale has nothing to scale")
+
+
+def test_from_with_none_drops_the_recorded_add_on(tmp_path):
+    made = recorded_image(tmp_path / "made.png", {
+        "control": "gone.png", "control_model": "owner/controlnet", "lora": ["gone.safetensors"]})
+    result = cli("gen", "--from", made, "--control", "none", "--lora", "none", "--dry-run")
+    assert result.exit_code == 0, result.stderr  # the missing files went with their add-ons
