@@ -7,18 +7,19 @@ loaded model serves a batch whose jobs differ in add-ons. What ran is recorded f
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from PIL import Image
 
 from hires.images import file_sha256
 from hires.job import Job, JobError
 from hires.models import (
+    ModelError,
     go_offline_if_unreachable,
     hub_id_refusal,
     model_kind,
@@ -37,9 +38,17 @@ class Addons:
     record: dict[str, Any] = field(default_factory=dict)
 
 
-def check_inputs(job: Job) -> None:
-    """Fail before any loading when a local add-on file the job names is missing, or an image
-    it names cannot be read (else the model and the add-on load first, minutes with SDXL)."""
+def check_inputs(job: Job, loads: bool = True) -> None:
+    """Fail before any loading when a local add-on file the job names is missing or cannot be
+    what it is given as (a folder as an image, a LoRA as a ControlNet, an IP-Adapter folder
+    without its image encoder), or an image it names cannot be read (else the model and the
+    add-on load first, minutes with SDXL). For a command that `loads` them (not `hires plan`,
+    which may plan another machine's run): pickle files need --allow-pickle, and with
+    HF_HUB_OFFLINE set, a Hub add-on must be in the local cache (ModelError, exit 1, as a
+    load says)."""
+    from hires import controlnet, ip_adapter
+
+    allow_pickle = job.allow_pickle or not loads
     local = [("--control", job.control), ("--ip-image", job.ip_image)]
     if job.lora:
         from hires.lora import hub_parts, parse_lora
@@ -67,59 +76,160 @@ def check_inputs(job: Job) -> None:
                            f"{flag} {ref}: no such file or folder")
         if image and ref:
             path = Path(ref).expanduser()
+            if path.is_dir():  # not `up`'s inputs: DIR/* would give it several
+                raise JobError(f"{flag} {ref} is a folder; {flag} takes one image file")
             stat = path.stat()
-            problem = _unreadable(str(path), stat.st_mtime_ns, stat.st_size)
+            problem = _facts(str(path), stat.st_mtime_ns, stat.st_size).problem
             if problem:
                 raise JobError(f"{flag} {problem}")
         if flag == "--lora" and ref and Path(ref).expanduser().exists():
             from hires.lora import local_problem
 
-            if problem := local_problem(ref, job.allow_pickle):
+            if problem := local_problem(ref, allow_pickle):
                 raise JobError(problem)
+        if kind == "tiny" and flag in ("--control-model", "--ip-adapter"):
+            refusal = (controlnet.TINY_REFUSAL if flag == "--control-model"
+                       else ip_adapter.TINY_REFUSAL)
+            raise JobError(f"{flag} tiny: {refusal}")
         if kind == "hub" and not image and (refusal := hub_id_refusal(flag, ref)):
             raise JobError(refusal)
         what = {"--control-model": "a ControlNet", "--ip-adapter": "an IP-Adapter"}.get(flag)
         if what and ref and Path(ref).expanduser().is_file():  # an image given for one, say
-            refusal = weights_refusal(Path(ref).expanduser(), what, job.allow_pickle)
+            refusal = weights_refusal(Path(ref).expanduser(), what, allow_pickle)
             if refusal:
                 raise JobError(f"{flag} {refusal}")
+        if what and ref and Path(ref).expanduser().exists():
+            if flag == "--control-model" and (
+                    problem := controlnet.local_problem(ref, allow_pickle)):
+                raise JobError(f"{flag} {problem}")
+            if flag == "--ip-adapter" and (problem := ip_adapter.local_problem(ref, allow_pickle)):
+                raise JobError(problem)  # (it names the IP-Adapter)
+        if what and kind == "hub" and loads:
+            problem = (controlnet.hub_problem(ref, allow_pickle) if flag == "--control-model"
+                       else ip_adapter.hub_problem(ref))
+            if problem:
+                raise ModelError(problem)
+
+
+class _Facts(NamedTuple):
+    problem: str | None  # why it cannot be used (None: it can)
+    size: tuple[int, int] = (0, 0)  # as read: EXIF rotation applied
+    alpha: bool = False  # a transparency that is not fully opaque (the RGB is what is used)
 
 
 @lru_cache(maxsize=16)
-def _unreadable(path: str, mtime_ns: int, size: int) -> str | None:
-    """Why the image at `path` cannot be used (None: it can), decoded whole as `up` reads its
+def _facts(path: str, mtime_ns: int, size: int) -> _Facts:
+    """What an add-on needs to know of the image at `path`, decoded whole as `up` reads its
     input, so a truncated file fails too; once per file and version (`--n 50` checks 50 jobs)."""
     from hires.images import ImageInputError, load_input
 
     try:
-        load_input(path)
+        image = load_input(path)
     except ImageInputError as e:
-        return str(e)
-    return None
+        return _Facts(str(e))
+    return _Facts(None, image.rgb.size, image.alpha is not None)
 
 
-def check_unchanged(job: Job, recorded: dict[str, Any]) -> None:
+def runs_controlnet(job: Job) -> bool:
+    """Whether the job's ControlNet runs: at scale 0 it would add nothing (residuals times 0),
+    so it is neither loaded nor run, nor counted by the planner; the record keeps it."""
+    return bool(job.control_model) and job.control_scale != 0
+
+
+# A control image whose aspect is this far from the image's loses more than this share of it
+# to the centre crop: said, as its edges would be steering nothing.
+CROP_WARN_SHARE = 1 / 3
+
+
+def input_warnings(job: Job) -> list[str]:
+    """What fitting the job's add-on images leaves out of them, as warnings, for once a job:
+    a transparency (the ControlNet and the image encoder read the colours beneath), and a
+    control image whose aspect is far from the image's (scaled to cover, then more than a third
+    of it cropped away). From the files' cached facts; an image that cannot be read says
+    nothing here (`check_inputs` refuses it)."""
+    notes = []
+    for flag, ref, used, what in (
+            ("--control", job.control, runs_controlnet(job), "the ControlNet"),
+            ("--ip-image", job.ip_image, bool(job.ip_image) and job.ip_scale != 0,
+             "the IP-Adapter")):
+        path = Path(ref).expanduser() if ref and used else None
+        if path is None or not path.is_file():
+            continue
+        stat = path.stat()
+        facts = _facts(str(path), stat.st_mtime_ns, stat.st_size)
+        if facts.problem:
+            continue
+        if facts.alpha:
+            notes.append(f"{flag} {ref} has transparency, which {what} does not see: it reads "
+                         "the colours beneath")
+        (w, h), (width, height) = facts.size, (job.width, job.height)
+        if flag == "--control" and w and h and width and height:
+            # scaled to cover: the share of it that fits is the ratio of the two aspects
+            kept = min(width / w, height / h) / max(width / w, height / h)
+            if 1 - kept > CROP_WARN_SHARE:
+                notes.append(f"{flag} {ref} ({w}x{h}) is scaled to cover the {width}x{height} "
+                             f"image and centre-cropped: {1 - kept:.0%} of it is cut off; give a "
+                             "control image of the image's aspect")
+    return notes
+
+
+def sha256_once(path: str | Path) -> str:
+    """`file_sha256`, once per file and version in a process: a ControlNet (2.5 GB) or an
+    IP-Adapter (700 MB) is hashed for every job's record and for `--from`'s check."""
+    path = Path(path).expanduser().resolve()
+    stat = path.stat()
+    return _sha256(str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+
+
+@lru_cache(maxsize=32)
+def _sha256(path: str, size: int, mtime_ns: int, inode: int) -> str:
+    return file_sha256(path)
+
+
+def check_unchanged(job: Job, recorded: dict[str, Any],
+                    given: Collection[str] = frozenset()) -> None:
     """JobError when a local file the job still uses differs from the one a recorded run used
-    (its sha256): a re-run (--from) would silently make another image."""
-    files: list[tuple[str, Any]] = []
-    specs = set(job.lora)
+    (its sha256): a re-run (--from) would silently make another image. `given`: the job's
+    keys given on this command (its flags' names: lora, control, control_model, ip_image,
+    ip_adapter, image); an add-on given so is the user's choice, as it is now, not compared."""
+    from hires import controlnet, ip_adapter
+
+    files: list[tuple[str, str, Any, Any]] = []  # flag, ref, recorded sha256, current's (fn)
+    specs = set(job.lora) if "lora" not in given else set()
     loras = recorded.get("lora")
     for lora in loras if isinstance(loras, list) else []:  # a tampered record: nothing to check
         if isinstance(lora, dict) and any(s.startswith(str(lora.get("ref"))) for s in specs):
-            files.append((lora.get("ref"), lora.get("sha256")))
+            files.append(("--lora", lora.get("ref"), lora.get("sha256"), _file_digest))
     control = recorded.get("controlnet") or {}
-    if isinstance(control, dict) and control.get("image") in (job.control, job.image):
-        files.append((control.get("image"), control.get("image_sha256")))
+    if isinstance(control, dict):
+        image = control.get("image")
+        key = "control" if image == job.control else "image" if image == job.image else None
+        if key and key not in given:
+            files.append((f"--{key}" if key == "control" else "the input",
+                          image, control.get("image_sha256"), _file_digest))
+        if control.get("model") == job.control_model and "control_model" not in given:
+            files.append(("--control-model", job.control_model, control.get("sha256"),
+                          lambda ref: controlnet.weights_sha256(ref, job.allow_pickle)))
     ip = recorded.get("ip_adapter") or {}
-    if isinstance(ip, dict) and ip.get("image") == job.ip_image:
-        files.append((ip.get("image"), ip.get("image_sha256")))
-    for ref, digest in files:
+    if isinstance(ip, dict) and job.ip_image:
+        if ip.get("image") == job.ip_image and "ip_image" not in given:
+            files.append(("--ip-image", ip.get("image"), ip.get("image_sha256"), _file_digest))
+        if ip.get("ref") == job.ip_adapter and "ip_adapter" not in given:
+            files.append(("--ip-adapter", job.ip_adapter, ip.get("sha256"),
+                          lambda ref: ip_adapter.weight_sha256(ref, job.allow_pickle)))
+    for flag, ref, digest, now in files:
         if not (isinstance(ref, str) and isinstance(digest, str)):
-            continue
-        path = Path(ref).expanduser()
-        if path.is_file() and file_sha256(path) != digest:
+            continue  # a Hub id, or a record of an older hires: nothing to compare
+        current = now(ref)
+        if current is not None and current != digest:
+            give = "it" if flag == "the input" else f"{flag} {ref}"
             raise JobError(f"{ref} has changed since this image was made (its sha256 differs); "
-                           "restore the original, or give the add-on options yourself")
+                           f"restore the original, or give {give} yourself to use it as it is")
+
+
+def _file_digest(ref: str) -> str | None:
+    path = Path(ref).expanduser()
+    return sha256_once(path) if path.is_file() else None
 
 
 @contextmanager
@@ -140,14 +250,16 @@ def attached(components: Any, job: Job, source: Image.Image | None = None) -> It
         try:
             # The ControlNet first: its attention is copied from the UNet's, without LoRAs.
             if job.control_model:
-                model = _controlnet(components, job.control_model, job.allow_pickle)
                 image = load_input(Path(job.control)) if job.control else None
-                addons.controlnet = model
-                addons.control_image = image.rgb if image else source
+                if runs_controlnet(job):  # at scale 0 it adds nothing: not loaded, not run
+                    addons.controlnet = _controlnet(components, job.control_model,
+                                                    job.allow_pickle)
+                    addons.control_image = image.rgb if image else source
                 addons.record["controlnet"] = {
                     "model": job.control_model, "scale": job.control_scale,
                     "image": job.control or job.image,
-                    "image_sha256": image.sha256 if image else job.image_sha256}
+                    "image_sha256": image.sha256 if image else job.image_sha256,
+                    **_controlnet_version(job.control_model, job.allow_pickle)}
             if job.lora:
                 addons.record["lora"] = lora.load_loras(pipe, job.lora, job.allow_pickle)
                 undo.callback(lora.unload_loras, pipe)
@@ -180,3 +292,15 @@ def _controlnet(components: Any, ref: str, allow_pickle: bool) -> Any:
         controlnet.linearize(model, components.unet, components.attention_originals)
         cache[ref] = model
     return cache[ref]
+
+
+def _controlnet_version(ref: str, allow_pickle: bool) -> dict[str, str]:
+    """Which ControlNet ran, for its record: a local one's weights' sha256 (what `--from`
+    compares), a Hub one's cached commit (the revision), where known."""
+    from hires import controlnet
+
+    if model_kind(ref) == "hub":
+        revision = controlnet.hub_revision(ref)
+        return {"revision": revision} if revision else {}
+    digest = controlnet.weights_sha256(ref, allow_pickle)
+    return {"sha256": digest} if digest else {}

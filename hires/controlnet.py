@@ -13,6 +13,7 @@ each residual is the zero conv's output times the scale, added to the skip.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,30 +53,22 @@ def load_controlnet(ref: str, dtype: torch.dtype, device: torch.device | str = "
 def _load(ref: str, dtype: torch.dtype, allow_pickle: bool) -> Any:
     from diffusers import ControlNetModel
 
+    if ref == "tiny":
+        raise ControlError(TINY_REFUSAL)
     path = Path(ref).expanduser()
     local = path.exists() or ref.startswith((".", "/", "~")) or path.suffix in (
         ".safetensors", *PICKLE_SUFFIXES)
     if local and not path.exists():
         raise ControlError(f"ControlNet not found: {ref}")
+    if local and (problem := local_problem(ref, allow_pickle)):
+        raise ControlError(problem)
     try:
         if path.is_file():
-            refusal = weights_refusal(path, "a ControlNet", allow_pickle)
-            if refusal:
-                raise ControlError(refusal)
             model = ControlNetModel.from_single_file(str(path), dtype=dtype)
         else:
-            if path.is_dir() and not (path / "config.json").is_file():
-                raise ControlError(f"{ref} is a folder but not a diffusers ControlNet "
-                                   "(no config.json)")
-            if path.is_dir() and not allow_pickle and not any(path.glob("*.safetensors")):
-                raise ControlError(f"{ref} holds pickle (.bin) weights only, which can run code "
-                                   "when loaded; convert them to .safetensors or pass "
-                                   "--allow-pickle if you trust them")
             model = ControlNetModel.from_pretrained(
                 str(path) if path.is_dir() else ref, dtype=dtype,
                 use_safetensors=None if allow_pickle else True)
-    except ControlError:
-        raise
     except OSError as e:
         from huggingface_hub import constants
 
@@ -85,15 +78,152 @@ def _load(ref: str, dtype: torch.dtype, allow_pickle: bool) -> Any:
                                "cache it, or pass a diffusers folder)") from e
         if not local and (hub_unreachable(e) or "cached" in str(e)
                           or constants.HF_HUB_OFFLINE):
-            raise ModelError(
-                f"ControlNet '{ref}' is not in the local cache and {hub_closed()} to download "
-                "it, or pass a local folder or .safetensors file") from e
+            raise ModelError(not_cached(ref)) from e
         raise ControlError(f"could not load ControlNet '{ref}': {first_line(e)}") from e
     except Exception as e:  # diffusers raises many kinds here; the user needs one line
+        if mismatch := _mismatch(str(e)):
+            raise ControlError(f"ControlNet {ref} was made for another architecture: {mismatch}; "
+                               "use an SDXL ControlNet") from e
         raise ControlError(f"could not load '{ref}' as a ControlNet: {first_line(e)}") from e
     if not isinstance(model, ControlNetModel):
         raise ControlError(f"'{ref}' is a {type(model).__name__}, not a ControlNet")
     return model
+
+
+TINY_REFUSAL = ("'tiny' is a model, not a ControlNet; pass a Hub id, a diffusers folder or a "
+                ".safetensors file")
+WEIGHTS = "diffusion_pytorch_model"  # what diffusers' from_pretrained reads in a folder
+# Tensors only a ControlNet has: diffusers' names, and the single-file layout's (the keys
+# diffusers' from_single_file looks for to take a file as a ControlNet).
+CONTROL_KEYS = ("controlnet_cond_embedding.", "controlnet_down_blocks.", "controlnet_mid_block.",
+                "control_model.")
+
+
+def not_cached(ref: str) -> str:
+    """A Hub ControlNet missing from the cache while the Hub is closed: why, and what to do."""
+    return (f"ControlNet '{ref}' is not in the local cache and {hub_closed()} to download it, "
+            "or pass a local folder or .safetensors file")
+
+
+def local_problem(ref: str, allow_pickle: bool = False) -> str | None:
+    """Why the local file or folder `ref` cannot be a ControlNet, from its names and the
+    file's header alone (None: it may be; loading checks the rest): for a dry run, which loads
+    nothing, and for a run before the model loads."""
+    from hires.safetensors_header import read_header
+
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            return (f"{ref} is a folder but not a diffusers ControlNet (no config.json); give "
+                    "the folder that holds it, a .safetensors file or a Hub id")
+        if not weight_files(path, allow_pickle):
+            if weight_files(path, True):
+                return (f"{ref} holds pickle (.bin) weights only, which can run code when "
+                        "loaded; convert them to .safetensors or pass --allow-pickle if you "
+                        "trust them")
+            return f"{ref} holds no ControlNet weights ({WEIGHTS}.safetensors)"
+        return None
+    if not path.is_file():
+        return None
+    refusal = weights_refusal(path, "a ControlNet", allow_pickle)
+    if refusal or path.suffix != ".safetensors":
+        return refusal  # a pickle allowed: read only by torch
+    header = read_header(path)
+    if header is None:
+        return f"{path.name} is not a readable safetensors file"
+    keys = [k for k in header if k != "__metadata__"]
+    if any(k.startswith(CONTROL_KEYS) for k in keys):
+        return None
+    lora = any("lora" in k.lower() for k in keys)
+    return (f"{path.name} is not a ControlNet (none of its tensors is a ControlNet's)"
+            + ("; it looks like a LoRA: give it with --lora" if lora else ""))
+
+
+def weight_files(folder: Path, allow_pickle: bool = False) -> list[Path]:
+    """The files diffusers reads a folder's ControlNet weights from: one, or a sharded
+    checkpoint's index and shards (pickle ones only with `allow_pickle`, as it is loaded)."""
+    for suffix in (".safetensors", ".bin") if allow_pickle else (".safetensors",):
+        one = folder / f"{WEIGHTS}{suffix}"
+        if one.is_file():
+            return [one]
+        index = folder / f"{WEIGHTS}{suffix}.index.json"
+        if index.is_file():
+            import json
+
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                shards = []
+            return [index, *(folder / s for s in shards if (folder / s).is_file())]
+    return []
+
+
+def weights_sha256(ref: str, allow_pickle: bool = False) -> str | None:
+    """The sha256 of a local ControlNet's weights, as a record keeps it (None: a Hub id, or
+    none to read): a file's own; a folder's weight file's, or, sharded, that of its files'
+    names and sha256 one a line. Hashed once per file and version (a ControlNet is 2.5 GB)."""
+    from hires.addons import sha256_once
+
+    path = Path(ref).expanduser()
+    files = [path] if path.is_file() else weight_files(path, allow_pickle) if path.is_dir() \
+        else []
+    if len(files) == 1:
+        return sha256_once(files[0])
+    if not files:
+        return None
+    import hashlib
+
+    lines = "".join(f"{f.name} {sha256_once(f)}\n" for f in files)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def hub_revision(ref: str) -> str | None:
+    """The commit of the Hub ControlNet `ref` the cache holds (what a load read), if known."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(ref, "config.json")
+    except Exception:  # not a repo id the cache knows: nothing to record
+        return None
+    return Path(found).parent.name if isinstance(found, str) else None
+
+
+def hub_problem(ref: str, allow_pickle: bool = False) -> str | None:
+    """With HF_HUB_OFFLINE set, why the Hub ControlNet `ref` cannot load: its config or
+    weights are not in the local cache (None: they are, or the Hub may be asked)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if not constants.HF_HUB_OFFLINE:
+        return None
+    names = [f"{WEIGHTS}.safetensors", f"{WEIGHTS}.safetensors.index.json"]
+    if allow_pickle:
+        names += [f"{WEIGHTS}.bin", f"{WEIGHTS}.bin.index.json"]
+    try:
+        cached = (isinstance(try_to_load_from_cache(ref, "config.json"), str)
+                  and any(isinstance(try_to_load_from_cache(ref, n), str) for n in names))
+    except Exception:  # an id the cache cannot hold: loading says what is wrong
+        return None
+    return None if cached else not_cached(ref)
+
+
+def _mismatch(text: str) -> str | None:
+    """The first tensor whose shape in the weights differs from what the config makes, from
+    diffusers' (meta-device) or torch's error, as 'NAME is AxB in the weights, CxD by its
+    config'."""
+    shapes = r"torch\.Size\(\[([\d, ]*)\]\)"
+    found = re.search(rf"(\S+) expected shape {shapes}, but got {shapes}", text)
+    if found:
+        name, want, got = found.groups()
+    elif found := re.search(rf"size mismatch for (\S+?):.*?shape {shapes}.*?shape {shapes}",
+                            text, re.S):
+        name, got, want = found.groups()
+    else:
+        return None
+
+    def shape(dims: str) -> str:
+        return "x".join(d.strip() for d in dims.split(",") if d.strip())
+
+    return f"{name} is {shape(got)} in its weights, {shape(want)} by its config"
 
 
 def linearize(controlnet: nn.Module, unet: nn.Module,

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from hires.images import file_sha256
+from hires.addons import sha256_once
 from hires.models import (
     PICKLE_SUFFIXES,
     ModelError,
@@ -42,8 +42,54 @@ WEIGHT_NAME = "ip-adapter_sdxl.safetensors"
 IMAGE_ENCODER_FOLDER = "image_encoder"
 
 
+TINY_REFUSAL = ("'tiny' is a model, not an IP-Adapter; pass a Hub id, a folder or a "
+                ".safetensors file")
+
+
 class IPAdapterError(ValueError):
     """An IP-Adapter could not be loaded or used; the message is one line."""
+
+
+def local_problem(ref: str, allow_pickle: bool = False) -> str | None:
+    """Why the local file or folder `ref` cannot be an IP-Adapter, from its names alone (no
+    weight file, two of them, a pickle, no image_encoder/ beside it), as loading would say
+    (None: it may be one): for a dry run, and a run before the model loads."""
+    try:
+        _local_weight(Path(ref).expanduser(), ref, allow_pickle)
+    except IPAdapterError as e:
+        return str(e)
+    return None
+
+
+def weight_sha256(ref: str, allow_pickle: bool = False) -> str | None:
+    """The sha256 of a local IP-Adapter's weight file, as its record keeps it (None: a Hub id,
+    or no usable file there now)."""
+    if model_kind(ref) not in ("file", "folder") or local_problem(ref, allow_pickle):
+        return None
+    folder, subfolder, weight = _local_weight(Path(ref).expanduser(), ref, allow_pickle)
+    return sha256_once(Path(folder) / subfolder / weight)
+
+
+def hub_problem(ref: str) -> str | None:
+    """With HF_HUB_OFFLINE set, why the Hub IP-Adapter `ref` cannot load: its weight or image
+    encoder is not in the local cache (None: they are, or the Hub may be asked)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if not constants.HF_HUB_OFFLINE:
+        return None
+    names = [f"{HUB_SUBFOLDER}/{WEIGHT_NAME}",
+             f"{HUB_SUBFOLDER}/{IMAGE_ENCODER_FOLDER}/config.json"]
+    try:
+        cached = all(isinstance(try_to_load_from_cache(ref, n), str) for n in names)
+    except Exception:  # an id the cache cannot hold: loading says what is wrong
+        return None
+    return None if cached else not_cached(ref)
+
+
+def not_cached(ref: str) -> str:
+    """A Hub IP-Adapter missing from the cache while the Hub is closed: why, and what to do."""
+    return (f"IP-Adapter '{ref}' is not in the local cache and {hub_closed()} to download it, "
+            f"or pass a local .safetensors file with an {IMAGE_ENCODER_FOLDER}/ folder beside it")
 
 
 @dataclass
@@ -76,8 +122,7 @@ def load_ip_adapter(pipe, ref: str = DEFAULT_IP_ADAPTER, allow_pickle: bool = Fa
     """
     kind = model_kind(ref)
     if kind == "tiny":
-        raise IPAdapterError("'tiny' is a model, not an IP-Adapter; pass a Hub id, a folder or "
-                             "a .safetensors file")
+        raise IPAdapterError(TINY_REFUSAL)
     if is_loaded(pipe):
         unload_ip_adapter(pipe)
     elif getattr(pipe.unet, "encoder_hid_proj", None) is not None:
@@ -108,7 +153,7 @@ def load_ip_adapter(pipe, ref: str = DEFAULT_IP_ADAPTER, allow_pickle: bool = Fa
     return {
         "ref": ref,
         "weight": weight,
-        "sha256": file_sha256(_weight_file(ref, kind, repo, subfolder, weight)),
+        "sha256": sha256_once(_weight_file(ref, kind, repo, subfolder, weight)),
         "image_encoder": "/".join(p for p in (subfolder, IMAGE_ENCODER_FOLDER) if p),
         "image_encoder_params": sum(p.numel() for p in encoder.parameters()),
         "image_size": encoder.config.image_size,
@@ -252,10 +297,7 @@ def _load_error(e: Exception, ref: str, kind: str, unet) -> IPAdapterError | Mod
         return IPAdapterError(f"{ref} is not an IP-Adapter checkpoint (no image_proj or "
                               "ip_adapter weights)")
     if kind == "hub" and hub_unreachable(e):
-        return ModelError(
-            f"IP-Adapter '{ref}' is not in the local cache and {hub_closed()} to download it, "
-            f"or pass a local .safetensors file with an {IMAGE_ENCODER_FOLDER}/ folder beside "
-            "it")
+        return ModelError(not_cached(ref))
     first = text.strip().splitlines()[0][:300] if text.strip() else type(e).__name__
     return IPAdapterError(f"could not load IP-Adapter '{ref}': {first}")
 

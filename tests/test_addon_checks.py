@@ -1,0 +1,299 @@
+"""Add-on checks found by QA (tiny model, offline): --from notices a changed ControlNet or
+IP-Adapter weight, and takes one given again as the user's choice; a dry run refuses what a run
+would refuse after the model loaded; a ControlNet for another architecture says so; a folder as
+an add-on image; --control-scale 0 runs no ControlNet; a control image's dropped transparency
+and far-off aspect are said."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from helpers_cli import assert_usage_error, cli, error_lines, json_lines
+from PIL import Image
+
+from hires.job import Job, JobError
+
+TINY = ("--model", "tiny", "--size", "256", "--steps", "1", "--seed", "5", "-q")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, tiny):
+    """A LoRA, a ControlNet folder, an IP-Adapter folder and two small images, made offline."""
+    from helpers_control import tiny_controlnet
+    from helpers_ip import write_tiny_ip_adapter
+    from helpers_lora import write_tiny_lora
+
+    root = tmp_path_factory.mktemp("checks")
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(root / "edges.png")
+    Image.fromarray(pixels[:64]).save(root / "style.png")
+    tiny_controlnet(tiny.unet).save_pretrained(root / "control-net")
+    write_tiny_ip_adapter(root / "ip", tiny.pipe)
+    return {"lora": write_tiny_lora(root / "style.safetensors", tiny.pipe),
+            "control_model": root / "control-net", "ip": root / "ip",
+            "control": root / "edges.png", "ip_image": root / "style.png", "root": root}
+
+
+def control_flags(files, model=None, scale="1") -> list[str]:
+    return ["--control", str(files["control"]), "--control-model",
+            str(model or files["control_model"]), "--control-scale", scale]
+
+
+def retrained(folder, tiny, seed: int = 9) -> None:
+    """The ControlNet in `folder` with other weights, under the same names."""
+    from helpers_control import tiny_controlnet
+
+    net = tiny_controlnet(tiny.unet, seed=seed)
+    for conv in net.controlnet_down_blocks:  # (sure to differ, whatever the seed does)
+        conv.bias.data += 0.5
+    net.save_pretrained(folder)
+
+
+# 1. --from and the add-ons' weights
+
+
+def test_from_refuses_a_changed_controlnet_or_ip_adapter_weight(files, tmp_path, asked, tiny):
+    """Both were re-run silently into another image: the ControlNet's weights had no sha256
+    in the record, and the IP-Adapter's was recorded but never compared."""
+    from helpers_ip import write_tiny_ip_adapter
+
+    net, ip = tmp_path / "net", tmp_path / "ip"
+    shutil.copytree(files["control_model"], net)
+    shutil.copytree(files["ip"], ip)
+    first = tmp_path / "first.png"
+    made = cli("gen", "x", *TINY, *control_flags(files, net), "--ip-image", files["ip_image"],
+               "--ip-adapter", ip, "-o", first, "--json")
+    assert made.exit_code == 0, made.stderr
+    record = json_lines(made.stdout)[0]["addons"]["controlnet"]
+    weights = net / "diffusion_pytorch_model.safetensors"
+    from helpers_cli import sha256
+
+    assert record["sha256"] == sha256(weights)  # the weight file's own, as sha256sum says
+    kept = weights.read_bytes()
+    retrained(net, tiny)
+    result = cli("gen", "--from", first, "-o", tmp_path / "a.png", "-q")
+    assert_usage_error(result, f"{net} has changed", "--control-model")
+    weights.write_bytes(kept)
+    write_tiny_ip_adapter(ip, tiny.pipe, seed=9)
+    result = cli("gen", "--from", first, "-o", tmp_path / "b.png", "-q")
+    assert_usage_error(result, f"{ip} has changed", "--ip-adapter")
+    assert not (tmp_path / "a.png").exists() and not (tmp_path / "b.png").exists()
+
+
+def test_a_single_file_controlnet_is_hashed_as_its_file(files, tmp_path):
+    from hires.controlnet import weights_sha256
+
+    weights = files["control_model"] / "diffusion_pytorch_model.safetensors"
+    from helpers_cli import sha256
+
+    assert weights_sha256(str(weights)) == sha256(weights)
+    assert weights_sha256(str(files["control_model"])) == sha256(weights)
+    assert weights_sha256("owner/controlnet") is None  # a Hub id: its revision is recorded
+
+
+RECORDED = {"lora": [{"ref": "L.safetensors", "sha256": "0" * 64}],
+            "controlnet": {"model": "net", "image": "c.png", "image_sha256": "0" * 64,
+                           "sha256": "0" * 64},
+            "ip_adapter": {"ref": "ip", "image": "i.png", "image_sha256": "0" * 64,
+                           "sha256": "0" * 64}}
+
+
+@pytest.mark.parametrize("key", ["lora", "control", "control_model", "ip_image", "ip_adapter"])
+def test_an_addon_given_as_a_flag_with_from_is_the_users_choice(key, files, tmp_path,
+                                                                  monkeypatch):
+    """The refusal said 'give the add-on options yourself', and giving them was refused the
+    same way: the merged job was compared, not what the flags gave."""
+    from hires.addons import check_unchanged
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(files["lora"], "L.safetensors")
+    shutil.copytree(files["control_model"], "net")
+    shutil.copytree(files["ip"], "ip")
+    shutil.copy(files["control"], "c.png")
+    shutil.copy(files["ip_image"], "i.png")
+    job = Job(lora=["L.safetensors:0.5"], control="c.png", control_model="net",
+              ip_image="i.png", ip_adapter="ip")
+    # Each of the five differs from the record (its sha256 is all zeros): compared, the one
+    # not given is refused, named with its flag; given too, it is taken as it is now.
+    flag = {"control_model": "--control-model", "ip_adapter": "--ip-adapter",
+            "ip_image": "--ip-image"}.get(key, f"--{key}")
+    others = {"lora", "control", "control_model", "ip_image", "ip_adapter"} - {key}
+    with pytest.raises(JobError, match=f"has changed .* give {flag} "):
+        check_unchanged(job, RECORDED, given=others)
+    check_unchanged(job, RECORDED, given=others | {key})
+    with pytest.raises(JobError, match="has changed"):
+        check_unchanged(job, RECORDED)  # (as build_job called it: every one compared)
+
+
+# 3. What a dry run (and `hires plan`) checks before any loading
+
+
+def lora_as_controlnet(files, tmp_path):
+    return str(files["lora"])
+
+
+def folder_without_config(files, tmp_path):
+    net = tmp_path / "net"
+    shutil.copytree(files["control_model"], net)
+    (net / "config.json").unlink()
+    return str(net)
+
+
+def ip_folder(case):
+    def make(files, tmp_path):
+        ip = tmp_path / "ip"
+        ip.mkdir()
+        if case != "empty":
+            shutil.copytree(files["ip"] / "image_encoder", ip / "image_encoder")
+            for name in ("a", "b") if case == "two" else ("a",):
+                shutil.copy(files["ip"] / "ip-adapter_sdxl.safetensors",
+                            ip / f"{name}.safetensors")
+        if case == "no-encoder":
+            shutil.rmtree(ip / "image_encoder")
+        return str(ip)
+    return make
+
+
+@pytest.mark.parametrize(("flag", "make", "words"), [
+    ("--control-model", folder_without_config, ["--control-model", "no config.json"]),
+    ("--control-model", lora_as_controlnet, ["style.safetensors is not a ControlNet",
+                                             "--lora"]),
+    ("--control-model", lambda f, t: "tiny", ["'tiny' is a model, not a ControlNet"]),
+    ("--ip-adapter", ip_folder("empty"), ["must hold one weight file"]),
+    ("--ip-adapter", ip_folder("two"), ["a.safetensors, b.safetensors"]),
+    ("--ip-adapter", ip_folder("no-encoder"), ["no image encoder", "image_encoder/"]),
+])
+def test_a_dry_run_refuses_an_addon_that_cannot_load(flag, make, words, files, tmp_path,
+                                                      asked):
+    """Each passed --dry-run (exit 0) and failed a run only once the model had loaded."""
+    ref = make(files, tmp_path)
+    args = (control_flags(files, ref) if flag == "--control-model" else
+            ["--ip-image", str(files["ip_image"]), "--ip-adapter", ref])
+    for dry in (("--dry-run",), ()):
+        result = cli("gen", "x", *TINY, *args, *dry, "-o", tmp_path / "x.png")
+        assert_usage_error(result, *words)
+    assert asked == []  # nothing loaded
+
+
+def test_a_controlnet_named_tiny_is_refused_by_the_loader_too():
+    from hires.controlnet import ControlError, load_controlnet
+
+    with pytest.raises(ControlError, match="'tiny' is a model, not a ControlNet"):
+        load_controlnet("tiny", dtype=None)
+
+
+@pytest.mark.parametrize("flag", ["--control-model", "--ip-adapter"])
+def test_a_dry_run_says_an_uncached_hub_addon_offline(flag, files, tmp_path):
+    """It planned as if the Hub id would load; HF_HUB_OFFLINE is set in the tests."""
+    args = (control_flags(files, "nobody/not-cached") if flag == "--control-model" else
+            ["--ip-image", str(files["ip_image"]), "--ip-adapter", "nobody/not-cached"])
+    result = cli("gen", "x", *TINY, *args, "--dry-run")
+    assert result.exit_code == 1, (result.stdout, result.stderr)  # as a run's load says
+    assert error_lines(result.stderr) == [result.stderr.strip()]
+    assert "'nobody/not-cached' is not in the local cache" in result.stderr
+    assert "HF_HUB_OFFLINE is set; unset it to download it" in result.stderr
+
+
+def test_the_check_for_plan_leaves_hub_ids_and_pickles_to_the_machine_that_runs(files,
+                                                                                tmp_path):
+    """`hires plan` may plan another machine's run: what it has cached is not known here."""
+    from hires.addons import check_inputs
+
+    check_inputs(Job(control=str(files["control"]), control_model="nobody/not-cached",
+                     ip_image=str(files["ip_image"])), loads=False)
+    pickled = tmp_path / "net.bin"
+    pickled.write_bytes(b"x")
+    check_inputs(Job(control=str(files["control"]), control_model=str(pickled)), loads=False)
+    with pytest.raises(JobError, match="--control nope.png: no such file"):
+        check_inputs(Job(control="nope.png", control_model="owner/net"), loads=False)
+
+
+# 4. A ControlNet made for another architecture
+
+
+def test_a_controlnet_whose_config_is_for_another_architecture_says_so(files, tmp_path, asked):
+    """diffusers' message was cut off half way through advice on low_cpu_mem_usage."""
+    net = tmp_path / "net"
+    shutil.copytree(files["control_model"], net)
+    config = json.loads((net / "config.json").read_text())
+    config["cross_attention_dim"] = 99
+    (net / "config.json").write_text(json.dumps(config))
+    result = cli("gen", "x", *TINY, *control_flags(files, net), "-o", tmp_path / "x.png")
+    assert_usage_error(result, "made for another architecture", "use an SDXL ControlNet",
+                       "attn2.to_k.weight is 64x64 in its weights, 64x99 by its config")
+    assert "low_cpu_mem_usage" not in result.stderr
+
+
+# 5. A folder as an add-on's image
+
+
+@pytest.mark.parametrize("flag", ["--control", "--ip-image"])
+def test_a_folder_as_an_addon_image_says_it_takes_one_image(flag, files, tmp_path, asked):
+    """It said 'for every image in it, give DIR/*', `up`'s advice: these take one image."""
+    args = ([flag, str(tmp_path), "--control-model", str(files["control_model"])]
+            if flag == "--control" else [flag, str(tmp_path)])
+    result = cli("gen", "x", *TINY, *args, "--dry-run")
+    assert_usage_error(result, f"{flag} {tmp_path} is a folder; {flag} takes one image file")
+    assert "DIR/*" not in result.stderr and "give *" not in result.stderr
+
+
+# 6. --control-scale 0
+
+
+def test_control_scale_0_runs_no_controlnet_and_keeps_it_in_the_record(files, tmp_path,
+                                                                         asked, tiny,
+                                                                         monkeypatch):
+    """It ran the ControlNet every step (twice the work) for the plain image's pixels."""
+    from hires import controlnet
+
+    loaded = []
+    real = controlnet.load_controlnet
+    monkeypatch.setattr(controlnet, "load_controlnet",
+                        lambda *a, **k: loaded.append(a) or real(*a, **k))
+    tiny.controlnets.clear()
+    plain, zero = tmp_path / "plain.png", tmp_path / "zero.png"
+    assert cli("gen", "x", *TINY, "-o", plain).exit_code == 0
+    made = cli("gen", "x", *TINY, *control_flags(files, scale="0"), "-o", zero, "--json")
+    assert made.exit_code == 0, made.stderr
+    assert loaded == [] and not tiny.controlnets
+    with Image.open(plain) as a, Image.open(zero) as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    record = json_lines(made.stdout)[0]["addons"]["controlnet"]
+    assert record["scale"] == 0 and len(record["sha256"]) == 64  # --from repeats it
+
+
+def test_control_scale_0_counts_no_controlnet_work():
+    from hires.addons import runs_controlnet
+
+    assert runs_controlnet(Job(control="c.png", control_model="net", control_scale=0.5))
+    assert not runs_controlnet(Job(control="c.png", control_model="net", control_scale=0))
+    assert not runs_controlnet(Job())
+
+
+# 7. What fitting a control image leaves out
+
+
+def test_a_transparent_or_far_off_aspect_control_image_is_said(files, tmp_path):
+    from hires.addons import input_warnings
+
+    rgba, strip = tmp_path / "rgba.png", tmp_path / "strip.png"
+    pixels = np.asarray(Image.open(files["control"]))
+    alpha = np.full((96, 96, 1), 128, np.uint8)
+    Image.fromarray(np.dstack([pixels, alpha])).save(rgba)
+    Image.fromarray(np.tile(pixels, (1, 10, 1))[:20]).save(strip)  # 960x20
+    common = dict(width=256, height=256, control_model="net")
+    assert input_warnings(Job(control=str(files["control"]), **common)) == []
+    said = input_warnings(Job(control=str(rgba), ip_image=str(rgba), **common))
+    assert len(said) == 2 and all("has transparency" in s for s in said)
+    assert "the ControlNet does not see" in said[0] and "--ip-image" in said[1]
+    said = input_warnings(Job(control=str(strip), **common))
+    assert said == [f"--control {strip} (960x20) is scaled to cover the 256x256 image and "
+                    "centre-cropped: 98% of it is cut off; give a control image of the "
+                    "image's aspect"]
+    # A third or less cut off (96x72 onto a square) is what fitting is for: not said.
+    Image.fromarray(pixels[:72]).save(strip)
+    assert input_warnings(Job(control=str(strip), **common)) == []
+    # Not run at scale 0: nothing to say.
+    assert input_warnings(Job(control=str(rgba), control_scale=0, **common)) == []
