@@ -49,7 +49,9 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
     warn_space([(paths[item.index], item.job) for item in todo])
     warn_tmpdir()
     warn_ram([item.job for item in todo])
-    made: list[tuple[int, float]] = []
+    from hires.eta import RunPace
+
+    pace = RunPace(len(todo))  # the jobs to make: their number, and the pace of those made
     loaded: dict[tuple, Any] = {}
 
     def make_one(item: b.BatchItem, path: Path) -> dict:
@@ -61,12 +63,15 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
             loaded.clear()  # one model in memory at a time
             loaded[key] = load_model(item.job, quiet)
         check_steps_and_notes(item.job, loaded[key], notes=fresh)
+        number = todo.index(item) if item in todo else len(todo) - 1
+        pace.start(number, item.job.width * item.job.height,
+                   [i.job.width * i.job.height for i in todo[number + 1:]])
         started = time.monotonic()  # a model's load is not an image's pace
         # run_batch holds the image's lock (hires.busy) while this makes it
         record = make_image(item.job, path, loaded[key], heading=f"job {item.index} -> {path}",
                             gpu=gpu, quiet=quiet, overwrite=overwrite, resume_runs=resume_runs,
-                            settings=b.settings_hash(item.job), preview=preview)
-        made.append((item.job.width * item.job.height, time.monotonic() - started))
+                            settings=b.settings_hash(item.job), preview=preview, run=pace)
+        pace.end(time.monotonic() - started)
         return record
 
     def line(o: b.Outcome, record: dict) -> None:
@@ -99,7 +104,7 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
             line(o, o.record)
         if o.status != "skipped" and o.item in todo:
             later = todo[todo.index(o.item) + 1:]
-            say_left(made, [i.job.width * i.job.height for i in later])
+            say_left(pace.made, [i.job.width * i.job.height for i in later])
 
     for folder in (output, manifest.parent):
         try:

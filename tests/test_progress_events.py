@@ -211,6 +211,21 @@ def test_gen_n_events_carry_the_image_and_the_runs_time_left(tmp_path, asked):
         assert key in records[0]
 
 
+def test_batch_events_carry_the_job_and_the_runs_time_left(tmp_path, asked):
+    """A batch's events said image 0 of 1 for every job, and each job's first estimate was
+    none, though the jobs before it had measured the pace."""
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text('[defaults]\nmodel = "tiny"\nsize = 256\nsteps = 1\nseed = 1\n'
+                    '[[job]]\nprompt = "a"\n[[job]]\nprompt = "b"\n')
+    result = cli("batch", jobs, "-o", tmp_path / "out", "--progress", "json")
+    assert result.exit_code == 0, result.stderr
+    records = [r for r in map(json.loads, result.stderr.splitlines()) if "phase" in r]
+    assert {(r["image_index"], r["images"]) for r in records} == {(0, 2), (1, 2)}
+    second = [r for r in records if r["image_index"] == 1]
+    assert second[0]["run_left_s"] is not None
+    assert records[-1]["run_left_s"] == 0.0
+
+
 # 7. --gpu for another machine: said, and the times come from this run's pace.
 
 def test_gpu_for_another_machine_is_said_and_not_used_for_the_times(tmp_path, asked):
