@@ -38,6 +38,7 @@ _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1",
                b"avif", b"avis")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
+_GREY_MODES = ("1", "L", "LA", "La", *_SIXTEEN_BIT)
 ORIENTATION = 0x0112  # the EXIF tag
 
 
@@ -58,6 +59,7 @@ class InputImage:
     converted_from: str | None = None  # the colour profile its pixels were converted from
     bits: int = 8  # bits a sample in the file (16: a 16-bit PNG or TIFF, read as 8)
     frames: int = 1  # frames or pages in the file (an animation, a multi-page TIFF): the first
+    grey: bool = False  # grey in the file (L, LA, 1 bit, 16-bit grey): the result is made grey
 
 
 @contextlib.contextmanager
@@ -242,8 +244,9 @@ def load_input(path: Path | str) -> InputImage:
         fmt = FORMATS[im.format or ""]
         bits = _file_bits(im, path)
         frames = getattr(im, "n_frames", 1)
+        grey = im.mode in _GREY_MODES
     return InputImage(rgb=rgb, alpha=alpha, path=path, sha256=sha, format=fmt, size=rgb.size,
-                      converted_from=profile, bits=bits, frames=frames)
+                      converted_from=profile, bits=bits, frames=frames, grey=grey)
 
 
 def input_label(source: InputImage) -> str:
@@ -448,6 +451,27 @@ def resize_lanczos(image: Image.Image, size: tuple[int, int],
     for _ in in_order(band, -(-height // rows), threads):  # Pillow resizes without the GIL
         pass
     return out
+
+
+def greyed(image: Image.Image) -> Image.Image:
+    """`image` (RGB or RGBA) with its colour taken out: each pixel's luma (Pillow's, ITU-R 601)
+    in all three channels, the alpha kept. A grey input's result: the model knows only colour,
+    and tints a black-and-white photo's new detail."""
+    grey = image.convert("L").convert("RGB")
+    if image.mode == "RGBA":
+        grey.putalpha(image.getchannel("A"))
+    return grey
+
+
+def greyed16(pixels: np.ndarray, rows: int = 1024) -> np.ndarray:
+    """16-bit H x W x 3 (or 4, the alpha kept) samples made grey as `greyed` does, in place, a
+    band of `rows` at a time (a 16K image's luma in floats at once would be 1 GB more)."""
+    weights = np.array([0.299, 0.587, 0.114], np.float32)
+    for top in range(0, pixels.shape[0], rows):
+        band = pixels[top:top + rows]
+        luma = np.rint(band[..., :3].astype(np.float32) @ weights)
+        band[..., :3] = np.clip(luma, 0, 65535).astype(np.uint16)[..., None]
+    return pixels
 
 
 def attach_alpha16(pixels: np.ndarray, alpha: Image.Image | None) -> np.ndarray:

@@ -150,7 +150,14 @@ def upscale_job(job: Job, *, source: Any = None, components: Components | None =
     """A complete upscale Job (`job.image` set, width/height final) run as `upscale` does;
     `checkpoint` and `on_stage_image` as for `hires.generate`; `on_score(index, psnr)` as
     each stage's image is scored against the input."""
-    from hires.images import attach_alpha, attach_alpha16, fidelity, input_notes
+    from hires.images import (
+        attach_alpha,
+        attach_alpha16,
+        fidelity,
+        greyed,
+        greyed16,
+        input_notes,
+    )
 
     source = source or load_source(job)
     job = replace(job, image_sha256=source.sha256)
@@ -174,6 +181,10 @@ def upscale_job(job: Job, *, source: Any = None, components: Components | None =
     result.image = attach_alpha(result.image, source.alpha)
     if result.pixels16 is not None:
         result.pixels16 = attach_alpha16(result.pixels16, source.alpha)
+    if source.grey:  # grey in, grey out
+        result.image = greyed(result.image)
+        if result.pixels16 is not None:
+            result.pixels16 = greyed16(result.pixels16)
     result.warnings += [n for n in input_notes(source, job.depth) if n not in result.warnings]
     result.source = {"path": str(source.path), "sha256": source.sha256,
                      "width": source.rgb.width, "height": source.rgb.height}

@@ -126,3 +126,34 @@ def test_piped_progress_events_name_stdout(small, scratch, asked):
     assert result.exit_code == 0, result.stderr
     images = {e["image"] for e in json_lines(result.stderr) if "phase" in e}
     assert images == {"-"}, images
+
+
+@pytest.mark.parametrize(("mode", "grey"), [("L", True), ("LA", True), ("RGB", False)])
+def test_a_grey_input_comes_out_grey(tmp_path, asked, mode, grey):
+    """A black-and-white photo came out in colour: the model tints the detail it adds."""
+    noise = np.random.default_rng(1).integers(0, 256, (64, 64), np.uint8)
+    image = Image.fromarray(noise, "L").convert(mode)
+    if mode == "LA":
+        image.putalpha(Image.fromarray(np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))))
+    image.save(tmp_path / "in.png")
+    result = cli("up", tmp_path / "in.png", *TINY, "--scale", "2", "-o", tmp_path / "out.png")
+    assert result.exit_code == 0, result.stderr
+    out = np.asarray(Image.open(tmp_path / "out.png")).astype(int)
+    spread = (out[..., :3].max(-1) - out[..., :3].min(-1)).max()
+    assert (spread == 0) == grey, spread
+    assert out.shape[-1] == (4 if mode == "LA" else 3)
+    if mode == "LA":
+        assert out[..., 3].min() < 40 and out[..., 3].max() > 200  # the alpha kept, not greyed
+
+
+def test_16_bit_samples_are_greyed_band_by_band_with_their_alpha_kept():
+    from hires.images import greyed16
+
+    rng = np.random.default_rng(2)
+    pixels = rng.integers(0, 65536, (37, 5, 4), dtype=np.uint16)
+    alpha = pixels[..., 3].copy()
+    luma = pixels[..., :3].astype(np.float64) @ [0.299, 0.587, 0.114]
+    out = greyed16(pixels.copy(), rows=8)  # bands that do not divide the height
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+    assert np.abs(out[..., 0] - luma).max() <= 1
+    assert (out[..., 3] == alpha).all()
