@@ -337,10 +337,7 @@ class LinFusion(nn.Module):
         modules_list = _read_config(folder / CONFIG_NAME)
         weights = folder / WEIGHTS_NAME
         if not weights.is_file():
-            pickled = sorted(p.name for p in folder.glob("*.bin"))
-            found = f" (found {pickled[0]}: pickle weights are not loaded)" if pickled else ""
-            raise LinFusionError(f"checkpoint {folder}: no {WEIGHTS_NAME}{found}; LinFusion "
-                                 "checkpoints load from safetensors only")
+            _no_weights(folder)
         from safetensors.torch import load_file
 
         try:
@@ -478,11 +475,43 @@ def _offline() -> bool:
 
 
 def check_ref(ref: str | Path) -> None:
-    """A checkpoint reference that is neither a folder here nor a Hub id (owner/name)."""
-    if not Path(ref).expanduser().is_dir() and not re.fullmatch(r"[\w][\w.-]*/[\w][\w.-]*",
-                                                                 str(ref)):
-        raise LinFusionError(f"LinFusion checkpoint {ref}: no such folder, and not a Hugging Face "
-                             "Hub id (owner/name); give a checkpoint folder, a Hub id, or none")
+    """A checkpoint reference that cannot be loaded, found from its files alone (no weights
+    read): a file, a path that is neither a folder here nor a Hub id (owner/name), or a folder
+    without config.json (a model's folder that carries its own in linfusion/ is named), with a
+    config that is not LinFusion's, or weights missing or unreadable. Hub ids are checked by
+    form only (hires.models.check_cached says whether a run here finds them)."""
+    path = Path(ref).expanduser()
+    if path.exists() and not path.is_dir():
+        raise LinFusionError(f"LinFusion checkpoint {ref} is a file; pass the folder holding "
+                             f"{CONFIG_NAME} and {WEIGHTS_NAME}")
+    if not path.is_dir():
+        if not re.fullmatch(r"[\w][\w.-]*/[\w][\w.-]*", str(ref)):
+            raise LinFusionError(f"LinFusion checkpoint {ref}: no such folder, and not a Hugging "
+                                 "Face Hub id (owner/name); give a checkpoint folder, a Hub id, "
+                                 "or none")
+        return
+    if not (path / CONFIG_NAME).is_file() and (path / "linfusion" / CONFIG_NAME).is_file():
+        carried = Path(str(ref).rstrip("/\\")) / "linfusion"
+        raise LinFusionError(f"LinFusion checkpoint {ref} has no {CONFIG_NAME}, but {carried} is "
+                             f"a LinFusion checkpoint: pass --linfusion {carried} (or "
+                             "--linfusion auto, which takes a model folder's own)")
+    _read_config(path / CONFIG_NAME)
+    weights = path / WEIGHTS_NAME
+    if not weights.is_file():
+        _no_weights(path)
+    from hires.safetensors_header import read_header
+
+    if read_header(weights) is None:
+        raise LinFusionError(f"checkpoint {weights}: unreadable (not a valid safetensors file: "
+                             "truncated?); re-download or re-save it")
+
+
+def _no_weights(folder: Path) -> None:
+    """Raise for a checkpoint folder without its safetensors weights."""
+    pickled = sorted(p.name for p in folder.glob("*.bin"))
+    found = f" (found {pickled[0]}: pickle weights are not loaded)" if pickled else ""
+    raise LinFusionError(f"checkpoint {folder}: no {WEIGHTS_NAME}{found}; LinFusion "
+                         "checkpoints load from safetensors only")
 
 
 def _checkpoint_folder(ref: str | Path, cache_dir: str | Path | None,
