@@ -219,17 +219,22 @@ class OneLineErrors(TyperGroup):
 
 def library_bars(quiet: bool) -> None:
     """diffusers, transformers and the Hub draw their own tqdm bars (loading a local folder
-    shows two): off with -q, on otherwise (the setting is per process; tests run many)."""
+    shows two): off with -q, and where hires' own progress is not bars (stderr no terminal, a
+    dumb one, --progress plain: their carriage returns and escapes would litter a log), on
+    otherwise (the setting is per process; tests run many)."""
     from diffusers.utils import logging as diffusers_logging
     from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
     from transformers.utils import logging as transformers_logging
 
-    if quiet == Quiet.bars_off:
+    bars = Quiet.progress == "bars" or (Quiet.progress == "auto" and sys.stderr.isatty()
+                                        and not dumb_terminal())
+    off = quiet or not bars
+    if off == Quiet.bars_off:
         return  # only undo what we did: a user's HF_HUB_DISABLE_PROGRESS_BARS stays in force
     for module in (diffusers_logging, transformers_logging):
-        (module.disable_progress_bar if quiet else module.enable_progress_bar)()
-    (disable_progress_bars if quiet else enable_progress_bars)()
-    Quiet.bars_off = quiet
+        (module.disable_progress_bar if off else module.enable_progress_bar)()
+    (disable_progress_bars if off else enable_progress_bars)()
+    Quiet.bars_off = off
 
 
 def dumb_terminal() -> bool:
