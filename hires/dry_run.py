@@ -85,14 +85,88 @@ def dry_run(job, gpu: str | None = None, source: tuple[int, int] | None = None,
 def as_run_here(job, gpu: str | None):
     """The job a dry run (`gen`, `up`, `batch --dry-run`) plans: as the run would go on this
     machine, so `--device auto` without a CUDA GPU is a CPU run (a TFLOP/s `gpu` times it);
-    a `gpu` that names a card plans for that card instead, as `hires plan` does."""
+    a `gpu` that names a card plans for that card instead, as `hires plan` does. A Hub id the
+    run could not load here (offline, not in the cache; hires' defaults aside) is a JobError,
+    as a job that cannot run."""
     import torch
 
     from hires.gpus import card
+    from hires.job import JobError
+    from hires.models import ModelError, check_cached
 
+    try:  # a Hub id a run here cannot load (offline, not cached): the run would fail
+        check_cached(job.model, job.vae, job.linfusion, known=False)
+    except ModelError as e:
+        raise JobError(str(e)) from None
     if job.device == "auto" and not (gpu and card(gpu)) and not torch.cuda.is_available():
         return job.merged({"device": "cpu"})
     return job
+
+
+# A local model whose weights take at most this many bytes is loaded (on the CPU, as `tiny`
+# is) for a dry run to see its shapes as a run does; a bigger one is taken as SDXL-shaped,
+# at the native size its configs say.
+SMALL_MODEL_BYTES = 256 << 20
+
+
+def _model_config(model: str, name: str) -> dict | None:
+    """The JSON file `name` (as 'unet/config.json') of a model's local folder, or of a Hub
+    id's snapshot in the local cache (never downloaded); None where there is none."""
+    import json
+    from pathlib import Path
+
+    from hires.models import model_kind
+
+    kind = model_kind(model)
+    if kind == "folder":
+        found = Path(model).expanduser() / name
+    elif kind == "hub":
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = try_to_load_from_cache(model, name)
+        except ValueError:  # not a valid repository id
+            return None
+        found = Path(cached) if isinstance(cached, str) else None
+    else:
+        return None
+    try:
+        config = json.loads(found.read_text(encoding="utf-8")) if found else None
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def native_size(model: str) -> int | None:
+    """A model's native image size in pixels from its UNet's sample_size and its VAE's scale
+    (as `Components.native`), read from a local folder's configs or the Hub cache's; None
+    where they cannot be read here (single files, Hub ids not cached: SDXL's 1024 then)."""
+    unet = _model_config(model, "unet/config.json")
+    size = unet.get("sample_size") if unet else None
+    if isinstance(size, list | tuple) and size:
+        size = size[0]
+    if not isinstance(size, int) or size <= 0:
+        return None
+    vae = _model_config(model, "vae/config.json") or {}
+    levels = vae.get("block_out_channels")
+    return size * 2 ** (len(levels) - 1 if isinstance(levels, list) and levels else 3)
+
+
+def _small_local_model(model: str) -> bool:
+    """Whether `model` is a local diffusers folder whose weights are small enough to load
+    for a dry run (SMALL_MODEL_BYTES), and safetensors: a plan runs no pickle's code."""
+    from pathlib import Path
+
+    from hires.models import model_kind, pipeline_folder_refusal
+
+    if model_kind(model) != "folder":
+        return False
+    folder = Path(model).expanduser()
+    if pipeline_folder_refusal(folder, allow_pickle=False):
+        return False
+    total = sum(f.stat().st_size for sub in ("unet", "vae", "text_encoder", "text_encoder_2")
+                for pattern in ("*.safetensors", "*.bin") for f in (folder / sub).glob(pattern))
+    return 0 < total <= SMALL_MODEL_BYTES
 
 
 def plan_without_weights(job, rate: float | None = None,
@@ -128,10 +202,19 @@ def plan_without_weights(job, rate: float | None = None,
 
     vram = job.vram if job.vram is not None else vram if on_gpu else None
     budget = budget_bytes(vram, job.ram, job.device.startswith("cpu"), free)
-    if job.model == "tiny":
+    if job.model == "tiny" or _small_local_model(job.model):
+        # The tiny model, or a local one as small (the tiny model saved as a folder, say):
+        # loaded, as a run would, to see its shapes; SDXL's would be wrong for it.
         from hires.models import load
 
-        tiny = load("tiny", job.linfusion, "fp32", "cpu")
+        if job.model == "tiny":
+            tiny = load("tiny", job.linfusion, "fp32", "cpu")
+        else:  # its shapes, with a LinFusion made for its UNet (no checkpoint is read)
+            from hires.linfusion import LinFusion
+
+            tiny = load(job.model, "none", "fp32", "cpu")
+            if job.linfusion != "none":
+                LinFusion.from_unet(tiny.unet).mount(tiny.unet)
         net = None
         if job.control_model:
             from hires.controlnet import controlnet_like
@@ -148,6 +231,9 @@ def plan_without_weights(job, rate: float | None = None,
         shape = sdxl_shape(linfusion=job.linfusion != "none", dtype_bytes=dtype_bytes,
                            on_gpu=on_gpu, controlnet=bool(job.control_model),
                            vae_dtype_bytes=vae_dtype_bytes)
+        native = native_size(job.model)
+        if native and native != shape.native:  # SDXL-like at another size: as its configs say
+            shape = copy(shape, native=native)
         spacing, train, offset = "leading", 1000, 1  # SDXL base's scheduler
         alphas = None  # make_plan's default: SDXL base's
     if on_gpu:

@@ -156,7 +156,7 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def choose_vae_dtype(device: torch.device, model_dtype: torch.dtype,
-                     requested: str | None = None, fp16_ok: bool = False) -> torch.dtype:
+                     requested: str | None = None, fp16_ok: bool | None = False) -> torch.dtype:
     """The VAE's dtype: bf16 on CUDA and bf16-capable CPUs unless fp32 is asked for, else fp32.
 
     The SDXL VAE overflows in fp16 (NaNs at its largest activations) but not in bf16, which has
@@ -164,13 +164,19 @@ def choose_vae_dtype(device: torch.device, model_dtype: torch.dtype,
     units (AVX512-BF16, AMX: recent Xeons and EPYCs). `fp16_ok`: the VAE is made for fp16 (its
     config has `force_upcast` off, as madebyollin/sdxl-vae-fp16-fix's has); then fp16 may be
     asked for, and a GPU without native bf16 (T4, V100) or MPS runs it in fp16 rather than
-    fp32, several times faster. `requested` ('auto', 'fp16', 'bf16', 'fp32') overrides; on
+    fp32, several times faster; None: not known (a single-file VAE, which has no config of its
+    own), taken as False except that fp16 asked for is refused for that reason.
+    `requested` ('auto', 'fp16', 'bf16', 'fp32') overrides; on
     CUDA an fp32 model counts as asking for an fp32 VAE (on the CPU fp32 is simply auto's
     choice for the model).
     """
     wanted = requested or "auto"
     if wanted not in ("auto", *DTYPES):
         raise ModelError(f"unknown VAE dtype '{wanted}'; use auto, bf16, fp32 or fp16")
+    if wanted != "auto" and DTYPES[wanted] == torch.float16 and fp16_ok is None:
+        raise ModelError("a single .safetensors VAE's fp16 safety cannot be read (it has no "
+                         "config saying force_upcast off); give its folder or Hub id, or use "
+                         "--vae-dtype bf16 or fp32", usage=True)
     if wanted != "auto" and DTYPES[wanted] == torch.float16 and not fp16_ok:
         raise ModelError("this VAE overflows in fp16 (its config says force_upcast); use bf16 "
                          f"or fp32, or a VAE made for fp16 (--vae {FP16_VAE})", usage=True)
@@ -211,8 +217,12 @@ def model_kind(ref: str) -> str:
 
 def check_paths(model: str, vae: str | None, linfusion: str, allow_pickle: bool = False) -> None:
     """Before any loading: a model, VAE or LinFusion checkpoint named by a path that is not
-    there is a usage error (else the VAE's and LinFusion's show only after the model loads),
-    and so is a pickle file without `allow_pickle` (else a dry run plans what cannot run)."""
+    there or cannot be used (a single file that is no safetensors or no SDXL checkpoint, a
+    diffusers folder missing a component, a LinFusion folder without its config or with
+    unreadable weights) is a usage error (else the VAE's and LinFusion's show only after the
+    model loads), and so is a pickle file, or a folder of pickle weights, without
+    `allow_pickle` (else a dry run plans what cannot run). Hub ids are checked by form only:
+    `check_cached` says whether a run here finds them."""
     from hires import linfusion as lf
 
     for what, ref in (("--model", model), ("--vae", vae)):
@@ -220,7 +230,7 @@ def check_paths(model: str, vae: str | None, linfusion: str, allow_pickle: bool 
         if kind == "hub" and (refusal := hub_id_refusal(what, ref)):
             raise ModelError(refusal, usage=True)
         if kind == "folder":
-            _check_folder(what, ref)
+            _check_folder(what, ref, allow_pickle)
         if kind != "file":
             continue
         path = Path(ref).expanduser()
@@ -228,7 +238,7 @@ def check_paths(model: str, vae: str | None, linfusion: str, allow_pickle: bool 
             raise ModelError(f"{what} {ref}: no such file; give a .safetensors file, a diffusers "
                              "folder or a Hugging Face Hub id (owner/name)", usage=True)
         refusal = weights_refusal(path, {"--vae": "a VAE"}.get(what, "an SDXL model"),
-                                  allow_pickle)
+                                  allow_pickle) or single_file_refusal(path, what == "--vae")
         if refusal:
             raise ModelError(f"{what} {refusal}", usage=True)
     if linfusion not in ("auto", "none"):
@@ -236,6 +246,158 @@ def check_paths(model: str, vae: str | None, linfusion: str, allow_pickle: bool 
             lf.check_ref(linfusion)
         except lf.LinFusionError as e:
             raise ModelError(str(e), usage=True) from None
+
+
+def hub_offline() -> bool:
+    """Whether huggingface_hub is in offline mode now (HF_HUB_OFFLINE, or switched on by
+    `go_offline_if_unreachable`): a Hub id must then be in the local cache."""
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode()
+
+
+def hub_cached(repo: str, *files: str) -> bool:
+    """Whether one of `files` of the Hub repository `repo` is in the local cache (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in files:
+        try:
+            if isinstance(try_to_load_from_cache(repo, name), str):
+                return True
+        except ValueError:  # not a valid repository id: nothing of it is cached
+            return False
+    return False
+
+
+# What a Hub id's repository must have in the cache, by flag: the file that is read first.
+_HUB_CONFIGS = {"--model": ("model_index.json",), "--vae": ("config.json", "vae/config.json"),
+                "--linfusion": ("config.json",)}
+
+
+def not_cached(flag: str, ref: str, auto: bool = False) -> str | None:
+    """Why the Hub id `ref` given as `flag` cannot be loaded here (None: it can, or the Hub
+    may be asked): offline, and its config is not in the local cache. `auto`: the LinFusion
+    checkpoint --linfusion auto picks for the model."""
+    if not hub_offline() or hub_cached(ref, *_HUB_CONFIGS[flag]):
+        return None
+    closed = hub_closed()
+    if flag == "--model":
+        return (f"model '{ref}' is not in the local cache and {closed} to download it, or pass "
+                "a local folder or .safetensors file with --model (or --model tiny to try hires "
+                "offline)")
+    if flag == "--vae":
+        return (f"VAE '{ref}' is not in the local cache and {closed} to download it, or pass a "
+                "local folder or .safetensors file with --vae")
+    picked = " (what --linfusion auto takes for this model)" if auto else ""
+    return (f"LinFusion checkpoint {ref}{picked} is not in the local Hugging Face cache and "
+            f"{closed} to download it, pass a local folder (--linfusion PATH), or run without it "
+            "(--linfusion none)")
+
+
+def check_cached(model: str, vae: str | None, linfusion: str, known: bool = True) -> None:
+    """When the Hub is offline, each Hub id the job loads (its model, VAE, LinFusion checkpoint)
+    must be in the local cache: ModelError (exit 1, as the load's own) naming the first that is
+    not. `known`: check hires' defaults too (the default model and the LinFusion checkpoint
+    --linfusion auto takes by the model's id); a dry run leaves them out, as the planner knows
+    their shapes and the run says in seconds, before anything loads, that they are missing."""
+    from hires import linfusion as lf
+
+    if not hub_offline():
+        return
+    refs = [("--model", model, False), ("--vae", vae, False)]
+    if linfusion not in ("auto", "none"):
+        refs.append(("--linfusion", linfusion, False))
+    elif linfusion == "auto" and known and model_kind(model) == "hub":
+        picked = {k.lower(): v for k, v in lf.DEFAULT_CHECKPOINTS.items()}.get(model.lower())
+        refs.append(("--linfusion", picked, True))
+    for flag, ref, auto in refs:
+        if not ref or model_kind(ref) != "hub" or (not known and ref == DEFAULT_MODEL):
+            continue
+        if flag == "--linfusion" and Path(ref).expanduser().exists():
+            continue  # a local folder that looks like owner/name
+        why = not_cached(flag, ref, auto)
+        if why:
+            raise ModelError(why)
+
+
+def check_before_loading(model: str, vae: str | None, linfusion: str,
+                         allow_pickle: bool = False) -> None:
+    """What `load` checks before the model's weights: the Hub ids it needs are cached (when
+    offline), and the VAE and LinFusion checkpoint it names can be read, so that a bad --vae or
+    --linfusion fails in seconds, not after the model loaded (minutes for SDXL)."""
+    from hires import linfusion as lf
+
+    check_cached(model, vae, linfusion)
+    if vae is not None:
+        _check_vae_ref(vae, allow_pickle)
+    named = linfusion
+    if linfusion == "auto":
+        carried = Path(model).expanduser() / "linfusion"
+        named = str(carried) if (model_kind(model) == "folder"
+                                 and (carried / lf.CONFIG_NAME).is_file()) else None
+    if named not in (None, "none"):
+        try:
+            lf.check_ref(named)
+        except lf.LinFusionError as e:
+            raise ModelError(str(e)) from None
+
+
+def _check_vae_ref(ref: str, allow_pickle: bool) -> None:
+    """`load_vae`'s refusals of a VAE reference that need no weights, said before any loading."""
+    kind = model_kind(ref)
+    path = Path(ref).expanduser()
+    if kind == "file":
+        if not path.is_file():
+            raise ModelError(f"VAE file not found: {path}", usage=True)
+        refusal = weights_refusal(path, "a VAE", allow_pickle) or single_file_refusal(path, True)
+        if refusal:
+            raise ModelError(refusal, usage=True)
+    elif kind == "folder":
+        refusal = _vae_folder_refusal(path, allow_pickle)
+        if refusal:
+            raise ModelError(f"{ref} {refusal}", usage="pickle" in refusal)
+
+
+# The keys a single-file SDXL checkpoint (the original layout diffusers' from_single_file
+# reads) has: the UNet's and the two text encoders'.
+SDXL_FILE_PREFIXES = ("model.diffusion_model.", "conditioner.")
+
+
+def single_file_refusal(path: Path, vae: bool = False) -> str | None:
+    """Why the .safetensors file at `path` is not an SDXL checkpoint (`vae`: a VAE's weights),
+    read from its header alone (None: it may be). A pickle file is not read."""
+    from hires.safetensors_header import read_header
+
+    if path.suffix != ".safetensors":
+        return None
+    header = read_header(path)
+    if header is None:
+        return (f"{path.name} is not a valid safetensors file (truncated, or not safetensors at "
+                "all?); re-download or re-save it")
+    keys = [k for k in header if k != "__metadata__"]
+    lora = any("lora" in k.lower() for k in keys)
+    if vae:
+        if lora or not any(k.startswith("decoder.") or ".decoder." in k for k in keys):
+            return (f"{path.name} is not a VAE's weights (no decoder.* tensors); give a VAE's "
+                    ".safetensors file, its diffusers folder or a Hub id")
+        return None
+    unet, text = (any(k.startswith(p) for k in keys) for p in SDXL_FILE_PREFIXES)
+    if unet and text:
+        return None
+    if unet and any(k.startswith("cond_stage_model.") for k in keys):
+        guess = "an SD 1.x/2.x checkpoint"
+    elif lora:
+        guess = "a LoRA? give it with --lora"
+    elif any(k.startswith(("down_blocks.", "input_blocks.", "model.diffusion_model."))
+             for k in keys):
+        guess = "a UNet alone?"
+    elif any(k.startswith(("decoder.", "encoder.")) for k in keys):
+        guess = "a VAE? give it with --vae"
+    else:
+        guess = "a UNet-only or LoRA file?"
+    return (f"{path.name} is not an SDXL checkpoint ({guess}): it has no model.diffusion_model.* "
+            "and conditioner.* weights; give a whole SDXL .safetensors checkpoint, a diffusers "
+            "folder or a Hub id")
 
 
 def hub_id_refusal(flag: str, ref: str) -> str | None:
@@ -254,18 +416,98 @@ def hub_id_refusal(flag: str, ref: str) -> str | None:
     return None
 
 
-def _check_folder(what: str, ref: str) -> None:
-    """A folder given as a model must hold a diffusers pipeline (a VAE: a diffusers VAE)."""
+# The file diffusers reads first in each kind of component folder (any one of them will do).
+_COMPONENT_CONFIGS = {"scheduler": ("scheduler_config.json",),
+                      "tokenizer": ("tokenizer_config.json", "vocab.json", "tokenizer.json"),
+                      "feature_extractor": ("preprocessor_config.json",)}
+
+
+def _component_config(name: str) -> tuple[str, ...]:
+    return _COMPONENT_CONFIGS.get(name.rstrip("_0123456789"), ("config.json",))
+
+
+def _has_weights(folder: Path) -> bool:
+    return any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
+
+
+def pipeline_folder_refusal(path: Path, allow_pickle: bool = True) -> str | None:
+    """Why the diffusers folder at `path` cannot be loaded as a pipeline, from its files alone
+    (None: it may be): no or unreadable model_index.json, a component it lists whose
+    subfolder or config is missing, weights missing, unreadable, or pickle only without
+    `allow_pickle`. The message starts after the folder's name."""
+    import json
+
+    from hires.safetensors_header import read_header
+
+    index = path / "model_index.json"
+    if not index.is_file():
+        return ("is a folder but not a diffusers model (no model_index.json); give the folder "
+                "that holds it, a .safetensors file or a Hub id")
+    try:
+        listed = json.loads(index.read_text(encoding="utf-8"))
+        if not isinstance(listed, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return f"has a model_index.json that cannot be read ({first_line(e)})"
+    pickled = []
+    for name, spec in listed.items():
+        if name.startswith("_") or not isinstance(spec, list) or None in spec:
+            continue
+        sub, wanted = path / name, _component_config(name)
+        if not any((sub / f).is_file() for f in wanted):
+            missing = f"no {name}/ folder" if not sub.is_dir() else f"no {name}/{wanted[0]}"
+            return (f"is missing its {name}: model_index.json lists it, but there is {missing}; "
+                    "restore it from the model's source (or give the folder that holds the "
+                    "whole model)")
+        if wanted != ("config.json",):
+            continue  # no weights: a scheduler, a tokenizer
+        if not _has_weights(sub):
+            return (f"has no weights for its {name} (no .safetensors file in {name}/); restore "
+                    "them from the model's source")
+        for file in sorted(sub.glob("*.safetensors")):
+            if read_header(file) is None:
+                return (f"has unreadable weights: {name}/{file.name} is not a valid safetensors "
+                        "file (truncated?); re-download or re-save it")
+        if not any(sub.glob("*.safetensors")):
+            pickled.append(name)
+    if pickled and not allow_pickle:
+        folders = ", ".join(f"{name}/" for name in pickled)
+        return (f"holds pickle (.bin) weights only (in {folders}), which can run code "
+                "when loaded; convert them to .safetensors or pass --allow-pickle if you trust "
+                "them")
+    return None
+
+
+def _vae_folder_refusal(path: Path, allow_pickle: bool = True) -> str | None:
+    """Why the folder at `path` is not a diffusers VAE (its own, or a pipeline's vae/), from
+    its files alone; None: it may be."""
+    from hires.safetensors_header import read_header
+
+    found = next((path / sub for sub in ("", "vae") if (path / sub / "config.json").is_file()),
+                 None)
+    if found is None:
+        return ("is a folder but not a diffusers VAE (no config.json, nor vae/config.json); "
+                "give a VAE's folder, a .safetensors file or a Hub id")
+    for file in sorted(found.glob("*.safetensors")):
+        if read_header(file) is None:
+            return (f"has unreadable weights: {file.name} is not a valid safetensors file "
+                    "(truncated?); re-download or re-save it")
+    if not allow_pickle and any(found.glob("*.bin")) and not any(found.glob("*.safetensors")):
+        return ("holds pickle (.bin) weights only, which can run code when loaded; convert them "
+                "to .safetensors or pass --allow-pickle if you trust them")
+    return None
+
+
+def _check_folder(what: str, ref: str, allow_pickle: bool = True) -> None:
+    """A folder given as a model must hold a diffusers pipeline, every component it lists
+    there (a VAE: a diffusers VAE), and safetensors weights unless pickle is allowed."""
     path = Path(ref).expanduser()
     if what == "--model":
-        if not (path / "model_index.json").is_file():
-            raise ModelError(f"--model {ref} is a folder but not a diffusers model (no "
-                             "model_index.json); give the folder that holds it, a .safetensors "
-                             "file or a Hub id", usage=True)
-    elif not any((path / sub / "config.json").is_file() for sub in ("", "vae")):
-        raise ModelError(f"--vae {ref} is a folder but not a diffusers VAE (no config.json, nor "
-                         "vae/config.json); give a VAE's folder, a .safetensors file or a Hub "
-                         "id", usage=True)
+        refusal = pipeline_folder_refusal(path, allow_pickle)
+    else:
+        refusal = _vae_folder_refusal(path, allow_pickle)
+    if refusal:
+        raise ModelError(f"{what} {ref} {refusal}", usage=True)
 
 
 def _sdxl_pipeline_class():
@@ -300,17 +542,23 @@ def load_pipeline(ref: str, dtype: torch.dtype, allow_pickle: bool = False):
     if kind == "file":
         if not path.is_file():
             raise ModelError(f"model file not found: {ref}", usage=True)
-        refusal = weights_refusal(path, "an SDXL model", allow_pickle)
+        refusal = weights_refusal(path, "an SDXL model", allow_pickle) or single_file_refusal(
+            path)
         if refusal:
             raise ModelError(refusal, usage=True)
         try:
             return StableDiffusionXLPipeline.from_single_file(str(path), dtype=dtype)
         except Exception as e:  # diffusers raises many kinds here; the user needs one line
+            if hub_unreachable(e) or "cached snapshot" in str(e):
+                # Its layout is read with SDXL base's configs, which come from the Hub.
+                raise ModelError(
+                    f"could not load {path.name} as an SDXL checkpoint: single files are read "
+                    f"with SDXL base's configs ({DEFAULT_MODEL}), which are not in the local "
+                    f"cache, and {hub_closed()} to cache them") from e
             raise ModelError(f"could not load {path.name} as an SDXL checkpoint: {first_line(e)}"
-                             " (single files need the SDXL config: connect once to cache it)"
                              ) from e
-    if kind == "folder" and not (path / "model_index.json").is_file():
-        raise ModelError(f"{ref} is a folder but not a diffusers model (no model_index.json)")
+    if kind == "folder" and (refusal := pipeline_folder_refusal(path, allow_pickle)):
+        raise ModelError(f"{ref} {refusal}", usage="pickle" in refusal)
     safetensors = None if allow_pickle else True
     variant = "fp16" if dtype == torch.float16 and kind == "hub" else None
     try:
@@ -353,10 +601,7 @@ def load_vae(ref: str, like, allow_pickle: bool = False):
             elif kind == "file":
                 vae = _vae_from_file(path, like, allow_pickle)
             else:
-                if kind == "folder" and not any(
-                        (path / sub / "config.json").is_file() for sub in ("", "vae")):
-                    raise ModelError(f"{ref} is a folder but not a diffusers VAE (no config.json, "
-                                     "nor vae/config.json)")
+                _check_vae_ref(ref, allow_pickle)
                 vae = _vae_from_pretrained(str(path) if kind == "folder" else ref, allow_pickle)
     except OSError as e:
         from huggingface_hub import constants
@@ -409,9 +654,7 @@ def _vae_from_file(path: Path, like, allow_pickle: bool):
 
     if not path.is_file():
         raise ModelError(f"VAE file not found: {path}", usage=True)
-    refusal = weights_refusal(path, "a VAE", allow_pickle)
-    if refusal:
-        raise ModelError(refusal, usage=True)
+    _check_vae_ref(str(path), allow_pickle)
     with tempfile.TemporaryDirectory() as config:
         # Its own config would come from the Hub; the model's VAE has the same architecture.
         like.save_config(config)
@@ -423,10 +666,10 @@ def _vae_from_file(path: Path, like, allow_pickle: bool):
                              f"{first_line(e)}") from e
 
 
-def vae_fp16_ok(model: str, vae: str | None) -> bool:
+def vae_fp16_ok(model: str, vae: str | None) -> bool | None:
     """Whether the VAE a job names is made for fp16 (`force_upcast` off in its config), read
-    without loading weights; False where its config cannot be read here (a single file takes
-    the model's VAE config)."""
+    without loading weights; False where its config cannot be read here, None for a single
+    file (it has no config: it is read with the model's, which says nothing of its weights)."""
     import json
 
     if vae == "tiny" or (vae is None and model == "tiny"):
@@ -436,7 +679,7 @@ def vae_fp16_ok(model: str, vae: str | None) -> bool:
     ref, subs = (vae, ("", "vae/")) if vae else (model, ("vae/",))
     kind = model_kind(ref)
     if kind == "file":
-        return False
+        return None if vae else False
     for sub in subs:
         if kind == "folder":
             found = Path(ref).expanduser() / sub / "config.json"
@@ -616,11 +859,18 @@ def load(
         asked.vae)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    # The VAE and LinFusion checkpoint are checked first: a bad one fails in seconds, not
+    # after the model loaded.
+    check_before_loading(model, vae, linfusion, allow_pickle)
+    single_file_vae = vae is not None and model_kind(vae) == "file"
+    if single_file_vae:  # fp16 cannot be judged for it: refused now, not after loading
+        choose_vae_dtype(dev, dt, vae_dtype, fp16_ok=None)
     pipe = load_pipeline(model, dt, allow_pickle)
     if vae is not None:
         pipe.register_modules(vae=load_vae(vae, pipe.vae, allow_pickle))
     mounted, warnings, originals = attach_linfusion(pipe, model, linfusion, dt)
-    vae_dt = choose_vae_dtype(dev, dt, vae_dtype, fp16_ok=pipe.vae.config.force_upcast is False)
+    fp16_ok = None if single_file_vae else pipe.vae.config.force_upcast is False
+    vae_dt = choose_vae_dtype(dev, dt, vae_dtype, fp16_ok=fp16_ok)
     if dev.type == "cuda" and vae_dt == torch.float32:
         # An fp32 VAE on tensor cores (TF32): several times faster, with errors far below one
         # 8-bit pixel level. cuDNN's flag is on by default; set it in case someone turned it off.

@@ -1,0 +1,265 @@
+"""A dry run (and `hires plan`) checks that a model, VAE or LinFusion checkpoint can be used,
+not only that its path exists: what cannot load fails there, or at the start of a run,
+in one line, not after SDXL loaded (minutes)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from helpers_cli import assert_usage_error, cli
+from safetensors.torch import load_file, save_file
+
+import hires.models
+from hires.models import ModelError
+
+SMALL = ("--size", "256", "--steps", "1")
+
+
+@pytest.fixture
+def empty_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache, offline (huggingface_hub reads both at import)."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def cache_repo(cache: Path, repo: str, files: dict[str, str]) -> None:
+    """`repo`'s `files` in the cache's layout, as a download leaves them."""
+    root = cache / f"models--{repo.replace('/', '--')}"
+    commit = "0" * 40
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+    for name, text in files.items():
+        path = root / "snapshots" / commit / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+@pytest.fixture
+def copy_of(tmp_path, tiny_folder):
+    """A copy of the tiny model's folder, to break."""
+    return Path(shutil.copytree(tiny_folder, tmp_path / "model"))
+
+
+def dry(*args):
+    return cli("gen", "a fox", *SMALL, *args, "--dry-run")
+
+
+# --- 1: a Hub id that is not cached while offline ---------------------------------------------
+
+@pytest.mark.parametrize("flag, words", [
+    ("--vae", ("VAE 'owner/not-cached'", "--vae")),
+    ("--linfusion", ("LinFusion checkpoint owner/not-cached", "--linfusion none")),
+    ("--model", ("model 'owner/not-cached'", "--model tiny")),
+])
+def test_an_uncached_hub_id_fails_the_dry_run_when_offline(empty_cache, tiny_folder, flag,
+                                                           words):
+    args = ("--model", tiny_folder, flag, "owner/not-cached")
+    if flag == "--model":
+        args = (flag, "owner/not-cached")
+    assert_usage_error(dry(*args), "not in the local", "HF_HUB_OFFLINE is set", *words)
+    # `hires plan` plans for any machine: what this one has cached is not its business.
+    planned = cli("plan", "a fox", "--size", "1024", *args)
+    assert planned.exit_code == 0, planned.stderr
+
+
+def test_a_cached_hub_id_passes_and_the_default_model_is_planned(empty_cache, tiny_folder):
+    cache_repo(empty_cache, "owner/vae", {"vae/config.json": "{}"})
+    assert hires.models.hub_cached("owner/vae", "config.json", "vae/config.json")
+    hires.models.check_cached(str(tiny_folder), "owner/vae", "none")
+    with pytest.raises(ModelError, match="not in the local cache"):
+        hires.models.check_cached("owner/model", None, "none")
+    # The default model (and its LinFusion) are planned from their known shapes.
+    result = cli("gen", "a fox", "--size", "1024", "--dry-run")
+    assert result.exit_code == 0, result.stderr
+
+
+def test_a_bad_vae_or_linfusion_fails_before_the_model_loads(empty_cache, tiny_folder,
+                                                             monkeypatch, tmp_path):
+    def loading(*args, **kwargs):
+        raise AssertionError("the model was loaded first")
+
+    monkeypatch.setattr(hires.models, "load_pipeline", loading)
+    result = cli("gen", "a fox", *SMALL, "--model", tiny_folder, "--vae", "owner/not-cached",
+                 "-o", tmp_path / "x.png")
+    assert result.exit_code == 1, result.stderr
+    assert "VAE 'owner/not-cached' is not in the local cache" in result.stderr
+    assert "loaded first" not in result.stderr
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    for kwargs, words in [({"vae": "owner/not-cached"}, "not in the local cache"),
+                          ({"linfusion": "owner/not-cached"}, "not in the local"),
+                          ({"vae": str(broken)}, "not a valid safetensors file"),
+                          ({"linfusion": str(tiny_folder)}, "linfusion")]:
+        with pytest.raises(ModelError, match=words):
+            hires.models.load(str(tiny_folder), device="cpu", **kwargs)
+
+
+# --- 2: a LinFusion folder that is not one -----------------------------------------------------
+
+def test_a_linfusion_folder_that_cannot_load_fails_the_dry_run(tiny_folder, tmp_path):
+    model = ("--model", tiny_folder)
+    # The model's folder itself: its checkpoint is in linfusion/ inside.
+    assert_usage_error(dry(*model, "--linfusion", tiny_folder), "no config.json",
+                       f"--linfusion {tiny_folder}/linfusion")
+    corrupt = Path(shutil.copytree(tiny_folder / "linfusion", tmp_path / "lf"))
+    (corrupt / "diffusion_pytorch_model.safetensors").write_bytes(b"\xff" * 64)
+    assert_usage_error(dry(*model, "--linfusion", corrupt), "not a valid safetensors file")
+    config = corrupt / "config.json"
+    assert_usage_error(dry(*model, "--linfusion", config), "is a file",
+                       "pass the folder holding config.json")
+    config.write_text(json.dumps({"_class_name": "UNet2DConditionModel"}))
+    assert_usage_error(dry(*model, "--linfusion", corrupt), "not a LinFusion checkpoint")
+    ok = dry(*model, "--linfusion", tiny_folder / "linfusion")
+    assert ok.exit_code == 0, ok.stderr
+
+
+# --- 3: a single file that is no SDXL checkpoint -----------------------------------------------
+
+def test_a_single_file_that_is_no_sdxl_checkpoint_fails_the_dry_run(tmp_path, tiny_folder):
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00" * 100)
+    assert_usage_error(dry("--model", garbage), "--model garbage.safetensors",
+                       "not a valid safetensors file")
+    assert_usage_error(dry("--model", "tiny", "--vae", garbage), "--vae garbage.safetensors",
+                       "not a valid safetensors file")
+    lora = tmp_path / "style.safetensors"
+    save_file({"lora_unet_down.lora_down.weight": torch.zeros(2, 2)}, lora)
+    assert_usage_error(dry("--model", lora), "not an SDXL checkpoint", "LoRA")
+    unet = tmp_path / "unet.safetensors"
+    save_file(load_file(tiny_folder / "unet" / "diffusion_pytorch_model.safetensors"), unet)
+    assert_usage_error(dry("--model", unet), "not an SDXL checkpoint", "UNet")
+    assert_usage_error(dry("--model", "tiny", "--vae", unet), "not a VAE's weights")
+    # The tiny VAE's own weights pass as a VAE (diffusers' key layout).
+    vae = tiny_folder / "vae" / "diffusion_pytorch_model.safetensors"
+    ok = dry("--model", "tiny", "--vae", vae)
+    assert ok.exit_code == 0, ok.stderr
+
+
+class _Pipeline:
+    """diffusers' pipeline class, as far as load_pipeline uses it for a single file."""
+
+    error: Exception
+
+    @classmethod
+    def from_single_file(cls, *args, **kwargs):
+        raise cls.error
+
+
+def test_a_single_file_load_blames_the_cache_only_when_the_config_is_missing(tmp_path,
+                                                                            monkeypatch):
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    checkpoint = tmp_path / "sdxl.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1),
+               "conditioner.embedders.0.x": torch.zeros(1)}, checkpoint)
+    monkeypatch.setattr(hires.models, "_sdxl_pipeline_class", lambda: _Pipeline)
+    _Pipeline.error = ValueError("size mismatch for conv_in.weight")
+    with pytest.raises(ModelError) as caught:
+        hires.models.load_pipeline(str(checkpoint), torch.float32)
+    assert "size mismatch" in str(caught.value) and "cache" not in str(caught.value)
+    try:
+        raise LocalEntryNotFoundError("no config")
+    except LocalEntryNotFoundError as cause:
+        _Pipeline.error = OSError("cannot find the config")
+        _Pipeline.error.__cause__ = cause
+    with pytest.raises(ModelError, match="not in the local cache"):
+        hires.models.load_pipeline(str(checkpoint), torch.float32)
+
+
+# --- 4, 5: a diffusers folder missing a component, or with pickle weights only -------------------
+
+def test_a_folder_missing_a_component_names_it(copy_of):
+    shutil.rmtree(copy_of / "vae")
+    assert_usage_error(dry("--model", copy_of), "is missing its vae", "no vae/ folder")
+    (copy_of / "scheduler" / "scheduler_config.json").unlink()
+    index = json.loads((copy_of / "model_index.json").read_text())
+    del index["vae"]  # the first component missing is named
+    (copy_of / "model_index.json").write_text(json.dumps(index))
+    assert_usage_error(dry("--model", copy_of), "scheduler/scheduler_config.json")
+    with pytest.raises(ModelError, match="is missing its scheduler"):
+        hires.models.load_pipeline(str(copy_of), torch.float32)
+
+
+def test_a_folder_with_unreadable_or_missing_weights_fails_the_dry_run(copy_of):
+    weights = copy_of / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(b"\xff" * 32)
+    assert_usage_error(dry("--model", copy_of), "unet/diffusion_pytorch_model.safetensors",
+                       "not a valid safetensors file")
+    weights.unlink()
+    assert_usage_error(dry("--model", copy_of), "no weights for its unet")
+
+
+def test_a_folder_of_pickle_weights_needs_allow_pickle_in_the_dry_run(copy_of):
+    weights = copy_of / "unet" / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(weights), weights.with_name("diffusion_pytorch_model.bin"))
+    weights.unlink()
+    assert_usage_error(dry("--model", copy_of), "pickle (.bin) weights only", "unet/",
+                       "--allow-pickle")
+    for args in (("gen", "a fox", *SMALL, "--dry-run", "--allow-pickle"), ("plan", "a fox")):
+        result = cli(*args, "--model", copy_of)  # plan loads nothing: pickle is not refused
+        assert result.exit_code == 0, result.stderr
+
+
+# --- 6: the native size of a local model --------------------------------------------------------
+
+def test_a_local_folder_is_planned_at_its_own_native_size(tiny_folder):
+    from hires.dry_run import native_size
+
+    assert native_size(str(tiny_folder)) == 256
+    assert native_size("tiny") is None and native_size("owner/not-cached") is None
+
+    def plan(model):
+        result = cli("plan", "a fox", "--size", "512", "--model", model, "--json")
+        assert result.exit_code == 0, result.stderr
+        return json.loads(result.stdout)
+
+    folder, builtin = plan(tiny_folder), plan("tiny")
+    assert len(folder["stages"]) == len(builtin["stages"]) == 2
+    assert folder["peak_bytes"] == builtin["peak_bytes"]
+
+
+def test_a_big_model_takes_the_native_size_its_configs_say(empty_cache):
+    # A cached Hub id of SDXL's shape at another size (configs only: nothing is downloaded).
+    cache_repo(empty_cache, "owner/big", {"unet/config.json": json.dumps({"sample_size": 64}),
+                                          "vae/config.json": json.dumps(
+                                              {"block_out_channels": [128, 256, 512, 512]})})
+    from hires.dry_run import native_size
+
+    assert native_size("owner/big") == 512
+    result = cli("plan", "a fox", "--size", "1024", "--model", "owner/big", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert len(json.loads(result.stdout)["stages"]) == 2  # SDXL's 1024: one
+
+
+# --- 7: fp16 for a single-file VAE ---------------------------------------------------------------
+
+def test_fp16_for_a_single_file_vae_says_its_safety_cannot_be_read(tiny_folder, tmp_path):
+    vae = tiny_folder / "vae" / "diffusion_pytorch_model.safetensors"
+    args = ("--model", "tiny", "--vae", vae, "--vae-dtype", "fp16")
+    assert_usage_error(dry(*args), "fp16 safety cannot be read", "its folder or Hub id")
+    result = cli("gen", "a fox", *SMALL, *args, "-o", tmp_path / "x.png")
+    assert_usage_error(result, "fp16 safety cannot be read")
+    with pytest.raises(ModelError, match="cannot be read"):
+        hires.models.load("tiny", device="cpu", vae=str(vae), vae_dtype="fp16")
+    assert hires.models.vae_fp16_ok("tiny", str(vae)) is None
+    # Its folder, whose config says force_upcast off, may run in fp16.
+    ok = dry("--model", "tiny", "--vae", tiny_folder / "vae", "--vae-dtype", "fp16")
+    assert ok.exit_code == 0, ok.stderr
+
+
+# --- 8: the libraries' loading bars in a log -----------------------------------------------------
+
+def test_the_libraries_loading_bars_stay_out_of_a_log(tiny_folder, tmp_path):
+    """stderr that is no terminal gets plain lines: diffusers' 'Loading pipeline components'
+    bar wrote carriage returns and escapes into it."""
+    result = cli("gen", "a fox", *SMALL, "--model", tiny_folder, "-o", tmp_path / "x.png")
+    assert result.exit_code == 0, result.stderr
+    assert "\r" not in result.stderr and "\x1b" not in result.stderr, result.stderr
+    assert "Loading pipeline components" not in result.stderr
