@@ -295,6 +295,9 @@ def plan(
             flags["prompt"] = prompt
         job = build_job(preset, from_image, flags, source=piped.size if piped else None)
         check_job_paths(job, loads=False)  # a checkpoint that is not there: as gen --dry-run does
+        from hires.addons import check_inputs
+
+        check_inputs(job, loads=False)  # and the add-ons' files
         show_plan(job, gpu, as_json, source=upscale_source(job, piped))
 
 

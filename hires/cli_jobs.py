@@ -90,7 +90,7 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
     from hires.addons import check_unchanged
 
     addons = result.get("addons")
-    check_unchanged(job, addons if isinstance(addons, dict) else {})
+    check_unchanged(job, addons if isinstance(addons, dict) else {}, given=set(flags))
     return check_scale_flags(job, flags)
 
 

@@ -164,8 +164,10 @@ def plan_for(job: Job, components: Components, *, gpu: str | None = None,
 def shape_for(job: Job, components: Components):
     """The model as the planner sees it, with the job's ControlNet (loaded, or one like it)
     and the CPU memory it may fill (`--ram`, else what is free)."""
+    from hires.addons import runs_controlnet
+
     net = None
-    if job.control_model:
+    if runs_controlnet(job):
         from hires.controlnet import controlnet_like
 
         net = components.controlnets.get(job.control_model) or controlnet_like(components.unet)
@@ -494,11 +496,14 @@ def vae_tile(job: Job, stage: Stage) -> int:
 
 
 def prompt_warnings(comps: Components, job: Job) -> list[str]:
-    """What SDXL's text encoders will not read of the prompts (`hires.prompts.too_long`); their
-    libraries' own notices are off in the CLI, as are their logs."""
+    """What SDXL's text encoders will not read of the prompts (`hires.prompts.too_long`; their
+    libraries' own notices are off in the CLI, as are their logs), and what fitting the add-on
+    images leaves out of them (`hires.addons.input_warnings`)."""
+    from hires.addons import input_warnings
     from hires.prompts import too_long
 
-    return [] if comps.pipe.tokenizer is None else too_long(comps.pipe.tokenizer, job)
+    return ([] if comps.pipe.tokenizer is None else too_long(comps.pipe.tokenizer, job)
+            ) + input_warnings(job)
 
 
 def encode_prompt(comps: Components, job: Job, plan: Plan) -> Conditioning:

@@ -193,11 +193,16 @@ def test_from_says_a_local_model_named_like_a_hub_id_is_missing_here(tmp_path, m
 
 @pytest.fixture
 def addon_preset(tmp_path):
+    from PIL import Image
+
     folder = tmp_path / "presets"
     folder.mkdir()
+    for name in ("edges.png", "style.png"):  # plan reads the add-ons' images too
+        Image.new("RGB", (64, 64)).save(tmp_path / name)
     (folder / "cn.toml").write_text(
-        'control = "edges.png"\ncontrol_model = "owner/controlnet"\ncontrol_scale = 0.4\n'
-        'ip_image = "style.png"\nlora = ["owner/ink:0.5"]\n')
+        f'control = "{tmp_path / "edges.png"}"\ncontrol_model = "owner/controlnet"\n'
+        f'control_scale = 0.4\nip_image = "{tmp_path / "style.png"}"\n'
+        'lora = ["owner/ink:0.5"]\n')
     return {"HIRES_PRESETS": str(folder)}
 
 
