@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from PIL import Image
 
-from hires.images import file_sha256
+from hires.images import sha256_once
 from hires.job import Job, JobError
 from hires.models import (
     ModelError,
@@ -171,19 +171,6 @@ def input_warnings(job: Job) -> list[str]:
                              f"image and centre-cropped: {1 - kept:.0%} of it is cut off; give a "
                              "control image of the image's aspect")
     return notes
-
-
-def sha256_once(path: str | Path) -> str:
-    """`file_sha256`, once per file and version in a process: a ControlNet (2.5 GB) or an
-    IP-Adapter (700 MB) is hashed for every job's record and for `--from`'s check."""
-    path = Path(path).expanduser().resolve()
-    stat = path.stat()
-    return _sha256(str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
-
-
-@lru_cache(maxsize=32)
-def _sha256(path: str, size: int, mtime_ns: int, inode: int) -> str:
-    return file_sha256(path)
 
 
 def check_unchanged(job: Job, recorded: dict[str, Any],

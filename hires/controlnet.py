@@ -162,7 +162,7 @@ def weights_sha256(ref: str, allow_pickle: bool = False) -> str | None:
     """The sha256 of a local ControlNet's weights, as a record keeps it (None: a Hub id, or
     none to read): a file's own; a folder's weight file's, or, sharded, that of its files'
     names and sha256 one a line. Hashed once per file and version (a ControlNet is 2.5 GB)."""
-    from hires.addons import sha256_once
+    from hires.images import sha256_once
 
     path = Path(ref).expanduser()
     files = [path] if path.is_file() else weight_files(path, allow_pickle) if path.is_dir() \

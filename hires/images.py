@@ -117,6 +117,19 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def sha256_once(path: str | Path) -> str:
+    """`file_sha256`, once per file and version in a process: a ControlNet (2.5 GB), an
+    IP-Adapter (700 MB) or a LoRA is hashed for every job's record and for `--from`'s check."""
+    path = Path(path).expanduser().resolve()
+    stat = path.stat()
+    return _sha256(str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256(path: str, size: int, mtime_ns: int, inode: int) -> str:
+    return file_sha256(path)
+
+
 def to_8bit(values: np.ndarray) -> np.ndarray:
     """16-bit values to 8 bits by rescaling (65535 -> 255, 32768 -> 128), rounded, not
     truncated; values outside 0..65535 clipped. In bands of rows on threads (numpy lets go of

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from hires.addons import sha256_once
+from hires.images import sha256_once
 from hires.models import (
     PICKLE_SUFFIXES,
     ModelError,

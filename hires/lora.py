@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from hires.errors import first_line
-from hires.images import file_sha256
+from hires.images import sha256_once
 from hires.linfusion import LinearAttention, _offline
 from hires.models import PICKLE_SUFFIXES, ModelError, hub_closed, quiet_loading
 
@@ -243,7 +243,7 @@ def _record(pipe, parsed: tuple[str, float], file: Path, adapter: str,
         unload_loras(pipe)
         raise LoraError(f"LoRA {ref}: diffusers patched {unet} UNet and {text} text-encoder "
                         f"layers, but the LoRA has weights for {expected[0]} and {expected[1]}")
-    return {"ref": ref, "scale": scale, "sha256": file_sha256(file), "adapter": adapter,
+    return {"ref": ref, "scale": scale, "sha256": sha256_once(file), "adapter": adapter,
             "unet_modules": unet, "text_encoder_modules": text, "linfusion_modules": linfusion}
 
 
