@@ -62,6 +62,12 @@ def check_inputs(job: Job, loads: bool = True) -> None:
             scales = " and ".join(f"{s:g}" for r, s in parsed if r == ref)
             raise JobError(f"--lora {ref} is given twice (scales {scales}, which would add up); "
                            "give it once, with the scale you want")
+        if loads:
+            from hires.lora import hub_problem
+
+            for ref in refs:
+                if problem := hub_problem(ref, allow_pickle):
+                    raise ModelError(problem)
     if job.control_model:
         local.append(("--control-model", job.control_model))
     if job.ip_image:

@@ -156,6 +156,21 @@ def hub_parts(ref: str) -> tuple[str, str | None] | None:
     return repo, "/".join(parts[2:])
 
 
+def hub_problem(ref: str, allow_pickle: bool = False) -> str | None:
+    """With the Hub closed (HF_HUB_OFFLINE), why the Hub LoRA `ref` cannot load: the file it
+    names, or any it could pick, is not in the local cache (None: it is, or the Hub is open)."""
+    hub = hub_parts(ref)
+    if hub is None or not _offline():
+        return None
+    try:
+        _download(ref, *hub, allow_pickle)  # local files only: nothing is fetched
+    except ModelError as e:
+        return str(e)
+    except LoraError:
+        return None  # not a cache question: loading says what is wrong
+    return None
+
+
 def _download(ref: str, repo: str, filename: str | None, allow_pickle: bool) -> Path:
     """A Hub LoRA's file in the local cache, downloaded once."""
     from huggingface_hub import HfApi, hf_hub_download, snapshot_download

@@ -53,3 +53,19 @@ def test_a_local_file_that_is_no_lora_is_refused_by_a_dry_run(tmp_path, kind):
 
 def test_a_real_lora_passes(lora):
     assert dry(f"{lora}:0.7").exit_code == 0
+
+
+@pytest.mark.parametrize("ref", ["owner/ink-lora:0.5", "owner/ink-lora/ink.safetensors"])
+def test_a_hub_lora_not_cached_while_offline_is_refused_by_a_dry_run(tmp_path, monkeypatch,
+                                                                      ref):
+    """It passed the dry run; the run failed after the model had loaded (minutes with SDXL)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    result = dry(ref)
+    assert result.exit_code == 1
+    assert f"LoRA {ref.removesuffix(':0.5')}: no such local file or folder, and not in the " \
+        "local Hugging Face cache" in result.stderr
+    planned = cli("plan", "a cat", "--model", "tiny", "--size", "64", "--lora", ref)
+    assert planned.exit_code == 0, planned.stderr  # a plan may be for another machine
