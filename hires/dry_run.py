@@ -184,6 +184,7 @@ def plan_without_weights(job, rate: float | None = None,
 
     import torch
 
+    from hires.addons import runs_controlnet
     from hires.costs import model_shape, sdxl_shape
     from hires.memory import disk_room, free_memory, host_room
     from hires.models import vae_fp16_ok
@@ -216,7 +217,7 @@ def plan_without_weights(job, rate: float | None = None,
             if job.linfusion != "none":
                 LinFusion.from_unet(tiny.unet).mount(tiny.unet)
         net = None
-        if job.control_model:
+        if runs_controlnet(job):
             from hires.controlnet import controlnet_like
 
             net = controlnet_like(tiny.unet)
@@ -229,7 +230,7 @@ def plan_without_weights(job, rate: float | None = None,
     else:
         # An SDXL ControlNet's shape is fixed by SDXL's: its name is all a dry run needs.
         shape = sdxl_shape(linfusion=job.linfusion != "none", dtype_bytes=dtype_bytes,
-                           on_gpu=on_gpu, controlnet=bool(job.control_model),
+                           on_gpu=on_gpu, controlnet=runs_controlnet(job),
                            vae_dtype_bytes=vae_dtype_bytes)
         native = native_size(job.model)
         if native and native != shape.native:  # SDXL-like at another size: as its configs say

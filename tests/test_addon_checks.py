@@ -321,16 +321,12 @@ def test_a_transparent_or_far_off_aspect_control_image_is_said(files, tmp_path):
 
 # Wired by the lead in files outside the add-ons' (hires/cli.py's plan, hires/dry_run.py and
 # hires.pipeline.shape_for, hires.pipeline.prompt_warnings): strict, so each says when it holds.
-WIRING = "needs the lead's one-line wiring (see the add-on checks' report)"
-
-
 def test_plan_checks_the_addons_as_a_dry_run_does(files):
     result = cli("plan", "--model", "tiny", "--size", "256", "--control", "nope.png",
                  "--control-model", str(files["control_model"]))
     assert_usage_error(result, "--control nope.png: no such file")
 
 
-@pytest.mark.xfail(strict=True, reason=WIRING)
 def test_the_plan_counts_no_controlnet_at_scale_0(files):
     common = ("plan", "--model", "tiny", "--size", "512", "--json")
     plain = json.loads(cli(*common).stdout)["stages"]

@@ -6,6 +6,7 @@ from itertools import combinations
 from pathlib import Path
 
 import pytest
+import torch
 from helpers_cli import (
     IS_ROOT,
     cli,
@@ -19,6 +20,7 @@ from helpers_cli import (
     wait_for,
     write,
 )
+from safetensors.torch import save_file
 
 from hires.batch import BatchItem, my_share, parse_shard, read_batch, run_batch, stable_seed
 from hires.job import Job, JobError
@@ -204,8 +206,9 @@ def test_run_batch_lets_an_interrupt_through(tmp_path):
 # --- the batch command --------------------------------------------------------------------------
 
 def test_batch_cli_a_failed_job_does_not_stop_the_others_and_a_rerun_resumes(tmp_path, tiny_cli):
-    broken = tmp_path / "broken.safetensors"  # there, but no checkpoint: fails at its load
-    broken.write_text("not a checkpoint")
+    broken = tmp_path / "broken.safetensors"  # a checkpoint by its keys: fails at its load
+    save_file({"model.diffusion_model.x": torch.zeros(1), "conditioner.x": torch.zeros(1)},
+              broken)
     jobs = write(tmp_path / "jobs.toml", f"""
 [defaults]
 {TINY}

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 import typer
 from helpers_cli import (
     IS_ROOT,
@@ -24,6 +25,7 @@ from helpers_cli import (
     wait_for,
 )
 from PIL import Image
+from safetensors.torch import save_file
 
 from hires import __version__
 from hires.output import read_metadata
@@ -372,8 +374,8 @@ def test_webp_over_16383_px_fails_before_any_work(tmp_path, asked, args):
 
 
 def test_a_model_that_cannot_load_is_a_runtime_failure(tmp_path, asked):
-    bad = tmp_path / "bad.safetensors"
-    bad.write_text("not a checkpoint")
+    bad = tmp_path / "bad.safetensors"  # an SDXL checkpoint by its keys: fails as it loads
+    save_file({"model.diffusion_model.x": torch.zeros(1), "conditioner.x": torch.zeros(1)}, bad)
     result = cli("gen", "x", "--model", bad, "-o", tmp_path / "a.png")
     assert result.exit_code == 1
     assert result.stdout == ""

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers_cli import (
     REPO,
     cli,
@@ -30,6 +31,7 @@ from helpers_cli import (
     write,
 )
 from PIL import Image
+from safetensors.torch import save_file
 
 import hires.output as output
 from hires.batch import parse_shard, read_batch, settings_hash
@@ -472,8 +474,9 @@ def test_batch_webp_over_the_limit_and_a_manifest_in_a_new_folder(tmp_path):
                  'size = 16384\nformat = "webp"\n')
     result = run_hires("batch", jobs, "-o", tmp_path / "out")
     assert_usage(result, "WebP")
-    broken = tmp_path / "broken.safetensors"  # there, so the job fails only as it loads
-    broken.write_bytes(b"not weights")
+    broken = tmp_path / "broken.safetensors"  # a checkpoint by its keys: fails as it loads
+    save_file({"model.diffusion_model.x": torch.zeros(1), "conditioner.x": torch.zeros(1)},
+              broken)
     ok = write(tmp_path / "ok.jsonl", json.dumps({"prompt": "x", "model": str(broken),
                                                   "width": 256, "height": 256}) + "\n")
     result = cli("batch", ok, "-o", tmp_path / "out", "--manifest", tmp_path / "new" / "m.jsonl")
