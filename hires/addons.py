@@ -18,7 +18,7 @@ from PIL import Image
 
 from hires.images import sha256_once
 from hires.job import Job, JobError
-from hires.models import (
+from hires.model_refs import (
     ModelError,
     go_offline_if_unreachable,
     hub_id_refusal,

@@ -194,7 +194,7 @@ def check_batch_paths(items: list, name: str) -> None:
     """Every batch job's model, VAE and LinFusion paths are there, before any work and in
     --dry-run alike (exit 2, naming the job); `name`: the job file's, for messages."""
     from hires.job import JobError
-    from hires.models import ModelError
+    from hires.model_refs import ModelError
 
     for item in items:
         try:

@@ -132,7 +132,7 @@ def missing_relative(recorded: dict[str, Any], flags: dict[str, Any], local: lis
     path that is not here, among those no flag replaces; Hub ids are not paths. `local`: the
     keys the record says were local (`hires.record.local_refs`)."""
     from hires.lora import LoraError, hub_parts, parse_lora
-    from hires.models import PICKLE_SUFFIXES
+    from hires.model_refs import PICKLE_SUFFIXES
 
     def missing(path: object) -> bool:
         if not isinstance(path, str) or path in ("", "-", "tiny"):

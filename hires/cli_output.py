@@ -160,7 +160,7 @@ def exit_codes() -> Iterator[None]:
             raise fail(str(e), EXIT_USAGE) from None
         if os.environ.get("HIRES_DEBUG"):
             raise
-        from hires.models import ModelError
+        from hires.model_refs import ModelError
 
         text = str(e) if isinstance(e, ModelError) else f"{type(e).__name__}: {e}"
         first = text.strip().splitlines()[0] if text.strip() else type(e).__name__

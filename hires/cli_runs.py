@@ -45,7 +45,7 @@ def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overw
 def check_job_paths(job, loads: bool = True) -> None:
     """The model, VAE and LinFusion checkpoint `job` names by paths are there (exit 2), and,
     for a command that `loads` them, none is a pickle file unless the job allows it."""
-    from hires.models import check_paths
+    from hires.model_refs import check_paths
 
     check_paths(job.model, job.vae, job.linfusion, job.allow_pickle or not loads)
 
@@ -258,7 +258,7 @@ def remove_leftovers(folder: Path) -> None:
 def load_model(job, quiet: bool):
     """The model `job` names, with the libraries' own bars as -q says (never with --progress
     json: they are not JSON); its warnings said."""
-    from hires.models import go_offline_if_unreachable
+    from hires.model_refs import go_offline_if_unreachable
     from hires.pipeline import load, load_args
 
     if go_offline_if_unreachable(job):

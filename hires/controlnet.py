@@ -26,14 +26,14 @@ from torch import Tensor, nn
 
 from hires import strategy as _strategy
 from hires.errors import first_line
-from hires.models import (
+from hires.model_refs import (
     PICKLE_SUFFIXES,
     ModelError,
     hub_closed,
     hub_unreachable,
-    quiet_loading,
     weights_refusal,
 )
+from hires.models import quiet_loading
 
 
 class ControlError(ValueError):

@@ -92,7 +92,7 @@ def as_run_here(job, gpu: str | None):
 
     from hires.gpus import card
     from hires.job import JobError
-    from hires.models import ModelError, check_cached
+    from hires.model_refs import ModelError, check_cached
 
     try:  # a Hub id a run here cannot load (offline, not cached): the run would fail
         check_cached(job.model, job.vae, job.linfusion, known=False)
@@ -115,7 +115,7 @@ def _model_config(model: str, name: str) -> dict | None:
     import json
     from pathlib import Path
 
-    from hires.models import model_kind
+    from hires.model_refs import model_kind
 
     kind = model_kind(model)
     if kind == "folder":
@@ -157,7 +157,7 @@ def _small_local_model(model: str) -> bool:
     for a dry run (SMALL_MODEL_BYTES), and safetensors: a plan runs no pickle's code."""
     from pathlib import Path
 
-    from hires.models import model_kind, pipeline_folder_refusal
+    from hires.model_refs import model_kind, pipeline_folder_refusal
 
     if model_kind(model) != "folder":
         return False

@@ -21,15 +21,15 @@ import torch
 from PIL import Image
 
 from hires.images import sha256_once
-from hires.models import (
+from hires.model_refs import (
     PICKLE_SUFFIXES,
     ModelError,
     hub_closed,
     hub_unreachable,
     model_kind,
-    quiet_loading,
     weights_refusal,
 )
+from hires.models import quiet_loading
 
 # The reference SDXL IP-Adapter. Checked on the Hub (tree of h94/IP-Adapter, sdxl_models/):
 # ip-adapter_sdxl.safetensors (703 MB, a safetensors copy of ip-adapter_sdxl.bin) and

@@ -37,7 +37,8 @@ def in_keywords() -> Iterator[None]:
     shared checks name: 'aspect needs size', not '--aspect needs --size'; 'allow_pickle=True',
     not '--allow-pickle'."""
     from hires.job import JobError
-    from hires.models import ModelError, in_library_terms
+    from hires.model_refs import ModelError
+    from hires.models import in_library_terms
 
     try:
         yield
@@ -138,7 +139,8 @@ def _check_loaded(job: Job, components: Components) -> None:
 def _agrees(name: str, job: Job, components: Components) -> bool:
     """Whether the job's `name` setting is what `components` were loaded with ('auto' is)."""
     from hires.memory import choose_offload
-    from hires.models import DTYPES, ModelError, choose_vae_dtype
+    from hires.model_refs import ModelError
+    from hires.models import DTYPES, choose_vae_dtype
 
     asked = getattr(job, name)
     if name == "model":

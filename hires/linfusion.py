@@ -479,7 +479,7 @@ def check_ref(ref: str | Path) -> None:
     read): a file, a path that is neither a folder here nor a Hub id (owner/name), or a folder
     without config.json (a model's folder that carries its own in linfusion/ is named), with a
     config that is not LinFusion's, or weights missing or unreadable. Hub ids are checked by
-    form only (hires.models.check_cached says whether a run here finds them)."""
+    form only (hires.model_refs.check_cached says whether a run here finds them)."""
     path = Path(ref).expanduser()
     if path.exists() and not path.is_dir():
         raise LinFusionError(f"LinFusion checkpoint {ref} is a file; pass the folder holding "
@@ -537,7 +537,7 @@ def _checkpoint_folder(ref: str | Path, cache_dir: str | Path | None,
             str(ref), allow_patterns=[CONFIG_NAME, "*.safetensors"], cache_dir=cache_dir,
             local_files_only=local_files_only or _offline()))
     except (LocalEntryNotFoundError, OfflineModeIsEnabled):
-        from hires.models import hub_closed
+        from hires.model_refs import hub_closed
 
         raise LinFusionError(
             f"LinFusion checkpoint {ref} is not in the local Hugging Face cache and "

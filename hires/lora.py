@@ -29,7 +29,8 @@ from torch import nn
 from hires.errors import first_line
 from hires.images import sha256_once
 from hires.linfusion import LinearAttention, _offline
-from hires.models import PICKLE_SUFFIXES, ModelError, hub_closed, quiet_loading
+from hires.model_refs import PICKLE_SUFFIXES, ModelError, hub_closed
+from hires.models import quiet_loading
 
 ADAPTER_PREFIX = "hires_"
 _COMPONENTS = ("unet", "text_encoder", "text_encoder_2")

@@ -60,7 +60,8 @@ NOT_IN_LATENTS = ("format", "dpi", "depth", "quality", "vae_tile")
 
 def _resolved_dtype(job: Job) -> str:
     """The job's dtype as it runs: an explicit one equal to what auto picks is the same run."""
-    from hires.models import ModelError, resolve_device, resolve_dtype
+    from hires.model_refs import ModelError
+    from hires.models import resolve_device, resolve_dtype
 
     try:
         dtype = resolve_dtype(job.dtype, resolve_device(job.device))

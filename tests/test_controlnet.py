@@ -10,7 +10,7 @@ from PIL import Image
 from hires import lean
 from hires.controlnet import ControlError, check_fits, control_tensor, load_controlnet
 from hires.denoiser import Conditioning, Control, Denoiser
-from hires.models import ModelError
+from hires.model_refs import ModelError
 from hires.strategy import Strategy, applied
 
 

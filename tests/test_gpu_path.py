@@ -10,7 +10,8 @@ import torch
 from PIL import Image, PngImagePlugin
 
 from hires import models, output, png, strips, tiff
-from hires.models import ModelError, choose_vae_dtype
+from hires.model_refs import ModelError
+from hires.models import choose_vae_dtype
 
 CUDA, CPU, MPS = torch.device("cuda"), torch.device("cpu"), torch.device("mps")
 

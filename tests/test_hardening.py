@@ -566,7 +566,8 @@ def test_a_folder_with_pickle_weights_only_mentions_allow_pickle(tmp_path, tiny_
     import torch
     from safetensors.torch import load_file
 
-    from hires.models import ModelError, load_pipeline
+    from hires.model_refs import ModelError
+    from hires.models import load_pipeline
 
     folder = Path(shutil.copytree(tiny_folder, tmp_path / "m"))
     weights = folder / "unet" / "diffusion_pytorch_model.safetensors"

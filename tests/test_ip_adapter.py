@@ -11,7 +11,7 @@ from PIL import Image
 from hires import ip_adapter as ipa
 from hires.denoiser import Conditioning, Denoiser
 from hires.linfusion import LinearAttention
-from hires.models import ModelError
+from hires.model_refs import ModelError
 
 
 @pytest.fixture(scope="module")

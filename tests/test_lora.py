@@ -11,7 +11,7 @@ from torch import nn
 
 from hires.linfusion import LinearAttention
 from hires.lora import LoraError, load_loras, parse_lora, resolve, unload_loras
-from hires.models import ModelError
+from hires.model_refs import ModelError
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,9 @@ import torch
 from helpers_cli import assert_usage_error, cli
 from safetensors.torch import load_file, save_file
 
+import hires.model_refs
 import hires.models
-from hires.models import ModelError
+from hires.model_refs import ModelError
 
 SMALL = ("--size", "256", "--steps", "1")
 
@@ -71,10 +72,10 @@ def test_an_uncached_hub_id_fails_the_dry_run_when_offline(empty_cache, tiny_fol
 
 def test_a_cached_hub_id_passes_and_the_default_model_is_planned(empty_cache, tiny_folder):
     cache_repo(empty_cache, "owner/vae", {"vae/config.json": "{}"})
-    assert hires.models.hub_cached("owner/vae", "config.json", "vae/config.json")
-    hires.models.check_cached(str(tiny_folder), "owner/vae", "none")
+    assert hires.model_refs.hub_cached("owner/vae", "config.json", "vae/config.json")
+    hires.model_refs.check_cached(str(tiny_folder), "owner/vae", "none")
     with pytest.raises(ModelError, match="not in the local cache"):
-        hires.models.check_cached("owner/model", None, "none")
+        hires.model_refs.check_cached("owner/model", None, "none")
     # The default model (and its LinFusion) are planned from their known shapes.
     result = cli("gen", "a fox", "--size", "1024", "--dry-run")
     assert result.exit_code == 0, result.stderr

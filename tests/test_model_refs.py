@@ -86,17 +86,17 @@ def test_a_hub_vae_or_controlnet_with_no_network_says_so(monkeypatch):
     import diffusers
     from huggingface_hub import constants
 
-    from hires import models
+    from hires import model_refs, models
     from hires.controlnet import _load
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(models, "_vae_from_pretrained", _missing_while_unreachable)
-    with pytest.raises(models.ModelError, match="not in the local cache and the Hugging Face Hub "
-                                                "cannot be reached"):
+    with pytest.raises(model_refs.ModelError, match="not in the local cache and the Hugging Face "
+                                                    "Hub cannot be reached"):
         models.load_vae("owner/vae", like=None)
     monkeypatch.setattr(diffusers.ControlNetModel, "from_pretrained", _missing_while_unreachable)
-    with pytest.raises(models.ModelError, match="not in the local cache and the Hugging Face "
-                                                "Hub cannot be reached"):
+    with pytest.raises(model_refs.ModelError, match="not in the local cache and the Hugging Face "
+                                                    "Hub cannot be reached"):
         _load("owner/cn", dtype=None, allow_pickle=False)
 
 
@@ -105,7 +105,7 @@ def test_an_unreachable_hub_switches_to_the_cache_once_and_only_for_hub_ids(monk
     Hub VAE offline took a minute to fail); one probe now decides, for the whole process."""
     from huggingface_hub import constants, utils
 
-    from hires import models
+    from hires import model_refs, models
     from hires.job import Job
 
     probes = []
@@ -118,23 +118,25 @@ def test_an_unreachable_hub_switches_to_the_cache_once_and_only_for_hub_ids(monk
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(utils, "get_session", Unreachable)
-    monkeypatch.setattr(models, "_hub_state", {})
-    assert not models.uses_hub(Job(model="tiny", lora=["./local.safetensors"]))
-    assert not models.go_offline_if_unreachable(Job(model="tiny")) and probes == []
+    monkeypatch.setattr(model_refs, "_hub_state", {})
+    assert not model_refs.uses_hub(Job(model="tiny", lora=["./local.safetensors"]))
+    assert not model_refs.go_offline_if_unreachable(Job(model="tiny")) and probes == []
     job = Job(model="tiny", vae="owner/vae", lora=["owner/lora:0.5", "./local.safetensors"])
-    assert models.uses_hub(job) and models.uses_hub(Job(model="tiny", lora=["owner/lora"]))
-    assert models.uses_hub(Job(model="./sdxl.safetensors"))  # LinFusion auto: from the Hub
-    assert models.go_offline_if_unreachable(job)
+    assert model_refs.uses_hub(job)
+    assert model_refs.uses_hub(Job(model="tiny", lora=["owner/lora"]))
+    assert model_refs.uses_hub(Job(model="./sdxl.safetensors"))  # LinFusion auto: from the Hub
+    assert model_refs.go_offline_if_unreachable(job)
     assert constants.HF_HUB_OFFLINE and os.environ["HF_HUB_OFFLINE"] == "1"
-    assert not models.go_offline_if_unreachable(Job(model="owner/other")) and len(probes) == 1
-    with pytest.raises(models.ModelError, match="not in the local cache"):
+    assert not model_refs.go_offline_if_unreachable(Job(model="owner/other"))
+    assert len(probes) == 1
+    with pytest.raises(model_refs.ModelError, match="not in the local cache"):
         models.load_vae("owner/vae", like=None)
 
 
 def test_a_hub_that_answers_stays_online(monkeypatch):
     from huggingface_hub import constants, utils
 
-    from hires import models
+    from hires import model_refs
     from hires.job import Job
 
     class Answers:
@@ -143,6 +145,6 @@ def test_a_hub_that_answers_stays_online(monkeypatch):
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(utils, "get_session", Answers)
-    monkeypatch.setattr(models, "_hub_state", {})
-    assert not models.go_offline_if_unreachable(Job(model="owner/model"))
+    monkeypatch.setattr(model_refs, "_hub_state", {})
+    assert not model_refs.go_offline_if_unreachable(Job(model="owner/model"))
     assert not constants.HF_HUB_OFFLINE

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from hires.models import ModelError, load, model_kind
+from hires.model_refs import ModelError, model_kind
+from hires.models import load
 from hires.pipeline import generate
 
 

@@ -14,7 +14,8 @@ from safetensors.torch import save_file
 
 from hires.batch import settings_hash
 from hires.job import Job
-from hires.models import ModelError, load
+from hires.model_refs import ModelError
+from hires.models import load
 from hires.output import read_metadata
 from hires.tiny import tiny_vae
 

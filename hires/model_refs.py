@@ -1,0 +1,412 @@
+"""Model, VAE and LinFusion references checked before anything loads: local paths, single files'
+headers, folders' components, the Hub cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hires.errors import first_line
+from hires.job import DEFAULT_MODEL
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+class ModelError(RuntimeError):
+    """A model, add-on or LinFusion checkpoint could not be loaded; the message is one line.
+    An add-on's Hub files that are not cached while the Hub is unreachable come out as this
+    (exit 1, as for the model), not as the add-on's own usage error."""
+
+    def __init__(self, message: str, usage: bool = False):
+        super().__init__(message)
+        self.usage = usage  # the options asked for what cannot be (exit 2), not a load failure
+
+
+def model_kind(ref: str) -> str:
+    """'tiny', 'folder', 'file' or 'hub', from the reference's form alone."""
+    if ref == "tiny":
+        return "tiny"
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return "folder"
+    if path.is_file() or path.suffix in (".safetensors", *PICKLE_SUFFIXES):
+        return "file"
+    if ref.startswith((".", "/", "~")) or os.sep in ref.strip("/").replace("/", "", 1):
+        return "file"
+    return "hub"
+
+
+def check_paths(model: str, vae: str | None, linfusion: str, allow_pickle: bool = False) -> None:
+    """Before any loading: a model, VAE or LinFusion checkpoint named by a path that is not
+    there or cannot be used (a single file that is no safetensors or no SDXL checkpoint, a
+    diffusers folder missing a component, a LinFusion folder without its config or with
+    unreadable weights) is a usage error (else the VAE's and LinFusion's show only after the
+    model loads), and so is a pickle file, or a folder of pickle weights, without
+    `allow_pickle` (else a dry run plans what cannot run). Hub ids are checked by form only:
+    `check_cached` says whether a run here finds them."""
+    from hires import linfusion as lf
+
+    for what, ref in (("--model", model), ("--vae", vae)):
+        kind = model_kind(ref) if ref else None
+        if kind == "hub" and (refusal := hub_id_refusal(what, ref)):
+            raise ModelError(refusal, usage=True)
+        if kind == "folder":
+            _check_folder(what, ref, allow_pickle)
+        if kind != "file":
+            continue
+        path = Path(ref).expanduser()
+        if not path.exists():
+            raise ModelError(f"{what} {ref}: no such file; give a .safetensors file, a diffusers "
+                             "folder or a Hugging Face Hub id (owner/name)", usage=True)
+        refusal = weights_refusal(path, {"--vae": "a VAE"}.get(what, "an SDXL model"),
+                                  allow_pickle) or single_file_refusal(path, what == "--vae")
+        if refusal:
+            raise ModelError(f"{what} {refusal}", usage=True)
+    if linfusion not in ("auto", "none"):
+        try:
+            lf.check_ref(linfusion)
+        except lf.LinFusionError as e:
+            raise ModelError(str(e), usage=True) from None
+
+
+def hub_offline() -> bool:
+    """Whether huggingface_hub is in offline mode now (HF_HUB_OFFLINE, or switched on by
+    `go_offline_if_unreachable`): a Hub id must then be in the local cache."""
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode()
+
+
+def hub_cached(repo: str, *files: str) -> bool:
+    """Whether one of `files` of the Hub repository `repo` is in the local cache (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in files:
+        try:
+            if isinstance(try_to_load_from_cache(repo, name), str):
+                return True
+        except ValueError:  # not a valid repository id: nothing of it is cached
+            return False
+    return False
+
+
+# What a Hub id's repository must have in the cache, by flag: the file that is read first.
+_HUB_CONFIGS = {"--model": ("model_index.json",), "--vae": ("config.json", "vae/config.json"),
+                "--linfusion": ("config.json",)}
+
+
+def not_cached(flag: str, ref: str, auto: bool = False) -> str | None:
+    """Why the Hub id `ref` given as `flag` cannot be loaded here (None: it can, or the Hub
+    may be asked): offline, and its config is not in the local cache. `auto`: the LinFusion
+    checkpoint --linfusion auto picks for the model."""
+    if not hub_offline() or hub_cached(ref, *_HUB_CONFIGS[flag]):
+        return None
+    closed = hub_closed()
+    if flag == "--model":
+        return (f"model '{ref}' is not in the local cache and {closed} to download it, or pass "
+                "a local folder or .safetensors file with --model (or --model tiny to try hires "
+                "offline)")
+    if flag == "--vae":
+        return (f"VAE '{ref}' is not in the local cache and {closed} to download it, or pass a "
+                "local folder or .safetensors file with --vae")
+    picked = " (what --linfusion auto takes for this model)" if auto else ""
+    return (f"LinFusion checkpoint {ref}{picked} is not in the local Hugging Face cache and "
+            f"{closed} to download it, pass a local folder (--linfusion PATH), or run without it "
+            "(--linfusion none)")
+
+
+def check_cached(model: str, vae: str | None, linfusion: str, known: bool = True) -> None:
+    """When the Hub is offline, each Hub id the job loads (its model, VAE, LinFusion checkpoint)
+    must be in the local cache: ModelError (exit 1, as the load's own) naming the first that is
+    not. `known`: check hires' defaults too (the default model and the LinFusion checkpoint
+    --linfusion auto takes by the model's id); a dry run leaves them out, as the planner knows
+    their shapes and the run says in seconds, before anything loads, that they are missing."""
+    from hires import linfusion as lf
+
+    if not hub_offline():
+        return
+    refs = [("--model", model, False), ("--vae", vae, False)]
+    if linfusion not in ("auto", "none"):
+        refs.append(("--linfusion", linfusion, False))
+    elif linfusion == "auto" and known and model_kind(model) == "hub":
+        picked = {k.lower(): v for k, v in lf.DEFAULT_CHECKPOINTS.items()}.get(model.lower())
+        refs.append(("--linfusion", picked, True))
+    for flag, ref, auto in refs:
+        if not ref or model_kind(ref) != "hub" or (not known and ref == DEFAULT_MODEL):
+            continue
+        if flag == "--linfusion" and Path(ref).expanduser().exists():
+            continue  # a local folder that looks like owner/name
+        why = not_cached(flag, ref, auto)
+        if why:
+            raise ModelError(why)
+
+
+def check_before_loading(model: str, vae: str | None, linfusion: str,
+                         allow_pickle: bool = False) -> None:
+    """What `load` checks before the model's weights: the Hub ids it needs are cached (when
+    offline), and the VAE and LinFusion checkpoint it names can be read, so that a bad --vae or
+    --linfusion fails in seconds, not after the model loaded (minutes for SDXL)."""
+    from hires import linfusion as lf
+
+    check_cached(model, vae, linfusion)
+    if vae is not None:
+        _check_vae_ref(vae, allow_pickle)
+    named = linfusion
+    if linfusion == "auto":
+        carried = Path(model).expanduser() / "linfusion"
+        named = str(carried) if (model_kind(model) == "folder"
+                                 and (carried / lf.CONFIG_NAME).is_file()) else None
+    if named not in (None, "none"):
+        try:
+            lf.check_ref(named)
+        except lf.LinFusionError as e:
+            raise ModelError(str(e)) from None
+
+
+def _check_vae_ref(ref: str, allow_pickle: bool) -> None:
+    """`load_vae`'s refusals of a VAE reference that need no weights, said before any loading."""
+    kind = model_kind(ref)
+    path = Path(ref).expanduser()
+    if kind == "file":
+        if not path.is_file():
+            raise ModelError(f"VAE file not found: {path}", usage=True)
+        refusal = weights_refusal(path, "a VAE", allow_pickle) or single_file_refusal(path, True)
+        if refusal:
+            raise ModelError(refusal, usage=True)
+    elif kind == "folder":
+        refusal = _vae_folder_refusal(path, allow_pickle)
+        if refusal:
+            raise ModelError(f"{ref} {refusal}", usage="pickle" in refusal)
+
+
+# The keys a single-file SDXL checkpoint (the original layout diffusers' from_single_file
+# reads) has: the UNet's and the two text encoders'.
+SDXL_FILE_PREFIXES = ("model.diffusion_model.", "conditioner.")
+
+
+def single_file_refusal(path: Path, vae: bool = False) -> str | None:
+    """Why the .safetensors file at `path` is not an SDXL checkpoint (`vae`: a VAE's weights),
+    read from its header alone (None: it may be). A pickle file is not read."""
+    from hires.safetensors_header import read_header
+
+    if path.suffix != ".safetensors":
+        return None
+    header = read_header(path)
+    if header is None:
+        return (f"{path.name} is not a valid safetensors file (truncated, or not safetensors at "
+                "all?); re-download or re-save it")
+    keys = [k for k in header if k != "__metadata__"]
+    lora = any("lora" in k.lower() for k in keys)
+    if vae:
+        if lora or not any(k.startswith("decoder.") or ".decoder." in k for k in keys):
+            return (f"{path.name} is not a VAE's weights (no decoder.* tensors); give a VAE's "
+                    ".safetensors file, its diffusers folder or a Hub id")
+        return None
+    unet, text = (any(k.startswith(p) for k in keys) for p in SDXL_FILE_PREFIXES)
+    if unet and text:
+        return None
+    if unet and any(k.startswith("cond_stage_model.") for k in keys):
+        guess = "an SD 1.x/2.x checkpoint"
+    elif lora:
+        guess = "a LoRA? give it with --lora"
+    elif any(k.startswith(("down_blocks.", "input_blocks.", "model.diffusion_model."))
+             for k in keys):
+        guess = "a UNet alone?"
+    elif any(k.startswith(("decoder.", "encoder.")) for k in keys):
+        guess = "a VAE? give it with --vae"
+    else:
+        guess = "a UNet-only or LoRA file?"
+    return (f"{path.name} is not an SDXL checkpoint ({guess}): it has no model.diffusion_model.* "
+            "and conditioner.* weights; give a whole SDXL .safetensors checkpoint, a diffusers "
+            "folder or a Hub id")
+
+
+def hub_id_refusal(flag: str, ref: str) -> str | None:
+    """Why `ref`, which is no local path, is not taken as a Hub id (None: it is). A bare name is
+    a mistyped local folder far more often than one of the Hub's old ids without an owner."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(ref)
+    except HFValidationError:
+        return (f"{flag} {ref}: no such file or folder here, and not a Hugging Face Hub id "
+                "(owner/name); check the spelling")
+    if "/" not in ref:
+        return (f"{flag} {ref}: no such file or folder here (check the spelling), and a "
+                "Hugging Face Hub id is owner/name")
+    return None
+
+
+# The file diffusers reads first in each kind of component folder (any one of them will do).
+_COMPONENT_CONFIGS = {"scheduler": ("scheduler_config.json",),
+                      "tokenizer": ("tokenizer_config.json", "vocab.json", "tokenizer.json"),
+                      "feature_extractor": ("preprocessor_config.json",)}
+
+
+def _component_config(name: str) -> tuple[str, ...]:
+    return _COMPONENT_CONFIGS.get(name.rstrip("_0123456789"), ("config.json",))
+
+
+def _has_weights(folder: Path) -> bool:
+    return any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
+
+
+def pipeline_folder_refusal(path: Path, allow_pickle: bool = True) -> str | None:
+    """Why the diffusers folder at `path` cannot be loaded as a pipeline, from its files alone
+    (None: it may be): no or unreadable model_index.json, a component it lists whose
+    subfolder or config is missing, weights missing, unreadable, or pickle only without
+    `allow_pickle`. The message starts after the folder's name."""
+    import json
+
+    from hires.safetensors_header import read_header
+
+    index = path / "model_index.json"
+    if not index.is_file():
+        return ("is a folder but not a diffusers model (no model_index.json); give the folder "
+                "that holds it, a .safetensors file or a Hub id")
+    try:
+        listed = json.loads(index.read_text(encoding="utf-8"))
+        if not isinstance(listed, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return f"has a model_index.json that cannot be read ({first_line(e)})"
+    pickled = []
+    for name, spec in listed.items():
+        if name.startswith("_") or not isinstance(spec, list) or None in spec:
+            continue
+        sub, wanted = path / name, _component_config(name)
+        if not any((sub / f).is_file() for f in wanted):
+            missing = f"no {name}/ folder" if not sub.is_dir() else f"no {name}/{wanted[0]}"
+            return (f"is missing its {name}: model_index.json lists it, but there is {missing}; "
+                    "restore it from the model's source (or give the folder that holds the "
+                    "whole model)")
+        if wanted != ("config.json",):
+            continue  # no weights: a scheduler, a tokenizer
+        if not _has_weights(sub):
+            return (f"has no weights for its {name} (no .safetensors file in {name}/); restore "
+                    "them from the model's source")
+        for file in sorted(sub.glob("*.safetensors")):
+            if read_header(file) is None:
+                return (f"has unreadable weights: {name}/{file.name} is not a valid safetensors "
+                        "file (truncated?); re-download or re-save it")
+        if not any(sub.glob("*.safetensors")):
+            pickled.append(name)
+    if pickled and not allow_pickle:
+        folders = ", ".join(f"{name}/" for name in pickled)
+        return (f"holds pickle (.bin) weights only (in {folders}), which can run code "
+                "when loaded; convert them to .safetensors or pass --allow-pickle if you trust "
+                "them")
+    return None
+
+
+def _vae_folder_refusal(path: Path, allow_pickle: bool = True) -> str | None:
+    """Why the folder at `path` is not a diffusers VAE (its own, or a pipeline's vae/), from
+    its files alone; None: it may be."""
+    from hires.safetensors_header import read_header
+
+    found = next((path / sub for sub in ("", "vae") if (path / sub / "config.json").is_file()),
+                 None)
+    if found is None:
+        return ("is a folder but not a diffusers VAE (no config.json, nor vae/config.json); "
+                "give a VAE's folder, a .safetensors file or a Hub id")
+    for file in sorted(found.glob("*.safetensors")):
+        if read_header(file) is None:
+            return (f"has unreadable weights: {file.name} is not a valid safetensors file "
+                    "(truncated?); re-download or re-save it")
+    if not allow_pickle and any(found.glob("*.bin")) and not any(found.glob("*.safetensors")):
+        return ("holds pickle (.bin) weights only, which can run code when loaded; convert them "
+                "to .safetensors or pass --allow-pickle if you trust them")
+    return None
+
+
+def _check_folder(what: str, ref: str, allow_pickle: bool = True) -> None:
+    """A folder given as a model must hold a diffusers pipeline, every component it lists
+    there (a VAE: a diffusers VAE), and safetensors weights unless pickle is allowed."""
+    path = Path(ref).expanduser()
+    if what == "--model":
+        refusal = pipeline_folder_refusal(path, allow_pickle)
+    else:
+        refusal = _vae_folder_refusal(path, allow_pickle)
+    if refusal:
+        raise ModelError(f"{what} {ref} {refusal}", usage=True)
+
+
+def hub_unreachable(e: BaseException | None) -> bool:
+    """Whether `e` comes of a file missing from the cache while the Hub could not be reached
+    (no network, or HF_HUB_OFFLINE): diffusers words it as a file missing from the repo."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    seen = 0
+    while e is not None and seen < 10:  # diffusers re-raises hub errors with a vaguer message
+        if isinstance(e, LocalEntryNotFoundError | OfflineModeIsEnabled):
+            return True
+        if "cached files" in str(e):  # transformers' wording, for the image encoder
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
+def uses_hub(job) -> bool:
+    """Whether `job` loads anything from the Hugging Face Hub: its model, VAE, LinFusion (auto
+    takes a Hub checkpoint unless the model's folder carries one) or an add-on."""
+    from hires.lora import hub_parts, parse_lora
+
+    refs = [job.model, job.vae, job.control_model, job.ip_adapter if job.ip_image else None,
+            None if job.linfusion in ("auto", "none") else job.linfusion]
+    own = (Path(job.model).expanduser() / "linfusion" / "config.json").is_file()
+    return (any(r and model_kind(r) == "hub" for r in refs)
+            or (job.linfusion == "auto" and job.model != "tiny" and not own)
+            or any(hub_parts(parse_lora(spec)[0]) for spec in job.lora or ()))
+
+
+_hub_state: dict[str, bool] = {}  # "answered": whether the Hub answered this process's probe
+
+
+def hub_closed() -> str:
+    """Why hires did not download, and what lets it: 'the Hugging Face Hub cannot be reached;
+    connect once', or the user's HF_HUB_OFFLINE (to finish: '... to download it')."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE and _hub_state.get("answered") is not False:
+        return "HF_HUB_OFFLINE is set; unset it"
+    return "the Hugging Face Hub cannot be reached; connect once"
+
+
+def go_offline_if_unreachable(job, timeout: float = 5.0) -> bool:
+    """When `job` loads from the Hub and it does not answer, switch huggingface_hub to offline
+    mode for this process: loads then read the local cache at once, where its retries would
+    wait about 25 s per file before falling back to it. True on the call that switched."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or "answered" in _hub_state or not uses_hub(job):
+        return False
+    from huggingface_hub.utils import get_session
+
+    try:  # any answer, an error status too, means it can be reached
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+        _hub_state["answered"] = True
+        return False
+    except Exception:  # no name resolution, no route, refused, timed out (the HTTP library's
+        # own errors, which huggingface_hub's versions name differently)
+        _hub_state["answered"] = False
+    constants.HF_HUB_OFFLINE = True  # read at every request by huggingface_hub and transformers
+    os.environ["HF_HUB_OFFLINE"] = "1"  # for readers of the variable (hires.linfusion)
+    return True
+
+
+def weights_refusal(path: Path, what: str, allow_pickle: bool) -> str | None:
+    """Why the file at `path` is not taken as `what`'s weights (None: it is): a pickle without
+    --allow-pickle, or a suffix no weights have (an image given for a model, say)."""
+    if path.suffix == ".safetensors" or path.suffix in PICKLE_SUFFIXES and allow_pickle:
+        return None
+    if path.suffix in PICKLE_SUFFIXES:
+        return (f"{path.name} is a pickle checkpoint, which can run code when loaded; convert it "
+                "to .safetensors or pass --allow-pickle if you trust it")
+    return (f"{path.name} is not {what}'s weights: give a .safetensors file, a diffusers folder "
+            "or a Hugging Face Hub id (owner/name)")
+
+
+def _pickled(what: str, it: str) -> ModelError:
+    """The refusal of pickle weights without --allow-pickle: why, and the ways out."""
+    return ModelError(f"{what}, which can run code when loaded; convert {it} to .safetensors or "
+                      f"pass --allow-pickle if you trust {it}", usage=True)
