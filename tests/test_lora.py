@@ -306,7 +306,8 @@ def test_a_hub_file_in_a_repo_is_not_taken_for_a_missing_local_file():
     from hires.addons import check_inputs
     from hires.job import Job, JobError
 
-    check_inputs(Job(prompt="x", lora=["someone/some-lora/style.safetensors:0.8"]))  # the Hub's
+    # the Hub's (loads=False: the cache, which has no such file here, is not this test's)
+    check_inputs(Job(prompt="x", lora=["someone/some-lora/style.safetensors:0.8"]), loads=False)
     with pytest.raises(JobError, match="--lora dir/style.safetensors: no such file"):
         check_inputs(Job(prompt="x", lora=["dir/style.safetensors"]))
 
