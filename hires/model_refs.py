@@ -150,7 +150,7 @@ def check_before_loading(model: str, vae: str | None, linfusion: str,
 
     check_cached(model, vae, linfusion)
     if vae is not None:
-        _check_vae_ref(vae, allow_pickle)
+        check_vae_ref(vae, allow_pickle)
     named = linfusion
     if linfusion == "auto":
         carried = Path(model).expanduser() / "linfusion"
@@ -163,7 +163,7 @@ def check_before_loading(model: str, vae: str | None, linfusion: str,
             raise ModelError(str(e)) from None
 
 
-def _check_vae_ref(ref: str, allow_pickle: bool) -> None:
+def check_vae_ref(ref: str, allow_pickle: bool) -> None:
     """`load_vae`'s refusals of a VAE reference that need no weights, said before any loading."""
     kind = model_kind(ref)
     path = Path(ref).expanduser()
@@ -406,7 +406,7 @@ def weights_refusal(path: Path, what: str, allow_pickle: bool) -> str | None:
             "or a Hugging Face Hub id (owner/name)")
 
 
-def _pickled(what: str, it: str) -> ModelError:
+def pickle_refusal(what: str, it: str) -> ModelError:
     """The refusal of pickle weights without --allow-pickle: why, and the ways out."""
     return ModelError(f"{what}, which can run code when loaded; convert {it} to .safetensors or "
                       f"pass --allow-pickle if you trust {it}", usage=True)

@@ -19,13 +19,13 @@ from hires.errors import first_line
 from hires.job import DEFAULT_MODEL
 from hires.model_refs import (  # ModelError: also hires.models.ModelError, as README documents
     ModelError,
-    _check_vae_ref,
-    _pickled,
     check_before_loading,
+    check_vae_ref,
     go_offline_if_unreachable,
     hub_closed,
     hub_unreachable,
     model_kind,
+    pickle_refusal,
     pipeline_folder_refusal,
     single_file_refusal,
     weights_refusal,
@@ -269,7 +269,7 @@ def load_pipeline(ref: str, dtype: torch.dtype, allow_pickle: bool = False):
         pickled = kind == "folder" and not allow_pickle and any(
             not any(b.parent.glob("*.safetensors")) for b in path.rglob("*.bin"))
         if pickled:  # a component folder with .bin weights only: say why, and the way out
-            raise _pickled(f"{ref} holds pickle (.bin) weights only", "them") from e
+            raise pickle_refusal(f"{ref} holds pickle (.bin) weights only", "them") from e
         if kind == "hub" and "cached" in str(e):
             raise ModelError(
                 f"model '{ref}' is not in the local cache and {hub_closed()} to download it, "
@@ -294,7 +294,7 @@ def load_vae(ref: str, like, allow_pickle: bool = False):
             elif kind == "file":
                 vae = _vae_from_file(path, like, allow_pickle)
             else:
-                _check_vae_ref(ref, allow_pickle)
+                check_vae_ref(ref, allow_pickle)
                 vae = _vae_from_pretrained(str(path) if kind == "folder" else ref, allow_pickle)
     except OSError as e:
         from huggingface_hub import constants
@@ -305,7 +305,7 @@ def load_vae(ref: str, like, allow_pickle: bool = False):
                 f"VAE '{ref}' is not in the local cache and {hub_closed()} to download it, or "
                 "pass a local folder or .safetensors file with --vae") from e
         if kind == "folder" and not allow_pickle and not any(path.rglob("*.safetensors")):
-            raise _pickled(f"{ref} holds pickle (.bin) weights only", "them") from e
+            raise pickle_refusal(f"{ref} holds pickle (.bin) weights only", "them") from e
         raise ModelError(f"could not load VAE '{ref}': {first_line(e)}") from e
     mine, theirs = _latent_shape(vae), _latent_shape(like)
     if mine != theirs:
@@ -347,7 +347,7 @@ def _vae_from_file(path: Path, like, allow_pickle: bool):
 
     if not path.is_file():
         raise ModelError(f"VAE file not found: {path}", usage=True)
-    _check_vae_ref(str(path), allow_pickle)
+    check_vae_ref(str(path), allow_pickle)
     with tempfile.TemporaryDirectory() as config:
         # Its own config would come from the Hub; the model's VAE has the same architecture.
         like.save_config(config)
