@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageFile, ImageOps, UnidentifiedImageError
 
 from hires.job import MAX_SIDE
 
@@ -59,7 +59,7 @@ class InputImage:
     converted_from: str | None = None  # the colour profile its pixels were converted from
     bits: int = 8  # bits a sample in the file (16: a 16-bit PNG or TIFF, read as 8)
     frames: int = 1  # frames or pages in the file (an animation, a multi-page TIFF): the first
-    grey: bool = False  # grey in the file (L, LA, 1 bit, 16-bit grey): the result is made grey
+    grey: bool = False  # grey (a grey mode, or R = G = B throughout): the result is made grey
 
 
 @contextlib.contextmanager
@@ -257,7 +257,7 @@ def load_input(path: Path | str) -> InputImage:
         fmt = FORMATS[im.format or ""]
         bits = _file_bits(im, path)
         frames = getattr(im, "n_frames", 1)
-        grey = im.mode in _GREY_MODES
+        grey = im.mode in _GREY_MODES or _channels_equal(rgb)  # (16-bit LA opens as RGBA)
     return InputImage(rgb=rgb, alpha=alpha, path=path, sha256=sha, format=fmt, size=rgb.size,
                       converted_from=profile, bits=bits, frames=frames, grey=grey)
 
@@ -464,6 +464,14 @@ def resize_lanczos(image: Image.Image, size: tuple[int, int],
     for _ in in_order(band, -(-height // rows), threads):  # Pillow resizes without the GIL
         pass
     return out
+
+
+def _channels_equal(rgb: Image.Image) -> bool:
+    """Whether an RGB image's three channels are the same everywhere: grey kept as colour (a
+    16-bit grey PNG with alpha, which Pillow opens as RGBA; a grey photo saved as RGB)."""
+    r, g, b = rgb.split()
+    return ImageChops.difference(r, g).getbbox() is None and \
+        ImageChops.difference(g, b).getbbox() is None
 
 
 def greyed(image: Image.Image) -> Image.Image:

@@ -133,6 +133,8 @@ def test_a_grey_input_comes_out_grey(tmp_path, asked, mode, grey):
     """A black-and-white photo came out in colour: the model tints the detail it adds."""
     noise = np.random.default_rng(1).integers(0, 256, (64, 64), np.uint8)
     image = Image.fromarray(noise, "L").convert(mode)
+    if mode == "RGB":  # a colour photo: its blue differs
+        image = Image.fromarray(np.stack([noise, noise, noise // 2], -1))
     if mode == "LA":
         image.putalpha(Image.fromarray(np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))))
     image.save(tmp_path / "in.png")
@@ -157,3 +159,15 @@ def test_16_bit_samples_are_greyed_band_by_band_with_their_alpha_kept():
     assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
     assert np.abs(out[..., 0] - luma).max() <= 1
     assert (out[..., 3] == alpha).all()
+
+
+def test_grey_kept_as_colour_is_found_by_its_channels(tmp_path):
+    """A 16-bit grey PNG with alpha opens as RGBA in Pillow: its mode says nothing."""
+    from hires.images import load_input
+
+    values = np.random.default_rng(3).integers(0, 256, (32, 32), np.uint8)
+    Image.fromarray(np.stack([values] * 3, -1)).save(tmp_path / "grey_rgb.png")
+    tinted = np.stack([values, values, values // 2], -1)
+    Image.fromarray(tinted).save(tmp_path / "colour.png")
+    assert load_input(tmp_path / "grey_rgb.png").grey
+    assert not load_input(tmp_path / "colour.png").grey
