@@ -157,6 +157,7 @@ class JsonProgress(PlainProgress):
 # "~1 h 05 min left"), the rate, the time elapsed; the label takes what is left, within bounds.
 COUNT_W, LEFT_W, RATE_W, ELAPSED_W = 7, 16, 10, 7
 LABEL_MIN, LABEL_MAX, BAR_MIN, BAR_MAX = 10, 40, 10, 40
+LEFT_MIN = 11  # '~12 s left', 'ETA ~12 min'
 
 
 def layout(width: int, label: int) -> dict[str, int]:
@@ -165,7 +166,11 @@ def layout(width: int, label: int) -> dict[str, int]:
     always; then, as room allows, the time elapsed, the rate and the bar (the first to go)."""
     gap = 1
     cols = {"count": COUNT_W, "left": LEFT_W}
-    cols["label"] = max(LABEL_MIN, min(label, LABEL_MAX, width - COUNT_W - LEFT_W - 2 * gap))
+    room = width - COUNT_W - LEFT_W - 2 * gap  # for the label
+    # Below LABEL_MIN of room the label gives way (to 3), then the time left (to its short
+    # forms' width): rich would squeeze the count and the share instead ("100 %" as "10…").
+    cols["label"] = max(min(LABEL_MIN, max(3, room)), min(label, LABEL_MAX, room))
+    cols["left"] = max(LEFT_MIN, min(LEFT_W, width - COUNT_W - cols["label"] - 2 * gap))
     room = width - sum(cols.values()) - gap * (len(cols) - 1)
     for name, w in (("elapsed", ELAPSED_W), ("rate", RATE_W), ("bar", BAR_MIN)):
         if room >= w + gap:

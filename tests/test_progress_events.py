@@ -153,6 +153,23 @@ def test_narrow_rows_keep_the_count_the_share_and_the_time_left(width):
         assert "bar" not in cols
 
 
+@pytest.mark.parametrize("width", [24, 30])
+def test_very_narrow_rows_give_up_the_label_not_the_share(width):
+    """Under 35 columns rich squeezed the count: '100 %' showed as '10…'."""
+    plan = plan_4k()
+    progress, clock = rich(width, plan)
+    with progress:
+        for e, dt in timed_events(plan)[:3]:
+            clock.t += 1.0 + dt
+            progress(e)
+        job, phase = rows(progress, width)
+    assert all(len(row) <= width for row in (job, phase))
+    assert re.search(r"\d+ % +~\d+ (s|min) left", job), job
+    assert re.search(r"2/\d+ +ETA ~\d+ (s|min)", phase), phase
+    cols = layout(width, 34)
+    assert sum(cols.values()) + len(cols) - 1 <= width
+
+
 # 5. The time left counts down between events.
 
 def test_times_left_count_down_between_events():
