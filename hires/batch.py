@@ -96,6 +96,9 @@ def read_batch(path: str | Path, base: Job | None = None,
         output = values.pop("output", None)
         if output is not None and not isinstance(output, str):
             raise JobError(f"'output' in {where} must be a file name, got {output!r}")
+        if isinstance(output, str) and not output.strip():
+            raise JobError(f"'output' in {where} is empty: give a file name or template, or "
+                           "leave it out (the job's image gets the batch's name)")
         if output == "-":  # stdout is for gen and up's one image, not a batch's many
             raise JobError(f"'output' in {where} is '-', but a batch writes files; name one")
         preset = values.pop("preset", None)
@@ -178,7 +181,8 @@ def _check_keys(table: dict[str, Any], where: str) -> None:
         if name not in valid:
             hint = closest_hint(name, valid)
             shown = ", ".join(keys_for_people(valid))
-            listing = "" if "valid:" in hint or name in COMMAND_FLAGS else f"; valid keys: {shown}"
+            flag = name.lower() in COMMAND_FLAGS
+            listing = "" if "valid:" in hint or flag else f"; valid keys: {shown}"
             raise JobError(f"unknown key '{key}' in {where}{hint}{listing}")
 
 

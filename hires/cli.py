@@ -384,6 +384,8 @@ def batch(
         refuse_empty("-o", output, "the folder for the images")
         refuse_empty("--manifest", manifest, "a file")
         refuse_empty("--shard", shard, "I/N (e.g. 0/4)")
+        refuse_empty("--model", model, "a Hub id, folder or .safetensors file")
+        refuse_empty("--device", device, "auto, cpu, mps, cuda or cuda:N")
         output = Path(output)
         manifest = None if manifest is None else Path(manifest)
         levels = [(load_preset(preset).values, f"preset '{preset}'", True)] \

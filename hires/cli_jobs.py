@@ -49,12 +49,12 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
     from hires.job import TRUSTED_ONLY, Job, JobError
     from hires.output import OutputError, job_values_from_image
     from hires.presets import load_preset
-    from hires.sizes import OPTIONS, job_from_levels
+    from hires.sizes import OPTIONS, job_from_levels, switched_off, without
 
     def size_of(path: str) -> tuple[int, int]:
         return source or piped.image_size(path)
 
-    flags, dropped = switched_off(flags)
+    flags, dropped = switched_off(flags)  # before the record's paths are checked
     levels: list[tuple[dict[str, Any], str, bool]] = []
     if preset is not None:  # "" too: an unset variable is an error, not no preset
         chosen = load_preset(preset)  # named as its own errors name it
@@ -94,31 +94,11 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
     return check_scale_flags(job, flags)
 
 
-# `--control none` (and the others) drops an add-on a preset or `--from`'s record brings:
-# the flag's key, and the keys that go with it.
-SWITCHES = {"control": ("control", "control_model", "control_scale"),
-            "control_model": ("control", "control_model", "control_scale"),
-            "ip_image": ("ip_image", "ip_adapter", "ip_scale"),
-            "lora": ("lora",)}
-
-
-def switched_off(flags: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
-    """The flags without the add-ons given as 'none', and the job keys those drop."""
-    off = {key for key, value in flags.items() if key in SWITCHES and (
-        value == "none" or (isinstance(value, list) and value == ["none"]))}
-    dropped = {name for key in off for name in SWITCHES[key]}
-    return {k: v for k, v in flags.items() if k not in off}, dropped
-
-
-def without(values: dict[str, Any], keys: set[str]) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if str(k).replace("-", "_") not in keys}
-
-
 def check_scale_flags(job, flags: dict[str, Any]):
     """A strength flag for an add-on the job does not run is a usage error: it would be
     ignored without a word. A preset's or record's strength alone is a default, and passes."""
-    for flag, model, needs in (("control_scale", job.control_model,
-                                "--control IMAGE --control-model MODEL"),
+    control = "--control-model MODEL" if job.image else "--control IMAGE --control-model MODEL"
+    for flag, model, needs in (("control_scale", job.control_model, control),
                                ("ip_scale", job.ip_image, "--ip-image IMAGE")):
         if flag in flags and not model:
             raise typer.BadParameter(f"--{flag.replace('_', '-')} has nothing to scale: add "

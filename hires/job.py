@@ -269,14 +269,12 @@ class Job:
 JOB_KEYS = tuple(f.name for f in fields(Job) if f.name != "extra")
 # Flags that steer a command, not an image: named as keys, what to do instead.
 COMMAND_FLAGS = {
-    "n": "in a batch, give a job for each image",
-    "save_stages": "pass it on the command line",
-    "preview": "pass it on the command line",
-    "overwrite": "pass it on the command line",
-    "dry_run": "pass it on the command line",
-    "gpu": "pass it on the command line",
-    "progress": "pass it on the command line",
-    "quiet": "pass it on the command line",
+    "n": "pass --n to gen; in a batch, give a job for each image",
+    "from": "pass --from IMAGE to gen; in a batch, give the job's keys",
+    "shard": "pass --shard I/N to hires batch",
+    "manifest": "pass --manifest FILE to hires batch",
+    **dict.fromkeys(("save_stages", "preview", "overwrite", "resume", "dry_run", "gpu", "json",
+                     "progress", "quiet"), "pass it on the command line"),
 }
 FILE_KEYS = tuple(k for k in JOB_KEYS if k not in TRUSTED_ONLY)
 _TYPES = {f.name: f.type for f in fields(Job)}
@@ -289,9 +287,10 @@ def keys_for_people(valid: tuple[str, ...] | list[str]) -> list[str]:
 
 def closest_hint(name: str, valid: tuple[str, ...] | list[str]) -> str:
     """'; did you mean X?' for the closest valid name, or a list of valid names."""
-    if name in COMMAND_FLAGS:
-        return f" (--{name.replace('_', '-')} is a command's flag, not a key: " \
-               f"{COMMAND_FLAGS[name]})"
+    flag = name.lower()  # 'N' too
+    if flag in COMMAND_FLAGS:
+        return f" (--{flag.replace('_', '-')} is a command's flag, not a key: " \
+               f"{COMMAND_FLAGS[flag]})"
     shown = keys_for_people(valid)
     by_case = {v.lower(): v for v in shown}  # 'DRAFT' is 'draft', however far difflib finds it
     match = difflib.get_close_matches(name.lower(), list(by_case), n=1, cutoff=0.5)

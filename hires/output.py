@@ -272,8 +272,9 @@ def output_path(
 
 
 # Python's format spec ([[fill]align][sign][#][0][width][,_][.precision][type]) with at most
-# 3 digits of width: {seed:999999999} would build a gigabyte before the name check.
-_FORMAT_SPEC = re.compile(r"(.?[<>^=])?[+\- ]?#?0?\d{0,3}[,_]?(\.\d{1,3})?[a-zA-Z%]?")
+# 3 digits of width (`{seed:999999999}` would build a gigabyte before the name check), and no
+# path separator as the fill (`{prompt:/>12}` made //etc-passwd.png, at the root).
+_FORMAT_SPEC = re.compile(r"([^/\\]?[<>^=])?[+\- ]?#?0?\d{0,3}[,_]?(\.\d{1,3})?[a-zA-Z%]?")
 
 
 def _check_template(text: str, fields: dict[str, Any]) -> None:

@@ -322,6 +322,51 @@ def _multiple_of_8(px: float) -> int:
     return math.ceil(px / 8) * 8
 
 
+# An add-on's reference 'none' drops the add-on that a level below brings (a preset's, a
+# record's, a batch file's [defaults]): its key and the keys that go with it.
+_CONTROL = ("control", "control_model", "control_scale")
+_IP = ("ip_image", "ip_adapter", "ip_scale")
+SWITCHES = {"control": _CONTROL, "control_model": _CONTROL, "ip_image": _IP, "ip_adapter": _IP,
+            "lora": ("lora",)}
+_WHAT = {_CONTROL: "the ControlNet", _IP: "the IP-Adapter"}
+
+
+def switched_off(values: dict[str, Any], where: str = OPTIONS
+                 ) -> tuple[dict[str, Any], set[str]]:
+    """`values` without its add-on references given as 'none' (of a LoRA list, its 'none'
+    entries: the LoRAs left are this level's own), and the keys those drop from the levels
+    below. A reference given beside its add-on's 'none' is a contradiction (JobError)."""
+    kept, dropped, off = dict(values), set(), {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name == "lora" and isinstance(value, list) and "none" in value:
+            dropped.add("lora")
+            rest = [spec for spec in value if spec != "none"]
+            if rest:
+                kept[key] = rest
+            else:
+                del kept[key]
+        elif name in SWITCHES and value == "none":
+            dropped.update(SWITCHES[name])
+            off[SWITCHES[name]] = key
+            del kept[key]
+    for key in kept:
+        name = str(key).replace("-", "_")
+        group = SWITCHES.get(name)
+        if group in off:  # (a strength is checked as one without its add-on is)
+            what, switch = _WHAT[group], str(off[group]).replace("-", "_")
+            if where == OPTIONS:
+                raise JobError(f"{_name(switch, where)} none drops {what}: leave out "
+                               f"{_name(name, where)}, or give {_name(switch, where)} a file")
+            raise JobError(f"'{key}' in {where} is given with {switch} = 'none', which drops "
+                           f"{what}; remove one of them")
+    return kept, dropped
+
+
+def without(values: dict[str, Any], keys: set[str]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if str(k).replace("-", "_") not in keys}
+
+
 def job_from_levels(levels: list[tuple[dict[str, Any], str, bool]], base: Job | None = None,
                     size_of: Callable[[str], tuple[int, int]] | None = None) -> Job:
     """`base` with each level's keys applied in turn, least specific first (values, where,
@@ -330,6 +375,12 @@ def job_from_levels(levels: list[tuple[dict[str, Any], str, bool]], base: Job | 
     `size_of(path)` reads an upscale input's size (a job with an `image`); an upscale must be
     given its size at some level, as the default 1024 x 1024 would crop most pictures.
     """
+    levels = list(levels)
+    for i in reversed(range(len(levels))):  # each level's 'none' drops the add-on below it
+        values, where, untrusted = levels[i]
+        kept, dropped = switched_off(values, where)
+        levels[i] = (kept, where, untrusted)
+        levels[:i] = [(without(v, dropped), w, u) for v, w, u in levels[:i]]
     job = base or Job()
     for values, where, untrusted in levels:
         job = job.merged({k: v for k, v in values.items()

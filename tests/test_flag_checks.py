@@ -99,7 +99,8 @@ def test_an_output_template_field_may_carry_a_format(template, name):
     ("{prompt[0]}.png", "unknown field {prompt[0]}"),  # ... and items
     ("{seed!r}.png", "{seed!r} is not a field with a format"),
     ("{seed:999999999}.png", "{seed:999999999} is not a field"),  # a gigabyte-long name
-    ("{sead}.png", "did you mean {seed}?")])
+    ("{sead}.png", "did you mean {seed}?"),
+    ("{prompt:/>12}.png", "{prompt:/>12} is not a field")])  # made //a-cat.png, at the root
 def test_an_output_template_reads_only_its_fields(tmp_path, template, why):
     result = cli("gen", "a cat", "--model", "tiny", "--size", "256", "--dry-run", "-o",
                  str(tmp_path / template))
@@ -115,7 +116,8 @@ def test_an_output_template_reads_only_its_fields(tmp_path, template, why):
     (("gen", "a cat", "--model", "tiny", "-o", ""), "-o"),  # wrote into the working folder
     (("batch", "JOBS", "-o", ""), "-o"),
     (("batch", "JOBS", "--manifest", ""), "--manifest"),
-    (("batch", "JOBS", "--shard", ""), "--shard")])  # ran every job, as no shard
+    (("batch", "JOBS", "--shard", ""), "--shard"),  # ran every job, as no shard
+    (("batch", "JOBS", "--model", ""), "--model")])  # planned the default model
 def test_an_empty_value_an_unset_variable_gave_is_refused(tmp_path, args, flag):
     jobs = tmp_path / "jobs.toml"
     jobs.write_text('[[job]]\nprompt = "a"\nmodel = "tiny"\nwidth = 64\nheight = 64\n')
@@ -133,8 +135,10 @@ def test_an_empty_reference_in_a_job_file_names_its_key(tmp_path):
 
 
 @pytest.mark.parametrize(("key", "says"), [
-    ("n = 3", "--n is a command's flag, not a key: in a batch, give a job for each image"),
-    ("overwrite = true", "--overwrite is a command's flag, not a key: pass it on the command")])
+    ("n = 3", "--n is a command's flag, not a key: pass --n to gen; in a batch, give a job"),
+    ("overwrite = true", "--overwrite is a command's flag, not a key: pass it on the command"),
+    ('shard = "0/2"', "--shard is a command's flag, not a key: pass --shard I/N to hires batch"),
+    ("N = 2", "--n is a command's flag")])  # 'did you mean sampler', or every key listed
 def test_a_commands_flag_written_as_a_key_says_so(tmp_path, key, says):
     """'n' got the list of 46 valid keys and no word that --n is a flag."""
     jobs = tmp_path / "jobs.toml"
@@ -238,3 +242,52 @@ def test_from_with_none_drops_the_recorded_add_on(tmp_path):
         "control": "gone.png", "control_model": "owner/controlnet", "lora": ["gone.safetensors"]})
     result = cli("gen", "--from", made, "--control", "none", "--lora", "none", "--dry-run")
     assert result.exit_code == 0, result.stderr  # the missing files went with their add-ons
+
+
+def test_an_empty_output_in_a_job_file_is_refused(tmp_path):
+    """It ran under the batch's default name, as if the key were not there."""
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"prompt": "a", "model": "tiny", "output": ""}\n')
+    assert_usage_error(cli("batch", str(jobs), "--dry-run"),
+                       "'output' in jobs.jsonl job 0 (line 1) is empty")
+
+
+def test_lora_none_beside_other_loras_keeps_them_and_drops_the_presets(addon_preset):
+    """It was read as a LoRA file named 'none'."""
+    import json
+
+    result = cli("plan", "a cat", "--model", "tiny", "--size", "256", "--preset", "cn", "--json",
+                 "--lora", "none", "--lora", "owner/mine:0.3", env=addon_preset)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["job"]["lora"] == ["owner/mine:0.3"]
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (("--control", "none", "--control-model", "owner/net"),
+     "--control none drops the ControlNet: leave out --control-model, or give --control a"),
+    (("--ip-adapter", "none", "--ip-image", "IMG"), "--ip-adapter none drops the IP-Adapter")])
+def test_none_beside_its_add_ons_other_reference_is_refused(tmp_path, args, says):
+    """`up --control none --control-model X` ran the ControlNet on the input image."""
+    from PIL import Image
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "in.png")
+    args = [str(tmp_path / "in.png") if a == "IMG" else a for a in args]
+    result = cli("up", str(tmp_path / "in.png"), "--model", "tiny", "--scale", "2", *args,
+                 "--dry-run")
+    assert_usage_error(result, says)
+
+
+def test_a_batch_job_drops_its_defaults_add_ons_with_none(tmp_path):
+    from hires.batch import read_batch
+
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text('[defaults]\ncontrol = "e.png"\ncontrol_model = "owner/net"\n'
+                    'lora = ["owner/ink"]\n[[job]]\nprompt = "a"\ncontrol = "none"\n'
+                    'lora = "none"\n[[job]]\nprompt = "b"\n')
+    plain, kept = (item.job for item in read_batch(jobs))
+    assert (plain.control, plain.control_model, plain.lora) == (None, None, [])
+    assert (kept.control, kept.control_model, kept.lora) == ("e.png", "owner/net", ["owner/ink"])
+    jobs.write_text('[[job]]\nprompt = "a"\ncontrol = "none"\ncontrol_model = "owner/net"\n')
+    with pytest.raises(Exception, match="'control_model' in jobs.toml job 0 is given with "
+                                        "control = 'none'"):
+        read_batch(jobs)
