@@ -29,6 +29,7 @@ from hires.errors import first_line
 from hires.model_refs import (
     PICKLE_SUFFIXES,
     ModelError,
+    fp16_only,
     hub_closed,
     hub_unreachable,
     weights_refusal,
@@ -68,7 +69,8 @@ def _load(ref: str, dtype: torch.dtype, allow_pickle: bool) -> Any:
         else:
             model = ControlNetModel.from_pretrained(
                 str(path) if path.is_dir() else ref, dtype=dtype,
-                use_safetensors=None if allow_pickle else True)
+                use_safetensors=None if allow_pickle else True,
+                variant="fp16" if path.is_dir() and fp16_only(path) else None)
     except OSError as e:
         from huggingface_hub import constants
 
@@ -142,11 +144,12 @@ def local_problem(ref: str, allow_pickle: bool = False) -> str | None:
 def weight_files(folder: Path, allow_pickle: bool = False) -> list[Path]:
     """The files diffusers reads a folder's ControlNet weights from: one, or a sharded
     checkpoint's index and shards (pickle ones only with `allow_pickle`, as it is loaded)."""
+    fp16 = fp16_only(folder)  # diffusers' variant names: NAME.fp16.safetensors, ...
     for suffix in (".safetensors", ".bin") if allow_pickle else (".safetensors",):
-        one = folder / f"{WEIGHTS}{suffix}"
+        one = folder / (f"{WEIGHTS}.fp16{suffix}" if fp16 else f"{WEIGHTS}{suffix}")
         if one.is_file():
             return [one]
-        index = folder / f"{WEIGHTS}{suffix}.index.json"
+        index = folder / f"{WEIGHTS}{suffix}.index{'.fp16' if fp16 else ''}.json"
         if index.is_file():
             import json
 

@@ -249,6 +249,17 @@ def _component_config(name: str) -> tuple[str, ...]:
 
 def _has_weights(folder: Path) -> bool:
     return any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
+def fp16_only(folder: Path) -> bool:
+    """Whether a diffusers folder (a component's, or a whole pipeline's: any of its components')
+    holds its weights in the fp16 variant only (`*.fp16.safetensors`, what a download of that
+    variant alone leaves, at half the disk); diffusers then reads them with variant="fp16"."""
+    index = folder / "model_index.json"
+    if index.is_file():
+        return any(fp16_only(sub) for sub in folder.iterdir() if sub.is_dir())
+    weights = [p.name for p in folder.glob("*") if p.name.endswith((".safetensors", ".bin"))]
+    return bool(weights) and all(".fp16." in name for name in weights)
+
+
 
 
 def pipeline_folder_refusal(path: Path, allow_pickle: bool = True) -> str | None:

@@ -21,6 +21,7 @@ from hires.model_refs import (  # ModelError: also hires.models.ModelError, as R
     ModelError,
     check_before_loading,
     check_vae_ref,
+    fp16_only,
     go_offline_if_unreachable,
     hub_closed,
     hub_unreachable,
@@ -253,18 +254,19 @@ def load_pipeline(ref: str, dtype: torch.dtype, allow_pickle: bool = False):
     if kind == "folder" and (refusal := pipeline_folder_refusal(path, allow_pickle)):
         raise ModelError(f"{ref} {refusal}", usage="pickle" in refusal)
     safetensors = None if allow_pickle else True
-    variant = "fp16" if dtype == torch.float16 and kind == "hub" else None
+    where = str(path) if kind == "folder" else ref
+    variant = "fp16" if (dtype == torch.float16 and kind == "hub") or (
+        kind == "folder" and fp16_only(path)) else None
     try:
         try:
             return StableDiffusionXLPipeline.from_pretrained(
-                str(path) if kind == "folder" else ref, dtype=dtype,
-                use_safetensors=safetensors, variant=variant)
+                where, dtype=dtype, use_safetensors=safetensors, variant=variant)
         except (OSError, ValueError):
             if variant is None:
                 raise
             # Not every repo ships an fp16 variant: fall back to the full-precision files.
             return StableDiffusionXLPipeline.from_pretrained(
-                ref, dtype=dtype, use_safetensors=safetensors)
+                where, dtype=dtype, use_safetensors=safetensors)
     except OSError as e:
         pickled = kind == "folder" and not allow_pickle and any(
             not any(b.parent.glob("*.safetensors")) for b in path.rglob("*.bin"))
@@ -332,7 +334,9 @@ def _vae_from_pretrained(where: str, allow_pickle: bool):
     safetensors = None if allow_pickle else True
     if Path(where).is_dir():
         sub = None if (Path(where) / "config.json").is_file() else "vae"
-        return AutoencoderKL.from_pretrained(where, subfolder=sub, use_safetensors=safetensors)
+        variant = "fp16" if fp16_only(Path(where) / (sub or "")) else None
+        return AutoencoderKL.from_pretrained(where, subfolder=sub, use_safetensors=safetensors,
+                                             variant=variant)
     try:
         return AutoencoderKL.from_pretrained(where, use_safetensors=safetensors)
     except OSError:  # no config.json at the top: a pipeline's repo

@@ -264,3 +264,31 @@ def test_the_libraries_loading_bars_stay_out_of_a_log(tiny_folder, tmp_path):
     assert result.exit_code == 0, result.stderr
     assert "\r" not in result.stderr and "\x1b" not in result.stderr, result.stderr
     assert "Loading pipeline components" not in result.stderr
+
+
+def as_fp16_variant(folder: Path) -> Path:
+    """`folder` with every weights file renamed as diffusers names the fp16 variant's."""
+    for path in list(folder.rglob("*.safetensors")):
+        if path.parent.name != "linfusion":  # LinFusion's checkpoint has no variants
+            path.rename(path.with_name(path.name.replace(".safetensors", ".fp16.safetensors")))
+    return folder
+
+
+def test_folders_of_the_fp16_variant_alone_load(copy_of, tmp_path, tiny):
+    """The Hub's *.fp16.safetensors downloaded alone (half the disk) failed to load: 'no file
+    named model.safetensors' after a dry run that passed; a ControlNet's was refused."""
+    from helpers_control import tiny_controlnet
+    from PIL import Image
+
+    from hires.model_refs import fp16_only
+
+    model = as_fp16_variant(copy_of)
+    assert fp16_only(model) and fp16_only(model / "unet") and not fp16_only(model / "linfusion")
+    net = tmp_path / "net"
+    tiny_controlnet(tiny.unet).save_pretrained(net)
+    as_fp16_variant(net)
+    Image.new("RGB", (64, 64), "white").save(tmp_path / "edges.png")
+    result = cli("gen", "a cat", "--model", model, "--vae", model / "vae", "--size", "64",
+                 "--steps", "1", "--control", tmp_path / "edges.png", "--control-model", net,
+                 "-o", tmp_path / "a.png")
+    assert result.exit_code == 0, result.stderr
