@@ -62,11 +62,22 @@ def check_paths(model: str, vae: str | None, linfusion: str, allow_pickle: bool 
                                   allow_pickle) or single_file_refusal(path, what == "--vae")
         if refusal:
             raise ModelError(f"{what} {refusal}", usage=True)
-    if linfusion not in ("auto", "none"):
+    named = carried_linfusion(model) if linfusion == "auto" else linfusion
+    if named not in (None, "none"):
         try:
-            lf.check_ref(linfusion)
+            lf.check_ref(named)
         except lf.LinFusionError as e:
             raise ModelError(str(e), usage=True) from None
+
+
+def carried_linfusion(model: str) -> str | None:
+    """The LinFusion checkpoint a local model folder carries (FOLDER/linfusion, with its
+    config), which `--linfusion auto` uses; None: none there."""
+    from hires import linfusion as lf
+
+    carried = Path(model).expanduser() / "linfusion"
+    return str(carried) if (model_kind(model) == "folder"
+                            and (carried / lf.CONFIG_NAME).is_file()) else None
 
 
 def hub_offline() -> bool:
@@ -151,16 +162,12 @@ def check_before_loading(model: str, vae: str | None, linfusion: str,
     check_cached(model, vae, linfusion)
     if vae is not None:
         check_vae_ref(vae, allow_pickle)
-    named = linfusion
-    if linfusion == "auto":
-        carried = Path(model).expanduser() / "linfusion"
-        named = str(carried) if (model_kind(model) == "folder"
-                                 and (carried / lf.CONFIG_NAME).is_file()) else None
+    named = carried_linfusion(model) if linfusion == "auto" else linfusion
     if named not in (None, "none"):
         try:
             lf.check_ref(named)
-        except lf.LinFusionError as e:
-            raise ModelError(str(e)) from None
+        except lf.LinFusionError as e:  # a file to fix, as check_paths says it
+            raise ModelError(str(e), usage=True) from None
 
 
 def check_vae_ref(ref: str, allow_pickle: bool) -> None:

@@ -292,3 +292,13 @@ def test_folders_of_the_fp16_variant_alone_load(copy_of, tmp_path, tiny):
                  "--steps", "1", "--control", tmp_path / "edges.png", "--control-model", net,
                  "-o", tmp_path / "a.png")
     assert result.exit_code == 0, result.stderr
+
+
+def test_a_dry_run_checks_the_linfusion_a_model_folder_carries(copy_of):
+    """--linfusion auto uses FOLDER/linfusion: a broken one passed the dry run, and the run
+    failed on it after the model loaded (and with another exit code than when named)."""
+    weights = copy_of / "linfusion" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:10])
+    for args in ((), ("--linfusion", str(copy_of / "linfusion"))):
+        result = cli("gen", "a cat", "--model", copy_of, "--size", "128", "--dry-run", *args)
+        assert_usage_error(result, "linfusion", "unreadable")
