@@ -194,17 +194,20 @@ def check_unchanged(job: Job, recorded: dict[str, Any],
         if isinstance(lora, dict) and any(s.startswith(str(lora.get("ref"))) for s in specs):
             files.append(("--lora", lora.get("ref"), lora.get("sha256"), _file_digest))
     control = recorded.get("controlnet") or {}
+    runs = runs_controlnet(job)  # at scale 0 neither its weights nor its image make the image
     if isinstance(control, dict):
         image = control.get("image")
         key = "control" if image == job.control else "image" if image == job.image else None
+        if key == "control" and not runs:
+            key = None  # (`up`'s input is its input still: compared)
         if key and key not in given:
             files.append((f"--{key}" if key == "control" else "the input",
                           image, control.get("image_sha256"), _file_digest))
-        if control.get("model") == job.control_model and "control_model" not in given:
+        if runs and control.get("model") == job.control_model and "control_model" not in given:
             files.append(("--control-model", job.control_model, control.get("sha256"),
                           lambda ref: controlnet.weights_sha256(ref, job.allow_pickle)))
     ip = recorded.get("ip_adapter") or {}
-    if isinstance(ip, dict) and job.ip_image:
+    if isinstance(ip, dict) and job.ip_image and job.ip_scale != 0:  # at 0 it adds nothing
         if ip.get("image") == job.ip_image and "ip_image" not in given:
             files.append(("--ip-image", ip.get("image"), ip.get("image_sha256"), _file_digest))
         if ip.get("ref") == job.ip_adapter and "ip_adapter" not in given:
@@ -252,7 +255,9 @@ def attached(components: Any, job: Job, source: Image.Image | None = None) -> It
                     "model": job.control_model, "scale": job.control_scale,
                     "image": job.control or job.image,
                     "image_sha256": image.sha256 if image else job.image_sha256,
-                    **_controlnet_version(job.control_model, job.allow_pickle)}
+                    # at scale 0 the image does not depend on its weights: not hashed
+                    **(_controlnet_version(job.control_model, job.allow_pickle)
+                       if runs_controlnet(job) else {})}
             if job.lora:
                 addons.record["lora"] = lora.load_loras(pipe, job.lora, job.allow_pickle)
                 undo.callback(lora.unload_loras, pipe)
