@@ -86,18 +86,16 @@ def as_run_here(job, gpu: str | None):
     """The job a dry run (`gen`, `up`, `batch --dry-run`) plans: as the run would go on this
     machine, so `--device auto` without a CUDA GPU is a CPU run (a TFLOP/s `gpu` times it);
     a `gpu` that names a card plans for that card instead, as `hires plan` does. A Hub id the
-    run could not load here (offline, not in the cache; hires' defaults aside) is a JobError,
-    as a job that cannot run."""
+    run could not load here (offline, not in the cache; hires' defaults aside) is the ModelError
+    the run's load would raise."""
     import torch
 
     from hires.gpus import card
-    from hires.job import JobError
-    from hires.model_refs import ModelError, check_cached
+    from hires.model_refs import check_cached
 
-    try:  # a Hub id a run here cannot load (offline, not cached): the run would fail
-        check_cached(job.model, job.vae, job.linfusion, known=False)
-    except ModelError as e:
-        raise JobError(str(e)) from None
+    # A Hub id a run here cannot load (offline, not cached): the ModelError the run's load
+    # raises (exit 1, as the run's), not a usage error.
+    check_cached(job.model, job.vae, job.linfusion, known=False)
     if job.device == "auto" and not (gpu and card(gpu)) and not torch.cuda.is_available():
         return job.merged({"device": "cpu"})
     return job
