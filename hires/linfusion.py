@@ -499,8 +499,10 @@ def check_ref(ref: str | Path) -> None:
     weights = path / WEIGHTS_NAME
     if not weights.is_file():
         _no_weights(path)
-    from hires.safetensors_header import read_header
+    from hires.safetensors_header import read_header, truncated
 
+    if read_header(weights) is None and (cut := truncated(weights)):
+        raise LinFusionError(f"checkpoint {weights}: {cut}")
     if read_header(weights) is None:
         raise LinFusionError(f"checkpoint {weights}: unreadable (not a valid safetensors file: "
                              "truncated?); re-download or re-save it")

@@ -51,7 +51,7 @@ def local_problem(ref: str, allow_pickle: bool = False) -> str | None:
     """Why a local LoRA file or folder cannot be one, from its names and the file's header
     alone (None: it may be; `load_loras` checks it against the model): for a dry run, which
     loads nothing, and a run, before the model loads."""
-    from hires.safetensors_header import read_header
+    from hires.safetensors_header import read_header, truncated
 
     try:
         file = resolve(ref, allow_pickle)
@@ -61,7 +61,7 @@ def local_problem(ref: str, allow_pickle: bool = False) -> str | None:
         return None  # a pickle allowed: read only by torch
     header = read_header(file)
     if header is None:
-        return f"LoRA {ref}: {file.name} is not a readable safetensors file"
+        return f"LoRA {ref}: {file.name} is {truncated(file) or 'not a readable safetensors file'}"
     # Every LoRA layout diffusers reads names its tensors so (kohya's lora_unet_*, PEFT's
     # lora_A, LyCORIS' hada_/lokr_); a checkpoint or a VAE does not.
     marks = ("lora", "lycoris", "hada_", "lokr_")

@@ -194,11 +194,13 @@ SDXL_FILE_PREFIXES = ("model.diffusion_model.", "conditioner.")
 def single_file_refusal(path: Path, vae: bool = False) -> str | None:
     """Why the .safetensors file at `path` is not an SDXL checkpoint (`vae`: a VAE's weights),
     read from its header alone (None: it may be). A pickle file is not read."""
-    from hires.safetensors_header import read_header
+    from hires.safetensors_header import read_header, truncated
 
     if path.suffix != ".safetensors":
         return None
     header = read_header(path)
+    if header is None and (cut := truncated(path)):
+        return f"{path.name} is {cut}"
     if header is None:
         return (f"{path.name} is not a valid safetensors file (truncated, or not safetensors at "
                 "all?); re-download or re-save it")
@@ -254,8 +256,6 @@ def _component_config(name: str) -> tuple[str, ...]:
     return _COMPONENT_CONFIGS.get(name.rstrip("_0123456789"), ("config.json",))
 
 
-def _has_weights(folder: Path) -> bool:
-    return any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
 def fp16_only(folder: Path) -> bool:
     """Whether a diffusers folder (a component's, or a whole pipeline's: any of its components')
     holds its weights in the fp16 variant only (`*.fp16.safetensors`, what a download of that
@@ -267,6 +267,8 @@ def fp16_only(folder: Path) -> bool:
     return bool(weights) and all(".fp16." in name for name in weights)
 
 
+def _has_weights(folder: Path) -> bool:
+    return any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
 
 
 def pipeline_folder_refusal(path: Path, allow_pickle: bool = True) -> str | None:
@@ -276,7 +278,7 @@ def pipeline_folder_refusal(path: Path, allow_pickle: bool = True) -> str | None
     `allow_pickle`. The message starts after the folder's name."""
     import json
 
-    from hires.safetensors_header import read_header
+    from hires.safetensors_header import read_header, truncated
 
     index = path / "model_index.json"
     if not index.is_file():
@@ -305,6 +307,8 @@ def pipeline_folder_refusal(path: Path, allow_pickle: bool = True) -> str | None
                     "them from the model's source")
         for file in sorted(sub.glob("*.safetensors")):
             if read_header(file) is None:
+                if cut := truncated(file):
+                    return f"has unreadable weights: {name}/{file.name} is {cut}"
                 return (f"has unreadable weights: {name}/{file.name} is not a valid safetensors "
                         "file (truncated?); re-download or re-save it")
         if not any(sub.glob("*.safetensors")):
@@ -320,7 +324,7 @@ def pipeline_folder_refusal(path: Path, allow_pickle: bool = True) -> str | None
 def _vae_folder_refusal(path: Path, allow_pickle: bool = True) -> str | None:
     """Why the folder at `path` is not a diffusers VAE (its own, or a pipeline's vae/), from
     its files alone; None: it may be."""
-    from hires.safetensors_header import read_header
+    from hires.safetensors_header import read_header, truncated
 
     found = next((path / sub for sub in ("", "vae") if (path / sub / "config.json").is_file()),
                  None)
@@ -329,6 +333,8 @@ def _vae_folder_refusal(path: Path, allow_pickle: bool = True) -> str | None:
                 "give a VAE's folder, a .safetensors file or a Hub id")
     for file in sorted(found.glob("*.safetensors")):
         if read_header(file) is None:
+            if cut := truncated(file):
+                return f"has unreadable weights: {file.name} is {cut}"
             return (f"has unreadable weights: {file.name} is not a valid safetensors file "
                     "(truncated?); re-download or re-save it")
     if not allow_pickle and any(found.glob("*.bin")) and not any(found.glob("*.safetensors")):
