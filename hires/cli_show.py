@@ -23,6 +23,7 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
               stage_images: bool = False, preview: bool = False, here: bool = False) -> None:
     """Print the plan of `job` without loading weights (`hires plan`, `gen --dry-run`); with
     `preview`, of its first stage alone; `here`: as it would run on this machine (a dry run)."""
+    from hires.addons import input_warnings
     from hires.dry_run import as_run_here, dry_run
     from hires.gpus import card
     from hires.plan import preview_of
@@ -35,6 +36,12 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
     tokenizer = cached_tokenizer(job)  # a long prompt, said as the run would say it
     for warning in too_long(tokenizer, job) if tokenizer is not None else []:
         warn_once(warning)  # `up` plans each input: one prompt, said once
+    # What fitting the add-on images leaves out (a run says it too): their cached facts, read
+    # by the add-ons' check already; at the planned size (`up`'s is its input's times --scale).
+    if job.control or job.ip_image:
+        for warning in input_warnings(replace(job, width=run.plan.width,
+                                              height=run.plan.height)):
+            warn_once(warning)
     named = card(run.gpu)
     if run.budget_from == "vram" and named and job.vram > named.memory_gib:
         # planned as asked (a card of that size at this one's speed), but likely a preset's
@@ -115,10 +122,14 @@ def settings_line(job) -> str:
     parts = [seed, f"{sampler} sampler", f"guidance {job.guidance:g}", f"model {job.model}"]
     if job.vae:
         parts.append(f"vae {job.vae}")
-    parts += [f"{name} {ref}" for name, ref in (("lora", ", ".join(job.lora)),
-                                                 ("controlnet", job.control_model)) if ref]
+    if job.lora:
+        parts.append(f"lora {', '.join(job.lora)}")
+    if job.control_model:  # at scale 0 kept in the record, but neither loaded nor run
+        parts.append(f"controlnet {job.control_model}" + (
+            " at scale 0 (not run)" if job.control_scale == 0 else ""))
     if job.ip_image:
-        parts.append(f"ip-adapter {job.ip_adapter}")
+        parts.append(f"ip-adapter {job.ip_adapter}" + (
+            " at scale 0 (adds nothing)" if job.ip_scale == 0 else ""))
     if job.negative:
         parts.append(f"negative {job.negative!r}")
     return "settings: " + ", ".join(parts)
@@ -342,7 +353,7 @@ def _safetensors_metadata(path: Path) -> dict[str, Any] | None:
     None if `path` is not one (a checkpoint is recognised by content, whatever its name)."""
     from hires.safetensors_header import read_header
 
-    header = read_header(path)
+    header = read_header(path, whole=False)  # a truncated file's metadata is still its
     if header is None:
         return None
     meta = header.get("__metadata__")
