@@ -111,7 +111,7 @@ def local_problem(ref: str, allow_pickle: bool = False) -> str | None:
     """Why the local file or folder `ref` cannot be a ControlNet, from its names and the
     file's header alone (None: it may be; loading checks the rest): for a dry run, which loads
     nothing, and for a run before the model loads."""
-    from hires.safetensors_header import read_header
+    from hires.safetensors_header import read_header, truncated
 
     path = Path(ref).expanduser()
     if path.is_dir():
@@ -132,7 +132,7 @@ def local_problem(ref: str, allow_pickle: bool = False) -> str | None:
         return refusal  # a pickle allowed: read only by torch
     header = read_header(path)
     if header is None:
-        return f"{path.name} is not a readable safetensors file"
+        return f"{path.name} is {truncated(path) or 'not a readable safetensors file'}"
     keys = [k for k in header if k != "__metadata__"]
     if any(k.startswith(CONTROL_KEYS) for k in keys):
         return None

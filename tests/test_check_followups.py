@@ -168,3 +168,19 @@ def test_the_settings_line_says_a_scale_0_controlnet_is_not_run(files):
 
     assert f"controlnet {files['control_model']} at scale 0 (not run)" in settings("0")
     assert "not run" not in settings("1")
+
+
+def test_a_truncated_single_file_controlnet_says_so(tmp_path):
+    import os
+
+    import torch
+    from safetensors.torch import save_file
+
+    from hires.controlnet import local_problem
+
+    path = tmp_path / "cn.safetensors"
+    save_file({"controlnet_cond_embedding.conv_in.weight": torch.zeros(1000)}, path)
+    os.truncate(path, path.stat().st_size - 100)
+    assert local_problem(str(path)) == \
+        f"cn.safetensors is truncated ({path.stat().st_size} of {path.stat().st_size + 100} " \
+        "bytes); re-download it"
