@@ -13,7 +13,7 @@ import typer
 
 from hires import __version__
 from hires.cli_jobs import check_gpu, fitted_plan
-from hires.cli_output import EXIT_USAGE, exit_codes, out_line, say, warn, warn_once
+from hires.cli_output import EXIT_RUNTIME, EXIT_USAGE, exit_codes, out_line, say, warn, warn_once
 from hires.cli_resume import stages_upto
 from hires.cli_runs import fp16_vae_hint, warn_space
 from hires.strips import cores
@@ -267,17 +267,20 @@ def exact_hint(job, p, replan: Callable[[Any], Any]) -> str | None:
 def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_json: bool,
                     overwrite: bool, preview: bool = False) -> None:
     """`batch --dry-run`: each job's size, file and planned time on `gpu`, or that its image is
-    made already, and the total; jobs that cannot run are said and exit 2 at the end."""
+    made already, and the total; jobs that cannot run are said, and exit 2 at the end (1 when
+    each is a model not here, as the run would end)."""
     from hires import batch as b
     from hires.dry_run import as_run_here, dry_run
     from hires.eta import duration
     from hires.images import input_size
     from hires.job import JobError
+    from hires.model_refs import ModelError
     from hires.plan import preview_of
 
     check_gpu(gpu)
     plans: dict[str, Any] = {}  # jobs that differ only in prompt and seed share a plan
     total, counts, planned_on = 0.0, {"to make": 0, "made": 0, "cannot run": 0}, None
+    usage = False  # some job cannot run for a setting to fix (else: for a model not here)
     to_make: list[tuple[Path, Any]] = []
     for item in items:
         job, path = item.job, paths[item.index]
@@ -297,9 +300,11 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
                 run = plans[key]
                 if preview:
                     run = replace(run, plan=preview_of(run.plan))
-            except JobError as e:
+            except (JobError, ModelError) as e:
                 row.update(status="cannot run", error=str(e))
                 text = f"job {item.index}: cannot run: {e}"
+                # As the run would end: a setting to fix exits 2, a model not here 1.
+                usage = usage or not isinstance(e, ModelError) or e.usage
             else:
                 seconds = run.plan.seconds  # None: a CPU job, not timed
                 if seconds is not None:
@@ -322,7 +327,7 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
             parts.append(f"{counts['cannot run']} cannot run")
         out_line("total: " + "; ".join(parts))
     if counts["cannot run"]:
-        raise typer.Exit(EXIT_USAGE)
+        raise typer.Exit(EXIT_USAGE if usage else EXIT_RUNTIME)
 
 
 def show_all_made(paths: list[str], as_json: bool) -> None:

@@ -184,3 +184,20 @@ def test_a_truncated_single_file_controlnet_says_so(tmp_path):
     assert local_problem(str(path)) == \
         f"cn.safetensors is truncated ({path.stat().st_size} of {path.stat().st_size + 100} " \
         "bytes); re-download it"
+
+
+def test_a_batch_dry_run_lists_a_job_whose_model_is_not_here(tmp_path, monkeypatch):
+    """An uncached Hub model ended the whole dry run at that job; now it is listed, the other
+    jobs too, and the exit is 1 as the run's would be (2 stays for a setting to fix)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text('[[job]]\nprompt = "a"\nmodel = "someone/not-cached"\n'
+                    '[[job]]\nprompt = "b"\nmodel = "tiny"\nsize = 64\n')
+    result = cli("batch", str(jobs), "-o", str(tmp_path / "out"), "--dry-run")
+    assert result.exit_code == 1, result.stderr
+    assert "job 0: cannot run: model 'someone/not-cached' is not in the local cache" in \
+        result.stdout
+    assert "job 1: 64x64" in result.stdout and "1 to make; 0 made already; 1 cannot run" in \
+        result.stdout
