@@ -261,7 +261,10 @@ def attached(components: Any, job: Job, source: Image.Image | None = None) -> It
             if job.lora:
                 addons.record["lora"] = lora.load_loras(pipe, job.lora, job.allow_pickle)
                 undo.callback(lora.unload_loras, pipe)
-            if job.ip_image:
+            if job.ip_image and job.ip_scale == 0:  # adds nothing: not loaded, not hashed
+                addons.record["ip_adapter"] = {"ref": job.ip_adapter, "scale": 0.0,
+                                               "image": job.ip_image}
+            elif job.ip_image:
                 info = ip_adapter.load_ip_adapter(pipe, job.ip_adapter, job.allow_pickle)
                 undo.callback(ip_adapter.unload_ip_adapter, pipe)
                 ip_adapter.set_scale(pipe, job.ip_scale)

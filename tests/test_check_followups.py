@@ -201,3 +201,22 @@ def test_a_batch_dry_run_lists_a_job_whose_model_is_not_here(tmp_path, monkeypat
         result.stdout
     assert "job 1: 64x64" in result.stdout and "1 to make; 0 made already; 1 cannot run" in \
         result.stdout
+
+
+def test_an_ip_adapter_at_scale_0_is_not_loaded_and_changes_nothing(tmp_path, tiny, asked):
+    """It was loaded and its weights hashed for every job, to add nothing."""
+    from helpers_ip import write_tiny_ip_adapter
+
+    write_tiny_ip_adapter(tmp_path / "ip", tiny.pipe)
+    Image.new("RGB", (64, 64), "red").save(tmp_path / "style.png")
+    common = ("gen", "a cat", "--model", "tiny", "--size", "64", "--steps", "1", "--seed", "3",
+              "--json")
+    off = cli(*common, "--ip-image", tmp_path / "style.png", "--ip-adapter", tmp_path / "ip",
+              "--ip-scale", "0", "-o", tmp_path / "off.png")
+    assert off.exit_code == 0, off.stderr
+    record = json.loads(off.stdout)["addons"]["ip_adapter"]
+    assert record["scale"] == 0 and "sha256" not in record
+    plain = cli(*common, "-o", tmp_path / "plain.png")
+    assert plain.exit_code == 0, plain.stderr
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "off.png")),
+                          np.asarray(Image.open(tmp_path / "plain.png")))
