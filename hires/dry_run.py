@@ -206,14 +206,14 @@ def plan_without_weights(job, rate: float | None = None,
         # loaded, as a run would, to see its shapes; SDXL's would be wrong for it.
         from hires.models import load
 
-        if job.model == "tiny":
-            tiny = load("tiny", job.linfusion, "fp32", "cpu")
-        else:  # its shapes, with a LinFusion made for its UNet (no checkpoint is read)
+        # Its shapes, with tiny's own LinFusion or one made for its UNet: no checkpoint is
+        # read (a Hub one named may be another machine's to fetch).
+        own = job.model == "tiny" and job.linfusion in ("auto", "none")
+        tiny = load(job.model, job.linfusion if own else "none", "fp32", "cpu")
+        if not own and job.linfusion != "none":
             from hires.linfusion import LinFusion
 
-            tiny = load(job.model, "none", "fp32", "cpu")
-            if job.linfusion != "none":
-                LinFusion.from_unet(tiny.unet).mount(tiny.unet)
+            LinFusion.from_unet(tiny.unet).mount(tiny.unet)
         net = None
         if runs_controlnet(job):
             from hires.controlnet import controlnet_like

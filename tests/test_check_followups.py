@@ -220,3 +220,13 @@ def test_an_ip_adapter_at_scale_0_is_not_loaded_and_changes_nothing(tmp_path, ti
     assert plain.exit_code == 0, plain.stderr
     assert np.array_equal(np.asarray(Image.open(tmp_path / "off.png")),
                           np.asarray(Image.open(tmp_path / "plain.png")))
+
+
+def test_plan_of_the_tiny_model_with_a_hub_linfusion_plans_without_its_checkpoint():
+    """It loaded the named checkpoint for the shapes, so an uncached one was refused (exit 1)
+    where a plan for another machine should plan."""
+    common = ("plan", "a cat", "--model", "tiny", "--size", "128", "--json")
+    named = cli(*common, "--linfusion", "someone/linfusion-tiny")
+    assert named.exit_code == 0, named.stderr
+    own = cli(*common)
+    assert json.loads(named.stdout)["stages"] == json.loads(own.stdout)["stages"]
