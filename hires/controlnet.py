@@ -13,7 +13,6 @@ each residual is the zero conv's output times the scale, added to the skip.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from hires import strategy as _strategy
-from hires.errors import first_line
+from hires.errors import first_line, shape_mismatch, shape_text
 from hires.model_refs import (
     PICKLE_SUFFIXES,
     ModelError,
@@ -210,23 +209,12 @@ def hub_problem(ref: str, allow_pickle: bool = False) -> str | None:
 
 
 def _mismatch(text: str) -> str | None:
-    """The first tensor whose shape in the weights differs from what the config makes, from
-    diffusers' (meta-device) or torch's error, as 'NAME is AxB in the weights, CxD by its
-    config'."""
-    shapes = r"torch\.Size\(\[([\d, ]*)\]\)"
-    found = re.search(rf"(\S+) expected shape {shapes}, but got {shapes}", text)
-    if found:
-        name, want, got = found.groups()
-    elif found := re.search(rf"size mismatch for (\S+?):.*?shape {shapes}.*?shape {shapes}",
-                            text, re.S):
-        name, got, want = found.groups()
-    else:
-        return None
-
-    def shape(dims: str) -> str:
-        return "x".join(d.strip() for d in dims.split(",") if d.strip())
-
-    return f"{name} is {shape(got)} in its weights, {shape(want)} by its config"
+    """The first tensor whose shape in the weights differs from what the config makes, as
+    'NAME is AxB in the weights, CxD by its config'."""
+    if found := shape_mismatch(text):
+        name, got, want = found
+        return f"{name} is {shape_text(got)} in its weights, {shape_text(want)} by its config"
+    return None
 
 
 def linearize(controlnet: nn.Module, unet: nn.Module,

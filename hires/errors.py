@@ -2,8 +2,36 @@
 
 from __future__ import annotations
 
+import re
+
 
 def first_line(e: BaseException) -> str:
     """The exception's first line of text (at most 300 characters), else its type's name."""
     lines = str(e).strip().splitlines()
     return lines[0][:300] if lines else type(e).__name__
+
+
+_SHAPES = r"torch\.Size\(\[([\d, ]*)\]\)"
+
+
+def shape_mismatch(text: str) -> tuple[str, list[int], list[int]] | None:
+    """(tensor name, its shape in the weights, the shape the model makes) of the first
+    mismatch in a loading error: diffusers' meta-device loading says "X expected shape A, but
+    got B", torch's load_state_dict "size mismatch for X: ... shape B ... shape A"."""
+    if found := re.search(rf"(\S+) expected shape {_SHAPES}, but got {_SHAPES}", text):
+        name, want, got = found.groups()
+    elif found := re.search(rf"size mismatch for (\S+?):.*?shape {_SHAPES}.*?shape {_SHAPES}",
+                            text, re.S):
+        name, got, want = found.groups()
+    else:
+        return None
+
+    def dims(text: str) -> list[int]:
+        return [int(d) for d in text.split(",") if d.strip()]
+
+    return name, dims(got), dims(want)
+
+
+def shape_text(dims: list[int]) -> str:
+    """A tensor's shape as messages write it: 64x99."""
+    return "x".join(map(str, dims))

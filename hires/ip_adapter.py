@@ -12,7 +12,6 @@ Diffusers' own unload puts fresh processors back and leaves small traces (the pi
 
 from __future__ import annotations
 
-import re
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from hires.errors import shape_mismatch, shape_text
 from hires.images import sha256_once
 from hires.model_refs import (
     PICKLE_SUFFIXES,
@@ -272,23 +272,15 @@ def _weight_file(ref: str, kind: str, repo: str, subfolder: str, weight: str) ->
 def _load_error(e: Exception, ref: str, kind: str, unet) -> IPAdapterError | ModelError:
     """The one-line message for a failed `pipe.load_ip_adapter`."""
     text = str(e)
-    # diffusers' meta-device loading says "X expected shape A, but got B"; torch's
-    # load_state_dict (without accelerate) says "size mismatch for X: ... shape B ... shape A"
-    shapes = r"torch\.Size\(\[([\d, ]*)\]\)"
-    found = re.search(rf"(\S+) expected shape {shapes}, but got {shapes}", text)
+    found = shape_mismatch(text)
     if found:
-        name, want, got = found.groups()
-    elif found := re.search(rf"size mismatch for (\S+?):.*?shape {shapes}.*?shape {shapes}",
-                            text, re.S):
-        name, got, want = found.groups()
-    if found:
-        got, want = _dims(got), _dims(want)
+        name, got, want = found
         cross = unet.config.cross_attention_dim
         why = (f"cross-attention width {got[-1]} in the file, {cross} in this UNet"
                if "_ip." in name and got[-1] != want[-1] else "made for another model")
         return IPAdapterError(
-            f"IP-Adapter {ref} does not fit this UNet: {name} is {_shape(got)} in the file, "
-            f"{_shape(want)} in the UNet ({why})")
+            f"IP-Adapter {ref} does not fit this UNet: {name} is {shape_text(got)} in the file, "
+            f"{shape_text(want)} in the UNet ({why})")
     if isinstance(e, KeyError):
         return IPAdapterError(
             f"IP-Adapter {ref} does not fit this UNet: it has no weights for cross-attention "
@@ -302,9 +294,3 @@ def _load_error(e: Exception, ref: str, kind: str, unet) -> IPAdapterError | Mod
     return IPAdapterError(f"could not load IP-Adapter '{ref}': {first}")
 
 
-def _dims(dims: str) -> list[int]:
-    return [int(d) for d in dims.split(",") if d.strip()]
-
-
-def _shape(dims: list[int]) -> str:
-    return "x".join(map(str, dims))

@@ -278,8 +278,6 @@ def pipeline_folder_refusal(path: Path, allow_pickle: bool = True) -> str | None
     `allow_pickle`. The message starts after the folder's name."""
     import json
 
-    from hires.safetensors_header import read_header, truncated
-
     index = path / "model_index.json"
     if not index.is_file():
         return ("is a folder but not a diffusers model (no model_index.json); give the folder "
@@ -306,11 +304,8 @@ def pipeline_folder_refusal(path: Path, allow_pickle: bool = True) -> str | None
             return (f"has no weights for its {name} (no .safetensors file in {name}/); restore "
                     "them from the model's source")
         for file in sorted(sub.glob("*.safetensors")):
-            if read_header(file) is None:
-                if cut := truncated(file):
-                    return f"has unreadable weights: {name}/{file.name} is {cut}"
-                return (f"has unreadable weights: {name}/{file.name} is not a valid safetensors "
-                        "file (truncated?); re-download or re-save it")
+            if problem := _unreadable(file, f"{name}/{file.name}"):
+                return problem
         if not any(sub.glob("*.safetensors")):
             pickled.append(name)
     if pickled and not allow_pickle:
@@ -321,22 +316,27 @@ def pipeline_folder_refusal(path: Path, allow_pickle: bool = True) -> str | None
     return None
 
 
+def _unreadable(file: Path, shown: str) -> str | None:
+    """Why a folder's weights `file` (named `shown`) cannot be read; None: its header reads."""
+    from hires.safetensors_header import read_header, truncated
+
+    if read_header(file) is not None:
+        return None
+    return f"has unreadable weights: {shown} is " + (
+        truncated(file) or "not a valid safetensors file (truncated?); re-download or re-save it")
+
+
 def _vae_folder_refusal(path: Path, allow_pickle: bool = True) -> str | None:
     """Why the folder at `path` is not a diffusers VAE (its own, or a pipeline's vae/), from
     its files alone; None: it may be."""
-    from hires.safetensors_header import read_header, truncated
-
     found = next((path / sub for sub in ("", "vae") if (path / sub / "config.json").is_file()),
                  None)
     if found is None:
         return ("is a folder but not a diffusers VAE (no config.json, nor vae/config.json); "
                 "give a VAE's folder, a .safetensors file or a Hub id")
     for file in sorted(found.glob("*.safetensors")):
-        if read_header(file) is None:
-            if cut := truncated(file):
-                return f"has unreadable weights: {file.name} is {cut}"
-            return (f"has unreadable weights: {file.name} is not a valid safetensors file "
-                    "(truncated?); re-download or re-save it")
+        if problem := _unreadable(file, file.name):
+            return problem
     if not allow_pickle and any(found.glob("*.bin")) and not any(found.glob("*.safetensors")):
         return ("holds pickle (.bin) weights only, which can run code when loaded; convert them "
                 "to .safetensors or pass --allow-pickle if you trust them")

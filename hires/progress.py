@@ -52,6 +52,18 @@ def _left(job: JobClock | None, run: RunPace | None,
     return image, run.left(image, now - job.start)
 
 
+def _job_clock(plan: Plan | None, now: float, run: RunPace | None,
+               planned: bool) -> JobClock | None:
+    """An image's clock from its plan (None without one), its first rates from the images the
+    run made before it; the run keeps it, to time its pace."""
+    if plan is None:
+        return None
+    job = JobClock(plan, now, prior=run.rates() if run else None, planned=planned)
+    if run is not None:
+        run.clock = job
+    return job
+
+
 def _label(e: Event) -> str:
     """'[2/5] stage 1 2048x2048 denoise': the count, then the stage as the plan numbers it."""
     return f"[{e.stage + 1}/{e.stages}] stage {e.stage} {e.width}x{e.height} {e.phase}"
@@ -76,11 +88,7 @@ class PlainProgress:
         images made so far time this one's first estimates; `planned` False: the plan's times
         are another machine's (`--gpu`), and only this run's pace is said."""
         self.run = run
-        if self.plan is not None:
-            self.job = JobClock(self.plan, self.clock(), prior=run.rates() if run else None,
-                                planned=planned)
-            if run is not None:
-                run.clock = self.job
+        self.job = _job_clock(self.plan, self.clock(), run, planned)
 
     def left(self, now: float) -> tuple[float | None, float | None]:
         return _left(self.job, self.run, now)
@@ -252,11 +260,7 @@ class RichProgress:
     def attach(self, run: RunPace | None, planned: bool = True) -> None:
         """As PlainProgress.attach; with several images, a row for the whole run too."""
         self.run = run
-        if self.plan is not None:
-            self.job = JobClock(self.plan, self.clock(), prior=run.rates() if run else None,
-                                planned=planned)
-            if run is not None:
-                run.clock = self.job
+        self.job = _job_clock(self.plan, self.clock(), run, planned)
         if run is not None and run.images > 1 and self._run_task is None:
             self._run_task = self.bars.add_task(
                 "run", total=run.images, completed=run.index,
