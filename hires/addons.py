@@ -142,6 +142,11 @@ def runs_controlnet(job: Job) -> bool:
     return bool(job.control_model) and job.control_scale != 0
 
 
+def runs_ip_adapter(job: Job) -> bool:
+    """Whether the job's IP-Adapter runs: at scale 0 it adds nothing, so it is not loaded."""
+    return bool(job.ip_image) and job.ip_scale != 0
+
+
 # A control image whose aspect is this far from the image's loses more than this share of it
 # to the centre crop: said, as its edges would be steering nothing.
 CROP_WARN_SHARE = 1 / 3
@@ -156,8 +161,7 @@ def input_warnings(job: Job) -> list[str]:
     notes = []
     for flag, ref, used, what in (
             ("--control", job.control, runs_controlnet(job), "the ControlNet"),
-            ("--ip-image", job.ip_image, bool(job.ip_image) and job.ip_scale != 0,
-             "the IP-Adapter")):
+            ("--ip-image", job.ip_image, runs_ip_adapter(job), "the IP-Adapter")):
         path = Path(ref).expanduser() if ref and used else None
         if path is None or not path.is_file():
             continue
@@ -207,7 +211,7 @@ def check_unchanged(job: Job, recorded: dict[str, Any],
             files.append(("--control-model", job.control_model, control.get("sha256"),
                           lambda ref: controlnet.weights_sha256(ref, job.allow_pickle)))
     ip = recorded.get("ip_adapter") or {}
-    if isinstance(ip, dict) and job.ip_image and job.ip_scale != 0:  # at 0 it adds nothing
+    if isinstance(ip, dict) and runs_ip_adapter(job):  # at scale 0 it adds nothing
         if ip.get("image") == job.ip_image and "ip_image" not in given:
             files.append(("--ip-image", ip.get("image"), ip.get("image_sha256"), _file_digest))
         if ip.get("ref") == job.ip_adapter and "ip_adapter" not in given:
@@ -261,7 +265,7 @@ def attached(components: Any, job: Job, source: Image.Image | None = None) -> It
             if job.lora:
                 addons.record["lora"] = lora.load_loras(pipe, job.lora, job.allow_pickle)
                 undo.callback(lora.unload_loras, pipe)
-            if job.ip_image and job.ip_scale == 0:  # adds nothing: not loaded, not hashed
+            if job.ip_image and not runs_ip_adapter(job):  # not loaded, not hashed
                 addons.record["ip_adapter"] = {"ref": job.ip_adapter, "scale": 0.0,
                                                "image": job.ip_image}
             elif job.ip_image:

@@ -129,7 +129,7 @@ def settings_line(job) -> str:
             " at scale 0 (not run)" if job.control_scale == 0 else ""))
     if job.ip_image:
         parts.append(f"ip-adapter {job.ip_adapter}" + (
-            " at scale 0 (adds nothing)" if job.ip_scale == 0 else ""))
+            " at scale 0 (not run)" if job.ip_scale == 0 else ""))
     if job.negative:
         parts.append(f"negative {job.negative!r}")
     return "settings: " + ", ".join(parts)
