@@ -54,17 +54,15 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
     def size_of(path: str) -> tuple[int, int]:
         return source or piped.image_size(path)
 
-    flags, dropped = switched_off(flags)  # before the record's paths are checked
     levels: list[tuple[dict[str, Any], str, bool]] = []
     if preset is not None:  # "" too: an unset variable is an error, not no preset
         chosen = load_preset(preset)  # named as its own errors name it
-        levels.append((without(chosen.values, dropped),
-                       f"preset '{chosen.name}' ({chosen.path})", True))
+        levels.append((chosen.values, f"preset '{chosen.name}' ({chosen.path})", True))
     if from_image is None:
         return check_scale_flags(
             job_from_levels([*levels, (flags, OPTIONS, False)], size_of=size_of), flags)
     try:
-        recorded = without(job_values_from_image(from_image), dropped)
+        recorded = job_values_from_image(from_image)
     except OutputError as e:  # a missing or unreadable input is the user's to fix
         raise JobError(str(e)) from None
     if recorded.get("allow_pickle") in (False, None):
@@ -73,7 +71,8 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
     Job.from_dict({k: v for k, v in recorded.items() if k in TRUSTED_ONLY}, where=where)
     result = recorded_result(from_image)
     local = result.get("local") if isinstance(result.get("local"), list) else []
-    missing = missing_relative(recorded, flags, local)  # before the size: it reads an input
+    # Before the size (it reads an input); not the add-ons a flag's 'none' drops (job_from_levels).
+    missing = missing_relative(without(recorded, switched_off(flags)[1]), flags, local)
     if missing:
         # The record keeps paths as they were typed: relative to the folder hires ran in.
         what, path = missing
