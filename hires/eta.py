@@ -112,7 +112,8 @@ class JobClock:
         """Seconds the job still needs, or None while nothing says."""
         if not self.phases:
             return None
-        rates = {**self.prior, **self.rates()}
+        own = self.rates()
+        rates = {**self.prior, **own}
         left = {"unet": 0.0, "vae": 0.0}
         for p in self.phases:
             left[p.kind] += (1.0 - p.done) * p.tflop
@@ -120,7 +121,6 @@ class JobClock:
             if self.planned is None or not self.tflop:
                 return None
             return self.planned * sum(left.values()) / self.tflop
-        own = [k for k in self.rates()]
         if own:
             overall = sum(self.seconds[k] for k in own) / sum(self.work[k] for k in own)
         else:  # only earlier images' rates
@@ -129,7 +129,7 @@ class JobClock:
 
     def rates(self) -> dict[str, float]:
         """Seconds per TFLOP of each kind of work this image has timed."""
-        return {k: self.seconds[k] / self.work[k] for k in self.work if self.work[k] > 0}
+        return _rates(self.seconds, self.work)
 
     @property
     def finished(self) -> bool:
@@ -183,7 +183,12 @@ class RunPace:
 
     def rates(self) -> dict[str, float]:
         """Seconds per TFLOP of the UNet's and the VAE's work on the images made so far."""
-        return {k: self._seconds[k] / self._work[k] for k in self._work if self._work[k] > 0}
+        return _rates(self._seconds, self._work)
+
+
+def _rates(seconds: dict[str, float], work: dict[str, float]) -> dict[str, float]:
+    """Seconds per TFLOP of each kind of work that some was timed of."""
+    return {k: seconds[k] / work[k] for k in work if work[k] > 0}
 
     def left(self, image_left: float | None, image_spent: float) -> float | None:
         """Seconds the whole run still needs, this image's `image_left` included (after

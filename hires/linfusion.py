@@ -501,9 +501,9 @@ def check_ref(ref: str | Path) -> None:
         _no_weights(path)
     from hires.safetensors_header import read_header, truncated
 
-    if read_header(weights) is None and (cut := truncated(weights)):
-        raise LinFusionError(f"checkpoint {weights}: {cut}")
     if read_header(weights) is None:
+        if cut := truncated(weights):
+            raise LinFusionError(f"checkpoint {weights}: {cut}")
         raise LinFusionError(f"checkpoint {weights}: unreadable (not a valid safetensors file: "
                              "truncated?); re-download or re-save it")
 
