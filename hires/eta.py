@@ -185,11 +185,6 @@ class RunPace:
         """Seconds per TFLOP of the UNet's and the VAE's work on the images made so far."""
         return _rates(self._seconds, self._work)
 
-
-def _rates(seconds: dict[str, float], work: dict[str, float]) -> dict[str, float]:
-    """Seconds per TFLOP of each kind of work that some was timed of."""
-    return {k: seconds[k] / work[k] for k in work if work[k] > 0}
-
     def left(self, image_left: float | None, image_spent: float) -> float | None:
         """Seconds the whole run still needs, this image's `image_left` included (after
         `image_spent` seconds on it); None while nothing says. The images after this one go
@@ -200,6 +195,11 @@ def _rates(seconds: dict[str, float], work: dict[str, float]) -> dict[str, float
         if rest is None and self.pixels:
             rest = left_after([(self.pixels, image_spent + image_left)], self.todo)
         return image_left + (rest or 0.0)
+
+
+def _rates(seconds: dict[str, float], work: dict[str, float]) -> dict[str, float]:
+    """Seconds per TFLOP of each kind of work that some was timed of."""
+    return {k: seconds[k] / work[k] for k in work if work[k] > 0}
 
 
 def left_after(done: list[tuple[int, float]], todo: list[int]) -> float | None:
