@@ -377,7 +377,13 @@ def show_checkpoint(path: Path, as_json: bool) -> None:
                        "NAME.resume.safetensors file itself")
     kept = resume.describe(path)
     if kept is None or not isinstance(kept.get("job"), dict):
+        from hires.safetensors_header import truncated
+
         meta = _safetensors_metadata(path)
+        if meta is not None and meta.get("format") == resume.FORMAT and (cut := truncated(path)):
+            # A copy cut short, not a run's own: the run writes it whole, then renames it.
+            raise JobError(f"{path} is a hires checkpoint {cut.split(';')[0]}: a copy cut "
+                           "short; copy it again, or delete it and a run of its job starts over")
         if meta is not None and meta.get("format") != resume.FORMAT:
             raise JobError(f"{path} is a safetensors file but not a hires checkpoint (model "
                            "weights?); `hires info` reads images and hires' checkpoints")

@@ -359,6 +359,12 @@ def test_info_says_what_a_checkpoint_keeps(tiny, tmp_path):
     (tmp_path / "cut.png.resume.safetensors").write_bytes(kept.read_bytes()[:100])
     broken = cli("info", tmp_path / "cut.png.resume.safetensors")
     assert broken.exit_code == 2 and "not a checkpoint hires can read" in broken.stderr
+    whole = kept.read_bytes()
+    (tmp_path / "copy.png.resume.safetensors").write_bytes(whole[:-10])  # the header is whole
+    cut = cli("info", tmp_path / "copy.png.resume.safetensors")
+    assert cut.exit_code == 2, cut.stdout
+    assert f"truncated ({len(whole) - 10} of {len(whole)} bytes)" in cut.stderr
+    assert "copy it again" in cut.stderr
 
 
 def test_a_last_stage_retried_leaner_is_decoded_the_leaner_way(tiny, monkeypatch):
