@@ -171,7 +171,8 @@ LEFT_MIN = 11  # '~12 s left', 'ETA ~12 min'
 def layout(width: int, label: int) -> dict[str, int]:
     """The columns a row of `width` characters shows, and their widths, for labels up to
     `label` long: the label (ellipsized, LABEL_MIN at least), the count and the time left
-    always; then, as room allows, the time elapsed, the rate and the bar (the first to go)."""
+    always; then, as room allows, the bar, the time elapsed and the rate (the first to go: a
+    bar is what a glance at an 80-column terminal looks for)."""
     gap = 1
     cols = {"count": COUNT_W, "left": LEFT_W}
     room = width - COUNT_W - LEFT_W - 2 * gap  # for the label
@@ -180,7 +181,7 @@ def layout(width: int, label: int) -> dict[str, int]:
     cols["label"] = max(min(LABEL_MIN, max(3, room)), min(label, LABEL_MAX, room))
     cols["left"] = max(LEFT_MIN, min(LEFT_W, width - COUNT_W - cols["label"] - 2 * gap))
     room = width - sum(cols.values()) - gap * (len(cols) - 1)
-    for name, w in (("elapsed", ELAPSED_W), ("rate", RATE_W), ("bar", BAR_MIN)):
+    for name, w in (("bar", BAR_MIN), ("elapsed", ELAPSED_W), ("rate", RATE_W)):
         if room >= w + gap:
             cols[name] = w
             room -= w + gap
