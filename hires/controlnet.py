@@ -135,9 +135,21 @@ def local_problem(ref: str, allow_pickle: bool = False) -> str | None:
     keys = [k for k in header if k != "__metadata__"]
     if any(k.startswith(CONTROL_KEYS) for k in keys):
         return None
+    if said := control_lora(path.name, keys):
+        return said
     lora = any("lora" in k.lower() for k in keys)
     return (f"{path.name} is not a ControlNet (none of its tensors is a ControlNet's)"
             + ("; it looks like a LoRA: give it with --lora" if lora else ""))
+
+
+def control_lora(name: str, keys: list[str]) -> str | None:
+    """What to say of Stability's Control-LoRA files (a `lora_controlnet` marker tensor), given
+    as a ControlNet or a LoRA: neither loader runs them."""
+    if "lora_controlnet" not in keys:
+        return None
+    return (f"{name} is a Control-LoRA (a ControlNet kept as a low-rank difference from the "
+            "UNet), which hires cannot run yet, as --control-model or --lora; use a full SDXL "
+            "ControlNet (for example diffusers/controlnet-canny-sdxl-1.0)")
 
 
 def weight_files(folder: Path, allow_pickle: bool = False) -> list[Path]:

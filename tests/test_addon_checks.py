@@ -154,6 +154,18 @@ def lora_as_controlnet(files, tmp_path):
     return str(files["lora"])
 
 
+def control_lora(files, tmp_path):
+    """The layout of Stability's Control-LoRA files: a marker tensor and LoRA halves."""
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp_path / "control-lora-canny-rank128.safetensors"
+    save_file({"lora_controlnet": torch.zeros(1),
+               "input_blocks.1.0.in_layers.2.up": torch.zeros(8, 4),
+               "input_blocks.1.0.in_layers.2.down": torch.zeros(4, 8)}, str(path))
+    return str(path)
+
+
 def folder_without_config(files, tmp_path):
     net = tmp_path / "net"
     shutil.copytree(files["control_model"], net)
@@ -181,6 +193,8 @@ def ip_folder(case):
     ("--control-model", lora_as_controlnet, ["style.safetensors is not a ControlNet",
                                              "--lora"]),
     ("--control-model", lambda f, t: "tiny", ["'tiny' is a model, not a ControlNet"]),
+    ("--control-model", control_lora, ["is a Control-LoRA", "cannot run yet",
+                                       "a full SDXL ControlNet"]),
     ("--ip-adapter", ip_folder("empty"), ["must hold one weight file"]),
     ("--ip-adapter", ip_folder("two"), ["a.safetensors, b.safetensors"]),
     ("--ip-adapter", ip_folder("no-encoder"), ["no image encoder", "image_encoder/"]),

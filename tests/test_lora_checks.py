@@ -32,7 +32,7 @@ def test_a_lora_given_twice_is_refused(lora):
     assert f"--lora {lora} is given twice (scales 0.8 and 0.3" in refused.stderr
 
 
-@pytest.mark.parametrize("kind", ["empty folder", "garbage", "not a lora"])
+@pytest.mark.parametrize("kind", ["empty folder", "garbage", "not a lora", "control-lora"])
 def test_a_local_file_that_is_no_lora_is_refused_by_a_dry_run(tmp_path, kind):
     """The dry run passed these; the run then exited 1 or 2 after loading the model."""
     if kind == "empty folder":
@@ -43,10 +43,15 @@ def test_a_local_file_that_is_no_lora_is_refused_by_a_dry_run(tmp_path, kind):
         ref = tmp_path / "garbage.safetensors"
         ref.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
         said = "is not a readable safetensors file"
-    else:
+    elif kind == "not a lora":
         ref = tmp_path / "vae.safetensors"
         save_file({"decoder.conv_in.weight": torch.zeros(2, 2)}, ref)
         said = "holds no LoRA weights"
+    else:  # its tensors say lora, so it passed, and diffusers' loader then failed on it
+        ref = tmp_path / "control-lora-canny.safetensors"
+        save_file({"lora_controlnet": torch.zeros(1),
+                   "input_blocks.1.0.in_layers.2.up": torch.zeros(8, 4)}, ref)
+        said = "is a Control-LoRA"
     refused = dry(str(ref))
     assert refused.exit_code == 2 and said in refused.stderr, refused.stderr
 
