@@ -327,7 +327,7 @@ def fitted_plan(make, job):
             # --offload auto only where it was not: the plan already had every offload to try
             hint = "; try a larger --vram" + (" or --offload auto" if job.offload != "auto"
                                                else "")
-        kwargs = getattr(e, "plan_kwargs", None)
+        kwargs = e.plan_kwargs
         if kwargs:
             fits = largest_fitting(job.width, job.height, **kwargs)
             if fits:

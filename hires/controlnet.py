@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from hires import strategy as _strategy
+from hires import strategy as strategy_module
 from hires.errors import first_line, shape_mismatch, shape_text
 from hires.model_refs import (
     PICKLE_SUFFIXES,
@@ -364,7 +364,7 @@ def control_residuals(controlnet: nn.Module, x: Tensor, timestep: Tensor, embeds
         if module is controlnet.controlnet_mid_block:
             mid.append(res)
         elif from_host[module]:
-            down.append(_strategy._park(res))
+            down.append(strategy_module.park(res))
         else:
             skip = args[0]
             # The skip this conv read is not read again: keep the residual in its place.

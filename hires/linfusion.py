@@ -7,7 +7,6 @@ folder with config.json and diffusion_pytorch_model.safetensors) and mounting on
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -466,13 +465,6 @@ def _check_fits(unet: nn.Module, entry: dict) -> None:
 
 
 
-def _offline() -> bool:
-    """HF_HUB_OFFLINE, read now: huggingface_hub reads it once at import."""
-    from huggingface_hub import constants
-
-    env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
-    return env in ("1", "ON", "YES", "TRUE") or bool(getattr(constants, "HF_HUB_OFFLINE", False))
-
 
 def check_ref(ref: str | Path) -> None:
     """A checkpoint reference that cannot be loaded, found from its files alone (no weights
@@ -534,12 +526,13 @@ def _checkpoint_folder(ref: str | Path, cache_dir: str | Path | None,
         RepositoryNotFoundError,
     )
 
+    from hires.model_refs import hub_closed, hub_offline
+
     try:
         return Path(snapshot_download(
             str(ref), allow_patterns=[CONFIG_NAME, "*.safetensors"], cache_dir=cache_dir,
-            local_files_only=local_files_only or _offline()))
+            local_files_only=local_files_only or hub_offline()))
     except (LocalEntryNotFoundError, OfflineModeIsEnabled):
-        from hires.model_refs import hub_closed
 
         raise LinFusionError(
             f"LinFusion checkpoint {ref} is not in the local Hugging Face cache and "

@@ -28,7 +28,7 @@ from torch import nn
 
 from hires.errors import first_line
 from hires.images import sha256_once
-from hires.linfusion import LinearAttention, _offline
+from hires.linfusion import LinearAttention
 from hires.model_refs import PICKLE_SUFFIXES, ModelError, hub_closed
 from hires.models import quiet_loading
 
@@ -164,8 +164,10 @@ def hub_parts(ref: str) -> tuple[str, str | None] | None:
 def hub_problem(ref: str, allow_pickle: bool = False) -> str | None:
     """With the Hub closed (HF_HUB_OFFLINE), why the Hub LoRA `ref` cannot load: the file it
     names, or any it could pick, is not in the local cache (None: it is, or the Hub is open)."""
+    from hires.model_refs import hub_offline
+
     hub = hub_parts(ref)
-    if hub is None or not _offline():
+    if hub is None or not hub_offline():
         return None
     try:
         _download(ref, *hub, allow_pickle)  # local files only: nothing is fetched
@@ -187,7 +189,9 @@ def _download(ref: str, repo: str, filename: str | None, allow_pickle: bool) -> 
         RepositoryNotFoundError,
     )
 
-    offline = _offline()
+    from hires.model_refs import hub_offline
+
+    offline = hub_offline()
     try:
         if filename is None:
             if offline:  # what the cache holds of the repository is all there is to choose from

@@ -82,10 +82,12 @@ def carried_linfusion(model: str) -> str | None:
 
 def hub_offline() -> bool:
     """Whether huggingface_hub is in offline mode now (HF_HUB_OFFLINE, or switched on by
-    `go_offline_if_unreachable`): a Hub id must then be in the local cache."""
+    `go_offline_if_unreachable`): a Hub id must then be in the local cache. The variable is
+    read now too: huggingface_hub reads it once, at import."""
     from huggingface_hub import constants
 
-    return constants.is_offline_mode()
+    env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
+    return env in ("1", "ON", "YES", "TRUE") or bool(constants.is_offline_mode())
 
 
 def hub_cached(repo: str, *files: str) -> bool:

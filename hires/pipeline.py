@@ -430,7 +430,6 @@ def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditio
                 emit(Event("resize", stage.index, n, stage.width, stage.height, 1, 1))
                 x0 = encode(comps, image, tile, emit, stage, n, job, spill)
                 del image
-        # One noise tensor per stage, from the job's generator: same seed, same image.
         noise = torch.randn(shape, generator=generator).to(comps.device)
         with placed(comps, strategy.weights, *nets), \
                 applied(unet, strategy, comps.device, controlnet=net, disk_after=disk_after):

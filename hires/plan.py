@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hires.costs import ModelShape, StageCost, stage_cost
 from hires.gpus import FP32_SHARE
@@ -40,6 +40,7 @@ class PlanError(ValueError):
     """No strategy fits the budget; the message says what would."""
 
     host = False  # the CPU's memory, not the GPU's, is what ran short
+    plan_kwargs: dict[str, Any] | None = None  # make_plan's settings, to plan again leaner
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Progress events from a run, and renderers for the CLI (rich bars, or plain log lines)."""
+"""Progress events from a run, and renderers for the CLI (rich bars, plain log lines, or JSON
+lines for `--json`)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """What hires records about an image it made (the `--json` line, the manifest line, the file's
-metadata), and saving a result with that record (`Result.save`)."""
+metadata), and saving a result with that record (`save`: the CLI's, and `Result.save`'s)."""
 
 from __future__ import annotations
 

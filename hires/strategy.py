@@ -72,19 +72,19 @@ def applied(unet: nn.Module, strategy: Strategy, device: torch.device, *,
     """The UNet (and the stage's ControlNet) set up for `strategy` for the duration of a
     stage; always undone. Yields where parked maps wait (None when nothing parks): past
     `disk_after` bytes of them, in files on the scratch disk (the plan's `disk_bytes`)."""
-    park = strategy.park_skips and device.type != "cpu"
-    # Maps parked as soon as made need hires.controlnet.residuals_added to add on the CPU:
-    # with a ControlNet they park as its down blocks return, as before.
+    parks = strategy.park_skips and device.type != "cpu"
+    # Maps parked as soon as made would need the ControlNet's residuals added on the CPU:
+    # with a ControlNet they park as its down blocks return (hires.controlnet).
     at_once = strategy.row_bands and controlnet is None
     with ExitStack() as stack:
         parking = None
-        if park:
+        if parks:
             disk = scratch_folder() if disk_after is not None else None
             parking = stack.enter_context(parked_in(Parking(ram=disk_after, disk=disk), unet))
         for model in (unet, controlnet) if controlnet is not None else (unet,):
             stack.enter_context(lean_unet(model, strategy.row_bands))
             stack.enter_context(token_chunks(model, strategy.ff_chunks))
-            if park:
+            if parks:
                 stack.enter_context(parked_skips(model, at_once=at_once))
             if strategy.weights == "sequential" and device.type not in ("cpu", "meta"):
                 stack.enter_context(streamed_blocks(model, device))
@@ -105,7 +105,7 @@ def parked_in(parking: Parking, unet: nn.Module) -> Iterator[Parking]:
         parking.close()
 
 
-def _park(x: Tensor) -> Tensor:
+def park(x: Tensor) -> Tensor:
     """A CPU copy of `x` (page-locked, so the copy back can overlap compute)."""
     if x.device.type == "cpu":
         return x
@@ -143,7 +143,7 @@ def parked_skips(unet: nn.Module, *, at_once: bool = False) -> Iterator[None]:
     def conv_in_hook(module, args, output):
         if not at_once:
             first.append(output)
-        return _park(output)
+        return park(output)
 
     def down_0_pre_hook(module, args, kwargs):
         if not first:
@@ -155,17 +155,17 @@ def parked_skips(unet: nn.Module, *, at_once: bool = False) -> Iterator[None]:
 
     def park_output(module, args, output):
         if isinstance(output, tuple):  # a Transformer2DModel's (hidden_states,)
-            return (_park(output[0]), *output[1:])
-        return _park(output)
+            return (park(output[0]), *output[1:])
+        return park(output)
 
     def last_input_hook(module, args, output):
         if getattr(up_blocks[-1].forward, "reads_parked", False):
-            return _park(output)
+            return park(output)
         return None
 
     def down_hook(module, args, output):
         hidden, skips = output
-        return hidden, tuple(_park(s) for s in skips)
+        return hidden, tuple(park(s) for s in skips)
 
     def up_pre_hook(module, args, kwargs):
         if "res_hidden_states_tuple" in kwargs:
@@ -238,7 +238,7 @@ def streamed_blocks(unet: nn.Module, device: torch.device, *, lock: Lock | None 
     The blocks' weights move once into one page-locked CPU buffer of their exact size; a block
     arriving copies them over without waiting, and a block leaving drops its GPU copies (the
     CPU ones are unchanged), so each call moves the weights one way, as the planner prices it
-    (`costs.stage_cost`): before, they went over from pageable memory and back again.
+    (`costs.stage_cost`), with no copy through pageable memory.
     Ours rather than diffusers' group offloading, which replaces `forward` on the blocks (the
     lean pass then falls back to whole-size tensors) and is not meant to be switched per stage.
     `lock`/`unlock` page-lock the buffer (default: CUDA's, on a CUDA device).

@@ -109,7 +109,7 @@ def test_parked_skips_and_streamed_blocks_with_a_controlnet(setup, monkeypatch):
 
     unet, net, cond, x, image = setup
     reference, _ = eps(setup, scale=1.0)
-    monkeypatch.setattr(strategy_module, "_park", lambda t: t.clone())
+    monkeypatch.setattr(strategy_module, "park", lambda t: t.clone())
     cpu = torch.device("cpu")
     with torch.inference_mode(), parked_skips(unet), parked_skips(net), \
             streamed_blocks(net, cpu):

@@ -51,7 +51,7 @@ def test_parked_skips_and_streamed_blocks_give_the_same_output(inputs, monkeypat
         copies.append(t.shape)
         return t.clone()
 
-    monkeypatch.setattr(strategy_module, "_park", park)
+    monkeypatch.setattr(strategy_module, "park", park)
     for bands in (False, True):
         s = Strategy(split_cfg=True, row_bands=bands)
         with torch.inference_mode(), parked_skips(unet), \
@@ -74,7 +74,7 @@ def test_parking_maps_as_they_are_made_gives_the_same_output(inputs, monkeypatch
     two = UNet2DConditionModel(**{**unet.config, "layers_per_block": 2}).eval()
     reference = eps(two, cond, x, Strategy())
     parked = []
-    monkeypatch.setattr(strategy_module, "_park", lambda t: parked.append(t.shape) or t.clone())
+    monkeypatch.setattr(strategy_module, "park", lambda t: parked.append(t.shape) or t.clone())
     s = Strategy(split_cfg=True, row_bands=True)
     with torch.inference_mode(), parked_skips(two, at_once=True), \
             applied(two, s, torch.device("cpu")):
