@@ -284,19 +284,35 @@ def attached(components: Any, job: Job, source: Image.Image | None = None) -> It
 
 
 def _controlnet(components: Any, ref: str, allow_pickle: bool) -> Any:
-    """The ControlNet for `ref`, loaded once per components (batches reuse it)."""
+    """The ControlNet for `ref`, loaded once per components and version of its weights
+    (batches reuse it)."""
     from hires import controlnet
 
-    cache = components.controlnets
-    if ref not in cache:
+    cache = components.controlnets  # by reference, as the planner looks it up
+    source = _controlnet_source(ref, allow_pickle)
+    model = cache.get(ref)
+    # The same words may name other weights now: a folder saved over, or a relative path
+    # read from another working folder; the record hashes what is there now.
+    if model is None or getattr(model, "hires_source", None) != source:
         cache.clear()  # one ControlNet at a time: each is 2.5 GB in fp16
         model = controlnet.load_controlnet(ref, components.dtype, components.device,
                                            allow_pickle)
         controlnet.check_fits(model, components.unet)
         # Its attention follows the UNet's: linear when LinFusion is mounted.
         controlnet.linearize(model, components.unet, components.attention_originals)
+        model.hires_source = source
         cache[ref] = model
-    return cache[ref]
+    return model
+
+
+def _controlnet_source(ref: str, allow_pickle: bool) -> tuple[str, str | None]:
+    """Which weights `ref` names now: a local one's resolved path and weights' sha256 (hashed
+    once per file version), a Hub id's cached commit."""
+    from hires import controlnet
+
+    if model_kind(ref) == "hub":
+        return ref, controlnet.hub_revision(ref)
+    return str(Path(ref).expanduser().resolve()), controlnet.weights_sha256(ref, allow_pickle)
 
 
 def _controlnet_version(ref: str, allow_pickle: bool) -> dict[str, str]:

@@ -358,3 +358,44 @@ def test_gen_says_a_transparent_control_image_once(files, tmp_path, asked):
                  files["control_model"], "--n", "2", "-o", tmp_path / "{index}.png")
     assert result.exit_code == 0, result.stderr
     assert result.stderr.count("has transparency") == 1, result.stderr
+
+
+# 8. The loaded ControlNet is the one the reference names now
+
+
+def control_run(files, tiny, model: str):
+    """A 256x256 one-step image with the ControlNet `model` (the API's words) on `tiny`."""
+    from hires import generate
+
+    return generate("x", components=tiny, width=256, height=256, steps=1, seed=5,
+                    control=str(files["control"]), control_model=model)
+
+
+def pixels_of(result) -> np.ndarray:
+    return np.asarray(result.image).astype(int)
+
+
+def test_a_controlnet_saved_over_or_named_from_another_folder_is_loaded_anew(files, tmp_path,
+                                                                             tiny, monkeypatch):
+    """The cache was keyed by the words: the old weights ran while the record hashed the new
+    file (so --from made another image), and "net" after a chdir was the old folder's."""
+    from helpers_cli import sha256
+
+    net = tmp_path / "net"
+    shutil.copytree(files["control_model"], net)
+    monkeypatch.chdir(tmp_path)
+    tiny.controlnets.clear()
+    first = pixels_of(control_run(files, tiny, "net"))
+    retrained(net, tiny)
+    again = control_run(files, tiny, "net")
+    assert again.addons["controlnet"]["sha256"] == sha256(
+        net / "diffusion_pytorch_model.safetensors")
+    tiny.controlnets.clear()
+    fresh = pixels_of(control_run(files, tiny, "net"))
+    assert np.abs(first - fresh).mean() > 0.5  # (the new weights make another image)
+    assert np.array_equal(pixels_of(again), fresh)
+    # "net" read from another folder is that folder's ControlNet: the first weights
+    (tmp_path / "other").mkdir()
+    shutil.copytree(files["control_model"], tmp_path / "other" / "net")
+    monkeypatch.chdir(tmp_path / "other")
+    assert np.array_equal(pixels_of(control_run(files, tiny, "net")), first)
