@@ -96,9 +96,11 @@ def upscale(
         else:
             w, h = target_size(source.rgb.size, size=size, scale=scale, width=width,
                                height=height)
-        job = library_job(job, {"prompt": prompt, "strength": strength, **overrides},
+        # The input image and the final size before the checks: a ControlNet without
+        # `control` is fed the image, and a format's size limit is the output's.
+        job = library_job(job, {"prompt": prompt, "strength": strength, **overrides,
+                                "image": str(source.path), "width": w, "height": h},
                           components, progress)
-        job = replace(job, width=w, height=h, image=str(source.path)).validate()
         return upscale_job(job, source=source, components=components, progress=progress,
                            save_stages=save_stages, plan=plan, checkpoint=checkpoint,
                            on_stage_image=on_stage_image, on_score=on_score)

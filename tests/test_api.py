@@ -141,3 +141,40 @@ def test_loading_through_the_library_prints_no_library_notices():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0 and done.stderr == "", done.stderr
+
+
+@pytest.fixture(scope="module")
+def controlnet(tmp_path_factory, tiny):
+    """A tiny ControlNet folder, made offline."""
+    from helpers_control import tiny_controlnet
+
+    folder = tmp_path_factory.mktemp("api-addons") / "control-net"
+    tiny_controlnet(tiny.unet).save_pretrained(folder)
+    return str(folder)
+
+
+def test_upscale_feeds_its_input_to_a_controlnet_as_hires_up_does(tiny, small, controlnet,
+                                                                   tmp_path, asked):
+    """control_model without control was refused ('needs control'), though `hires up
+    --control-model` runs: the input image was set after the checks."""
+    import numpy as np
+    from helpers_cli import cli
+
+    from hires.job import JobError
+
+    Image.effect_noise((96, 64), 40).convert("RGB").save(small)  # something to follow
+    out = tmp_path / "up.png"
+    made = cli("up", small, "--scale", "2", "--model", "tiny", "--steps", "2", "--seed", "1",
+               "--control-model", controlnet, "-o", out, "-q")
+    assert made.exit_code == 0, made.stderr
+    with Image.open(out) as im:
+        expected = np.asarray(im.convert("RGB"))
+    common = dict(scale=2, components=tiny, steps=2, seed=1, control_model=controlnet)
+    for result in (hires.upscale(small, **common),
+                   hires.generate(image=str(small), **common)):
+        assert result.addons["controlnet"]["image"] == str(small)
+        assert np.array_equal(np.asarray(result.image), expected)
+    plain = hires.upscale(small, scale=2, components=tiny, steps=2, seed=1)
+    assert not np.array_equal(np.asarray(plain.image), expected)  # the ControlNet ran
+    with pytest.raises(JobError, match="control_model needs control"):
+        hires.generate("x", components=tiny, size=128, control_model=controlnet, **ONE)
