@@ -96,12 +96,15 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
 def check_scale_flags(job, flags: dict[str, Any]):
     """A strength flag for an add-on the job does not run is a usage error: it would be
     ignored without a word. A preset's or record's strength alone is a default, and passes."""
-    control = "--control-model MODEL" if job.image else "--control IMAGE --control-model MODEL"
-    for flag, model, needs in (("control_scale", job.control_model, control),
-                               ("ip_scale", job.ip_image, "--ip-image IMAGE")):
-        if flag in flags and not model:
-            raise typer.BadParameter(f"--{flag.replace('_', '-')} has nothing to scale: add "
-                                     f"{needs}, or leave it out")
+    from hires.job import idle_scale
+
+    idle = idle_scale(job, flags)
+    if idle:
+        flag, needs = idle
+        add = " ".join(f"--{key.replace('_', '-')} {'MODEL' if key.endswith('model') else 'IMAGE'}"
+                       for key in needs)
+        raise typer.BadParameter(f"--{flag.replace('_', '-')} has nothing to scale: add {add}, "
+                                 "or leave it out")
     return job
 
 

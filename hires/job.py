@@ -7,6 +7,7 @@ import difflib
 import math
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -359,6 +360,18 @@ def check_kind(name: str, value: Any) -> None:
         raise JobError(f"{name} must be a whole number (an int), got {value!r}")
     if kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
         raise JobError(f"{name} must be a number (an int or float), got {value!r}")
+
+
+def idle_scale(job: Job, given: Iterable[str]) -> tuple[str, tuple[str, ...]] | None:
+    """The first add-on strength among the `given` keys whose add-on `job` does not run, with
+    the keys that would run it; None if there is none. Only what the caller gave counts: a
+    preset's or record's strength alone is a default, and passes."""
+    control = ("control_model",) if job.image else ("control", "control_model")
+    for key, runs, needs in (("control_scale", job.control_model, control),
+                             ("ip_scale", job.ip_image, ("ip_image",))):
+        if key in given and not runs:
+            return key, needs
+    return None
 
 
 def format_name(text: str) -> str:

@@ -245,3 +245,27 @@ def test_a_missing_ip_image_is_said_first(tiny):
 def test_upscale_takes_the_jobs_image(tiny, small):
     result = hires.upscale(job=hires.Job(image=str(small)), components=tiny, scale=2, **ONE)
     assert result.image.size == (192, 128) and result.source["path"] == str(small)
+
+
+@pytest.mark.parametrize("call,words", [
+    (lambda c, p: hires.generate("x", components=c, size=128, control_scale=0.5, **ONE),
+     "^control_scale=0.5 has nothing to scale: add control=... and control_model=..., or "
+     "leave it out$"),
+    (lambda c, p: hires.generate("x", components=c, size=128, ip_scale=0.9, **ONE),
+     "^ip_scale=0.9 has nothing to scale: add ip_image=..., or leave it out$"),
+    (lambda c, p: hires.upscale(p, components=c, scale=2, control_scale=0.5, **ONE),
+     "^control_scale=0.5 has nothing to scale: add control_model=..., or leave it out$"),
+    (lambda c, p: hires.generate(image=str(p), components=c, scale=2, ip_scale=0.2, **ONE),
+     "^ip_scale=0.2 has nothing to scale: add ip_image=..., or leave it out$"),
+])
+def test_a_strength_without_its_add_on_is_refused_as_the_cli_refuses_it(tiny, small, call,
+                                                                         words):
+    with pytest.raises(JobError, match=words):
+        call(tiny, small)
+
+
+def test_a_jobs_own_strength_is_a_default_and_passes(tiny):
+    """As a preset's: only a strength given as a keyword asks for an add-on."""
+    job = hires.Job(control_scale=0.5, ip_scale=0.9)
+    result = hires.generate(job, components=tiny, prompt="x", size=128, **ONE)
+    assert (result.job.control_scale, result.job.ip_scale) == (0.5, 0.9)
