@@ -321,11 +321,14 @@ def _coerce(name: str, value: Any, where: str) -> Any:
             if isinstance(value, bool):
                 raise ValueError
             return float(value)
-        if kind == "list[str]":
-            items = [value] if isinstance(value, str) else value
-            if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+        if kind == "list[str]":  # paths too, as the other add-ons' references take them
+            items = [value] if isinstance(value, (str, os.PathLike)) else value
+            if not isinstance(items, (list, tuple)):
                 raise ValueError
-            return list(items)
+            items = [os.fspath(v) if isinstance(v, os.PathLike) else v for v in items]
+            if not all(isinstance(v, str) for v in items):
+                raise ValueError
+            return items
         if kind == "bool":
             word = value.strip().lower() if isinstance(value, str) else value
             if word in ("1", "true", "yes", "on", True, 1):

@@ -178,3 +178,16 @@ def test_upscale_feeds_its_input_to_a_controlnet_as_hires_up_does(tiny, small, c
     assert not np.array_equal(np.asarray(plain.image), expected)  # the ControlNet ran
     with pytest.raises(JobError, match="control_model needs control"):
         hires.generate("x", components=tiny, size=128, control_model=controlnet, **ONE)
+
+
+def test_a_lora_may_be_given_as_a_path(tiny, tmp_path):
+    import numpy as np
+    from helpers_lora import write_tiny_lora
+
+    path = write_tiny_lora(tmp_path / "style.safetensors", tiny.pipe)
+    common = dict(components=tiny, size=128, **ONE)
+    by_text = hires.generate("x", lora=[str(path)], **common)
+    for lora in (path, [path]):
+        result = hires.generate("x", lora=lora, **common)
+        assert result.job.lora == [str(path)] and "lora" in result.addons
+        assert np.array_equal(np.asarray(result.image), np.asarray(by_text.image))

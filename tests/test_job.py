@@ -74,3 +74,14 @@ def test_a_job_built_directly_gets_each_value_of_its_kind_at_validate():
     for bad in ({"guidance": None}, {"prompt": None}, {"device": None}, {"vram": "x"}):
         with pytest.raises(JobError, match=f"'{next(iter(bad))}' in the job must be"):
             Job(**bad).validate()
+
+
+def test_a_lora_may_be_a_path_or_a_list_of_paths():
+    """lora=Path(...) was refused ('must be text or a list of text, got PosixPath')."""
+    from pathlib import Path
+
+    assert Job().merged({"lora": Path("x.safetensors")}).lora == ["x.safetensors"]
+    assert Job(lora=[Path("a.safetensors"), "b.safetensors:0.5"]).validate().lora == [
+        "a.safetensors", "b.safetensors:0.5"]
+    with pytest.raises(JobError, match="'lora' in the job must be text or a list of text"):
+        Job(lora=[Path("a.safetensors"), 5]).validate()
