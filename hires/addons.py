@@ -237,7 +237,8 @@ def attached(components: Any, job: Job, source: Image.Image | None = None) -> It
     """The job's add-ons on `components` for the duration; always taken off again.
 
     `source` is an upscale's input image: a ControlNet without --control is fed it (the tile
-    ControlNet path). Add-on errors come out as JobError (exit code 2 in the CLI).
+    ControlNet path). Add-on errors come out as JobError (exit code 2 in the CLI). One job at
+    a time holds `components` (its lock): another thread's job waits until this one is done.
     """
     from hires import controlnet, ip_adapter, lora
     from hires.images import load_input
@@ -246,7 +247,7 @@ def attached(components: Any, job: Job, source: Image.Image | None = None) -> It
     go_offline_if_unreachable(job)  # once a process; the CLI's load has said it
     addons = Addons(control_scale=job.control_scale)
     pipe = components.pipe
-    with ExitStack() as undo:
+    with components.lock, ExitStack() as undo:
         try:
             # The ControlNet first: its attention is copied from the UNet's, without LoRAs.
             if job.control_model:

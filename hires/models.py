@@ -6,6 +6,7 @@ import copy
 import logging
 import os
 import re
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -70,6 +71,9 @@ class Components:
     # The UNet's original attn1 modules (on the CPU) that LinFusion replaced, by name.
     attention_originals: dict[str, Any] = field(default_factory=dict)
     vae_ref: str | None = None  # the VAE loaded instead of the model's, as named; None: its own
+    # Held for a job's run (hires.addons.attached): add-ons and hooks go on the shared model,
+    # so a second thread's job waits. Reentrant: a callback that starts a job waits on no one.
+    lock: Any = field(default_factory=threading.RLock, repr=False, compare=False)
 
     @property
     def unet(self):

@@ -330,3 +330,40 @@ def test_a_tampered_addons_record_is_no_crash(recorded):
     from hires.job import Job
 
     check_unchanged(Job(lora=["style.safetensors"]), recorded)  # nothing it names to check
+
+
+def test_two_threads_on_one_components_each_get_their_own_image(files, tiny):
+    """Each thread's add-ons went onto the other's image too (or its hooks read the other's
+    ControlNet: an IndexError): one components now runs one job at a time."""
+    import threading
+
+    from hires import generate
+
+    common = dict(prompt="a lighthouse", width=256, height=256, steps=3, seed=3)
+    jobs = [dict(lora=[f"{files['lora']}:0.8"], control=str(files["control"]),
+                 control_model=str(files["control_model"])),
+            dict(ip_image=str(files["ip_image"]), ip_adapter=str(files["ip"]), ip_scale=0.9)]
+
+    def make(job: dict) -> np.ndarray:
+        return np.asarray(generate(components=tiny, **common, **job).image).astype(int)
+
+    alone = [make(job) for job in jobs]
+    assert np.abs(alone[0] - alone[1]).mean() > 0.5
+    made: dict[int, object] = {}
+    start = threading.Barrier(len(jobs))
+
+    def run(i: int) -> None:
+        start.wait()
+        try:
+            made[i] = make(jobs[i])
+        except Exception as e:  # said below, in the test's thread
+            made[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, reference in enumerate(alone):
+        assert not isinstance(made[i], Exception), made[i]
+        assert np.array_equal(made[i], reference), i
