@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import numbers
 import os
 import re
 from collections.abc import Iterable
@@ -307,6 +308,7 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 def _coerce(name: str, value: Any, where: str) -> Any:
     kind = _TYPES[name]
+    value = plain_number(value)  # numpy's 1.7 is a float: not taken for a seed of 1
     try:
         if value is None:
             if "None" not in kind:  # e.g. `guidance: null` in a tampered record
@@ -350,19 +352,37 @@ def _coerce(name: str, value: Any, where: str) -> Any:
         raise JobError(f"'{name}' in {where} must be {what}, got {value!r}") from None
 
 
+def plain_number(value: Any) -> Any:
+    """numpy's whole and real numbers (any numbers.Integral or numbers.Real) as Python's int
+    and float, numpy's bools as bools; anything else, a torch tensor among them, as it is."""
+    if isinstance(value, bool) or type(value) in (int, float):
+        return value
+    if type(value).__module__ == "numpy" and type(value).__name__ in ("bool_", "bool"):
+        return bool(value)  # no numbers.Integral: not to be taken for 1 or 0 either
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return value
+
+
 def check_kind(name: str, value: Any) -> None:
     """A library caller's number setting (or allow_pickle), strictly of its kind: a whole
     number is an int (not a bool, text or float), a number an int or float (not a bool or
-    text). Files and flags are read as text and coerced; a script's "256" is a slip."""
+    text); numpy's numbers count as Python's (`plain_number`). Files and flags are read as
+    text and coerced; a script's "256" is a slip."""
     if name in TRUSTED_ONLY and not isinstance(value, bool):  # "no" is truthy: pickle on!
         raise JobError(f"{name} must be True or False, got {value!r}")
     kind = _TYPES.get(name, "").replace(" | None", "")
     if value is None or kind not in ("int", "float"):
         return
+    value = plain_number(value)
+    # A tensor's number is a slip too, but one with a one-word fix.
+    item = "; a tensor's .item() is one" if type(value).__module__.startswith("torch") else ""
     if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
-        raise JobError(f"{name} must be a whole number (an int), got {value!r}")
+        raise JobError(f"{name} must be a whole number (an int), got {value!r}{item}")
     if kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
-        raise JobError(f"{name} must be a number (an int or float), got {value!r}")
+        raise JobError(f"{name} must be a number (an int or float), got {value!r}{item}")
 
 
 def idle_scale(job: Job, given: Iterable[str]) -> tuple[str, tuple[str, ...]] | None:

@@ -85,6 +85,7 @@ def library_job(job: Job | str | None, overrides: dict[str, Any],
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be a function of one hires.progress.Event, got "
                         f"{type(progress).__name__}")
+    overrides = plain_numbers(overrides)  # numpy's 256 is 256
     for name, value in overrides.items():  # 256, not "256" or 256.0: as README says
         check_kind(name, value)
     if overrides.get("print_size") is not None:  # as --print-size: a print at the dpi
@@ -119,6 +120,13 @@ def library_job(job: Job | str | None, overrides: dict[str, Any],
         _check_loaded(job, components)
     check_inputs(job)  # an add-on's image that is not there, before its weights load
     return job
+
+
+def plain_numbers(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with numpy's numbers as Python's int and float (`hires.job.plain_number`)."""
+    from hires.job import plain_number
+
+    return {name: plain_number(value) for name, value in values.items()}
 
 
 def _check_loaded(job: Job, components: Components) -> None:

@@ -26,6 +26,7 @@ from hires.library import (
     check_callback,
     in_keywords,
     library_job,
+    plain_numbers,
     print_size_overrides,
 )
 from hires.memory import current
@@ -77,6 +78,9 @@ def upscale(
     check_callback("on_stage_image", on_stage_image, "(index, image)")
     check_callback("on_score", on_score, "(index, psnr)")
     check_arguments(plan, checkpoint)
+    sizes = plain_numbers({"size": size, "scale": scale, "width": width, "height": height})
+    size, scale, width, height = sizes.values()
+    overrides = plain_numbers(overrides)
     if print_size is not None and not isinstance(print_size, str):
         raise TypeError(f"print_size must be text like '60x90cm' or 'A2', got "
                         f"{type(print_size).__name__}")

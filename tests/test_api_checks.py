@@ -4,7 +4,9 @@ in the library's keywords."""
 import os
 import warnings
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import hires
@@ -269,3 +271,32 @@ def test_a_jobs_own_strength_is_a_default_and_passes(tiny):
     job = hires.Job(control_scale=0.5, ip_scale=0.9)
     result = hires.generate(job, components=tiny, prompt="x", size=128, **ONE)
     assert (result.job.control_scale, result.job.ip_scale) == (0.5, 0.9)
+
+
+def test_numpy_numbers_are_numbers(tiny, small):
+    """np.float32(0.5) and np.int64(3) were refused (np.float64, a float, was taken)."""
+    import numpy as np
+
+    result = hires.generate("x", components=tiny, size=np.int64(128), seed=np.int64(3),
+                            steps=np.int32(1), guidance=np.float32(6.5), aspect=np.float32(2))
+    assert (result.job.seed, result.job.steps, result.job.guidance) == (3, 1, 6.5)
+    assert result.image.size == (128, 64)
+    assert all(type(v) in (int, float) for v in (result.job.seed, result.job.steps,
+                                                 result.job.guidance, result.job.width))
+    up = hires.upscale(small, components=tiny, scale=np.float32(2), strength=np.float32(0.25),
+                       seed=np.uint8(3), steps=np.int64(1))
+    assert up.image.size == (192, 128) and type(up.job.strength) is float
+    assert hires.Job(seed=np.int64(3), control_scale=np.float32(0.5)).validate().seed == 3
+
+
+@pytest.mark.parametrize("setting,words", [
+    ({"seed": np.float32(1.5)}, "seed must be a whole number"),
+    ({"seed": np.True_}, "seed must be a whole number"),
+    ({"guidance": torch.tensor(7.0)}, "guidance must be a number .* a tensor's .item"),
+])
+def test_what_is_not_a_number_of_its_kind_stays_refused(tiny, setting, words):
+    with pytest.raises(JobError, match=words):
+        hires.generate("x", components=tiny, size=128, **{**ONE, **setting})
+    if "seed" in setting:  # a Job built directly: np.float32(1.5) was taken for seed 1
+        with pytest.raises(JobError, match="'seed' in the job must be a whole number"):
+            hires.Job(seed=setting["seed"]).validate()
