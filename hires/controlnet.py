@@ -117,12 +117,18 @@ def local_problem(ref: str, allow_pickle: bool = False) -> str | None:
         if not (path / "config.json").is_file():
             return (f"{ref} is a folder but not a diffusers ControlNet (no config.json); give "
                     "the folder that holds it, a .safetensors file or a Hub id")
-        if not weight_files(path, allow_pickle):
+        files = weight_files(path, allow_pickle)
+        if not files:
             if weight_files(path, True):
                 return (f"{ref} holds pickle (.bin) weights only, which can run code when "
                         "loaded; convert them to .safetensors or pass --allow-pickle if you "
                         "trust them")
             return f"{ref} holds no ControlNet weights ({WEIGHTS}.safetensors)"
+        # A cut-short download would pass until the loader's own unclear words, minutes later.
+        for file in files:
+            if file.suffix == ".safetensors" and read_header(file) is None:
+                return (f"{ref}: {file.name} is "
+                        f"{truncated(file) or 'not a readable safetensors file'}")
         return None
     if not path.is_file():
         return None

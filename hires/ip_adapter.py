@@ -51,14 +51,46 @@ class IPAdapterError(ValueError):
 
 
 def local_problem(ref: str, allow_pickle: bool = False) -> str | None:
-    """Why the local file or folder `ref` cannot be an IP-Adapter, from its names alone (no
-    weight file, two of them, a pickle, no image_encoder/ beside it), as loading would say
-    (None: it may be one): for a dry run, and a run before the model loads."""
+    """Why the local file or folder `ref` cannot be an IP-Adapter, from its names and its
+    safetensors files' headers (no weight file, two of them, a pickle, no image_encoder/ beside
+    it, a file cut short), as loading would say (None: it may be one): for a dry run, and a
+    run before the model loads."""
     try:
-        _local_weight(Path(ref).expanduser(), ref, allow_pickle)
+        folder, subfolder, weight = _local_weight(Path(ref).expanduser(), ref, allow_pickle)
     except IPAdapterError as e:
         return str(e)
+    where = Path(folder) / subfolder
+    for file in (where / weight, *_encoder_files(where / IMAGE_ENCODER_FOLDER)):
+        if file.suffix == ".safetensors" and (said := _unreadable(file)):
+            named = "" if file == Path(ref).expanduser() else \
+                f": {file.relative_to(where).as_posix()}"
+            return f"IP-Adapter {ref}{named} is {said}"
     return None
+
+
+def _encoder_files(folder: Path) -> list[Path]:
+    """The image encoder's safetensors weights that transformers reads: one file, or the
+    shards its index names."""
+    import json
+
+    one, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
+    if one.is_file():
+        return [one]
+    try:
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []  # none, or a pickle one: loading says what is wrong
+    return [folder / s for s in shards if (folder / s).is_file()]
+
+
+def _unreadable(file: Path) -> str | None:
+    """'truncated (N of M bytes); re-download it', or that it is no safetensors file; None
+    when its header reads and its tensors are all there."""
+    from hires.safetensors_header import read_header, truncated
+
+    if read_header(file) is not None:
+        return None
+    return truncated(file) or "not a readable safetensors file"
 
 
 def weight_sha256(ref: str, allow_pickle: bool = False) -> str | None:
@@ -131,6 +163,8 @@ def load_ip_adapter(pipe, ref: str = DEFAULT_IP_ADAPTER, allow_pickle: bool = Fa
     if kind == "hub":
         repo, subfolder, weight = ref, HUB_SUBFOLDER, WEIGHT_NAME
     else:
+        if problem := local_problem(ref, allow_pickle):  # a cut-short file, said clearly
+            raise IPAdapterError(problem)
         repo, subfolder, weight = _local_weight(Path(ref).expanduser(), ref, allow_pickle)
     before = _Before(dict(pipe.unet.attn_processors), pipe.unet.encoder_hid_proj,
                      pipe.unet.config.encoder_hid_dim_type, pipe.image_encoder,

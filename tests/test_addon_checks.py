@@ -188,8 +188,39 @@ def ip_folder(case):
     return make
 
 
+def cut_short(file) -> None:
+    """`file` as an interrupted download leaves it: its header whole, half its tensors."""
+    whole = file.read_bytes()
+    file.write_bytes(whole[:len(whole) // 2])
+
+
+def truncated_controlnet(files, tmp_path):
+    net = tmp_path / "net"
+    shutil.copytree(files["control_model"], net)
+    cut_short(net / "diffusion_pytorch_model.safetensors")
+    return str(net)
+
+
+def truncated_ip(part):
+    def make(files, tmp_path):
+        ip = tmp_path / "ip"
+        shutil.copytree(files["ip"], ip)
+        cut_short(ip / ("ip-adapter_sdxl.safetensors" if part == "weight" else
+                        "image_encoder/model.safetensors"))
+        return str(ip)
+    return make
+
+
 @pytest.mark.parametrize(("flag", "make", "words"), [
     ("--control-model", folder_without_config, ["--control-model", "no config.json"]),
+    # (these failed after loading: 'Unable to load weights from checkpoint file ...',
+    # 'Error while deserializing header: incomplete metadata')
+    ("--control-model", truncated_controlnet,
+     ["--control-model", "diffusion_pytorch_model.safetensors is truncated (", "re-download it"]),
+    ("--ip-adapter", truncated_ip("weight"),
+     ["ip-adapter_sdxl.safetensors is truncated (", "re-download it"]),
+    ("--ip-adapter", truncated_ip("encoder"),
+     ["image_encoder/model.safetensors is truncated (", "re-download it"]),
     ("--control-model", lora_as_controlnet, ["style.safetensors is not a ControlNet",
                                              "--lora"]),
     ("--control-model", lambda f, t: "tiny", ["'tiny' is a model, not a ControlNet"]),

@@ -186,6 +186,12 @@ def test_errors_are_one_line_and_leave_the_unet_alone(comps, adapter, tmp_path):
     one_line_error(pipe, str(bare / WEIGHT_NAME), "image_encoder/")
     one_line_error(pipe, str(bare), "image_encoder/")
 
+    # an interrupted download: said before diffusers' 'incomplete metadata'
+    cut = write_tiny_ip_adapter(tmp_path / "cut", pipe)
+    cut.write_bytes(cut.read_bytes()[:20000])
+    one_line_error(pipe, str(cut), rf"IP-Adapter {cut} is truncated \(20000 of \d+ bytes\)")
+    one_line_error(pipe, str(cut.parent), rf"{cut.parent}: {WEIGHT_NAME} is truncated")
+
     # tests run offline; not cached while the Hub is unreachable is the model's error (exit 1)
     one_line_error(pipe, "h94/IP-Adapter", "not in the local cache", error=ModelError)
 
