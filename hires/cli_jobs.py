@@ -94,17 +94,19 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
 
 
 def check_scale_flags(job, flags: dict[str, Any]):
-    """A strength flag for an add-on the job does not run is a usage error: it would be
-    ignored without a word. A preset's or record's strength alone is a default, and passes."""
-    from hires.job import idle_scale
+    """A strength flag for an add-on the job does not run, or --ip-adapter without
+    --ip-image, is a usage error: it would be ignored without a word. A preset's or record's
+    value alone is a default, and passes (`hires.job.idle_setting`)."""
+    from hires.job import idle_setting
 
-    idle = idle_scale(job, flags)
+    # '--ip-adapter none' drops a preset's or record's IP-Adapter: it asks for none
+    idle = idle_setting(job, {k for k, v in flags.items() if v != "none"})
     if idle:
-        flag, needs = idle
+        flag, lacks, needs = idle
         add = " ".join(f"--{key.replace('_', '-')} {'MODEL' if key.endswith('model') else 'IMAGE'}"
                        for key in needs)
-        raise typer.BadParameter(f"--{flag.replace('_', '-')} has nothing to scale: add {add}, "
-                                 "or leave it out")
+        raise typer.BadParameter(f"--{flag.replace('_', '-')} {lacks}: add {add}, or leave it "
+                                 "out")
     return job
 
 

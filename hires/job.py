@@ -309,6 +309,8 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 def _coerce(name: str, value: Any, where: str) -> Any:
     kind = _TYPES[name]
     value = plain_number(value)  # numpy's 1.7 is a float: not taken for a seed of 1
+    if name == "ip_adapter" and value is None:  # not given: the default
+        return DEFAULT_IP_ADAPTER
     try:
         if value is None:
             if "None" not in kind:  # e.g. `guidance: null` in a tampered record
@@ -385,15 +387,18 @@ def check_kind(name: str, value: Any) -> None:
         raise JobError(f"{name} must be a number (an int or float), got {value!r}{item}")
 
 
-def idle_scale(job: Job, given: Iterable[str]) -> tuple[str, tuple[str, ...]] | None:
-    """The first add-on strength among the `given` keys whose add-on `job` does not run, with
-    the keys that would run it; None if there is none. Only what the caller gave counts: a
-    preset's or record's strength alone is a default, and passes."""
+def idle_setting(job: Job, given: Iterable[str]) -> tuple[str, str, tuple[str, ...]] | None:
+    """The first add-on setting among the `given` keys whose add-on `job` does not run: its
+    key, what it lacks, and the keys that would run it; None if there is none. Only what the
+    caller gave counts: a preset's or record's value alone is a default, and passes."""
     control = ("control_model",) if job.image else ("control", "control_model")
-    for key, runs, needs in (("control_scale", job.control_model, control),
-                             ("ip_scale", job.ip_image, ("ip_image",))):
+    for key, runs, lacks, needs in (
+            ("control_scale", job.control_model, "has nothing to scale", control),
+            ("ip_scale", job.ip_image, "has nothing to scale", ("ip_image",)),
+            # the default adapter too: named, it was ignored without a word
+            ("ip_adapter", job.ip_image, "needs an image prompt", ("ip_image",))):
         if key in given and not runs:
-            return key, needs
+            return key, lacks, needs
     return None
 
 

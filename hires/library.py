@@ -72,7 +72,7 @@ def library_job(job: Job | str | None, overrides: dict[str, Any],
     record (and `--from`) names the model that ran. Call it inside `in_keywords()`, so that
     its errors name the keywords."""
     from hires.addons import check_inputs
-    from hires.job import LOSSY_FORMATS, JobError, check_kind, idle_scale, size_from
+    from hires.job import LOSSY_FORMATS, JobError, check_kind, idle_setting, size_from
     from hires.output import format_problem
 
     if isinstance(job, str):
@@ -111,10 +111,10 @@ def library_job(job: Job | str | None, overrides: dict[str, Any],
     if job.quality is not None and job.format not in LOSSY_FORMATS:
         raise JobError(f"format={job.format!r} with quality={job.quality}: quality applies to "
                        "jpg and webp; png and tiff are lossless")
-    idle = idle_scale(job, overrides)
+    idle = idle_setting(job, {k for k, v in overrides.items() if v is not None})
     if idle:  # as the CLI's check_scale_flags: it would be ignored without a word
-        key, needs = idle
-        raise JobError(f"{key}={getattr(job, key)!r} has nothing to scale: add "
+        key, lacks, needs = idle
+        raise JobError(f"{key}={getattr(job, key)!r} {lacks}: add "
                        f"{' and '.join(f'{n}=...' for n in needs)}, or leave it out")
     if components is not None:
         _check_loaded(job, components)

@@ -300,3 +300,39 @@ def test_what_is_not_a_number_of_its_kind_stays_refused(tiny, setting, words):
     if "seed" in setting:  # a Job built directly: np.float32(1.5) was taken for seed 1
         with pytest.raises(JobError, match="'seed' in the job must be a whole number"):
             hires.Job(seed=setting["seed"]).validate()
+
+
+def test_naming_the_ip_adapter_without_an_image_prompt_is_refused(tiny, small):
+    """The default adapter, named, was taken and ignored (another one was refused); None is
+    the default, not 'must be text'."""
+    from hires.job import DEFAULT_IP_ADAPTER
+
+    words = (f"^ip_adapter='{DEFAULT_IP_ADAPTER}' needs an image prompt: add ip_image=..., or "
+             "leave it out$")
+    with pytest.raises(JobError, match=words):
+        hires.generate("x", components=tiny, size=128, ip_adapter=DEFAULT_IP_ADAPTER, **ONE)
+    with pytest.raises(JobError, match=words):
+        hires.upscale(small, components=tiny, scale=2, ip_adapter=DEFAULT_IP_ADAPTER, **ONE)
+    # Not named: None, or a job's own field (as a record or preset fills it), is the default.
+    result = hires.generate("x", components=tiny, size=128, ip_adapter=None, **ONE)
+    assert result.job.ip_adapter == DEFAULT_IP_ADAPTER
+    job = hires.Job(prompt="x", ip_adapter=DEFAULT_IP_ADAPTER)
+    assert hires.generate(job, components=tiny, size=128, **ONE).job.ip_adapter == \
+        DEFAULT_IP_ADAPTER
+    assert hires.Job(ip_adapter=None).validate().ip_adapter == DEFAULT_IP_ADAPTER
+
+
+def test_the_cli_refuses_ip_adapter_without_ip_image_too(tmp_path):
+    from helpers_cli import assert_usage_error, cli
+
+    from hires.job import DEFAULT_IP_ADAPTER
+
+    result = cli("gen", "x", "--model", "tiny", "--size", "128", "--ip-adapter",
+                 DEFAULT_IP_ADAPTER, "--dry-run")
+    assert_usage_error(result, "--ip-adapter needs an image prompt: add --ip-image IMAGE, "
+                               "or leave it out")
+    preset = tmp_path / "ip.toml"
+    preset.write_text(f'ip_image = "gone.png"\nip_adapter = "{DEFAULT_IP_ADAPTER}"\n')
+    result = cli("gen", "x", "--model", "tiny", "--size", "128", "--preset", preset,
+                 "--ip-adapter", "none", "--dry-run")
+    assert result.exit_code == 0, result.stderr  # 'none' drops the preset's: it asks for none
