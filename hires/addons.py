@@ -58,10 +58,7 @@ def check_inputs(job: Job, loads: bool = True) -> None:
                   if hub_parts(ref) is None]
         parsed = [parse_lora(spec) for spec in job.lora]
         refs = [ref for ref, _ in parsed]
-        for ref in dict.fromkeys(r for r in refs if refs.count(r) > 1):
-            scales = " and ".join(f"{s:g}" for r, s in parsed if r == ref)
-            raise JobError(f"--lora {ref} is given twice (scales {scales}, which would add up); "
-                           "give it once, with the scale you want")
+        _refuse_repeated_loras(parsed)
         if loads:
             from hires.lora import hub_problem
 
@@ -115,6 +112,33 @@ def check_inputs(job: Job, loads: bool = True) -> None:
                        else ip_adapter.hub_problem(ref))
             if problem:
                 raise ModelError(problem)
+
+
+def _refuse_repeated_loras(parsed: list[tuple[str, float]]) -> None:
+    """JobError when one LoRA is named twice, however spelled (`a.safetensors` and
+    `./a.safetensors:0.5`): it would be applied twice, its scales added."""
+    keys = [_lora_identity(ref) for ref, _ in parsed]
+    for key in dict.fromkeys(k for k in keys if keys.count(k) > 1):
+        same = [(ref, scale) for (ref, scale), k in zip(parsed, keys) if k == key]
+        names = list(dict.fromkeys(ref for ref, _ in same))
+        also = f", also as {' and '.join(names[1:])}" if len(names) > 1 else ""
+        scales = " and ".join(f"{scale:g}" for _, scale in same)
+        raise JobError(f"--lora {names[0]} is given twice{also} (scales {scales}, which would "
+                       "add up); give it once, with the scale you want")
+
+
+def _lora_identity(ref: str) -> str:
+    """Which LoRA `ref` names: a local one's weights file, resolved (a folder's as the file it
+    holds); a Hub id as written."""
+    from hires.lora import LoraError, hub_parts, resolve
+
+    path = Path(ref).expanduser()
+    if not path.exists() and hub_parts(ref) is not None:
+        return ref
+    try:  # (pickles allowed here: whether they may load is checked apart)
+        return str(resolve(ref, allow_pickle=True).resolve())
+    except LoraError:  # missing, or a folder of several files: said by the checks after
+        return str(path.resolve())
 
 
 class _Facts(NamedTuple):

@@ -74,3 +74,16 @@ def test_a_hub_lora_not_cached_while_offline_is_refused_by_a_dry_run(tmp_path, m
         "local Hugging Face cache" in result.stderr
     planned = cli("plan", "a cat", "--model", "tiny", "--size", "64", "--lora", ref)
     assert planned.exit_code == 0, planned.stderr  # a plan may be for another machine
+
+
+def test_one_lora_spelled_two_ways_is_refused(lora, monkeypatch):
+    """`--lora lora.safetensors --lora ./lora.safetensors:0.5` applied it twice (1.5 in all):
+    the check compared the words."""
+    monkeypatch.chdir(lora.parent)
+    for other in (f"./{lora.name}:0.5", f"{lora}:0.5", f"{lora.parent}:0.5",
+                  f"../{lora.parent.name}/{lora.name}:0.5"):
+        refused = dry(lora.name, other)
+        assert refused.exit_code == 2, (other, refused.stderr)
+        assert f"--lora {lora.name} is given twice, also as {other.removesuffix(':0.5')} " \
+            "(scales 1 and 0.5, which would add up)" in refused.stderr
+    assert "given twice" not in dry(lora.name, "owner/style-lora").stderr  # another LoRA
