@@ -90,3 +90,15 @@ def test_a_stage_image_names_the_linfusion_that_ran_as_the_image_does(tmp_path, 
     assert stage["linfusion"] == whole["linfusion"] == "tiny"
     info = cli("info", tmp_path / "a.stage0.png").stdout
     assert "linfusion tiny" in info
+
+
+def test_a_save_refused_for_an_existing_image_writes_no_stage_either(tmp_path):
+    """The stages were written first, then the image's path was found taken."""
+    path = tmp_path / "light.png"
+    path.write_bytes(b"someone's")
+    with pytest.raises(OutputExists, match="overwrite=True"):
+        result(stage_images=True).save(path, save_stages=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["light.png"]
+    assert path.read_bytes() == b"someone's"
+    result(stage_images=True).save(path, save_stages=True, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["light.png", "light.stage0.png"]
