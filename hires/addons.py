@@ -107,7 +107,9 @@ def check_inputs(job: Job, loads: bool = True) -> None:
                 raise JobError(f"{flag} {problem}")
             if flag == "--ip-adapter" and (problem := ip_adapter.local_problem(ref, allow_pickle)):
                 raise JobError(problem)  # (it names the IP-Adapter)
-        if what and kind == "hub" and loads:
+        # At scale 0 it is not loaded (runs_*): whether the cache holds it does not matter.
+        runs = runs_controlnet(job) if flag == "--control-model" else runs_ip_adapter(job)
+        if what and kind == "hub" and loads and runs:
             problem = (controlnet.hub_problem(ref, allow_pickle) if flag == "--control-model"
                        else ip_adapter.hub_problem(ref))
             if problem:

@@ -330,6 +330,20 @@ def test_control_scale_0_runs_no_controlnet_and_keeps_it_in_the_record(files, tm
     assert record["scale"] == 0 and "sha256" not in record
 
 
+@pytest.mark.parametrize("addon", [
+    dict(ip_image="ip_image", ip_scale=0),  # the default h94/IP-Adapter
+    dict(control="control", control_model="xinsir/controlnet-tile-sdxl-1.0", control_scale=0)])
+def test_a_hub_addon_at_scale_0_need_not_be_cached(addon, files, tiny):
+    """It is not loaded, yet offline its missing cache raised ModelError before the run."""
+    from hires import generate
+
+    named = {k: str(files[v]) if k in ("ip_image", "control") else v for k, v in addon.items()}
+    plain = generate("x", components=tiny, width=256, height=256, steps=1, seed=5)
+    zero = generate("x", components=tiny, width=256, height=256, steps=1, seed=5, **named)
+    assert np.array_equal(np.asarray(plain.image), np.asarray(zero.image))
+    assert set(zero.addons) == {"ip_adapter" if "ip_image" in addon else "controlnet"}
+
+
 def test_control_scale_0_counts_no_controlnet_work():
     from hires.addons import runs_controlnet
 
