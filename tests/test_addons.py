@@ -367,3 +367,26 @@ def test_two_threads_on_one_components_each_get_their_own_image(files, tiny):
     for i, reference in enumerate(alone):
         assert not isinstance(made[i], Exception), made[i]
         assert np.array_equal(made[i], reference), i
+
+
+def test_an_addon_that_cannot_load_raises_what_the_readme_says(files, tiny, tmp_path):
+    """README said ModelError for an add-on that cannot load (JobError is raised) and that
+    messages name `allow_pickle=True` (a pickle LoRA's says `allow_pickle`)."""
+    import re
+    from pathlib import Path
+
+    from hires import JobError, generate
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    start = readme.index("Errors a script can meet")
+    said = " ".join(readme[start:readme.index("\n\n", start)].split())
+    as_job_error = said[said.index("`hires.JobError`"):said.index("`hires.models.ModelError`")]
+    assert "LoRA, ControlNet or IP-Adapter that cannot load" in as_job_error
+    keyword = re.search(r"name the library's keywords \(`([^`]+)`", said).group(1)
+    common = dict(components=tiny, width=256, height=256, steps=1)
+    with pytest.raises(JobError) as pickled:
+        generate("x", lora=[pickled_lora(files, tmp_path)], **common)
+    assert keyword in str(pickled.value) and "--allow-pickle" not in str(pickled.value)
+    with pytest.raises(JobError, match="another model architecture"):  # found once loaded
+        generate("x", control=str(files["control"]), control_model=sd15_controlnet(tmp_path),
+                 **common)
