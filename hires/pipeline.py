@@ -79,6 +79,15 @@ class Result:
     # A job of `depth` 16: the image's H x W x 3 (4 with an upscaled image's alpha) uint16
     # samples, which its file holds (`image` is them rounded to 8 bits); None for 8-bit jobs.
     pixels16: np.ndarray | None = None
+    # The job's keys that named local files by a relative path (`hires.record.local_refs`),
+    # found as the result is made: after an os.chdir, the paths would name other files.
+    local: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.local is None:
+            from hires.record import local_refs
+
+            self.local = local_refs(self.job)
 
     @property
     def seed(self) -> int:

@@ -44,7 +44,7 @@ def record_for(result: Result, path: Path) -> dict[str, Any]:
         "warnings": result.warnings,
         **({"resumed_after_stage": result.resumed} if result.resumed is not None else {}),
         "settings": settings_hash(job),
-        **({"local": local} if (local := local_refs(job)) else {}),
+        **({"local": result.local} if result.local else {}),
     }
 
 

@@ -102,3 +102,18 @@ def test_a_save_refused_for_an_existing_image_writes_no_stage_either(tmp_path):
     assert path.read_bytes() == b"someone's"
     result(stage_images=True).save(path, save_stages=True, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["light.png", "light.stage0.png"]
+
+
+def test_the_local_references_are_those_of_the_folder_the_job_ran_in(tmp_path, monkeypatch):
+    """Which references were local files was decided at the save, from the folder then: a
+    script that changed folders in between recorded a local model as a Hub id."""
+    from dataclasses import replace
+
+    (tmp_path / "ran" / "sub" / "model").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "ran")
+    made = Result(Image.new("RGB", (128, 96)), replace(JOB, model="sub/model"), None, [],
+                  1.25, None)  # type: ignore[arg-type]
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert made.save(tmp_path / "light.png").get("local") == ["model"]
+    assert read_metadata(tmp_path / "light.png")["hires"]["result"]["local"] == ["model"]
