@@ -206,7 +206,8 @@ def generate(
 
     Returns a `Result` (the image, the job as run with its seed, each stage's report; `save`
     writes it). Raises TypeError for an argument of the wrong kind, `JobError` for a bad
-    setting, `ModelError` for a model or add-on that cannot load (README: "From Python").
+    setting or an add-on that cannot load, `ModelError` for a model that cannot load or a Hub
+    add-on not cached while the Hub is closed (README: "From Python").
 
     `save_stages`: the result holds every stage's image (`Result.stage_images`).
     `on_stage_image(index, image)` is called as each stage but the last is decoded, so a
