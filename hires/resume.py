@@ -71,11 +71,44 @@ def _resolved_dtype(job: Job) -> str:
 
 
 def _latent_settings(job: Job) -> dict[str, Any]:
-    """The job's settings that shape the latents a checkpoint keeps."""
+    """The job's settings that shape the latents a checkpoint keeps; local files by their
+    resolved paths and LoRAs with their scales, so that spellings of one run are one."""
     from hires.batch import PLACEMENT_KEYS
 
     values = {k: v for k, v in job.to_dict().items() if k not in NOT_IN_LATENTS + PLACEMENT_KEYS}
-    return {**values, "dtype": _resolved_dtype(job)}
+    paths = {key: _where(values[key]) for key in PATH_KEYS if key in values}
+    return {**values, **paths, "lora": _loras(job.lora), "dtype": _resolved_dtype(job)}
+
+
+# The job's keys that may name a local file or folder; the words that are never one.
+PATH_KEYS = ("model", "vae", "linfusion", "control_model", "ip_adapter", "control", "ip_image",
+             "image")
+NOT_PATHS = ("tiny", "auto", "none")
+
+
+def _where(ref: Any) -> Any:
+    """A local file's or folder's resolved path (`./s` and `/abs/s` are one file); a Hub id, a
+    builtin name or None as it is."""
+    if not isinstance(ref, str) or not ref or ref in NOT_PATHS:
+        return ref
+    path = Path(ref).expanduser()
+    return str(path.resolve()) if path.exists() else ref
+
+
+def _loras(specs: list[str]) -> list[list[Any]]:
+    """[weights, scale] of each LoRA: a local one's weights file resolved, the scale a number
+    (`s` is `s:1.0`)."""
+    from hires.lora import LoraError, parse_lora, resolve
+
+    loras = []
+    for spec in specs:
+        try:
+            ref, scale = parse_lora(spec)
+            local = Path(ref).expanduser().exists()
+            loras.append([str(resolve(ref, allow_pickle=True).resolve()) if local else ref, scale])
+        except (LoraError, OSError):  # refused before a run: as it is written
+            loras.append([spec, None])
+    return loras
 
 
 def _settings(job: Job) -> str:
@@ -84,23 +117,88 @@ def _settings(job: Job) -> str:
     return settings_hash(_latent_settings(job))
 
 
-def _inputs(job: Job) -> str:
-    """The job's local files and folders as they are now (sizes, times): a model, LoRA or
-    image changed in place under the same name makes other latents, so a checkpoint made
-    before the change is not of this job."""
-    from hires.lora import parse_lora
+# Add-on files up to this size are hashed whatever they are (configs); bigger ones only when
+# they are what loads (a folder may hold other variants, gigabytes not worth reading).
+SMALL = 1 << 20
 
-    refs = [job.model, job.vae, job.linfusion, job.control_model, job.ip_adapter, job.control,
-            job.ip_image, job.image, *(parse_lora(spec)[0] for spec in job.lora)]
+
+def _inputs(job: Job) -> str:
+    """The job's local files as they are now: a model's by size and time, the add-ons' that run
+    by content (sha256, once per file version; the record hashes their weights anyway), so a
+    file replaced under its name, its time kept (cp -p), is not the checkpoint's."""
     seen = {}
-    for ref in refs:
-        path = Path(ref).expanduser() if ref else None
-        if path is None or not path.exists():
-            continue  # a Hub id or a builtin name: its settings say what it is
-        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-        seen[str(ref)] = [[str(f.relative_to(path)) if f != path else "", f.stat().st_size,
-                           f.stat().st_mtime_ns] for f in files]
+    for ref in (job.model, job.vae, job.linfusion, job.image):
+        path = Path(ref).expanduser() if ref and ref not in NOT_PATHS else None
+        if path is not None and path.exists():
+            seen[str(path.resolve())] = [[_name(f, path), f.stat().st_size, f.stat().st_mtime_ns]
+                                         for f in _files(path)]
+    for path, weights in _addon_inputs(job):
+        seen[str(path.resolve())] = [
+            [_name(f, path), _digest(f) if f in weights or f.stat().st_size <= SMALL
+             else [f.stat().st_size, f.stat().st_mtime_ns]] for f in _files(path)]
     return json.dumps(seen, sort_keys=True)
+
+
+def _files(path: Path) -> list[Path]:
+    return [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+
+
+def _name(file: Path, root: Path) -> str:
+    return "" if file == root else str(file.relative_to(root))
+
+
+def _digest(file: Path) -> str:
+    from hires.images import sha256_once
+
+    return sha256_once(file)
+
+
+def _addon_inputs(job: Job) -> list[tuple[Path, set[Path]]]:
+    """The local files and folders of the add-ons that run (at scale 0 one makes nothing), each
+    with the big files of it that load: its weights."""
+    from hires.addons import runs_controlnet, runs_ip_adapter
+    from hires.lora import LoraError, parse_lora, resolve
+
+    found: list[tuple[Path, set[Path]]] = []
+    for spec in job.lora:
+        ref = parse_lora(spec)[0]
+        if Path(ref).expanduser().exists():
+            try:
+                found.append((Path(ref).expanduser(), {resolve(ref, allow_pickle=True)}))
+            except LoraError:  # refused before a run
+                continue
+    images = [job.control] if runs_controlnet(job) else []
+    images += [job.ip_image] if runs_ip_adapter(job) else []
+    found += [(Path(i).expanduser(), {Path(i).expanduser()}) for i in images
+              if i and Path(i).expanduser().is_file()]
+    if runs_controlnet(job) and Path(job.control_model).expanduser().exists():
+        found.append(_controlnet_files(job))
+    if runs_ip_adapter(job) and Path(job.ip_adapter).expanduser().exists():
+        found += _ip_adapter_files(job)
+    return found
+
+
+def _controlnet_files(job: Job) -> tuple[Path, set[Path]]:
+    from hires.controlnet import weight_files
+
+    path = Path(job.control_model).expanduser()
+    return path, {path} if path.is_file() else set(weight_files(path, job.allow_pickle))
+
+
+def _ip_adapter_files(job: Job) -> list[tuple[Path, set[Path]]]:
+    """The IP-Adapter's weights and its image encoder: a file's encoder is the image_encoder/
+    folder beside it, which changes the image as much."""
+    from hires import ip_adapter as ip
+
+    path = Path(job.ip_adapter).expanduser()
+    try:
+        folder, subfolder, weight = ip._local_weight(path, job.ip_adapter, job.allow_pickle)
+    except ip.IPAdapterError:  # refused before a run
+        return [(path, {path})]
+    where = Path(folder) / subfolder
+    encoder = where / ip.IMAGE_ENCODER_FOLDER
+    weights = {where / weight, *ip._encoder_files(encoder)}
+    return [(path, weights)] + ([(encoder, weights)] if path.is_file() else [])
 
 
 def _header(path: Path) -> dict[str, str] | None:
@@ -147,7 +245,9 @@ class NotOfThisJob(Exception):
 def _differences(meta: dict[str, str], job: Job) -> str:
     """'seed 1, not 2': the kept job's settings that differ from `job`'s, the first few."""
     try:
-        kept = _latent_settings(Job.from_dict(json.loads(meta["job"])))
+        # As the stopped run resolved them (its relative paths were read in its folder).
+        kept = json.loads(meta["resolved"]) if "resolved" in meta else \
+            _latent_settings(Job.from_dict(json.loads(meta["job"])))
     except Exception:  # a job this version cannot read: no details
         return ""
     now = _latent_settings(job)
@@ -155,6 +255,39 @@ def _differences(meta: dict[str, str], job: Job) -> str:
     differ = [f"{k} {json.dumps(kept.get(k), default=str)}, not {shown[k]}" for k in now
               if json.dumps(kept.get(k), default=str) != shown[k]]
     return "; ".join(differ[:3])
+
+
+def _elsewhere(meta: dict[str, str]) -> str:
+    """'; its relative paths were read in DIR: run it in that folder' where the kept job named
+    files by relative paths in another folder than this one ('' if not)."""
+    from hires.lora import LoraError, parse_lora
+
+    folder = meta.get("cwd")
+    if not folder or folder == os.getcwd():
+        return ""
+    try:
+        job = json.loads(meta["job"])
+        refs = [job.get(k) for k in PATH_KEYS] + [parse_lora(s)[0] for s in job.get("lora") or []]
+    except (KeyError, ValueError, TypeError, AttributeError, LoraError):
+        return ""
+    if any(isinstance(r, str) and r not in NOT_PATHS and not Path(r).expanduser().is_absolute()
+           and Path(folder, r).expanduser().exists() for r in refs):
+        return f"; its relative paths were read in {folder}: run it in that folder"
+    return ""
+
+
+def _changed_input(meta: dict[str, str], job: Job) -> str:
+    """Which of the job's input files differs from the kept run's: the first, by its path."""
+    try:
+        kept = {(root, name): rest for root, files in json.loads(meta["inputs"]).items()
+                for name, *rest in files}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return "a model, LoRA or image"
+    now = {(root, name): rest for root, files in json.loads(_inputs(job)).items()
+           for name, *rest in files}
+    changed = [k for k in sorted(set(kept) | set(now)) if kept.get(k) != now.get(k)]
+    return str(Path(*changed[0]) if changed[0][1] else changed[0][0]) if changed \
+        else "a model, LoRA or image"
 
 
 def _check(path: Path, job: Job, plan: Plan) -> int:
@@ -173,11 +306,13 @@ def _check(path: Path, job: Job, plan: Plan) -> int:
         raise NotOfThisJob(f"was kept by hires {meta.get('hires')}, not {__version__}")
     if meta.get("settings") != _settings(job):
         differ = _differences(meta, job)
-        raise NotOfThisJob(f"is of another job ({differ})" if differ else "is of another job")
+        raise NotOfThisJob(f"is of another job{f' ({differ})' if differ else ''}"
+                           f"{_elsewhere(meta)}")
     if meta.get("stages") != _stages(plan):
         raise NotOfThisJob("is of another plan (other stage sizes or steps)")
     if meta.get("inputs") != _inputs(job):
-        raise NotOfThisJob("is of other input files (a model, LoRA or image changed since)")
+        raise NotOfThisJob(f"is of other input files ({_changed_input(meta, job)} changed "
+                           "since)")
     _check_shapes(path, plan.stages[stage])
     return stage
 
@@ -272,7 +407,8 @@ def save(path: Path, job: Job, plan: Plan, stage: int, latents: Tensor,
     meta = {"format": FORMAT, "hires": __version__, "settings": _settings(job),
             "job": json.dumps(job.to_dict(), default=str), "stages": _stages(plan),
             "stage": str(stage), "reports": json.dumps([asdict(r) for r in reports]),
-            "inputs": _inputs(job)}
+            "inputs": _inputs(job), "cwd": os.getcwd(),
+            "resolved": json.dumps(_latent_settings(job), default=str)}
     from hires.output import part_file
 
     # The output's folder may not be there yet: the image is saved at the end, into a folder
