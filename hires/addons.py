@@ -7,6 +7,7 @@ loaded model serves a batch whose jobs differ in add-ons. What ran is recorded f
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Collection, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -236,6 +237,8 @@ def check_unchanged(job: Job, recorded: dict[str, Any],
         if runs and control.get("model") == job.control_model and "control_model" not in given:
             files.append(("--control-model", job.control_model, control.get("sha256"),
                           lambda ref: controlnet.weights_sha256(ref, job.allow_pickle)))
+            files.append(("--control-model", job.control_model, control.get("config_sha256"),
+                          controlnet.config_sha256))
     ip = recorded.get("ip_adapter") or {}
     if isinstance(ip, dict) and runs_ip_adapter(job):  # at scale 0 it adds nothing
         if ip.get("image") == job.ip_image and "ip_image" not in given:
@@ -243,12 +246,17 @@ def check_unchanged(job: Job, recorded: dict[str, Any],
         if ip.get("ref") == job.ip_adapter and "ip_adapter" not in given:
             files.append(("--ip-adapter", job.ip_adapter, ip.get("sha256"),
                           lambda ref: ip_adapter.weight_sha256(ref, job.allow_pickle)))
+            files.append(("--ip-adapter", job.ip_adapter, ip.get("image_encoder_sha256"),
+                          lambda ref: ip_adapter.encoder_sha256(ref, job.allow_pickle)))
     for flag, ref, digest, now in files:
         if not (isinstance(ref, str) and isinstance(digest, str)):
             continue  # a Hub id, or a record of an older hires: nothing to compare
         current = now(ref)
         if current is not None and current != digest:
-            give = "it" if flag == "the input" else f"{flag} {ref}"
+            # --lora replaces the record's whole list: give every LoRA with its scale
+            give = ("it" if flag == "the input" else
+                    " ".join(f"--lora {shlex.quote(spec)}" for spec in job.lora)
+                    if flag == "--lora" else f"{flag} {shlex.quote(ref)}")
             raise JobError(f"{ref} has changed since this image was made (its sha256 differs); "
                            f"restore the original, or give {give} yourself to use it as it is")
 
@@ -339,7 +347,8 @@ def _controlnet_source(ref: str, allow_pickle: bool) -> tuple[str, str | None]:
 
     if model_kind(ref) == "hub":
         return ref, controlnet.hub_revision(ref)
-    return str(Path(ref).expanduser().resolve()), controlnet.weights_sha256(ref, allow_pickle)
+    return (str(Path(ref).expanduser().resolve()),
+            f"{controlnet.weights_sha256(ref, allow_pickle)} {controlnet.config_sha256(ref)}")
 
 
 def _controlnet_version(ref: str, allow_pickle: bool) -> dict[str, str]:
@@ -350,5 +359,6 @@ def _controlnet_version(ref: str, allow_pickle: bool) -> dict[str, str]:
     if model_kind(ref) == "hub":
         revision = controlnet.hub_revision(ref)
         return {"revision": revision} if revision else {}
-    digest = controlnet.weights_sha256(ref, allow_pickle)
-    return {"sha256": digest} if digest else {}
+    digest, config = controlnet.weights_sha256(ref, allow_pickle), controlnet.config_sha256(ref)
+    return {**({"sha256": digest} if digest else {}),
+            **({"config_sha256": config} if config else {})}

@@ -182,19 +182,20 @@ def weights_sha256(ref: str, allow_pickle: bool = False) -> str | None:
     """The sha256 of a local ControlNet's weights, as a record keeps it (None: a Hub id, or
     none to read): a file's own; a folder's weight file's, or, sharded, that of its files'
     names and sha256 one a line. Hashed once per file and version (a ControlNet is 2.5 GB)."""
-    from hires.images import sha256_once
+    from hires.images import files_sha256
 
     path = Path(ref).expanduser()
-    files = [path] if path.is_file() else weight_files(path, allow_pickle) if path.is_dir() \
-        else []
-    if len(files) == 1:
-        return sha256_once(files[0])
-    if not files:
-        return None
-    import hashlib
+    return files_sha256([path] if path.is_file() else weight_files(path, allow_pickle)
+                        if path.is_dir() else [])
 
-    lines = "".join(f"{f.name} {sha256_once(f)}\n" for f in files)
-    return hashlib.sha256(lines.encode()).hexdigest()
+
+def config_sha256(ref: str) -> str | None:
+    """The sha256 of a local ControlNet folder's config.json (its settings change the image
+    as its weights do); None for a file or a Hub id."""
+    from hires.images import sha256_once
+
+    config = Path(ref).expanduser() / "config.json"
+    return sha256_once(config) if config.is_file() else None
 
 
 def hub_revision(ref: str) -> str | None:

@@ -125,6 +125,17 @@ def sha256_once(path: str | Path) -> str:
     return _sha256(str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
 
 
+def files_sha256(files: list[Path]) -> str | None:
+    """One sha256 for a model's files: a lone file's own; for several (shards, or a config and
+    its weights), that of their names and sha256 one a line; None for none."""
+    if len(files) == 1:
+        return sha256_once(files[0])
+    if not files:
+        return None
+    lines = "".join(f"{f.name} {sha256_once(f)}\n" for f in files)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
 @functools.lru_cache(maxsize=32)
 def _sha256(path: str, size: int, mtime_ns: int, inode: int) -> str:
     return file_sha256(path)

@@ -102,6 +102,18 @@ def weight_sha256(ref: str, allow_pickle: bool = False) -> str | None:
     return sha256_once(Path(folder) / subfolder / weight)
 
 
+def encoder_sha256(ref: str, allow_pickle: bool = False) -> str | None:
+    """The sha256 of a local IP-Adapter's image encoder (its config and weights), as its record
+    keeps it: it makes the image prompt's embeddings (None: a Hub id, or none usable now)."""
+    from hires.images import files_sha256
+
+    if model_kind(ref) not in ("file", "folder") or local_problem(ref, allow_pickle):
+        return None
+    folder, subfolder, _ = _local_weight(Path(ref).expanduser(), ref, allow_pickle)
+    encoder = Path(folder) / subfolder / IMAGE_ENCODER_FOLDER
+    return files_sha256([encoder / "config.json", *_encoder_files(encoder)])
+
+
 def hub_problem(ref: str) -> str | None:
     """With HF_HUB_OFFLINE set, why the Hub IP-Adapter `ref` cannot load: its weight or image
     encoder is not in the local cache (None: they are, or the Hub may be asked)."""
@@ -184,11 +196,13 @@ def load_ip_adapter(pipe, ref: str = DEFAULT_IP_ADAPTER, allow_pickle: bool = Fa
     # Parked on the CPU: it runs once per job (image_embeds moves it to the device for that),
     # and SDXL's ViT-bigG would otherwise hold 2.5 GB of GPU memory through the whole job.
     encoder = pipe.image_encoder.requires_grad_(False).eval().to("cpu")
+    encoder_digest = encoder_sha256(ref, allow_pickle) if kind != "hub" else None
     return {
         "ref": ref,
         "weight": weight,
         "sha256": sha256_once(_weight_file(ref, kind, repo, subfolder, weight)),
         "image_encoder": "/".join(p for p in (subfolder, IMAGE_ENCODER_FOLDER) if p),
+        **({"image_encoder_sha256": encoder_digest} if encoder_digest else {}),
         "image_encoder_params": sum(p.numel() for p in encoder.parameters()),
         "image_size": encoder.config.image_size,
         "projection_dim": encoder.config.projection_dim,

@@ -82,6 +82,51 @@ def test_from_refuses_a_changed_controlnet_or_ip_adapter_weight(files, tmp_path,
     assert not (tmp_path / "a.png").exists() and not (tmp_path / "b.png").exists()
 
 
+def test_from_refuses_a_changed_controlnet_config_or_ip_image_encoder(files, tmp_path, asked,
+                                                                      tiny):
+    """Both ran silently into another image (QA: max 236 and 255 off): only the weight
+    files were hashed into the record."""
+    from helpers_ip import write_tiny_ip_adapter
+
+    net, ip = tmp_path / "net", tmp_path / "ip"
+    shutil.copytree(files["control_model"], net)
+    shutil.copytree(files["ip"], ip)
+    first = tmp_path / "first.png"
+    made = cli("gen", "x", *TINY, *control_flags(files, net), "--ip-image", files["ip_image"],
+               "--ip-adapter", ip, "-o", first)
+    assert made.exit_code == 0, made.stderr
+    config = net / "config.json"
+    kept = config.read_text()
+    config.write_text(json.dumps({**json.loads(kept), "global_pool_conditions": True}))
+    result = cli("gen", "--from", first, "-o", tmp_path / "a.png", "-q")
+    assert_usage_error(result, f"{net} has changed", "--control-model")
+    config.write_text(kept)
+    other = tmp_path / "other-ip"
+    write_tiny_ip_adapter(other, tiny.pipe, seed=9)
+    shutil.rmtree(ip / "image_encoder")
+    shutil.copytree(other / "image_encoder", ip / "image_encoder")
+    result = cli("gen", "--from", first, "-o", tmp_path / "b.png", "-q")
+    assert_usage_error(result, f"{ip} has changed", "--ip-adapter")
+    assert not (tmp_path / "a.png").exists() and not (tmp_path / "b.png").exists()
+
+
+def test_a_changed_lora_is_told_to_be_given_with_every_lora_and_scale(files, tmp_path, asked,
+                                                                      tiny):
+    """The advice was '--lora b.safetensors': following it dropped a and set b's 0.5 to 1."""
+    from helpers_lora import write_tiny_lora
+
+    a, b = tmp_path / "a b.safetensors", tmp_path / "b.safetensors"
+    shutil.copy(files["lora"], a)
+    shutil.copy(files["lora"], b)
+    first = tmp_path / "two.png"
+    made = cli("gen", "x", *TINY, "--lora", f"{a}:0.8", "--lora", f"{b}:0.5", "-o", first)
+    assert made.exit_code == 0, made.stderr
+    write_tiny_lora(b, tiny.pipe, seed=9)
+    result = cli("gen", "--from", first, "-o", tmp_path / "c.png", "-q")
+    assert_usage_error(result, f"{b} has changed",
+                       f"give --lora '{a}:0.8' --lora {b}:0.5 yourself")
+
+
 def test_a_single_file_controlnet_is_hashed_as_its_file(files, tmp_path):
     from hires.controlnet import weights_sha256
 
