@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hires.images import ImageInputError, file_sha256, input_size
+from hires.images import ImageInputError, input_size
 from hires.job import (
     COMMAND_FLAGS,
     FILE_KEYS,
@@ -382,29 +382,85 @@ class Outcome:
     why: str = "settings changed"  # why an older image was moved aside
 
 
-def input_changed(path: Path, job: Job) -> bool:
-    """Whether the upscale `job`'s input file differs from the one the image at `path` was made
-    from (edited since under the same name): the sha256 its record keeps against the file's."""
+def changed_input(path: Path, job: Job) -> str | None:
+    """The input file of `job` that differs now from the one the image at `path` was made
+    from (edited since under the same name): an upscale's input, a LoRA, a control or IP image,
+    ControlNet or IP-Adapter weights, by the sha256 its record keeps. None if none does."""
     from hires.output import OutputError, read_metadata
 
-    if not job.image:
-        return False
     try:
         record = read_metadata(path)["hires"]
     except OutputError:
-        return False
-    made = record.get("job") if isinstance(record, dict) else None
-    recorded = made.get("image_sha256") if isinstance(made, dict) else None
+        return None
+    record = record if isinstance(record, dict) else {}
+    made, result = record.get("job"), record.get("result")
+    files = [(job.image, made.get("image_sha256") if isinstance(made, dict) else None,
+              _file_digest)] if job.image else []
+    addons = result.get("addons") if isinstance(result, dict) else None
+    files += _addon_files(job, addons) if isinstance(addons, dict) else []
+    for ref, recorded, digest in files:
+        if not (isinstance(ref, str) and isinstance(recorded, str)):
+            continue  # a Hub id, or a record of an older hires: nothing to compare
+        try:
+            now = digest(ref)
+        except OSError:  # a missing input fails when its job runs, with its own message
+            continue
+        if now is not None and now != recorded:
+            return ref
+    return None
+
+
+def _addon_files(job: Job, addons: dict[str, Any]) -> list[tuple[Any, Any, Callable]]:
+    """(reference, the sha256 the record keeps, how to hash it now) of each add-on file the
+    job uses as the recorded run did; an add-on at scale 0 makes nothing: not compared."""
+    from hires import controlnet, ip_adapter
+    from hires.addons import runs_controlnet, runs_ip_adapter
+    from hires.lora import parse_lora
+
+    refs = [parse_lora(spec)[0] for spec in job.lora]
+    loras = addons.get("lora") if isinstance(addons.get("lora"), list) else []
+    files = [(lora.get("ref"), lora.get("sha256"), _lora_digest) for lora in loras
+             if isinstance(lora, dict) and lora.get("ref") in refs]
+    control, ip = addons.get("controlnet"), addons.get("ip_adapter")
+    if isinstance(control, dict) and runs_controlnet(job):
+        if control.get("image") == job.control:
+            files.append((job.control, control.get("image_sha256"), _file_digest))
+        if control.get("model") == job.control_model:
+            files.append((job.control_model, control.get("sha256"),
+                          lambda ref: controlnet.weights_sha256(ref, job.allow_pickle)))
+    if isinstance(ip, dict) and runs_ip_adapter(job):
+        if ip.get("image") == job.ip_image:
+            files.append((job.ip_image, ip.get("image_sha256"), _file_digest))
+        if ip.get("ref") == job.ip_adapter:
+            files.append((job.ip_adapter, ip.get("sha256"),
+                          lambda ref: ip_adapter.weight_sha256(ref, job.allow_pickle)))
+    return files
+
+
+def _file_digest(ref: str) -> str | None:
+    from hires.images import sha256_once
+
+    path = Path(ref).expanduser()
+    return sha256_once(path) if path.is_file() else None
+
+
+def _lora_digest(ref: str) -> str | None:
+    """A local LoRA's weights file's sha256, as its record keeps it (None: a Hub one)."""
+    from hires.images import sha256_once
+    from hires.lora import LoraError, resolve
+
+    if not Path(ref).expanduser().exists():
+        return None
     try:
-        return isinstance(recorded, str) and file_sha256(job.image) != recorded
-    except OSError:  # a missing input fails when its job runs, with its own message
-        return False
+        return sha256_once(resolve(ref, allow_pickle=True))
+    except LoraError:  # refused when its job runs
+        return None
 
 
 def made_already(path: Path, job: Job) -> bool:
-    """Whether the image at `path` is this job's, so a run skips it: its settings, and for an
-    upscale its input as the file is now."""
-    return recorded_hash(path) == settings_hash(job) and not input_changed(path, job)
+    """Whether the image at `path` is this job's, so a run skips it: its settings, and its
+    input and add-on files as they are now."""
+    return recorded_hash(path) == settings_hash(job) and changed_input(path, job) is None
 
 
 def in_the_way(path: Path, overwrite: bool = False) -> str | None:
@@ -428,9 +484,9 @@ def _run_one(item: BatchItem, path: Path, settings: str,
     if os.path.lexists(path) and not overwrite:
         old = recorded_hash(path) if check_settings else settings
         # An edited input keeps the job's settings (the file's name is the setting).
-        stale = old == settings and check_settings and input_changed(path, item.job)
+        stale = changed_input(path, item.job) if old == settings and check_settings else None
         if stale:
-            why = f"{item.job.image} changed"
+            why = f"{stale} changed"
         if old == settings and not stale:
             return Outcome(item, "skipped", path)
         if old is None:  # put there since the checks before the run (in_the_way)

@@ -125,7 +125,7 @@ def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
             raise JobError(f"{path.name}: {problem}")
         made = None if overwrite else made_by(path, one)
         if made is None:
-            out.check_writable(path, overwrite)
+            check_free(path, one, overwrite)
             if stage_images:
                 for stage_file in stage_paths(path, stage_count(one)):
                     if not made_by(stage_file, one):
@@ -133,6 +133,20 @@ def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
         check_inputs(one)
         runs.append(Run(one, path, made))
     return runs
+
+
+def check_free(path: Path, job: Job, overwrite: bool) -> None:
+    """OutputExists when `path` is taken, unless `overwrite`: by another image, or by this
+    job's made with an input or add-on file as it was before an edit (its sha256 recorded)."""
+    from hires.batch import changed_input, recorded_hash, settings_hash
+
+    changed = None if overwrite or not path.is_file() or \
+        recorded_hash(path) != settings_hash(job) else changed_input(path, job)
+    if changed:
+        raise out.OutputExists(f"{path} was made with {changed} as it was before an edit (its "
+                               "sha256 differs); pass --overwrite to make it again, or choose "
+                               "another -o")
+    out.check_writable(path, overwrite)
 
 
 def check_not_input(path: Path, image: str | None, change: str = "-o") -> None:
@@ -218,11 +232,11 @@ def stage_count(job: Job) -> int:
 
 
 def made_by(path: Path, job: Job) -> dict[str, Any] | None:
-    """The record of the image at `path` if `job` made it (it records the same settings);
-    None for any other file, or none."""
-    from hires.batch import recorded_hash, settings_hash
+    """The record of the image at `path` if `job` made it (it records the same settings, and
+    its input and add-on files are the ones it records); None for any other file, or none."""
+    from hires.batch import changed_input, recorded_hash, settings_hash
 
-    if recorded_hash(path) != settings_hash(job):
+    if recorded_hash(path) != settings_hash(job) or changed_input(path, job):
         return None
     record = out.read_metadata(path)["hires"].get("result")
     return {**(record if isinstance(record, dict) else {}), "path": str(path)}

@@ -605,3 +605,21 @@ def test_a_stopped_batch_says_how_far_it_got(tmp_path, monkeypatch, tiny_cli):
     assert result.exit_code == 130, result.stderr
     assert "batch stopped after 1 of 3 jobs: 1 done, 0 skipped, 0 failed; the same command " \
         "goes on from there" in result.stderr
+
+
+def test_batch_cli_a_lora_edited_since_makes_its_image_again(tmp_path, tiny_cli, tiny):
+    from helpers_lora import write_tiny_lora
+
+    lora = write_tiny_lora(tmp_path / "s.safetensors", tiny.pipe)
+    jobs = write(tmp_path / "jobs.toml", f'[[job]]\nprompt = "a fox"\n{TINY}seed = 3\n'
+                                         f'lora = ["{lora}:0.8"]\noutput = "fox.png"\n')
+    out = tmp_path / "out"
+    assert cli("batch", jobs, "-o", out).exit_code == 0
+    assert "exists with the same settings, skipped" in cli("batch", jobs, "-o", out).stderr
+    write_tiny_lora(lora, tiny.pipe, seed=1)  # the same name, other weights
+    again = cli("batch", jobs, "-o", out)
+    assert again.exit_code == 0, again.stderr
+    assert f"{lora} changed since fox.png was made; the old image is kept as fox." \
+        in again.stderr
+    assert "batch: 1 done, 0 skipped" in again.stderr
+    assert len(list(out.glob("fox.*png"))) == 2

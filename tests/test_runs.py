@@ -81,3 +81,25 @@ def test_one_inputs_default_name_ends_in_its_files_name_but_a_name_given_is_kept
     assert given.path == tmp_path / "hires_512x256_s5.png"
     (prompted,) = plan_runs([JOB.merged({"seed": 5})], str(tmp_path))  # no input: no name
     assert prompted.path.name == "hires_512x256_s5.png"
+
+
+def test_images_made_with_a_control_image_edited_since_are_not_kept_as_made(tmp_path, asked,
+                                                                              tiny):
+    from helpers_cli import cli
+    from helpers_control import tiny_controlnet
+
+    tiny_controlnet(tiny.pipe.unet).save_pretrained(tmp_path / "cn")
+    edges = tmp_path / "edges.png"
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(edges)
+    args = ("gen", "a fox", "--model", "tiny", "--size", "256", "--steps", "1", "--seed", "3",
+            "--n", "2", "--control-model", tmp_path / "cn", "--control", edges,
+            "-o", f"{tmp_path / 'out'}/")
+    assert cli(*args).exit_code == 0
+    assert "made already by these settings, kept" in cli(*args).stderr
+    Image.new("RGB", (64, 64), (10, 200, 10)).save(edges)  # the same name, another image
+    again = cli(*args)
+    assert again.exit_code != 0
+    assert f"was made with {edges} as it was before an edit (its sha256 differs); pass " \
+        "--overwrite to make it again" in again.stderr
+    assert cli(*args, "--overwrite").exit_code == 0
+    assert "made already by these settings, kept" in cli(*args).stderr
