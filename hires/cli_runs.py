@@ -18,7 +18,7 @@ from hires.cli_output import (
     warn,
     warn_once,
 )
-from hires.cli_resume import say_resume, saying_what_is_kept
+from hires.cli_resume import kept_job, say_resume, saying_what_is_kept
 
 
 def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overwrite: bool,
@@ -324,8 +324,13 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
         say(f"  stage {index}: {stage_files[index]}")
 
     scored: set[int] = set()
+    # The stages a stopped run had scored: said in their place, before the stages after them.
+    kept_scores = resume.kept_scores(kept, kept_job(job, source), plan) \
+        if kept is not None and kept.is_file() else {}
 
     def score(index: int, psnr: float) -> None:  # as each stage ends, not after the last
+        for earlier in sorted(i for i in kept_scores if i < index and i not in scored):
+            score(earlier, kept_scores[earlier])
         stage = plan.stages[index]
         say(f"  stage {index} ({stage.width}x{stage.height}): {psnr:.1f} dB PSNR against the "
             "input")
@@ -343,7 +348,7 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
         for warning in result.warnings[len(components.warnings):]:
             if warning not in early and warning not in noted:  # said already
                 warn(warning)
-        for s in result.stages:  # stages a stopped run had scored, resumed here
+        for s in result.stages:  # stages a stopped run had scored, and no stage after them
             if s.psnr is not None and s.index not in scored:
                 score(s.index, s.psnr)
         # record.save, not Result.save: its errors keep the CLI's flags (--overwrite), which

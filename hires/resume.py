@@ -363,6 +363,19 @@ def why_not(path: Path, job: Job, plan: Plan) -> str | None:
     return None
 
 
+def kept_scores(path: Path, job: Job, plan: Plan) -> dict[int, float]:
+    """The PSNR of each stage the checkpoint at `path` keeps (an upscale's), by stage, if it
+    is of this job; from its header, so said before the stages after them."""
+    if stage_of(path, job, plan) is None:
+        return {}
+    try:
+        reports = json.loads(_header(path)["reports"])
+        return {int(r["index"]): float(r["psnr"]) for r in reports
+                if isinstance(r, dict) and r.get("psnr") is not None}
+    except (KeyError, TypeError, ValueError):  # no scores to say: the result has them
+        return {}
+
+
 def seed_of(path: Path, job: Job) -> int | None:
     """The seed of the checkpoint at `path` if it is of `job` with another seed (a run that
     drew its seed at random): the seed to run again with."""

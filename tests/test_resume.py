@@ -140,11 +140,11 @@ def test_hires_up_says_it_resumes(tmp_path, asked, monkeypatch):
     again = cli(*args)
     assert again.exit_code == 0, again.stderr
     assert "resuming: stages 0-1 were kept in up.png.resume.safetensors" in again.stderr
-    # Every stage's score, the kept stages' too, once each.
+    # Every stage's score, the kept stages' too, once each, in the stages' order.
     said = [x.split(":")[0].strip() for x in again.stderr.splitlines()
             if x.endswith("dB PSNR against the input")]
-    assert sorted(said) == [f"stage {i} ({w}x{h})" for i, (w, h) in
-                            enumerate([(192, 128), (384, 256), (768, 512)])]
+    assert said == [f"stage {i} ({w}x{h})" for i, (w, h) in
+                    enumerate([(192, 128), (384, 256), (768, 512)])]
 
 
 def test_a_model_changed_in_place_is_not_resumed_from(tiny_folder, tmp_path):
