@@ -133,6 +133,7 @@ def exit_codes() -> Iterator[None]:
     """Turn our exceptions into one-line errors and the documented exit codes."""
     import warnings
 
+    from hires.errors import NotFinite
     from hires.job import JobError
     from hires.output import OutputError
 
@@ -153,6 +154,8 @@ def exit_codes() -> Iterator[None]:
         raise fail(str(e), EXIT_USAGE) from None
     except OutputError as e:
         raise fail(str(e), EXIT_USAGE if e.usage else EXIT_RUNTIME) from None
+    except NotFinite as e:  # its message says what to change
+        raise fail(str(e), EXIT_RUNTIME) from None
     except Exception as e:
         from hires.images import ImageInputError
 

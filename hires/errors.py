@@ -1,8 +1,21 @@
-"""What hires quotes of another library's exception in its own one-line errors."""
+"""What hires quotes of another library's exception in its own one-line errors, and the error
+of numbers gone bad (`NotFinite`)."""
 
 from __future__ import annotations
 
 import re
+from typing import Any
+
+
+class NotFinite(ArithmeticError):
+    """A model's output held NaN or inf (an fp16 overflow, mostly): saved, it would be a black
+    image; the message says which model and what to change."""
+
+
+def dtype_name(dtype: Any) -> str:
+    """'fp16', 'bf16', 'fp32' as the flags say them (else torch's name)."""
+    return {"torch.float16": "fp16", "torch.bfloat16": "bf16", "torch.float32": "fp32"}.get(
+        str(dtype), str(dtype))
 
 
 def first_line(e: BaseException) -> str:

@@ -36,6 +36,7 @@ def in_keywords() -> Iterator[None]:
     """A library call's JobError and ModelError name its keywords, not the CLI's flags that the
     shared checks name: 'aspect needs size', not '--aspect needs --size'; 'allow_pickle=True',
     not '--allow-pickle'."""
+    from hires.errors import NotFinite
     from hires.job import JobError
     from hires.model_refs import ModelError
     from hires.models import in_library_terms
@@ -45,7 +46,7 @@ def in_keywords() -> Iterator[None]:
     except JobError as e:
         raise JobError(re.sub(r"--([a-z][a-z0-9-]*)",
                               lambda m: m.group(1).replace("-", "_"), str(e))) from None
-    except ModelError as e:
+    except (ModelError, NotFinite) as e:
         raise in_library_terms(e) from None
 
 

@@ -45,7 +45,7 @@ _LIBRARY_TERMS = ((re.compile(r"--allow-pickle\b"), "allow_pickle=True"),
                    lambda m: m.group(1).replace("-", "_") + "="))
 
 
-def in_library_terms(error: ModelError) -> ModelError:
+def in_library_terms(error: Exception) -> Exception:
     """`error` (of its own kind, usage kept) with the CLI's flags named as the keywords."""
     message = str(error)
     for pattern, words in _LIBRARY_TERMS:
@@ -172,7 +172,8 @@ def choose_vae_dtype(device: torch.device, model_dtype: torch.dtype,
     config has `force_upcast` off, as madebyollin/sdxl-vae-fp16-fix's has); then fp16 may be
     asked for, and a GPU without native bf16 (T4, V100) or MPS runs it in fp16 rather than
     fp32, several times faster; None: not known (a single-file VAE, which has no config of its
-    own), taken as False except that fp16 asked for is refused for that reason.
+    own), taken as False except that fp16 asked for runs (an overflow then stops the run at
+    its first decode: `hires.errors.NotFinite`).
     `requested` ('auto', 'fp16', 'bf16', 'fp32') overrides; on
     CUDA an fp32 model counts as asking for an fp32 VAE (on the CPU fp32 is simply auto's
     choice for the model).
@@ -180,11 +181,9 @@ def choose_vae_dtype(device: torch.device, model_dtype: torch.dtype,
     wanted = requested or "auto"
     if wanted not in ("auto", *DTYPES):
         raise ModelError(f"unknown VAE dtype '{wanted}'; use auto, bf16, fp32 or fp16")
-    if wanted != "auto" and DTYPES[wanted] == torch.float16 and fp16_ok is None:
-        raise ModelError("a single .safetensors VAE's fp16 safety cannot be read (it has no "
-                         "config saying force_upcast off); give its folder or Hub id, or use "
-                         "--vae-dtype bf16 or fp32", usage=True)
-    if wanted != "auto" and DTYPES[wanted] == torch.float16 and not fp16_ok:
+    # A single file says nothing of its fp16 safety: asked for, fp16 runs, and an overflow
+    # stops the run at its first decode (hires.errors.NotFinite) rather than saving black.
+    if wanted != "auto" and DTYPES[wanted] == torch.float16 and fp16_ok is False:
         raise ModelError("this VAE overflows in fp16 (its config says force_upcast); use bf16 "
                          f"or fp32, or a VAE made for fp16 (--vae {FP16_VAE})", usage=True)
     if wanted != "auto" and device.type != "cuda":
@@ -482,8 +481,6 @@ def load(
     # after the model loaded.
     check_before_loading(model, vae, linfusion, allow_pickle)
     single_file_vae = vae is not None and model_kind(vae) == "file"
-    if single_file_vae:  # fp16 cannot be judged for it: refused now, not after loading
-        choose_vae_dtype(dev, dt, vae_dtype, fp16_ok=None)
     pipe = load_pipeline(model, dt, allow_pickle)
     if vae is not None:
         pipe.register_modules(vae=load_vae(vae, pipe.vae, allow_pickle))

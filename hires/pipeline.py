@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from hires.addons import Addons, attached
 from hires.controlnet import control_tensor
 from hires.costs import model_shape
 from hires.denoiser import Conditioning, Control, Denoiser
+from hires.errors import NotFinite, dtype_name
 from hires.gpus import fp32_share_for, local_gpu, rate_for
 from hires.images import resize_lanczos, to_8bit
 from hires.job import Job
@@ -447,6 +449,10 @@ def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditio
             latents = sample_upscale(denoiser, x0, noise, sigmas, timesteps, stage.ratio,
                                      anchor, knobs, on_step, sampler=job.sampler)
         del x0, noise
+    if not bool(latents.isfinite().all()):  # one host sync a stage
+        raise NotFinite(f"stage {stage.index}'s denoising gave NaN or inf (the model ran in "
+                        f"{dtype_name(comps.dtype)}): saved, the image would be black; run it "
+                        "with --dtype bf16 or fp32")
     report = StageReport(stage.index, stage.width, stage.height, stage.strength, stage.steps,
                          denoiser.evaluations, 0.0, None, strategy.label,
                          stage.cost.peak_bytes if stage.cost else None)
@@ -538,9 +544,20 @@ def decode(comps: Components, latents, tile: int, emit: ProgressFn, stage_index:
         emit(Event("vae-decode", stage_index, n, w, h, done, total))
 
     on_tile(0, 0)  # the phase starts now (its tile count comes with the first tile)
-    with torch.inference_mode():
+    with torch.inference_mode(), _vae_advice(comps):
         return tiled_vae.decode(comps.vae, latents, tile=tile, progress=on_tile, spill=spill,
                                 bits=bits, stats=job.vae_stats)
+
+
+@contextmanager
+def _vae_advice(comps: Components) -> Iterator[None]:
+    """The VAE's NaN said with what to do: fp16 is the usual cause (SDXL's VAE overflows)."""
+    try:
+        yield
+    except NotFinite as e:
+        fix = ("run the VAE in bf16 or fp32 (--vae-dtype bf16), or use a VAE made for fp16"
+               if comps.vae_dtype == torch.float16 else "run it in fp32 (--vae-dtype fp32)")
+        raise NotFinite(f"{e}: saved, the image would be black; {fix}") from None
 
 
 def encode(comps: Components, image: Image.Image, tile: int, emit: ProgressFn, stage: Stage,
@@ -551,7 +568,7 @@ def encode(comps: Components, image: Image.Image, tile: int, emit: ProgressFn, s
         emit(Event("vae-encode", stage.index, n, stage.width, stage.height, done, total))
 
     on_tile(0, 0)
-    with torch.inference_mode():
+    with torch.inference_mode(), _vae_advice(comps):
         latents = tiled_vae.encode(comps.vae, np.asarray(image), tile=tile, progress=on_tile,
                                    spill=spill, stats=job.vae_stats)
     return latents.to(comps.device, torch.float32)

@@ -24,11 +24,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hires.errors import NotFinite, dtype_name
 from hires.memory import free_memory
 from hires.vae_stats import MODES, Progress, whole_image
 from hires.vae_tiles import SCALE, Box, Grid, blend, rows_bytes, rows_on_device, tile_sizes
 
-__all__ = ["MODES", "SCALE", "decode", "decode_float", "encode", "to_uint8"]
+__all__ = ["MODES", "SCALE", "NotFinite", "decode", "decode_float", "encode", "to_uint8"]
 
 DEFAULT_STATS = "fast"
 
@@ -125,13 +126,19 @@ def decode(vae, latents: Tensor, *, tile: int = 1024, overlap: int | None = None
         raise ValueError(f"bits must be 8 or 16, got {bits}")
     canvas = np.empty((h * SCALE, w * SCALE, 3), dtype=np.uint8 if bits == 8 else np.uint16)
     view = torch.from_numpy(canvas)
+    bad: list[Tensor] = []  # a flag on the rows' device: no host sync per strip
 
     def write(top: int, rows: Tensor) -> None:
+        # Quantizing makes NaN black: look before (one pass over the rows, as cheap as a copy).
+        flag = rows.isfinite().logical_not_().any()
+        bad[:] = [bad[0] | flag if bad else flag]
         if bits == 16:
             rows = rows.cpu()  # uint16 is a CPU dtype in torch; 8 bits quantize where rows are
         view[top:top + rows.shape[1]] = _quantize_(rows, bits)
 
     _each_strip(_decode_strips(vae, latents, tile, overlap, stats, progress, spill), write)
+    if bad and bool(bad[0]):
+        raise NotFinite(f"the VAE's output holds NaN or inf (in {dtype_name(vae.dtype)})")
     return canvas
 
 
@@ -222,6 +229,8 @@ def encode(vae, image: np.ndarray | Tensor, *, tile: int = 1024, overlap: int | 
                          progress, spill) as tiles:
             for top, rows in blend(grid, 1, channels, o, lambda box: tail(tiles.run(box))):
                 mean[0, :, top:top + rows.shape[1]] = rows
+    if not bool(mean.isfinite().all()):
+        raise NotFinite(f"the VAE's encoder output holds NaN or inf (in {dtype_name(vae.dtype)})")
     shift = getattr(vae.config, "shift_factor", None)
     if shift is not None:
         mean = mean - shift

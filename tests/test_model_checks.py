@@ -245,14 +245,12 @@ def test_a_big_model_takes_the_native_size_its_configs_say(empty_cache):
 
 # --- 7: fp16 for a single-file VAE ---------------------------------------------------------------
 
-def test_fp16_for_a_single_file_vae_says_its_safety_cannot_be_read(tiny_folder, tmp_path):
+def test_fp16_for_a_single_file_vae_is_the_users_call(tiny_folder, tmp_path):
+    """Its fp16 safety cannot be read; asked for, fp16 runs (an overflow stops the run:
+    test_not_finite.py)."""
     vae = tiny_folder / "vae" / "diffusion_pytorch_model.safetensors"
-    args = ("--model", "tiny", "--vae", vae, "--vae-dtype", "fp16")
-    assert_usage_error(dry(*args), "fp16 safety cannot be read", "its folder or Hub id")
-    result = cli("gen", "a fox", *SMALL, *args, "-o", tmp_path / "x.png")
-    assert_usage_error(result, "fp16 safety cannot be read")
-    with pytest.raises(ModelError, match="cannot be read"):
-        hires.models.load("tiny", device="cpu", vae=str(vae), vae_dtype="fp16")
+    ok = dry("--model", "tiny", "--vae", vae, "--vae-dtype", "fp16")
+    assert ok.exit_code == 0, ok.stderr
     assert hires.models.vae_fp16_ok("tiny", str(vae)) is None
     # Its folder, whose config says force_upcast off, may run in fp16.
     ok = dry("--model", "tiny", "--vae", tiny_folder / "vae", "--vae-dtype", "fp16")
