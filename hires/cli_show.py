@@ -406,8 +406,50 @@ def show_checkpoint(path: Path, as_json: bool) -> None:
         *_prompt_lines(job),
         f"size {job.get('width')}x{job.get('height')}, seed {job.get('seed')}, "
         f"steps {job.get('steps')}",
+        f"model {job.get('model')}, linfusion {job.get('linfusion')}"
+        + (f", vae {job['vae']}" if job.get("vae") else ""),
+        *([f"upscaled from {job['image']} (strength {job.get('strength')})"]
+          if job.get("image") else []),
+        *_addon_lines(_job_addons(job)),
         f"keeps {stages_upto(stage)} of the job's {len(sizes)}, up to {sizes[stage][0]}x"
         f"{sizes[stage][1]}: {then}; deleting it starts that run over"]))
+
+
+def _addon_lines(addons: dict[str, Any]) -> list[str]:
+    """'lora REF at SCALE', 'controlnet ...', 'ip-adapter ...' of a record's add-ons, or
+    'add-ons none'."""
+    lines = [f"lora {lora.get('ref')} at {lora.get('scale')}" for lora in addons.get("lora") or []]
+    if addons.get("controlnet"):
+        c = addons["controlnet"]
+        lines.append(f"controlnet {c.get('model')} at {c.get('scale')}, image {c.get('image')}")
+    if addons.get("ip_adapter"):
+        ip = addons["ip_adapter"]
+        lines.append(f"ip-adapter {ip.get('ref')} at {ip.get('scale')}, image {ip.get('image')}")
+    return lines or ["add-ons none"]
+
+
+def _job_addons(job: dict[str, Any]) -> dict[str, Any]:
+    """The add-ons a recorded job names, shaped as an image's record has them (a checkpoint
+    keeps the job alone)."""
+    from hires.lora import LoraError, parse_lora
+
+    addons: dict[str, Any] = {}
+    loras = []
+    for spec in job.get("lora") or []:
+        try:
+            ref, scale = parse_lora(spec)
+        except LoraError:  # shown as written
+            ref, scale = spec, "?"
+        loras.append({"ref": ref, "scale": scale})
+    if loras:
+        addons["lora"] = loras
+    if job.get("control_model"):
+        addons["controlnet"] = {"model": job["control_model"], "scale": job.get("control_scale"),
+                                "image": job.get("control") or job.get("image")}
+    if job.get("ip_image"):
+        addons["ip_adapter"] = {"ref": job.get("ip_adapter"), "scale": job.get("ip_scale"),
+                                "image": job["ip_image"]}
+    return addons
 
 
 def _prompt_lines(job: dict[str, Any]) -> list[str]:
@@ -562,17 +604,7 @@ def show_made(path: str | Path, as_json: bool) -> None:
         source = "an image on stdin" if job["image"] == "-" else job["image"]
         lines.append(f"upscaled from {source} (strength {job.get('strength')})")
     lines += _dpi_lines(job, recorded, (width, height), meta["dpi"])
-    addons = result.get("addons") or {}
-    for lora in addons.get("lora") or []:
-        lines.append(f"lora {lora.get('ref')} at {lora.get('scale')}")
-    if addons.get("controlnet"):
-        c = addons["controlnet"]
-        lines.append(f"controlnet {c.get('model')} at {c.get('scale')}, image {c.get('image')}")
-    if addons.get("ip_adapter"):
-        ip = addons["ip_adapter"]
-        lines.append(f"ip-adapter {ip.get('ref')} at {ip.get('scale')}, image {ip.get('image')}")
-    if not addons:
-        lines.append("add-ons none")
+    lines += _addon_lines(result.get("addons") or {})
     for stage in result.get("stages") or []:
         lines.append(f"stage {stage.get('index')}: {stage.get('width')}x{stage.get('height')}, "
                      f"{stage.get('steps')} step{'' if stage.get('steps') == 1 else 's'}, "

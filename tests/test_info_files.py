@@ -183,3 +183,26 @@ def test_the_dpi_is_what_the_file_holds(tmp_path, asked):
 
 def test_an_empty_path_is_named():
     assert_usage_error(cli("info", ""), "an empty path was given")
+
+
+def test_info_of_a_checkpoint_says_its_model_and_addons(tiny, tmp_path):
+    import torch
+
+    from hires.job import Job
+    from hires.pipeline import plan_for
+
+    job = Job(prompt="a fox", model="tiny", width=512, height=512, steps=2, seed=5,
+              lora=["style.safetensors:0.8", "ink.safetensors"], control_model="cn",
+              control="edges.png", control_scale=0.7, ip_image="look.png", ip_scale=0.4)
+    plan = plan_for(Job(prompt="a fox", model="tiny", width=512, height=512, steps=2), tiny)
+    kept = resume.path_for(tmp_path / "fox.png")
+    resume.save(kept, job, plan, 0, torch.zeros(1, 4, 32, 32), (torch.zeros(4), torch.ones(4)),
+                [])
+    shown = cli("info", kept)
+    assert shown.exit_code == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[3:8] == [
+        "model tiny, linfusion auto",
+        "lora style.safetensors at 0.8", "lora ink.safetensors at 1.0",
+        "controlnet cn at 0.7, image edges.png",
+        "ip-adapter h94/IP-Adapter at 0.4, image look.png"]
