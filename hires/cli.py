@@ -470,3 +470,9 @@ def main() -> None:
         terminated = isinstance(e, Terminated)
         stopped(terminated)
         sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
+    finally:
+        # The outcome is out (the image saved, its path printed, the exit code chosen): a
+        # Ctrl-C while Python shuts down (torch's and the Hub's exit hooks, about 0.7 s) came
+        # too late to stop anything, and turned a success into 130 or an ignored traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)

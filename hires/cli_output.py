@@ -48,6 +48,11 @@ def out_line(text: str) -> None:
         print(text, flush=True)
     except BrokenPipeError:
         quiet_stdout()
+    except UnicodeEncodeError:
+        # stdout's encoding cannot say it (PYTHONIOENCODING=ascii): a path is written as the
+        # bytes the filesystem holds (as `ls` does), not turned into a failure after the work.
+        sys.stdout.buffer.write(text.encode("utf-8", "surrogateescape") + b"\n")
+        sys.stdout.flush()
 
 
 def quiet_stdout() -> None:
