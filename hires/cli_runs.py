@@ -18,7 +18,7 @@ from hires.cli_output import (
     warn,
     warn_once,
 )
-from hires.cli_resume import kept_job, say_resume, saying_what_is_kept
+from hires.cli_resume import kept_job, say_resume, saying_what_is_kept, stages_upto
 
 
 def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overwrite: bool,
@@ -40,6 +40,38 @@ def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overw
                      preview=preview, stage_images=stage_images, alpha=alpha,
                      quality_flag=quality_flag)
     warn_space([(r.path, r.job) for r in runs if r.made is None], stage_images)
+    for run in runs if not preview else []:  # a preview is kept by none
+        if run.made is None and (note := checkpoint_note(run.path, run.job)):
+            say(f"{run.path}: {note}")
+
+
+def checkpoint_note(path: Path, job, plan=None) -> str | None:
+    """For a dry run: whether the run writing `path` goes on from a stopped run's checkpoint
+    ('goes on from NAME: stages 0-1 kept') or starts over, and why; None if there is none.
+    `plan`: the job's, planned without weights if not given."""
+    from hires import resume
+    from hires.dry_run import dry_run
+    from hires.images import ImageInputError
+    from hires.job import JobError
+    from hires.model_refs import ModelError
+
+    kept = resume.path_for(path)
+    if not kept.is_file():
+        return None
+    if plan is None:
+        from hires.piped import image_size
+
+        try:
+            plan = dry_run(job, None, image_size(job.image) if job.image else None).plan
+        except (JobError, ModelError, ImageInputError, OSError):
+            return None  # the plan shown after says what is wrong
+    why = resume.why_not(kept, job, plan)
+    if why is not None:
+        return f"{kept.name} {why}: the run starts over"
+    stage = resume.stage_of(kept, job, plan)
+    if stage == len(plan.stages) - 1:
+        return f"the run goes on from {kept.name}: every stage kept, only the decode left"
+    return f"the run goes on from {kept.name}: {stages_upto(stage)} kept"
 
 
 def check_job_paths(job, loads: bool = True) -> None:

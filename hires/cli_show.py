@@ -15,7 +15,7 @@ from hires import __version__
 from hires.cli_jobs import check_gpu, fitted_plan
 from hires.cli_output import EXIT_RUNTIME, EXIT_USAGE, exit_codes, out_line, say, warn, warn_once
 from hires.cli_resume import stages_upto
-from hires.cli_runs import fp16_vae_hint, warn_space
+from hires.cli_runs import checkpoint_note, fp16_vae_hint, warn_space
 from hires.strips import cores
 
 
@@ -314,6 +314,9 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
                 when = "" if seconds is None else f"{duration(seconds)}, "
                 text = (f"job {item.index}: {job.width}x{job.height} -> {path}, "
                         f"{when}peak {run.plan.peak_bytes / 1024**3:.1f} GiB")
+                if not preview and (note := checkpoint_note(path, job, run.plan)):
+                    row["checkpoint"] = note
+                    text += f"; {note}"
         counts[row["status"]] += 1
         if row["status"] == "to make":
             to_make.append((path, job))

@@ -165,3 +165,21 @@ def test_info_says_1_step(tmp_path, asked):
                "-o", out).exit_code == 0
     shown = cli("info", out).stdout
     assert "1 step," in shown and "1 steps" not in shown
+
+
+def test_a_dry_run_says_whether_the_run_goes_on_from_a_checkpoint(tiny, tmp_path, asked):
+    out = tmp_path / "fox.png"
+    stopped_in_stage_1(tiny, out)
+    same = cli(*GEN, "--seed", "1", "-o", out, "--dry-run")
+    assert same.exit_code == 0, same.stderr
+    assert f"{out}: the run goes on from fox.png.resume.safetensors: stage 0 kept" in same.stderr
+    other = cli(*GEN, "--seed", "2", "-o", out, "--dry-run")
+    assert f"{out}: fox.png.resume.safetensors is of another job (seed 1, not 2): the run " \
+        "starts over" in other.stderr
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text('[[job]]\nprompt = "a fox"\nmodel = "tiny"\nwidth = 512\nheight = 512\n'
+                    'steps = 2\nseed = 1\noutput = "fox.png"\n', encoding="utf-8")
+    batch = cli("batch", jobs, "-o", tmp_path, "--dry-run")
+    assert batch.exit_code == 0, batch.stderr
+    assert "; the run goes on from fox.png.resume.safetensors: stage 0 kept" in batch.stdout
+    assert resume.path_for(out).is_file()  # a dry run removes nothing
