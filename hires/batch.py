@@ -334,12 +334,32 @@ def name_outputs(items: list[BatchItem], folder: Path, file_name: str
         try:
             check_inputs(j)
         except JobError as e:
-            raise JobError(f"{where}: {e}") from None
+            raise JobError(by_key(str(e), where)) from None
         # A quality is for JPEG and WebP: [defaults]' (or a preset's) serve every job.
         lossless = j.quality is not None and fmt not in LOSSY_FORMATS
         named.append(item if fmt == j.format and not lossless else dataclasses.replace(
             item, job=j.merged({"format": fmt, **({"quality": None} if lossless else {})})))
     return named, paths
+
+
+# The flags the file checks name (`check_inputs`, `check_paths`), and the job file's keys.
+FLAG_KEYS = {"--lora": "lora", "--control-model": "control_model", "--control": "control",
+             "--ip-adapter": "ip_adapter", "--ip-image": "ip_image", "--model": "model",
+             "--vae": "vae", "--linfusion": "linfusion"}
+
+
+def by_key(message: str, where: str) -> str:
+    """A job's file error in a job file's words: "'lora' in jobs.toml job 3: ..." rather than
+    its flag; a file not found says where relative paths are read from."""
+    for flag, key in FLAG_KEYS.items():
+        if message.startswith(f"{flag} "):
+            text = message[len(flag) + 1:].replace(f"{flag} ", f"'{key}' ")
+            ref = text.split(": ")[0]
+            if "no such file" in text and not os.path.isabs(os.path.expanduser(ref)):
+                text += (f"; relative paths are read from the current folder ({os.getcwd()}), "
+                         "not the job file's")
+            return f"'{key}' in {where}: {text}"
+    return f"{where}: {message}"
 
 
 def settings_hash(job: Job | dict[str, Any]) -> str:

@@ -193,6 +193,7 @@ def check_batch_outputs(items: list, paths: dict[int, Path], name: str, output: 
 def check_batch_paths(items: list, name: str) -> None:
     """Every batch job's model, VAE and LinFusion paths are there, before any work and in
     --dry-run alike (exit 2, naming the job); `name`: the job file's, for messages."""
+    from hires.batch import by_key
     from hires.job import JobError
     from hires.model_refs import ModelError
 
@@ -200,7 +201,7 @@ def check_batch_paths(items: list, name: str) -> None:
         try:
             check_job_paths(item.job)
         except ModelError as e:
-            raise JobError(f"{name} job {item.index}: {e}") from None
+            raise JobError(by_key(str(e), f"{name} job {item.index}")) from None
 
 
 def tally(outcomes: list) -> dict[str, int]:

@@ -265,7 +265,7 @@ def test_batch_cli_a_missing_model_path_stops_it_before_any_work(tmp_path, tiny_
     out = tmp_path / "out"
     result = cli("batch", jobs, "-o", out)
     assert result.exit_code == 2
-    assert "error: jobs.toml job 1: --model /nonexistent/sdxl.safetensors: no such file" \
+    assert "error: 'model' in jobs.toml job 1: /nonexistent/sdxl.safetensors: no such file" \
         in result.stderr
     assert not (out / "manifest.jsonl").exists() and result.stdout == ""
 
@@ -623,3 +623,13 @@ def test_batch_cli_a_lora_edited_since_makes_its_image_again(tmp_path, tiny_cli,
         in again.stderr
     assert "batch: 1 done, 0 skipped" in again.stderr
     assert len(list(out.glob("fox.*png"))) == 2
+
+
+def test_batch_cli_a_missing_addon_file_is_said_by_its_key(tmp_path, tiny_cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    jobs = two_jobs(tmp_path / "jobs.toml", 'lora = ["s.safetensors:0.8"]')
+    result = cli("batch", jobs, "-o", tmp_path / "out", "--dry-run")
+    assert result.exit_code == 2
+    assert error_lines(result.stderr) == [
+        "error: 'lora' in jobs.toml job 1: s.safetensors: no such file or folder; relative "
+        f"paths are read from the current folder ({tmp_path}), not the job file's"]
