@@ -122,7 +122,8 @@ def sha256_once(path: str | Path) -> str:
     IP-Adapter (700 MB) or a LoRA is hashed for every job's record and for `--from`'s check."""
     path = Path(path).expanduser().resolve()
     stat = path.stat()
-    return _sha256(str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    # ctime too: `cp -p` over a file keeps its inode, size and mtime but not its ctime.
+    return _sha256(str(path), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
 
 
 def files_sha256(files: list[Path]) -> str | None:
@@ -137,7 +138,7 @@ def files_sha256(files: list[Path]) -> str | None:
 
 
 @functools.lru_cache(maxsize=32)
-def _sha256(path: str, size: int, mtime_ns: int, inode: int) -> str:
+def _sha256(path: str, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> str:
     return file_sha256(path)
 
 

@@ -416,3 +416,20 @@ def test_a_phones_heic_photo_is_named_not_called_no_image(tmp_path, brand, kind)
     path.write_bytes(b"\0\0\0\x18ftyp" + brand + b"\0\0\0\0mif1heic" + bytes(64))
     with pytest.raises(ImageInputError, match=f"{kind} images are not accepted; convert it"):
         load_input(path)
+
+
+def test_a_file_rewritten_in_place_with_its_old_mtime_is_hashed_again(tmp_path):
+    """`cp -p` over a file keeps its inode, size and mtime: the remembered hash was given."""
+    import os
+
+    from hires.images import file_sha256, sha256_once
+
+    path = tmp_path / "style.safetensors"
+    path.write_bytes(b"a" * 64)
+    first = sha256_once(path)
+    stat = path.stat()
+    with open(path, "r+b") as f:  # same inode, same size
+        f.write(b"b" * 64)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_mtime_ns == stat.st_mtime_ns and path.stat().st_ino == stat.st_ino
+    assert sha256_once(path) == file_sha256(path) != first
