@@ -8,7 +8,7 @@ loaded model serves a batch whose jobs differ in add-ons. What ran is recorded f
 from __future__ import annotations
 
 import shlex
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -210,20 +210,30 @@ def input_warnings(job: Job) -> list[str]:
     return notes
 
 
-def check_unchanged(job: Job, recorded: dict[str, Any],
-                    given: Collection[str] = frozenset()) -> None:
-    """JobError when a local file the job still uses differs from the one a recorded run used
-    (its sha256): a re-run (--from) would silently make another image. `given`: the job's
-    keys given on this command (its flags' names: lora, control, control_model, ip_image,
-    ip_adapter, image); an add-on given so is the user's choice, as it is now, not compared."""
-    from hires import controlnet, ip_adapter
+class RecordedFile(NamedTuple):
+    """A local file a recorded run read, and whether it is still that file."""
 
-    files: list[tuple[str, str, Any, Any]] = []  # flag, ref, recorded sha256, current's (fn)
-    specs = set(job.lora) if "lora" not in given else set()
+    flag: str  # how a command gives it: --lora, --control, ..., or "the input"
+    ref: str
+    sha256: Any  # as the record keeps it (None: an older record, a Hub add-on)
+    now: Callable[[str], str | None]  # its sha256 now (None: nothing local to hash)
+
+
+def recorded_files(job: Job, recorded: dict[str, Any],
+                   given: Collection[str] = frozenset()) -> list[RecordedFile]:
+    """The local files of a recorded run's add-ons (`recorded`: its record's `addons`) that
+    `job` uses as that run did, to compare. Left out: an add-on at scale 0 (it makes nothing)
+    and one in `given`, the job's keys given on this command (lora, control, control_model,
+    ip_image, ip_adapter, image): the user's choice, as it is now."""
+    from hires import controlnet, ip_adapter
+    from hires.lora import parse_lora
+
+    files: list[RecordedFile] = []
+    refs = [parse_lora(spec)[0] for spec in job.lora] if "lora" not in given else []
     loras = recorded.get("lora")
     for lora in loras if isinstance(loras, list) else []:  # a tampered record: nothing to check
-        if isinstance(lora, dict) and any(s.startswith(str(lora.get("ref"))) for s in specs):
-            files.append(("--lora", lora.get("ref"), lora.get("sha256"), _file_digest))
+        if isinstance(lora, dict) and lora.get("ref") in refs:
+            files.append(RecordedFile("--lora", lora["ref"], lora.get("sha256"), _lora_digest))
     control = recorded.get("controlnet") or {}
     runs = runs_controlnet(job)  # at scale 0 neither its weights nor its image make the image
     if isinstance(control, dict):
@@ -232,38 +242,72 @@ def check_unchanged(job: Job, recorded: dict[str, Any],
         if key == "control" and not runs:
             key = None  # (`up`'s input is its input still: compared)
         if key and key not in given:
-            files.append((f"--{key}" if key == "control" else "the input",
-                          image, control.get("image_sha256"), _file_digest))
+            files.append(RecordedFile("--control" if key == "control" else "the input", image,
+                                      control.get("image_sha256"), _file_digest))
         if runs and control.get("model") == job.control_model and "control_model" not in given:
-            files.append(("--control-model", job.control_model, control.get("sha256"),
-                          lambda ref: controlnet.weights_sha256(ref, job.allow_pickle)))
-            files.append(("--control-model", job.control_model, control.get("config_sha256"),
-                          controlnet.config_sha256))
+            files += [RecordedFile("--control-model", job.control_model, control.get("sha256"),
+                                   lambda ref: controlnet.weights_sha256(ref, job.allow_pickle)),
+                      RecordedFile("--control-model", job.control_model,
+                                   control.get("config_sha256"), controlnet.config_sha256)]
     ip = recorded.get("ip_adapter") or {}
     if isinstance(ip, dict) and runs_ip_adapter(job):  # at scale 0 it adds nothing
         if ip.get("image") == job.ip_image and "ip_image" not in given:
-            files.append(("--ip-image", ip.get("image"), ip.get("image_sha256"), _file_digest))
+            files.append(RecordedFile("--ip-image", job.ip_image, ip.get("image_sha256"),
+                                      _file_digest))
         if ip.get("ref") == job.ip_adapter and "ip_adapter" not in given:
-            files.append(("--ip-adapter", job.ip_adapter, ip.get("sha256"),
-                          lambda ref: ip_adapter.weight_sha256(ref, job.allow_pickle)))
-            files.append(("--ip-adapter", job.ip_adapter, ip.get("image_encoder_sha256"),
-                          lambda ref: ip_adapter.encoder_sha256(ref, job.allow_pickle)))
-    for flag, ref, digest, now in files:
-        if not (isinstance(ref, str) and isinstance(digest, str)):
+            files += [RecordedFile("--ip-adapter", job.ip_adapter, ip.get("sha256"),
+                                   lambda ref: ip_adapter.weight_sha256(ref, job.allow_pickle)),
+                      RecordedFile("--ip-adapter", job.ip_adapter, ip.get("image_encoder_sha256"),
+                                   lambda ref: ip_adapter.encoder_sha256(ref, job.allow_pickle))]
+    return files
+
+
+def first_changed(files: list[RecordedFile]) -> RecordedFile | None:
+    """The first of `files` whose sha256 differs now from the recorded one."""
+    for file in files:
+        if not (isinstance(file.ref, str) and isinstance(file.sha256, str)):
             continue  # a Hub id, or a record of an older hires: nothing to compare
-        current = now(ref)
-        if current is not None and current != digest:
-            # --lora replaces the record's whole list: give every LoRA with its scale
-            give = ("it" if flag == "the input" else
-                    " ".join(f"--lora {shlex.quote(spec)}" for spec in job.lora)
-                    if flag == "--lora" else f"{flag} {shlex.quote(ref)}")
-            raise JobError(f"{ref} has changed since this image was made (its sha256 differs); "
-                           f"restore the original, or give {give} yourself to use it as it is")
+        try:
+            now = file.now(file.ref)
+        except OSError:  # a missing input fails when its job runs, with its own message
+            continue
+        if now is not None and now != file.sha256:
+            return file
+    return None
+
+
+def check_unchanged(job: Job, recorded: dict[str, Any],
+                    given: Collection[str] = frozenset()) -> None:
+    """JobError when a local file the job still uses differs from the one a recorded run used
+    (its sha256): a re-run (--from) would silently make another image. `given`: as for
+    `recorded_files`."""
+    changed = first_changed(recorded_files(job, recorded, given))
+    if changed is None:
+        return
+    # --lora replaces the record's whole list: give every LoRA with its scale
+    give = ("it" if changed.flag == "the input" else
+            " ".join(f"--lora {shlex.quote(spec)}" for spec in job.lora)
+            if changed.flag == "--lora" else f"{changed.flag} {shlex.quote(changed.ref)}")
+    raise JobError(f"{changed.ref} has changed since this image was made (its sha256 differs); "
+                   f"restore the original, or give {give} yourself to use it as it is")
 
 
 def _file_digest(ref: str) -> str | None:
     path = Path(ref).expanduser()
     return sha256_once(path) if path.is_file() else None
+
+
+def _lora_digest(ref: str) -> str | None:
+    """A local LoRA's weights file's sha256 (a folder's file), as its record keeps it (None: a
+    Hub one, or one refused when its job runs)."""
+    from hires.lora import LoraError, resolve
+
+    if not Path(ref).expanduser().exists():
+        return None
+    try:
+        return sha256_once(resolve(ref, allow_pickle=True))
+    except LoraError:
+        return None
 
 
 @contextmanager

@@ -413,68 +413,17 @@ def changed_input(path: Path, job: Job) -> str | None:
     except OutputError:
         return None
     record = record if isinstance(record, dict) else {}
+    from hires.addons import RecordedFile, first_changed, recorded_files
+    from hires.images import sha256_once
+
     made, result = record.get("job"), record.get("result")
-    files = [(job.image, made.get("image_sha256") if isinstance(made, dict) else None,
-              _file_digest)] if job.image else []
+    files = [RecordedFile("the input", job.image,
+                          made.get("image_sha256") if isinstance(made, dict) else None,
+                          lambda ref: sha256_once(Path(ref).expanduser()))] if job.image else []
     addons = result.get("addons") if isinstance(result, dict) else None
-    files += _addon_files(job, addons) if isinstance(addons, dict) else []
-    for ref, recorded, digest in files:
-        if not (isinstance(ref, str) and isinstance(recorded, str)):
-            continue  # a Hub id, or a record of an older hires: nothing to compare
-        try:
-            now = digest(ref)
-        except OSError:  # a missing input fails when its job runs, with its own message
-            continue
-        if now is not None and now != recorded:
-            return ref
-    return None
-
-
-def _addon_files(job: Job, addons: dict[str, Any]) -> list[tuple[Any, Any, Callable]]:
-    """(reference, the sha256 the record keeps, how to hash it now) of each add-on file the
-    job uses as the recorded run did; an add-on at scale 0 makes nothing: not compared."""
-    from hires import controlnet, ip_adapter
-    from hires.addons import runs_controlnet, runs_ip_adapter
-    from hires.lora import parse_lora
-
-    refs = [parse_lora(spec)[0] for spec in job.lora]
-    loras = addons.get("lora") if isinstance(addons.get("lora"), list) else []
-    files = [(lora.get("ref"), lora.get("sha256"), _lora_digest) for lora in loras
-             if isinstance(lora, dict) and lora.get("ref") in refs]
-    control, ip = addons.get("controlnet"), addons.get("ip_adapter")
-    if isinstance(control, dict) and runs_controlnet(job):
-        if control.get("image") == job.control:
-            files.append((job.control, control.get("image_sha256"), _file_digest))
-        if control.get("model") == job.control_model:
-            files.append((job.control_model, control.get("sha256"),
-                          lambda ref: controlnet.weights_sha256(ref, job.allow_pickle)))
-    if isinstance(ip, dict) and runs_ip_adapter(job):
-        if ip.get("image") == job.ip_image:
-            files.append((job.ip_image, ip.get("image_sha256"), _file_digest))
-        if ip.get("ref") == job.ip_adapter:
-            files.append((job.ip_adapter, ip.get("sha256"),
-                          lambda ref: ip_adapter.weight_sha256(ref, job.allow_pickle)))
-    return files
-
-
-def _file_digest(ref: str) -> str | None:
-    from hires.images import sha256_once
-
-    path = Path(ref).expanduser()
-    return sha256_once(path) if path.is_file() else None
-
-
-def _lora_digest(ref: str) -> str | None:
-    """A local LoRA's weights file's sha256, as its record keeps it (None: a Hub one)."""
-    from hires.images import sha256_once
-    from hires.lora import LoraError, resolve
-
-    if not Path(ref).expanduser().exists():
-        return None
-    try:
-        return sha256_once(resolve(ref, allow_pickle=True))
-    except LoraError:  # refused when its job runs
-        return None
+    files += recorded_files(job, addons) if isinstance(addons, dict) else []
+    changed = first_changed(files)
+    return changed.ref if changed else None
 
 
 def made_already(path: Path, job: Job) -> bool:

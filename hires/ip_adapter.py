@@ -60,7 +60,7 @@ def local_problem(ref: str, allow_pickle: bool = False) -> str | None:
     except IPAdapterError as e:
         return str(e)
     where = Path(folder) / subfolder
-    for file in (where / weight, *_encoder_files(where / IMAGE_ENCODER_FOLDER)):
+    for file in (where / weight, *encoder_files(where / IMAGE_ENCODER_FOLDER)):
         if file.suffix == ".safetensors" and (said := _unreadable(file)):
             named = "" if file == Path(ref).expanduser() else \
                 f": {file.relative_to(where).as_posix()}"
@@ -68,7 +68,7 @@ def local_problem(ref: str, allow_pickle: bool = False) -> str | None:
     return None
 
 
-def _encoder_files(folder: Path) -> list[Path]:
+def encoder_files(folder: Path) -> list[Path]:
     """The image encoder's safetensors weights that transformers reads: one file, or the
     shards its index names."""
     import json
@@ -102,6 +102,14 @@ def weight_sha256(ref: str, allow_pickle: bool = False) -> str | None:
     return sha256_once(Path(folder) / subfolder / weight)
 
 
+def local_files(ref: str, allow_pickle: bool = False) -> tuple[Path, Path]:
+    """A local IP-Adapter's weight file and its image encoder's folder (IPAdapterError when
+    there is none usable)."""
+    folder, subfolder, weight = _local_weight(Path(ref).expanduser(), ref, allow_pickle)
+    where = Path(folder) / subfolder
+    return where / weight, where / IMAGE_ENCODER_FOLDER
+
+
 def encoder_sha256(ref: str, allow_pickle: bool = False) -> str | None:
     """The sha256 of a local IP-Adapter's image encoder (its config and weights), as its record
     keeps it: it makes the image prompt's embeddings (None: a Hub id, or none usable now)."""
@@ -109,9 +117,8 @@ def encoder_sha256(ref: str, allow_pickle: bool = False) -> str | None:
 
     if model_kind(ref) not in ("file", "folder") or local_problem(ref, allow_pickle):
         return None
-    folder, subfolder, _ = _local_weight(Path(ref).expanduser(), ref, allow_pickle)
-    encoder = Path(folder) / subfolder / IMAGE_ENCODER_FOLDER
-    return files_sha256([encoder / "config.json", *_encoder_files(encoder)])
+    encoder = local_files(ref, allow_pickle)[1]
+    return files_sha256([encoder / "config.json", *encoder_files(encoder)])
 
 
 def hub_problem(ref: str) -> str | None:

@@ -192,12 +192,10 @@ def _ip_adapter_files(job: Job) -> list[tuple[Path, set[Path]]]:
 
     path = Path(job.ip_adapter).expanduser()
     try:
-        folder, subfolder, weight = ip._local_weight(path, job.ip_adapter, job.allow_pickle)
+        weight, encoder = ip.local_files(job.ip_adapter, job.allow_pickle)
     except ip.IPAdapterError:  # refused before a run
         return [(path, {path})]
-    where = Path(folder) / subfolder
-    encoder = where / ip.IMAGE_ENCODER_FOLDER
-    weights = {where / weight, *ip._encoder_files(encoder)}
+    weights = {weight, *ip.encoder_files(encoder)}
     return [(path, weights)] + ([(encoder, weights)] if path.is_file() else [])
 
 
