@@ -168,7 +168,8 @@ def gen(
         check_preview(preview, save_stages)
         if dry_run:
             check_outputs(jobs, output, fmt, n, overwrite, save_stages, preview,
-                          quality_flag=quality is not None, as_json=as_json)
+                          quality_flag=quality is not None, as_json=as_json,
+                          resume_runs=resume_runs)
             show_plan(job, gpu, as_json, source=upscale_source(job, piped),
                       stage_images=save_stages, preview=preview, here=True)
             return
@@ -254,7 +255,8 @@ def up(
         check_preview(preview, save_stages)
         if dry_run:
             check_outputs(jobs, output, fmt, 1, overwrite, preview=preview,
-                          alpha=frozenset(alpha), quality_flag=quality is not None, as_json=as_json)
+                          alpha=frozenset(alpha), quality_flag=quality is not None, as_json=as_json,
+                          resume_runs=resume_runs)
             for job, size in zip(jobs, sizes):
                 show_plan(job, gpu, as_json, source=size, stage_images=save_stages,
                           preview=preview, here=True)

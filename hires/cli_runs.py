@@ -24,10 +24,11 @@ from hires.cli_resume import kept_job, say_resume, saying_what_is_kept, stages_u
 def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overwrite: bool,
                   stage_images: bool = False, preview: bool = False,
                   alpha: frozenset[str] = frozenset(), quality_flag: bool = False,
-                  as_json: bool = False) -> None:
+                  as_json: bool = False, resume_runs: bool = True) -> None:
     """What a run checks of its outputs before it loads anything (names, formats, files in
-    the way), for --dry-run: a plan that shows should be a command that starts. `alpha`: as
-    for `plan_runs`; `as_json`: the run's --json (a dry run's prints the plan)."""
+    the way), for --dry-run: a plan that shows should be a command that starts. `alpha`,
+    `resume_runs`: as for `plan_runs`; `as_json`: the run's --json (a dry run's prints the
+    plan)."""
     from hires import cli_stdout
     from hires.runs import plan_runs
 
@@ -36,11 +37,11 @@ def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overw
         cli_stdout.check(len(jobs) * n, stage_images, as_json, preview, terminal=False,
                          upscale=bool(jobs[0].image))
         return
-    runs = plan_runs(jobs, output, n=n, fmt_flag=fmt, overwrite=overwrite, resume_runs=False,
-                     preview=preview, stage_images=stage_images, alpha=alpha,
-                     quality_flag=quality_flag)
+    runs = plan_runs(jobs, output, n=n, fmt_flag=fmt, overwrite=overwrite,
+                     resume_runs=resume_runs, preview=preview, stage_images=stage_images,
+                     alpha=alpha, quality_flag=quality_flag)
     warn_space([(r.path, r.job) for r in runs if r.made is None], stage_images)
-    for run in runs if not preview else []:  # a preview is kept by none
+    for run in runs if not preview and resume_runs else []:  # a preview is kept by none
         if run.made is None and (note := checkpoint_note(run.path, run.job)):
             say(f"{run.path}: {note}")
 

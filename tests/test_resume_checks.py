@@ -176,6 +176,11 @@ def test_a_dry_run_says_whether_the_run_goes_on_from_a_checkpoint(tiny, tmp_path
     other = cli(*GEN, "--seed", "2", "-o", out, "--dry-run")
     assert f"{out}: fox.png.resume.safetensors is of another job (seed 1, not 2): the run " \
         "starts over" in other.stderr
+    drawn = cli(*GEN, "-o", out, "--dry-run")  # no seed: the run takes the checkpoint's
+    assert "the run goes on from fox.png.resume.safetensors" in drawn.stderr, drawn.stderr
+    fresh = cli(*GEN, "--seed", "1", "-o", out, "--dry-run", "--no-resume")
+    assert fresh.exit_code == 0, fresh.stderr
+    assert "goes on from" not in fresh.stderr  # it said so, and the run then started over
     jobs = tmp_path / "jobs.toml"
     jobs.write_text('[[job]]\nprompt = "a fox"\nmodel = "tiny"\nwidth = 512\nheight = 512\n'
                     'steps = 2\nseed = 1\noutput = "fox.png"\n', encoding="utf-8")
