@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import errno
+import functools
 import json
 import os
 import re
@@ -410,7 +411,6 @@ def save_image(
                                 kwargs.get("tiffinfo"), dpi=dpi, icc=kwargs.get("icc_profile"))
             else:
                 image.save(f, format=_PIL_FORMATS[fmt], **kwargs)
-        os.chmod(tmp, 0o666 & ~_umask())
         if overwrite:
             os.replace(tmp, path)
         else:
@@ -434,11 +434,15 @@ def part_file(folder: Path, name: str) -> tuple[int, str]:
     `remove_stale_parts` reads back to clean up after a killed run; `name` is cut so that it
     stays within NAME_MAX."""
     try:
-        return tempfile.mkstemp(prefix=f".{name[:120]}.{os.getpid()}.", suffix=".part",
-                                dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name[:120]}.{os.getpid()}.", suffix=".part",
+                                   dir=folder)
     except OSError as e:
         raise OutputUnwritable(f"cannot write to {folder}: {e.strerror}; choose another -o"
                                ) from None
+    # mkstemp makes it 0600; renamed into place it must read as any file made here does
+    # (images and checkpoints in a shared folder: 0666 less the umask).
+    os.fchmod(fd, file_mode())
+    return fd, tmp
 
 
 def claim_rename(src: str | Path, dst: str | Path) -> None:
@@ -464,7 +468,14 @@ def claim_rename(src: str | Path, dst: str | Path) -> None:
 _PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP", "tiff": "TIFF"}
 
 
+def file_mode() -> int:
+    """The mode a file made here gets (as open() gives it): 0666 less the umask."""
+    return 0o666 & ~_umask()
+
+
+@functools.cache
 def _umask() -> int:
+    """The process's umask, read once: reading it sets it, for a moment, for every thread."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -420,7 +420,7 @@ def save(path: Path, job: Job, plan: Plan, stage: int, latents: Tensor,
             "stage": str(stage), "reports": json.dumps([asdict(r) for r in reports]),
             "inputs": _inputs(job), "cwd": os.getcwd(),
             "resolved": json.dumps(_latent_settings(job), default=str)}
-    from hires.output import part_file
+    from hires.output import file_mode, part_file
 
     # The output's folder may not be there yet: the image is saved at the end, into a folder
     # made then, but its checkpoints come before.
@@ -433,6 +433,7 @@ def save(path: Path, job: Job, plan: Plan, stage: int, latents: Tensor,
             save_file(tensors, tmp, metadata=meta)
         except SafetensorError as e:  # its I/O errors (a full disk) are not OSErrors
             raise OSError(f"cannot write {path.name}: {e}") from None
+        os.chmod(tmp, file_mode())  # safetensors writes the file anew, as 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -347,6 +347,10 @@ def test_info_says_what_a_checkpoint_keeps(tiny, tmp_path):
     kept = resume.path_for(tmp_path / "fox.png")
     with pytest.raises(Stop):
         generate(components=tiny, checkpoint=kept, progress=stop_at(2), **JOB)
+    from hires import output
+
+    # as any file made here: it was 0600 (mkstemp's), unreadable to others in a shared folder
+    assert oct(kept.stat().st_mode & 0o777) == oct(0o666 & ~output._umask())
     shown = cli("info", kept)
     assert shown.exit_code == 0, shown.stderr
     assert f"checkpoint of {tmp_path / 'fox.png'}" in shown.stdout
