@@ -4,7 +4,8 @@ once, each image planned, resumed, shown in progress and saved (`make_image`, `b
 from __future__ import annotations
 
 import time
-from contextlib import ExitStack, nullcontext
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -370,7 +371,7 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
         scored.add(index)
 
     keeping = saying_what_is_kept(kept, job, plan, source) if kept else nullcontext()
-    with keeping:  # the save too: a full disk
+    with _after_the_checks(), keeping:  # the save too: a full disk
         # A piped image's path is a temporary file's: its events name it as the record does.
         with progress_renderer(quiet, plan, "-" if piped else str(path)) as progress:
             if progress is not None:
@@ -392,6 +393,19 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
     if kept is not None:
         resume.remove(kept)
     return record
+
+
+@contextmanager
+def _after_the_checks() -> Iterator[None]:
+    """A folder that cannot be written once the work began (made read-only meanwhile) is the
+    machine's doing, not the command's: exit 1, not 2 (README: 2 is for what is found before
+    the first step; a file another run saved there first stays 2, as documented)."""
+    from hires.output import OutputError, OutputUnwritable
+
+    try:
+        yield
+    except OutputUnwritable as e:
+        raise OutputError(str(e)) from None
 
 
 def say_input(source, depth: int = 8) -> list[str]:

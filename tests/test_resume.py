@@ -315,6 +315,27 @@ def test_out_of_memory_in_the_final_decode_decodes_again_without_denoising_again
     assert np.array_equal(pixels(result.image), pixels(unbroken.image))
 
 
+def test_a_folder_made_read_only_during_the_run_is_a_runtime_error(tmp_path, asked,
+                                                                   monkeypatch):
+    """Exit 2 ('choose another -o') said the command was wrong; it was right when checked."""
+    import hires.output
+    from hires.output import OutputUnwritable
+
+    out = tmp_path / "fox.png"
+    real = hires.output.part_file
+
+    def read_only(folder, name):
+        if name == "fox.png":  # the image, after the stages (its checkpoint is written)
+            raise OutputUnwritable(f"cannot write to {folder}: Permission denied; choose "
+                                   "another -o")
+        return real(folder, name)
+
+    monkeypatch.setattr(hires.output, "part_file", read_only)
+    result = cli("gen", "a fox", "--model", "tiny", "--size", "256", "--steps", "1", "-o", out)
+    assert result.exit_code == 1, result.stderr
+    assert "Permission denied" in result.stderr and not out.exists()
+
+
 def test_a_full_disk_at_the_save_loses_only_the_decode(tmp_path, asked, monkeypatch):
     import errno
 
