@@ -21,6 +21,7 @@ from hires.job import (
     Job,
     JobError,
     closest_hint,
+    idle_setting,
     keys_for_people,
 )
 from hires.presets import load_preset, parse_toml, read_toml
@@ -119,6 +120,13 @@ def read_batch(path: str | Path, base: Job | None = None,
         if not job.image and not job.prompt.strip():  # as gen refuses '': a forgotten key
             raise JobError(f"{where} has no prompt; give it a 'prompt' (or an 'image' to "
                            "upscale)")
+        # A job's own strength with no add-on to scale was ignored without a word; one from
+        # [defaults] or a preset is a default, and passes (as gen's flags and presets).
+        idle = idle_setting(job, {str(k).replace("-", "_") for k in entry})
+        if idle:
+            key, lacks, needs = idle
+            raise JobError(f"'{key}' in {where} {lacks}: add {' and '.join(needs)}, or leave "
+                           "it out")
         if job.seed is None:
             job = job.merged({"seed": stable_seed(i, values)})
         format_given = any("format" in {str(k).replace("-", "_") for k in values}

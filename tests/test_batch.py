@@ -633,3 +633,17 @@ def test_batch_cli_a_missing_addon_file_is_said_by_its_key(tmp_path, tiny_cli, m
     assert error_lines(result.stderr) == [
         "error: 'lora' in jobs.toml job 1: s.safetensors: no such file or folder; relative "
         f"paths are read from the current folder ({tmp_path}), not the job file's"]
+
+
+@pytest.mark.parametrize(("line", "said"), [
+    ("control_scale = 0.5", "'control_scale' in jobs.toml job 1 has nothing to scale: add "
+                            "control and control_model, or leave it out"),
+    ("ip_scale = 0.5", "'ip_scale' in jobs.toml job 1 has nothing to scale: add ip_image"),
+])
+def test_batch_a_jobs_own_strength_without_its_add_on_is_refused(tmp_path, line, said):
+    """It ran without a word, as gen's --control-scale once did; from [defaults] it passes."""
+    result = cli("batch", two_jobs(tmp_path / "jobs.toml", line), "-o", tmp_path, "--dry-run")
+    assert result.exit_code == 2 and said in result.stderr, result.stderr
+    default = write(tmp_path / "d.toml", f'[defaults]\n{TINY}\n{line}\n[[job]]\nprompt = "x"\n')
+    passed = cli("batch", default, "-o", tmp_path, "--dry-run")
+    assert passed.exit_code == 0, passed.stderr
