@@ -419,7 +419,7 @@ def batch(
         if dry_run:
             check_batch_paths(mine, name)
             check_batch_outputs(mine, paths, name, output, manifest, overwrite)
-            show_batch_plan(mine, paths, gpu, as_json, overwrite, preview)
+            show_batch_plan(mine, paths, gpu, as_json, overwrite, preview, resume_runs)
             return
         run_batch_jobs(mine, paths, name, output, manifest, as_json, quiet, overwrite,
                        resume_runs, gpu, preview)

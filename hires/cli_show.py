@@ -265,10 +265,11 @@ def exact_hint(job, p, replan: Callable[[Any], Any]) -> str | None:
 
 
 def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_json: bool,
-                    overwrite: bool, preview: bool = False) -> None:
+                    overwrite: bool, preview: bool = False, resume_runs: bool = True) -> None:
     """`batch --dry-run`: each job's size, file and planned time on `gpu`, or that its image is
     made already, and the total; jobs that cannot run are said, and exit 2 at the end (1 when
-    each is a model not here, as the run would end)."""
+    each is a model not here, as the run would end). `resume_runs` (not --no-resume): say
+    which jobs go on from a checkpoint."""
     from hires import batch as b
     from hires.dry_run import as_run_here, dry_run
     from hires.eta import duration
@@ -314,7 +315,8 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
                 when = "" if seconds is None else f"{duration(seconds)}, "
                 text = (f"job {item.index}: {job.width}x{job.height} -> {path}, "
                         f"{when}peak {run.plan.peak_bytes / 1024**3:.1f} GiB")
-                if not preview and (note := checkpoint_note(path, job, run.plan)):
+                if not preview and resume_runs and (note := checkpoint_note(path, job,
+                                                                            run.plan)):
                     row["checkpoint"] = note
                     text += f"; {note}"
         counts[row["status"]] += 1

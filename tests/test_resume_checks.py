@@ -187,4 +187,6 @@ def test_a_dry_run_says_whether_the_run_goes_on_from_a_checkpoint(tiny, tmp_path
     batch = cli("batch", jobs, "-o", tmp_path, "--dry-run")
     assert batch.exit_code == 0, batch.stderr
     assert "; the run goes on from fox.png.resume.safetensors: stage 0 kept" in batch.stdout
+    fresh = cli("batch", jobs, "-o", tmp_path, "--dry-run", "--no-resume")
+    assert fresh.exit_code == 0 and "goes on from" not in fresh.stdout, fresh.stdout
     assert resume.path_for(out).is_file()  # a dry run removes nothing
