@@ -451,8 +451,8 @@ def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditio
         del x0, noise
     if not bool(latents.isfinite().all()):  # one host sync a stage
         raise NotFinite(f"stage {stage.index}'s denoising gave NaN or inf (the model ran in "
-                        f"{dtype_name(comps.dtype)}): saved, the image would be black; run it "
-                        "with --dtype bf16 or fp32")
+                        f"{dtype_name(comps.dtype)}): saved, the image would be black; "
+                        + _precision_advice(comps.dtype, "--dtype", "the model"))
     report = StageReport(stage.index, stage.width, stage.height, stage.strength, stage.steps,
                          denoiser.evaluations, 0.0, None, strategy.label,
                          stage.cost.peak_bytes if stage.cost else None)
@@ -555,9 +555,16 @@ def _vae_advice(comps: Components) -> Iterator[None]:
     try:
         yield
     except NotFinite as e:
-        fix = ("run the VAE in bf16 or fp32 (--vae-dtype bf16), or use a VAE made for fp16"
-               if comps.vae_dtype == torch.float16 else "run it in fp32 (--vae-dtype fp32)")
+        fix = _precision_advice(comps.vae_dtype, "--vae-dtype", "the VAE")
         raise NotFinite(f"{e}: saved, the image would be black; {fix}") from None
+
+
+def _precision_advice(dtype: torch.dtype, flag: str, what: str) -> str:
+    """What to change after NaN from `what` run in `dtype`: a wider type; in fp32, which does
+    not overflow so, its weights."""
+    if dtype == torch.float32:
+        return f"fp32 does not overflow so: {what}'s weights are likely broken; check its file"
+    return f"load {what} with {flag} {'bf16 or fp32' if dtype == torch.float16 else 'fp32'}"
 
 
 def encode(comps: Components, image: Image.Image, tile: int, emit: ProgressFn, stage: Stage,
