@@ -229,7 +229,9 @@ def recorded_files(job: Job, recorded: dict[str, Any],
     from hires.lora import parse_lora
 
     files: list[RecordedFile] = []
-    refs = [parse_lora(spec)[0] for spec in job.lora] if "lora" not in given else []
+    # a LoRA at scale 0 adds nothing to the image: its file is not compared
+    refs = [ref for ref, scale in map(parse_lora, job.lora) if scale] \
+        if "lora" not in given else []
     loras = recorded.get("lora")
     for lora in loras if isinstance(loras, list) else []:  # a tampered record: nothing to check
         if isinstance(lora, dict) and lora.get("ref") in refs:

@@ -161,8 +161,8 @@ def _addon_inputs(job: Job) -> list[tuple[Path, set[Path]]]:
 
     found: list[tuple[Path, set[Path]]] = []
     for spec in job.lora:
-        ref = parse_lora(spec)[0]
-        if Path(ref).expanduser().exists():
+        ref, scale = parse_lora(spec)
+        if scale and Path(ref).expanduser().exists():  # at scale 0 it adds nothing
             try:
                 found.append((Path(ref).expanduser(), {resolve(ref, allow_pickle=True)}))
             except LoraError:  # refused before a run

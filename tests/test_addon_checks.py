@@ -489,3 +489,22 @@ def test_a_controlnet_saved_over_or_named_from_another_folder_is_loaded_anew(fil
     shutil.copytree(files["control_model"], tmp_path / "other" / "net")
     monkeypatch.chdir(tmp_path / "other")
     assert np.array_equal(pixels_of(control_run(files, tiny, "net")), first)
+
+
+def test_a_lora_at_scale_0_is_not_compared(files, tmp_path, asked, tiny):
+    """It adds nothing to the image, yet an edit of its file refused --from, remade batch
+    images and threw away checkpoints."""
+    from helpers_lora import write_tiny_lora
+
+    from hires import resume
+
+    lora = tmp_path / "off.safetensors"
+    shutil.copy(files["lora"], lora)
+    first = tmp_path / "first.png"
+    made = cli("gen", "x", *TINY, "--lora", f"{lora}:0", "-o", first)
+    assert made.exit_code == 0, made.stderr
+    write_tiny_lora(lora, tiny.pipe, seed=9)
+    again = cli("gen", "--from", first, "-o", tmp_path / "again.png", "-q")
+    assert again.exit_code == 0, again.stderr
+    job = Job(prompt="x", model="tiny", lora=[f"{lora}:0", f"{files['lora']}:0.5"])
+    assert [path for path, _ in resume._addon_inputs(job)] == [files["lora"]]
