@@ -8,6 +8,7 @@ loaded model serves a batch whose jobs differ in add-ons. What ran is recorded f
 from __future__ import annotations
 
 import shlex
+import threading
 from collections.abc import Callable, Collection, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -324,10 +325,16 @@ def attached(components: Any, job: Job, source: Image.Image | None = None) -> It
     from hires.images import load_input
 
     theirs = (lora.LoraError, controlnet.ControlError, ip_adapter.IPAdapterError)
+    if components.running_in == threading.get_ident():
+        raise JobError("a job is running on these components already, in this thread (a "
+                       "callback started another): start it after that one returns, or give "
+                       "it its own hires.load()")
     go_offline_if_unreachable(job)  # once a process; the CLI's load has said it
     addons = Addons(control_scale=job.control_scale)
     pipe = components.pipe
     with components.lock, ExitStack() as undo:
+        components.running_in = threading.get_ident()
+        undo.callback(setattr, components, "running_in", None)
         try:
             # The ControlNet first: its attention is copied from the UNet's, without LoRAs.
             if job.control_model:

@@ -64,8 +64,8 @@ def local_problem(ref: str, allow_pickle: bool = False) -> str | None:
         return f"LoRA {ref}: {file.name} is {truncated(file) or 'not a readable safetensors file'}"
     from hires.controlnet import control_lora
 
-    if said := control_lora(file.name, list(header)):
-        return f"LoRA {ref}: {said}"
+    if said := control_lora(f"LoRA {ref}", list(header)):
+        return said
     # Every LoRA layout diffusers reads names its tensors so (kohya's lora_unet_*, PEFT's
     # lora_A, LyCORIS' hada_/lokr_); a checkpoint or a VAE does not.
     marks = ("lora", "lycoris", "hada_", "lokr_")

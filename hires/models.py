@@ -72,8 +72,10 @@ class Components:
     attention_originals: dict[str, Any] = field(default_factory=dict)
     vae_ref: str | None = None  # the VAE loaded instead of the model's, as named; None: its own
     # Held for a job's run (hires.addons.attached): add-ons and hooks go on the shared model,
-    # so a second thread's job waits. Reentrant: a callback that starts a job waits on no one.
-    lock: Any = field(default_factory=threading.RLock, repr=False, compare=False)
+    # so a second thread's job waits; `running_in` is the thread that holds it (a job started
+    # from its own callback is refused: it would change the running job's model).
+    lock: Any = field(default_factory=threading.Lock, repr=False, compare=False)
+    running_in: int | None = field(default=None, repr=False, compare=False)
 
     @property
     def unet(self):

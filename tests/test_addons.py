@@ -369,6 +369,29 @@ def test_two_threads_on_one_components_each_get_their_own_image(files, tiny):
         assert np.array_equal(made[i], reference), i
 
 
+def test_a_job_started_from_a_running_jobs_callback_is_refused(files, tiny):
+    """The lock let the same thread in: the nested job's LoRA changed the outer image."""
+    from hires import generate
+    from hires.job import JobError
+
+    common = dict(prompt="a fox", width=256, height=256, steps=2, seed=3, components=tiny)
+    said: list[str] = []
+
+    def nested(event) -> None:
+        if not said:
+            try:
+                generate(**common, lora=[str(files["lora"])])
+            except JobError as e:
+                said.append(str(e))
+
+    alone = np.asarray(generate(**common).image)
+    outer = np.asarray(generate(**common, progress=nested).image)
+    assert said and "a job is running on these components already" in said[0]
+    assert np.array_equal(outer, alone)
+    assert tiny.running_in is None  # and the next job runs
+    assert np.array_equal(np.asarray(generate(**common).image), alone)
+
+
 def test_an_addon_that_cannot_load_raises_what_the_readme_says(files, tiny, tmp_path):
     """README said ModelError for an add-on that cannot load (JobError is raised) and that
     messages name `allow_pickle=True` (a pickle LoRA's says `allow_pickle`)."""
