@@ -8,8 +8,8 @@ from hires.job import JobError
 
 
 @pytest.mark.parametrize("key, value, said", [
-    ("model", "missing-model.safetensors", "--model"),
-    ("vae", "missing-vae.safetensors", "--vae"),
+    ("model", "missing-model.safetensors", "'model' in"),  # by its key, as README says
+    ("vae", "missing-vae.safetensors", "'vae' in"),
     ("linfusion", "./missing-linfusion", "LinFusion checkpoint"),
 ])
 def test_batch_dry_run_refuses_a_path_that_is_not_there(tmp_path, key, value, said):
