@@ -288,6 +288,15 @@ def _changed_input(meta: dict[str, str], job: Job) -> str:
         else "a model, LoRA or image"
 
 
+def _unreadable(path: Path) -> str:
+    """'is truncated (N of M bytes), a copy cut short' (the run writes it whole, then renames
+    it), else 'cannot be read'."""
+    from hires.safetensors_header import truncated
+
+    cut = truncated(path)
+    return f"is {cut.split(';')[0]}, a copy cut short" if cut else "cannot be read"
+
+
 def _check(path: Path, job: Job, plan: Plan) -> int:
     """The last stage the checkpoint at `path` keeps, from its header (no tensor read);
     raises NotOfThisJob if it is not this job's and plan's, or cannot be read."""
@@ -295,7 +304,7 @@ def _check(path: Path, job: Job, plan: Plan) -> int:
 
     meta = _header(path)
     if meta is None:
-        raise NotOfThisJob("cannot be read")
+        raise NotOfThisJob(_unreadable(path))
     try:
         stage, _ = _kept_stage(meta)
     except (KeyError, TypeError, ValueError):

@@ -181,6 +181,12 @@ def test_a_dry_run_says_whether_the_run_goes_on_from_a_checkpoint(tiny, tmp_path
     fresh = cli(*GEN, "--seed", "1", "-o", out, "--dry-run", "--no-resume")
     assert fresh.exit_code == 0, fresh.stderr
     assert "goes on from" not in fresh.stderr  # it said so, and the run then started over
+    whole = resume.path_for(out).read_bytes()
+    cut = tmp_path / "cut.png"
+    resume.path_for(cut).write_bytes(whole[:-10])  # a copy cut short: its header is whole
+    said = cli(*GEN, "--seed", "1", "-o", cut, "--dry-run")
+    assert f"cut.png.resume.safetensors is truncated ({len(whole) - 10} of {len(whole)} " \
+        "bytes), a copy cut short: the run starts over" in said.stderr, said.stderr
     jobs = tmp_path / "jobs.toml"
     jobs.write_text('[[job]]\nprompt = "a fox"\nmodel = "tiny"\nwidth = 512\nheight = 512\n'
                     'steps = 2\nseed = 1\noutput = "fox.png"\n', encoding="utf-8")
