@@ -113,7 +113,8 @@ def test_a_checkpoint_cut_short_is_said_before_starting_over(tiny, tmp_path, ask
     kept.write_bytes(kept.read_bytes()[:-1000])
     result = cli(*GEN, "--seed", "1", "-o", out)
     assert result.exit_code == 0, result.stderr
-    assert "fox.png.resume.safetensors cannot be read: starting over" in result.stderr
+    assert "fox.png.resume.safetensors is truncated (" in result.stderr
+    assert "bytes), a copy cut short: starting over" in result.stderr
 
 
 # 3. A stage out of range is not a checkpoint hires can read.
