@@ -291,8 +291,17 @@ def check_unchanged(job: Job, recorded: dict[str, Any],
     give = ("it" if changed.flag == "the input" else
             " ".join(f"--lora {shlex.quote(spec)}" for spec in job.lora)
             if changed.flag == "--lora" else f"{changed.flag} {shlex.quote(changed.ref)}")
-    raise JobError(f"{changed.ref} has changed since this image was made (its sha256 differs); "
-                   f"restore the original, or give {give} yourself to use it as it is")
+    raise JobError(f"{changed.ref} has changed since this image was made (its sha256 differs)"
+                   f"{elsewhere_hint(changed.ref)}; restore the original, or give {give} "
+                   "yourself to use it as it is")
+
+
+def elsewhere_hint(ref: str) -> str:
+    """For a relative path whose file differs from the recorded one: it may be another folder's
+    file of that name, not an edit (a record keeps no working folder)."""
+    if Path(ref).expanduser().is_absolute():
+        return ""
+    return " (or it is read in another folder than the one the image was made in: run there)"
 
 
 def _file_digest(ref: str) -> str | None:

@@ -143,9 +143,11 @@ def check_free(path: Path, job: Job, overwrite: bool) -> None:
     changed = None if overwrite or not path.is_file() or \
         recorded_hash(path) != settings_hash(job) else changed_input(path, job)
     if changed:
+        from hires.addons import elsewhere_hint
+
         raise out.OutputExists(f"{path} was made with {changed} as it was before an edit (its "
-                               "sha256 differs); pass --overwrite to make it again, or choose "
-                               "another -o")
+                               f"sha256 differs){elsewhere_hint(changed)}; pass --overwrite to "
+                               "make it again, or choose another -o")
     out.check_writable(path, overwrite)
 
 

@@ -508,3 +508,22 @@ def test_a_lora_at_scale_0_is_not_compared(files, tmp_path, asked, tiny):
     assert again.exit_code == 0, again.stderr
     job = Job(prompt="x", model="tiny", lora=[f"{lora}:0", f"{files['lora']}:0.5"])
     assert [path for path, _ in resume._addon_inputs(job)] == [files["lora"]]
+
+
+def test_a_relative_file_that_differs_may_be_another_folders(files, tmp_path, asked, tiny,
+                                                             monkeypatch):
+    """Run from another folder, --from called another file of the same name an edit."""
+    from helpers_lora import write_tiny_lora
+
+    made_in, elsewhere = tmp_path / "a", tmp_path / "b"
+    made_in.mkdir()
+    elsewhere.mkdir()
+    shutil.copy(files["lora"], made_in / "s.safetensors")
+    write_tiny_lora(elsewhere / "s.safetensors", tiny.pipe, seed=9)
+    monkeypatch.chdir(made_in)
+    made = cli("gen", "x", *TINY, "--lora", "s.safetensors", "-o", tmp_path / "x.png")
+    assert made.exit_code == 0, made.stderr
+    monkeypatch.chdir(elsewhere)
+    result = cli("gen", "--from", tmp_path / "x.png", "-o", tmp_path / "y.png", "-q")
+    assert_usage_error(result, "s.safetensors has changed since this image was made",
+                       "read in another folder than the one the image was made in")
