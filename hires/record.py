@@ -3,7 +3,6 @@ metadata), and saving a result with that record (`save`: the CLI's, and `Result.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -132,7 +131,8 @@ def save(result: Result, path: str | Path, *, fmt: str | None = None, overwrite:
             raise ValueError("this result kept no stage images; make it with save_stages=True")
         # The image's refusals before its stages are written: a refused save writes nothing.
         output.format_for(path, fmt)
-        check_free([path, *stage_paths(path, len(result.stage_images))], overwrite)
+        for taken in (path, *stage_paths(path, len(result.stage_images))):
+            output.check_writable(Path(taken), overwrite)
         for index, (stage_image, stage_path) in enumerate(zip(
                 result.stage_images[:-1], stage_paths(path, len(result.stage_images)))):
             save_stage(stage_image, stage_path, job, index, fmt=fmt, overwrite=overwrite,
@@ -141,11 +141,3 @@ def save(result: Result, path: str | Path, *, fmt: str | None = None, overwrite:
                       dpi=result.job.dpi, warn=warn, pixels16=result.pixels16, quality=quality)
     return record
 
-
-def check_free(paths: list[Path], overwrite: bool) -> None:
-    """OutputExists for the first of `paths` that is taken, unless `overwrite`."""
-    from hires.output import OutputExists
-
-    for path in paths:
-        if os.path.lexists(path) and not overwrite:  # a dangling symlink is someone's name
-            raise OutputExists(f"{path} already exists; pass --overwrite or choose another -o")
