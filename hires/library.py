@@ -44,8 +44,9 @@ def in_keywords() -> Iterator[None]:
     try:
         yield
     except JobError as e:
+        said = re.sub(r"--allow-pickle\b", "allow_pickle=True", str(e))  # as ModelError says it
         raise JobError(re.sub(r"--([a-z][a-z0-9-]*)",
-                              lambda m: m.group(1).replace("-", "_"), str(e))) from None
+                              lambda m: m.group(1).replace("-", "_"), said)) from None
     except (ModelError, NotFinite) as e:
         raise in_library_terms(e) from None
 

@@ -394,7 +394,8 @@ def test_a_job_started_from_a_running_jobs_callback_is_refused(files, tiny):
 
 def test_an_addon_that_cannot_load_raises_what_the_readme_says(files, tiny, tmp_path):
     """README said ModelError for an add-on that cannot load (JobError is raised) and that
-    messages name `allow_pickle=True` (a pickle LoRA's says `allow_pickle`)."""
+    messages name `allow_pickle=True` (a pickle LoRA's said `allow_pickle`, a model's
+    `allow_pickle=True`: now both say the latter)."""
     import re
     from pathlib import Path
 
@@ -410,6 +411,7 @@ def test_an_addon_that_cannot_load_raises_what_the_readme_says(files, tiny, tmp_
     with pytest.raises(JobError) as pickled:
         generate("x", lora=[pickled_lora(files, tmp_path)], **common)
     assert keyword in str(pickled.value) and "--allow-pickle" not in str(pickled.value)
+    assert "pass allow_pickle=True if you trust it" in str(pickled.value)
     with pytest.raises(JobError, match="another model architecture"):  # found once loaded
         generate("x", control=str(files["control"]), control_model=sd15_controlnet(tmp_path),
                  **common)
