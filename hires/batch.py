@@ -293,6 +293,7 @@ def name_outputs(items: list[BatchItem], folder: Path, file_name: str
     items come back with the format their file's extension names, as with `gen`."""
     from hires import output as out
     from hires.addons import check_inputs
+    from hires.model_refs import ModelError
 
     named: list[BatchItem] = []
     paths: dict[int, Path] = {}
@@ -343,6 +344,8 @@ def name_outputs(items: list[BatchItem], folder: Path, file_name: str
             check_inputs(j)
         except JobError as e:
             raise JobError(by_key(str(e), where)) from None
+        except ModelError as e:  # a Hub add-on not cached offline: still exit 1, but which job's
+            raise ModelError(by_key(str(e), where), usage=e.usage) from None
         # A quality is for JPEG and WebP: [defaults]' (or a preset's) serve every job.
         lossless = j.quality is not None and fmt not in LOSSY_FORMATS
         named.append(item if fmt == j.format and not lossless else dataclasses.replace(

@@ -306,6 +306,25 @@ def test_a_dry_run_says_an_uncached_hub_addon_offline(flag, files, tmp_path):
     assert "HF_HUB_OFFLINE is set; unset it to download it" in result.stderr
 
 
+@pytest.mark.parametrize("key", ["control_model", "ip_adapter", "lora"])
+def test_a_batch_names_the_job_whose_hub_addon_is_not_cached_offline(key, files, tmp_path):
+    """The message said what was missing but not which job of the file asked for it."""
+    uses = {"control_model": f'control = "{files["control"]}"',
+            "ip_adapter": f'ip_image = "{files["ip_image"]}"', "lora": ""}[key]
+    value = '["nobody/not-cached"]' if key == "lora" else '"nobody/not-cached"'
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text('[defaults]\nmodel = "tiny"\nsize = 256\nsteps = 1\n\n'
+                    '[[job]]\nprompt = "a"\n\n'
+                    f'[[job]]\nprompt = "b"\n{uses}\n{key} = {value}\n')
+    for dry in (["--dry-run"], []):
+        result = cli("batch", jobs, "-o", tmp_path / "out", *dry)
+        assert result.exit_code == 1, (result.stdout, result.stderr)  # as a load says
+        assert error_lines(result.stderr) == [result.stderr.strip()]
+        assert result.stderr.startswith("error: jobs.toml job 1: "), result.stderr
+        assert "nobody/not-cached" in result.stderr and "HF_HUB_OFFLINE is set" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_check_for_plan_leaves_hub_ids_and_pickles_to_the_machine_that_runs(files,
                                                                                 tmp_path):
     """`hires plan` may plan another machine's run: what it has cached is not known here."""
