@@ -218,6 +218,12 @@ class RecordedFile(NamedTuple):
     ref: str
     sha256: Any  # as the record keeps it (None: an older record, a Hub add-on)
     now: Callable[[str], str | None]  # its sha256 now (None: nothing local to hash)
+    part: str = ""  # what of `ref` it is, when not its weights: "its config.json", ...
+
+    @property
+    def label(self) -> str:
+        """How a message names it: the path, and the part of it that changed."""
+        return f"{self.ref} ({self.part})" if self.part else self.ref
 
 
 def recorded_files(job: Job, recorded: dict[str, Any],
@@ -251,7 +257,8 @@ def recorded_files(job: Job, recorded: dict[str, Any],
             files += [RecordedFile("--control-model", job.control_model, control.get("sha256"),
                                    lambda ref: controlnet.weights_sha256(ref, job.allow_pickle)),
                       RecordedFile("--control-model", job.control_model,
-                                   control.get("config_sha256"), controlnet.config_sha256)]
+                                   control.get("config_sha256"), controlnet.config_sha256,
+                                   "its config.json")]
     ip = recorded.get("ip_adapter") or {}
     if isinstance(ip, dict) and runs_ip_adapter(job):  # at scale 0 it adds nothing
         if ip.get("image") == job.ip_image and "ip_image" not in given:
@@ -261,7 +268,8 @@ def recorded_files(job: Job, recorded: dict[str, Any],
             files += [RecordedFile("--ip-adapter", job.ip_adapter, ip.get("sha256"),
                                    lambda ref: ip_adapter.weight_sha256(ref, job.allow_pickle)),
                       RecordedFile("--ip-adapter", job.ip_adapter, ip.get("image_encoder_sha256"),
-                                   lambda ref: ip_adapter.encoder_sha256(ref, job.allow_pickle))]
+                                   lambda ref: ip_adapter.encoder_sha256(ref, job.allow_pickle),
+                                   "its image encoder")]
     return files
 
 
@@ -291,7 +299,7 @@ def check_unchanged(job: Job, recorded: dict[str, Any],
     give = ("it" if changed.flag == "the input" else
             " ".join(f"--lora {shlex.quote(spec)}" for spec in job.lora)
             if changed.flag == "--lora" else f"{changed.flag} {shlex.quote(changed.ref)}")
-    raise JobError(f"{changed.ref} has changed since this image was made (its sha256 differs)"
+    raise JobError(f"{changed.label} has changed since this image was made (its sha256 differs)"
                    f"{elsewhere_hint(changed.ref)}; restore the original, or give {give} "
                    "yourself to use it as it is")
 

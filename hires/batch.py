@@ -434,7 +434,7 @@ def changed_input(path: Path, job: Job) -> str | None:
     addons = result.get("addons") if isinstance(result, dict) else None
     files += recorded_files(job, addons) if isinstance(addons, dict) else []
     changed = first_changed(files)
-    return changed.ref if changed else None
+    return changed.label if changed else None
 
 
 def made_already(path: Path, job: Job) -> bool:

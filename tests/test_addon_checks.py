@@ -99,15 +99,19 @@ def test_from_refuses_a_changed_controlnet_config_or_ip_image_encoder(files, tmp
     kept = config.read_text()
     config.write_text(json.dumps({**json.loads(kept), "global_pool_conditions": True}))
     result = cli("gen", "--from", first, "-o", tmp_path / "a.png", "-q")
-    assert_usage_error(result, f"{net} has changed", "--control-model")
+    assert_usage_error(result, f"{net} (its config.json) has changed", "--control-model")
     config.write_text(kept)
     other = tmp_path / "other-ip"
     write_tiny_ip_adapter(other, tiny.pipe, seed=9)
     shutil.rmtree(ip / "image_encoder")
     shutil.copytree(other / "image_encoder", ip / "image_encoder")
     result = cli("gen", "--from", first, "-o", tmp_path / "b.png", "-q")
-    assert_usage_error(result, f"{ip} has changed", "--ip-adapter")
+    # named as what changed: not the adapter's weights, which are as they were
+    assert_usage_error(result, f"{ip} (its image encoder) has changed", "--ip-adapter")
     assert not (tmp_path / "a.png").exists() and not (tmp_path / "b.png").exists()
+    again = cli("gen", "x", *TINY, *control_flags(files, net), "--ip-image", files["ip_image"],
+                "--ip-adapter", ip, "-o", first)  # --n's and batch's check: the same words
+    assert_usage_error(again, f"was made with {ip} (its image encoder) as it was before")
 
 
 def test_a_changed_lora_is_told_to_be_given_with_every_lora_and_scale(files, tmp_path, asked,
