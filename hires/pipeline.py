@@ -451,7 +451,7 @@ def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditio
         del x0, noise
     if not bool(latents.isfinite().all()):  # one host sync a stage
         raise NotFinite(f"stage {stage.index}'s denoising gave NaN or inf (the model ran in "
-                        f"{dtype_name(comps.dtype)}): saved, the image would be black; "
+                        f"{dtype_name(comps.dtype)}): not saved, the image would be black; "
                         + _precision_advice(comps.dtype, "--dtype", "the model"))
     report = StageReport(stage.index, stage.width, stage.height, stage.strength, stage.steps,
                          denoiser.evaluations, 0.0, None, strategy.label,
@@ -556,7 +556,7 @@ def _vae_advice(comps: Components) -> Iterator[None]:
         yield
     except NotFinite as e:
         fix = _precision_advice(comps.vae_dtype, "--vae-dtype", "the VAE")
-        raise NotFinite(f"{e}: saved, the image would be black; {fix}") from None
+        raise NotFinite(f"{e}: not saved, the image would be black; {fix}") from None
 
 
 def _precision_advice(dtype: torch.dtype, flag: str, what: str) -> str:

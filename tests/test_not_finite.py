@@ -52,7 +52,7 @@ def test_a_model_that_overflows_stops_after_its_stage_with_what_to_change(own):
     with broken(own.unet.conv_out.bias), pytest.raises(NotFinite) as said:
         hires.generate(components=own, **JOB)
     message = str(said.value)
-    assert "stage 0's denoising gave NaN or inf (the model ran in fp32)" in message
+    assert "stage 0's denoising gave NaN or inf (the model ran in fp32): not saved" in message
     assert "the model's weights are likely broken" in message  # fp32 asks for no fp32
     from hires.pipeline import _precision_advice
 
@@ -81,6 +81,7 @@ def test_the_cli_exits_1_with_one_line_and_writes_nothing(own, monkeypatch, tmp_
     said = error_lines(result.stderr)
     assert len(said) == 1 and said[0] == result.stderr.strip().splitlines()[-1]
     assert "NaN or inf" in said[0] and "HIRES_DEBUG" not in said[0]
+    assert ": not saved, the image would be black" in said[0]  # it said 'saved'
     # its dtype on this CPU: bf16 where it has fast bf16, else fp32 (none wider to try)
     assert "load the VAE with --vae-dtype fp32" in said[0] or "weights are likely broken" \
         in said[0]
