@@ -3,6 +3,7 @@ metadata), and saving a result with that record (`save`: the CLI's, and `Result.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -35,7 +36,9 @@ def record_for(result: Result, path: Path) -> dict[str, Any]:
                     "unet_evaluations": s.unet_evaluations, "seconds": round(s.seconds, 3),
                     "peak_memory": s.peak_memory, "strategy": s.strategy,
                     "estimated_peak": s.estimated_peak, "retried_with": s.retried_with,
-                    **({"psnr": round(s.psnr, 2)} if s.psnr is not None else {})}
+                    # identical images score inf, which JSON cannot hold: null
+                    **({"psnr": round(s.psnr, 2) if math.isfinite(s.psnr) else None}
+                       if s.psnr is not None else {})}
                    for s in result.stages],
         **({"image": job.image, "image_sha256": job.image_sha256} if job.image else {}),
         "sampler": job.sampler + (" karras" if job.karras else ""),

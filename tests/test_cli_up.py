@@ -18,6 +18,28 @@ def photo(tmp_path_factory):
     return path
 
 
+def test_an_exact_copy_scores_null_not_infinity_which_is_no_json(photo, tmp_path, monkeypatch):
+    """An identical stage's PSNR is inf: `--json`, the record and `info --json` wrote
+    `Infinity`, which strict JSON parsers refuse."""
+    import math
+
+    import hires.images
+
+    monkeypatch.setattr(hires.images, "psnr", lambda a, b: math.inf)
+    out = tmp_path / "same.png"
+    result = cli("up", photo, "--scale", "2", "--model", "tiny", "--steps", "1", "-o", out,
+                 "--json")
+    assert result.exit_code == 0, result.stderr
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in {text}"))
+
+    assert [s["psnr"] for s in strict(result.stdout)["stages"]] == [None]
+    info = cli("info", out, "--json")
+    assert info.exit_code == 0, info.stderr
+    assert strict(info.stdout)["result"]["stages"][0]["psnr"] is None
+
+
 def test_up_makes_the_exact_size_and_reports_fidelity_per_stage(photo, tmp_path, asked):
     out = tmp_path / "big.png"
     result = cli("up", photo, "--scale", "4", "--model", "tiny", "--steps", "4", "--seed", "2",
