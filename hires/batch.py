@@ -405,9 +405,9 @@ class Outcome:
     """What happened to one batch job."""
 
     item: BatchItem
-    status: str  # "done" | "skipped" | "failed"
+    status: str  # "done" | "skipped" (made already) | "busy" (another run is making it) | "failed"
     path: Path
-    error: str | None = None  # also why a job was skipped that is not made yet
+    error: str | None = None  # also, for "busy", which run is making it
     record: dict[str, Any] | None = None
     moved_to: Path | None = None  # the older image of changed settings, kept under this name
     why: str = "settings changed"  # why an older image was moved aside
@@ -514,7 +514,8 @@ def run_batch(
             with making(path):
                 outcome = _run_one(item, path, settings, make, overwrite, check_settings)
         except Busy as e:
-            outcome = Outcome(item, "skipped", path, error=f"{e.who} is making it")
+            # not "skipped": a script counting those as made would count an image not there
+            outcome = Outcome(item, "busy", path, error=f"{e.who} is making it")
         if manifest is not None:
             try:
                 append_manifest(manifest, {"index": item.index, "status": outcome.status,

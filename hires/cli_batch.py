@@ -89,7 +89,7 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
             fail(f"job {o.item.index} failed: {o.error}", EXIT_RUNTIME)  # the batch goes on
             if as_json:
                 line(o, {"path": str(o.path), "error": str(o.error)})
-        elif o.status == "skipped" and o.error:  # another run is making it
+        elif o.status == "busy":  # another run is making it
             say(f"job {o.item.index}: {o.error} ({o.path}), skipped")
             if as_json:  # not a made image: stdout lists only those, as for a failed job
                 line(o, {"path": str(o.path), "error": o.error})
@@ -102,7 +102,7 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
                 f"is kept as {o.moved_to.name}")
         if o.record:
             line(o, o.record)
-        if o.status != "skipped" and o.item in todo:
+        if o.status not in ("skipped", "busy") and o.item in todo:
             later = todo[todo.index(o.item) + 1:]
             say_left(pace.made, [i.job.width * i.job.height for i in later])
 
@@ -119,8 +119,8 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what is made is kept; say how far it got
         counts = tally(seen)
         tell(f"batch stopped after {len(seen)} of {len(items)} jobs: {counts['done']} done, "
-             f"{counts['skipped']} skipped, {counts['failed']} failed; the same command goes "
-             "on from there")
+             f"{counts['skipped']} skipped,{busy_count(counts)} {counts['failed']} failed; the "
+             "same command goes on from there")
         raise
     counts = tally(outcomes)
     failed = [o.item.index for o in outcomes if o.status == "failed"]
@@ -129,7 +129,7 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
         listed = ", ".join(map(str, failed[:10])) + (", ..." if len(failed) > 10 else "")
         which = (f" (job{'s' if len(failed) > 1 else ''} {listed}; errors in {manifest}; "
                  "the same command runs them again)")
-    tell(f"batch: {counts['done']} done, {counts['skipped']} skipped, "
+    tell(f"batch: {counts['done']} done, {counts['skipped']} skipped,{busy_count(counts)} "
          f"{counts['failed']} failed{which}")
     if counts["failed"]:
         raise typer.Exit(EXIT_RUNTIME)
@@ -205,5 +205,11 @@ def check_batch_paths(items: list, name: str) -> None:
 
 
 def tally(outcomes: list) -> dict[str, int]:
-    """How many of a batch's `outcomes` are done, skipped and failed."""
-    return {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
+    """How many of a batch's `outcomes` are done, skipped, busy and failed."""
+    return {s: sum(o.status == s for o in outcomes)
+            for s in ("done", "skipped", "busy", "failed")}
+
+
+def busy_count(counts: dict[str, int]) -> str:
+    """' N left to another run,' for the batch's closing count; '' when none were."""
+    return f" {counts['busy']} left to another run," if counts["busy"] else ""

@@ -1,5 +1,6 @@
 """Two runs of one command: an image one run is making, the other leaves alone."""
 
+import json
 import os
 
 import pytest
@@ -82,10 +83,13 @@ output = "two.png"
     assert result.exit_code == 0, result.stderr
     assert (f"job 0: another hires run (pid {os.getpid()}) is making it ({out / 'one.png'}), "
             "skipped") in result.stderr
-    assert "batch: 1 done, 1 skipped, 0 failed" in result.stderr
+    # not 'skipped' (made already): a script counting those as made counted a missing image
+    assert "batch: 1 done, 0 skipped, 1 left to another run, 0 failed" in result.stderr
     lines = json_lines(result.stdout)
-    assert [(r["index"], r["status"]) for r in lines] == [(0, "skipped"), (1, "done")]
+    assert [(r["index"], r["status"]) for r in lines] == [(0, "busy"), (1, "done")]
     assert "is making it" in lines[0]["error"] and not (out / "one.png").exists()
+    manifest = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [(r["index"], r["status"]) for r in manifest] == [(0, "busy"), (1, "done")]
     # Once that run is gone, the same command makes what it left.
     again = cli("batch", jobs, "-o", out)
     assert again.exit_code == 0 and "batch: 1 done, 1 skipped, 0 failed" in again.stderr
@@ -110,8 +114,8 @@ def test_a_batch_holds_the_lock_over_its_check_and_its_work(tmp_path):
     assert done.status == "done" and held == [os.getpid()]  # its own lock, held while making
     with busy.making(path):  # another batch is making it
         (skipped,) = run_batch([item], lambda i: path, make, None)
-    assert (skipped.status, skipped.error) == ("skipped", f"another hires run (pid "
-                                                          f"{os.getpid()}) is making it")
+    assert (skipped.status, skipped.error) == ("busy", f"another hires run (pid "
+                                                       f"{os.getpid()}) is making it")
     assert len(held) == 1  # not made again
 
 
