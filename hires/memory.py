@@ -193,19 +193,36 @@ def placed(components, weights: str, *active: nn.Module) -> Iterator[None]:
 
 
 def reset_peak(device: torch.device) -> None:
+    """Start a new peak for `peak_memory`: CUDA's allocator's, or on the CPU (Linux) this
+    process's resident one, so that a stage's figure is its own, not the largest since start."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    elif device.type == "cpu":
+        try:  # '5' resets only the peak (VmHWM); Linux >= 4.0
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass  # elsewhere the peak since the process started stands
 
 
 def peak_memory(device: torch.device) -> int | None:
-    """Peak bytes allocated on a CUDA device since the last reset; peak RSS on CPU."""
+    """Peak bytes allocated on a CUDA device since the last reset; peak RSS on CPU (since the
+    last reset on Linux: the whole process's, weights included)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
     return peak_rss()
 
 
 def peak_rss() -> int | None:
-    """This process's peak resident memory in bytes (Linux/macOS)."""
+    """This process's peak resident memory in bytes (Linux/macOS): since `reset_peak` on
+    Linux, else since it started."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import resource
 

@@ -1,6 +1,7 @@
 """hires.record: a result saved from Python carries what the CLI records (info, --from)."""
 
 import json
+import os
 
 import pytest
 from PIL import Image
@@ -117,3 +118,22 @@ def test_the_local_references_are_those_of_the_folder_the_job_ran_in(tmp_path, m
     monkeypatch.chdir(tmp_path / "elsewhere")
     assert made.save(tmp_path / "light.png").get("local") == ["model"]
     assert read_metadata(tmp_path / "light.png")["hires"]["result"]["local"] == ["model"]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="a Linux /proc file")
+def test_a_cpu_peak_is_since_the_last_reset_not_the_largest_since_start():
+    """On the CPU each stage's and image's peak_memory was the process's ru_maxrss: never
+    reset, so after one large stage every later figure repeated it (`--n 3` only rose)."""
+    import numpy as np
+    import torch
+
+    from hires.memory import peak_memory, reset_peak
+
+    cpu = torch.device("cpu")
+    big = np.ones(512 << 20, dtype=np.uint8)  # touched: 512 MiB resident
+    before = peak_memory(cpu)
+    del big
+    reset_peak(cpu)
+    after = peak_memory(cpu)
+    assert before is not None and after is not None
+    assert after < before - (256 << 20), (before, after)
