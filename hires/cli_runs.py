@@ -256,7 +256,8 @@ def _make_runs(runs: list, *, save_stages: bool, as_json: bool, quiet: bool, ove
         if run.made is not None:
             say(f"{run.path}{of}: made already by these settings, kept (--overwrite makes it "
                 "again)")
-            emit(run.made, as_json)
+            # its record as it was saved, its seconds then: 'status' tells it from a new one
+            emit({"status": "skipped", **run.made}, as_json)
             continue
         if components is None:  # once, and only when some image is to be made
             components = load_model(run.job, quiet)
@@ -269,7 +270,7 @@ def _make_runs(runs: list, *, save_stages: bool, as_json: bool, quiet: bool, ove
                             quiet=quiet, overwrite=overwrite, resume_runs=resume_runs,
                             save_stages=save_stages, preview=preview, piped=piped, run=pace)
         if not piped:
-            emit(record, as_json)
+            emit({"status": "done", **record}, as_json)  # as batch's lines say it
         pace.end(time.monotonic() - started)
         say_left(pace.made, todo)
     if preview:

@@ -103,3 +103,23 @@ def test_images_made_with_a_control_image_edited_since_are_not_kept_as_made(tmp_
         "--overwrite to make it again" in again.stderr
     assert cli(*args, "--overwrite").exit_code == 0
     assert "made already by these settings, kept" in cli(*args).stderr
+
+
+def test_json_says_whether_an_image_was_made_now_or_kept(tmp_path, asked):
+    """A kept image's line was its record as saved then (its seconds too): a script adding
+    up the run's time, or its new images, could not tell it from one made now."""
+    from helpers_cli import cli, json_lines
+
+    args = ("gen", "a fox", "--model", "tiny", "--size", "256", "--steps", "1", "--seed", "3",
+            "--n", "2", "-o", f"{tmp_path}/", "--json")
+    first = cli(*args)
+    assert first.exit_code == 0, first.stderr
+    made = json_lines(first.stdout)
+    assert [r["status"] for r in made] == ["done", "done"]
+    (tmp_path / Path(made[1]["path"]).name).unlink()
+    again = cli(*args)
+    assert again.exit_code == 0, again.stderr
+    kept, remade = json_lines(again.stdout)
+    assert (kept["status"], remade["status"]) == ("skipped", "done")
+    assert {k: v for k, v in kept.items() if k != "status"} == \
+        {k: v for k, v in made[0].items() if k != "status"}
