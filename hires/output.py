@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import errno
 import functools
+import io
 import json
 import os
 import re
@@ -340,6 +341,21 @@ def _a1111_value(value: Any) -> str:
     return json.dumps(text) if "," in text or ":" in text and " " in text else text
 
 
+class _Checked:
+    """A file that Pillow writes through `write`, not its descriptor: Pillow's C encoders
+    (JPEG's) write to a descriptor without checking for short writes, so a full disk or a
+    file-size limit left a cut image saved as whole (exit 0); Python's `write` raises."""
+
+    def __init__(self, file: Any):
+        self._file = file
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("fileno")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)
+
+
 def save_image(
     image: Image.Image,
     path: str | Path,
@@ -410,7 +426,7 @@ def save_image(
                 tiff.write_tiff(image if pixels16 is None else pixels16, f,
                                 kwargs.get("tiffinfo"), dpi=dpi, icc=kwargs.get("icc_profile"))
             else:
-                image.save(f, format=_PIL_FORMATS[fmt], **kwargs)
+                image.save(_Checked(f), format=_PIL_FORMATS[fmt], **kwargs)
         if overwrite:
             os.replace(tmp, path)
         else:

@@ -382,3 +382,31 @@ def test_a_device_or_pipe_is_refused_not_given_a_png_beside_it(tmp_path, kind):
     with pytest.raises(OutputError, match="device or pipe.*-o - > /dev/null"):
         output_path(target, width=64, height=64, seed=1, fmt="png")
     assert not Path(f"{target}.png").exists()
+
+
+@pytest.mark.parametrize("fmt", ["jpg", "png", "webp", "tiff"])
+def test_a_short_write_is_an_error_not_a_cut_image_kept_as_whole(tmp_path, fmt):
+    """Under a file-size limit (as a full disk) a JPEG was cut at the limit and kept under its
+    name with exit 0: Pillow's encoder ignored the short write to its file descriptor."""
+    import subprocess
+    import sys
+
+    script = f"""
+import resource, sys
+import numpy as np
+from PIL import Image
+from hires.output import OutputError, save_image
+# ~70 KB as JPEG: within Pillow's first buffer, whose cut write went unnoticed
+noise = np.random.default_rng(0).integers(0, 256, (160, 160, 3), dtype=np.uint8)
+resource.setrlimit(resource.RLIMIT_FSIZE, (20480, 20480))  # Python ignores SIGXFSZ
+try:
+    save_image(Image.fromarray(noise), sys.argv[1], fmt="{fmt}")
+except OutputError as e:
+    print("refused:", e)
+"""
+    out = tmp_path / f"noise.{fmt}"
+    said = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True,
+                          text=True, timeout=120)
+    assert said.returncode == 0, said.stderr
+    assert said.stdout.startswith(f"refused: cannot write {out}: File too large"), said.stdout
+    assert list(tmp_path.iterdir()) == []  # neither the image nor its temporary file
