@@ -138,6 +138,20 @@ def format_problem(fmt: str, width: int, height: int, depth: int = 8,
     return None
 
 
+def check_format(image: Image.Image, path: Path, fmt: str | None,
+                 pixels16: np.ndarray | None = None) -> None:
+    """OutputUsage when `image` (or its 16-bit `pixels16`) cannot be a file of its format at
+    `path` (`format_problem`): what `save_image` refuses, asked before anything is written."""
+    path = Path(path)
+    fmt = format_for(path, fmt)
+    deep = pixels16 is not None
+    channels = ((pixels16.shape[2] if pixels16.ndim == 3 else 1) if deep
+                else len(image.getbands()))
+    problem = format_problem(fmt, image.width, image.height, 16 if deep else 8, channels)
+    if problem:
+        raise OutputUsage(f"{path.name}: {problem}")
+
+
 def check_quality(quality: int, fmt: str) -> None:
     """OutputUsage for a quality out of 1-100, or one given for a lossless format."""
     if isinstance(quality, bool) or not isinstance(quality, int) \
@@ -384,12 +398,7 @@ def save_image(
         check_quality(quality, fmt)
     if os.path.lexists(path) and not overwrite:  # a dangling symlink is still someone's name
         raise OutputExists(f"{path} already exists; pass --overwrite or choose another -o")
-    deep = pixels16 is not None
-    channels = ((pixels16.shape[2] if pixels16.ndim == 3 else 1) if deep
-                else len(image.getbands()))
-    problem = format_problem(fmt, image.width, image.height, 16 if deep else 8, channels)
-    if problem:
-        raise OutputUsage(f"{path.name}: {problem}")
+    check_format(image, path, fmt, pixels16)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         try:

@@ -133,7 +133,11 @@ def save(result: Result, path: str | Path, *, fmt: str | None = None, overwrite:
         if len(result.stage_images) < len(result.stages):
             raise ValueError("this result kept no stage images; make it with save_stages=True")
         # The image's refusals before its stages are written: a refused save writes nothing.
-        output.format_for(path, fmt)
+        # Its format's limits too (a 16-bit JPEG, a WebP over 16383 px), the stages' included.
+        output.check_format(result.image, path, fmt, result.pixels16)
+        for stage_image, taken in zip(result.stage_images[:-1],
+                                      stage_paths(path, len(result.stage_images))):
+            output.check_format(stage_image, taken, fmt)
         for taken in (path, *stage_paths(path, len(result.stage_images))):
             output.check_writable(Path(taken), overwrite)
         for index, (stage_image, stage_path) in enumerate(zip(

@@ -137,3 +137,28 @@ def test_a_cpu_peak_is_since_the_last_reset_not_the_largest_since_start():
     after = peak_memory(cpu)
     assert before is not None and after is not None
     assert after < before - (256 << 20), (before, after)
+
+
+def test_a_save_its_format_refuses_writes_no_stage_first(tmp_path):
+    """A 16-bit image saved as a JPEG (or a WebP over 16383 px) was refused after its stages'
+    files were written, and they were left behind."""
+    import numpy as np
+
+    from hires.output import OutputUsage
+
+    deep = result(stage_images=True)
+    deep.pixels16 = np.zeros((96, 128, 3), np.uint16)
+    with pytest.raises(OutputUsage, match="8 bits a channel"):
+        deep.save(tmp_path / "light.jpg", save_stages=True)
+    wide = result(stage_images=True)
+    wide.image = wide.stage_images[-1] = Image.new("RGB", (16384, 8), "teal")
+    with pytest.raises(OutputUsage, match="16383"):
+        wide.save(tmp_path / "light.webp", save_stages=True)
+    assert not list(tmp_path.iterdir())
+    # a stage the format refuses (its size) is found before anything is written too
+    early = result(stage_images=True)
+    early.stage_images[0] = Image.new("RGB", (16384, 8), "navy")
+    with pytest.raises(OutputUsage, match="light.stage0.webp: WebP"):
+        early.save(tmp_path / "light.webp", save_stages=True)
+    assert not list(tmp_path.iterdir())
+
