@@ -123,7 +123,12 @@ def save(result: Result, path: str | Path, *, fmt: str | None = None, overwrite:
         record["stage"] = stage
     # The quality the file has: none for a PNG or TIFF, and so none recorded.
     quality = job_quality(replace(result.job, quality=quality or result.job.quality), path, fmt)
-    job = result.job if quality == result.job.quality else replace(result.job, quality=quality)
+    # The format it has too (a.jpg from a PNG job is a JPEG): as the CLI's -o a.jpg records
+    # it, so that --from writes a JPEG and the settings hash is the CLI's.
+    written = output.format_for(path, fmt)
+    job = result.job
+    if quality != job.quality or written != job.format:
+        job = replace(job, quality=quality, format=written)
     if job is not result.job and not settings:  # the job the file holds: its fingerprint
         from hires.batch import settings_hash
 

@@ -162,3 +162,21 @@ def test_a_save_its_format_refuses_writes_no_stage_first(tmp_path):
         early.save(tmp_path / "light.webp", save_stages=True)
     assert not list(tmp_path.iterdir())
 
+
+def test_a_saved_result_records_the_format_its_file_has(tmp_path):
+    """Result.save('a.jpg') of a PNG job recorded format png: `--from a.jpg` wrote a PNG, and
+    the settings hash was not the one `-o a.jpg` records."""
+    from dataclasses import replace
+
+    for name, fmt in (("a.jpg", "jpg"), ("b.tif", "tiff"), ("c.webp", "webp")):
+        record = result(stage_images=True).save(tmp_path / name, save_stages=True)
+        as_cli = replace(JOB, format=fmt)
+        assert record["settings"] == settings_hash(as_cli)
+        for path in (tmp_path / name, tmp_path / name.replace(".", ".stage0.")):
+            saved = read_metadata(path)["hires"]
+            assert saved["job"]["format"] == fmt
+            assert saved["result"]["settings"] == settings_hash(as_cli)
+        assert job_values_from_image(tmp_path / name)["format"] == fmt
+    # fmt= names it too
+    record = result().save(tmp_path / "d", fmt="jpeg")
+    assert read_metadata(record["path"])["hires"]["job"]["format"] == "jpg"
