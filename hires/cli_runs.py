@@ -37,6 +37,10 @@ def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overw
     if output == cli_stdout.STDOUT:  # a dry run prints its plan there: no terminal check
         cli_stdout.check(len(jobs) * n, stage_images, as_json, preview, terminal=False,
                          upscale=bool(jobs[0].image))
+        # and the image's format checks, as the run makes it (in a scratch folder)
+        with cli_stdout.scratch() as place, cli_stdout.named_as_stdout():
+            plan_runs(jobs, str(place / cli_stdout.NAME), fmt_flag=fmt, overwrite=True,
+                      resume_runs=False, alpha=alpha, quality_flag=quality_flag)
         return
     runs = plan_runs(jobs, output, n=n, fmt_flag=fmt, overwrite=overwrite,
                      resume_runs=resume_runs, preview=preview, stage_images=stage_images,
@@ -182,10 +186,10 @@ def run_jobs(jobs: list, output: str | None, save_stages: bool, as_json: bool,
         return
     cli_stdout.check(len(jobs) * n, save_stages, as_json, preview, upscale=bool(jobs[0].image))
     with cli_stdout.scratch() as place:
-        with cli_stdout.on_stderr():
-            path = _make_all(jobs, str(place / "hires"), quiet=quiet, overwrite=True, gpu=gpu,
-                             fmt_flag=fmt_flag, resume_runs=False, piped=True, alpha=alpha,
-                             quality_flag=quality_flag)
+        with cli_stdout.on_stderr(), cli_stdout.named_as_stdout():
+            path = _make_all(jobs, str(place / cli_stdout.NAME), quiet=quiet, overwrite=True,
+                             gpu=gpu, fmt_flag=fmt_flag, resume_runs=False, piped=True,
+                             alpha=alpha, quality_flag=quality_flag)
         sent, size = cli_stdout.send(path)
     kind = path.suffix[1:].upper()
     if sent < size:  # -q keeps it: the image is lost

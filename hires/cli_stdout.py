@@ -42,6 +42,28 @@ def check(jobs: int, save_stages: bool, as_json: bool, preview: bool,
                                  "terminal; pipe it (|) or redirect it (>)")
 
 
+# The image's name in the scratch folder: hires.png, hires.webp, ...
+NAME = "hires"
+
+
+@contextmanager
+def named_as_stdout() -> Iterator[None]:
+    """Errors of the scratch image's name (a format's limit, --quality for PNG) name `-o -`
+    instead: the user gave no file, and 'hires.webp: ...' would say one."""
+    import copy
+    import re
+
+    from hires.job import JobError
+    from hires.output import OutputError
+
+    try:
+        yield
+    except (JobError, OutputError) as e:
+        said = copy.copy(e)
+        said.args = (re.sub(rf"^{NAME}\.[a-z]+: ", "-o -: ", str(e)),)
+        raise said from None
+
+
 @contextmanager
 def scratch() -> Iterator[Path]:
     """A temporary folder to make the image in; removed after, with what is left in it.

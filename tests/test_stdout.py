@@ -5,6 +5,7 @@ import signal
 import subprocess
 
 import numpy as np
+import pytest
 from helpers_cli import (
     REPO,
     assert_usage_error,
@@ -86,6 +87,22 @@ def test_what_stdout_cannot_hold_is_a_usage_error(tmp_path, asked):
     assert_usage_error(cli("gen", "a", *SMALL, "--n", "3", "--dry-run", "-o", "-"), "makes 3")
     planned = cli("gen", "a", *SMALL, "--dry-run", "-o", "-")
     assert planned.exit_code == 0 and "stage 0" in planned.stdout, planned.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--size", "16384", "--format", "webp", "--gpu", "h200"),
+     "-o -: WebP images are at most 16383 px a side"),
+    (("--size", "256", "--format", "png", "--quality", "50"),
+     "-o -: --quality applies to jpg and webp"),
+    (("--size", "256", "--format", "jpg", "--depth", "16"), "-o -: JPEG holds 8 bits a channel"),
+])
+def test_a_dry_run_to_stdout_checks_the_format_as_the_run_does(args, words, asked):
+    """The dry run passed these (exit 0) and the run refused them; and the run's message named
+    its scratch file ('hires.webp: ...'), not the -o - the user gave."""
+    for dry in (("--dry-run",), ()) if "16384" not in args else (("--dry-run",),):
+        result = cli("gen", "a", "--model", "tiny", "--steps", "1", *args, *dry, "-o", "-")
+        assert_usage_error(result, words)
+    assert asked == []  # nothing loaded
 
 
 def test_a_real_process_pipes_the_image_and_refuses_a_terminal(tmp_path):
