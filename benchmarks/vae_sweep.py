@@ -30,7 +30,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=8192)
     ap.add_argument("--photo", default="chelsea")
     ap.add_argument("--dir", type=Path, default=Path("/tmp"))
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/vae-sweep.jsonl"))
+    ap.add_argument("--out", type=Path,
+                    default=Path(__file__).parent / "results" / "vae-sweep.jsonl",
+                    help="the JSON lines `run` appends to (default: results/ beside this script)")
     args = ap.parse_args()
 
     from hires import vae as tiled
@@ -65,6 +67,7 @@ def main() -> None:
            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     print(json.dumps(row))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a") as f:
         f.write(json.dumps(row) + "\n")
 
