@@ -26,8 +26,9 @@ from hires.job import LOSSY_FORMATS, MAX_QUALITY, format_name
 from hires.leftovers import pid_alive
 
 EXTENSIONS = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tiff"}
-SUFFIX_FORMATS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp", ".tif": "tiff",
-                  ".tiff": "tiff"}
+# .jpe, .jfif and .jif are JPEG's too (cameras', browsers' and Windows' names for it).
+SUFFIX_FORMATS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".jpe": "jpg", ".jfif": "jpg",
+                  ".jif": "jpg", ".webp": "webp", ".tif": "tiff", ".tiff": "tiff"}
 # Image formats hires does not write: a name ending in one is refused, not given PNG bytes.
 OTHER_IMAGE_SUFFIXES = frozenset(
     ".gif .bmp .avif .heic .heif .jxl .jp2 .exr .hdr .ppm .pgm .pbm .tga .ico .psd .dng .qoi "

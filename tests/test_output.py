@@ -410,3 +410,25 @@ except OutputError as e:
     assert said.returncode == 0, said.stderr
     assert said.stdout.startswith(f"refused: cannot write {out}: File too large"), said.stdout
     assert list(tmp_path.iterdir()) == []  # neither the image nor its temporary file
+
+
+@pytest.mark.parametrize("suffix", [".jfif", ".jpe", ".JFIF", ".jif"])
+def test_jpegs_other_suffixes_are_jpegs(tmp_path, suffix, asked):
+    """x.jfif was written as PNG bytes under x.jfif.png; `-o y.jpe --quality 80` was refused
+    as y.jpe.png."""
+    kw = {"width": 8, "height": 8, "seed": 1, "fmt": "png"}
+    assert output_path(tmp_path / f"x{suffix}", **kw) == tmp_path / f"x{suffix}"
+    path = save_image(picture(), tmp_path / f"x{suffix}", metadata=METADATA, quality=80)
+    with Image.open(path) as im:
+        assert im.format == "JPEG"
+    assert read_metadata(path)["hires"] == METADATA
+    from tests.helpers_cli import cli
+
+    out = tmp_path / f"y{suffix}"
+    made = cli("gen", "a fox", "--model", "tiny", "--size", "256", "--steps", "1", "--seed", "2",
+               "-o", out, "--quality", "80", "-q")
+    assert made.exit_code == 0, made.stderr
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("y")] == [out.name]
+    with Image.open(out) as im:
+        assert im.format == "JPEG"
+    assert read_metadata(out)["hires"]["job"]["format"] == "jpg"
