@@ -300,6 +300,13 @@ def plan(
         from hires.addons import check_inputs
 
         check_inputs(job, loads=False)  # and the add-ons' files
+        from hires.job import JobError
+        from hires.output import format_problem
+
+        # as gen refuses it before any work: a WebP plan over 16383 px books a GPU for nothing
+        if job.width and job.height and \
+                (problem := format_problem(job.format, job.width, job.height, job.depth)):
+            raise JobError(f"--format {job.format}: {problem}")
         show_plan(job, gpu, as_json, source=upscale_source(job, piped))
 
 

@@ -488,3 +488,15 @@ def test_a_plan_without_a_budget_is_timed_at_a_cards_rate_not_on_the_card():
     assert "no memory budget" in text and "times at h100's rate, its memory aside" in text
     named = cli("plan", "x", "--size", "16384", "--gpu", "h100").stdout.splitlines()[0]
     assert "times on h100 (" in named
+
+
+def test_plan_refuses_a_format_that_cannot_hold_the_image_as_gen_does():
+    """`hires plan --size 16384 --format webp` planned (exit 0) what gen refuses."""
+    assert_usage_error(cli("plan", "--size", "16384", "--format", "webp"),
+                       "--format webp: WebP images are at most 16383 px a side")
+    assert_usage_error(cli("plan", "--print-size", "A0", "--dpi", "700", "--format", "webp"),
+                       "WebP images are at most 16383 px")
+    # a preset's 16-bit depth in a JPEG
+    assert_usage_error(cli("plan", "--preset", "print-a2", "--format", "jpg"),
+                       "--format jpg: JPEG holds 8 bits a channel")
+    assert cli("plan", "--size", "16376", "--format", "webp").exit_code == 0  # a multiple of 8
