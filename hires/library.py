@@ -109,7 +109,12 @@ def library_job(job: Job | str | None, overrides: dict[str, Any],
     # Before any work: a 16-bit JPEG, say, failed only at the save.
     problem = format_problem(job.format, job.width, job.height, job.depth)
     if problem:
-        raise JobError(f"format={job.format!r} with depth={job.depth}: {problem}")
+        # The depth named only where it is at fault (not a WebP's size), in keywords' words.
+        why = (f" with depth={job.depth}" if format_problem(job.format, job.width, job.height)
+               is None else "")
+        problem = problem.replace("--depth 8", "depth=8").replace(
+            " (it overrides a preset's or a recorded depth)", "")
+        raise JobError(f"format={job.format!r}{why}: {problem}")
     if job.quality is not None and job.format not in LOSSY_FORMATS:
         raise JobError(f"format={job.format!r} with quality={job.quality}: quality applies to "
                        "jpg and webp; png and tiff are lossless")

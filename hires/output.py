@@ -71,6 +71,9 @@ _LIBRARY_TERMS = ((re.compile(r"--overwrite"), "overwrite=True"),
                   (re.compile(r"another -o\b"), "another path"),
                   (re.compile(r"^-o (\S+) names"), r"\1 names"),
                   (re.compile(r"--format is (\w+)"), r"fmt is '\1'"),
+                  # a result's depth is made, not saved: the library's is a generate keyword
+                  (re.compile(r"pass --depth 8 for an 8-bit (\w+) \(it overrides [^)]*\)"),
+                   r"a \1 made with depth=8"),
                   (re.compile(r"--depth 8"), "depth=8"),
                   (re.compile(r"--quality"), "quality"))
 
@@ -127,10 +130,14 @@ def format_problem(fmt: str, width: int, height: int, depth: int = 8,
     """Why an image of this size and bit depth cannot be a `fmt` file (None: it can); before a
     job, `channels` is 3 (an upscale's alpha is known only when its image is)."""
     if fmt == "webp" and max(width, height) > WEBP_MAX_SIDE:
-        return f"WebP images are at most {WEBP_MAX_SIDE} px a side; use png, tiff or jpg"
+        return (f"WebP images are at most {WEBP_MAX_SIDE} px a side, and this one is "
+                f"{width}x{height}; use png, tiff or jpg, or a smaller size")
     if depth == 16 and fmt not in ("png", "tiff"):
         name = {"jpg": "JPEG", "webp": "WebP"}.get(fmt, fmt)
-        return f"{name} holds 8 bits a channel; a 16-bit image is a .png or .tif file"
+        # The 16 may be no flag of the command's: a preset's (print-a2) or --from's record.
+        return (f"{name} holds 8 bits a channel; a 16-bit image is a .png or .tif file, or "
+                f"pass --depth 8 for an 8-bit {name} (it overrides a preset's or a recorded "
+                "depth)")
     if fmt == "tiff" and not tiff.fits(width, height, channels, depth):
         alpha = " with transparency" if channels in (2, 4) else ""
         smaller = ", or --depth 8" if depth == 16 and tiff.fits(width, height, channels, 8) else ""

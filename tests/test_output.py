@@ -432,3 +432,31 @@ def test_jpegs_other_suffixes_are_jpegs(tmp_path, suffix, asked):
     with Image.open(out) as im:
         assert im.format == "JPEG"
     assert read_metadata(out)["hires"]["job"]["format"] == "jpg"
+
+
+def test_a_format_refusal_says_what_is_at_fault_and_what_to_do(tmp_path, asked, tiny):
+    """`size=16384, format='webp'` was refused "with depth=8", which has nothing to do with
+    it; a preset's 16 bits (print-a2) refused a .jpg without saying that --depth 8 fixes it."""
+    import numpy as np
+
+    import hires
+    from hires.output import OutputUsage
+    from hires.pipeline import Result, StageReport
+    from tests.helpers_cli import cli
+
+    with pytest.raises(JobError) as refused:
+        hires.generate("a fox", components=tiny, size=16384, format="webp", steps=1)
+    assert "depth" not in str(refused.value)
+    assert "16384x16384" in str(refused.value) and "use png, tiff or jpg" in str(refused.value)
+    with pytest.raises(JobError, match=r"^format='jpg' with depth=16: .* or pass depth=8 for "
+                                       r"an 8-bit JPEG$"):
+        hires.generate("a fox", components=tiny, size=256, depth=16, format="jpg", steps=1)
+    made = cli("gen", "fox", "--preset", "print-a2", "--model", "tiny", "-o", tmp_path / "x.jpg")
+    assert made.exit_code == 2
+    assert "JPEG holds 8 bits a channel" in made.stderr and "pass --depth 8" in made.stderr
+    assert "preset" in made.stderr
+    deep = Result(picture(), JOB, None, [StageReport(0, 64, 48, 1.0, 1, 1, 0.1, None)],  # type: ignore[arg-type]
+                  0.1, None, pixels16=np.zeros((48, 64, 3), np.uint16))
+    with pytest.raises(OutputUsage, match=r"\.tif file, or a JPEG made with depth=8$"):
+        deep.save(tmp_path / "deep.jpg")
+    assert not list(tmp_path.glob("*.jpg"))
