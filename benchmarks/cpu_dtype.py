@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--unet-size", type=int, default=512, help="px")
     ap.add_argument("--vae-size", type=int, default=2048, help="px")
     ap.add_argument("--runs", type=int, default=2)
-    ap.add_argument("--out", default="benchmarks/results/cpu-dtype.json")
+    ap.add_argument("--out", default=Path(__file__).parent / "results" / "cpu-dtype.json")
     args = ap.parse_args()
     name, vae_size, runs = ("tiny", 512, 1) if args.smoke else ("sdxl", args.vae_size, args.runs)
     # The VAE first: the fast mode keeps outputs in half the free RAM, which an SDXL UNet

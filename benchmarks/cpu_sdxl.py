@@ -63,7 +63,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--smoke", action="store_true", help="the tiny model at 512 px")
-    ap.add_argument("--out", default="benchmarks/results/cpu-sdxl.json")
+    ap.add_argument("--out", default=Path(__file__).parent / "results" / "cpu-sdxl.json")
     args = ap.parse_args()
     report = run(512 if args.smoke else args.size, args.steps, args.smoke)
     print(f"{report['model']}, {report['size']} px, {report['steps']} step(s): budget "

@@ -44,7 +44,8 @@ def main() -> None:
     ap.add_argument("--gb", type=float, default=4.0, help="GB written in each case")
     ap.add_argument("--rest", type=float, default=10.0,
                     help="seconds to wait before the first touch (lets freed pages go back)")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/fresh-memory.json"))
+    ap.add_argument("--out", type=Path,
+                    default=Path(__file__).parent / "results" / "fresh-memory.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
     size = int(args.gb * (1 << 30)) // CHUNK * CHUNK

@@ -120,7 +120,7 @@ def main() -> None:
         if unknown := [x for x in args.strategies if x not in known]:
             ap.error(f"unknown strategies {unknown}; known: {', '.join(known)}")
         strategies = [known[x] for x in args.strategies]
-    out = args.out or Path("benchmarks/results/" + (
+    out = args.out or Path(__file__).parent / ("results/" + (
         "memory-controlnet-sim.json" if args.controlnet else "memory-sim.json"))
 
     unet = sdxl_unet_on_meta()

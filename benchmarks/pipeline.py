@@ -191,7 +191,8 @@ def main() -> None:
         "total_seconds": round(total, 2), "vae_seconds": round(vae, 2),
         "vae_share": round(vae / total, 4), "peak_rss_gb": round(peak / GB, 3), "stages": rows,
     }
-    out = Path(args.out or f"benchmarks/results/pipeline-{report['model']}-{dev.type}.json")
+    out = Path(args.out or Path(__file__).parent
+               / f"results/pipeline-{report['model']}-{dev.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(f"wrote {out}")
@@ -362,7 +363,8 @@ def upscale_main(args: argparse.Namespace) -> None:
                   "size": f"{source.rgb.width}x{source.rgb.height}"},
         "runs": runs,
     }
-    out = Path(args.out or f"benchmarks/results/upscale-tiny-{components.device.type}.json")
+    out = Path(args.out or Path(__file__).parent
+               / f"results/upscale-tiny-{components.device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(f"wrote {out}")

@@ -114,7 +114,7 @@ def main() -> None:
         "rows": rows,
     }
     suffix = f"-dilation{args.dilation}" if args.dilation > 1 else ""
-    out = Path(args.out or f"benchmarks/results/unet-memory-{model}-"
+    out = Path(args.out or f"{Path(__file__).parent}/results/unet-memory-{model}-"
                            f"{torch.device(args.device).type}{suffix}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

@@ -70,7 +70,8 @@ def main() -> None:
                          "encodes from 2048 (overrides --sizes)")
     ap.add_argument("--tile", type=int, default=2048, help="px (the planner's pick on big GPUs)")
     ap.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/vae-work-sdxl.json"))
+    ap.add_argument("--out", type=Path,
+                    default=Path(__file__).parent / "results" / "vae-work-sdxl.json")
     args = ap.parse_args()
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     vae = sdxl_vae(dtype)
