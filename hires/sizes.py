@@ -61,8 +61,14 @@ def size_keys(values: dict[str, Any]) -> dict[str, Any]:
 def print_inches(text: Any) -> tuple[float, float]:
     """A print's width and height in inches, from '60x90cm', '600x900mm', '24x36in' or a paper
     name ('A2', 'letter'; portrait, or turned with '-landscape'); '+3mm' adds that much bleed
-    on every side ('A2+3mm' is 426 x 600 mm)."""
+    on every side ('A2+3mm' is 426 x 600 mm; turned, 'A2-landscape+3mm' or 'A2+3mm-landscape')."""
     text, _, bleed_text = str(text).partition("+")
+    # 'A4+3mm-landscape' as 'A4-landscape+3mm': the turn may follow the bleed
+    for turn in ("-landscape", " landscape"):
+        if bleed_text.lower().rstrip().endswith(turn):
+            bleed_text = bleed_text.rstrip()[:-len(turn)]
+            text = text.rstrip() + "-landscape"
+            break
     bleed = 0.0
     if bleed_text:
         m = _BLEED.match(bleed_text.lower())

@@ -277,3 +277,14 @@ def test_the_cli_names_the_scale_and_dpi_that_work(tmp_path):
                        "use --scale 1.6 or more")
     assert_usage_error(cli("gen", "x", "--print-size", "1x1mm", "--model", "tiny",
                            "--dry-run"), "at least 1524 dpi for that print (--dpi)")
+
+
+@pytest.mark.parametrize("text", ["A4+3mm-landscape", "a4 +3mm landscape", "A4+3MM-Landscape"])
+def test_a_turned_paper_takes_its_bleed_before_or_after_the_turn(text):
+    """'A4+3mm-landscape' was refused: "bleed must look like +3mm ..., got '+3mm-landscape'"."""
+    from hires.sizes import print_inches, print_pixels
+
+    assert print_inches(text) == pytest.approx(print_inches("A4-landscape+3mm"))
+    assert print_pixels(text, 300) == print_pixels("303x216mm", 300)
+    made = cli("gen", "x", "--print-size", text, "--model", "tiny", "--dry-run")
+    assert made.exit_code == 0, made.stderr
