@@ -2,7 +2,7 @@
 
 On a VM whose balloon reports free pages to the host, memory the process frees goes back to
 the host after a few seconds, and the next first touch of it faults on the host too. This
-times writing `--gb` GB four ways, one thread, and writes a table and JSON:
+times writing `--gb` GiB four ways, one thread, and writes a table and JSON:
 
     python benchmarks/fresh_memory.py --gb 4
 """
@@ -41,7 +41,8 @@ def timed(fn) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--gb", type=float, default=4.0, help="GB written in each case")
+    ap.add_argument("--gb", type=float, default=4.0,
+                    help="GiB written in each case, in whole 256 MiB chunks (at least 0.25)")
     ap.add_argument("--rest", type=float, default=10.0,
                     help="seconds to wait before the first touch (lets freed pages go back)")
     ap.add_argument("--out", type=Path,
@@ -49,6 +50,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     size = int(args.gb * (1 << 30)) // CHUNK * CHUNK
+    if size < CHUNK:
+        ap.error(f"--gb {args.gb:g}: under one {CHUNK // MB} MiB chunk; give at least "
+                 f"{CHUNK / (1 << 30):g}")
 
     def whole() -> None:
         buf = torch.empty(size, dtype=torch.uint8)
@@ -77,7 +81,7 @@ def main() -> None:
     ]
     rows = [{"case": name, **timed(fn)} for name, fn in cases]
     gb = size / (1 << 30)
-    print(f"{gb:.1f} GiB written per case, 1 thread; free page reporting: "
+    print(f"{gb:g} GiB written per case, 1 thread; free page reporting: "
           f"{balloon_reports_free_pages()}\n")
     print("| case | s | s per GiB | system s | minor faults |\n|---|---:|---:|---:|---:|")
     for r in rows:
