@@ -532,7 +532,9 @@ def _encoder_args(image: Image.Image, fmt: str, metadata: dict | None, quality: 
     if fmt == "tiff":
         args: dict[str, Any] = {"compression": "tiff_deflate"}
         if params is not None:
-            args["tiffinfo"] = {IMAGE_DESCRIPTION: params, TIFF_HIRES_TAG: blob}
+            # UTF-8 bytes: Pillow (which writes the TIFFs tiff.write_tiff does not) would
+            # make a str's non-ASCII characters '?'; hires.tiff writes str as UTF-8 too.
+            args["tiffinfo"] = {IMAGE_DESCRIPTION: params.encode("utf-8"), TIFF_HIRES_TAG: blob}
         return args
     args = _lossy_args(fmt, DEFAULT_QUALITY if quality is None else quality)
     if params is not None:
@@ -625,7 +627,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     if fmt == "PNG":
         params, blob = info.get("parameters"), info.get("hires")
     elif fmt == "TIFF":
-        params, blob = tags.get(IMAGE_DESCRIPTION), tags.get(TIFF_HIRES_TAG)
+        params, blob = _utf8(tags.get(IMAGE_DESCRIPTION)), tags.get(TIFF_HIRES_TAG)
     else:
         raw = exif.get_ifd(EXIF_IFD).get(USER_COMMENT)
         if isinstance(raw, bytes) and raw.startswith(b"UNICODE\0"):
@@ -643,6 +645,19 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return {"parameters": params if isinstance(params, str) else None, "hires": record,
             "hires_error": error, "format": fmt, "size": size,
             "dpi": tuple(float(d) for d in dpi) if isinstance(dpi, tuple) else None}
+
+
+def _utf8(text: Any) -> Any:
+    """A TIFF text tag as UTF-8 (what hires, exiftool and most writers put there): Pillow reads
+    its bytes as Latin-1. Text that is no UTF-8 (an old Latin-1 writer's) stays as read."""
+    if isinstance(text, bytes):
+        return text.decode("utf-8", "replace")
+    if isinstance(text, str):
+        try:
+            return text.encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            return text
+    return text
 
 
 def job_values_from_image(path: str | Path) -> dict[str, Any]:

@@ -39,17 +39,18 @@ def fits(width: int, height: int, channels: int, bits: int) -> bool:
     return width * height * channels * bits / 8 * 1.01 + (1 << 20) < MAX_BYTES
 
 
-def _ascii(text: str) -> bytes:
-    # As Pillow writes TIFF text: ASCII, anything else replaced (the JSON is ASCII already).
-    return text.encode("ascii", "replace") + b"\0"
+def _ascii(text: str | bytes) -> bytes:
+    # TIFF 6 says ASCII, but exiftool, Photoshop and most readers take UTF-8 there: a prompt
+    # "灯台 au café" kept whole, not "?? au caf?" (the JSON is ASCII already).
+    return (text if isinstance(text, bytes) else text.encode("utf-8")) + b"\0"
 
 
-def write_tiff(image: strips.Pixels, f, texts: dict[int, str] | None = None,
+def write_tiff(image: strips.Pixels, f, texts: dict[int, str | bytes] | None = None,
                threads: int | None = None, dpi: float | None = None,
                icc: bytes | None = None) -> None:
     """Write `image` (see `can_write`) as a deflate-compressed TIFF to the binary file `f`,
-    with `texts` as ASCII tags (tag number: text), `dpi` as its resolution and `icc` as its
-    colour profile, strips compressed in parallel."""
+    with `texts` as ASCII tags (tag number: text, written as UTF-8), `dpi` as its resolution
+    and `icc` as its colour profile, strips compressed in parallel."""
     width, height, mode, bits = strips.layout(image)
     channels = len(mode)
     rows = strips.rows_per_strip(width * channels * bits // 8)

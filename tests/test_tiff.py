@@ -29,3 +29,26 @@ def test_a_saved_tiff_keeps_its_metadata_and_others_go_through_pillow(tmp_path):
     assert not tiff.can_write(palette)
     path = output.save_image(palette, tmp_path / "p.tiff", metadata=metadata)
     assert output.read_metadata(path)["hires"] == metadata
+
+
+def test_a_prompt_in_any_script_is_kept_whole_in_the_image_description(tmp_path):
+    """ImageDescription (tag 270) made '灯台 au café' '?? au caf?': written as ASCII with
+    anything else replaced. UTF-8 there is what exiftool and most readers take."""
+    import tifffile
+
+    prompt = "灯台 au café"
+    job = Job(prompt=prompt, negative="brûlé", seed=3, model="tiny")
+    metadata = {"hires": "test", "job": job.to_dict(), "result": {"seed": 3}}
+    for name, image in (("ours.tif", noisy("RGB", 40, 30)),  # hires.tiff writes it
+                        ("pillows.tif", noisy("RGB", 40, 30).convert("P"))):  # Pillow does
+        path = output.save_image(image, tmp_path / name, metadata=metadata)
+        assert f"{prompt}\nNegative prompt: brûlé\n".encode() in path.read_bytes()
+        with tifffile.TiffFile(path) as tif:  # another reader: UTF-8 there
+            assert tif.pages[0].tags[270].value.startswith(f"{prompt}\nNegative prompt: brûlé")
+        meta = output.read_metadata(path)
+        assert meta["parameters"].startswith(f"{prompt}\nNegative prompt: brûlé\n")
+        assert meta["hires"] == metadata  # the JSON tag as it was
+    # A TIFF another program wrote in Latin-1 is read as it is, not refused
+    Image.new("RGB", (8, 8)).save(tmp_path / "latin.tif",
+                                  tiffinfo={270: "café".encode("latin-1")})
+    assert output.read_metadata(tmp_path / "latin.tif")["parameters"] == "café"
