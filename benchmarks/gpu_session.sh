@@ -11,12 +11,17 @@
 # Each step has its own time limit (VLEVERS_S, LEVERS_S, GPU_S, VAE_S, RESIZE_S, UNET_S), so a
 # slow one leaves the others their time; results go to $OUT (the device tool brings back 8
 # files: the default steps write 7, in at most 565 s of a call's 600). See benchmarks/gpu.py
-# for the wheels in .whl/.
+# for the wheels in .whl/; without any there, it runs on the packages python3 has.
 # SMOKE=1: the same on CPU, small, to know it works first.
 set -u
 SMOKE=${SMOKE:+--smoke}
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
+wheels=(.whl/*.whl)
+if [ -e "${wheels[0]}" ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site "${wheels[@]}" || exit 1
+else
+    echo "no wheels in .whl/: running on the packages python3 has" >&2
+fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:?set OUT to the results folder}
 [ -n "$SMOKE" ] || nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv \
