@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -324,6 +325,7 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
     from hires.piped import load_job_input
     from hires.pipeline import plan_for, prompt_warnings
     from hires.plan import describe, preview_of
+    from hires.progress import Event
     from hires.record import save, save_stage, stage_paths
     from hires.runs import made_by
     from hires.upscale import make
@@ -384,17 +386,25 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
             result = make(job, source=source, components=components, progress=progress,
                           plan=plan, checkpoint=kept,
                           on_stage_image=stage_image if save_stages else None, on_score=score)
-        for warning in result.warnings[len(components.warnings):]:
-            if warning not in early and warning not in noted:  # said already
-                warn(warning)
-        for s in result.stages:  # stages a stopped run had scored, and no stage after them
-            if s.psnr is not None and s.index not in scored:
-                score(s.index, s.psnr)
-        # record.save, not Result.save: its errors keep the CLI's flags (--overwrite), which
-        # Result.save words as the library's keywords.
-        record = save(result, path, fmt=job.format, overwrite=overwrite, settings=settings,
-                      warn=warn, stage=0 if preview else None,
-                      recorded_as="-" if piped else None)
+            for warning in result.warnings[len(components.warnings):]:
+                if warning not in early and warning not in noted:  # said already
+                    warn(warning)
+            for s in result.stages:  # stages a stopped run had scored, and none after them
+                if s.psnr is not None and s.index not in scored:
+                    score(s.index, s.psnr)
+            # The save is a phase of its own (seconds at 16K): its end says the file is there.
+            last = plan.stages[-1]
+            saving = partial(Event, "save", last.index, len(plan.stages), last.width,
+                             last.height)
+            if progress is not None:
+                progress(saving())
+            # record.save, not Result.save: its errors keep the CLI's flags (--overwrite),
+            # which Result.save words as the library's keywords.
+            record = save(result, path, fmt=job.format, overwrite=overwrite, settings=settings,
+                          warn=warn, stage=0 if preview else None,
+                          recorded_as="-" if piped else None)
+            if progress is not None:
+                progress(saving(1, 1))
     if kept is not None:
         resume.remove(kept)
     return record

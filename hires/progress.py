@@ -23,14 +23,16 @@ class Event:
     `phase`, in the order a stage meets them: "vae-decode" (the stage before's latents to
     pixels, carrying that stage's number), "resize" (those pixels, or an input image, to this
     stage's size: a start with total 0, then an end with done = total = 1), "vae-encode",
-    "denoise" (`total` steps), and after the last stage's denoising, its final "vae-decode".
+    "denoise" (`total` steps), and after the last stage's denoising, its final "vae-decode",
+    then "save" (the file written: a start, then an end with done = total = 1 once it is
+    there; the CLI's, not the library's).
     A VAE phase starts with done = total = 0 (its tile count comes with the first tile). Phases
     a run leaves out send nothing (latent upsampling: no decode and encode between stages).
     "retry" (total 0) says that the phase before it ran out of GPU memory and runs again in a
     leaner way: that phase's events start again from 0.
     """
 
-    phase: str  # "denoise" | "vae-decode" | "resize" | "vae-encode" | "retry"
+    phase: str  # "denoise" | "vae-decode" | "resize" | "vae-encode" | "retry" | "save"
     stage: int  # 0 = base stage
     stages: int
     width: int

@@ -620,8 +620,10 @@ def test_progress_json_puts_objects_on_stderr_and_the_path_on_stdout(tmp_path, a
     lines = [json.loads(x) for x in result.stderr.splitlines()]  # every line is an object
     records = [r for r in lines if "phase" in r]
     assert {r["image"] for r in records} == {str(out)}
-    assert [r["phase"] for r in records if r["done"] == r["total"] and r["total"]][-1] \
-        == "vae-decode"
+    # the last: the save's end (the file is there), after the final decode; it was the decode
+    ended = [r["phase"] for r in records if r["done"] == r["total"] and r["total"]]
+    assert ended[-2:] == ["vae-decode", "save"]
+    assert [r["phase"] for r in records][-2:] == ["save", "save"]  # a start, then the end
     assert any(r.get("log", "").startswith("  stage 0 (base)") for r in lines)  # the plan
     again = cli("gen", "a fox", *TINY, "--seed", "2", "-o", str(out), "--progress", "json")
     assert again.exit_code == 2 and "--overwrite" in json.loads(again.stderr)["error"]
