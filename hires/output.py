@@ -422,6 +422,9 @@ def save_image(
             warn(f"JPEG holds no transparency: {path.name} is flattened on white; use png, webp "
                  "or tiff to keep it")
     kwargs = _encoder_args(image, fmt, metadata, quality, warn)
+    if dpi is None and fmt == "tiff":  # the baseline tags, saying no dpi (see hires.tiff)
+        kwargs.update(resolution_unit=tiff.UNIT_NONE, x_resolution=tiff.NO_DPI,
+                      y_resolution=tiff.NO_DPI)
     if dpi is not None:
         if fmt != "webp":
             kwargs["dpi"] = (dpi, dpi)
@@ -641,10 +644,29 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             record = json.loads(blob)
         except (json.JSONDecodeError, TypeError) as e:
             error = f"not JSON: {e}"
-    dpi = info.get("dpi")
+    dpi = _recorded_dpi(fmt, info, tags, exif)
     return {"parameters": params if isinstance(params, str) else None, "hires": record,
             "hires_error": error, "format": fmt, "size": size,
             "dpi": tuple(float(d) for d in dpi) if isinstance(dpi, tuple) else None}
+
+
+def _recorded_dpi(fmt: str | None, info: dict, tags: dict, exif: Image.Exif) -> Any:
+    """The resolution the file records, else None. Pillow makes one up where it has none: 1
+    for a TIFF without XResolution, 72 for a JPEG whose JFIF header has no unit (hires' without
+    --dpi) and whose EXIF names no resolution; a TIFF's unit 1 ("none", hires' without --dpi)
+    it leaves out already, as a PNG's unknown unit."""
+    if fmt == "TIFF" and 282 not in tags:  # XResolution
+        return None
+    if fmt in ("JPEG", "MPO") and info.get("jfif_unit") not in (1, 2):
+        unit, xres = exif.get(0x0128, 2), exif.get(0x011A)  # EXIF's; inches unless it says
+        if xres is None or unit not in (2, 3):
+            return None
+        try:
+            per_inch = float(xres) * (2.54 if unit == 3 else 1)
+        except (TypeError, ValueError, ZeroDivisionError):
+            return None
+        return (per_inch, per_inch) if per_inch > 0 else None
+    return info.get("dpi")
 
 
 def _utf8(text: Any) -> Any:

@@ -22,6 +22,13 @@ _PHOTOMETRIC = {"L": 1, "RGB": 2, "RGBA": 2}  # BlackIsZero, RGB
 SHORT, LONG, ASCII, RATIONAL, UNDEFINED = 3, 4, 2, 5, 7
 _SIZES = {SHORT: 2, LONG: 4, ASCII: 1, RATIONAL: 8, UNDEFINED: 1}
 MAX_BYTES = 2**32 - 1
+# XResolution, YResolution and ResolutionUnit are baseline tags (TIFF 6.0 requires them). A file
+# made without --dpi holds 72 with ResolutionUnit 1, "no absolute unit": TIFF 6's way to say the
+# pixels have no size on paper (only their 1:1 aspect). Print software (Photoshop, InDesign,
+# libtiff's tiffinfo "(unitless)", exiftool "Resolution Unit: None") reads it as no dpi given
+# and picks its own; 72 is what it shows where it must show a number. 72 dpi in inches would
+# instead claim a 16K image is a 5.7 m print. hires reads unit 1 as no dpi (output.read_metadata).
+NO_DPI, UNIT_NONE, UNIT_INCH = 72, 1, 2
 
 
 def can_write(image: strips.Pixels) -> bool:
@@ -88,11 +95,11 @@ def write_tiff(image: strips.Pixels, f, texts: dict[int, str | bytes] | None = N
     ]
     if mode == "RGBA":
         tags.append((338, SHORT, [2]))  # unassociated alpha
-    if dpi is not None:
-        per_inch = Fraction(dpi).limit_denominator(10000)
-        resolution = struct.pack("<II", per_inch.numerator, per_inch.denominator)
-        tags += [(282, RATIONAL, resolution), (283, RATIONAL, resolution),
-                 (296, SHORT, [2])]  # X and Y resolution, in inches
+    # X and Y resolution, in inches; without a dpi, NO_DPI's (TIFF 6 requires the tags)
+    per_inch = Fraction(NO_DPI if dpi is None else dpi).limit_denominator(10000)
+    resolution = struct.pack("<II", per_inch.numerator, per_inch.denominator)
+    tags += [(282, RATIONAL, resolution), (283, RATIONAL, resolution),
+             (296, SHORT, [UNIT_NONE if dpi is None else UNIT_INCH])]
     if icc is not None:
         tags.append((34675, UNDEFINED, icc))  # InterColorProfile
     tags += [(tag, ASCII, _ascii(text)) for tag, text in (texts or {}).items()]

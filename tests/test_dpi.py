@@ -59,3 +59,57 @@ def test_a_print_sized_image_says_its_dpi_in_the_json_line(tmp_path, tiny):
     assert (record["width"], record["height"], record["dpi"]) == (256, 256, 128)
     with Image.open(tmp_path / "p.png") as back:
         assert back.info["dpi"] == pytest.approx((128, 128), abs=0.01)
+
+
+@pytest.mark.parametrize("name,mode", [("a.tif", "RGB"), ("p.tif", "P"), ("a.jpg", "RGB"),
+                                       ("a.png", "RGB"), ("a.webp", "RGB")])
+def test_a_file_made_without_dpi_reads_as_none(tmp_path, name, mode):
+    """`info --json` said dpi 1.0 of a TIFF and 72.0 of a JPEG made without --dpi (Pillow's
+    fallbacks), null of the PNG."""
+    import json
+
+    job = Job(prompt="x", seed=1, width=40, height=32)
+    metadata = {"hires": __version__, "job": job.to_dict(), "result": {"width": 40,
+                                                                       "height": 32}}
+    image = Image.new("RGB", (40, 32), "teal").convert(mode)
+    path = output.save_image(image, tmp_path / name, metadata=metadata)
+    assert output.read_metadata(path)["dpi"] is None
+    shown = cli("info", "--json", path)
+    assert shown.exit_code == 0, shown.stderr
+    assert json.loads(shown.stdout)["image"]["dpi"] is None
+    assert "dpi" not in cli("info", path).stdout
+    given = output.save_image(image, tmp_path / f"given-{name}", metadata=metadata, dpi=150,
+                              warn=lambda _: None)
+    assert output.read_metadata(given)["dpi"] == (None if name.endswith(".webp") else
+                                                 pytest.approx((150, 150), abs=0.05))
+
+
+@pytest.mark.parametrize("mode", ["RGB", "P"])
+def test_a_tiff_without_dpi_has_the_baseline_resolution_tags_saying_no_unit(tmp_path, mode):
+    """XResolution, YResolution and ResolutionUnit are required by TIFF 6.0; without --dpi
+    they say 72 with no absolute unit (1), which print software reads as no dpi given."""
+    import tifffile
+
+    path = output.save_image(Image.new("RGB", (40, 32)).convert(mode), tmp_path / "a.tif")
+    with tifffile.TiffFile(path) as tif:
+        tags = tif.pages[0].tags
+        assert tags["XResolution"].value == tags["YResolution"].value == (72, 1)
+        assert int(tags["ResolutionUnit"].value) == 1
+    with tifffile.TiffFile(output.save_image(Image.new("RGB", (40, 32)).convert(mode),
+                                             tmp_path / "b.tif", dpi=300)) as tif:
+        assert int(tif.pages[0].tags["ResolutionUnit"].value) == 2  # inches
+        assert tif.pages[0].tags["XResolution"].value == (300, 1)
+
+
+def test_a_jpeg_or_tiff_another_program_wrote_reads_its_own_resolution(tmp_path):
+    """EXIF's resolution (in cm too) where the JFIF header says no unit; a TIFF in cm."""
+    exif = Image.Exif()
+    exif[0x011A] = exif[0x011B] = 118.11  # per cm: 300 dpi
+    exif[0x0128] = 3
+    Image.new("RGB", (8, 8)).save(tmp_path / "cm.jpg", exif=exif.tobytes())
+    assert output.read_metadata(tmp_path / "cm.jpg")["dpi"] == pytest.approx((300, 300),
+                                                                               abs=0.01)
+    Image.new("RGB", (8, 8)).save(tmp_path / "cm.tif", resolution_unit=3, x_resolution=118.11,
+                                  y_resolution=118.11)
+    assert output.read_metadata(tmp_path / "cm.tif")["dpi"] == pytest.approx((300, 300),
+                                                                               abs=0.01)
