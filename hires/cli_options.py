@@ -156,9 +156,11 @@ Upsample = Annotated[str | None, typer.Option(
     help="Between stages: pixel (default: decode, resize, encode) or latent (the latents "
          "resized: no VAE between stages; faster, but each stage starts from a less faithful "
          "image).", autocompletion=one_of("pixel", "latent"))]
-VaeTile = Annotated[int | None, typer.Option(
-    help="VAE tile size in pixels, a multiple of 8 (default: the planner's pick of 2048-512,"
-         " the fastest that fits the memory).")]
+VaeTile = Annotated[str | None, typer.Option(
+    metavar="<int|auto>",
+    help="VAE tile size in pixels, a multiple of 8 from 256 (default auto: the planner's pick"
+         " of 2048-512, the fastest that fits the memory; auto also over a preset's or"
+         " --from record's).")]
 VaeStats = Annotated[str | None, typer.Option(
     help="How tiles share GroupNorm statistics: fast (default) or exact (slower, scratch disk).",
     autocompletion=one_of("fast", "exact"))]

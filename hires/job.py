@@ -14,6 +14,7 @@ from typing import Any
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 MIN_SIDE, MAX_SIDE = 64, 32768  # px a side: the sizes hires makes
+MIN_VAE_TILE = 256  # px: smaller tiles show seams (Job.validate)
 FORMATS = ("png", "jpg", "webp", "tiff")
 _FORMAT_ALIASES = {"tif": "tiff", "jpeg": "jpg"}
 DEPTHS = (8, 16)  # bits per channel of the file; 16 only as PNG or TIFF
@@ -179,10 +180,13 @@ class Job:
         _check_choice("sampler", self.sampler, SAMPLERS)
         self._check_refs()
         self._check_addons()
+        # Below MIN_VAE_TILE the tiles' overlap (a quarter tile) is under the decoder's reach
+        # (~138 px): seams show (35 8-bit steps at 64 px, 8 at 128, 2 at 192, 1 at 256).
         if self.vae_tile is not None and (
-                not 64 <= self.vae_tile <= MAX_SIDE or self.vae_tile % 8):
-            raise JobError(f"vae_tile must be a multiple of 8 from 64 to {MAX_SIDE}, "
-                           f"got {self.vae_tile}")
+                not MIN_VAE_TILE <= self.vae_tile <= MAX_SIDE or self.vae_tile % 8):
+            raise JobError(f"vae_tile must be a multiple of 8 from {MIN_VAE_TILE} to "
+                           f"{MAX_SIDE} (smaller tiles show seams), or auto; got "
+                           f"{self.vae_tile}")
         return self
 
     def _check_refs(self) -> None:
@@ -311,6 +315,8 @@ def _coerce(name: str, value: Any, where: str) -> Any:
     value = plain_number(value)  # numpy's 1.7 is a float: not taken for a seed of 1
     if name == "ip_adapter" and value is None:  # not given: the default
         return DEFAULT_IP_ADAPTER
+    if name == "vae_tile" and isinstance(value, str) and value.strip().lower() == "auto":
+        return None  # the planner's pick again, over a preset's or a record's tile
     try:
         if value is None:
             if "None" not in kind:  # e.g. `guidance: null` in a tampered record
@@ -350,8 +356,11 @@ def _coerce(name: str, value: Any, where: str) -> Any:
     except (TypeError, ValueError):
         words = {"int": "a whole number", "float": "a number", "str": "text",
                  "bool": "true or false", "list[str]": "text or a list of text"}
-        what = words.get(kind.replace(" | None", ""), kind)
-        raise JobError(f"'{name}' in {where} must be {what}, got {value!r}") from None
+        what = words.get(kind.replace(" | None", ""), kind) + (
+            " or auto" if name == "vae_tile" else "")
+        # a command's flags (hires.sizes.OPTIONS) are named as the user gave them
+        said = f"--{name.replace('_', '-')}" if where == "options" else f"'{name}' in {where}"
+        raise JobError(f"{said} must be {what}, got {value!r}") from None
 
 
 def plain_number(value: Any) -> Any:

@@ -40,6 +40,18 @@ def _check_stats(stats: str) -> None:
         raise ValueError(f"stats must be one of {MODES}, got {stats!r}")
 
 
+def _check_tiling(tile: int, overlap: int | None) -> None:
+    """One-line errors for tiles that would show seams or cannot slice: a tile under 64 px or
+    an overlap under 8 px leaves seams of tens of 8-bit steps (the decoder sees ~138 px)."""
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 64 or tile % SCALE:
+        raise ValueError(f"tile must be a whole number of px, a multiple of {SCALE} from 64 "
+                         f"(256 or more for no visible seams), got {tile!r}")
+    if overlap is not None and (isinstance(overlap, bool) or not isinstance(overlap, int)
+                                or not SCALE <= overlap <= tile // 2 or overlap % SCALE):
+        raise ValueError(f"overlap must be a multiple of {SCALE} px from {SCALE} to half the "
+                         f"tile ({tile // 2}), or None for a quarter tile; got {overlap!r}")
+
+
 def _layout(x: Tensor) -> Tensor:
     """Channels-last: the CPU's convolutions run about 1.4x faster that way (measured), and
     cuDNN's tensor-core ones are NHWC (NCHW maps cost a conversion around each)."""
@@ -55,6 +67,7 @@ def _decode_strips(vae, latents: Tensor, tile: int, overlap: int | None, stats: 
     if latents.ndim != 4 or latents.shape[0] != 1:
         raise ValueError(f"expected latents of shape 1 x C x h x w, got {tuple(latents.shape)}")
     _check_stats(stats)
+    _check_tiling(tile, overlap)
     h, w = latents.shape[-2:]
     t, o = tile_sizes(tile, overlap)
     shift = getattr(vae.config, "shift_factor", None)
@@ -194,6 +207,7 @@ def encode(vae, image: np.ndarray | Tensor, *, tile: int = 1024, overlap: int | 
     latents are the latent distribution's mean (deterministic), scaled. Tiling as in `decode`.
     """
     _check_stats(stats)
+    _check_tiling(tile, overlap)
     (height, width), window = _pixel_source(image)
     if height % SCALE or width % SCALE:
         raise ValueError(f"image size {width}x{height} is not a multiple of {SCALE}")

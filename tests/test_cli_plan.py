@@ -500,3 +500,27 @@ def test_plan_refuses_a_format_that_cannot_hold_the_image_as_gen_does():
     assert_usage_error(cli("plan", "--preset", "print-a2", "--format", "jpg"),
                        "--format jpg: JPEG holds 8 bits a channel")
     assert cli("plan", "--size", "16376", "--format", "webp").exit_code == 0  # a multiple of 8
+
+
+def test_vae_tile_auto_gives_the_planners_pick_over_a_recorded_tile(tmp_path):
+    """A --from record's (or a preset's) vae_tile could only be replaced by another number."""
+    out = tmp_path / "t.png"
+    made = cli("gen", "x", "--model", "tiny", "--size", "256", "--steps", "1", "--vae-tile",
+               "256", "-o", out)
+    assert made.exit_code == 0, made.stderr
+
+    def tiles(*args):
+        result = cli("plan", "--json", *args)
+        assert result.exit_code == 0, result.stderr
+        planned = json.loads(result.stdout)
+        return planned["job"]["vae_tile"], [s["vae_tile"] for s in planned["stages"]]
+
+    assert tiles("--from", out) == (256, [256])
+    # the job's tile is the planner's again, as for a job that never set one
+    assert tiles("--from", out, "--vae-tile", "auto") == \
+        tiles("--model", "tiny", "--size", "256", "--steps", "1")
+    assert tiles("--from", out, "--vae-tile", "auto")[0] is None
+    assert_usage_error(cli("plan", "--size", "1024", "--vae-tile", "128"),
+                       "--vae-tile must be a multiple of 8 from 256", "or auto")
+    assert_usage_error(cli("plan", "--size", "1024", "--vae-tile", "big"),
+                       "--vae-tile must be a whole number or auto, got 'big'")

@@ -85,3 +85,16 @@ def test_a_lora_may_be_a_path_or_a_list_of_paths():
         "a.safetensors", "b.safetensors:0.5"]
     with pytest.raises(JobError, match="'lora' in the job must be text or a list of text"):
         Job(lora=[Path("a.safetensors"), 5]).validate()
+
+
+def test_a_vae_tile_that_shows_seams_is_refused_and_auto_is_the_planners_pick():
+    """64-192 px tiles were taken and left a grid of seams (35 8-bit steps at 64 px); there
+    was no way to undo a preset's or a record's tile."""
+    for tile in (64, 128, 248):
+        with pytest.raises(JobError, match="from 256 to 32768 .smaller tiles show seams"):
+            Job(vae_tile=tile).validate()
+    assert Job(vae_tile=256).validate().vae_tile == 256
+    assert Job(vae_tile=512).merged({"vae_tile": "auto"}).vae_tile is None
+    assert Job().merged({"vae_tile": "512"}).vae_tile == 512
+    with pytest.raises(JobError, match="'vae_tile' in preset must be a whole number or auto"):
+        Job().merged({"vae_tile": "big"}, where="preset")

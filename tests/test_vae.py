@@ -560,3 +560,17 @@ def test_fast_mode_with_spilled_outputs_is_exact(vae, monkeypatch):
     fast = tiled.decode_float(vae, z, tile=TILE, overlap=OVERLAP, stats="fast", spill=1e6)
     torch.testing.assert_close(fast, exact, rtol=0, atol=1e-5)
     assert 0 < max(spilled) <= 1e6  # the plan's share, when it is less than the budget
+
+
+@pytest.mark.parametrize("kwargs", [dict(tile=8), dict(tile=0), dict(tile=-64), dict(tile=100),
+                                    dict(tile=256.0), dict(tile=256, overlap=0),
+                                    dict(tile=256, overlap=-8), dict(tile=256, overlap=12),
+                                    dict(tile=256, overlap=136)])
+def test_tiles_that_would_show_seams_or_cannot_slice_are_refused(vae, kwargs):
+    """They ran quietly up to 160 8-bit steps off an untiled decode (or failed with a bare
+    TypeError from a slice)."""
+    z = smooth_latent(48, 48, 0)
+    with pytest.raises(ValueError, match=r"^(tile|overlap) must be "):
+        tiled.decode(vae, z, **kwargs)
+    with pytest.raises(ValueError, match=r"^(tile|overlap) must be "):
+        tiled.encode(vae, np.zeros((384, 384, 3), np.uint8), **kwargs)
