@@ -494,7 +494,10 @@ def load(
         # 8-bit pixel level. cuDNN's flag is on by default; set it in case someone turned it off.
         torch.backends.cudnn.allow_tf32 = True
     if vae_dt != pipe.vae.dtype:
-        pipe.vae.to(dtype=vae_dt)
+        # diffusers warns on any dtype cast of a model that lists fp32 modules, an empty list
+        # too (AutoencoderKL's): a library caller saw "... should be kept in float32: []"
+        with quiet_loading():
+            pipe.vae.to(dtype=vae_dt)
     for part in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
         part.requires_grad_(False).eval()
     if dev.type == "cuda":

@@ -56,3 +56,22 @@ def test_uncached_hub_model_offline_is_one_clear_line(tmp_path, monkeypatch):
         load("someone/not-a-cached-model")
     message = str(info.value)
     assert "\n" not in message and "cache" in message and "--model" in message
+
+
+def test_loading_from_python_prints_nothing_on_stderr():
+    """hires.load('tiny') printed diffusers' "There are modules in AutoencoderKL that should be
+    kept in float32: []" when it cast the VAE (the CLI's logging kept it quiet)."""
+    import subprocess
+    import sys
+
+    from helpers_cli import subprocess_env
+
+    # without the verbosity hires.cli sets for itself (and this process's children)
+    env = {k: v for k, v in subprocess_env().items()
+           if k not in ("DIFFUSERS_VERBOSITY", "TRANSFORMERS_VERBOSITY")}
+    # bf16: the fp32 VAE is cast, on any CPU
+    done = subprocess.run([sys.executable, "-c", "import hires; hires.load('tiny', "
+                           "vae_dtype='bf16')"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
