@@ -310,15 +310,20 @@ def plan(
         show_plan(job, gpu, as_json, source=upscale_source(job, piped))
 
 
+PresetsJson = Annotated[bool, typer.Option(
+    "--json", help="One JSON object a preset a line: name, description, path, origin "
+    "(shipped or yours), replaces_shipped, values.")]
+
+
 @presets_app.callback()
-def presets_default(ctx: typer.Context) -> None:
+def presets_default(ctx: typer.Context, as_json: PresetsJson = False) -> None:
     """List the presets (shipped and your own)."""
     if ctx.invoked_subcommand is None:
-        presets_list()
+        presets_list(as_json)
 
 
 @presets_app.command("list")
-def presets_list() -> None:
+def presets_list(as_json: PresetsJson = False) -> None:
     """List the presets (shipped and your own)."""
     with exit_codes():
         from hires.presets import available, shipped, user_folder
@@ -331,8 +336,17 @@ def presets_list() -> None:
                 return " (yours)"
             return "" if found[name].path == theirs[name].path else \
                 " (yours; replaces the shipped one)"
-        out_line("\n".join(f"{name:12s} {p.description}{origin(name)}"
-                            for name, p in sorted(found.items())))
+        if as_json:
+            for name, p in sorted(found.items()):
+                ours = name in theirs and p.path == theirs[name].path
+                out_line(json.dumps(
+                    {"name": name, "description": p.description, "path": str(p.path),
+                     "origin": "shipped" if ours else "yours",
+                     "replaces_shipped": name in theirs and not ours,
+                     "values": p.values}, default=str))
+        else:
+            out_line("\n".join(f"{name:12s} {p.description}{origin(name)}"
+                                for name, p in sorted(found.items())))
         for problem in broken:  # one bad file of the user's does not hide the others
             warn(problem if problem.startswith("your own presets:") else
                  f"skipped a broken preset: {problem}")
@@ -341,12 +355,21 @@ def presets_list() -> None:
 
 @presets_app.command("show")
 def presets_show(name: Annotated[str, typer.Argument(
-        help="Preset name or path.", autocompletion=completes(preset_names))]) -> None:
+        help="Preset name or path.", autocompletion=completes(preset_names))],
+        as_json: Annotated[bool, typer.Option(
+            "--json", help="One JSON object: name, description, path, values.")] = False,
+) -> None:
     """Print one preset's TOML."""
     with exit_codes():
         from hires.presets import load_preset
 
-        out_line(Path(load_preset(name).path).read_text(encoding="utf-8").rstrip("\n"))
+        preset = load_preset(name)
+        if as_json:
+            out_line(json.dumps({"name": preset.name, "description": preset.description,
+                                 "path": str(preset.path), "values": preset.values},
+                                default=str))
+            return
+        out_line(Path(preset.path).read_text(encoding="utf-8").rstrip("\n"))
 
 
 @app.command()

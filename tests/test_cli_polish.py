@@ -65,6 +65,24 @@ def test_presets_list_says_which_are_yours_and_skips_hidden_files(own_presets):
     assert "skipped a broken preset" in result.stderr
 
 
+def test_presets_list_and_show_in_json_for_scripts(own_presets):
+    """`hires presets --json` was 'no such option': a script had to parse the columns."""
+    for args in (("presets", "--json"), ("presets", "list", "--json")):
+        result = cli(*args, env=own_presets)
+        assert result.exit_code == 0, result.stderr
+        listed = {r["name"]: r for r in map(json.loads, result.stdout.splitlines())}
+        assert (listed["own"]["origin"], listed["own"]["replaces_shipped"]) == ("yours", False)
+        assert (listed["draft"]["origin"], listed["draft"]["replaces_shipped"]) == \
+            ("yours", True)
+        assert (listed["16k"]["origin"], listed["16k"]["values"]["size"]) == ("shipped", 16384)
+        assert listed["own"]["values"] == {"steps": 4} and "bad" not in listed
+    shown = cli("presets", "show", "own", "--json", env=own_presets)
+    assert shown.exit_code == 0, shown.stderr
+    assert json.loads(shown.stdout) == {"name": "own", "description": "own one",
+                                        "path": own_presets["HIRES_PRESETS"] + "/own.toml",
+                                        "values": {"steps": 4}}
+
+
 def test_disk_sizes_typed_in_gib_count_as_gib():
     """`--disk 24GiB` was taken as 24 GB (10^9 bytes); --vram and --ram count GB as GiB."""
     from hires.cli_options import disk_gigabytes
