@@ -52,10 +52,14 @@ def _stages(plan: Plan) -> str:
     return json.dumps([[s.width, s.height, list(s.timesteps)] for s in plan.stages])
 
 
-# What a job's file is (its format, bits, quality, print size) and how its VAE is tiled: none
-# of them changes the latents a checkpoint keeps. The tile only moves the VAE's rounding at the
-# seams, as auto's choice does already, which follows the memory free at each run.
-NOT_IN_LATENTS = ("format", "dpi", "depth", "quality", "vae_tile")
+# What a job's file is (its format, bits, quality, print size) and how its VAE is tiled and
+# gathers its statistics: none of them changes the latents a checkpoint keeps. The tile only
+# moves the VAE's rounding at the seams, as auto's choice does already, which follows the memory
+# free at each run. `vae_stats` does not even do that: "fast" and "exact" compute the same
+# whole-image statistics with the same operations and differ only in where the step outputs
+# wait between passes (memory or scratch files; fast's memo follows the free memory too), so
+# the VAE's output, and every latent re-encoded from it between stages, is the same.
+NOT_IN_LATENTS = ("format", "dpi", "depth", "quality", "vae_tile", "vae_stats")
 
 
 def _resolved_dtype(job: Job) -> str:

@@ -446,3 +446,19 @@ def test_a_full_disk_for_the_checkpoint_is_a_warning_not_a_failure(tmp_path, ask
     assert "warning: could not keep stage 0" in result.stderr and "No space left" in \
         result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.png"]  # no half-written file
+
+
+def test_a_job_stopped_with_exact_vae_stats_goes_on_with_fast_ones_to_the_same_image(
+        tiny, tmp_path):
+    # Stage 1's latents came through the tiled VAE (decode, resize, encode) with "exact"
+    # statistics; "fast" computes the same numbers, so the resumed run's image is an unbroken
+    # fast run's (resume.NOT_IN_LATENTS).
+    job = {**JOB, "vae_tile": 256}
+    kept = resume.path_for(tmp_path / "fox.png")
+    with pytest.raises(Stop):
+        generate(components=tiny, checkpoint=kept, progress=stop_at(2), vae_stats="exact", **job)
+    fast = generate(components=tiny, vae_stats="fast", **job)
+    assert resume.stage_of(kept, fast.job, fast.plan) == 1
+    result = generate(components=tiny, checkpoint=kept, vae_stats="fast", **job)
+    assert result.resumed == 1
+    assert np.array_equal(pixels(result.image), pixels(fast.image))

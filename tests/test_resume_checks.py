@@ -197,3 +197,18 @@ def test_a_dry_run_says_whether_the_run_goes_on_from_a_checkpoint(tiny, tmp_path
     fresh = cli("batch", jobs, "-o", tmp_path, "--dry-run", "--no-resume")
     assert fresh.exit_code == 0 and "goes on from" not in fresh.stdout, fresh.stdout
     assert resume.path_for(out).is_file()  # a dry run removes nothing
+
+
+# 6. How the VAE gathers its statistics changes no latent (resume.NOT_IN_LATENTS).
+
+def test_a_checkpoint_of_the_other_vae_stats_mode_is_gone_on_from(tiny, tmp_path, asked):
+    out = tmp_path / "fox.png"
+    stopped_in_stage_1(tiny, out, vae_stats="exact", vae_tile=256)
+    said = cli(*GEN, "--seed", "1", "--vae-tile", "256", "--vae-stats", "fast", "-o", out,
+               "--dry-run")
+    assert said.exit_code == 0, said.stderr
+    assert f"{out}: the run goes on from fox.png.resume.safetensors: stage 0 kept" \
+        in said.stderr, said.stderr
+    result = cli(*GEN, "--seed", "1", "--vae-tile", "256", "--vae-stats", "fast", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert "resuming: stage 0 was kept in fox.png.resume.safetensors" in result.stderr
