@@ -167,11 +167,12 @@ def gen(
         jobs = [job.merged({"prompt": text}) for text in prompts]
         check_preview(preview, save_stages)
         if dry_run:
-            check_outputs(jobs, output, fmt, n, overwrite, save_stages, preview,
-                          quality_flag=quality is not None, as_json=as_json,
-                          resume_runs=resume_runs)
+            images = check_outputs(jobs, output, fmt, n, overwrite, save_stages, preview,
+                                   quality_flag=quality is not None, as_json=as_json,
+                                   resume_runs=resume_runs)
+            # one plan: the prompts' and seeds' images differ in neither size nor work
             show_plan(job, gpu, as_json, source=upscale_source(job, piped),
-                      stage_images=save_stages, preview=preview, here=True)
+                      stage_images=save_stages, preview=preview, here=True, images=images)
             return
         check_device(job.device)
         if not prompts[0].strip() and from_image is None:
@@ -254,12 +255,12 @@ def up(
                                   source=source.rgb.size))
         check_preview(preview, save_stages)
         if dry_run:
-            check_outputs(jobs, output, fmt, 1, overwrite, preview=preview,
-                          alpha=frozenset(alpha), quality_flag=quality is not None, as_json=as_json,
-                          resume_runs=resume_runs)
-            for job, size in zip(jobs, sizes):
+            images = check_outputs(jobs, output, fmt, 1, overwrite, preview=preview,
+                                   alpha=frozenset(alpha), quality_flag=quality is not None,
+                                   as_json=as_json, resume_runs=resume_runs)
+            for job, size, image in zip(jobs, sizes, images):  # an input's plan, its image
                 show_plan(job, gpu, as_json, source=size, stage_images=save_stages,
-                          preview=preview, here=True)
+                          preview=preview, here=True, images=[image])
             return
         check_device(jobs[0].device)
         run_jobs(jobs, output, save_stages, as_json, quiet, overwrite, gpu, fmt_flag=fmt,

@@ -26,11 +26,12 @@ from hires.cli_resume import kept_job, say_resume, saying_what_is_kept, stages_u
 def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overwrite: bool,
                   stage_images: bool = False, preview: bool = False,
                   alpha: frozenset[str] = frozenset(), quality_flag: bool = False,
-                  as_json: bool = False, resume_runs: bool = True) -> None:
+                  as_json: bool = False, resume_runs: bool = True) -> list[dict[str, Any]]:
     """What a run checks of its outputs before it loads anything (names, formats, files in
     the way), for --dry-run: a plan that shows should be a command that starts. `alpha`,
     `resume_runs`: as for `plan_runs`; `as_json`: the run's --json (a dry run's prints the
-    plan)."""
+    plan). The images the run would write: each one's path, seed, prompt and whether it is
+    made already (kept), for the dry run's JSON."""
     from hires import cli_stdout
     from hires.runs import plan_runs
 
@@ -40,9 +41,12 @@ def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overw
                          upscale=bool(jobs[0].image))
         # and the image's format checks, as the run makes it (in a scratch folder)
         with cli_stdout.scratch() as place, cli_stdout.named_as_stdout():
-            plan_runs(jobs, str(place / cli_stdout.NAME), fmt_flag=fmt, overwrite=True,
-                      resume_runs=False, alpha=alpha, quality_flag=quality_flag)
-        return
+            runs = plan_runs(jobs, str(place / cli_stdout.NAME), fmt_flag=fmt,
+                             overwrite=True, resume_runs=False, alpha=alpha,
+                             quality_flag=quality_flag)
+        return [{"path": cli_stdout.STDOUT, "seed": r.job.seed,
+                 "seed_drawn": jobs[0].seed is None, "prompt": r.job.prompt, "made": False}
+                for r in runs]
     runs = plan_runs(jobs, output, n=n, fmt_flag=fmt, overwrite=overwrite,
                      resume_runs=resume_runs, preview=preview, stage_images=stage_images,
                      alpha=alpha, quality_flag=quality_flag)
@@ -50,6 +54,14 @@ def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overw
     for run in runs if not preview and resume_runs else []:  # a preview is kept by none
         if run.made is None and (note := checkpoint_note(run.path, run.job)):
             say(f"{run.path}: {note}")
+    from hires import resume
+
+    # No seed given and no stopped run's to go on with: this dry run drew one, and the run
+    # draws its own (and its names, where they hold the seed)
+    drawn = jobs[0].seed is None and not any(
+        r.made is not None or resume.path_for(r.path).is_file() for r in runs)
+    return [{"path": str(r.path), "seed": r.job.seed, "seed_drawn": drawn,
+             "prompt": r.job.prompt, "made": r.made is not None} for r in runs]
 
 
 def checkpoint_note(path: Path, job, plan=None) -> str | None:
@@ -360,8 +372,10 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
         say_resume(kept, job, plan, source, stage_files)
 
     def stage_image(index: int, image) -> None:
+        from hires.errors import dtype_name
+
         save_stage(image, stage_files[index], job, index, fmt=job.format, overwrite=True,
-                   linfusion=components.linfusion)
+                   linfusion=components.linfusion, vae_dtype=dtype_name(components.vae_dtype))
         say(f"  stage {index}: {stage_files[index]}")
 
     scored: set[int] = set()

@@ -20,9 +20,11 @@ from hires.strips import cores
 
 
 def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | None = None,
-              stage_images: bool = False, preview: bool = False, here: bool = False) -> None:
+              stage_images: bool = False, preview: bool = False, here: bool = False,
+              images: list[dict[str, Any]] | None = None) -> None:
     """Print the plan of `job` without loading weights (`hires plan`, `gen --dry-run`); with
-    `preview`, of its first stage alone; `here`: as it would run on this machine (a dry run)."""
+    `preview`, of its first stage alone; `here`: as it would run on this machine (a dry run).
+    `images`: a dry run's images of this plan (`check_outputs`), in its JSON."""
     from hires.addons import input_warnings
     from hires.dry_run import as_run_here, dry_run
     from hires.gpus import card
@@ -50,7 +52,8 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
              f"{named.memory_gib:.1f} GiB; drop --vram (or the preset's vram) to plan the card")
     p = preview_of(run.plan) if preview else run.plan
     if as_json:
-        out_line(json.dumps(plan_json(run, job, p)))
+        out_line(json.dumps({**plan_json(run, job, p),
+                             **({"images": images} if images is not None else {})}))
         return
     out_line("\n".join(plan_lines(run, job, p, preview)))
     replan = lambda j: dry_run(j, run.gpu, source, stage_images).plan  # noqa: E731

@@ -62,7 +62,9 @@ def test_gen_dry_run_is_the_plan_and_loads_nothing(tmp_path):
     card = ("--gpu", "h100", "--vram", "24")
     dry = cli("gen", "x", "--size", "8192", *card, "--dry-run", "--json", "-o", out)
     assert dry.exit_code == 0, dry.stderr
-    assert json.loads(dry.stdout) == plan_json("x", "--size", "8192", *card)
+    planned = json.loads(dry.stdout)
+    assert [i["path"] for i in planned.pop("images")] == [str(out)]  # what it would write
+    assert planned == plan_json("x", "--size", "8192", *card)
     assert not out.exists()
 
 

@@ -1,5 +1,6 @@
 """hires.runs: the images of one command, named and checked before any model loads."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,23 @@ def test_json_says_whether_an_image_was_made_now_or_kept(tmp_path, asked):
     assert (kept["status"], remade["status"]) == ("skipped", "done")
     assert {k: v for k, v in kept.items() if k != "status"} == \
         {k: v for k, v in made[0].items() if k != "status"}
+
+
+def test_a_dry_runs_json_lists_the_images_the_run_would_write(tmp_path, asked):
+    """It printed one plan with neither the files nor the seeds of `--n 3` (nor the prompts
+    read from stdin): a script could not tell what the run would write."""
+    from helpers_cli import cli
+
+    tiny = ("--model", "tiny", "--size", "256", "--steps", "1")
+    result = cli("gen", "a cat", *tiny, "--n", "3", "--seed", "7", "-o",
+                 f"{tmp_path}/{{seed}}.png", "--dry-run", "--json")
+    assert result.exit_code == 0, result.stderr
+    images = json.loads(result.stdout)["images"]
+    assert [(Path(i["path"]).name, i["seed"], i["prompt"], i["seed_drawn"], i["made"])
+            for i in images] == [(f"{s}.png", s, "a cat", False, False) for s in (7, 8, 9)]
+    read = cli("gen", "-", *tiny, "-o", f"{tmp_path}/", "--dry-run", "--json", input="a\nb\n")
+    assert read.exit_code == 0, read.stderr
+    listed = json.loads(read.stdout)["images"]
+    assert [i["prompt"] for i in listed] == ["a", "b"]
+    assert all(i["seed_drawn"] for i in listed)  # the run draws its own
+    assert asked == []
