@@ -168,7 +168,8 @@ class ModelShape:
     spill: float = 0.0  # CPU memory a GPU's VAE may keep step outputs in (spill_budget)
     host: float | None = None  # CPU memory a stage's parked maps and offloaded weights may
     # take (hires.memory.host_room); None: not checked
-    disk: float = 0.0  # scratch disk where parked maps that `host` cannot hold may wait
+    disk: float = 0.0  # scratch disk where parked maps that `host` cannot hold, and the
+    # exact VAE mode's files, may wait (--disk, else hires.memory.disk_room); 0: none
     fp32_share: float = FP32_SHARE  # a GPU's fp32 FLOP/s as a share of its bf16 rate (hires.gpus)
 
     @property
@@ -360,10 +361,10 @@ def _vae_part(model: ModelShape, width: int, height: int, passes: list[tuple[int
                 sum(tiled_runs(**a) for a in args))
 
     def exact_runs(t: int) -> list:
-        # Half of what is free of the scratch disk, as DiskMemo looks at it (unknown: its
-        # level cap alone).
+        # Half of the scratch room left, as DiskMemo looks at it: `model.disk` is a run's
+        # (--disk, else what is free), and 0 (--disk 0, a TMPDIR in RAM) writes no file.
         return [exact_cost(model.vae, w, h, decode=d, tile=t, budget=MEMO_BYTES,
-                           disk=model.disk or float("inf"),
+                           disk=model.disk,
                            dtype_bytes=model.vae_dtype_bytes) for w, h, d in passes]
 
     def priced(t: int, beat: float = math.inf) -> tuple[float, float, float, float]:
@@ -485,8 +486,7 @@ def model_shape(components: Any, controlnet: Any = None) -> ModelShape:
                       native=components.native, on_gpu=components.device.type != "cpu",
                       control=ControlShape.of(controlnet) if controlnet is not None else None,
                       spill=spill_budget(components.device), host=host_budget(components),
-                      disk=disk_room(scratch_folder()) if components.device.type != "cpu"
-                      else 0.0)
+                      disk=disk_room(scratch_folder()))
 
 
 def host_budget(components: Any) -> float | None:

@@ -241,8 +241,9 @@ def plan_without_weights(job, rate: float | None = None,
         # were free then (a run looks at what is free).
         free = dry_run_free_ram(job)
         shape = copy(shape, spill=spill_from_free(free), host=host_room(free) if free else None,
-                     disk=disk_room(scratch_folder()) if job.disk is None else job.disk * 1e9,
                      fp32_share=gpu.fp32_share if gpu else FP32_SHARE)
+    # The scratch disk: parked maps' on a GPU, the exact VAE mode's files on any device.
+    shape = copy(shape, disk=disk_room(scratch_folder()) if job.disk is None else job.disk * 1e9)
     return make_plan(job.width, job.height, steps=job.steps, strength=job.strength,
                      native=shape.native, spacing=spacing, train_steps=train, offset=offset,
                      model=shape, budget=budget, offload=job.offload if on_gpu else "none",

@@ -40,6 +40,7 @@ from hires.sampling import (
     sigma_schedule,
 )
 from hires.strategy import applied
+from hires.vae_memo import scratch_room as vae_scratch
 
 __all__ = ["Result", "StageReport", "generate", "load", "plan_for"]
 
@@ -185,9 +186,18 @@ def shape_for(job: Job, components: Components):
     shape = model_shape(components, controlnet=net)
     if job.ram is not None and shape.on_gpu:
         shape = replace(shape, host=host_room(job.ram * GIB))
-    if job.disk is not None and shape.on_gpu:  # a cap: a run cannot use more than is free
+    if job.disk is not None:  # a cap: a run cannot use more than is free
         shape = replace(shape, disk=min(job.disk * 1e9, shape.disk))
     return shape
+
+
+def scratch_room(job: Job) -> float:
+    """The scratch disk the exact VAE mode's files may take, as the plan counts it
+    (`shape_for`'s disk): --disk, at most what is free (0: none, and its passes recompute)."""
+    from hires.memory import disk_room, scratch_folder
+
+    room = disk_room(scratch_folder())
+    return room if job.disk is None else min(job.disk * 1e9, room)
 
 
 def generate(
@@ -544,7 +554,7 @@ def decode(comps: Components, latents, tile: int, emit: ProgressFn, stage_index:
         emit(Event("vae-decode", stage_index, n, w, h, done, total))
 
     on_tile(0, 0)  # the phase starts now (its tile count comes with the first tile)
-    with torch.inference_mode(), _vae_advice(comps):
+    with torch.inference_mode(), _vae_advice(comps), vae_scratch(scratch_room(job)):
         return tiled_vae.decode(comps.vae, latents, tile=tile, progress=on_tile, spill=spill,
                                 bits=bits, stats=job.vae_stats)
 
@@ -575,7 +585,7 @@ def encode(comps: Components, image: Image.Image, tile: int, emit: ProgressFn, s
         emit(Event("vae-encode", stage.index, n, stage.width, stage.height, done, total))
 
     on_tile(0, 0)
-    with torch.inference_mode(), _vae_advice(comps):
+    with torch.inference_mode(), _vae_advice(comps), vae_scratch(scratch_room(job)):
         latents = tiled_vae.encode(comps.vae, np.asarray(image), tile=tile, progress=on_tile,
                                    spill=spill, stats=job.vae_stats)
     return latents.to(comps.device, torch.float32)

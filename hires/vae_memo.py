@@ -13,7 +13,9 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -22,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hires import memory
 from hires.memory import scratch_folder
 from hires.vae_tiles import Box
 
@@ -177,17 +180,40 @@ def _nbytes(x: Tensor | tuple[Tensor, ...]) -> int:
     return sum(t.nbytes for t in x) if isinstance(x, tuple) else x.nbytes
 
 
+_ROOM: ContextVar[float | None] = ContextVar("hires_vae_scratch_room", default=None)
+
+
+@contextmanager
+def scratch_room(nbytes: float | None) -> Iterator[None]:
+    """Within this, exact mode's files (`DiskMemo`) take at most `nbytes` of the scratch disk
+    in all (a run's `--disk`: 0 writes none, and the passes recompute); None: no cap but the
+    free space's."""
+    token = _ROOM.set(nbytes)
+    try:
+        yield
+    finally:
+        _ROOM.reset(token)
+
+
+def in_memory(folder: str) -> bool:
+    """Whether `folder` is on a filesystem in RAM (tmpfs): no room for scratch files."""
+    return memory._filesystem(folder) in memory.MEMORY_FILESYSTEMS
+
+
 class DiskMemo(Memo):
     """Step outputs of tiles in temporary files (in `hires.memory.scratch_folder`: TMPDIR),
     level by level.
 
     On disk, not in memory, so that memory stays set by the tile: up to 17 GB at 16K for the
     tiny VAE, read back through the page cache. A level is only kept while it fits `budget`
-    bytes and half the free disk; a shallower level is deleted once a deeper one holds its tiles.
+    bytes and half the room left: what is free of the disk, and of `room` bytes for all the
+    files (default: `scratch_room`'s); none on a filesystem in RAM. A shallower level is
+    deleted once a deeper one holds its tiles.
     """
 
-    def __init__(self, windows: int, budget: float):
+    def __init__(self, windows: int, budget: float, room: float | None = None):
         self.windows, self.budget = windows, budget
+        self.room = _ROOM.get() if room is None else room
         self.levels: dict[int, _Level] = {}
         self.refused: set[int] = set()
         self.written = self.read = 0
@@ -225,7 +251,7 @@ class DiskMemo(Memo):
         if level is None:
             need = nbytes * self.windows
             folder = scratch_folder()
-            if need > min(self.budget, shutil.disk_usage(folder).free / 2):
+            if need > min(self.budget, self._left(folder) / 2):
                 self.refused.add(number)
                 return
             level = self.levels[number] = _Level(tempfile.TemporaryFile(dir=folder))
@@ -255,6 +281,14 @@ class DiskMemo(Memo):
                 gone = self.levels.pop(shallow)
                 gone.file.close()
                 self.live -= gone.end
+
+    def _left(self, folder: str) -> float:
+        """The scratch bytes the files may still take: what is free of `folder`'s disk, and
+        of the room (none in RAM)."""
+        if (self.room is not None and self.room <= 0) or in_memory(folder):
+            return 0.0
+        free = shutil.disk_usage(folder).free
+        return free if self.room is None else min(free, self.room - self.live)
 
     def close(self) -> None:
         for level in self.levels.values():

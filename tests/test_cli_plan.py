@@ -526,3 +526,20 @@ def test_vae_tile_auto_gives_the_planners_pick_over_a_recorded_tile(tmp_path):
                        "--vae-tile must be a multiple of 8 from 256", "or auto")
     assert_usage_error(cli("plan", "--size", "1024", "--vae-tile", "big"),
                        "--vae-tile must be a whole number or auto, got 'big'")
+
+
+def test_disk_caps_the_exact_modes_scratch_and_0_plans_none():
+    """`--vae-stats exact --disk 0` planned 21.9 GB of scratch at 8K on an H100, as `--disk
+    100` did (0 read as no cap): 0 is never, and a cap bounds the files; on a CPU too."""
+    plans = {d: plan_json("--size", "8192", "--gpu", "h100", "--vae-stats", "exact",
+                          "--disk", d)["stages"] for d in ("0", "5", "100")}
+    assert max(s["scratch_bytes"] for s in plans["100"]) > 20e9
+    assert all(s["scratch_bytes"] == 0 for s in plans["0"])
+    assert 0 < max(s["scratch_bytes"] for s in plans["5"]) <= 5e9
+    # What the files do not hold is recomputed: more work, and more time than with them.
+    work = {d: sum(s["tflop"] for s in p) for d, p in plans.items()}
+    assert work["0"] > work["5"] > work["100"]
+    cpu = [plan_json("--size", "2048", "--device", "cpu", "--ram", "64", "--vae-stats", "exact",
+                     "--vae-tile", "512", "--disk", d)["stages"] for d in ("0", "100")]
+    assert all(s["scratch_bytes"] == 0 for s in cpu[0])
+    assert max(s["scratch_bytes"] for s in cpu[1]) > 0

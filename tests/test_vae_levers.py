@@ -62,3 +62,80 @@ def test_smoke_run_records_every_candidate(levers, tmp_path, monkeypatch, capsys
     printed = capsys.readouterr().out
     assert "| full | bn-stats | failed: NotImplementedError" in printed
     assert "| staged |" in printed
+
+
+# --- The exact mode's scratch files: --disk caps them on every device, 0 writes none -------
+
+
+def _memos(monkeypatch) -> list:
+    """Every exact-mode DiskMemo made from here on, kept for its counters."""
+    from hires import vae_memo
+
+    made = []
+    init = vae_memo.DiskMemo.__init__
+
+    def kept(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(vae_memo.DiskMemo, "__init__", kept)
+    return made
+
+
+def _exact_decode():
+    from hires import vae as tiled
+    from hires.tiny import tiny_vae
+
+    vae = tiny_vae(trained=False).float()
+    z = torch.randn(1, 4, 40, 48, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return tiled.decode_float(vae, z, tile=256, stats="exact")
+
+
+def test_a_scratch_room_of_0_writes_no_file_and_a_cap_bounds_the_files(monkeypatch):
+    """`--disk 0` means never: the passes recompute (the same pixels); a cap bounds the bytes
+    the files hold at once. DiskMemo looked at half the free disk alone."""
+    from hires.vae_memo import scratch_room
+
+    memos = _memos(monkeypatch)
+    free = _exact_decode()
+    (roomy,) = memos
+    assert roomy.written > 0
+    with scratch_room(0):
+        none = _exact_decode()
+    assert memos[1].written == 0 and memos[1].most == 0
+    torch.testing.assert_close(none, free, rtol=0, atol=0)
+    cap = roomy.most // 2
+    with scratch_room(cap):
+        capped = _exact_decode()
+    assert 0 < memos[2].most <= cap and memos[2].written < roomy.written
+    torch.testing.assert_close(capped, free, rtol=0, atol=0)
+
+
+def test_a_tmpdir_in_ram_counts_as_no_room(monkeypatch):
+    """A TMPDIR on tmpfs (/dev/shm) got the files all the same; the README: no room."""
+    from hires import memory
+
+    memos = _memos(monkeypatch)
+    monkeypatch.setattr(memory, "_filesystem", lambda folder: "tmpfs")
+    _exact_decode()
+    assert memos[0].written == 0
+
+
+def test_a_runs_disk_caps_the_exact_vaes_files_on_the_cpu_too(monkeypatch, tiny):
+    """`gen --vae-stats exact --disk 0` on the CPU wrote ~150 MB of scratch at 1024 px (the
+    cap reached the VAE only through a GPU's plan, and not even there): now none, the same
+    image, and the run's files as the plan counts them."""
+    from hires.job import Job
+    from hires.pipeline import generate, plan_for
+
+    memos = _memos(monkeypatch)
+    job = dict(prompt="a cat", width=512, height=512, steps=2, seed=4, vae_tile=256,
+               vae_stats="exact")
+    free = generate(Job(**job), components=tiny)
+    assert sum(m.written for m in memos) > 0
+    del memos[:]
+    never = generate(Job(**job, disk=0), components=tiny)
+    assert memos and sum(m.written for m in memos) == 0
+    assert list(never.image.getdata()) == list(free.image.getdata())
+    assert all(s.cost.scratch_bytes == 0 for s in plan_for(Job(**job, disk=0), tiny).stages)
