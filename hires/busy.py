@@ -54,6 +54,25 @@ def making(image: Path) -> Iterator[None]:
             os.close(fd)
 
 
+def check_free(image: Path) -> None:
+    """Busy if another run holds `image`'s lock now, as `making` would find it; for a dry run,
+    which writes nothing (no folder, no lock file)."""
+    if fcntl is None:
+        return
+    try:
+        fd = os.open(lock_path(image), os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return  # no lock file: no run holds it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise Busy(image, _pid(fd)) from None
+    except OSError:
+        pass  # a file system without locks
+    finally:
+        os.close(fd)  # lets go of the lock too, if it was taken
+
+
 def _take(lock: Path, image: Path) -> int | None:
     for attempt in range(20):
         try:

@@ -51,6 +51,11 @@ def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overw
                      resume_runs=resume_runs, preview=preview, stage_images=stage_images,
                      alpha=alpha, quality_flag=quality_flag)
     warn_space([(r.path, r.job) for r in runs if r.made is None], stage_images)
+    from hires import busy
+
+    for run in runs:  # as the run stops (exit 2) while another run makes one of its images
+        if run.made is None:
+            busy.check_free(run.path)
     for run in runs if not preview and resume_runs else []:  # a preview is kept by none
         if run.made is None and (note := checkpoint_note(run.path, run.job)):
             say(f"{run.path}: {note}")

@@ -143,3 +143,17 @@ def job_of(args: tuple[str, ...]):
 
     seed = int(args[args.index("--seed") + 1])
     return Job(prompt=args[1], model="tiny", width=256, height=256, steps=1, seed=seed)
+
+
+def test_a_dry_run_says_an_image_another_run_is_making_as_the_run_would(tmp_path, asked):
+    """gen --dry-run exited 0 while the run itself would stop there (exit 2)."""
+    out = tmp_path / "fox.png"
+    args = ("gen", "a fox", "--model", "tiny", "--size", "256", "--steps", "1", "-o", out)
+    with busy.making(out):
+        result = cli(*args, "--dry-run")
+        assert result.exit_code == 2, result.stderr
+        assert f"another hires run (pid {os.getpid()}) is making {out}" in result.stderr
+    assert not busy.lock_path(out).exists()  # it let go, and wrote nothing
+    free = cli(*args, "--dry-run")
+    assert free.exit_code == 0, free.stderr
+    assert not busy.lock_path(out).exists() and list(tmp_path.iterdir()) == []
