@@ -86,6 +86,13 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
         say(f"--from {from_image}: VAE {recorded['vae']} (as recorded; --vae picks another)")
     job = job_from_levels([*levels, (recorded, where, True), (flags, OPTIONS, False)],
                           size_of=size_of)
+    from hires.record import vae_dtype_ran
+
+    ran = vae_dtype_ran(job, result, set(flags))
+    if ran is not None:  # auto here would pick another: the precision the image was made in
+        say(f"--from {from_image}: the VAE in {ran}, as it ran (--vae-dtype auto picks "
+            "this machine's)")
+        job = job.merged({"vae_dtype": ran})
     from hires.addons import check_unchanged
 
     addons = result.get("addons")

@@ -85,6 +85,9 @@ class Result:
     # The job's keys that named local files by a relative path (`hires.record.local_refs`),
     # found as the result is made: after an os.chdir, the paths would name other files.
     local: list[str] | None = None
+    # The precision the VAE ran in ('bf16', 'fp32', 'fp16'): `vae_dtype` auto's pick here,
+    # which another machine's auto may not make (the record keeps it for `--from`).
+    vae_dtype: str | None = None
 
     def __post_init__(self) -> None:
         if self.local is None:
@@ -376,7 +379,8 @@ def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
                   peak_memory(comps.device), [stage_images[i] for i in sorted(stage_images)],
                   warnings, comps.linfusion, addons=addons.record,
                   resumed=saved.stage if saved else None,
-                  pixels16=None if pixels.dtype == np.uint8 else pixels)
+                  pixels16=None if pixels.dtype == np.uint8 else pixels,
+                  vae_dtype=dtype_name(comps.vae_dtype))
 
 
 def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditioning,

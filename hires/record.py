@@ -28,6 +28,8 @@ def record_for(result: Result, path: Path) -> dict[str, Any]:
         "height": result.image.height, "prompt": job.prompt,
         "model": job.model, "linfusion": result.linfusion,
         **({"vae": job.vae} if job.vae else {}),
+        # The VAE's precision as it ran (`vae_dtype` auto's pick here): `--from` keeps it.
+        **({"vae_dtype": result.vae_dtype} if result.vae_dtype else {}),
         **({"dpi": job.dpi} if job.dpi else {}),  # for print: the file records it too
         **({"depth": 16} if result.pixels16 is not None else {}),
         "seconds": round(result.seconds, 3), "peak_memory": result.peak_memory,
@@ -50,6 +52,20 @@ def record_for(result: Result, path: Path) -> dict[str, Any]:
     }
 
 
+def vae_dtype_ran(job: Job, result: dict[str, Any], given: set[str]) -> str | None:
+    """For `--from`: the VAE precision the image's record says ran ('bf16', 'fp32', 'fp16'),
+    where `job` (the record's, with the flags `given`) would run its VAE in another here (auto
+    is bf16 only where bf16 runs natively; a machine without it would decode in fp32, a few
+    8-bit steps off); None where it runs as recorded, or a flag picks the VAE or its precision
+    (`--vae-dtype`, `--vae`, `--model`: another VAE's precision is its own)."""
+    from hires.resume import resolved_vae_dtype
+
+    ran = result.get("vae_dtype")
+    if ran not in ("bf16", "fp32", "fp16") or given & {"vae_dtype", "vae", "model"}:
+        return None
+    return ran if resolved_vae_dtype(job) != ran else None
+
+
 def local_refs(job: Job) -> list[str]:
     """The job's keys whose references were local files or folders by a relative path: read
     from another folder, `sub/model` would be taken for a Hub id (`gen --from` says so)."""
@@ -62,16 +78,18 @@ def local_refs(job: Job) -> list[str]:
 
 def save_stage(image: Image.Image, path: str | Path, job: Job, index: int, *,
                fmt: str | None = None, overwrite: bool = False,
-               linfusion: str | None = None) -> Path:
+               linfusion: str | None = None, vae_dtype: str | None = None) -> Path:
     """Write stage `index`'s image of `job` (every stage but the last), atomically; its
     metadata names the job and the stage, so `hires info` reads it and `--from` runs the job.
-    `linfusion`: the checkpoint that ran (`auto` resolved), as the image's record has it."""
+    `linfusion`: the checkpoint that ran (`auto` resolved), as the image's record has it;
+    `vae_dtype`: the VAE's precision as it ran ('bf16', 'fp32', 'fp16'), likewise."""
     from hires import output
     from hires.batch import settings_hash
 
     record = {"path": str(path), "stage": index, "seed": job.seed, "width": image.width,
               "height": image.height, "prompt": job.prompt, "model": job.model,
-              "linfusion": linfusion, "settings": settings_hash(job)}
+              "linfusion": linfusion, **({"vae_dtype": vae_dtype} if vae_dtype else {}),
+              "settings": settings_hash(job)}
     metadata = {"hires": __version__, "job": job.to_dict(), "result": record}
     return output.save_image(image, path, fmt=fmt, metadata=metadata, overwrite=overwrite,
                              dpi=job.dpi, quality=job_quality(job, path, fmt))
@@ -148,7 +166,7 @@ def save(result: Result, path: str | Path, *, fmt: str | None = None, overwrite:
         for index, (stage_image, stage_path) in enumerate(zip(
                 result.stage_images[:-1], stage_paths(path, len(result.stage_images)))):
             save_stage(stage_image, stage_path, job, index, fmt=fmt, overwrite=overwrite,
-                       linfusion=result.linfusion)
+                       linfusion=result.linfusion, vae_dtype=result.vae_dtype)
     output.save_image(result.image, path, fmt=fmt, metadata=metadata, overwrite=overwrite,
                       dpi=result.job.dpi, warn=warn, pixels16=result.pixels16, quality=quality)
     return record

@@ -59,6 +59,11 @@ def _stages(plan: Plan) -> str:
 # whole-image statistics with the same operations and differ only in where the step outputs
 # wait between passes (memory or scratch files; fast's memo follows the free memory too), so
 # the VAE's output, and every latent re-encoded from it between stages, is the same.
+# `vae_dtype` is not one of them: the VAE runs between stages (`--upsample pixel`: decode,
+# resize, encode; an upscale's first stage encodes the input), so the kept stages' latents went
+# through the VAE in the stopped run's precision, and bf16 against fp32 is several 8-bit steps
+# everywhere, not rounding at seams; a resume in another precision would be neither run's image.
+# It counts as the precision it runs in (`_resolved_vae_dtype`), as `dtype` does.
 NOT_IN_LATENTS = ("format", "dpi", "depth", "quality", "vae_tile", "vae_stats")
 
 
@@ -74,6 +79,29 @@ def _resolved_dtype(job: Job) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def resolved_vae_dtype(job: Job) -> str:
+    """The precision the job's VAE runs in here ('bf16', 'fp32', 'fp16'), as
+    `hires.models.choose_vae_dtype` picks it when the job loads: `auto` on a CPU with native
+    bf16 is `bf16`. The job's own word where a run of it would fail before any stage."""
+    import torch
+
+    from hires.errors import dtype_name
+    from hires.model_refs import ModelError
+    from hires.models import choose_vae_dtype, resolve_device, resolve_dtype, vae_fp16_ok
+
+    try:
+        device = resolve_device(job.device)
+        # Whether the VAE is made for fp16 only counts off a CPU, or for fp16 asked for (its
+        # config is read: for `tiny`, a model built).
+        fp16_ok = vae_fp16_ok(job.model, job.vae) \
+            if device.type != "cpu" or job.vae_dtype == "fp16" else False
+        dtype = choose_vae_dtype(device, resolve_dtype(job.dtype, device), job.vae_dtype,
+                                 fp16_ok=fp16_ok)
+    except (ModelError, RuntimeError, OSError, ValueError):  # fails before any stage
+        return job.vae_dtype
+    return dtype_name(dtype) if isinstance(dtype, torch.dtype) else job.vae_dtype
+
+
 def _latent_settings(job: Job) -> dict[str, Any]:
     """The job's settings that shape the latents a checkpoint keeps; local files by their
     resolved paths and LoRAs with their scales, so that spellings of one run are one."""
@@ -81,7 +109,8 @@ def _latent_settings(job: Job) -> dict[str, Any]:
 
     values = {k: v for k, v in job.to_dict().items() if k not in NOT_IN_LATENTS + PLACEMENT_KEYS}
     paths = {key: _where(values[key]) for key in PATH_KEYS if key in values}
-    return {**values, **paths, "lora": _loras(job.lora), "dtype": _resolved_dtype(job)}
+    return {**values, **paths, "lora": _loras(job.lora), "dtype": _resolved_dtype(job),
+            "vae_dtype": resolved_vae_dtype(job)}
 
 
 # The job's keys that may name a local file or folder; the words that are never one.

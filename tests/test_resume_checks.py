@@ -199,7 +199,15 @@ def test_a_dry_run_says_whether_the_run_goes_on_from_a_checkpoint(tiny, tmp_path
     assert resume.path_for(out).is_file()  # a dry run removes nothing
 
 
-# 6. How the VAE gathers its statistics changes no latent (resume.NOT_IN_LATENTS).
+# 6. How the VAE gathers its statistics changes no latent; its precision counts as it runs
+# (auto on a CPU with native bf16 is bf16), and an image's record keeps the one that ran.
+
+def with_native_bf16(monkeypatch, native: bool) -> None:
+    """This machine, for `vae_dtype` auto, as one with (or without) native bf16."""
+    import hires.models
+
+    monkeypatch.setattr(hires.models, "cpu_has_fast_bf16", lambda: native)
+
 
 def test_a_checkpoint_of_the_other_vae_stats_mode_is_gone_on_from(tiny, tmp_path, asked):
     out = tmp_path / "fox.png"
@@ -212,3 +220,58 @@ def test_a_checkpoint_of_the_other_vae_stats_mode_is_gone_on_from(tiny, tmp_path
     result = cli(*GEN, "--seed", "1", "--vae-tile", "256", "--vae-stats", "fast", "-o", out)
     assert result.exit_code == 0, result.stderr
     assert "resuming: stage 0 was kept in fox.png.resume.safetensors" in result.stderr
+
+
+def test_vae_dtype_auto_is_the_precision_it_runs_in(tiny, tmp_path, asked, monkeypatch):
+    with_native_bf16(monkeypatch, True)
+    out = tmp_path / "fox.png"
+    stopped_in_stage_1(tiny, out)  # auto: bf16 here
+    said = cli(*GEN, "--seed", "1", "--vae-dtype", "bf16", "-o", out, "--dry-run")
+    assert said.exit_code == 0, said.stderr
+    assert f"{out}: the run goes on from fox.png.resume.safetensors: stage 0 kept" \
+        in said.stderr, said.stderr
+    other = cli(*GEN, "--seed", "1", "--vae-dtype", "fp32", "-o", out, "--dry-run")
+    assert 'fox.png.resume.safetensors is of another job (vae_dtype "bf16", not "fp32"): ' \
+        "the run starts over" in other.stderr, other.stderr
+
+
+def test_a_checkpoint_whose_vae_ran_in_fp32_is_not_gone_on_from_in_bf16(tiny, tmp_path, asked,
+                                                                        monkeypatch):
+    out = tmp_path / "fox.png"
+    with_native_bf16(monkeypatch, False)
+    stopped_in_stage_1(tiny, out)  # auto: fp32 on a CPU without native bf16
+    with_native_bf16(monkeypatch, True)  # the same command where auto is bf16
+    said = cli(*GEN, "--seed", "1", "-o", out, "--dry-run")
+    assert 'fox.png.resume.safetensors is of another job (vae_dtype "fp32", not "bf16"): ' \
+        "the run starts over" in said.stderr, said.stderr
+
+
+def test_the_record_keeps_the_vae_precision_that_ran_and_from_runs_it(tiny, tmp_path,
+                                                                      monkeypatch):
+    from hires.cli_jobs import build_job
+    from hires.errors import dtype_name
+    from hires.output import read_metadata
+
+    ran = dtype_name(tiny.vae_dtype)
+    path = tmp_path / "fox.png"
+    record = generate(components=tiny, **{**JOB, "width": 256, "height": 256}).save(path)
+    assert record["vae_dtype"] == ran
+    assert read_metadata(path)["hires"]["job"]["vae_dtype"] == "auto"  # the job as asked
+    # Where auto picks the same, the job stays as recorded (its fingerprint too).
+    with_native_bf16(monkeypatch, ran == "bf16")
+    assert build_job(None, path, {}).vae_dtype == "auto"
+    # Where it would pick another, --from runs the VAE as it ran; a flag picks another.
+    with_native_bf16(monkeypatch, ran != "bf16")
+    assert build_job(None, path, {}).vae_dtype == ran
+    assert build_job(None, path, {"vae_dtype": "auto"}).vae_dtype == "auto"
+
+
+def test_stage_images_record_the_vae_precision_that_ran(tmp_path, asked, tiny):
+    from hires.errors import dtype_name
+    from hires.output import read_metadata
+
+    out = tmp_path / "fox.png"
+    result = cli(*GEN, "--seed", "1", "--save-stages", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    for made in (out, tmp_path / "fox.stage0.png"):
+        assert read_metadata(made)["hires"]["result"]["vae_dtype"] == dtype_name(tiny.vae_dtype)
