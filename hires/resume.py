@@ -63,7 +63,7 @@ def _stages(plan: Plan) -> str:
 # resize, encode; an upscale's first stage encodes the input), so the kept stages' latents went
 # through the VAE in the stopped run's precision, and bf16 against fp32 is several 8-bit steps
 # everywhere, not rounding at seams; a resume in another precision would be neither run's image.
-# It counts as the precision it runs in (`_resolved_vae_dtype`), as `dtype` does.
+# It counts as the precision it runs in (`resolved_vae_dtype`), as `dtype` does.
 NOT_IN_LATENTS = ("format", "dpi", "depth", "quality", "vae_tile", "vae_stats")
 
 
