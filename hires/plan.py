@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from hires.costs import ModelShape, StageCost, stage_cost
 from hires.gpus import FP32_SHARE
-from hires.job import MAX_SIDE, MIN_SIDE
+from hires.job import MAX_SIDE, MIN_SIDE, MIN_VAE_TILE
 from hires.memory import GIB, scratch_folder
 from hires.sampling import GLOBAL_FLOOR, global_steps, sigma_schedule
 from hires.strategy import WEIGHTS, Strategy, all_strategies
@@ -273,6 +273,10 @@ def make_plan(
             stages = [fit_stage(stage, stages, model, budget, offload, vae_tile, vae_stats, rate)
                       for stage in stages]
         except PlanError as e:  # what to plan again with, to say which size would fit
+            if vae_tile is not None:
+                _tile_error(e, vae_tile, lambda t: [
+                    fit_stage(stage, stages, model, budget, offload, t, vae_stats, None)
+                    for stage in stages])
             e.plan_kwargs = dict(steps=steps, strength=strength, native=native, spacing=spacing,
                                  train_steps=train_steps, offset=offset, model=model,
                                  budget=budget, offload=offload, vae_tile=vae_tile,
@@ -287,6 +291,32 @@ def make_plan(
                  if size == 4 and model.on_gpu) if model is not None else ()
     return Plan(tuple(stages), width, height, budget, spill, fp32,
                 model.fp32_share if model is not None else FP32_SHARE)
+
+
+def _tile_error(error: PlanError, vae_tile: int, plan: Callable[[int | None], Any]) -> None:
+    """Where the planner's own tile (`plan(None)`) fits and the forced `vae_tile` does not, a
+    PlanError that says so and names the largest tile that fits (a multiple of 8 from the
+    smallest allowed): it blamed the size ("2624x2624 fits") where the job plans as asked."""
+    def fits(tile: int | None) -> bool:
+        try:
+            plan(tile)
+        except PlanError:
+            return False
+        return True
+
+    if not fits(None):
+        return
+    lo, hi = MIN_VAE_TILE // 8, vae_tile // 8  # in 8 px: the largest that fits, lo..hi-1
+    best = None
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if fits(mid * 8):
+            best, lo = mid * 8, mid + 1
+        else:
+            hi = mid
+    largest = (f"--vae-tile {best} is the largest that fits, or --vae-tile auto (the "
+               "planner's pick)" if best else "--vae-tile auto (the planner's pick) fits")
+    raise PlanError(f"--vae-tile {vae_tile} does not fit: {error}; {largest}") from None
 
 
 def _with_cost(stage: Stage, stages: list[Stage], model: ModelShape, strategy: Strategy,

@@ -543,3 +543,28 @@ def test_disk_caps_the_exact_modes_scratch_and_0_plans_none():
                      "--vae-tile", "512", "--disk", d)["stages"] for d in ("0", "100")]
     assert all(s["scratch_bytes"] == 0 for s in cpu[0])
     assert max(s["scratch_bytes"] for s in cpu[1]) > 0
+
+
+def test_a_forced_vae_tile_that_does_not_fit_is_named_not_the_size(small):
+    """`--vae-tile 8192` on a 4070 at 8K said "2624x2624 fits" where the job plans at 9.9 GiB
+    with the planner's tile: the refusal names the tile, the largest that fits, and auto."""
+    card = ("--gpu", "4070", "--vae-tile", "8192")
+    largest = []
+    for result in (cli("plan", "x", "--size", "8192", *card),
+                   cli("up", str(small), "--scale", "64", *card, "--dry-run")):
+        assert result.exit_code == 2
+        (line,) = error_lines(result.stderr)
+        assert "--vae-tile 8192 does not fit" in line and "--vae-tile auto" in line
+        assert "x2624 fits" not in line and "fits;" not in line
+        largest.append(int(line.split("; --vae-tile ")[-1].split()[0]))
+        assert 256 <= largest[-1] < 8192 and largest[-1] % 8 == 0
+    plan = ("plan", "x", "--size", "8192", "--gpu", "4070", "--vae-tile")
+    assert cli(*plan, str(largest[0])).exit_code == 0
+    assert cli(*plan, str(largest[0] + 8)).exit_code == 2
+    assert cli("plan", "x", "--size", "8192", "--gpu", "4070").exit_code == 0
+    # Where no tile would do, the size is still what is blamed.
+    too_big = cli("plan", "x", "--size", "16384", "--vram", "6", "--ram", "64", "--vae-tile",
+                  "2048")
+    assert too_big.exit_code == 2
+    (line,) = error_lines(too_big.stderr)
+    assert "--vae-tile" not in line and "fits" in line
