@@ -203,7 +203,7 @@ def test_several_images_go_on_where_they_stopped(tmp_path, asked, monkeypatch, a
     result = cli(*args, *again)
     assert result.exit_code == 0, result.stderr
     # The first image is kept (and reported as made), the second goes on, or starts over.
-    assert json_lines(result.stdout)[0] == made
+    assert json_lines(result.stdout)[0] == {**made, "status": "skipped"}
     assert [r["seed"] for r in json_lines(result.stdout)] == [5, 6]
     assert "made already by these settings, kept" in result.stderr
     assert stages == ([0, 1, 2] if again else [2])

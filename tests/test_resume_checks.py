@@ -59,7 +59,8 @@ def test_prompts_on_stdin_go_on_after_a_stop_between_images(tmp_path, asked, mon
     again = cli(*args, input="a fox\na cat\n")
     assert again.exit_code == 0, again.stderr
     records = json_lines(again.stdout)
-    assert records[0] == made and [r["seed"] for r in records] == [made["seed"]] * 2
+    assert records[0] == {**made, "status": "skipped"}
+    assert [r["seed"] for r in records] == [made["seed"]] * 2
     assert "made already by these settings, kept" in again.stderr
     assert stages == [0, 1]  # the second image alone
 
