@@ -78,8 +78,10 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
         """A job's line on stdout; with --json it says which job and how it went, as the
         manifest's lines do, so a script needs no manifest to tell the failed ones (they have a
         line only with --json)."""
-        emit({"index": o.item.index, "status": o.status, **record} if as_json else record,
-             as_json)
+        # the manifest's keys on every line (a done job's error null, a failed one's settings)
+        head = {"index": o.item.index, "status": o.status, "path": str(o.path),
+                "error": o.error, "settings": b.settings_hash(o.item.job)}
+        emit({**head, **record} if as_json else record, as_json)
 
     seen: list[b.Outcome] = []  # for the count when the batch is stopped
 

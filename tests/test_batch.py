@@ -248,8 +248,13 @@ output = "three.png"
     assert [r["path"] for r in lines if r["status"] == "skipped"] == paths
     assert "broken.safetensors" in lines[1]["error"]
     assert "batch: 0 done, 2 skipped, 1 failed" in again.stderr
-    assert [r["status"] for r in manifest(out / "manifest.jsonl")[3:]] == ["skipped", "failed",
-                                                                          "skipped"]
+    written = manifest(out / "manifest.jsonl")[3:]
+    assert [r["status"] for r in written] == ["skipped", "failed", "skipped"]
+    # a line has the keys its manifest line has (a failed one lacked 'settings', a skipped
+    # one 'error'), with the same values
+    for said, kept in zip(lines, written):
+        assert set(kept) <= set(said), (said, kept)
+        assert all(said[k] == v for k, v in kept.items()), (said, kept)
     assert {p: sha256(Path(p)) for p in paths} == hashes
     assert part_files(tmp_path) == []
 
