@@ -462,6 +462,8 @@ def describe(plan: Plan) -> list[str]:
             if s.cost.used_bytes > s.cost.peak_bytes:
                 line += f" ({s.cost.used_bytes / GIB:.1f} with the VAE's kept outputs)"
             line += f", {work} TFLOP"
+            if s.cost.tflop > s.cost.unet_tflop:  # the VAE runs in this stage: its tile
+                line += f", VAE tiles {s.cost.vae_tile} px"
             if s.cost.host_bytes:
                 ram = s.cost.host_bytes - s.cost.disk_bytes
                 line += f", {ram / GIB:.1f} GiB of RAM"  # as --ram counts

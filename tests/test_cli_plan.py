@@ -568,3 +568,18 @@ def test_a_forced_vae_tile_that_does_not_fit_is_named_not_the_size(small):
     assert too_big.exit_code == 2
     (line,) = error_lines(too_big.stderr)
     assert "--vae-tile" not in line and "fits" in line
+
+
+def test_the_plans_text_names_each_stages_vae_tile():
+    """Only --json had `vae_tile`: each stage line that runs the VAE now says its tile, as
+    --json does; a base stage whose image the next stage decodes says none."""
+    for args in (("--size", "8192", "--gpu", "4070"), ("--size", "4096", "--vae-tile", "1024")):
+        text = cli("plan", "x", *args)
+        assert text.exit_code == 0, text.stderr
+        lines = [x for x in (text.stdout + text.stderr).splitlines() if x.startswith("stage ")]
+        stages = plan_json("x", *args)["stages"]
+        assert len(lines) == len(stages) > 1
+        assert "VAE tiles" not in lines[0]
+        for line, s in zip(lines[1:], stages[1:], strict=True):
+            assert f", VAE tiles {s['vae_tile']} px," in line
+    assert all(s["vae_tile"] == 1024 for s in stages[1:])
