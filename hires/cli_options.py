@@ -142,8 +142,9 @@ Ram = Annotated[float | None, typer.Option(
     help="CPU memory budget in GiB for parked maps and offloaded weights (default: what is "
          "free).", parser=gigabytes, metavar="<GiB>")]
 Disk = Annotated[float | None, typer.Option(
-    help="Scratch disk in GB (in TMPDIR) for parked maps the RAM cannot hold (default: what is "
-    "free there; 0: never).", parser=disk_gigabytes, metavar="<GB>")]
+    help="Scratch disk in GB (in TMPDIR) for parked maps the RAM cannot hold and --vae-stats "
+    "exact's files (default: what is free there; 0: never).", parser=disk_gigabytes,
+    metavar="<GB>")]
 Offload = Annotated[str | None, typer.Option(
     help="auto, none, model or sequential.",
     autocompletion=one_of("auto", "none", "model", "sequential"))]
