@@ -131,7 +131,8 @@ class PlainProgress:
             if last:
                 line += f" done in {elapsed:.1f}s"
         left, run = self.left(self.now)
-        if left is not None:
+        # the save is no clock phase: the job is 'done' once its file is there, not before
+        if left is not None and not (e.phase == "save" and not last):
             line += f"; job {time_left(left, self.job.finished)}"
         if self.run is not None and self.run.images > 1:
             line += f"; image {self.run.index + 1} of {self.run.images}"

@@ -127,6 +127,24 @@ def test_plain_progress_says_how_long_the_job_has_left():
     assert " left" in lines[-1]
 
 
+def test_plain_progress_says_the_job_is_done_once_its_file_is_saved_not_before():
+    """The save's start line said '; job done' while the file was being written."""
+    plan = plan_4k()
+    times = iter(range(1000))
+    stream = io.StringIO()
+    progress = PlainProgress(stream, every=0.0, plan=plan, clock=lambda: float(next(times)))
+    for e, _ in run_events(plan):
+        progress(e)
+    last = plan.stages[-1]
+    for done in (0, 1):
+        progress(Event("save", last.index, len(plan.stages), last.width, last.height, done,
+                       done))
+    start, end = stream.getvalue().splitlines()[-2:]
+    assert start == f"[3/3] stage 2 {last.width}x{last.height} save"
+    assert end.startswith(f"[3/3] stage 2 {last.width}x{last.height} save 1/1 done in ")
+    assert end.endswith("; job done")
+
+
 def test_json_progress_is_one_object_a_line_with_the_same_events():
     import json
 
