@@ -487,6 +487,9 @@ def root(
     """hires: 1K to 16K images (64 to 32768 px) from a prompt, on one GPU."""
     # per invocation: tests and scripts may call the app many times
     Quiet.on, Quiet.progress = False, "auto"
+    from hires import memory
+
+    memory.CPU_PEAK_PER_STAGE = True  # the process is the command's: a stage's own CPU peak
 
 
 def main() -> None:

@@ -192,12 +192,21 @@ def placed(components, weights: str, *active: nn.Module) -> Iterator[None]:
     yield
 
 
+# The CLI owns its process: it starts the CPU's peak (VmHWM) anew each stage (hires.cli sets
+# this). A library caller's process is its own: resetting would wipe its peak too
+# (ru_maxrss reads the same counter), so there a stage's CPU figure is the process's peak.
+CPU_PEAK_PER_STAGE = False
+_peak_before = 0  # the process's peak before the last reset, for `peak_rss`
+
+
 def reset_peak(device: torch.device) -> None:
-    """Start a new peak for `peak_memory`: CUDA's allocator's, or on the CPU (Linux) this
-    process's resident one, so that a stage's figure is its own, not the largest since start."""
+    """Start a new peak for `peak_memory`: CUDA's allocator's, or on the CPU (Linux, with
+    CPU_PEAK_PER_STAGE) this process's resident one, so that a stage's figure is its own."""
+    global _peak_before
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    elif device.type == "cpu":
+    elif device.type == "cpu" and CPU_PEAK_PER_STAGE:
+        _peak_before = max(_peak_before, _high_water() or 0)
         try:  # '5' resets only the peak (VmHWM); Linux >= 4.0
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
@@ -206,16 +215,15 @@ def reset_peak(device: torch.device) -> None:
 
 
 def peak_memory(device: torch.device) -> int | None:
-    """Peak bytes allocated on a CUDA device since the last reset; peak RSS on CPU (since the
-    last reset on Linux: the whole process's, weights included)."""
+    """Peak bytes allocated on a CUDA device since the last reset; on the CPU the process's
+    peak resident memory (weights included), since the last reset where one is made."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
-    return peak_rss()
+    return _high_water() or peak_rss()
 
 
-def peak_rss() -> int | None:
-    """This process's peak resident memory in bytes (Linux/macOS): since `reset_peak` on
-    Linux, else since it started."""
+def _high_water() -> int | None:
+    """VmHWM: the peak resident bytes since the process started or `reset_peak` (Linux)."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -223,6 +231,15 @@ def peak_rss() -> int | None:
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
+    return None
+
+
+def peak_rss() -> int | None:
+    """This process's peak resident memory in bytes since it started (Linux/macOS), across
+    `reset_peak`s."""
+    now = _high_water()
+    if now is not None:
+        return max(now, _peak_before)
     try:
         import resource
 
