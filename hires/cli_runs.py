@@ -3,6 +3,7 @@ once, each image planned, resumed, shown in progress and saved (`make_image`, `b
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -392,8 +393,9 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
         for earlier in sorted(i for i in kept_scores if i < index and i not in scored):
             score(earlier, kept_scores[earlier])
         stage = plan.stages[index]
-        say(f"  stage {index} ({stage.width}x{stage.height}): {psnr:.1f} dB PSNR against the "
-            "input")
+        said = f"{psnr:.1f} dB PSNR against the input" if math.isfinite(psnr) else \
+            "identical to the input"  # inf dB
+        say(f"  stage {index} ({stage.width}x{stage.height}): {said}")
         scored.add(index)
 
     keeping = saying_what_is_kept(kept, job, plan, source) if kept else nullcontext()

@@ -83,7 +83,9 @@ def plan_json(run, job, p) -> dict[str, Any]:
                     "used_bytes": max(s.cost.used_bytes, s.cost.peak_bytes),
                     "tflop": round(s.cost.tflop, 3),
                     "unet_tflop": round(s.cost.unet_tflop, 3),
-                    "scratch_bytes": s.cost.scratch_bytes, "vae_tile": s.cost.vae_tile,
+                    "scratch_bytes": s.cost.scratch_bytes,
+                    # null where the stage runs no VAE, as its text line names none
+                    "vae_tile": s.cost.vae_tile if s.cost.tflop > s.cost.unet_tflop else None,
                     "host_bytes": s.cost.host_bytes,
                     "parked_bytes": s.cost.parked_bytes,
                     "disk_bytes": s.cost.disk_bytes, "vae_spill": s.cost.vae_spill,
@@ -617,8 +619,10 @@ def show_made(path: str | Path, as_json: bool) -> None:
         lines.append(f"stage {stage.get('index')}: {stage.get('width')}x{stage.get('height')}, "
                      f"{stage.get('steps')} step{'' if stage.get('steps') == 1 else 's'}, "
                      f"{stage.get('seconds')} s"
-                     + (f", {stage['psnr']} dB PSNR against the input" if "psnr" in stage
-                        else ""))
+                     # null: identical to the input (an infinite PSNR, which JSON cannot hold)
+                     + (f", {stage['psnr']} dB PSNR against the input"
+                        if stage.get("psnr") is not None else
+                        ", identical to the input" if "psnr" in stage else ""))
     out_line("\n".join(lines))
 
 

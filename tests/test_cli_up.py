@@ -38,6 +38,10 @@ def test_an_exact_copy_scores_null_not_infinity_which_is_no_json(photo, tmp_path
     info = cli("info", out, "--json")
     assert info.exit_code == 0, info.stderr
     assert strict(info.stdout)["result"]["stages"][0]["psnr"] is None
+    # said in words, not 'inf dB' as the run said it, nor 'None dB' as info did
+    assert "stage 0 (288x192): identical to the input" in result.stderr
+    assert "inf dB" not in result.stderr
+    assert "identical to the input" in cli("info", out).stdout
 
 
 def test_up_makes_the_exact_size_and_reports_fidelity_per_stage(photo, tmp_path, asked):
