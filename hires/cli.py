@@ -358,7 +358,8 @@ def presets_list(as_json: PresetsJson = False) -> None:
 def presets_show(name: Annotated[str, typer.Argument(
         help="Preset name or path.", autocompletion=completes(preset_names))],
         as_json: Annotated[bool, typer.Option(
-            "--json", help="One JSON object: name, description, path, values.")] = False,
+            "--json", help="One JSON object: name, description, path, origin, "
+            "replaces_shipped, values.")] = False,
 ) -> None:
     """Print one preset's TOML."""
     with exit_codes():
@@ -366,9 +367,15 @@ def presets_show(name: Annotated[str, typer.Argument(
 
         preset = load_preset(name)
         if as_json:
+            from hires.presets import shipped
+
+            theirs = shipped().get(preset.name)
+            ours = theirs is not None and preset.path == theirs.path
             out_line(json.dumps({"name": preset.name, "description": preset.description,
-                                 "path": str(preset.path), "values": preset.values},
-                                default=str))
+                                 "path": str(preset.path),
+                                 "origin": "shipped" if ours else "yours",
+                                 "replaces_shipped": theirs is not None and not ours,
+                                 "values": preset.values}, default=str))
             return
         out_line(Path(preset.path).read_text(encoding="utf-8").rstrip("\n"))
 

@@ -80,7 +80,11 @@ def test_presets_list_and_show_in_json_for_scripts(own_presets):
     assert shown.exit_code == 0, shown.stderr
     assert json.loads(shown.stdout) == {"name": "own", "description": "own one",
                                         "path": own_presets["HIRES_PRESETS"] + "/own.toml",
+                                        "origin": "yours", "replaces_shipped": False,
                                         "values": {"steps": 4}}
+    for name, origin, replaces in (("draft", "yours", True), ("16k", "shipped", False)):
+        said = json.loads(cli("presets", "show", name, "--json", env=own_presets).stdout)
+        assert (said["origin"], said["replaces_shipped"]) == (origin, replaces)
 
 
 def test_disk_sizes_typed_in_gib_count_as_gib():
