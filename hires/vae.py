@@ -17,6 +17,7 @@ decoder), so the caller should run it in fp32 or bf16 (or use an fp16-fixed VAE)
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterator
 from contextlib import closing
 
@@ -43,10 +44,13 @@ def _check_stats(stats: str) -> None:
 def _check_tiling(tile: int, overlap: int | None) -> None:
     """One-line errors for tiles that would show seams or cannot slice: a tile under 64 px or
     an overlap under 8 px leaves seams of tens of 8-bit steps (the decoder sees ~138 px)."""
-    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 64 or tile % SCALE:
+    # numbers.Integral: numpy's whole numbers too, as hires.job takes them
+    if isinstance(tile, bool) or not isinstance(tile, numbers.Integral) or tile < 64 \
+            or tile % SCALE:
         raise ValueError(f"tile must be a whole number of px, a multiple of {SCALE} from 64 "
                          f"(256 or more for no visible seams), got {tile!r}")
-    if overlap is not None and (isinstance(overlap, bool) or not isinstance(overlap, int)
+    if overlap is not None and (isinstance(overlap, bool)
+                                or not isinstance(overlap, numbers.Integral)
                                 or not SCALE <= overlap <= tile // 2 or overlap % SCALE):
         raise ValueError(f"overlap must be a multiple of {SCALE} px from {SCALE} to half the "
                          f"tile ({tile // 2}), or None for a quarter tile; got {overlap!r}")

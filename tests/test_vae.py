@@ -574,3 +574,11 @@ def test_tiles_that_would_show_seams_or_cannot_slice_are_refused(vae, kwargs):
         tiled.decode(vae, z, **kwargs)
     with pytest.raises(ValueError, match=r"^(tile|overlap) must be "):
         tiled.encode(vae, np.zeros((384, 384, 3), np.uint8), **kwargs)
+
+
+def test_numpy_whole_numbers_are_taken_for_tiles(vae):
+    """np.int64(256) was refused as 'not a whole number of px'."""
+    z = smooth_latent(48, 48, 0)
+    expected = tiled.decode(vae, z, tile=256, overlap=64)
+    assert np.array_equal(tiled.decode(vae, z, tile=np.int64(256), overlap=np.int32(64)),
+                          expected)
