@@ -285,14 +285,25 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
 
     check_gpu(gpu)
     plans: dict[str, Any] = {}  # jobs that differ only in prompt and seed share a plan
-    total, counts, planned_on = 0.0, {"to make": 0, "made": 0, "cannot run": 0}, None
+    from hires import busy
+
+    total, planned_on = 0.0, None
+    counts = {"to make": 0, "made": 0, "busy": 0, "cannot run": 0}
     usage = False  # some job cannot run for a setting to fix (else: for a model not here)
     to_make: list[tuple[Path, Any]] = []
     for item in items:
         job, path = item.job, paths[item.index]
         row: dict[str, Any] = {"index": item.index, "path": str(path), "width": job.width,
                                "height": job.height}
-        if not overwrite and b.made_already(path, job):
+        try:  # as the run finds it: another run is making it (status busy, left to that run)
+            busy.check_free(path)
+            held = None
+        except busy.Busy as e:
+            held = e.who
+        if held:
+            row.update(status="busy", error=f"{held} is making it")
+            text = f"job {item.index}: {held} is making {path}; the run leaves it to that one"
+        elif not overwrite and b.made_already(path, job):
             row["status"], text = "made", f"job {item.index}: {path} is made already"
         else:
             source = input_size(job.image) if job.image else None
@@ -333,6 +344,8 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
         parts = [f"{counts['to make']} to make" + (
             f", {duration(total)} on {planned_on} (assumed rates)" if planned_on else ""),
             f"{counts['made']} made already"]
+        if counts["busy"]:
+            parts.append(f"{counts['busy']} left to another run")
         if counts["cannot run"]:
             parts.append(f"{counts['cannot run']} cannot run")
         out_line("total: " + "; ".join(parts))

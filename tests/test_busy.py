@@ -157,3 +157,30 @@ def test_a_dry_run_says_an_image_another_run_is_making_as_the_run_would(tmp_path
     free = cli(*args, "--dry-run")
     assert free.exit_code == 0, free.stderr
     assert not busy.lock_path(out).exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_batch_dry_run_says_busy_for_an_image_another_run_is_making(tmp_path):
+    """It said 'to make' (and offered that run's checkpoint) where the run says busy."""
+    jobs = write(tmp_path / "jobs.toml", """
+[defaults]
+model = "tiny"
+width = 256
+height = 256
+steps = 1
+[[job]]
+prompt = "one"
+output = "one.png"
+[[job]]
+prompt = "two"
+output = "two.png"
+""")
+    out = tmp_path / "out"
+    out.mkdir()
+    with busy.making(out / "one.png"):
+        result = cli("batch", jobs, "-o", out, "--dry-run", "--json")
+        text = cli("batch", jobs, "-o", out, "--dry-run")
+    assert result.exit_code == 0, result.stderr
+    rows = json_lines(result.stdout)
+    assert [(r["index"], r["status"]) for r in rows] == [(0, "busy"), (1, "to make")]
+    assert f"another hires run (pid {os.getpid()}) is making it" == rows[0]["error"]
+    assert text.exit_code == 0 and "1 left to another run" in text.stdout
