@@ -500,7 +500,9 @@ def test_plan_refuses_a_format_that_cannot_hold_the_image_as_gen_does():
                        "WebP images are at most 16383 px")
     # a preset's 16-bit depth in a JPEG
     assert_usage_error(cli("plan", "--preset", "print-a2", "--format", "jpg"),
-                       "--format jpg: JPEG holds 8 bits a channel")
+                       "--format jpg: JPEG holds 8 bits a channel", "--depth 8")
+    # as the message says: plan had no --depth ('no such option')
+    assert cli("plan", "--preset", "print-a2", "--format", "jpg", "--depth", "8").exit_code == 0
     assert cli("plan", "--size", "16376", "--format", "webp").exit_code == 0  # a multiple of 8
 
 
