@@ -62,8 +62,7 @@ def test_gen_leaves_an_image_another_run_is_making_before_loading_the_model(tmp_
     assert out.is_file() and not busy.lock_path(out).exists()
 
 
-def test_two_batches_of_one_job_file_share_its_jobs(tmp_path, asked):
-    jobs = write(tmp_path / "jobs.toml", """
+TWO_JOBS = """
 [defaults]
 model = "tiny"
 width = 256
@@ -75,7 +74,11 @@ output = "one.png"
 [[job]]
 prompt = "two"
 output = "two.png"
-""")
+"""
+
+
+def test_two_batches_of_one_job_file_share_its_jobs(tmp_path, asked):
+    jobs = write(tmp_path / "jobs.toml", TWO_JOBS)
     out = tmp_path / "out"
     out.mkdir()
     with busy.making(out / "one.png"):  # the other batch is at job 0
@@ -161,19 +164,7 @@ def test_a_dry_run_says_an_image_another_run_is_making_as_the_run_would(tmp_path
 
 def test_a_batch_dry_run_says_busy_for_an_image_another_run_is_making(tmp_path):
     """It said 'to make' (and offered that run's checkpoint) where the run says busy."""
-    jobs = write(tmp_path / "jobs.toml", """
-[defaults]
-model = "tiny"
-width = 256
-height = 256
-steps = 1
-[[job]]
-prompt = "one"
-output = "one.png"
-[[job]]
-prompt = "two"
-output = "two.png"
-""")
+    jobs = write(tmp_path / "jobs.toml", TWO_JOBS)
     out = tmp_path / "out"
     out.mkdir()
     with busy.making(out / "one.png"):
