@@ -40,7 +40,7 @@ from hires.sampling import (
     sigma_schedule,
 )
 from hires.strategy import applied
-from hires.vae_memo import scratch_room as vae_scratch
+from hires.vae_memo import scratch_capped
 
 __all__ = ["Result", "StageReport", "generate", "load", "plan_for"]
 
@@ -194,7 +194,7 @@ def shape_for(job: Job, components: Components):
     return shape
 
 
-def scratch_room(job: Job) -> float:
+def vae_scratch_room(job: Job) -> float:
     """The scratch disk the exact VAE mode's files may take, as the plan counts it
     (`shape_for`'s disk): --disk, at most what is free (0: none, and its passes recompute)."""
     from hires.memory import disk_room, scratch_folder
@@ -558,7 +558,7 @@ def decode(comps: Components, latents, tile: int, emit: ProgressFn, stage_index:
         emit(Event("vae-decode", stage_index, n, w, h, done, total))
 
     on_tile(0, 0)  # the phase starts now (its tile count comes with the first tile)
-    with torch.inference_mode(), _vae_advice(comps), vae_scratch(scratch_room(job)):
+    with torch.inference_mode(), _vae_advice(comps), scratch_capped(vae_scratch_room(job)):
         return tiled_vae.decode(comps.vae, latents, tile=tile, progress=on_tile, spill=spill,
                                 bits=bits, stats=job.vae_stats)
 
@@ -589,7 +589,7 @@ def encode(comps: Components, image: Image.Image, tile: int, emit: ProgressFn, s
         emit(Event("vae-encode", stage.index, n, stage.width, stage.height, done, total))
 
     on_tile(0, 0)
-    with torch.inference_mode(), _vae_advice(comps), vae_scratch(scratch_room(job)):
+    with torch.inference_mode(), _vae_advice(comps), scratch_capped(vae_scratch_room(job)):
         latents = tiled_vae.encode(comps.vae, np.asarray(image), tile=tile, progress=on_tile,
                                    spill=spill, stats=job.vae_stats)
     return latents.to(comps.device, torch.float32)

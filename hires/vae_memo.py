@@ -184,7 +184,7 @@ _ROOM: ContextVar[float | None] = ContextVar("hires_vae_scratch_room", default=N
 
 
 @contextmanager
-def scratch_room(nbytes: float | None) -> Iterator[None]:
+def scratch_capped(nbytes: float | None) -> Iterator[None]:
     """Within this, exact mode's files (`DiskMemo`) take at most `nbytes` of the scratch disk
     in all (a run's `--disk`: 0 writes none, and the passes recompute); None: no cap but the
     free space's."""
@@ -207,7 +207,7 @@ class DiskMemo(Memo):
     On disk, not in memory, so that memory stays set by the tile: up to 17 GB at 16K for the
     tiny VAE, read back through the page cache. A level is only kept while it fits `budget`
     bytes and half the room left: what is free of the disk, and of `room` bytes for all the
-    files (default: `scratch_room`'s); none on a filesystem in RAM. A shallower level is
+    files (default: `scratch_capped`'s); none on a filesystem in RAM. A shallower level is
     deleted once a deeper one holds its tiles.
     """
 

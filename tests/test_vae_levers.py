@@ -95,18 +95,18 @@ def _exact_decode():
 def test_a_scratch_room_of_0_writes_no_file_and_a_cap_bounds_the_files(monkeypatch):
     """`--disk 0` means never: the passes recompute (the same pixels); a cap bounds the bytes
     the files hold at once. DiskMemo looked at half the free disk alone."""
-    from hires.vae_memo import scratch_room
+    from hires.vae_memo import scratch_capped
 
     memos = _memos(monkeypatch)
     free = _exact_decode()
     (roomy,) = memos
     assert roomy.written > 0
-    with scratch_room(0):
+    with scratch_capped(0):
         none = _exact_decode()
     assert memos[1].written == 0 and memos[1].most == 0
     torch.testing.assert_close(none, free, rtol=0, atol=0)
     cap = roomy.most // 2
-    with scratch_room(cap):
+    with scratch_capped(cap):
         capped = _exact_decode()
     assert 0 < memos[2].most <= cap and memos[2].written < roomy.written
     torch.testing.assert_close(capped, free, rtol=0, atol=0)
