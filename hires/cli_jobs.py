@@ -84,6 +84,14 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
             "another)")
     if recorded.get("vae") and "vae" not in flags:
         say(f"--from {from_image}: VAE {recorded['vae']} (as recorded; --vae picks another)")
+    from hires.job import MIN_VAE_TILE
+
+    tile = recorded.get("vae_tile")
+    if "vae_tile" not in flags and isinstance(tile, int) and 0 < tile < MIN_VAE_TILE:
+        # an image of an older hires: its tile is refused now, and no flag was said to help
+        raise JobError(f"{from_image} was made with VAE tiles of {tile} px, which hires no "
+                       f"longer takes (seams show under {MIN_VAE_TILE}); pass --vae-tile auto "
+                       "to make it again with the planner's tiles (not quite the same pixels)")
     job = job_from_levels([*levels, (recorded, where, True), (flags, OPTIONS, False)],
                           size_of=size_of)
     from hires.record import vae_dtype_ran

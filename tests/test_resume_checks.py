@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_cli import cli, failing_once, json_lines
+from helpers_cli import assert_usage_error, cli, failing_once, json_lines
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -276,3 +276,25 @@ def test_stage_images_record_the_vae_precision_that_ran(tmp_path, asked, tiny):
     assert result.exit_code == 0, result.stderr
     for made in (out, tmp_path / "fox.stage0.png"):
         assert read_metadata(made)["hires"]["result"]["vae_dtype"] == dtype_name(tiny.vae_dtype)
+
+
+def test_from_an_image_made_with_tiles_now_refused_says_how_to_make_it_again(tmp_path):
+    """Tiles under 256 px are refused now; --from such an image said only 'vae_tile must be
+    ... got 128 (in metadata of ...)', not that a flag makes it again."""
+    from PIL import Image
+
+    from hires.output import read_metadata, save_image
+
+    made = tmp_path / "new.png"
+    assert cli("gen", "x", "--model", "tiny", "--size", "256", "--steps", "1", "--vae-tile",
+               "256", "-o", made).exit_code == 0
+    record = read_metadata(made)["hires"]
+    record["job"]["vae_tile"] = 128  # as an older hires wrote it
+    old = tmp_path / "old.png"
+    with Image.open(made) as image:
+        save_image(image, old, metadata=record)
+    refused = cli("gen", "--from", old, "-o", tmp_path / "again.png", "--dry-run", "-q")
+    assert_usage_error(refused, "was made with VAE tiles of 128 px",
+                       "pass --vae-tile auto to make it again")
+    assert cli("gen", "--from", old, "-o", tmp_path / "again.png", "--dry-run", "--vae-tile",
+               "auto").exit_code == 0
