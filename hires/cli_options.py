@@ -93,7 +93,8 @@ PrintSize = Annotated[str | None, typer.Option(
     " legal, tabloid (A2-landscape turns it); +3mm adds bleed on every side (A2+3mm); the pixels"
     " at --dpi (default 300), recorded in the file.", autocompletion=completes(paper_names))]
 Negative = Annotated[str | None, typer.Option(help="Negative prompt.")]
-Seed = Annotated[int | None, typer.Option(help="Random seed (random when absent; recorded).")]
+Seed = Annotated[int | None, typer.Option(
+    help="Random seed, 0 to 4294967295 (random when absent; recorded).")]
 Steps = Annotated[int | None, typer.Option(help="Base-stage steps (default 50).")]
 Guidance = Annotated[float | None, typer.Option(help="CFG scale (default 7.5).")]
 Strength = Annotated[float | None, typer.Option(

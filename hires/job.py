@@ -15,6 +15,9 @@ from typing import Any
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 MIN_SIDE, MAX_SIDE = 64, 32768  # px a side: the sizes hires makes
 MIN_VAE_TILE = 256  # px: smaller tiles show seams (Job.validate)
+# Seeds are below 2**32: torch's CPU generator, which draws the noise, reads a seed's low 32
+# bits alone, so a larger seed made the image of its low bits (seed 2**32 was seed 0's).
+SEEDS = 2**32
 FORMATS = ("png", "jpg", "webp", "tiff")
 _FORMAT_ALIASES = {"tif": "tiff", "jpeg": "jpg"}
 DEPTHS = (8, 16)  # bits per channel of the file; 16 only as PNG or TIFF
@@ -161,8 +164,11 @@ class Job:
             raise JobError(f"ram must be a positive number of GiB, got {self.ram}")
         if self.disk is not None and self.disk < 0:
             raise JobError(f"disk must be 0 (never) or a positive number of GB, got {self.disk}")
-        if self.seed is not None and not 0 <= self.seed < 2**63:
-            raise JobError(f"seed must be between 0 and 2**63-1, got {self.seed}")
+        if self.seed is not None and not 0 <= self.seed < SEEDS:
+            low = f": it made the image of seed {self.seed % SEEDS}" if self.seed >= SEEDS \
+                else ""
+            raise JobError(f"seed must be between 0 and {SEEDS - 1}, got {self.seed} (the noise "
+                           f"generator reads 32 bits{low})")
         for name in ("prompt", "negative"):
             try:
                 getattr(self, name).encode("utf-8")

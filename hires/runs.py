@@ -13,7 +13,7 @@ from typing import Any
 
 from hires import output as out
 from hires import resume
-from hires.job import LOSSY_FORMATS, Job, JobError
+from hires.job import LOSSY_FORMATS, SEEDS, Job, JobError
 from hires.record import stage_path, stage_paths
 
 
@@ -79,8 +79,9 @@ def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
 
     def image(i: int, job: Job, seed: int) -> tuple[Job, Path]:
         """Image i's job (seed and format set) and path."""
-        one = job.merged({"seed": seed % 2**63}).validate()  # stdin's prompts too
-        path = path_of(i, one, one.seed)
+        # stdin's prompts checked too; --n counts on past the last seed to 0, as it made them
+        one = job.merged({"seed": 0 if seed == SEED_MARK else seed % SEEDS}).validate()
+        path = path_of(i, one, seed if seed == SEED_MARK else one.seed)
         if preview:
             path = stage_path(path, 0)
         fmt = out.format_of(path, job.format, fmt_flag)
@@ -164,7 +165,7 @@ def check_not_input(path: Path, image: str | None, change: str = "-o") -> None:
 
 
 # A seed no name holds by chance: where an image's name shows its seed, this shows where.
-SEED_MARK = 918273645546372819
+SEED_MARK = 918273645546372819  # beyond the seeds (job.SEEDS): a placeholder for names
 
 
 def made_base(todo: list[tuple[Job, int]],

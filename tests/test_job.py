@@ -98,3 +98,16 @@ def test_a_vae_tile_that_shows_seams_is_refused_and_auto_is_the_planners_pick():
     assert Job().merged({"vae_tile": "512"}).vae_tile == 512
     with pytest.raises(JobError, match="'vae_tile' in preset must be a whole number or auto"):
         Job().merged({"vae_tile": "big"}, where="preset")
+
+
+def test_seeds_are_the_32_bits_the_noise_generator_reads():
+    """Seeds up to 2**63-1 were taken, and seed s + k * 2**32 made seed s's image."""
+    import torch
+
+    same = [torch.randn(4, generator=torch.Generator("cpu").manual_seed(s)) for s in (0, 2**32)]
+    assert torch.equal(*same)  # why: torch's CPU generator reads the low 32 bits
+    assert Job(seed=2**32 - 1).validate().seed == 2**32 - 1
+    with pytest.raises(JobError, match=r"^seed must be between 0 and 4294967295, got 4294967296 "
+                                       r"\(the noise generator reads 32 bits: it made the image "
+                                       r"of seed 0\)$"):
+        Job(seed=2**32).validate()

@@ -144,3 +144,9 @@ def test_a_dry_runs_json_lists_the_images_the_run_would_write(tmp_path, asked):
     assert [i["prompt"] for i in listed] == ["a", "b"]
     assert all(i["seed_drawn"] for i in listed)  # the run draws its own
     assert asked == []
+
+
+def test_n_images_count_past_the_last_seed_to_0(tmp_path):
+    """The seeds wrapped at 2**63, past what the noise generator reads (2**32)."""
+    runs = plan_runs(jobs(JOB.merged({"seed": 2**32 - 1}), ["a fox"]), str(tmp_path), n=2)
+    assert [r.job.seed for r in runs] == [2**32 - 1, 0]
