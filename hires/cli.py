@@ -166,6 +166,8 @@ def gen(
         prompts = read_prompts(prompt) if prompt == "-" else [job.prompt]
         jobs = [job.merged({"prompt": text}) for text in prompts]
         check_preview(preview, save_stages)
+        if not prompts[0].strip() and from_image is None:  # in a dry run too, as it starts
+            raise typer.BadParameter("give a prompt (or '-' to read prompts from stdin)")
         if dry_run:
             images = check_outputs(jobs, output, fmt, n, overwrite, save_stages, preview,
                                    quality_flag=quality is not None, as_json=as_json,
@@ -175,8 +177,6 @@ def gen(
                       stage_images=save_stages, preview=preview, here=True, images=images)
             return
         check_device(job.device)
-        if not prompts[0].strip() and from_image is None:
-            raise typer.BadParameter("give a prompt (or '-' to read prompts from stdin)")
         run_jobs(jobs, output, save_stages, as_json, quiet, overwrite, gpu, fmt_flag=fmt, n=n,
                  resume_runs=resume_runs, preview=preview, quality_flag=quality is not None)
 

@@ -191,6 +191,8 @@ def stdin_lines(what: str, head: bytes = b"") -> list[str]:
         lines = text.splitlines()
     except UnicodeDecodeError:
         raise typer.BadParameter(f"the {what} on stdin are not UTF-8 text") from None
+    if lines:  # a byte-order mark (Windows editors write one) is no part of the first line
+        lines[0] = lines[0].removeprefix("\ufeff")
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 

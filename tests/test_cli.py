@@ -120,6 +120,8 @@ def test_empty_stdin_and_missing_prompt_are_usage_errors(asked):
     assert_usage_error(cli("gen", "-", *TINY, input="\n\n"), "read no prompts")
     assert_usage_error(cli("gen", *TINY), "give a prompt")
     assert_usage_error(cli("gen", "  \t ", *TINY), "give a prompt")  # made an image
+    for blank in ("", "   "):  # a dry run printed a plan (exit 0) for what the run refuses
+        assert_usage_error(cli("gen", blank, *TINY, "--dry-run"), "give a prompt")
     assert asked == []
 
 

@@ -473,6 +473,18 @@ def test_comment_lines_on_stdin_are_not_prompts(tmp_path, asked):
     assert [r["prompt"] for r in json_lines(result.stdout)] == ["a red fox"]
 
 
+@pytest.mark.parametrize("text, prompts", [("\ufeffa red fox\r\n", ["a red fox"]),
+                                           ("\ufeff# mine\na red fox\n", ["a red fox"]),
+                                           ("\ufeff\na red fox\n", ["a red fox"])])
+def test_a_byte_order_mark_on_stdin_is_no_part_of_a_prompt(text, prompts, tmp_path, asked):
+    """A Windows editor's BOM stayed in the first prompt (other pixels), made a first comment
+    line a prompt, and alone on its line made an image of the prompt '\ufeff'."""
+    result = cli("gen", "-", *TINY, "-q", "--json", "-o", f"{tmp_path}/{{index}}.png",
+                 input=text)
+    assert result.exit_code == 0, result.stderr
+    assert [r["prompt"] for r in json_lines(result.stdout)] == prompts
+
+
 # --- 15: outputs checked before the first step --------------------------------------------------
 
 def test_batch_webp_over_the_limit_and_a_manifest_in_a_new_folder(tmp_path):
