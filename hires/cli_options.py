@@ -96,7 +96,9 @@ Negative = Annotated[str | None, typer.Option(help="Negative prompt.")]
 Seed = Annotated[int | None, typer.Option(
     help="Random seed, 0 to 4294967295 (random when absent; recorded).")]
 Steps = Annotated[int | None, typer.Option(help="Base-stage steps (default 50).")]
-Guidance = Annotated[float | None, typer.Option(help="CFG scale (default 7.5).")]
+Guidance = Annotated[float | None, typer.Option(
+    help="CFG scale (default 7.5); 1 or less runs without CFG: one UNet pass a step, and "
+    "--negative unused.")]
 Strength = Annotated[float | None, typer.Option(
     help="SDEdit strength of the first x2 stage; later ones taper to 0 (default 0.32).")]
 # Only names that cannot be a path: where none matches, the shell completes file names.
