@@ -711,11 +711,12 @@ def parse_parameters(text: str) -> dict[str, Any]:
     """The job keys an A1111 'parameters' text can give (prompt, negative, steps, ...)."""
     lines = text.strip().split("\n")
     last = lines.pop() if lines and re.match(r"^\s*Steps: ", lines[-1]) else ""
-    negative = [line for line in lines if line.startswith("Negative prompt: ")]
-    prompt = "\n".join(line for line in lines if not line.startswith("Negative prompt: "))
-    values: dict[str, Any] = {"prompt": prompt}
-    if negative:
-        values["negative"] = negative[0][len("Negative prompt: "):]
+    # The negative runs from its line to the settings line: its lines after the first too
+    at = next((i for i, line in enumerate(lines) if line.startswith("Negative prompt: ")),
+              len(lines))
+    values: dict[str, Any] = {"prompt": "\n".join(lines[:at])}
+    if at < len(lines):
+        values["negative"] = "\n".join([lines[at][len("Negative prompt: "):], *lines[at + 1:]])
     pairs = dict(re.findall(r'\s*([\w ]+): ("(?:\\.|[^"])*"|[^,]*)(?:,|$)', last))
     keys = {"Steps": ("steps", int), "CFG scale": ("guidance", float), "Seed": ("seed", int),
             "Model": ("model", str), "Denoising strength": ("strength", float)}
@@ -726,6 +727,8 @@ def parse_parameters(text: str) -> dict[str, Any]:
     named = {v: k for k, v in A1111_SAMPLERS.items()}.get(pairs.get("Sampler", "").strip())
     if named:
         values["sampler"], values["karras"] = named
+        if pairs.get("Schedule type", "").strip() == "Karras":  # A1111 1.9 on says it so
+            values["karras"] = True
     if "Size" in pairs:
         w, _, h = pairs["Size"].strip().partition("x")
         values["width"], values["height"] = int(w), int(h)

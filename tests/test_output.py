@@ -460,3 +460,19 @@ def test_a_format_refusal_says_what_is_at_fault_and_what_to_do(tmp_path, asked, 
     with pytest.raises(OutputUsage, match=r"\.tif file, or a JPEG made with depth=8$"):
         deep.save(tmp_path / "deep.jpg")
     assert not list(tmp_path.glob("*.jpg"))
+
+
+def test_a1111_text_with_a_negative_of_several_lines_and_a_schedule_type():
+    """The negative's later lines went into the prompt; 'Schedule type: Karras' (A1111 1.9
+    on) was read as no karras."""
+    from hires.output import parameters_text, parse_parameters
+
+    text = ("a castle\non a hill\nNegative prompt: blurry,\nlowres, bad hands\n"
+            "Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 3, "
+            "Size: 512x768")
+    values = parse_parameters(text)
+    assert values["prompt"] == "a castle\non a hill"
+    assert values["negative"] == "blurry,\nlowres, bad hands"
+    assert (values["sampler"], values["karras"]) == ("dpmpp-2m", True)
+    job = {"prompt": "a fox", "negative": "ugly\nsecond line", "steps": 4, "seed": 1}
+    assert parse_parameters(parameters_text(job, 256, 256))["negative"] == "ugly\nsecond line"
