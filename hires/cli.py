@@ -174,7 +174,8 @@ def gen(
                                    resume_runs=resume_runs)
             # one plan: the prompts' and seeds' images differ in neither size nor work
             show_plan(job, gpu, as_json, source=upscale_source(job, piped),
-                      stage_images=save_stages, preview=preview, here=True, images=images)
+                      stage_images=save_stages, preview=preview, here=True, images=images,
+                      prompts=jobs)
             return
         check_device(job.device)
         run_jobs(jobs, output, save_stages, as_json, quiet, overwrite, gpu, fmt_flag=fmt, n=n,

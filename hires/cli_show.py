@@ -21,10 +21,11 @@ from hires.strips import cores
 
 def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | None = None,
               stage_images: bool = False, preview: bool = False, here: bool = False,
-              images: list[dict[str, Any]] | None = None) -> None:
+              images: list[dict[str, Any]] | None = None, prompts: list | None = None) -> None:
     """Print the plan of `job` without loading weights (`hires plan`, `gen --dry-run`); with
     `preview`, of its first stage alone; `here`: as it would run on this machine (a dry run).
-    `images`: a dry run's images of this plan (`check_outputs`), in its JSON."""
+    `images`: a dry run's images of this plan (`check_outputs`), in its JSON; `prompts`: the
+    jobs of prompts read from stdin, whose length is said as the run says it."""
     from hires.addons import input_warnings
     from hires.dry_run import as_run_here, dry_run
     from hires.gpus import card
@@ -35,9 +36,10 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
     if here:
         job = as_run_here(job, gpu)
     run = fitted_plan(lambda: dry_run(job, gpu, source, stage_images), job)
-    tokenizer = cached_tokenizer(job)  # a long prompt, said as the run would say it
-    for warning in too_long(tokenizer, job) if tokenizer is not None else []:
-        warn_once(warning)  # `up` plans each input: one prompt, said once
+    for one in prompts or [job]:  # a long prompt, said as the run would say it
+        tokenizer = cached_tokenizer(one)
+        for warning in too_long(tokenizer, one) if tokenizer is not None else []:
+            warn_once(warning)  # `up` plans each input: one prompt, said once
     # What fitting the add-on images leaves out (a run says it too): their cached facts, read
     # by the add-ons' check already; at the planned size (`up`'s is its input's times --scale).
     if job.control or job.ip_image:
@@ -282,6 +284,7 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
     from hires.job import JobError
     from hires.model_refs import ModelError
     from hires.plan import preview_of
+    from hires.prompts import cached_tokenizer, too_long
 
     check_gpu(gpu)
     plans: dict[str, Any] = {}  # jobs that differ only in prompt and seed share a plan
@@ -328,6 +331,9 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
                     total, planned_on = total + seconds, run.gpu
                 row.update(status="to make", peak_bytes=run.plan.peak_bytes,
                            seconds=None if seconds is None else round(seconds, 3))
+                tokenizer = cached_tokenizer(job)  # a long prompt, said as the run says it
+                for warning in too_long(tokenizer, job) if tokenizer is not None else []:
+                    warn(f"job {item.index}: {warning}")
                 when = "" if seconds is None else f"{duration(seconds)}, "
                 text = (f"job {item.index}: {job.width}x{job.height} -> {path}, "
                         f"{when}peak {run.plan.peak_bytes / 1024**3:.1f} GiB")

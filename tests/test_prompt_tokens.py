@@ -85,3 +85,20 @@ def test_a_hub_models_tokenizer_is_found_in_the_cache(tiny_folder, tmp_path, mon
     single.write_bytes(b"{}")
     assert cached_tokenizer(Job(prompt=LONG, model=str(single))) is not None
     assert cached_tokenizer(Job(prompt=LONG, model="someone/else")) is None
+
+
+def test_dry_runs_of_prompts_from_stdin_and_of_a_batch_say_it_too(tmp_path, asked):
+    """`gen - --dry-run` planned the flags' job (no prompt) and `batch --dry-run` never
+    looked: neither said what the runs say."""
+    read = cli("gen", "-", "--model", "tiny", "--size", "256", "--dry-run", "-o",
+               f"{tmp_path}/", input=f"a fox\n{LONG}\n")
+    assert read.exit_code == 0, read.stderr
+    assert read.stderr.count("tokens and SDXL reads 75") == 1
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text(f'[defaults]\nmodel = "tiny"\nsize = 256\n[[job]]\nprompt = "a fox"\n'
+                    f'[[job]]\nprompt = "{LONG}"\n')
+    batch = cli("batch", jobs, "-o", tmp_path / "out", "--dry-run")
+    assert batch.exit_code == 0, batch.stderr
+    assert "warning: job 1: the prompt is " in batch.stderr
+    assert batch.stderr.count("tokens and SDXL reads 75") == 1
+    assert asked == []
