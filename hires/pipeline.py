@@ -29,7 +29,7 @@ from hires.images import resize_lanczos, to_8bit
 from hires.job import Job
 from hires.library import check_arguments, check_callback, in_keywords, library_job, with_prompt
 from hires.memory import GIB, current, free_memory, host_room, peak_memory, placed, reset_peak
-from hires.models import Components, load, load_args
+from hires.models import Components, load, load_args, quiet_loading
 from hires.plan import Plan, Stage, budget_bytes, cheaper, make_plan
 from hires.progress import Event, ProgressFn
 from hires.sampling import (
@@ -538,7 +538,9 @@ def prompt_warnings(comps: Components, job: Job) -> list[str]:
 def encode_prompt(comps: Components, job: Job, plan: Plan) -> Conditioning:
     """Both text encoders, once per job; micro-conditioning uses the final size at every stage."""
     pipe = comps.pipe
-    with torch.inference_mode():
+    # quiet_loading: transformers' and diffusers' own notes on a long prompt (the result's
+    # warnings say it, in the user's words) stay off a library caller's stderr
+    with torch.inference_mode(), quiet_loading():
         embeds, neg, pooled, neg_pooled = pipe.encode_prompt(
             prompt=job.prompt, device=comps.device, num_images_per_prompt=1,
             do_classifier_free_guidance=True, negative_prompt=job.negative or None)

@@ -102,3 +102,21 @@ def test_dry_runs_of_prompts_from_stdin_and_of_a_batch_say_it_too(tmp_path, aske
     assert "warning: job 1: the prompt is " in batch.stderr
     assert batch.stderr.count("tokens and SDXL reads 75") == 1
     assert asked == []
+
+
+def test_a_long_prompt_from_python_is_said_once_in_the_results_warnings_not_on_stderr():
+    """transformers' 'Token indices sequence length is longer ...' and diffusers' 'The
+    following part of your input was truncated' reached a library caller's stderr."""
+    import subprocess
+    import sys
+
+    from helpers_cli import subprocess_env
+
+    env = {k: v for k, v in subprocess_env().items()
+           if k not in ("DIFFUSERS_VERBOSITY", "TRANSFORMERS_VERBOSITY")}  # hires.cli's
+    script = ("import hires, sys; r = hires.generate(sys.argv[1], model='tiny', size=256, "
+              "steps=1, vae_dtype='fp32'); print(len(r.warnings))")
+    done = subprocess.run([sys.executable, "-c", script, LONG], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1" and done.stderr == ""
