@@ -15,6 +15,7 @@ from typing import Any
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 MIN_SIDE, MAX_SIDE = 64, 32768  # px a side: the sizes hires makes
 MIN_VAE_TILE = 256  # px: smaller tiles show seams (Job.validate)
+MAX_GUIDANCE = 100.0
 # Seeds are below 2**32: torch's CPU generator, which draws the noise, reads a seed's low 32
 # bits alone, so a larger seed made the image of its low bits (seed 2**32 was seed 0's).
 SEEDS = 2**32
@@ -138,8 +139,10 @@ class Job:
                 raise JobError(f"{name} must be a finite number, got {value}")
         if not 0.0 <= self.strength <= 1.0:
             raise JobError(f"strength must be between 0 and 1, got {self.strength}")
-        if self.guidance < 0:
-            raise JobError(f"guidance must be >= 0, got {self.guidance}")
+        # Far past any use (SDXL's are 5-15), a scale overflows the model's output, which
+        # then read as broken weights ("NaN or inf ... check its file")
+        if not 0 <= self.guidance <= MAX_GUIDANCE:
+            raise JobError(f"guidance must be from 0 to {MAX_GUIDANCE:g}, got {self.guidance}")
         if self.sigma <= 0:
             raise JobError(f"sigma must be > 0, got {self.sigma}")
         if not 0.0 <= self.global_floor < 1.0:

@@ -202,6 +202,8 @@ def test_a_bad_flag_value_names_the_flag_and_a_preset_value_its_key(tmp_path):
     good.write_text("steps = 4\n")
     for args, said in ((("--strength", "2"), "--strength must be between 0 and 1"),
                        (("--guidance", "nan"), "--guidance must be a finite number"),
+                       # it ran into NaN and blamed the weights ("check its file")
+                       (("--guidance", "1e30"), "--guidance must be from 0 to 100, got 1e+30"),
                        (("--preset", str(bad)), "steps must be a whole number"),
                        (("--preset", str(good), "--steps", "0"),
                         "--steps must be a whole number")):
