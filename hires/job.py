@@ -168,10 +168,9 @@ class Job:
         if self.disk is not None and self.disk < 0:
             raise JobError(f"disk must be 0 (never) or a positive number of GB, got {self.disk}")
         if self.seed is not None and not 0 <= self.seed < SEEDS:
-            low = f": it made the image of seed {self.seed % SEEDS}" if self.seed >= SEEDS \
-                else ""
-            raise JobError(f"seed must be between 0 and {SEEDS - 1}, got {self.seed} (the noise "
-                           f"generator reads 32 bits{low})")
+            low = (f" (the noise generator reads 32 bits: it made the image of seed "
+                   f"{self.seed % SEEDS})") if self.seed >= SEEDS else ""
+            raise JobError(f"seed must be between 0 and {SEEDS - 1}, got {self.seed}{low}")
         for name in ("prompt", "negative"):
             try:
                 getattr(self, name).encode("utf-8")

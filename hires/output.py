@@ -724,6 +724,8 @@ def parse_parameters(text: str) -> dict[str, Any]:
         if key in pairs:
             raw = pairs[key].strip()
             values[name] = kind(json.loads(raw) if raw.startswith('"') else raw)
+    if values.get("seed") == -1:  # A1111's "a random one": none recorded, so one is drawn
+        del values["seed"]
     named = {v: k for k, v in A1111_SAMPLERS.items()}.get(pairs.get("Sampler", "").strip())
     if named:
         values["sampler"], values["karras"] = named

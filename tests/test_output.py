@@ -476,3 +476,11 @@ def test_a1111_text_with_a_negative_of_several_lines_and_a_schedule_type():
     assert (values["sampler"], values["karras"]) == ("dpmpp-2m", True)
     job = {"prompt": "a fox", "negative": "ugly\nsecond line", "steps": 4, "seed": 1}
     assert parse_parameters(parameters_text(job, 256, 256))["negative"] == "ugly\nsecond line"
+
+
+def test_a1111_seed_minus_1_is_a_random_seed_not_an_error():
+    """--from such an image was refused: 'seed must be between 0 and ..., got -1'."""
+    from hires.output import parse_parameters
+
+    assert "seed" not in parse_parameters("a fox\nSteps: 20, Seed: -1, Size: 512x512")
+    assert parse_parameters("a fox\nSteps: 20, Seed: 5, Size: 512x512")["seed"] == 5
