@@ -50,18 +50,16 @@ NAME = "hires"
 def named_as_stdout() -> Iterator[None]:
     """Errors of the scratch image's name (a format's limit, --quality for PNG) name `-o -`
     instead: the user gave no file, and 'hires.webp: ...' would say one."""
-    import copy
     import re
 
+    from hires.errors import reworded
     from hires.job import JobError
     from hires.output import OutputError
 
     try:
         yield
     except (JobError, OutputError) as e:
-        said = copy.copy(e)
-        said.args = (re.sub(rf"^{NAME}\.[a-z]+: ", "-o -: ", str(e)),)
-        raise said from None
+        raise reworded(e, re.sub(rf"^{NAME}\.[a-z]+: ", "-o -: ", str(e))) from None
 
 
 @contextmanager

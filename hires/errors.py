@@ -3,6 +3,7 @@ of numbers gone bad (`NotFinite`)."""
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any
 
@@ -16,6 +17,14 @@ def dtype_name(dtype: Any) -> str:
     """'fp16', 'bf16', 'fp32' as the flags say them (else torch's name)."""
     return {"torch.float16": "fp16", "torch.bfloat16": "bf16", "torch.float32": "fp32"}.get(
         str(dtype), str(dtype))
+
+
+def reworded(error: Exception, message: str) -> Exception:
+    """`error` with another message, of its own kind and with its attributes (a ModelError's
+    `usage`, a Busy's `pid`), for a caller to raise in its place."""
+    said = copy.copy(error)
+    said.args = (message,)
+    return said
 
 
 def first_line(e: BaseException) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import re
@@ -16,7 +15,7 @@ from typing import Any
 
 import torch
 
-from hires.errors import first_line
+from hires.errors import first_line, reworded
 from hires.job import DEFAULT_MODEL
 from hires.model_refs import (  # ModelError: also hires.models.ModelError, as README documents
     ModelError,
@@ -50,9 +49,7 @@ def in_library_terms(error: Exception) -> Exception:
     message = str(error)
     for pattern, words in _LIBRARY_TERMS:
         message = pattern.sub(words, message)
-    said = copy.copy(error)
-    said.args = (message,)
-    return said
+    return reworded(error, message)
 
 
 @dataclass
