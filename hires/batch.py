@@ -88,11 +88,13 @@ def read_batch(path: str | Path, base: Job | None = None,
     if not entries:
         raise JobError(f"{label} holds no jobs; add [[job]] entries (TOML) or lines (JSONL)")
     _check_keys(defaults, f"{name} [defaults]")
+    _check_seed(defaults, f"{name} [defaults]")
     items = []
     for i, entry in enumerate(entries):
         # Numbered from 0, as the run, the manifest and the default names number it.
         where = f"{name} job {i}" + (f" (line {line_of[i]})" if i in line_of else "")
         _check_keys(entry, where)
+        _check_seed(entry, where)
         values = {**defaults, **entry}
         output = values.pop("output", None)
         if output is not None and not isinstance(output, str):
@@ -117,6 +119,8 @@ def read_batch(path: str | Path, base: Job | None = None,
             job = job_from_levels(job_levels, base=base, size_of=input_size)
         except ImageInputError as e:
             raise JobError(f"{where}: {e}") from None
+        except JobError as e:
+            raise JobError(keyed(str(e), [w for _, w, _ in job_levels])) from None
         if not job.image and not job.prompt.strip():  # as gen refuses '': a forgotten key
             raise JobError(f"{where} has no prompt; give it a 'prompt' (or an 'image' to "
                            "upscale)")
@@ -192,6 +196,32 @@ def _check_keys(table: dict[str, Any], where: str) -> None:
             flag = name.lower() in COMMAND_FLAGS
             listing = "" if "valid:" in hint or flag else f"; valid keys: {shown}"
             raise JobError(f"unknown key '{key}' in {where}{hint}{listing}")
+
+
+def _check_seed(table: dict[str, Any], where: str) -> None:
+    """A seed is a whole number as written, as `hires.generate(seed=...)` takes it: 1.0 or
+    "5" in a typed file (TOML, JSON) is a slip, not a seed."""
+    seed = table.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise JobError(f"'seed' in {where} must be a whole number (no quotes, no decimal "
+                       f"point), got {seed!r}")
+
+
+def keyed(message: str, wheres: Iterable[str]) -> str:
+    """A job's range error, "steps must be ... (in jobs.toml job 3)", in the words of batch's
+    other errors: "'steps' in jobs.toml job 3 must be ..."; one naming no single key is
+    "jobs.toml job 3: ...". Any other message is returned as it is."""
+    for where in wheres:
+        tail = f" (in {where})"
+        if not message.endswith(tail):
+            continue
+        text = message[:-len(tail)]
+        first, _, rest = text.partition(" ")
+        key = first.strip("'")
+        if key in batch_keys() and not rest.startswith("and "):
+            return f"'{key}' in {where} {rest}"
+        return f"{where}: {text}"
+    return message
 
 
 def _jsonl(path: Path, text: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -122,7 +122,7 @@ def test_batch_upscale_jobs_keep_the_input_aspect(tmp_path, monkeypatch):
     assert [p.name for p in name_outputs(items, tmp_path, "jobs.toml")[1].values()] == [
         "0-made.png", "1-photo.png", "2-photo.png", "3-photo.png"]
     no_size = write(tmp_path / "none.toml", '[[job]]\nimage = "photo.png"\n')
-    with pytest.raises(JobError, match="give one of 'size', 'scale'.*none.toml job 0"):
+    with pytest.raises(JobError, match="^none.toml job 0: give one of 'size', 'scale'"):
         read_batch(no_size)
     missing = write(tmp_path / "missing.toml", '[[job]]\nimage = "gone.png"\nscale = 2\n')
     with pytest.raises(JobError, match="missing.toml job 0: gone.png: no such file"):
