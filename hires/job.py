@@ -360,6 +360,8 @@ def _coerce(name: str, value: Any, where: str) -> Any:
             raise ValueError  # negative = ["a", "b"] would become the text "['a', 'b']"
         if name == "format":  # as the file suffixes name them: .tif and .jpeg are taken
             return format_name(value)
+        if name == "negative" and not value.strip():
+            return ""  # a blank negative ran CFG against "  ", not as none: it is none
         return value
     except (TypeError, ValueError):
         words = {"int": "a whole number", "float": "a number", "str": "text",
