@@ -22,7 +22,7 @@ from PIL import Image, PngImagePlugin
 
 from hires import __version__, png, tiff
 from hires.images import srgb_icc
-from hires.job import LOSSY_FORMATS, MAX_QUALITY, format_name
+from hires.job import LOSSY_FORMATS, MAX_QUALITY, SAMPLERS, format_name
 from hires.leftovers import pid_alive
 
 EXTENSIONS = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tiff"}
@@ -342,6 +342,9 @@ def stem_part(stem: str, limit: int = 80) -> str:
 # (sampler, karras) -> the names A1111 and image sites show; read back by parse_parameters.
 A1111_SAMPLERS = {("euler", False): "Euler", ("euler", True): "Euler Karras",
                   ("dpmpp-2m", False): "DPM++ 2M", ("dpmpp-2m", True): "DPM++ 2M Karras"}
+# A1111 samplers hires has none of, read as its nearest, and why its image differs (said by
+# `a1111_notes`): Euler a draws fresh noise at each step, which hires' samplers never do.
+A1111_NEAREST = {"Euler a": (("euler", False), "it has no ancestral sampler")}
 
 
 def parameters_text(job: dict[str, Any], width: int, height: int) -> str:
@@ -682,8 +685,10 @@ def _utf8(text: Any) -> Any:
     return text
 
 
-def job_values_from_image(path: str | Path) -> dict[str, Any]:
-    """The recorded job of an image made by hires (or, failing that, its A1111 parameters)."""
+def job_values_from_image(path: str | Path, warn: Callable[[str], None] | None = None
+                          ) -> dict[str, Any]:
+    """The recorded job of an image made by hires (or, failing that, its A1111 parameters;
+    `warn` gets a line for each of their settings that hires cannot make as asked)."""
     meta = read_metadata(path)
     record = meta["hires"]
     if meta["hires_error"] or (record is not None and not (
@@ -700,10 +705,13 @@ def job_values_from_image(path: str | Path) -> dict[str, Any]:
         return values
     if isinstance(meta["parameters"], str) and meta["parameters"].strip():
         try:
-            return parse_parameters(meta["parameters"])
+            values = parse_parameters(meta["parameters"])
         except (ValueError, TypeError) as e:
             raise OutputError(f"{path}: its generation parameters are malformed ({e}); "
                               "give the settings as options instead of --from") from None
+        for note in a1111_notes(meta["parameters"]) if warn else []:
+            warn(f"--from {path}: {note}")  # as --from's other notes start
+        return values
     raise OutputError(f"{path} carries no hires or A1111 generation metadata to re-run")
 
 
@@ -717,16 +725,20 @@ def parse_parameters(text: str) -> dict[str, Any]:
     values: dict[str, Any] = {"prompt": "\n".join(lines[:at])}
     if at < len(lines):
         values["negative"] = "\n".join([lines[at][len("Negative prompt: "):], *lines[at + 1:]])
-    pairs = dict(re.findall(r'\s*([\w ]+): ("(?:\\.|[^"])*"|[^,]*)(?:,|$)', last))
+    pairs = _settings_pairs(last)
+    # LinFusion: hires' own field (auto, none or a reference), which decides the attention
     keys = {"Steps": ("steps", int), "CFG scale": ("guidance", float), "Seed": ("seed", int),
-            "Model": ("model", str), "Denoising strength": ("strength", float)}
+            "Model": ("model", str), "Denoising strength": ("strength", float),
+            "LinFusion": ("linfusion", str)}
     for key, (name, kind) in keys.items():
         if key in pairs:
             raw = pairs[key].strip()
             values[name] = kind(json.loads(raw) if raw.startswith('"') else raw)
     if values.get("seed") == -1:  # A1111's "a random one": none recorded, so one is drawn
         del values["seed"]
-    named = {v: k for k, v in A1111_SAMPLERS.items()}.get(pairs.get("Sampler", "").strip())
+    sampler = pairs.get("Sampler", "").strip()
+    named = {v: k for k, v in A1111_SAMPLERS.items()}.get(sampler) or \
+        A1111_NEAREST.get(sampler, (None, ""))[0]
     if named:
         values["sampler"], values["karras"] = named
         if pairs.get("Schedule type", "").strip() == "Karras":  # A1111 1.9 on says it so
@@ -735,6 +747,29 @@ def parse_parameters(text: str) -> dict[str, Any]:
         w, _, h = pairs["Size"].strip().partition("x")
         values["width"], values["height"] = int(w), int(h)
     return values
+
+
+def _settings_pairs(line: str) -> dict[str, str]:
+    """An A1111 settings line's `Key: value` pairs, a quoted value as written."""
+    return dict(re.findall(r'\s*([\w ]+): ("(?:\\.|[^"])*"|[^,]*)(?:,|$)', line))
+
+
+def a1111_notes(text: str) -> list[str]:
+    """A line for each setting of an A1111 text that hires makes otherwise than asked: a
+    sampler it has not (read as its nearest, or left to the job's)."""
+    lines = text.strip().split("\n")
+    if not re.match(r"^\s*Steps: ", lines[-1]):
+        return []
+    sampler = _settings_pairs(lines[-1]).get("Sampler", "").strip()
+    if not sampler or sampler in A1111_SAMPLERS.values():
+        return []
+    if sampler in A1111_NEAREST:
+        (nearest, _), why = A1111_NEAREST[sampler]
+        read = f" ({why}): read as {nearest}"
+    else:
+        read = ": the job's own runs"
+    return [f"A1111's sampler '{sampler}' is not in hires{read}, so the image will differ "
+            f"(--sampler picks {' or '.join(SAMPLERS)})"]
 
 
 def append_manifest(path: str | Path, record: dict[str, Any]) -> None:

@@ -94,7 +94,8 @@ def test_parameters_text_parses_back_to_the_job():
     values = parse_parameters(parameters_text(JOB.to_dict(), 256, 192))
     assert values == {"prompt": JOB.prompt, "negative": "blurry", "steps": 30, "guidance": 6.5,
                       "seed": 1234, "width": 256, "height": 192, "model": "tiny",
-                      "strength": JOB.strength, "sampler": "euler", "karras": False}
+                      "strength": JOB.strength, "sampler": "euler", "karras": False,
+                      "linfusion": "none"}
 
 
 def test_the_sampler_round_trips_through_a1111_text():
@@ -114,7 +115,7 @@ def test_an_a1111_only_image_gives_its_job(tmp_path):
     picture().save(tmp_path / "a1111.png", pnginfo=info)
     assert job_values_from_image(tmp_path / "a1111.png") == {
         "prompt": "a fox", "steps": 20, "guidance": 5.0, "seed": 9, "width": 512, "height": 768,
-        "model": "someModel"}
+        "model": "someModel", "sampler": "euler", "karras": False}  # Euler a's nearest
 
 
 def test_an_image_without_metadata_cannot_be_rerun(tmp_path):

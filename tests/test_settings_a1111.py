@@ -1,0 +1,56 @@
+"""A1111 text read by --from: a sampler hires lacks is read as its nearest and said in one
+warning line; hires' own LinFusion field reads back to the setting."""
+
+from helpers_cli import cli, error_lines
+from PIL import Image, PngImagePlugin
+
+from hires.job import Job
+from hires.output import parameters_text, parse_parameters, read_metadata
+
+EULER_A = ("a fox\nSteps: 1, Sampler: Euler a, CFG scale: 5, Seed: 9, Size: 128x128, "
+           "Model: tiny")
+
+
+def a1111_png(path, text):
+    """A PNG with an A1111 `parameters` chunk alone (no hires record)."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text)
+    Image.new("RGB", (64, 64), "grey").save(path, pnginfo=info)
+    return path
+
+
+def test_euler_a_is_read_as_euler_and_said():
+    from hires.output import a1111_notes
+
+    assert (parse_parameters(EULER_A)["sampler"], parse_parameters(EULER_A)["karras"]) == (
+        "euler", False)
+    karras = EULER_A.replace("CFG", "Schedule type: Karras, CFG")
+    assert parse_parameters(karras)["karras"] is True
+    (note,) = a1111_notes(EULER_A)
+    assert "'Euler a'" in note and "ancestral" in note and "read as euler" in note
+    assert a1111_notes(EULER_A.replace("Euler a", "DPM++ 2M Karras")) == []
+
+
+def test_gen_from_an_euler_a_image_warns_in_one_line(tmp_path, asked):
+    image = a1111_png(tmp_path / "a1111.png", EULER_A)
+    out = tmp_path / "again.png"
+    result = cli("gen", "--from", str(image), "-o", str(out))
+    assert result.exit_code == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert [w for w in warnings if "Euler a" in w] == [
+        f"warning: --from {image}: A1111's sampler 'Euler a' is not in hires (it has no "
+        "ancestral sampler): read as euler, so the image will differ (--sampler picks euler "
+        "or dpmpp-2m)"]
+    assert not error_lines(result.stderr)
+    assert read_metadata(out)["hires"]["job"]["sampler"] == "euler"
+
+
+def test_hires_linfusion_field_reads_back_to_its_setting(tmp_path, asked):
+    job = {**Job(prompt="a fox", model="tiny", seed=3, steps=1).to_dict(), "linfusion": "none"}
+    text = parameters_text(job, 128, 128)
+    assert "LinFusion: none" in text and parse_parameters(text)["linfusion"] == "none"
+    image = a1111_png(tmp_path / "stripped.png", text)  # a site kept the text, not the record
+    out = tmp_path / "again.png"
+    result = cli("gen", "--from", str(image), "-o", str(out))
+    assert result.exit_code == 0, result.stderr
+    assert read_metadata(out)["hires"]["job"]["linfusion"] == "none"
