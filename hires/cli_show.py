@@ -266,9 +266,12 @@ def exact_hint(job, p, replan: Callable[[Any], Any]) -> str | None:
     fast = replan(job.merged({"vae_stats": "fast"}))
     if fast.seconds > 0.9 * p.seconds:
         return None
+    files = any(s.cost and s.cost.scratch_bytes for s in p.stages)
+    why = ("keeps the tiles' outputs in scratch files and recomputes what they cannot hold"
+           if files else "runs each tile again for every statistics pass (here faster than "
+           "keeping its outputs in scratch files)")
     return (f"--vae-stats exact gives the same pixels as fast (the default), which plans at "
-            f"{duration(fast.seconds)} instead of {duration(p.seconds)} here: exact keeps the "
-            f"tiles' outputs in scratch files and recomputes what they cannot hold")
+            f"{duration(fast.seconds)} instead of {duration(p.seconds)} here: exact {why}")
 
 
 def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_json: bool,

@@ -200,6 +200,9 @@ class StageCost:
     # outputs it keeps, which fill a share of what is free (hires.vae_stats.budget_from_free)
     used_bytes: int = 0
     host_seconds: float | None = None  # the host's own share of `seconds`: resize and save
+    # Whether exact mode's passes write their scratch files; False where recomputing was
+    # priced faster than reading them back (or there is no room), and the run writes none.
+    vae_files: bool = True
 
     @property
     def vae_spill(self) -> bool:
@@ -312,7 +315,8 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
         scratch_bytes=vae.scratch, seconds=rank if rate else None, vae_tile=vae.tile,
         rank=rank, vae_spill_bytes=vae.spill_bytes, host_bytes=host,
         vae_seconds=vae_seconds if rate else None, parked_bytes=maps, disk_bytes=on_disk,
-        used_bytes=max(*peaks, vae.used), host_seconds=own if rate else None)
+        used_bytes=max(*peaks, vae.used), host_seconds=own if rate else None,
+        vae_files=vae.files)
 
 
 class VaePart(NamedTuple):
@@ -327,14 +331,32 @@ class VaePart(NamedTuple):
     scratch: int = 0  # exact mode's files on the disk at once
     peak: int = 0  # device memory while the VAE runs
     used: int = 0  # and with the fast mode's kept outputs
+    files: bool = True  # exact mode's files take the scratch room (False: none, faster)
+    seconds: float = 0.0  # at the VAE's rate: work, copies, files and tile runs
 
 
 def _vae_part(model: ModelShape, width: int, height: int, passes: list[tuple[int, int, bool]],
-              *, weights_now: int, state: int, vae_tile: int | None, vae_stats: str,
-              rate: float | None, vae_rate: float, budget: int | None, free: int | None,
-              previous: tuple[int, int] | None) -> VaePart:
-    """The VAE's `passes` ((width, height, decode) each) in a stage: the tile (`vae_tile`, or
-    the fastest that fits), its work, copies, files, peak and kept outputs."""
+              **how: Any) -> VaePart:
+    """The VAE's `passes` ((width, height, decode) each) in a stage, the faster way
+    (`_vae_part_in`'s keywords, `how`): exact mode's files take the scratch room or none."""
+    # Exact mode's files trade recomputation for disk traffic: on a fast GPU, reading a level
+    # back can take longer than running its tiles again (8K on an H100: 476 s with the files,
+    # 184 s without). The run then gives its files no room (StageCost.vae_files). Only with a
+    # known rate: a CPU's, or an unknown GPU's, would be priced at RANK_RATE, far too fast.
+    parts = [_vae_part_in(model, width, height, passes, disk=model.disk, **how)]
+    if how["vae_stats"] == "exact" and model.disk and how["rate"]:
+        none = _vae_part_in(model, width, height, passes, disk=0.0, **how)
+        parts.append(none._replace(files=False))
+    return min(parts, key=lambda p: p.seconds)
+
+
+def _vae_part_in(model: ModelShape, width: int, height: int,
+                 passes: list[tuple[int, int, bool]], *, disk: float, weights_now: int,
+                 state: int, vae_tile: int | None, vae_stats: str, rate: float | None,
+                 vae_rate: float, budget: int | None, free: int | None,
+                 previous: tuple[int, int] | None) -> VaePart:
+    """The VAE's `passes` with `disk` bytes of scratch room: the tile (`vae_tile`, or the
+    fastest that fits), its work, copies, files, peak and kept outputs."""
     vae_weights = weights_now or model.vae.param_bytes
     # What the fast mode will keep step outputs in: a share of what is free (no budget:
     # room for all of them). A run sees the device's free memory, not the planner's
@@ -361,10 +383,9 @@ def _vae_part(model: ModelShape, width: int, height: int, passes: list[tuple[int
                 sum(tiled_runs(**a) for a in args))
 
     def exact_runs(t: int) -> list:
-        # Half of the scratch room left, as DiskMemo looks at it: `model.disk` is a run's
-        # (--disk, else what is free), and 0 (--disk 0, a TMPDIR in RAM) writes no file.
-        return [exact_cost(model.vae, w, h, decode=d, tile=t, budget=MEMO_BYTES,
-                           disk=model.disk,
+        # Half of the scratch room left, as DiskMemo looks at it: `disk` is a run's (--disk,
+        # else what is free), and 0 (--disk 0, a TMPDIR in RAM, or slower) writes no file.
+        return [exact_cost(model.vae, w, h, decode=d, tile=t, budget=MEMO_BYTES, disk=disk,
                            dtype_bytes=model.vae_dtype_bytes) for w, h, d in passes]
 
     def priced(t: int, beat: float = math.inf) -> tuple[float, float, float, float]:
@@ -430,7 +451,9 @@ def _vae_part(model: ModelShape, width: int, height: int, passes: list[tuple[int
                                     spill=spill_bytes, dtype_bytes=model.vae_dtype_bytes)
                    for w, h, d in passes)
         used = peak + int(kept)
-    return VaePart(tile, flop, copied, on_files, runs_seconds, spill_bytes, scratch, peak, used)
+    seconds = flop / vae_rate + copied / HOST_LINK + on_files / DISK_RATE + runs_seconds
+    return VaePart(tile, flop, copied, on_files, runs_seconds, spill_bytes, scratch, peak, used,
+                   seconds=seconds)
 
 
 def host_seconds(width: int, height: int, *, resize: bool, save: bool) -> float:

@@ -194,11 +194,14 @@ def shape_for(job: Job, components: Components):
     return shape
 
 
-def vae_scratch_room(job: Job) -> float:
+def vae_scratch_room(job: Job, stage: Stage | None = None) -> float:
     """The scratch disk the exact VAE mode's files may take, as the plan counts it
-    (`shape_for`'s disk): --disk, at most what is free (0: none, and its passes recompute)."""
+    (`shape_for`'s disk): --disk, at most what is free; 0 (none, and its passes recompute)
+    where `stage`'s plan found recomputing faster than the files."""
     from hires.memory import disk_room, scratch_folder
 
+    if stage is not None and stage.cost is not None and not stage.cost.vae_files:
+        return 0.0
     room = disk_room(scratch_folder())
     return room if job.disk is None else min(job.disk * 1e9, room)
 
@@ -397,6 +400,7 @@ def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditio
     tile = vae_tile(job, stage)
     # RAM the VAE may keep outputs in: what the plan found worth its copies.
     spill = stage.cost.vae_spill_bytes if stage.cost else 0.0
+    room = vae_scratch_room(job, stage)  # for the previous stage's decode, priced in this one
     # Each stage draws its noise from its own stream of the job's seed: same seed, same image,
     # and a retried stage draws the same noise again.
     generator = torch.Generator("cpu").manual_seed((job.seed + 7919 * stage.index) % 2**63)
@@ -443,13 +447,13 @@ def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditio
             if wanted:  # a decode only for the image
                 with placed(comps, strategy.weights, vae):
                     image = Image.fromarray(decode(comps, carry.latents, tile, emit,
-                                                   stage.index - 1, n, job, spill))
+                                                   stage.index - 1, n, job, spill, room=room))
                 decoded(stage.index - 1, image)
             x0 = F.interpolate(carry.latents, size=shape[2:], mode="bicubic", align_corners=False)
         else:
             with placed(comps, strategy.weights, vae):
                 image = Image.fromarray(decode(comps, carry.latents, tile, emit,
-                                               stage.index - 1, n, job, spill))
+                                               stage.index - 1, n, job, spill, room=room))
                 decoded(stage.index - 1, image)
                 emit(Event("resize", stage.index, n, stage.width, stage.height))
                 image = fit(image, stage.width, stage.height)
@@ -482,7 +486,8 @@ def _decode_last(job: Job, comps: Components, plan: Plan, stage: Stage, latents:
     def run(s: Stage) -> np.ndarray:
         spill = s.cost.vae_spill_bytes if s.cost else 0.0
         with placed(comps, s.strategy.weights, comps.vae):
-            return decode(comps, latents, vae_tile(job, s), emit, s.index, n, job, spill, bits)
+            return decode(comps, latents, vae_tile(job, s), emit, s.index, n, job, spill, bits,
+                          room=vae_scratch_room(job, s))
 
     try:
         return run(stage)
@@ -552,15 +557,17 @@ def encode_prompt(comps: Components, job: Job, plan: Plan) -> Conditioning:
 
 
 def decode(comps: Components, latents, tile: int, emit: ProgressFn, stage_index: int, n: int,
-           job: Job, spill: float = 0.0, bits: int = 8) -> np.ndarray:
-    """Latents to H x W x 3 pixels (uint8, or uint16 with `bits=16`) through the tiled VAE."""
+           job: Job, spill: float = 0.0, bits: int = 8, room: float | None = None) -> np.ndarray:
+    """Latents to H x W x 3 pixels (uint8, or uint16 with `bits=16`) through the tiled VAE;
+    exact mode's files take at most `room` bytes (default: `vae_scratch_room(job)`)."""
     h, w = latents.shape[2] * 8, latents.shape[3] * 8
 
     def on_tile(done: int, total: int) -> None:
         emit(Event("vae-decode", stage_index, n, w, h, done, total))
 
     on_tile(0, 0)  # the phase starts now (its tile count comes with the first tile)
-    with torch.inference_mode(), _vae_advice(comps), scratch_capped(vae_scratch_room(job)):
+    room = vae_scratch_room(job) if room is None else room
+    with torch.inference_mode(), _vae_advice(comps), scratch_capped(room):
         return tiled_vae.decode(comps.vae, latents, tile=tile, progress=on_tile, spill=spill,
                                 bits=bits, stats=job.vae_stats)
 
@@ -585,13 +592,14 @@ def _precision_advice(dtype: torch.dtype, flag: str, what: str) -> str:
 
 def encode(comps: Components, image: Image.Image, tile: int, emit: ProgressFn, stage: Stage,
            n: int, job: Job, spill: float = 0.0):
-    """A PIL image to UNet-space latents through the tiled VAE."""
+    """A PIL image to UNet-space latents through the tiled VAE (exact mode's files take
+    `vae_scratch_room`'s room)."""
 
     def on_tile(done: int, total: int) -> None:
         emit(Event("vae-encode", stage.index, n, stage.width, stage.height, done, total))
 
     on_tile(0, 0)
-    with torch.inference_mode(), _vae_advice(comps), scratch_capped(vae_scratch_room(job)):
+    with torch.inference_mode(), _vae_advice(comps), scratch_capped(vae_scratch_room(job, stage)):
         latents = tiled_vae.encode(comps.vae, np.asarray(image), tile=tile, progress=on_tile,
                                    spill=spill, stats=job.vae_stats)
     return latents.to(comps.device, torch.float32)
