@@ -10,7 +10,10 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hires.plan import Plan
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 MIN_SIDE, MAX_SIDE = 64, 32768  # px a side: the sizes hires makes
@@ -419,6 +422,17 @@ def idle_setting(job: Job, given: Iterable[str]) -> tuple[str, str, tuple[str, .
         if key in given and not runs:
             return key, lacks, needs
     return None
+
+
+def idle_strength(job: Job, plan: Plan) -> list[str]:
+    """A warning when the job's strength (other than the default) re-noises nothing: a job from
+    noise whose plan is its base stage alone. A preview (the first stage of more) is not one."""
+    stages = plan.stages
+    if job.image or job.strength == Job.strength or len(stages) != 1 or \
+            (stages[0].width, stages[0].height) != (plan.width, plan.height):
+        return []
+    return [f"strength {job.strength:g} is ignored: a {plan.width}x{plan.height} job is its "
+            "base stage alone, with no upscale stage to re-noise; a larger size adds them"]
 
 
 def format_name(text: str) -> str:
