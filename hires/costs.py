@@ -171,6 +171,13 @@ class ModelShape:
     disk: float = 0.0  # scratch disk where parked maps that `host` cannot hold, and the
     # exact VAE mode's files, may wait (--disk, else hires.memory.disk_room); 0: none
     fp32_share: float = FP32_SHARE  # a GPU's fp32 FLOP/s as a share of its bf16 rate (hires.gpus)
+    guided: bool = True  # classifier-free guidance: each step evaluates 2 batch items
+    # (unconditional and conditional); False (guidance <= 1): 1
+
+    @property
+    def items(self) -> int:
+        """Batch items a denoising step evaluates."""
+        return 2 if self.guided else 1
 
     @property
     def weights(self) -> int:
@@ -252,7 +259,7 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
     if control is not None:
         state += control.cond_channels * width * height * model.dtype_bytes  # its image
     denoise = denoise_peak_bytes(unet, control, lat_h, lat_w, strategy, model.dtype_bytes,
-                                 gpu=model.on_gpu)
+                                 gpu=model.on_gpu, items=model.items)
     peaks = [denoise + others + state]
     weights_now = model.weights if resident else 0
     if base:
@@ -274,8 +281,10 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
         peaks.append(vae.peak)
     # An upscale step's local pass, plus the global pass in its first `global_steps` steps.
     evals = steps if base else steps + (steps if global_steps is None else global_steps)
-    unet_flop = evals * 2 * unet_flops(unet, lat_h, lat_w)
-    control_flop = 0 if control is None else evals * 2 * controlnet_flops(control, lat_h, lat_w)
+    items = model.items
+    unet_flop = evals * items * unet_flops(unet, lat_h, lat_w)
+    control_flop = 0 if control is None else evals * items * controlnet_flops(control, lat_h,
+                                                                              lat_w)
     # The time, at `rate` or, only to compare strategies, at RANK_RATE.
     slowdown = 1 + sum(v for k, v in LEVER_SLOWDOWN.items() if getattr(strategy, k))
     calls = evals * (2 if strategy.split_cfg else 1)
@@ -284,9 +293,9 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
     if strategy.park_skips:
         parked = unet_parked_bytes(unet, lat_h, lat_w, strategy.row_bands, model.dtype_bytes)
         # Out once; back once whole, or in bands four times (two norm passes, conv, shortcut).
-        moved += evals * 2 * parked * (5 if strategy.row_bands else 2)
+        moved += evals * items * parked * (5 if strategy.row_bands else 2)
         if control is not None:  # its skips, then its residuals: out and back each
-            moved += evals * 2 * skip_bytes(unet, lat_h, lat_w, model.dtype_bytes) * 4
+            moved += evals * items * skip_bytes(unet, lat_h, lat_w, model.dtype_bytes) * 4
     if strategy.weights == "sequential":
         moved += calls * nets + 2 * model.vae.param_bytes
     elif strategy.weights == "model":
@@ -487,7 +496,7 @@ def parked_bytes(model: ModelShape, lat_h: int, lat_w: int, strategy: Strategy) 
                                   model.dtype_bytes)
     if model.control is not None:
         per_item += 2 * skip_bytes(model.unet, lat_h, lat_w, model.dtype_bytes)
-    return per_item * (1 if strategy.split_cfg else 2)
+    return per_item * (1 if strategy.split_cfg else model.items)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -243,7 +243,8 @@ def plan_without_weights(job, rate: float | None = None,
         shape = copy(shape, spill=spill_from_free(free), host=host_room(free) if free else None,
                      fp32_share=gpu.fp32_share if gpu else FP32_SHARE)
     # The scratch disk: parked maps' on a GPU, the exact VAE mode's files on any device.
-    shape = copy(shape, disk=disk_room(scratch_folder()) if job.disk is None else job.disk * 1e9)
+    shape = copy(shape, disk=disk_room(scratch_folder()) if job.disk is None else job.disk * 1e9,
+                 guided=job.guidance > 1)
     return make_plan(job.width, job.height, steps=job.steps, strength=job.strength,
                      native=shape.native, spacing=spacing, train_steps=train, offset=offset,
                      model=shape, budget=budget, offload=job.offload if on_gpu else "none",

@@ -177,8 +177,8 @@ def plan_for(job: Job, components: Components, *, gpu: str | None = None,
 
 
 def shape_for(job: Job, components: Components):
-    """The model as the planner sees it, with the job's ControlNet (loaded, or one like it)
-    and the CPU memory it may fill (`--ram`, else what is free)."""
+    """The model as the planner sees it, with the job's ControlNet (loaded, or one like it),
+    its guidance (CFG or not) and the CPU memory it may fill (`--ram`, else what is free)."""
     from hires.addons import runs_controlnet
 
     net = None
@@ -186,7 +186,7 @@ def shape_for(job: Job, components: Components):
         from hires.controlnet import controlnet_like
 
         net = components.controlnets.get(job.control_model) or controlnet_like(components.unet)
-    shape = model_shape(components, controlnet=net)
+    shape = replace(model_shape(components, controlnet=net), guided=job.guidance > 1)
     if job.ram is not None and shape.on_gpu:
         shape = replace(shape, host=host_room(job.ram * GIB))
     if job.disk is not None:  # a cap: a run cannot use more than is free

@@ -336,10 +336,13 @@ def _with_cost(stage: Stage, stages: list[Stage], model: ModelShape, strategy: S
 
 
 def strategies_for(model: ModelShape, offload: str) -> list[Strategy]:
-    """The strategies a device allows: on a CPU there is nowhere to park or offload to."""
+    """The strategies a device allows: on a CPU there is nowhere to park or offload to;
+    without CFG there is no pair of batch items to split."""
     if not model.on_gpu:
-        return [s for s in all_strategies(("resident",)) if not s.park_skips]
-    return all_strategies(OFFLOAD_WEIGHTS[offload])
+        found = [s for s in all_strategies(("resident",)) if not s.park_skips]
+    else:
+        found = all_strategies(OFFLOAD_WEIGHTS[offload])
+    return found if model.guided else [s for s in found if not s.split_cfg]
 
 
 def fit_stage(stage: Stage, stages: list[Stage], model: ModelShape, budget: int | None,

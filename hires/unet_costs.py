@@ -204,15 +204,17 @@ class _Walk:
 
 
 def unet_peak_bytes(shape: UNetShape, height: int, width: int, strategy: Strategy,
-                    dtype_bytes: int = 2, *, control: bool = False, gpu: bool = True) -> int:
+                    dtype_bytes: int = 2, *, control: bool = False, gpu: bool = True,
+                    items: int = 2) -> int:
     """Estimated peak device bytes of one guided UNet evaluation at a latent of this size,
-    the UNet's weights as `strategy.weights` keeps them included, nothing else.
+    the UNet's weights as `strategy.weights` keeps them included, nothing else. `items`: the
+    batch items of an evaluation, 2 with classifier-free guidance, 1 without.
 
     With `control`, a ControlNet's residuals wait on the GPU when the call starts (on the CPU
     with parked skips, but conv_in's and the mid block's) and go as the down blocks add them
     (hires.controlnet.residuals_added).
     """
-    batch = 1 if strategy.split_cfg else 2
+    batch = 1 if strategy.split_cfg else items
     walk = _Walk(shape, height, width, batch, dtype_bytes, strategy, gpu)
     ch, layers, levels = shape.channels, shape.layers, len(shape.channels)
     park = strategy.park_skips
@@ -294,12 +296,12 @@ def unet_peak_bytes(shape: UNetShape, height: int, width: int, strategy: Strateg
 
 
 def controlnet_peak_bytes(control: ControlShape, height: int, width: int, strategy: Strategy,
-                         dtype_bytes: int = 2, *, gpu: bool = True) -> int:
+                         dtype_bytes: int = 2, *, gpu: bool = True, items: int = 2) -> int:
     """Estimated peak device bytes of one guided ControlNet evaluation at a latent of this
     size (its weights as `strategy.weights` keeps them included; the control image is the
     stage's), and what it leaves for the UNet call is counted there (unet_peak_bytes)."""
     shape = control.net
-    batch = 1 if strategy.split_cfg else 2
+    batch = 1 if strategy.split_cfg else items
     walk = _Walk(shape, height, width, batch, dtype_bytes, strategy, gpu)
     ch, levels = shape.channels, len(shape.channels)
     park = strategy.park_skips
@@ -339,20 +341,21 @@ def controlnet_peak_bytes(control: ControlShape, height: int, width: int, strate
 
 
 def denoise_peak_bytes(unet: UNetShape, control: ControlShape | None, height: int, width: int,
-                       strategy: Strategy, dtype_bytes: int = 2, *, gpu: bool = True) -> int:
+                       strategy: Strategy, dtype_bytes: int = 2, *, gpu: bool = True,
+                       items: int = 2) -> int:
     """Peak device bytes of one guided evaluation: the UNet's, or with a ControlNet the larger
     of its call (the UNet's weights held) and the UNet's (its weights and residuals held);
     weights as `strategy.weights` keeps them, the control image not included. `gpu`: on a
-    GPU (LinFusion's work buffers differ)."""
+    GPU (LinFusion's work buffers differ); `items`: 2 with CFG, 1 without."""
     peak = unet_peak_bytes(unet, height, width, strategy, dtype_bytes,
-                           control=control is not None, gpu=gpu)
+                           control=control is not None, gpu=gpu, items=items)
     if control is None:
         return peak
     streamed = strategy.weights == "sequential"
     held = control.net.outer_param_bytes if streamed else control.param_bytes
     unet_held = unet.outer_param_bytes if streamed else unet.param_bytes
-    return max(peak + held, unet_held + controlnet_peak_bytes(control, height, width, strategy,
-                                                              dtype_bytes, gpu=gpu))
+    return max(peak + held, unet_held + controlnet_peak_bytes(
+        control, height, width, strategy, dtype_bytes, gpu=gpu, items=items))
 
 
 # ---------------------------------------------------------------------------------------------
