@@ -27,6 +27,8 @@ def record_for(result: Result, path: Path) -> dict[str, Any]:
         "path": str(path), "seed": result.seed, "width": result.image.width,
         "height": result.image.height, "prompt": job.prompt,
         "model": job.model, "linfusion": result.linfusion,
+        # The UNet's precision as it ran (`dtype` auto's pick here); the job keeps the word asked.
+        "dtype": dtype_ran(result),
         **({"vae": job.vae} if job.vae else {}),
         # The VAE's precision as it ran (`vae_dtype` auto's pick here): `--from` keeps it.
         **({"vae_dtype": result.vae_dtype} if result.vae_dtype else {}),
@@ -50,6 +52,15 @@ def record_for(result: Result, path: Path) -> dict[str, Any]:
         "settings": settings_hash(job),
         **({"local": result.local} if result.local else {}),
     }
+
+
+def dtype_ran(result: Result) -> str:
+    """The precision the result's UNet ran in ('fp16', 'bf16', 'fp32'): the result's own where
+    it says it, else its job's dtype as `hires.load` resolves it here, as its components were
+    loaded (the library's components of another dtype agree with any but auto)."""
+    from hires.resume import resolved_dtype
+
+    return getattr(result, "dtype", None) or resolved_dtype(result.job)
 
 
 def vae_dtype_ran(job: Job, result: dict[str, Any], given: set[str]) -> str | None:
@@ -78,17 +89,21 @@ def local_refs(job: Job) -> list[str]:
 
 def save_stage(image: Image.Image, path: str | Path, job: Job, index: int, *,
                fmt: str | None = None, overwrite: bool = False,
-               linfusion: str | None = None, vae_dtype: str | None = None) -> Path:
+               linfusion: str | None = None, vae_dtype: str | None = None,
+               dtype: str | None = None) -> Path:
     """Write stage `index`'s image of `job` (every stage but the last), atomically; its
     metadata names the job and the stage, so `hires info` reads it and `--from` runs the job.
     `linfusion`: the checkpoint that ran (`auto` resolved), as the image's record has it;
-    `vae_dtype`: the VAE's precision as it ran ('bf16', 'fp32', 'fp16'), likewise."""
+    `vae_dtype` and `dtype`: the VAE's and UNet's precisions as they ran ('bf16', 'fp32',
+    'fp16'), likewise (`dtype` by default: the job's as `hires.load` resolves it here)."""
     from hires import output
     from hires.batch import settings_hash
+    from hires.resume import resolved_dtype
 
     record = {"path": str(path), "stage": index, "seed": job.seed, "width": image.width,
               "height": image.height, "prompt": job.prompt, "model": job.model,
-              "linfusion": linfusion, **({"vae_dtype": vae_dtype} if vae_dtype else {}),
+              "linfusion": linfusion, "dtype": dtype or resolved_dtype(job),
+              **({"vae_dtype": vae_dtype} if vae_dtype else {}),
               "settings": settings_hash(job)}
     metadata = {"hires": __version__, "job": job.to_dict(), "result": record}
     return output.save_image(image, path, fmt=fmt, metadata=metadata, overwrite=overwrite,
@@ -166,7 +181,8 @@ def save(result: Result, path: str | Path, *, fmt: str | None = None, overwrite:
         for index, (stage_image, stage_path) in enumerate(zip(
                 result.stage_images[:-1], stage_paths(path, len(result.stage_images)))):
             save_stage(stage_image, stage_path, job, index, fmt=fmt, overwrite=overwrite,
-                       linfusion=result.linfusion, vae_dtype=result.vae_dtype)
+                       linfusion=result.linfusion, vae_dtype=result.vae_dtype,
+                       dtype=record["dtype"])
     output.save_image(result.image, path, fmt=fmt, metadata=metadata, overwrite=overwrite,
                       dpi=result.job.dpi, warn=warn, pixels16=result.pixels16, quality=quality)
     return record

@@ -67,16 +67,32 @@ def _stages(plan: Plan) -> str:
 NOT_IN_LATENTS = ("format", "dpi", "depth", "quality", "vae_tile", "vae_stats")
 
 
-def _resolved_dtype(job: Job) -> str:
-    """The job's dtype as it runs: an explicit one equal to what auto picks is the same run."""
+def _dtype_here(job: Job) -> torch.dtype | None:
+    """The UNet's dtype as `hires.models.load` resolves the job's here (auto: fp16 on a GPU,
+    fp32 on a CPU); None where a run of it fails before any stage."""
     from hires.model_refs import ModelError
     from hires.models import resolve_device, resolve_dtype
 
     try:
-        dtype = resolve_dtype(job.dtype, resolve_device(job.device))
-    except ModelError:  # a run of it fails before any stage: nothing to match
-        return job.dtype
-    return str(dtype).removeprefix("torch.")
+        return resolve_dtype(job.dtype, resolve_device(job.device))
+    except ModelError:
+        return None
+
+
+def _resolved_dtype(job: Job) -> str:
+    """The job's dtype as it runs: an explicit one equal to what auto picks is the same run.
+    In torch's words ('float32'): as the checkpoints of earlier runs keep it."""
+    dtype = _dtype_here(job)
+    return job.dtype if dtype is None else str(dtype).removeprefix("torch.")
+
+
+def resolved_dtype(job: Job) -> str:
+    """The precision the job's UNet runs in here ('fp16', 'bf16', 'fp32'), as the flags say
+    it (`dtype` auto's pick); the job's own word where a run of it would fail."""
+    from hires.errors import dtype_name
+
+    dtype = _dtype_here(job)
+    return job.dtype if dtype is None else dtype_name(dtype)
 
 
 def resolved_vae_dtype(job: Job) -> str:
