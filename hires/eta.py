@@ -4,6 +4,8 @@ The plan knows each stage's UNet and VAE work (TFLOP) but only assumes a rate, s
 times the work as it is done: seconds per TFLOP for the UNet and for the VAE apart (their rates
 differ by device and by strategy), then prices the work still to do at those rates. Until both
 have been seen, the one seen stands in for the other; until any has, the plan's own times.
+Where the image is saved as a phase of its own (the CLI), its seconds per pixel are timed too
+(an earlier image's, else the host's assumed rate), as a 16K save takes seconds.
 """
 
 from __future__ import annotations
@@ -69,16 +71,31 @@ def phases(plan: Plan) -> list[Phase]:
     return out
 
 
+def save_seconds_per_px() -> float:
+    """The host's assumed pace of a save (a PNG's, on this machine's cores)."""
+    from hires.gpus import SAVE_PX_PER_CORE
+    from hires.strips import cores
+
+    return 1.0 / (SAVE_PX_PER_CORE * cores())
+
+
 class JobClock:
     """Fed a run's progress events with the time each came, says how long the rest takes.
 
     `prior`: seconds per TFLOP of each kind of work ("unet", "vae") measured on the images an
     earlier part of the run made: they stand for a kind until this image has timed its own.
-    `planned`: False ignores the plan's times (they are another machine's: `--gpu`)."""
+    `planned`: False ignores the plan's times (they are another machine's: `--gpu`).
+    `save`: seconds per pixel of the image's save, a phase of its own after the final decode
+    (an earlier image's pace, else `save_seconds_per_px`); None: no save phase comes."""
 
     def __init__(self, plan: Plan, now: float, prior: dict[str, float] | None = None,
-                 planned: bool = True):
+                 planned: bool = True, save: float | None = None):
         self.phases = phases(plan)
+        last = plan.stages[-1]
+        self.save_px = last.width * last.height if save is not None and self.phases else 0
+        self.save_pace = save or 0.0  # seconds per pixel
+        self.save_started: float | None = None
+        self.save_seconds: float | None = None  # the save's, once its end came
         self.planned = plan.seconds if planned else None  # None without a rate
         self.tflop = sum(p.tflop for p in self.phases)
         self.start = self.last = now
@@ -89,6 +106,9 @@ class JobClock:
         self._shown = 0.0  # the largest share `fraction` has said: it never goes back
 
     def update(self, e: Event, now: float) -> None:
+        if e.phase == "save":
+            self._saving(e, now)
+            return
         index = next((i for i, p in enumerate(self.phases)
                       if (p.stage, p.name) == (e.stage, e.phase)), None)
         if index is None:  # a resize, a retry: the time goes to the next phase's work
@@ -108,6 +128,20 @@ class JobClock:
         phase.done = share  # lower again when a stage is run again (out of memory)
         self.current = phase
 
+    def _saving(self, e: Event, now: float) -> None:
+        """The save's start (the time since the last tick ends the phase before it) or end."""
+        if e.done == 0:
+            if self.current is not None:
+                self.seconds[self.current.kind] += now - self.last
+            self.current, self.save_started = None, now
+        elif self.save_started is not None:
+            self.save_seconds = now - self.save_started
+        self.last = now
+
+    def save_left(self) -> float:
+        """Seconds the save still needs: its estimate until it ends."""
+        return 0.0 if self.save_seconds is not None else self.save_px * self.save_pace
+
     def remaining(self) -> float | None:
         """Seconds the job still needs, or None while nothing says."""
         if not self.phases:
@@ -120,12 +154,12 @@ class JobClock:
         if not rates:
             if self.planned is None or not self.tflop:
                 return None
-            return self.planned * sum(left.values()) / self.tflop
+            return self.planned * sum(left.values()) / self.tflop + self.save_left()
         if own:
             overall = sum(self.seconds[k] for k in own) / sum(self.work[k] for k in own)
         else:  # only earlier images' rates
             overall = sum(rates.values()) / len(rates)
-        return sum(left[k] * rates.get(k, overall) for k in left)
+        return sum(left[k] * rates.get(k, overall) for k in left) + self.save_left()
 
     def rates(self) -> dict[str, float]:
         """Seconds per TFLOP of each kind of work this image has timed."""
@@ -133,8 +167,10 @@ class JobClock:
 
     @property
     def finished(self) -> bool:
-        """Whether every phase's work is done (the last tile of the final decode came)."""
-        return bool(self.phases) and all(p.done >= 1.0 - 1e-9 for p in self.phases)
+        """Whether every phase's work is done (the last tile of the final decode came), and
+        the save, where one comes, ended."""
+        saved = not self.save_px or self.save_seconds is not None
+        return saved and bool(self.phases) and all(p.done >= 1.0 - 1e-9 for p in self.phases)
 
     def fraction(self, now: float) -> float | None:
         """The share of the job's time behind it. It never goes back, though the estimate of
@@ -165,6 +201,7 @@ class RunPace:
         self.pixels = 0  # this image's
         self._seconds = {"unet": 0.0, "vae": 0.0}  # the UNet's and VAE's time and work in
         self._work = {"unet": 0.0, "vae": 0.0}  # the images made so far
+        self._saved = [0.0, 0]  # the seconds and pixels of their saves
 
         self.clock: JobClock | None = None  # the image's, once its progress shows it
 
@@ -179,7 +216,15 @@ class RunPace:
             for k in self._work:
                 self._seconds[k] += self.clock.seconds[k]
                 self._work[k] += self.clock.work[k]
+            if self.clock.save_seconds is not None:
+                self._saved[0] += self.clock.save_seconds
+                self._saved[1] += self.clock.save_px
         self.clock = None
+
+    def save_pace(self) -> float:
+        """Seconds per pixel of the saves so far, else the host's assumed pace."""
+        seconds, pixels = self._saved
+        return seconds / pixels if pixels else save_seconds_per_px()
 
     def rates(self) -> dict[str, float]:
         """Seconds per TFLOP of the UNet's and the VAE's work on the images made so far."""

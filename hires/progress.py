@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
-from hires.eta import JobClock, RunPace, duration, time_left
+from hires.eta import JobClock, RunPace, duration, save_seconds_per_px, time_left
 
 if TYPE_CHECKING:
     from hires.plan import Plan
@@ -58,10 +58,12 @@ def _left(job: JobClock | None, run: RunPace | None,
 def _job_clock(plan: Plan | None, now: float, run: RunPace | None,
                planned: bool) -> JobClock | None:
     """An image's clock from its plan (None without one), its first rates from the images the
-    run made before it; the run keeps it, to time its pace."""
+    run made before it; the run keeps it, to time its pace. Its image ends with a save (the
+    CLI's "save" phase), which the clock prices: at the pace of the run's saves so far."""
     if plan is None:
         return None
-    job = JobClock(plan, now, prior=run.rates() if run else None, planned=planned)
+    job = JobClock(plan, now, prior=run.rates() if run else None, planned=planned,
+                   save=run.save_pace() if run else save_seconds_per_px())
     if run is not None:
         run.clock = job
     return job
@@ -83,7 +85,7 @@ class PlainProgress:
         self._last = 0.0
         self._started: dict[tuple[int, str], float] = {}
         self.plan = plan
-        self.job = JobClock(plan, clock()) if plan is not None else None
+        self.job = _job_clock(plan, clock(), None, True)
         self.run: RunPace | None = None
 
     def attach(self, run: RunPace | None, planned: bool = True) -> None:
@@ -131,8 +133,7 @@ class PlainProgress:
             if last:
                 line += f" done in {elapsed:.1f}s"
         left, run = self.left(self.now)
-        # the save is no clock phase: the job is 'done' once its file is there, not before
-        if left is not None and not (e.phase == "save" and not last):
+        if left is not None:
             line += f"; job {time_left(left, self.job.finished)}"
         if self.run is not None and self.run.images > 1:
             line += f"; image {self.run.index + 1} of {self.run.images}"
@@ -218,7 +219,7 @@ class RichProgress:
         self._current: tuple[int, str] | None = None
         self._started: dict[int, float] = {}
         self.plan = plan
-        self.job = JobClock(plan, clock()) if plan is not None else None
+        self.job = _job_clock(plan, clock(), None, True)
         self.run: RunPace | None = None
         self._job_task: int | None = None
         self._run_task: int | None = None

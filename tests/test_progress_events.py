@@ -24,10 +24,15 @@ def plan_4k():
     return make_plan(4096, 4096, model=sdxl_shape())
 
 
-def timed_events(plan):
-    """(event, seconds it took), as the pipeline emits them, each phase in ten ticks."""
+def timed_events(plan, save: float | None = None):
+    """(event, seconds it took), as the pipeline emits them, each phase in ten ticks; with
+    `save`, the CLI's save phase after them, taking that many seconds."""
     out = []
     n = len(plan.stages)
+    if save is not None:
+        last = plan.stages[-1]
+        return timed_events(plan) + [(Event("save", last.index, n, 64, 64), 0.0),
+                                     (Event("save", last.index, n, 64, 64, 1, 1), save)]
     for p in phases(plan):
         rate = UNET_S if p.kind == "unet" else VAE_S
         ticks = len(p.steps) or 10
@@ -119,13 +124,14 @@ def test_a_finished_job_says_done_not_a_second_left():
     times = iter(range(10_000))
     stream = io.StringIO()
     progress = PlainProgress(stream, every=1e9, plan=plan, clock=lambda: float(next(times)))
-    for e, _ in timed_events(plan):
+    for e, _ in timed_events(plan, save=0.5):
         progress(e)
-    last = stream.getvalue().splitlines()[-1]
-    assert last.endswith("; job done") and " left" not in last
+    decoded, saved = stream.getvalue().splitlines()[-3:][::2]
+    assert decoded.endswith(" left")  # the final decode's end: the save is still to come
+    assert saved.endswith("; job done") and " left" not in saved
     bars, clock = rich(plan=plan)
     with bars:
-        for e, dt in timed_events(plan):
+        for e, dt in timed_events(plan, save=0.5):
             clock.t += dt
             bars(e)
     job = rows(bars, 120)[0]
@@ -183,7 +189,7 @@ def test_the_run_prices_the_images_left_by_the_pace_of_those_made():
     first.attach(pace)
     assert pace.left(None, 0.0) is None and pace.left(10.0, 20.0) == pytest.approx(70.0)
     now = 0.0
-    for e, dt in timed_events(plan):
+    for e, dt in timed_events(plan, save=3.0):
         now += dt
         first.job.update(e, now)
     pace.end(now)
