@@ -26,7 +26,7 @@ from hires.denoiser import Conditioning, Control, Denoiser
 from hires.errors import NotFinite, dtype_name
 from hires.gpus import fp32_share_for, local_gpu, rate_for
 from hires.images import resize_lanczos, to_8bit
-from hires.job import Job
+from hires.job import Job, idle_strength
 from hires.library import check_arguments, check_callback, in_keywords, library_job, with_prompt
 from hires.memory import GIB, current, free_memory, host_room, peak_memory, placed, reset_peak
 from hires.models import Components, load, load_args, quiet_loading
@@ -310,7 +310,7 @@ def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
         cond.image_embeds = [e.to(comps.device, comps.dtype) for e in addons.image_embeds]
     reports: list[StageReport] = []
     stage_images: dict[int, Image.Image] = {}  # with save_stages
-    warnings = list(comps.warnings) + prompt_warnings(comps, job)
+    warnings = list(comps.warnings) + prompt_warnings(comps, job) + idle_strength(job, plan)
     carry = _Carry(image=source)
     stages = list(plan.stages)
     scores: dict[int, float] = {}
