@@ -300,11 +300,11 @@ def test_out_of_memory_in_the_final_decode_decodes_again_without_denoising_again
     real = hires.pipeline.decode
     calls: list[int] = []
 
-    def decode(comps, latents, tile, emit, stage, *rest):
+    def decode(comps, latents, tile, emit, stage, *rest, **kw):
         calls.append(stage)
         if stage == 2 and calls.count(2) == 1:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
-        return real(comps, latents, tile, emit, stage, *rest)
+        return real(comps, latents, tile, emit, stage, *rest, **kw)
 
     monkeypatch.setattr(hires.pipeline, "decode", decode)
     events = []
