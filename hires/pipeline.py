@@ -88,6 +88,7 @@ class Result:
     # The precision the VAE ran in ('bf16', 'fp32', 'fp16'): `vae_dtype` auto's pick here,
     # which another machine's auto may not make (the record keeps it for `--from`).
     vae_dtype: str | None = None
+    dtype: str | None = None  # the UNet's, as it ran: the components', not the job's word
 
     def __post_init__(self) -> None:
         if self.local is None:
@@ -383,7 +384,7 @@ def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
                   warnings, comps.linfusion, addons=addons.record,
                   resumed=saved.stage if saved else None,
                   pixels16=None if pixels.dtype == np.uint8 else pixels,
-                  vae_dtype=dtype_name(comps.vae_dtype))
+                  vae_dtype=dtype_name(comps.vae_dtype), dtype=dtype_name(comps.dtype))
 
 
 def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditioning,

@@ -85,3 +85,14 @@ def test_a_checkpoint_of_auto_goes_on_with_the_dtype_it_picked(tmp_path, asked, 
     assert result.exit_code == 0, result.stderr
     assert "resuming: stage 0 was kept in fox.png.resume.safetensors" in result.stderr
     assert read_metadata(out)["hires"]["result"]["dtype"] == ran
+
+
+def test_components_of_another_dtype_are_recorded_as_they_ran(tmp_path):
+    """A library caller's bf16 components with the job's dtype left at auto: the record
+    said auto's pick here (fp32 on a CPU), not the bf16 that ran."""
+    import hires
+
+    comps = hires.load("tiny", dtype="bf16")
+    made = hires.generate("a fox", components=comps, size=128, steps=1, seed=1)
+    assert made.job.dtype == "auto"
+    assert made.save(tmp_path / "fox.png")["dtype"] == "bf16"
