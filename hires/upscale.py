@@ -45,8 +45,8 @@ def upscale(
     width: int | None = None,
     height: int | None = None,
     print_size: str | None = None,
-    strength: float = UPSCALE_STRENGTH,
-    prompt: str = "",
+    strength: float | None = None,
+    prompt: str | None = None,
     job: Job | None = None,
     components: Components | None = None,
     progress: ProgressFn | None = None,
@@ -60,7 +60,9 @@ def upscale(
     """Upscale `image` (a file's path; without one, `job`'s image); keyword overrides are Job
     fields. The output size: `size` (long side), `scale`, `width` with `height`, or
     `print_size` ("60x90cm", "A2"; the largest the input fits at `dpi`, 300 unless given);
-    the input's aspect is kept unless both sides are given.
+    the input's aspect is kept unless both sides are given. Without any, a `job`'s own size
+    (one other than Job's default 1024x1024, or one recorded by a run); `strength` and
+    `prompt` likewise, else 0.3 and none.
 
     Returns a Result whose stages carry `psnr` against the input (`on_score(index, psnr)` as
     each stage ends), and whose job records the input's path and sha256 (so the job can be
@@ -90,6 +92,8 @@ def upscale(
                            "and height)")
         check_size_args(size=size, scale=scale, width=width, height=height,
                         print_size=print_size)
+        if all(v is None for v in (size, scale, width, height, print_size)):
+            width, height = job_size(job)
         source = image if isinstance(image, InputImage) else load_input(Path(image))
         if print_size is not None:
             printed = print_size_overrides({**overrides, "print_size": print_size, "size": size,
@@ -102,12 +106,33 @@ def upscale(
                                height=height)
         # The input image and the final size before the checks: a ControlNet without
         # `control` is fed the image, and a format's size limit is the output's.
-        job = library_job(job, {"prompt": prompt, "strength": strength, **overrides,
+        job = library_job(job, {**job_text(job, prompt, strength), **overrides,
                                 "image": str(source.path), "width": w, "height": h},
                           components, progress)
         return upscale_job(job, source=source, components=components, progress=progress,
                            save_stages=save_stages, plan=plan, checkpoint=checkpoint,
                            on_stage_image=on_stage_image, on_score=on_score)
+
+
+def job_size(job: Any) -> tuple[int | None, int | None]:
+    """A `job`'s width and height where it gives them: other than Job's default square (which
+    would crop most inputs), or recorded by a run (its image_sha256); else (None, None)."""
+    if not isinstance(job, Job):
+        return None, None
+    if (job.width, job.height) != (Job.width, Job.height) or job.image_sha256:
+        return job.width, job.height
+    return None, None
+
+
+def job_text(job: Any, prompt: str | None, strength: float | None) -> dict[str, Any]:
+    """The prompt and strength to set over `job`: the keywords given, else the job's own
+    (a strength other than gen's default), else up's strength and no prompt."""
+    values: dict[str, Any] = {} if prompt is None else {"prompt": prompt}
+    if strength is not None:
+        values["strength"] = strength
+    elif not isinstance(job, Job) or job.strength == Job.strength:
+        values["strength"] = UPSCALE_STRENGTH
+    return values
 
 
 def check_size_args(**sizes: Any) -> None:
