@@ -82,11 +82,8 @@ from hires.cli_options import (
     preset_names,
 )
 from hires.cli_output import (
-    EXIT_INTERRUPTED,
-    EXIT_TERMINATED,
     OneLineErrors,
     Quiet,
-    Terminated,
     exit_codes,
     on_sigterm,
     out_line,
@@ -500,23 +497,36 @@ def root(
     memory.CPU_PEAK_PER_STAGE = True  # the process is the command's: a stage's own CPU peak
 
 
-def main() -> None:
-    """The `hires` entry point: SIGTERM cleans up like Ctrl-C; a closed stdout is no error."""
+def stop_signals() -> list[int]:
+    """The signals that end a run cleaned up as Ctrl-C does: SIGTERM, and SIGHUP (the terminal
+    closed, an SSH session dropped) unless ignored already, as `nohup hires ...` asks."""
     import signal
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+    stops = [signal.SIGTERM]
+    hangup = getattr(signal, "SIGHUP", None)  # none on Windows
+    if hangup is not None and signal.getsignal(hangup) != signal.SIG_IGN:
+        stops.append(hangup)
+    return stops
+
+
+def main() -> None:
+    """The `hires` entry point: SIGTERM and SIGHUP clean up like Ctrl-C; a closed stdout is no
+    error."""
+    import signal
+
+    stops = stop_signals()
+    for signum in stops:
+        signal.signal(signum, on_sigterm)
     try:
         app()
     except BrokenPipeError:  # stdout closed outside our own prints (e.g. --help | head -1)
         quiet_stdout()
         sys.exit(0)
     except KeyboardInterrupt as e:  # before a command's own handling (typer builds the CLI)
-        terminated = isinstance(e, Terminated)
-        stopped(terminated)
-        sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
+        sys.exit(stopped(e))
     finally:
         # The outcome is out (the image saved, its path printed, the exit code chosen): a
         # Ctrl-C while Python shuts down (torch's and the Hub's exit hooks, about 0.7 s) came
         # too late to stop anything, and turned a success into 130 or an ignored traceback.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for signum in (signal.SIGINT, *stops):
+            signal.signal(signum, signal.SIG_IGN)

@@ -2,14 +2,15 @@
 
 stdout carries only results (one path, or one JSON object, per image; with `-o -` the image
 itself); everything else goes to stderr. Exit codes: 0 success, 1 runtime failure, 2 usage
-error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). A reader that closes stdout early
-(`| head -1`) is normal: hires stops printing and exits quietly.
+error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 129 hung up (SIGHUP). A reader
+that closes stdout early (`| head -1`) is normal: hires stops printing and exits quietly.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,14 +33,24 @@ class _LogConsole(Console):
 err = _LogConsole(stderr=True, highlight=False, soft_wrap=True)
 
 EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
+EXIT_HUNG_UP = 129  # 128 + SIGHUP, as the shell reports a process the signal killed
 
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so every cleanup (temp files) runs on the way out."""
 
+    word, code = "terminated", EXIT_TERMINATED
+
+
+class HungUp(Terminated):
+    """SIGHUP (the terminal closed, an SSH session dropped): cleaned up as SIGTERM is."""
+
+    word, code = "hung up", EXIT_HUNG_UP
+
 
 def on_sigterm(signum, frame) -> None:
-    raise Terminated()
+    """The handler of SIGTERM and SIGHUP."""
+    raise HungUp() if signum == getattr(signal, "SIGHUP", None) else Terminated()
 
 
 def out_line(text: str) -> None:
@@ -118,10 +129,13 @@ def fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-def stopped(terminated: bool) -> None:
-    """The line for Ctrl-C or SIGTERM (an error object with --progress json)."""
-    _stderr("error" if Quiet.progress == "json" else "log",  # text: the bare word, as ever
-            "terminated" if terminated else "interrupted")
+def stopped(stop: KeyboardInterrupt) -> int:
+    """The line for Ctrl-C, SIGTERM or SIGHUP (an error object with --progress json); returns
+    the exit code."""
+    word, code = (stop.word, stop.code) if isinstance(stop, Terminated) else \
+        ("interrupted", EXIT_INTERRUPTED)
+    _stderr("error" if Quiet.progress == "json" else "log", word)  # text: the bare word
+    return code
 
 
 def _json_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -149,12 +163,8 @@ def exit_codes() -> Iterator[None]:
             yield
     except typer.Exit:
         raise
-    except Terminated:
-        stopped(terminated=True)
-        raise typer.Exit(EXIT_TERMINATED) from None
-    except KeyboardInterrupt:
-        stopped(terminated=False)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM or SIGHUP
+        raise typer.Exit(stopped(e)) from None
     except (JobError, typer.BadParameter) as e:
         raise fail(str(e), EXIT_USAGE) from None
     except OutputError as e:
@@ -189,9 +199,7 @@ class OneLineErrors(TyperGroup):
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt as e:
-            terminated = isinstance(e, Terminated)
-            stopped(terminated)
-            raise typer.Exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED) from None
+            raise typer.Exit(stopped(e)) from None
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         if not standalone_mode:
@@ -219,9 +227,11 @@ class OneLineErrors(TyperGroup):
                 text += f" (see '{ctx.command_path if ctx else 'hires'} -h')"
             err.print(f"error: {text}", markup=False)
             sys.exit(e.exit_code)
-        except typer.Abort:  # Ctrl-D or Ctrl-C outside a command's own handling
-            err.print("interrupted", markup=False)
-            sys.exit(EXIT_INTERRUPTED)
+        except typer.Abort as e:  # Ctrl-D, or a stop outside a command's own handling
+            # click's Abort hides which signal it was (SIGHUP, SIGTERM): its cause says
+            cause = e.__cause__
+            sys.exit(stopped(cause if isinstance(cause, KeyboardInterrupt) else
+                             KeyboardInterrupt()))
         sys.exit(code if isinstance(code, int) else 0)
 
 
