@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from hires.costs import ModelShape, StageCost, stage_cost
 from hires.gpus import FP32_SHARE
 from hires.job import MAX_SIDE, MIN_SIDE, MIN_VAE_TILE
-from hires.memory import GIB, scratch_folder
+from hires.memory import GIB, HOST_MARGIN_BYTES, HOST_MARGIN_SHARE, scratch_folder
 from hires.sampling import GLOBAL_FLOOR, global_steps, sigma_schedule
 from hires.strategy import WEIGHTS, Strategy, all_strategies
 
@@ -369,11 +369,15 @@ def fit_stage(stage: Stage, stages: list[Stage], model: ModelShape, budget: int 
             if model.disk and floor < least.cost.host_bytes:
                 disk = (f" (with its parked maps on the disk, {floor / GIB:.1f} GiB of it would "
                         "do: the weights it streams)")
+        # The free RAM that would do: hires keeps a margin of it back (memory.host_room).
+        free = (least.cost.host_bytes + HOST_MARGIN_BYTES) / (1 - HOST_MARGIN_SHARE)
         error = PlanError(
             f"stage {stage.index} ({stage.width}x{stage.height}) fits the GPU only with "
             f"{least.cost.host_bytes / GIB:.1f} GiB of the CPU's memory for parked maps and "
             f"offloaded weights ({least.strategy.label}), and {model.host / GIB:.1f} GiB of it "
-            f"is free for them: close other programs{disk} or plan a smaller size")
+            f"is free for them ({math.ceil(free / GIB * 10) / 10:.1f} GiB of free RAM would do: "
+            f"hires keeps 10 % + 2 GiB of it back): close other programs{disk} or plan a "
+            "smaller size")
         error.host = True
         raise error
     if not fits:

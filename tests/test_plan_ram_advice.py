@@ -1,0 +1,20 @@
+"""A plan short of RAM says how much free RAM would do, and that figure plans."""
+
+import re
+
+from helpers_cli import cli, error_lines
+
+CARD = ("plan", "x", "--size", "16384", "--gpu", "3060", "--disk", "0")
+
+
+def test_the_ram_a_refusal_names_is_enough_and_less_is_not():
+    """It said "try a larger --ram" where 26.2 GiB was needed: --ram 26.2 to 31 were all
+    refused too (hires keeps 10 % + 2 GiB of the free RAM back)."""
+    short = cli(*CARD, "--ram", "27")
+    assert short.exit_code == 2
+    (line,) = error_lines(short.stderr)
+    enough = re.search(r"\(([\d.]+) GiB of free RAM would do: hires keeps 10 % \+ 2 GiB", line)
+    assert enough, line
+    ram = float(enough.group(1))
+    assert cli(*CARD, "--ram", str(ram)).exit_code == 0
+    assert cli(*CARD, "--ram", f"{ram - 0.2:.1f}").exit_code == 2
