@@ -35,8 +35,9 @@ class BatchItem:
     index: int
     job: Job
     output: str | None
-    # `format` set by the file, a preset or [defaults]: an 'output' suffix must agree with it,
-    # a png too (it is also the default, which a suffix overrides)
+    # `format` set by the job file (the job or [defaults]): an 'output' suffix must agree with
+    # it, a png too (it is also the default, which a suffix overrides); a preset's yields to
+    # the suffix, as with gen's --preset and -o
     format_given: bool = False
 
 
@@ -133,8 +134,7 @@ def read_batch(path: str | Path, base: Job | None = None,
                            "it out")
         if job.seed is None:
             job = job.merged({"seed": stable_seed(i, values)})
-        format_given = any("format" in {str(k).replace("-", "_") for k in values}
-                           for values, _, _ in job_levels)
+        format_given = "format" in {str(k).replace("-", "_") for k in values}
         items.append(BatchItem(i, job, output, format_given))
     return items
 
