@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import string
 import tempfile
 import unicodedata
@@ -179,6 +180,9 @@ def flattened(image: Image.Image) -> Image.Image:
 
 def check_writable(path: Path, overwrite: bool) -> None:
     """Fail before any GPU time is spent when the output cannot be written."""
+    if _is_folder(path):  # --overwrite or not: a rename onto a folder fails after the work
+        raise OutputUnwritable(f"{path} is a folder, and hires never writes over a folder: "
+                               "move it away or choose another -o")
     if os.path.lexists(path) and not overwrite:  # a dangling symlink counts: it is a name
         raise OutputExists(f"{path} already exists; pass --overwrite or choose another -o")
     folder = path.parent
@@ -194,6 +198,14 @@ def check_writable(path: Path, overwrite: bool) -> None:
         fd, probe = part_file(folder, "probe")
         os.close(fd)
         os.unlink(probe)
+
+
+def _is_folder(path: Path) -> bool:
+    """Whether `path` is a folder itself (a link to one is a name a rename replaces)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:  # not there, or a name too long: other checks say it
+        return False
 
 
 def disk_need(width: int, height: int, fmt: str, stage_images: bool = False,
