@@ -72,6 +72,7 @@ from hires.cli_options import (
     Steps,
     Strength,
     Upsample,
+    UpSteps,
     VaeDtype,
     VaeRef,
     VaeStats,
@@ -205,7 +206,7 @@ def up(
         "to the input (default 0.3).")] = None,
     prompt: Annotated[str | None, typer.Option(
         help="What the image shows (optional; guides the new detail).")] = None,
-    negative: Negative = None, seed: Seed = None, steps: Steps = None,
+    negative: Negative = None, seed: Seed = None, steps: UpSteps = None,
     guidance: Guidance = None, model: Model = None, linfusion: LinFusionRef = None,
     preset: Preset = None,
     output: Annotated[str | None, typer.Option(

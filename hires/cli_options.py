@@ -82,7 +82,9 @@ def gpu_names() -> list[str]:
 
 
 # Options shared by gen, plan and batch; None means "not given", so presets can fill it.
-Size = Annotated[int | None, typer.Option("--size", help="Long side in pixels (e.g. 16384).")]
+Size = Annotated[int | None, typer.Option(
+    "--size", help="Long side in pixels (e.g. 16384; gen and plan make 1024x1024 without a "
+    "size).")]
 Aspect = Annotated[str | None, typer.Option(
     help="Aspect ratio with --size, e.g. 16:9 or 2:3.",
     autocompletion=one_of("1:1", "4:3", "3:4", "3:2", "2:3", "16:9", "9:16", "21:9", "4:5"))]
@@ -96,6 +98,9 @@ Negative = Annotated[str | None, typer.Option(help="Negative prompt.")]
 Seed = Annotated[int | None, typer.Option(
     help="Random seed, 0 to 4294967295 (random when absent; recorded).")]
 Steps = Annotated[int | None, typer.Option(help="Base-stage steps (default 50).")]
+UpSteps = Annotated[int | None, typer.Option(
+    "--steps", help="Steps of a full schedule (default 50): each stage runs its strength's "
+    "share of them.")]
 Guidance = Annotated[float | None, typer.Option(
     help="CFG scale (default 7.5); 1 or less runs without CFG: one UNet pass a step, and "
     "--negative unused.")]
@@ -134,7 +139,7 @@ def _size(text: str) -> tuple[float, str]:
     try:
         return float(number), unit
     except ValueError:
-        raise typer.BadParameter(f"'{text}' is not a size in GB; give a number like 24 or "
+        raise typer.BadParameter(f"'{text}' is not a size; give a number like 24 or "
                                  "24GB") from None
 
 
@@ -142,8 +147,9 @@ Vram = Annotated[float | None, typer.Option(
     help="GPU memory budget in GiB for planning (24 for a 24 GB card).", parser=gigabytes,
     metavar="<GiB>")]
 Ram = Annotated[float | None, typer.Option(
-    help="CPU memory budget in GiB for parked maps and offloaded weights (default: what is "
-         "free).", parser=gigabytes, metavar="<GiB>")]
+    help="Free CPU memory in GiB to plan with (default: what is free as the run starts): on "
+    "a GPU, room for parked maps and offloaded weights, less 10 % + 2 GiB kept back; on the "
+    "CPU, the memory budget.", parser=gigabytes, metavar="<GiB>")]
 Disk = Annotated[float | None, typer.Option(
     help="Scratch disk in GB (in TMPDIR) for parked maps the RAM cannot hold and --vae-stats "
     "exact's files (default: what is free there; 0: never).", parser=disk_gigabytes,

@@ -435,7 +435,8 @@ def test_memory_sizes_take_a_gb_unit_as_people_write_them():
     for typed in ("24GB", "24 GiB", "24g"):
         assert plan_json(*args, "--vram", typed)["budget_bytes"] == bare["budget_bytes"]
     assert plan_json("x", "--size", "4096", "--vram", "24", "--ram", "64GB") == bare
-    assert_usage_error(cli("plan", *args, "--vram", "24MB"), "'24MB' is not a size in GB")
+    assert_usage_error(cli("plan", *args, "--vram", "24MB"),
+                       "'24MB' is not a size; give a number like 24 or 24GB")
 
 
 def test_implausible_memory_and_rates_are_usage_errors():
