@@ -447,6 +447,13 @@ def show_checkpoint(path: Path, as_json: bool) -> None:
         f"{sizes[stage][1]}: {then}; deleting it starts that run over"]))
 
 
+def _precision(result: dict[str, Any]) -> str:
+    """', UNet fp16, VAE bf16': the precisions the record says ran (older records: not all)."""
+    ran = [f"{part} {result[key]}" for part, key in (("UNet", "dtype"), ("VAE", "vae_dtype"))
+           if isinstance(result.get(key), str)]
+    return "".join(f", {r}" for r in ran)
+
+
 def _addon_lines(addons: dict[str, Any]) -> list[str]:
     """'lora REF at SCALE', 'controlnet ...', 'ip-adapter ...' of a record's add-ons, or
     'add-ons none'."""
@@ -627,7 +634,8 @@ def show_made(path: str | Path, as_json: bool) -> None:
              + (", 16-bit" if result.get("depth") == 16 else "")
              + (f", quality {job['quality']}" if isinstance(job.get("quality"), int) else ""),
              f"model {job.get('model')}, linfusion "
-             f"{result.get('linfusion', job.get('linfusion')) or 'none (plain attention)'}"]
+             f"{result.get('linfusion', job.get('linfusion')) or 'none (plain attention)'}"
+             + _precision(result)]
     if isinstance(result.get("stage"), int):  # --save-stages: one stage of a bigger job
         lines.append(f"stage {result['stage']} of a job for {job.get('width')}x"
                      f"{job.get('height')} (`hires gen --from` runs the whole job)")

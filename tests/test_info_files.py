@@ -206,3 +206,14 @@ def test_info_of_a_checkpoint_says_its_model_and_addons(tiny, tmp_path):
         "lora style.safetensors at 0.8", "lora ink.safetensors at 1.0",
         "controlnet cn at 0.7, image edges.png",
         "ip-adapter h94/IP-Adapter at 0.4, image look.png"]
+
+
+def test_info_says_the_precisions_that_ran(tmp_path):
+    """The record keeps the UNet's and the VAE's precision as they ran; info showed neither."""
+    image = tmp_path / "p.png"
+    made(image, "--dtype", "bf16")
+    shown = cli("info", str(image))
+    assert shown.exit_code == 0, shown.stderr
+    (line,) = [ln for ln in shown.stdout.splitlines() if ln.startswith("model ")]
+    result = json.loads(cli("info", str(image), "--json").stdout)["result"]
+    assert line.endswith(f", UNet bf16, VAE {result['vae_dtype']}")
