@@ -17,7 +17,10 @@ def main() -> None:
     try:
         from hires.cli import main as cli_main
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        try:
+            print("interrupted", file=sys.stderr)
+        except OSError:  # stderr takes no more (2>/dev/full): the exit code says it
+            pass
         raise SystemExit(130) from None
     cli_main()
 

@@ -22,12 +22,21 @@ from typer.core import TyperGroup
 
 
 class _LogConsole(Console):
-    """rich's console for the log on stderr, but a reader of it that goes away (`2>&1 | head`)
-    ends only the log, not the run: rich's own answer is exit 1, the image lost."""
+    """rich's console for the log on stderr, but a reader of it that goes away (`2>&1 | head`),
+    or a stderr that takes no more (`2>/dev/full`, a closed terminal's EIO), ends only the log,
+    not the run: rich's own answer is exit 1, the image lost."""
 
     def on_broken_pipe(self) -> None:
         self.quiet = True
         _to_devnull(sys.stderr)
+
+    def _check_buffer(self) -> None:
+        # rich turns only BrokenPipeError into on_broken_pipe(); any other write error of the
+        # log is the same to the run (rich calls this for every write, its bars' too)
+        try:
+            super()._check_buffer()
+        except OSError:
+            self.on_broken_pipe()
 
 
 err = _LogConsole(stderr=True, highlight=False, soft_wrap=True)
@@ -104,8 +113,8 @@ def _stderr(kind: str, text: str) -> None:
         return
     try:
         print(json.dumps({kind: text}), file=sys.stderr, flush=True)
-    except BrokenPipeError:  # as _LogConsole does: the log's reader went away, not the run
-        _to_devnull(sys.stderr)
+    except OSError:  # as _LogConsole does: the log's reader went away (or its disk filled),
+        _to_devnull(sys.stderr)  # not the run
 
 
 def say(message: str) -> None:

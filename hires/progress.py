@@ -103,8 +103,8 @@ class PlainProgress:
             return
         try:
             print(line, file=self.stream, flush=True)
-        except BrokenPipeError:  # its reader went away (`2>&1 | head`): the work goes on
-            self.stream = None
+        except OSError:  # its reader went away (`2>&1 | head`), its disk is full: the work
+            self.stream = None  # goes on
 
     def __call__(self, e: Event) -> None:
         key = (e.stage, e.phase)
