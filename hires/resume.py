@@ -11,8 +11,10 @@ once the image is saved.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -490,12 +492,58 @@ def save(path: Path, job: Job, plan: Plan, stage: int, latents: Tensor,
         try:
             save_file(tensors, tmp, metadata=meta)
         except SafetensorError as e:  # its I/O errors (a full disk) are not OSErrors
-            raise OSError(f"cannot write {path.name}: {e}") from None
+            raise OSError(_os_errno(str(e)), str(e)) from None
         os.chmod(tmp, file_mode())  # safetensors writes the file anew, as 0600
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise CheckpointUnwritable(f"{_why_unwritable(e)}; {_if_stopped(path)}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class CheckpointUnwritable(OSError):
+    """A checkpoint that could not be written; its str() says why and what it means, in a
+    user's words (the run's warning shows it as it is)."""
+
+
+# Why a write failed, as a user reads it: the OS's words name no cause a user can act on.
+_WHY = {errno.EISDIR: "a folder of that name is in the way",
+        errno.ENOTDIR: "a file is in the way of its folder",
+        errno.EFBIG: "the file size limit (ulimit -f) was reached",
+        # "No space left" as the OS says it too: the words people search for
+        errno.ENOSPC: "the disk is full (No space left on device)",
+        errno.EDQUOT: "the disk quota is used up",
+        errno.EROFS: "the disk is read-only",
+        errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+        errno.EIO: "the disk reported an input/output error"}
+
+
+def _os_errno(message: str) -> int | None:
+    """The errno in a safetensors I/O error's text ('... (os error 28)'), else None."""
+    found = re.search(r"\(os error (\d+)\)", message)
+    return int(found.group(1)) if found else None
+
+
+def _why_unwritable(error: OSError) -> str:
+    """Why `error` kept a file from being written, in plain words (no temp file's name)."""
+    if error.errno in _WHY:
+        return _WHY[error.errno]
+    if error.errno:
+        return os.strerror(error.errno).lower()
+    return "it could not be written"
+
+
+def _if_stopped(path: Path) -> str:
+    """What the lost checkpoint means: where a stop from now on would go on from."""
+    meta = _header(path) if path.is_file() else None
+    try:
+        kept = f"stage {_kept_stage(meta)[0]}" if meta else None
+    except (KeyError, TypeError, ValueError):
+        kept = None
+    where = f"go on from {kept}, kept before" if kept else "start the job over"
+    return f"the run goes on, but if it stops, running it again would {where}"
 
 
 def remove(path: Path) -> None:
