@@ -10,9 +10,11 @@ import json
 import os
 import re
 import shutil
+import socket
 import stat
 import string
 import tempfile
+import time
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
@@ -481,12 +483,12 @@ def save_image(
 
 
 def part_file(folder: Path, name: str) -> tuple[int, str]:
-    """A temp file for `name` in `folder`, open: (fd, path). Its name holds our pid, which
-    `remove_stale_parts` reads back to clean up after a killed run; `name` is cut so that it
-    stays within NAME_MAX."""
+    """A temp file for `name` in `folder`, open: (fd, path), named `.NAME.@HOST.PID.xxx.part`.
+    `remove_stale_parts` reads host and pid back to clean up after a killed run; `name` is cut
+    so that the whole stays within NAME_MAX."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{name[:120]}.{os.getpid()}.", suffix=".part",
-                                   dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=f".{_cut(name, PART_NAME_MAX)}.@{this_host()}."
+                                          f"{os.getpid()}.", suffix=".part", dir=folder)
     except OSError as e:
         raise OutputUnwritable(f"cannot write to {folder}: {e.strerror}; choose another -o"
                                ) from None
@@ -607,16 +609,58 @@ def _fit_jpeg_metadata(metadata: dict, width: int, height: int,
     return cut
 
 
+# A part file's name: the name it is for, cut to PART_NAME_MAX bytes, then the host (at most
+# HOST_MAX bytes of [A-Za-z0-9_-]), the pid, mkstemp's 8 characters and ".part": all within
+# NAME_MAX (1 + 100 + 2 + 63 + 1 + 10 + 1 + 8 + 5 = 191).
+PART_NAME_MAX, HOST_MAX = 100, 63
+_PART = re.compile(r"^\..+\.@([\w-]+)\.(\d+)\.[^.]+\.part$", re.ASCII)
+_OLD_PART = re.compile(r"^\..+\.(\d+)\.[^.]+\.part$")  # before the host was in the name
+# Another host's pid cannot be probed from here, so its part is removed only when nothing has
+# written it for this long: a save writes its file within minutes (a 16K PNG's included) and
+# then renames it, so a day-old part is a dead run's, while a job suspended mid-save (SIGSTOP,
+# a scheduler's preemption) or hosts' clocks apart by hours keep theirs. A dead host's part
+# costs its disk space for a day.
+OTHER_HOST_STALE_S = 24 * 3600
+
+
+@functools.cache
+def this_host() -> str:
+    """This machine's name as a part file holds it: its first HOST_MAX bytes, each character
+    not a letter, digit, '_' or '-' made '-' (a dot would split the name)."""
+    host = re.sub(r"[^\w-]", "-", socket.gethostname(), flags=re.ASCII)
+    return host[:HOST_MAX] or "host"
+
+
+def _cut(name: str, size: int) -> str:
+    """`name` cut to at most `size` bytes of UTF-8, a character never split."""
+    raw = os.fsencode(name)
+    return name if len(raw) <= size else raw[:size].decode("utf-8", "ignore")
+
+
 def remove_stale_parts(folder: str | Path) -> list[Path]:
-    """Delete temp files left by hires processes that died mid-save (not by live ones)."""
+    """Delete temp files left by hires processes that died mid-save (not by live ones): this
+    host's whose pid is gone, another host's not written for OTHER_HOST_STALE_S (on a folder
+    shared by NFS), and those named before the host was (by their pid, as then)."""
     removed = []
     for part in Path(folder).glob(".*.part"):
-        match = re.match(r"^\..+\.(\d+)\.[^.]+\.part$", part.name)
-        if not match or pid_alive(int(match.group(1))):
-            continue
-        part.unlink(missing_ok=True)
-        removed.append(part)
+        if _stale_part(part):
+            part.unlink(missing_ok=True)
+            removed.append(part)
     return removed
+
+
+def _stale_part(part: Path) -> bool:
+    """Whether the temp file `part` is a dead run's (see `remove_stale_parts`)."""
+    named = _PART.match(part.name)
+    if named and named.group(1) != this_host():
+        try:
+            return time.time() - part.lstat().st_mtime >= OTHER_HOST_STALE_S
+        except OSError:  # removed meanwhile (by its own run, renamed into place)
+            return False
+    if named:  # this host's: its pid says
+        return not pid_alive(int(named.group(2)))
+    old = _OLD_PART.match(part.name)  # no host: taken as this one's, as it was
+    return old is not None and not pid_alive(int(old.group(1)))
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
