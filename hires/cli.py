@@ -481,7 +481,7 @@ def info(
 
 def version_callback(value: bool) -> None:
     if value:
-        print(f"hires {__version__}")
+        out_line(f"hires {__version__}")
         raise typer.Exit()
 
 

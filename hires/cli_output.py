@@ -62,17 +62,43 @@ def on_sigterm(signum, frame) -> None:
     raise HungUp() if signum == getattr(signal, "SIGHUP", None) else Terminated()
 
 
+class StdoutError(Exception):
+    """stdout took no more (`>/dev/full`, an I/O error): the results are lost, which one
+    `error:` line says (a reader that went away, `| head -1`, is no error). `saved`: the image
+    that is made all the same."""
+
+    def __init__(self, error: OSError, saved: str | None = None):
+        self.error = error
+        where = f"; the image is saved at {saved}" if saved else ""
+        super().__init__(f"cannot write to stdout: {error.strerror or error}{where}")
+
+
 def out_line(text: str) -> None:
-    """One line of results on stdout; a reader that went away (`| head -1`) is not an error."""
+    """One line of results on stdout; a reader that went away (`| head -1`) is not an error,
+    a stdout that takes no more is a StdoutError."""
     try:
-        print(text, flush=True)
+        _print_line(text)
     except BrokenPipeError:
         quiet_stdout()
+    except OSError as e:
+        raise stdout_failed(e) from None
+
+
+def _print_line(text: str) -> None:
+    try:
+        print(text, flush=True)
     except UnicodeEncodeError:
         # stdout's encoding cannot say it (PYTHONIOENCODING=ascii): a path is written as the
         # bytes the filesystem holds (as `ls` does), not turned into a failure after the work.
         sys.stdout.buffer.write(text.encode("utf-8", "surrogateescape") + b"\n")
         sys.stdout.flush()
+
+
+def stdout_failed(error: OSError) -> StdoutError:
+    """The error for a write to stdout that failed; stdout is pointed at /dev/null, so that
+    neither later lines nor the flush at exit fail again (a traceback, exit 120)."""
+    quiet_stdout()
+    return StdoutError(error)
 
 
 def quiet_stdout() -> None:
@@ -82,8 +108,12 @@ def quiet_stdout() -> None:
 
 
 def _to_devnull(stream) -> None:
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a test's capture): no fd
+        return
     devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, stream.fileno())
+    os.dup2(devnull, fd)
     os.close(devnull)
 
 
@@ -152,8 +182,14 @@ def _json_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def emit(record: dict[str, Any], as_json: bool) -> None:
-    """A result on stdout: its path, or its JSON object."""
-    out_line(json.dumps(record) if as_json else record["path"])
+    """A result on stdout: its path, or its JSON object. If stdout takes no more, the error
+    says where the image is all the same (a failed batch job's has none)."""
+    try:
+        out_line(json.dumps(record) if as_json else record["path"])
+    except StdoutError as e:
+        if record.get("status", "done") not in ("done", "skipped"):
+            raise
+        raise StdoutError(e.error, saved=record["path"]) from None
 
 
 @contextmanager
@@ -178,7 +214,7 @@ def exit_codes() -> Iterator[None]:
         raise fail(str(e), EXIT_USAGE) from None
     except OutputError as e:
         raise fail(str(e), EXIT_USAGE if e.usage else EXIT_RUNTIME) from None
-    except NotFinite as e:  # its message says what to change
+    except (NotFinite, StdoutError) as e:  # its message says what to change, or what is lost
         raise fail(str(e), EXIT_RUNTIME) from None
     except Exception as e:
         from hires.images import ImageInputError
@@ -236,6 +272,14 @@ class OneLineErrors(TyperGroup):
                 text += f" (see '{ctx.command_path if ctx else 'hires'} -h')"
             err.print(f"error: {text}", markup=False)
             sys.exit(e.exit_code)
+        except StdoutError as e:  # outside a command (--version)
+            err.print(f"error: {e}", markup=False)
+            sys.exit(EXIT_RUNTIME)
+        except OSError as e:
+            # Commands' own errors are lines already (exit_codes): what gets here is click's
+            # writing, its help (-h) on a stdout that takes no more.
+            err.print(f"error: {stdout_failed(e)}", markup=False)
+            sys.exit(EXIT_RUNTIME)
         except typer.Abort as e:  # Ctrl-D, or a stop outside a command's own handling
             # click's Abort hides which signal it was (SIGHUP, SIGTERM): its cause says
             cause = e.__cause__

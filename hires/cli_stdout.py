@@ -102,7 +102,7 @@ def send(path: Path) -> tuple[int, int]:
     """Copy the finished image to stdout: (bytes the reader was given, the image's size). A
     reader that went away early (`| head -c 100`) is not an error; it is said (-o - keeps no
     file)."""
-    from hires.cli_output import quiet_stdout
+    from hires.cli_output import quiet_stdout, stdout_failed
 
     sent = 0
     try:
@@ -120,6 +120,8 @@ def send(path: Path) -> tuple[int, int]:
                     view = view[n:]
     except BrokenPipeError:
         quiet_stdout()
+    except OSError as e:  # not a reader gone: a disk full, an I/O error (-o - keeps no file)
+        raise stdout_failed(e) from None
     return sent, path.stat().st_size
 
 
