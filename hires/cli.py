@@ -22,6 +22,7 @@ from hires.cli_jobs import (
     check_device,
     check_preview,
     job_flags,
+    open_stdin,
     read_prompts,
     recorded_stdin,
     refuse_empty,
@@ -429,7 +430,8 @@ def batch(
         manifest = None if manifest is None else Path(manifest)
         levels = [(load_preset(preset).values, f"preset '{preset}'", True)] \
             if preset is not None else []
-        if str(file) == "-" and sys.stdin.isatty():  # else nothing says why hires waits
+        if str(file) == "-" and open_stdin("give the job file's path, or its jobs on stdin"
+                                           ).isatty():  # else nothing says why hires waits
             say("reading the jobs from stdin (JSONL, or TOML); end with Ctrl-D")
         overrides = {k: v for k, v in {"model": model, "device": device or b.local_device(),
                                        "allow_pickle": allow_pickle,

@@ -176,6 +176,14 @@ def recorded_result(path: Path) -> dict[str, Any]:
     return result if isinstance(result, dict) else {}
 
 
+def open_stdin(instead: str):
+    """sys.stdin, or a usage error if the shell closed it (`<&-`: Python's sys.stdin is None);
+    `instead`: what to give instead, said in the error."""
+    if sys.stdin is None:
+        raise typer.BadParameter(f"stdin is closed: {instead}")
+    return sys.stdin
+
+
 def stdin_lines(what: str, head: bytes = b"") -> list[str]:
     """The lines on stdin, stripped, without blank and `#` comment lines; on a terminal, first
     a word on how to end them (nothing else would say why hires waits). `head`: its first
@@ -200,6 +208,7 @@ def read_prompts(prompt: str) -> list[str]:
     """'-' reads one prompt per line from stdin; blank lines and `#` comment lines are skipped."""
     if prompt != "-":
         return [prompt]
+    open_stdin("give the prompt as an argument, or the prompts on stdin")
     prompts = stdin_lines("prompts")
     if not prompts:
         raise typer.BadParameter("prompt '-' read no prompts from stdin (one per line)")
@@ -219,7 +228,8 @@ def up_inputs(images: list[Path]) -> Iterator[list[str]]:
     if images != [Path("-")]:
         raise typer.BadParameter("give image paths or '-' (an image, or paths, on stdin), not "
                                  "both")
-    stream = None if sys.stdin.isatty() else getattr(sys.stdin, "buffer", None)
+    stdin = open_stdin("give the image paths as arguments, or an image (or paths) on stdin")
+    stream = None if stdin.isatty() else getattr(stdin, "buffer", None)
     head = piped.read_head(stream) if stream is not None else b""
     if stream is not None and not head:
         raise typer.BadParameter("'-' read nothing from stdin: pipe an image in (hires up - < "
@@ -279,7 +289,8 @@ def recorded_stdin(from_image: Path | None, command: str,
     if busy:
         raise JobError(f"{from_image} was upscaled from an image on stdin, which {busy} reads "
                        "too; give the prompt as an argument")
-    stream = None if sys.stdin.isatty() else getattr(sys.stdin, "buffer", None)
+    closed = sys.stdin is None  # `<&-`
+    stream = None if closed or sys.stdin.isatty() else getattr(sys.stdin, "buffer", None)
     if stream is None:
         raise JobError(again)
     sha = recorded.get("image_sha256")

@@ -37,6 +37,9 @@ def check(jobs: int, save_stages: bool, as_json: bool, preview: bool,
         flag = "--save-stages" if save_stages else "--preview"
         raise typer.BadParameter(f"{flag} names its files after the output; with -o - there "
                                  "is none: -o a file")
+    if terminal and sys.stdout is None:  # `>&-`: Python's sys.stdout is None
+        raise typer.BadParameter("stdout is closed: -o - writes the image there, for a "
+                                 "reader; give -o a file name")
     if terminal and sys.stdout.isatty():
         raise typer.BadParameter("-o - writes the image's bytes to stdout, which is a "
                                  "terminal; pipe it (|) or redirect it (>)")
