@@ -41,6 +41,24 @@ class BatchItem:
     format_given: bool = False
 
 
+# A command's flag written as a key, told what `hires batch` can do instead: it takes the
+# others for every job (COMMAND_FLAGS' "pass it on the command line").
+BATCH_FLAGS = {
+    **{key: f"pass --{key.replace('_', '-')} to hires batch (it applies to every job)"
+       for key in COMMAND_FLAGS},
+    **{key: COMMAND_FLAGS[key] for key in ("shard", "manifest")},
+    "n": "a batch makes one image a job: give a job for each image",
+    "from": "give the job the recorded keys (hires info IMAGE --json shows them)",
+    "save_stages": "`hires batch` keeps no stage images; use `hires gen --save-stages` for "
+                   "that job",
+}
+# A format's problem (hires.output.format_problem) advises flags: in a job file, the key.
+FORMAT_ADVICE = {
+    "pass --depth 8 for": "set depth = 8 in the job for",
+    " (it overrides a preset's or a recorded depth)": "",
+    ", or --depth 8": ", or set depth = 8 in the job",
+}
+
 # Keys a batch file takes besides the job's own: the same as `gen`'s flags.
 BATCH_ONLY_KEYS = ("size", "aspect", "scale", "print_size", "output", "preset")
 
@@ -191,9 +209,9 @@ def _check_keys(table: dict[str, Any], where: str) -> None:
             raise JobError(f"'{key}' in {where} is refused: only the --allow-pickle flag may "
                            "allow pickle loading; remove the key")
         if name not in valid:
-            hint = closest_hint(name, valid)
+            hint = closest_hint(name, valid, BATCH_FLAGS)
             shown = ", ".join(keys_for_people(valid))
-            flag = name.lower() in COMMAND_FLAGS
+            flag = name.lower() in BATCH_FLAGS
             listing = "" if "valid:" in hint or flag else f"; valid keys: {shown}"
             raise JobError(f"unknown key '{key}' in {where}{hint}{listing}")
 
@@ -362,7 +380,7 @@ def name_outputs(items: list[BatchItem], folder: Path, file_name: str
         fmt = named_fmt or j.format
         problem = out.format_problem(fmt, j.width, j.height, j.depth)
         if problem:
-            raise JobError(f"{where}: {problem}")
+            raise JobError(f"{where}: {in_job_words(problem)}")
         key = os.path.normcase(os.path.abspath(path))
         if key in owner:
             raise JobError(f"{file_name} jobs {owner[key]} and {item.index} both write "
@@ -387,6 +405,13 @@ def name_outputs(items: list[BatchItem], folder: Path, file_name: str
 FLAG_KEYS = {"--lora": "lora", "--control-model": "control_model", "--control": "control",
              "--ip-adapter": "ip_adapter", "--ip-image": "ip_image", "--model": "model",
              "--vae": "vae", "--linfusion": "linfusion"}
+
+
+def in_job_words(problem: str) -> str:
+    """A format's problem with its flag advice as a job file's keys (FORMAT_ADVICE)."""
+    for said, meant in FORMAT_ADVICE.items():
+        problem = problem.replace(said, meant)
+    return problem
 
 
 def by_key(message: str, where: str) -> str:

@@ -302,12 +302,14 @@ def keys_for_people(valid: tuple[str, ...] | list[str]) -> list[str]:
     return list(dict.fromkeys(k for k in valid if k not in RECORD_ONLY))
 
 
-def closest_hint(name: str, valid: tuple[str, ...] | list[str]) -> str:
-    """'; did you mean X?' for the closest valid name, or a list of valid names."""
+def closest_hint(name: str, valid: tuple[str, ...] | list[str],
+                 advice: dict[str, str] = COMMAND_FLAGS) -> str:
+    """'; did you mean X?' for the closest valid name, or a list of valid names; a command's
+    flag is told what to do instead, by `advice` (a batch file's differs from a preset's)."""
     flag = name.lower()  # 'N' too
-    if flag in COMMAND_FLAGS:
+    if flag in advice:
         return f" (--{flag.replace('_', '-')} is a command's flag, not a key: " \
-               f"{COMMAND_FLAGS[flag]})"
+               f"{advice[flag]})"
     shown = keys_for_people(valid)
     by_case = {v.lower(): v for v in shown}  # 'DRAFT' is 'draft', however far difflib finds it
     match = difflib.get_close_matches(name.lower(), list(by_case), n=1, cutoff=0.5)

@@ -52,6 +52,21 @@ def _in(where: str) -> str:
     return "" if where == OPTIONS else f" (in {where})"
 
 
+def _said(error: JobError, where: str) -> JobError:
+    """A shared check's error (worded with flags: 'use --scale 1.6 or more') for `where`: a
+    file's in its keys ('use scale = 1.6 or more', '--dpi' as 'dpi'), after the file, job or
+    preset that gave them."""
+    if where == OPTIONS:
+        return error
+
+    def key(m: re.Match) -> str:
+        name = m.group(1).replace("-", "_")
+        return f"{name} = {m.group(2)}" if m.group(2) else _name(name, where)
+
+    text = re.sub(r"--([a-z][a-z0-9-]*)(?: (\d[^\s,;)]*))?", key, str(error))
+    return JobError(f"{where}: {text}")
+
+
 def size_keys(values: dict[str, Any]) -> dict[str, Any]:
     """The size keys `values` sets (None is unset); `print-size` is `print_size`."""
     named = {str(k).replace("-", "_"): v for k, v in values.items()}
@@ -221,7 +236,7 @@ def layered_size(levels: list[Level],
             return print_pixels(top["print_size"], dpi,
                                 (source() if callable(source) else source) if source else None)
         except JobError as e:
-            raise JobError(f"{e}{_in(where)}") from None
+            raise _said(e, where) from None
     if "width" in top:
         return top["width"], top["height"]
     if source is not None:
@@ -232,7 +247,7 @@ def layered_size(levels: list[Level],
             return target_size(source() if callable(source) else source, size=top.get("size"),
                                scale=top.get("scale"))
         except JobError as e:
-            raise JobError(f"{e}{_in(where)}") from None
+            raise _said(e, where) from None
     if "scale" in top:
         raise JobError(f"{n('scale')} multiplies an input image's size: it is for upscales "
                        f"(hires up, or a job with 'image'); give {n('size')} instead{_in(where)}")
@@ -249,7 +264,10 @@ def layered_size(levels: list[Level],
                                          if "width" in below else None)
         if "print_size" in below:
             aspect = "{}:{}".format(*print_inches(below["print_size"]))
-    return size_from(size, None if aspect is None else str(aspect), None, None)
+    try:
+        return size_from(size, None if aspect is None else str(aspect), None, None)
+    except JobError as e:  # "--aspect 30:1 at --size 64 ...": the level that gave the aspect
+        raise _said(e, where) from None
 
 
 def fit_print(source: tuple[int, int], width: int, height: int) -> tuple[int, int]:

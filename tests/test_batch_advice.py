@@ -24,3 +24,35 @@ def test_a_presets_format_yields_to_the_output_suffix(tmp_path):
 def test_a_jobs_own_format_against_its_suffix_is_still_refused(tmp_path):
     with pytest.raises(JobError, match="'format' is tiff; make them agree"):
         named(tmp_path, 'preset = "print-a2"\noutput = "x.png"\nformat = "tiff"')
+
+
+def refusal(tmp_path, keys: str) -> str:
+    """The error of a one-job j.toml with `keys`, read and named as `hires batch` does."""
+    with pytest.raises(JobError) as e:
+        named(tmp_path, keys)
+    return str(e.value)
+
+
+@pytest.mark.parametrize(("keys", "says"), [
+    ("save_stages = true", "`hires batch` keeps no stage images; use `hires gen --save-stages` "
+                           "for that job"),
+    ("preview = true", "pass --preview to hires batch"),
+    ("n = 2", "give a job for each image"),
+    ('format = "jpg"\ndepth = 16', "j.toml job 0: JPEG holds 8 bits a channel; a 16-bit image "
+                                   "is a .png or .tif file, or set depth = 8 in the job for an "
+                                   "8-bit JPEG"),
+    ('format = "tiff"\ndepth = 16\nsize = 32768', "use .png, or set depth = 8 in the job"),
+    ("size = 64\naspect = \"30:1\"", "j.toml job 0: aspect = 30:1 at size = 64 makes the short "
+                                     "side 8 px, under 64: give size = 1800 or more"),
+])
+def test_batch_advice_is_what_a_job_file_can_do(tmp_path, keys, says):
+    """It said "pass it on the command line" (batch has no --save-stages), "pass --depth 8"
+    and "give --size 1800" (batch has neither flag)."""
+    said = refusal(tmp_path, keys)
+    assert says in said
+    assert "command line" not in said and "--depth" not in said and "--size" not in said
+
+
+def test_an_upscale_jobs_size_advice_names_keys(tmp_path, small):
+    said = refusal(tmp_path, f'image = "{small}"\nscale = 0.5')
+    assert said.endswith("ask for scale = 1 or more"), said

@@ -135,8 +135,9 @@ def test_an_empty_reference_in_a_job_file_names_its_key(tmp_path):
 
 
 @pytest.mark.parametrize(("key", "says"), [
-    ("n = 3", "--n is a command's flag, not a key: pass --n to gen; in a batch, give a job"),
-    ("overwrite = true", "--overwrite is a command's flag, not a key: pass it on the command"),
+    ("n = 3", "--n is a command's flag, not a key: a batch makes one image a job: give a job"),
+    ("overwrite = true", "--overwrite is a command's flag, not a key: pass --overwrite to hires "
+                         "batch"),
     ('shard = "0/2"', "--shard is a command's flag, not a key: pass --shard I/N to hires batch"),
     ("N = 2", "--n is a command's flag")])  # 'did you mean sampler', or every key listed
 def test_a_commands_flag_written_as_a_key_says_so(tmp_path, key, says):
