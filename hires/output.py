@@ -464,10 +464,15 @@ def save_image(
                                 kwargs.get("tiffinfo"), dpi=dpi, icc=kwargs.get("icc_profile"))
             else:
                 image.save(_Checked(f), format=_PIL_FORMATS[fmt], **kwargs)
+            # On disk before the rename: after a power cut, ext4 and xfs (delayed allocation)
+            # may otherwise show the new name with an empty or cut file.
+            f.flush()
+            os.fsync(f.fileno())
         if overwrite:
             os.replace(tmp, path)
         else:
             claim_rename(tmp, path)
+        sync_folder(folder)
     except FileExistsError:
         Path(tmp).unlink(missing_ok=True)
         raise OutputExists(f"{path} was written by another process while this one was saving; "
@@ -496,6 +501,22 @@ def part_file(folder: Path, name: str) -> tuple[int, str]:
     # (images and checkpoints in a shared folder: 0666 less the umask).
     os.fchmod(fd, file_mode())
     return fd, tmp
+
+
+def sync_folder(folder: str | Path) -> None:
+    """fsync `folder`, so that a rename into it outlives a power cut. Where the OS or file
+    system refuses a folder's fsync (Windows, some network and FUSE ones) it is skipped: the
+    file itself was synced, and the rename is as durable as that system makes it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def claim_rename(src: str | Path, dst: str | Path) -> None:

@@ -480,7 +480,7 @@ def save(path: Path, job: Job, plan: Plan, stage: int, latents: Tensor,
             "stage": str(stage), "reports": json.dumps([asdict(r) for r in reports]),
             "inputs": _inputs(job), "cwd": os.getcwd(),
             "resolved": json.dumps(_latent_settings(job), default=str)}
-    from hires.output import file_mode, part_file
+    from hires.output import file_mode, part_file, sync_folder
 
     # The output's folder may not be there yet: the image is saved at the end, into a folder
     # made then, but its checkpoints come before.
@@ -493,14 +493,25 @@ def save(path: Path, job: Job, plan: Plan, stage: int, latents: Tensor,
             save_file(tensors, tmp, metadata=meta)
         except SafetensorError as e:  # its I/O errors (a full disk) are not OSErrors
             raise OSError(_os_errno(str(e)), str(e)) from None
+        _sync_file(tmp)  # on disk before the rename: a power cut must not leave it cut
         os.chmod(tmp, file_mode())  # safetensors writes the file anew, as 0600
         os.replace(tmp, path)
+        sync_folder(path.parent)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
         raise CheckpointUnwritable(f"{_why_unwritable(e)}; {_if_stopped(path)}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _sync_file(path: str) -> None:
+    """fsync the file at `path` (safetensors writes by name, and syncs nothing)."""
+    fd = os.open(path, os.O_RDWR)  # writable: Windows' fsync needs it; Linux takes either
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class CheckpointUnwritable(OSError):
