@@ -19,6 +19,43 @@ from hires.job import DEFAULT_MODEL, Job
 from hires.models import Components, load
 from hires.plan import Plan
 
+# A command's flag (or a batch file's key) given as a keyword: what a library caller does
+# instead. `{value!r}` is the value given. No flags here: `in_keywords` rewrites '--x' as 'x'.
+LIBRARY_ADVICE = {
+    "n": "each call makes one image: call it once a seed (seed=...), with the components "
+         "from hires.load(...) loaded once",
+    "scale": "scale multiplies an input image's size: it is for hires.upscale(image, "
+             "scale=...); give size (the long side) instead",
+    "preset": "presets are for the command line and batch files; pass a preset's settings as "
+              "keywords: **hires.presets.load_preset({value!r}).values",
+    "output": "the call returns the image: result.save(path) writes it",
+    "from": "pass job=hires.Job.from_dict(hires.output.job_values_from_image(path)), the job "
+            "an image of hires records",
+    "preview": "on_stage_image=lambda index, image: ... gets each stage's image as it is made",
+    "overwrite": "give it to the save: result.save(path, overwrite=True)",
+    "resume": "pass checkpoint=PATH (hires.resume.path_for(output)): a run of the same job goes "
+              "on after its last finished stage",
+    "dry_run": "hires.pipeline.plan_for(job, components) makes the plan without running it",
+    "gpu": "hires.pipeline.plan_for(job, components, gpu=...) prices the plan for that card",
+    "json": "result.save(path) returns the image's record",
+    "quiet": "the library writes no log (its warnings are Python's: the warnings module "
+             "filters them); progress=... hears its events",
+    "shard": "share your jobs out yourself (jobs[rank::world])",
+    "manifest": "keep what result.save(path) returns: each image's record",
+}
+
+
+def check_keywords(overrides: dict[str, Any]) -> None:
+    """A command's flag or a batch file's key given as a keyword (n=2, preset='draft') is
+    told what the library does instead; closest_hint's 'did you mean' misled ('prompt')."""
+    from hires.job import JOB_KEYS, JobError
+
+    for key, value in overrides.items():
+        name = str(key).replace("-", "_")
+        if name not in JOB_KEYS and name.lower() in LIBRARY_ADVICE:
+            advice = LIBRARY_ADVICE[name.lower()].format(value=value)
+            raise JobError(f"unknown keyword {key}=: {advice}")
+
 
 def check_arguments(plan: Any, checkpoint: Any) -> None:
     """`plan` and `checkpoint` of the kinds they must be, before any work (a wrong one failed
@@ -87,6 +124,7 @@ def library_job(job: Job | str | None, overrides: dict[str, Any],
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be a function of one hires.progress.Event, got "
                         f"{type(progress).__name__}")
+    check_keywords(overrides)
     overrides = plain_numbers(overrides)  # numpy's 256 is 256
     for name, value in overrides.items():  # 256, not "256" or 256.0: as README says
         check_kind(name, value)

@@ -51,3 +51,33 @@ def test_upscale_takes_the_jobs_size(photo, ran):
     assert (ran[1].width, ran[1].height) == (512, 512)  # a keyword's size wins
     with pytest.raises(ValueError, match="give one of size"):  # Job's default square: unsaid
         upscale_module.upscale(job=Job(image=str(photo)))
+
+
+@pytest.mark.parametrize(("given", "says"), [
+    (dict(n=2), "n=: each call makes one image: call it once a seed (seed=...)"),
+    (dict(scale=2), "scale=: scale multiplies an input image's size: it is for "
+                    "hires.upscale(image, scale=...); give size"),
+    (dict(preset="draft"), "presets are for the command line and batch files; pass a preset's "
+                           "settings as keywords: **hires.presets.load_preset('draft').values"),
+    (dict(output="a.png"), "result.save(path) writes it"),
+])
+def test_a_keyword_the_library_lacks_says_what_it_has(given, says):
+    """n=2 said "pass n to gen", scale=2 "did you mean 'ip_scale'?", preset= "did you mean
+    'prompt'?": nothing a Python caller can do."""
+    import hires
+
+    with pytest.raises(hires.JobError) as e:
+        hires.generate("a fox", **given)
+    assert says in str(e.value)
+    assert "gen" not in str(e.value).replace("hires.generate", "") and "did you mean" not in str(
+        e.value)
+
+
+def test_a_presets_settings_run_as_keywords(tiny):
+    """The advice works: a shipped preset's values are the library's keywords."""
+    import hires
+    from hires.presets import load_preset
+
+    result = hires.generate("a fox", components=tiny, seed=1,
+                            **{**load_preset("draft").values, "size": 128, "steps": 1})
+    assert (result.job.guidance, result.image.size) == (6.0, (128, 128))
