@@ -18,6 +18,7 @@ import typer
 from hires import __version__
 from hires.cli_batch import check_batch_outputs, check_batch_paths, run_batch_jobs
 from hires.cli_jobs import (
+    argv_text,
     build_job,
     check_device,
     check_preview,
@@ -160,7 +161,7 @@ def gen(
         check_from(from_image)
         flags = job_flags(options)
         if prompt and prompt != "-":
-            flags["prompt"] = prompt
+            flags["prompt"] = argv_text(prompt)
         job = build_job(preset, from_image, flags, source=piped.size if piped else None)
         prompts = read_prompts(prompt) if prompt == "-" else [job.prompt]
         jobs = [job.merged({"prompt": text}) for text in prompts]
@@ -241,7 +242,7 @@ def up(
         from hires import piped
 
         flags = job_flags(options)  # no --strength: up's own default (hires.sizes)
-        flags.update(prompt=prompt or "")
+        flags.update(prompt=argv_text(prompt or ""))
         jobs, sizes, alpha = [], [], set()
         for image in names:
             # Every input is decoded here, so that a broken one stops the command before any
@@ -295,7 +296,7 @@ def plan(
         check_from(from_image)
         flags = job_flags(options)
         if prompt:
-            flags["prompt"] = prompt
+            flags["prompt"] = argv_text(prompt)
         job = build_job(preset, from_image, flags, source=piped.size if piped else None)
         check_job_paths(job, loads=False)  # a checkpoint that is not there: as gen --dry-run does
         from hires.addons import check_inputs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,11 +25,29 @@ def job_flags(options: dict[str, Any]) -> dict[str, Any]:
     from hires.sizes import SIZE_KEYS
 
     values = {("format" if k == "fmt" else k): v for k, v in options.items()}
+    if isinstance(values.get("negative"), str):
+        values["negative"] = argv_text(values["negative"])
     # False means "not given" for plain flags; --no-karras is a real False.
     return {k: v for k, v in values.items()
             if (k in JOB_KEYS or k in SIZE_KEYS) and k not in ("prompt", "image")
             and v is not None and (v is not False or k == "karras")
             and not (isinstance(v, list) and not v)}
+
+
+def argv_text(value: str) -> str:
+    """A text argument (a prompt) as typed. Python decodes argv with the locale's encoding: in
+    a C locale (ASCII) a UTF-8 prompt's bytes arrive as surrogates, which are turned back into
+    those bytes and read as UTF-8. Bytes that are not UTF-8 stay as they came: the job refuses
+    them."""
+    try:
+        value.encode("utf-8")
+        return value  # decoded whole already
+    except UnicodeEncodeError:
+        pass
+    try:
+        return os.fsencode(value).decode("utf-8")  # argv's bytes, as the shell passed them
+    except UnicodeError:
+        return value
 
 
 def refuse_empty(flag: str, value: str | None, what: str) -> None:
@@ -184,19 +203,19 @@ def open_stdin(instead: str):
     return sys.stdin
 
 
-def stdin_lines(what: str, head: bytes = b"") -> list[str]:
+def stdin_lines(what: str, head: bytes = b"", text: bool = False) -> list[str]:
     """The lines on stdin, stripped, without blank and `#` comment lines; on a terminal, first
     a word on how to end them (nothing else would say why hires waits). `head`: its first
-    bytes, read already from `sys.stdin.buffer`."""
+    bytes, read already from `sys.stdin.buffer`; `text`: prompts, not file names."""
     if sys.stdin.isatty():
         say(f"reading {what} from stdin, one a line; end with Ctrl-D")
+    raw = getattr(sys.stdin, "buffer", None)
     try:
-        if head:  # decoded as sys.stdin would have (its errors: surrogateescape in a C locale)
-            text = (head + sys.stdin.buffer.read()).decode(sys.stdin.encoding or "utf-8",
-                                                            sys.stdin.errors or "strict")
+        if raw is None:  # a text stream only (a caller's StringIO): decoded already
+            lines = (head.decode("utf-8") + sys.stdin.read()).splitlines()
         else:
-            text = sys.stdin.read()
-        lines = text.splitlines()
+            data = head + raw.read()
+            lines = (_stdin_text(data) if text else _stdin_paths(data)).splitlines()
     except UnicodeDecodeError:
         raise typer.BadParameter(f"the {what} on stdin are not UTF-8 text") from None
     if lines:  # a byte-order mark (Windows editors write one) is no part of the first line
@@ -204,12 +223,27 @@ def stdin_lines(what: str, head: bytes = b"") -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
+def _stdin_text(data: bytes) -> str:
+    """Text on stdin: UTF-8 (whatever the locale says: a C locale's is ASCII, and prompt files
+    are UTF-8), else the locale's own encoding (a Latin-1 terminal's)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode(sys.stdin.encoding or "utf-8")  # if neither, the caller says so
+
+
+def _stdin_paths(data: bytes) -> str:
+    """File names on stdin, decoded as sys.stdin would have (its errors: surrogateescape in a
+    C locale), so that they name the files the shell's bytes name."""
+    return data.decode(sys.stdin.encoding or "utf-8", sys.stdin.errors or "strict")
+
+
 def read_prompts(prompt: str) -> list[str]:
     """'-' reads one prompt per line from stdin; blank lines and `#` comment lines are skipped."""
     if prompt != "-":
         return [prompt]
     open_stdin("give the prompt as an argument, or the prompts on stdin")
-    prompts = stdin_lines("prompts")
+    prompts = stdin_lines("prompts", text=True)
     if not prompts:
         raise typer.BadParameter("prompt '-' read no prompts from stdin (one per line)")
     return prompts

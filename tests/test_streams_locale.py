@@ -1,0 +1,46 @@
+"""A UTF-8 prompt in a C locale (`LC_ALL=C PYTHONUTF8=0`: Python decodes argv and stdin as
+ASCII, the other bytes as surrogates) is the prompt typed, not "not valid UTF-8 text"; only
+a prompt that truly is not UTF-8 is refused."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+from helpers_cli import REPO, hires_cmd, subprocess_env
+
+PROMPT = "café 猫"
+C_LOCALE = {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": ""}
+
+
+def _in_c_locale(tmp_path, prompt: str | bytes, stdin: bytes = b"") -> subprocess.CompletedProcess:
+    """`hires gen PROMPT --dry-run --json` in a C locale; stdout as text (JSON is ASCII)."""
+    args = [*hires_cmd("gen"), prompt, "--model", "tiny", "--size", "256", "--dry-run",
+            "--json", "-o", str(tmp_path / "x.png")]
+    return subprocess.run(args, input=stdin, capture_output=True, env=subprocess_env(**C_LOCALE),
+                          cwd=REPO, timeout=300)
+
+
+@pytest.mark.parametrize("where", ["argument", "stdin"])
+def test_a_utf8_prompt_in_a_c_locale_is_the_prompt_typed(tmp_path, where):
+    done = (_in_c_locale(tmp_path, PROMPT) if where == "argument" else
+            _in_c_locale(tmp_path, "-", stdin=f"{PROMPT}\n".encode()))
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert json.loads(done.stdout.splitlines()[0])["images"][0]["prompt"] == PROMPT
+
+
+def test_a_prompt_that_is_not_utf8_is_still_refused(tmp_path):
+    done = _in_c_locale(tmp_path, "caf\xe9".encode("latin-1"))
+    assert done.returncode == 2
+    assert done.stderr.decode().strip() == \
+        "error: the prompt is not valid UTF-8 text; check its encoding"
+
+
+def test_a_negative_prompts_argv_bytes_are_read_as_utf8():
+    """argv's UTF-8 bytes as a C locale leaves them: surrogates for each non-ASCII byte."""
+    from hires.cli_jobs import argv_text, job_flags
+
+    typed = "na\udcc3\udcafve"  # "naïve"
+    assert job_flags({"negative": typed})["negative"] == "naïve"
+    assert argv_text("caf\udce9") == "caf\udce9"  # Latin-1: not UTF-8, the job refuses it
