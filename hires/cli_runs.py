@@ -309,7 +309,8 @@ def remove_leftovers(folder: Path) -> None:
     from hires import output as out
 
     for part in out.remove_stale_parts(folder):
-        say(f"removed {part.name}, left by a run that died while saving")
+        say(f"removed an unfinished save of {out.saved_as(part)}, left by a run that died "
+            "while saving")
     busy.remove_stale(folder)
 
 

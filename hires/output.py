@@ -636,6 +636,7 @@ def _fit_jpeg_metadata(metadata: dict, width: int, height: int,
 PART_NAME_MAX, HOST_MAX = 100, 63
 _PART = re.compile(r"^\..+\.@([\w-]+)\.(\d+)\.[^.]+\.part$", re.ASCII)
 _OLD_PART = re.compile(r"^\..+\.(\d+)\.[^.]+\.part$")  # before the host was in the name
+_SAVED_AS = re.compile(r"^\.(.+?)\.(?:@[\w-]+\.)?\d+\.[^.]+\.part$", re.ASCII)
 # Another host's pid cannot be probed from here, so its part is removed only when nothing has
 # written it for this long: a save writes its file within minutes (a 16K PNG's included) and
 # then renames it, so a day-old part is a dead run's, while a job suspended mid-save (SIGSTOP,
@@ -668,6 +669,13 @@ def remove_stale_parts(folder: str | Path) -> list[Path]:
             part.unlink(missing_ok=True)
             removed.append(part)
     return removed
+
+
+def saved_as(part: Path) -> str:
+    """The file a temp part was to become ('o.png' of '.o.png.@host.123.ab12cd.part'; long
+    names come cut), to name it to a user rather than the part."""
+    named = _SAVED_AS.match(part.name)
+    return named.group(1) if named else part.name
 
 
 def _stale_part(part: Path) -> bool:
