@@ -197,8 +197,9 @@ def check_size_keys(values: dict[str, Any], where: str) -> None:
                 check_side(n(key), keys[key])
         if "scale" in keys:
             if keys.keys() & {"size", "aspect"}:
-                raise JobError(f"give one of {n('size')}, {n('scale')} or "
-                               f"{n('width')}/{n('height')}")
+                # the choices the no-size error lists (layered_size's callers), print's too
+                raise JobError(f"give one of {n('size')}, {n('scale')}, "
+                               f"{n('width')}/{n('height')} or {n('print_size')}")
             scale = keys["scale"]
             if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (
                     math.isfinite(scale) and scale > 0):

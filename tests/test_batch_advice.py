@@ -56,3 +56,19 @@ def test_batch_advice_is_what_a_job_file_can_do(tmp_path, keys, says):
 def test_an_upscale_jobs_size_advice_names_keys(tmp_path, small):
     said = refusal(tmp_path, f'image = "{small}"\nscale = 0.5')
     assert said.endswith("ask for scale = 1 or more"), said
+
+
+def test_two_sizes_list_the_choices_that_no_size_lists(small):
+    """`hires up x.png --scale 2 --size 1024` left out --print-size, which the no-size error
+    names."""
+    from helpers_cli import cli, error_lines
+
+    clash = error_lines(cli("up", small, "--scale", "2", "--size", "1024", "--dry-run").stderr)
+    none = error_lines(cli("up", small, "--dry-run").stderr)
+    choices = "give one of --size, --scale, --width/--height or --print-size"
+    assert clash[0] == f"error: {choices}" and none[0].startswith(f"error: {choices} ")
+
+
+def test_two_sizes_in_a_job_list_the_same_choices(tmp_path, small):
+    said = refusal(tmp_path, f'image = "{small}"\nscale = 2\nsize = 1024')
+    assert said == "j.toml job 0: give one of 'size', 'scale', 'width'/'height' or 'print_size'"
