@@ -51,7 +51,8 @@ def test_info_says_plain_attention_for_a_job_without_linfusion(tmp_path):
     hires.generate("a fox", size=64, steps=1, seed=1, components=components).save(path)
     result = cli("info", path)
     assert result.exit_code == 0, result.stderr
-    assert "model tiny, linfusion none (plain attention)" in result.stdout.splitlines()
+    (line,) = [ln for ln in result.stdout.splitlines() if ln.startswith("model ")]
+    assert line.startswith("model tiny, linfusion none (plain attention),")  # then precisions
 
 
 def test_dry_runs_refuse_what_the_run_would_before_planning(tmp_path):
