@@ -10,6 +10,8 @@ import dataclasses
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -496,9 +498,30 @@ def root(
     """hires: 1K to 16K images (64 to 32768 px) from a prompt, on one GPU."""
     # per invocation: tests and scripts may call the app many times
     Quiet.on, Quiet.progress = False, "auto"
-    from hires import memory
+    with stops_held():  # torch's first import, in every command (not -h)
+        from hires import memory
 
     memory.CPU_PEAK_PER_STAGE = True  # the process is the command's: a stage's own CPU peak
+
+
+@contextmanager
+def stops_held() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP held back in the block, and raised as it ends: one that lands
+    in torch's C++ import aborts the process (exit 134, 'terminate called after throwing
+    pybind11::error_already_set') before any cleanup. Threads started in the block inherit
+    the mask, so none of them takes the signal instead."""
+    import signal
+
+    if not hasattr(signal, "pthread_sigmask"):  # Windows
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP")
+                                             else [])}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)  # a pending one is raised now
 
 
 def stop_signals() -> list[int]:

@@ -78,3 +78,29 @@ def test_a_hang_up_while_options_are_read_says_which_it_was(capfd):
         app(["one"])
     assert stop.value.code == 129
     assert capfd.readouterr().err.strip().splitlines()[-1] == "hung up"
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
+def test_torchs_first_import_holds_the_stops_back(monkeypatch):
+    """A Ctrl-C about 1 s in landed in torch's C++ import: exit 134 ('terminate called after
+    throwing pybind11::error_already_set'), no cleanup. Held, it is raised after it."""
+    import sys
+
+    from helpers_cli import cli
+
+    import hires
+
+    masks = []
+
+    class Watch:  # hires.memory imports torch: the command's first import of it
+        def find_spec(self, name, path=None, target=None):
+            if name == "hires.memory":
+                masks.append(signal.pthread_sigmask(signal.SIG_BLOCK, set()))
+            return None
+
+    monkeypatch.delitem(sys.modules, "hires.memory")
+    monkeypatch.delattr(hires, "memory")
+    monkeypatch.setattr(sys, "meta_path", [Watch(), *sys.meta_path])
+    assert cli("presets").exit_code == 0
+    assert masks and {signal.SIGINT, signal.SIGTERM, signal.SIGHUP} <= masks[0]
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
