@@ -273,7 +273,8 @@ def output_path(
     # {format} is the file's: a template's own suffix decides it, as it decides the format
     # (`{format}_{seed}.tif` is tiff_1.tif, not png_1.tif).
     fields = {"seed": seed, "width": width, "height": height, "index": index,
-              "prompt": slug(prompt), "name": stem_part(name) if name else slug(prompt),
+              "prompt": in_file_names(slug(prompt)),
+              "name": stem_part(name) if name else in_file_names(slug(prompt)),
               "format": SUFFIX_FORMATS.get(os.path.splitext(text)[1].lower(), fmt)}
     if "{" in text:
         try:
@@ -345,6 +346,12 @@ def slug(text: str, limit: int = 40) -> str:
     Japanese or accented prompt keeps its words), the rest made `-`."""
     text = unicodedata.normalize("NFKC", text)  # full-width and composed forms as one
     return re.sub(r"[\W_]+", "-", text).strip("-").lower()[:limit].strip("-") or "image"
+
+
+def in_file_names(text: str) -> str:
+    """`text` as a file name's str whose bytes are its UTF-8: a C locale's file system
+    encoding (ASCII) cannot hold 'café', where the bytes of a UTF-8 name can always go."""
+    return os.fsdecode(text.encode("utf-8"))
 
 
 def stem_part(stem: str, limit: int = 80) -> str:

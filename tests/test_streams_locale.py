@@ -44,3 +44,14 @@ def test_a_negative_prompts_argv_bytes_are_read_as_utf8():
     typed = "na\udcc3\udcafve"  # "naïve"
     assert job_flags({"negative": typed})["negative"] == "naïve"
     assert argv_text("caf\udce9") == "caf\udce9"  # Latin-1: not UTF-8, the job refuses it
+
+
+def test_a_prompt_template_in_a_c_locale_names_the_file_in_utf8(tmp_path):
+    """`-o '{prompt}.png'` failed with "UnicodeEncodeError ..." (exit 1): the ASCII file
+    system encoding cannot hold 'café'; the name's bytes are its UTF-8 now."""
+    args = [*hires_cmd("gen"), PROMPT, "--model", "tiny", "--size", "64", "--steps", "1",
+            "-q", "-o", str(tmp_path / "{prompt}.png")]
+    done = subprocess.run(args, capture_output=True, env=subprocess_env(**C_LOCALE), cwd=REPO,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert [p.name for p in tmp_path.iterdir()] == ["café-猫.png"]
