@@ -317,7 +317,7 @@ def test_gen_removes_temp_files_of_dead_processes(tmp_path, asked):
     result = cli("gen", "x", *TINY, "-o", tmp_path / "x.png")
     assert result.exit_code == 0, result.stderr
     assert not stale.exists() and live.exists()
-    assert f"removed {stale.name}" in result.stderr
+    assert "removed an unfinished save of x.png, left by a run" in result.stderr
 
 
 # --- 16: usage errors exit 2 --------------------------------------------------------------------
