@@ -67,9 +67,12 @@ class StdoutError(Exception):
     `error:` line says (a reader that went away, `| head -1`, is no error). `saved`: the image
     that is made all the same."""
 
-    def __init__(self, error: OSError, saved: str | None = None):
+    def __init__(self, error: OSError, saved: str | list[str] | None = None):
         self.error = error
-        where = f"; the image is saved at {saved}" if saved else ""
+        saved = [saved] if isinstance(saved, str) else saved or []
+        where = (f"; the image is saved at {saved[0]}" if len(saved) == 1 else
+                 f"; {len(saved)} images are saved, the first at {saved[0]}, the last at "
+                 f"{saved[-1]}" if saved else "")
         super().__init__(f"cannot write to stdout: {error.strerror or error}{where}")
 
 
@@ -124,6 +127,10 @@ class Quiet:
     bars_off = False  # whether library_bars() turned the libraries' progress bars off
     progress = "auto"  # --progress: auto, bars, plain or json
     warned: set[str] = set()  # what warn_once said in this command
+    # A stdout that took no more (StdoutError) and the images made since: the run goes on,
+    # and the command ends with the one error line (exit_codes).
+    lost: OSError | None = None
+    saved: list[str] = []
 
 
 def warn_once(message: str) -> None:
@@ -182,14 +189,19 @@ def _json_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def emit(record: dict[str, Any], as_json: bool) -> None:
-    """A result on stdout: its path, or its JSON object. If stdout takes no more, the error
-    says where the image is all the same (a failed batch job's has none)."""
-    try:
-        out_line(json.dumps(record) if as_json else record["path"])
-    except StdoutError as e:
-        if record.get("status", "done") not in ("done", "skipped"):
-            raise
-        raise StdoutError(e.error, saved=record["path"]) from None
+    """A result on stdout: its path, or its JSON object. If stdout takes no more, the run's
+    other images are made all the same, and the command ends with one error that says where
+    they are (`lost_results`; a failed batch job's line names none)."""
+    made = record.get("status", "done") in ("done", "skipped")
+    if Quiet.lost is None:
+        try:
+            out_line(json.dumps(record) if as_json else record["path"])
+            return
+        except StdoutError as e:
+            Quiet.lost = e.error
+    if made:
+        Quiet.saved.append(record["path"])
+
 
 
 @contextmanager
@@ -201,12 +213,20 @@ def exit_codes() -> Iterator[None]:
     from hires.job import JobError
     from hires.output import OutputError
 
+    lost, saved = None, []
     try:
         with warnings.catch_warnings():
             if Quiet.progress == "json":  # the libraries' warnings as objects too
                 warnings.showwarning = _json_warning
-            yield
-    except typer.Exit:
+            try:
+                yield
+            finally:  # a later error says its own line; results lost are said at the end
+                lost, saved, Quiet.lost, Quiet.saved = Quiet.lost, Quiet.saved, None, []
+        if lost is not None:  # stdout took no more (emit): the images were made all the same
+            raise StdoutError(lost, saved=saved)
+    except typer.Exit as e:
+        if lost is not None:  # a batch with failed jobs ends so: its lost results said too
+            raise fail(str(StdoutError(lost, saved=saved)), e.exit_code or EXIT_RUNTIME) from None
         raise
     except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM or SIGHUP
         raise typer.Exit(stopped(e)) from None

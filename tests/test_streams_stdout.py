@@ -63,3 +63,25 @@ def test_the_image_to_a_full_stdout_is_a_stdout_error(full_stdout, monkeypatch, 
     monkeypatch.setattr("sys.stdout", full_stdout)
     with pytest.raises(StdoutError, match="cannot write to stdout: No space left"):
         cli_stdout.send(image)
+
+
+def test_a_full_stdout_stops_no_image_of_a_run(tmp_path):
+    """`gen --n 2 >/dev/full` made image 1, then ended on its lost line: image 2 was never
+    made. The work goes on; the one error line at the end says where the images are."""
+    done = _to_full("gen", "a-cat", "--model", "tiny", "--size", "128", "--steps", "1",
+                    "--seed", "1", "-q", "--n", "2", "-o", f"{tmp_path}/")
+    assert done.returncode == 1, done.stderr
+    made = sorted(tmp_path.glob("*.png"))
+    assert len(made) == 2
+    assert done.stderr.strip() == (f"{SAID}; 2 images are saved, the first at {made[0]}, the "
+                                   f"last at {made[1]}")
+
+
+def test_a_full_stdout_stops_no_job_of_a_batch(tmp_path):
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text('[defaults]\nmodel = "tiny"\nsize = 128\nsteps = 1\n'
+                    '[[job]]\nprompt = "a"\nseed = 1\n[[job]]\nprompt = "b"\nseed = 2\n')
+    done = _to_full("batch", jobs, "-q", "-o", tmp_path / "out")
+    assert done.returncode == 1, done.stderr
+    assert len(list((tmp_path / "out").glob("*.png"))) == 2
+    assert done.stderr.strip().splitlines()[-1].startswith(f"{SAID}; 2 images are saved")
