@@ -502,6 +502,10 @@ def in_the_way(path: Path, overwrite: bool = False) -> str | None:
     """Why a batch job may not write its image at `path`, if so: a file there that records no
     hires settings may be anyone's, kept unless --overwrite. One that records some is the
     batch's to skip, or to move aside when they differ."""
+    from hires.output import is_folder
+
+    if is_folder(path):  # --overwrite or not: no image is ever written over a folder
+        return f"{path} is a folder, and hires never writes over a folder: move it away"
     if overwrite or not os.path.lexists(path) or recorded_hash(path) is not None:
         return None
     return (f"{path} exists but holds no hires settings record, so it may not be this job's "

@@ -182,7 +182,7 @@ def flattened(image: Image.Image) -> Image.Image:
 
 def check_writable(path: Path, overwrite: bool) -> None:
     """Fail before any GPU time is spent when the output cannot be written."""
-    if _is_folder(path):  # --overwrite or not: a rename onto a folder fails after the work
+    if is_folder(path):  # --overwrite or not: a rename onto a folder fails after the work
         raise OutputUnwritable(f"{path} is a folder, and hires never writes over a folder: "
                                "move it away or choose another -o")
     if os.path.lexists(path) and not overwrite:  # a dangling symlink counts: it is a name
@@ -202,7 +202,7 @@ def check_writable(path: Path, overwrite: bool) -> None:
         os.unlink(probe)
 
 
-def _is_folder(path: Path) -> bool:
+def is_folder(path: Path) -> bool:
     """Whether `path` is a folder itself (a link to one is a name a rename replaces)."""
     try:
         return stat.S_ISDIR(os.lstat(path).st_mode)

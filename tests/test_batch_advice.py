@@ -72,3 +72,16 @@ def test_two_sizes_list_the_choices_that_no_size_lists(small):
 def test_two_sizes_in_a_job_list_the_same_choices(tmp_path, small):
     said = refusal(tmp_path, f'image = "{small}"\nscale = 2\nsize = 1024')
     assert said == "j.toml job 0: give one of 'size', 'scale', 'width'/'height' or 'print_size'"
+
+
+@pytest.mark.parametrize("overwrite", [(), ("--overwrite",)])
+def test_a_folder_where_a_jobs_image_goes_is_said_first(tmp_path, overwrite):
+    """It said "exists but holds no hires settings record ...; pass --overwrite", and with
+    --overwrite: "is a folder": advice that could not help."""
+    from helpers_cli import assert_usage_error, cli
+
+    jobs = write(tmp_path / "b.toml", '[defaults]\nmodel = "tiny"\nsize = 128\nsteps = 1\n'
+                 '[[job]]\nprompt = "a"\nseed = 3\n')
+    (tmp_path / "out" / "job0000_128x128_s3.png").mkdir(parents=True)
+    assert_usage_error(cli("batch", jobs, "-o", tmp_path / "out", "-q", *overwrite),
+                       "is a folder, and hires never writes over a folder: move it away")
