@@ -76,6 +76,7 @@ from hires.cli_options import (
     Steps,
     Strength,
     Upsample,
+    UpSize,
     UpSteps,
     VaeDtype,
     VaeRef,
@@ -201,7 +202,7 @@ def up(
         help="The images to upscale: PNG, JPEG, WebP or TIFF; '-' reads stdin: one image's "
         "bytes (cat photo.png | hires up - ...), or one path a line. The model loads once for "
         "all of them.", metavar="IMAGE")],
-    size: Size = None,
+    size: UpSize = None,
     scale: Annotated[float | None, typer.Option(
         help="Output size as a multiple of the input's, e.g. 4.")] = None,
     width: Width = None, height: Height = None, print_size: PrintSize = None,

@@ -97,6 +97,8 @@ PrintSize = Annotated[str | None, typer.Option(
 Negative = Annotated[str | None, typer.Option(help="Negative prompt.")]
 Seed = Annotated[int | None, typer.Option(
     help="Random seed, 0 to 4294967295 (random when absent; recorded).")]
+UpSize = Annotated[int | None, typer.Option(
+    "--size", help="The output's long side in pixels (e.g. 16384).")]
 Steps = Annotated[int | None, typer.Option(help="Base-stage steps (default 50).")]
 UpSteps = Annotated[int | None, typer.Option(
     "--steps", help="Steps of a full schedule (default 50): each stage runs its strength's "

@@ -266,10 +266,15 @@ def exact_hint(job, p, replan: Callable[[Any], Any]) -> str | None:
     fast = replan(job.merged({"vae_stats": "fast"}))
     if fast.seconds > 0.9 * p.seconds:
         return None
-    files = any(s.cost and s.cost.scratch_bytes for s in p.stages)
-    why = ("keeps the tiles' outputs in scratch files and recomputes what they cannot hold"
-           if files else "runs each tile again for every statistics pass (here faster than "
-           "keeping its outputs in scratch files)")
+    costs = [s.cost for s in p.stages if s.cost]
+    if any(c.scratch_bytes for c in costs):
+        why = "keeps the tiles' outputs in scratch files and recomputes what they cannot hold"
+    elif any(not c.vae_files for c in costs):  # the plan's choice: files would be slower
+        why = ("runs each tile again for every statistics pass (here faster than keeping its "
+               "outputs in scratch files)")
+    else:  # --disk 0, a full TMPDIR or one in RAM
+        why = ("runs each tile again for every statistics pass: there is no scratch room for "
+               "its files (--disk, TMPDIR)")
     return (f"--vae-stats exact gives the same pixels as fast (the default), which plans at "
             f"{duration(fast.seconds)} instead of {duration(p.seconds)} here: exact {why}")
 

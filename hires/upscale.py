@@ -115,9 +115,10 @@ def upscale(
 
 
 def job_size(job: Any) -> tuple[int | None, int | None]:
-    """A `job`'s width and height where it gives them: other than Job's default square (which
-    would crop most inputs), or recorded by a run (its image_sha256); else (None, None)."""
-    if not isinstance(job, Job):
+    """An upscale `job`'s width and height where it gives them: other than Job's default
+    square (which would crop most inputs), or recorded by a run (its image_sha256); else
+    (None, None). A job from noise gives none: its size is what it generated."""
+    if not isinstance(job, Job) or job.image is None:  # a gen job's size is its own output's
         return None, None
     if (job.width, job.height) != (Job.width, Job.height) or job.image_sha256:
         return job.width, job.height

@@ -51,6 +51,10 @@ def test_upscale_takes_the_jobs_size(photo, ran):
     assert (ran[1].width, ran[1].height) == (512, 512)  # a keyword's size wins
     with pytest.raises(ValueError, match="give one of size"):  # Job's default square: unsaid
         upscale_module.upscale(job=Job(image=str(photo)))
+    # A job from noise (a gen image's record): its size is what it generated, no target: it
+    # ran a 1x re-noise at that size, the input's aspect lost.
+    with pytest.raises(ValueError, match="give one of size"):
+        upscale_module.upscale(str(photo), job=Job(width=256, height=256))
 
 
 @pytest.mark.parametrize(("given", "says"), [

@@ -36,6 +36,15 @@ def test_the_hint_says_why_exact_is_slower_without_files():
     assert "keeps the tiles' outputs in scratch files" not in hint
 
 
+def test_the_hint_says_no_room_where_there_is_none():
+    """With --disk 0 on a 4090 (where files pay) it said recomputing was "here faster"."""
+    result = cli("plan", "x", "--size", "16384", "--gpu", "4090", "--vae-stats", "exact",
+                 "--disk", "0")
+    assert result.exit_code == 0, result.stderr
+    (hint,) = [ln for ln in result.output.splitlines() if ln.startswith("--vae-stats exact")]
+    assert hint.endswith("there is no scratch room for its files (--disk, TMPDIR)")
+
+
 def test_a_run_writes_no_scratch_where_its_plan_recomputes(monkeypatch, tiny):
     """The run follows the plan: a stage priced without files gets no room for them (the
     same pixels), where before it wrote them all the same."""
