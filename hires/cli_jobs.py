@@ -81,7 +81,9 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
         return check_scale_flags(
             job_from_levels([*levels, (flags, OPTIONS, False)], size_of=size_of), flags)
     try:
-        recorded = job_values_from_image(from_image, warn=warn)
+        # An A1111 text's notes are of its sampler, which --sampler replaces
+        recorded = job_values_from_image(
+            from_image, warn=warn if flags.get("sampler") is None else None)
     except OutputError as e:  # a missing or unreadable input is the user's to fix
         raise JobError(str(e)) from None
     if recorded.get("allow_pickle") in (False, None):

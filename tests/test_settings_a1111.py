@@ -45,6 +45,14 @@ def test_gen_from_an_euler_a_image_warns_in_one_line(tmp_path, asked):
     assert read_metadata(out)["hires"]["job"]["sampler"] == "euler"
 
 
+def test_a_sampler_flag_leaves_the_a1111_samplers_note_unsaid(tmp_path):
+    """`--from a1111.png --sampler dpmpp-2m` still said the Euler a image "will differ"."""
+    image = a1111_png(tmp_path / "a1111.png", EULER_A)
+    result = cli("plan", "--from", str(image), "--sampler", "dpmpp-2m")
+    assert result.exit_code == 0, result.stderr
+    assert "Euler a" not in result.stderr
+
+
 def test_hires_linfusion_field_reads_back_to_its_setting(tmp_path, asked):
     job = {**Job(prompt="a fox", model="tiny", seed=3, steps=1).to_dict(), "linfusion": "none"}
     text = parameters_text(job, 128, 128)
