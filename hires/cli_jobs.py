@@ -115,8 +115,10 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
                        "to make it again with the planner's tiles (not quite the same pixels)")
     job = job_from_levels([*levels, (recorded, where, True), (flags, OPTIONS, False)],
                           size_of=size_of)
-    from hires.record import vae_dtype_ran
+    from hires.record import dtype_note, vae_dtype_ran
 
+    if (note := dtype_note(job, result, set(flags))) is not None:
+        say(f"--from {from_image}: {note}")
     ran = vae_dtype_ran(job, result, set(flags))
     if ran is not None:  # auto here would pick another: the precision the image was made in
         say(f"--from {from_image}: the VAE in {ran}, as it ran (--vae-dtype auto picks "

@@ -77,6 +77,22 @@ def vae_dtype_ran(job: Job, result: dict[str, Any], given: set[str]) -> str | No
     return ran if resolved_vae_dtype(job) != ran else None
 
 
+def dtype_note(job: Job, result: dict[str, Any], given: set[str]) -> str | None:
+    """For `--from`: a note where the image's UNet ran in another precision than `job` runs
+    in here (a GPU's fp16 image on a CPU, whose auto is fp32): not pinned as the VAE's is (fp16
+    on a CPU is very slow), only said; None where they agree or a flag chose."""
+    from hires.resume import resolved_dtype
+
+    ran = result.get("dtype")
+    if ran not in ("bf16", "fp32", "fp16") or given & {"dtype", "model"}:
+        return None
+    here = resolved_dtype(job)
+    if here == ran:
+        return None
+    return (f"made with the UNet in {ran}, which runs in {here} here, so the image may differ "
+            f"a little (--dtype {ran} runs it as made)")
+
+
 def local_refs(job: Job) -> list[str]:
     """The job's keys whose references were local files or folders by a relative path: read
     from another folder, `sub/model` would be taken for a Hub id (`gen --from` says so)."""

@@ -96,3 +96,19 @@ def test_components_of_another_dtype_are_recorded_as_they_ran(tmp_path):
     made = hires.generate("a fox", components=comps, size=128, steps=1, seed=1)
     assert made.job.dtype == "auto"
     assert made.save(tmp_path / "fox.png")["dtype"] == "bf16"
+
+
+def test_from_says_where_the_unet_ran_in_another_precision(tmp_path):
+    """A bf16 image (the library's components, the job at auto) ran again in fp32 here with
+    no word; the VAE's precision is kept and said, the UNet's now said."""
+    import hires
+
+    comps = hires.load("tiny", dtype="bf16")
+    made = tmp_path / "bf16.png"
+    hires.generate("a fox", components=comps, size=128, steps=1, seed=1).save(made)
+    again = cli("plan", "--from", str(made))
+    assert again.exit_code == 0, again.stderr
+    note = f"--from {made}: made with the UNet in bf16, which runs in fp32 here"
+    assert any(line.startswith(note) for line in again.stderr.splitlines()), again.stderr
+    chosen = cli("plan", "--from", str(made), "--dtype", "fp32")
+    assert "made with the UNet" not in chosen.stderr
