@@ -39,6 +39,9 @@ class BatchItem:
     # it, a png too (it is also the default, which a suffix overrides); a preset's yields to
     # the suffix, as with gen's --preset and -o
     format_given: bool = False
+    # `quality` set in the job's own table: a lossless format's job refuses it, where one from
+    # [defaults] or a preset serves the jpg and webp jobs alone (and passes the others)
+    quality_given: bool = False
 
 
 # A command's flag written as a key, told what `hires batch` can do instead: it takes the
@@ -153,7 +156,8 @@ def read_batch(path: str | Path, base: Job | None = None,
         if job.seed is None:
             job = job.merged({"seed": stable_seed(i, values)})
         format_given = "format" in {str(k).replace("-", "_") for k in values}
-        items.append(BatchItem(i, job, output, format_given))
+        quality_given = "quality" in {str(k).replace("-", "_") for k in entry}
+        items.append(BatchItem(i, job, output, format_given, quality_given))
     return items
 
 
@@ -394,8 +398,12 @@ def name_outputs(items: list[BatchItem], folder: Path, file_name: str
             raise JobError(by_key(str(e), where)) from None
         except ModelError as e:  # a Hub add-on not cached offline: still exit 1, but which job's
             raise ModelError(by_key(str(e), where), usage=e.usage) from None
-        # A quality is for JPEG and WebP: [defaults]' (or a preset's) serve every job.
+        # A quality is for JPEG and WebP: [defaults]' (or a preset's) serve every job, the
+        # job's own only its own (it was dropped without a word).
         lossless = j.quality is not None and fmt not in LOSSY_FORMATS
+        if lossless and item.quality_given:
+            raise JobError(f"'quality' in {where} is for jpg and webp, and {path.name} is "
+                           f"{fmt} (lossless); leave it out or write a .jpg or .webp")
         named.append(item if fmt == j.format and not lossless else dataclasses.replace(
             item, job=j.merged({"format": fmt, **({"quality": None} if lossless else {})})))
     return named, paths

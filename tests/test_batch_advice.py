@@ -85,3 +85,16 @@ def test_a_folder_where_a_jobs_image_goes_is_said_first(tmp_path, overwrite):
     (tmp_path / "out" / "job0000_128x128_s3.png").mkdir(parents=True)
     assert_usage_error(cli("batch", jobs, "-o", tmp_path / "out", "-q", *overwrite),
                        "is a folder, and hires never writes over a folder: move it away")
+
+
+def test_a_jobs_own_quality_on_a_lossless_image_is_refused(tmp_path):
+    """`quality = 90` in a job writing a PNG was dropped without a word (gen refuses
+    --quality on a PNG); one from [defaults] still serves only the jpg and webp jobs."""
+    own = write(tmp_path / "own.toml", '[[job]]\nprompt = "a"\nquality = 90\noutput = "q.png"\n')
+    with pytest.raises(JobError, match=r"'quality' in own.toml job 0 is for jpg and webp, "
+                                       r"and q.png is png \(lossless\)"):
+        name_outputs(read_batch(own), tmp_path / "out", "own.toml")
+    shared = write(tmp_path / "shared.toml", '[defaults]\nquality = 90\n[[job]]\nprompt = "a"\n'
+                   'output = "q.png"\n[[job]]\nprompt = "b"\noutput = "q.jpg"\n')
+    items, _ = name_outputs(read_batch(shared), tmp_path / "out", "shared.toml")
+    assert [i.job.quality for i in items] == [None, 90]
