@@ -371,10 +371,11 @@ def fit_stage(stage: Stage, stages: list[Stage], model: ModelShape, budget: int 
                         "do: the weights it streams)")
         # The free RAM that would do: hires keeps a margin of it back (memory.host_room).
         free = (least.cost.host_bytes + HOST_MARGIN_BYTES) / (1 - HOST_MARGIN_SHARE)
+        need, have = _apart(least.cost.host_bytes / GIB, model.host / GIB)
         error = PlanError(
             f"stage {stage.index} ({stage.width}x{stage.height}) fits the GPU only with "
-            f"{least.cost.host_bytes / GIB:.1f} GiB of the CPU's memory for parked maps and "
-            f"offloaded weights ({least.strategy.label}), and {model.host / GIB:.1f} GiB of it "
+            f"{need} GiB of the CPU's memory for parked maps and "
+            f"offloaded weights ({least.strategy.label}), and {have} GiB of it "
             f"is free for them ({math.ceil(free / GIB * 10) / 10:.1f} GiB of free RAM would do: "
             f"hires keeps 10 % + 2 GiB of it back): close other programs{disk} or plan a "
             "smaller size")
@@ -395,6 +396,15 @@ def fit_stage(stage: Stage, stages: list[Stage], model: ModelShape, budget: int 
     # free RAM then never makes a plan slower. At the same time, the one without the disk.
     rank = _preference(model)
     return min(fits, key=lambda o: (rank(o)[0], bool(o.cost.disk_bytes), rank(o)))
+
+
+def _apart(need: float, have: float) -> tuple[str, str]:
+    """Two amounts with the decimals that tell them apart ("6.5 ... and 6.5 free" said
+    nothing of why it does not fit)."""
+    for digits in (1, 2, 3):
+        if f"{need:.{digits}f}" != f"{have:.{digits}f}":
+            break
+    return f"{need:.{digits}f}", f"{have:.{digits}f}"
 
 
 def budget_bytes(vram: float | None, ram: float | None, on_cpu: bool,

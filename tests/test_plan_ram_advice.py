@@ -18,3 +18,12 @@ def test_the_ram_a_refusal_names_is_enough_and_less_is_not():
     ram = float(enough.group(1))
     assert cli(*CARD, "--ram", str(ram)).exit_code == 0
     assert cli(*CARD, "--ram", f"{ram - 0.2:.1f}").exit_code == 2
+
+
+def test_the_amounts_are_told_apart():
+    """"6.5 GiB ... and 6.5 GiB of it is free" said nothing of why it did not fit."""
+    short = cli("plan", "x", "--size", "16384", "--gpu", "4090", "--ram", "9.4", "--disk", "0")
+    (line,) = error_lines(short.stderr)
+    need, have = re.search(r"only with ([\d.]+) GiB .* and ([\d.]+) GiB of it is free",
+                           line).groups()
+    assert float(need) > float(have)
