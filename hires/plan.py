@@ -401,9 +401,8 @@ def fit_stage(stage: Stage, stages: list[Stage], model: ModelShape, budget: int 
 def _apart(need: float, have: float) -> tuple[str, str]:
     """Two amounts with the decimals that tell them apart ("6.5 ... and 6.5 free" said
     nothing of why it does not fit)."""
-    for digits in (1, 2, 3):
-        if f"{need:.{digits}f}" != f"{have:.{digits}f}":
-            break
+    same = f"{need:.1f}" == f"{have:.1f}"
+    digits = 2 if same and f"{need:.2f}" != f"{have:.2f}" else 1  # else too close to matter
     return f"{need:.{digits}f}", f"{have:.{digits}f}"
 
 
