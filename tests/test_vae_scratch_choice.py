@@ -50,17 +50,11 @@ def test_a_run_writes_no_scratch_where_its_plan_recomputes(monkeypatch, tiny):
     same pixels), where before it wrote them all the same."""
     from dataclasses import replace
 
-    from hires import vae_memo
+    from test_vae_levers import _memos
+
     from hires.pipeline import generate, plan_for
 
-    made = []
-    init = vae_memo.DiskMemo.__init__
-
-    def kept(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        made.append(self)
-
-    monkeypatch.setattr(vae_memo.DiskMemo, "__init__", kept)
+    made = _memos(monkeypatch)
     job = Job(prompt="a cat", width=512, height=512, steps=2, seed=4, vae_tile=256,
               vae_stats="exact")
     plan = plan_for(job, tiny)
