@@ -1,18 +1,12 @@
 """A strength that re-noises nothing (a job of one stage, the base) is said, not ignored
 without a word: a line in `result.warnings`, and so on the CLI's stderr."""
 
-import inspect
-
 import pytest
 from helpers_cli import cli
 
 import hires
 from hires.job import Job, idle_strength
 from hires.plan import make_plan, preview_of
-
-# The call that gathers it into a run's warnings is hires.pipeline's (see idle_strength).
-HOOKED = "idle_strength" in inspect.getsource(hires.pipeline)
-needs_hook = pytest.mark.skipif(not HOOKED, reason="hires.pipeline does not call idle_strength")
 
 
 def test_one_stage_with_a_strength_of_its_own_is_said():
@@ -31,7 +25,6 @@ def test_a_strength_that_is_used_or_not_asked_for_is_not_said(job, plan):
     assert idle_strength(job, plan) == []
 
 
-@needs_hook
 def test_the_library_says_it_in_result_warnings(tiny):
     result = hires.generate("x", components=tiny, size=128, steps=1, seed=1, strength=0.5)
     assert [w for w in result.warnings if "strength" in w] == [
@@ -41,7 +34,6 @@ def test_the_library_says_it_in_result_warnings(tiny):
     assert not [w for w in again.warnings if "strength" in w]
 
 
-@needs_hook
 def test_the_cli_says_it_in_one_line_and_makes_the_image(tmp_path, asked):
     out = tmp_path / "one.png"
     result = cli("gen", "x", "--model", "tiny", "--size", "256", "--steps", "1",
