@@ -83,17 +83,20 @@ def run_hires(*args: str, input: str | None = None, timeout: float = 300,
                           env=subprocess_env(**(env or {})), cwd=REPO, timeout=timeout)
 
 
-def spawn_hires(*args: str, stderr_path: Path) -> subprocess.Popen:
-    """A running `python -m hires ARGS`; stderr goes to a file the test can poll."""
+def spawn_hires(*args: str, stderr_path: Path, stdin=subprocess.DEVNULL,
+                **env: str) -> subprocess.Popen:
+    """A running `python -m hires ARGS` (`env` added to its environment); stderr goes to a
+    file the test can poll."""
     with open(stderr_path, "wb") as err:
         return subprocess.Popen(hires_cmd(*args), stdout=subprocess.PIPE, stderr=err,
-                                stdin=subprocess.DEVNULL, env=subprocess_env(), cwd=REPO,
-                                preexec_fn=_default_sigint)
+                                stdin=stdin, env=subprocess_env(**env), cwd=REPO,
+                                preexec_fn=_terminal_signals)
 
 
-def _default_sigint() -> None:
-    # A shell runs background jobs (`cmd &`) with SIGINT ignored, and children inherit that:
-    # Python then installs no Ctrl-C handler at all. Give the child what a terminal would.
+def _terminal_signals() -> None:
+    # A shell runs background jobs (`cmd &`) with SIGINT ignored, a suite under nohup gets
+    # SIGHUP ignored, and children inherit that: Python then installs no Ctrl-C handler, and
+    # hires keeps an ignored SIGHUP ignored. Give the child what a terminal would.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
@@ -105,6 +108,7 @@ def wait_for(condition, proc: subprocess.Popen, timeout: float = 240, every: flo
             raise AssertionError(f"process ended (exit {proc.returncode}) before the condition")
         if time.monotonic() > deadline:
             proc.kill()
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
             raise AssertionError("timed out waiting")
         time.sleep(every)
 

@@ -8,27 +8,18 @@ import subprocess
 import time
 
 import pytest
-from helpers_cli import REPO, hires_cmd, subprocess_env, wait_for
+from helpers_cli import spawn_hires, wait_for
 from PIL import Image
 
 TINY = ("--model", "tiny", "--steps", "999")
-
-
-def _in_a_terminals_session() -> None:
-    """The signals as a terminal's shell leaves them: a suite run under nohup or in a
-    background job would pass SIGHUP on ignored, which hires keeps ignored (by design)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def _spawn(args, tmp_path, stdin=subprocess.DEVNULL):
     """`hires ARGS` with its own TMPDIR, stderr in a file the test polls."""
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    with open(tmp_path / "err.txt", "wb") as err:
-        return subprocess.Popen(hires_cmd(*args), stdin=stdin, stdout=subprocess.PIPE,
-                                stderr=err, cwd=REPO, env=subprocess_env(TMPDIR=str(scratch)),
-                                preexec_fn=_in_a_terminals_session)
+    return spawn_hires(*args, stderr_path=tmp_path / "err.txt", stdin=stdin,
+                       TMPDIR=str(scratch))
 
 
 @pytest.mark.parametrize("command", ["gen", "up"])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers_cli import (
     REPO,
-    _default_sigint,
+    _terminal_signals,
     assert_usage_error,
     cli,
     error_lines,
@@ -167,7 +167,7 @@ def test_ctrl_c_while_reading_removes_the_piped_bytes(photo, tmp_path):
     proc = subprocess.Popen(hires_cmd("up", "-", "--scale", "2", "--model", "tiny"),
                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env=subprocess_env(TMPDIR=str(tmp_path)),
-                            cwd=REPO, preexec_fn=_default_sigint)
+                            cwd=REPO, preexec_fn=_terminal_signals)
     try:
         proc.stdin.write(photo[:1000])  # the rest never comes: hires waits on the pipe
         proc.stdin.flush()
