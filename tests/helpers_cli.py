@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,9 +69,17 @@ def assert_usage_error(result, *words: str) -> None:
         assert word in lines[0], lines[0]
 
 
+# torch makes its compile cache folder as it imports (torch._dynamo.package) in TMPDIR, and
+# sets this variable in its process: a child started before this process imported it made
+# the folder in the TMPDIR a test gave it, one after inherited the variable. Fixed here, every
+# child makes it in one place, whatever ran first.
+TORCH_CACHE = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or os.path.join(
+    tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}")
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-            "OMP_NUM_THREADS": "1", **extra}
+            "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_CACHE_DIR": TORCH_CACHE, **extra}
 
 
 def hires_cmd(*args: str) -> list[str]:
@@ -98,6 +108,7 @@ def _terminal_signals() -> None:
     # SIGHUP ignored, and children inherit that: Python then installs no Ctrl-C handler, and
     # hires keeps an ignored SIGHUP ignored. Give the child what a terminal would.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def wait_for(condition, proc: subprocess.Popen, timeout: float = 240, every: float = 0.02):
@@ -108,7 +119,6 @@ def wait_for(condition, proc: subprocess.Popen, timeout: float = 240, every: flo
             raise AssertionError(f"process ended (exit {proc.returncode}) before the condition")
         if time.monotonic() > deadline:
             proc.kill()
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
             raise AssertionError("timed out waiting")
         time.sleep(every)
 
