@@ -80,7 +80,7 @@ def plan_json(run, job, p) -> dict[str, Any]:
                     "strength": round(s.strength, 4), "ratio": s.ratio,
                     "upsample": "latent" if s.latent_upsample else "pixel",
                     "decodes_previous": s.decodes_previous,
-                    "strategy": s.strategy.label, "levers": s.strategy.to_dict(),
+                    "strategy": s.strategy.label_for(p.guided), "levers": s.strategy.to_dict(),
                     "peak_bytes": s.cost.peak_bytes,
                     "used_bytes": max(s.cost.used_bytes, s.cost.peak_bytes),
                     "tflop": round(s.cost.tflop, 3),

@@ -355,7 +355,7 @@ def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
             _empty_cache(comps)
             carry, report = _stage(job, comps, plan, fallback, cond, carry, emit, wanted,
                                    decoded, addons)
-            report.retried_with = fallback.strategy.label
+            report.retried_with = fallback.strategy.label_for(plan.guided)
             last = fallback if stage is stages[-1] else last
         report.seconds = time.perf_counter() - t0
         report.peak_memory = peak_memory(comps.device)
@@ -473,7 +473,7 @@ def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditio
                         f"{dtype_name(comps.dtype)}): not saved, the image would be black; "
                         + _precision_advice(comps.dtype, "--dtype", "the model"))
     report = StageReport(stage.index, stage.width, stage.height, stage.strength, stage.steps,
-                         denoiser.evaluations, 0.0, None, strategy.label,
+                         denoiser.evaluations, 0.0, None, strategy.label_for(plan.guided),
                          stage.cost.peak_bytes if stage.cost else None)
     return _Carry(latents, anchor), report
 
@@ -508,8 +508,8 @@ def _leaner(job: Job, comps: Components, plan: Plan, stage: Stage, emit: Progres
     fallback = cheaper(stage, list(plan.stages), shape_for(job, comps), comps.offload,
                        job.vae_tile, job.vae_stats) if stage.cost else None
     if fallback is not None:
-        warnings.append(f"{what} ran out of GPU memory with {stage.strategy.label}; {again} "
-                        f"with {fallback.strategy.label}")
+        was, now = (s.strategy.label_for(plan.guided) for s in (stage, fallback))
+        warnings.append(f"{what} ran out of GPU memory with {was}; {again} with {now}")
         emit(Event("retry", stage.index, len(plan.stages), stage.width, stage.height))
     return fallback
 

@@ -77,6 +77,10 @@ class Plan:
     spill: float = 0.0  # CPU memory the VAE may keep a GPU's step outputs in
     fp32: tuple[str, ...] = ()  # what runs in fp32 on a GPU ("UNet", "VAE"), at its fp32 rate
     fp32_share: float = FP32_SHARE  # that rate as a share of the plan's (hires.gpus)
+    # The first stage's cost as a preview runs it (`preview_of`): with its decode and save,
+    # which the whole job's first stage leaves to the stages after it.
+    preview_cost: StageCost | None = None
+    guided: bool = True  # CFG: each step's UNet call has two batch items (hires.costs)
 
     @property
     def peak_bytes(self) -> int | None:
@@ -115,8 +119,12 @@ class Plan:
 
 def preview_of(plan: Plan) -> Plan:
     """The plan's first stage alone: the job's composition at the base size, conditioned on
-    the final size as the whole job is, so that the whole job's first stage is this image."""
-    return replace(plan, stages=plan.stages[:1])
+    the final size as the whole job is, so that the whole job's first stage is this image.
+    Its strategy is the whole job's; its cost adds the decode and save the preview ends on."""
+    first = plan.stages[0]
+    if plan.preview_cost is not None:
+        first = replace(first, cost=plan.preview_cost)
+    return replace(plan, stages=(first,), preview_cost=None)
 
 
 def timesteps_for(steps: int, train_steps: int = 1000, spacing: str = "leading",
@@ -285,12 +293,17 @@ def make_plan(
                                  karras=karras, alphas_cumprod=alphas_cumprod,
                                  upsample=upsample, stage_images=stage_images)
             raise
+    preview = None
+    if model is not None and len(stages) > 1:  # the first stage as a job's end: `preview_of`
+        preview = _with_cost(stages[0], stages[:1], model, stages[0].strategy, vae_tile,
+                             vae_stats, rate, budget).cost
     spill = model.spill if model is not None and model.on_gpu else 0.0
     fp32 = tuple(part for part, size in (("UNet", model.dtype_bytes),
                                          ("VAE", model.vae_dtype_bytes))
                  if size == 4 and model.on_gpu) if model is not None else ()
     return Plan(tuple(stages), width, height, budget, spill, fp32,
-                model.fp32_share if model is not None else FP32_SHARE)
+                model.fp32_share if model is not None else FP32_SHARE, preview,
+                model.guided if model is not None else True)
 
 
 def _tile_error(error: PlanError, vae_tile: int, plan: Callable[[int | None], Any]) -> None:
@@ -474,7 +487,7 @@ def describe(plan: Plan) -> list[str]:
             line += f" ({s.global_steps} with the global pass)"
         if s.cost:
             work = f"{s.cost.tflop:.0f}" if s.cost.tflop >= 10 else f"{s.cost.tflop:.2g}"
-            line += f", {s.strategy.label}, peak {s.cost.peak_bytes / GIB:.1f} GiB"
+            line += f", {s.strategy.label_for(plan.guided)}, peak {s.cost.peak_bytes / GIB:.1f} GiB"
             if s.cost.used_bytes > s.cost.peak_bytes:
                 line += f" ({s.cost.used_bytes / GIB:.1f} with the VAE's kept outputs)"
             line += f", {work} TFLOP"

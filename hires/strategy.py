@@ -45,13 +45,18 @@ class Strategy:
     @property
     def label(self) -> str:
         """A short name for logs: 'batched' or e.g. 'split-cfg+ff-chunks+model-offload'."""
+        return self.label_for(guided=True)
+
+    def label_for(self, guided: bool) -> str:
+        """`label` for a job with CFG or without: without, no batch pairs the two prompts,
+        so no lever at all is 'plain', not 'batched'."""
         parts = [name for on, name in ((self.split_cfg, "split-cfg"),
                                        (self.ff_chunks, "ff-chunks"),
                                        (self.row_bands, "row-bands"),
                                        (self.park_skips, "parked-skips")) if on]
         if self.weights != "resident":
             parts.append(f"{self.weights}-offload")
-        return "+".join(parts) or "batched"
+        return "+".join(parts) or ("batched" if guided else "plain")
 
     def to_dict(self) -> dict[str, object]:
         return {"split_cfg": self.split_cfg, "ff_chunks": self.ff_chunks,

@@ -1,0 +1,61 @@
+"""A preview (the job's first stage alone) is priced with the decode and save it ends on,
+and a plan without CFG does not call its plain strategy 'batched'."""
+
+from dataclasses import replace
+
+import pytest
+from helpers_cli import cli
+
+from hires.costs import sdxl_shape
+from hires.eta import JobClock, phases
+from hires.plan import describe, make_plan, preview_of
+
+
+def test_a_preview_prices_the_decode_it_ends_on():
+    """The whole job's first stage decodes nothing (the next stage does): a preview priced
+    as that stage said 0 s left while its image was decoded."""
+    whole = make_plan(4096, 4096, model=sdxl_shape(), rate=400e12)
+    first, preview = whole.stages[0], preview_of(whole).stages[0]
+    assert first.cost.tflop == first.cost.unet_tflop  # as before: no VAE in the whole's
+    assert preview.strategy == first.strategy  # the image is the whole job's stage 0
+    assert preview.cost.unet_tflop == first.cost.unet_tflop
+    assert preview.cost.tflop > preview.cost.unet_tflop and preview.cost.vae_seconds > 0
+    assert preview.cost.seconds > first.cost.seconds
+    decode = [p for p in phases(preview_of(whole)) if p.name == "vae-decode"]
+    assert len(decode) == 1 and decode[0].tflop > 0
+    # A one-stage job is its own preview, priced the same.
+    alone = make_plan(1024, 1024, model=sdxl_shape(), rate=400e12)
+    assert preview_of(alone).stages[0].cost == alone.stages[0].cost
+
+
+def test_the_clock_leaves_time_for_a_previews_decode(tiny):
+    """Fed a preview run's events up to the end of its denoising, the clock still has the
+    decode to come."""
+    from hires.job import Job
+    from hires.pipeline import generate, plan_for
+
+    job = Job(prompt="x", width=1024, height=1024, steps=3, seed=1, model="tiny")
+    plan = preview_of(plan_for(job, tiny))
+    events = []
+    generate(job, components=tiny, plan=plan, progress=events.append)
+    clock, now = JobClock(plan, 0.0), 0.0
+    denoised = max(i for i, e in enumerate(events) if e.phase == "denoise")
+    for e in events[:denoised + 1]:
+        now += 1.0
+        clock.update(e, now)
+    assert clock.remaining() > 0.05 * now
+    for e in events[denoised + 1:]:
+        now += 1.0
+        clock.update(e, now)
+    assert clock.remaining() == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("guidance,name", [("7.5", "batched"), ("1", "plain")])
+def test_a_plan_names_its_plain_strategy_by_whether_it_pairs_prompts(guidance, name):
+    result = cli("plan", "x", "--size", "2048", "--gpu", "h200", "--guidance", guidance)
+    assert result.exit_code == 0, result.stderr
+    stages = [line for line in result.stdout.splitlines() if "stage " in line and "peak" in line]
+    assert stages and all(f", {name}, peak" in line for line in stages)
+    plan = make_plan(2048, 2048, model=replace(sdxl_shape(), guided=guidance != "1"),
+                     rate=400e12)
+    assert all(f", {name}, peak" in line for line in describe(plan))
