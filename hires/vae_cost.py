@@ -168,44 +168,62 @@ def _tiled_cost(vae: VaeShape, w: int, h: int, decode: bool, tile: int, budget: 
     tiles = list(Grid.cover(size, t, o).tiles())
     nets = _tile_nets(vae, tiles, decode, dtype_bytes)
     n = len(next(iter(nets.values()))[0])
-    # window -> (step number, bytes, spilled): MemoryMemo's rule
-    kept: dict[Box, tuple[int, int, bool]] = {}
+    # The replay runs millions of tile steps for a small card's plan: each tile's state and
+    # net are kept in lists by tile number, not in dicts by window.
+    per_tile = [nets[(y1 - y0, x1 - x0)] for (y0, y1, x0, x1), _ in tiles]
+    least = {id(net): (_range_min(net[2]), _range_min(net[3])) for net in nets.values()}
+    fewest = [least[id(net)] for net in per_tile]
+    heads = [head * (y1 - y0) * (x1 - x0) for (y0, y1, x0, x1), _ in tiles]
+    # each tile's kept output, MemoryMemo's rule: (step number, bytes, spilled)
+    starts, sizes, away = [0] * len(tiles), [0] * len(tiles), [False] * len(tiles)
     used, spilled, total, copied, most, runs = 0, 0, 0.0, 0.0, 0, 0
 
-    def run(window: Box, stop: int | None, saving: bool = True) -> None:
-        """Run a tile from its kept output up to the start of step `stop` (None: to the end)."""
+    def sweep(stop: int | None, saving: bool = True, only: int | None = None) -> None:
+        """Run every tile (or tile `only`) from its kept output up to the start of step
+        `stop` (None: to the end), in the grid's order."""
         nonlocal used, spilled, total, copied, most, runs
-        runs += 1
-        y0, y1, x0, x1 = window
-        _, before, outs, away_outs = nets[(y1 - y0, x1 - x0)]
-        start, size, away = kept.get(window, (0, 0, False))
-        if start == 0:
-            total += head * (y1 - y0) * (x1 - x0)
-        elif away:
-            copied += size
-        end = n if stop is None else stop
-        total += before[end] - before[start]
-        if not saving:
-            return
-        # Each step's output replaces the tile's kept one if it fits beside the other tiles'
-        # (in memory, else spilled); theirs do not change meanwhile.
-        others_used = used - (0 if away else size)
-        others_spilled = spilled - (spilled_size(size) if away else 0)
-        free, room = budget - others_used, spill - others_spilled
-        last = None
-        for i in range(start, min(end, n - 1)):
-            if outs[i] <= free:
-                last = (i + 1, outs[i], False)
-                most = max(most, others_used + outs[i])  # each output replaces the last
-            elif away_outs[i] <= room:
-                last = (i + 1, outs[i], True)
-                copied += outs[i]
-        if last is not None:
-            kept[window] = last
-            used = others_used + (0 if last[2] else last[1])
-            spilled = others_spilled + (away_outs[last[0] - 1] if last[2] else 0)
+        end, last_step = n if stop is None else stop, n - 1
+        order = range(len(tiles)) if only is None else (only,)
+        runs += len(order)
+        # locals, not the closure's cells, in the loop: it runs millions of times
+        u, sp, tot, cop, mo = used, spilled, total, copied, most
+        for k in order:
+            start = starts[k]
+            if start == 0:
+                tot += heads[k]
+            elif away[k]:
+                cop += sizes[k]
+            if start == end:  # already there: nothing runs, nothing new is kept
+                continue
+            _, before, outs, away_outs = per_tile[k]
+            tot += before[end] - before[start]
+            hi = min(end, last_step)
+            if not saving or start >= hi:
+                continue
+            # Each step's output replaces the tile's kept one if it fits beside the other
+            # tiles' (in memory, else spilled); theirs do not change meanwhile.
+            size, gone = sizes[k], away[k]
+            others_used = u - (0 if gone else size)
+            others_spilled = sp - (spilled_size(size) if gone else 0)
+            free, room = budget - others_used, spill - others_spilled
+            least_out, least_away = fewest[k]
+            if least_out[start][hi] > free and least_away[start][hi] > room:
+                continue  # no output of these steps fits: the usual case on a small card
+            last = -1
+            for i in range(start, hi):
+                if outs[i] <= free:
+                    last, gone = i, False
+                    mo = max(mo, others_used + outs[i])  # each output replaces the last
+                elif away_outs[i] <= room:
+                    last, gone = i, True
+                    cop += outs[i]
+            if last >= 0:
+                starts[k], sizes[k], away[k] = last + 1, outs[last], gone
+                u = others_used + (0 if gone else outs[last])
+                sp = others_spilled + (away_outs[last] if gone else 0)
+        used, spilled, total, copied, most = u, sp, tot, cop, mo
 
-    extra = _passes(vae, nets, tiles, run, size, whole, tail)  # its runs add to total first
+    extra = _passes(vae, nets, tiles, sweep, size, whole, tail)  # its runs add to total first
     total += extra
     return total, copied, float(most), runs
 
@@ -284,7 +302,11 @@ def _exact_cost(vae: VaeShape, w: int, h: int, decode: bool, tile: int, budget: 
                 if levels[shallow].keys() <= level.keys():
                     live -= sum(levels.pop(shallow).values())
 
-    extra = _passes(vae, nets, tiles, run, size, whole, tail)  # its runs add to total first
+    def sweep(stop: int | None, saving: bool = True, only: int | None = None) -> None:
+        for k in range(len(tiles)) if only is None else (only,):
+            run(tiles[k][0], stop, saving)
+
+    extra = _passes(vae, nets, tiles, sweep, size, whole, tail)  # its runs add to total first
     total += extra
     return total, written, read, float(most)
 
@@ -313,31 +335,42 @@ def _tile_nets(vae: VaeShape, tiles: list, decode: bool, dtype_bytes: int) -> di
     return nets
 
 
-def _passes(vae: VaeShape, nets: dict, tiles: list, run: Callable, size: tuple[int, int],
+def _range_min(values: list[int]) -> list[list[float]]:
+    """table[a][b]: the least of values[a:b] (inf where empty)."""
+    table = []
+    for a in range(len(values) + 1):
+        row, least = [float("inf")] * (a + 1), float("inf")
+        for b in range(a, len(values)):
+            least = min(least, values[b])
+            row.append(least)
+        table.append(row)
+    return table
+
+
+def _passes(vae: VaeShape, nets: dict, tiles: list, sweep: Callable, size: tuple[int, int],
             whole: bool, tail: float) -> float:
     """Every statistics pass, then the final pass, as `hires.vae_stats.whole_image` runs them,
-    each tile through `run(window, stop, saving)`; returns the work outside the tiles' steps
-    (the attention's context and landmark scores, the encoder's quant_conv)."""
+    each through `sweep(stop, saving, only)` (every tile, or tile `only`, up to step `stop`);
+    returns the work outside the tiles' steps (the attention's context and landmark scores,
+    the encoder's quant_conv)."""
     c, (h, w) = vae.channels[-1], size
     extra = 0.0
     for j, s in enumerate(next(iter(nets.values()))[0]):
         for k in range(s.stops):
-            for window, owned in tiles:
-                run(window, j)
-                if s.attention and k == 1 and not whole:
-                    oy0, oy1, ox0, ox1 = owned  # the landmark scores: q, k, v of owned tokens
-                    extra += 6.0 * c * c * (oy1 - oy0) * (ox1 - ox0)
-            if s.attention and k == 1:  # the context, once
-                if whole:
+            sweep(j)
+            if s.attention and k == 1:
+                if not whole:
+                    for _, (oy0, oy1, ox0, ox1) in tiles:  # landmark scores: q, k, v of owned
+                        extra += 6.0 * c * c * (oy1 - oy0) * (ox1 - ox0)
+                if whole:  # the context, once
                     extra += _whole_attention_flops(c, h * w)
                 else:
                     f = cell_side(size)
                     extra += 6.0 * c * c * (-(-h // f) * -(-w // f) + min(landmarks(size), h * w))
                     extra += _sweep_flops(c, size)
-    run(tiles[0][0], None)  # the gathering loop's last pass: the first tile goes through whole
-    for window, _ in tiles:
-        run(window, None, saving=False)
-        y0, y1, x0, x1 = window
+    sweep(None, only=0)  # the gathering loop's last pass: the first tile goes through whole
+    sweep(None, saving=False)
+    for (y0, y1, x0, x1), _ in tiles:
         extra += tail * (y1 - y0) * (x1 - x0)
     return extra
 
