@@ -537,11 +537,27 @@ def stop_signals() -> list[int]:
     return stops
 
 
+def hold_closed_streams() -> None:
+    """Hold each of stdin, stdout and stderr the shell closed (`>&-`) on /dev/null. Python
+    keeps sys.stdout None for one (the `-o -` checks read that), but the descriptor is free:
+    the next file hires opens (an image's temp file) would take its number, and a library's
+    own write to stdout or stderr would land in that file."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:  # the lowest free number: this one, unless a lower was closed too
+                os.dup2(null, fd)
+                os.close(null)
+
+
 def main() -> None:
     """The `hires` entry point: SIGTERM and SIGHUP clean up like Ctrl-C; a closed stdout is no
     error."""
     import signal
 
+    hold_closed_streams()
     stops = stop_signals()
     for signum in stops:
         signal.signal(signum, on_sigterm)

@@ -33,3 +33,26 @@ def test_a_closed_stream_that_dash_needs_is_a_usage_error(tmp_path, args, fd, sa
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {said}"), done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fds", [(1,), (2,), (1, 2)])
+def test_a_closed_stream_is_held_so_no_file_takes_its_number(tmp_path, fds):
+    """Python leaves a closed descriptor free: the first file hires opened took number 1 (or
+    2), and anything written to stdout (or stderr) below Python went into that file."""
+    # hires' entry point around a command that opens a file and writes below Python
+    probe = ("import os, sys\n"
+             "import hires.cli\n"
+             "def command():\n"
+             f"    fd = os.open({str(tmp_path / 'f')!r}, os.O_CREAT | os.O_WRONLY)\n"
+             "    os.write(fd, b'image')\n"
+             "    os.write(1, b'out'); os.write(2, b'err')\n"
+             "    os.close(fd)\n"
+             "    sys.exit(0 if sys.stdout is None or 1 not in %r else 3)\n"
+             "hires.cli.app = command\n"
+             "hires.cli.main()\n" % (fds,))
+    done = subprocess.run([os.sys.executable, "-c", probe], stdin=subprocess.DEVNULL,
+                          capture_output=True, env=subprocess_env(), cwd=REPO,
+                          preexec_fn=lambda: [os.close(fd) for fd in fds], timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "f").read_bytes() == b"image"
+
