@@ -36,16 +36,18 @@ def job_flags(options: dict[str, Any]) -> dict[str, Any]:
 
 def argv_text(value: str) -> str:
     """A text argument (a prompt) as typed. Python decodes argv with the locale's encoding: in
-    a C locale (ASCII) a UTF-8 prompt's bytes arrive as surrogates, which are turned back into
-    those bytes and read as UTF-8. Bytes that are not UTF-8 stay as they came: the job refuses
+    a C locale (ASCII) a UTF-8 prompt's bytes arrive as surrogates, in a Latin-1 one as other
+    letters ('cafÃ©'). Such bytes that read as UTF-8 are read so (Latin-1 text with accents
+    is almost never valid UTF-8); others stay as they came: in a C locale the job refuses
     them."""
+    try:  # argv's bytes, as the shell passed them
+        typed = value.encode(sys.getfilesystemencoding(), "surrogateescape")
+    except UnicodeError:
+        return value
+    if typed.isascii():
+        return value
     try:
-        value.encode("utf-8")
-        return value  # decoded whole already
-    except UnicodeEncodeError:
-        pass
-    try:
-        return os.fsencode(value).decode("utf-8")  # argv's bytes, as the shell passed them
+        return typed.decode("utf-8")
     except UnicodeError:
         return value
 
@@ -285,7 +287,6 @@ def up_inputs(images: list[Path]) -> Iterator[list[str]]:
 def distinct(paths: list[str]) -> list[str]:
     """`paths` without the repeats of a file (`in.png ./in.png`, a link to it), each warned:
     the same seed would make the same image again, under a name that lost the input's."""
-    import os
 
     seen: dict[object, str] = {}
     kept = []

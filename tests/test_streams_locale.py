@@ -55,3 +55,16 @@ def test_a_prompt_template_in_a_c_locale_names_the_file_in_utf8(tmp_path):
                           timeout=300)
     assert done.returncode == 0, done.stderr.decode(errors="replace")
     assert [p.name for p in tmp_path.iterdir()] == ["café-猫.png"]
+
+
+def test_a_utf8_prompt_in_a_latin1_locale_is_the_prompt_typed(monkeypatch):
+    """A Latin-1 locale decodes a UTF-8 terminal's 'café' to 'cafÃ©', valid text that the
+    job took as typed; Latin-1 text itself stays as the locale read it."""
+    import sys
+
+    from hires.cli_jobs import argv_text
+
+    monkeypatch.setattr(sys, "getfilesystemencoding", lambda: "iso8859-1")
+    assert argv_text(PROMPT.encode().decode("latin-1")) == PROMPT
+    assert argv_text("café") == "café"  # the bytes 63 61 66 e9: not UTF-8, Latin-1 text
+    assert argv_text("plain") == "plain"
