@@ -195,9 +195,12 @@ SDXL_FILE_PREFIXES = ("model.diffusion_model.", "conditioner.")
 
 def single_file_refusal(path: Path, vae: bool = False) -> str | None:
     """Why the .safetensors file at `path` is not an SDXL checkpoint (`vae`: a VAE's weights),
-    read from its header alone (None: it may be). A pickle file is not read."""
+    read from its header alone (None: it may be). A pickle file is not read: only its first
+    bytes are checked to be torch.save's (a zip, or a pickle), so a dry run refuses junk."""
     from hires.safetensors_header import read_header, truncated
 
+    if path.suffix in PICKLE_SUFFIXES:
+        return _pickle_file_refusal(path)
     if path.suffix != ".safetensors":
         return None
     header = read_header(path)
@@ -418,6 +421,20 @@ def go_offline_if_unreachable(job, timeout: float = 5.0) -> bool:
     constants.HF_HUB_OFFLINE = True  # read at every request by huggingface_hub and transformers
     os.environ["HF_HUB_OFFLINE"] = "1"  # for readers of the variable (hires.linfusion)
     return True
+
+
+def _pickle_file_refusal(path: Path) -> str | None:
+    """Why `path` is not a PyTorch checkpoint by its first bytes: torch.save writes a zip
+    ('PK' first), its legacy format and plain pickles start with the protocol byte 0x80."""
+    try:
+        with path.open("rb") as f:
+            start = f.read(4)
+    except OSError:
+        return None  # the load says why it cannot be read
+    if start.startswith((b"PK\x03\x04", b"\x80")):
+        return None
+    what = "empty" if not start else "not a PyTorch checkpoint (neither a zip nor a pickle)"
+    return f"{path.name} is {what}; re-download or re-save it"
 
 
 def weights_refusal(path: Path, what: str, allow_pickle: bool) -> str | None:

@@ -304,3 +304,18 @@ def test_a_dry_run_checks_the_linfusion_a_model_folder_carries(copy_of):
     for args in ((), ("--linfusion", str(copy_of / "linfusion"))):
         result = cli("gen", "a cat", "--model", copy_of, "--size", "128", "--dry-run", *args)
         assert_usage_error(result, "linfusion", "unreadable")
+
+
+@pytest.mark.parametrize("flag", ["--model", "--vae"])
+def test_a_pickle_file_that_is_no_checkpoint_is_refused_in_the_dry_run(tmp_path, flag):
+    """`--allow-pickle --dry-run` with junk at a .ckpt path planned happily; the run failed
+    at its load. Only the first bytes are read, never the pickle."""
+    junk, empty, made = tmp_path / "junk.ckpt", tmp_path / "empty.pt", tmp_path / "made.ckpt"
+    junk.write_bytes(b"<html>404</html>")
+    empty.write_bytes(b"")
+    torch.save({"w": torch.zeros(1)}, made)
+    run = ("gen", "a fox", *SMALL, "--dry-run", "--allow-pickle", "-o", str(tmp_path / "o.png"))
+    assert_usage_error(cli(*run, flag, str(junk)), "junk.ckpt is not a PyTorch checkpoint")
+    assert_usage_error(cli(*run, flag, str(empty)), "empty.pt is empty")
+    result = cli(*run, flag, str(made))  # what torch.save wrote is not refused by its bytes
+    assert "made.ckpt is" not in result.stderr
