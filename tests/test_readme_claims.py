@@ -1,5 +1,7 @@
 """What README.md promises, where an audit of it found the code short of it."""
 
+import pickle
+
 import pytest
 from helpers_cli import assert_usage_error, cli, write
 
@@ -28,7 +30,7 @@ def test_a_pickle_model_without_allow_pickle_is_a_usage_error(tmp_path):
     # README: "pickle files without `--allow-pickle` exit 2 with one line"; a pickled --model
     # exited 1, as if loading had failed.
     checkpoint = tmp_path / "model.ckpt"
-    checkpoint.write_bytes(b"not really a pickle")
+    checkpoint.write_bytes(pickle.dumps({}))  # a pickle by its bytes, not a model
     result = cli("gen", "a fox", "--model", checkpoint, "--size", "256", "--steps", "2",
                  "-o", tmp_path / "fox.png", "-q")
     assert_usage_error(result, "model.ckpt is a pickle checkpoint", "--allow-pickle")
@@ -59,7 +61,7 @@ def test_dry_runs_refuse_what_the_run_would_before_planning(tmp_path):
     # gen --dry-run planned a pickle --model the run refuses (exit 0), and plan exited 1 on a
     # --linfusion path that is not there. plan loads nothing, so a pickle is no risk there.
     checkpoint = tmp_path / "model.ckpt"
-    checkpoint.write_bytes(b"not really a pickle")
+    checkpoint.write_bytes(pickle.dumps({}))  # a pickle by its bytes, not a model
     for args in (("gen", "x", "--dry-run", "-o", tmp_path / "x.png"),
                  ("up", str(_small_png(tmp_path)), "--scale", "2", "--dry-run")):
         for flag in ("--model", "--vae"):
