@@ -4,8 +4,9 @@ any work, one model in memory at a time, each job's outcome said, and the count 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -23,6 +24,9 @@ from hires.cli_runs import (
     warn_tmpdir,
 )
 
+if TYPE_CHECKING:
+    from hires.batch import BatchItem, Outcome
+
 
 def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
                    manifest: Path | None, as_json: bool, quiet: bool, overwrite: bool,
@@ -31,30 +35,65 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
     failed job is said and recorded in the manifest, and the others go on (exit 1 at the
     end). `name`: the job file's, for messages."""
     from hires import batch as b
-    from hires.job import JobError
-    from hires.runs import made_by
 
     check_gpu(gpu)
+    check_batch_devices(items, name)
+    check_batch_paths(items, name)
+    manifest = check_batch_outputs(items, paths, name, output, manifest, overwrite)
+    todo = jobs_to_make(items, paths, overwrite)
+    from hires.eta import RunPace
+
+    pace = RunPace(len(todo))  # the jobs to make: their number, and the pace of those made
+    make_one = image_maker(todo, pace, gpu=gpu, quiet=quiet, overwrite=overwrite,
+                           resume_runs=resume_runs, preview=preview)
+    seen: list[b.Outcome] = []  # for the count when the batch is stopped
+    report = outcome_reporter(todo, pace, seen, as_json)
+    prepare_folders(output, manifest, paths)
+    try:
+        outcomes = b.run_batch(items, lambda item: paths[item.index], make_one, manifest,
+                               overwrite, report)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what is made is kept; say how far it got
+        say_stopped(seen, len(items))
+        raise
+    say_batch_count(outcomes, manifest)
+
+
+def check_batch_devices(items: list, name: str) -> None:
+    """Each device the jobs name can be used, in the order the jobs first name it (exit 2,
+    naming that job)."""
+    from hires.job import JobError
+
     first_on = {item.job.device: item.index for item in reversed(items)}
     for device, index in sorted(first_on.items(), key=lambda kv: kv[1]):
         try:  # before any work, as for gen: not a failure per job
             check_device(device)
         except JobError as e:
             raise JobError(f"{name} job {index}: {e}") from None
-    check_batch_paths(items, name)
-    manifest = check_batch_outputs(items, paths, name, output, manifest, overwrite)
+
+
+def jobs_to_make(items: list, paths: dict[int, Path], overwrite: bool) -> list:
+    """The jobs whose images are not made yet (all with `overwrite`), after warning of too
+    little disk, temp space or memory for them."""
+    from hires import batch as b
+
     # For the time left: the jobs whose images are not there yet, and those made so far.
     todo = [item for item in items if overwrite or
             not b.made_already(paths[item.index], item.job)]
     warn_space([(paths[item.index], item.job) for item in todo])
     warn_tmpdir()
     warn_ram([item.job for item in todo])
-    from hires.eta import RunPace
+    return todo
 
-    pace = RunPace(len(todo))  # the jobs to make: their number, and the pace of those made
+
+def image_maker(todo: list, pace: Any, *, gpu: str | None, quiet: bool, overwrite: bool,
+                resume_runs: bool, preview: bool) -> Callable[[BatchItem, Path], dict]:
+    """What makes one job's image at its path and returns its record, keeping one model in
+    memory at a time and timing each image with `pace`."""
+    from hires import batch as b
+
     loaded: dict[tuple, Any] = {}
 
-    def make_one(item: b.BatchItem, path: Path) -> dict:
+    def make_one(item: BatchItem, path: Path) -> dict:
         from hires.pipeline import load_args
 
         key = load_args(item.job)
@@ -74,39 +113,57 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
         pace.end(time.monotonic() - started)
         return record
 
-    def line(o: b.Outcome, record: dict) -> None:
-        """A job's line on stdout; with --json it says which job and how it went, as the
-        manifest's lines do, so a script needs no manifest to tell the failed ones (they have a
-        line only with --json)."""
-        # the manifest's keys on every line (a done job's error null, a failed one's settings)
-        head = {"index": o.item.index, "status": o.status, "path": str(o.path),
-                "error": o.error, "settings": b.settings_hash(o.item.job)}
-        emit({**head, **record} if as_json else record, as_json)
+    return make_one
 
-    seen: list[b.Outcome] = []  # for the count when the batch is stopped
 
-    def report(o: b.Outcome) -> None:
+def job_line(o: Outcome, record: dict, as_json: bool) -> None:
+    """A job's line on stdout; with --json it says which job and how it went, as the
+    manifest's lines do, so a script needs no manifest to tell the failed ones (they have a
+    line only with --json)."""
+    from hires import batch as b
+
+    # the manifest's keys on every line (a done job's error null, a failed one's settings)
+    head = {"index": o.item.index, "status": o.status, "path": str(o.path),
+            "error": o.error, "settings": b.settings_hash(o.item.job)}
+    emit({**head, **record} if as_json else record, as_json)
+
+
+def outcome_reporter(todo: list, pace: Any, seen: list,
+                     as_json: bool) -> Callable[[Outcome], None]:
+    """What says each job's outcome as it comes (and adds it to `seen`): a failure, a job left
+    to another run or skipped, an old image moved aside, its line, and the time left."""
+    from hires.runs import made_by
+
+    def report(o: Outcome) -> None:
         seen.append(o)
         if o.status == "failed":
             fail(f"job {o.item.index} failed: {o.error}", EXIT_RUNTIME)  # the batch goes on
             if as_json:
-                line(o, {"path": str(o.path), "error": str(o.error)})
+                job_line(o, {"path": str(o.path), "error": str(o.error)}, as_json)
         elif o.status == "busy":  # another run is making it
             say(f"job {o.item.index}: {o.error} ({o.path}), skipped")
             if as_json:  # not a made image: stdout lists only those, as for a failed job
-                line(o, {"path": str(o.path), "error": o.error})
+                job_line(o, {"path": str(o.path), "error": o.error}, as_json)
         elif o.status == "skipped":
             say(f"job {o.item.index}: {o.path} exists with the same settings, skipped")
             # stdout lists every image of the batch, as gen's does those it keeps
-            line(o, made_by(o.path, o.item.job) or {"path": str(o.path)})
+            job_line(o, made_by(o.path, o.item.job) or {"path": str(o.path)}, as_json)
         if o.moved_to:
             say(f"job {o.item.index}: {o.why} since {o.path.name} was made; the old image "
                 f"is kept as {o.moved_to.name}")
         if o.record:
-            line(o, o.record)
+            job_line(o, o.record, as_json)
         if o.status not in ("skipped", "busy") and o.item in todo:
             later = todo[todo.index(o.item) + 1:]
             say_left(pace.made, [i.job.width * i.job.height for i in later])
+
+    return report
+
+
+def prepare_folders(output: Path, manifest: Path, paths: dict[int, Path]) -> None:
+    """Create the images' and the manifest's folders (exit 2 if one cannot be), and clear
+    the leftovers of stopped runs from the images' folders."""
+    from hires.job import JobError
 
     for folder in (output, manifest.parent):
         try:
@@ -115,26 +172,34 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
             raise JobError(f"cannot create folder {folder}: {e.strerror}") from None
     for folder in {output, *(p.parent for p in paths.values() if p.parent.is_dir())}:
         remove_leftovers(folder)
-    try:
-        outcomes = b.run_batch(items, lambda item: paths[item.index], make_one, manifest,
-                               overwrite, report)
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what is made is kept; say how far it got
-        counts = tally(seen)
-        tell(f"batch stopped after {len(seen)} of {len(items)} jobs: {counts['done']} done, "
-             f"{counts['skipped']} skipped,{busy_count(counts)} {counts['failed']} failed; the "
-             "same command goes on from there")
-        raise
+
+
+def say_stopped(seen: list, jobs: int) -> None:
+    """How far a stopped batch got: the outcomes `seen` of its `jobs`."""
+    counts = tally(seen)
+    tell(f"batch stopped after {len(seen)} of {jobs} jobs: {counts['done']} done, "
+         f"{counts['skipped']} skipped,{busy_count(counts)} {counts['failed']} failed; the "
+         "same command goes on from there")
+
+
+def say_batch_count(outcomes: list, manifest: Path) -> None:
+    """The batch's closing count, naming the failed jobs; exit 1 if any failed."""
     counts = tally(outcomes)
     failed = [o.item.index for o in outcomes if o.status == "failed"]
-    which = ""
-    if failed:  # their errors scrolled by long ago in a big batch
-        listed = ", ".join(map(str, failed[:10])) + (", ..." if len(failed) > 10 else "")
-        which = (f" (job{'s' if len(failed) > 1 else ''} {listed}; errors in {manifest}; "
-                 "the same command runs them again)")
     tell(f"batch: {counts['done']} done, {counts['skipped']} skipped,{busy_count(counts)} "
-         f"{counts['failed']} failed{which}")
+         f"{counts['failed']} failed{failed_hint(failed, manifest)}")
     if counts["failed"]:
         raise typer.Exit(EXIT_RUNTIME)
+
+
+def failed_hint(failed: list[int], manifest: Path) -> str:
+    """' (jobs 2, 5; errors in MANIFEST; ...)' for the closing count; '' when none failed."""
+    if not failed:
+        return ""
+    # their errors scrolled by long ago in a big batch
+    listed = ", ".join(map(str, failed[:10])) + (", ..." if len(failed) > 10 else "")
+    return (f" (job{'s' if len(failed) > 1 else ''} {listed}; errors in {manifest}; "
+            "the same command runs them again)")
 
 
 def check_batch_outputs(items: list, paths: dict[int, Path], name: str, output: Path,
