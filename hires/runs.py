@@ -47,10 +47,23 @@ def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
     upscale inputs (as their jobs name them) that keep an alpha channel, which the output
     carries too. A job's quality is dropped for a PNG or TIFF (a preset's or a record's is
     for the lossy formats); `quality_flag` (--quality given) makes that a JobError."""
-    from hires.addons import check_inputs
-
     todo = [(job, k) for job in jobs for k in range(n)]
     many = len(todo) > 1
+    check_output_for_many(jobs, output, many)
+    path_of = path_namer(jobs, output, many)
+    image = image_namer(path_of, preview=preview, fmt_flag=fmt_flag, quality_flag=quality_flag)
+    base = first_seed(jobs[0].seed, todo, image, path_of, resume_runs=resume_runs,
+                      many=many, overwrite=overwrite)
+    runs: list[Run] = []
+    for i, (job, k) in enumerate(todo):
+        one, path = image(i, job, base + k)
+        runs.append(checked_run(one, path, runs, output, alpha=alpha, overwrite=overwrite,
+                                stage_images=stage_images))
+    return runs
+
+
+def check_output_for_many(jobs: list[Job], output: str | None, many: bool) -> None:
+    """JobError when `many` images would all go to the one file `output` names."""
     if many and output and "{" not in output and not Path(output).is_dir() \
             and not output.endswith("/"):
         # Only fields that differ between these images can tell them apart: {name} is the
@@ -59,6 +72,12 @@ def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
                   "{index} or {seed}" if len(jobs) == 1 else "{index}")
         raise JobError(f"several images need -o to be a folder or a template with {fields} "
                        f"(-o '{_templated(output, fields[:fields.index('}') + 1])}')")
+
+
+def path_namer(jobs: list[Job], output: str | None,
+               many: bool) -> Callable[[int, Job, int], Path]:
+    """What gives image i's path, for its job (seed and format set) and a seed, from
+    `output`; `many` images get names that tell them apart."""
     # Several inputs are told apart by their names; several prompts (or --n) by their place.
     by_name = len({job.image for job in jobs}) == len(jobs) > 1 and all(j.image for j in jobs)
     # Inputs of one name (a/photo.png, b/photo.jpg) under hires' names: their number added,
@@ -77,6 +96,14 @@ def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
         return out.named_for_input(path, output, name, width=one.width, height=one.height,
                                    seed=seed, fmt=one.format)
 
+    return path_of
+
+
+def image_namer(path_of: Callable[[int, Job, int], Path], *, preview: bool,
+                fmt_flag: str | None,
+                quality_flag: bool) -> Callable[[int, Job, int], tuple[Job, Path]]:
+    """What gives image i's job (seed and format set) and path, for its job and seed."""
+
     def image(i: int, job: Job, seed: int) -> tuple[Job, Path]:
         """Image i's job (seed and format set) and path."""
         # stdin's prompts checked too; --n counts on past the last seed to 0, as it made them
@@ -91,49 +118,76 @@ def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
             one = one.merged({"quality": None})
         return one.merged({"format": fmt}), path
 
-    base = jobs[0].seed
+    return image
+
+
+def first_seed(seed: int | None, todo: list[tuple[Job, int]],
+               image: Callable[[int, Job, int], tuple[Job, Path]],
+               path_of: Callable[[int, Job, int], Path], *, resume_runs: bool, many: bool,
+               overwrite: bool) -> int:
+    """The first image's seed: the jobs' `seed`, else a stopped run's (its checkpoint's, or
+    that of the images it made), else one drawn at random."""
+    base = seed
     if base is None and resume_runs:
-        # A stopped run of this command drew its seeds at random: its checkpoint says which.
-        # Folders without any checkpoint are listed once, not once per image.
-        kept_in: dict[Path, bool] = {}
-        for i, (job, k) in enumerate(todo):
-            one, path = image(i, job, 0)
-            if path.parent not in kept_in:
-                kept_in[path.parent] = any(path.parent.glob("*" + resume.SUFFIX))
-            if not kept_in[path.parent]:
-                continue
-            seed = resume.stopped_seed(path.parent, one,
-                                       lambda s, i=i, one=one: path_of(i, one, s))
-            if seed is not None:
-                base = seed - k
-                break
+        base = checkpoint_base(todo, image, path_of)
     if base is None and many and not overwrite:
         # Stopped between images, it kept no checkpoint: the images it made say its seeds.
         base = made_base(todo, image)
     if base is None:
         base = secrets.randbelow(2**32)
-    runs: list[Run] = []
+    return base
+
+
+def checkpoint_base(todo: list[tuple[Job, int]],
+                    image: Callable[[int, Job, int], tuple[Job, Path]],
+                    path_of: Callable[[int, Job, int], Path]) -> int | None:
+    """The first seed of a stopped run of these images, as its checkpoint says; None if
+    no checkpoint says one."""
+    # A stopped run of this command drew its seeds at random: its checkpoint says which.
+    # Folders without any checkpoint are listed once, not once per image.
+    kept_in: dict[Path, bool] = {}
     for i, (job, k) in enumerate(todo):
-        one, path = image(i, job, base + k)
-        if any(path == other.path for other in runs):
-            # Only a template can: hires' own names are told apart above.
-            raise JobError(f"two images would both write {path}; number them: -o "
-                           f"{numbered(output)}")
-        check_not_input(path, one.image)
-        problem = out.format_problem(one.format, one.width, one.height, one.depth,
-                                     4 if one.image in alpha else 3)
-        if problem:
-            raise JobError(f"{path.name}: {problem}")
-        made = None if overwrite else made_by(path, one)
-        if made is None:
-            check_free(path, one, overwrite)
-            if stage_images:
-                for stage_file in stage_paths(path, stage_count(one)):
-                    if not made_by(stage_file, one):
-                        out.check_writable(stage_file, overwrite)
-        check_inputs(one)
-        runs.append(Run(one, path, made))
-    return runs
+        one, path = image(i, job, 0)
+        if path.parent not in kept_in:
+            kept_in[path.parent] = any(path.parent.glob("*" + resume.SUFFIX))
+        if not kept_in[path.parent]:
+            continue
+        seed = resume.stopped_seed(path.parent, one,
+                                   lambda s, i=i, one=one: path_of(i, one, s))
+        if seed is not None:
+            return seed - k
+    return None
+
+
+def checked_run(one: Job, path: Path, runs: list[Run], output: str | None, *,
+                alpha: frozenset[str], overwrite: bool, stage_images: bool) -> Run:
+    """The Run of image `one` at `path`, after every check that can fail: its path is its
+    own (not another of `runs`', nor its input), its format fits, and its files are free."""
+    from hires.addons import check_inputs
+
+    if any(path == other.path for other in runs):
+        # Only a template can: hires' own names are told apart (path_namer).
+        raise JobError(f"two images would both write {path}; number them: -o "
+                       f"{numbered(output)}")
+    check_not_input(path, one.image)
+    problem = out.format_problem(one.format, one.width, one.height, one.depth,
+                                 4 if one.image in alpha else 3)
+    if problem:
+        raise JobError(f"{path.name}: {problem}")
+    made = None if overwrite else made_by(path, one)
+    if made is None:
+        check_free(path, one, overwrite)
+        if stage_images:
+            check_stages_free(path, one, overwrite)
+    check_inputs(one)
+    return Run(one, path, made)
+
+
+def check_stages_free(path: Path, job: Job, overwrite: bool) -> None:
+    """--save-stages: each stage image's name is free, or holds this job's."""
+    for stage_file in stage_paths(path, stage_count(job)):
+        if not made_by(stage_file, job):
+            out.check_writable(stage_file, overwrite)
 
 
 def check_free(path: Path, job: Job, overwrite: bool) -> None:
