@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -285,86 +285,139 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
     made already, and the total; jobs that cannot run are said, and exit 2 at the end (1 when
     each is a model not here, as the run would end). `resume_runs` (not --no-resume): say
     which jobs go on from a checkpoint."""
+    check_gpu(gpu)
+    plans: dict[str, Any] = {}  # jobs that differ only in prompt and seed share a plan
+    tally = BatchPlanTally()
+    for item in items:
+        path = paths[item.index]
+        row, text = batch_job_row(item, path, gpu, plans, tally, overwrite=overwrite,
+                                  preview=preview, resume_runs=resume_runs)
+        tally.counts[row["status"]] += 1
+        if row["status"] == "to make":
+            tally.to_make.append((path, item.job))
+        out_line(json.dumps(row) if as_json else text)
+    warn_space(tally.to_make)
+    if not as_json:
+        out_line(batch_total_line(tally))
+    if tally.counts["cannot run"]:
+        raise typer.Exit(EXIT_USAGE if tally.usage else EXIT_RUNTIME)
+
+
+@dataclass
+class BatchPlanTally:
+    """What `batch --dry-run` has counted so far: its jobs by status, the planned time of
+    those to make, and the jobs to make (for the disk space they need)."""
+
+    counts: dict[str, int] = field(default_factory=lambda: {
+        "to make": 0, "made": 0, "busy": 0, "cannot run": 0})
+    total: float = 0.0  # the planned seconds of the timed jobs to make
+    planned_on: str | None = None  # the GPU they are planned on
+    usage: bool = False  # some job cannot run for a setting to fix (else: for a model not here)
+    to_make: list[tuple[Path, Any]] = field(default_factory=list)
+
+
+def batch_job_row(item: Any, path: Path, gpu: str | None, plans: dict[str, Any],
+                  tally: BatchPlanTally, *, overwrite: bool, preview: bool,
+                  resume_runs: bool) -> tuple[dict[str, Any], str]:
+    """A `batch --dry-run` job's JSON row and line: left to another run, made already, cannot
+    run, or to make (its planned time and why it cannot run added to `tally`)."""
     from hires import batch as b
-    from hires.dry_run import as_run_here, dry_run
-    from hires.eta import duration
     from hires.images import input_size
     from hires.job import JobError
     from hires.model_refs import ModelError
-    from hires.plan import preview_of
-    from hires.prompts import cached_tokenizer, too_long
 
-    check_gpu(gpu)
-    plans: dict[str, Any] = {}  # jobs that differ only in prompt and seed share a plan
+    job = item.job
+    row: dict[str, Any] = {"index": item.index, "path": str(path), "width": job.width,
+                           "height": job.height}
+    held = busy_holder(path)
+    if held:
+        row.update(status="busy", error=f"{held} is making it")
+        return row, f"job {item.index}: {held} is making {path}; the run leaves it to that one"
+    if not overwrite and b.made_already(path, job):
+        row["status"] = "made"
+        return row, f"job {item.index}: {path} is made already"
+    source = input_size(job.image) if job.image else None
+    try:
+        run = shared_plan(job, source, gpu, plans, preview)
+    except (JobError, ModelError) as e:
+        row.update(status="cannot run", error=str(e))
+        # As the run would end: a setting to fix exits 2, a model not here 1.
+        tally.usage = tally.usage or not isinstance(e, ModelError) or e.usage
+        return row, f"job {item.index}: cannot run: {e}"
+    seconds = run.plan.seconds  # None: a CPU job, not timed
+    if seconds is not None:
+        tally.total, tally.planned_on = tally.total + seconds, run.gpu
+    return row, to_make_line(item, path, run, row, preview=preview, resume_runs=resume_runs)
+
+
+def busy_holder(path: Path) -> str | None:
+    """Who else is making the image at `path`; None when no other run is."""
     from hires import busy
 
-    total, planned_on = 0.0, None
-    counts = {"to make": 0, "made": 0, "busy": 0, "cannot run": 0}
-    usage = False  # some job cannot run for a setting to fix (else: for a model not here)
-    to_make: list[tuple[Path, Any]] = []
-    for item in items:
-        job, path = item.job, paths[item.index]
-        row: dict[str, Any] = {"index": item.index, "path": str(path), "width": job.width,
-                               "height": job.height}
-        try:  # as the run finds it: another run is making it (status busy, left to that run)
-            busy.check_free(path)
-            held = None
-        except busy.Busy as e:
-            held = e.who
-        if held:
-            row.update(status="busy", error=f"{held} is making it")
-            text = f"job {item.index}: {held} is making {path}; the run leaves it to that one"
-        elif not overwrite and b.made_already(path, job):
-            row["status"], text = "made", f"job {item.index}: {path} is made already"
-        else:
-            source = input_size(job.image) if job.image else None
-            key = json.dumps([{k: v for k, v in job.to_dict().items()
-                               if k not in ("prompt", "negative", "seed")}, source],
-                             sort_keys=True, default=str)
-            try:
-                if key not in plans:
-                    here = as_run_here(job, gpu)
-                    plans[key] = fitted_plan(lambda j=here, s=source: dry_run(j, gpu, s), here)
-                run = plans[key]
-                if preview:
-                    run = replace(run, plan=preview_of(run.plan))
-            except (JobError, ModelError) as e:
-                row.update(status="cannot run", error=str(e))
-                text = f"job {item.index}: cannot run: {e}"
-                # As the run would end: a setting to fix exits 2, a model not here 1.
-                usage = usage or not isinstance(e, ModelError) or e.usage
-            else:
-                seconds = run.plan.seconds  # None: a CPU job, not timed
-                if seconds is not None:
-                    total, planned_on = total + seconds, run.gpu
-                row.update(status="to make", peak_bytes=run.plan.peak_bytes,
-                           seconds=None if seconds is None else round(seconds, 3))
-                tokenizer = cached_tokenizer(job)  # a long prompt, said as the run says it
-                for warning in too_long(tokenizer, job) if tokenizer is not None else []:
-                    warn(f"job {item.index}: {warning}")
-                when = "" if seconds is None else f"{duration(seconds)}, "
-                text = (f"job {item.index}: {job.width}x{job.height} -> {path}, "
-                        f"{when}peak {run.plan.peak_bytes / 1024**3:.1f} GiB")
-                if not preview and resume_runs and (note := checkpoint_note(path, job,
-                                                                            run.plan)):
-                    row["checkpoint"] = note
-                    text += f"; {note}"
-        counts[row["status"]] += 1
-        if row["status"] == "to make":
-            to_make.append((path, job))
-        out_line(json.dumps(row) if as_json else text)
-    warn_space(to_make)
-    if not as_json:
-        parts = [f"{counts['to make']} to make" + (
-            f", {duration(total)} on {planned_on} (assumed rates)" if planned_on else ""),
-            f"{counts['made']} made already"]
-        if counts["busy"]:
-            parts.append(f"{counts['busy']} left to another run")
-        if counts["cannot run"]:
-            parts.append(f"{counts['cannot run']} cannot run")
-        out_line("total: " + "; ".join(parts))
+    try:  # as the run finds it: another run is making it (status busy, left to that run)
+        busy.check_free(path)
+        held = None
+    except busy.Busy as e:
+        held = e.who
+    return held
+
+
+def shared_plan(job: Any, source: tuple[int, int] | None, gpu: str | None,
+                plans: dict[str, Any], preview: bool) -> Any:
+    """`job`'s fitted plan on `gpu` (its first stage's with `preview`), made once for the jobs
+    that differ only in prompt and seed and kept in `plans`."""
+    from hires.dry_run import as_run_here, dry_run
+    from hires.plan import preview_of
+
+    key = json.dumps([{k: v for k, v in job.to_dict().items()
+                       if k not in ("prompt", "negative", "seed")}, source],
+                     sort_keys=True, default=str)
+    if key not in plans:
+        here = as_run_here(job, gpu)
+        plans[key] = fitted_plan(lambda j=here, s=source: dry_run(j, gpu, s), here)
+    run = plans[key]
+    if preview:
+        run = replace(run, plan=preview_of(run.plan))
+    return run
+
+
+def to_make_line(item: Any, path: Path, run: Any, row: dict[str, Any], *, preview: bool,
+                 resume_runs: bool) -> str:
+    """A job to make: its size, file, planned time and peak memory, put in `row` and
+    returned as its line; a long prompt is warned of, and a checkpoint it goes on from said."""
+    from hires.eta import duration
+    from hires.prompts import cached_tokenizer, too_long
+
+    job, seconds = item.job, run.plan.seconds
+    row.update(status="to make", peak_bytes=run.plan.peak_bytes,
+               seconds=None if seconds is None else round(seconds, 3))
+    tokenizer = cached_tokenizer(job)  # a long prompt, said as the run says it
+    for warning in too_long(tokenizer, job) if tokenizer is not None else []:
+        warn(f"job {item.index}: {warning}")
+    when = "" if seconds is None else f"{duration(seconds)}, "
+    text = (f"job {item.index}: {job.width}x{job.height} -> {path}, "
+            f"{when}peak {run.plan.peak_bytes / 1024**3:.1f} GiB")
+    if not preview and resume_runs and (note := checkpoint_note(path, job, run.plan)):
+        row["checkpoint"] = note
+        text += f"; {note}"
+    return text
+
+
+def batch_total_line(tally: BatchPlanTally) -> str:
+    """`batch --dry-run`'s closing line: how many jobs are to make (and in what time), made
+    already, left to another run and cannot run."""
+    from hires.eta import duration
+
+    counts = tally.counts
+    parts = [f"{counts['to make']} to make" + (
+        f", {duration(tally.total)} on {tally.planned_on} (assumed rates)"
+        if tally.planned_on else ""),
+        f"{counts['made']} made already"]
+    if counts["busy"]:
+        parts.append(f"{counts['busy']} left to another run")
     if counts["cannot run"]:
-        raise typer.Exit(EXIT_USAGE if usage else EXIT_RUNTIME)
+        parts.append(f"{counts['cannot run']} cannot run")
+    return "total: " + "; ".join(parts)
 
 
 def show_all_made(paths: list[str], as_json: bool) -> None:
