@@ -136,16 +136,28 @@ def test_meta_maps_are_counted_per_call():
     assert p.peak == 2 * x.nbytes and p.bytes == x.nbytes
 
 
+@pytest.fixture(scope="module")
+def meta_unet():
+    """Built once for the cases below (a replay leaves the model as it found it: test_costs
+    replays one UNet under every strategy)."""
+    return memsim.sdxl_unet_on_meta()
+
+
+@pytest.fixture(scope="module")
+def meta_controlnet():
+    return memsim.sdxl_controlnet_on_meta()
+
+
 @pytest.mark.parametrize("control", [False, True])
 @pytest.mark.parametrize("strategy", [
     Strategy(park_skips=True),
     Strategy(split_cfg=True, ff_chunks=True, row_bands=True, park_skips=True,
              weights="sequential"),
 ], ids=lambda s: s.label if isinstance(s, Strategy) else None)
-def test_planner_counts_what_a_call_parks(strategy, control):
+def test_planner_counts_what_a_call_parks(request, meta_unet, strategy, control):
     """Full SDXL with LinFusion (and an SDXL ControlNet) on meta, a 768x1280 px latent."""
-    unet = memsim.sdxl_unet_on_meta()
-    net = memsim.sdxl_controlnet_on_meta() if control else None
+    unet = meta_unet
+    net = request.getfixturevalue("meta_controlnet") if control else None
     seen = []
     original = Parking.close
 
