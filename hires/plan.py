@@ -375,7 +375,7 @@ def fit_stage(stage: Stage, stages: list[Stage], model: ModelShape, budget: int 
             where = (f"{scratch_folder()} has room for {model.disk / 1e9:.1f} GB of them"
                      if model.disk else f"none may go there now: --disk 0, or "
                      f"{scratch_folder()} is full or in memory")  # not "room for 0.0 GB"
-            disk = (f", let the {short / 1e9:.1f} GB of parked maps that RAM cannot hold wait "
+            disk = (f", let the {_gb(short)} GB of parked maps that RAM cannot hold wait "
                     f"on a disk ({where}; TMPDIR picks the folder, --disk the room)")
         else:  # too short even with every parked map on a disk: say what RAM must hold
             floor = min(o.cost.host_bytes - o.cost.parked_bytes for o in on_gpu)
@@ -428,6 +428,11 @@ def budget_bytes(vram: float | None, ram: float | None, on_cpu: bool,
     if on_cpu and ram is not None:
         return int(ram * GIB)
     return free()
+
+
+def _gb(size: float) -> str:
+    """Decimal GB with a second decimal where one would say 0.0."""
+    return f"{size / 1e9:.1f}" if size >= 0.05e9 else f"{max(size, 0.01e9) / 1e9:.2f}"
 
 
 def _gib(size: float) -> str:
@@ -497,7 +502,7 @@ def describe(plan: Plan) -> list[str]:
                 ram = s.cost.host_bytes - s.cost.disk_bytes
                 line += f", {ram / GIB:.1f} GiB of RAM"  # as --ram counts
                 if s.cost.disk_bytes:
-                    line += (f" + {s.cost.disk_bytes / 1e9:.1f} GB of parked maps on disk "
+                    line += (f" + {_gb(s.cost.disk_bytes)} GB of parked maps on disk "
                              f"({scratch_folder()})")
             if s.cost.vae_spill:
                 line += ", VAE outputs in RAM"

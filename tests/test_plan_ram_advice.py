@@ -31,3 +31,12 @@ def test_the_amounts_are_told_apart():
     need, have = re.search(r"only with ([\d.]+) GiB .* and ([\d.]+) GiB of it is free",
                            line).groups()
     assert float(need) > float(have)
+
+
+def test_a_few_parked_maps_on_disk_are_not_said_as_0_0_gb():
+    """With a disk, 8K on a 3060 at --ram 7.65 parks 0.04 GB on it: the plan said "+ 0.0 GB
+    of parked maps on disk" (and a refusal "let the 0.0 GB ... wait on a disk")."""
+    plan = cli("plan", "x", "--size", "8192", "--gpu", "3060", "--disk", "100", "--ram", "7.65")
+    assert plan.exit_code == 0, plan.stderr
+    amounts = re.findall(r"RAM \+ ([\d.]+) GB of parked maps on disk", plan.stdout)
+    assert amounts and all(float(a) > 0 for a in amounts), plan.stdout
