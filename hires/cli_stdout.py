@@ -91,7 +91,8 @@ def on_stderr() -> Iterator[None]:
     saved = os.dup(fd) if fd is not None else None
     try:
         if fd is not None:
-            os.dup2(sys.stderr.fileno(), fd)
+            # sys.stderr is None where the shell closed it (fd 2 is then held on /dev/null)
+            os.dup2(sys.stderr.fileno() if sys.stderr is not None else 2, fd)
         with redirect_stdout(sys.stderr):
             yield
     finally:

@@ -58,8 +58,9 @@ def check_paths(model: str, vae: str | None, linfusion: str, allow_pickle: bool 
         if not path.exists():
             raise ModelError(f"{what} {ref}: no such file; give a .safetensors file, a diffusers "
                              "folder or a Hugging Face Hub id (owner/name)", usage=True)
-        refusal = weights_refusal(path, {"--vae": "a VAE"}.get(what, "an SDXL model"),
-                                  allow_pickle) or single_file_refusal(path, what == "--vae")
+        # what the file is first: junk is not "a pickle checkpoint" to allow
+        refusal = single_file_refusal(path, what == "--vae") or weights_refusal(
+            path, {"--vae": "a VAE"}.get(what, "an SDXL model"), allow_pickle)
         if refusal:
             raise ModelError(f"{what} {refusal}", usage=True)
     named = carried_linfusion(model) if linfusion == "auto" else linfusion
@@ -179,7 +180,7 @@ def check_vae_ref(ref: str, allow_pickle: bool) -> None:
     if kind == "file":
         if not path.is_file():
             raise ModelError(f"VAE file not found: {path}", usage=True)
-        refusal = weights_refusal(path, "a VAE", allow_pickle) or single_file_refusal(path, True)
+        refusal = single_file_refusal(path, True) or weights_refusal(path, "a VAE", allow_pickle)
         if refusal:
             raise ModelError(refusal, usage=True)
     elif kind == "folder":
@@ -426,6 +427,8 @@ def go_offline_if_unreachable(job, timeout: float = 5.0) -> bool:
 def _pickle_file_refusal(path: Path) -> str | None:
     """Why `path` is not a PyTorch checkpoint by its first bytes: torch.save writes a zip
     ('PK' first), its legacy format and plain pickles start with the protocol byte 0x80."""
+    if not path.is_file():  # a FIFO would wait for a writer; the load says what it is
+        return None
     try:
         with path.open("rb") as f:
             start = f.read(4)
@@ -433,7 +436,7 @@ def _pickle_file_refusal(path: Path) -> str | None:
         return None  # the load says why it cannot be read
     if start.startswith((b"PK\x03\x04", b"\x80")):
         return None
-    what = "empty" if not start else "not a PyTorch checkpoint (neither a zip nor a pickle)"
+    what = "empty" if not start else "not a PyTorch checkpoint (torch.save writes a zip)"
     return f"{path.name} is {what}; re-download or re-save it"
 
 

@@ -238,8 +238,8 @@ def load_pipeline(ref: str, dtype: torch.dtype, allow_pickle: bool = False):
     if kind == "file":
         if not path.is_file():
             raise ModelError(f"model file not found: {ref}", usage=True)
-        refusal = weights_refusal(path, "an SDXL model", allow_pickle) or single_file_refusal(
-            path)
+        refusal = single_file_refusal(path) or weights_refusal(path, "an SDXL model",
+                                                                allow_pickle)
         if refusal:
             raise ModelError(refusal, usage=True)
         try:

@@ -77,9 +77,9 @@ class Plan:
     spill: float = 0.0  # CPU memory the VAE may keep a GPU's step outputs in
     fp32: tuple[str, ...] = ()  # what runs in fp32 on a GPU ("UNet", "VAE"), at its fp32 rate
     fp32_share: float = FP32_SHARE  # that rate as a share of the plan's (hires.gpus)
-    # The first stage's cost as a preview runs it (`preview_of`): with its decode and save,
-    # which the whole job's first stage leaves to the stages after it.
-    preview_cost: StageCost | None = None
+    # The first stage as a preview runs it (`preview_of`): with its decode and save, which
+    # the whole job's first stage leaves to the stages after it.
+    preview: Stage | None = None
     guided: bool = True  # CFG: each step's UNet call has two batch items (hires.costs)
 
     @property
@@ -120,11 +120,9 @@ class Plan:
 def preview_of(plan: Plan) -> Plan:
     """The plan's first stage alone: the job's composition at the base size, conditioned on
     the final size as the whole job is, so that the whole job's first stage is this image.
-    Its strategy is the whole job's; its cost adds the decode and save the preview ends on."""
-    first = plan.stages[0]
-    if plan.preview_cost is not None:
-        first = replace(first, cost=plan.preview_cost)
-    return replace(plan, stages=(first,), preview_cost=None)
+    Its strategy is the whole job's unless the decode it ends on does not fit beside it; its
+    cost adds that decode and the save."""
+    return replace(plan, stages=(plan.preview or plan.stages[0],), preview=None)
 
 
 def timesteps_for(steps: int, train_steps: int = 1000, spacing: str = "leading",
@@ -295,8 +293,18 @@ def make_plan(
             raise
     preview = None
     if model is not None and len(stages) > 1:  # the first stage as a job's end: `preview_of`
-        preview = _with_cost(stages[0], stages[:1], model, stages[0].strategy, vae_tile,
-                             vae_stats, rate, budget).cost
+        first = stages[0]
+        preview = _with_cost(first, stages[:1], model, first.strategy, vae_tile, vae_stats,
+                             rate, budget)
+        room = usable(budget)
+        if room is not None and preview.cost.peak_bytes > room:
+            # Another strategy (the same numbers, README) where the decode does not fit beside
+            # this one; if none fits, the run retries leaner as any stage does.
+            try:
+                preview = fit_stage(first, stages[:1], model, budget, offload, vae_tile,
+                                    vae_stats, rate)
+            except PlanError:
+                pass
     spill = model.spill if model is not None and model.on_gpu else 0.0
     fp32 = tuple(part for part, size in (("UNet", model.dtype_bytes),
                                          ("VAE", model.vae_dtype_bytes))
@@ -388,7 +396,7 @@ def fit_stage(stage: Stage, stages: list[Stage], model: ModelShape, budget: int 
         error = PlanError(
             f"stage {stage.index} ({stage.width}x{stage.height}) fits the GPU only with "
             f"{need} GiB of the CPU's memory for parked maps and "
-            f"offloaded weights ({least.strategy.label}), and {have} GiB of it "
+            f"offloaded weights ({least.strategy.label_for(model.guided)}), and {have} GiB of it "
             f"is free for them ({math.ceil(free / GIB * 10) / 10:.1f} GiB of free RAM would do: "
             f"hires keeps 10 % + 2 GiB of it back): close other programs{disk} or plan a "
             "smaller size")
@@ -401,7 +409,8 @@ def fit_stage(stage: Stage, stages: list[Stage], model: ModelShape, budget: int 
         needed = (least.cost.peak_bytes + MARGIN_BYTES) / (1 - MARGIN_SHARE)
         raise PlanError(
             f"stage {stage.index} ({stage.width}x{stage.height}) needs at least "
-            f"{least.cost.peak_bytes / GIB:.1f} GiB of {memory} ({least.strategy.label}) "
+            f"{least.cost.peak_bytes / GIB:.1f} GiB of {memory} "
+            f"({least.strategy.label_for(model.guided)}) "
             f"plus a margin: a {math.ceil(needed / GIB * 10) / 10:.1f} GiB budget, more than "
             f"the {_gib(budget)} GiB one")
     # Parked maps on the scratch disk are priced in the time (costs.DISK_RATE), so a plan that

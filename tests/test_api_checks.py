@@ -168,7 +168,7 @@ def test_model_errors_name_the_keywords(tmp_path):
     from hires.models import ModelError
 
     ckpt = tmp_path / "m.ckpt"
-    ckpt.write_bytes(b"pickle")
+    ckpt.write_bytes(b"\x80\x04N.")  # a pickle by its bytes (None), never read
     with pytest.raises(ModelError) as caught:
         hires.load(str(ckpt))
     message = str(caught.value)
@@ -189,7 +189,7 @@ def test_the_cli_keeps_its_flags_in_model_errors(tmp_path):
     from hires.cli import app
 
     ckpt = tmp_path / "m.ckpt"
-    ckpt.write_bytes(b"pickle")
+    ckpt.write_bytes(b"\x80\x04N.")  # a pickle by its bytes (None), never read
     done = CliRunner().invoke(app, ["gen", "x", "--model", str(ckpt), "--size", "128",
                                     "-o", str(tmp_path / "o.png")])
     assert done.exit_code == 2 and "--allow-pickle" in done.output, done.output

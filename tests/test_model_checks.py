@@ -319,3 +319,28 @@ def test_a_pickle_file_that_is_no_checkpoint_is_refused_in_the_dry_run(tmp_path,
     assert_usage_error(cli(*run, flag, str(empty)), "empty.pt is empty")
     result = cli(*run, flag, str(made))  # what torch.save wrote is not refused by its bytes
     assert "made.ckpt is" not in result.stderr
+
+
+def test_junk_at_a_pickle_path_is_said_before_asking_to_allow_pickles(tmp_path):
+    """Without --allow-pickle, an empty .ckpt was "a pickle checkpoint ... pass --allow-pickle
+    if you trust it": allowing it only led to "is empty"."""
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    assert_usage_error(dry("--model", str(empty)), "empty.ckpt is empty")
+
+
+def test_a_fifo_at_a_pickle_path_does_not_hang_the_dry_run(tmp_path):
+    """Its first bytes were read: the open waited for a writer that never came."""
+    import os
+    import threading
+
+    fifo = tmp_path / "fifo.ckpt"
+    os.mkfifo(fifo)
+    done: list = []
+    worker = threading.Thread(target=lambda: done.append(dry("--model", str(fifo),
+                                                             "--allow-pickle")), daemon=True)
+    worker.start()
+    worker.join(60)
+    if not done:  # free the blocked open, so the thread ends
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert done, "the dry run waited on the FIFO"

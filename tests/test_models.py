@@ -38,7 +38,7 @@ def test_linfusion_none_keeps_the_original_attention(tiny_folder):
 
 def test_pickle_weights_need_explicit_permission(tmp_path):
     ckpt = tmp_path / "model.ckpt"
-    ckpt.write_bytes(b"not really a checkpoint")
+    ckpt.write_bytes(b"\x80\x04N.")  # a pickle by its bytes (None), never read
     with pytest.raises(ModelError, match="--allow-pickle"):
         load(str(ckpt))
 

@@ -59,3 +59,24 @@ def test_a_plan_names_its_plain_strategy_by_whether_it_pairs_prompts(guidance, n
     plan = make_plan(2048, 2048, model=replace(sdxl_shape(), guided=guidance != "1"),
                      rate=400e12)
     assert all(f", {name}, peak" in line for line in describe(plan))
+
+
+def test_a_preview_whose_decode_does_not_fit_beside_the_jobs_strategy_is_refitted():
+    """2K on an 8 GiB 4090 with 1024 px VAE tiles: the whole job's stage 0 runs batched, and
+    the preview priced that with its decode at 8.05 GiB, over the whole budget, unsaid."""
+    from hires.gpus import rate_for
+    from hires.plan import usable
+
+    budget = 8 << 30
+    whole = make_plan(2048, 2048, model=sdxl_shape(), budget=budget, vae_tile=1024,
+                      rate=rate_for("4090"))
+    preview = preview_of(whole).stages[0]
+    assert preview.cost.peak_bytes <= usable(budget)
+    assert preview.cost.tflop > preview.cost.unet_tflop  # its decode, priced
+
+
+def test_a_memory_refusal_without_cfg_names_the_plain_strategy():
+    result = cli("plan", "x", "--size", "1024", "--gpu", "4090", "--vram", "6", "--offload",
+                 "none", "--guidance", "1")
+    assert result.exit_code == 2
+    assert "(plain)" in result.stderr and "batched" not in result.stderr, result.stderr

@@ -56,3 +56,14 @@ def test_a_closed_stream_is_held_so_no_file_takes_its_number(tmp_path, fds):
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "f").read_bytes() == b"image"
 
+
+
+def test_the_image_goes_to_stdout_with_stderr_closed(tmp_path):
+    """`-o - 2>&-` exited 1 with nothing written: stdout was pointed at sys.stderr, None."""
+    out = tmp_path / "c.png"
+    with out.open("wb") as f:
+        done = subprocess.run(hires_cmd("gen", "a cat", *TINY, "-o", "-", "-q"),
+                              stdin=subprocess.DEVNULL, stdout=f, env=subprocess_env(),
+                              cwd=REPO, preexec_fn=_closing(2), timeout=300)
+    assert done.returncode == 0
+    assert out.read_bytes().startswith(b"\x89PNG")

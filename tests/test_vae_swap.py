@@ -88,7 +88,7 @@ def test_a_vae_that_cannot_be_used_fails_in_one_line(tmp_path):
     config = {**tiny_vae().config, "scaling_factor": 0.18215}
     AutoencoderKL.from_config(config).save_pretrained(sd15)
     pickled = tmp_path / "vae.ckpt"
-    pickled.write_bytes(b"not read")
+    pickled.write_bytes(b"\x80\x04N.")  # a pickle by its bytes (None), never read
     (tmp_path / "empty").mkdir()
     cases = [(tmp_path / "missing.safetensors", "not found"), (pickled, "pickle"),
              (tmp_path / "empty", "not a diffusers VAE"), ("someone/some-vae", "local cache"),
