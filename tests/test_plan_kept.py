@@ -58,9 +58,18 @@ def test_a_plan_prices_its_stages_kept_outputs_from_the_whole_budget(monkeypatch
     seen = memo_budgets(monkeypatch)
     last_stage(budget=plan.usable(H200), free=H200)
     as_run = seen[-1]
+    at_16k: list[float] = []  # the 16K stage's (the plan then prices its preview, at 1K)
+    spied = costs.tiled_memo_bytes
+
+    def spy(vae, width, *args, **kwargs):
+        if width == 16384:
+            at_16k.append(kwargs["budget"])
+        return spied(vae, width, *args, **kwargs)
+
+    monkeypatch.setattr(costs, "tiled_memo_bytes", spy)
     made = plan.make_plan(16384, 16384, model=sdxl_shape(), budget=H200, offload="none")
     assert made.stages[-1].strategy.weights == "resident"
-    assert seen[-1] == as_run  # the last stage, fitted last
+    assert at_16k and at_16k[-1] == as_run  # the last stage's, fitted last
 
 
 def test_an_fp32_vaes_kept_outputs_leave_room_for_its_tile_runs():
