@@ -25,7 +25,8 @@ STDOUT = "-"
 def check(jobs: int, save_stages: bool, as_json: bool, preview: bool,
           terminal: bool = True, upscale: bool = False) -> None:
     """What `-o -` cannot do, as usage errors before any work; `terminal`: a stdout that is
-    one too; `upscale`: `hires up`'s run (its inputs, not prompts, make the images)."""
+    a terminal too (a dry run prints its plan there); `upscale`: `hires up`'s run (its
+    inputs, not prompts, make the images)."""
     if jobs > 1:
         one = "one input image" if upscale else "one prompt and --n 1"
         raise typer.BadParameter(f"-o - writes one image to stdout, and this run makes {jobs}; "
@@ -37,7 +38,7 @@ def check(jobs: int, save_stages: bool, as_json: bool, preview: bool,
         flag = "--save-stages" if save_stages else "--preview"
         raise typer.BadParameter(f"{flag} names its files after the output; with -o - there "
                                  "is none: -o a file")
-    if terminal and sys.stdout is None:  # `>&-`: Python's sys.stdout is None
+    if sys.stdout is None:  # `>&-`: Python's sys.stdout is None (a dry run's check too)
         raise typer.BadParameter("stdout is closed: -o - writes the image there, for a "
                                  "reader; give -o a file name")
     if terminal and sys.stdout.isatty():

@@ -67,3 +67,12 @@ def test_the_image_goes_to_stdout_with_stderr_closed(tmp_path):
                               cwd=REPO, preexec_fn=_closing(2), timeout=300)
     assert done.returncode == 0
     assert out.read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_dry_run_refuses_dash_o_with_stdout_closed(tmp_path):
+    """The run refuses `-o -` with stdout closed (exit 2); its dry run said nothing, exit 0."""
+    done = subprocess.run(hires_cmd("gen", "a cat", *TINY, "-o", "-", "--dry-run"),
+                          stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          env=subprocess_env(), cwd=REPO, preexec_fn=_closing(1), timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().startswith("error: stdout is closed"), done.stderr
