@@ -112,6 +112,9 @@ def quiet_loading() -> Iterator[None]:
             # diffusers passes huggingface_hub an argument it deprecated (single-file loads):
             # not the user's to fix.
             warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks")
+            # torch on a pickle saved by other means than torch.save: the load's own error
+            # (not a model) is what the user needs
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             yield
     finally:
         dlogging.set_verbosity(levels[0])
@@ -243,7 +246,8 @@ def load_pipeline(ref: str, dtype: torch.dtype, allow_pickle: bool = False):
         if refusal:
             raise ModelError(refusal, usage=True)
         try:
-            return StableDiffusionXLPipeline.from_single_file(str(path), dtype=dtype)
+            with quiet_loading():
+                return StableDiffusionXLPipeline.from_single_file(str(path), dtype=dtype)
         except Exception as e:  # diffusers raises many kinds here; the user needs one line
             if hub_unreachable(e) or "cached snapshot" in str(e):
                 # Its layout is read with SDXL base's configs, which come from the Hub.

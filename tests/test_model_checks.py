@@ -344,3 +344,19 @@ def test_a_fifo_at_a_pickle_path_does_not_hang_the_dry_run(tmp_path):
     if not done:  # free the blocked open, so the thread ends
         os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
     assert done, "the dry run waited on the FIFO"
+
+
+@pytest.mark.parametrize("flag", ["--model", "--vae"])
+def test_a_pickle_that_is_no_model_fails_in_one_line(tmp_path, flag):
+    """torch's "Detected pickle protocol 4 ..." warning and its source line came before the
+    error, even with -q."""
+    import pickle
+
+    pick = tmp_path / "pick.ckpt"
+    pick.write_bytes(pickle.dumps({"x": 1}, protocol=4))
+    model = ("--model", "tiny") if flag == "--vae" else ()
+    result = cli("gen", "a fox", *SMALL, "--seed", "1", "-q", "--allow-pickle", *model, flag,
+                 str(pick), "-o", str(tmp_path / "o.png"))
+    assert result.exit_code == 1
+    assert result.stderr.strip().startswith("error: could not load pick.ckpt"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
