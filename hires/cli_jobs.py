@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from hires.images import InputImage
 
 
+CMDLINE = Path("/proc/self/cmdline")  # this process's argv as bytes, NUL-ended (Linux)
+
+
 def job_flags(options: dict[str, Any]) -> dict[str, Any]:
     """The job keys the user actually gave, from a command's `locals()` (its options), the size
     keys (--size, --aspect, --scale, --width, --height) among them. `prompt` and `image` are the
@@ -40,16 +43,38 @@ def argv_text(value: str) -> str:
     letters ('cafÃ©'). Such bytes that read as UTF-8 are read so (Latin-1 text with accents
     is almost never valid UTF-8); others stay as they came: in a C locale the job refuses
     them."""
-    try:  # argv's bytes, as the shell passed them
-        typed = value.encode(sys.getfilesystemencoding(), "surrogateescape")
-    except UnicodeError:
+    if value.isascii():
         return value
-    if typed.isascii():
+    typed = _argv_bytes(value)
+    if typed is None:
         return value
     try:
         return typed.decode("utf-8")
     except UnicodeError:
         return value
+
+
+def _argv_bytes(value: str) -> bytes | None:
+    """The bytes the shell passed for one of argv's values, or None when they cannot be had.
+    Re-encoding with the locale's codec gives them back for ASCII and Latin-1; Python's EUC-JP
+    or Shift-JIS codecs cannot re-encode what the C library decoded, so there they come from
+    /proc/self/cmdline, which lines up with `sys.orig_argv`."""
+    try:
+        return value.encode(sys.getfilesystemencoding(), "surrogateescape")
+    except UnicodeError:
+        pass
+    try:
+        raw = CMDLINE.read_bytes().split(b"\0")[:-1]
+    except OSError:
+        return None
+    if len(raw) != len(sys.orig_argv):
+        return None
+    for text, typed in zip(sys.orig_argv, raw):
+        prefix = text[:len(text) - len(value)]  # "--negative=" when given so; else ""
+        if (text.endswith(value) and prefix[:1] in ("", "-") and prefix.isascii()
+                and typed.startswith(prefix.encode())):
+            return typed[len(prefix):]
+    return None
 
 
 def refuse_empty(flag: str, value: str | None, what: str) -> None:

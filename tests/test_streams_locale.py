@@ -68,3 +68,24 @@ def test_a_utf8_prompt_in_a_latin1_locale_is_the_prompt_typed(monkeypatch):
     assert argv_text(PROMPT.encode().decode("latin-1")) == PROMPT
     assert argv_text("café") == "café"  # the bytes 63 61 66 e9: not UTF-8, Latin-1 text
     assert argv_text("plain") == "plain"
+
+
+@pytest.mark.parametrize("given", [["gen", "{v}"], ["gen", "x", "--negative={v}"]])
+def test_a_utf8_prompt_in_an_euc_jp_locale_is_the_prompt_typed(monkeypatch, tmp_path, given):
+    """An EUC-JP locale decodes a UTF-8 'café 猫' with the C library to 'caf\\u8fbf \\udce7\\x8c
+    \\udcab', which Python's euc_jp codec cannot encode back: the prompt was refused. The
+    typed bytes come from /proc/self/cmdline, matched to `sys.orig_argv`."""
+    import sys
+
+    from hires import cli_jobs
+
+    seen = "caf\u8fbf \udce7\x8c\udcab"  # what Python made of PROMPT's bytes, measured
+    cmdline = tmp_path / "cmdline"
+    typed = [a.format(v=PROMPT).encode() for a in ["hires", *given]]
+    cmdline.write_bytes(b"\0".join(typed) + b"\0")
+    monkeypatch.setattr(sys, "getfilesystemencoding", lambda: "euc_jp")
+    monkeypatch.setattr(sys, "orig_argv", [a.format(v=seen) for a in ["hires", *given]])
+    monkeypatch.setattr(cli_jobs, "CMDLINE", cmdline)
+    assert cli_jobs.argv_text(seen) == PROMPT
+    monkeypatch.setattr(sys, "orig_argv", ["hires", "gen", "other"])  # not found: as it came
+    assert cli_jobs.argv_text(seen) == seen
