@@ -91,6 +91,7 @@ from hires.cli_output import (
     OneLineErrors,
     Quiet,
     exit_codes,
+    json_line,
     on_sigterm,
     out_line,
     quiet_stdout,
@@ -344,11 +345,11 @@ def presets_list(as_json: PresetsJson = False) -> None:
         if as_json:
             for name, p in sorted(found.items()):
                 ours = name in theirs and p.path == theirs[name].path
-                out_line(json.dumps(
+                out_line(json_line(
                     {"name": name, "description": p.description, "path": str(p.path),
                      "origin": "shipped" if ours else "yours",
                      "replaces_shipped": name in theirs and not ours,
-                     "values": p.values}, default=str))
+                     "values": p.values}))
         else:
             out_line("\n".join(f"{name:12s} {p.description}{origin(name)}"
                                 for name, p in sorted(found.items())))
@@ -375,11 +376,11 @@ def presets_show(name: Annotated[str, typer.Argument(
 
             theirs = shipped().get(preset.name)
             ours = theirs is not None and preset.path == theirs.path
-            out_line(json.dumps({"name": preset.name, "description": preset.description,
-                                 "path": str(preset.path),
-                                 "origin": "shipped" if ours else "yours",
-                                 "replaces_shipped": theirs is not None and not ours,
-                                 "values": preset.values}, default=str))
+            out_line(json_line({"name": preset.name, "description": preset.description,
+                                "path": str(preset.path),
+                                "origin": "shipped" if ours else "yours",
+                                "replaces_shipped": theirs is not None and not ours,
+                                "values": preset.values}))
             return
         out_line(Path(preset.path).read_text(encoding="utf-8").rstrip("\n"))
 

@@ -76,6 +76,15 @@ class StdoutError(Exception):
         super().__init__(f"cannot write to stdout: {error.strerror or error}{where}")
 
 
+def json_line(record: dict[str, Any]) -> str:
+    """A result's JSON line; its file names ("path", "file") as their bytes read as UTF-8, as
+    the files are named on disk, in any locale (`output.name_text`)."""
+    from hires.output import name_text
+
+    named = {k: name_text(v) for k, v in record.items() if k in ("path", "file") and v}
+    return json.dumps({**record, **named}, default=str)
+
+
 def out_line(text: str) -> None:
     """One line of results on stdout; a reader that went away (`| head -1`) is not an error,
     a stdout that takes no more is a StdoutError."""
@@ -195,7 +204,7 @@ def emit(record: dict[str, Any], as_json: bool) -> None:
     made = record.get("status", "done") in ("done", "skipped")
     if Quiet.lost is None:
         try:
-            out_line(json.dumps(record) if as_json else record["path"])
+            out_line(json_line(record) if as_json else record["path"])
             return
         except StdoutError as e:
             Quiet.lost = e.error

@@ -66,7 +66,9 @@ def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overw
     # draws its own (and its names, where they hold the seed)
     drawn = jobs[0].seed is None and not any(
         r.made is not None or resume.path_for(r.path).is_file() for r in runs)
-    return [{"path": str(r.path), "seed": r.job.seed, "seed_drawn": drawn,
+    from hires.output import name_text
+
+    return [{"path": name_text(r.path), "seed": r.job.seed, "seed_drawn": drawn,
              "prompt": r.job.prompt, "made": r.made is not None} for r in runs]
 
 

@@ -13,7 +13,16 @@ import typer
 
 from hires import __version__
 from hires.cli_jobs import check_gpu, fitted_plan
-from hires.cli_output import EXIT_RUNTIME, EXIT_USAGE, exit_codes, out_line, say, warn, warn_once
+from hires.cli_output import (
+    EXIT_RUNTIME,
+    EXIT_USAGE,
+    exit_codes,
+    json_line,
+    out_line,
+    say,
+    warn,
+    warn_once,
+)
 from hires.cli_resume import stages_upto
 from hires.cli_runs import checkpoint_note, fp16_vae_hint, warn_space
 from hires.strips import cores
@@ -295,7 +304,7 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
         tally.counts[row["status"]] += 1
         if row["status"] == "to make":
             tally.to_make.append((path, item.job))
-        out_line(json.dumps(row) if as_json else text)
+        out_line(json_line(row) if as_json else text)
     warn_space(tally.to_make)
     if not as_json:
         out_line(batch_total_line(tally))
@@ -434,7 +443,7 @@ def show_all_made(paths: list[str], as_json: bool) -> None:
                     show_made(path, as_json)
                 except Exception as e:
                     if as_json:  # a script reads which file failed from stdout, in order
-                        out_line(json.dumps({"file": str(path),
+                        out_line(json_line({"file": str(path),
                                              "error": str(e) or type(e).__name__}))
                     raise
         except typer.Exit as e:
@@ -480,7 +489,7 @@ def show_checkpoint(path: Path, as_json: bool) -> None:
         raise JobError(f"{path} is not a checkpoint hires can read (from another version, or "
                        "cut short); delete it, and a run of its job starts over")
     if as_json:
-        out_line(json.dumps({"file": str(path), "checkpoint": True, **kept}))
+        out_line(json_line({"file": str(path), "checkpoint": True, **kept}))
         return
     job, stage, sizes = kept["job"], kept["stage"], kept["stages"]
     if path.name.endswith(resume.SUFFIX):
@@ -632,7 +641,7 @@ def _show_a1111(path: Path, text: str, size: tuple[int, int], as_json: bool) -> 
         raise JobError(f"{path}: its A1111 parameters are malformed ({e}); `hires gen --from` "
                        "cannot use them either") from None
     if as_json:
-        out_line(json.dumps({"file": str(path), "a1111": values, "parameters": text,
+        out_line(json_line({"file": str(path), "a1111": values, "parameters": text,
                              "width": size[0], "height": size[1]}))
         return
     lines = ["not made by hires: A1111 parameters, as `hires gen --from` takes them",
@@ -675,7 +684,7 @@ def show_made(path: str | Path, as_json: bool) -> None:
         raise JobError(f"{path} carries no hires or A1111 metadata; `hires info` alone shows "
                        "this machine")
     if as_json:
-        out_line(json.dumps({"file": str(path), **record, "image": {
+        out_line(json_line({"file": str(path), **record, "image": {
             "format": meta["format"], "width": width, "height": height,
             "dpi": meta["dpi"][0] if meta["dpi"] else None}}))
         return

@@ -354,6 +354,16 @@ def in_file_names(text: str) -> str:
     return os.fsdecode(text.encode("utf-8"))
 
 
+def name_text(path: str | Path) -> str:
+    """A file's name as text for JSON: its bytes read as UTF-8 (what `in_file_names` writes),
+    not the lone surrogates (C locale) or 'cafÃ©' (Latin-1) the locale makes of them; a name
+    whose bytes are not UTF-8 stays as the locale read it."""
+    try:
+        return os.fsencode(path).decode("utf-8")
+    except UnicodeError:
+        return str(path)
+
+
 def stem_part(stem: str, limit: int = 80) -> str:
     """An input file's stem as part of an output name: kept as written (case, `_`, `.`), but
     spaces and shell-unfriendly characters made `-`."""
@@ -866,6 +876,8 @@ def a1111_notes(text: str) -> list[str]:
 
 def append_manifest(path: str | Path, record: dict[str, Any]) -> None:
     """One JSON line per result, flushed at once so a killed batch keeps what it finished."""
+    if "path" in record:
+        record = {**record, "path": name_text(record["path"])}
     line = (json.dumps(record, sort_keys=True) + "\n").encode()
     # One write() on an O_APPEND descriptor: shards appending at once never interleave lines.
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

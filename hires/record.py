@@ -116,9 +116,9 @@ def save_stage(image: Image.Image, path: str | Path, job: Job, index: int, *,
     from hires.batch import settings_hash
     from hires.resume import resolved_dtype
 
-    record = {"path": str(path), "stage": index, "seed": job.seed, "width": image.width,
-              "height": image.height, "prompt": job.prompt, "model": job.model,
-              "linfusion": linfusion, "dtype": dtype or resolved_dtype(job),
+    record = {"path": output.name_text(path), "stage": index, "seed": job.seed,
+              "width": image.width, "height": image.height, "prompt": job.prompt,
+              "model": job.model, "linfusion": linfusion, "dtype": dtype or resolved_dtype(job),
               **({"vae_dtype": vae_dtype} if vae_dtype else {}),
               "settings": settings_hash(job)}
     metadata = {"hires": __version__, "job": job.to_dict(), "result": record}
@@ -182,7 +182,9 @@ def save(result: Result, path: str | Path, *, fmt: str | None = None, overwrite:
         from hires.batch import settings_hash
 
         record["settings"] = settings_hash(job)
-    metadata = {"hires": __version__, "job": job.to_dict(), "result": record}
+    # the file's name as its bytes read (UTF-8), as JSON lines give it, in any locale
+    metadata = {"hires": __version__, "job": job.to_dict(),
+                "result": {**record, "path": output.name_text(record["path"])}}
     if save_stages:
         if len(result.stage_images) < len(result.stages):
             raise ValueError("this result kept no stage images; make it with save_stages=True")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 from helpers_cli import REPO, hires_cmd, subprocess_env
@@ -48,13 +49,33 @@ def test_a_negative_prompts_argv_bytes_are_read_as_utf8():
 
 def test_a_prompt_template_in_a_c_locale_names_the_file_in_utf8(tmp_path):
     """`-o '{prompt}.png'` failed with "UnicodeEncodeError ..." (exit 1): the ASCII file
-    system encoding cannot hold 'café'; the name's bytes are its UTF-8 now."""
-    args = [*hires_cmd("gen"), PROMPT, "--model", "tiny", "--size", "64", "--steps", "1",
-            "-q", "-o", str(tmp_path / "{prompt}.png")]
-    done = subprocess.run(args, capture_output=True, env=subprocess_env(**C_LOCALE), cwd=REPO,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr.decode(errors="replace")
-    assert [p.name for p in tmp_path.iterdir()] == ["café-猫.png"]
+    system encoding cannot hold 'café'; the name's bytes are its UTF-8 now, and --json, the
+    batch manifest and the image's record name it so, not in lone surrogates."""
+    from hires import output
+
+    jobs = tmp_path / "jobs.jsonl"
+    tiny = {"model": "tiny", "size": 64, "steps": 1}
+    jobs.write_text(json.dumps({"prompt": "猫", "output": "{prompt}.png", **tiny}) + "\n",
+                    encoding="utf-8")
+    runs = {"gen": [*hires_cmd("gen"), PROMPT, "-o", str(tmp_path / "{prompt}.png"),
+                    *(f"--{k}={v}" for k, v in tiny.items())],
+            "batch": [*hires_cmd("batch"), str(jobs), "-o", str(tmp_path / "b"),
+                      "--manifest", str(tmp_path / "m.jsonl")]}
+    lines = {}
+    for name, args in runs.items():
+        done = subprocess.run([*args, "-q", "--json"], capture_output=True, cwd=REPO,
+                              env=subprocess_env(**C_LOCALE), timeout=300)
+        assert done.returncode == 0, done.stderr.decode(errors="replace")
+        lines[name] = json.loads(done.stdout.splitlines()[-1])
+    assert sorted(p.name for p in tmp_path.iterdir()) == \
+        ["b", "café-猫.png", "jobs.jsonl", "m.jsonl"]
+    made = tmp_path / "café-猫.png"
+    assert lines["gen"]["path"] == str(made)
+    assert output.read_metadata(made)["hires"]["result"]["path"] == str(made)
+    assert "猫" in lines["batch"]["path"]
+    manifest = json.loads((tmp_path / "m.jsonl").read_text(encoding="utf-8"))
+    assert manifest["path"] == lines["batch"]["path"]
+    assert Path(manifest["path"]).is_file()
 
 
 def test_a_utf8_prompt_in_a_latin1_locale_is_the_prompt_typed(monkeypatch):
