@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from hires.costs import ModelShape, StageCost, stage_cost
@@ -243,46 +244,19 @@ def make_plan(
     """
     check_size(width, height)
     full = timesteps_for(steps, train_steps, spacing, offset)
-
-    def timesteps(s: float) -> tuple[int, ...]:
-        # The small epsilon keeps 50 x 0.24 = 12.000000000000002 at 12 steps.
-        return full[steps - min(steps, math.ceil(steps * s - 1e-9)):]
-
-    def upscale(index: int, w: int, h: int, ratio: int, s: float, kind: str) -> Stage:
-        ts = timesteps(s)
-        run = ts
-        if karras and ts:  # the Karras ramp moves the timesteps toward the clean end
-            alphas = sdxl_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod
-            run = sigma_schedule(alphas, ts, karras=True)[1]
-        return Stage(index, w, h, ratio, s, ts, kind=kind,
-                     global_steps=global_steps(run, cosine_scale_2, global_floor),
-                     latent_upsample=kind == "upscale" and upsample == "latent",
-                     decodes_previous=kind == "upscale" and upsample == "latent"
-                     and stage_images)
-
-    if source is None:
-        sizes = stage_sizes(width, height, native)
-        bw, bh, _ = sizes[0]
-        stages = [Stage(0, bw, bh, 1, 1.0, full, kind="base")]
-        for (w, h, scale), s in zip(sizes[1:], stage_strengths(strength, len(sizes) - 1),
-                                    strict=True):
-            stages.append(upscale(len(stages), w, h, max(1, round(scale)), s, "upscale"))
-    else:
-        bw, bh = base_size(width, height, native)  # the global pass dilates to native scale
-        sizes = upscale_sizes(width, height, source)
-        stages = []
-        for (w, h), s in zip(sizes, stage_strengths(strength, len(sizes)), strict=True):
-            ratio = max(1, round(max(w / bw, h / bh)))
-            stages.append(upscale(len(stages), w, h, ratio, s, "upscale" if stages else "input"))
+    denoise = partial(_denoise_stage, full, karras=karras, alphas_cumprod=alphas_cumprod,
+                      cosine_scale_2=cosine_scale_2, global_floor=global_floor,
+                      latent=upsample == "latent", stage_images=stage_images)
+    stages = _stages(width, height, strength, native, source, full, denoise)
+    preview = None
     if model is not None:
         try:
-            stages = [fit_stage(stage, stages, model, budget, offload, vae_tile, vae_stats, rate)
-                      for stage in stages]
-        except PlanError as e:  # what to plan again with, to say which size would fit
-            if vae_tile is not None:
-                _tile_error(e, vae_tile, lambda t: [
-                    fit_stage(stage, stages, model, budget, offload, t, vae_stats, None)
-                    for stage in stages])
+            stages = _fit_stages(stages, model, budget, offload, vae_tile, vae_stats, rate)
+        except PlanError as e:
+            if vae_tile is not None:  # a forced tile that does not fit where the planner's would
+                _tile_error(e, vae_tile, lambda t: _fit_stages(stages, model, budget, offload,
+                                                                 t, vae_stats, None))
+            # what to plan again with, to say which size would fit
             e.plan_kwargs = dict(steps=steps, strength=strength, native=native, spacing=spacing,
                                  train_steps=train_steps, offset=offset, model=model,
                                  budget=budget, offload=offload, vae_tile=vae_tile,
@@ -291,20 +265,8 @@ def make_plan(
                                  karras=karras, alphas_cumprod=alphas_cumprod,
                                  upsample=upsample, stage_images=stage_images)
             raise
-    preview = None
-    if model is not None and len(stages) > 1:  # the first stage as a job's end: `preview_of`
-        first = stages[0]
-        preview = _with_cost(first, stages[:1], model, first.strategy, vae_tile, vae_stats,
-                             rate, budget)
-        room = usable(budget)
-        if room is not None and preview.cost.peak_bytes > room:
-            # Another strategy (the same numbers, README) where the decode does not fit beside
-            # this one; if none fits, the run retries leaner as any stage does.
-            try:
-                preview = fit_stage(first, stages[:1], model, budget, offload, vae_tile,
-                                    vae_stats, rate)
-            except PlanError:
-                pass
+        if len(stages) > 1:  # the first stage as a job's end: `preview_of`
+            preview = _preview(stages[0], model, budget, offload, vae_tile, vae_stats, rate)
     spill = model.spill if model is not None and model.on_gpu else 0.0
     fp32 = tuple(part for part, size in (("UNet", model.dtype_bytes),
                                          ("VAE", model.vae_dtype_bytes))
@@ -312,6 +274,71 @@ def make_plan(
     return Plan(tuple(stages), width, height, budget, spill, fp32,
                 model.fp32_share if model is not None else FP32_SHARE, preview,
                 model.guided if model is not None else True)
+
+
+def _denoise_stage(full: tuple[int, ...], index: int, w: int, h: int, ratio: int, s: float,
+                   kind: str, *, karras: bool, alphas_cumprod: Tensor | None,
+                   cosine_scale_2: float, global_floor: float, latent: bool,
+                   stage_images: bool) -> Stage:
+    """A stage that denoises from strength `s` (the last `s` of the `full` timesteps); which
+    of its steps run the global pass, at the timesteps the sampler runs."""
+    steps = len(full)
+    # The small epsilon keeps 50 x 0.24 = 12.000000000000002 at 12 steps.
+    ts = full[steps - min(steps, math.ceil(steps * s - 1e-9)):]
+    run = ts
+    if karras and ts:  # the Karras ramp moves the timesteps toward the clean end
+        alphas = sdxl_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod
+        run = sigma_schedule(alphas, ts, karras=True)[1]
+    upscaled = kind == "upscale" and latent
+    return Stage(index, w, h, ratio, s, ts, kind=kind,
+                 global_steps=global_steps(run, cosine_scale_2, global_floor),
+                 latent_upsample=upscaled, decodes_previous=upscaled and stage_images)
+
+
+def _stages(width: int, height: int, strength: float, native: int,
+            source: tuple[int, int] | None, full: tuple[int, ...],
+            denoise: Callable[..., Stage]) -> list[Stage]:
+    """A job's stages, without strategies: the base and its x2 stages, or with `source` (an
+    input image's size) upscale stages from that image."""
+    if source is None:
+        sizes = stage_sizes(width, height, native)
+        bw, bh, _ = sizes[0]
+        stages = [Stage(0, bw, bh, 1, 1.0, full, kind="base")]
+        for (w, h, scale), s in zip(sizes[1:], stage_strengths(strength, len(sizes) - 1),
+                                    strict=True):
+            stages.append(denoise(len(stages), w, h, max(1, round(scale)), s, "upscale"))
+        return stages
+    bw, bh = base_size(width, height, native)  # the global pass dilates to native scale
+    sizes = upscale_sizes(width, height, source)
+    stages = []
+    for (w, h), s in zip(sizes, stage_strengths(strength, len(sizes)), strict=True):
+        ratio = max(1, round(max(w / bw, h / bh)))
+        stages.append(denoise(len(stages), w, h, ratio, s, "upscale" if stages else "input"))
+    return stages
+
+
+def _fit_stages(stages: list[Stage], model: ModelShape, budget: int | None, offload: str,
+                vae_tile: int | None, vae_stats: str, rate: float | None) -> list[Stage]:
+    """Each stage with the fastest strategy that fits `budget` (PlanError if one cannot)."""
+    return [fit_stage(stage, stages, model, budget, offload, vae_tile, vae_stats, rate)
+            for stage in stages]
+
+
+def _preview(first: Stage, model: ModelShape, budget: int | None, offload: str,
+             vae_tile: int | None, vae_stats: str, rate: float | None) -> Stage:
+    """The first stage as a job's end, priced with its decode and save. It keeps the whole
+    job's strategy (the same numbers, README) unless its decode does not fit beside that one;
+    if no other fits either, the run retries leaner as any stage does."""
+    preview = _with_cost(first, [first], model, first.strategy, vae_tile, vae_stats, rate,
+                         budget)
+    room = usable(budget)
+    if room is not None and preview.cost.peak_bytes > room:
+        try:
+            preview = fit_stage(first, [first], model, budget, offload, vae_tile, vae_stats,
+                                rate)
+        except PlanError:
+            pass
+    return preview
 
 
 def _tile_error(error: PlanError, vae_tile: int, plan: Callable[[int | None], Any]) -> None:
