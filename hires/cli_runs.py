@@ -341,32 +341,19 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
     nor is a `piped` one, whose file in a temporary folder goes to stdout (recorded as "-").
     `run`: the hires.eta.RunPace of the run it is one image of (its number, the pace of those
     made before it), for the progress."""
-    from hires import output as out
     from hires import resume
     from hires.piped import load_job_input
-    from hires.pipeline import plan_for, prompt_warnings
-    from hires.plan import describe, preview_of
+    from hires.pipeline import prompt_warnings
+    from hires.plan import describe
     from hires.progress import Event
-    from hires.record import save, save_stage, stage_paths
-    from hires.runs import made_by
+    from hires.record import save, save_stage
     from hires.upscale import make
 
     source = load_job_input(job) if job.image else None
     noted = say_input(source, job.depth)
-    size = source.rgb.size if source else None
-    plan = fitted_plan(lambda: plan_for(job, components, gpu=gpu, source=size,
-                                        stage_images=save_stages), job)
-    whole = f"{len(plan.stages)} stage(s), {plan.width}x{plan.height}"
-    if preview:
-        plan = preview_of(plan)
-        first = plan.stages[0]
-        whole = f"preview: stage 0, {first.width}x{first.height}, of a {whole} job"
-    # Stage images are written as each stage is done. Checked before the first step, not
-    # after the compute is spent; a stopped run's own stage images are this run's to write.
-    stage_files = stage_paths(path, len(plan.stages)) if save_stages else []
-    for stage_path in stage_files:
-        if not made_by(stage_path, job):
-            out.check_writable(stage_path, overwrite)
+    plan, whole = _image_plan(job, components, gpu, source, save_stages, preview)
+    stage_files = _writable_stage_files(job, path, len(plan.stages), overwrite) \
+        if save_stages else []
     say(f"{heading}: seed {job.seed}, {whole}")
     for line in describe(plan):
         say(f"  {line}")
@@ -432,6 +419,39 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
     if kept is not None:
         resume.remove(kept)
     return record
+
+
+def _image_plan(job, components, gpu: str | None, source, save_stages: bool,
+                preview: bool) -> tuple[Any, str]:
+    """The image's plan, fitted to the memory, and its one-line summary for the log: the
+    whole job's, or its first stage alone for a `preview`."""
+    from hires.pipeline import plan_for
+    from hires.plan import preview_of
+
+    size = source.rgb.size if source else None
+    plan = fitted_plan(lambda: plan_for(job, components, gpu=gpu, source=size,
+                                        stage_images=save_stages), job)
+    whole = f"{len(plan.stages)} stage(s), {plan.width}x{plan.height}"
+    if not preview:
+        return plan, whole
+    plan = preview_of(plan)
+    first = plan.stages[0]
+    return plan, f"preview: stage 0, {first.width}x{first.height}, of a {whole} job"
+
+
+def _writable_stage_files(job, path: Path, stages: int, overwrite: bool) -> list[Path]:
+    """The stage images' paths. They are written as each stage is done, so checked before
+    the first step, not after the compute is spent; a stopped run's own stage images are
+    this run's to write."""
+    from hires import output as out
+    from hires.record import stage_paths
+    from hires.runs import made_by
+
+    files = stage_paths(path, stages)
+    for stage_path in files:
+        if not made_by(stage_path, job):
+            out.check_writable(stage_path, overwrite)
+    return files
 
 
 @contextmanager
