@@ -351,8 +351,11 @@ def progress_renderer(quiet: bool, plan=None, image: str | None = None):
     mode = Quiet.progress
     if quiet:
         return nullcontext(None)
-    if mode == "json":
-        return nullcontext(JsonProgress(sys.stderr, plan=plan, image=image))
+    if mode == "json":  # the image named as --json names it (`output.name_text`)
+        from hires.output import name_text
+
+        named = name_text(image) if image else image
+        return nullcontext(JsonProgress(sys.stderr, plan=plan, image=named))
     # A dumb terminal (TERM=dumb: an editor's shell, some CI logs) cannot redraw a bar: rich
     # would show them all only at the end, so it gets plain lines as it goes.
     if mode == "bars" or (mode == "auto" and sys.stderr.isatty() and not dumb_terminal()):

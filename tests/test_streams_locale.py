@@ -58,19 +58,22 @@ def test_a_prompt_template_in_a_c_locale_names_the_file_in_utf8(tmp_path):
     jobs.write_text(json.dumps({"prompt": "猫", "output": "{prompt}.png", **tiny}) + "\n",
                     encoding="utf-8")
     runs = {"gen": [*hires_cmd("gen"), PROMPT, "-o", str(tmp_path / "{prompt}.png"),
-                    *(f"--{k}={v}" for k, v in tiny.items())],
+                    "--progress", "json", *(f"--{k}={v}" for k, v in tiny.items())],
             "batch": [*hires_cmd("batch"), str(jobs), "-o", str(tmp_path / "b"),
                       "--manifest", str(tmp_path / "m.jsonl")]}
-    lines = {}
+    lines, events = {}, {}
     for name, args in runs.items():
-        done = subprocess.run([*args, "-q", "--json"], capture_output=True, cwd=REPO,
+        done = subprocess.run([*args, "--json"], capture_output=True, cwd=REPO,
                               env=subprocess_env(**C_LOCALE), timeout=300)
         assert done.returncode == 0, done.stderr.decode(errors="replace")
         lines[name] = json.loads(done.stdout.splitlines()[-1])
+        events[name] = [json.loads(line) for line in done.stderr.splitlines()
+                        if line.startswith(b'{"image"')]
     assert sorted(p.name for p in tmp_path.iterdir()) == \
         ["b", "café-猫.png", "jobs.jsonl", "m.jsonl"]
     made = tmp_path / "café-猫.png"
     assert lines["gen"]["path"] == str(made)
+    assert events["gen"] and {e["image"] for e in events["gen"]} == {str(made)}
     assert output.read_metadata(made)["hires"]["result"]["path"] == str(made)
     assert "猫" in lines["batch"]["path"]
     manifest = json.loads((tmp_path / "m.jsonl").read_text(encoding="utf-8"))
