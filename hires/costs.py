@@ -252,80 +252,134 @@ def stage_cost(model: ModelShape, width: int, height: int, steps: int, strategy:
     `unet_tflop` (the denoising work).
     """
     lat_h, lat_w = height // 8, width // 8
-    unet, control = model.unet, model.control
-    resident = strategy.weights == "resident"
-    others = model.text_bytes + model.vae.param_bytes if resident else 0
-    state = 10 * unet.in_channels * lat_h * lat_w * 4  # latents, noise, x0, blur, eps: fp32
-    if control is not None:
-        state += control.cond_channels * width * height * model.dtype_bytes  # its image
-    denoise = denoise_peak_bytes(unet, control, lat_h, lat_w, strategy, model.dtype_bytes,
-                                 gpu=model.on_gpu, items=model.items)
-    peaks = [denoise + others + state]
-    weights_now = model.weights if resident else 0
-    if base:
-        peaks.append((weights_now or model.text_bytes) + (64 << 20))
-    # The UNet's and the VAE's rates: `rate` is the UNet's at the GPU's bf16 rate; fp32 runs
-    # slower there, and the tiled VAE reaches a share of the UNet's rate (hires.gpus).
-    unet_rate = _rate_in(model, model.dtype_bytes, rate or RANK_RATE)
-    vae_rate = _rate_in(model, model.vae_dtype_bytes, rate or RANK_RATE) * VAE_SHARE
-    passes = [(*previous, True)] if previous else []
-    if (previous and encode_previous) or encode_input:
-        passes.append((width, height, False))
-    if final_decode:
-        passes.append((width, height, True))
+    state = _state_bytes(model, width, height)
+    weights_now = model.weights if strategy.weights == "resident" else 0
+    peaks = _before_vae_peaks(model, lat_h, lat_w, strategy, state, weights_now, base=base)
+    unet_rate, vae_rate = _rates(model, rate or RANK_RATE)
+    passes = _vae_passes(width, height, previous, encode_previous=encode_previous,
+                         encode_input=encode_input, final_decode=final_decode)
     vae = (_vae_part(model, width, height, passes, weights_now=weights_now, state=state,
                      vae_tile=vae_tile, vae_stats=vae_stats, rate=rate, vae_rate=vae_rate,
                      budget=budget, free=free, previous=previous)
            if passes else VaePart(tile=vae_tile or VAE_TILES[-1]))
     if vae.peak:
         peaks.append(vae.peak)
-    # An upscale step's local pass, plus the global pass in its first `global_steps` steps.
-    evals = steps if base else steps + (steps if global_steps is None else global_steps)
-    items = model.items
-    unet_flop = evals * items * unet_flops(unet, lat_h, lat_w)
-    control_flop = 0 if control is None else evals * items * controlnet_flops(control, lat_h,
-                                                                              lat_w)
+    evals, calls, unet_flop, control_flop = _unet_work(model, lat_h, lat_w, steps, strategy,
+                                                       base=base, global_steps=global_steps)
     # The time, at `rate` or, only to compare strategies, at RANK_RATE.
-    slowdown = 1 + sum(v for k, v in LEVER_SLOWDOWN.items() if getattr(strategy, k))
-    calls = evals * (2 if strategy.split_cfg else 1)
-    moved = vae.copied
-    nets = unet.param_bytes + (control.param_bytes if control else 0)
-    if strategy.park_skips:
-        parked = unet_parked_bytes(unet, lat_h, lat_w, strategy.row_bands, model.dtype_bytes)
-        # Out once; back once whole, or in bands four times (two norm passes, conv, shortcut).
-        moved += evals * items * parked * (5 if strategy.row_bands else 2)
-        if control is not None:  # its skips, then its residuals: out and back each
-            moved += evals * items * skip_bytes(unet, lat_h, lat_w, model.dtype_bytes) * 4
-    if strategy.weights == "sequential":
-        moved += calls * nets + 2 * model.vae.param_bytes
-    elif strategy.weights == "model":
-        moved += 2 * (nets + model.vae.param_bytes + (model.text_bytes if base else 0))
-    unet_seconds = unet_flop * slowdown / unet_rate
-    if model.on_gpu:  # a small image's calls are bound by the host's launches
-        unet_seconds = max(unet_seconds, calls * CALL_SECONDS)
-    unet_seconds += control_flop * slowdown / unet_rate
+    moved = _moved_bytes(model, lat_h, lat_w, strategy, evals, calls, vae.copied, base=base)
+    unet_seconds = _unet_seconds(model, strategy, unet_flop, control_flop, calls, unet_rate)
     unet_flop += control_flop
     # The previous image, or the user's image for an upscale, is resized to this stage's size.
     own = host_seconds(width, height, resize=bool(previous and encode_previous) or encode_input,
                        save=final_decode) if model.on_gpu else 0.0
     rank = (unet_seconds + vae.flop / vae_rate + moved / HOST_LINK + vae.on_files / DISK_RATE
             + vae.runs_seconds + own)
-    maps = parked_bytes(model, lat_h, lat_w, strategy)
-    host = maps + (0 if resident else model.weights)
-    on_disk = maps_on_disk(model, maps, host)
+    maps, host, on_disk = _parked_room(model, lat_h, lat_w, strategy)
     # Each call writes them out and reads them back as it reads its parked maps: once whole,
     # or in bands four times over (a map read again may have left the page cache meanwhile).
     rank += calls * on_disk * (5 if strategy.row_bands else 2) / DISK_RATE
-    vae_seconds = vae.flop / vae_rate + vae.copied / HOST_LINK + vae.on_files / DISK_RATE \
-        + vae.runs_seconds
     return StageCost(
         peak_bytes=max(peaks), denoise_peak_bytes=peaks[0],
         tflop=(unet_flop + vae.flop) / 1e12, unet_tflop=unet_flop / 1e12,
         scratch_bytes=vae.scratch, seconds=rank if rate else None, vae_tile=vae.tile,
         rank=rank, vae_spill_bytes=vae.spill_bytes, host_bytes=host,
-        vae_seconds=vae_seconds if rate else None, parked_bytes=maps, disk_bytes=on_disk,
+        vae_seconds=vae.seconds if rate else None, parked_bytes=maps, disk_bytes=on_disk,
         used_bytes=max(*peaks, vae.used), host_seconds=own if rate else None,
         vae_files=vae.files)
+
+
+def _state_bytes(model: ModelShape, width: int, height: int) -> int:
+    """The sampler's own tensors on the device through a stage, and a ControlNet's image."""
+    lat_h, lat_w = height // 8, width // 8
+    state = 10 * model.unet.in_channels * lat_h * lat_w * 4  # latents, noise, x0, blur, eps: fp32
+    if model.control is not None:
+        state += model.control.cond_channels * width * height * model.dtype_bytes  # its image
+    return state
+
+
+def _rates(model: ModelShape, rate: float) -> tuple[float, float]:
+    """The UNet's and the VAE's FLOP/s, where `rate` is the UNet's at the GPU's bf16 rate."""
+    # fp32 runs slower there, and the tiled VAE reaches a share of the UNet's rate (hires.gpus).
+    return (_rate_in(model, model.dtype_bytes, rate),
+            _rate_in(model, model.vae_dtype_bytes, rate) * VAE_SHARE)
+
+
+def _before_vae_peaks(model: ModelShape, lat_h: int, lat_w: int, strategy: Strategy, state: int,
+                      weights_now: int, *, base: bool) -> list[int]:
+    """Device memory while the UNet runs (first) and, in a base stage, the text encoders."""
+    resident = strategy.weights == "resident"
+    others = model.text_bytes + model.vae.param_bytes if resident else 0
+    denoise = denoise_peak_bytes(model.unet, model.control, lat_h, lat_w, strategy,
+                                 model.dtype_bytes, gpu=model.on_gpu, items=model.items)
+    peaks = [denoise + others + state]
+    if base:
+        peaks.append((weights_now or model.text_bytes) + (64 << 20))
+    return peaks
+
+
+def _vae_passes(width: int, height: int, previous: tuple[int, int] | None, *,
+                encode_previous: bool, encode_input: bool,
+                final_decode: bool) -> list[tuple[int, int, bool]]:
+    """A stage's VAE passes, (width, height, decode) each: the previous stage's decode, the
+    encode of its image (or the user's), and this stage's decode."""
+    passes = [(*previous, True)] if previous else []
+    if (previous and encode_previous) or encode_input:
+        passes.append((width, height, False))
+    if final_decode:
+        passes.append((width, height, True))
+    return passes
+
+
+def _unet_work(model: ModelShape, lat_h: int, lat_w: int, steps: int, strategy: Strategy, *,
+               base: bool, global_steps: int | None) -> tuple[int, int, float, float]:
+    """A stage's UNet evaluations, its UNet calls, and the UNet's and ControlNet's FLOPs."""
+    # An upscale step's local pass, plus the global pass in its first `global_steps` steps.
+    evals = steps if base else steps + (steps if global_steps is None else global_steps)
+    items, control = model.items, model.control
+    unet_flop = evals * items * unet_flops(model.unet, lat_h, lat_w)
+    control_flop = 0 if control is None else evals * items * controlnet_flops(control, lat_h,
+                                                                              lat_w)
+    calls = evals * (2 if strategy.split_cfg else 1)
+    return evals, calls, unet_flop, control_flop
+
+
+def _moved_bytes(model: ModelShape, lat_h: int, lat_w: int, strategy: Strategy, evals: int,
+                 calls: int, vae_copied: float, *, base: bool) -> float:
+    """Bytes a stage moves over the host link: the VAE's, parked maps, offloaded weights."""
+    unet, control = model.unet, model.control
+    moved = vae_copied
+    nets = unet.param_bytes + (control.param_bytes if control else 0)
+    if strategy.park_skips:
+        parked = unet_parked_bytes(unet, lat_h, lat_w, strategy.row_bands, model.dtype_bytes)
+        # Out once; back once whole, or in bands four times (two norm passes, conv, shortcut).
+        moved += evals * model.items * parked * (5 if strategy.row_bands else 2)
+        if control is not None:  # its skips, then its residuals: out and back each
+            moved += evals * model.items * skip_bytes(unet, lat_h, lat_w, model.dtype_bytes) * 4
+    if strategy.weights == "sequential":
+        moved += calls * nets + 2 * model.vae.param_bytes
+    elif strategy.weights == "model":
+        moved += 2 * (nets + model.vae.param_bytes + (model.text_bytes if base else 0))
+    return moved
+
+
+def _unet_seconds(model: ModelShape, strategy: Strategy, unet_flop: float, control_flop: float,
+                  calls: int, unet_rate: float) -> float:
+    """The UNet's and ControlNet's seconds at `unet_rate`, slowed by the strategy's levers."""
+    slowdown = 1 + sum(v for k, v in LEVER_SLOWDOWN.items() if getattr(strategy, k))
+    seconds = unet_flop * slowdown / unet_rate
+    if model.on_gpu:  # a small image's calls are bound by the host's launches
+        seconds = max(seconds, calls * CALL_SECONDS)
+    return seconds + control_flop * slowdown / unet_rate
+
+
+def _parked_room(model: ModelShape, lat_h: int, lat_w: int,
+                 strategy: Strategy) -> tuple[int, int, int]:
+    """A UNet call's parked maps, the CPU memory it needs with offloaded weights, and what of
+    those maps waits on the scratch disk."""
+    maps = parked_bytes(model, lat_h, lat_w, strategy)
+    host = maps + (0 if strategy.weights == "resident" else model.weights)
+    return maps, host, maps_on_disk(model, maps, host)
 
 
 class VaePart(NamedTuple):
@@ -359,6 +413,20 @@ def _vae_part(model: ModelShape, width: int, height: int, passes: list[tuple[int
     return min(parts, key=lambda p: p.seconds)
 
 
+class _VaeJob(NamedTuple):
+    """What a stage's VAE passes are priced from, whichever tile they run in."""
+
+    model: ModelShape
+    width: int
+    height: int
+    passes: list[tuple[int, int, bool]]  # (width, height, decode) each
+    vae_stats: str
+    disk: float  # scratch room for exact mode's files
+    rate: float | None  # the UNet's FLOP/s, if known
+    vae_rate: float
+    memo: float  # what the fast mode keeps step outputs in on the device
+
+
 def _vae_part_in(model: ModelShape, width: int, height: int,
                  passes: list[tuple[int, int, bool]], *, disk: float, weights_now: int,
                  state: int, vae_tile: int | None, vae_stats: str, rate: float | None,
@@ -375,94 +443,122 @@ def _vae_part_in(model: ModelShape, width: int, height: int,
     memo = (float("inf") if room is None or vae_stats != "fast" else
             budget_from_free(room - vae_weights - state, model.on_gpu,
                              model.vae_dtype_bytes))
-
-    def cost(t: int, spill: float = 0.0) -> tuple[float, float, int]:
-        """FLOPs, bytes copied over the host link, tile runs."""
-        if vae_stats == "exact":  # outputs in scratch files, through the host
-            runs = exact_runs(t)
-            files = sum(r.written + r.read for r in runs)
-            # Its passes run the tiles as often as the fast mode's that keeps everything.
-            count = sum(tiled_runs(model.vae, w, h, decode=d, tile=t, budget=float("inf"))
-                        for w, h, d in passes)
-            return sum(r.flops for r in runs), (files if model.on_gpu else 0.0), count
-        args = [dict(vae=model.vae, width=w, height=h, decode=d, tile=t, budget=memo,
-                     spill=spill, dtype_bytes=model.vae_dtype_bytes) for w, h, d in passes]
-        runs = [tiled_cost(**a) for a in args]
-        return (sum(f for f, _ in runs), sum(b for _, b in runs),
-                sum(tiled_runs(**a) for a in args))
-
-    def exact_runs(t: int) -> list:
-        # Half of the scratch room left, as DiskMemo looks at it: `disk` is a run's (--disk,
-        # else what is free), and 0 (--disk 0, a TMPDIR in RAM, or slower) writes no file.
-        return [exact_cost(model.vae, w, h, decode=d, tile=t, budget=MEMO_BYTES, disk=disk,
-                           dtype_bytes=model.vae_dtype_bytes) for w, h, d in passes]
-
-    def priced(t: int, beat: float = math.inf) -> tuple[float, float, float, float]:
-        """The VAE's seconds with tile `t` (`min(t, side)`), its FLOPs, the bytes it copies
-        over the host link, and the CPU memory its fastest plan keeps outputs in; the
-        search for that amount is skipped when even all of it cannot beat `beat` s."""
-        t = min(t, max(width, height))
-        files = (sum(r.written + r.read for r in exact_runs(t)) / DISK_RATE
-                 if vae_stats == "exact" else 0.0)
-        overhead = TILE_RUN_SECONDS if model.on_gpu else 0.0
-
-        def seconds(flop: float, copied: float, count: int) -> float:
-            return flop / vae_rate + copied / HOST_LINK + files + count * overhead
-        flop, copied, count = cost(t)
-        best = (seconds(flop, copied, count), flop, copied, 0.0)
-        if rate and model.on_gpu and model.spill and vae_stats == "fast":
-            # Outputs kept in the CPU's memory: less recomputation for copies over the
-            # host link, where recomputing takes longer than copying: much on a 4090,
-            # little or none on an H100 (BENCHMARKS.md). Only with a known rate. The
-            # fastest amount up to the budget: each output kept saves its recomputation
-            # but costs its copies, and past some point (l40s, 16K: 64 GB of RAM free)
-            # copying costs more. The most kept bounds what any amount saves.
-            if seconds(cost(t, model.spill)[0], 0.0, count) >= min(best[0], beat):
-                return best
-            for amount in spill_amounts(model.spill):
-                flop, copied, count = cost(t, amount)
-                if seconds(flop, copied, count) < best[0]:
-                    best = (seconds(flop, copied, count), flop, copied, amount)
-        return best
-
+    job = _VaeJob(model, width, height, passes, vae_stats, disk, rate, vae_rate, memo)
     tile = vae_tile or VAE_TILES[-1]
     if vae_tile is None:
-        # The fastest tile that fits next to the weights, by the same price as the
-        # estimate's (the largest of a tie): a larger tile has fewer runs and less overlap,
-        # a smaller one may keep more of its outputs.
-        fit = [t for t in VAE_TILES if budget is None or vae_weights + vae_tile_peak(
-            model.vae, t, model.vae_dtype_bytes) + state <= budget] or [VAE_TILES[-1]]
-        tile, least = fit[0], math.inf
-        for t in fit:
-            seconds = priced(t, least)[0]
-            if seconds < least:
-                tile, least = t, seconds
+        tile = _fastest_tile(job, budget, vae_weights, state)
     tile = min(tile, max(width, height))
-    _, flop, copied, spill_bytes = priced(tile)
-    runs_seconds = cost(tile, spill_bytes)[2] * TILE_RUN_SECONDS if model.on_gpu else 0.0
+    _, flop, copied, spill_bytes = _vae_priced(job, tile)
+    runs_seconds = (_vae_cost(job, tile, spill_bytes)[2] * TILE_RUN_SECONDS if model.on_gpu
+                    else 0.0)
     on_files, scratch = 0.0, 0
     if vae_stats == "exact":
-        runs = exact_runs(tile)
+        runs = _exact_runs(job, tile)
         on_files = sum(r.written + r.read for r in runs)
         scratch = int(max(r.most for r in runs))  # one pass's files at a time
-    attention = max(vae_attention_bytes(model.vae, w, h, model.vae_dtype_bytes)
-                    for w, h in [(width, height), *([previous] if previous else [])])
-    peak = vae_weights + max(vae_tile_peak(model.vae, tile, model.vae_dtype_bytes),
-                             attention) + state
-    # The decode's cross-fade buffer, where a GPU keeps it (the rule hires.vae follows).
-    rows = max((rows_bytes(w, h, tile) for w, h, d in passes if d), default=0)
-    if model.on_gpu and room is not None and rows_on_device(
-            rows, room - vae_weights - state):
-        peak += rows
+    peak = _vae_peak(job, tile, vae_weights, state, room, previous)
     used = 0
     if budget is not None and vae_stats == "fast":  # no budget: a CPU's RAM, not planned
-        kept = max(tiled_memo_bytes(model.vae, w, h, decode=d, tile=tile, budget=memo,
-                                    spill=spill_bytes, dtype_bytes=model.vae_dtype_bytes)
-                   for w, h, d in passes)
-        used = peak + int(kept)
+        used = peak + _vae_kept(job, tile, spill_bytes)
     seconds = flop / vae_rate + copied / HOST_LINK + on_files / DISK_RATE + runs_seconds
     return VaePart(tile, flop, copied, on_files, runs_seconds, spill_bytes, scratch, peak, used,
                    seconds=seconds)
+
+
+def _vae_cost(job: _VaeJob, t: int, spill: float = 0.0) -> tuple[float, float, int]:
+    """The passes' FLOPs in tile `t`, bytes copied over the host link, tile runs."""
+    model = job.model
+    if job.vae_stats == "exact":  # outputs in scratch files, through the host
+        runs = _exact_runs(job, t)
+        files = sum(r.written + r.read for r in runs)
+        # Its passes run the tiles as often as the fast mode's that keeps everything.
+        count = sum(tiled_runs(model.vae, w, h, decode=d, tile=t, budget=float("inf"))
+                    for w, h, d in job.passes)
+        return sum(r.flops for r in runs), (files if model.on_gpu else 0.0), count
+    args = [dict(vae=model.vae, width=w, height=h, decode=d, tile=t, budget=job.memo,
+                 spill=spill, dtype_bytes=model.vae_dtype_bytes) for w, h, d in job.passes]
+    runs = [tiled_cost(**a) for a in args]
+    return (sum(f for f, _ in runs), sum(b for _, b in runs),
+            sum(tiled_runs(**a) for a in args))
+
+
+def _exact_runs(job: _VaeJob, t: int) -> list:
+    """Exact mode's cost of each pass in tile `t`."""
+    # Half of the scratch room left, as DiskMemo looks at it: `disk` is a run's (--disk,
+    # else what is free), and 0 (--disk 0, a TMPDIR in RAM, or slower) writes no file.
+    return [exact_cost(job.model.vae, w, h, decode=d, tile=t, budget=MEMO_BYTES, disk=job.disk,
+                       dtype_bytes=job.model.vae_dtype_bytes) for w, h, d in job.passes]
+
+
+def _vae_priced(job: _VaeJob, t: int, beat: float = math.inf
+                ) -> tuple[float, float, float, float]:
+    """The VAE's seconds with tile `t` (`min(t, side)`), its FLOPs, the bytes it copies
+    over the host link, and the CPU memory its fastest plan keeps outputs in; the
+    search for that amount is skipped when even all of it cannot beat `beat` s."""
+    model = job.model
+    t = min(t, max(job.width, job.height))
+    files = (sum(r.written + r.read for r in _exact_runs(job, t)) / DISK_RATE
+             if job.vae_stats == "exact" else 0.0)
+    overhead = TILE_RUN_SECONDS if model.on_gpu else 0.0
+
+    def seconds(flop: float, copied: float, count: int) -> float:
+        return flop / job.vae_rate + copied / HOST_LINK + files + count * overhead
+    flop, copied, count = _vae_cost(job, t)
+    best = (seconds(flop, copied, count), flop, copied, 0.0)
+    if job.rate and model.on_gpu and model.spill and job.vae_stats == "fast":
+        # Outputs kept in the CPU's memory: less recomputation for copies over the
+        # host link, where recomputing takes longer than copying: much on a 4090,
+        # little or none on an H100 (BENCHMARKS.md). Only with a known rate. The
+        # fastest amount up to the budget: each output kept saves its recomputation
+        # but costs its copies, and past some point (l40s, 16K: 64 GB of RAM free)
+        # copying costs more. The most kept bounds what any amount saves.
+        if seconds(_vae_cost(job, t, model.spill)[0], 0.0, count) >= min(best[0], beat):
+            return best
+        for amount in spill_amounts(model.spill):
+            flop, copied, count = _vae_cost(job, t, amount)
+            if seconds(flop, copied, count) < best[0]:
+                best = (seconds(flop, copied, count), flop, copied, amount)
+    return best
+
+
+def _fastest_tile(job: _VaeJob, budget: int | None, vae_weights: int, state: int) -> int:
+    """The fastest tile that fits `budget` next to the VAE's weights and the stage's state."""
+    # By the same price as the estimate's (the largest of a tie): a larger tile has fewer
+    # runs and less overlap, a smaller one may keep more of its outputs.
+    model = job.model
+    fit = [t for t in VAE_TILES if budget is None or vae_weights + vae_tile_peak(
+        model.vae, t, model.vae_dtype_bytes) + state <= budget] or [VAE_TILES[-1]]
+    tile, least = fit[0], math.inf
+    for t in fit:
+        seconds = _vae_priced(job, t, least)[0]
+        if seconds < least:
+            tile, least = t, seconds
+    return tile
+
+
+def _vae_peak(job: _VaeJob, tile: int, vae_weights: int, state: int, room: int | None,
+              previous: tuple[int, int] | None) -> int:
+    """Device memory while the VAE runs in `tile`, next to its weights and the stage's state;
+    `room`: what the run has (None: not planned)."""
+    model = job.model
+    attention = max(vae_attention_bytes(model.vae, w, h, model.vae_dtype_bytes)
+                    for w, h in [(job.width, job.height), *([previous] if previous else [])])
+    peak = vae_weights + max(vae_tile_peak(model.vae, tile, model.vae_dtype_bytes),
+                             attention) + state
+    # The decode's cross-fade buffer, where a GPU keeps it (the rule hires.vae follows).
+    rows = max((rows_bytes(w, h, tile) for w, h, d in job.passes if d), default=0)
+    if model.on_gpu and room is not None and rows_on_device(
+            rows, room - vae_weights - state):
+        peak += rows
+    return peak
+
+
+def _vae_kept(job: _VaeJob, tile: int, spill: float) -> int:
+    """The most device memory the fast mode's kept outputs take in any pass."""
+    model = job.model
+    return int(max(tiled_memo_bytes(model.vae, w, h, decode=d, tile=tile, budget=job.memo,
+                                    spill=spill, dtype_bytes=model.vae_dtype_bytes)
+                   for w, h, d in job.passes))
 
 
 def host_seconds(width: int, height: int, *, resize: bool, save: bool) -> float:
