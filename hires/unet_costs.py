@@ -216,15 +216,31 @@ def unet_peak_bytes(shape: UNetShape, height: int, width: int, strategy: Strateg
     """
     batch = 1 if strategy.split_cfg else items
     walk = _Walk(shape, height, width, batch, dtype_bytes, strategy, gpu)
-    ch, layers, levels = shape.channels, shape.layers, len(shape.channels)
+    ch, levels = shape.channels, len(shape.channels)
     park = strategy.park_skips
-    # Parked as made (hires.strategy.applied): conv_in's output, a down block's inner outputs.
-    at_once = park and strategy.row_bands and not control
     first = walk.size(ch[0], 0)  # conv_in's output: a skip and block 0's input
     mid = walk.size(ch[-1], levels - 1)
     if control:
         walk.live += first + mid + (0 if park else skip_bytes(shape, height, width,
                                                                 dtype_bytes) * batch)
+    skips, given = _down_path(walk, first, control=control)
+    _mid_block(walk, mid, given, control=control)
+    _up_path(walk, skips)
+    # Out: GroupNorm, SiLU, conv to the latent channels.
+    walk.weights = 0
+    walk.touch(walk.size(ch[0], 0))  # the norm's output beside the up path's (SiLU in place)
+    if strategy.weights == "sequential" and shape.block_param_bytes:
+        return shape.outer_param_bytes + walk.peak
+    return shape.param_bytes + walk.peak
+
+
+def _down_path(walk: _Walk, first: int, *, control: bool) -> tuple[list[int], int]:
+    """The down blocks from conv_in's output (`first` bytes): the skips they make, and the
+    bytes of the GPU copy of the last block's output (what parked skips leave there)."""
+    shape, strategy, ch = walk.s, walk.strategy, walk.s.channels
+    park = strategy.park_skips
+    # Parked as made (hires.strategy.applied): conv_in's output, a down block's inner outputs.
+    at_once = park and strategy.row_bands and not control
     # Down path: every resnet (or attention) output and downsample output is a skip.
     skips: list[int] = [first]
     walk.touch(first)
@@ -243,18 +259,31 @@ def unet_peak_bytes(shape: UNetShape, height: int, width: int, strategy: Strateg
             still = made[shape.layers - 1:] if at_once else made  # inner ones went as made
             walk.live -= sum(still) - made[-1] + given  # conv_in's output: parked at once
             given = made[-1]
-    # Mid block: resnet, attention, resnet at the lowest level.
-    low = levels - 1
-    walk.block(levels)
-    walk.live += walk.resnet(ch[low], ch[low], low)
-    walk.transformer(ch[low], low, shape.depth[low])
-    walk.touch(walk.resnet(ch[low], ch[low], low))
+    return skips, given
+
+
+def _mid_block(walk: _Walk, mid: int, given: int, *, control: bool) -> None:
+    """The mid block: resnet, attention, resnet at the lowest level; then a ControlNet's mid
+    residual (`mid` bytes) goes, and with parked skips the last down block's output."""
+    shape = walk.s
+    low = len(shape.channels) - 1
+    c = shape.channels[low]
+    walk.block(low + 1)
+    walk.live += walk.resnet(c, c, low)
+    walk.transformer(c, low, shape.depth[low])
+    walk.touch(walk.resnet(c, c, low))
     if control:
         walk.live -= mid
-    if park:
+    if walk.strategy.park_skips:
         walk.live -= given
-    # Up path: each block takes back layers + 1 skips, deepest first.
-    c_h = ch[low]
+
+
+def _up_path(walk: _Walk, skips: list[int]) -> None:
+    """The up blocks, deepest first: each takes back layers + 1 `skips` (taken off the list)."""
+    shape, strategy = walk.s, walk.strategy
+    ch, layers, levels = shape.channels, shape.layers, len(shape.channels)
+    park = strategy.park_skips
+    c_h = ch[levels - 1]
     parked_input = False  # the up block's input waits on the CPU (parked_skips, row bands)
     for level in reversed(range(levels)):
         walk.block(2 * levels - level)
@@ -264,22 +293,8 @@ def unet_peak_bytes(shape: UNetShape, height: int, width: int, strategy: Strateg
         moved = sum(mine) if park and not strategy.row_bands else 0
         walk.live += moved  # parked skips come back whole for a diffusers up block
         first_input = 0 if parked_input else walk.size(c_h, level)
-        hidden = 0  # the block's running hidden state, once it differs from its input
-        for skip in reversed(mine):
-            c_skip = skip // walk.pixels(level) // walk.unit
-            if strategy.row_bands:
-                out = walk.resnet(c_h + c_skip, c, level)
-            else:
-                cat = walk.size(c_h + c_skip, level)
-                walk.live += cat - hidden
-                out = walk.resnet(c_h + c_skip, c, level)
-                walk.live -= cat
-                hidden = 0
-            walk.live += out - hidden
-            hidden = out
-            if shape.depth[level]:
-                walk.transformer(c, level, shape.depth[level])
-            c_h = c
+        hidden = _up_resnets(walk, level, c_h, c, mine)
+        c_h = c
         if level > 0:
             parked_input = park and strategy.row_bands
             up = walk.upsample(c, level, parked_input)
@@ -287,12 +302,28 @@ def unet_peak_bytes(shape: UNetShape, height: int, width: int, strategy: Strateg
         else:
             walk.live -= first_input
         walk.live -= moved + (0 if park else sum(mine))
-    # Out: GroupNorm, SiLU, conv to the latent channels.
-    walk.weights = 0
-    walk.touch(walk.size(ch[0], 0))  # the norm's output beside the up path's (SiLU in place)
-    if strategy.weights == "sequential" and shape.block_param_bytes:
-        return shape.outer_param_bytes + walk.peak
-    return shape.param_bytes + walk.peak
+
+
+def _up_resnets(walk: _Walk, level: int, c_h: int, c: int, mine: list[int]) -> int:
+    """An up block's resnets (and transformers), each on its hidden state (`c_h` channels,
+    then `c`) and a skip of `mine`, last first; returns the last one's output bytes."""
+    hidden = 0  # the block's running hidden state, once it differs from its input
+    for skip in reversed(mine):
+        c_skip = skip // walk.pixels(level) // walk.unit
+        if walk.strategy.row_bands:
+            out = walk.resnet(c_h + c_skip, c, level)
+        else:
+            cat = walk.size(c_h + c_skip, level)
+            walk.live += cat - hidden
+            out = walk.resnet(c_h + c_skip, c, level)
+            walk.live -= cat
+            hidden = 0
+        walk.live += out - hidden
+        hidden = out
+        if walk.s.depth[level]:
+            walk.transformer(c, level, walk.s.depth[level])
+        c_h = c
+    return hidden
 
 
 def controlnet_peak_bytes(control: ControlShape, height: int, width: int, strategy: Strategy,
