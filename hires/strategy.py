@@ -15,13 +15,15 @@ hires.controlnet), its blocks streamed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from itertools import product
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from hires import parking as parking_module
 from hires.lean import lean_unet
@@ -141,9 +143,33 @@ def parked_skips(unet: nn.Module, *, at_once: bool = False) -> Iterator[None]:
     resnet reads (a resnet's, or its attention's) is parked as it is made, all but the last:
     a down block holds one of its full-size maps on the GPU, not all.
     """
-    first: list[Tensor] = []  # conv_in's output on the GPU, until down block 0 takes it
     up_blocks = getattr(unet, "up_blocks", None) or ()
     at_once = at_once and _reads_parked(unet.down_blocks[0].resnets[0])
+    handles = [b.register_forward_hook(_park_skips_hook) for b in unet.down_blocks]
+    patched: list[nn.Module] = []
+    if up_blocks:  # a ControlNet adds to its conv_in output at once
+        handles += _conv_in_hooks(unet, at_once)
+        inputs, patched = _park_up_inputs(up_blocks)
+        handles += inputs
+    if at_once:  # the next resnet reads each output but the block's last from the CPU
+        handles += _park_inner_outputs(unet)
+    handles += [b.register_forward_pre_hook(_skips_back_pre_hook, with_kwargs=True)
+                for b in up_blocks]
+    handles += [c.register_forward_pre_hook(_zero_conv_pre_hook)
+                for c in getattr(unet, "controlnet_down_blocks", ())]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for m in patched:
+            del m.output_to
+
+
+def _conv_in_hooks(unet: nn.Module, at_once: bool) -> list[RemovableHandle]:
+    """conv_in's output parked as it returns; down block 0 reads the GPU original, kept until
+    then (none `at_once`)."""
+    first: list[Tensor] = []  # conv_in's output on the GPU, until down block 0 takes it
 
     def conv_in_hook(module, args, output):
         if not at_once:
@@ -158,67 +184,78 @@ def parked_skips(unet: nn.Module, *, at_once: bool = False) -> Iterator[None]:
             return (x, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": x}
 
-    def park_output(module, args, output):
-        if isinstance(output, tuple):  # a Transformer2DModel's (hidden_states,)
-            return (park(output[0]), *output[1:])
-        return park(output)
+    handles = [unet.conv_in.register_forward_hook(conv_in_hook)]
+    if not at_once:
+        handles.append(unet.down_blocks[0].register_forward_pre_hook(down_0_pre_hook,
+                                                                     with_kwargs=True))
+    return handles
 
+
+def _park_up_inputs(up_blocks: Sequence[nn.Module]
+                    ) -> tuple[list[RemovableHandle], list[nn.Module]]:
+    """The inputs of up blocks that read them from the CPU go there: an upsampler that can
+    writes its output there band by band (the ones patched so are returned), else the last
+    block's input is parked as the block before it returns it."""
     def last_input_hook(module, args, output):
         if getattr(up_blocks[-1].forward, "reads_parked", False):
             return park(output)
         return None
 
-    def down_hook(module, args, output):
-        hidden, skips = output
-        return hidden, tuple(park(s) for s in skips)
+    handles, patched = [], []
+    for block, after in zip(up_blocks, up_blocks[1:]):  # an up block's input: parked
+        upsampler = (block.upsamplers or [None])[0]
+        if not getattr(after.forward, "reads_parked", False):
+            continue
+        if getattr(getattr(upsampler, "forward", None), "writes_to", False):
+            upsampler.output_to = _parked_empty  # written there band by band
+            patched.append(upsampler)
+        elif after is up_blocks[-1]:
+            handles.append(block.register_forward_hook(last_input_hook))
+    return handles, patched
 
-    def up_pre_hook(module, args, kwargs):
-        if "res_hidden_states_tuple" in kwargs:
-            skips, where = kwargs["res_hidden_states_tuple"], "kw"
-        else:
-            skips, where = args[1], "arg"
-        device = (args[0] if args else kwargs["hidden_states"]).device
-        if not getattr(module.forward, "reads_parked", False):
-            skips = tuple(s.to(device, non_blocking=True) for s in skips)
-        if where == "kw":
-            return args, {**kwargs, "res_hidden_states_tuple": skips}
-        return (args[0], skips, *args[2:]), kwargs
 
-    def zero_conv_pre_hook(module, args):
-        return (args[0].to(module.weight.device, non_blocking=True), *args[1:])
+def _park_inner_outputs(unet: nn.Module) -> list[RemovableHandle]:
+    """A down block's outputs that its next resnet reads from the CPU, parked as made."""
+    handles = []
+    for block in unet.down_blocks:
+        readers = getattr(block, "attentions", None) or block.resnets
+        for made, after in zip(readers, block.resnets[1:]):
+            if _reads_parked(after):
+                handles.append(made.register_forward_hook(_park_output))
+    return handles
 
-    handles = [b.register_forward_hook(down_hook) for b in unet.down_blocks]
-    patched: list[nn.Module] = []
-    if up_blocks:  # a ControlNet adds to its conv_in output at once
-        handles.append(unet.conv_in.register_forward_hook(conv_in_hook))
-        if not at_once:
-            handles.append(unet.down_blocks[0].register_forward_pre_hook(down_0_pre_hook,
-                                                                         with_kwargs=True))
-        for block, after in zip(up_blocks, up_blocks[1:]):  # an up block's input: parked
-            upsampler = (block.upsamplers or [None])[0]
-            if not getattr(after.forward, "reads_parked", False):
-                continue
-            if getattr(getattr(upsampler, "forward", None), "writes_to", False):
-                upsampler.output_to = _parked_empty  # written there band by band
-                patched.append(upsampler)
-            elif after is up_blocks[-1]:
-                handles.append(block.register_forward_hook(last_input_hook))
-    if at_once:  # the next resnet reads each output but the block's last from the CPU
-        for block in unet.down_blocks:
-            readers = getattr(block, "attentions", None) or block.resnets
-            for made, after in zip(readers, block.resnets[1:]):
-                if _reads_parked(after):
-                    handles.append(made.register_forward_hook(park_output))
-    handles += [b.register_forward_pre_hook(up_pre_hook, with_kwargs=True) for b in up_blocks]
-    handles += [c.register_forward_pre_hook(zero_conv_pre_hook)
-                for c in getattr(unet, "controlnet_down_blocks", ())]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-        for m in patched:
-            del m.output_to
+
+def _park_output(module: nn.Module, args: tuple, output: Any) -> Any:
+    """Forward hook: `output` parked (a Transformer2DModel's first item)."""
+    if isinstance(output, tuple):  # a Transformer2DModel's (hidden_states,)
+        return (park(output[0]), *output[1:])
+    return park(output)
+
+
+def _park_skips_hook(module: nn.Module, args: tuple, output: Any) -> Any:
+    """Forward hook of a down block: its skips parked, its hidden state left."""
+    hidden, skips = output
+    return hidden, tuple(park(s) for s in skips)
+
+
+def _skips_back_pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> Any:
+    """Forward pre-hook of an up block: its skips back on its input's device, unless the
+    block reads them from the CPU itself."""
+    if "res_hidden_states_tuple" in kwargs:
+        skips, where = kwargs["res_hidden_states_tuple"], "kw"
+    else:
+        skips, where = args[1], "arg"
+    device = (args[0] if args else kwargs["hidden_states"]).device
+    if not getattr(module.forward, "reads_parked", False):
+        skips = tuple(s.to(device, non_blocking=True) for s in skips)
+    if where == "kw":
+        return args, {**kwargs, "res_hidden_states_tuple": skips}
+    return (args[0], skips, *args[2:]), kwargs
+
+
+def _zero_conv_pre_hook(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook of a ControlNet's zero conv: its skip back on the conv's device."""
+    return (args[0].to(module.weight.device, non_blocking=True), *args[1:])
 
 
 def _reads_parked(module: nn.Module) -> bool:
