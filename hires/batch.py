@@ -129,7 +129,8 @@ def read_batch(path: str | Path, base: Job | None = None,
         preset = values.pop("preset", None)
         job_levels = list(levels or [])
         if preset is not None:
-            job_levels.append((load_preset(str(preset)).values, f"preset '{preset}' ({where})",
+            said = where if "preset" in entry else f"{name} [defaults]"
+            job_levels.append((_preset_values(preset, said), f"preset '{preset}' ({where})",
                                True))
         job_levels += [(_without(defaults), f"{name} [defaults]", True),
                        (_without(entry), where, True)]
@@ -308,8 +309,11 @@ def parse_shard(shard: str | None, env: dict[str, str] | None = None) -> tuple[i
                        f"RANK={env.get('RANK')!r} WORLD_SIZE={env.get('WORLD_SIZE')!r}") from None
     if world < 1 or not 0 <= rank < world:
         # Running zero jobs and exiting 0 would hide a broken launcher from the user.
-        raise JobError(f"RANK={rank} WORLD_SIZE={world} in the environment: need WORLD_SIZE >= 1 "
-                       "and 0 <= RANK < WORLD_SIZE (or pass --shard I/N)")
+        named = " ".join(f"{k}={env[k]}" for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+                         if k in env)
+        unset = "" if "WORLD_SIZE" in env else " (WORLD_SIZE is not set: read as 1)"
+        raise JobError(f"{named} in the environment{unset}: need WORLD_SIZE >= 1 and 0 <= RANK "
+                       "< WORLD_SIZE (or pass --shard I/N)")
     return rank, world
 
 
@@ -385,7 +389,9 @@ def name_outputs(items: list[BatchItem], folder: Path, file_name: str
         problem = out.format_problem(fmt, j.width, j.height, j.depth)
         if problem:
             raise JobError(f"{where}: {in_job_words(problem)}")
-        key = os.path.normcase(os.path.abspath(path))
+        # The folder as the file system sees it (a symlink to another job's folder is that
+        # folder); the name itself is replaced by the rename, never followed.
+        key = os.path.normcase(os.path.join(os.path.realpath(path.parent), path.name))
         if key in owner:
             raise JobError(f"{file_name} jobs {owner[key]} and {item.index} both write "
                            f"{path}; give them different 'output' names (or add {{index}} or "
@@ -413,6 +419,18 @@ def name_outputs(items: list[BatchItem], folder: Path, file_name: str
 FLAG_KEYS = {"--lora": "lora", "--control-model": "control_model", "--control": "control",
              "--ip-adapter": "ip_adapter", "--ip-image": "ip_image", "--model": "model",
              "--vae": "vae", "--linfusion": "linfusion"}
+
+
+def _preset_values(preset: Any, where: str) -> dict[str, Any]:
+    """A job's `preset`, its errors said by the file and job that name it."""
+    try:
+        return load_preset(str(preset)).values
+    except JobError as e:
+        said = str(e).replace("--preset is empty", "it is empty", 1)
+        if "not found" in said and not os.path.isabs(os.path.expanduser(str(preset))):
+            said += (f"; relative paths are read from the current folder ({os.getcwd()}), "
+                     "not the job file's")
+        raise JobError(f"'preset' in {where}: {said}") from None
 
 
 def in_job_words(problem: str) -> str:

@@ -18,7 +18,12 @@ from typing import Annotated
 import typer
 
 from hires import __version__
-from hires.cli_batch import check_batch_outputs, check_batch_paths, run_batch_jobs
+from hires.cli_batch import (
+    check_batch_outputs,
+    check_batch_paths,
+    check_manifest_apart,
+    run_batch_jobs,
+)
 from hires.cli_jobs import (
     argv_text,
     build_job,
@@ -450,6 +455,7 @@ def batch(
             raise JobError("batch -o names the folder for the images; '-' (stdout) takes one "
                            "image, from gen or up")
         name = "stdin" if str(file) == "-" else file.name
+        check_manifest_apart(file, manifest, output)
         items, paths = b.name_outputs(items, output, name)
         lossless = next((i for i in items if i.job.format not in LOSSY_FORMATS), None)
         if quality is not None and lossless is not None:

@@ -202,6 +202,27 @@ def failed_hint(failed: list[int], manifest: Path) -> str:
             "the same command runs them again)")
 
 
+def check_manifest_apart(jobs: Path | str, manifest: Path | None, output: Path) -> None:
+    """The manifest is not the job file: a line appended per image, the next run read those
+    lines as jobs and refused the file."""
+    import os
+
+    from hires.job import JobError
+
+    chosen = manifest or output / "manifest.jsonl"
+    try:
+        same = str(jobs) != "-" and chosen.exists() and os.path.samefile(chosen, jobs)
+    except OSError:  # not there, or not to be read: the checks after say so
+        return
+    if same and manifest is not None:
+        raise JobError(f"--manifest {manifest} is the job file: each image appends a line to "
+                       "it; name another .jsonl file")
+    if same:
+        raise JobError(f"the job file {jobs} is also the manifest (by default -o's "
+                       "manifest.jsonl), which each image appends a line to; give --manifest "
+                       "another .jsonl file, or another -o")
+
+
 def check_batch_outputs(items: list, paths: dict[int, Path], name: str, output: Path,
                         manifest: Path | None, overwrite: bool = False) -> Path:
     """Before any work (and in --dry-run): the manifest and every job's folder can be written,
@@ -214,7 +235,7 @@ def check_batch_outputs(items: list, paths: dict[int, Path], name: str, output: 
     from hires.job import JobError
     from hires.runs import check_not_input
 
-    manifest = manifest or output / "manifest.jsonl"
+    given, manifest = manifest is not None, manifest or output / "manifest.jsonl"
 
     def same(path: Path) -> bool:
         return os.path.normcase(os.path.abspath(path)) == os.path.normcase(
@@ -234,8 +255,8 @@ def check_batch_outputs(items: list, paths: dict[int, Path], name: str, output: 
                        "another --manifest")
     try:
         out.check_writable(manifest, overwrite=True)  # appended to: a file there is fine
-    except out.OutputError as e:  # its hint names -o, which is the images' folder
-        raise JobError(f"--manifest {manifest}: "
+    except out.OutputError as e:  # its hint names -o: right only where -o placed it
+        raise JobError(str(e) if not given else f"--manifest {manifest}: "
                        + str(e).replace("choose another -o", "choose another --manifest")
                        ) from None
     seen: set[Path] = set()

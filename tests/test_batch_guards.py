@@ -191,3 +191,56 @@ def test_a_folder_as_the_batch_file_says_so(tmp_path):
     """`hires batch .` said 'batch file not found: .'."""
     line = refused(cli("batch", str(tmp_path), "--dry-run"))
     assert line.startswith(f"error: {tmp_path} is a folder; give a batch file")
+
+
+@pytest.mark.parametrize("given", [True, False])
+def test_the_job_file_as_its_own_manifest_is_refused(tmp_path, monkeypatch, given):
+    """`--manifest jobs.jsonl` (or a job file named manifest.jsonl in -o's folder) made the
+    image and appended its record to the job file, whose next run refused it: 'unknown key'."""
+    monkeypatch.chdir(tmp_path)
+    text = '{"prompt": "a", "model": "tiny", "width": 64, "height": 64, "steps": 1}\n'
+    jobs = write(tmp_path / ("jobs.jsonl" if given else "manifest.jsonl"), text)
+    for extra in (("--dry-run",), ()):
+        args = ("--manifest", str(jobs)) if given else ()
+        line = refused(cli("batch", jobs.name, "-o", ".", *args, *extra))
+        assert "is the job file" in line if given else "is also the manifest" in line, line
+    assert jobs.read_text(encoding="utf-8") == text
+    assert sorted(p.name for p in tmp_path.iterdir()) == [jobs.name]
+
+
+def test_two_jobs_writing_one_file_through_a_symlinked_folder_are_refused(tmp_path):
+    """`x.png` and `self/x.png` with self -> . both ran: the second moved the first's image
+    aside and took its name, and both said done."""
+    out = tmp_path / "ot"
+    out.mkdir()
+    (out / "self").symlink_to(".")
+    jobs = second_job(tmp_path, 'output = "self/x.png"').read_text(encoding="utf-8")
+    jobs = write(tmp_path / "j.toml", jobs.replace('prompt = "a"\n', 'prompt = "a"\n'
+                                                   'output = "x.png"\n', 1))
+    line = refused(cli("batch", jobs, "-o", out, "--dry-run"))
+    assert "j.toml jobs 0 and 1 both write" in line, line
+
+
+@pytest.mark.parametrize(("where", "said"), [
+    ("job", "'preset' in j.toml job 1: preset file not found: none.toml"),
+    ("defaults", "'preset' in j.toml [defaults]: unknown preset 'nope'")])
+def test_a_jobs_preset_error_names_the_file_and_job(tmp_path, where, said):
+    """'preset file not found: none.toml' named no file, job or key."""
+    jobs = (second_job(tmp_path, 'preset = "none.toml"') if where == "job" else
+            write(tmp_path / "j.toml", f'{DEFAULTS}preset = "nope"\n[[job]]\nprompt = "a"\n'))
+    line = refused(cli("batch", jobs, "-o", tmp_path / "ot", "--dry-run"))
+    assert line.startswith(f"error: {said}"), line
+
+
+def test_an_unwritable_o_names_o_not_a_manifest_not_given(tmp_path):
+    """-o under a file blamed '--manifest OUT/manifest.jsonl', a flag not given."""
+    blocker = write(tmp_path / "afile", "x")
+    line = refused(cli("batch", second_job(tmp_path, ""), "-o", blocker / "ot", "--dry-run"))
+    assert line == f"error: cannot write under {blocker}: it is a file; choose another -o", line
+
+
+def test_rank_without_world_size_says_it_is_not_set(tmp_path):
+    """'RANK=1 WORLD_SIZE=1 in the environment' named a WORLD_SIZE nobody set."""
+    line = refused(cli("batch", second_job(tmp_path, ""), "-o", tmp_path / "ot", "--dry-run",
+                       env={"RANK": "1"}))
+    assert line.startswith("error: RANK=1 in the environment (WORLD_SIZE is not set"), line
