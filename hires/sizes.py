@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hires.job import (
+    MAX_DPI,
     MAX_SIDE,
     MIN_SIDE,
     UPSCALE_STRENGTH,
@@ -118,6 +119,8 @@ def print_pixels(text: Any, dpi: float | None,
     of 8 (at 300 dpi, within 0.34 mm of the print); with `source`, an upscale's input size,
     the largest that input fits in the print (`fit_print`)."""
     dpi = dpi or PRINT_DPI
+    if not 1 <= dpi <= MAX_DPI:  # inf or 1e308 overflows the pixels: a library call's dpi
+        raise JobError(f"dpi must be from 1 to {MAX_DPI} pixels per inch, got {dpi}")
     inches = print_inches(text)
     most = math.floor(MAX_SIDE / max(inches))
     if math.ceil(MIN_SIDE / min(inches)) > most:
@@ -297,14 +300,14 @@ def target_size(source: tuple[int, int], *, size: int | None = None, scale: floa
     if width or height:
         if not (width and height):
             raise JobError("--width and --height go together; give both (or use --size)")
-        if width < sw or height < sh:
-            raise JobError(f"hires up makes images larger: {width}x{height} is smaller than the "
-                           f"{sw}x{sh} input; ask for a larger --width and --height")
+        check_larger(source, width, height)
         return width, height
     factor = scale if scale else size / max(sw, sh)
-    if not factor or factor <= 0 or factor != factor:
+    if not factor or factor <= 0 or not math.isfinite(factor):
         raise JobError(f"--scale must be a positive number, got {scale}")
-    w, h = round(sw * factor / 8) * 8, round(sh * factor / 8) * 8
+    # A finite scale can still make an infinite side (1e308 x 128): round() takes no infinity,
+    # and any side past MAX_SIDE gets the same refusal, so it stands in for one.
+    w, h = (_on_grid(side * factor) for side in source)
     if w >= sw and h >= sh and MIN_SIDE <= min(w, h) and max(w, h) <= MAX_SIDE:
         return w, h
     flag, (least, most) = ("--scale", scale_range(source)) if scale else ("--size",
@@ -319,11 +322,38 @@ def target_size(source: tuple[int, int], *, size: int | None = None, scale: floa
         raise JobError(f"hires up makes images larger: {asked} makes {w}x{h}, smaller than the "
                        f"{sw}x{sh} input; ask for {flag} {least:g} or more")
     if max(w, h) > MAX_SIDE:
-        raise JobError(f"{asked} makes {w}x{h} px from the {sw}x{sh} input, more than the "
+        made = f"{w}x{h} px" if max(w, h) <= _HUGE else f"sides of over {_HUGE:,} px"
+        raise JobError(f"{asked} makes {made} from the {sw}x{sh} input, more than the "
                        f"{MAX_SIDE} px a side hires makes; use {flag} {most:g} or less")
     raw = f"{max(1, round(sw * factor))}x{max(1, round(sh * factor))}"  # before the 8 px grid
     raise JobError(f"{asked} makes {raw} px from the {sw}x{sh} input, less than the "
                    f"{MIN_SIDE} px a side hires makes; use {flag} {least:g} or more")
+
+
+# Past this a side is not worth its digits in a message (nor representable, for 1e308 x 128)
+_HUGE = 10 ** 9
+
+
+def _on_grid(px: float) -> int:
+    """A side of `px` rounded to a multiple of 8; past _HUGE (inf too) _HUGE + 8, which is as
+    much too large for hires as the side itself."""
+    return round(px / 8) * 8 if px <= _HUGE else _HUGE + 8
+
+
+def check_larger(source: tuple[int, int], width: int, height: int) -> None:
+    """Refuse an upscale to `width` x `height` that is smaller than its `source` on a side (a
+    JobError naming the flags that are short and the least each may be). Another aspect is
+    the caller's to ask for: both sides given is the way to a new shape."""
+    sw, sh = source
+    short = [(flag, asked, _multiple_of_8(side)) for flag, asked, side in
+             (("--width", width, sw), ("--height", height, sh)) if asked < side]
+    if not short:
+        return
+    named = " and ".join(f"{flag} {asked}" for flag, asked, _ in short)
+    least = " and ".join(f"{flag} {need} or more" for flag, _, need in short)
+    verb = "make" if len(short) > 1 else "makes"
+    raise JobError(f"hires up makes images larger: {named} {verb} {width}x{height}, smaller "
+                   f"than the {sw}x{sh} input; ask for {least}")
 
 
 def scale_range(source: tuple[int, int]) -> tuple[float, float]:
@@ -417,8 +447,11 @@ def job_from_levels(levels: list[tuple[dict[str, Any], str, bool]], base: Job | 
         job = job.merged({"strength": UPSCALE_STRENGTH})
     source = (lambda: size_of(image)) if image and size_of else None
     named = [(values, where) for values, where, _ in levels]
-    size = layered_size(named, source, job.dpi)
-    if size is None and image:
+    # A dpi out of range (inf, nan, 1e308) would overflow a print's pixels: left unsized, the
+    # job's own check below refuses it, naming the flag or file that gave it.
+    dpi_ok = job.dpi is None or 1 <= job.dpi <= MAX_DPI
+    size = layered_size(named, source, job.dpi) if dpi_ok else None
+    if size is None and image and dpi_ok:
         where = levels[-1][1] if levels else OPTIONS
         n = (lambda key: _name(key, where))  # noqa: E731
         preset = " (or a preset that gives one)" if where == OPTIONS else ""
@@ -426,8 +459,15 @@ def job_from_levels(levels: list[tuple[dict[str, Any], str, bool]], base: Job | 
                        f"{n('print_size')} for the upscale's output size{preset}{_in(where)}")
     if size is not None:
         job = job.merged({"width": size[0], "height": size[1]})
-        given = [keys for keys in (size_keys(v) for v, _ in named) if keys]
-        top, below = given[-1], (given[-2] if len(given) > 1 else {})
+        given = [(size_keys(values), where) for values, where in named if size_keys(values)]
+        (top, top_where), below = given[-1], (given[-2][0] if len(given) > 1 else {})
+        if source is not None and "width" in top:
+            # Exact sides are the size without the input (layered_size does not open it), but
+            # an upscale smaller than its input is refused however it is sized.
+            try:
+                check_larger(source(), *size)
+            except JobError as e:
+                raise _said(e, top_where) from None
         # A print's size decides the pixels (an aspect over it keeps its long side): the file
         # records the dpi it was priced at.
         from_print = "print_size" in top or (set(top) == {"aspect"} and "print_size" in below)
