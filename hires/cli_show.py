@@ -223,8 +223,9 @@ def plan_hints(run, job, p, preview: bool, replan: Callable[[Any], Any]) -> Iter
     if p.fp32 == ("VAE",) and job.vae_dtype == "auto":  # only a GPU without bf16 does that
         yield fp16_vae_hint(f"the {run.gpu}", f" (~{p.vae_seconds:.0f} of the ~{p.seconds:.0f} s)")
     first = p.stages[0].cost.seconds if p.stages[0].cost else None
+    # a preview of one stage is the whole job: no quicker look to offer
     if not preview and run.rate is not None and first is not None and p.seconds >= LONG_JOB_S \
-            and p.stages[0].kind == "base":
+            and p.stages[0].kind == "base" and len(p.stages) > 1:
         yield f"a long job: `hires gen --preview` makes its composition first, in {duration(first)}"
     for hint in ([] if preview else [more_ram_hint, exact_hint]):
         said = hint(job, p, replan)

@@ -394,6 +394,9 @@ def test_a_long_plan_suggests_a_preview_first():
     for args in (("--gpu", "h100"), ("--gpu", "4090", "--size", "2048")):  # minutes, not more
         quick = cli("plan", "--size", "16384", *args)
         assert "--preview" not in quick.stderr, args
+    # one stage, however long: its preview is the whole job (it offered "~6 h 47 min")
+    one = cli("plan", "--size", "1024", "--gpu", "0.5", "--steps", "1000")
+    assert "~6 h" in one.stdout and "--preview" not in one.stderr
 
 
 def test_the_plan_counts_the_memory_the_vae_keeps_outputs_in():
