@@ -430,7 +430,7 @@ def _image_plan(job, components, gpu: str | None, source, save_stages: bool,
 
     size = source.rgb.size if source else None
     plan = fitted_plan(lambda: plan_for(job, components, gpu=gpu, source=size,
-                                        stage_images=save_stages), job)
+                                        stage_images=save_stages, preview=preview), job)
     whole = f"{len(plan.stages)} stage(s), {plan.width}x{plan.height}"
     if not preview:
         return plan, whole

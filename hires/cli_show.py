@@ -44,7 +44,7 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
     check_gpu(gpu)
     if here:
         job = as_run_here(job, gpu)
-    run = fitted_plan(lambda: dry_run(job, gpu, source, stage_images), job)
+    run = fitted_plan(lambda: dry_run(job, gpu, source, stage_images, preview), job)
     for one in prompts or [job]:  # a long prompt, said as the run would say it
         tokenizer = cached_tokenizer(one)
         for warning in too_long(tokenizer, one) if tokenizer is not None else []:
@@ -67,7 +67,7 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
                              **({"images": images} if images is not None else {})}))
         return
     out_line("\n".join(plan_lines(run, job, p, preview)))
-    replan = lambda j: dry_run(j, run.gpu, source, stage_images).plan  # noqa: E731
+    replan = lambda j: dry_run(j, run.gpu, source, stage_images, preview).plan  # noqa: E731
     for hint in plan_hints(run, job, p, preview, replan):
         say(hint)
 
@@ -384,7 +384,8 @@ def shared_plan(job: Any, source: tuple[int, int] | None, gpu: str | None,
                      sort_keys=True, default=str)
     if key not in plans:
         here = as_run_here(job, gpu)
-        plans[key] = fitted_plan(lambda j=here, s=source: dry_run(j, gpu, s), here)
+        plans[key] = fitted_plan(lambda j=here, s=source: dry_run(j, gpu, s, preview=preview),
+                                 here)
     run = plans[key]
     if preview:
         run = replace(run, plan=preview_of(run.plan))

@@ -57,7 +57,7 @@ class DryRun:
 
 
 def dry_run(job, gpu: str | None = None, source: tuple[int, int] | None = None,
-            stage_images: bool = False) -> DryRun:
+            stage_images: bool = False, preview: bool = False) -> DryRun:
     """`hires plan`: the job planned for the card `gpu` names (its memory unless `--vram`
     says, its rate), else for the local GPU, else at an H100's rate without a budget. A job
     for the CPU (`--device cpu`) is planned as a run plans it, in the free RAM, and timed only
@@ -68,14 +68,15 @@ def dry_run(job, gpu: str | None = None, source: tuple[int, int] | None = None,
     from hires.gpus import card, card_budget_gib, local_gpu, rate_for
 
     if job.device.startswith("cpu") and gpu is None:
-        plan = plan_without_weights(job, None, source=source, stage_images=stage_images)
+        plan = plan_without_weights(job, None, source=source, stage_images=stage_images,
+                                    preview=preview)
         return DryRun(plan, "cpu", None, "vram" if job.vram is not None else
                       "ram" if job.ram is not None else "device")
     card_vram = card_budget_gib(gpu) if gpu is not None and job.vram is None else None
     gpu = gpu or local_gpu() or "h100"
     rate = rate_for(gpu)
     plan = plan_without_weights(job, rate, source=source, vram=card_vram, gpu=card(gpu),
-                                stage_images=stage_images)
+                                stage_images=stage_images, preview=preview)
     budget_from = None
     if plan.budget:
         budget_from = "vram" if job.vram is not None else "gpu" if card_vram else "device"
@@ -170,7 +171,7 @@ def _small_local_model(model: str) -> bool:
 def plan_without_weights(job, rate: float | None = None,
                          source: tuple[int, int] | None = None,
                          vram: float | None = None, gpu: Card | None = None,
-                         stage_images: bool = False) -> Plan:
+                         stage_images: bool = False, preview: bool = False) -> Plan:
     """The plan of a Job for the device it names, from the model's shapes alone (a dry run).
 
     Without a CUDA GPU here the plan is still for one (that is what it is for), fitted to
@@ -251,4 +252,4 @@ def plan_without_weights(job, rate: float | None = None,
                      vae_tile=job.vae_tile, vae_stats=job.vae_stats, rate=rate, source=source,
                      cosine_scale_2=job.cosine_scale_2, global_floor=job.global_floor,
                      karras=job.karras, alphas_cumprod=alphas, upsample=job.upsample,
-                     stage_images=stage_images)
+                     stage_images=stage_images, preview=preview)

@@ -156,11 +156,13 @@ def budget_for(job: Job, components: Components) -> int | None:
 
 
 def plan_for(job: Job, components: Components, *, gpu: str | None = None,
-             source: tuple[int, int] | None = None, stage_images: bool = False) -> Plan:
+             source: tuple[int, int] | None = None, stage_images: bool = False,
+             preview: bool = False) -> Plan:
     """The job's stages for this model, each with the fastest strategy that fits the budget;
     with `source` (an input image's size), the stages of an upscale from it. Times are for
     `gpu` (a hires.gpus name or TFLOP/s), else for the local GPU where it is in that table.
-    `stage_images`: every stage's image is wanted (see `make_plan`)."""
+    `stage_images`: every stage's image is wanted; `preview`: only the first stage runs (see
+    `make_plan`)."""
     cfg = components.pipe.scheduler.config
     if gpu is None and components.device.type == "cuda":
         gpu = local_gpu()
@@ -173,7 +175,7 @@ def plan_for(job: Job, components: Components, *, gpu: str | None = None,
         vae_tile=job.vae_tile, vae_stats=job.vae_stats, rate=rate_for(gpu) if gpu else None,
         source=source, cosine_scale_2=job.cosine_scale_2, global_floor=job.global_floor,
         karras=job.karras, alphas_cumprod=components.pipe.scheduler.alphas_cumprod,
-        upsample=job.upsample, stage_images=stage_images,
+        upsample=job.upsample, stage_images=stage_images, preview=preview,
     )
 
 

@@ -230,10 +230,13 @@ def make_plan(
     alphas_cumprod: Tensor | None = None,
     upsample: str = "pixel",
     stage_images: bool = False,
+    preview: bool = False,
 ) -> Plan:
     """Stages for a `width` x `height` request; with a model shape, each one's strategy.
 
     `stage_images`: every stage's image is wanted, so latent upsampling decodes each too.
+    `preview`: only the first stage runs (`preview_of`), so only it is fitted: a later stage
+    that does not fit here does not stop it (each stage is fitted on its own either way).
 
     `budget` is the device memory in bytes (None: fit nothing, pick the fastest); `rate` the
     achieved FLOP/s used for the time estimate (None: no time estimate). With `source` (an
@@ -248,10 +251,12 @@ def make_plan(
                       cosine_scale_2=cosine_scale_2, global_floor=global_floor,
                       latent=upsample == "latent", stage_images=stage_images)
     stages = _stages(width, height, strength, native, source, full, denoise)
-    preview = None
+    first = None  # the first stage as a job's end: `preview_of`
     if model is not None:
+        fitted = stages[:1] if preview else stages
         try:
-            stages = _fit_stages(stages, model, budget, offload, vae_tile, vae_stats, rate)
+            stages = [*_fit_stages(fitted, model, budget, offload, vae_tile, vae_stats, rate),
+                      *stages[len(fitted):]]
         except PlanError as e:
             if vae_tile is not None:  # a forced tile that does not fit where the planner's would
                 _tile_error(e, vae_tile, lambda t: _fit_stages(stages, model, budget, offload,
@@ -263,16 +268,17 @@ def make_plan(
                                  vae_stats=vae_stats, rate=rate, source=source,
                                  cosine_scale_2=cosine_scale_2, global_floor=global_floor,
                                  karras=karras, alphas_cumprod=alphas_cumprod,
-                                 upsample=upsample, stage_images=stage_images)
+                                 upsample=upsample, stage_images=stage_images,
+                                 preview=preview)
             raise
-        if len(stages) > 1:  # the first stage as a job's end: `preview_of`
-            preview = _preview(stages[0], model, budget, offload, vae_tile, vae_stats, rate)
+        if len(stages) > 1:
+            first = _preview(stages[0], model, budget, offload, vae_tile, vae_stats, rate)
     spill = model.spill if model is not None and model.on_gpu else 0.0
     fp32 = tuple(part for part, size in (("UNet", model.dtype_bytes),
                                          ("VAE", model.vae_dtype_bytes))
                  if size == 4 and model.on_gpu) if model is not None else ()
     return Plan(tuple(stages), width, height, budget, spill, fp32,
-                model.fp32_share if model is not None else FP32_SHARE, preview,
+                model.fp32_share if model is not None else FP32_SHARE, first,
                 model.guided if model is not None else True)
 
 

@@ -80,3 +80,20 @@ def test_a_memory_refusal_without_cfg_names_the_plain_strategy():
                  "none", "--guidance", "1")
     assert result.exit_code == 2
     assert "(plain)" in result.stderr and "batched" not in result.stderr, result.stderr
+
+
+def test_a_preview_is_not_refused_for_a_later_stage_that_does_not_fit():
+    """`--size 16384 --ram 4 --preview` was refused for stage 6's 4.1 GiB, a stage a preview
+    never runs (and the README's own 16K --preview example failed on a 21 GiB machine)."""
+    whole = cli("gen", "x", "--model", "tiny", "--size", "16384", "--ram", "4", "--dry-run")
+    assert whole.exit_code == 2 and "stage 6 (16384x16384) needs" in whole.stderr
+    preview = cli("gen", "x", "--model", "tiny", "--size", "16384", "--ram", "4", "--preview",
+                  "--dry-run")
+    assert preview.exit_code == 0, preview.stderr
+    assert "stage 0 of 7 (--preview)" in preview.stdout
+    # fitted alone, stage 0 is what the whole job's fit gives it
+    fits = make_plan(16384, 16384, model=sdxl_shape(), budget=40 << 30, rate=400e12)
+    alone = make_plan(16384, 16384, model=sdxl_shape(), budget=40 << 30, rate=400e12,
+                      preview=True)
+    assert preview_of(alone) == preview_of(fits)
+    assert alone.stages[-1].cost is None  # not priced: it does not run
