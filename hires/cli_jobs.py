@@ -142,6 +142,10 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
                        "to make it again with the planner's tiles (not quite the same pixels)")
     job = job_from_levels([*levels, (recorded, where, True), (flags, OPTIONS, False)],
                           size_of=size_of)
+    if preset is not None and (hidden := hidden_by_record(chosen.values, recorded, flags)):
+        warn(f"--preset {chosen.name}: its {', '.join(hidden)} give way to --from "
+             f"{from_image}'s recorded ones (a recorded job comes after a preset, flags after "
+             "both): give the ones to change as flags")
     from hires.record import dtype_note, vae_dtype_ran
 
     if (note := dtype_note(job, result, set(flags))) is not None:
@@ -156,6 +160,18 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
     addons = result.get("addons")
     check_unchanged(job, addons if isinstance(addons, dict) else {}, given=set(flags))
     return check_scale_flags(job, flags)
+
+
+def hidden_by_record(preset: dict[str, Any], recorded: dict[str, Any],
+                     flags: dict[str, Any]) -> list[str]:
+    """The preset's keys that a recorded job (--from) replaces and no flag does: with a
+    record of every key, the whole preset changed nothing, without a word."""
+    from hires.sizes import SIZE_KEYS
+
+    sized_by_flags = any(k in flags for k in SIZE_KEYS)
+    recorded_size = any(k in recorded for k in SIZE_KEYS)
+    return [k for k in preset if (not sized_by_flags and recorded_size if k in SIZE_KEYS
+                                  else k not in flags and k in recorded)]
 
 
 def check_scale_flags(job, flags: dict[str, Any]):

@@ -292,3 +292,17 @@ def test_a_batch_job_drops_its_defaults_add_ons_with_none(tmp_path):
     with pytest.raises(Exception, match="'control_model' in jobs.toml job 0 is given with "
                                         "control = 'none'"):
         read_batch(jobs)
+
+
+def test_a_preset_that_a_recorded_job_replaces_says_so(tmp_path):
+    """`--from made.png --preset draft` planned the recorded job as if no preset were given:
+    the record holds every key, and a recorded job comes after a preset."""
+    made = recorded_image(tmp_path / "made.png", {"steps": 30, "guidance": 7.5})
+    preset = tmp_path / "p.toml"
+    preset.write_text("size = 2048\nsteps = 12\nguidance = 6.0\nseed = 4\n", encoding="utf-8")
+    result = cli("gen", "--from", made, "--preset", preset, "--steps", "3", "--dry-run")
+    assert result.exit_code == 0, result.stderr
+    assert "warning: --preset p: its size, guidance give way to --from" in result.stderr
+    quiet = cli("gen", "--from", made, "--preset", preset, "--steps", "3", "--size", "512",
+                "--guidance", "5", "--dry-run")  # every key it has that the record has: flags
+    assert quiet.exit_code == 0 and "--preset" not in quiet.stderr, quiet.stderr
