@@ -120,19 +120,30 @@ def warn_tmpdir() -> None:
 
 
 def warn_ram(jobs: list) -> None:
-    """Before a GPU run: a --ram above this machine's RAM plans parking that cannot happen
-    here (it is meant for `hires plan` of another machine)."""
+    """Before a run: a --ram above this machine's RAM plans parking that cannot happen here
+    (it is meant for `hires plan` of another machine); on a CPU, whose memory is the RAM, a
+    --vram or --ram above it plans a run that fails here."""
     import torch
 
     from hires.memory import GIB, ram_bytes
 
     total = ram_bytes()[0]
-    for ram in sorted({j.ram for j in jobs if j.ram is not None and j.device != "cpu"
-                       and (j.device != "auto" or torch.cuda.is_available())}):
-        if total and ram * GIB > total:
+    if not total:
+        return
+    on_gpu = [j for j in jobs if j.device != "cpu" and (j.device != "auto"
+                                                         or torch.cuda.is_available())]
+    for ram in sorted({j.ram for j in on_gpu if j.ram is not None}):
+        if ram * GIB > total:
             warn(f"--ram {ram:g} is more than this machine's {total / GIB:.1f} GiB of RAM: a "
                  "plan that fills it fails here (--ram plans another machine's, with `hires "
                  "plan`)")
+    on_cpu = [j for j in jobs if j not in on_gpu]
+    for flag, gib in sorted({("--vram", j.vram) if j.vram is not None else ("--ram", j.ram)
+                             for j in on_cpu if j.vram is not None or j.ram is not None}):
+        if gib * GIB > total:
+            warn(f"{flag} {gib:g} is the CPU run's memory budget, more than this machine's "
+                 f"{total / GIB:.1f} GiB of RAM: a plan that fills it fails here (leave it out "
+                 "to plan in the free RAM)")
 
 
 def warn_space(todo: list[tuple[Path, Any]], stage_images: bool = False) -> None:

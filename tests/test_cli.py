@@ -657,8 +657,23 @@ def test_a_ram_above_this_machines_is_a_warning_before_a_gpu_run(capsys):
     warn_ram([Job(ram=total * 2, device="cuda"), Job(ram=total * 2, device="cuda:1")])
     (line,) = capsys.readouterr().err.strip().splitlines()  # once for the same figure
     assert line.startswith(f"warning: --ram {total * 2:g} is more than this machine's")
-    warn_ram([Job(ram=total / 2, device="cuda"), Job(ram=total * 2, device="cpu")])
-    assert capsys.readouterr().err == ""  # within the RAM; a CPU run parks nothing
+    warn_ram([Job(ram=total / 2, device="cuda"), Job(ram=total / 2, device="cpu")])
+    assert capsys.readouterr().err == ""  # within the RAM
+
+
+@pytest.mark.parametrize("flag", ["vram", "ram"])
+def test_a_cpu_runs_budget_above_this_machines_ram_is_a_warning(capsys, flag):
+    """On a CPU --vram (or --ram) is the run's memory budget: `--vram 100` on 21 GiB planned
+    a 52 GiB stage without a word, and the run then meets the OOM killer."""
+    from hires.cli_runs import warn_ram
+    from hires.job import Job
+    from hires.memory import GIB, ram_bytes
+
+    total = ram_bytes()[0] / GIB
+    warn_ram([Job(**{flag: total * 2}, device="cpu")])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"warning: --{flag} {total * 2:g} is the CPU run's memory budget, "
+                           "more than this machine's")
 
 
 def test_reading_stdin_from_a_terminal_says_how_to_end_it(monkeypatch, capsys):
