@@ -153,7 +153,8 @@ def gen(
     as_json: JsonOut = False, quiet: QuietOpt = False, progress: ProgressOpt = "auto",
     overwrite: Overwrite = False,
     dry_run: DryRun = False, gpu: Gpu = None,
-    n: Annotated[int, typer.Option("--n", min=1, max=10000, metavar="<int>", show_default=False,
+    n: Annotated[int, typer.Option("--n", "-n", min=1, max=10000, metavar="<int>",
+                                   show_default=False,
                                    help="Images per prompt, with consecutive seeds (default 1)."
                                    )] = 1,
     resume_runs: Resume = True,

@@ -798,3 +798,10 @@ def test_auto_progress_is_plain_lines_on_a_dumb_terminal(monkeypatch, term, kind
     made = progress_renderer(False)
     shown = made.enter_result if isinstance(made, nullcontext) else made
     assert type(shown).__name__ == kind
+
+
+def test_n_has_the_short_form_people_type(tmp_path):
+    """`-n 2` was "no such option: -n" (only --n)."""
+    result = cli("gen", "a fox", *TINY, "-n", "2", "--dry-run", "--json", "-o", tmp_path)
+    assert result.exit_code == 0, result.stderr
+    assert len(json_lines(result.stdout)[0]["images"]) == 2
