@@ -211,7 +211,9 @@ InfoJson = Annotated[bool, typer.Option("--json", help="One JSON object per imag
                                         "without an image, one for this machine.")]
 Gpu = Annotated[str | None, typer.Option(
     help="For time estimates: h100, h200, a100, l40s, 4090, ... or a measured TFLOP/s figure.",
-    autocompletion=completes(gpu_names))]
+    autocompletion=completes(gpu_names),
+    # "4090 " from a script's variable: the card, not "the 4090 's" in every line
+    callback=lambda value: value.strip() if isinstance(value, str) and value.strip() else value)]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Check the outputs and inputs, print "
                                       "the plan of the run on this machine (--gpu CARD: on "
                                       "that card, as `hires plan`) and exit without loading "

@@ -592,3 +592,11 @@ def test_the_plans_text_names_each_stages_vae_tile():
         for line, s in zip(lines[1:], stages[1:], strict=True):
             assert f", VAE tiles {s['vae_tile']} px," in line
     assert all(s["vae_tile"] == 1024 for s in stages[1:])
+
+
+def test_a_gpu_name_with_spaces_around_is_the_card():
+    """`--gpu "4090 "` (a script's variable) said "the 4090 's 24.0 GiB" in every line."""
+    result = cli("plan", "--size", "4096", "--gpu", " 4090 ", "--vram", "30")
+    assert result.exit_code == 0, result.stderr
+    assert "4090 '" not in result.stdout + result.stderr
+    assert "more than the 4090's 24.0 GiB" in result.stdout
