@@ -133,12 +133,22 @@ def resolve_device(device: str = "auto") -> torch.device:
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ModelError(
                 "torch sees no CUDA GPU here; use --device cpu (or install a CUDA build of torch)")
+        # Else the load succeeds and the first tensor moved there fails, deep in a run, with
+        # torch's "not linked with support for mps devices".
+        if dev.type == "mps" and not mps_available():
+            raise ModelError("this machine's torch has no Apple GPU (MPS) support; use "
+                             "--device auto or cpu")
         return dev
     if torch.cuda.is_available():
         return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+    if mps_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def mps_available() -> bool:
+    """Whether this torch can run on an Apple GPU (built with MPS, on a Mac that has one)."""
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
 DTYPES = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16,
