@@ -146,6 +146,14 @@ class Job:
         # then read as broken weights ("NaN or inf ... check its file")
         if not 0 <= self.guidance <= MAX_GUIDANCE:
             raise JobError(f"guidance must be from 0 to {MAX_GUIDANCE:g}, got {self.guidance}")
+        # Each is the exponent of a weight cf(t) ** scale, cf falling from 1 to 0 over the
+        # schedule (hires.sampling): below 0 a weight passes 1, a mix extrapolates, and the
+        # latents overflow (read as broken weights: "NaN or inf ... check its file"), or a small
+        # cf's power raises OverflowError. 0 holds a weight at 1; a large one drops it to 0.
+        for name in ("cosine_scale_1", "cosine_scale_2", "cosine_scale_3"):
+            if getattr(self, name) < 0:
+                raise JobError(f"{name} must be 0 or more (DemoFusion's are 1 to 3), got "
+                               f"{getattr(self, name)}")
         if self.sigma <= 0:
             raise JobError(f"sigma must be > 0, got {self.sigma}")
         if not 0.0 <= self.global_floor < 1.0:
@@ -393,13 +401,15 @@ def plain_number(value: Any) -> Any:
 
 
 def check_kind(name: str, value: Any) -> None:
-    """A library caller's number setting (or allow_pickle), strictly of its kind: a whole
-    number is an int (not a bool, text or float), a number an int or float (not a bool or
-    text); numpy's numbers count as Python's (`plain_number`). Files and flags are read as
-    text and coerced; a script's "256" is a slip."""
-    if name in TRUSTED_ONLY and not isinstance(value, bool):  # "no" is truthy: pickle on!
-        raise JobError(f"{name} must be True or False, got {value!r}")
+    """A library caller's number or switch setting, strictly of its kind: a whole number is an
+    int (not a bool, text or float), a number an int or float (not a bool or text), a switch
+    (karras, allow_pickle) a bool; numpy's numbers count as Python's (`plain_number`). Files
+    and flags are read as text and coerced; a script's "256" is a slip."""
     kind = _TYPES.get(name, "").replace(" | None", "")
+    # "no" is truthy (allow_pickle="no": pickle on!); karras="no" read as False, but a
+    # script's "no" or 1 is a slip as its "256" is
+    if (name in TRUSTED_ONLY or kind == "bool") and not isinstance(plain_number(value), bool):
+        raise JobError(f"{name} must be True or False, got {value!r}")
     if value is None or kind not in ("int", "float"):
         return
     value = plain_number(value)
@@ -497,7 +507,8 @@ def size_from(
             raise JobError("--aspect needs --size (the long side in pixels)")
         return None
     check_side("size", size)
-    ratio = parse_aspect(aspect) if aspect else 1.0
+    # `is not None`: a library caller's aspect=0 (or "") is refused as "0" is, not a square
+    ratio = parse_aspect(aspect) if aspect is not None else 1.0
     long_w = ratio >= 1
     stretch = 1 / ratio if long_w else ratio  # short side / long side
     short = max(8, round(size * stretch / 8) * 8)
