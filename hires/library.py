@@ -8,6 +8,7 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import replace
 from functools import wraps
 from pathlib import Path
@@ -59,25 +60,56 @@ def check_keywords(overrides: dict[str, Any]) -> None:
 
 def check_arguments(plan: Any, checkpoint: Any) -> None:
     """`plan` and `checkpoint` of the kinds they must be, before any work (a wrong one failed
-    deep inside, with an AttributeError or pathlib's TypeError)."""
+    deep inside, with an AttributeError or pathlib's TypeError); the checkpoint a file that
+    can be written (`hires.resume.check_path`)."""
     if plan is not None and not isinstance(plan, Plan):
         raise TypeError(f"plan must be a hires.plan.Plan (from hires.pipeline.plan_for), got "
                         f"{type(plan).__name__}")
     if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
         raise TypeError(f"checkpoint must be a file's path (str or Path), got "
                         f"{type(checkpoint).__name__}")
+    if checkpoint is not None:
+        from hires.resume import check_path
+
+        if not os.fspath(checkpoint).strip():  # "" ran with none (an unset variable?)
+            raise ValueError("checkpoint is empty: give a file's path, e.g. "
+                             "hires.resume.path_for('out.png'), or leave it out")
+        check_path(Path(checkpoint))
+
+
+# Inside a library call (`in_keywords`): what only its caller can get wrong is checked then,
+# deep in the run (an `upscale`'s plan against its job). The CLI makes its own plans, and runs a
+# preview as its job's first stage alone, which a library call's result would misdescribe.
+_LIBRARY_CALL: ContextVar[bool] = ContextVar("hires_library_call", default=False)
+
+
+def in_library_call() -> bool:
+    """Whether this runs inside `hires.generate`, `hires.upscale` or `hires.load`."""
+    return _LIBRARY_CALL.get()
+
+
+def check_flags(**flags: Any) -> None:
+    """A library call's switches that are not job settings (`save_stages`, a save's
+    `overwrite`), True or False before any work: "no" is truthy, and `overwrite="no"` wrote
+    over the file. numpy's bools count as bools."""
+    from hires.job import plain_number
+
+    for name, value in flags.items():
+        if not isinstance(plain_number(value), bool):
+            raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
 @contextmanager
 def in_keywords() -> Iterator[None]:
     """A library call's JobError and ModelError name its keywords, not the CLI's flags that the
     shared checks name: 'aspect needs size', not '--aspect needs --size'; 'allow_pickle=True',
-    not '--allow-pickle'."""
+    not '--allow-pickle'. Inside it, `in_library_call()` is true."""
     from hires.errors import NotFinite
     from hires.job import JobError
     from hires.model_refs import ModelError
     from hires.models import in_library_terms
 
+    token = _LIBRARY_CALL.set(True)
     try:
         yield
     except JobError as e:
@@ -86,6 +118,8 @@ def in_keywords() -> Iterator[None]:
                               lambda m: m.group(1).replace("-", "_"), said)) from None
     except (ModelError, NotFinite) as e:
         raise in_library_terms(e) from None
+    finally:
+        _LIBRARY_CALL.reset(token)
 
 
 @wraps(load)

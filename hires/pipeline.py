@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -23,11 +24,19 @@ from hires.addons import Addons, attached
 from hires.controlnet import control_tensor
 from hires.costs import model_shape
 from hires.denoiser import Conditioning, Control, Denoiser
-from hires.errors import NotFinite, dtype_name
+from hires.errors import NotFinite, dtype_name, reworded
 from hires.gpus import fp32_share_for, local_gpu, rate_for
 from hires.images import resize_lanczos, to_8bit
 from hires.job import Job, idle_strength
-from hires.library import check_arguments, check_callback, in_keywords, library_job, with_prompt
+from hires.library import (
+    check_arguments,
+    check_callback,
+    check_flags,
+    in_keywords,
+    in_library_call,
+    library_job,
+    with_prompt,
+)
 from hires.memory import GIB, current, free_memory, host_room, peak_memory, placed, reset_peak
 from hires.models import Components, load, load_args, quiet_loading
 from hires.plan import Plan, Stage, budget_bytes, cheaper, make_plan
@@ -107,7 +116,8 @@ class Result:
         format's suffix gets the job's format's, `~` is the home folder, and a `{seed}`-style
         template is filled ({seed}, {width}, {height}, {prompt}, {name}, {format}). Options:
         `hires.record.save`'s. What the save warns of (a JPEG loses transparency) is added to
-        `warnings` (and the record's) and given to Python's `warnings`."""
+        `warnings` (and the record's) and given to Python's `warnings`. A preview's (a run of
+        `hires.plan.preview_of`'s plan) records itself as its job's stage 0, as `--preview`'s."""
         from hires.output import OutputError, in_library_terms
         from hires.record import save
 
@@ -119,11 +129,16 @@ class Result:
         if str(path) == "-":  # the CLI's `-o -`; here it would be a file named '-'
             raise ValueError("save writes a file, not stdout: give a file's path; to send the "
                              "image elsewhere, save it and copy the file")
+        check_flags(**{k: options[k] for k in ("overwrite", "save_stages") if k in options})
+        # A preview's record says so, as the CLI's --preview's does: else `hires info` and
+        # `--from` take its first stage for the whole job.
+        if self.plan is not None and is_preview(self.plan):
+            options = {"stage": 0, **options}
         try:
             return save(self, self._path(path, options.get("fmt")),
                         **{"warn": self._warned, **options})
         except OutputError as e:  # its message names the CLI's flags: say the keywords
-            raise in_library_terms(e) from None
+            raise _in_save_terms(in_library_terms(e)) from None
 
     def _path(self, path: str | os.PathLike, fmt: str | None) -> Path:
         """Where `save(path)` writes, named as `hires gen -o PATH` and `hires up -o PATH` name
@@ -146,6 +161,21 @@ class Result:
         if message not in self.warnings:
             self.warnings.append(message)
         python_warn(message, stacklevel=5)  # at the script's save(): past record and output
+
+
+# What `hires.output.in_library_terms` leaves of the CLI's -o in a save's errors: a name too
+# long, and a device's hint at `-o -` (stdout), which a save has not.
+_SAVE_TERMS = ((re.compile(r"a shorter -o\b"), "a shorter path"),
+               (re.compile(r"; `-o -` writes the image to stdout.*$"),
+                ": give a file's path (save it, then copy the file where it goes)"))
+
+
+def _in_save_terms(error: Exception) -> Exception:
+    """`error` (a save's OutputError, already in the keywords' words) without the -o left."""
+    message = str(error)
+    for pattern, words in _SAVE_TERMS:
+        message = pattern.sub(words, message)
+    return reworded(error, message)
 
 
 def budget_for(job: Job, components: Components) -> int | None:
@@ -177,6 +207,71 @@ def plan_for(job: Job, components: Components, *, gpu: str | None = None,
         karras=job.karras, alphas_cumprod=components.pipe.scheduler.alphas_cumprod,
         upsample=job.upsample, stage_images=stage_images, preview=preview,
     )
+
+
+def _schedule_args(job: Job, components: Components,
+                   source: tuple[int, int] | None) -> dict[str, Any]:
+    """`make_plan`'s settings that make the job's schedule, as `plan_for` gives them: its
+    stages' sizes, timesteps and global passes (the rest choose and price the strategies)."""
+    cfg = components.pipe.scheduler.config
+    return dict(
+        steps=job.steps, strength=job.strength, native=components.native,
+        spacing=cfg.get("timestep_spacing", "leading"), train_steps=cfg["num_train_timesteps"],
+        offset=cfg.get("steps_offset", 0), source=source, cosine_scale_2=job.cosine_scale_2,
+        global_floor=job.global_floor, karras=job.karras,
+        alphas_cumprod=components.pipe.scheduler.alphas_cumprod, upsample=job.upsample)
+
+
+# A stage's schedule, each part with the words a mismatch is said in. Strategies and costs
+# are not in it: a caller may replace them (the memory levers are why a plan is passed).
+_SCHEDULE = (("size", "size"), ("kind", "start"), ("steps", "steps"),
+             ("timesteps", "timesteps"), ("strength", "strength"), ("ratio", "dilation"),
+             ("global_steps", "global passes"), ("upsample", "upsampling"))
+
+
+def is_preview(plan: Plan) -> bool:
+    """Whether `plan` is a job's preview (`preview_of`): one stage, smaller than the job."""
+    return len(plan.stages) == 1 and (plan.stages[0].width, plan.stages[0].height) != (
+        plan.width, plan.height)
+
+
+def _schedule(stage: Stage) -> dict[str, Any]:
+    return {"size": f"{stage.width}x{stage.height}", "kind": stage.kind, "steps": stage.steps,
+            "timesteps": list(stage.timesteps), "strength": round(stage.strength, 6),
+            "ratio": stage.ratio, "global_steps": stage.global_steps,
+            "upsample": "latent" if stage.latent_upsample else "pixel"}
+
+
+def check_plan(job: Job, components: Components, plan: Plan,
+               source: tuple[int, int] | None = None) -> None:
+    """JobError unless `plan` makes `job` (with `source`, an upscale from an image of that
+    size): another job's plan made its image (another size, other steps) while the result
+    and its record described this one. Its stages' strategies may differ; their schedule
+    (sizes, timesteps, strength, global passes, upsampling) must be the job's own."""
+    from hires.job import JobError
+
+    want = make_plan(job.width, job.height, **_schedule_args(job, components, source))
+    # The job's preview (`preview_of`): its first stage alone, which its save records as that
+    # stage of the job (`is_preview`)
+    stages = want.stages[:1] if len(plan.stages) == 1 else want.stages
+    problem = None
+    if (plan.width, plan.height) != (want.width, want.height):
+        problem = f"it makes {plan.width}x{plan.height}, the job {want.width}x{want.height}"
+    elif len(plan.stages) != len(stages):
+        problem = f"it has {len(plan.stages)} stages, the job {len(stages)}"
+    else:
+        for got, wanted in zip(plan.stages, stages):
+            have, need = _schedule(got), _schedule(wanted)
+            key, words = next(((k, w) for k, w in _SCHEDULE if have[k] != need[k]),
+                              ("", ""))
+            if key:
+                problem = (f"it has {words} {have[key]} at stage {got.index}, where the job "
+                           f"has {need[key]}")
+                break
+    if problem is not None:
+        raise JobError(f"plan is not this job's: {problem}; make it with "
+                       "hires.pipeline.plan_for(job, components) for the job as called (only "
+                       "its stages' strategies may be changed)")
 
 
 def shape_for(job: Job, components: Components):
@@ -233,13 +328,16 @@ def generate(
     `save_stages`: the result holds every stage's image (`Result.stage_images`).
     `on_stage_image(index, image)` is called as each stage but the last is decoded, so a
     caller can show or save it at once (it may come twice after an out-of-memory retry).
-    `plan` (from `plan_for`, possibly with strategies replaced) overrides the planner.
+    `plan` (from `plan_for`, possibly with strategies replaced) overrides the planner; it
+    must be this job's (its stages' sizes, timesteps and strength), or its `preview_of`:
+    another job's is a JobError, before any work.
     `checkpoint` (`hires.resume.path_for(output)`): each finished stage is kept there, and a
     run of the same job that finds one goes on after its stage; remove it once the image is
     saved (`hires.resume.remove`).
     """
     check_callback("on_stage_image", on_stage_image, "(index, image)")
     check_arguments(plan, checkpoint)
+    check_flags(save_stages=save_stages)
     if (job is None or isinstance(job, str)) and overrides.get("image") is not None:
         # `hires up`'s sizes, not a Job's default 1024x1024 square: see hires.upscale
         from hires.upscale import upscale
@@ -303,6 +401,9 @@ def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
     `addons` are the job's add-ons, already on the model (see hires.addons.attached).
     `checkpoint`: where finished stages are kept, and a run of this job is resumed from.
     """
+    if in_library_call():  # the CLI plans its own jobs, and runs a preview's first stage
+        check_flags(save_stages=save_stages)  # `upscale`'s, not checked before
+        check_plan(job, comps, plan, source.size if source is not None else None)
     emit = progress or (lambda e: None)
     started = time.perf_counter()
     addons = addons or Addons()

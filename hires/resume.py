@@ -50,6 +50,33 @@ def path_for(output: str | Path) -> Path:
     return output.with_name(output.name + SUFFIX)
 
 
+def check_path(path: Path) -> None:
+    """A library caller's `checkpoint`, before any work: a file hires can write (one of its
+    checkpoints, or no file yet). Else an unwritable one failed after the first stage's work,
+    a folder ('.') ran with none, unsaid, and another file (the image's own path) was written
+    over. `hires.output.OutputError`s, in the keyword's words."""
+    from hires.output import NAME_MAX, OutputError, OutputUnwritable, OutputUsage, check_writable
+    from hires.output import is_folder as folder_at
+
+    said, example = f"checkpoint={str(path)!r}", "e.g. hires.resume.path_for('out.png')"
+    if folder_at(path):
+        raise OutputUnwritable(f"{said} is a folder: give a file's path, {example}")
+    if len(os.fsencode(path.name)) > NAME_MAX:  # else the first stage's write fails
+        raise OutputUsage(f"{said[:60]}... has a name of {len(os.fsencode(path.name))} bytes; "
+                          f"file names hold {NAME_MAX}: give a shorter one")
+    if path.exists() and not path.is_file():
+        raise OutputUsage(f"{said} is a device or pipe, not a file: give a file's path, "
+                          f"{example}")
+    if path.is_file() and not is_checkpoint(path):
+        raise OutputUsage(f"{said} is a file but not a checkpoint of hires', which the run "
+                          f"would write over: give another path, {example}")
+    try:
+        check_writable(path, overwrite=True)
+    except OutputError as e:  # its words are -o's
+        raise type(e)(f"{said}: {str(e).replace('choose another -o', 'give another path')}"
+                      ) from None
+
+
 def _stages(plan: Plan) -> str:
     return json.dumps([[s.width, s.height, list(s.timesteps)] for s in plan.stages])
 

@@ -1,0 +1,175 @@
+"""The library API's guards from a QA pass: a plan made for another job, an MPS device this torch
+lacks, a negative cosine scale, a non-bool switch, an aspect of 0, and a checkpoint that cannot
+be written are refused before any work, in the library's keywords."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+import hires
+from hires.job import Job, JobError
+from hires.model_refs import ModelError
+from hires.output import OutputError, OutputUnwritable, OutputUsage
+from hires.pipeline import plan_for
+
+ONE = {"steps": 1, "seed": 3}
+
+
+@pytest.fixture(scope="module")
+def made(tiny):
+    return hires.generate("x", components=tiny, size=64, **ONE)
+
+
+def no_work(events: list) -> bool:
+    """Whether a run's progress events show no stage was started."""
+    return not any(e.phase in ("denoise", "vae-encode", "vae-decode") for e in events)
+
+
+# 1. a plan must make the job it runs with (only its strategies may differ)
+
+@pytest.mark.parametrize("planned,called,words", [
+    ({"width": 128, "height": 128}, {"size": 256}, "it makes 128x128, the job 256x256"),
+    ({"width": 128, "height": 128}, {"size": 128, "steps": 2},
+     "it has steps 1 at stage 0, where the job has 2"),
+    ({"width": 512, "height": 512}, {"size": 512, "strength": 0.5},
+     "it has strength 0.32 at stage 1, where the job has 0.5"),
+    ({"width": 512, "height": 512}, {"size": 512, "upsample": "latent"},
+     "it has upsampling pixel at stage 1, where the job has latent"),
+])
+def test_a_plan_for_another_job_is_refused_before_any_work(tiny, planned, called, words):
+    plan = plan_for(Job(prompt="x", model="tiny", steps=1, **planned), tiny)
+    events: list = []
+    with pytest.raises(JobError, match=f"plan is not this job's: {words}; make it with "
+                                       r"hires.pipeline.plan_for\(job, components\)"):
+        hires.generate("x", components=tiny, plan=plan, progress=events.append,
+                       **{**ONE, **called})
+    assert no_work(events)
+
+
+def test_a_preview_plan_runs_its_jobs_first_stage_and_saves_as_it(tiny, tmp_path):
+    from hires.output import job_values_from_image
+    from hires.plan import preview_of
+
+    plan = preview_of(plan_for(Job(prompt="x", model="tiny", width=512, height=512, steps=1),
+                               tiny))
+    result = hires.generate("x", components=tiny, plan=plan, size=512, **ONE)
+    assert result.image.size == (256, 256)
+    record = result.save(tmp_path / "p.png")
+    assert record["stage"] == 0 and job_values_from_image(tmp_path / "p.png")["width"] == 512
+    with pytest.raises(JobError, match="it has steps 1 at stage 0, where the job has 2"):
+        hires.generate("x", components=tiny, plan=plan, size=512, **{**ONE, "steps": 2})
+
+
+def test_an_upscale_with_another_jobs_plan_is_refused(tiny, small):
+    plan = plan_for(Job(prompt="", model="tiny", width=128, height=128, steps=1,
+                        image=str(small)), tiny, source=(96, 64))
+    with pytest.raises(JobError, match="plan is not this job's: it makes 128x128, the job "
+                                       "192x128"):
+        hires.upscale(small, scale=2, components=tiny, plan=plan, **ONE)
+
+
+def test_a_plan_with_other_strategies_runs_and_other_steps_do_not(tiny):
+    plan = plan_for(Job(prompt="x", model="tiny", width=64, height=64, steps=1), tiny)
+    lean = replace(plan, stages=tuple(replace(s, strategy=replace(s.strategy, split_cfg=True))
+                                      for s in plan.stages))
+    result = hires.generate("x", components=tiny, plan=lean, size=64, **ONE)
+    assert result.image.size == (64, 64) and result.plan is lean
+    with pytest.raises(JobError, match="it has steps 1 at stage 0, where the job has 3"):
+        hires.generate("x", components=tiny, plan=lean, size=64, **{**ONE, "steps": 3})
+
+
+# 2. an MPS device this torch cannot use is a ModelError at load, as CUDA's is
+
+def test_mps_without_mps_is_refused_at_load(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    words = r"this machine's torch has no Apple GPU \(MPS\) support; use device=auto or cpu"
+    with pytest.raises(ModelError, match=words):
+        hires.load("tiny", device="mps")
+    with pytest.raises(ModelError, match=words):
+        hires.generate("x", model="tiny", device="mps", size=64, **ONE)
+
+
+# 3. a negative cosine scale is a usage error (it overflowed: "the weights are broken")
+
+@pytest.mark.parametrize("name", ["cosine_scale_1", "cosine_scale_2", "cosine_scale_3"])
+def test_a_negative_cosine_scale_is_refused(tiny, name):
+    with pytest.raises(JobError, match=f"^{name} must be 0 or more \\(DemoFusion's are 1 to 3\\), "
+                                       "got -50.0$"):
+        hires.generate("x", components=tiny, size=64, **{name: -50}, **ONE)
+    with pytest.raises(JobError, match=f"{name} must be 0 or more"):
+        Job.from_dict({name: -50}).validate()
+    assert Job(**{name: 0.0}).validate()  # 0 holds its weight at 1: allowed
+
+
+# 4. a switch is True or False: "no" is truthy
+
+def test_save_refuses_a_non_bool_overwrite_and_keeps_the_file(made, tmp_path):
+    kept = tmp_path / "keep.png"
+    kept.write_bytes(b"mine")
+    with pytest.raises(TypeError, match="overwrite must be True or False, got 'no'"):
+        made.save(kept, overwrite="no")
+    assert kept.read_bytes() == b"mine"
+    with pytest.raises(TypeError, match="save_stages must be True or False, got 1"):
+        made.save(tmp_path / "b.png", save_stages=1)
+
+
+def test_save_stages_must_be_a_bool(tiny, small):
+    with pytest.raises(TypeError, match="save_stages must be True or False, got 'yes'"):
+        hires.generate("x", components=tiny, size=64, save_stages="yes", **ONE)
+    with pytest.raises(TypeError, match="save_stages must be True or False, got 'no'"):
+        hires.upscale(small, scale=2, components=tiny, save_stages="no", **ONE)
+
+
+@pytest.mark.parametrize("name,value", [("karras", "no"), ("dilate_downsamplers", 1)])
+def test_a_job_switch_must_be_a_bool(tiny, name, value):
+    with pytest.raises(JobError, match=f"{name} must be True or False, got {value!r}"):
+        hires.generate("x", components=tiny, size=64, **{name: value}, **ONE)
+
+
+# 5. aspect 0 (or "") is refused as "0" is, not taken as a square
+
+@pytest.mark.parametrize("aspect", [0, 0.0, ""])
+def test_an_aspect_of_zero_is_refused(tiny, aspect):
+    with pytest.raises(JobError, match=f"aspect must look like 16:9 or 1.5, got '{aspect}'"):
+        hires.generate("x", components=tiny, size=256, aspect=aspect, **ONE)
+
+
+# 6. a checkpoint that cannot be written is refused before any work; save says keywords
+
+def test_an_unwritable_checkpoint_is_refused_before_any_work(tiny, tmp_path):
+    blocker = tmp_path / "a.png"
+    blocker.write_bytes(b"mine")
+    events: list = []
+    with pytest.raises(OutputUnwritable, match="checkpoint='.*a.png/x.safetensors': cannot "
+                                               "write under .*: it is a file; give another path"):
+        hires.generate("x", components=tiny, size=64, checkpoint=blocker / "x.safetensors",
+                       progress=events.append, **ONE)
+    assert no_work(events)
+    with pytest.raises(OutputUnwritable, match="checkpoint='.' is a folder: give a file's path"):
+        hires.generate("x", components=tiny, size=64, checkpoint=".", **ONE)
+    assert blocker.read_bytes() == b"mine"
+
+
+def test_a_checkpoint_of_hires_is_taken_and_another_file_is_not(tiny, tmp_path):
+    kept = tmp_path / "out.png.resume.safetensors"
+    hires.generate("x", components=tiny, size=64, checkpoint=kept, **ONE)
+    assert kept.is_file()
+    hires.generate("x", components=tiny, size=64, checkpoint=kept, **ONE)  # goes on from it
+    image = tmp_path / "out.png"
+    image.write_bytes(b"mine")
+    with pytest.raises(OutputUsage, match="checkpoint='.*out.png' is a file but not a "
+                                          "checkpoint of hires', which the run would write over"):
+        hires.generate("x", components=tiny, size=64, checkpoint=image, **ONE)
+    assert image.read_bytes() == b"mine"
+
+
+def test_save_errors_name_no_flags(made):
+    with pytest.raises(OutputError) as e:
+        made.save("x" * 300 + ".png")
+    assert "choose a shorter path" in str(e.value) and "-o" not in str(e.value)
+    if Path("/dev/null").exists():
+        with pytest.raises(OutputError) as e:
+            made.save("/dev/null")
+        assert "-o" not in str(e.value)
