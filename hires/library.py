@@ -8,7 +8,6 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import replace
 from functools import wraps
 from pathlib import Path
@@ -77,17 +76,6 @@ def check_arguments(plan: Any, checkpoint: Any) -> None:
         check_path(Path(checkpoint))
 
 
-# Inside a library call (`in_keywords`): what only its caller can get wrong is checked then,
-# deep in the run (an `upscale`'s plan against its job). The CLI makes its own plans, and runs a
-# preview as its job's first stage alone, which a library call's result would misdescribe.
-_LIBRARY_CALL: ContextVar[bool] = ContextVar("hires_library_call", default=False)
-
-
-def in_library_call() -> bool:
-    """Whether this runs inside `hires.generate`, `hires.upscale` or `hires.load`."""
-    return _LIBRARY_CALL.get()
-
-
 def check_flags(**flags: Any) -> None:
     """A library call's switches that are not job settings (`save_stages`, a save's
     `overwrite`), True or False before any work: "no" is truthy, and `overwrite="no"` wrote
@@ -103,13 +91,12 @@ def check_flags(**flags: Any) -> None:
 def in_keywords() -> Iterator[None]:
     """A library call's JobError and ModelError name its keywords, not the CLI's flags that the
     shared checks name: 'aspect needs size', not '--aspect needs --size'; 'allow_pickle=True',
-    not '--allow-pickle'. Inside it, `in_library_call()` is true."""
+    not '--allow-pickle'."""
     from hires.errors import NotFinite
     from hires.job import JobError
     from hires.model_refs import ModelError
     from hires.models import in_library_terms
 
-    token = _LIBRARY_CALL.set(True)
     try:
         yield
     except JobError as e:
@@ -118,8 +105,6 @@ def in_keywords() -> Iterator[None]:
                               lambda m: m.group(1).replace("-", "_"), said)) from None
     except (ModelError, NotFinite) as e:
         raise in_library_terms(e) from None
-    finally:
-        _LIBRARY_CALL.reset(token)
 
 
 @wraps(load)

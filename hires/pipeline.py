@@ -33,7 +33,6 @@ from hires.library import (
     check_callback,
     check_flags,
     in_keywords,
-    in_library_call,
     library_job,
     with_prompt,
 )
@@ -368,6 +367,8 @@ def run_job(job: Job, *, components: Components | None = None,
     if job.seed is None:
         job = replace(job, seed=secrets.randbelow(2**32))
     comps = components or load(*load_args(job))
+    if plan is not None:  # a caller's: the job's own schedule, before any work
+        check_plan(job, comps, plan)
     plan = plan or plan_for(job, comps, stage_images=save_stages or on_stage_image is not None)
     with attached(comps, job) as addons, torch.inference_mode(), current(comps.device):
         return _run(job, comps, plan, progress, save_stages, addons=addons,
@@ -401,9 +402,6 @@ def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
     `addons` are the job's add-ons, already on the model (see hires.addons.attached).
     `checkpoint`: where finished stages are kept, and a run of this job is resumed from.
     """
-    if in_library_call():  # the CLI plans its own jobs, and runs a preview's first stage
-        check_flags(save_stages=save_stages)  # `upscale`'s, not checked before
-        check_plan(job, comps, plan, source.size if source is not None else None)
     emit = progress or (lambda e: None)
     started = time.perf_counter()
     addons = addons or Addons()

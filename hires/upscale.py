@@ -24,6 +24,7 @@ from hires.job import UPSCALE_STRENGTH, Job, JobError, check_side
 from hires.library import (
     check_arguments,
     check_callback,
+    check_flags,
     in_keywords,
     library_job,
     plain_numbers,
@@ -31,7 +32,7 @@ from hires.library import (
 )
 from hires.memory import current
 from hires.models import Components, load, load_args
-from hires.pipeline import Result, StageImage, _run, plan_for
+from hires.pipeline import Result, StageImage, _run, check_plan, plan_for
 from hires.plan import Plan
 from hires.progress import ProgressFn
 from hires.sizes import target_size
@@ -80,6 +81,7 @@ def upscale(
     check_callback("on_stage_image", on_stage_image, "(index, image)")
     check_callback("on_score", on_score, "(index, psnr)")
     check_arguments(plan, checkpoint)
+    check_flags(save_stages=save_stages)
     sizes = plain_numbers({"size": size, "scale": scale, "width": width, "height": height})
     size, scale, width, height = sizes.values()
     overrides = plain_numbers(overrides)
@@ -196,6 +198,8 @@ def upscale_job(job: Job, *, source: Any = None, components: Components | None =
     if job.seed is None:
         job = replace(job, seed=secrets.randbelow(2**32))
     comps = components or load(*load_args(job))
+    if plan is not None:  # a caller's: the job's own schedule, before any work
+        check_plan(job, comps, plan, source.rgb.size)
     plan = plan or plan_for(job, comps, source=source.rgb.size,
                             stage_images=save_stages or on_stage_image is not None)
     def on_decoded(index: int, result: Image.Image) -> float:
