@@ -78,7 +78,11 @@ _LIBRARY_TERMS = ((re.compile(r"--overwrite"), "overwrite=True"),
                   (re.compile(r"pass --depth 8 for an 8-bit (\w+) \(it overrides [^)]*\)"),
                    r"a \1 made with depth=8"),
                   (re.compile(r"--depth 8"), "depth=8"),
-                  (re.compile(r"--quality"), "quality"))
+                  (re.compile(r"--quality"), "quality"),
+                  (re.compile(r"a shorter -o\b"), "a shorter path"),
+                  # a device's hint at `-o -` (stdout), which a save has not
+                  (re.compile(r"; `-o -` writes the image to stdout.*$"),
+                   ": give a file's path (save it, then copy the file where it goes)"))
 
 
 def in_library_terms(error: OutputError) -> OutputError:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +23,7 @@ from hires.addons import Addons, attached
 from hires.controlnet import control_tensor
 from hires.costs import model_shape
 from hires.denoiser import Conditioning, Control, Denoiser
-from hires.errors import NotFinite, dtype_name, reworded
+from hires.errors import NotFinite, dtype_name
 from hires.gpus import fp32_share_for, local_gpu, rate_for
 from hires.images import resize_lanczos, to_8bit
 from hires.job import Job, idle_strength
@@ -137,7 +136,7 @@ class Result:
             return save(self, self._path(path, options.get("fmt")),
                         **{"warn": self._warned, **options})
         except OutputError as e:  # its message names the CLI's flags: say the keywords
-            raise _in_save_terms(in_library_terms(e)) from None
+            raise in_library_terms(e) from None
 
     def _path(self, path: str | os.PathLike, fmt: str | None) -> Path:
         """Where `save(path)` writes, named as `hires gen -o PATH` and `hires up -o PATH` name
@@ -160,21 +159,6 @@ class Result:
         if message not in self.warnings:
             self.warnings.append(message)
         python_warn(message, stacklevel=5)  # at the script's save(): past record and output
-
-
-# What `hires.output.in_library_terms` leaves of the CLI's -o in a save's errors: a name too
-# long, and a device's hint at `-o -` (stdout), which a save has not.
-_SAVE_TERMS = ((re.compile(r"a shorter -o\b"), "a shorter path"),
-               (re.compile(r"; `-o -` writes the image to stdout.*$"),
-                ": give a file's path (save it, then copy the file where it goes)"))
-
-
-def _in_save_terms(error: Exception) -> Exception:
-    """`error` (a save's OutputError, already in the keywords' words) without the -o left."""
-    message = str(error)
-    for pattern, words in _SAVE_TERMS:
-        message = pattern.sub(words, message)
-    return reworded(error, message)
 
 
 def budget_for(job: Job, components: Components) -> int | None:
