@@ -76,12 +76,12 @@ class StdoutError(Exception):
         super().__init__(f"cannot write to stdout: {error.strerror or error}{where}")
 
 
-def json_line(record: dict[str, Any]) -> str:
-    """A result's JSON line; its file names ("path", "file") as their bytes read as UTF-8, as
-    the files are named on disk, in any locale (`output.name_text`)."""
+def json_line(record: dict[str, Any], names: tuple[str, ...] = ("path", "file")) -> str:
+    """A result's JSON line; its file names (the `names` keys) as their bytes read as UTF-8,
+    as the files are named on disk, in any locale (`output.name_text`)."""
     from hires.output import name_text
 
-    named = {k: name_text(v) for k, v in record.items() if k in ("path", "file") and v}
+    named = {k: name_text(v) for k, v in record.items() if k in names and v}
     return json.dumps({**record, **named}, default=str)
 
 
@@ -102,7 +102,13 @@ def _print_line(text: str) -> None:
     except UnicodeEncodeError:
         # stdout's encoding cannot say it (PYTHONIOENCODING=ascii): a path is written as the
         # bytes the filesystem holds (as `ls` does), not turned into a failure after the work.
-        sys.stdout.buffer.write(text.encode("utf-8", "surrogateescape") + b"\n")
+        # Those are os.fsencode's (in EUC-JP, the name's kanji in EUC-JP where the rest is
+        # UTF-8's surrogates); text that has no such bytes, as UTF-8.
+        try:
+            raw = os.fsencode(text)
+        except UnicodeEncodeError:
+            raw = text.encode("utf-8", "surrogateescape")
+        sys.stdout.buffer.write(raw + b"\n")
         sys.stdout.flush()
 
 

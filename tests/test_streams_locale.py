@@ -113,3 +113,36 @@ def test_a_utf8_prompt_in_an_euc_jp_locale_is_the_prompt_typed(monkeypatch, tmp_
     assert cli_jobs.argv_text(seen) == PROMPT
     monkeypatch.setattr(sys, "orig_argv", ["hires", "gen", "other"])  # not found: as it came
     assert cli_jobs.argv_text(seen) == seen
+
+
+def test_a_path_stdout_cannot_encode_is_printed_as_the_files_bytes(monkeypatch):
+    """In an EUC-JP locale the name of '日本の猫.png' (UTF-8 on disk) reads as EUC-JP kanji
+    and surrogates; stdout's codec refuses the surrogates, and the fallback wrote the whole
+    text as UTF-8: kanji that were the name's EUC-JP pairs came out as other bytes, and
+    `ls "$(hires gen ...)"` found nothing. The line is the file's bytes now."""
+    import io
+    import os
+    import sys
+
+    from hires.cli_output import _print_line
+
+    name = "日本の猫.png".encode()
+    seen = name.decode("euc_jp", "surrogateescape")  # what the locale makes of the name
+    monkeypatch.setattr(os, "fsencode", lambda text: text.encode("euc_jp", "surrogateescape"))
+    out = io.TextIOWrapper(io.BytesIO(), encoding="euc_jp")
+    monkeypatch.setattr(sys, "stdout", out)
+    _print_line(seen)
+    assert out.buffer.getvalue() == name + b"\n"
+
+
+def test_a_presets_name_in_a_c_locale_is_its_files_name_in_utf8(tmp_path):
+    """`presets list --json` gave "name": "m\\udcc3\\udcafne" beside "path": ".../mïne.toml"."""
+    folder = tmp_path / "presets"
+    folder.mkdir()
+    (folder / "mïne.toml").write_text('description = "mine"\nsteps = 3\n', encoding="utf-8")
+    done = subprocess.run([*hires_cmd("presets"), "list", "--json"], capture_output=True,
+                          cwd=REPO, timeout=300,
+                          env=subprocess_env(**C_LOCALE, HIRES_PRESETS=str(folder)))
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    (mine,) = [p for p in map(json.loads, done.stdout.splitlines()) if p["origin"] == "yours"]
+    assert (mine["name"], Path(mine["path"]).name) == ("mïne", "mïne.toml")
