@@ -355,7 +355,7 @@ def presets_list(as_json: PresetsJson = False) -> None:
                     {"name": name, "description": p.description, "path": str(p.path),
                      "origin": "shipped" if ours else "yours",
                      "replaces_shipped": name in theirs and not ours,
-                     "values": p.values}))
+                     "values": p.values}, names=("name", "path")))  # a name is a file's
         else:
             out_line("\n".join(f"{name:12s} {p.description}{origin(name)}"
                                 for name, p in sorted(found.items())))
@@ -386,7 +386,7 @@ def presets_show(name: Annotated[str, typer.Argument(
                                 "path": str(preset.path),
                                 "origin": "shipped" if ours else "yours",
                                 "replaces_shipped": theirs is not None and not ours,
-                                "values": preset.values}))
+                                "values": preset.values}, names=("name", "path")))
             return
         out_line(Path(preset.path).read_text(encoding="utf-8").rstrip("\n"))
 
