@@ -305,8 +305,10 @@ def parse_shard(shard: str | None, env: dict[str, str] | None = None) -> tuple[i
         world = int(env.get("WORLD_SIZE", "1"))
         rank = int(env.get("RANK", env.get("LOCAL_RANK", "0")))
     except ValueError:
-        raise JobError(f"RANK/WORLD_SIZE in the environment must be whole numbers, got "
-                       f"RANK={env.get('RANK')!r} WORLD_SIZE={env.get('WORLD_SIZE')!r}") from None
+        got = " ".join(f"{k}={env[k]!r}" for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+                       if k in env)
+        raise JobError(f"RANK/LOCAL_RANK/WORLD_SIZE in the environment must be whole numbers, "
+                       f"got {got}") from None
     if world < 1 or not 0 <= rank < world:
         # Running zero jobs and exiting 0 would hide a broken launcher from the user.
         named = " ".join(f"{k}={env[k]}" for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")

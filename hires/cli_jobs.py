@@ -168,9 +168,16 @@ def hidden_by_record(preset: dict[str, Any], recorded: dict[str, Any],
     record of every key, the whole preset changed nothing, without a word."""
     from hires.sizes import SIZE_KEYS
 
-    sized_by_flags = any(k in flags for k in SIZE_KEYS)
-    recorded_size = any(k in recorded for k in SIZE_KEYS)
-    return [k for k in preset if (not sized_by_flags and recorded_size if k in SIZE_KEYS
+    # The size is the most specific level's; one that gives only `size` takes the shape from
+    # below, one that gives only `aspect` the long side: there, from the record.
+    sized = {k for k in SIZE_KEYS if k in flags}
+    if sized in ({"size"}, {"aspect"}):
+        size_hidden = set(SIZE_KEYS) - sized
+    else:  # no size flag: the record's size; a whole size from flags: none of it
+        size_hidden = set() if sized else set(SIZE_KEYS)
+    if not any(k in recorded for k in SIZE_KEYS):
+        size_hidden = set()
+    return [k for k in preset if (k in size_hidden if k in SIZE_KEYS
                                   else k not in flags and k in recorded)]
 
 

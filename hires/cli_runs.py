@@ -138,12 +138,13 @@ def warn_ram(jobs: list) -> None:
                  "plan that fills it fails here (--ram plans another machine's, with `hires "
                  "plan`)")
     on_cpu = [j for j in jobs if j not in on_gpu]
-    for flag, gib in sorted({("--vram", j.vram) if j.vram is not None else ("--ram", j.ram)
-                             for j in on_cpu if j.vram is not None or j.ram is not None}):
+    # named as a key: it may be a flag's, a preset's or a job file's
+    for key, gib in sorted({("vram", j.vram) if j.vram is not None else ("ram", j.ram)
+                            for j in on_cpu if j.vram is not None or j.ram is not None}):
         if gib * GIB > total:
-            warn(f"{flag} {gib:g} is the CPU run's memory budget, more than this machine's "
-                 f"{total / GIB:.1f} GiB of RAM: a plan that fills it fails here (leave it out "
-                 "to plan in the free RAM)")
+            warn(f"a {key} of {gib:g} GiB is the CPU run's memory budget, more than this "
+                 f"machine's {total / GIB:.1f} GiB of RAM: a plan that fills it fails here "
+                 f"(drop --{key}, or the preset's or job's {key}, to plan in the free RAM)")
 
 
 def warn_space(todo: list[tuple[Path, Any]], stage_images: bool = False) -> None:

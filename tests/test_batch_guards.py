@@ -244,3 +244,10 @@ def test_rank_without_world_size_says_it_is_not_set(tmp_path):
     line = refused(cli("batch", second_job(tmp_path, ""), "-o", tmp_path / "ot", "--dry-run",
                        env={"RANK": "1"}))
     assert line.startswith("error: RANK=1 in the environment (WORLD_SIZE is not set"), line
+
+
+def test_a_local_rank_that_is_no_number_is_named(tmp_path):
+    """`LOCAL_RANK=x` said "got RANK=None WORLD_SIZE=None", neither of them set."""
+    line = refused(cli("batch", second_job(tmp_path, ""), "-o", tmp_path / "ot", "--dry-run",
+                       env={"LOCAL_RANK": "x"}))
+    assert line.endswith("must be whole numbers, got LOCAL_RANK='x'"), line

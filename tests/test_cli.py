@@ -672,8 +672,8 @@ def test_a_cpu_runs_budget_above_this_machines_ram_is_a_warning(capsys, flag):
     total = ram_bytes()[0] / GIB
     warn_ram([Job(**{flag: total * 2}, device="cpu")])
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f"warning: --{flag} {total * 2:g} is the CPU run's memory budget, "
-                           "more than this machine's")
+    assert line.startswith(f"warning: a {flag} of {total * 2:g} GiB is the CPU run's memory "
+                           "budget, more than this machine's")
 
 
 def test_reading_stdin_from_a_terminal_says_how_to_end_it(monkeypatch, capsys):

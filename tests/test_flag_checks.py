@@ -306,3 +306,17 @@ def test_a_preset_that_a_recorded_job_replaces_says_so(tmp_path):
     quiet = cli("gen", "--from", made, "--preset", preset, "--steps", "3", "--size", "512",
                 "--guidance", "5", "--dry-run")  # every key it has that the record has: flags
     assert quiet.exit_code == 0 and "--preset" not in quiet.stderr, quiet.stderr
+
+
+@pytest.mark.parametrize(("preset", "flags", "hidden"), [
+    ({"size": 4096, "steps": 3}, {"aspect": 2.0}, ["size", "steps"]),  # long side: the record's
+    ({"aspect": "16:9", "steps": 3}, {"size": 256}, ["aspect", "steps"]),  # shape: the record's
+    ({"aspect": "16:9", "size": 4096}, {"size": 256, "aspect": 1.0}, []),  # all from flags
+    ({"size": 4096}, {}, ["size"])])
+def test_a_size_flag_hides_only_its_own_part_of_a_presets_size(preset, flags, hidden):
+    """`--preset 4k --aspect 2` over a record warned of no size, while the record's long
+    side replaced the preset's 4096: one size flag alone takes the rest from below."""
+    from hires.cli_jobs import hidden_by_record
+
+    recorded = {"prompt": "a", "width": 256, "height": 256, "steps": 30}
+    assert hidden_by_record(preset, recorded, flags) == hidden
