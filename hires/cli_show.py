@@ -24,7 +24,7 @@ from hires.cli_output import (
     warn_once,
 )
 from hires.cli_resume import stages_upto
-from hires.cli_runs import checkpoint_note, fp16_vae_hint, warn_space
+from hires.cli_runs import checkpoint_note, fp16_vae_hint, warn_ram, warn_space
 from hires.strips import cores
 
 
@@ -44,6 +44,7 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
     check_gpu(gpu)
     if here:
         job = as_run_here(job, gpu)
+        warn_ram([job])  # as the run warns: a budget over this machine's RAM
     run = fitted_plan(lambda: dry_run(job, gpu, source, stage_images, preview), job)
     for one in prompts or [job]:  # a long prompt, said as the run would say it
         tokenizer = cached_tokenizer(one)
@@ -63,7 +64,7 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
              f"{named.memory_gib:.1f} GiB; drop --vram (or the preset's vram) to plan the card")
     p = preview_of(run.plan) if preview else run.plan
     if as_json:
-        out_line(json.dumps({**plan_json(run, job, p),
+        out_line(json.dumps({**plan_json(run, job, p), "preview": preview,
                              **({"images": images} if images is not None else {})}))
         return
     out_line("\n".join(plan_lines(run, job, p, preview)))

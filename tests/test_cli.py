@@ -805,3 +805,14 @@ def test_n_has_the_short_form_people_type(tmp_path):
     result = cli("gen", "a fox", *TINY, "-n", "2", "--dry-run", "--json", "-o", tmp_path)
     assert result.exit_code == 0, result.stderr
     assert len(json_lines(result.stdout)[0]["images"]) == 2
+
+
+def test_a_dry_run_warns_of_a_cpu_budget_over_the_ram(tmp_path):
+    """Only the run warned: the dry run printed a 100 GiB plan on a 21 GiB machine."""
+    from hires.memory import GIB, ram_bytes
+
+    over = f"{ram_bytes()[0] / GIB * 2:.0f}"
+    result = cli("gen", "a fox", *TINY, "--device", "cpu", "--vram", over, "--dry-run", "-o",
+                 tmp_path / "a.png")
+    assert result.exit_code == 0, result.stderr
+    assert f"warning: a vram of {over} GiB is the CPU run's memory budget" in result.stderr

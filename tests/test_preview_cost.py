@@ -1,6 +1,7 @@
 """A preview (the job's first stage alone) is priced with the decode and save it ends on,
 and a plan without CFG does not call its plain strategy 'batched'."""
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -97,3 +98,14 @@ def test_a_preview_is_not_refused_for_a_later_stage_that_does_not_fit():
                       preview=True)
     assert preview_of(alone) == preview_of(fits)
     assert alone.stages[-1].cost is None  # not priced: it does not run
+
+
+def test_a_preview_dry_runs_json_says_it_is_one():
+    """`--preview --dry-run --json` gave the job's 4096 px and one 1024 px stage, with nothing
+    saying that the stages were a preview's."""
+    args = ("gen", "x", "--model", "tiny", "--size", "4096", "--dry-run", "--json")
+    whole, preview = (json.loads(cli(*args, *extra).stdout.splitlines()[0])
+                      for extra in ((), ("--preview",)))
+    assert (whole["preview"], preview["preview"]) == (False, True)
+    assert preview["width"] == whole["width"] == 4096
+    assert len(preview["stages"]) == 1 < len(whole["stages"])
