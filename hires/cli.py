@@ -25,6 +25,7 @@ from hires.cli_batch import (
     run_batch_jobs,
 )
 from hires.cli_jobs import (
+    argv_as_typed,
     argv_text,
     build_job,
     check_device,
@@ -566,6 +567,7 @@ def main() -> None:
     import signal
 
     hold_closed_streams()
+    argv_as_typed()
     stops = stop_signals()
     for signum in stops:
         signal.signal(signum, on_sigterm)

@@ -43,10 +43,11 @@ def argv_text(value: str) -> str:
     letters ('cafÃ©'). Such bytes that read as UTF-8 are read so (Latin-1 text with accents
     is almost never valid UTF-8); others stay as they came: in a C locale the job refuses
     them."""
-    if value.isascii():
+    try:  # argv's bytes, as the shell passed them (`argv_as_typed` made sure they can be had)
+        typed = value.encode(sys.getfilesystemencoding(), "surrogateescape")
+    except UnicodeError:
         return value
-    typed = _argv_bytes(value)
-    if typed is None:
+    if typed.isascii():
         return value
     try:
         return typed.decode("utf-8")
@@ -54,27 +55,33 @@ def argv_text(value: str) -> str:
         return value
 
 
-def _argv_bytes(value: str) -> bytes | None:
-    """The bytes the shell passed for one of argv's values, or None when they cannot be had.
-    Re-encoding with the locale's codec gives them back for ASCII and Latin-1; Python's EUC-JP
-    or Shift-JIS codecs cannot re-encode what the C library decoded, so there they come from
-    /proc/self/cmdline, which lines up with `sys.orig_argv`."""
-    try:
-        return value.encode(sys.getfilesystemencoding(), "surrogateescape")
-    except UnicodeError:
-        pass
+def argv_as_typed() -> None:
+    """Each of `sys.argv`'s values that the locale's codec cannot encode back to the bytes the
+    shell passed is decoded again from those bytes (/proc/self/cmdline), as os.fsdecode does.
+    In an EUC-JP or Shift-JIS locale the C library decodes argv in ways Python's codecs do not
+    reverse: a UTF-8 prompt could not be read as typed, nor a file named in UTF-8 opened."""
+    encoding = sys.getfilesystemencoding()
+
+    def reversible(value: str) -> bool:
+        try:
+            value.encode(encoding, "surrogateescape")
+        except UnicodeError:
+            return False
+        return True
+
+    if all(map(reversible, sys.argv[1:])):
+        return
     try:
         raw = CMDLINE.read_bytes().split(b"\0")[:-1]
     except OSError:
-        return None
-    if len(raw) != len(sys.orig_argv):
-        return None
-    for text, typed in zip(sys.orig_argv, raw):
-        prefix = text[:len(text) - len(value)]  # "--negative=" when given so; else ""
-        if (text.endswith(value) and prefix[:1] in ("", "-") and prefix.isascii()
-                and typed.startswith(prefix.encode())):
-            return typed[len(prefix):]
-    return None
+        return
+    # sys.argv[1:] are the last values of the command line (after `python -m hires` or the
+    # script), the ones `sys.orig_argv` ends with
+    if len(raw) != len(sys.orig_argv) or len(raw) < len(sys.argv):
+        return
+    typed = raw[len(raw) - len(sys.argv) + 1:]
+    sys.argv[1:] = [value if reversible(value) else os.fsdecode(given)
+                    for value, given in zip(sys.argv[1:], typed)]
 
 
 def refuse_empty(flag: str, value: str | None, what: str) -> None:

@@ -94,25 +94,33 @@ def test_a_utf8_prompt_in_a_latin1_locale_is_the_prompt_typed(monkeypatch):
     assert argv_text("plain") == "plain"
 
 
-@pytest.mark.parametrize("given", [["gen", "{v}"], ["gen", "x", "--negative={v}"]])
-def test_a_utf8_prompt_in_an_euc_jp_locale_is_the_prompt_typed(monkeypatch, tmp_path, given):
-    """An EUC-JP locale decodes a UTF-8 'café 猫' with the C library to 'caf\\u8fbf \\udce7\\x8c
-    \\udcab', which Python's euc_jp codec cannot encode back: the prompt was refused. The
-    typed bytes come from /proc/self/cmdline, matched to `sys.orig_argv`."""
+@pytest.mark.parametrize("start", [["hires"], ["/usr/bin/python3", "-m", "hires"]])
+def test_a_utf8_prompt_and_path_in_an_euc_jp_locale_are_as_typed(monkeypatch, tmp_path, start):
+    """An EUC-JP locale decodes a UTF-8 'café 猫' with the C library to 'caf\u8fbf \udce7\x8c
+    \udcab', which Python's euc_jp codec cannot encode back: the prompt was refused, and a
+    file named so could not be opened (`-o 猫.png` failed with a UnicodeEncodeError, exit 1).
+    argv's values are read again from /proc/self/cmdline's bytes, as os.fsdecode does."""
+    import os
     import sys
 
     from hires import cli_jobs
 
     seen = "caf\u8fbf \udce7\x8c\udcab"  # what Python made of PROMPT's bytes, measured
+    given = ["gen", "{v}", "--negative={v}", "-o", "{v}.png", "ascii"]
     cmdline = tmp_path / "cmdline"
-    typed = [a.format(v=PROMPT).encode() for a in ["hires", *given]]
-    cmdline.write_bytes(b"\0".join(typed) + b"\0")
+    cmdline.write_bytes(b"".join(a.format(v=PROMPT).encode() + b"\0"
+                                 for a in [*start, *given]))
     monkeypatch.setattr(sys, "getfilesystemencoding", lambda: "euc_jp")
-    monkeypatch.setattr(sys, "orig_argv", [a.format(v=seen) for a in ["hires", *given]])
+    monkeypatch.setattr(os, "fsdecode", lambda raw: raw.decode("euc_jp", "surrogateescape"))
+    monkeypatch.setattr(sys, "orig_argv", [a.format(v=seen) for a in [*start, *given]])
+    monkeypatch.setattr(sys, "argv", ["/x/hires", *(a.format(v=seen) for a in given)])
     monkeypatch.setattr(cli_jobs, "CMDLINE", cmdline)
-    assert cli_jobs.argv_text(seen) == PROMPT
-    monkeypatch.setattr(sys, "orig_argv", ["hires", "gen", "other"])  # not found: as it came
-    assert cli_jobs.argv_text(seen) == seen
+    cli_jobs.argv_as_typed()
+    assert [a.encode("euc_jp", "surrogateescape") for a in sys.argv[1:]] == \
+        [a.format(v=PROMPT).encode() for a in given]  # the bytes typed: the file opens
+    assert sys.argv[-1] == "ascii" and sys.argv[0] == "/x/hires"
+    assert cli_jobs.argv_text(sys.argv[2]) == PROMPT
+    assert cli_jobs.job_flags({"negative": sys.argv[3].split("=", 1)[1]})["negative"] == PROMPT
 
 
 def test_a_path_stdout_cannot_encode_is_printed_as_the_files_bytes(monkeypatch):
