@@ -176,26 +176,21 @@ def plan_for(job: Job, components: Components, *, gpu: str | None = None,
     `gpu` (a hires.gpus name or TFLOP/s), else for the local GPU where it is in that table.
     `stage_images`: every stage's image is wanted; `preview`: only the first stage runs (see
     `make_plan`)."""
-    cfg = components.pipe.scheduler.config
     if gpu is None and components.device.type == "cuda":
         gpu = local_gpu()
     return make_plan(
-        job.width, job.height, steps=job.steps, strength=job.strength, native=components.native,
-        spacing=cfg.get("timestep_spacing", "leading"), train_steps=cfg["num_train_timesteps"],
-        offset=cfg.get("steps_offset", 0),
+        job.width, job.height, **_schedule_args(job, components, source),
         model=replace(shape_for(job, components), fp32_share=fp32_share_for(gpu)),
         budget=budget_for(job, components), offload=components.offload,
         vae_tile=job.vae_tile, vae_stats=job.vae_stats, rate=rate_for(gpu) if gpu else None,
-        source=source, cosine_scale_2=job.cosine_scale_2, global_floor=job.global_floor,
-        karras=job.karras, alphas_cumprod=components.pipe.scheduler.alphas_cumprod,
-        upsample=job.upsample, stage_images=stage_images, preview=preview,
+        stage_images=stage_images, preview=preview,
     )
 
 
 def _schedule_args(job: Job, components: Components,
                    source: tuple[int, int] | None) -> dict[str, Any]:
-    """`make_plan`'s settings that make the job's schedule, as `plan_for` gives them: its
-    stages' sizes, timesteps and global passes (the rest choose and price the strategies)."""
+    """`make_plan`'s settings that make the job's schedule (`plan_for`'s, and `check_plan`'s):
+    its stages' sizes, timesteps and global passes (the rest choose and price strategies)."""
     cfg = components.pipe.scheduler.config
     return dict(
         steps=job.steps, strength=job.strength, native=components.native,
