@@ -287,7 +287,7 @@ class Job:
                                "may allow pickle loading; remove the key")
             if name not in valid:
                 raise JobError(f"unknown key '{key}' in {where}{closest_hint(name, valid)}")
-            updates[name] = _coerce(name, value, where)
+            updates[name] = _coerce(name, value, where, typed=untrusted)
         return dataclasses.replace(self, **updates)
 
 
@@ -331,9 +331,13 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise JobError(f"{name} must be one of {', '.join(choices)}; got '{value}'")
 
 
-def _coerce(name: str, value: Any, where: str) -> Any:
+def _coerce(name: str, value: Any, where: str, typed: bool = False) -> Any:
+    """`value` as `name`'s kind, or a JobError naming `where`. `typed`: from a TOML or JSON file
+    (a preset, a batch job, a record), where a number is written as one: steps = "30" is
+    refused, as the seed and size keys and the library refuse it."""
     kind = _TYPES[name]
     value = plain_number(value)  # numpy's 1.7 is a float: not taken for a seed of 1
+    quoted = typed and isinstance(value, str) and kind.startswith(("int", "float"))
     if name == "ip_adapter" and value is None:  # not given: the default
         return DEFAULT_IP_ADAPTER
     if name == "vae_tile" and isinstance(value, str) and value.strip().lower() == "auto":
@@ -343,6 +347,8 @@ def _coerce(name: str, value: Any, where: str) -> Any:
             if "None" not in kind:  # e.g. `guidance: null` in a tampered record
                 raise ValueError
             return None
+        if quoted:
+            raise ValueError
         if kind in ("int", "int | None") or name in ("width", "height", "steps"):
             if isinstance(value, bool) or isinstance(value, float) and not (
                     math.isfinite(value) and value.is_integer()):
@@ -383,7 +389,19 @@ def _coerce(name: str, value: Any, where: str) -> Any:
             " or auto" if name == "vae_tile" else "")
         # a command's flags (hires.sizes.OPTIONS) are named as the user gave them
         said = f"--{name.replace('_', '-')}" if where == "options" else f"'{name}' in {where}"
-        raise JobError(f"{said} must be {what}, got {value!r}") from None
+        raise JobError(f"{said} must be {what}{unquote_hint(value) if quoted else ''}, "
+                       f"got {value!r}") from None
+
+
+def unquote_hint(value: Any) -> str:
+    """' (write it without quotes)' for a number written as text ("30"), else ''."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        float(value)
+    except ValueError:
+        return ""
+    return " (write it without quotes)"
 
 
 def plain_number(value: Any) -> Any:

@@ -29,6 +29,7 @@ from hires.job import (
     check_side,
     parse_aspect,
     size_from,
+    unquote_hint,
 )
 
 SIZE_KEYS = ("size", "aspect", "scale", "width", "height", "print_size")
@@ -206,7 +207,8 @@ def check_size_keys(values: dict[str, Any], where: str) -> None:
             scale = keys["scale"]
             if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (
                     math.isfinite(scale) and scale > 0):
-                raise JobError(f"{n('scale')} must be a positive number, got {scale!r}")
+                raise JobError(f"{n('scale')} must be a positive number{unquote_hint(scale)}, "
+                               f"got {scale!r}")
         if "size" in keys:
             _whole("size", keys["size"], n)
             check_side(n("size"), keys["size"])
@@ -218,7 +220,8 @@ def check_size_keys(values: dict[str, Any], where: str) -> None:
 
 def _whole(key: str, value: Any, n: Callable[[str], str]) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise JobError(f"{n(key)} must be a whole number of pixels, got {value!r}")
+        raise JobError(f"{n(key)} must be a whole number of pixels{unquote_hint(value)}, "
+                       f"got {value!r}")
 
 
 def layered_size(levels: list[Level],

@@ -122,6 +122,13 @@ def test_a_base_job_is_under_the_file(tmp_path):
     ("noprompt.toml", '[[job]]\nprompt = "x"\n[[job]]\nsteps = 4\n',
      ["noprompt.toml job 1 has no prompt", "'image'"]),
     ("blank.jsonl", '{"prompt": "  "}\n', ["blank.jsonl job 0 (line 1) has no prompt"]),
+    # A number in quotes: steps = "1" ran, where size = "64" and seed = "3" were refused.
+    ("quoted.toml", '[[job]]\nprompt = "x"\nsteps = "1"\n',
+     ["'steps' in quoted.toml job 0 must be a whole number (write it without quotes)"]),
+    ("quoted.jsonl", '{"prompt": "x", "guidance": "7.5"}\n',
+     ["'guidance' in quoted.jsonl job 0 (line 1) must be a number (write it without quotes)"]),
+    ("qsize.toml", '[[job]]\nprompt = "x"\nsize = "64"\n',
+     ["'size' in qsize.toml job 0 must be a whole number of pixels (write it without quotes)"]),
 ])
 def test_bad_batch_files_are_job_errors_that_say_where(tmp_path, name, text, words):
     with pytest.raises(JobError) as e:

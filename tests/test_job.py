@@ -37,10 +37,21 @@ def test_unknown_key_names_the_closest():
 
 
 def test_merge_overrides_and_coerces():
-    job = Job.from_dict({"steps": 30, "guidance": "5"}).merged({"steps": 20})
-    assert job.steps == 20 and job.guidance == 5.0
+    job = Job.from_dict({"steps": 30, "guidance": 5}).merged({"steps": 20})
+    assert job.steps == 20 and job.guidance == 5.0 and isinstance(job.guidance, float)
     with pytest.raises(JobError, match="steps"):
         Job.from_dict({"steps": "many"})
+
+
+@pytest.mark.parametrize("key,value,what", [
+    ("steps", "30", "a whole number"), ("guidance", "7.5", "a number"),
+    ("strength", "0.5", "a number"), ("vram", "24", "a number"), ("quality", "90", "a whole")])
+def test_a_number_in_quotes_in_a_file_is_refused_as_seed_and_size_are(key, value, what):
+    """`steps = "1"` in a batch file or preset ran with 1 step, where `seed = "3"` and
+    `size = "64"` were refused: a TOML or JSON file's numbers are written as numbers."""
+    with pytest.raises(JobError, match=f"^'{key}' in preset 'p' must be {what}.* \\(write it "
+                       f"without quotes\\), got '{value}'$"):
+        Job.from_dict({key: value}, where="preset 'p'")
 
 
 @pytest.mark.parametrize("key,value,what", [
