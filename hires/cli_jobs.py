@@ -42,13 +42,16 @@ def argv_text(value: str) -> str:
     a C locale (ASCII) a UTF-8 prompt's bytes arrive as surrogates, in a Latin-1 one as other
     letters ('cafÃ©'). Such bytes that read as UTF-8 are read so (Latin-1 text with accents
     is almost never valid UTF-8); others stay as they came: in a C locale the job refuses
-    them."""
+    them. Text a multi-byte locale (EUC-JP, GBK) read whole stays as it read it: EUC-JP's
+    '猫' (C7 AD) is valid UTF-8 too, for another letter."""
     try:  # argv's bytes, as the shell passed them (`argv_as_typed` made sure they can be had)
         typed = value.encode(sys.getfilesystemencoding(), "surrogateescape")
     except UnicodeError:
         return value
     if typed.isascii():
         return value
+    if len(value) < len(typed) and not any("\udc80" <= c <= "\udcff" for c in value):
+        return value  # letters of two or more bytes each, all the locale's own
     try:
         return typed.decode("utf-8")
     except UnicodeError:

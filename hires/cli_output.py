@@ -77,11 +77,13 @@ class StdoutError(Exception):
 
 
 def json_line(record: dict[str, Any], names: tuple[str, ...] = ("path", "file")) -> str:
-    """A result's JSON line; its file names (the `names` keys) as their bytes read as UTF-8,
-    as the files are named on disk, in any locale (`output.name_text`)."""
+    """A result's JSON line; its file names (the `names` keys, and those an "error" names) as
+    their bytes read as UTF-8, as the files are named on disk, in any locale
+    (`output.name_text`)."""
     from hires.output import name_text
 
-    named = {k: name_text(v) for k, v in record.items() if k in names and v}
+    named = {k: name_text(v) for k, v in record.items()
+             if (k in names or k == "error" and isinstance(v, str)) and v}
     return json.dumps({**record, **named}, default=str)
 
 
@@ -163,8 +165,10 @@ def _stderr(kind: str, text: str) -> None:
     if Quiet.progress != "json":
         err.print(text if kind == "log" else f"{kind}: {text}", markup=False)
         return
-    try:
-        print(json.dumps({kind: text}), file=sys.stderr, flush=True)
+    from hires.output import name_text
+
+    try:  # the files a message names, as --json names them (in any locale)
+        print(json.dumps({kind: name_text(text)}), file=sys.stderr, flush=True)
     except OSError:  # as _LogConsole does: the log's reader went away (or its disk filled),
         _to_devnull(sys.stderr)  # not the run
 

@@ -359,19 +359,31 @@ def in_file_names(text: str) -> str:
 
 
 def name_text(path: str | Path) -> str:
-    """A file's name as text for JSON: its bytes read as UTF-8 (what `in_file_names` writes),
-    not the lone surrogates (C locale) or 'cafÃ©' (Latin-1) the locale makes of them; a name
-    whose bytes are not UTF-8 stays as the locale read it."""
+    """A file's name (or a message naming files) as text for JSON: its bytes read as UTF-8
+    (what `in_file_names` writes), not the lone surrogates (C locale) or 'cafÃ©' (Latin-1) the
+    locale makes of them; bytes that are not UTF-8 stay as the locale read them."""
     try:
         return os.fsencode(path).decode("utf-8")
-    except UnicodeError:
-        return str(path)
+    except UnicodeError:  # text the locale cannot encode (a prompt's '猫' in a C locale)
+        pass  # beside a name's surrogates: each run of them read as UTF-8 on its own
+    return _SURROGATES.sub(lambda run: bytes(ord(c) - 0xDC00 for c in run[0]).decode(
+        "utf-8", "surrogateescape"), str(path))
+
+
+_SURROGATES = re.compile("[\udc80-\udcff]+")  # bytes a locale's codec did not read
 
 
 def stem_part(stem: str, limit: int = 80) -> str:
     """An input file's stem as part of an output name: kept as written (case, `_`, `.`), but
-    spaces and shell-unfriendly characters made `-`."""
-    return re.sub(r"[^\w.\-]+", "-", stem).strip("-.")[:limit] or "image"
+    spaces and shell-unfriendly characters made `-`. A UTF-8 name is cut and cleaned as its
+    letters, not as the locale reads its bytes (Latin-1 made 'café' 'cafÃ©', whose '©' went)."""
+    try:
+        text = os.fsencode(stem).decode("utf-8")
+    except UnicodeError:  # not UTF-8 on disk: as the locale reads it
+        text = None
+    part = re.sub(r"[^\w.\-]+", "-", stem if text is None else text).strip("-.")[:limit]
+    part = part or "image"
+    return part if text is None else in_file_names(part)
 
 
 # (sampler, karras) -> the names A1111 and image sites show; read back by parse_parameters.
@@ -880,8 +892,9 @@ def a1111_notes(text: str) -> list[str]:
 
 def append_manifest(path: str | Path, record: dict[str, Any]) -> None:
     """One JSON line per result, flushed at once so a killed batch keeps what it finished."""
-    if "path" in record:
-        record = {**record, "path": name_text(record["path"])}
+    # the files it names (in "path", and an "error"'s) as --json names them, in any locale
+    record = {**record, **{k: name_text(record[k]) for k in ("path", "error")
+                           if isinstance(record.get(k), str)}}
     line = (json.dumps(record, sort_keys=True) + "\n").encode()
     # One write() on an O_APPEND descriptor: shards appending at once never interleave lines.
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

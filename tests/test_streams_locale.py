@@ -154,3 +154,57 @@ def test_a_presets_name_in_a_c_locale_is_its_files_name_in_utf8(tmp_path):
     assert done.returncode == 0, done.stderr.decode(errors="replace")
     (mine,) = [p for p in map(json.loads, done.stdout.splitlines()) if p["origin"] == "yours"]
     assert (mine["name"], Path(mine["path"]).name) == ("mïne", "mïne.toml")
+
+
+def test_an_euc_jp_prompt_in_an_euc_jp_locale_stays_as_the_locale_read_it(monkeypatch):
+    """'猫' in EUC-JP is C7 AD, which is valid UTF-8 too (for 'ǭ'): the prompt a Japanese
+    user typed in a correctly set locale became another letter."""
+    import sys
+
+    from hires.cli_jobs import argv_text
+
+    monkeypatch.setattr(sys, "getfilesystemencoding", lambda: "euc_jp")
+    for typed in ("猫", "日本の猫, 油絵"):
+        assert argv_text(typed) == typed
+    # a UTF-8 prompt the locale could not read whole (its '猫' is no EUC-JP) is still UTF-8's
+    seen = PROMPT.encode().decode("euc_jp", "surrogateescape")
+    assert argv_text(seen) == PROMPT
+
+
+@pytest.mark.parametrize("encoding", ["iso8859-1", "ascii"])
+def test_an_inputs_utf8_name_is_cut_as_its_letters_in_any_locale(monkeypatch, encoding):
+    """`up café.png -o '{name}-up.png'`: a Latin-1 locale reads the name's bytes as 'cafÃ©',
+    whose '©' became '-' and was cut, leaving half of 'é' (byte C3) in the output's name; a C
+    locale lost the 'é' ('caf'). The part's bytes are the input name's UTF-8 now."""
+    import os
+
+    from hires.output import stem_part
+
+    monkeypatch.setattr(os, "fsencode", lambda t: t.encode(encoding, "surrogateescape"))
+    monkeypatch.setattr(os, "fsdecode", lambda b: b.decode(encoding, "surrogateescape"))
+    seen = os.fsdecode("café du matin".encode())
+    assert os.fsencode(stem_part(seen)) == "café-du-matin".encode()
+    latin1 = os.fsdecode("caf\xe9".encode("latin-1"))  # a name that is not UTF-8: as it is
+    assert stem_part(latin1) == ("caf\xe9" if encoding == "iso8859-1" else "caf")
+
+
+def test_progress_json_log_and_error_lines_name_files_in_utf8(monkeypatch, capsys, tmp_path):
+    """--progress json's {"log": ...} and {"error": ...} lines carried a C locale's lone
+    surrogates for a UTF-8 file name ("caf\\udcc3\\udca9.png"), which JSON readers refuse or
+    garble; the manifest's "error" too. They read as the files' UTF-8 now, and text the locale
+    cannot encode (a prompt's '猫') beside it stays as it is."""
+    import os
+
+    from hires import cli_output
+    from hires.output import append_manifest
+
+    monkeypatch.setattr(os, "fsencode", lambda t: t.encode("ascii", "surrogateescape"))
+    name = "caf\udcc3\udca9.png"
+    monkeypatch.setattr(cli_output.Quiet, "progress", "json")
+    cli_output.say(f"saved {name}")
+    cli_output.warn(f"猫: {name} is large")
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert lines == [{"log": "saved café.png"}, {"warning": "猫: café.png is large"}]
+    append_manifest(tmp_path / "m.jsonl", {"path": name, "error": f"cannot write {name}"})
+    record = json.loads((tmp_path / "m.jsonl").read_text(encoding="utf-8"))
+    assert record == {"path": "café.png", "error": "cannot write café.png"}
