@@ -198,12 +198,17 @@ def check_writable(path: Path, overwrite: bool) -> None:
         raise OutputUnwritable(f"cannot write under {folder}: it is a file; choose another -o")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputUnwritable(f"cannot write to {folder}; choose another -o")
-    if folder == path.parent:
-        # os.access says yes to root and on read-only mounts; a real file says it for sure.
-        # The name is a temp file's, so a probe left by a killed run is cleaned like one.
+    # os.access says yes to root and on read-only mounts (and /proc); a real file says it for
+    # sure, in the folder the missing ones would be made in too. The name is a temp file's,
+    # so a probe left by a killed run is cleaned like one.
+    try:
         fd, probe = part_file(folder, "probe")
-        os.close(fd)
-        os.unlink(probe)
+    except OutputUnwritable as e:
+        if folder == path.parent:
+            raise
+        raise OutputUnwritable(f"cannot make the folder {path.parent}: {e}") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def is_folder(path: Path) -> bool:

@@ -710,6 +710,14 @@ def test_an_output_folder_that_refuses_files_fails_before_any_work(tmp_path):
     assert "denoise" not in result.stderr
 
 
+def test_an_output_under_folders_that_cannot_be_made_fails_before_any_work():
+    """-o /proc/new/x.png: the nearest folder there (/proc) passed os.access for root, and the
+    run failed at its end ("cannot create output folder"), its work lost."""
+    result = run_hires("gen", "x", *TINY, "-o", "/proc/hires-new/x.png")
+    assert_usage(result, "cannot make the folder /proc/hires-new: cannot write to /proc")
+    assert "denoise" not in result.stderr and "stage" not in result.stderr
+
+
 @pytest.mark.parametrize("raised,said,code", [("Terminated", "terminated", 143),
                                               ("KeyboardInterrupt", "interrupted", 130)])
 def test_a_stop_outside_a_commands_own_handling_says_which_it_was(raised, said, code, capfd):

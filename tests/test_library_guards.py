@@ -150,6 +150,12 @@ def test_an_unwritable_checkpoint_is_refused_before_any_work(tiny, tmp_path):
     with pytest.raises(OutputUnwritable, match="checkpoint='.' is a folder: give a file's path"):
         hires.generate("x", components=tiny, size=64, checkpoint=".", **ONE)
     assert blocker.read_bytes() == b"mine"
+    # folders that cannot be made (os.access says yes to root under /proc)
+    with pytest.raises(OutputUnwritable, match="cannot make the folder /proc/hires-new: .*; give "
+                                               "another path"):
+        hires.generate("x", components=tiny, size=64, checkpoint="/proc/hires-new/x.ck",
+                       progress=events.append, **ONE)
+    assert no_work(events)
 
 
 def test_a_checkpoint_of_hires_is_taken_and_another_file_is_not(tiny, tmp_path):
