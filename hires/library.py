@@ -131,6 +131,7 @@ def library_job(job: Job | str | None, overrides: dict[str, Any],
     its errors name the keywords."""
     from hires.addons import check_inputs
     from hires.job import LOSSY_FORMATS, JobError, check_kind, idle_setting, size_from
+    from hires.model_refs import check_given_paths
     from hires.output import format_problem
 
     if isinstance(job, str):
@@ -147,6 +148,7 @@ def library_job(job: Job | str | None, overrides: dict[str, Any],
     overrides = plain_numbers(overrides)  # numpy's 256 is 256
     for name, value in overrides.items():  # 256, not "256" or 256.0: as README says
         check_kind(name, value)
+    check_given_paths({k: v for k, v in overrides.items() if k in ("model", "vae", "linfusion")})
     if overrides.get("print_size") is not None:  # as --print-size: a print at the dpi
         overrides = {**overrides, **print_size_overrides(overrides)}
     overrides.pop("print_size", None)

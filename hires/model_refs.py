@@ -4,6 +4,7 @@ headers, folders' components, the Hub cache."""
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 from hires.errors import first_line
@@ -34,6 +35,17 @@ def model_kind(ref: str) -> str:
     if ref.startswith((".", "/", "~")) or os.sep in ref.strip("/").replace("/", "", 1):
         return "file"
     return "hub"
+
+
+def check_given_paths(refs: dict[str, object]) -> None:
+    """A library caller's model, vae or linfusion given as a path object (Path('models/x'))
+    names a local file or folder: one that is not there is said so (a usage error), where its
+    text was taken for a Hub id and said to be not in the cache."""
+    for name, ref in refs.items():
+        if isinstance(ref, os.PathLike) and not Path(ref).expanduser().exists():
+            raise ModelError(f"{name}={os.fspath(ref)!r}: no such file or folder; give a "
+                             ".safetensors file, a diffusers folder, or a Hugging Face Hub id "
+                             "as text ('owner/name')", usage=True)
 
 
 def check_paths(model: str, vae: str | None, linfusion: str, allow_pickle: bool = False) -> None:
@@ -195,13 +207,14 @@ SDXL_FILE_PREFIXES = ("model.diffusion_model.", "conditioner.")
 
 
 def single_file_refusal(path: Path, vae: bool = False) -> str | None:
-    """Why the .safetensors file at `path` is not an SDXL checkpoint (`vae`: a VAE's weights),
-    read from its header alone (None: it may be). A pickle file is not read: only its first
-    bytes are checked to be torch.save's (a zip, or a pickle), so a dry run refuses junk."""
+    """Why the single file at `path` is not an SDXL checkpoint (`vae`: a VAE's weights), from
+    its tensor names alone (None: it may be): a .safetensors header's, a torch.save file's
+    where they can be read without running its code (`_pickle_keys`); a pickle's first bytes
+    are checked to be torch.save's (a zip, or a pickle), so a dry run refuses junk."""
     from hires.safetensors_header import read_header, truncated
 
     if path.suffix in PICKLE_SUFFIXES:
-        return _pickle_file_refusal(path)
+        return _pickle_file_refusal(path) or _keys_refusal(path.name, _pickle_keys(path), vae)
     if path.suffix != ".safetensors":
         return None
     header = read_header(path)
@@ -210,11 +223,18 @@ def single_file_refusal(path: Path, vae: bool = False) -> str | None:
     if header is None:
         return (f"{path.name} is not a valid safetensors file (truncated, or not safetensors at "
                 "all?); re-download or re-save it")
-    keys = [k for k in header if k != "__metadata__"]
+    return _keys_refusal(path.name, [k for k in header if k != "__metadata__"], vae)
+
+
+def _keys_refusal(name: str, keys: list[str] | None, vae: bool) -> str | None:
+    """Why a single file with these tensor names is not an SDXL checkpoint (`vae`: a VAE's
+    weights); None: it may be, or its names are not known (None)."""
+    if keys is None:
+        return None
     lora = any("lora" in k.lower() for k in keys)
     if vae:
         if lora or not any(k.startswith("decoder.") or ".decoder." in k for k in keys):
-            return (f"{path.name} is not a VAE's weights (no decoder.* tensors); give a VAE's "
+            return (f"{name} is not a VAE's weights (no decoder.* tensors); give a VAE's "
                     ".safetensors file, its diffusers folder or a Hub id")
         return None
     unet, text = (any(k.startswith(p) for k in keys) for p in SDXL_FILE_PREFIXES)
@@ -231,7 +251,7 @@ def single_file_refusal(path: Path, vae: bool = False) -> str | None:
         guess = "a VAE? give it with --vae"
     else:
         guess = "a UNet-only or LoRA file?"
-    return (f"{path.name} is not an SDXL checkpoint ({guess}): it has no model.diffusion_model.* "
+    return (f"{name} is not an SDXL checkpoint ({guess}): it has no model.diffusion_model.* "
             "and conditioner.* weights; give a whole SDXL .safetensors checkpoint, a diffusers "
             "folder or a Hub id")
 
@@ -438,6 +458,27 @@ def _pickle_file_refusal(path: Path) -> str | None:
         return None
     what = "empty" if not start else "not a PyTorch checkpoint (torch.save writes a zip)"
     return f"{path.name} is {what}; re-download or re-save it"
+
+
+def _pickle_keys(path: Path) -> list[str] | None:
+    """The tensor names of a file torch.save wrote (a zip), read without running its code
+    (weights_only) or reading its tensors (mmap); None where they cannot be had so: a legacy
+    file, or one holding other objects too (Lightning's callbacks), which only the trusted load
+    reads."""
+    import warnings
+
+    import torch
+
+    if not path.is_file() or not zipfile.is_zipfile(path):  # a FIFO's open would wait
+        return None
+    try:
+        with warnings.catch_warnings():  # torch's about pickles: the load, if any, says them
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception:  # torch raises many kinds here (unpickling, zip, storage); each: cannot tell
+        return None
+    state = data.get("state_dict", data) if isinstance(data, dict) else None
+    return [str(k) for k in state] if isinstance(state, dict) else None
 
 
 def weights_refusal(path: Path, what: str, allow_pickle: bool) -> str | None:

@@ -20,6 +20,7 @@ from hires.job import DEFAULT_MODEL
 from hires.model_refs import (  # ModelError: also hires.models.ModelError, as README documents
     ModelError,
     check_before_loading,
+    check_given_paths,
     check_vae_ref,
     fp16_only,
     go_offline_if_unreachable,
@@ -464,13 +465,13 @@ def tune_for_cuda(pipe) -> None:
 
 def load(
     model: str | os.PathLike = DEFAULT_MODEL,
-    linfusion: str = "auto",
+    linfusion: str | os.PathLike = "auto",
     dtype: str = "auto",
     device: str = "auto",
     allow_pickle: bool = False,
     offload: str = "auto",
     vae_dtype: str = "auto",
-    vae: str | None = None,
+    vae: str | os.PathLike | None = None,
 ) -> Components:
     """Load a model for generation: pipeline parts, LinFusion mounted, on the chosen device.
 
@@ -481,6 +482,7 @@ def load(
     from hires.memory import choose_offload, place
 
     check_kind("allow_pickle", allow_pickle)
+    check_given_paths({"model": model, "vae": vae, "linfusion": linfusion})
     # The library's callers get the CLI's checks: a Path is taken, offload="bad" refused.
     asked = Job(model=model, linfusion=linfusion, dtype=dtype, device=device, offload=offload,
                 vae_dtype=vae_dtype, vae=vae).validate()

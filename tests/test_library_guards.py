@@ -2,6 +2,7 @@
 lacks, a negative cosine scale, a non-bool switch, an aspect of 0, and a checkpoint that cannot
 be written are refused before any work, in the library's keywords."""
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -179,3 +180,17 @@ def test_save_errors_name_no_flags(made):
         with pytest.raises(OutputError) as e:
             made.save("/dev/null")
         assert "-o" not in str(e.value)
+
+
+@pytest.mark.parametrize("key", ["model", "vae", "linfusion"])
+def test_a_path_object_that_is_not_there_is_said_so_not_sought_on_the_hub(tmp_path, key):
+    """hires.load(model=Path('models/sdxl')) with the folder missing said "model 'models/sdxl'
+    is not in the local cache" (read as a Hub id); a path object names a local file."""
+    missing = tmp_path / "models" / "sdxl"
+    said = f"^{key}={re.escape(repr(str(missing)))}: no such file or folder; give"
+    with pytest.raises(ModelError, match=said):
+        hires.load(**{key: missing})
+    events: list = []
+    with pytest.raises(ModelError, match=said):
+        hires.generate("x", size=64, progress=events.append, **{key: missing}, **ONE)
+    assert no_work(events)

@@ -147,6 +147,30 @@ def test_a_single_file_that_is_no_sdxl_checkpoint_fails_the_dry_run(tmp_path, ti
     assert ok.exit_code == 0, ok.stderr
 
 
+def test_a_pickle_checkpoint_that_is_no_sdxl_model_fails_the_dry_run(tmp_path):
+    """A torch.save file of other weights passed every check and failed at the load (exit 1,
+    or with the Hub's configs not cached, blaming them). Its tensor names are read without
+    running its code (weights_only) when torch.save wrote plain tensors."""
+    from hires.model_refs import single_file_refusal
+
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {"model.weight": torch.zeros(2)}}, other)
+    for allow in ([], ["--allow-pickle"]):
+        assert_usage_error(dry("--model", other, *allow), "--model other.ckpt",
+                           "not an SDXL checkpoint")
+    lora = tmp_path / "style.pt"
+    torch.save({"lora_unet_x.lora_down.weight": torch.zeros(2)}, lora)
+    assert_usage_error(dry("--model", "tiny", "--vae", lora), "not a VAE's weights")
+    sdxl = tmp_path / "sdxl.ckpt"  # SD's layout: the weights under "state_dict"
+    torch.save({"state_dict": {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1),
+                               "conditioner.embedders.0.x": torch.zeros(1)}}, sdxl)
+    assert single_file_refusal(sdxl) is None
+    lightning = tmp_path / "trained.ckpt"  # other objects beside the weights: cannot tell
+    torch.save({"state_dict": {"model.weight": torch.zeros(2)}, "callbacks": {Path("x")}},
+               lightning)
+    assert single_file_refusal(lightning) is None
+
+
 class _Pipeline:
     """diffusers' pipeline class, as far as load_pipeline uses it for a single file."""
 
@@ -318,7 +342,7 @@ def test_a_pickle_file_that_is_no_checkpoint_is_refused_in_the_dry_run(tmp_path,
     assert_usage_error(cli(*run, flag, str(junk)), "junk.ckpt is not a PyTorch checkpoint")
     assert_usage_error(cli(*run, flag, str(empty)), "empty.pt is empty")
     result = cli(*run, flag, str(made))  # what torch.save wrote is not refused by its bytes
-    assert "made.ckpt is" not in result.stderr
+    assert "not a PyTorch checkpoint" not in result.stderr and "empty" not in result.stderr
 
 
 def test_junk_at_a_pickle_path_is_said_before_asking_to_allow_pickles(tmp_path):
