@@ -102,16 +102,32 @@ def _print_line(text: str) -> None:
     try:
         print(text, flush=True)
     except UnicodeEncodeError:
-        # stdout's encoding cannot say it (PYTHONIOENCODING=ascii): a path is written as the
-        # bytes the filesystem holds (as `ls` does), not turned into a failure after the work.
-        # Those are os.fsencode's (in EUC-JP, the name's kanji in EUC-JP where the rest is
-        # UTF-8's surrogates); text that has no such bytes, as UTF-8.
-        try:
-            raw = os.fsencode(text)
-        except UnicodeEncodeError:
-            raw = text.encode("utf-8", "surrogateescape")
-        sys.stdout.buffer.write(raw + b"\n")
-        sys.stdout.flush()
+        _print_bytes(text, sys.stdout)
+
+
+def _print_bytes(text: str, stream: Any) -> None:
+    """A line its stream's encoding cannot say (a C locale's ASCII, PYTHONIOENCODING=ascii):
+    a path is written as the bytes the filesystem holds (as `ls` does), not turned into a
+    failure after the work. Those are os.fsencode's (in EUC-JP, the name's kanji in EUC-JP
+    where the rest is UTF-8's surrogates); text that has no such bytes, as UTF-8."""
+    try:
+        raw = os.fsencode(text)
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "surrogateescape")
+    stream.flush()
+    stream.buffer.write(raw + b"\n")
+    stream.flush()
+
+
+def _encodes(text: str, stream: Any) -> bool:
+    """Whether `stream` can write `text` in its own encoding (a stream without one can)."""
+    try:
+        text.encode(getattr(stream, "encoding", None) or "utf-8")
+    except UnicodeEncodeError:
+        return False
+    except LookupError:  # an encoding Python does not know: as print would fail, later
+        return True
+    return True
 
 
 def stdout_failed(error: OSError) -> StdoutError:
@@ -163,7 +179,14 @@ def _stderr(kind: str, text: str) -> None:
     object (`{"log": ...}`, `{"warning": ...}`, `{"error": ...}`), so that a program reading
     the progress parses every line hires writes there."""
     if Quiet.progress != "json":
-        err.print(text if kind == "log" else f"{kind}: {text}", markup=False)
+        line = text if kind == "log" else f"{kind}: {text}"
+        if _encodes(line, sys.stderr) or not hasattr(sys.stderr, "buffer"):
+            err.print(line, markup=False)
+            return
+        try:  # as _print_line: a file's name as its bytes, not '\udcc3\udca9' escapes
+            _print_bytes(line, sys.stderr)
+        except OSError:  # as _LogConsole does: the log's reader went away, not the run
+            _to_devnull(sys.stderr)
         return
     from hires.output import name_text
 

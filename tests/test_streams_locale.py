@@ -208,3 +208,22 @@ def test_progress_json_log_and_error_lines_name_files_in_utf8(monkeypatch, capsy
     append_manifest(tmp_path / "m.jsonl", {"path": name, "error": f"cannot write {name}"})
     record = json.loads((tmp_path / "m.jsonl").read_text(encoding="utf-8"))
     assert record == {"path": "café.png", "error": "cannot write café.png"}
+
+
+def test_a_log_line_naming_a_utf8_file_is_its_bytes_on_a_c_locales_stderr(monkeypatch):
+    """The log said 'saved \\udcc3\\udca7a/caf\\udcc3\\udca9.png' (Python's escapes) where stdout
+    printed the name's bytes; a UTF-8 terminal in a C locale shows them as the name."""
+    import io
+    import os
+    import sys
+
+    from hires import cli_output
+
+    monkeypatch.setattr(os, "fsencode", lambda t: t.encode("ascii", "surrogateescape"))
+    log = io.TextIOWrapper(io.BytesIO(), encoding="ascii", errors="backslashreplace")
+    monkeypatch.setattr(sys, "stderr", log)
+    monkeypatch.setattr(cli_output.Quiet, "progress", "plain")
+    cli_output.say("saved \udcc3\udca7a/caf\udcc3\udca9.png")
+    cli_output.warn("plain ASCII")
+    log.flush()
+    assert log.buffer.getvalue() == "saved ça/café.png\nwarning: plain ASCII\n".encode()
