@@ -77,7 +77,22 @@ def read_batch(path: str | Path, base: Job | None = None,
     `base` and `levels` (a command's preset: values, where, from a file), which the file's
     keys beat. An upscale job's size (`image` with `size` or `scale`) reads the image's. The
     path '-' reads the jobs from stdin (JSONL when its first entry starts with '{')."""
-    path = Path(path)
+    name, defaults, entries, line_of = _tables(Path(path))
+    _check_keys(defaults, f"{name} [defaults]")
+    _check_seed(defaults, f"{name} [defaults]")
+    items = []
+    for i, entry in enumerate(entries):
+        # Numbered from 0, as the run, the manifest and the default names number it.
+        where = f"{name} job {i}" + (f" (line {line_of[i]})" if i in line_of else "")
+        _check_keys(entry, where)
+        _check_seed(entry, where)
+        items.append(_item(i, entry, defaults, where, name, base, levels))
+    return items
+
+
+def _tables(path: Path) -> tuple[str, dict[str, Any], list[dict[str, Any]], dict[int, int]]:
+    """A job file's (or stdin's, '-') name, [defaults], job tables and, for JSONL, each job's
+    line number (by index)."""
     if str(path) == "-":
         label = name = "stdin"
         text = _stdin_text().removeprefix("\ufeff")  # a byte-order mark (Windows editors)
@@ -94,8 +109,8 @@ def read_batch(path: str | Path, base: Job | None = None,
         jsonl = path.suffix.lower() in (".jsonl", ".json", ".ndjson") or (
             path.suffix.lower() != ".toml" and _starts_like_json(path))
     if jsonl:
-        defaults, lines = {}, list(_jsonl(path, text))
-        entries = [entry for _, entry in lines]
+        lines = list(_jsonl(path, text))
+        defaults, entries = {}, [entry for _, entry in lines]
         line_of = {i: n for i, (n, _) in enumerate(lines)}
     else:
         data = read_toml(path) if text is None else parse_toml(text, label)
@@ -109,57 +124,54 @@ def read_batch(path: str | Path, base: Job | None = None,
             raise JobError(f"{label}: write [defaults] as a table and each job as [[job]]")
     if not entries:
         raise JobError(f"{label} holds no jobs; add [[job]] entries (TOML) or lines (JSONL)")
-    _check_keys(defaults, f"{name} [defaults]")
-    _check_seed(defaults, f"{name} [defaults]")
-    items = []
-    for i, entry in enumerate(entries):
-        # Numbered from 0, as the run, the manifest and the default names number it.
-        where = f"{name} job {i}" + (f" (line {line_of[i]})" if i in line_of else "")
-        _check_keys(entry, where)
-        _check_seed(entry, where)
-        values = {**defaults, **entry}
-        output = values.pop("output", None)
-        if output is not None and not isinstance(output, str):
-            raise JobError(f"'output' in {where} must be a file name, got {output!r}")
-        if isinstance(output, str) and not output.strip():
-            raise JobError(f"'output' in {where} is empty: give a file name or template, or "
-                           "leave it out (the job's image gets the batch's name)")
-        if output == "-":  # stdout is for gen and up's one image, not a batch's many
-            raise JobError(f"'output' in {where} is '-', but a batch writes files; name one")
-        preset = values.pop("preset", None)
-        job_levels = list(levels or [])
-        if preset is not None:
-            said = where if "preset" in entry else f"{name} [defaults]"
-            job_levels.append((_preset_values(preset, said), f"preset '{preset}' ({where})",
-                               True))
-        job_levels += [(_without(defaults), f"{name} [defaults]", True),
-                       (_without(entry), where, True)]
-        if any(values.get("image") == "-" for values, _, _ in job_levels):
-            # stdin holds the batch file, or is read once: it cannot also be a job's image
-            raise JobError(f"'image' in {where} is '-' (stdin), but a batch's images are "
-                           "files; give the image's path")
-        try:
-            job = job_from_levels(job_levels, base=base, size_of=input_size)
-        except ImageInputError as e:
-            raise JobError(f"{where}: {e}") from None
-        except JobError as e:
-            raise JobError(keyed(str(e), [w for _, w, _ in job_levels])) from None
-        if not job.image and not job.prompt.strip():  # as gen refuses '': a forgotten key
-            raise JobError(f"{where} has no prompt; give it a 'prompt' (or an 'image' to "
-                           "upscale)")
-        # A job's own strength with no add-on to scale was ignored without a word; one from
-        # [defaults] or a preset is a default, and passes (as gen's flags and presets).
-        idle = idle_setting(job, {str(k).replace("-", "_") for k in entry})
-        if idle:
-            key, lacks, needs = idle
-            raise JobError(f"'{key}' in {where} {lacks}: add {' and '.join(needs)}, or leave "
-                           "it out")
-        if job.seed is None:
-            job = job.merged({"seed": stable_seed(i, values)})
-        format_given = "format" in {str(k).replace("-", "_") for k in values}
-        quality_given = "quality" in {str(k).replace("-", "_") for k in entry}
-        items.append(BatchItem(i, job, output, format_given, quality_given))
-    return items
+    return name, defaults, entries, line_of
+
+
+def _item(i: int, entry: dict[str, Any], defaults: dict[str, Any], where: str, name: str,
+          base: Job | None, levels: list[tuple[dict[str, Any], str, bool]] | None) -> BatchItem:
+    """Job `i` of a file (its table `entry`, named `where`) on top of [defaults], the command's
+    `levels` and `base`."""
+    values = {**defaults, **entry}
+    output = values.pop("output", None)
+    if output is not None and not isinstance(output, str):
+        raise JobError(f"'output' in {where} must be a file name, got {output!r}")
+    if isinstance(output, str) and not output.strip():
+        raise JobError(f"'output' in {where} is empty: give a file name or template, or "
+                       "leave it out (the job's image gets the batch's name)")
+    if output == "-":  # stdout is for gen and up's one image, not a batch's many
+        raise JobError(f"'output' in {where} is '-', but a batch writes files; name one")
+    preset = values.pop("preset", None)
+    job_levels = list(levels or [])
+    if preset is not None:
+        said = where if "preset" in entry else f"{name} [defaults]"
+        job_levels.append((_preset_values(preset, said), f"preset '{preset}' ({where})", True))
+    job_levels += [(_without(defaults), f"{name} [defaults]", True),
+                   (_without(entry), where, True)]
+    if any(values.get("image") == "-" for values, _, _ in job_levels):
+        # stdin holds the batch file, or is read once: it cannot also be a job's image
+        raise JobError(f"'image' in {where} is '-' (stdin), but a batch's images are "
+                       "files; give the image's path")
+    try:
+        job = job_from_levels(job_levels, base=base, size_of=input_size)
+    except ImageInputError as e:
+        raise JobError(f"{where}: {e}") from None
+    except JobError as e:
+        raise JobError(keyed(str(e), [w for _, w, _ in job_levels])) from None
+    if not job.image and not job.prompt.strip():  # as gen refuses '': a forgotten key
+        raise JobError(f"{where} has no prompt; give it a 'prompt' (or an 'image' to "
+                       "upscale)")
+    # A job's own strength with no add-on to scale was ignored without a word; one from
+    # [defaults] or a preset is a default, and passes (as gen's flags and presets).
+    idle = idle_setting(job, {str(k).replace("-", "_") for k in entry})
+    if idle:
+        key, lacks, needs = idle
+        raise JobError(f"'{key}' in {where} {lacks}: add {' and '.join(needs)}, or leave "
+                       "it out")
+    if job.seed is None:
+        job = job.merged({"seed": stable_seed(i, values)})
+    format_given = "format" in {str(k).replace("-", "_") for k in values}
+    quality_given = "quality" in {str(k).replace("-", "_") for k in entry}
+    return BatchItem(i, job, output, format_given, quality_given)
 
 
 def _starts_like_json(path: Path) -> bool:
