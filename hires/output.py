@@ -463,45 +463,12 @@ def save_image(
         raise OutputExists(f"{path} already exists; pass --overwrite or choose another -o")
     check_format(image, path, fmt, pixels16)
     folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):  # a file has its name, or one above
-            raise OutputUnwritable(f"cannot create output folder {folder}: a file is in the "
-                                   "way; choose another -o") from None
-        except OSError as e:
-            raise OutputUnwritable(f"cannot create output folder {folder}: {e.strerror}") from None
-    if fmt == "jpg" and image.mode in ("RGBA", "LA"):
-        image = flattened(image)
-        if warn:
-            warn(f"JPEG holds no transparency: {path.name} is flattened on white; use png, webp "
-                 "or tiff to keep it")
-    kwargs = _encoder_args(image, fmt, metadata, quality, warn)
-    if dpi is None and fmt == "tiff":  # the baseline tags, saying no dpi (see hires.tiff)
-        kwargs.update(resolution_unit=tiff.UNIT_NONE, x_resolution=tiff.NO_DPI,
-                      y_resolution=tiff.NO_DPI)
-    if dpi is not None:
-        if fmt != "webp":
-            kwargs["dpi"] = (dpi, dpi)
-        elif warn:
-            warn(f"WebP files record no resolution: {path.name} keeps no dpi; use png, tiff or "
-                 "jpg for print")
-    # Tagged sRGB, the model's colours, so that print shops' software and colour-managed
-    # viewers need not guess; an image that carries its own profile keeps it.
-    icc = srgb_icc() if image.mode in ("RGB", "RGBA") else None
-    if icc and "icc_profile" not in image.info:
-        kwargs["icc_profile"] = icc
+    _make_folder(folder)
+    image, kwargs = _save_args(image, path.name, fmt, metadata, quality, warn, dpi)
     fd, tmp = part_file(folder, path.name)
     try:
         with os.fdopen(fd, "wb") as f:
-            if fmt == "png" and (pixels16 is not None or png.can_write(image)):
-                png.write_png(image if pixels16 is None else pixels16, f, kwargs["pnginfo"],
-                              dpi=dpi, icc=kwargs.get("icc_profile"))
-            elif fmt == "tiff" and (pixels16 is not None or tiff.can_write(image)):
-                tiff.write_tiff(image if pixels16 is None else pixels16, f,
-                                kwargs.get("tiffinfo"), dpi=dpi, icc=kwargs.get("icc_profile"))
-            else:
-                image.save(_Checked(f), format=_PIL_FORMATS[fmt], **kwargs)
+            _encode(image, f, fmt, kwargs, dpi, pixels16)
             # On disk before the rename: after a power cut, ext4 and xfs (delayed allocation)
             # may otherwise show the new name with an empty or cut file.
             f.flush()
@@ -523,6 +490,61 @@ def save_image(
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _make_folder(folder: Path) -> None:
+    """The output's folder, made with those above it where missing."""
+    if folder.is_dir():
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # a file has its name, or one above
+        raise OutputUnwritable(f"cannot create output folder {folder}: a file is in the "
+                               "way; choose another -o") from None
+    except OSError as e:
+        raise OutputUnwritable(f"cannot create output folder {folder}: {e.strerror}") from None
+
+
+def _save_args(image: Image.Image, name: str, fmt: str, metadata: dict[str, Any] | None,
+               quality: int | None, warn: Callable[[str], None] | None, dpi: float | None
+               ) -> tuple[Image.Image, dict[str, Any]]:
+    """The image as `fmt` holds it (a JPEG's flattened) and its encoder's arguments: the
+    record, quality, dpi and colour profile; `warn` says what the format cannot keep."""
+    if fmt == "jpg" and image.mode in ("RGBA", "LA"):
+        image = flattened(image)
+        if warn:
+            warn(f"JPEG holds no transparency: {name} is flattened on white; use png, webp "
+                 "or tiff to keep it")
+    kwargs = _encoder_args(image, fmt, metadata, quality, warn)
+    if dpi is None and fmt == "tiff":  # the baseline tags, saying no dpi (see hires.tiff)
+        kwargs.update(resolution_unit=tiff.UNIT_NONE, x_resolution=tiff.NO_DPI,
+                      y_resolution=tiff.NO_DPI)
+    if dpi is not None:
+        if fmt != "webp":
+            kwargs["dpi"] = (dpi, dpi)
+        elif warn:
+            warn(f"WebP files record no resolution: {name} keeps no dpi; use png, tiff or "
+                 "jpg for print")
+    # Tagged sRGB, the model's colours, so that print shops' software and colour-managed
+    # viewers need not guess; an image that carries its own profile keeps it.
+    icc = srgb_icc() if image.mode in ("RGB", "RGBA") else None
+    if icc and "icc_profile" not in image.info:
+        kwargs["icc_profile"] = icc
+    return image, kwargs
+
+
+def _encode(image: Image.Image, f: Any, fmt: str, kwargs: dict[str, Any], dpi: float | None,
+            pixels16: np.ndarray | None) -> None:
+    """Write the file's bytes to `f`: PNG and TIFF by hires' own writers where they take the
+    image (16-bit samples, fast zlib), the rest by Pillow."""
+    if fmt == "png" and (pixels16 is not None or png.can_write(image)):
+        png.write_png(image if pixels16 is None else pixels16, f, kwargs["pnginfo"],
+                      dpi=dpi, icc=kwargs.get("icc_profile"))
+    elif fmt == "tiff" and (pixels16 is not None or tiff.can_write(image)):
+        tiff.write_tiff(image if pixels16 is None else pixels16, f,
+                        kwargs.get("tiffinfo"), dpi=dpi, icc=kwargs.get("icc_profile"))
+    else:
+        image.save(_Checked(f), format=_PIL_FORMATS[fmt], **kwargs)
 
 
 def part_file(folder: Path, name: str) -> tuple[int, str]:
