@@ -19,6 +19,7 @@ import typer
 
 from hires import __version__
 from hires.cli_batch import (
+    check_batch_devices,
     check_batch_outputs,
     check_batch_paths,
     check_manifest_apart,
@@ -29,6 +30,7 @@ from hires.cli_jobs import (
     argv_text,
     build_job,
     check_device,
+    check_gpu,
     check_preview,
     job_flags,
     open_stdin,
@@ -179,6 +181,8 @@ def gen(
         check_preview(preview, save_stages)
         if not prompts[0].strip() and from_image is None:  # in a dry run too, as it starts
             raise typer.BadParameter("give a prompt (or '-' to read prompts from stdin)")
+        if not dry_run or gpu is None:  # a dry run with --gpu plans that card, not this one
+            check_device(job.device)
         if dry_run:
             images = check_outputs(jobs, output, fmt, n, overwrite, save_stages, preview,
                                    quality_flag=quality is not None, as_json=as_json,
@@ -188,7 +192,6 @@ def gen(
                       stage_images=save_stages, preview=preview, here=True, images=images,
                       prompts=jobs)
             return
-        check_device(job.device)
         run_jobs(jobs, output, save_stages, as_json, quiet, overwrite, gpu, fmt_flag=fmt, n=n,
                  resume_runs=resume_runs, preview=preview, quality_flag=quality is not None)
 
@@ -266,6 +269,8 @@ def up(
                                                  "image_sha256": source.sha256},
                                   source=source.rgb.size))
         check_preview(preview, save_stages)
+        if not dry_run or gpu is None:  # a dry run with --gpu plans that card, not this one
+            check_device(jobs[0].device)
         if dry_run:
             images = check_outputs(jobs, output, fmt, 1, overwrite, preview=preview,
                                    alpha=frozenset(alpha), quality_flag=quality is not None,
@@ -274,7 +279,6 @@ def up(
                 show_plan(job, gpu, as_json, source=size, stage_images=save_stages,
                           preview=preview, here=True, images=[image])
             return
-        check_device(jobs[0].device)
         run_jobs(jobs, output, save_stages, as_json, quiet, overwrite, gpu, fmt_flag=fmt,
                  resume_runs=resume_runs, preview=preview, alpha=frozenset(alpha),
                  quality_flag=quality is not None)
@@ -432,6 +436,7 @@ def batch(
         from hires.output import QUALITY_LOSSLESS
         from hires.presets import load_preset
         from hires.record import stage_path
+        from hires.sizes import OPTIONS
 
         refuse_empty("-o", output, "the folder for the images")
         refuse_empty("--manifest", manifest, "a file")
@@ -442,11 +447,16 @@ def batch(
         manifest = None if manifest is None else Path(manifest)
         levels = [(load_preset(preset).values, f"preset '{preset}'", True)] \
             if preset is not None else []
+        # --model and --device are every job's unless a job (its keys, [defaults] or its own
+        # preset) names its own, as gen's flags beat a preset; --allow-pickle and --quality
+        # are every job's.
+        flags = {k: v for k, v in {"model": model, "device": device or b.local_device()
+                                   }.items() if v}
+        levels.append((flags, OPTIONS, False))
         if str(file) == "-" and open_stdin("give the job file's path, or its jobs on stdin"
                                            ).isatty():  # else nothing says why hires waits
             say("reading the jobs from stdin (JSONL, or TOML); end with Ctrl-D")
-        overrides = {k: v for k, v in {"model": model, "device": device or b.local_device(),
-                                       "allow_pickle": allow_pickle,
+        overrides = {k: v for k, v in {"allow_pickle": allow_pickle,
                                        "quality": quality}.items() if v}
         items = [dataclasses.replace(i, job=i.job.merged(overrides, where="options").validate())
                  for i in b.read_batch(file, levels=levels)]
@@ -468,8 +478,11 @@ def batch(
         mine = b.my_share(items, rank, world)
         say(f"batch {name if name == 'stdin' else file}: {len(items)} job(s), shard "
             f"{rank}/{world} runs {len(mine)}")
+        check_gpu(gpu)
+        if not dry_run or gpu is None:  # a dry run with --gpu plans that card, not this one
+            check_batch_devices(mine, name, flags)
+        check_batch_paths(mine, name, flags)
         if dry_run:
-            check_batch_paths(mine, name)
             check_batch_outputs(mine, paths, name, output, manifest, overwrite)
             show_batch_plan(mine, paths, gpu, as_json, overwrite, preview, resume_runs)
             return

@@ -37,8 +37,6 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
     from hires import batch as b
 
     check_gpu(gpu)
-    check_batch_devices(items, name)
-    check_batch_paths(items, name)
     manifest = check_batch_outputs(items, paths, name, output, manifest, overwrite)
     todo = jobs_to_make(items, paths, overwrite)
     from hires.eta import RunPace
@@ -58,9 +56,9 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
     say_batch_count(outcomes, manifest)
 
 
-def check_batch_devices(items: list, name: str) -> None:
+def check_batch_devices(items: list, name: str, flags: dict[str, str]) -> None:
     """Each device the jobs name can be used, in the order the jobs first name it (exit 2,
-    naming that job)."""
+    naming that job, or the flag when the command's `flags` gave it)."""
     from hires.job import JobError
 
     first_on = {item.job.device: item.index for item in reversed(items)}
@@ -68,7 +66,11 @@ def check_batch_devices(items: list, name: str) -> None:
         try:  # before any work, as for gen: not a failure per job
             check_device(device)
         except JobError as e:
-            raise JobError(f"{name} job {index}: {e}") from None
+            if device == flags.get("device"):
+                raise
+            said = str(e).replace(f"--device {device}: ", f"{device}: ", 1)
+            raise JobError(f"'device' in {name} job {index}: "
+                           f"{said.replace('--device ', 'device = ')}") from None
 
 
 def jobs_to_make(items: list, paths: dict[int, Path], overwrite: bool) -> list:
@@ -278,9 +280,10 @@ def check_batch_outputs(items: list, paths: dict[int, Path], name: str, output: 
     return manifest
 
 
-def check_batch_paths(items: list, name: str) -> None:
+def check_batch_paths(items: list, name: str, flags: dict[str, str]) -> None:
     """Every batch job's model, VAE and LinFusion paths are there, before any work and in
-    --dry-run alike (exit 2, naming the job); `name`: the job file's, for messages."""
+    --dry-run alike (exit 2, naming the job, or --model when the command's `flags` gave the
+    model); `name`: the job file's, for messages."""
     from hires.batch import by_key
     from hires.job import JobError
     from hires.model_refs import ModelError
@@ -289,7 +292,9 @@ def check_batch_paths(items: list, name: str) -> None:
         try:
             check_job_paths(item.job)
         except ModelError as e:
-            raise JobError(by_key(str(e), f"{name} job {item.index}")) from None
+            flagged = item.job.model == flags.get("model") and str(e).startswith("--model ")
+            raise JobError(str(e) if flagged else by_key(str(e), f"{name} job {item.index}")
+                           ) from None
 
 
 def tally(outcomes: list) -> dict[str, int]:

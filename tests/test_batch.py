@@ -282,6 +282,29 @@ def test_batch_cli_a_missing_model_path_stops_it_before_any_work(tmp_path, tiny_
     assert not (out / "manifest.jsonl").exists() and result.stdout == ""
 
 
+def test_batch_model_and_device_flags_yield_to_a_jobs_own_keys(tmp_path):
+    """README: "a job's own keys win over them". --model and --device replaced every job's
+    model and device: a job pinned to the CPU ran on --device's, and an error about the flag's
+    model blamed the job file."""
+    own = write(tmp_path / "own.toml", '[[job]]\nprompt = "a"\nsize = 128\nmodel = "tiny"\n'
+                                       'device = "cpu"\n')
+    out = ("-o", tmp_path / "out", "--dry-run")
+    result = cli("batch", own, "--model", "./nomodel", "--device", "cuda", *out)
+    assert result.exit_code == 0, result.stderr  # the job's tiny on the CPU: it runs here
+    theirs = write(tmp_path / "theirs.toml", '[[job]]\nprompt = "a"\nsize = 128\n')
+    result = cli("batch", theirs, "--model", "./nomodel", *out)
+    assert result.exit_code == 2
+    assert error_lines(result.stderr)[0].startswith("error: --model ./nomodel: no such file")
+    result = cli("batch", theirs, "--model", "tiny", "--device", "cuda", *out)
+    assert result.exit_code == 2
+    assert error_lines(result.stderr)[0].startswith("error: --device cuda: torch sees no CUDA GPU")
+    missing = write(tmp_path / "missing.toml", '[[job]]\nprompt = "a"\nsize = 128\n'
+                                               'model = "./nomodel"\n')
+    result = cli("batch", missing, "--model", "tiny", *out)
+    assert result.exit_code == 2
+    assert error_lines(result.stderr)[0].startswith("error: 'model' in missing.toml job 0: ./nomodel")
+
+
 @pytest.mark.parametrize("dry", [[], ["--dry-run"]])
 @pytest.mark.parametrize("where", ["job", "manifest"])
 def test_batch_cli_an_unwritable_place_stops_it_before_any_work(tmp_path, tiny_cli, where, dry):

@@ -542,7 +542,8 @@ def test_a_device_this_torch_cannot_use_is_a_usage_error(monkeypatch, tmp_path):
     jobs.write_text('[defaults]\nmodel = "tiny"\nsize = 256\n[[job]]\nprompt = "a"\n'
                     '[[job]]\nprompt = "b"\ndevice = "mps"\n', encoding="utf-8")
     result = cli("batch", jobs, "-o", tmp_path / "out")
-    assert result.exit_code == 2 and "jobs.toml job 1: --device mps" in result.stderr
+    assert result.exit_code == 2 and "'device' in jobs.toml job 1: mps: " in result.stderr
+    assert "use device = auto or cpu" in result.stderr  # the key's words, not the flag's
     assert not list((tmp_path / "out").glob("*.png"))
 
     for device, words in (("mps", ["--device mps", "no Apple GPU"]),
@@ -553,6 +554,25 @@ def test_a_device_this_torch_cannot_use_is_a_usage_error(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert_usage_error(cli("gen", "x", "--model", "tiny", "--device", "cuda:2"),
                        "sees 2 CUDA GPU(s), cuda:0 to cuda:1")
+
+
+def test_a_dry_run_refuses_a_device_the_run_cannot_use_unless_it_plans_another_card(tmp_path):
+    """README: "a plan that prints is a command that starts"; `--device cuda --dry-run` on a
+    machine without CUDA printed a plan (exit 0) and the run then failed (exit 2). With
+    --gpu CARD the dry run plans that card, as `hires plan` does."""
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text('[[job]]\nprompt = "a"\nmodel = "tiny"\nsize = 128\ndevice = "cuda"\n',
+                    encoding="utf-8")
+    small = tmp_path / "small.png"
+    Image.new("RGB", (64, 64), (90, 120, 150)).save(small)
+    for run in (("gen", "x", "--model", "tiny", "--device", "cuda"),
+                ("up", small, "--model", "tiny", "--device", "cuda", "--size", "128"),
+                ("batch", jobs)):
+        dry = ("--dry-run", "-o", tmp_path / ("out" if run[0] == "batch" else "o.png"))
+        result = cli(*run, *dry)
+        assert result.exit_code == 2 and "sees no CUDA GPU" in result.stderr, result.stderr
+        result = cli(*run, *dry, "--gpu", "h100")
+        assert result.exit_code == 0, result.stderr
 
 
 def test_tab_completion_offers_presets_gpus_and_choices():
