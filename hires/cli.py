@@ -6,7 +6,6 @@ runs), `cli_resume` (what stopped runs keep), `cli_show` (plans, records).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -19,10 +18,10 @@ import typer
 
 from hires import __version__
 from hires.cli_batch import (
+    batch_jobs,
     check_batch_devices,
     check_batch_outputs,
     check_batch_paths,
-    check_manifest_apart,
     run_batch_jobs,
 )
 from hires.cli_jobs import (
@@ -33,7 +32,6 @@ from hires.cli_jobs import (
     check_gpu,
     check_preview,
     job_flags,
-    open_stdin,
     read_prompts,
     recorded_stdin,
     refuse_empty,
@@ -432,11 +430,6 @@ def batch(
     Quiet.on, Quiet.progress = quiet, progress
     with exit_codes():
         from hires import batch as b
-        from hires.job import LOSSY_FORMATS, JobError
-        from hires.output import QUALITY_LOSSLESS
-        from hires.presets import load_preset
-        from hires.record import stage_path
-        from hires.sizes import OPTIONS
 
         refuse_empty("-o", output, "the folder for the images")
         refuse_empty("--manifest", manifest, "a file")
@@ -445,36 +438,15 @@ def batch(
         refuse_empty("--device", device, "auto, cpu, mps, cuda or cuda:N")
         output = Path(output)
         manifest = None if manifest is None else Path(manifest)
-        levels = [(load_preset(preset).values, f"preset '{preset}'", True)] \
-            if preset is not None else []
         # --model and --device are every job's unless a job (its keys, [defaults] or its own
         # preset) names its own, as gen's flags beat a preset; --allow-pickle and --quality
         # are every job's.
         flags = {k: v for k, v in {"model": model, "device": device or b.local_device()
                                    }.items() if v}
-        levels.append((flags, OPTIONS, False))
-        if str(file) == "-" and open_stdin("give the job file's path, or its jobs on stdin"
-                                           ).isatty():  # else nothing says why hires waits
-            say("reading the jobs from stdin (JSONL, or TOML); end with Ctrl-D")
         overrides = {k: v for k, v in {"allow_pickle": allow_pickle,
                                        "quality": quality}.items() if v}
-        items = [dataclasses.replace(i, job=i.job.merged(overrides, where="options").validate())
-                 for i in b.read_batch(file, levels=levels)]
-        rank, world = b.parse_shard(shard)
-        if output.exists() and not output.is_dir():
-            raise JobError(f"batch -o {output} is a file; -o names the folder for the images")
-        if str(output) == "-":
-            raise JobError("batch -o names the folder for the images; '-' (stdout) takes one "
-                           "image, from gen or up")
-        name = "stdin" if str(file) == "-" else file.name
-        check_manifest_apart(file, manifest, output)
-        items, paths = b.name_outputs(items, output, name)
-        lossless = next((i for i in items if i.job.format not in LOSSY_FORMATS), None)
-        if quality is not None and lossless is not None:
-            raise JobError(f"{name} job {lossless.index} writes {paths[lossless.index].name}: "
-                           f"{QUALITY_LOSSLESS}; set `quality` in the jpg and webp jobs")
-        if preview:
-            paths = {index: stage_path(path, 0) for index, path in paths.items()}
+        items, paths, name, (rank, world) = batch_jobs(file, output, manifest, shard, preset,
+                                                       flags, overrides, preview)
         mine = b.my_share(items, rank, world)
         say(f"batch {name if name == 'stdin' else file}: {len(items)} job(s), shard "
             f"{rank}/{world} runs {len(mine)}")

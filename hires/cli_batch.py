@@ -3,6 +3,7 @@ any work, one model in memory at a time, each job's outcome said, and the count 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from hires.cli_jobs import check_device, check_gpu
+from hires.cli_jobs import check_device, check_gpu, open_stdin
 from hires.cli_output import EXIT_RUNTIME, emit, fail, say, tell
 from hires.cli_runs import (
     check_job_paths,
@@ -54,6 +55,44 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
         say_stopped(seen, len(items))
         raise
     say_batch_count(outcomes, manifest)
+
+
+def batch_jobs(file: Path, output: Path, manifest: Path | None, shard: str | None,
+               preset: str | None, flags: dict[str, str], overrides: dict[str, Any],
+               preview: bool) -> tuple[list, dict[int, Path], str, tuple[int, int]]:
+    """A batch's jobs (the file's over --preset's and `flags`, `overrides` over all), the
+    image each writes (its first stage's with `preview`), the job file's name for messages,
+    and the shard: (rank, world)."""
+    from hires import batch as b
+    from hires.job import LOSSY_FORMATS, JobError
+    from hires.output import QUALITY_LOSSLESS
+    from hires.presets import load_preset
+    from hires.record import stage_path
+    from hires.sizes import OPTIONS
+
+    levels = [(load_preset(preset).values, f"preset '{preset}'", True)] \
+        if preset is not None else []
+    if str(file) == "-" and open_stdin("give the job file's path, or its jobs on stdin"
+                                       ).isatty():  # else nothing says why hires waits
+        say("reading the jobs from stdin (JSONL, or TOML); end with Ctrl-D")
+    items = [dataclasses.replace(i, job=i.job.merged(overrides, where="options").validate())
+             for i in b.read_batch(file, levels=[*levels, (flags, OPTIONS, False)])]
+    shard_of = b.parse_shard(shard)
+    if output.exists() and not output.is_dir():
+        raise JobError(f"batch -o {output} is a file; -o names the folder for the images")
+    if str(output) == "-":
+        raise JobError("batch -o names the folder for the images; '-' (stdout) takes one "
+                       "image, from gen or up")
+    name = "stdin" if str(file) == "-" else file.name
+    check_manifest_apart(file, manifest, output)
+    items, paths = b.name_outputs(items, output, name)
+    lossless = next((i for i in items if i.job.format not in LOSSY_FORMATS), None)
+    if "quality" in overrides and lossless is not None:
+        raise JobError(f"{name} job {lossless.index} writes {paths[lossless.index].name}: "
+                       f"{QUALITY_LOSSLESS}; set `quality` in the jpg and webp jobs")
+    if preview:
+        paths = {index: stage_path(path, 0) for index, path in paths.items()}
+    return items, paths, name, shard_of
 
 
 def check_batch_devices(items: list, name: str, flags: dict[str, str]) -> None:
