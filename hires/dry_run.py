@@ -8,10 +8,16 @@ builds the model's shape (`hires.costs`) the way a run would see it and asks
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from hires.gpus import FP32_SHARE, Card
 from hires.memory import GIB, scratch_folder
 from hires.plan import Plan, budget_bytes, make_plan
+
+if TYPE_CHECKING:
+    import torch
+
+    from hires.costs import ModelShape
 
 
 def _vae_dtype_bytes(requested: str, dtype_bytes: int, device: str, bf16: bool = True,
@@ -168,6 +174,32 @@ def _small_local_model(model: str) -> bool:
     return 0 < total <= SMALL_MODEL_BYTES
 
 
+def _small_model_shape(job) -> tuple[ModelShape, tuple[str, int, int], torch.Tensor]:
+    """A small model's shapes (the tiny model's, or a local folder as small), loaded on the
+    CPU, and its scheduler's (timestep spacing, training steps, offset) and alphas."""
+    from hires.addons import runs_controlnet
+    from hires.costs import model_shape
+    from hires.models import load
+
+    # Its shapes, with tiny's own LinFusion or one made for its UNet: no checkpoint is read
+    # (a Hub one named may be another machine's to fetch).
+    own = job.model == "tiny" and job.linfusion in ("auto", "none")
+    small = load(job.model, job.linfusion if own else "none", "fp32", "cpu")
+    if not own and job.linfusion != "none":
+        from hires.linfusion import LinFusion
+
+        LinFusion.from_unet(small.unet).mount(small.unet)
+    net = None
+    if runs_controlnet(job):
+        from hires.controlnet import controlnet_like
+
+        net = controlnet_like(small.unet)
+    cfg = small.pipe.scheduler.config
+    schedule = (cfg.get("timestep_spacing", "leading"), cfg["num_train_timesteps"],
+                cfg.get("steps_offset", 0))
+    return model_shape(small, controlnet=net), schedule, small.pipe.scheduler.alphas_cumprod
+
+
 def plan_without_weights(job, rate: float | None = None,
                          source: tuple[int, int] | None = None,
                          vram: float | None = None, gpu: Card | None = None,
@@ -184,7 +216,7 @@ def plan_without_weights(job, rate: float | None = None,
     import torch
 
     from hires.addons import runs_controlnet
-    from hires.costs import model_shape, sdxl_shape
+    from hires.costs import sdxl_shape
     from hires.memory import disk_room, free_memory, host_room
     from hires.models import vae_fp16_ok
     from hires.vae_stats import spill_from_free
@@ -205,27 +237,8 @@ def plan_without_weights(job, rate: float | None = None,
     if job.model == "tiny" or _small_local_model(job.model):
         # The tiny model, or a local one as small (the tiny model saved as a folder, say):
         # loaded, as a run would, to see its shapes; SDXL's would be wrong for it.
-        from hires.models import load
-
-        # Its shapes, with tiny's own LinFusion or one made for its UNet: no checkpoint is
-        # read (a Hub one named may be another machine's to fetch).
-        own = job.model == "tiny" and job.linfusion in ("auto", "none")
-        tiny = load(job.model, job.linfusion if own else "none", "fp32", "cpu")
-        if not own and job.linfusion != "none":
-            from hires.linfusion import LinFusion
-
-            LinFusion.from_unet(tiny.unet).mount(tiny.unet)
-        net = None
-        if runs_controlnet(job):
-            from hires.controlnet import controlnet_like
-
-            net = controlnet_like(tiny.unet)
-        shape = copy(model_shape(tiny, controlnet=net), on_gpu=on_gpu,
-                     vae_dtype_bytes=vae_dtype_bytes)
-        cfg = tiny.pipe.scheduler.config
-        spacing, train, offset = (cfg.get("timestep_spacing", "leading"),
-                                  cfg["num_train_timesteps"], cfg.get("steps_offset", 0))
-        alphas = tiny.pipe.scheduler.alphas_cumprod
+        shape, (spacing, train, offset), alphas = _small_model_shape(job)
+        shape = copy(shape, on_gpu=on_gpu, vae_dtype_bytes=vae_dtype_bytes)
     else:
         # An SDXL ControlNet's shape is fixed by SDXL's: its name is all a dry run needs.
         shape = sdxl_shape(linfusion=job.linfusion != "none", dtype_bytes=dtype_bytes,
