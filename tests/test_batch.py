@@ -127,6 +127,9 @@ def test_a_base_job_is_under_the_file(tmp_path):
      ["'steps' in quoted.toml job 0 must be a whole number (write it without quotes)"]),
     ("quoted.jsonl", '{"prompt": "x", "guidance": "7.5"}\n',
      ["'guidance' in quoted.jsonl job 0 (line 1) must be a number (write it without quotes)"]),
+    ("point.jsonl", '{"prompt": "x", "size": 64.0}\n',
+     ["'size' in point.jsonl job 0 (line 1) must be a whole number of pixels (write it without "
+      "a decimal point)"]),
     ("qsize.toml", '[[job]]\nprompt = "x"\nsize = "64"\n',
      ["'size' in qsize.toml job 0 must be a whole number of pixels (write it without quotes)"]),
 ])
@@ -302,7 +305,8 @@ def test_batch_model_and_device_flags_yield_to_a_jobs_own_keys(tmp_path):
                                                'model = "./nomodel"\n')
     result = cli("batch", missing, "--model", "tiny", *out)
     assert result.exit_code == 2
-    assert error_lines(result.stderr)[0].startswith("error: 'model' in missing.toml job 0: ./nomodel")
+    assert error_lines(result.stderr)[0].startswith(
+        "error: 'model' in missing.toml job 0: ./nomodel")
 
 
 @pytest.mark.parametrize("dry", [[], ["--dry-run"]])
