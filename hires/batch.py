@@ -390,10 +390,12 @@ def name_outputs(items: list[BatchItem], folder: Path, file_name: str
                 path = out.output_path(given, **fields)
         except out.OutputError as e:
             text = str(e)
-            if item.output is not None and "{" in item.output:
-                # a bad template is shown as the job wrote it, not joined to -o as tried here
+            if item.output is not None:
+                # the name is shown as the job wrote it, not joined to -o as tried here
                 for tried in (os.path.join(given, ""), given):
-                    text = text.replace(f"'{tried}'", f"'{item.output}'")
+                    text = text.replace(repr(tried), repr(item.output)).replace(
+                        f"'{tried}'", f"'{item.output}'")
+                text = text.replace("choose another -o", "change its 'output'")
             raise JobError(f"{where}: {text}") from None
         named_fmt = out.SUFFIX_FORMATS.get(path.suffix.lower())
         if item.format_given and named_fmt and named_fmt != j.format:

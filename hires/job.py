@@ -333,11 +333,14 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 def _coerce(name: str, value: Any, where: str, typed: bool = False) -> Any:
     """`value` as `name`'s kind, or a JobError naming `where`. `typed`: from a TOML or JSON file
-    (a preset, a batch job, a record), where a number is written as one: steps = "30" is
-    refused, as the seed and size keys and the library refuse it."""
+    (a preset, a batch job, a record), where a number is written as one and a whole one
+    whole: steps = "30" and steps = 30.0 are refused, as the seed and size keys and the
+    library refuse them."""
     kind = _TYPES[name]
     value = plain_number(value)  # numpy's 1.7 is a float: not taken for a seed of 1
-    quoted = typed and isinstance(value, str) and kind.startswith(("int", "float"))
+    whole = kind in ("int", "int | None") or name in ("width", "height", "steps")
+    slip = typed and (isinstance(value, str) and kind.startswith(("int", "float"))
+                      or whole and isinstance(value, float))
     if name == "ip_adapter" and value is None:  # not given: the default
         return DEFAULT_IP_ADAPTER
     if name == "vae_tile" and isinstance(value, str) and value.strip().lower() == "auto":
@@ -347,9 +350,9 @@ def _coerce(name: str, value: Any, where: str, typed: bool = False) -> Any:
             if "None" not in kind:  # e.g. `guidance: null` in a tampered record
                 raise ValueError
             return None
-        if quoted:
+        if slip:
             raise ValueError
-        if kind in ("int", "int | None") or name in ("width", "height", "steps"):
+        if whole:
             if isinstance(value, bool) or isinstance(value, float) and not (
                     math.isfinite(value) and value.is_integer()):
                 raise ValueError  # seed = 1.7 or true is a typo, not a seed
@@ -389,12 +392,15 @@ def _coerce(name: str, value: Any, where: str, typed: bool = False) -> Any:
             " or auto" if name == "vae_tile" else "")
         # a command's flags (hires.sizes.OPTIONS) are named as the user gave them
         said = f"--{name.replace('_', '-')}" if where == "options" else f"'{name}' in {where}"
-        raise JobError(f"{said} must be {what}{unquote_hint(value) if quoted else ''}, "
+        raise JobError(f"{said} must be {what}{number_hint(value) if slip else ''}, "
                        f"got {value!r}") from None
 
 
-def unquote_hint(value: Any) -> str:
-    """' (write it without quotes)' for a number written as text ("30"), else ''."""
+def number_hint(value: Any) -> str:
+    """How to write a number a file (or a caller) gave in another form: ' (write it without
+    quotes)' for "30", ' (write it without a decimal point)' for a whole 30.0; else ''."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return " (write it without a decimal point)"
     if not isinstance(value, str):
         return ""
     try:

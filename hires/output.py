@@ -293,6 +293,9 @@ def output_path(
             valid = ", ".join("{" + k + "}" for k in fields)
             raise OutputUsage(f"bad output template '{output}' ({e}); fields: {valid}, each "
                               "with a format as {seed:06d} may have") from None
+    if "\n" in text or "\r" in text:  # stdout lists one path a line: a script read two
+        raise OutputUsage(f"output name {text!r} holds a line break, and hires lists each image "
+                          "it writes as one line: choose another -o")
     path = Path(text).expanduser()
     from hires.resume import SUFFIX
 

@@ -116,6 +116,7 @@ class Result:
         `hires.record.save`'s. What the save warns of (a JPEG loses transparency) is added to
         `warnings` (and the record's) and given to Python's `warnings`. A preview's (a run of
         `hires.plan.preview_of`'s plan) records itself as its job's stage 0, as `--preview`'s."""
+        from hires.job import plain_number
         from hires.output import OutputError, in_library_terms
         from hires.record import save
 
@@ -128,6 +129,8 @@ class Result:
             raise ValueError("save writes a file, not stdout: give a file's path; to send the "
                              "image elsewhere, save it and copy the file")
         check_flags(**{k: options[k] for k in ("overwrite", "save_stages") if k in options})
+        if "quality" in options:  # numpy's 50 is 50, as generate(quality=...) takes it
+            options = {**options, "quality": plain_number(options["quality"])}
         # A preview's record says so, as the CLI's --preview's does: else `hires info` and
         # `--from` take its first stage for the whole job.
         if self.plan is not None and is_preview(self.plan):

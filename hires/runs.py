@@ -27,8 +27,9 @@ class Run:
 
 
 def _templated(output: str, field: str) -> str:
-    """`output` with `field` before its suffix: what -o could be (x.png -> x_{index}.png)."""
-    path = Path(output)
+    """`output` (a plain name) with `field` before its suffix: what -o could be (x.png ->
+    x_{index}.png); a '}' of the name doubled, as a template writes one ('a}}_{index}.png')."""
+    path = Path(output.replace("}", "}}"))
     return str(path.with_name(f"{path.stem}_{field}{path.suffix}"))
 
 

@@ -27,9 +27,9 @@ from hires.job import (
     JobError,
     KeyedError,
     check_side,
+    number_hint,
     parse_aspect,
     size_from,
-    unquote_hint,
 )
 
 SIZE_KEYS = ("size", "aspect", "scale", "width", "height", "print_size")
@@ -207,7 +207,8 @@ def check_size_keys(values: dict[str, Any], where: str) -> None:
             scale = keys["scale"]
             if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (
                     math.isfinite(scale) and scale > 0):
-                raise JobError(f"{n('scale')} must be a positive number{unquote_hint(scale)}, "
+                hint = number_hint(scale) if isinstance(scale, str) else ""
+                raise JobError(f"{n('scale')} must be a positive number{hint}, "
                                f"got {scale!r}")
         if "size" in keys:
             _whole("size", keys["size"], n)
@@ -220,7 +221,7 @@ def check_size_keys(values: dict[str, Any], where: str) -> None:
 
 def _whole(key: str, value: Any, n: Callable[[str], str]) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise JobError(f"{n(key)} must be a whole number of pixels{unquote_hint(value)}, "
+        raise JobError(f"{n(key)} must be a whole number of pixels{number_hint(value)}, "
                        f"got {value!r}")
 
 

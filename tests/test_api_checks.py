@@ -212,6 +212,16 @@ def test_save_refuses_a_path_of_the_wrong_kind_and_stdout(made):
         made.save("-")
 
 
+def test_save_takes_numpys_whole_number_for_a_quality(made, tmp_path):
+    """quality=np.int64(50) was refused ("must be a whole number"), where generate takes
+    numpy's numbers for its settings."""
+    record = made.save(tmp_path / "m.jpg", quality=np.int64(50))
+    with Image.open(record["path"]) as im:
+        assert im.format == "JPEG"
+    with pytest.raises(Exception, match="quality must be a whole number"):
+        made.save(tmp_path / "n.jpg", quality=np.float64(50.5))
+
+
 def test_save_expands_the_home_folder(made, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     record = made.save("~/home.png")

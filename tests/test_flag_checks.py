@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from helpers_cli import assert_usage_error, cli, error_lines
 
@@ -170,6 +173,36 @@ def test_several_images_to_one_file_name_the_fields_that_tell_them_apart(tmp_pat
             for a in args]
     result = cli(*args, "--model", "tiny", "--dry-run", "-o", str(tmp_path / "x.png"))
     assert_usage_error(result, says.replace("DIR", str(tmp_path)))
+
+
+def test_the_template_suggested_for_several_images_is_one_hires_takes(tmp_path):
+    """-o 'a}.png' --n 2 suggested -o 'a}_{index}.png', which is a bad template ("Single '}'
+    encountered"); its '}' is doubled now, and the suggestion runs."""
+    result = cli("gen", "x", "--model", "tiny", "--n", "2", "--dry-run", "-o", "a}.png")
+    assert_usage_error(result, "(-o 'a}}_{index}.png')")
+    result = cli("gen", "x", "--model", "tiny", "--size", "64", "--n", "2", "--dry-run",
+                 "--json", "-o", str(tmp_path / "a}}_{index}.png"))
+    assert result.exit_code == 0, result.stderr
+    images = json.loads(result.stdout.splitlines()[0])["images"]
+    assert [Path(i["path"]).name for i in images] == ["a}_0.png", "a}_1.png"]
+
+
+@pytest.mark.parametrize("command", ["gen", "batch"])
+def test_an_output_name_with_a_line_break_is_refused(tmp_path, command):
+    """stdout lists one path a line: -o "$(printf 'a\nb.png')" printed 'a' and 'b.png', two
+    names that are not there, and exit 0."""
+    name = "a\nb.png"
+    if command == "gen":
+        result = cli("gen", "x", "--model", "tiny", "--size", "64", "-o", tmp_path / name)
+        said = "choose another -o"
+    else:
+        jobs = tmp_path / "jobs.jsonl"
+        jobs.write_text(json.dumps({"prompt": "x", "model": "tiny", "size": 64,
+                                    "output": name}) + "\n", encoding="utf-8")
+        result = cli("batch", jobs, "-o", tmp_path / "out")
+        said = "jobs.jsonl job 0: output name 'a\\nb.png' holds a line break"
+    assert result.exit_code == 2 and said in result.stderr, result.stderr
+    assert "line break" in result.stderr and not list(tmp_path.rglob("*.png"))
 
 
 def test_a_record_says_which_references_were_local(tmp_path, monkeypatch):

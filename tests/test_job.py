@@ -43,6 +43,18 @@ def test_merge_overrides_and_coerces():
         Job.from_dict({"steps": "many"})
 
 
+@pytest.mark.parametrize("key,value", [("steps", 1.0), ("vae_tile", 256.0), ("depth", 16.0),
+                                       ("quality", 90.0)])
+def test_a_whole_number_with_a_decimal_point_in_a_file_is_refused_as_a_seeds_is(key, value):
+    """JSON writers' 1.0 for 1: `"steps": 1.0` ran where `"seed": 5.0` and `"size": 64.0` were
+    refused; a Job built in Python still takes it (validate makes it an int)."""
+    with pytest.raises(JobError, match=f"^'{key}' in preset 'p' must be a whole number.* "
+                       f"\\(write it without a decimal point\\), got {value}$"):
+        Job.from_dict({key: value}, where="preset 'p'")
+    taken = getattr(Job().merged({key: value}), key)  # not from a file: made an int
+    assert taken == int(value) and isinstance(taken, int)
+
+
 @pytest.mark.parametrize("key,value,what", [
     ("steps", "30", "a whole number"), ("guidance", "7.5", "a number"),
     ("strength", "0.5", "a number"), ("vram", "24", "a number"), ("quality", "90", "a whole")])
