@@ -445,7 +445,7 @@ def check_device(device: str) -> None:
 def fitted_plan(make, job):
     """`make()`'s plan; a plan that cannot fit becomes a usage error that says what would."""
     from hires.job import JobError
-    from hires.plan import PlanError, largest_fitting
+    from hires.plan import PlanError, fitting_size
 
     try:
         return make()
@@ -457,9 +457,7 @@ def fitted_plan(make, job):
             # --offload auto only where it was not: the plan already had every offload to try
             hint = "; try a larger --vram" + (" or --offload auto" if job.offload != "auto"
                                                else "")
-        kwargs = e.plan_kwargs
-        if kwargs:
-            fits = largest_fitting(job.width, job.height, **kwargs)
-            if fits:
-                hint = f"; {fits[0]}x{fits[1]} fits" + hint
+        fits = fitting_size(e)
+        if fits:
+            hint = f"; {fits[0]}x{fits[1]} fits" + hint
         raise JobError(f"{e}{hint}") from None

@@ -17,7 +17,7 @@ import torch
 
 from hires.job import DEFAULT_MODEL, Job
 from hires.models import Components, load
-from hires.plan import Plan
+from hires.plan import Plan, PlanError
 
 # A command's flag (or a batch file's key) given as a keyword: what a library caller does
 # instead. `{value!r}` is the value given. No flags here: `in_keywords` rewrites '--x' as 'x'.
@@ -105,6 +105,20 @@ def in_keywords() -> Iterator[None]:
                               lambda m: m.group(1).replace("-", "_"), said)) from None
     except (ModelError, NotFinite) as e:
         raise in_library_terms(e) from None
+    except PlanError as e:  # with the size that would fit, as the CLI says it
+        raise fitted(e) from None
+
+
+def fitted(error: PlanError) -> PlanError:
+    """`error` with the size at its aspect whose plan fits, in keywords: a script can take it."""
+    from hires.plan import fitting_size
+
+    fits = fitting_size(error)
+    if fits is None:
+        return error
+    said = PlanError(f"{error}; {fits[0]}x{fits[1]} fits (width={fits[0]}, height={fits[1]})")
+    said.host, said.plan_kwargs, said.size = error.host, error.plan_kwargs, error.size
+    return said
 
 
 @wraps(load)

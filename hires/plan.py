@@ -42,6 +42,7 @@ class PlanError(ValueError):
 
     host = False  # the CPU's memory, not the GPU's, is what ran short
     plan_kwargs: dict[str, Any] | None = None  # make_plan's settings, to plan again leaner
+    size: tuple[int, int] | None = None  # the size asked for (width, height)
 
 
 @dataclass(frozen=True)
@@ -261,7 +262,8 @@ def make_plan(
             if vae_tile is not None:  # a forced tile that does not fit where the planner's would
                 _tile_error(e, vae_tile, lambda t: _fit_stages(stages, model, budget, offload,
                                                                  t, vae_stats, None))
-            # what to plan again with, to say which size would fit
+            # what to plan again with, to say which size would fit (`fitting_size`)
+            e.size = (width, height)
             e.plan_kwargs = dict(steps=steps, strength=strength, native=native, spacing=spacing,
                                  train_steps=train_steps, offset=offset, model=model,
                                  budget=budget, offload=offload, vae_tile=vae_tile,
@@ -559,6 +561,14 @@ def describe(plan: Plan) -> list[str]:
                     line += f" ({', '.join(shares)})"
         lines.append(line)
     return lines
+
+
+def fitting_size(error: PlanError) -> tuple[int, int] | None:
+    """The largest size at the aspect asked for whose plan fits where `error`'s did not; None
+    if none does, or the error has no settings to plan again with."""
+    if not error.plan_kwargs or not error.size:
+        return None
+    return largest_fitting(*error.size, **error.plan_kwargs)
 
 
 def largest_fitting(width: int, height: int, **kwargs) -> tuple[int, int] | None:

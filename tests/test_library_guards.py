@@ -194,3 +194,15 @@ def test_a_path_object_that_is_not_there_is_said_so_not_sought_on_the_hub(tmp_pa
     with pytest.raises(ModelError, match=said):
         hires.generate("x", size=64, progress=events.append, **{key: missing}, **ONE)
     assert no_work(events)
+
+
+def test_a_plan_that_cannot_fit_says_the_size_that_would_as_the_cli_does(tiny):
+    """The CLI's error ends "; 768x768 fits"; the library's PlanError said only what ran
+    short, so a script had no size to fall back to."""
+    from hires.plan import PlanError
+
+    with pytest.raises(PlanError, match=r"; (\d+)x\1 fits \(width=\1, height=\1\)$") as caught:
+        hires.generate("x", components=tiny, size=2048, ram=1.3, **ONE)
+    fits = int(caught.value.args[0].rsplit("width=", 1)[1].split(",")[0])
+    assert 64 <= fits < 2048
+    hires.generate("x", components=tiny, size=fits, ram=1.3, **ONE)  # and it does fit
