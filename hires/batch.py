@@ -80,13 +80,20 @@ def read_batch(path: str | Path, base: Job | None = None,
     name, defaults, entries, line_of = _tables(Path(path))
     _check_keys(defaults, f"{name} [defaults]")
     _check_seed(defaults, f"{name} [defaults]")
-    items = []
+    items: list[BatchItem] = []
+    drawn: dict[str, int] = {}  # the seeds drawn so far for each job text (`stable_seed`)
     for i, entry in enumerate(entries):
         # Numbered from 0, as the run, the manifest and the default names number it.
         where = f"{name} job {i}" + (f" (line {line_of[i]})" if i in line_of else "")
         _check_keys(entry, where)
         _check_seed(entry, where)
-        items.append(_item(i, entry, defaults, where, name, base, levels))
+        item = _item(i, entry, defaults, where, name, base, levels)
+        if item.job.seed is None:
+            text = json.dumps([item.job.prompt, item.job.negative, item.job.image])
+            drawn[text] = drawn.get(text, -1) + 1
+            item = dataclasses.replace(
+                item, job=item.job.merged({"seed": stable_seed(text, drawn[text])}))
+        items.append(item)
     return items
 
 
@@ -167,8 +174,6 @@ def _item(i: int, entry: dict[str, Any], defaults: dict[str, Any], where: str, n
         key, lacks, needs = idle
         raise JobError(f"'{key}' in {where} {lacks}: add {' and '.join(needs)}, or leave "
                        "it out")
-    if job.seed is None:
-        job = job.merged({"seed": stable_seed(i, values)})
     format_given = "format" in {str(k).replace("-", "_") for k in values}
     quality_given = "quality" in {str(k).replace("-", "_") for k in entry}
     return BatchItem(i, job, output, format_given, quality_given)
@@ -296,10 +301,13 @@ def _lines(f, path: Path) -> Iterator[tuple[int, str]]:
         raise JobError(f"{path} line {n + 1} is not UTF-8 text; save the file as UTF-8") from None
 
 
-def stable_seed(index: int, values: dict[str, Any]) -> int:
-    """A seed fixed by the job's place and content, so a restarted batch finds its outputs."""
-    text = json.dumps([index, values], sort_keys=True, default=str)
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
+def stable_seed(text: str, repeat: int = 0) -> int:
+    """The seed of a batch job given none, fixed by what it depicts (`text`: its prompt,
+    negative prompt and input) and, for the same again, how many came before it (`repeat`):
+    a restarted batch finds its outputs, and editing a job's other settings (guidance, steps,
+    size) or other jobs keeps its seed, so its image changes by that setting alone."""
+    key = json.dumps([text, repeat])
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big")
 
 
 def parse_shard(shard: str | None, env: dict[str, str] | None = None) -> tuple[int, int]:

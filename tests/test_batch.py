@@ -95,7 +95,23 @@ def test_seeds_are_stable_so_a_restarted_batch_finds_its_outputs(tmp_path):
     seeds = [i.job.seed for i in read_batch(path)]
     assert seeds == [i.job.seed for i in read_batch(path)]
     assert len(set(seeds)) == 3 and all(isinstance(s, int) for s in seeds)
-    assert stable_seed(0, {"prompt": "a"}) != stable_seed(1, {"prompt": "a"})
+    assert stable_seed("a") != stable_seed("a", 1) != stable_seed("b")
+
+
+def test_a_jobs_seed_outlives_edits_to_its_settings_and_to_other_jobs(tmp_path):
+    """A job's seed came from its place in the file and its keys as written: dropping a
+    finished job above it, restating a default (guidance = 7.5) or changing its steps gave it
+    another seed, and so another picture. It comes from what it depicts now; the same prompt
+    again gets the next seed of its own."""
+    def seeds(text: str) -> list[int]:
+        return [i.job.seed for i in read_batch(write(tmp_path / "jobs.toml", text))]
+
+    first = seeds('[[job]]\nprompt = "a"\n[[job]]\nprompt = "b"\n[[job]]\nprompt = "b"\n')
+    assert len(set(first)) == 3  # the two "b" jobs differ
+    assert seeds('[[job]]\nprompt = "b"\n[[job]]\nprompt = "b"\n') == first[1:]
+    assert seeds('[[job]]\nprompt = "a"\nguidance = 7.5\nsteps = 20\nsize = 512\n'
+                 '[[job]]\nprompt = "b"\n') == first[:2]
+    assert seeds('[[job]]\nprompt = "a"\nnegative = "blur"\n')[0] != first[0]
 
 
 def test_a_base_job_is_under_the_file(tmp_path):
