@@ -389,7 +389,7 @@ def name_outputs(items: list[BatchItem], folder: Path, file_name: str
                 path = out.output_path(folder / name, **fields)
             else:
                 # keeps a trailing '/'; an absolute one (or ~/..., as a shell reads it) wins
-                given = os.path.join(folder, os.path.expanduser(item.output))
+                given = os.path.join(folder, os.path.expanduser(out.fs_text(item.output)))
                 # A folder takes the batch's own names (as gen's -o its own), not hires_...;
                 # one that exists counts once its template is filled.
                 if given.endswith(("/", os.sep)) or out.output_path(

@@ -180,7 +180,7 @@ def gen(
         if not prompts[0].strip() and from_image is None:  # in a dry run too, as it starts
             raise typer.BadParameter("give a prompt (or '-' to read prompts from stdin)")
         if not dry_run or gpu is None:  # a dry run with --gpu plans that card, not this one
-            check_device(job.device)
+            check_device(job.device, dry_run)
         if dry_run:
             images = check_outputs(jobs, output, fmt, n, overwrite, save_stages, preview,
                                    quality_flag=quality is not None, as_json=as_json,
@@ -268,7 +268,7 @@ def up(
                                   source=source.rgb.size))
         check_preview(preview, save_stages)
         if not dry_run or gpu is None:  # a dry run with --gpu plans that card, not this one
-            check_device(jobs[0].device)
+            check_device(jobs[0].device, dry_run)
         if dry_run:
             images = check_outputs(jobs, output, fmt, 1, overwrite, preview=preview,
                                    alpha=frozenset(alpha), quality_flag=quality is not None,
@@ -441,8 +441,8 @@ def batch(
         # --model and --device are every job's unless a job (its keys, [defaults] or its own
         # preset) names its own, as gen's flags beat a preset; --allow-pickle and --quality
         # are every job's.
-        flags = {k: v for k, v in {"model": model, "device": device or b.local_device()
-                                   }.items() if v}
+        torchrun = None if device else b.local_device()
+        flags = {k: v for k, v in {"model": model, "device": device or torchrun}.items() if v}
         overrides = {k: v for k, v in {"allow_pickle": allow_pickle,
                                        "quality": quality}.items() if v}
         items, paths, name, (rank, world) = batch_jobs(file, output, manifest, shard, preset,
@@ -452,7 +452,8 @@ def batch(
             f"{rank}/{world} runs {len(mine)}")
         check_gpu(gpu)
         if not dry_run or gpu is None:  # a dry run with --gpu plans that card, not this one
-            check_batch_devices(mine, name, flags)
+            check_batch_devices(mine, name, {k: v for k, v in flags.items() if v != torchrun},
+                                torchrun, dry_run)
         check_batch_paths(mine, name, flags)
         if dry_run:
             check_batch_outputs(mine, paths, name, output, manifest, overwrite)

@@ -83,6 +83,9 @@ def batch_jobs(file: Path, output: Path, manifest: Path | None, shard: str | Non
     if str(output) == "-":
         raise JobError("batch -o names the folder for the images; '-' (stdout) takes one "
                        "image, from gen or up")
+    if "\n" in str(output) or "\r" in str(output):  # else each job's output is blamed
+        raise JobError(f"batch -o {str(output)!r} holds a line break, and hires lists each "
+                       "image it writes as one line: choose another -o")
     name = "stdin" if str(file) == "-" else file.name
     check_manifest_apart(file, manifest, output)
     items, paths = b.name_outputs(items, output, name)
@@ -95,18 +98,23 @@ def batch_jobs(file: Path, output: Path, manifest: Path | None, shard: str | Non
     return items, paths, name, shard_of
 
 
-def check_batch_devices(items: list, name: str, flags: dict[str, str]) -> None:
+def check_batch_devices(items: list, name: str, flags: dict[str, str],
+                        torchrun: str | None = None, dry_run: bool = False) -> None:
     """Each device the jobs name can be used, in the order the jobs first name it (exit 2,
-    naming that job, or the flag when the command's `flags` gave it)."""
+    naming that job, the flag when the command's `flags` gave it, or LOCAL_RANK when it is
+    `torchrun`'s pick)."""
     from hires.job import JobError
 
     first_on = {item.job.device: item.index for item in reversed(items)}
     for device, index in sorted(first_on.items(), key=lambda kv: kv[1]):
         try:  # before any work, as for gen: not a failure per job
-            check_device(device)
+            check_device(device, dry_run)
         except JobError as e:
             if device == flags.get("device"):
                 raise
+            if device == torchrun:  # no flag gave it: LOCAL_RANK did
+                raise JobError(str(e).replace(f"--device {device}:", f"{device} (picked by "
+                                              "torchrun's LOCAL_RANK):", 1)) from None
             said = str(e).replace(f"--device {device}: ", f"{device}: ", 1)
             raise JobError(f"'device' in {name} job {index}: "
                            f"{said.replace('--device ', 'device = ')}") from None

@@ -44,13 +44,15 @@ def argv_text(value: str) -> str:
     is almost never valid UTF-8); others stay as they came: in a C locale the job refuses
     them. Text a multi-byte locale (EUC-JP, GBK) read whole stays as it read it: EUC-JP's
     '猫' (C7 AD) is valid UTF-8 too, for another letter."""
+    from hires.output import read_whole
+
     try:  # argv's bytes, as the shell passed them (`argv_as_typed` made sure they can be had)
         typed = value.encode(sys.getfilesystemencoding(), "surrogateescape")
     except UnicodeError:
         return value
     if typed.isascii():
         return value
-    if len(value) < len(typed) and not any("\udc80" <= c <= "\udcff" for c in value):
+    if read_whole(value, typed):
         return value  # letters of two or more bytes each, all the locale's own
     try:
         return typed.decode("utf-8")
@@ -423,16 +425,28 @@ def check_gpu(gpu: str | None) -> None:
             raise typer.BadParameter(str(e)) from None
 
 
-def check_device(device: str) -> None:
-    """A device this machine's torch cannot use is a usage error, found before any loading."""
+def check_device(device: str, dry_run: bool = False) -> None:
+    """A device this machine's torch cannot use is a usage error, found before any loading
+    (in a `dry_run` too, which says how to plan for a card instead)."""
+    from hires.job import JobError
+
+    try:
+        _check_device(device)
+    except JobError as e:
+        if not dry_run:
+            raise
+        raise JobError(f"{e}; or plan the run for a card with --gpu NAME") from None
+
+
+def _check_device(device: str) -> None:
     import torch
 
     from hires.job import JobError
 
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise JobError("--device cuda: torch sees no CUDA GPU here; use --device cpu (slow) "
-                           "or install a CUDA build of torch")
+            raise JobError(f"--device {device}: torch sees no CUDA GPU here; use --device cpu "
+                           "(slow) or install a CUDA build of torch")
         index, count = int(device.partition(":")[2] or 0), torch.cuda.device_count()
         if index >= count:
             raise JobError(f"--device {device}: torch sees {count} CUDA GPU(s), cuda:0 to "

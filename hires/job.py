@@ -392,8 +392,9 @@ def _coerce(name: str, value: Any, where: str, typed: bool = False) -> Any:
             " or auto" if name == "vae_tile" else "")
         # a command's flags (hires.sizes.OPTIONS) are named as the user gave them
         said = f"--{name.replace('_', '-')}" if where == "options" else f"'{name}' in {where}"
-        raise JobError(f"{said} must be {what}{number_hint(value) if slip else ''}, "
-                       f"got {value!r}") from None
+        # a record's value is no one's writing to mend (its image's metadata is damaged)
+        hint = number_hint(value) if slip and not where.startswith("metadata") else ""
+        raise JobError(f"{said} must be {what}{hint}, got {value!r}") from None
 
 
 def number_hint(value: Any) -> str:
@@ -404,10 +405,10 @@ def number_hint(value: Any) -> str:
     if not isinstance(value, str):
         return ""
     try:
-        float(value)
+        number = float(value)
     except ValueError:
         return ""
-    return " (write it without quotes)"
+    return " (write it without quotes)" if math.isfinite(number) else ""
 
 
 def plain_number(value: Any) -> Any:

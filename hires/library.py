@@ -162,7 +162,9 @@ def library_job(job: Job | str | None, overrides: dict[str, Any],
     overrides = plain_numbers(overrides)  # numpy's 256 is 256
     for name, value in overrides.items():  # 256, not "256" or 256.0: as README says
         check_kind(name, value)
-    check_given_paths({k: v for k, v in overrides.items() if k in ("model", "vae", "linfusion")})
+    refs = ("model", "vae", "linfusion")  # a Job's own fields too: Job(model=Path(...))
+    check_given_paths({**({k: getattr(job, k) for k in refs} if job is not None else {}),
+                       **{k: v for k, v in overrides.items() if k in refs}})
     if overrides.get("print_size") is not None:  # as --print-size: a print at the dpi
         overrides = {**overrides, **print_size_overrides(overrides)}
     overrides.pop("print_size", None)

@@ -43,9 +43,12 @@ def check_given_paths(refs: dict[str, object]) -> None:
     text was taken for a Hub id and said to be not in the cache."""
     for name, ref in refs.items():
         if isinstance(ref, os.PathLike) and not Path(ref).expanduser().exists():
-            raise ModelError(f"{name}={os.fspath(ref)!r}: no such file or folder; give a "
-                             ".safetensors file, a diffusers folder, or a Hugging Face Hub id "
-                             "as text ('owner/name')", usage=True)
+            what = ("a LinFusion checkpoint folder, a Hugging Face Hub id as text "
+                    "('owner/name'), or 'none'" if name == "linfusion" else
+                    "a .safetensors file, a diffusers folder, or a Hugging Face Hub id as text "
+                    "('owner/name')")
+            raise ModelError(f"{name}={os.fspath(ref)!r}: no such file or folder; give {what}",
+                             usage=True)
 
 
 def check_paths(model: str, vae: str | None, linfusion: str, allow_pickle: bool = False) -> None:
@@ -477,8 +480,9 @@ def _pickle_keys(path: Path) -> list[str] | None:
             data = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except Exception:  # torch raises many kinds here (unpickling, zip, storage); each: cannot tell
         return None
-    state = data.get("state_dict", data) if isinstance(data, dict) else None
-    return [str(k) for k in state] if isinstance(state, dict) else None
+    while isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]  # as diffusers unwraps it: nested, any number of times
+    return [str(k) for k in data] if isinstance(data, dict) else None
 
 
 def weights_refusal(path: Path, what: str, allow_pickle: bool) -> str | None:

@@ -366,16 +366,43 @@ def in_file_names(text: str) -> str:
     return os.fsdecode(text.encode("utf-8"))
 
 
+def fs_text(text: str) -> str:
+    """A file name written as text (a job file's 'output'): as it is where the locale's
+    encoding holds it, else as its UTF-8 bytes (`in_file_names`): a C locale's ASCII cannot
+    hold 'café', and os.fsencode failed on it (exit 1)."""
+    try:
+        os.fsencode(text)
+    except UnicodeEncodeError:
+        return in_file_names(text)
+    return text
+
+
+def read_whole(text: str, raw: bytes) -> bool:
+    """Whether the locale read `raw` (whose reading is `text`) as letters of two or more bytes
+    each, with none it could not read: a multi-byte locale's own text (EUC-JP's '猫', C7 AD),
+    which is not to be read again as UTF-8 (where C7 AD is 'ǭ')."""
+    return len(text) < len(raw) and not _SURROGATES.search(text)
+
+
 def name_text(path: str | Path) -> str:
     """A file's name (or a message naming files) as text for JSON: its bytes read as UTF-8
     (what `in_file_names` writes), not the lone surrogates (C locale) or 'cafÃ©' (Latin-1) the
-    locale makes of them; bytes that are not UTF-8 stay as the locale read them."""
+    locale makes of them; bytes that are not UTF-8, and text a multi-byte locale read whole
+    (`read_whole`), stay as the locale read them."""
+    text = str(path)
     try:
-        return os.fsencode(path).decode("utf-8")
+        raw = os.fsencode(path)
     except UnicodeError:  # text the locale cannot encode (a prompt's '猫' in a C locale)
-        pass  # beside a name's surrogates: each run of them read as UTF-8 on its own
+        raw = None  # beside a name's surrogates: each run of them read as UTF-8 on its own
+    if raw is not None:
+        if read_whole(text, raw):
+            return text
+        try:
+            return raw.decode("utf-8")
+        except UnicodeError:
+            return text
     return _SURROGATES.sub(lambda run: bytes(ord(c) - 0xDC00 for c in run[0]).decode(
-        "utf-8", "surrogateescape"), str(path))
+        "utf-8", "surrogateescape"), text)
 
 
 _SURROGATES = re.compile("[\udc80-\udcff]+")  # bytes a locale's codec did not read
@@ -384,9 +411,11 @@ _SURROGATES = re.compile("[\udc80-\udcff]+")  # bytes a locale's codec did not r
 def stem_part(stem: str, limit: int = 80) -> str:
     """An input file's stem as part of an output name: kept as written (case, `_`, `.`), but
     spaces and shell-unfriendly characters made `-`. A UTF-8 name is cut and cleaned as its
-    letters, not as the locale reads its bytes (Latin-1 made 'café' 'cafÃ©', whose '©' went)."""
+    letters, not as the locale reads its bytes (Latin-1 made 'café' 'cafÃ©', whose '©' went);
+    a name a multi-byte locale read whole (`read_whole`) as that locale read it."""
     try:
-        text = os.fsencode(stem).decode("utf-8")
+        raw = os.fsencode(stem)
+        text = None if read_whole(stem, raw) else raw.decode("utf-8")
     except UnicodeError:  # not UTF-8 on disk: as the locale reads it
         text = None
     part = re.sub(r"[^\w.\-]+", "-", stem if text is None else text).strip("-.")[:limit]

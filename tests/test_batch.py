@@ -325,6 +325,32 @@ def test_batch_model_and_device_flags_yield_to_a_jobs_own_keys(tmp_path):
         "error: 'model' in missing.toml job 0: ./nomodel")
 
 
+def test_batch_device_errors_name_what_gave_the_device(tmp_path, monkeypatch):
+    """torchrun's LOCAL_RANK pick was said as "--device cuda", a flag no one gave; a job's
+    "cuda:1" as "cuda"; -o with a line break blamed each job's 'output'."""
+    jobs = write(tmp_path / "b.toml", '[defaults]\nsize = 128\nmodel = "tiny"\n[[job]]\n'
+                                      'prompt = "a"\n[[job]]\nprompt = "b"\n')
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("RANK", "1")
+    result = cli("batch", jobs, "-o", tmp_path / "out", "--dry-run")
+    assert result.exit_code == 2 and error_lines(result.stderr)[0].startswith(
+        "error: cuda:1 (picked by torchrun's LOCAL_RANK): torch sees no CUDA GPU"), result.stderr
+    assert "--gpu NAME" in result.stderr  # a dry run: how to plan for a card instead
+    for key in ("WORLD_SIZE", "LOCAL_RANK", "RANK"):
+        monkeypatch.delenv(key)
+    pinned = write(tmp_path / "p.toml", '[[job]]\nprompt = "a"\nsize = 128\nmodel = "tiny"\n'
+                                        'device = "cuda:1"\n')
+    result = cli("batch", pinned, "-o", tmp_path / "out")
+    assert error_lines(result.stderr)[0].startswith(
+        "error: 'device' in p.toml job 0: cuda:1: torch sees no CUDA GPU"), result.stderr
+    named = write(tmp_path / "o.toml", '[[job]]\nprompt = "a"\nsize = 128\nmodel = "tiny"\n'
+                                       'output = "x.png"\n')
+    result = cli("batch", named, "-o", tmp_path / "a\nb", "--dry-run")
+    assert result.exit_code == 2 and "batch -o" in result.stderr and "'x.png'" not in \
+        result.stderr and "line break" in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize("dry", [[], ["--dry-run"]])
 @pytest.mark.parametrize("where", ["job", "manifest"])
 def test_batch_cli_an_unwritable_place_stops_it_before_any_work(tmp_path, tiny_cli, where, dry):

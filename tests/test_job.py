@@ -66,6 +66,14 @@ def test_a_number_in_quotes_in_a_file_is_refused_as_seed_and_size_are(key, value
         Job.from_dict({key: value}, where="preset 'p'")
 
 
+def test_no_quotes_hint_where_the_text_is_no_number_or_the_value_no_ones_writing():
+    with pytest.raises(JobError, match=r"must be a whole number, got 'nan'$"):
+        Job.from_dict({"steps": "nan"}, where="preset 'p'")
+    with pytest.raises(JobError, match=r"^'steps' in metadata of x.png must be a whole number, "
+                                       r"got '30'$"):  # a damaged record: no one wrote it
+        Job.from_dict({"steps": "30"}, where="metadata of x.png")
+
+
 @pytest.mark.parametrize("key,value,what", [
     ("negative", ["blurry", "dark"], "text"), ("prompt", 5, "text"), ("model", 5, "text"),
     ("karras", "yes please", "true or false"), ("karras", "ture", "true or false"),

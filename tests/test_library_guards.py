@@ -193,6 +193,9 @@ def test_a_path_object_that_is_not_there_is_said_so_not_sought_on_the_hub(tmp_pa
     events: list = []
     with pytest.raises(ModelError, match=said):
         hires.generate("x", size=64, progress=events.append, **{key: missing}, **ONE)
+    with pytest.raises(ModelError, match=said):  # a Job's own field, as a keyword's
+        hires.generate(Job(prompt="x", **{key: missing}), size=64, progress=events.append,
+                       **ONE)
     assert no_work(events)
 
 

@@ -165,6 +165,9 @@ def test_a_pickle_checkpoint_that_is_no_sdxl_model_fails_the_dry_run(tmp_path):
     torch.save({"state_dict": {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1),
                                "conditioner.embedders.0.x": torch.zeros(1)}}, sdxl)
     assert single_file_refusal(sdxl) is None
+    nested = tmp_path / "nested.ckpt"  # diffusers unwraps "state_dict" as often as it comes
+    torch.save({"state_dict": torch.load(sdxl)}, nested)
+    assert single_file_refusal(nested) is None
     lightning = tmp_path / "trained.ckpt"  # other objects beside the weights: cannot tell
     torch.save({"state_dict": {"model.weight": torch.zeros(2)}, "callbacks": {Path("x")}},
                lightning)

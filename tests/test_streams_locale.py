@@ -227,3 +227,32 @@ def test_a_log_line_naming_a_utf8_file_is_its_bytes_on_a_c_locales_stderr(monkey
     cli_output.warn("plain ASCII")
     log.flush()
     assert log.buffer.getvalue() == "saved ça/café.png\nwarning: plain ASCII\n".encode()
+
+
+def test_an_euc_jp_name_and_message_stay_as_an_euc_jp_locale_reads_them(monkeypatch):
+    """EUC-JP's 'a息猫' (61 C2 A9 C7 AD) is valid UTF-8 too ('a©ǭ'): `{name}` became 'a-猫'
+    from it, and --progress json's lines turned an EUC-JP prompt's '猫' into 'ǭ'."""
+    import os
+
+    from hires.output import name_text, stem_part
+
+    monkeypatch.setattr(os, "fsencode", lambda t: t.encode("euc_jp", "surrogateescape"))
+    monkeypatch.setattr(os, "fsdecode", lambda b: b.decode("euc_jp", "surrogateescape"))
+    assert stem_part("a息猫") == "a息猫"
+    assert name_text("from '猫 猫'") == "from '猫 猫'"
+    utf8 = os.fsdecode("日本の猫.png".encode())  # a UTF-8 name: kanji and surrogates here
+    assert name_text(utf8) == "日本の猫.png"
+    assert os.fsencode(stem_part(utf8[:-4])) == "日本の猫".encode()
+
+
+def test_a_job_files_non_ascii_output_is_written_in_utf8_in_a_c_locale(tmp_path):
+    """`output = "café-{index}.png"` failed with a UnicodeEncodeError (exit 1) in a C locale,
+    whose ASCII cannot hold it; gen's -o took the same name."""
+    jobs = tmp_path / "m.toml"
+    jobs.write_text('[[job]]\nprompt = "a"\noutput = "café-{index}.png"\nmodel = "tiny"\n'
+                    'size = 64\nsteps = 1\n', encoding="utf-8")
+    done = subprocess.run([*hires_cmd("batch"), str(jobs), "-o", str(tmp_path / "out"), "-q",
+                           "--dry-run"], capture_output=True, cwd=REPO, timeout=300,
+                          env=subprocess_env(**C_LOCALE))
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert "café-0.png".encode() in done.stdout + done.stderr
