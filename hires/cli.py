@@ -441,8 +441,9 @@ def batch(
         # --model and --device are every job's unless a job (its keys, [defaults] or its own
         # preset) names its own, as gen's flags beat a preset; --allow-pickle and --quality
         # are every job's.
-        torchrun = None if device else b.local_device()
-        flags = {k: v for k, v in {"model": model, "device": device or torchrun}.items() if v}
+        given = {k: v for k, v in {"model": model, "device": device}.items() if v}
+        torchrun = None if device else b.local_device()  # LOCAL_RANK's GPU, where no --device
+        flags = {**given, **({"device": torchrun} if torchrun else {})}
         overrides = {k: v for k, v in {"allow_pickle": allow_pickle,
                                        "quality": quality}.items() if v}
         items, paths, name, (rank, world) = batch_jobs(file, output, manifest, shard, preset,
@@ -452,9 +453,8 @@ def batch(
             f"{rank}/{world} runs {len(mine)}")
         check_gpu(gpu)
         if not dry_run or gpu is None:  # a dry run with --gpu plans that card, not this one
-            check_batch_devices(mine, name, {k: v for k, v in flags.items() if v != torchrun},
-                                torchrun, dry_run)
-        check_batch_paths(mine, name, flags)
+            check_batch_devices(mine, name, given, torchrun, dry_run)
+        check_batch_paths(mine, name, given)
         if dry_run:
             check_batch_outputs(mine, paths, name, output, manifest, overwrite)
             show_batch_plan(mine, paths, gpu, as_json, overwrite, preview, resume_runs)
