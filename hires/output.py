@@ -393,16 +393,15 @@ def name_text(path: str | Path) -> str:
     try:
         raw = os.fsencode(path)
     except UnicodeError:  # text the locale cannot encode (a prompt's '猫' in a C locale)
-        raw = None  # beside a name's surrogates: each run of them read as UTF-8 on its own
-    if raw is not None:
-        if read_whole(text, raw):
-            return text
-        try:
-            return raw.decode("utf-8")
-        except UnicodeError:
-            return text
-    return _SURROGATES.sub(lambda run: bytes(ord(c) - 0xDC00 for c in run[0]).decode(
-        "utf-8", "surrogateescape"), text)
+        # beside a name's surrogates: each run of them read as UTF-8 on its own
+        return _SURROGATES.sub(lambda run: bytes(ord(c) - 0xDC00 for c in run[0]).decode(
+            "utf-8", "surrogateescape"), text)
+    if read_whole(text, raw):
+        return text
+    try:
+        return raw.decode("utf-8")
+    except UnicodeError:
+        return text
 
 
 _SURROGATES = re.compile("[\udc80-\udcff]+")  # bytes a locale's codec did not read
