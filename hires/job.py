@@ -393,7 +393,7 @@ def _coerce(name: str, value: Any, where: str, typed: bool = False) -> Any:
         # a command's flags (hires.sizes.OPTIONS) are named as the user gave them
         said = f"--{name.replace('_', '-')}" if where == "options" else f"'{name}' in {where}"
         # a record's value is no one's writing to mend (its image's metadata is damaged)
-        hint = number_hint(value) if slip and not where.startswith("metadata") else ""
+        hint = number_hint(value) if slip and not where.startswith("metadata of ") else ""
         raise JobError(f"{said} must be {what}{hint}, got {value!r}") from None
 
 

@@ -480,8 +480,10 @@ def _pickle_keys(path: Path) -> list[str] | None:
             data = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except Exception:  # torch raises many kinds here (unpickling, zip, storage); each: cannot tell
         return None
-    while isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
-        data = data["state_dict"]  # as diffusers unwraps it: nested, any number of times
+    for _ in range(8):  # as diffusers unwraps it, nested; a file that holds itself ends
+        if not (isinstance(data, dict) and isinstance(data.get("state_dict"), dict)):
+            break
+        data = data["state_dict"]
     return [str(k) for k in data] if isinstance(data, dict) else None
 
 

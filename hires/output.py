@@ -392,16 +392,11 @@ def name_text(path: str | Path) -> str:
     text = str(path)
     try:
         raw = os.fsencode(path)
-    except UnicodeError:  # text the locale cannot encode (a prompt's '猫' in a C locale)
-        # beside a name's surrogates: each run of them read as UTF-8 on its own
+        return text if read_whole(text, raw) else raw.decode("utf-8")
+    except UnicodeError:  # text the locale cannot encode (a prompt's '猫' in a C locale), or
+        # bytes not all UTF-8: each run of the surrogates read as UTF-8 on its own
         return _SURROGATES.sub(lambda run: bytes(ord(c) - 0xDC00 for c in run[0]).decode(
             "utf-8", "surrogateescape"), text)
-    if read_whole(text, raw):
-        return text
-    try:
-        return raw.decode("utf-8")
-    except UnicodeError:
-        return text
 
 
 _SURROGATES = re.compile("[\udc80-\udcff]+")  # bytes a locale's codec did not read

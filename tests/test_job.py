@@ -72,6 +72,8 @@ def test_no_quotes_hint_where_the_text_is_no_number_or_the_value_no_ones_writing
     with pytest.raises(JobError, match=r"^'steps' in metadata of x.png must be a whole number, "
                                        r"got '30'$"):  # a damaged record: no one wrote it
         Job.from_dict({"steps": "30"}, where="metadata of x.png")
+    with pytest.raises(JobError, match=r"\(write it without quotes\)"):  # a file so named
+        Job.from_dict({"steps": "30"}, where="metadata.toml job 0")
 
 
 @pytest.mark.parametrize("key,value,what", [

@@ -168,6 +168,11 @@ def test_a_pickle_checkpoint_that_is_no_sdxl_model_fails_the_dry_run(tmp_path):
     nested = tmp_path / "nested.ckpt"  # diffusers unwraps "state_dict" as often as it comes
     torch.save({"state_dict": torch.load(sdxl)}, nested)
     assert single_file_refusal(nested) is None
+    cycle: dict = {}
+    cycle["state_dict"] = cycle  # it hung: a loop with no end
+    looped = tmp_path / "self.ckpt"
+    torch.save(cycle, looped)
+    assert "not an SDXL checkpoint" in single_file_refusal(looped)
     lightning = tmp_path / "trained.ckpt"  # other objects beside the weights: cannot tell
     torch.save({"state_dict": {"model.weight": torch.zeros(2)}, "callbacks": {Path("x")}},
                lightning)

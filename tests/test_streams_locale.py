@@ -203,8 +203,10 @@ def test_progress_json_log_and_error_lines_name_files_in_utf8(monkeypatch, capsy
     monkeypatch.setattr(cli_output.Quiet, "progress", "json")
     cli_output.say(f"saved {name}")
     cli_output.warn(f"猫: {name} is large")
+    cli_output.say("saved caf\udcc3\udca9_\udcff.png")  # UTF-8 beside a byte that is not
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
-    assert lines == [{"log": "saved café.png"}, {"warning": "猫: café.png is large"}]
+    assert lines == [{"log": "saved café.png"}, {"warning": "猫: café.png is large"},
+                     {"log": "saved café_\udcff.png"}]
     append_manifest(tmp_path / "m.jsonl", {"path": name, "error": f"cannot write {name}"})
     record = json.loads((tmp_path / "m.jsonl").read_text(encoding="utf-8"))
     assert record == {"path": "café.png", "error": "cannot write café.png"}
