@@ -105,14 +105,15 @@ def check_batch_devices(items: list, name: str, flags: dict[str, str],
     `torchrun`'s pick)."""
     from hires.job import JobError
 
-    first_on = {item.job.device: item.index for item in reversed(items)}
-    for device, index in sorted(first_on.items(), key=lambda kv: kv[1]):
+    first_on = {item.job.device: item for item in reversed(items)}
+    for device, item in sorted(first_on.items(), key=lambda kv: kv[1].index):
+        index = item.index
         try:  # before any work, as for gen: not a failure per job
             check_device(device, dry_run)
         except JobError as e:
-            if device == flags.get("device"):
+            if device == flags.get("device") and not item.device_given:
                 raise
-            if device == torchrun:  # no flag gave it: LOCAL_RANK did
+            if device == torchrun and not item.device_given:  # LOCAL_RANK gave it
                 raise JobError(str(e).replace(f"--device {device}:", f"{device} (picked by "
                                               "torchrun's LOCAL_RANK):", 1)) from None
             said = str(e).replace(f"--device {device}: ", f"{device}: ", 1)

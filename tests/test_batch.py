@@ -337,6 +337,11 @@ def test_batch_device_errors_name_what_gave_the_device(tmp_path, monkeypatch):
     assert result.exit_code == 2 and error_lines(result.stderr)[0].startswith(
         "error: cuda:1 (picked by torchrun's LOCAL_RANK): torch sees no CUDA GPU"), result.stderr
     assert "--gpu NAME" in result.stderr  # a dry run: how to plan for a card instead
+    own = write(tmp_path / "own.toml", '[defaults]\nsize = 128\nmodel = "tiny"\n[[job]]\n'
+                                       'prompt = "a"\n[[job]]\nprompt = "b"\ndevice = "cuda:1"\n')
+    result = cli("batch", own, "-o", tmp_path / "out")  # the job's own cuda:1, LOCAL_RANK's too
+    assert error_lines(result.stderr)[0].startswith(
+        "error: 'device' in own.toml job 1: cuda:1: torch sees no CUDA GPU"), result.stderr
     for key in ("WORLD_SIZE", "LOCAL_RANK", "RANK"):
         monkeypatch.delenv(key)
     pinned = write(tmp_path / "p.toml", '[[job]]\nprompt = "a"\nsize = 128\nmodel = "tiny"\n'
