@@ -42,9 +42,9 @@ class BatchItem:
     # `quality` set in the job's own table: a lossless format's job refuses it, where one from
     # [defaults] or a preset serves the jpg and webp jobs alone (and passes the others)
     quality_given: bool = False
-    # `device` set by the job file (the job, [defaults] or the job's preset), not by a flag or
-    # torchrun's LOCAL_RANK: which one an error about it names
-    device_given: bool = False
+    # the keys the job file set (the job, [defaults] or the job's preset), not a flag or
+    # torchrun's LOCAL_RANK: whose a `model` or `device` error names
+    file_keys: frozenset[str] = frozenset()
 
 
 # A command's flag written as a key, told what `hires batch` can do instead: it takes the
@@ -179,8 +179,9 @@ def _item(i: int, entry: dict[str, Any], defaults: dict[str, Any], where: str, n
                        "it out")
     format_given = "format" in {str(k).replace("-", "_") for k in values}
     quality_given = "quality" in {str(k).replace("-", "_") for k in entry}
-    device_given = any("device" in keys for keys, _, _ in job_levels[len(levels or []):])
-    return BatchItem(i, job, output, format_given, quality_given, device_given)
+    file_keys = frozenset(str(k).replace("-", "_") for keys, _, _ in
+                          job_levels[len(levels or []):] for k in keys)
+    return BatchItem(i, job, output, format_given, quality_given, file_keys)
 
 
 def _starts_like_json(path: Path) -> bool:

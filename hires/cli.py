@@ -454,7 +454,7 @@ def batch(
         check_gpu(gpu)
         if not dry_run or gpu is None:  # a dry run with --gpu plans that card, not this one
             check_batch_devices(mine, name, given, torchrun, dry_run)
-        check_batch_paths(mine, name, given)
+        check_batch_paths(mine, name)
         if dry_run:
             check_batch_outputs(mine, paths, name, output, manifest, overwrite)
             show_batch_plan(mine, paths, gpu, as_json, overwrite, preview, resume_runs)

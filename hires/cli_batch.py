@@ -65,7 +65,7 @@ def batch_jobs(file: Path, output: Path, manifest: Path | None, shard: str | Non
     and the shard: (rank, world)."""
     from hires import batch as b
     from hires.job import LOSSY_FORMATS, JobError
-    from hires.output import QUALITY_LOSSLESS
+    from hires.output import QUALITY_LOSSLESS, breaks_lines
     from hires.presets import load_preset
     from hires.record import stage_path
     from hires.sizes import OPTIONS
@@ -83,7 +83,7 @@ def batch_jobs(file: Path, output: Path, manifest: Path | None, shard: str | Non
     if str(output) == "-":
         raise JobError("batch -o names the folder for the images; '-' (stdout) takes one "
                        "image, from gen or up")
-    if "\n" in str(output) or "\r" in str(output):  # else each job's output is blamed
+    if breaks_lines(str(output)):  # else each job's output is blamed
         raise JobError(f"batch -o {str(output)!r} holds a line break, and hires lists each "
                        "image it writes as one line: choose another -o")
     name = "stdin" if str(file) == "-" else file.name
@@ -111,14 +111,14 @@ def check_batch_devices(items: list, name: str, flags: dict[str, str],
         try:  # before any work, as for gen: not a failure per job
             check_device(device, dry_run)
         except JobError as e:
-            if device == flags.get("device") and not item.device_given:
-                raise
-            if device == torchrun and not item.device_given:  # LOCAL_RANK gave it
+            if "device" in item.file_keys or device not in (flags.get("device"), torchrun):
+                said = str(e).replace(f"--device {device}: ", f"{device}: ", 1)
+                raise JobError(f"'device' in {name} job {index}: "
+                               f"{said.replace('--device ', 'device = ')}") from None
+            if device == torchrun:  # LOCAL_RANK gave it
                 raise JobError(str(e).replace(f"--device {device}:", f"{device} (picked by "
                                               "torchrun's LOCAL_RANK):", 1)) from None
-            said = str(e).replace(f"--device {device}: ", f"{device}: ", 1)
-            raise JobError(f"'device' in {name} job {index}: "
-                           f"{said.replace('--device ', 'device = ')}") from None
+            raise  # --device's
 
 
 def jobs_to_make(items: list, paths: dict[int, Path], overwrite: bool) -> list:
@@ -328,10 +328,10 @@ def check_batch_outputs(items: list, paths: dict[int, Path], name: str, output: 
     return manifest
 
 
-def check_batch_paths(items: list, name: str, flags: dict[str, str]) -> None:
+def check_batch_paths(items: list, name: str) -> None:
     """Every batch job's model, VAE and LinFusion paths are there, before any work and in
-    --dry-run alike (exit 2, naming the job, or --model when the command's `flags` gave the
-    model); `name`: the job file's, for messages."""
+    --dry-run alike (exit 2, naming the job, or --model when no job file key gave the model);
+    `name`: the job file's, for messages."""
     from hires.batch import by_key
     from hires.job import JobError
     from hires.model_refs import ModelError
@@ -340,7 +340,7 @@ def check_batch_paths(items: list, name: str, flags: dict[str, str]) -> None:
         try:
             check_job_paths(item.job)
         except ModelError as e:
-            flagged = item.job.model == flags.get("model") and str(e).startswith("--model ")
+            flagged = "model" not in item.file_keys and str(e).startswith("--model ")
             raise JobError(str(e) if flagged else by_key(str(e), f"{name} job {item.index}")
                            ) from None
 

@@ -266,6 +266,12 @@ def _amount(size: float) -> str:
     return f"{size / 1e6:.0f} MB" if size >= 1e7 else f"{size / 1e6:.1f} MB"
 
 
+def breaks_lines(name: str) -> bool:
+    """Whether a name holds a line break: stdout lists one path a line, and a script reading it
+    would take such a name for two."""
+    return "\n" in name or "\r" in name
+
+
 def default_name(width: int, height: int, seed: int, fmt: str = "png") -> str:
     return f"hires_{width}x{height}_s{seed}{EXTENSIONS[fmt]}"
 
@@ -293,7 +299,7 @@ def output_path(
             valid = ", ".join("{" + k + "}" for k in fields)
             raise OutputUsage(f"bad output template '{output}' ({e}); fields: {valid}, each "
                               "with a format as {seed:06d} may have") from None
-    if "\n" in text or "\r" in text:  # stdout lists one path a line: a script read two
+    if breaks_lines(text):
         raise OutputUsage(f"output name {text!r} holds a line break, and hires lists each image "
                           "it writes as one line: choose another -o")
     path = Path(text).expanduser()
