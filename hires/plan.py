@@ -572,25 +572,36 @@ def fitting_size(error: PlanError) -> tuple[int, int] | None:
 
 
 def largest_fitting(width: int, height: int, **kwargs) -> tuple[int, int] | None:
-    """The largest size at the request's aspect (sides multiples of 64) whose plan fits."""
+    """The largest size at the request's aspect whose plan fits, as `--size` makes it: its long
+    side a multiple of 8, the short one rounded to 8. An upscale's is no smaller than its input
+    and, where the request has the input's shape, takes it from the input as `hires up` does."""
     # Whether a plan fits does not depend on the rate (peaks and RAM do not), and without one
     # the planner skips pricing the VAE's RAM amounts (a 16K job on 6 GiB: 57 -> 21 s).
     kwargs = {**kwargs, "rate": None}
+    source, long = kwargs.get("source"), max(width, height)
 
-    def fits(scale: float) -> tuple[int, int] | None:
-        w, h = max(64, int(width * scale) // 64 * 64), max(64, int(height * scale) // 64 * 64)
-        try:
-            make_plan(w, h, **kwargs)
-        except PlanError:
-            return None
+    def sides(shape: tuple[int, int], side: int) -> tuple[int, int]:
+        w, h = (max(8, round(s * side / max(shape) / 8) * 8) for s in shape)
         return w, h
 
-    lo, hi, best = 0.0, 1.0, None
-    for _ in range(12):  # bisection on the scale: ~0.02 % of the side
-        mid = (lo + hi) / 2
-        found = fits(mid)
-        if found:
-            lo, best = mid, found
-        else:
-            hi = mid
-    return best
+    # A request on the input's shape is followed with --size (the input's aspect): a size taken
+    # from the request's own sides could differ by 8 px from what that makes.
+    shape = source if source and sides(source, long) == (width, height) else (width, height)
+    # Each side in range and, for an upscale, at least its input's: `hires up` refuses less.
+    least = (MIN_SIDE, MIN_SIDE) if not source else tuple(max(MIN_SIDE, s) for s in source)
+    candidates = [size for size in (sides(shape, side) for side in range(8, long, 8))
+                  if all(got >= need for got, need in zip(size, least))]
+
+    def fits(size: tuple[int, int]) -> bool:
+        try:
+            make_plan(*size, **kwargs)
+        except PlanError:
+            return False
+        return True
+
+    # Bisection over the candidates (a larger size never needs less): a dozen plans for 16K.
+    lo, hi = 0, len(candidates)  # candidates[:lo] fit, candidates[hi:] do not
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if fits(candidates[mid]) else (lo, mid)
+    return candidates[lo - 1] if lo else None

@@ -600,3 +600,41 @@ def test_a_gpu_name_with_spaces_around_is_the_card():
     assert result.exit_code == 0, result.stderr
     assert "4090 '" not in result.stdout + result.stderr
     assert "more than the 4090's 24.0 GiB" in result.stdout
+
+
+def _fits_hint(result):
+    """The "WxH fits" of a refusal, as (width, height), or None."""
+    import re
+
+    assert result.exit_code == 2, result.stderr
+    found = re.search(r"; (\d+)x(\d+) fits", result.stderr)
+    return (int(found[1]), int(found[2])) if found else None
+
+
+def test_the_size_that_fits_keeps_the_aspect_and_is_the_largest(tmp_path):
+    """The hint was floored to 64 px a side, 7744x4352 for 16:9 (1.779): --size with --aspect
+    makes the largest size on the 8 px grid, and the next one up does not fit."""
+    from hires.job import size_from
+
+    args = ("--ram", "20", "--vae-dtype", "fp32", "--dry-run", "-o", tmp_path / "y.png")
+    w, h = _fits_hint(cli("gen", "x", "--size", "8192", "--aspect", "16:9", *args))
+    assert (w, h) == size_from(w, "16:9", None, None) and w % 8 == 0
+    assert cli("gen", "x", "--size", w, "--aspect", "16:9", *args).exit_code == 0
+    assert _fits_hint(cli("gen", "x", "--size", w + 8, "--aspect", "16:9", *args)) == (w, h)
+
+
+def test_an_upscale_is_told_a_size_of_its_input_s_shape_and_never_below_it(tmp_path):
+    """For a 600x400 photo the hint was 512x896 (a size `hires up` refuses, and stretched),
+    or 832x576 at 1.44:1: now what --size makes from the photo, larger than it, or none."""
+    from hires.sizes import target_size
+
+    photo, square = tmp_path / "in.png", tmp_path / "square.png"
+    Image.new("RGB", (600, 400)).save(photo)
+    args = ("--model", "tiny", "--vram", "1", "--dry-run", "-o", tmp_path / "y.png")
+    w, h = _fits_hint(cli("up", photo, "--scale", "20", *args))
+    assert (w, h) == target_size((600, 400), size=w) and w > 600 and h > 400
+    assert cli("up", photo, "--size", w, *args).exit_code == 0
+    assert _fits_hint(cli("up", photo, "--size", w + 8, *args)) == (w, h)
+    # Nothing as large as this input fits: no size is offered (704x640 was, for 1000x960).
+    Image.new("RGB", (1000, 960)).save(square)
+    assert _fits_hint(cli("up", square, "--scale", "2", *args)) is None
