@@ -89,6 +89,9 @@ def read_batch(path: str | Path, base: Job | None = None,
         # Numbered from 0, as the run, the manifest and the default names number it.
         where = f"{name} job {i}" + (f" (line {line_of[i]})" if i in line_of else "")
         _check_keys(entry, where)
+        # JSON's null is a value not given (pandas and jq write it for one): the key is left
+        # to the levels below, as if absent. An add-on is switched off with 'none'.
+        entry = {k: v for k, v in entry.items() if v is not None}
         _check_seed(entry, where)
         item = _item(i, entry, defaults, where, name, base, levels)
         if item.job.seed is None:

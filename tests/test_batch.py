@@ -81,6 +81,24 @@ def test_jsonl_skips_blank_and_comment_lines(tmp_path):
     assert [i.index for i in items] == [0, 1, 2]
 
 
+def test_null_in_jsonl_is_a_key_not_given(tmp_path):
+    """pandas and jq write null for a missing value: it was refused for keys with a default
+    ('guidance' ... must be a number, got None). Now the levels below give the value."""
+    path = tmp_path / "jobs.jsonl"
+    path.write_text(json.dumps({"prompt": "a", "guidance": None, "negative": None,
+                                "seed": None, "steps": None, "size": None, "lora": None}))
+    draft = ({"steps": 3, "size": 256, "negative": "blurry"}, "preset 'mine'", True)
+    (item,) = read_batch(path, levels=[draft])
+    assert (item.job.guidance, item.job.steps, item.job.negative) == (Job.guidance, 3, "blurry")
+    assert (item.job.width, item.job.lora, item.file_keys) == (256, [], {"prompt"})
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text(json.dumps({"prompt": "a"}))
+    assert item.job.seed == read_batch(plain, levels=[draft])[0].job.seed
+    path.write_text(json.dumps({"prompt": "a", "promt": None}))  # a misspelt key still says so
+    with pytest.raises(JobError, match="unknown key 'promt'"):
+        read_batch(path)
+
+
 def test_a_byte_order_mark_from_a_windows_editor_is_skipped(tmp_path):
     jsonl = jsonl_jobs(tmp_path / "jobs.jsonl", 2)
     jsonl.write_bytes(b"\xef\xbb\xbf" + jsonl.read_bytes())
