@@ -437,6 +437,8 @@ def check_kind(name: str, value: Any) -> None:
         raise JobError(f"{name} must be True or False, got {value!r}")
     if value is None or kind not in ("int", "float"):
         return
+    if name == "vae_tile" and isinstance(value, str) and value.strip().lower() == "auto":
+        return  # the planner's pick over a job's tile, as --vae-tile auto (and its error) say
     value = plain_number(value)
     # A tensor's number is a slip too, but one with a one-word fix.
     item = "; a tensor's .item() is one" if type(value).__module__.startswith("torch") else ""

@@ -158,6 +158,7 @@ def library_job(job: Job | str | None, overrides: dict[str, Any],
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be a function of one hires.progress.Event, got "
                         f"{type(progress).__name__}")
+    check_callback("progress", progress, "(event)")  # before the model loads, not after
     check_keywords(overrides)
     overrides = plain_numbers(overrides)  # numpy's 256 is 256
     for name, value in overrides.items():  # 256, not "256" or 256.0: as README says
@@ -176,7 +177,8 @@ def library_job(job: Job | str | None, overrides: dict[str, Any],
             raise JobError("give size (with aspect, if you like) or width and height")
         overrides = {**overrides, "width": w, "height": h}
     job = (job or Job()).merged(overrides)
-    if components is not None and job.model == DEFAULT_MODEL:  # not named: the loaded one
+    if components is not None and job.model == DEFAULT_MODEL and overrides.get("model") is None:
+        # Not named: the loaded one. model=DEFAULT_MODEL named is checked against them.
         job = replace(job, model=components.model)
     if components is not None and components.linfusion is None and job.linfusion == "auto":
         job = replace(job, linfusion="none")  # what ran, so that --from runs it again
@@ -282,7 +284,8 @@ def check_callback(name: str, fn: Any, args: str) -> None:
     try:
         inspect.signature(fn).bind(*args.strip("()").split(", "))
     except TypeError:
-        raise TypeError(f"{name} is called with {args}: give a function that takes them"
+        them = "them" if "," in args else "it"
+        raise TypeError(f"{name} is called with {args}: give a function that takes {them}"
                         ) from None
     except ValueError:  # some builtins have no signature to check: taken on trust
         pass

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 import hires
-from hires.job import JobError
+from hires.job import DEFAULT_MODEL, JobError
 
 ONE = {"steps": 1, "seed": 5}
 
@@ -55,6 +55,12 @@ def test_a_job_with_an_input_image_is_an_upscale(tiny, small):
      "on_stage_image must be a function of"),
     (lambda c: hires.generate("x", components=c, on_stage_image=lambda image: None),
      TypeError, r"on_stage_image is called with \(index, image\)"),
+    # progress too: it failed at the first step, after the load and the prompt's encoding
+    (lambda c: hires.generate("x", components=c, progress=lambda: 0), TypeError,
+     r"^progress is called with \(event\): give a function that takes it$"),
+    # the default model named, not left out: checked as any other name (it ran tiny)
+    (lambda c: hires.generate("x", components=c, model=DEFAULT_MODEL, **ONE), JobError,
+     f"model='{DEFAULT_MODEL}', but the components were loaded with model 'tiny'"),
 ])
 def test_generate_refuses_what_it_cannot_use(tiny, call, error, words):
     with pytest.raises(error, match=words):
@@ -72,11 +78,21 @@ def test_generate_refuses_what_it_cannot_use(tiny, call, error, words):
     ("{small}", {}, JobError, "^give one of size, scale, width/height or print_size"),  # not --size
     ("{small}", {"scale": 2, "on_score": 3}, TypeError, "on_score must be a function"),
     ("{small}", {"scale": 2, "on_score": lambda psnr: None}, TypeError, "on_score is called"),
+    ("{small}", {"scale": 2, "progress": lambda a, b: None}, TypeError, "progress is called"),
 ])
 def test_upscale_refuses_what_it_cannot_use(tiny, small, image, sizes, error, words):
     image = str(small) if image == "{small}" else image
     with pytest.raises(error, match=words):
         hires.upscale(image, components=tiny, **sizes)
+
+
+def test_vae_tile_auto_is_the_planner_s_pick_again(tiny):
+    """The refusal of vae_tile=100 offers "or auto", which the keyword refused as no int."""
+    made = hires.generate(hires.Job(prompt="x", vae_tile=256), components=tiny,
+                          vae_tile="auto", **ONE)
+    assert made.job.vae_tile is None
+    with pytest.raises(JobError, match="or auto; got 100"):
+        hires.generate("x", components=tiny, vae_tile=100, **ONE)
 
 
 def test_load_takes_a_path_and_refuses_what_the_cli_refuses(tiny_folder):
