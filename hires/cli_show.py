@@ -572,6 +572,7 @@ def _prompt_lines(job: dict[str, Any]) -> list[str]:
 _TEXT_KEYS = ("prompt", "negative", "model", "sampler", "image", "linfusion")
 _NUMBER_KEYS = ("width", "height", "seed", "steps", "guidance", "strength", "dpi", "depth",
                 "stage", "quality")
+_WHOLE_KEYS = ("width", "height", "seed", "steps", "depth", "stage", "quality")
 
 
 def _record_problem(record: Any) -> str | None:
@@ -595,6 +596,8 @@ def _record_problem(record: Any) -> str | None:
             if value is not None and (isinstance(value, bool)
                                       or not isinstance(value, (int, float))):
                 return wrong(f"{name}.{key}", value, "a number")
+            if isinstance(value, float) and key in _WHOLE_KEYS:  # as --from refuses steps 2.0
+                return wrong(f"{name}.{key}", value, "a whole number")
     stages = result.get("stages") or []
     if not isinstance(stages, list) or not all(isinstance(s, dict) for s in stages):
         return wrong("result.stages", stages, "a list of objects")
@@ -677,9 +680,12 @@ def show_made(path: str | Path, as_json: bool) -> None:
     record, (width, height) = meta["hires"], meta["size"]
     if meta["hires_error"] or (record is not None and _record_problem(record)):
         why = meta["hires_error"] or _record_problem(record)
+        # --from reads the job alone: a damaged result leaves it to repeat the job
+        advice = ("`hires gen --from` still repeats the job, whose settings are whole"
+                  if why.startswith("result") else
+                  "give `hires gen` the settings as options, not --from")
         raise JobError(f"{path}: its hires metadata is malformed ({why}), changed or cut "
-                       "short since hires wrote it; give `hires gen` the settings as options, "
-                       "not --from")
+                       f"short since hires wrote it; {advice}")
     if record is None:
         if meta["parameters"] and meta["parameters"].strip():
             _show_a1111(path, meta["parameters"], (width, height), as_json)

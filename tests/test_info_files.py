@@ -82,6 +82,29 @@ def test_a_malformed_record_is_said_so_and_the_other_files_still_shown(tmp_path,
     assert "job.prompt is 5, not text" in cli("info", shaped).stderr
 
 
+def test_info_s_advice_on_a_damaged_record_is_what_from_does(tmp_path, asked):
+    """A damaged `result` sent the user off --from, which reads the job alone and still ran;
+    a job's steps of 2.0 passed info ("steps 2.0"), which --from refuses."""
+    good = tmp_path / "good.png"
+    made(good)
+    with Image.open(good) as im:
+        record = json.loads(im.info["hires"])
+    for name, part, key, value in (("result", "result", "stage", "x"),
+                                   ("steps", "job", "steps", 2.0)):
+        damaged = tmp_path / f"{name}.png"
+        hires_png(damaged, json.dumps({**record, part: {**record[part], key: value}}))
+        shown = cli("info", damaged)
+        assert_usage_error(shown, "metadata is malformed")
+        repeat = cli("gen", "--from", damaged, "--dry-run", "-o", tmp_path / "again.png")
+        if part == "result":
+            assert "`hires gen --from` still repeats the job" in shown.stderr
+            assert repeat.exit_code == 0, repeat.stderr
+        else:
+            assert "job.steps is 2.0, not a whole number" in shown.stderr
+            assert "not --from" in shown.stderr
+            assert repeat.exit_code == 2 and "must be a whole number" in repeat.stderr
+
+
 def test_the_size_is_the_files_and_a_resize_is_said(tmp_path, asked):
     out = tmp_path / "fox.png"
     made(out)
