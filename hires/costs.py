@@ -41,7 +41,7 @@ from hires.vae_attention import (
 )
 from hires.vae_cost import exact_cost, tiled_cost, tiled_memo_bytes, tiled_runs
 from hires.vae_stats import MEMO_BYTES, budget_from_free, spill_budget
-from hires.vae_tiles import rows_bytes, rows_on_device
+from hires.vae_tiles import LEAST_TILE, rows_bytes, rows_on_device
 
 HOST_LINK = 25e9  # bytes/s between host and GPU (PCIe 4 x16 in practice) for offload traffic
 # bytes/s to and from the scratch disk for parked maps RAM cannot hold: a consumer NVMe's
@@ -447,7 +447,9 @@ def _vae_part_in(model: ModelShape, width: int, height: int,
     tile = vae_tile or VAE_TILES[-1]
     if vae_tile is None:
         tile = _fastest_tile(job, budget, vae_weights, state)
-    tile = min(tile, max(width, height))
+    # No larger than the image (one tile), nor under the least the tiled VAE takes: an
+    # upscale's first stage from a 20 px input is 40 px, and a 40 px tile was refused.
+    tile = max(min(tile, max(width, height)), LEAST_TILE)
     _, flop, copied, spill_bytes = _vae_priced(job, tile)
     runs_seconds = (_vae_cost(job, tile, spill_bytes)[2] * TILE_RUN_SECONDS if model.on_gpu
                     else 0.0)

@@ -28,7 +28,16 @@ from torch import Tensor
 from hires.errors import NotFinite, dtype_name
 from hires.memory import free_memory
 from hires.vae_stats import MODES, Progress, whole_image
-from hires.vae_tiles import SCALE, Box, Grid, blend, rows_bytes, rows_on_device, tile_sizes
+from hires.vae_tiles import (
+    LEAST_TILE,
+    SCALE,
+    Box,
+    Grid,
+    blend,
+    rows_bytes,
+    rows_on_device,
+    tile_sizes,
+)
 
 __all__ = ["MODES", "SCALE", "NotFinite", "decode", "decode_float", "encode", "to_uint8"]
 
@@ -45,10 +54,10 @@ def _check_tiling(tile: int, overlap: int | None) -> None:
     """One-line errors for tiles that would show seams or cannot slice: a tile under 64 px or
     an overlap under 8 px leaves seams of tens of 8-bit steps (the decoder sees ~138 px)."""
     # numbers.Integral: numpy's whole numbers too, as hires.job takes them
-    if isinstance(tile, bool) or not isinstance(tile, numbers.Integral) or tile < 64 \
+    if isinstance(tile, bool) or not isinstance(tile, numbers.Integral) or tile < LEAST_TILE \
             or tile % SCALE:
-        raise ValueError(f"tile must be a whole number of px, a multiple of {SCALE} from 64 "
-                         f"(256 or more for no visible seams), got {tile!r}")
+        raise ValueError(f"tile must be a whole number of px, a multiple of {SCALE} from "
+                         f"{LEAST_TILE} (256 or more for no visible seams), got {tile!r}")
     if overlap is not None and (isinstance(overlap, bool)
                                 or not isinstance(overlap, numbers.Integral)
                                 or not SCALE <= overlap <= tile // 2 or overlap % SCALE):

@@ -18,6 +18,7 @@ from torch import Tensor
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1 in latent units
 
 SCALE = 8  # image pixels per latent pixel
+LEAST_TILE = 64  # px: under it the seams are tens of 8-bit steps (the decoder sees ~138)
 DROP, FADE = 0.375, 0.25  # of the overlap: dropped at each tile edge, then cross-faded
 
 

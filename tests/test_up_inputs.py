@@ -171,3 +171,17 @@ def test_grey_kept_as_colour_is_found_by_its_channels(tmp_path):
     Image.fromarray(tinted).save(tmp_path / "colour.png")
     assert load_input(tmp_path / "grey_rgb.png").grey
     assert not load_input(tmp_path / "colour.png").grey
+
+
+def test_an_input_under_32_px_runs_as_its_dry_run_said(tmp_path, asked):
+    """A 20 px input's first stage is 40 px: the planner clipped its VAE tile to 40, which
+    the tiled VAE refuses (under 64), and the run failed after the load (exit 1)."""
+    Image.new("RGB", (20, 20), "teal").save(tmp_path / "in.png")
+    args = ("up", tmp_path / "in.png", *TINY, "--scale", "4", "-o", tmp_path / "out.png")
+    planned = cli(*args, "--dry-run")
+    assert planned.exit_code == 0, planned.stderr
+    assert "40x40" in planned.stdout and "VAE tiles 64 px" in planned.stdout
+    made = cli(*args)
+    assert made.exit_code == 0, made.stderr
+    with Image.open(tmp_path / "out.png") as out:
+        assert out.size == (80, 80)
