@@ -63,6 +63,12 @@ FORMAT_ADVICE = {
     "pass --depth 8 for": "set depth = 8 in the job for",
     " (it overrides a preset's or a recorded depth)": "",
     ", or --depth 8": ", or set depth = 8 in the job",
+    # the memory planner's (hires.cli_jobs.fitted_plan): batch has no --vram or --ram
+    "; try a larger --vram or --offload auto": "; try a larger vram, or offload = \"auto\", in "
+                                                "the job",
+    "; try a larger --vram": "; try a larger vram in the job",
+    "; try --ram with what is free": "; set ram in the job to what is free",
+    "; try a larger --ram": "; try a larger ram in the job",
 }
 
 # Keys a batch file takes besides the job's own: the same as `gen`'s flags.
@@ -466,7 +472,8 @@ def _preset_values(preset: Any, where: str) -> dict[str, Any]:
 
 
 def in_job_words(problem: str) -> str:
-    """A format's problem with its flag advice as a job file's keys (FORMAT_ADVICE)."""
+    """A format's or the memory's problem with its flag advice as a job file's keys
+    (FORMAT_ADVICE)."""
     for said, meant in FORMAT_ADVICE.items():
         problem = problem.replace(said, meant)
     return problem
@@ -600,7 +607,7 @@ def _run_one(item: BatchItem, path: Path, settings: str,
     except KeyboardInterrupt:
         raise
     except Exception as e:  # a failed job is reported; the batch goes on
-        return Outcome(item, "failed", path, error=str(e).splitlines()[0][:500]
+        return Outcome(item, "failed", path, error=in_job_words(str(e).splitlines()[0][:500])
                        if str(e) else type(e).__name__, moved_to=moved, why=why)
 
 

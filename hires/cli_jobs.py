@@ -465,8 +465,12 @@ def fitted_plan(make, job):
         return make()
     except PlanError as e:
         hint = ""
+        model = (e.plan_kwargs or {}).get("model")
         if e.host:
             hint = "; try --ram with what is free" if job.ram is None else "; try a larger --ram"
+        elif model is not None and not model.on_gpu:  # a CPU run's memory: --vram, else --ram
+            hint = ("; try a larger --vram" if job.vram is not None else
+                    "; try a larger --ram" if job.ram is not None else "")
         elif job.vram is not None or job.offload != "auto":
             # --offload auto only where it was not: the plan already had every offload to try
             hint = "; try a larger --vram" + (" or --offload auto" if job.offload != "auto"

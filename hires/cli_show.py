@@ -44,7 +44,8 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
     check_gpu(gpu)
     if here:
         job = as_run_here(job, gpu)
-        warn_ram([job])  # as the run warns: a budget over this machine's RAM
+        if gpu is None:  # --gpu plans that card and another machine's RAM, not this one's
+            warn_ram([job])  # as the run warns: a budget over this machine's RAM
     run = fitted_plan(lambda: dry_run(job, gpu, source, stage_images, preview), job)
     for one in prompts or [job]:  # a long prompt, said as the run would say it
         tokenizer = cached_tokenizer(one)
@@ -351,10 +352,11 @@ def batch_job_row(item: Any, path: Path, gpu: str | None, plans: dict[str, Any],
     try:
         run = shared_plan(job, source, gpu, plans, preview)
     except (JobError, ModelError) as e:
-        row.update(status="cannot run", error=str(e))
+        said = b.in_job_words(str(e))  # its advice in the job file's keys, not gen's flags
+        row.update(status="cannot run", error=said)
         # As the run would end: a setting to fix exits 2, a model not here 1.
         tally.usage = tally.usage or not isinstance(e, ModelError) or e.usage
-        return row, f"job {item.index}: cannot run: {e}"
+        return row, f"job {item.index}: cannot run: {said}"
     seconds = run.plan.seconds  # None: a CPU job, not timed
     if seconds is not None:
         tally.total, tally.planned_on = tally.total + seconds, run.gpu

@@ -2,7 +2,7 @@
 output suffix (as gen's --preset to -o), and errors give advice a job file can take."""
 
 import pytest
-from helpers_cli import write
+from helpers_cli import cli, write
 
 from hires.batch import name_outputs, read_batch
 from hires.job import JobError
@@ -98,3 +98,18 @@ def test_a_jobs_own_quality_on_a_lossless_image_is_refused(tmp_path):
                    'output = "q.png"\n[[job]]\nprompt = "b"\noutput = "q.jpg"\n')
     items, _ = name_outputs(read_batch(shared), tmp_path / "out", "shared.toml")
     assert [i.job.quality for i in items] == [None, 90]
+
+
+def test_a_job_that_cannot_fit_is_told_its_keys_not_gen_s_flags(tmp_path):
+    """"try a larger --vram": batch has no --vram; the job's vram is what to raise."""
+    jobs = tmp_path / "j.jsonl"
+    jobs.write_text('{"prompt": "a", "size": 2048, "model": "tiny", "vram": 0.9}\n'
+                    '{"prompt": "b", "size": 2048, "model": "tiny", "ram": 0.9, "steps": 1}\n')
+    planned = cli("batch", jobs, "--device", "cpu", "--dry-run", "-o", tmp_path / "out")
+    lines = [line for line in planned.stdout.splitlines() if "cannot run:" in line]
+    assert [line.rsplit("; ", 1)[1] for line in lines] == [
+        "try a larger vram in the job", "try a larger ram in the job"], planned.stdout
+    assert "--vram" not in planned.stdout + planned.stderr
+    made = cli("batch", jobs, "--device", "cpu", "-o", tmp_path / "out")  # and as it runs
+    assert made.exit_code == 1 and "--ram" not in made.stderr  # failed jobs: exit 1
+    assert "try a larger ram in the job" in made.stderr

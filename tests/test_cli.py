@@ -836,3 +836,16 @@ def test_a_dry_run_warns_of_a_cpu_budget_over_the_ram(tmp_path):
                  tmp_path / "a.png")
     assert result.exit_code == 0, result.stderr
     assert f"warning: a vram of {over} GiB is the CPU run's memory budget" in result.stderr
+    # --gpu plans that card and its machine: this one's RAM is not the budget, nor warned of
+    card = cli("gen", "a fox", *TINY, "--gpu", "4090", "--vram", "24", "--ram", over,
+               "--dry-run", "-o", tmp_path / "a.png")
+    assert card.exit_code == 0 and "warning" not in card.stderr, card.stderr
+    assert "24.0 GiB budget" in card.stdout
+
+
+def test_a_cpu_run_that_cannot_fit_says_which_budget_to_raise(tmp_path):
+    """On a CPU the budget is --vram, else --ram; a plan over --ram said no way out."""
+    for flag in ("--ram", "--vram"):
+        result = cli("gen", "a fox", *TINY, "--device", "cpu", "--size", "2048", flag, "0.9",
+                     "--dry-run", "-o", tmp_path / "a.png")
+        assert_usage_error(result, "more than the 0.9 GiB one", f"try a larger {flag}")
