@@ -25,6 +25,7 @@ from hires.cli_batch import (
     run_batch_jobs,
 )
 from hires.cli_jobs import (
+    about_input,
     argv_as_typed,
     argv_text,
     build_job,
@@ -263,9 +264,10 @@ def up(
             sizes.append(source.rgb.size)
             if source.alpha is not None:  # the output keeps it: a 4th channel to store
                 alpha.add(image)
-            jobs.append(build_job(preset, None, {**flags, "image": image,
-                                                 "image_sha256": source.sha256},
-                                  source=source.rgb.size))
+            with about_input(image, len(names) > 1):
+                jobs.append(build_job(preset, None, {**flags, "image": image,
+                                                     "image_sha256": source.sha256},
+                                      source=source.rgb.size))
         check_preview(preview, save_stages)
         if not dry_run or gpu is None:  # a dry run with --gpu plans that card, not this one
             check_device(jobs[0].device, dry_run)
@@ -274,8 +276,9 @@ def up(
                                    alpha=frozenset(alpha), quality_flag=quality is not None,
                                    as_json=as_json, resume_runs=resume_runs)
             for job, size, image in zip(jobs, sizes, images):  # an input's plan, its image
-                show_plan(job, gpu, as_json, source=size, stage_images=save_stages,
-                          preview=preview, here=True, images=[image])
+                with about_input(job.image, len(jobs) > 1):
+                    show_plan(job, gpu, as_json, source=size, stage_images=save_stages,
+                              preview=preview, here=True, images=[image])
             return
         run_jobs(jobs, output, save_stages, as_json, quiet, overwrite, gpu, fmt_flag=fmt,
                  resume_runs=resume_runs, preview=preview, alpha=frozenset(alpha),

@@ -366,6 +366,20 @@ def distinct(paths: list[str]) -> list[str]:
 
 
 @contextmanager
+def about_input(image: str | Path, several: bool) -> Iterator[None]:
+    """A usage error in the block about one of `several` inputs names it: "--scale 2 makes
+    16x16 px" or "696x696 fits" hold for that input, not the others."""
+    from hires.job import JobError
+
+    try:
+        yield
+    except JobError as e:
+        if not several:
+            raise
+        raise JobError(f"{image}: {e}") from None
+
+
+@contextmanager
 def recorded_stdin(from_image: Path | None, command: str,
                    busy: str = "") -> Iterator[InputImage | None]:
     """For `--from` an image upscaled from stdin (its record's image is "-"): that image,

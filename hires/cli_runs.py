@@ -3,6 +3,7 @@ once, each image planned, resumed, shown in progress and saved (`make_image`, `b
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from hires.cli_jobs import check_gpu, fitted_plan
+from hires.cli_jobs import about_input, check_gpu, fitted_plan
 from hires.cli_output import (
     Quiet,
     emit,
@@ -299,6 +300,8 @@ def _make_runs(runs: list, *, save_stages: bool, as_json: bool, quiet: bool, ove
         if components is None:  # once, and only when some image is to be made
             components = load_model(run.job, quiet)
             check_steps_and_notes(run.job, components)
+            _check_plans([r.job for r in runs[number - 1:] if r.made is None], components,
+                         gpu, save_stages, preview)
         todo = [r.job.width * r.job.height for r in runs[number:] if r.made is None]
         pace.start(number - 1, run.job.width * run.job.height, todo)
         started = time.monotonic()  # the model's load is not an image's pace
@@ -363,7 +366,8 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
 
     source = load_job_input(job) if job.image else None
     noted = say_input(source, job.depth)
-    plan, whole = _image_plan(job, components, gpu, source, save_stages, preview)
+    plan, whole = _image_plan(job, components, gpu, source.rgb.size if source else None,
+                              save_stages, preview)
     stage_files = _writable_stage_files(job, path, len(plan.stages), overwrite) \
         if save_stages else []
     say(f"{heading}: seed {job.seed}, {whole}")
@@ -433,14 +437,35 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
     return record
 
 
-def _image_plan(job, components, gpu: str | None, source, save_stages: bool,
-                preview: bool) -> tuple[Any, str]:
+def _check_plans(jobs: list, components, gpu: str | None, save_stages: bool,
+                 preview: bool) -> None:
+    """Before the first of several images: each one's plan fits, so that one that cannot
+    stops the command before any work, not after the images before it; named by its input."""
+    from hires.images import input_size
+    from hires.piped import STDIN
+
+    if len(jobs) < 2:  # one image: its plan is the first thing make_image does
+        return
+    planned = set()
+    for job in jobs:
+        # --n's images (and prompts read from stdin) differ in what the plan does not read
+        key = json.dumps({k: v for k, v in job.to_dict().items()
+                          if k not in ("prompt", "negative", "seed")}, sort_keys=True, default=str)
+        if key in planned:
+            continue
+        planned.add(key)
+        size = input_size(job.image) if job.image and job.image != STDIN else None
+        with about_input(job.image, bool(job.image)):
+            _image_plan(job, components, gpu, size, save_stages, preview)
+
+
+def _image_plan(job, components, gpu: str | None, size: tuple[int, int] | None,
+                save_stages: bool, preview: bool) -> tuple[Any, str]:
     """The image's plan, fitted to the memory, and its one-line summary for the log: the
-    whole job's, or its first stage alone for a `preview`."""
+    whole job's, or its first stage alone for a `preview`; `size`: an upscale's input's."""
     from hires.pipeline import plan_for
     from hires.plan import preview_of
 
-    size = source.rgb.size if source else None
     plan = fitted_plan(lambda: plan_for(job, components, gpu=gpu, source=size,
                                         stage_images=save_stages, preview=preview), job)
     whole = f"{len(plan.stages)} stage(s), {plan.width}x{plan.height}"

@@ -6,7 +6,15 @@ import subprocess
 
 import numpy as np
 import pytest
-from helpers_cli import REPO, assert_usage_error, cli, hires_cmd, json_lines, subprocess_env
+from helpers_cli import (
+    REPO,
+    assert_usage_error,
+    cli,
+    error_lines,
+    hires_cmd,
+    json_lines,
+    subprocess_env,
+)
 from PIL import Image, ImageCms
 
 import hires
@@ -185,3 +193,25 @@ def test_an_input_under_32_px_runs_as_its_dry_run_said(tmp_path, asked):
     assert made.exit_code == 0, made.stderr
     with Image.open(tmp_path / "out.png") as out:
         assert out.size == (80, 80)
+
+
+def test_an_input_that_cannot_fit_stops_the_run_before_any_image_and_is_named(tmp_path,
+                                                                              asked):
+    """Of several inputs, one whose plan cannot fit failed after the ones before it were
+    made, and its error ("696x696 fits") did not say which input it was for."""
+    Image.new("RGB", (20, 20), "teal").save(tmp_path / "small.png")
+    Image.new("RGB", (300, 300), "teal").save(tmp_path / "big.png")
+    Image.new("RGB", (8, 8), "teal").save(tmp_path / "speck.png")
+    out = tmp_path / "out"
+    inputs = (tmp_path / "small.png", tmp_path / "big.png")
+    result = cli("up", *inputs, *TINY, "--scale", "4", "--vram", "1", "-o", out / "{name}.png")
+    assert result.exit_code == 2, result.stderr
+    said = error_lines(result.stderr)
+    assert len(said) == 1 and said[0].startswith(f"error: {tmp_path / 'big.png'}: stage ")
+    assert "fits" in said[0] and not list(out.glob("*.png"))  # small.png not made first
+    planned = cli("up", *inputs, *TINY, "--scale", "4", "--vram", "1", "--dry-run")
+    assert planned.exit_code == 2 and [line.split(": stage ")[0] for line in
+                                       error_lines(planned.stderr)] == [f"error: {inputs[1]}"]
+    sized = cli("up", tmp_path / "big.png", tmp_path / "speck.png", *TINY, "--scale", "2",
+                "--dry-run")
+    assert_usage_error(sized, f"{tmp_path / 'speck.png'}: --scale 2 makes 16x16 px")
