@@ -129,15 +129,17 @@ def print_pixels(text: Any, dpi: float | None,
                        f"than wide; hires makes {MIN_SIDE} to {MAX_SIDE} px a side, at most "
                        f"{MAX_SIDE // MIN_SIDE} times: a print closer to square")
     w, h = _print_pixels(inches, dpi)
-    if max(w, h) > MAX_SIDE:
-        raise JobError(f"print size {text} at {dpi:g} dpi is {w}x{h} px, more than the "
-                       f"{MAX_SIDE} px a side hires makes; at most {most} dpi for that print "
-                       "(--dpi), or a smaller print")
     made = (w, h) if source is None else fit_print(source, w, h)
-    if _in_range(made, source):
-        return made
     sw, sh = source or made
     fitted = "" if source is None else f", the {sw}x{sh} input fitted to it {made[0]}x{made[1]}"
+    if source is not None:  # what is made is the input fitted to the print, not the whole print
+        most = _most_dpi(inches, source, most)
+    if max(made) > MAX_SIDE:
+        raise JobError(f"print size {text} at {dpi:g} dpi is {w}x{h} px{fitted}, more than the "
+                       f"{MAX_SIDE} px a side hires makes; at most {most} dpi for that print "
+                       "(--dpi), or a smaller print")
+    if _in_range(made, source):
+        return made
     problems = ([f"less than the {MIN_SIDE} px a side hires makes"] if min(made) < MIN_SIDE
                 else [])
     if source is not None and (made[0] < sw or made[1] < sh):
@@ -158,6 +160,20 @@ def _in_range(made: tuple[int, int], source: tuple[int, int] | None) -> bool:
     """Whether an image of size `made` is one hires makes (from `source`: larger than it)."""
     fits = MIN_SIDE <= min(made) and max(made) <= MAX_SIDE
     return fits and (source is None or (made[0] >= source[0] and made[1] >= source[1]))
+
+
+def _most_dpi(inches: tuple[float, float], source: tuple[int, int], least: int) -> int:
+    """The most whole dpi (from `least`, the whole print's) at which `source` fitted to the
+    print has no side over MAX_SIDE: a 4:3 photo on a 2:3 print fills its short side alone."""
+    def fits(dpi: int) -> bool:
+        return max(fit_print(source, *_print_pixels(inches, dpi))) <= MAX_SIDE
+
+    # The fitted input fills one side of the print, so its long side is at least the short one.
+    lo, hi = least, min(MAX_DPI, math.ceil(MAX_SIDE / min(inches))) + 1  # fits(lo), not hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
 
 
 def _least_dpi(inches: tuple[float, float], source: tuple[int, int] | None,

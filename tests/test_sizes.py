@@ -174,6 +174,22 @@ def test_a_print_size_is_its_pixels_at_the_dpi_and_the_file_records_that_dpi(tmp
         layered_size(levels({"print_size": "6x4in"}), (451, 300), dpi=50)
 
 
+def test_an_upscale_s_print_is_held_to_the_side_limit_by_what_it_makes():
+    """A 4:3 photo on a 60x90 cm print fills 80x60 cm of it: at 1000 dpi 31496x23624 px, in
+    range, but the whole print (23624x35432) was checked and refused ("at most 924 dpi")."""
+    from hires.sizes import fit_print, print_pixels
+
+    assert print_pixels("60x90cm", 1000, (400, 300)) == fit_print((400, 300), 23624, 35432)
+    with pytest.raises(JobError, match="fitted to it 32792x24592, more than the 32768 px") as e:
+        print_pixels("60x90cm", 1041, (400, 300))
+    most = int(str(e.value).split("at most ")[1].split()[0])
+    assert max(print_pixels("60x90cm", most, (400, 300))) <= 32768  # the advice holds
+    with pytest.raises(JobError, match=f"at most {most} dpi"):
+        print_pixels("60x90cm", most + 1, (400, 300))  # and is the most
+    with pytest.raises(JobError, match="at most 924 dpi"):  # the print itself, from noise
+        print_pixels("60x90cm", 1000)
+
+
 @pytest.mark.parametrize("table,words", [
     ({"print_size": "60x90"}, "with its unit"),
     ({"print_size": "60x90ft"}, "must look like 60x90cm"),
@@ -260,8 +276,11 @@ def test_a_print_too_small_or_too_narrow_says_what_dpi_or_print_works():
     with pytest.raises(JobError, match="less than the 64 px a side hires makes and smaller than "
                        "the input"):
         print_pixels("5x5mm", 300, (300, 200))  # both, and both named
-    with pytest.raises(JobError, match="fitted to it 8x8, less than the 64 px.*; a larger print$"):
-        print_pixels("400x1cm", 30, (1000, 1000))  # 1 cm holds 64 px only above the most dpi
+    # What is made is the input fitted to the print (1x1 cm here), not the whole 400 cm: the
+    # dpi that makes it no smaller than the input is named, past the print's own 208 dpi.
+    with pytest.raises(JobError, match="fitted to it 8x8, less than the 64 px.*at least 2530"):
+        print_pixels("400x1cm", 30, (1000, 1000))
+    assert print_pixels("400x1cm", 2530, (1000, 1000)) == (1000, 1000)
 
 
 def _suggested_dpi(error: Exception) -> int:
