@@ -46,7 +46,7 @@ def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overw
             runs = plan_runs(jobs, str(place / cli_stdout.NAME), fmt_flag=fmt,
                              overwrite=True, resume_runs=False, alpha=alpha,
                              quality_flag=quality_flag)
-        return [{"path": cli_stdout.STDOUT, "seed": r.job.seed,
+        return [{"path": cli_stdout.STDOUT, "format": r.job.format, "seed": r.job.seed,
                  "seed_drawn": jobs[0].seed is None, "prompt": r.job.prompt, "made": False}
                 for r in runs]
     runs = plan_runs(jobs, output, n=n, fmt_flag=fmt, overwrite=overwrite,
@@ -69,8 +69,9 @@ def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overw
         r.made is not None or resume.path_for(r.path).is_file() for r in runs)
     from hires.output import name_text
 
-    return [{"path": name_text(r.path), "seed": r.job.seed, "seed_drawn": drawn,
-             "prompt": r.job.prompt, "made": r.made is not None} for r in runs]
+    return [{"path": name_text(r.path), "format": r.job.format, "seed": r.job.seed,
+             "seed_drawn": drawn, "prompt": r.job.prompt, "made": r.made is not None}
+            for r in runs]
 
 
 def checkpoint_note(path: Path, job, plan=None) -> str | None:

@@ -65,6 +65,9 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
              f"{named.memory_gib:.1f} GiB; drop --vram (or the preset's vram) to plan the card")
     p = preview_of(run.plan) if preview else run.plan
     if as_json:
+        formats = {image["format"] for image in images or []}
+        if len(formats) == 1:  # the format the run records: -o's suffix over a preset's
+            job = replace(job, format=formats.pop())
         out_line(json.dumps({**plan_json(run, job, p), "preview": preview,
                              **({"images": images} if images is not None else {})}))
         return

@@ -638,3 +638,16 @@ def test_an_upscale_is_told_a_size_of_its_input_s_shape_and_never_below_it(tmp_p
     # Nothing as large as this input fits: no size is offered (704x640 was, for 1000x960).
     Image.new("RGB", (1000, 960)).save(square)
     assert _fits_hint(cli("up", square, "--scale", "2", *args)) is None
+
+
+def test_a_dry_run_s_json_says_the_format_the_run_records(tmp_path):
+    """A preset's format gives way to -o's suffix: the run records png, but the dry run's
+    JSON said the preset's tiff."""
+    preset = tmp_path / "mine.toml"
+    preset.write_text('format = "tiff"\nsize = 64\nsteps = 1\nmodel = "tiny"\n')
+    args = ("gen", "a fox", "--preset", preset, "--seed", "1", "-o", tmp_path / "a.png")
+    planned = json.loads(cli(*args, "--dry-run", "--json").stdout)
+    assert planned["job"]["format"] == planned["images"][0]["format"] == "png"
+    assert cli(*args, "-q").exit_code == 0
+    recorded = json.loads(cli("info", tmp_path / "a.png", "--json").stdout)
+    assert recorded["job"]["format"] == "png"
