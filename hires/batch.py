@@ -160,6 +160,10 @@ def _item(i: int, entry: dict[str, Any], defaults: dict[str, Any], where: str, n
     if output == "-":  # stdout is for gen and up's one image, not a batch's many
         raise JobError(f"'output' in {where} is '-', but a batch writes files; name one")
     preset = values.pop("preset", None)
+    if preset is not None and not isinstance(preset, str):  # `"preset": 5`: no preset's name
+        said = where if "preset" in entry else f"{name} [defaults]"
+        raise JobError(f"'preset' in {said} must be text (a preset's name or .toml file), got "
+                       f"{preset!r}")
     job_levels = list(levels or [])
     if preset is not None:
         said = where if "preset" in entry else f"{name} [defaults]"

@@ -330,6 +330,9 @@ class OneLineErrors(TyperGroup):
             text = e.format_message().rstrip(".")
             text = text[:1].lower() + text[1:]
             ctx = getattr(e, "ctx", None)
+            if ctx is not None and ctx.info_name == "presets" and text.startswith(
+                    "no such command '"):  # `hires presets 16k`: a preset's name
+                text += f"; '{ctx.command_path} show {text.split(chr(39))[1]}' shows a preset"
             if isinstance(e, found["UsageError"]):
                 text += f" (see '{ctx.command_path if ctx else 'hires'} -h')"
             err.print(f"error: {text}", markup=False)

@@ -59,11 +59,14 @@ def parse_toml(text: str, where: str) -> dict[str, Any]:
 
 def _parse(name: str, path: str, data: dict[str, Any]) -> Preset:
     values = dict(data)
-    description = str(values.pop("description", ""))
+    description = values.pop("description", "")
+    where = f"preset '{name}' ({path})"
+    if not isinstance(description, str):  # `hires presets` lists it on one line: text
+        raise JobError(f"'description' in {where} must be text (in quotes), got {description!r}")
+    description = " ".join(description.split())  # a multi-line one, on its one line
     # Unknown keys and out-of-range numbers (nan, inf) fail here, whoever uses the preset. The
     # size keys (size, aspect, scale, width, height) are kept as written: what they make
     # depends on the flags and, for an upscale, the input (hires.sizes).
-    where = f"preset '{name}' ({path})"
     for key in values:
         if key in ("output", "preset"):  # a batch file's keys: a preset's hint misleads
             what = ("name the file (give -o, or 'output' in a batch job)" if key == "output"
@@ -125,6 +128,8 @@ def available(broken: list[str] | None = None) -> dict[str, Preset]:
             if broken is None:
                 raise
             broken.append(str(e))
+            # A shipped one of its name is replaced all the same: --preset reads this file.
+            found.pop(path.stem, None)
     return found
 
 
@@ -135,6 +140,8 @@ def load_preset(ref: str) -> Preset:
                        "or a .toml file's path")
     path = Path(ref).expanduser()
     if ref.endswith(".toml") or os.sep in ref:
+        if path.is_dir():
+            raise JobError(f"--preset {ref} is a folder; give a preset's .toml file or name")
         if not path.is_file():
             raise JobError(f"preset file not found: {ref}")
         return _parse(path.stem, str(path), read_toml(path))

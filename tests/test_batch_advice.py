@@ -113,3 +113,11 @@ def test_a_job_that_cannot_fit_is_told_its_keys_not_gen_s_flags(tmp_path):
     made = cli("batch", jobs, "--device", "cpu", "-o", tmp_path / "out")  # and as it runs
     assert made.exit_code == 1 and "--ram" not in made.stderr  # failed jobs: exit 1
     assert "try a larger ram in the job" in made.stderr
+
+
+def test_a_preset_that_is_no_text_is_said_so(tmp_path):
+    """`"preset": 5` was "unknown preset '5'", as if a preset of that name were missing."""
+    jobs = tmp_path / "j.jsonl"
+    jobs.write_text('{"prompt": "a", "preset": 5}\n')
+    with pytest.raises(JobError, match=r"'preset' in j.jsonl job 0 \(line 1\) must be text"):
+        read_batch(jobs)

@@ -65,6 +65,32 @@ def test_presets_list_says_which_are_yours_and_skips_hidden_files(own_presets):
     assert "skipped a broken preset" in result.stderr
 
 
+def test_a_broken_preset_of_a_shipped_name_is_not_listed_as_the_shipped_one(tmp_path):
+    """Your broken draft.toml left the shipped 'draft' in the list, which --preset draft does
+    not run (it reads yours, and fails); a description that is no text was listed as one."""
+    folder = tmp_path / "presets"
+    folder.mkdir()
+    (folder / "draft.toml").write_text("size = 100\n")
+    (folder / "notes.toml").write_text("description = 5\nsteps = 2\n")
+    (folder / "long.toml").write_text('description = """one\ntwo"""\nsteps = 2\n')
+    env = {"HIRES_PRESETS": str(folder)}
+    result = cli("presets", env=env)
+    listed = {line.split()[0]: line for line in result.stdout.splitlines()}
+    assert "draft" not in listed and "notes" not in listed
+    assert listed["long"].endswith("one two (yours)")
+    assert "'description' in preset 'notes'" in result.stderr and "got 5" in result.stderr
+    assert "'size' must be a multiple of 8" in result.stderr
+    assert "draft" not in cli("presets", "--json", env=env).stdout
+
+
+def test_a_preset_s_name_given_to_presets_is_pointed_to_show(tmp_path):
+    result = cli("presets", "16k")
+    assert result.exit_code == 2
+    assert "'hires presets show 16k' shows a preset" in result.stderr
+    folder = cli("plan", "--preset", tmp_path)
+    assert folder.exit_code == 2 and "is a folder; give a preset's .toml file" in folder.stderr
+
+
 def test_presets_list_and_show_in_json_for_scripts(own_presets):
     """`hires presets --json` was 'no such option': a script had to parse the columns."""
     for args in (("presets", "--json"), ("presets", "list", "--json")):
