@@ -452,10 +452,10 @@ def _check_plans(jobs: list, components, gpu: str | None, save_stages: bool,
         # --n's images (and prompts read from stdin) differ in what the plan does not read
         key = json.dumps({k: v for k, v in job.to_dict().items()
                           if k not in ("prompt", "negative", "seed")}, sort_keys=True, default=str)
-        if key in planned:
+        if key in planned or job.image == STDIN:  # piped bytes: planned as each is read
             continue
         planned.add(key)
-        size = input_size(job.image) if job.image and job.image != STDIN else None
+        size = input_size(job.image) if job.image else None
         with about_input(job.image, bool(job.image)):
             _image_plan(job, components, gpu, size, save_stages, preview)
 
