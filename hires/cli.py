@@ -324,7 +324,8 @@ def plan(
         # as gen refuses it before any work: a WebP plan over 16383 px books a GPU for nothing
         if job.width and job.height and \
                 (problem := format_problem(job.format, job.width, job.height, job.depth)):
-            raise JobError(f"--format {job.format}: {problem}")
+            named = "--format" if fmt else "the format"  # else a preset's or a record's
+            raise JobError(f"{named} {job.format}: {problem}")
         show_plan(job, gpu, as_json, source=upscale_source(job, piped))
 
 

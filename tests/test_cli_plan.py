@@ -512,6 +512,14 @@ def test_plan_refuses_a_format_that_cannot_hold_the_image_as_gen_does():
     assert cli("plan", "--size", "16376", "--format", "webp").exit_code == 0  # a multiple of 8
 
 
+
+def test_plan_names_no_format_flag_that_was_not_given(tmp_path):
+    """A preset's jpg at 16 bits was refused as "--format jpg: ...", a flag never typed."""
+    preset = tmp_path / "jd.toml"
+    preset.write_text('format = "jpg"\ndepth = 16\nsize = 64\n')
+    assert_usage_error(cli("plan", "--preset", preset), "error: the format jpg: JPEG holds 8 bits")
+
+
 def test_vae_tile_auto_gives_the_planners_pick_over_a_recorded_tile(tmp_path):
     """A --from record's (or a preset's) vae_tile could only be replaced by another number."""
     out = tmp_path / "t.png"
