@@ -181,7 +181,7 @@ def gen(
         if not prompts[0].strip() and from_image is None:  # in a dry run too, as it starts
             raise typer.BadParameter("give a prompt (or '-' to read prompts from stdin)")
         if not dry_run or gpu is None:  # a dry run with --gpu plans that card, not this one
-            check_device(job.device, dry_run)
+            check_device(job.device, dry_run, given=device is not None)
         if dry_run:
             images = check_outputs(jobs, output, fmt, n, overwrite, save_stages, preview,
                                    quality_flag=quality is not None, as_json=as_json,
@@ -270,7 +270,7 @@ def up(
                                       source=source.rgb.size))
         check_preview(preview, save_stages)
         if not dry_run or gpu is None:  # a dry run with --gpu plans that card, not this one
-            check_device(jobs[0].device, dry_run)
+            check_device(jobs[0].device, dry_run, given=device is not None)
         if dry_run:
             images = check_outputs(jobs, output, fmt, 1, overwrite, preview=preview,
                                    alpha=frozenset(alpha), quality_flag=quality is not None,

@@ -439,17 +439,20 @@ def check_gpu(gpu: str | None) -> None:
             raise typer.BadParameter(str(e)) from None
 
 
-def check_device(device: str, dry_run: bool = False) -> None:
+def check_device(device: str, dry_run: bool = False, given: bool = True) -> None:
     """A device this machine's torch cannot use is a usage error, found before any loading
-    (in a `dry_run` too, which says how to plan for a card instead)."""
+    (in a `dry_run` too, which says how to plan for a card instead). `given`: by --device,
+    not a preset or a record, whose device the error names as theirs."""
     from hires.job import JobError
 
     try:
         _check_device(device)
     except JobError as e:
-        if not dry_run:
-            raise
-        raise JobError(f"{e}; or plan the run for a card with --gpu NAME") from None
+        said = str(e) if given else str(e).replace(
+            f"--device {device}:", f"the device {device} (a preset's or a record's):", 1)
+        if dry_run:
+            said += "; or plan the run for a card with --gpu NAME"
+        raise JobError(said) from None
 
 
 def _check_device(device: str) -> None:

@@ -659,3 +659,16 @@ def test_a_dry_run_s_json_says_the_format_the_run_records(tmp_path):
     assert cli(*args, "-q").exit_code == 0
     recorded = json.loads(cli("info", tmp_path / "a.png", "--json").stdout)
     assert recorded["job"]["format"] == "png"
+
+
+def test_a_preset_s_device_is_named_as_the_preset_s_not_as_a_flag(tmp_path, monkeypatch):
+    """A preset's device = "cuda" on a machine without one was "--device cuda: ...", a flag
+    never typed; the flag itself is still named so."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without one
+    preset = tmp_path / "cuda.toml"
+    preset.write_text('device = "cuda"\nsize = 64\n')
+    out = ("-o", tmp_path / "c.png")
+    assert_usage_error(cli("gen", "x", "--preset", preset, "--dry-run", *out),
+                       "error: the device cuda (a preset's or a record's): torch sees no CUDA")
+    assert_usage_error(cli("gen", "x", "--device", "cuda", "--dry-run", *out),
+                       "error: --device cuda: torch sees no CUDA")
