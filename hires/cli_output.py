@@ -308,6 +308,14 @@ class OneLineErrors(TyperGroup):
         except KeyboardInterrupt as e:
             raise typer.Exit(stopped(e)) from None
 
+    def _named(self, args: tuple, kwargs: dict[str, Any]) -> str:
+        """The command a usage error without click's context was in (`hires plan --gpu`, its
+        value missing), from the arguments."""
+        given = args[0] if args and args[0] is not None else kwargs.get("args")
+        words = list(sys.argv[1:] if given is None else given)
+        command = next((w for w in words if not w.startswith("-")), None)
+        return f"hires {command}" if command in self.commands else "hires"
+
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
@@ -334,7 +342,7 @@ class OneLineErrors(TyperGroup):
                     "no such command '"):  # `hires presets 16k`: a preset's name
                 text += f"; '{ctx.command_path} show {text.split(chr(39))[1]}' shows a preset"
             if isinstance(e, found["UsageError"]):
-                text += f" (see '{ctx.command_path if ctx else 'hires'} -h')"
+                text += f" (see '{ctx.command_path if ctx else self._named(args, kwargs)} -h')"
             err.print(f"error: {text}", markup=False)
             sys.exit(e.exit_code)
         except StdoutError as e:  # outside a command (--version)

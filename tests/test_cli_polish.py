@@ -250,3 +250,11 @@ def test_a_ram_error_says_what_ram_would_do_with_the_maps_on_a_disk():
     assert 5 < float(said.split(" GiB")[0]) < 26.2
     no_disk = cli("plan", "x", "--size", "16384", "--gpu", "3060", "--ram", "8", "--disk", "0")
     assert no_disk.exit_code == 2 and "parked maps on the disk" not in no_disk.stderr
+
+
+def test_an_option_without_its_value_points_to_its_command_s_help():
+    """`hires plan --gpu` said "(see 'hires -h')", the top level's help, not plan's."""
+    result = cli("plan", "--gpu")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == ("error: option '--gpu' requires an argument "
+                                     "(see 'hires plan -h')")
