@@ -302,7 +302,7 @@ def _make_runs(runs: list, *, save_stages: bool, as_json: bool, quiet: bool, ove
             components = load_model(run.job, quiet)
             check_steps_and_notes(run.job, components)
             _check_plans([r.job for r in runs[number - 1:] if r.made is None], components,
-                         gpu, save_stages, preview)
+                         gpu, save_stages, preview, several=len(runs) > 1)
         todo = [r.job.width * r.job.height for r in runs[number:] if r.made is None]
         pace.start(number - 1, run.job.width * run.job.height, todo)
         started = time.monotonic()  # the model's load is not an image's pace
@@ -439,13 +439,14 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
 
 
 def _check_plans(jobs: list, components, gpu: str | None, save_stages: bool,
-                 preview: bool) -> None:
-    """Before the first of several images: each one's plan fits, so that one that cannot
-    stops the command before any work, not after the images before it; named by its input."""
+                 preview: bool, several: bool) -> None:
+    """Before the first of `several` images (`jobs`: those to make): each one's plan fits, so
+    that one that cannot stops the command before any work, not after the images before it;
+    named by its input, even where the others are made already."""
     from hires.images import input_size
     from hires.piped import STDIN
 
-    if len(jobs) < 2:  # one image: its plan is the first thing make_image does
+    if not several:  # one image: its plan is the first thing make_image does
         return
     planned = set()
     for job in jobs:

@@ -606,6 +606,13 @@ def _record_problem(record: Any) -> str | None:
     stages = result.get("stages") or []
     if not isinstance(stages, list) or not all(isinstance(s, dict) for s in stages):
         return wrong("result.stages", stages, "a list of objects")
+    for i, stage in enumerate(stages):  # each shown as a line of numbers
+        for key in ("index", "width", "height", "steps", "seconds", "psnr"):
+            value, whole = stage.get(key), key not in ("seconds", "psnr")
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, int if whole else (int, float))):
+                return wrong(f"result.stages[{i}].{key}", value,
+                             "a whole number" if whole else "a number")
     addons = result.get("addons") or {}
     if not isinstance(addons, dict):
         return wrong("result.addons", addons, "an object")

@@ -572,9 +572,10 @@ def fitting_size(error: PlanError) -> tuple[int, int] | None:
 
 
 def largest_fitting(width: int, height: int, **kwargs) -> tuple[int, int] | None:
-    """The largest size at the request's aspect whose plan fits, as `--size` makes it: its long
-    side a multiple of 8, the short one rounded to 8. An upscale's is no smaller than its input
-    and, where the request has the input's shape, takes it from the input as `hires up` does."""
+    """The largest size at the request's aspect whose plan fits: its long side a multiple of 8,
+    the short one rounded to 8 (its sides, not an `--aspect`, say the shape). An upscale's is no
+    smaller than its input and, where the request has the input's shape, is what `--size` makes
+    from the input."""
     # Whether a plan fits does not depend on the rate (peaks and RAM do not), and without one
     # the planner skips pricing the VAE's RAM amounts (a 16K job on 6 GiB: 57 -> 21 s).
     kwargs = {**kwargs, "rate": None}

@@ -128,6 +128,7 @@ def print_pixels(text: Any, dpi: float | None,
         raise JobError(f"print size {text} is {max(inches) / min(inches):.0f} times longer "
                        f"than wide; hires makes {MIN_SIDE} to {MAX_SIDE} px a side, at most "
                        f"{MAX_SIDE // MIN_SIDE} times: a print closer to square")
+    most = min(MAX_DPI, most)  # no advice past the dpi taken
     w, h = _print_pixels(inches, dpi)
     made = (w, h) if source is None else fit_print(source, w, h)
     sw, sh = source or made

@@ -89,7 +89,9 @@ def test_info_s_advice_on_a_damaged_record_is_what_from_does(tmp_path, asked):
     made(good)
     with Image.open(good) as im:
         record = json.loads(im.info["hires"])
+    stage = {**record["result"]["stages"][0], "steps": 1.0}  # shown as "1.0 step"
     for name, part, key, value in (("result", "result", "stage", "x"),
+                                   ("stages", "result", "stages", [stage]),
                                    ("steps", "job", "steps", 2.0)):
         damaged = tmp_path / f"{name}.png"
         hires_png(damaged, json.dumps({**record, part: {**record[part], key: value}}))
@@ -98,6 +100,8 @@ def test_info_s_advice_on_a_damaged_record_is_what_from_does(tmp_path, asked):
         repeat = cli("gen", "--from", damaged, "--dry-run", "-o", tmp_path / "again.png")
         if part == "result":
             assert "`hires gen --from` still repeats the job" in shown.stderr
+            assert name != "stages" or "result.stages[0].steps is 1.0, not a whole" in \
+                shown.stderr
             assert repeat.exit_code == 0, repeat.stderr
         else:
             assert "job.steps is 2.0, not a whole number" in shown.stderr

@@ -212,6 +212,11 @@ def test_an_input_that_cannot_fit_stops_the_run_before_any_image_and_is_named(tm
     planned = cli("up", *inputs, *TINY, "--scale", "4", "--vram", "1", "--dry-run")
     assert planned.exit_code == 2 and [line.split(": stage ")[0] for line in
                                        error_lines(planned.stderr)] == [f"error: {inputs[1]}"]
+    # the small one made already: the one left to make is still named
+    assert cli("up", inputs[0], *TINY, "--scale", "4", "-o", out / "{name}.png").exit_code == 0
+    again = cli("up", *inputs, *TINY, "--scale", "4", "--vram", "1", "-o", out / "{name}.png")
+    assert again.exit_code == 2 and error_lines(again.stderr)[0].startswith(
+        f"error: {tmp_path / 'big.png'}: stage "), again.stderr
     sized = cli("up", tmp_path / "big.png", tmp_path / "speck.png", *TINY, "--scale", "2",
                 "--dry-run")
     assert_usage_error(sized, f"{tmp_path / 'speck.png'}: --scale 2 makes 16x16 px")
