@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -573,9 +574,9 @@ def fitting_size(error: PlanError) -> tuple[int, int] | None:
 
 def largest_fitting(width: int, height: int, **kwargs) -> tuple[int, int] | None:
     """The largest size at the request's aspect whose plan fits: its long side a multiple of 8,
-    the short one rounded to 8 (its sides, not an `--aspect`, say the shape). An upscale's is no
-    smaller than its input and, where the request has the input's shape, is what `--size` makes
-    from the input."""
+    the short one rounded to 8; one whose long side, given as `--size` with the `--aspect` the
+    request came from, fits too. An upscale's is no smaller than its input and, where the
+    request has the input's shape, is what `--size` makes from the input."""
     # Whether a plan fits does not depend on the rate (peaks and RAM do not), and without one
     # the planner skips pricing the VAE's RAM amounts (a 16K job on 6 GiB: 57 -> 21 s).
     kwargs = {**kwargs, "rate": None}
@@ -593,9 +594,18 @@ def largest_fitting(width: int, height: int, **kwargs) -> tuple[int, int] | None
     candidates = [size for size in (sides(shape, side) for side in range(8, long, 8))
                   if all(got >= need for got, need in zip(size, least))]
 
+    # Sides in a small ratio (1:1, 16:9 at 8192x4608) are the aspect they came from. Others hold
+    # it only to 8 px (3:2 at 16384 is 16384x10920): an --aspect's own rounding may make the
+    # short side 8 px longer, so that one is planned.
+    ratio = Fraction(width, height)
+    exact = shape == source or max(ratio.numerator, ratio.denominator) <= 64
+
     def fits(size: tuple[int, int]) -> bool:
+        w, h = size
+        if not exact:
+            w, h = (w, min(h + 8, MAX_SIDE)) if w >= h else (min(w + 8, MAX_SIDE), h)
         try:
-            make_plan(*size, **kwargs)
+            make_plan(w, h, **kwargs)
         except PlanError:
             return False
         return True

@@ -628,7 +628,13 @@ def test_the_size_that_fits_keeps_the_aspect_and_is_the_largest(tmp_path):
     w, h = _fits_hint(cli("gen", "x", "--size", "8192", "--aspect", "16:9", *args))
     assert (w, h) == size_from(w, "16:9", None, None) and w % 8 == 0
     assert cli("gen", "x", "--size", w, "--aspect", "16:9", *args).exit_code == 0
-    assert _fits_hint(cli("gen", "x", "--size", w + 8, "--aspect", "16:9", *args)) == (w, h)
+    assert cli("gen", "x", "--size", w + 8, "--aspect", "16:9", *args).exit_code == 2
+    # 3:2 at 16384 is 16384x10920, its aspect only to 8 px: the hint holds however it is
+    # given (12344x8224 was said, and --size 12344 --aspect 3:2 makes 12344x8232)
+    card = ("--gpu", "4090", "--vram", "5", "--ram", "64", "--disk", "100")
+    w, h = _fits_hint(cli("plan", "--size", "16384", "--aspect", "3:2", *card))
+    assert cli("plan", "--size", w, "--aspect", "3:2", *card).exit_code == 0
+    assert cli("plan", "--width", w, "--height", h, *card).exit_code == 0
 
 
 def test_an_upscale_is_told_a_size_of_its_input_s_shape_and_never_below_it(tmp_path):
