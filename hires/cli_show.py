@@ -4,6 +4,7 @@ an image or a checkpoint was made."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -598,8 +599,10 @@ def _record_problem(record: Any) -> str | None:
                 return wrong(f"{name}.{key}", part[key], "text")
         for key in _NUMBER_KEYS:
             value = part.get(key)
+            # NaN and Infinity: JSON has no such numbers (info --json would write them)
             if value is not None and (isinstance(value, bool)
-                                      or not isinstance(value, (int, float))):
+                                      or not isinstance(value, (int, float))
+                                      or isinstance(value, float) and not math.isfinite(value)):
                 return wrong(f"{name}.{key}", value, "a number")
             if isinstance(value, float) and key in _WHOLE_KEYS:  # as --from refuses steps 2.0
                 return wrong(f"{name}.{key}", value, "a whole number")
@@ -610,7 +613,8 @@ def _record_problem(record: Any) -> str | None:
         for key in ("index", "width", "height", "steps", "seconds", "psnr"):
             value, whole = stage.get(key), key not in ("seconds", "psnr")
             if value is not None and (isinstance(value, bool)
-                                      or not isinstance(value, int if whole else (int, float))):
+                                      or not isinstance(value, int if whole else (int, float))
+                                      or isinstance(value, float) and not math.isfinite(value)):
                 return wrong(f"result.stages[{i}].{key}", value,
                              "a whole number" if whole else "a number")
     addons = result.get("addons") or {}

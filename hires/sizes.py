@@ -124,6 +124,9 @@ def print_pixels(text: Any, dpi: float | None,
         raise JobError(f"dpi must be from 1 to {MAX_DPI} pixels per inch, got {dpi}")
     inches = print_inches(text)
     most = math.floor(MAX_SIDE / max(inches))
+    if most < 1:  # not the shape: its long side alone is past the limit at the least dpi
+        raise JobError(f"print size {text} is {math.ceil(max(inches))} px on its long side even "
+                       f"at 1 dpi, more than the {MAX_SIDE} px a side hires makes; a smaller print")
     if math.ceil(MIN_SIDE / min(inches)) > most:
         raise JobError(f"print size {text} is {max(inches) / min(inches):.0f} times longer "
                        f"than wide; hires makes {MIN_SIDE} to {MAX_SIDE} px a side, at most "

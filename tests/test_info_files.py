@@ -90,8 +90,10 @@ def test_info_s_advice_on_a_damaged_record_is_what_from_does(tmp_path, asked):
     with Image.open(good) as im:
         record = json.loads(im.info["hires"])
     stage = {**record["result"]["stages"][0], "steps": 1.0}  # shown as "1.0 step"
+    nan = {**record["result"]["stages"][0], "psnr": float("nan")}  # info --json wrote NaN
     for name, part, key, value in (("result", "result", "stage", "x"),
                                    ("stages", "result", "stages", [stage]),
+                                   ("nan", "result", "stages", [nan]),
                                    ("steps", "job", "steps", 2.0)):
         damaged = tmp_path / f"{name}.png"
         hires_png(damaged, json.dumps({**record, part: {**record[part], key: value}}))

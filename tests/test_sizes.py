@@ -188,6 +188,9 @@ def test_an_upscale_s_print_is_held_to_the_side_limit_by_what_it_makes():
         print_pixels("60x90cm", most + 1, (400, 300))  # and is the most
     with pytest.raises(JobError, match="at most 924 dpi"):  # the print itself, from noise
         print_pixels("60x90cm", 1000)
+    # Past the limit at 1 dpi: a smaller print, not "1 times longer than wide ... closer to square"
+    with pytest.raises(JobError, match="33000 px on its long side even at 1 dpi.*a smaller print$"):
+        print_pixels("33000x33000in", 300)
     # A 1 px wide input needs 15230 dpi to fill 1 cm: past the 10000 dpi taken, not offered.
     with pytest.raises(JobError, match="less than the 64 px a side hires makes; a larger print$"):
         print_pixels("1x1cm", 300, (1, 100))
