@@ -365,6 +365,16 @@ def distinct(paths: list[str]) -> list[str]:
     return kept
 
 
+def plan_key(job: Any, source: tuple[int, int] | None = None) -> str:
+    """What a job's plan depends on, as text: jobs that differ only in prompt and seed (--n's
+    images, a batch's prompts) share one plan."""
+    import json
+
+    return json.dumps([{k: v for k, v in job.to_dict().items()
+                        if k not in ("prompt", "negative", "seed")}, source],
+                      sort_keys=True, default=str)
+
+
 @contextmanager
 def about_input(image: str | Path, several: bool) -> Iterator[None]:
     """A usage error in the block about one of `several` inputs names it: "--scale 2 makes

@@ -3,7 +3,6 @@ once, each image planned, resumed, shown in progress and saved (`make_image`, `b
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Iterator
@@ -12,7 +11,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from hires.cli_jobs import about_input, check_gpu, fitted_plan
+from hires.cli_jobs import about_input, check_gpu, fitted_plan, plan_key
 from hires.cli_output import (
     Quiet,
     emit,
@@ -450,9 +449,7 @@ def _check_plans(jobs: list, components, gpu: str | None, save_stages: bool,
         return
     planned = set()
     for job in jobs:
-        # --n's images (and prompts read from stdin) differ in what the plan does not read
-        key = json.dumps({k: v for k, v in job.to_dict().items()
-                          if k not in ("prompt", "negative", "seed")}, sort_keys=True, default=str)
+        key = plan_key(job)
         if key in planned or job.image == STDIN:  # piped bytes: planned as each is read
             continue
         planned.add(key)

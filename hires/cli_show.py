@@ -13,7 +13,7 @@ from typing import Any
 import typer
 
 from hires import __version__
-from hires.cli_jobs import check_gpu, fitted_plan
+from hires.cli_jobs import check_gpu, fitted_plan, plan_key
 from hires.cli_output import (
     EXIT_RUNTIME,
     EXIT_USAGE,
@@ -386,9 +386,7 @@ def shared_plan(job: Any, source: tuple[int, int] | None, gpu: str | None,
     from hires.dry_run import as_run_here, dry_run
     from hires.plan import preview_of
 
-    key = json.dumps([{k: v for k, v in job.to_dict().items()
-                       if k not in ("prompt", "negative", "seed")}, source],
-                     sort_keys=True, default=str)
+    key = plan_key(job, source)
     if key not in plans:
         here = as_run_here(job, gpu)
         plans[key] = fitted_plan(lambda j=here, s=source: dry_run(j, gpu, s, preview=preview),
