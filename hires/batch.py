@@ -163,7 +163,7 @@ def _item(i: int, entry: dict[str, Any], defaults: dict[str, Any], where: str, n
     if preset is not None and not isinstance(preset, str):  # `"preset": 5`: no preset's name
         said = where if "preset" in entry else f"{name} [defaults]"
         raise JobError(f"'preset' in {said} must be text (a preset's name or .toml file), got "
-                       f"{preset!r}")
+                       f"{json.dumps(preset, default=str)}")  # as the file spells it: true
     job_levels = list(levels or [])
     if preset is not None:
         said = where if "preset" in entry else f"{name} [defaults]"

@@ -121,3 +121,6 @@ def test_a_preset_that_is_no_text_is_said_so(tmp_path):
     jobs.write_text('{"prompt": "a", "preset": 5}\n')
     with pytest.raises(JobError, match=r"'preset' in j.jsonl job 0 \(line 1\) must be text"):
         read_batch(jobs)
+    jobs.write_text('{"prompt": "a", "preset": true}\n')  # in JSON's spelling, not Python's
+    with pytest.raises(JobError, match=r"\.toml file\), got true$"):
+        read_batch(jobs)
