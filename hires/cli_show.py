@@ -579,6 +579,18 @@ _NUMBER_KEYS = ("width", "height", "seed", "steps", "guidance", "strength", "dpi
 _WHOLE_KEYS = ("width", "height", "seed", "steps", "depth", "stage", "quality")
 
 
+def _not_a_number(value: Any, whole: bool) -> str | None:
+    """What a record's number at `value` should be, where it is not one (None: it is, or is
+    absent). JSON has no NaN or Infinity (info --json would write them); a whole number
+    written 2.0 is refused by --from."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            isinstance(value, float) and not math.isfinite(value)):
+        return "a number"
+    return "a whole number" if whole and isinstance(value, float) else None
+
+
 def _record_problem(record: Any) -> str | None:
     """What in a `hires` record is not of the shape `show_made` reads, or None."""
     def wrong(name: str, value: Any, kind: str) -> str:
@@ -596,25 +608,15 @@ def _record_problem(record: Any) -> str | None:
             if part.get(key) is not None and not isinstance(part[key], str):
                 return wrong(f"{name}.{key}", part[key], "text")
         for key in _NUMBER_KEYS:
-            value = part.get(key)
-            # NaN and Infinity: JSON has no such numbers (info --json would write them)
-            if value is not None and (isinstance(value, bool)
-                                      or not isinstance(value, (int, float))
-                                      or isinstance(value, float) and not math.isfinite(value)):
-                return wrong(f"{name}.{key}", value, "a number")
-            if isinstance(value, float) and key in _WHOLE_KEYS:  # as --from refuses steps 2.0
-                return wrong(f"{name}.{key}", value, "a whole number")
+            if kind := _not_a_number(part.get(key), key in _WHOLE_KEYS):
+                return wrong(f"{name}.{key}", part[key], kind)
     stages = result.get("stages") or []
     if not isinstance(stages, list) or not all(isinstance(s, dict) for s in stages):
         return wrong("result.stages", stages, "a list of objects")
     for i, stage in enumerate(stages):  # each shown as a line of numbers
         for key in ("index", "width", "height", "steps", "seconds", "psnr"):
-            value, whole = stage.get(key), key not in ("seconds", "psnr")
-            if value is not None and (isinstance(value, bool)
-                                      or not isinstance(value, int if whole else (int, float))
-                                      or isinstance(value, float) and not math.isfinite(value)):
-                return wrong(f"result.stages[{i}].{key}", value,
-                             "a whole number" if whole else "a number")
+            if kind := _not_a_number(stage.get(key), key not in ("seconds", "psnr")):
+                return wrong(f"result.stages[{i}].{key}", stage[key], kind)
     addons = result.get("addons") or {}
     if not isinstance(addons, dict):
         return wrong("result.addons", addons, "an object")
