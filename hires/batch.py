@@ -23,6 +23,7 @@ from hires.job import (
     closest_hint,
     idle_setting,
     keys_for_people,
+    spelled,
 )
 from hires.presets import load_preset, parse_toml, read_toml
 from hires.sizes import job_from_levels
@@ -45,6 +46,16 @@ class BatchItem:
     # the keys the job file set (the job, [defaults] or the job's preset), not a flag or
     # torchrun's LOCAL_RANK: whose a `model` or `device` error names
     file_keys: frozenset[str] = frozenset()
+    line: int | None = None  # a JSONL job's line in its file
+
+    def where(self, file_name: str) -> str:
+        """The job as errors name it: "jobs.jsonl job 3 (line 5)"."""
+        return job_place(file_name, self.index, self.line)
+
+
+def job_place(file_name: str, index: int, line: int | None) -> str:
+    """A job of a file as errors name it: its index, from 0, and a JSONL job's line."""
+    return f"{file_name} job {index}" + (f" (line {line})" if line is not None else "")
 
 
 # A command's flag written as a key, told what `hires batch` can do instead: it takes the
@@ -93,13 +104,14 @@ def read_batch(path: str | Path, base: Job | None = None,
     drawn: dict[str, int] = {}  # the seeds drawn so far for each job text (`stable_seed`)
     for i, entry in enumerate(entries):
         # Numbered from 0, as the run, the manifest and the default names number it.
-        where = f"{name} job {i}" + (f" (line {line_of[i]})" if i in line_of else "")
+        where = job_place(name, i, line_of.get(i))
         _check_keys(entry, where)
         # JSON's null is a value not given (pandas and jq write it for one): the key is left
         # to the levels below, as if absent. An add-on is switched off with 'none'.
         entry = {k: v for k, v in entry.items() if v is not None}
         _check_seed(entry, where)
-        item = _item(i, entry, defaults, where, name, base, levels)
+        item = dataclasses.replace(_item(i, entry, defaults, where, name, base, levels),
+                                   line=line_of.get(i))
         if item.job.seed is None:
             text = json.dumps([item.job.prompt, item.job.negative, item.job.image])
             drawn[text] = drawn.get(text, -1) + 1
@@ -153,7 +165,7 @@ def _item(i: int, entry: dict[str, Any], defaults: dict[str, Any], where: str, n
     values = {**defaults, **entry}
     output = values.pop("output", None)
     if output is not None and not isinstance(output, str):
-        raise JobError(f"'output' in {where} must be a file name, got {output!r}")
+        raise JobError(f"'output' in {where} must be a file name, got {spelled(output)}")
     if isinstance(output, str) and not output.strip():
         raise JobError(f"'output' in {where} is empty: give a file name or template, or "
                        "leave it out (the job's image gets the batch's name)")
@@ -163,7 +175,7 @@ def _item(i: int, entry: dict[str, Any], defaults: dict[str, Any], where: str, n
     if preset is not None and not isinstance(preset, str):  # `"preset": 5`: no preset's name
         said = where if "preset" in entry else f"{name} [defaults]"
         raise JobError(f"'preset' in {said} must be text (a preset's name or .toml file), got "
-                       f"{json.dumps(preset, default=str)}")  # as the file spells it: true
+                       f"{spelled(preset)}")
     job_levels = list(levels or [])
     if preset is not None:
         said = where if "preset" in entry else f"{name} [defaults]"
@@ -262,7 +274,7 @@ def _check_seed(table: dict[str, Any], where: str) -> None:
     seed = table.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise JobError(f"'seed' in {where} must be a whole number (no quotes, no decimal "
-                       f"point), got {seed!r}")
+                       f"point), got {spelled(seed)}")
 
 
 def keyed(message: str, wheres: Iterable[str]) -> str:
@@ -395,7 +407,7 @@ def name_outputs(items: list[BatchItem], folder: Path, file_name: str
     paths: dict[int, Path] = {}
     owner: dict[str, int] = {}
     for item in items:
-        j, where = item.job, f"{file_name} job {item.index}"
+        j, where = item.job, item.where(file_name)
         fields: dict[str, Any] = dict(width=j.width, height=j.height, seed=j.seed, fmt=j.format,
                                       index=item.index, prompt=j.prompt,
                                       name=Path(j.image).stem if j.image else "")

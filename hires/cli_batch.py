@@ -91,7 +91,7 @@ def batch_jobs(file: Path, output: Path, manifest: Path | None, shard: str | Non
     items, paths = b.name_outputs(items, output, name)
     lossless = next((i for i in items if i.job.format not in LOSSY_FORMATS), None)
     if "quality" in overrides and lossless is not None:
-        raise JobError(f"{name} job {lossless.index} writes {paths[lossless.index].name}: "
+        raise JobError(f"{lossless.where(name)} writes {paths[lossless.index].name}: "
                        f"{QUALITY_LOSSLESS}; set `quality` in the jpg and webp jobs")
     if preview:
         paths = {index: stage_path(path, 0) for index, path in paths.items()}
@@ -107,13 +107,12 @@ def check_batch_devices(items: list, name: str, flags: dict[str, str],
 
     first_on = {item.job.device: item for item in reversed(items)}
     for device, item in sorted(first_on.items(), key=lambda kv: kv[1].index):
-        index = item.index
         try:  # before any work, as for gen: not a failure per job
             check_device(device, dry_run)
         except JobError as e:
             if "device" in item.file_keys or device not in (flags.get("device"), torchrun):
                 said = str(e).replace(f"--device {device}: ", f"{device}: ", 1)
-                raise JobError(f"'device' in {name} job {index}: "
+                raise JobError(f"'device' in {item.where(name)}: "
                                f"{said.replace('--device ', 'device = ')}") from None
             if device == torchrun:  # LOCAL_RANK gave it
                 raise JobError(str(e).replace(f"--device {device}:", f"{device} (picked by "
@@ -298,7 +297,7 @@ def check_batch_outputs(items: list, paths: dict[int, Path], name: str, output: 
                        f"is {output / 'manifest.jsonl'})")
     taken = next((i for i in items if same(paths[i.index])), None)
     if taken is not None:
-        raise JobError(f"--manifest {manifest} is where {name} job {taken.index} writes its "
+        raise JobError(f"--manifest {manifest} is where {taken.where(name)} writes its "
                        "image; name another .jsonl file")
     if manifest.exists() and not os.access(manifest, os.W_OK):
         raise JobError(f"cannot append to the manifest {manifest}; make it writable or choose "
@@ -314,17 +313,17 @@ def check_batch_outputs(items: list, paths: dict[int, Path], name: str, output: 
         try:  # --overwrite or not, and in a dry run: the real run would replace the input
             check_not_input(paths[item.index], item.job.image, "'output'")
         except JobError as e:
-            raise JobError(f"{name} job {item.index}: {e}") from None
+            raise JobError(f"{item.where(name)}: {e}") from None
         why = b.in_the_way(paths[item.index], overwrite)  # as the run would fail the job
         if why:
-            raise JobError(f"{name} job {item.index}: {why}")
+            raise JobError(f"{item.where(name)}: {why}")
         folder = paths[item.index].parent
         if folder not in seen:
             seen.add(folder)
             try:  # an image there is the batch's to skip, move aside or replace
                 out.check_writable(paths[item.index], overwrite=True)
             except out.OutputError as e:
-                raise JobError(f"{name} job {item.index}: {e}") from None
+                raise JobError(f"{item.where(name)}: {e}") from None
     return manifest
 
 
@@ -341,7 +340,7 @@ def check_batch_paths(items: list, name: str) -> None:
             check_job_paths(item.job)
         except ModelError as e:
             flagged = "model" not in item.file_keys and str(e).startswith("--model ")
-            raise JobError(str(e) if flagged else by_key(str(e), f"{name} job {item.index}")
+            raise JobError(str(e) if flagged else by_key(str(e), item.where(name))
                            ) from None
 
 

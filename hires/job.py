@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import numbers
 import os
@@ -394,7 +395,17 @@ def _coerce(name: str, value: Any, where: str, typed: bool = False) -> Any:
         said = f"--{name.replace('_', '-')}" if where == "options" else f"'{name}' in {where}"
         # a record's value is no one's writing to mend (its image's metadata is damaged)
         hint = number_hint(value) if slip and not where.startswith("metadata of ") else ""
-        raise JobError(f"{said} must be {what}{hint}, got {value!r}") from None
+        shown = spelled(value) if typed else repr(value)
+        raise JobError(f"{said} must be {what}{hint}, got {shown}") from None
+
+
+def spelled(value: Any) -> str:
+    """A file's value as TOML and JSON write it (true, "30", [1]), not as Python does (True,
+    '30', [1]); what JSON has no word for (a TOML date) as it reads."""
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def number_hint(value: Any) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hires.job import FILE_KEYS, TRUSTED_ONLY, Job, JobError, closest_hint
+from hires.job import FILE_KEYS, TRUSTED_ONLY, Job, JobError, closest_hint, spelled
 from hires.sizes import SIZE_KEYS, check_size_keys
 
 try:
@@ -62,7 +62,8 @@ def _parse(name: str, path: str, data: dict[str, Any]) -> Preset:
     description = values.pop("description", "")
     where = f"preset '{name}' ({path})"
     if not isinstance(description, str):  # `hires presets` lists it on one line: text
-        raise JobError(f"'description' in {where} must be text (in quotes), got {description!r}")
+        raise JobError(f"'description' in {where} must be text (in quotes), got "
+                       f"{spelled(description)}")
     description = " ".join(description.split())  # a multi-line one, on its one line
     # Unknown keys and out-of-range numbers (nan, inf) fail here, whoever uses the preset. The
     # size keys (size, aspect, scale, width, height) are kept as written: what they make

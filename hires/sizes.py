@@ -30,6 +30,7 @@ from hires.job import (
     number_hint,
     parse_aspect,
     size_from,
+    spelled,
 )
 
 SIZE_KEYS = ("size", "aspect", "scale", "width", "height", "print_size")
@@ -217,7 +218,7 @@ def check_size_keys(values: dict[str, Any], where: str) -> None:
                 raise JobError(f"{n('width')} and {n('height')} go together; give both (or use "
                                f"{n('size')})")
             for key in ("width", "height"):
-                _whole(key, keys[key], n)
+                _whole(key, keys[key], n, where)
                 check_side(n(key), keys[key])
         if "scale" in keys:
             if keys.keys() & {"size", "aspect"}:
@@ -229,9 +230,9 @@ def check_size_keys(values: dict[str, Any], where: str) -> None:
                     math.isfinite(scale) and scale > 0):
                 hint = number_hint(scale) if isinstance(scale, str) else ""
                 raise JobError(f"{n('scale')} must be a positive number{hint}, "
-                               f"got {scale!r}")
+                               f"got {_shown(scale, where)}")
         if "size" in keys:
-            _whole("size", keys["size"], n)
+            _whole("size", keys["size"], n, where)
             check_side(n("size"), keys["size"])
         if "aspect" in keys:
             parse_aspect(str(keys["aspect"]))
@@ -239,10 +240,15 @@ def check_size_keys(values: dict[str, Any], where: str) -> None:
         raise JobError(f"{e}{_in(where)}") from None
 
 
-def _whole(key: str, value: Any, n: Callable[[str], str]) -> None:
+def _whole(key: str, value: Any, n: Callable[[str], str], where: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise JobError(f"{n(key)} must be a whole number of pixels{number_hint(value)}, "
-                       f"got {value!r}")
+                       f"got {_shown(value, where)}")
+
+
+def _shown(value: Any, where: str) -> str:
+    """A bad value as its writer wrote it: a file's as TOML and JSON spell it, a flag's as is."""
+    return repr(value) if where == OPTIONS else spelled(value)
 
 
 def layered_size(levels: list[Level],

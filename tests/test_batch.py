@@ -638,7 +638,7 @@ def test_a_file_not_made_by_hires_in_a_jobs_way_stops_the_batch_before_any_work(
     Image.new("RGB", (8, 8)).save(foreign)  # no hires record: it may be anyone's
     before = sha256(foreign)
     jobs = jsonl_jobs(tmp_path / "jobs.jsonl", 1, seed=1, output="foreign.png")
-    words = f"jobs.jsonl job 0: {foreign} exists but holds no hires settings record"
+    words = f"jobs.jsonl job 0 (line 3): {foreign} exists but holds no hires settings record"
     for dry in (["--dry-run"], []):  # the dry run says what the run would meet
         result = cli("batch", jobs, "-o", out, *dry)
         assert result.exit_code == 2, result.stderr

@@ -251,3 +251,49 @@ def test_a_local_rank_that_is_no_number_is_named(tmp_path):
     line = refused(cli("batch", second_job(tmp_path, ""), "-o", tmp_path / "ot", "--dry-run",
                        env={"LOCAL_RANK": "x"}))
     assert line.endswith("must be whole numbers, got LOCAL_RANK='x'"), line
+
+
+# --- values as the file spells them; a JSONL job's line in every error -------------------------
+
+@pytest.mark.parametrize(("key", "value", "said"), [
+    ("steps", "true", "'steps' in j.jsonl job 1 (line 2) must be a whole number, got true"),
+    ("seed", "null", None),  # null is a key not given: job 1 runs
+    ("seed", '{"a": 1}', "'seed' in j.jsonl job 1 (line 2) must be a whole number (no quotes, "
+                         'no decimal point), got {"a": 1}'),
+    ("output", "false", "'output' in j.jsonl job 1 (line 2) must be a file name, got false"),
+    ("guidance", '"7"', "'guidance' in j.jsonl job 1 (line 2) must be a number (write it "
+                        'without quotes), got "7"'),
+    ("lora", "[true]", "'lora' in j.jsonl job 1 (line 2) must be text or a list of text, "
+                       "got [true]")])
+def test_a_jsonl_value_of_the_wrong_kind_is_quoted_as_json_spells_it(tmp_path, key, value, said):
+    """`"steps": true` said "got True" and `{"a": 1}` "got {'a': 1}": Python's spelling, which
+    the file does not use."""
+    base = '"model": "tiny", "steps": 1, "width": 64, "height": 64'
+    jobs = write(tmp_path / "j.jsonl", f'{{"prompt": "a", {base}}}\n'
+                                       f'{{"prompt": "b", {base}, "{key}": {value}}}\n')
+    result = cli("batch", jobs, "-o", tmp_path / "ot", "--dry-run")
+    if said is None:
+        assert result.exit_code == 0, result.stderr
+        return
+    assert refused(result) == f"error: {said}"
+
+
+def test_a_toml_date_where_text_belongs_is_quoted_as_written(tmp_path):
+    """A TOML date has no JSON spelling: it is shown as the file wrote it, not in quotes."""
+    preset = write(tmp_path / "p.toml", "description = 1979-05-27\n")
+    line = refused(cli("batch", second_job(tmp_path, f'preset = "{preset}"'), "-o",
+                       tmp_path / "ot", "--dry-run"))
+    assert line.endswith("must be text (in quotes), got 1979-05-27"), line
+
+
+def test_a_jsonl_jobs_file_and_output_errors_name_its_line(small, tmp_path):
+    """A missing LoRA, or an output over the job's own input, said "j.jsonl job 1" where the
+    file's other errors say "j.jsonl job 1 (line 3)"."""
+    base = '"model": "tiny", "steps": 1, "width": 64, "height": 64'
+    for extra, said in ((', "lora": "none.safetensors"', "'lora' in j.jsonl job 1 (line 3): "),
+                        (f', "image": "{small}", "output": "{small.name}"',
+                         "j.jsonl job 1 (line 3): ")):
+        jobs = write(tmp_path / "j.jsonl", f'{{"prompt": "a", {base}}}\n\n'
+                                           f'{{"prompt": "b", {base}{extra}}}\n')
+        line = refused(cli("batch", jobs, "-o", small.parent, "--dry-run"))
+        assert line.startswith(f"error: {said}"), line

@@ -200,7 +200,7 @@ def test_an_output_name_with_a_line_break_is_refused(tmp_path, command):
         jobs.write_text(json.dumps({"prompt": "x", "model": "tiny", "size": 64,
                                     "output": name}) + "\n", encoding="utf-8")
         result = cli("batch", jobs, "-o", tmp_path / "out")
-        said = "jobs.jsonl job 0: output name 'a\\nb.png' holds a line break"
+        said = "jobs.jsonl job 0 (line 1): output name 'a\\nb.png' holds a line break"
     assert result.exit_code == 2 and said in result.stderr, result.stderr
     assert "line break" in result.stderr and not list(tmp_path.rglob("*.png"))
 

@@ -62,15 +62,15 @@ def test_a_number_in_quotes_in_a_file_is_refused_as_seed_and_size_are(key, value
     """`steps = "1"` in a batch file or preset ran with 1 step, where `seed = "3"` and
     `size = "64"` were refused: a TOML or JSON file's numbers are written as numbers."""
     with pytest.raises(JobError, match=f"^'{key}' in preset 'p' must be {what}.* \\(write it "
-                       f"without quotes\\), got '{value}'$"):
+                       f"without quotes\\), got \"{value}\"$"):
         Job.from_dict({key: value}, where="preset 'p'")
 
 
 def test_no_quotes_hint_where_the_text_is_no_number_or_the_value_no_ones_writing():
-    with pytest.raises(JobError, match=r"must be a whole number, got 'nan'$"):
+    with pytest.raises(JobError, match=r'must be a whole number, got "nan"$'):
         Job.from_dict({"steps": "nan"}, where="preset 'p'")
     with pytest.raises(JobError, match=r"^'steps' in metadata of x.png must be a whole number, "
-                                       r"got '30'$"):  # a damaged record: no one wrote it
+                                       r'got "30"$'):  # a damaged record: no one wrote it
         Job.from_dict({"steps": "30"}, where="metadata of x.png")
     with pytest.raises(JobError, match=r"\(write it without quotes\)"):  # a file so named
         Job.from_dict({"steps": "30"}, where="metadata.toml job 0")

@@ -313,3 +313,17 @@ def test_a_turned_paper_takes_its_bleed_before_or_after_the_turn(text):
     assert print_pixels(text, 300) == print_pixels("303x216mm", 300)
     made = cli("gen", "x", "--print-size", text, "--model", "tiny", "--dry-run")
     assert made.exit_code == 0, made.stderr
+
+
+def test_a_size_of_the_wrong_kind_is_quoted_as_its_writer_wrote_it():
+    """A file's `size = true` said "got True" (Python's word); a flag's value stays as given."""
+    from hires.sizes import OPTIONS, check_size_keys
+
+    with pytest.raises(JobError, match=r"^'size' must be a whole number of pixels, got true "
+                                       r"\(in j.toml job 0\)$"):
+        check_size_keys({"size": True}, "j.toml job 0")
+    with pytest.raises(JobError, match=r"^'scale' must be a positive number, got \[2\] "
+                                       r"\(in j.toml job 0\)$"):
+        check_size_keys({"scale": [2]}, "j.toml job 0")
+    with pytest.raises(JobError, match=r"^--size must be a whole number of pixels, got 'x'$"):
+        check_size_keys({"size": "x"}, OPTIONS)
