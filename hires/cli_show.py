@@ -298,9 +298,10 @@ def exact_hint(job, p, replan: Callable[[Any], Any]) -> str | None:
 def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_json: bool,
                     overwrite: bool, preview: bool = False, resume_runs: bool = True) -> None:
     """`batch --dry-run`: each job's size, file and planned time on `gpu`, or that its image is
-    made already, and the total; jobs that cannot run are said, and exit 2 at the end (1 when
-    each is a model not here, as the run would end). `resume_runs` (not --no-resume): say
-    which jobs go on from a checkpoint."""
+    made already, and the total; jobs that cannot run are said, and exit 2 at the end for a
+    setting to fix in the file (1 when each is a model not here; the run itself makes the
+    others and exits 1). `resume_runs` (not --no-resume): say which jobs go on from a
+    checkpoint."""
     check_gpu(gpu)
     plans: dict[str, Any] = {}  # jobs that differ only in prompt and seed share a plan
     tally = BatchPlanTally()
@@ -358,7 +359,8 @@ def batch_job_row(item: Any, path: Path, gpu: str | None, plans: dict[str, Any],
     except (JobError, ModelError) as e:
         said = b.in_job_words(str(e))  # its advice in the job file's keys, not gen's flags
         row.update(status="cannot run", error=said)
-        # As the run would end: a setting to fix exits 2, a model not here 1.
+        # A setting to fix in the file exits 2, a model not here 1 (the run, which makes
+        # the other jobs, exits 1 for either).
         tally.usage = tally.usage or not isinstance(e, ModelError) or e.usage
         return row, f"job {item.index}: cannot run: {said}"
     seconds = run.plan.seconds  # None: a CPU job, not timed
