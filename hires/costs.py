@@ -446,7 +446,7 @@ def _vae_part_in(model: ModelShape, width: int, height: int,
     job = _VaeJob(model, width, height, passes, vae_stats, disk, rate, vae_rate, memo)
     tile = vae_tile or VAE_TILES[-1]
     if vae_tile is None:
-        tile = _fastest_tile(job, budget, vae_weights, state)
+        tile = _fastest_tile(job, budget, vae_weights, state, room, previous)
     # No larger than the image (one tile), nor under the least the tiled VAE takes: an
     # upscale's first stage from a 20 px input is 40 px, and a 40 px tile was refused.
     tile = max(min(tile, max(width, height)), LEAST_TILE)
@@ -523,13 +523,18 @@ def _vae_priced(job: _VaeJob, t: int, beat: float = math.inf
     return best
 
 
-def _fastest_tile(job: _VaeJob, budget: int | None, vae_weights: int, state: int) -> int:
-    """The fastest tile that fits `budget` next to the VAE's weights and the stage's state."""
+def _fastest_tile(job: _VaeJob, budget: int | None, vae_weights: int, state: int,
+                  room: int | None, previous: tuple[int, int] | None) -> int:
+    """The fastest tile whose peak (`_vae_peak`: with the VAE's weights, the stage's state,
+    the cross-fade rows) fits `budget`."""
     # By the same price as the estimate's (the largest of a tie): a larger tile has fewer
-    # runs and less overlap, a smaller one may keep more of its outputs.
-    model = job.model
-    fit = [t for t in VAE_TILES if budget is None or vae_weights + vae_tile_peak(
-        model.vae, t, model.vae_dtype_bytes) + state <= budget] or [VAE_TILES[-1]]
+    # runs and less overlap, a smaller one may keep more of its outputs. The fit is the whole
+    # peak's: the tile's alone let a 1400x936 upscale on 9 GiB take 1024 px tiles whose rows
+    # buffer passed the budget, where 768 px ones fit.
+    side = max(job.width, job.height)
+    fit = [t for t in VAE_TILES if budget is None or _vae_peak(
+        job, max(min(t, side), LEAST_TILE), vae_weights, state, room, previous) <= budget
+           ] or [VAE_TILES[-1]]
     tile, least = fit[0], math.inf
     for t in fit:
         seconds = _vae_priced(job, t, least)[0]

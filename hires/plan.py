@@ -577,9 +577,6 @@ def largest_fitting(width: int, height: int, **kwargs) -> tuple[int, int] | None
     the short one rounded to 8; one whose long side, given as `--size` with the `--aspect` the
     request came from, fits too. An upscale's is no smaller than its input and, where the
     request has the input's shape, is what `--size` makes from the input."""
-    # Whether a plan fits does not depend on the rate (peaks and RAM do not), and without one
-    # the planner skips pricing the VAE's RAM amounts (a 16K job on 6 GiB: 57 -> 21 s).
-    kwargs = {**kwargs, "rate": None}
     source, long = kwargs.get("source"), max(width, height)
 
     def sides(shape: tuple[int, int], side: int) -> tuple[int, int]:
@@ -600,19 +597,38 @@ def largest_fitting(width: int, height: int, **kwargs) -> tuple[int, int] | None
     ratio = Fraction(width, height)
     exact = shape == source or max(ratio.numerator, ratio.denominator) <= 64
 
-    def fits(size: tuple[int, int]) -> bool:
+    def planned(size: tuple[int, int]) -> tuple[int, int]:
         w, h = size
-        if not exact:
-            w, h = (w, min(h + 8, MAX_SIDE)) if w >= h else (min(w + 8, MAX_SIDE), h)
+        if exact:
+            return w, h
+        return (w, min(h + 8, MAX_SIDE)) if w >= h else (min(w + 8, MAX_SIDE), h)
+
+    count = fitting_count([planned(c) for c in candidates], **kwargs)
+    return candidates[count - 1] if count else None
+
+
+def fitting_count(sizes: list[tuple[int, int]], **kwargs) -> int:
+    """How many of `sizes` (ascending) fit, counted from the smallest, with make_plan's
+    `kwargs`: the last one counted is planned with them all."""
+    def fits(size: tuple[int, int], how: dict[str, Any]) -> bool:
         try:
-            make_plan(w, h, **kwargs)
+            make_plan(*size, **how)
         except PlanError:
             return False
         return True
 
-    # Bisection over the candidates (a larger size never needs less): a dozen plans for 16K.
-    lo, hi = 0, len(candidates)  # candidates[:lo] fit, candidates[hi:] do not
-    while lo < hi:
-        mid = (lo + hi) // 2
-        lo, hi = (mid + 1, hi) if fits(candidates[mid]) else (lo, mid)
-    return candidates[lo - 1] if lo else None
+    def count(n: int, how: dict[str, Any]) -> int:  # bisection: a larger size needs more
+        lo, hi = 0, n  # sizes[:lo] fit, sizes[n:] do not
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (mid + 1, hi) if fits(sizes[mid], how) else (lo, mid)
+        return lo
+
+    # Without a rate the planner skips pricing the VAE's RAM amounts (a 16K job on 6 GiB: 57 ->
+    # 21 s), but its tile, and so its peak, may differ from the rated plan's (a 1336x1888 job
+    # on 9 GiB fits without the rate, not with it): the size found is planned with the rate,
+    # and if it does not fit there the smaller ones are searched with it.
+    found = count(len(sizes), {**kwargs, "rate": None})
+    if found and kwargs.get("rate") is not None and not fits(sizes[found - 1], kwargs):
+        found = count(found - 1, kwargs)
+    return found
