@@ -80,6 +80,7 @@ FORMAT_ADVICE = {
     "; try a larger --vram": "; try a larger vram in the job",
     "; try --ram with what is free": "; set ram in the job to what is free",
     "; try a larger --ram": "; try a larger ram in the job",
+    " at --dpi ": " at dpi = ",  # "1128x1600 fits (A2 at --dpi 68 makes 1128x1592)"
 }
 
 # Keys a batch file takes besides the job's own: the same as `gen`'s flags.

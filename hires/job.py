@@ -120,6 +120,8 @@ class Job:
     ip_adapter: str = DEFAULT_IP_ADAPTER
     ip_scale: float = 0.6
     allow_pickle: bool = False
+    # How the job was asked for, beyond its settings, for advice: {"print_size": "A2"} when a
+    # print size made its sides (a plan that cannot fit then names the dpi that would).
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def validate(self) -> Job:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from hires.job import (
@@ -196,6 +197,16 @@ def _least_dpi(inches: tuple[float, float], source: tuple[int, int] | None,
         if _in_range(px if source is None else fit_print(source, *px), source):
             return d
     return None
+
+
+def print_sizes(text: str, below: float, source: tuple[int, int] | None = None
+                ) -> list[tuple[int, tuple[int, int]]]:
+    """(dpi, image size) for print size `text` at each whole dpi under `below` whose image
+    (with `source`, an upscale's input fitted to the print) hires makes, smallest first."""
+    inches = print_inches(text)
+    made = ((d, _print_pixels(inches, d)) for d in range(1, min(math.ceil(below), MAX_DPI + 1)))
+    fitted = ((d, px if source is None else fit_print(source, *px)) for d, px in made)
+    return [(d, px) for d, px in fitted if _in_range(px, source)]
 
 
 def check_size_keys(values: dict[str, Any], where: str) -> None:
@@ -503,6 +514,8 @@ def job_from_levels(levels: list[tuple[dict[str, Any], str, bool]], base: Job | 
         from_print = "print_size" in top or (set(top) == {"aspect"} and "print_size" in below)
         if from_print and job.dpi is None:
             job = job.merged({"dpi": PRINT_DPI})
+        if "print_size" in top:  # a plan that cannot fit names the dpi that would (fitted_plan)
+            job = replace(job, extra={**job.extra, "print_size": str(top["print_size"])})
     try:
         return job.validate()
     except KeyedError as e:  # "--control needs --control-model": a file's keys, and which job

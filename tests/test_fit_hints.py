@@ -1,0 +1,77 @@
+"""What a plan that cannot fit offers instead: a size that does fit (planned as the run plans
+it), a print's dpi for a job sized by a print, and a VAE tile chosen by its whole peak."""
+
+import re
+
+import pytest
+from helpers_cli import cli, error_lines
+from PIL import Image
+
+import hires.plan as plan_module
+from hires.plan import PlanError, largest_fitting
+
+CARD = ("--vram", "9", "--offload", "none", "--gpu", "h100", "--dry-run")
+
+
+def _refusal(result) -> str:
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    (line,) = error_lines(result.stderr)
+    return line
+
+
+def test_the_size_offered_is_checked_with_the_rate_the_run_plans_with(monkeypatch):
+    """Sizes are searched without a rate (fast), but a rate can change the VAE's tile and so
+    the peak: 1336x1888 was offered for A2 on 9 GiB, and with the rate it did not fit."""
+    def fake_plan(width, height, rate=None, **_):  # fits to 96 px unrated, to 80 px rated
+        if max(width, height) > (96 if rate is None else 80):
+            raise PlanError("too large")
+
+    monkeypatch.setattr(plan_module, "make_plan", fake_plan)
+    assert largest_fitting(200, 200, rate=1e15) == (80, 80)
+    assert largest_fitting(200, 200, rate=None) == (96, 96)  # a rate-less request: as found
+
+
+def test_an_upscale_takes_a_vae_tile_whose_whole_peak_fits(tmp_path):
+    """A 1400x936 upscale on 9 GiB was refused ("needs at least 8.1 GiB ... (batched)") for
+    every strategy: its 1024 px VAE tile fit the budget alone, but not with the cross-fade
+    rows, where 768 px tiles fit; 1800x1200 fitted and 1400x936 did not."""
+    photo = tmp_path / "in.png"
+    Image.new("RGB", (1200, 800)).save(photo)
+    for size in (1400, 1600, 1800):
+        result = cli("up", photo, "--size", size, *CARD)
+        assert result.exit_code == 0, (size, result.stderr)
+
+
+@pytest.mark.parametrize("command", ["gen", "up", "batch"])
+def test_a_print_that_does_not_fit_is_told_the_dpi_that_does(tmp_path, command):
+    """`--print-size A2` on 9 GiB was told "1336x1888 fits": pixels, where a print's maker
+    lowers the dpi (and 1336x1888 did not fit either). The dpi offered makes a size that fits."""
+    photo = tmp_path / "in.png"
+    Image.new("RGB", (1200, 800)).save(photo)
+    if command == "batch":
+        jobs = tmp_path / "j.jsonl"
+        jobs.write_text('{"prompt": "x", "print_size": "A2", "vram": 9, "offload": "none"}\n')
+        result = cli("batch", jobs, "-o", tmp_path / "out", "--gpu", "h100", "--dry-run")
+        assert result.exit_code == 2, result.stderr
+        found = re.search(r"\(A2 at dpi = (\d+) makes (\d+)x(\d+)\); try a larger vram",
+                          result.stdout)
+    else:
+        given = ("gen", "x") if command == "gen" else ("up", photo)
+        found = re.search(r"fits \(A2 at --dpi (\d+) makes (\d+)x(\d+)\); try a larger --vram",
+                          _refusal(cli(*given, "--print-size", "A2", *CARD)))
+    assert found, result.stdout if command == "batch" else None
+    dpi, width, height = (int(g) for g in found.groups())
+    assert 1 <= dpi < 300
+    given = ("gen", "x") if command != "up" else ("up", photo)
+    planned = cli(*given, "--print-size", "A2", "--dpi", dpi, *CARD)
+    assert planned.exit_code == 0, planned.stderr
+    assert planned.stdout.startswith(f"{width}x{height} ("), planned.stdout
+
+
+def test_a_size_given_in_pixels_is_told_pixels_alone(tmp_path):
+    """The dpi is offered only where a print size made the sides: with --width/--height and
+    --dpi, the dpi is what the file records, not what sizes the image."""
+    line = _refusal(cli("gen", "x", "--width", "4960", "--height", "7016", "--dpi", "300",
+                        *CARD))
+    assert re.search(r"; \d+x\d+ fits; try a larger --vram", line), line
+    assert "at --dpi" not in line
