@@ -511,15 +511,10 @@ def fitted_plan(make, job):
 def print_dpi_hint(job, error) -> str:
     """For a job sized by a print size, the dpi at which that print fits (" (A2 at --dpi 80
     makes 1320x1872)"): a print's maker lowers the dpi, not the pixels; else ''."""
-    from hires.plan import fitting_count
-    from hires.sizes import print_sizes
+    from hires.plan import fitting_print
 
-    text, kwargs = job.extra.get("print_size"), error.plan_kwargs or {}
-    if not text or job.dpi is None or not kwargs:
+    found = fitting_print(job, error)
+    if found is None:
         return ""
-    sizes = print_sizes(text, job.dpi, kwargs.get("source"))
-    count = fitting_count([size for _, size in sizes], **kwargs)
-    if not count:
-        return ""
-    dpi, (w, h) = sizes[count - 1]
-    return f" ({text} at --dpi {dpi} makes {w}x{h})"
+    dpi, (w, h) = found
+    return f" ({job.extra['print_size']} at --dpi {dpi} makes {w}x{h})"

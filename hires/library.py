@@ -110,14 +110,20 @@ def in_keywords() -> Iterator[None]:
 
 
 def fitted(error: PlanError) -> PlanError:
-    """`error` with the size at its aspect whose plan fits, in keywords: a script can take it."""
-    from hires.plan import fitting_size
+    """`error` with the size at its aspect whose plan fits, in keywords: a script can take it;
+    a job sized by a print size is told the dpi at which that print fits, too."""
+    from hires.plan import fitting_print, fitting_size
 
     fits = fitting_size(error)
     if fits is None:
         return error
-    said = PlanError(f"{error}; {fits[0]}x{fits[1]} fits (width={fits[0]}, height={fits[1]})")
+    found = fitting_print(error.job, error) if error.job is not None else None
+    dpi = "" if found is None else (f"; or dpi={found[0]} for that print_size "
+                                    f"({found[1][0]}x{found[1][1]})")
+    said = PlanError(f"{error}; {fits[0]}x{fits[1]} fits (width={fits[0]}, height={fits[1]})"
+                     f"{dpi}")
     said.host, said.plan_kwargs, said.size = error.host, error.plan_kwargs, error.size
+    said.job = error.job
     return said
 
 
@@ -166,7 +172,8 @@ def library_job(job: Job | str | None, overrides: dict[str, Any],
     refs = ("model", "vae", "linfusion")  # a Job's own fields too: Job(model=Path(...))
     check_given_paths({**({k: getattr(job, k) for k in refs} if job is not None else {}),
                        **{k: v for k, v in overrides.items() if k in refs}})
-    if overrides.get("print_size") is not None:  # as --print-size: a print at the dpi
+    printed = overrides.get("print_size")
+    if printed is not None:  # as --print-size: a print at the dpi
         overrides = {**overrides, **print_size_overrides(overrides)}
     overrides.pop("print_size", None)
     sizes = {k: overrides.pop(k) for k in ("size", "aspect", "width", "height") if k in overrides}
@@ -183,6 +190,8 @@ def library_job(job: Job | str | None, overrides: dict[str, Any],
     if components is not None and components.linfusion is None and job.linfusion == "auto":
         job = replace(job, linfusion="none")  # what ran, so that --from runs it again
     job = job.validate()
+    if printed is not None:  # a plan that cannot fit names the dpi that would (`fitted`)
+        job = replace(job, extra={**job.extra, "print_size": str(printed)})
     # Before any work: a 16-bit JPEG, say, failed only at the save.
     problem = format_problem(job.format, job.width, job.height, job.depth)
     if problem:

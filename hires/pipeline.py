@@ -37,7 +37,7 @@ from hires.library import (
 )
 from hires.memory import GIB, current, free_memory, host_room, peak_memory, placed, reset_peak
 from hires.models import Components, load, load_args, quiet_loading
-from hires.plan import Plan, Stage, budget_bytes, cheaper, make_plan
+from hires.plan import Plan, PlanError, Stage, budget_bytes, cheaper, make_plan
 from hires.progress import Event, ProgressFn
 from hires.sampling import (
     UpscaleKnobs,
@@ -181,13 +181,17 @@ def plan_for(job: Job, components: Components, *, gpu: str | None = None,
     `make_plan`)."""
     if gpu is None and components.device.type == "cuda":
         gpu = local_gpu()
-    return make_plan(
-        job.width, job.height, **_schedule_args(job, components, source),
-        model=replace(shape_for(job, components), fp32_share=fp32_share_for(gpu)),
-        budget=budget_for(job, components), offload=components.offload,
-        vae_tile=job.vae_tile, vae_stats=job.vae_stats, rate=rate_for(gpu) if gpu else None,
-        stage_images=stage_images, preview=preview,
-    )
+    try:
+        return make_plan(
+            job.width, job.height, **_schedule_args(job, components, source),
+            model=replace(shape_for(job, components), fp32_share=fp32_share_for(gpu)),
+            budget=budget_for(job, components), offload=components.offload,
+            vae_tile=job.vae_tile, vae_stats=job.vae_stats,
+            rate=rate_for(gpu) if gpu else None, stage_images=stage_images, preview=preview,
+        )
+    except PlanError as e:
+        e.job = job  # a print's job is told the dpi that fits (hires.library.fitted)
+        raise
 
 
 def _schedule_args(job: Job, components: Components,

@@ -44,6 +44,7 @@ class PlanError(ValueError):
     host = False  # the CPU's memory, not the GPU's, is what ran short
     plan_kwargs: dict[str, Any] | None = None  # make_plan's settings, to plan again leaner
     size: tuple[int, int] | None = None  # the size asked for (width, height)
+    job: Any = None  # the job planned, where hires.pipeline.plan_for planned one
 
 
 @dataclass(frozen=True)
@@ -570,6 +571,19 @@ def fitting_size(error: PlanError) -> tuple[int, int] | None:
     if not error.plan_kwargs or not error.size:
         return None
     return largest_fitting(*error.size, **error.plan_kwargs)
+
+
+def fitting_print(job: Any, error: PlanError) -> tuple[int, tuple[int, int]] | None:
+    """For a job sized by a print size (`job.extra["print_size"]`), the most whole dpi below
+    its own at which that print's plan fits, and the size it makes; else None."""
+    from hires.sizes import print_sizes
+
+    text, kwargs = job.extra.get("print_size"), error.plan_kwargs
+    if not text or job.dpi is None or not kwargs:
+        return None
+    sizes = print_sizes(text, job.dpi, kwargs.get("source"))
+    count = fitting_count([size for _, size in sizes], **kwargs)
+    return sizes[count - 1] if count else None
 
 
 def largest_fitting(width: int, height: int, **kwargs) -> tuple[int, int] | None:

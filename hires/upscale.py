@@ -111,6 +111,8 @@ def upscale(
         job = library_job(job, {**job_text(job, prompt, strength), **overrides,
                                 "image": str(source.path), "width": w, "height": h},
                           components, progress)
+        if print_size is not None:  # a plan that cannot fit names the dpi that would
+            job = replace(job, extra={**job.extra, "print_size": print_size})
         return upscale_job(job, source=source, components=components, progress=progress,
                            save_stages=save_stages, plan=plan, checkpoint=checkpoint,
                            on_stage_image=on_stage_image, on_score=on_score)

@@ -75,3 +75,35 @@ def test_a_size_given_in_pixels_is_told_pixels_alone(tmp_path):
                         *CARD))
     assert re.search(r"; \d+x\d+ fits; try a larger --vram", line), line
     assert "at --dpi" not in line
+
+
+@pytest.mark.parametrize("call", ["generate", "upscale"])
+def test_the_library_tells_a_print_the_dpi_that_fits_in_keywords(tiny, tmp_path, call):
+    """hires.generate(print_size=...) was told width= and height= alone: a script that sized
+    by print_size takes dpi=; the plan at that dpi fits."""
+    import hires
+    from hires.pipeline import plan_for
+
+    photo = tmp_path / "in.png"
+    Image.new("RGB", (300, 200)).save(photo)
+    make = (lambda **kw: hires.generate("x", components=tiny, **kw)) if call == "generate" \
+        else (lambda **kw: hires.upscale(photo, components=tiny, **kw))
+    with pytest.raises(PlanError) as refused:
+        make(print_size="10x15cm", vram=0.8, steps=1)
+    found = re.search(r"fits \(width=\d+, height=\d+\); or dpi=(\d+) for that print_size "
+                      r"\((\d+)x(\d+)\)$", str(refused.value))
+    assert found, str(refused.value)
+    dpi, width, height = (int(g) for g in found.groups())
+    job = refused.value.job
+    assert job.extra == {"print_size": "10x15cm"} and job.dpi == 300
+    from hires.library import print_size_overrides
+
+    source = (300, 200) if call == "upscale" else None
+    sized = print_size_overrides({"print_size": "10x15cm", "dpi": dpi}, source)
+    assert (sized["width"], sized["height"]) == (width, height)
+    plan = plan_for(job.merged(sized), tiny, source=source)  # it fits: no PlanError
+    assert (plan.width, plan.height) == (width, height)
+    # sized in pixels, with a dpi for the file: told pixels alone
+    with pytest.raises(PlanError, match=r"fits \(width=\d+, height=\d+\)$"):
+        hires.generate("x", components=tiny, width=1184, height=1776, dpi=300, vram=0.8,
+                       steps=1)
