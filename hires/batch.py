@@ -55,7 +55,12 @@ class BatchItem:
 
 def job_place(file_name: str, index: int, line: int | None) -> str:
     """A job of a file as errors name it: its index, from 0, and a JSONL job's line."""
-    return f"{file_name} job {index}" + (f" (line {line})" if line is not None else "")
+    return f"{file_name} job {_numbered(index, line)}"
+
+
+def _numbered(index: int, line: int | None) -> str:
+    """A job's number, with a JSONL job's line: "3 (line 5)"."""
+    return f"{index}" + (f" (line {line})" if line is not None else "")
 
 
 # A command's flag written as a key, told what `hires batch` can do instead: it takes the
@@ -80,7 +85,7 @@ FORMAT_ADVICE = {
     "; try a larger --vram": "; try a larger vram in the job",
     "; try --ram with what is free": "; set ram in the job to what is free",
     "; try a larger --ram": "; try a larger ram in the job",
-    " at --dpi ": " at dpi = ",  # "1128x1600 fits (A2 at --dpi 68 makes 1128x1592)"
+    " at --dpi ": " at dpi = ",  # "A2 fits at --dpi 106 (1752x2480)"
 }
 
 # Keys a batch file takes besides the job's own: the same as `gen`'s flags.
@@ -406,7 +411,7 @@ def name_outputs(items: list[BatchItem], folder: Path, file_name: str
 
     named: list[BatchItem] = []
     paths: dict[int, Path] = {}
-    owner: dict[str, int] = {}
+    owner: dict[str, BatchItem] = {}
     for item in items:
         j, where = item.job, item.where(file_name)
         fields: dict[str, Any] = dict(width=j.width, height=j.height, seed=j.seed, fmt=j.format,
@@ -448,10 +453,11 @@ def name_outputs(items: list[BatchItem], folder: Path, file_name: str
         # folder); the name itself is replaced by the rename, never followed.
         key = os.path.normcase(os.path.join(os.path.realpath(path.parent), path.name))
         if key in owner:
-            raise JobError(f"{file_name} jobs {owner[key]} and {item.index} both write "
+            first, second = (_numbered(i.index, i.line) for i in (owner[key], item))
+            raise JobError(f"{file_name} jobs {first} and {second} both write "
                            f"{path}; give them different 'output' names (or add {{index}} or "
                            "{seed})")
-        owner[key] = item.index
+        owner[key] = item
         paths[item.index] = path
         try:
             check_inputs(j)

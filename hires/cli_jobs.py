@@ -486,7 +486,7 @@ def _check_device(device: str) -> None:
 def fitted_plan(make, job):
     """`make()`'s plan; a plan that cannot fit becomes a usage error that says what would."""
     from hires.job import JobError
-    from hires.plan import PlanError, fitting_size
+    from hires.plan import PlanError, fitting_print, fitting_size
 
     try:
         return make()
@@ -503,18 +503,13 @@ def fitted_plan(make, job):
             hint = "; try a larger --vram" + (" or --offload auto" if job.offload != "auto"
                                                else "")
         fits = fitting_size(e)
-        if fits:
-            hint = f"; {fits[0]}x{fits[1]} fits{print_dpi_hint(job, e)}" + hint
+        # A print's maker lowers the dpi, not the pixels: a job sized by a print size is
+        # told the dpi at which that print fits.
+        printed = fitting_print(job, e) if fits else None
+        if printed:
+            dpi, (w, h) = printed
+            hint = f"; {job.extra['print_size']} fits at --dpi {dpi} ({w}x{h})" + hint
+        elif fits:
+            hint = f"; {fits[0]}x{fits[1]} fits" + hint
         raise JobError(f"{e}{hint}") from None
 
-
-def print_dpi_hint(job, error) -> str:
-    """For a job sized by a print size, the dpi at which that print fits (" (A2 at --dpi 80
-    makes 1320x1872)"): a print's maker lowers the dpi, not the pixels; else ''."""
-    from hires.plan import fitting_print
-
-    found = fitting_print(job, error)
-    if found is None:
-        return ""
-    dpi, (w, h) = found
-    return f" ({job.extra['print_size']} at --dpi {dpi} makes {w}x{h})"

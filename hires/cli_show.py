@@ -386,13 +386,21 @@ def shared_plan(job: Any, source: tuple[int, int] | None, gpu: str | None,
     """`job`'s fitted plan on `gpu` (its first stage's with `preview`), made once for the jobs
     that differ only in prompt and seed and kept in `plans`."""
     from hires.dry_run import as_run_here, dry_run
+    from hires.job import JobError
     from hires.plan import preview_of
 
-    key = plan_key(job, source)
+    # A refusal is kept too: its search of a size that fits takes seconds. Its words depend
+    # on how the job was asked for (a print size is told a dpi): that is in the key.
+    key = plan_key(job, source) + repr(sorted(job.extra.items()))
     if key not in plans:
         here = as_run_here(job, gpu)
-        plans[key] = fitted_plan(lambda j=here, s=source: dry_run(j, gpu, s, preview=preview),
-                                 here)
+        try:
+            plans[key] = fitted_plan(lambda j=here, s=source: dry_run(j, gpu, s,
+                                                                      preview=preview), here)
+        except JobError as e:
+            plans[key] = e
+    if isinstance(plans[key], JobError):
+        raise plans[key]
     run = plans[key]
     if preview:
         run = replace(run, plan=preview_of(run.plan))

@@ -402,12 +402,26 @@ def _coerce(name: str, value: Any, where: str, typed: bool = False) -> Any:
 
 
 def spelled(value: Any) -> str:
-    """A file's value as TOML and JSON write it (true, "30", [1]), not as Python does (True,
-    '30', [1]); what JSON has no word for (a TOML date) as it reads."""
-    try:
-        return json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError):
-        return str(value)
+    """A file's value as TOML and JSON write it (true, "30", [1], nan, a date as 1979-05-27),
+    not as Python does (True, '30', datetime.date(...)), on one line: characters that would
+    break or turn it (a line separator, a right-to-left mark) escaped as \\uXXXX."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif value is None:
+        text = "null"
+    elif isinstance(value, float) and not math.isfinite(value):
+        text = "nan" if math.isnan(value) else "inf" if value > 0 else "-inf"
+    elif isinstance(value, (int, float)):
+        text = repr(value)
+    elif isinstance(value, (list, tuple)):
+        text = "[" + ", ".join(spelled(v) for v in value) + "]"
+    elif isinstance(value, dict):
+        text = "{" + ", ".join(f"{spelled(str(k))}: {spelled(v)}" for k, v in value.items()) + "}"
+    elif hasattr(value, "isoformat"):  # a TOML date or time
+        text = value.isoformat()
+    else:
+        text = json.dumps(str(value), ensure_ascii=False)
+    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
 
 
 def number_hint(value: Any) -> str:

@@ -111,17 +111,19 @@ def in_keywords() -> Iterator[None]:
 
 def fitted(error: PlanError) -> PlanError:
     """`error` with the size at its aspect whose plan fits, in keywords: a script can take it;
-    a job sized by a print size is told the dpi at which that print fits, too."""
+    a job sized by a print size is told the dpi at which that print fits instead."""
     from hires.plan import fitting_print, fitting_size
 
     fits = fitting_size(error)
     if fits is None:
         return error
     found = fitting_print(error.job, error) if error.job is not None else None
-    dpi = "" if found is None else (f"; or dpi={found[0]} for that print_size "
-                                    f"({found[1][0]}x{found[1][1]})")
-    said = PlanError(f"{error}; {fits[0]}x{fits[1]} fits (width={fits[0]}, height={fits[1]})"
-                     f"{dpi}")
+    if found is not None:  # a print's maker lowers the dpi, not the pixels
+        dpi, (w, h) = found
+        said = PlanError(f"{error}; the print_size fits at dpi={dpi} ({w}x{h})")
+    else:
+        said = PlanError(f"{error}; {fits[0]}x{fits[1]} fits (width={fits[0]}, "
+                         f"height={fits[1]})")
     said.host, said.plan_kwargs, said.size = error.host, error.plan_kwargs, error.size
     said.job = error.job
     return said

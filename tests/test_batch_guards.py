@@ -297,3 +297,34 @@ def test_a_jsonl_jobs_file_and_output_errors_name_its_line(small, tmp_path):
                                            f'{{"prompt": "b", {base}{extra}}}\n')
         line = refused(cli("batch", jobs, "-o", small.parent, "--dry-run"))
         assert line.startswith(f"error: {said}"), line
+
+
+def test_a_value_is_quoted_on_one_line_as_its_file_wrote_it():
+    """JSON's spelling left a line separator, a C1 newline and a right-to-left override raw
+    (Python's repr had escaped them); a date in a list was datetime.date(...), nan NaN."""
+    import datetime
+
+    from hires.job import spelled
+
+    assert spelled("x\u2028y\x85z\u202eg") == '"x\\u2028y\\u0085z\\u202eg"'
+    assert spelled("a\nb") == '"a\\nb"' and spelled("café €") == '"café €"'
+    assert spelled([datetime.date(1979, 5, 27)]) == "[1979-05-27]"
+    assert spelled({"a": [True, None]}) == '{"a": [true, null]}'
+    assert [spelled(float(v)) for v in ("nan", "inf", "-inf", "1.5")] == [
+        "nan", "inf", "-inf", "1.5"]
+
+
+def test_two_jsonl_jobs_writing_one_file_are_named_with_their_lines(tmp_path):
+    """"c.jsonl jobs 0 and 1 both write ..." named no lines, where every other error does."""
+    jobs = write(tmp_path / "c.jsonl", '{"prompt": "a", "output": "same.png"}\n\n'
+                                       '{"prompt": "b", "output": "same.png"}\n')
+    line = refused(cli("batch", jobs, "-o", tmp_path / "ot", "--dry-run"))
+    assert line.startswith("error: c.jsonl jobs 0 (line 1) and 1 (line 3) both write "), line
+
+
+def test_a_print_size_that_is_no_text_is_said_so(tmp_path):
+    """`print_size = true` said "print size must look like 60x90cm ..., got 'True'"."""
+    line = refused(cli("batch", second_job(tmp_path, "print_size = true"), "-o",
+                       tmp_path / "ot", "--dry-run"))
+    assert line == ("error: 'print_size' in j.toml job 1 must be text like \"60x90cm\" or "
+                    "\"A2\", got true"), line

@@ -53,13 +53,15 @@ def test_a_print_that_does_not_fit_is_told_the_dpi_that_does(tmp_path, command):
         jobs.write_text('{"prompt": "x", "print_size": "A2", "vram": 9, "offload": "none"}\n')
         result = cli("batch", jobs, "-o", tmp_path / "out", "--gpu", "h100", "--dry-run")
         assert result.exit_code == 2, result.stderr
-        found = re.search(r"\(A2 at dpi = (\d+) makes (\d+)x(\d+)\); try a larger vram",
+        found = re.search(r"; A2 fits at dpi = (\d+) \((\d+)x(\d+)\); try a larger vram",
                           result.stdout)
     else:
         given = ("gen", "x") if command == "gen" else ("up", photo)
-        found = re.search(r"fits \(A2 at --dpi (\d+) makes (\d+)x(\d+)\); try a larger --vram",
+        found = re.search(r"; A2 fits at --dpi (\d+) \((\d+)x(\d+)\); try a larger --vram",
                           _refusal(cli(*given, "--print-size", "A2", *CARD)))
     assert found, result.stdout if command == "batch" else None
+    said = result.stdout if command == "batch" else found.string
+    assert not re.search(r"; \d+x\d+ fits", said), said  # no pixels smaller than the print's
     dpi, width, height = (int(g) for g in found.groups())
     assert 1 <= dpi < 300
     given = ("gen", "x") if command != "up" else ("up", photo)
@@ -90,8 +92,8 @@ def test_the_library_tells_a_print_the_dpi_that_fits_in_keywords(tiny, tmp_path,
         else (lambda **kw: hires.upscale(photo, components=tiny, **kw))
     with pytest.raises(PlanError) as refused:
         make(print_size="10x15cm", vram=0.8, steps=1)
-    found = re.search(r"fits \(width=\d+, height=\d+\); or dpi=(\d+) for that print_size "
-                      r"\((\d+)x(\d+)\)$", str(refused.value))
+    found = re.search(r"; the print_size fits at dpi=(\d+) \((\d+)x(\d+)\)$",
+                      str(refused.value))
     assert found, str(refused.value)
     dpi, width, height = (int(g) for g in found.groups())
     job = refused.value.job
@@ -107,3 +109,31 @@ def test_the_library_tells_a_print_the_dpi_that_fits_in_keywords(tiny, tmp_path,
     with pytest.raises(PlanError, match=r"fits \(width=\d+, height=\d+\)$"):
         hires.generate("x", components=tiny, width=1184, height=1776, dpi=300, vram=0.8,
                        steps=1)
+
+
+def test_a_batch_plans_a_refusal_once_for_the_jobs_that_share_it(tmp_path, monkeypatch):
+    """24 jobs that differ only in prompt each searched again for the size and dpi that fit
+    (34 s, where a plan that fits is made once): the refusal is kept as a plan is, apart for
+    jobs asked for another way (a print size, pixels)."""
+    import hires.cli_show as show
+
+    calls = []
+    real = show.fitted_plan
+
+    def counted(make, job):
+        calls.append(job.extra)
+        return real(make, job)
+
+    monkeypatch.setattr(show, "fitted_plan", counted)
+    jobs = tmp_path / "j.jsonl"
+    lines = [f'{{"prompt": "p{i}", "print_size": "A2", "vram": 9, "offload": "none"}}'
+             for i in range(4)]
+    lines.append('{"prompt": "q", "width": 4960, "height": 7016, "dpi": 300, "vram": 9, '
+                 '"offload": "none"}')  # the same pixels and dpi, asked for in pixels
+    jobs.write_text("\n".join(lines) + "\n")
+    result = cli("batch", jobs, "-o", tmp_path / "out", "--gpu", "h100", "--dry-run")
+    assert result.exit_code == 2, result.stderr
+    said = [line for line in result.stdout.splitlines() if ": cannot run: " in line]
+    assert len(said) == 5 and len(set(s.split(": ", 1)[1] for s in said[:4])) == 1
+    assert "A2 fits at dpi = " in said[0] and "A2 fits" not in said[4], said
+    assert calls == [{"print_size": "A2"}, {}]
