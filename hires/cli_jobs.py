@@ -512,4 +512,3 @@ def fitted_plan(make, job):
         elif fits:
             hint = f"; {fits[0]}x{fits[1]} fits" + hint
         raise JobError(f"{e}{hint}") from None
-
