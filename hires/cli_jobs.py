@@ -505,10 +505,14 @@ def fitted_plan(make, job):
         fits = fitting_size(e)
         # A print's maker lowers the dpi, not the pixels: a job sized by a print size is
         # told the dpi at which that print fits.
-        printed = fitting_print(job, e) if fits else None
-        if printed:
-            dpi, (w, h) = printed
-            hint = f"; {job.extra['print_size']} fits at --dpi {dpi} ({w}x{h})" + hint
+        printed = job.extra.get("print_size")
+        found = fitting_print(job, e) if fits and printed else None
+        if found:
+            dpi, (w, h) = found
+            hint = f"; {printed} fits at --dpi {dpi} ({w}x{h})" + hint
+        elif fits and printed:
+            hint = f"; {printed} fits at no dpi: a smaller print ({fits[0]}x{fits[1]} px fits)" \
+                + hint
         elif fits:
             hint = f"; {fits[0]}x{fits[1]} fits" + hint
         raise JobError(f"{e}{hint}") from None

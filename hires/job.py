@@ -404,7 +404,8 @@ def _coerce(name: str, value: Any, where: str, typed: bool = False) -> Any:
 def spelled(value: Any) -> str:
     """A file's value as TOML and JSON write it (true, "30", [1], nan, a date as 1979-05-27),
     not as Python does (True, '30', datetime.date(...)), on one line: characters that would
-    break or turn it (a line separator, a right-to-left mark) escaped as \\uXXXX."""
+    break or turn it (a line separator, a right-to-left mark) escaped as \\uXXXX (or
+    \\UXXXXXXXX). TOML's words for what JSON has none for: nan and inf, not NaN and Infinity."""
     if isinstance(value, bool):
         text = "true" if value else "false"
     elif value is None:
@@ -421,7 +422,8 @@ def spelled(value: Any) -> str:
         text = value.isoformat()
     else:
         text = json.dumps(str(value), ensure_ascii=False)
-    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
+    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF
+                   else f"\\U{ord(c):08x}" for c in text)
 
 
 def number_hint(value: Any) -> str:

@@ -18,6 +18,7 @@ import torch
 from hires.job import DEFAULT_MODEL, Job
 from hires.models import Components, load
 from hires.plan import Plan, PlanError
+from hires.sizes import print_name
 
 # A command's flag (or a batch file's key) given as a keyword: what a library caller does
 # instead. `{value!r}` is the value given. No flags here: `in_keywords` rewrites '--x' as 'x'.
@@ -117,10 +118,14 @@ def fitted(error: PlanError) -> PlanError:
     fits = fitting_size(error)
     if fits is None:
         return error
-    found = fitting_print(error.job, error) if error.job is not None else None
+    printed = error.job is not None and "print_size" in error.job.extra
+    found = fitting_print(error.job, error) if printed else None
     if found is not None:  # a print's maker lowers the dpi, not the pixels
         dpi, (w, h) = found
         said = PlanError(f"{error}; the print_size fits at dpi={dpi} ({w}x{h})")
+    elif printed:
+        said = PlanError(f"{error}; the print_size fits at no dpi: a smaller print_size "
+                         f"({fits[0]}x{fits[1]} px fits)")
     else:
         said = PlanError(f"{error}; {fits[0]}x{fits[1]} fits (width={fits[0]}, "
                          f"height={fits[1]})")
@@ -192,8 +197,11 @@ def library_job(job: Job | str | None, overrides: dict[str, Any],
     if components is not None and components.linfusion is None and job.linfusion == "auto":
         job = replace(job, linfusion="none")  # what ran, so that --from runs it again
     job = job.validate()
-    if printed is not None:  # a plan that cannot fit names the dpi that would (`fitted`)
-        job = replace(job, extra={**job.extra, "print_size": str(printed)})
+    if printed is not None or sizes:  # a print's job is told the dpi that fits (`fitted`)
+        extra = {k: v for k, v in job.extra.items() if k != "print_size"}  # another's size
+        if printed is not None:
+            extra["print_size"] = print_name(printed)
+        job = replace(job, extra=extra)
     # Before any work: a 16-bit JPEG, say, failed only at the save.
     problem = format_problem(job.format, job.width, job.height, job.depth)
     if problem:

@@ -93,7 +93,7 @@ def print_inches(text: Any) -> tuple[float, float]:
         m = _BLEED.match(bleed_text.lower())
         if not m or m.group(2) not in _UNITS:
             raise JobError(f"bleed must look like +3mm, +0.3cm or +0.125in, got "
-                           f"'+{bleed_text}'")
+                           f"{spelled('+' + bleed_text)}")
         bleed = float(m.group(1)) * _UNITS[m.group(2)]
     w, h = _print_inches(text)
     return w + 2 * bleed, h + 2 * bleed
@@ -111,7 +111,7 @@ def _print_inches(text: str) -> tuple[float, float]:
         unit = "" if not m or m.group(3) else " with its unit"
         raise JobError(f"print size must look like 60x90cm, 600x900mm or 24x36in{unit}, or be a "
                        f"paper (A0-A6, letter, legal, tabloid; A2-landscape), got "
-                       f"'{text.strip()}'")
+                       f"{spelled(text.strip())}")
     per_unit = _UNITS[m.group(3)]
     return float(m.group(1)) * per_unit, float(m.group(2)) * per_unit
 
@@ -197,6 +197,11 @@ def _least_dpi(inches: tuple[float, float], source: tuple[int, int] | None,
         if _in_range(px if source is None else fit_print(source, *px), source):
             return d
     return None
+
+
+def print_name(text: str) -> str:
+    """A print size as messages name it: on one line, spaces around it dropped."""
+    return " ".join(str(text).split())
 
 
 def print_sizes(text: str, below: float, source: tuple[int, int] | None = None
@@ -517,8 +522,12 @@ def job_from_levels(levels: list[tuple[dict[str, Any], str, bool]], base: Job | 
         from_print = "print_size" in top or (set(top) == {"aspect"} and "print_size" in below)
         if from_print and job.dpi is None:
             job = job.merged({"dpi": PRINT_DPI})
-        if "print_size" in top:  # a plan that cannot fit names the dpi that would (fitted_plan)
-            job = replace(job, extra={**job.extra, "print_size": str(top["print_size"])})
+        # A plan that cannot fit names the dpi at which a print fits (fitted_plan): kept for a
+        # job its print sized, dropped where another size replaced a base job's print.
+        extra = {k: v for k, v in job.extra.items() if k != "print_size"}
+        if "print_size" in top:
+            extra["print_size"] = print_name(top["print_size"])
+        job = replace(job, extra=extra)
     try:
         return job.validate()
     except KeyedError as e:  # "--control needs --control-model": a file's keys, and which job

@@ -312,6 +312,15 @@ def test_a_value_is_quoted_on_one_line_as_its_file_wrote_it():
     assert spelled({"a": [True, None]}) == '{"a": [true, null]}'
     assert [spelled(float(v)) for v in ("nan", "inf", "-inf", "1.5")] == [
         "nan", "inf", "-inf", "1.5"]
+    assert spelled("x\U000e0001") == '"x\\U000e0001"'  # past U+FFFF: not \ue0001
+
+
+def test_a_print_size_that_is_no_paper_is_quoted_on_one_line(tmp_path):
+    """"A2\nx" was quoted 'A2 and x' on two lines."""
+    jobs = write(tmp_path / "p.jsonl", '{"prompt": "a", "print_size": "A2\\nx"}\n'
+                                       '{"prompt": "a", "print_size": "A2+3\\u2028"}\n')
+    line = refused(cli("batch", jobs, "-o", tmp_path / "ot", "--dry-run"))
+    assert line.endswith('tabloid; A2-landscape), got "A2\\nx"'), line
 
 
 def test_two_jsonl_jobs_writing_one_file_are_named_with_their_lines(tmp_path):

@@ -137,3 +137,26 @@ def test_a_batch_plans_a_refusal_once_for_the_jobs_that_share_it(tmp_path, monke
     assert len(said) == 5 and len(set(s.split(": ", 1)[1] for s in said[:4])) == 1
     assert "A2 fits at dpi = " in said[0] and "A2 fits" not in said[4], said
     assert calls == [{"print_size": "A2"}, {}]
+
+
+def test_a_print_that_fits_at_no_dpi_is_told_so_on_one_line(tmp_path):
+    """A print too large even at 1 dpi was told pixels ("280x280 fits"), which --print-size
+    cannot be given with; and a print size with a line break in it broke the line."""
+    line = _refusal(cli("gen", "x", "--print-size", "3000x3000cm", "--dpi", "2",
+                        "--vram", "7.5", "--offload", "none", "--gpu", "h100", "--dry-run"))
+    assert re.search(r"; 3000x3000cm fits at no dpi: a smaller print \(\d+x\d+ px fits\); "
+                     r"try a larger --vram", line), line
+    line = _refusal(cli("gen", "x", "--print-size", " A2\n", *CARD))
+    assert "; A2 fits at --dpi " in line, line
+
+
+def test_the_library_forgets_a_print_when_the_next_call_sizes_in_pixels(tiny):
+    """A Result's job made from a print size, run again at width= and height=, was told the
+    old print's dpi ("the print_size fits at dpi=99 (80x120)")."""
+    import hires
+
+    made = hires.generate("x", components=tiny, print_size="2x3cm", dpi=100, steps=1)
+    assert made.job.extra == {"print_size": "2x3cm"}
+    with pytest.raises(PlanError, match=r"; \d+x\d+ fits \(width=\d+, height=\d+\)$") as e:
+        hires.generate(made.job, components=tiny, width=1184, height=1776, vram=0.8, steps=1)
+    assert e.value.job.extra == {}
