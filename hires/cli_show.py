@@ -639,6 +639,19 @@ def _record_problem(record: Any) -> str | None:
     return None
 
 
+def _rerun_problem(job: dict[str, Any]) -> str | None:
+    """Why `hires gen --from` would refuse a record's job, whole in shape but a value out of
+    range (steps -5, a width of 10^9), or None."""
+    from hires.job import TRUSTED_ONLY, Job, JobError
+
+    values = {"global_floor": 0.0, **{k: v for k, v in job.items() if k not in TRUSTED_ONLY}}
+    try:  # as --from reads it (hires.output.job_values_from_image): no floor, 0.0
+        Job.from_dict(values, where="the record").validate()
+    except JobError as e:
+        return str(e)
+    return None
+
+
 def _dpi_lines(job: dict[str, Any], record_size: tuple[Any, Any], file_size: tuple[int, int],
               held: tuple[float, float] | None) -> list[str]:
     """The print size at the dpi the file holds (JPEG keeps whole numbers, PNG pixels per
@@ -718,6 +731,8 @@ def show_made(path: str | Path, as_json: bool) -> None:
             return
         raise JobError(f"{path} carries no hires or A1111 metadata; `hires info` alone shows "
                        "this machine")
+    if problem := _rerun_problem(record["job"]):  # shown as written, and said before --from
+        warn(f"{path}: `hires gen --from` refuses its recorded job: {problem}")
     if as_json:
         out_line(json_line({"file": str(path), **record, "image": {
             "format": meta["format"], "width": width, "height": height,

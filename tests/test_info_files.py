@@ -111,6 +111,29 @@ def test_info_s_advice_on_a_damaged_record_is_what_from_does(tmp_path, asked):
             assert repeat.exit_code == 2 and "must be a whole number" in repeat.stderr
 
 
+@pytest.mark.parametrize(("key", "value", "said"), [
+    ("steps", -5, "steps must be a whole number from 1 to 1000, got -5"),
+    ("guidance", 1e300, "guidance must be from 0 to 100, got 1e+300"),
+    ("width", 10**9, "width must be at most 32768, got 1000000000")])
+def test_info_shows_a_record_that_from_refuses_and_says_so(tmp_path, asked, key, value, said):
+    """A record whole in shape but with steps -5 was shown as written ("steps -5"), and only
+    `hires gen --from` then refused it: info still shows it, and warns first."""
+    good = tmp_path / "good.png"
+    made(good)
+    with Image.open(good) as im:
+        record = json.loads(im.info["hires"])
+    odd = tmp_path / "odd.png"
+    hires_png(odd, json.dumps({**record, "job": {**record["job"], key: value}}))
+    for args in ((), ("--json",)):
+        shown = cli("info", odd, *args)
+        assert shown.exit_code == 0 and shown.stdout, shown.stderr
+        assert shown.stderr == f"warning: {odd}: `hires gen --from` refuses its recorded " \
+                               f"job: {said}\n"
+    repeat = cli("gen", "--from", odd, "--dry-run", "-o", tmp_path / "again.png")
+    assert repeat.exit_code == 2, repeat.stderr
+    assert cli("info", good).stderr == ""  # a record --from takes: no word
+
+
 def test_the_size_is_the_files_and_a_resize_is_said(tmp_path, asked):
     out = tmp_path / "fox.png"
     made(out)
