@@ -144,14 +144,8 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
             "another)")
     if recorded.get("vae") and "vae" not in flags:
         say(f"--from {from_image}: VAE {recorded['vae']} (as recorded; --vae picks another)")
-    from hires.job import MIN_VAE_TILE
-
-    tile = recorded.get("vae_tile")
-    if "vae_tile" not in flags and isinstance(tile, int) and 0 < tile < MIN_VAE_TILE:
-        # an image of an older hires: its tile is refused now, and no flag was said to help
-        raise JobError(f"{from_image} was made with VAE tiles of {tile} px, which hires no "
-                       f"longer takes (seams show under {MIN_VAE_TILE}); pass --vae-tile auto "
-                       "to make it again with the planner's tiles (not quite the same pixels)")
+    if "vae_tile" not in flags and (old := old_tile(recorded)):
+        raise JobError(f"{from_image} {old}")
     job = job_from_levels([*levels, (recorded, where, True), (flags, OPTIONS, False)],
                           size_of=size_of)
     if preset is not None and (hidden := hidden_by_record(chosen.values, recorded, flags)):
@@ -483,6 +477,19 @@ def _check_device(device: str) -> None:
                        "--device auto or cpu")
 
 
+def old_tile(recorded: dict[str, Any]) -> str | None:
+    """What to say of a record of an older hires whose VAE tile is refused now ("was made
+    with VAE tiles of 64 px, ..."), and of the flag that helps; None for any other."""
+    from hires.job import MIN_VAE_TILE
+
+    tile = recorded.get("vae_tile")
+    if not (isinstance(tile, int) and 0 < tile < MIN_VAE_TILE):
+        return None
+    return (f"was made with VAE tiles of {tile} px, which hires no longer takes (seams show "
+            f"under {MIN_VAE_TILE}); pass --vae-tile auto to make it again with the planner's "
+            "tiles (not quite the same pixels)")
+
+
 def fitted_plan(make, job):
     """`make()`'s plan; a plan that cannot fit becomes a usage error that says what would."""
     from hires.job import JobError
@@ -511,8 +518,8 @@ def fitted_plan(make, job):
             dpi, (w, h) = found
             hint = f"; {printed} fits at --dpi {dpi} ({w}x{h})" + hint
         elif fits and printed:
-            hint = f"; {printed} fits at no dpi: a smaller print ({fits[0]}x{fits[1]} px fits)" \
-                + hint
+            hint = (f"; {printed} fits at no whole dpi: a smaller print ({fits[0]}x{fits[1]} px "
+                    "fits)") + hint
         elif fits:
             hint = f"; {fits[0]}x{fits[1]} fits" + hint
         raise JobError(f"{e}{hint}") from None

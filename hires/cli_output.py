@@ -174,12 +174,22 @@ def warn_once(message: str) -> None:
         warn(message)
 
 
+# What str.splitlines() breaks a line at, each shown as its escape: a value quoted raw in a
+# message (a sampler "eu\nler" from a job file) cannot split its line in two.
+_BREAKS = {c: repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
+def one_line(text: str) -> str:
+    """`text` with its line breaks escaped (\\n, \\u2028): one line for a log's readers."""
+    return "".join(_BREAKS.get(c, c) for c in text)
+
+
 def _stderr(kind: str, text: str) -> None:
     """One line on stderr: text (`warning: ...`, `error: ...`), or with --progress json an
     object (`{"log": ...}`, `{"warning": ...}`, `{"error": ...}`), so that a program reading
     the progress parses every line hires writes there."""
     if Quiet.progress != "json":
-        line = text if kind == "log" else f"{kind}: {text}"
+        line = one_line(text if kind == "log" else f"{kind}: {text}")
         if _encodes(line, sys.stderr) or not hasattr(sys.stderr, "buffer"):
             err.print(line, markup=False)
             return

@@ -640,15 +640,30 @@ def _record_problem(record: Any) -> str | None:
 
 
 def _rerun_problem(job: dict[str, Any]) -> str | None:
-    """Why `hires gen --from` would refuse a record's job, whole in shape but a value out of
-    range (steps -5, a width of 10^9), or None."""
-    from hires.job import TRUSTED_ONLY, Job, JobError
+    """Why `hires gen --from` would refuse a recorded job (hires' or A1111's), whole in shape
+    but a value out of range (steps -5, a width of 10^9), as --from reads it; or None. What
+    depends on this machine (paths, devices) is --from's to say."""
+    import re
 
-    values = {"global_floor": 0.0, **{k: v for k, v in job.items() if k not in TRUSTED_ONLY}}
-    try:  # as --from reads it (hires.output.job_values_from_image): no floor, 0.0
+    from hires.cli_jobs import old_tile
+    from hires.job import Job, JobError
+    from hires.sizes import SIZE_KEYS
+
+    if old := old_tile(job):
+        return f"it {old}"
+    # As hires.output.job_values_from_image and cli_jobs.build_job read it: no floor is 0.0,
+    # a recorded allow_pickle false is dropped (true is refused).
+    values = {"global_floor": 0.0, **job}
+    if values.get("allow_pickle") in (False, None):
+        values.pop("allow_pickle", None)
+    # Size keys besides the sides are --from's to combine (hires.sizes), not a Job's fields.
+    values = {k: v for k, v in values.items()
+              if k in ("width", "height") or str(k).replace("-", "_") not in SIZE_KEYS}
+    try:
         Job.from_dict(values, where="the record").validate()
-    except JobError as e:
-        return str(e)
+    except JobError as e:  # a shared check's flags ("--model is empty") as the record's keys
+        return re.sub(r"--([a-z][a-z0-9-]*)(?![a-z0-9-])(?! flag)",
+                      lambda m: f"'{m.group(1).replace('-', '_')}'", str(e))
     return None
 
 
@@ -685,6 +700,8 @@ def _show_a1111(path: Path, text: str, size: tuple[int, int], as_json: bool) -> 
     except (ValueError, TypeError) as e:
         raise JobError(f"{path}: its A1111 parameters are malformed ({e}); `hires gen --from` "
                        "cannot use them either") from None
+    if problem := _rerun_problem(values):
+        warn(f"{path}: `hires gen --from` refuses its parameters: {problem}")
     if as_json:
         out_line(json_line({"file": str(path), "a1111": values, "parameters": text,
                              "width": size[0], "height": size[1]}))

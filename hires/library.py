@@ -124,7 +124,7 @@ def fitted(error: PlanError) -> PlanError:
         dpi, (w, h) = found
         said = PlanError(f"{error}; the print_size fits at dpi={dpi} ({w}x{h})")
     elif printed:
-        said = PlanError(f"{error}; the print_size fits at no dpi: a smaller print_size "
+        said = PlanError(f"{error}; the print_size fits at no whole dpi: a smaller print_size "
                          f"({fits[0]}x{fits[1]} px fits)")
     else:
         said = PlanError(f"{error}; {fits[0]}x{fits[1]} fits (width={fits[0]}, "
@@ -197,11 +197,12 @@ def library_job(job: Job | str | None, overrides: dict[str, Any],
     if components is not None and components.linfusion is None and job.linfusion == "auto":
         job = replace(job, linfusion="none")  # what ran, so that --from runs it again
     job = job.validate()
-    if printed is not None or sizes:  # a print's job is told the dpi that fits (`fitted`)
-        extra = {k: v for k, v in job.extra.items() if k != "print_size"}  # another's size
-        if printed is not None:
-            extra["print_size"] = print_name(printed)
-        job = replace(job, extra=extra)
+    # A print's job is told the dpi that fits (`fitted`): this call's print, not one a job
+    # passed in was made from (its dpi= alone would not resize it).
+    extra = {k: v for k, v in job.extra.items() if k != "print_size"}
+    if printed is not None:
+        extra["print_size"] = print_name(printed)
+    job = replace(job, extra=extra)
     # Before any work: a 16-bit JPEG, say, failed only at the save.
     problem = format_problem(job.format, job.width, job.height, job.depth)
     if problem:

@@ -506,6 +506,9 @@ def job_from_levels(levels: list[tuple[dict[str, Any], str, bool]], base: Job | 
         preset = " (or a preset that gives one)" if where == OPTIONS else ""
         raise JobError(f"give one of {n('size')}, {n('scale')}, {n('width')}/{n('height')} or "
                        f"{n('print_size')} for the upscale's output size{preset}{_in(where)}")
+    # A plan that cannot fit names the dpi at which a print fits (fitted_plan): for a job this
+    # print sized, not a base job's print that other keys sized again.
+    job = replace(job, extra={k: v for k, v in job.extra.items() if k != "print_size"})
     if size is not None:
         job = job.merged({"width": size[0], "height": size[1]})
         given = [(size_keys(values), where) for values, where in named if size_keys(values)]
@@ -522,12 +525,8 @@ def job_from_levels(levels: list[tuple[dict[str, Any], str, bool]], base: Job | 
         from_print = "print_size" in top or (set(top) == {"aspect"} and "print_size" in below)
         if from_print and job.dpi is None:
             job = job.merged({"dpi": PRINT_DPI})
-        # A plan that cannot fit names the dpi at which a print fits (fitted_plan): kept for a
-        # job its print sized, dropped where another size replaced a base job's print.
-        extra = {k: v for k, v in job.extra.items() if k != "print_size"}
         if "print_size" in top:
-            extra["print_size"] = print_name(top["print_size"])
-        job = replace(job, extra=extra)
+            job = replace(job, extra={**job.extra, "print_size": print_name(top["print_size"])})
     try:
         return job.validate()
     except KeyedError as e:  # "--control needs --control-model": a file's keys, and which job

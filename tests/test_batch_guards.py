@@ -337,3 +337,11 @@ def test_a_print_size_that_is_no_text_is_said_so(tmp_path):
                        tmp_path / "ot", "--dry-run"))
     assert line == ("error: 'print_size' in j.toml job 1 must be text like \"60x90cm\" or "
                     "\"A2\", got true"), line
+
+
+def test_an_error_quoting_a_value_raw_is_still_one_line(tmp_path):
+    """A job's sampler "eu\nler" was quoted raw ('eu', then ler' on a line of its own): every
+    line hires writes on stderr has its line breaks escaped."""
+    jobs = write(tmp_path / "s.jsonl", '{"prompt": "a", "sampler": "eu\\nler\\u2028x"}\n')
+    line = refused(cli("batch", jobs, "-o", tmp_path / "ot", "--dry-run"))
+    assert line.endswith("got 'eu\\nler\\u2028x'"), line

@@ -144,7 +144,7 @@ def test_a_print_that_fits_at_no_dpi_is_told_so_on_one_line(tmp_path):
     cannot be given with; and a print size with a line break in it broke the line."""
     line = _refusal(cli("gen", "x", "--print-size", "3000x3000cm", "--dpi", "2",
                         "--vram", "7.5", "--offload", "none", "--gpu", "h100", "--dry-run"))
-    assert re.search(r"; 3000x3000cm fits at no dpi: a smaller print \(\d+x\d+ px fits\); "
+    assert re.search(r"; 3000x3000cm fits at no whole dpi: a smaller print \(\d+x\d+ px fits\); "
                      r"try a larger --vram", line), line
     line = _refusal(cli("gen", "x", "--print-size", " A2\n", *CARD))
     assert "; A2 fits at --dpi " in line, line
@@ -160,3 +160,8 @@ def test_the_library_forgets_a_print_when_the_next_call_sizes_in_pixels(tiny):
     with pytest.raises(PlanError, match=r"; \d+x\d+ fits \(width=\d+, height=\d+\)$") as e:
         hires.generate(made.job, components=tiny, width=1184, height=1776, vram=0.8, steps=1)
     assert e.value.job.extra == {}
+    # Run again as it is, the job's dpi= alone would not resize it: told pixels too (the
+    # print's dpi moved at each try).
+    again = made.job.merged({"width": 1184, "height": 1768})
+    with pytest.raises(PlanError, match=r"; \d+x\d+ fits \(width=\d+, height=\d+\)$"):
+        hires.generate(again, components=tiny, vram=0.8, steps=1)

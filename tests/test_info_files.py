@@ -134,6 +134,43 @@ def test_info_shows_a_record_that_from_refuses_and_says_so(tmp_path, asked, key,
     assert cli("info", good).stderr == ""  # a record --from takes: no word
 
 
+def test_info_reads_a_record_as_from_does(tmp_path, asked):
+    """info warned of a record --from takes (size keys in place of the sides), not of one it
+    refuses (allow_pickle true, an A1111 text with 0 steps), and said a record's keys as
+    flags ("--model is empty")."""
+    good = tmp_path / "good.png"
+    made(good)
+    with Image.open(good) as im:
+        record = json.loads(im.info["hires"])
+    job = {k: v for k, v in record["job"].items() if k not in ("width", "height")}
+    cases = {"sized": ({**job, "size": 256}, None),
+             "pickle": ({**record["job"], "allow_pickle": True}, "'allow_pickle' in the record "
+                        "is refused: only the --allow-pickle flag"),
+             "model": ({**record["job"], "model": ""}, "refuses its recorded job: 'model' is "
+                       "empty"),
+             "tile": ({**record["job"], "vae_tile": 64}, "it was made with VAE tiles of 64 px, "
+                      "which hires no longer takes (seams show under 256); pass --vae-tile auto")}
+    for name, (values, said) in cases.items():
+        path = tmp_path / f"{name}.png"
+        hires_png(path, json.dumps({**record, "job": values}))
+        shown = cli("info", path)
+        repeat = cli("gen", "--from", path, "--dry-run", "-o", tmp_path / "again.png")
+        assert shown.exit_code == 0, shown.stderr
+        if said is None:
+            assert shown.stderr == "" and repeat.exit_code == 0, (shown.stderr, repeat.stderr)
+        else:
+            assert said in shown.stderr and len(shown.stderr.splitlines()) == 1, shown.stderr
+            assert repeat.exit_code == 2, repeat.stderr
+    a1111 = tmp_path / "a1111.png"
+    hires_png(a1111, parameters="a cat\nSteps: 0, Sampler: Euler, CFG scale: 7, Seed: 5, "
+                                "Size: 256x256")
+    for args in ((), ("--json",)):
+        shown = cli("info", a1111, *args)
+        assert shown.exit_code == 0 and shown.stderr == (
+            f"warning: {a1111}: `hires gen --from` refuses its parameters: steps must be a "
+            "whole number from 1 to 1000, got 0\n"), shown.stderr
+
+
 def test_the_size_is_the_files_and_a_resize_is_said(tmp_path, asked):
     out = tmp_path / "fox.png"
     made(out)
