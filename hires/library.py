@@ -18,7 +18,7 @@ import torch
 from hires.job import DEFAULT_MODEL, Job
 from hires.models import Components, load
 from hires.plan import Plan, PlanError
-from hires.sizes import print_name
+from hires.sizes import sized_by_print
 
 # A command's flag (or a batch file's key) given as a keyword: what a library caller does
 # instead. `{value!r}` is the value given. No flags here: `in_keywords` rewrites '--x' as 'x'.
@@ -197,12 +197,8 @@ def library_job(job: Job | str | None, overrides: dict[str, Any],
     if components is not None and components.linfusion is None and job.linfusion == "auto":
         job = replace(job, linfusion="none")  # what ran, so that --from runs it again
     job = job.validate()
-    # A print's job is told the dpi that fits (`fitted`): this call's print, not one a job
-    # passed in was made from (its dpi= alone would not resize it).
-    extra = {k: v for k, v in job.extra.items() if k != "print_size"}
-    if printed is not None:
-        extra["print_size"] = print_name(printed)
-    job = replace(job, extra=extra)
+    # This call's print, not one a job passed in was made from (dpi= alone would not resize it)
+    job = sized_by_print(job, printed)
     # Before any work: a 16-bit JPEG, say, failed only at the save.
     problem = format_problem(job.format, job.width, job.height, job.depth)
     if problem:

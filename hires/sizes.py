@@ -204,6 +204,16 @@ def print_name(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def sized_by_print(job: Job, text: str | None) -> Job:
+    """`job` marked as sized by print size `text` (None: by anything else, a print it was
+    made from before forgotten): a plan that cannot fit then names the dpi at which that
+    print fits (hires.plan.fitting_print)."""
+    extra = {k: v for k, v in job.extra.items() if k != "print_size"}
+    if text is not None:
+        extra["print_size"] = print_name(text)
+    return replace(job, extra=extra)
+
+
 def print_sizes(text: str, below: float, source: tuple[int, int] | None = None
                 ) -> list[tuple[int, tuple[int, int]]]:
     """(dpi, image size) for print size `text` at each whole dpi under `below` whose image
@@ -506,9 +516,7 @@ def job_from_levels(levels: list[tuple[dict[str, Any], str, bool]], base: Job | 
         preset = " (or a preset that gives one)" if where == OPTIONS else ""
         raise JobError(f"give one of {n('size')}, {n('scale')}, {n('width')}/{n('height')} or "
                        f"{n('print_size')} for the upscale's output size{preset}{_in(where)}")
-    # A plan that cannot fit names the dpi at which a print fits (fitted_plan): for a job this
-    # print sized, not a base job's print that other keys sized again.
-    job = replace(job, extra={k: v for k, v in job.extra.items() if k != "print_size"})
+    job = sized_by_print(job, None)  # not a base job's print that other keys sized again
     if size is not None:
         job = job.merged({"width": size[0], "height": size[1]})
         given = [(size_keys(values), where) for values, where in named if size_keys(values)]
@@ -526,7 +534,7 @@ def job_from_levels(levels: list[tuple[dict[str, Any], str, bool]], base: Job | 
         if from_print and job.dpi is None:
             job = job.merged({"dpi": PRINT_DPI})
         if "print_size" in top:
-            job = replace(job, extra={**job.extra, "print_size": print_name(top["print_size"])})
+            job = sized_by_print(job, top["print_size"])
     try:
         return job.validate()
     except KeyedError as e:  # "--control needs --control-model": a file's keys, and which job

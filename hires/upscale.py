@@ -35,7 +35,7 @@ from hires.models import Components, load, load_args
 from hires.pipeline import Result, StageImage, _run, check_plan, plan_for
 from hires.plan import Plan
 from hires.progress import ProgressFn
-from hires.sizes import print_name, target_size
+from hires.sizes import sized_by_print, target_size
 
 
 def upscale(
@@ -111,8 +111,7 @@ def upscale(
         job = library_job(job, {**job_text(job, prompt, strength), **overrides,
                                 "image": str(source.path), "width": w, "height": h},
                           components, progress)
-        if print_size is not None:  # a plan that cannot fit names the dpi that would
-            job = replace(job, extra={**job.extra, "print_size": print_name(print_size)})
+        job = sized_by_print(job, print_size)
         return upscale_job(job, source=source, components=components, progress=progress,
                            save_stages=save_stages, plan=plan, checkpoint=checkpoint,
                            on_stage_image=on_stage_image, on_score=on_score)
