@@ -494,11 +494,21 @@ def _preset_values(preset: Any, where: str) -> dict[str, Any]:
         raise JobError(f"'preset' in {where}: {said}") from None
 
 
-def in_job_words(problem: str) -> str:
+def in_job_words(problem: str, file_keys: Iterable[str] = ()) -> str:
     """A format's or the memory's problem with its flag advice as a job file's keys
-    (FORMAT_ADVICE)."""
+    (FORMAT_ADVICE); a model or VAE not here, where the job file named it (`file_keys`), with
+    the advice to name another there rather than with the batch's flag."""
     for said, meant in FORMAT_ADVICE.items():
         problem = problem.replace(said, meant)
+    keys = set(file_keys)
+    if "model" in keys:
+        problem = problem.replace(
+            "pass a local folder or .safetensors file with --model (or --model tiny to try "
+            "hires offline)", "give the job's model as a local folder or .safetensors file (or "
+            "model = \"tiny\" to try hires offline)")
+    if "vae" in keys:
+        problem = problem.replace("pass a local folder or .safetensors file with --vae",
+                                  "give the job's vae as a local folder or .safetensors file")
     return problem
 
 
@@ -630,8 +640,9 @@ def _run_one(item: BatchItem, path: Path, settings: str,
     except KeyboardInterrupt:
         raise
     except Exception as e:  # a failed job is reported; the batch goes on
-        return Outcome(item, "failed", path, error=in_job_words(str(e).splitlines()[0][:500])
-                       if str(e) else type(e).__name__, moved_to=moved, why=why)
+        return Outcome(item, "failed", path, error=in_job_words(
+            str(e).splitlines()[0][:500], item.file_keys) if str(e) else type(e).__name__,
+            moved_to=moved, why=why)
 
 
 def run_batch(

@@ -357,7 +357,7 @@ def batch_job_row(item: Any, path: Path, gpu: str | None, plans: dict[str, Any],
     try:
         run = shared_plan(job, source, gpu, plans, preview)
     except (JobError, ModelError) as e:
-        said = b.in_job_words(str(e))  # its advice in the job file's keys, not gen's flags
+        said = b.in_job_words(str(e), item.file_keys)  # in the job file's keys, not flags
         row.update(status="cannot run", error=said)
         # A setting to fix in the file exits 2, a model not here 1 (the run, which makes
         # the other jobs, exits 1 for either).

@@ -345,3 +345,20 @@ def test_an_error_quoting_a_value_raw_is_still_one_line(tmp_path):
     jobs = write(tmp_path / "s.jsonl", '{"prompt": "a", "sampler": "eu\\nler\\u2028x"}\n')
     line = refused(cli("batch", jobs, "-o", tmp_path / "ot", "--dry-run"))
     assert line.endswith("got 'eu\\nler\\u2028x'"), line
+
+
+def test_a_model_not_here_is_told_to_be_named_where_it_was_named(tmp_path, monkeypatch):
+    """A job's own `model` not in the cache was told "pass ... with --model": the batch's flag,
+    where the fix is the job's key; a model from --model is still told the flag."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    keyed_jobs = write(tmp_path / "k.jsonl", '{"prompt": "a", "model": "someone/not-cached"}\n')
+    job_words = ("give the job's model as a local folder or .safetensors file (or model = "
+                 '"tiny" to try hires offline)')
+    planned = cli("batch", keyed_jobs, "-o", tmp_path / "ot", "--dry-run")
+    assert planned.exit_code == 1 and planned.stdout.splitlines()[0].endswith(job_words)
+    made = cli("batch", keyed_jobs, "-o", tmp_path / "ot")
+    assert made.exit_code == 1 and job_words in made.stderr and "--model" not in made.stderr
+    flagged = write(tmp_path / "f.jsonl", '{"prompt": "a"}\n')
+    planned = cli("batch", flagged, "-o", tmp_path / "ot", "--dry-run", "--model", "some/thing")
+    assert planned.stdout.splitlines()[0].endswith("with --model (or --model tiny to try hires "
+                                                   "offline)"), planned.stdout
