@@ -500,16 +500,20 @@ def in_job_words(problem: str, file_keys: Iterable[str] = ()) -> str:
     the advice to name another there rather than with the batch's flag."""
     for said, meant in FORMAT_ADVICE.items():
         problem = problem.replace(said, meant)
-    keys = set(file_keys)
-    if "model" in keys:
-        problem = problem.replace(
-            "pass a local folder or .safetensors file with --model (or --model tiny to try "
-            "hires offline)", "give the job's model as a local folder or .safetensors file (or "
-            "model = \"tiny\" to try hires offline)")
-    if "vae" in keys:
-        problem = problem.replace("pass a local folder or .safetensors file with --vae",
-                                  "give the job's vae as a local folder or .safetensors file")
+    for key in set(file_keys) & KEY_ADVICE.keys():
+        problem = problem.replace(*KEY_ADVICE[key])
     return problem
+
+
+# A model or VAE not here (hires.model_refs, hires.models), told its flag: where the job file
+# named it, the fix is the job's key (in_job_words).
+KEY_ADVICE = {
+    "model": ("pass a local folder or .safetensors file with --model (or --model tiny to try "
+              "hires offline)", "give the job's model as a local folder or .safetensors file "
+              "(or model = \"tiny\" to try hires offline)"),
+    "vae": ("pass a local folder or .safetensors file with --vae",
+            "give the job's vae as a local folder or .safetensors file"),
+}
 
 
 def by_key(message: str, where: str) -> str:
