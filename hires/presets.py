@@ -80,7 +80,8 @@ def _parse(name: str, path: str, data: dict[str, Any]) -> Preset:
     job = Job.from_dict({k: v for k, v in values.items()
                          if str(k).replace("-", "_") not in SIZE_KEYS}, where=where)
     try:
-        job.validate()
+        # A preset may pick an add-on's model and leave its image to the flags (--control)
+        job.validate(partners=False)
     except JobError as e:  # "steps must be ...": in this preset
         raise JobError(f"{e} (in {where})") from None
     return Preset(name, description, values, path)

@@ -540,6 +540,11 @@ def job_from_levels(levels: list[tuple[dict[str, Any], str, bool]], base: Job | 
     except KeyedError as e:  # "--control needs --control-model": a file's keys, and which job
         if levels and levels[-1][1] != OPTIONS:  # the last level (a batch's job) has them all
             raise JobError(e.in_file(levels[-1][1])) from None
+        # A preset's or record's key (--from): said where it is, not as a flag never typed
+        where = next((w for values, w, _ in reversed(levels)
+                      if e.key in {str(k).replace("-", "_") for k in values}), OPTIONS)
+        if where != OPTIONS:
+            raise JobError(e.in_level(where)) from None
         raise
     except JobError as e:  # "steps must be ...": say which preset, file or job gave it
         key = str(e).split(" ", 1)[0]

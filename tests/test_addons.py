@@ -145,6 +145,35 @@ lora = ["{files['lora']}:0.5"]
     assert manifest[-1]["addons"]["lora"][0]["scale"] == 0.5
 
 
+@pytest.mark.parametrize("key, needs", [("control_model", "--control IMAGE"),
+                                        ("ip_adapter", "--ip-image IMAGE")])
+def test_a_preset_may_name_an_addon_model_and_leave_its_image_to_the_flags(key, needs, files,
+                                                                         tmp_path, asked):
+    model = files["control_model"] if key == "control_model" else files["ip"]
+    preset = write(tmp_path / "style.toml", f'{key} = "{model}"\nsteps = 2\n')
+    image = ("--control", files["control"]) if key == "control_model" else (
+        "--ip-image", files["ip_image"])
+    made = cli("gen", "a lighthouse", "--model", "tiny", "--size", "256", "--preset", preset,
+               *image, "-o", tmp_path / "a.png", "--json", "-q")
+    assert made.exit_code == 0, made.stderr
+    assert list(json_lines(made.stdout)[0]["addons"]) == [key.replace("_model", "net")]
+    # Without the image: the preset's key, and the flag that gives what it needs
+    alone = cli("gen", "a", "--model", "tiny", "--preset", preset, "--dry-run")
+    assert_usage_error(alone, f"'{key}' in preset 'style'", f"needs {needs}")
+
+
+def test_a_records_addon_without_its_other_half_is_named_in_the_record(files, tmp_path, asked):
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("hires", json.dumps({"job": {"prompt": "a", "control": str(files["control"])},
+                                       "result": {}}))
+    Image.new("RGB", (8, 8)).save(tmp_path / "r.png", pnginfo=info)
+    result = cli("gen", "--from", tmp_path / "r.png", "--model", "tiny", "--dry-run")
+    assert_usage_error(result, f"'control' in metadata of {tmp_path / 'r.png'} needs "
+                               "--control-model")
+
+
 def bad_lora(files: dict, tmp_path) -> str:
     """The tiny LoRA with one matrix of the wrong width: made for another model."""
     from safetensors.torch import load_file, save_file
