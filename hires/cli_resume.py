@@ -30,24 +30,26 @@ def kept_stage(kept: Path, job, plan, source=None) -> int | None:
 
 
 def say_resume(kept: Path, job, plan, source=None, stage_files: list[Path] | None = None
-               ) -> None:
+               ) -> str | None:
     """Say whether a run goes on from a stopped one's checkpoint. With --save-stages
     (`stage_files`) it does only if the images of the stages it holds are this job's, on disk
-    (all but its last, which the next stage decodes again); else it starts over."""
+    (all but its last, which the next stage decodes again); else it starts over. Returns
+    the line said when the checkpoint is not this job's: the run's warnings say it again."""
     from hires import resume
     from hires.runs import made_by
 
     if not kept.is_file():
-        return
-    # Said, as the run would otherwise start over without a word: a flag changed by mistake
-    # costs the stages kept.
+        return None
+    # Said before the work, as the run would otherwise say it only at the end: a flag changed
+    # by mistake costs the stages kept.
     why = resume.why_not(kept, kept_job(job, source), plan)
     if why is not None:
-        say(f"  {kept.name} {why}: starting over")
-        return
+        said = resume.starting_over(kept, why)
+        say(f"  {said}")
+        return said
     stage = kept_stage(kept, job, plan, source)
     if stage is None:
-        return
+        return None
     lost = [p for p in (stage_files or [])[:stage] if not made_by(p, job)]
     if lost:
         say(f"  {kept.name} holds {stages_upto(stage)} of this job, but {lost[0].name} is not "
@@ -58,6 +60,7 @@ def say_resume(kept: Path, job, plan, source=None, stage_files: list[Path] | Non
     else:
         say(f"  resuming: {stages_upto(stage)} {'was' if stage == 0 else 'were'} kept in "
             f"{kept.name}")
+    return None
 
 
 @contextmanager

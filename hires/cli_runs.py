@@ -381,7 +381,9 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
     if kept is not None:
         if not resume_runs:
             resume.remove(kept)
-        say_resume(kept, job, plan, source, stage_files)
+        said = say_resume(kept, job, plan, source, stage_files)
+        if said is not None:  # said before the work; the run's warnings repeat it
+            noted.append(said)
 
     def stage_image(index: int, image) -> None:
         from hires.errors import dtype_name

@@ -9,7 +9,7 @@ import math
 import numbers
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
@@ -291,6 +291,9 @@ class Job:
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, where: str = "job") -> Job:
         """Build a Job from keys as written in presets, batch files and metadata (untrusted)."""
+        if not isinstance(values, Mapping):  # None and lists failed with an AttributeError
+            raise TypeError(f"Job.from_dict takes a dict of job keys (as a preset or an image's "
+                            f"record holds them), got {type(values).__name__}")
         return cls().merged(values, where=where, untrusted=True)
 
     def merged(self, values: dict[str, Any], *, where: str = "job", untrusted: bool = False

@@ -88,6 +88,38 @@ def check_flags(**flags: Any) -> None:
             raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
+def keyword_words(text: str) -> str:
+    """A message worded with flags, in the library's keywords."""
+    said = re.sub(r"--allow-pickle\b", "allow_pickle=True", text)  # as ModelError says it
+    return re.sub(r"--([a-z][a-z0-9-]*)", lambda m: m.group(1).replace("-", "_"), said)
+
+
+def plan_arguments(job: Any, components: Any, gpu: Any) -> str | None:
+    """`plan_for`'s arguments of the kinds they must be (a dict as the job failed deep inside,
+    with an AttributeError); `gpu` as the planner reads it: a card's name, or a TFLOP/s figure
+    as text or a number, checked here."""
+    from hires.gpus import rate_for
+    from hires.job import plain_number
+
+    if not isinstance(job, Job):
+        raise TypeError(f"job must be a hires.Job (hires.Job(prompt=..., width=..., "
+                        f"height=...)), got {type(job).__name__}")
+    if not isinstance(components, Components):
+        raise TypeError(f"components must be what hires.load(...) returns, got "
+                        f"{type(components).__name__}")
+    if gpu is None:
+        return None
+    value = plain_number(gpu)
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise TypeError(f"gpu must be a card's name ('4090') or a TFLOP/s figure (350), got "
+                        f"{type(gpu).__name__}")
+    try:
+        rate_for(str(value))
+    except ValueError as e:  # worded for --gpu
+        raise ValueError(keyword_words(str(e))) from None
+    return str(value)
+
+
 @contextmanager
 def in_keywords() -> Iterator[None]:
     """A library call's JobError and ModelError name its keywords, not the CLI's flags that the
@@ -101,9 +133,7 @@ def in_keywords() -> Iterator[None]:
     try:
         yield
     except JobError as e:
-        said = re.sub(r"--allow-pickle\b", "allow_pickle=True", str(e))  # as ModelError says it
-        raise JobError(re.sub(r"--([a-z][a-z0-9-]*)",
-                              lambda m: m.group(1).replace("-", "_"), said)) from None
+        raise JobError(keyword_words(str(e))) from None
     except (ModelError, NotFinite) as e:
         raise in_library_terms(e) from None
     except PlanError as e:  # with the size that would fit, as the CLI says it

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ from hires.library import (
     check_flags,
     in_keywords,
     library_job,
+    plan_arguments,
     with_prompt,
 )
 from hires.memory import GIB, current, free_memory, host_room, peak_memory, placed, reset_peak
@@ -171,7 +171,7 @@ def budget_for(job: Job, components: Components) -> int | None:
                         lambda: free_memory(components.device, components.parts))
 
 
-def plan_for(job: Job, components: Components, *, gpu: str | None = None,
+def plan_for(job: Job, components: Components, *, gpu: str | float | None = None,
              source: tuple[int, int] | None = None, stage_images: bool = False,
              preview: bool = False) -> Plan:
     """The job's stages for this model, each with the fastest strategy that fits the budget;
@@ -179,6 +179,7 @@ def plan_for(job: Job, components: Components, *, gpu: str | None = None,
     `gpu` (a hires.gpus name or TFLOP/s), else for the local GPU where it is in that table.
     `stage_images`: every stage's image is wanted; `preview`: only the first stage runs (see
     `make_plan`)."""
+    gpu = plan_arguments(job, components, gpu)
     if gpu is None and components.device.type == "cuda":
         gpu = local_gpu()
     try:
@@ -317,8 +318,9 @@ def generate(
     must be this job's (its stages' sizes, timesteps and strength), or its `preview_of`:
     another job's is a JobError, before any work.
     `checkpoint` (`hires.resume.path_for(output)`): each finished stage is kept there, and a
-    run of the same job that finds one goes on after its stage; remove it once the image is
-    saved (`hires.resume.remove`).
+    run of the same job that finds one goes on after its stage (without a seed, with the
+    stopped run's; one it cannot go on from, or any with `save_stages`, is said in the
+    result's warnings); remove it once the image is saved (`hires.resume.remove`).
     """
     check_callback("on_stage_image", on_stage_image, "(index, image)")
     check_arguments(plan, checkpoint)
@@ -351,7 +353,8 @@ def run_job(job: Job, *, components: Components | None = None,
                            save_stages=save_stages, plan=plan, checkpoint=checkpoint,
                            on_stage_image=on_stage_image)
     if job.seed is None:
-        job = replace(job, seed=secrets.randbelow(2**32))
+        # A stopped run's (its checkpoint's), so that the run goes on from it
+        job = replace(job, seed=resume.seed_for(job, checkpoint))
     comps = components or load(*load_args(job))
     if plan is not None:  # a caller's: the job's own schedule, before any work
         check_plan(job, comps, plan)
@@ -422,6 +425,11 @@ def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
     # Stage images are not kept, so a run that saves them starts over.
     saved = resume.load(checkpoint, job, plan, comps.device) \
         if checkpoint and not save_stages else None
+    if saved is None and checkpoint is not None and checkpoint.is_file():
+        why = ("is not gone on from by a run that keeps every stage's image (save_stages)"
+               if save_stages else resume.why_not(checkpoint, job, plan))
+        if why is not None:  # else a caller learns it only from Result.resumed
+            warnings.append(resume.starting_over(checkpoint, why))
     if saved is not None:
         carry = _Carry(saved.latents, saved.anchor)
         reports = [StageReport(**r) for r in saved.reports]

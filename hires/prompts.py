@@ -22,7 +22,7 @@ def too_long(tokenizer: Any, job: Job) -> list[str]:
             while cut > 0 and not tokens[cut - 1].endswith("</w>"):
                 cut -= 1
             dropped = tokenizer.decode(tokenizer.convert_tokens_to_ids(
-                tokens[cut or room:])).strip()
+                tokens[cut or room:])).strip().lstrip("\ufffd")  # a cut inside a character
             dropped = dropped if len(dropped) <= 40 else dropped[:40].rstrip() + "..."
             said.append(f"the {name} is {len(tokens)} tokens and SDXL reads {room}: the rest, "
                         f"from '{dropped}', is ignored; shorten it")

@@ -15,6 +15,7 @@ import errno
 import json
 import os
 import re
+import secrets
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -448,6 +449,11 @@ def why_not(path: Path, job: Job, plan: Plan) -> str | None:
     return None
 
 
+def starting_over(path: Path, why: str) -> str:
+    """What a run says of a checkpoint it cannot go on from (`why`, from `why_not`)."""
+    return f"{path.name} {why}: starting over"
+
+
 def kept_scores(path: Path, job: Job, plan: Plan) -> dict[int, float]:
     """The PSNR of each stage the checkpoint at `path` keeps (an upscale's), by stage, if it
     is of this job; from its header, so said before the stages after them."""
@@ -472,6 +478,13 @@ def seed_of(path: Path, job: Job) -> int | None:
     except (KeyError, TypeError, ValueError):
         return None
     return seed if meta.get("settings") == _settings(job.merged({"seed": seed})) else None
+
+
+def seed_for(job: Job, checkpoint: str | Path | None) -> int:
+    """The seed of a job that gives none: a stopped run's, when `checkpoint` is of this job
+    with the seed that run drew, else a new one drawn at random."""
+    kept = seed_of(Path(checkpoint), job) if checkpoint and Path(checkpoint).is_file() else None
+    return kept if kept is not None else secrets.randbelow(2**32)
 
 
 def stopped_seed(folder: Path, job: Job, output_for: Callable[[int], Path]) -> int | None:
@@ -584,7 +597,14 @@ def _if_stopped(path: Path) -> str:
     return f"the run goes on, but if it stops, running it again would {where}"
 
 
-def remove(path: Path) -> None:
-    """The checkpoint at `path`, if any; a folder of that name is not one (nor hires' to delete)."""
+def remove(path: str | Path) -> None:
+    """The checkpoint at `path`, if any; a folder of that name is not one (nor hires' to delete).
+
+    Any other file is refused (ValueError), not deleted: given the image's own path by mistake,
+    this deleted the image."""
+    path = Path(path)
+    if path.is_file() and not is_checkpoint(path):
+        raise ValueError(f"{str(path)!r} is not a checkpoint of hires' (those end in {SUFFIX}: "
+                         "hires.resume.path_for(output)); not removed")
     if not path.is_dir():
         path.unlink(missing_ok=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from hires import resume
 from hires.addons import attached
 from hires.job import UPSCALE_STRENGTH, Job, JobError, check_side
 from hires.library import (
@@ -197,7 +197,8 @@ def upscale_job(job: Job, *, source: Any = None, components: Components | None =
     source = source or load_source(job)
     job = replace(job, image_sha256=source.sha256)
     if job.seed is None:
-        job = replace(job, seed=secrets.randbelow(2**32))
+        # A stopped run's (its checkpoint's), so that the run goes on from it
+        job = replace(job, seed=resume.seed_for(job, checkpoint))
     comps = components or load(*load_args(job))
     if plan is not None:  # a caller's: the job's own schedule, before any work
         check_plan(job, comps, plan, source.rgb.size)

@@ -209,3 +209,28 @@ def test_a_plan_that_cannot_fit_says_the_size_that_would_as_the_cli_does(tiny):
     fits = int(caught.value.args[0].rsplit("width=", 1)[1].split(",")[0])
     assert 64 <= fits < 2048
     hires.generate("x", components=tiny, size=fits, ram=1.3, **ONE)  # and it does fit
+
+
+@pytest.mark.parametrize("gpu", [350, 350.0, "350", "4090"])
+def test_plan_for_takes_a_gpu_as_a_name_or_a_tflops_number(gpu, tiny):
+    plan = plan_for(Job(prompt="x", width=512, height=512), tiny, gpu=gpu)
+    assert plan.stages and plan.seconds > 0
+
+
+@pytest.mark.parametrize("args, error, words", [
+    (({"width": 512}, "tiny"), TypeError, "job must be a hires.Job"),
+    ((Job(), "tiny components"), TypeError, "components must be what hires.load"),
+    ((Job(), None, True), TypeError, "gpu must be a card's name"),
+    ((Job(), None, "rtx9999"), ValueError, "unknown GPU 'rtx9999'"),
+])
+def test_plan_for_refuses_arguments_of_the_wrong_kind_in_keywords(args, error, words, tiny):
+    job, components, *gpu = args
+    with pytest.raises(error, match=re.escape(words)) as caught:
+        plan_for(job, tiny if components is None else components, gpu=gpu[0] if gpu else None)
+    assert "--" not in str(caught.value)  # 'vram', not '--vram'
+
+
+@pytest.mark.parametrize("values", [None, ["prompt"], "prompt = 'x'"])
+def test_job_from_dict_takes_only_a_dict(values):
+    with pytest.raises(TypeError, match="Job.from_dict takes a dict of job keys"):
+        Job.from_dict(values)

@@ -120,3 +120,12 @@ def test_a_long_prompt_from_python_is_said_once_in_the_results_warnings_not_on_s
                           timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "1" and done.stderr == ""
+
+
+def test_the_cut_is_shown_from_a_whole_character(tiny):
+    """A cut inside a character's bytes began the quote with a U+FFFD."""
+    from hires.job import Job
+    from hires.prompts import too_long
+
+    said = too_long(tiny.pipe.tokenizer, Job(prompt="🦊" * 100))
+    assert len(said) == 1 and "from '🦊🦊" in said[0] and "\ufffd" not in said[0], said
