@@ -248,7 +248,9 @@ def _make_all(jobs: list, output: str | None, *, save_stages: bool = False,
                      alpha=alpha, quality_flag=quality_flag)
     if jobs[0].seed is None and len(runs) > 1:
         base = runs[0].job.seed
-        say(f"seeds from {base} (--seed {base} makes these images again)")
+        # Several prompts or inputs share a seed; only --n counts up from it
+        said = "seeds from" if len({r.job.seed for r in runs}) > 1 else "seed"
+        say(f"{said} {base} (--seed {base} makes these images again)")
     with ExitStack() as held:
         # Every image's lock, before the model loads, held to the end: a second run of this
         # command stops here (busy.Busy, exit 2), and one that waited finds them made.

@@ -220,3 +220,15 @@ def test_an_input_that_cannot_fit_stops_the_run_before_any_image_and_is_named(tm
     sized = cli("up", tmp_path / "big.png", tmp_path / "speck.png", *TINY, "--scale", "2",
                 "--dry-run")
     assert_usage_error(sized, f"{tmp_path / 'speck.png'}: --scale 2 makes 16x16 px")
+
+
+def test_inputs_without_a_seed_are_told_the_one_seed_they_share(tmp_path, asked):
+    """'seeds from N' said they counted up from N, where every input uses N (only --n counts)."""
+    for name in ("a", "b"):
+        Image.new("RGB", (64, 48), "red").save(tmp_path / f"{name}.png")
+    result = cli("up", tmp_path / "a.png", tmp_path / "b.png", "--model", "tiny", "--steps",
+                 "1", "--scale", "2", "-o", f"{tmp_path}/out/", "--json")
+    assert result.exit_code == 0, result.stderr
+    seeds = {r["seed"] for r in json_lines(result.stdout)}
+    assert len(seeds) == 1
+    assert f"seed {seeds.pop()} (--seed" in result.stderr and "seeds from" not in result.stderr
