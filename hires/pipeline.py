@@ -426,8 +426,8 @@ def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
     saved = resume.load(checkpoint, job, plan, comps.device) \
         if checkpoint and not save_stages else None
     if saved is None and checkpoint is not None and checkpoint.is_file():
-        why = ("is not gone on from by a run that keeps every stage's image (save_stages)"
-               if save_stages else resume.why_not(checkpoint, job, plan))
+        why = ("keeps no stage images, which save_stages returns" if save_stages
+               else resume.why_not(checkpoint, job, plan))
         if why is not None:  # else a caller learns it only from Result.resumed
             warnings.append(resume.starting_over(checkpoint, why))
     if saved is not None:

@@ -38,7 +38,7 @@ def test_a_run_without_a_seed_goes_on_with_the_stopped_runs_seed(tiny, tmp_path)
 @pytest.mark.parametrize("how, why", [
     ("seed", "is of another job (seed 11, not 12): starting over"),
     ("garbage", "cannot be read"),
-    ("save_stages", "is not gone on from by a run that keeps every stage's image"),
+    ("save_stages", "keeps no stage images, which save_stages returns"),
 ])
 def test_a_checkpoint_not_gone_on_from_is_said_in_the_warnings(how, why, tiny, tmp_path):
     kept = resume.path_for(tmp_path / "fox.png")
