@@ -113,11 +113,16 @@ def plan_arguments(job: Any, components: Any, gpu: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise TypeError(f"gpu must be a card's name ('4090') or a TFLOP/s figure (350), got "
                         f"{type(gpu).__name__}")
+    if not isinstance(value, str):  # 350.0 as "350"; 10**400 as "inf", not 401 digits
+        try:
+            value = f"{float(value):g}"
+        except OverflowError:
+            value = "inf"
     try:
-        rate_for(str(value))
+        rate_for(value)
     except ValueError as e:  # worded for --gpu
         raise ValueError(keyword_words(str(e))) from None
-    return str(value)
+    return value
 
 
 @contextmanager

@@ -7,7 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hires.job import FILE_KEYS, TRUSTED_ONLY, Job, JobError, closest_hint, spelled
+from hires.job import (
+    FILE_KEYS,
+    TRUSTED_ONLY,
+    Job,
+    JobError,
+    KeyedError,
+    closest_hint,
+    spelled,
+)
 from hires.sizes import SIZE_KEYS, check_size_keys
 
 try:
@@ -82,6 +90,8 @@ def _parse(name: str, path: str, data: dict[str, Any]) -> Preset:
     try:
         # A preset may pick an add-on's model and leave its image to the flags (--control)
         job.validate(partners=False)
+    except KeyedError as e:  # "--model is empty": the preset's key, not a flag never given
+        raise JobError(e.in_file(where)) from None
     except JobError as e:  # "steps must be ...": in this preset
         raise JobError(f"{e} (in {where})") from None
     return Preset(name, description, values, path)

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import secrets
+import stat
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -482,9 +483,18 @@ def seed_of(path: Path, job: Job) -> int | None:
 
 def seed_for(job: Job, checkpoint: str | Path | None) -> int:
     """The seed of a job that gives none: a stopped run's, when `checkpoint` is of this job
-    with the seed that run drew, else a new one drawn at random."""
-    kept = seed_of(Path(checkpoint), job) if checkpoint and Path(checkpoint).is_file() else None
-    return kept if kept is not None else secrets.randbelow(2**32)
+    with the seed that run drew and stages left to run, else a new one drawn at random. One
+    that keeps every stage is an image made (left after its save): a new call wants another."""
+    path = Path(checkpoint) if checkpoint else None
+    kept = seed_of(path, job) if path and path.is_file() else None
+    if kept is not None:
+        try:
+            stage, stages = _kept_stage(_header(path))
+        except (KeyError, TypeError, ValueError):
+            return secrets.randbelow(2**32)
+        if stage < len(stages) - 1:
+            return kept
+    return secrets.randbelow(2**32)
 
 
 def stopped_seed(folder: Path, job: Job, output_for: Callable[[int], Path]) -> int | None:
@@ -603,8 +613,14 @@ def remove(path: str | Path) -> None:
     Any other file is refused (ValueError), not deleted: given the image's own path by mistake,
     this deleted the image."""
     path = Path(path)
-    if path.is_file() and not is_checkpoint(path):
+    try:
+        mode = path.lstat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return  # none there
+    if stat.S_ISDIR(mode):
+        return
+    # Only a regular file: a pipe, a device (/dev/null, as root) or a link is no checkpoint
+    if not stat.S_ISREG(mode) or not is_checkpoint(path):
         raise ValueError(f"{str(path)!r} is not a checkpoint of hires' (those end in {SUFFIX}: "
                          "hires.resume.path_for(output)); not removed")
-    if not path.is_dir():
-        path.unlink(missing_ok=True)
+    path.unlink(missing_ok=True)

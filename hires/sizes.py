@@ -537,14 +537,15 @@ def job_from_levels(levels: list[tuple[dict[str, Any], str, bool]], base: Job | 
             job = sized_by_print(job, top["print_size"])
     try:
         return job.validate()
-    except KeyedError as e:  # "--control needs --control-model": a file's keys, and which job
-        if levels and levels[-1][1] != OPTIONS:  # the last level (a batch's job) has them all
-            raise JobError(e.in_file(levels[-1][1])) from None
-        # A preset's or record's key (--from): said where it is, not as a flag never typed
-        where = next((w for values, w, _ in reversed(levels)
-                      if e.key in {str(k).replace("-", "_") for k in values}), OPTIONS)
-        if where != OPTIONS:
-            raise JobError(e.in_level(where)) from None
+    except KeyedError as e:  # "--control needs --control-model": said where the key is
+        found = next((w for values, w, _ in reversed(levels)
+                      if e.key in {str(k).replace("-", "_") for k in values}), None)
+        last = levels[-1][1] if levels else OPTIONS
+        if last != OPTIONS:  # a batch's job, in keys; a preset's or [defaults]' key named there
+            said = e.in_file(last) if found in (None, last) else f"{last}: {e.in_file(found)}"
+            raise JobError(said) from None
+        if found not in (None, OPTIONS):  # a preset's or record's, not a flag never typed
+            raise JobError(e.in_level(found)) from None
         raise
     except JobError as e:  # "steps must be ...": say which preset, file or job gave it
         key = str(e).split(" ", 1)[0]

@@ -162,6 +162,12 @@ def test_a_preset_may_name_an_addon_model_and_leave_its_image_to_the_flags(key, 
     assert_usage_error(alone, f"'{key}' in preset 'style'", f"needs {needs}")
 
 
+def test_a_presets_empty_addon_model_is_named_as_its_key(tmp_path, asked):
+    preset = write(tmp_path / "e.toml", 'control_model = ""\n')
+    assert_usage_error(cli("gen", "a", "--model", "tiny", "--preset", preset, "--dry-run"),
+                       "'control_model' in preset 'e'", "is empty")
+
+
 def test_a_records_addon_without_its_other_half_is_named_in_the_record(files, tmp_path, asked):
     from PIL import PngImagePlugin
 

@@ -362,3 +362,19 @@ def test_a_model_not_here_is_told_to_be_named_where_it_was_named(tmp_path, monke
     planned = cli("batch", flagged, "-o", tmp_path / "ot", "--dry-run", "--model", "some/thing")
     assert planned.stdout.splitlines()[0].endswith("with --model (or --model tiny to try hires "
                                                    "offline)"), planned.stdout
+
+
+@pytest.mark.parametrize("where, named", [
+    ("preset", "j.toml job 0: 'control_model' in preset"),
+    ("defaults", "j.toml job 0: 'control_model' in j.toml [defaults] needs 'control'"),
+    ("job", "'control_model' in j.toml job 0 needs 'control'"),
+])
+def test_an_addon_without_its_image_is_named_where_its_key_is(where, named, tmp_path):
+    """A preset's ControlNet model was said to be in the job, which has no such key."""
+    key = 'control_model = "cn.safetensors"\n'
+    preset = write(tmp_path / "cn.toml", key)
+    jobs = write(tmp_path / "j.toml", (f'{DEFAULTS}{key if where == "defaults" else ""}'
+                                       f'[[job]]\nprompt = "a"\n{key if where == "job" else ""}'))
+    flags = ("--preset", preset) if where == "preset" else ()
+    line = refused(cli("batch", jobs, *flags, "-o", tmp_path / "ot", "--dry-run"))
+    assert named in line, line

@@ -1,6 +1,8 @@
 """A library caller's checkpoint: a run without a seed goes on from a stopped one, a run that
 starts over says why in its warnings, and `hires.resume.remove` removes only checkpoints."""
 
+import os
+
 import numpy as np
 import pytest
 from helpers_cli import cli
@@ -75,3 +77,32 @@ def test_remove_takes_a_text_path_and_refuses_a_file_that_is_not_a_checkpoint(ti
     resume.remove(str(kept))
     assert not kept.exists()
     resume.remove(str(kept))  # none there: nothing to do
+
+
+def test_a_checkpoint_left_after_a_whole_run_does_not_repeat_a_seedless_image(tiny, tmp_path):
+    """One that keeps every stage is an image made: a call without a seed wants a new one."""
+    kept = resume.path_for(tmp_path / "fox.png")
+    first = generate(components=tiny, checkpoint=kept, **JOB)  # left there, not removed
+    again = generate(components=tiny, checkpoint=kept, **JOB)
+    assert again.job.seed != first.job.seed and again.resumed is None
+    assert any("starting over" in w for w in again.warnings), again.warnings
+
+
+@pytest.mark.parametrize("kind", ["pipe", "link", "dangling"])
+def test_remove_refuses_what_is_not_a_regular_file(kind, tmp_path):
+    """A pipe, a device (/dev/null as root) or a link was unlinked as if a checkpoint."""
+    path = tmp_path / "fox.png"
+    target = tmp_path / "target.png"
+    target.write_bytes(b"an image")
+    if kind == "pipe":
+        os.mkfifo(path)
+    else:
+        path.symlink_to(target if kind == "link" else tmp_path / "missing")
+    with pytest.raises(ValueError, match="not removed"):
+        resume.remove(path)
+    assert os.path.lexists(path) and target.read_bytes() == b"an image"
+
+
+def test_remove_under_a_file_is_nothing_to_remove(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"x")
+    resume.remove(tmp_path / "a.png" / "b.png.resume.safetensors")  # NotADirectoryError before

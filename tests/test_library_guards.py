@@ -234,3 +234,9 @@ def test_plan_for_refuses_arguments_of_the_wrong_kind_in_keywords(args, error, w
 def test_job_from_dict_takes_only_a_dict(values):
     with pytest.raises(TypeError, match="Job.from_dict takes a dict of job keys"):
         Job.from_dict(values)
+
+
+def test_plan_for_says_a_huge_gpu_figure_briefly(tiny):
+    with pytest.raises(ValueError, match="gpu inf is not a card") as caught:
+        plan_for(Job(), tiny, gpu=10**400)
+    assert len(str(caught.value)) < 300
