@@ -135,9 +135,12 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
     missing = missing_relative(without(recorded, switched_off(flags)[1]), flags, local)
     if missing:
         # The record keeps paths as they were typed: relative to the folder hires ran in.
-        what, path = missing
+        what, path, key = missing
+        flag = "" if key == "image" else (f", or give its path from here (--"
+                                          f"{key.replace('_', '-')} PATH)")
         raise JobError(f"{from_image} was made {what} {path}, a path relative to the folder "
-                       "hires ran in, and there is none here; run this command in that folder")
+                       f"hires ran in, and there is none here; run this command in that folder"
+                       f"{flag}")
     if recorded.get("model") and "model" not in flags:
         # The record names a model, maybe a local file: say which, never load it unseen.
         say(f"--from {from_image}: model {recorded['model']} (as recorded; --model picks "
@@ -205,10 +208,10 @@ def check_scale_flags(job, flags: dict[str, Any]):
 
 
 def missing_relative(recorded: dict[str, Any], flags: dict[str, Any], local: list[str]
-                     ) -> tuple[str, str] | None:
-    """(how it was used, path) of the first local file or folder a record names by a relative
-    path that is not here, among those no flag replaces; Hub ids are not paths. `local`: the
-    keys the record says were local (`hires.record.local_refs`)."""
+                     ) -> tuple[str, str, str] | None:
+    """(how it was used, path, its key) of the first local file or folder a record names by a
+    relative path that is not here, among those no flag replaces; Hub ids are not paths.
+    `local`: the keys the record says were local (`hires.record.local_refs`)."""
     from hires.lora import LoraError, hub_parts, parse_lora
     from hires.model_refs import PICKLE_SUFFIXES
 
@@ -221,7 +224,7 @@ def missing_relative(recorded: dict[str, Any], flags: dict[str, Any], local: lis
     for key, what in (("image", "from"), ("control", "with the control image"),
                       ("ip_image", "with the image prompt")):
         if key not in flags and missing(recorded.get(key)):
-            return what, recorded[key]
+            return what, recorded[key], key
     loras = recorded.get("lora")
     if "lora" not in flags and isinstance(loras, list):
         for spec in loras:
@@ -230,7 +233,7 @@ def missing_relative(recorded: dict[str, Any], flags: dict[str, Any], local: lis
             except LoraError:
                 continue  # the job's own check says what is wrong with it
             if missing(ref) and hub_parts(ref) is None:
-                return "with the LoRA", ref
+                return "with the LoRA", ref, "lora"
     # A model's Hub id reads like a relative path (owner/name): only a weights file, or a
     # path that starts with '.', is surely local.
     for key, what in (("model", "with the model"), ("vae", "with the VAE"),
@@ -241,7 +244,7 @@ def missing_relative(recorded: dict[str, Any], flags: dict[str, Any], local: lis
         if key not in flags and missing(value) and (
                 key in local or value.startswith(".")
                 or value.lower().endswith((".safetensors", *PICKLE_SUFFIXES))):
-            return what, value
+            return what, value, key
     return None
 
 

@@ -769,7 +769,7 @@ def show_made(path: str | Path, as_json: bool) -> None:
              + (f", quality {job['quality']}" if isinstance(job.get("quality"), int) else ""),
              f"model {job.get('model')}, linfusion "
              f"{result.get('linfusion', job.get('linfusion')) or 'none (plain attention)'}"
-             + _precision(result)]
+             + (f", vae {job['vae']}" if job.get("vae") else "") + _precision(result)]
     if isinstance(result.get("stage"), int):  # --save-stages: one stage of a bigger job
         lines.append(f"stage {result['stage']} of a job for {job.get('width')}x"
                      f"{job.get('height')} (`hires gen --from` runs the whole job)")

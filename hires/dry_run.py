@@ -179,12 +179,13 @@ def _small_model_shape(job) -> tuple[ModelShape, tuple[str, int, int], torch.Ten
     CPU, and its scheduler's (timestep spacing, training steps, offset) and alphas."""
     from hires.addons import runs_controlnet
     from hires.costs import model_shape
-    from hires.models import load
+    from hires.models import load, quiet_loading
 
     # Its shapes, with tiny's own LinFusion or one made for its UNet: no checkpoint is read
     # (a Hub one named may be another machine's to fetch).
     own = job.model == "tiny" and job.linfusion in ("auto", "none")
-    small = load(job.model, job.linfusion if own else "none", "fp32", "cpu")
+    with quiet_loading():  # a check: its libraries' bars were left in the line of its error
+        small = load(job.model, job.linfusion if own else "none", "fp32", "cpu")
     if not own and job.linfusion != "none":
         from hires.linfusion import LinFusion
 

@@ -300,6 +300,11 @@ def _has_weights(folder: Path) -> bool:
     return any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
 
 
+# What tells an SDXL pipeline's model_index.json from SD 1.5's or 2's (one text encoder), a
+# refiner's (the second alone) or a transformer model's (no UNet)
+SDXL_PARTS = ("unet", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+
+
 def pipeline_folder_refusal(path: Path, allow_pickle: bool = True) -> str | None:
     """Why the diffusers folder at `path` cannot be loaded as a pipeline, from its files alone
     (None: it may be): no or unreadable model_index.json, a component it lists whose
@@ -317,6 +322,15 @@ def pipeline_folder_refusal(path: Path, allow_pickle: bool = True) -> str | None
             raise ValueError("not a JSON object")
     except (OSError, UnicodeDecodeError, ValueError) as e:
         return f"has a model_index.json that cannot be read ({first_line(e)})"
+    # An SD 1.5 or 2 folder (one text encoder) loaded, then failed with an AttributeError
+    lacking = [name for name in SDXL_PARTS
+               if not isinstance(listed.get(name), list) or None in listed[name]]
+    if lacking:
+        kind = listed.get("_class_name")
+        kind = kind if isinstance(kind, str) and kind.isidentifier() else "pipeline"
+        lacking = ", ".join(lacking[:-1]) + " and " * (len(lacking) > 1) + lacking[-1]
+        return (f"is a {kind} without {lacking}, not an SDXL model (hires runs SDXL "
+                "and its fine-tunes); give an SDXL model's folder, .safetensors file or Hub id")
     pickled = []
     for name, spec in listed.items():
         if name.startswith("_") or not isinstance(spec, list) or None in spec:
@@ -363,6 +377,11 @@ def _vae_folder_refusal(path: Path, allow_pickle: bool = True) -> str | None:
     if found is None:
         return ("is a folder but not a diffusers VAE (no config.json, nor vae/config.json); "
                 "give a VAE's folder, a .safetensors file or a Hub id")
+    # A UNet's or LinFusion's folder passed the dry run and failed after SDXL had loaded
+    kind = _config_class(found / "config.json")
+    if kind not in (None, "AutoencoderKL"):
+        return (f"holds a {kind}, not a VAE (AutoencoderKL); give a VAE's folder, a "
+                ".safetensors file or a Hub id")
     for file in sorted(found.glob("*.safetensors")):
         if problem := _unreadable(file, file.name):
             return problem
@@ -370,6 +389,18 @@ def _vae_folder_refusal(path: Path, allow_pickle: bool = True) -> str | None:
         return ("holds pickle (.bin) weights only, which can run code when loaded; convert them "
                 "to .safetensors or pass --allow-pickle if you trust them")
     return None
+
+
+def _config_class(config: Path) -> str | None:
+    """The `_class_name` a diffusers config.json names, if it can be read (else the loader
+    says what is wrong with it)."""
+    import json
+
+    try:
+        kind = json.loads(config.read_text(encoding="utf-8")).get("_class_name")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return None
+    return kind if isinstance(kind, str) and kind.isidentifier() else None
 
 
 def _check_folder(what: str, ref: str, allow_pickle: bool = True) -> None:

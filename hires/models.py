@@ -104,10 +104,11 @@ def quiet_loading() -> Iterator[None]:
     from transformers.utils import logging as tlogging
 
     levels = dlogging.get_verbosity(), tlogging.get_verbosity()
-    bars = tlogging.is_progress_bar_enabled()
+    bars = tlogging.is_progress_bar_enabled(), dlogging.is_progress_bar_enabled()
     dlogging.set_verbosity_error()
     tlogging.set_verbosity_error()
     tlogging.disable_progress_bar()
+    dlogging.disable_progress_bar()  # "Loading pipeline components", a folder's
     try:
         with warnings.catch_warnings():
             # diffusers passes huggingface_hub an argument it deprecated (single-file loads):
@@ -120,8 +121,10 @@ def quiet_loading() -> Iterator[None]:
     finally:
         dlogging.set_verbosity(levels[0])
         tlogging.set_verbosity(levels[1])
-        if bars:
+        if bars[0]:
             tlogging.enable_progress_bar()
+        if bars[1]:
+            dlogging.enable_progress_bar()
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -295,6 +298,23 @@ def load_pipeline(ref: str, dtype: torch.dtype, allow_pickle: bool = False):
                 "or pass a local folder or .safetensors file with --model (or --model tiny to "
                 "try hires offline)") from e
         raise ModelError(f"could not load model '{ref}': {first_line(e)}") from e
+    except ValueError as e:  # a config.json that does not fit its weights, in diffusers' words
+        raise ModelError(f"could not load model '{ref}': {shape_mismatch(e) or first_line(e)}",
+                         usage=shape_mismatch(e) is not None) from e
+
+
+def shape_mismatch(e: BaseException) -> str | None:
+    """diffusers' 'Cannot load  because conv_in.bias expected shape torch.Size([320]), but got
+    torch.Size([32]) ... ignore_mismatched_sizes=True' (advice for training code), said for a
+    user: which weight, and what to do; None for other errors."""
+    found = re.search(r"(\S+) expected shape torch\.Size\(\[([^\]]*)\]\), but got "
+                      r"torch\.Size\(\[([^\]]*)\]\)", str(e))
+    if found is None:
+        return None
+    name, wanted, got = found.groups()
+    return (f"its weights do not fit its config.json ({name} is [{got}] where the config makes "
+            f"[{wanted}]): a config of another model beside these weights; restore the folder "
+            "from the model's source")
 
 
 def load_vae(ref: str, like, allow_pickle: bool = False):

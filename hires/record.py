@@ -97,6 +97,8 @@ def local_refs(job: Job) -> list[str]:
     """The job's keys whose references were local files or folders by a relative path: read
     from another folder, `sub/model` would be taken for a Hub id (`gen --from` says so)."""
     refs = {key: getattr(job, key) for key in ("model", "vae", "control_model")}
+    if job.linfusion not in ("auto", "none"):
+        refs["linfusion"] = job.linfusion
     if job.ip_image:
         refs["ip_adapter"] = job.ip_adapter
     return [key for key, ref in refs.items() if ref and ref != "tiny"

@@ -54,15 +54,20 @@ def recorded_image(path, job: dict, result: dict | None = None) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize(("job", "what"), [
-    ({"lora": ["styles/ink.safetensors:0.5"]}, "with the LoRA styles/ink.safetensors,"),
-    ({"vae": "./vae/fixed.safetensors"}, "with the VAE ./vae/fixed.safetensors,"),
+@pytest.mark.parametrize(("job", "what", "flag"), [
+    ({"lora": ["styles/ink.safetensors:0.5"]}, "with the LoRA styles/ink.safetensors,",
+     "--lora"),
+    ({"vae": "./vae/fixed.safetensors"}, "with the VAE ./vae/fixed.safetensors,", "--vae"),
     ({"control": "edges.png", "control_model": "diffusers/controlnet-canny-sdxl-1.0"},
-     "with the control image edges.png,")])
-def test_from_says_a_recorded_relative_path_is_missing_here(tmp_path, monkeypatch, job, what):
+     "with the control image edges.png,", "--control"),
+    # a folder's name reads as a Hub id: the record says it was local
+    ({"linfusion": "sub/linf"}, "with the LinFusion weights sub/linf,", "--linfusion")])
+def test_from_says_a_recorded_relative_path_is_missing_here(tmp_path, monkeypatch, job, what,
+                                                            flag):
     """A LoRA recorded as typed (relative) failed from another folder as `--lora X: no such
     file`, a flag the user never gave."""
-    made = recorded_image(tmp_path / "made.png", job)
+    local = {"local": list(job)} if flag == "--linfusion" else None
+    made = recorded_image(tmp_path / "made.png", job, local)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -70,7 +75,21 @@ def test_from_says_a_recorded_relative_path_is_missing_here(tmp_path, monkeypatc
     assert result.exit_code == 2
     assert error_lines(result.stderr) == [
         f"error: {made} was made {what} a path relative to the folder hires ran in, and there "
-        "is none here; run this command in that folder"]
+        f"is none here; run this command in that folder, or give its path from here ({flag} "
+        "PATH)"]
+
+
+def test_a_relative_linfusion_folder_is_recorded_as_local(tmp_path, monkeypatch, tiny_folder):
+    """Read from another folder, sub/linf was taken for a Hub id not in the cache."""
+    import shutil
+
+    shutil.copytree(tiny_folder / "linfusion", tmp_path / "sub" / "linf")
+    monkeypatch.chdir(tmp_path)
+    made = cli("gen", "a cat", "--model", tiny_folder, "--linfusion", "sub/linf", "--size",
+               "256", "--steps", "1", "-o", "a.png", "--json", "-q")
+    assert made.exit_code == 0, made.stderr
+    shown = cli("info", "a.png", "--json")
+    assert json.loads(shown.stdout)["result"]["local"] == ["linfusion"]
 
 
 def test_from_takes_recorded_hub_ids_and_paths_that_are_here(tmp_path, monkeypatch):
@@ -226,7 +245,8 @@ def test_from_says_a_local_model_named_like_a_hub_id_is_missing_here(tmp_path, m
     assert result.exit_code == 2
     assert error_lines(result.stderr) == [
         f"error: {made} was made with the model sub/tiny, a path relative to the folder hires "
-        "ran in, and there is none here; run this command in that folder"]
+        "ran in, and there is none here; run this command in that folder, or give its path "
+        "from here (--model PATH)"]
 
 
 @pytest.fixture
@@ -353,3 +373,10 @@ def test_a_size_flag_hides_only_its_own_part_of_a_presets_size(preset, flags, hi
 
     recorded = {"prompt": "a", "width": 256, "height": 256, "steps": 30}
     assert hidden_by_record(preset, recorded, flags) == hidden
+
+
+def test_info_names_the_vae_an_image_was_made_with(tmp_path):
+    made = recorded_image(tmp_path / "v.png", {"vae": "madebyollin/sdxl-vae-fp16-fix"})
+    shown = cli("info", made)
+    assert shown.exit_code == 0, shown.stderr
+    assert "linfusion" in shown.stdout and ", vae madebyollin/sdxl-vae-fp16-fix" in shown.stdout

@@ -392,3 +392,36 @@ def test_a_pickle_that_is_no_model_fails_in_one_line(tmp_path, flag):
     assert result.exit_code == 1
     assert result.stderr.strip().startswith("error: could not load pick.ckpt"), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+# --- a folder of another kind of model (a QA pass) ------------------------------------------------
+
+def test_a_folder_of_another_pipeline_fails_the_dry_run_and_the_load(copy_of):
+    """An SD 1.5 folder passed the dry run, then failed with an AttributeError once loaded."""
+    index = json.loads((copy_of / "model_index.json").read_text())
+    index["_class_name"] = "StableDiffusionPipeline"
+    del index["text_encoder_2"], index["tokenizer_2"]
+    (copy_of / "model_index.json").write_text(json.dumps(index))
+    words = ("is a StableDiffusionPipeline without text_encoder_2 and tokenizer_2",
+             "not an SDXL model")
+    assert_usage_error(dry("--model", copy_of), *words)
+    with pytest.raises(ModelError, match=words[0]):
+        hires.models.load_pipeline(str(copy_of), torch.float32)
+
+
+@pytest.mark.parametrize("part, kind", [("unet", "UNet2DConditionModel"),
+                                        ("linfusion", "LinFusion")])
+def test_a_folder_of_another_part_given_as_the_vae_fails_the_dry_run(part, kind, tiny_folder):
+    """A UNet's or LinFusion's folder as --vae passed the dry run, then failed after SDXL."""
+    assert_usage_error(dry("--model", tiny_folder, "--vae", tiny_folder / part),
+                       f"holds a {kind}, not a VAE (AutoencoderKL)")
+
+
+def test_a_config_that_does_not_fit_its_weights_is_said_in_one_line(copy_of):
+    """diffusers' own text, with a blank for the part and advice for training code."""
+    config = json.loads((copy_of / "unet" / "config.json").read_text())
+    config["block_out_channels"] = [2 * c for c in config["block_out_channels"]]
+    (copy_of / "unet" / "config.json").write_text(json.dumps(config))
+    result = dry("--model", copy_of)
+    assert_usage_error(result, "its weights do not fit its config.json (", "where the config makes")
+    assert "ignore_mismatched_sizes" not in result.stderr
