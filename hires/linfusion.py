@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -588,6 +589,42 @@ def checkpoint_for(model_id: str | None, unet: nn.Module) -> str | None:
         cross = cross[0]
     n_attn1 = sum(1 for name, _ in unet.named_modules() if name.endswith("attn1"))
     return _BY_ARCHITECTURE.get((cross, n_attn1))
+
+
+def checkpoint_for_config(config: dict[str, Any]) -> str | None:
+    """`checkpoint_for`'s pick by architecture, from a UNet's config.json before it loads."""
+    cross = config.get("cross_attention_dim")
+    cross = cross[0] if isinstance(cross, list) and cross else cross
+    n = attn1_count(config)
+    return None if n is None else _BY_ARCHITECTURE.get((cross, n))
+
+
+def attn1_count(config: dict[str, Any]) -> int | None:
+    """How many attn1 modules a UNet of this config.json has, counted from its blocks' layers
+    as diffusers builds them (an up block has one layer more, and takes the per-block depths
+    reversed); None for a config this cannot read."""
+    try:
+        blocks = len(config["down_block_types"])
+        per_block = _per_block(config.get("layers_per_block", 2), blocks)
+        depths = _per_block(config.get("transformer_layers_per_block", 1), blocks)
+        up_depths = _per_block(config.get("reverse_transformer_layers_per_block")
+                               or depths[::-1], blocks)
+        n = sum(layers * depth for kind, layers, depth in
+                zip(config["down_block_types"], per_block, depths) if "CrossAttn" in kind)
+        n += sum((layers + 1) * depth for kind, layers, depth in
+                 zip(config["up_block_types"], per_block[::-1], up_depths) if "CrossAttn" in kind)
+        if "CrossAttn" in str(config.get("mid_block_type", "UNetMidBlock2DCrossAttn")):
+            n += depths[-1]
+    except (KeyError, TypeError, ValueError):
+        return None
+    return n
+
+
+def _per_block(value: Any, blocks: int) -> list[int]:
+    values = list(value) if isinstance(value, list | tuple) else [value] * blocks
+    if len(values) != blocks or not all(isinstance(v, int) for v in values):
+        raise ValueError("not one whole number a block")
+    return values
 
 
 def distillation_warning(model_id: str | None, checkpoint: str) -> str | None:

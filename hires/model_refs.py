@@ -84,6 +84,8 @@ def check_paths(model: str, vae: str | None, linfusion: str, allow_pickle: bool 
             lf.check_ref(named)
         except lf.LinFusionError as e:
             raise ModelError(str(e), usage=True) from None
+    if linfusion == "auto" and model_kind(model) == "folder" and auto_linfusion(model) is None:
+        raise no_linfusion_known(model)  # else said once the model had loaded
 
 
 def carried_linfusion(model: str) -> str | None:
@@ -94,6 +96,36 @@ def carried_linfusion(model: str) -> str | None:
     carried = Path(model).expanduser() / "linfusion"
     return str(carried) if (model_kind(model) == "folder"
                             and (carried / lf.CONFIG_NAME).is_file()) else None
+
+
+def auto_linfusion(model: str) -> str | None:
+    """What --linfusion auto mounts on a local model, known from its files before it loads:
+    its folder's own linfusion/, else the checkpoint for its UNet's architecture (a single
+    file is an SDXL checkpoint); None where none is known."""
+    import json
+
+    from hires import linfusion as lf
+
+    kind = model_kind(model)
+    if kind == "file":
+        return lf.DEFAULT_CHECKPOINTS[DEFAULT_MODEL]
+    if kind != "folder":
+        return None
+    if carried := carried_linfusion(model):
+        return carried
+    try:
+        config = json.loads((Path(model).expanduser() / "unet" / "config.json").read_text(
+            encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return lf.checkpoint_for_config(config) if isinstance(config, dict) else None
+
+
+def no_linfusion_known(model: str) -> ModelError:
+    """--linfusion auto on a model whose architecture no LinFusion checkpoint is known for."""
+    return ModelError(f"no LinFusion checkpoint is known for '{model}'; pass --linfusion PATH or "
+                      "HUB_ID, or --linfusion none for the original (quadratic) attention",
+                      usage=True)
 
 
 def hub_offline() -> bool:
@@ -160,6 +192,11 @@ def check_cached(model: str, vae: str | None, linfusion: str, known: bool = True
     elif linfusion == "auto" and known and model_kind(model) == "hub":
         picked = {k.lower(): v for k, v in lf.DEFAULT_CHECKPOINTS.items()}.get(model.lower())
         refs.append(("--linfusion", picked, True))
+    elif linfusion == "auto" and known:  # a local model's pick, found before it loads
+        refs.append(("--linfusion", auto_linfusion(model), True))
+    if known and model_kind(model) == "file" and not hub_cached(DEFAULT_MODEL,
+                                                                 "model_index.json"):
+        raise ModelError(single_file_uncached(Path(model).name))
     for flag, ref, auto in refs:
         if not ref or model_kind(ref) != "hub" or (not known and ref == DEFAULT_MODEL):
             continue
@@ -170,6 +207,25 @@ def check_cached(model: str, vae: str | None, linfusion: str, known: bool = True
             raise ModelError(why)
 
 
+def check_model_file(ref: str, allow_pickle: bool) -> None:
+    """A single-file model's own refusals: not there, not an SDXL checkpoint in safetensors, or
+    a pickle without `allow_pickle`."""
+    path = Path(ref).expanduser()
+    if not path.is_file():
+        raise ModelError(f"model file not found: {ref}", usage=True)
+    refusal = single_file_refusal(path) or weights_refusal(path, "an SDXL model", allow_pickle)
+    if refusal:
+        raise ModelError(refusal, usage=True)
+
+
+def single_file_uncached(name: str) -> str:
+    """Why a single-file checkpoint cannot load here: diffusers reads its layout with SDXL
+    base's configs, from the Hub."""
+    return (f"could not load {name} as an SDXL checkpoint: single files are read with SDXL "
+            f"base's configs ({DEFAULT_MODEL}), which are not in the local cache, and "
+            f"{hub_closed()} to cache them")
+
+
 def check_before_loading(model: str, vae: str | None, linfusion: str,
                          allow_pickle: bool = False) -> None:
     """What `load` checks before the model's weights: the Hub ids it needs are cached (when
@@ -177,6 +233,8 @@ def check_before_loading(model: str, vae: str | None, linfusion: str,
     --linfusion fails in seconds, not after the model loaded (minutes for SDXL)."""
     from hires import linfusion as lf
 
+    if model_kind(model) == "file":  # before the configs it is read with
+        check_model_file(model, allow_pickle)
     check_cached(model, vae, linfusion)
     if vae is not None:
         check_vae_ref(vae, allow_pickle)

@@ -21,16 +21,17 @@ from hires.model_refs import (  # ModelError: also hires.models.ModelError, as R
     ModelError,
     check_before_loading,
     check_given_paths,
+    check_model_file,
     check_vae_ref,
     fp16_only,
     go_offline_if_unreachable,
     hub_closed,
     hub_unreachable,
     model_kind,
+    no_linfusion_known,
     pickle_refusal,
     pipeline_folder_refusal,
-    single_file_refusal,
-    weights_refusal,
+    single_file_uncached,
 )
 
 FP16_VAE = "madebyollin/sdxl-vae-fp16-fix"  # the SDXL VAE fine-tuned not to overflow in fp16
@@ -253,22 +254,14 @@ def load_pipeline(ref: str, dtype: torch.dtype, allow_pickle: bool = False):
     dlogging.set_verbosity_error()  # we report failures ourselves, in one line
     path = Path(ref).expanduser()
     if kind == "file":
-        if not path.is_file():
-            raise ModelError(f"model file not found: {ref}", usage=True)
-        refusal = single_file_refusal(path) or weights_refusal(path, "an SDXL model",
-                                                                allow_pickle)
-        if refusal:
-            raise ModelError(refusal, usage=True)
+        check_model_file(ref, allow_pickle)
         try:
             with quiet_loading():
                 return StableDiffusionXLPipeline.from_single_file(str(path), dtype=dtype)
         except Exception as e:  # diffusers raises many kinds here; the user needs one line
             if hub_unreachable(e) or "cached snapshot" in str(e):
                 # Its layout is read with SDXL base's configs, which come from the Hub.
-                raise ModelError(
-                    f"could not load {path.name} as an SDXL checkpoint: single files are read "
-                    f"with SDXL base's configs ({DEFAULT_MODEL}), which are not in the local "
-                    f"cache, and {hub_closed()} to cache them") from e
+                raise ModelError(single_file_uncached(path.name)) from e
             raise ModelError(f"could not load {path.name} as an SDXL checkpoint: {first_line(e)}"
                              ) from e
     if kind == "folder" and (refusal := pipeline_folder_refusal(path, allow_pickle)):
@@ -454,9 +447,7 @@ def attach_linfusion(
             hub_id = model if model_kind(model) == "hub" else None
             checkpoint = lf.checkpoint_for(hub_id, unet)
             if checkpoint is None:
-                raise ModelError(
-                    f"no LinFusion checkpoint is known for '{model}'; pass --linfusion PATH or "
-                    "HUB_ID, or --linfusion none for the original (quadratic) attention")
+                raise no_linfusion_known(model)
             linfusion = checkpoint
             warning = lf.distillation_warning(hub_id, checkpoint)
             if warning:

@@ -425,3 +425,45 @@ def test_a_config_that_does_not_fit_its_weights_is_said_in_one_line(copy_of):
     result = dry("--model", copy_of)
     assert_usage_error(result, "its weights do not fit its config.json (", "where the config makes")
     assert "ignore_mismatched_sizes" not in result.stderr
+
+
+def test_auto_linfusion_on_a_folder_without_one_known_fails_the_dry_run(copy_of):
+    """A folder without linfusion/ whose UNet no checkpoint is known for passed the dry run,
+    and the run said so once the model had loaded."""
+    shutil.rmtree(copy_of / "linfusion")
+    assert_usage_error(dry("--model", copy_of), f"no LinFusion checkpoint is known for "
+                                                f"'{copy_of}'", "--linfusion none")
+    assert dry("--model", copy_of, "--linfusion", "none").exit_code == 0
+
+
+def test_auto_linfusions_pick_is_read_from_the_unet_config(tiny):
+    """The count of attn1 modules from a config (what picks a checkpoint before loading) is
+    the count of the UNet diffusers builds from it: tiny, SD 1.5's and SDXL's."""
+    from diffusers import UNet2DConditionModel
+
+    from hires.linfusion import attn1_count, checkpoint_for, checkpoint_for_config
+    from hires.sdxl import SDXL_UNET_CONFIG
+
+    with torch.device("meta"):
+        unets = [tiny.unet.__class__.from_config(tiny.unet.config),
+                 UNet2DConditionModel(cross_attention_dim=768),
+                 UNet2DConditionModel.from_config(SDXL_UNET_CONFIG)]
+    for unet in unets:
+        attn1 = sum(1 for name, _ in unet.named_modules() if name.endswith("attn1"))
+        assert attn1_count(dict(unet.config)) == attn1
+        assert checkpoint_for_config(dict(unet.config)) == checkpoint_for(None, unet)
+    assert checkpoint_for_config(dict(SDXL_UNET_CONFIG)) == "Yuanshi/LinFusion-XL"
+    assert attn1_count({"down_block_types": "x"}) is None
+
+
+def test_a_single_file_offline_without_sdxls_configs_fails_before_it_loads(tmp_path,
+                                                                          empty_cache,
+                                                                          monkeypatch):
+    """It failed only once diffusers read the file (7 GB)."""
+    checkpoint = tmp_path / "sdxl.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1),
+               "conditioner.embedders.0.x": torch.zeros(1)}, checkpoint)
+    _Pipeline.error = AssertionError("read the file")
+    monkeypatch.setattr(hires.models, "_sdxl_pipeline_class", lambda: _Pipeline)
+    with pytest.raises(ModelError, match="single files are read with SDXL base's configs"):
+        hires.models.load(str(checkpoint), device="cpu")
