@@ -136,8 +136,11 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
     if missing:
         # The record keeps paths as they were typed: relative to the folder hires ran in.
         what, path, key = missing
-        flag = "" if key == "image" else (f", or give its path from here (--"
-                                          f"{key.replace('_', '-')} PATH)")
+        flag = ("" if key == "image" else
+                # --lora replaces the recorded list: every LoRA, each with its scale
+                ", or give every LoRA from here with its scale (--lora PATH:SCALE each)"
+                if key == "lora" else
+                f", or give its path from here (--{key.replace('_', '-')} PATH)")
         raise JobError(f"{from_image} was made {what} {path}, a path relative to the folder "
                        f"hires ran in, and there is none here; run this command in that folder"
                        f"{flag}")

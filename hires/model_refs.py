@@ -84,8 +84,12 @@ def check_paths(model: str, vae: str | None, linfusion: str, allow_pickle: bool 
             lf.check_ref(named)
         except lf.LinFusionError as e:
             raise ModelError(str(e), usage=True) from None
-    if linfusion == "auto" and model_kind(model) == "folder" and auto_linfusion(model) is None:
-        raise no_linfusion_known(model)  # else said once the model had loaded
+    if linfusion == "auto" and model_kind(model) == "folder" and not carried_linfusion(model):
+        # Else said once the model had loaded; a config it cannot count is the loader's to say
+        config = unet_config(model)
+        if config is not None and lf.attn1_count(config) is not None \
+                and lf.checkpoint_for_config(config) is None:
+            raise no_linfusion_known(model)
 
 
 def carried_linfusion(model: str) -> str | None:
@@ -102,8 +106,6 @@ def auto_linfusion(model: str) -> str | None:
     """What --linfusion auto mounts on a local model, known from its files before it loads:
     its folder's own linfusion/, else the checkpoint for its UNet's architecture (a single
     file is an SDXL checkpoint); None where none is known."""
-    import json
-
     from hires import linfusion as lf
 
     kind = model_kind(model)
@@ -113,12 +115,20 @@ def auto_linfusion(model: str) -> str | None:
         return None
     if carried := carried_linfusion(model):
         return carried
+    config = unet_config(model)
+    return lf.checkpoint_for_config(config) if config is not None else None
+
+
+def unet_config(folder: str) -> dict | None:
+    """A model folder's unet/config.json, if it reads as a JSON object."""
+    import json
+
     try:
-        config = json.loads((Path(model).expanduser() / "unet" / "config.json").read_text(
+        config = json.loads((Path(folder).expanduser() / "unet" / "config.json").read_text(
             encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return None
-    return lf.checkpoint_for_config(config) if isinstance(config, dict) else None
+    return config if isinstance(config, dict) else None
 
 
 def no_linfusion_known(model: str) -> ModelError:
@@ -383,12 +393,19 @@ def pipeline_folder_refusal(path: Path, allow_pickle: bool = True) -> str | None
     # An SD 1.5 or 2 folder (one text encoder) loaded, then failed with an AttributeError
     lacking = [name for name in SDXL_PARTS
                if not isinstance(listed.get(name), list) or None in listed[name]]
+    give = "give an SDXL base model's (or a fine-tune's) folder, .safetensors file or Hub id"
+    if lacking == ["text_encoder", "tokenizer"]:
+        return (f"is an SDXL refiner (the second text encoder alone), which refines a base "
+                f"model's images and cannot make one; {give}")
     if lacking:
         kind = listed.get("_class_name")
         kind = kind if isinstance(kind, str) and kind.isidentifier() else "pipeline"
         lacking = ", ".join(lacking[:-1]) + " and " * (len(lacking) > 1) + lacking[-1]
-        return (f"is a {kind} without {lacking}, not an SDXL model (hires runs SDXL "
-                "and its fine-tunes); give an SDXL model's folder, .safetensors file or Hub id")
+        return (f"is {_a(kind)} without {lacking}, not an SDXL model (hires runs SDXL and "
+                f"its fine-tunes); {give}")
+    if not isinstance(listed.get("_class_name"), str):  # diffusers failed with a KeyError
+        return ("has a model_index.json without its _class_name; restore it from the model's "
+                "source")
     pickled = []
     for name, spec in listed.items():
         if name.startswith("_") or not isinstance(spec, list) or None in spec:
@@ -437,9 +454,11 @@ def _vae_folder_refusal(path: Path, allow_pickle: bool = True) -> str | None:
                 "give a VAE's folder, a .safetensors file or a Hub id")
     # A UNet's or LinFusion's folder passed the dry run and failed after SDXL had loaded
     kind = _config_class(found / "config.json")
-    if kind not in (None, "AutoencoderKL"):
-        return (f"holds a {kind}, not a VAE (AutoencoderKL); give a VAE's folder, a "
-                ".safetensors file or a Hub id")
+    if kind is not None and kind != "AutoencoderKL":
+        what = "a VAE of another kind" if kind.startswith(("Autoencoder", "ConsistencyDecoder")
+                                                           ) else "not a VAE"
+        return (f"holds {_a(kind)}, {what}: hires takes an AutoencoderKL (SDXL's kind); give "
+                "such a VAE's folder, a .safetensors file or a Hub id")
     for file in sorted(found.glob("*.safetensors")):
         if problem := _unreadable(file, file.name):
             return problem
@@ -447,6 +466,10 @@ def _vae_folder_refusal(path: Path, allow_pickle: bool = True) -> str | None:
         return ("holds pickle (.bin) weights only, which can run code when loaded; convert them "
                 "to .safetensors or pass --allow-pickle if you trust them")
     return None
+
+
+def _a(word: str) -> str:
+    return f"{'an' if word[:1] in 'AEIO' else 'a'} {word}"  # a UNet, an Autoencoder
 
 
 def _config_class(config: Path) -> str | None:

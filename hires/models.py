@@ -291,23 +291,29 @@ def load_pipeline(ref: str, dtype: torch.dtype, allow_pickle: bool = False):
                 "or pass a local folder or .safetensors file with --model (or --model tiny to "
                 "try hires offline)") from e
         raise ModelError(f"could not load model '{ref}': {first_line(e)}") from e
-    except ValueError as e:  # a config.json that does not fit its weights, in diffusers' words
-        raise ModelError(f"could not load model '{ref}': {shape_mismatch(e) or first_line(e)}",
-                         usage=shape_mismatch(e) is not None) from e
+    except (ValueError, RuntimeError) as e:  # a config.json that does not fit its weights
+        said = shape_mismatch(e, kind, "one of its parts' config.json (unet/, vae/, "
+                                       "text_encoder/ ...)")
+        if said is None and isinstance(e, RuntimeError):
+            raise  # out of memory, say: not the model's fault
+        raise ModelError(f"could not load model '{ref}': {said or first_line(e)}",
+                         usage=said is not None) from e
 
 
-def shape_mismatch(e: BaseException) -> str | None:
-    """diffusers' 'Cannot load  because conv_in.bias expected shape torch.Size([320]), but got
-    torch.Size([32]) ... ignore_mismatched_sizes=True' (advice for training code), said for a
-    user: which weight, and what to do; None for other errors."""
+def shape_mismatch(e: BaseException, kind: str, config: str) -> str | None:
+    """A config.json that does not fit its weights, said for a user (diffusers says 'Cannot
+    load  because conv_in.bias expected shape ..., but got ...' and transformers 'You set
+    `ignore_mismatched_sizes` to `False`', advice for training code); None for another error.
+    `kind`: the reference's (model_kind); `config`: which config, in words."""
+    text = str(e)
     found = re.search(r"(\S+) expected shape torch\.Size\(\[([^\]]*)\]\), but got "
-                      r"torch\.Size\(\[([^\]]*)\]\)", str(e))
-    if found is None:
+                      r"torch\.Size\(\[([^\]]*)\]\)", text)
+    if found is None and "ignore_mismatched_sizes" not in text:
         return None
-    name, wanted, got = found.groups()
-    return (f"its weights do not fit its config.json ({name} is [{got}] where the config makes "
-            f"[{wanted}]): a config of another model beside these weights; restore the folder "
-            "from the model's source")
+    shapes = f" ({found[1]} is [{found[3]}] where it makes [{found[2]}])" if found else ""
+    fix = ("delete it from the Hugging Face cache and download it again" if kind == "hub"
+           else "restore it from the model's source")
+    return f"its weights do not fit {config}{shapes}: {fix}"
 
 
 def load_vae(ref: str, like, allow_pickle: bool = False):
@@ -339,6 +345,12 @@ def load_vae(ref: str, like, allow_pickle: bool = False):
         if kind == "folder" and not allow_pickle and not any(path.rglob("*.safetensors")):
             raise pickle_refusal(f"{ref} holds pickle (.bin) weights only", "them") from e
         raise ModelError(f"could not load VAE '{ref}': {first_line(e)}") from e
+    except (ValueError, RuntimeError) as e:
+        said = shape_mismatch(e, kind, "its config.json")
+        if said is None and isinstance(e, RuntimeError):
+            raise  # out of memory, say: not the VAE's fault
+        raise ModelError(f"could not load VAE '{ref}': {said or first_line(e)}",
+                         usage=said is not None) from e
     mine, theirs = _latent_shape(vae), _latent_shape(like)
     if mine != theirs:
         raise ModelError(f"VAE '{ref}' makes {mine[0]}-channel latents at 1/{mine[1]} scale and "

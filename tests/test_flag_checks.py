@@ -56,7 +56,7 @@ def recorded_image(path, job: dict, result: dict | None = None) -> str:
 
 @pytest.mark.parametrize(("job", "what", "flag"), [
     ({"lora": ["styles/ink.safetensors:0.5"]}, "with the LoRA styles/ink.safetensors,",
-     "--lora"),
+     "lora"),
     ({"vae": "./vae/fixed.safetensors"}, "with the VAE ./vae/fixed.safetensors,", "--vae"),
     ({"control": "edges.png", "control_model": "diffusers/controlnet-canny-sdxl-1.0"},
      "with the control image edges.png,", "--control"),
@@ -73,10 +73,12 @@ def test_from_says_a_recorded_relative_path_is_missing_here(tmp_path, monkeypatc
     monkeypatch.chdir(elsewhere)
     result = cli("gen", "--from", made, "--dry-run")
     assert result.exit_code == 2
+    # --lora replaces the recorded list: one --lora PATH would drop the others and the scale
+    offer = ("give every LoRA from here with its scale (--lora PATH:SCALE each)"
+             if flag == "lora" else f"give its path from here ({flag} PATH)")
     assert error_lines(result.stderr) == [
         f"error: {made} was made {what} a path relative to the folder hires ran in, and there "
-        f"is none here; run this command in that folder, or give its path from here ({flag} "
-        "PATH)"]
+        f"is none here; run this command in that folder, or {offer}"]
 
 
 def test_a_relative_linfusion_folder_is_recorded_as_local(tmp_path, monkeypatch, tiny_folder):

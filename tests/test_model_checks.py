@@ -414,7 +414,27 @@ def test_a_folder_of_another_pipeline_fails_the_dry_run_and_the_load(copy_of):
 def test_a_folder_of_another_part_given_as_the_vae_fails_the_dry_run(part, kind, tiny_folder):
     """A UNet's or LinFusion's folder as --vae passed the dry run, then failed after SDXL."""
     assert_usage_error(dry("--model", tiny_folder, "--vae", tiny_folder / part),
-                       f"holds a {kind}, not a VAE (AutoencoderKL)")
+                       f"holds a {kind}, not a VAE: hires takes an AutoencoderKL")
+
+
+def test_a_vae_of_another_kind_is_called_a_vae(tmp_path, tiny_folder):
+    """TAESDXL (AutoencoderTiny) is a VAE: 'not a VAE' was false."""
+    folder = Path(shutil.copytree(tiny_folder / "vae", tmp_path / "taesdxl"))
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "_class_name": "AutoencoderTiny"}))
+    assert_usage_error(dry("--model", "tiny", "--vae", folder),
+                       "holds an AutoencoderTiny, a VAE of another kind: hires takes an "
+                       "AutoencoderKL")
+
+
+def test_a_refiner_or_an_index_without_its_class_is_said_so(copy_of):
+    index = json.loads((copy_of / "model_index.json").read_text())
+    (copy_of / "model_index.json").write_text(json.dumps(
+        {**index, "text_encoder": [None, None], "tokenizer": [None, None]}))
+    assert_usage_error(dry("--model", copy_of), "is an SDXL refiner", "cannot make one")
+    del index["_class_name"]  # diffusers failed with a KeyError
+    (copy_of / "model_index.json").write_text(json.dumps(index))
+    assert_usage_error(dry("--model", copy_of), "model_index.json without its _class_name")
 
 
 def test_a_config_that_does_not_fit_its_weights_is_said_in_one_line(copy_of):
@@ -423,8 +443,29 @@ def test_a_config_that_does_not_fit_its_weights_is_said_in_one_line(copy_of):
     config["block_out_channels"] = [2 * c for c in config["block_out_channels"]]
     (copy_of / "unet" / "config.json").write_text(json.dumps(config))
     result = dry("--model", copy_of)
-    assert_usage_error(result, "its weights do not fit its config.json (", "where the config makes")
+    assert_usage_error(result, "its weights do not fit one of its parts' config.json",
+                       "where it makes", "restore it from the model's source")
     assert "ignore_mismatched_sizes" not in result.stderr
+
+
+def test_a_vae_config_that_does_not_fit_its_weights_is_said_in_one_line(tmp_path, tiny_folder,
+                                                                        tiny):
+    folder = Path(shutil.copytree(tiny_folder / "vae", tmp_path / "vae"))
+    config = json.loads((folder / "config.json").read_text())
+    config["block_out_channels"] = [2 * c for c in config["block_out_channels"]]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="its weights do not fit its config.json") as caught:
+        hires.models.load_vae(str(folder), tiny.pipe.vae)
+    assert caught.value.usage and "ignore_mismatched_sizes" not in str(caught.value)
+
+
+def test_an_unreadable_unet_config_is_not_said_to_lack_a_linfusion(copy_of):
+    """--linfusion auto reads unet/config.json to pick: one it cannot read is the loader's to
+    say, not 'no LinFusion checkpoint is known'."""
+    shutil.rmtree(copy_of / "linfusion")
+    (copy_of / "unet" / "config.json").write_text('{"_class_name": "UNet2DConditionModel",')
+    result = dry("--model", copy_of)
+    assert "no LinFusion checkpoint is known" not in result.stderr
 
 
 def test_auto_linfusion_on_a_folder_without_one_known_fails_the_dry_run(copy_of):
