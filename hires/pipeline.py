@@ -422,14 +422,7 @@ def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
             r.psnr = scores.get(r.index, r.psnr)
         return reports
 
-    # Stage images are not kept, so a run that saves them starts over.
-    saved = resume.load(checkpoint, job, plan, comps.device) \
-        if checkpoint and not save_stages else None
-    if saved is None and checkpoint is not None and checkpoint.is_file():
-        why = ("keeps no stage images, which save_stages returns" if save_stages
-               else resume.why_not(checkpoint, job, plan))
-        if why is not None:  # else a caller learns it only from Result.resumed
-            warnings.append(resume.starting_over(checkpoint, why))
+    saved = _kept(checkpoint, job, plan, comps.device, save_stages, warnings)
     if saved is not None:
         carry = _Carry(saved.latents, saved.anchor)
         reports = [StageReport(**r) for r in saved.reports]
@@ -480,6 +473,22 @@ def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
                   resumed=saved.stage if saved else None,
                   pixels16=None if pixels.dtype == np.uint8 else pixels,
                   vae_dtype=dtype_name(comps.vae_dtype), dtype=dtype_name(comps.dtype))
+
+
+def _kept(checkpoint: Path | None, job: Job, plan: Plan, device: torch.device,
+          save_stages: bool, warnings: list[str]) -> resume.Checkpoint | None:
+    """What a stopped run of this job kept at `checkpoint`, to go on from; a file there that
+    cannot be gone on from is said in `warnings` (else a caller learns it only from
+    `Result.resumed`). Stage images are not kept, so a run that saves them starts over."""
+    if checkpoint is None:
+        return None
+    saved = None if save_stages else resume.load(checkpoint, job, plan, device)
+    if saved is None and checkpoint.is_file():
+        why = ("keeps no stage images, which save_stages returns" if save_stages
+               else resume.why_not(checkpoint, job, plan))
+        if why is not None:
+            warnings.append(resume.starting_over(checkpoint, why))
+    return saved
 
 
 def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditioning,
