@@ -65,16 +65,19 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
         warn(f"the plan's {job.vram:g} GiB budget is more than the {run.gpu}'s "
              f"{named.memory_gib:.1f} GiB; drop --vram (or the preset's vram) to plan the card")
     p = preview_of(run.plan) if preview else run.plan
+    replan = lambda j: dry_run(j, run.gpu, source, stage_images, preview).plan  # noqa: E731
     if as_json:
         formats = {image["format"] for image in images or []}
         if len(formats) == 1:  # the format the run records: -o's suffix over a preset's
             job = replace(job, format=formats.pop())
-        out_line(json.dumps({**plan_json(run, job, p), "preview": preview,
+        # The hints too: a script reads what more RAM or `fast` would take there (stderr too)
+        hints = list(plan_hints(run, job, p, preview, replan))
+        out_line(json.dumps({**plan_json(run, job, p), "preview": preview, "hints": hints,
                              **({"images": images} if images is not None else {})}))
-        return
-    out_line("\n".join(plan_lines(run, job, p, preview)))
-    replan = lambda j: dry_run(j, run.gpu, source, stage_images, preview).plan  # noqa: E731
-    for hint in plan_hints(run, job, p, preview, replan):
+    else:
+        out_line("\n".join(plan_lines(run, job, p, preview)))
+        hints = plan_hints(run, job, p, preview, replan)
+    for hint in hints:
         say(hint)
 
 

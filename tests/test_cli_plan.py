@@ -352,6 +352,19 @@ def test_a_plan_the_ram_limits_says_what_more_would_save():
         assert "RAM limits" not in cli("plan", "--size", "16384", *args).stderr
 
 
+def test_a_json_plan_carries_the_hints_the_text_plan_says():
+    """`plan --json` dropped them: a script could not read what more RAM would take."""
+    args = ("--size", "16384", "--gpu", "4090", "--ram", "16")
+    text = cli("plan", *args)
+    said = [line for line in text.stderr.splitlines() if line.strip()]
+    as_json = cli("plan", *args, "--json")
+    assert as_json.exit_code == 0, as_json.stderr
+    hints = json.loads(as_json.stdout)["hints"]
+    assert any(h.startswith("the RAM limits this plan") for h in hints)
+    assert all(h in said for h in hints) and all(h in as_json.stderr for h in hints)
+    assert plan_json("--size", "1024")["hints"] == []
+
+
 def test_an_exact_plan_says_what_fast_would_take():
     """`--vae-stats exact` makes the pixels `fast` makes, in scratch files and recomputation:
     the plan says what the default would take, where it is faster."""
