@@ -418,6 +418,11 @@ def pipeline_folder_refusal(path: Path, allow_pickle: bool = True) -> str | None
                     "whole model)")
         if wanted != ("config.json",):
             continue  # no weights: a scheduler, a tokenizer
+        try:  # diffusers' own words for a broken one say nothing of what to do
+            json.loads((sub / "config.json").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            return (f"has a {name}/config.json that cannot be read ({first_line(e)}); restore "
+                    "it from the model's source")
         if not _has_weights(sub):
             return (f"has no weights for its {name} (no .safetensors file in {name}/); restore "
                     "them from the model's source")

@@ -274,9 +274,9 @@ def load_pipeline(ref: str, dtype: torch.dtype, allow_pickle: bool = False):
         try:
             return StableDiffusionXLPipeline.from_pretrained(
                 where, dtype=dtype, use_safetensors=safetensors, variant=variant)
-        except (OSError, ValueError):
-            if variant is None:
-                raise
+        except (OSError, ValueError) as e:
+            if variant is None or mismatched_shapes(e) is not None:
+                raise  # (a mismatch is no missing variant: its fallback hid it)
             # Not every repo ships an fp16 variant: fall back to the full-precision files.
             return StableDiffusionXLPipeline.from_pretrained(
                 where, dtype=dtype, use_safetensors=safetensors)
@@ -291,6 +291,8 @@ def load_pipeline(ref: str, dtype: torch.dtype, allow_pickle: bool = False):
                 "or pass a local folder or .safetensors file with --model (or --model tiny to "
                 "try hires offline)") from e
         raise ModelError(f"could not load model '{ref}': {first_line(e)}") from e
+    except ModelError:
+        raise
     except (ValueError, RuntimeError) as e:  # a config.json that does not fit its weights
         said = shape_mismatch(e, kind, "one of its parts' config.json (unet/, vae/, "
                                        "text_encoder/ ...)")
@@ -301,19 +303,27 @@ def load_pipeline(ref: str, dtype: torch.dtype, allow_pickle: bool = False):
 
 
 def shape_mismatch(e: BaseException, kind: str, config: str) -> str | None:
-    """A config.json that does not fit its weights, said for a user (diffusers says 'Cannot
-    load  because conv_in.bias expected shape ..., but got ...' and transformers 'You set
-    `ignore_mismatched_sizes` to `False`', advice for training code); None for another error.
+    """A config.json that does not fit its weights, said for a user; None for another error.
     `kind`: the reference's (model_kind); `config`: which config, in words."""
-    text = str(e)
-    found = re.search(r"(\S+) expected shape torch\.Size\(\[([^\]]*)\]\), but got "
-                      r"torch\.Size\(\[([^\]]*)\]\)", text)
-    if found is None and "ignore_mismatched_sizes" not in text:
+    shapes = mismatched_shapes(e)
+    if shapes is None:
         return None
-    shapes = f" ({found[1]} is [{found[3]}] where it makes [{found[2]}])" if found else ""
     fix = ("delete it from the Hugging Face cache and download it again" if kind == "hub"
            else "restore it from the model's source")
     return f"its weights do not fit {config}{shapes}: {fix}"
+
+
+def mismatched_shapes(e: BaseException) -> str | None:
+    """' (conv_in.bias is [32] where it makes [320])' from diffusers' 'Cannot load  because
+    conv_in.bias expected shape ..., but got ...', '' from transformers' 'You set
+    `ignore_mismatched_sizes` to `False`' (both advice for training code); None for another
+    error."""
+    text = str(e)
+    found = re.search(r"(\S+) expected shape torch\.Size\(\[([^\]]*)\]\), but got "
+                      r"torch\.Size\(\[([^\]]*)\]\)", text)
+    if found:
+        return f" ({found[1]} is [{found[3]}] where it makes [{found[2]}])"
+    return "" if "ignore_mismatched_sizes" in text else None
 
 
 def load_vae(ref: str, like, allow_pickle: bool = False):
@@ -345,6 +355,8 @@ def load_vae(ref: str, like, allow_pickle: bool = False):
         if kind == "folder" and not allow_pickle and not any(path.rglob("*.safetensors")):
             raise pickle_refusal(f"{ref} holds pickle (.bin) weights only", "them") from e
         raise ModelError(f"could not load VAE '{ref}': {first_line(e)}") from e
+    except ModelError:  # a RuntimeError too: said already (a single file's, say)
+        raise
     except (ValueError, RuntimeError) as e:
         said = shape_mismatch(e, kind, "its config.json")
         if said is None and isinstance(e, RuntimeError):
@@ -401,8 +413,12 @@ def _vae_from_file(path: Path, like, allow_pickle: bool):
             return AutoencoderKL.from_single_file(str(path), config=config,
                                                   local_files_only=True)
         except Exception as e:  # diffusers raises many kinds here; the user needs one line
+            # Read with this model's VAE config: weights of other shapes are another model's
+            shapes = mismatched_shapes(e)
+            other = (f"it is a VAE of another model{shapes}; give one made for SDXL"
+                     if shapes is not None else None)
             raise ModelError(f"could not load {path.name} as a VAE for this model: "
-                             f"{first_line(e)}") from e
+                             f"{other or first_line(e)}", usage=other is not None) from e
 
 
 def vae_fp16_ok(model: str, vae: str | None) -> bool | None:

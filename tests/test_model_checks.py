@@ -464,8 +464,32 @@ def test_an_unreadable_unet_config_is_not_said_to_lack_a_linfusion(copy_of):
     say, not 'no LinFusion checkpoint is known'."""
     shutil.rmtree(copy_of / "linfusion")
     (copy_of / "unet" / "config.json").write_text('{"_class_name": "UNet2DConditionModel",')
-    result = dry("--model", copy_of)
-    assert "no LinFusion checkpoint is known" not in result.stderr
+    assert_usage_error(dry("--model", copy_of), "has a unet/config.json that cannot be read",
+                       "restore it")
+
+
+def test_a_mismatch_in_an_fp16_only_folder_is_not_called_a_missing_file(copy_of, tmp_path):
+    """The fp16 variant's fallback to full-precision files hid it: 'no file named
+    model.safetensors found'."""
+    folder = as_fp16_variant(copy_of)
+    config = json.loads((folder / "unet" / "config.json").read_text())
+    config["block_out_channels"] = [2 * c for c in config["block_out_channels"]]
+    (folder / "unet" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="its weights do not fit one of its parts' config"):
+        hires.models.load_pipeline(str(folder), torch.float16)
+
+
+def test_a_single_file_vae_of_another_model_is_said_so(tmp_path, tiny):
+    """A 16-channel VAE (as Flux's) was 'restore it from the model's source', of a config.json
+    it does not have."""
+    from diffusers import AutoencoderKL
+
+    other = AutoencoderKL.from_config({**tiny.pipe.vae.config, "latent_channels": 16})
+    save_file(other.state_dict(), tmp_path / "other.safetensors")
+    with pytest.raises(ModelError, match="it is a VAE of another model .*; give one made for "
+                                         "SDXL") as caught:
+        hires.models.load_vae(str(tmp_path / "other.safetensors"), tiny.pipe.vae)
+    assert caught.value.usage and "config.json" not in str(caught.value)
 
 
 def test_auto_linfusion_on_a_folder_without_one_known_fails_the_dry_run(copy_of):
