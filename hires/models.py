@@ -294,12 +294,22 @@ def load_pipeline(ref: str, dtype: torch.dtype, allow_pickle: bool = False):
     except ModelError:
         raise
     except (ValueError, RuntimeError) as e:  # a config.json that does not fit its weights
-        said = shape_mismatch(e, kind, "one of its parts' config.json (unet/, vae/, "
-                                       "text_encoder/ ...)")
+        said = shape_mismatch(e, kind, _config_of(e))
         if said is None and isinstance(e, RuntimeError):
             raise  # out of memory, say: not the model's fault
         raise ModelError(f"could not load model '{ref}': {said or first_line(e)}",
                          usage=said is not None) from e
+
+
+def _config_of(e: BaseException) -> str:
+    """Which part's config a mismatched weight is of, by its name (diffusers leaves the part's
+    name blank); transformers' report (no name) is a text encoder's."""
+    found = re.search(r"(\S+) expected shape", str(e))
+    if found is None:
+        return "a text encoder's config.json (text_encoder/ or text_encoder_2/)"
+    if found[1].startswith(("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")):
+        return "vae/config.json"
+    return "unet/config.json"
 
 
 def shape_mismatch(e: BaseException, kind: str, config: str) -> str | None:

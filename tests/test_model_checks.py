@@ -443,7 +443,7 @@ def test_a_config_that_does_not_fit_its_weights_is_said_in_one_line(copy_of):
     config["block_out_channels"] = [2 * c for c in config["block_out_channels"]]
     (copy_of / "unet" / "config.json").write_text(json.dumps(config))
     result = dry("--model", copy_of)
-    assert_usage_error(result, "its weights do not fit one of its parts' config.json",
+    assert_usage_error(result, "its weights do not fit unet/config.json (",
                        "where it makes", "restore it from the model's source")
     assert "ignore_mismatched_sizes" not in result.stderr
 
@@ -475,7 +475,7 @@ def test_a_mismatch_in_an_fp16_only_folder_is_not_called_a_missing_file(copy_of,
     config = json.loads((folder / "unet" / "config.json").read_text())
     config["block_out_channels"] = [2 * c for c in config["block_out_channels"]]
     (folder / "unet" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelError, match="its weights do not fit one of its parts' config"):
+    with pytest.raises(ModelError, match="its weights do not fit unet/config.json"):
         hires.models.load_pipeline(str(folder), torch.float16)
 
 
@@ -532,3 +532,11 @@ def test_a_single_file_offline_without_sdxls_configs_fails_before_it_loads(tmp_p
     monkeypatch.setattr(hires.models, "_sdxl_pipeline_class", lambda: _Pipeline)
     with pytest.raises(ModelError, match="single files are read with SDXL base's configs"):
         hires.models.load(str(checkpoint), device="cpu")
+
+
+def test_a_vae_mismatch_in_a_model_folder_names_vae_config(copy_of):
+    """diffusers leaves the part's name blank: the weight's name says it is the VAE's."""
+    config = json.loads((copy_of / "vae" / "config.json").read_text())
+    config["block_out_channels"] = [2 * c for c in config["block_out_channels"]]
+    (copy_of / "vae" / "config.json").write_text(json.dumps(config))
+    assert_usage_error(dry("--model", copy_of), "its weights do not fit vae/config.json (decoder.")
