@@ -114,45 +114,19 @@ def as_run_here(job, gpu: str | None):
 SMALL_MODEL_BYTES = 256 << 20
 
 
-def _model_config(model: str, name: str) -> dict | None:
-    """The JSON file `name` (as 'unet/config.json') of a model's local folder, or of a Hub
-    id's snapshot in the local cache (never downloaded); None where there is none."""
-    import json
-    from pathlib import Path
-
-    from hires.model_refs import model_kind
-
-    kind = model_kind(model)
-    if kind == "folder":
-        found = Path(model).expanduser() / name
-    elif kind == "hub":
-        from huggingface_hub import try_to_load_from_cache
-
-        try:
-            cached = try_to_load_from_cache(model, name)
-        except ValueError:  # not a valid repository id
-            return None
-        found = Path(cached) if isinstance(cached, str) else None
-    else:
-        return None
-    try:
-        config = json.loads(found.read_text(encoding="utf-8")) if found else None
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
-    return config if isinstance(config, dict) else None
-
-
 def native_size(model: str) -> int | None:
     """A model's native image size in pixels from its UNet's sample_size and its VAE's scale
     (as `Components.native`), read from a local folder's configs or the Hub cache's; None
     where they cannot be read here (single files, Hub ids not cached: SDXL's 1024 then)."""
-    unet = _model_config(model, "unet/config.json")
+    from hires.model_refs import model_config
+
+    unet = model_config(model, "unet/config.json")
     size = unet.get("sample_size") if unet else None
     if isinstance(size, list | tuple) and size:
         size = size[0]
     if not isinstance(size, int) or size <= 0:
         return None
-    vae = _model_config(model, "vae/config.json") or {}
+    vae = model_config(model, "vae/config.json") or {}
     levels = vae.get("block_out_channels")
     return size * 2 ** (len(levels) - 1 if isinstance(levels, list) and levels else 3)
 

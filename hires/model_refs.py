@@ -86,7 +86,7 @@ def check_paths(model: str, vae: str | None, linfusion: str, allow_pickle: bool 
             raise ModelError(str(e), usage=True) from None
     if linfusion == "auto" and model_kind(model) == "folder" and not carried_linfusion(model):
         # Else said once the model had loaded; a config it cannot count is the loader's to say
-        config = unet_config(model)
+        config = model_config(model, "unet/config.json")
         if config is not None and lf.attn1_count(config) is not None \
                 and lf.checkpoint_for_config(config) is None:
             raise no_linfusion_known(model)
@@ -115,17 +115,31 @@ def auto_linfusion(model: str) -> str | None:
         return None
     if carried := carried_linfusion(model):
         return carried
-    config = unet_config(model)
+    config = model_config(model, "unet/config.json")
     return lf.checkpoint_for_config(config) if config is not None else None
 
 
-def unet_config(folder: str) -> dict | None:
-    """A model folder's unet/config.json, if it reads as a JSON object."""
+def model_config(model: str, name: str) -> dict | None:
+    """The JSON file `name` (as 'unet/config.json') of a model's local folder, or of a Hub
+    id's snapshot in the local cache (never downloaded); None where there is none, or it does
+    not read as a JSON object."""
     import json
 
+    kind = model_kind(model)
+    if kind == "folder":
+        found = Path(model).expanduser() / name
+    elif kind == "hub":
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = try_to_load_from_cache(model, name)
+        except ValueError:  # not a valid repository id
+            return None
+        found = Path(cached) if isinstance(cached, str) else None
+    else:
+        return None
     try:
-        config = json.loads((Path(folder).expanduser() / "unet" / "config.json").read_text(
-            encoding="utf-8"))
+        config = json.loads(found.read_text(encoding="utf-8")) if found else None
     except (OSError, UnicodeDecodeError, ValueError):
         return None
     return config if isinstance(config, dict) else None

@@ -294,11 +294,20 @@ def load_pipeline(ref: str, dtype: torch.dtype, allow_pickle: bool = False):
     except ModelError:
         raise
     except (ValueError, RuntimeError) as e:  # a config.json that does not fit its weights
-        said = shape_mismatch(e, kind, _config_of(e))
-        if said is None and isinstance(e, RuntimeError):
-            raise  # out of memory, say: not the model's fault
-        raise ModelError(f"could not load model '{ref}': {said or first_line(e)}",
-                         usage=said is not None) from e
+        error = load_failure(e, f"model '{ref}'", kind, _config_of(e))
+        if error is None:
+            raise
+        raise error from e
+
+
+def load_failure(e: BaseException, what: str, kind: str, config: str) -> ModelError | None:
+    """A load's ValueError or RuntimeError as the one line to raise (a config that does not
+    fit its weights, a usage error); None for a RuntimeError that is not the files' (out of
+    memory, say), to raise as it is."""
+    said = shape_mismatch(e, kind, config)
+    if said is None and isinstance(e, RuntimeError):
+        return None
+    return ModelError(f"could not load {what}: {said or first_line(e)}", usage=said is not None)
 
 
 def _config_of(e: BaseException) -> str:
@@ -368,11 +377,10 @@ def load_vae(ref: str, like, allow_pickle: bool = False):
     except ModelError:  # a RuntimeError too: said already (a single file's, say)
         raise
     except (ValueError, RuntimeError) as e:
-        said = shape_mismatch(e, kind, "its config.json")
-        if said is None and isinstance(e, RuntimeError):
-            raise  # out of memory, say: not the VAE's fault
-        raise ModelError(f"could not load VAE '{ref}': {said or first_line(e)}",
-                         usage=said is not None) from e
+        error = load_failure(e, f"VAE '{ref}'", kind, "its config.json")
+        if error is None:
+            raise
+        raise error from e
     mine, theirs = _latent_shape(vae), _latent_shape(like)
     if mine != theirs:
         raise ModelError(f"VAE '{ref}' makes {mine[0]}-channel latents at 1/{mine[1]} scale and "
