@@ -696,7 +696,7 @@ def _dpi_lines(job: dict[str, Any], record_size: tuple[Any, Any], file_size: tup
 def _show_a1111(path: Path, text: str, size: tuple[int, int], as_json: bool) -> None:
     """An image with only A1111 'parameters': the values `hires gen --from` would take."""
     from hires.job import JobError
-    from hires.output import parse_parameters
+    from hires.output import a1111_notes, parse_parameters
 
     try:
         values = parse_parameters(text)
@@ -705,9 +705,12 @@ def _show_a1111(path: Path, text: str, size: tuple[int, int], as_json: bool) -> 
                        "cannot use them either") from None
     if problem := _rerun_problem(values):
         warn(f"{path}: `hires gen --from` refuses its parameters: {problem}")
+    notes = a1111_notes(text)  # a sampler hires has not: --from says it, and so does this
+    for note in notes:
+        warn(f"{path}: {note}")
     if as_json:
         out_line(json_line({"file": str(path), "a1111": values, "parameters": text,
-                             "width": size[0], "height": size[1]}))
+                            "notes": notes, "width": size[0], "height": size[1]}))
         return
     lines = ["not made by hires: A1111 parameters, as `hires gen --from` takes them",
              *_prompt_lines(values)]

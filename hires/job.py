@@ -196,8 +196,8 @@ class Job:
         if self.disk is not None and self.disk < 0:
             raise JobError(f"disk must be 0 (never) or a positive number of GB, got {self.disk}")
         if self.seed is not None and not 0 <= self.seed < SEEDS:
-            low = (f" (the noise generator reads 32 bits: it made the image of seed "
-                   f"{self.seed % SEEDS})") if self.seed >= SEEDS else ""
+            low = (f" (the noise generator reads 32 bits: its image is seed "
+                   f"{self.seed % SEEDS}'s)") if self.seed >= SEEDS else ""
             raise JobError(f"seed must be between 0 and {SEEDS - 1}, got {self.seed}{low}")
         for name in ("prompt", "negative"):
             try:

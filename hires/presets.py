@@ -135,6 +135,8 @@ def available(broken: list[str] | None = None) -> dict[str, Preset]:
         broken.append(problem)
     for path in paths:
         try:
+            if not path.is_file():  # reading a pipe would wait for a writer for ever
+                raise _not_a_file(path)
             found[path.stem] = _parse(path.stem, str(path), read_toml(path))
         except JobError as e:
             if broken is None:
@@ -143,6 +145,11 @@ def available(broken: list[str] | None = None) -> dict[str, Preset]:
             # A shipped one of its name is replaced all the same: --preset reads this file.
             found.pop(path.stem, None)
     return found
+
+
+def _not_a_file(path: Path) -> JobError:
+    return JobError(f"your own preset {path} is not a file (a folder, a pipe or a link to "
+                    "nothing); make it a preset's .toml file, or remove it")
 
 
 def load_preset(ref: str) -> Preset:
@@ -160,6 +167,8 @@ def load_preset(ref: str) -> Preset:
     own = user_folder() / f"{ref}.toml"
     if own.is_file():  # the user's own wins; its errors are reported, others' are not
         return _parse(ref, str(own), read_toml(own))
+    if os.path.lexists(own):  # it hides a shipped one of its name: "unknown preset" misled
+        raise _not_a_file(own)
     presets = available(broken=[])
     if ref not in presets:
         raise JobError(f"unknown preset '{ref}'{closest_hint(ref, sorted(presets))}; "

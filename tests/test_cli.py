@@ -247,6 +247,29 @@ def test_user_preset_by_path_and_by_name(tmp_path, asked):
     assert json_lines(by_path.stdout)[0]["stages"][0]["steps"] == 2
 
 
+@pytest.mark.parametrize("kind", ["folder", "pipe", "dead link"])
+def test_a_user_preset_that_is_not_a_file_is_named_not_hung_on(kind, tmp_path):
+    """A folder or link named draft.toml hid the shipped draft ('unknown preset'), and a pipe
+    hung `hires presets` and every --preset: reading it waits for a writer."""
+    import os
+
+    folder = tmp_path / "presets"
+    folder.mkdir()
+    entry = folder / "draft.toml"
+    if kind == "folder":
+        entry.mkdir()
+    elif kind == "pipe":
+        os.mkfifo(entry)
+    else:
+        entry.symlink_to(tmp_path / "nowhere.toml")
+    env = {"HIRES_PRESETS": str(folder)}
+    listed = cli("presets", env=env)
+    assert listed.exit_code == 0 and f"your own preset {entry} is not a file" in listed.stderr
+    assert_usage_error(cli("plan", "--preset", "draft", env=env),
+                       f"your own preset {entry} is not a file", "remove it")
+    assert cli("plan", "--preset", "4k", env=env).exit_code == 0  # the others still load
+
+
 def test_unknown_preset_names_the_closest(tmp_path, asked):
     assert_usage_error(cli("gen", "x", "--preset", "4K", "-o", tmp_path / "a.png"),
                        "unknown preset '4K'", "'4k'")

@@ -306,3 +306,18 @@ def test_info_says_the_precisions_that_ran(tmp_path):
     (line,) = [ln for ln in shown.stdout.splitlines() if ln.startswith("model ")]
     result = json.loads(cli("info", str(image), "--json").stdout)["result"]
     assert line.endswith(f", UNet bf16, VAE {result['vae_dtype']}")
+
+
+@pytest.mark.parametrize("sampler, said", [
+    ("Euler a", "'Euler a' is not in hires (it has no ancestral sampler): read as euler"),
+    ("UniPC", "'UniPC' is not in hires: the job's own runs")])
+def test_info_says_an_a1111_sampler_that_from_would_change(sampler, said, tmp_path):
+    """`--from` warned of it; `info`, showing what --from takes, said 'sampler euler' or
+    nothing."""
+    path = tmp_path / "a.png"
+    hires_png(path, parameters=f"a cat\nSteps: 20, Sampler: {sampler}, CFG scale: 7, Seed: 1, "
+                               "Size: 512x512")
+    shown = cli("info", path)
+    assert shown.exit_code == 0 and f"warning: {path}: A1111's sampler {said}" in shown.stderr
+    as_json = json.loads(cli("info", path, "--json").stdout)
+    assert len(as_json["notes"]) == 1 and said in as_json["notes"][0]

@@ -141,6 +141,6 @@ def test_seeds_are_the_32_bits_the_noise_generator_reads():
     assert torch.equal(*same)  # why: torch's CPU generator reads the low 32 bits
     assert Job(seed=2**32 - 1).validate().seed == 2**32 - 1
     with pytest.raises(JobError, match=r"^seed must be between 0 and 4294967295, got 4294967296 "
-                                       r"\(the noise generator reads 32 bits: it made the image "
-                                       r"of seed 0\)$"):
+                                       r"\(the noise generator reads 32 bits: its image is "
+                                       r"seed 0's\)$"):
         Job(seed=2**32).validate()
