@@ -487,14 +487,11 @@ def seed_for(job: Job, checkpoint: str | Path | None) -> int:
     that keeps every stage is an image made (left after its save): a new call wants another."""
     path = Path(checkpoint) if checkpoint else None
     kept = seed_of(path, job) if path and path.is_file() else None
-    if kept is not None:
-        try:
-            stage, stages = _kept_stage(_header(path))
-        except (KeyError, TypeError, ValueError):
-            return secrets.randbelow(2**32)
-        if stage < len(stages) - 1:
-            return kept
-    return secrets.randbelow(2**32)
+    try:
+        stage, stages = _kept_stage(_header(path)) if kept is not None else (0, [])
+    except (KeyError, TypeError, ValueError):
+        stage, stages = 0, []
+    return kept if stage < len(stages) - 1 else secrets.randbelow(2**32)
 
 
 def stopped_seed(folder: Path, job: Job, output_for: Callable[[int], Path]) -> int | None:

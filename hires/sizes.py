@@ -481,6 +481,16 @@ def without(values: dict[str, Any], keys: set[str]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if str(k).replace("-", "_") not in keys}
 
 
+def _gives(values: dict[str, Any], key: str) -> bool:
+    """Whether a level's values give `key` (as a key or its dashed spelling)."""
+    return key in {str(k).replace("-", "_") for k in values}
+
+
+def _giver(levels: list[tuple[dict[str, Any], str, bool]], key: str) -> str | None:
+    """Where the most specific level that gives `key` is; None if none does."""
+    return next((where for values, where, _ in reversed(levels) if _gives(values, key)), None)
+
+
 def job_from_levels(levels: list[tuple[dict[str, Any], str, bool]], base: Job | None = None,
                     size_of: Callable[[str], tuple[int, int]] | None = None) -> Job:
     """`base` with each level's keys applied in turn, least specific first (values, where,
@@ -538,8 +548,7 @@ def job_from_levels(levels: list[tuple[dict[str, Any], str, bool]], base: Job | 
     try:
         return job.validate()
     except KeyedError as e:  # "--control needs --control-model": said where the key is
-        found = next((w for values, w, _ in reversed(levels)
-                      if e.key in {str(k).replace("-", "_") for k in values}), None)
+        found = _giver(levels, e.key)
         last = levels[-1][1] if levels else OPTIONS
         if last != OPTIONS:  # a batch's job, in keys; a preset's or [defaults]' key named there
             said = e.in_file(last) if found in (None, last) else f"{last}: {e.in_file(found)}"
@@ -549,11 +558,10 @@ def job_from_levels(levels: list[tuple[dict[str, Any], str, bool]], base: Job | 
         raise
     except JobError as e:  # "steps must be ...": say which preset, file or job gave it
         key = str(e).split(" ", 1)[0]
-        where = next((w for values, w, _ in reversed(levels)
-                      if key in {str(k).replace("-", "_") for k in values}), OPTIONS)
+        where = _giver(levels, key) or OPTIONS
         if where != OPTIONS:
             raise JobError(f"{e}{_in(where)}") from None
-        if any(key in {str(k).replace("-", "_") for k in values}
+        if any(_gives(values, key)
                for values, w, _ in levels if w == OPTIONS):  # a flag's: "--strength must ..."
             raise JobError(f"{_name(key, OPTIONS)}{str(e)[len(key):]}") from None
         raise
