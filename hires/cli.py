@@ -313,7 +313,9 @@ def plan(
         flags = job_flags(options)
         if prompt:
             flags["prompt"] = argv_text(prompt)
-        job = build_job(preset, from_image, flags, source=piped.size if piped else None)
+        # A ControlNet's image does not change the plan: "--preset canny" plans without one
+        job = build_job(preset, from_image, flags, source=piped.size if piped else None,
+                        images=False)
         check_job_paths(job, loads=False)  # a checkpoint that is not there: as gen --dry-run does
         from hires.addons import check_inputs
 

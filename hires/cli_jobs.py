@@ -99,10 +99,11 @@ def refuse_empty(flag: str, value: str | None, what: str) -> None:
 
 
 def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any],
-              source: tuple[int, int] | None = None):
+              source: tuple[int, int] | None = None, images: bool = True):
     """Defaults, then the preset, then a recorded job (--from), then explicit flags; the size
     from all of them (`hires.sizes`). `source`: an upscale's input size, when it is loaded
-    (a record of an image piped to `up`, "-": that image's, from `recorded_stdin`)."""
+    (a record of an image piped to `up`, "-": that image's, from `recorded_stdin`); without
+    `images`, a ControlNet may lack its image (`hires plan`)."""
     from hires import piped
     from hires.job import TRUSTED_ONLY, Job, JobError
     from hires.output import OutputError, job_values_from_image
@@ -118,7 +119,8 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
         levels.append((chosen.values, f"preset '{chosen.name}' ({chosen.path})", True))
     if from_image is None:
         return check_scale_flags(
-            job_from_levels([*levels, (flags, OPTIONS, False)], size_of=size_of), flags)
+            job_from_levels([*levels, (flags, OPTIONS, False)], size_of=size_of, images=images),
+            flags)
     try:
         # An A1111 text's notes are of its sampler, which --sampler replaces
         recorded = job_values_from_image(
@@ -153,7 +155,7 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
     if "vae_tile" not in flags and (old := old_tile(recorded)):
         raise JobError(f"{from_image} {old}")
     job = job_from_levels([*levels, (recorded, where, True), (flags, OPTIONS, False)],
-                          size_of=size_of)
+                          size_of=size_of, images=images)
     if preset is not None and (hidden := hidden_by_record(chosen.values, recorded, flags)):
         warn(f"--preset {chosen.name}: its {', '.join(hidden)} give way to --from "
              f"{from_image}'s recorded ones (a recorded job comes after a preset, flags after "

@@ -226,7 +226,8 @@ def total_line(p, timed: bool) -> str:
 
 def plan_hints(run, job, p, preview: bool, replan: Callable[[Any], Any]) -> Iterator[str]:
     """What is said on stderr after a text plan, each as it is found: a faster VAE, --preview
-    for a long job, more RAM, `--vae-stats fast`, where each applies."""
+    for a long job, a ControlNet's image to give, more RAM, `--vae-stats fast`, where each
+    applies."""
     from hires.eta import duration
 
     if p.fp32 == ("VAE",) and job.vae_dtype == "auto":  # only a GPU without bf16 does that
@@ -236,6 +237,8 @@ def plan_hints(run, job, p, preview: bool, replan: Callable[[Any], Any]) -> Iter
     if not preview and run.rate is not None and first is not None and p.seconds >= LONG_JOB_S \
             and p.stages[0].kind == "base" and len(p.stages) > 1:
         yield f"a long job: `hires gen --preview` makes its composition first, in {duration(first)}"
+    if job.control_model and not (job.control or job.image):  # planned as if it were given
+        yield "the ControlNet's image does not change the plan; gen needs it (--control IMAGE)"
     for hint in ([] if preview else [more_ram_hint, exact_hint]):
         said = hint(job, p, replan)
         if said:

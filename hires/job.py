@@ -137,15 +137,16 @@ class Job:
     # print size made its sides (a plan that cannot fit then names the dpi that would).
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
-    def validate(self, *, partners: bool = True) -> Job:
+    def validate(self, *, partners: bool = True, images: bool = True) -> Job:
         """Raise JobError on the first bad setting; return the job with each value of its
         field's kind (a Job built directly is not checked as it is made: `Job(karras="no")`
         is False here, `Job(lora="a.safetensors")` a list of one). Without `partners`, an
-        add-on may lack its other half (a preset's ControlNet model waits for --control)."""
+        add-on may lack its other half (a preset's ControlNet model waits for --control);
+        without `images`, a ControlNet its image alone (a plan does not read it)."""
         kinds = {name: _coerce(name, getattr(self, name), "the job") for name in JOB_KEYS}
-        return dataclasses.replace(self, **kinds)._checked(partners)
+        return dataclasses.replace(self, **kinds)._checked(partners, images)
 
-    def _checked(self, partners: bool = True) -> Job:
+    def _checked(self, partners: bool = True, images: bool = True) -> Job:
         for name in ("width", "height"):
             check_side(name, getattr(self, name))
         if not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
@@ -215,7 +216,7 @@ class Job:
         _check_choice("vae_dtype", self.vae_dtype, VAE_DTYPES)
         _check_choice("sampler", self.sampler, SAMPLERS)
         self._check_refs()
-        self._check_addons(partners)
+        self._check_addons(partners, images)
         # Below MIN_VAE_TILE the tiles' overlap (a quarter tile) is under the decoder's reach
         # (~138 px): seams show (35 8-bit steps at 64 px, 8 at 128, 2 at 192, 1 at 256).
         if self.vae_tile is not None and (
@@ -241,12 +242,12 @@ class Job:
                 raise KeyedError(f"{flag} is empty (an unset variable?): give {what}, or leave "
                                  "it out", name, f" is empty: give {what}, or leave it out")
 
-    def _check_addons(self, partners: bool) -> None:
+    def _check_addons(self, partners: bool, images: bool) -> None:
         for name in ("control_scale", "ip_scale"):
             if not 0.0 <= getattr(self, name) <= 10.0:
                 raise JobError(f"{name} must be between 0 and 10, got {getattr(self, name)}")
         if partners:
-            self._check_partners()
+            self._check_partners(images)
         for spec in self.lora:
             from hires.lora import LoraError, parse_lora
 
@@ -255,7 +256,7 @@ class Job:
             except LoraError as e:
                 raise KeyedError(str(e), "lora", f": {e}") from None
 
-    def _check_partners(self) -> None:
+    def _check_partners(self, images: bool) -> None:
         if self.control and not self.control_model:
             why = "(an SDXL ControlNet: Hub id, folder or .safetensors file)"
             raise MissingPartner(f"--control needs --control-model {why}", "control",
@@ -264,7 +265,7 @@ class Job:
             why = "(the image prompt it encodes)"
             raise MissingPartner(f"--ip-adapter needs --ip-image IMAGE {why}", "ip_adapter",
                                  f" needs 'ip_image' {why}")
-        if self.control_model and not (self.control or self.image):
+        if images and self.control_model and not (self.control or self.image):
             raise MissingPartner("--control-model needs --control IMAGE (hires up uses its "
                                  "input image when --control is not given)", "control_model",
                                  " needs 'control' (an upscale's 'image' serves when 'control' "

@@ -492,9 +492,11 @@ def _giver(levels: list[tuple[dict[str, Any], str, bool]], key: str) -> str | No
 
 
 def job_from_levels(levels: list[tuple[dict[str, Any], str, bool]], base: Job | None = None,
-                    size_of: Callable[[str], tuple[int, int]] | None = None) -> Job:
+                    size_of: Callable[[str], tuple[int, int]] | None = None,
+                    images: bool = True) -> Job:
     """`base` with each level's keys applied in turn, least specific first (values, where,
-    untrusted: from a file), and its size from all of them (`layered_size`); validated.
+    untrusted: from a file), and its size from all of them (`layered_size`); validated
+    (`images`: as `Job.validate`'s).
 
     `size_of(path)` reads an upscale input's size (a job with an `image`); an upscale must be
     given its size at some level, as the default 1024 x 1024 would crop most pictures.
@@ -546,7 +548,7 @@ def job_from_levels(levels: list[tuple[dict[str, Any], str, bool]], base: Job | 
         if "print_size" in top:
             job = sized_by_print(job, top["print_size"])
     try:
-        return job.validate()
+        return job.validate(images=images)
     except KeyedError as e:  # "--control needs --control-model": said where the key is
         found = _giver(levels, e.key)
         last = levels[-1][1] if levels else OPTIONS

@@ -162,6 +162,23 @@ def test_a_preset_may_name_an_addon_model_and_leave_its_image_to_the_flags(key, 
     assert_usage_error(alone, f"'{key}' in preset 'style'", f"needs {needs}")
 
 
+def test_plan_takes_a_presets_controlnet_without_its_image(files, tmp_path, asked):
+    preset = write(tmp_path / "canny.toml", f'control_model = "{files["control_model"]}"\n')
+    planned = cli("plan", "--preset", preset, "--size", "2048", "--json")
+    assert planned.exit_code == 0, planned.stderr
+    plain = cli("plan", "--size", "2048", "--json")
+    hint = "the ControlNet's image does not change the plan; gen needs it (--control IMAGE)"
+    plan, other = json_lines(planned.stdout)[0], json_lines(plain.stdout)[0]
+    assert hint in plan["hints"] and hint in planned.stderr and hint not in other["hints"]
+    assert plan["peak_bytes"] > other["peak_bytes"]  # its ControlNet is counted
+    # What does change the plan is still asked for: the ControlNet for an image, the image
+    # for an IP-Adapter (the job runs without one)
+    assert_usage_error(cli("plan", "--control", files["control"], "--size", "2048"),
+                       "--control needs --control-model")
+    assert_usage_error(cli("plan", "--ip-adapter", files["ip"], "--size", "2048"),
+                       "--ip-adapter needs --ip-image IMAGE")
+
+
 def test_a_presets_empty_addon_model_is_named_as_its_key(tmp_path, asked):
     preset = write(tmp_path / "e.toml", 'control_model = ""\n')
     assert_usage_error(cli("gen", "a", "--model", "tiny", "--preset", preset, "--dry-run"),
