@@ -516,16 +516,16 @@ KEY_ADVICE = {
 }
 
 
-def by_key(message: str, where: str) -> str:
+def by_key(message: str, where: str, home: str = "the job file's") -> str:
     """A job's file error in a job file's words: "'lora' in jobs.toml job 3: ..." rather than
-    its flag; a file not found says where relative paths are read from."""
+    its flag; a file not found says where relative paths are read from (not `home`)."""
     for flag, key in FLAG_KEYS.items():
         if message.startswith(f"{flag} "):
             text = message[len(flag) + 1:].replace(f"{flag} ", f"'{key}' ")
             ref = text.split(": ")[0]
             if "no such file" in text and not os.path.isabs(os.path.expanduser(ref)):
                 text += (f"; relative paths are read from the current folder ({os.getcwd()}), "
-                         "not the job file's")
+                         f"not {home}")
             return f"'{key}' in {where}: {text}"
     return f"{where}: {message}"
 

@@ -318,9 +318,14 @@ def plan(
                         images=False)
         check_job_paths(job, loads=False)  # a checkpoint that is not there: as gen --dry-run does
         from hires.addons import check_inputs
-
-        check_inputs(job, loads=False)  # and the add-ons' files
+        from hires.cli_jobs import said_where_given
         from hires.job import JobError
+        from hires.model_refs import ModelError
+
+        try:
+            check_inputs(job, loads=False)  # and the add-ons' files
+        except (JobError, ModelError) as e:  # a preset's LoRA, say: named as its key
+            raise said_where_given(e, job) from None
         from hires.output import format_problem
 
         # as gen refuses it before any work: a WebP plan over 16383 px books a GPU for nothing

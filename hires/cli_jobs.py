@@ -118,9 +118,10 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
         chosen = load_preset(preset)  # named as its own errors name it
         levels.append((chosen.values, f"preset '{chosen.name}' ({chosen.path})", True))
     if from_image is None:
-        return check_scale_flags(
-            job_from_levels([*levels, (flags, OPTIONS, False)], size_of=size_of, images=images),
-            flags)
+        job = job_from_levels([*levels, (flags, OPTIONS, False)], size_of=size_of,
+                              images=images)
+        return check_scale_flags(files_given_in(job, [*levels, (flags, OPTIONS, False)]),
+                                 flags)
     try:
         # An A1111 text's notes are of its sampler, which --sampler replaces
         recorded = job_values_from_image(
@@ -154,8 +155,8 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
         say(f"--from {from_image}: VAE {recorded['vae']} (as recorded; --vae picks another)")
     if "vae_tile" not in flags and (old := old_tile(recorded)):
         raise JobError(f"{from_image} {old}")
-    job = job_from_levels([*levels, (recorded, where, True), (flags, OPTIONS, False)],
-                          size_of=size_of, images=images)
+    levels += [(recorded, where, True), (flags, OPTIONS, False)]
+    job = files_given_in(job_from_levels(levels, size_of=size_of, images=images), levels)
     if preset is not None and (hidden := hidden_by_record(chosen.values, recorded, flags)):
         warn(f"--preset {chosen.name}: its {', '.join(hidden)} give way to --from "
              f"{from_image}'s recorded ones (a recorded job comes after a preset, flags after "
@@ -174,6 +175,40 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
     addons = result.get("addons")
     check_unchanged(job, addons if isinstance(addons, dict) else {}, given=set(flags))
     return check_scale_flags(job, flags)
+
+
+def files_given_in(job, levels: list[tuple[dict[str, Any], str, bool]]):
+    """`job` noting which preset or record gave each file it names and no flag did, so that
+    a file's error names that key where it is (`said_where_given`), not a flag never typed."""
+    from dataclasses import replace
+
+    from hires.batch import FLAG_KEYS
+    from hires.sizes import OPTIONS, giver
+
+    given = {key: where for key in FLAG_KEYS.values()
+             if (where := giver(levels, key)) not in (None, OPTIONS)}
+    return replace(job, extra={**job.extra, "given_in": given})
+
+
+def said_where_given(error: Exception, job) -> Exception:
+    """A file's error worded for its flag ("--lora x: no such file"), said of the preset's or
+    record's key that gave the file instead; any other error as it is."""
+    from hires.batch import FLAG_KEYS, by_key
+    from hires.job import JobError
+
+    given = job.extra.get("given_in", {})
+    flag = next((f for f, key in FLAG_KEYS.items()
+                 if str(error).startswith(f"{f} ") and key in given), None)
+    if flag is None:
+        return error
+    where = given[FLAG_KEYS[flag]]
+    said = by_key(str(error), where, "the preset's" if where.startswith("preset ") else
+                  "the image's folder")
+    from hires.model_refs import ModelError
+
+    if isinstance(error, ModelError):
+        return ModelError(said, usage=error.usage)
+    return JobError(said)
 
 
 def hidden_by_record(preset: dict[str, Any], recorded: dict[str, Any],

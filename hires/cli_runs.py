@@ -105,9 +105,14 @@ def checkpoint_note(path: Path, job, plan=None) -> str | None:
 def check_job_paths(job, loads: bool = True) -> None:
     """The model, VAE and LinFusion checkpoint `job` names by paths are there (exit 2), and,
     for a command that `loads` them, none is a pickle file unless the job allows it."""
-    from hires.model_refs import check_paths
+    from hires.cli_jobs import said_where_given
+    from hires.job import JobError
+    from hires.model_refs import ModelError, check_paths
 
-    check_paths(job.model, job.vae, job.linfusion, job.allow_pickle or not loads)
+    try:
+        check_paths(job.model, job.vae, job.linfusion, job.allow_pickle or not loads)
+    except (JobError, ModelError) as e:  # a preset's model: said as its key
+        raise said_where_given(e, job) from None
 
 
 def warn_tmpdir() -> None:

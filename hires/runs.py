@@ -165,6 +165,8 @@ def checked_run(one: Job, path: Path, runs: list[Run], output: str | None, *,
     """The Run of image `one` at `path`, after every check that can fail: its path is its
     own (not another of `runs`', nor its input), its format fits, and its files are free."""
     from hires.addons import check_inputs
+    from hires.cli_jobs import said_where_given
+    from hires.model_refs import ModelError
 
     if any(path == other.path for other in runs):
         # Only a template can: hires' own names are told apart (path_namer).
@@ -180,7 +182,10 @@ def checked_run(one: Job, path: Path, runs: list[Run], output: str | None, *,
         check_free(path, one, overwrite)
         if stage_images:
             check_stages_free(path, one, overwrite)
-    check_inputs(one)
+    try:
+        check_inputs(one)
+    except (JobError, ModelError) as e:  # a preset's LoRA, say: named as its key
+        raise said_where_given(e, one) from None
     return Run(one, path, made)
 
 

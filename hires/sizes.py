@@ -486,7 +486,7 @@ def _gives(values: dict[str, Any], key: str) -> bool:
     return key in {str(k).replace("-", "_") for k in values}
 
 
-def _giver(levels: list[tuple[dict[str, Any], str, bool]], key: str) -> str | None:
+def giver(levels: list[tuple[dict[str, Any], str, bool]], key: str) -> str | None:
     """Where the most specific level that gives `key` is; None if none does."""
     return next((where for values, where, _ in reversed(levels) if _gives(values, key)), None)
 
@@ -550,7 +550,7 @@ def job_from_levels(levels: list[tuple[dict[str, Any], str, bool]], base: Job | 
     try:
         return job.validate(images=images)
     except KeyedError as e:  # "--control needs --control-model": said where the key is
-        found = _giver(levels, e.key)
+        found = giver(levels, e.key)
         last = levels[-1][1] if levels else OPTIONS
         if last != OPTIONS:  # a batch's job, in keys; a preset's or [defaults]' key named there
             said = e.in_file(last) if found in (None, last) else f"{last}: {e.in_file(found)}"
@@ -560,7 +560,7 @@ def job_from_levels(levels: list[tuple[dict[str, Any], str, bool]], base: Job | 
         raise
     except JobError as e:  # "steps must be ...": say which preset, file or job gave it
         key = str(e).split(" ", 1)[0]
-        where = _giver(levels, key) or OPTIONS
+        where = giver(levels, key) or OPTIONS
         if where != OPTIONS:
             raise JobError(f"{e}{_in(where)}") from None
         if any(_gives(values, key)

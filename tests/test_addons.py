@@ -185,6 +185,46 @@ def test_a_presets_empty_addon_model_is_named_as_its_key(tmp_path, asked):
                        "'control_model' in preset 'e'", "is empty")
 
 
+@pytest.mark.parametrize("keys, key", [
+    ('lora = ["gone.safetensors"]', "lora"),
+    ('vae = "gone"', "vae"),
+    ('model = "gone"', "model"),
+    ('control_model = "gone"\ncontrol = "EDGES"', "control_model"),
+    ('ip_image = "gone.png"', "ip_image"),
+])
+@pytest.mark.parametrize("command", ["gen", "plan"])
+def test_a_presets_missing_file_is_named_as_its_key(keys, key, command, files, tmp_path,
+                                                    monkeypatch, asked):
+    monkeypatch.chdir(tmp_path)
+    preset = write(tmp_path / "p.toml", keys.replace("EDGES", str(files["control"])) + "\n")
+    prompt = ["a"] if command == "gen" else []
+    dry = ["--dry-run"] if command == "gen" else []
+    result = cli(command, *prompt, "--preset", preset, "--size", "256", *dry)
+    assert_usage_error(result, f"'{key}' in preset 'p' ({preset}): gone",
+                       f"relative paths are read from the current folder ({tmp_path}), not "
+                       "the preset's")
+    # The same file from a flag is the flag's
+    flag = "--" + key.replace("_", "-")
+    mended = write(tmp_path / "q.toml", keys.replace("EDGES", str(files["control"]))
+                   .replace("gone", "there") + "\n")
+    again = cli(command, *prompt, "--preset", mended, flag, "gone", "--size", "256", *dry)
+    assert_usage_error(again, f"{flag} gone")
+    assert "preset" not in error_lines(again.stderr)[0]
+
+
+def test_a_records_missing_file_is_named_in_the_record(files, tmp_path, asked):
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    gone = tmp_path / "gone.safetensors"
+    info.add_itxt("hires", json.dumps({"job": {"prompt": "a", "lora": [str(gone)]},
+                                       "result": {}}))
+    Image.new("RGB", (8, 8)).save(tmp_path / "r.png", pnginfo=info)
+    result = cli("gen", "--from", tmp_path / "r.png", "--model", "tiny", "--dry-run")
+    assert_usage_error(result, f"'lora' in metadata of {tmp_path / 'r.png'}: {gone}: no such "
+                               "file")
+
+
 def test_a_records_addon_without_its_other_half_is_named_in_the_record(files, tmp_path, asked):
     from PIL import PngImagePlugin
 
