@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -456,23 +457,60 @@ def show_all_made(paths: list[str], as_json: bool) -> None:
     """`hires info` on each image; one that cannot be read is said on stderr (and, with
     --json, as a {"file", "error"} line) and the others are still shown (as `ls` and `head`
     do), then the exit code is the first failure's."""
+    with exit_codes(), info_inputs(paths) as named:
+        failed = _show_each(named, as_json)
+    if failed:
+        raise typer.Exit(failed)
+
+
+def _show_each(named: list[tuple[str, str]], as_json: bool) -> int:
+    """`show_all_made`'s loop over (file to read, name to say): the first failure's exit code."""
     failed = 0
-    for number, path in enumerate(paths):
-        if len(paths) > 1 and not as_json:
-            out_line(("\n" if number else "") + f"file {path}")
+    for number, (path, name) in enumerate(named):
+        if len(named) > 1 and not as_json:
+            out_line(("\n" if number else "") + f"file {name}")
         try:
             with exit_codes():
                 try:
-                    show_made(path, as_json)
+                    show_made(path, as_json, name=name)
                 except Exception as e:
                     if as_json:  # a script reads which file failed from stdout, in order
-                        out_line(json_line({"file": str(path),
+                        out_line(json_line({"file": name,
                                              "error": str(e) or type(e).__name__}))
                     raise
         except typer.Exit as e:
             failed = failed or e.exit_code
-    if failed:
-        raise typer.Exit(failed)
+    return failed
+
+
+@contextmanager
+def info_inputs(paths: list[str]) -> Iterator[list[tuple[str, str]]]:
+    """`info`'s images as (file to read, name to say). '-' alone reads stdin, as `hires up -`
+    does: an image's bytes (kept in a temporary file for the block, said as "-"), else
+    image paths, one a line."""
+    from hires import piped
+    from hires.cli_jobs import open_stdin, stdin_lines
+
+    if "-" not in paths:
+        yield [(path, path) for path in paths]
+        return
+    if paths != ["-"]:
+        raise typer.BadParameter("give image paths or '-' (an image, or paths, on stdin), not "
+                                 "both")
+    stdin = open_stdin("give the image paths as arguments, or an image (or paths) on stdin")
+    stream = None if stdin.isatty() else getattr(stdin, "buffer", None)
+    head = piped.read_head(stream) if stream is not None else b""
+    if stream is not None and not head:
+        raise typer.BadParameter("'-' read nothing from stdin: pipe an image in (hires info - "
+                                 "< image.png), or image paths, one a line")
+    if piped.looks_binary(head):
+        with piped.spooled(stream, head) as held:  # read as a file: its metadata, not pixels
+            yield [(str(held), "-")]
+        return
+    named = stdin_lines("image paths", head)
+    if not named:
+        raise typer.BadParameter("'-' read no image paths from stdin (one per line)")
+    yield [(path, path) for path in named]
 
 
 def _safetensors_metadata(path: Path) -> dict[str, Any] | None:
@@ -696,23 +734,25 @@ def _dpi_lines(job: dict[str, Any], record_size: tuple[Any, Any], file_size: tup
     return lines
 
 
-def _show_a1111(path: Path, text: str, size: tuple[int, int], as_json: bool) -> None:
-    """An image with only A1111 'parameters': the values `hires gen --from` would take."""
+def _show_a1111(said: str, name: str, text: str, size: tuple[int, int], as_json: bool
+                ) -> None:
+    """An image with only A1111 'parameters': the values `hires gen --from` would take (`said`
+    in messages, `name` in --json: as `show_made`'s)."""
     from hires.job import JobError
     from hires.output import a1111_notes, parse_parameters
 
     try:
         values = parse_parameters(text)
     except (ValueError, TypeError) as e:
-        raise JobError(f"{path}: its A1111 parameters are malformed ({e}); `hires gen --from` "
+        raise JobError(f"{said}: its A1111 parameters are malformed ({e}); `hires gen --from` "
                        "cannot use them either") from None
     if problem := _rerun_problem(values):
-        warn(f"{path}: `hires gen --from` refuses its parameters: {problem}")
+        warn(f"{said}: `hires gen --from` refuses its parameters: {problem}")
     notes = a1111_notes(text)  # a sampler hires has not: --from says it, and so does this
     for note in notes:
-        warn(f"{path}: {note}")
+        warn(f"{said}: {note}")
     if as_json:
-        out_line(json_line({"file": str(path), "a1111": values, "parameters": text,
+        out_line(json_line({"file": name, "a1111": values, "parameters": text,
                             "notes": notes, "width": size[0], "height": size[1]}))
         return
     lines = ["not made by hires: A1111 parameters, as `hires gen --from` takes them",
@@ -724,24 +764,29 @@ def _show_a1111(path: Path, text: str, size: tuple[int, int], as_json: bool) -> 
     out_line("\n".join(lines))
 
 
-def show_made(path: str | Path, as_json: bool) -> None:
+def show_made(path: str | Path, as_json: bool, name: str | None = None) -> None:
     """How an image was made, from its hires metadata (or A1111's): job, stages and
-    add-ons; a checkpoint, named so or not, is shown as one."""
+    add-ons; a checkpoint, named so or not, is shown as one. `name`: the file as said ("-"
+    for `path` holding stdin's bytes)."""
     from hires import resume
     from hires.job import JobError
     from hires.output import OutputError, read_metadata
 
     if not str(path):  # `hires info "$IMG"` with the variable unset (a Path would be ".")
         raise JobError("an empty path was given; name an image file")
+    said = "stdin" if name == "-" else name or str(path)  # in messages
     path = Path(path)
     if path.name.endswith(resume.SUFFIX) or (
             path.is_file() and _safetensors_metadata(path) is not None):
+        if name == "-":  # its job's image is named beside it: only its path says where
+            raise JobError("a checkpoint on stdin: give its path (hires info "
+                           "NAME.resume.safetensors)")
         show_checkpoint(path, as_json)
         return
     try:
         meta = read_metadata(path)
     except OutputError as e:
-        raise JobError(str(e)) from None
+        raise JobError(str(e).replace(str(path), said)) from None
     record, (width, height) = meta["hires"], meta["size"]
     if meta["hires_error"] or (record is not None and _record_problem(record)):
         why = meta["hires_error"] or _record_problem(record)
@@ -749,18 +794,18 @@ def show_made(path: str | Path, as_json: bool) -> None:
         advice = ("`hires gen --from` still repeats the job, whose settings are whole"
                   if why.startswith("result") else
                   "give `hires gen` the settings as options, not --from")
-        raise JobError(f"{path}: its hires metadata is malformed ({why}), changed or cut "
+        raise JobError(f"{said}: its hires metadata is malformed ({why}), changed or cut "
                        f"short since hires wrote it; {advice}")
     if record is None:
         if meta["parameters"] and meta["parameters"].strip():
-            _show_a1111(path, meta["parameters"], (width, height), as_json)
+            _show_a1111(said, name or str(path), meta["parameters"], (width, height), as_json)
             return
-        raise JobError(f"{path} carries no hires or A1111 metadata; `hires info` alone shows "
+        raise JobError(f"{said} carries no hires or A1111 metadata; `hires info` alone shows "
                        "this machine")
     if problem := _rerun_problem(record["job"]):  # shown as written, and said before --from
-        warn(f"{path}: `hires gen --from` refuses its recorded job: {problem}")
+        warn(f"{said}: `hires gen --from` refuses its recorded job: {problem}")
     if as_json:
-        out_line(json_line({"file": str(path), **record, "image": {
+        out_line(json_line({"file": name or str(path), **record, "image": {
             "format": meta["format"], "width": width, "height": height,
             "dpi": meta["dpi"][0] if meta["dpi"] else None}}))
         return

@@ -321,3 +321,35 @@ def test_info_says_an_a1111_sampler_that_from_would_change(sampler, said, tmp_pa
     assert shown.exit_code == 0 and f"warning: {path}: A1111's sampler {said}" in shown.stderr
     as_json = json.loads(cli("info", path, "--json").stdout)
     assert len(as_json["notes"]) == 1 and said in as_json["notes"][0]
+
+
+def test_info_reads_an_image_or_paths_on_stdin(tmp_path, asked, monkeypatch):
+    out = tmp_path / "fox.png"
+    made(out)
+    as_file = json.loads(cli("info", out, "--json").stdout)
+    piped = cli("info", "-", "--json", input=out.read_bytes())
+    assert piped.exit_code == 0, piped.stderr
+    assert json.loads(piped.stdout) == {**as_file, "file": "-"}
+    assert "prompt 'a fox'" in cli("info", "-", input=out.read_bytes()).stdout
+    cat = tmp_path / "cat.png"
+    hires_png(cat, parameters=A1111.replace("Euler a", "DDIM"))
+    a1111 = cli("info", "-", "--json", input=cat.read_bytes())
+    assert json.loads(a1111.stdout)["file"] == "-" and "stdin: " in a1111.stderr
+    listed = cli("info", "-", input=f"{out}\n# a comment\n{cat}\n")
+    assert listed.exit_code == 0 and f"file {out}" in listed.stdout
+    assert f"file {cat}" in listed.stdout
+    bare = tmp_path / "bare.png"
+    Image.new("RGB", (8, 8)).save(bare)
+    assert_usage_error(cli("info", "-", input=bare.read_bytes()),
+                       "stdin carries no hires or A1111 metadata")
+    assert_usage_error(cli("info", "-", input=b""), "'-' read nothing from stdin")
+    assert_usage_error(cli("info", "-", out, input=out.read_bytes()), "not both")
+
+
+def test_a_checkpoint_on_stdin_is_asked_for_by_path(tmp_path):
+    import torch
+
+    kept = tmp_path / "k.safetensors"
+    save_file({"w": torch.zeros(2)}, str(kept), metadata={"format": resume.FORMAT})
+    assert_usage_error(cli("info", "-", input=kept.read_bytes()),
+                       "a checkpoint on stdin: give its path")
