@@ -784,6 +784,19 @@ def _stale_part(part: Path) -> bool:
     return old is not None and not pid_alive(int(old.group(1)))
 
 
+def user_comment(raw: bytes) -> str:
+    """An EXIF UserComment's text: after its 8-byte code, "UNICODE\0" text is UTF-16 (A1111
+    and most tools write big-endian; little-endian files, which the EXIF byte order allows,
+    are told by a byte-order mark or by where an ASCII text's zero bytes fall), else UTF-8."""
+    text = raw[8:]
+    if not raw.startswith(b"UNICODE\0"):
+        return text.decode("utf-8", errors="replace")
+    if text.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return text.decode("utf-16", errors="replace")  # the mark says the order
+    little = text[1::2].count(0) > text[0::2].count(0)
+    return text.decode("utf-16-le" if little else "utf-16-be", errors="replace")
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """{'parameters': A1111 text or None, 'hires': the run's JSON record or None,
     'hires_error': why a 'hires' record there cannot be read (or None), 'format', 'size' and
@@ -813,10 +826,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         params, blob = _utf8(tags.get(IMAGE_DESCRIPTION)), tags.get(TIFF_HIRES_TAG)
     else:
         raw = exif.get_ifd(EXIF_IFD).get(USER_COMMENT)
-        if isinstance(raw, bytes) and raw.startswith(b"UNICODE\0"):
-            params = raw[8:].decode("utf-16-be", errors="replace")
-        elif isinstance(raw, bytes):
-            params = raw[8:].decode("utf-8", errors="replace")
+        params = user_comment(raw) if isinstance(raw, bytes) else None
         blob = exif.get(IMAGE_DESCRIPTION)
     record = error = None
     if blob:

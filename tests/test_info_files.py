@@ -353,3 +353,20 @@ def test_a_checkpoint_on_stdin_is_asked_for_by_path(tmp_path):
     save_file({"w": torch.zeros(2)}, str(kept), metadata={"format": resume.FORMAT})
     assert_usage_error(cli("info", "-", input=kept.read_bytes()),
                        "a checkpoint on stdin: give its path")
+
+
+@pytest.mark.parametrize("encoded", [
+    lambda text: b"UNICODE\0" + text.encode("utf-16-be"),  # A1111's (piexif's)
+    lambda text: b"UNICODE\0" + text.encode("utf-16-le"),  # an Intel-order file's
+    lambda text: b"UNICODE\0" + text.encode("utf-16"),  # with a byte-order mark
+    lambda text: b"ASCII\0\0\0" + text.encode(),
+], ids=["be", "le", "bom", "ascii"])
+def test_a_jpegs_a1111_comment_reads_in_either_byte_order(encoded, tmp_path):
+    from hires.output import EXIF_IFD, USER_COMMENT
+
+    exif = Image.Exif()
+    exif.get_ifd(EXIF_IFD)[USER_COMMENT] = encoded(A1111)
+    path = tmp_path / "cat.jpg"
+    Image.new("RGB", (8, 8)).save(path, exif=exif)
+    assert job_values_from_image(path)["prompt"] == "a cat on a mat"
+    assert "prompt 'a cat on a mat'" in cli("info", path).stdout
