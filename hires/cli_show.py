@@ -734,10 +734,17 @@ def _dpi_lines(job: dict[str, Any], record_size: tuple[Any, Any], file_size: tup
     return lines
 
 
-def _show_a1111(said: str, name: str, text: str, size: tuple[int, int], as_json: bool
-                ) -> None:
+def _file_facts(meta: dict[str, Any]) -> dict[str, Any]:
+    """The file's own format, size and dpi, as --json's "image" gives them for any image."""
+    width, height = meta["size"]
+    return {"format": meta["format"], "width": width, "height": height,
+            "dpi": meta["dpi"][0] if meta["dpi"] else None}
+
+
+def _show_a1111(said: str, name: str, meta: dict[str, Any], as_json: bool) -> None:
     """An image with only A1111 'parameters': the values `hires gen --from` would take (`said`
     in messages, `name` in --json: as `show_made`'s)."""
+    text, size = meta["parameters"], meta["size"]
     from hires.job import JobError
     from hires.output import a1111_notes, parse_parameters
 
@@ -753,7 +760,7 @@ def _show_a1111(said: str, name: str, text: str, size: tuple[int, int], as_json:
         warn(f"{said}: {note}")
     if as_json:
         out_line(json_line({"file": name, "a1111": values, "parameters": text,
-                            "notes": notes, "width": size[0], "height": size[1]}))
+                            "notes": notes, "image": _file_facts(meta)}))
         return
     lines = ["not made by hires: A1111 parameters, as `hires gen --from` takes them",
              *_prompt_lines(values)]
@@ -798,16 +805,14 @@ def show_made(path: str | Path, as_json: bool, name: str | None = None) -> None:
                        f"short since hires wrote it; {advice}")
     if record is None:
         if meta["parameters"] and meta["parameters"].strip():
-            _show_a1111(said, name or str(path), meta["parameters"], (width, height), as_json)
+            _show_a1111(said, name or str(path), meta, as_json)
             return
         raise JobError(f"{said} carries no hires or A1111 metadata; `hires info` alone shows "
                        "this machine")
     if problem := _rerun_problem(record["job"]):  # shown as written, and said before --from
         warn(f"{said}: `hires gen --from` refuses its recorded job: {problem}")
     if as_json:
-        out_line(json_line({"file": name or str(path), **record, "image": {
-            "format": meta["format"], "width": width, "height": height,
-            "dpi": meta["dpi"][0] if meta["dpi"] else None}}))
+        out_line(json_line({"file": name or str(path), **record, "image": _file_facts(meta)}))
         return
     job, result = record["job"], record.get("result") or {}
     sampler = (job.get("sampler") or "euler") + (" karras" if job.get("karras") else "")

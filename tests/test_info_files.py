@@ -244,6 +244,8 @@ def test_a1111_parameters_are_shown_as_from_takes_them(tmp_path):
     assert "negative 'ugly'" in shown.stdout and "steps 20" in shown.stdout
     record = json.loads(cli("info", path, "--json").stdout)
     assert record["a1111"] == job_values_from_image(path)
+    # the file's facts where a hires image's are
+    assert record["image"] == {"format": "PNG", "width": 8, "height": 8, "dpi": None}
 
 
 def test_an_upscale_without_prompt_and_a_negative_prompt(tmp_path, asked, small):
