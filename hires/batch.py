@@ -428,7 +428,7 @@ def name_outputs(items: list[BatchItem], folder: Path, file_name: str
                 given = os.path.join(folder, os.path.expanduser(out.fs_text(item.output)))
                 # A folder takes the batch's own names (as gen's -o its own), not hires_...;
                 # one that exists counts once its template is filled.
-                if given.endswith(("/", os.sep)) or out.output_path(
+                if out.names_folder(given) or out.output_path(
                         os.path.join(given, ""), **fields).parent.is_dir():
                     given = os.path.join(given, name)
                 path = out.output_path(given, **fields)

@@ -448,6 +448,12 @@ def batch(
         refuse_empty("--model", model, "a Hub id, folder or .safetensors file")
         refuse_empty("--device", device, "auto, cpu, mps, cuda or cuda:N")
         output = Path(output)
+        from hires.job import JobError
+        from hires.output import names_folder
+
+        if manifest is not None and names_folder(manifest):  # a Path drops the '/' that says so
+            raise JobError(f"--manifest {manifest} names a folder; name a .jsonl file (the "
+                           f"default is {output / 'manifest.jsonl'})")
         manifest = None if manifest is None else Path(manifest)
         # --model and --device are every job's unless a job (its keys, [defaults] or its own
         # preset) names its own, as gen's flags beat a preset; --allow-pickle and --quality

@@ -303,6 +303,8 @@ def output_path(
         raise OutputUsage(f"output name {text!r} holds a line break, and hires lists each image "
                           "it writes as one line: choose another -o")
     path = Path(text).expanduser()
+    if ".." in path.parts:  # `new/../in.png` is in.png: the input and file checks see that one
+        path = resolved(path)
     from hires.resume import SUFFIX
 
     # The image's name leaves room for a suffix hires adds and for the checkpoint beside it
@@ -316,7 +318,7 @@ def output_path(
             raise OutputUsage(f"{'folder' if most == NAME_MAX else 'output'} name "
                               f"'{part[:40]}...' is {size} bytes; it may be at most {most}, as "
                               f"{why}: choose a shorter -o")
-    if path.is_dir() or text.endswith(("/", os.sep)):
+    if path.is_dir() or names_folder(text):
         return path / default_name(width, height, seed, fmt)
     if path.exists() and not path.is_file():  # a device or a pipe: `-o /dev/null` made null.png
         raise OutputUsage(f"{path} is a device or pipe, not a file: hires writes files (via a "
@@ -328,10 +330,27 @@ def output_path(
     return path
 
 
+def names_folder(text: str) -> bool:
+    """Whether an output name is a folder's by its spelling, made yet or not: it ends in a
+    separator, '.' or '..' (`-o out/.`; a Path drops a last '.')."""
+    return text.endswith(("/", os.sep)) or os.path.basename(text) in (".", "..")
+
+
+def resolved(path: Path) -> Path:
+    """`path` with its '..' resolved as the file system will (a link's parent is its target's;
+    a folder not made yet's, the folder it is in), relative still if it was. Its last name is
+    kept as it is, a link or not: the rename replaces it, never follows it."""
+    folder, name = (path, "") if path.name == ".." else (path.parent, path.name)
+    real = Path(os.path.realpath(folder)) / name
+    return real if path.is_absolute() else Path(os.path.relpath(real))
+
+
 # Python's format spec ([[fill]align][sign][#][0][width][,_][.precision][type]) with at most
 # 3 digits of width (`{seed:999999999}` would build a gigabyte before the name check), and no
 # path separator as the fill (`{prompt:/>12}` made //etc-passwd.png, at the root).
-_FORMAT_SPEC = re.compile(r"([^/\\]?[<>^=])?[+\- ]?#?0?\d{0,3}[,_]?(\.\d{1,3})?[a-zA-Z%]?")
+# No type 'c': it makes a number a character (a control one, a NUL, or an OverflowError).
+_FORMAT_SPEC = re.compile(
+    r"([^/\\]?[<>^=])?[+\- ]?#?0?\d{0,3}[,_]?(\.\d{1,3})?[bdoxXeEfFgGns%]?")
 
 
 def _check_template(text: str, fields: dict[str, Any]) -> None:

@@ -44,6 +44,36 @@ def test_a_job_writing_over_its_own_input_is_refused_even_with_overwrite(small, 
     assert sorted(p.name for p in small.parent.iterdir()) == ["in.png", "self.toml"]
 
 
+def test_a_jobs_output_through_a_folder_not_made_yet_is_not_its_input(small, tmp_path):
+    """`output = "../in.png"` under an -o not made yet replaced the input with --overwrite,
+    and the dry run listed it to make."""
+    jobs = write(tmp_path / "up.toml", f'{DEFAULTS}[[job]]\nimage = "{small}"\nscale = 2\n'
+                                       'output = "../in.png"\n')
+    before = small.read_bytes()
+    for extra in (("--dry-run",), ("--overwrite",)):
+        line = refused(cli("batch", jobs, "-o", tmp_path / "new", *extra))
+        assert "up.toml job 0" in line and "is the input image" in line, line
+    assert small.read_bytes() == before and not (tmp_path / "new").exists()
+
+
+def test_a_jobs_output_of_dot_is_the_folder_made_or_not(tmp_path, asked):
+    """`output = "."` under an -o not made yet wrote -o's name plus .png, outside it."""
+    jobs = write(tmp_path / "j.toml", f'{DEFAULTS}[[job]]\nprompt = "a"\nseed = 4\n'
+                                      'output = "."\n')
+    result = cli("batch", jobs, "-o", tmp_path / "new", "-q")
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == [
+        "job0000_64x64_s4.png", "manifest.jsonl"]
+    assert not (tmp_path / "new.png").exists()
+
+
+def test_a_manifest_named_as_a_folder_is_refused(tmp_path):
+    jobs = write(tmp_path / "j.toml", f'{DEFAULTS}[[job]]\nprompt = "a"\n')
+    line = refused(cli("batch", jobs, "-o", tmp_path / "o", "--manifest", f"{tmp_path}/m.txt/"))
+    assert f"--manifest {tmp_path}/m.txt/ names a folder; name a .jsonl file" in line
+    assert not (tmp_path / "m.txt").exists()
+
+
 def test_a_hires_made_input_is_not_moved_aside_for_its_own_job(small, tmp_path, asked):
     """An input made by hires (its settings recorded) passed the dry run; the run moved it aside
     (in.<hash>.png) and the job then failed for want of its input."""

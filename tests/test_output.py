@@ -485,3 +485,13 @@ def test_a1111_seed_minus_1_is_a_random_seed_not_an_error():
 
     assert "seed" not in parse_parameters("a fox\nSteps: 20, Seed: -1, Size: 512x512")
     assert parse_parameters("a fox\nSteps: 20, Seed: 5, Size: 512x512")["seed"] == 5
+
+
+@pytest.mark.parametrize("template", ["{seed:c}.png", "{index:c}.png", "{width:>5c}.png"])
+def test_a_template_may_not_make_a_number_a_character(template):
+    """`{seed:c}` crashed (OverflowError), `{index:c}` made a NUL, a small seed a control
+    character in the name."""
+    from hires.output import OutputError, output_path
+
+    with pytest.raises(OutputError, match="is not a field with a format"):
+        output_path(template, width=64, height=64, seed=5, fmt="png")

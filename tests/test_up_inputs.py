@@ -85,6 +85,27 @@ def test_an_output_over_its_input_is_refused_even_with_overwrite(small, asked):
     assert small.read_bytes() == before
 
 
+def test_an_output_reaching_its_input_through_a_folder_not_made_yet_is_refused(small, asked):
+    """`-o new/../in.png --overwrite` replaced the input: `new` did not exist, so the path did
+    not either, until the save made the folder; a refusal made `new` all the same."""
+    before = small.read_bytes()
+    through = small.parent / "new" / ".." / small.name
+    result = cli("up", small, *TINY, "--scale", "2", "-o", through, "--overwrite")
+    assert_usage_error(result, "is the input image", "choose another -o")
+    assert small.read_bytes() == before and not (small.parent / "new").exists()
+
+
+def test_an_output_ending_in_dot_is_a_folder_made_or_not(small, tmp_path, asked):
+    """`-o out/.` wrote out.png beside the folder (a Path drops a last '.'), and `-o a/b/..`
+    a file named '...png'."""
+    for given, folder in ((f"{tmp_path}/out/.", tmp_path / "out"),
+                          (f"{tmp_path}/a/b/..", tmp_path / "a")):
+        result = cli("up", small, *TINY, "--scale", "2", "-o", given, "-q")
+        assert result.exit_code == 0, result.stderr
+        assert [p.name for p in folder.iterdir() if p.is_file()] == ["hires_192x128_s1_in.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "in.png", "out"]
+
+
 def _anim(tmp_path):
     frames = [Image.new("RGB", (64, 64), c) for c in ("red", "green", "blue")]
     frames[0].save(tmp_path / "anim.webp", save_all=True, append_images=frames[1:])
