@@ -263,11 +263,14 @@ def load_input(path: Path | str) -> InputImage:
     with _reading(path) as im:
         sha = file_sha256(path)
         im.load()  # the full decode: truncation and corruption surface here
+        bits = _file_bits(im, path)
+        if bits > 16 and im.mode != "F":  # read as 16-bit, its levels came out near black
+            raise ImageInputError(f"its samples are {bits}-bit integers; save it as an 8- or "
+                                  "16-bit TIFF or PNG")
         ImageOps.exif_transpose(im, in_place=True)
         rgb, alpha = _split(im)
         rgb, profile = _in_srgb(im, rgb)
         fmt = FORMATS[im.format or ""]
-        bits = _file_bits(im, path)
         frames = getattr(im, "n_frames", 1)
         grey = im.mode in _GREY_MODES or _channels_equal(rgb)  # (16-bit LA opens as RGBA)
     return InputImage(rgb=rgb, alpha=alpha, path=path, sha256=sha, format=fmt, size=rgb.size,
@@ -295,12 +298,13 @@ def input_notes(source: InputImage, depth: int = 8) -> list[str]:
 
 def _file_bits(im: Image.Image, path: Path) -> int:
     """Bits a sample the file holds; Pillow opens 16-bit RGB(A) PNGs and TIFFs as 8-bit modes
-    and keeps no public trace of it, so PNG's header and TIFF's BitsPerSample say."""
-    if im.mode in _SIXTEEN_BIT:
-        return 16
+    and keeps no public trace of it, so PNG's header and TIFF's BitsPerSample say (its mode
+    "I" is a 32-bit TIFF's, or 16-bit data)."""
     if im.format == "TIFF":
         per = im.tag_v2.get(258, 8)  # BitsPerSample: one count, or one per sample
         return max(per) if isinstance(per, tuple) else int(per)
+    if im.mode in _SIXTEEN_BIT:
+        return 16
     if im.format == "PNG":
         with open(path, "rb") as f:
             head = f.read(25)  # signature, IHDR's length and type, width, height, bit depth

@@ -185,12 +185,13 @@ def test_sixteen_bit_big_endian_tiff(tmp_path, photo):
 
 
 def test_sixteen_bit_mode_i(tmp_path, photo):
-    """Mode "I" (32-bit ints holding 16-bit data, as older Pillows open 16-bit PNGs)."""
+    """Mode "I" (32-bit ints holding 16-bit data, as older Pillows open 16-bit PNGs; a 32-bit
+    TIFF is refused by its BitsPerSample before)."""
+    from hires.images import _split
+
     g = sixteen_bit_grey(photo).astype(np.int32)
-    p = tmp_path / "i32.tiff"
-    Image.fromarray(g, "I").save(p)
-    got = load_input(p)
-    assert list(arr(got.rgb)[0, :3, 0]) == [0, 128, 255]
+    rgb, alpha = _split(Image.fromarray(g, "I"))
+    assert list(arr(rgb)[0, :3, 0]) == [0, 128, 255] and alpha is None
 
 
 def test_48_bit_rgb_tiff(tmp_path, photo):
@@ -402,8 +403,14 @@ def test_a_32_bit_integer_tiff_is_refused_not_clipped_to_white(tmp_path):
     white (the photo's mean 129 came out 243) and it said 'has 16 bits a channel'."""
     photo = np.asarray(Image.fromarray(data.camera()).resize((64, 64))).astype(np.int32)
     Image.fromarray(photo * 65793, "I").save(tmp_path / "i32.tif")
-    with pytest.raises(ImageInputError, match="32-bit integers beyond the 16-bit range"):
+    with pytest.raises(ImageInputError, match="its samples are 32-bit integers; save it as an "
+                                              "8- or 16-bit TIFF or PNG"):
         load_input(tmp_path / "i32.tif")
+    # Nor one whose values fit 8 bits (PIL's convert("I")): read as 16-bit, it came out near
+    # black (mean 2.7 for a photo's 115), said to have '16 bits a channel'.
+    Image.fromarray(photo, "I").save(tmp_path / "low.tif")
+    with pytest.raises(ImageInputError, match="its samples are 32-bit integers"):
+        load_input(tmp_path / "low.tif")
     Image.fromarray((photo * 257).astype(np.uint16)).save(tmp_path / "i16.tif")  # I;16: fine
     got = load_input(tmp_path / "i16.tif")
     assert got.bits == 16 and abs(np.asarray(got.rgb)[..., 0].mean() - photo.mean()) < 1
