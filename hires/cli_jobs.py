@@ -362,6 +362,8 @@ def up_inputs(images: list[Path]) -> Iterator[list[str]]:
     if Path("-") not in images:
         yield distinct([str(image) for image in images])
         return
+    if images.count(Path("-")) > 1:
+        raise typer.BadParameter("'-' is given more than once; stdin is read once: give it once")
     if images != [Path("-")]:
         raise typer.BadParameter("give image paths or '-' (an image, or paths, on stdin), not "
                                  "both")

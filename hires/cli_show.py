@@ -494,6 +494,8 @@ def info_inputs(paths: list[str]) -> Iterator[list[tuple[str, str]]]:
     if "-" not in paths:
         yield [(path, path) for path in paths]
         return
+    if paths.count("-") > 1:
+        raise typer.BadParameter("'-' is given more than once; stdin is read once: give it once")
     if paths != ["-"]:
         raise typer.BadParameter("give image paths or '-' (an image, or paths, on stdin), not "
                                  "both")

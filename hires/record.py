@@ -203,7 +203,16 @@ def save(result: Result, path: str | Path, *, fmt: str | None = None, overwrite:
             save_stage(stage_image, stage_path, job, index, fmt=fmt, overwrite=overwrite,
                        linfusion=result.linfusion, vae_dtype=result.vae_dtype,
                        dtype=record["dtype"])
+    def saving(text: str) -> None:
+        """What the file's format cannot keep (a JPEG's transparency), in the record (--json,
+        a manifest) and, said before its metadata is encoded, the file's too."""
+        if text not in record["warnings"]:  # the result's own list (a library save adds it)
+            record["warnings"].append(text)
+        if warn:
+            warn(text)
+
     output.save_image(result.image, path, fmt=fmt, metadata=metadata, overwrite=overwrite,
-                      dpi=result.job.dpi, warn=warn, pixels16=result.pixels16, quality=quality)
+                      dpi=result.job.dpi, warn=saving, pixels16=result.pixels16,
+                      quality=quality)
     return record
 

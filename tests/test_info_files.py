@@ -346,6 +346,8 @@ def test_info_reads_an_image_or_paths_on_stdin(tmp_path, asked, monkeypatch):
                        "stdin carries no hires or A1111 metadata")
     assert_usage_error(cli("info", "-", input=b""), "'-' read nothing from stdin")
     assert_usage_error(cli("info", "-", out, input=out.read_bytes()), "not both")
+    assert_usage_error(cli("info", "-", "-", input=out.read_bytes()),
+                       "'-' is given more than once; stdin is read once")
 
 
 def test_a_checkpoint_on_stdin_is_asked_for_by_path(tmp_path):

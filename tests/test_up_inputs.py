@@ -106,6 +106,22 @@ def test_an_output_ending_in_dot_is_a_folder_made_or_not(small, tmp_path, asked)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "in.png", "out"]
 
 
+def test_a_jpegs_lost_transparency_is_in_the_json_record_and_the_file(tmp_path, asked):
+    """It was said on stderr alone: a script reading stdout could not tell the alpha went."""
+    clear = tmp_path / "clear.png"
+    image = Image.new("RGBA", (96, 64), (200, 50, 50, 255))
+    image.paste((0, 0, 0, 0), (0, 0, 8, 8))
+    image.save(clear)
+    result = cli("up", clear, *TINY, "--scale", "2", "-o", tmp_path / "c.jpg", "--json")
+    assert result.exit_code == 0, result.stderr
+    said = "JPEG holds no transparency: c.jpg is flattened on white"
+    assert result.stderr.count(said) == 1
+    (record,) = json_lines(result.stdout)
+    assert [w for w in record["warnings"] if said in w]
+    info = json.loads(cli("info", tmp_path / "c.jpg", "--json").stdout)
+    assert info["result"]["warnings"] == record["warnings"]
+
+
 def _anim(tmp_path):
     frames = [Image.new("RGB", (64, 64), c) for c in ("red", "green", "blue")]
     frames[0].save(tmp_path / "anim.webp", save_all=True, append_images=frames[1:])

@@ -123,6 +123,8 @@ def test_paths_on_stdin_still_work(tmp_path, asked):
     assert (tmp_path / "out" / "hires_288x192_s3_a.png").is_file()
     none = cli("up", "-", "--scale", "2", "--dry-run", input="# only a comment\n")
     assert_usage_error(none, "read no image paths")
+    twice = cli("up", "-", "-", "--scale", "2", "--dry-run", input=f"{first}\n")
+    assert_usage_error(twice, "'-' is given more than once; stdin is read once")
 
 
 @pytest.mark.parametrize("data, words", [
