@@ -272,7 +272,7 @@ def up(
         if not dry_run or gpu is None:  # a dry run with --gpu plans that card, not this one
             check_device(jobs[0].device, dry_run, given=device is not None)
         if dry_run:
-            images = check_outputs(jobs, output, fmt, 1, overwrite, preview=preview,
+            images = check_outputs(jobs, output, fmt, 1, overwrite, save_stages, preview,
                                    alpha=frozenset(alpha), quality_flag=quality is not None,
                                    as_json=as_json, resume_runs=resume_runs)
             for job, size, image in zip(jobs, sizes, images):  # an input's plan, its image
@@ -449,12 +449,14 @@ def batch(
         refuse_empty("--device", device, "auto, cpu, mps, cuda or cuda:N")
         output = Path(output)
         from hires.job import JobError
-        from hires.output import names_folder
+        from hires.output import names_folder, resolved
 
         if manifest is not None and names_folder(manifest):  # a Path drops the '/' that says so
             raise JobError(f"--manifest {manifest} names a folder; name a .jsonl file (the "
                            f"default is {output / 'manifest.jsonl'})")
-        manifest = None if manifest is None else Path(manifest)
+        manifest = None if manifest is None else Path(manifest).expanduser()
+        if manifest is not None and ".." in manifest.parts:  # new/../j.toml is the job file
+            manifest = resolved(manifest)
         # --model and --device are every job's unless a job (its keys, [defaults] or its own
         # preset) names its own, as gen's flags beat a preset; --allow-pickle and --quality
         # are every job's.

@@ -787,10 +787,14 @@ def show_made(path: str | Path, as_json: bool, name: str | None = None) -> None:
     path = Path(path)
     if path.name.endswith(resume.SUFFIX) or (
             path.is_file() and _safetensors_metadata(path) is not None):
-        if name == "-":  # its job's image is named beside it: only its path says where
+        if name == "-" and (_safetensors_metadata(path) or {}).get("format") == resume.FORMAT:
+            # its job's image is named beside it: only its path says where
             raise JobError("a checkpoint on stdin: give its path (hires info "
                            "NAME.resume.safetensors)")
-        show_checkpoint(path, as_json)
+        try:
+            show_checkpoint(path, as_json)
+        except JobError as e:  # model weights, say: said of stdin, not a temporary file
+            raise JobError(str(e).replace(str(path), said)) from None
         return
     try:
         meta = read_metadata(path)

@@ -809,11 +809,12 @@ def user_comment(raw: bytes) -> str:
     are told by a byte-order mark or by where an ASCII text's zero bytes fall), else UTF-8."""
     text = raw[8:]
     if not raw.startswith(b"UNICODE\0"):
-        return text.decode("utf-8", errors="replace")
+        return text.decode("utf-8", errors="replace").rstrip("\0")  # a C writer's terminator
+    text = text[:len(text) // 2 * 2]  # a stray last byte is half of no character
     if text.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return text.decode("utf-16", errors="replace")  # the mark says the order
+        return text.decode("utf-16", errors="replace").rstrip("\0")  # the mark says the order
     little = text[1::2].count(0) > text[0::2].count(0)
-    return text.decode("utf-16-le" if little else "utf-16-be", errors="replace")
+    return text.decode("utf-16-le" if little else "utf-16-be", errors="replace").rstrip("\0")
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

@@ -173,6 +173,8 @@ def checked_run(one: Job, path: Path, runs: list[Run], output: str | None, *,
         raise JobError(f"two images would both write {path}; number them: -o "
                        f"{numbered(output)}")
     check_not_input(path, one.image)
+    for stage_file in stage_paths(path, stage_count(one)) if stage_images else []:
+        check_not_input(stage_file, one.image)  # --save-stages: NAME.stage0.png is the input
     problem = out.format_problem(one.format, one.width, one.height, one.depth,
                                  4 if one.image in alpha else 3)
     if problem:

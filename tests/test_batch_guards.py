@@ -67,6 +67,18 @@ def test_a_jobs_output_of_dot_is_the_folder_made_or_not(tmp_path, asked):
     assert not (tmp_path / "new.png").exists()
 
 
+def test_a_manifest_reaching_the_job_file_through_a_folder_not_made_yet_is_refused(tmp_path):
+    """`--manifest new/../j.toml` appended its JSON lines to the job file: the path was not
+    there until the run made new/."""
+    jobs = write(tmp_path / "j.toml", f'{DEFAULTS}[[job]]\nprompt = "a"\n')
+    before = jobs.read_bytes()
+    for extra in (("--dry-run",), ()):
+        line = refused(cli("batch", jobs, "-o", tmp_path / "o", "--manifest",
+                           tmp_path / "new" / ".." / "j.toml", *extra))
+        assert "is the job file" in line, line
+    assert jobs.read_bytes() == before and not (tmp_path / "new").exists()
+
+
 def test_a_manifest_named_as_a_folder_is_refused(tmp_path):
     jobs = write(tmp_path / "j.toml", f'{DEFAULTS}[[job]]\nprompt = "a"\n')
     line = refused(cli("batch", jobs, "-o", tmp_path / "o", "--manifest", f"{tmp_path}/m.txt/"))

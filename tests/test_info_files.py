@@ -357,6 +357,10 @@ def test_a_checkpoint_on_stdin_is_asked_for_by_path(tmp_path):
     save_file({"w": torch.zeros(2)}, str(kept), metadata={"format": resume.FORMAT})
     assert_usage_error(cli("info", "-", input=kept.read_bytes()),
                        "a checkpoint on stdin: give its path")
+    weights = tmp_path / "lora.safetensors"
+    save_file({"w": torch.zeros(2)}, str(weights), metadata={"name": "a lora"})
+    assert_usage_error(cli("info", "-", input=weights.read_bytes()),
+                       "stdin is a safetensors file but not a hires checkpoint")
 
 
 @pytest.mark.parametrize("encoded", [
@@ -364,7 +368,11 @@ def test_a_checkpoint_on_stdin_is_asked_for_by_path(tmp_path):
     lambda text: b"UNICODE\0" + text.encode("utf-16-le"),  # an Intel-order file's
     lambda text: b"UNICODE\0" + text.encode("utf-16"),  # with a byte-order mark
     lambda text: b"ASCII\0\0\0" + text.encode(),
-], ids=["be", "le", "bom", "ascii"])
+    # NUL-terminated, and a stray last byte: no NUL or U+FFFD in the last value
+    lambda text: b"UNICODE\0" + (text + "\0").encode("utf-16-le"),
+    lambda text: b"UNICODE\0" + text.encode("utf-16-be") + b"\0",
+    lambda text: b"ASCII\0\0\0" + text.encode() + b"\0",
+], ids=["be", "le", "bom", "ascii", "le-nul", "odd", "ascii-nul"])
 def test_a_jpegs_a1111_comment_reads_in_either_byte_order(encoded, tmp_path):
     from hires.output import EXIF_IFD, USER_COMMENT
 
@@ -372,5 +380,6 @@ def test_a_jpegs_a1111_comment_reads_in_either_byte_order(encoded, tmp_path):
     exif.get_ifd(EXIF_IFD)[USER_COMMENT] = encoded(A1111)
     path = tmp_path / "cat.jpg"
     Image.new("RGB", (8, 8)).save(path, exif=exif)
-    assert job_values_from_image(path)["prompt"] == "a cat on a mat"
+    values = job_values_from_image(path)
+    assert values["prompt"] == "a cat on a mat" and values["model"] == "sdxl"
     assert "prompt 'a cat on a mat'" in cli("info", path).stdout

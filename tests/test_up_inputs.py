@@ -95,6 +95,18 @@ def test_an_output_reaching_its_input_through_a_folder_not_made_yet_is_refused(s
     assert small.read_bytes() == before and not (small.parent / "new").exists()
 
 
+def test_a_stage_image_over_the_input_is_refused(small, asked):
+    """`up o.stage0.png --save-stages -o o.png --overwrite` wrote stage 0 over its input."""
+    staged = small.with_name("o.stage0.png")
+    small.rename(staged)
+    before = staged.read_bytes()
+    for extra in (("--dry-run",), ()):
+        result = cli("up", staged, *TINY, "--scale", "4", "--save-stages", "-o",
+                     staged.with_name("o.png"), "--overwrite", *extra)
+        assert_usage_error(result, f"{staged} is the input image", "choose another -o")
+    assert staged.read_bytes() == before
+
+
 def test_an_output_ending_in_dot_is_a_folder_made_or_not(small, tmp_path, asked):
     """`-o out/.` wrote out.png beside the folder (a Path drops a last '.'), and `-o a/b/..`
     a file named '...png'."""
