@@ -40,18 +40,18 @@ class Addons:
     record: dict[str, Any] = field(default_factory=dict)
 
 
-def check_inputs(job: Job, loads: bool = True) -> None:
+def check_inputs(job: Job, loads: bool = True, images: bool = True) -> None:
     """Fail before any loading when a local add-on file the job names is missing or cannot be
     what it is given as (a folder as an image, a LoRA as a ControlNet, an IP-Adapter folder
     without its image encoder), or an image it names cannot be read (else the model and the
     add-on load first, minutes with SDXL). For a command that `loads` them (not `hires plan`,
     which may plan another machine's run): pickle files need --allow-pickle, and with
     HF_HUB_OFFLINE set, a Hub add-on must be in the local cache (ModelError, exit 1, as a
-    load says)."""
+    load says). Without `images`, the add-ons' images are not looked at (`hires plan`)."""
     from hires import controlnet, ip_adapter
 
     allow_pickle = job.allow_pickle or not loads
-    local = [("--control", job.control), ("--ip-image", job.ip_image)]
+    local = [("--control", job.control), ("--ip-image", job.ip_image)] if images else []
     if job.lora:
         from hires.lora import hub_parts, parse_lora
 

@@ -323,7 +323,7 @@ def plan(
         from hires.model_refs import ModelError
 
         try:
-            check_inputs(job, loads=False)  # and the add-ons' files
+            check_inputs(job, loads=False, images=False)  # the add-ons' files, not images
         except (JobError, ModelError) as e:  # a preset's LoRA, say: named as its key
             raise said_where_given(e, job) from None
         from hires.output import format_problem

@@ -135,7 +135,8 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
     result = recorded_result(from_image)
     local = result.get("local") if isinstance(result.get("local"), list) else []
     # Before the size (it reads an input); not the add-ons a flag's 'none' drops (job_from_levels).
-    missing = missing_relative(without(recorded, switched_off(flags)[1]), flags, local)
+    missing = missing_relative(without(recorded, switched_off(flags)[1]), flags, local,
+                               images)
     if missing:
         # The record keeps paths as they were typed: relative to the folder hires ran in.
         what, path, key = missing
@@ -247,11 +248,12 @@ def check_scale_flags(job, flags: dict[str, Any]):
     return job
 
 
-def missing_relative(recorded: dict[str, Any], flags: dict[str, Any], local: list[str]
-                     ) -> tuple[str, str, str] | None:
+def missing_relative(recorded: dict[str, Any], flags: dict[str, Any], local: list[str],
+                     images: bool = True) -> tuple[str, str, str] | None:
     """(how it was used, path, its key) of the first local file or folder a record names by a
     relative path that is not here, among those no flag replaces; Hub ids are not paths.
-    `local`: the keys the record says were local (`hires.record.local_refs`)."""
+    `local`: the keys the record says were local (`hires.record.local_refs`); without
+    `images`, the add-ons' images are not asked for (a plan does not read them)."""
     from hires.lora import LoraError, hub_parts, parse_lora
     from hires.model_refs import PICKLE_SUFFIXES
 
@@ -263,7 +265,7 @@ def missing_relative(recorded: dict[str, Any], flags: dict[str, Any], local: lis
 
     for key, what in (("image", "from"), ("control", "with the control image"),
                       ("ip_image", "with the image prompt")):
-        if key not in flags and missing(recorded.get(key)):
+        if key not in flags and missing(recorded.get(key)) and (images or key == "image"):
             return what, recorded[key], key
     loras = recorded.get("lora")
     if "lora" not in flags and isinstance(loras, list):

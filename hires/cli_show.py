@@ -240,6 +240,11 @@ def plan_hints(run, job, p, preview: bool, replan: Callable[[Any], Any]) -> Iter
         yield f"a long job: `hires gen --preview` makes its composition first, in {duration(first)}"
     if job.control_model and not (job.control or job.image):  # planned as if it were given
         yield "the ControlNet's image does not change the plan; gen needs it (--control IMAGE)"
+    for given, what, flag in ((job.control, "ControlNet's", "--control"),
+                              (job.ip_image, "IP-Adapter's", "--ip-image")):
+        if given and given != "-" and not Path(given).expanduser().exists():  # a record's
+            yield (f"the {what} image {given} is not here: it does not change the plan; gen "
+                   f"needs it ({flag} IMAGE)")
     for hint in ([] if preview else [more_ram_hint, exact_hint]):
         said = hint(job, p, replan)
         if said:

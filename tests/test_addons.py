@@ -179,6 +179,38 @@ def test_plan_takes_a_presets_controlnet_without_its_image(files, tmp_path, aske
                        "--ip-adapter needs --ip-image IMAGE")
 
 
+def test_plan_from_a_record_whose_control_image_is_gone_plans_it(files, tmp_path, monkeypatch,
+                                                                 asked):
+    """The image does not change the plan: a record's that is not here (moved, or relative
+    to another folder) was refused, as gen refuses it."""
+    import shutil
+
+    edges = tmp_path / "edges.png"
+    shutil.copy(files["control"], edges)
+    made = cli("gen", "a", *TINY, "--control", edges, "--control-model", files["control_model"],
+               "-o", tmp_path / "r.png")
+    assert made.exit_code == 0, made.stderr
+    edges.unlink()
+    planned = cli("plan", "--from", tmp_path / "r.png")
+    assert planned.exit_code == 0, planned.stderr
+    assert f"the ControlNet's image {edges} is not here: it does not change the plan; gen " \
+           "needs it (--control IMAGE)" in planned.stderr
+    refused = cli("gen", "--from", tmp_path / "r.png", "--dry-run")
+    assert refused.exit_code == 2 and f"{edges}: no such file" in error_lines(refused.stderr)[0]
+    # relative to the folder it was made in
+    monkeypatch.chdir(files["root"])
+    made = cli("gen", "a", *TINY, "--control", "edges.png", "--control-model",
+               files["control_model"], "-o", tmp_path / "rel.png")
+    assert made.exit_code == 0, made.stderr
+    monkeypatch.chdir(tmp_path)
+    planned = cli("plan", "--from", tmp_path / "rel.png")
+    assert planned.exit_code == 0, planned.stderr
+    assert "the ControlNet's image edges.png is not here" in planned.stderr
+    refused = cli("gen", "--from", tmp_path / "rel.png", "--dry-run")
+    assert refused.exit_code == 2
+    assert "with the control image edges.png" in error_lines(refused.stderr)[0]
+
+
 def test_a_presets_empty_addon_model_is_named_as_its_key(tmp_path, asked):
     preset = write(tmp_path / "e.toml", 'control_model = ""\n')
     assert_usage_error(cli("gen", "a", "--model", "tiny", "--preset", preset, "--dry-run"),
