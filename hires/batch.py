@@ -26,7 +26,7 @@ from hires.job import (
     spelled,
 )
 from hires.presets import load_preset, parse_toml, read_toml
-from hires.sizes import job_from_levels
+from hires.sizes import giver, job_from_levels
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,8 @@ class BatchItem:
     # torchrun's LOCAL_RANK: whose a `model` or `device` error names
     file_keys: frozenset[str] = frozenset()
     line: int | None = None  # a JSONL job's line in its file
+    # the files (FLAG_KEYS' keys) a preset gave and nothing above it did: where, for errors
+    given_in: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def where(self, file_name: str) -> str:
         """The job as errors name it: "jobs.jsonl job 3 (line 5)"."""
@@ -212,7 +214,10 @@ def _item(i: int, entry: dict[str, Any], defaults: dict[str, Any], where: str, n
     quality_given = "quality" in {str(k).replace("-", "_") for k in entry}
     file_keys = frozenset(str(k).replace("-", "_") for keys, _, _ in
                           job_levels[len(levels or []):] for k in keys)
-    return BatchItem(i, job, output, format_given, quality_given, file_keys)
+    given_in = {key: level for key in FLAG_KEYS.values()
+                if (level := giver(job_levels, key) or "").startswith("preset '")}
+    return BatchItem(i, job, output, format_given, quality_given, file_keys,
+                     given_in=given_in)
 
 
 def _starts_like_json(path: Path) -> bool:
@@ -462,9 +467,9 @@ def name_outputs(items: list[BatchItem], folder: Path, file_name: str
         try:
             check_inputs(j)
         except JobError as e:
-            raise JobError(by_key(str(e), where)) from None
+            raise JobError(by_giver(str(e), item, file_name)) from None
         except ModelError as e:  # a Hub add-on not cached offline: still exit 1, but which job's
-            raise ModelError(by_key(str(e), where), usage=e.usage) from None
+            raise ModelError(by_giver(str(e), item, file_name), usage=e.usage) from None
         # A quality is for JPEG and WebP: [defaults]' (or a preset's) serve every job, the
         # job's own only its own (it was dropped without a word).
         lossless = j.quality is not None and fmt not in LOSSY_FORMATS
@@ -514,6 +519,18 @@ KEY_ADVICE = {
     "vae": ("pass a local folder or .safetensors file with --vae",
             "give the job's vae as a local folder or .safetensors file"),
 }
+
+
+def by_giver(message: str, item: BatchItem, file_name: str) -> str:
+    """`by_key` for a job's file error, naming the preset that gave the file where one did
+    ("'lora' in preset 'p' (jobs.toml job 3): ..."), not the job file."""
+    where = item.where(file_name)
+    flag = next((f for f in FLAG_KEYS if message.startswith(f"{f} ")), None)
+    preset = item.given_in.get(FLAG_KEYS[flag]) if flag else None
+    if preset is None:
+        return by_key(message, where)
+    said = by_key(message, preset, "the preset's")
+    return said if preset.endswith(f"({where})") else f"{where}: {said}"
 
 
 def by_key(message: str, where: str, home: str = "the job file's") -> str:

@@ -452,7 +452,7 @@ def batch(
         from hires.output import names_folder, resolved
 
         if manifest is not None and names_folder(manifest):  # a Path drops the '/' that says so
-            raise JobError(f"--manifest {manifest} names a folder; name a .jsonl file (the "
+            raise JobError(f"--manifest {Path(manifest)} is a folder; name a .jsonl file (the "
                            f"default is {output / 'manifest.jsonl'})")
         manifest = None if manifest is None else Path(manifest).expanduser()
         if manifest is not None and ".." in manifest.parts:  # new/../j.toml is the job file

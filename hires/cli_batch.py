@@ -331,7 +331,7 @@ def check_batch_paths(items: list, name: str) -> None:
     """Every batch job's model, VAE and LinFusion paths are there, before any work and in
     --dry-run alike (exit 2, naming the job, or --model when no job file key gave the model);
     `name`: the job file's, for messages."""
-    from hires.batch import by_key
+    from hires.batch import by_giver
     from hires.job import JobError
     from hires.model_refs import ModelError
 
@@ -339,9 +339,9 @@ def check_batch_paths(items: list, name: str) -> None:
         try:
             check_job_paths(item.job)
         except ModelError as e:
-            flagged = "model" not in item.file_keys and str(e).startswith("--model ")
-            raise JobError(str(e) if flagged else by_key(str(e), item.where(name))
-                           ) from None
+            flagged = "model" not in item.file_keys and "model" not in item.given_in and \
+                str(e).startswith("--model ")  # --model's, not a preset's
+            raise JobError(str(e) if flagged else by_giver(str(e), item, name)) from None
 
 
 def tally(outcomes: list) -> dict[str, int]:

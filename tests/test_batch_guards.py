@@ -82,7 +82,7 @@ def test_a_manifest_reaching_the_job_file_through_a_folder_not_made_yet_is_refus
 def test_a_manifest_named_as_a_folder_is_refused(tmp_path):
     jobs = write(tmp_path / "j.toml", f'{DEFAULTS}[[job]]\nprompt = "a"\n')
     line = refused(cli("batch", jobs, "-o", tmp_path / "o", "--manifest", f"{tmp_path}/m.txt/"))
-    assert f"--manifest {tmp_path}/m.txt/ names a folder; name a .jsonl file" in line
+    assert f"--manifest {tmp_path}/m.txt is a folder; name a .jsonl file" in line
     assert not (tmp_path / "m.txt").exists()
 
 
@@ -420,3 +420,25 @@ def test_an_addon_without_its_image_is_named_where_its_key_is(where, named, tmp_
     flags = ("--preset", preset) if where == "preset" else ()
     line = refused(cli("batch", jobs, *flags, "-o", tmp_path / "ot", "--dry-run"))
     assert named in line, line
+
+
+def test_a_presets_missing_file_is_named_in_the_preset_not_the_job_file(tmp_path,
+                                                                         monkeypatch):
+    """'lora' in jobs.toml job 0: ..., not the job file's: the preset named it."""
+    monkeypatch.chdir(tmp_path)
+    preset = write(tmp_path / "p.toml", 'lora = "gone.safetensors"\nmodel = "tiny"\n')
+    own = write(tmp_path / "own.toml", f'[[job]]\nprompt = "a"\npreset = "{preset}"\n')
+    line = refused(cli("batch", own, "-o", tmp_path / "o", "--dry-run"))
+    assert line.startswith(f"error: 'lora' in preset '{preset}' (own.toml job 0): gone."), line
+    assert line.endswith("not the preset's")
+    plain = write(tmp_path / "plain.toml", '[[job]]\nprompt = "a"\n')
+    line = refused(cli("batch", plain, "-o", tmp_path / "o", "--preset", preset, "--dry-run"))
+    assert line.startswith(f"error: plain.toml job 0: 'lora' in preset '{preset}': gone."), line
+    models = write(tmp_path / "m.toml", 'model = "./gone"\n')
+    line = refused(cli("batch", plain, "-o", tmp_path / "o", "--preset", models, "--dry-run"))
+    assert f"plain.toml job 0: 'model' in preset '{models}': ./gone: no such file" in line
+    # the job's own key is the job's
+    mine = write(tmp_path / "mine.toml", f'[[job]]\nprompt = "a"\npreset = "{preset}"\n'
+                                         'lora = "mine.safetensors"\n')
+    line = refused(cli("batch", mine, "-o", tmp_path / "o", "--dry-run"))
+    assert "'lora' in mine.toml job 0: mine.safetensors" in line and "job file's" in line
