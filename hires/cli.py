@@ -323,7 +323,13 @@ def plan(
         from hires.model_refs import ModelError
 
         try:
-            check_inputs(job, loads=False, images=False)  # the add-ons' files, not images
+            check_inputs(job, loads=False, images=False)  # the add-ons' files
+            # and the images the flags name (a typo), not a record's or preset's that is gone:
+            # an image does not change the plan (plan_hints says gen needs it)
+            from dataclasses import replace
+
+            check_inputs(replace(job, **{key: None for key in ("control", "ip_image")
+                                         if key not in flags}), loads=False)
         except (JobError, ModelError) as e:  # a preset's LoRA, say: named as its key
             raise said_where_given(e, job) from None
         from hires.output import format_problem
