@@ -173,7 +173,10 @@ def _split(im: Image.Image) -> tuple[Image.Image, Image.Image | None]:
         # 16-bit range is rescaled here. Mode "I" (32-bit) holds 16-bit PNG/PGM data in Pillow;
         # a 32-bit TIFF's values beyond 0..65535 would clip, so such a file is refused.
         values = np.asarray(im)
-        if im.mode == "I" and (values.max(initial=0) > 65535 or values.min(initial=0) < 0):
+        if im.mode == "I" and values.min(initial=0) < 0:  # a signed TIFF's (I;16S opens so)
+            raise ImageInputError("its samples are signed, some below 0; save it as an "
+                                  "unsigned 8- or 16-bit TIFF or PNG")
+        if im.mode == "I" and values.max(initial=0) > 65535:
             raise ImageInputError("its samples are 32-bit integers beyond the 16-bit range; "
                                   "save it as an 8- or 16-bit TIFF or PNG")
         grey = Image.fromarray(to_8bit(values), "L").convert("RGB")

@@ -803,6 +803,16 @@ def _stale_part(part: Path) -> bool:
     return old is not None and not pid_alive(int(old.group(1)))
 
 
+def _a1111_only(text: str | None) -> str | None:
+    """A TIFF description or EXIF comment as A1111 parameters where it reads as them (its last
+    line 'Steps: N, ...'), else None: cameras and libraries write their own texts there
+    (tifffile a JSON shape), which no one meant as a prompt. PNG's `parameters` is A1111's."""
+    if not isinstance(text, str) or not text.strip():
+        return None
+    last = text.strip().split("\n")[-1]
+    return text if re.match(r"^\s*Steps: \d", last) else None
+
+
 def user_comment(raw: bytes) -> str:
     """An EXIF UserComment's text: after its 8-byte code, "UNICODE\0" text is UTF-16 (A1111
     and most tools write big-endian; little-endian files, which the EXIF byte order allows,
@@ -843,10 +853,10 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     if fmt == "PNG":
         params, blob = info.get("parameters"), info.get("hires")
     elif fmt == "TIFF":
-        params, blob = _utf8(tags.get(IMAGE_DESCRIPTION)), tags.get(TIFF_HIRES_TAG)
+        params, blob = _a1111_only(_utf8(tags.get(IMAGE_DESCRIPTION))), tags.get(TIFF_HIRES_TAG)
     else:
         raw = exif.get_ifd(EXIF_IFD).get(USER_COMMENT)
-        params = user_comment(raw) if isinstance(raw, bytes) else None
+        params = _a1111_only(user_comment(raw) if isinstance(raw, bytes) else None)
         blob = exif.get(IMAGE_DESCRIPTION)
     record = error = None
     if blob:

@@ -113,8 +113,8 @@ class Result:
         exists, or a name ending in `/`) holds it under hires' default name, a name without a
         format's suffix gets the job's format's, `~` is the home folder, and a `{seed}`-style
         template is filled ({seed}, {width}, {height}, {prompt}, {name}, {format}). Options:
-        `hires.record.save`'s. What the save warns of (a JPEG loses transparency) is added to
-        `warnings` (and the record's) and given to Python's `warnings`. A preview's (a run of
+        `hires.record.save`'s. What the save warns of (a JPEG loses transparency) is in the
+        record it returns (and the file's) and given to Python's `warnings`. A preview's (a run of
         `hires.plan.preview_of`'s plan) records itself as its job's stage 0, as `--preview`'s."""
         from hires.job import plain_number
         from hires.output import OutputError, in_library_terms
@@ -157,10 +157,9 @@ class Result:
         return named_for_input(where, os.fspath(path), name, **size, fmt=fmt)
 
     def _warned(self, message: str) -> None:
-        """A save's warning: kept with the result's own (and so in its record and file), and
-        said through Python's warnings, as a script may never read `warnings`."""
-        if message not in self.warnings:
-            self.warnings.append(message)
+        """A save's warning (in that save's record and file, not the result's `warnings`: a
+        later save to PNG lost nothing), said through Python's warnings, as a script may never
+        read a record."""
         python_warn(message, stacklevel=5)  # at the script's save(): past record and output
 
 

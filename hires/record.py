@@ -47,7 +47,7 @@ def record_for(result: Result, path: Path) -> dict[str, Any]:
         **({"image": job.image, "image_sha256": job.image_sha256} if job.image else {}),
         "sampler": job.sampler + (" karras" if job.karras else ""),
         "addons": result.addons,
-        "warnings": result.warnings,
+        "warnings": list(result.warnings),  # its own: a save adds what its file lost
         **({"resumed_after_stage": result.resumed} if result.resumed is not None else {}),
         "settings": settings_hash(job),
         **({"local": result.local} if result.local else {}),
@@ -204,9 +204,9 @@ def save(result: Result, path: str | Path, *, fmt: str | None = None, overwrite:
                        linfusion=result.linfusion, vae_dtype=result.vae_dtype,
                        dtype=record["dtype"])
     def saving(text: str) -> None:
-        """What the file's format cannot keep (a JPEG's transparency), in the record (--json,
-        a manifest) and, said before its metadata is encoded, the file's too."""
-        if text not in record["warnings"]:  # the result's own list (a library save adds it)
+        """What the file's format cannot keep (a JPEG's transparency), in this save's record
+        (--json, a manifest) and, said before its metadata is encoded, the file's too."""
+        if text not in record["warnings"]:
             record["warnings"].append(text)
         if warn:
             warn(text)

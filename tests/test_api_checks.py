@@ -71,12 +71,22 @@ def test_a_transparent_result_saved_as_jpeg_says_it_is_flattened(tiny, transpare
     assert result.image.mode == "RGBA"
     with pytest.warns(UserWarning, match="JPEG holds no transparency: x.jpg is flattened"):
         record = result.save(tmp_path / "x.jpg")
-    said = [w for w in result.warnings if "flattened on white" in w]
-    assert len(said) == 1 and said[0] in record["warnings"]
+    assert [w for w in record["warnings"] if "flattened on white" in w] == [
+        "JPEG holds no transparency: x.jpg is flattened on white; use png, webp or tiff to "
+        "keep it"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result.save(tmp_path / "y.jpg")
-    assert len([w for w in result.warnings if "flattened" in w]) == 2  # one per file
+        again = result.save(tmp_path / "y.jpg")
+        kept = result.save(tmp_path / "z.png")
+    # Each file's record says what its own save lost: y.jpg's not x.jpg's, the PNG nothing
+    # (they carried every earlier save's, through the result's own list)
+    assert [w for w in again["warnings"] if "flattened" in w] == [
+        w.replace("x.jpg", "y.jpg") for w in record["warnings"] if "flattened" in w]
+    assert not [w for w in kept["warnings"] + result.warnings if "flattened" in w]
+    from hires.output import read_metadata
+
+    assert read_metadata(tmp_path / "z.png")["hires"]["result"]["warnings"] == kept["warnings"]
+    assert read_metadata(tmp_path / "y.jpg")["hires"]["result"]["warnings"] == again["warnings"]
 
 
 def test_save_into_a_folder_takes_the_default_name(made, tmp_path):

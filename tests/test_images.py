@@ -411,6 +411,13 @@ def test_a_32_bit_integer_tiff_is_refused_not_clipped_to_white(tmp_path):
     Image.fromarray(photo, "I").save(tmp_path / "low.tif")
     with pytest.raises(ImageInputError, match="its samples are 32-bit integers"):
         load_input(tmp_path / "low.tif")
+    # A signed 16-bit one below 0 is said to be that (it was called 32-bit)
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "signed.tif", (photo - 128).astype(np.int16))
+    with pytest.raises(ImageInputError, match="its samples are signed, some below 0; save it "
+                                              "as an unsigned 8- or 16-bit"):
+        load_input(tmp_path / "signed.tif")
     Image.fromarray((photo * 257).astype(np.uint16)).save(tmp_path / "i16.tif")  # I;16: fine
     got = load_input(tmp_path / "i16.tif")
     assert got.bits == 16 and abs(np.asarray(got.rgb)[..., 0].mean() - photo.mean()) < 1

@@ -383,3 +383,21 @@ def test_a_jpegs_a1111_comment_reads_in_either_byte_order(encoded, tmp_path):
     values = job_values_from_image(path)
     assert values["prompt"] == "a cat on a mat" and values["model"] == "sdxl"
     assert "prompt 'a cat on a mat'" in cli("info", path).stdout
+
+
+def test_a_tiff_description_or_exif_comment_that_is_no_a1111_text_is_not_a_prompt(tmp_path):
+    """tifffile's JSON shape was shown as an A1111 prompt, and --from would have run it."""
+    import numpy as np
+    import tifffile
+
+    from hires.output import EXIF_IFD, USER_COMMENT
+
+    tifffile.imwrite(tmp_path / "t.tif", np.zeros((16, 16), np.uint8))
+    exif = Image.Exif()
+    exif.get_ifd(EXIF_IFD)[USER_COMMENT] = b"ASCII\0\0\0" + b"Shot on a phone"
+    Image.new("RGB", (8, 8)).save(tmp_path / "c.jpg", exif=exif)
+    for path in (tmp_path / "t.tif", tmp_path / "c.jpg"):
+        assert read_metadata(path)["parameters"] is None
+        assert_usage_error(cli("info", path), "carries no hires or A1111 metadata")
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((16, 16), np.uint8), description=A1111)
+    assert read_metadata(tmp_path / "a.tif")["parameters"] == A1111
