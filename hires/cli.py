@@ -208,7 +208,7 @@ def check_from(from_image: Path | None) -> None:
 
 @app.command(cls=Sections)
 def up(
-    images: Annotated[list[Path], typer.Argument(
+    images: Annotated[list[str], typer.Argument(  # str: a Path makes './-' '-', stdin
         help="The images to upscale: PNG, JPEG, WebP or TIFF; '-' reads stdin: one image's "
         "bytes (cat photo.png | hires up - ...), or one path a line. The model loads once for "
         "all of them.", metavar="IMAGE")],

@@ -355,18 +355,21 @@ def read_prompts(prompt: str) -> list[str]:
 
 
 @contextmanager
-def up_inputs(images: list[Path]) -> Iterator[list[str]]:
+def up_inputs(images: list[str]) -> Iterator[list[str]]:
     """`up`'s inputs as its jobs name them. '-' alone reads stdin: an image's bytes (named
     "-", kept in a temporary file until the block ends: `hires.piped`), else one path a line
-    (blank and `#` lines skipped). A file given twice is upscaled once (warned)."""
+    (blank and `#` lines skipped); './-' is a file of that name. A file given twice is
+    upscaled once (warned)."""
     from hires import piped
 
-    if Path("-") not in images:
-        yield distinct([str(image) for image in images])
+    if "" in images:  # `hires up "$IMG"` with the variable unset: not the folder '.'
+        raise typer.BadParameter("an empty path was given; name an image file")
+    if "-" not in images:
+        yield distinct(images)
         return
-    if images.count(Path("-")) > 1:
+    if images.count("-") > 1:
         raise typer.BadParameter("'-' is given more than once; stdin is read once: give it once")
-    if images != [Path("-")]:
+    if images != ["-"]:
         raise typer.BadParameter("give image paths or '-' (an image, or paths, on stdin), not "
                                  "both")
     stdin = open_stdin("give the image paths as arguments, or an image (or paths) on stdin")

@@ -127,6 +127,17 @@ def test_paths_on_stdin_still_work(tmp_path, asked):
     assert_usage_error(twice, "'-' is given more than once; stdin is read once")
 
 
+def test_a_file_named_dash_is_read_as_dot_slash_dash(tmp_path, monkeypatch, asked):
+    """`hires up ./-` read stdin (typer's Path made it '-'), as `info ./-` did not."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "-").write_bytes(png_bytes(0))
+    result = cli("up", "./-", "--scale", "2", *TINY, "-o", tmp_path / "o.png", "--json",
+                 input="")
+    assert result.exit_code == 0, result.stderr
+    assert json_lines(result.stdout)[0]["image"] == "./-"
+    assert_usage_error(cli("up", "", "--scale", "2", "--dry-run"), "an empty path was given")
+
+
 @pytest.mark.parametrize("data, words", [
     (b"\x7fELF\x02\x01\x01\x00 a program, not an image", ("stdin: not an image file",)),
     ("truncated", ("stdin: truncated or corrupt image",)),
