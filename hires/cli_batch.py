@@ -282,7 +282,7 @@ def check_batch_outputs(items: list, paths: dict[int, Path], name: str, output: 
     from hires import batch as b
     from hires import output as out
     from hires.job import JobError
-    from hires.runs import check_not_input
+    from hires.runs import check_not_input, read_files
 
     given, manifest = manifest is not None, manifest or output / "manifest.jsonl"
 
@@ -299,6 +299,15 @@ def check_batch_outputs(items: list, paths: dict[int, Path], name: str, output: 
     if taken is not None:
         raise JobError(f"--manifest {manifest} is where {taken.where(name)} writes its "
                        "image; name another .jsonl file")
+    inputs = read_files([item.job for item in items])
+    for ref, what in inputs.items():  # each image appends a line to it
+        try:
+            check_not_input(manifest, ref, "--manifest (a .jsonl file)", what)
+        except JobError as e:
+            raise JobError(f"--manifest: {e}") from None
+    if manifest.is_file() and _not_jsonl(manifest):
+        raise JobError(f"--manifest {manifest} is not a JSON lines file (an image?), and each "
+                       "image appends a line to it; name a .jsonl file")
     if manifest.exists() and not os.access(manifest, os.W_OK):
         raise JobError(f"cannot append to the manifest {manifest}; make it writable or choose "
                        "another --manifest")
@@ -312,6 +321,8 @@ def check_batch_outputs(items: list, paths: dict[int, Path], name: str, output: 
     for item in items:
         try:  # --overwrite or not, and in a dry run: the real run would replace the input
             check_not_input(paths[item.index], item.job.image, "'output'")
+            for ref, what in inputs.items():  # or another job's, before that job reads it
+                check_not_input(paths[item.index], ref, "'output'", what)
         except JobError as e:
             raise JobError(f"{item.where(name)}: {e}") from None
         why = b.in_the_way(paths[item.index], overwrite)  # as the run would fail the job
@@ -325,6 +336,15 @@ def check_batch_outputs(items: list, paths: dict[int, Path], name: str, output: 
             except out.OutputError as e:
                 raise JobError(f"{item.where(name)}: {e}") from None
     return manifest
+
+
+def _not_jsonl(path) -> bool:
+    """Whether a file there holds bytes no JSON lines file starts with (an image's, say)."""
+    from hires.piped import looks_binary, read_head
+
+    with open(path, "rb") as f:
+        head = read_head(f)
+    return bool(head) and looks_binary(head)
 
 
 def check_batch_paths(items: list, name: str) -> None:

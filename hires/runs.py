@@ -56,10 +56,11 @@ def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
     base = first_seed(jobs[0].seed, todo, image, path_of, resume_runs=resume_runs,
                       many=many, overwrite=overwrite)
     runs: list[Run] = []
+    inputs = read_files(jobs)
     for i, (job, k) in enumerate(todo):
         one, path = image(i, job, base + k)
         runs.append(checked_run(one, path, runs, output, alpha=alpha, overwrite=overwrite,
-                                stage_images=stage_images))
+                                stage_images=stage_images, inputs=inputs))
     return runs
 
 
@@ -161,9 +162,11 @@ def checkpoint_base(todo: list[tuple[Job, int]],
 
 
 def checked_run(one: Job, path: Path, runs: list[Run], output: str | None, *,
-                alpha: frozenset[str], overwrite: bool, stage_images: bool) -> Run:
+                alpha: frozenset[str], overwrite: bool, stage_images: bool,
+                inputs: dict[str, str]) -> Run:
     """The Run of image `one` at `path`, after every check that can fail: its path is its
-    own (not another of `runs`', nor its input), its format fits, and its files are free."""
+    own (not another of `runs`', nor an input: `inputs`, `read_files`'), its format fits,
+    and its files are free."""
     from hires.addons import check_inputs
     from hires.cli_jobs import said_where_given
     from hires.model_refs import ModelError
@@ -172,9 +175,12 @@ def checked_run(one: Job, path: Path, runs: list[Run], output: str | None, *,
         # Only a template can: hires' own names are told apart (path_namer).
         raise JobError(f"two images would both write {path}; number them: -o "
                        f"{numbered(output)}")
-    check_not_input(path, one.image)
-    for stage_file in stage_paths(path, stage_count(one)) if stage_images else []:
-        check_not_input(stage_file, one.image)  # --save-stages: NAME.stage0.png is the input
+    # --save-stages: NAME.stage0.png is the input; another job's input is one too
+    written = [path, *(stage_paths(path, stage_count(one)) if stage_images else [])]
+    for file in written:
+        check_not_input(file, one.image)
+        for ref, what in inputs.items():
+            check_not_input(file, ref, what=what)
     problem = out.format_problem(one.format, one.width, one.height, one.depth,
                                  4 if one.image in alpha else 3)
     if problem:
@@ -214,16 +220,33 @@ def check_free(path: Path, job: Job, overwrite: bool) -> None:
     out.check_writable(path, overwrite)
 
 
-def check_not_input(path: Path, image: str | None, change: str = "-o") -> None:
+def check_not_input(path: Path, image: str | None, change: str = "-o",
+                    what: str = "the input image") -> None:
     """JobError when `path` is the upscale input `image` itself (by another name or a link
     too), --overwrite or not: the input would be gone, and the record's sha256 of it (what
-    `gen --from` checks) would no longer match. `change`: what the user is to change."""
+    `gen --from` checks) would no longer match. `change`: what the user is to change; `what`:
+    the input, as said."""
     from hires.piped import STDIN
 
     if image and image != STDIN and os.path.exists(path) and os.path.exists(image) \
             and os.path.samefile(path, image):
-        raise JobError(f"{path} is the input image; hires does not write over its input: "
+        raise JobError(f"{path} is {what}; hires does not write over its inputs: "
                        f"choose another {change}")
+
+
+def read_files(jobs: list[Job]) -> dict[str, str]:
+    """Every file the jobs of one command read, each with what it is: an image written over
+    one would lose it, for a later job too (`hires up a.png b.png -o '{name}2.png'`)."""
+    from hires.piped import STDIN
+
+    found: dict[str, str] = {}
+    for job in jobs:
+        for key, what in (("image", "an input image"), ("control", "a control image"),
+                          ("ip_image", "an IP-Adapter image")):
+            ref = getattr(job, key)
+            if ref and ref != STDIN:
+                found.setdefault(ref, f"{what} ({ref})" if what != "an input image" else what)
+    return found
 
 
 # A seed no name holds by chance: where an image's name shows its seed, this shows where.

@@ -442,3 +442,25 @@ def test_a_presets_missing_file_is_named_in_the_preset_not_the_job_file(tmp_path
                                          'lora = "mine.safetensors"\n')
     line = refused(cli("batch", mine, "-o", tmp_path / "o", "--dry-run"))
     assert "'lora' in mine.toml job 0: mine.safetensors" in line and "job file's" in line
+
+
+def test_a_manifest_or_output_over_a_jobs_input_is_refused(small, tmp_path):
+    """--manifest in.png appended JSON to a job's input; job 0's output over job 1's input
+    replaced it before job 1 read it."""
+    jobs = write(tmp_path / "j.toml", f'{DEFAULTS}[[job]]\nimage = "{small}"\nscale = 2\n')
+    before = small.read_bytes()
+    line = refused(cli("batch", jobs, "-o", tmp_path / "o", "--manifest", small))
+    assert f"--manifest: {small} is an input image" in line, line
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(before)
+    line = refused(cli("batch", jobs, "-o", tmp_path / "o", "--manifest", photo, "--dry-run"))
+    assert f"--manifest {photo} is not a JSON lines file (an image?)" in line, line
+    second = tmp_path / "second.png"
+    second.write_bytes(before)
+    chained = write(tmp_path / "c.toml", f'{DEFAULTS}[[job]]\nimage = "{small}"\nscale = 2\n'
+                                         f'output = "{second}"\n[[job]]\nimage = "{second}"\n'
+                                         'scale = 2\n')
+    for extra in (("--dry-run",), ("--overwrite",)):
+        line = refused(cli("batch", chained, "-o", tmp_path / "o", *extra))
+        assert f"c.toml job 0: {second} is an input image" in line, line
+    assert small.read_bytes() == second.read_bytes() == photo.read_bytes() == before

@@ -107,6 +107,24 @@ def test_a_stage_image_over_the_input_is_refused(small, asked):
     assert staged.read_bytes() == before
 
 
+def test_an_output_over_a_later_inputs_file_is_refused(small, tmp_path, asked):
+    """`up x.png out_x.stage0.png --save-stages -o 'out_{name}.png' --overwrite` wrote job 0's
+    stage image over job 1's input, then failed that job; a control image went the same way."""
+    later = tmp_path / "out_in.stage0.png"
+    later.write_bytes(small.read_bytes())
+    before = later.read_bytes()
+    for extra in (("--dry-run",), ()):
+        result = cli("up", small, later, *TINY, "--scale", "4", "--save-stages", "-o",
+                     f"{tmp_path}/out_{{name}}.png", "--overwrite", *extra)
+        assert_usage_error(result, f"{later} is an input image", "choose another -o")
+    edges = tmp_path / "edges.png"
+    edges.write_bytes(before)
+    result = cli("gen", "a", "--model", "tiny", "--size", "256", "--control", edges,
+                 "--control-model", "owner/net", "-o", edges, "--overwrite", "--dry-run")
+    assert_usage_error(result, f"{edges} is a control image ({edges})")
+    assert later.read_bytes() == before and edges.read_bytes() == before
+
+
 def test_an_output_ending_in_dot_is_a_folder_made_or_not(small, tmp_path, asked):
     """`-o out/.` wrote out.png beside the folder (a Path drops a last '.'), and `-o a/b/..`
     a file named '...png'."""
