@@ -48,7 +48,9 @@ def test_a_prompt_in_any_script_is_kept_whole_in_the_image_description(tmp_path)
         meta = output.read_metadata(path)
         assert meta["parameters"].startswith(f"{prompt}\nNegative prompt: brûlé\n")
         assert meta["hires"] == metadata  # the JSON tag as it was
-    # A TIFF another program wrote in Latin-1 is read as it is, not refused
+    # A TIFF another program wrote in Latin-1 is read as it is, not refused (as parameters
+    # where it reads as A1111's: its last line 'Steps: N, ...')
+    text = "café\nSteps: 20, Seed: 1"
     Image.new("RGB", (8, 8)).save(tmp_path / "latin.tif",
-                                  tiffinfo={270: "café".encode("latin-1")})
-    assert output.read_metadata(tmp_path / "latin.tif")["parameters"] == "café"
+                                  tiffinfo={270: text.encode("latin-1")})
+    assert output.read_metadata(tmp_path / "latin.tif")["parameters"] == text
