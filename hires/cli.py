@@ -93,6 +93,7 @@ from hires.cli_options import (
     Width,
     completes,
     preset_names,
+    whole_in,
 )
 from hires.cli_output import (
     OneLineErrors,
@@ -155,8 +156,8 @@ def gen(
     as_json: JsonOut = False, quiet: QuietOpt = False, progress: ProgressOpt = "auto",
     overwrite: Overwrite = False,
     dry_run: DryRun = False, gpu: Gpu = None,
-    n: Annotated[int, typer.Option("--n", "-n", min=1, max=10000, metavar="<int>",
-                                   show_default=False,
+    n: Annotated[int, typer.Option("--n", "-n", metavar="<int>",
+                                   show_default=False, parser=whole_in(1, 10000),
                                    help="Images per prompt, with consecutive seeds (default 1)."
                                    )] = 1,
     resume_runs: Resume = True,
@@ -423,9 +424,10 @@ def batch(
         help="I/N: run every N-th job from I (else RANK/WORLD_SIZE from torchrun).")] = None,
     preset: Preset = None, model: Model = None, device: Device = None,
     quality: Annotated[int | None, typer.Option(
-        min=1, max=100, help="JPEG and WebP quality of every job, 1-100 (default: the jobs' "
-        "`quality`, else 95); 100: lossless WebP, JPEG with full colour. Refused where a job "
-        "writes PNG or TIFF (lossless): set `quality` in the lossy jobs instead.")] = None,
+        parser=whole_in(1, 100), metavar="<int>",
+        help="JPEG and WebP quality of every job, 1-100 (default: the jobs' `quality`, else "
+        "95); 100: lossless WebP, JPEG with full colour. Refused where a job writes PNG or TIFF "
+        "(lossless): set `quality` in the lossy jobs instead.")] = None,
     allow_pickle: AllowPickle = False,
     as_json: JsonOut = False, quiet: QuietOpt = False, progress: ProgressOpt = "auto",
     overwrite: Overwrite = False,

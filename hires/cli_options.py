@@ -3,6 +3,7 @@ under."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from typing import Annotated, Any
 
@@ -81,28 +82,61 @@ def gpu_names() -> list[str]:
 
 
 
+def whole(text: str) -> int:
+    """A whole-number option as typed: 4096, not 4096.0 (as job files refuse it) or 4k. The
+    conversion's own error is pydantic's ('Input should be a valid integer'), in no flag's
+    words: hence this parser."""
+    if isinstance(text, int):  # a default, or a value parsed already
+        return text
+    number = text.strip()
+    if re.fullmatch(r"[+-]?\d+", number):
+        return int(number)
+    if kilo := re.fullmatch(r"(\d+)\s*[kK]", number):
+        raise typer.BadParameter(f"'{text}' is not a whole number; give the pixels, e.g. "
+                                 f"{int(kilo.group(1)) * 1024}")
+    decimal = re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", number)
+    raise typer.BadParameter(f"'{text}' is not a whole number"
+                             + (" (write it without a decimal point or exponent)"
+                                if decimal else ""))
+
+
+def whole_in(low: int, high: int) -> Callable[[str], int]:
+    """`whole`, from `low` to `high` (click's min and max do not apply to a parser's value)."""
+    def parse(text: str) -> int:
+        number = whole(text)
+        if not low <= number <= high:
+            raise typer.BadParameter(f"{number} is not in the range {low} to {high}")
+        return number
+    return parse
+
+
 # Options shared by gen, plan and batch; None means "not given", so presets can fill it.
 Size = Annotated[int | None, typer.Option(
     "--size", help="Long side in pixels (e.g. 16384; gen and plan make 1024x1024 without a "
-    "size).")]
+    "size).", parser=whole, metavar="<int>")]
 Aspect = Annotated[str | None, typer.Option(
     help="Aspect ratio with --size, e.g. 16:9 or 2:3.",
     autocompletion=one_of("1:1", "4:3", "3:4", "3:2", "2:3", "16:9", "9:16", "21:9", "4:5"))]
-Width = Annotated[int | None, typer.Option(help="Exact width in pixels (with --height).")]
-Height = Annotated[int | None, typer.Option(help="Exact height in pixels (with --width).")]
+Width = Annotated[int | None, typer.Option(help="Exact width in pixels (with --height).",
+                                           parser=whole, metavar="<int>")]
+Height = Annotated[int | None, typer.Option(help="Exact height in pixels (with --width).",
+                                            parser=whole, metavar="<int>")]
 PrintSize = Annotated[str | None, typer.Option(
     help="A print's width x height, e.g. 60x90cm, 600x900mm, 24x36in, or a paper: A0-A6, letter,"
     " legal, tabloid (A2-landscape turns it); +3mm adds bleed on every side (A2+3mm); the pixels"
     " at --dpi (default 300), recorded in the file.", autocompletion=completes(paper_names))]
 Negative = Annotated[str | None, typer.Option(help="Negative prompt.")]
 Seed = Annotated[int | None, typer.Option(
-    help="Random seed, 0 to 4294967295 (random when absent; recorded).")]
+    help="Random seed, 0 to 4294967295 (random when absent; recorded).", parser=whole,
+    metavar="<int>")]
 UpSize = Annotated[int | None, typer.Option(
-    "--size", help="The output's long side in pixels (e.g. 16384).")]
-Steps = Annotated[int | None, typer.Option(help="Base-stage steps (default 50).")]
+    "--size", help="The output's long side in pixels (e.g. 16384).", parser=whole,
+    metavar="<int>")]
+Steps = Annotated[int | None, typer.Option(help="Base-stage steps (default 50).", parser=whole,
+                                           metavar="<int>")]
 UpSteps = Annotated[int | None, typer.Option(
     "--steps", help="Steps of a full schedule (default 50): each stage runs its strength's "
-    "share of them.")]
+    "share of them.", parser=whole, metavar="<int>")]
 Guidance = Annotated[float | None, typer.Option(
     help="CFG scale (default 7.5); 1 or less runs without CFG: one UNet pass a step, and "
     "--negative unused.")]
@@ -223,11 +257,13 @@ Dpi = Annotated[float | None, typer.Option(
     "prints 138.7 cm wide.")]
 Depth = Annotated[int | None, typer.Option(
     help="Bits per channel of the file: 8, or 16 (PNG and TIFF) to keep the decoder's fine "
-    "gradations for print and editing; twice the file.", autocompletion=one_of("8", "16"))]
+    "gradations for print and editing; twice the file.", autocompletion=one_of("8", "16"),
+    parser=whole, metavar="<int>")]
 Quality = Annotated[int | None, typer.Option(
-    min=1, max=100, help="JPEG and WebP quality, 1-100 (default 95; 75: about half the "
-    "bytes); 100: lossless WebP, JPEG with full colour (no chroma subsampling). PNG and TIFF "
-    "are lossless: with them it is refused.")]
+    parser=whole_in(1, 100), metavar="<int>",
+    help="JPEG and WebP quality, 1-100 (default 95; 75: about half the bytes); 100: lossless "
+    "WebP, JPEG with full colour (no chroma subsampling). PNG and TIFF are lossless: with them "
+    "it is refused.")]
 QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="No progress or logs on stderr.")]
 
 PROGRESS_MODES = ("auto", "bars", "plain", "json")

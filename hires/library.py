@@ -352,7 +352,7 @@ def print_size_overrides(overrides: dict[str, Any],
     others = [k for k in ("size", "aspect", "scale", "width", "height")
               if overrides.get(k) is not None]
     if others:
-        raise JobError(f"print_size sets both sides: drop {others[0]}")
+        raise JobError(f"print_size sets both sides: drop {' and '.join(others)}")
     check_kind("dpi", overrides.get("dpi"))
     dpi = overrides.get("dpi") or PRINT_DPI
     w, h = print_pixels(overrides["print_size"], dpi, source)

@@ -233,7 +233,7 @@ def check_size_keys(values: dict[str, Any], where: str) -> None:
             if len(keys) > 1:
                 others = sorted(keys.keys() - {"print_size"})
                 raise JobError(f"{n('print_size')} sets both sides: drop "
-                               f"{n(others[0])}")
+                               + " and ".join(n(other) for other in others))
             if not isinstance(keys["print_size"], str):  # `print_size = true`: no paper's name
                 raise JobError(f"{n('print_size')} must be text like \"60x90cm\" or \"A2\", got "
                                f"{_shown(keys['print_size'], where)}")

@@ -382,3 +382,21 @@ def test_info_names_the_vae_an_image_was_made_with(tmp_path):
     shown = cli("info", made)
     assert shown.exit_code == 0, shown.stderr
     assert "linfusion" in shown.stdout and ", vae madebyollin/sdxl-vae-fp16-fix" in shown.stdout
+
+
+@pytest.mark.parametrize("flags, said", [
+    (["--size", "1024.0"], "'1024.0' is not a whole number (write it without a decimal point"),
+    (["--size", "1e3"], "'1e3' is not a whole number (write it without a decimal point"),
+    (["--size", "4k"], "'4k' is not a whole number; give the pixels, e.g. 4096"),
+    (["--seed", "7.0"], "'7.0' is not a whole number"),
+    (["--n", "2.0"], "'2.0' is not a whole number"),
+    (["--n", "0"], "0 is not in the range 1 to 10000"),
+    (["--quality", "101", "-o", "x.jpg"], "101 is not in the range 1 to 100"),
+    (["--width", "512.0", "--height", "256"], "'512.0' is not a whole number"),
+])
+def test_whole_number_flags_refuse_decimals_as_job_files_do(flags, said):
+    """--size 1024.0 ran (a job file's 1024.0 is refused) and --size 1e3 said pydantic's
+    'Input should be a valid integer'."""
+    assert_usage_error(cli("gen", "a", "--model", "tiny", *flags, "--dry-run"), said)
+    assert cli("gen", "a", "--model", "tiny", "--size", " 256", "--seed", "+7", "--n", "2",
+               "--dry-run").exit_code == 0

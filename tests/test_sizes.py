@@ -201,6 +201,9 @@ def test_an_upscale_s_print_is_held_to_the_side_limit_by_what_it_makes():
     ({"print_size": "60x90ft"}, "must look like 60x90cm"),
     ({"print_size": "0x90cm"}, "must look like"),
     ({"print_size": "60x90cm", "size": 4096}, "--print-size sets both sides: drop --size"),
+    # all of them: dropping --height alone left --width, refused again
+    ({"print_size": "A2", "width": 512, "height": 512},
+     "--print-size sets both sides: drop --height and --width$"),
     ({"print_size": "200x300cm"}, "at most 277 dpi for that print"),
     ({"print_size": "A2+3"}, "bleed must look like \\+3mm"),
 ])
