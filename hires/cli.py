@@ -351,13 +351,21 @@ PresetsJson = Annotated[bool, typer.Option(
 @presets_app.callback()
 def presets_default(ctx: typer.Context, as_json: PresetsJson = False) -> None:
     """List the presets (shipped and your own)."""
+    ctx.obj = {"json": as_json}  # `hires presets --json show x`: its subcommand's --json
     if ctx.invoked_subcommand is None:
-        presets_list(as_json)
+        presets_list(ctx, as_json)
+
+
+def _group_json(ctx: typer.Context) -> bool:
+    """Whether `hires presets --json` was given before a subcommand."""
+    parent = ctx.parent.obj if ctx.parent is not None else None
+    return bool(parent.get("json")) if isinstance(parent, dict) else False
 
 
 @presets_app.command("list")
-def presets_list(as_json: PresetsJson = False) -> None:
+def presets_list(ctx: typer.Context, as_json: PresetsJson = False) -> None:
     """List the presets (shipped and your own)."""
+    as_json = as_json or _group_json(ctx)
     with exit_codes():
         from hires.presets import available, shipped, user_folder
 
@@ -387,13 +395,14 @@ def presets_list(as_json: PresetsJson = False) -> None:
 
 
 @presets_app.command("show")
-def presets_show(name: Annotated[str, typer.Argument(
+def presets_show(ctx: typer.Context, name: Annotated[str, typer.Argument(
         help="Preset name or path.", autocompletion=completes(preset_names))],
         as_json: Annotated[bool, typer.Option(
             "--json", help="One JSON object: name, description, path, origin, "
             "replaces_shipped, values.")] = False,
 ) -> None:
     """Print one preset's TOML."""
+    as_json = as_json or _group_json(ctx)
     with exit_codes():
         from hires.presets import load_preset
 

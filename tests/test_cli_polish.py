@@ -93,7 +93,9 @@ def test_a_preset_s_name_given_to_presets_is_pointed_to_show(tmp_path):
 
 def test_presets_list_and_show_in_json_for_scripts(own_presets):
     """`hires presets --json` was 'no such option': a script had to parse the columns."""
-    for args in (("presets", "--json"), ("presets", "list", "--json")):
+    # --json before the subcommand is the group's: it printed text, exit 0
+    for args in (("presets", "--json"), ("presets", "list", "--json"),
+                 ("presets", "--json", "list")):
         result = cli(*args, env=own_presets)
         assert result.exit_code == 0, result.stderr
         listed = {r["name"]: r for r in map(json.loads, result.stdout.splitlines())}
@@ -104,6 +106,7 @@ def test_presets_list_and_show_in_json_for_scripts(own_presets):
         assert listed["own"]["values"] == {"steps": 4} and "bad" not in listed
     shown = cli("presets", "show", "own", "--json", env=own_presets)
     assert shown.exit_code == 0, shown.stderr
+    assert cli("presets", "--json", "show", "own", env=own_presets).stdout == shown.stdout
     assert json.loads(shown.stdout) == {"name": "own", "description": "own one",
                                         "path": own_presets["HIRES_PRESETS"] + "/own.toml",
                                         "origin": "yours", "replaces_shipped": False,
