@@ -37,6 +37,7 @@ def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overw
     from hires.runs import plan_runs
 
     check_job_paths(jobs[0])
+    warn_tmpdir()  # as the run says it
     if output == cli_stdout.STDOUT:  # a dry run prints its plan there: no terminal check
         cli_stdout.check(len(jobs) * n, stage_images, as_json, preview, terminal=False,
                          upscale=bool(jobs[0].image))
@@ -45,6 +46,7 @@ def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overw
             runs = plan_runs(jobs, str(place / cli_stdout.NAME), fmt_flag=fmt,
                              overwrite=True, resume_runs=False, alpha=alpha,
                              quality_flag=quality_flag)
+        _say_losses(runs, alpha)
         return [{"path": cli_stdout.STDOUT, "format": r.job.format, "seed": r.job.seed,
                  "seed_drawn": jobs[0].seed is None, "prompt": r.job.prompt, "made": False}
                 for r in runs]
@@ -52,6 +54,7 @@ def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overw
                      resume_runs=resume_runs, preview=preview, stage_images=stage_images,
                      alpha=alpha, quality_flag=quality_flag)
     warn_space([(r.path, r.job) for r in runs if r.made is None], stage_images)
+    _say_losses([r for r in runs if r.made is None], alpha)
     from hires import busy
 
     for run in runs:  # as the run stops (exit 2) while another run makes one of its images
@@ -100,6 +103,17 @@ def checkpoint_note(path: Path, job, plan=None) -> str | None:
     if stage == len(plan.stages) - 1:
         return f"the run goes on from {kept.name}: every stage kept, only the decode left"
     return f"the run goes on from {kept.name}: {stages_upto(stage)} kept"
+
+
+def _say_losses(runs: list, alpha: frozenset[str]) -> None:
+    """What each image's format will not keep (a JPEG's transparency, a WebP's dpi), as the
+    save says it; `alpha`: the inputs with one."""
+    from hires.output import format_losses
+
+    for run in runs:
+        for loss in format_losses(run.job.format, run.path.name, run.job.dpi,
+                                  run.job.image in alpha):
+            warn(loss)
 
 
 def check_job_paths(job, loads: bool = True) -> None:

@@ -556,26 +556,34 @@ def _make_folder(folder: Path) -> None:
         raise OutputUnwritable(f"cannot create output folder {folder}: {e.strerror}") from None
 
 
+def format_losses(fmt: str, name: str, dpi: float | None, alpha: bool) -> list[str]:
+    """What a file of `fmt` named `name` cannot keep of its image (a transparency, a dpi), as
+    the save warns it and a dry run says it before."""
+    said = []
+    if fmt == "jpg" and alpha:
+        said.append(f"JPEG holds no transparency: {name} is flattened on white; use png, webp "
+                    "or tiff to keep it")
+    if fmt == "webp" and dpi is not None:
+        said.append(f"WebP files record no resolution: {name} keeps no dpi; use png, tiff or "
+                    "jpg for print")
+    return said
+
+
 def _save_args(image: Image.Image, name: str, fmt: str, metadata: dict[str, Any] | None,
                quality: int | None, warn: Callable[[str], None] | None, dpi: float | None
                ) -> tuple[Image.Image, dict[str, Any]]:
     """The image as `fmt` holds it (a JPEG's flattened) and its encoder's arguments: the
     record, quality, dpi and colour profile; `warn` says what the format cannot keep."""
+    for loss in format_losses(fmt, name, dpi, image.mode in ("RGBA", "LA")) if warn else []:
+        warn(loss)  # before the metadata is encoded: the record holds it too
     if fmt == "jpg" and image.mode in ("RGBA", "LA"):
         image = flattened(image)
-        if warn:
-            warn(f"JPEG holds no transparency: {name} is flattened on white; use png, webp "
-                 "or tiff to keep it")
     kwargs = _encoder_args(image, fmt, metadata, quality, warn)
     if dpi is None and fmt == "tiff":  # the baseline tags, saying no dpi (see hires.tiff)
         kwargs.update(resolution_unit=tiff.UNIT_NONE, x_resolution=tiff.NO_DPI,
                       y_resolution=tiff.NO_DPI)
-    if dpi is not None:
-        if fmt != "webp":
-            kwargs["dpi"] = (dpi, dpi)
-        elif warn:
-            warn(f"WebP files record no resolution: {name} keeps no dpi; use png, tiff or "
-                 "jpg for print")
+    if dpi is not None and fmt != "webp":
+        kwargs["dpi"] = (dpi, dpi)
     # Tagged sRGB, the model's colours, so that print shops' software and colour-managed
     # viewers need not guess; an image that carries its own profile keeps it.
     icc = srgb_icc() if image.mode in ("RGB", "RGBA") else None

@@ -400,3 +400,24 @@ def test_whole_number_flags_refuse_decimals_as_job_files_do(flags, said):
     assert_usage_error(cli("gen", "a", "--model", "tiny", *flags, "--dry-run"), said)
     assert cli("gen", "a", "--model", "tiny", "--size", " 256", "--seed", "+7", "--n", "2",
                "--dry-run").exit_code == 0
+
+
+def test_a_dry_run_says_what_the_run_warns_of_before_it(tmp_path, small):
+    """A WebP's dpi, a JPEG's transparency and a TMPDIR that is no folder were said by the
+    run alone: the dry run that 'checks the outputs as a run would' was silent."""
+    webp = cli("gen", "a", "--model", "tiny", "--size", "256", "--dpi", "300", "-o",
+               tmp_path / "t.webp", "--dry-run")
+    assert webp.exit_code == 0, webp.stderr
+    assert "warning: WebP files record no resolution: t.webp keeps no dpi" in webp.stderr
+    from PIL import Image
+
+    clear = tmp_path / "clear.png"
+    Image.new("RGBA", (96, 64), (9, 9, 9, 0)).save(clear)
+    jpeg = cli("up", clear, "--model", "tiny", "--scale", "2", "-o", tmp_path / "c.jpg",
+               "--dry-run")
+    assert jpeg.exit_code == 0, jpeg.stderr
+    assert "warning: JPEG holds no transparency: c.jpg is flattened on white" in jpeg.stderr
+    gone = tmp_path / "gone"
+    tmp = cli("gen", "a", "--model", "tiny", "--size", "256", "-o", tmp_path / "t.png",
+              "--dry-run", env={"TMPDIR": str(gone)})
+    assert tmp.exit_code == 0 and f"TMPDIR={gone} is not a folder" in tmp.stderr
