@@ -27,6 +27,7 @@ from hires.cli_output import (
 )
 from hires.cli_resume import stages_upto
 from hires.cli_runs import checkpoint_note, fp16_vae_hint, warn_ram, warn_space
+from hires.job import JobError
 from hires.strips import cores
 
 
@@ -468,6 +469,14 @@ def show_all_made(paths: list[str], as_json: bool) -> None:
         raise typer.Exit(failed)
 
 
+class NoRecord(JobError):
+    """An image `hires info` can read that carries no record: its file facts, for --json."""
+
+    def __init__(self, message: str, image: dict[str, Any]):
+        super().__init__(message)
+        self.image = image
+
+
 def _show_each(named: list[tuple[str, str]], as_json: bool) -> int:
     """`show_all_made`'s loop over (file to read, name to say): the first failure's exit code."""
     failed = 0
@@ -480,8 +489,10 @@ def _show_each(named: list[tuple[str, str]], as_json: bool) -> int:
                     show_made(path, as_json, name=name)
                 except Exception as e:
                     if as_json:  # a script reads which file failed from stdout, in order
+                        # an image without a record: its file facts, as for one with
+                        facts = {"image": e.image} if isinstance(e, NoRecord) else {}
                         out_line(json_line({"file": name,
-                                             "error": str(e) or type(e).__name__}))
+                                             "error": str(e) or type(e).__name__, **facts}))
                     raise
         except typer.Exit as e:
             failed = failed or e.exit_code
@@ -818,8 +829,8 @@ def show_made(path: str | Path, as_json: bool, name: str | None = None) -> None:
         if meta["parameters"] and meta["parameters"].strip():
             _show_a1111(said, name or str(path), meta, as_json)
             return
-        raise JobError(f"{said} carries no hires or A1111 metadata; `hires info` alone shows "
-                       "this machine")
+        raise NoRecord(f"{said} carries no hires or A1111 metadata; `hires info` alone "
+                       "shows this machine", _file_facts(meta))
     if problem := _rerun_problem(record["job"]):  # shown as written, and said before --from
         warn(f"{said}: `hires gen --from` refuses its recorded job: {problem}")
     if as_json:

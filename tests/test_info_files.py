@@ -399,5 +399,10 @@ def test_a_tiff_description_or_exif_comment_that_is_no_a1111_text_is_not_a_promp
     for path in (tmp_path / "t.tif", tmp_path / "c.jpg"):
         assert read_metadata(path)["parameters"] is None
         assert_usage_error(cli("info", path), "carries no hires or A1111 metadata")
+    # --json: an image with no record is still an image, its facts said (not only an error)
+    said = cli("info", tmp_path / "c.jpg", "--json")
+    assert said.exit_code == 2
+    assert json.loads(said.stdout)["image"] == {"format": "JPEG", "width": 8, "height": 8,
+                                                "dpi": None}
     tifffile.imwrite(tmp_path / "a.tif", np.zeros((16, 16), np.uint8), description=A1111)
     assert read_metadata(tmp_path / "a.tif")["parameters"] == A1111
