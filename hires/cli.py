@@ -67,6 +67,7 @@ from hires.cli_options import (
     Negative,
     Offload,
     Overwrite,
+    PlanGpu,
     PlanJson,
     Preset,
     PrintSize,
@@ -305,7 +306,7 @@ def plan(
     ip_scale: IpScale = None,
     from_image: Annotated[Path | None, typer.Option(
         "--from", help="Plan the job recorded in an image made by hires.")] = None,
-    gpu: Gpu = None, as_json: PlanJson = False,
+    gpu: PlanGpu = None, as_json: PlanJson = False,
 ) -> None:
     """A dry run: each stage's size, steps, strategy, peak memory, work and time; no weights."""
     options = dict(locals())  # every option, by name: job_flags picks the job's

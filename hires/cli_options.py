@@ -243,11 +243,18 @@ JsonOut = Annotated[bool, typer.Option("--json", help="One JSON object per image
 PlanJson = Annotated[bool, typer.Option("--json", help="The plan as one JSON object on stdout.")]
 InfoJson = Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout; "
                                         "without an image, one for this machine.")]
-Gpu = Annotated[str | None, typer.Option(
-    help="For time estimates: h100, h200, a100, l40s, 4090, ... or a measured TFLOP/s figure.",
-    autocompletion=completes(gpu_names),
-    # "4090 " from a script's variable: the card, not "the 4090 's" in every line
-    callback=lambda value: value.strip() if isinstance(value, str) and value.strip() else value)]
+def _gpu_option(default: str) -> Any:
+    return typer.Option(
+        help=f"For time estimates: h100, h200, a100, l40s, 4090, ... or a measured TFLOP/s "
+        f"figure (default: {default}).", autocompletion=completes(gpu_names),
+        # "4090 " from a script's variable: the card, not "the 4090 's" in every line
+        callback=lambda value: value.strip() if isinstance(value, str) and value.strip()
+        else value)
+
+
+Gpu = Annotated[str | None, _gpu_option("this machine's")]
+PlanGpu = Annotated[str | None, _gpu_option("this machine's GPU where hires knows it, else "
+                                            "h100")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Check the outputs and inputs, print "
                                       "the plan of the run on this machine (--gpu CARD: on "
                                       "that card, as `hires plan`) and exit without loading "
