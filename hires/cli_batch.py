@@ -306,8 +306,8 @@ def check_batch_outputs(items: list, paths: dict[int, Path], name: str, output: 
         except JobError as e:
             raise JobError(f"--manifest: {e}") from None
     if manifest.is_file() and _not_jsonl(manifest):
-        raise JobError(f"--manifest {manifest} is not a JSON lines file (an image?), and each "
-                       "image appends a line to it; name a .jsonl file")
+        raise JobError(f"--manifest {manifest} is not a JSON lines file (its first line is no "
+                       "JSON object), and each image appends a line to it; name a .jsonl file")
     if manifest.exists() and not os.access(manifest, os.W_OK):
         raise JobError(f"cannot append to the manifest {manifest}; make it writable or choose "
                        "another --manifest")
@@ -321,7 +321,10 @@ def check_batch_outputs(items: list, paths: dict[int, Path], name: str, output: 
     for item in items:
         try:  # --overwrite or not, and in a dry run: the real run would replace the input
             check_not_input(paths[item.index], item.job.image, "'output'")
-            for ref, what in inputs.items():  # or another job's, before that job reads it
+            # or another job's, before that job reads it (one made already is skipped: a
+            # re-run of a batch whose later job upscales an earlier one's image)
+            kept = not overwrite and b.made_already(paths[item.index], item.job)
+            for ref, what in {} if kept else inputs.items():
                 check_not_input(paths[item.index], ref, "'output'", what)
         except JobError as e:
             raise JobError(f"{item.where(name)}: {e}") from None
@@ -339,12 +342,18 @@ def check_batch_outputs(items: list, paths: dict[int, Path], name: str, output: 
 
 
 def _not_jsonl(path) -> bool:
-    """Whether a file there holds bytes no JSON lines file starts with (an image's, say)."""
-    from hires.piped import looks_binary, read_head
+    """Whether a file there is not empty and its first line is no JSON object (an image, a
+    job file, notes): each image would append a line to it."""
+    import json
 
     with open(path, "rb") as f:
-        head = read_head(f)
-    return bool(head) and looks_binary(head)
+        first = f.readline(1 << 20).strip()
+    if not first:
+        return False
+    try:
+        return not isinstance(json.loads(first), dict)
+    except ValueError:  # UnicodeDecodeError too: an image's bytes
+        return True
 
 
 def check_batch_paths(items: list, name: str) -> None:

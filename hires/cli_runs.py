@@ -46,15 +46,17 @@ def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overw
             runs = plan_runs(jobs, str(place / cli_stdout.NAME), fmt_flag=fmt,
                              overwrite=True, resume_runs=False, alpha=alpha,
                              quality_flag=quality_flag)
-        _say_losses(runs, alpha)
+        from hires.output import STDOUT_NAME
+
+        said = _say_losses(runs, alpha, STDOUT_NAME)
         return [{"path": cli_stdout.STDOUT, "format": r.job.format, "seed": r.job.seed,
-                 "seed_drawn": jobs[0].seed is None, "prompt": r.job.prompt, "made": False}
-                for r in runs]
+                 "seed_drawn": jobs[0].seed is None, "prompt": r.job.prompt, "made": False,
+                 "warnings": losses} for r, losses in zip(runs, said)]
     runs = plan_runs(jobs, output, n=n, fmt_flag=fmt, overwrite=overwrite,
                      resume_runs=resume_runs, preview=preview, stage_images=stage_images,
                      alpha=alpha, quality_flag=quality_flag)
     warn_space([(r.path, r.job) for r in runs if r.made is None], stage_images)
-    _say_losses([r for r in runs if r.made is None], alpha)
+    said = _say_losses(runs, alpha)
     from hires import busy
 
     for run in runs:  # as the run stops (exit 2) while another run makes one of its images
@@ -72,8 +74,8 @@ def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overw
     from hires.output import name_text
 
     return [{"path": name_text(r.path), "format": r.job.format, "seed": r.job.seed,
-             "seed_drawn": drawn, "prompt": r.job.prompt, "made": r.made is not None}
-            for r in runs]
+             "seed_drawn": drawn, "prompt": r.job.prompt, "made": r.made is not None,
+             "warnings": losses} for r, losses in zip(runs, said)]
 
 
 def checkpoint_note(path: Path, job, plan=None) -> str | None:
@@ -105,15 +107,18 @@ def checkpoint_note(path: Path, job, plan=None) -> str | None:
     return f"the run goes on from {kept.name}: {stages_upto(stage)} kept"
 
 
-def _say_losses(runs: list, alpha: frozenset[str]) -> None:
-    """What each image's format will not keep (a JPEG's transparency, a WebP's dpi), as the
-    save says it; `alpha`: the inputs with one."""
+def _say_losses(runs: list, alpha: frozenset[str], name: str | None = None) -> list[list[str]]:
+    """What each image to make will not keep in its format (a JPEG's transparency, a WebP's
+    dpi), said as the save says it, and returned for each run ([] for one made already);
+    `alpha`: the inputs with one; `name`: the image's, for all (STDOUT_NAME)."""
     from hires.output import format_losses
 
-    for run in runs:
-        for loss in format_losses(run.job.format, run.path.name, run.job.dpi,
-                                  run.job.image in alpha):
-            warn(loss)
+    said: list[list[str]] = [[] if run.made is not None else
+            format_losses(run.job.format, name or run.path.name, run.job.dpi,
+                          run.job.image in alpha) for run in runs]
+    for loss in (loss for losses in said for loss in losses):
+        warn(loss)
+    return said
 
 
 def check_job_paths(job, loads: bool = True) -> None:

@@ -315,7 +315,10 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
     setting to fix in the file (1 when each is a model not here; the run itself makes the
     others and exits 1). `resume_runs` (not --no-resume): say which jobs go on from a
     checkpoint."""
+    from hires.cli_runs import warn_tmpdir
+
     check_gpu(gpu)
+    warn_tmpdir()  # as the run says it
     plans: dict[str, Any] = {}  # jobs that differ only in prompt and seed share a plan
     tally = BatchPlanTally()
     for item in items:
@@ -325,12 +328,31 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
         tally.counts[row["status"]] += 1
         if row["status"] == "to make":
             tally.to_make.append((path, item.job))
+            row["warnings"] = _batch_losses(item.job, path)  # what the save will say
+            for loss in row["warnings"]:
+                warn(f"job {item.index}: {loss}")
         out_line(json_line(row) if as_json else text)
     warn_space(tally.to_make)
     if not as_json:
         out_line(batch_total_line(tally))
     if tally.counts["cannot run"]:
         raise typer.Exit(EXIT_USAGE if tally.usage else EXIT_RUNTIME)
+
+
+def _batch_losses(job: Any, path: Path) -> list[str]:
+    """What a batch job's file will not keep (`output.format_losses`): a JPEG's input is read
+    for its transparency, which the run flattens."""
+    from hires.output import format_losses
+
+    alpha = False
+    if job.image and job.format == "jpg":
+        from hires.images import ImageInputError, load_input
+
+        try:
+            alpha = load_input(job.image).alpha is not None
+        except ImageInputError:  # the run says what is wrong with it
+            pass
+    return format_losses(job.format, path.name, job.dpi, alpha)
 
 
 @dataclass

@@ -556,6 +556,10 @@ def _make_folder(folder: Path) -> None:
         raise OutputUnwritable(f"cannot create output folder {folder}: {e.strerror}") from None
 
 
+# How a save's warning names the image `-o -` writes (its temporary file's name means nothing)
+STDOUT_NAME = "the image on stdout"
+
+
 def format_losses(fmt: str, name: str, dpi: float | None, alpha: bool) -> list[str]:
     """What a file of `fmt` named `name` cannot keep of its image (a transparency, a dpi), as
     the save warns it and a dry run says it before."""

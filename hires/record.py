@@ -206,6 +206,8 @@ def save(result: Result, path: str | Path, *, fmt: str | None = None, overwrite:
     def saving(text: str) -> None:
         """What the file's format cannot keep (a JPEG's transparency), in this save's record
         (--json, a manifest) and, said before its metadata is encoded, the file's too."""
+        if recorded_as == "-":  # -o -: its temporary file's name means nothing
+            text = text.replace(f"{path.name} ", f"{output.STDOUT_NAME} ", 1)
         if text not in record["warnings"]:
             record["warnings"].append(text)
         if warn:

@@ -175,17 +175,18 @@ def checked_run(one: Job, path: Path, runs: list[Run], output: str | None, *,
         # Only a template can: hires' own names are told apart (path_namer).
         raise JobError(f"two images would both write {path}; number them: -o "
                        f"{numbered(output)}")
-    # --save-stages: NAME.stage0.png is the input; another job's input is one too
+    # --save-stages: NAME.stage0.png is the input; another job's input is one too, where
+    # this image is written (one made already is kept: a re-run may upscale it)
+    made = None if overwrite else made_by(path, one)
     written = [path, *(stage_paths(path, stage_count(one)) if stage_images else [])]
     for file in written:
         check_not_input(file, one.image)
-        for ref, what in inputs.items():
+        for ref, what in {} if made is not None else inputs.items():
             check_not_input(file, ref, what=what)
     problem = out.format_problem(one.format, one.width, one.height, one.depth,
                                  4 if one.image in alpha else 3)
     if problem:
         raise JobError(f"{path.name}: {problem}")
-    made = None if overwrite else made_by(path, one)
     if made is None:
         check_free(path, one, overwrite)
         if stage_images:

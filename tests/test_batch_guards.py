@@ -5,7 +5,7 @@ import errno
 from pathlib import Path
 
 import pytest
-from helpers_cli import cli, error_lines, write
+from helpers_cli import cli, error_lines, json_lines, write
 
 from hires.batch import BatchItem, run_batch
 from hires.job import Job
@@ -454,7 +454,11 @@ def test_a_manifest_or_output_over_a_jobs_input_is_refused(small, tmp_path):
     photo = tmp_path / "photo.png"
     photo.write_bytes(before)
     line = refused(cli("batch", jobs, "-o", tmp_path / "o", "--manifest", photo, "--dry-run"))
-    assert f"--manifest {photo} is not a JSON lines file (an image?)" in line, line
+    assert f"--manifest {photo} is not a JSON lines file" in line, line
+    notes = write(tmp_path / "notes.toml", "a = 1\n")  # text, but no JSON lines: refused too
+    line = refused(cli("batch", jobs, "-o", tmp_path / "o", "--manifest", notes, "--dry-run"))
+    assert f"--manifest {notes} is not a JSON lines file (its first line is no JSON" in line
+    assert notes.read_text() == "a = 1\n"
     second = tmp_path / "second.png"
     second.write_bytes(before)
     chained = write(tmp_path / "c.toml", f'{DEFAULTS}[[job]]\nimage = "{small}"\nscale = 2\n'
@@ -464,3 +468,43 @@ def test_a_manifest_or_output_over_a_jobs_input_is_refused(small, tmp_path):
         line = refused(cli("batch", chained, "-o", tmp_path / "o", *extra))
         assert f"c.toml job 0: {second} is an input image" in line, line
     assert small.read_bytes() == second.read_bytes() == photo.read_bytes() == before
+
+
+def test_a_rerun_batch_whose_later_job_upscales_a_made_image_runs(tmp_path, asked):
+    """Job 1 upscales job 0's image: the re-run was refused ('is an input image'), though
+    job 0, made already, is skipped and writes nothing."""
+    first = write(tmp_path / "first.toml", f'{DEFAULTS}[[job]]\nprompt = "a"\nseed = 1\n'
+                                           'output = "base.png"\n')
+    assert cli("batch", first, "-o", tmp_path / "o", "-q").exit_code == 0
+    base = tmp_path / "o" / "base.png"
+    made = base.read_bytes()
+    chained = write(tmp_path / "chain.toml", f'{DEFAULTS}[[job]]\nprompt = "a"\nseed = 1\n'
+                                             f'output = "base.png"\n[[job]]\nimage = "{base}"\n'
+                                             'scale = 2\nseed = 2\noutput = "up.png"\n')
+    result = cli("batch", chained, "-o", tmp_path / "o", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert [r["status"] for r in json_lines(result.stdout)] == ["skipped", "done"]
+    assert base.read_bytes() == made and (tmp_path / "o" / "up.png").is_file()
+    # --overwrite would make job 0 again, over job 1's input: refused
+    line = refused(cli("batch", chained, "-o", tmp_path / "o", "--overwrite", "--dry-run"))
+    assert f"chain.toml job 0: {base} is an input image" in line
+
+
+def test_a_batch_dry_run_says_what_the_run_warns_of(tmp_path):
+    from PIL import Image
+
+    clear = tmp_path / "clear.png"
+    Image.new("RGBA", (96, 64), (9, 9, 9, 0)).save(clear)
+    jobs = write(tmp_path / "w.toml", f'{DEFAULTS}[[job]]\nprompt = "a"\nformat = "webp"\n'
+                                      f'dpi = 300\n[[job]]\nimage = "{clear}"\nscale = 2\n'
+                                      'format = "jpg"\n[[job]]\nprompt = "b"\n')
+    gone = tmp_path / "gone"
+    result = cli("batch", jobs, "-o", tmp_path / "o", "--dry-run", "--json",
+                 env={"TMPDIR": str(gone)})
+    assert result.exit_code == 0, result.stderr
+    rows = json_lines(result.stdout)
+    assert [len(r["warnings"]) for r in rows] == [1, 1, 0]
+    assert "keeps no dpi" in rows[0]["warnings"][0]
+    assert "is flattened on white" in rows[1]["warnings"][0]
+    assert f"warning: job 0: {rows[0]['warnings'][0]}" in result.stderr
+    assert f"TMPDIR={gone} is not a folder" in result.stderr

@@ -409,6 +409,11 @@ def test_a_dry_run_says_what_the_run_warns_of_before_it(tmp_path, small):
                tmp_path / "t.webp", "--dry-run")
     assert webp.exit_code == 0, webp.stderr
     assert "warning: WebP files record no resolution: t.webp keeps no dpi" in webp.stderr
+    planned = cli("gen", "a", "--model", "tiny", "--size", "256", "--dpi", "300", "-o",
+                  tmp_path / "t.webp", "--dry-run", "--json")  # and in its JSON, per image
+    (image,) = json.loads(planned.stdout)["images"]
+    assert image["warnings"] == ["WebP files record no resolution: t.webp keeps no dpi; use "
+                                 "png, tiff or jpg for print"]
     from PIL import Image
 
     clear = tmp_path / "clear.png"
@@ -417,6 +422,9 @@ def test_a_dry_run_says_what_the_run_warns_of_before_it(tmp_path, small):
                "--dry-run")
     assert jpeg.exit_code == 0, jpeg.stderr
     assert "warning: JPEG holds no transparency: c.jpg is flattened on white" in jpeg.stderr
+    piped = cli("up", clear, "--model", "tiny", "--scale", "2", "-o", "-", "--format", "jpg",
+                "--dry-run")  # the image -o - writes is named so, not by its temporary file
+    assert "JPEG holds no transparency: the image on stdout is flattened" in piped.stderr
     gone = tmp_path / "gone"
     tmp = cli("gen", "a", "--model", "tiny", "--size", "256", "-o", tmp_path / "t.png",
               "--dry-run", env={"TMPDIR": str(gone)})
