@@ -364,20 +364,11 @@ def up_inputs(images: list[str]) -> Iterator[list[str]]:
 
     if "" in images:  # `hires up "$IMG"` with the variable unset: not the folder '.'
         raise typer.BadParameter("an empty path was given; name an image file")
-    if "-" not in images:
+    given = dash_head(images, "hires up - < photo.png")
+    if given is None:
         yield distinct(images)
         return
-    if images.count("-") > 1:
-        raise typer.BadParameter("'-' is given more than once; stdin is read once: give it once")
-    if images != ["-"]:
-        raise typer.BadParameter("give image paths or '-' (an image, or paths, on stdin), not "
-                                 "both")
-    stdin = open_stdin("give the image paths as arguments, or an image (or paths) on stdin")
-    stream = None if stdin.isatty() else getattr(stdin, "buffer", None)
-    head = piped.read_head(stream) if stream is not None else b""
-    if stream is not None and not head:
-        raise typer.BadParameter("'-' read nothing from stdin: pipe an image in (hires up - < "
-                                 "photo.png), or image paths, one a line")
+    stream, head = given
     if piped.looks_binary(head):
         with piped.held(stream, head):
             yield [piped.STDIN]
@@ -386,6 +377,29 @@ def up_inputs(images: list[str]) -> Iterator[list[str]]:
     if not paths:
         raise typer.BadParameter("'-' read no image paths from stdin (one per line)")
     yield distinct(paths)
+
+
+def dash_head(names: list[str], example: str) -> tuple[Any, bytes] | None:
+    """For a command's inputs that are '-' alone (`up -`, `info -`): stdin's byte stream (None
+    on a terminal) and its first bytes, an image's or the first lines of paths; None when no
+    '-' is given. '-' twice, beside paths, or on an empty stdin is a usage error (`example`
+    shows the pipe)."""
+    from hires import piped
+
+    if "-" not in names:
+        return None
+    if names.count("-") > 1:
+        raise typer.BadParameter("'-' is given more than once; stdin is read once: give it once")
+    if names != ["-"]:
+        raise typer.BadParameter("give image paths or '-' (an image, or paths, on stdin), not "
+                                 "both")
+    stdin = open_stdin("give the image paths as arguments, or an image (or paths) on stdin")
+    stream = None if stdin.isatty() else getattr(stdin, "buffer", None)
+    head = piped.read_head(stream) if stream is not None else b""
+    if stream is not None and not head:
+        raise typer.BadParameter(f"'-' read nothing from stdin: pipe an image in ({example}), "
+                                 "or image paths, one a line")
+    return stream, head
 
 
 def distinct(paths: list[str]) -> list[str]:

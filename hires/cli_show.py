@@ -527,22 +527,13 @@ def info_inputs(paths: list[str]) -> Iterator[list[tuple[str, str]]]:
     does: an image's bytes (kept in a temporary file for the block, said as "-"), else
     image paths, one a line."""
     from hires import piped
-    from hires.cli_jobs import open_stdin, stdin_lines
+    from hires.cli_jobs import dash_head, stdin_lines
 
-    if "-" not in paths:
+    given = dash_head(paths, "hires info - < image.png")
+    if given is None:
         yield [(path, path) for path in paths]
         return
-    if paths.count("-") > 1:
-        raise typer.BadParameter("'-' is given more than once; stdin is read once: give it once")
-    if paths != ["-"]:
-        raise typer.BadParameter("give image paths or '-' (an image, or paths, on stdin), not "
-                                 "both")
-    stdin = open_stdin("give the image paths as arguments, or an image (or paths) on stdin")
-    stream = None if stdin.isatty() else getattr(stdin, "buffer", None)
-    head = piped.read_head(stream) if stream is not None else b""
-    if stream is not None and not head:
-        raise typer.BadParameter("'-' read nothing from stdin: pipe an image in (hires info - "
-                                 "< image.png), or image paths, one a line")
+    stream, head = given
     if piped.looks_binary(head):
         with piped.spooled(stream, head) as held:  # read as a file: its metadata, not pixels
             yield [(str(held), "-")]
