@@ -203,6 +203,7 @@ def save(result: Result, path: str | Path, *, fmt: str | None = None, overwrite:
             save_stage(stage_image, stage_path, job, index, fmt=fmt, overwrite=overwrite,
                        linfusion=result.linfusion, vae_dtype=result.vae_dtype,
                        dtype=record["dtype"])
+
     def saving(text: str) -> None:
         """What the file's format cannot keep (a JPEG's transparency), in this save's record
         (--json, a manifest) and, said before its metadata is encoded, the file's too."""
