@@ -102,6 +102,9 @@ def parse_lora(spec: str) -> tuple[str, float]:
     if not ref.strip():
         raise LoraError(f"LoRA '{spec}': no file, folder or Hub id before the scale; write "
                         "REF or REF:SCALE")
+    if ref == "none" and tail is not None:  # else it was looked for as a file named 'none'
+        raise LoraError(f"LoRA '{spec}': 'none' drops the LoRAs and takes no scale; write "
+                        "none alone")
     return ref, scale
 
 

@@ -206,6 +206,8 @@ def test_parse_lora(spec, expected):
     ("style.safetensors:nan", "from -10 to 10"),
     (":0.5", "no file, folder or Hub id"),
     ("", "no file, folder or Hub id"),
+    # it was looked for as a file named 'none'
+    ("none:0.5", "'none' drops the LoRAs and takes no scale; write none alone"),
 ])
 def test_parse_lora_errors(spec, message):
     with pytest.raises(LoraError, match=message) as e:
