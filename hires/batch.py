@@ -521,12 +521,18 @@ KEY_ADVICE = {
 }
 
 
+def flag_key(message: str) -> str | None:
+    """The job key of the file a check's message names by its flag ("--lora x: ..."), if so."""
+    return next((key for flag, key in FLAG_KEYS.items() if message.startswith(f"{flag} ")),
+                None)
+
+
 def by_giver(message: str, item: BatchItem, file_name: str) -> str:
     """`by_key` for a job's file error, naming the preset that gave the file where one did
     ("'lora' in preset 'p' (jobs.toml job 3): ..."), not the job file."""
     where = item.where(file_name)
-    flag = next((f for f in FLAG_KEYS if message.startswith(f"{f} ")), None)
-    preset = item.given_in.get(FLAG_KEYS[flag]) if flag else None
+    key = flag_key(message)
+    preset = item.given_in.get(key) if key else None
     if preset is None:
         return by_key(message, where)
     said = by_key(message, preset, "the preset's")

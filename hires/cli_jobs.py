@@ -194,15 +194,12 @@ def files_given_in(job, levels: list[tuple[dict[str, Any], str, bool]]):
 def said_where_given(error: Exception, job) -> Exception:
     """A file's error worded for its flag ("--lora x: no such file"), said of the preset's or
     record's key that gave the file instead; any other error as it is."""
-    from hires.batch import FLAG_KEYS, by_key
+    from hires.batch import by_key, flag_key
     from hires.job import JobError
 
-    given = job.extra.get("given_in", {})
-    flag = next((f for f, key in FLAG_KEYS.items()
-                 if str(error).startswith(f"{f} ") and key in given), None)
-    if flag is None:
+    where = job.extra.get("given_in", {}).get(flag_key(str(error)))
+    if where is None:
         return error
-    where = given[FLAG_KEYS[flag]]
     said = by_key(str(error), where, "the preset's" if where.startswith("preset ") else
                   "the image's folder")
     from hires.model_refs import ModelError
