@@ -493,11 +493,11 @@ def batch(
             check_batch_devices(mine, name, given, torchrun, dry_run)
         check_batch_paths(mine, name)
         if dry_run:
-            check_batch_outputs(mine, paths, name, output, manifest, overwrite)
+            check_batch_outputs(mine, paths, name, output, manifest, overwrite, every=items)
             show_batch_plan(mine, paths, gpu, as_json, overwrite, preview, resume_runs)
             return
         run_batch_jobs(mine, paths, name, output, manifest, as_json, quiet, overwrite,
-                       resume_runs, gpu, preview)
+                       resume_runs, gpu, preview, every=items)
 
 
 @app.command()

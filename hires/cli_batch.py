@@ -31,14 +31,16 @@ if TYPE_CHECKING:
 
 def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
                    manifest: Path | None, as_json: bool, quiet: bool, overwrite: bool,
-                   resume_runs: bool, gpu: str | None = None, preview: bool = False) -> None:
+                   resume_runs: bool, gpu: str | None = None, preview: bool = False,
+                   every: list | None = None) -> None:
     """`batch`: each job's image unless it is made already; one model in memory at a time; a
     failed job is said and recorded in the manifest, and the others go on (exit 1 at the
-    end). `name`: the job file's, for messages."""
+    end). `name`: the job file's, for messages; `every`: the file's jobs, where `items` are
+    a shard's."""
     from hires import batch as b
 
     check_gpu(gpu)
-    manifest = check_batch_outputs(items, paths, name, output, manifest, overwrite)
+    manifest = check_batch_outputs(items, paths, name, output, manifest, overwrite, every)
     todo = jobs_to_make(items, paths, overwrite)
     from hires.eta import RunPace
 
@@ -273,10 +275,13 @@ def check_manifest_apart(jobs: Path | str, manifest: Path | None, output: Path) 
 
 
 def check_batch_outputs(items: list, paths: dict[int, Path], name: str, output: Path,
-                        manifest: Path | None, overwrite: bool = False) -> Path:
+                        manifest: Path | None, overwrite: bool = False,
+                        every: list | None = None) -> Path:
     """Before any work (and in --dry-run): the manifest and every job's folder can be written,
-    and no file that is not hires' is in a job's way (unless `overwrite`), else exit 2 (not a
-    failed job once the model is loaded). Creates nothing; returns the manifest."""
+    no file that is not hires' is in a job's way (unless `overwrite`), and none is an input
+    of any of `every` job of the file (a shard's `items` write over another shard's inputs
+    too), else exit 2 (not a failed job once the model is loaded). Creates nothing; returns
+    the manifest."""
     import os
 
     from hires import batch as b
@@ -299,7 +304,7 @@ def check_batch_outputs(items: list, paths: dict[int, Path], name: str, output: 
     if taken is not None:
         raise JobError(f"--manifest {manifest} is where {taken.where(name)} writes its "
                        "image; name another .jsonl file")
-    inputs = read_files([item.job for item in items])
+    inputs = read_files([item.job for item in every or items])
     for ref, what in inputs.items():  # each image appends a line to it
         try:
             check_not_input(manifest, ref, "--manifest (a .jsonl file)", what)
@@ -347,7 +352,11 @@ def _not_jsonl(path) -> bool:
     import json
 
     with open(path, "rb") as f:
-        first = f.readline(1 << 20).strip()
+        first = b""
+        for _ in range(100):  # the first line with text (a blank one before a TOML's is none)
+            line = f.readline(1 << 20)
+            if not line or (first := line.strip()):
+                break
     if not first:
         return False
     try:

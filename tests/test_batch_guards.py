@@ -459,6 +459,12 @@ def test_a_manifest_or_output_over_a_jobs_input_is_refused(small, tmp_path):
     line = refused(cli("batch", jobs, "-o", tmp_path / "o", "--manifest", notes, "--dry-run"))
     assert f"--manifest {notes} is not a JSON lines file (its first line is no JSON" in line
     assert notes.read_text() == "a = 1\n"
+    blank = write(tmp_path / "blank.toml", "\n\na = 1\n")  # a blank first line hid it
+    line = refused(cli("batch", jobs, "-o", tmp_path / "o", "--manifest", blank, "--dry-run"))
+    assert "is not a JSON lines file" in line
+    lines = write(tmp_path / "m.jsonl", '\n{"index": 0}\n')
+    assert cli("batch", jobs, "-o", tmp_path / "o", "--manifest", lines,
+               "--dry-run").exit_code == 0
     second = tmp_path / "second.png"
     second.write_bytes(before)
     chained = write(tmp_path / "c.toml", f'{DEFAULTS}[[job]]\nimage = "{small}"\nscale = 2\n'
@@ -485,9 +491,11 @@ def test_a_rerun_batch_whose_later_job_upscales_a_made_image_runs(tmp_path, aske
     assert result.exit_code == 0, result.stderr
     assert [r["status"] for r in json_lines(result.stdout)] == ["skipped", "done"]
     assert base.read_bytes() == made and (tmp_path / "o" / "up.png").is_file()
-    # --overwrite would make job 0 again, over job 1's input: refused
-    line = refused(cli("batch", chained, "-o", tmp_path / "o", "--overwrite", "--dry-run"))
-    assert f"chain.toml job 0: {base} is an input image" in line
+    # --overwrite would make job 0 again, over job 1's input: refused, in its shard too
+    for shard in ((), ("--shard", "0/2")):
+        line = refused(cli("batch", chained, "-o", tmp_path / "o", "--overwrite", "--dry-run",
+                           *shard))
+        assert f"chain.toml job 0: {base} is an input image" in line
 
 
 def test_a_batch_dry_run_says_what_the_run_warns_of(tmp_path):
@@ -504,6 +512,8 @@ def test_a_batch_dry_run_says_what_the_run_warns_of(tmp_path):
     assert result.exit_code == 0, result.stderr
     rows = json_lines(result.stdout)
     assert [len(r["warnings"]) for r in rows] == [1, 1, 0]
+    assert "warnings" in json_lines(cli("batch", jobs, "-o", tmp_path / "o", "--dry-run",
+                                        "--json").stdout)[0]
     assert "keeps no dpi" in rows[0]["warnings"][0]
     assert "is flattened on white" in rows[1]["warnings"][0]
     assert f"warning: job 0: {rows[0]['warnings'][0]}" in result.stderr
