@@ -80,8 +80,6 @@ def gpu_names() -> list[str]:
     return sorted(GPUS)
 
 
-
-
 def whole(text: str) -> int:
     """A whole-number option as typed: 4096, not 4096.0 (as job files refuse it) or 4k. The
     conversion's own error is pydantic's ('Input should be a valid integer'), in no flag's
@@ -243,7 +241,10 @@ JsonOut = Annotated[bool, typer.Option("--json", help="One JSON object per image
 PlanJson = Annotated[bool, typer.Option("--json", help="The plan as one JSON object on stdout.")]
 InfoJson = Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout; "
                                         "without an image, one for this machine.")]
+
+
 def _gpu_option(default: str) -> Any:
+    """--gpu, its help naming the command's `default` card."""
     return typer.Option(
         help=f"For time estimates: h100, h200, a100, l40s, 4090, ... or a measured TFLOP/s "
         f"figure (default: {default}).", autocompletion=completes(gpu_names),

@@ -113,9 +113,10 @@ def _say_losses(runs: list, alpha: frozenset[str], name: str | None = None) -> l
     `alpha`: the inputs with one; `name`: the image's, for all (STDOUT_NAME)."""
     from hires.output import format_losses
 
-    said: list[list[str]] = [[] if run.made is not None else
-            format_losses(run.job.format, name or run.path.name, run.job.dpi,
-                          run.job.image in alpha) for run in runs]
+    said: list[list[str]] = [
+        [] if run.made is not None else
+        format_losses(run.job.format, name or run.path.name, run.job.dpi, run.job.image in alpha)
+        for run in runs]
     for loss in (loss for losses in said for loss in losses):
         warn(loss)
     return said
