@@ -319,6 +319,8 @@ def plan(
         job = build_job(preset, from_image, flags, source=piped.size if piped else None,
                         images=False)
         check_job_paths(job, loads=False)  # a checkpoint that is not there: as gen --dry-run does
+        from dataclasses import replace
+
         from hires.addons import check_inputs
         from hires.cli_jobs import said_where_given
         from hires.job import JobError
@@ -328,8 +330,6 @@ def plan(
             check_inputs(job, loads=False, images=False)  # the add-ons' files
             # and the images the flags name (a typo), not a record's or preset's that is gone:
             # an image does not change the plan (plan_hints says gen needs it)
-            from dataclasses import replace
-
             check_inputs(replace(job, **{key: None for key in ("control", "ip_image")
                                          if key not in flags}), loads=False)
         except (JobError, ModelError) as e:  # a preset's LoRA, say: named as its key
