@@ -271,7 +271,7 @@ def missing_relative(recorded: dict[str, Any], flags: dict[str, Any], local: lis
                 ref = parse_lora(spec)[0] if isinstance(spec, str) else None
             except LoraError:
                 continue  # the job's own check says what is wrong with it
-            if missing(ref) and hub_parts(ref) is None:
+            if missing(ref) and (hub_parts(ref) is None or "lora" in local):
                 return "with the LoRA", ref, "lora"
     # A model's Hub id reads like a relative path (owner/name): only a weights file, or a
     # path that starts with '.', is surely local.

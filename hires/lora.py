@@ -150,8 +150,10 @@ def _pick(where: str, names: list[str], allow_pickle: bool) -> str:
 
 
 def hub_parts(ref: str) -> tuple[str, str | None] | None:
-    """(repo id, file or None) when `ref` reads as a Hub reference, else None (a local path)."""
-    if ref.startswith((".", "/", "~")) or "\\" in ref or re.match(r"[A-Za-z]:", ref):
+    """(repo id, file or None) when `ref` reads as a Hub reference, else None (a local path:
+    one that is here is, whatever its shape, as `resolve` reads it first)."""
+    if ref.startswith((".", "/", "~")) or "\\" in ref or re.match(r"[A-Za-z]:", ref) or \
+            Path(ref).expanduser().exists():  # loras/sdxl/x.safetensors was asked of the Hub
         return None
     parts = ref.split("/")
     repo = "/".join(parts[:2])

@@ -101,8 +101,22 @@ def local_refs(job: Job) -> list[str]:
         refs["linfusion"] = job.linfusion
     if job.ip_image:
         refs["ip_adapter"] = job.ip_adapter
-    return [key for key, ref in refs.items() if ref and ref != "tiny"
-            and not Path(ref).expanduser().is_absolute() and Path(ref).expanduser().exists()]
+
+    def local(ref: str | None) -> bool:
+        return bool(ref) and ref != "tiny" and not Path(ref).expanduser().is_absolute() \
+            and Path(ref).expanduser().exists()
+
+    from hires.lora import LoraError, parse_lora
+
+    def lora_ref(spec: str) -> str | None:
+        try:
+            return parse_lora(spec)[0]
+        except LoraError:
+            return None
+
+    # a LoRA at loras/sdxl/x.safetensors reads as a Hub file elsewhere: "lora" if any is so
+    loras = ["lora"] if any(local(lora_ref(spec)) for spec in job.lora) else []
+    return [key for key, ref in refs.items() if local(ref)] + loras
 
 
 def save_stage(image: Image.Image, path: str | Path, job: Job, index: int, *,

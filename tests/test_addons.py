@@ -211,6 +211,31 @@ def test_plan_from_a_record_whose_control_image_is_gone_plans_it(files, tmp_path
     assert "with the control image edges.png" in error_lines(refused.stderr)[0]
 
 
+def test_a_lora_in_a_folder_of_folders_is_read_here_not_asked_of_the_hub(files, tmp_path,
+                                                                          monkeypatch, asked):
+    """loras/sdxl/style.safetensors reads like a Hub file (owner/repo/file): offline it was
+    refused as not cached (exit 1) though it was here, and so was a folder holding one."""
+    import shutil
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "loras" / "sdxl").mkdir(parents=True)
+    shutil.copy(files["lora"], tmp_path / "loras" / "sdxl" / "style.safetensors")
+    made = cli("gen", "a", *TINY, "--lora", "loras/sdxl/style.safetensors:0.8", "-o",
+               tmp_path / "r.png", "--json")
+    assert made.exit_code == 0, made.stderr
+    assert json_lines(made.stdout)[0]["local"] == ["lora"]
+    shutil.copytree(tmp_path / "loras" / "sdxl", tmp_path / "held")  # a folder holding one
+    assert cli("gen", "a", *TINY, "--lora", "held", "--dry-run").exit_code == 0
+    # Elsewhere the record's LoRA is said to be missing here, not looked for on the Hub
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    refused = cli("gen", "--from", tmp_path / "r.png", "--dry-run")
+    assert refused.exit_code == 2
+    assert "made with the LoRA loras/sdxl/style.safetensors, a path relative" in \
+        error_lines(refused.stderr)[0]
+
+
 def test_a_presets_empty_addon_model_is_named_as_its_key(tmp_path, asked):
     preset = write(tmp_path / "e.toml", 'control_model = ""\n')
     assert_usage_error(cli("gen", "a", "--model", "tiny", "--preset", preset, "--dry-run"),
