@@ -370,9 +370,11 @@ def attached(components: Any, job: Job, source: Image.Image | None = None) -> It
             if job.lora:
                 addons.record["lora"] = lora.load_loras(pipe, job.lora, job.allow_pickle)
                 undo.callback(lora.unload_loras, pipe)
-            if job.ip_image and not runs_ip_adapter(job):  # not loaded, not hashed
+            if job.ip_image and not runs_ip_adapter(job):  # not loaded: its weights unhashed
+                # its image is, as a ControlNet's at scale 0: --from at another scale uses it
                 addons.record["ip_adapter"] = {"ref": job.ip_adapter, "scale": 0.0,
-                                               "image": job.ip_image}
+                                               "image": job.ip_image,
+                                               "image_sha256": _file_digest(job.ip_image)}
             elif job.ip_image:
                 info = ip_adapter.load_ip_adapter(pipe, job.ip_adapter, job.allow_pickle)
                 undo.callback(ip_adapter.unload_ip_adapter, pipe)

@@ -236,6 +236,29 @@ def test_a_lora_in_a_folder_of_folders_is_read_here_not_asked_of_the_hub(files, 
         error_lines(refused.stderr)[0]
 
 
+def test_from_at_another_scale_refuses_a_changed_ip_image_recorded_at_scale_0(files, tmp_path,
+                                                                             asked):
+    """An --ip-scale 0 record kept no sha256 of its image (a ControlNet's at scale 0 keeps
+    one): --from at 0.6 ran with a changed image without a word."""
+    import shutil
+
+    look = tmp_path / "look.png"
+    shutil.copy(files["ip_image"], look)
+    made = cli("gen", "a", *TINY, "--ip-image", look, "--ip-adapter", files["ip"],
+               "--ip-scale", "0", "-o", tmp_path / "q.png", "--json")
+    assert made.exit_code == 0, made.stderr
+    from hires.images import file_sha256
+
+    assert json_lines(made.stdout)[0]["addons"]["ip_adapter"]["image_sha256"] == \
+        file_sha256(look)
+    Image.new("RGB", (96, 64), "red").save(look)
+    refused = cli("gen", "--from", tmp_path / "q.png", "--ip-scale", "0.6", "--dry-run")
+    assert refused.exit_code == 2 and "has changed since this image was made" in \
+        error_lines(refused.stderr)[0]
+    # at scale 0 still, the image makes nothing: not compared
+    assert cli("gen", "--from", tmp_path / "q.png", "--dry-run").exit_code == 0
+
+
 def test_a_presets_empty_addon_model_is_named_as_its_key(tmp_path, asked):
     preset = write(tmp_path / "e.toml", 'control_model = ""\n')
     assert_usage_error(cli("gen", "a", "--model", "tiny", "--preset", preset, "--dry-run"),
