@@ -225,7 +225,14 @@ def library_job(job: Job | str | None, overrides: dict[str, Any],
         if w is None:
             raise JobError("give size (with aspect, if you like) or width and height")
         overrides = {**overrides, "width": w, "height": h}
-    job = (job or Job()).merged(overrides)
+    # 'none' drops the job's add-on, as --control none does a preset's (lora="none" too)
+    from hires.sizes import switched_off
+
+    if overrides.get("lora") == "none":
+        overrides = {**overrides, "lora": ["none"]}
+    overrides, dropped = switched_off(overrides)
+    unset = Job()
+    job = (job or Job()).merged({**{k: getattr(unset, k) for k in dropped}, **overrides})
     if components is not None and job.model == DEFAULT_MODEL and overrides.get("model") is None:
         # Not named: the loaded one. model=DEFAULT_MODEL named is checked against them.
         job = replace(job, model=components.model)

@@ -259,6 +259,24 @@ def test_from_at_another_scale_refuses_a_changed_ip_image_recorded_at_scale_0(fi
     assert cli("gen", "--from", tmp_path / "q.png", "--dry-run").exit_code == 0
 
 
+def test_a_library_call_drops_a_jobs_addon_with_none(files, tiny):
+    """generate(job, lora="none") looked for a file named 'none', as control="none" did: the
+    keywords did not take what the flags and job files take."""
+    import hires
+    from hires.job import Job, JobError
+
+    job = Job(prompt="a", width=256, height=256, steps=1, seed=5,
+              lora=[f"{files['lora']}:0.5"], control=str(files["control"]),
+              control_model=str(files["control_model"]))
+    assert hires.generate(job, components=tiny, lora="none", control="none").addons == {}
+    kept = hires.generate(job, components=tiny, lora=["none", f"{files['lora']}:0.2"])
+    assert [lo["scale"] for lo in kept.addons["lora"]] == [0.2] and "controlnet" in kept.addons
+    with pytest.raises(JobError, match="control none drops the ControlNet: leave out "
+                                       "control_model"):
+        hires.generate(job, components=tiny, control="none",
+                       control_model=str(files["control_model"]))
+
+
 def test_a_presets_empty_addon_model_is_named_as_its_key(tmp_path, asked):
     preset = write(tmp_path / "e.toml", 'control_model = ""\n')
     assert_usage_error(cli("gen", "a", "--model", "tiny", "--preset", preset, "--dry-run"),
