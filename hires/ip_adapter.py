@@ -65,7 +65,25 @@ def local_problem(ref: str, allow_pickle: bool = False) -> str | None:
             named = "" if file == Path(ref).expanduser() else \
                 f": {file.relative_to(where).as_posix()}"
             return f"IP-Adapter {ref}{named} is {said}"
-    return None
+    return _other_weights(where / weight, ref)
+
+
+def _other_weights(file: Path, ref: str) -> str | None:
+    """That the weights at `file` are no IP-Adapter's, and whose they look like (a LoRA's, a
+    ControlNet's), from its header: else the load failed on the UNet's first layer, as if made
+    for another model."""
+    from hires.controlnet import CONTROL_KEYS
+    from hires.safetensors_header import read_header
+
+    header = read_header(file) if file.suffix == ".safetensors" else None
+    keys = [k for k in header or {} if k != "__metadata__"]
+    if not keys or any(k.startswith(("image_proj.", "ip_adapter.")) for k in keys):
+        return None
+    hint = ("; it looks like a LoRA: give it with --lora" if any("lora" in k.lower() for k in keys)
+            else "; it looks like a ControlNet: give it with --control-model"
+            if any(k.startswith(CONTROL_KEYS) for k in keys) else "")
+    return (f"IP-Adapter {ref}: {file.name} is not an IP-Adapter (none of its tensors is an "
+            f"image_proj or ip_adapter one){hint}")
 
 
 def encoder_files(folder: Path) -> list[Path]:

@@ -375,6 +375,16 @@ def pickled_ip(tmp_path) -> str:
     return str(tmp_path / "ip-adapter_sdxl.bin")
 
 
+def lora_in_ip(files: dict, tmp_path) -> str:
+    """An IP-Adapter folder (its image encoder) whose weights file is a LoRA."""
+    import shutil
+
+    folder = tmp_path / "ip-lora"
+    shutil.copytree(files["ip"] / "image_encoder", folder / "image_encoder")
+    shutil.copy(files["lora"], folder / "style.safetensors")
+    return str(folder)
+
+
 @pytest.mark.parametrize("case, words", [
     ("missing-lora", ["--lora", "no such"]),
     ("other-lora", ["does not fit"]),
@@ -386,6 +396,8 @@ def pickled_ip(tmp_path) -> str:
     ("missing-ip-image", ["--ip-image", "no such"]),
     ("other-controlnet", ["another model architecture", "SDXL ControlNet"]),
     ("pickle-ip-adapter", ["--allow-pickle"]),
+    # it failed after the model loaded, as 'made for another model'
+    ("lora-as-ip-adapter", ["is not an IP-Adapter", "it looks like a LoRA: give it with --lora"]),
     ("bad-scale", ["--control-scale must be a finite number"]),  # the flag, not the key
 ])
 def test_bad_addon_inputs_exit_2_with_one_line(case, words, files, tmp_path, asked):
@@ -403,6 +415,9 @@ def test_bad_addon_inputs_exit_2_with_one_line(case, words, files, tmp_path, ask
                              sd15_controlnet(tmp_path) if case == "other-controlnet" else ""],
         "pickle-ip-adapter": ["--ip-image", str(files["ip_image"]), "--ip-adapter",
                               pickled_ip(tmp_path) if case == "pickle-ip-adapter" else ""],
+        "lora-as-ip-adapter": ["--ip-image", str(files["ip_image"]), "--ip-adapter",
+                               lora_in_ip(files, tmp_path) if case == "lora-as-ip-adapter"
+                               else ""],
         "bad-scale": ["--control", str(files["control"]), "--control-model",
                       str(files["control_model"]), "--control-scale", "nan"],
     }[case]
