@@ -121,7 +121,7 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
         job = job_from_levels([*levels, (flags, OPTIONS, False)], size_of=size_of,
                               images=images)
         return check_scale_flags(files_given_in(job, [*levels, (flags, OPTIONS, False)]),
-                                 flags)
+                                 flags, images)
     try:
         # An A1111 text's notes are of its sampler, which --sampler replaces
         recorded = job_values_from_image(
@@ -175,7 +175,7 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
 
     addons = result.get("addons")
     check_unchanged(job, addons if isinstance(addons, dict) else {}, given=set(flags))
-    return check_scale_flags(job, flags)
+    return check_scale_flags(job, flags, images)
 
 
 def files_given_in(job, levels: list[tuple[dict[str, Any], str, bool]]):
@@ -228,14 +228,20 @@ def hidden_by_record(preset: dict[str, Any], recorded: dict[str, Any],
                                   else k not in flags and k in recorded)]
 
 
-def check_scale_flags(job, flags: dict[str, Any]):
+def check_scale_flags(job, flags: dict[str, Any], images: bool = True):
     """A strength flag for an add-on the job does not run, or --ip-adapter without
     --ip-image, is a usage error: it would be ignored without a word. A preset's or record's
-    value alone is a default, and passes (`hires.job.idle_setting`)."""
-    from hires.job import idle_setting
+    value alone is a default, and passes (`hires.job.idle_setting`). Without `images` (a
+    plan), an add-on's model stands for its image."""
+    from dataclasses import replace
 
+    from hires.job import DEFAULT_IP_ADAPTER, idle_setting
+
+    seen = job if images else replace(
+        job, control=job.control or (job.control_model and "IMAGE") or None,
+        ip_image=job.ip_image or (job.ip_adapter != DEFAULT_IP_ADAPTER and "IMAGE") or None)
     # '--ip-adapter none' drops a preset's or record's IP-Adapter: it asks for none
-    idle = idle_setting(job, {k for k, v in flags.items() if v != "none"})
+    idle = idle_setting(seen, {k for k, v in flags.items() if v != "none"})
     if idle:
         flag, lacks, needs = idle
         add = " ".join(f"--{key.replace('_', '-')} {'MODEL' if key.endswith('model') else 'IMAGE'}"

@@ -27,7 +27,7 @@ from hires.cli_output import (
 )
 from hires.cli_resume import stages_upto
 from hires.cli_runs import checkpoint_note, fp16_vae_hint, warn_ram, warn_space
-from hires.job import JobError
+from hires.job import DEFAULT_IP_ADAPTER, JobError
 from hires.strips import cores
 
 
@@ -241,6 +241,9 @@ def plan_hints(run, job, p, preview: bool, replan: Callable[[Any], Any]) -> Iter
         yield f"a long job: `hires gen --preview` makes its composition first, in {duration(first)}"
     if job.control_model and not (job.control or job.image):  # planned as if it were given
         yield "the ControlNet's image does not change the plan; gen needs it (--control IMAGE)"
+    if job.ip_adapter != DEFAULT_IP_ADAPTER and not job.ip_image:
+        yield ("the IP-Adapter's image does not change the plan; gen needs it (--ip-image "
+               "IMAGE)")
     for given, what, flag in ((job.control, "ControlNet's", "--control"),
                               (job.ip_image, "IP-Adapter's", "--ip-image")):
         if given and given != "-" and not Path(given).expanduser().exists():  # a record's

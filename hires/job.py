@@ -142,7 +142,8 @@ class Job:
         field's kind (a Job built directly is not checked as it is made: `Job(karras="no")`
         is False here, `Job(lora="a.safetensors")` a list of one). Without `partners`, an
         add-on may lack its other half (a preset's ControlNet model waits for --control);
-        without `images`, a ControlNet its image alone (a plan does not read it)."""
+        without `images`, a ControlNet or an IP-Adapter its image alone (a plan does not read
+        it)."""
         kinds = {name: _coerce(name, getattr(self, name), "the job") for name in JOB_KEYS}
         return dataclasses.replace(self, **kinds)._checked(partners, images)
 
@@ -261,7 +262,7 @@ class Job:
             why = "(an SDXL ControlNet: Hub id, folder or .safetensors file)"
             raise MissingPartner(f"--control needs --control-model {why}", "control",
                                  f" needs 'control_model' {why}")
-        if self.ip_adapter != DEFAULT_IP_ADAPTER and not self.ip_image:  # else unused, unsaid
+        if images and self.ip_adapter != DEFAULT_IP_ADAPTER and not self.ip_image:  # unsaid
             why = "(the image prompt it encodes)"
             raise MissingPartner(f"--ip-adapter needs --ip-image IMAGE {why}", "ip_adapter",
                                  f" needs 'ip_image' {why}")

@@ -171,12 +171,14 @@ def test_plan_takes_a_presets_controlnet_without_its_image(files, tmp_path, aske
     plan, other = json_lines(planned.stdout)[0], json_lines(plain.stdout)[0]
     assert hint in plan["hints"] and hint in planned.stderr and hint not in other["hints"]
     assert plan["peak_bytes"] > other["peak_bytes"]  # its ControlNet is counted
-    # What does change the plan is still asked for: the ControlNet for an image, the image
-    # for an IP-Adapter (the job runs without one)
+    # What does change the plan is still asked for: the ControlNet for an image
     assert_usage_error(cli("plan", "--control", files["control"], "--size", "2048"),
                        "--control needs --control-model")
-    assert_usage_error(cli("plan", "--ip-adapter", files["ip"], "--size", "2048"),
-                       "--ip-adapter needs --ip-image IMAGE")
+    # An IP-Adapter's image does not (an IP-Adapter-only preset was refused)
+    ip = cli("plan", "--ip-adapter", files["ip"], "--size", "2048")
+    assert ip.exit_code == 0, ip.stderr
+    assert "the IP-Adapter's image does not change the plan; gen needs it (--ip-image IMAGE)" \
+        in ip.stderr
 
 
 def test_plan_from_a_record_whose_control_image_is_gone_plans_it(files, tmp_path, monkeypatch,
