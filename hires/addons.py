@@ -111,6 +111,9 @@ def check_inputs(job: Job, loads: bool = True, images: bool = True) -> None:
                 raise JobError(problem)  # (it names the IP-Adapter)
         # At scale 0 it is not loaded (runs_*): whether the cache holds it does not matter.
         runs = runs_controlnet(job) if flag == "--control-model" else runs_ip_adapter(job)
+        if flag == "--control-model" and kind == "file" and loads and runs and (
+                problem := controlnet.single_file_problem(ref)):
+            raise ModelError(problem)
         if what and kind == "hub" and loads and runs:
             problem = (controlnet.hub_problem(ref, allow_pickle) if flag == "--control-model"
                        else ip_adapter.hub_problem(ref))

@@ -38,11 +38,9 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
     `preview`, of its first stage alone; `here`: as it would run on this machine (a dry run).
     `images`: a dry run's images of this plan (`check_outputs`), in its JSON; `prompts`: the
     jobs of prompts read from stdin, whose length is said as the run says it."""
-    from hires.addons import input_warnings
     from hires.dry_run import as_run_here, dry_run
     from hires.gpus import card
     from hires.plan import preview_of
-    from hires.prompts import cached_tokenizer, too_long
 
     check_gpu(gpu)
     if here:
@@ -50,15 +48,8 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
         if gpu is None:  # --gpu plans that card and another machine's RAM, not this one's
             warn_ram([job])  # as the run warns: a budget over this machine's RAM
     run = fitted_plan(lambda: dry_run(job, gpu, source, stage_images, preview), job)
-    for one in prompts or [job]:  # a long prompt, said as the run would say it
-        tokenizer = cached_tokenizer(one)
-        for warning in too_long(tokenizer, one) if tokenizer is not None else []:
-            warn_once(warning)  # `up` plans each input: one prompt, said once
-    # What fitting the add-on images leaves out (a run says it too): their cached facts, read
-    # by the add-ons' check already; at the planned size (`up`'s is its input's times --scale).
-    if job.control or job.ip_image:
-        for warning in input_warnings(replace(job, width=run.plan.width,
-                                              height=run.plan.height)):
+    for one in prompts or [job]:  # `up` plans each input: one prompt, said once
+        for warning in run_warnings(one, run.plan):
             warn_once(warning)
     named = card(run.gpu)
     if run.budget_from == "vram" and named and job.vram > named.memory_gib:
@@ -311,6 +302,21 @@ def exact_hint(job, p, replan: Callable[[Any], Any]) -> str | None:
             f"{duration(fast.seconds)} instead of {duration(p.seconds)} here: exact {why}")
 
 
+def run_warnings(job: Any, plan: Any) -> list[str]:
+    """What a run of `job` will warn of its inputs, said by a dry run: a prompt too long for
+    the text encoders, and what fitting the add-on images leaves out of them (their cached
+    facts, read by the add-ons' check already) at the planned size (`up`'s is its input's
+    times --scale)."""
+    from hires.addons import input_warnings
+    from hires.prompts import cached_tokenizer, too_long
+
+    tokenizer = cached_tokenizer(job)
+    said = too_long(tokenizer, job) if tokenizer is not None else []
+    if job.control or job.ip_image:
+        said += input_warnings(replace(job, width=plan.width, height=plan.height))
+    return said
+
+
 def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_json: bool,
                     overwrite: bool, preview: bool = False, resume_runs: bool = True) -> None:
     """`batch --dry-run`: each job's size, file and planned time on `gpu`, or that its image is
@@ -331,7 +337,8 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
         tally.counts[row["status"]] += 1
         if row["status"] == "to make":
             tally.to_make.append((path, item.job))
-            row["warnings"] = _batch_losses(item.job, path)  # what the save will say
+            # what the run will say of its inputs, and the save of its file
+            row["warnings"] = row.pop("notes") + _batch_losses(item.job, path)
             for loss in row["warnings"]:
                 warn(f"job {item.index}: {loss}")
         out_line(json_line(row) if as_json else text)
@@ -401,6 +408,7 @@ def batch_job_row(item: Any, path: Path, gpu: str | None, plans: dict[str, Any],
         # the other jobs, exits 1 for either).
         tally.usage = tally.usage or not isinstance(e, ModelError) or e.usage
         return row, f"job {item.index}: cannot run: {said}"
+    row["notes"] = run_warnings(job, run.plan)
     seconds = run.plan.seconds  # None: a CPU job, not timed
     if seconds is not None:
         tally.total, tally.planned_on = tally.total + seconds, run.gpu
@@ -448,16 +456,12 @@ def shared_plan(job: Any, source: tuple[int, int] | None, gpu: str | None,
 def to_make_line(item: Any, path: Path, run: Any, row: dict[str, Any], *, preview: bool,
                  resume_runs: bool) -> str:
     """A job to make: its size, file, planned time and peak memory, put in `row` and
-    returned as its line; a long prompt is warned of, and a checkpoint it goes on from said."""
+    returned as its line; a checkpoint it goes on from said."""
     from hires.eta import duration
-    from hires.prompts import cached_tokenizer, too_long
 
     job, seconds = item.job, run.plan.seconds
     row.update(status="to make", peak_bytes=run.plan.peak_bytes,
                seconds=None if seconds is None else round(seconds, 3))
-    tokenizer = cached_tokenizer(job)  # a long prompt, said as the run says it
-    for warning in too_long(tokenizer, job) if tokenizer is not None else []:
-        warn(f"job {item.index}: {warning}")
     when = "" if seconds is None else f"{duration(seconds)}, "
     text = (f"job {item.index}: {job.width}x{job.height} -> {path}, "
             f"{when}peak {run.plan.peak_bytes / 1024**3:.1f} GiB")

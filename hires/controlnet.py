@@ -227,6 +227,39 @@ def hub_problem(ref: str, allow_pickle: bool = False) -> str | None:
     return None if cached else not_cached(ref)
 
 
+def single_file_problem(ref: str) -> str | None:
+    """With HF_HUB_OFFLINE set, why the single-file ControlNet `ref` cannot load: diffusers
+    reads its layout with a Hub ControlNet's config (which one, by its tensors' names), and
+    that config is not in the local cache (None: it is, the Hub may be asked, or loading says
+    what is wrong)."""
+    from diffusers.loaders.single_file_utils import fetch_diffusers_config
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    from hires.safetensors_header import read_header
+
+    path = Path(ref).expanduser()
+    if not constants.HF_HUB_OFFLINE or path.suffix != ".safetensors":
+        return None
+    header = read_header(path)
+    if header is None:
+        return None
+    # diffusers picks the config from the checkpoint's names and a few shapes: the header has both.
+    tensors = {k: torch.empty(v["shape"], device="meta") for k, v in header.items()
+               if k != "__metadata__"}
+    try:
+        repo = fetch_diffusers_config(tensors)["pretrained_model_name_or_path"]
+        cached = isinstance(try_to_load_from_cache(repo, "config.json"), str)
+    except Exception:  # a layout diffusers does not know: loading says so
+        return None
+    if cached:
+        return None
+    from hires.model_refs import hub_closed
+
+    return (f"could not load {path.name} as a ControlNet: single files are read with the "
+            f"config of {repo}, which is not in the local cache, and {hub_closed()} to cache "
+            "it, or pass a diffusers folder")
+
+
 def _mismatch(text: str) -> str | None:
     """The first tensor whose shape in the weights differs from what the config makes, as
     'NAME is AxB in the weights, CxD by its config'."""

@@ -145,6 +145,31 @@ lora = ["{files['lora']}:0.5"]
     assert manifest[-1]["addons"]["lora"][0]["scale"] == 0.5
 
 
+def test_a_batch_dry_run_says_what_the_run_will_warn_of_a_control_image(files, tmp_path):
+    """A transparent control image, and one mostly cropped away at the job's aspect: the run
+    warns of both and gen's dry run said them, a batch's dry run did not."""
+    clear = tmp_path / "clear.png"
+    Image.new("RGBA", (96, 96), (200, 10, 10, 90)).save(clear)
+    jobs = write(tmp_path / "jobs.toml", f"""
+[defaults]
+model = "tiny"
+width = 512
+height = 256
+control_model = "{files['control_model']}"
+
+[[job]]
+prompt = "a lighthouse"
+control = "{clear}"
+""")
+    plain = cli("batch", jobs, "-o", tmp_path / "out", "--dry-run")
+    assert plain.exit_code == 0, plain.stderr
+    said = [line for line in plain.stderr.splitlines() if line.startswith("warning: job 0:")]
+    assert len(said) == 2 and "has transparency" in said[0], plain.stderr
+    assert "(96x96) is scaled to cover the 512x256 image" in said[1]
+    row = json_lines(cli("batch", jobs, "-o", tmp_path / "out", "--dry-run", "--json").stdout)[0]
+    assert row["warnings"] == [line.removeprefix("warning: job 0: ") for line in said]
+
+
 @pytest.mark.parametrize("key, needs", [("control_model", "--control IMAGE"),
                                         ("ip_adapter", "--ip-image IMAGE")])
 def test_a_preset_may_name_an_addon_model_and_leave_its_image_to_the_flags(key, needs, files,
@@ -464,6 +489,32 @@ def test_an_uncached_hub_id_offline_exits_1_like_the_model(flag, files, tmp_path
     # the user's setting, not a network that is down, is named (and how to undo it)
     assert "HF_HUB_OFFLINE is set; unset it to download it" in result.stderr
     assert not out.exists()
+
+
+def test_a_single_file_controlnet_whose_config_is_not_cached_is_refused_in_the_dry_run(
+        files, tiny, tmp_path, request):
+    """diffusers reads a single-file ControlNet with a Hub ControlNet's config: offline and not
+    cached, the dry run passed and the run failed after the model loaded."""
+    from helpers_control import tiny_controlnet
+    from safetensors.torch import save_file
+
+    single = tmp_path / "control.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_controlnet(tiny.unet).state_dict().items()},
+              single)
+    args = ["gen", "x", *TINY, "--control-model", str(single), "--control",
+            str(files["control"])]
+    dry = cli(*args, "--dry-run")
+    assert dry.exit_code == 1, (dry.stdout, dry.stderr)
+    assert error_lines(dry.stderr) == [dry.stderr.strip()], dry.stderr
+    # the config's repo, which diffusers picks by the file's tensors, is named
+    assert "diffusers/controlnet-canny-sdxl-1.0," in dry.stderr
+    assert "HF_HUB_OFFLINE is set; unset it to cache it, or pass a diffusers folder" in dry.stderr
+    asked = request.getfixturevalue("asked")
+    out = tmp_path / "out.png"
+    run = cli(*args, "-o", out)
+    assert (run.exit_code, run.stderr) == (1, dry.stderr)
+    assert asked == [] and not out.exists()  # said before the model loaded
+    assert cli("plan", "x", *TINY[:-1], "--control-model", str(single)).exit_code == 0
 
 
 def test_dpmpp_2m_changes_the_image_and_karras_changes_it_again(tiny):
