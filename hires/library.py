@@ -207,6 +207,7 @@ def library_job(job: Job | str | None, overrides: dict[str, Any],
         raise TypeError(f"progress must be a function of one hires.progress.Event, got "
                         f"{type(progress).__name__}")
     check_callback("progress", progress, "(event)")  # before the model loads, not after
+    overrides = given_only(overrides)
     check_keywords(overrides)
     overrides = plain_numbers(overrides)  # numpy's 256 is 256
     for name, value in overrides.items():  # 256, not "256" or 256.0: as README says
@@ -264,6 +265,13 @@ def library_job(job: Job | str | None, overrides: dict[str, Any],
     return job
 
 
+def given_only(overrides: dict[str, Any]) -> dict[str, Any]:
+    """The keywords a caller gave a value: None is not given (the default, or `job=`'s own), as
+    an unset flag is, so that a script can pass its own unset options through (steps=None
+    failed where size=None passed)."""
+    return {name: value for name, value in overrides.items() if value is not None}
+
+
 def plain_numbers(values: dict[str, Any]) -> dict[str, Any]:
     """`values` with numpy's numbers as Python's int and float (`hires.job.plain_number`)."""
     from hires.job import plain_number
@@ -275,10 +283,8 @@ def _check_loaded(job: Job, components: Components) -> None:
     """A job that names another model, dtype, device, LinFusion, VAE, VAE dtype or offload
     than `components` were loaded with would run theirs and record its own: refused, so an
     image's record says what ran."""
+    from hires.errors import dtype_name  # in the keyword's words: 'fp32', not 'float32'
     from hires.job import JobError
-
-    def dtype_name(dtype: torch.dtype) -> str:
-        return str(dtype).removeprefix("torch.")
 
     loaded = {"model": components.model, "dtype": dtype_name(components.dtype),
               "device": str(components.device), "linfusion": components.linfusion or "none",
@@ -361,6 +367,6 @@ def print_size_overrides(overrides: dict[str, Any],
     if others:
         raise JobError(f"print_size sets both sides: drop {' and '.join(others)}")
     check_kind("dpi", overrides.get("dpi"))
-    dpi = overrides.get("dpi") or PRINT_DPI
+    dpi = PRINT_DPI if overrides.get("dpi") is None else overrides["dpi"]  # dpi=0 is refused
     w, h = print_pixels(overrides["print_size"], dpi, source)
     return {"width": w, "height": h, "dpi": dpi}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -160,7 +161,17 @@ class Result:
         """A save's warning (in that save's record and file, not the result's `warnings`: a
         later save to PNG lost nothing), said through Python's warnings, as a script may never
         read a record."""
-        python_warn(message, stacklevel=5)  # at the script's save(): past record and output
+        python_warn(message, stacklevel=_callers_level())  # at the script's save() line
+
+
+def _callers_level() -> int:
+    """The `stacklevel` that names the first frame outside hires (the caller's line, for its
+    warning filters): the depth inside hires varies with the path a save takes."""
+    package = Path(__file__).parent
+    frame, level = sys._getframe(1), 1
+    while frame is not None and Path(frame.f_code.co_filename).parent == package:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def budget_for(job: Job, components: Components) -> int | None:
@@ -308,7 +319,8 @@ def generate(
     Returns a `Result` (the image, the job as run with its seed, each stage's report; `save`
     writes it). Raises TypeError for an argument of the wrong kind, `JobError` for a bad
     setting or an add-on that cannot load, `ModelError` for a model that cannot load or a Hub
-    add-on not cached while the Hub is closed (README: "From Python").
+    add-on not cached while the Hub is closed, `OutputError` for a `checkpoint` path that
+    cannot be written (README: "From Python").
 
     `save_stages`: the result holds every stage's image (`Result.stage_images`).
     `on_stage_image(index, image)` is called as each stage but the last is decoded, so a

@@ -121,7 +121,7 @@ def print_pixels(text: Any, dpi: float | None,
     """A print size's pixels at `dpi` (PRINT_DPI when None), each side the nearest multiple
     of 8 (at 300 dpi, within 0.34 mm of the print); with `source`, an upscale's input size,
     the largest that input fits in the print (`fit_print`)."""
-    dpi = dpi or PRINT_DPI
+    dpi = PRINT_DPI if dpi is None else dpi  # 0 is refused, not the default
     if not 1 <= dpi <= MAX_DPI:  # inf or 1e308 overflows the pixels: a library call's dpi
         raise JobError(f"dpi must be from 1 to {MAX_DPI} pixels per inch, got {dpi}")
     inches = print_inches(text)

@@ -25,6 +25,7 @@ from hires.library import (
     check_arguments,
     check_callback,
     check_flags,
+    given_only,
     in_keywords,
     library_job,
     plain_numbers,
@@ -70,10 +71,17 @@ def upscale(
     repeated); transparency comes back resized. `checkpoint` and `on_stage_image` as for
     `hires.generate`; errors too.
     """
-    from hires.images import InputImage, load_input
+    from hires.images import ImageInputError, InputImage, load_input
 
+    if job is not None and not isinstance(job, Job):  # a prompt is prompt=, not job= here
+        where = ("; the image is the first argument: hires.upscale(PATH, ...)"
+                 if image is None and isinstance(job, (str, os.PathLike)) else
+                 "; a prompt is prompt=..." if isinstance(job, str) else "")
+        raise TypeError(f"job must be a hires.Job, got {type(job).__name__}{where}")
     if image is None and isinstance(job, Job) and job.image:
         image = job.image
+    if isinstance(image, (str, os.PathLike)) and not os.fspath(image).strip():
+        raise ImageInputError("image is empty: give an image file's path")  # not the folder '.'
     if not isinstance(image, (str, os.PathLike, InputImage)):
         raise TypeError(f"image must be an image file's path (str or Path), got "
                         f"{type(image).__name__}; save an in-memory image to a file first (its "
@@ -84,7 +92,7 @@ def upscale(
     check_flags(save_stages=save_stages)
     sizes = plain_numbers({"size": size, "scale": scale, "width": width, "height": height})
     size, scale, width, height = sizes.values()
-    overrides = plain_numbers(overrides)
+    overrides = plain_numbers(given_only(overrides))
     if print_size is not None and not isinstance(print_size, str):
         raise TypeError(f"print_size must be text like '60x90cm' or 'A2', got "
                         f"{type(print_size).__name__}")

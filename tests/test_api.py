@@ -45,7 +45,7 @@ def test_a_job_with_an_input_image_is_an_upscale(tiny, small):
     (lambda c: hires.generate("x", components=c, model="stabilityai/sdxl-turbo", **ONE),
      JobError, "model='stabilityai/sdxl-turbo', but the components were loaded with model"),
     (lambda c: hires.generate("x", components=c, dtype="fp16", **ONE), JobError,
-     "dtype='fp16', but the components were loaded with dtype 'float32'"),
+     "dtype='fp16', but the components were loaded with dtype 'fp32'"),
     (lambda c: hires.generate("x", components=c, device="cuda", **ONE), JobError,
      "device='cuda', but the components were loaded with device 'cpu'"),
     (lambda c: hires.generate("a fox", prompt="a cat", components=c), TypeError,

@@ -11,6 +11,7 @@ from PIL import Image
 
 import hires
 from hires.job import JobError
+from hires.model_refs import ModelError
 
 ONE = {"steps": 1, "seed": 5}
 
@@ -55,7 +56,10 @@ def test_settings_that_agree_with_the_components_run_and_are_recorded(tiny):
 def test_load_takes_allow_pickle_only_as_a_bool(value):
     with pytest.raises(JobError, match="allow_pickle must be True or False"):
         hires.load("m.ckpt", allow_pickle=value)
-    with pytest.raises(JobError, match="allow_pickle must be True or False"):
+    # generate's None is a keyword not given (README): the default, False, passes
+    refused = (JobError, "allow_pickle must be True or False") if value is not None else (
+        ModelError, "model file not found: m.ckpt")
+    with pytest.raises(refused[0], match=refused[1]):
         hires.generate("x", model="m.ckpt", allow_pickle=value, size=128, **ONE)
 
 

@@ -85,3 +85,81 @@ def test_a_presets_settings_run_as_keywords(tiny):
     result = hires.generate("a fox", components=tiny, seed=1,
                             **{**load_preset("draft").values, "size": 128, "steps": 1})
     assert (result.job.guidance, result.image.size) == (6.0, (128, 128))
+
+
+@pytest.mark.parametrize("call", ["generate", "upscale"])
+def test_dpi_0_with_a_print_size_is_refused_as_the_flag_is(call, photo, ran):
+    """`dpi or 300` read 0 as not given: the library made a 300 dpi print of a dpi=0 call,
+    which --dpi 0 refuses."""
+    import hires
+
+    with pytest.raises(hires.JobError, match="dpi must be from 1 to 10000 pixels per inch, "
+                                             "got 0"):
+        if call == "generate":
+            hires.generate("a fox", model="tiny", print_size="A6", dpi=0)
+        else:  # aspect=None is not given, as aspect left out: not 'an upscale keeps ...'
+            hires.upscale(photo, model="tiny", print_size="A6", dpi=0, aspect=None)
+    assert ran == []
+
+
+def test_none_is_a_keyword_not_given():
+    """A script passing its unset options through: steps=None failed ('must be a whole
+    number') and width=None with height=None asked for a size, where size=None passed."""
+    from hires.library import in_keywords, library_job
+
+    unset = dict(steps=None, width=None, height=None, guidance=None, lora=None, seed=None)
+    with in_keywords():
+        plain = library_job("a fox", {"model": "tiny"})
+        given = library_job("a fox", {"model": "tiny", **unset})
+        kept = library_job(Job(prompt="a fox", model="tiny", seed=7, steps=3), unset)
+    assert given == plain
+    assert (kept.seed, kept.steps) == (7, 3)  # job='s own, as for a keyword left out
+
+
+def test_a_components_mismatch_names_the_dtype_as_the_keyword_takes_it(tiny):
+    """It said 'float32', which hires.load(dtype='float32') refuses."""
+    import hires
+
+    with pytest.raises(hires.JobError) as e:
+        hires.generate("a fox", components=tiny, size=128, dtype="fp16")
+    assert "loaded with dtype 'fp32'" in str(e.value)
+
+
+def test_a_saves_warning_points_at_the_callers_line(tiny, tmp_path):
+    """A JPEG of a transparent upscale warns: named at hires' own record.py, a script could
+    not filter it by its module."""
+    import warnings
+
+    import hires
+
+    clear = tmp_path / "clear.png"
+    Image.new("RGBA", (64, 64), (90, 90, 200, 120)).save(clear)
+    result = hires.upscale(clear, scale=2, components=tiny, seed=1, steps=1)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        result.save(tmp_path / "flat.jpg")
+    assert [w.filename for w in seen] == [__file__], [(w.filename, w.message) for w in seen]
+
+
+@pytest.mark.parametrize(("args", "kwargs", "says"), [
+    ((), dict(job="g2.png"), "job must be a hires.Job, got str; the image is the first "
+                             "argument: hires.upscale(PATH, ...)"),
+    (("g2.png",), dict(job="a fox"), "job must be a hires.Job, got str; a prompt is prompt=..."),
+])
+def test_upscales_job_is_a_job(args, kwargs, says, photo, ran, monkeypatch):
+    """An image given as job= was said to be 'NoneType; save an in-memory image to a file',
+    and a prompt as job= ran as the prompt though the signature says Job."""
+    monkeypatch.chdir(photo.parent)
+    with pytest.raises(TypeError) as e:
+        upscale_module.upscale(*args, scale=2, model="tiny", **kwargs)
+    assert str(e.value) == says
+    assert ran == []
+
+
+def test_an_empty_image_path_is_said_so(ran):
+    """Path('') is '.': it said '.: is a folder, not an image file'."""
+    from hires.images import ImageInputError
+
+    with pytest.raises(ImageInputError, match="^image is empty: give an image file's path$"):
+        upscale_module.upscale("", scale=2, model="tiny")
+    assert ran == []
