@@ -618,8 +618,16 @@ def changed_input(path: Path, job: Job) -> str | None:
 
 
 def made_already(path: Path, job: Job) -> bool:
-    """Whether the image at `path` is this job's, so a run skips it: its settings, and its
-    input and add-on files as they are now."""
+    """Whether the image at `path` is this job's and whole, so a run skips it: its settings,
+    its input and add-on files as they are now, and not a copy cut short."""
+    from hires.cut_short import cut_short
+
+    return of_this_job(path, job) and cut_short(path) is None
+
+
+def of_this_job(path: Path, job: Job) -> bool:
+    """Whether the file at `path` records `job`'s settings, with its input and add-on files as
+    they are now (whole or not): a run of the job may write over it."""
     return recorded_hash(path) == settings_hash(job) and changed_input(path, job) is None
 
 
@@ -642,6 +650,7 @@ def _run_one(item: BatchItem, path: Path, settings: str,
              check_settings: bool) -> Outcome:
     """One job of `run_batch`: skipped if its image is there with the same settings, else made
     (an older image of other settings moved aside first)."""
+    from hires.cut_short import cut_short
     from hires.output import claim_rename
 
     moved, why = None, "settings changed"
@@ -651,7 +660,10 @@ def _run_one(item: BatchItem, path: Path, settings: str,
         stale = changed_input(path, item.job) if old == settings and check_settings else None
         if stale:
             why = f"{stale} changed"
-        if old == settings and not stale:
+        cut = cut_short(path) if old == settings and not stale else None
+        if cut:  # kept aside as one of other settings is: the user's bytes, whatever they are
+            why = f"the file was {cut}"
+        if old == settings and not stale and not cut:
             return Outcome(item, "skipped", path)
         if old is None:  # put there since the checks before the run (in_the_way)
             return Outcome(item, "failed", path, error=in_the_way(path))

@@ -52,8 +52,13 @@ def say_resume(kept: Path, job, plan, source=None, stage_files: list[Path] | Non
         return None
     lost = [p for p in (stage_files or [])[:stage] if not made_by(p, job)]
     if lost:
-        say(f"  {kept.name} holds {stages_upto(stage)} of this job, but {lost[0].name} is not "
-            "its stage image (--save-stages): starting over")
+        from hires.cut_short import cut_short
+
+        cut = cut_short(lost[0])
+        what = ("is gone" if not lost[0].exists() else f"is {cut}" if cut
+                else "is not its stage image")
+        say(f"  {kept.name} holds {stages_upto(stage)} of this job, but {lost[0].name} {what} "
+            "(--save-stages): starting over")
         resume.remove(kept)
     elif stage == len(plan.stages) - 1:
         say(f"  resuming: every stage was kept in {kept.name}; only the decode is left")

@@ -4,6 +4,7 @@ once, each image planned, resumed, shown in progress and saved (`make_image`, `b
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -89,7 +90,7 @@ def checkpoint_note(path: Path, job, plan=None) -> str | None:
     from hires.model_refs import ModelError
 
     kept = resume.path_for(path)
-    if not kept.is_file():
+    if not kept.is_file() and not resume.siblings(path):
         return None
     if plan is None:
         from hires.piped import image_size
@@ -98,6 +99,10 @@ def checkpoint_note(path: Path, job, plan=None) -> str | None:
             plan = dry_run(job, None, image_size(job.image) if job.image else None).plan
         except (JobError, ModelError, ImageInputError, OSError):
             return None  # the plan shown after says what is wrong
+    if not kept.is_file():  # one of this job in another format: taken up (say_resume)
+        kept = resume.kept_elsewhere(path, job, plan)
+        if kept is None:
+            return None
     why = resume.why_not(kept, job, plan)
     if why is not None:
         return f"{kept.name} {why}: the run starts over"
@@ -105,6 +110,18 @@ def checkpoint_note(path: Path, job, plan=None) -> str | None:
     if stage == len(plan.stages) - 1:
         return f"the run goes on from {kept.name}: every stage kept, only the decode left"
     return f"the run goes on from {kept.name}: {stages_upto(stage)} kept"
+
+
+def take_up_elsewhere(path: Path, job, plan) -> None:
+    """A stopped run of this job kept for the image in another format (`-o out.png`, now
+    `-o out.jpg`): its checkpoint renamed to this image's, to go on from (it was left behind)."""
+    from hires import resume
+
+    found = resume.kept_elsewhere(path, job, plan)
+    if found is not None:
+        os.replace(found, resume.path_for(path))
+        say(f"  {found.name} holds a stopped run of this job for {found.name[:-len(resume.SUFFIX)]}"
+            f": going on from it as {path.name}'s")
 
 
 def _say_losses(runs: list, alpha: frozenset[str], name: str | None = None) -> list[list[str]]:
@@ -408,6 +425,8 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
     if kept is not None:
         if not resume_runs:
             resume.remove(kept)
+        elif not kept.exists():
+            take_up_elsewhere(path, kept_job(job, source), plan)
         said = say_resume(kept, job, plan, source, stage_files)
         if said is not None:  # said before the work; the run's warnings repeat it
             noted.append(said)
@@ -509,12 +528,12 @@ def _writable_stage_files(job, path: Path, stages: int, overwrite: bool) -> list
     the first step, not after the compute is spent; a stopped run's own stage images are
     this run's to write."""
     from hires import output as out
+    from hires.batch import of_this_job
     from hires.record import stage_paths
-    from hires.runs import made_by
 
     files = stage_paths(path, stages)
     for stage_path in files:
-        if not made_by(stage_path, job):
+        if not of_this_job(stage_path, job):  # a stopped run's, cut short or not
             out.check_writable(stage_path, overwrite)
     return files
 

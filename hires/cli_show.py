@@ -853,6 +853,11 @@ def show_made(path: str | Path, as_json: bool, name: str | None = None) -> None:
                        "shows this machine", _file_facts(meta))
     if problem := _rerun_problem(record["job"]):  # shown as written, and said before --from
         warn(f"{said}: `hires gen --from` refuses its recorded job: {problem}")
+    from hires.cut_short import cut_short
+
+    if cut := cut_short(path):  # its record is at the start: all of it is there
+        warn(f"{said} is {cut}: its pixels are not all there (a copy cut short?); "
+             "`hires gen --from` makes it again")
     if as_json:
         out_line(json_line({"file": name or str(path), **record, "image": _file_facts(meta)}))
         return

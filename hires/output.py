@@ -16,6 +16,7 @@ import string
 import tempfile
 import time
 import unicodedata
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -850,13 +851,17 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise OutputError(f"cannot read {path} as an image: not a file (a pipe?); give the image "
                           "file itself")
     try:
-        with Image.open(path) as im:
-            # Never im.load() nor a PNG's getexif() (which loads): pixels are not needed, and
-            # decoding a 16K image, or a bomb whose header claims 40000x40000, takes GBs.
-            # hires writes its PNG text chunks before the pixels, so open() has them in info.
-            fmt, size, info = im.format, im.size, dict(im.info)
-            exif = im.getexif() if fmt in ("JPEG", "WEBP", "MPO") else Image.Exif()
-            tags = dict(getattr(im, "tag_v2", {}) or {})
+        # Pillow's own warnings on a damaged file ('Corrupt EXIF data') are no reader's: what
+        # cannot be read is said here, in one line.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                # Never im.load() nor a PNG's getexif() (which loads): pixels are not needed,
+                # and decoding a 16K image, or a bomb whose header claims 40000x40000, takes
+                # GBs. hires writes its PNG text chunks before the pixels: open() has them.
+                fmt, size, info = im.format, im.size, dict(im.info)
+                exif = im.getexif() if fmt in ("JPEG", "WEBP", "MPO") else Image.Exif()
+                tags = dict(getattr(im, "tag_v2", {}) or {})
     except FileNotFoundError:
         raise OutputError(f"no such image: {path}") from None
     except (OSError, ValueError) as e:  # ValueError: Pillow's limit on a text chunk's size

@@ -52,6 +52,26 @@ def path_for(output: str | Path) -> Path:
     return output.with_name(output.name + SUFFIX)
 
 
+# The image names a checkpoint may be kept for: `-o out.jpg` after a stop of `-o out.png` is
+# the same job in another format (README: the format may change).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
+
+
+def siblings(output: str | Path) -> list[Path]:
+    """The checkpoints of `output`'s name with its other image suffixes that are there."""
+    output = Path(output)
+    if output.suffix.lower() not in IMAGE_SUFFIXES:
+        return []
+    return [kept for suffix in IMAGE_SUFFIXES if suffix != output.suffix.lower()
+            and (kept := path_for(output.with_suffix(suffix))).is_file()]
+
+
+def kept_elsewhere(output: str | Path, job: Job, plan: Plan) -> Path | None:
+    """A checkpoint of this job (and plan) kept for `output` in another format, to go on from:
+    a stop of `-o out.png` run again as `-o out.jpg`. None when there is none."""
+    return next((kept for kept in siblings(output) if why_not(kept, job, plan) is None), None)
+
+
 def check_path(path: Path) -> None:
     """A library caller's `checkpoint`, before any work: a file hires can write (one of its
     checkpoints, or no file yet). Else an unwritable one failed after the first stage's work,
@@ -499,7 +519,8 @@ def stopped_seed(folder: Path, job: Job, output_for: Callable[[int], Path]) -> i
     checkpoint in `folder` of this job with that seed, beside the output that seed names."""
     for kept in sorted(folder.glob("*" + SUFFIX)):
         seed = seed_of(kept, job)
-        if seed is not None and path_for(output_for(seed)) == kept:
+        output = output_for(seed) if seed is not None else None
+        if output is not None and kept in (path_for(output), *siblings(output)):
             return seed
     return None
 

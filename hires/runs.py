@@ -199,19 +199,28 @@ def checked_run(one: Job, path: Path, runs: list[Run], output: str | None, *,
 
 
 def check_stages_free(path: Path, job: Job, overwrite: bool) -> None:
-    """--save-stages: each stage image's name is free, or holds this job's."""
+    """--save-stages: each stage image's name is free, or holds this job's (whole or not)."""
+    from hires.batch import of_this_job
+
     for stage_file in stage_paths(path, stage_count(job)):
-        if not made_by(stage_file, job):
+        if not of_this_job(stage_file, job):
             out.check_writable(stage_file, overwrite)
 
 
 def check_free(path: Path, job: Job, overwrite: bool) -> None:
     """OutputExists when `path` is taken, unless `overwrite`: by another image, or by this
-    job's made with an input or add-on file as it was before an edit (its sha256 recorded)."""
+    job's made with an input or add-on file as it was before an edit (its sha256 recorded), or
+    cut short."""
     from hires.batch import changed_input, recorded_hash, settings_hash
+    from hires.cut_short import cut_short
 
     changed = None if overwrite or not path.is_file() or \
         recorded_hash(path) != settings_hash(job) else changed_input(path, job)
+    cut = cut_short(path) if not overwrite and path.is_file() and \
+        recorded_hash(path) == settings_hash(job) else None
+    if cut:
+        raise out.OutputExists(f"{path} holds this job's image, {cut} (a copy cut short?); "
+                               "pass --overwrite to make it again, or choose another -o")
     if changed:
         from hires.addons import elsewhere_hint
 
@@ -323,9 +332,9 @@ def stage_count(job: Job) -> int:
 def made_by(path: Path, job: Job) -> dict[str, Any] | None:
     """The record of the image at `path` if `job` made it (it records the same settings, and
     its input and add-on files are the ones it records); None for any other file, or none."""
-    from hires.batch import changed_input, recorded_hash, settings_hash
+    from hires.batch import made_already
 
-    if recorded_hash(path) != settings_hash(job) or changed_input(path, job):
+    if not made_already(path, job):
         return None
     record = out.read_metadata(path)["hires"].get("result")
     return {**(record if isinstance(record, dict) else {}), "path": str(path)}

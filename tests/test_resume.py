@@ -242,7 +242,8 @@ def test_a_run_that_saves_stages_starts_over_without_their_images(tmp_path, aske
     again = cli(*args)
     assert again.exit_code == 0, again.stderr
     assert stages == [0, 1, 2]
-    assert "fox.stage0.png is not its stage image (--save-stages): starting over" in again.stderr
+    # It is gone: 'is not its stage image' read as if another file were there.
+    assert "fox.stage0.png is gone (--save-stages): starting over" in again.stderr
 
 
 def test_several_images_with_random_seeds_go_on_where_they_stopped(tmp_path, asked, monkeypatch):
@@ -462,3 +463,23 @@ def test_a_job_stopped_with_exact_vae_stats_goes_on_with_fast_ones_to_the_same_i
     result = generate(components=tiny, checkpoint=kept, vae_stats="fast", **job)
     assert result.resumed == 1
     assert np.array_equal(pixels(result.image), pixels(fast.image))
+
+
+def test_a_stopped_run_goes_on_in_another_format(tmp_path, asked, monkeypatch):
+    """README: the file's format may change. `-o fox.png` stopped, then `-o fox.jpg`: it
+    started over without a word and left fox.png's checkpoint behind for good."""
+    args = ("gen", "a fox", "--model", "tiny", "--size", "640", "--steps", "3", "--seed", "5")
+    stages = failing_once(monkeypatch)
+    assert cli(*args, "-o", tmp_path / "fox.png").exit_code == 1
+    # another job's (seed 6) under the third name is not this one's to take
+    other = tmp_path / ("fox.webp" + resume.SUFFIX)
+    other.write_bytes((tmp_path / ("fox.png" + resume.SUFFIX)).read_bytes())
+    dry = cli(*args, "-o", tmp_path / "fox.jpg", "--seed", "6", "--dry-run")
+    assert "goes on" not in dry.stdout + dry.stderr
+    dry = cli(*args, "-o", tmp_path / "fox.jpg", "--dry-run")
+    assert "the run goes on from fox.png.resume.safetensors: stages 0-1 kept" in dry.stderr
+    stages.clear()
+    again = cli(*args, "-o", tmp_path / "fox.jpg")
+    assert again.exit_code == 0, again.stderr
+    assert stages == [2] and "going on from it as fox.jpg's" in again.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fox.jpg", other.name]

@@ -1,0 +1,82 @@
+"""An image cut short (a copy that stopped early) keeps its record at its start: runs took it
+for the image made already and kept it, exit 0, and `hires info` showed it as whole."""
+
+import os
+
+import pytest
+from helpers_cli import cli, error_lines, failing_once
+from PIL import Image
+
+from hires.cut_short import cut_short
+
+GEN = ("gen", "a cat", "--model", "tiny", "--size", "256", "--steps", "2", "--seed", "1", "-q")
+
+
+def cut(path, keep=0.6) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(int(os.path.getsize(path) * keep))
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".webp", ".tiff"])
+def test_whole_images_pass_and_cut_ones_are_found(suffix, tmp_path):
+    path = tmp_path / f"a{suffix}"
+    # Pillow's TIFF keeps its directory at the start, as other tools' do: the strips say it
+    Image.new("RGB", (300, 200), (20, 120, 200)).effect_spread(40).save(path)
+    assert cut_short(path) is None
+    cut(path)
+    assert cut_short(path).startswith("cut short (") and "its end missing" in cut_short(path)
+
+
+def test_other_files_are_not_judged(tmp_path):
+    (tmp_path / "a.txt").write_text("not an image")
+    assert cut_short(tmp_path / "a.txt") is None and cut_short(tmp_path / "gone.png") is None
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_gen_does_not_keep_its_image_cut_short(suffix, tmp_path, asked):
+    out = tmp_path / f"cat{suffix}"
+    assert cli(*GEN, "-o", out).exit_code == 0
+    cut(out)
+    again = cli(*GEN, "-o", out)
+    assert again.exit_code == 2, again.stderr
+    assert error_lines(again.stderr) == [again.stderr.strip()]
+    assert "holds this job's image, cut short (" in again.stderr
+    assert "pass --overwrite to make it again" in again.stderr
+    shown = cli("info", out)
+    assert shown.exit_code == 0 and "its pixels are not all there" in shown.stderr
+    made = cli(*GEN, "-o", out, "--overwrite")
+    assert made.exit_code == 0 and cut_short(out) is None
+    assert cli(*GEN, "-o", out).exit_code == 0  # whole again: made already, kept
+
+
+def test_a_batch_sets_its_image_cut_short_aside_and_makes_it_again(tmp_path, asked):
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text('[defaults]\nmodel = "tiny"\nsize = 256\nsteps = 2\nseed = 1\n'
+                    '[[job]]\nprompt = "a cat"\noutput = "cat.png"\n')
+    assert cli("batch", jobs, "-o", tmp_path / "out", "-q").exit_code == 0
+    image = tmp_path / "out" / "cat.png"
+    cut(image, 0.5)
+    size = os.path.getsize(image)
+    dry = cli("batch", jobs, "-o", tmp_path / "out", "--dry-run")
+    assert "1 to make; 0 made already" in dry.stdout, dry.stdout
+    again = cli("batch", jobs, "-o", tmp_path / "out")
+    assert again.exit_code == 0, again.stderr
+    assert f"job 0: the file was cut short ({size:,} bytes, its end missing)" in again.stderr
+    kept = [p for p in image.parent.glob("cat.*.png")]
+    assert len(kept) == 1 and os.path.getsize(kept[0]) == size  # the user's bytes, aside
+    assert cut_short(image) is None
+
+
+def test_a_stage_image_cut_short_is_said_and_the_run_starts_over(tmp_path, asked, monkeypatch):
+    out = tmp_path / "fox.png"
+    args = ("gen", "a fox", "--model", "tiny", "--size", "640", "--steps", "3", "--seed", "5",
+            "--save-stages", "-o", out)
+    stages = failing_once(monkeypatch)
+    assert cli(*args).exit_code == 1
+    cut(tmp_path / "fox.stage0.png")
+    stages.clear()
+    again = cli(*args)
+    assert again.exit_code == 0, again.stderr
+    assert stages == [0, 1, 2]  # its stage image is made again: not 'resuming', and whole
+    assert "fox.stage0.png is cut short (" in again.stderr and "starting over" in again.stderr
+    assert cut_short(tmp_path / "fox.stage0.png") is None
