@@ -351,6 +351,8 @@ class OneLineErrors(TyperGroup):
             if ctx is not None and ctx.info_name == "presets" and text.startswith(
                     "no such command '"):  # `hires presets 16k`: a preset's name
                 text += f"; '{ctx.command_path} show {text.split(chr(39))[1]}' shows a preset"
+            if type(e).__name__ == "NoSuchOption" and ctx is not None:
+                text = no_such_option(e.option_name, ctx)
             if isinstance(e, found["UsageError"]):
                 text += f" (see '{ctx.command_path if ctx else self._named(args, kwargs)} -h')"
             err.print(f"error: {text}", markup=False)
@@ -369,6 +371,19 @@ class OneLineErrors(TyperGroup):
             sys.exit(stopped(cause if isinstance(cause, KeyboardInterrupt) else
                              KeyboardInterrupt()))
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def no_such_option(name: str, ctx: Any) -> str:
+    """click's 'no such option', with only the close names as suggestions: click compares them
+    dashes and all, and every long option shares its '--' (--bogus suggested --gpu)."""
+    import difflib
+
+    negated = name.lstrip("-").startswith("no-")  # --no-x is said only for a --no-... typed
+    options = {o.lstrip("-"): o for p in ctx.command.params
+               for o in (*p.opts, *(p.secondary_opts if negated else ())) if o.startswith("--")}
+    close = difflib.get_close_matches(name.lstrip("-"), list(options), n=3, cutoff=0.6)
+    return f"no such option: {name}" + (
+        f" (did you mean {' or '.join(options[c] for c in close)}?)" if close else "")
 
 
 def library_bars(quiet: bool) -> None:

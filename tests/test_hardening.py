@@ -381,6 +381,20 @@ def test_the_parsers_own_errors_are_one_line_too():
     assert "Usage: hires" in cli().stdout + cli().stderr  # `hires` alone: still the help
 
 
+@pytest.mark.parametrize(("typed", "suggested"), [
+    ("--bogus", None), ("--sze", "(did you mean --size?)"),
+    ("--overwrit", "(did you mean --overwrite?)"),
+    ("--no-resum", "(did you mean --no-resume or --resume?)")])
+def test_an_unknown_option_suggests_only_close_names(typed, suggested):
+    """click compared the names with their dashes, which every long option shares: --bogus
+    suggested --gpu, and --overwrit both --overwrite and --no-overwrite."""
+    from helpers_cli import assert_usage_error, cli
+
+    result = cli("gen", "x", typed)
+    said = f"no such option: {typed}" + (f" {suggested}" if suggested else "") + " (see '"
+    assert_usage_error(result, said)
+
+
 def test_a_prompt_that_is_not_utf8_is_a_usage_error(tmp_path):
     cmd = [sys.executable, "-m", "hires", "gen", b"caf\xe9", *TINY, "-o", str(tmp_path / "x.png")]
     result = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), cwd=REPO,
