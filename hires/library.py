@@ -173,8 +173,13 @@ def fitted(error: PlanError) -> PlanError:
 def library_load(*args: Any, **kwargs: Any) -> Components:
     """`hires.load`: `hires.models.load`, its errors naming the keywords (model=, not
     --model)."""
+    from hires.job import JobError
+
     with in_keywords():
-        return load(*args, **kwargs)
+        try:
+            return load(*args, **kwargs)
+        except JobError as e:  # load checks its arguments as a job's: 'model' in the job
+            raise JobError(re.sub(r"'(\w+)' in the job ", r"\1 ", str(e))) from None
 
 
 def with_prompt(prompt: str, overrides: dict[str, Any]) -> dict[str, Any]:

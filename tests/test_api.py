@@ -101,7 +101,7 @@ def test_load_takes_a_path_and_refuses_what_the_cli_refuses(tiny_folder):
     assert hires.load(Path(tiny_folder)).model == str(tiny_folder)
     with pytest.raises(JobError, match="offload must be one of"):
         hires.load("tiny", offload="bad")
-    with pytest.raises(JobError, match="'model' in the job must be text"):
+    with pytest.raises(JobError, match="^model must be text"):
         hires.load(None)
 
 

@@ -163,3 +163,13 @@ def test_an_empty_image_path_is_said_so(ran):
     with pytest.raises(ImageInputError, match="^image is empty: give an image file's path$"):
         upscale_module.upscale("", scale=2, model="tiny")
     assert ran == []
+
+
+def test_loads_argument_of_the_wrong_kind_is_named_as_the_keyword():
+    """hires.load(5) said "'model' in the job must be text": load has no job."""
+    import hires
+
+    with pytest.raises(hires.JobError, match="^model must be text, got 5$"):
+        hires.load(5)
+    with pytest.raises(hires.JobError, match="^dtype must be text, got 3$"):
+        hires.load("tiny", dtype=3)
