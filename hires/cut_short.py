@@ -1,13 +1,16 @@
 """Whether an image file ends where its format says it does. hires writes its images whole
 (a temporary file, then renamed), but a copy cut short keeps the record at its start, so a
-run took it for the image made already and kept it."""
+run took it for the image made already and kept it. Bytes after the image's end (a camera's
+trailer, padding) are no fault."""
 
 from __future__ import annotations
 
+import mmap
+import struct
+import warnings
 from pathlib import Path
 
-PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's type and CRC: a PNG's last 8 bytes
-JPEG_END = b"\xff\xd9"  # End Of Image
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def cut_short(path: Path) -> str | None:
@@ -15,35 +18,75 @@ def cut_short(path: Path) -> str | None:
     before its format's end; None when it is whole, or is none of them (reading it says)."""
     try:
         with open(path, "rb") as f:
-            head = f.read(12)
             size = f.seek(0, 2)
-            f.seek(max(0, size - 16))
-            tail = f.read()
-    except OSError:
+            if size < 12:
+                return None
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                whole = _whole(data, size, path)
+    except (OSError, ValueError):  # not a regular file, or none to map
         return None
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        whole = tail.endswith(PNG_END)
-    elif head.startswith(b"\xff\xd8"):
-        whole = JPEG_END in tail  # a writer may pad after it
-    elif head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        whole = size >= 8 + int.from_bytes(head[4:8], "little")
-    elif head[:4] in (b"II*\0", b"MM\0*"):
-        whole = _tiff_whole(path, size)
-    else:
-        return None
-    return None if whole else f"cut short ({size:,} bytes, its end missing)"
+    return None if whole in (True, None) else f"cut short ({size:,} bytes, its end missing)"
 
 
-def _tiff_whole(path: Path, size: int) -> bool:
+def _whole(data: mmap.mmap, size: int, path: Path) -> bool | None:
+    """Whether the image in `data` reaches its end; None for a format not judged here."""
+    if data[:8] == PNG_SIGNATURE:
+        return _png_whole(data, size)
+    if data[:2] == b"\xff\xd8":
+        return _jpeg_whole(data, size)
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return size >= 8 + int.from_bytes(data[4:8], "little")
+    if data[:4] in (b"II*\0", b"MM\0*"):
+        return _tiff_whole(path, size)
+    return None
+
+
+def _png_whole(data: mmap.mmap, size: int) -> bool:
+    """Every chunk, from the signature on, is there up to IEND's CRC (its length, type, data
+    and CRC: 12 bytes more than its data)."""
+    at = 8
+    while at + 8 <= size:
+        length, kind = struct.unpack_from(">I4s", data, at)
+        at += 12 + length
+        if kind == b"IEND":
+            return at <= size
+    return False
+
+
+def _jpeg_whole(data: mmap.mmap, size: int) -> bool | None:
+    """The segments before the first scan are there, and the End Of Image marker after it:
+    in the scan's coded data 0xFF is always followed by 0x00 or a restart marker, so the
+    first FF D9 after it is the end (an EXIF thumbnail's own FF D9 lies inside its segment,
+    which is skipped)."""
+    at = 2
+    while at + 4 <= size:
+        if data[at] != 0xFF:
+            return None  # no marker where one must be: damaged, not judged by its end
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill bytes before a marker
+            at += 1
+            continue
+        if marker == 0xD9:
+            return True
+        length = struct.unpack_from(">H", data, at + 2)[0]
+        if marker == 0xDA:  # Start Of Scan: the coded data follows its header
+            return data.find(b"\xff\xd9", at + 2 + length) != -1
+        at += 2 + length
+    return False
+
+
+def _tiff_whole(path: Path, size: int) -> bool | None:
     """Whether every strip (or tile) the TIFF's first directory lists lies in its `size`
-    bytes; one whose directory cannot be read passes (reading its record fails first)."""
+    bytes; None when its directory cannot be read (reading its record fails first)."""
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
-            tags = image.tag_v2
-            offsets = tags.get(273) or tags.get(324) or ()
-            counts = tags.get(279) or tags.get(325) or ()
-    except Exception:  # PIL raises many kinds for a damaged file
-        return True
+        with warnings.catch_warnings():  # Pillow's own on a damaged file are no reader's
+            warnings.simplefilter("ignore")
+            with Image.open(path) as image:
+                tags = image.tag_v2
+                offsets = tags.get(273) or tags.get(324) or ()
+                counts = tags.get(279) or tags.get(325) or ()
+    except Exception:  # Pillow raises many kinds for a damaged file
+        return None
     return all(offset + count <= size for offset, count in zip(offsets, counts))

@@ -12,6 +12,7 @@ once the image is saved.
 from __future__ import annotations
 
 import errno
+import glob
 import json
 import os
 import re
@@ -58,12 +59,25 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 
 
 def siblings(output: str | Path) -> list[Path]:
-    """The checkpoints of `output`'s name with its other image suffixes that are there."""
+    """The checkpoints there of `output`'s name with another image suffix (any case), whose
+    image no other run is making now: a running run's checkpoint is not a stopped one's."""
+    from hires.busy import Busy, check_free
+
     output = Path(output)
     if output.suffix.lower() not in IMAGE_SUFFIXES:
         return []
-    return [kept for suffix in IMAGE_SUFFIXES if suffix != output.suffix.lower()
-            and (kept := path_for(output.with_suffix(suffix))).is_file()]
+    found = []
+    for kept in sorted(output.parent.glob(f"{glob.escape(output.stem)}.*{SUFFIX}")):
+        image = kept.with_name(kept.name[:-len(SUFFIX)])
+        if image.stem != output.stem or image.suffix.lower() not in IMAGE_SUFFIXES or \
+                image.suffix == output.suffix or not kept.is_file():
+            continue
+        try:
+            check_free(image)
+        except Busy:
+            continue
+        found.append(kept)
+    return found
 
 
 def kept_elsewhere(output: str | Path, job: Job, plan: Plan) -> Path | None:

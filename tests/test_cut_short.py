@@ -12,6 +12,11 @@ from hires.cut_short import cut_short
 GEN = ("gen", "a cat", "--model", "tiny", "--size", "256", "--steps", "2", "--seed", "1", "-q")
 
 
+def noisy() -> Image.Image:
+    """An image that compresses to tens of kilobytes, not a few hundred bytes."""
+    return Image.merge("RGB", [Image.effect_noise((300, 200), 60 + 10 * i) for i in range(3)])
+
+
 def cut(path, keep=0.6) -> None:
     with open(path, "r+b") as f:
         f.truncate(int(os.path.getsize(path) * keep))
@@ -21,10 +26,24 @@ def cut(path, keep=0.6) -> None:
 def test_whole_images_pass_and_cut_ones_are_found(suffix, tmp_path):
     path = tmp_path / f"a{suffix}"
     # Pillow's TIFF keeps its directory at the start, as other tools' do: the strips say it
-    Image.new("RGB", (300, 200), (20, 120, 200)).effect_spread(40).save(path)
+    noisy().save(path)
     assert cut_short(path) is None
     cut(path)
     assert cut_short(path).startswith("cut short (") and "its end missing" in cut_short(path)
+
+
+@pytest.mark.parametrize(("suffix", "options"), [(".jpg", {"progressive": True}),
+                                                  (".jpg", {}), (".png", {}), (".webp", {})])
+def test_bytes_after_the_images_end_are_no_fault(suffix, options, tmp_path):
+    """A camera's trailer or padding after a JPEG's end marker or a PNG's IEND: the image is
+    whole (it read as cut short, and gen refused it)."""
+    path = tmp_path / f"a{suffix}"
+    noisy().save(path, **options)
+    with open(path, "ab") as f:
+        f.write(b"\0" * 40 + b"a trailer \xff\xd8 IEND")
+    assert cut_short(path) is None
+    cut(path, 0.95)
+    assert cut_short(path) is not None
 
 
 def test_other_files_are_not_judged(tmp_path):

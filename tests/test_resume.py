@@ -483,3 +483,24 @@ def test_a_stopped_run_goes_on_in_another_format(tmp_path, asked, monkeypatch):
     assert again.exit_code == 0, again.stderr
     assert stages == [2] and "going on from it as fox.jpg's" in again.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fox.jpg", other.name]
+
+
+def test_a_checkpoint_in_another_format_is_found_in_any_case_unless_its_run_is_running(
+        tmp_path, asked, monkeypatch):
+    """FOX.PNG's checkpoint was missed by -o FOX.jpg; and a run making fox.png now (its lock
+    held) had its checkpoint taken from under it by -o fox.jpg."""
+    from hires import busy
+
+    args = ("gen", "a fox", "--model", "tiny", "--size", "640", "--steps", "3", "--seed", "5")
+    stages = failing_once(monkeypatch)
+    assert cli(*args, "-o", tmp_path / "FOX.PNG").exit_code == 1
+    dry = cli(*args, "-o", tmp_path / "FOX.jpg", "--dry-run")
+    assert "the run goes on from FOX.PNG.resume.safetensors" in dry.stderr
+    (tmp_path / ("FOX.PNG" + resume.SUFFIX)).rename(tmp_path / ("fox.png" + resume.SUFFIX))
+    with busy.making(tmp_path / "fox.png"):
+        dry = cli(*args, "-o", tmp_path / "fox.jpg", "--dry-run")
+        assert "goes on" not in dry.stderr
+        stages.clear()
+        assert cli(*args, "-o", tmp_path / "fox.jpg").exit_code == 0
+        assert stages == [0, 1, 2]
+    assert (tmp_path / ("fox.png" + resume.SUFFIX)).is_file()  # the running run's, kept
