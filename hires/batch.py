@@ -542,7 +542,7 @@ def by_giver(message: str, item: BatchItem, file_name: str) -> str:
 def by_key(message: str, where: str, home: str = "the job file's") -> str:
     """A job's file error in a job file's words: "'lora' in jobs.toml job 3: ..." rather than
     its flag; a file not found says where relative paths are read from (not `home`)."""
-    for flag, key in FLAG_KEYS.items():
+    for flag, key in {**FLAG_KEYS, "--image": "image"}.items():
         if message.startswith(f"{flag} "):
             text = message[len(flag) + 1:].replace(f"{flag} ", f"'{key}' ")
             ref = text.split(": ")[0]

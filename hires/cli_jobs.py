@@ -105,13 +105,21 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
     (a record of an image piped to `up`, "-": that image's, from `recorded_stdin`); without
     `images`, a ControlNet may lack its image (`hires plan`)."""
     from hires import piped
+    from hires.batch import by_key
+    from hires.images import ImageInputError
     from hires.job import TRUSTED_ONLY, Job, JobError
     from hires.output import OutputError, job_values_from_image
     from hires.presets import load_preset
-    from hires.sizes import OPTIONS, job_from_levels, switched_off, without
+    from hires.sizes import OPTIONS, giver, job_from_levels, switched_off, without
 
     def size_of(path: str) -> tuple[int, int]:
-        return source or piped.image_size(path)
+        try:
+            return source or piped.image_size(path)
+        except ImageInputError as e:  # a preset's image: said as its key, as its add-ons' are
+            where = giver(levels, "image") if "image" not in flags else None
+            if where is None or not where.startswith("preset "):
+                raise
+            raise ImageInputError(by_key(f"--image {e}", where, "the preset's")) from None
 
     levels: list[tuple[dict[str, Any], str, bool]] = []
     if preset is not None:  # "" too: an unset variable is an error, not no preset

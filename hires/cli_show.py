@@ -39,7 +39,7 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
     `images`: a dry run's images of this plan (`check_outputs`), in its JSON; `prompts`: the
     jobs of prompts read from stdin, whose length is said as the run says it."""
     from hires.dry_run import as_run_here, dry_run
-    from hires.gpus import card
+    from hires.gpus import card, card_budget_gib
     from hires.plan import preview_of
 
     check_gpu(gpu)
@@ -55,8 +55,10 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
     if run.budget_from == "vram" and named and job.vram > named.memory_gib:
         # planned as asked (a card of that size at this one's speed), but likely a preset's
         # budget for another card
+        # no flag drops a preset's vram: the card's own budget is given as a number
         warn(f"the plan's {job.vram:g} GiB budget is more than the {run.gpu}'s "
-             f"{named.memory_gib:.1f} GiB; drop --vram (or the preset's vram) to plan the card")
+             f"{named.memory_gib:.1f} GiB; --vram {card_budget_gib(run.gpu):g} (or none, "
+             "where no preset gives one) plans the card")
     p = preview_of(run.plan) if preview else run.plan
     replan = lambda j: dry_run(j, run.gpu, source, stage_images, preview).plan  # noqa: E731
     if as_json:
@@ -229,7 +231,8 @@ def plan_hints(run, job, p, preview: bool, replan: Callable[[Any], Any]) -> Iter
     # a preview of one stage is the whole job: no quicker look to offer
     if not preview and run.rate is not None and first is not None and p.seconds >= LONG_JOB_S \
             and p.stages[0].kind == "base" and len(p.stages) > 1:
-        yield f"a long job: `hires gen --preview` makes its composition first, in {duration(first)}"
+        yield (f"a long job: --preview added to the gen command makes its composition first, "
+               f"in {duration(first)}")
     if job.control_model and not (job.control or job.image):  # planned as if it were given
         yield "the ControlNet's image does not change the plan; gen needs it (--control IMAGE)"
     if job.ip_adapter != DEFAULT_IP_ADAPTER and not job.ip_image:

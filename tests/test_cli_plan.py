@@ -405,7 +405,9 @@ def test_a_cpu_plan_fits_the_free_ram_and_claims_no_time():
 def test_a_long_plan_suggests_a_preview_first():
     long = cli("plan", "--size", "16384", "--gpu", "4090")
     assert long.exit_code == 0, long.stderr
-    assert "a long job: `hires gen --preview` makes its composition first, in ~" in long.stderr
+    # `hires gen --preview` as it stood lacked the prompt and the size: not a command to run
+    assert "a long job: --preview added to the gen command makes its composition first, in ~" \
+        in long.stderr
     for args in (("--gpu", "h100"), ("--gpu", "4090", "--size", "2048")):  # minutes, not more
         quick = cli("plan", "--size", "16384", *args)
         assert "--preview" not in quick.stderr, args
@@ -483,6 +485,10 @@ def test_a_vram_above_the_named_cards_memory_is_said():
     said = cli("plan", *args)
     assert "23.5 GiB budget (more than the 3060's 12.0 GiB: from --vram or a preset)" in said.stdout
     assert "warning: the plan's 23.5 GiB budget is more than the 3060's 12.0 GiB" in said.stderr
+    # what it says to give works: no flag drops the preset's vram ('drop --vram' did not)
+    assert "--vram 11.5 (or none, where no preset gives one) plans the card" in said.stderr
+    card = cli("plan", *args, "--vram", "11.5")
+    assert "11.5 GiB budget, " in card.stdout and "warning" not in card.stderr
     below = cli("plan", "x", "--size", "2048", "--gpu", "4090", "--vram", "8")
     assert "8.0 GiB budget, times" in below.stdout and "warning" not in below.stderr
 
