@@ -128,8 +128,8 @@ def format_of(path: Path, default: str, flag: str | None) -> str:
     if named is None:
         return flag or default
     if flag and flag != named:
-        raise OutputUsage(f"-o {path.name} names a {named.upper()} file but --format is {flag}; "
-                          "make them agree (or drop one)")
+        raise OutputUsage(f"-o {name_text(path)} names a {named.upper()} file but --format is "
+                          f"{flag}; make them agree (or drop one)")
     return named
 
 
@@ -980,7 +980,28 @@ def parse_parameters(text: str) -> dict[str, Any]:
     if "Size" in pairs:
         w, _, h = pairs["Size"].strip().partition("x")
         values["width"], values["height"] = int(w), int(h)
+    if final := hires_fix_size(pairs):  # Size is its first pass: the image is the larger one
+        values["width"], values["height"] = final
     return values
+
+
+def hires_fix_size(pairs: dict[str, str]) -> tuple[int, int] | None:
+    """The image size of an A1111 hires fix (its `Hires resize`, else `Size` times its `Hires
+    upscale`), each side the nearest multiple of 8; None without one."""
+    try:
+        if "Hires resize" in pairs:
+            w, _, h = pairs["Hires resize"].strip().partition("x")
+            sides = (int(w), int(h))
+        elif "Hires upscale" in pairs and "Size" in pairs:
+            scale = float(pairs["Hires upscale"])
+            w, _, h = pairs["Size"].strip().partition("x")
+            sides = (int(int(w) * scale), int(int(h) * scale))  # A1111 truncates so
+        else:
+            return None
+    except ValueError:  # not numbers: the size stays Size's
+        return None
+    return (max(8, round(sides[0] / 8) * 8), max(8, round(sides[1] / 8) * 8)) \
+        if min(sides) > 0 else None
 
 
 def _settings_pairs(line: str) -> dict[str, str]:
@@ -989,21 +1010,28 @@ def _settings_pairs(line: str) -> dict[str, str]:
 
 
 def a1111_notes(text: str) -> list[str]:
-    """A line for each setting of an A1111 text that hires makes otherwise than asked: a
-    sampler it has not (read as its nearest, or left to the job's)."""
+    """A line for each setting of an A1111 text that hires makes otherwise than asked: a hires
+    fix (read as a job of its final size), a sampler it has not (read as its nearest, or left
+    to the job's)."""
     lines = text.strip().split("\n")
     if not re.match(r"^\s*Steps: ", lines[-1]):
         return []
-    sampler = _settings_pairs(lines[-1]).get("Sampler", "").strip()
+    pairs = _settings_pairs(lines[-1])
+    notes = []
+    if final := hires_fix_size(pairs):
+        notes.append(f"A1111's hires fix ({pairs.get('Size', '?').strip()} first) is read as a "
+                     f"{final[0]}x{final[1]} job, which hires makes in its own stages (its "
+                     "denoising strength as their first's), so the image will differ")
+    sampler = pairs.get("Sampler", "").strip()
     if not sampler or sampler in A1111_SAMPLERS.values():
-        return []
+        return notes
     if sampler in A1111_NEAREST:
         (nearest, _), why = A1111_NEAREST[sampler]
         read = f" ({why}): read as {nearest}"
     else:
         read = ": the job's own runs"
-    return [f"A1111's sampler '{sampler}' is not in hires{read}, so the image will differ "
-            f"(--sampler picks {' or '.join(SAMPLERS)})"]
+    return [*notes, f"A1111's sampler '{sampler}' is not in hires{read}, so the image will "
+            f"differ (--sampler picks {' or '.join(SAMPLERS)})"]
 
 
 def append_manifest(path: str | Path, record: dict[str, Any]) -> None:

@@ -235,6 +235,28 @@ def test_checkpoints_are_known_by_content_and_missing_ones_by_name(tmp_path, ask
     assert_usage_error(cli("info", named), "a safetensors file but not a hires checkpoint")
 
 
+@pytest.mark.parametrize(("hires_fix", "size"), [
+    ("Hires upscale: 2, Hires steps: 10, Hires upscaler: Latent", (640, 400)),
+    ("Hires upscale: 1.5", (480, 304)),  # 300, then the nearest multiple of 8
+    ("Hires resize: 1024x768, Hires upscaler: ESRGAN_4x", (1024, 768))])
+def test_an_a1111_hires_fix_is_read_at_its_final_size(hires_fix, size, tmp_path, asked):
+    """A1111's Size is a hires fix's first pass: --from made the image at half its size, and
+    nothing said so."""
+    path = tmp_path / "fix.png"
+    hires_png(path, parameters="a cat\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 5, "
+                               f"Size: 320x200, Denoising strength: 0.4, {hires_fix}")
+    values = job_values_from_image(path)
+    assert (values["width"], values["height"], values["strength"]) == (*size, 0.4)
+    shown = json.loads(cli("info", path, "--json").stdout)
+    assert (shown["a1111"]["width"], shown["a1111"]["height"]) == size
+    note = (f"A1111's hires fix (320x200 first) is read as a {size[0]}x{size[1]} job, which "
+            "hires makes in its own stages")
+    assert any(note in n for n in shown["notes"]), shown["notes"]
+    dry = cli("gen", "--from", path, "--model", "tiny", "--dry-run", "-o", tmp_path / "o.png")
+    assert dry.exit_code == 0, dry.stderr
+    assert dry.stdout.startswith(f"{size[0]}x{size[1]}: ") and note in dry.stderr
+
+
 def test_a1111_parameters_are_shown_as_from_takes_them(tmp_path):
     path = tmp_path / "cat.png"
     hires_png(path, parameters=A1111)

@@ -495,3 +495,14 @@ def test_a_template_may_not_make_a_number_a_character(template):
 
     with pytest.raises(OutputError, match="is not a field with a format"):
         output_path(template, width=64, height=64, seed=5, fmt="png")
+
+
+def test_a_suffix_against_format_names_the_whole_path(tmp_path, monkeypatch):
+    """`-o 't/{prompt}/{seed}.png' --format jpg` said '-o 7.png names a PNG file': not where
+    the user looks (the folder of a template's filling dropped)."""
+    from helpers_cli import assert_usage_error, cli
+
+    monkeypatch.chdir(tmp_path)
+    result = cli("gen", "A Fox", "--model", "tiny", "--size", "256", "--seed", "7",
+                 "--format", "jpg", "-o", "t/{prompt}/{seed}.png", "--dry-run")
+    assert_usage_error(result, "-o t/a-fox/7.png names a PNG file but --format is jpg")
