@@ -4,7 +4,7 @@ for the image made already and kept it, exit 0, and `hires info` showed it as wh
 import os
 
 import pytest
-from helpers_cli import cli, error_lines, failing_once
+from helpers_cli import cli, error_lines
 from PIL import Image
 
 from hires.cut_short import cut_short
@@ -84,18 +84,3 @@ def test_a_batch_sets_its_image_cut_short_aside_and_makes_it_again(tmp_path, ask
     kept = [p for p in image.parent.glob("cat.*.png")]
     assert len(kept) == 1 and os.path.getsize(kept[0]) == size  # the user's bytes, aside
     assert cut_short(image) is None
-
-
-def test_a_stage_image_cut_short_is_said_and_the_run_starts_over(tmp_path, asked, monkeypatch):
-    out = tmp_path / "fox.png"
-    args = ("gen", "a fox", "--model", "tiny", "--size", "640", "--steps", "3", "--seed", "5",
-            "--save-stages", "-o", out)
-    stages = failing_once(monkeypatch)
-    assert cli(*args).exit_code == 1
-    cut(tmp_path / "fox.stage0.png")
-    stages.clear()
-    again = cli(*args)
-    assert again.exit_code == 0, again.stderr
-    assert stages == [0, 1, 2]  # its stage image is made again: not 'resuming', and whole
-    assert "fox.stage0.png is cut short (" in again.stderr and "starting over" in again.stderr
-    assert cut_short(tmp_path / "fox.stage0.png") is None

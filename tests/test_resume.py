@@ -9,6 +9,7 @@ from PIL import Image
 
 import hires.pipeline
 from hires import resume
+from hires.cut_short import cut_short
 from hires.job import Job
 from hires.pipeline import generate
 from hires.upscale import upscale_job
@@ -231,19 +232,27 @@ def test_stage_images_are_saved_as_made_and_a_run_that_saves_them_resumes(
     assert "size 512x512" in shown.stdout and "stage 1 of a job for 640x640" in shown.stdout
 
 
-def test_a_run_that_saves_stages_starts_over_without_their_images(tmp_path, asked, monkeypatch):
+@pytest.mark.parametrize("lost", ["gone", "cut short"])
+def test_a_run_that_saves_stages_starts_over_without_their_images(lost, tmp_path, asked,
+                                                                  monkeypatch):
     out = tmp_path / "fox.png"
     args = ("gen", "a fox", "--model", "tiny", "--size", "640", "--steps", "3", "--seed", "5",
             "--save-stages", "-o", out)
     stages = failing_once(monkeypatch)
     assert cli(*args).exit_code == 1
-    (tmp_path / "fox.stage0.png").unlink()
+    stage0 = tmp_path / "fox.stage0.png"
+    if lost == "gone":
+        stage0.unlink()
+    else:  # a copy cut short keeps its record: it was taken as the stage's image
+        stage0.write_bytes(stage0.read_bytes()[:stage0.stat().st_size // 2])
     stages.clear()
     again = cli(*args)
     assert again.exit_code == 0, again.stderr
     assert stages == [0, 1, 2]
     # It is gone: 'is not its stage image' read as if another file were there.
-    assert "fox.stage0.png is gone (--save-stages): starting over" in again.stderr
+    assert f"fox.stage0.png is {lost}" in again.stderr and "(--save-stages): starting over" \
+        in again.stderr
+    assert cut_short(stage0) is None  # made again, whole
 
 
 def test_several_images_with_random_seeds_go_on_where_they_stopped(tmp_path, asked, monkeypatch):
