@@ -26,7 +26,7 @@ from hires.job import (
     spelled,
 )
 from hires.presets import load_preset, parse_toml, read_toml
-from hires.sizes import giver, job_from_levels
+from hires.sizes import OPTIONS, giver, job_from_levels
 
 
 @dataclass(frozen=True)
@@ -196,8 +196,12 @@ def _item(i: int, entry: dict[str, Any], defaults: dict[str, Any], where: str, n
                        "files; give the image's path")
     try:
         job = job_from_levels(job_levels, base=base, size_of=input_size)
-    except ImageInputError as e:
-        raise JobError(f"{where}: {e}") from None
+    except ImageInputError as e:  # named as the key of the level that gave the image
+        given = giver(job_levels, "image")
+        if given is None or given == OPTIONS:
+            raise JobError(f"{where}: {e}") from None
+        raise JobError(by_key(f"--image {e}", given, "the preset's" if given.startswith(
+            "preset ") else "the job file's")) from None
     except JobError as e:
         raise JobError(keyed(str(e), [w for _, w, _ in job_levels])) from None
     if not job.image and not job.prompt.strip():  # as gen refuses '': a forgotten key

@@ -378,9 +378,10 @@ def no_such_option(name: str, ctx: Any) -> str:
     dashes and all, and every long option shares its '--' (--bogus suggested --gpu)."""
     import difflib
 
-    negated = name.lstrip("-").startswith("no-")  # --no-x is said only for a --no-... typed
+    # --no-x only for a --no-... typed, and only such: --dry-run for --no-dry-run is its opposite
+    negated = name.lstrip("-").startswith("no-")
     options = {o.lstrip("-"): o for p in ctx.command.params
-               for o in (*p.opts, *(p.secondary_opts if negated else ())) if o.startswith("--")}
+               for o in (p.secondary_opts if negated else p.opts) if o.startswith("--")}
     close = difflib.get_close_matches(name.lstrip("-"), list(options), n=3, cutoff=0.6)
     return f"no such option: {name}" + (
         f" (did you mean {' or '.join(options[c] for c in close)}?)" if close else "")

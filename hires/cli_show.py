@@ -57,8 +57,8 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
         # budget for another card
         # no flag drops a preset's vram: the card's own budget is given as a number
         warn(f"the plan's {job.vram:g} GiB budget is more than the {run.gpu}'s "
-             f"{named.memory_gib:.1f} GiB; --vram {card_budget_gib(run.gpu):g} (or none, "
-             "where no preset gives one) plans the card")
+             f"{named.memory_gib:.1f} GiB; --vram {card_budget_gib(run.gpu):g} plans the card "
+             "(or --vram left out, where no preset gives one)")
     p = preview_of(run.plan) if preview else run.plan
     replan = lambda j: dry_run(j, run.gpu, source, stage_images, preview).plan  # noqa: E731
     if as_json:

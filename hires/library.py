@@ -89,8 +89,10 @@ def check_flags(**flags: Any) -> None:
 
 
 def keyword_words(text: str) -> str:
-    """A message worded with flags, in the library's keywords."""
-    said = re.sub(r"--allow-pickle\b", "allow_pickle=True", text)  # as ModelError says it
+    """A message worded with flags, in the library's keywords; a setting's check worded for a
+    job ("'model' in the job must be text"), as the keyword it was given as."""
+    said = re.sub(r"'(\w+)' in (?:the )?job ", r"\1 ", text)
+    said = re.sub(r"--allow-pickle\b", "allow_pickle=True", said)  # as ModelError says it
     return re.sub(r"--([a-z][a-z0-9-]*)", lambda m: m.group(1).replace("-", "_"), said)
 
 
@@ -173,13 +175,8 @@ def fitted(error: PlanError) -> PlanError:
 def library_load(*args: Any, **kwargs: Any) -> Components:
     """`hires.load`: `hires.models.load`, its errors naming the keywords (model=, not
     --model)."""
-    from hires.job import JobError
-
-    with in_keywords():
-        try:
-            return load(*args, **kwargs)
-        except JobError as e:  # load checks its arguments as a job's: 'model' in the job
-            raise JobError(re.sub(r"'(\w+)' in the job ", r"\1 ", str(e))) from None
+    with in_keywords():  # load checks its arguments as a job's: 'model' in the job
+        return load(*args, **kwargs)
 
 
 def with_prompt(prompt: str, overrides: dict[str, Any]) -> dict[str, Any]:

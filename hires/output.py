@@ -989,16 +989,18 @@ def hires_fix_size(pairs: dict[str, str]) -> tuple[int, int] | None:
     """The image size of an A1111 hires fix (its `Hires resize`, else `Size` times its `Hires
     upscale`), each side the nearest multiple of 8; None without one."""
     try:
-        if "Hires resize" in pairs:
-            w, _, h = pairs["Hires resize"].strip().partition("x")
-            sides = (int(w), int(h))
-        elif "Hires upscale" in pairs and "Size" in pairs:
+        first = [int(n) for n in pairs["Size"].strip().split("x")] if "Size" in pairs else None
+        rw, _, rh = pairs.get("Hires resize", "0x0").strip().partition("x")
+        sides = (int(rw), int(rh))
+        if first and min(sides) == 0 < max(sides):  # A1111's 0: the side that keeps the aspect
+            sides = (sides[0] or sides[1] * first[0] // first[1],
+                     sides[1] or sides[0] * first[1] // first[0])
+        elif first and max(sides) == 0 and "Hires upscale" in pairs:  # no resize: the scale's
             scale = float(pairs["Hires upscale"])
-            w, _, h = pairs["Size"].strip().partition("x")
-            sides = (int(int(w) * scale), int(int(h) * scale))  # A1111 truncates so
-        else:
+            sides = (int(first[0] * scale), int(first[1] * scale))  # A1111 truncates so
+        elif max(sides) == 0:
             return None
-    except ValueError:  # not numbers: the size stays Size's
+    except (ValueError, OverflowError, ZeroDivisionError):  # not numbers: Size's size stays
         return None
     return (max(8, round(sides[0] / 8) * 8), max(8, round(sides[1] / 8) * 8)) \
         if min(sides) > 0 else None

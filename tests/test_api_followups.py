@@ -173,3 +173,5 @@ def test_loads_argument_of_the_wrong_kind_is_named_as_the_keyword():
         hires.load(5)
     with pytest.raises(hires.JobError, match="^dtype must be text, got 3$"):
         hires.load("tiny", dtype=3)
+    with pytest.raises(hires.JobError, match="^model must be text, got 5$"):  # as generate's
+        hires.generate("x", model=5)

@@ -518,3 +518,19 @@ def test_a_batch_dry_run_says_what_the_run_warns_of(tmp_path):
     assert "is flattened on white" in rows[1]["warnings"][0]
     assert f"warning: job 0: {rows[0]['warnings'][0]}" in result.stderr
     assert f"TMPDIR={gone} is not a folder" in result.stderr
+
+
+@pytest.mark.parametrize("in_preset", [False, True])
+def test_a_jobs_missing_image_is_named_as_its_key(in_preset, tmp_path, monkeypatch):
+    """It was 'j.toml job 0: gone.png: no such file': not the key, nor the preset that gave it,
+    nor where a relative path is read from (as gen says a preset's add-on images)."""
+    monkeypatch.chdir(tmp_path)
+    preset = write(tmp_path / "p.toml", 'image = "gone.png"\nscale = 2\n')
+    job = f'preset = "{preset}"' if in_preset else 'image = "gone.png"\nscale = 2'
+    jobs = write(tmp_path / "j.toml", f'[[job]]\nprompt = "x"\nmodel = "tiny"\n{job}\n')
+    result = cli("batch", jobs, "--dry-run")
+    (line,) = error_lines(result.stderr)
+    where = f"preset '{preset}' (j.toml job 0)" if in_preset else "j.toml job 0"
+    home = "the preset's" if in_preset else "the job file's"
+    assert line == (f"error: 'image' in {where}: gone.png: no such file; relative paths are "
+                    f"read from the current folder ({tmp_path}), not {home}"), line

@@ -384,7 +384,8 @@ def test_the_parsers_own_errors_are_one_line_too():
 @pytest.mark.parametrize(("typed", "suggested"), [
     ("--bogus", None), ("--sze", "(did you mean --size?)"),
     ("--overwrit", "(did you mean --overwrite?)"),
-    ("--no-resum", "(did you mean --no-resume or --resume?)")])
+    ("--no-resum", "(did you mean --no-resume?)"),
+    ("--no-dry-run", None)])  # not --dry-run: the opposite of what was asked
 def test_an_unknown_option_suggests_only_close_names(typed, suggested):
     """click compared the names with their dashes, which every long option shares: --bogus
     suggested --gpu, and --overwrit both --overwrite and --no-overwrite."""

@@ -238,7 +238,8 @@ def test_checkpoints_are_known_by_content_and_missing_ones_by_name(tmp_path, ask
 @pytest.mark.parametrize(("hires_fix", "size"), [
     ("Hires upscale: 2, Hires steps: 10, Hires upscaler: Latent", (640, 400)),
     ("Hires upscale: 1.5", (480, 304)),  # 300, then the nearest multiple of 8
-    ("Hires resize: 1024x768, Hires upscaler: ESRGAN_4x", (1024, 768))])
+    ("Hires resize: 1024x768, Hires upscaler: ESRGAN_4x", (1024, 768)),
+    ("Hires upscale: 2, Hires resize: 1024x0", (1024, 640))])  # A1111's 0 keeps the aspect
 def test_an_a1111_hires_fix_is_read_at_its_final_size(hires_fix, size, tmp_path, asked):
     """A1111's Size is a hires fix's first pass: --from made the image at half its size, and
     nothing said so."""
@@ -255,6 +256,16 @@ def test_an_a1111_hires_fix_is_read_at_its_final_size(hires_fix, size, tmp_path,
     dry = cli("gen", "--from", path, "--model", "tiny", "--dry-run", "-o", tmp_path / "o.png")
     assert dry.exit_code == 0, dry.stderr
     assert dry.stdout.startswith(f"{size[0]}x{size[1]}: ") and note in dry.stderr
+
+
+@pytest.mark.parametrize("scale", ["inf", "1e400", "nan", "x"])
+def test_an_a1111_hires_fix_of_no_number_leaves_the_size(scale, tmp_path):
+    """'Hires upscale: inf' was a raw OverflowError in info and --from."""
+    path = tmp_path / "fix.png"
+    hires_png(path, parameters=f"a cat\nSteps: 20, Size: 320x200, Hires upscale: {scale}")
+    assert (job_values_from_image(path)["width"], job_values_from_image(path)["height"]) == (
+        320, 200)
+    assert cli("info", path).exit_code == 0
 
 
 def test_a1111_parameters_are_shown_as_from_takes_them(tmp_path):
