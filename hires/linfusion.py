@@ -334,7 +334,7 @@ class LinFusion(nn.Module):
              cache_dir: str | Path | None = None, local_files_only: bool = False) -> LinFusion:
         """Load a checkpoint from a local folder or a Hugging Face Hub id (safetensors only)."""
         folder = _checkpoint_folder(ref, cache_dir, local_files_only)
-        modules_list = _read_config(folder / CONFIG_NAME)
+        modules_list = read_config(folder / CONFIG_NAME)
         weights = folder / WEIGHTS_NAME
         if not weights.is_file():
             _no_weights(folder)
@@ -406,6 +406,13 @@ class LinFusion(nn.Module):
             raise LinFusionError("this LinFusion is already mounted; unmount() it first")
         for entry in self.modules_list:
             _check_fits(unet, entry)  # all of them before changing anything
+        ours = {entry["module_name"] for entry in self.modules_list}
+        left = [name for name, _ in unet.named_modules()
+                if name.endswith("attn1") and name not in ours]
+        if left:  # those would stay quadratic: hours, or out of memory, at the sizes planned
+            raise LinFusionError(f"this LinFusion checkpoint covers {len(ours)} of the UNet's "
+                                 f"{len(ours) + len(left)} self-attention modules (not {left[0]});"
+                                 " is it for another base model?")
         for entry, module in zip(self.modules_list, self.children(), strict=True):
             parent_name, _, child = entry["module_name"].rpartition(".")
             parent = unet.get_submodule(parent_name)
@@ -488,7 +495,7 @@ def check_ref(ref: str | Path) -> None:
         raise LinFusionError(f"LinFusion checkpoint {ref} has no {CONFIG_NAME}, but {carried} is "
                              f"a LinFusion checkpoint: pass --linfusion {carried} (or "
                              "--linfusion auto, which takes a model folder's own)")
-    _read_config(path / CONFIG_NAME)
+    read_config(path / CONFIG_NAME)
     weights = path / WEIGHTS_NAME
     if not weights.is_file():
         _no_weights(path)
@@ -547,7 +554,7 @@ def _checkpoint_folder(ref: str | Path, cache_dir: str | Path | None,
                              f"{first_line(e)}") from None
 
 
-def _read_config(path: Path) -> list[dict]:
+def read_config(path: Path) -> list[dict]:
     """The modules_list of a checkpoint's config.json, validated."""
     if not path.is_file():
         raise LinFusionError(f"checkpoint {path.parent}: no {CONFIG_NAME}; a LinFusion "
@@ -618,6 +625,29 @@ def attn1_count(config: dict[str, Any]) -> int | None:
     except (KeyError, TypeError, ValueError):
         return None
     return n
+
+
+def config_mismatch(modules_list: list[dict], config: dict[str, Any]) -> str | None:
+    """Why a checkpoint's `modules_list` cannot mount on a UNet of this config.json, found
+    before either loads: another count of attn1 modules, or a module of another width than its
+    block's; None when it may (mounting checks the rest)."""
+    n = attn1_count(config)
+    if n is not None and n != len(modules_list):
+        return (f"it has {len(modules_list)} self-attention modules, the model's UNet {n}: is "
+                "it for another base model?")
+    widths = config.get("block_out_channels")
+    if not isinstance(widths, list) or not all(isinstance(w, int) for w in widths):
+        return None
+    for entry in modules_list:
+        part, _, rest = entry["module_name"].partition(".")
+        index = rest.partition(".")[0]
+        block = {"down_blocks": widths, "up_blocks": widths[::-1]}.get(part)
+        width = (widths[-1] if part == "mid_block" else block[int(index)]
+                 if block is not None and index.isdigit() and int(index) < len(block) else None)
+        if width is not None and width != entry["dim_n"]:
+            return (f"module {entry['module_name']}: the checkpoint's is {entry['dim_n']} wide, "
+                    f"the model's UNet's {width}: is it for another base model?")
+    return None
 
 
 def _per_block(value: Any, blocks: int) -> list[int]:

@@ -78,12 +78,7 @@ def check_paths(model: str, vae: str | None, linfusion: str, allow_pickle: bool 
             path, {"--vae": "a VAE"}.get(what, "an SDXL model"), allow_pickle)
         if refusal:
             raise ModelError(f"{what} {refusal}", usage=True)
-    named = carried_linfusion(model) if linfusion == "auto" else linfusion
-    if named not in (None, "none"):
-        try:
-            lf.check_ref(named)
-        except lf.LinFusionError as e:
-            raise ModelError(str(e), usage=True) from None
+    check_linfusion(model, linfusion)
     if linfusion == "auto" and model_kind(model) == "folder" and not carried_linfusion(model):
         # Else said once the model had loaded; a config it cannot count is the loader's to say
         config = model_config(model, "unet/config.json")
@@ -255,19 +250,38 @@ def check_before_loading(model: str, vae: str | None, linfusion: str,
     """What `load` checks before the model's weights: the Hub ids it needs are cached (when
     offline), and the VAE and LinFusion checkpoint it names can be read, so that a bad --vae or
     --linfusion fails in seconds, not after the model loaded (minutes for SDXL)."""
-    from hires import linfusion as lf
 
     if model_kind(model) == "file":  # before the configs it is read with
         check_model_file(model, allow_pickle)
     check_cached(model, vae, linfusion)
     if vae is not None:
         check_vae_ref(vae, allow_pickle)
+    check_linfusion(model, linfusion)
+
+
+def check_linfusion(model: str, linfusion: str) -> None:
+    """The LinFusion checkpoint `linfusion` names for `model` (its folder's own for 'auto') can
+    be read and fits the model's UNet, as their config.json files say: a checkpoint for
+    another base failed after the model loaded, or left some attention quadratic."""
+    from hires import linfusion as lf
+
     named = carried_linfusion(model) if linfusion == "auto" else linfusion
-    if named not in (None, "none"):
-        try:
-            lf.check_ref(named)
-        except lf.LinFusionError as e:  # a file to fix, as check_paths says it
-            raise ModelError(str(e), usage=True) from None
+    if named in (None, "none"):
+        return
+    try:
+        lf.check_ref(named)
+    except lf.LinFusionError as e:  # a file to fix, as check_paths says it
+        raise ModelError(str(e), usage=True) from None
+    folder = Path(named).expanduser()
+    # A folder's own (auto) was made with it: a mismatch there is its UNet's config at fault,
+    # which the checks of its weights say.
+    config = model_config(model, "unet/config.json") if named == linfusion else None
+    if not folder.is_dir() or config is None:
+        return
+    why = lf.config_mismatch(lf.read_config(folder / lf.CONFIG_NAME), config)
+    if why:
+        raise ModelError(f"LinFusion checkpoint {named} does not fit {model}: {why}",
+                         usage=True)
 
 
 def check_vae_ref(ref: str, allow_pickle: bool) -> None:

@@ -368,3 +368,46 @@ def test_default_checkpoints_and_distillation_warning():
         assert warning and "\n" not in warning
         assert sdxl in warning
         assert "--linfusion PATH|HUB_ID" in warning and "--linfusion none" in warning
+
+
+def test_a_checkpoint_that_leaves_some_attention_quadratic_is_refused():
+    """A checkpoint of fewer modules mounted without a word: the UNet's other attn1 stayed
+    softmax attention, quadratic in the pixels the planner priced as linear."""
+    unet = tiny_unet()
+    config = LinFusion.default_config(unet)
+    with pytest.raises(LinFusionError) as info:
+        LinFusion(config[:-1]).mount(unet)
+    assert str(info.value) == (
+        f"this LinFusion checkpoint covers {len(config) - 1} of the UNet's {len(config)} "
+        f"self-attention modules (not {config[-1]['module_name']}); is it for another base "
+        "model?")
+    assert not any(isinstance(m, LinearAttention) for m in unet.modules())  # all or nothing
+
+
+def test_a_checkpoint_is_matched_to_a_unet_config_before_either_loads(sdxl_unet):
+    from hires.linfusion import config_mismatch
+
+    config = LinFusion.default_config(sdxl_unet)
+    assert config_mismatch(config, SDXL_UNET_CONFIG) is None
+    assert "it has 11 self-attention modules, the model's UNet 70" in config_mismatch(
+        LinFusion.default_config(tiny_unet()), SDXL_UNET_CONFIG)
+    narrow = [dict(e, dim_n=640) if e["module_name"].startswith("mid_block") else e
+              for e in config]
+    assert config_mismatch(narrow, SDXL_UNET_CONFIG) == (
+        "module mid_block.attentions.0.transformer_blocks.0.attn1: the checkpoint's is 640 "
+        "wide, the model's UNet's 1280: is it for another base model?")
+
+
+def test_a_dry_run_refuses_a_checkpoint_for_another_unet(tiny_folder, tmp_path):
+    """It passed, and the run failed after the model loaded (minutes with SDXL)."""
+    from helpers_cli import assert_usage_error, cli
+
+    write_official_checkpoint(tmp_path / "lf", tiny_unet())
+    path = tmp_path / "lf" / "config.json"
+    saved = json.loads(path.read_text())
+    saved["modules_list"] = saved["modules_list"][:-1]
+    path.write_text(json.dumps(saved))
+    result = cli("gen", "x", "--model", tiny_folder, "--linfusion", tmp_path / "lf",
+                 "--size", "256", "--dry-run")
+    assert_usage_error(result, f"LinFusion checkpoint {tmp_path / 'lf'} does not fit",
+                       "it has 10 self-attention modules, the model's UNet 11")
