@@ -128,6 +128,39 @@ def quiet_loading() -> Iterator[None]:
             dlogging.enable_progress_bar()
 
 
+@contextmanager
+def weights_not_found() -> Iterator[list[tuple[str, str, int]]]:
+    """What diffusers and transformers log of weights a load did not find in the files: (the
+    part's folder name, a missing weight, how many) each. They start those at random and say
+    so in a warning (off in hires), so a part saved without some of its tensors ran, its
+    output wrong. Their logs are caught here meanwhile, shown nowhere."""
+    found: list[tuple[str, str, int]] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            text = record.getMessage()
+            # transformers: a LOAD REPORT table ("KEY | MISSING"); diffusers: "Some weights of
+            # X were not initialized from the model checkpoint at PATH and are newly
+            # initialized: ['KEY', ...]"
+            keys = re.findall(r"^(\S+)\s*\|\s*MISSING\b", text, re.MULTILINE) or re.findall(
+                r"'([^']+)'", text.partition("newly initialized: ")[2])
+            at = re.search(r"(?:from:|model checkpoint at) (\S+)", text)
+            if keys and at:
+                found.append((Path(at[1]).name, keys[0], len(keys)))
+
+    loggers = [logging.getLogger("transformers"), logging.getLogger("diffusers")]
+    saved = [(lg.level, lg.propagate, lg.handlers) for lg in loggers]
+    for lg in loggers:
+        lg.handlers, lg.propagate = [Catch()], False
+        lg.setLevel(logging.WARNING)
+    try:
+        yield found
+    finally:
+        for lg, (level, propagate, handlers) in zip(loggers, saved):
+            lg.setLevel(level)
+            lg.propagate, lg.handlers = propagate, handlers
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """'auto' picks CUDA, then Apple MPS, then CPU."""
     if device != "auto":
@@ -271,15 +304,25 @@ def load_pipeline(ref: str, dtype: torch.dtype, allow_pickle: bool = False):
     variant = "fp16" if (dtype == torch.float16 and kind == "hub") or (
         kind == "folder" and fp16_only(path)) else None
     try:
-        try:
-            return StableDiffusionXLPipeline.from_pretrained(
-                where, dtype=dtype, use_safetensors=safetensors, variant=variant)
-        except (OSError, ValueError) as e:
-            if variant is None or mismatched_shapes(e) is not None:
-                raise  # (a mismatch is no missing variant: its fallback hid it)
-            # Not every repo ships an fp16 variant: fall back to the full-precision files.
-            return StableDiffusionXLPipeline.from_pretrained(
-                where, dtype=dtype, use_safetensors=safetensors)
+        with weights_not_found() as lacking:
+            try:
+                pipe = StableDiffusionXLPipeline.from_pretrained(
+                    where, dtype=dtype, use_safetensors=safetensors, variant=variant)
+            except (OSError, ValueError) as e:
+                if variant is None or mismatched_shapes(e) is not None:
+                    raise  # (a mismatch is no missing variant: its fallback hid it)
+                # Not every repo ships an fp16 variant: fall back to the full-precision files.
+                lacking.clear()
+                pipe = StableDiffusionXLPipeline.from_pretrained(
+                    where, dtype=dtype, use_safetensors=safetensors)
+        if lacking:
+            part, key, count = lacking[0]
+            fix = ("delete it from the Hugging Face cache and download it again" if kind == "hub"
+                   else "restore it from the model's source")
+            raise ModelError(f"model '{ref}': its {part}/ lacks {count} of the weights its "
+                             f"config.json makes (such as {key}), which would run at random: "
+                             f"{fix}", usage=kind != "hub")
+        return pipe
     except OSError as e:
         pickled = kind == "folder" and not allow_pickle and any(
             not any(b.parent.glob("*.safetensors")) for b in path.rglob("*.bin"))

@@ -540,3 +540,22 @@ def test_a_vae_mismatch_in_a_model_folder_names_vae_config(copy_of):
     config["block_out_channels"] = [2 * c for c in config["block_out_channels"]]
     (copy_of / "vae" / "config.json").write_text(json.dumps(config))
     assert_usage_error(dry("--model", copy_of), "its weights do not fit vae/config.json (decoder.")
+
+
+@pytest.mark.parametrize(("part", "dropped"), [("text_encoder_2", "text_projection."),
+                                               ("unet", "down_blocks.1.")])
+def test_a_part_saved_without_some_weights_is_refused_not_run_at_random(part, dropped, copy_of,
+                                                                          tmp_path):
+    """diffusers and transformers start missing weights at random, and say so in a log hires
+    keeps off: a text encoder without its projection made an image (wrong, without a word),
+    and a UNet without a block failed in torch's words ('Cannot copy out of meta tensor')."""
+
+    weights = next((copy_of / part).glob("*.safetensors"))
+    kept = {k: v for k, v in load_file(weights).items() if not k.startswith(dropped)}
+    save_file(kept, weights)
+    out = tmp_path / "out.png"
+    result = cli("gen", "a fox", *SMALL, "--model", copy_of, "-o", out)
+    assert_usage_error(result, f"model '{copy_of}': its {part}/ lacks ",
+                       f"the weights its config.json makes (such as {dropped}",
+                       "restore it from the model's source")
+    assert not out.exists()
