@@ -979,6 +979,11 @@ def machine_lines(info: dict[str, Any]) -> list[str]:
                  "--vae-stats fast (the default), up to 16 GB a level with exact (never over "
                  "half the free space; it recomputes past that)")
     lines.append(f"model cache {info['model_cache']}")
+    from huggingface_hub import constants
+
+    # offline, a run refuses to download: 'downloads on first use' promised what it will not do
+    fetched = ("HF_HUB_OFFLINE is set: unset it to download" if constants.HF_HUB_OFFLINE
+               else "downloads on first use")
     for repo, cached in info["cached"].items():
-        lines.append(f"{repo} {'cached' if cached else 'not cached (downloads on first use)'}")
+        lines.append(f"{repo} {'cached' if cached else f'not cached ({fetched})'}")
     return lines

@@ -453,7 +453,8 @@ def test_info_prints_versions_devices_and_the_model_cache():
     assert f"model cache {constants.HF_HUB_CACHE}" in out
     default = next(line for line in out.splitlines()
                    if line.startswith("stabilityai/stable-diffusion-xl-base-1.0 "))
-    assert default.endswith(("cached", "(downloads on first use)"))
+    # tests run with HF_HUB_OFFLINE=1: a run would not download it ('downloads on first use')
+    assert default.endswith(("cached", "(HF_HUB_OFFLINE is set: unset it to download)"))
 
 
 def test_info_says_how_each_gpu_is_timed(monkeypatch):
