@@ -78,6 +78,7 @@ def check_paths(model: str, vae: str | None, linfusion: str, allow_pickle: bool 
             path, {"--vae": "a VAE"}.get(what, "an SDXL model"), allow_pickle)
         if refusal:
             raise ModelError(f"{what} {refusal}", usage=True)
+    check_vae_fits(model, vae)
     check_linfusion(model, linfusion)
     if linfusion == "auto" and model_kind(model) == "folder" and not carried_linfusion(model):
         # Else said once the model had loaded; a config it cannot count is the loader's to say
@@ -256,6 +257,7 @@ def check_before_loading(model: str, vae: str | None, linfusion: str,
     check_cached(model, vae, linfusion)
     if vae is not None:
         check_vae_ref(vae, allow_pickle)
+        check_vae_fits(model, vae)
     check_linfusion(model, linfusion)
 
 
@@ -499,6 +501,55 @@ def _vae_folder_refusal(path: Path, allow_pickle: bool = True) -> str | None:
         return ("holds pickle (.bin) weights only, which can run code when loaded; convert them "
                 "to .safetensors or pass --allow-pickle if you trust them")
     return None
+
+
+def vae_mismatch(ref: str, mine: dict, theirs: dict) -> str | None:
+    """Why the VAE `ref` of config `mine` cannot stand in for a model's VAE of config `theirs`
+    (config.json dicts; AutoencoderKL's defaults where a key is left out): latents of another
+    shape, or another latent space, which the scale gives away (an SD 1.x/2.x VAE has SDXL's
+    shapes). None when it may."""
+    def shape(config: dict) -> tuple[int, int]:
+        return (config.get("latent_channels", 4),
+                2 ** (len(config.get("block_out_channels", [64])) - 1))
+
+    (channels, down), (want_channels, want_down) = shape(mine), shape(theirs)
+    if (channels, down) != (want_channels, want_down):
+        return (f"VAE '{ref}' makes {channels}-channel latents at 1/{down} scale and this "
+                f"model's VAE {want_channels} at 1/{want_down}: use a VAE made for this model "
+                "(an SDXL VAE for SDXL)")
+    scale, wanted = mine.get("scaling_factor", 0.18215), theirs.get("scaling_factor", 0.18215)
+    if isinstance(scale, int | float) and isinstance(wanted, int | float) and \
+            abs(scale - wanted) > 1e-4:
+        return (f"VAE '{ref}' scales latents by {scale:g} and this model's VAE by {wanted:g}: "
+                f"it is made for another model (an SDXL VAE whose config lacks scaling_factor "
+                f"needs \"scaling_factor\": {wanted:g} added)")
+    return None
+
+
+def check_vae_fits(model: str, vae: str | None) -> None:
+    """A --vae folder (its own, or a pipeline's vae/) whose config.json does not fit the
+    model's VAE config, as the model's folder or the cache has it: said before anything loads
+    (it failed after the model loaded)."""
+    import json
+
+    if vae is None or model_kind(vae) != "folder":
+        return
+    path = Path(vae).expanduser()
+    found = next((path / sub / "config.json" for sub in ("", "vae")
+                  if (path / sub / "config.json").is_file()), None)
+    theirs = model_config(model, "vae/config.json")
+    if model_kind(model) == "file":  # read with SDXL base's configs
+        from hires.sdxl import SDXL_VAE_CONFIG
+
+        theirs = SDXL_VAE_CONFIG
+    if found is None or theirs is None:
+        return
+    try:
+        mine = json.loads(found.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return  # the folder's own check says so
+    if isinstance(mine, dict) and (why := vae_mismatch(vae, mine, theirs)):
+        raise ModelError(why, usage=True)
 
 
 def _a(word: str) -> str:

@@ -32,6 +32,7 @@ from hires.model_refs import (  # ModelError: also hires.models.ModelError, as R
     pickle_refusal,
     pipeline_folder_refusal,
     single_file_uncached,
+    vae_mismatch,
 )
 
 FP16_VAE = "madebyollin/sdxl-vae-fp16-fix"  # the SDXL VAE fine-tuned not to overflow in fp16
@@ -424,22 +425,9 @@ def load_vae(ref: str, like, allow_pickle: bool = False):
         if error is None:
             raise
         raise error from e
-    mine, theirs = _latent_shape(vae), _latent_shape(like)
-    if mine != theirs:
-        raise ModelError(f"VAE '{ref}' makes {mine[0]}-channel latents at 1/{mine[1]} scale and "
-                         f"this model's VAE {theirs[0]} at 1/{theirs[1]}: use a VAE made for "
-                         "this model (an SDXL VAE for SDXL)")
-    # An SD 1.x/2.x VAE has SDXL's shapes but another latent space, which its scale gives away.
-    scale, wanted = vae.config.scaling_factor, like.config.scaling_factor
-    if abs(scale - wanted) > 1e-4:
-        raise ModelError(f"VAE '{ref}' scales latents by {scale:g} and this model's VAE by "
-                         f"{wanted:g}: it is made for another model (an SDXL VAE whose config "
-                         f"lacks scaling_factor needs \"scaling_factor\": {wanted:g} added)")
+    if why := vae_mismatch(ref, dict(vae.config), dict(like.config)):
+        raise ModelError(why, usage=True)  # a file to fix, as said before loading
     return vae
-
-
-def _latent_shape(vae) -> tuple[int, int]:
-    return vae.config.latent_channels, 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 def _vae_from_pretrained(where: str, allow_pickle: bool):

@@ -197,3 +197,17 @@ def test_a_tiled_decode_in_fp16_matches_fp32():
     half = decode(vae.to(torch.float16), latents.half(), tile=192)
     diff = np.abs(full.astype(int) - half.astype(int))
     assert diff.max() <= 2 and diff.mean() < 0.2
+
+
+def test_a_vae_folder_for_another_model_is_refused_in_the_dry_run(tiny_folder, tmp_path):
+    """Its config.json says so (another latent space, another shape): the dry run passed, and
+    the run failed after the model loaded, exit 1 where a single file's refusal is 2."""
+
+    sd15 = tmp_path / "sd15"
+    AutoencoderKL.from_config({**tiny_vae().config, "scaling_factor": 0.18215}
+                              ).save_pretrained(sd15)
+    args = ("gen", "x", "--model", tiny_folder, "--vae", sd15, "--size", "256")
+    said = f"VAE '{sd15}' scales latents by 0.18215 and this model's VAE by 0.13025"
+    assert_usage_error(cli(*args, "--dry-run"), said)
+    assert_usage_error(cli(*args, "-o", tmp_path / "o.png"), said)  # before the model loads
+    assert not (tmp_path / "o.png").exists()
