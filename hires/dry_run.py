@@ -98,10 +98,12 @@ def as_run_here(job, gpu: str | None):
     import torch
 
     from hires.gpus import card
-    from hires.model_refs import check_cached
+    from hires.model_refs import check_cached, go_offline_if_unreachable
 
-    # A Hub id a run here cannot load (offline, not cached): the ModelError the run's load
-    # raises (exit 1, as the run's), not a usage error.
+    # A Hub id a run here cannot load (offline, or a Hub that does not answer, as the run asks
+    # it once; not cached): the ModelError the run's load raises (exit 1, as the run's), not a
+    # usage error.
+    go_offline_if_unreachable(job)
     check_cached(job.model, job.vae, job.linfusion, known=False)
     if job.device == "auto" and not (gpu and card(gpu)) and not torch.cuda.is_available():
         return job.merged({"device": "cpu"})

@@ -148,3 +148,27 @@ def test_a_hub_that_answers_stays_online(monkeypatch):
     monkeypatch.setattr(model_refs, "_hub_state", {})
     assert not model_refs.go_offline_if_unreachable(Job(model="owner/model"))
     assert not constants.HF_HUB_OFFLINE
+
+
+def test_a_dry_run_asks_the_hub_once_as_the_run_does(monkeypatch, tmp_path):
+    """With no network and HF_HUB_OFFLINE unset, a dry run planned a Hub model that is not
+    cached; the run, which asks the Hub first, then refused it."""
+    from helpers_cli import cli, error_lines
+    from huggingface_hub import constants, utils
+
+    from hires import model_refs
+
+    class Unreachable:
+        def head(self, url, **kwargs):
+            raise ConnectionError("[Errno -2] Name or service not known")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(utils, "get_session", Unreachable)
+    monkeypatch.setattr(model_refs, "_hub_state", {})
+    result = cli("gen", "x", "--model", "owner/not-cached", "--size", "256", "--dry-run",
+                 "-o", tmp_path / "o.png", env={"HF_HUB_OFFLINE": "0"})
+    assert result.exit_code == 1, (result.stdout, result.stderr)
+    (line,) = error_lines(result.stderr)
+    assert "model 'owner/not-cached' is not in the local cache and the Hugging Face Hub " \
+           "cannot be reached" in line
