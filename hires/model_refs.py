@@ -461,6 +461,9 @@ def pipeline_folder_refusal(path: Path, allow_pickle: bool = True) -> str | None
                 return problem
         if not any(sub.glob("*.safetensors")):
             pickled.append(name)
+            for file in sorted(sub.glob("*.bin")) if allow_pickle else []:
+                if problem := _cut_short_zip(file, f"{name}/{file.name}"):
+                    return problem
     if pickled and not allow_pickle:
         folders = ", ".join(f"{name}/" for name in pickled)
         return (f"holds pickle (.bin) weights only (in {folders}), which can run code "
@@ -477,6 +480,22 @@ def _unreadable(file: Path, shown: str) -> str | None:
         return None
     return f"has unreadable weights: {shown} is " + (
         truncated(file) or "not a valid safetensors file (truncated?); re-download or re-save it")
+
+
+def _cut_short_zip(file: Path, shown: str) -> str | None:
+    """Why a pickle `file` (torch.save's zip, named `shown`) cannot be read: a zip without the
+    directory at its end, a copy cut short. Only the end is read, no pickle."""
+    import zipfile
+
+    try:
+        with file.open("rb") as f:
+            zipped = f.read(2) == b"PK"  # a legacy pickle (0x80 first) has no end to check
+        if not zipped or zipfile.is_zipfile(file):
+            return None
+    except OSError:
+        return None
+    return (f"has unreadable weights: {shown} is cut short (a zip without its directory); "
+            "re-download or re-save it")
 
 
 def _vae_folder_refusal(path: Path, allow_pickle: bool = True) -> str | None:

@@ -559,3 +559,15 @@ def test_a_part_saved_without_some_weights_is_refused_not_run_at_random(part, dr
                        f"the weights its config.json makes (such as {dropped}",
                        "restore it from the model's source")
     assert not out.exists()
+
+
+def test_a_pickle_cut_short_is_refused_in_the_dry_run(tiny, tmp_path):
+    """torch.save's zip cut short passed the dry run with --allow-pickle, and the run failed as
+    it loaded (exit 1)."""
+    folder = tmp_path / "bin"
+    tiny.pipe.save_pretrained(folder, safe_serialization=False)
+    weights = folder / "unet" / "diffusion_pytorch_model.bin"
+    assert weights.read_bytes()[:2] == b"PK"
+    weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
+    assert_usage_error(dry("--model", folder, "--allow-pickle"),
+                       "unet/diffusion_pytorch_model.bin is cut short")
