@@ -629,24 +629,33 @@ def attn1_count(config: dict[str, Any]) -> int | None:
 
 def config_mismatch(modules_list: list[dict], config: dict[str, Any]) -> str | None:
     """Why a checkpoint's `modules_list` cannot mount on a UNet of this config.json, found
-    before either loads: another count of attn1 modules, or a module of another width than its
-    block's; None when it may (mounting checks the rest)."""
-    n = attn1_count(config)
-    if n is not None and n != len(modules_list):
-        return (f"it has {len(modules_list)} self-attention modules, the model's UNet {n}: is "
-                "it for another base model?")
-    widths = config.get("block_out_channels")
-    if not isinstance(widths, list) or not all(isinstance(w, int) for w in widths):
+    before either loads (the UNet built on the meta device: no weights): a module it lacks,
+    has twice or has not, or of another width or head count; None when it fits (or the
+    config builds no UNet: loading says why)."""
+    from diffusers import UNet2DConditionModel
+
+    try:
+        with torch.device("meta"):
+            unet = UNet2DConditionModel.from_config(config)
+    except Exception:  # diffusers raises many kinds for a config it cannot build
         return None
+    wanted = {e["module_name"]: e for e in LinFusion.default_config(unet)}
+    names = [e["module_name"] for e in modules_list]
+    if twice := next((n for n in names if names.count(n) > 1), None):
+        return f"it lists module {twice} twice: is it for another base model?"
+    if extra := next((n for n in names if n not in wanted), None):
+        return f"module {extra} is not in the model's UNet: is it for another base model?"
+    if len(names) < len(wanted):
+        left = next(n for n in wanted if n not in names)
+        return (f"it covers {len(names)} of the model's UNet's {len(wanted)} self-attention "
+                f"modules (not {left}), the rest of which would run quadratic: is it for "
+                "another base model?")
     for entry in modules_list:
-        part, _, rest = entry["module_name"].partition(".")
-        index = rest.partition(".")[0]
-        block = {"down_blocks": widths, "up_blocks": widths[::-1]}.get(part)
-        width = (widths[-1] if part == "mid_block" else block[int(index)]
-                 if block is not None and index.isdigit() and int(index) < len(block) else None)
-        if width is not None and width != entry["dim_n"]:
-            return (f"module {entry['module_name']}: the checkpoint's is {entry['dim_n']} wide, "
-                    f"the model's UNet's {width}: is it for another base model?")
+        own = wanted[entry["module_name"]]
+        if (entry["dim_n"], entry["heads"]) != (own["dim_n"], own["heads"]):
+            return (f"module {entry['module_name']}: the checkpoint's has width "
+                    f"{entry['dim_n']} and {entry['heads']} heads, the model's UNet's "
+                    f"{own['dim_n']} and {own['heads']}: is it for another base model?")
     return None
 
 

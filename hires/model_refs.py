@@ -115,6 +115,22 @@ def auto_linfusion(model: str) -> str | None:
     return lf.checkpoint_for_config(config) if config is not None else None
 
 
+def config_for_checks(model: str, part: str) -> dict | None:
+    """The config.json of the model's `part` ('unet' or 'vae') that its add-ons are checked
+    against before it loads: a folder's or the cache's, SDXL base's for a single file (read
+    with those), the builtin tiny model's own; None where there is none."""
+    kind = model_kind(model)
+    if kind == "tiny":
+        from hires import tiny
+
+        return dict((tiny.tiny_unet() if part == "unet" else tiny.tiny_vae()).config)
+    if kind == "file":
+        from hires.sdxl import SDXL_UNET_CONFIG, SDXL_VAE_CONFIG
+
+        return dict(SDXL_UNET_CONFIG if part == "unet" else SDXL_VAE_CONFIG)
+    return model_config(model, f"{part}/config.json")
+
+
 def model_config(model: str, name: str) -> dict | None:
     """The JSON file `name` (as 'unet/config.json') of a model's local folder, or of a Hub
     id's snapshot in the local cache (never downloaded); None where there is none, or it does
@@ -277,7 +293,7 @@ def check_linfusion(model: str, linfusion: str) -> None:
     folder = Path(named).expanduser()
     # A folder's own (auto) was made with it: a mismatch there is its UNet's config at fault,
     # which the checks of its weights say.
-    config = model_config(model, "unet/config.json") if named == linfusion else None
+    config = config_for_checks(model, "unet") if named == linfusion else None
     if not folder.is_dir() or config is None:
         return
     why = lf.config_mismatch(lf.read_config(folder / lf.CONFIG_NAME), config)
@@ -556,11 +572,7 @@ def check_vae_fits(model: str, vae: str | None) -> None:
     path = Path(vae).expanduser()
     found = next((path / sub / "config.json" for sub in ("", "vae")
                   if (path / sub / "config.json").is_file()), None)
-    theirs = model_config(model, "vae/config.json")
-    if model_kind(model) == "file":  # read with SDXL base's configs
-        from hires.sdxl import SDXL_VAE_CONFIG
-
-        theirs = SDXL_VAE_CONFIG
+    theirs = config_for_checks(model, "vae")
     if found is None or theirs is None:
         return
     try:

@@ -148,12 +148,17 @@ def weights_not_found() -> Iterator[list[tuple[str, str, int]]]:
             at = re.search(r"(?:from:|model checkpoint at) (\S+)", text)
             if keys and at:
                 found.append((Path(at[1]).name, keys[0], len(keys)))
+            elif record.levelno >= level_before[record.name.split(".")[0]]:
+                for handler in handlers_before[record.name.split(".")[0]]:
+                    handler.handle(record)  # what the user's settings show, shown as before
 
     loggers = [logging.getLogger("transformers"), logging.getLogger("diffusers")]
     saved = [(lg.level, lg.propagate, lg.handlers) for lg in loggers]
+    level_before = {lg.name: lg.getEffectiveLevel() for lg in loggers}
+    handlers_before = {lg.name: lg.handlers for lg in loggers}
     for lg in loggers:
         lg.handlers, lg.propagate = [Catch()], False
-        lg.setLevel(logging.WARNING)
+        lg.setLevel(min(logging.WARNING, lg.getEffectiveLevel()))
     try:
         yield found
     finally:
@@ -530,9 +535,13 @@ def attach_linfusion(
             if warning:
                 warnings.append(warning)
     try:
-        mounted = lf.LinFusion.load(linfusion, dtype=dtype).mount(unet)
-    except lf.LinFusionError as e:
-        raise ModelError(str(e)) from e
+        loaded = lf.LinFusion.load(linfusion, dtype=dtype)
+    except lf.LinFusionError as e:  # a folder here is a file to fix, as the checks say
+        raise ModelError(str(e), usage=model_kind(linfusion) == "folder") from e
+    try:
+        mounted = loaded.mount(unet)
+    except lf.LinFusionError as e:  # made for another UNet: a setting to change, exit 2
+        raise ModelError(str(e), usage=True) from e
     return linfusion, warnings, mounted.originals
 
 

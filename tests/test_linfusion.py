@@ -389,13 +389,19 @@ def test_a_checkpoint_is_matched_to_a_unet_config_before_either_loads(sdxl_unet)
 
     config = LinFusion.default_config(sdxl_unet)
     assert config_mismatch(config, SDXL_UNET_CONFIG) is None
-    assert "it has 11 self-attention modules, the model's UNet 70" in config_mismatch(
-        LinFusion.default_config(tiny_unet()), SDXL_UNET_CONFIG)
+    assert config_mismatch(config[::-1], SDXL_UNET_CONFIG) is None  # in any order
+    assert "it covers 69 of the model's UNet's 70 self-attention modules (not " \
+        "mid_block.attentions.0.transformer_blocks.9.attn1)" in config_mismatch(
+            config[:-1], SDXL_UNET_CONFIG)
+    assert "lists module down_blocks.1.attentions.0.transformer_blocks.0.attn1 twice" in \
+        config_mismatch([*config[:-1], config[0]], SDXL_UNET_CONFIG)
+    assert "module down_blocks.9.attn1 is not in the model's UNet" in config_mismatch(
+        [*config, dict(config[0], module_name="down_blocks.9.attn1")], SDXL_UNET_CONFIG)
     narrow = [dict(e, dim_n=640) if e["module_name"].startswith("mid_block") else e
               for e in config]
     assert config_mismatch(narrow, SDXL_UNET_CONFIG) == (
-        "module mid_block.attentions.0.transformer_blocks.0.attn1: the checkpoint's is 640 "
-        "wide, the model's UNet's 1280: is it for another base model?")
+        "module mid_block.attentions.0.transformer_blocks.0.attn1: the checkpoint's has width "
+        "640 and 20 heads, the model's UNet's 1280 and 20: is it for another base model?")
 
 
 def test_a_dry_run_refuses_a_checkpoint_for_another_unet(tiny_folder, tmp_path):
@@ -407,7 +413,8 @@ def test_a_dry_run_refuses_a_checkpoint_for_another_unet(tiny_folder, tmp_path):
     saved = json.loads(path.read_text())
     saved["modules_list"] = saved["modules_list"][:-1]
     path.write_text(json.dumps(saved))
-    result = cli("gen", "x", "--model", tiny_folder, "--linfusion", tmp_path / "lf",
-                 "--size", "256", "--dry-run")
-    assert_usage_error(result, f"LinFusion checkpoint {tmp_path / 'lf'} does not fit",
-                       "it has 10 self-attention modules, the model's UNet 11")
+    for model in (tiny_folder, "tiny"):  # the builtin model's config too
+        result = cli("gen", "x", "--model", model, "--linfusion", tmp_path / "lf",
+                     "--size", "256", "--dry-run")
+        assert_usage_error(result, f"LinFusion checkpoint {tmp_path / 'lf'} does not fit",
+                           "it covers 10 of the model's UNet's 11 self-attention modules")

@@ -1,6 +1,7 @@
 """A `--model` or `--vae` that cannot name anything is a usage error before any loading: a
 malformed Hub id, a bare name that is no local path, or a folder that holds no diffusers model."""
 
+import json
 import os
 
 import pytest
@@ -44,7 +45,13 @@ def test_a_folder_without_a_model_says_what_to_give(tmp_path):
                        "model_index.json", "give the folder")
     assert_usage_error(cli("gen", "a fox", "--size", "64", "--model", "tiny", "--vae", empty,
                            "--dry-run"), "config.json", "VAE")
-    (empty / "config.json").write_text("{}")  # a VAE folder is judged by its config only here
+    # a VAE folder is judged by its config only here: {} is AutoencoderKL's defaults, one level
+    (empty / "config.json").write_text("{}")
+    assert_usage_error(cli("gen", "a fox", "--size", "64", "--model", "tiny", "--vae", empty,
+                           "--dry-run"), "latents at 1/1 scale and this model's VAE 4 at 1/8")
+    from hires.tiny import tiny_vae
+
+    (empty / "config.json").write_text(json.dumps(dict(tiny_vae().config)))
     ok = cli("gen", "a fox", "--size", "64", "--model", "tiny", "--vae", empty, "--dry-run")
     assert ok.exit_code == 0, ok.stderr
 

@@ -209,5 +209,6 @@ def test_a_vae_folder_for_another_model_is_refused_in_the_dry_run(tiny_folder, t
     args = ("gen", "x", "--model", tiny_folder, "--vae", sd15, "--size", "256")
     said = f"VAE '{sd15}' scales latents by 0.18215 and this model's VAE by 0.13025"
     assert_usage_error(cli(*args, "--dry-run"), said)
+    assert_usage_error(cli(*args[:3], "tiny", *args[4:], "--dry-run"), said)  # the builtin's
     assert_usage_error(cli(*args, "-o", tmp_path / "o.png"), said)  # before the model loads
     assert not (tmp_path / "o.png").exists()
