@@ -903,7 +903,17 @@ def _recorded_dpi(fmt: str | None, info: dict, tags: dict, exif: Image.Exif) -> 
         except (TypeError, ValueError, ZeroDivisionError):
             return None
         return (per_inch, per_inch) if per_inch > 0 else None
-    return info.get("dpi")
+    dpi = info.get("dpi")
+    if fmt == "PNG" and isinstance(dpi, tuple):
+        return tuple(_png_dpi(d) for d in dpi)
+    return dpi
+
+
+def _png_dpi(dpi: float) -> float:
+    """A PNG's dpi as written: PNG keeps whole pixels per metre, so --dpi 300 reads back as
+    299.9994; the whole dpi that gives the same pixels per metre is the one written."""
+    whole = round(dpi)
+    return float(whole) if whole > 0 and round(whole / 0.0254) == round(dpi / 0.0254) else dpi
 
 
 def _utf8(text: Any) -> Any:

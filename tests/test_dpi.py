@@ -113,3 +113,16 @@ def test_a_jpeg_or_tiff_another_program_wrote_reads_its_own_resolution(tmp_path)
                                   y_resolution=118.11)
     assert output.read_metadata(tmp_path / "cm.tif")["dpi"] == pytest.approx((300, 300),
                                                                                abs=0.01)
+
+
+@pytest.mark.parametrize(("written", "read"), [(300, 300.0), (72, 72.0), (254, 254.0),
+                                                (72.5, 72.4916)])
+def test_a_pngs_dpi_reads_back_as_written(tmp_path, written, read):
+    """PNG keeps whole pixels per metre: --dpi 300 read back as 299.9994 (`info --json`), and a
+    script comparing it to 300 found them apart. A whole dpi is the one written; another stays
+    as stored."""
+    path = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(path, dpi=(written, written))
+    got = output.read_metadata(path)["dpi"]
+    assert got == pytest.approx((read, read), abs=1e-4) and (got[0] == read) == (
+        written == int(written))
