@@ -134,7 +134,7 @@ def weights_not_found() -> Iterator[list[tuple[str, str, int]]]:
     """What diffusers and transformers log of weights a load did not find in the files: (the
     part's folder name, a missing weight, how many) each. They start those at random and say
     so in a warning (off in hires), so a part saved without some of its tensors ran, its
-    output wrong. Their logs are caught here meanwhile, shown nowhere."""
+    output wrong. Their logs are caught here meanwhile; the others go where they went."""
     found: list[tuple[str, str, int]] = []
 
     class Catch(logging.Handler):
@@ -148,23 +148,24 @@ def weights_not_found() -> Iterator[list[tuple[str, str, int]]]:
             at = re.search(r"(?:from:|model checkpoint at) (\S+)", text)
             if keys and at:
                 found.append((Path(at[1]).name, keys[0], len(keys)))
-            elif record.levelno >= level_before[record.name.split(".")[0]]:
-                for handler in handlers_before[record.name.split(".")[0]]:
-                    handler.handle(record)  # what the user's settings show, shown as before
+                return
+            _, shown, _, handlers = before[record.name.split(".")[0]]
+            if record.levelno >= shown:  # what the user's settings show, shown as before
+                for handler in handlers:
+                    handler.handle(record)
 
     loggers = [logging.getLogger("transformers"), logging.getLogger("diffusers")]
-    saved = [(lg.level, lg.propagate, lg.handlers) for lg in loggers]
-    level_before = {lg.name: lg.getEffectiveLevel() for lg in loggers}
-    handlers_before = {lg.name: lg.handlers for lg in loggers}
+    before = {lg.name: (lg.level, lg.getEffectiveLevel(), lg.propagate, lg.handlers)
+              for lg in loggers}
     for lg in loggers:
         lg.handlers, lg.propagate = [Catch()], False
         lg.setLevel(min(logging.WARNING, lg.getEffectiveLevel()))
     try:
         yield found
     finally:
-        for lg, (level, propagate, handlers) in zip(loggers, saved):
+        for lg in loggers:
+            level, _, lg.propagate, lg.handlers = before[lg.name]
             lg.setLevel(level)
-            lg.propagate, lg.handlers = propagate, handlers
 
 
 def resolve_device(device: str = "auto") -> torch.device:
