@@ -514,11 +514,17 @@ def _cut_short_zip(file: Path, shown: str) -> str | None:
             "re-download or re-save it")
 
 
+def vae_folder(path: Path) -> Path | None:
+    """Where a --vae folder keeps its config and weights: itself (a VAE's own folder), or its
+    vae/ (a whole pipeline's); None: neither has a config.json."""
+    return next((path / sub for sub in ("", "vae") if (path / sub / "config.json").is_file()),
+                None)
+
+
 def _vae_folder_refusal(path: Path, allow_pickle: bool = True) -> str | None:
     """Why the folder at `path` is not a diffusers VAE (its own, or a pipeline's vae/), from
     its files alone; None: it may be."""
-    found = next((path / sub for sub in ("", "vae") if (path / sub / "config.json").is_file()),
-                 None)
+    found = vae_folder(path)
     if found is None:
         return ("is a folder but not a diffusers VAE (no config.json, nor vae/config.json); "
                 "give a VAE's folder, a .safetensors file or a Hub id")
@@ -569,14 +575,12 @@ def check_vae_fits(model: str, vae: str | None) -> None:
 
     if vae is None or model_kind(vae) != "folder":
         return
-    path = Path(vae).expanduser()
-    found = next((path / sub / "config.json" for sub in ("", "vae")
-                  if (path / sub / "config.json").is_file()), None)
+    found = vae_folder(Path(vae).expanduser())
     theirs = config_for_checks(model, "vae")
     if found is None or theirs is None:
         return
     try:
-        mine = json.loads(found.read_text(encoding="utf-8"))
+        mine = json.loads((found / "config.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return  # the folder's own check says so
     if isinstance(mine, dict) and (why := vae_mismatch(vae, mine, theirs)):
