@@ -53,23 +53,20 @@ def path_for(output: str | Path) -> Path:
     return output.with_name(output.name + SUFFIX)
 
 
-# The image names a checkpoint may be kept for: `-o out.jpg` after a stop of `-o out.png` is
-# the same job in another format (README: the format may change).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
-
-
 def siblings(output: str | Path) -> list[Path]:
-    """The checkpoints there of `output`'s name with another image suffix (any case), whose
-    image no other run is making now: a running run's checkpoint is not a stopped one's."""
+    """The checkpoints there of `output`'s name with another image suffix (any case): `-o
+    out.jpg` after a stop of `-o out.png` is the same job in another format (README: the
+    format may change). Not one whose image another run is making now: it is not stopped."""
     from hires.busy import Busy, check_free
+    from hires.output import SUFFIX_FORMATS
 
     output = Path(output)
-    if output.suffix.lower() not in IMAGE_SUFFIXES:
+    if output.suffix.lower() not in SUFFIX_FORMATS:
         return []
     found = []
     for kept in sorted(output.parent.glob(f"{glob.escape(output.stem)}.*{SUFFIX}")):
         image = kept.with_name(kept.name[:-len(SUFFIX)])
-        if image.stem != output.stem or image.suffix.lower() not in IMAGE_SUFFIXES or \
+        if image.stem != output.stem or image.suffix.lower() not in SUFFIX_FORMATS or \
                 image.suffix == output.suffix or not kept.is_file():
             continue
         try:
