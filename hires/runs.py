@@ -214,10 +214,10 @@ def check_free(path: Path, job: Job, overwrite: bool) -> None:
     from hires.batch import changed_input, recorded_hash, settings_hash
     from hires.cut_short import cut_short
 
-    changed = None if overwrite or not path.is_file() or \
-        recorded_hash(path) != settings_hash(job) else changed_input(path, job)
-    cut = cut_short(path) if not overwrite and path.is_file() and \
-        recorded_hash(path) == settings_hash(job) else None
+    # this job's file (its metadata read once): cut short, or of inputs edited since
+    ours = not overwrite and path.is_file() and recorded_hash(path) == settings_hash(job)
+    cut = cut_short(path) if ours else None
+    changed = changed_input(path, job) if ours else None
     if cut:
         raise out.OutputExists(f"{path} holds this job's image, {cut} (a copy cut short?); "
                                "pass --overwrite to make it again, or choose another -o")
