@@ -424,7 +424,14 @@ class _VaeJob(NamedTuple):
     disk: float  # scratch room for exact mode's files
     rate: float | None  # the UNet's FLOP/s, if known
     vae_rate: float
-    memo: float  # what the fast mode keeps step outputs in on the device
+    room: float | None  # what the fast mode's kept outputs and a tile run share (None: all)
+
+    def memo(self, tile: int) -> float:
+        """What the fast mode keeps step outputs in on the device, beside runs of `tile` px."""
+        if self.room is None or self.vae_stats != "fast":
+            return float("inf")
+        return budget_from_free(self.room, self.model.on_gpu, self.model.vae_dtype_bytes,
+                                vae_tile_peak(self.model.vae, tile, self.model.vae_dtype_bytes))
 
 
 def _vae_part_in(model: ModelShape, width: int, height: int,
@@ -440,10 +447,8 @@ def _vae_part_in(model: ModelShape, width: int, height: int,
     # margin-reduced budget: priced from that, an H200's 16K decode kept 6 GB more than
     # planned (BENCHMARKS.md, "The planner's margin and the VAE's kept outputs").
     room = budget if budget is None or free is None else free
-    memo = (float("inf") if room is None or vae_stats != "fast" else
-            budget_from_free(room - vae_weights - state, model.on_gpu,
-                             model.vae_dtype_bytes))
-    job = _VaeJob(model, width, height, passes, vae_stats, disk, rate, vae_rate, memo)
+    job = _VaeJob(model, width, height, passes, vae_stats, disk, rate, vae_rate,
+                  None if room is None else room - vae_weights - state)
     tile = vae_tile or VAE_TILES[-1]
     if vae_tile is None:
         tile = _fastest_tile(job, budget, vae_weights, state, room, previous)
@@ -477,7 +482,7 @@ def _vae_cost(job: _VaeJob, t: int, spill: float = 0.0) -> tuple[float, float, i
         count = sum(tiled_runs(model.vae, w, h, decode=d, tile=t, budget=float("inf"))
                     for w, h, d in job.passes)
         return sum(r.flops for r in runs), (files if model.on_gpu else 0.0), count
-    args = [dict(vae=model.vae, width=w, height=h, decode=d, tile=t, budget=job.memo,
+    args = [dict(vae=model.vae, width=w, height=h, decode=d, tile=t, budget=job.memo(t),
                  spill=spill, dtype_bytes=model.vae_dtype_bytes) for w, h, d in job.passes]
     runs = [tiled_cost(**a) for a in args]
     return (sum(f for f, _ in runs), sum(b for _, b in runs),
@@ -563,7 +568,7 @@ def _vae_peak(job: _VaeJob, tile: int, vae_weights: int, state: int, room: int |
 def _vae_kept(job: _VaeJob, tile: int, spill: float) -> int:
     """The most device memory the fast mode's kept outputs take in any pass."""
     model = job.model
-    return int(max(tiled_memo_bytes(model.vae, w, h, decode=d, tile=tile, budget=job.memo,
+    return int(max(tiled_memo_bytes(model.vae, w, h, decode=d, tile=tile, budget=job.memo(tile),
                                     spill=spill, dtype_bytes=model.vae_dtype_bytes)
                    for w, h, d in job.passes))
 

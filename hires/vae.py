@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hires.costs import VaeShape, vae_tile_peak
 from hires.errors import NotFinite, dtype_name
 from hires.memory import free_memory
 from hires.vae_stats import MODES, Progress, whole_image
@@ -71,6 +72,13 @@ def _layout(x: Tensor) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
+def _run_bytes(vae, t: int) -> float:
+    """What one run of a `t` x `t` latent tile takes beside the kept outputs (the planner's
+    estimate, so a run keeps as much as its plan priced)."""
+    shape = VaeShape.from_config(dict(vae.config))
+    return vae_tile_peak(shape, t * SCALE, vae.dtype.itemsize)
+
+
 def _decode_strips(vae, latents: Tensor, tile: int, overlap: int | None, stats: str,
                    progress: Progress | None, spill: float = 0.0) -> Iterator[tuple[int, Tensor]]:
     """Yield (first row, float rows 3 x n x W on the VAE's device) of the image, top to bottom.
@@ -109,7 +117,7 @@ def _decode_strips(vae, latents: Tensor, tile: int, overlap: int | None, stats: 
     home = torch.device("cpu") if vae.device.type == "cuda" and not rows_on_device(
         rows, free_memory(vae.device)) else vae.device
     with whole_image(vae.decoder, head, grid, stats, vae.device, vae.dtype, progress,
-                     spill) as tiles:
+                     spill, _run_bytes(vae, t)) as tiles:
         yield from blend(grid, SCALE, 3, o, tiles.run, home)
 
 
@@ -253,7 +261,7 @@ def encode(vae, image: np.ndarray | Tensor, *, tile: int = 1024, overlap: int | 
         mean = torch.zeros(1, channels, h, w)
         grid = Grid.cover((h, w), t, o)
         with whole_image(vae.encoder, head, grid, stats, vae.device, vae.dtype,
-                         progress, spill) as tiles:
+                         progress, spill, _run_bytes(vae, t)) as tiles:
             for top, rows in blend(grid, 1, channels, o, lambda box: tail(tiles.run(box))):
                 mean[0, :, top:top + rows.shape[1]] = rows
     if not bool(mean.isfinite().all()):

@@ -242,8 +242,10 @@ def _gather(state: State, grid: Grid, run: Callable[[Box], Tensor], dtype: torch
             state.stats[target] = _finish_moments(target, acc)
 
 
-def fast_budget(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> float:
-    """Bytes the fast mode may keep step outputs in: `FAST_BYTES`, or a share of free memory.
+def fast_budget(device: torch.device, dtype: torch.dtype = torch.bfloat16,
+                working: float = 0.0) -> float:
+    """Bytes the fast mode may keep step outputs in: `FAST_BYTES`, or a share of free memory
+    beyond a reserve and what one tile run needs (`working` bytes).
 
     The more tiles keep their outputs, the less is recomputed: 8192 x 5472 px on the tiny VAE
     took 179 s with a fixed 4 GB and 155 s with the 7 GB this gave (the CPU machine, 20 GB
@@ -255,7 +257,7 @@ def fast_budget(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> fl
     free = free_memory(device)
     if free is None:
         return 4e9
-    return budget_from_free(free, device.type == "cuda", dtype.itemsize)
+    return budget_from_free(free, device.type == "cuda", dtype.itemsize, working)
 
 
 def spill_budget(device: torch.device) -> float:
@@ -272,11 +274,16 @@ def spill_from_free(free: float) -> float:
     return max(0.0, SPILL_SHARE * (free - SPILL_RESERVE))
 
 
-def budget_from_free(free: float, on_gpu: bool, dtype_bytes: int = 2) -> float:
+def budget_from_free(free: float, on_gpu: bool, dtype_bytes: int = 2,
+                     working: float = 0.0) -> float:
     """The fast mode's budget when `free` bytes are free as a decode starts (the planner's too)
-    with the VAE's elements `dtype_bytes` wide."""
+    with the VAE's elements `dtype_bytes` wide and a tile run needing `working` bytes."""
     kind = "cuda" if on_gpu else "cpu"
     reserve = FAST_RESERVE[kind] * (max(1.0, dtype_bytes / 2) if on_gpu else 1.0)
+    # A GPU's reserve is for a tile run; the CPU's is for the rest of the machine, and a run
+    # comes on top: a 2048 px SDXL tile in fp32 needs 12 GiB, and with half of the rest kept
+    # a 4K stage took 23.1 GiB of 23.0 free.
+    reserve = max(reserve, working) if on_gpu else reserve + working
     return max(FAST_FLOOR, FAST_SHARE[kind] * (free - reserve))
 
 
@@ -292,18 +299,20 @@ class Tiles:
 @contextmanager
 def whole_image(net: nn.Module, head: Callable[[Box], Tensor], grid: Grid,
                 mode: str, device: torch.device, dtype: torch.dtype,
-                progress: Progress | None, spill: float = 0.0) -> Iterator[Tiles]:
+                progress: Progress | None, spill: float = 0.0,
+                working: float = 0.0) -> Iterator[Tiles]:
     """Patch `net`, gather whole-image statistics, then hand out the grid and a tile runner.
 
-    `head(box)` gives the input of `net` for a tile window; the fast mode may keep step
-    outputs in the CPU's memory too, up to `spill` bytes and what `spill_budget` allows.
+    `head(box)` gives the input of `net` for a tile window; the fast mode keeps step outputs
+    beside a tile run's `working` bytes, and in the CPU's memory too, up to `spill` bytes and
+    what `spill_budget` allows.
     """
     if mode not in MODES:
         raise ValueError(f"stats must be one of {MODES}, got {mode!r}")
     size = grid.size
     state = State(size=size, cell=cell_side(size), device=device)
     memo = DiskMemo(len(grid), MEMO_BYTES) if mode == "exact" else MemoryMemo(
-        fast_budget(device, dtype), min(spill, spill_budget(device)) if spill else 0.0)
+        fast_budget(device, dtype, working), min(spill, spill_budget(device)) if spill else 0.0)
     norms = sum(isinstance(m, nn.GroupNorm) for m in net.modules())
     attns = len(attentions(net))
     # Tile runs, and above GLOBAL_TOKENS the attention's blocks (as long as a pass, or more).

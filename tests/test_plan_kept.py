@@ -82,3 +82,26 @@ def test_an_fp32_vaes_kept_outputs_leave_room_for_its_tile_runs():
         p = dry_run(Job(width=16384, height=16384, ram=64, disk=100), gpu).plan
         assert p.fp32 == ("VAE",)
         assert all(s.cost.used_bytes <= p.budget for s in p.stages), gpu
+
+
+def test_a_cpus_kept_outputs_leave_room_for_its_tile_runs():
+    """On a CPU the VAE runs in fp32 and its reserve is only for the rest of the machine: a
+    2048 px tile's 12 GiB run beside half of the rest kept took 23.1 GiB of 23.0 free at 4K."""
+    model = sdxl_shape(on_gpu=False, dtype_bytes=4)
+    for gib in (20, 23, 28, 32):
+        budget = gib * 2**30
+        made = plan.make_plan(4096, 4096, model=model, budget=budget)
+        assert all(s.cost.used_bytes <= budget for s in made.stages), gib
+
+
+def test_the_run_keeps_outputs_beside_its_tile_runs(monkeypatch):
+    """The fast mode's budget leaves room for one tile run: on a CPU beside the reserve for
+    the rest of the machine, on a GPU within the reserve (which is for that run)."""
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(vae_stats, "free_memory", lambda device: 22e9)
+    assert vae_stats.fast_budget(cpu, torch.float32, working=1e9) == 0.5 * (22e9 - 3e9)
+    assert vae_stats.fast_budget(cpu, torch.float32, working=12e9) == 0.5 * (22e9 - 14e9)
+    # A GPU's reserve already holds a bf16 2048 px SDXL tile's run (6.5 GB): the same budget.
+    cuda = torch.device("cuda")
+    assert vae_stats.fast_budget(cuda, working=6.5e9) == vae_stats.fast_budget(cuda)
+    assert vae_stats.fast_budget(cuda, working=10e9) == 0.8 * (22e9 - 10e9)

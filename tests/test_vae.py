@@ -201,6 +201,26 @@ def test_fast_budget_is_a_share_of_free_memory(monkeypatch):
     assert vae_stats.fast_budget(cpu) == 5e6
 
 
+def test_a_tiled_pass_keeps_outputs_beside_its_tile_runs(vae, monkeypatch):
+    """Decode and encode tell the fast mode what one tile run takes (the planner's figure),
+    so the outputs they keep leave room for it."""
+    from hires.costs import VaeShape, vae_tile_peak
+
+    seen: list[float] = []
+    real = vae_stats.fast_budget
+
+    def spy(device, dtype, working=0.0):
+        seen.append(working)
+        return real(device, dtype, working)
+
+    monkeypatch.setattr(vae_stats, "fast_budget", spy)
+    z = smooth_latent(64, 64, seed=7)
+    image = tiled.decode(vae, z, tile=TILE, overlap=OVERLAP, stats="fast")
+    tiled.encode(vae, image, tile=TILE, overlap=OVERLAP, stats="fast")
+    run = vae_tile_peak(VaeShape.from_config(dict(vae.config)), TILE, 4)
+    assert seen == [run, run]
+
+
 def test_small_images_take_one_plain_pass(vae):
     z = smooth_latent(16, 24, seed=4)
     calls = []
