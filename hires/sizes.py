@@ -319,9 +319,11 @@ def layered_size(levels: list[Level],
         size = below.get("size") or max(below.get("width", 0), below.get("height", 0)) or None
         if "print_size" in below:
             size = max(print_pixels(below["print_size"], dpi))
-        if size is None:
-            raise JobError(f"{n('aspect')} needs {n('size')} (the long side in pixels)"
-                           f"{_in(where)}")
+        if size is None and where == OPTIONS:
+            raise JobError("--aspect needs --size (the long side in pixels)")
+        if size is None:  # a preset or job of only a shape: the long side is for the run
+            raise JobError(f"'aspect' in {where} needs a long side: give --size (in pixels) "
+                           "with it, or set 'size' there")
     elif aspect is None:  # only the long side: the shape from below
         aspect = below.get("aspect") or (f"{below['width']}:{below['height']}"
                                          if "width" in below else None)

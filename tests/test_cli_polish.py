@@ -136,7 +136,7 @@ def test_a_presets_errors_name_it_alike(tmp_path):
     preset.write_text('aspect = "16:9"\n')
     result = cli("plan", "x", "--preset", str(preset))
     assert result.exit_code == 2
-    assert f"(in preset 'asponly' ({preset}))" in result.stderr
+    assert f"in preset 'asponly' ({preset}) needs a long side: give --size" in result.stderr
 
 
 def test_an_upscale_that_changes_the_aspect_runs_no_stage_twice_at_one_size():

@@ -68,8 +68,12 @@ def test_bad_size_keys_say_what_to_do_and_where(table, words):
 def test_scale_without_an_input_and_aspect_without_a_size_are_refused():
     with pytest.raises(JobError, match="--scale multiplies an input image's size"):
         layered_size(levels({"scale": 2}))
-    with pytest.raises(JobError, match="'aspect' needs 'size'.*in preset"):
+    # A preset of only a shape pairs with a --size: said so, not only that it lacks one.
+    with pytest.raises(JobError, match=r"^'aspect' in preset 'wide' needs a long side: give "
+                       r"--size \(in pixels\) with it, or set 'size' there$"):
         layered_size([({"aspect": "16:9"}, "preset 'wide'")])
+    with pytest.raises(JobError, match=r"^--aspect needs --size \(the long side in pixels\)$"):
+        layered_size([({"aspect": "16:9"}, OPTIONS)])
 
 
 def test_input_size_reads_the_header_and_turns_with_exif(tmp_path):
