@@ -619,8 +619,10 @@ def part_file(folder: Path, name: str) -> tuple[int, str]:
         fd, tmp = tempfile.mkstemp(prefix=f".{_cut(name, PART_NAME_MAX)}.@{this_host()}."
                                           f"{os.getpid()}.", suffix=".part", dir=folder)
     except OSError as e:
-        raise OutputUnwritable(f"cannot write to {folder}: {e.strerror}; choose another -o"
-                               ) from None
+        # /proc says "No such file or directory" of a new file in a folder that is there
+        why = ("it takes no new files" if e.errno == errno.ENOENT and os.path.isdir(folder)
+               else e.strerror)
+        raise OutputUnwritable(f"cannot write to {folder}: {why}; choose another -o") from None
     # mkstemp makes it 0600; renamed into place it must read as any file made here does
     # (images and checkpoints in a shared folder: 0666 less the umask).
     os.fchmod(fd, file_mode())

@@ -721,7 +721,8 @@ def test_two_processes_saving_one_path_exactly_one_wins(tmp_path):
 def test_an_output_folder_that_refuses_files_fails_before_any_work(tmp_path):
     # /proc takes no new files, even for root (for whom os.access says yes).
     result = run_hires("gen", "x", *TINY, "-o", "/proc/x.png")
-    assert_usage(result, "cannot write to /proc")
+    # Why, in words that fit: the folder is there ("No such file or directory" said it was not).
+    assert_usage(result, "cannot write to /proc: it takes no new files; choose another -o")
     assert "denoise" not in result.stderr
 
 
