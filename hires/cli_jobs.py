@@ -153,9 +153,11 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
                 ", or give every LoRA from here with its scale (--lora PATH:SCALE each)"
                 if key == "lora" else
                 f", or give its path from here (--{key.replace('_', '-')} PATH)")
+        # The record keeps no folder (it would show the maker's paths to whoever gets the
+        # image), so this one may be it, the file since gone: said so, not only "go there".
         raise JobError(f"{from_image} was made {what} {path}, a path relative to the folder "
-                       f"hires ran in, and there is none here; run this command in that folder"
-                       f"{flag}")
+                       f"hires ran in, and there is none here; run this command in that folder "
+                       f"(if this is it, the file is gone){flag}")
     if recorded.get("model") and "model" not in flags:
         # The record names a model, maybe a local file: say which, never load it unseen.
         say(f"--from {from_image}: model {recorded['model']} (as recorded; --model picks "

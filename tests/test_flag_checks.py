@@ -78,7 +78,8 @@ def test_from_says_a_recorded_relative_path_is_missing_here(tmp_path, monkeypatc
              if flag == "lora" else f"give its path from here ({flag} PATH)")
     assert error_lines(result.stderr) == [
         f"error: {made} was made {what} a path relative to the folder hires ran in, and there "
-        f"is none here; run this command in that folder, or {offer}"]
+        "is none here; run this command in that folder (if this is it, the file is gone), "
+        f"or {offer}"]
 
 
 def test_a_relative_linfusion_folder_is_recorded_as_local(tmp_path, monkeypatch, tiny_folder):
@@ -247,8 +248,8 @@ def test_from_says_a_local_model_named_like_a_hub_id_is_missing_here(tmp_path, m
     assert result.exit_code == 2
     assert error_lines(result.stderr) == [
         f"error: {made} was made with the model sub/tiny, a path relative to the folder hires "
-        "ran in, and there is none here; run this command in that folder, or give its path "
-        "from here (--model PATH)"]
+        "ran in, and there is none here; run this command in that folder (if this is it, "
+        "the file is gone), or give its path from here (--model PATH)"]
 
 
 @pytest.fixture
