@@ -643,8 +643,12 @@ def in_the_way(path: Path, overwrite: bool = False) -> str | None:
 
     if is_folder(path):  # --overwrite or not: no image is ever written over a folder
         return f"{path} is a folder, and hires never writes over a folder: move it away"
+    from hires.cut_short import cut_short
+
     if overwrite or not os.path.lexists(path) or recorded_hash(path) is not None:
         return None
+    if cut_short(path):  # a TIFF's record is at its end: the job's own, cut, lost it
+        return None  # set aside, as one cut short with its record is (_run_one)
     return (f"{path} exists but holds no hires settings record, so it may not be this job's "
             "image; move it away or pass --overwrite")
 
@@ -664,14 +668,14 @@ def _run_one(item: BatchItem, path: Path, settings: str,
         stale = changed_input(path, item.job) if old == settings and check_settings else None
         if stale:
             why = f"{stale} changed"
-        cut = cut_short(path) if old == settings and not stale else None
+        cut = cut_short(path) if (old == settings and not stale) or old is None else None
         if cut:  # kept aside as one of other settings is: the user's bytes, whatever they are
             why = f"the file was {cut}"
         if old == settings and not stale and not cut:
             return Outcome(item, "skipped", path)
-        if old is None:  # put there since the checks before the run (in_the_way)
+        if old is None and not cut:  # put there since the checks before the run (in_the_way)
             return Outcome(item, "failed", path, error=in_the_way(path))
-        moved = path.with_name(f"{path.stem}.{old[:8]}{path.suffix}")
+        moved = path.with_name(f"{path.stem}.{old[:8] if old else 'cut-short'}{path.suffix}")
         try:
             claim_rename(path, moved)
         except OSError as e:

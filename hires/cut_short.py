@@ -37,7 +37,7 @@ def _whole(data: mmap.mmap, size: int, path: Path) -> bool | None:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return size >= 8 + int.from_bytes(data[4:8], "little")
     if data[:4] in (b"II*\0", b"MM\0*"):
-        return _tiff_whole(path, size)
+        return _tiff_whole(data, size, path)
     return None
 
 
@@ -75,10 +75,21 @@ def _jpeg_whole(data: mmap.mmap, size: int) -> bool | None:
     return False
 
 
-def _tiff_whole(path: Path, size: int) -> bool | None:
-    """Whether every strip (or tile) the TIFF's first directory lists lies in its `size`
-    bytes; None when its directory cannot be read (reading its record fails first)."""
+def _tiff_whole(data: mmap.mmap, size: int, path: Path) -> bool | None:
+    """Whether the TIFF's first directory and every strip (or tile) it lists lie in its `size`
+    bytes; None when its directory is there but cannot be read (reading its record fails
+    first)."""
     from PIL import Image
+
+    # hires writes the directory after the strips, and the record in it: a copy cut short
+    # lost both, and was refused as anyone's file rather than remade as a cut one.
+    order = "<" if data[:2] == b"II" else ">"
+    first = struct.unpack_from(order + "I", data, 4)[0]
+    if first < 8:  # within the header: damaged, not judged by its end
+        return None
+    if first + 2 > size or first + 2 + 12 * struct.unpack_from(order + "H", data, first)[0] \
+            + 4 > size:
+        return False
 
     try:
         with warnings.catch_warnings():  # Pillow's own on a damaged file are no reader's

@@ -339,7 +339,10 @@ def _reading(path: Path) -> Iterator[Image.Image]:
         raise ImageInputError(f"{path}: not a file (a pipe?); hires reads an input more than "
                               "once, so save it to a file first")
     try:
-        with pixel_limit(MAX_PIXELS), _strict_decoding():
+        with pixel_limit(MAX_PIXELS), _strict_decoding(), warnings.catch_warnings():
+            # Pillow's own on a damaged file ("Corrupt EXIF data") are no reader's: what
+            # cannot be read is said below, in one line.
+            warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
             with Image.open(path) as im:
                 if FORMATS.get(im.format or "") is None:
                     raise ImageInputError(
@@ -361,6 +364,10 @@ def _reading(path: Path) -> Iterator[Image.Image]:
             raise ImageInputError(f"{path}: {kind} images are not accepted; convert it to "
                                   f"{ACCEPTED}") from None
         head = head[:4]
+        from hires.cut_short import cut_short
+
+        if head in (b"II*\0", b"MM\0*") and (cut := cut_short(path)):  # its directory lost
+            raise ImageInputError(f"{path}: {cut}; re-export or re-download it") from None
         if head in (b"II*\0", b"MM\0*"):  # Pillow opens only some sample formats of TIFF
             raise ImageInputError(
                 f"{path}: a TIFF whose samples Pillow cannot read (32-bit float or integer, "

@@ -191,7 +191,11 @@ def check_writable(path: Path, overwrite: bool) -> None:
         raise OutputUnwritable(f"{path} is a folder, and hires never writes over a folder: "
                                "move it away or choose another -o")
     if os.path.lexists(path) and not overwrite:  # a dangling symlink counts: it is a name
-        raise OutputExists(f"{path} already exists; pass --overwrite or choose another -o")
+        from hires.cut_short import cut_short
+
+        cut = cut_short(path)  # a TIFF cut short: no record to say whose, but why it is no use
+        raise OutputExists(f"{path} already exists{f', {cut}' if cut else ''}; pass --overwrite "
+                           "or choose another -o")
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
@@ -867,7 +871,13 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise OutputError(f"no such image: {path}") from None
     except (OSError, ValueError) as e:  # ValueError: Pillow's limit on a text chunk's size
-        raise OutputError(f"cannot read {path} as an image: {e}") from None
+        from hires.cut_short import cut_short
+
+        # A TIFF cut short loses its directory, at its end: Pillow says only that it cannot
+        # identify the file.
+        cut = cut_short(Path(path))
+        raise OutputError(f"cannot read {path} as an image: "
+                          f"{f'it is {cut}' if cut else e}") from None
     params = blob = None
     if fmt == "PNG":
         params, blob = info.get("parameters"), info.get("hires")

@@ -84,3 +84,41 @@ def test_a_batch_sets_its_image_cut_short_aside_and_makes_it_again(tmp_path, ask
     kept = [p for p in image.parent.glob("cat.*.png")]
     assert len(kept) == 1 and os.path.getsize(kept[0]) == size  # the user's bytes, aside
     assert cut_short(image) is None
+
+
+def test_hires_tiff_cut_short_is_found_though_its_directory_is_gone(tmp_path, asked):
+    """hires writes a TIFF's directory, and its record, after the strips: a copy cut short lost
+    both, read as "cannot identify image file", and a batch refused it as anyone's file."""
+    out = tmp_path / "cat.tif"
+    assert cli(*GEN, "-o", out).exit_code == 0
+    cut(out, 0.5)
+    size = os.path.getsize(out)
+    said = f"cut short ({size:,} bytes, its end missing)"
+    assert cut_short(out) == said
+    again = cli(*GEN, "-o", out)  # no record to say whose: kept, but said why it is no use
+    assert error_lines(again.stderr) == [
+        f"error: {out} already exists, {said}; pass --overwrite or choose another -o"]
+    shown = cli("info", out)
+    assert shown.exit_code != 0 and f"cannot read {out} as an image: it is {said}" in shown.stderr
+    up = cli("up", out, "--model", "tiny", "--size", "512", "-o", tmp_path / "up.png")
+    assert error_lines(up.stderr) == [f"error: {out}: {said}; re-export or re-download it"]
+    assert "Warning" not in up.stderr  # Pillow's "Corrupt EXIF data" on the way
+
+
+def test_a_batch_sets_a_tiff_cut_short_aside_though_its_record_is_gone(tmp_path, asked):
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text('[defaults]\nmodel = "tiny"\nsize = 256\nsteps = 2\nseed = 1\n'
+                    '[[job]]\nprompt = "a cat"\noutput = "cat.tif"\n')
+    assert cli("batch", jobs, "-o", tmp_path / "out", "-q").exit_code == 0
+    image = tmp_path / "out" / "cat.tif"
+    cut(image, 0.5)
+    size = os.path.getsize(image)
+    again = cli("batch", jobs, "-o", tmp_path / "out")
+    assert again.exit_code == 0, again.stderr
+    assert f"job 0: the file was cut short ({size:,} bytes, its end missing)" in again.stderr
+    aside = image.with_name("cat.cut-short.tif")
+    assert os.path.getsize(aside) == size and cut_short(image) is None
+    # A TIFF whose directory is there is judged by its strips, and one that names none in
+    # its header is damaged, not cut: neither is set aside as cut.
+    (tmp_path / "odd.tif").write_bytes(b"II*\0" + b"\0" * 60)
+    assert cut_short(tmp_path / "odd.tif") is None
