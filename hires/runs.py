@@ -280,10 +280,16 @@ def made_base(todo: list[tuple[Job, int]],
             one, at = image(i, job, seed)
             if at == path and made_by(path, one):
                 found[seed - k] = max(found.get(seed - k, 0.0), path.stat().st_mtime)
+    made = {base: [path if made_by(path, one) else None for one, path in
+                   (image(i, job, base + k) for i, (job, k) in enumerate(todo))]
+            for base in found}
+    # Names without the image's number ('{seed}.png') are shared: a finished run's second
+    # image, S+1.png, is also the first of a run from S+1. Images of a run that made them
+    # all are no sign of another one stopped (each rerun resumed "S+1" and made one image).
+    done = {base for base in found if all(made[base])}
+    finished = {path for base in done for path in made[base]}
     for base in sorted(found, key=found.__getitem__, reverse=True):
-        made = [made_by(path, one) for one, path in
-                (image(i, job, base + k) for i, (job, k) in enumerate(todo))]
-        if not all(made):
+        if base not in done and {p for p in made[base] if p} - finished:
             return base
     return None
 

@@ -87,6 +87,26 @@ def test_a_finished_command_with_a_random_seed_makes_new_images(tmp_path, asked)
     assert len(list(tmp_path.glob("*.png"))) == 4
 
 
+def test_names_by_seed_alone_make_new_images_once_all_are_made(tmp_path, asked, monkeypatch):
+    """-o '{seed}.png': a finished run's second image, S+1.png, also read as the first of a
+    run from S+1 that stopped; each rerun "resumed" it and made one new image, not two."""
+    args = ("gen", "a fox", "--model", "tiny", "--size", "256", "--steps", "1", "--n", "2",
+            "-q", "--json", "-o", f"{tmp_path}/{{seed}}.png")
+    first = [r["seed"] for r in json_lines(cli(*args).stdout)]
+    again = json_lines(cli(*args).stdout)
+    assert [r["status"] for r in again] == ["done", "done"]
+    assert not {r["seed"] for r in again} & set(first)
+    assert len(list(tmp_path.glob("*.png"))) == 4
+    # Stopped after its first image, such a run still goes on from it.
+    stages = failing_once(monkeypatch, at=0, after=1, error=KeyboardInterrupt)
+    args = (*args[:9], "3", *args[10:-1], f"{tmp_path}/three/{{seed}}.png")
+    assert cli(*args).exit_code == 130
+    (made,) = list((tmp_path / "three").glob("*.png"))
+    stages.clear()
+    seeds = [r["seed"] for r in json_lines(cli(*args).stdout)]
+    assert seeds == [int(made.stem), int(made.stem) + 1, int(made.stem) + 2]
+
+
 # 2. A checkpoint is kept across settings that do not change its latents; a mismatch is said.
 
 def test_settings_that_do_not_shape_the_latents_keep_the_checkpoint(tiny, tmp_path, asked):
