@@ -421,6 +421,9 @@ def name_outputs(items: list[BatchItem], folder: Path, file_name: str
     named: list[BatchItem] = []
     paths: dict[int, Path] = {}
     owner: dict[str, BatchItem] = {}
+    # -o is a folder, not a template: its braces are its name's (the job's output is joined
+    # to it and the whole filled in; 'a{b' was read as a broken template of the job's).
+    folder = Path(str(folder).replace("{", "{{").replace("}", "}}"))
     for item in items:
         j, where = item.job, item.where(file_name)
         fields: dict[str, Any] = dict(width=j.width, height=j.height, seed=j.seed, fmt=j.format,

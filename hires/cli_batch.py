@@ -59,6 +59,28 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
     say_batch_count(outcomes, manifest)
 
 
+def refuse_image_output(output: str) -> None:
+    """JobError for a batch -o that reads as an image's name, not a folder's: a template
+    ('{prompt}_{seed}.png') or a name ending in an image suffix made a folder of that name
+    for every job, each image inside it."""
+    import string
+
+    from hires.job import JobError
+    from hires.output import OTHER_IMAGE_SUFFIXES, SUFFIX_FORMATS
+
+    try:
+        fields = any(name is not None for _, name, _, _ in string.Formatter().parse(output))
+    except ValueError:  # a lone brace: a name, not a template
+        fields = False
+    suffix = Path(output).suffix.lower()
+    if fields or suffix in SUFFIX_FORMATS or suffix in OTHER_IMAGE_SUFFIXES:
+        what = "a template" if fields else f"a {suffix} file's name"
+        raise JobError(f"batch -o {output} reads as {what}, but it names the folder for the "
+                       "images; give a folder, and name each image with `output` in the job "
+                       "file (a template such as \"{prompt}_{seed}.png\", in [defaults] for "
+                       "all)")
+
+
 def batch_jobs(file: Path, output: Path, manifest: Path | None, shard: str | None,
                preset: str | None, flags: dict[str, str], overrides: dict[str, Any],
                preview: bool) -> tuple[list, dict[int, Path], str, tuple[int, int]]:
@@ -85,6 +107,8 @@ def batch_jobs(file: Path, output: Path, manifest: Path | None, shard: str | Non
     if str(output) == "-":
         raise JobError("batch -o names the folder for the images; '-' (stdout) takes one "
                        "image, from gen or up")
+    if not output.is_dir():
+        refuse_image_output(str(output))
     if breaks_lines(str(output)):  # else each job's output is blamed
         raise JobError(f"batch -o {str(output)!r} holds a line break, and hires lists each "
                        "image it writes as one line: choose another -o")

@@ -534,3 +534,34 @@ def test_a_jobs_missing_image_is_named_as_its_key(in_preset, tmp_path, monkeypat
     home = "the preset's" if in_preset else "the job file's"
     assert line == (f"error: 'image' in {where}: gone.png: no such file; relative paths are "
                     f"read from the current folder ({tmp_path}), not {home}"), line
+
+
+# --- a batch's -o is a folder -------------------------------------------------------------------
+
+@pytest.mark.parametrize(("given", "what"), [("tb/{prompt}_{seed}.png", "a template"),
+                                             ("tb/out.png", "a .png file's name"),
+                                             ("out.GIF", "a .gif file's name")])
+def test_an_output_that_reads_as_an_image_is_refused(tmp_path, given, what):
+    """-o 'tb/{prompt}_{seed}.png' made a folder of that name for each job, its image inside."""
+    jobs = write(tmp_path / "j.toml", f'{DEFAULTS}[[job]]\nprompt = "a"\n')
+    for extra in ((), ("--dry-run",)):
+        line = refused(cli("batch", jobs, "-o", tmp_path / given, *extra))
+        assert line.startswith(f"error: batch -o {tmp_path / given} reads as {what}, but it "
+                               "names the folder for the images; give a folder, and name each "
+                               "image with `output` in the job file"), line
+    assert list(tmp_path.iterdir()) == [jobs]
+    # A folder that is there is taken as it is named.
+    (tmp_path / "renders.png").mkdir()
+    made = cli("batch", jobs, "-o", tmp_path / "renders.png", "--dry-run")
+    assert made.exit_code == 0, made.stderr
+
+
+def test_braces_in_an_output_folder_are_its_names(tmp_path):
+    """-o 'a{b': the folder, joined to each job's name, was read as a broken template of the
+    job's ("bad output template 'a.png'")."""
+    jobs = write(tmp_path / "j.toml", f'{DEFAULTS}[[job]]\nprompt = "a"\noutput = "a.png"\n'
+                                      '[[job]]\nprompt = "b"\n')
+    made = cli("batch", jobs, "-o", tmp_path / "a{b", "-q")
+    assert made.exit_code == 0, made.stderr
+    names = sorted(p.name for p in (tmp_path / "a{b").glob("*.png"))
+    assert len(names) == 2 and names[0] == "a.png" and names[1].startswith("job0001_64x64_s")
