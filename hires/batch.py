@@ -20,6 +20,7 @@ from hires.job import (
     TRUSTED_ONLY,
     Job,
     JobError,
+    all_of,
     closest_hint,
     idle_setting,
     keys_for_people,
@@ -110,22 +111,29 @@ def read_batch(path: str | Path, base: Job | None = None,
     _check_seed(defaults, f"{name} [defaults]")
     items: list[BatchItem] = []
     drawn: dict[str, int] = {}  # the seeds drawn so far for each job text (`stable_seed`)
+    errors: list[JobError] = []  # every job's said at once: a file of 1,000 jobs, fixed in one go
     for i, entry in enumerate(entries):
         # Numbered from 0, as the run, the manifest and the default names number it.
         where = job_place(name, i, line_of.get(i))
-        _check_keys(entry, where)
-        # JSON's null is a value not given (pandas and jq write it for one): the key is left
-        # to the levels below, as if absent. An add-on is switched off with 'none'.
-        entry = {k: v for k, v in entry.items() if v is not None}
-        _check_seed(entry, where)
-        item = dataclasses.replace(_item(i, entry, defaults, where, name, base, levels),
-                                   line=line_of.get(i))
+        try:
+            _check_keys(entry, where)
+            # JSON's null is a value not given (pandas and jq write it for one): the key is
+            # left to the levels below, as if absent. An add-on is switched off with 'none'.
+            entry = {k: v for k, v in entry.items() if v is not None}
+            _check_seed(entry, where)
+            item = dataclasses.replace(_item(i, entry, defaults, where, name, base, levels),
+                                       line=line_of.get(i))
+        except JobError as e:
+            errors.append(e)
+            continue
         if item.job.seed is None:
             text = json.dumps([item.job.prompt, item.job.negative, item.job.image])
             drawn[text] = drawn.get(text, -1) + 1
             item = dataclasses.replace(
                 item, job=item.job.merged({"seed": stable_seed(text, drawn[text])}))
         items.append(item)
+    if errors:
+        raise all_of(errors)
     return items
 
 
@@ -414,78 +422,94 @@ def name_outputs(items: list[BatchItem], folder: Path, file_name: str
     """Every job's output path (by index), named and checked before any work: names must not
     collide (one image would be lost), a format must hold its image, inputs must exist. The
     items come back with the format their file's extension names, as with `gen`."""
-    from hires import output as out
-    from hires.addons import check_inputs
-    from hires.model_refs import ModelError
-
     named: list[BatchItem] = []
     paths: dict[int, Path] = {}
     owner: dict[str, BatchItem] = {}
     # -o is a folder, not a template: its braces are its name's (the job's output is joined
     # to it and the whole filled in; 'a{b' was read as a broken template of the job's).
     folder = Path(str(folder).replace("{", "{{").replace("}", "}}"))
+    errors: list[JobError] = []  # every job's said at once, as read_batch says them
     for item in items:
-        j, where = item.job, item.where(file_name)
-        fields: dict[str, Any] = dict(width=j.width, height=j.height, seed=j.seed, fmt=j.format,
-                                      index=item.index, prompt=j.prompt,
-                                      name=Path(j.image).stem if j.image else "")
-        name = f"job{item.index:04d}_{j.width}x{j.height}_s{j.seed}" + (
-            f"_{out.stem_part(Path(j.image).stem)}" if j.image else "")  # an upscale's input
-        given = ""
         try:
-            if item.output is None:
-                path = out.output_path(folder / name, **fields)
-            else:
-                # keeps a trailing '/'; an absolute one (or ~/..., as a shell reads it) wins
-                given = os.path.join(folder, os.path.expanduser(out.fs_text(item.output)))
-                # A folder takes the batch's own names (as gen's -o its own), not hires_...;
-                # one that exists counts once its template is filled.
-                if out.names_folder(given) or out.output_path(
-                        os.path.join(given, ""), **fields).parent.is_dir():
-                    given = os.path.join(given, name)
-                path = out.output_path(given, **fields)
-        except out.OutputError as e:
-            text = str(e)
-            if item.output is not None:
-                # the name is shown as the job wrote it, not joined to -o as tried here
-                for tried in (os.path.join(given, ""), given):
-                    text = text.replace(repr(tried), repr(item.output)).replace(
-                        f"'{tried}'", f"'{item.output}'")
-                text = text.replace("choose another -o", "change its 'output'")
-            raise JobError(f"{where}: {text}") from None
-        named_fmt = out.SUFFIX_FORMATS.get(path.suffix.lower())
-        if item.format_given and named_fmt and named_fmt != j.format:
-            raise JobError(f"'output' in {where} names a {named_fmt.upper()} file ({path.name}) "
-                           f"but 'format' is {j.format}; make them agree (or drop one)")
-        fmt = named_fmt or j.format
-        problem = out.format_problem(fmt, j.width, j.height, j.depth)
-        if problem:
-            raise JobError(f"{where}: {in_job_words(problem)}")
-        # The folder as the file system sees it (a symlink to another job's folder is that
-        # folder); the name itself is replaced by the rename, never followed.
-        key = os.path.normcase(os.path.join(os.path.realpath(path.parent), path.name))
-        if key in owner:
-            first, second = (_numbered(i.index, i.line) for i in (owner[key], item))
-            raise JobError(f"{file_name} jobs {first} and {second} both write "
-                           f"{path}; give them different 'output' names (or add {{index}} or "
-                           "{seed})")
-        owner[key] = item
-        paths[item.index] = path
-        try:
-            check_inputs(j)
+            path, fmt, lossless = _named_one(item, folder, file_name, owner)
         except JobError as e:
-            raise JobError(by_giver(str(e), item, file_name)) from None
-        except ModelError as e:  # a Hub add-on not cached offline: still exit 1, but which job's
-            raise ModelError(by_giver(str(e), item, file_name), usage=e.usage) from None
-        # A quality is for JPEG and WebP: [defaults]' (or a preset's) serve every job, the
-        # job's own only its own (it was dropped without a word).
-        lossless = j.quality is not None and fmt not in LOSSY_FORMATS
-        if lossless and item.quality_given:
-            raise JobError(f"'quality' in {where} is for jpg and webp, and {path.name} is "
-                           f"{fmt} (lossless); leave it out or write a .jpg or .webp")
+            errors.append(e)
+            continue
+        paths[item.index] = path
+        j = item.job
         named.append(item if fmt == j.format and not lossless else dataclasses.replace(
             item, job=j.merged({"format": fmt, **({"quality": None} if lossless else {})})))
+    if errors:
+        raise all_of(errors)
     return named, paths
+
+
+def _named_one(item: BatchItem, folder: Path, file_name: str, owner: dict[str, BatchItem]
+               ) -> tuple[Path, str, bool]:
+    """`name_outputs` for one job: its image's path, format, and whether a `quality` it
+    has is dropped (a lossless format); `owner`: the jobs by the paths named so far."""
+    from hires import output as out
+    from hires.addons import check_inputs
+    from hires.model_refs import ModelError
+
+    j, where = item.job, item.where(file_name)
+    fields: dict[str, Any] = dict(width=j.width, height=j.height, seed=j.seed, fmt=j.format,
+                                  index=item.index, prompt=j.prompt,
+                                  name=Path(j.image).stem if j.image else "")
+    name = f"job{item.index:04d}_{j.width}x{j.height}_s{j.seed}" + (
+        f"_{out.stem_part(Path(j.image).stem)}" if j.image else "")  # an upscale's input
+    given = ""
+    try:
+        if item.output is None:
+            path = out.output_path(folder / name, **fields)
+        else:
+            # keeps a trailing '/'; an absolute one (or ~/..., as a shell reads it) wins
+            given = os.path.join(folder, os.path.expanduser(out.fs_text(item.output)))
+            # A folder takes the batch's own names (as gen's -o its own), not hires_...;
+            # one that exists counts once its template is filled.
+            if out.names_folder(given) or out.output_path(
+                    os.path.join(given, ""), **fields).parent.is_dir():
+                given = os.path.join(given, name)
+            path = out.output_path(given, **fields)
+    except out.OutputError as e:
+        text = str(e)
+        if item.output is not None:
+            # the name is shown as the job wrote it, not joined to -o as tried here
+            for tried in (os.path.join(given, ""), given):
+                text = text.replace(repr(tried), repr(item.output)).replace(
+                    f"'{tried}'", f"'{item.output}'")
+            text = text.replace("choose another -o", "change its 'output'")
+        raise JobError(f"{where}: {text}") from None
+    named_fmt = out.SUFFIX_FORMATS.get(path.suffix.lower())
+    if item.format_given and named_fmt and named_fmt != j.format:
+        raise JobError(f"'output' in {where} names a {named_fmt.upper()} file ({path.name}) "
+                       f"but 'format' is {j.format}; make them agree (or drop one)")
+    fmt = named_fmt or j.format
+    problem = out.format_problem(fmt, j.width, j.height, j.depth)
+    if problem:
+        raise JobError(f"{where}: {in_job_words(problem)}")
+    # The folder as the file system sees it (a symlink to another job's folder is that
+    # folder); the name itself is replaced by the rename, never followed.
+    key = os.path.normcase(os.path.join(os.path.realpath(path.parent), path.name))
+    if key in owner:
+        first, second = (_numbered(i.index, i.line) for i in (owner[key], item))
+        raise JobError(f"{file_name} jobs {first} and {second} both write "
+                       f"{path}; give them different 'output' names (or add {{index}} or "
+                       "{seed})")
+    owner[key] = item
+    try:
+        check_inputs(j)
+    except JobError as e:
+        raise JobError(by_giver(str(e), item, file_name)) from None
+    except ModelError as e:  # a Hub add-on not cached offline: still exit 1, but which job's
+        raise ModelError(by_giver(str(e), item, file_name), usage=e.usage) from None
+    # A quality is for JPEG and WebP: [defaults]' (or a preset's) serve every job, the
+    # job's own only its own (it was dropped without a word).
+    lossless = j.quality is not None and fmt not in LOSSY_FORMATS
+    if lossless and item.quality_given:
+        raise JobError(f"'quality' in {where} is for jpg and webp, and {path.name} is "
+                       f"{fmt} (lossless); leave it out or write a .jpg or .webp")
+    return path, fmt, lossless
 
 
 # The flags the file checks name (`check_inputs`, `check_paths`), and the job file's keys.

@@ -256,6 +256,9 @@ def emit(record: dict[str, Any], as_json: bool) -> None:
 
 
 
+MANY_ERRORS = 20  # a batch's errors shown at once; a file of 1,000 bad jobs says 20 of them
+
+
 @contextmanager
 def exit_codes() -> Iterator[None]:
     """Turn our exceptions into one-line errors and the documented exit codes."""
@@ -283,7 +286,13 @@ def exit_codes() -> Iterator[None]:
     except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM or SIGHUP
         raise typer.Exit(stopped(e)) from None
     except (JobError, typer.BadParameter) as e:
-        raise fail(str(e), EXIT_USAGE) from None
+        said = getattr(e, "errors", None) or [str(e)]  # a batch's jobs: each its own line
+        if len(said) > MANY_ERRORS:
+            said = [*said[:MANY_ERRORS], f"and {len(said) - MANY_ERRORS} more jobs have errors; "
+                    "fix these, and the next run says the rest"]
+        for line in said[:-1]:
+            _stderr("error", line)
+        raise fail(said[-1], EXIT_USAGE) from None
     except OutputError as e:
         raise fail(str(e), EXIT_USAGE if e.usage else EXIT_RUNTIME) from None
     except (NotFinite, StdoutError) as e:  # its message says what to change, or what is lost

@@ -55,6 +55,22 @@ class JobError(ValueError):
     """A bad job setting; the message is one line that says what to do."""
 
 
+class JobErrors(JobError):
+    """Several jobs' errors at once (a batch file's): `errors`, in order; its message is the
+    first's, so a caller that shows one still says something true."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__(errors[0])
+        self.errors = errors
+
+
+def all_of(errors: list[JobError]) -> JobError:
+    """One error as itself, several as one JobErrors."""
+    if len(errors) == 1:
+        return errors[0]
+    return JobErrors([line for e in errors for line in getattr(e, "errors", [str(e)])])
+
+
 class KeyedError(JobError):
     """A JobError said with flags (its text, for the command line), which `in_file` says with
     a file's keys instead: `'key' in WHERE` and the rest."""

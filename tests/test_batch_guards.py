@@ -361,8 +361,12 @@ def test_a_print_size_that_is_no_paper_is_quoted_on_one_line(tmp_path):
     """"A2\nx" was quoted 'A2 and x' on two lines."""
     jobs = write(tmp_path / "p.jsonl", '{"prompt": "a", "print_size": "A2\\nx"}\n'
                                        '{"prompt": "a", "print_size": "A2+3\\u2028"}\n')
-    line = refused(cli("batch", jobs, "-o", tmp_path / "ot", "--dry-run"))
-    assert line.endswith('tabloid; A2-landscape), got "A2\\nx"'), line
+    result = cli("batch", jobs, "-o", tmp_path / "ot", "--dry-run")
+    assert result.exit_code == 2
+    lines = error_lines(result.stderr)  # each job's on its own line
+    assert len(lines) == 2 and result.stderr.count("\n") == 2, result.stderr
+    assert lines[0].endswith('tabloid; A2-landscape), got "A2\\nx"'), lines
+    assert lines[1].endswith('got "+3\\u2028"'), lines
 
 
 def test_two_jsonl_jobs_writing_one_file_are_named_with_their_lines(tmp_path):
@@ -565,3 +569,32 @@ def test_braces_in_an_output_folder_are_its_names(tmp_path):
     assert made.exit_code == 0, made.stderr
     names = sorted(p.name for p in (tmp_path / "a{b").glob("*.png"))
     assert len(names) == 2 and names[0] == "a.png" and names[1].startswith("job0001_64x64_s")
+
+
+def test_every_bad_job_is_said_at_once(tmp_path):
+    """A file of many jobs with several bad ones was refused one job at a time: fix it, run
+    again, and only then hear of the next."""
+    jobs = write(tmp_path / "j.toml", DEFAULTS + '[[job]]\nprompt = "good"\n'
+                 '[[job]]\nprompt = "b"\nsteps = 0\n[[job]]\nprompt = "c"\nstepz = 3\n'
+                 '[[job]]\nprompt = "d"\nimage = "gone.png"\nscale = 2\n')
+    for extra in ((), ("--dry-run",), ("--dry-run", "--json")):
+        result = cli("batch", jobs, "-o", tmp_path / "ot", *extra)
+        assert result.exit_code == 2 and result.stdout == ""
+        lines = error_lines(result.stderr)
+        assert [line.split(" job ")[1][:1] for line in lines] == ["1", "2", "3"], lines
+        assert "'steps' in j.toml job 1" in lines[0] and "'stepz' in j.toml job 2" in lines[1]
+    assert not (tmp_path / "ot").exists()  # nothing made: not even the good job's
+    # Names that collide are said so too, each pair, once the jobs read.
+    jobs = write(tmp_path / "n.toml", DEFAULTS + ''.join(
+        f'[[job]]\nprompt = "{p}"\noutput = "{o}.png"\n' for p, o in
+        [("a", "x"), ("b", "x"), ("c", "y"), ("d", "y")]))
+    lines = error_lines(cli("batch", jobs, "-o", tmp_path / "ot", "--dry-run").stderr)
+    assert [line.split(" write ")[0] for line in lines] == [
+        "error: n.toml jobs 0 and 1 both", "error: n.toml jobs 2 and 3 both"], lines
+
+
+def test_a_thousand_bad_jobs_say_twenty_and_how_many_more(tmp_path):
+    jobs = write(tmp_path / "j.jsonl", '{"prompt": "a", "steps": 0}\n' * 1000)
+    lines = error_lines(cli("batch", jobs, "-o", tmp_path / "ot", "--dry-run").stderr)
+    assert len(lines) == 21 and lines[-1] == (
+        "error: and 980 more jobs have errors; fix these, and the next run says the rest")
