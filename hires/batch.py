@@ -253,7 +253,10 @@ def _stdin_text() -> str:
     try:
         return sys.stdin.buffer.read().decode("utf-8")
     except UnicodeDecodeError as e:
-        raise JobError(f"the jobs on stdin are not UTF-8 text (byte {e.start})") from None
+        line = e.object[:e.start].count(b"\n") + 1
+        raise JobError(f"the jobs on stdin are not UTF-8 text (line {line}, byte {e.start}); "
+                       "give them as UTF-8 (iconv -f latin1 -t utf-8 converts Latin-1)"
+                       ) from None
 
 
 PATH_KEYS = ("image", "control", "ip_image", "model", "vae", "linfusion", "control_model",

@@ -334,8 +334,11 @@ def stdin_lines(what: str, head: bytes = b"", text: bool = False) -> list[str]:
         else:
             data = head + raw.read()
             lines = (_stdin_text(data) if text else _stdin_paths(data)).splitlines()
-    except UnicodeDecodeError:
-        raise typer.BadParameter(f"the {what} on stdin are not UTF-8 text") from None
+    except UnicodeDecodeError as e:
+        line = e.object[:e.start].count(b"\n") + 1
+        raise typer.BadParameter(f"the {what} on stdin are not UTF-8 text (line {line}); "
+                                 "give them as UTF-8 (iconv -f latin1 -t utf-8 converts "
+                                 "Latin-1)") from None
     if lines:  # a byte-order mark (Windows editors write one) is no part of the first line
         lines[0] = lines[0].removeprefix("\ufeff")
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]

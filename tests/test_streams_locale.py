@@ -258,3 +258,21 @@ def test_a_job_files_non_ascii_output_is_written_in_utf8_in_a_c_locale(tmp_path)
                           env=subprocess_env(**C_LOCALE))
     assert done.returncode == 0, done.stderr.decode(errors="replace")
     assert "café-0.png".encode() in done.stdout + done.stderr
+
+
+def test_prompts_and_jobs_on_stdin_that_are_not_utf8_say_the_line_and_a_way(tmp_path):
+    """"the prompts on stdin are not UTF-8 text", with no line among thousands, and no way."""
+    env = subprocess_env(LANG="C.UTF-8")
+    runs = {"prompts": ([*hires_cmd("gen"), "-", "--model", "tiny", "--dry-run"],
+                        "ok\nfine\ncaf\xe9\n".encode("latin-1")),
+            "jobs": ([*hires_cmd("batch"), "-", "--model", "tiny", "--dry-run",
+                      "-o", str(tmp_path)], '{"prompt": "a"}\n{"prompt": "caf\xe9"}\n'
+                     .encode("latin-1"))}
+    for what, (args, data) in runs.items():
+        done = subprocess.run(args, input=data, capture_output=True, env=env, cwd=REPO,
+                              timeout=300)
+        assert done.returncode == 2
+        said = done.stderr.decode().strip().splitlines()[-1]
+        line = 3 if what == "prompts" else 2
+        assert said.startswith(f"error: the {what} on stdin are not UTF-8 text (line {line}")
+        assert said.endswith("give them as UTF-8 (iconv -f latin1 -t utf-8 converts Latin-1)")
