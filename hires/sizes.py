@@ -251,9 +251,12 @@ def check_size_keys(values: dict[str, Any], where: str) -> None:
                 check_side(n(key), keys[key])
         if "scale" in keys:
             if keys.keys() & {"size", "aspect"}:
-                # the choices the no-size error lists (layered_size's callers), print's too
-                raise JobError(f"give one of {n('size')}, {n('scale')}, "
-                               f"{n('width')}/{n('height')} or {n('print_size')}")
+                # what clashes, then the choices the no-size error lists (layered_size's
+                # callers), print's too: "give one of" alone read as if none was given
+                other = "size" if "size" in keys else "aspect"
+                raise JobError(f"{n('scale')} and {n(other)} do not go together: give one of "
+                               f"{n('size')}, {n('scale')}, {n('width')}/{n('height')} or "
+                               f"{n('print_size')}")
             scale = keys["scale"]
             if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (
                     math.isfinite(scale) and scale > 0):

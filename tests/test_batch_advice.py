@@ -66,12 +66,14 @@ def test_two_sizes_list_the_choices_that_no_size_lists(small):
     clash = error_lines(cli("up", small, "--scale", "2", "--size", "1024", "--dry-run").stderr)
     none = error_lines(cli("up", small, "--dry-run").stderr)
     choices = "give one of --size, --scale, --width/--height or --print-size"
-    assert clash[0] == f"error: {choices}" and none[0].startswith(f"error: {choices} ")
+    assert clash[0] == f"error: --scale and --size do not go together: {choices}"
+    assert none[0].startswith(f"error: {choices} ")
 
 
 def test_two_sizes_in_a_job_list_the_same_choices(tmp_path, small):
     said = refusal(tmp_path, f'image = "{small}"\nscale = 2\nsize = 1024')
-    assert said == "j.toml job 0: give one of 'size', 'scale', 'width'/'height' or 'print_size'"
+    assert said == ("j.toml job 0: 'scale' and 'size' do not go together: give one of 'size', "
+                    "'scale', 'width'/'height' or 'print_size'")
 
 
 @pytest.mark.parametrize("overwrite", [(), ("--overwrite",)])
