@@ -625,6 +625,7 @@ class Outcome:
     record: dict[str, Any] | None = None
     moved_to: Path | None = None  # the older image of changed settings, kept under this name
     why: str = "settings changed"  # why an older image was moved aside
+    cut: bool = False  # it was moved aside as cut short (`why` says how)
 
 
 def changed_input(path: Path, job: Job) -> str | None:
@@ -673,11 +674,11 @@ def in_the_way(path: Path, overwrite: bool = False) -> str | None:
 
     if is_folder(path):  # --overwrite or not: no image is ever written over a folder
         return f"{path} is a folder, and hires never writes over a folder: move it away"
-    from hires.cut_short import cut_short
+    from hires.cut_short import tiff_cut_short
 
     if overwrite or not os.path.lexists(path) or recorded_hash(path) is not None:
         return None
-    if cut_short(path):  # a TIFF's record is at its end: the job's own, cut, lost it
+    if tiff_cut_short(path):  # its record is at its end: the job's own TIFF, cut, lost it
         return None  # set aside, as one cut short with its record is (_run_one)
     return (f"{path} exists but holds no hires settings record, so it may not be this job's "
             "image; move it away or pass --overwrite")
@@ -688,38 +689,55 @@ def _run_one(item: BatchItem, path: Path, settings: str,
              check_settings: bool) -> Outcome:
     """One job of `run_batch`: skipped if its image is there with the same settings, else made
     (an older image of other settings moved aside first)."""
-    from hires.cut_short import cut_short
+    from hires.cut_short import cut_short, tiff_cut_short
     from hires.output import claim_rename
 
-    moved, why = None, "settings changed"
+    moved, why, cut = None, "settings changed", None
     if os.path.lexists(path) and not overwrite:
         old = recorded_hash(path) if check_settings else settings
         # An edited input keeps the job's settings (the file's name is the setting).
         stale = changed_input(path, item.job) if old == settings and check_settings else None
         if stale:
             why = f"{stale} changed"
-        cut = cut_short(path) if (old == settings and not stale) or old is None else None
+        if old == settings and not stale:
+            cut = cut_short(path)
+        elif old is None:  # a TIFF cut short lost its record with its end (in_the_way)
+            cut = tiff_cut_short(path)
         if cut:  # kept aside as one of other settings is: the user's bytes, whatever they are
-            why = f"the file was {cut}"
+            why = cut
         if old == settings and not stale and not cut:
             return Outcome(item, "skipped", path)
         if old is None and not cut:  # put there since the checks before the run (in_the_way)
             return Outcome(item, "failed", path, error=in_the_way(path))
-        moved = path.with_name(f"{path.stem}.{old[:8] if old else 'cut-short'}{path.suffix}")
         try:
-            claim_rename(path, moved)
+            moved = _set_aside(path, old[:8] if old else "cut-short", claim_rename)
         except OSError as e:
+            made = f"is {cut}" if cut else "was made with other settings"
             return Outcome(item, "failed", path, error=(
-                f"{path} was made with other settings and cannot be moved aside to "
-                f"{moved.name} ({e.strerror}); pass --overwrite to replace it"))
+                f"{path} {made} and cannot be moved aside ({e.strerror}); pass --overwrite to "
+                "replace it"))
     try:
-        return Outcome(item, "done", path, record=make(item, path), moved_to=moved, why=why)
+        return Outcome(item, "done", path, record=make(item, path), moved_to=moved, why=why,
+                       cut=bool(cut))
     except KeyboardInterrupt:
         raise
     except Exception as e:  # a failed job is reported; the batch goes on
         return Outcome(item, "failed", path, error=in_job_words(
             str(e).splitlines()[0][:500], item.file_keys) if str(e) else type(e).__name__,
-            moved_to=moved, why=why)
+            moved_to=moved, why=why, cut=bool(cut))
+
+
+def _set_aside(path: Path, tag: str, rename: Callable[[Path, Path], None]) -> Path:
+    """Move the file at `path` to NAME.TAG.EXT, or NAME.TAG-2.EXT and on where that is taken
+    (a second copy cut short, say); the name it went to."""
+    for n in range(1, 1000):
+        moved = path.with_name(f"{path.stem}.{tag}{'' if n == 1 else f'-{n}'}{path.suffix}")
+        try:
+            rename(path, moved)
+            return moved
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free name beside it", str(path))
 
 
 def run_batch(

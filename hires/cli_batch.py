@@ -224,7 +224,9 @@ def outcome_reporter(todo: list, pace: Any, seen: list,
             # stdout lists every image of the batch, as gen's does those it keeps
             job_line(o, made_by(o.path, o.item.job) or {"path": str(o.path)}, as_json)
         if o.moved_to:
-            say(f"job {o.item.index}: {o.why} since {o.path.name} was made; the old image "
+            say(f"job {o.item.index}: {o.path.name} was {o.why}; it is kept as "
+                f"{o.moved_to.name}" if o.cut else
+                f"job {o.item.index}: {o.why} since {o.path.name} was made; the old image "
                 f"is kept as {o.moved_to.name}")
         if o.record:
             job_line(o, o.record, as_json)

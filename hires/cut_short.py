@@ -28,6 +28,17 @@ def cut_short(path: Path) -> str | None:
     return None if whole in (True, None) else f"cut short ({size:,} bytes, its end missing)"
 
 
+def tiff_cut_short(path: Path) -> str | None:
+    """`cut_short` for a TIFF alone: the one format whose record a cut takes with it (hires
+    writes it last), so a cut one without a record may still be a job's own."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return None
+    return cut_short(path) if head in (b"II*\0", b"MM\0*") else None
+
+
 def _whole(data: mmap.mmap, size: int, path: Path) -> bool | None:
     """Whether the image in `data` reaches its end; None for a format not judged here."""
     if data[:8] == PNG_SIGNATURE:
@@ -75,21 +86,33 @@ def _jpeg_whole(data: mmap.mmap, size: int) -> bool | None:
     return False
 
 
+# Bytes of one value of each TIFF field type (BYTE, ASCII, SHORT, LONG, RATIONAL, ..., IFD8).
+_TIFF_TYPE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8,
+                    13: 4, 16: 8, 17: 8, 18: 8}
+
+
 def _tiff_whole(data: mmap.mmap, size: int, path: Path) -> bool | None:
-    """Whether the TIFF's first directory and every strip (or tile) it lists lie in its `size`
-    bytes; None when its directory is there but cannot be read (reading its record fails
-    first)."""
+    """Whether the TIFF's first directory, the values it holds out of its entries and every
+    strip (or tile) it lists lie in its `size` bytes; None when its directory is there but
+    cannot be read (reading its record fails first)."""
     from PIL import Image
 
-    # hires writes the directory after the strips, and the record in it: a copy cut short
-    # lost both, and was refused as anyone's file rather than remade as a cut one.
+    # hires writes the directory after the strips, and its values after it, the record last:
+    # a copy cut short lost them, and was refused as anyone's file rather than remade.
     order = "<" if data[:2] == b"II" else ">"
     first = struct.unpack_from(order + "I", data, 4)[0]
     if first < 8:  # within the header: damaged, not judged by its end
         return None
-    if first + 2 > size or first + 2 + 12 * struct.unpack_from(order + "H", data, first)[0] \
-            + 4 > size:
+    if first + 2 > size:
         return False
+    count = struct.unpack_from(order + "H", data, first)[0]
+    if first + 2 + 12 * count + 4 > size:
+        return False
+    for at in range(first + 2, first + 2 + 12 * count, 12):
+        kind, n, offset = struct.unpack_from(order + "2xHII", data, at)
+        length = n * _TIFF_TYPE_BYTES.get(kind, 1)
+        if length > 4 and offset + length > size:  # a value held out of the entry
+            return False
 
     try:
         with warnings.catch_warnings():  # Pillow's own on a damaged file are no reader's

@@ -80,9 +80,10 @@ def test_a_batch_sets_its_image_cut_short_aside_and_makes_it_again(tmp_path, ask
     assert "1 to make; 0 made already" in dry.stdout, dry.stdout
     again = cli("batch", jobs, "-o", tmp_path / "out")
     assert again.exit_code == 0, again.stderr
-    assert f"job 0: the file was cut short ({size:,} bytes, its end missing)" in again.stderr
     kept = [p for p in image.parent.glob("cat.*.png")]
     assert len(kept) == 1 and os.path.getsize(kept[0]) == size  # the user's bytes, aside
+    assert (f"job 0: cat.png was cut short ({size:,} bytes, its end missing); it is kept as "
+            f"{kept[0].name}") in again.stderr
     assert cut_short(image) is None
 
 
@@ -115,10 +116,43 @@ def test_a_batch_sets_a_tiff_cut_short_aside_though_its_record_is_gone(tmp_path,
     size = os.path.getsize(image)
     again = cli("batch", jobs, "-o", tmp_path / "out")
     assert again.exit_code == 0, again.stderr
-    assert f"job 0: the file was cut short ({size:,} bytes, its end missing)" in again.stderr
+    assert (f"job 0: cat.tif was cut short ({size:,} bytes, its end missing); it is kept as "
+            "cat.cut-short.tif") in again.stderr
     aside = image.with_name("cat.cut-short.tif")
     assert os.path.getsize(aside) == size and cut_short(image) is None
+    # Cut again: the name taken, the next one beside it (the batch failed the job).
+    cut(image, 0.5)
+    assert cli("batch", jobs, "-o", tmp_path / "out", "-q").exit_code == 0
+    assert os.path.getsize(image.with_name("cat.cut-short-2.tif")) == os.path.getsize(aside)
     # A TIFF whose directory is there is judged by its strips, and one that names none in
     # its header is damaged, not cut: neither is set aside as cut.
     (tmp_path / "odd.tif").write_bytes(b"II*\0" + b"\0" * 60)
     assert cut_short(tmp_path / "odd.tif") is None
+
+
+def test_a_tiff_cut_anywhere_is_found(tmp_path, asked):
+    """Cut in its last bytes (the record, held after the directory) it read as whole: `info`
+    said "not made by hires"."""
+    out = tmp_path / "cat.tif"
+    assert cli(*GEN, "-o", out).exit_code == 0
+    data = out.read_bytes()
+    # The last byte is the record's padding to a word (its text ends 1 byte before)
+    for keep in (len(data) - 2, len(data) - 100, len(data) - 2000, len(data) // 2, 16):
+        out.write_bytes(data[:keep])
+        assert cut_short(out) is not None, keep
+
+
+def test_a_batch_keeps_refusing_a_cut_file_of_another_format_without_a_record(tmp_path):
+    """Only a TIFF loses its record with its end: a JPEG cut short with none was never a
+    job's, and was moved aside as if it were the job's own image."""
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text('[defaults]\nmodel = "tiny"\nsize = 256\nsteps = 2\nseed = 1\n'
+                    '[[job]]\nprompt = "a cat"\noutput = "mine.jpg"\n')
+    (tmp_path / "out").mkdir()
+    mine = tmp_path / "out" / "mine.jpg"
+    noisy().save(mine)
+    cut(mine, 0.5)
+    result = cli("batch", jobs, "-o", tmp_path / "out")
+    assert result.exit_code == 2
+    assert "mine.jpg exists but holds no hires settings record" in result.stderr
+    assert sorted(p.name for p in mine.parent.iterdir()) == ["mine.jpg"]
