@@ -431,12 +431,18 @@ def name_outputs(items: list[BatchItem], folder: Path, file_name: str
     # -o is a folder, not a template: its braces are its name's (the job's output is joined
     # to it and the whole filled in; 'a{b' was read as a broken template of the job's).
     folder = Path(str(folder).replace("{", "{{").replace("}", "}}"))
+    from hires.model_refs import ModelError
+
     errors: list[JobError] = []  # every job's said at once, as read_batch says them
+    missing: ModelError | None = None  # a Hub add-on not cached: after the settings to fix
     for item in items:
         try:
             path, fmt, lossless = _named_one(item, folder, file_name, owner)
         except JobError as e:
             errors.append(e)
+            continue
+        except ModelError as e:
+            missing = missing or e
             continue
         paths[item.index] = path
         j = item.job
@@ -444,6 +450,8 @@ def name_outputs(items: list[BatchItem], folder: Path, file_name: str
             item, job=j.merged({"format": fmt, **({"quality": None} if lossless else {})})))
     if errors:
         raise all_of(errors)
+    if missing is not None:
+        raise missing
     return named, paths
 
 

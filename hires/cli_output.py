@@ -287,9 +287,10 @@ def exit_codes() -> Iterator[None]:
         raise typer.Exit(stopped(e)) from None
     except (JobError, typer.BadParameter) as e:
         said = getattr(e, "errors", None) or [str(e)]  # a batch's jobs: each its own line
-        if len(said) > MANY_ERRORS:
-            said = [*said[:MANY_ERRORS], f"and {len(said) - MANY_ERRORS} more jobs have errors; "
-                    "fix these, and the next run says the rest"]
+        if len(said) > MANY_ERRORS:  # a log line, first: the last line is an error's
+            _stderr("log", f"{len(said)} errors in the jobs; the first {MANY_ERRORS} follow (fix "
+                    "them, and the next run says the rest)")
+            said = said[:MANY_ERRORS]
         for line in said[:-1]:
             _stderr("error", line)
         raise fail(said[-1], EXIT_USAGE) from None

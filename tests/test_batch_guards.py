@@ -2,6 +2,7 @@
 that name the file, job and key, and a manifest that is (or will be) a folder."""
 
 import errno
+import json
 from pathlib import Path
 
 import pytest
@@ -593,8 +594,28 @@ def test_every_bad_job_is_said_at_once(tmp_path):
         "error: n.toml jobs 0 and 1 both", "error: n.toml jobs 2 and 3 both"], lines
 
 
-def test_a_thousand_bad_jobs_say_twenty_and_how_many_more(tmp_path):
+def test_a_thousand_bad_jobs_say_how_many_then_twenty(tmp_path):
     jobs = write(tmp_path / "j.jsonl", '{"prompt": "a", "steps": 0}\n' * 1000)
-    lines = error_lines(cli("batch", jobs, "-o", tmp_path / "ot", "--dry-run").stderr)
-    assert len(lines) == 21 and lines[-1] == (
-        "error: and 980 more jobs have errors; fix these, and the next run says the rest")
+    said = cli("batch", jobs, "-o", tmp_path / "ot", "--dry-run").stderr.splitlines()
+    assert said[0] == ("1000 errors in the jobs; the first 20 follow (fix them, and the next "
+                       "run says the rest)")
+    assert len(said) == 21 and all(line.startswith("error: 'steps' in j.jsonl job ")
+                                   for line in said[1:])
+    assert said[-1].startswith("error: 'steps' in j.jsonl job 19 (line 20) ")
+    # As JSON, the count is a log object, and every error object is a job's.
+    said = cli("batch", jobs, "-o", tmp_path / "ot", "--dry-run", "--progress", "json").stderr
+    objects = [json.loads(line) for line in said.splitlines()]
+    assert list(objects[0]) == ["log"] and len(objects) == 21
+    assert all(list(o) == ["error"] and " job " in o["error"] for o in objects[1:])
+
+
+def test_settings_to_fix_come_before_an_add_on_not_cached(tmp_path):
+    """A later job's LoRA not in the cache (exit 1) hid the settings errors of those before
+    it, each of them exit 2."""
+    jobs = write(tmp_path / "me.jsonl", '{"prompt": "a", "output": "a.png", "quality": 80}\n'
+                 '{"prompt": "b", "lora": "someone/not-cached-lora"}\n')
+    result = cli("batch", jobs, "-o", tmp_path / "ot", "--dry-run", env={"HF_HUB_OFFLINE": "1"})
+    assert result.exit_code == 2
+    assert error_lines(result.stderr) == [
+        "error: 'quality' in me.jsonl job 0 (line 1) is for jpg and webp, and a.png is png "
+        "(lossless); leave it out or write a .jpg or .webp"]
