@@ -27,7 +27,7 @@ from hires.job import (
     spelled,
 )
 from hires.presets import load_preset, parse_toml, read_toml
-from hires.sizes import OPTIONS, giver, job_from_levels
+from hires.sizes import ASPECT_ALONE, OPTIONS, giver, job_from_levels
 
 
 @dataclass(frozen=True)
@@ -211,7 +211,9 @@ def _item(i: int, entry: dict[str, Any], defaults: dict[str, Any], where: str, n
         raise JobError(by_key(f"--image {e}", given, "the preset's" if given.startswith(
             "preset ") else "the job file's")) from None
     except JobError as e:
-        raise JobError(keyed(str(e), [w for _, w, _ in job_levels])) from None
+        said = str(e).replace(ASPECT_ALONE, "set 'size' (in pixels) with it, in the job or in "
+                              "[defaults]")  # no --size to give a batch
+        raise JobError(keyed(said, [w for _, w, _ in job_levels])) from None
     if not job.image and not job.prompt.strip():  # as gen refuses '': a forgotten key
         raise JobError(f"{where} has no prompt; give it a 'prompt' (or an 'image' to "
                        "upscale)")

@@ -44,6 +44,9 @@ PAPER_MM = {"a0": (841, 1189), "a1": (594, 841), "a2": (420, 594), "a3": (297, 4
 _BLEED = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z\"]+)\s*$")
 _PRINT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[x×*]\s*(\d+(?:\.\d+)?)\s*([a-z\"]*)\s*$")
 OPTIONS = "options"  # the `where` of a command's flags: its keys are named as flags (--size)
+# What a preset or job of only an aspect lacks, said for gen and up (a batch has no --size:
+# hires.batch says it with the job file's keys).
+ASPECT_ALONE = "give --size (in pixels) with it, or set 'size' there"
 
 Level = tuple[dict[str, Any], str]  # (values, where they come from, for errors)
 
@@ -325,8 +328,7 @@ def layered_size(levels: list[Level],
         if size is None and where == OPTIONS:
             raise JobError("--aspect needs --size (the long side in pixels)")
         if size is None:  # a preset or job of only a shape: the long side is for the run
-            raise JobError(f"'aspect' in {where} needs a long side: give --size (in pixels) "
-                           "with it, or set 'size' there")
+            raise JobError(f"'aspect' in {where} needs a long side: {ASPECT_ALONE}")
     elif aspect is None:  # only the long side: the shape from below
         aspect = below.get("aspect") or (f"{below['width']}:{below['height']}"
                                          if "width" in below else None)

@@ -619,3 +619,14 @@ def test_settings_to_fix_come_before_an_add_on_not_cached(tmp_path):
     assert error_lines(result.stderr) == [
         "error: 'quality' in me.jsonl job 0 (line 1) is for jpg and webp, and a.png is png "
         "(lossless); leave it out or write a .jpg or .webp"]
+
+
+@pytest.mark.parametrize(("lines", "where"), [
+    ('[[job]]\nprompt = "a"\naspect = "16:9"\n', "j.toml job 0"),
+    ('[defaults]\naspect = "16:9"\n[[job]]\nprompt = "a"\n', "j.toml [defaults]")])
+def test_an_aspect_alone_in_a_job_file_says_to_set_its_size_there(tmp_path, lines, where):
+    """It said "give --size", which batch does not take."""
+    jobs = write(tmp_path / "j.toml", lines)
+    line = refused(cli("batch", jobs, "-o", tmp_path / "ot", "--dry-run"))
+    assert line == (f"error: 'aspect' in {where} needs a long side: set 'size' (in pixels) "
+                    "with it, in the job or in [defaults]")
