@@ -252,8 +252,11 @@ def _stdin_text() -> str:
     """The job file piped in (`hires batch -`)."""
     import sys
 
-    try:
-        return sys.stdin.buffer.read().decode("utf-8")
+    from hires.cli_jobs import UTF16_MARKS
+
+    data = sys.stdin.buffer.read()
+    try:  # UTF-16 where its byte-order mark says so (Windows' "Unicode" text files)
+        return data.decode("utf-16" if data.startswith(UTF16_MARKS) else "utf-8")
     except UnicodeDecodeError as e:
         line = e.object[:e.start].count(b"\n") + 1
         raise JobError(f"the jobs on stdin are not UTF-8 text (line {line}, byte {e.start}); "

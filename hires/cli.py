@@ -22,6 +22,7 @@ from hires.cli_batch import (
     check_batch_devices,
     check_batch_outputs,
     check_batch_paths,
+    refuse_image_output,
     run_batch_jobs,
 )
 from hires.cli_jobs import (
@@ -465,6 +466,7 @@ def batch(
         refuse_empty("--shard", shard, "I/N (e.g. 0/4)")
         refuse_empty("--model", model, "a Hub id, folder or .safetensors file")
         refuse_empty("--device", device, "auto, cpu, mps, cuda or cuda:N")
+        refuse_image_output(output)  # as typed: a Path drops the '/' that says a folder
         output = Path(output)
         from hires.job import JobError
         from hires.output import names_folder, resolved

@@ -66,13 +66,22 @@ def refuse_image_output(output: str) -> None:
     import string
 
     from hires.job import JobError
-    from hires.output import OTHER_IMAGE_SUFFIXES, SUFFIX_FORMATS
+    from hires.output import OTHER_IMAGE_SUFFIXES, SUFFIX_FORMATS, names_folder
 
+    there = Path(output)
+    if there.exists():  # a folder is taken as it is named (a file is refused as one)
+        return
+    new = []  # the folders to make: only they can be a template misread
+    while not there.exists() and there != there.parent:
+        new.insert(0, there.name)
+        there = there.parent
     try:
-        fields = any(name is not None for _, name, _, _ in string.Formatter().parse(output))
+        fields = any(name is not None
+                     for _, name, _, _ in string.Formatter().parse("/".join(new)))
     except ValueError:  # a lone brace: a name, not a template
         fields = False
-    suffix = Path(output).suffix.lower()
+    # A trailing '/' says a folder, whatever its name (the Path the run takes drops it).
+    suffix = "" if names_folder(output) else Path(output).suffix.lower()
     if fields or suffix in SUFFIX_FORMATS or suffix in OTHER_IMAGE_SUFFIXES:
         what = "a template" if fields else f"a {suffix} file's name"
         raise JobError(f"batch -o {output} reads as {what}, but it names the folder for the "
@@ -107,8 +116,6 @@ def batch_jobs(file: Path, output: Path, manifest: Path | None, shard: str | Non
     if str(output) == "-":
         raise JobError("batch -o names the folder for the images; '-' (stdout) takes one "
                        "image, from gen or up")
-    if not output.is_dir():
-        refuse_image_output(str(output))
     if breaks_lines(str(output)):  # else each job's output is blamed
         raise JobError(f"batch -o {str(output)!r} holds a line break, and hires lists each "
                        "image it writes as one line: choose another -o")

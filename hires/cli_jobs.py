@@ -344,9 +344,15 @@ def stdin_lines(what: str, head: bytes = b"", text: bool = False) -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
+UTF16_MARKS = (b"\xff\xfe", b"\xfe\xff")  # UTF-16's byte-order marks, little and big end
+
+
 def _stdin_text(data: bytes) -> str:
     """Text on stdin: UTF-8 (whatever the locale says: a C locale's is ASCII, and prompt files
-    are UTF-8), else the locale's own encoding (a Latin-1 terminal's)."""
+    are UTF-8), else the locale's own encoding (a Latin-1 terminal's); UTF-16 where its
+    byte-order mark says so (Windows' "Unicode" text files, PowerShell's pipes)."""
+    if data.startswith(UTF16_MARKS):
+        return data.decode("utf-16")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

@@ -555,10 +555,14 @@ def test_an_output_that_reads_as_an_image_is_refused(tmp_path, given, what):
                                "names the folder for the images; give a folder, and name each "
                                "image with `output` in the job file"), line
     assert list(tmp_path.iterdir()) == [jobs]
-    # A folder that is there is taken as it is named.
+    # A folder that is there is taken as it is named, and one a '/' says is one; braces in
+    # folders that are there are their names.
     (tmp_path / "renders.png").mkdir()
-    made = cli("batch", jobs, "-o", tmp_path / "renders.png", "--dry-run")
-    assert made.exit_code == 0, made.stderr
+    (tmp_path / "x{seed}").mkdir()
+    for folder in (tmp_path / "renders.png", f"{tmp_path}/renders.v2.png/",
+                   tmp_path / "x{seed}" / "sub"):
+        made = cli("batch", jobs, "-o", folder, "--dry-run")
+        assert made.exit_code == 0, made.stderr
 
 
 def test_braces_in_an_output_folder_are_its_names(tmp_path):

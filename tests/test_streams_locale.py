@@ -276,3 +276,21 @@ def test_prompts_and_jobs_on_stdin_that_are_not_utf8_say_the_line_and_a_way(tmp_
         line = 3 if what == "prompts" else 2
         assert said.startswith(f"error: the {what} on stdin are not UTF-8 text (line {line}")
         assert said.endswith("give them as UTF-8 (iconv -f latin1 -t utf-8 converts Latin-1)")
+
+
+def test_prompts_and_jobs_on_stdin_in_utf16_with_its_mark_are_read(tmp_path):
+    """Windows' "Unicode" text and PowerShell's pipes: UTF-16 with a byte-order mark was
+    refused as not UTF-8, with advice (iconv from Latin-1) that made nonsense of it."""
+    env = subprocess_env(LANG="C.UTF-8")
+    done = subprocess.run([*hires_cmd("gen"), "-", "--model", "tiny", "--size", "256",
+                           "--dry-run", "--json"], input="a fox\ncafé 猫\n".encode("utf-16"),
+                          capture_output=True, env=env, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    images = json.loads(done.stdout.splitlines()[0])["images"]
+    assert [i["prompt"] for i in images] == ["a fox", "café 猫"]
+    jobs = '{"prompt": "café", "model": "tiny", "size": 256}\n'.encode("utf-16-be")
+    done = subprocess.run([*hires_cmd("batch"), "-", "--dry-run", "--json", "-o", str(tmp_path)],
+                          input=b"\xfe\xff" + jobs, capture_output=True, env=env, cwd=REPO,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert json.loads(done.stdout.splitlines()[0])["status"] == "to make"
