@@ -288,7 +288,12 @@ def made_base(todo: list[tuple[Job, int]],
     # all are no sign of another one stopped (each rerun resumed "S+1" and made one image).
     done = {base for base in found if all(made[base])}
     finished = {path for base in done for path in made[base]}
-    for base in sorted(found, key=found.__getitem__, reverse=True):
+    def prefix(base: int) -> int:  # a run makes its images in order: a stopped one's lead
+        return next((k for k, path in enumerate(made[base]) if path is None), len(todo))
+
+    # The newest first; of those its newest image ties (S+1.png is also the first of a run
+    # from S+1), the one made in order from its first: S, S+1 of a run stopped before S+2.
+    for base in sorted(found, key=lambda b: (found[b], prefix(b)), reverse=True):
         if base not in done and {p for p in made[base] if p} - finished:
             return base
     return None

@@ -97,14 +97,19 @@ def test_names_by_seed_alone_make_new_images_once_all_are_made(tmp_path, asked, 
     assert [r["status"] for r in again] == ["done", "done"]
     assert not {r["seed"] for r in again} & set(first)
     assert len(list(tmp_path.glob("*.png"))) == 4
-    # Stopped after its first image, such a run still goes on from it.
-    stages = failing_once(monkeypatch, at=0, after=1, error=KeyboardInterrupt)
-    args = (*args[:9], "3", *args[10:-1], f"{tmp_path}/three/{{seed}}.png")
-    assert cli(*args).exit_code == 130
-    (made,) = list((tmp_path / "three").glob("*.png"))
-    stages.clear()
-    seeds = [r["seed"] for r in json_lines(cli(*args).stdout)]
-    assert seeds == [int(made.stem), int(made.stem) + 1, int(made.stem) + 2]
+    # Stopped after its first image, or its second, such a run still goes on from its first
+    # (stopped after two, it went on from its second: S+1.png read as a run from S+1's first).
+    for after in (1, 2):
+        stages = failing_once(monkeypatch, at=0, after=after, error=KeyboardInterrupt)
+        folder = tmp_path / f"stopped{after}"
+        args = (*args[:9], "3", *args[10:-1], f"{folder}/{{seed}}.png")
+        assert cli(*args).exit_code == 130
+        made = sorted(int(p.stem) for p in folder.glob("*.png"))
+        assert len(made) == after
+        stages.clear()
+        again = json_lines(cli(*args).stdout)
+        assert [r["seed"] for r in again] == [made[0], made[0] + 1, made[0] + 2]
+        assert [r["status"] for r in again] == ["skipped"] * after + ["done"] * (3 - after)
 
 
 # 2. A checkpoint is kept across settings that do not change its latents; a mismatch is said.
