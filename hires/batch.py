@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import hashlib
+import io
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -28,6 +29,7 @@ from hires.job import (
 )
 from hires.presets import load_preset, parse_toml, read_toml
 from hires.sizes import ASPECT_ALONE, OPTIONS, giver, job_from_levels
+from hires.text_bytes import decoded, is_utf16
 
 
 @dataclass(frozen=True)
@@ -239,12 +241,15 @@ def _starts_like_json(path: Path) -> bool:
     hold JSONL as well as TOML."""
     try:
         with path.open("rb") as f:
-            for line in f:
-                line = line.removeprefix(b"\xef\xbb\xbf").strip()  # a byte-order mark
-                if line and not line.startswith(b"#"):
-                    return line.startswith(b"{")
+            head = f.read(1 << 16)
     except OSError:
-        pass  # read_toml says why it cannot be read
+        return False  # read_toml says why it cannot be read
+    if is_utf16(head):
+        head = head[:len(head) // 2 * 2].decode("utf-16", "replace").encode()
+    for line in head.splitlines():
+        line = line.removeprefix(b"\xef\xbb\xbf").strip()  # a byte-order mark
+        if line and not line.startswith(b"#"):
+            return line.startswith(b"{")
     return False
 
 
@@ -252,16 +257,10 @@ def _stdin_text() -> str:
     """The job file piped in (`hires batch -`)."""
     import sys
 
-    from hires.cli_jobs import UTF16_MARKS
-
-    data = sys.stdin.buffer.read()
-    try:  # UTF-16 where its byte-order mark says so (Windows' "Unicode" text files)
-        return data.decode("utf-16" if data.startswith(UTF16_MARKS) else "utf-8")
-    except UnicodeDecodeError as e:
-        line = e.object[:e.start].count(b"\n") + 1
-        raise JobError(f"the jobs on stdin are not UTF-8 text (line {line}, byte {e.start}); "
-                       "give them as UTF-8 (iconv -f latin1 -t utf-8 converts Latin-1)"
-                       ) from None
+    try:
+        return decoded(sys.stdin.buffer.read(), "the jobs on stdin", "give them as UTF-8")
+    except ValueError as e:
+        raise JobError(str(e)) from None
 
 
 PATH_KEYS = ("image", "control", "ip_image", "model", "vae", "linfusion", "control_model",
@@ -328,15 +327,16 @@ def keyed(message: str, wheres: Iterable[str]) -> str:
 def _jsonl(path: Path, text: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, job) for each job line of a JSONL file, or of `text` (stdin)."""
     label = "stdin" if text is not None else str(path)
-    if text is not None:
-        yield from _jsonl_entries(enumerate(text.splitlines(), start=1), label)
-        return
-    try:
-        f = open(path, encoding="utf-8-sig")  # -sig: a byte-order mark, if any, skipped
-    except OSError as e:
-        raise JobError(f"cannot read {path}: {e.strerror}") from None
-    with f:
-        yield from _jsonl_entries(_lines(f, path), label)
+    if text is None:
+        try:
+            text = decoded(path.read_bytes(), str(path), "save it as UTF-8")
+        except OSError as e:
+            raise JobError(f"cannot read {path}: {e.strerror}") from None
+        except ValueError as e:
+            raise JobError(str(e)) from None
+    # Lines as a file reads them: str.splitlines() also breaks at U+2028, which JSON allows
+    # unescaped inside a string.
+    yield from _jsonl_entries(enumerate(io.StringIO(text, newline=None), start=1), label)
 
 
 def _jsonl_entries(lines: Iterable[tuple[int, str]], label: str
@@ -351,15 +351,6 @@ def _jsonl_entries(lines: Iterable[tuple[int, str]], label: str
         if not isinstance(entry, dict):
             raise JobError(f"{label} line {n}: each line must be a JSON object")
         yield n, entry
-
-
-def _lines(f, path: Path) -> Iterator[tuple[int, str]]:
-    n = 0
-    try:
-        for n, line in enumerate(f, start=1):  # noqa: B007  (n names the bad line below)
-            yield n, line
-    except UnicodeDecodeError:
-        raise JobError(f"{path} line {n + 1} is not UTF-8 text; save the file as UTF-8") from None
 
 
 def stable_seed(text: str, repeat: int = 0) -> int:
@@ -433,9 +424,6 @@ def name_outputs(items: list[BatchItem], folder: Path, file_name: str
     named: list[BatchItem] = []
     paths: dict[int, Path] = {}
     owner: dict[str, BatchItem] = {}
-    # -o is a folder, not a template: its braces are its name's (the job's output is joined
-    # to it and the whole filled in; 'a{b' was read as a broken template of the job's).
-    folder = Path(str(folder).replace("{", "{{").replace("}", "}}"))
     from hires.model_refs import ModelError
 
     errors: list[JobError] = []  # every job's said at once, as read_batch says them
@@ -469,6 +457,11 @@ def _named_one(item: BatchItem, folder: Path, file_name: str, owner: dict[str, B
     from hires.model_refs import ModelError
 
     j, where = item.job, item.where(file_name)
+    # -o is a folder, not a template: its braces are its name's. The job's output is joined
+    # to it, and the whole filled in where it holds a '{' ('a{b' read as a broken template
+    # of the job's): only then are they doubled ('a}b' alone is never filled in).
+    if "{" in str(folder) + (item.output or ""):
+        folder = Path(str(folder).replace("{", "{{").replace("}", "}}"))
     fields: dict[str, Any] = dict(width=j.width, height=j.height, seed=j.seed, fmt=j.format,
                                   index=item.index, prompt=j.prompt,
                                   name=Path(j.image).stem if j.image else "")
@@ -687,11 +680,11 @@ def in_the_way(path: Path, overwrite: bool = False) -> str | None:
 
     if is_folder(path):  # --overwrite or not: no image is ever written over a folder
         return f"{path} is a folder, and hires never writes over a folder: move it away"
-    from hires.cut_short import tiff_cut_short
+    from hires.cut_short import cut_with_its_record
 
     if overwrite or not os.path.lexists(path) or recorded_hash(path) is not None:
         return None
-    if tiff_cut_short(path):  # its record is at its end: the job's own TIFF, cut, lost it
+    if cut_with_its_record(path):  # a TIFF's or WebP's record is at its end: cut, it is gone
         return None  # set aside, as one cut short with its record is (_run_one)
     return (f"{path} exists but holds no hires settings record, so it may not be this job's "
             "image; move it away or pass --overwrite")
@@ -702,7 +695,7 @@ def _run_one(item: BatchItem, path: Path, settings: str,
              check_settings: bool) -> Outcome:
     """One job of `run_batch`: skipped if its image is there with the same settings, else made
     (an older image of other settings moved aside first)."""
-    from hires.cut_short import cut_short, tiff_cut_short
+    from hires.cut_short import cut_short, cut_with_its_record
     from hires.output import claim_rename
 
     moved, why, cut = None, "settings changed", None
@@ -714,8 +707,8 @@ def _run_one(item: BatchItem, path: Path, settings: str,
             why = f"{stale} changed"
         if old == settings and not stale:
             cut = cut_short(path)
-        elif old is None:  # a TIFF cut short lost its record with its end (in_the_way)
-            cut = tiff_cut_short(path)
+        elif old is None:  # a TIFF or WebP cut short lost its record with its end
+            cut = cut_with_its_record(path)
         if cut:  # kept aside as one of other settings is: the user's bytes, whatever they are
             why = cut
         if old == settings and not stale and not cut:

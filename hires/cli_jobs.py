@@ -335,23 +335,22 @@ def stdin_lines(what: str, head: bytes = b"", text: bool = False) -> list[str]:
             data = head + raw.read()
             lines = (_stdin_text(data) if text else _stdin_paths(data)).splitlines()
     except UnicodeDecodeError as e:
-        line = e.object[:e.start].count(b"\n") + 1
-        raise typer.BadParameter(f"the {what} on stdin are not UTF-8 text (line {line}); "
-                                 "give them as UTF-8 (iconv -f latin1 -t utf-8 converts "
-                                 "Latin-1)") from None
+        from hires.text_bytes import is_utf16, problem
+
+        raise typer.BadParameter(problem(e, f"the {what} on stdin", "give them as UTF-8",
+                                         is_utf16(e.object))) from None
     if lines:  # a byte-order mark (Windows editors write one) is no part of the first line
         lines[0] = lines[0].removeprefix("\ufeff")
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-
-
-UTF16_MARKS = (b"\xff\xfe", b"\xfe\xff")  # UTF-16's byte-order marks, little and big end
 
 
 def _stdin_text(data: bytes) -> str:
     """Text on stdin: UTF-8 (whatever the locale says: a C locale's is ASCII, and prompt files
     are UTF-8), else the locale's own encoding (a Latin-1 terminal's); UTF-16 where its
     byte-order mark says so (Windows' "Unicode" text files, PowerShell's pipes)."""
-    if data.startswith(UTF16_MARKS):
+    from hires.text_bytes import is_utf16
+
+    if is_utf16(data):
         return data.decode("utf-16")
     try:
         return data.decode("utf-8")

@@ -28,15 +28,17 @@ def cut_short(path: Path) -> str | None:
     return None if whole in (True, None) else f"cut short ({size:,} bytes, its end missing)"
 
 
-def tiff_cut_short(path: Path) -> str | None:
-    """`cut_short` for a TIFF alone: the one format whose record a cut takes with it (hires
-    writes it last), so a cut one without a record may still be a job's own."""
+def cut_with_its_record(path: Path) -> str | None:
+    """`cut_short` for a TIFF or a WebP alone: the formats whose record hires writes after the
+    pixels, so that a cut takes it too and one without a record may still be a job's own (a
+    PNG's and a JPEG's come first: one cut, with none, was never hires')."""
     try:
         with open(path, "rb") as f:
-            head = f.read(4)
+            head = f.read(12)
     except OSError:
         return None
-    return cut_short(path) if head in (b"II*\0", b"MM\0*") else None
+    late = head[:4] in (b"II*\0", b"MM\0*") or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+    return cut_short(path) if late else None
 
 
 def _whole(data: mmap.mmap, size: int, path: Path) -> bool | None:

@@ -17,6 +17,7 @@ from hires.job import (
     spelled,
 )
 from hires.sizes import SIZE_KEYS, check_size_keys
+from hires.text_bytes import decoded
 
 try:
     import tomllib
@@ -51,9 +52,9 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     except OSError as e:
         raise JobError(f"cannot read {path}: {e.strerror}") from None
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise JobError(f"{path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+        text = decoded(data, str(path), "save it as UTF-8")
+    except ValueError as e:
+        raise JobError(str(e)) from None
     return parse_toml(text, str(path))
 
 

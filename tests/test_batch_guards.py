@@ -574,6 +574,16 @@ def test_braces_in_an_output_folder_are_its_names(tmp_path):
     assert made.exit_code == 0, made.stderr
     names = sorted(p.name for p in (tmp_path / "a{b").glob("*.png"))
     assert len(names) == 2 and names[0] == "a.png" and names[1].startswith("job0001_64x64_s")
+    # A '}' alone: the name is filled in only where a job's template brings a '{' (it went to
+    # a folder 'a}}b' beside the manifest's).
+    jobs = write(tmp_path / "k.toml", f'{DEFAULTS}[[job]]\nprompt = "a"\n'
+                                      '[[job]]\nprompt = "b"\noutput = "{index}.png"\n')
+    made = cli("batch", jobs, "-o", tmp_path / "a}b", "-q")
+    assert made.exit_code == 0, made.stderr
+    assert not (tmp_path / "a}}b").exists()
+    names = sorted(p.name for p in (tmp_path / "a}b").iterdir())
+    assert names[0] == "1.png" and names[1].startswith("job0000_64x64_s"), names
+    assert names[2:] == ["manifest.jsonl"]
 
 
 def test_every_bad_job_is_said_at_once(tmp_path):

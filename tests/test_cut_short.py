@@ -112,19 +112,21 @@ def test_hires_tiff_cut_short_is_found_though_its_directory_is_gone(tmp_path, as
     assert "Warning" not in up.stderr  # Pillow's "Corrupt EXIF data" on the way
 
 
-def test_a_batch_sets_a_tiff_cut_short_aside_though_its_record_is_gone(tmp_path, asked):
-    jobs, image, size = batch_image_cut(tmp_path, "cat.tif")
+@pytest.mark.parametrize("suffix", [".tif", ".webp"])
+def test_a_batch_sets_a_cut_image_aside_though_its_record_is_gone(tmp_path, asked, suffix):
+    """A TIFF's and a WebP's record follow the pixels: cut short, they have none."""
+    jobs, image, size = batch_image_cut(tmp_path, f"cat{suffix}")
     again = cli("batch", jobs, "-o", tmp_path / "out")
     assert again.exit_code == 0, again.stderr
-    assert (f"job 0: cat.tif was cut short ({size:,} bytes, its end missing); it is kept as "
-            "cat.cut-short.tif") in again.stderr
-    aside = image.with_name("cat.cut-short.tif")
+    assert (f"job 0: cat{suffix} was cut short ({size:,} bytes, its end missing); it is kept "
+            f"as cat.cut-short{suffix}") in again.stderr
+    aside = image.with_name(f"cat.cut-short{suffix}")
     assert os.path.getsize(aside) == size and cut_short(image) is None
     # Cut again: the name taken, the next one beside it (the batch failed the job).
     cut(image, 0.5)
     size = os.path.getsize(image)  # the record's timings make sizes differ by a byte or so
     assert cli("batch", jobs, "-o", tmp_path / "out", "-q").exit_code == 0
-    assert os.path.getsize(image.with_name("cat.cut-short-2.tif")) == size
+    assert os.path.getsize(image.with_name(f"cat.cut-short-2{suffix}")) == size
     # A TIFF whose directory is there is judged by its strips, and one that names none in
     # its header is damaged, not cut: neither is set aside as cut.
     (tmp_path / "odd.tif").write_bytes(b"II*\0" + b"\0" * 60)

@@ -274,7 +274,7 @@ def test_prompts_and_jobs_on_stdin_that_are_not_utf8_say_the_line_and_a_way(tmp_
         assert done.returncode == 2
         said = done.stderr.decode().strip().splitlines()[-1]
         line = 3 if what == "prompts" else 2
-        assert said.startswith(f"error: the {what} on stdin are not UTF-8 text (line {line}")
+        assert said.startswith(f"error: the {what} on stdin: not UTF-8 text (line {line}, ")
         assert said.endswith("give them as UTF-8 (iconv -f latin1 -t utf-8 converts Latin-1)")
 
 
@@ -294,3 +294,31 @@ def test_prompts_and_jobs_on_stdin_in_utf16_with_its_mark_are_read(tmp_path):
                           timeout=300)
     assert done.returncode == 0, done.stderr.decode(errors="replace")
     assert json.loads(done.stdout.splitlines()[0])["status"] == "to make"
+
+
+
+def test_job_files_in_utf16_are_read_and_one_cut_short_is_said_so(tmp_path):
+    """A UTF-16 job file was read from stdin but refused by its path ("not UTF-8 text"); one
+    cut short was told to convert from Latin-1, which garbles it."""
+    from helpers_cli import cli, error_lines
+
+    toml = '[[job]]\nprompt = "café"\nmodel = "tiny"\nsize = 256\n'
+    jsonl = '{"prompt": "a\u2028b", "model": "tiny", "size": 256}\n'  # U+2028: no line break
+    for name, text in (("j.toml", toml), ("j.jsonl", jsonl)):
+        path = tmp_path / name
+        path.write_bytes(text.encode("utf-16"))
+        done = cli("batch", path, "--dry-run", "-o", tmp_path / "out")
+        assert done.exit_code == 0, done.stderr
+        assert "total: 1 to make" in done.stdout
+        path.write_bytes(text.encode("utf-16")[:-1])  # its last line break cut in two
+        done = cli("batch", path, "--dry-run", "-o", tmp_path / "out")
+        assert done.exit_code == 2
+        assert error_lines(done.stderr) == [
+            f"error: {path}: UTF-16 text (its byte-order mark says so), broken or cut short "
+            f"(line {text.count(chr(10))}, byte {len(text.encode('utf-16')) - 2}); give it "
+            "whole, as UTF-16 or UTF-8"]
+    path = tmp_path / "l.jsonl"
+    path.write_bytes(b'{"prompt": "a"}\n{"prompt": "caf\xe9"}\n')
+    assert error_lines(cli("batch", path, "--dry-run").stderr) == [
+        f"error: {path}: not UTF-8 text (line 2, byte 31); save it as UTF-8 (iconv -f latin1 "
+        "-t utf-8 converts Latin-1)"]
