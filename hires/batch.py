@@ -421,11 +421,11 @@ def name_outputs(items: list[BatchItem], folder: Path, file_name: str
     """Every job's output path (by index), named and checked before any work: names must not
     collide (one image would be lost), a format must hold its image, inputs must exist. The
     items come back with the format their file's extension names, as with `gen`."""
+    from hires.model_refs import ModelError
+
     named: list[BatchItem] = []
     paths: dict[int, Path] = {}
     owner: dict[str, BatchItem] = {}
-    from hires.model_refs import ModelError
-
     errors: list[JobError] = []  # every job's said at once, as read_batch says them
     missing: ModelError | None = None  # a Hub add-on not cached: after the settings to fix
     for item in items:
@@ -676,12 +676,11 @@ def in_the_way(path: Path, overwrite: bool = False) -> str | None:
     """Why a batch job may not write its image at `path`, if so: a file there that records no
     hires settings may be anyone's, kept unless --overwrite. One that records some is the
     batch's to skip, or to move aside when they differ."""
+    from hires.cut_short import cut_with_its_record
     from hires.output import is_folder
 
     if is_folder(path):  # --overwrite or not: no image is ever written over a folder
         return f"{path} is a folder, and hires never writes over a folder: move it away"
-    from hires.cut_short import cut_with_its_record
-
     if overwrite or not os.path.lexists(path) or recorded_hash(path) is not None:
         return None
     if cut_with_its_record(path):  # a TIFF's or WebP's record is at its end: cut, it is gone
@@ -696,7 +695,6 @@ def _run_one(item: BatchItem, path: Path, settings: str,
     """One job of `run_batch`: skipped if its image is there with the same settings, else made
     (an older image of other settings moved aside first)."""
     from hires.cut_short import cut_short, cut_with_its_record
-    from hires.output import claim_rename
 
     moved, why, cut = None, "settings changed", None
     if os.path.lexists(path) and not overwrite:
@@ -716,7 +714,7 @@ def _run_one(item: BatchItem, path: Path, settings: str,
         if old is None and not cut:  # put there since the checks before the run (in_the_way)
             return Outcome(item, "failed", path, error=in_the_way(path))
         try:
-            moved = _set_aside(path, old[:8] if old else "cut-short", claim_rename)
+            moved = _set_aside(path, old[:8] if old else "cut-short")
         except OSError as e:
             made = f"is {cut}" if cut else "was made with other settings"
             return Outcome(item, "failed", path, error=(
@@ -733,13 +731,15 @@ def _run_one(item: BatchItem, path: Path, settings: str,
             moved_to=moved, why=why, cut=bool(cut))
 
 
-def _set_aside(path: Path, tag: str, rename: Callable[[Path, Path], None]) -> Path:
+def _set_aside(path: Path, tag: str) -> Path:
     """Move the file at `path` to NAME.TAG.EXT, or NAME.TAG-2.EXT and on where that is taken
     (a second copy cut short, say); the name it went to."""
+    from hires.output import claim_rename
+
     for n in range(1, 1000):
         moved = path.with_name(f"{path.stem}.{tag}{'' if n == 1 else f'-{n}'}{path.suffix}")
         try:
-            rename(path, moved)
+            claim_rename(path, moved)
             return moved
         except FileExistsError:
             continue

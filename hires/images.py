@@ -364,9 +364,9 @@ def _reading(path: Path) -> Iterator[Image.Image]:
             raise ImageInputError(f"{path}: {kind} images are not accepted; convert it to "
                                   f"{ACCEPTED}") from None
         head = head[:4]
-        from hires.cut_short import cut_short
+        from hires.cut_short import cut_with_its_record
 
-        if head in (b"II*\0", b"MM\0*") and (cut := cut_short(path)):  # its directory lost
+        if cut := cut_with_its_record(path):  # a TIFF's directory lost: Pillow knows it not
             raise ImageInputError(f"{path}: {cut}; re-export or re-download it") from None
         if head in (b"II*\0", b"MM\0*"):  # Pillow opens only some sample formats of TIFF
             raise ImageInputError(
