@@ -288,6 +288,7 @@ def made_base(todo: list[tuple[Job, int]],
     # all are no sign of another one stopped (each rerun resumed "S+1" and made one image).
     done = {base for base in found if all(made[base])}
     finished = {path for base in done for path in made[base]}
+
     def prefix(base: int) -> int:  # a run makes its images in order: a stopped one's lead
         return next((k for k, path in enumerate(made[base]) if path is None), len(todo))
 
