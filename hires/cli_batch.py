@@ -317,9 +317,8 @@ def check_batch_outputs(items: list, paths: dict[int, Path], name: str, output: 
     the manifest."""
     import os
 
-    from hires import batch as b
     from hires import output as out
-    from hires.job import JobError
+    from hires.job import JobError, all_of
     from hires.runs import check_not_input, read_files
 
     given, manifest = manifest is not None, manifest or output / "manifest.jsonl"
@@ -356,27 +355,39 @@ def check_batch_outputs(items: list, paths: dict[int, Path], name: str, output: 
                        + str(e).replace("choose another -o", "choose another --manifest")
                        ) from None
     seen: set[Path] = set()
+    errors: list[JobError] = []  # every job's said at once, as the file's are
     for item in items:
-        try:  # --overwrite or not, and in a dry run: the real run would replace the input
-            check_not_input(paths[item.index], item.job.image, "'output'")
-            # or another job's, before that job reads it (one made already is skipped: a
-            # re-run of a batch whose later job upscales an earlier one's image)
-            kept = not overwrite and b.made_already(paths[item.index], item.job)
-            for ref, what in {} if kept else inputs.items():
-                check_not_input(paths[item.index], ref, "'output'", what)
-        except JobError as e:
-            raise JobError(f"{item.where(name)}: {e}") from None
-        why = b.in_the_way(paths[item.index], overwrite)  # as the run would fail the job
-        if why:
-            raise JobError(f"{item.where(name)}: {why}")
-        folder = paths[item.index].parent
-        if folder not in seen:
-            seen.add(folder)
-            try:  # an image there is the batch's to skip, move aside or replace
-                out.check_writable(paths[item.index], overwrite=True)
-            except out.OutputError as e:
-                raise JobError(f"{item.where(name)}: {e}") from None
+        try:
+            _check_output(item, paths[item.index], inputs, overwrite, seen)
+        except (JobError, out.OutputError) as e:
+            errors.append(JobError(f"{item.where(name)}: {e}"))
+    if errors:
+        raise all_of(errors)
     return manifest
+
+
+def _check_output(item: Any, path: Path, inputs: dict, overwrite: bool, seen: set[Path]
+                  ) -> None:
+    """`check_batch_outputs` for one job's image at `path`; `seen`: the folders checked."""
+    from hires import batch as b
+    from hires import output as out
+    from hires.job import JobError
+    from hires.runs import check_not_input
+
+    # --overwrite or not, and in a dry run: the real run would replace the input
+    check_not_input(path, item.job.image, "'output'")
+    # or another job's, before that job reads it (one made already is skipped: a re-run of
+    # a batch whose later job upscales an earlier one's image)
+    kept = not overwrite and b.made_already(path, item.job)
+    for ref, what in {} if kept else inputs.items():
+        check_not_input(path, ref, "'output'", what)
+    why = b.in_the_way(path, overwrite)  # as the run would fail the job
+    if why:
+        raise JobError(why)
+    if path.parent not in seen:
+        seen.add(path.parent)
+        out.check_writable(path, overwrite=True)  # an image there is the batch's to skip,
+        # move aside or replace
 
 
 def _not_jsonl(path) -> bool:
@@ -403,16 +414,21 @@ def check_batch_paths(items: list, name: str) -> None:
     --dry-run alike (exit 2, naming the job, or --model when no job file key gave the model);
     `name`: the job file's, for messages."""
     from hires.batch import by_giver
-    from hires.job import JobError
+    from hires.job import JobError, all_of
     from hires.model_refs import ModelError
 
+    # Every job's at once, each missing file once, by the first job that names it (one a
+    # [defaults] gives is every job's).
+    said: dict[str, str] = {}
     for item in items:
         try:
             check_job_paths(item.job)
         except ModelError as e:
             flagged = "model" not in item.file_keys and "model" not in item.given_in and \
                 str(e).startswith("--model ")  # --model's, not a preset's
-            raise JobError(str(e) if flagged else by_giver(str(e), item, name)) from None
+            said.setdefault(str(e), str(e) if flagged else by_giver(str(e), item, name))
+    if said:
+        raise all_of([JobError(line) for line in said.values()])
 
 
 def tally(outcomes: list) -> dict[str, int]:

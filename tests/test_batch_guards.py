@@ -644,3 +644,23 @@ def test_an_aspect_alone_in_a_job_file_says_to_set_its_size_there(tmp_path, line
     line = refused(cli("batch", jobs, "-o", tmp_path / "ot", "--dry-run"))
     assert line == (f"error: 'aspect' in {where} needs a long side: set 'size' (in pixels) "
                     "with it, in the job or in [defaults]")
+
+
+def test_every_job_whose_output_or_model_is_in_the_way_is_said_at_once(tmp_path):
+    """The checks after the file's (outputs in the way, model files not there) stopped at the
+    first job too."""
+    jobs = write(tmp_path / "j.toml", DEFAULTS + '[[job]]\nprompt = "a"\noutput = "a.png"\n'
+                 '[[job]]\nprompt = "b"\noutput = "b.png"\n[[job]]\nprompt = "c"\n')
+    (tmp_path / "ot").mkdir()
+    for name in ("a.png", "b.png"):  # anyone's files: no record
+        (tmp_path / "ot" / name).write_bytes(b"not hires'")
+    lines = error_lines(cli("batch", jobs, "-o", tmp_path / "ot", "--dry-run").stderr)
+    assert [line.split(":")[1].strip() for line in lines] == ["j.toml job 0", "j.toml job 1"]
+    assert all("exists but holds no hires settings record" in line for line in lines)
+    # A model file not there: each job that names its own, once for those [defaults] gives.
+    jobs = write(tmp_path / "m.toml", '[defaults]\nmodel = "gone.safetensors"\nsteps = 1\n'
+                 '[[job]]\nprompt = "a"\n[[job]]\nprompt = "b"\n'
+                 '[[job]]\nprompt = "c"\nmodel = "other.safetensors"\n')
+    lines = error_lines(cli("batch", jobs, "-o", tmp_path / "new", "--dry-run").stderr)
+    assert len(lines) == 2, lines
+    assert "gone.safetensors" in lines[0] and "other.safetensors" in lines[1]
