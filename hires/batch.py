@@ -29,7 +29,7 @@ from hires.job import (
 )
 from hires.presets import load_preset, parse_toml, read_toml
 from hires.sizes import ASPECT_ALONE, OPTIONS, giver, job_from_levels
-from hires.text_bytes import decoded, is_utf16
+from hires.text_bytes import decoded, marked
 
 
 @dataclass(frozen=True)
@@ -244,8 +244,8 @@ def _starts_like_json(path: Path) -> bool:
             head = f.read(1 << 16)
     except OSError:
         return False  # read_toml says why it cannot be read
-    if is_utf16(head):
-        head = head[:len(head) // 2 * 2].decode("utf-16", "replace").encode()
+    if encoding := marked(head):  # UTF-16 or UTF-32: its first entry as UTF-8 bytes
+        head = head.decode(encoding, "replace").encode()
     for line in head.splitlines():
         line = line.removeprefix(b"\xef\xbb\xbf").strip()  # a byte-order mark
         if line and not line.startswith(b"#"):
@@ -327,16 +327,30 @@ def keyed(message: str, wheres: Iterable[str]) -> str:
 def _jsonl(path: Path, text: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, job) for each job line of a JSONL file, or of `text` (stdin)."""
     label = "stdin" if text is not None else str(path)
-    if text is None:
-        try:
-            text = decoded(path.read_bytes(), str(path), "save it as UTF-8")
-        except OSError as e:
-            raise JobError(f"cannot read {path}: {e.strerror}") from None
-        except ValueError as e:
-            raise JobError(str(e)) from None
     # Lines as a file reads them: str.splitlines() also breaks at U+2028, which JSON allows
-    # unescaped inside a string.
-    yield from _jsonl_entries(enumerate(io.StringIO(text, newline=None), start=1), label)
+    # unescaped inside a string. A file is read a line at a time (a JSONL of 200,000 jobs
+    # read whole took 5x its size), and read whole only to say where it is not text.
+    try:
+        f = io.StringIO(text, newline=None) if text is not None else open(
+            path, encoding=_file_encoding(path))
+    except OSError as e:
+        raise JobError(f"cannot read {path}: {e.strerror}") from None
+    with f:
+        try:
+            yield from _jsonl_entries(enumerate(f, start=1), label)
+        except UnicodeDecodeError:
+            try:
+                decoded(path.read_bytes(), str(path), "save it as UTF-8")
+            except ValueError as e:
+                raise JobError(str(e)) from None
+            raise
+
+
+def _file_encoding(path: Path) -> str:
+    """The encoding to read a job file in: as its byte-order mark says, else UTF-8 (its own
+    mark, if any, skipped)."""
+    with open(path, "rb") as f:
+        return marked(f.read(4)) or "utf-8-sig"
 
 
 def _jsonl_entries(lines: Iterable[tuple[int, str]], label: str

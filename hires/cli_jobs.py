@@ -335,10 +335,10 @@ def stdin_lines(what: str, head: bytes = b"", text: bool = False) -> list[str]:
             data = head + raw.read()
             lines = (_stdin_text(data) if text else _stdin_paths(data)).splitlines()
     except UnicodeDecodeError as e:
-        from hires.text_bytes import is_utf16, problem
+        from hires.text_bytes import problem
 
-        raise typer.BadParameter(problem(e, f"the {what} on stdin", "give them as UTF-8",
-                                         is_utf16(e.object))) from None
+        raise typer.BadParameter(problem(e, f"the {what} on stdin", "give them as UTF-8")
+                                 ) from None
     if lines:  # a byte-order mark (Windows editors write one) is no part of the first line
         lines[0] = lines[0].removeprefix("\ufeff")
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
@@ -346,12 +346,12 @@ def stdin_lines(what: str, head: bytes = b"", text: bool = False) -> list[str]:
 
 def _stdin_text(data: bytes) -> str:
     """Text on stdin: UTF-8 (whatever the locale says: a C locale's is ASCII, and prompt files
-    are UTF-8), else the locale's own encoding (a Latin-1 terminal's); UTF-16 where its
-    byte-order mark says so (Windows' "Unicode" text files, PowerShell's pipes)."""
-    from hires.text_bytes import is_utf16
+    are UTF-8), else the locale's own encoding (a Latin-1 terminal's); UTF-16 or UTF-32 where
+    a byte-order mark says so (Windows' "Unicode" text files, PowerShell's pipes)."""
+    from hires.text_bytes import marked
 
-    if is_utf16(data):
-        return data.decode("utf-16")
+    if encoding := marked(data):  # UTF-16 or UTF-32, as its byte-order mark says
+        return data.decode(encoding)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

@@ -367,7 +367,8 @@ def _reading(path: Path) -> Iterator[Image.Image]:
         from hires.cut_short import cut_with_its_record
 
         if cut := cut_with_its_record(path):  # a TIFF's directory lost: Pillow knows it not
-            raise ImageInputError(f"{path}: {cut}; re-export or re-download it") from None
+            raise ImageInputError(f"{path}: truncated image, {cut}; re-export or re-download "
+                                  "it") from None
         if head in (b"II*\0", b"MM\0*"):  # Pillow opens only some sample formats of TIFF
             raise ImageInputError(
                 f"{path}: a TIFF whose samples Pillow cannot read (32-bit float or integer, "
@@ -377,7 +378,13 @@ def _reading(path: Path) -> Iterator[Image.Image]:
     except PermissionError:
         raise ImageInputError(f"{path}: permission denied") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError) as e:
-        # Pillow reports broken files through all of these (SyntaxError: bad PNG chunks).
+        # Pillow reports broken files through all of these (SyntaxError: bad PNG chunks), a
+        # WebP cut short as "could not create decoder object".
+        from hires.cut_short import cut_short
+
+        if cut := cut_short(path):
+            raise ImageInputError(f"{path}: truncated image, {cut}; re-export or re-download "
+                                  "it") from None
         raise ImageInputError(
             f"{path}: truncated or corrupt image ({_one_line(e)}); re-export or re-download it"
         ) from None

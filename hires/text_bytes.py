@@ -1,36 +1,42 @@
 """Text from bytes a user gave (a job file, a preset, prompts or jobs on stdin): UTF-8, or
-UTF-16 where its byte-order mark says so (Windows' "Unicode" text files, PowerShell's pipes);
-an error names the line and says how to fix it."""
+UTF-16 or UTF-32 where a byte-order mark says so (Windows' "Unicode" text files, PowerShell's
+pipes); an error names the line and says how to fix it."""
 
 from __future__ import annotations
 
-UTF16_MARKS = (b"\xff\xfe", b"\xfe\xff")  # UTF-16's byte-order marks, little and big end
+import re
+
+# Byte-order marks, UTF-32's first: its little-endian mark starts with UTF-16's.
+MARKS = ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"),
+         (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
 LATIN1_FIX = "iconv -f latin1 -t utf-8 converts Latin-1"
+_BREAK = re.compile(r"\r\n|\r|\n")  # a line break, as a text file's lines are read
 
 
-def is_utf16(data: bytes) -> bool:
-    """Whether `data` starts with a UTF-16 byte-order mark."""
-    return data.startswith(UTF16_MARKS)
+def marked(data: bytes) -> str | None:
+    """The encoding a byte-order mark at the start of `data` names (utf-16, utf-32), if any."""
+    return next((name for mark, name in MARKS if data.startswith(mark)), None)
 
 
 def decoded(data: bytes, what: str, fix: str) -> str:
     """`data` as text (a UTF-8 byte-order mark dropped); ValueError naming `what` ("j.toml",
     "the jobs on stdin") and the bad line, and saying `fix` ("save it as UTF-8")."""
-    utf16 = is_utf16(data)
+    encoding = marked(data)
     try:
-        return data.decode("utf-16" if utf16 else "utf-8").removeprefix("\ufeff")
+        return data.decode(encoding or "utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as e:
-        raise ValueError(problem(e, what, fix, utf16)) from None
+        raise ValueError(problem(e, what, fix)) from None
 
 
-def problem(error: UnicodeDecodeError, what: str, fix: str, utf16: bool = False) -> str:
+def problem(error: UnicodeDecodeError, what: str, fix: str) -> str:
     """What `error` says of `what`'s bytes, in a line: where, and how to fix it."""
-    before = error.object[:error.start]
-    # Lines counted in the text before: in UTF-16 a byte 0x0A is no line break
-    line = (before.decode("utf-16", "replace") if utf16 else before.decode("utf-8", "replace")
-            ).count("\n") + 1
-    where = f"(line {line}, byte {error.start})"
-    if utf16:  # its mark says UTF-16, and Latin-1 advice would garble it
-        return (f"{what}: UTF-16 text (its byte-order mark says so), broken or cut short "
-                f"{where}; give it whole, as UTF-16 or UTF-8")
+    encoding = marked(error.object)
+    # Lines counted in the text before, as they are split: in UTF-16 a byte 0x0A is no line
+    # break, and a lone '\r' is one.
+    before = error.object[:error.start].decode(encoding or "utf-8", "replace")
+    where = f"(line {len(_BREAK.findall(before)) + 1}, byte {error.start})"
+    if encoding:  # its mark says which, and Latin-1 advice would garble it
+        name = encoding.upper()
+        return (f"{what}: {name} text (its byte-order mark says so), broken or cut short "
+                f"{where}; give it whole, as {name} or UTF-8")
     return f"{what}: not UTF-8 text {where}; {fix} ({LATIN1_FIX})"

@@ -467,7 +467,8 @@ def test_an_unreadable_add_on_image_is_refused_before_any_loading(flag, files, t
     gif = tmp_path / "anim.gif"
     Image.new("RGB", (32, 32)).save(gif)
     extra = ["--control-model", str(files["control_model"])] if flag == "--control" else []
-    for bad, said in ((truncated, "truncated or corrupt"), (gif, "GIF images are not accepted")):
+    for bad, said in ((truncated, "truncated image, cut short ("),
+                      (gif, "GIF images are not accepted")):
         for dry in (("--dry-run",), ()):
             result = cli("gen", "x", *TINY, flag, bad, *extra, *dry, "-o", tmp_path / "x.png")
             assert_usage_error(result, f"{flag} {bad}", said)

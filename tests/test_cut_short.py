@@ -108,7 +108,8 @@ def test_hires_tiff_cut_short_is_found_though_its_directory_is_gone(tmp_path, as
     shown = cli("info", out)
     assert shown.exit_code != 0 and f"cannot read {out} as an image: it is {said}" in shown.stderr
     up = cli("up", out, "--model", "tiny", "--size", "512", "-o", tmp_path / "up.png")
-    assert error_lines(up.stderr) == [f"error: {out}: {said}; re-export or re-download it"]
+    assert error_lines(up.stderr) == [
+        f"error: {out}: truncated image, {said}; re-export or re-download it"]
     assert "Warning" not in up.stderr  # Pillow's "Corrupt EXIF data" on the way
 
 
@@ -159,3 +160,15 @@ def test_a_batch_keeps_refusing_a_cut_file_of_another_format_without_a_record(tm
     assert result.exit_code == 2
     assert "mine.jpg exists but holds no hires settings record" in result.stderr
     assert sorted(p.name for p in mine.parent.iterdir()) == ["mine.jpg"]
+
+
+def test_up_says_a_webp_input_is_cut_short(tmp_path):
+    """Pillow opens a WebP cut short and fails to decode it ("could not create decoder
+    object"): up said "truncated or corrupt", not that its end is missing."""
+    path = tmp_path / "in.webp"
+    noisy().save(path)
+    cut(path, 0.5)
+    said = cli("up", path, "--model", "tiny", "--size", "512", "--dry-run")
+    assert error_lines(said.stderr) == [
+        f"error: {path}: truncated image, cut short ({os.path.getsize(path):,} bytes, its end "
+        "missing); re-export or re-download it"]

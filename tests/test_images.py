@@ -220,7 +220,7 @@ def test_truncated_png_and_jpeg(tmp_path, photo):
         photo.save(whole, fmt)
         cut = tmp_path / f"cut{suffix}"
         cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
-        one_line_error(cut, "truncated or corrupt")
+        one_line_error(cut, "truncated image, cut short (")
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
 
 
@@ -230,7 +230,7 @@ def test_truncated_fails_even_if_pillow_was_told_to_accept_it(tmp_path, photo, m
     photo.save(whole)
     cut = tmp_path / "cut.png"
     cut.write_bytes(whole.read_bytes()[:1500])
-    one_line_error(cut, "truncated or corrupt")
+    one_line_error(cut, "truncated image, cut short (")
     assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored
 
 

@@ -322,3 +322,23 @@ def test_job_files_in_utf16_are_read_and_one_cut_short_is_said_so(tmp_path):
     assert error_lines(cli("batch", path, "--dry-run").stderr) == [
         f"error: {path}: not UTF-8 text (line 2, byte 31); save it as UTF-8 (iconv -f latin1 "
         "-t utf-8 converts Latin-1)"]
+
+
+def test_utf32_files_and_lone_cr_lines_are_read_and_said_right(tmp_path):
+    """UTF-32's little-endian mark starts with UTF-16's: a UTF-32 job file was read as UTF-16
+    ("not valid JSON"); a bad byte after lines ending in '\\r' alone was said to be on line 1."""
+    from helpers_cli import cli, error_lines
+
+    path = tmp_path / "u32.jsonl"
+    path.write_bytes('{"prompt": "a", "model": "tiny", "size": 256}\n'.encode("utf-32"))
+    done = cli("batch", path, "--dry-run", "-o", tmp_path / "out")
+    assert done.exit_code == 0 and "total: 1 to make" in done.stdout, done.stderr
+    preset = tmp_path / "p32.toml"
+    preset.write_bytes("size = 256\n".encode("utf-32"))
+    done = cli("gen", "x", "--preset", preset, "--model", "tiny", "--dry-run")
+    assert done.exit_code == 0 and done.stdout.startswith("256x256"), done.stderr
+    path = tmp_path / "cr.jsonl"
+    path.write_bytes(b'{"prompt": "a"}\r{"prompt": "b"}\r{"prompt": "caf\xe9"}\r')
+    assert error_lines(cli("batch", path, "--dry-run").stderr) == [
+        f"error: {path}: not UTF-8 text (line 3, byte 47); save it as UTF-8 (iconv -f latin1 "
+        "-t utf-8 converts Latin-1)"]

@@ -140,7 +140,7 @@ def test_a_file_named_dash_is_read_as_dot_slash_dash(tmp_path, monkeypatch, aske
 
 @pytest.mark.parametrize("data, words", [
     (b"\x7fELF\x02\x01\x01\x00 a program, not an image", ("stdin: not an image file",)),
-    ("truncated", ("stdin: truncated or corrupt image",)),
+    ("truncated", ("stdin: truncated image, cut short (",)),
     (b"", ("read nothing from stdin", "hires up - < photo.png")),
     ("gif", ("stdin: GIF images are not accepted",)),
 ])
