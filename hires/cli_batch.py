@@ -384,10 +384,9 @@ def _check_output(item: Any, path: Path, inputs: dict, overwrite: bool, seen: se
     why = b.in_the_way(path, overwrite)  # as the run would fail the job
     if why:
         raise JobError(why)
-    if path.parent not in seen:
+    if path.parent not in seen:  # an image there is the batch's to skip, move aside or replace
         seen.add(path.parent)
-        out.check_writable(path, overwrite=True)  # an image there is the batch's to skip,
-        # move aside or replace
+        out.check_writable(path, overwrite=True)
 
 
 def _not_jsonl(path) -> bool:
