@@ -513,10 +513,6 @@ def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditio
     """
     n = len(plan.stages)
     strategy = stage.strategy
-    tile = vae_tile(job, stage)
-    # RAM the VAE may keep outputs in: what the plan found worth its copies.
-    spill = stage.cost.vae_spill_bytes if stage.cost else 0.0
-    room = vae_scratch_room(job, stage)  # for the previous stage's decode, priced in this one
     # Each stage draws its noise from its own stream of the job's seed: same seed, same image,
     # and a retried stage draws the same noise again.
     generator = torch.Generator("cpu").manual_seed((job.seed + 7919 * stage.index) % 2**63)
@@ -537,7 +533,7 @@ def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditio
     nets = (comps.unet,) if net is None else (comps.unet, net)
     sigmas, timesteps = sigma_schedule(alphas, stage.timesteps, job.karras)
     shape = (1, 4, stage.height // 8, stage.width // 8)
-    unet, vae = comps.unet, comps.vae
+    unet = comps.unet
     # Parked maps past this many bytes wait on the scratch disk (the RAM cannot hold them).
     disk_after = (stage.cost.parked_bytes - stage.cost.disk_bytes
                   if stage.cost and stage.cost.disk_bytes else None)
@@ -550,32 +546,7 @@ def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditio
                                   sampler=job.sampler)
         anchor = channel_stats(latents)
     else:
-        anchor = carry.anchor
-        if stage.kind == "input":
-            with placed(comps, strategy.weights, vae):
-                emit(Event("resize", stage.index, n, stage.width, stage.height))
-                image = fit(carry.image, stage.width, stage.height)
-                emit(Event("resize", stage.index, n, stage.width, stage.height, 1, 1))
-                x0 = encode(comps, image, tile, emit, stage, n, job, spill)
-                del image
-            anchor = channel_stats(x0)
-        elif stage.latent_upsample:  # as planned (and priced): no VAE before this stage
-            if wanted:  # a decode only for the image
-                with placed(comps, strategy.weights, vae):
-                    image = Image.fromarray(decode(comps, carry.latents, tile, emit,
-                                                   stage.index - 1, n, job, spill, room=room))
-                decoded(stage.index - 1, image)
-            x0 = F.interpolate(carry.latents, size=shape[2:], mode="bicubic", align_corners=False)
-        else:
-            with placed(comps, strategy.weights, vae):
-                image = Image.fromarray(decode(comps, carry.latents, tile, emit,
-                                               stage.index - 1, n, job, spill, room=room))
-                decoded(stage.index - 1, image)
-                emit(Event("resize", stage.index, n, stage.width, stage.height))
-                image = fit(image, stage.width, stage.height)
-                emit(Event("resize", stage.index, n, stage.width, stage.height, 1, 1))
-                x0 = encode(comps, image, tile, emit, stage, n, job, spill)
-                del image
+        x0, anchor = _start(job, comps, plan, stage, carry, emit, wanted, decoded, shape[2:])
         noise = torch.randn(shape, generator=generator).to(comps.device)
         with placed(comps, strategy.weights, *nets), \
                 applied(unet, strategy, comps.device, controlnet=net, disk_after=disk_after):
@@ -591,6 +562,49 @@ def _stage(job: Job, comps: Components, plan: Plan, stage: Stage, cond: Conditio
                          denoiser.evaluations, 0.0, None, strategy.label_for(plan.guided),
                          stage.cost.peak_bytes if stage.cost else None)
     return _Carry(latents, anchor), report
+
+
+def _start(job: Job, comps: Components, plan: Plan, stage: Stage, carry: _Carry,
+           emit: ProgressFn, wanted: bool, decoded: Decoded,
+           size: tuple[int, ...]) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """An upscale stage's clean latents (`size` of them) to re-noise, and its anchor
+    statistics: the input image encoded, or the previous stage's latents upsampled (decoded,
+    resized and encoded again, or upsampled as latents, as the plan says)."""
+    n = len(plan.stages)
+    tile = vae_tile(job, stage)
+    # RAM the VAE may keep outputs in: what the plan found worth its copies.
+    spill = stage.cost.vae_spill_bytes if stage.cost else 0.0
+    room = vae_scratch_room(job, stage)  # for the previous stage's decode, priced in this one
+    weights, vae = stage.strategy.weights, comps.vae
+    if stage.kind == "input":
+        with placed(comps, weights, vae):
+            x0 = encode(comps, _resized(carry.image, stage, emit, n), tile, emit, stage, n,
+                        job, spill)
+        return x0, channel_stats(x0)
+    if stage.latent_upsample:  # as planned (and priced): no VAE before this stage
+        if wanted:  # a decode only for the image
+            with placed(comps, weights, vae):
+                image = Image.fromarray(decode(comps, carry.latents, tile, emit,
+                                               stage.index - 1, n, job, spill, room=room))
+            decoded(stage.index - 1, image)
+        x0 = F.interpolate(carry.latents, size=size, mode="bicubic", align_corners=False)
+        return x0, carry.anchor
+    with placed(comps, weights, vae):
+        image = Image.fromarray(decode(comps, carry.latents, tile, emit, stage.index - 1, n,
+                                       job, spill, room=room))
+        decoded(stage.index - 1, image)
+        image = _resized(image, stage, emit, n)
+        x0 = encode(comps, image, tile, emit, stage, n, job, spill)
+        del image  # before the stage's denoising
+    return x0, carry.anchor
+
+
+def _resized(image: Image.Image, stage: Stage, emit: ProgressFn, n: int) -> Image.Image:
+    """`image` fitted to `stage`'s size, its start and end said as a resize event."""
+    emit(Event("resize", stage.index, n, stage.width, stage.height))
+    image = fit(image, stage.width, stage.height)
+    emit(Event("resize", stage.index, n, stage.width, stage.height, 1, 1))
+    return image
 
 
 def _decode_last(job: Job, comps: Components, plan: Plan, stage: Stage, latents: torch.Tensor,
