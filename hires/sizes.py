@@ -423,20 +423,47 @@ def check_larger(source: tuple[int, int], width: int, height: int) -> None:
 
 
 def scale_range(source: tuple[int, int]) -> tuple[float, float]:
-    """The least and the most --scale (to 2 decimals) that make no side smaller than the
-    input's or MIN_SIDE, and none over MAX_SIDE (each side is round(side * scale / 8) * 8)."""
-    sw, sh = source
-    least = max(_multiple_of_8(max(side, MIN_SIDE)) / side for side in source)
-    return math.ceil(least * 100) / 100, math.floor(MAX_SIDE / max(sw, sh) * 100) / 100
+    """The least --scale (to 2 decimals, from 1) that makes no side smaller than the input's
+    or MIN_SIDE (each side is round(side * scale / 8) * 8), and the most that makes none over
+    MAX_SIDE before that rounding (256, not the 256.03 that rounds down to it)."""
+    # The estimate, then the few hundredths past it that the rounding asks, tried in turn;
+    # never under 1, which the rounding can allow (0.96 keeps 96x64 as it is) but no upscale is.
+    least = _first(max(100, math.floor(_least_factor(source) * 100)),
+                   lambda s: _makes(source, s / 100))
+    return least / 100, math.floor(MAX_SIDE / max(source) * 100) / 100
 
 
 def size_range(source: tuple[int, int]) -> tuple[int, int]:
     """The least and the most --size (multiples of 8) that keep every side from the input's
     (or MIN_SIDE) to MAX_SIDE, the input's aspect kept."""
-    sw, sh = source
-    long, short = max(sw, sh), min(sw, sh)
-    least = max(_multiple_of_8(long), _multiple_of_8(max(short, MIN_SIDE) * long / short))
-    return least, MAX_SIDE
+    long = max(source)
+    least = _first(math.floor(_least_factor(source) * long / 8),
+                   lambda s: _makes(source, 8 * s / long))
+    return 8 * least, MAX_SIDE
+
+
+def _least_factor(source: tuple[int, int]) -> float:
+    """About the least factor that makes no side of `source` smaller than itself or
+    MIN_SIDE: a side rounds up to the multiple of 8 it needs from half a step (4 px) below."""
+    return max((math.ceil(max(side, MIN_SIDE) / 8) - 0.5) * 8 / side for side in source)
+
+
+def _makes(source: tuple[int, int], factor: float) -> bool:
+    """Whether `factor` makes `source` no smaller than itself or MIN_SIDE, as target_size
+    rounds its sides."""
+    w, h = (_on_grid(side * factor) for side in source)
+    return w >= source[0] and h >= source[1] and min(w, h) >= MIN_SIDE
+
+
+def _first(start: int, holds: Callable[[int], bool]) -> int:
+    """The first of start, start + 1, ... for which `holds`; `start` is an estimate a few
+    short of it (after 1,000 tries, where it is)."""
+    n = start
+    for _ in range(1000):
+        if holds(n):
+            return n
+        n += 1
+    return n
 
 
 def _multiple_of_8(px: float) -> int:

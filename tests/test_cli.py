@@ -426,7 +426,7 @@ def test_a_missing_model_path_is_a_usage_error_before_any_loading(tmp_path, aske
 @pytest.mark.parametrize("args,words", [
     (["gen", "x", "--width", "32", "--height", "32"], ["width", "at least 64"]),
     (["gen", "x", "--size", "256", "--aspect", "1000:1"], ["short side 8 px", "at most 4:1"]),
-    (["up", "{tmp}/in16.png", "--scale", "2"], ["makes 32x32 px", "use --scale 4 or more"]),
+    (["up", "{tmp}/in16.png", "--scale", "2"], ["makes 32x32 px", "use --scale 3.75 or more"]),
     (["gen", "x", "--size", "256", "--gpu", "bogus"], ["unknown GPU 'bogus'"]),
     (["gen", "x", "--size", "256", "--gpu", "nan"], ["TFLOP/s figure of at least 0.001"]),
 ])

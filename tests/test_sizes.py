@@ -246,7 +246,9 @@ def _suggested(message: str, flag: str) -> float:
     ((1, 1), {"scale": 2}, "makes 2x2 px from the 1x1 input, less than"),  # not "0x0 ... smaller"
     ((60, 40), {"size": 64}, "use --size 96 or more"),
     ((20000, 40), {"scale": 2}, "use --scale 1.63 or less"),
-    ((67, 67), {"scale": 1}, "smaller than the 67x67 input; ask for --scale 1.08 or more"),
+    ((67, 67), {"scale": 1}, "smaller than the 67x67 input; ask for --scale 1.02 or more"),
+    ((40, 30), {"scale": 1.5}, "use --scale 2 or more"),  # said 2.14: 2 makes 80x64
+    ((40, 30), {"size": 64}, "use --size 80 or more"),  # said 88
     ((300, 200), {"size": 200}, "ask for --size 304 or more"),
 ])
 def test_an_upscale_size_out_of_range_names_the_flag_value_that_works(source, given, words):
@@ -255,8 +257,38 @@ def test_an_upscale_size_out_of_range_names_the_flag_value_that_works(source, gi
     with pytest.raises(JobError, match=words.replace(".", "\\.")) as caught:
         target_size(source, **given)
     flag = next(iter(given))
-    w, h = target_size(source, **{flag: _suggested(str(caught.value), f"--{flag}")})
+    suggested = _suggested(str(caught.value), f"--{flag}")
+    w, h = target_size(source, **{flag: suggested})
     assert 64 <= min(w, h) and max(w, h) <= 32768 and w >= source[0] and h >= source[1]
+    if "or more" in str(caught.value):  # the least that works, as rounded to 8 px
+        with pytest.raises(JobError):
+            target_size(source, **{flag: suggested - (0.01 if flag == "scale" else 8)})
+
+
+def test_the_least_scale_and_size_said_are_the_least_that_work():
+    """Sides round to the nearest multiple of 8, so a scale a little under side / 8 px steps
+    works: 40x30 at --scale 2 makes 80x64, yet 'use --scale 2.14 or more' was said."""
+    import random
+
+    from hires.sizes import scale_range, size_range, target_size
+
+    def works(source, **given):
+        try:
+            target_size(source, **given)
+        except JobError:
+            return False
+        return True
+
+    rng = random.Random(14)
+    for _ in range(400):
+        source = (rng.randint(1, 3000), rng.randint(1, 3000))
+        (least, most), size = scale_range(source), size_range(source)[0]
+        if least <= most:
+            assert works(source, scale=least)
+            assert least == 1 or not works(source, scale=least - 0.01)
+            assert works(source, scale=most)
+        if size <= 32768:
+            assert works(source, size=size) and not works(source, size=size - 8)
 
 
 def test_an_input_too_narrow_for_any_scale_says_to_give_both_sides():
@@ -306,7 +338,7 @@ def test_the_cli_names_the_scale_and_dpi_that_work(tmp_path):
     small = tmp_path / "small.png"
     Image.new("RGB", (60, 40), "gray").save(small)
     assert_usage_error(cli("up", str(small), "--scale", "1", "--model", "tiny", "--dry-run"),
-                       "use --scale 1.6 or more")
+                       "use --scale 1.5 or more")  # 88x64
     assert_usage_error(cli("gen", "x", "--print-size", "1x1mm", "--model", "tiny",
                            "--dry-run"), "at least 1524 dpi for that print (--dpi)")
 
