@@ -295,9 +295,10 @@ def _quiet() -> Iterator[None]:
 
 
 def _source(ref: str, file: Path) -> str | dict[str, torch.Tensor]:
-    """What diffusers loads: the path of a safetensors file, or a pickle's tensors read safely."""
+    """What diffusers loads: the path of a safetensors file, or its tensors where its layers'
+    alphas differ (`_alphas_folded`); a pickle's tensors read safely."""
     if not file.name.lower().endswith(PICKLE_SUFFIXES):
-        return str(file)
+        return _alphas_folded(file) or str(file)
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle and zip errors of every kind
@@ -306,6 +307,44 @@ def _source(ref: str, file: Path) -> str | dict[str, torch.Tensor]:
                                               for v in state.values()):
         raise LoraError(f"LoRA {ref}: {file.name} holds no plain dict of tensors; it is not a "
                         "LoRA file")
+    return _folded(state) or state
+
+
+def _alphas_folded(file: Path) -> dict[str, torch.Tensor] | None:
+    """A kohya-layout file's tensors with each layer's alpha folded in (`_folded`); None where
+    it has no alphas that differ (or cannot be read: diffusers then says why)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            if not any(key.endswith(".alpha") for key in f.keys()):
+                return None
+            state = {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, OSError):
+        return None
+    return _folded(state)
+
+
+def _folded(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """Kohya-layout tensors whose layers' alphas differ, each layer's `alpha / rank` moved into
+    its up weight and every alpha set to 1 (None where they are all alike): diffusers names a
+    per-layer alpha by its older module names (`text_model.` that transformers 5's CLIP text
+    model lacks, `attn2.processor.to_k` in the UNet), peft matches none, and the layer got the
+    common alpha: a layer given alpha 0 still ran at full strength (peft 0.21, diffusers 0.42)."""
+    if not any(key.endswith(".alpha") for key in state):
+        return None
+    layers = [key[:-len(".lora_up.weight")] for key in state if key.endswith(".lora_up.weight")]
+    # A layer without an alpha has its rank (kohya's rule: a scale of 1).
+    alphas = {layer: float(state[f"{layer}.alpha"]) if f"{layer}.alpha" in state
+              else float(state[f"{layer}.lora_up.weight"].shape[1]) for layer in layers}
+    if len(set(alphas.values())) < 2:
+        return None
+    state = dict(state)
+    for layer, alpha in alphas.items():
+        up = state[f"{layer}.lora_up.weight"]
+        # peft scales by lora_alpha / rank: with alpha 1, the up weight carries alpha itself
+        state[f"{layer}.lora_up.weight"] = (up.float() * alpha).to(up.dtype)
+        state[f"{layer}.alpha"] = torch.tensor(1.0)
     return state
 
 

@@ -108,6 +108,46 @@ def test_layouts_agree(pipe, tmp_path):
     torch.testing.assert_close(unet_out(pipe), expected)
 
 
+@pytest.mark.parametrize("layout", ["kohya", "sgm"])
+def test_each_layers_alpha_is_its_own(pipe, tmp_path, layout):
+    """A layer's alpha that differed from the others' was dropped with a peft warning (diffusers
+    names it by module names transformers 5 and peft no longer use): alpha 0 ran at the
+    common alpha. Now alpha 0 is that layer off, and a layer without one has its rank."""
+    import warnings
+
+    file = write_tiny_lora(tmp_path / "style.safetensors", pipe, layout=layout)
+    state = load_file(file)
+    te = "lora_te1_text_model_encoder_layers_0_mlp_fc1"
+    unet = next(k[:-len(".alpha")] for k in state if k.startswith("lora_unet_")
+                and k.endswith(".alpha") and "attn2" in k)
+    other = next(k[:-len(".alpha")] for k in state if k.startswith("lora_te2_")
+                 and k.endswith(".alpha"))
+
+    def outputs(changes: dict[str, torch.Tensor | None], name: str, suffix: str = ""):
+        changed = {k: v for k, v in {**state, **changes}.items() if v is not None}
+        if suffix:
+            torch.save(changed, tmp_path / f"{name}{suffix}")
+        else:
+            save_file(changed, tmp_path / f"{name}.safetensors")
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            load_loras(pipe, [str(tmp_path / f"{name}{suffix or '.safetensors'}")],
+                       allow_pickle=True)
+        assert not [w for w in said if "alpha" in str(w.message)]
+        return unet_out(pipe), *text_out(pipe)
+
+    off = {f"{te}.alpha": torch.tensor(0.0), f"{unet}.alpha": torch.tensor(0.0),
+           f"{other}.alpha": None}
+    zeroed = {f"{te}.lora_up.weight": torch.zeros_like(state[f"{te}.lora_up.weight"]),
+              f"{unet}.lora_up.weight": torch.zeros_like(state[f"{unet}.lora_up.weight"]),
+              f"{other}.alpha": torch.tensor(4.0)}  # the rank: scale 1
+    expected = outputs(zeroed, "zeroed")
+    assert not torch.allclose(expected[0], outputs({}, "as_written")[0], atol=1e-4)
+    for suffix in ("", ".pt"):
+        for got, want in zip(outputs(off, "off", suffix), expected, strict=True):
+            torch.testing.assert_close(got, want)
+
+
 def test_scale_zero_is_exactly_no_lora(pipe, tmp_path):
     base_unet, base_text = unet_out(pipe), text_out(pipe)
     file = write_tiny_lora(tmp_path / "style.safetensors", pipe)
