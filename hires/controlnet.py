@@ -28,6 +28,7 @@ from hires.errors import first_line, shape_mismatch, shape_text
 from hires.model_refs import (
     PICKLE_SUFFIXES,
     ModelError,
+    config_class,
     fp16_only,
     hub_closed,
     hub_unreachable,
@@ -117,6 +118,12 @@ def local_problem(ref: str, allow_pickle: bool = False) -> str | None:
         if not (path / "config.json").is_file():
             return (f"{ref} is a folder but not a diffusers ControlNet (no config.json); give "
                     "the folder that holds it, a .safetensors file or a Hub id")
+        # A VAE's, UNet's or LinFusion's folder passed, then failed after SDXL had loaded.
+        kind = config_class(path / "config.json")
+        if kind is not None and kind != "ControlNetModel":
+            return (f"{ref} holds {'an' if kind[:1] in 'AEIO' else 'a'} {kind}, not a "
+                    "ControlNet (a ControlNetModel); give a ControlNet's folder, a .safetensors "
+                    "file or a Hub id")
         files = weight_files(path, allow_pickle)
         if not files:
             if weight_files(path, True):

@@ -529,7 +529,7 @@ def _vae_folder_refusal(path: Path, allow_pickle: bool = True) -> str | None:
         return ("is a folder but not a diffusers VAE (no config.json, nor vae/config.json); "
                 "give a VAE's folder, a .safetensors file or a Hub id")
     # A UNet's or LinFusion's folder passed the dry run and failed after SDXL had loaded
-    kind = _config_class(found / "config.json")
+    kind = config_class(found / "config.json")
     if kind is not None and kind != "AutoencoderKL":
         what = "a VAE of another kind" if kind.startswith(("Autoencoder", "ConsistencyDecoder")
                                                            ) else "not a VAE"
@@ -591,7 +591,7 @@ def _a(word: str) -> str:
     return f"{'an' if word[:1] in 'AEIO' else 'a'} {word}"  # a UNet, an Autoencoder
 
 
-def _config_class(config: Path) -> str | None:
+def config_class(config: Path) -> str | None:
     """The `_class_name` a diffusers config.json names, if it can be read (else the loader
     says what is wrong with it)."""
     import json

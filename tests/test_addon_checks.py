@@ -291,6 +291,20 @@ def test_a_dry_run_refuses_an_addon_that_cannot_load(flag, make, words, files, t
     assert asked == []  # nothing loaded
 
 
+@pytest.mark.parametrize(("part", "kind"), [("vae", "an AutoencoderKL"),
+                                            ("unet", "a UNet2DConditionModel"),
+                                            ("linfusion", "a LinFusion")])
+def test_another_models_folder_as_controlnet_is_refused_before_loading(
+        part, kind, files, tiny_folder, tmp_path, asked):
+    """A VAE's, UNet's or LinFusion's folder passed --dry-run and failed the run once the
+    model had loaded: 'NotImplementedError: Cannot copy out of meta tensor', exit 1."""
+    args = control_flags(files, tiny_folder / part)
+    for dry in (("--dry-run",), ()):
+        result = cli("gen", "x", *TINY, *args, *dry, "-o", tmp_path / "x.png")
+        assert_usage_error(result, f"holds {kind}, not a ControlNet (a ControlNetModel)")
+    assert asked == []
+
+
 def test_a_controlnet_named_tiny_is_refused_by_the_loader_too():
     from hires.controlnet import ControlError, load_controlnet
 
