@@ -409,7 +409,7 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
     from hires.upscale import make
 
     source = load_job_input(job) if job.image else None
-    noted = say_input(source, job.depth)
+    noted = say_input(source, job.depth, (job.width, job.height))
     plan, whole = _image_plan(job, components, gpu, source.rgb.size if source else None,
                               save_stages, preview)
     stage_files = _writable_stage_files(job, path, len(plan.stages), overwrite) \
@@ -551,17 +551,17 @@ def _after_the_checks() -> Iterator[None]:
         raise OutputError(str(e)) from None
 
 
-def say_input(source, depth: int = 8) -> list[str]:
+def say_input(source, depth: int = 8, size: tuple[int, int] | None = None) -> list[str]:
     """What reading an input changed: its colour profile converted to sRGB (said); what it
-    lost, 16 bits a channel or all frames but the first (warned, and returned: the result's
-    warnings hold them too)."""
+    lost, 16 bits a channel, all frames but the first, or its sides where a result of `size`
+    is another shape (warned, and returned: the result's warnings hold them too)."""
     from hires.images import input_label, input_notes
 
     if source is None:
         return []
     if source.converted_from:
         say(f"  {input_label(source)}: colour profile '{source.converted_from}' converted to sRGB")
-    notes = input_notes(source, depth)
+    notes = input_notes(source, depth, size)
     for note in notes:
         warn(note)
     return notes

@@ -365,9 +365,10 @@ def control_tensor(image: Image.Image, width: int, height: int, device: torch.de
     centre-cropped (Lanczos), as hires.pipeline.fit fits an input image."""
     import numpy as np
 
+    from hires.images import cover_size
+
     image = image.convert("RGB")
-    scale = max(width / image.width, height / image.height)
-    size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+    size = cover_size(image.size, width, height)
     if size != image.size:
         image = image.resize(size, Image.LANCZOS)
     left, top = (image.width - width) // 2, (image.height - height) // 2

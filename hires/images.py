@@ -286,17 +286,39 @@ def input_label(source: InputImage) -> str:
     return "stdin" if str(source.path) == "-" else source.path.name
 
 
-def input_notes(source: InputImage, depth: int = 8) -> list[str]:
+def input_notes(source: InputImage, depth: int = 8,
+                size: tuple[int, int] | None = None) -> list[str]:
     """What reading `source` left out of it, as warnings: 16 bits a channel read as 8 (unless
-    the result is 16-bit, `depth`), every frame or page but the first."""
+    the result is 16-bit, `depth`), every frame or page but the first; and what a result of
+    `size` (another shape) crops off it."""
     name = input_label(source)
-    notes = []
+    notes = [] if size is None else _cropped(source, *size)
     if source.bits == 16 and depth == 8:
         notes.append(f"{name} has 16 bits a channel; the result has 8 (--depth 16 for 16)")
     if source.frames > 1:  # an animation or a multi-page TIFF
         what = "pages" if source.format == "TIFF" else "frames"
         notes.append(f"{name} has {source.frames} {what}; hires upscales the first")
     return notes
+
+
+def _cropped(source: InputImage, width: int, height: int) -> list[str]:
+    """A note where a `width` x `height` result keeps only the centre of `source` (its sides
+    scaled to cover, the rest cut off), beyond the pixel that rounding to 8 px steps moves."""
+    from hires.job import JobError
+    from hires.sizes import target_size
+
+    (sw, sh), (x0, y0, x1, y1) = source.rgb.size, cover_box(source.rgb.size, width, height)
+    if x1 - x0 >= sw - 1 and y1 - y0 >= sh - 1:
+        return []
+    kept = f"{round(x1 - x0)}x{round(y1 - y0)}"
+    note = (f"{input_label(source)} is {sw}x{sh}, another shape than the {width}x{height} "
+            f"result: its centre is upscaled, {kept} px of it")
+    try:  # its long side as --size keeps its shape, unless the 8 px steps are what cut it
+        shaped = target_size((sw, sh), size=max(width, height))
+    except JobError:
+        return [note]
+    return [note if shaped == (width, height) else
+            f"{note} (--size {max(width, height)} keeps all of it: {shaped[0]}x{shaped[1]})"]
 
 
 def _file_bits(im: Image.Image, path: Path) -> int:
@@ -412,8 +434,25 @@ def psnr(a: Image.Image, b: Image.Image) -> float:
     return 10 * math.log10(255.0**2 / mse)
 
 
+def cover_size(size: tuple[int, int], width: int, height: int) -> tuple[int, int]:
+    """The size an image of `size` is scaled to so that it covers `width` x `height` (its
+    aspect kept, to the pixel), before the centre is cropped out (hires.pipeline.fit)."""
+    scale = max(width / size[0], height / size[1])
+    return max(width, round(size[0] * scale)), max(height, round(size[1] * scale))
+
+
+def cover_box(size: tuple[int, int], width: int, height: int) -> tuple[float, ...]:
+    """The part of an image of `size` that covering `width` x `height` keeps (the centre), in
+    the image's own pixels: all of it where the shapes agree."""
+    cw, ch = cover_size(size, width, height)
+    left, top = (cw - width) // 2, (ch - height) // 2
+    sx, sy = size[0] / cw, size[1] / ch
+    return left * sx, top * sy, (left + width) * sx, (top + height) * sy
+
+
 def fidelity(result: Image.Image, source: InputImage) -> float:
-    """PSNR (dB) of `result` downscaled to the source's size against the source RGB.
+    """PSNR (dB) of `result` downscaled to the source's size against the source RGB (against
+    the part of it that the result shows, where a new shape cropped it).
 
     Lanczos, because it is a proper low-pass at any ratio (Pillow widens the kernel by the
     factor), so added detail averages out and only drift in content or tone lowers the figure.
@@ -422,17 +461,21 @@ def fidelity(result: Image.Image, source: InputImage) -> float:
     512x384 takes under a second here.
     """
     rgb = result.convert("RGB") if result.mode != "RGB" else result
-    if rgb.size != source.size:
-        rgb = rgb.resize(source.size, Image.Resampling.LANCZOS)
-    return psnr(rgb, source.rgb)
+    box = tuple(round(v) for v in cover_box(source.rgb.size, *rgb.size))
+    shown = source.rgb if box == (0, 0, *source.rgb.size) else source.rgb.crop(box)
+    if rgb.size != shown.size:
+        rgb = rgb.resize(shown.size, Image.Resampling.LANCZOS)
+    return psnr(rgb, shown)
 
 
 def attach_alpha(rgb: Image.Image, alpha: Image.Image | None) -> Image.Image:
     """`rgb` with `alpha` resized (Lanczos) to its size as an RGBA image; `rgb` if no alpha."""
     if alpha is None:
         return rgb
-    # Lanczos keeps cut-out edges crisp at a 16x enlargement where bilinear would blur them.
-    a = alpha if alpha.size == rgb.size else alpha.resize(rgb.size, Image.Resampling.LANCZOS)
+    # Lanczos keeps cut-out edges crisp at a 16x enlargement where bilinear would blur them;
+    # the part of it the RGB shows (a new shape crops the centre).
+    a = alpha if alpha.size == rgb.size else alpha.resize(
+        rgb.size, Image.Resampling.LANCZOS, box=cover_box(alpha.size, *rgb.size))
     out = rgb.convert("RGB") if rgb.mode != "RGB" else rgb.copy()
     out.putalpha(a)
     return out
@@ -536,9 +579,11 @@ def attach_alpha16(pixels: np.ndarray, alpha: Image.Image | None) -> np.ndarray:
     if alpha is None:
         return pixels
     height, width = pixels.shape[:2]
+    x0, y0, x1, y1 = cover_box(alpha.size, width, height)  # the part the RGB shows
     # Across, clipped, then down: as Pillow resizes the 8-bit alpha of `attach_alpha`, so both
     # round alike where Lanczos rings at hard edges (unclipped they differ by up to 14/255).
-    across = alpha.convert("F").resize((width, alpha.height), Image.Resampling.LANCZOS)
+    across = alpha.convert("F").resize((width, alpha.height), Image.Resampling.LANCZOS,
+                                       box=(x0, 0, x1, alpha.height))
     across = Image.fromarray(np.clip(np.asarray(across), 0, 255), "F")
     out = np.empty((height, width, 4), np.uint16)
     rows = max(1, (1 << 20) // width)
@@ -549,7 +594,7 @@ def attach_alpha16(pixels: np.ndarray, alpha: Image.Image | None) -> np.ndarray:
         # 16K float alpha (1 GB, 3x slower to read whole) is never made. 16K: 4.6 s on 2 cores.
         top, bottom = i * rows, min(height, (i + 1) * rows)
         out[top:bottom, :, :3] = pixels[top:bottom]
-        box = (0, top * alpha.height / height, width, bottom * alpha.height / height)
+        box = (0, y0 + top * (y1 - y0) / height, width, y0 + bottom * (y1 - y0) / height)
         part = across.resize((width, bottom - top), Image.Resampling.LANCZOS, box=box)
         out[top:bottom, :, 3] = np.clip(np.rint(np.asarray(part) * 257.0), 0, 65535)
 

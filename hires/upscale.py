@@ -231,7 +231,8 @@ def upscale_job(job: Job, *, source: Any = None, components: Components | None =
         result.image = greyed(result.image)
         if result.pixels16 is not None:
             result.pixels16 = greyed16(result.pixels16)
-    result.warnings += [n for n in input_notes(source, job.depth) if n not in result.warnings]
+    notes = input_notes(source, job.depth, (job.width, job.height))
+    result.warnings += [n for n in notes if n not in result.warnings]
     result.source = {"path": str(source.path), "sha256": source.sha256,
                      "width": source.rgb.width, "height": source.rgb.height}
     return result

@@ -105,6 +105,19 @@ def test_a_multi_frame_input_says_only_its_first_is_upscaled(tmp_path, asked):
         assert result.exit_code == 0 and said in result.stderr, result.stderr
 
 
+def test_a_size_of_another_shape_says_what_it_cuts_off(photo, tmp_path, asked):
+    """--width/--height of another shape keep the photo's centre: that went unsaid."""
+    args = ("up", photo, "--model", "tiny", "--steps", "1", "--json")
+    result = cli(*args, "--width", "288", "--height", "128", "-o", tmp_path / "wide.png")
+    assert result.exit_code == 0, result.stderr
+    said = ("chelsea.jpg is 144x96, another shape than the 288x128 result: its centre is "
+            "upscaled, 144x64 px of it (--size 288 keeps all of it: 288x192)")
+    assert result.stderr.count(said) == 1
+    assert said in json.loads(result.stdout)["warnings"]
+    kept = cli(*args, "--size", "288", "-o", tmp_path / "kept.png")
+    assert kept.exit_code == 0 and "another shape" not in kept.stderr, kept.stderr
+
+
 @pytest.mark.parametrize("content", [b"", b"not an image", "truncated"])
 def test_bad_inputs_exit_2_with_one_line_and_write_nothing(photo, tmp_path, content):
     bad = tmp_path / "bad.png"

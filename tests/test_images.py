@@ -109,6 +109,37 @@ def test_rgba_alpha_kept_apart_and_reattached(tmp_path, photo, fmt, suffix, opts
     assert attach_alpha(big, None) is big
 
 
+def test_another_shape_keeps_the_centre_of_the_alpha_the_score_and_says_so(tmp_path, photo):
+    """`up --width 904 --height 400` of a 3:2 photo: the pipeline keeps its centre (scaled to
+    cover), but the alpha was stretched onto it, the PSNR compared the crop stretched back
+    (17.6 dB where the shape was kept scored 28-30), and nothing said a part was cut off."""
+    from hires.images import attach_alpha16, input_notes
+    from hires.pipeline import fit
+
+    alpha = Image.linear_gradient("L").resize(photo.size)  # rows 0 to 255, top to bottom
+    rgba = photo.copy()
+    rgba.putalpha(alpha)
+    rgba.save(tmp_path / "cut.png")
+    got = load_input(tmp_path / "cut.png")
+    size = (192, 96)  # 96x80 is 6:5; this is 2:1, its centre rows kept
+    made = fit(got.rgb, *size)  # what the pipeline starts from (stands in for the upscale)
+    out = attach_alpha(made, got.alpha)
+    np.testing.assert_allclose(arr(out.getchannel("A")), arr(fit(alpha, *size)), atol=1)
+    pixels = np.asarray(made).astype(np.uint16) * 257
+    sixteen = attach_alpha16(pixels, got.alpha)[..., 3]
+    assert np.abs(np.rint(sixteen / 257) - arr(out.getchannel("A"))).max() <= 1
+    assert fidelity(made, got) > 30  # the centre it shows, against that centre (was 15)
+    (note,) = input_notes(got, 8, size)
+    assert note == ("cut.png is 96x80, another shape than the 192x96 result: its centre is "
+                    "upscaled, 96x48 px of it (--size 192 keeps all of it: 192x160)")
+    assert input_notes(got, 8, (192, 160)) == []  # its shape: nothing cut
+    # A shape that only the 8 px steps change says no flag that would not help.
+    Image.new("RGB", (40, 30)).save(tmp_path / "small.png")
+    (note,) = input_notes(load_input(tmp_path / "small.png"), 8, (80, 64))
+    assert note.endswith("another shape than the 80x64 result: its centre is upscaled, 38x30 "
+                         "px of it")
+
+
 def test_opaque_alpha_dropped(tmp_path, photo):
     p = tmp_path / "opaque.png"
     photo.convert("RGBA").save(p)
