@@ -782,6 +782,15 @@ def _file_facts(meta: dict[str, Any]) -> dict[str, Any]:
             "dpi": meta["dpi"][0] if meta["dpi"] else None}
 
 
+def _facts_line(meta: dict[str, Any]) -> str:
+    """The file's format, size and dpi in words, with its print size where it holds a dpi."""
+    facts = _file_facts(meta)
+    width, height, dpi = facts["width"], facts["height"], facts["dpi"]
+    where = (f"{dpi:g} dpi: {width / dpi * 2.54:.1f} x {height / dpi * 2.54:.1f} cm"
+             if dpi else "no dpi")
+    return f"{facts['format']} {width}x{height}, {where}"
+
+
 def _show_a1111(said: str, name: str, meta: dict[str, Any], as_json: bool) -> None:
     """An image with only A1111 'parameters': the values `hires gen --from` would take (`said`
     in messages, `name` in --json: as `show_made`'s)."""
@@ -852,6 +861,8 @@ def show_made(path: str | Path, as_json: bool, name: str | None = None) -> None:
         if meta["parameters"] and meta["parameters"].strip():
             _show_a1111(said, name or str(path), meta, as_json)
             return
+        if not as_json:  # what any image shows: a print maker checks its size and dpi
+            out_line(_facts_line(meta))
         raise NoRecord(f"{said} carries no hires or A1111 metadata; `hires info` alone "
                        "shows this machine", _file_facts(meta))
     if problem := _rerun_problem(record["job"]):  # shown as written, and said before --from

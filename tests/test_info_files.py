@@ -375,8 +375,8 @@ def test_info_reads_an_image_or_paths_on_stdin(tmp_path, asked, monkeypatch):
     assert f"file {cat}" in listed.stdout
     bare = tmp_path / "bare.png"
     Image.new("RGB", (8, 8)).save(bare)
-    assert_usage_error(cli("info", "-", input=bare.read_bytes()),
-                       "stdin carries no hires or A1111 metadata")
+    no_record(cli("info", "-", input=bare.read_bytes()), "stdin carries no hires or A1111 "
+              "metadata", "PNG 8x8, no dpi")
     assert_usage_error(cli("info", "-", input=b""), "'-' read nothing from stdin")
     assert_usage_error(cli("info", "-", out, input=out.read_bytes()), "not both")
     assert_usage_error(cli("info", "-", "-", input=out.read_bytes()),
@@ -418,6 +418,14 @@ def test_a_jpegs_a1111_comment_reads_in_either_byte_order(encoded, tmp_path):
     assert "prompt 'a cat on a mat'" in cli("info", path).stdout
 
 
+def no_record(result, words: str, facts: str | None = None) -> None:
+    """`info` on an image without a record: exit 2, one error line, its facts on stdout."""
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: ") and words in line, line
+    assert result.stdout.count("\n") == 1 and (facts is None or result.stdout == f"{facts}\n")
+
+
 def test_a_tiff_description_or_exif_comment_that_is_no_a1111_text_is_not_a_prompt(tmp_path):
     """tifffile's JSON shape was shown as an A1111 prompt, and --from would have run it."""
     import numpy as np
@@ -431,11 +439,16 @@ def test_a_tiff_description_or_exif_comment_that_is_no_a1111_text_is_not_a_promp
     Image.new("RGB", (8, 8)).save(tmp_path / "c.jpg", exif=exif)
     for path in (tmp_path / "t.tif", tmp_path / "c.jpg"):
         assert read_metadata(path)["parameters"] is None
-        assert_usage_error(cli("info", path), "carries no hires or A1111 metadata")
+        no_record(cli("info", path), "carries no hires or A1111 metadata")
     # --json: an image with no record is still an image, its facts said (not only an error)
     said = cli("info", tmp_path / "c.jpg", "--json")
     assert said.exit_code == 2
     assert json.loads(said.stdout)["image"] == {"format": "JPEG", "width": 8, "height": 8,
                                                 "dpi": None}
+    # and in words: its format, size and dpi (printed nothing but the error)
+    Image.new("RGB", (600, 300)).save(tmp_path / "p.png", dpi=(300, 300))
+    for path, facts in ((tmp_path / "c.jpg", "JPEG 8x8, no dpi"),
+                        (tmp_path / "p.png", "PNG 600x300, 300 dpi: 5.1 x 2.5 cm")):
+        no_record(cli("info", path), "carries no hires or A1111 metadata", facts)
     tifffile.imwrite(tmp_path / "a.tif", np.zeros((16, 16), np.uint8), description=A1111)
     assert read_metadata(tmp_path / "a.tif")["parameters"] == A1111
