@@ -361,6 +361,8 @@ def _keys_refusal(name: str, keys: list[str] | None, vae: bool) -> str | None:
         guess = "an SD 1.x/2.x checkpoint"
     elif lora:
         guess = "a LoRA? give it with --lora"
+    elif any(k.startswith(("controlnet_cond_embedding.", "control_model.")) for k in keys):
+        guess = "a ControlNet? give it with --control-model"
     elif any(k.startswith(("down_blocks.", "input_blocks.", "model.diffusion_model."))
              for k in keys):
         guess = "a UNet alone?"

@@ -147,7 +147,8 @@ def weights_not_found() -> Iterator[list[tuple[str, str, int]]]:
                 r"'([^']+)'", text.partition("newly initialized: ")[2])
             at = re.search(r"(?:from:|model checkpoint at) (\S+)", text)
             if keys and at:
-                found.append((Path(at[1]).name, keys[0], len(keys)))
+                # the first in order: diffusers lists them from a set, in a new order a run
+                found.append((Path(at[1]).name, min(keys), len(keys)))
                 return
             _, shown, _, handlers = before[record.name.split(".")[0]]
             if record.levelno >= shown:  # what the user's settings show, shown as before
