@@ -334,9 +334,16 @@ def _folded(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
     if not any(key.endswith(".alpha") for key in state):
         return None
     layers = [key[:-len(".lora_up.weight")] for key in state if key.endswith(".lora_up.weight")]
+    ups = [state[f"{layer}.lora_up.weight"] for layer in layers]
+    given = [state.get(f"{layer}.alpha") for layer in layers]
+    # A malformed layer (an alpha of many numbers, a 1-D up weight) or a non-finite alpha is
+    # left as it is, for the checks and diffusers to refuse in their words.
+    if any(up.ndim < 2 for up in ups) or any(
+            a is not None and (a.numel() != 1 or not bool(a.isfinite().all())) for a in given):
+        return None
     # A layer without an alpha has its rank (kohya's rule: a scale of 1).
-    alphas = {layer: float(state[f"{layer}.alpha"]) if f"{layer}.alpha" in state
-              else float(state[f"{layer}.lora_up.weight"].shape[1]) for layer in layers}
+    alphas = {layer: float(a) if a is not None else float(up.shape[1])
+              for layer, up, a in zip(layers, ups, given, strict=True)}
     if len(set(alphas.values())) < 2:
         return None
     state = dict(state)

@@ -148,6 +148,25 @@ def test_each_layers_alpha_is_its_own(pipe, tmp_path, layout):
             torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize("broken", ["two-number alpha", "1-D up weight"])
+def test_a_malformed_layer_beside_differing_alphas_is_refused_in_one_line(pipe, tmp_path,
+                                                                         broken):
+    """Folding the alphas met these first and raised Python's own errors (exit 1: 'only one
+    element tensors can be converted', 'tuple index out of range')."""
+    state = load_file(write_tiny_lora(tmp_path / "style.safetensors", pipe))
+    layers = sorted(k[:-len(".alpha")] for k in state if k.endswith(".alpha"))
+    state[f"{layers[1]}.alpha"] = torch.tensor(7.0)  # the alphas differ
+    if broken == "two-number alpha":
+        state[f"{layers[0]}.alpha"] = torch.tensor([1.0, 2.0])
+    else:
+        del state[f"{layers[0]}.alpha"]
+        state[f"{layers[0]}.lora_up.weight"] = state[f"{layers[0]}.lora_up.weight"][:, 0].clone()
+    save_file(state, tmp_path / "broken.safetensors")
+    with pytest.raises(LoraError) as e:
+        load_loras(pipe, [str(tmp_path / "broken.safetensors")])
+    assert "broken.safetensors" in one_line(e)
+
+
 def test_scale_zero_is_exactly_no_lora(pipe, tmp_path):
     base_unet, base_text = unet_out(pipe), text_out(pipe)
     file = write_tiny_lora(tmp_path / "style.safetensors", pipe)
