@@ -40,6 +40,7 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
     jobs of prompts read from stdin, whose length is said as the run says it."""
     from hires.dry_run import as_run_here, dry_run
     from hires.gpus import card, card_budget_gib
+    from hires.model_refs import defaults_uncached
     from hires.plan import preview_of
 
     check_gpu(gpu)
@@ -47,10 +48,19 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
         job = as_run_here(job, gpu)
         if gpu is None:  # --gpu plans that card and another machine's RAM, not this one's
             warn_ram([job])  # as the run warns: a budget over this machine's RAM
+            for why in defaults_uncached(job.model, job.linfusion):
+                warn(f"a run here would stop: {why}")
     run = fitted_plan(lambda: dry_run(job, gpu, source, stage_images, preview), job)
     for one in prompts or [job]:  # `up` plans each input: one prompt, said once
         for warning in run_warnings(one, run.plan):
             warn_once(warning)
+    if source is not None and job.image:  # as the run says it, before its work
+        from hires.images import crop_note
+        from hires.piped import STDIN
+
+        label = "stdin" if job.image == STDIN else Path(job.image).name
+        if cropped := crop_note(label, source, job.width, job.height):
+            warn(cropped)
     named = card(run.gpu)
     if run.budget_from == "vram" and named and job.vram > named.memory_gib:
         # planned as asked (a card of that size at this one's speed), but likely a preset's
@@ -784,11 +794,15 @@ def _file_facts(meta: dict[str, Any]) -> dict[str, Any]:
 
 def _facts_line(meta: dict[str, Any]) -> str:
     """The file's format, size and dpi in words, with its print size where it holds a dpi."""
-    facts = _file_facts(meta)
-    width, height, dpi = facts["width"], facts["height"], facts["dpi"]
-    where = (f"{dpi:g} dpi: {width / dpi * 2.54:.1f} x {height / dpi * 2.54:.1f} cm"
-             if dpi else "no dpi")
-    return f"{facts['format']} {width}x{height}, {where}"
+    (width, height), dpi = meta["size"], meta["dpi"]
+    if not dpi or not all(d > 0 for d in dpi[:2]):
+        return f"{meta['format']} {width}x{height}, no dpi"
+    across, down = dpi[:2]
+    # to a tenth: a BMP's pixels per metre read back as 96.0119
+    said = f"{round(across, 1):g}" + ("" if round(across, 1) == round(down, 1) else
+                                      f"x{round(down, 1):g}")
+    return (f"{meta['format']} {width}x{height}, {said} dpi: {width / across * 2.54:.1f} x "
+            f"{height / down * 2.54:.1f} cm")
 
 
 def _show_a1111(said: str, name: str, meta: dict[str, Any], as_json: bool) -> None:

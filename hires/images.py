@@ -292,7 +292,8 @@ def input_notes(source: InputImage, depth: int = 8,
     the result is 16-bit, `depth`), every frame or page but the first; and what a result of
     `size` (another shape) crops off it."""
     name = input_label(source)
-    notes = [] if size is None else _cropped(source, *size)
+    cropped = None if size is None else crop_note(name, source.rgb.size, *size)
+    notes = [cropped] if cropped else []
     if source.bits == 16 and depth == 8:
         notes.append(f"{name} has 16 bits a channel; the result has 8 (--depth 16 for 16)")
     if source.frames > 1:  # an animation or a multi-page TIFF
@@ -301,24 +302,27 @@ def input_notes(source: InputImage, depth: int = 8,
     return notes
 
 
-def _cropped(source: InputImage, width: int, height: int) -> list[str]:
-    """A note where a `width` x `height` result keeps only the centre of `source` (its sides
-    scaled to cover, the rest cut off), beyond the pixel that rounding to 8 px steps moves."""
+def crop_note(label: str, size: tuple[int, int], width: int, height: int) -> str | None:
+    """A warning where a `width` x `height` result keeps only the centre of the input `label`
+    of `size` (scaled to cover, the rest cut off): a shape asked for that is not its own, or
+    one its 8 px steps force far from it (1000x10 at x2: 2000x24). None where the steps move
+    the shape by the few pixels any upscale's do."""
     from hires.job import JobError
     from hires.sizes import target_size
 
-    (sw, sh), (x0, y0, x1, y1) = source.rgb.size, cover_box(source.rgb.size, width, height)
-    if x1 - x0 >= sw - 1 and y1 - y0 >= sh - 1:
-        return []
-    kept = f"{round(x1 - x0)}x{round(y1 - y0)}"
-    note = (f"{input_label(source)} is {sw}x{sh}, another shape than the {width}x{height} "
-            f"result: its centre is upscaled, {kept} px of it")
-    try:  # its long side as --size keeps its shape, unless the 8 px steps are what cut it
-        shaped = target_size((sw, sh), size=max(width, height))
+    (sw, sh), (cw, ch) = size, cover_size(size, width, height)
+    if max(cw - width, ch - height) <= 8 or max((cw - width) / cw, (ch - height) / ch) <= 0.01:
+        return None
+    x0, y0, x1, y1 = cover_box(size, width, height)
+    note = (f"{label} is {sw}x{sh}, another shape than the {width}x{height} result: its "
+            f"centre is upscaled, {round(x1 - x0)}x{round(y1 - y0)} px of it")
+    try:  # its long side as the size keeps its shape, unless the 8 px steps are what cut it
+        shaped = target_size(size, size=max(width, height))
     except JobError:
-        return [note]
-    return [note if shaped == (width, height) else
-            f"{note} (--size {max(width, height)} keeps all of it: {shaped[0]}x{shaped[1]})"]
+        return note
+    if shaped == (width, height):
+        return note
+    return f"{note} (a size of {max(width, height)} keeps all of it: {shaped[0]}x{shaped[1]})"
 
 
 def _file_bits(im: Image.Image, path: Path) -> int:

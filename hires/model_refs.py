@@ -243,6 +243,17 @@ def check_cached(model: str, vae: str | None, linfusion: str, known: bool = True
             raise ModelError(why)
 
 
+def defaults_uncached(model: str, linfusion: str) -> list[str]:
+    """What a dry run leaves to the run (`check_cached`'s `known`): hires' default model, the
+    LinFusion checkpoint --linfusion auto takes, or a single file's configs, not in the local
+    cache while the Hub is off; a line to warn of (the plan knows their shapes)."""
+    try:
+        check_cached(model, None, linfusion)
+    except ModelError as e:
+        return [str(e)]
+    return []
+
+
 def check_model_file(ref: str, allow_pickle: bool) -> None:
     """A single-file model's own refusals: not there, not an SDXL checkpoint in safetensors, or
     a pickle without `allow_pickle`."""

@@ -111,9 +111,11 @@ def test_a_size_of_another_shape_says_what_it_cuts_off(photo, tmp_path, asked):
     result = cli(*args, "--width", "288", "--height", "128", "-o", tmp_path / "wide.png")
     assert result.exit_code == 0, result.stderr
     said = ("chelsea.jpg is 144x96, another shape than the 288x128 result: its centre is "
-            "upscaled, 144x64 px of it (--size 288 keeps all of it: 288x192)")
+            "upscaled, 144x64 px of it (a size of 288 keeps all of it: 288x192)")
     assert result.stderr.count(said) == 1
     assert said in json.loads(result.stdout)["warnings"]
+    dry = cli(*args, "--width", "288", "--height", "128", "--dry-run")  # before any work
+    assert dry.exit_code == 0 and dry.stderr.count(said) == 1, dry.stderr
     kept = cli(*args, "--size", "288", "-o", tmp_path / "kept.png")
     assert kept.exit_code == 0 and "another shape" not in kept.stderr, kept.stderr
 

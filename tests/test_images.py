@@ -131,13 +131,23 @@ def test_another_shape_keeps_the_centre_of_the_alpha_the_score_and_says_so(tmp_p
     assert fidelity(made, got) > 30  # the centre it shows, against that centre (was 15)
     (note,) = input_notes(got, 8, size)
     assert note == ("cut.png is 96x80, another shape than the 192x96 result: its centre is "
-                    "upscaled, 96x48 px of it (--size 192 keeps all of it: 192x160)")
+                    "upscaled, 96x48 px of it (a size of 192 keeps all of it: 192x160)")
     assert input_notes(got, 8, (192, 160)) == []  # its shape: nothing cut
-    # A shape that only the 8 px steps change says no flag that would not help.
-    Image.new("RGB", (40, 30)).save(tmp_path / "small.png")
-    (note,) = input_notes(load_input(tmp_path / "small.png"), 8, (80, 64))
-    assert note.endswith("another shape than the 80x64 result: its centre is upscaled, 38x30 "
-                         "px of it")
+
+
+@pytest.mark.parametrize(("size", "result", "said"), [
+    ((40, 30), (80, 64), None),  # --scale 2: the 8 px steps cut 2 px, as any upscale's may
+    ((1001, 751), (4000, 3008), None),  # --scale 4: 2 px
+    ((1000, 667), (2000, 1336), None),
+    # the steps force a shape far from its own: said, with no size that would not help
+    ((1000, 10), (2000, 24), "x.png is 1000x10, another shape than the 2000x24 result: its "
+                             "centre is upscaled, 833x10 px of it"),
+])
+def test_only_a_crop_beyond_the_8_px_steps_is_said(size, result, said):
+    """The note was said for 56 % of photos upscaled with --scale 2 (a 1 px crop)."""
+    from hires.images import crop_note
+
+    assert crop_note("x.png", size, *result) == said
 
 
 def test_opaque_alpha_dropped(tmp_path, photo):

@@ -11,6 +11,7 @@ import torch
 from helpers_cli import assert_usage_error, cli
 from safetensors.torch import load_file, save_file
 
+import hires.linfusion
 import hires.model_refs
 import hires.models
 from hires.model_refs import ModelError
@@ -80,9 +81,19 @@ def test_a_cached_hub_id_passes_and_the_default_model_is_planned(empty_cache, ti
     hires.model_refs.check_cached(str(tiny_folder), "owner/vae", "none")
     with pytest.raises(ModelError, match="not in the local cache"):
         hires.model_refs.check_cached("owner/model", None, "none")
-    # The default model (and its LinFusion) are planned from their known shapes.
+    # The default model (and its LinFusion) are planned from their known shapes, and a run
+    # here would stop on them: said as a warning (it passed without a word).
     result = cli("gen", "a fox", "--size", "1024", "--dry-run")
     assert result.exit_code == 0, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "would stop" in line]
+    assert line.startswith("warning: a run here would stop: model 'stabilityai/stable-diffusion"
+                           "-xl-base-1.0' is not in the local cache and HF_HUB_OFFLINE is set")
+    cache_repo(empty_cache, hires.model_refs.DEFAULT_MODEL, {"model_index.json": "{}"})
+    linfusion = hires.linfusion.DEFAULT_CHECKPOINTS[hires.model_refs.DEFAULT_MODEL]
+    cache_repo(empty_cache, linfusion, {"config.json": "{}"})
+    for args in ((), ("--gpu", "h100")):  # cached; planned for another machine
+        result = cli("gen", "a fox", "--size", "1024", "--dry-run", *args)
+        assert result.exit_code == 0 and "would stop" not in result.stderr, result.stderr
 
 
 def test_a_bad_vae_or_linfusion_fails_before_the_model_loads(empty_cache, tiny_folder,
