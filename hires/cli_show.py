@@ -49,7 +49,7 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
         if gpu is None:  # --gpu plans that card and another machine's RAM, not this one's
             warn_ram([job])  # as the run warns: a budget over this machine's RAM
             for why in defaults_uncached(job.model, job.linfusion):
-                warn(f"a run here would stop: {why}")
+                warn_once(f"a run here would stop: {why}")  # `up`: once, not an input each
     run = fitted_plan(lambda: dry_run(job, gpu, source, stage_images, preview), job)
     for one in prompts or [job]:  # `up` plans each input: one prompt, said once
         for warning in run_warnings(one, run.plan):
@@ -794,13 +794,15 @@ def _file_facts(meta: dict[str, Any]) -> dict[str, Any]:
 
 def _facts_line(meta: dict[str, Any]) -> str:
     """The file's format, size and dpi in words, with its print size where it holds a dpi."""
-    (width, height), dpi = meta["size"], meta["dpi"]
-    if not dpi or not all(d > 0 for d in dpi[:2]):
+    (width, height), dpi = meta["size"], [d for d in (meta["dpi"] or ())[:2] if d > 0]
+    if not dpi:
         return f"{meta['format']} {width}x{height}, no dpi"
-    across, down = dpi[:2]
-    # to a tenth: a BMP's pixels per metre read back as 96.0119
-    said = f"{round(across, 1):g}" + ("" if round(across, 1) == round(down, 1) else
-                                      f"x{round(down, 1):g}")
+    across, down = dpi[0], dpi[-1]  # one side's alone: both (as --json's "dpi")
+
+    def shown(d: float) -> str:  # to a tenth: a BMP's pixels per metre read back as 96.0119
+        return f"{round(d, 1):g}" if d >= 1 else f"{d:.2g}"
+
+    said = shown(across) + ("" if shown(across) == shown(down) else f"x{shown(down)}")
     return (f"{meta['format']} {width}x{height}, {said} dpi: {width / across * 2.54:.1f} x "
             f"{height / down * 2.54:.1f} cm")
 

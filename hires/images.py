@@ -320,7 +320,7 @@ def crop_note(label: str, size: tuple[int, int], width: int, height: int) -> str
         shaped = target_size(size, size=max(width, height))
     except JobError:
         return note
-    if shaped == (width, height):
+    if shaped == (width, height) or crop_note(label, size, *shaped):  # it would cut too
         return note
     return f"{note} (a size of {max(width, height)} keeps all of it: {shaped[0]}x{shaped[1]})"
 

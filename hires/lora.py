@@ -298,7 +298,7 @@ def _source(ref: str, file: Path) -> str | dict[str, torch.Tensor]:
     """What diffusers loads: the path of a safetensors file, or its tensors where its layers'
     alphas differ (`_alphas_folded`); a pickle's tensors read safely."""
     if not file.name.lower().endswith(PICKLE_SUFFIXES):
-        return _alphas_folded(file) or str(file)
+        return _alphas_folded(ref, file) or str(file)
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle and zip errors of every kind
@@ -307,10 +307,10 @@ def _source(ref: str, file: Path) -> str | dict[str, torch.Tensor]:
                                               for v in state.values()):
         raise LoraError(f"LoRA {ref}: {file.name} holds no plain dict of tensors; it is not a "
                         "LoRA file")
-    return _folded(state) or state
+    return _folded(ref, state) or state
 
 
-def _alphas_folded(file: Path) -> dict[str, torch.Tensor] | None:
+def _alphas_folded(ref: str, file: Path) -> dict[str, torch.Tensor] | None:
     """A kohya-layout file's tensors with each layer's alpha folded in (`_folded`); None where
     it has no alphas that differ (or cannot be read: diffusers then says why)."""
     from safetensors import SafetensorError, safe_open
@@ -322,10 +322,10 @@ def _alphas_folded(file: Path) -> dict[str, torch.Tensor] | None:
             state = {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError):
         return None
-    return _folded(state)
+    return _folded(ref, state)
 
 
-def _folded(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+def _folded(ref: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
     """Kohya-layout tensors whose layers' alphas differ, each layer's `alpha / rank` moved into
     its up weight and every alpha set to 1 (None where they are all alike): diffusers names a
     per-layer alpha by its older module names (`text_model.` that transformers 5's CLIP text
@@ -336,11 +336,14 @@ def _folded(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
     layers = [key[:-len(".lora_up.weight")] for key in state if key.endswith(".lora_up.weight")]
     ups = [state[f"{layer}.lora_up.weight"] for layer in layers]
     given = [state.get(f"{layer}.alpha") for layer in layers]
-    # A malformed layer (an alpha of many numbers, a 1-D up weight) or a non-finite alpha is
-    # left as it is, for the checks and diffusers to refuse in their words.
-    if any(up.ndim < 2 for up in ups) or any(
-            a is not None and (a.numel() != 1 or not bool(a.isfinite().all())) for a in given):
+    # A malformed layer (an alpha of many numbers, a 1-D up weight) is left as it is, for the
+    # checks and diffusers to refuse in their words.
+    if any(up.ndim < 2 for up in ups) or any(a is not None and a.numel() != 1 for a in given):
         return None
+    for layer, a in zip(layers, given, strict=True):
+        if a is not None and not math.isfinite(float(a)):  # it would make the image NaN
+            raise LoraError(f"LoRA {ref}: the alpha of {layer} is {float(a)}, not a finite "
+                            "number; the file is damaged: re-download or re-save it")
     # A layer without an alpha has its rank (kohya's rule: a scale of 1).
     alphas = {layer: float(a) if a is not None else float(up.shape[1])
               for layer, up, a in zip(layers, ups, given, strict=True)}

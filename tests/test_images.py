@@ -142,6 +142,9 @@ def test_another_shape_keeps_the_centre_of_the_alpha_the_score_and_says_so(tmp_p
     # the steps force a shape far from its own: said, with no size that would not help
     ((1000, 10), (2000, 24), "x.png is 1000x10, another shape than the 2000x24 result: its "
                              "centre is upscaled, 833x10 px of it"),
+    # a size of 4096 would cut it too (4096x72: 967x17 of it), so none is offered
+    ((1000, 17), (4096, 4096), "x.png is 1000x17, another shape than the 4096x4096 result: "
+                               "its centre is upscaled, 17x17 px of it"),
 ])
 def test_only_a_crop_beyond_the_8_px_steps_is_said(size, result, said):
     """The note was said for 56 % of photos upscaled with --scale 2 (a 1 px crop)."""

@@ -148,7 +148,7 @@ def test_each_layers_alpha_is_its_own(pipe, tmp_path, layout):
             torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize("broken", ["two-number alpha", "1-D up weight"])
+@pytest.mark.parametrize("broken", ["two-number alpha", "1-D up weight", "inf", "nan"])
 def test_a_malformed_layer_beside_differing_alphas_is_refused_in_one_line(pipe, tmp_path,
                                                                          broken):
     """Folding the alphas met these first and raised Python's own errors (exit 1: 'only one
@@ -158,6 +158,8 @@ def test_a_malformed_layer_beside_differing_alphas_is_refused_in_one_line(pipe, 
     state[f"{layers[1]}.alpha"] = torch.tensor(7.0)  # the alphas differ
     if broken == "two-number alpha":
         state[f"{layers[0]}.alpha"] = torch.tensor([1.0, 2.0])
+    elif broken in ("inf", "nan"):  # ran with the alphas unfolded (exit 0), or made NaN
+        state[f"{layers[0]}.alpha"] = torch.tensor(float(broken))
     else:
         del state[f"{layers[0]}.alpha"]
         state[f"{layers[0]}.lora_up.weight"] = state[f"{layers[0]}.lora_up.weight"][:, 0].clone()
@@ -165,6 +167,8 @@ def test_a_malformed_layer_beside_differing_alphas_is_refused_in_one_line(pipe, 
     with pytest.raises(LoraError) as e:
         load_loras(pipe, [str(tmp_path / "broken.safetensors")])
     assert "broken.safetensors" in one_line(e)
+    if broken in ("inf", "nan"):
+        assert f"the alpha of {layers[0]} is {broken}, not a finite number" in str(e.value)
 
 
 def test_scale_zero_is_exactly_no_lora(pipe, tmp_path):

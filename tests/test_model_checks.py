@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers_cli import assert_usage_error, cli
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import hires.linfusion
@@ -75,7 +76,8 @@ def test_an_uncached_hub_id_fails_the_dry_run_when_offline(empty_cache, tiny_fol
     assert planned.exit_code == 0, planned.stderr
 
 
-def test_a_cached_hub_id_passes_and_the_default_model_is_planned(empty_cache, tiny_folder):
+def test_a_cached_hub_id_passes_and_the_default_model_is_planned(empty_cache, tiny_folder,
+                                                                 tmp_path):
     cache_repo(empty_cache, "owner/vae", {"vae/config.json": "{}"})
     assert hires.model_refs.hub_cached("owner/vae", "config.json", "vae/config.json")
     hires.model_refs.check_cached(str(tiny_folder), "owner/vae", "none")
@@ -88,6 +90,11 @@ def test_a_cached_hub_id_passes_and_the_default_model_is_planned(empty_cache, ti
     (line,) = [line for line in result.stderr.splitlines() if "would stop" in line]
     assert line.startswith("warning: a run here would stop: model 'stabilityai/stable-diffusion"
                            "-xl-base-1.0' is not in the local cache and HF_HUB_OFFLINE is set")
+    for name in ("a.png", "b.png"):  # `up` plans each input; the model loads once
+        Image.new("RGB", (64, 48)).save(tmp_path / name)
+    result = cli("up", tmp_path / "a.png", tmp_path / "b.png", "--scale", "2", "--dry-run",
+                 "-o", f"{tmp_path}/")
+    assert result.exit_code == 0 and result.stderr.count(line) == 1, result.stderr
     cache_repo(empty_cache, hires.model_refs.DEFAULT_MODEL, {"model_index.json": "{}"})
     linfusion = hires.linfusion.DEFAULT_CHECKPOINTS[hires.model_refs.DEFAULT_MODEL]
     cache_repo(empty_cache, linfusion, {"config.json": "{}"})
