@@ -40,7 +40,6 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
     jobs of prompts read from stdin, whose length is said as the run says it."""
     from hires.dry_run import as_run_here, dry_run
     from hires.gpus import card, card_budget_gib
-    from hires.model_refs import defaults_uncached
     from hires.plan import preview_of
 
     check_gpu(gpu)
@@ -48,19 +47,13 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
         job = as_run_here(job, gpu)
         if gpu is None:  # --gpu plans that card and another machine's RAM, not this one's
             warn_ram([job])  # as the run warns: a budget over this machine's RAM
-            for why in defaults_uncached(job.model, job.linfusion):
-                warn_once(f"a run here would stop: {why}")  # `up`: once, not an input each
+            _would_stop([job])
     run = fitted_plan(lambda: dry_run(job, gpu, source, stage_images, preview), job)
     for one in prompts or [job]:  # `up` plans each input: one prompt, said once
         for warning in run_warnings(one, run.plan):
             warn_once(warning)
-    if source is not None and job.image:  # as the run says it, before its work
-        from hires.images import crop_note
-        from hires.piped import STDIN
-
-        label = "stdin" if job.image == STDIN else Path(job.image).name
-        if cropped := crop_note(label, source, job.width, job.height):
-            warn(cropped)
+    for cropped in crop_notes(job, source):  # as the run says it, before its work
+        warn(cropped)
     named = card(run.gpu)
     if run.budget_from == "vram" and named and job.vram > named.memory_gib:
         # planned as asked (a card of that size at this one's speed), but likely a preset's
@@ -84,6 +77,28 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
         hints = plan_hints(run, job, p, preview, replan)
     for hint in hints:
         say(hint)
+
+
+def crop_notes(job, source: tuple[int, int] | None) -> list[str]:
+    """What an upscale `job` of an input of size `source` cuts off it, as its run warns."""
+    from hires.images import crop_note
+    from hires.piped import STDIN
+
+    if source is None or not job.image:
+        return []
+    label = "stdin" if job.image == STDIN else Path(job.image).name
+    cropped = crop_note(label, source, job.width, job.height)
+    return [cropped] if cropped else []
+
+
+def _would_stop(jobs: list) -> None:
+    """Warn, once each, of what a run here would stop on that a dry run plans past (hires'
+    default model or its LinFusion not in the cache while the Hub is off)."""
+    from hires.model_refs import defaults_uncached
+
+    for job in jobs:
+        for why in defaults_uncached(job.model, job.linfusion):
+            warn_once(f"a run here would stop: {why}")  # `up`: once, not an input each
 
 
 def plan_json(run, job, p) -> dict[str, Any]:
@@ -356,6 +371,8 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
                 warn(f"job {item.index}: {loss}")
         out_line(json_line(row) if as_json else text)
     warn_space(tally.to_make)
+    if gpu is None:  # --gpu plans that card, on another machine
+        _would_stop([job for _, job in tally.to_make])
     if not as_json:
         out_line(batch_total_line(tally))
     if tally.counts["cannot run"]:
@@ -421,7 +438,7 @@ def batch_job_row(item: Any, path: Path, gpu: str | None, plans: dict[str, Any],
         # the other jobs, exits 1 for either).
         tally.usage = tally.usage or not isinstance(e, ModelError) or e.usage
         return row, f"job {item.index}: cannot run: {said}"
-    row["notes"] = run_warnings(job, run.plan)
+    row["notes"] = run_warnings(job, run.plan) + crop_notes(job, source)
     seconds = run.plan.seconds  # None: a CPU job, not timed
     if seconds is not None:
         tally.total, tally.planned_on = tally.total + seconds, run.gpu

@@ -116,6 +116,12 @@ def test_a_size_of_another_shape_says_what_it_cuts_off(photo, tmp_path, asked):
     assert said in json.loads(result.stdout)["warnings"]
     dry = cli(*args, "--width", "288", "--height", "128", "--dry-run")  # before any work
     assert dry.exit_code == 0 and dry.stderr.count(said) == 1, dry.stderr
+    jobs = tmp_path / "jobs.jsonl"  # a batch's dry run: in the job's warnings too
+    jobs.write_text(json.dumps({"image": str(photo), "width": 288, "height": 128}) + "\n")
+    dry = cli("batch", jobs, "--model", "tiny", "--dry-run", "--json", "-o", tmp_path / "b")
+    assert dry.exit_code == 0, dry.stderr
+    assert json.loads(dry.stdout.splitlines()[0])["warnings"] == [said]
+    assert f"warning: job 0: {said}" in dry.stderr
     kept = cli(*args, "--size", "288", "-o", tmp_path / "kept.png")
     assert kept.exit_code == 0 and "another shape" not in kept.stderr, kept.stderr
 

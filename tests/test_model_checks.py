@@ -95,6 +95,10 @@ def test_a_cached_hub_id_passes_and_the_default_model_is_planned(empty_cache, ti
     result = cli("up", tmp_path / "a.png", tmp_path / "b.png", "--scale", "2", "--dry-run",
                  "-o", f"{tmp_path}/")
     assert result.exit_code == 0 and result.stderr.count(line) == 1, result.stderr
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"prompt": "a"}\n{"prompt": "b"}\n')
+    result = cli("batch", jobs, "--dry-run", "-o", tmp_path / "b")
+    assert result.exit_code == 0 and result.stderr.count(line) == 1, result.stderr
     cache_repo(empty_cache, hires.model_refs.DEFAULT_MODEL, {"model_index.json": "{}"})
     linfusion = hires.linfusion.DEFAULT_CHECKPOINTS[hires.model_refs.DEFAULT_MODEL]
     cache_repo(empty_cache, linfusion, {"config.json": "{}"})
