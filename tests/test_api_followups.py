@@ -62,8 +62,12 @@ def test_upscale_takes_the_jobs_size(photo, ran):
     (dict(scale=2), "scale=: scale multiplies an input image's size: it is for "
                     "hires.upscale(image, scale=...); give size"),
     (dict(preset="draft"), "presets are for the command line and batch files; pass a preset's "
-                           "settings as keywords: **hires.presets.load_preset('draft').values"),
+                           "settings as keywords, yours over them: "
+                           "**{**hires.presets.load_preset('draft').values, 'steps': 30}"),
     (dict(output="a.png"), "result.save(path) writes it"),
+    # said "did you mean 'control_scale'?"
+    (dict(on_score=print), "on_score is hires.upscale's (each stage's PSNR against the input "
+                           "image)"),
 ])
 def test_a_keyword_the_library_lacks_says_what_it_has(given, says):
     """n=2 said "pass n to gen", scale=2 "did you mean 'ip_scale'?", preset= "did you mean
@@ -75,6 +79,16 @@ def test_a_keyword_the_library_lacks_says_what_it_has(given, says):
     assert says in str(e.value)
     assert "gen" not in str(e.value).replace("hires.generate", "") and "did you mean" not in str(
         e.value)
+
+
+@pytest.mark.parametrize("prompt", [{}, {"prompt": None}, {"prompt": "  "}])
+def test_generate_without_a_prompt_is_refused_as_gen_is(prompt, tiny):
+    """`hires gen ""` says "give a prompt"; generate() made an image of no prompt, unsaid (a
+    script's unset prompt variable, None, is 'not given')."""
+    import hires
+
+    with pytest.raises(hires.JobError, match=r"^give a prompt: generate\('a lighthouse"):
+        hires.generate(components=tiny, size=128, steps=1, seed=1, **prompt)
 
 
 def test_a_presets_settings_run_as_keywords(tiny):
