@@ -114,7 +114,8 @@ class Result:
         exists, or a name ending in `/`) holds it under hires' default name, a name without a
         format's suffix gets the job's format's, `~` is the home folder, and a `{seed}`-style
         template is filled ({seed}, {width}, {height}, {prompt}, {name}, {format}). Options:
-        `hires.record.save`'s. What the save warns of (a JPEG loses transparency) is in the
+        `overwrite`, `save_stages`, `quality` and `fmt` (as `hires.record.save` takes them;
+        `format` is `fmt`). What the save warns of (a JPEG loses transparency) is in the
         record it returns (and the file's) and given to Python's `warnings`. A preview's (a run of
         `hires.plan.preview_of`'s plan) records itself as its job's stage 0, as `--preview`'s."""
         from hires.job import plain_number
@@ -129,6 +130,15 @@ class Result:
         if str(path) == "-":  # the CLI's `-o -`; here it would be a file named '-'
             raise ValueError("save writes a file, not stdout: give a file's path; to send the "
                              "image elsewhere, save it and copy the file")
+        if "format" in options and "fmt" not in options:  # as generate(format=...) names it
+            options = {**{k: v for k, v in options.items() if k != "format"},
+                       "fmt": options["format"]}
+        # record.save's others (settings, recorded_as, stage, warn) write what the CLI knows of
+        # a run into the record: not a caller's to set
+        unknown = sorted(set(options) - {"overwrite", "save_stages", "quality", "fmt"})
+        if unknown:
+            raise TypeError(f"save() takes overwrite=, save_stages=, quality= and format=, not "
+                            f"{unknown[0]}=")
         check_flags(**{k: options[k] for k in ("overwrite", "save_stages") if k in options})
         if "quality" in options:  # numpy's 50 is 50, as generate(quality=...) takes it
             options = {**options, "quality": plain_number(options["quality"])}

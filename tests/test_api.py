@@ -138,6 +138,13 @@ def test_result_save_speaks_of_its_keywords_not_the_clis_flags(tiny, tmp_path):
         assert words in message and "--" not in message and "-o " not in message, message
     with pytest.raises(ValueError, match="save needs a file's path"):
         result.save("")  # it said ". already exists"
+    # format= as generate takes it (a TypeError); record.save's own keywords (settings=,
+    # recorded_as=, stage=, warn=) wrote what a caller made up into the record
+    assert result.save(tmp_path / "d", format="jpg")["path"] == str(tmp_path / "d.jpg")
+    for made_up in ({"settings": "x"}, {"recorded_as": "-"}, {"stage": 0}):
+        with pytest.raises(TypeError, match=f"not {next(iter(made_up))}=$"):
+            result.save(tmp_path / "e.png", **made_up)
+    assert not (tmp_path / "e.png").exists()
 
 
 def test_result_save_fills_a_template_as_o_does(tiny, tmp_path):
