@@ -163,7 +163,10 @@ def load_preset(ref: str) -> Preset:
         if path.is_dir():
             raise JobError(f"--preset {ref} is a folder; give a preset's .toml file or name")
         if not path.is_file():
-            raise JobError(f"preset file not found: {ref}")
+            name = ref.removesuffix(".toml")
+            known = os.sep not in ref and (user_folder() / ref).is_file() or name in shipped()
+            hint = f" (a preset of that name is known: --preset {name})" if known else ""
+            raise JobError(f"preset file not found: {ref}{hint}")
         return _parse(path.stem, str(path), read_toml(path))
     own = user_folder() / f"{ref}.toml"
     if own.is_file():  # the user's own wins; its errors are reported, others' are not

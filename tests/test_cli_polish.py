@@ -40,6 +40,20 @@ def test_a_broken_preset_of_the_users_does_not_break_completion(own_presets):
     assert "bad" not in offered and ".draft" not in offered
 
 
+@pytest.mark.parametrize(("given", "hint"), [("own.toml", " (a preset of that name is known: "
+                                                             "--preset own)"),
+                                             ("16k.toml", " (a preset of that name is known: "
+                                                          "--preset 16k)"),
+                                             ("none.toml", "")])
+def test_a_presets_file_name_not_here_points_to_its_name(own_presets, given, hint):
+    """`--preset own.toml` for the user's own preset said 'not found' and no more."""
+    from helpers_cli import error_lines
+
+    result = cli("gen", "x", "--preset", given, "--dry-run", env=own_presets)
+    assert result.exit_code == 2
+    assert error_lines(result.stderr) == [f"error: preset file not found: {given}{hint}"]
+
+
 def test_presets_show_completes_preset_names(own_presets):
     assert {"16k", "own"} <= set(completions("hires presets show ", own_presets))
 
