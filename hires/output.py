@@ -74,7 +74,7 @@ class OutputUnwritable(OutputUsage):
 _LIBRARY_TERMS = ((re.compile(r"--overwrite"), "overwrite=True"),
                   (re.compile(r"another -o\b"), "another path"),
                   (re.compile(r"^-o (\S+) names"), r"\1 names"),
-                  (re.compile(r"--format is (\w+)"), r"fmt is '\1'"),
+                  (re.compile(r"--format is (\w+)"), r"format is '\1'"),
                   # a result's depth is made, not saved: the library's is a generate keyword
                   (re.compile(r"pass --depth 8 for an 8-bit (\w+) \(it overrides [^)]*\)"),
                    r"a \1 made with depth=8"),

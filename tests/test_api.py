@@ -125,8 +125,8 @@ def test_result_save_speaks_of_its_keywords_not_the_clis_flags(tiny, tmp_path):
     for call, error, words in [
         (lambda: result.save(tmp_path / "a.png"), OutputExists,
          "already exists; pass overwrite=True or choose another path"),
-        (lambda: result.save(tmp_path / "b.png", fmt="jpg"), OutputUsage,
-         "b.png names a PNG file but fmt is 'jpg'"),
+        (lambda: result.save(tmp_path / "b.png", format="jpg"), OutputUsage,
+         "b.png names a PNG file but format is 'jpg'"),
         (lambda: result.save(tmp_path / "file" / "c.png"), OutputUsage,
          "a file is in the way; choose another path"),
         (lambda: result.save(tmp_path / "file" / "deeper" / "c.png"), OutputUsage,
