@@ -805,8 +805,9 @@ def _dpi_lines(job: dict[str, Any], record_size: tuple[Any, Any], file_size: tup
 def _file_facts(meta: dict[str, Any]) -> dict[str, Any]:
     """The file's own format, size and dpi, as --json's "image" gives them for any image."""
     width, height = meta["size"]
+    dpi = [d for d in (meta["dpi"] or ())[:2] if d > 0]  # (0, 72): 72, as the text says
     return {"format": meta["format"], "width": width, "height": height,
-            "dpi": meta["dpi"][0] if meta["dpi"] else None}
+            "dpi": dpi[0] if dpi else None}
 
 
 def _facts_line(meta: dict[str, Any]) -> str:

@@ -29,7 +29,8 @@ LIBRARY_ADVICE = {
              "scale=...); give size (the long side) instead",
     "preset": "presets are for the command line and batch files; pass a preset's settings as "
               "keywords, yours over them: **{{**hires.presets.load_preset({value!r}).values, "
-              "'steps': 30}}",
+              "'steps': 30}} (for a size of yours, leave out the preset's size, aspect, width, "
+              "height and print_size)",
     "on_score": "on_score is hires.upscale's (each stage's PSNR against the input image); "
                 "hires.generate(..., image=...) upscales and takes it too",
     "output": "the call returns the image: result.save(path) writes it",
@@ -201,7 +202,6 @@ def library_job(job: Job | str | None, overrides: dict[str, Any],
     from hires.model_refs import check_given_paths
     from hires.output import format_problem
 
-    passed = isinstance(job, Job)  # a caller's whole job (a record's) is run as it is
     if isinstance(job, str):
         job, overrides = Job(), with_prompt(job, overrides)
     if job is not None and not isinstance(job, Job):
@@ -246,7 +246,7 @@ def library_job(job: Job | str | None, overrides: dict[str, Any],
     if components is not None and components.linfusion is None and job.linfusion == "auto":
         job = replace(job, linfusion="none")  # what ran, so that --from runs it again
     job = job.validate()
-    if not passed and not job.image and not job.prompt.strip():  # as `hires gen ""` is
+    if not job.image and not job.prompt.strip():  # as `hires gen ""` is (job= too)
         raise JobError("give a prompt: generate('a lighthouse at dawn', ...) or prompt=...")
     # This call's print, not one a job passed in was made from (dpi= alone would not resize it)
     job = sized_by_print(job, printed)

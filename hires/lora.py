@@ -353,7 +353,12 @@ def _folded(ref: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     for layer, alpha in alphas.items():
         up = state[f"{layer}.lora_up.weight"]
         # peft scales by lora_alpha / rank: with alpha 1, the up weight carries alpha itself
-        state[f"{layer}.lora_up.weight"] = (up.float() * alpha).to(up.dtype)
+        folded = (up.float() * alpha).to(up.dtype)
+        if not bool(folded.isfinite().all()):  # an fp16 file's 60000 x 100
+            raise LoraError(f"LoRA {ref}: the alpha of {layer} ({alpha:g}) makes its weights "
+                            f"overflow {str(up.dtype).removeprefix('torch.')}; the file is "
+                            "damaged: re-download or re-save it")
+        state[f"{layer}.lora_up.weight"] = folded
         state[f"{layer}.alpha"] = torch.tensor(1.0)
     return state
 

@@ -130,9 +130,12 @@ class Result:
         if str(path) == "-":  # the CLI's `-o -`; here it would be a file named '-'
             raise ValueError("save writes a file, not stdout: give a file's path; to send the "
                              "image elsewhere, save it and copy the file")
-        if "format" in options and "fmt" not in options:  # as generate(format=...) names it
-            options = {**{k: v for k, v in options.items() if k != "format"},
-                       "fmt": options["format"]}
+        if "format" in options:  # as generate(format=...) names it; `fmt` is its old name
+            given, fmt = options.pop("format"), options.get("fmt")
+            if None not in (given, fmt) and given != fmt:
+                raise TypeError("save() takes format= or fmt= (one option, two names), not "
+                                "both")
+            options["fmt"] = fmt if given is None else given
         # record.save's others (settings, recorded_as, stage, warn) write what the CLI knows of
         # a run into the record: not a caller's to set
         unknown = sorted(set(options) - {"overwrite", "save_stages", "quality", "fmt"})

@@ -164,8 +164,10 @@ def load_preset(ref: str) -> Preset:
             raise JobError(f"--preset {ref} is a folder; give a preset's .toml file or name")
         if not path.is_file():
             name = ref.removesuffix(".toml")
-            known = os.sep not in ref and (user_folder() / ref).is_file() or name in shipped()
-            hint = f" (a preset of that name is known: --preset {name})" if known else ""
+            # a name that loads as one (not 'a.toml' of the user's 'a.toml.toml')
+            known = os.sep not in ref and not name.endswith(".toml") and (
+                (user_folder() / ref).is_file() or name in shipped())
+            hint = f" (a preset named '{name}' is known: give its name)" if known else ""
             raise JobError(f"preset file not found: {ref}{hint}")
         return _parse(path.stem, str(path), read_toml(path))
     own = user_folder() / f"{ref}.toml"

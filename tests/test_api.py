@@ -141,6 +141,9 @@ def test_result_save_speaks_of_its_keywords_not_the_clis_flags(tiny, tmp_path):
     # format= as generate takes it (a TypeError); record.save's own keywords (settings=,
     # recorded_as=, stage=, warn=) wrote what a caller made up into the record
     assert result.save(tmp_path / "d", format="jpg")["path"] == str(tmp_path / "d.jpg")
+    assert result.save(tmp_path / "f", format="jpg", fmt=None)["path"] == str(tmp_path / "f.jpg")
+    with pytest.raises(TypeError, match="takes format= or fmt= .one option, two names., not both"):
+        result.save(tmp_path / "g", format="jpg", fmt="png")
     for made_up in ({"settings": "x"}, {"recorded_as": "-"}, {"stage": 0}):
         with pytest.raises(TypeError, match=f"not {next(iter(made_up))}=$"):
             result.save(tmp_path / "e.png", **made_up)

@@ -63,7 +63,8 @@ def test_upscale_takes_the_jobs_size(photo, ran):
                     "hires.upscale(image, scale=...); give size"),
     (dict(preset="draft"), "presets are for the command line and batch files; pass a preset's "
                            "settings as keywords, yours over them: "
-                           "**{**hires.presets.load_preset('draft').values, 'steps': 30}"),
+                           "**{**hires.presets.load_preset('draft').values, 'steps': 30} "
+                           "(for a size of yours, leave out the preset's size"),
     (dict(output="a.png"), "result.save(path) writes it"),
     # said "did you mean 'control_scale'?"
     (dict(on_score=print), "on_score is hires.upscale's (each stage's PSNR against the input "
@@ -81,10 +82,11 @@ def test_a_keyword_the_library_lacks_says_what_it_has(given, says):
         e.value)
 
 
-@pytest.mark.parametrize("prompt", [{}, {"prompt": None}, {"prompt": "  "}])
+@pytest.mark.parametrize("prompt", [{}, {"prompt": None}, {"prompt": "  "},
+                                    {"job": Job()}, {"job": Job(prompt="x"), "prompt": ""}])
 def test_generate_without_a_prompt_is_refused_as_gen_is(prompt, tiny):
     """`hires gen ""` says "give a prompt"; generate() made an image of no prompt, unsaid (a
-    script's unset prompt variable, None, is 'not given')."""
+    script's unset prompt variable, None, is 'not given'), and so with a Job of none."""
     import hires
 
     with pytest.raises(hires.JobError, match=r"^give a prompt: generate\('a lighthouse"):

@@ -30,6 +30,7 @@ def own_presets(tmp_path):
     (folder / ".draft.toml").write_text("steps = 3\n")  # an editor's backup
     (folder / "draft.toml").write_text('description = "mine"\nsteps = 3\n')
     (folder / "own.toml").write_text('description = "own one"\nsteps = 4\n')
+    (folder / "a.toml.toml").write_text("steps = 4\n")
     return {"HIRES_PRESETS": str(folder)}
 
 
@@ -40,11 +41,12 @@ def test_a_broken_preset_of_the_users_does_not_break_completion(own_presets):
     assert "bad" not in offered and ".draft" not in offered
 
 
-@pytest.mark.parametrize(("given", "hint"), [("own.toml", " (a preset of that name is known: "
-                                                             "--preset own)"),
-                                             ("16k.toml", " (a preset of that name is known: "
-                                                          "--preset 16k)"),
-                                             ("none.toml", "")])
+@pytest.mark.parametrize(("given", "hint"), [("own.toml", " (a preset named 'own' is known: "
+                                                             "give its name)"),
+                                             ("16k.toml", " (a preset named '16k' is known: "
+                                                          "give its name)"),
+                                             ("none.toml", ""),
+                                             ("a.toml.toml", "")])  # 'a.toml' is a path too
 def test_a_presets_file_name_not_here_points_to_its_name(own_presets, given, hint):
     """`--preset own.toml` for the user's own preset said 'not found' and no more."""
     from helpers_cli import error_lines

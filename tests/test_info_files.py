@@ -450,7 +450,7 @@ def test_a_tiff_description_or_exif_comment_that_is_no_a1111_text_is_not_a_promp
     Image.new("RGB", (600, 300)).save(tmp_path / "q.png", dpi=(300, 150))
     Image.new("RGB", (600, 300)).save(tmp_path / "b.bmp", dpi=(96, 96))  # reads 96.0119
     Image.new("RGB", (600, 300)).save(tmp_path / "t.tif", dpi=(0.04, 0.04))  # said "0 dpi"
-    Image.new("RGB", (600, 300)).save(tmp_path / "z.png", dpi=(72, 0))  # --json: 72
+    Image.new("RGB", (600, 300)).save(tmp_path / "z.png", dpi=(0, 72))  # --json said 0.0
     for path, facts in ((tmp_path / "c.jpg", "JPEG 8x8, no dpi"),
                         (tmp_path / "p.png", "PNG 600x300, 300 dpi: 5.1 x 2.5 cm"),
                         (tmp_path / "q.png", "PNG 600x300, 300x150 dpi: 5.1 x 5.1 cm"),
@@ -458,5 +458,7 @@ def test_a_tiff_description_or_exif_comment_that_is_no_a1111_text_is_not_a_promp
                         (tmp_path / "t.tif", "TIFF 600x300, 0.04 dpi: 38100.0 x 19050.0 cm"),
                         (tmp_path / "z.png", "PNG 600x300, 72 dpi: 21.2 x 10.6 cm")):
         no_record(cli("info", path), "carries no hires or A1111 metadata", facts)
+    said = cli("info", tmp_path / "z.png", "--json")
+    assert json.loads(said.stdout)["image"]["dpi"] == pytest.approx(72, abs=0.01)
     tifffile.imwrite(tmp_path / "a.tif", np.zeros((16, 16), np.uint8), description=A1111)
     assert read_metadata(tmp_path / "a.tif")["parameters"] == A1111

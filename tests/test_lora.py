@@ -148,7 +148,8 @@ def test_each_layers_alpha_is_its_own(pipe, tmp_path, layout):
             torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize("broken", ["two-number alpha", "1-D up weight", "inf", "nan"])
+@pytest.mark.parametrize("broken", ["two-number alpha", "1-D up weight", "inf", "nan",
+                                    "fp16 overflow"])
 def test_a_malformed_layer_beside_differing_alphas_is_refused_in_one_line(pipe, tmp_path,
                                                                          broken):
     """Folding the alphas met these first and raised Python's own errors (exit 1: 'only one
@@ -160,6 +161,10 @@ def test_a_malformed_layer_beside_differing_alphas_is_refused_in_one_line(pipe, 
         state[f"{layers[0]}.alpha"] = torch.tensor([1.0, 2.0])
     elif broken in ("inf", "nan"):  # ran with the alphas unfolded (exit 0), or made NaN
         state[f"{layers[0]}.alpha"] = torch.tensor(float(broken))
+    elif broken == "fp16 overflow":  # 100 x 60000 is past fp16's 65504: a NaN image
+        state[f"{layers[0]}.alpha"] = torch.tensor(60000.0)
+        state[f"{layers[0]}.lora_up.weight"] = torch.full_like(
+            state[f"{layers[0]}.lora_up.weight"], 100.0).half()
     else:
         del state[f"{layers[0]}.alpha"]
         state[f"{layers[0]}.lora_up.weight"] = state[f"{layers[0]}.lora_up.weight"][:, 0].clone()
@@ -169,6 +174,9 @@ def test_a_malformed_layer_beside_differing_alphas_is_refused_in_one_line(pipe, 
     assert "broken.safetensors" in one_line(e)
     if broken in ("inf", "nan"):
         assert f"the alpha of {layers[0]} is {broken}, not a finite number" in str(e.value)
+    if broken == "fp16 overflow":
+        assert f"the alpha of {layers[0]} (60000) makes its weights overflow float16" in str(
+            e.value)
 
 
 def test_scale_zero_is_exactly_no_lora(pipe, tmp_path):

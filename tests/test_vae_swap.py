@@ -177,7 +177,8 @@ def test_the_library_loads_every_setting_the_job_names(monkeypatch, tmp_path):
         monkeypatch.setattr(module, "load", load)
     image = tmp_path / "in.png"
     Image.new("RGB", (64, 64), "gray").save(image)
-    job = Job(model="tiny", vae_dtype="fp32", vae="some/vae", offload="none", device="cpu")
+    job = Job(prompt="x", model="tiny", vae_dtype="fp32", vae="some/vae", offload="none",
+              device="cpu")
     with pytest.raises(Loaded):
         hires.pipeline.generate(job)
     with pytest.raises(Loaded):
