@@ -317,9 +317,16 @@ def _alphas_folded(ref: str, file: Path) -> dict[str, torch.Tensor] | None:
 
     try:
         with safe_open(str(file), framework="pt") as f:
-            if not any(key.endswith(".alpha") for key in f.keys()):
+            keys = list(f.keys())
+            alphas = [f.get_tensor(key) for key in keys if key.endswith(".alpha")]
+            # Most files: one finite alpha on every layer, nothing to fold, and diffusers
+            # reads the file itself (not read twice; a LoRA can be hundreds of MB).
+            ups = sum(key.endswith(".lora_up.weight") for key in keys)
+            if not alphas or (len(alphas) == ups and all(a.numel() == 1 for a in alphas) and
+                              len({float(a) for a in alphas}) == 1 and
+                              math.isfinite(float(alphas[0]))):
                 return None
-            state = {key: f.get_tensor(key) for key in f.keys()}
+            state = {key: f.get_tensor(key) for key in keys}
     except (SafetensorError, OSError):
         return None
     return _folded(ref, state)
