@@ -63,8 +63,8 @@ def upscale(
     fields. The output size: `size` (long side), `scale`, `width` with `height`, or
     `print_size` ("60x90cm", "A2"; the largest the input fits at `dpi`, 300 unless given);
     the input's aspect is kept unless both sides are given. Without any, a `job`'s own size
-    (one other than Job's default 1024x1024, or one recorded by a run); `strength` and
-    `prompt` likewise, else 0.3 and none.
+    where it is an upscale's (it has an `image`; its size other than Job's default 1024x1024,
+    or recorded by a run); `strength` and `prompt` a `job`'s, else 0.3 and none.
 
     Returns a Result whose stages carry `psnr` against the input (`on_score(index, psnr)` as
     each stage ends), and whose job records the input's path and sha256 (so the job can be
@@ -120,9 +120,13 @@ def upscale(
                                 "image": str(source.path), "width": w, "height": h},
                           components, progress)
         job = sized_by_print(job, print_size)
-        return upscale_job(job, source=source, components=components, progress=progress,
-                           save_stages=save_stages, plan=plan, checkpoint=checkpoint,
-                           on_stage_image=on_stage_image, on_score=on_score)
+        result = upscale_job(job, source=source, components=components, progress=progress,
+                             save_stages=save_stages, plan=plan, checkpoint=checkpoint,
+                             on_stage_image=on_stage_image, on_score=on_score)
+    # The input's notes name the CLI's flag, which the CLI's log says them by: here, the keyword.
+    result.warnings = [w.replace("(--depth 16 for 16)", "(depth=16 for 16)")
+                       for w in result.warnings]
+    return result
 
 
 def job_size(job: Any) -> tuple[int | None, int | None]:

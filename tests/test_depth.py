@@ -234,6 +234,11 @@ def test_inputs_say_their_bits_and_a_16_bit_one_hints_at_depth_16(tmp_path, aske
     assert made.exit_code == 0 and "16 bits a channel" not in made.stderr, made.stderr
     made = cli("up", tmp_path / "rgb8.tif", *small, "-o", tmp_path / "c.png")
     assert made.exit_code == 0 and "16 bits a channel" not in made.stderr, made.stderr
+    # The library's result names its keyword (it said --depth 16 there too).
+    import hires
+
+    result = hires.upscale(tmp_path / "rgb16.tif", scale=2, model="tiny", steps=2, seed=1)
+    assert result.warnings == [hint.replace("--depth 16", "depth=16")]
 
 
 def test_the_print_preset_makes_a_16_bit_tiff_at_its_dpi(tmp_path, asked):
