@@ -648,7 +648,7 @@ def _leaner(job: Job, comps: Components, plan: Plan, stage: Stage, emit: Progres
     """After `what` of `stage` ran out of GPU memory: the leaner way to run it `again`, said
     in `warnings` and as a retry event; None if there is none."""
     fallback = cheaper(stage, list(plan.stages), shape_for(job, comps), comps.offload,
-                       job.vae_tile, job.vae_stats) if stage.cost else None
+                       job.vae_tile, job.vae_stats, budget=plan.budget) if stage.cost else None
     if fallback is not None:
         was, now = (s.strategy.label_for(plan.guided) for s in (stage, fallback))
         warnings.append(f"{what} ran out of GPU memory with {was}; {again} with {now}")

@@ -488,17 +488,24 @@ def _gib(size: float) -> str:
 
 def cheaper(stage: Stage, stages: list[Stage], model: ModelShape, offload: str = "auto",
             vae_tile: int | None = None, vae_stats: str = "fast",
-            rate: float | None = None) -> Stage | None:
-    """The fastest strategy estimated to need less memory than the stage's own (for OOM):
-    a lower peak, or the same peak (another phase's) and less while the UNet runs."""
+            rate: float | None = None, budget: int | None = None) -> Stage | None:
+    """The fastest other strategy estimated to need less memory than the stage's own (for
+    OOM): a lower peak, or the same peak (another phase's) and less while the UNet runs.
+    `budget`: what the plan was fitted to (`Plan.budget`), which sets its VAE tile."""
     assert stage.cost is not None
+
+    def priced(strategy: Strategy) -> Stage:
+        return _with_cost(stage, stages, model, strategy, vae_tile, vae_stats, rate, budget)
 
     def need(s: Stage) -> tuple[int, int]:
         return s.cost.peak_bytes, s.cost.denoise_peak_bytes
 
-    options = [_with_cost(stage, stages, model, s, vae_tile, vae_stats, rate)
-               for s in strategies_for(model, offload)]
-    lower = [o for o in options if need(o) < need(stage)]
+    # Its own strategy priced as the others are, and left out: priced without the budget
+    # (each VAE tile the fastest, fitting or not) against the stage's cost with it, its own
+    # came out leaner, and a stage that ran out of memory was run again as it was.
+    own = need(priced(stage.strategy))
+    lower = [o for o in map(priced, strategies_for(model, offload))
+             if o.strategy != stage.strategy and need(o) < own]
     return min(lower, key=_preference(model)) if lower else None
 
 

@@ -352,3 +352,25 @@ def test_more_gpu_memory_never_makes_a_plan_slower():
     times = [dry_run(Job(width=4096, height=4096, ram=32, vram=vram, disk=100), "t4").plan.seconds
              for vram in (8, 9, 12, 14)]
     assert times == sorted(times, reverse=True), times
+
+
+@pytest.mark.parametrize("size, vram", [(4096, 8), (16384, 24)])
+def test_an_out_of_memory_retry_is_another_leaner_strategy_priced_as_the_plan_was(size, vram):
+    """`cheaper` priced the options without the plan's budget: a stage's own strategy came
+    out leaner than its planned cost (4096 on 8 GiB, stage 1; 16384 on 24 GiB, stages 1-2),
+    so the retry ran the stage again as it was ("retried with model-offload")."""
+    from hires.plan import cheaper
+
+    model, budget = sdxl_shape(), vram * GIB
+    plan = make_plan(size, size, model=model, budget=budget, rate=400e12)
+    found = 0
+    for stage in plan.stages:
+        fallback = cheaper(stage, list(plan.stages), model, budget=budget)
+        if fallback is None:
+            continue
+        found += 1
+        assert fallback.strategy != stage.strategy
+        assert (fallback.cost.peak_bytes, fallback.cost.denoise_peak_bytes) < (
+            stage.cost.peak_bytes, stage.cost.denoise_peak_bytes)
+        assert fallback.cost.peak_bytes <= usable(budget)  # its VAE tile fits, as the plan's
+    assert found >= 2
