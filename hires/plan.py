@@ -262,7 +262,7 @@ def make_plan(
                       *stages[len(fitted):]]
         except PlanError as e:
             if vae_tile is not None:  # a forced tile that does not fit where the planner's would
-                _tile_error(e, vae_tile, lambda t: _fit_stages(stages, model, budget, offload,
+                _tile_error(e, vae_tile, lambda t: _fit_stages(fitted, model, budget, offload,
                                                                  t, vae_stats, None))
             # what to plan again with, to say which size would fit (`fitting_size`)
             e.size = (width, height)

@@ -609,6 +609,25 @@ def test_a_forced_vae_tile_that_does_not_fit_is_named_not_the_size(small):
     assert "--vae-tile" not in line and "fits" in line
 
 
+def test_a_previews_forced_vae_tile_that_does_not_fit_is_named(tmp_path):
+    """With --preview only the first stage runs, and is fitted, but the largest tile that fits
+    was looked for over every stage: where a later stage fits no tile, the refusal blamed the
+    card ("try a larger --vram") for a preview that plans with a smaller tile."""
+    photo = tmp_path / "in.png"
+    Image.new("RGB", (2048, 2048), (90, 120, 200)).save(photo)
+    card = ("up", str(photo), "--scale", "8", "--preview", "--vram", "6", "--gpu", "4090",
+            "--dry-run", "-o", str(tmp_path / "out.png"))
+    forced = cli(*card, "--vae-tile", "2048")
+    assert forced.exit_code == 2
+    (line,) = error_lines(forced.stderr)
+    assert "--vae-tile 2048 does not fit: stage 0" in line and "--vae-tile auto" in line
+    largest = int(line.split("; --vae-tile ")[1].split()[0])
+    assert cli(*card, "--vae-tile", str(largest)).exit_code == 0
+    assert cli(*card, "--vae-tile", str(largest + 8)).exit_code == 2
+    assert cli(*card).exit_code == 0
+    assert cli(*card[:4], *card[5:]).exit_code == 2  # the whole job fits no tile on 6 GiB
+
+
 def test_the_plans_text_names_each_stages_vae_tile():
     """Only --json had `vae_tile`: each stage line that runs the VAE now says its tile, as
     --json does; a base stage whose image the next stage decodes says none."""
