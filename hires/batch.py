@@ -607,6 +607,21 @@ def by_key(message: str, where: str, home: str = "the job file's") -> str:
     return f"{where}: {message}"
 
 
+def said_where_given(error: Exception, job: Job) -> Exception:
+    """A file's error worded for its flag ("--lora x: no such file"), said of the preset's or
+    record's key that gave the file instead; any other error as it is."""
+    where = job.extra.get("given_in", {}).get(flag_key(str(error)))
+    if where is None:
+        return error
+    said = by_key(str(error), where, "the preset's" if where.startswith("preset ") else
+                  "the image's folder")
+    from hires.model_refs import ModelError
+
+    if isinstance(error, ModelError):
+        return ModelError(said, usage=error.usage)
+    return JobError(said)
+
+
 def settings_hash(job: Job | dict[str, Any]) -> str:
     """A short fingerprint of everything that decides a job's image (recorded with the image)."""
     values = job.to_dict() if isinstance(job, Job) else dict(job)

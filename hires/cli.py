@@ -323,7 +323,7 @@ def plan(
         from dataclasses import replace
 
         from hires.addons import check_inputs
-        from hires.cli_jobs import said_where_given
+        from hires.batch import said_where_given
         from hires.job import JobError
         from hires.model_refs import ModelError
 

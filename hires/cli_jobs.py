@@ -190,7 +190,7 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
 
 def files_given_in(job, levels: list[tuple[dict[str, Any], str, bool]]):
     """`job` noting which preset or record gave each file it names and no flag did, so that
-    a file's error names that key where it is (`said_where_given`), not a flag never typed."""
+    a file's error names that key where it is (`batch.said_where_given`), not a flag never typed."""
     from dataclasses import replace
 
     from hires.batch import FLAG_KEYS
@@ -199,24 +199,6 @@ def files_given_in(job, levels: list[tuple[dict[str, Any], str, bool]]):
     given = {key: where for key in FLAG_KEYS.values()
              if (where := giver(levels, key)) not in (None, OPTIONS)}
     return replace(job, extra={**job.extra, "given_in": given})
-
-
-def said_where_given(error: Exception, job) -> Exception:
-    """A file's error worded for its flag ("--lora x: no such file"), said of the preset's or
-    record's key that gave the file instead; any other error as it is."""
-    from hires.batch import by_key, flag_key
-    from hires.job import JobError
-
-    where = job.extra.get("given_in", {}).get(flag_key(str(error)))
-    if where is None:
-        return error
-    said = by_key(str(error), where, "the preset's" if where.startswith("preset ") else
-                  "the image's folder")
-    from hires.model_refs import ModelError
-
-    if isinstance(error, ModelError):
-        return ModelError(said, usage=error.usage)
-    return JobError(said)
 
 
 def hidden_by_record(preset: dict[str, Any], recorded: dict[str, Any],

@@ -243,7 +243,8 @@ def _json_warning(message, category, filename, lineno, file=None, line=None) -> 
 def emit(record: dict[str, Any], as_json: bool) -> None:
     """A result on stdout: its path, or its JSON object. If stdout takes no more, the run's
     other images are made all the same, and the command ends with one error that says where
-    they are (`lost_results`; a failed batch job's line names none)."""
+    they are (`exit_codes`, from `Quiet.lost` and `Quiet.saved`; a failed batch job's line
+    names none)."""
     made = record.get("status", "done") in ("done", "skipped")
     if Quiet.lost is None:
         try:

@@ -142,7 +142,7 @@ def _say_losses(runs: list, alpha: frozenset[str], name: str | None = None) -> l
 def check_job_paths(job, loads: bool = True) -> None:
     """The model, VAE and LinFusion checkpoint `job` names by paths are there (exit 2), and,
     for a command that `loads` them, none is a pickle file unless the job allows it."""
-    from hires.cli_jobs import said_where_given
+    from hires.batch import said_where_given
     from hires.job import JobError
     from hires.model_refs import ModelError, check_paths
 

@@ -168,7 +168,7 @@ def checked_run(one: Job, path: Path, runs: list[Run], output: str | None, *,
     own (not another of `runs`', nor an input: `inputs`, `read_files`'), its format fits,
     and its files are free."""
     from hires.addons import check_inputs
-    from hires.cli_jobs import said_where_given
+    from hires.batch import said_where_given
     from hires.model_refs import ModelError
 
     if any(path == other.path for other in runs):
