@@ -32,6 +32,7 @@ from hires.cli_jobs import (
     build_job,
     check_device,
     check_gpu,
+    check_plan_job,
     check_preview,
     job_flags,
     read_prompts,
@@ -109,7 +110,7 @@ from hires.cli_output import (
     stopped,
     warn,
 )
-from hires.cli_runs import check_job_paths, check_outputs, run_jobs
+from hires.cli_runs import check_outputs, run_jobs
 from hires.cli_show import machine_info, machine_lines, show_all_made, show_batch_plan, show_plan
 
 # transformers and diffusers log notices (e.g. a missing torchvision) that say nothing to a user
@@ -319,29 +320,7 @@ def plan(
         # A ControlNet's image does not change the plan: "--preset canny" plans without one
         job = build_job(preset, from_image, flags, source=piped.size if piped else None,
                         images=False)
-        check_job_paths(job, loads=False)  # a checkpoint that is not there: as gen --dry-run does
-        from dataclasses import replace
-
-        from hires.addons import check_inputs
-        from hires.batch import said_where_given
-        from hires.job import JobError
-        from hires.model_refs import ModelError
-
-        try:
-            check_inputs(job, loads=False, images=False)  # the add-ons' files
-            # and the images the flags name (a typo), not a record's or preset's that is gone:
-            # an image does not change the plan (plan_hints says gen needs it)
-            check_inputs(replace(job, **{key: None for key in ("control", "ip_image")
-                                         if key not in flags}), loads=False)
-        except (JobError, ModelError) as e:  # a preset's LoRA, say: named as its key
-            raise said_where_given(e, job) from None
-        from hires.output import format_problem
-
-        # as gen refuses it before any work: a WebP plan over 16383 px books a GPU for nothing
-        if job.width and job.height and \
-                (problem := format_problem(job.format, job.width, job.height, job.depth)):
-            named = "--format" if fmt else "the format"  # else a preset's or a record's
-            raise JobError(f"{named} {job.format}: {problem}")
+        check_plan_job(job, flags, format_given=fmt is not None)
         show_plan(job, gpu, as_json, source=upscale_source(job, piped))
 
 

@@ -15,6 +15,7 @@ from hires.cli_output import say, warn
 
 if TYPE_CHECKING:
     from hires.images import InputImage
+    from hires.job import Job
 
 
 CMDLINE = Path("/proc/self/cmdline")  # this process's argv as bytes, NUL-ended (Linux)
@@ -199,6 +200,34 @@ def files_given_in(job, levels: list[tuple[dict[str, Any], str, bool]]):
     given = {key: where for key in FLAG_KEYS.values()
              if (where := giver(levels, key)) not in (None, OPTIONS)}
     return replace(job, extra={**job.extra, "given_in": given})
+
+
+def check_plan_job(job: Job, flags: dict[str, Any], *, format_given: bool) -> None:
+    """What `hires plan` checks of a job before planning it, as `gen --dry-run` does: its
+    paths and add-ons' files (a preset's named as its key), and the format at its size."""
+    from dataclasses import replace
+
+    from hires.addons import check_inputs
+    from hires.batch import said_where_given
+    from hires.cli_runs import check_job_paths
+    from hires.job import JobError
+    from hires.model_refs import ModelError
+    from hires.output import format_problem
+
+    check_job_paths(job, loads=False)  # a checkpoint that is not there
+    try:
+        check_inputs(job, loads=False, images=False)  # the add-ons' files
+        # and the images the flags name (a typo), not a record's or preset's that is gone:
+        # an image does not change the plan (plan_hints says gen needs it)
+        check_inputs(replace(job, **{key: None for key in ("control", "ip_image")
+                                     if key not in flags}), loads=False)
+    except (JobError, ModelError) as e:  # a preset's LoRA, say: named as its key
+        raise said_where_given(e, job) from None
+    # as gen refuses it before any work: a WebP plan over 16383 px books a GPU for nothing
+    if job.width and job.height and \
+            (problem := format_problem(job.format, job.width, job.height, job.depth)):
+        named = "--format" if format_given else "the format"  # else a preset's or a record's
+        raise JobError(f"{named} {job.format}: {problem}")
 
 
 def hidden_by_record(preset: dict[str, Any], recorded: dict[str, Any],
