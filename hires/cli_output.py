@@ -304,15 +304,33 @@ def exit_codes() -> Iterator[None]:
 
         if isinstance(e, ImageInputError):  # the user's input file: theirs to fix
             raise fail(str(e), EXIT_USAGE) from None
-        if os.environ.get("HIRES_DEBUG"):
-            raise
         from hires.model_refs import ModelError
 
+        debug = bool(os.environ.get("HIRES_DEBUG"))
+        if debug:  # added before the error's line; the line and the exit code stay as they are
+            _traceback(e)
         text = str(e) if isinstance(e, ModelError) else f"{type(e).__name__}: {e}"
         first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
         if not isinstance(e, ModelError):
-            raise fail(f"{first} (set HIRES_DEBUG=1 for the traceback)", EXIT_RUNTIME) from None
+            hint = "" if debug else " (set HIRES_DEBUG=1 for the traceback)"
+            raise fail(f"{first}{hint}", EXIT_RUNTIME) from None
         raise fail(first, EXIT_USAGE if e.usage else EXIT_RUNTIME) from None
+
+
+def _traceback(error: BaseException) -> None:
+    """What HIRES_DEBUG=1 adds: the error's traceback on stderr, as it is (with --progress json
+    as one log object, so every line there still parses). It ended the command by raising it,
+    which made a usage error exit 1 without its `error:` line."""
+    import traceback
+
+    text = "".join(traceback.format_exception(error)).rstrip()
+    if Quiet.progress == "json":
+        _stderr("log", text)
+        return
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except OSError:  # the log's reader went away: the error's exit code still counts
+        _to_devnull(sys.stderr)
 
 
 class OneLineErrors(TyperGroup):

@@ -757,3 +757,40 @@ def test_a_stop_outside_a_commands_own_handling_says_which_it_was(raised, said, 
         app(["late"])
     assert stop.value.code == code
     assert capfd.readouterr().err.strip().splitlines()[-1] == said
+
+
+@pytest.mark.parametrize("progress", ["bars", "json"])
+def test_hires_debug_adds_the_traceback_and_keeps_the_error_line_and_exit_code(
+        tmp_path, monkeypatch, progress):
+    """HIRES_DEBUG=1 re-raised the error: a usage error (a model file not there) exited 1
+    with a bare traceback and no `error:` line, and with --progress json stderr was no
+    longer JSON."""
+    debug = {"HIRES_DEBUG": "1"}
+    args = ("gen", "x", "--size", "256", "--progress", progress, "-o", tmp_path / "a.png")
+    plain = cli(*args, "--model", tmp_path / "gone.safetensors")
+    said = cli(*args, "--model", tmp_path / "gone.safetensors", env=debug)
+    assert plain.exit_code == said.exit_code == 2 and said.stdout == ""
+    lines = said.stderr.strip().splitlines()
+    if progress == "json":
+        objects = [json.loads(line) for line in lines]
+        assert "Traceback" in objects[0]["log"] and "ModelError" in objects[0]["log"]
+        assert objects[-1] == json.loads(plain.stderr.strip().splitlines()[-1])
+    else:
+        assert lines[0].startswith("Traceback") and "ModelError" in said.stderr
+        assert lines[-1] == plain.stderr.strip().splitlines()[-1]
+        assert lines[-1].startswith("error: --model ") and "no such file" in lines[-1]
+    # An unexpected error: exit 1 either way; the hint to set HIRES_DEBUG only without it.
+    import hires.cli
+
+    def broken(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(hires.cli, "run_jobs", broken)
+    args = ("gen", "x", "--model", "tiny", "--size", "64", "--steps", "1", "-o",
+            tmp_path / "b.png")
+    plain, said = cli(*args), cli(*args, env=debug)
+    assert plain.exit_code == said.exit_code == 1
+    assert error_lines(plain.stderr)[-1] == (
+        "error: RuntimeError: boom (set HIRES_DEBUG=1 for the traceback)")
+    assert "Traceback" in said.stderr and error_lines(said.stderr)[-1] == (
+        "error: RuntimeError: boom")
