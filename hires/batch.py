@@ -135,7 +135,11 @@ def read_batch(path: str | Path, base: Job | None = None,
                 item, job=item.job.merged({"seed": stable_seed(text, drawn[text])}))
         items.append(item)
     if errors:
-        raise all_of(errors)
+        # the good jobs ride along: a caller checks their outputs too (`name_outputs`), so
+        # that every bad job of the file is said at once
+        error = all_of(errors)
+        error.items = items
+        raise error
     return items
 
 

@@ -97,7 +97,8 @@ def batch_jobs(file: Path, output: Path, manifest: Path | None, shard: str | Non
     image each writes (its first stage's with `preview`), the job file's name for messages,
     and the shard: (rank, world)."""
     from hires import batch as b
-    from hires.job import LOSSY_FORMATS, JobError
+    from hires.job import LOSSY_FORMATS, JobError, all_of
+    from hires.model_refs import ModelError
     from hires.output import QUALITY_LOSSLESS, breaks_lines
     from hires.presets import load_preset
     from hires.record import stage_path
@@ -108,8 +109,14 @@ def batch_jobs(file: Path, output: Path, manifest: Path | None, shard: str | Non
     if str(file) == "-" and open_stdin("give the job file's path, or its jobs on stdin"
                                        ).isatty():  # else nothing says why hires waits
         say("reading the jobs from stdin (JSONL, or TOML); end with Ctrl-D")
+    try:
+        read, bad = b.read_batch(file, levels=[*levels, (flags, OPTIONS, False)]), None
+    except JobError as e:
+        if not hasattr(e, "items"):  # not the jobs' own: the file's
+            raise
+        read, bad = e.items, e  # said with the others' output errors, below
     items = [dataclasses.replace(i, job=i.job.merged(overrides, where="options").validate())
-             for i in b.read_batch(file, levels=[*levels, (flags, OPTIONS, False)])]
+             for i in read]
     shard_of = b.parse_shard(shard)
     if output.exists() and not output.is_dir():
         raise JobError(f"batch -o {output} is a file; -o names the folder for the images")
@@ -121,7 +128,15 @@ def batch_jobs(file: Path, output: Path, manifest: Path | None, shard: str | Non
                        "image it writes as one line: choose another -o")
     name = "stdin" if str(file) == "-" else file.name
     check_manifest_apart(file, manifest, output)
-    items, paths = b.name_outputs(items, output, name)
+    try:
+        items, paths = b.name_outputs(items, output, name)
+    except (JobError, ModelError) as e:
+        if bad is None:
+            raise
+        # every bad job at once; a Hub add-on not cached comes after the settings to fix
+        raise (all_of([bad, e]) if isinstance(e, JobError) else bad) from None
+    if bad is not None:
+        raise bad
     lossless = next((i for i in items if i.job.format not in LOSSY_FORMATS), None)
     if "quality" in overrides and lossless is not None:
         raise JobError(f"{lossless.where(name)} writes {paths[lossless.index].name}: "

@@ -608,6 +608,26 @@ def test_every_bad_job_is_said_at_once(tmp_path):
         "error: n.toml jobs 0 and 1 both", "error: n.toml jobs 2 and 3 both"], lines
 
 
+def test_bad_settings_and_bad_outputs_are_said_in_one_go(tmp_path):
+    """The jobs' outputs were checked only once every job's settings read: a file with both
+    kinds of error took two runs to hear of them all (README: "fixed in one go")."""
+    jobs = write(tmp_path / "j.jsonl", "\n".join([
+        '{"prompt": "a", "steps": "30"}', '{"prompt": "b", "output": "x.png"}',
+        '{"prompt": "c", "output": "x.png"}', '{"prompt": "d", "output": "a\\nb.png"}',
+        '{"prompt": "e", "output": "y.jpg", "format": "png"}', '{"prompt": "f", "hue": 1}',
+        '{"prompt": "g", "output": "z.png"}']) + "\n")
+    for extra in ((), ("--dry-run",)):
+        result = cli("batch", jobs, "-o", tmp_path / "ot", *extra)
+        assert result.exit_code == 2 and result.stdout == ""
+        lines = error_lines(result.stderr)
+        assert len(lines) == 5, lines
+        assert "'steps' in j.jsonl job 0" in lines[0] and "'hue' in j.jsonl job 5" in lines[1]
+        assert "jobs 1 (line 2) and 2 (line 3) both write" in lines[2]
+        assert "job 3 (line 4)" in lines[3] and "line break" in lines[3]
+        assert "job 4 (line 5) names a JPG file" in lines[4]
+    assert not (tmp_path / "ot").exists()
+
+
 def test_a_thousand_bad_jobs_say_how_many_then_twenty(tmp_path):
     jobs = write(tmp_path / "j.jsonl", '{"prompt": "a", "steps": 0}\n' * 1000)
     said = cli("batch", jobs, "-o", tmp_path / "ot", "--dry-run").stderr.splitlines()
