@@ -402,11 +402,10 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
     made before it), for the progress."""
     from hires import resume
     from hires.piped import load_job_input
-    from hires.pipeline import prompt_warnings
+    from hires.pipeline import prompt_warnings, run_job
     from hires.plan import describe
     from hires.progress import Event
     from hires.record import save, save_stage
-    from hires.upscale import make
 
     source = load_job_input(job) if job.image else None
     noted = say_input(source, job.depth, (job.width, job.height))
@@ -458,9 +457,10 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
         with progress_renderer(quiet, plan, "-" if piped else str(path)) as progress:
             if progress is not None:
                 progress.attach(run, planned=planned_here(gpu, components))
-            result = make(job, source=source, components=components, progress=progress,
-                          plan=plan, checkpoint=kept,
-                          on_stage_image=stage_image if save_stages else None, on_score=score)
+            result = run_job(job, source=source, components=components, progress=progress,
+                             plan=plan, checkpoint=kept,
+                             on_stage_image=stage_image if save_stages else None,
+                             on_score=score)
             for warning in result.warnings[len(components.warnings):]:
                 if warning not in early and warning not in noted:  # said already
                     warn(warning)

@@ -1,4 +1,5 @@
-"""`generate()`: one job from prompt to image, stage by stage; the library API behind the CLI."""
+"""`generate()`, the library's one job from prompt to image, and `run_job`, the path it shares
+with the CLI: a checked Job through its stages."""
 
 from __future__ import annotations
 
@@ -367,15 +368,17 @@ def generate(
 def run_job(job: Job, *, components: Components | None = None,
             progress: ProgressFn | None = None, save_stages: bool = False,
             plan: Plan | None = None, checkpoint: str | Path | None = None,
-            on_stage_image: StageImage | None = None) -> Result:
+            on_stage_image: StageImage | None = None, source: Any = None,
+            on_score: Callable[[int, float], None] | None = None) -> Result:
     """One checked Job's image, as `generate` makes it, its errors in the CLI's words (the
-    CLI's runs come here); an upscale's job (one read from an image's record) runs as one."""
+    CLI's runs come here). A job with an input image is an upscale (`upscale_job`, with its
+    `source`, loaded, and `on_score`: only an upscale has a score)."""
     if job.image:
         from hires.upscale import upscale_job
 
-        return upscale_job(job, components=components, progress=progress,
+        return upscale_job(job, source=source, components=components, progress=progress,
                            save_stages=save_stages, plan=plan, checkpoint=checkpoint,
-                           on_stage_image=on_stage_image)
+                           on_stage_image=on_stage_image, on_score=on_score)
     if job.seed is None:
         # A stopped run's (its checkpoint's), so that the run goes on from it
         job = replace(job, seed=resume.seed_for(job, checkpoint))

@@ -240,15 +240,3 @@ def upscale_job(job: Job, *, source: Any = None, components: Components | None =
     result.source = {"path": str(source.path), "sha256": source.sha256,
                      "width": source.rgb.width, "height": source.rgb.height}
     return result
-
-
-def make(job: Job, *, source: Any = None, **kwargs: Any) -> Result:
-    """One job's image: an upscale when it names an input image (`source`: it, loaded), else
-    text to image. Keyword arguments as for `hires.generate`, and `on_score` as for
-    `upscale_job` (only an upscale has a score)."""
-    if job.image:
-        return upscale_job(job, source=source, **kwargs)
-    from hires.pipeline import run_job
-
-    kwargs.pop("on_score", None)
-    return run_job(job, **kwargs)

@@ -332,17 +332,16 @@ def test_a_file_made_there_during_the_run_is_kept_and_the_error_names_the_flag(t
                                                                                monkeypatch):
     """Two runs writing one path: the one that saves second loses, told in the CLI's words
     (it once said `overwrite=True`, the library's)."""
-    import importlib
+    import hires.pipeline
 
-    module = importlib.import_module("hires.upscale")  # `hires.upscale` is also the function
-    target, real_make = tmp_path / "a.png", module.make
+    target, real_make = tmp_path / "a.png", hires.pipeline.run_job
 
     def make_and_race(*args, **kwargs):
         result = real_make(*args, **kwargs)
         target.write_bytes(b"the other run's")
         return result
 
-    monkeypatch.setattr(module, "make", make_and_race)
+    monkeypatch.setattr(hires.pipeline, "run_job", make_and_race)
     result = cli("gen", "x", *TINY, "-q", "-o", target)
     assert result.exit_code == 2 and target.read_bytes() == b"the other run's"
     assert "already exists" in result.stderr and "--overwrite" in result.stderr
