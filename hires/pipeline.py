@@ -650,8 +650,9 @@ def _leaner(job: Job, comps: Components, plan: Plan, stage: Stage, emit: Progres
             warnings: list[str], what: str, again: str) -> Stage | None:
     """After `what` of `stage` ran out of GPU memory: the leaner way to run it `again`, said
     in `warnings` and as a retry event; None if there is none."""
-    fallback = cheaper(stage, list(plan.stages), shape_for(job, comps), comps.offload,
-                       job.vae_tile, job.vae_stats, budget=plan.budget) if stage.cost else None
+    model = replace(shape_for(job, comps), fp32_share=plan.fp32_share)  # as plan_for's
+    fallback = cheaper(stage, list(plan.stages), model, comps.offload, job.vae_tile,
+                       job.vae_stats, plan.rate, plan.budget) if stage.cost else None
     if fallback is not None:
         was, now = (s.strategy.label_for(plan.guided) for s in (stage, fallback))
         warnings.append(f"{what} ran out of GPU memory with {was}; {again} with {now}")

@@ -85,6 +85,7 @@ class Plan:
     # the whole job's first stage leaves to the stages after it.
     preview: Stage | None = None
     guided: bool = True  # CFG: each step's UNet call has two batch items (hires.costs)
+    rate: float | None = None  # the FLOP/s its times are at (None: no times)
 
     @property
     def peak_bytes(self) -> int | None:
@@ -283,7 +284,7 @@ def make_plan(
                  if size == 4 and model.on_gpu) if model is not None else ()
     return Plan(tuple(stages), width, height, budget, spill, fp32,
                 model.fp32_share if model is not None else FP32_SHARE, first,
-                model.guided if model is not None else True)
+                model.guided if model is not None else True, rate)
 
 
 def _denoise_stage(full: tuple[int, ...], index: int, w: int, h: int, ratio: int, s: float,
@@ -491,7 +492,8 @@ def cheaper(stage: Stage, stages: list[Stage], model: ModelShape, offload: str =
             rate: float | None = None, budget: int | None = None) -> Stage | None:
     """The fastest other strategy estimated to need less memory than the stage's own (for
     OOM): a lower peak, or the same peak (another phase's) and less while the UNet runs.
-    `budget`: what the plan was fitted to (`Plan.budget`), which sets its VAE tile."""
+    `budget` and `rate`: the plan's (`Plan.budget`, `Plan.rate`), which set its VAE tile, as
+    `model` does (the plan's, with its fp32 share)."""
     assert stage.cost is not None
 
     def priced(strategy: Strategy) -> Stage:
@@ -503,7 +505,7 @@ def cheaper(stage: Stage, stages: list[Stage], model: ModelShape, offload: str =
     # Its own strategy priced as the others are, and left out: priced without the budget
     # (each VAE tile the fastest, fitting or not) against the stage's cost with it, its own
     # came out leaner, and a stage that ran out of memory was run again as it was.
-    own = need(priced(stage.strategy))
+    own = min(need(priced(stage.strategy)), need(stage))  # and never more than was planned
     lower = [o for o in map(priced, strategies_for(model, offload))
              if o.strategy != stage.strategy and need(o) < own]
     return min(lower, key=_preference(model)) if lower else None

@@ -374,3 +374,22 @@ def test_an_out_of_memory_retry_is_another_leaner_strategy_priced_as_the_plan_wa
             stage.cost.peak_bytes, stage.cost.denoise_peak_bytes)
         assert fallback.cost.peak_bytes <= usable(budget)  # its VAE tile fits, as the plan's
     assert found >= 2
+
+
+@pytest.mark.parametrize("rate", [None, 6e13])
+def test_an_out_of_memory_retry_never_needs_more_than_the_stage_planned(rate):
+    """With an fp32 VAE and RAM for its kept outputs, the rate picks the VAE tile: priced
+    without the plan's rate, the stage's own strategy needed 7.38 GiB against the 6.22
+    planned, and the retry took a strategy needing more than the stage that ran out."""
+    from dataclasses import replace
+
+    from hires.plan import cheaper
+
+    model = replace(sdxl_shape(vae_dtype_bytes=4), spill=32 * GIB, fp32_share=0.5)
+    plan = make_plan(12288, 9216, model=model, budget=10 * GIB, rate=6e13)
+    assert plan.rate == 6e13
+    for stage in plan.stages:
+        fallback = cheaper(stage, list(plan.stages), model, rate=rate, budget=plan.budget)
+        if fallback is not None:
+            assert (fallback.cost.peak_bytes, fallback.cost.denoise_peak_bytes) < (
+                stage.cost.peak_bytes, stage.cost.denoise_peak_bytes), stage.index
