@@ -665,6 +665,7 @@ class Outcome:
     moved_to: Path | None = None  # the older image of changed settings, kept under this name
     why: str = "settings changed"  # why an older image was moved aside
     cut: bool = False  # it was moved aside as cut short (`why` says how)
+    raised: BaseException | None = None  # what failed it, for HIRES_DEBUG's traceback
 
 
 def changed_input(path: Path, job: Job) -> str | None:
@@ -761,7 +762,7 @@ def _run_one(item: BatchItem, path: Path, settings: str,
     except Exception as e:  # a failed job is reported; the batch goes on
         return Outcome(item, "failed", path, error=in_job_words(
             str(e).splitlines()[0][:500], item.file_keys) if str(e) else type(e).__name__,
-            moved_to=moved, why=why, cut=bool(cut))
+            moved_to=moved, why=why, cut=bool(cut), raised=e)
 
 
 def _set_aside(path: Path, tag: str) -> Path:

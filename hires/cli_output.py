@@ -308,7 +308,7 @@ def exit_codes() -> Iterator[None]:
 
         debug = bool(os.environ.get("HIRES_DEBUG"))
         if debug:  # added before the error's line; the line and the exit code stay as they are
-            _traceback(e)
+            debug_traceback(e)
         text = str(e) if isinstance(e, ModelError) else f"{type(e).__name__}: {e}"
         first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
         if not isinstance(e, ModelError):
@@ -317,10 +317,11 @@ def exit_codes() -> Iterator[None]:
         raise fail(first, EXIT_USAGE if e.usage else EXIT_RUNTIME) from None
 
 
-def _traceback(error: BaseException) -> None:
-    """What HIRES_DEBUG=1 adds: the error's traceback on stderr, as it is (with --progress json
-    as one log object, so every line there still parses). It ended the command by raising it,
-    which made a usage error exit 1 without its `error:` line."""
+def debug_traceback(error: BaseException) -> None:
+    """What HIRES_DEBUG=1 adds before an error's line (a command's, or a failed batch job's):
+    its traceback on stderr, as it is (with --progress json as one log object, so every line
+    there still parses). It ended the command by raising the error, which made a usage error
+    exit 1 without its `error:` line."""
     import traceback
 
     text = "".join(traceback.format_exception(error)).rstrip()

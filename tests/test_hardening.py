@@ -794,3 +794,24 @@ def test_hires_debug_adds_the_traceback_and_keeps_the_error_line_and_exit_code(
         "error: RuntimeError: boom (set HIRES_DEBUG=1 for the traceback)")
     assert "Traceback" in said.stderr and error_lines(said.stderr)[-1] == (
         "error: RuntimeError: boom")
+
+
+def test_hires_debug_adds_a_failed_batch_jobs_traceback(tmp_path):
+    """A batch job's failure is said and the batch goes on: HIRES_DEBUG=1 gave it no
+    traceback, where the README says it adds one."""
+    from safetensors.torch import save_file
+
+    broken = tmp_path / "broken.safetensors"  # a checkpoint by its keys: fails at its load
+    save_file({"model.diffusion_model.x": torch.zeros(1), "conditioner.x": torch.zeros(1)},
+              broken)
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"prompt": "x", "model": str(broken), "steps": 1}) + "\n")
+    for progress in ("bars", "json"):
+        args = ("batch", jobs, "-o", tmp_path / f"out-{progress}", "--progress", progress)
+        plain, said = cli(*args), cli(*args, env={"HIRES_DEBUG": "1"})
+        assert plain.exit_code == said.exit_code == 1
+        assert "Traceback" not in plain.stderr and "Traceback" in said.stderr
+        failed = [line for line in said.stderr.splitlines() if "job 0 failed: " in line]
+        assert len(failed) == 1 and "broken.safetensors" in failed[0]
+        if progress == "json":
+            assert all(json.loads(line) for line in said.stderr.splitlines())
