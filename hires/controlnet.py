@@ -34,7 +34,7 @@ from hires.model_refs import (
     hub_unreachable,
     weights_refusal,
 )
-from hires.models import quiet_loading
+from hires.models import lacking_weights, quiet_loading, weights_not_found
 
 
 class ControlError(ValueError):
@@ -67,10 +67,14 @@ def _load(ref: str, dtype: torch.dtype, allow_pickle: bool) -> Any:
         if path.is_file():
             model = ControlNetModel.from_single_file(str(path), dtype=dtype)
         else:
-            model = ControlNetModel.from_pretrained(
-                str(path) if path.is_dir() else ref, dtype=dtype,
-                use_safetensors=None if allow_pickle else True,
-                variant="fp16" if path.is_dir() and fp16_only(path) else None)
+            with weights_not_found() as lacking:
+                model = ControlNetModel.from_pretrained(
+                    str(path) if path.is_dir() else ref, dtype=dtype,
+                    use_safetensors=None if allow_pickle else True,
+                    variant="fp16" if path.is_dir() and fp16_only(path) else None)
+            if lacking:  # left on the meta device: "Cannot copy out of meta tensor"
+                raise ControlError(lacking_weights(f"ControlNet '{ref}'", lacking,
+                                                   "folder" if path.is_dir() else "hub"))
     except OSError as e:
         from huggingface_hub import constants
 
@@ -82,6 +86,8 @@ def _load(ref: str, dtype: torch.dtype, allow_pickle: bool) -> Any:
                           or constants.HF_HUB_OFFLINE):
             raise ModelError(not_cached(ref)) from e
         raise ControlError(f"could not load ControlNet '{ref}': {first_line(e)}") from e
+    except ControlError:  # said already
+        raise
     except Exception as e:  # diffusers raises many kinds here; the user needs one line
         if mismatch := _mismatch(str(e)):
             raise ControlError(f"ControlNet {ref} was made for another architecture: {mismatch}; "

@@ -414,13 +414,14 @@ def _component_config(name: str) -> tuple[str, ...]:
 
 def fp16_only(folder: Path) -> bool:
     """Whether a diffusers folder (a component's, or a whole pipeline's: any of its components')
-    holds its weights in the fp16 variant only (`*.fp16.safetensors`, what a download of that
-    variant alone leaves, at half the disk); diffusers then reads them with variant="fp16"."""
+    holds its weights in the fp16 variant only (`*.fp16.safetensors`, or sharded
+    `*.fp16-00001-of-00002.safetensors`: what a download of that variant alone leaves, at half
+    the disk); diffusers then reads them with variant="fp16"."""
     index = folder / "model_index.json"
     if index.is_file():
         return any(fp16_only(sub) for sub in folder.iterdir() if sub.is_dir())
     weights = [p.name for p in folder.glob("*") if p.name.endswith((".safetensors", ".bin"))]
-    return bool(weights) and all(".fp16." in name for name in weights)
+    return bool(weights) and all(".fp16." in name or ".fp16-" in name for name in weights)
 
 
 def _has_weights(folder: Path) -> bool:

@@ -169,6 +169,16 @@ def weights_not_found() -> Iterator[list[tuple[str, str, int]]]:
             lg.setLevel(level)
 
 
+def lacking_weights(what: str, lacking: list[tuple[str, str, int]], kind: str) -> str:
+    """The refusal of a load that did not find every weight its config makes (`lacking`, from
+    `weights_not_found`): `what` lacks them, and how to get them back."""
+    _, key, count = lacking[0]
+    fix = ("delete it from the Hugging Face cache and download it again" if kind == "hub"
+           else "restore it from the model's source")
+    return (f"{what} lacks {count} of the weights its config.json makes (such as {key}), "
+            f"which would run at random: {fix}")
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """'auto' picks CUDA, then Apple MPS, then CPU."""
     if device != "auto":
@@ -324,12 +334,8 @@ def load_pipeline(ref: str, dtype: torch.dtype, allow_pickle: bool = False):
                 pipe = StableDiffusionXLPipeline.from_pretrained(
                     where, dtype=dtype, use_safetensors=safetensors)
         if lacking:
-            part, key, count = lacking[0]
-            fix = ("delete it from the Hugging Face cache and download it again" if kind == "hub"
-                   else "restore it from the model's source")
-            raise ModelError(f"model '{ref}': its {part}/ lacks {count} of the weights its "
-                             f"config.json makes (such as {key}), which would run at random: "
-                             f"{fix}", usage=kind != "hub")
+            raise ModelError(lacking_weights(f"model '{ref}': its {lacking[0][0]}/", lacking,
+                                             kind), usage=kind != "hub")
         return pipe
     except OSError as e:
         pickled = kind == "folder" and not allow_pickle and any(
@@ -413,7 +419,12 @@ def load_vae(ref: str, like, allow_pickle: bool = False):
                 vae = _vae_from_file(path, like, allow_pickle)
             else:
                 check_vae_ref(ref, allow_pickle)
-                vae = _vae_from_pretrained(str(path) if kind == "folder" else ref, allow_pickle)
+                with weights_not_found() as lacking:
+                    vae = _vae_from_pretrained(str(path) if kind == "folder" else ref,
+                                               allow_pickle)
+                if lacking:  # left on the meta device: "Cannot copy out of meta tensor"
+                    raise ModelError(lacking_weights(f"VAE '{ref}'", lacking, kind),
+                                     usage=kind != "hub")
     except OSError as e:
         from huggingface_hub import constants
 

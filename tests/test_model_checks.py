@@ -355,6 +355,50 @@ def test_folders_of_the_fp16_variant_alone_load(copy_of, tmp_path, tiny):
     assert result.exit_code == 0, result.stderr
 
 
+def test_sharded_folders_of_the_fp16_variant_alone_load(tmp_path, tiny):
+    """diffusers names the fp16 variant's shards NAME.fp16-00001-of-00025.safetensors: a
+    --vae folder of them failed to load ('no file named diffusion_pytorch_model.safetensors')
+    and a ControlNet's was refused as holding no weights."""
+    from helpers_control import tiny_controlnet
+
+    from hires.controlnet import local_problem, weight_files
+    from hires.model_refs import fp16_only
+    from hires.models import load_vae
+
+    vae, net = tmp_path / "vae", tmp_path / "net"
+    tiny.vae.save_pretrained(vae, variant="fp16", max_shard_size="200KB")
+    tiny_controlnet(tiny.unet).save_pretrained(net, variant="fp16", max_shard_size="300KB")
+    assert any("fp16-00002-of-" in p.name for p in vae.iterdir())
+    assert fp16_only(vae) and fp16_only(net)
+    loaded = load_vae(str(vae), tiny.vae)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(),
+                                                 tiny.vae.state_dict().values()))
+    assert local_problem(str(net)) is None and len(weight_files(net)) > 2
+
+
+def test_a_vae_or_controlnet_folder_lacking_weights_is_refused_in_one_line(tmp_path, tiny):
+    """diffusers leaves weights a folder lacks on the meta device: a --vae or --control-model
+    folder without some failed as "NotImplementedError: Cannot copy out of meta tensor" (the
+    whole model's folder was refused so already)."""
+    from helpers_control import tiny_controlnet
+
+    from hires.controlnet import ControlError, load_controlnet
+
+    vae, net = tmp_path / "vae", tmp_path / "net"
+    tiny.vae.save_pretrained(vae)
+    tiny_controlnet(tiny.unet).save_pretrained(net)
+    for folder, prefix in ((vae, "decoder.conv_out."), (net, "controlnet_cond_embedding.")):
+        file = folder / "diffusion_pytorch_model.safetensors"
+        save_file({k: v for k, v in load_file(file).items() if not k.startswith(prefix)}, file)
+    result = cli("gen", "x", "--model", "tiny", "--vae", vae, "--size", "64", "--steps", "1",
+                 "-o", tmp_path / "a.png")
+    assert_usage_error(result, f"VAE '{vae}' lacks 2 of the weights its config.json makes",
+                       "decoder.conv_out.", "restore it")
+    with pytest.raises(ControlError, match=r"ControlNet '.*' lacks \d+ of the weights .*"
+                                           r"controlnet_cond_embedding\."):
+        load_controlnet(str(net), torch.float32)
+
+
 def test_a_dry_run_checks_the_linfusion_a_model_folder_carries(copy_of):
     """--linfusion auto uses FOLDER/linfusion: a broken one passed the dry run, and the run
     failed on it after the model loaded (and with another exit code than when named)."""
