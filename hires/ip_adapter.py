@@ -316,12 +316,15 @@ def _local_weight(path: Path, ref: str, allow_pickle: bool) -> tuple[str, str, s
 
 
 def _pick_weight(folder: Path, ref: str, allow_pickle: bool) -> str:
-    """The folder's one weight file: the reference name first, else its only .safetensors."""
-    for name in (WEIGHT_NAME, Path(WEIGHT_NAME).with_suffix(".bin").name):
-        if (folder / name).is_file():
-            return name
+    """The folder's one weight file: the reference name first, else its only .safetensors,
+    else the reference name's .bin or its only pickle (refused later unless allow_pickle)."""
+    if (folder / WEIGHT_NAME).is_file():
+        return WEIGHT_NAME
     found = sorted(p.name for p in folder.glob("*.safetensors"))
     if not found:
+        # An old .bin beside a lone .safetensors (ip-adapter-plus_sdxl's, say) is not the one
+        if (folder / Path(WEIGHT_NAME).with_suffix(".bin")).is_file():
+            return Path(WEIGHT_NAME).with_suffix(".bin").name
         pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
         if len(pickles) == 1:
             return pickles[0]  # refused later unless allow_pickle

@@ -202,3 +202,22 @@ def test_errors_are_one_line_and_leave_the_unet_alone(comps, adapter, tmp_path):
     assert all(torch.equal(unet.state_dict()[k], v) for k, v in state.items())
     with pytest.raises(ipa.IPAdapterError, match="no IP-Adapter is loaded"):
         ipa.image_embeds(pipe, picture(0), comps.device, comps.dtype)
+
+
+def test_a_lone_safetensors_beats_an_old_bin_of_the_reference_name(tmp_path):
+    """A folder of ip-adapter-plus_sdxl.safetensors with an old ip-adapter_sdxl.bin beside it
+    was refused as a pickle: the reference name's .bin was looked for before the folder's
+    only .safetensors."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "ip"
+    (folder / "image_encoder").mkdir(parents=True)
+    (folder / "image_encoder" / "config.json").write_text("{}")
+    save_file({"image_proj.proj.weight": torch.zeros(1)},
+              folder / "ip-adapter-plus_sdxl.safetensors")
+    assert ipa.local_problem(str(folder)) is None
+    torch.save({"image_proj": {}}, folder / "ip-adapter_sdxl.bin")
+    assert ipa.local_problem(str(folder)) is None
+    assert ipa._local_weight(folder, str(folder), False)[2] == "ip-adapter-plus_sdxl.safetensors"
+    (folder / "ip-adapter-plus_sdxl.safetensors").unlink()  # the .bin alone: a pickle
+    assert "--allow-pickle" in ipa.local_problem(str(folder))
