@@ -66,8 +66,9 @@ def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
 
 def check_output_for_many(jobs: list[Job], output: str | None, many: bool) -> None:
     """JobError when `many` images would all go to the one file `output` names."""
-    if many and output and "{" not in output and not Path(output).is_dir() \
-            and not output.endswith("/"):
+    # a folder as output_path reads one: `out/.` and `~/pics` too
+    if many and output and "{" not in output and not Path(output).expanduser().is_dir() \
+            and not out.names_folder(output):
         # Only fields that differ between these images can tell them apart: {name} is the
         # same for --n's images of one prompt, {seed} for several prompts (they share it).
         fields = ("{name} or {index}" if all(j.image for j in jobs) else
@@ -91,7 +92,8 @@ def path_namer(jobs: list[Job], output: str | None,
         name = input_name(one.image) if one.image else ""  # an upscale's end in its input's
         path = out.output_path(output, width=one.width, height=one.height, seed=seed,
                                fmt=one.format, index=i, prompt=one.prompt, name=name)
-        if many and (output is None or "{" not in output):
+        # hires' own names (no template, or one of a folder: `out_{width}/`) numbered
+        if many and (output is None or "{" not in output or out.names_folder(output)):
             part = out.stem_part(name) if by_name else ""
             end = f"{part}_{i:03d}" if part in shared else part or f"{i:03d}"
             return path.with_name(f"{path.stem}_{end}{path.suffix}")

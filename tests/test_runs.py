@@ -150,3 +150,23 @@ def test_n_images_count_past_the_last_seed_to_0(tmp_path):
     """The seeds wrapped at 2**63, past what the noise generator reads (2**32)."""
     runs = plan_runs(jobs(JOB.merged({"seed": 2**32 - 1}), ["a fox"]), str(tmp_path), n=2)
     assert [r.job.seed for r in runs] == [2**32 - 1, 0]
+
+
+def test_several_images_go_into_a_folder_however_it_is_spelled(tmp_path, monkeypatch):
+    """One image took `-o out/.` and `-o ~/pics` (a folder there) as folders, several were
+    refused ("several images need -o to be a folder"); and in a template's folder
+    (`-o 'out_{width}/'`) two prompts' images took one name: hires' names were not numbered."""
+    from helpers_cli import cli, json_lines
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "pics").mkdir()
+    tiny = ("--model", "tiny", "--size", "256", "--steps", "1", "--dry-run", "--json")
+    for output, folder in ((f"{tmp_path}/new/.", tmp_path / "new"), ("~/pics", tmp_path / "pics")):
+        result = cli("gen", "a fox", "--n", "2", *tiny, "-o", output)
+        assert result.exit_code == 0, result.stderr
+        paths = [Path(image["path"]) for image in json_lines(result.stdout)[0]["images"]]
+        assert len(set(paths)) == 2 and all(p.parent == folder for p in paths), paths
+    result = cli("gen", "-", *tiny, "-o", f"{tmp_path}/out_{{width}}/", input="a cat\na dog\n")
+    assert result.exit_code == 0, result.stderr
+    paths = [Path(image["path"]) for image in json_lines(result.stdout)[0]["images"]]
+    assert len(set(paths)) == 2 and all(p.parent == tmp_path / "out_256" for p in paths), paths
