@@ -103,6 +103,18 @@ def checkpoint_note(path: Path, job, plan=None) -> str | None:
         kept = resume.kept_elsewhere(path, job, plan)
         if kept is None:
             return None
+    if job.image and job.image_sha256 is None:
+        # as the run sees it (`kept_job`): an upscale's checkpoint records its input's sha256,
+        # and a batch job's was said to start over where the run went on from it
+        from dataclasses import replace
+
+        from hires.images import sha256_once
+        from hires.piped import local_path
+
+        try:
+            job = replace(job, image_sha256=sha256_once(local_path(job.image)))
+        except (OSError, ImageInputError, JobError):
+            pass  # the run says what is wrong with its input
     why = resume.why_not(kept, job, plan)
     if why is not None:
         return f"{kept.name} {why}: the run starts over"

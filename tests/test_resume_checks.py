@@ -323,3 +323,20 @@ def test_from_an_image_made_with_tiles_now_refused_says_how_to_make_it_again(tmp
                        "pass --vae-tile auto to make it again")
     assert cli("gen", "--from", old, "-o", tmp_path / "again.png", "--dry-run", "--vae-tile",
                "auto").exit_code == 0
+
+
+def test_a_batch_dry_run_says_an_upscale_goes_on_from_its_checkpoint(tmp_path, monkeypatch):
+    """An upscale's checkpoint records its input's sha256: the batch dry run compared it with
+    the job as read (none), and said "the run starts over" where the run went on from it."""
+    from PIL import Image
+
+    Image.effect_noise((160, 120), 40).convert("RGB").save(tmp_path / "in.png")
+    jobs = tmp_path / "up.toml"
+    jobs.write_text(f'[[job]]\nimage = "{tmp_path / "in.png"}"\nscale = 4\nmodel = "tiny"\n'
+                    'steps = 3\nseed = 5\noutput = "big.png"\n', encoding="utf-8")
+    failing_once(monkeypatch, at=1)
+    assert cli("batch", jobs, "-o", tmp_path / "out").exit_code == 1
+    dry = cli("batch", jobs, "-o", tmp_path / "out", "--dry-run")
+    assert dry.exit_code == 0, dry.stderr
+    assert "the run goes on from big.png.resume.safetensors: stage 0 kept" in dry.stdout, \
+        dry.stdout
