@@ -223,8 +223,9 @@ def _item(i: int, entry: dict[str, Any], defaults: dict[str, Any], where: str, n
     if not job.image and not job.prompt.strip():  # as gen refuses '': a forgotten key
         raise JobError(f"{where} has no prompt; give it a 'prompt' (or an 'image' to "
                        "upscale)")
-    # A job's own strength with no add-on to scale was ignored without a word; one from
-    # [defaults] or a preset is a default, and passes (as gen's flags and presets).
+    # A job's own control_scale, ip_scale or ip_adapter with no add-on image to use it on was
+    # ignored without a word; one from [defaults] or a preset is a default, and passes (as
+    # gen's flags and presets).
     idle = idle_setting(job, {str(k).replace("-", "_") for k in entry})
     if idle:
         key, lacks, needs = idle
@@ -409,9 +410,9 @@ def parse_shard(shard: str | None, env: dict[str, str] | None = None) -> tuple[i
     return rank, world
 
 
-def local_device(env: dict[str, str] | None = None) -> str | None:
+def local_device() -> str | None:
     """Under torchrun each process takes the GPU of its LOCAL_RANK."""
-    env = os.environ if env is None else env
+    env = os.environ
     try:
         if int(env.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in env:
             return f"cuda:{int(env['LOCAL_RANK'])}"

@@ -288,12 +288,6 @@ class Job:
                                  " needs 'control' (an upscale's 'image' serves when 'control' "
                                  "is not given)")
 
-    @property
-    def addons(self) -> list[str]:
-        """The add-ons this job runs with, by name: lora, controlnet, ip-adapter."""
-        return [name for name, on in (("lora", self.lora), ("controlnet", self.control_model),
-                                      ("ip-adapter", self.ip_image)) if on]
-
     def to_dict(self) -> dict[str, Any]:
         """The job as plain JSON-ready values (what metadata and manifests record).
 
