@@ -366,6 +366,13 @@ def _keys_refusal(name: str, keys: list[str] | None, vae: bool) -> str | None:
                     ".safetensors file, its diffusers folder or a Hub id")
         return None
     unet, text = (any(k.startswith(p) for k in keys) for p in SDXL_FILE_PREFIXES)
+    # The refiner's file has OpenCLIP-G alone, as its first embedder; base has CLIP-L first
+    refiner = any(k.startswith("conditioner.embedders.0.model.") for k in keys) and not any(
+        k.startswith("conditioner.embedders.1.") for k in keys)
+    if unet and text and refiner:
+        return (f"{name} is an SDXL refiner (the second text encoder alone), which refines a "
+                "base model's images and cannot make one; give an SDXL base model's (or a "
+                "fine-tune's) .safetensors file, folder or Hub id")
     if unet and text:
         return None
     if unet and any(k.startswith("cond_stage_model.") for k in keys):

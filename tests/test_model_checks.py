@@ -399,6 +399,23 @@ def test_a_vae_or_controlnet_folder_lacking_weights_is_refused_in_one_line(tmp_p
         load_controlnet(str(net), torch.float32)
 
 
+def test_a_single_file_sdxl_refiner_is_refused_as_its_folder_is(tmp_path):
+    """A refiner's .safetensors has UNet and conditioner weights, so it passed as an SDXL
+    checkpoint (its folder was refused), and its load read the refiner's configs."""
+    refiner = tmp_path / "refiner.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1),
+               "conditioner.embedders.0.model.transformer.resblocks.9.mlp.c_proj.bias":
+               torch.zeros(1), "first_stage_model.decoder.conv_in.weight": torch.zeros(1)},
+              refiner)
+    result = cli("gen", "x", "--model", refiner, "--size", "1024", "--dry-run")
+    assert_usage_error(result, "refiner.safetensors is an SDXL refiner", "cannot make one")
+    base = tmp_path / "base.safetensors"  # CLIP-L first, OpenCLIP-G second: base's layout
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1),
+               "conditioner.embedders.0.transformer.text_model.x": torch.zeros(1),
+               "conditioner.embedders.1.model.transformer.x": torch.zeros(1)}, base)
+    assert hires.model_refs.single_file_refusal(base) is None
+
+
 def test_a_dry_run_checks_the_linfusion_a_model_folder_carries(copy_of):
     """--linfusion auto uses FOLDER/linfusion: a broken one passed the dry run, and the run
     failed on it after the model loaded (and with another exit code than when named)."""
