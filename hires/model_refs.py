@@ -227,6 +227,9 @@ def check_cached(model: str, vae: str | None, linfusion: str, known: bool = True
         refs.append(("--linfusion", linfusion, False))
     elif linfusion == "auto" and known and model_kind(model) == "hub":
         picked = {k.lower(): v for k, v in lf.DEFAULT_CHECKPOINTS.items()}.get(model.lower())
+        if picked is None:  # a fine-tune's: by its UNet's architecture, as its load picks it
+            config = model_config(model, "unet/config.json")
+            picked = lf.checkpoint_for_config(config) if config is not None else None
         refs.append(("--linfusion", picked, True))
     elif linfusion == "auto" and known:  # a local model's pick, found before it loads
         refs.append(("--linfusion", auto_linfusion(model), True))

@@ -107,6 +107,23 @@ def test_a_cached_hub_id_passes_and_the_default_model_is_planned(empty_cache, ti
         assert result.exit_code == 0 and "would stop" not in result.stderr, result.stderr
 
 
+def test_an_offline_hub_fine_tune_is_told_its_linfusion_is_not_cached(empty_cache):
+    """--linfusion auto takes LinFusion-XL for any SDXL UNet, but the offline check looked the
+    checkpoint up by the Hub id alone: a fine-tune's id passed, and its load failed once SDXL
+    had loaded."""
+    from hires.model_refs import check_cached
+    from hires.sdxl import SDXL_UNET_CONFIG
+
+    cache_repo(empty_cache, "owner/sdxl-ft", {"model_index.json": "{}",
+                                              "unet/config.json": json.dumps(SDXL_UNET_CONFIG)})
+    linfusion = hires.linfusion.DEFAULT_CHECKPOINTS[hires.model_refs.DEFAULT_MODEL]
+    with pytest.raises(ModelError, match=f"LinFusion checkpoint {linfusion} .*auto takes"):
+        check_cached("owner/sdxl-ft", None, "auto")
+    check_cached("owner/sdxl-ft", None, "none")
+    cache_repo(empty_cache, linfusion, {"config.json": "{}"})
+    check_cached("owner/sdxl-ft", None, "auto")
+
+
 def test_a_bad_vae_or_linfusion_fails_before_the_model_loads(empty_cache, tiny_folder,
                                                              monkeypatch, tmp_path):
     def loading(*args, **kwargs):
