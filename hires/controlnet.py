@@ -73,8 +73,10 @@ def _load(ref: str, dtype: torch.dtype, allow_pickle: bool) -> Any:
                     use_safetensors=None if allow_pickle else True,
                     variant="fp16" if path.is_dir() and fp16_only(path) else None)
             if lacking:  # left on the meta device: "Cannot copy out of meta tensor"
-                raise ControlError(lacking_weights(f"ControlNet '{ref}'", lacking,
-                                                   "folder" if path.is_dir() else "hub"))
+                said = lacking_weights(f"ControlNet '{ref}'", lacking,
+                                       "folder" if path.is_dir() else "hub")
+                # the cache's copy is broken, not the option (exit 1, as a model's or VAE's)
+                raise ControlError(said) if path.is_dir() else ModelError(said)
     except OSError as e:
         from huggingface_hub import constants
 
@@ -86,7 +88,7 @@ def _load(ref: str, dtype: torch.dtype, allow_pickle: bool) -> Any:
                           or constants.HF_HUB_OFFLINE):
             raise ModelError(not_cached(ref)) from e
         raise ControlError(f"could not load ControlNet '{ref}': {first_line(e)}") from e
-    except ControlError:  # said already
+    except (ControlError, ModelError):  # said already
         raise
     except Exception as e:  # diffusers raises many kinds here; the user needs one line
         if mismatch := _mismatch(str(e)):

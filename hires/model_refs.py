@@ -80,8 +80,12 @@ def check_paths(model: str, vae: str | None, linfusion: str, allow_pickle: bool 
             raise ModelError(f"{what} {refusal}", usage=True)
     check_vae_fits(model, vae)
     check_linfusion(model, linfusion)
-    if linfusion == "auto" and model_kind(model) == "folder" and not carried_linfusion(model):
+    known = {k.lower() for k in lf.DEFAULT_CHECKPOINTS}
+    if linfusion == "auto" and not carried_linfusion(model) and (
+            model_kind(model) == "folder"
+            or model_kind(model) == "hub" and model.lower() not in known):
         # Else said once the model had loaded; a config it cannot count is the loader's to say
+        # (a Hub id's, from the local cache: one not there is the load's to fetch)
         config = model_config(model, "unet/config.json")
         if config is not None and lf.attn1_count(config) is not None \
                 and lf.checkpoint_for_config(config) is None:

@@ -124,6 +124,38 @@ def test_an_offline_hub_fine_tune_is_told_its_linfusion_is_not_cached(empty_cach
     check_cached("owner/sdxl-ft", None, "auto")
 
 
+def test_a_cached_hub_model_no_linfusion_fits_is_refused_before_it_loads(empty_cache, tiny):
+    """A folder whose UNet no LinFusion checkpoint fits was refused at once; the same model
+    as a cached Hub id passed the dry run and failed once the whole model had loaded."""
+    snapshot = empty_cache / "models--owner--tinyft" / "snapshots" / ("0" * 40)
+    (empty_cache / "models--owner--tinyft" / "refs").mkdir(parents=True)
+    (empty_cache / "models--owner--tinyft" / "refs" / "main").write_text("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "unet").mkdir()
+    (snapshot / "unet" / "config.json").write_text(json.dumps(dict(tiny.unet.config)))
+    result = cli("gen", "x", "--model", "owner/tinyft", "--size", "256", "--dry-run")
+    assert_usage_error(result, "no LinFusion checkpoint is known for 'owner/tinyft'",
+                       "--linfusion none")
+
+
+def test_a_cached_hub_controlnet_lacking_weights_is_a_load_failure(empty_cache, tiny):
+    """Its cache's copy is broken, not the option: exit 1 (as a model's or a VAE's), where a
+    folder's is the user's to fix (exit 2)."""
+    from helpers_control import tiny_controlnet
+
+    from hires.controlnet import load_controlnet
+
+    snapshot = empty_cache / "models--owner--cn" / "snapshots" / ("0" * 40)
+    (empty_cache / "models--owner--cn" / "refs").mkdir(parents=True)
+    (empty_cache / "models--owner--cn" / "refs" / "main").write_text("0" * 40)
+    tiny_controlnet(tiny.unet).save_pretrained(snapshot)
+    file = snapshot / "diffusion_pytorch_model.safetensors"
+    save_file({k: v for k, v in load_file(file).items()
+               if not k.startswith("controlnet_cond_embedding.")}, file)
+    with pytest.raises(ModelError, match="ControlNet 'owner/cn' lacks .* download it again"):
+        load_controlnet("owner/cn", torch.float32)
+
+
 def test_a_bad_vae_or_linfusion_fails_before_the_model_loads(empty_cache, tiny_folder,
                                                              monkeypatch, tmp_path):
     def loading(*args, **kwargs):
