@@ -80,10 +80,10 @@ def check_paths(model: str, vae: str | None, linfusion: str, allow_pickle: bool 
             raise ModelError(f"{what} {refusal}", usage=True)
     check_vae_fits(model, vae)
     check_linfusion(model, linfusion)
-    known = {k.lower() for k in lf.DEFAULT_CHECKPOINTS}
-    if linfusion == "auto" and not carried_linfusion(model) and (
-            model_kind(model) == "folder"
-            or model_kind(model) == "hub" and model.lower() not in known):
+    kind = model_kind(model)
+    by_id = kind == "hub" and model.lower() in {k.lower() for k in lf.DEFAULT_CHECKPOINTS}
+    if linfusion == "auto" and kind in ("folder", "hub") and not by_id \
+            and not carried_linfusion(model):
         # Else said once the model had loaded; a config it cannot count is the loader's to say
         # (a Hub id's, from the local cache: one not there is the load's to fetch)
         config = model_config(model, "unet/config.json")
