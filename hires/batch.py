@@ -118,9 +118,12 @@ def read_batch(path: str | Path, base: Job | None = None,
         # Numbered from 0, as the run, the manifest and the default names number it.
         where = job_place(name, i, line_of.get(i))
         try:
-            _check_keys(entry, where)
             # JSON's null is a value not given (pandas and jq write it for one): the key is
-            # left to the levels below, as if absent. An add-on is switched off with 'none'.
+            # left to the levels below, as if absent (a command's own too: "n": null, and
+            # "allow_pickle": null allows nothing). A misspelt key is said, null or not. An
+            # add-on is switched off with 'none'.
+            _check_keys({k: v for k, v in entry.items() if v is not None
+                         or not _refused_key(k)}, where)
             entry = {k: v for k, v in entry.items() if v is not None}
             _check_seed(entry, where)
             item = dataclasses.replace(_item(i, entry, defaults, where, name, base, levels),
@@ -285,6 +288,12 @@ def _home(value: Any) -> Any:
         return [_home(v) for v in value]
     return os.path.expanduser(value) if isinstance(value, str) and value.startswith("~") \
         else value
+
+
+def _refused_key(key: object) -> bool:
+    """A key hires knows but a job file may not set: trusted-only, or a command's flag."""
+    name = str(key).replace("-", "_")
+    return name in TRUSTED_ONLY or name.lower() in BATCH_FLAGS
 
 
 def _check_keys(table: dict[str, Any], where: str) -> None:

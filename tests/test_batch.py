@@ -754,3 +754,17 @@ def test_batch_a_jobs_own_strength_without_its_add_on_is_refused(tmp_path, line,
     default = write(tmp_path / "d.toml", f'[defaults]\n{TINY}\n{line}\n[[job]]\nprompt = "x"\n')
     passed = cli("batch", default, "-o", tmp_path, "--dry-run")
     assert passed.exit_code == 0, passed.stderr
+
+
+def test_null_is_not_given_for_a_commands_own_keys_too(tmp_path):
+    """README: a JSONL null is a key not given. "allow_pickle": null (it allows nothing) and
+    "n": null, which pandas writes for a column other rows fill, were refused ("remove the
+    key") before the nulls were dropped; set, they still are."""
+    path = tmp_path / "jobs.jsonl"
+    path.write_text(json.dumps({"prompt": "a", "allow_pickle": None, "n": None}) + "\n")
+    (item,) = read_batch(path)
+    assert item.job.prompt == "a" and not item.job.allow_pickle
+    for key, value in (("allow_pickle", True), ("n", 3)):
+        path.write_text(json.dumps({"prompt": "a", key: value}) + "\n")
+        with pytest.raises(JobError, match=f"'{key}' in jobs.jsonl job 0"):
+            read_batch(path)
