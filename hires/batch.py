@@ -702,12 +702,28 @@ def changed_input(path: Path, job: Job) -> str | None:
     return changed.label if changed else None
 
 
-def made_already(path: Path, job: Job) -> bool:
+def recorded_stage(path: Path) -> int | None:
+    """The stage an image made by hires records being (a --preview's or --save-stages'
+    image: one stage of a bigger job); None for a whole job's image, or none of hires'."""
+    from hires.output import OutputError, read_metadata
+
+    try:
+        record = read_metadata(path)["hires"]
+    except OutputError:
+        return None
+    result = record.get("result") if isinstance(record, dict) else None
+    stage = result.get("stage") if isinstance(result, dict) else None
+    return stage if isinstance(stage, int) and not isinstance(stage, bool) else None
+
+
+def made_already(path: Path, job: Job, stage: int | None = None) -> bool:
     """Whether the image at `path` is this job's and whole, so a run skips it: its settings,
-    its input and add-on files as they are now, and not a copy cut short."""
+    its input and add-on files as they are now, not a copy cut short, and the image wanted:
+    `stage`'s alone (a --preview's), or with None the whole job's."""
     from hires.cut_short import cut_short
 
-    return of_this_job(path, job) and cut_short(path) is None
+    return (of_this_job(path, job) and recorded_stage(path) == stage
+            and cut_short(path) is None)
 
 
 def of_this_job(path: Path, job: Job) -> bool:
@@ -735,9 +751,10 @@ def in_the_way(path: Path, overwrite: bool = False) -> str | None:
 
 def _run_one(item: BatchItem, path: Path, settings: str,
              make: Callable[[BatchItem, Path], dict[str, Any]], overwrite: bool,
-             check_settings: bool) -> Outcome:
-    """One job of `run_batch`: skipped if its image is there with the same settings, else made
-    (an older image of other settings moved aside first)."""
+             check_settings: bool, stage: int | None = None) -> Outcome:
+    """One job of `run_batch`: skipped if its image is there with the same settings (and is
+    `stage`'s image, or with None the whole job's), else made (an older image of other
+    settings, or another stage's, moved aside first)."""
     from hires.cut_short import cut_short, cut_with_its_record
 
     moved, why, cut = None, "settings changed", None
@@ -749,6 +766,10 @@ def _run_one(item: BatchItem, path: Path, settings: str,
             why = f"{stale} changed"
         if old == settings and not stale:
             cut = cut_short(path)
+            held = recorded_stage(path) if check_settings else stage
+            if not cut and held != stage:  # a preview where the whole image goes, or back
+                cut = (f"this job's stage {held} image, not its whole one" if held is not None
+                       else f"this job's whole image, not its stage {stage} one")
         elif old is None:  # a TIFF or WebP cut short lost its record with its end
             cut = cut_with_its_record(path)
         if cut:  # kept aside as one of other settings is: the user's bytes, whatever they are
@@ -798,11 +819,13 @@ def run_batch(
     overwrite: bool = False,
     on_outcome: Callable[[Outcome], None] | None = None,
     check_settings: bool = True,
+    stage: int | None = None,
 ) -> list[Outcome]:
     """Run each job unless its output exists with the same settings; failures do not stop others.
 
     `make(item, path)` generates and saves one image and returns its record. An existing image
     made with other settings (an edited job) is kept under a new name and the job is re-run.
+    `stage`: the images are that stage's alone (--preview), not the whole jobs'.
     """
     from hires.busy import Busy, making
     from hires.output import OutputError, append_manifest
@@ -815,7 +838,7 @@ def run_batch(
             # The check and the work under one lock: a second batch of the same job file skips
             # what this one is making, and finds it made once it is.
             with making(path):
-                outcome = _run_one(item, path, settings, make, overwrite, check_settings)
+                outcome = _run_one(item, path, settings, make, overwrite, check_settings, stage)
         except Busy as e:
             # not "skipped": a script counting those as made would count an image not there
             outcome = Outcome(item, "busy", path, error=f"{e.who} is making it")

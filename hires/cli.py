@@ -474,7 +474,8 @@ def batch(
             check_batch_devices(mine, name, given, torchrun, dry_run)
         check_batch_paths(mine, name)
         if dry_run:
-            check_batch_outputs(mine, paths, name, output, manifest, overwrite, every=items)
+            check_batch_outputs(mine, paths, name, output, manifest, overwrite, every=items,
+                                stage=0 if preview else None)
             show_batch_plan(mine, paths, gpu, as_json, overwrite, preview, resume_runs)
             return
         run_batch_jobs(mine, paths, name, output, manifest, as_json, quiet, overwrite,

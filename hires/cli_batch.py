@@ -41,19 +41,21 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
     from hires import batch as b
 
     check_gpu(gpu)
-    manifest = check_batch_outputs(items, paths, name, output, manifest, overwrite, every)
-    todo = jobs_to_make(items, paths, overwrite)
+    stage = 0 if preview else None  # the image each job's file holds: its first stage's alone
+    manifest = check_batch_outputs(items, paths, name, output, manifest, overwrite, every,
+                                   stage)
+    todo = jobs_to_make(items, paths, overwrite, stage)
     from hires.eta import RunPace
 
     pace = RunPace(len(todo))  # the jobs to make: their number, and the pace of those made
     make_one = image_maker(todo, pace, gpu=gpu, quiet=quiet, overwrite=overwrite,
                            resume_runs=resume_runs, preview=preview)
     seen: list[b.Outcome] = []  # for the count when the batch is stopped
-    report = outcome_reporter(todo, pace, seen, as_json)
+    report = outcome_reporter(todo, pace, seen, as_json, stage)
     prepare_folders(output, manifest, paths)
     try:
         outcomes = b.run_batch(items, lambda item: paths[item.index], make_one, manifest,
-                               overwrite, report)
+                               overwrite, report, stage=stage)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what is made is kept; say how far it got
         say_stopped(seen, len(items))
         raise
@@ -169,14 +171,15 @@ def check_batch_devices(items: list, name: str, flags: dict[str, str],
             raise  # --device's
 
 
-def jobs_to_make(items: list, paths: dict[int, Path], overwrite: bool) -> list:
-    """The jobs whose images are not made yet (all with `overwrite`), after warning of too
-    little disk, temp space or memory for them."""
+def jobs_to_make(items: list, paths: dict[int, Path], overwrite: bool,
+                 stage: int | None = None) -> list:
+    """The jobs whose images (`stage`'s alone for a preview) are not made yet (all with
+    `overwrite`), after warning of too little disk, temp space or memory for them."""
     from hires import batch as b
 
     # For the time left: the jobs whose images are not there yet, and those made so far.
     todo = [item for item in items if overwrite or
-            not b.made_already(paths[item.index], item.job)]
+            not b.made_already(paths[item.index], item.job, stage)]
     warn_space([(paths[item.index], item.job) for item in todo])
     warn_tmpdir()
     warn_ram([item.job for item in todo])
@@ -226,8 +229,8 @@ def job_line(o: Outcome, record: dict, as_json: bool) -> None:
     emit({**head, **record} if as_json else record, as_json)
 
 
-def outcome_reporter(todo: list, pace: Any, seen: list,
-                     as_json: bool) -> Callable[[Outcome], None]:
+def outcome_reporter(todo: list, pace: Any, seen: list, as_json: bool,
+                     stage: int | None = None) -> Callable[[Outcome], None]:
     """What says each job's outcome as it comes (and adds it to `seen`): a failure, a job left
     to another run or skipped, an old image moved aside, its line, and the time left."""
     from hires.runs import made_by
@@ -247,7 +250,7 @@ def outcome_reporter(todo: list, pace: Any, seen: list,
         elif o.status == "skipped":
             say(f"job {o.item.index}: {o.path} exists with the same settings, skipped")
             # stdout lists every image of the batch, as gen's does those it keeps
-            job_line(o, made_by(o.path, o.item.job) or {"path": str(o.path)}, as_json)
+            job_line(o, made_by(o.path, o.item.job, stage) or {"path": str(o.path)}, as_json)
         if o.moved_to:
             say(f"job {o.item.index}: {o.path.name} was {o.why}; it is kept as "
                 f"{o.moved_to.name}" if o.cut else
@@ -327,7 +330,7 @@ def check_manifest_apart(jobs: Path | str, manifest: Path | None, output: Path) 
 
 def check_batch_outputs(items: list, paths: dict[int, Path], name: str, output: Path,
                         manifest: Path | None, overwrite: bool = False,
-                        every: list | None = None) -> Path:
+                        every: list | None = None, stage: int | None = None) -> Path:
     """Before any work (and in --dry-run): the manifest and every job's folder can be written,
     no file that is not hires' is in a job's way (unless `overwrite`), and none is an input
     of any of `every` job of the file (a shard's `items` write over another shard's inputs
@@ -376,7 +379,7 @@ def check_batch_outputs(items: list, paths: dict[int, Path], name: str, output: 
     errors: list[JobError] = []  # every job's said at once, as the file's are
     for item in items:
         try:
-            _check_output(item, paths[item.index], inputs, overwrite, seen)
+            _check_output(item, paths[item.index], inputs, overwrite, seen, stage)
         except (JobError, out.OutputError) as e:
             errors.append(JobError(f"{item.where(name)}: {e}"))
     if errors:
@@ -384,9 +387,10 @@ def check_batch_outputs(items: list, paths: dict[int, Path], name: str, output: 
     return manifest
 
 
-def _check_output(item: Any, path: Path, inputs: dict, overwrite: bool, seen: set[Path]
-                  ) -> None:
-    """`check_batch_outputs` for one job's image at `path`; `seen`: the folders checked."""
+def _check_output(item: Any, path: Path, inputs: dict, overwrite: bool, seen: set[Path],
+                  stage: int | None = None) -> None:
+    """`check_batch_outputs` for one job's image at `path` (`stage`'s alone for a preview);
+    `seen`: the folders checked."""
     from hires import batch as b
     from hires import output as out
     from hires.job import JobError
@@ -396,7 +400,7 @@ def _check_output(item: Any, path: Path, inputs: dict, overwrite: bool, seen: se
     check_not_input(path, item.job.image, "'output'")
     # or another job's, before that job reads it (one made already is skipped: a re-run of
     # a batch whose later job upscales an earlier one's image)
-    kept = not overwrite and b.made_already(path, item.job)
+    kept = not overwrite and b.made_already(path, item.job, stage)
     for ref, what in {} if kept else inputs.items():
         check_not_input(path, ref, "'output'", what)
     why = b.in_the_way(path, overwrite)  # as the run would fail the job

@@ -50,7 +50,7 @@ def say_resume(kept: Path, job, plan, source=None, stage_files: list[Path] | Non
     stage = kept_stage(kept, job, plan, source)
     if stage is None:
         return None
-    lost = [p for p in (stage_files or [])[:stage] if not made_by(p, job)]
+    lost = [p for i, p in enumerate((stage_files or [])[:stage]) if not made_by(p, job, i)]
     if lost:
         from hires.cut_short import cut_short
 

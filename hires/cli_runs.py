@@ -311,15 +311,16 @@ def _make_all(jobs: list, output: str | None, *, save_stages: bool = False,
         for run in runs:
             if run.made is None:
                 held.enter_context(busy.making(run.path))
-        runs = [made_meanwhile(run, overwrite) for run in runs]
+        runs = [made_meanwhile(run, overwrite, 0 if preview else None) for run in runs]
         return _make_runs(runs, save_stages=save_stages, as_json=as_json, quiet=quiet,
                           overwrite=overwrite, gpu=gpu, resume_runs=resume_runs,
                           preview=preview, piped=piped)
 
 
-def made_meanwhile(run, overwrite: bool):
-    """`run`, or `run` marked made when another run made its image since `plan_runs` looked
-    (before this one held its lock); a file of another image there is in the way (exit 2)."""
+def made_meanwhile(run, overwrite: bool, stage: int | None = None):
+    """`run`, or `run` marked made when another run made its image (`stage`'s alone for a
+    preview) since `plan_runs` looked (before this one held its lock); a file of another
+    image there is in the way (exit 2)."""
     from dataclasses import replace
 
     from hires import output as out
@@ -327,7 +328,7 @@ def made_meanwhile(run, overwrite: bool):
 
     if run.made is not None or overwrite or not run.path.exists():
         return run
-    record = made_by(run.path, run.job)
+    record = made_by(run.path, run.job, stage)
     if record is None:
         out.check_writable(run.path, overwrite)  # says it exists: --overwrite or another -o
     return replace(run, made=record)

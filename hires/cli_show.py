@@ -425,7 +425,7 @@ def batch_job_row(item: Any, path: Path, gpu: str | None, plans: dict[str, Any],
     if held:
         row.update(status="busy", error=f"{held} is making it")
         return row, f"job {item.index}: {held} is making {path}; the run leaves it to that one"
-    if not overwrite and b.made_already(path, job):
+    if not overwrite and b.made_already(path, job, 0 if preview else None):
         row.update(status="made", warnings=[])  # the keys of gen's dry run for one made
         return row, f"job {item.index}: {path} is made already"
     source = input_size(job.image) if job.image else None

@@ -53,14 +53,15 @@ def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
     check_output_for_many(jobs, output, many)
     path_of = path_namer(jobs, output, many)
     image = image_namer(path_of, preview=preview, fmt_flag=fmt_flag, quality_flag=quality_flag)
+    stage = 0 if preview else None  # the image each file holds: its first stage's alone
     base = first_seed(jobs[0].seed, todo, image, path_of, resume_runs=resume_runs,
-                      many=many, overwrite=overwrite)
+                      many=many, overwrite=overwrite, stage=stage)
     runs: list[Run] = []
     inputs = read_files(jobs)
     for i, (job, k) in enumerate(todo):
         one, path = image(i, job, base + k)
         runs.append(checked_run(one, path, runs, output, alpha=alpha, overwrite=overwrite,
-                                stage_images=stage_images, inputs=inputs))
+                                stage_images=stage_images, inputs=inputs, stage=stage))
     return runs
 
 
@@ -128,15 +129,15 @@ def image_namer(path_of: Callable[[int, Job, int], Path], *, preview: bool,
 def first_seed(seed: int | None, todo: list[tuple[Job, int]],
                image: Callable[[int, Job, int], tuple[Job, Path]],
                path_of: Callable[[int, Job, int], Path], *, resume_runs: bool, many: bool,
-               overwrite: bool) -> int:
+               overwrite: bool, stage: int | None = None) -> int:
     """The first image's seed: the jobs' `seed`, else a stopped run's (its checkpoint's, or
-    that of the images it made), else one drawn at random."""
+    that of the images it made: `stage`'s alone for a preview), else one drawn at random."""
     base = seed
     if base is None and resume_runs:
         base = checkpoint_base(todo, image, path_of)
     if base is None and many and not overwrite:
         # Stopped between images, it kept no checkpoint: the images it made say its seeds.
-        base = made_base(todo, image)
+        base = made_base(todo, image, stage)
     if base is None:
         base = secrets.randbelow(2**32)
     return base
@@ -165,7 +166,7 @@ def checkpoint_base(todo: list[tuple[Job, int]],
 
 def checked_run(one: Job, path: Path, runs: list[Run], output: str | None, *,
                 alpha: frozenset[str], overwrite: bool, stage_images: bool,
-                inputs: dict[str, str]) -> Run:
+                inputs: dict[str, str], stage: int | None = None) -> Run:
     """The Run of image `one` at `path`, after every check that can fail: its path is its
     own (not another of `runs`', nor an input: `inputs`, `read_files`'), its format fits,
     and its files are free."""
@@ -179,7 +180,7 @@ def checked_run(one: Job, path: Path, runs: list[Run], output: str | None, *,
                        f"{numbered(output)}")
     # --save-stages: NAME.stage0.png is the input; another job's input is one too, where
     # this image is written (one made already is kept: a re-run may upscale it)
-    made = None if overwrite else made_by(path, one)
+    made = None if overwrite else made_by(path, one, stage)
     written = [path, *(stage_paths(path, stage_count(one)) if stage_images else [])]
     for file in written:
         check_not_input(file, one.image)
@@ -190,7 +191,7 @@ def checked_run(one: Job, path: Path, runs: list[Run], output: str | None, *,
     if problem:
         raise JobError(f"{path.name}: {problem}")
     if made is None:
-        check_free(path, one, overwrite)
+        check_free(path, one, overwrite, stage)
         if stage_images:
             check_stages_free(path, one, overwrite)
     try:
@@ -209,17 +210,23 @@ def check_stages_free(path: Path, job: Job, overwrite: bool) -> None:
             out.check_writable(stage_file, overwrite)
 
 
-def check_free(path: Path, job: Job, overwrite: bool) -> None:
+def check_free(path: Path, job: Job, overwrite: bool, stage: int | None = None) -> None:
     """OutputExists when `path` is taken, unless `overwrite`: by another image, or by this
     job's made with an input or add-on file as it was before an edit (its sha256 recorded), or
-    cut short."""
-    from hires.batch import changed_input, recorded_hash, settings_hash
+    cut short, or another stage's image of it than `stage`'s (None: the whole job's)."""
+    from hires.batch import changed_input, recorded_hash, recorded_stage, settings_hash
     from hires.cut_short import cut_short
 
     # this job's file (its metadata read once): cut short, or of inputs edited since
     ours = not overwrite and path.is_file() and recorded_hash(path) == settings_hash(job)
     cut = cut_short(path) if ours else None
     changed = changed_input(path, job) if ours else None
+    held = recorded_stage(path) if ours else stage
+    if held != stage and not cut and not changed:  # a --preview's where the whole one goes
+        what = (f"stage {held} image alone (--preview, --save-stages), not the whole image"
+                if held is not None else f"whole image, not the stage {stage} image alone")
+        raise out.OutputExists(f"{path} holds this job's {what} this run makes; pass "
+                               "--overwrite to replace it, or choose another -o")
     if cut:
         raise out.OutputExists(f"{path} holds this job's image, {cut} (a copy cut short?); "
                                "pass --overwrite to make it again, or choose another -o")
@@ -266,7 +273,8 @@ SEED_MARK = 918273645546372819  # beyond the seeds (job.SEEDS): a placeholder fo
 
 
 def made_base(todo: list[tuple[Job, int]],
-              image: Callable[[int, Job, int], tuple[Job, Path]]) -> int | None:
+              image: Callable[[int, Job, int], tuple[Job, Path]],
+              stage: int | None = None) -> int | None:
     """The first seed of a stopped run of these images (`todo`: each job and its place among
     its `n`) that drew it at random and made some of them, not all: each image's file with
     its name and this job's settings at the seed it records gives one. The newest such run's;
@@ -280,9 +288,9 @@ def made_base(todo: list[tuple[Job, int]],
             if seed is None or seed < k:
                 continue
             one, at = image(i, job, seed)
-            if at == path and made_by(path, one):
+            if at == path and made_by(path, one, stage):
                 found[seed - k] = max(found.get(seed - k, 0.0), path.stat().st_mtime)
-    made = {base: [path if made_by(path, one) else None for one, path in
+    made = {base: [path if made_by(path, one, stage) else None for one, path in
                    (image(i, job, base + k) for i, (job, k) in enumerate(todo))]
             for base in found}
     # Names without the image's number ('{seed}.png') are shared: a finished run's second
@@ -343,12 +351,13 @@ def stage_count(job: Job) -> int:
     return len(stage_sizes(job.width, job.height, native))
 
 
-def made_by(path: Path, job: Job) -> dict[str, Any] | None:
+def made_by(path: Path, job: Job, stage: int | None = None) -> dict[str, Any] | None:
     """The record of the image at `path` if `job` made it (it records the same settings, and
-    its input and add-on files are the ones it records); None for any other file, or none."""
+    its input and add-on files are the ones it records) and it is `stage`'s image (None: the
+    whole job's); None for any other file, or none."""
     from hires.batch import made_already
 
-    if not made_already(path, job):
+    if not made_already(path, job, stage):
         return None
     record = out.read_metadata(path)["hires"].get("result")
     return {**(record if isinstance(record, dict) else {}), "path": str(path)}

@@ -768,3 +768,25 @@ def test_null_is_not_given_for_a_commands_own_keys_too(tmp_path):
         path.write_text(json.dumps({"prompt": "a", key: value}) + "\n")
         with pytest.raises(JobError, match=f"'{key}' in jobs.jsonl job 0"):
             read_batch(path)
+
+
+def test_run_batch_makes_a_job_again_where_another_stage_of_it_is_and_keeps_that_aside(
+        tmp_path):
+    """A batch's whole image is not made already by its --preview (stage 0) image at that
+    path, nor a --preview batch's by the whole image: each is moved aside and made."""
+    from PIL import Image
+
+    from hires.record import save_stage
+
+    one = items(1)
+    save_stage(Image.new("RGB", (64, 32)), tmp_path / "0.png", one[0].job, 0)
+
+    def make(item, path):
+        save_stage(Image.new("RGB", (64, 32)), path, item.job, 0)  # a preview's record
+        return {"path": str(path)}
+
+    whole = run_batch(one, lambda i: tmp_path / f"{i.index}.png", make)[0]
+    assert whole.status == "done" and whole.moved_to is not None and whole.cut
+    assert whole.why == "this job's stage 0 image, not its whole one"
+    assert run_batch(one, lambda i: tmp_path / f"{i.index}.png", make,
+                     stage=0)[0].status == "skipped"

@@ -170,3 +170,37 @@ def test_several_images_go_into_a_folder_however_it_is_spelled(tmp_path, monkeyp
     assert result.exit_code == 0, result.stderr
     paths = [Path(image["path"]) for image in json_lines(result.stdout)[0]["images"]]
     assert len(set(paths)) == 2 and all(p.parent == tmp_path / "out_256" for p in paths), paths
+
+
+def _recorded(path: Path, job: Job, stage: int | None) -> None:
+    """An image at `path` that records `job`, as `stage`'s image alone or (None) the whole."""
+    from hires.output import save_image
+    from hires.record import save_stage
+
+    if stage is not None:
+        save_stage(Image.new("RGB", (64, 32)), path, job, stage)
+        return
+    from hires import __version__
+    from hires.batch import settings_hash
+
+    save_image(Image.new("RGB", (64, 32)), path, metadata={
+        "hires": __version__, "job": job.to_dict(), "result": {"settings": settings_hash(job)}})
+
+
+def test_a_stage_image_of_the_job_is_not_taken_for_its_whole_image_nor_the_reverse(tmp_path):
+    """A --preview's image (or a --save-stages one) where the whole image goes is not that
+    image made already, and a whole image where a preview goes is not the preview."""
+    one = plan_runs([JOB.merged({"seed": 5})], str(tmp_path / "x.png"))[0].job
+    _recorded(tmp_path / "a.png", one, 0)
+    with pytest.raises(OutputExists, match="holds this job's stage 0 image alone .* not the "
+                       "whole image this run makes; pass --overwrite"):
+        plan_runs([one], str(tmp_path / "a.png"))
+    assert plan_runs([one], str(tmp_path / "a.png"), overwrite=True)[0].made is None
+    _recorded(tmp_path / "b.stage0.png", one, None)
+    with pytest.raises(OutputExists, match="holds this job's whole image, not the stage 0 "
+                       "image alone"):
+        plan_runs([one], str(tmp_path / "b.png"), preview=True)
+    _recorded(tmp_path / "c.stage0.png", one, 0)  # the preview itself: made already
+    assert plan_runs([one], str(tmp_path / "c.png"), preview=True)[0].made is not None
+    _recorded(tmp_path / "d.png", one, None)
+    assert plan_runs([one], str(tmp_path / "d.png"))[0].made is not None
