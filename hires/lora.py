@@ -57,21 +57,52 @@ def local_problem(ref: str, allow_pickle: bool = False) -> str | None:
         file = resolve(ref, allow_pickle)
     except LoraError as e:
         return str(e)
-    if file.suffix.lower() != ".safetensors":
+    if file.name.lower().endswith(PICKLE_SUFFIXES):
         return None  # a pickle allowed: read only by torch
-    header = read_header(file)
+    header = read_header(file)  # any other name is read as safetensors, as the run reads it
     if header is None:
         return f"LoRA {ref}: {file.name} is {truncated(file) or 'not a readable safetensors file'}"
     from hires.controlnet import control_lora
 
     if said := control_lora(f"LoRA {ref}", list(header)):
         return said
+    keys = [key for key in header if key != "__metadata__"]
+    if said := lycoris_problem(ref, keys):
+        return said
     # Every LoRA layout diffusers reads names its tensors so (kohya's lora_unet_*, PEFT's
-    # lora_A, LyCORIS' hada_/lokr_); a checkpoint or a VAE does not.
-    marks = ("lora", "lycoris", "hada_", "lokr_")
-    if not any(m in key.lower() for key in header if key != "__metadata__" for m in marks):
+    # lora_A, LyCORIS' LoCon lycoris_*); a checkpoint or a VAE does not.
+    if not any(m in key.lower() for key in keys for m in ("lora", "lycoris")):
         return (f"LoRA {ref}: {file.name} holds no LoRA weights (no lora tensors); is it a "
                 "LoRA file?")
+    return alpha_problem(ref, file, [key for key in keys if key.endswith(".alpha")])
+
+
+def lycoris_problem(ref: str, keys: Sequence[str]) -> str | None:
+    """Why a LyCORIS LoHa or LoKr file (hada_*, lokr_* tensors) cannot load: diffusers reads
+    LoRA and LoCon layouts only, and said so as a list of keys it had not renamed."""
+    kind = next((k for k, mark in (("LoHa", "hada_"), ("LoKr", "lokr_"))
+                 if any(mark in key.lower() for key in keys)), None)
+    if kind is None:
+        return None
+    return (f"LoRA {ref}: a LyCORIS {kind} file, which diffusers cannot load (it reads LoRA "
+            "and LoCon files); convert it to a LoRA, or use another")
+
+
+def alpha_problem(ref: str, file: Path, names: Sequence[str]) -> str | None:
+    """Why a kohya file's alphas (`names`, one number a layer) would spoil the image: one that
+    is not a finite number, read here for a dry run as the run's `_folded` reads it."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            for name in names:
+                alpha = f.get_tensor(name)
+                if alpha.numel() == 1 and not math.isfinite(float(alpha)):
+                    return (f"LoRA {ref}: the alpha of {name.removesuffix('.alpha')} is "
+                            f"{float(alpha)}, not a finite number; the file is damaged: "
+                            "re-download or re-save it")
+    except (SafetensorError, OSError):
+        return None  # the run's reading says what is wrong
     return None
 
 
@@ -298,6 +329,10 @@ def _source(ref: str, file: Path) -> str | dict[str, torch.Tensor]:
     """What diffusers loads: the path of a safetensors file, or its tensors where its layers'
     alphas differ (`_alphas_folded`); a pickle's tensors read safely."""
     if not file.name.lower().endswith(PICKLE_SUFFIXES):
+        from hires.safetensors_header import read_header
+
+        if said := lycoris_problem(ref, list(read_header(file) or ())):
+            raise LoraError(said)
         return _alphas_folded(ref, file) or str(file)
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
@@ -307,6 +342,8 @@ def _source(ref: str, file: Path) -> str | dict[str, torch.Tensor]:
                                               for v in state.values()):
         raise LoraError(f"LoRA {ref}: {file.name} holds no plain dict of tensors; it is not a "
                         "LoRA file")
+    if said := lycoris_problem(ref, list(state)):
+        raise LoraError(said)
     return _folded(ref, state) or state
 
 

@@ -87,3 +87,41 @@ def test_one_lora_spelled_two_ways_is_refused(lora, monkeypatch):
         assert f"--lora {lora.name} is given twice, also as {other.removesuffix(':0.5')} " \
             "(scales 1 and 0.5, which would add up)" in refused.stderr
     assert "given twice" not in dry(lora.name, "owner/style-lora").stderr  # another LoRA
+
+
+def test_a_lora_file_of_another_name_is_checked_as_the_run_reads_it(tmp_path):
+    """Only a .safetensors name was checked: junk.lora passed the dry run, and the run (which
+    reads any name but a pickle's as safetensors) refused it."""
+    junk = tmp_path / "junk.lora"
+    junk.write_bytes(b"hello\n")
+    refused = dry(str(junk))
+    assert refused.exit_code == 2
+    assert f"LoRA {junk}: junk.lora is not a readable safetensors file" in refused.stderr
+
+
+def test_a_lycoris_loha_or_lokr_is_refused_in_words_by_a_dry_run_and_a_run(tmp_path, tiny):
+    """They passed the dry run; the run quoted diffusers' 'keys have not been correctly
+    renamed:' and nothing after it."""
+    from hires.lora import LoraError, load_loras
+
+    for kind, mark in (("LoHa", "hada_w1_a"), ("LoKr", "lokr_w1")):
+        ref = tmp_path / f"{kind}.safetensors"
+        save_file({f"lora_unet_down_blocks_1_attentions_0_proj_in.{mark}": torch.zeros(4, 4),
+                   "lora_unet_down_blocks_1_attentions_0_proj_in.alpha": torch.tensor(4.0)}, ref)
+        said = f"LoRA {ref}: a LyCORIS {kind} file, which diffusers cannot load"
+        refused = dry(str(ref))
+        assert refused.exit_code == 2 and said in refused.stderr, refused.stderr
+        with pytest.raises(LoraError, match=said.replace(str(ref), ".*")):
+            load_loras(tiny.pipe, [str(ref)])
+
+
+def test_a_lora_with_an_alpha_not_a_number_is_refused_by_a_dry_run(lora, tmp_path):
+    from safetensors.torch import load_file
+
+    state = load_file(lora)
+    layer = next(k for k in state if k.endswith(".alpha"))
+    save_file({**state, layer: torch.tensor(float("nan"))}, tmp_path / "nan.safetensors")
+    refused = dry(str(tmp_path / "nan.safetensors"))
+    assert refused.exit_code == 2
+    assert f"the alpha of {layer.removesuffix('.alpha')} is nan, not a finite number" \
+        in refused.stderr
