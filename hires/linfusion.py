@@ -337,6 +337,10 @@ class LinFusion(nn.Module):
         modules_list = read_config(folder / CONFIG_NAME)
         weights = folder / WEIGHTS_NAME
         if not weights.is_file():
+            from hires.model_refs import hub_closed, hub_offline
+
+            if not Path(ref).expanduser().is_dir() and hub_offline():  # a Hub snapshot
+                raise LinFusionError(half_cached(str(ref), hub_closed()))
             _no_weights(folder)
         from safetensors.torch import load_file
 
@@ -506,6 +510,14 @@ def check_ref(ref: str | Path) -> None:
             raise LinFusionError(f"checkpoint {weights}: {cut}")
         raise LinFusionError(f"checkpoint {weights}: unreadable (not a valid safetensors file: "
                              "truncated?); re-download or re-save it")
+
+
+def half_cached(ref: str, closed: str) -> str:
+    """Why the Hub checkpoint `ref`, its config cached but not its weights, cannot load while
+    the Hub is closed (`closed`: why, and what opens it)."""
+    return (f"LinFusion checkpoint {ref} is only partly in the local Hugging Face cache (its "
+            f"{WEIGHTS_NAME} is missing: a download cut short?); {closed} to finish it, pass a "
+            "local folder (--linfusion PATH), or run without it (--linfusion none)")
 
 
 def _no_weights(folder: Path) -> None:

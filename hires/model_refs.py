@@ -200,9 +200,16 @@ def not_cached(flag: str, ref: str, auto: bool = False) -> str | None:
     """Why the Hub id `ref` given as `flag` cannot be loaded here (None: it can, or the Hub
     may be asked): offline, and its config is not in the local cache. `auto`: the LinFusion
     checkpoint --linfusion auto picks for the model."""
-    if not hub_offline() or hub_cached(ref, *_HUB_CONFIGS[flag]):
+    if not hub_offline():
         return None
     closed = hub_closed()
+    if hub_cached(ref, *_HUB_CONFIGS[flag]):
+        if flag != "--linfusion":
+            return None
+        from hires.linfusion import WEIGHTS_NAME, half_cached
+
+        # its weights, 0.9 GB, are what a download cut short lacks
+        return None if hub_cached(ref, WEIGHTS_NAME) else half_cached(ref, closed)
     if flag == "--model":
         return (f"model '{ref}' is not in the local cache and {closed} to download it, or pass "
                 "a local folder or .safetensors file with --model (or --model tiny to try hires "

@@ -3,6 +3,7 @@ not only that its path exists: what cannot load fails there, or at the start of 
 in one line, not after SDXL loaded (minutes)."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -30,6 +31,10 @@ def empty_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     return cache
+
+
+# A LinFusion checkpoint whole in the cache: its config and weights (their bytes unread)
+WHOLE_LINFUSION = {"config.json": "{}", "diffusion_pytorch_model.safetensors": ""}
 
 
 def cache_repo(cache: Path, repo: str, files: dict[str, str]) -> None:
@@ -101,7 +106,7 @@ def test_a_cached_hub_id_passes_and_the_default_model_is_planned(empty_cache, ti
     assert result.exit_code == 0 and result.stderr.count(line) == 1, result.stderr
     cache_repo(empty_cache, hires.model_refs.DEFAULT_MODEL, {"model_index.json": "{}"})
     linfusion = hires.linfusion.DEFAULT_CHECKPOINTS[hires.model_refs.DEFAULT_MODEL]
-    cache_repo(empty_cache, linfusion, {"config.json": "{}"})
+    cache_repo(empty_cache, linfusion, WHOLE_LINFUSION)
     for args in ((), ("--gpu", "h100")):  # cached; planned for another machine
         result = cli("gen", "a fox", "--size", "1024", "--dry-run", *args)
         assert result.exit_code == 0 and "would stop" not in result.stderr, result.stderr
@@ -120,8 +125,25 @@ def test_an_offline_hub_fine_tune_is_told_its_linfusion_is_not_cached(empty_cach
     with pytest.raises(ModelError, match=f"LinFusion checkpoint {linfusion} .*auto takes"):
         check_cached("owner/sdxl-ft", None, "auto")
     check_cached("owner/sdxl-ft", None, "none")
-    cache_repo(empty_cache, linfusion, {"config.json": "{}"})
+    cache_repo(empty_cache, linfusion, WHOLE_LINFUSION)
     check_cached("owner/sdxl-ft", None, "auto")
+
+
+def test_a_hub_linfusion_cut_short_in_the_cache_fails_the_dry_run_as_the_run(empty_cache,
+                                                                           tiny_folder):
+    """Its config cached and not its weights (a download stopped) passed the dry run; the
+    run then said 'no diffusion_pytorch_model.safetensors; LinFusion checkpoints load from
+    safetensors only', as if the checkpoint had none."""
+    cache_repo(empty_cache, "owner/lf", {"config.json": json.dumps(
+        {"_class_name": "LinFusion", "modules_list": [{"module_name": "a.attn1", "dim_n": 64,
+                                                        "heads": 2}]})})
+    said = ("LinFusion checkpoint owner/lf is only partly in the local Hugging Face cache (its "
+            "diffusion_pytorch_model.safetensors is missing: a download cut short?); "
+            "HF_HUB_OFFLINE is set; unset it to finish it")
+    result = dry("--model", tiny_folder, "--linfusion", "owner/lf")
+    assert result.exit_code == 1 and said in result.stderr, result.stderr
+    with pytest.raises(hires.linfusion.LinFusionError, match=re.escape(said)):
+        hires.linfusion.LinFusion.load("owner/lf")
 
 
 def test_a_cached_hub_model_no_linfusion_fits_is_refused_before_it_loads(empty_cache, tiny):
