@@ -97,7 +97,10 @@ def keyword_words(text: str) -> str:
     job ("'model' in the job must be text"), as the keyword it was given as."""
     said = re.sub(r"'(\w+)' in (?:the )?job ", r"\1 ", text)
     said = re.sub(r"--allow-pickle\b", "allow_pickle=True", said)  # as ModelError says it
-    return re.sub(r"--([a-z][a-z0-9-]*)", lambda m: m.group(1).replace("-", "_"), said)
+    # A flag starts a word: a path's or a Hub cache's '--' (my--style.safetensors,
+    # models--x--y) is left as it is.
+    return re.sub(r"(?<![\w-])--([a-z][a-z0-9-]*)", lambda m: m.group(1).replace("-", "_"),
+                  said)
 
 
 def plan_arguments(job: Any, components: Any, gpu: Any) -> str | None:
@@ -243,6 +246,8 @@ def library_job(job: Job | str | None, overrides: dict[str, Any],
     if components is not None and job.model == DEFAULT_MODEL and overrides.get("model") is None:
         # Not named: the loaded one. model=DEFAULT_MODEL named is checked against them.
         job = replace(job, model=components.model)
+    if components is not None and job.vae is None and "vae" not in overrides:
+        job = replace(job, vae=components.vae_ref)  # likewise the VAE they were loaded with
     if components is not None and components.linfusion is None and job.linfusion == "auto":
         job = replace(job, linfusion="none")  # what ran, so that --from runs it again
     job = job.validate()

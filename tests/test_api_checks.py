@@ -360,3 +360,24 @@ def test_the_cli_refuses_ip_adapter_without_ip_image_too(tmp_path):
     result = cli("gen", "x", "--model", "tiny", "--size", "128", "--preset", preset,
                  "--ip-adapter", "none", "--dry-run")
     assert result.exit_code == 0, result.stderr  # 'none' drops the preset's: it asks for none
+
+
+def test_components_loaded_with_a_vae_run_a_job_that_names_none_and_record_it(tiny, tmp_path):
+    """vae was not taken from the components as model is: vae=None was refused as one given
+    ('drop vae=', which the call had not given)."""
+    tiny.vae.save_pretrained(tmp_path / "vae")
+    loaded = hires.load("tiny", vae=str(tmp_path / "vae"), device="cpu")
+    result = hires.generate("x", components=loaded, size=128, **ONE)
+    assert result.job.vae == str(tmp_path / "vae")
+
+
+def test_a_path_with_two_dashes_is_not_taken_for_a_flag_in_a_librarys_message(tmp_path):
+    """'--' inside a name was read as a flag: my--style.safetensors became mystyle."""
+    ref = str(tmp_path / "loras" / "my--style-v2.safetensors")
+    with pytest.raises(JobError) as refused:
+        hires.generate("x", model="tiny", size=128, lora=ref, **ONE)
+    assert ref in str(refused.value)
+    from hires.library import keyword_words
+
+    assert keyword_words("pass --allow-pickle (or --vae-tile 512)") == \
+        "pass allow_pickle=True (or vae_tile 512)"
