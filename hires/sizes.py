@@ -286,6 +286,18 @@ def _shown(value: Any, where: str) -> str:
     return repr(value) if where == OPTIONS else spelled(value)
 
 
+# The keys that give a level's long side, and those that give its shape: a level that gives
+# only the other takes it from the nearest level below that gives it.
+LONG_SIDE_KEYS = ("size", "width", "print_size")
+SHAPE_KEYS = ("aspect", "width", "print_size")
+
+
+def nearest(lower: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
+    """The size keys of the nearest of the `lower` levels (least specific first) that gives
+    any of `keys`; {} where none does."""
+    return next((level for level in reversed(lower) if any(k in level for k in keys)), {})
+
+
 def layered_size(levels: list[Level],
                  source: tuple[int, int] | Callable[[], tuple[int, int]] | None = None,
                  dpi: float | None = None) -> tuple[int, int] | None:
@@ -298,7 +310,7 @@ def layered_size(levels: list[Level],
         return None
     for keys, where in named:
         check_size_keys(keys, where)
-    (top, where), below = named[-1], (named[-2][0] if len(named) > 1 else {})
+    (top, where), lower = named[-1], [keys for keys, _ in named[:-1]]
     n = (lambda key: _name(key, where))  # noqa: E731
     if "print_size" in top:
         try:
@@ -322,6 +334,7 @@ def layered_size(levels: list[Level],
                        f"(hires up, or a job with 'image'); give {n('size')} instead{_in(where)}")
     size, aspect = top.get("size"), top.get("aspect")
     if size is None:  # only the aspect: the long side from below
+        below = nearest(lower, LONG_SIDE_KEYS)
         size = below.get("size") or max(below.get("width", 0), below.get("height", 0)) or None
         if "print_size" in below:
             size = max(print_pixels(below["print_size"], dpi))
@@ -330,6 +343,7 @@ def layered_size(levels: list[Level],
         if size is None:  # a preset or job of only a shape: the long side is for the run
             raise JobError(f"'aspect' in {where} needs a long side: {ASPECT_ALONE}")
     elif aspect is None:  # only the long side: the shape from below
+        below = nearest(lower, SHAPE_KEYS)
         aspect = below.get("aspect") or (f"{below['width']}:{below['height']}"
                                          if "width" in below else None)
         if "print_size" in below:
@@ -566,7 +580,7 @@ def job_from_levels(levels: list[tuple[dict[str, Any], str, bool]], base: Job | 
     if size is not None:
         job = job.merged({"width": size[0], "height": size[1]})
         given = [(size_keys(values), where) for values, where in named if size_keys(values)]
-        (top, top_where), below = given[-1], (given[-2][0] if len(given) > 1 else {})
+        (top, top_where), lower = given[-1], [keys for keys, _ in given[:-1]]
         if source is not None and "width" in top:
             # Exact sides are the size without the input (layered_size does not open it), but
             # an upscale smaller than its input is refused however it is sized.
@@ -576,7 +590,8 @@ def job_from_levels(levels: list[tuple[dict[str, Any], str, bool]], base: Job | 
                 raise _said(e, top_where) from None
         # A print's size decides the pixels (an aspect over it keeps its long side): the file
         # records the dpi it was priced at.
-        from_print = "print_size" in top or (set(top) == {"aspect"} and "print_size" in below)
+        from_print = "print_size" in top or (set(top) == {"aspect"} and
+                                              "print_size" in nearest(lower, LONG_SIDE_KEYS))
         if from_print and job.dpi is None:
             job = job.merged({"dpi": PRINT_DPI})
         if "print_size" in top:

@@ -35,6 +35,26 @@ def test_the_most_specific_level_decides_and_borrows_what_it_leaves_out():
                         ) == (64, 128)
 
 
+def test_what_a_level_leaves_out_comes_from_the_nearest_level_below_that_gives_it():
+    """Only the next level down was asked: [defaults]' aspect hid a preset's long side (the
+    job was refused: "'aspect' ... needs a long side"), and a size there its shape (square)."""
+    preset, shape_only, side_only = {"size": 4096, "aspect": "16:9"}, {"aspect": "1:1"}, {
+        "size": 2048}
+    assert layered_size(levels({"size": 4096}, {"aspect": "16:9"}, {"aspect": "1:1"})) == (
+        4096, 4096)
+    assert layered_size(levels(preset, side_only, {"size": 1024})) == (1024, 576)
+    assert layered_size(levels(preset, shape_only, {"size": 1024})) == (1024, 1024)
+    assert layered_size(levels({"print_size": "A4"}, {"aspect": "2:1"}, shape_only), dpi=100
+                        ) == (1168, 1168)
+
+
+def test_a_batch_job_takes_a_presets_long_side_past_an_aspect_in_defaults(tmp_path):
+    jobs = write(tmp_path / "jobs.toml", '[defaults]\naspect = "16:9"\n[[job]]\nprompt = "a"\n'
+                 'preset = "4k"\n[[job]]\nprompt = "b"\npreset = "4k"\naspect = "1:1"\n')
+    assert [(i.job.width, i.job.height) for i in read_batch(jobs)] == [(4096, 2304),
+                                                                      (4096, 4096)]
+
+
 def test_an_upscale_keeps_its_input_aspect():
     photo = (451, 300)
     assert layered_size(levels({"size": 904}), photo) == (904, 600)
