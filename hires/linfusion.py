@@ -351,14 +351,15 @@ class LinFusion(nn.Module):
                                  "re-download or re-save it") from None
         with torch.device("meta"):
             model = cls(modules_list)
-        model._check_state(state, weights)
+        model.check_shapes({key: tuple(t.shape) for key, t in state.items()}, weights)
         model.load_state_dict(state, assign=True)  # take the loaded tensors, no second copy
         if dtype is not None:
             model.to(dtype)
         return model
 
-    def _check_state(self, state: dict[str, Tensor], where: Path) -> None:
-        """Raise LinFusionError on the first missing, mis-shaped or unexpected tensor."""
+    def check_shapes(self, state: dict[str, tuple[int, ...]], where: Path) -> None:
+        """Raise LinFusionError on the first missing, mis-shaped or unexpected tensor of a
+        checkpoint's (`state`: each tensor's name and shape)."""
         expected = {key: tuple(t.shape) for key, t in self.state_dict().items()}
         unexpected = [key for key in state if key not in expected]
         for key, shape in expected.items():
@@ -368,9 +369,9 @@ class LinFusion(nn.Module):
                 found = f"; it has {unexpected[0]} instead" if unexpected else ""
                 raise LinFusionError(f"checkpoint {where}: tensor {key} for {module} is missing"
                                      f"{found}; the weights do not match config.json")
-            if tuple(state[key].shape) != shape:
+            if tuple(state[key]) != shape:
                 raise LinFusionError(
-                    f"checkpoint {where}: tensor {key} has shape {tuple(state[key].shape)}, "
+                    f"checkpoint {where}: tensor {key} has shape {tuple(state[key])}, "
                     f"expected {shape} for {module}; is this checkpoint for another base model?")
         if unexpected:
             raise LinFusionError(f"checkpoint {where}: unexpected tensor {unexpected[0]}, not "
@@ -499,17 +500,24 @@ def check_ref(ref: str | Path) -> None:
         raise LinFusionError(f"LinFusion checkpoint {ref} has no {CONFIG_NAME}, but {carried} is "
                              f"a LinFusion checkpoint: pass --linfusion {carried} (or "
                              "--linfusion auto, which takes a model folder's own)")
-    read_config(path / CONFIG_NAME)
+    modules_list = read_config(path / CONFIG_NAME)
     weights = path / WEIGHTS_NAME
     if not weights.is_file():
         _no_weights(path)
     from hires.safetensors_header import read_header, truncated
 
-    if read_header(weights) is None:
+    header = read_header(weights)
+    if header is None:
         if cut := truncated(weights):
             raise LinFusionError(f"checkpoint {weights}: {cut}")
         raise LinFusionError(f"checkpoint {weights}: unreadable (not a valid safetensors file: "
                              "truncated?); re-download or re-save it")
+    # The header holds every tensor's name and shape: matched to config.json as the load
+    # matches them, so a dry run fails where the run would.
+    with torch.device("meta"):
+        model = LinFusion(modules_list)
+    model.check_shapes({key: tuple(entry.get("shape", ())) for key, entry in header.items()
+                        if key != "__metadata__" and isinstance(entry, dict)}, weights)
 
 
 def half_cached(ref: str, closed: str) -> str:

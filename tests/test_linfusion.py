@@ -200,12 +200,17 @@ def test_save_load_round_trip_is_exact(tmp_path):
 
 
 def _one_line_error(folder, *needles):
-    with pytest.raises(LinFusionError) as info:
-        LinFusion.load(folder)
-    message = str(info.value)
-    assert "\n" not in message
-    for needle in needles:
-        assert needle in message
+    """The load's one-line error, said by the dry run's check (check_ref, no tensors read)
+    too: a mismatch of weights and config.json passed it, and the run failed."""
+    from hires.linfusion import check_ref
+
+    for attempt in (LinFusion.load, check_ref):
+        with pytest.raises(LinFusionError) as info:
+            attempt(folder)
+        message = str(info.value)
+        assert "\n" not in message
+        for needle in needles:
+            assert needle in message, (attempt, message)
     return message
 
 
@@ -408,11 +413,14 @@ def test_a_dry_run_refuses_a_checkpoint_for_another_unet(tiny_folder, tmp_path):
     """It passed, and the run failed after the model loaded (minutes with SDXL)."""
     from helpers_cli import assert_usage_error, cli
 
-    write_official_checkpoint(tmp_path / "lf", tiny_unet())
+    tensors, _ = write_official_checkpoint(tmp_path / "lf", tiny_unet())
     path = tmp_path / "lf" / "config.json"
     saved = json.loads(path.read_text())
     saved["modules_list"] = saved["modules_list"][:-1]
     path.write_text(json.dumps(saved))
+    last = f"{len(saved['modules_list'])}."  # its weights as well: the checkpoint is whole
+    save_file({k: v for k, v in tensors.items() if not k.startswith(last)},
+              tmp_path / "lf" / "diffusion_pytorch_model.safetensors")
     for model in (tiny_folder, "tiny"):  # the builtin model's config too
         result = cli("gen", "x", "--model", model, "--linfusion", tmp_path / "lf",
                      "--size", "256", "--dry-run")
