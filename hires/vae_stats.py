@@ -55,7 +55,8 @@ FAST_BYTES: float | None = None  # fast: the most kept step outputs may take (No
 # fast, by default: this share of the memory free when a decode starts (RAM is shared with
 # the rest of the machine; a GPU is ours), beyond a reserve for the tiles' own runs (a 2048 px
 # SDXL tile in bf16 needs about 6.5 GB; on a GPU the reserve grows with the VAE's element size,
-# so an fp32 VAE's twice as large runs keep room), and at least FAST_FLOOR.
+# so an fp32 VAE's twice as large runs keep room), and on the CPU at least FAST_FLOOR (a GPU's
+# outputs beyond its budget spill to the CPU's memory: a floor there could outgrow the card).
 FAST_SHARE = {"cuda": 0.8, "cpu": 0.5}
 FAST_RESERVE = {"cuda": 8e9, "cpu": 2e9}
 FAST_FLOOR = 1e9
@@ -285,7 +286,7 @@ def budget_from_free(free: float, on_gpu: bool, dtype_bytes: int = 2,
     # comes on top: a 2048 px SDXL tile in fp32 needs 12 GiB, and with half of the rest kept
     # a 4K stage took 23.1 GiB of 23.0 free.
     reserve = max(reserve, working) if on_gpu else reserve + working
-    return max(FAST_FLOOR, FAST_SHARE[kind] * (free - reserve))
+    return max(0.0 if on_gpu else FAST_FLOOR, FAST_SHARE[kind] * (free - reserve))
 
 
 @dataclass

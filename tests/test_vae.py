@@ -197,6 +197,10 @@ def test_fast_budget_is_a_share_of_free_memory(monkeypatch):
     # An fp32 VAE's tile runs take twice the room: the reserve beside the kept outputs too.
     assert vae_stats.fast_budget(torch.device("cuda"), torch.float32) == 0.8 * (40e9 - 16e9)
     assert vae_stats.fast_budget(cpu, torch.float32) == 0.5 * (40e9 - 2e9)
+    # A GPU with less free than its reserve keeps nothing there (all spills to the CPU's
+    # memory): a floor of 1 GB on a 4 GiB card put a plan's use over the card.
+    monkeypatch.setattr(vae_stats, "free_memory", lambda device: 5e9)
+    assert vae_stats.fast_budget(torch.device("cuda")) == 0.0
     monkeypatch.setattr(vae_stats, "FAST_BYTES", 5e6)
     assert vae_stats.fast_budget(cpu) == 5e6
 
