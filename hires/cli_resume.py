@@ -29,6 +29,22 @@ def kept_stage(kept: Path, job, plan, source=None) -> int | None:
     return resume.stage_of(kept, kept_job(job, source), plan) if kept.exists() else None
 
 
+def lost_stage_image(stage_files: list[Path], stage: int, job) -> str | None:
+    """--save-stages: '{NAME} is gone' (cut short, or not its stage image) for the first image
+    of the stages before `stage` that is not this job's of its stage; None when all are. A
+    run goes on from a checkpoint only where they are (the last kept stage is decoded again)."""
+    from hires.runs import made_by
+
+    lost = [p for i, p in enumerate(stage_files[:stage]) if not made_by(p, job, i)]
+    if not lost:
+        return None
+    from hires.cut_short import cut_short
+
+    cut = cut_short(lost[0])
+    what = "is gone" if not lost[0].exists() else f"is {cut}" if cut else "is not its stage image"
+    return f"{lost[0].name} {what}"
+
+
 def say_resume(kept: Path, job, plan, source=None, stage_files: list[Path] | None = None
                ) -> str | None:
     """Say whether a run goes on from a stopped one's checkpoint. With --save-stages
@@ -36,7 +52,6 @@ def say_resume(kept: Path, job, plan, source=None, stage_files: list[Path] | Non
     (all but its last, which the next stage decodes again); else it starts over. Returns
     the line said when the checkpoint is not this job's: the run's warnings say it again."""
     from hires import resume
-    from hires.runs import made_by
 
     if not kept.is_file():
         return None
@@ -50,15 +65,10 @@ def say_resume(kept: Path, job, plan, source=None, stage_files: list[Path] | Non
     stage = kept_stage(kept, job, plan, source)
     if stage is None:
         return None
-    lost = [p for i, p in enumerate((stage_files or [])[:stage]) if not made_by(p, job, i)]
+    lost = lost_stage_image(stage_files or [], stage, job)
     if lost:
-        from hires.cut_short import cut_short
-
-        cut = cut_short(lost[0])
-        what = ("is gone" if not lost[0].exists() else f"is {cut}" if cut
-                else "is not its stage image")
-        say(f"  {kept.name} holds {stages_upto(stage)} of this job, but {lost[0].name} {what} "
-            "(--save-stages): starting over")
+        say(f"  {kept.name} holds {stages_upto(stage)} of this job, but {lost} (--save-stages): "
+            "starting over")
         resume.remove(kept)
     elif stage == len(plan.stages) - 1:
         say(f"  resuming: every stage was kept in {kept.name}; only the decode is left")

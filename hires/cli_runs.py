@@ -64,7 +64,8 @@ def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overw
         if run.made is None:
             busy.check_free(run.path)
     for run in runs if not preview and resume_runs else []:  # a preview is kept by none
-        if run.made is None and (note := checkpoint_note(run.path, run.job)):
+        if run.made is None and (note := checkpoint_note(run.path, run.job,
+                                                         stage_images=stage_images)):
             say(f"{run.path}: {note}")
     from hires import resume
 
@@ -79,17 +80,18 @@ def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overw
              "warnings": losses} for r, losses in zip(runs, said)]
 
 
-def checkpoint_note(path: Path, job, plan=None) -> str | None:
+def checkpoint_note(path: Path, job, plan=None, stage_images: bool = False) -> str | None:
     """For a dry run: whether the run writing `path` goes on from a stopped run's checkpoint
     ('goes on from NAME: stages 0-1 kept') or starts over, and why; None if there is none.
-    `plan`: the job's, planned without weights if not given."""
+    `plan`: the job's, planned without weights if not given; `stage_images` (--save-stages):
+    the run goes on only where the kept stages' images are this job's, as `say_resume`."""
     from hires import resume
     from hires.dry_run import dry_run
     from hires.images import ImageInputError
     from hires.job import JobError
     from hires.model_refs import ModelError
 
-    kept = resume.path_for(path)
+    kept, asked = resume.path_for(path), job
     if not kept.is_file() and not resume.siblings(path):
         return None
     if plan is None:
@@ -119,6 +121,14 @@ def checkpoint_note(path: Path, job, plan=None) -> str | None:
     if why is not None:
         return f"{kept.name} {why}: the run starts over"
     stage = resume.stage_of(kept, job, plan)
+    if stage_images and stage is not None:
+        from hires.cli_resume import lost_stage_image
+        from hires.record import stage_paths
+
+        lost = lost_stage_image(stage_paths(path, len(plan.stages)), stage, asked)
+        if lost:
+            return (f"{kept.name} holds {stages_upto(stage)} of this job, but {lost} "
+                    "(--save-stages): the run starts over")
     if stage == len(plan.stages) - 1:
         return f"the run goes on from {kept.name}: every stage kept, only the decode left"
     return f"the run goes on from {kept.name}: {stages_upto(stage)} kept"
@@ -541,12 +551,12 @@ def _writable_stage_files(job, path: Path, stages: int, overwrite: bool) -> list
     the first step, not after the compute is spent; a stopped run's own stage images are
     this run's to write."""
     from hires import output as out
-    from hires.batch import of_this_job
     from hires.record import stage_paths
+    from hires.runs import stage_of_this_job
 
     files = stage_paths(path, stages)
-    for stage_path in files:
-        if not of_this_job(stage_path, job):  # a stopped run's, cut short or not
+    for i, stage_path in enumerate(files):
+        if not stage_of_this_job(stage_path, job, i):  # a stopped run's, cut short or not
             out.check_writable(stage_path, overwrite)
     return files
 

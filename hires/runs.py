@@ -202,12 +202,19 @@ def checked_run(one: Job, path: Path, runs: list[Run], output: str | None, *,
 
 
 def check_stages_free(path: Path, job: Job, overwrite: bool) -> None:
-    """--save-stages: each stage image's name is free, or holds this job's (whole or not)."""
-    from hires.batch import of_this_job
-
-    for stage_file in stage_paths(path, stage_count(job)):
-        if not of_this_job(stage_file, job):
+    """--save-stages: each stage image's name is free, or holds this job's image of that
+    stage (whole or not)."""
+    for i, stage_file in enumerate(stage_paths(path, stage_count(job))):
+        if not stage_of_this_job(stage_file, job, i):
             out.check_writable(stage_file, overwrite)
+
+
+def stage_of_this_job(path: Path, job: Job, stage: int) -> bool:
+    """Whether the file at `path` is `job`'s image of `stage` (whole or not), which a run of
+    the job may write over: not its whole image, nor another stage's."""
+    from hires.batch import of_this_job, recorded_stage
+
+    return of_this_job(path, job) and recorded_stage(path) == stage
 
 
 def check_free(path: Path, job: Job, overwrite: bool, stage: int | None = None) -> None:

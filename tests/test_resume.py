@@ -232,9 +232,11 @@ def test_stage_images_are_saved_as_made_and_a_run_that_saves_them_resumes(
     assert "size 512x512" in shown.stdout and "stage 1 of a job for 640x640" in shown.stdout
 
 
-@pytest.mark.parametrize("lost", ["gone", "cut short"])
+@pytest.mark.parametrize("lost", ["gone", "cut short", "whole"])
 def test_a_run_that_saves_stages_starts_over_without_their_images(lost, tmp_path, asked,
                                                                   monkeypatch):
+    """The dry run said the run went on from the checkpoint where the run started over; and
+    this job's whole image where its stage 0 image goes was written over without a word."""
     out = tmp_path / "fox.png"
     args = ("gen", "a fox", "--model", "tiny", "--size", "640", "--steps", "3", "--seed", "5",
             "--save-stages", "-o", out)
@@ -243,8 +245,23 @@ def test_a_run_that_saves_stages_starts_over_without_their_images(lost, tmp_path
     stage0 = tmp_path / "fox.stage0.png"
     if lost == "gone":
         stage0.unlink()
-    else:  # a copy cut short keeps its record: it was taken as the stage's image
+    elif lost == "cut short":  # a copy cut short keeps its record: it was taken as the stage's
         stage0.write_bytes(stage0.read_bytes()[:stage0.stat().st_size // 2])
+    else:  # the job's whole image, as a record without a stage says (moved there by hand)
+        from hires.output import read_metadata, save_image
+
+        held = read_metadata(stage0)["hires"]
+        result = {k: v for k, v in held["result"].items() if k != "stage"}
+        save_image(Image.open(stage0).convert("RGB"), stage0, overwrite=True,
+                   metadata={**held, "result": result})
+        for refused in (cli(*args, "--dry-run"), cli(*args)):
+            assert refused.exit_code == 2 and "fox.stage0.png" in refused.stderr and \
+                "--overwrite" in refused.stderr, refused.stderr
+        assert read_metadata(stage0)["hires"]["result"] == result  # kept
+        return
+    dry = cli(*args, "--dry-run")
+    assert f"holds stages 0-1 of this job, but fox.stage0.png is {lost}" in dry.stderr and \
+        "(--save-stages): the run starts over" in dry.stderr, dry.stderr
     stages.clear()
     again = cli(*args)
     assert again.exit_code == 0, again.stderr

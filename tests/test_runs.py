@@ -204,3 +204,10 @@ def test_a_stage_image_of_the_job_is_not_taken_for_its_whole_image_nor_the_rever
     assert plan_runs([one], str(tmp_path / "c.png"), preview=True)[0].made is not None
     _recorded(tmp_path / "d.png", one, None)
     assert plan_runs([one], str(tmp_path / "d.png"))[0].made is not None
+    # --save-stages writes stage 0 at e.stage0.png: this job's whole image there is not it
+    _recorded(tmp_path / "e.stage0.png", one, None)
+    with pytest.raises(OutputExists, match="e.stage0.png"):
+        plan_runs([one], str(tmp_path / "e.png"), stage_images=True)
+    (tmp_path / "e.stage0.png").unlink()
+    _recorded(tmp_path / "e.stage0.png", one, 0)  # its own stage image: written over
+    assert plan_runs([one], str(tmp_path / "e.png"), stage_images=True)[0].made is None
