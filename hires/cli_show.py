@@ -493,7 +493,12 @@ def to_make_line(item: Any, path: Path, run: Any, row: dict[str, Any], *, previe
     row.update(status="to make", peak_bytes=run.plan.peak_bytes,
                seconds=None if seconds is None else round(seconds, 3))
     when = "" if seconds is None else f"{duration(seconds)}, "
-    text = (f"job {item.index}: {job.width}x{job.height} -> {path}, "
+    size = f"{job.width}x{job.height}"
+    if preview:  # the image it makes is the first stage's ("width" and "height" stay the
+        first = run.plan.stages[0]  # job's, as in gen's dry run)
+        row["preview"] = True
+        size = f"preview {first.width}x{first.height} of a {size} job"
+    text = (f"job {item.index}: {size} -> {path}, "
             f"{when}peak {run.plan.peak_bytes / 1024**3:.1f} GiB")
     if not preview and resume_runs and (note := checkpoint_note(path, job, run.plan)):
         row["checkpoint"] = note

@@ -617,6 +617,10 @@ def test_a_preview_batch_makes_first_stages_and_the_same_batch_without_it_the_im
         tmp_path, tiny_cli):
     jobs = jsonl_jobs(tmp_path / "jobs.jsonl", 2, width=512, height=512, seed=4)
     out = tmp_path / "out"
+    planned = cli("batch", jobs, "-o", out, "--preview", "--json", "--dry-run")
+    assert [(r["width"], r["preview"]) for r in json_lines(planned.stdout)] == [(512, True)] * 2
+    planned = cli("batch", jobs, "-o", out, "--preview", "--dry-run")
+    assert "job 0: preview 256x256 of a 512x512 job -> " in planned.stdout  # it said 512x512
     first = cli("batch", jobs, "-o", out, "--preview", "--json")
     assert first.exit_code == 0, first.stderr
     records = json_lines(first.stdout)
