@@ -62,11 +62,13 @@ def check_inputs(job: Job, loads: bool = True, images: bool = True) -> None:
         refs = [ref for ref, _ in parsed]
         _refuse_repeated_loras(parsed)
         if loads:
-            from hires.lora import hub_problem
+            from hires.lora import cached_problem, hub_problem
 
             for ref in refs:
                 if problem := hub_problem(ref, allow_pickle):
                     raise ModelError(problem)
+                if problem := cached_problem(ref, allow_pickle):  # its file, as a local one's
+                    raise JobError(problem)
     if job.control_model:
         local.append(("--control-model", job.control_model))
     if job.ip_image:

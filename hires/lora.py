@@ -51,12 +51,41 @@ def local_problem(ref: str, allow_pickle: bool = False) -> str | None:
     """Why a local LoRA file or folder cannot be one, from its names and the file's header
     alone (None: it may be; `load_loras` checks it against the model): for a dry run, which
     loads nothing, and a run, before the model loads."""
-    from hires.safetensors_header import read_header, truncated
-
     try:
         file = resolve(ref, allow_pickle)
     except LoraError as e:
         return str(e)
+    return file_problem(ref, file)
+
+
+def cached_problem(ref: str, allow_pickle: bool = False) -> str | None:
+    """`file_problem` for the Hub LoRA `ref` where its file is in the local cache (the Hub
+    closed, or its file named and cached): the run refused a LoHa only once SDXL had loaded.
+    None where nothing is cached to read: `hub_problem` says so, and loading reads the rest."""
+    from hires.model_refs import hub_offline
+
+    hub = hub_parts(ref)
+    if hub is None:
+        return None
+    try:
+        if hub_offline():
+            file = _download(ref, *hub, allow_pickle)  # local files only: nothing is fetched
+        else:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(*hub) if hub[1] else None
+            if not isinstance(found, str):
+                return None
+            file = Path(found)
+    except (ModelError, LoraError, ValueError):
+        return None
+    return file_problem(ref, file)
+
+
+def file_problem(ref: str, file: Path) -> str | None:
+    """Why LoRA `ref`'s weights file cannot be one, from its name and header alone."""
+    from hires.safetensors_header import read_header, truncated
+
     if file.name.lower().endswith(PICKLE_SUFFIXES):
         return None  # a pickle allowed: read only by torch
     header = read_header(file)  # any other name is read as safetensors, as the run reads it
@@ -89,18 +118,21 @@ def lycoris_problem(ref: str, keys: Sequence[str]) -> str | None:
 
 
 def alpha_problem(ref: str, file: Path, names: Sequence[str]) -> str | None:
-    """Why a kohya file's alphas (`names`, one number a layer) would spoil the image: one that
-    is not a finite number, read here for a dry run as the run's `_folded` reads it."""
+    """Why a kohya file's alphas (`names`, one number a layer) would spoil the image or fail
+    the load: one that is not one finite number, read here for a dry run as the run's
+    `_folded` and diffusers read them."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(file), framework="pt") as f:
             for name in names:
-                alpha = f.get_tensor(name)
-                if alpha.numel() == 1 and not math.isfinite(float(alpha)):
-                    return (f"LoRA {ref}: the alpha of {name.removesuffix('.alpha')} is "
-                            f"{float(alpha)}, not a finite number; the file is damaged: "
-                            "re-download or re-save it")
+                alpha, layer = f.get_tensor(name), name.removesuffix(".alpha")
+                if alpha.numel() != 1:  # diffusers: "a Tensor with 2 elements cannot be ..."
+                    return (f"LoRA {ref}: the alpha of {layer} holds {alpha.numel()} numbers, "
+                            "not one; the file is damaged: re-download or re-save it")
+                if not math.isfinite(float(alpha)):
+                    return (f"LoRA {ref}: the alpha of {layer} is {float(alpha)}, not a finite "
+                            "number; the file is damaged: re-download or re-save it")
     except (SafetensorError, OSError):
         return None  # the run's reading says what is wrong
     return None

@@ -115,13 +115,36 @@ def test_a_lycoris_loha_or_lokr_is_refused_in_words_by_a_dry_run_and_a_run(tmp_p
             load_loras(tiny.pipe, [str(ref)])
 
 
-def test_a_lora_with_an_alpha_not_a_number_is_refused_by_a_dry_run(lora, tmp_path):
+@pytest.mark.parametrize("alpha, said", [
+    (torch.tensor(float("nan")), "is nan, not a finite number"),
+    (torch.tensor([float("nan"), 1.0]), "holds 2 numbers, not one")])
+def test_a_lora_with_an_alpha_not_one_number_is_refused_by_a_dry_run(lora, tmp_path, alpha,
+                                                                     said):
+    """They passed; the run refused the NaN, and diffusers the pair in its words ("a Tensor
+    with 2 elements cannot be converted to Scalar")."""
     from safetensors.torch import load_file
 
     state = load_file(lora)
     layer = next(k for k in state if k.endswith(".alpha"))
-    save_file({**state, layer: torch.tensor(float("nan"))}, tmp_path / "nan.safetensors")
-    refused = dry(str(tmp_path / "nan.safetensors"))
+    save_file({**state, layer: alpha}, tmp_path / "bad.safetensors")
+    refused = dry(str(tmp_path / "bad.safetensors"))
     assert refused.exit_code == 2
-    assert f"the alpha of {layer.removesuffix('.alpha')} is nan, not a finite number" \
-        in refused.stderr
+    assert f"the alpha of {layer.removesuffix('.alpha')} {said}" in refused.stderr
+
+
+def test_a_cached_hub_lora_is_checked_by_a_dry_run_as_a_local_one(tmp_path, monkeypatch):
+    """A LoHa in the cache passed the dry run; the run refused it once the model had loaded."""
+    from huggingface_hub import constants
+
+    snapshot = tmp_path / "hub" / "models--qa--loha" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    save_file({"lora_unet_down_blocks_1_attentions_0_proj_in.hada_w1_a": torch.zeros(4, 4)},
+              snapshot / "loha.safetensors")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    for ref in ("qa/loha", "qa/loha/loha.safetensors"):
+        refused = dry(ref)
+        assert refused.exit_code == 2, refused.stderr
+        assert f"LoRA {ref}: a LyCORIS LoHa file" in refused.stderr
