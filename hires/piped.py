@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import tempfile
 from collections.abc import Iterator
 from dataclasses import replace
@@ -66,14 +67,16 @@ def looks_binary(head: bytes) -> bool:
 def spooled(stream: BinaryIO, head: bytes = b"") -> Iterator[Path]:
     """`head` (read already) and the rest of `stream` in a temporary file only this user can
     read, removed when the block ends; at most MAX_BYTES, else an ImageInputError."""
-    leftovers.remove_stale(Path(tempfile.gettempdir()), "stdin")  # killed runs' bytes
-    try:
-        fd, name = tempfile.mkstemp(prefix=leftovers.prefix("stdin"))
-    except OSError as e:
-        raise _no_room(Path(tempfile.gettempdir()), e) from None
-    path = Path(name)
+    folder = Path(tempfile.gettempdir())
+    leftovers.remove_stale(folder, "stdin")  # killed runs' bytes
+    # Named before it is made, and made inside the block that removes it: a Ctrl-C as
+    # mkstemp made its file left the file (its name not yet returned). The name holds this
+    # process's id, so no other process's file has it.
+    path = folder / f"{leftovers.prefix('stdin')}{secrets.token_hex(8)}"
     try:
         try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                         0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(head)
                 total = len(head)
