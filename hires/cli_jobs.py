@@ -589,12 +589,12 @@ def old_tile(recorded: dict[str, Any]) -> str | None:
 def fitted_plan(make, job):
     """`make()`'s plan; a plan that cannot fit becomes a usage error that says what would."""
     from hires.job import JobError
-    from hires.plan import PlanError, fitting_print, fitting_size
+    from hires.plan import PlanError, fitting_print, fitting_size, whole_job_need
 
     try:
         return make()
     except PlanError as e:
-        hint = ""
+        hint, need = "", whole_job_need(e)
         model = (e.plan_kwargs or {}).get("model")
         if e.host:
             hint = "; try --ram with what is free" if job.ram is None else "; try a larger --ram"
@@ -618,4 +618,4 @@ def fitted_plan(make, job):
                     "fits)") + hint
         elif fits:
             hint = f"; {fits[0]}x{fits[1]} fits" + hint
-        raise JobError(f"{e}{hint}") from None
+        raise JobError(f"{e}{need}{hint}") from None

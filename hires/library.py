@@ -157,24 +157,26 @@ def in_keywords() -> Iterator[None]:
 def fitted(error: PlanError) -> PlanError:
     """`error` with the size at its aspect whose plan fits, in keywords: a script can take it;
     a job sized by a print size is told the dpi at which that print fits instead."""
-    from hires.plan import fitting_print, fitting_size
+    from hires.plan import fitting_print, fitting_size, whole_job_need
 
-    fits = fitting_size(error)
-    if fits is None:
+    fits, need = fitting_size(error), whole_job_need(error)
+    if fits is None and not need:
         return error
     printed = error.job is not None and "print_size" in error.job.extra
-    found = fitting_print(error.job, error) if printed else None
-    if found is not None:  # a print's maker lowers the dpi, not the pixels
+    found = fitting_print(error.job, error) if printed and fits else None
+    if fits is None:
+        said = PlanError(f"{error}{need}")
+    elif found is not None:  # a print's maker lowers the dpi, not the pixels
         dpi, (w, h) = found
-        said = PlanError(f"{error}; the print_size fits at dpi={dpi} ({w}x{h})")
+        said = PlanError(f"{error}{need}; the print_size fits at dpi={dpi} ({w}x{h})")
     elif printed:
-        said = PlanError(f"{error}; the print_size fits at no whole dpi: a smaller print_size "
-                         f"({fits[0]}x{fits[1]} px fits)")
+        said = PlanError(f"{error}{need}; the print_size fits at no whole dpi: a smaller "
+                         f"print_size ({fits[0]}x{fits[1]} px fits)")
     else:
-        said = PlanError(f"{error}; {fits[0]}x{fits[1]} fits (width={fits[0]}, "
+        said = PlanError(f"{error}{need}; {fits[0]}x{fits[1]} fits (width={fits[0]}, "
                          f"height={fits[1]})")
     said.host, said.plan_kwargs, said.size = error.host, error.plan_kwargs, error.size
-    said.job = error.job
+    said.job, said.needed = error.job, error.needed
     return said
 
 

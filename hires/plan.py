@@ -45,6 +45,7 @@ class PlanError(ValueError):
     plan_kwargs: dict[str, Any] | None = None  # make_plan's settings, to plan again leaner
     size: tuple[int, int] | None = None  # the size asked for (width, height)
     job: Any = None  # the job planned, where hires.pipeline.plan_for planned one
+    needed: float | None = None  # the device budget (bytes) the stage said would fit it
 
 
 @dataclass(frozen=True)
@@ -445,12 +446,14 @@ def fit_stage(stage: Stage, stages: list[Stage], model: ModelShape, budget: int 
         memory = "GPU memory" if model.on_gpu else "memory"
         # The budget whose usable part holds that peak: the number to give --vram.
         needed = (least.cost.peak_bytes + MARGIN_BYTES) / (1 - MARGIN_SHARE)
-        raise PlanError(
+        error = PlanError(
             f"stage {stage.index} ({stage.width}x{stage.height}) needs at least "
             f"{least.cost.peak_bytes / GIB:.1f} GiB of {memory} "
             f"({least.strategy.label_for(model.guided)}) "
             f"plus a margin: a {math.ceil(needed / GIB * 10) / 10:.1f} GiB budget, more than "
             f"the {_gib(budget)} GiB one")
+        error.needed = needed
+        raise error
     # Parked maps on the scratch disk are priced in the time (costs.DISK_RATE), so a plan that
     # writes some is taken when it is the faster, not only when nothing else fits the RAM: more
     # free RAM then never makes a plan slower. At the same time, the one without the disk.
@@ -572,6 +575,34 @@ def describe(plan: Plan) -> list[str]:
                     line += f" ({', '.join(shares)})"
         lines.append(line)
     return lines
+
+
+def job_budget(error: PlanError) -> float | None:
+    """The device budget (bytes) the whole job of `error` fits, where its first stage short
+    of memory said only its own (a later one may need more): planned again at each need
+    said until one fits. None where the error is not the GPU's, or none fits."""
+    need = error.needed
+    if need is None or error.host or not error.plan_kwargs or not error.size:
+        return None
+    for _ in range(8):  # one more stage fitted each time: a job has at most 8 (16K from 64)
+        try:
+            make_plan(*error.size, **{**error.plan_kwargs, "budget": math.ceil(need)})
+            return need
+        except PlanError as e:
+            if e.host or e.needed is None or e.needed <= need:
+                return None
+            need = e.needed
+    return None
+
+
+def whole_job_need(error: PlanError) -> str:
+    """', and the whole job a N GiB one (a later stage needs more)' where `job_budget` is more
+    than `error`'s stage said, to follow its budget; else ''."""
+    whole = job_budget(error)
+    if whole is None or whole <= (error.needed or 0):
+        return ""
+    return (f", and the whole job a {math.ceil(whole / GIB * 10) / 10:.1f} GiB one (a later "
+            "stage needs more)")
 
 
 def fitting_size(error: PlanError) -> tuple[int, int] | None:

@@ -165,3 +165,15 @@ def test_the_library_forgets_a_print_when_the_next_call_sizes_in_pixels(tiny):
     again = made.job.merged({"width": 1184, "height": 1768})
     with pytest.raises(PlanError, match=r"; \d+x\d+ fits \(width=\d+, height=\d+\)$"):
         hires.generate(again, components=tiny, vram=0.8, steps=1)
+
+
+def test_a_job_short_of_gpu_memory_is_told_the_budget_for_all_its_stages():
+    """Only the first stage short of memory said its budget: 4096 px on 3 GiB was told 3.1,
+    then (at 3.1) 3.2 for the next stage, and so on, a try for each stage."""
+    args = ("plan", "a fox", "--size", "4096", "--gpu", "4090", "--ram", "64")
+    said = _refusal(cli(*args, "--vram", "3"))
+    found = re.search(r"a 3\.1 GiB budget, more than the 3\.0 GiB one, and the whole job a "
+                      r"([\d.]+) GiB one \(a later stage needs more\)", said)
+    assert found, said
+    assert cli(*args, "--vram", found.group(1)).exit_code == 0
+    assert cli(*args, "--vram", f"{float(found.group(1)) - 0.1:.1f}").exit_code == 2
