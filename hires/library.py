@@ -97,10 +97,10 @@ def keyword_words(text: str) -> str:
     job ("'model' in the job must be text"), as the keyword it was given as."""
     said = re.sub(r"'(\w+)' in (?:the )?job ", r"\1 ", text)
     said = re.sub(r"--allow-pickle\b", "allow_pickle=True", said)  # as ModelError says it
-    # A flag starts a word: a path's or a Hub cache's '--' (my--style.safetensors,
-    # models--x--y) is left as it is.
-    return re.sub(r"(?<![\w-])--([a-z][a-z0-9-]*)", lambda m: m.group(1).replace("-", "_"),
-                  said)
+    # A flag is a word of its own: a name's '--' (my--style.safetensors, ./--x.safetensors,
+    # a Hub cache's models--x--y) is left as it is.
+    return re.sub(r"(?<![\w-])--([a-z][a-z0-9-]*)(?![\w\\-]|\.\w)",
+                  lambda m: m.group(1).replace("-", "_"), said)
 
 
 def plan_arguments(job: Any, components: Any, gpu: Any) -> str | None:

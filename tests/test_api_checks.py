@@ -381,3 +381,5 @@ def test_a_path_with_two_dashes_is_not_taken_for_a_flag_in_a_librarys_message(tm
 
     assert keyword_words("pass --allow-pickle (or --vae-tile 512)") == \
         "pass allow_pickle=True (or vae_tile 512)"
+    for name in ("./--my-lora.safetensors: no such file", "x (--my-lora.safetensors)"):
+        assert keyword_words(name) == name
