@@ -702,6 +702,19 @@ def changed_input(path: Path, job: Job) -> str | None:
     return changed.label if changed else None
 
 
+def recorded_result(path: Path) -> dict[str, Any] | None:
+    """The record ("result") an image made by hires holds, with its path as given; None for
+    a file without one."""
+    from hires.output import OutputError, read_metadata
+
+    try:
+        record = read_metadata(path)["hires"]
+    except OutputError:
+        return None
+    result = record.get("result") if isinstance(record, dict) else None
+    return {**result, "path": str(path)} if isinstance(result, dict) else None
+
+
 def recorded_stage(path: Path) -> int | None:
     """The stage an image made by hires records being (a --preview's or --save-stages'
     image: one stage of a bigger job); None for a whole job's image, or none of hires'."""
@@ -775,7 +788,8 @@ def _run_one(item: BatchItem, path: Path, settings: str,
         if cut:  # kept aside as one of other settings is: the user's bytes, whatever they are
             why = cut
         if old == settings and not stale and not cut:
-            return Outcome(item, "skipped", path)
+            # its record, as the manifest's line for a done job has it (README)
+            return Outcome(item, "skipped", path, record=recorded_result(path))
         if old is None and not cut:  # put there since the checks before the run (in_the_way)
             return Outcome(item, "failed", path, error=in_the_way(path))
         try:

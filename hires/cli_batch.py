@@ -250,13 +250,14 @@ def outcome_reporter(todo: list, pace: Any, seen: list, as_json: bool,
         elif o.status == "skipped":
             say(f"job {o.item.index}: {o.path} exists with the same settings, skipped")
             # stdout lists every image of the batch, as gen's does those it keeps
-            job_line(o, made_by(o.path, o.item.job, stage) or {"path": str(o.path)}, as_json)
+            job_line(o, o.record or made_by(o.path, o.item.job, stage) or {"path": str(o.path)},
+                     as_json)
         if o.moved_to:
             say(f"job {o.item.index}: {o.path.name} was {o.why}; it is kept as "
                 f"{o.moved_to.name}" if o.cut else
                 f"job {o.item.index}: {o.why} since {o.path.name} was made; the old image "
                 f"is kept as {o.moved_to.name}")
-        if o.record:
+        if o.record and o.status == "done":
             job_line(o, o.record, as_json)
         if o.status not in ("skipped", "busy") and o.item in todo:
             later = todo[todo.index(o.item) + 1:]

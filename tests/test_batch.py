@@ -292,8 +292,11 @@ output = "three.png"
     assert [r["path"] for r in lines if r["status"] == "skipped"] == paths
     assert "broken.safetensors" in lines[1]["error"]
     assert "batch: 0 done, 2 skipped, 1 failed" in again.stderr
-    written = manifest(out / "manifest.jsonl")[3:]
+    made, written = manifest(out / "manifest.jsonl")[:3], manifest(out / "manifest.jsonl")[3:]
     assert [r["status"] for r in written] == ["skipped", "failed", "skipped"]
+    # a skipped job's line holds its image's record, as README says (it had none)
+    for skipped, done in ((written[0], made[0]), (written[2], made[2])):
+        assert (skipped["seed"], skipped["width"]) == (done["seed"], done["width"]), skipped
     # a line has the keys its manifest line has (a failed one lacked 'settings', a skipped
     # one 'error'), with the same values
     for said, kept in zip(lines, written):
