@@ -376,7 +376,9 @@ def _tile_error(error: PlanError, vae_tile: int, plan: Callable[[int | None], An
             hi = mid
     largest = (f"--vae-tile {best} is the largest that fits, or --vae-tile auto (the "
                "planner's pick)" if best else "--vae-tile auto (the planner's pick) fits")
-    raise PlanError(f"--vae-tile {vae_tile} does not fit: {error}; {largest}") from None
+    said = PlanError(f"--vae-tile {vae_tile} does not fit: {error}; {largest}")
+    said.needed = error.needed  # the stage's budget with that tile: `job_budget` goes on
+    raise said from None
 
 
 def _with_cost(stage: Stage, stages: list[Stage], model: ModelShape, strategy: Strategy,
@@ -450,7 +452,7 @@ def fit_stage(stage: Stage, stages: list[Stage], model: ModelShape, budget: int 
             f"stage {stage.index} ({stage.width}x{stage.height}) needs at least "
             f"{least.cost.peak_bytes / GIB:.1f} GiB of {memory} "
             f"({least.strategy.label_for(model.guided)}) "
-            f"plus a margin: a {math.ceil(needed / GIB * 10) / 10:.1f} GiB budget, more than "
+            f"plus a margin: a {_budget_words(needed)} GiB budget, more than "
             f"the {_gib(budget)} GiB one")
         error.needed = needed
         raise error
@@ -577,6 +579,9 @@ def describe(plan: Plan) -> list[str]:
     return lines
 
 
+MAX_STAGES = 32  # more than any job has: x2 stages from 8 px to MAX_SIDE
+
+
 def job_budget(error: PlanError) -> float | None:
     """The device budget (bytes) the whole job of `error` fits, where its first stage short
     of memory said only its own (a later one may need more): planned again at each need
@@ -584,7 +589,8 @@ def job_budget(error: PlanError) -> float | None:
     need = error.needed
     if need is None or error.host or not error.plan_kwargs or not error.size:
         return None
-    for _ in range(8):  # one more stage fitted each time: a job has at most 8 (16K from 64)
+    # One more stage fitted each time: an upscale from a 16 px input to 16K has 11.
+    for _ in range(MAX_STAGES):
         try:
             make_plan(*error.size, **{**error.plan_kwargs, "budget": math.ceil(need)})
             return need
@@ -598,11 +604,15 @@ def job_budget(error: PlanError) -> float | None:
 def whole_job_need(error: PlanError) -> str:
     """', and the whole job a N GiB one (a later stage needs more)' where `job_budget` is more
     than `error`'s stage said, to follow its budget; else ''."""
-    whole = job_budget(error)
-    if whole is None or whole <= (error.needed or 0):
+    whole, first = job_budget(error), _budget_words(error.needed or 0)
+    if whole is None or _budget_words(whole) == first:  # said as the first: no news
         return ""
-    return (f", and the whole job a {math.ceil(whole / GIB * 10) / 10:.1f} GiB one (a later "
-            "stage needs more)")
+    return f", and the whole job a {_budget_words(whole)} GiB one (a later stage needs more)"
+
+
+def _budget_words(needed: float) -> str:
+    """A needed budget in GiB as an error says it: rounded up to 0.1, so that it fits."""
+    return f"{math.ceil(needed / GIB * 10) / 10:.1f}"
 
 
 def fitting_size(error: PlanError) -> tuple[int, int] | None:

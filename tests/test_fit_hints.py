@@ -177,3 +177,26 @@ def test_a_job_short_of_gpu_memory_is_told_the_budget_for_all_its_stages():
     assert found, said
     assert cli(*args, "--vram", found.group(1)).exit_code == 0
     assert cli(*args, "--vram", f"{float(found.group(1)) - 0.1:.1f}").exit_code == 2
+
+
+@pytest.mark.parametrize("args, vram, whole", [
+    # a later stage short only with the forced tile: said as a --vae-tile error, no budget
+    (("plan", "a fox", "--size", "4096", "--gpu", "4090", "--ram", "64", "--vae-tile", "2048"),
+     "3", "7.3"),
+    # ten stages from a 16 px input: the search stopped at eight, and said nothing
+    (("up", "{in16}", "--size", "16384", "--gpu", "4090", "--ram", "128", "--dry-run"),
+     "1", "7.3"),
+    # needs of 1.61 and 1.67 GiB: both said as 1.7, "and the whole job a 1.7 GiB one"
+    (("gen", "a fox", "--model", "tiny", "--size", "2048", "--steps", "3", "--dry-run"),
+     "1.6", None),
+])
+def test_the_whole_jobs_budget_is_said_past_a_tile_and_many_stages_and_only_as_news(
+        tmp_path, args, vram, whole):
+    Image.new("RGB", (16, 16), "gray").save(tmp_path / "in16.png")
+    args = [str(tmp_path / "in16.png") if a == "{in16}" else a for a in args]
+    said = _refusal(cli(*args, "--vram", vram))
+    if whole is None:
+        assert "whole job" not in said, said
+        return
+    assert f"and the whole job a {whole} GiB one (a later stage needs more)" in said, said
+    assert cli(*args, "--vram", whole).exit_code == 0
