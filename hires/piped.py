@@ -67,7 +67,10 @@ def looks_binary(head: bytes) -> bool:
 def spooled(stream: BinaryIO, head: bytes = b"") -> Iterator[Path]:
     """`head` (read already) and the rest of `stream` in a temporary file only this user can
     read, removed when the block ends; at most MAX_BYTES, else an ImageInputError."""
-    folder = Path(tempfile.gettempdir())
+    try:
+        folder = Path(tempfile.gettempdir())
+    except OSError as e:  # "No usable temporary directory found in [...]": none writable
+        raise _no_room(Path(os.environ.get("TMPDIR") or "/tmp"), e) from None
     leftovers.remove_stale(folder, "stdin")  # killed runs' bytes
     # Named before it is made, and made inside the block that removes it: a Ctrl-C as
     # mkstemp made its file left the file (its name not yet returned). The name holds this

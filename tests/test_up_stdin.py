@@ -253,3 +253,24 @@ def test_a_ctrl_c_as_the_piped_bytes_file_is_made_leaves_no_file(tmp_path, monke
         pass
     monkeypatch.undo()
     assert made and not os.path.exists(made[0])
+
+
+def test_no_usable_temporary_folder_for_the_piped_image_is_one_line_to_fix(tmp_path,
+                                                                           monkeypatch):
+    """With no writable temporary folder Python's gettempdir raised, said as
+    'FileNotFoundError: ... (set HIRES_DEBUG=1 ...)', exit 1."""
+    import errno
+    import tempfile
+
+    from hires import piped
+    from hires.images import ImageInputError
+
+    def no_folder():
+        raise FileNotFoundError(errno.ENOENT, "No usable temporary directory found in ['/tmp']")
+
+    monkeypatch.setattr(tempfile, "gettempdir", no_folder)
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "gone"))
+    with pytest.raises(ImageInputError, match=f"stdin: cannot keep the piped image in "
+                       f"{tmp_path / 'gone'} .*; set TMPDIR to a folder with room"), \
+            piped.spooled(io.BytesIO(b"x")):
+        pass
