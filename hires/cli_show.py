@@ -420,7 +420,7 @@ def batch_job_row(item: Any, path: Path, gpu: str | None, plans: dict[str, Any],
 
     job = item.job
     row: dict[str, Any] = {"index": item.index, "path": str(path), "width": job.width,
-                           "height": job.height}
+                           "height": job.height, **({"preview": True} if preview else {})}
     held = busy_holder(path)
     if held:
         row.update(status="busy", error=f"{held} is making it")
@@ -496,7 +496,6 @@ def to_make_line(item: Any, path: Path, run: Any, row: dict[str, Any], *, previe
     size = f"{job.width}x{job.height}"
     if preview:  # the image it makes is the first stage's ("width" and "height" stay the
         first = run.plan.stages[0]  # job's, as in gen's dry run)
-        row["preview"] = True
         size = f"preview {first.width}x{first.height} of a {size} job"
     text = (f"job {item.index}: {size} -> {path}, "
             f"{when}peak {run.plan.peak_bytes / 1024**3:.1f} GiB")

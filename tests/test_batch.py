@@ -630,6 +630,8 @@ def test_a_preview_batch_makes_first_stages_and_the_same_batch_without_it_the_im
     assert [(Path(r["path"]).name, r["stage"], r["width"]) for r in records] == [
         ("job0000_512x512_s4.stage0.png", 0, 256), ("job0001_512x512_s4.stage0.png", 0, 256)]
     assert "batch: 0 done, 2 skipped" in cli("batch", jobs, "-o", out, "--preview").stderr
+    made = json_lines(cli("batch", jobs, "-o", out, "--preview", "--json", "--dry-run").stdout)
+    assert [(r["status"], r["preview"]) for r in made] == [("made", True)] * 2
     whole = cli("batch", jobs, "-o", out, "--json")
     assert [(Path(r["path"]).name, r["width"]) for r in json_lines(whole.stdout)] == [
         ("job0000_512x512_s4.png", 512), ("job0001_512x512_s4.png", 512)]
