@@ -33,12 +33,13 @@ def lost_stage_image(stage_files: list[Path], stage: int, job) -> str | None:
     """--save-stages: '{NAME} is gone' (cut short, or not its stage image) for the first image
     of the stages before `stage` that is not this job's of its stage; None when all are. A
     run goes on from a checkpoint only where they are (the last kept stage is decoded again)."""
-    from hires.runs import made_by
+    from hires.cut_short import cut_short
+    from hires.runs import stage_of_this_job
 
-    lost = [p for i, p in enumerate(stage_files[:stage]) if not made_by(p, job, i)]
+    lost = [p for i, p in enumerate(stage_files[:stage])
+            if not (stage_of_this_job(p, job, i) and cut_short(p) is None)]
     if not lost:
         return None
-    from hires.cut_short import cut_short
 
     cut = cut_short(lost[0])
     what = "is gone" if not lost[0].exists() else f"is {cut}" if cut else "is not its stage image"

@@ -470,6 +470,19 @@ def stage_of(path: Path, job: Job, plan: Plan) -> int | None:
         return None
 
 
+def same_latents(recorded: Any, job: Job) -> bool:
+    """Whether the job a file records (`recorded`, its keys) makes the latents `job` makes:
+    the same settings but those a run may change when it goes on (NOT_IN_LATENTS: the file's
+    format, dpi and depth, the VAE's tiling), as a checkpoint is taken up."""
+    from hires.job import JobError
+
+    try:
+        other = Job.from_dict(recorded)
+        return _settings(other) == _settings(job)
+    except (JobError, TypeError, ValueError):  # a record of an older hires, or damaged
+        return False
+
+
 def why_not(path: Path, job: Job, plan: Plan) -> str | None:
     """Why the checkpoint at `path` cannot be gone on from ("cannot be read", "is of another
     job (seed 1, not 2)"); None if it can. Reads its tensors, as `load` does."""

@@ -211,10 +211,22 @@ def check_stages_free(path: Path, job: Job, overwrite: bool) -> None:
 
 def stage_of_this_job(path: Path, job: Job, stage: int) -> bool:
     """Whether the file at `path` is `job`'s image of `stage` (whole or not), which a run of
-    the job may write over: not its whole image, nor another stage's."""
-    from hires.batch import of_this_job, recorded_stage
+    the job may write over and one going on from a checkpoint keeps: not its whole image, nor
+    another stage's. A run may go on with another dpi, depth or VAE tiling (README), so a
+    stopped run's stage images made with the ones before are this job's too."""
+    from hires.batch import changed_input, of_this_job, recorded_stage
+    from hires.resume import same_latents
 
-    return of_this_job(path, job) and recorded_stage(path) == stage
+    if recorded_stage(path) != stage:
+        return False
+    if of_this_job(path, job):
+        return True
+    try:
+        record = out.read_metadata(path)["hires"]
+    except out.OutputError:
+        return False
+    return (isinstance(record, dict) and same_latents(record.get("job"), job)
+            and changed_input(path, job) is None)
 
 
 def check_free(path: Path, job: Job, overwrite: bool, stage: int | None = None) -> None:

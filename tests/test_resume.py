@@ -530,3 +530,23 @@ def test_a_checkpoint_in_another_format_is_found_in_any_case_unless_its_run_is_r
         assert cli(*args, "-o", tmp_path / "fox.jpg").exit_code == 0
         assert stages == [0, 1, 2]
     assert (tmp_path / ("fox.png" + resume.SUFFIX)).is_file()  # the running run's, kept
+
+
+@pytest.mark.parametrize("change", [("--dpi", "72"), ("--vae-stats", "exact")])
+def test_a_run_that_saves_stages_goes_on_with_a_setting_a_resume_may_change(change, tmp_path,
+                                                                            asked, monkeypatch):
+    """README: the dpi, depth and VAE tiling may change when a run goes on. With
+    --save-stages the stage images (their settings hash) were not this job's: 'fox.stage0.png
+    already exists', and with --overwrite the kept stages were thrown away."""
+    out = tmp_path / "fox.png"
+    args = ("gen", "a fox", "--model", "tiny", "--size", "640", "--steps", "3", "--seed", "5",
+            "--save-stages", "-o", out)
+    stages = failing_once(monkeypatch)
+    assert cli(*args).exit_code == 1
+    dry = cli(*args, *change, "--dry-run")
+    assert dry.exit_code == 0, dry.stderr
+    assert "the run goes on from fox.png.resume.safetensors: stages 0-1 kept" in dry.stderr
+    stages.clear()
+    again = cli(*args, *change)
+    assert again.exit_code == 0, again.stderr
+    assert stages == [2] and "resuming: stages 0-1" in again.stderr
