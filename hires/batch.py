@@ -645,15 +645,22 @@ def settings_hash(job: Job | dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def recorded_hash(path: Path) -> str | None:
-    """The settings hash an image made by hires records (computed from its job if older)."""
+def recorded(path: Path) -> dict[str, Any] | None:
+    """The record an image made by hires holds (its "job" and "result"); None for a file
+    without one."""
     from hires.output import OutputError, read_metadata
 
     try:
         record = read_metadata(path)["hires"]
     except OutputError:
         return None
-    if not isinstance(record, dict):
+    return record if isinstance(record, dict) else None
+
+
+def recorded_hash(path: Path) -> str | None:
+    """The settings hash an image made by hires records (computed from its job if older)."""
+    record = recorded(path)
+    if record is None:
         return None
     result = record.get("result")
     if isinstance(result, dict) and isinstance(result.get("settings"), str):
@@ -705,26 +712,14 @@ def changed_input(path: Path, job: Job) -> str | None:
 def recorded_result(path: Path) -> dict[str, Any] | None:
     """The record ("result") an image made by hires holds, with its path as given; None for
     a file without one."""
-    from hires.output import OutputError, read_metadata
-
-    try:
-        record = read_metadata(path)["hires"]
-    except OutputError:
-        return None
-    result = record.get("result") if isinstance(record, dict) else None
+    result = (recorded(path) or {}).get("result")
     return {**result, "path": str(path)} if isinstance(result, dict) else None
 
 
 def recorded_stage(path: Path) -> int | None:
     """The stage an image made by hires records being (a --preview's or --save-stages'
     image: one stage of a bigger job); None for a whole job's image, or none of hires'."""
-    from hires.output import OutputError, read_metadata
-
-    try:
-        record = read_metadata(path)["hires"]
-    except OutputError:
-        return None
-    result = record.get("result") if isinstance(record, dict) else None
+    result = (recorded(path) or {}).get("result")
     stage = result.get("stage") if isinstance(result, dict) else None
     return stage if isinstance(stage, int) and not isinstance(stage, bool) else None
 

@@ -126,15 +126,22 @@ def alpha_problem(ref: str, file: Path, names: Sequence[str]) -> str | None:
     try:
         with safe_open(str(file), framework="pt") as f:
             for name in names:
-                alpha, layer = f.get_tensor(name), name.removesuffix(".alpha")
-                if alpha.numel() != 1:  # diffusers: "a Tensor with 2 elements cannot be ..."
-                    return (f"LoRA {ref}: the alpha of {layer} holds {alpha.numel()} numbers, "
-                            "not one; the file is damaged: re-download or re-save it")
-                if not math.isfinite(float(alpha)):
-                    return (f"LoRA {ref}: the alpha of {layer} is {float(alpha)}, not a finite "
-                            "number; the file is damaged: re-download or re-save it")
+                if said := alpha_refusal(ref, name.removesuffix(".alpha"), f.get_tensor(name)):
+                    return said
     except (SafetensorError, OSError):
         return None  # the run's reading says what is wrong
+    return None
+
+
+def alpha_refusal(ref: str, layer: str, alpha: torch.Tensor) -> str | None:
+    """Why `layer`'s alpha cannot be one: not one number (diffusers: "a Tensor with 2
+    elements cannot be converted to Scalar"), or not finite (the image would be NaN)."""
+    if alpha.numel() != 1:
+        return (f"LoRA {ref}: the alpha of {layer} holds {alpha.numel()} numbers, not one; the "
+                "file is damaged: re-download or re-save it")
+    if not math.isfinite(float(alpha)):
+        return (f"LoRA {ref}: the alpha of {layer} is {float(alpha)}, not a finite number; the "
+                "file is damaged: re-download or re-save it")
     return None
 
 
@@ -417,9 +424,8 @@ def _folded(ref: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     if any(up.ndim < 2 for up in ups) or any(a is not None and a.numel() != 1 for a in given):
         return None
     for layer, a in zip(layers, given, strict=True):
-        if a is not None and not math.isfinite(float(a)):  # it would make the image NaN
-            raise LoraError(f"LoRA {ref}: the alpha of {layer} is {float(a)}, not a finite "
-                            "number; the file is damaged: re-download or re-save it")
+        if a is not None and (said := alpha_refusal(ref, layer, a)):
+            raise LoraError(said)
     # A layer without an alpha has its rank (kohya's rule: a scale of 1).
     alphas = {layer: float(a) if a is not None else float(up.shape[1])
               for layer, up, a in zip(layers, ups, given, strict=True)}

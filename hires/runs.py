@@ -214,19 +214,13 @@ def stage_of_this_job(path: Path, job: Job, stage: int) -> bool:
     the job may write over and one going on from a checkpoint keeps: not its whole image, nor
     another stage's. A run may go on with another dpi, depth or VAE tiling (README), so a
     stopped run's stage images made with the ones before are this job's too."""
-    from hires.batch import changed_input, of_this_job, recorded_stage
+    from hires.batch import changed_input, of_this_job, recorded, recorded_stage
     from hires.resume import same_latents
 
     if recorded_stage(path) != stage:
         return False
-    if of_this_job(path, job):
-        return True
-    try:
-        record = out.read_metadata(path)["hires"]
-    except out.OutputError:
-        return False
-    return (isinstance(record, dict) and same_latents(record.get("job"), job)
-            and changed_input(path, job) is None)
+    return of_this_job(path, job) or (same_latents((recorded(path) or {}).get("job"), job)
+                                      and changed_input(path, job) is None)
 
 
 def check_free(path: Path, job: Job, overwrite: bool, stage: int | None = None) -> None:
@@ -374,9 +368,8 @@ def made_by(path: Path, job: Job, stage: int | None = None) -> dict[str, Any] | 
     """The record of the image at `path` if `job` made it (it records the same settings, and
     its input and add-on files are the ones it records) and it is `stage`'s image (None: the
     whole job's); None for any other file, or none."""
-    from hires.batch import made_already
+    from hires.batch import made_already, recorded_result
 
     if not made_already(path, job, stage):
         return None
-    record = out.read_metadata(path)["hires"].get("result")
-    return {**(record if isinstance(record, dict) else {}), "path": str(path)}
+    return recorded_result(path) or {"path": str(path)}
