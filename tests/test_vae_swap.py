@@ -213,3 +213,19 @@ def test_a_vae_folder_for_another_model_is_refused_in_the_dry_run(tiny_folder, t
     assert_usage_error(cli(*args[:3], "tiny", *args[4:], "--dry-run"), said)  # the builtin's
     assert_usage_error(cli(*args, "-o", tmp_path / "o.png"), said)  # before the model loads
     assert not (tmp_path / "o.png").exists()
+
+
+def test_components_loaded_by_a_relative_vae_path_name_it_after_a_chdir(vae_folder, tmp_path,
+                                                                         monkeypatch):
+    from hires import generate
+
+    monkeypatch.chdir(vae_folder.parent)
+    swapped = load("tiny", "none", "fp32", "cpu", vae_dtype="fp32", vae=vae_folder.name)
+    # Elsewhere, a folder of the same name holds another VAE: the job must not take it for theirs.
+    monkeypatch.chdir(tmp_path)
+    tiny_vae(seed=6, trained=False).save_pretrained(tmp_path / vae_folder.name)
+    result = generate("x", components=swapped, width=256, height=256, steps=1, seed=5)
+    assert result.job.vae == str(vae_folder)
+    with pytest.raises(ValueError, match="but the components were loaded with vae"):
+        generate("x", components=swapped, width=256, height=256, steps=1, seed=5,
+                 vae=vae_folder.name)
