@@ -67,7 +67,7 @@ def check_inputs(job: Job, loads: bool = True, images: bool = True) -> None:
             for ref in refs:
                 if problem := hub_problem(ref, allow_pickle):
                     raise ModelError(problem)
-                if problem := cached_problem(ref, allow_pickle):  # its file, as a local one's
+                if problem := cached_problem(ref, allow_pickle, job.model):  # as a local one
                     raise JobError(problem)
     if job.control_model:
         local.append(("--control-model", job.control_model))
@@ -92,7 +92,7 @@ def check_inputs(job: Job, loads: bool = True, images: bool = True) -> None:
         if flag == "--lora" and ref and Path(ref).expanduser().exists():
             from hires.lora import local_problem
 
-            if problem := local_problem(ref, allow_pickle):
+            if problem := local_problem(ref, allow_pickle, job.model):
                 raise JobError(problem)
         if kind == "tiny" and flag in ("--control-model", "--ip-adapter"):
             refusal = (controlnet.TINY_REFUSAL if flag == "--control-model"

@@ -21,7 +21,9 @@ import re
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -47,19 +49,20 @@ class LoraError(ValueError):
 MAX_SCALE = 10.0  # as --control-scale's and --ip-scale's bounds
 
 
-def local_problem(ref: str, allow_pickle: bool = False) -> str | None:
+def local_problem(ref: str, allow_pickle: bool = False, model: str | None = None) -> str | None:
     """Why a local LoRA file or folder cannot be one, from its names and the file's header
-    alone (None: it may be; `load_loras` checks it against the model): for a dry run, which
-    loads nothing, and a run, before the model loads."""
+    (None: it may be; `load_loras` checks it again on the loaded model), and with `model`, why
+    it does not fit that model's layers (`fit_problem`): for a dry run, which loads nothing,
+    and a run, before the model loads."""
     try:
         file = resolve(ref, allow_pickle)
     except LoraError as e:
         return str(e)
-    return file_problem(ref, file)
+    return file_problem(ref, file) or (fit_problem(ref, file, model) if model else None)
 
 
-def cached_problem(ref: str, allow_pickle: bool = False) -> str | None:
-    """`file_problem` for the Hub LoRA `ref` where its file is in the local cache (the Hub
+def cached_problem(ref: str, allow_pickle: bool = False, model: str | None = None) -> str | None:
+    """`local_problem` for the Hub LoRA `ref` where its file is in the local cache (the Hub
     closed, or its file named and cached): the run refused a LoHa only once SDXL had loaded.
     None where nothing is cached to read: `hub_problem` says so, and loading reads the rest."""
     from hires.model_refs import hub_offline
@@ -79,7 +82,7 @@ def cached_problem(ref: str, allow_pickle: bool = False) -> str | None:
             file = Path(found)
     except (ModelError, LoraError, ValueError):
         return None
-    return file_problem(ref, file)
+    return file_problem(ref, file) or (fit_problem(ref, file, model) if model else None)
 
 
 def file_problem(ref: str, file: Path) -> str | None:
@@ -509,6 +512,52 @@ def _check_fits(pipe, ref: str, source: str | dict) -> tuple[int, int]:
             _check_module(ref, f"{where}{module}", _get(model, module), weights)
         counts.append(len(modules))
     return counts[0], counts[1] + counts[2]
+
+
+def fit_problem(ref: str, file: Path, model: str) -> str | None:
+    """Why LoRA `ref` (at `file`) does not fit `model`, found before the model loads, from its
+    configs (its layers built on the meta device, no weights): a LoRA for another base model
+    failed only after SDXL had loaded, and a dry run passed it. None where it fits, or where
+    the model's configs are not here (a Hub id not cached: the load checks it)."""
+    stat = file.stat()
+    return _fit_problem(ref, str(file), stat.st_size, stat.st_mtime_ns, model)
+
+
+@lru_cache(maxsize=16)  # a batch's jobs share their LoRAs: each is read once
+def _fit_problem(ref: str, file: str, size: int, mtime_ns: int, model: str) -> str | None:
+    skeleton = model_skeleton(model)
+    if skeleton is None:
+        return None
+    try:
+        with _quiet():
+            _check_fits(skeleton, ref, _source(ref, Path(file)))
+    except LoraError as e:
+        return str(e)
+    return None
+
+
+@lru_cache(maxsize=4)
+def model_skeleton(model: str) -> SimpleNamespace | None:
+    """The model's UNet and text encoders on the meta device (shapes, no weights), as much of a
+    pipeline as `_check_fits` reads; None where a config is missing or unreadable here."""
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from hires.model_refs import config_for_checks
+
+    configs = [config_for_checks(model, part) for part in _COMPONENTS]
+    if any(config is None for config in configs):
+        return None
+    unet, text, text_2 = configs
+    try:
+        with torch.device("meta"), quiet_loading():
+            return SimpleNamespace(
+                unet=UNet2DConditionModel.from_config(unet),
+                text_encoder=CLIPTextModel(CLIPTextConfig.from_dict(text)),
+                text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig.from_dict(text_2)),
+                lora_state_dict=StableDiffusionXLPipeline.lora_state_dict)
+    except Exception:  # a config these classes cannot build: the load says what is wrong
+        return None
 
 
 def _get(model: nn.Module, name: str) -> nn.Module | None:

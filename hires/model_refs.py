@@ -120,18 +120,24 @@ def auto_linfusion(model: str) -> str | None:
 
 
 def config_for_checks(model: str, part: str) -> dict | None:
-    """The config.json of the model's `part` ('unet' or 'vae') that its add-ons are checked
-    against before it loads: a folder's or the cache's, SDXL base's for a single file (read
-    with those), the builtin tiny model's own; None where there is none."""
+    """The config.json of the model's `part` ('unet', 'vae', 'text_encoder' or
+    'text_encoder_2') that its add-ons are checked against before it loads: a folder's or the
+    cache's, SDXL base's for a single file (read with those), the builtin tiny model's own;
+    None where there is none."""
     kind = model_kind(model)
+    text = part.startswith("text_encoder")
     if kind == "tiny":
         from hires import tiny
 
+        if text:
+            return tiny.tiny_text_config().to_dict()
         return dict((tiny.tiny_unet() if part == "unet" else tiny.tiny_vae()).config)
     if kind == "file":
-        from hires.sdxl import SDXL_UNET_CONFIG, SDXL_VAE_CONFIG
+        from hires import sdxl
 
-        return dict(SDXL_UNET_CONFIG if part == "unet" else SDXL_VAE_CONFIG)
+        if text:
+            return dict(sdxl.SDXL_TEXT_CONFIGS[part == "text_encoder_2"])
+        return dict(sdxl.SDXL_UNET_CONFIG if part == "unet" else sdxl.SDXL_VAE_CONFIG)
     return model_config(model, f"{part}/config.json")
 
 

@@ -24,6 +24,13 @@ SDXL_VAE_CONFIG = dict(
 )
 """AutoencoderKL arguments of the SDXL VAE (84 M parameters, 8x downsampling)."""
 
+SDXL_TEXT_CONFIGS = (
+    dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12),
+    dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32,
+         projection_dim=1280),
+)
+"""CLIPTextConfig arguments of SDXL's text encoders (CLIP ViT-L/14, OpenCLIP ViT-bigG/14)."""
+
 # Parameter counts, so that the planner prices SDXL's weights without building a model (which
 # takes seconds); tests/test_sdxl.py counts them again on the meta device.
 SDXL_UNET_BLOCK_PARAMS = (5_432_000, 60_105_600, 757_404_160,  # down blocks
@@ -54,12 +61,9 @@ def random_components(device: torch.device, dtype: torch.dtype):
     with device:  # initialize on the GPU: seconds instead of a minute of CPU init
         unet = UNet2DConditionModel(**SDXL_UNET_CONFIG).to(dtype)
         vae = AutoencoderKL(**SDXL_VAE_CONFIG).to(vae_dtype)
-        te1 = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072,
-                                           num_attention_heads=12, num_hidden_layers=12,
-                                           **common)).to(dtype)
-        te2 = CLIPTextModelWithProjection(CLIPTextConfig(
-            hidden_size=1280, intermediate_size=5120, num_attention_heads=20,
-            num_hidden_layers=32, projection_dim=1280, **common)).to(dtype)
+        te1 = CLIPTextModel(CLIPTextConfig(**SDXL_TEXT_CONFIGS[0], **common)).to(dtype)
+        te2 = CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TEXT_CONFIGS[1],
+                                                         **common)).to(dtype)
         # LinFusion-XL's published config: residual MLPs of width dim/16 (40 and 80).
         config = [dict(m, projection_mid_dim=m["dim_n"] // 16)
                   for m in LinFusion.default_config(unet)]

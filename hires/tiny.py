@@ -71,7 +71,8 @@ def tiny_tokenizer(pad_token: str = EOS) -> CLIPTokenizer:
     )
 
 
-def _text_config() -> CLIPTextConfig:
+def tiny_text_config() -> CLIPTextConfig:
+    """Both tiny text encoders' configuration (32 wide, two layers)."""
     vocab = tiny_clip_vocab()
     return CLIPTextConfig(
         vocab_size=len(vocab), bos_token_id=vocab[BOS], eos_token_id=vocab[EOS],
@@ -128,9 +129,9 @@ def tiny_pipeline(seed: int = 0, trained_vae: bool = True) -> StableDiffusionXLP
     """The whole tiny SDXL, deterministic from `seed`: random UNet and text encoders, trained VAE
     (or the random one, with `trained_vae=False`)."""
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(_text_config())
+    text_encoder = CLIPTextModel(tiny_text_config())
     torch.manual_seed(seed + 1)
-    text_encoder_2 = CLIPTextModelWithProjection(_text_config())
+    text_encoder_2 = CLIPTextModelWithProjection(tiny_text_config())
     return StableDiffusionXLPipeline(
         unet=tiny_unet(seed), vae=tiny_vae(seed, trained=trained_vae), scheduler=tiny_scheduler(),
         text_encoder=text_encoder, text_encoder_2=text_encoder_2,
