@@ -209,14 +209,16 @@ def _tiled_cost(vae: VaeShape, w: int, h: int, decode: bool, tile: int, budget: 
             least_out, least_away = fewest[k]
             if least_out[start][hi] > free and least_away[start][hi] > room:
                 continue  # no output of these steps fits: the usual case on a small card
-            last = -1
+            last, pending = -1, 0
             for i in range(start, hi):
                 if outs[i] <= free:
-                    last, gone = i, False
+                    last, gone, pending = i, False, 0
                     mo = max(mo, others_used + outs[i])  # each output replaces the last
                 elif away_outs[i] <= room:
-                    last, gone = i, True
-                    cop += outs[i]
+                    last, gone, pending = i, True, outs[i]  # copied as the run settles
+                else:  # MemoryMemo.settle: the one kept is copied now
+                    cop, pending = cop + pending, 0
+            cop += pending
             if last >= 0:
                 starts[k], sizes[k], away[k] = last + 1, outs[last], gone
                 u = others_used + (0 if gone else outs[last])
@@ -388,6 +390,14 @@ def replayed_memo_bytes(vae, width: int, height: int, *, decode: bool, tile: int
     """The most device memory the memo took in that replay: the reference for
     `tiled_memo_bytes`."""
     return _replay(vae, width, height, decode, tile, budget, overlap, spill)[2]
+
+
+def replayed_copies(vae, width: int, height: int, *, decode: bool, tile: int, budget: float,
+                    overlap: int | None = None, spill: float = 0.0) -> float:
+    """Bytes the memo copied between the device and the CPU's memory in that replay (spilled
+    outputs out, and back): the reference for `tiled_cost`'s copies."""
+    memo = _replay(vae, width, height, decode, tile, budget, overlap, spill)[3]
+    return 0.0 if memo is None else float(memo.copied)
 
 
 def replayed_exact(vae, width: int, height: int, *, decode: bool, tile: int, budget: float,

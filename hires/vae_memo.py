@@ -90,6 +90,10 @@ def _block_steps(block: nn.Module) -> list[Callable]:
     return [block]
 
 
+class Stop(Exception):
+    """Ends a forward pass early, once the module whose statistics are wanted has been fed."""
+
+
 class Memo:
     """Where tiles' step outputs are kept: the deepest one of each tile."""
 
@@ -99,6 +103,9 @@ class Memo:
 
     def save(self, number: int, box: Box, x: Tensor) -> None:
         raise NotImplementedError
+
+    def settle(self, box: Box) -> None:
+        """`box`'s run ended (or a pass stopped it): what it keeps is final."""
 
     def close(self) -> None:
         pass
@@ -125,12 +132,20 @@ class MemoryMemo(Memo):
         self.most = 0  # the most `used` has been: what the memo took of the device at once
         self.pinned = False  # whether anything went to the CPU's pinned memory
         self.kept: dict[Box, tuple[int, Tensor | tuple[Tensor, ...], bool]] = {}  # + spilled?
+        # A spilled output is copied once its tile's run settles, not as it is made: a deeper
+        # one that follows takes its place uncopied (a sweep over a tile's steps copied every
+        # step's output, and all but the last for nothing). Until then it is the next step's
+        # input, in the device's memory anyway.
+        self.pending: set[Box] = set()
+        self.copied = 0  # bytes copied between the device and the CPU's memory, each way
 
     def load(self, box: Box, device: torch.device) -> tuple[int, Tensor] | None:
         hit = self.kept.get(box)
         if hit is None:
             return None
         number, x, spilled = hit
+        if spilled:
+            self.copied += _nbytes(x)
         return number, (_moved(x, device) if spilled else x)
 
     def save(self, number: int, box: Box, x: Tensor | tuple[Tensor, ...]) -> None:
@@ -142,13 +157,26 @@ class MemoryMemo(Memo):
             self.kept[box] = (number, x, False)  # the step's own output: no copy
             self.used, self.spilled = self.used - here + need, self.spilled - away
             self.most = max(self.most, self.used)
+            self.pending.discard(box)
         elif self.spilled - away + spilled_size(need) <= self.spill:
-            self.kept[box] = (number, _moved(x, torch.device("cpu")), True)
+            self.kept[box] = (number, x, True)
             self.used, self.spilled = self.used - here, self.spilled - away + spilled_size(need)
-            self.pinned = self.pinned or _on_gpu(x)
+            self.pending.add(box)
+        else:  # kept as it was: copied now, or it would hold device memory while the tile runs on
+            self.settle(box)
+
+    def settle(self, box: Box) -> None:
+        if box not in self.pending:
+            return
+        self.pending.discard(box)
+        number, x, _ = self.kept[box]
+        self.kept[box] = (number, _moved(x, torch.device("cpu")), True)
+        self.copied += _nbytes(x)
+        self.pinned = self.pinned or _on_gpu(x)
 
     def close(self) -> None:
         self.kept.clear()
+        self.pending.clear()
         self.used = self.spilled = 0
         empty = getattr(getattr(torch, "accelerator", None), "empty_host_cache", None)
         if self.pinned and empty is not None:
@@ -336,8 +364,13 @@ class Runner:
             start, x = hit
         else:
             x = self.head(box)
-        for i in range(start, len(self.stages)):
-            x = self.stages[i](x)
-            if self.saving and i + 1 < len(self.stages):
-                self.memo.save(i + 1, box, x)
+        try:
+            for i in range(start, len(self.stages)):
+                x = self.stages[i](x)
+                if self.saving and i + 1 < len(self.stages):
+                    self.memo.save(i + 1, box, x)
+        except Stop:  # a pass has what it came for; any other error ends the memo's use
+            self.memo.settle(box)
+            raise
+        self.memo.settle(box)
         return x

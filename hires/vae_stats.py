@@ -45,7 +45,7 @@ from hires.vae_attention import (
     finish_context,
     is_global,
 )
-from hires.vae_memo import DiskMemo, Memo, MemoryMemo, Runner
+from hires.vae_memo import DiskMemo, Memo, MemoryMemo, Runner, Stop
 from hires.vae_tiles import Box, Grid, crop
 
 Progress = Callable[[int, int], None]
@@ -68,10 +68,6 @@ SPILL_BYTES: float | None = None
 # Elements of one band of rows upcast at a time to gather moments: about a core's L2 cache in
 # float32 on the CPU; on a GPU large enough that a tile takes a few launches.
 MOMENT_BAND = {"cpu": 1 << 19, "cuda": 1 << 25}
-
-
-class Stop(Exception):
-    """Ends a forward pass early, once the module whose statistics are wanted has been fed."""
 
 
 @dataclass

@@ -586,6 +586,51 @@ def test_fast_mode_with_spilled_outputs_is_exact(vae, monkeypatch):
     assert 0 < max(spilled) <= 1e6  # the plan's share, when it is less than the budget
 
 
+def test_a_tile_run_copies_at_most_one_output_to_the_cpu(vae, monkeypatch):
+    """A spilled output is copied as its tile's run ends, not as it is made: a deeper one made
+    after it took its place, and its copy (over the host link, on a GPU) was for nothing."""
+    z = smooth_latent(32, 48, seed=8)
+    monkeypatch.setattr(vae_stats, "FAST_BYTES", 0)  # every output kept goes to the CPU
+    monkeypatch.setattr(vae_stats, "SPILL_BYTES", 1e9)
+    runs, out, loading = [], [], []
+    real_call, real_load, real_moved = (vae_memo.Runner.__call__, vae_memo.MemoryMemo.load,
+                                        vae_memo._moved)
+
+    def call(runner, box):
+        before = len(out)
+        try:
+            return real_call(runner, box)
+        finally:
+            runs.append(len(out) - before)  # (a pass's Stop too)
+
+    def load(memo, box, device):
+        loading.append(box)
+        try:
+            return real_load(memo, box, device)
+        finally:
+            loading.pop()
+
+    def moved(x, device):
+        if not loading:  # out to the CPU, not back; a pair of tensors (a resnet's) once
+            out.append(device.type)
+            loading.append(x)
+            try:
+                return real_moved(x, device)
+            finally:
+                loading.pop()
+        return real_moved(x, device)
+
+    monkeypatch.setattr(vae_memo.Runner, "__call__", call)
+    monkeypatch.setattr(vae_memo.MemoryMemo, "load", load)
+    monkeypatch.setattr(vae_memo, "_moved", moved)
+    exact = tiled.decode_float(vae, z, tile=TILE, overlap=OVERLAP, stats="exact")
+    runs.clear()
+    fast = tiled.decode_float(vae, z, tile=TILE, overlap=OVERLAP, stats="fast",
+                              spill=float("inf"))
+    torch.testing.assert_close(fast, exact, rtol=0, atol=1e-5)
+    assert max(runs) == 1 and set(out) == {"cpu"}  # each run's kept output, once
+
+
 @pytest.mark.parametrize("kwargs", [dict(tile=8), dict(tile=0), dict(tile=-64), dict(tile=100),
                                     dict(tile=256.0), dict(tile=256, overlap=0),
                                     dict(tile=256, overlap=-8), dict(tile=256, overlap=12),
