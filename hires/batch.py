@@ -129,7 +129,7 @@ def read_batch(path: str | Path, base: Job | None = None,
             item = dataclasses.replace(_item(i, entry, defaults, where, name, base, levels),
                                        line=line_of.get(i))
         except JobError as e:
-            errors.append(e)
+            errors += [e, *_behind_defaults(i, entry, defaults, where, name, base, levels, e)]
             continue
         if item.job.seed is None:
             text = json.dumps([item.job.prompt, item.job.negative, item.job.image])
@@ -139,11 +139,38 @@ def read_batch(path: str | Path, base: Job | None = None,
         items.append(item)
     if errors:
         # the good jobs ride along: a caller checks their outputs too (`name_outputs`), so
-        # that every bad job of the file is said at once
-        error = all_of(errors)
+        # that every bad job of the file is said at once. [defaults]' errors, once.
+        error = all_of(list({str(e): e for e in errors}.values()))
         error.items = items
         raise error
     return items
+
+
+def _behind_defaults(i: int, entry: dict[str, Any], defaults: dict[str, Any], where: str,
+                     name: str, base: Job | None,
+                     levels: list[tuple[dict[str, Any], str, bool]] | None,
+                     error: JobError) -> list[JobError]:
+    """The errors a [defaults] key's (`error`) hid in job `i`: the job checked again without
+    the keys at fault, until it passes or says an error of its own (not one about a key left
+    out). Else a bad [defaults] value, said for every job, hid the jobs' own errors until it
+    was fixed."""
+    said, found, rest = str(error), [], dict(defaults)
+    home = f"{name} [defaults]"
+    while home in said:
+        at_fault = [k for k in rest if f"'{k}'" in said]
+        if not at_fault:  # not a key's: nothing to leave out
+            break
+        rest = {k: v for k, v in rest.items() if k not in at_fault}
+        try:
+            _item(i, entry, rest, where, name, base, levels)
+            break
+        except JobError as e:
+            said = str(e)
+            names = [k for k in {**defaults, **entry} if f"'{k}'" in said]
+            if home in said and any(k in rest for k in names) or where in said and (
+                    any(k in entry for k in names) or all(k in rest for k in names)):
+                found.append(e)
+    return found
 
 
 def _tables(path: Path) -> tuple[str, dict[str, Any], list[dict[str, Any]], dict[int, int]]:

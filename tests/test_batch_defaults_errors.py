@@ -1,0 +1,48 @@
+"""A bad [defaults] value is said once, and the jobs' own errors behind it are said with it:
+it was said once a job (the same line twenty times, hiding the rest) and the jobs' own errors
+only once it was fixed."""
+
+from helpers_cli import cli, error_lines, write
+
+
+def test_a_bad_default_is_said_once_and_the_jobs_errors_beside_it(tmp_path):
+    jobs = "".join(f'[[job]]\nprompt = "p{i}"\n' for i in range(25))
+    path = write(tmp_path / "many.toml", '[defaults]\nsize = "128"\nmodel = "tiny"\n' + jobs
+                 + '[[job]]\nprompt = "q"\nsteps = 2.0\n')
+    result = cli("batch", path, "-o", tmp_path / "out", "--dry-run")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert error_lines(result.stderr) == [
+        "error: 'size' in many.toml [defaults] must be a whole number of pixels (write it "
+        'without quotes), got "128"',
+        "error: 'steps' in many.toml job 25 must be a whole number (write it without a decimal "
+        "point), got 2.0"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_each_bad_default_and_each_jobs_own_error_at_once(tmp_path):
+    path = write(tmp_path / "few.toml", '[defaults]\nsize = "128"\nsteps = 0\nmodel = "tiny"\n'
+                 '[[job]]\nprompt = "a"\nsteps = 2.0\n'
+                 '[[job]]\nseed = 3\n'
+                 '[[job]]\nprompt = "c"\nwidth = 512\n'
+                 '[[job]]\nprompt = "d"\n')
+    result = cli("batch", path, "-o", tmp_path / "out", "--dry-run")
+    assert result.exit_code == 2
+    assert error_lines(result.stderr) == [
+        "error: 'steps' in few.toml job 0 must be a whole number (write it without a decimal "
+        "point), got 2.0",
+        "error: 'size' in few.toml [defaults] must be a whole number of pixels (write it "
+        'without quotes), got "128"',
+        "error: 'steps' in few.toml [defaults] must be a whole number from 1 to 1000, got 0",
+        "error: few.toml job 1 has no prompt; give it a 'prompt' (or an 'image' to upscale)",
+        "error: few.toml job 2: 'width' and 'height' go together; give both (or use 'size')"]
+
+
+def test_no_error_is_made_up_by_leaving_a_bad_default_out(tmp_path):
+    # Without [defaults]' prompt, no job has one: that is the bad prompt's error, not theirs.
+    path = write(tmp_path / "p.toml", '[defaults]\nprompt = 5\nsize = 128\nmodel = "tiny"\n'
+                 '[[job]]\nseed = 1\n[[job]]\nseed = 2\nsteps = 0\n')
+    result = cli("batch", path, "-o", tmp_path / "out", "--dry-run")
+    assert result.exit_code == 2
+    assert error_lines(result.stderr) == [
+        "error: 'prompt' in p.toml [defaults] must be text, got 5",
+        "error: 'steps' in p.toml job 1 must be a whole number from 1 to 1000, got 0"]
