@@ -227,7 +227,7 @@ RANK_RATE = 100e12
 def spill_amounts(budget: float) -> list[float]:
     """The VAE RAM a plan tries, up to `budget`: the same ladder for every budget, and the
     budget itself. More RAM may plan slower only where a budget between two steps was the
-    fastest amount and a larger one no longer tries it (at most 0.3 % in BENCHMARKS.md's
+    fastest amount and a larger one no longer tries it (at most 0.6 % in BENCHMARKS.md's
     sweep of 2026-12-07: a stage's time barely moves around its best amount)."""
     amounts, amount = [], 0.5e9
     while amount < budget:
