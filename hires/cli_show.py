@@ -201,7 +201,7 @@ def budget_phrase(run, job, p) -> str:
     elif run.budget_from == "ram":
         budget += " (--ram)"
     if p.vae_spill_bytes:
-        budget += f", +{p.vae_spill_bytes / GIB:.0f} GiB of RAM for VAE outputs"
+        budget += f", +{p.vae_spill_bytes / GIB:.1f} GiB of RAM for VAE outputs"
     return budget
 
 

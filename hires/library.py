@@ -176,7 +176,7 @@ def fitted(error: PlanError) -> PlanError:
         said = PlanError(f"{error}{need}; {fits[0]}x{fits[1]} fits (width={fits[0]}, "
                          f"height={fits[1]})")
     said.host, said.plan_kwargs, said.size = error.host, error.plan_kwargs, error.size
-    said.job, said.needed = error.job, error.needed
+    said.job, said.needed, said.host_needed = error.job, error.needed, error.host_needed
     return said
 
 

@@ -46,6 +46,7 @@ class PlanError(ValueError):
     size: tuple[int, int] | None = None  # the size asked for (width, height)
     job: Any = None  # the job planned, where hires.pipeline.plan_for planned one
     needed: float | None = None  # the device budget (bytes) the stage said would fit it
+    host_needed: float | None = None  # the CPU memory (bytes, ModelShape.host's) it said
 
 
 @dataclass(frozen=True)
@@ -377,7 +378,8 @@ def _tile_error(error: PlanError, vae_tile: int, plan: Callable[[int | None], An
     largest = (f"--vae-tile {best} is the largest that fits, or --vae-tile auto (the "
                "planner's pick)" if best else "--vae-tile auto (the planner's pick) fits")
     said = PlanError(f"--vae-tile {vae_tile} does not fit: {error}; {largest}")
-    said.needed = error.needed  # the stage's budget with that tile: `job_budget` goes on
+    # the stage's needs with that tile: `job_budget` and `job_ram` go on from them
+    said.needed, said.host, said.host_needed = error.needed, error.host, error.host_needed
     raise said from None
 
 
@@ -431,17 +433,15 @@ def fit_stage(stage: Stage, stages: list[Stage], model: ModelShape, budget: int 
             if model.disk and floor < least.cost.host_bytes:
                 disk = (f" (with its parked maps on the disk, {floor / GIB:.1f} GiB of it would "
                         "do: the weights it streams)")
-        # The free RAM that would do: hires keeps a margin of it back (memory.host_room).
-        free = (least.cost.host_bytes + HOST_MARGIN_BYTES) / (1 - HOST_MARGIN_SHARE)
         need, have = _apart(least.cost.host_bytes / GIB, model.host / GIB)
         error = PlanError(
             f"stage {stage.index} ({stage.width}x{stage.height}) fits the GPU only with "
             f"{need} GiB of the CPU's memory for parked maps and "
             f"offloaded weights ({least.strategy.label_for(model.guided)}), and {have} GiB of it "
-            f"is free for them ({math.ceil(free / GIB * 10) / 10:.1f} GiB of free RAM would do: "
-            f"hires keeps 10 % + 2 GiB of it back): close other programs{disk} or plan a "
+            f"is free for them ({_free_ram_words(least.cost.host_bytes)} GiB of free RAM would "
+            f"do: hires keeps 10 % + 2 GiB of it back): close other programs{disk} or plan a "
             "smaller size")
-        error.host = True
+        error.host, error.host_needed = True, least.cost.host_bytes
         raise error
     if not fits:
         least = min(options, key=lambda o: o.cost.peak_bytes)
@@ -601,13 +601,56 @@ def job_budget(error: PlanError) -> float | None:
     return None
 
 
+def job_ram(error: PlanError) -> tuple[float, PlanError | None] | None:
+    """The CPU memory (bytes, as ModelShape.host) the whole job of `error` needs, where its
+    first stage short of RAM said only its own: planned again with each need said until it
+    fits, or the GPU's memory runs short (that error, second). None where the error is not
+    the RAM's, or more RAM does not help."""
+    need, kwargs = error.host_needed, error.plan_kwargs or {}
+    model = kwargs.get("model")
+    if not error.host or need is None or model is None or not error.size:
+        return None
+    for _ in range(MAX_STAGES):
+        try:
+            make_plan(*error.size, **{**kwargs, "model": replace(model, host=int(need))})
+            return need, None
+        except PlanError as e:
+            if not e.host:
+                return need, e
+            if e.host_needed is None or e.host_needed <= need:
+                return None
+            need = e.host_needed
+    return None
+
+
 def whole_job_need(error: PlanError) -> str:
     """', and the whole job a N GiB one (a later stage needs more)' where `job_budget` is more
-    than `error`'s stage said, to follow its budget; else ''."""
+    than `error`'s stage said, to follow its budget; for a stage short of RAM, the free RAM
+    the whole job needs (`job_ram`) and the GPU budget it then needs too; else ''."""
+    if error.host:
+        found = job_ram(error)
+        if found is None:
+            return ""
+        need, short = found
+        words = _free_ram_words(need)
+        said = ("" if words == _free_ram_words(error.host_needed or 0) else
+                f", and the whole job {words} GiB of free RAM (a later stage needs more)")
+        if short is not None and short.needed is not None:
+            gpu = job_budget(short) or short.needed
+            said += (f"; with that RAM, it needs a {_budget_words(gpu)} GiB GPU budget too, "
+                     f"more than the {_gib(short.plan_kwargs['budget'])} GiB one")
+        return said
     whole, first = job_budget(error), _budget_words(error.needed or 0)
     if whole is None or _budget_words(whole) == first:  # said as the first: no news
         return ""
     return f", and the whole job a {_budget_words(whole)} GiB one (a later stage needs more)"
+
+
+def _free_ram_words(host: float) -> str:
+    """The free RAM (GiB, rounded up to 0.1) that leaves `host` bytes for a plan: hires keeps
+    a margin of it back (memory.host_room)."""
+    free = (host + HOST_MARGIN_BYTES) / (1 - HOST_MARGIN_SHARE)
+    return f"{math.ceil(free / GIB * 10) / 10:.1f}"
 
 
 def _budget_words(needed: float) -> str:

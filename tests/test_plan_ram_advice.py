@@ -40,3 +40,40 @@ def test_a_few_parked_maps_on_disk_are_not_said_as_0_0_gb():
     assert plan.exit_code == 0, plan.stderr
     amounts = re.findall(r"RAM \+ ([\d.]+) GB of parked maps on disk", plan.stdout)
     assert amounts and all(float(a) > 0 for a in amounts), plan.stdout
+
+
+def test_a_refusal_names_the_ram_the_whole_job_needs():
+    """The first stage short of RAM said only its own need: 9.5 GiB for 16K at --vram 8, and
+    --ram 9.5 was refused again at the 16K stage (31.4 GiB). Followed, the whole job's plans."""
+    job = ("plan", "x", "--size", "16384", "--vram", "8", "--gpu", "h100", "--disk", "0")
+    short = cli(*job, "--ram", "8")
+    (line,) = error_lines(short.stderr)
+    assert "(9.5 GiB of free RAM would do" in line
+    whole = re.search(r"and the whole job ([\d.]+) GiB of free RAM \(a later stage needs "
+                      r"more\)", line)
+    assert whole, line
+    assert cli(*job, "--ram", "9.5").exit_code == 2
+    assert cli(*job, "--ram", whole.group(1)).exit_code == 0
+
+
+def test_a_refusal_for_ram_says_the_gpu_budget_that_ram_then_needs():
+    """With the RAM it named, the job met a GPU budget too small, never said: --ram 9.5 at
+    --vram 3.5 was refused again for the GPU's memory."""
+    job = ("plan", "x", "--size", "6144", "--gpu", "h100", "--disk", "20")
+    short = cli(*job, "--vram", "3.5", "--ram", "6")
+    (line,) = error_lines(short.stderr)
+    ram = re.search(r"\(([\d.]+) GiB of free RAM would do", line).group(1)
+    vram = re.search(r"with that RAM, it needs a ([\d.]+) GiB GPU budget too, more than the "
+                     r"3\.5 GiB one", line)
+    assert vram, line
+    assert cli(*job, "--vram", "3.5", "--ram", ram).exit_code == 2
+    assert cli(*job, "--vram", vram.group(1), "--ram", ram).exit_code == 0
+
+
+def test_a_little_ram_for_vae_outputs_is_not_said_as_0_gib():
+    """728 px at --vram 8 --ram 8 keeps 0.27 GiB of VAE outputs in RAM: the header said "+0 GiB
+    of RAM for VAE outputs" beside a stage's "VAE outputs in RAM"."""
+    plan = cli("plan", "x", "--size", "728", "--vram", "8", "--ram", "8", "--gpu", "h100",
+               "--disk", "100")
+    assert plan.exit_code == 0, plan.stderr
+    assert "+0.3 GiB of RAM for VAE outputs" in plan.stdout, plan.stdout
