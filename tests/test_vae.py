@@ -586,9 +586,11 @@ def test_fast_mode_with_spilled_outputs_is_exact(vae, monkeypatch):
     assert 0 < max(spilled) <= 1e6  # the plan's share, when it is less than the budget
 
 
-def test_a_tile_run_copies_at_most_one_output_to_the_cpu(vae, monkeypatch):
+def test_a_tile_run_with_room_to_spill_copies_one_output_to_the_cpu(vae, monkeypatch):
     """A spilled output is copied as its tile's run ends, not as it is made: a deeper one made
-    after it took its place, and its copy (over the host link, on a GPU) was for nothing."""
+    after it took its place, and its copy (over the host link, on a GPU) was for nothing. (An
+    output that fits nowhere has the one kept copied at once, so a run with little room may
+    copy two: vae_cost's replay, checked against the memo, counts those too.)"""
     z = smooth_latent(32, 48, seed=8)
     monkeypatch.setattr(vae_stats, "FAST_BYTES", 0)  # every output kept goes to the CPU
     monkeypatch.setattr(vae_stats, "SPILL_BYTES", 1e9)
