@@ -601,25 +601,29 @@ def job_budget(error: PlanError) -> float | None:
     return None
 
 
-def job_ram(error: PlanError) -> tuple[float, PlanError | None] | None:
+def job_ram(error: PlanError) -> tuple[float, float | None] | None:
     """The CPU memory (bytes, as ModelShape.host) the whole job of `error` needs, where its
-    first stage short of RAM said only its own: planned again with each need said until it
-    fits, or the GPU's memory runs short (that error, second). None where the error is not
-    the RAM's, or more RAM does not help."""
+    first stage short of RAM said only its own, and the device budget (bytes) it then needs
+    where the one planned with is too small (else None): planned again with each need said,
+    of either, until it fits. None where the error is not the RAM's, or more does not help."""
     need, kwargs = error.host_needed, error.plan_kwargs or {}
-    model = kwargs.get("model")
+    model, budget = kwargs.get("model"), kwargs.get("budget")
     if not error.host or need is None or model is None or not error.size:
         return None
-    for _ in range(MAX_STAGES):
+    raised = None
+    for _ in range(2 * MAX_STAGES):  # one more stage fitted, in RAM or on the GPU, each time
         try:
-            make_plan(*error.size, **{**kwargs, "model": replace(model, host=int(need))})
-            return need, None
+            make_plan(*error.size, **{**kwargs, "model": replace(model, host=int(need)),
+                                      "budget": raised or budget})
+            return need, raised
         except PlanError as e:
-            if not e.host:
-                return need, e
-            if e.host_needed is None or e.host_needed <= need:
+            if e.host and e.host_needed is not None and e.host_needed > need:
+                need = e.host_needed
+            elif not e.host and e.needed is not None and e.needed > (raised or budget or 0):
+                # A larger budget may take a strategy that parks more: the RAM is planned again
+                raised = math.ceil(e.needed)
+            else:
                 return None
-            need = e.host_needed
     return None
 
 
@@ -631,14 +635,13 @@ def whole_job_need(error: PlanError) -> str:
         found = job_ram(error)
         if found is None:
             return ""
-        need, short = found
+        need, gpu = found
         words = _free_ram_words(need)
         said = ("" if words == _free_ram_words(error.host_needed or 0) else
                 f", and the whole job {words} GiB of free RAM (a later stage needs more)")
-        if short is not None and short.needed is not None:
-            gpu = job_budget(short) or short.needed
+        if gpu is not None:
             said += (f"; with that RAM, it needs a {_budget_words(gpu)} GiB GPU budget too, "
-                     f"more than the {_gib(short.plan_kwargs['budget'])} GiB one")
+                     f"more than the {_gib(error.plan_kwargs['budget'])} GiB one")
         return said
     whole, first = job_budget(error), _budget_words(error.needed or 0)
     if whole is None or _budget_words(whole) == first:  # said as the first: no news

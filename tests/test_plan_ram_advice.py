@@ -77,3 +77,14 @@ def test_a_little_ram_for_vae_outputs_is_not_said_as_0_gib():
                "--disk", "100")
     assert plan.exit_code == 0, plan.stderr
     assert "+0.3 GiB of RAM for VAE outputs" in plan.stdout, plan.stdout
+
+
+def test_the_ram_and_gpu_budget_a_refusal_names_plan_together():
+    """The GPU budget the job needed with the RAM named lets a stage park more: --vram 4.6
+    --ram 10.4 was refused again (15.0 GiB). Both figures are planned again until they hold."""
+    job = ("plan", "x", "--size", "8192", "--gpu", "h100", "--disk", "0")
+    line = error_lines(cli(*job, "--vram", "4", "--ram", "8").stderr)[0]
+    ram = re.search(r"the whole job ([\d.]+) GiB of free RAM", line)
+    vram = re.search(r"it needs a ([\d.]+) GiB GPU budget too", line)
+    assert ram and vram, line
+    assert cli(*job, "--vram", vram.group(1), "--ram", ram.group(1)).exit_code == 0
