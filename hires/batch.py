@@ -156,8 +156,12 @@ def _behind_defaults(i: int, entry: dict[str, Any], defaults: dict[str, Any], wh
     was fixed."""
     said, found, rest = str(error), [], dict(defaults)
     home = f"{name} [defaults]"
+
+    def named(key: str) -> bool:  # as errors name keys: vae-tile is 'vae_tile'
+        return f"'{str(key).replace('-', '_')}'" in said
+
     while home in said:
-        at_fault = [k for k in rest if f"'{k}'" in said]
+        at_fault = [k for k in rest if named(k)]
         if not at_fault:  # not a key's: nothing to leave out
             break
         rest = {k: v for k, v in rest.items() if k not in at_fault}
@@ -166,9 +170,9 @@ def _behind_defaults(i: int, entry: dict[str, Any], defaults: dict[str, Any], wh
             break
         except JobError as e:
             said = str(e)
-            names = [k for k in {**defaults, **entry} if f"'{k}'" in said]
-            if home in said and any(k in rest for k in names) or where in said and (
-                    any(k in entry for k in names) or all(k in rest for k in names)):
+            # One that names a key left out may be of its absence ('aspect' needs a 'size'):
+            # not said, though some would be true (they are said once it is fixed).
+            if not any(named(k) for k in defaults if k not in rest):
                 found.append(e)
     return found
 
@@ -216,13 +220,14 @@ def _item(i: int, entry: dict[str, Any], defaults: dict[str, Any], where: str, n
     `levels` and `base`."""
     values = {**defaults, **entry}
     output = values.pop("output", None)
+    said = where if "output" in entry else f"{name} [defaults]"
     if output is not None and not isinstance(output, str):
-        raise JobError(f"'output' in {where} must be a file name, got {spelled(output)}")
+        raise JobError(f"'output' in {said} must be a file name, got {spelled(output)}")
     if isinstance(output, str) and not output.strip():
-        raise JobError(f"'output' in {where} is empty: give a file name or template, or "
+        raise JobError(f"'output' in {said} is empty: give a file name or template, or "
                        "leave it out (the job's image gets the batch's name)")
     if output == "-":  # stdout is for gen and up's one image, not a batch's many
-        raise JobError(f"'output' in {where} is '-', but a batch writes files; name one")
+        raise JobError(f"'output' in {said} is '-', but a batch writes files; name one")
     preset = values.pop("preset", None)
     if preset is not None and not isinstance(preset, str):  # `"preset": 5`: no preset's name
         said = where if "preset" in entry else f"{name} [defaults]"
@@ -234,9 +239,10 @@ def _item(i: int, entry: dict[str, Any], defaults: dict[str, Any], where: str, n
         job_levels.append((_preset_values(preset, said), f"preset '{preset}' ({where})", True))
     job_levels += [(_without(defaults), f"{name} [defaults]", True),
                    (_without(entry), where, True)]
-    if any(values.get("image") == "-" for values, _, _ in job_levels):
+    piped = [level for values, level, _ in job_levels if values.get("image") == "-"]
+    if piped:
         # stdin holds the batch file, or is read once: it cannot also be a job's image
-        raise JobError(f"'image' in {where} is '-' (stdin), but a batch's images are "
+        raise JobError(f"'image' in {piped[-1]} is '-' (stdin), but a batch's images are "
                        "files; give the image's path")
     try:
         job = job_from_levels(job_levels, base=base, size_of=input_size)

@@ -23,7 +23,7 @@ def test_each_bad_default_and_each_jobs_own_error_at_once(tmp_path):
     path = write(tmp_path / "few.toml", '[defaults]\nsize = "128"\nsteps = 0\nmodel = "tiny"\n'
                  '[[job]]\nprompt = "a"\nsteps = 2.0\n'
                  '[[job]]\nseed = 3\n'
-                 '[[job]]\nprompt = "c"\nwidth = 512\n'
+                 '[[job]]\nprompt = "c"\nsampler = "nope"\n'
                  '[[job]]\nprompt = "d"\n')
     result = cli("batch", path, "-o", tmp_path / "out", "--dry-run")
     assert result.exit_code == 2
@@ -34,7 +34,7 @@ def test_each_bad_default_and_each_jobs_own_error_at_once(tmp_path):
         'without quotes), got "128"',
         "error: 'steps' in few.toml [defaults] must be a whole number from 1 to 1000, got 0",
         "error: few.toml job 1 has no prompt; give it a 'prompt' (or an 'image' to upscale)",
-        "error: few.toml job 2: 'width' and 'height' go together; give both (or use 'size')"]
+        "error: 'sampler' in few.toml job 2 must be one of euler, dpmpp-2m; got 'nope'"]
 
 
 def test_no_error_is_made_up_by_leaving_a_bad_default_out(tmp_path):
@@ -46,3 +46,32 @@ def test_no_error_is_made_up_by_leaving_a_bad_default_out(tmp_path):
     assert error_lines(result.stderr) == [
         "error: 'prompt' in p.toml [defaults] must be text, got 5",
         "error: 'steps' in p.toml job 1 must be a whole number from 1 to 1000, got 0"]
+
+
+def test_no_error_is_made_of_a_default_left_out(tmp_path):
+    """Left out, a bad size made its aspect 'need a long side', a bad width its height 'go
+    with a width', a bad image a job's scale 'for upscales': none of them the file's errors."""
+    for defaults, said in [
+            ('size = "x"\naspect = "16:9"', "'size' in d.toml [defaults] must be a whole number"),
+            ('width = "x"\nheight = 128', "'width' in d.toml [defaults] must be a whole number"),
+            ("image = 5", "'image' in d.toml [defaults] must be text, got 5")]:
+        path = write(tmp_path / "d.toml", f'[defaults]\n{defaults}\nmodel = "tiny"\n'
+                     '[[job]]\nprompt = "a"\nscale = 2\n' if "image" in defaults else
+                     f'[defaults]\n{defaults}\nmodel = "tiny"\n[[job]]\nprompt = "a"\n')
+        lines = error_lines(cli("batch", path, "-o", tmp_path / "out", "--dry-run").stderr)
+        assert len(lines) == 1 and said in lines[0], lines
+
+
+def test_defaults_said_by_the_job_are_said_once_and_dashed_keys_too(tmp_path):
+    """A [defaults] 'output' or stdin 'image' was said as each job's (one line a job, hiding
+    theirs); a dashed key (vae-tile), said as 'vae_tile', hid the jobs' errors."""
+    for defaults, said in [
+            ("output = 5", "'output' in d.toml [defaults] must be a file name, got 5"),
+            ('image = "-"', "'image' in d.toml [defaults] is '-' (stdin)"),
+            ('vae-tile = "x"', "'vae_tile' in d.toml [defaults] must be a whole number")]:
+        path = write(tmp_path / "d.toml", f'[defaults]\n{defaults}\nmodel = "tiny"\nsize = 128\n'
+                     '[[job]]\nprompt = "a"\n[[job]]\nprompt = "b"\nsteps = 0\n')
+        lines = error_lines(cli("batch", path, "-o", tmp_path / "out", "--dry-run").stderr)
+        assert len(lines) == 2 and said in lines[0], lines
+        assert lines[1] == ("error: 'steps' in d.toml job 1 must be a whole number from 1 "
+                            "to 1000, got 0")
