@@ -627,7 +627,7 @@ def load(
         tune_for_cuda(pipe)
     pipe.set_progress_bar_config(disable=True)
     logging.getLogger("hires").debug("loaded %s (linfusion %s) on %s %s", model, mounted, dev, dt)
-    components = Components(pipe, where_loaded(model), mounted, dev, dt, vae_dt,
+    components = Components(pipe, where_loaded(model), where_loaded(mounted), dev, dt, vae_dt,
                             choose_offload(offload, dev), warnings)
     # Kept (in RAM, 0.8 GB for SDXL in fp16) so a ControlNet's own attention fine-tuning can be
     # carried over to LinFusion (hires.controlnet.linearize).
@@ -638,8 +638,9 @@ def load(
 
 
 def where_loaded(ref: str | None) -> str | None:
-    """A local model or VAE by a relative path as the absolute one: after a `chdir`, a job
-    run on the components (and its record) still names the file they were loaded from."""
+    """A local model, VAE or LinFusion checkpoint by a relative path as the absolute one:
+    after a `chdir`, a job run on the components (and its record) still names what they were
+    loaded from."""
     if ref is None or model_kind(ref) not in ("folder", "file"):
         return ref
     path = Path(ref).expanduser()

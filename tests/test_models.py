@@ -8,6 +8,17 @@ from hires.models import load
 from hires.pipeline import generate
 
 
+def test_components_loaded_by_relative_paths_name_them_after_a_chdir(tiny_folder, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.chdir(tiny_folder.parent)
+    loaded = load(tiny_folder.name, linfusion=f"{tiny_folder.name}/linfusion", device="cpu")
+    assert (loaded.model, loaded.linfusion) == (str(tiny_folder), str(tiny_folder / "linfusion"))
+    monkeypatch.chdir(tmp_path)  # where neither relative path is anything
+    result = generate("a fox", components=loaded, width=256, height=256, steps=1, seed=5)
+    assert (result.job.model, result.linfusion) == (str(tiny_folder),
+                                                    str(tiny_folder / "linfusion"))
+
+
 def test_reference_kinds(tmp_path):
     assert model_kind("tiny") == "tiny"
     assert model_kind("stabilityai/stable-diffusion-xl-base-1.0") == "hub"
