@@ -582,71 +582,66 @@ def describe(plan: Plan) -> list[str]:
 MAX_STAGES = 32  # more than any job has: x2 stages from 8 px to MAX_SIDE
 
 
-def job_budget(error: PlanError) -> float | None:
-    """The device budget (bytes) the whole job of `error` fits, where its first stage short
-    of memory said only its own (a later one may need more): planned again at each need
-    said until one fits. None where the error is not the GPU's, or none fits."""
-    need = error.needed
-    if need is None or error.host or not error.plan_kwargs or not error.size:
+def job_needs(error: PlanError) -> tuple[float | None, float | None] | None:
+    """(device budget, CPU memory as ModelShape.host), in bytes, that the whole job of
+    `error` fits with, where its first stage short of memory said only its own: planned again
+    at each need said, of either, until it fits (a later stage may need more, and a larger
+    budget may take a strategy that parks more in RAM). Each is None where the one planned
+    with holds; None where no need is said, or more does not help."""
+    kwargs = error.plan_kwargs or {}
+    model, budget = kwargs.get("model"), kwargs.get("budget")
+    gpu, host = (None, error.host_needed) if error.host else (error.needed, None)
+    if not kwargs or not error.size or (gpu is None and host is None):
         return None
     # One more stage fitted each time: an upscale from a 16 px input to 16K has 11.
-    for _ in range(MAX_STAGES):
-        try:
-            make_plan(*error.size, **{**error.plan_kwargs, "budget": math.ceil(need)})
-            return need
-        except PlanError as e:
-            if e.host or e.needed is None or e.needed <= need:
+    for _ in range(2 * MAX_STAGES):
+        how = dict(kwargs, budget=math.ceil(gpu) if gpu is not None else budget)
+        if host is not None:
+            if model is None:
                 return None
-            need = e.needed
-    return None
-
-
-def job_ram(error: PlanError) -> tuple[float, float | None] | None:
-    """The CPU memory (bytes, as ModelShape.host) the whole job of `error` needs, where its
-    first stage short of RAM said only its own, and the device budget (bytes) it then needs
-    where the one planned with is too small (else None): planned again with each need said,
-    of either, until it fits. None where the error is not the RAM's, or more does not help."""
-    need, kwargs = error.host_needed, error.plan_kwargs or {}
-    model, budget = kwargs.get("model"), kwargs.get("budget")
-    if not error.host or need is None or model is None or not error.size:
-        return None
-    raised = None
-    for _ in range(2 * MAX_STAGES):  # one more stage fitted, in RAM or on the GPU, each time
+            how["model"] = replace(model, host=int(host))
         try:
-            make_plan(*error.size, **{**kwargs, "model": replace(model, host=int(need)),
-                                      "budget": raised or budget})
-            return need, raised
+            make_plan(*error.size, **how)
+            return gpu, host
         except PlanError as e:
-            if e.host and e.host_needed is not None and e.host_needed > need:
-                need = e.host_needed
-            elif not e.host and e.needed is not None and e.needed > (raised or budget or 0):
-                # A larger budget may take a strategy that parks more: the RAM is planned again
-                raised = math.ceil(e.needed)
+            held_host = host if host is not None else getattr(model, "host", None)
+            held_gpu = gpu if gpu is not None else budget
+            if e.host and e.host_needed is not None and (held_host is None
+                                                         or e.host_needed > held_host):
+                host = e.host_needed
+            elif not e.host and e.needed is not None and (held_gpu is None
+                                                          or e.needed > held_gpu):
+                gpu = e.needed
             else:
                 return None
     return None
 
 
 def whole_job_need(error: PlanError) -> str:
-    """', and the whole job a N GiB one (a later stage needs more)' where `job_budget` is more
-    than `error`'s stage said, to follow its budget; for a stage short of RAM, the free RAM
-    the whole job needs (`job_ram`) and the GPU budget it then needs too; else ''."""
+    """What the whole job needs where `error`'s stage said only its own (`job_needs`): ', and
+    the whole job a N GiB one (a later stage needs more)' for the GPU, the free RAM for a
+    stage short of RAM, and the other of the two where the job then needs more of it; else
+    ''."""
+    found = job_needs(error)
+    if found is None:
+        return ""
+    gpu, host = found
+    given = _gib((error.plan_kwargs or {}).get("budget") or 0)
+    said = ""
     if error.host:
-        found = job_ram(error)
-        if found is None:
-            return ""
-        need, gpu = found
-        words = _free_ram_words(need)
-        said = ("" if words == _free_ram_words(error.host_needed or 0) else
-                f", and the whole job {words} GiB of free RAM (a later stage needs more)")
+        words = _free_ram_words(host or 0)
+        if words != _free_ram_words(error.host_needed or 0):  # said as the first: no news
+            said = f", and the whole job {words} GiB of free RAM (a later stage needs more)"
         if gpu is not None:
             said += (f"; with that RAM, it needs a {_budget_words(gpu)} GiB GPU budget too, "
-                     f"more than the {_gib(error.plan_kwargs['budget'])} GiB one")
+                     f"more than the {given} GiB one")
         return said
-    whole, first = job_budget(error), _budget_words(error.needed or 0)
-    if whole is None or _budget_words(whole) == first:  # said as the first: no news
-        return ""
-    return f", and the whole job a {_budget_words(whole)} GiB one (a later stage needs more)"
+    if gpu is not None and _budget_words(gpu) != _budget_words(error.needed or 0):
+        said = f", and the whole job a {_budget_words(gpu)} GiB one (a later stage needs more)"
+    if host is not None:
+        said += (f"; with that budget, it needs {_free_ram_words(host)} GiB of free RAM too "
+                 "(for parked maps and offloaded weights)")
+    return said
 
 
 def _free_ram_words(host: float) -> str:

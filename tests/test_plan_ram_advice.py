@@ -88,3 +88,15 @@ def test_the_ram_and_gpu_budget_a_refusal_names_plan_together():
     vram = re.search(r"it needs a ([\d.]+) GiB GPU budget too", line)
     assert ram and vram, line
     assert cli(*job, "--vram", vram.group(1), "--ram", ram.group(1)).exit_code == 0
+
+
+def test_a_gpu_refusal_names_the_ram_its_whole_job_budget_then_needs():
+    """--vram 3 said a 3.1 GiB budget, then 3.2, 4.0, 4.6, then a refusal for RAM: four goes.
+    The first names the whole job's budget and the RAM that budget's plan needs."""
+    job = ("plan", "x", "--size", "8192", "--gpu", "h100", "--disk", "0")
+    line = error_lines(cli(*job, "--vram", "3", "--ram", "12").stderr)[0]
+    vram = re.search(r"and the whole job a ([\d.]+) GiB one", line)
+    ram = re.search(r"with that budget, it needs ([\d.]+) GiB of free RAM too", line)
+    assert vram and ram, line
+    assert cli(*job, "--vram", vram.group(1), "--ram", "12").exit_code == 2
+    assert cli(*job, "--vram", vram.group(1), "--ram", ram.group(1)).exit_code == 0
