@@ -28,7 +28,7 @@ from hires.job import (
     spelled,
 )
 from hires.presets import load_preset, parse_toml, read_toml
-from hires.sizes import ASPECT_ALONE, OPTIONS, giver, job_from_levels
+from hires.sizes import ASPECT_ALONE, OPTIONS, SIZE_KEYS, giver, job_from_levels
 from hires.text_bytes import decoded, marked
 
 
@@ -52,6 +52,9 @@ class BatchItem:
     line: int | None = None  # a JSONL job's line in its file
     # the files (FLAG_KEYS' keys) a preset gave and nothing above it did: where, for errors
     given_in: dict[str, str] = dataclasses.field(default_factory=dict)
+    # the keys [defaults] gave and nothing above it did: an error of theirs is said once, as
+    # [defaults]', not once a job
+    from_defaults: frozenset[str] = frozenset()
 
     def where(self, file_name: str) -> str:
         """The job as errors name it: "jobs.jsonl job 3 (line 5)"."""
@@ -273,8 +276,13 @@ def _item(i: int, entry: dict[str, Any], defaults: dict[str, Any], where: str, n
                           job_levels[len(levels or []):] for k in keys)
     given_in = {key: level for key in FLAG_KEYS.values()
                 if (level := giver(job_levels, key) or "").startswith("preset '")}
+    home = f"{name} [defaults]"
+    from_defaults = frozenset(key for key in (str(k).replace("-", "_") for k in defaults)
+                              if giver(job_levels, key) == home and key not in entry)
+    if "output" in defaults and "output" not in entry:
+        from_defaults |= {"output"}
     return BatchItem(i, job, output, format_given, quality_given, file_keys,
-                     given_in=given_in)
+                     given_in=given_in, from_defaults=from_defaults)
 
 
 def _starts_like_json(path: Path) -> bool:
@@ -503,7 +511,7 @@ def name_outputs(items: list[BatchItem], folder: Path, file_name: str
         named.append(item if fmt == j.format and not lossless else dataclasses.replace(
             item, job=j.merged({"format": fmt, **({"quality": None} if lossless else {})})))
     if errors:
-        raise all_of(errors)
+        raise all_of(list({str(e): e for e in errors}.values()))  # [defaults]' once
     if missing is not None:
         raise missing
     return named, paths
@@ -557,7 +565,12 @@ def _named_one(item: BatchItem, folder: Path, file_name: str, owner: dict[str, B
     fmt = named_fmt or j.format
     problem = out.format_problem(fmt, j.width, j.height, j.depth)
     if problem:
-        raise JobError(f"{where}: {in_job_words(problem)}")
+        # Of [defaults]' keys alone (a jpg of depth 16 there): said once, not once a job
+        shaping = ("format", "depth", "output", *SIZE_KEYS)
+        theirs = [k for k in shaping if k in item.file_keys or (k == "output" and item.output)]
+        alone = theirs and all(k in item.from_defaults for k in theirs)
+        raise JobError(f"{f'{file_name} [defaults]' if alone else where}: "
+                       f"{in_job_words(problem)}")
     # The folder as the file system sees it (a symlink to another job's folder is that
     # folder); the name itself is replaced by the rename, never followed.
     key = os.path.normcase(os.path.join(os.path.realpath(path.parent), path.name))
@@ -633,6 +646,8 @@ def by_giver(message: str, item: BatchItem, file_name: str) -> str:
     ("'lora' in preset 'p' (jobs.toml job 3): ..."), not the job file."""
     where = item.where(file_name)
     key = flag_key(message)
+    if key in item.from_defaults:  # said once, as [defaults]', not once a job
+        return by_key(message, f"{file_name} [defaults]")
     preset = item.given_in.get(key) if key else None
     if preset is None:
         return by_key(message, where)

@@ -75,3 +75,22 @@ def test_defaults_said_by_the_job_are_said_once_and_dashed_keys_too(tmp_path):
         assert len(lines) == 2 and said in lines[0], lines
         assert lines[1] == ("error: 'steps' in d.toml job 1 must be a whole number from 1 "
                             "to 1000, got 0")
+
+
+def test_a_default_the_output_checks_refuse_is_said_once(tmp_path):
+    """A [defaults] LoRA that is not there, or a JPEG of depth 16 there, was said once a job
+    by the output checks ('26 errors', all but one alike)."""
+    jobs = "".join(f'[[job]]\nprompt = "p{i}"\n' for i in range(25))
+    for defaults, said in [
+            ('lora = "missing.safetensors"', "error: 'lora' in d.toml [defaults]: "
+             "missing.safetensors: no such file or folder"),
+            ('format = "jpg"\ndepth = 16', "error: d.toml [defaults]: JPEG holds 8 bits a "
+             "channel")]:
+        path = write(tmp_path / "d.toml", f'[defaults]\n{defaults}\nmodel = "tiny"\nsize = 128\n'
+                     + jobs + '[[job]]\nprompt = "q"\nsteps = 0\n[[job]]\nprompt = "r"\n'
+                     'format = "png"\nlora = "none"\n')
+        result = cli("batch", path, "-o", tmp_path / "out", "--dry-run")
+        lines = error_lines(result.stderr)
+        assert result.exit_code == 2 and len(lines) == 2, result.stderr
+        assert lines[0].startswith("error: 'steps' in d.toml job 25 must be")
+        assert lines[1].startswith(said), lines
