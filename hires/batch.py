@@ -153,30 +153,39 @@ def _behind_defaults(i: int, entry: dict[str, Any], defaults: dict[str, Any], wh
                      name: str, base: Job | None,
                      levels: list[tuple[dict[str, Any], str, bool]] | None,
                      error: JobError) -> list[JobError]:
-    """The errors a [defaults] key's (`error`) hid in job `i`: the job checked again without
-    the keys at fault, until it passes or says an error of its own (not one about a key left
-    out). Else a bad [defaults] value, said for every job, hid the jobs' own errors until it
-    was fixed."""
-    said, found, rest = str(error), [], dict(defaults)
+    """The errors that job `i`'s first (`error`) hid: the job checked again without the keys
+    at fault, [defaults]' or its own, until it passes or an error names a key left out (that
+    one may be of its absence: 'aspect' needs a 'size'; such are said once the first is
+    fixed). Else a bad [defaults] value, said for every job, hid the jobs' own errors, and a
+    job's own error the [defaults] one it also has, until it was fixed."""
+    said, found, rest, own = str(error), [], dict(defaults), dict(entry)
     home = f"{name} [defaults]"
 
-    def named(key: str) -> bool:  # as errors name keys: vae-tile is 'vae_tile'
-        return f"'{str(key).replace('-', '_')}'" in said
+    def named(key: str) -> bool:
+        """Whether the error names `key`: vae-tile as 'vae_tile', print_size as 'print size'."""
+        key = str(key).replace("-", "_")
+        return f"'{key}'" in said or ("_" in key and key.replace("_", " ") in said)
 
-    while home in said:
-        at_fault = [k for k in rest if named(k)]
-        if not at_fault:  # not a key's: nothing to leave out
+    for _ in range(len(defaults) + len(entry)):
+        if home in said:
+            at_fault = [k for k in rest if named(k)]
+            rest = {k: v for k, v in rest.items() if k not in at_fault}
+        elif where in said:
+            at_fault = [k for k in own if named(k) and k != "prompt"]
+            own = {k: v for k, v in own.items() if k not in at_fault}
+        else:
             break
-        rest = {k: v for k, v in rest.items() if k not in at_fault}
+        # Nothing to leave out; or a preset, whose values the job may have needed
+        if not at_fault or "preset" in at_fault:
+            break
         try:
-            _item(i, entry, rest, where, name, base, levels)
+            _item(i, own, rest, where, name, base, levels)
             break
         except JobError as e:
             said = str(e)
-            # One that names a key left out may be of its absence ('aspect' needs a 'size'):
-            # not said, though some would be true (they are said once it is fixed).
-            if not any(named(k) for k in defaults if k not in rest):
-                found.append(e)
+            if any(named(k) for k in [*defaults, *entry] if k not in rest and k not in own):
+                break
+            found.append(e)
     return found
 
 

@@ -94,3 +94,24 @@ def test_a_default_the_output_checks_refuse_is_said_once(tmp_path):
         assert result.exit_code == 2 and len(lines) == 2, result.stderr
         assert lines[0].startswith("error: 'steps' in d.toml job 25 must be")
         assert lines[1].startswith(said), lines
+
+
+def test_a_bad_preset_print_size_or_own_key_hides_no_error_and_makes_none(tmp_path):
+    """Left out, a bad preset's size made a job's aspect 'need a long side' (made up); a bad
+    print_size ('print size must ...') hid the jobs' errors; a job's own bad sampler hid the
+    [defaults] one it also had."""
+    cases = [
+        ('preset = "nope"', '[[job]]\nprompt = "a"\naspect = "16:9"\n',
+         ["error: 'preset' in d.toml [defaults]: unknown preset 'nope'"]),
+        ('print_size = "bad"', '[[job]]\nprompt = "a"\nsteps = 0\n[[job]]\nprompt = "c"\n',
+         ["error: d.toml [defaults]: print size must look like",
+          "error: 'steps' in d.toml job 0 must be a whole number from 1 to 1000, got 0"]),
+        ('sampler = "nope"\nsize = 128', '[[job]]\nprompt = "a"\nsampler = "bad"\n'
+         '[[job]]\nprompt = "c"\nsteps = 0\n',
+         ["error: 'sampler' in d.toml job 0 must be one of", "error: 'sampler' in d.toml "
+          "[defaults] must be one of", "error: 'steps' in d.toml job 1 must be a whole number"])]
+    for defaults, jobs, said in cases:
+        path = write(tmp_path / "d.toml", f'[defaults]\n{defaults}\nmodel = "tiny"\n{jobs}')
+        lines = error_lines(cli("batch", path, "-o", tmp_path / "out", "--dry-run").stderr)
+        assert len(lines) == len(said), lines
+        assert all(line.startswith(start) for line, start in zip(lines, said, strict=True)), lines
