@@ -303,8 +303,9 @@ def _denoise_stage(full: tuple[int, ...], index: int, w: int, h: int, ratio: int
         alphas = sdxl_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod
         run = sigma_schedule(alphas, ts, karras=True)[1]
     upscaled = kind == "upscale" and latent
+    # At ratio 1 a global pass would repeat the local one (hires.sampling.upscale_sample)
     return Stage(index, w, h, ratio, s, ts, kind=kind,
-                 global_steps=global_steps(run, cosine_scale_2, global_floor),
+                 global_steps=global_steps(run, cosine_scale_2, global_floor) if ratio > 1 else 0,
                  latent_upsample=upscaled, decodes_previous=upscaled and stage_images)
 
 

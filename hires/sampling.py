@@ -219,7 +219,9 @@ def sample_upscale(
     x = x0 + sigmas[0] * noise
     # Own history per pass: 2M extrapolates one estimate's trend, not a jump between two passes.
     old1 = old2 = None
-    n_global = global_steps(timesteps, knobs.cosine_scale_2, knobs.global_floor)
+    # At ratio 1 the global pass is the local one again (no dilation, a 1-wide blur): skipped
+    n_global = global_steps(timesteps, knobs.cosine_scale_2, knobs.global_floor) \
+        if ratio > 1 else 0
     for i, t in enumerate(timesteps):
         sigma = sigmas[i]
         cf = cosine_factor(t)

@@ -187,6 +187,37 @@ def test_upscale_skips_the_global_pass_once_its_weight_is_below_the_floor():
     assert bound / 10 < diff <= 1.5 * bound
 
 
+def test_a_stage_at_ratio_1_runs_no_global_pass():
+    """At ratio 1 (a last stage under 1.5x the base: 1100 px on SDXL) the global pass is the
+    local pass again, no dilation and a 1-wide blur: it doubled the stage's UNet calls for
+    nothing. The plan prices none."""
+    from hires.plan import make_plan
+
+    g = torch.Generator().manual_seed(4)
+    x0, noise = torch.randn(1, 4, 12, 12, generator=g), torch.randn(1, 4, 12, 12, generator=g)
+    anchor = channel_stats(x0)
+    ts = (301, 281, 261)
+    sigmas = sigmas_for(torch.linspace(0.9999, 0.01, 1000), ts)
+
+    class Model:
+        unet = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1))
+        dilated = Denoiser.dilated
+        calls = 0
+
+        def eps(self, x, sigma, t):
+            self.calls += 1
+            return 0.1 * x
+
+    once, twice = Model(), Model()
+    alone = sample_upscale(once, x0, noise, sigmas, ts, 1, anchor)
+    assert once.calls == len(ts)
+    paired = sample_upscale(twice, x0, noise, sigmas, ts, 2, anchor)
+    assert twice.calls == 2 * len(ts) and not torch.equal(alone, paired)
+    last = make_plan(1100, 1100).stages[-1]
+    assert (last.ratio, last.global_steps) == (1, 0) and last.steps > 0
+    assert make_plan(2048, 2048).stages[-1].global_steps > 0
+
+
 def test_a_one_value_latent_has_a_zero_spread_not_nan():
     """An 8 px input's 1x1 latent: the unbiased std was NaN, and the upscale came out black."""
     from hires.sampling import channel_stats, renormalize
