@@ -603,8 +603,7 @@ def _start(job: Job, comps: Components, plan: Plan, stage: Stage, carry: _Carry,
                 image = Image.fromarray(decode(comps, carry.latents, tile, emit,
                                                stage.index - 1, n, job, spill, room=room))
             decoded(stage.index - 1, image)
-        x0 = F.interpolate(carry.latents, size=size, mode="bicubic", align_corners=False)
-        return x0, carry.anchor
+        return fit_latents(carry.latents, *size), carry.anchor
     with placed(comps, weights, vae):
         image = Image.fromarray(decode(comps, carry.latents, tile, emit, stage.index - 1, n,
                                        job, spill, room=room))
@@ -750,6 +749,15 @@ def encode(comps: Components, image: Image.Image, tile: int, emit: ProgressFn, s
         latents = tiled_vae.encode(comps.vae, np.asarray(image), tile=tile, progress=on_tile,
                                    spill=spill, stats=job.vae_stats)
     return latents.to(comps.device, torch.float32)
+
+
+def fit_latents(latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """`fit` for latents (bicubic): scaled to cover `height` x `width`, the centre cropped, so
+    a last stage whose aspect the base's 64 px rounding changed is not stretched."""
+    cw, ch = cover_size((latents.shape[-1], latents.shape[-2]), width, height)
+    x = F.interpolate(latents, size=(ch, cw), mode="bicubic", align_corners=False)
+    top, left = (ch - height) // 2, (cw - width) // 2
+    return x[..., top:top + height, left:left + width]
 
 
 def fit(image: Image.Image, width: int, height: int) -> Image.Image:
