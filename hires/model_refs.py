@@ -393,6 +393,8 @@ def _keys_refusal(name: str, keys: list[str] | None, vae: bool) -> str | None:
         return (f"{name} is an SDXL refiner (the second text encoder alone), which refines a "
                 "base model's images and cannot make one; give an SDXL base model's (or a "
                 "fine-tune's) .safetensors file, folder or Hub id")
+    if unet and text and "v_pred" in keys:  # the marker v-prediction SDXL files carry
+        return f"{name} {V_PREDICTION}"
     if unet and text:
         return None
     if unet and any(k.startswith("cond_stage_model.") for k in keys):
@@ -411,6 +413,19 @@ def _keys_refusal(name: str, keys: list[str] | None, vae: bool) -> str | None:
     return (f"{name} is not an SDXL checkpoint ({guess}): it has no model.diffusion_model.* "
             "and conditioner.* weights; give a whole SDXL .safetensors checkpoint, a diffusers "
             "folder or a Hub id")
+
+
+V_PREDICTION = ("is a v-prediction model, which hires does not run (its sampler reads the "
+                "UNet's output as noise, as SDXL base and most fine-tunes make it: a "
+                "v-prediction model's images would come out wrong); give an epsilon-prediction "
+                "SDXL model")
+
+
+def prediction_refusal(scheduler_config: dict | None) -> str | None:
+    """`V_PREDICTION` where a scheduler config says the model predicts anything but the noise
+    (v_prediction, sample); None where it predicts noise, or says nothing."""
+    kind = (scheduler_config or {}).get("prediction_type")
+    return V_PREDICTION if kind not in (None, "epsilon") else None
 
 
 def hub_id_refusal(flag: str, ref: str) -> str | None:
@@ -521,6 +536,9 @@ def pipeline_folder_refusal(path: Path, allow_pickle: bool = True) -> str | None
             for file in sorted(sub.glob("*.bin")) if allow_pickle else []:
                 if problem := _cut_short_zip(file, f"{name}/{file.name}"):
                     return problem
+    scheduler = model_config(str(path), "scheduler/scheduler_config.json")
+    if said := prediction_refusal(scheduler):
+        return said
     if pickled and not allow_pickle:
         folders = ", ".join(f"{name}/" for name in pickled)
         return (f"holds pickle (.bin) weights only (in {folders}), which can run code "

@@ -31,6 +31,7 @@ from hires.model_refs import (  # ModelError: also hires.models.ModelError, as R
     no_linfusion_known,
     pickle_refusal,
     pipeline_folder_refusal,
+    prediction_refusal,
     single_file_uncached,
     vae_mismatch,
 )
@@ -607,6 +608,8 @@ def load(
     check_before_loading(model, vae, linfusion, allow_pickle)
     single_file_vae = vae is not None and model_kind(vae) == "file"
     pipe = load_pipeline(model, dt, allow_pickle)
+    if said := prediction_refusal(dict(pipe.scheduler.config)):  # a Hub id's, read as loaded
+        raise ModelError(f"{model} {said}", usage=True)
     if vae is not None:
         pipe.register_modules(vae=load_vae(vae, pipe.vae, allow_pickle))
     mounted, warnings, originals = attach_linfusion(pipe, model, linfusion, dt)
