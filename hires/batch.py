@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,6 +167,13 @@ def _behind_defaults(i: int, entry: dict[str, Any], defaults: dict[str, Any], wh
         key = str(key).replace("-", "_")
         return f"'{key}'" in said or ("_" in key and key.replace("_", " ") in said)
 
+    def mentions(key: str) -> bool:
+        """`named`, or the key as a bare word ('add ip_image'): an error about a key left out
+        is the absence's, not the job's."""
+        key = str(key).replace("-", "_")
+        word = re.search(rf"(?<![\w-]){re.escape(key)}(?![\w-])", said)
+        return named(key) or word is not None
+
     for _ in range(len(defaults) + len(entry)):
         if home in said:
             at_fault = [k for k in rest if named(k)]
@@ -183,9 +191,10 @@ def _behind_defaults(i: int, entry: dict[str, Any], defaults: dict[str, Any], wh
             break
         except JobError as e:
             said = str(e)
-            if any(named(k) for k in [*defaults, *entry] if k not in rest and k not in own):
-                break
-            found.append(e)
+            # Of a key left out ('width' and 'height' go together): not said, and the keys it
+            # names are left out too, so the job's other errors are still found
+            if not any(mentions(k) for k in [*defaults, *entry] if k not in rest and k not in own):
+                found.append(e)
     return found
 
 
@@ -574,8 +583,10 @@ def _named_one(item: BatchItem, folder: Path, file_name: str, owner: dict[str, B
     fmt = named_fmt or j.format
     problem = out.format_problem(fmt, j.width, j.height, j.depth)
     if problem:
-        # Of [defaults]' keys alone (a jpg of depth 16 there): said once, not once a job
-        shaping = ("format", "depth", "output", *SIZE_KEYS)
+        # Of [defaults]' keys alone (a jpg of depth 16 there): said once, not once a job. The
+        # size has a part only where the problem is the size's (a WebP's limits).
+        sized = out.format_problem(fmt, j.width, j.height) is not None
+        shaping = ("format", "depth", "output", *(SIZE_KEYS if sized else ()))
         theirs = [k for k in shaping if k in item.file_keys or (k == "output" and item.output)]
         alone = theirs and all(k in item.from_defaults for k in theirs)
         raise JobError(f"{f'{file_name} [defaults]' if alone else where}: "

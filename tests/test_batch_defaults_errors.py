@@ -115,3 +115,24 @@ def test_a_bad_preset_print_size_or_own_key_hides_no_error_and_makes_none(tmp_pa
         lines = error_lines(cli("batch", path, "-o", tmp_path / "out", "--dry-run").stderr)
         assert len(lines) == len(said), lines
         assert all(line.startswith(start) for line, start in zip(lines, said, strict=True)), lines
+
+
+def test_an_error_of_a_key_left_out_is_not_said_and_hides_nothing(tmp_path):
+    """Left out, a bad ip_image made its ip_scale 'have nothing to scale' (made up: said 'add
+    ip_image', unquoted); a bad width left its height alone, and the job's other four errors
+    waited; a [defaults] JPEG of depth 16 was said again by each job with its own size."""
+    path = write(tmp_path / "j.jsonl",
+                 '{"prompt": "a", "ip_image": 7, "ip_scale": 0.5}\n'
+                 '{"prompt": "a", "width": "z", "height": 1024, "depth": 7, "format": "bmp", '
+                 '"sampler": "nope"}\n')
+    lines = error_lines(cli("batch", path, "--model", "tiny", "-o", tmp_path / "out",
+                            "--dry-run").stderr)
+    assert [line.split(" must ")[0] for line in lines] == [
+        "error: 'ip_image' in j.jsonl job 0 (line 1)", "error: 'width' in j.jsonl job 1 (line 2)",
+        "error: 'depth' in j.jsonl job 1 (line 2)", "error: 'format' in j.jsonl job 1 (line 2)",
+        "error: 'sampler' in j.jsonl job 1 (line 2)"], lines
+    path = write(tmp_path / "d.toml", '[defaults]\nformat = "jpg"\ndepth = 16\nmodel = "tiny"\n'
+                 '[[job]]\nprompt = "a"\nsize = 1024\n[[job]]\nprompt = "b"\nsize = 2048\n'
+                 '[[job]]\nprompt = "c"\n')
+    lines = error_lines(cli("batch", path, "-o", tmp_path / "out", "--dry-run").stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: d.toml [defaults]: JPEG holds 8 bits")
