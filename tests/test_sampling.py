@@ -153,6 +153,24 @@ def test_global_steps_are_the_first_steps_whose_weight_reaches_the_floor():
     assert global_steps(()) == 0
 
 
+class Counting:
+    """A UNet stand-in: eps = 0.1 x, plus `apart` in the global (dilated) pass; it counts its
+    calls and the global ones."""
+
+    unet = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1))
+    dilated = Denoiser.dilated
+
+    def __init__(self, apart: torch.Tensor | None = None):
+        self.apart, self.calls, self.globals = apart, 0, 0
+
+    def eps(self, x, sigma, t):
+        self.calls += 1
+        if self.unet[0].dilation != (1, 1):  # the global pass
+            self.globals += 1
+            return 0.1 * x + (0 if self.apart is None else self.apart)
+        return 0.1 * x
+
+
 def test_upscale_skips_the_global_pass_once_its_weight_is_below_the_floor():
     """Below the floor a step is its local pass alone, which moves x by what the global pass's
     share would have: c2 * |dsigma| * |eps2 - eps1| a step (Euler)."""
@@ -163,20 +181,9 @@ def test_upscale_skips_the_global_pass_once_its_weight_is_below_the_floor():
     ts = (201, 141, 81, 61, 21)  # cf: 0.095, 0.048, 0.016 | 0.009, 0.001
     sigmas = sigmas_for(torch.linspace(0.9999, 0.01, 1000), ts)
 
-    class Model:
-        unet = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1))
-        dilated = Denoiser.dilated
-        globals = 0
-
-        def eps(self, x, sigma, t):
-            if self.unet[0].dilation != (1, 1):  # the global pass
-                self.globals += 1
-                return 0.1 * x + apart
-            return 0.1 * x
-
     runs = {}
     for floor in (0.0, 0.01):
-        m = Model()
+        m = Counting(apart)
         out = sample_upscale(m, x0, noise, sigmas, ts, 2, anchor, UpscaleKnobs(global_floor=floor))
         runs[floor] = out, m.globals
     assert runs[0.0][1] == 5 and runs[0.01][1] == 3
@@ -199,16 +206,7 @@ def test_a_stage_at_ratio_1_runs_no_global_pass():
     ts = (301, 281, 261)
     sigmas = sigmas_for(torch.linspace(0.9999, 0.01, 1000), ts)
 
-    class Model:
-        unet = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1))
-        dilated = Denoiser.dilated
-        calls = 0
-
-        def eps(self, x, sigma, t):
-            self.calls += 1
-            return 0.1 * x
-
-    once, twice = Model(), Model()
+    once, twice = Counting(), Counting()
     alone = sample_upscale(once, x0, noise, sigmas, ts, 1, anchor)
     assert once.calls == len(ts)
     paired = sample_upscale(twice, x0, noise, sigmas, ts, 2, anchor)
