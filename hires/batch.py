@@ -133,7 +133,7 @@ def read_batch(path: str | Path, base: Job | None = None,
             item = dataclasses.replace(_item(i, entry, defaults, where, name, base, levels),
                                        line=line_of.get(i))
         except JobError as e:
-            errors += [e, *_behind_defaults(i, entry, defaults, where, name, base, levels, e)]
+            errors += [e, *_hidden_errors(i, entry, defaults, where, name, base, levels, e)]
             continue
         if item.job.seed is None:
             text = json.dumps([item.job.prompt, item.job.negative, item.job.image])
@@ -150,15 +150,15 @@ def read_batch(path: str | Path, base: Job | None = None,
     return items
 
 
-def _behind_defaults(i: int, entry: dict[str, Any], defaults: dict[str, Any], where: str,
+def _hidden_errors(i: int, entry: dict[str, Any], defaults: dict[str, Any], where: str,
                      name: str, base: Job | None,
                      levels: list[tuple[dict[str, Any], str, bool]] | None,
                      error: JobError) -> list[JobError]:
     """The errors that job `i`'s first (`error`) hid: the job checked again without the keys
-    at fault, [defaults]' or its own, until it passes or an error names a key left out (that
-    one may be of its absence: 'aspect' needs a 'size'; such are said once the first is
-    fixed). Else a bad [defaults] value, said for every job, hid the jobs' own errors, and a
-    job's own error the [defaults] one it also has, until it was fixed."""
+    at fault, [defaults]' or its own, until it passes. An error that names a key left out may
+    be of its absence ('aspect' needs a 'size'): not said (it is once the first is fixed), and
+    the keys it names are left out in turn. Else a bad [defaults] value, said for every job,
+    hid the jobs' own errors, and a job's own error the [defaults] one it also has."""
     said, found, rest, own = str(error), [], dict(defaults), dict(entry)
     home = f"{name} [defaults]"
 

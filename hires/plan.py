@@ -379,7 +379,7 @@ def _tile_error(error: PlanError, vae_tile: int, plan: Callable[[int | None], An
     largest = (f"--vae-tile {best} is the largest that fits, or --vae-tile auto (the "
                "planner's pick)" if best else "--vae-tile auto (the planner's pick) fits")
     said = PlanError(f"--vae-tile {vae_tile} does not fit: {error}; {largest}")
-    # the stage's needs with that tile: `job_budget` and `job_ram` go on from them
+    # the stage's needs with that tile: `job_needs` goes on from them
     said.needed, said.host, said.host_needed = error.needed, error.host, error.host_needed
     raise said from None
 
