@@ -73,10 +73,11 @@ def check_arguments(plan: Any, checkpoint: Any) -> None:
         raise TypeError(f"checkpoint must be a file's path (str or Path), got "
                         f"{type(checkpoint).__name__}")
     if checkpoint is not None:
+        from hires.output import OutputUsage
         from hires.resume import check_path
 
         if not os.fspath(checkpoint).strip():  # "" ran with none (an unset variable?)
-            raise ValueError("checkpoint is empty: give a file's path, e.g. "
+            raise OutputUsage("checkpoint is empty: give a file's path, e.g. "
                              "hires.resume.path_for('out.png'), or leave it out")
         check_path(Path(checkpoint))
 
@@ -97,6 +98,7 @@ def keyword_words(text: str) -> str:
     job ("'model' in the job must be text"), as the keyword it was given as."""
     said = re.sub(r"'(\w+)' in (?:the )?job ", r"\1 ", text)
     said = re.sub(r"--allow-pickle\b", "allow_pickle=True", said)  # as ModelError says it
+    said = said.replace("hires up makes images larger", "an upscale makes images larger")
     # A flag is a word of its own: a name's '--' (my--style.safetensors, ./--x.safetensors,
     # a Hub cache's models--x--y) is left as it is.
     return re.sub(r"(?<![\w-])--([a-z][a-z0-9-]*)(?![\w\\-]|\.\w)",

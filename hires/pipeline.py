@@ -120,16 +120,16 @@ class Result:
         record it returns (and the file's) and given to Python's `warnings`. A preview's (a run of
         `hires.plan.preview_of`'s plan) records itself as its job's stage 0, as `--preview`'s."""
         from hires.job import plain_number
-        from hires.output import OutputError, in_library_terms
+        from hires.output import OutputError, OutputUsage, in_library_terms
         from hires.record import save
 
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"save takes a file's path (str or Path), got {type(path).__name__}"
                             "; e.g. result.save('out.png')")
         if not str(path).strip():
-            raise ValueError("save needs a file's path, e.g. result.save('out.png')")
+            raise OutputUsage("save needs a file's path, e.g. result.save('out.png')")
         if str(path) == "-":  # the CLI's `-o -`; here it would be a file named '-'
-            raise ValueError("save writes a file, not stdout: give a file's path; to send the "
+            raise OutputUsage("save writes a file, not stdout: give a file's path; to send the "
                              "image elsewhere, save it and copy the file")
         if "format" in options:  # as generate(format=...) names it; `fmt` is its old name
             given, fmt = options.pop("format"), options.get("fmt")
@@ -333,8 +333,10 @@ def generate(
     Returns a `Result` (the image, the job as run with its seed, each stage's report; `save`
     writes it). Raises TypeError for an argument of the wrong kind, `JobError` for a bad
     setting or an add-on that cannot load, `ModelError` for a model that cannot load or a Hub
-    add-on not cached while the Hub is closed, `OutputError` for a `checkpoint` path that
-    cannot be written (README: "From Python").
+    add-on not cached while the Hub is closed, `ImageInputError` for an input image that
+    cannot be read, `PlanError` for a size that does not fit the device, `NotFinite` when the
+    model or VAE overflows, `OutputError` for a `checkpoint` path that cannot be written
+    (README: "From Python").
 
     `save_stages`: the result holds every stage's image (`Result.stage_images`).
     `on_stage_image(index, image)` is called as each stage but the last is decoded, so a
@@ -350,15 +352,17 @@ def generate(
     check_callback("on_stage_image", on_stage_image, "(index, image)")
     check_arguments(plan, checkpoint)
     check_flags(save_stages=save_stages)
-    if (job is None or isinstance(job, str)) and overrides.get("image") is not None:
-        # `hires up`'s sizes, not a Job's default 1024x1024 square: see hires.upscale
+    given_image = overrides.get("image") is not None or (isinstance(job, Job) and job.image)
+    if (job is None or isinstance(job, (str, Job))) and given_image:
+        # `hires up`'s sizes, not a Job's default 1024x1024 square (which squashed a wide
+        # input, or shrank it): see hires.upscale. A Job's own size where it gives one.
         from hires.upscale import upscale
 
         if isinstance(job, str):
-            overrides = with_prompt(job, overrides)
-        return upscale(overrides.pop("image"), components=components, progress=progress,
-                       save_stages=save_stages, plan=plan, checkpoint=checkpoint,
-                       on_stage_image=on_stage_image, **overrides)
+            overrides, job = with_prompt(job, overrides), None
+        return upscale(overrides.pop("image", None), job=job, components=components,
+                       progress=progress, save_stages=save_stages, plan=plan,
+                       checkpoint=checkpoint, on_stage_image=on_stage_image, **overrides)
     with in_keywords():
         job = library_job(job, overrides, components, progress)
         return run_job(job, components=components, progress=progress, save_stages=save_stages,

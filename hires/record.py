@@ -203,7 +203,8 @@ def save(result: Result, path: str | Path, *, fmt: str | None = None, overwrite:
                 "result": {**record, "path": output.name_text(record["path"])}}
     if save_stages:
         if len(result.stage_images) < len(result.stages):
-            raise ValueError("this result kept no stage images; make it with save_stages=True")
+            raise output.OutputUsage("this result kept no stage images; make it with "
+                                     "save_stages=True")
         # The image's refusals before its stages are written: a refused save writes nothing.
         # Its format's limits too (a 16-bit JPEG, a WebP over 16383 px), the stages' included.
         output.check_format(result.image, path, fmt, result.pixels16)

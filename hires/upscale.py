@@ -78,7 +78,10 @@ def upscale(
                  if image is None and isinstance(job, (str, os.PathLike)) else
                  "; a prompt is prompt=..." if isinstance(job, str) else "")
         raise TypeError(f"job must be a hires.Job, got {type(job).__name__}{where}")
-    if image is None and isinstance(job, Job) and job.image:
+    # The job's own image is read as a run of it reads it: one piped in ('-') is refused, and
+    # one changed since the job recorded its sha256 (a result's job) too.
+    from_job = image is None and isinstance(job, Job) and bool(job.image)
+    if from_job:
         image = job.image
     if isinstance(image, (str, os.PathLike)) and not os.fspath(image).strip():
         raise ImageInputError("image is empty: give an image file's path")  # not the folder '.'
@@ -104,7 +107,8 @@ def upscale(
                         print_size=print_size)
         if all(v is None for v in (size, scale, width, height, print_size)):
             width, height = job_size(job)
-        source = image if isinstance(image, InputImage) else load_input(Path(image))
+        source = (image if isinstance(image, InputImage) else load_source(job) if from_job
+                  else load_input(Path(image)))
         if print_size is not None:
             printed = print_size_overrides({**overrides, "print_size": print_size, "size": size,
                                             "scale": scale, "width": width, "height": height},

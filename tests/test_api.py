@@ -136,8 +136,12 @@ def test_result_save_speaks_of_its_keywords_not_the_clis_flags(tiny, tmp_path):
             call()
         message = str(caught.value)
         assert words in message and "--" not in message and "-o " not in message, message
-    with pytest.raises(ValueError, match="save needs a file's path"):
+    # the README's error for a path at fault (it was a plain ValueError)
+    with pytest.raises(OutputUsage, match="save needs a file's path"):
         result.save("")  # it said ". already exists"
+    with pytest.raises(OutputUsage, match="kept no stage images; make it with save_stages"):
+        result.save(tmp_path / "g.png", save_stages=True)
+    assert not (tmp_path / "g.png").exists()
     # format= as generate takes it (a TypeError); record.save's own keywords (settings=,
     # recorded_as=, stage=, warn=) wrote what a caller made up into the record
     assert result.save(tmp_path / "d", format="jpg")["path"] == str(tmp_path / "d.jpg")

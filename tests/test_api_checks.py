@@ -12,6 +12,7 @@ from PIL import Image
 import hires
 from hires.job import JobError
 from hires.model_refs import ModelError
+from hires.output import OutputUsage
 
 ONE = {"steps": 1, "seed": 5}
 
@@ -222,7 +223,7 @@ def test_arguments_of_the_wrong_kind_are_type_errors(tiny, small, call, words):
 def test_save_refuses_a_path_of_the_wrong_kind_and_stdout(made):
     with pytest.raises(TypeError, match="save takes a file's path"):
         made.save(None)
-    with pytest.raises(ValueError, match="save writes a file, not stdout"):
+    with pytest.raises(OutputUsage, match="save writes a file, not stdout"):
         made.save("-")
 
 

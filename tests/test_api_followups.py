@@ -193,3 +193,53 @@ def test_loads_argument_of_the_wrong_kind_is_named_as_the_keyword():
         hires.load("tiny", dtype=3)
     with pytest.raises(hires.JobError, match="^model must be text, got 5$"):  # as generate's
         hires.generate("x", model=5)
+
+
+@pytest.fixture
+def wide(tmp_path):
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (256, 128), "gray").save(path)
+    return path
+
+
+def test_generate_with_a_job_and_an_image_is_sized_as_upscale(wide, ran):
+    """generate(Job, image=...) ran a Job's way: the 256x128 input squashed to 512x512 at
+    size=512, shrunk at size=128, and a 1024 square with no size at all (found by QA)."""
+    import hires
+
+    hires.generate(Job(prompt="p", steps=1), image=str(wide), size=512)
+    hires.generate(Job(prompt="p", steps=1, image=str(wide)), size=512)
+    assert [(j.width, j.height, j.image) for j in ran] == [(512, 256, str(wide))] * 2
+    assert ran[0].prompt == "p" and ran[0].strength == 0.3  # up's strength, as upscale(job=)
+    with pytest.raises(hires.JobError, match="^an upscale makes images larger: size 128 "):
+        hires.generate(Job(prompt="p"), image=str(wide), size=128)
+    with pytest.raises(hires.JobError, match="give one of size"):
+        hires.generate(Job(prompt="p"), image=str(wide))
+    # A run's recorded upscale job keeps its size, as upscale(job=) reads it; its image is
+    # checked against the sha256 it recorded, as a run of the job checks it
+    import hashlib
+
+    sha = hashlib.sha256(wide.read_bytes()).hexdigest()
+    hires.generate(Job(prompt="p", image=str(wide), width=768, height=384, image_sha256=sha))
+    assert (ran[-1].width, ran[-1].height) == (768, 384)
+    for call in (hires.generate, lambda job: hires.upscale(job=job)):
+        with pytest.raises(hires.JobError, match="wide.png has changed since this job ran"):
+            call(Job(prompt="p", image=str(wide), width=768, height=384, image_sha256="0" * 64))
+
+
+def test_generate_with_a_job_and_an_image_takes_on_score_and_scale(wide, ran):
+    """Refused as 'hires.generate(..., image=...) upscales and takes it too', which it was."""
+    import hires
+
+    hires.generate(Job(prompt="p"), image=str(wide), size=512, on_score=lambda i, p: None)
+    hires.generate(Job(prompt="p"), image=str(wide), scale=2)
+    assert [(j.width, j.height) for j in ran] == [(512, 256)] * 2
+
+
+def test_an_empty_checkpoint_is_an_output_error():
+    """README: a checkpoint path at fault is an OutputUsage; "" was a plain ValueError."""
+    import hires
+    from hires.output import OutputUsage
+
+    with pytest.raises(OutputUsage, match="checkpoint is empty"):
+        hires.generate("p", checkpoint="")
