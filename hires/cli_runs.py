@@ -69,10 +69,18 @@ def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overw
             say(f"{run.path}: {note}")
     from hires import resume
 
+    def stopped_runs(run) -> bool:
+        """Whether `run`'s seed is a stopped run's: its checkpoint's (in any format), of this
+        job with that seed, and taken up (not with --no-resume)."""
+        kept = [resume.path_for(run.path), *resume.siblings(run.path)]
+        return resume_runs and any(k.is_file() and resume.seed_of(k, run.job) == run.job.seed
+                                   for k in kept)
+
     # No seed given and no stopped run's to go on with: this dry run drew one, and the run
-    # draws its own (and its names, where they hold the seed)
-    drawn = jobs[0].seed is None and not any(
-        r.made is not None or resume.path_for(r.path).is_file() for r in runs)
+    # draws its own (and its names, where they hold the seed). A checkpoint of another job
+    # (or with --no-resume) is not gone on from: its seed is drawn too.
+    drawn = jobs[0].seed is None and not any(r.made is not None or stopped_runs(r)
+                                             for r in runs)
     from hires.output import name_text
 
     return [{"path": name_text(r.path), "format": r.job.format, "seed": r.job.seed,

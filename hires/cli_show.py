@@ -43,6 +43,12 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
     from hires.plan import preview_of
 
     check_gpu(gpu)
+    seeds = [image.get("seed") for image in images or []]
+    if job.seed is None and seeds and None not in seeds and not any(
+            image.get("seed_drawn") for image in images or []):
+        # A stopped run's seed, which the run goes on with (or a made image's): not "a
+        # random seed" (found by QA)
+        job = replace(job, seed=seeds[0])
     if here:
         job = as_run_here(job, gpu)
         if gpu is None:  # --gpu plans that card and another machine's RAM, not this one's

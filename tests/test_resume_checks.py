@@ -1,6 +1,7 @@
 """What a re-run does with what a stopped run left: images made before the stop, checkpoints
 of other settings, and checkpoints that are damaged."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -205,6 +206,16 @@ def test_a_dry_run_says_whether_the_run_goes_on_from_a_checkpoint(tiny, tmp_path
         "starts over" in other.stderr
     drawn = cli(*GEN, "-o", out, "--dry-run")  # no seed: the run takes the checkpoint's
     assert "the run goes on from fox.png.resume.safetensors" in drawn.stderr, drawn.stderr
+    # and its plan says that seed: it said "a random seed (--seed fixes it)" (found by QA)
+    assert "settings: seed 1, " in drawn.stdout, drawn.stdout
+    as_json = json.loads(cli(*GEN, "-o", out, "--dry-run", "--json").stdout)
+    assert as_json["job"]["seed"] == as_json["images"][0]["seed"] == 1
+    unkept = cli(*GEN, "-o", out, "--dry-run", "--no-resume")
+    assert "settings: a random seed (--seed fixes it)" in unkept.stdout, unkept.stdout
+    # and its JSON says the seed is drawn (it said the checkpoint's file made it a kept one)
+    unkept = json.loads(cli(*GEN, "-o", out, "--dry-run", "--json", "--no-resume").stdout)
+    assert unkept["images"][0]["seed_drawn"] is True and unkept["job"]["seed"] is None
+    assert as_json["images"][0]["seed_drawn"] is False
     fresh = cli(*GEN, "--seed", "1", "-o", out, "--dry-run", "--no-resume")
     assert fresh.exit_code == 0, fresh.stderr
     assert "goes on from" not in fresh.stderr  # it said so, and the run then started over
