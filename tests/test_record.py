@@ -8,7 +8,7 @@ from PIL import Image
 
 from hires.batch import settings_hash
 from hires.job import Job
-from hires.output import OutputExists, job_values_from_image, read_metadata
+from hires.output import OutputExists, OutputUsage, job_values_from_image, read_metadata
 from hires.pipeline import Result, StageReport
 from tests.helpers_cli import cli
 
@@ -75,7 +75,7 @@ def test_the_format_follows_the_suffix_and_stages_are_saved_beside(tmp_path):
 
 
 def test_stages_a_result_did_not_keep_are_an_error_not_a_silence(tmp_path):
-    with pytest.raises(ValueError, match="save_stages=True"):
+    with pytest.raises(OutputUsage, match="save_stages=True"):
         result().save(tmp_path / "light.png", save_stages=True)
     assert not list(tmp_path.iterdir())
 
