@@ -154,7 +154,7 @@ def gen(
     control: Control = None, control_model: ControlModel = None,
     control_scale: ControlScale = None, ip_image: IpImage = None, ip_adapter: IpAdapter = None,
     ip_scale: IpScale = None,
-    from_image: Annotated[Path | None, typer.Option(
+    from_image: Annotated[str | None, typer.Option(
         "--from", help="Re-run the job recorded in an image made by hires.")] = None,
     as_json: JsonOut = False, quiet: QuietOpt = False, progress: ProgressOpt = "auto",
     overwrite: Overwrite = False,
@@ -172,7 +172,8 @@ def gen(
     options = dict(locals())  # every option, by name: job_flags picks the job's
     Quiet.on, Quiet.progress = quiet, progress
     busy = "prompt '-'" if prompt == "-" else ""  # stdin holds the prompts
-    with exit_codes(), recorded_stdin(from_image, "gen", busy) as piped:
+    with exit_codes(), recorded_stdin(from_path(from_image), "gen", busy) as piped:
+        from_image = from_path(from_image)
         refuse_empty("-o", output, "a file, folder or template")
         check_from(from_image)
         flags = job_flags(options)
@@ -197,6 +198,14 @@ def gen(
             return
         run_jobs(jobs, output, save_stages, as_json, quiet, overwrite, gpu, fmt_flag=fmt, n=n,
                  resume_runs=resume_runs, preview=preview, quality_flag=quality is not None)
+
+
+def from_path(given: str | Path | None) -> Path | None:
+    """--from's image: '' (an unset variable) is refused, not read as the folder '.'."""
+    if given is None:
+        return None
+    refuse_empty("--from", str(given), "an image made by hires")
+    return Path(given)
 
 
 def check_from(from_image: Path | None) -> None:
@@ -306,13 +315,14 @@ def plan(
     control: Control = None, control_model: ControlModel = None,
     control_scale: ControlScale = None, ip_image: IpImage = None, ip_adapter: IpAdapter = None,
     ip_scale: IpScale = None,
-    from_image: Annotated[Path | None, typer.Option(
+    from_image: Annotated[str | None, typer.Option(
         "--from", help="Plan the job recorded in an image made by hires.")] = None,
     gpu: PlanGpu = None, as_json: PlanJson = False,
 ) -> None:
     """A dry run: each stage's size, steps, strategy, peak memory, work and time; no weights."""
     options = dict(locals())  # every option, by name: job_flags picks the job's
-    with exit_codes(), recorded_stdin(from_image, "plan") as piped:
+    with exit_codes(), recorded_stdin(from_path(from_image), "plan") as piped:
+        from_image = from_path(from_image)
         check_from(from_image)
         flags = job_flags(options)
         if prompt:

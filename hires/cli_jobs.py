@@ -107,10 +107,12 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
     `images`, a ControlNet may lack its image (`hires plan`)."""
     from hires import piped
     from hires.batch import by_key
+    from hires.batch import recorded as recorded_record
     from hires.images import ImageInputError
     from hires.job import TRUSTED_ONLY, Job, JobError
     from hires.output import OutputError, job_values_from_image
     from hires.presets import load_preset
+    from hires.record import newer_note
     from hires.sizes import OPTIONS, giver, job_from_levels, switched_off, without
 
     def size_of(path: str) -> tuple[int, int]:
@@ -168,7 +170,12 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
     if "vae_tile" not in flags and (old := old_tile(recorded)):
         raise JobError(f"{from_image} {old}")
     levels += [(recorded, where, True), (flags, OPTIONS, False)]
-    job = files_given_in(job_from_levels(levels, size_of=size_of, images=images), levels)
+    try:
+        job = files_given_in(job_from_levels(levels, size_of=size_of, images=images), levels)
+    except JobError as e:  # a key or value a newer hires records: said so
+        newer = newer_note((recorded_record(from_image) or {}).get("hires")) \
+            if where in str(e) else ""
+        raise JobError(f"{e}{newer}") from None
     if preset is not None and (hidden := hidden_by_record(chosen.values, recorded, flags)):
         warn(f"--preset {chosen.name}: its {', '.join(hidden)} give way to --from "
              f"{from_image}'s recorded ones (a recorded job comes after a preset, flags after "
@@ -514,12 +521,21 @@ def recorded_stdin(from_image: Path | None, command: str,
 
 def upscale_source(job, piped: InputImage | None = None) -> tuple[int, int] | None:
     """The input size an upscale job's plan starts from (None: not an upscale): `piped`'s, the
-    image on stdin, or its file's (read from its header)."""
-    from hires.piped import image_size
+    image on stdin, or its file's (read from its header). A file changed since the job
+    recorded it is refused, as the run refuses it."""
+    from hires.piped import STDIN, image_size
 
     if not job.image:
         return None
-    return piped.size if piped is not None else image_size(job.image)
+    if piped is not None:
+        return piped.size
+    size = image_size(job.image)
+    if job.image_sha256 and job.image != STDIN:
+        from hires.images import sha256_once
+        from hires.upscale import check_unchanged
+
+        check_unchanged(job, sha256_once(job.image))
+    return size
 
 
 def check_preview(preview: bool, save_stages: bool) -> None:

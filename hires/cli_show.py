@@ -870,6 +870,7 @@ def show_made(path: str | Path, as_json: bool, name: str | None = None) -> None:
     add-ons; a checkpoint, named so or not, is shown as one. `name`: the file as said ("-"
     for `path` holding stdin's bytes)."""
     from hires import resume
+    from hires.errors import path_said
     from hires.job import JobError
     from hires.output import OutputError, read_metadata
 
@@ -886,12 +887,12 @@ def show_made(path: str | Path, as_json: bool, name: str | None = None) -> None:
         try:
             show_checkpoint(path, as_json)
         except JobError as e:  # model weights, say: said of stdin, not a temporary file
-            raise JobError(str(e).replace(str(path), said)) from None
+            raise JobError(path_said(str(e), path, said)) from None
         return
     try:
         meta = read_metadata(path)
     except OutputError as e:
-        raise JobError(str(e).replace(str(path), said)) from None
+        raise JobError(path_said(str(e), path, said)) from None
     record, (width, height) = meta["hires"], meta["size"]
     if meta["hires_error"] or (record is not None and _record_problem(record)):
         why = meta["hires_error"] or _record_problem(record)
@@ -910,7 +911,10 @@ def show_made(path: str | Path, as_json: bool, name: str | None = None) -> None:
         raise NoRecord(f"{said} carries no hires or A1111 metadata; `hires info` alone "
                        "shows this machine", _file_facts(meta))
     if problem := _rerun_problem(record["job"]):  # shown as written, and said before --from
-        warn(f"{said}: `hires gen --from` refuses its recorded job: {problem}")
+        from hires.record import newer_note
+
+        warn(f"{said}: `hires gen --from` refuses its recorded job: {problem}"
+             f"{newer_note(record.get('hires'))}")
     from hires.cut_short import cut_short
 
     if cut := cut_short(path):  # its record is at the start: all of it is there

@@ -27,6 +27,15 @@ def reworded(error: Exception, message: str) -> Exception:
     return said
 
 
+def path_said(message: str, path: object, said: str) -> str:
+    """`message` with `path` named as the user gave it (`said`): where it stands whole, not
+    inside a word ('g/' for 'g' would make 'imag/e')."""
+    text = str(path)
+    if not text or text == said:
+        return message
+    return re.sub(rf"(?<![\w./-]){re.escape(text)}(?![\w/-]|\.\w)", lambda _: said, message)
+
+
 def first_line(e: BaseException) -> str:
     """The exception's first line of text (at most 300 characters), else its type's name."""
     lines = str(e).strip().splitlines()

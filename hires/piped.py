@@ -107,7 +107,9 @@ def _no_room(folder: Path, error: OSError) -> ImageInputError:
 def _as_stdin(error: ImageInputError, path: Path) -> ImageInputError:
     """`error` about the temporary file, told as about stdin (its name means nothing to the
     user and is gone after)."""
-    return ImageInputError(str(error).replace(str(path), "stdin"))
+    from hires.errors import path_said
+
+    return ImageInputError(path_said(str(error), path, "stdin"))
 
 
 @contextlib.contextmanager

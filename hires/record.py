@@ -18,6 +18,21 @@ if TYPE_CHECKING:
     from hires.pipeline import Result
 
 
+def newer_note(made_by: object) -> str:
+    """'; it was made by hires X, newer than this Y: ...' where a record's version (`made_by`)
+    is newer than this hires (its keys may be ones this one lacks), else ''."""
+    import re
+
+    def parts(text: object) -> tuple[int, ...] | None:
+        match = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", str(text))
+        return tuple(int(n or 0) for n in match.groups()) if match else None
+
+    made, this = parts(made_by), parts(__version__)
+    if made is None or this is None or made <= this:
+        return ""
+    return f"; it was made by hires {made_by}, newer than this {__version__}: upgrade hires"
+
+
 def record_for(result: Result, path: Path) -> dict[str, Any]:
     """The JSON object printed with --json and kept in manifests and metadata."""
     from hires.batch import settings_hash

@@ -187,10 +187,15 @@ def load_source(job: Job):
                        "dataclasses.replace(job, image='photo.png'), or "
                        "hires gen --from IMAGE < photo.png")
     source = load_input(Path(job.image))
-    if job.image_sha256 and job.image_sha256 != source.sha256:
+    check_unchanged(job, source.sha256)
+    return source
+
+
+def check_unchanged(job: Job, sha256: str) -> None:
+    """Refuse an input (of `sha256`) other than the one the job recorded when it ran."""
+    if job.image_sha256 and job.image_sha256 != sha256:
         raise JobError(f"{job.image} has changed since this job ran (its sha256 differs); "
                        "restore the original, or upscale the new file with hires up")
-    return source
 
 
 def upscale_job(job: Job, *, source: Any = None, components: Components | None = None,

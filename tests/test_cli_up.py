@@ -248,6 +248,16 @@ def test_plan_and_dry_run_from_an_upscaled_image_plan_an_upscale(tmp_path):
         assert result.exit_code == 0, result.stderr
         stages = json.loads(result.stdout.splitlines()[-1])["stages"]
         assert [(s["width"], s["height"], s["strength"]) for s in stages] == [(192, 128, 0.3)]
+    # Its input changed since: refused as the run refuses it (both planned it, exit 0; found
+    # by QA)
+    Image.new("RGB", (96, 64), "white").save(source)
+    for args in (("plan", "--from", out), ("gen", "--dry-run", "--from", out, "-o",
+                                           tmp_path / "again.png")):
+        refused = cli(*args, "--device", "cpu")
+        assert refused.exit_code == 2 and refused.stdout == ""
+        assert refused.stderr.splitlines()[-1].endswith(
+            "in.png has changed since this job ran (its sha256 differs); restore the original, "
+            "or upscale the new file with hires up"), refused.stderr
 
 
 def test_a_transparent_input_too_large_for_a_tiff_is_refused_before_the_run(tmp_path,

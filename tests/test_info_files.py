@@ -307,6 +307,41 @@ def test_the_dpi_is_what_the_file_holds(tmp_path, asked):
 
 def test_an_empty_path_is_named():
     assert_usage_error(cli("info", ""), "an empty path was given")
+    # and --from's: it read '' as the folder '.' ("'. is a folder"; found by QA)
+    for command in (("gen", "--dry-run"), ("plan",)):
+        assert_usage_error(cli(*command, "--from", ""), "--from is empty (an unset variable?)")
+
+
+def test_a_path_typed_otherwise_is_said_as_typed_not_inside_words(tmp_path, monkeypatch):
+    """'g/' for the folder 'g' made 'not an imag/e; g/ive an imag/e file' (found by QA)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "g").mkdir()
+    (tmp_path / "e").write_text("x")
+    assert_usage_error(cli("info", "g/"), "error: g/ is a folder, not an image; give an image "
+                       "file")
+    assert_usage_error(cli("info", "./e"), "error: cannot read ./e as an image: cannot "
+                       "identify image file './e'")
+
+
+def test_a_record_of_a_newer_hires_says_to_upgrade(tmp_path):
+    """An unknown key of a newer version's record said only 'unknown key' (found by QA)."""
+    path, newer = tmp_path / "a.png", tmp_path / "newer.png"
+    made(path)
+    with Image.open(path) as im:
+        record = json.loads(im.info["hires"])
+        record["hires"], record["job"]["new_key"] = "99.0.0", 1
+        info = PngImagePlugin.PngInfo()
+        info.add_text("hires", json.dumps(record))
+        im.save(newer, pnginfo=info)
+    upgrade = "it was made by hires 99.0.0, newer than this 0.1.0: upgrade hires"
+    assert_usage_error(cli("gen", "--from", newer, "--dry-run", "-q"), "unknown key 'new_key'",
+                       upgrade)
+    assert upgrade in cli("info", newer).stderr
+    record["hires"] = "0.1.0"  # this version's own: no such words
+    from hires.record import newer_note
+
+    assert newer_note("0.1.0") == newer_note("0.0.9") == newer_note("dev") == ""
+    assert newer_note("0.2") != ""
 
 
 def test_info_of_a_checkpoint_says_its_model_and_addons(tiny, tmp_path):
