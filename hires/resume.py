@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import hashlib
 import json
 import os
 import re
@@ -450,16 +451,31 @@ def _check_shapes(path: Path, stage) -> None:
 def _tensors(path: Path, device: torch.device) -> tuple[Tensor, Tensor, Tensor, list]:
     """Its latents, anchor mean and std on `device`, and its reports; NotOfThisJob if a
     tensor holds NaN or infinity (a file damaged, or a stage that went wrong)."""
+    names = ("latents", "mean", "std")
     try:
         with safe_open(str(path), framework="pt") as f:
             reports = json.loads(f.metadata()["reports"])
-            tensors = [f.get_tensor(k) for k in ("latents", "mean", "std")]
+            written = f.metadata().get("sha256")  # None in a checkpoint kept before it was
+            tensors = [f.get_tensor(k) for k in names]
     except Exception:  # cut short after its header
         raise NotOfThisJob("cannot be read") from None
     if not all(torch.isfinite(t).all() for t in tensors) or not isinstance(reports, list):
         raise NotOfThisJob("cannot be read")
+    if written is not None and written != _checksum(dict(zip(names, tensors))):
+        raise NotOfThisJob("is damaged (its numbers are not those the run wrote: a bad copy "
+                           "or disk)")
     latents, mean, std = (t.to(device) for t in tensors)
     return latents, mean, std, reports
+
+
+def _checksum(tensors: dict[str, Tensor]) -> str:
+    """The sha256 of the tensors' bytes, by name: damage that leaves the numbers finite (bytes
+    flipped on a disk or in a copy) went on to another image, recorded as the job's."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(tensors[name].contiguous().view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def stage_of(path: Path, job: Job, plan: Plan) -> int | None:
@@ -571,7 +587,8 @@ def save(path: Path, job: Job, plan: Plan, stage: int, latents: Tensor,
             "job": json.dumps(job.to_dict(), default=str), "stages": _stages(plan),
             "stage": str(stage), "reports": json.dumps([asdict(r) for r in reports]),
             "inputs": _inputs(job), "cwd": os.getcwd(),
-            "resolved": json.dumps(_latent_settings(job), default=str)}
+            "resolved": json.dumps(_latent_settings(job), default=str),
+            "sha256": _checksum(tensors)}
     from hires.output import file_mode, part_file, sync_folder
 
     # The output's folder may not be there yet: the image is saved at the end, into a folder

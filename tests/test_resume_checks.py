@@ -176,6 +176,36 @@ def test_damaged_latents_are_not_resumed(tiny, tmp_path, asked, bad):
     assert json_lines(result.stdout)[0].get("resumed_after_stage") is None
 
 
+def test_latents_changed_since_written_are_not_resumed(tiny, tmp_path, asked):
+    """Bytes flipped on a disk or in a copy, still finite numbers: the run went on from them,
+    exit 0, to another image recorded as the job's (found by QA). A checkpoint kept before
+    the checksum (none in its header) is still gone on from."""
+    out = tmp_path / "fox.png"
+    kept = stopped_in_stage_1(tiny, out)
+    whole = kept.read_bytes()
+    with safe_open(str(kept), framework="pt") as f:
+        latents, metadata = f.get_tensor("latents"), f.metadata()
+    assert len(metadata["sha256"]) == 64
+    changed = latents.clone()
+    changed[0, 0, 0, 0] += 0.5
+    rewrite(kept, latents=changed)  # its header still holds the checksum of what was written
+    job = hires.job.Job(**JOB)
+    plan = hires.pipeline.plan_for(job, tiny)
+    assert resume.load(kept, job, plan, torch.device("cpu")) is None
+    damaged = "fox.png.resume.safetensors is damaged (its numbers are not those the run wrote"
+    dry = cli(*GEN, "--seed", "1", "-o", out, "--dry-run")
+    assert f"{damaged}: a bad copy or disk): the run starts over" in dry.stderr, dry.stderr
+    result = cli(*GEN, "--seed", "1", "--json", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert f"{damaged}: a bad copy or disk): starting over" in result.stderr, result.stderr
+    assert json_lines(result.stdout)[0].get("resumed_after_stage") is None
+    kept.write_bytes(whole)
+    with safe_open(str(kept), framework="pt") as f:
+        held = {k: f.get_tensor(k) for k in f.keys()}
+    save_file(held, str(kept), metadata={k: v for k, v in metadata.items() if k != "sha256"})
+    assert resume.load(kept, job, plan, torch.device("cpu")).stage == 0
+
+
 # 5. --from a checkpoint says what it is.
 
 @pytest.mark.parametrize("command", ["gen", "plan"])
