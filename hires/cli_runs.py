@@ -245,6 +245,13 @@ def check_steps_and_notes(job, components, notes: bool = True) -> None:
                        f"timesteps), got {job.steps}")
     if not notes:
         return
+    if job.depth == 16 and job.vae_dtype == "auto" and components.vae_dtype != torch.float32:
+        # 16 bits hold what the decode computed: a half-precision one rounds (BENCHMARKS.md)
+        from hires.errors import dtype_name
+
+        say(f"--depth 16 with the VAE in {dtype_name(components.vae_dtype)} (auto's pick here): "
+            "its decode is off by 0.2-0.3 of an 8-bit step; --vae-dtype fp32 keeps what 16 bits "
+            "hold (slower)")
     if (components.device.type == "cuda" and components.vae_dtype == torch.float32
             and components.dtype != torch.float32 and job.vae_dtype == "auto"):
         say(fp16_vae_hint("this GPU"))

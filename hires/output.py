@@ -575,6 +575,12 @@ def format_losses(fmt: str, name: str, dpi: float | None, alpha: bool) -> list[s
     if fmt == "webp" and dpi is not None:
         said.append(f"WebP files record no resolution: {name} keeps no dpi; use png, tiff or "
                     "jpg for print")
+    if fmt == "jpg" and dpi is not None and round(dpi) != dpi:
+        # JFIF's density is a whole number (Pillow rounds it): the print would be off by that
+        held = round(dpi)
+        said.append(f"JPEG records a whole dpi: {name} keeps {held} dpi, not {dpi:g} (it prints "
+                    f"{abs(dpi / held - 1) * 100:.2f} % {'larger' if held < dpi else 'smaller'}"
+                    "); use png or tiff, or a whole dpi")
     return said
 
 

@@ -27,6 +27,29 @@ def test_webp_says_it_keeps_no_dpi(tmp_path):
     assert said and "no resolution" in said[0]
 
 
+def test_a_jpeg_says_it_keeps_a_whole_dpi(tmp_path):
+    """--dpi 254.4 as a JPEG held 254 (JFIF's density is whole) without a word, 0.16 % off the
+    print size asked for, where a PNG or TIFF holds it (found by QA)."""
+    for dpi, name, words in [(254.4, "a.jpg", "JPEG records a whole dpi: a.jpg keeps 254 dpi, "
+                              "not 254.4 (it prints 0.16 % larger); use png or tiff"),
+                             (299.6, "b.jpg", "keeps 300 dpi, not 299.6 (it prints 0.13 % "
+                              "smaller)"),
+                             (300, "c.jpg", None), (254.4, "d.png", None), (254.4, "e.tiff", None)]:
+        said: list[str] = []
+        path = output.save_image(Image.new("RGB", (8, 8)), tmp_path / name, dpi=dpi,
+                                 warn=said.append)
+        with Image.open(path) as back:
+            held = back.info["dpi"][0]
+        if words is None:
+            assert not said and held == pytest.approx(dpi, abs=0.01)
+        else:
+            assert len(said) == 1 and words in said[0], said
+            assert held == round(dpi)
+    dry = cli("gen", "a", "--model", "tiny", "--size", "256", "--dpi", "254.4", "-o",
+              tmp_path / "f.jpg", "--dry-run")
+    assert "warning: JPEG records a whole dpi: f.jpg keeps 254 dpi" in dry.stderr
+
+
 def test_dpi_is_checked_and_leaves_older_settings_hashes_alone(tmp_path):
     with pytest.raises(JobError, match="dpi must be from 1"):
         Job(dpi=0).validate()
