@@ -142,7 +142,17 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
     if recorded.get("allow_pickle") in (False, None):
         recorded.pop("allow_pickle", None)  # hires 0.1 recorded the (harmless) default
     where = f"metadata of {from_image}"
-    Job.from_dict({k: v for k, v in recorded.items() if k in TRUSTED_ONLY}, where=where)
+
+    def newer(e: JobError) -> JobError:
+        """`e`, about the record, said to be a newer hires' where it is (a key or value this
+        one does not know)."""
+        made_by = (recorded_record(from_image) or {}).get("hires")
+        return JobError(f"{e}{newer_note(made_by) if where in str(e) else ''}")
+
+    try:
+        Job.from_dict({k: v for k, v in recorded.items() if k in TRUSTED_ONLY}, where=where)
+    except JobError as e:
+        raise newer(e) from None
     result = recorded_result(from_image)
     local = result.get("local") if isinstance(result.get("local"), list) else []
     # Before the size (it reads an input); not the add-ons a flag's 'none' drops (job_from_levels).
@@ -173,9 +183,7 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
     try:
         job = files_given_in(job_from_levels(levels, size_of=size_of, images=images), levels)
     except JobError as e:  # a key or value a newer hires records: said so
-        newer = newer_note((recorded_record(from_image) or {}).get("hires")) \
-            if where in str(e) else ""
-        raise JobError(f"{e}{newer}") from None
+        raise newer(e) from None
     if preset is not None and (hidden := hidden_by_record(chosen.values, recorded, flags)):
         warn(f"--preset {chosen.name}: its {', '.join(hidden)} give way to --from "
              f"{from_image}'s recorded ones (a recorded job comes after a preset, flags after "

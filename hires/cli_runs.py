@@ -243,15 +243,16 @@ def check_steps_and_notes(job, components, notes: bool = True) -> None:
     if job.steps > most:
         raise JobError(f"steps must be at most {most} for this model (its schedule has {train} "
                        f"timesteps), got {job.steps}")
-    if not notes:
-        return
     if job.depth == 16 and job.vae_dtype == "auto" and components.vae_dtype != torch.float32:
-        # 16 bits hold what the decode computed: a half-precision one rounds (BENCHMARKS.md)
+        # 16 bits hold what the decode computed: a half-precision one rounds (BENCHMARKS.md).
+        # Of the job, not the model: a batch's later job on a loaded model says it too, once.
         from hires.errors import dtype_name
 
-        say(f"--depth 16 with the VAE in {dtype_name(components.vae_dtype)} (auto's pick here): "
-            "its decode is off by 0.2-0.3 of an 8-bit step; --vae-dtype fp32 keeps what 16 bits "
-            "hold (slower)")
+        warn_once(f"--depth 16 with the VAE in {dtype_name(components.vae_dtype)} (auto's pick "
+                  "here): its decode is off by 0.2-0.3 of an 8-bit step; --vae-dtype fp32 keeps "
+                  "what 16 bits hold (slower)")
+    if not notes:
+        return
     if (components.device.type == "cuda" and components.vae_dtype == torch.float32
             and components.dtype != torch.float32 and job.vae_dtype == "auto"):
         say(fp16_vae_hint("this GPU"))

@@ -877,7 +877,7 @@ def show_made(path: str | Path, as_json: bool, name: str | None = None) -> None:
     if not str(path):  # `hires info "$IMG"` with the variable unset (a Path would be ".")
         raise JobError("an empty path was given; name an image file")
     said = "stdin" if name == "-" else name or str(path)  # in messages
-    path = Path(path)
+    given, path = str(path), Path(path)  # `given` as typed: a Path makes './g/' 'g'
     if path.name.endswith(resume.SUFFIX) or (
             path.is_file() and _safetensors_metadata(path) is not None):
         if name == "-" and (_safetensors_metadata(path) or {}).get("format") == resume.FORMAT:
@@ -890,9 +890,11 @@ def show_made(path: str | Path, as_json: bool, name: str | None = None) -> None:
             raise JobError(path_said(str(e), path, said)) from None
         return
     try:
-        meta = read_metadata(path)
+        # Read by the name as typed, which its messages then say: a file named 'image' read
+        # as './image' is not rewritten into their words afterwards ('as an ./image')
+        meta = read_metadata(given)
     except OutputError as e:
-        raise JobError(path_said(str(e), path, said)) from None
+        raise JobError(path_said(str(e), given, said)) from None
     record, (width, height) = meta["hires"], meta["size"]
     if meta["hires_error"] or (record is not None and _record_problem(record)):
         why = meta["hires_error"] or _record_problem(record)

@@ -23,14 +23,16 @@ def newer_note(made_by: object) -> str:
     is newer than this hires (its keys may be ones this one lacks), else ''."""
     import re
 
-    def parts(text: object) -> tuple[int, ...] | None:
-        match = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", str(text))
-        return tuple(int(n or 0) for n in match.groups()) if match else None
+    def parts(text: object) -> re.Match[str] | None:
+        return re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", str(text))
 
     made, this = parts(made_by), parts(__version__)
-    if made is None or this is None or made <= this:
+    if made is None or this is None or [int(n or 0) for n in made.groups()] <= [
+            int(n or 0) for n in this.groups()]:
         return ""
-    return f"; it was made by hires {made_by}, newer than this {__version__}: upgrade hires"
+    # its number alone: the record's text is anyone's (a line break would split the message)
+    return (f"; it was made by hires {made.group(0)}, newer than this {__version__}: upgrade "
+            "hires")
 
 
 def record_for(result: Result, path: Path) -> dict[str, Any]:

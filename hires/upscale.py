@@ -80,7 +80,9 @@ def upscale(
         raise TypeError(f"job must be a hires.Job, got {type(job).__name__}{where}")
     # The job's own image is read as a run of it reads it: one piped in ('-') is refused, and
     # one changed since the job recorded its sha256 (a result's job) too.
-    from_job = image is None and isinstance(job, Job) and bool(job.image)
+    # The same path given as `image` is the job's image too; another is not (nor its size).
+    from_job = isinstance(job, Job) and bool(job.image) and (image is None or (
+        isinstance(image, (str, os.PathLike)) and os.fspath(image) == str(job.image)))
     if from_job:
         image = job.image
     if isinstance(image, (str, os.PathLike)) and not os.fspath(image).strip():
@@ -106,7 +108,14 @@ def upscale(
         check_size_args(size=size, scale=scale, width=width, height=height,
                         print_size=print_size)
         if all(v is None for v in (size, scale, width, height, print_size)):
-            width, height = job_size(job)
+            width, height = job_size(job) if from_job else (None, None)
+            if width is None and isinstance(job, Job) and (job.width, job.height) != (
+                    Job.width, Job.height):  # a size, but not this upscale's: said why not
+                whose = "its own input's" if job.image else "a generated image's"
+                raise JobError(f"give one of size, scale, width/height or print_size for the "
+                               f"output size: the job's {job.width}x{job.height} is {whose}, "
+                               f"not this input's (width={job.width}, height={job.height} "
+                               "makes it)")
         source = (image if isinstance(image, InputImage) else load_source(job) if from_job
                   else load_input(Path(image)))
         if print_size is not None:
@@ -182,10 +191,9 @@ def load_source(job: Job):
     """The job's input image, checked against the hash recorded when it first ran."""
     from hires.images import load_input
 
-    if job.image == "-":  # hires up's record of an image piped in: nothing to read it from
+    if str(job.image) == "-":  # hires up's record of an image piped in: nothing to read
         raise JobError("this job's image came on stdin ('-'); give its file: "
-                       "dataclasses.replace(job, image='photo.png'), or "
-                       "hires gen --from IMAGE < photo.png")
+                       "dataclasses.replace(job, image='photo.png')")
     source = load_input(Path(job.image))
     check_unchanged(job, source.sha256)
     return source

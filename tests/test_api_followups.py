@@ -227,6 +227,32 @@ def test_generate_with_a_job_and_an_image_is_sized_as_upscale(wide, ran):
             call(Job(prompt="p", image=str(wide), width=768, height=384, image_sha256="0" * 64))
 
 
+def test_a_jobs_size_is_taken_for_its_own_image_alone(wide, photo, ran):
+    """A job's width and height are its own input's upscale (or a generated image's): another
+    input was squashed to them (a recorded 256x256 job's 384x384 on a 256x128 input), and a
+    job from noise said only 'give one of size' though it gave one (found by QA)."""
+    import hashlib
+    from pathlib import Path
+
+    import hires
+
+    sha = hashlib.sha256(photo.read_bytes()).hexdigest()
+    made = Job(prompt="p", image=str(photo), width=384, height=384, image_sha256=sha)
+    with pytest.raises(hires.JobError, match="the job's 384x384 is its own input's, not this "
+                       r"input's \(width=384, height=384 makes it\)"):
+        hires.generate(made, image=str(wide))
+    with pytest.raises(hires.JobError, match="the job's 512x512 is a generated image's"):
+        hires.generate(Job(prompt="p", width=512, height=512), image=str(wide))
+    hires.generate(made, image=str(wide), size=512)  # a size given: this input's aspect
+    hires.generate(made, image=str(photo))  # its own image, named: its own size
+    hires.generate(Job(**{**made.to_dict(), "image": Path(str(photo))}))  # a Path too
+    assert [(j.width, j.height) for j in ran] == [(512, 256), (384, 384), (384, 384)]
+    piped = Job(prompt="p", image=Path("-"), width=384, height=384)  # `hires up -`'s record
+    with pytest.raises(hires.JobError, match=r"^this job's image came on stdin \('-'\); give "
+                       r"its file: dataclasses.replace\(job, image='photo.png'\)$"):
+        hires.generate(piped)
+
+
 def test_generate_with_a_job_and_an_image_takes_on_score_and_scale(wide, ran):
     """Refused as 'hires.generate(..., image=...) upscales and takes it too', which it was."""
     import hires

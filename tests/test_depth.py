@@ -180,6 +180,14 @@ def test_depth_16_with_a_half_precision_vae_says_what_fp32_keeps(tmp_path, monke
         # asked for, or 8 bits: no note
         quiet = cli("gen", *said, *small, "-o", tmp_path / f"b{len(said)}.png")
         assert quiet.exit_code == 0 and "--depth 16 with the VAE" not in quiet.stderr
+    if native:  # a batch's later job on the model loaded already says it too, once
+        jobs = tmp_path / "jobs.jsonl"
+        jobs.write_text("".join(f'{{"prompt": "a", "width": 256, "height": 256, "steps": 1, '
+                                f'"seed": {i}{extra}}}\n' for i, extra in
+                                enumerate(["", ', "depth": 16', ', "depth": 16'])))
+        batch = cli("batch", jobs, "--model", "tiny", "-o", tmp_path / "out")
+        assert batch.exit_code == 0, batch.stderr
+        assert batch.stderr.count(note) == 1, batch.stderr
 
 
 def test_depth_16_refusals_are_usage_errors_that_write_nothing(tmp_path, asked):

@@ -321,6 +321,9 @@ def test_a_path_typed_otherwise_is_said_as_typed_not_inside_words(tmp_path, monk
                        "file")
     assert_usage_error(cli("info", "./e"), "error: cannot read ./e as an image: cannot "
                        "identify image file './e'")
+    (tmp_path / "image").write_text("x")  # a name that is a word of the message
+    assert_usage_error(cli("info", "./image"), "error: cannot read ./image as an image: "
+                       "cannot identify image file './image'")
 
 
 def test_a_record_of_a_newer_hires_says_to_upgrade(tmp_path):
@@ -337,6 +340,12 @@ def test_a_record_of_a_newer_hires_says_to_upgrade(tmp_path):
     assert_usage_error(cli("gen", "--from", newer, "--dry-run", "-q"), "unknown key 'new_key'",
                        upgrade)
     assert upgrade in cli("info", newer).stderr
+    record["job"].pop("new_key")  # a value only --allow-pickle may set: said so, and newer
+    record["job"]["allow_pickle"] = "maybe"
+    info = PngImagePlugin.PngInfo()
+    info.add_text("hires", json.dumps(record))
+    Image.open(path).save(newer, pnginfo=info)
+    assert_usage_error(cli("gen", "--from", newer, "--dry-run", "-q"), "allow_pickle", upgrade)
     record["hires"] = "0.1.0"  # this version's own: no such words
     from hires.record import newer_note
 
