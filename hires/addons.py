@@ -113,6 +113,13 @@ def check_inputs(job: Job, loads: bool = True, images: bool = True) -> None:
                 raise JobError(problem)  # (it names the IP-Adapter)
         # At scale 0 it is not loaded (runs_*): whether the cache holds it does not matter.
         runs = runs_controlnet(job) if flag == "--control-model" else runs_ip_adapter(job)
+        # Made for another model: said before the model loads (minutes with SDXL), not after
+        if what and ref and runs and Path(ref).expanduser().exists():
+            if flag == "--control-model" and (
+                    problem := controlnet.fit_problem(ref, job.model)):
+                raise JobError(f"{flag} {problem}")
+            if flag == "--ip-adapter" and (problem := ip_adapter.fit_problem(ref, job.model)):
+                raise JobError(problem)
         if flag == "--control-model" and kind == "file" and loads and runs and (
                 problem := controlnet.single_file_problem(ref)):
             raise ModelError(problem)
@@ -409,7 +416,10 @@ def _controlnet(components: Any, ref: str, allow_pickle: bool) -> Any:
         cache.clear()  # one ControlNet at a time: each is 2.5 GB in fp16
         model = controlnet.load_controlnet(ref, components.dtype, components.device,
                                            allow_pickle)
-        controlnet.check_fits(model, components.unet)
+        try:
+            controlnet.check_fits(model, components.unet)
+        except controlnet.ControlError as e:  # named as given, as the checks before name it
+            raise controlnet.ControlError(f"--control-model {ref}: {e}") from None
         # Its attention follows the UNet's: linear when LinFusion is mounted.
         controlnet.linearize(model, components.unet, components.attention_originals)
         model.hires_source = source

@@ -486,7 +486,7 @@ def batch(
         if dry_run:
             check_batch_outputs(mine, paths, name, output, manifest, overwrite, every=items,
                                 stage=0 if preview else None)
-            show_batch_plan(mine, paths, gpu, as_json, overwrite, preview, resume_runs)
+            show_batch_plan(mine, paths, gpu, as_json, overwrite, preview, resume_runs, name)
             return
         run_batch_jobs(mine, paths, name, output, manifest, as_json, quiet, overwrite,
                        resume_runs, gpu, preview, every=items)

@@ -49,7 +49,7 @@ def run_batch_jobs(items: list, paths: dict[int, Path], name: str, output: Path,
 
     pace = RunPace(len(todo))  # the jobs to make: their number, and the pace of those made
     make_one = image_maker(todo, pace, gpu=gpu, quiet=quiet, overwrite=overwrite,
-                           resume_runs=resume_runs, preview=preview)
+                           resume_runs=resume_runs, preview=preview, name=name)
     seen: list[b.Outcome] = []  # for the count when the batch is stopped
     report = outcome_reporter(todo, pace, seen, as_json, stage)
     prepare_folders(output, manifest, paths)
@@ -187,9 +187,11 @@ def jobs_to_make(items: list, paths: dict[int, Path], overwrite: bool,
 
 
 def image_maker(todo: list, pace: Any, *, gpu: str | None, quiet: bool, overwrite: bool,
-                resume_runs: bool, preview: bool) -> Callable[[BatchItem, Path], dict]:
+                resume_runs: bool, preview: bool, name: str = ""
+                ) -> Callable[[BatchItem, Path], dict]:
     """What makes one job's image at its path and returns its record, keeping one model in
-    memory at a time and timing each image with `pace`."""
+    memory at a time and timing each image with `pace`; its warnings name the key of the job
+    file `name` that gave what they are about, not the flag."""
     from hires import batch as b
 
     loaded: dict[tuple, Any] = {}
@@ -210,7 +212,9 @@ def image_maker(todo: list, pace: Any, *, gpu: str | None, quiet: bool, overwrit
         # run_batch holds the image's lock (hires.busy) while this makes it
         record = make_image(item.job, path, loaded[key], heading=f"job {item.index} -> {path}",
                             gpu=gpu, quiet=quiet, overwrite=overwrite, resume_runs=resume_runs,
-                            settings=b.settings_hash(item.job), preview=preview, run=pace)
+                            settings=b.settings_hash(item.job), preview=preview, run=pace,
+                            worded=lambda said: b.by_giver(said, item, name)
+                            if b.flag_key(said) else said)
         pace.end(time.monotonic() - started)
         return record
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
@@ -432,13 +432,14 @@ def load_model(job, quiet: bool):
 def make_image(job, path: Path, components, *, heading: str, gpu: str | None = None,
                quiet: bool = False, overwrite: bool = False, resume_runs: bool = True,
                save_stages: bool = False, settings: str | None = None,
-               preview: bool = False, piped: bool = False, run=None) -> dict[str, Any]:
+               preview: bool = False, piped: bool = False, run=None,
+               worded: Callable[[str], str] | None = None) -> dict[str, Any]:
     """One image from loaded `components`: planned, gone on from what a stopped run kept,
     shown in progress and saved at `path`; its record. `heading` names it in the log. A
     `preview` is the job's first stage alone (`hires.plan.preview_of`), kept by no checkpoint;
     nor is a `piped` one, whose file in a temporary folder goes to stdout (recorded as "-").
     `run`: the hires.eta.RunPace of the run it is one image of (its number, the pace of those
-    made before it), for the progress."""
+    made before it), for the progress. `worded`: its warnings as said (a batch's name keys)."""
     from hires import resume
     from hires.piped import load_job_input
     from hires.pipeline import prompt_warnings, run_job
@@ -457,7 +458,7 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
         say(f"  {line}")
     early = prompt_warnings(components, job)  # before the work, not after it
     for warning in early:  # each image's record keeps them; the terminal hears them once
-        warn_once(warning)
+        warn_once(worded(warning) if worded else warning)
     # A preview is seconds: kept by none.
     kept = None if preview or piped else resume.path_for(path)
     if kept is not None:
@@ -502,7 +503,7 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
                              on_score=score)
             for warning in result.warnings[len(components.warnings):]:
                 if warning not in early and warning not in noted:  # said already
-                    warn(warning)
+                    warn(worded(warning) if worded else warning)
             for s in result.stages:  # stages a stopped run had scored, and none after them
                 if s.psnr is not None and s.index not in scored:
                     score(s.index, s.psnr)

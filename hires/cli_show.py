@@ -352,12 +352,14 @@ def run_warnings(job: Any, plan: Any) -> list[str]:
 
 
 def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_json: bool,
-                    overwrite: bool, preview: bool = False, resume_runs: bool = True) -> None:
+                    overwrite: bool, preview: bool = False, resume_runs: bool = True,
+                    name: str = "the batch file") -> None:
     """`batch --dry-run`: each job's size, file and planned time on `gpu`, or that its image is
     made already, and the total; jobs that cannot run are said, and exit 2 at the end for a
     setting to fix in the file (1 when each is a model not here; the run itself makes the
     others and exits 1). `resume_runs` (not --no-resume): say which jobs go on from a
-    checkpoint."""
+    checkpoint. `name`: the job file's, which its warnings name."""
+    from hires.batch import by_giver, flag_key
     from hires.cli_runs import warn_tmpdir
 
     check_gpu(gpu)
@@ -372,9 +374,12 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
         if row["status"] == "to make":
             tally.to_make.append((path, item.job))
             # what the run will say of its inputs, and the save of its file
-            row["warnings"] = row.pop("notes") + _batch_losses(item.job, path)
-            for loss in row["warnings"]:
-                warn(f"job {item.index}: {loss}")
+            # named by the job file's key that gave what they are about, as the run says them
+            losses = row.pop("notes") + _batch_losses(item.job, path)
+            row["warnings"] = [by_giver(loss, item, name) if flag_key(loss) else loss
+                               for loss in losses]
+            for loss, said in zip(losses, row["warnings"], strict=True):
+                warn(said if flag_key(loss) else f"job {item.index}: {said}")
         out_line(json_line(row) if as_json else text)
     warn_space(tally.to_make)
     if gpu is None:  # --gpu plans that card, on another machine

@@ -355,16 +355,45 @@ def check_fits(controlnet: nn.Module, unet: nn.Module) -> None:
     """ControlError when `controlnet` was made for another architecture than `unet`."""
     if not all(hasattr(controlnet, a) for a in ("controlnet_down_blocks", "controlnet_mid_block")):
         raise ControlError(f"{type(controlnet).__name__} is not a ControlNet")
-    differ = []
-    for key in FITS:
-        mine, theirs = controlnet.config.get(key), unet.config.get(key)
-        if isinstance(mine, list | tuple) and isinstance(theirs, list | tuple):
-            mine, theirs = tuple(mine), tuple(theirs)
-        if mine != theirs:
-            differ.append(f"{key} {mine} vs the model's {theirs}")
+    differ = _differences(dict(controlnet.config), dict(unet.config))
     if differ:
-        raise ControlError("the ControlNet is for another model architecture (e.g. SD 1.5 "
-                           f"rather than SDXL): {'; '.join(differ)}; use an SDXL ControlNet")
+        raise ControlError(_another_architecture(differ))
+
+
+def _differences(mine: dict, theirs: dict) -> list[str]:
+    """The FITS settings in which a ControlNet's config differs from its UNet's; one that
+    either config.json leaves out (its default) is not compared."""
+    differ = []
+    for key in (k for k in FITS if k in mine and k in theirs):
+        a, b = mine[key], theirs[key]
+        if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+            a, b = tuple(a), tuple(b)
+        if a != b:
+            differ.append(f"{key} {a} vs the model's {b}")
+    return differ
+
+
+def _another_architecture(differ: list[str]) -> str:
+    return ("the ControlNet is for another model architecture (e.g. SD 1.5 rather than SDXL): "
+            f"{'; '.join(differ)}; use an SDXL ControlNet")
+
+
+def fit_problem(ref: str, model: str) -> str | None:
+    """That the local ControlNet folder `ref` was made for another architecture than `model`'s
+    UNet, from both config.json files (no weights loaded): for a dry run, and a run before the
+    model loads. None where it may fit (a single file or a Hub id is checked as it loads)."""
+    import json
+
+    from hires.model_refs import config_for_checks
+
+    config = Path(ref).expanduser() / "config.json"
+    try:
+        mine = json.loads(config.read_text()) if config.is_file() else None
+    except (OSError, ValueError):
+        return None  # loading says what is wrong with it
+    theirs = config_for_checks(model, "unet") if isinstance(mine, dict) else None
+    differ = _differences(mine, theirs) if isinstance(theirs, dict) else []
+    return f"{ref}: {_another_architecture(differ)}" if differ else None
 
 
 def control_tensor(image: Image.Image, width: int, height: int, device: torch.device | str,

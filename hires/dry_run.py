@@ -192,10 +192,11 @@ def plan_without_weights(job, rate: float | None = None,
 
     import torch
 
-    from hires.addons import runs_controlnet
+    from hires.addons import runs_controlnet, runs_ip_adapter
     from hires.costs import sdxl_shape
     from hires.memory import disk_room, free_memory, host_room
     from hires.models import vae_fp16_ok
+    from hires.unet_costs import with_ip_adapter
     from hires.vae_stats import spill_from_free
 
     on_gpu = not job.device.startswith(("cpu", "mps"))
@@ -226,6 +227,8 @@ def plan_without_weights(job, rate: float | None = None,
             shape = copy(shape, native=native)
         spacing, train, offset = "leading", 1000, 1  # SDXL base's scheduler
         alphas = None  # make_plan's default: SDXL base's
+    if runs_ip_adapter(job):  # its weights ride in the UNet's blocks
+        shape = copy(shape, unet=with_ip_adapter(shape.unet, shape.dtype_bytes))
     if on_gpu:
         # Parked maps, offloaded weights and the VAE's outputs that do not fit the GPU go to
         # the CPU's memory: --ram GB of it, else as if DRY_RUN_FREE_RAM of this machine's RAM

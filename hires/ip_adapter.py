@@ -68,6 +68,33 @@ def local_problem(ref: str, allow_pickle: bool = False) -> str | None:
     return _other_weights(where / weight, ref)
 
 
+def fit_problem(ref: str, model: str) -> str | None:
+    """That the local IP-Adapter `ref` was made for another cross-attention width than
+    `model`'s UNet (SD 1.5's 768 for SDXL's 2048), from its weights' header and the UNet's
+    config.json: as loading says it, but before the model loads. None where it may fit."""
+    from hires.model_refs import config_for_checks
+    from hires.safetensors_header import read_header
+
+    try:
+        folder, subfolder, weight = _local_weight(Path(ref).expanduser(), ref, True)
+    except IPAdapterError:
+        return None  # local_problem says it
+    file = Path(folder) / subfolder / weight
+    header = read_header(file) if file.suffix == ".safetensors" else None
+    config = config_for_checks(model, "unet") if header else None
+    cross = config.get("cross_attention_dim") if isinstance(config, dict) else None
+    if not isinstance(cross, int):
+        return None
+    for name, entry in (header or {}).items():
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if name.endswith(("to_k_ip.weight", "to_v_ip.weight")) and isinstance(shape, list) \
+                and shape and shape[-1] != cross:
+            return (f"IP-Adapter {ref} does not fit this model: {name} is {shape_text(shape)} "
+                    f"in the file (cross-attention width {shape[-1]}, {cross} in the model's "
+                    "UNet: made for another model)")
+    return None
+
+
 def _other_weights(file: Path, ref: str) -> str | None:
     """That the weights at `file` are no IP-Adapter's, and whose they look like (a LoRA's, a
     ControlNet's), from its header: else the load failed on the UNet's first layer, as if made

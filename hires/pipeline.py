@@ -286,8 +286,11 @@ def check_plan(job: Job, components: Components, plan: Plan,
 
 def shape_for(job: Job, components: Components):
     """The model as the planner sees it, with the job's ControlNet (loaded, or one like it),
-    its guidance (CFG or not) and the CPU memory it may fill (`--ram`, else what is free)."""
-    from hires.addons import runs_controlnet
+    its guidance (CFG or not) and the CPU memory it may fill (`--ram`, else what is free);
+    an IP-Adapter's weights in its UNet."""
+    from hires import ip_adapter
+    from hires.addons import runs_controlnet, runs_ip_adapter
+    from hires.unet_costs import with_ip_adapter
 
     net = None
     if runs_controlnet(job):
@@ -295,6 +298,9 @@ def shape_for(job: Job, components: Components):
 
         net = components.controlnets.get(job.control_model) or controlnet_like(components.unet)
     shape = replace(model_shape(components, controlnet=net), guided=job.guidance > 1)
+    if runs_ip_adapter(job) and not ip_adapter.is_loaded(components.pipe):
+        # attached after the plan: its weights, as they will sit in the UNet's blocks
+        shape = replace(shape, unet=with_ip_adapter(shape.unet, shape.dtype_bytes))
     if job.ram is not None and shape.on_gpu:
         shape = replace(shape, host=host_room(job.ram * GIB))
     if job.disk is not None:  # a cap: a run cannot use more than is free

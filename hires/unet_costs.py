@@ -72,6 +72,35 @@ class UNetShape:
                                linfusion=linfusion)
 
 
+# An IP-Adapter's image projection: 4 tokens from the image encoder's 1280-wide embedding
+# (SDXL's ViT-bigG/14), as h94's ip-adapter_sdxl has it.
+IP_TOKENS, IP_IMAGE_DIM = 4, 1280
+
+
+def with_ip_adapter(shape: UNetShape, dtype_bytes: int) -> UNetShape:
+    """`shape` with an IP-Adapter's weights on it: a key and a value projection of the image
+    tokens beside each cross-attention (in its block), and the image projection (outside
+    them). SDXL's: 351 M parameters, 703 MB in fp16, as the Hub's ip-adapter_sdxl file. Its
+    image encoder runs once a job, then waits on the CPU (hires.ip_adapter): not counted."""
+    def attention(channels: int, transformers: int, attentions: int) -> int:
+        return attentions * transformers * 2 * shape.cross_dim * channels * dtype_bytes
+
+    down = [attention(c, d, shape.layers) for c, d in zip(shape.channels, shape.depth)]
+    mid = [attention(shape.channels[-1], shape.depth[-1], 1)]
+    up = [attention(c, d, shape.layers + 1)
+          for c, d in zip(reversed(shape.channels), reversed(shape.depth))]
+    blocks = [*down, *mid, *up]
+    outer = (IP_IMAGE_DIM + 1) * IP_TOKENS * shape.cross_dim * dtype_bytes \
+        + 2 * shape.cross_dim * dtype_bytes  # the projection, its bias, its LayerNorm
+    from dataclasses import replace
+
+    held = shape.block_param_bytes
+    return replace(shape, param_bytes=shape.param_bytes + sum(blocks) + outer,
+                   block_param_bytes=tuple(a + b for a, b in zip(held, blocks, strict=True))
+                   if held else held,
+                   outer_param_bytes=shape.outer_param_bytes + outer)
+
+
 @dataclass(frozen=True)
 class ControlShape:
     """A ControlNet: its down and mid blocks (shaped as a UNet's, no up path) and the

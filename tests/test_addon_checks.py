@@ -368,9 +368,58 @@ def test_a_controlnet_whose_config_is_for_another_architecture_says_so(files, tm
     config["cross_attention_dim"] = 99
     (net / "config.json").write_text(json.dumps(config))
     result = cli("gen", "x", *TINY, *control_flags(files, net), "-o", tmp_path / "x.png")
-    assert_usage_error(result, "made for another architecture", "use an SDXL ControlNet",
-                       "attn2.to_k.weight is 64x64 in its weights, 64x99 by its config")
-    assert "low_cpu_mem_usage" not in result.stderr
+    # said from the config files before the model loads (it was once loaded: found by QA)
+    assert_usage_error(result, f"--control-model {net}: the ControlNet is for another model "
+                       "architecture", "cross_attention_dim 99 vs the model's 64",
+                       "use an SDXL ControlNet")
+    assert asked == []
+    # Loaded anyway (a library call of the loader): its weights' words, in one line
+    import torch
+
+    from hires.controlnet import ControlError, load_controlnet
+
+    with pytest.raises(ControlError) as loaded:
+        load_controlnet(str(net), torch.float32, torch.device("cpu"), False)
+    said = str(loaded.value)
+    assert "made for another architecture" in said and "use an SDXL ControlNet" in said
+    assert "attn2.to_k.weight is 64x64 in its weights, 64x99 by its config" in said
+    assert "low_cpu_mem_usage" not in said and "\n" not in said
+
+
+def test_a_dry_run_and_a_batch_refuse_addons_for_another_model(files, tmp_path, tiny):
+    """A ControlNet and an IP-Adapter made for another model passed the dry run and a batch's
+    checks, and a run found them only once the model had loaded (found by QA)."""
+    from helpers_control import tiny_controlnet
+    from helpers_ip import write_tiny_ip_adapter
+
+    net = tmp_path / "net"
+    config = dict(tiny_controlnet(tiny.unet).config)
+    config["cross_attention_dim"] = 96
+    from diffusers import ControlNetModel
+
+    ControlNetModel.from_config(config).save_pretrained(net)
+    write_tiny_ip_adapter(tmp_path / "wide", tiny.pipe, cross_attention_dim=96)
+    control = ["--control", str(files["control"]), "--control-model", str(net)]
+    ip = ["--ip-image", str(files["ip_image"]), "--ip-adapter", str(tmp_path / "wide")]
+    assert_usage_error(cli("gen", "x", *TINY, *control, "--dry-run"),
+                       f"--control-model {net}: the ControlNet is for another model",
+                       "cross_attention_dim 96 vs the model's 64")
+    assert_usage_error(cli("gen", "x", *TINY, *ip, "--dry-run"),
+                       f"IP-Adapter {tmp_path / 'wide'} does not fit this model",
+                       "to_k_ip.weight is 64x96 in the file",
+                       "cross-attention width 96, 64 in the model's UNet")
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text(f'[[job]]\nprompt = "a"\ncontrol = "{files["control"]}"\n'
+                    f'control_model = "{net}"\n'
+                    f'[[job]]\nprompt = "b"\nip_image = "{files["ip_image"]}"\n'
+                    f'ip_adapter = "{tmp_path / "wide"}"\n')
+    batch = cli("batch", jobs, "--model", "tiny", "-o", tmp_path / "out", "--dry-run")
+    assert batch.exit_code == 2, batch.stderr
+    said = error_lines(batch.stderr)
+    assert len(said) == 2 and "job 0" in said[0] and "another model architecture" in said[0]
+    assert "job 1" in said[1] and "does not fit this model" in said[1], said
+    # at scale 0 neither is loaded: not refused
+    assert cli("gen", "x", *TINY, *control, "--control-scale", "0", "--dry-run").exit_code == 0
 
 
 # 5. A folder as an add-on's image
@@ -461,6 +510,21 @@ def test_a_transparent_or_far_off_aspect_control_image_is_said(files, tmp_path):
     assert input_warnings(Job(control=str(rgba), control_scale=0, **common)) == []
 
 
+def test_a_batch_says_a_control_images_warning_by_its_key(files, tmp_path, asked):
+    """A batch's dry run and run said 'job 0: --control ...', a flag it has none of (found by
+    QA)."""
+    strip = tmp_path / "strip.png"
+    Image.fromarray(np.tile(np.asarray(Image.open(files["control"])), (1, 10, 1))[:20]).save(strip)
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text(f'[[job]]\nprompt = "a"\nwidth = 256\nheight = 256\nsteps = 1\n'
+                    f'control = "{strip}"\ncontrol_model = "{files["control_model"]}"\n')
+    said = f"warning: 'control' in jobs.toml job 0: {strip} (960x20) is scaled to cover"
+    for extra in (["--dry-run"], []):
+        result = cli("batch", jobs, "--model", "tiny", "-o", tmp_path / "out", *extra)
+        assert result.exit_code == 0, result.stderr
+        assert said in result.stderr and "--control" not in result.stderr, result.stderr
+
+
 # Wired by the lead in files outside the add-ons' (hires/cli.py's plan, hires/dry_run.py and
 # hires.pipeline.shape_for, hires.pipeline.prompt_warnings): strict, so each says when it holds.
 def test_plan_checks_the_addons_as_a_dry_run_does(files):
@@ -475,6 +539,27 @@ def test_the_plan_counts_no_controlnet_at_scale_0(files):
     zero = cli(*common, *control_flags(files, scale="0"))
     assert zero.exit_code == 0, zero.stderr
     assert [s["tflop"] for s in json.loads(zero.stdout)["stages"]] == [s["tflop"] for s in plain]
+
+
+def test_the_plan_counts_an_ip_adapters_weights(files, tiny):
+    """The plan's peak and time were the same with an IP-Adapter as without (found by QA);
+    SDXL's adds the Hub file's 351 M parameters (703 MB in fp16) to the UNet's."""
+    from hires.costs import sdxl_shape
+    from hires.pipeline import shape_for
+    from hires.unet_costs import with_ip_adapter
+
+    plain = sdxl_shape().unet
+    assert with_ip_adapter(plain, 2).param_bytes - plain.param_bytes == 2 * 351_285_248
+    common = ("plan", "--size", "1024", "--gpu", "h100", "--json")
+    ip = ("--ip-image", str(files["ip_image"]))
+    peaks = [json.loads(cli(*common, *extra).stdout)["stages"][0]["peak_bytes"]
+             for extra in ((), ip, (*ip, "--ip-scale", "0"))]
+    assert peaks[1] - peaks[0] == 2 * 351_285_248 and peaks[2] == peaks[0]
+    # A run's plan, from the loaded model, before the adapter is attached
+    job = Job(prompt="a", model="tiny", ip_image=str(files["ip_image"]),
+              ip_adapter=str(files["ip"]))
+    with_ip, without = (shape_for(j, tiny).unet for j in (job, Job(prompt="a", model="tiny")))
+    assert with_ip == with_ip_adapter(without, tiny.dtype.itemsize) != without
 
 
 def test_gen_says_a_transparent_control_image_once(files, tmp_path, asked):

@@ -163,11 +163,13 @@ control = "{clear}"
 """)
     plain = cli("batch", jobs, "-o", tmp_path / "out", "--dry-run")
     assert plain.exit_code == 0, plain.stderr
-    said = [line for line in plain.stderr.splitlines() if line.startswith("warning: job 0:")]
+    # by the job file's key, not a flag it has none of
+    said = [line for line in plain.stderr.splitlines()
+            if line.startswith("warning: 'control' in jobs.toml job 0: ")]
     assert len(said) == 2 and "has transparency" in said[0], plain.stderr
     assert "(96x96) is scaled to cover the 512x256 image" in said[1]
     row = json_lines(cli("batch", jobs, "-o", tmp_path / "out", "--dry-run", "--json").stdout)[0]
-    assert row["warnings"] == [line.removeprefix("warning: job 0: ") for line in said]
+    assert row["warnings"] == [line.removeprefix("warning: ") for line in said]
 
 
 @pytest.mark.parametrize("key, needs", [("control_model", "--control IMAGE"),
