@@ -317,12 +317,16 @@ def missing_relative(recorded: dict[str, Any], flags: dict[str, Any], local: lis
                 return "with the LoRA", ref, "lora"
     # A model's Hub id reads like a relative path (owner/name): only a weights file, or a
     # path that starts with '.', is surely local.
+    # An add-on the record ran at scale 0 was neither loaded nor run: not needed here either
+    unused = {key for key, scale in (("control_model", "control_scale"),
+                                     ("ip_adapter", "ip_scale"))
+              if flags.get(scale, recorded.get(scale)) == 0}
     for key, what in (("model", "with the model"), ("vae", "with the VAE"),
                       ("linfusion", "with the LinFusion weights"),
                       ("control_model", "with the ControlNet"),
                       ("ip_adapter", "with the IP-Adapter")):
         value = recorded.get(key)
-        if key not in flags and missing(value) and (
+        if key not in flags and key not in unused and missing(value) and (
                 key in local or value.startswith(".")
                 or value.lower().endswith((".safetensors", *PICKLE_SUFFIXES))):
             return what, value, key

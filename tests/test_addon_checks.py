@@ -461,6 +461,27 @@ def test_control_scale_0_runs_no_controlnet_and_keeps_it_in_the_record(files, tm
     assert record["scale"] == 0 and "sha256" not in record
 
 
+@pytest.mark.parametrize("flags", [
+    ("--control", "{control}", "--control-model", "addon", "--control-scale", "0"),
+    ("--ip-image", "{ip_image}", "--ip-adapter", "addon", "--ip-scale", "0")])
+def test_from_an_image_made_at_scale_0_needs_no_addon_it_did_not_run(flags, files, tmp_path,
+                                                                      asked, monkeypatch):
+    """Its local add-on, relative and gone since, was asked for (found by QA): a Hub one not
+    cached was not."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(files["control_model" if "--control" in flags else "ip"], "addon")
+    given = [f.format(**files) for f in flags]
+    assert cli("gen", "x", *TINY, *given, "-o", "made.png").exit_code == 0
+    shutil.rmtree("addon")
+    again = cli("gen", "--from", "made.png", "-o", "again.png", "-q")
+    assert again.exit_code == 0, again.stderr
+    with Image.open("made.png") as a, Image.open("again.png") as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    scale = flags[-2]  # run now, it needs its add-on: said so
+    refused = cli("gen", "--from", "made.png", "-o", "on.png", "-q", scale, "0.5")
+    assert refused.exit_code == 2 and "there is none here" in refused.stderr, refused.stderr
+
+
 @pytest.mark.parametrize("addon", [
     dict(ip_image="ip_image", ip_scale=0),  # the default h94/IP-Adapter
     dict(control="control", control_model="xinsir/controlnet-tile-sdxl-1.0", control_scale=0)])
