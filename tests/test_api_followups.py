@@ -27,11 +27,19 @@ def ran(monkeypatch):
     return jobs
 
 
+def gray(path, size: tuple[int, int]):
+    Image.new("RGB", size, "gray").save(path)
+    return path
+
+
 @pytest.fixture
 def photo(tmp_path):
-    path = tmp_path / "g2.png"
-    Image.new("RGB", (256, 256), "gray").save(path)
-    return path
+    return gray(tmp_path / "g2.png", (256, 256))
+
+
+@pytest.fixture
+def wide(tmp_path):
+    return gray(tmp_path / "wide.png", (256, 128))
 
 
 def test_upscale_takes_the_jobs_prompt_and_strength(photo, ran):
@@ -193,13 +201,6 @@ def test_loads_argument_of_the_wrong_kind_is_named_as_the_keyword():
         hires.load("tiny", dtype=3)
     with pytest.raises(hires.JobError, match="^model must be text, got 5$"):  # as generate's
         hires.generate("x", model=5)
-
-
-@pytest.fixture
-def wide(tmp_path):
-    path = tmp_path / "wide.png"
-    Image.new("RGB", (256, 128), "gray").save(path)
-    return path
 
 
 def test_generate_with_a_job_and_an_image_is_sized_as_upscale(wide, ran):
