@@ -77,6 +77,11 @@ def check_inputs(job: Job, loads: bool = True, images: bool = True) -> None:
         # The images are files whatever their names look like ("photo.png" is no Hub id).
         image = flag in ("--control", "--ip-image")
         kind = model_kind(ref) if ref else None
+        # An add-on at scale 0 is not loaded: a record's re-runs with its files gone since
+        unused = (flag == "--control-model" and not runs_controlnet(job)) or (
+            flag == "--ip-adapter" and not runs_ip_adapter(job))
+        if unused and ref and not Path(ref).expanduser().exists():
+            continue
         if ref and (image or kind in ("file", "folder") or flag == "--lora") and \
                 not Path(ref).expanduser().exists():
             raise JobError(f"{flag} {ref}: no such file" if image else
@@ -98,11 +103,7 @@ def check_inputs(job: Job, loads: bool = True, images: bool = True) -> None:
             refusal = (controlnet.TINY_REFUSAL if flag == "--control-model"
                        else ip_adapter.TINY_REFUSAL)
             raise JobError(f"{flag} tiny: {refusal}")
-        # An add-on at scale 0 is not loaded (a record's, its folder gone since, re-runs)
-        unused = (flag == "--control-model" and not runs_controlnet(job)) or (
-            flag == "--ip-adapter" and not runs_ip_adapter(job))
-        if kind == "hub" and not image and not unused and (
-                refusal := hub_id_refusal(flag, ref)):
+        if kind == "hub" and not image and (refusal := hub_id_refusal(flag, ref)):
             raise JobError(refusal)
         what = {"--control-model": "a ControlNet", "--ip-adapter": "an IP-Adapter"}.get(flag)
         if what and ref and Path(ref).expanduser().is_file():  # an image given for one, say

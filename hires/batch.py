@@ -675,6 +675,18 @@ def by_giver(message: str, item: BatchItem, file_name: str) -> str:
     return said if preset.endswith(f"({where})") else f"{where}: {said}"
 
 
+def warning_by_giver(message: str, item: BatchItem, file_name: str) -> str:
+    """A job's warning about a file it was given (an add-on image's crop), named by the key
+    that gave it, as `by_giver` names errors; a [defaults] key's names the job too, as it
+    differs from job to job (each job's size). Any other warning as it is."""
+    key = flag_key(message)
+    if key is None:
+        return message
+    if key in item.from_defaults:
+        return by_key(message, f"{file_name} [defaults] ({item.where(file_name)})")
+    return by_giver(message, item, file_name)
+
+
 def by_key(message: str, where: str, home: str = "the job file's") -> str:
     """A job's file error in a job file's words: "'lora' in jobs.toml job 3: ..." rather than
     its flag; a file not found says where relative paths are read from (not `home`)."""

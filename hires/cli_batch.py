@@ -213,8 +213,11 @@ def image_maker(todo: list, pace: Any, *, gpu: str | None, quiet: bool, overwrit
         record = make_image(item.job, path, loaded[key], heading=f"job {item.index} -> {path}",
                             gpu=gpu, quiet=quiet, overwrite=overwrite, resume_runs=resume_runs,
                             settings=b.settings_hash(item.job), preview=preview, run=pace,
-                            worded=lambda said: b.by_giver(said, item, name)
-                            if b.flag_key(said) else said)
+                            worded=lambda said: b.warning_by_giver(said, item, name))
+        # its line and the manifest's say them as the terminal did (the file's record, saved
+        # already, keeps the flags' words)
+        record = {**record, "warnings": [b.warning_by_giver(said, item, name)
+                                         for said in record.get("warnings", [])]}
         pace.end(time.monotonic() - started)
         return record
 

@@ -359,7 +359,7 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
     setting to fix in the file (1 when each is a model not here; the run itself makes the
     others and exits 1). `resume_runs` (not --no-resume): say which jobs go on from a
     checkpoint. `name`: the job file's, which its warnings name."""
-    from hires.batch import by_giver, flag_key
+    from hires.batch import flag_key, warning_by_giver
     from hires.cli_runs import warn_tmpdir
 
     check_gpu(gpu)
@@ -376,8 +376,7 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
             # what the run will say of its inputs, and the save of its file
             # named by the job file's key that gave what they are about, as the run says them
             losses = row.pop("notes") + _batch_losses(item.job, path)
-            row["warnings"] = [by_giver(loss, item, name) if flag_key(loss) else loss
-                               for loss in losses]
+            row["warnings"] = [warning_by_giver(loss, item, name) for loss in losses]
             for loss, said in zip(losses, row["warnings"], strict=True):
                 warn(said if flag_key(loss) else f"job {item.index}: {said}")
         out_line(json_line(row) if as_json else text)

@@ -466,20 +466,21 @@ def test_control_scale_0_runs_no_controlnet_and_keeps_it_in_the_record(files, tm
     ("--ip-image", "{ip_image}", "--ip-adapter", "addon", "--ip-scale", "0")])
 def test_from_an_image_made_at_scale_0_needs_no_addon_it_did_not_run(flags, files, tmp_path,
                                                                       asked, monkeypatch):
-    """Its local add-on, relative and gone since, was asked for (found by QA): a Hub one not
-    cached was not."""
+    """Its local add-on, gone since, was asked for (found by QA): a Hub one not cached was
+    not. Named bare, with './' or whole."""
     monkeypatch.chdir(tmp_path)
-    shutil.copytree(files["control_model" if "--control" in flags else "ip"], "addon")
-    given = [f.format(**files) for f in flags]
-    assert cli("gen", "x", *TINY, *given, "-o", "made.png").exit_code == 0
-    shutil.rmtree("addon")
-    again = cli("gen", "--from", "made.png", "-o", "again.png", "-q")
-    assert again.exit_code == 0, again.stderr
-    with Image.open("made.png") as a, Image.open("again.png") as b:
-        assert np.array_equal(np.asarray(a), np.asarray(b))
-    scale = flags[-2]  # run now, it needs its add-on: said so
-    refused = cli("gen", "--from", "made.png", "-o", "on.png", "-q", scale, "0.5")
-    assert refused.exit_code == 2 and "there is none here" in refused.stderr, refused.stderr
+    for ref in ("addon", "./addon", str(tmp_path / "addon")):
+        shutil.copytree(files["control_model" if "--control" in flags else "ip"], "addon")
+        given = [ref if f == "addon" else f.format(**files) for f in flags]
+        assert cli("gen", "x", *TINY, *given, "-o", "made.png", "--overwrite").exit_code == 0
+        shutil.rmtree("addon")
+        again = cli("gen", "--from", "made.png", "-o", "again.png", "-q", "--overwrite")
+        assert again.exit_code == 0, (ref, again.stderr)
+        with Image.open("made.png") as a, Image.open("again.png") as b:
+            assert np.array_equal(np.asarray(a), np.asarray(b))
+        scale = flags[-2]  # run now, it needs its add-on: said so
+        refused = cli("gen", "--from", "made.png", "-o", "on.png", "-q", scale, "0.5")
+        assert refused.exit_code == 2 and "addon" in refused.stderr, refused.stderr
 
 
 @pytest.mark.parametrize("addon", [
@@ -539,11 +540,24 @@ def test_a_batch_says_a_control_images_warning_by_its_key(files, tmp_path, asked
     jobs = tmp_path / "jobs.toml"
     jobs.write_text(f'[[job]]\nprompt = "a"\nwidth = 256\nheight = 256\nsteps = 1\n'
                     f'control = "{strip}"\ncontrol_model = "{files["control_model"]}"\n')
-    said = f"warning: 'control' in jobs.toml job 0: {strip} (960x20) is scaled to cover"
+    said = f"'control' in jobs.toml job 0: {strip} (960x20) is scaled to cover"
     for extra in (["--dry-run"], []):
         result = cli("batch", jobs, "--model", "tiny", "-o", tmp_path / "out", *extra)
         assert result.exit_code == 0, result.stderr
-        assert said in result.stderr and "--control" not in result.stderr, result.stderr
+        assert f"warning: {said}" in result.stderr and "--control" not in result.stderr
+        # and in its --json line (the run's said the flag), and the manifest's
+        row = json_lines(cli("batch", jobs, "--model", "tiny", "-o", tmp_path / "out",
+                             "--json", "--overwrite", *extra).stdout)[0]
+        assert [w for w in row["warnings"] if said in w], row
+    # A [defaults] image's warning differs from job to job: it names the job too
+    jobs.write_text(f'[defaults]\ncontrol = "{strip}"\ncontrol_model = '
+                    f'"{files["control_model"]}"\nsteps = 1\n'
+                    '[[job]]\nprompt = "a"\nwidth = 256\nheight = 256\n'
+                    '[[job]]\nprompt = "b"\nwidth = 512\nheight = 256\n')
+    dry = cli("batch", jobs, "--model", "tiny", "-o", tmp_path / "out2", "--dry-run")
+    for i, size in enumerate(("256x256", "512x256")):
+        assert (f"warning: 'control' in jobs.toml [defaults] (jobs.toml job {i}): {strip} "
+                f"(960x20) is scaled to cover the {size} image") in dry.stderr, dry.stderr
 
 
 # Wired by the lead in files outside the add-ons' (hires/cli.py's plan, hires/dry_run.py and
