@@ -306,18 +306,29 @@ def _item(i: int, entry: dict[str, Any], defaults: dict[str, Any], where: str, n
 def _starts_like_json(path: Path) -> bool:
     """Whether a file's first entry (past blank and `#` lines) starts with '{': jobs.txt may
     hold JSONL as well as TOML."""
+    head = b""
     try:
         with path.open("rb") as f:
-            head = f.read(1 << 16)
+            # read on past any length of comments (64 KiB of them made a .txt TOML)
+            while chunk := f.read(1 << 16):
+                head += chunk
+                if (first := _first_entry(head)) is not None:
+                    return first
     except OSError:
         return False  # read_toml says why it cannot be read
+    return False
+
+
+def _first_entry(head: bytes) -> bool | None:
+    """Whether the first entry of a file's first bytes (past blank and `#` lines) starts
+    with '{'; None while they hold no entry yet."""
     if encoding := marked(head):  # UTF-16 or UTF-32: its first entry as UTF-8 bytes
         head = head.decode(encoding, "replace").encode()
     for line in head.splitlines():
         line = line.removeprefix(b"\xef\xbb\xbf").strip()  # a byte-order mark
-        if line and not line.startswith(b"#"):
+        if line and not line.startswith(b"#"):  # its first byte is known, if not its end
             return line.startswith(b"{")
-    return False
+    return None
 
 
 def _stdin_text() -> str:
@@ -478,13 +489,16 @@ def parse_shard(shard: str | None, env: dict[str, str] | None = None) -> tuple[i
     return rank, world
 
 
-def local_device() -> str | None:
-    """Under torchrun each process takes the GPU of its LOCAL_RANK."""
+def local_device(strict: bool = True) -> str | None:
+    """Under torchrun each process takes the GPU of its LOCAL_RANK. Not `strict` (--shard
+    given, so the environment shards nothing): values that are not numbers pick none."""
     env = os.environ
     try:
         if int(env.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in env:
             return f"cuda:{int(env['LOCAL_RANK'])}"
     except ValueError:
+        if not strict:
+            return None
         raise JobError(f"WORLD_SIZE/LOCAL_RANK in the environment must be whole numbers, got "
                        f"WORLD_SIZE={env.get('WORLD_SIZE')!r} "
                        f"LOCAL_RANK={env.get('LOCAL_RANK')!r}") from None

@@ -470,7 +470,8 @@ def batch(
         # preset) names its own, as gen's flags beat a preset; --allow-pickle and --quality
         # are every job's.
         given = {k: v for k, v in {"model": model, "device": device}.items() if v}
-        torchrun = None if device else b.local_device()  # LOCAL_RANK's GPU, where no --device
+        # LOCAL_RANK's GPU, where no --device
+        torchrun = None if device else b.local_device(strict=not shard)
         flags = {**given, **({"device": torchrun} if torchrun else {})}
         overrides = {k: v for k, v in {"allow_pickle": allow_pickle,
                                        "quality": quality}.items() if v}

@@ -1071,9 +1071,18 @@ def append_manifest(path: str | Path, record: dict[str, Any]) -> None:
                            if isinstance(record.get(k), str)}}
     line = (json.dumps(record, sort_keys=True) + "\n").encode()
     # One write() on an O_APPEND descriptor: shards appending at once never interleave lines.
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line)
+        # A line cut short before (a full disk) ends without its newline: this one starts on
+        # a line of its own, not glued to it (every whole line ends in one)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line
+        # A short write (a disk filling up) writes the rest, whose error then says so: the
+        # job's line was said written, and cut short
+        view = memoryview(line)
+        while view:
+            view = view[os.write(fd, view):]
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -684,3 +684,58 @@ def test_every_job_whose_output_or_model_is_in_the_way_is_said_at_once(tmp_path)
     lines = error_lines(cli("batch", jobs, "-o", tmp_path / "new", "--dry-run").stderr)
     assert len(lines) == 2, lines
     assert "gone.safetensors" in lines[0] and "other.safetensors" in lines[1]
+
+
+def test_a_manifest_line_cut_short_is_said_and_the_next_starts_a_line_of_its_own(tmp_path,
+                                                                               monkeypatch):
+    """A short write (a disk filling up) left a line cut short, said written, and the next
+    run's line was glued onto it: two records lost (found by QA)."""
+    import os
+
+    from hires.output import append_manifest
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"index": 0, "status": "done"}\n{"index": 1, "stat')  # cut short
+    append_manifest(manifest, {"index": 2, "status": "done"})
+    lines = manifest.read_text().split("\n")
+    assert json.loads(lines[0])["index"] == 0 and json.loads(lines[2]) == {"index": 2,
+                                                                          "status": "done"}
+    assert lines[1] == '{"index": 1, "stat' and lines[3] == ""
+    append_manifest(manifest, {"index": 3, "status": "done"})  # after a whole line: no gap
+    assert json.loads(manifest.read_text().split("\n")[3])["index"] == 3
+    real = os.write
+    calls = []
+
+    def filling(fd, data):  # the disk takes half the line, then is full
+        calls.append(len(data))
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, bytes(data[: len(data) // 2]))
+
+    monkeypatch.setattr(os, "write", filling)
+    with pytest.raises(OSError) as full:
+        append_manifest(manifest, {"index": 4, "status": "done"})
+    assert full.value.errno == errno.ENOSPC and len(calls) == 2
+
+
+def test_a_txt_job_file_is_jsonl_past_any_length_of_comments(tmp_path):
+    """Read as TOML when its first '{' came after 64 KiB of comments (found by QA)."""
+    jobs = tmp_path / "jobs.txt"
+    line = json.dumps({"prompt": "x", "size": 256, "steps": 1, "model": "tiny"})
+    jobs.write_text("#" + "x" * 70000 + "\n\n" + line + "\n")
+    result = cli("batch", jobs, "-o", tmp_path / "out", "--dry-run")
+    assert result.exit_code == 0, result.stderr
+    assert "job 0: 256x256" in result.stdout
+
+
+def test_an_explicit_shard_is_not_refused_for_the_environments_world_size(tmp_path):
+    """WORLD_SIZE=abc refused `--shard 0/2`, which the environment does not shard (found by
+    QA); without --shard it is still said."""
+    jobs = write(tmp_path / "jobs.jsonl",
+                 "".join(json.dumps({"prompt": p, "size": 256, "steps": 1, "model": "tiny"})
+                         + "\n" for p in "ab"))
+    env = {"WORLD_SIZE": "abc", "LOCAL_RANK": "0"}
+    given = cli("batch", jobs, "-o", tmp_path / "out", "--dry-run", "--shard", "1/2", env=env)
+    assert given.exit_code == 0, given.stderr
+    assert "shard 1/2 runs 1" in given.stderr
+    assert cli("batch", jobs, "-o", tmp_path / "out", "--dry-run", env=env).exit_code == 2
