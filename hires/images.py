@@ -272,10 +272,13 @@ def load_input(path: Path | str) -> InputImage:
                                   "16-bit TIFF or PNG")
         ImageOps.exif_transpose(im, in_place=True)
         rgb, alpha = _split(im)
+        # The file's own channels: equal ones are neutral in any RGB profile, though the
+        # conversion to sRGB leaves them 1 apart (a grey photo saved in Adobe RGB came out
+        # tinted). (16-bit LA opens as RGBA.)
+        grey = im.mode in _GREY_MODES or _channels_equal(rgb)
         rgb, profile = _in_srgb(im, rgb)
         fmt = FORMATS[im.format or ""]
         frames = getattr(im, "n_frames", 1)
-        grey = im.mode in _GREY_MODES or _channels_equal(rgb)  # (16-bit LA opens as RGBA)
     return InputImage(rgb=rgb, alpha=alpha, path=path, sha256=sha, format=fmt, size=rgb.size,
                       converted_from=profile, bits=bits, frames=frames, grey=grey)
 
@@ -347,8 +350,13 @@ def input_size(path: Path | str) -> tuple[int, int]:
     path = Path(path)
     with _reading(path) as im:
         w, h = im.size
-        # EXIF orientations 5-8 turn the picture a quarter: its sides swap.
+        # EXIF orientations 5-8 turn the picture a quarter: its sides swap. Pillow turns a
+        # TIFF as it opens it (13.0): its size is then no longer its width and length tags'.
         turned = im.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)
+        tags = getattr(im, "tag_v2", None)
+        if turned and im.format == "TIFF" and tags is not None and (w, h) != (
+                tags.get(256, w), tags.get(257, h)):
+            turned = False
     return (h, w) if turned else (w, h)
 
 

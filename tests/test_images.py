@@ -283,6 +283,16 @@ def test_tiff_orientation_first_page_and_mpo(tmp_path, photo):
     photo.save(p, tiffinfo={274: 6})
     got = load_input(p)
     assert psnr(got.rgb, photo.transpose(Image.Transpose.ROTATE_270)) == math.inf
+    # and its size from the header is the loaded one's: a batch sized the job by it, turned
+    # twice (Pillow turns a TIFF as it opens it), and cropped the picture (found by QA)
+    from hires.images import input_size
+
+    for suffix in (".tiff", ".jpg"):
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        photo.save(tmp_path / f"o6{suffix}", exif=exif)
+        assert input_size(tmp_path / f"o6{suffix}") == load_input(tmp_path / f"o6{suffix}").rgb.size
+    assert input_size(p) == got.rgb.size == photo.size[::-1]
 
     p = tmp_path / "pages.tiff"
     photo.save(p, save_all=True, append_images=[photo.rotate(90)])

@@ -248,6 +248,24 @@ def test_grey_kept_as_colour_is_found_by_its_channels(tmp_path):
     assert not load_input(tmp_path / "colour.png").grey
 
 
+def test_grey_is_told_by_the_files_channels_before_its_profile_is_converted(tmp_path,
+                                                                          monkeypatch):
+    """A grey photo saved as RGB in Adobe RGB: lcms' conversion to sRGB left its channels 1
+    apart, so it was taken for colour and came out tinted (found by QA)."""
+    from hires import images
+
+    def rounded_apart(im, rgb):  # the conversion's rounding: blue one level off here and there
+        a = np.asarray(rgb).copy()
+        a[::2, ::2, 2] = np.clip(a[::2, ::2, 2].astype(int) + 1, 0, 255)
+        return Image.fromarray(a), "Adobe RGB (1998)"
+
+    monkeypatch.setattr(images, "_in_srgb", rounded_apart)
+    values = np.random.default_rng(3).integers(0, 255, (32, 32), np.uint8)
+    Image.fromarray(np.stack([values] * 3, -1)).save(tmp_path / "grey_rgb.png")
+    got = images.load_input(tmp_path / "grey_rgb.png")
+    assert got.grey and got.converted_from == "Adobe RGB (1998)"
+
+
 def test_an_input_under_32_px_runs_as_its_dry_run_said(tmp_path, asked):
     """A 20 px input's first stage is 40 px: the planner clipped its VAE tile to 40, which
     the tiled VAE refuses (under 64), and the run failed after the load (exit 1)."""
