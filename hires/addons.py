@@ -77,9 +77,10 @@ def check_inputs(job: Job, loads: bool = True, images: bool = True) -> None:
         # The images are files whatever their names look like ("photo.png" is no Hub id).
         image = flag in ("--control", "--ip-image")
         kind = model_kind(ref) if ref else None
-        # An add-on at scale 0 is not loaded: a record's re-runs with its files gone since
-        unused = (flag == "--control-model" and not runs_controlnet(job)) or (
-            flag == "--ip-adapter" and not runs_ip_adapter(job))
+        # At scale 0 it is not loaded (runs_*): a record's re-runs with its files gone since,
+        # and whether the cache holds it does not matter.
+        runs = runs_controlnet(job) if flag == "--control-model" else runs_ip_adapter(job)
+        unused = flag in ("--control-model", "--ip-adapter") and not runs
         if unused and ref and not Path(ref).expanduser().exists():
             continue
         if ref and (image or kind in ("file", "folder") or flag == "--lora") and \
@@ -116,8 +117,6 @@ def check_inputs(job: Job, loads: bool = True, images: bool = True) -> None:
                 raise JobError(f"{flag} {problem}")
             if flag == "--ip-adapter" and (problem := ip_adapter.local_problem(ref, allow_pickle)):
                 raise JobError(problem)  # (it names the IP-Adapter)
-        # At scale 0 it is not loaded (runs_*): whether the cache holds it does not matter.
-        runs = runs_controlnet(job) if flag == "--control-model" else runs_ip_adapter(job)
         # Made for another model: said before the model loads (minutes with SDXL), not after
         if what and ref and runs and Path(ref).expanduser().exists():
             if flag == "--control-model" and (

@@ -172,8 +172,7 @@ def gen(
     options = dict(locals())  # every option, by name: job_flags picks the job's
     Quiet.on, Quiet.progress = quiet, progress
     busy = "prompt '-'" if prompt == "-" else ""  # stdin holds the prompts
-    with exit_codes(), recorded_stdin(from_path(from_image), "gen", busy) as piped:
-        from_image = from_path(from_image)
+    with exit_codes(), recorded_stdin(from_image := from_path(from_image), "gen", busy) as piped:
         refuse_empty("-o", output, "a file, folder or template")
         check_from(from_image)
         flags = job_flags(options)
@@ -321,8 +320,7 @@ def plan(
 ) -> None:
     """A dry run: each stage's size, steps, strategy, peak memory, work and time; no weights."""
     options = dict(locals())  # every option, by name: job_flags picks the job's
-    with exit_codes(), recorded_stdin(from_path(from_image), "plan") as piped:
-        from_image = from_path(from_image)
+    with exit_codes(), recorded_stdin(from_image := from_path(from_image), "plan") as piped:
         check_from(from_image)
         flags = job_flags(options)
         if prompt:
