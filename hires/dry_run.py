@@ -194,6 +194,7 @@ def plan_without_weights(job, rate: float | None = None,
 
     from hires.addons import runs_controlnet, runs_ip_adapter
     from hires.costs import sdxl_shape
+    from hires.ip_adapter import projection_params
     from hires.memory import disk_room, free_memory, host_room
     from hires.models import vae_fp16_ok
     from hires.unet_costs import with_ip_adapter
@@ -228,7 +229,8 @@ def plan_without_weights(job, rate: float | None = None,
         spacing, train, offset = "leading", 1000, 1  # SDXL base's scheduler
         alphas = None  # make_plan's default: SDXL base's
     if runs_ip_adapter(job):  # its weights ride in the UNet's blocks
-        shape = copy(shape, unet=with_ip_adapter(shape.unet, shape.dtype_bytes))
+        shape = copy(shape, unet=with_ip_adapter(shape.unet, shape.dtype_bytes,
+                                                 projection_params(job.ip_adapter)))
     if on_gpu:
         # Parked maps, offloaded weights and the VAE's outputs that do not fit the GPU go to
         # the CPU's memory: --ram GB of it, else as if DRY_RUN_FREE_RAM of this machine's RAM

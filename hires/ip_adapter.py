@@ -95,6 +95,28 @@ def fit_problem(ref: str, model: str) -> str | None:
     return None
 
 
+def projection_params(ref: str) -> int | None:
+    """The parameters of the local IP-Adapter `ref`'s image projection (its image_proj
+    tensors), from its weights' header: a "plus" adapter's Resampler is ten times the plain
+    one's linear projection. None for a Hub id or a file whose header does not say."""
+    from math import prod
+
+    from hires.safetensors_header import read_header
+
+    try:
+        folder, subfolder, weight = _local_weight(Path(ref).expanduser(), ref, True)
+    except IPAdapterError:
+        return None
+    file = Path(folder) / subfolder / weight
+    header = read_header(file) if file.suffix == ".safetensors" else None
+    shapes = [entry.get("shape") for name, entry in (header or {}).items()
+              if name.startswith("image_proj.") and isinstance(entry, dict)]
+    if not shapes or not all(isinstance(s, list) and all(isinstance(n, int) for n in s)
+                             for s in shapes):
+        return None
+    return sum(prod(s) for s in shapes)
+
+
 def _other_weights(file: Path, ref: str) -> str | None:
     """That the weights at `file` are no IP-Adapter's, and whose they look like (a LoRA's, a
     ControlNet's), from its header: else the load failed on the UNet's first layer, as if made

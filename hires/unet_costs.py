@@ -77,11 +77,13 @@ class UNetShape:
 IP_TOKENS, IP_IMAGE_DIM = 4, 1280
 
 
-def with_ip_adapter(shape: UNetShape, dtype_bytes: int) -> UNetShape:
+def with_ip_adapter(shape: UNetShape, dtype_bytes: int,
+                    projection: int | None = None) -> UNetShape:
     """`shape` with an IP-Adapter's weights on it: a key and a value projection of the image
     tokens beside each cross-attention (in its block), and the image projection (outside
-    them). SDXL's: 351 M parameters, 703 MB in fp16, as the Hub's ip-adapter_sdxl file. Its
-    image encoder runs once a job, then waits on the CPU (hires.ip_adapter): not counted."""
+    them; `projection` parameters where its file says, else the plain adapter's). SDXL's:
+    351 M parameters, 703 MB in fp16, as the Hub's ip-adapter_sdxl file. Its image encoder
+    runs once a job, then waits on the CPU (hires.ip_adapter): not counted."""
     def attention(channels: int, transformers: int, attentions: int) -> int:
         return attentions * transformers * 2 * shape.cross_dim * channels * dtype_bytes
 
@@ -90,7 +92,8 @@ def with_ip_adapter(shape: UNetShape, dtype_bytes: int) -> UNetShape:
     up = [attention(c, d, shape.layers + 1)
           for c, d in zip(reversed(shape.channels), reversed(shape.depth))]
     blocks = [*down, *mid, *up]
-    outer = (IP_IMAGE_DIM + 1) * IP_TOKENS * shape.cross_dim * dtype_bytes \
+    outer = projection * dtype_bytes if projection is not None else \
+        (IP_IMAGE_DIM + 1) * IP_TOKENS * shape.cross_dim * dtype_bytes \
         + 2 * shape.cross_dim * dtype_bytes  # the projection, its bias, its LayerNorm
     from dataclasses import replace
 

@@ -9,9 +9,12 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from helpers_cli import assert_usage_error, cli, error_lines, json_lines
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
+from hires.ip_adapter import WEIGHT_NAME
 from hires.job import Job, JobError
 
 TINY = ("--model", "tiny", "--size", "256", "--steps", "1", "--seed", "5", "-q")
@@ -594,7 +597,32 @@ def test_the_plan_counts_an_ip_adapters_weights(files, tiny):
     job = Job(prompt="a", model="tiny", ip_image=str(files["ip_image"]),
               ip_adapter=str(files["ip"]))
     with_ip, without = (shape_for(j, tiny).unet for j in (job, Job(prompt="a", model="tiny")))
-    assert with_ip == with_ip_adapter(without, tiny.dtype.itemsize) != without
+    projection = sum(t.numel() for name, t in load_file(files["ip"] / WEIGHT_NAME).items()
+                     if name.startswith("image_proj."))
+    assert with_ip == with_ip_adapter(without, tiny.dtype.itemsize, projection) != without
+
+
+def test_the_plan_counts_a_plus_adapters_projection_from_its_file(files, tmp_path):
+    """A "plus" IP-Adapter's Resampler is ten times the plain adapter's projection: it was
+    planned as the plain one, 145 MB short (found by QA). The plan reads its file's header."""
+    from hires.ip_adapter import projection_params
+
+    folder = tmp_path / "plus"
+    shutil.copytree(files["ip"] / "image_encoder", folder / "image_encoder")
+    resampler = {"image_proj.latents": torch.zeros(1, 16, 64),
+                 "image_proj.layers.0.1.to_kv.weight": torch.zeros(128, 4096),
+                 "image_proj.proj_out.weight": torch.zeros(2048, 64),
+                 "ip_adapter.1.to_k_ip.weight": torch.zeros(8, 2048)}
+    save_file({k: v.half() for k, v in resampler.items()}, str(folder / WEIGHT_NAME))
+    size = 1024 + 128 * 4096 + 2048 * 64
+    assert projection_params(str(folder)) == size
+    assert projection_params("h94/IP-Adapter") is None
+    common = ("plan", "--size", "1024", "--gpu", "h100", "--json", "--ip-image",
+              str(files["ip_image"]))
+    hub, plus = (json.loads(cli(*common, *extra).stdout)["stages"][0]["peak_bytes"]
+                 for extra in ((), ("--ip-adapter", str(folder))))
+    plain = (1280 + 1) * 4 * 2048 + 2 * 2048  # the Hub file's projection, its bias and norm
+    assert plus - hub == 2 * (size - plain)
 
 
 def test_gen_says_a_transparent_control_image_once(files, tmp_path, asked):
