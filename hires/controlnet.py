@@ -379,21 +379,38 @@ def _another_architecture(differ: list[str]) -> str:
 
 
 def fit_problem(ref: str, model: str) -> str | None:
-    """That the local ControlNet folder `ref` was made for another architecture than `model`'s
-    UNet, from both config.json files (no weights loaded): for a dry run, and a run before the
-    model loads. None where it may fit (a single file or a Hub id is checked as it loads)."""
+    """That the local ControlNet `ref` was made for another architecture than `model`'s UNet,
+    from both config.json files, or a single file's cross-attention width in its header (no
+    weights loaded): for a dry run, and a run before the model loads. None where it may fit (a
+    Hub id is checked as it loads)."""
     import json
 
     from hires.model_refs import config_for_checks
 
-    config = Path(ref).expanduser() / "config.json"
+    path = Path(ref).expanduser()
+    config = path / "config.json"
     try:
-        mine = json.loads(config.read_text()) if config.is_file() else None
+        mine = json.loads(config.read_text()) if config.is_file() else \
+            _single_file_config(path) if path.is_file() else None
     except (OSError, ValueError):
         return None  # loading says what is wrong with it
     theirs = config_for_checks(model, "unet") if isinstance(mine, dict) else None
     differ = _differences(mine, theirs) if isinstance(theirs, dict) else []
     return f"{ref}: {_another_architecture(differ)}" if differ else None
+
+
+def _single_file_config(file: Path) -> dict | None:
+    """The cross-attention width a single .safetensors ControlNet was made for, as a config:
+    its cross-attentions' key projections take that many features, in diffusers' layout and
+    the original one alike (SD 1.5's 768, SD 2's 1024, SDXL's 2048)."""
+    from hires.safetensors_header import read_header
+
+    header = read_header(file) if file.suffix == ".safetensors" else None
+    for name, entry in (header or {}).items():
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if name.endswith("attn2.to_k.weight") and isinstance(shape, list) and len(shape) == 2:
+            return {"cross_attention_dim": shape[1]}
+    return None
 
 
 def control_tensor(image: Image.Image, width: int, height: int, device: torch.device | str,

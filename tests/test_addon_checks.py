@@ -389,6 +389,31 @@ def test_a_controlnet_whose_config_is_for_another_architecture_says_so(files, tm
     assert "low_cpu_mem_usage" not in said and "\n" not in said
 
 
+def test_a_single_file_controlnet_for_another_model_is_refused_before_loading(files, tmp_path,
+                                                                            tiny):
+    """A single-file ControlNet for another model was found only once SDXL had loaded (noted
+    by QA): its cross-attention width is read from its header, in either layout."""
+    from diffusers import ControlNetModel
+    from helpers_control import tiny_controlnet
+
+    from hires.controlnet import fit_problem
+
+    config = {**tiny_controlnet(tiny.unet).config, "cross_attention_dim": 96}
+    state = ControlNetModel.from_config(config).state_dict()
+    save_file(state, str(tmp_path / "wide.safetensors"))
+    result = cli("gen", "x", *TINY, *control_flags(files, tmp_path / "wide.safetensors"),
+                 "--dry-run")
+    assert_usage_error(result, f"{tmp_path / 'wide.safetensors'}: the ControlNet is for another "
+                       "model architecture", "cross_attention_dim 96 vs the model's 64")
+    # the original layout's names; and one that fits is not refused
+    key = next(v for k, v in state.items() if k.endswith("attn2.to_k.weight"))
+    save_file({"control_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight": key},
+              str(tmp_path / "original.safetensors"))
+    assert "cross_attention_dim 96" in fit_problem(str(tmp_path / "original.safetensors"), "tiny")
+    save_file(tiny_controlnet(tiny.unet).state_dict(), str(tmp_path / "fits.safetensors"))
+    assert fit_problem(str(tmp_path / "fits.safetensors"), "tiny") is None
+
+
 def test_a_dry_run_and_a_batch_refuse_addons_for_another_model(files, tmp_path, tiny):
     """A ControlNet and an IP-Adapter made for another model passed the dry run and a batch's
     checks, and a run found them only once the model had loaded (found by QA)."""
