@@ -313,9 +313,9 @@ def crop_note(label: str, size: tuple[int, int], width: int, height: int) -> str
     from hires.job import JobError
     from hires.sizes import target_size
 
-    (sw, sh), (cw, ch) = size, cover_size(size, width, height)
-    if max(cw - width, ch - height) <= 8 or max((cw - width) / cw, (ch - height) / ch) <= 0.01:
+    if not crops(size, width, height):
         return None
+    sw, sh = size
     x0, y0, x1, y1 = cover_box(size, width, height)
     note = (f"{label} is {sw}x{sh}, another shape than the {width}x{height} result: its "
             f"centre is upscaled, {round(x1 - x0)}x{round(y1 - y0)} px of it")
@@ -326,6 +326,13 @@ def crop_note(label: str, size: tuple[int, int], width: int, height: int) -> str
     if shaped == (width, height) or crop_note(label, size, *shaped):  # it would cut too
         return note
     return f"{note} (a size of {max(width, height)} keeps all of it: {shaped[0]}x{shaped[1]})"
+
+
+def crops(size: tuple[int, int], width: int, height: int) -> bool:
+    """Whether a `width` x `height` result cuts off more of an input of `size` than the few
+    pixels any upscale's 8 px steps do (over 8 px and 1 % of a side)."""
+    cw, ch = cover_size(size, width, height)
+    return max(cw - width, ch - height) > 8 and max((cw - width) / cw, (ch - height) / ch) > 0.01
 
 
 def _file_bits(im: Image.Image, path: Path) -> int:
@@ -349,14 +356,20 @@ def input_size(path: Path | str) -> tuple[int, int]:
     alone: an upscale's output size is known before any image is decoded."""
     path = Path(path)
     with _reading(path) as im:
-        w, h = im.size
-        # EXIF orientations 5-8 turn the picture a quarter: its sides swap. Pillow turns a
-        # TIFF as it opens it (13.0): its size is then no longer its width and length tags'.
-        turned = im.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)
-        tags = getattr(im, "tag_v2", None)
-        if turned and im.format == "TIFF" and tags is not None and (w, h) != (
-                tags.get(256, w), tags.get(257, h)):
-            turned = False
+        return shown_size(im, im.getexif().get(ORIENTATION, 1))
+
+
+def shown_size(im: Image.Image, orientation: int) -> tuple[int, int]:
+    """The opened image's size as shown, turned by its EXIF `orientation` as viewers and
+    `load_input` turn it."""
+    w, h = im.size
+    # EXIF orientations 5-8 turn the picture a quarter: its sides swap. Pillow turns a
+    # TIFF as it opens it (13.0): its size is then no longer its width and length tags'.
+    turned = orientation in (5, 6, 7, 8)
+    tags = getattr(im, "tag_v2", None)
+    if turned and im.format == "TIFF" and tags is not None and (w, h) != (
+            tags.get(256, w), tags.get(257, h)):
+        turned = False
     return (h, w) if turned else (w, h)
 
 
@@ -404,9 +417,7 @@ def _reading(path: Path) -> Iterator[Image.Image]:
             raise ImageInputError(f"{path}: truncated image, {cut}; re-export or re-download "
                                   "it") from None
         if head in (b"II*\0", b"MM\0*"):  # Pillow opens only some sample formats of TIFF
-            raise ImageInputError(
-                f"{path}: a TIFF whose samples Pillow cannot read (32-bit float or integer, "
-                f"or more than 4 channels); save it as an 8- or 16-bit RGB TIFF or PNG") from None
+            raise ImageInputError(f"{path}: {unread_tiff(path)}") from None
         what = "an empty file" if not head else "not an image file"
         raise ImageInputError(f"{path}: {what}; expected {ACCEPTED}") from None
     except PermissionError:
@@ -425,6 +436,37 @@ def _reading(path: Path) -> Iterator[Image.Image]:
     except MemoryError:
         raise ImageInputError(f"{path}: not enough memory to decode it; downscale it first") \
             from None
+
+
+def unread_tiff(path: Path) -> str:
+    """Why Pillow could not open the TIFF at `path`, and what to save it as, from its first
+    directory's sample tags (it reads no TIFF with 32-bit or float samples, more than 4
+    channels, or 16-bit grey with alpha)."""
+    from PIL import TiffImagePlugin
+
+    try:
+        with open(path, "rb") as f:
+            tags = TiffImagePlugin.ImageFileDirectory_v2(f.read(8))
+            f.seek(tags.next)
+            tags.load(f)
+        bits, samples = max(tags.get(258) or (1,)), int(tags.get(277) or 1)
+        floats = 3 in (tags.get(339) or ())
+        grey = tags.get(262) in (0, 1)
+    except Exception:  # a damaged directory: Pillow raises many kinds
+        return ("a TIFF whose samples Pillow cannot read; save it as an 8- or 16-bit TIFF "
+                "or PNG")
+    if floats or bits > 16:
+        kind = "floating-point" if floats else "integer"
+        return (f"a TIFF of {bits}-bit {kind} samples, which Pillow cannot read; save it as "
+                "an 8- or 16-bit TIFF or PNG")
+    if samples > 4:
+        return (f"a TIFF of {samples} channels, which Pillow cannot read; save it as RGB or "
+                "RGBA")
+    if grey and samples == 2 and bits == 16:
+        return ("a 16-bit grey TIFF with alpha, which Pillow cannot read; save it as a 16-bit "
+                "PNG (it keeps both), or drop the alpha")
+    return (f"a TIFF of {samples} {bits}-bit channels that Pillow cannot read; save it as an "
+            "8- or 16-bit RGB TIFF or PNG")
 
 
 def psnr(a: Image.Image, b: Image.Image) -> float:

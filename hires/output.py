@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, PngImagePlugin
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from hires import __version__, png, tiff
-from hires.images import srgb_icc
+from hires.images import ORIENTATION, shown_size, srgb_icc
 from hires.job import LOSSY_FORMATS, MAX_QUALITY, SAMPLERS, format_name
 from hires.leftovers import pid_alive
 
@@ -852,6 +852,21 @@ def user_comment(raw: bytes) -> str:
     return text.decode("utf-16-le" if little else "utf-16-be", errors="replace").rstrip("\0")
 
 
+def _orientation(fmt: str | None, exif: Image.Exif, tags: dict, info: dict) -> int:
+    """The EXIF orientation of an opened image, from what its header gave (a PNG's eXIf
+    chunk ahead of its pixels; a TIFF's own tag)."""
+    if fmt == "TIFF":
+        return tags.get(ORIENTATION, 1)
+    if fmt == "PNG" and isinstance(info.get("exif"), bytes):
+        exif = Image.Exif()
+        try:
+            exif.load(info["exif"])
+        except Exception:  # a damaged chunk: Pillow raises many kinds; shown unturned
+            return 1
+    value = exif.get(ORIENTATION, 1)
+    return value if isinstance(value, int) else 1
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """{'parameters': A1111 text or None, 'hires': the run's JSON record or None,
     'hires_error': why a 'hires' record there cannot be read (or None), 'format', 'size' and
@@ -871,19 +886,25 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
                 # Never im.load() nor a PNG's getexif() (which loads): pixels are not needed,
                 # and decoding a 16K image, or a bomb whose header claims 40000x40000, takes
                 # GBs. hires writes its PNG text chunks before the pixels: open() has them.
-                fmt, size, info = im.format, im.size, dict(im.info)
+                fmt, info = im.format, dict(im.info)
                 exif = im.getexif() if fmt in ("JPEG", "WEBP", "MPO") else Image.Exif()
                 tags = dict(getattr(im, "tag_v2", {}) or {})
+                # As shown (and upscaled): a photo's EXIF orientation turns it
+                size = shown_size(im, _orientation(fmt, exif, tags, info))
     except FileNotFoundError:
         raise OutputError(f"no such image: {path}") from None
     except (OSError, ValueError) as e:  # ValueError: Pillow's limit on a text chunk's size
         from hires.cut_short import cut_short
+        from hires.images import unread_tiff
 
         # A TIFF cut short loses its directory, at its end: Pillow says only that it cannot
-        # identify the file.
+        # identify the file (or one of samples it cannot read: why is said).
         cut = cut_short(Path(path))
-        raise OutputError(f"cannot read {path} as an image: "
-                          f"{f'it is {cut}' if cut else e}") from None
+        with open(path, "rb") as f:
+            tiff_file = f.read(4) in (b"II*\0", b"MM\0*")
+        why = f"it is {cut}" if cut else unread_tiff(Path(path)) \
+            if tiff_file and isinstance(e, UnidentifiedImageError) else e
+        raise OutputError(f"cannot read {path} as an image: {why}") from None
     params = blob = None
     if fmt == "PNG":
         params, blob = info.get("parameters"), info.get("hires")

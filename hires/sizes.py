@@ -398,16 +398,40 @@ def target_size(source: tuple[int, int], *, size: int | None = None, scale: floa
     asked = f"{flag} {scale:g}" if scale else f"{flag} {size}"
     # Smaller than the input: said so when asked to shrink or where the least side is no
     # reason (an 8 px input at --scale 2 is too small, not "smaller than the input").
+    whole = _keeping_all(source, least, most, flag)
     if (w < sw or h < sh) and (factor < 1 or min(w, h) >= MIN_SIDE):
         raise JobError(f"hires up makes images larger: {asked} makes {w}x{h}, smaller than the "
-                       f"{sw}x{sh} input; ask for {flag} {least:g} or more")
+                       f"{sw}x{sh} input; ask for {flag} {least:g} or more{whole}")
     if max(w, h) > MAX_SIDE:
         made = f"{w}x{h} px" if max(w, h) <= _HUGE else f"sides of over {_HUGE:,} px"
         raise JobError(f"{asked} makes {made} from the {sw}x{sh} input, more than the "
                        f"{MAX_SIDE} px a side hires makes; use {flag} {most:g} or less")
     raw = f"{max(1, round(sw * factor))}x{max(1, round(sh * factor))}"  # before the 8 px grid
     raise JobError(f"{asked} makes {raw} px from the {sw}x{sh} input, less than the "
-                   f"{MIN_SIDE} px a side hires makes; use {flag} {least:g} or more")
+                   f"{MIN_SIDE} px a side hires makes; use {flag} {least:g} or more{whole}")
+
+
+def _keeping_all(source: tuple[int, int], least: float, most: float, flag: str) -> str:
+    """' (--scale 4 keeps all of it)' where the least `flag` that works makes another shape
+    than the input's, its 8 px steps cutting some of it off (4000x16 at 3.75: 15000x64, 6 %
+    gone), and a larger one up to `most` does not; else ''."""
+    from hires.images import crops
+
+    def made(value: float) -> tuple[int, int]:
+        factor = value if flag == "--scale" else value / max(source)
+        return _on_grid(source[0] * factor), _on_grid(source[1] * factor)
+
+    if not crops(source, *made(least)):
+        return ""
+    step = 0.01 if flag == "--scale" else 8
+    for n in range(1, 2001):
+        value = round(least + n * step, 2) if flag == "--scale" else int(least + n * step)
+        if value > most:
+            break
+        if _makes(source, value if flag == "--scale" else value / max(source)) \
+                and not crops(source, *made(value)):
+            return f" ({flag} {value:g} keeps all of it)"
+    return ""
 
 
 # Past this a side is not worth its digits in a message (nor representable, for 1e308 x 128)

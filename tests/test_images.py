@@ -293,6 +293,15 @@ def test_tiff_orientation_first_page_and_mpo(tmp_path, photo):
         photo.save(tmp_path / f"o6{suffix}", exif=exif)
         assert input_size(tmp_path / f"o6{suffix}") == load_input(tmp_path / f"o6{suffix}").rgb.size
     assert input_size(p) == got.rgb.size == photo.size[::-1]
+    # `hires info` says the size as shown and upscaled, in every format (a JPEG's was its
+    # stored one, a TIFF's the turned one: found by QA)
+    from hires.output import read_metadata
+
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    for suffix in (".tiff", ".jpg", ".png", ".webp"):
+        photo.save(tmp_path / f"o8{suffix}", exif=exif)
+        assert read_metadata(tmp_path / f"o8{suffix}")["size"] == photo.size[::-1], suffix
 
     p = tmp_path / "pages.tiff"
     photo.save(p, save_all=True, append_images=[photo.rotate(90)])
@@ -356,8 +365,28 @@ def float_rgb_tiff(width, height):
 def test_a_tiff_pillow_cannot_read_says_what_to_save_it_as(tmp_path):
     p = tmp_path / "hdr.tif"
     p.write_bytes(float_rgb_tiff(8, 8))
-    msg = one_line_error(p, "TIFF whose samples Pillow cannot read")
+    msg = one_line_error(p, "TIFF of 32-bit floating-point samples, which Pillow cannot read")
     assert "8- or 16-bit" in msg and "not an image file" not in msg
+
+
+def test_a_tiff_pillow_cannot_read_is_refused_for_what_it_holds(tmp_path):
+    """A 16-bit grey TIFF with alpha was said to be 32-bit or over 4 channels, and told to be
+    saved as the 16-bit TIFF it was (found by QA); `hires info` said only 'cannot identify'."""
+    import tifffile
+
+    from hires.output import OutputError, read_metadata
+
+    grey = np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 20
+    tifffile.imwrite(tmp_path / "ga16.tif", np.dstack([grey, grey[::-1]]), photometric="minisblack",
+                     extrasamples=["unassalpha"])
+    msg = one_line_error(tmp_path / "ga16.tif", "a 16-bit grey TIFF with alpha")
+    assert "save it as a 16-bit PNG" in msg and "32-bit" not in msg
+    tifffile.imwrite(tmp_path / "f32.tif", np.zeros((8, 8, 3), np.float32), photometric="rgb")
+    for name, said in (("ga16.tif", "16-bit grey TIFF with alpha"),
+                       ("f32.tif", "32-bit floating-point samples")):
+        assert said in one_line_error(tmp_path / name)
+        with pytest.raises(OutputError, match=said):
+            read_metadata(tmp_path / name)
 
 
 def png_header(width, height):

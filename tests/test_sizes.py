@@ -285,6 +285,26 @@ def test_an_upscale_size_out_of_range_names_the_flag_value_that_works(source, gi
             target_size(source, **{flag: suggested - (0.01 if flag == "scale" else 8)})
 
 
+@pytest.mark.parametrize("given,keeps", [({"scale": 2}, "--scale 3.96"),
+                                         ({"size": 2000}, "--size 15840")])
+def test_a_least_that_crops_names_one_that_keeps_the_whole_input(given, keeps):
+    """4000x16 at the least --scale said, 3.75, makes 15000x64: its 8 px steps cut 6 % off
+    the picture, with a warning (found by QA). The one that keeps it all is named too."""
+    from hires.images import crops
+    from hires.sizes import target_size
+
+    with pytest.raises(JobError, match=f"or more \\({keeps} keeps all of it\\)") as caught:
+        target_size((4000, 16), **given)
+    flag = next(iter(given))
+    least = _suggested(str(caught.value), f"--{flag}")
+    assert crops((4000, 16), *target_size((4000, 16), **{flag: least}))
+    assert not crops((4000, 16), *target_size((4000, 16), **{flag: float(keeps.split()[1])}))
+    # where the least keeps it all, nothing more is said
+    with pytest.raises(JobError) as caught:
+        target_size((40, 30), scale=1.5)
+    assert "keeps all" not in str(caught.value)
+
+
 def test_the_least_scale_and_size_said_are_the_least_that_work():
     """Sides round to the nearest multiple of 8, so a scale a little under side / 8 px steps
     works: 40x30 at --scale 2 makes 80x64, yet 'use --scale 2.14 or more' was said."""
