@@ -368,6 +368,8 @@ def attached(components: Any, job: Job, source: Image.Image | None = None) -> It
     with components.lock, ExitStack() as undo:
         components.running_in = threading.get_ident()
         undo.callback(setattr, components, "running_in", None)
+        components.addons_running = addons.record  # filled in below
+        undo.callback(setattr, components, "addons_running", None)
         try:
             # The ControlNet first: its attention is copied from the UNet's, without LoRAs.
             if job.control_model:

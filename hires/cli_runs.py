@@ -474,7 +474,8 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
         from hires.errors import dtype_name
 
         save_stage(image, stage_files[index], job, index, fmt=job.format, overwrite=True,
-                   linfusion=components.linfusion, vae_dtype=dtype_name(components.vae_dtype))
+                   linfusion=components.linfusion, vae_dtype=dtype_name(components.vae_dtype),
+                   addons=components.addons_running)
         say(f"  stage {index}: {stage_files[index]}")
 
     scored: set[int] = set()

@@ -77,6 +77,9 @@ class Components:
     # from its own callback is refused: it would change the running job's model).
     lock: Any = field(default_factory=threading.Lock, repr=False, compare=False)
     running_in: int | None = field(default=None, repr=False, compare=False)
+    # The running job's add-ons as its image's record has them (their files' sha256): a stage
+    # image saved as it is decoded records them too, for --from to compare.
+    addons_running: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def unet(self):

@@ -139,12 +139,13 @@ def local_refs(job: Job) -> list[str]:
 def save_stage(image: Image.Image, path: str | Path, job: Job, index: int, *,
                fmt: str | None = None, overwrite: bool = False,
                linfusion: str | None = None, vae_dtype: str | None = None,
-               dtype: str | None = None) -> Path:
+               dtype: str | None = None, addons: dict[str, Any] | None = None) -> Path:
     """Write stage `index`'s image of `job` (every stage but the last), atomically; its
     metadata names the job and the stage, so `hires info` reads it and `--from` runs the job.
     `linfusion`: the checkpoint that ran (`auto` resolved), as the image's record has it;
     `vae_dtype` and `dtype`: the VAE's and UNet's precisions as they ran ('bf16', 'fp32',
-    'fp16'), likewise (`dtype` by default: the job's as `hires.load` resolves it here)."""
+    'fp16'), likewise (`dtype` by default: the job's as `hires.load` resolves it here);
+    `addons`: what ran, with their files' sha256 (`Result.addons`), for --from to compare."""
     from hires import output
     from hires.batch import settings_hash
     from hires.resume import resolved_dtype
@@ -153,7 +154,8 @@ def save_stage(image: Image.Image, path: str | Path, job: Job, index: int, *,
               "width": image.width, "height": image.height, "prompt": job.prompt,
               "model": job.model, "linfusion": linfusion, "dtype": dtype or resolved_dtype(job),
               **({"vae_dtype": vae_dtype} if vae_dtype else {}),
-              "settings": settings_hash(job)}
+              **({"image": job.image, "image_sha256": job.image_sha256} if job.image else {}),
+              "addons": addons or {}, "settings": settings_hash(job)}
     metadata = {"hires": __version__, "job": job.to_dict(), "result": record}
     return output.save_image(image, path, fmt=fmt, metadata=metadata, overwrite=overwrite,
                              dpi=job.dpi, quality=job_quality(job, path, fmt))
@@ -234,7 +236,7 @@ def save(result: Result, path: str | Path, *, fmt: str | None = None, overwrite:
                 result.stage_images[:-1], stage_paths(path, len(result.stage_images)))):
             save_stage(stage_image, stage_path, job, index, fmt=fmt, overwrite=overwrite,
                        linfusion=result.linfusion, vae_dtype=result.vae_dtype,
-                       dtype=record["dtype"])
+                       dtype=record["dtype"], addons=result.addons)
 
     def saving(text: str) -> None:
         """What the file's format cannot keep (a JPEG's transparency), in this save's record

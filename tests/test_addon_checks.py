@@ -737,3 +737,30 @@ def test_a_relative_file_that_differs_may_be_another_folders(files, tmp_path, as
     result = cli("gen", "--from", tmp_path / "x.png", "-o", tmp_path / "y.png", "-q")
     assert_usage_error(result, "s.safetensors has changed since this image was made",
                        "read in another folder than the one the image was made in")
+
+
+def test_a_stage_image_records_its_addons_for_from(files, tmp_path, asked, tiny):
+    """--from a stage image (the README's preview workflow) ran a changed LoRA without a word:
+    stage images recorded no add-on sha256 (found by QA). Saved as the run goes, or by
+    Result.save, they record what the image's own record does."""
+    from helpers_lora import write_tiny_lora
+
+    from hires import generate
+
+    lora = tmp_path / "s.safetensors"
+    shutil.copy(files["lora"], lora)
+    made = cli("gen", "x", "--model", "tiny", "--size", "512", "--steps", "1", "--seed", "5",
+               "-q", "--lora", lora, "--save-stages", "-o", tmp_path / "x.png")
+    assert made.exit_code == 0, made.stderr
+    result = generate("x", components=tiny, width=512, height=512, steps=1, seed=5,
+                      lora=[str(lora)], save_stages=True)
+    result.save(tmp_path / "lib.png", save_stages=True)
+    for stage in ("x.stage0.png", "lib.stage0.png"):
+        recorded = json.loads(cli("info", tmp_path / stage, "--json").stdout)
+        assert recorded["result"]["addons"] == result.addons != {}, stage
+    write_tiny_lora(lora, tiny.pipe, seed=9)
+    for stage in ("x.stage0.png", "lib.stage0.png"):
+        refused = cli("gen", "--from", tmp_path / stage, "--dry-run")
+        assert refused.exit_code == 2, refused.stderr
+        assert "s.safetensors has changed since this image was made" in \
+            " ".join(error_lines(refused.stderr))
