@@ -40,6 +40,7 @@ HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"
 _ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
 _GREY_MODES = ("1", "L", "LA", "La", *_SIXTEEN_BIT)
 ORIENTATION = 0x0112  # the EXIF tag
+TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic TIFF's and BigTIFF's
 
 
 class ImageInputError(ValueError):
@@ -416,7 +417,7 @@ def _reading(path: Path) -> Iterator[Image.Image]:
         if cut := cut_with_its_record(path):  # a TIFF's directory lost: Pillow knows it not
             raise ImageInputError(f"{path}: truncated image, {cut}; re-export or re-download "
                                   "it") from None
-        if head in (b"II*\0", b"MM\0*"):  # Pillow opens only some sample formats of TIFF
+        if head in TIFF_MAGIC:  # Pillow opens only some sample formats of TIFF
             raise ImageInputError(f"{path}: {unread_tiff(path)}") from None
         what = "an empty file" if not head else "not an image file"
         raise ImageInputError(f"{path}: {what}; expected {ACCEPTED}") from None
@@ -444,29 +445,38 @@ def unread_tiff(path: Path) -> str:
     channels, or 16-bit grey with alpha)."""
     from PIL import TiffImagePlugin
 
+    damaged = "a TIFF whose first directory is damaged or empty; re-export or re-download it"
     try:
-        with open(path, "rb") as f:
-            tags = TiffImagePlugin.ImageFileDirectory_v2(f.read(8))
+        with open(path, "rb") as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's on a damaged directory: said below
+            head = f.read(8)
+            tags = TiffImagePlugin.ImageFileDirectory_v2(
+                head + f.read(8) if head[2:4] in (b"+\0", b"\0+") else head)  # BigTIFF's 16
             f.seek(tags.next)
             tags.load(f)
+        if 256 not in tags or 257 not in tags:  # no width or length: nothing read
+            return damaged
         bits, samples = max(tags.get(258) or (1,)), int(tags.get(277) or 1)
-        floats = 3 in (tags.get(339) or ())
-        grey = tags.get(262) in (0, 1)
+        kinds = set(tags.get(339) or ())  # SampleFormat: 1 unsigned, 2 signed, 3 float
+        photometric = tags.get(262)
     except Exception:  # a damaged directory: Pillow raises many kinds
-        return ("a TIFF whose samples Pillow cannot read; save it as an 8- or 16-bit TIFF "
-                "or PNG")
-    if floats or bits > 16:
-        kind = "floating-point" if floats else "integer"
-        return (f"a TIFF of {bits}-bit {kind} samples, which Pillow cannot read; save it as "
-                "an 8- or 16-bit TIFF or PNG")
+        return damaged
+    save = "save it as an 8- or 16-bit RGB TIFF or PNG"
+    if 3 in kinds or bits > 16:
+        kind = "floating-point" if 3 in kinds else "integer"
+        return f"a TIFF of {bits}-bit {kind} samples, which Pillow cannot read; {save}"
+    if 2 in kinds:
+        return f"a TIFF of signed {bits}-bit samples, which Pillow cannot read; {save}"
     if samples > 4:
         return (f"a TIFF of {samples} channels, which Pillow cannot read; save it as RGB or "
                 "RGBA")
-    if grey and samples == 2 and bits == 16:
+    if photometric in (0, 1) and samples == 2 and bits == 16:
         return ("a 16-bit grey TIFF with alpha, which Pillow cannot read; save it as a 16-bit "
                 "PNG (it keeps both), or drop the alpha")
-    return (f"a TIFF of {samples} {bits}-bit channels that Pillow cannot read; save it as an "
-            "8- or 16-bit RGB TIFF or PNG")
+    if photometric == 3:
+        return f"a {bits}-bit palette TIFF, which Pillow cannot read; {save}"
+    channels = f"{samples} {bits}-bit channel{'s' if samples != 1 else ''}"
+    return f"a TIFF of {channels} that Pillow cannot read; {save}"
 
 
 def psnr(a: Image.Image, b: Image.Image) -> float:

@@ -138,7 +138,16 @@ def config_for_checks(model: str, part: str) -> dict | None:
         if text:
             return dict(sdxl.SDXL_TEXT_CONFIGS[part == "text_encoder_2"])
         return dict(sdxl.SDXL_UNET_CONFIG if part == "unet" else sdxl.SDXL_VAE_CONFIG)
-    return model_config(model, f"{part}/config.json")
+    found = model_config(model, f"{part}/config.json")
+    from hires.job import DEFAULT_MODEL
+
+    if found is None and model == DEFAULT_MODEL:  # not cached yet: its configs are known
+        from hires import sdxl
+
+        if text:
+            return dict(sdxl.SDXL_TEXT_CONFIGS[part == "text_encoder_2"])
+        return dict(sdxl.SDXL_UNET_CONFIG if part == "unet" else sdxl.SDXL_VAE_CONFIG)
+    return found
 
 
 def model_config(model: str, name: str) -> dict | None:

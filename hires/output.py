@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from hires import __version__, png, tiff
-from hires.images import ORIENTATION, shown_size, srgb_icc
+from hires.images import ORIENTATION, TIFF_MAGIC, shown_size, srgb_icc
 from hires.job import LOSSY_FORMATS, MAX_QUALITY, SAMPLERS, format_name
 from hires.leftovers import pid_alive
 
@@ -852,19 +852,43 @@ def user_comment(raw: bytes) -> str:
     return text.decode("utf-16-le" if little else "utf-16-be", errors="replace").rstrip("\0")
 
 
-def _orientation(fmt: str | None, exif: Image.Exif, tags: dict, info: dict) -> int:
-    """The EXIF orientation of an opened image, from what its header gave (a PNG's eXIf
-    chunk ahead of its pixels; a TIFF's own tag)."""
+def _orientation(fmt: str | None, exif: Image.Exif, tags: dict, info: dict,
+                 path: str | Path) -> int:
+    """The EXIF orientation of an opened image, from what its header gave (a TIFF's own
+    tag), or a PNG's eXIf chunk, before its pixels or after them."""
     if fmt == "TIFF":
         return tags.get(ORIENTATION, 1)
-    if fmt == "PNG" and isinstance(info.get("exif"), bytes):
+    raw = info.get("exif") if fmt == "PNG" else None
+    if fmt == "PNG" and not isinstance(raw, bytes):
+        raw = _late_png_exif(path)
+    if isinstance(raw, bytes):
         exif = Image.Exif()
         try:
-            exif.load(info["exif"])
+            exif.load(raw)
         except Exception:  # a damaged chunk: Pillow raises many kinds; shown unturned
             return 1
     value = exif.get(ORIENTATION, 1)
     return value if isinstance(value, int) else 1
+
+
+def _late_png_exif(path: str | Path) -> bytes | None:
+    """A PNG's eXIf chunk after its pixels, which Pillow's open does not reach (its getexif
+    decodes the image first), found by stepping over the chunks: a read of 8 bytes each."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            f.seek(8)  # the signature
+            while len(head := f.read(8)) == 8:
+                length, kind = struct.unpack(">I4s", head)
+                if kind == b"eXIf":
+                    return f.read(length)
+                if kind == b"IEND":
+                    return None
+                f.seek(length + 4, os.SEEK_CUR)  # its data and CRC
+    except OSError:
+        return None
+    return None
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -890,7 +914,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
                 exif = im.getexif() if fmt in ("JPEG", "WEBP", "MPO") else Image.Exif()
                 tags = dict(getattr(im, "tag_v2", {}) or {})
                 # As shown (and upscaled): a photo's EXIF orientation turns it
-                size = shown_size(im, _orientation(fmt, exif, tags, info))
+                size = shown_size(im, _orientation(fmt, exif, tags, info, path))
     except FileNotFoundError:
         raise OutputError(f"no such image: {path}") from None
     except (OSError, ValueError) as e:  # ValueError: Pillow's limit on a text chunk's size
@@ -901,7 +925,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         # identify the file (or one of samples it cannot read: why is said).
         cut = cut_short(Path(path))
         with open(path, "rb") as f:
-            tiff_file = f.read(4) in (b"II*\0", b"MM\0*")
+            tiff_file = f.read(4) in TIFF_MAGIC
         why = f"it is {cut}" if cut else unread_tiff(Path(path)) \
             if tiff_file and isinstance(e, UnidentifiedImageError) else e
         raise OutputError(f"cannot read {path} as an image: {why}") from None

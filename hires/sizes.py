@@ -155,9 +155,27 @@ def print_pixels(text: Any, dpi: float | None,
         problems.append("smaller than the input (hires up makes images larger)")
     problem = " and ".join(problems)
     least = _least_dpi(inches, source, most)
+    whole = "" if least is None or source is None else _dpi_keeping_all(inches, source, least,
+                                                                         most)
     fix = "a larger print" if least is None else (f"at least {least} dpi for that print "
-                                                 "(--dpi), or a larger print")
+                                                 f"(--dpi){whole}, or a larger print")
     raise JobError(f"print size {text} at {dpi:g} dpi is {w}x{h} px{fitted}, {problem}; {fix}")
+
+
+def _dpi_keeping_all(inches: tuple[float, float], source: tuple[int, int], least: int,
+                     most: int) -> str:
+    """' (N dpi keeps all of it)' where the input fitted to the print at the `least` dpi that
+    works is cut by its 8 px steps (a 4000x16 strip: 15000x64 keeps 3750x16 of it), and a
+    dpi up to `most` is not; else ''. (See `_keeping_all`.)"""
+    from hires.images import crops
+
+    if not crops(source, *fit_print(source, *_print_pixels(inches, least))):
+        return ""
+    for d in range(least + 1, most + 1):
+        made = fit_print(source, *_print_pixels(inches, d))
+        if _in_range(made, source) and not crops(source, *made):
+            return f" ({d} dpi keeps all of it)"
+    return ""
 
 
 def _print_pixels(inches: tuple[float, float], dpi: float) -> tuple[int, int]:

@@ -405,6 +405,10 @@ def test_a_single_file_controlnet_for_another_model_is_refused_before_loading(fi
                  "--dry-run")
     assert_usage_error(result, f"{tmp_path / 'wide.safetensors'}: the ControlNet is for another "
                        "model architecture", "cross_attention_dim 96 vs the model's 64")
+    # SDXL base's plan, its configs not cached yet: they are known (it passed: found by QA)
+    planned = cli("plan", "--size", "1024", "--gpu", "h100", "--control", files["control"],
+                  "--control-model", tmp_path / "wide.safetensors")
+    assert_usage_error(planned, "cross_attention_dim 96 vs the model's 2048")
     # the original layout's names; and one that fits is not refused
     key = next(v for k, v in state.items() if k.endswith("attn2.to_k.weight"))
     save_file({"control_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight": key},

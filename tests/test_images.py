@@ -302,6 +302,14 @@ def test_tiff_orientation_first_page_and_mpo(tmp_path, photo):
     for suffix in (".tiff", ".jpg", ".png", ".webp"):
         photo.save(tmp_path / f"o8{suffix}", exif=exif)
         assert read_metadata(tmp_path / f"o8{suffix}")["size"] == photo.size[::-1], suffix
+    # a PNG's eXIf chunk after its pixels, which `up` reads (info did not: found by QA)
+    photo.save(tmp_path / "plain.png")
+    data, body = (tmp_path / "plain.png").read_bytes(), exif.tobytes()
+    chunk = struct.pack(">I", len(body)) + b"eXIf" + body + \
+        struct.pack(">I", zlib.crc32(b"eXIf" + body))
+    late = tmp_path / "late.png"
+    late.write_bytes(data[:-12] + chunk + data[-12:])  # before IEND
+    assert read_metadata(late)["size"] == input_size(late) == photo.size[::-1]
 
     p = tmp_path / "pages.tiff"
     photo.save(p, save_all=True, append_images=[photo.rotate(90)])
@@ -382,9 +390,22 @@ def test_a_tiff_pillow_cannot_read_is_refused_for_what_it_holds(tmp_path):
     msg = one_line_error(tmp_path / "ga16.tif", "a 16-bit grey TIFF with alpha")
     assert "save it as a 16-bit PNG" in msg and "32-bit" not in msg
     tifffile.imwrite(tmp_path / "f32.tif", np.zeros((8, 8, 3), np.float32), photometric="rgb")
+    # a BigTIFF's (its 16-byte header: "not an image file"), signed samples and a 16-bit
+    # palette (told to be saved as what they were), a directory with nothing in it ("1 1-bit
+    # channels"): found by QA
+    tifffile.imwrite(tmp_path / "big.tif", np.zeros((8, 8, 3), np.float32), photometric="rgb",
+                     bigtiff=True)
+    tifffile.imwrite(tmp_path / "signed.tif", np.zeros((8, 8, 3), np.int16), photometric="rgb")
+    tifffile.imwrite(tmp_path / "palette.tif", np.zeros((8, 8), np.uint16),
+                     photometric="palette", colormap=np.zeros((3, 65536), np.uint16))
+    (tmp_path / "empty.tif").write_bytes(b"II*\0\x08\0\0\0" + bytes(6))
     for name, said in (("ga16.tif", "16-bit grey TIFF with alpha"),
-                       ("f32.tif", "32-bit floating-point samples")):
-        assert said in one_line_error(tmp_path / name)
+                       ("f32.tif", "32-bit floating-point samples"),
+                       ("big.tif", "32-bit floating-point samples"),
+                       ("signed.tif", "signed 16-bit samples"),
+                       ("palette.tif", "a 16-bit palette TIFF"),
+                       ("empty.tif", "first directory is damaged or empty")):
+        assert said in one_line_error(tmp_path / name), name
         with pytest.raises(OutputError, match=said):
             read_metadata(tmp_path / name)
 

@@ -305,6 +305,22 @@ def test_a_least_that_crops_names_one_that_keeps_the_whole_input(given, keeps):
     assert "keeps all" not in str(caught.value)
 
 
+def test_a_least_dpi_that_crops_names_one_that_keeps_the_whole_input():
+    """As for --scale: a print's least dpi fitted a 4000x16 strip to 15000x64, 6 % cut off."""
+    import re
+
+    from hires.images import crops
+    from hires.sizes import print_pixels
+
+    with pytest.raises(JobError, match=r"at least \d+ dpi for that print \(--dpi\) \(\d+ dpi "
+                       "keeps all of it\\)") as caught:
+        print_pixels("10x10cm", 300, (4000, 16))
+    least, whole = map(int, re.findall(r"(\d+) dpi", str(caught.value))[-2:])
+    assert crops((4000, 16), *print_pixels("10x10cm", least, (4000, 16)))
+    assert not crops((4000, 16), *print_pixels("10x10cm", whole, (4000, 16)))
+    assert crops((4000, 16), *print_pixels("10x10cm", whole - 1, (4000, 16)))
+
+
 def test_the_least_scale_and_size_said_are_the_least_that_work():
     """Sides round to the nearest multiple of 8, so a scale a little under side / 8 px steps
     works: 40x30 at --scale 2 makes 80x64, yet 'use --scale 2.14 or more' was said."""
