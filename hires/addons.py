@@ -71,7 +71,7 @@ def check_inputs(job: Job, loads: bool = True, images: bool = True) -> None:
                     raise JobError(problem)
     if job.control_model:
         local.append(("--control-model", job.control_model))
-    if job.ip_image:
+    if planned_ip_adapter(job) or job.ip_image:
         local.append(("--ip-adapter", job.ip_adapter))
     for flag, ref in local:
         # The images are files whatever their names look like ("photo.png" is no Hub id).
@@ -79,7 +79,8 @@ def check_inputs(job: Job, loads: bool = True, images: bool = True) -> None:
         kind = model_kind(ref) if ref else None
         # At scale 0 it is not loaded (runs_*): a record's re-runs with its files gone since,
         # and whether the cache holds it does not matter.
-        runs = runs_controlnet(job) if flag == "--control-model" else runs_ip_adapter(job)
+        # (an IP-Adapter named without its image: `hires plan` counts it, as gen will run it)
+        runs = runs_controlnet(job) if flag == "--control-model" else planned_ip_adapter(job)
         unused = flag in ("--control-model", "--ip-adapter") and not runs
         if unused and ref and not Path(ref).expanduser().exists():
             continue
@@ -189,6 +190,14 @@ def runs_controlnet(job: Job) -> bool:
 def runs_ip_adapter(job: Job) -> bool:
     """Whether the job's IP-Adapter runs: at scale 0 it adds nothing, so it is not loaded."""
     return bool(job.ip_image) and job.ip_scale != 0
+
+
+def planned_ip_adapter(job: Job) -> bool:
+    """Whether a plan counts the job's IP-Adapter: it runs, or one is named without its image
+    (`hires plan` plans it as given, as it plans a ControlNet without its image)."""
+    from hires.ip_adapter import DEFAULT_IP_ADAPTER
+
+    return (bool(job.ip_image) or job.ip_adapter != DEFAULT_IP_ADAPTER) and job.ip_scale != 0
 
 
 # A control image whose aspect is this far from the image's loses more than this share of it

@@ -178,7 +178,7 @@ def settings_line(job) -> str:
     if job.control_model:  # at scale 0 kept in the record, but neither loaded nor run
         parts.append(f"controlnet {job.control_model}" + (
             " at scale 0 (not run)" if job.control_scale == 0 else ""))
-    if job.ip_image:
+    if job.ip_image or job.ip_adapter != DEFAULT_IP_ADAPTER:
         parts.append(f"ip-adapter {job.ip_adapter}" + (
             " at scale 0 (not run)" if job.ip_scale == 0 else ""))
     if job.negative:

@@ -192,7 +192,7 @@ def plan_without_weights(job, rate: float | None = None,
 
     import torch
 
-    from hires.addons import runs_controlnet, runs_ip_adapter
+    from hires.addons import planned_ip_adapter, runs_controlnet
     from hires.costs import sdxl_shape
     from hires.ip_adapter import projection_params
     from hires.memory import disk_room, free_memory, host_room
@@ -228,7 +228,7 @@ def plan_without_weights(job, rate: float | None = None,
             shape = copy(shape, native=native)
         spacing, train, offset = "leading", 1000, 1  # SDXL base's scheduler
         alphas = None  # make_plan's default: SDXL base's
-    if runs_ip_adapter(job):  # its weights ride in the UNet's blocks
+    if planned_ip_adapter(job):  # its weights ride in the UNet's blocks
         shape = copy(shape, unet=with_ip_adapter(shape.unet, shape.dtype_bytes,
                                                  projection_params(job.ip_adapter)))
     if on_gpu:

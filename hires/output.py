@@ -871,6 +871,15 @@ def _orientation(fmt: str | None, exif: Image.Exif, tags: dict, info: dict,
     return value if isinstance(value, int) else 1
 
 
+def _starts_with(path: str | Path, heads: tuple[bytes, ...]) -> bool:
+    """Whether the file at `path` starts with one of `heads` (False where it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(max(map(len, heads))).startswith(heads)
+    except OSError:
+        return False
+
+
 def _late_png_exif(path: str | Path) -> bytes | None:
     """A PNG's eXIf chunk after its pixels, which Pillow's open does not reach (its getexif
     decodes the image first), found by stepping over the chunks: a read of 8 bytes each."""
@@ -924,10 +933,8 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         # A TIFF cut short loses its directory, at its end: Pillow says only that it cannot
         # identify the file (or one of samples it cannot read: why is said).
         cut = cut_short(Path(path))
-        with open(path, "rb") as f:
-            tiff_file = f.read(4) in TIFF_MAGIC
         why = f"it is {cut}" if cut else unread_tiff(Path(path)) \
-            if tiff_file and isinstance(e, UnidentifiedImageError) else e
+            if isinstance(e, UnidentifiedImageError) and _starts_with(path, TIFF_MAGIC) else e
         raise OutputError(f"cannot read {path} as an image: {why}") from None
     params = blob = None
     if fmt == "PNG":

@@ -17,6 +17,7 @@ from hires.job import Job
 from hires.model_refs import ModelError
 from hires.models import load
 from hires.output import read_metadata
+from hires.sdxl import SDXL_VAE_CONFIG
 from hires.tiny import tiny_vae
 
 TINY = ("--model", "tiny", "--size", "256", "--steps", "2", "--seed", "4", "-q")
@@ -133,7 +134,9 @@ def test_a_vae_made_for_fp16_is_planned_in_fp16_where_bf16_is_missing(tmp_path):
     made_for_fp16, sdxl_like = tmp_path / "fp16-fix", tmp_path / "plain"
     for folder, upcast in ((made_for_fp16, False), (sdxl_like, True)):
         folder.mkdir()
-        (folder / "config.json").write_text(json.dumps({"force_upcast": upcast}))
+        # an SDXL VAE's config (one of another shape is refused for SDXL base, cached or not)
+        config = {**SDXL_VAE_CONFIG, "force_upcast": upcast}
+        (folder / "config.json").write_text(json.dumps(config))
     t4 = plan("--gpu", "t4")
     assert t4["fp32"] == ["vae"]
     assert plan("--gpu", "t4", "--vae", sdxl_like)["fp32"] == ["vae"]
