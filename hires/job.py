@@ -605,9 +605,11 @@ def size_from(
         least = next((s for s in range(size, MAX_SIDE + 1, 8)
                       if round(s * stretch / 8) * 8 >= MIN_SIDE), None)
         bigger = f"--size {least} or more, or " if least else ""
-        # The short side is rounded to 8 px: from 60 px it makes 64 (1000 px: 16.6:1, not 15)
-        most = math.floor(size / (MIN_SIDE - 4) * 10) / 10
-        while most > 1 and round(size / most / 8) * 8 < MIN_SIDE:
+        # The short side is rounded to 8 px: from 60 px it makes 64 (1000 px: 16.6:1, not 15).
+        # The widest in tenths, worked out as above (size / most and size * (1 / most) can
+        # round apart).
+        most = math.ceil(size / (MIN_SIDE - 4) * 10) / 10 + 0.1
+        while most > 1 and round(size * (1 / most) / 8) * 8 < MIN_SIDE:
             most = round(most - 0.1, 1)
         widest = f"{most:g}:1" if long_w else f"1:{most:g}"
         raise JobError(f"--aspect {aspect} at --size {size} makes the short side {short} px, "

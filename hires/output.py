@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, PngImagePlugin
 
 from hires import __version__, png, tiff
 from hires.images import ORIENTATION, TIFF_MAGIC, shown_size, srgb_icc
@@ -934,7 +934,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         # identify the file (or one of samples it cannot read: why is said).
         cut = cut_short(Path(path))
         why = f"it is {cut}" if cut else unread_tiff(Path(path)) \
-            if isinstance(e, UnidentifiedImageError) and _starts_with(path, TIFF_MAGIC) else e
+            if _starts_with(path, TIFF_MAGIC) else e
         raise OutputError(f"cannot read {path} as an image: {why}") from None
     params = blob = None
     if fmt == "PNG":

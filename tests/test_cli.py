@@ -320,6 +320,7 @@ def test_malformed_preset_names_the_line(tmp_path, asked):
     # the widest that works: its short side rounds up to 64 from 60 (16:1 was said, though
     # 17:1 makes 1024x64: found by QA)
     (["--size", "1024", "--aspect", "1:100"], ["at most 1:17"]),
+    (["--size", "312", "--aspect", "100:1"], ["at most 5.1:1"]),  # 5.2:1 said: 56 px
     (["--size", "256", "--aspect", "wide"], ["aspect"]),
     (["--size", "256", "--steps", "0"], ["steps"]),
     (["--size", "256", "--format", "gif"], ["format"]),

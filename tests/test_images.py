@@ -399,6 +399,10 @@ def test_a_tiff_pillow_cannot_read_is_refused_for_what_it_holds(tmp_path):
     tifffile.imwrite(tmp_path / "palette.tif", np.zeros((8, 8), np.uint16),
                      photometric="palette", colormap=np.zeros((3, 65536), np.uint16))
     (tmp_path / "empty.tif").write_bytes(b"II*\0\x08\0\0\0" + bytes(6))
+    # a BigTIFF whose directory is garbage: info passed Pillow's "Unable to seek to frame" on
+    (tmp_path / "junk.tif").write_bytes(b"II+\0\x08\0\0\0" + b"\xff" * 64)
+    with pytest.raises(OutputError, match="first directory is damaged or empty"):
+        read_metadata(tmp_path / "junk.tif")
     for name, said in (("ga16.tif", "16-bit grey TIFF with alpha"),
                        ("f32.tif", "32-bit floating-point samples"),
                        ("big.tif", "32-bit floating-point samples"),

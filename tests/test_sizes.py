@@ -422,3 +422,26 @@ def test_a_size_of_the_wrong_kind_is_quoted_as_its_writer_wrote_it():
         check_size_keys({"scale": [2]}, "j.toml job 0")
     with pytest.raises(JobError, match=r"^--size must be a whole number of pixels, got 'x'$"):
         check_size_keys({"size": "x"}, OPTIONS)
+
+
+def test_the_widest_aspect_said_works_and_a_tenth_wider_does_not():
+    """'at most 16:1' was said where 17:1 works, and '5.2:1' where 5.2:1 fails (its short side
+    rounded as 56 px): found by QA. Every size hires takes, both orientations."""
+    import re
+
+    from hires.job import size_from
+
+    def works(size: int, aspect: str) -> bool:
+        try:
+            size_from(size, aspect, None, None)
+        except JobError:
+            return False
+        return True
+
+    for size in range(64, 32769, 8):
+        with pytest.raises(JobError) as caught:
+            size_from(size, "1000:1", None, None)
+        widest = re.search(r"at most ([\d.]+):1", str(caught.value)).group(1)
+        wider = f"{float(widest) + 0.1:.1f}"
+        assert works(size, f"{widest}:1") and works(size, f"1:{widest}"), size
+        assert float(widest) == 1 or not works(size, f"{wider}:1"), size
