@@ -4,7 +4,6 @@ any work, one model in memory at a time, each job's outcome said, and the count 
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from hires.cli_jobs import check_device, check_gpu, open_stdin
-from hires.cli_output import EXIT_RUNTIME, debug_traceback, emit, fail, say, tell
+from hires.cli_output import EXIT_RUNTIME, debug_on, debug_traceback, emit, fail, say, tell
 from hires.cli_runs import (
     check_job_paths,
     check_steps_and_notes,
@@ -245,7 +244,7 @@ def outcome_reporter(todo: list, pace: Any, seen: list, as_json: bool,
     def report(o: Outcome) -> None:
         seen.append(o)
         if o.status == "failed":
-            if o.raised is not None and os.environ.get("HIRES_DEBUG"):
+            if o.raised is not None and debug_on():
                 debug_traceback(o.raised)
             fail(f"job {o.item.index} failed: {o.error}", EXIT_RUNTIME)  # the batch goes on
             if as_json:

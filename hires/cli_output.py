@@ -306,7 +306,7 @@ def exit_codes() -> Iterator[None]:
             raise fail(str(e), EXIT_USAGE) from None
         from hires.model_refs import ModelError
 
-        debug = bool(os.environ.get("HIRES_DEBUG"))
+        debug = debug_on()
         if debug:  # added before the error's line; the line and the exit code stay as they are
             debug_traceback(e)
         text = str(e) if isinstance(e, ModelError) else f"{type(e).__name__}: {e}"
@@ -315,6 +315,13 @@ def exit_codes() -> Iterator[None]:
             hint = "" if debug else " (set HIRES_DEBUG=1 for the traceback)"
             raise fail(f"{first}{hint}", EXIT_RUNTIME) from None
         raise fail(first, EXIT_USAGE if e.usage else EXIT_RUNTIME) from None
+
+
+def debug_on() -> bool:
+    """Whether HIRES_DEBUG asks for tracebacks: 1 (or yes, true, on); not 0, no, false, off
+    or empty, as a script that templates it off writes it."""
+    return os.environ.get("HIRES_DEBUG", "").strip().lower() not in ("", "0", "no", "false",
+                                                                      "off")
 
 
 def debug_traceback(error: BaseException) -> None:

@@ -178,5 +178,16 @@ def load_preset(ref: str) -> Preset:
     presets = available(broken=[])
     if ref not in presets:
         raise JobError(f"unknown preset '{ref}'{closest_hint(ref, sorted(presets))}; "
-                       "'hires presets' lists them")
+                       f"'hires presets' lists them{_folder_note()}")
     return presets[ref]
+
+
+def _folder_note() -> str:
+    """Where HIRES_PRESETS names no folder (a typo in a script): what it names, for an
+    unknown preset's error; '' otherwise."""
+    folder = user_folder()
+    if not os.environ.get("HIRES_PRESETS") or folder.is_dir():
+        return ""
+    what = "a file" if folder.exists() else "not there"
+    return (f" (HIRES_PRESETS names {folder}, which is {what}: your own presets are read "
+            "from a folder)")

@@ -281,6 +281,17 @@ def test_unknown_preset_names_the_closest(tmp_path, asked):
     assert asked == [] and list(tmp_path.iterdir()) == []
 
 
+def test_an_unknown_preset_says_a_hires_presets_that_names_no_folder(tmp_path):
+    """A script's typo in HIRES_PRESETS read as 'unknown preset' alone (found by QA)."""
+    (tmp_path / "afile").write_text("x")
+    for named, what in ((tmp_path / "afile", "a file"), (tmp_path / "nowhere", "not there")):
+        assert_usage_error(cli("plan", "--preset", "mine", env={"HIRES_PRESETS": str(named)}),
+                           "unknown preset 'mine'", f"HIRES_PRESETS names {named}, which is "
+                           f"{what}: your own presets are read from a folder")
+    unknown = cli("plan", "--preset", "mine", env={"HIRES_PRESETS": str(tmp_path)})
+    assert unknown.exit_code == 2 and "HIRES_PRESETS names" not in unknown.stderr
+
+
 def test_unknown_preset_key_names_the_closest(tmp_path, asked):
     preset = tmp_path / "bad.toml"
     preset.write_text('model = "tiny"\nstesp = 3\n')

@@ -794,6 +794,12 @@ def test_hires_debug_adds_the_traceback_and_keeps_the_error_line_and_exit_code(
         "error: RuntimeError: boom (set HIRES_DEBUG=1 for the traceback)")
     assert "Traceback" in said.stderr and error_lines(said.stderr)[-1] == (
         "error: RuntimeError: boom")
+    # a script's "off" is off (HIRES_DEBUG=0 printed the traceback: found by QA)
+    for off in ("0", "no", "false", "OFF", ""):
+        quiet = cli(*args, env={"HIRES_DEBUG": off})
+        assert "Traceback" not in quiet.stderr and error_lines(quiet.stderr)[-1] == \
+            error_lines(plain.stderr)[-1], off
+    assert "Traceback" in cli(*args, env={"HIRES_DEBUG": "yes"}).stderr
 
 
 def test_hires_debug_adds_a_failed_batch_jobs_traceback(tmp_path):
