@@ -568,7 +568,7 @@ def describe(plan: Plan) -> list[str]:
             if s.cost.vae_spill:
                 line += ", VAE outputs in RAM"
             if s.cost.scratch_bytes:
-                line += f", scratch {s.cost.scratch_bytes / 1e9:.1f} GB"
+                line += f", scratch {_gb(s.cost.scratch_bytes)} GB"  # not "0.0 GB"
             if s.cost.seconds is not None:
                 line += f", ~{s.cost.seconds:.0f} s"
                 shares = [f"{what} ~{t:.0f} s" for what, t in
