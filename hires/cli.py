@@ -129,6 +129,11 @@ presets_app = typer.Typer(help="List and show presets.", invoke_without_command=
 app.add_typer(presets_app, name="presets")
 
 
+# The most images one `gen` makes (prompts times --n): a slip (10,000 prompts at --n 10000)
+# took minutes and GBs of memory to name and plan its images before anything was refused.
+MAX_IMAGES = 10_000
+
+
 @app.command(cls=Sections)
 def gen(
     prompt: Annotated[str, typer.Argument(help="The prompt; '-' reads one prompt a line from "
@@ -160,7 +165,7 @@ def gen(
     overwrite: Overwrite = False,
     dry_run: DryRun = False, gpu: Gpu = None,
     n: Annotated[int, typer.Option("--n", "-n", metavar="<int>",
-                                   show_default=False, parser=whole_in(1, 10000),
+                                   show_default=False, parser=whole_in(1, MAX_IMAGES),
                                    help="Images per prompt, with consecutive seeds (default 1)."
                                    )] = 1,
     resume_runs: Resume = True,
@@ -180,6 +185,10 @@ def gen(
             flags["prompt"] = argv_text(prompt)
         job = build_job(preset, from_image, flags, source=piped.size if piped else None)
         prompts = read_prompts(prompt) if prompt == "-" else [job.prompt]
+        if len(prompts) * n > MAX_IMAGES:  # before each image's name and plan is worked out
+            raise typer.BadParameter(
+                f"{len(prompts):,} prompts times --n {n} is {len(prompts) * n:,} images, more "
+                f"than the {MAX_IMAGES:,} one command makes; split the prompts or lower --n")
         jobs = [job.merged({"prompt": text}) for text in prompts]
         check_preview(preview, save_stages)
         if not prompts[0].strip() and from_image is None:  # in a dry run too, as it starts

@@ -116,6 +116,19 @@ def test_several_prompts_need_a_folder_or_template(tmp_path, asked):
     assert asked == [] and list(tmp_path.iterdir()) == []
 
 
+def test_prompts_times_n_past_the_limit_are_refused_at_once(tmp_path, asked):
+    """10,000 prompts at --n 10000 named and planned images for minutes, 10 GB of memory,
+    before anything was refused (found by QA); --n alone was capped."""
+    prompts = "".join(f"p{i}\n" for i in range(101))
+    assert_usage_error(cli("gen", "-", *TINY, "--n", "100", "-o", tmp_path / "{index}.png",
+                           "--dry-run", input=prompts),
+                       "101 prompts times --n 100 is 10,100 images, more than the 10,000")
+    assert asked == [] and list(tmp_path.iterdir()) == []
+    made = cli("gen", "-", *TINY, "--n", "2", "-o", tmp_path / "{index}.png", "--dry-run",
+               input=prompts)
+    assert made.exit_code == 0, made.stderr
+
+
 def test_empty_stdin_and_missing_prompt_are_usage_errors(asked):
     assert_usage_error(cli("gen", "-", *TINY, input="\n\n"), "read no prompts")
     assert_usage_error(cli("gen", *TINY), "give a prompt")
