@@ -129,8 +129,9 @@ presets_app = typer.Typer(help="List and show presets.", invoke_without_command=
 app.add_typer(presets_app, name="presets")
 
 
-# The most images one `gen` makes (prompts times --n): a slip (10,000 prompts at --n 10000)
-# took minutes and GBs of memory to name and plan its images before anything was refused.
+# The most images one `gen` (prompts times --n) or `up` makes: a slip (10,000 prompts at
+# --n 10000) took minutes and GBs of memory to name and plan its images before anything was
+# refused.
 MAX_IMAGES = 10_000
 
 
@@ -272,6 +273,9 @@ def up(
     options = dict(locals())  # every option, by name: job_flags picks the job's
     Quiet.on, Quiet.progress = quiet, progress
     with exit_codes(), up_inputs(images) as names:
+        if len(names) > MAX_IMAGES:  # before each is opened, named and planned
+            raise typer.BadParameter(f"{len(names):,} inputs, more than the {MAX_IMAGES:,} "
+                                     "images one command makes; split them")
         refuse_empty("-o", output, "a file, folder or template")
         from hires import piped
 

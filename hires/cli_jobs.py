@@ -370,8 +370,8 @@ def stdin_lines(what: str, head: bytes = b"", text: bool = False) -> list[str]:
         raise typer.BadParameter(problem(e, f"the {what} on stdin", "give them as UTF-8")
                                  ) from None
     # A byte-order mark (Windows editors write one) is no part of a line: of the first, or of
-    # any where files were joined (`cat a.txt b.txt`)
-    lines = [line.removeprefix("\ufeff") for line in lines]
+    # any where files were joined (`cat a.txt b.txt`); str.strip() keeps it
+    lines = [line.strip().lstrip("\ufeff") for line in lines]
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 

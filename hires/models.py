@@ -499,9 +499,9 @@ def vae_fp16_ok(model: str, vae: str | None) -> bool | None:
     import json
 
     if vae == "tiny" or (vae is None and model == "tiny"):
-        from hires.tiny import tiny_vae
+        from hires.tiny import TINY_VAE_CONFIG
 
-        return tiny_vae(trained=False).config.force_upcast is False
+        return TINY_VAE_CONFIG["force_upcast"] is False
     ref, subs = (vae, ("", "vae/")) if vae else (model, ("vae/",))
     kind = model_kind(ref)
     if kind == "file":

@@ -37,7 +37,7 @@ class Preset:
 
 def user_folder() -> Path:
     """$HIRES_PRESETS, else $XDG_CONFIG_HOME/hires/presets (~/.config/hires/presets)."""
-    if os.environ.get("HIRES_PRESETS"):
+    if os.environ.get("HIRES_PRESETS", "").strip():  # (" ": unset, as "" is)
         return Path(os.environ["HIRES_PRESETS"]).expanduser()
     config = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
     return Path(config) / "hires" / "presets"
@@ -183,11 +183,13 @@ def load_preset(ref: str) -> Preset:
 
 
 def _folder_note() -> str:
-    """Where HIRES_PRESETS names no folder (a typo in a script): what it names, for an
-    unknown preset's error; '' otherwise."""
+    """Where the user's presets folder is a file, or HIRES_PRESETS names nothing (a typo in
+    a script): what it is, for an unknown preset's error; '' otherwise."""
     folder = user_folder()
-    if not os.environ.get("HIRES_PRESETS") or folder.is_dir():
+    if folder.exists() and not folder.is_dir():
+        return (f" (your own presets: {folder} is a file, not a folder; HIRES_PRESETS or "
+                "XDG_CONFIG_HOME names it)")
+    if folder.exists() or not os.environ.get("HIRES_PRESETS", "").strip():
         return ""
-    what = "a file" if folder.exists() else "not there"
-    return (f" (HIRES_PRESETS names {folder}, which is {what}: your own presets are read "
+    return (f" (HIRES_PRESETS names {folder}, which is not there: your own presets are read "
             "from a folder)")

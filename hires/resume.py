@@ -239,7 +239,10 @@ def _inputs(job: Job) -> str:
     by content (sha256, once per file version; the record hashes their weights anyway), so a
     file replaced under its name, its time kept (cp -p), is not the checkpoint's."""
     seen = {}
-    for ref in (job.model, job.vae, job.linfusion, job.image):
+    # An upscale's input by its sha256, in the settings (`Job.image_sha256`): by its time too,
+    # a copy of the same bytes (restored, cp without -p) threw hours of kept stages away.
+    image = None if job.image_sha256 else job.image
+    for ref in (job.model, job.vae, job.linfusion, image):
         path = Path(ref).expanduser() if ref and ref not in NOT_PATHS else None
         if path is not None and path.exists():
             seen[str(path.resolve())] = [[_name(f, path), f.stat().st_size, f.stat().st_mtime_ns]
@@ -386,12 +389,24 @@ def _elsewhere(meta: dict[str, str]) -> str:
     return ""
 
 
+def _kept_inputs(meta: dict[str, str], job: Job) -> dict | None:
+    """The kept run's input files (`_inputs`), without its upscale input's size and time
+    where a checkpoint kept before they were left out has them; None if unreadable."""
+    try:
+        kept = json.loads(meta["inputs"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if job.image_sha256 and job.image and isinstance(kept, dict):
+        kept.pop(str(Path(job.image).expanduser().resolve()), None)
+    return kept
+
+
 def _changed_input(meta: dict[str, str], job: Job) -> str:
     """Which of the job's input files differs from the kept run's: the first, by its path."""
     try:
-        kept = {(root, name): rest for root, files in json.loads(meta["inputs"]).items()
+        kept = {(root, name): rest for root, files in _kept_inputs(meta, job).items()
                 for name, *rest in files}
-    except (KeyError, TypeError, ValueError, AttributeError):
+    except (TypeError, ValueError, AttributeError):  # (None: unreadable)
         return "a model, LoRA or image"
     now = {(root, name): rest for root, files in json.loads(_inputs(job)).items()
            for name, *rest in files}
@@ -429,7 +444,7 @@ def _check(path: Path, job: Job, plan: Plan) -> int:
                            f"{_elsewhere(meta)}")
     if meta.get("stages") != _stages(plan):
         raise NotOfThisJob("is of another plan (other stage sizes or steps)")
-    if meta.get("inputs") != _inputs(job):
+    if _kept_inputs(meta, job) != json.loads(_inputs(job)):
         raise NotOfThisJob(f"is of other input files ({_changed_input(meta, job)} changed "
                            "since)")
     _check_shapes(path, plan.stages[stage])

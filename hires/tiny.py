@@ -98,6 +98,16 @@ def tiny_unet(seed: int = 0) -> UNet2DConditionModel:
     )
 
 
+# Made for fp16 and bf16 alike (force_upcast off): a plan reads that without building it.
+TINY_VAE_CONFIG = dict(
+    in_channels=3, out_channels=3,
+    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+    block_out_channels=[16, 32, 64, 64], layers_per_block=1, latent_channels=4,
+    norm_num_groups=8, sample_size=TINY_SAMPLE_SIZE * 8, scaling_factor=0.13025,
+    force_upcast=False,
+)
+
+
 def tiny_vae(seed: int = 0, trained: bool = True) -> AutoencoderKL:
     """Four levels (8x downsampling) like the SDXL VAE, with a mid-block attention.
 
@@ -105,13 +115,7 @@ def tiny_vae(seed: int = 0, trained: bool = True) -> AutoencoderKL:
     round trips and GroupNorm statistics behave like a real VAE's; otherwise random from `seed`.
     """
     torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-        block_out_channels=[16, 32, 64, 64], layers_per_block=1, latent_channels=4,
-        norm_num_groups=8, sample_size=TINY_SAMPLE_SIZE * 8, scaling_factor=0.13025,
-        force_upcast=False,
-    )
+    vae = AutoencoderKL(**TINY_VAE_CONFIG)
     if trained:
         vae.load_state_dict(load_file(str(TINY_VAE_WEIGHTS)))
     return vae

@@ -127,6 +127,11 @@ def test_prompts_times_n_past_the_limit_are_refused_at_once(tmp_path, asked):
     made = cli("gen", "-", *TINY, "--n", "2", "-o", tmp_path / "{index}.png", "--dry-run",
                input=prompts)
     assert made.exit_code == 0, made.stderr
+    # `up`'s inputs too (10,001 planned for over an hour): refused before any is opened
+    paths = "".join(f"{tmp_path / f'in{i}.png'}\n" for i in range(10_001))
+    assert_usage_error(cli("up", "-", "--model", "tiny", "--scale", "2", "--dry-run",
+                           "-o", tmp_path / "{name}.png", input=paths),
+                       "10,001 inputs, more than the 10,000 images one command makes")
 
 
 def test_empty_stdin_and_missing_prompt_are_usage_errors(asked):
@@ -297,12 +302,23 @@ def test_unknown_preset_names_the_closest(tmp_path, asked):
 def test_an_unknown_preset_says_a_hires_presets_that_names_no_folder(tmp_path):
     """A script's typo in HIRES_PRESETS read as 'unknown preset' alone (found by QA)."""
     (tmp_path / "afile").write_text("x")
-    for named, what in ((tmp_path / "afile", "a file"), (tmp_path / "nowhere", "not there")):
-        assert_usage_error(cli("plan", "--preset", "mine", env={"HIRES_PRESETS": str(named)}),
-                           "unknown preset 'mine'", f"HIRES_PRESETS names {named}, which is "
-                           f"{what}: your own presets are read from a folder")
+    assert_usage_error(cli("plan", "--preset", "mine",
+                           env={"HIRES_PRESETS": str(tmp_path / "afile")}),
+                       "unknown preset 'mine'", f"your own presets: {tmp_path / 'afile'} is a "
+                       "file, not a folder; HIRES_PRESETS or XDG_CONFIG_HOME names it")
+    assert_usage_error(cli("plan", "--preset", "mine",
+                           env={"HIRES_PRESETS": str(tmp_path / "nowhere")}),
+                       "unknown preset 'mine'", f"HIRES_PRESETS names {tmp_path / 'nowhere'}, "
+                       "which is not there: your own presets are read from a folder")
+    # and XDG_CONFIG_HOME's (found by QA reviewing the fix); " " is unset, as "" is
+    (tmp_path / "xdg" / "hires").mkdir(parents=True)
+    (tmp_path / "xdg" / "hires" / "presets").write_text("x")
+    xdg = cli("plan", "--preset", "mine",
+              env={"HIRES_PRESETS": " ", "XDG_CONFIG_HOME": str(tmp_path / "xdg")})
+    assert_usage_error(xdg, f"{tmp_path / 'xdg' / 'hires' / 'presets'} is a file, not a folder")
     unknown = cli("plan", "--preset", "mine", env={"HIRES_PRESETS": str(tmp_path)})
-    assert unknown.exit_code == 2 and "HIRES_PRESETS names" not in unknown.stderr
+    assert unknown.exit_code == 2 and "your own presets" not in unknown.stderr and \
+        "HIRES_PRESETS names" not in unknown.stderr
 
 
 def test_unknown_preset_key_names_the_closest(tmp_path, asked):

@@ -492,7 +492,8 @@ def test_comment_lines_on_stdin_are_not_prompts(tmp_path, asked):
                                            ("\ufeff# mine\na red fox\n", ["a red fox"]),
                                            ("\ufeff\na red fox\n", ["a red fox"]),
                                            # two files joined (`cat`): found by QA
-                                           ("a cat\n\ufeffa red fox\n", ["a cat", "a red fox"])])
+                                           ("a cat\n\ufeffa red fox\n", ["a cat", "a red fox"]),
+                                           (" \ufeffa\n\ufeff\ufeffb\n", ["a", "b"])])
 def test_a_byte_order_mark_on_stdin_is_no_part_of_a_prompt(text, prompts, tmp_path, asked):
     """A Windows editor's BOM stayed in the first prompt (other pixels), made a first comment
     line a prompt, and alone on its line made an image of the prompt '\ufeff'."""

@@ -134,3 +134,31 @@ def test_the_image_of_an_addon_at_scale_0_may_change(tiny, addons, tmp_path, job
     kept, plan = kept_of(tiny, tmp_path / "fox.png", **job)
     Image.new("RGB", (64, 64), (1, 2, 3)).save(root / image)  # unused: it makes nothing
     assert resume.stage_of(kept, Job(**JOB, **job), plan) == 0
+
+
+def test_an_upscales_input_copied_back_or_touched_is_gone_on_from(tiny, addons, tmp_path):
+    """Its input is compared by its sha256 (in the job's settings), not by its time too: a
+    byte-identical copy (restored from a backup, cp without -p) started a stopped run over
+    as 'changed since' (found by QA). Other bytes still start it over."""
+    import shutil
+
+    from hires.images import _sha256, file_sha256
+
+    image = tmp_path / "in.png"
+    shutil.copy(addons / "look.png", image)
+    job = dict(image=str(image), image_sha256=file_sha256(image))
+    one = Job(**{**JOB, **job})
+    plan = plan_for(one, tiny, source=(64, 64))
+    first = plan.stages[0]
+    kept = resume.path_for(tmp_path / "up.png")
+    resume.save(kept, one, plan, 0, torch.zeros(1, 4, first.height // 8, first.width // 8),
+                (torch.zeros(4), torch.ones(4)), [])
+    assert resume.stage_of(kept, one, plan) == 0
+    os.utime(image, ns=(1, 10**18))  # touched
+    shutil.copy(addons / "look.png", image)  # and copied back, its time now
+    _sha256.cache_clear()
+    assert resume.stage_of(kept, Job(**{**JOB, **job}), plan) == 0
+    edit_keeping_size_and_time(image)
+    changed = Job(**{**JOB, **job, "image_sha256": file_sha256(image)})
+    assert resume.stage_of(kept, changed, plan) is None
+    assert "image_sha256" in resume.why_not(kept, changed, plan)
