@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 from PIL import Image
 
 from hires.images import sha256_once
-from hires.job import Job, JobError
+from hires.job import DEFAULT_IP_ADAPTER, Job, JobError
 from hires.model_refs import (
     ModelError,
     go_offline_if_unreachable,
@@ -195,8 +195,6 @@ def runs_ip_adapter(job: Job) -> bool:
 def planned_ip_adapter(job: Job) -> bool:
     """Whether a plan counts the job's IP-Adapter: it runs, or one is named without its image
     (`hires plan` plans it as given, as it plans a ControlNet without its image)."""
-    from hires.ip_adapter import DEFAULT_IP_ADAPTER
-
     return (bool(job.ip_image) or job.ip_adapter != DEFAULT_IP_ADAPTER) and job.ip_scale != 0
 
 

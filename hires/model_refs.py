@@ -133,21 +133,22 @@ def config_for_checks(model: str, part: str) -> dict | None:
             return tiny.tiny_text_config().to_dict()
         return dict((tiny.tiny_unet() if part == "unet" else tiny.tiny_vae()).config)
     if kind == "file":
-        from hires import sdxl
-
-        if text:
-            return dict(sdxl.SDXL_TEXT_CONFIGS[part == "text_encoder_2"])
-        return dict(sdxl.SDXL_UNET_CONFIG if part == "unet" else sdxl.SDXL_VAE_CONFIG)
+        return _sdxl_config(part)
     found = model_config(model, f"{part}/config.json")
     from hires.job import DEFAULT_MODEL
 
     if found is None and model == DEFAULT_MODEL:  # not cached yet: its configs are known
-        from hires import sdxl
-
-        if text:
-            return dict(sdxl.SDXL_TEXT_CONFIGS[part == "text_encoder_2"])
-        return dict(sdxl.SDXL_UNET_CONFIG if part == "unet" else sdxl.SDXL_VAE_CONFIG)
+        return _sdxl_config(part)
     return found
+
+
+def _sdxl_config(part: str) -> dict:
+    """SDXL base's config of `part`, as hires.sdxl holds it."""
+    from hires import sdxl
+
+    if part.startswith("text_encoder"):
+        return dict(sdxl.SDXL_TEXT_CONFIGS[part == "text_encoder_2"])
+    return dict(sdxl.SDXL_UNET_CONFIG if part == "unet" else sdxl.SDXL_VAE_CONFIG)
 
 
 def model_config(model: str, name: str) -> dict | None:

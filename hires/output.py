@@ -859,7 +859,7 @@ def _orientation(fmt: str | None, exif: Image.Exif, tags: dict, info: dict,
     if fmt == "TIFF":
         return tags.get(ORIENTATION, 1)
     raw = info.get("exif") if fmt == "PNG" else None
-    if fmt == "PNG" and not isinstance(raw, bytes):
+    if fmt == "PNG" and not isinstance(raw, bytes) and "hires" not in info:  # (hires' has none)
         raw = _late_png_exif(path)
     if isinstance(raw, bytes):
         exif = Image.Exif()
