@@ -371,8 +371,8 @@ def stdin_lines(what: str, head: bytes = b"", text: bool = False) -> list[str]:
                                  ) from None
     # A byte-order mark (Windows editors write one) is no part of a line: of the first, or of
     # any where files were joined (`cat a.txt b.txt`); str.strip() keeps it
-    lines = [line.strip().lstrip("\ufeff") for line in lines]
-    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    lines = [line.strip().lstrip("\ufeff").strip() for line in lines]
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 def _stdin_text(data: bytes) -> str:

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
+from itertools import takewhile
 from typing import Any
 
 from hires.job import (
@@ -167,15 +168,23 @@ def _dpi_keeping_all(inches: tuple[float, float], source: tuple[int, int], least
     """' (N dpi keeps all of it)' where the input fitted to the print at the `least` dpi that
     works is cut by its 8 px steps (a 4000x16 strip: 15000x64 keeps 3750x16 of it), and a
     dpi up to `most` is not; else ''. (See `_keeping_all`.)"""
+    def made(d: int) -> tuple[int, int]:
+        return fit_print(source, *_print_pixels(inches, d))
+
+    d = _first_keeping_all(source, least, range(least + 1, most + 1), made)
+    return "" if d is None else f" ({d} dpi keeps all of it)"
+
+
+def _first_keeping_all(source: tuple[int, int], least: Any, values: Iterable[Any],
+                       made: Callable[[Any], tuple[int, int]]) -> Any:
+    """The first of `values` whose size (`made`) is one hires makes from `source` and cuts
+    none of it off, where `least`'s cuts some; None where `least`'s does not, or none does."""
     from hires.images import crops
 
-    if not crops(source, *fit_print(source, *_print_pixels(inches, least))):
-        return ""
-    for d in range(least + 1, most + 1):
-        made = fit_print(source, *_print_pixels(inches, d))
-        if _in_range(made, source) and not crops(source, *made):
-            return f" ({d} dpi keeps all of it)"
-    return ""
+    if not crops(source, *made(least)):
+        return None
+    return next((v for v in values if _in_range(made(v), source)
+                 and not crops(source, *made(v))), None)
 
 
 def _print_pixels(inches: tuple[float, float], dpi: float) -> tuple[int, int]:
@@ -433,23 +442,14 @@ def _keeping_all(source: tuple[int, int], least: float, most: float, flag: str) 
     """' (--scale 4 keeps all of it)' where the least `flag` that works makes another shape
     than the input's, its 8 px steps cutting some of it off (4000x16 at 3.75: 15000x64, 6 %
     gone), and a larger one up to `most` does not; else ''."""
-    from hires.images import crops
-
     def made(value: float) -> tuple[int, int]:
         factor = value if flag == "--scale" else value / max(source)
         return _on_grid(source[0] * factor), _on_grid(source[1] * factor)
 
-    if not crops(source, *made(least)):
-        return ""
-    step = 0.01 if flag == "--scale" else 8
-    for n in range(1, 2001):
-        value = round(least + n * step, 2) if flag == "--scale" else int(least + n * step)
-        if value > most:
-            break
-        if _makes(source, value if flag == "--scale" else value / max(source)) \
-                and not crops(source, *made(value)):
-            return f" ({flag} {value:g} keeps all of it)"
-    return ""
+    larger = (round(least + n * 0.01, 2) if flag == "--scale" else int(least + n * 8)
+              for n in range(1, 2001))
+    value = _first_keeping_all(source, least, takewhile(lambda v: v <= most, larger), made)
+    return "" if value is None else f" ({flag} {value:g} keeps all of it)"
 
 
 # Past this a side is not worth its digits in a message (nor representable, for 1e308 x 128)
