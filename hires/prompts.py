@@ -4,6 +4,7 @@ run from the tokenizer in the local cache, when it is there (no download for a d
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +19,33 @@ def too_long(tokenizer: Any, job: Job) -> list[str]:
     for name, text in (("prompt", job.prompt), ("negative prompt", job.negative)):
         tokens = tokenizer.tokenize(text) if text else []
         if len(tokens) > room:
-            cut = room  # back to the start of the word the limit falls in ("</w>" ends one)
-            while cut > 0 and not tokens[cut - 1].endswith("</w>"):
-                cut -= 1
-            dropped = tokenizer.decode(tokenizer.convert_tokens_to_ids(
-                tokens[cut or room:])).strip().lstrip("\ufffd")  # a cut inside a character
+            dropped = text[_cut(tokenizer, text, room):].strip()
             dropped = dropped if len(dropped) <= 40 else dropped[:40].rstrip() + "..."
             said.append(f"the {name} is {len(tokens)} tokens and SDXL reads {room}: the rest, "
                         f"from '{dropped}', is ignored; shorten it")
     return said
+
+
+def _cut(tokenizer: Any, text: str, room: int) -> int:
+    """Where in the user's own text the encoders stop reading: the start of the word the limit
+    falls in, or of the character in a long run without spaces. Quoted from the text, not the
+    tokenizer's decoding, which is lower-cased and spaced ("word 1 4" for "Word14")."""
+    def passes(end: int) -> bool:
+        return len(tokenizer.tokenize(text[:end])) > room
+
+    words = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+    lo, hi = 0, len(words) - 1  # the first word whose end passes the limit (the last does)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if passes(words[mid][1]) else (mid + 1, hi)
+    start, end = words[lo]
+    if end - start <= 40:
+        return start
+    lo, hi = start + 1, end  # a long run (CJK, emoji): the first character that passes
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if passes(mid) else (mid + 1, hi)
+    return lo - 1
 
 
 def cached_tokenizer(job: Job) -> Any | None:

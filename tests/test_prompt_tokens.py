@@ -129,3 +129,24 @@ def test_the_cut_is_shown_from_a_whole_character(tiny):
 
     said = too_long(tiny.pipe.tokenizer, Job(prompt="🦊" * 100))
     assert len(said) == 1 and "from '🦊🦊" in said[0] and "\ufffd" not in said[0], said
+
+
+def test_the_cut_is_quoted_from_the_users_own_text(tiny):
+    """The quote was the tokenizer's decoding: lower-cased and spaced ("word 1 4" for
+    "Word14"). It is the user's text from the word the limit falls in."""
+    from hires.job import Job
+    from hires.prompts import too_long
+
+    tokenizer = tiny.pipe.tokenizer
+    prompt = " ".join(f"Word{i}" for i in range(80))
+    said = too_long(tokenizer, Job(prompt=prompt))
+    quoted = said[0].split("from '")[1].split("'")[0].removesuffix("...")
+    start = prompt.index(quoted)
+    first = quoted.split()[0]
+    assert first.startswith("Word") and prompt[start - 1] == " ", said
+    assert len(tokenizer.tokenize(prompt[:start])) <= 75  # read in full before the quote
+    assert len(tokenizer.tokenize(prompt[:start + len(first)])) > 75  # the word passes it
+    # a long run without spaces is cut at the character, with what is read left out
+    run = "x" * 30 + " " + "y" * 200
+    said = too_long(tokenizer, Job(prompt=run))
+    assert "from 'yyyy" in said[0]
