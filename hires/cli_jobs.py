@@ -352,21 +352,29 @@ def open_stdin(instead: str):
 
 
 def stdin_lines(what: str, head: bytes = b"", text: bool = False) -> list[str]:
-    """The lines on stdin, stripped, without blank and `#` comment lines; on a terminal, first
-    a word on how to end them (nothing else would say why hires waits). `head`: its first
-    bytes, read already from `sys.stdin.buffer`; `text`: prompts, not file names."""
+    """The lines on stdin, stripped, without blank and `#` comment lines (or its entries each
+    ended by a NUL: a path as it is, a prompt stripped; blank ones left out); on a terminal,
+    first a word on how to end them (nothing else would say why hires waits). `head`: its
+    first bytes, read already from `sys.stdin.buffer`; `text`: prompts, not file names."""
     if sys.stdin.isatty():
         say(f"reading {what} from stdin, one a line; end with Ctrl-D")
+    from hires.text_bytes import marked, problem, unmarked_problem, unmarked_utf16
+
     raw = getattr(sys.stdin, "buffer", None)
     try:
         if raw is None:  # a text stream only (a caller's StringIO): decoded already
             lines = (head.decode("utf-8") + sys.stdin.read()).splitlines()
         else:
             data = head + raw.read()
+            if name := unmarked_utf16(data):  # else a NUL every other character
+                raise typer.BadParameter(unmarked_problem(name, f"the {what} on stdin"))
+            # each ended by a NUL (find -print0, xargs -0's input): taken whole, newlines too
+            if b"\0" in data and not marked(data):
+                entries = [_stdin_text(e) if text else _stdin_paths(e)
+                           for e in data.split(b"\0")]
+                return [e.strip() if text else e for e in entries if e.strip()]
             lines = (_stdin_text(data) if text else _stdin_paths(data)).splitlines()
     except UnicodeDecodeError as e:
-        from hires.text_bytes import problem
-
         raise typer.BadParameter(problem(e, f"the {what} on stdin", "give them as UTF-8")
                                  ) from None
     # A byte-order mark (Windows editors write one) is no part of a line: of the first, or of

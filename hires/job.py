@@ -9,6 +9,7 @@ import math
 import numbers
 import os
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
@@ -69,6 +70,20 @@ def all_of(errors: list[JobError]) -> JobError:
     if len(errors) == 1:
         return errors[0]
     return JobErrors([line for e in errors for line in getattr(e, "errors", [str(e)])])
+
+
+def _check_controls(name: str, text: str) -> None:
+    """Refuse a control character (tab and line ends aside): the encoders read it as noise, and
+    a NUL at every other character is UTF-16 text read as UTF-8 (a file saved without its
+    byte-order mark); an escape sequence would reach terminals with the prompt."""
+    bad = next((i for i, c in enumerate(text)
+                if c not in "\t\n\r" and unicodedata.category(c) == "Cc"), None)
+    if bad is None:
+        return
+    what = f"U+{ord(text[bad]):04X}, character {bad + 1}"
+    rest = (f" holds a NUL character ({what}): UTF-16 text read as UTF-8? save it as UTF-8"
+            if text[bad] == "\0" else f" holds a control character ({what}); remove it")
+    raise KeyedError(f"the {name}{rest}", name, rest)
 
 
 class KeyedError(JobError):
@@ -223,6 +238,7 @@ class Job:
             except UnicodeEncodeError:  # undecodable bytes from argv arrive as surrogates
                 raise JobError(f"the {name} is not valid UTF-8 text; check its encoding"
                                ) from None
+            _check_controls(name, getattr(self, name))
         _check_choice("dtype", self.dtype, DTYPES)
         if not _DEVICE.match(self.device):
             raise JobError(f"device must be auto, cpu, mps, cuda or cuda:N; got '{self.device}'")

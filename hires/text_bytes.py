@@ -18,9 +18,30 @@ def marked(data: bytes) -> str | None:
     return next((name for mark, name in MARKS if data.startswith(mark)), None)
 
 
+def unmarked_utf16(data: bytes) -> str | None:
+    """'UTF-16LE' or 'UTF-16BE' for text saved in UTF-16 without a byte-order mark (Latin
+    letters then have a NUL byte each, every other byte), else None."""
+    head = data[:400]
+    if len(head) < 4 or marked(head):
+        return None
+    for name, zeros, letters in (("UTF-16LE", head[1::2], head[0::2]),
+                                 ("UTF-16BE", head[0::2], head[1::2])):
+        if zeros.count(0) >= 0.9 * len(zeros) and letters.count(0) <= 0.1 * len(letters):
+            return name
+    return None
+
+
+def unmarked_problem(name: str, what: str) -> str:
+    """The error for `what` in UTF-16 (`name`) without its byte-order mark."""
+    return (f"{what}: {name} text without its byte-order mark; save it as UTF-8 "
+            f"(iconv -f {name.lower()} -t utf-8 converts it)")
+
+
 def decoded(data: bytes, what: str, fix: str) -> str:
     """`data` as text (a UTF-8 byte-order mark dropped); ValueError naming `what` ("j.toml",
     "the jobs on stdin") and the bad line, and saying `fix` ("save it as UTF-8")."""
+    if name := unmarked_utf16(data):  # else read as a TOML error at line 1, column 2
+        raise ValueError(unmarked_problem(name, what))
     encoding = marked(data)
     try:
         return data.decode(encoding or "utf-8").removeprefix("\ufeff")
