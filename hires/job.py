@@ -593,7 +593,8 @@ def parse_aspect(aspect: str | float) -> float:
         if not (math.isfinite(w) and math.isfinite(h)) or w <= 0 or h <= 0:
             raise ValueError
     except ValueError:
-        raise JobError(f"aspect must look like 16:9 or 1.5, got '{aspect}'") from None
+        got = f"'{aspect}'" if isinstance(aspect, str) else f"{aspect:g}"  # as it was given
+        raise JobError(f"aspect must look like 16:9 or 1.5 (above 0), got {got}") from None
     return w / h
 
 

@@ -98,6 +98,10 @@ def keyword_words(text: str) -> str:
     job ("'model' in the job must be text"), as the keyword it was given as."""
     said = re.sub(r"'(\w+)' in (?:the )?job ", r"\1 ", text)
     said = re.sub(r"--allow-pickle\b", "allow_pickle=True", said)  # as ModelError says it
+    # a keyword, not a file's key: "unknown keyword stesp= (did you mean steps=?)"
+    said = re.sub(r"^unknown key (\w+) \(did you mean '(\w+)'\?\)",
+                  r"unknown keyword \1= (did you mean \2=?)", said)
+    said = re.sub(r"^unknown key (\w+) \(valid: ", r"unknown keyword \1= (valid: ", said)
     said = said.replace("hires up makes images larger", "an upscale makes images larger")
     # A flag is a word of its own: a name's '--' (my--style.safetensors, ./--x.safetensors,
     # a Hub cache's models--x--y) is left as it is.
@@ -185,7 +189,19 @@ def fitted(error: PlanError) -> PlanError:
 @wraps(load)
 def library_load(*args: Any, **kwargs: Any) -> Components:
     """`hires.load`: `hires.models.load`, its errors naming the keywords (model=, not
-    --model)."""
+    --model). The model by position, the rest by keyword: `load("tiny", "cpu")` loaded "cpu"
+    as the LinFusion checkpoint."""
+    import difflib
+
+    names = list(inspect.signature(load).parameters)
+    if len(args) > 1:
+        raise TypeError(f"load() takes the model by position and the rest by keyword "
+                        f"({names[1]}=..., device=...): got {len(args)} positional arguments")
+    for key in kwargs:
+        if key not in names:
+            match = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            hint = f"did you mean {match[0]}=?" if match else f"valid: {', '.join(names)}"
+            raise TypeError(f"load() got an unknown keyword {key}= ({hint})")
     with in_keywords():  # load checks its arguments as a job's: 'model' in the job
         return load(*args, **kwargs)
 

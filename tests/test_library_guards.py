@@ -131,9 +131,11 @@ def test_a_job_switch_must_be_a_bool(tiny, name, value):
 
 # 5. aspect 0 (or "") is refused as "0" is, not taken as a square
 
-@pytest.mark.parametrize("aspect", [0, 0.0, ""])
-def test_an_aspect_of_zero_is_refused(tiny, aspect):
-    with pytest.raises(JobError, match=f"aspect must look like 16:9 or 1.5, got '{aspect}'"):
+@pytest.mark.parametrize("aspect,said", [(0, "0"), (0.0, "0"), (-1.5, "-1.5"), ("", "''")])
+def test_an_aspect_of_zero_is_refused(tiny, aspect, said):
+    """A number is said as the number given (it said '0', as if text)."""
+    with pytest.raises(JobError, match=re.escape(
+            f"aspect must look like 16:9 or 1.5 (above 0), got {said}")):
         hires.generate("x", components=tiny, size=256, aspect=aspect, **ONE)
 
 
@@ -240,3 +242,30 @@ def test_plan_for_says_a_huge_gpu_figure_briefly(tiny):
     with pytest.raises(ValueError, match="gpu inf is not a card") as caught:
         plan_for(Job(), tiny, gpu=10**400)
     assert len(str(caught.value)) < 300
+
+
+# 7. an unknown keyword is said as a keyword; hires.load takes the rest by keyword
+
+def test_an_unknown_keyword_is_said_as_a_keyword(tiny):
+    """It said "unknown key stesp (did you mean 'steps'?)", a batch file's words."""
+    for given, said in ((dict(stesp=2), "unknown keyword stesp= (did you mean steps=?)"),
+                        (dict(negative_prompt="x"),
+                         "unknown keyword negative_prompt= (did you mean negative=?)"),
+                        (dict(zzzq=1), "unknown keyword zzzq= (valid: prompt, negative,")):
+        with pytest.raises(JobError, match=re.escape(said)):
+            hires.generate("x", components=tiny, size=64, **given, **ONE)
+
+
+def test_load_takes_the_model_by_position_and_the_rest_by_keyword():
+    """`hires.load("tiny", "cpu")` loaded "cpu" as the LinFusion checkpoint, and a misspelt
+    keyword was Python's bare "unexpected keyword argument"."""
+    with pytest.raises(TypeError, match=re.escape(
+            "load() takes the model by position and the rest by keyword (linfusion=..., "
+            "device=...): got 2 positional arguments")):
+        hires.load("tiny", "cpu")
+    with pytest.raises(TypeError, match=re.escape(
+            "load() got an unknown keyword modle= (did you mean model=?)")):
+        hires.load(modle="tiny")
+    with pytest.raises(TypeError, match=re.escape("load() got an unknown keyword zzz= (valid: "
+                                                  "model, linfusion, dtype, device,")):
+        hires.load("tiny", zzz=1)
