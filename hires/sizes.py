@@ -5,7 +5,8 @@ The keys are `size` (the long side) with `aspect`, `width` and `height` (exact),
 (a print's width and height, e.g. "60x90cm", at the job's dpi, 300 when it names none), and for
 an upscale `scale` (a multiple of the input's size). The most specific level that names a size
 decides it; where that level gives only `aspect`, the long side comes from the level below
-(`--preset 8k --aspect 16:9` is 8192 x 4608), and where it gives only `size`, the shape does
+(`--preset 8k --aspect 16:9` is 8192 x 4608; over a print size, the largest of that shape the
+paper holds), and where it gives only `size`, the shape does
 (`--from wide.png --size 8192` keeps the recorded aspect). An upscale keeps its input's aspect:
 `size` is the input's long side made that long, not a square it would be cropped to, and
 `print_size` the largest the input fits in the print, turned to the input's orientation.
@@ -363,8 +364,10 @@ def layered_size(levels: list[Level],
     if size is None:  # only the aspect: the long side from below
         below = nearest(lower, LONG_SIDE_KEYS)
         size = below.get("size") or max(below.get("width", 0), below.get("height", 0)) or None
-        if "print_size" in below:
-            size = max(print_pixels(below["print_size"], dpi))
+        if "print_size" in below:  # the largest of that shape the paper holds, turned to it
+            ratio = parse_aspect(aspect)
+            size = max(fit_print((round(ratio * 10_000), 10_000),
+                                 *print_pixels(below["print_size"], dpi)))
         if size is None and where == OPTIONS:
             raise JobError("--aspect needs --size (the long side in pixels)")
         if size is None:  # a preset or job of only a shape: the long side is for the run

@@ -44,8 +44,11 @@ def test_what_a_level_leaves_out_comes_from_the_nearest_level_below_that_gives_i
         4096, 4096)
     assert layered_size(levels(preset, side_only, {"size": 1024})) == (1024, 576)
     assert layered_size(levels(preset, shape_only, {"size": 1024})) == (1024, 1024)
+    # over a print size, the largest of that shape the paper holds (A4 at 100 dpi: 824 x 1168)
     assert layered_size(levels({"print_size": "A4"}, {"aspect": "2:1"}, shape_only), dpi=100
-                        ) == (1168, 1168)
+                        ) == (824, 824)
+    assert layered_size(levels({"print_size": "A4"}, {"aspect": "2:1"}), dpi=100
+                        ) == (1168, 584)
 
 
 def test_a_batch_job_takes_a_presets_long_side_past_an_aspect_in_defaults(tmp_path):
@@ -182,10 +185,14 @@ def test_a_print_size_is_its_pixels_at_the_dpi_and_the_file_records_that_dpi(tmp
                            ({"dpi": 200}, OPTIONS, False)])
     assert (job.width, job.height, job.dpi) == (4800, 7200, 200)
     assert layered_size(levels({"print_size": "20x10cm"}, {"size": 1024})) == (1024, 512)
-    assert layered_size(levels({"print_size": "A2"}, {"aspect": "1:1"})) == (7016, 7016)
+    # An aspect over a print: the largest of that shape the paper holds, turned to it (it was
+    # the paper's long side, a 59.4 x 59.4 cm "A2" print).
+    assert layered_size(levels({"print_size": "A2"}, {"aspect": "1:1"})) == (4960, 4960)
+    assert layered_size(levels({"print_size": "A2"}, {"aspect": "16:9"})) == (7016, 3944)
+    assert layered_size(levels({"print_size": "A2"}, {"aspect": "1:2"})) == (3504, 7016)
     job = job_from_levels([({"print_size": "A2"}, "preset 'a2'", True),
                            ({"aspect": "1:1"}, OPTIONS, False)])
-    assert (job.width, job.dpi) == (7016, 300)  # the print's long side, at the print's dpi
+    assert (job.width, job.dpi) == (4960, 300)  # the paper's short side, at the print's dpi
     job = job_from_levels([({"print_size": "A2"}, "preset 'a2'", True),
                            ({"size": 1024}, OPTIONS, False)])
     assert (job.width, job.height, job.dpi) == (728, 1024, None)  # its shape only: no print
