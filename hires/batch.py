@@ -9,7 +9,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,6 +121,9 @@ def read_batch(path: str | Path, base: Job | None = None,
     for i, entry in enumerate(entries):
         # Numbered from 0, as the run, the manifest and the default names number it.
         where = job_place(name, i, line_of.get(i))
+        if isinstance(entry, BadLine):  # said with every other job's error
+            errors.append(JobError(f"{where}: {entry.error}"))
+            continue
         try:
             # JSON's null is a value not given (pandas and jq write it for one): the key is
             # left to the levels below, as if absent (a command's own too: "n": null, and
@@ -218,6 +221,9 @@ def _tables(path: Path) -> tuple[str, dict[str, Any], list[dict[str, Any]], dict
             path.suffix.lower() != ".toml" and _starts_like_json(path))
     if jsonl:
         lines = list(_jsonl(path, text))
+        if lines and all(isinstance(e, BadLine) and e.toml for _, e in lines):  # a.json of TOML
+            raise JobError(f"{label} holds TOML, not JSON lines: name it "
+                           f"{Path(label).stem}.toml, or write one JSON object a line")
         defaults, entries = {}, [entry for _, entry in lines]
         line_of = {i: n for i, (n, _) in enumerate(lines)}
     else:
@@ -408,9 +414,9 @@ def keyed(message: str, wheres: Iterable[str]) -> str:
     return message
 
 
-def _jsonl(path: Path, text: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+def _jsonl(path: Path, text: str | None = None
+           ) -> Iterator[tuple[int, dict[str, Any] | BadLine]]:
     """(line number, job) for each job line of a JSONL file, or of `text` (stdin)."""
-    label = "stdin" if text is not None else str(path)
     # Lines as a file reads them: str.splitlines() also breaks at U+2028, which JSON allows
     # unescaped inside a string. A file is read a line at a time (a JSONL of 200,000 jobs
     # read whole took 5x its size), and read whole only to say where it is not text.
@@ -421,7 +427,7 @@ def _jsonl(path: Path, text: str | None = None) -> Iterator[tuple[int, dict[str,
         raise JobError(f"cannot read {path}: {e.strerror}") from None
     with f:
         try:
-            yield from _jsonl_entries(enumerate(f, start=1), label)
+            yield from _jsonl_entries(enumerate(f, start=1))
         except UnicodeDecodeError:
             try:
                 decoded(path.read_bytes(), str(path), "save it as UTF-8")
@@ -437,18 +443,40 @@ def _file_encoding(path: Path) -> str:
         return marked(f.read(4)) or "utf-8-sig"
 
 
-def _jsonl_entries(lines: Iterable[tuple[int, str]], label: str
-                   ) -> Iterator[tuple[int, dict[str, Any]]]:
+@dataclass(frozen=True)
+class BadLine:
+    """A JSONL line that is no job object: said with the other jobs' errors, not alone."""
+
+    error: str
+    toml: bool = False  # the line reads as TOML ('[[job]]', 'key = ...')
+
+
+def _jsonl_entries(lines: Iterable[tuple[int, str]]
+                   ) -> Iterator[tuple[int, dict[str, Any] | BadLine]]:
     for n, line in lines:
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         try:
-            entry = json.loads(line)
+            entry = json.loads(line, object_pairs_hook=_once_each)
         except json.JSONDecodeError as e:
-            raise JobError(f"{label} line {n}: not valid JSON ({e.msg})") from None
-        if not isinstance(entry, dict):
-            raise JobError(f"{label} line {n}: each line must be a JSON object")
-        yield n, entry
+            toml = re.match(r"\s*(\[\[?\w+\]\]?\s*$|[\w-]+\s*=)", line) is not None
+            yield n, BadLine(f"not valid JSON ({e.msg})", toml)
+            continue
+        except ValueError as e:  # a key given twice: JSON keeps the last, unsaid
+            yield n, BadLine(str(e))
+            continue
+        yield n, entry if isinstance(entry, dict) else BadLine(
+            "each line must be a JSON object")
+
+
+def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are each given once (as TOML requires); else ValueError."""
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"'{key}' is given twice; keep one")
+        seen[key] = value
+    return seen
 
 
 def stable_seed(text: str, repeat: int = 0) -> int:
@@ -464,29 +492,43 @@ def parse_shard(shard: str | None, env: dict[str, str] | None = None) -> tuple[i
     """(rank, world) from `--shard I/N`, else torchrun/accelerate's RANK and WORLD_SIZE."""
     env = os.environ if env is None else env
     if shard:
-        try:
-            i, n = (int(p) for p in shard.split("/", 1))
-        except ValueError:
-            raise JobError(f"--shard must look like I/N (e.g. 0/4), got '{shard}'") from None
+        # ASCII digits only: int() also reads "1_0" as 10 and full-width digits
+        parts = re.fullmatch(r"\s*(-?\d+)\s*/\s*(-?\d+)\s*", shard, re.ASCII)
+        if parts is None:
+            raise JobError(f"--shard must look like I/N (e.g. 0/4), got '{shard}'")
+        i, n = int(parts[1]), int(parts[2])
         if n < 1 or not 0 <= i < n:
             raise JobError(f"--shard {shard}: need 0 <= I < N")
         return i, n
-    try:
-        world = int(env.get("WORLD_SIZE", "1"))
-        rank = int(env.get("RANK", env.get("LOCAL_RANK", "0")))
-    except ValueError:
-        got = " ".join(f"{k}={env[k]!r}" for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")
-                       if k in env)
-        raise JobError(f"RANK/LOCAL_RANK/WORLD_SIZE in the environment must be whole numbers, "
-                       f"got {got}") from None
+    world = _env_number(env, "WORLD_SIZE", 1)
+    rank = _env_number(env, "RANK", None)
+    rank = _env_number(env, "LOCAL_RANK", 0) if rank is None else rank
+    named = " ".join(f"{k}={env[k]}" for k in SHARD_VARIABLES if k in env)
+    if world > 1 and "RANK" not in env and "LOCAL_RANK" not in env:
+        # every process of such a launcher would run shard 0, and the rest of the jobs none
+        raise JobError(f"{named} in the environment, but RANK is not set: set RANK (or "
+                       "LOCAL_RANK) in each process, or pass --shard I/N")
     if world < 1 or not 0 <= rank < world:
         # Running zero jobs and exiting 0 would hide a broken launcher from the user.
-        named = " ".join(f"{k}={env[k]}" for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")
-                         if k in env)
         unset = "" if "WORLD_SIZE" in env else " (WORLD_SIZE is not set: read as 1)"
         raise JobError(f"{named} in the environment{unset}: need WORLD_SIZE >= 1 and 0 <= RANK "
                        "< WORLD_SIZE (or pass --shard I/N)")
     return rank, world
+
+
+SHARD_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE")  # torchrun's and accelerate's
+
+
+def _env_number(env: Mapping[str, str], name: str, default: int | None) -> int | None:
+    """A whole number from the environment (`default` where it is not set); a JobError naming
+    the shard variables that are set, an empty one too (an unset variable in a script)."""
+    if name not in env:
+        return default
+    if re.fullmatch(r"\s*-?\d+\s*", env[name], re.ASCII):
+        return int(env[name])
+    got = " ".join(f"{k}={env[k]!r}" for k in SHARD_VARIABLES if k in env)
+    raise JobError(f"{got} in the environment: each must be a whole number; set them, unset "
+                   "them, or pass --shard I/N")
 
 
 def local_device(strict: bool = True) -> str | None:
@@ -494,14 +536,12 @@ def local_device(strict: bool = True) -> str | None:
     given, so the environment shards nothing): values that are not numbers pick none."""
     env = os.environ
     try:
-        if int(env.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in env:
-            return f"cuda:{int(env['LOCAL_RANK'])}"
-    except ValueError:
+        if (_env_number(env, "WORLD_SIZE", 1) or 1) > 1 and "LOCAL_RANK" in env:
+            return f"cuda:{_env_number(env, 'LOCAL_RANK', 0)}"
+    except JobError:
         if not strict:
             return None
-        raise JobError(f"WORLD_SIZE/LOCAL_RANK in the environment must be whole numbers, got "
-                       f"WORLD_SIZE={env.get('WORLD_SIZE')!r} "
-                       f"LOCAL_RANK={env.get('LOCAL_RANK')!r}") from None
+        raise
     return None
 
 

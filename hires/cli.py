@@ -491,6 +491,9 @@ def batch(
         mine = b.my_share(items, rank, world)
         say(f"batch {name if name == 'stdin' else file}: {len(items)} job(s), shard "
             f"{rank}/{world} runs {len(mine)}")
+        if not mine:  # a launcher's WORLD_SIZE larger than it meant, or a wrong --shard
+            warn(f"shard {rank}/{world} has no jobs: the file holds {len(items)}, so shards "
+                 f"{len(items)} and up run none")
         check_gpu(gpu)
         if not dry_run or gpu is None:  # a dry run with --gpu plans that card, not this one
             check_batch_devices(mine, name, given, torchrun, dry_run)

@@ -608,7 +608,7 @@ def test_jobs_piped_to_batch_dash_run_and_a_rerun_of_the_same_jobs_skips_them(tm
     toml = f'[defaults]\n{TINY}[[job]]\nprompt = "a cat"\n'
     plan = cli("batch", "-", "-o", out, "--dry-run", input=toml)  # TOML: not starting with {
     assert plan.exit_code == 0 and "job 0: 256x256 -> " in plan.stdout
-    for text, words in (('{"prompt": 1x}\n', "stdin line 1: not valid JSON"),
+    for text, words in (('{"prompt": 1x}\n', "stdin job 0 (line 1): not valid JSON"),
                         ('[[job]]\nprompt = "a\n', "stdin is not valid TOML"),
                         ("# nothing\n", "stdin holds no jobs"),
                         ('{"prompt": "a", "colour": 1}\n', "unknown key 'colour' in stdin job 0")):
