@@ -192,10 +192,20 @@ def runs_ip_adapter(job: Job) -> bool:
     return bool(job.ip_image) and job.ip_scale != 0
 
 
+# A plan's job.extra key: its IP-Adapter was named (the default one too) without its image.
+NAMED_IP_ADAPTER = "ip_adapter_named"
+
+
+def named_ip_adapter(job: Job) -> bool:
+    """Whether the job names an IP-Adapter: another than the default, or the default by its
+    flag in a plan."""
+    return job.ip_adapter != DEFAULT_IP_ADAPTER or job.extra.get(NAMED_IP_ADAPTER, False)
+
+
 def planned_ip_adapter(job: Job) -> bool:
     """Whether a plan counts the job's IP-Adapter: it runs, or one is named without its image
     (`hires plan` plans it as given, as it plans a ControlNet without its image)."""
-    return (bool(job.ip_image) or job.ip_adapter != DEFAULT_IP_ADAPTER) and job.ip_scale != 0
+    return (bool(job.ip_image) or named_ip_adapter(job)) and job.ip_scale != 0
 
 
 # A control image whose aspect is this far from the image's loses more than this share of it

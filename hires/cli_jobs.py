@@ -271,11 +271,15 @@ def check_scale_flags(job, flags: dict[str, Any], images: bool = True):
     plan), an add-on's model stands for its image."""
     from dataclasses import replace
 
-    from hires.job import DEFAULT_IP_ADAPTER, idle_setting
+    from hires.addons import NAMED_IP_ADAPTER, named_ip_adapter
+    from hires.job import idle_setting
 
+    if not images and flags.get("ip_adapter") not in (None, "none"):
+        # `plan --ip-adapter h94/IP-Adapter`: the default adapter, named, is planned too
+        job = replace(job, extra={**job.extra, NAMED_IP_ADAPTER: True})
     seen = job if images else replace(
         job, control=job.control or (job.control_model and "IMAGE") or None,
-        ip_image=job.ip_image or (job.ip_adapter != DEFAULT_IP_ADAPTER and "IMAGE") or None)
+        ip_image=job.ip_image or (named_ip_adapter(job) and "IMAGE") or None)
     # '--ip-adapter none' drops a preset's or record's IP-Adapter: it asks for none
     idle = idle_setting(seen, {k for k, v in flags.items() if v != "none"})
     if idle:

@@ -14,6 +14,7 @@ from typing import Any
 import typer
 
 from hires import __version__
+from hires.addons import named_ip_adapter, planned_ip_adapter
 from hires.cli_jobs import check_gpu, fitted_plan, plan_key
 from hires.cli_output import (
     EXIT_RUNTIME,
@@ -27,7 +28,7 @@ from hires.cli_output import (
 )
 from hires.cli_resume import stages_upto
 from hires.cli_runs import checkpoint_note, fp16_vae_hint, warn_ram, warn_space
-from hires.job import DEFAULT_IP_ADAPTER, JobError
+from hires.job import JobError
 from hires.strips import cores
 
 
@@ -178,7 +179,7 @@ def settings_line(job) -> str:
     if job.control_model:  # at scale 0 kept in the record, but neither loaded nor run
         parts.append(f"controlnet {job.control_model}" + (
             " at scale 0 (not run)" if job.control_scale == 0 else ""))
-    if job.ip_image or job.ip_adapter != DEFAULT_IP_ADAPTER:
+    if job.ip_image or named_ip_adapter(job):
         parts.append(f"ip-adapter {job.ip_adapter}" + (
             " at scale 0 (not run)" if job.ip_scale == 0 else ""))
     if job.negative:
@@ -266,7 +267,7 @@ def plan_hints(run, job, p, preview: bool, replan: Callable[[Any], Any]) -> Iter
                f"in {duration(first)}")
     if job.control_model and not (job.control or job.image):  # planned as if it were given
         yield "the ControlNet's image does not change the plan; gen needs it (--control IMAGE)"
-    if job.ip_adapter != DEFAULT_IP_ADAPTER and not job.ip_image:
+    if planned_ip_adapter(job) and not job.ip_image:
         yield ("the IP-Adapter's image does not change the plan; gen needs it (--ip-image "
                "IMAGE)")
     for given, what, flag in ((job.control, "ControlNet's", "--control"),

@@ -384,3 +384,27 @@ def test_a_path_with_two_dashes_is_not_taken_for_a_flag_in_a_librarys_message(tm
         "pass allow_pickle=True (or vae_tile 512)"
     for name in ("./--my-lora.safetensors: no such file", "x (--my-lora.safetensors)"):
         assert keyword_words(name) == name
+
+
+def test_plan_counts_the_default_ip_adapter_named_without_its_image():
+    """`hires plan --ip-adapter h94/IP-Adapter` was refused ("needs an image prompt") where
+    another adapter was planned: a job could not tell the default named from none."""
+    from helpers_cli import cli, json_lines
+
+    from hires.job import DEFAULT_IP_ADAPTER
+
+    def plan(*args: str):
+        result = cli("plan", "x", "--size", "1024", "--gpu", "h100", "--json", *args)
+        assert result.exit_code == 0, result.stderr
+        return json_lines(result.stdout)[0], result.stderr
+
+    (plain, _), (named, said) = plan(), plan("--ip-adapter", DEFAULT_IP_ADAPTER)
+    other, _ = plan("--ip-adapter", "someone/their-ip-adapter")
+    assert named["peak_bytes"] == other["peak_bytes"] > plain["peak_bytes"]
+    assert "gen needs it (--ip-image IMAGE)" in said
+    assert f"ip-adapter {DEFAULT_IP_ADAPTER}" in cli(
+        "plan", "x", "--size", "1024", "--ip-adapter", DEFAULT_IP_ADAPTER).stdout
+    # at scale 0 it is listed, not run, as another adapter is
+    zero = cli("plan", "x", "--size", "1024", "--ip-adapter", DEFAULT_IP_ADAPTER, "--ip-scale",
+               "0")
+    assert zero.exit_code == 0 and "at scale 0 (not run)" in zero.stdout, zero.stderr
