@@ -247,7 +247,8 @@ def plan_without_weights(job, rate: float | None = None,
         alphas = None  # make_plan's default: SDXL base's
     if planned_ip_adapter(job):  # its weights ride in the UNet's blocks
         shape = copy(shape, unet=with_ip_adapter(shape.unet, shape.dtype_bytes,
-                                                 projection_params(job.ip_adapter)))
+                                                 projection_params(job.ip_adapter,
+                                                                   job.allow_pickle)))
     if on_gpu:
         # Parked maps, offloaded weights and the VAE's outputs that do not fit the GPU go to
         # the CPU's memory: --ram GB of it, else as if DRY_RUN_FREE_RAM of this machine's RAM

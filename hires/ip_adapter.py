@@ -95,10 +95,11 @@ def fit_problem(ref: str, model: str) -> str | None:
     return None
 
 
-def projection_params(ref: str) -> int | None:
+def projection_params(ref: str, allow_pickle: bool = False) -> int | None:
     """The parameters of the local IP-Adapter `ref`'s image projection (its image_proj
     tensors), from its weights' header: a "plus" adapter's Resampler is ten times the plain
-    one's linear projection. None for a Hub id or a file whose header does not say."""
+    one's linear projection. A pickle (.bin) is read only where `allow_pickle`, its tensors on
+    the meta device (no data read). None for a Hub id or a file that does not say."""
     from math import prod
 
     from hires.safetensors_header import read_header
@@ -108,13 +109,29 @@ def projection_params(ref: str) -> int | None:
     except IPAdapterError:
         return None
     file = Path(folder) / subfolder / weight
-    header = read_header(file) if file.suffix == ".safetensors" else None
-    shapes = [entry.get("shape") for name, entry in (header or {}).items()
-              if name.startswith("image_proj.") and isinstance(entry, dict)]
+    if file.suffix == ".safetensors":
+        header = read_header(file)
+        shapes = [entry.get("shape") for name, entry in (header or {}).items()
+                  if name.startswith("image_proj.") and isinstance(entry, dict)]
+    else:
+        shapes = _pickled_shapes(file) if allow_pickle else []
     if not shapes or not all(isinstance(s, list) and all(isinstance(n, int) for n in s)
                              for s in shapes):
         return None
     return sum(prod(s) for s in shapes)
+
+
+def _pickled_shapes(file: Path) -> list[list[int]]:
+    """The shapes of a pickled adapter's image_proj tensors ({"image_proj": {...}, ...}, as
+    torch.save wrote it), loaded on the meta device; [] where it cannot be read so."""
+    try:
+        state = torch.load(file, map_location="meta", weights_only=True, mmap=True)
+    except Exception:  # an old (not zip) pickle, or no adapter: the plan counts the plain one
+        return []
+    proj = state.get("image_proj") if isinstance(state, dict) else None
+    if not isinstance(proj, dict):
+        return []
+    return [list(t.shape) for t in proj.values() if isinstance(t, torch.Tensor)]
 
 
 def _other_weights(file: Path, ref: str) -> str | None:

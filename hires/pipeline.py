@@ -301,7 +301,8 @@ def shape_for(job: Job, components: Components):
     if runs_ip_adapter(job) and not ip_adapter.is_loaded(components.pipe):
         # attached after the plan: its weights, as they will sit in the UNet's blocks
         shape = replace(shape, unet=with_ip_adapter(shape.unet, shape.dtype_bytes,
-                                                    ip_adapter.projection_params(job.ip_adapter)))
+                                                    ip_adapter.projection_params(
+                                                        job.ip_adapter, job.allow_pickle)))
     if job.ram is not None and shape.on_gpu:
         shape = replace(shape, host=host_room(job.ram * GIB))
     if job.disk is not None:  # a cap: a run cannot use more than is free

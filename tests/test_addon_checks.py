@@ -654,6 +654,25 @@ def test_the_plan_counts_a_plus_adapters_projection_from_its_file(files, tmp_pat
     assert plus - hub == 2 * (size - plain)
 
 
+def test_the_plan_counts_a_pickled_plus_adapters_projection_where_pickle_is_allowed(files,
+                                                                                   tmp_path):
+    """A "plus" adapter as a pickle (.bin, as torch.save wrote the Hub's) was still planned as
+    the plain one: its tensors are read on the meta device, only with --allow-pickle."""
+    from hires.ip_adapter import projection_params
+
+    folder = tmp_path / "plus"
+    shutil.copytree(files["ip"] / "image_encoder", folder / "image_encoder")
+    torch.save({"image_proj": {"latents": torch.zeros(1, 16, 64).half(),
+                               "proj_out.weight": torch.zeros(2048, 64).half()},
+                "ip_adapter": {"1.to_k_ip.weight": torch.zeros(8, 2048).half()}},
+               folder / "ip-adapter_sdxl.bin")
+    size = 1024 + 2048 * 64
+    assert projection_params(str(folder), allow_pickle=True) == size
+    assert projection_params(str(folder)) is None  # not unpickled without leave
+    (folder / "ip-adapter_sdxl.bin").write_bytes(b"not a pickle")
+    assert projection_params(str(folder), allow_pickle=True) is None
+
+
 def test_gen_says_a_transparent_control_image_once(files, tmp_path, asked):
     rgba = tmp_path / "rgba.png"
     pixels = np.asarray(Image.open(files["control"]))
