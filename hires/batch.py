@@ -30,7 +30,7 @@ from hires.job import (
 )
 from hires.presets import load_preset, parse_toml, read_toml
 from hires.sizes import ASPECT_ALONE, OPTIONS, SIZE_KEYS, giver, job_from_levels
-from hires.text_bytes import decoded, marked
+from hires.text_bytes import decoded, marked, unmarked, unmarked_problem
 
 
 @dataclass(frozen=True)
@@ -221,7 +221,9 @@ def _tables(path: Path) -> tuple[str, dict[str, Any], list[dict[str, Any]], dict
             path.suffix.lower() != ".toml" and _starts_like_json(path))
     if jsonl:
         lines = list(_jsonl(path, text))
-        if lines and all(isinstance(e, BadLine) and e.toml for _, e in lines):  # a.json of TOML
+        first = lines[0][1] if lines else None
+        if isinstance(first, BadLine) and first.toml and not any(  # a .json of TOML
+                isinstance(e, dict) for _, e in lines):
             raise JobError(f"{label} holds TOML, not JSON lines: name it "
                            f"{Path(label).stem}.toml, or write one JSON object a line")
         defaults, entries = {}, [entry for _, entry in lines]
@@ -425,6 +427,9 @@ def _jsonl(path: Path, text: str | None = None
             path, encoding=_file_encoding(path))
     except OSError as e:
         raise JobError(f"cannot read {path}: {e.strerror}") from None
+    if text is None and (name := unmarked(f.buffer.peek(400)[:400])):  # else each line bad
+        f.close()
+        raise JobError(unmarked_problem(name, str(path)))
     with f:
         try:
             yield from _jsonl_entries(enumerate(f, start=1))
@@ -493,7 +498,7 @@ def parse_shard(shard: str | None, env: dict[str, str] | None = None) -> tuple[i
     env = os.environ if env is None else env
     if shard:
         # ASCII digits only: int() also reads "1_0" as 10 and full-width digits
-        parts = re.fullmatch(r"\s*(-?\d+)\s*/\s*(-?\d+)\s*", shard, re.ASCII)
+        parts = re.fullmatch(r"\s*(-?\d{1,9})\s*/\s*(-?\d{1,9})\s*", shard, re.ASCII)
         if parts is None:
             raise JobError(f"--shard must look like I/N (e.g. 0/4), got '{shard}'")
         i, n = int(parts[1]), int(parts[2])
@@ -503,7 +508,7 @@ def parse_shard(shard: str | None, env: dict[str, str] | None = None) -> tuple[i
     world = _env_number(env, "WORLD_SIZE", 1)
     rank = _env_number(env, "RANK", None)
     rank = _env_number(env, "LOCAL_RANK", 0) if rank is None else rank
-    named = " ".join(f"{k}={env[k]}" for k in SHARD_VARIABLES if k in env)
+    named = _shard_env(env, quoted=False)
     if world > 1 and "RANK" not in env and "LOCAL_RANK" not in env:
         # every process of such a launcher would run shard 0, and the rest of the jobs none
         raise JobError(f"{named} in the environment, but RANK is not set: set RANK (or "
@@ -519,14 +524,23 @@ def parse_shard(shard: str | None, env: dict[str, str] | None = None) -> tuple[i
 SHARD_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE")  # torchrun's and accelerate's
 
 
+def _shard_env(env: Mapping[str, str], quoted: bool) -> str:
+    """The shard variables that are set, as an error shows them (a long value cut short)."""
+    def shown(value: str) -> str:
+        value = value if len(value) <= 20 else value[:20] + "..."
+        return repr(value) if quoted else value
+
+    return " ".join(f"{k}={shown(env[k])}" for k in SHARD_VARIABLES if k in env)
+
+
 def _env_number(env: Mapping[str, str], name: str, default: int | None) -> int | None:
     """A whole number from the environment (`default` where it is not set); a JobError naming
     the shard variables that are set, an empty one too (an unset variable in a script)."""
     if name not in env:
         return default
-    if re.fullmatch(r"\s*-?\d+\s*", env[name], re.ASCII):
+    if re.fullmatch(r"\s*-?\d{1,9}\s*", env[name], re.ASCII):  # int() refuses 4,300 digits
         return int(env[name])
-    got = " ".join(f"{k}={env[k]!r}" for k in SHARD_VARIABLES if k in env)
+    got = _shard_env(env, quoted=True)
     raise JobError(f"{got} in the environment: each must be a whole number; set them, unset "
                    "them, or pass --shard I/N")
 

@@ -190,6 +190,8 @@ def gen(
             raise typer.BadParameter(
                 f"{len(prompts):,} prompts times --n {n} is {len(prompts) * n:,} images, more "
                 f"than the {MAX_IMAGES:,} one command makes; split the prompts or lower --n")
+        if prompt == "-":
+            check_stdin_prompts(prompts)
         jobs = [job.merged({"prompt": text}) for text in prompts]
         check_preview(preview, save_stages)
         if not prompts[0].strip() and from_image is None:  # in a dry run too, as it starts
@@ -207,6 +209,17 @@ def gen(
             return
         run_jobs(jobs, output, save_stages, as_json, quiet, overwrite, gpu, fmt_flag=fmt, n=n,
                  resume_runs=resume_runs, preview=preview, quality_flag=quality is not None)
+
+
+def check_stdin_prompts(prompts: list[str]) -> None:
+    """A control character in a prompt on stdin, said with the prompt's number (of many)."""
+    from hires.job import JobError, KeyedError, check_controls
+
+    for i, text in enumerate(prompts, start=1):
+        try:
+            check_controls("prompt", text)
+        except KeyedError as e:
+            raise JobError(f"prompt {i} on stdin{e.rest}") from None
 
 
 def from_path(given: str | Path | None) -> Path | None:

@@ -362,7 +362,7 @@ def stdin_lines(what: str, head: bytes = b"", text: bool = False) -> list[str]:
     first bytes, read already from `sys.stdin.buffer`; `text`: prompts, not file names."""
     if sys.stdin.isatty():
         say(f"reading {what} from stdin, one a line; end with Ctrl-D")
-    from hires.text_bytes import marked, problem, unmarked_problem, unmarked_utf16
+    from hires.text_bytes import marked, problem, unmarked, unmarked_problem
 
     raw = getattr(sys.stdin, "buffer", None)
     try:
@@ -370,10 +370,12 @@ def stdin_lines(what: str, head: bytes = b"", text: bool = False) -> list[str]:
             lines = (head.decode("utf-8") + sys.stdin.read()).splitlines()
         else:
             data = head + raw.read()
-            if name := unmarked_utf16(data):  # else a NUL every other character
+            if name := unmarked(data):  # else a NUL every other character
                 raise typer.BadParameter(unmarked_problem(name, f"the {what} on stdin"))
             # each ended by a NUL (find -print0, xargs -0's input): taken whole, newlines too
             if b"\0" in data and not marked(data):
+                if not data.endswith(b"\0"):  # a last entry ended by echo's newline instead
+                    data = data.removesuffix(b"\n").removesuffix(b"\r")
                 entries = [_stdin_text(e) if text else _stdin_paths(e)
                            for e in data.split(b"\0")]
                 return [e.strip() if text else e for e in entries if e.strip()]

@@ -72,7 +72,7 @@ def all_of(errors: list[JobError]) -> JobError:
     return JobErrors([line for e in errors for line in getattr(e, "errors", [str(e)])])
 
 
-def _check_controls(name: str, text: str) -> None:
+def check_controls(name: str, text: str) -> None:
     """Refuse a control character (tab and line ends aside): the encoders read it as noise, and
     a NUL at every other character is UTF-16 text read as UTF-8 (a file saved without its
     byte-order mark); an escape sequence would reach terminals with the prompt."""
@@ -238,7 +238,7 @@ class Job:
             except UnicodeEncodeError:  # undecodable bytes from argv arrive as surrogates
                 raise JobError(f"the {name} is not valid UTF-8 text; check its encoding"
                                ) from None
-            _check_controls(name, getattr(self, name))
+            check_controls(name, getattr(self, name))
         _check_choice("dtype", self.dtype, DTYPES)
         if not _DEVICE.match(self.device):
             raise JobError(f"device must be auto, cpu, mps, cuda or cuda:N; got '{self.device}'")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from hires import leftovers
 from hires.images import ACCEPTED, ImageInputError, input_size, load_input
-from hires.text_bytes import unmarked_utf16
+from hires.text_bytes import unmarked
 
 if TYPE_CHECKING:
     from hires.images import InputImage
@@ -63,15 +63,16 @@ def looks_binary(head: bytes) -> bool:
     Paths each ended by a NUL (`find -print0`) are text, and so is UTF-16 (said later)."""
     if looks_like_image(head) or head.startswith((b"GIF87a", b"GIF89a")):
         return True
-    if unmarked_utf16(head) or (not head.startswith(b"\0") and _nul_ended(head)):
+    if unmarked(head) or (not head.startswith(b"\0") and _nul_ended(head)):
         return False
     return any(b < 0x20 and b not in b"\t\n\v\f\r" or b == 0x7F for b in head)
 
 
 def _nul_ended(head: bytes) -> bool:
-    """Whether `head` can start NUL-ended text: its only control bytes are NULs, never two
-    together (binary headers hold runs of them: a safetensors file's length, a BMP's)."""
-    return b"\0" in head and b"\0\0" not in head and not any(
+    """Whether `head` can start NUL-ended text: its only control bytes are NULs, never three
+    together (binary headers hold runs of them: a safetensors file's length, a BMP's; a list
+    may hold an empty entry or two)."""
+    return b"\0" in head and b"\0\0\0" not in head and not any(
         b < 0x20 and b not in b"\0\t\n\r" or b == 0x7F for b in head)
 
 

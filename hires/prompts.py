@@ -5,6 +5,7 @@ run from the tokenizer in the local cache, when it is there (no download for a d
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ def too_long(tokenizer: Any, job: Job) -> list[str]:
     for name, text in (("prompt", job.prompt), ("negative prompt", job.negative)):
         tokens = tokenizer.tokenize(text) if text else []
         if len(tokens) > room:
-            dropped = text[_cut(tokenizer, text, room):].strip()
+            dropped = " ".join(text[_cut(tokenizer, text, room):].split())  # one line
             dropped = dropped if len(dropped) <= 40 else dropped[:40].rstrip() + "..."
             said.append(f"the {name} is {len(tokens)} tokens and SDXL reads {room}: the rest, "
                         f"from '{dropped}', is ignored; shorten it")
@@ -41,11 +42,15 @@ def _cut(tokenizer: Any, text: str, room: int) -> int:
     start, end = words[lo]
     if end - start <= 40:
         return start
-    lo, hi = start + 1, end  # a long run (CJK, emoji): the first character that passes
+    lo, hi = start + 1, end  # a long run (CJK, emoji, tags): the first character that passes
     while lo < hi:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if passes(mid) else (mid + 1, hi)
-    return lo - 1
+    cut = lo - 1
+    while cut > start and unicodedata.category(text[cut]) in ("Mn", "Me", "Cf"):
+        cut -= 1  # a combining mark, a joiner: from the letter it goes with
+    tag = max(text.rfind(mark, start, cut) for mark in ",;|")  # "best_quality,ultra_..."
+    return tag + 1 if tag >= start else cut
 
 
 def cached_tokenizer(job: Job) -> Any | None:

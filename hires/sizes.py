@@ -365,9 +365,7 @@ def layered_size(levels: list[Level],
         below = nearest(lower, LONG_SIDE_KEYS)
         size = below.get("size") or max(below.get("width", 0), below.get("height", 0)) or None
         if "print_size" in below:  # the largest of that shape the paper holds, turned to it
-            ratio = parse_aspect(aspect)
-            size = max(fit_print((round(ratio * 10_000), 10_000),
-                                 *print_pixels(below["print_size"], dpi)))
+            size = _most_on_paper(aspect, print_pixels(below["print_size"], dpi))
         if size is None and where == OPTIONS:
             raise JobError("--aspect needs --size (the long side in pixels)")
         if size is None:  # a preset or job of only a shape: the long side is for the run
@@ -382,6 +380,19 @@ def layered_size(levels: list[Level],
         return size_from(size, None if aspect is None else str(aspect), None, None)
     except JobError as e:  # "--aspect 30:1 at --size 64 ...": the level that gave the aspect
         raise _said(e, where) from None
+
+
+def _most_on_paper(aspect: Any, paper: tuple[int, int]) -> int:
+    """The long side of the largest image of `aspect` that a paper of `paper` px holds, turned
+    to the aspect: its short side, rounded as size_from rounds it, never past the paper's."""
+    ratio = parse_aspect(aspect)
+    size = max(fit_print((round(ratio * 10_000), 10_000), *paper))
+    while size > 8:
+        w, h = size_from(size, str(aspect), None, None) if size >= MIN_SIDE else (size, size)
+        if max(w, h) <= max(paper) and min(w, h) <= min(paper):
+            break
+        size -= 8
+    return size
 
 
 def fit_print(source: tuple[int, int], width: int, height: int) -> tuple[int, int]:

@@ -18,15 +18,28 @@ def marked(data: bytes) -> str | None:
     return next((name for mark, name in MARKS if data.startswith(mark)), None)
 
 
-def unmarked_utf16(data: bytes) -> str | None:
-    """'UTF-16LE' or 'UTF-16BE' for text saved in UTF-16 without a byte-order mark (Latin
-    letters then have a NUL byte each, every other byte), else None."""
+def unmarked(data: bytes) -> str | None:
+    """'UTF-16LE', 'UTF-16BE', 'UTF-32LE' or 'UTF-32BE' for text saved so without a
+    byte-order mark, else None: UTF-32's characters have two NUL bytes each (all but emoji
+    and the like); UTF-16's Latin letters one each, and a text's last line break is one (in
+    UTF-16LE a newline and a NUL: CJK letters have none)."""
     head = data[:400]
-    if len(head) < 4 or marked(head):
+    if len(head) < 2 or marked(head):
         return None
-    for name, zeros, letters in (("UTF-16LE", head[1::2], head[0::2]),
-                                 ("UTF-16BE", head[0::2], head[1::2])):
-        if zeros.count(0) >= 0.9 * len(zeros) and letters.count(0) <= 0.1 * len(letters):
+    if len(head) % 4 == 0 or len(head) == 400:
+        groups = [head[i:i + 4] for i in range(0, len(head) - 3, 4)]
+        for name, zeros in (("UTF-32LE", slice(2, 4)), ("UTF-32BE", slice(0, 2))):
+            if groups and sum(g[zeros] == b"\0\0" for g in groups) >= 0.9 * len(groups):
+                return name
+    for name, zeros, letters, end in (("UTF-16LE", head[1::2], head[0::2], b"\n\0"),
+                                      ("UTF-16BE", head[0::2], head[1::2], b"\0\n")):
+        latin = len(head) >= 4 and zeros.count(0) >= 0.9 * len(zeros) and \
+            letters.count(0) <= 0.1 * len(letters)
+        # ends in a line break, every NUL a high byte: a CJK text's (a NUL-ended list's NULs
+        # fall anywhere)
+        ended = len(data) % 2 == 0 and data.endswith(end) and \
+            letters.count(0) <= 0.1 * len(letters)
+        if latin or ended:
             return name
     return None
 
@@ -40,7 +53,7 @@ def unmarked_problem(name: str, what: str) -> str:
 def decoded(data: bytes, what: str, fix: str) -> str:
     """`data` as text (a UTF-8 byte-order mark dropped); ValueError naming `what` ("j.toml",
     "the jobs on stdin") and the bad line, and saying `fix` ("save it as UTF-8")."""
-    if name := unmarked_utf16(data):  # else read as a TOML error at line 1, column 2
+    if name := unmarked(data):  # else read as a TOML error at line 1, column 2
         raise ValueError(unmarked_problem(name, what))
     encoding = marked(data)
     try:

@@ -83,3 +83,22 @@ def test_a_json_file_of_toml_is_told_to_be_named_toml(tmp_path):
     result = cli("batch", jobs, "-o", tmp_path / "o", "--dry-run")
     assert_usage_error(result, f"{jobs} holds TOML, not JSON lines: name it jobs.toml, or "
                        "write one JSON object a line")
+
+
+def test_a_shard_number_of_thousands_of_digits_is_refused_in_a_line(tmp_path):
+    """int() refuses 4,300 digits: it ended in "ValueError: Exceeds the limit" (found by QA)."""
+    huge = "9" * 5000
+    with pytest.raises(JobError) as e:
+        parse_shard(None, env={"RANK": "0", "WORLD_SIZE": huge})
+    assert str(e.value).startswith("RANK='0' WORLD_SIZE='99999999999999999999...' in the "
+                                   "environment: each must be a whole number")
+    with pytest.raises(JobError, match="--shard must look like I/N"):
+        parse_shard(f"0/{huge}", env={})
+
+
+def test_a_json_file_of_toml_with_lists_and_long_strings_is_told_too(tmp_path):
+    """Its array and string lines are no 'key =': each was said as bad JSON (found by QA)."""
+    jobs = write(tmp_path / "t.json", '[defaults]\nmodel = "tiny"\nlora = [\n  "a.safetensors",'
+                 '\n]\n[[job]]\nprompt = """a\nfox"""\n')
+    assert_usage_error(cli("batch", jobs, "-o", tmp_path / "o", "--dry-run"),
+                       f"{jobs} holds TOML, not JSON lines: name it t.toml")

@@ -150,3 +150,21 @@ def test_the_cut_is_quoted_from_the_users_own_text(tiny):
     run = "x" * 30 + " " + "y" * 200
     said = too_long(tokenizer, Job(prompt=run))
     assert "from 'yyyy" in said[0]
+
+
+def test_the_quote_starts_at_a_letter_or_a_tag_and_on_one_line(tiny):
+    """A combining accent began the quote alone, a tag list was quoted from mid-word, and
+    line breaks were quoted as they are (found by QA)."""
+    from hires.job import Job
+    from hires.prompts import too_long
+
+    tokenizer = tiny.pipe.tokenizer
+
+    def quote(prompt: str) -> str:
+        return too_long(tokenizer, Job(prompt=prompt))[0].split("from '")[1].rsplit("'", 1)[0]
+
+    assert quote("e\u0301" * 80).startswith("e\u0301")
+    tags = quote("masterpiece,best_quality,ultra_detailed,photorealistic," * 6)
+    assert tags.split(",")[0] in ("masterpiece", "best_quality", "ultra_detailed",
+                                  "photorealistic"), tags
+    assert "\n" not in quote("a  \n\n  b " * 60)

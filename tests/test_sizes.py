@@ -452,3 +452,19 @@ def test_the_widest_aspect_said_works_and_a_tenth_wider_does_not():
         wider = f"{float(widest) + 0.1:.1f}"
         assert works(size, f"{widest}:1") and works(size, f"1:{widest}"), size
         assert float(widest) == 1 or not works(size, f"{wider}:1"), size
+
+
+def test_an_aspect_over_a_print_never_passes_the_paper():
+    """The long side fitted, the short side rounded past the paper: A0 at 23:22 was 88.0 x
+    84.2 cm on an 84.1 cm sheet (found by QA)."""
+    from hires.sizes import print_pixels
+
+    for paper, dpi in (("A0", None), ("24x36in", 600), ("A4", 97.3), ("60x90cm", 150)):
+        pw, ph = print_pixels(paper, dpi)
+        for a in range(1, 30, 2):
+            for b in range(1, 30, 3):
+                if max(a, b) > 12 * min(a, b):  # a short side under 64 px at small prints
+                    continue
+                w, h = layered_size(levels({"print_size": paper}, {"aspect": f"{a}:{b}"}),
+                                    dpi=dpi)
+                assert max(w, h) <= max(pw, ph) and min(w, h) <= min(pw, ph), (paper, a, b)

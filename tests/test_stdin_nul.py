@@ -75,7 +75,8 @@ def test_a_control_character_in_a_prompt_is_refused_where_it_came_from(tmp_path)
         hires.generate("a fox", negative="b\x00", model="tiny", size=128)
     stdin = cli("gen", "-", "--model", "tiny", "--size", "128", "--dry-run",
                 "-o", f"{tmp_path}/", input="a fox\nbell\x07\n")
-    assert_usage_error(stdin, "the prompt holds a control character (U+0007, character 5)")
+    assert_usage_error(stdin, "prompt 2 on stdin holds a control character (U+0007, "
+                       "character 5); remove it")
     jobs = tmp_path / "jobs.toml"
     jobs.write_text('[[job]]\nprompt = "a fox"\n[[job]]\nprompt = "a\\u009bb"\n')
     batch = cli("batch", jobs, "--dry-run", "-o", tmp_path / "out")
@@ -99,3 +100,32 @@ def test_binary_heads_stay_binary_and_nul_ended_text_is_text():
     assert not looks_binary(b"./a.png\0./b")
     assert not looks_binary("a fox\n".encode("utf-16-le")[:12])
     assert looks_binary(b"\0\0\0 ftypavif")
+
+
+@pytest.mark.parametrize("text,codec,name", [
+    ("猫\n", "utf-16-le", "UTF-16LE"), ("猫の絵\n", "utf-16-be", "UTF-16BE"),
+    ("a fox\n", "utf-32-le", "UTF-32LE"), ("一只猫\n", "utf-32-be", "UTF-32BE")])
+def test_cjk_utf16_and_utf32_without_a_mark_are_said_too(tmp_path, text, codec, name):
+    """UTF-16 CJK has few NULs: '猫' became the prompt "+s"; UTF-32 was split at its NULs into
+    one prompt a letter (found by QA)."""
+    result = cli("gen", "-", "--model", "tiny", "--size", "128", "--dry-run",
+                 "-o", f"{tmp_path}/", input=text.encode(codec))
+    assert_usage_error(result, f"the prompts on stdin: {name} text without its byte-order mark")
+    jobs = tmp_path / "jobs.jsonl"  # a JSONL file too: each of its lines was "not valid JSON"
+    jobs.write_bytes('{"prompt": "a", "model": "tiny"}\n'.encode(codec))
+    assert_usage_error(cli("batch", jobs, "--dry-run", "-o", tmp_path / "o"),
+                       f"{jobs}: {name} text without its byte-order mark")
+
+
+def test_nul_ended_paths_take_an_empty_entry_and_an_echoed_newline(tmp_path, monkeypatch,
+                                                                   asked):
+    """Two NULs together were taken for an image's bytes; a last path ended by echo's newline
+    kept it (found by QA)."""
+    monkeypatch.chdir(tmp_path)
+    png(tmp_path / "a.png")
+    png(tmp_path / "my fox.png", 1)
+    for piped in (b"a.png\0\0my fox.png\0", b"a.png\0my fox.png\n"):
+        result = cli("up", "-", "--scale", "2", "--model", "tiny", "--dry-run", "--json",
+                     "-o", "out/", input=piped)
+        assert result.exit_code == 0, result.stderr
+        assert [r["job"]["image"] for r in json_lines(result.stdout)] == ["a.png", "my fox.png"]
