@@ -953,6 +953,12 @@ def _run_one(item: BatchItem, path: Path, settings: str,
             moved_to=moved, why=why, cut=bool(cut), raised=e)
 
 
+def job_facts(job: Job) -> dict[str, Any]:
+    """What every line of a job says, a failed one's too (a made one's record says them as
+    well): a script reads `width` of any line."""
+    return {"seed": job.seed, "width": job.width, "height": job.height, "prompt": job.prompt}
+
+
 def _set_aside(path: Path, tag: str) -> Path:
     """Move the file at `path` to NAME.TAG.EXT, or NAME.TAG-2.EXT and on where that is taken
     (a second copy cut short, say); the name it went to."""
@@ -1003,7 +1009,8 @@ def run_batch(
             try:
                 append_manifest(manifest, {"index": item.index, "status": outcome.status,
                                            "path": str(path), "error": outcome.error,
-                                           "settings": settings, **(outcome.record or {})})
+                                           "settings": settings, **job_facts(item.job),
+                                           **(outcome.record or {})})
             except OSError as e:  # a full disk: the images made so far are kept all the same
                 fix = ("free some space" if e.errno in (errno.ENOSPC, errno.EDQUOT)
                        else "fix that or choose another --manifest")

@@ -231,7 +231,7 @@ def job_line(o: Outcome, record: dict, as_json: bool) -> None:
 
     # the manifest's keys on every line (a done job's error null, a failed one's settings)
     head = {"index": o.item.index, "status": o.status, "path": str(o.path),
-            "error": o.error, "settings": b.settings_hash(o.item.job)}
+            "error": o.error, "settings": b.settings_hash(o.item.job), **b.job_facts(o.item.job)}
     emit({**head, **record} if as_json else record, as_json)
 
 

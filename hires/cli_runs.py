@@ -14,8 +14,12 @@ from typing import Any
 
 from hires.cli_jobs import about_input, check_gpu, fitted_plan, plan_key
 from hires.cli_output import (
+    EXIT_RUNTIME,
     Quiet,
+    debug_on,
+    debug_traceback,
     emit,
+    fail,
     library_bars,
     progress_renderer,
     say,
@@ -372,6 +376,7 @@ def _make_runs(runs: list, *, save_stages: bool, as_json: bool, quiet: bool, ove
 
     components = None
     pace = RunPace(len(runs))  # the images made so far, by their pixels and seconds
+    failed: list[Path] = []
     for number, run in enumerate(runs, 1):
         of = f" (image {number} of {len(runs)})" if len(runs) > 1 else ""
         if run.made is not None:
@@ -388,18 +393,52 @@ def _make_runs(runs: list, *, save_stages: bool, as_json: bool, quiet: bool, ove
         todo = [r.job.width * r.job.height for r in runs[number:] if r.made is None]
         pace.start(number - 1, run.job.width * run.job.height, todo)
         started = time.monotonic()  # the model's load is not an image's pace
-        record = make_image(run.job, run.path, components,
-                            heading="stdout" if piped else f"{run.path}{of}", gpu=gpu,
-                            quiet=quiet, overwrite=overwrite, resume_runs=resume_runs,
-                            save_stages=save_stages, preview=preview, piped=piped, run=pace)
+        try:
+            record = make_image(run.job, run.path, components,
+                                heading="stdout" if piped else f"{run.path}{of}", gpu=gpu,
+                                quiet=quiet, overwrite=overwrite, resume_runs=resume_runs,
+                                save_stages=save_stages, preview=preview, piped=piped, run=pace)
+        except Exception as e:  # one image of several: said, and the others go on (as batch)
+            if len(runs) == 1:
+                raise
+            failed.append(run.path)
+            _say_failed(run, e, of, as_json)
+            continue
         if not piped:
             emit({"status": "done", **record}, as_json)  # as batch's lines say it
         pace.end(time.monotonic() - started)
         say_left(pace.made, todo)
+    if failed:
+        listed = ", ".join(map(str, failed[:5])) + (", ..." if len(failed) > 5 else "")
+        raise fail(f"{len(failed)} of {len(runs)} images failed ({listed}); the others are "
+                   "made: the same command makes the failed ones (made ones are kept)",
+                   EXIT_RUNTIME)
     if preview:
         say(f"previews: `hires gen --from {runs[-1].path}` (or another) makes that image whole, "
             "from the same first stage")
     return runs[-1].path
+
+
+def _say_failed(run, error: Exception, of: str, as_json: bool) -> None:
+    """An image of several that failed: its error line (not the run's last) and, with --json,
+    its line on stdout, as a batch's failed job has."""
+    from hires.batch import job_facts
+    from hires.errors import NotFinite
+    from hires.images import ImageInputError
+    from hires.job import JobError
+    from hires.model_refs import ModelError
+    from hires.output import OutputError
+
+    if debug_on():
+        debug_traceback(error)
+    known = isinstance(error, (JobError, OutputError, ModelError, ImageInputError, NotFinite))
+    text = str(error).strip() if known else f"{type(error).__name__}: {error}".strip()
+    text = text.splitlines()[0] if text else type(error).__name__
+    fail(f"{run.path}{of} failed: {text}", EXIT_RUNTIME)  # said; the others go on
+    if as_json:
+        emit({"status": "failed", "path": str(run.path), "error": text,
+              **job_facts(run.job), **({"image": run.job.image} if run.job.image else {})},
+             as_json)
 
 
 def remove_leftovers(folder: Path) -> None:

@@ -199,7 +199,9 @@ def test_several_images_go_on_where_they_stopped(tmp_path, asked, monkeypatch, a
     stages = failing_once(monkeypatch, after=1)  # the second image's last stage
     first = cli(*args)
     assert first.exit_code == 1
-    (made,) = json_lines(first.stdout)
+    made, failed = json_lines(first.stdout)
+    assert failed["status"] == "failed" and failed["seed"] == 6
+    assert failed["error"] == "RuntimeError: the GPU fell off the bus"
     stages.clear()
     result = cli(*args, *again)
     assert result.exit_code == 0, result.stderr
@@ -278,7 +280,7 @@ def test_several_images_with_random_seeds_go_on_where_they_stopped(tmp_path, ask
     stages = failing_once(monkeypatch, after=1)  # the second image's last stage
     first = cli(*args)
     assert first.exit_code == 1
-    (made,) = json_lines(first.stdout)
+    made, _ = json_lines(first.stdout)  # the second's a failed line
     assert f"seeds from {made['seed']} (--seed {made['seed']} makes these" in first.stderr
     stages.clear()
     result = cli(*args)
