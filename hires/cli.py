@@ -342,10 +342,11 @@ def plan(
     ip_scale: IpScale = None,
     from_image: Annotated[str | None, typer.Option(
         "--from", help="Plan the job recorded in an image made by hires.")] = None,
-    gpu: PlanGpu = None, as_json: PlanJson = False,
+    gpu: PlanGpu = None, as_json: PlanJson = False, quiet: QuietOpt = False,
 ) -> None:
     """A dry run: each stage's size, steps, strategy, peak memory, work and time; no weights."""
     options = dict(locals())  # every option, by name: job_flags picks the job's
+    Quiet.on = quiet  # as every command takes it: a wrapper may add -q to each
     with exit_codes(), recorded_stdin(from_image := from_path(from_image), "plan") as piped:
         check_from(from_image)
         flags = job_flags(options)
@@ -364,23 +365,27 @@ PresetsJson = Annotated[bool, typer.Option(
 
 
 @presets_app.callback()
-def presets_default(ctx: typer.Context, as_json: PresetsJson = False) -> None:
+def presets_default(ctx: typer.Context, as_json: PresetsJson = False,
+                    quiet: QuietOpt = False) -> None:
     """List the presets (shipped and your own)."""
-    ctx.obj = {"json": as_json}  # `hires presets --json show x`: its subcommand's --json
+    # `hires presets --json show x`: its subcommand's --json (and -q)
+    ctx.obj = {"json": as_json, "quiet": quiet}
     if ctx.invoked_subcommand is None:
-        presets_list(ctx, as_json)
+        presets_list(ctx, as_json, quiet)
 
 
-def _group_json(ctx: typer.Context) -> bool:
-    """Whether `hires presets --json` was given before a subcommand."""
+def _group_json(ctx: typer.Context, key: str = "json") -> bool:
+    """Whether `hires presets --json` (or -q, `key` "quiet") was given before a subcommand."""
     parent = ctx.parent.obj if ctx.parent is not None else None
-    return bool(parent.get("json")) if isinstance(parent, dict) else False
+    return bool(parent.get(key)) if isinstance(parent, dict) else False
 
 
 @presets_app.command("list")
-def presets_list(ctx: typer.Context, as_json: PresetsJson = False) -> None:
+def presets_list(ctx: typer.Context, as_json: PresetsJson = False,
+                 quiet: QuietOpt = False) -> None:
     """List the presets (shipped and your own)."""
     as_json = as_json or _group_json(ctx)
+    Quiet.on = quiet or _group_json(ctx, "quiet")
     with exit_codes():
         from hires.presets import available, shipped, user_folder
 
@@ -415,9 +420,11 @@ def presets_show(ctx: typer.Context, name: Annotated[str, typer.Argument(
         as_json: Annotated[bool, typer.Option(
             "--json", help="One JSON object: name, description, path, origin, "
             "replaces_shipped, values.")] = False,
+        quiet: QuietOpt = False,
 ) -> None:
     """Print one preset's TOML."""
     as_json = as_json or _group_json(ctx)
+    Quiet.on = quiet or _group_json(ctx, "quiet")
     with exit_codes():
         from hires.presets import load_preset
 
@@ -525,10 +532,11 @@ def info(
     images: Annotated[list[str] | None, typer.Argument(  # str: typer makes '' a Path('.')
         metavar="IMAGE",
         help="Images made by hires: how each was made (add-ons included).")] = None,
-    as_json: InfoJson = False,
+    as_json: InfoJson = False, quiet: QuietOpt = False,
 ) -> None:
     """Versions, devices and their memory, RAM, scratch disk, and the model cache (--json: one
     object); with IMAGEs, how each was made."""
+    Quiet.on = quiet
     if images:
         show_all_made(images, as_json)
         return

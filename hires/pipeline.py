@@ -494,7 +494,8 @@ def _run(job: Job, comps: Components, plan: Plan, progress: ProgressFn | None,
                 resume.save(checkpoint, job, plan, stage.index, carry.latents, carry.anchor,
                             scored(reports))
             except OSError as e:  # the job goes on; only its resumability is lost
-                warnings.append(f"could not keep stage {stage.index} in {checkpoint}: {e}")
+                warnings.append(f"could not keep stage {stage.index} in {checkpoint}: "
+                                f"{e.strerror or e}")  # not Python's "[Errno 17] ..."
                 checkpoint = None
     t0 = time.perf_counter()
     # Only the job's own image is 16-bit: a preview (its first stage alone) is 8-bit, as that

@@ -608,7 +608,11 @@ def save(path: Path, job: Job, plan: Plan, stage: int, latents: Tensor,
 
     # The output's folder may not be there yet: the image is saved at the end, into a folder
     # made then, but its checkpoints come before.
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file where a folder goes is FileExistsError's "[Errno 17] ..."
+        why = _WHY[errno.ENOTDIR] if isinstance(e, FileExistsError) else _why_unwritable(e)
+        raise CheckpointUnwritable(f"{why}; {_if_stopped(path)}") from None
     # Named as hires' other temp files, so that the next run removes it if this one dies here.
     fd, tmp = part_file(path.parent, path.name)
     os.close(fd)

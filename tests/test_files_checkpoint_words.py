@@ -87,3 +87,15 @@ def test_a_full_disk_after_a_kept_stage_says_where_a_rerun_goes_on(kept_stage_0,
     assert "go on from stage 0" in said
     plain(said.replace("(No space left on device)", ""))
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+
+
+def test_a_file_where_the_checkpoints_folder_goes_is_said_plainly(tmp_path):
+    """It said "[Errno 17] File exists: 'gsub'" (found by QA)."""
+    (tmp_path / "gsub").write_text("in the way")
+    kept = tmp_path / "gsub" / "x.png.resume.safetensors"
+    job = Job(prompt="x", model="tiny", width=512, height=512, steps=2, seed=1)
+    with pytest.raises(resume.CheckpointUnwritable) as e:
+        resume.save(kept, job, make_plan(512, 512, steps=2), 0, torch.zeros(1, 4, 32, 32),
+                    (torch.zeros(4), torch.ones(4)), [])
+    assert str(e.value).startswith("a file is in the way of its folder; the run goes on")
+    plain(str(e.value))
