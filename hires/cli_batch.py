@@ -195,6 +195,12 @@ def image_maker(todo: list, pace: Any, *, gpu: str | None, quiet: bool, overwrit
 
     loaded: dict[tuple, Any] = {}
 
+    def worded(said: str, item: BatchItem) -> str:
+        """A job's warning on the terminal: by the key that gave it, else naming the job (as
+        its dry run says them: 'job 2: WebP files record no resolution ...')."""
+        return b.warning_by_giver(said, item, name) if b.flag_key(said) else \
+            f"job {item.index}: {said}"
+
     def make_one(item: BatchItem, path: Path) -> dict:
         from hires.pipeline import load_args
 
@@ -212,7 +218,7 @@ def image_maker(todo: list, pace: Any, *, gpu: str | None, quiet: bool, overwrit
         record = make_image(item.job, path, loaded[key], heading=f"job {item.index} -> {path}",
                             gpu=gpu, quiet=quiet, overwrite=overwrite, resume_runs=resume_runs,
                             settings=b.settings_hash(item.job), preview=preview, run=pace,
-                            worded=lambda said: b.warning_by_giver(said, item, name))
+                            worded=lambda said: worded(said, item))
         # its line and the manifest's say them as the terminal did (the file's record, saved
         # already, keeps the flags' words)
         record = {**record, "warnings": [b.warning_by_giver(said, item, name)

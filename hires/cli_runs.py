@@ -556,7 +556,8 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
             # record.save, not Result.save: its errors keep the CLI's flags (--overwrite),
             # which Result.save words as the library's keywords.
             record = save(result, path, fmt=job.format, overwrite=overwrite, settings=settings,
-                          warn=warn, stage=0 if preview else None,
+                          warn=(lambda said: warn(worded(said))) if worded else warn,
+                          stage=0 if preview else None,
                           recorded_as="-" if piped else None)
             if progress is not None:
                 progress(saving(1, 1))

@@ -102,3 +102,16 @@ def test_a_json_file_of_toml_with_lists_and_long_strings_is_told_too(tmp_path):
                  '\n]\n[[job]]\nprompt = """a\nfox"""\n')
     assert_usage_error(cli("batch", jobs, "-o", tmp_path / "o", "--dry-run"),
                        f"{jobs} holds TOML, not JSON lines: name it t.toml")
+
+
+def test_a_jobs_save_warning_names_the_job_as_its_dry_run_does(tmp_path, asked):
+    """A real run said "warning: WebP files record no resolution: w.webp ..." without the job
+    its dry run names (found by QA)."""
+    jobs = write(tmp_path / "j.toml", '[defaults]\nmodel = "tiny"\nsteps = 1\nsize = 128\n'
+                 '[[job]]\nprompt = "a"\n[[job]]\nprompt = "b"\noutput = "w.webp"\ndpi = 300\n')
+    said = "warning: job 1: WebP files record no resolution: w.webp keeps no dpi"
+    planned = cli("batch", jobs, "-o", tmp_path / "plan", "--dry-run")
+    ran = cli("batch", jobs, "-o", tmp_path / "out")
+    assert ran.exit_code == 0, ran.stderr
+    for result in (planned, ran):
+        assert said in result.stderr and result.stderr.count("WebP files record") == 1
