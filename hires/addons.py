@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 from PIL import Image
 
 from hires.images import sha256_once
-from hires.job import DEFAULT_IP_ADAPTER, Job, JobError
+from hires.job import DEFAULT_IP_ADAPTER, NAMED_IP_ADAPTER, Job, JobError
 from hires.model_refs import (
     ModelError,
     go_offline_if_unreachable,
@@ -192,8 +192,6 @@ def runs_ip_adapter(job: Job) -> bool:
     return bool(job.ip_image) and job.ip_scale != 0
 
 
-# A plan's job.extra key: its IP-Adapter was named (the default one too) without its image.
-NAMED_IP_ADAPTER = "ip_adapter_named"
 
 
 def named_ip_adapter(job: Job) -> bool:

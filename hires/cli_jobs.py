@@ -271,8 +271,8 @@ def check_scale_flags(job, flags: dict[str, Any], images: bool = True):
     plan), an add-on's model stands for its image."""
     from dataclasses import replace
 
-    from hires.addons import NAMED_IP_ADAPTER, named_ip_adapter
-    from hires.job import idle_setting
+    from hires.addons import named_ip_adapter
+    from hires.job import NAMED_IP_ADAPTER, idle_setting
 
     if not images and flags.get("ip_adapter") not in (None, "none"):
         # `plan --ip-adapter h94/IP-Adapter`: the default adapter, named, is planned too

@@ -109,6 +109,8 @@ def projection_params(ref: str, allow_pickle: bool = False) -> int | None:
     except IPAdapterError:
         return None
     file = Path(folder) / subfolder / weight
+    if not file.is_file():  # a named pipe would hang the read; a run says what it is
+        return None
     if file.suffix == ".safetensors":
         header = read_header(file)
         shapes = [entry.get("shape") for name, entry in (header or {}).items()

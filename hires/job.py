@@ -102,6 +102,11 @@ class KeyedError(JobError):
         return self.in_file(where)
 
 
+# A job's extra key: its IP-Adapter was named, the default one too, by a flag, preset or job
+# file (the default adapter is otherwise the same as none asked for).
+NAMED_IP_ADAPTER = "ip_adapter_named"
+
+
 class MissingPartner(KeyedError):
     """An add-on's key without the one it needs (a ControlNet without its image), which a
     flag may still give: under flags, the key is named where it is and the need as a flag."""
@@ -294,7 +299,8 @@ class Job:
             why = "(an SDXL ControlNet: Hub id, folder or .safetensors file)"
             raise MissingPartner(f"--control needs --control-model {why}", "control",
                                  f" needs 'control_model' {why}")
-        if images and self.ip_adapter != DEFAULT_IP_ADAPTER and not self.ip_image:  # unsaid
+        named = self.ip_adapter != DEFAULT_IP_ADAPTER or self.extra.get(NAMED_IP_ADAPTER)
+        if images and named and not self.ip_image:  # unsaid
             why = "(the image prompt it encodes)"
             raise MissingPartner(f"--ip-adapter needs --ip-image IMAGE {why}", "ip_adapter",
                                  f" needs 'ip_image' {why}")

@@ -62,6 +62,31 @@ def check_keywords(overrides: dict[str, Any]) -> None:
             raise JobError(f"unknown keyword {key}=: {advice}")
 
 
+# The keywords `generate` takes in its **overrides besides Job's fields (library_job's sizes)
+SIZE_KEYWORDS = ("size", "aspect", "print_size")
+
+
+def check_known(function: Any, overrides: dict[str, Any]) -> None:
+    """An unknown keyword is said before anything else is checked, the closest of every
+    keyword `function` takes (its own and Job's fields) named: `sise=` was told 'seed' (Job's
+    fields alone), and an upscale's `scael=` was a missing size."""
+    import difflib
+
+    from hires.job import JOB_KEYS, JobError, keys_for_people
+
+    own = [n for n, p in inspect.signature(function).parameters.items()
+           if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    shown = keys_for_people([*own, *JOB_KEYS, *SIZE_KEYWORDS])
+    for key in overrides:
+        name = str(key).replace("-", "_")
+        if name in own or name in JOB_KEYS or name in SIZE_KEYWORDS or \
+                name.lower() in LIBRARY_ADVICE:  # the latter: check_keywords says what instead
+            continue
+        match = difflib.get_close_matches(name.lower(), shown, n=1, cutoff=0.5)
+        hint = f"did you mean {match[0]}=?" if match else f"valid: {', '.join(shown)}"
+        raise JobError(f"unknown keyword {key}= ({hint})")
+
+
 def check_arguments(plan: Any, checkpoint: Any) -> None:
     """`plan` and `checkpoint` of the kinds they must be, before any work (a wrong one failed
     deep inside, with an AttributeError or pathlib's TypeError); the checkpoint a file that

@@ -32,6 +32,7 @@ from hires.library import (
     check_arguments,
     check_callback,
     check_flags,
+    check_known,
     in_keywords,
     library_job,
     plan_arguments,
@@ -357,6 +358,7 @@ def generate(
     stopped run's; one it cannot go on from, or any with `save_stages`, is said in the
     result's warnings); remove it once the image is saved (`hires.resume.remove`).
     """
+    check_known(generate, overrides)
     check_callback("on_stage_image", on_stage_image, "(index, image)")
     check_arguments(plan, checkpoint)
     check_flags(save_stages=save_stages)

@@ -22,9 +22,11 @@ from itertools import takewhile
 from typing import Any
 
 from hires.job import (
+    DEFAULT_IP_ADAPTER,
     MAX_DPI,
     MAX_SIDE,
     MIN_SIDE,
+    NAMED_IP_ADAPTER,
     UPSCALE_STRENGTH,
     Job,
     JobError,
@@ -652,6 +654,12 @@ def job_from_levels(levels: list[tuple[dict[str, Any], str, bool]], base: Job | 
             job = job.merged({"dpi": PRINT_DPI})
         if "print_size" in top:
             job = sized_by_print(job, top["print_size"])
+    named_at = giver(levels, "ip_adapter")
+    if named_at not in (None, OPTIONS) and not named_at.startswith("metadata of ") and \
+            job.ip_adapter == DEFAULT_IP_ADAPTER:
+        # A preset or job file that names the default adapter asks for it, as one naming
+        # another does (a record names every key: the default there is no ask).
+        job = replace(job, extra={**job.extra, NAMED_IP_ADAPTER: True})
     try:
         return job.validate(images=images)
     except KeyedError as e:  # "--control needs --control-model": said where the key is

@@ -25,6 +25,7 @@ from hires.library import (
     check_arguments,
     check_callback,
     check_flags,
+    check_known,
     given_only,
     in_keywords,
     library_job,
@@ -73,6 +74,7 @@ def upscale(
     """
     from hires.images import ImageInputError, InputImage, load_input
 
+    check_known(upscale, overrides)
     if job is not None and not isinstance(job, Job):  # a prompt is prompt=, not job= here
         where = ("; the image is the first argument: hires.upscale(PATH, ...)"
                  if image is None and isinstance(job, (str, os.PathLike)) else

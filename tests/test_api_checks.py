@@ -408,3 +408,25 @@ def test_plan_counts_the_default_ip_adapter_named_without_its_image():
     zero = cli("plan", "x", "--size", "1024", "--ip-adapter", DEFAULT_IP_ADAPTER, "--ip-scale",
                "0")
     assert zero.exit_code == 0 and "at scale 0 (not run)" in zero.stdout, zero.stderr
+
+
+def test_a_preset_naming_the_default_ip_adapter_asks_for_it_as_one_naming_another(tmp_path):
+    """A preset of `ip_adapter = "h94/IP-Adapter"` was dropped without a word (gen ran no
+    adapter, plan planned none), where one naming another adapter was asked its image (found
+    by QA)."""
+    from helpers_cli import assert_usage_error, cli
+
+    from hires.job import DEFAULT_IP_ADAPTER
+
+    for name, adapter in (("default", DEFAULT_IP_ADAPTER), ("other", "someone/their-adapter")):
+        preset = tmp_path / f"{name}.toml"
+        preset.write_text(f'ip_adapter = "{adapter}"\nsize = 384\n')
+        planned = cli("plan", "--model", "tiny", "--preset", preset)
+        assert planned.exit_code == 0, planned.stderr
+        assert f"ip-adapter {adapter}" in planned.stdout
+        assert "gen needs it (--ip-image IMAGE)" in planned.stderr
+        assert_usage_error(cli("gen", "x", "--model", "tiny", "--preset", preset, "--dry-run"),
+                           f"'ip_adapter' in preset '{name}'", "needs --ip-image IMAGE")
+        dropped = cli("gen", "x", "--model", "tiny", "--preset", preset, "--ip-adapter", "none",
+                      "--dry-run")
+        assert dropped.exit_code == 0 and "ip-adapter" not in dropped.stdout, dropped.stderr

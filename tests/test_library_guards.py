@@ -251,7 +251,8 @@ def test_an_unknown_keyword_is_said_as_a_keyword(tiny):
     for given, said in ((dict(stesp=2), "unknown keyword stesp= (did you mean steps=?)"),
                         (dict(negative_prompt="x"),
                          "unknown keyword negative_prompt= (did you mean negative=?)"),
-                        (dict(zzzq=1), "unknown keyword zzzq= (valid: prompt, negative,")):
+                        (dict(zzzq=1), "unknown keyword zzzq= (valid: job, components, "
+                                       "progress, save_stages,")):
         with pytest.raises(JobError, match=re.escape(said)):
             hires.generate("x", components=tiny, size=64, **given, **ONE)
 
@@ -269,3 +270,25 @@ def test_load_takes_the_model_by_position_and_the_rest_by_keyword():
     with pytest.raises(TypeError, match=re.escape("load() got an unknown keyword zzz= (valid: "
                                                   "model, linfusion, dtype, device,")):
         hires.load("tiny", zzz=1)
+
+
+def test_an_unknown_keyword_is_matched_against_every_keyword_of_the_call(tiny, tmp_path):
+    """Only Job's fields were candidates: `sise=` was told 'seed', `componets=` 'prompt';
+    and an upscale's `scael=` was said to be a missing size (found by QA)."""
+    from PIL import Image
+
+    photo = tmp_path / "p.png"
+    Image.new("RGB", (64, 48)).save(photo)
+    for call, said in (
+            (lambda: hires.generate("x", components=tiny, sise=128), "sise= (did you mean size=?)"),
+            (lambda: hires.generate("x", componets=tiny), "componets= (did you mean components=?)"),
+            (lambda: hires.generate("x", components=tiny, save_stage=True),
+             "save_stage= (did you mean save_stages=?)"),
+            (lambda: hires.upscale(str(photo), components=tiny, scael=2),
+             "scael= (did you mean scale=?)"),
+            (lambda: hires.upscale(imag=str(photo), components=tiny),
+             "imag= (did you mean image=?)"),
+            (lambda: hires.upscale(str(photo), components=tiny, on_scor=print),
+             "on_scor= (did you mean on_score=?)")):
+        with pytest.raises(JobError, match=re.escape(f"unknown keyword {said}")):
+            call()
