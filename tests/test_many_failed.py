@@ -62,3 +62,18 @@ def test_a_batch_lines_failed_record_says_its_size_and_seed(tmp_path, monkeypatc
     assert (line["width"], line["height"], line["seed"]) == (128, 96, 4)
     manifest = json_lines((tmp_path / "out" / "manifest.jsonl").read_text())[0]
     assert (manifest["width"], manifest["seed"], manifest["status"]) == (128, 4, "failed")
+
+
+def test_when_every_image_fails_the_closing_line_says_all(tmp_path, monkeypatch, asked):
+    """It said "3 of 3 images failed ...; the others are made" (found by QA)."""
+    def make_image(job, path, *args, **kwargs):
+        raise RuntimeError("the GPU fell off the bus")
+
+    monkeypatch.setattr(hires.cli_runs, "make_image", make_image)
+    result = cli("gen", "x", "--model", "tiny", "--size", "128", "--steps", "1", "--n", "2",
+                 "-o", f"{tmp_path}/", "--json")
+    assert result.exit_code == 1
+    assert [line["status"] for line in json_lines(result.stdout)] == ["failed", "failed"]
+    last = error_lines(result.stderr)[-1]
+    assert last.startswith("error: all 2 images failed (") and "others" not in last, last
+    assert "once the cause is fixed, the same command makes them" in last
