@@ -410,10 +410,12 @@ def _make_runs(runs: list, *, save_stages: bool, as_json: bool, quiet: bool, ove
         say_left(pace.made, todo)
     if failed:
         listed = ", ".join(map(str, failed[:5])) + (", ..." if len(failed) > 5 else "")
-        some = f"{len(failed)} of {len(runs)} images failed ({listed}); the others are made" \
-            if len(failed) < len(runs) else f"all {len(runs)} images failed ({listed})"
-        raise fail(f"{some}: once the cause is fixed, the same command makes them (made ones are "
-                   "kept)", EXIT_RUNTIME)
+        said = (f"{len(failed)} of {len(runs)} images failed ({listed}); the others are made: "
+                "once the cause is fixed, the same command makes the failed ones (made ones are "
+                "kept)") if len(failed) < len(runs) else (
+            f"all {len(runs)} images failed ({listed}): once the cause is fixed, the same "
+            "command makes them")
+        raise fail(said, EXIT_RUNTIME)
     if preview:
         say(f"previews: `hires gen --from {runs[-1].path}` (or another) makes that image whole, "
             "from the same first stage")

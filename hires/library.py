@@ -66,24 +66,28 @@ def check_keywords(overrides: dict[str, Any]) -> None:
 SIZE_KEYWORDS = ("size", "aspect", "print_size")
 
 
-def check_known(function: Any, overrides: dict[str, Any]) -> None:
+def check_known(function: Any, overrides: dict[str, Any], *also: Any) -> None:
     """An unknown keyword is said before anything else is checked, the closest of every
-    keyword `function` takes (its own and Job's fields) named: `sise=` was told 'seed' (Job's
-    fields alone), and an upscale's `scael=` was a missing size."""
+    keyword `function` (and the functions `also`, where it hands over: generate to upscale)
+    takes named, its own and Job's fields: `sise=` was told 'seed' (Job's fields alone), and
+    an upscale's `scael=` was a missing size. A command's flag (n=) is told what to do
+    instead (`check_keywords`)."""
     import difflib
 
     from hires.job import JOB_KEYS, JobError, keys_for_people
 
-    own = [n for n, p in inspect.signature(function).parameters.items()
+    own = [n for f in (function, *also) for n, p in inspect.signature(f).parameters.items()
            if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    shown = keys_for_people([*own, *JOB_KEYS, *SIZE_KEYWORDS])
+    valid = keys_for_people([*own, *JOB_KEYS, *SIZE_KEYWORDS])
     for key in overrides:
-        name = str(key).replace("-", "_")
-        if name in own or name in JOB_KEYS or name in SIZE_KEYWORDS or \
-                name.lower() in LIBRARY_ADVICE:  # the latter: check_keywords says what instead
+        name = str(key)
+        flag = name.replace("-", "_").lower()
+        if name in own or name in JOB_KEYS or name in SIZE_KEYWORDS:
             continue
-        match = difflib.get_close_matches(name.lower(), shown, n=1, cutoff=0.5)
-        hint = f"did you mean {match[0]}=?" if match else f"valid: {', '.join(shown)}"
+        if flag in LIBRARY_ADVICE and flag not in valid:  # 'Scale' in upscale is a slip
+            check_keywords({key: overrides[key]})  # n=2: what the library does instead
+        match = difflib.get_close_matches(flag, valid, n=1, cutoff=0.5)
+        hint = f"did you mean {match[0]}=?" if match else f"valid: {', '.join(valid)}"
         raise JobError(f"unknown keyword {key}= ({hint})")
 
 

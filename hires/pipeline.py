@@ -358,11 +358,16 @@ def generate(
     stopped run's; one it cannot go on from, or any with `save_stages`, is said in the
     result's warnings); remove it once the image is saved (`hires.resume.remove`).
     """
-    check_known(generate, overrides)
+    given_image = overrides.get("image") is not None or (isinstance(job, Job) and job.image)
+    if given_image:  # handed to hires.upscale: its keywords too
+        from hires.upscale import upscale
+
+        check_known(generate, overrides, upscale)
+    else:
+        check_known(generate, overrides)
     check_callback("on_stage_image", on_stage_image, "(index, image)")
     check_arguments(plan, checkpoint)
     check_flags(save_stages=save_stages)
-    given_image = overrides.get("image") is not None or (isinstance(job, Job) and job.image)
     if (job is None or isinstance(job, (str, Job))) and given_image:
         # `hires up`'s sizes, not a Job's default 1024x1024 square (which squashed a wide
         # input, or shrank it): see hires.upscale. A Job's own size where it gives one.

@@ -289,6 +289,18 @@ def test_an_unknown_keyword_is_matched_against_every_keyword_of_the_call(tiny, t
             (lambda: hires.upscale(imag=str(photo), components=tiny),
              "imag= (did you mean image=?)"),
             (lambda: hires.upscale(str(photo), components=tiny, on_scor=print),
-             "on_scor= (did you mean on_score=?)")):
+             "on_scor= (did you mean on_score=?)"),
+            # a dashed key slipped past the checks made by name (ip-scale= ran unchecked)
+            (lambda: hires.generate("x", components=tiny, **{"ip-scale": 0.5}),
+             "ip-scale= (did you mean ip_scale=?)"),
+            # an upscale by generate(image=...) takes upscale's keywords
+            (lambda: hires.generate(image=str(photo), components=tiny, scael=2),
+             "scael= (did you mean scale=?)"),
+            # a capital is a slip, not a command's flag: it said "give one of size, scale, ..."
+            (lambda: hires.upscale(str(photo), components=tiny, Scale=2),
+             "Scale= (did you mean scale=?)"),
+            # a flag gets its advice before an upscale's size is asked for
+            (lambda: hires.upscale(str(photo), components=tiny, **{"dry-run": True}),
+             "dry-run=: hires.pipeline.plan_for")):
         with pytest.raises(JobError, match=re.escape(f"unknown keyword {said}")):
             call()

@@ -76,4 +76,4 @@ def test_when_every_image_fails_the_closing_line_says_all(tmp_path, monkeypatch,
     assert [line["status"] for line in json_lines(result.stdout)] == ["failed", "failed"]
     last = error_lines(result.stderr)[-1]
     assert last.startswith("error: all 2 images failed (") and "others" not in last, last
-    assert "once the cause is fixed, the same command makes them" in last
+    assert last.endswith("once the cause is fixed, the same command makes them"), last
