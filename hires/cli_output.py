@@ -309,12 +309,26 @@ def exit_codes() -> Iterator[None]:
         debug = debug_on()
         if debug:  # added before the error's line; the line and the exit code stay as they are
             debug_traceback(e)
-        text = str(e) if isinstance(e, ModelError) else f"{type(e).__name__}: {e}"
-        first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+        first = error_text(e)
         if not isinstance(e, ModelError):
             hint = "" if debug else " (set HIRES_DEBUG=1 for the traceback)"
             raise fail(f"{first}{hint}", EXIT_RUNTIME) from None
         raise fail(first, EXIT_USAGE if e.usage else EXIT_RUNTIME) from None
+
+
+def error_text(error: BaseException) -> str:
+    """An error's line as hires says it: our own errors' text, another's with its type's name
+    ("RuntimeError: CUDA error: ..."), its first line only."""
+    from hires.errors import NotFinite
+    from hires.images import ImageInputError
+    from hires.job import JobError
+    from hires.model_refs import ModelError
+    from hires.output import OutputError
+
+    ours = isinstance(error, (JobError, OutputError, ModelError, ImageInputError, NotFinite,
+                              StdoutError))
+    text = (str(error) if ours else f"{type(error).__name__}: {error}").strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def debug_on() -> bool:

@@ -19,6 +19,7 @@ from hires.cli_output import (
     debug_on,
     debug_traceback,
     emit,
+    error_text,
     fail,
     library_bars,
     progress_renderer,
@@ -426,17 +427,10 @@ def _say_failed(run, error: Exception, of: str, as_json: bool) -> None:
     """An image of several that failed: its error line (not the run's last) and, with --json,
     its line on stdout, as a batch's failed job has."""
     from hires.batch import job_facts
-    from hires.errors import NotFinite
-    from hires.images import ImageInputError
-    from hires.job import JobError
-    from hires.model_refs import ModelError
-    from hires.output import OutputError
 
     if debug_on():
         debug_traceback(error)
-    known = isinstance(error, (JobError, OutputError, ModelError, ImageInputError, NotFinite))
-    text = str(error).strip() if known else f"{type(error).__name__}: {error}".strip()
-    text = text.splitlines()[0] if text else type(error).__name__
+    text = error_text(error)
     fail(f"{run.path}{of} failed: {text}", EXIT_RUNTIME)  # said; the others go on
     if as_json:
         emit({"status": "failed", "path": str(run.path), "error": text,
