@@ -188,8 +188,7 @@ def flattened(image: Image.Image) -> Image.Image:
 def check_writable(path: Path, overwrite: bool) -> None:
     """Fail before any GPU time is spent when the output cannot be written."""
     if is_folder(path):  # --overwrite or not: a rename onto a folder fails after the work
-        raise OutputUnwritable(f"{path} is a folder, and hires never writes over a folder: "
-                               "move it away or choose another -o")
+        raise folder_in_the_way(path)
     if os.path.lexists(path) and not overwrite:  # a dangling symlink counts: it is a name
         from hires.cut_short import cut_short
 
@@ -214,6 +213,12 @@ def check_writable(path: Path, overwrite: bool) -> None:
         raise OutputUnwritable(f"cannot make the folder {path.parent}: {e}") from None
     os.close(fd)
     os.unlink(probe)
+
+
+def folder_in_the_way(path: Path) -> OutputUnwritable:
+    """The error for a folder at an output's path: hires never writes over one."""
+    return OutputUnwritable(f"{path} is a folder, and hires never writes over a folder: move it "
+                            "away or choose another -o")
 
 
 def is_folder(path: Path) -> bool:
@@ -515,6 +520,8 @@ def save_image(
     fmt = format_for(path, fmt)
     if quality is not None:
         check_quality(quality, fmt)
+    if is_folder(path):  # made there since the checks: --overwrite cannot help
+        raise folder_in_the_way(path)
     if os.path.lexists(path) and not overwrite:  # a dangling symlink is still someone's name
         raise OutputExists(f"{path} already exists; pass --overwrite or choose another -o")
     check_format(image, path, fmt, pixels16)

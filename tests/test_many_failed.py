@@ -77,3 +77,18 @@ def test_when_every_image_fails_the_closing_line_says_all(tmp_path, monkeypatch,
     last = error_lines(result.stderr)[-1]
     assert last.startswith("error: all 2 images failed (") and "others" not in last, last
     assert last.endswith("once the cause is fixed, the same command makes them"), last
+
+
+def test_a_folder_made_at_an_images_path_is_not_told_overwrite(tmp_path):
+    """A folder made at an image's path mid-run was told "already exists; pass --overwrite",
+    which cannot replace a folder (found by QA)."""
+    import pytest
+
+    from hires.output import OutputUnwritable, save_image
+
+    (tmp_path / "x.png").mkdir()
+    for overwrite in (False, True):
+        with pytest.raises(OutputUnwritable, match="x.png is a folder, and hires never writes "
+                           "over a folder: move it away or choose another -o"):
+            save_image(Image.new("RGB", (8, 8)), tmp_path / "x.png", overwrite=overwrite)
+    assert [p.name for p in tmp_path.iterdir()] == ["x.png"]  # no temp file left
