@@ -72,8 +72,6 @@ def check_known(function: Any, overrides: dict[str, Any], *also: Any) -> None:
     takes named, its own and Job's fields: `sise=` was told 'seed' (Job's fields alone), and
     an upscale's `scael=` was a missing size. A command's flag (n=) is told what to do
     instead (`check_keywords`)."""
-    import difflib
-
     from hires.job import JOB_KEYS, JobError, keys_for_people
 
     own = [n for f in (function, *also) for n, p in inspect.signature(f).parameters.items()
@@ -86,9 +84,15 @@ def check_known(function: Any, overrides: dict[str, Any], *also: Any) -> None:
             continue
         if flag in LIBRARY_ADVICE and flag not in valid:  # 'Scale' in upscale is a slip
             check_keywords({key: overrides[key]})  # n=2: what the library does instead
-        match = difflib.get_close_matches(flag, valid, n=1, cutoff=0.5)
-        hint = f"did you mean {match[0]}=?" if match else f"valid: {', '.join(valid)}"
-        raise JobError(f"unknown keyword {key}= ({hint})")
+        raise JobError(f"unknown keyword {key}= ({keyword_hint(flag, valid)})")
+
+
+def keyword_hint(name: str, valid: list[str]) -> str:
+    """'did you mean steps=?' for the closest of the `valid` keywords, else all of them."""
+    import difflib
+
+    match = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    return f"did you mean {match[0]}=?" if match else f"valid: {', '.join(valid)}"
 
 
 def check_arguments(plan: Any, checkpoint: Any) -> None:
@@ -127,10 +131,6 @@ def keyword_words(text: str) -> str:
     job ("'model' in the job must be text"), as the keyword it was given as."""
     said = re.sub(r"'(\w+)' in (?:the )?job ", r"\1 ", text)
     said = re.sub(r"--allow-pickle\b", "allow_pickle=True", said)  # as ModelError says it
-    # a keyword, not a file's key: "unknown keyword stesp= (did you mean steps=?)"
-    said = re.sub(r"^unknown key (\w+) \(did you mean '(\w+)'\?\)",
-                  r"unknown keyword \1= (did you mean \2=?)", said)
-    said = re.sub(r"^unknown key (\w+) \(valid: ", r"unknown keyword \1= (valid: ", said)
     said = said.replace("hires up makes images larger", "an upscale makes images larger")
     # A flag is a word of its own: a name's '--' (my--style.safetensors, ./--x.safetensors,
     # a Hub cache's models--x--y) is left as it is.
@@ -220,17 +220,14 @@ def library_load(*args: Any, **kwargs: Any) -> Components:
     """`hires.load`: `hires.models.load`, its errors naming the keywords (model=, not
     --model). The model by position, the rest by keyword: `load("tiny", "cpu")` loaded "cpu"
     as the LinFusion checkpoint."""
-    import difflib
-
     names = list(inspect.signature(load).parameters)
     if len(args) > 1:
         raise TypeError(f"load() takes the model by position and the rest by keyword "
                         f"({names[1]}=..., device=...): got {len(args)} positional arguments")
     for key in kwargs:
         if key not in names:
-            match = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
-            hint = f"did you mean {match[0]}=?" if match else f"valid: {', '.join(names)}"
-            raise TypeError(f"load() got an unknown keyword {key}= ({hint})")
+            raise TypeError(f"load() got an unknown keyword {key}= "
+                            f"({keyword_hint(str(key), names)})")
     with in_keywords():  # load checks its arguments as a job's: 'model' in the job
         return load(*args, **kwargs)
 
@@ -265,9 +262,8 @@ def library_job(job: Job | str | None, overrides: dict[str, Any],
         raise TypeError(f"progress must be a function of one hires.progress.Event, got "
                         f"{type(progress).__name__}")
     check_callback("progress", progress, "(event)")  # before the model loads, not after
-    overrides = given_only(overrides)
-    check_keywords(overrides)
-    overrides = plain_numbers(overrides)  # numpy's 256 is 256
+    # its keywords checked (check_known); numpy's 256 is 256
+    overrides = plain_numbers(given_only(overrides))
     for name, value in overrides.items():  # 256, not "256" or 256.0: as README says
         check_kind(name, value)
     refs = ("model", "vae", "linfusion")  # a Job's own fields too: Job(model=Path(...))

@@ -45,7 +45,7 @@ def unmarked(data: bytes) -> str | None:
 
 
 def unmarked_problem(name: str, what: str) -> str:
-    """The error for `what` in UTF-16 (`name`) without its byte-order mark."""
+    """The error for `what` in UTF-16 or UTF-32 (`name`) without its byte-order mark."""
     return (f"{what}: {name} text without its byte-order mark; save it as UTF-8 "
             f"(iconv -f {name.lower()} -t utf-8 converts it)")
 
