@@ -83,6 +83,8 @@ def check_known(function: Any, overrides: dict[str, Any], *also: Any) -> None:
         if name in own or name in JOB_KEYS or name in SIZE_KEYWORDS:
             continue
         if flag in LIBRARY_ADVICE and flag not in valid:  # 'Scale' in upscale is a slip
+            if overrides[key] is None:  # a script's unset option passed through: not given
+                continue
             check_keywords({key: overrides[key]})  # n=2: what the library does instead
         raise JobError(f"unknown keyword {key}= ({keyword_hint(flag, valid)})")
 

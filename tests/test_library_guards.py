@@ -304,3 +304,12 @@ def test_an_unknown_keyword_is_matched_against_every_keyword_of_the_call(tiny, t
              "dry-run=: hires.pipeline.plan_for")):
         with pytest.raises(JobError, match=re.escape(f"unknown keyword {said}")):
             call()
+
+
+def test_a_commands_flag_given_as_none_is_not_given(tiny):
+    """A script passing its unset options through (n=None, preset=None) was refused once the
+    keywords were checked first; None is not given, as for any keyword."""
+    result = hires.generate("x", components=tiny, size=64, n=None, preset=None, **ONE)
+    assert (result.job.width, result.job.height) == (64, 64)
+    with pytest.raises(JobError, match="unknown keyword n=: each call makes one image"):
+        hires.generate("x", components=tiny, size=64, n=2, **ONE)
