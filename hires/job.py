@@ -109,11 +109,12 @@ NAMED_IP_ADAPTER = "ip_adapter_named"
 
 class MissingPartner(KeyedError):
     """An add-on's key without the one it needs (a ControlNet without its image), which a
-    flag may still give: under flags, the key is named where it is and the need as a flag."""
+    flag may still give: under flags, the key is named where it is and the need as a flag,
+    with the flag's 'none' that goes without the preset's or record's add-on."""
 
     def in_level(self, where: str) -> str:
         flag = "--" + self.key.replace("_", "-")
-        return f"'{self.key}' in {where}{str(self)[len(flag):]}"
+        return f"'{self.key}' in {where}{str(self)[len(flag):]}; or {flag} none goes without it"
 
 
 @dataclass

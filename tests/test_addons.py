@@ -186,7 +186,13 @@ def test_a_preset_may_name_an_addon_model_and_leave_its_image_to_the_flags(key, 
     assert list(json_lines(made.stdout)[0]["addons"]) == [key.replace("_model", "net")]
     # Without the image: the preset's key, and the flag that gives what it needs
     alone = cli("gen", "a", "--model", "tiny", "--preset", preset, "--dry-run")
-    assert_usage_error(alone, f"'{key}' in preset 'style'", f"needs {needs}")
+    flag = "--" + key.replace("_", "-")
+    assert_usage_error(alone, f"'{key}' in preset 'style'", f"needs {needs}",
+                       f"or {flag} none goes without it")
+    # ... and the way out it names works
+    without = cli("gen", "a", "--model", "tiny", "--size", "256", "--preset", preset, flag,
+                  "none", "--dry-run")
+    assert without.exit_code == 0, without.stderr
 
 
 def test_plan_takes_a_presets_controlnet_without_its_image(files, tmp_path, asked):
