@@ -229,12 +229,14 @@ Control = Annotated[str | None, typer.Option(
     help="ControlNet conditioning image (edges, depth, pose...), resized to every stage; "
     "'none' drops a preset's or --from record's ControlNet.")]
 ControlModel = Annotated[str | None, typer.Option(
-    help="An SDXL ControlNet: Hub id, diffusers folder or .safetensors file.")]
+    help="An SDXL ControlNet: Hub id, diffusers folder or .safetensors file; 'none' drops a "
+    "preset's or --from record's.")]
 ControlScale = Annotated[float | None, typer.Option(help="ControlNet strength (default 1.0).")]
 IpImage = Annotated[str | None, typer.Option(
     help="IP-Adapter image prompt; 'none' drops a preset's or --from record's.")]
 IpAdapter = Annotated[str | None, typer.Option(
-    help="IP-Adapter weights: Hub id (default h94/IP-Adapter), folder or .safetensors file.")]
+    help="IP-Adapter weights: Hub id (default h94/IP-Adapter), folder or .safetensors file; "
+    "'none' drops a preset's or --from record's.")]
 IpScale = Annotated[float | None, typer.Option(help="IP-Adapter strength (default 0.6).")]
 JsonOut = Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout "
                                        "(with --dry-run: the plan's).")]
