@@ -192,8 +192,11 @@ def image_maker(todo: list, pace: Any, *, gpu: str | None, quiet: bool, overwrit
     memory at a time and timing each image with `pace`; its warnings name the key of the job
     file `name` that gave what they are about, not the flag."""
     from hires import batch as b
+    from hires.full_disk import FullDisks
+    from hires.output import DiskRefused, disk_need
 
     loaded: dict[tuple, Any] = {}
+    disks = FullDisks()  # a disk that refused a job's image is given no more work while so
 
     def worded(said: str, item: BatchItem) -> str:
         """A job's warning on the terminal: by the key that gave it, else naming the job (as
@@ -204,6 +207,8 @@ def image_maker(todo: list, pace: Any, *, gpu: str | None, quiet: bool, overwrit
     def make_one(item: BatchItem, path: Path) -> dict:
         from hires.pipeline import load_args
 
+        job = item.job
+        disks.check(path, disk_need(job.width, job.height, job.format, depth=job.depth))
         key = load_args(item.job)
         fresh = key not in loaded
         if fresh:
@@ -215,10 +220,14 @@ def image_maker(todo: list, pace: Any, *, gpu: str | None, quiet: bool, overwrit
                    [i.job.width * i.job.height for i in todo[number + 1:]])
         started = time.monotonic()  # a model's load is not an image's pace
         # run_batch holds the image's lock (hires.busy) while this makes it
-        record = make_image(item.job, path, loaded[key], heading=f"job {item.index} -> {path}",
-                            gpu=gpu, quiet=quiet, overwrite=overwrite, resume_runs=resume_runs,
-                            settings=b.settings_hash(item.job), preview=preview, run=pace,
-                            worded=lambda said: worded(said, item))
+        try:
+            record = make_image(item.job, path, loaded[key], heading=f"job {item.index} -> {path}",
+                                gpu=gpu, quiet=quiet, overwrite=overwrite,
+                                resume_runs=resume_runs, settings=b.settings_hash(item.job),
+                                preview=preview, run=pace, worded=lambda said: worded(said, item))
+        except DiskRefused as e:
+            disks.saw(e, f"job {item.index}'s image")
+            raise
         # its line and the manifest's say them as the terminal did (the file's record, saved
         # already, keeps the flags' words)
         record = {**record, "warnings": [b.warning_by_giver(said, item, name)

@@ -374,10 +374,13 @@ def _make_runs(runs: list, *, save_stages: bool, as_json: bool, quiet: bool, ove
     warn_space([(r.path, r.job) for r in runs if r.made is None], save_stages)
     warn_ram([r.job for r in runs])
     from hires.eta import RunPace
+    from hires.full_disk import FullDisks
+    from hires.output import DiskRefused, disk_need
 
     components = None
     pace = RunPace(len(runs))  # the images made so far, by their pixels and seconds
     failed: list[Path] = []
+    disks = FullDisks()  # a disk that refused an image is given no more work while it would
     for number, run in enumerate(runs, 1):
         of = f" (image {number} of {len(runs)})" if len(runs) > 1 else ""
         if run.made is not None:
@@ -395,6 +398,9 @@ def _make_runs(runs: list, *, save_stages: bool, as_json: bool, quiet: bool, ove
         pace.start(number - 1, run.job.width * run.job.height, todo)
         started = time.monotonic()  # the model's load is not an image's pace
         try:
+            job = run.job
+            disks.check(run.path, disk_need(job.width, job.height, job.format, save_stages,
+                                            job.depth))
             record = make_image(run.job, run.path, components,
                                 heading="stdout" if piped else f"{run.path}{of}", gpu=gpu,
                                 quiet=quiet, overwrite=overwrite, resume_runs=resume_runs,
@@ -402,6 +408,8 @@ def _make_runs(runs: list, *, save_stages: bool, as_json: bool, quiet: bool, ove
         except Exception as e:  # one image of several: said, and the others go on (as batch)
             if len(runs) == 1:
                 raise
+            if isinstance(e, DiskRefused):
+                disks.saw(e, f"image {number}")
             failed.append(run.path)
             _say_failed(run, e, of, as_json)
             continue

@@ -65,6 +65,19 @@ class OutputExists(OutputUsage):
     pass
 
 
+class DiskRefused(OutputError):
+    """A save the disk refused for as long as it stays so: full, over its quota, or
+    read-only. `folder` and `errno` say which and why (`hires.full_disk` reads them)."""
+
+    def __init__(self, message: str, folder: Path | None = None, code: int | None = None):
+        super().__init__(message)
+        self.folder, self.errno = folder, code
+
+
+# The errors of a disk that refuses every write alike until a person frees space or remounts it.
+LASTING_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
 class OutputUnwritable(OutputUsage):
     pass
 
@@ -262,14 +275,14 @@ def short_of_space(images: list[tuple[Path, int, int]]) -> str | None:
             continue
         if free < total:
             images_word = "the image" if count == 1 else f"the {count} images"
-            return (f"{folder} has {_amount(free)} free and {images_word} to make may need "
-                    f"up to {_amount(total)}; if the disk fills, free some space and run the "
+            return (f"{folder} has {disk_amount(free)} free and {images_word} to make may need "
+                    f"up to {disk_amount(total)}; if the disk fills, free some space and run the "
                     "same command again: it goes on from the last stage it kept (at the final "
                     "save, it only decodes)")
     return None
 
 
-def _amount(size: float) -> str:
+def disk_amount(size: float) -> str:
     """Bytes as a person reads a disk's: 2.5 GB, 310 MB."""
     if size >= 1e9:
         return f"{size / 1e9:.1f} GB"
@@ -547,6 +560,9 @@ def save_image(
                            "pass --overwrite or choose another -o") from None
     except OSError as e:  # a full disk, a quota, a folder gone: the machine's, not the request's
         Path(tmp).unlink(missing_ok=True)
+        if e.errno in LASTING_ERRNOS:
+            raise DiskRefused(f"cannot write {path}: {e.strerror or e}", folder.absolute(),
+                              e.errno) from None
         raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
     except BaseException:
         # Interrupts included: whatever happens, no partial file is left behind.

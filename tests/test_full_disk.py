@@ -1,0 +1,149 @@
+"""A disk that refuses an image's save (full, over quota, read-only) is given no more of the
+run's images while it stays so: they fail at once instead of after all their work."""
+
+from __future__ import annotations
+
+import errno
+import json
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+from helpers_cli import cli, json_lines, write
+
+import hires.full_disk
+import hires.output
+import hires.pipeline
+from hires.full_disk import FullDisks
+from hires.output import DiskRefused, OutputError
+
+Usage = namedtuple("Usage", "total used free")
+
+
+def jobs_file(path: Path, n: int) -> Path:
+    lines = [json.dumps({"prompt": f"job {i}", "model": "tiny", "width": 256, "height": 256,
+                         "steps": 1, "seed": i}) for i in range(n)]
+    return write(path, "\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def full(monkeypatch):
+    """Every save fails as on a full disk, and the disk shows `free[0]` bytes free; returns
+    [free, jobs run]."""
+    state = [1000, []]
+    real_run = hires.pipeline.run_job
+
+    def encode(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def run_job(job, **kwargs):
+        state[1].append(job.prompt)
+        return real_run(job, **kwargs)
+
+    monkeypatch.setattr(hires.output, "_encode", encode)
+    monkeypatch.setattr(hires.pipeline, "run_job", run_job)
+    monkeypatch.setattr(hires.full_disk.shutil, "disk_usage",
+                        lambda folder: Usage(10**12, 10**12 - state[0], state[0]))
+    return state
+
+
+def test_a_batch_sends_no_more_jobs_to_a_full_disk(tmp_path, asked, full):
+    out = tmp_path / "out"
+    result = cli("batch", jobs_file(tmp_path / "jobs.jsonl", 3), "-o", out, "--json")
+    assert result.exit_code == 1
+    assert full[1] == ["job 0"]  # the two after it were not run
+    lines = json_lines(result.stdout)
+    assert [line["status"] for line in lines] == ["failed"] * 3
+    assert "No space left on device" in lines[0]["error"]
+    for line in lines[1:]:
+        assert line["error"].startswith("not started: the disk of ")
+        assert "refused job 0's image (No space left on device)" in line["error"]
+        assert "less than this image may need" in line["error"]
+        assert "free some space" in line["error"]
+    manifest = json_lines((out / "manifest.jsonl").read_text())
+    assert [m["status"] for m in manifest] == ["failed"] * 3
+    assert "batch: 0 done, 0 skipped, 3 failed" in result.stderr
+    assert not [p for p in out.iterdir() if p.suffix == ".png"]
+
+
+def test_space_freed_during_a_batch_lets_the_next_job_run(tmp_path, asked, full, monkeypatch):
+    result = cli("batch", jobs_file(tmp_path / "jobs.jsonl", 2), "-o", tmp_path / "out")
+    assert full[1] == ["job 0"]
+    full[0] = 10**11  # the user freed space: the same command runs both jobs again
+    again = cli("batch", jobs_file(tmp_path / "jobs.jsonl", 2), "-o", tmp_path / "out")
+    assert result.exit_code == again.exit_code == 1
+    assert full[1] == ["job 0", "job 0", "job 1"]
+
+
+def test_gen_n_stops_sending_images_to_a_full_disk(tmp_path, asked, full):
+    result = cli("gen", "a lighthouse", "--model", "tiny", "--size", "256", "--steps", "1",
+                 "--n", "3", "--seed", "5", "-o", tmp_path / "{seed}.png")
+    assert result.exit_code == 1
+    assert full[1] == ["a lighthouse"]
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error: ")]
+    assert "(image 1 of 3) failed: cannot write" in errors[0]
+    assert all("not started: the disk of" in ln and "refused image 1" in ln
+               for ln in errors[1:3]), errors
+    assert "all 3 images failed" in errors[-1]
+
+
+def _refused(folder: Path, code: int) -> DiskRefused:
+    return DiskRefused("cannot write x.png", folder, code)
+
+
+def test_a_full_disk_refuses_only_what_its_free_space_cannot_hold(tmp_path, monkeypatch):
+    disks = FullDisks()
+    free = [5 * 10**6]
+    monkeypatch.setattr(hires.full_disk.shutil, "disk_usage",
+                        lambda folder: Usage(10**12, 0, free[0]))
+    disks.check(tmp_path / "a.png", 10**9)  # nothing refused yet: no check at all
+    disks.saw(_refused(tmp_path, errno.ENOSPC), "job 2's image")
+    with pytest.raises(OutputError, match=r"refused job 2's image \(No space left on device\) "
+                                          r"and has 5.0 MB free, less than this image may "
+                                          r"need \(1.0 GB\)"):
+        disks.check(tmp_path / "new" / "b.png", 10**9)  # a folder the run would make there
+    disks.check(tmp_path / "c.png", 10**6)  # a small one fits
+    free[0] = 2 * 10**9
+    disks.check(tmp_path / "d.png", 10**9)  # space freed since
+
+
+def test_another_disk_is_not_refused(tmp_path):
+    disks = FullDisks()
+    disks.refused[tmp_path.stat().st_dev + 1] = (_refused(tmp_path, errno.EROFS), "image 1")
+    disks.check(tmp_path / "a.png", 10**12)
+
+
+def test_a_quota_refuses_until_the_run_ends_and_read_only_while_it_is(tmp_path, monkeypatch):
+    disks = FullDisks()
+    disks.saw(_refused(tmp_path, errno.EDQUOT), "image 1")
+    with pytest.raises(OutputError, match=r"\(Disk quota exceeded\) and is over its quota"):
+        disks.check(tmp_path / "a.png", 1)
+    read_only = [True]
+    monkeypatch.setattr(hires.full_disk, "_read_only", lambda folder: read_only[0])
+    disks.saw(_refused(tmp_path, errno.EROFS), "image 2")
+    with pytest.raises(OutputError, match=r"refused image 2 \(Read-only file system\) and is "
+                                          "still read-only; make it writable"):
+        disks.check(tmp_path / "a.png", 1)
+    read_only[0] = False  # remounted writable
+    disks.check(tmp_path / "a.png", 1)
+
+
+def test_a_save_on_a_full_disk_is_a_disk_refusal_and_leaves_no_file(tmp_path, monkeypatch):
+    from PIL import Image
+
+    def encode(*args, **kwargs):
+        raise OSError(errno.EDQUOT, "Disk quota exceeded")
+
+    monkeypatch.setattr(hires.output, "_encode", encode)
+    with pytest.raises(DiskRefused) as e:
+        hires.output.save_image(Image.new("RGB", (8, 8)), tmp_path / "a.png")
+    assert e.value.errno == errno.EDQUOT and e.value.folder == tmp_path.absolute()
+    assert list(tmp_path.iterdir()) == []
+
+    def broken(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(hires.output, "_encode", broken)
+    with pytest.raises(OutputError) as other:  # not lasting: the next image may well save
+        hires.output.save_image(Image.new("RGB", (8, 8)), tmp_path / "a.png")
+    assert not isinstance(other.value, DiskRefused)
