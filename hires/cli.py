@@ -110,8 +110,15 @@ from hires.cli_output import (
     stopped,
     warn,
 )
-from hires.cli_runs import check_outputs, run_jobs
-from hires.cli_show import machine_info, machine_lines, show_all_made, show_batch_plan, show_plan
+from hires.cli_runs import check_outputs, read_notes, run_jobs, say_read
+from hires.cli_show import (
+    crop_notes,
+    machine_info,
+    machine_lines,
+    show_all_made,
+    show_batch_plan,
+    show_plan,
+)
 
 # transformers and diffusers log notices (e.g. a missing torchvision) that say nothing to a user
 # of hires; real failures reach the user through our own one-line errors.
@@ -294,7 +301,7 @@ def up(
 
         flags = job_flags(options)  # no --strength: up's own default (hires.sizes)
         flags.update(prompt=argv_text(prompt or ""))
-        jobs, sizes, alpha = [], [], set()
+        jobs, sizes, alpha, noted = [], [], set(), []
         for image in names:
             # Every input is decoded here, so that a broken one stops the command before any
             # work; none is kept (each is loaded again in its turn), so memory stays flat.
@@ -306,6 +313,8 @@ def up(
                 jobs.append(build_job(preset, None, {**flags, "image": image,
                                                      "image_sha256": source.sha256},
                                       source=source.rgb.size))
+            if dry_run:  # what reading it leaves out, as the run says it (its crop: the plan)
+                noted.append(read_notes(source, jobs[-1].depth))
         check_preview(preview, save_stages)
         if not dry_run or gpu is None:  # a dry run with --gpu plans that card, not this one
             check_device(jobs[0].device, dry_run, given=device is not None)
@@ -313,7 +322,10 @@ def up(
             images = check_outputs(jobs, output, fmt, 1, overwrite, save_stages, preview,
                                    alpha=frozenset(alpha), quality_flag=quality is not None,
                                    as_json=as_json, resume_runs=resume_runs)
-            for job, size, image in zip(jobs, sizes, images):  # an input's plan, its image
+            for job, size, image, said in zip(jobs, sizes, images, noted):
+                # an input's plan, and its image's warnings as the run's record has them
+                image["warnings"] = [*crop_notes(job, size), *say_read(said),
+                                     *image["warnings"]]
                 with about_input(job.image, len(jobs) > 1):
                     show_plan(job, gpu, as_json, source=size, stage_images=save_stages,
                               preview=preview, here=True, images=[image])

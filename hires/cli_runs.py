@@ -641,16 +641,29 @@ def say_input(source, depth: int = 8, size: tuple[int, int] | None = None) -> li
     """What reading an input changed: its colour profile converted to sRGB (said); what it
     lost, 16 bits a channel, all frames but the first, or its sides where a result of `size`
     is another shape (warned, and returned: the result's warnings hold them too)."""
-    from hires.images import input_label, input_notes
-
     if source is None:
         return []
-    if source.converted_from:
-        say(f"  {input_label(source)}: colour profile '{source.converted_from}' converted to sRGB")
-    notes = input_notes(source, depth, size)
-    for note in notes:
+    return say_read(read_notes(source, depth, size))
+
+
+def read_notes(source, depth: int = 8, size: tuple[int, int] | None = None
+               ) -> tuple[str | None, list[str]]:
+    """`say_input`'s line on a converted profile (or None) and its warnings, to say later."""
+    from hires.images import input_label, input_notes
+
+    converted = (f"  {input_label(source)}: colour profile '{source.converted_from}' converted "
+                 "to sRGB") if source.converted_from else None
+    return converted, input_notes(source, depth, size)
+
+
+def say_read(notes: tuple[str | None, list[str]]) -> list[str]:
+    """Say `read_notes`' line and warnings; the warnings."""
+    converted, warnings = notes
+    if converted:
+        say(converted)
+    for note in warnings:
         warn(note)
-    return notes
+    return warnings
 
 
 def say_left(made: list[tuple[int, float]], todo: list[int]) -> None:

@@ -61,6 +61,7 @@ class InputImage:
     bits: int = 8  # bits a sample in the file (16: a 16-bit PNG or TIFF, read as 8)
     frames: int = 1  # frames or pages in the file (an animation, a multi-page TIFF): the first
     grey: bool = False  # grey (a grey mode, or R = G = B throughout): the result is made grey
+    profile_unused: str | None = None  # why its colour profile was not used ("cannot be read")
 
 
 @contextlib.contextmanager
@@ -219,31 +220,34 @@ def srgb_icc() -> bytes | None:
         return None
 
 
-def _in_srgb(im: Image.Image, rgb: Image.Image) -> tuple[Image.Image, str | None]:
+def _in_srgb(im: Image.Image, rgb: Image.Image) -> tuple[Image.Image, str | None, str | None]:
     """`rgb` (decoded from `im`) in sRGB, by the ICC profile `im` carries: a phone's Display
-    P3, Adobe RGB, a print shop's CMYK; and that profile's name. The model was trained on sRGB
-    and hires' images are tagged sRGB, so reading P3 values as sRGB would dull every colour.
-    Without a profile, with one that lcms cannot read, or with an sRGB one, `rgb` as it is
-    (and None)."""
+    P3, Adobe RGB, a print shop's CMYK; that profile's name; and why a profile it carries was
+    not used, if so (one lcms cannot read, or one for other colours than the file's: its
+    values are then read as sRGB). The model was trained on sRGB and hires' images are tagged
+    sRGB, so reading P3 values as sRGB would dull every colour. Without a profile, or with an
+    sRGB or grey one, `rgb` as it is (and None, None)."""
     icc, target = im.info.get("icc_profile"), srgb_icc()
     if not icc or target is None:
-        return rgb, None
+        return rgb, None, None
     from PIL import ImageCms
 
     try:
         profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
         space = profile.profile.xcolor_space.strip()
         source = rgb if space == "RGB" else im if space == "CMYK" == im.mode else None
-        if source is None:  # a grey profile: grey stays grey
-            return rgb, None
+        if space == "GRAY":  # grey stays grey
+            return rgb, None, None
+        if source is None:  # a Lab, XYZ or CMYK profile on RGB pixels, say
+            return rgb, None, f"is for {space} colours, not the file's {im.mode}"
         transform = ImageCms.buildTransform(profile, ImageCms.ImageCmsProfile(
             io.BytesIO(target)), source.mode, "RGB")
         if space == "RGB" and _identity(transform):
-            return rgb, None
+            return rgb, None, None
         converted = ImageCms.applyTransform(source, transform)
-        return converted, ImageCms.getProfileDescription(profile).strip() or "unnamed"
+        return converted, ImageCms.getProfileDescription(profile).strip() or "unnamed", None
     except (OSError, ValueError, ImageCms.PyCMSError):
-        return rgb, None
+        return rgb, None, "cannot be read"
 
 
 def _identity(transform) -> bool:
@@ -277,11 +281,12 @@ def load_input(path: Path | str) -> InputImage:
         # conversion to sRGB leaves them 1 apart (a grey photo saved in Adobe RGB came out
         # tinted). (16-bit LA opens as RGBA.)
         grey = im.mode in _GREY_MODES or _channels_equal(rgb)
-        rgb, profile = _in_srgb(im, rgb)
+        rgb, profile, unused = _in_srgb(im, rgb)
         fmt = FORMATS[im.format or ""]
         frames = getattr(im, "n_frames", 1)
     return InputImage(rgb=rgb, alpha=alpha, path=path, sha256=sha, format=fmt, size=rgb.size,
-                      converted_from=profile, bits=bits, frames=frames, grey=grey)
+                      converted_from=profile, bits=bits, frames=frames, grey=grey,
+                      profile_unused=unused)
 
 
 def input_label(source: InputImage) -> str:
@@ -293,8 +298,8 @@ def input_label(source: InputImage) -> str:
 def input_notes(source: InputImage, depth: int = 8,
                 size: tuple[int, int] | None = None) -> list[str]:
     """What reading `source` left out of it, as warnings: 16 bits a channel read as 8 (unless
-    the result is 16-bit, `depth`), every frame or page but the first; and what a result of
-    `size` (another shape) crops off it."""
+    the result is 16-bit, `depth`), every frame or page but the first, a colour profile it
+    could not use; and what a result of `size` (another shape) crops off it."""
     name = input_label(source)
     cropped = None if size is None else crop_note(name, source.rgb.size, *size)
     notes = [cropped] if cropped else []
@@ -303,6 +308,9 @@ def input_notes(source: InputImage, depth: int = 8,
     if source.frames > 1:  # an animation or a multi-page TIFF
         what = "pages" if source.format == "TIFF" else "frames"
         notes.append(f"{name} has {source.frames} {what}; hires upscales the first")
+    if source.profile_unused:
+        notes.append(f"{name}'s colour profile {source.profile_unused}; its colours are read "
+                     "as sRGB")
     return notes
 
 

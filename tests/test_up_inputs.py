@@ -257,7 +257,7 @@ def test_grey_is_told_by_the_files_channels_before_its_profile_is_converted(tmp_
     def rounded_apart(im, rgb):  # the conversion's rounding: blue one level off here and there
         a = np.asarray(rgb).copy()
         a[::2, ::2, 2] = np.clip(a[::2, ::2, 2].astype(int) + 1, 0, 255)
-        return Image.fromarray(a), "Adobe RGB (1998)"
+        return Image.fromarray(a), "Adobe RGB (1998)", None
 
     monkeypatch.setattr(images, "_in_srgb", rounded_apart)
     values = np.random.default_rng(3).integers(0, 255, (32, 32), np.uint8)
@@ -317,3 +317,45 @@ def test_inputs_without_a_seed_are_told_the_one_seed_they_share(tmp_path, asked)
     seeds = {r["seed"] for r in json_lines(result.stdout)}
     assert len(seeds) == 1
     assert f"seed {seeds.pop()} (--seed" in result.stderr and "seeds from" not in result.stderr
+
+
+def test_a_dry_run_warns_what_reading_the_inputs_leaves_out_as_the_run_records(tmp_path, asked):
+    """An animation's frames, 16 bits read as 8 and a profile not used: the run warned of them
+    and recorded them, and `up --dry-run`, used to check a set of inputs, said none (QA 183)."""
+    frames = [Image.new("RGB", (64, 48), c) for c in ("red", "blue")]
+    frames[0].save(tmp_path / "anim.png", save_all=True, append_images=frames[1:])
+    grey16 = np.random.default_rng(1).integers(0, 65535, (48, 64), np.uint16)
+    Image.fromarray(grey16).save(tmp_path / "g16.png")
+    Image.new("RGB", (64, 48), "teal").save(tmp_path / "icc.png", icc_profile=b"garbage" * 20)
+    inputs = [tmp_path / n for n in ("anim.png", "g16.png", "icc.png")]
+    args = ("up", *inputs, *TINY, "--width", "128", "--height", "128", "-o", f"{tmp_path}/out/",
+            "--json")
+    planned = cli(*args, "--dry-run")
+    assert planned.exit_code == 0, planned.stderr
+    made = cli(*args, "-q")
+    assert made.exit_code == 0, made.stderr
+    said = [image["warnings"] for line in json_lines(planned.stdout) for image in line["images"]]
+    recorded = [line["warnings"] for line in json_lines(made.stdout)]
+    assert said == recorded
+    assert [len(w) for w in said] == [2, 2, 2]  # each one's note, and the crop to 1:1
+    assert "anim.png has 2 frames; hires upscales the first" in said[0]
+    assert "g16.png has 16 bits a channel; the result has 8 (--depth 16 for 16)" in said[1]
+    assert ("icc.png's colour profile cannot be read; its colours are read as sRGB"
+            in said[2])
+    for note in (w for notes in said for w in notes):  # on the terminal too
+        assert f"warning: {note}" in planned.stderr
+
+
+def test_a_profile_for_other_colours_than_the_files_is_said_and_not_used(tmp_path):
+    lab = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()
+    Image.new("RGB", (64, 48), (10, 150, 200)).save(tmp_path / "lab.png", icc_profile=lab)
+    got = load_input(tmp_path / "lab.png")
+    assert got.rgb.getpixel((5, 5)) == (10, 150, 200) and got.converted_from is None
+    assert got.profile_unused == "is for Lab colours, not the file's RGB"
+    from hires.images import input_notes
+
+    assert input_notes(got) == ["lab.png's colour profile is for Lab colours, not the file's "
+                                "RGB; its colours are read as sRGB"]
+    grey = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.new("RGB", (64, 48), (10, 150, 200)).save(tmp_path / "srgb.png", icc_profile=grey)
+    assert load_input(tmp_path / "srgb.png").profile_unused is None  # used (as sRGB): unsaid
