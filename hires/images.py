@@ -409,26 +409,9 @@ def _reading(path: Path) -> Iterator[Image.Image]:
         msg = str(e)
         raise ImageInputError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
     except Image.DecompressionBombError as e:
-        raise ImageInputError(
-            f"{path}: too large ({_one_line(e)}); at most {MAX_SIDE} px a side and "
-            f"{MAX_PIXELS:,} pixels") from None
+        _refuse_bomb(path, e)
     except UnidentifiedImageError:
-        with open(path, "rb") as f:
-            head = f.read(12)
-        if head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS:  # a phone's photo, say
-            kind = "AVIF" if head[8:12] in (b"avif", b"avis") else "HEIC"
-            raise ImageInputError(f"{path}: {kind} images are not accepted; convert it to "
-                                  f"{ACCEPTED}") from None
-        head = head[:4]
-        from hires.cut_short import cut_with_its_record
-
-        if cut := cut_with_its_record(path):  # a TIFF's directory lost: Pillow knows it not
-            raise ImageInputError(f"{path}: truncated image, {cut}; re-export or re-download "
-                                  "it") from None
-        if head in TIFF_MAGIC:  # Pillow opens only some sample formats of TIFF
-            raise ImageInputError(f"{path}: {unread_tiff(path)}") from None
-        what = "an empty file" if not head else "not an image file"
-        raise ImageInputError(f"{path}: {what}; expected {ACCEPTED}") from None
+        raise ImageInputError(f"{path}: {unidentified(path)}") from None
     except PermissionError:
         raise ImageInputError(f"{path}: permission denied") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError) as e:
@@ -445,6 +428,38 @@ def _reading(path: Path) -> Iterator[Image.Image]:
     except MemoryError:
         raise ImageInputError(f"{path}: not enough memory to decode it; downscale it first") \
             from None
+
+
+def unidentified(path: Path) -> str:
+    """Why Pillow could not tell what the file at `path` is, and what to do: a phone's HEIC,
+    a TIFF cut short or of samples Pillow cannot read, an empty file, or no image at all."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+    if head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS:  # a phone's photo, say
+        kind = "AVIF" if head[8:12] in (b"avif", b"avis") else "HEIC"
+        return f"{kind} images are not accepted; convert it to {ACCEPTED}"
+    from hires.cut_short import cut_with_its_record
+
+    if cut := cut_with_its_record(path):  # a TIFF's directory lost: Pillow knows it not
+        return f"truncated image, {cut}; re-export or re-download it"
+    if head[:4] in TIFF_MAGIC:  # Pillow opens only some sample formats of TIFF
+        return unread_tiff(path)
+    what = "an empty file" if not head else "not an image file"
+    return f"{what}; expected {ACCEPTED}"
+
+
+def _refuse_bomb(path: Path, error: Exception) -> None:
+    """A header claiming more pixels than Pillow's guard lets through, said as `check_size`
+    says it (its size, hires' bounds), not in Pillow's words and its other limit."""
+    try:
+        with pixel_limit(None), warnings.catch_warnings(), Image.open(path) as im:
+            warnings.simplefilter("ignore")
+            size = im.size  # the header only: nothing is decoded
+    except Exception:  # unread a second time: said as Pillow had it
+        raise ImageInputError(f"{path}: too large ({_one_line(error)}); at most {MAX_SIDE} px "
+                              f"a side and {MAX_PIXELS:,} pixels") from None
+    check_size(path, size)
+    raise ImageInputError(f"{path}: too large ({_one_line(error)})")  # not reached: too large
 
 
 def unread_tiff(path: Path) -> str:

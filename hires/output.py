@@ -950,13 +950,17 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise OutputError(f"no such image: {path}") from None
     except (OSError, ValueError) as e:  # ValueError: Pillow's limit on a text chunk's size
+        from PIL import UnidentifiedImageError
+
         from hires.cut_short import cut_short
-        from hires.images import unread_tiff
+        from hires.images import unidentified, unread_tiff
 
         # A TIFF cut short loses its directory, at its end: Pillow says only that it cannot
-        # identify the file (or one of samples it cannot read: why is said).
+        # identify the file (or one of samples it cannot read: why is said); an empty file or
+        # a HEIC is said as `hires up` says it, not in Pillow's words.
         cut = cut_short(Path(path))
-        why = f"it is {cut}" if cut else unread_tiff(Path(path)) \
+        why = f"it is {cut}" if cut else unidentified(Path(path)) \
+            if isinstance(e, UnidentifiedImageError) else unread_tiff(Path(path)) \
             if _starts_with(path, TIFF_MAGIC) else e
         raise OutputError(f"cannot read {path} as an image: {why}") from None
     params = blob = None

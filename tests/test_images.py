@@ -12,6 +12,7 @@ from PIL import Image, ImageFile
 from skimage import data
 
 from hires.images import (
+    MAX_PIXELS,
     MAX_SIDE,
     ImageInputError,
     attach_alpha,
@@ -429,6 +430,12 @@ def test_huge_declared_size_refused(tmp_path, monkeypatch):
     p.write_bytes(png_header(40000, 40000))
     msg = one_line_error(p, "too large")
     assert "40000x40000" in msg and str(MAX_SIDE) in msg
+    # past Pillow's own guard (twice hires' pixels): said in hires' words and bounds alone,
+    # not Pillow's with its other limit beside them (QA 183)
+    p.write_bytes(png_header(100000, 100000))
+    msg = one_line_error(p, "too large")
+    assert msg.endswith(f"huge.png: 100000x100000 px is too large (at most {MAX_SIDE} px a side "
+                        f"and {MAX_PIXELS:,} pixels); downscale it first"), msg
     p.write_bytes(png_header(MAX_SIDE + 1, 16))
     one_line_error(p, "too large")
     assert Image.MAX_IMAGE_PIXELS == 89478485  # restored

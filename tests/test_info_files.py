@@ -319,11 +319,25 @@ def test_a_path_typed_otherwise_is_said_as_typed_not_inside_words(tmp_path, monk
     (tmp_path / "e").write_text("x")
     assert_usage_error(cli("info", "g/"), "error: g/ is a folder, not an image; give an image "
                        "file")
-    assert_usage_error(cli("info", "./e"), "error: cannot read ./e as an image: cannot "
-                       "identify image file './e'")
+    assert_usage_error(cli("info", "./e"), "error: cannot read ./e as an image: not an image "
+                       "file; expected PNG")
     (tmp_path / "image").write_text("x")  # a name that is a word of the message
     assert_usage_error(cli("info", "./image"), "error: cannot read ./image as an image: "
-                       "cannot identify image file './image'")
+                       "not an image file; expected PNG")
+
+
+def test_info_says_an_empty_or_unknown_file_as_up_does(tmp_path):
+    """info said Pillow's 'cannot identify image file', up 'an empty file' (QA 183)."""
+    (tmp_path / "zero.png").write_bytes(b"")
+    (tmp_path / "photo.heic").write_bytes(b"\0\0\0\x18ftypheic" + bytes(16))
+    for name, why in (("zero.png", "an empty file; expected PNG, JPEG, WebP or TIFF"),
+                      ("photo.heic", "HEIC images are not accepted; convert it to PNG, "
+                                     "JPEG, WebP or TIFF")):
+        path = tmp_path / name
+        assert_usage_error(cli("info", path), f"cannot read {path} as an image: {why}")
+        assert_usage_error(cli("up", path, "--model", "tiny", "--dry-run"), f"{path}: {why}")
+        row = json.loads(cli("info", path, "--json").stdout)
+        assert row["error"] == f"cannot read {path} as an image: {why}"
 
 
 def test_a_record_of_a_newer_hires_says_to_upgrade(tmp_path):
