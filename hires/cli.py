@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from hires import __version__
+from hires import __version__, stops
 from hires.cli_batch import (
     batch_jobs,
     check_batch_devices,
@@ -571,6 +571,7 @@ def root(
     """hires: 1K to 16K images (64 to 32768 px) from a prompt, on one GPU."""
     # per invocation: tests and scripts may call the app many times
     Quiet.on, Quiet.progress = False, "auto"
+    stops.forget()
     with stops_held():  # torch's first import, in every command (not -h)
         from hires import memory
 
@@ -631,8 +632,9 @@ def main() -> None:
 
     hold_closed_streams()
     argv_as_typed()
-    stops = stop_signals()
-    for signum in stops:
+    stops.install()  # a Ctrl-C a library swallows is raised again at the run's next step
+    ends = stop_signals()
+    for signum in ends:
         signal.signal(signum, on_sigterm)
     try:
         app()
@@ -645,5 +647,5 @@ def main() -> None:
         # The outcome is out (the image saved, its path printed, the exit code chosen): a
         # Ctrl-C while Python shuts down (torch's and the Hub's exit hooks, about 0.7 s) came
         # too late to stop anything, and turned a success into 130 or an ignored traceback.
-        for signum in (signal.SIGINT, *stops):
+        for signum in (signal.SIGINT, *ends):
             signal.signal(signum, signal.SIG_IGN)

@@ -12,6 +12,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from hires import stops
 from hires.cli_jobs import about_input, check_gpu, fitted_plan, plan_key
 from hires.cli_output import (
     EXIT_RUNTIME,
@@ -468,6 +469,7 @@ def load_model(job, quiet: bool):
         say("the Hugging Face Hub cannot be reached: loading from the local cache")
     library_bars(quiet or Quiet.progress == "json")
     components = load(*load_args(job))
+    stops.check()  # a Ctrl-C that the libraries' loading swallowed
     for warning in components.warnings:
         warn(warning)
     return components
@@ -542,7 +544,13 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
         with progress_renderer(quiet, plan, "-" if piped else str(path)) as progress:
             if progress is not None:
                 progress.attach(run, planned=planned_here(gpu, components))
-            result = run_job(job, source=source, components=components, progress=progress,
+
+            def watched(event: Event) -> None:  # with -q too: a swallowed Ctrl-C stops here
+                stops.check()
+                if progress is not None:
+                    progress(event)
+
+            result = run_job(job, source=source, components=components, progress=watched,
                              plan=plan, checkpoint=kept,
                              on_stage_image=stage_image if save_stages else None,
                              on_score=score)
@@ -556,8 +564,7 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
             last = plan.stages[-1]
             saving = partial(Event, "save", last.index, len(plan.stages), last.width,
                              last.height)
-            if progress is not None:
-                progress(saving())
+            watched(saving())  # the last point to stop at: the image is not written yet
             # record.save, not Result.save: its errors keep the CLI's flags (--overwrite),
             # which Result.save words as the library's keywords.
             record = save(result, path, fmt=job.format, overwrite=overwrite, settings=settings,
