@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from hires.cli_output import say, tell
+from hires.cli_output import say, tell, warn
 
 
 def stages_upto(stage: int) -> str:
@@ -61,15 +61,15 @@ def say_resume(kept: Path, job, plan, source=None, stage_files: list[Path] | Non
     why = resume.why_not(kept, kept_job(job, source), plan)
     if why is not None:
         said = resume.starting_over(kept, why)
-        say(f"  {said}")
+        warn(said)  # the stages it kept are lost to this run: a script greps for it
         return said
     stage = kept_stage(kept, job, plan, source)
     if stage is None:
         return None
     lost = lost_stage_image(stage_files or [], stage, job)
     if lost:
-        say(f"  {kept.name} holds {stages_upto(stage)} of this job, but {lost} (--save-stages): "
-            "starting over")
+        warn(f"{kept.name} holds {stages_upto(stage)} of this job, but {lost} (--save-stages): "
+             "starting over")
         resume.remove(kept)
     elif stage == len(plan.stages) - 1:
         say(f"  resuming: every stage was kept in {kept.name}; only the decode is left")
