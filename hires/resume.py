@@ -474,11 +474,12 @@ def _tensors(path: Path, device: torch.device) -> tuple[Tensor, Tensor, Tensor, 
             tensors = [f.get_tensor(k) for k in names]
     except Exception:  # cut short after its header
         raise NotOfThisJob("cannot be read") from None
-    if not all(torch.isfinite(t).all() for t in tensors) or not isinstance(reports, list):
-        raise NotOfThisJob("cannot be read")
+    # The checksum first: bytes flipped into a NaN are damage too, said as such (QA 184).
     if written is not None and written != _checksum(dict(zip(names, tensors))):
         raise NotOfThisJob("is damaged (its numbers are not those the run wrote: a bad copy "
                            "or disk)")
+    if not all(torch.isfinite(t).all() for t in tensors) or not isinstance(reports, list):
+        raise NotOfThisJob("cannot be read")
     latents, mean, std = (t.to(device) for t in tensors)
     return latents, mean, std, reports
 

@@ -168,6 +168,10 @@ def test_damaged_latents_are_not_resumed(tiny, tmp_path, asked, bad):
         latents = f.get_tensor("latents")
     latents = torch.zeros(1, 4, 8, 8) if bad == "shape" else latents * float("nan")
     rewrite(kept, latents=latents)
+    if bad == "nan":  # as a stage that went wrong wrote them: its checksum theirs
+        with safe_open(str(kept), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in ("latents", "mean", "std")}
+        rewrite(kept, meta={"sha256": resume._checksum(tensors)})
     job = hires.job.Job(**JOB)
     plan = hires.pipeline.plan_for(job, tiny)
     assert resume.load(kept, job, plan, torch.device("cpu")) is None
@@ -200,6 +204,12 @@ def test_latents_changed_since_written_are_not_resumed(tiny, tmp_path, asked):
     result = cli(*GEN, "--seed", "1", "--json", "-o", out)
     assert result.exit_code == 0, result.stderr
     assert f"{damaged}: a bad copy or disk): starting over" in result.stderr, result.stderr
+    # bytes flipped into a NaN are said as the same damage, not 'cannot be read' (QA 184)
+    kept.write_bytes(whole)
+    changed = latents.clone()
+    changed[0, 0, 0, 0] = float("nan")
+    rewrite(kept, latents=changed)
+    assert resume.why_not(kept, job, plan).startswith("is damaged (its numbers are not those")
     assert json_lines(result.stdout)[0].get("resumed_after_stage") is None
     kept.write_bytes(whole)
     with safe_open(str(kept), framework="pt") as f:
