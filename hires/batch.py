@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import hashlib
@@ -823,7 +824,9 @@ class Outcome:
     """What happened to one batch job."""
 
     item: BatchItem
-    status: str  # "done" | "skipped" (made already) | "busy" (another run is making it) | "failed"
+    # "done" | "skipped" (made already) | "busy" (another run is making it) | "failed" |
+    # "interrupted" (Ctrl-C, SIGTERM: the batch stops there)
+    status: str
     path: Path
     error: str | None = None  # also, for "busy", which run is making it
     record: dict[str, Any] | None = None
@@ -953,6 +956,18 @@ def _run_one(item: BatchItem, path: Path, settings: str,
             moved_to=moved, why=why, cut=bool(cut), raised=e)
 
 
+def manifest_line(outcome: Outcome, settings: str) -> dict[str, Any]:
+    """A job's manifest line: how it went, the job's facts, and a made image's record; an
+    interrupted job's checkpoint, where one was kept (the same command goes on from it)."""
+    from hires.resume import path_for
+
+    kept = path_for(outcome.path) if outcome.status == "interrupted" else None
+    return {"index": outcome.item.index, "status": outcome.status, "path": str(outcome.path),
+            "error": outcome.error, "settings": settings, **job_facts(outcome.item.job),
+            **({"checkpoint": str(kept)} if kept is not None and kept.is_file() else {}),
+            **(outcome.record or {})}
+
+
 def job_facts(job: Job) -> dict[str, Any]:
     """What every line of a job says, a failed one's too (a made one's record says them as
     well): a script reads `width` of any line."""
@@ -1005,12 +1020,18 @@ def run_batch(
         except Busy as e:
             # not "skipped": a script counting those as made would count an image not there
             outcome = Outcome(item, "busy", path, error=f"{e.who} is making it")
+        except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM: the job stopped has its line too
+            outcome = Outcome(item, "interrupted", path,
+                              error=getattr(stop, "word", "interrupted"))
+            if manifest is not None:
+                with contextlib.suppress(OSError):  # the stop, not a full disk, ends the run
+                    append_manifest(manifest, manifest_line(outcome, settings))
+            if on_outcome:
+                on_outcome(outcome)
+            raise
         if manifest is not None:
             try:
-                append_manifest(manifest, {"index": item.index, "status": outcome.status,
-                                           "path": str(path), "error": outcome.error,
-                                           "settings": settings, **job_facts(item.job),
-                                           **(outcome.record or {})})
+                append_manifest(manifest, manifest_line(outcome, settings))
             except OSError as e:  # a full disk: the images made so far are kept all the same
                 fix = ("free some space" if e.errno in (errno.ENOSPC, errno.EDQUOT)
                        else "fix that or choose another --manifest")

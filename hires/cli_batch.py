@@ -244,9 +244,9 @@ def job_line(o: Outcome, record: dict, as_json: bool) -> None:
     line only with --json)."""
     from hires import batch as b
 
-    # the manifest's keys on every line (a done job's error null, a failed one's settings)
-    head = {"index": o.item.index, "status": o.status, "path": str(o.path),
-            "error": o.error, "settings": b.settings_hash(o.item.job), **b.job_facts(o.item.job)}
+    # the manifest's keys on every line (a done job's error null, a failed one's settings, an
+    # interrupted one's checkpoint)
+    head = b.manifest_line(o, b.settings_hash(o.item.job))
     emit({**head, **record} if as_json else record, as_json)
 
 
@@ -257,6 +257,10 @@ def outcome_reporter(todo: list, pace: Any, seen: list, as_json: bool,
     from hires.runs import made_by
 
     def report(o: Outcome) -> None:
+        if o.status == "interrupted":  # its line for a script; the stop is said as it ends
+            if as_json:
+                job_line(o, {"path": str(o.path), "error": o.error}, as_json)
+            return
         seen.append(o)
         if o.status == "failed":
             if o.raised is not None and debug_on():

@@ -406,6 +406,10 @@ def _make_runs(runs: list, *, save_stages: bool, as_json: bool, quiet: bool, ove
                                 heading="stdout" if piped else f"{run.path}{of}", gpu=gpu,
                                 quiet=quiet, overwrite=overwrite, resume_runs=resume_runs,
                                 save_stages=save_stages, preview=preview, piped=piped, run=pace)
+        except KeyboardInterrupt as stop:  # the run ends; the image stopped has its line
+            if as_json and len(runs) > 1:
+                _say_interrupted(run, stop)
+            raise
         except Exception as e:  # one image of several: said, and the others go on (as batch)
             if len(runs) == 1:
                 raise
@@ -445,6 +449,19 @@ def _say_failed(run, error: Exception, of: str, as_json: bool) -> None:
         emit({"status": "failed", "path": str(run.path), "error": text,
               **job_facts(run.job), **({"image": run.job.image} if run.job.image else {})},
              as_json)
+
+
+def _say_interrupted(run, stop: KeyboardInterrupt) -> None:
+    """An image of several that a stop ended: its line on stdout (--json), with the checkpoint
+    the same command goes on from, as a batch's interrupted job has."""
+    from hires.batch import job_facts
+    from hires.resume import path_for
+
+    kept = path_for(run.path)
+    emit({"status": "interrupted", "path": str(run.path),
+          "error": getattr(stop, "word", "interrupted"), **job_facts(run.job),
+          **({"image": run.job.image} if run.job.image else {}),
+          **({"checkpoint": str(kept)} if kept.is_file() else {})}, True)
 
 
 def remove_leftovers(folder: Path) -> None:
