@@ -443,7 +443,11 @@ def target_size(source: tuple[int, int], *, size: int | None = None, scale: floa
     # reason (an 8 px input at --scale 2 is too small, not "smaller than the input").
     whole = _keeping_all(source, least, most, flag)
     if (w < sw or h < sh) and (factor < 1 or min(w, h) >= MIN_SIDE):
-        raise JobError(f"hires up makes images larger: {asked} makes {w}x{h}, smaller than the "
+        # a side the 8 px grid rounds to nothing is said as the pixel it would be (4000x16 at
+        # --size 128 made "128x0")
+        shown = "x".join(str(side or max(1, round(raw * factor)))
+                         for side, raw in zip((w, h), source))
+        raise JobError(f"hires up makes images larger: {asked} makes {shown}, smaller than the "
                        f"{sw}x{sh} input; ask for {flag} {least:g} or more{whole}")
     if max(w, h) > MAX_SIDE:
         made = f"{w}x{h} px" if max(w, h) <= _HUGE else f"sides of over {_HUGE:,} px"

@@ -98,3 +98,10 @@ def test_a_batch_jobs_small_width_is_refused_in_its_keys_and_a_new_shape_is_not(
     assert result.exit_code == 0, result.stderr
     plan = json.loads(result.stdout)
     assert (plan["width"], plan["height"]) == (256, 256)
+
+
+def test_a_side_the_grid_rounds_to_nothing_is_said_as_a_pixel() -> None:
+    """4000x16 at --size 128: "makes 128x0" (found by QA)."""
+    with pytest.raises(JobError, match=r"^hires up makes images larger: --size 128 makes "
+                                       r"128x1, smaller than the 4000x16 input; ask for --size "):
+        target_size((4000, 16), size=128)
