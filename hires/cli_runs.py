@@ -72,7 +72,8 @@ def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overw
     for run in runs if not preview and resume_runs else []:  # a preview is kept by none
         if run.made is None and (note := checkpoint_note(run.path, run.job,
                                                          stage_images=stage_images)):
-            say(f"{run.path}: {note}")
+            # as the run says it: a warning where the stages kept are lost to it
+            (warn if note.endswith("the run starts over") else say)(f"{run.path}: {note}")
     from hires import resume
 
     def stopped_runs(run) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from hires import __version__
+from hires import __version__, stops
 from hires.addons import named_ip_adapter, planned_ip_adapter
 from hires.cli_jobs import check_gpu, fitted_plan, plan_key
 from hires.cli_output import (
@@ -71,6 +71,7 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
              "(or --vram left out, where no preset gives one)")
     p = preview_of(run.plan) if preview else run.plan
     replan = lambda j: dry_run(j, run.gpu, source, stage_images, preview).plan  # noqa: E731
+    stops.check()  # a Ctrl-C a library swallowed while the plan was made (its tokenizer)
     if as_json:
         formats = {image["format"] for image in images or []}
         if len(formats) == 1:  # the format the run records: -o's suffix over a preset's
@@ -380,6 +381,7 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
             row["warnings"] = [warning_by_giver(loss, item, name) for loss in losses]
             for loss, said in zip(losses, row["warnings"], strict=True):
                 warn(said if flag_key(loss) else f"job {item.index}: {said}")
+        stops.check()  # one a library swallowed while this job was planned
         out_line(json_line(row) if as_json else text)
     warn_space(tally.to_make)
     if gpu is None:  # --gpu plans that card, on another machine

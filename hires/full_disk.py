@@ -35,6 +35,7 @@ class FullDisks:
         seen = self.refused.get(_device(folder))
         if seen is None:
             return
+        named = path.parent if str(path.parent) else Path(".")  # as the user gave it
         error, what = seen
         if error.errno == errno.ENOSPC:
             try:
@@ -49,13 +50,13 @@ class FullDisks:
             if not _read_only(folder):
                 return
             state, fix = "is still read-only", "make it writable"
-        else:
+        else:  # a quota shows in no free-space figure: refused for the rest of the run
             state = "is over its quota"
         if error.errno != errno.EROFS:
             fix = "free some space"
-        raise OutputError(f"not started: the disk of {folder} refused {what} "
-                          f"({os.strerror(error.errno)}) and {state}; {fix} and run the same "
-                          "command again: made images are kept")
+        raise OutputError(f"not started: {named} is on the disk that refused {what} "
+                          f"({os.strerror(error.errno)}), which {state}; {fix} and run the "
+                          "same command again (it skips the images made)")
 
 
 def _existing(folder: Path) -> Path:

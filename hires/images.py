@@ -220,6 +220,12 @@ def srgb_icc() -> bytes | None:
         return None
 
 
+# Pillow's modes as the colours a person knows them by, for messages
+_MODE_COLOURS = {"1": "black-and-white", "L": "grey", "LA": "grey", "I": "grey", "I;16": "grey",
+                 "I;16B": "grey", "P": "palette", "PA": "palette", "RGB": "RGB", "RGBA": "RGB",
+                 "YCbCr": "RGB", "CMYK": "CMYK", "LAB": "Lab"}
+
+
 def _in_srgb(im: Image.Image, rgb: Image.Image) -> tuple[Image.Image, str | None, str | None]:
     """`rgb` (decoded from `im`) in sRGB, by the ICC profile `im` carries: a phone's Display
     P3, Adobe RGB, a print shop's CMYK; that profile's name; and why a profile it carries was
@@ -239,7 +245,8 @@ def _in_srgb(im: Image.Image, rgb: Image.Image) -> tuple[Image.Image, str | None
         if space == "GRAY":  # grey stays grey
             return rgb, None, None
         if source is None:  # a Lab, XYZ or CMYK profile on RGB pixels, say
-            return rgb, None, f"is for {space} colours, not the file's {im.mode}"
+            return rgb, None, (f"is for {space} colours, not the file's "
+                               f"{_MODE_COLOURS.get(im.mode, im.mode)} ones")
         transform = ImageCms.buildTransform(profile, ImageCms.ImageCmsProfile(
             io.BytesIO(target)), source.mode, "RGB")
         if space == "RGB" and _identity(transform):

@@ -286,6 +286,8 @@ def disk_amount(size: float) -> str:
     """Bytes as a person reads a disk's: 2.5 GB, 310 MB."""
     if size >= 1e9:
         return f"{size / 1e9:.1f} GB"
+    if size < 1e5:  # a nearly full disk's few kB were "0.0 MB"
+        return f"{size / 1e3:.0f} kB"
     return f"{size / 1e6:.0f} MB" if size >= 1e7 else f"{size / 1e6:.1f} MB"
 
 
@@ -541,7 +543,14 @@ def save_image(
     folder = path.parent if str(path.parent) else Path(".")
     _make_folder(folder)
     image, kwargs = _save_args(image, path.name, fmt, metadata, quality, warn, dpi)
-    fd, tmp = part_file(folder, path.name)
+    try:
+        fd, tmp = part_file(folder, path.name)
+    except OutputUnwritable as e:  # a read-only disk refuses the file's making, not its bytes
+        code = getattr(e, "errno", None)
+        if code in LASTING_ERRNOS:
+            raise DiskRefused(f"cannot write {path}: {os.strerror(code)}", folder.absolute(),
+                              code) from None
+        raise
     try:
         with os.fdopen(fd, "wb") as f:
             _encode(image, f, fmt, kwargs, dpi, pixels16)
@@ -655,7 +664,9 @@ def part_file(folder: Path, name: str) -> tuple[int, str]:
         # /proc says "No such file or directory" of a new file in a folder that is there
         why = ("it takes no new files" if e.errno == errno.ENOENT and os.path.isdir(folder)
                else e.strerror)
-        raise OutputUnwritable(f"cannot write to {folder}: {why}; choose another -o") from None
+        error = OutputUnwritable(f"cannot write to {folder}: {why}; choose another -o")
+        error.errno = e.errno  # a save tells a full or read-only disk by it (DiskRefused)
+        raise error from None
     # mkstemp makes it 0600; renamed into place it must read as any file made here does
     # (images and checkpoints in a shared folder: 0666 less the umask).
     os.fchmod(fd, file_mode())

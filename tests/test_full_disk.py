@@ -56,8 +56,8 @@ def test_a_batch_sends_no_more_jobs_to_a_full_disk(tmp_path, asked, full):
     assert [line["status"] for line in lines] == ["failed"] * 3
     assert "No space left on device" in lines[0]["error"]
     for line in lines[1:]:
-        assert line["error"].startswith("not started: the disk of ")
-        assert "refused job 0's image (No space left on device)" in line["error"]
+        assert line["error"].startswith(f"not started: {out} is on the disk that refused ")
+        assert "refused job 0's image (No space left on device), which has" in line["error"]
         assert "less than this image may need" in line["error"]
         assert "free some space" in line["error"]
     manifest = json_lines((out / "manifest.jsonl").read_text())
@@ -82,7 +82,7 @@ def test_gen_n_stops_sending_images_to_a_full_disk(tmp_path, asked, full):
     assert full[1] == ["a lighthouse"]
     errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error: ")]
     assert "(image 1 of 3) failed: cannot write" in errors[0]
-    assert all("not started: the disk of" in ln and "refused image 1" in ln
+    assert all("not started: " in ln and "is on the disk that refused image 1" in ln
                for ln in errors[1:3]), errors
     assert "all 3 images failed" in errors[-1]
 
@@ -98,9 +98,9 @@ def test_a_full_disk_refuses_only_what_its_free_space_cannot_hold(tmp_path, monk
                         lambda folder: Usage(10**12, 0, free[0]))
     disks.check(tmp_path / "a.png", 10**9)  # nothing refused yet: no check at all
     disks.saw(_refused(tmp_path, errno.ENOSPC), "job 2's image")
-    with pytest.raises(OutputError, match=r"refused job 2's image \(No space left on device\) "
-                                          r"and has 5.0 MB free, less than this image may "
-                                          r"need \(1.0 GB\)"):
+    with pytest.raises(OutputError, match=r"refused job 2's image \(No space left on device\), "
+                                          r"which has 5.0 MB free, less than this image may "
+                                          r"need \(1.0 GB\); free some space"):
         disks.check(tmp_path / "new" / "b.png", 10**9)  # a folder the run would make there
     disks.check(tmp_path / "c.png", 10**6)  # a small one fits
     free[0] = 2 * 10**9
@@ -116,13 +116,13 @@ def test_another_disk_is_not_refused(tmp_path):
 def test_a_quota_refuses_until_the_run_ends_and_read_only_while_it_is(tmp_path, monkeypatch):
     disks = FullDisks()
     disks.saw(_refused(tmp_path, errno.EDQUOT), "image 1")
-    with pytest.raises(OutputError, match=r"\(Disk quota exceeded\) and is over its quota"):
+    with pytest.raises(OutputError, match=r"\(Disk quota exceeded\), which is over its quota"):
         disks.check(tmp_path / "a.png", 1)
     read_only = [True]
     monkeypatch.setattr(hires.full_disk, "_read_only", lambda folder: read_only[0])
     disks.saw(_refused(tmp_path, errno.EROFS), "image 2")
-    with pytest.raises(OutputError, match=r"refused image 2 \(Read-only file system\) and is "
-                                          "still read-only; make it writable"):
+    with pytest.raises(OutputError, match=r"refused image 2 \(Read-only file system\), which "
+                                          "is still read-only; make it writable"):
         disks.check(tmp_path / "a.png", 1)
     read_only[0] = False  # remounted writable
     disks.check(tmp_path / "a.png", 1)
@@ -147,3 +147,27 @@ def test_a_save_on_a_full_disk_is_a_disk_refusal_and_leaves_no_file(tmp_path, mo
     with pytest.raises(OutputError) as other:  # not lasting: the next image may well save
         hires.output.save_image(Image.new("RGB", (8, 8)), tmp_path / "a.png")
     assert not isinstance(other.value, DiskRefused)
+
+
+def test_a_read_only_disk_refuses_the_temp_file_and_is_said_as_refused(tmp_path, monkeypatch):
+    """On a read-only disk the temp file's making fails, before any byte: that was a plain
+    'cannot write to FOLDER', and each later image ran in full (QA 185)."""
+    import tempfile
+
+    from PIL import Image
+
+    def mkstemp(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    with pytest.raises(DiskRefused) as e:
+        hires.output.save_image(Image.new("RGB", (8, 8)), tmp_path / "a.png")
+    assert e.value.errno == errno.EROFS and str(e.value) == (
+        f"cannot write {tmp_path / 'a.png'}: Read-only file system")
+
+
+def test_a_few_kilobytes_free_are_said_as_such():
+    from hires.output import disk_amount
+
+    assert [disk_amount(n) for n in (3_000, 250_000, 5 * 10**6, 2 * 10**9)] == [
+        "3 kB", "0.2 MB", "5.0 MB", "2.0 GB"]

@@ -54,8 +54,10 @@ def test_prompts_on_stdin_go_on_after_a_stop_between_images(tmp_path, asked, mon
     stages = failing_once(monkeypatch, at=0, after=1, error=KeyboardInterrupt)
     first = cli(*args, input="a fox\na cat\n")
     assert first.exit_code == 130
-    (made,) = json_lines(first.stdout)
+    made, stopped = json_lines(first.stdout)  # the second's line says it was stopped
+    assert stopped["status"] == "interrupted" and stopped["prompt"] == "a cat"
     assert not list((tmp_path / "sp").glob("*" + resume.SUFFIX))  # stage 0 kept nothing
+    assert "checkpoint" not in stopped
     stages.clear()
     again = cli(*args, input="a fox\na cat\n")
     assert again.exit_code == 0, again.stderr

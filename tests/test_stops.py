@@ -80,3 +80,21 @@ def test_other_unraisable_errors_are_said_as_before(hooked, capsys):
     gc.collect()
     assert [u.exc_type for u in said] == [RuntimeError]
     stops.check()  # no stop kept: nothing raised
+
+
+def test_a_ctrl_c_swallowed_in_a_dry_run_stops_it_before_the_plan(tmp_path, asked, hooked,
+                                                                   monkeypatch):
+    """A dry run builds the tokenizer (a prompt's length) where the swallowing happened; no
+    progress event comes after it, and the stop vanished without a word (QA 185)."""
+    import hires.dry_run
+
+    real = hires.dry_run.dry_run
+
+    def dry_run(*args, **kwargs):
+        swallowed(KeyboardInterrupt)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hires.dry_run, "dry_run", dry_run)
+    result = cli("gen", "a lighthouse", "--model", "tiny", "--size", "256", "--dry-run")
+    assert result.exit_code == 130 and result.stdout == "", result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "interrupted"

@@ -351,11 +351,14 @@ def test_a_profile_for_other_colours_than_the_files_is_said_and_not_used(tmp_pat
     Image.new("RGB", (64, 48), (10, 150, 200)).save(tmp_path / "lab.png", icc_profile=lab)
     got = load_input(tmp_path / "lab.png")
     assert got.rgb.getpixel((5, 5)) == (10, 150, 200) and got.converted_from is None
-    assert got.profile_unused == "is for Lab colours, not the file's RGB"
+    assert got.profile_unused == "is for Lab colours, not the file's RGB ones"
     from hires.images import input_notes
 
     assert input_notes(got) == ["lab.png's colour profile is for Lab colours, not the file's "
-                                "RGB; its colours are read as sRGB"]
-    grey = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
-    Image.new("RGB", (64, 48), (10, 150, 200)).save(tmp_path / "srgb.png", icc_profile=grey)
+                                "RGB ones; its colours are read as sRGB"]
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.new("RGB", (64, 48), (10, 150, 200)).save(tmp_path / "srgb.png", icc_profile=srgb)
+    Image.new("LA", (64, 48), (90, 200)).save(tmp_path / "grey.png", icc_profile=lab)
+    assert load_input(tmp_path / "grey.png").profile_unused == ("is for Lab colours, not the "
+                                                                "file's grey ones")
     assert load_input(tmp_path / "srgb.png").profile_unused is None  # used (as sRGB): unsaid
