@@ -615,7 +615,13 @@ def save(path: Path, job: Job, plan: Plan, stage: int, latents: Tensor,
         why = _WHY[errno.ENOTDIR] if isinstance(e, FileExistsError) else _why_unwritable(e)
         raise CheckpointUnwritable(f"{why}; {_if_stopped(path)}") from None
     # Named as hires' other temp files, so that the next run removes it if this one dies here.
-    fd, tmp = part_file(path.parent, path.name)
+    from hires.output import OutputUnwritable
+
+    try:
+        fd, tmp = part_file(path.parent, path.name)
+    except OutputUnwritable as e:  # a full or read-only disk refuses even the file's making
+        why = _why_unwritable(OSError(getattr(e, "errno", None) or errno.EACCES, str(e)))
+        raise CheckpointUnwritable(f"{why}; {_if_stopped(path)}") from None
     os.close(fd)
     try:
         try:

@@ -171,3 +171,26 @@ def test_a_few_kilobytes_free_are_said_as_such():
 
     assert [disk_amount(n) for n in (3_000, 250_000, 5 * 10**6, 2 * 10**9)] == [
         "3 kB", "0.2 MB", "5.0 MB", "2.0 GB"]
+
+
+def test_a_checkpoint_a_read_only_disk_refuses_to_make_costs_only_resumability(
+        tmp_path, asked, monkeypatch):
+    """The checkpoint's temp file refused: the image failed after its work with 'choose
+    another -o', where a checkpoint that cannot be kept is a warning (QA 186)."""
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, prefix="", **kwargs):
+        if ".resume.safetensors" in prefix:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(*args, prefix=prefix, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    out = tmp_path / "a.png"
+    result = cli("gen", "a lighthouse", "--model", "tiny", "--size", "512", "--steps", "1",
+                 "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert out.is_file() and "choose another -o" not in result.stderr
+    assert f"warning: could not keep stage 0 in {out}.resume.safetensors: the disk is " \
+           "read-only" in result.stderr
