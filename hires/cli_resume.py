@@ -46,12 +46,14 @@ def lost_stage_image(stage_files: list[Path], stage: int, job) -> str | None:
     return f"{lost[0].name} {what}"
 
 
-def say_resume(kept: Path, job, plan, source=None, stage_files: list[Path] | None = None
-               ) -> str | None:
+def say_resume(kept: Path, job, plan, source=None, stage_files: list[Path] | None = None,
+               worded=None) -> str | None:
     """Say whether a run goes on from a stopped one's checkpoint. With --save-stages
     (`stage_files`) it does only if the images of the stages it holds are this job's, on disk
     (all but its last, which the next stage decodes again); else it starts over. Returns
-    the line said when the checkpoint is not this job's: the run's warnings say it again."""
+    the line said when the checkpoint is not this job's: the run's warnings say it again.
+    `worded`: its warnings as said (a batch's name the job)."""
+    worded = worded or (lambda said: said)
     from hires import resume
 
     if not kept.is_file():
@@ -61,15 +63,15 @@ def say_resume(kept: Path, job, plan, source=None, stage_files: list[Path] | Non
     why = resume.why_not(kept, kept_job(job, source), plan)
     if why is not None:
         said = resume.starting_over(kept, why)
-        warn(said)  # the stages it kept are lost to this run: a script greps for it
+        warn(worded(said))  # the stages it kept are lost to this run: a script greps for it
         return said
     stage = kept_stage(kept, job, plan, source)
     if stage is None:
         return None
     lost = lost_stage_image(stage_files or [], stage, job)
     if lost:
-        warn(f"{kept.name} holds {stages_upto(stage)} of this job, but {lost} (--save-stages): "
-             "starting over")
+        warn(worded(f"{kept.name} holds {stages_upto(stage)} of this job, but {lost} "
+                    "(--save-stages): starting over"))
         resume.remove(kept)
     elif stage == len(plan.stages) - 1:
         say(f"  resuming: every stage was kept in {kept.name}; only the decode is left")

@@ -392,10 +392,11 @@ def _make_runs(runs: list, *, save_stages: bool, as_json: bool, quiet: bool, ove
             emit({"status": "skipped", **run.made}, as_json)
             continue
         if components is None:  # once, and only when some image is to be made
-            components = load_model(run.job, quiet)
-            check_steps_and_notes(run.job, components)
-            _check_plans([r.job for r in runs[number - 1:] if r.made is None], components,
-                         gpu, save_stages, preview, several=len(runs) > 1)
+            with _said_if_stopped(run, as_json and len(runs) > 1):  # as a batch's first job
+                components = load_model(run.job, quiet)
+                check_steps_and_notes(run.job, components)
+                _check_plans([r.job for r in runs[number - 1:] if r.made is None], components,
+                             gpu, save_stages, preview, several=len(runs) > 1)
         todo = [r.job.width * r.job.height for r in runs[number:] if r.made is None]
         pace.start(number - 1, run.job.width * run.job.height, todo)
         started = time.monotonic()  # the model's load is not an image's pace
@@ -403,14 +404,12 @@ def _make_runs(runs: list, *, save_stages: bool, as_json: bool, quiet: bool, ove
             job = run.job
             disks.check(run.path, disk_need(job.width, job.height, job.format, save_stages,
                                             job.depth))
-            record = make_image(run.job, run.path, components,
-                                heading="stdout" if piped else f"{run.path}{of}", gpu=gpu,
-                                quiet=quiet, overwrite=overwrite, resume_runs=resume_runs,
-                                save_stages=save_stages, preview=preview, piped=piped, run=pace)
-        except KeyboardInterrupt as stop:  # the run ends; the image stopped has its line
-            if as_json and len(runs) > 1:
-                _say_interrupted(run, stop)
-            raise
+            with _said_if_stopped(run, as_json and len(runs) > 1):
+                record = make_image(run.job, run.path, components,
+                                    heading="stdout" if piped else f"{run.path}{of}", gpu=gpu,
+                                    quiet=quiet, overwrite=overwrite, resume_runs=resume_runs,
+                                    save_stages=save_stages, preview=preview, piped=piped,
+                                    run=pace)
         except Exception as e:  # one image of several: said, and the others go on (as batch)
             if len(runs) == 1:
                 raise
@@ -452,17 +451,24 @@ def _say_failed(run, error: Exception, of: str, as_json: bool) -> None:
              as_json)
 
 
-def _say_interrupted(run, stop: KeyboardInterrupt) -> None:
-    """An image of several that a stop ended: its line on stdout (--json), with the checkpoint
-    the same command goes on from, as a batch's interrupted job has."""
-    from hires.batch import job_facts
-    from hires.resume import path_for
+@contextmanager
+def _said_if_stopped(run, said: bool) -> Iterator[None]:
+    """A stop in the block ends the run; with `said` (--json, one image of several) the image
+    it stopped has its line on stdout, with the checkpoint the same command goes on from, as a
+    batch's interrupted job has."""
+    try:
+        yield
+    except KeyboardInterrupt as stop:
+        if said:
+            from hires.batch import job_facts
+            from hires.resume import path_for
 
-    kept = path_for(run.path)
-    emit({"status": "interrupted", "path": str(run.path),
-          "error": getattr(stop, "word", "interrupted"), **job_facts(run.job),
-          **({"image": run.job.image} if run.job.image else {}),
-          **({"checkpoint": str(kept)} if kept.is_file() else {})}, True)
+            kept = path_for(run.path)
+            emit({"status": "interrupted", "path": str(run.path),
+                  "error": getattr(stop, "word", "interrupted"), **job_facts(run.job),
+                  **({"image": run.job.image} if run.job.image else {}),
+                  **({"checkpoint": str(kept)} if kept.is_file() else {})}, True)
+        raise
 
 
 def remove_leftovers(folder: Path) -> None:
@@ -530,7 +536,7 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
             resume.remove(kept)
         elif not kept.exists():
             take_up_elsewhere(path, kept_job(job, source), plan)
-        said = say_resume(kept, job, plan, source, stage_files)
+        said = say_resume(kept, job, plan, source, stage_files, worded)
         if said is not None:  # said before the work; the run's warnings repeat it
             noted.append(said)
 

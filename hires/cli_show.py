@@ -515,6 +515,8 @@ def to_make_line(item: Any, path: Path, run: Any, row: dict[str, Any], *, previe
     if not preview and resume_runs and (note := checkpoint_note(path, job, run.plan)):
         row["checkpoint"] = note
         text += f"; {note}"
+        if note.endswith("the run starts over"):  # as gen's dry run and the run warn of it
+            warn(f"job {item.index}: {note}")
     return text
 
 

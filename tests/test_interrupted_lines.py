@@ -55,3 +55,21 @@ def test_gen_n_stopped_has_the_stopped_images_line(tmp_path, asked, monkeypatch)
     assert lines[1]["seed"] == 8 and lines[1]["error"] == "interrupted"
     assert lines[1]["checkpoint"] == str(tmp_path / "8.png.resume.safetensors")
     assert Path(lines[1]["checkpoint"]).is_file()
+
+
+def test_gen_n_stopped_while_the_model_loads_says_its_first_image(tmp_path, asked,
+                                                                  monkeypatch):
+    """As a batch's first job, whose load is its own: gen said nothing on stdout (QA 186)."""
+    import hires.pipeline
+
+    def load(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hires.pipeline, "load", load)
+    result = cli("gen", "a lighthouse", "--model", "tiny", "--size", "256", "--n", "2",
+                 "--seed", "3", "-o", tmp_path / "{seed}.png", "--json")
+    assert result.exit_code == 130
+    (line,) = json_lines(result.stdout)
+    assert (line["status"], line["seed"], line["path"]) == ("interrupted", 3,
+                                                           str(tmp_path / "3.png"))
+    assert "checkpoint" not in line
