@@ -129,6 +129,13 @@ def test_settings_that_do_not_shape_the_latents_keep_the_checkpoint(tiny, tmp_pa
 def test_a_checkpoint_of_another_seed_is_said_before_starting_over(tiny, tmp_path, asked):
     out = tmp_path / "fox.png"
     stopped_in_stage_1(tiny, out)
+    # a batch's dry run warns of it too, naming the job, as gen's does (QA 186)
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({**JOB, "seed": 2, "output": "fox.png"}) + "\n")
+    dry = cli("batch", jobs, "-o", tmp_path, "--dry-run")
+    assert dry.exit_code == 0, dry.stderr
+    assert "warning: job 0: fox.png.resume.safetensors is of another job (seed 1, not 2): the " \
+        "run starts over" in dry.stderr.splitlines(), dry.stderr
     result = cli(*GEN, "--seed", "2", "-o", out)
     assert result.exit_code == 0, result.stderr
     # a warning: the stages it kept are lost to this run, and a script greps for it (QA 184)
