@@ -172,9 +172,15 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
                        f"hires ran in, and there is none here; run this command in that folder "
                        f"(if this is it, the file is gone){flag}")
     if recorded.get("model") and "model" not in flags:
+        model = recorded["model"]
+        if recorded_record(from_image) is None and isinstance(model, str) and not any(
+                c in model for c in "/\\") and model != "tiny" and not Path(model).exists():
+            # A1111 names a checkpoint by its file's stem (juggernautXL_v9), no path or Hub id
+            raise JobError(f"{from_image} names its model as A1111 does, by a checkpoint's "
+                           f"name ({model}), which is no file or Hub id here; give --model "
+                           "with that checkpoint's .safetensors file or its Hub id")
         # The record names a model, maybe a local file: say which, never load it unseen.
-        say(f"--from {from_image}: model {recorded['model']} (as recorded; --model picks "
-            "another)")
+        say(f"--from {from_image}: model {model} (as recorded; --model picks another)")
     if recorded.get("vae") and "vae" not in flags:
         say(f"--from {from_image}: VAE {recorded['vae']} (as recorded; --vae picks another)")
     if "vae_tile" not in flags and (old := old_tile(recorded)):

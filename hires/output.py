@@ -26,7 +26,7 @@ from PIL import Image, PngImagePlugin
 
 from hires import __version__, png, tiff
 from hires.images import ORIENTATION, TIFF_MAGIC, shown_size, srgb_icc
-from hires.job import LOSSY_FORMATS, MAX_QUALITY, SAMPLERS, format_name
+from hires.job import DEFAULT_MODEL, LOSSY_FORMATS, MAX_QUALITY, SAMPLERS, format_name
 from hires.leftovers import pid_alive
 
 EXTENSIONS = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tiff"}
@@ -1067,6 +1067,11 @@ def job_values_from_image(path: str | Path, warn: Callable[[str], None] | None =
     raise OutputError(f"{path} carries no hires or A1111 generation metadata to re-run")
 
 
+# A1111 records a model by its checkpoint file's name: SDXL base's, as Stability AI names its
+# files, is hires' default model.
+A1111_MODELS = {"sd_xl_base_1.0": DEFAULT_MODEL, "sd_xl_base_1.0_0.9vae": DEFAULT_MODEL}
+
+
 def parse_parameters(text: str) -> dict[str, Any]:
     """The job keys an A1111 'parameters' text can give (prompt, negative, steps, ...)."""
     lines = text.strip().split("\n")
@@ -1088,6 +1093,8 @@ def parse_parameters(text: str) -> dict[str, Any]:
             values[name] = kind(json.loads(raw) if raw.startswith('"') else raw)
     if values.get("seed") == -1:  # A1111's "a random one": none recorded, so one is drawn
         del values["seed"]
+    if values.get("model") in A1111_MODELS:  # a checkpoint's file name, known by its Hub id
+        values["model"] = A1111_MODELS[values["model"]]
     sampler = pairs.get("Sampler", "").strip()
     named = {v: k for k, v in A1111_SAMPLERS.items()}.get(sampler) or \
         A1111_NEAREST.get(sampler, (None, ""))[0]

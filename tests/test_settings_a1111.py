@@ -62,3 +62,20 @@ def test_hires_linfusion_field_reads_back_to_its_setting(tmp_path, asked):
     result = cli("gen", "--from", str(image), "-o", str(out))
     assert result.exit_code == 0, result.stderr
     assert read_metadata(out)["hires"]["job"]["linfusion"] == "none"
+
+
+def test_an_a1111_checkpoint_name_is_said_and_sdxl_base_is_known(tmp_path, asked):
+    """A1111 names a model by its checkpoint file's stem: 'sd_xl_base_1.0' was refused as no
+    file here, and a fine-tune's name got the generic 'no such file' (QA 187)."""
+    text = "a cat\nSteps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 42, Size: 512x512"
+    assert parse_parameters(f"{text}, Model: sd_xl_base_1.0")["model"] == \
+        "stabilityai/stable-diffusion-xl-base-1.0"
+    tuned = a1111_png(tmp_path / "tuned.png", f"{text}, Model: juggernautXL_v9")
+    refused = cli("gen", "--from", tuned, "--dry-run")
+    assert refused.exit_code == 2
+    assert error_lines(refused.stderr) == [
+        f"error: {tuned} names its model as A1111 does, by a checkpoint's name "
+        "(juggernautXL_v9), which is no file or Hub id here; give --model with that "
+        "checkpoint's .safetensors file or its Hub id"]
+    given = cli("gen", "--from", tuned, "--model", "tiny", "--dry-run")
+    assert given.exit_code == 0, given.stderr
