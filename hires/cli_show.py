@@ -732,6 +732,17 @@ def _not_a_number(value: Any, whole: bool) -> str | None:
     return "a whole number" if whole and isinstance(value, float) else None
 
 
+def _recorded_flag(job: dict[str, Any], key: str) -> bool:
+    """A record's switch as `--from` reads it (a hand-edited "false" is off, not truthy text);
+    False where it is none (the refusal says so)."""
+    from hires.job import Job, JobError
+
+    try:
+        return job.get(key) is not None and bool(getattr(Job.from_dict({key: job[key]}), key))
+    except (JobError, ValueError, TypeError):
+        return False
+
+
 def _record_problem(record: Any) -> str | None:
     """What in a `hires` record is not of the shape `show_made` reads, or None."""
     def wrong(name: str, value: Any, kind: str) -> str:
@@ -935,7 +946,8 @@ def show_made(path: str | Path, as_json: bool, name: str | None = None) -> None:
         out_line(json_line({"file": name or str(path), **record, "image": _file_facts(meta)}))
         return
     job, result = record["job"], record.get("result") or {}
-    sampler = (job.get("sampler") or "euler") + (" karras" if job.get("karras") else "")
+    sampler = (job.get("sampler") or "euler") + (" karras" if _recorded_flag(job, "karras")
+                                                 else "")
     recorded = tuple(result.get(k, job.get(k)) for k in ("width", "height"))
     size = f"size {width}x{height}"
     if all(isinstance(n, int) for n in recorded) and recorded != (width, height):

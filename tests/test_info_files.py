@@ -520,3 +520,23 @@ def test_a_tiff_description_or_exif_comment_that_is_no_a1111_text_is_not_a_promp
     assert json.loads(said.stdout)["image"]["dpi"] == pytest.approx(72, abs=0.01)
     tifffile.imwrite(tmp_path / "a.tif", np.zeros((16, 16), np.uint8), description=A1111)
     assert read_metadata(tmp_path / "a.tif")["parameters"] == A1111
+
+
+def test_info_shows_a_records_switch_as_from_reads_it(tmp_path, asked):
+    """A hand-edited karras = "false" read as on by info, off by --from (QA 187)."""
+    out = tmp_path / "a.png"
+    assert cli("gen", "a", "--model", "tiny", "--size", "256", "--steps", "1", "--karras",
+               "-o", out).exit_code == 0
+    with Image.open(out) as im:
+        record, params = json.loads(im.info["hires"]), im.info["parameters"]
+        shown = {}
+        for value, said in (("false", "euler,"), ("yes", "euler karras,"), (True, "euler karras,")):
+            record["job"]["karras"] = value
+            info = PngImagePlugin.PngInfo()
+            info.add_text("parameters", params)
+            info.add_text("hires", json.dumps(record))
+            edited = tmp_path / f"k_{value}.png"
+            im.save(edited, pnginfo=info)
+            shown[said] = cli("info", edited).stdout
+    for said, text in shown.items():
+        assert f"steps 1, {said}" in text, text
