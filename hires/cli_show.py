@@ -881,7 +881,11 @@ def _show_a1111(said: str, name: str, meta: dict[str, Any], as_json: bool) -> No
     rest = {k: v for k, v in values.items() if k not in ("prompt", "negative")}
     if rest:
         lines.append(", ".join(f"{k} {v}" for k, v in rest.items()))
-    lines.append(f"size {size[0]}x{size[1]} (the file's)")
+    if "width" in values:
+        lines.append(f"size {size[0]}x{size[1]} (the file's)")
+    else:  # --from takes no size from the file's pixels (QA 187)
+        lines.append(f"no size in them: --from makes hires' default size (the file is "
+                     f"{size[0]}x{size[1]}; --size picks one)")
     out_line("\n".join(lines))
 
 

@@ -1,7 +1,7 @@
 """A1111 text read by --from: a sampler hires lacks is read as its nearest and said in one
 warning line; hires' own LinFusion field reads back to the setting."""
 
-from helpers_cli import cli, error_lines
+from helpers_cli import cli, error_lines, json_lines
 from PIL import Image, PngImagePlugin
 
 from hires.job import Job
@@ -79,3 +79,19 @@ def test_an_a1111_checkpoint_name_is_said_and_sdxl_base_is_known(tmp_path, asked
         "checkpoint's .safetensors file or its Hub id"]
     given = cli("gen", "--from", tuned, "--model", "tiny", "--dry-run")
     assert given.exit_code == 0, given.stderr
+
+
+def test_info_of_a1111_text_without_a_size_says_from_makes_the_default(tmp_path, asked):
+    """info said 'size 64x64 (the file's)' under 'as --from takes them', and --from made the
+    default size (QA 187)."""
+    bare = a1111_png(tmp_path / "bare.png", "a cat on a mat")
+    shown = cli("info", bare)
+    assert shown.exit_code == 0, shown.stderr
+    assert "no size in them: --from makes hires' default size (the file is 64x64; --size " \
+        "picks one)" in shown.stdout
+    planned = cli("plan", "--from", bare, "--model", "tiny", "--json")
+    assert planned.exit_code == 0, planned.stderr
+    assert (json_lines(planned.stdout)[0]["width"], json_lines(planned.stdout)[0]["height"]) \
+        != (64, 64)
+    sized = a1111_png(tmp_path / "sized.png", EULER_A)
+    assert "size 64x64 (the file's)" in cli("info", sized).stdout
