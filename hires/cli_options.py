@@ -203,8 +203,8 @@ Upsample = Annotated[str | None, typer.Option(
 VaeTile = Annotated[str | None, typer.Option(
     metavar="<int|auto>",
     help="VAE tile size in pixels, a multiple of 8 from 256 (default auto: the planner's pick"
-         " of 2048-512, the fastest that fits the memory; auto also over a preset's or"
-         " --from record's).")]
+         " of 2048-512, the fastest that fits the memory; auto also over a tile a preset"
+         " or gen --from gives).")]
 VaeStats = Annotated[str | None, typer.Option(
     help="How tiles share GroupNorm statistics: fast (default) or exact (slower, scratch disk).",
     autocompletion=one_of("fast", "exact"))]
@@ -224,19 +224,19 @@ Karras = Annotated[bool | None, typer.Option(
     "--karras/--no-karras", help="Karras sigma spacing (more steps near the clean end).")]
 Lora = Annotated[list[str] | None, typer.Option(
     "--lora", help="A LoRA: PATH or HUB_ID, optionally :SCALE (e.g. style.safetensors:0.8); "
-    "repeat for more; 'none' drops a preset's or --from record's.")]
+    "repeat for more; 'none' drops what a preset or gen --from gives.")]
 Control = Annotated[str | None, typer.Option(
     help="ControlNet conditioning image (edges, depth, pose...), resized to every stage; "
-    "'none' drops a preset's or --from record's ControlNet.")]
+    "'none' drops the ControlNet a preset or gen --from gives.")]
 ControlModel = Annotated[str | None, typer.Option(
-    help="An SDXL ControlNet: Hub id, diffusers folder or .safetensors file; 'none' drops a "
-    "preset's or --from record's.")]
+    help="An SDXL ControlNet: Hub id, diffusers folder or .safetensors file; 'none' drops what "
+    "a preset or gen --from gives.")]
 ControlScale = Annotated[float | None, typer.Option(help="ControlNet strength (default 1.0).")]
 IpImage = Annotated[str | None, typer.Option(
-    help="IP-Adapter image prompt; 'none' drops a preset's or --from record's.")]
+    help="IP-Adapter image prompt; 'none' drops what a preset or gen --from gives.")]
 IpAdapter = Annotated[str | None, typer.Option(
     help="IP-Adapter weights: Hub id (default h94/IP-Adapter), folder or .safetensors file; "
-    "'none' drops a preset's or --from record's.")]
+    "'none' drops what a preset or gen --from gives.")]
 IpScale = Annotated[float | None, typer.Option(help="IP-Adapter strength (default 0.6).")]
 JsonOut = Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout "
                                        "(with --dry-run: the plan's).")]
