@@ -242,6 +242,10 @@ def check_from(from_image: Path | None) -> None:
     from hires import resume
     from hires.job import JobError
 
+    if from_image is not None and str(from_image) == "-":  # was "no such image: -"
+        raise JobError("--from takes the image's path, not '-' (stdin gives a recorded upscale "
+                       "its input: hires gen --from out.png < photo.png); save the image and "
+                       "give its path")
     if from_image is not None and resume.is_checkpoint(from_image):
         raise JobError(f"{from_image} is the checkpoint of a stopped run, not an image: run the "
                        f"command that made it again to go on (`hires info {from_image}` shows "

@@ -540,3 +540,10 @@ def test_info_shows_a_records_switch_as_from_reads_it(tmp_path, asked):
             shown[said] = cli("info", edited).stdout
     for said, text in shown.items():
         assert f"steps 1, {said}" in text, text
+
+
+def test_from_dash_says_to_give_the_images_path(tmp_path):
+    """`gen --from -` said only "no such image: -" (QA 187)."""
+    for command in (("gen", "--dry-run"), ("plan",)):
+        assert_usage_error(cli(*command, "--from", "-", input=b"\x89PNG"),
+                           "--from takes the image's path, not '-'")
