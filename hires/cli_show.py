@@ -323,8 +323,8 @@ def exact_hint(job, p, replan: Callable[[Any], Any]) -> str | None:
     if job.vae_stats != "exact" or p.seconds is None:
         return None
     fast = replan(job.merged({"vae_stats": "fast"}))
-    if fast.seconds > 0.9 * p.seconds:
-        return None
+    if fast.seconds > 0.9 * p.seconds or duration(fast.seconds) == duration(p.seconds):
+        return None  # nor where the saving rounds away ("~6 s instead of ~6 s"; QA 187)
     costs = [s.cost for s in p.stages if s.cost]
     if any(c.scratch_bytes for c in costs):
         why = "keeps the tiles' outputs in scratch files and recomputes what they cannot hold"
