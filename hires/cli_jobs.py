@@ -110,7 +110,7 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
     from hires.batch import recorded as recorded_record
     from hires.images import ImageInputError
     from hires.job import TRUSTED_ONLY, Job, JobError
-    from hires.output import OutputError, job_values_from_image
+    from hires.output import OutputError, job_values_from_image, unfound_checkpoint
     from hires.presets import load_preset
     from hires.record import newer_note
     from hires.sizes import OPTIONS, giver, job_from_levels, switched_off, without
@@ -173,12 +173,8 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
                        f"(if this is it, the file is gone){flag}")
     if recorded.get("model") and "model" not in flags:
         model = recorded["model"]
-        if recorded_record(from_image) is None and isinstance(model, str) and not any(
-                c in model for c in "/\\") and model != "tiny" and not Path(model).exists():
-            # A1111 names a checkpoint by its file's stem (juggernautXL_v9), no path or Hub id
-            raise JobError(f"{from_image} names its model as A1111 does, by a checkpoint's "
-                           f"name ({model}), which is no file or Hub id here; give --model "
-                           "with that checkpoint's .safetensors file or its Hub id")
+        if recorded_record(from_image) is None and (why := unfound_checkpoint(model)):
+            raise JobError(f"{from_image}: {why}")
         # The record names a model, maybe a local file: say which, never load it unseen.
         say(f"--from {from_image}: model {model} (as recorded; --model picks another)")
     if recorded.get("vae") and "vae" not in flags:

@@ -224,19 +224,19 @@ Karras = Annotated[bool | None, typer.Option(
     "--karras/--no-karras", help="Karras sigma spacing (more steps near the clean end).")]
 Lora = Annotated[list[str] | None, typer.Option(
     "--lora", help="A LoRA: PATH or HUB_ID, optionally :SCALE (e.g. style.safetensors:0.8); "
-    "repeat for more; 'none' drops what a preset or gen --from gives.")]
+    "repeat for more; 'none' drops what a preset or --from (gen, plan) gives.")]
 Control = Annotated[str | None, typer.Option(
     help="ControlNet conditioning image (edges, depth, pose...), resized to every stage; "
-    "'none' drops the ControlNet a preset or gen --from gives.")]
+    "'none' drops the ControlNet a preset or --from (gen, plan) gives.")]
 ControlModel = Annotated[str | None, typer.Option(
     help="An SDXL ControlNet: Hub id, diffusers folder or .safetensors file; 'none' drops what "
-    "a preset or gen --from gives.")]
+    "a preset or --from (gen, plan) gives.")]
 ControlScale = Annotated[float | None, typer.Option(help="ControlNet strength (default 1.0).")]
 IpImage = Annotated[str | None, typer.Option(
-    help="IP-Adapter image prompt; 'none' drops what a preset or gen --from gives.")]
+    help="IP-Adapter image prompt; 'none' drops what a preset or --from (gen, plan) gives.")]
 IpAdapter = Annotated[str | None, typer.Option(
     help="IP-Adapter weights: Hub id (default h94/IP-Adapter), folder or .safetensors file; "
-    "'none' drops what a preset or gen --from gives.")]
+    "'none' drops what a preset or --from (gen, plan) gives.")]
 IpScale = Annotated[float | None, typer.Option(help="IP-Adapter strength (default 0.6).")]
 JsonOut = Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout "
                                        "(with --dry-run: the plan's).")]

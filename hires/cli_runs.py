@@ -402,9 +402,9 @@ def _make_runs(runs: list, *, save_stages: bool, as_json: bool, quiet: bool, ove
         started = time.monotonic()  # the model's load is not an image's pace
         try:
             job = run.job
-            disks.check(run.path, disk_need(job.width, job.height, job.format, save_stages,
-                                            job.depth))
             with _said_if_stopped(run, as_json and len(runs) > 1):
+                disks.check(run.path, disk_need(job.width, job.height, job.format, save_stages,
+                                                job.depth))
                 record = make_image(run.job, run.path, components,
                                     heading="stdout" if piped else f"{run.path}{of}", gpu=gpu,
                                     quiet=quiet, overwrite=overwrite, resume_runs=resume_runs,

@@ -867,7 +867,9 @@ def _show_a1111(said: str, name: str, meta: dict[str, Any], as_json: bool) -> No
     except (ValueError, TypeError) as e:
         raise JobError(f"{said}: its A1111 parameters are malformed ({e}); `hires gen --from` "
                        "cannot use them either") from None
-    if problem := _rerun_problem(values):
+    from hires.output import unfound_checkpoint
+
+    if problem := _rerun_problem(values) or unfound_checkpoint(values.get("model")):
         warn(f"{said}: `hires gen --from` refuses its parameters: {problem}")
     notes = a1111_notes(text)  # a sampler hires has not: --from says it, and so does this
     for note in notes:

@@ -10,7 +10,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hires.output import DiskRefused, OutputError, disk_amount
+from hires.output import DiskRefused, OutputError, disk_amount, read_only
 
 
 @dataclass
@@ -47,7 +47,7 @@ class FullDisks:
             state = (f"has {disk_amount(free)} free, less than this image may need "
                      f"({disk_amount(need)})")
         elif error.errno == errno.EROFS:
-            if not _read_only(folder):
+            if not read_only(folder, unknown=True):  # untold: as it was
                 return
             state, fix = "is still read-only", "make it writable"
         else:  # a quota shows in no free-space figure: refused for the rest of the run
@@ -71,10 +71,3 @@ def _device(folder: Path) -> int | None:
         return _existing(folder).stat().st_dev
     except OSError:
         return None
-
-
-def _read_only(folder: Path) -> bool:
-    try:
-        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
-    except (OSError, AttributeError):  # no statvfs (Windows): as it was
-        return True

@@ -214,7 +214,8 @@ def check_writable(path: Path, overwrite: bool) -> None:
     if not folder.is_dir():
         raise OutputUnwritable(f"cannot write under {folder}: it is a file; choose another -o")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputUnwritable(f"cannot write to {folder}; choose another -o")
+        why = ": its disk is read-only" if read_only(folder) else ""
+        raise OutputUnwritable(f"cannot write to {folder}{why}; choose another -o")
     # os.access says yes to root and on read-only mounts (and /proc); a real file says it for
     # sure, in the folder the missing ones would be made in too. The name is a temp file's,
     # so a probe left by a killed run is cleaned like one.
@@ -226,6 +227,14 @@ def check_writable(path: Path, overwrite: bool) -> None:
         raise OutputUnwritable(f"cannot make the folder {path.parent}: {e}") from None
     os.close(fd)
     os.unlink(probe)
+
+
+def read_only(folder: Path, unknown: bool = False) -> bool:
+    """Whether `folder`'s disk is mounted read-only; `unknown` where that cannot be told."""
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs on Windows
+        return unknown
 
 
 def folder_in_the_way(path: Path) -> OutputUnwritable:
@@ -1070,6 +1079,18 @@ def job_values_from_image(path: str | Path, warn: Callable[[str], None] | None =
 # A1111 records a model by its checkpoint file's name: SDXL base's, as Stability AI names its
 # files, is hires' default model.
 A1111_MODELS = {"sd_xl_base_1.0": DEFAULT_MODEL, "sd_xl_base_1.0_0.9vae": DEFAULT_MODEL}
+
+
+def unfound_checkpoint(model: Any) -> str | None:
+    """Why an A1111 text's model cannot be loaded as named: a checkpoint's name or path
+    (juggernautXL_v9, C:\\models\\x) that is no file or folder here, nor a Hub id; None if it may
+    be one (or is hires' own 'tiny', which hires writes there)."""
+    if not isinstance(model, str) or model == "tiny" or Path(model).exists() or \
+            re.fullmatch(r"[\w.-]+/[\w.-]+", model):
+        return None
+    return (f"its model is named as A1111 names one, by a checkpoint's name ({model}), which "
+            "is no file or Hub id here; give --model with that checkpoint's .safetensors file "
+            "or its Hub id")
 
 
 def parse_parameters(text: str) -> dict[str, Any]:

@@ -620,7 +620,9 @@ def save(path: Path, job: Job, plan: Plan, stage: int, latents: Tensor,
     try:
         fd, tmp = part_file(path.parent, path.name)
     except OutputUnwritable as e:  # a full or read-only disk refuses even the file's making
-        why = _why_unwritable(OSError(getattr(e, "errno", None) or errno.EACCES, str(e)))
+        code = getattr(e, "errno", None)
+        why = ("its folder takes no new files" if code == errno.ENOENT else
+               _why_unwritable(OSError(code, str(e))) if code else "it could not be written")
         raise CheckpointUnwritable(f"{why}; {_if_stopped(path)}") from None
     os.close(fd)
     try:

@@ -119,7 +119,7 @@ def test_a_quota_refuses_until_the_run_ends_and_read_only_while_it_is(tmp_path, 
     with pytest.raises(OutputError, match=r"\(Disk quota exceeded\), which is over its quota"):
         disks.check(tmp_path / "a.png", 1)
     read_only = [True]
-    monkeypatch.setattr(hires.full_disk, "_read_only", lambda folder: read_only[0])
+    monkeypatch.setattr(hires.full_disk, "read_only", lambda folder, unknown: read_only[0])
     disks.saw(_refused(tmp_path, errno.EROFS), "image 2")
     with pytest.raises(OutputError, match=r"refused image 2 \(Read-only file system\), which "
                                           "is still read-only; make it writable"):
@@ -194,3 +194,12 @@ def test_a_checkpoint_a_read_only_disk_refuses_to_make_costs_only_resumability(
     assert out.is_file() and "choose another -o" not in result.stderr
     assert f"warning: could not keep stage 0 in {out}.resume.safetensors: the disk is " \
            "read-only" in result.stderr
+
+
+def test_a_read_only_disk_is_said_before_the_run(tmp_path, monkeypatch):
+    """The check before any work said only 'cannot write to FOLDER' of a read-only mount."""
+    monkeypatch.setattr(hires.output.os, "access", lambda *args, **kwargs: False)
+    monkeypatch.setattr(hires.output, "read_only", lambda folder, unknown=False: True)
+    with pytest.raises(hires.output.OutputUnwritable,
+                       match=r"^cannot write to .*: its disk is read-only; choose another -o$"):
+        hires.output.check_writable(tmp_path / "a.png", overwrite=False)

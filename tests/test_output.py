@@ -87,7 +87,9 @@ def test_parse_a_hand_written_a1111_text():
     assert parse_parameters(text) == {
         "prompt": "a castle on a hill, golden hour", "negative": "blurry, lowres", "steps": 30,
         "guidance": 7.0, "seed": 123456789, "width": 1024, "height": 768,
-        "model": "sd_xl_base_1.0", "strength": 0.4, "sampler": "dpmpp-2m", "karras": True}
+        # A1111's name for SDXL base's checkpoint, read as its Hub id
+        "model": "stabilityai/stable-diffusion-xl-base-1.0", "strength": 0.4,
+        "sampler": "dpmpp-2m", "karras": True}
 
 
 def test_parameters_text_parses_back_to_the_job():

@@ -73,12 +73,16 @@ def test_an_a1111_checkpoint_name_is_said_and_sdxl_base_is_known(tmp_path, asked
     tuned = a1111_png(tmp_path / "tuned.png", f"{text}, Model: juggernautXL_v9")
     refused = cli("gen", "--from", tuned, "--dry-run")
     assert refused.exit_code == 2
-    assert error_lines(refused.stderr) == [
-        f"error: {tuned} names its model as A1111 does, by a checkpoint's name "
-        "(juggernautXL_v9), which is no file or Hub id here; give --model with that "
-        "checkpoint's .safetensors file or its Hub id"]
+    why = ("its model is named as A1111 names one, by a checkpoint's name (juggernautXL_v9), "
+           "which is no file or Hub id here; give --model with that checkpoint's .safetensors "
+           "file or its Hub id")
+    assert error_lines(refused.stderr) == [f"error: {tuned}: {why}"]
     given = cli("gen", "--from", tuned, "--model", "tiny", "--dry-run")
     assert given.exit_code == 0, given.stderr
+    # info warns of it, as of any text --from refuses (QA 188)
+    shown = cli("info", tuned)
+    assert f"warning: {tuned}: `hires gen --from` refuses its parameters: {why}" in \
+        shown.stderr.splitlines()
 
 
 def test_info_of_a1111_text_without_a_size_says_from_makes_the_default(tmp_path, asked):
