@@ -958,14 +958,20 @@ def _run_one(item: BatchItem, path: Path, settings: str,
 
 def manifest_line(outcome: Outcome, settings: str) -> dict[str, Any]:
     """A job's manifest line: how it went, the job's facts, and a made image's record; an
-    interrupted job's checkpoint, where one was kept (the same command goes on from it)."""
-    from hires.resume import path_for
-
-    kept = path_for(outcome.path) if outcome.status == "interrupted" else None
+    interrupted job's checkpoint, where one was kept."""
+    stopped = kept_checkpoint(outcome.path) if outcome.status == "interrupted" else {}
     return {"index": outcome.item.index, "status": outcome.status, "path": str(outcome.path),
             "error": outcome.error, "settings": settings, **job_facts(outcome.item.job),
-            **({"checkpoint": str(kept)} if kept is not None and kept.is_file() else {}),
-            **(outcome.record or {})}
+            **stopped, **(outcome.record or {})}
+
+
+def kept_checkpoint(path: Path) -> dict[str, str]:
+    """{"checkpoint": its path} where a stopped run of the image at `path` kept one (the same
+    command goes on from it), else {}: an interrupted image's line says it."""
+    from hires.resume import path_for
+
+    kept = path_for(path)
+    return {"checkpoint": str(kept)} if kept.is_file() else {}
 
 
 def job_facts(job: Job) -> dict[str, Any]:

@@ -460,14 +460,12 @@ def _said_if_stopped(run, said: bool) -> Iterator[None]:
         yield
     except KeyboardInterrupt as stop:
         if said:
-            from hires.batch import job_facts
-            from hires.resume import path_for
+            from hires.batch import job_facts, kept_checkpoint
 
-            kept = path_for(run.path)
             emit({"status": "interrupted", "path": str(run.path),
                   "error": getattr(stop, "word", "interrupted"), **job_facts(run.job),
                   **({"image": run.job.image} if run.job.image else {}),
-                  **({"checkpoint": str(kept)} if kept.is_file() else {})}, True)
+                  **kept_checkpoint(run.path)}, True)
         raise
 
 

@@ -44,16 +44,14 @@ class FullDisks:
                 return  # not to be told: the save says what it finds
             if free >= need:  # space was freed since (or this image is smaller)
                 return
-            state = (f"has {disk_amount(free)} free, less than this image may need "
-                     f"({disk_amount(need)})")
+            state, fix = (f"has {disk_amount(free)} free, less than this image may need "
+                          f"({disk_amount(need)})"), "free some space"
         elif error.errno == errno.EROFS:
             if not read_only(folder, unknown=True):  # untold: as it was
                 return
             state, fix = "is still read-only", "make it writable"
         else:  # a quota shows in no free-space figure: refused for the rest of the run
-            state = "is over its quota"
-        if error.errno != errno.EROFS:
-            fix = "free some space"
+            state, fix = "is over its quota", "free some space"
         raise OutputError(f"not started: {named} is on the disk that refused {what} "
                           f"({os.strerror(error.errno)}), which {state}; {fix} and run the "
                           "same command again (it skips the images made)")
