@@ -958,8 +958,9 @@ def _run_one(item: BatchItem, path: Path, settings: str,
 
 def manifest_line(outcome: Outcome, settings: str) -> dict[str, Any]:
     """A job's manifest line: how it went, the job's facts, and a made image's record; an
-    interrupted job's checkpoint, where one was kept."""
-    stopped = kept_checkpoint(outcome.path) if outcome.status == "interrupted" else {}
+    interrupted or failed job's checkpoint, where one was kept."""
+    stopped = kept_checkpoint(outcome.path) if outcome.status in ("interrupted", "failed") \
+        else {}
     return {"index": outcome.item.index, "status": outcome.status, "path": str(outcome.path),
             "error": outcome.error, "settings": settings, **job_facts(outcome.item.job),
             **stopped, **(outcome.record or {})}
@@ -967,7 +968,7 @@ def manifest_line(outcome: Outcome, settings: str) -> dict[str, Any]:
 
 def kept_checkpoint(path: Path) -> dict[str, str]:
     """{"checkpoint": its path} where a stopped run of the image at `path` kept one (the same
-    command goes on from it), else {}: an interrupted image's line says it."""
+    command goes on from it), else {}: an interrupted or failed image's line says it."""
     from hires.resume import path_for
 
     kept = path_for(path)

@@ -439,16 +439,16 @@ def _make_runs(runs: list, *, save_stages: bool, as_json: bool, quiet: bool, ove
 def _say_failed(run, error: Exception, of: str, as_json: bool) -> None:
     """An image of several that failed: its error line (not the run's last) and, with --json,
     its line on stdout, as a batch's failed job has."""
-    from hires.batch import job_facts
+    from hires.batch import job_facts, kept_checkpoint
 
     if debug_on():
         debug_traceback(error)
     text = error_text(error)
     fail(f"{run.path}{of} failed: {text}", EXIT_RUNTIME)  # said; the others go on
-    if as_json:
+    if as_json:  # with what it kept: the same command goes on from there (a full disk's save)
         emit({"status": "failed", "path": str(run.path), "error": text,
-              **job_facts(run.job), **({"image": run.job.image} if run.job.image else {})},
-             as_json)
+              **job_facts(run.job), **({"image": run.job.image} if run.job.image else {}),
+              **kept_checkpoint(run.path)}, as_json)
 
 
 @contextmanager

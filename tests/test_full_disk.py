@@ -55,6 +55,10 @@ def test_a_batch_sends_no_more_jobs_to_a_full_disk(tmp_path, asked, full):
     lines = json_lines(result.stdout)
     assert [line["status"] for line in lines] == ["failed"] * 3
     assert "No space left on device" in lines[0]["error"]
+    # what it kept is named: the same command only decodes it once space is freed
+    assert lines[0]["checkpoint"] == lines[0]["path"] + ".resume.safetensors"
+    assert Path(lines[0]["checkpoint"]).is_file()
+    assert all("checkpoint" not in line for line in lines[1:])  # not started: none kept
     for line in lines[1:]:
         assert line["error"].startswith(f"not started: {out} is on the disk that refused ")
         assert "refused job 0's image (No space left on device), which has" in line["error"]
@@ -62,6 +66,7 @@ def test_a_batch_sends_no_more_jobs_to_a_full_disk(tmp_path, asked, full):
         assert "free some space" in line["error"]
     manifest = json_lines((out / "manifest.jsonl").read_text())
     assert [m["status"] for m in manifest] == ["failed"] * 3
+    assert manifest[0]["checkpoint"] == lines[0]["checkpoint"]
     assert "batch: 0 done, 0 skipped, 3 failed" in result.stderr
     assert not [p for p in out.iterdir() if p.suffix == ".png"]
 
@@ -77,8 +82,11 @@ def test_space_freed_during_a_batch_lets_the_next_job_run(tmp_path, asked, full,
 
 def test_gen_n_stops_sending_images_to_a_full_disk(tmp_path, asked, full):
     result = cli("gen", "a lighthouse", "--model", "tiny", "--size", "256", "--steps", "1",
-                 "--n", "3", "--seed", "5", "-o", tmp_path / "{seed}.png")
+                 "--n", "3", "--seed", "5", "-o", tmp_path / "{seed}.png", "--json")
     assert result.exit_code == 1
+    lines = json_lines(result.stdout)
+    assert [line["status"] for line in lines] == ["failed"] * 3
+    assert lines[0]["checkpoint"] == str(tmp_path / "5.png.resume.safetensors")
     assert full[1] == ["a lighthouse"]
     errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error: ")]
     assert "(image 1 of 3) failed: cannot write" in errors[0]
