@@ -439,16 +439,22 @@ def _make_runs(runs: list, *, save_stages: bool, as_json: bool, quiet: bool, ove
 def _say_failed(run, error: Exception, of: str, as_json: bool) -> None:
     """An image of several that failed: its error line (not the run's last) and, with --json,
     its line on stdout, as a batch's failed job has."""
-    from hires.batch import job_facts, kept_checkpoint
-
     if debug_on():
         debug_traceback(error)
     text = error_text(error)
     fail(f"{run.path}{of} failed: {text}", EXIT_RUNTIME)  # said; the others go on
-    if as_json:  # with what it kept: the same command goes on from there (a full disk's save)
-        emit({"status": "failed", "path": str(run.path), "error": text,
-              **job_facts(run.job), **({"image": run.job.image} if run.job.image else {}),
-              **kept_checkpoint(run.path)}, as_json)
+    if as_json:
+        _emit_unmade(run, "failed", text)
+
+
+def _emit_unmade(run, status: str, error: str) -> None:
+    """The --json line of an image of several not made ("failed", "interrupted"), as a batch
+    job's: its facts and input, and the checkpoint the same command goes on from, if kept."""
+    from hires.batch import job_facts, kept_checkpoint
+
+    emit({"status": status, "path": str(run.path), "error": error, **job_facts(run.job),
+          **({"image": run.job.image} if run.job.image else {}),
+          **kept_checkpoint(run.path)}, True)
 
 
 @contextmanager
@@ -460,12 +466,7 @@ def _said_if_stopped(run, said: bool) -> Iterator[None]:
         yield
     except KeyboardInterrupt as stop:
         if said:
-            from hires.batch import job_facts, kept_checkpoint
-
-            emit({"status": "interrupted", "path": str(run.path),
-                  "error": getattr(stop, "word", "interrupted"), **job_facts(run.job),
-                  **({"image": run.job.image} if run.job.image else {}),
-                  **kept_checkpoint(run.path)}, True)
+            _emit_unmade(run, "interrupted", getattr(stop, "word", "interrupted"))
         raise
 
 
