@@ -221,6 +221,7 @@ def srgb_icc() -> bytes | None:
 
 
 # Pillow's modes as the colours a person knows them by, for messages
+_SPACES = {"GRAY": "grey"}  # an ICC profile's colour space, as said
 _MODE_COLOURS = {"1": "black-and-white", "L": "grey", "LA": "grey", "I": "grey", "I;16": "grey",
                  "I;16B": "grey", "P": "palette", "PA": "palette", "RGB": "RGB", "RGBA": "RGB",
                  "YCbCr": "RGB", "CMYK": "CMYK", "LAB": "Lab"}
@@ -232,7 +233,7 @@ def _in_srgb(im: Image.Image, rgb: Image.Image) -> tuple[Image.Image, str | None
     not used, if so (one lcms cannot read, or one for other colours than the file's: its
     values are then read as sRGB). The model was trained on sRGB and hires' images are tagged
     sRGB, so reading P3 values as sRGB would dull every colour. Without a profile, or with an
-    sRGB or grey one, `rgb` as it is (and None, None)."""
+    sRGB one or a grey one on grey pixels, `rgb` as it is (and None, None)."""
     icc, target = im.info.get("icc_profile"), srgb_icc()
     if not icc or target is None:
         return rgb, None, None
@@ -242,10 +243,12 @@ def _in_srgb(im: Image.Image, rgb: Image.Image) -> tuple[Image.Image, str | None
         profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
         space = profile.profile.xcolor_space.strip()
         source = rgb if space == "RGB" else im if space == "CMYK" == im.mode else None
-        if space == "GRAY":  # grey stays grey
-            return rgb, None, None
+        if space == "GRAY":  # grey stays grey; on colour pixels it is not theirs
+            if _MODE_COLOURS.get(im.mode) in ("grey", "black-and-white"):
+                return rgb, None, None
+            source = None
         if source is None:  # a Lab, XYZ or CMYK profile on RGB pixels, say
-            return rgb, None, (f"is for {space} colours, not the file's "
+            return rgb, None, (f"is for {_SPACES.get(space, space)} colours, not the file's "
                                f"{_MODE_COLOURS.get(im.mode, im.mode)} ones")
         transform = ImageCms.buildTransform(profile, ImageCms.ImageCmsProfile(
             io.BytesIO(target)), source.mode, "RGB")

@@ -1,6 +1,7 @@
 """`hires up`'s inputs: what reading them drops (warned), repeats and names shared between
 them, an output over its own input, and `-o -` as the reader and the progress see it."""
 
+import io
 import json
 import subprocess
 
@@ -362,3 +363,17 @@ def test_a_profile_for_other_colours_than_the_files_is_said_and_not_used(tmp_pat
     assert load_input(tmp_path / "grey.png").profile_unused == ("is for Lab colours, not the "
                                                                 "file's grey ones")
     assert load_input(tmp_path / "srgb.png").profile_unused is None  # used (as sRGB): unsaid
+
+
+def test_a_grey_profile_is_said_unused_on_colour_pixels_and_kept_quiet_on_grey_ones(tmp_path):
+    # Pillow makes no grey profile: sRGB's, its header's colour space made GRAY, reads as one
+    made = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    made[16:20] = b"GRAY"
+    assert ImageCms.ImageCmsProfile(io.BytesIO(bytes(made))).profile.xcolor_space == "GRAY"
+    Image.new("RGB", (64, 48), (10, 150, 200)).save(tmp_path / "rgb.png", icc_profile=made)
+    Image.new("L", (64, 48), 100).save(tmp_path / "l.png", icc_profile=made)
+    got = load_input(tmp_path / "rgb.png")
+    assert got.rgb.getpixel((5, 5)) == (10, 150, 200) and got.converted_from is None
+    assert got.profile_unused == "is for grey colours, not the file's RGB ones"
+    grey = load_input(tmp_path / "l.png")
+    assert grey.profile_unused is None and grey.rgb.getpixel((5, 5)) == (100, 100, 100)
