@@ -819,16 +819,22 @@ def _dpi_lines(job: dict[str, Any], record_size: tuple[Any, Any], file_size: tup
     w, h = record_size
     if not isinstance(w, int) or not isinstance(h, int):
         w, h = file_size
-    dpi, note = asked, (f" (asked for; the file records no dpi: set {asked:g} dpi when "
-                        "printing)")
+    across = down = asked
+    note = f" (asked for; the file records no dpi: set {asked:g} dpi when printing)"
+    said = f"{asked:g}"
     if held and held[0] > 0:
+        across, down = held[0], held[1] if len(held) > 1 and held[1] > 0 else held[0]
         # PNG's pixels per metre round 72.5 to 72.49: the same to a printer
-        dpi, note = ((asked, "") if abs(held[0] - asked) < 0.05 else
-                     (held[0], f" (as the file holds it; {asked:g} dpi was asked for)"))
-    lines = [f"print size {w / dpi * 2.54:.1f} x {h / dpi * 2.54:.1f} cm at {dpi:g} dpi{note}"]
+        if abs(across - asked) < 0.05 and abs(down - asked) < 0.05:
+            across, down, note = asked, asked, ""
+        else:  # as the file holds it, each side's own (a 300x150 dpi file)
+            said = _shown_dpi(across) + ("" if _shown_dpi(across) == _shown_dpi(down)
+                                         else f"x{_shown_dpi(down)}")
+            note = f" (as the file holds it; {asked:g} dpi was asked for)"
+    lines = [f"print size {w / across * 2.54:.1f} x {h / down * 2.54:.1f} cm at {said} dpi{note}"]
     if (w, h) != tuple(file_size):  # resized since: the recorded size is not what prints
         lines.append(f"this file ({file_size[0]}x{file_size[1]}) prints at "
-                     f"{file_size[0] / dpi * 2.54:.1f} x {file_size[1] / dpi * 2.54:.1f} cm")
+                     f"{file_size[0] / across * 2.54:.1f} x {file_size[1] / down * 2.54:.1f} cm")
     return lines
 
 
@@ -836,8 +842,17 @@ def _file_facts(meta: dict[str, Any]) -> dict[str, Any]:
     """The file's own format, size and dpi, as --json's "image" gives them for any image."""
     width, height = meta["size"]
     dpi = [d for d in (meta["dpi"] or ())[:2] if d > 0]  # (0, 72): 72, as the text says
+    # a file whose sides differ (300x150) gives the vertical one apart, as keys that do not
+    # apply are left out elsewhere
+    down = {"dpi_vertical": dpi[1]} if len(dpi) == 2 and _shown_dpi(dpi[0]) != \
+        _shown_dpi(dpi[1]) else {}
     return {"format": meta["format"], "width": width, "height": height,
-            "dpi": dpi[0] if dpi else None}
+            "dpi": dpi[0] if dpi else None, **down}
+
+
+def _shown_dpi(d: float) -> str:
+    """A dpi to a tenth: a BMP's pixels per metre read back as 96.0119."""
+    return f"{round(d, 1):g}" if d >= 1 else f"{d:.2g}"
 
 
 def _facts_line(meta: dict[str, Any]) -> str:
@@ -846,11 +861,8 @@ def _facts_line(meta: dict[str, Any]) -> str:
     if not dpi:
         return f"{meta['format']} {width}x{height}, no dpi"
     across, down = dpi[0], dpi[-1]  # one side's alone: both (as --json's "dpi")
-
-    def shown(d: float) -> str:  # to a tenth: a BMP's pixels per metre read back as 96.0119
-        return f"{round(d, 1):g}" if d >= 1 else f"{d:.2g}"
-
-    said = shown(across) + ("" if shown(across) == shown(down) else f"x{shown(down)}")
+    said = _shown_dpi(across) + ("" if _shown_dpi(across) == _shown_dpi(down)
+                                 else f"x{_shown_dpi(down)}")
     return (f"{meta['format']} {width}x{height}, {said} dpi: {width / across * 2.54:.1f} x "
             f"{height / down * 2.54:.1f} cm")
 

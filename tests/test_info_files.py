@@ -305,6 +305,25 @@ def test_the_dpi_is_what_the_file_holds(tmp_path, asked):
     assert "at 72.5 dpi\n" in cli("info", png).stdout  # PNG's 72.49: the same to a printer
 
 
+def test_a_file_whose_sides_hold_different_dpi_prints_at_each(tmp_path, asked):
+    """A record's print size took the horizontal dpi for both sides (QA 188)."""
+    png, odd = tmp_path / "a.png", tmp_path / "odd.png"
+    made(png, "--dpi", "300")
+    with Image.open(png) as im:
+        info = PngImagePlugin.PngInfo()
+        for key in ("hires", "parameters"):
+            info.add_text(key, im.info[key])
+        im.save(odd, pnginfo=info, dpi=(300, 150))
+        width, height = im.size
+    shown = cli("info", odd).stdout
+    assert (f"print size {width / 300 * 2.54:.1f} x {height / 150 * 2.54:.1f} cm at 300x150 dpi "
+            "(as the file holds it; 300 dpi was asked for)") in shown
+    facts = json.loads(cli("info", odd, "--json").stdout)["image"]
+    assert facts["dpi"] == pytest.approx(300, abs=0.01)
+    assert facts["dpi_vertical"] == pytest.approx(150, abs=0.01)
+    assert "dpi_vertical" not in json.loads(cli("info", png, "--json").stdout)["image"]
+
+
 def test_an_empty_path_is_named():
     assert_usage_error(cli("info", ""), "an empty path was given")
     # and --from's: it read '' as the folder '.' ("'. is a folder"; found by QA)
@@ -518,6 +537,8 @@ def test_a_tiff_description_or_exif_comment_that_is_no_a1111_text_is_not_a_promp
         no_record(cli("info", path), "carries no hires or A1111 metadata", facts)
     said = cli("info", tmp_path / "z.png", "--json")
     assert json.loads(said.stdout)["image"]["dpi"] == pytest.approx(72, abs=0.01)
+    said = json.loads(cli("info", tmp_path / "q.png", "--json").stdout)["image"]
+    assert (said["dpi"], said["dpi_vertical"]) == pytest.approx((300, 150), abs=0.01)
     tifffile.imwrite(tmp_path / "a.tif", np.zeros((16, 16), np.uint8), description=A1111)
     assert read_metadata(tmp_path / "a.tif")["parameters"] == A1111
 
