@@ -250,14 +250,6 @@ def check_steps_and_notes(job, components, notes: bool = True) -> None:
     if job.steps > most:
         raise JobError(f"steps must be at most {most} for this model (its schedule has {train} "
                        f"timesteps), got {job.steps}")
-    if job.depth == 16 and job.vae_dtype == "auto" and components.vae_dtype != torch.float32:
-        # 16 bits hold what the decode computed: a half-precision one rounds (BENCHMARKS.md).
-        # Of the job, not the model: a batch's later job on a loaded model says it too, once.
-        from hires.errors import dtype_name
-
-        warn_once(f"--depth 16 with the VAE in {dtype_name(components.vae_dtype)} (auto's pick "
-                  "here): its decode is off by 0.2-0.3 of an 8-bit step; --vae-dtype fp32 keeps "
-                  "what 16 bits hold (slower)")
     if not notes:
         return
     if (components.device.type == "cuda" and components.vae_dtype == torch.float32
@@ -511,7 +503,7 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
     made before it), for the progress. `worded`: its warnings as said (a batch's name keys)."""
     from hires import resume
     from hires.piped import load_job_input
-    from hires.pipeline import prompt_warnings, run_job
+    from hires.pipeline import half_vae_note, prompt_warnings, run_job
     from hires.plan import describe
     from hires.progress import Event
     from hires.record import save, save_stage
@@ -526,8 +518,9 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
     for line in describe(plan):
         say(f"  {line}")
     early = prompt_warnings(components, job)  # before the work, not after it
+    machine = half_vae_note(components, job)  # the machine's pick: once in a batch, unnamed
     for warning in early:  # each image's record keeps them; the terminal hears them once
-        warn_once(worded(warning) if worded else warning)
+        warn_once(worded(warning) if worded and warning not in machine else warning)
     # A preview is seconds: kept by none.
     kept = None if preview or piped else resume.path_for(path)
     if kept is not None:

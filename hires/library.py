@@ -140,6 +140,13 @@ def keyword_words(text: str) -> str:
                   lambda m: m.group(1).replace("-", "_"), said)
 
 
+def keyword_notes(warnings: list[str]) -> list[str]:
+    """A run's warnings that name the job's own flags (worded for the CLI's log and record),
+    in the library's keywords: 'depth=16', 'vae_dtype fp32'."""
+    said = [w.replace("(--depth 16 for 16)", "(depth=16 for 16)") for w in warnings]
+    return [keyword_words(w) if w.startswith("--depth 16 with the VAE") else w for w in said]
+
+
 def plan_arguments(job: Any, components: Any, gpu: Any) -> str | None:
     """`plan_for`'s arguments of the kinds they must be (a dict as the job failed deep inside,
     with an AttributeError); `gpu` as the planner reads it: a card's name, or a TFLOP/s figure

@@ -34,6 +34,7 @@ from hires.library import (
     check_flags,
     check_known,
     in_keywords,
+    keyword_notes,
     library_job,
     plan_arguments,
     with_prompt,
@@ -380,8 +381,11 @@ def generate(
                        checkpoint=checkpoint, on_stage_image=on_stage_image, **overrides)
     with in_keywords():
         job = library_job(job, overrides, components, progress)
-        return run_job(job, components=components, progress=progress, save_stages=save_stages,
-                       plan=plan, checkpoint=checkpoint, on_stage_image=on_stage_image)
+        result = run_job(job, components=components, progress=progress,
+                         save_stages=save_stages, plan=plan, checkpoint=checkpoint,
+                         on_stage_image=on_stage_image)
+    result.warnings = keyword_notes(result.warnings)  # in the caller's words
+    return result
 
 
 def run_job(job: Job, *, components: Components | None = None,
@@ -697,13 +701,24 @@ def vae_tile(job: Job, stage: Stage) -> int:
 
 def prompt_warnings(comps: Components, job: Job) -> list[str]:
     """What SDXL's text encoders will not read of the prompts (`hires.prompts.too_long`; their
-    libraries' own notices are off in the CLI, as are their logs), and what fitting the add-on
-    images leaves out of them (`hires.addons.input_warnings`)."""
+    libraries' own notices are off in the CLI, as are their logs), what fitting the add-on
+    images leaves out of them (`hires.addons.input_warnings`), and what a 16-bit file will not
+    hold (`half_vae_note`): what the run's record warns of before any work."""
     from hires.addons import input_warnings
     from hires.prompts import too_long
 
     return ([] if comps.pipe.tokenizer is None else too_long(comps.pipe.tokenizer, job)
-            ) + input_warnings(job)
+            ) + input_warnings(job) + half_vae_note(comps, job)
+
+
+def half_vae_note(comps: Components, job: Job) -> list[str]:
+    """`--depth 16` with auto's half-precision VAE: 16 bits hold what the decode computed, and
+    a bf16 or fp16 one rounds (BENCHMARKS.md)."""
+    if job.depth != 16 or job.vae_dtype != "auto" or comps.vae_dtype == torch.float32:
+        return []
+    return [f"--depth 16 with the VAE in {dtype_name(comps.vae_dtype)} (auto's pick here): its "
+            "decode is off by 0.2-0.3 of an 8-bit step; --vae-dtype fp32 keeps what 16 bits "
+            "hold (slower)"]
 
 
 def encode_prompt(comps: Components, job: Job, plan: Plan) -> Conditioning:

@@ -28,6 +28,7 @@ from hires.library import (
     check_known,
     given_only,
     in_keywords,
+    keyword_notes,
     library_job,
     plain_numbers,
     print_size_overrides,
@@ -139,8 +140,7 @@ def upscale(
                              save_stages=save_stages, plan=plan, checkpoint=checkpoint,
                              on_stage_image=on_stage_image, on_score=on_score)
     # The input's notes name the CLI's flag, which the CLI's log says them by: here, the keyword.
-    result.warnings = [w.replace("(--depth 16 for 16)", "(depth=16 for 16)")
-                       for w in result.warnings]
+    result.warnings = keyword_notes(result.warnings)
     return result
 
 

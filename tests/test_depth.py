@@ -2,6 +2,7 @@
 other than ours, and the command line's choices and refusals."""
 
 import io
+import json
 import struct
 import zlib
 from pathlib import Path
@@ -176,6 +177,17 @@ def test_depth_16_with_a_half_precision_vae_says_what_fp32_keeps(tmp_path, monke
     deep = cli("gen", *small, "--depth", "16", "-o", tmp_path / "a.png")
     assert deep.exit_code == 0, deep.stderr
     assert (note in deep.stderr) is native, deep.stderr
+    assert deep.stderr.count(note) == int(native)  # said before the work, not again after it
+    with Image.open(tmp_path / "a.png") as im:  # and kept in the record (QA 187)
+        kept = json.loads(im.info["hires"])["result"]["warnings"]
+    assert any(w.startswith(note) for w in kept) is native
+    if native:  # the library's result says it in keywords
+        import hires
+
+        made = hires.generate("a fox", model="tiny", size=256, steps=1, seed=5, depth=16)
+        assert [w for w in made.warnings if "with the VAE" in w] == [
+            "depth 16 with the VAE in bf16 (auto's pick here): its decode is off by 0.2-0.3 of "
+            "an 8-bit step; vae_dtype fp32 keeps what 16 bits hold (slower)"]
     for said in (("--depth", "16", "--vae-dtype", "bf16"), ()) if native else ():
         # asked for, or 8 bits: no note
         quiet = cli("gen", *said, *small, "-o", tmp_path / f"b{len(said)}.png")
