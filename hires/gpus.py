@@ -3,6 +3,7 @@ budget of a dry run planned for that card)."""
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 # fp32 convolutions and matmuls as a share of the bf16 rate: TF32 tensor cores (which hires
@@ -55,17 +56,49 @@ MIN_TFLOPS = 0.001  # a slow CPU's; below it a time estimate is no estimate
 MAX_TFLOPS = 1000  # above what any one GPU achieves here: a larger "--gpu 3050" is a card's name
 
 
-def card_key(gpu: str) -> str:
-    """`--gpu`'s text as a table key: 'NVIDIA GeForce RTX 4090' and '4090' are one card."""
+# Words of a card's full name that name no other card: its maker, line, memory type and
+# form factor ('NVIDIA H100 80GB HBM3', 'A100-SXM4-80GB'); 'Ti' or 'Laptop' name another card.
+_PLAIN_WORDS = {"nvidia", "geforce", "rtx", "tesla", "gb", "hbm2", "hbm2e", "hbm3", "hbm3e",
+                "sxm", "sxm2", "sxm4", "sxm5"}  # the table's H100 is the SXM one: PCIe is slower
+
+
+def _named(gpu: str) -> tuple[str, float | None]:
+    """`--gpu`'s text as a table key and the memory its name gives in GB, if any: 'NVIDIA
+    GeForce RTX 4090', 'rtx4090' and '4090' are one card, 'A100 80GB' the a100."""
     key = gpu.lower()
     for word in ("nvidia", "geforce", "rtx", "tesla"):
-        key = key.replace(word, "")
-    return key.strip(" -_")
+        key = key.replace(word, " ")
+    key = key.strip(" -_")
+    if key in GPUS:
+        return key, None
+    words = [w for w in re.split(r"[\s_-]+", key) if w and w not in _PLAIN_WORDS]
+    cards = [w for w in words if w in GPUS]
+    sizes = [float(m[1]) for w in words
+             if w not in GPUS and (m := re.fullmatch(r"(\d+)(?:gb)?", w))]
+    if len(cards) == 1 and len(sizes) <= 1 and len(words) == 1 + len(sizes):
+        return cards[0], sizes[0] if sizes else None
+    return key, None
+
+
+def card_key(gpu: str) -> str:
+    """`--gpu`'s text as a table key: 'NVIDIA GeForce RTX 4090' and '4090' are one card."""
+    return _named(gpu)[0]
 
 
 def card(gpu: str) -> Card | None:
     """The named card, or None for a TFLOP/s figure or a card not in the table."""
     return GPUS.get(card_key(gpu))
+
+
+def other_memory(gpu: str) -> str | None:
+    """Why `--gpu` cannot name the card it names: a memory size other than the table's
+    ('a100-40gb' against its 80 GB), with the flags that plan it; else None."""
+    key, size = _named(gpu)
+    listed = GPUS.get(key)
+    if listed is None or size is None or abs(size - listed.memory_gib) <= 0.05 * size:
+        return None
+    return (f"--gpu {gpu}: the table's {key} has {listed.memory_gib:g} GiB; plan the {size:g} GB "
+            f"one with --gpu {key} --vram {size * 0.98:.1f}")
 
 
 def key_in_name(name: str) -> str | None:
@@ -88,6 +121,8 @@ def rate_for(gpu: str) -> float:
     """Achieved FLOP/s for `--gpu`: a card's peak x EFFICIENCY, or a measured TFLOP/s figure."""
     named = card(gpu)
     if named:
+        if problem := other_memory(gpu):
+            raise ValueError(problem)
         return named.peak * EFFICIENCY
     names = ", ".join(GPUS)
     try:

@@ -226,6 +226,21 @@ def test_a_card_number_not_in_the_table_is_not_read_as_tflops():
     assert "3060" in line and "--vram" in line
 
 
+def test_a_cards_full_name_plans_it_and_another_memory_size_says_vram(tmp_path):
+    """'H100 80GB HBM3', 'A100-SXM4-80GB' (nvidia-smi's names) were unknown cards, and an
+    A100 40GB owner had no word on --vram (QA 190)."""
+    h100 = plan_json("--size", "4096", "--gpu", "h100")
+    for name in ("H100 80GB HBM3", "NVIDIA H100-SXM5-80GB", "h100 80"):
+        assert plan_json("--size", "4096", "--gpu", name)["stages"] == h100["stages"], name
+    for name, said in (("a100-40gb", "--gpu a100 --vram 39.2"),
+                       ("NVIDIA A100-SXM4-40GB", "--gpu a100 --vram 39.2"),
+                       ("3060 8GB", "--gpu 3060 --vram 7.8")):
+        assert_usage_error(cli("plan", "--size", "4096", "--gpu", name), said)
+    # words that name another card (slower, or less memory) stay unknown
+    for name in ("h100 pcie", "4090 laptop", "4070 ti", "4090 4080"):
+        assert_usage_error(cli("plan", "--size", "4096", "--gpu", name), f"unknown GPU '{name}'")
+
+
 def test_the_local_gpu_is_the_longest_name_it_contains(monkeypatch):
     import torch
 
