@@ -387,6 +387,31 @@ def test_a_device_or_pipe_is_refused_not_given_a_png_beside_it(tmp_path, kind):
     assert not Path(f"{target}.png").exists()
 
 
+def test_a_stream_redirected_to_a_file_is_refused_not_given_a_png_in_dev(tmp_path):
+    """`hires gen ... -o /dev/stdout > img.png` wrote /dev/stdout.png (QA 189): there
+    /dev/stdout is a regular file's link, so the device check passed."""
+    import subprocess
+    import sys
+
+    code = ("from hires.output import output_path, OutputError\n"
+            "for name in ('/dev/stdout', '/dev/stderr', '/dev/fd/1', '/proc/self/fd/2'):\n"
+            "    try:\n"
+            "        output_path(name, width=64, height=64, seed=1, fmt='png')\n"
+            "    except OutputError as e:\n"
+            "        print(e, file=sys.stderr)\n")
+    with open(tmp_path / "out.txt", "wb") as out, open(tmp_path / "err.txt", "wb") as err:
+        subprocess.run([sys.executable, "-c", "import sys\n" + code], stdout=out, stderr=err,
+                       check=True)
+    said = (tmp_path / "err.txt").read_text().splitlines()
+    assert len(said) == 4 and all("names a stream, not a file: `-o -` writes the image to "
+                                  "stdout" in line for line in said), said
+    assert not list(Path("/dev").glob("std*.png"))
+    # /dev/shm is a folder, and files go there
+    if Path("/dev/shm").is_dir():
+        shm = output_path("/dev/shm/x.png", width=64, height=64, seed=1, fmt="png")
+        assert shm == Path("/dev/shm/x.png")
+
+
 @pytest.mark.parametrize("fmt", ["jpg", "png", "webp", "tiff"])
 def test_a_short_write_is_an_error_not_a_cut_image_kept_as_whole(tmp_path, fmt):
     """Under a file-size limit (as a full disk) a JPEG was cut at the limit and kept under its
