@@ -372,10 +372,15 @@ class OneLineErrors(TyperGroup):
     def _named(self, args: tuple, kwargs: dict[str, Any]) -> str:
         """The command a usage error without click's context was in (`hires plan --gpu`, its
         value missing), from the arguments."""
-        given = args[0] if args and args[0] is not None else kwargs.get("args")
-        words = list(sys.argv[1:] if given is None else given)
+        words = self._words(args, kwargs)
         command = next((w for w in words if not w.startswith("-")), None)
         return f"hires {command}" if command in self.commands else "hires"
+
+    @staticmethod
+    def _words(args: tuple, kwargs: dict[str, Any]) -> list[str]:
+        """The command line's words (after `hires`), as `main` was given them."""
+        given = args[0] if args and args[0] is not None else kwargs.get("args")
+        return [str(w) for w in (sys.argv[1:] if given is None else given)]
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         if not standalone_mode:
@@ -406,7 +411,13 @@ class OneLineErrors(TyperGroup):
                 text = no_such_option(e.option_name, ctx)
             if isinstance(e, found["UsageError"]):
                 text += f" (see '{ctx.command_path if ctx else self._named(args, kwargs)} -h')"
-            err.print(f"error: {text}", markup=False)
+            if progress_asked(self._words(args, kwargs)) == "json":
+                # found as the options are read (--steps abc): an object, as every stderr
+                # line of a run with --progress json is
+                Quiet.progress = "json"
+                _stderr("error", text)
+            else:
+                err.print(f"error: {text}", markup=False)
             sys.exit(e.exit_code)
         except StdoutError as e:  # outside a command (--version)
             err.print(f"error: {e}", markup=False)
@@ -422,6 +433,20 @@ class OneLineErrors(TyperGroup):
             sys.exit(stopped(cause if isinstance(cause, KeyboardInterrupt) else
                              KeyboardInterrupt()))
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def progress_asked(words: list[str]) -> str | None:
+    """The --progress a command line gives (its last, as click takes it), read before click
+    has read it: a usage error it finds is said in that form."""
+    asked = None
+    for i, word in enumerate(words):
+        if word == "--":  # what follows is arguments, a prompt '--progress' too
+            break
+        if word == "--progress" and i + 1 < len(words):
+            asked = words[i + 1]
+        elif word.startswith("--progress="):
+            asked = word.split("=", 1)[1]
+    return asked
 
 
 def no_such_option(name: str, ctx: Any) -> str:

@@ -250,6 +250,22 @@ def test_gpu_for_another_machine_is_said_and_not_used_for_the_times(tmp_path, as
 # 1 and 8. The pipeline ends each resize it starts; the phases the README documents are those
 # a run emits.
 
+def test_a_usage_error_found_as_the_options_are_read_is_an_object_with_progress_json():
+    """`--steps abc` was a plain `error:` line under --progress json, `--steps 0` an object:
+    a program parsing stderr met both (QA 189)."""
+    for args in (("--steps", "abc"), ("--quality", "0"), ("--bogus",), ("--n", "0")):
+        result = cli("gen", "x", "--progress", "json", *args)
+        assert result.exit_code == 2
+        (line,) = result.stderr.strip().splitlines()
+        assert list(json.loads(line)) == ["error"], line
+        plain = cli("gen", "x", *args)  # the text form, without it
+        assert plain.exit_code == 2 and plain.stderr.startswith("error: "), plain.stderr
+    for args in (("--progress=json", "--steps", "abc"), ("--progress", "json", "--progress",
+                                                           "plain", "--steps", "abc")):
+        said = cli("gen", "x", *args).stderr
+        assert said.startswith("{" if "--progress=json" in args else "error: "), said
+
+
 def test_the_phases_emitted_are_those_documented(tiny, tmp_path):
     from PIL import Image
 
