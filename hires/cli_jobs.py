@@ -662,5 +662,14 @@ def fitted_plan(make, job):
             hint = (f"; {printed} fits at no whole dpi: a smaller print ({fits[0]}x{fits[1]} px "
                     "fits)") + hint
         elif fits:
-            hint = f"; {fits[0]}x{fits[1]} fits" + hint
+            hint = f"; {fits_as_flags(fits, (e.plan_kwargs or {}).get('source'))}" + hint
         raise JobError(f"{e}{need}{hint}") from None
+
+
+def fits_as_flags(fits: tuple[int, int], source: Any = None) -> str:
+    """The largest size that fits, with the flags that ask for it (`fitting_size` allows for
+    --aspect's rounding of the short side): an upscale's long side, --size (its input's shape)."""
+    w, h = fits
+    if source or w == h:
+        return f"{w}x{h} fits (--size {max(w, h)})"
+    return f"{w}x{h} fits (--width {w} --height {h}, or --size {max(w, h)} with the same --aspect)"
