@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -147,7 +148,11 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
         """`e`, about the record, said to be a newer hires' where it is (a key or value this
         one does not know)."""
         made_by = (recorded_record(from_image) or {}).get("hires")
-        return JobError(f"{e}{newer_note(made_by) if where in str(e) else ''}")
+        if where not in str(e):
+            return e
+        if note := newer_note(made_by):
+            return JobError(f"{e}{note}")
+        return JobError(f"{e}{replaced_by_flag(str(e), flags)}")
 
     try:
         Job.from_dict({k: v for k, v in recorded.items() if k in TRUSTED_ONLY}, where=where)
@@ -245,6 +250,25 @@ def check_plan_job(job: Job, flags: dict[str, Any], *, format_given: bool) -> No
             (problem := format_problem(job.format, job.width, job.height, job.depth)):
         named = "--format" if format_given else "the format"  # else a preset's or a record's
         raise JobError(f"{named} {job.format}: {problem}")
+
+
+# A job's keys that no flag of gen or up sets (the method's own settings, the prompt's place)
+_NOT_FLAGS = {"prompt", "image", "image_sha256", "extra", "cosine_scale_1", "cosine_scale_2",
+              "cosine_scale_3", "sigma", "dilate_downsamplers", "global_floor"}
+
+
+def replaced_by_flag(message: str, flags: dict[str, Any]) -> str:
+    """'; give --steps to replace the recorded value' for an error about a recorded setting
+    ("steps must be ..., got -5 (in metadata of a.png)") that a flag replaces; else ''."""
+    from dataclasses import fields
+
+    from hires.job import Job
+
+    found = re.match(r"'?([a-z][a-z0-9_]*)'? ", message)
+    key = found[1] if found else None
+    if key not in {f.name for f in fields(Job)} - _NOT_FLAGS or key in flags:
+        return ""
+    return f"; give --{key.replace('_', '-')} to replace the recorded value"
 
 
 def hidden_by_record(preset: dict[str, Any], recorded: dict[str, Any],

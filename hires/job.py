@@ -58,6 +58,7 @@ def _said(value: Any) -> Any:
     whole = isinstance(value, float) and value.is_integer() and abs(value) < 1e15
     return int(value) if whole else value
 
+
 class JobError(ValueError):
     """A bad job setting; the message is one line that says what to do."""
 

@@ -359,6 +359,29 @@ def test_info_says_an_empty_or_unknown_file_as_up_does(tmp_path):
         assert row["error"] == f"cannot read {path} as an image: {why}"
 
 
+def test_a_bad_recorded_value_is_told_the_flag_that_replaces_it(tmp_path):
+    """'steps must be ..., got -5 (in metadata of a.png)' said nothing to do (QA 189)."""
+    path, bad = tmp_path / "a.png", tmp_path / "bad.png"
+    made(path)
+
+    def recorded(**values) -> None:
+        with Image.open(path) as im:
+            record = json.loads(im.info["hires"])
+            record["job"].update(values)
+            info = PngImagePlugin.PngInfo()
+            info.add_text("hires", json.dumps(record))
+            im.save(bad, pnginfo=info)
+
+    recorded(steps=-5)
+    assert_usage_error(cli("gen", "--from", bad, "--dry-run", "-q"), f"got -5 (in metadata of "
+                       f"{bad}); give --steps to replace the recorded value")
+    assert cli("gen", "--from", bad, "--steps", "2", "--dry-run", "-q").exit_code == 0
+    recorded(sigma=-1)  # the method's own setting: no flag sets it, and none is offered
+    refused = cli("gen", "--from", bad, "--dry-run", "-q")
+    assert_usage_error(refused, "sigma")
+    assert "give --" not in refused.stderr
+
+
 def test_a_record_of_a_newer_hires_says_to_upgrade(tmp_path):
     """An unknown key of a newer version's record said only 'unknown key' (found by QA)."""
     path, newer = tmp_path / "a.png", tmp_path / "newer.png"
