@@ -120,6 +120,7 @@ def plan_json(run, job, p) -> dict[str, Any]:
         "fp32": [part.lower() for part in p.fp32],
         "fp32_tflops": round(rate * p.fp32_share / 1e12, 3) if timed else None,
         "budget_bytes": p.budget, "budget_from": run.budget_from,
+        **planned_ram(job),
         "vae_spill_bytes": int(spill), "vae_spill_budget_bytes": int(p.spill),
         "stages": [{"index": s.index, "width": s.width, "height": s.height,
                     "steps": s.steps, "global_steps": s.global_steps,
@@ -134,7 +135,10 @@ def plan_json(run, job, p) -> dict[str, Any]:
                     "scratch_bytes": s.cost.scratch_bytes,
                     # null where the stage runs no VAE, as its text line names none
                     "vae_tile": s.cost.vae_tile if s.cost.tflop > s.cost.unet_tflop else None,
+                    # the CPU's memory and disk the stage's parked maps and offloaded
+                    # weights take together; ram_bytes its RAM alone, as the text says it
                     "host_bytes": s.cost.host_bytes,
+                    "ram_bytes": s.cost.host_bytes - s.cost.disk_bytes,
                     "parked_bytes": s.cost.parked_bytes,
                     "disk_bytes": s.cost.disk_bytes, "vae_spill": s.cost.vae_spill,
                     "vae_spill_bytes": int(s.cost.vae_spill_bytes),
@@ -210,7 +214,22 @@ def budget_phrase(run, job, p) -> str:
         budget += " (--ram)"
     if p.vae_spill_bytes:
         budget += f", +{p.vae_spill_bytes / GIB:.1f} GiB of RAM for VAE outputs"
+    on_host = p.vae_spill_bytes or any(s.cost and s.cost.host_bytes for s in p.stages)
+    if on_host and job.ram is None and not job.device.startswith(("cpu", "mps")):
+        # what the RAM allows shapes the plan: the figure it took, so that two machines'
+        # plans are told apart
+        budget += (f", {planned_ram(job)['ram_bytes'] / GIB:.1f} GiB of RAM taken as free (--ram "
+                   "sets it)")
     return budget
+
+
+def planned_ram(job) -> dict[str, Any]:
+    """The free RAM a plan took (--ram's, else DRY_RUN_FREE_RAM of this machine's) and where
+    it came from, as --json gives them."""
+    from hires.dry_run import dry_run_free_ram
+
+    return {"ram_bytes": int(dry_run_free_ram(job)),
+            "ram_from": "ram" if job.ram is not None else "machine"}
 
 
 def times_phrase(run, p) -> str:

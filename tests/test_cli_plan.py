@@ -505,8 +505,32 @@ def test_a_vram_above_the_named_cards_memory_is_said():
         in said.stderr
     card = cli("plan", *args, "--vram", "11.5")
     assert "11.5 GiB budget, " in card.stdout and "warning" not in card.stderr
-    below = cli("plan", "x", "--size", "2048", "--gpu", "4090", "--vram", "8")
+    below = cli("plan", "x", "--size", "2048", "--gpu", "4090", "--vram", "8", "--ram", "32")
     assert "8.0 GiB budget, times" in below.stdout and "warning" not in below.stderr
+
+
+def test_a_plan_says_the_free_ram_it_took_and_json_gives_the_ram_apart_from_the_disk():
+    """Without --ram a plan took 80 % of this machine's RAM as free and said nothing, so two
+    machines' plans differed without a word; --json's host_bytes counted the parked maps on
+    disk too, with no field for the RAM alone (QA 190)."""
+    from hires.dry_run import DRY_RUN_FREE_RAM
+    from hires.memory import ram_bytes
+
+    args = ("--size", "16384", "--gpu", "4090")
+    taken = DRY_RUN_FREE_RAM * ram_bytes()[0]
+    plan = plan_json(*args)
+    assert (plan["ram_bytes"], plan["ram_from"]) == (int(taken), "machine")
+    assert f", {taken / GIB:.1f} GiB of RAM taken as free (--ram sets it), " in \
+        cli("plan", *args).stdout.splitlines()[0]
+    given = ("--size", "16384", "--gpu", "3060", "--ram", "16", "--disk", "100")
+    plan = plan_json(*given)
+    assert (plan["ram_bytes"], plan["ram_from"]) == (16 * GIB, "ram")
+    text = cli("plan", *given).stdout
+    assert "taken as free" not in text  # --ram's: said by the command line
+    last = plan["stages"][-1]
+    assert last["disk_bytes"] > 0 and last["ram_bytes"] == last["host_bytes"] - last["disk_bytes"]
+    assert f"{last['ram_bytes'] / GIB:.1f} GiB of RAM + " in text.splitlines()[-2]
+    assert "taken as free" not in cli("plan", "--size", "2048", "--gpu", "h200").stdout
 
 
 def test_ram_is_a_cpu_runs_budget(tmp_path):
