@@ -692,8 +692,13 @@ def fitted_plan(make, job):
 
 def fits_as_flags(fits: tuple[int, int], source: Any = None) -> str:
     """The largest size that fits, with the flags that ask for it (`fitting_size` allows for
-    --aspect's rounding of the short side): an upscale's long side, --size (its input's shape)."""
-    w, h = fits
-    if source or w == h:
-        return f"{w}x{h} fits (--size {max(w, h)})"
-    return f"{w}x{h} fits (--width {w} --height {h}, or --size {max(w, h)} with the same --aspect)"
+    --aspect's rounding of the short side)."""
+    return f"{fits[0]}x{fits[1]} fits ({size_flags(*fits, source)})"
+
+
+def size_flags(width: int, height: int, source: Any = None) -> str:
+    """The flags that ask for a size: an upscale's long side, --size (its input's shape)."""
+    if source or width == height:
+        return f"--size {max(width, height)}"
+    return f"--width {width} --height {height}, or --size {max(width, height)} with the same " \
+        "--aspect"

@@ -295,7 +295,7 @@ def plan_hints(run, job, p, preview: bool, replan: Callable[[Any], Any]) -> Iter
         if given and given != "-" and not Path(given).expanduser().exists():  # a record's
             yield (f"the {what} image {given} is not here: it does not change the plan; gen "
                    f"needs it ({flag} IMAGE)")
-    for hint in ([] if preview else [more_ram_hint, exact_hint]):
+    for hint in ([] if preview else [more_ram_hint, exact_hint, near_stage_hint]):
         said = hint(job, p, replan)
         if said:
             yield said
@@ -332,6 +332,35 @@ def more_ram_hint(job, p, replan: Callable[[Any], Any]) -> str | None:
     return (f"the RAM limits this plan: with {ROOMY_RAM_GB} GiB of RAM free, "
             f"{faster} instead of {now} (hires plans with what "
             f"is free as it starts; --ram {ROOMY_RAM_GB} plans that)")
+
+
+NEAR_STAGE = 1.1  # a last stage this close to the one before it (a side's scale) is said
+
+
+def near_stage_hint(job, p, replan: Callable[[Any], Any]) -> str | None:
+    """A size a little past a stage's (16392 against 16384) runs a whole stage more for a few
+    pixels: what the stage's own size would take, where that saves a quarter."""
+    from hires.cli_jobs import size_flags
+    from hires.eta import duration
+    from hires.plan import PlanError
+
+    if p.seconds is None or len(p.stages) < 2:
+        return None
+    last, before = p.stages[-1], p.stages[-2]
+    if max(last.width / before.width, last.height / before.height) > NEAR_STAGE:
+        return None
+    try:
+        smaller = replan(job.merged({"width": before.width, "height": before.height}))
+    except PlanError:
+        return None
+    if smaller.seconds is None or smaller.seconds > 0.75 * p.seconds:
+        return None
+    source = p.stages[0].kind == "input"
+    larger = (max(last.width / before.width, last.height / before.height) - 1) * 100
+    return (f"{last.width}x{last.height} is {larger:.2g} % larger a side than stage "
+            f"{before.index}'s {before.width}x{before.height}, and runs a stage of its own: "
+            f"{before.width}x{before.height} ({size_flags(before.width, before.height, source)}) "
+            f"takes {duration(smaller.seconds)} instead of {duration(p.seconds)}")
 
 
 def exact_hint(job, p, replan: Callable[[Any], Any]) -> str | None:

@@ -758,3 +758,18 @@ def test_a_preset_s_device_is_named_as_the_preset_s_not_as_a_flag(tmp_path, monk
                        "error: the device cuda (a preset's or a record's): torch sees no CUDA")
     assert_usage_error(cli("gen", "x", "--device", "cuda", "--dry-run", *out),
                        "error: --device cuda: torch sees no CUDA")
+
+
+def test_a_size_a_little_past_a_stage_is_told_what_the_stages_size_takes():
+    """`--size 16392` runs a whole 16K stage and then one more for 8 px (~464 s against
+    ~231 s), with two stages both labelled x16 and no word (QA 190)."""
+    past = cli("plan", "--size", "16392", "--gpu", "h100")
+    assert past.exit_code == 0, past.stderr
+    (said,) = [line for line in past.stderr.splitlines() if "runs a stage of its own" in line]
+    assert said.startswith("16392x16392 is 0.049 % larger a side than stage 4's 16384x16384")
+    assert "(--size 16384) takes ~4 min instead of ~8 min" in said
+    assert said in plan_json("--size", "16392", "--gpu", "h100")["hints"]
+    wide = cli("plan", "--width", "8200", "--height", "4616", "--gpu", "h100")
+    assert "runs a stage of its own" not in wide.stderr  # 8200 is no stage's: 5376 x 1.5
+    exact = cli("plan", "--size", "16384", "--gpu", "h100")
+    assert "runs a stage of its own" not in exact.stderr
