@@ -257,7 +257,10 @@ class Job:
             check_controls(name, getattr(self, name))
         _check_choice("dtype", self.dtype, DTYPES)
         if not _DEVICE.match(self.device):
-            raise JobError(f"device must be auto, cpu, mps, cuda or cuda:N; got '{self.device}'")
+            case = (f" (in lower case: '{self.device.lower()}')"
+                    if _DEVICE.match(self.device.lower()) else "")
+            raise JobError(f"device must be auto, cpu, mps, cuda or cuda:N; got '{self.device}'"
+                           f"{case}")
         _check_choice("upsample", self.upsample, UPSAMPLE_MODES)
         _check_choice("format", self.format, FORMATS)
         _check_choice("offload", self.offload, OFFLOAD_MODES)
@@ -397,7 +400,9 @@ def closest_hint(name: str, valid: tuple[str, ...] | list[str],
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise JobError(f"{name} must be one of {', '.join(choices)}; got '{value}'")
+        lower = value.lower() if isinstance(value, str) else None
+        case = f" (in lower case: '{lower}')" if lower in choices else ""
+        raise JobError(f"{name} must be one of {', '.join(choices)}; got '{value}'{case}")
 
 
 def _coerce(name: str, value: Any, where: str, typed: bool = False) -> Any:

@@ -223,6 +223,10 @@ def test_a_bad_flag_value_names_the_flag_and_a_preset_value_its_key(tmp_path):
                        (("--vram", "0"), "--vram must be a positive number of GiB, got 0\n"),
                        (("--dpi", "10001"), "pixels per inch, got 10001\n"),
                        (("--strength", "1.25"), "--strength must be between 0 and 1, got 1.25\n"),
+                       # a choice in capitals is told its lower case (QA 190)
+                       (("--offload", "NONE"), "got 'NONE' (in lower case: 'none')\n"),
+                       (("--device", "CPU"), "got 'CPU' (in lower case: 'cpu')\n"),
+                       (("--vae-stats", "exact!"), "fast, exact; got 'exact!'\n"),
                        (("--guidance", "nan"), "--guidance must be a finite number"),
                        # it ran into NaN and blamed the weights ("check its file")
                        (("--guidance", "1e30"), "--guidance must be from 0 to 100, got 1e+30"),
