@@ -430,10 +430,18 @@ def fit_stage(stage: Stage, stages: list[Stage], model: ModelShape, budget: int 
             disk = (f", let the {_gb(short)} GB of parked maps that RAM cannot hold wait "
                     f"on a disk ({where}; TMPDIR picks the folder, --disk the room)")
         else:  # too short even with every parked map on a disk: say what RAM must hold
-            floor = min(o.cost.host_bytes - o.cost.parked_bytes for o in on_gpu)
+            lean = min(on_gpu, key=lambda o: o.cost.host_bytes - o.cost.parked_bytes)
+            floor = lean.cost.host_bytes - lean.cost.parked_bytes
             if model.disk and floor < least.cost.host_bytes:
-                disk = (f" (with its parked maps on the disk, {floor / GIB:.1f} GiB of it would "
-                        "do: the weights it streams)")
+                # the RAM left is the weights it streams; none where it streams none ("0.0
+                # GiB of it would do: the weights it streams"), and a disk too small is said
+                ram = (f"{floor / GIB:.1f} GiB of it would do: the weights it streams"
+                       if floor >= 0.05 * GIB else "it needs no RAM for them")
+                room = (f"; {scratch_folder()} has room for {model.disk / 1e9:.1f} GB, TMPDIR "
+                        "picks the folder and --disk the room"
+                        if model.disk < lean.cost.parked_bytes else "")
+                disk = (f" (with its {_gb(lean.cost.parked_bytes)} GB of parked maps on a disk, "
+                        f"{ram}{room})")
         need, have = _apart(least.cost.host_bytes / GIB, model.host / GIB)
         error = PlanError(
             f"stage {stage.index} ({stage.width}x{stage.height}) fits the GPU only with "

@@ -265,10 +265,16 @@ def test_a_ram_error_says_what_ram_would_do_with_the_maps_on_a_disk():
     streamed weights must be in RAM, the parked maps may wait on a disk."""
     result = cli("plan", "x", "--size", "16384", "--gpu", "3060", "--ram", "8", "--disk", "100")
     assert result.exit_code == 2
-    said = result.stderr.split("with its parked maps on the disk, ")[1]
-    assert 5 < float(said.split(" GiB")[0]) < 26.2
+    said = result.stderr.split(" GB of parked maps on a disk, ")[1]
+    assert 5 < float(said.split(" GiB")[0]) < 26.2 and "--disk the room" not in said
     no_disk = cli("plan", "x", "--size", "16384", "--gpu", "3060", "--ram", "8", "--disk", "0")
-    assert no_disk.exit_code == 2 and "parked maps on the disk" not in no_disk.stderr
+    assert no_disk.exit_code == 2 and "parked maps on a disk" not in no_disk.stderr
+    # a plan that streams no weights needs no RAM for them; a disk too small is said so, not
+    # "0.0 GiB of it would do: the weights it streams" (QA 189)
+    small = cli("plan", "x", "--size", "16384", "--gpu", "4090", "--ram", "1", "--disk", "1")
+    assert small.exit_code == 2 and "0.0 GiB of it would do" not in small.stderr
+    assert "GB of parked maps on a disk, it needs no RAM for them; " in small.stderr
+    assert "has room for 1.0 GB, TMPDIR picks the folder and --disk the room)" in small.stderr
 
 
 def test_an_option_without_its_value_points_to_its_command_s_help():
