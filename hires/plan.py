@@ -159,6 +159,12 @@ def base_size(width: int, height: int, native: int) -> tuple[int, int]:
     aspect = width / height
     bw = max(grid, round(native * math.sqrt(aspect) / grid) * grid)
     bh = max(grid, round(native / math.sqrt(aspect) / grid) * grid)
+    # A side held at the grid (past about 256:1) leaves the other at the native area, not
+    # past it: 32768x64 started at 23168x64, 1.5 MP
+    if bh == grid and width > height:
+        bw = max(grid, min(bw, round(native * native / grid / grid) * grid))
+    elif bw == grid and height > width:
+        bh = max(grid, min(bh, round(native * native / grid / grid) * grid))
     if width <= bw and height <= bh:
         return width, height
     return bw, bh

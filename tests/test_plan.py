@@ -51,6 +51,14 @@ def test_the_base_is_about_one_megapixel_at_the_aspect(aspect, base):
     assert abs(base[0] / base[1] / aspect - 1) < 0.04
 
 
+@pytest.mark.parametrize("w,h", [(32768, 64), (64, 32768), (20000, 64), (30000, 72)])
+def test_a_base_held_at_the_grid_keeps_to_the_native_area(w, h):
+    """32768x64 started at 23168x64, 1.5 MP: the short side held at 64 px, the long one
+    followed the aspect past SDXL's area (QA 190)."""
+    bw, bh = base_size(w, h, 1024)
+    assert min(bw, bh) == 64 and bw * bh <= 1024**2 and bw * bh >= 0.9 * 1024**2
+
+
 @pytest.mark.parametrize("w,h", [(20000, 20000), (16392, 16392), (3000, 1000), (16384, 9216),
                                  (5000, 700), (1500, 1500)])
 def test_no_stage_is_bigger_than_the_request_and_the_last_is_the_request(w, h):
