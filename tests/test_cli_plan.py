@@ -773,3 +773,14 @@ def test_a_size_a_little_past_a_stage_is_told_what_the_stages_size_takes():
     assert "runs a stage of its own" not in wide.stderr  # 8200 is no stage's: 5376 x 1.5
     exact = cli("plan", "--size", "16384", "--gpu", "h100")
     assert "runs a stage of its own" not in exact.stderr
+
+
+def test_a_named_card_and_a_cpu_or_mps_device_are_refused_together():
+    """`--device mps --gpu 4090` planned without the card's memory ("its memory aside"), and
+    `--device cpu --gpu 4090` said the free RAM's 21.1 GiB was "the 4090's 24.0 GiB less 0.5"
+    (QA 190)."""
+    for device in ("cpu", "mps"):
+        assert_usage_error(cli("plan", "--size", "4096", "--device", device, "--gpu", "4090"),
+                           f"--gpu 4090 plans that CUDA card, and --device {device} a run on")
+    timed = cli("plan", "--size", "4096", "--device", "cpu", "--gpu", "0.5")  # a rate: times it
+    assert timed.exit_code == 0 and "(the free RAM), times on 0.5" in timed.stdout
