@@ -58,8 +58,13 @@ MAX_TFLOPS = 1000  # above what any one GPU achieves here: a larger "--gpu 3050"
 
 # Words of a card's full name that name no other card: its maker, line, memory type and
 # form factor ('NVIDIA H100 80GB HBM3', 'A100-SXM4-80GB'); 'Ti' or 'Laptop' name another card.
-_PLAIN_WORDS = {"nvidia", "geforce", "rtx", "tesla", "gb", "hbm2", "hbm2e", "hbm3", "hbm3e",
-                "sxm", "sxm2", "sxm4", "sxm5"}  # the table's H100 is the SXM one: PCIe is slower
+_PLAIN_WORDS = {"nvidia", "geforce", "rtx", "tesla", "gb", "gib", "hbm2", "hbm2e", "hbm3",
+                "hbm3e", "sxm", "sxm2", "sxm4", "sxm5"}
+# Cards whose PCIe form has the table's peak (the H100's and V100's PCIe forms are slower)
+_SAME_ON_PCIE = {"a100", "l40s", "a6000", "a10", "l4", "t4"}
+# A memory size within this share of the table's is the table's card: sold sizes are decimal
+# GB, and ECC takes some (an "L4 24GB" reports 22.5 GiB); other sizes are a tenth apart or more.
+_SAME_MEMORY = 0.1
 
 
 def _named(gpu: str) -> tuple[str, float | None]:
@@ -73,9 +78,12 @@ def _named(gpu: str) -> tuple[str, float | None]:
         return key, None
     words = [w for w in re.split(r"[\s_-]+", key) if w and w not in _PLAIN_WORDS]
     cards = [w for w in words if w in GPUS]
+    if len(cards) == 1 and cards[0] in _SAME_ON_PCIE:
+        words = [w for w in words if w != "pcie"]
     sizes = [float(m[1]) for w in words
-             if w not in GPUS and (m := re.fullmatch(r"(\d+)(?:gb)?", w))]
-    if len(cards) == 1 and len(sizes) <= 1 and len(words) == 1 + len(sizes):
+             if w not in GPUS and (m := re.fullmatch(r"(\d+)(?:gb|gib)?", w))]
+    if len(cards) == 1 and len(sizes) <= 1 and len(words) == 1 + len(sizes) and \
+            all(1 <= size <= 1024 for size in sizes):
         return cards[0], sizes[0] if sizes else None
     return key, None
 
@@ -95,10 +103,11 @@ def other_memory(gpu: str) -> str | None:
     ('a100-40gb' against its 80 GB), with the flags that plan it; else None."""
     key, size = _named(gpu)
     listed = GPUS.get(key)
-    if listed is None or size is None or abs(size - listed.memory_gib) <= 0.05 * size:
+    if listed is None or size is None or abs(size - listed.memory_gib) <= _SAME_MEMORY * size:
         return None
     return (f"--gpu {gpu}: the table's {key} has {listed.memory_gib:g} GiB; plan the {size:g} GB "
-            f"one with --gpu {key} --vram {size * 0.98:.1f}")
+            f"one with --gpu {key} --vram {size - CUDA_CONTEXT_GIB:g} (the memory nvidia-smi "
+            f"reports, in GiB, less {CUDA_CONTEXT_GIB})")
 
 
 def key_in_name(name: str) -> str | None:

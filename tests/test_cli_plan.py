@@ -232,12 +232,19 @@ def test_a_cards_full_name_plans_it_and_another_memory_size_says_vram(tmp_path):
     h100 = plan_json("--size", "4096", "--gpu", "h100")
     for name in ("H100 80GB HBM3", "NVIDIA H100-SXM5-80GB", "h100 80"):
         assert plan_json("--size", "4096", "--gpu", name)["stages"] == h100["stages"], name
-    for name, said in (("a100-40gb", "--gpu a100 --vram 39.2"),
-                       ("NVIDIA A100-SXM4-40GB", "--gpu a100 --vram 39.2"),
-                       ("3060 8GB", "--gpu 3060 --vram 7.8")):
+    for name, said in (("a100-40gb", "--gpu a100 --vram 39.5 (the memory nvidia-smi reports"),
+                       ("NVIDIA A100-PCIE-40GB", "--gpu a100 --vram 39.5"),
+                       ("3060 8GB", "--gpu 3060 --vram 7.5")):
         assert_usage_error(cli("plan", "--size", "4096", "--gpu", name), said)
-    # words that name another card (slower, or less memory) stay unknown
-    for name in ("h100 pcie", "4090 laptop", "4070 ti", "4090 4080"):
+    # a card's own sold size is the table's card, whatever ECC takes (QA 191)
+    for name, key in (("L4 24GB", "l4"), ("NVIDIA L40S 48GB", "l40s"), ("Tesla T4 16GB", "t4"),
+                      ("NVIDIA A100 80GB PCIe", "a100"), ("4090 24GiB", "4090")):
+        assert plan_json("--size", "2048", "--gpu", name)["stages"] == \
+            plan_json("--size", "2048", "--gpu", key)["stages"], name
+    # words that name another card (slower, or less memory) stay unknown, as do sizes no
+    # card has
+    for name in ("h100 pcie", "4090 laptop", "4070 ti", "4090 4080", "Tesla V100-PCIE-16GB",
+                 "h100 0", "h100 99999999gb"):
         assert_usage_error(cli("plan", "--size", "4096", "--gpu", name), f"unknown GPU '{name}'")
 
 
