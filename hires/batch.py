@@ -96,10 +96,9 @@ FORMAT_ADVICE = {
     "; try --ram with what is free": "; set ram in the job to what is free",
     "; try a larger --ram": "; try a larger ram in the job",
     " at --dpi ": " at dpi = ",  # "A2 fits at --dpi 106 (1752x2480)"
-    # "7736x4352 fits (--width 7736 --height 4352, or --size 7736 with the same --aspect)"
+    # "7736x4352 fits (--width 7736 --height 4352)", "7736x7736 fits (--size 7736)"
     " fits (--width ": " fits (width = ", " --height ": ", height = ",
-    ", or --size ": ", or size = ", " fits (--size ": " fits (size = ",
-    " with the same --aspect)": " with the same aspect)",
+    " fits (--size ": " fits (size = ",
 }
 
 # Keys a batch file takes besides the job's own: the same as `gen`'s flags.

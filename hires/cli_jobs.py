@@ -686,19 +686,18 @@ def fitted_plan(make, job):
             hint = (f"; {printed} fits at no whole dpi: a smaller print ({fits[0]}x{fits[1]} px "
                     "fits)") + hint
         elif fits:
-            hint = f"; {fits_as_flags(fits, (e.plan_kwargs or {}).get('source'))}" + hint
+            source = (e.plan_kwargs or {}).get("source")
+            hint = f"; {fits[0]}x{fits[1]} fits ({size_flags(*fits, source, e.size)})" + hint
         raise JobError(f"{e}{need}{hint}") from None
 
 
-def fits_as_flags(fits: tuple[int, int], source: Any = None) -> str:
-    """The largest size that fits, with the flags that ask for it (`fitting_size` allows for
-    --aspect's rounding of the short side)."""
-    return f"{fits[0]}x{fits[1]} fits ({size_flags(*fits, source)})"
+def size_flags(width: int, height: int, source: Any = None, asked: Any = None) -> str:
+    """The flags that ask for a size: --size for a square, or an upscale that keeps its
+    input's shape as the size `asked` did; else both sides (an --aspect's rounding, a print's
+    shape or an upscale's other shape would make other sides of --size)."""
+    from hires.plan import on_input_shape
 
-
-def size_flags(width: int, height: int, source: Any = None) -> str:
-    """The flags that ask for a size: an upscale's long side, --size (its input's shape)."""
-    if source or width == height:
+    keeps = source is not None and asked is not None and on_input_shape(source, *asked)
+    if (width == height and source is None) or keeps:
         return f"--size {max(width, height)}"
-    return f"--width {width} --height {height}, or --size {max(width, height)} with the same " \
-        "--aspect"
+    return f"--width {width} --height {height}"

@@ -344,8 +344,8 @@ def near_stage_hint(job, p, replan: Callable[[Any], Any]) -> str | None:
     from hires.eta import duration
     from hires.plan import PlanError
 
-    if p.seconds is None or len(p.stages) < 2:
-        return None
+    if p.seconds is None or len(p.stages) < 2 or job.extra.get("print_size"):
+        return None  # a print's maker changes the dpi, not the pixels
     last, before = p.stages[-1], p.stages[-2]
     if max(last.width / before.width, last.height / before.height) > NEAR_STAGE:
         return None
@@ -355,11 +355,10 @@ def near_stage_hint(job, p, replan: Callable[[Any], Any]) -> str | None:
         return None
     if smaller.seconds is None or smaller.seconds > 0.75 * p.seconds:
         return None
-    source = p.stages[0].kind == "input"
     larger = (max(last.width / before.width, last.height / before.height) - 1) * 100
     return (f"{last.width}x{last.height} is {larger:.2g} % larger a side than stage "
             f"{before.index}'s {before.width}x{before.height}, and runs a stage of its own: "
-            f"{before.width}x{before.height} ({size_flags(before.width, before.height, source)}) "
+            f"{before.width}x{before.height} ({size_flags(before.width, before.height)}) "
             f"takes {duration(smaller.seconds)} instead of {duration(p.seconds)}")
 
 

@@ -692,20 +692,27 @@ def fitting_print(job: Any, error: PlanError) -> tuple[int, tuple[int, int]] | N
     return sizes[count - 1] if count else None
 
 
+def at_shape(shape: tuple[int, int], side: int) -> tuple[int, int]:
+    """`shape` with its long side `side`, each side rounded to 8 px."""
+    w, h = (max(8, round(s * side / max(shape) / 8) * 8) for s in shape)
+    return w, h
+
+
+def on_input_shape(source: tuple[int, int] | None, width: int, height: int) -> bool:
+    """Whether an upscale to `width` x `height` keeps its input's shape (as `--size` makes)."""
+    return bool(source) and at_shape(source, max(width, height)) == (width, height)
+
+
 def largest_fitting(width: int, height: int, **kwargs) -> tuple[int, int] | None:
     """The largest size at the request's aspect whose plan fits: its long side a multiple of 8,
     the short one rounded to 8; one whose long side, given as `--size` with the `--aspect` the
     request came from, fits too. An upscale's is no smaller than its input and, where the
     request has the input's shape, is what `--size` makes from the input."""
     source, long = kwargs.get("source"), max(width, height)
-
-    def sides(shape: tuple[int, int], side: int) -> tuple[int, int]:
-        w, h = (max(8, round(s * side / max(shape) / 8) * 8) for s in shape)
-        return w, h
-
+    sides = at_shape
     # A request on the input's shape is followed with --size (the input's aspect): a size taken
     # from the request's own sides could differ by 8 px from what that makes.
-    shape = source if source and sides(source, long) == (width, height) else (width, height)
+    shape = source if on_input_shape(source, width, height) else (width, height)
     # Each side in range and, for an upscale, at least its input's: `hires up` refuses less.
     least = (MIN_SIDE, MIN_SIDE) if not source else tuple(max(MIN_SIDE, s) for s in source)
     candidates = [size for size in (sides(shape, side) for side in range(8, long, 8))

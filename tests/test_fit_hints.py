@@ -75,39 +75,42 @@ def test_a_size_given_in_pixels_is_told_pixels_alone(tmp_path):
     --dpi, the dpi is what the file records, not what sizes the image."""
     line = _refusal(cli("gen", "x", "--width", "4960", "--height", "7016", "--dpi", "300",
                         *CARD))
-    assert re.search(r"; \d+x\d+ fits \(--width \d+ --height \d+, or --size \d+ with the same "
-                     r"--aspect\); try a larger --vram", line), line
+    assert re.search(r"; \d+x\d+ fits \(--width \d+ --height \d+\); try a larger --vram",
+                     line), line
     assert "at --dpi" not in line
 
 
 @pytest.mark.parametrize("command", ["gen", "up", "batch"])
 def test_the_size_that_fits_is_given_as_flags_that_plan_it(tmp_path, command):
     """'2768x1552 fits' for `--size 2776 --aspect 16:9`, whose `--size 2768` makes 2768x1560:
-    the line named no flag, and its pixels were not what the flags make (QA 189, 190)."""
+    the line named no flag, and its pixels were not what the flags make (QA 189, 190); an
+    upscale to another shape than its input's was told --size, which kept the input's (QA
+    191)."""
     photo = tmp_path / "in.png"
-    Image.new("RGB", (1600, 900)).save(photo)
-    asked = {"gen": ("gen", "x", "--aspect", "16:9", "--size", "2776"),
-             "up": ("up", photo, "--size", "2776")}
+    Image.new("RGB", (1024, 768)).save(photo)
+    asked = {"gen": [("gen", "x", "--aspect", "16:9", "--size", "2776"),
+                     ("gen", "x", "--size", "20000")],
+             "up": [("up", photo, "--width", "8000", "--height", "4000"),
+                    ("up", photo, "--size", "8000")]}
     if command == "batch":
         jobs = tmp_path / "jobs.toml"
         jobs.write_text('[[job]]\nprompt = "x"\nsize = 2776\naspect = "16:9"\nvram = 9\n'
                         'offload = "none"\n')
         result = cli("batch", jobs, "-o", tmp_path / "out", "--gpu", "h100", "--dry-run")
         said = result.stdout + result.stderr
-        assert re.search(r"fits \(width = \d+, height = \d+, or size = (\d+) with the same "
-                         r"aspect\); try a larger vram", said), said
+        assert re.search(r"fits \(width = \d+, height = \d+\); try a larger vram", said), said
         return
-    line = _refusal(cli(*asked[command], *CARD))
-    found = re.search(r"; (\d+)x(\d+) fits \(([^)]*)\)", line)
-    assert found, line
-    flags = found[3].split(", or ")[-1].removesuffix(" with the same --aspect").split()
-    assert flags[0] == "--size" and int(flags[1]) == max(int(found[1]), int(found[2]))
-    again = cli(*asked[command][:-2], *flags, *CARD)  # as the line says: it fits
-    assert again.exit_code == 0, again.stderr
-    if command == "gen":  # and the pixels given plan too
+    for given, square in zip(asked[command], (False, True)):
+        line = _refusal(cli(*given, *CARD))
+        found = re.search(r"; (\d+)x(\d+) fits \(([^)]*)\)", line)
+        assert found, line
         w, h = found[1], found[2]
-        assert found[3].startswith(f"--width {w} --height {h}, or --size ")
-        assert cli("gen", "x", "--width", w, "--height", h, *CARD).exit_code == 0
+        flags = found[3].split()
+        assert flags == (["--size", str(max(int(w), int(h)))] if square else
+                         ["--width", w, "--height", h]), line
+        again = cli(*given[:2], *flags, *CARD)  # as the line says: it fits
+        assert again.exit_code == 0, again.stderr
+        assert again.stdout.startswith(f"{w}x{h}"), again.stdout
 
 
 @pytest.mark.parametrize("call", ["generate", "upscale"])
