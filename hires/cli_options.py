@@ -182,7 +182,7 @@ Vram = Annotated[float | None, typer.Option(
     metavar="<GiB>")]
 Ram = Annotated[float | None, typer.Option(
     help="Free CPU memory in GiB to plan with (default: what is free as the run starts; a "
-    "plan or dry run takes 80 % of this machine's RAM): on "
+    "GPU's plan or dry run takes 80 % of this machine's RAM): on "
     "a GPU, room for parked maps and offloaded weights, less 10 % + 2 GiB kept back; on the "
     "CPU, the memory budget.", parser=gigabytes, metavar="<GiB>")]
 Disk = Annotated[float | None, typer.Option(

@@ -538,6 +538,9 @@ def test_a_plan_says_the_free_ram_it_took_and_json_gives_the_ram_apart_from_the_
     assert last["disk_bytes"] > 0 and last["ram_bytes"] == last["host_bytes"] - last["disk_bytes"]
     assert f"{last['ram_bytes'] / GIB:.1f} GiB of RAM + " in text.splitlines()[-2]
     assert "taken as free" not in cli("plan", "--size", "2048", "--gpu", "h200").stdout
+    # a CPU's plan: its RAM is the budget, not 80 % of the machine's (QA 191)
+    cpu = plan_json("--size", "2048", "--device", "cpu")
+    assert "ram_bytes" not in cpu and "ram_from" not in cpu and cpu["budget_from"] == "device"
 
 
 def test_ram_is_a_cpu_runs_budget(tmp_path):
