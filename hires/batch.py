@@ -99,6 +99,9 @@ FORMAT_ADVICE = {
     # "7736x4352 fits (--width 7736 --height 4352)", "7736x7736 fits (--size 7736)"
     " fits (--width ": " fits (width = ", " --height ": ", height = ",
     " fits (--size ": " fits (size = ",
+    # the VAE's precision under 16 bits (hires.pipeline.half_vae_note)
+    "--depth 16 with the VAE in ": "depth = 16 with the VAE in ",
+    "; --vae-dtype fp32 keeps what": "; vae_dtype = \"fp32\" in the job keeps what",
 }
 
 # Keys a batch file takes besides the job's own: the same as `gen`'s flags.

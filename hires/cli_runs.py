@@ -520,7 +520,12 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
     early = prompt_warnings(components, job)  # before the work, not after it
     machine = half_vae_note(components, job)  # the machine's pick: once in a batch, unnamed
     for warning in early:  # each image's record keeps them; the terminal hears them once
-        warn_once(worded(warning) if worded and warning not in machine else warning)
+        if worded and warning in machine:  # a batch's: in its jobs' keys
+            from hires.batch import in_job_words
+
+            warn_once(in_job_words(warning))
+        else:
+            warn_once(worded(warning) if worded else warning)
     # A preview is seconds: kept by none.
     kept = None if preview or piped else resume.path_for(path)
     if kept is not None:
