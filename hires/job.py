@@ -236,7 +236,8 @@ class Job:
         for name, unit in (("vram", "GiB"), ("ram", "GiB"), ("disk", "GB")):
             value = getattr(self, name)
             if value is not None and value >= MAX_MEMORY:
-                raise JobError(f"{name} must be less than {MAX_MEMORY:,} {unit}, got {value:g}")
+                raise JobError(f"{name} must be less than {MAX_MEMORY:,} {unit}, got "
+                               f"{_said(value)}")
         if self.vram is not None and self.vram <= 0:
             raise JobError(f"vram must be a positive number of GiB, got {_said(self.vram)}")
         if self.ram is not None and self.ram <= 0:

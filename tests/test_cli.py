@@ -221,6 +221,7 @@ def test_a_bad_flag_value_names_the_flag_and_a_preset_value_its_key(tmp_path):
     for args, said in ((("--strength", "2"), "--strength must be between 0 and 1, got 2\n"),
                        # a whole number as it was typed, not the float it became (QA 190)
                        (("--vram", "0"), "--vram must be a positive number of GiB, got 0\n"),
+                       (("--vram", "1000000"), "less than 1,000,000 GiB, got 1000000\n"),
                        (("--dpi", "10001"), "pixels per inch, got 10001\n"),
                        (("--strength", "1.25"), "--strength must be between 0 and 1, got 1.25\n"),
                        # a choice in capitals is told its lower case (QA 190)
