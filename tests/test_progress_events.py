@@ -264,6 +264,12 @@ def test_a_usage_error_found_as_the_options_are_read_is_an_object_with_progress_
                                                            "plain", "--steps", "abc")):
         said = cli("gen", "x", *args).stderr
         assert said.startswith("{" if "--progress=json" in args else "error: "), said
+    # a command without --progress, or the option before the command, says it as text (QA 191)
+    for args in (("plan", "--progress", "json", "--steps", "abc"),
+                 ("info", "--progress", "json", "x"),
+                 ("--progress", "json", "gen", "x", "--steps", "abc")):
+        said = cli(*args)
+        assert said.exit_code == 2 and said.stderr.startswith("error: "), said.stderr
 
 
 def test_the_phases_emitted_are_those_documented(tiny, tmp_path):
