@@ -354,9 +354,7 @@ def output_path(
                               f"{why}: choose a shorter -o")
     if path.is_dir() or names_folder(text):
         return path / default_name(width, height, seed, fmt)
-    if _stream_name(path):  # redirected to a file, /dev/stdout is one: hires wrote stdout.png
-        raise OutputUsage(f"{path} names a stream, not a file: `-o -` writes the image to "
-                          "stdout (`-o - > out.png`); or give the file's own path")
+    refuse_stream(path)
     if path.exists() and not path.is_file():  # a device or a pipe: `-o /dev/null` made null.png
         raise OutputUsage(f"{path} is a device or pipe, not a file: hires writes files (via a "
                           "temporary file); `-o -` writes the image to stdout, to send anywhere "
@@ -367,12 +365,16 @@ def output_path(
     return path
 
 
-def _stream_name(path: Path) -> bool:
-    """Whether `path` names a process's stream (/dev/stdout, /dev/fd/1, /proc/self/fd/2):
-    hires would write beside it, in /dev."""
-    name = os.path.normpath(os.path.abspath(path))
-    return name in ("/dev/stdin", "/dev/stdout", "/dev/stderr") or \
-        re.fullmatch(r"/(dev|proc/(self|\d+))/fd/\d+", name) is not None
+def refuse_stream(path: str | Path) -> None:
+    """OutputUsage where `path` names a process's stream (/dev/stdout, /dev/fd/1,
+    /proc/self/fd/2, through a linked folder too): redirected to a file, /dev/stdout is one,
+    and hires wrote /dev/stdout.png beside it."""
+    folder, name = os.path.split(os.path.abspath(path))
+    full = os.path.normpath(os.path.join(os.path.realpath(folder), name))
+    if full in ("/dev/stdin", "/dev/stdout", "/dev/stderr") or \
+            re.fullmatch(r"/(dev|proc/(self|\d+))/fd/\d+", full) is not None:
+        raise OutputUsage(f"{path} names a stream, not a file: `-o -` writes the image to "
+                          "stdout (`-o - > out.png`); or give the file's own path")
 
 
 def names_folder(text: str) -> bool:

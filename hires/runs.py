@@ -66,7 +66,12 @@ def plan_runs(jobs: list[Job], output: str | None, *, n: int = 1,
 
 
 def check_output_for_many(jobs: list[Job], output: str | None, many: bool) -> None:
-    """JobError when `many` images would all go to the one file `output` names."""
+    """JobError when `many` images would all go to the one file `output` names (a stream's
+    name, /dev/stdout, is refused first: a template of it would write in /dev)."""
+    if output is not None and output != "-":
+        from hires.output import refuse_stream
+
+        refuse_stream(output)
     # a folder as output_path reads one: `out/.` and `~/pics` too
     if many and output and "{" not in output and not Path(output).expanduser().is_dir() \
             and not out.names_folder(output):

@@ -406,6 +406,15 @@ def test_a_stream_redirected_to_a_file_is_refused_not_given_a_png_in_dev(tmp_pat
     assert len(said) == 4 and all("names a stream, not a file: `-o -` writes the image to "
                                   "stdout" in line for line in said), said
     assert not list(Path("/dev").glob("std*.png"))
+    # through a folder linked to /dev, and as several images' template (QA 191)
+    (tmp_path / "devlink").symlink_to("/dev")
+    with pytest.raises(OutputError, match="names a stream, not a file"):
+        output_path(tmp_path / "devlink" / "stdout", width=64, height=64, seed=1, fmt="png")
+    from hires.job import Job
+    from hires.runs import check_output_for_many
+
+    with pytest.raises(OutputError, match="/dev/stderr names a stream"):
+        check_output_for_many([Job()], "/dev/stderr", True)
     # /dev/shm is a folder, and files go there
     if Path("/dev/shm").is_dir():
         shm = output_path("/dev/shm/x.png", width=64, height=64, seed=1, fmt="png")
