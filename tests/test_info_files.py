@@ -322,6 +322,9 @@ def test_a_file_whose_sides_hold_different_dpi_prints_at_each(tmp_path, asked):
     assert facts["dpi"] == pytest.approx(300, abs=0.01)
     assert facts["dpi_vertical"] == pytest.approx(150, abs=0.01)
     assert "dpi_vertical" not in json.loads(cli("info", png, "--json").stdout)["image"]
+    Image.open(odd).save(odd, dpi=(300, 300.04))  # to a hundredth, as the text's tenth (QA 191)
+    facts = json.loads(cli("info", odd, "--json").stdout)["image"]
+    assert facts["dpi_vertical"] == round(facts["dpi_vertical"], 2) == 300.05
 
 
 def test_an_empty_path_is_named():
