@@ -693,8 +693,10 @@ def fitting_print(job: Any, error: PlanError) -> tuple[int, tuple[int, int]] | N
 
 
 def at_shape(shape: tuple[int, int], side: int) -> tuple[int, int]:
-    """`shape` with its long side `side`, each side rounded to 8 px."""
-    w, h = (max(8, round(s * side / max(shape) / 8) * 8) for s in shape)
+    """`shape` with its long side `side`, each side rounded to 8 px as `hires up --size`
+    rounds it (`hires.sizes.target_size`: the same float steps, or a tie rounds apart)."""
+    factor = side / max(shape)
+    w, h = (max(8, round(s * factor / 8) * 8) for s in shape)
     return w, h
 
 

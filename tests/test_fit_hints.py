@@ -145,6 +145,22 @@ def test_the_library_tells_a_print_the_dpi_that_fits_in_keywords(tiny, tmp_path,
                        steps=1)
 
 
+def test_an_upscales_side_at_its_inputs_shape_is_what_size_makes():
+    """'13808x10352 fits (--size 13808)' for an 800x600 input, where --size 13808 makes
+    13808x10360: the advice rounded a tie apart from `hires up --size` (QA 192)."""
+    from hires.job import JobError
+    from hires.plan import at_shape
+    from hires.sizes import target_size
+
+    for source in ((800, 600), (1200, 900), (1400, 700), (513, 301)):
+        for side in range(max(source), 32769, 8):
+            try:
+                made = target_size(source, size=side)
+            except JobError:  # smaller than the input: refused, no advice gives it
+                continue
+            assert at_shape(source, side) == made, (source, side)
+
+
 def test_a_batch_plans_a_refusal_once_for_the_jobs_that_share_it(tmp_path, monkeypatch):
     """24 jobs that differ only in prompt each searched again for the size and dpi that fit
     (34 s, where a plan that fits is made once): the refusal is kept as a plan is, apart for
