@@ -93,21 +93,19 @@ def card_key(gpu: str) -> str:
     return _named(gpu)[0]
 
 
+# A memory size the name gives, other than the table's: what the driver reports of it (ECC
+# and the driver keep some back: an A100 40GB reports 39.4 GiB, a V100 32GB 31.7)
+NAMED_MEMORY_SHARE = 0.98
+
+
 def card(gpu: str) -> Card | None:
-    """The named card, or None for a TFLOP/s figure or a card not in the table."""
-    return GPUS.get(card_key(gpu))
-
-
-def other_memory(gpu: str) -> str | None:
-    """Why `--gpu` cannot name the card it names: a memory size other than the table's
-    ('a100-40gb' against its 80 GB), with the flags that plan it; else None."""
+    """The named card, or None for a TFLOP/s figure or a card not in the table; a name with
+    another memory size than the table's ('a100-40gb') is that card with that memory."""
     key, size = _named(gpu)
     listed = GPUS.get(key)
     if listed is None or size is None or abs(size - listed.memory_gib) <= _SAME_MEMORY * size:
-        return None
-    return (f"--gpu {gpu}: the table's {key} has {listed.memory_gib:g} GiB; plan the {size:g} GB "
-            f"one with --gpu {key} --vram {size - CUDA_CONTEXT_GIB:g} (the memory nvidia-smi "
-            f"reports, in GiB, less {CUDA_CONTEXT_GIB})")
+        return listed
+    return listed._replace(memory_gib=round(size * NAMED_MEMORY_SHARE, 1))
 
 
 def key_in_name(name: str) -> str | None:
@@ -130,8 +128,6 @@ def rate_for(gpu: str) -> float:
     """Achieved FLOP/s for `--gpu`: a card's peak x EFFICIENCY, or a measured TFLOP/s figure."""
     named = card(gpu)
     if named:
-        if problem := other_memory(gpu):
-            raise ValueError(problem)
         return named.peak * EFFICIENCY
     names = ", ".join(GPUS)
     try:

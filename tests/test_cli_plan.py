@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from helpers_cli import assert_usage_error, cli, error_lines
 from PIL import Image
@@ -232,10 +233,18 @@ def test_a_cards_full_name_plans_it_and_another_memory_size_says_vram(tmp_path):
     h100 = plan_json("--size", "4096", "--gpu", "h100")
     for name in ("H100 80GB HBM3", "NVIDIA H100-SXM5-80GB", "h100 80"):
         assert plan_json("--size", "4096", "--gpu", name)["stages"] == h100["stages"], name
-    for name, said in (("a100-40gb", "--gpu a100 --vram 39.5 (the memory nvidia-smi reports"),
-                       ("NVIDIA A100-PCIE-40GB", "--gpu a100 --vram 39.5"),
-                       ("3060 8GB", "--gpu 3060 --vram 7.5")):
-        assert_usage_error(cli("plan", "--size", "4096", "--gpu", name), said)
+    # another memory size than the table's is that card with that memory (as its driver
+    # reports it, less the CUDA context), at the card's rate: a refusal's --vram advice then
+    # drew a warning that the budget passed the table's card (QA 192)
+    a100 = plan_json("--size", "4096", "--gpu", "a100")
+    for name, gib in (("a100-40gb", 39.2), ("NVIDIA A100-PCIE-40GB", 39.2),
+                      ("Tesla V100-SXM2-32GB", 31.4), ("3060 8GB", 7.8)):
+        planned = cli("plan", "--size", "4096", "--gpu", name)
+        assert planned.exit_code == 0 and "warning" not in planned.stderr, planned.stderr
+        assert f"GiB budget (the {name}'s {gib} GiB less 0.5 for CUDA; " in planned.stdout
+        assert plan_json("--size", "4096", "--gpu", name)["budget_bytes"] == \
+            pytest.approx((gib - 0.5) * GIB, rel=1e-6)
+    assert plan_json("--size", "4096", "--gpu", "a100-40gb")["tflops"] == a100["tflops"]
     # a card's own sold size is the table's card, whatever ECC takes (QA 191)
     for name, key in (("L4 24GB", "l4"), ("NVIDIA L40S 48GB", "l40s"), ("Tesla T4 16GB", "t4"),
                       ("NVIDIA A100 80GB PCIe", "a100"), ("4090 24GiB", "4090")):
