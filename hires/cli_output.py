@@ -441,10 +441,11 @@ PROGRESS_COMMANDS = ("gen", "up", "batch")  # the commands with --progress
 def progress_asked(words: list[str]) -> str | None:
     """The --progress a command line gives to a command that has it (its last, as click takes
     it), read before click has read it: a usage error it finds is said in that form."""
-    command = next((i for i, w in enumerate(words) if not w.startswith("-")), None)
-    if command is None or words[command] not in PROGRESS_COMMANDS:
+    # an option before the command is the top level's ('hires -q gen'): its error is not the
+    # command's
+    if not words or words[0] not in PROGRESS_COMMANDS:
         return None
-    asked, words = None, words[command + 1:]
+    asked, words = None, words[1:]
     for i, word in enumerate(words):
         if word == "--":  # what follows is arguments, a prompt '--progress' too
             break

@@ -894,11 +894,16 @@ def _file_facts(meta: dict[str, Any]) -> dict[str, Any]:
     dpi = [d for d in (meta["dpi"] or ())[:2] if d > 0]  # (0, 72): 72, as the text says
     # a file whose sides differ (300x150) gives the vertical one apart, as keys that do not
     # apply are left out elsewhere
-    # to a hundredth: a PNG's pixels per metre read back as 300.05019999999996
-    down = {"dpi_vertical": round(dpi[1], 2)} if len(dpi) == 2 and _shown_dpi(dpi[0]) != \
+    down = {"dpi_vertical": _dpi_value(dpi[1])} if len(dpi) == 2 and _shown_dpi(dpi[0]) != \
         _shown_dpi(dpi[1]) else {}
     return {"format": meta["format"], "width": width, "height": height,
-            "dpi": round(dpi[0], 2) if dpi else None, **down}
+            "dpi": _dpi_value(dpi[0]) if dpi else None, **down}
+
+
+def _dpi_value(d: float) -> float:
+    """A dpi for --json: to a hundredth (a PNG's pixels per metre read back as
+    300.05019999999996), below 1 to two digits (0.004 is no 0.0)."""
+    return round(d, 2) if d >= 1 else float(f"{d:.2g}")
 
 
 def _shown_dpi(d: float) -> str:

@@ -563,6 +563,8 @@ def test_a_tiff_description_or_exif_comment_that_is_no_a1111_text_is_not_a_promp
         no_record(cli("info", path), "carries no hires or A1111 metadata", facts)
     said = cli("info", tmp_path / "z.png", "--json")
     assert json.loads(said.stdout)["image"]["dpi"] == pytest.approx(72, abs=0.01)
+    said = json.loads(cli("info", tmp_path / "t.tif", "--json").stdout)["image"]
+    assert said["dpi"] == 0.04  # as the text's, not rounded to 0.0 (QA 192)
     said = json.loads(cli("info", tmp_path / "q.png", "--json").stdout)["image"]
     assert (said["dpi"], said["dpi_vertical"]) == pytest.approx((300, 150), abs=0.01)
     tifffile.imwrite(tmp_path / "a.tif", np.zeros((16, 16), np.uint8), description=A1111)

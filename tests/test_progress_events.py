@@ -267,7 +267,8 @@ def test_a_usage_error_found_as_the_options_are_read_is_an_object_with_progress_
     # a command without --progress, or the option before the command, says it as text (QA 191)
     for args in (("plan", "--progress", "json", "--steps", "abc"),
                  ("info", "--progress", "json", "x"),
-                 ("--progress", "json", "gen", "x", "--steps", "abc")):
+                 ("--progress", "json", "gen", "x", "--steps", "abc"),
+                 ("-q", "gen", "x", "--progress", "json")):
         said = cli(*args)
         assert said.exit_code == 2 and said.stderr.startswith("error: "), said.stderr
 
