@@ -52,8 +52,7 @@ _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 MAX_MEMORY = 1_000_000  # GiB of vram or ram, GB of disk: more than any one machine has
 
 
-
-def _said(value: Any) -> Any:
+def _as_typed(value: Any) -> Any:
     """A number as a refusal echoes it: 0, not the float 0.0 a flag's '0' became."""
     whole = isinstance(value, float) and value.is_integer() and abs(value) < 1e15
     return int(value) if whole else value
@@ -204,12 +203,12 @@ class Job:
             if value is not None and not math.isfinite(value):
                 raise JobError(f"{name} must be a finite number, got {value}")
         if not 0.0 <= self.strength <= 1.0:
-            raise JobError(f"strength must be between 0 and 1, got {_said(self.strength)}")
+            raise JobError(f"strength must be between 0 and 1, got {_as_typed(self.strength)}")
         # Far past any use (SDXL's are 5-15), a scale overflows the model's output, which
         # then read as broken weights ("NaN or inf ... check its file")
         if not 0 <= self.guidance <= MAX_GUIDANCE:
             raise JobError(f"guidance must be from 0 to {MAX_GUIDANCE:g}, got "
-                           f"{_said(self.guidance)}")
+                           f"{_as_typed(self.guidance)}")
         # Each is the exponent of a weight cf(t) ** scale, cf falling from 1 to 0 over the
         # schedule (hires.sampling): below 0 a weight passes 1, a mix extrapolates, and the
         # latents overflow (read as broken weights: "NaN or inf ... check its file"), or a small
@@ -219,13 +218,13 @@ class Job:
                 raise JobError(f"{name} must be 0 or more (DemoFusion's are 1 to 3), got "
                                f"{getattr(self, name)}")
         if self.sigma <= 0:
-            raise JobError(f"sigma must be > 0, got {_said(self.sigma)}")
+            raise JobError(f"sigma must be > 0, got {_as_typed(self.sigma)}")
         if not 0.0 <= self.global_floor < 1.0:
             raise JobError(f"global_floor must be from 0 (every global pass) to below 1, got "
                            f"{self.global_floor}")
         if self.dpi is not None and not 1 <= self.dpi <= MAX_DPI:
             raise JobError(f"dpi must be from 1 to {MAX_DPI} pixels per inch, got "
-                           f"{_said(self.dpi)}")
+                           f"{_as_typed(self.dpi)}")
         if self.quality is not None and not 1 <= self.quality <= MAX_QUALITY:
             raise JobError(f"quality must be a whole number from 1 to {MAX_QUALITY} (100: "
                            f"lossless WebP, JPEG at full colour), got {self.quality}")
@@ -237,14 +236,14 @@ class Job:
             value = getattr(self, name)
             if value is not None and value >= MAX_MEMORY:
                 raise JobError(f"{name} must be less than {MAX_MEMORY:,} {unit}, got "
-                               f"{_said(value)}")
+                               f"{_as_typed(value)}")
         if self.vram is not None and self.vram <= 0:
-            raise JobError(f"vram must be a positive number of GiB, got {_said(self.vram)}")
+            raise JobError(f"vram must be a positive number of GiB, got {_as_typed(self.vram)}")
         if self.ram is not None and self.ram <= 0:
-            raise JobError(f"ram must be a positive number of GiB, got {_said(self.ram)}")
+            raise JobError(f"ram must be a positive number of GiB, got {_as_typed(self.ram)}")
         if self.disk is not None and self.disk < 0:
             raise JobError(f"disk must be 0 (never) or a positive number of GB, got "
-                           f"{_said(self.disk)}")
+                           f"{_as_typed(self.disk)}")
         if self.seed is not None and not 0 <= self.seed < SEEDS:
             low = (f" (the noise generator reads 32 bits: its image is seed "
                    f"{self.seed % SEEDS}'s)") if self.seed >= SEEDS else ""
