@@ -81,7 +81,7 @@ def _named(gpu: str) -> tuple[str, float | None]:
     if len(cards) == 1 and cards[0] in _SAME_ON_PCIE:
         words = [w for w in words if w != "pcie"]
     sizes = [float(m[1]) for w in words
-             if w not in GPUS and (m := re.fullmatch(r"(\d+)(?:gb|gib)?", w))]
+             if w not in GPUS and (m := re.fullmatch(r"(\d+)(?:g|gb|gib)?", w))]
     if len(cards) == 1 and len(sizes) <= 1 and len(words) == 1 + len(sizes) and \
             all(1 <= size <= 1024 for size in sizes):
         return cards[0], sizes[0] if sizes else None

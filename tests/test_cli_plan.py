@@ -247,7 +247,8 @@ def test_a_cards_full_name_plans_it_and_another_memory_size_says_vram(tmp_path):
     assert plan_json("--size", "4096", "--gpu", "a100-40gb")["tflops"] == a100["tflops"]
     # a card's own sold size is the table's card, whatever ECC takes (QA 191)
     for name, key in (("L4 24GB", "l4"), ("NVIDIA L40S 48GB", "l40s"), ("Tesla T4 16GB", "t4"),
-                      ("NVIDIA A100 80GB PCIe", "a100"), ("4090 24GiB", "4090")):
+                      ("NVIDIA A100 80GB PCIe", "a100"), ("4090 24GiB", "4090"),
+                      ("4090-24G", "4090")):
         assert plan_json("--size", "2048", "--gpu", name)["stages"] == \
             plan_json("--size", "2048", "--gpu", key)["stages"], name
     # words that name another card (slower, or less memory) stay unknown, as do sizes no
