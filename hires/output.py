@@ -373,8 +373,8 @@ def refuse_stream(path: str | Path) -> None:
     full = os.path.normpath(os.path.join(os.path.realpath(folder), name))
     if full in ("/dev/stdin", "/dev/stdout", "/dev/stderr") or \
             re.fullmatch(r"/(dev|proc/(self|\d+))/fd/\d+", full) is not None:
-        raise OutputUsage(f"{path} names a stream, not a file: `-o -` writes the image to "
-                          "stdout (`-o - > out.png`); or give the file's own path")
+        raise OutputUsage(f"{path} names a stream, not a file: give a file's path (gen and "
+                          "up: `-o -` writes the image to stdout, `-o - > out.png`)")
 
 
 def names_folder(text: str) -> bool:
