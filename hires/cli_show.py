@@ -350,7 +350,8 @@ def near_stage_hint(job, p, replan: Callable[[Any], Any]) -> str | None:
     if p.seconds is None or len(p.stages) < 2 or job.extra.get("print_size"):
         return None  # a print's maker changes the dpi, not the pixels
     last, before = p.stages[-1], p.stages[-2]
-    if max(last.width / before.width, last.height / before.height) > NEAR_STAGE:
+    scale = max(last.width / before.width, last.height / before.height)
+    if scale > NEAR_STAGE:
         return None
     try:
         smaller = replan(job.merged({"width": before.width, "height": before.height}))
@@ -358,8 +359,7 @@ def near_stage_hint(job, p, replan: Callable[[Any], Any]) -> str | None:
         return None
     if smaller.seconds is None or smaller.seconds > 0.75 * p.seconds:
         return None
-    larger = (max(last.width / before.width, last.height / before.height) - 1) * 100
-    return (f"{last.width}x{last.height} is {larger:.2g} % larger a side than stage "
+    return (f"{last.width}x{last.height} is {(scale - 1) * 100:.2g} % larger a side than stage "
             f"{before.index}'s {before.width}x{before.height}, and runs a stage of its own: "
             f"{before.width}x{before.height} ({size_flags(before.width, before.height)}) "
             f"takes {duration(smaller.seconds)} instead of {duration(p.seconds)}")
@@ -878,8 +878,7 @@ def _dpi_lines(job: dict[str, Any], record_size: tuple[Any, Any], file_size: tup
         if abs(across - asked) < 0.05 and abs(down - asked) < 0.05:
             across, down, note = asked, asked, ""
         else:  # as the file holds it, each side's own (a 300x150 dpi file)
-            said = _shown_dpi(across) + ("" if _shown_dpi(across) == _shown_dpi(down)
-                                         else f"x{_shown_dpi(down)}")
+            said = _shown_dpis(across, down)
             note = f" (as the file holds it; {asked:g} dpi was asked for)"
     lines = [f"print size {w / across * 2.54:.1f} x {h / down * 2.54:.1f} cm at {said} dpi{note}"]
     if (w, h) != tuple(file_size):  # resized since: the recorded size is not what prints
@@ -911,14 +910,19 @@ def _shown_dpi(d: float) -> str:
     return f"{round(d, 1):g}" if d >= 1 else f"{d:.2g}"
 
 
+def _shown_dpis(across: float, down: float) -> str:
+    """A file's dpi, as '300', or '300x150' where its sides' differ."""
+    shown = _shown_dpi(across)
+    return shown if shown == _shown_dpi(down) else f"{shown}x{_shown_dpi(down)}"
+
+
 def _facts_line(meta: dict[str, Any]) -> str:
     """The file's format, size and dpi in words, with its print size where it holds a dpi."""
     (width, height), dpi = meta["size"], [d for d in (meta["dpi"] or ())[:2] if d > 0]
     if not dpi:
         return f"{meta['format']} {width}x{height}, no dpi"
     across, down = dpi[0], dpi[-1]  # one side's alone: both (as --json's "dpi")
-    said = _shown_dpi(across) + ("" if _shown_dpi(across) == _shown_dpi(down)
-                                 else f"x{_shown_dpi(down)}")
+    said = _shown_dpis(across, down)
     return (f"{meta['format']} {width}x{height}, {said} dpi: {width / across * 2.54:.1f} x "
             f"{height / down * 2.54:.1f} cm")
 

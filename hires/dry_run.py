@@ -75,9 +75,9 @@ def dry_run(job, gpu: str | None = None, source: tuple[int, int] | None = None,
     from hires.gpus import card, card_budget_gib, local_gpu, rate_for
     from hires.job import JobError
 
-    here = "this CPU" if job.device.startswith("cpu") else "this Mac's GPU"
     if gpu is not None and card(gpu) and job.device.startswith(("cpu", "mps")):
         # the card's memory went unused ("its memory aside"), or a CPU's RAM was said as it
+        here = "this CPU" if job.device.startswith("cpu") else "this Mac's GPU"
         raise JobError(f"--gpu {gpu} plans that CUDA card, and --device {job.device} a run on "
                        f"{here}: give one (a TFLOP/s figure, --gpu 0.5, times a run here)")
     if job.device.startswith("cpu") and gpu is None:

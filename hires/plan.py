@@ -711,13 +711,12 @@ def largest_fitting(width: int, height: int, **kwargs) -> tuple[int, int] | None
     request came from, fits too. An upscale's is no smaller than its input and, where the
     request has the input's shape, is what `--size` makes from the input."""
     source, long = kwargs.get("source"), max(width, height)
-    sides = at_shape
     # A request on the input's shape is followed with --size (the input's aspect): a size taken
     # from the request's own sides could differ by 8 px from what that makes.
     shape = source if on_input_shape(source, width, height) else (width, height)
     # Each side in range and, for an upscale, at least its input's: `hires up` refuses less.
     least = (MIN_SIDE, MIN_SIDE) if not source else tuple(max(MIN_SIDE, s) for s in source)
-    candidates = [size for size in (sides(shape, side) for side in range(8, long, 8))
+    candidates = [size for size in (at_shape(shape, side) for side in range(8, long, 8))
                   if all(got >= need for got, need in zip(size, least))]
 
     # Sides in a small ratio (1:1, 16:9 at 8192x4608) are the aspect they came from. Others hold
