@@ -102,6 +102,12 @@ FORMAT_ADVICE = {
     # the VAE's precision under 16 bits (hires.pipeline.half_vae_note)
     "--depth 16 with the VAE in ": "depth = 16 with the VAE in ",
     "; --vae-dtype fp32 keeps what": "; vae_dtype = \"fp32\" in the job keeps what",
+    # a dry run's hints (hires.cli_show.plan_hints)
+    "(--size ": "(size = ", "(--width ": "(width = ",
+    "; --ram ": "; ram = ",
+    "--vae-stats exact gives the same pixels as fast (the default)":
+        "vae_stats = \"exact\" gives the same pixels as \"fast\" (the default)",
+    "--preview added to the gen command": "--preview added to the batch command",
 }
 
 # Keys a batch file takes besides the job's own: the same as `gen`'s flags.
@@ -714,6 +720,7 @@ def in_job_words(problem: str, file_keys: Iterable[str] = ()) -> str:
     the advice to name another there rather than with the batch's flag."""
     for said, meant in FORMAT_ADVICE.items():
         problem = problem.replace(said, meant)
+    problem = re.sub(r"\(--vae (\S+)\)", r'(vae = "\1" in the job)', problem)  # fp16_vae_hint
     for key in set(file_keys) & KEY_ADVICE.keys():
         problem = problem.replace(*KEY_ADVICE[key])
     return problem

@@ -274,14 +274,16 @@ def total_line(p, timed: bool) -> str:
     return total
 
 
-def plan_hints(run, job, p, preview: bool, replan: Callable[[Any], Any]) -> Iterator[str]:
+def plan_hints(run, job, p, preview: bool, replan: Callable[[Any], Any],
+               batch: bool = False) -> Iterator[str]:
     """What is said on stderr after a text plan, each as it is found: a faster VAE, --preview
     for a long job, a ControlNet's image to give, more RAM, `--vae-stats fast`, where each
-    applies."""
+    applies. `batch`: a job of a batch's, whose faster VAE is said once for its jobs."""
     from hires.eta import duration
 
     if p.fp32 == ("VAE",) and job.vae_dtype == "auto":  # only a GPU without bf16 does that
-        yield fp16_vae_hint(f"the {run.gpu}", f" (~{p.vae_seconds:.0f} of the ~{p.seconds:.0f} s)")
+        seconds = f" (~{p.vae_seconds:.0f} of the ~{p.seconds:.0f} s)"
+        yield fp16_vae_hint(f"the {run.gpu}", "" if batch else seconds)
     first = p.stages[0].cost.seconds if p.stages[0].cost else None
     # a preview of one stage is the whole job: no quicker look to offer
     if not preview and run.rate is not None and first is not None and p.seconds >= LONG_JOB_S \
@@ -418,6 +420,7 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
     warn_tmpdir()  # as the run says it
     plans: dict[str, Any] = {}  # jobs that differ only in prompt and seed share a plan
     tally = BatchPlanTally()
+    hinted: dict[str, list[int]] = {}  # each hint, and the jobs it is about
     for item in items:
         path = paths[item.index]
         row, text = batch_job_row(item, path, gpu, plans, tally, overwrite=overwrite,
@@ -425,6 +428,8 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
         tally.counts[row["status"]] += 1
         if row["status"] == "to make":
             tally.to_make.append((path, item.job))
+            for hint in row["hints"]:
+                hinted.setdefault(hint, []).append(item.index)
             # what the run will say of its inputs, and the save of its file
             # named by the job file's key that gave what they are about, as the run says them
             losses = row.pop("notes") + _batch_losses(item.job, path)
@@ -438,6 +443,8 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
         _would_stop([job for _, job in tally.to_make])
     if not as_json:
         out_line(batch_total_line(tally))
+    for hint, jobs in hinted.items():  # once each, not once a job: a batch's jobs share them
+        say(f"job{'s' if len(jobs) > 1 else ''} {', '.join(map(str, jobs))}: {hint}")
     if tally.counts["cannot run"]:
         raise typer.Exit(EXIT_USAGE if tally.usage else EXIT_RUNTIME)
 
@@ -502,10 +509,27 @@ def batch_job_row(item: Any, path: Path, gpu: str | None, plans: dict[str, Any],
         tally.usage = tally.usage or not isinstance(e, ModelError) or e.usage
         return row, f"job {item.index}: cannot run: {said}"
     row["notes"] = run_warnings(job, run.plan) + crop_notes(job, source)
+    row["hints"] = batch_hints(item, run, source, plans, preview)
     seconds = run.plan.seconds  # None: a CPU job, not timed
     if seconds is not None:
         tally.total, tally.planned_on = tally.total + seconds, run.gpu
     return row, to_make_line(item, path, run, row, preview=preview, resume_runs=resume_runs)
+
+
+def batch_hints(item: Any, run: Any, source: tuple[int, int] | None, plans: dict[str, Any],
+                preview: bool) -> list[str]:
+    """What `gen --dry-run` hints of a job's plan (a stage's size, more RAM, `fast`), in the job
+    file's keys; made once for the jobs that share the plan (kept in `plans`)."""
+    from hires.batch import in_job_words
+    from hires.dry_run import as_run_here, dry_run
+
+    key = "hints " + plan_key(item.job, source) + repr(sorted(item.job.extra.items()))
+    if key not in plans:
+        job = as_run_here(item.job, run.gpu)
+        replan = lambda j: dry_run(j, run.gpu, source, preview=preview).plan  # noqa: E731
+        hints = plan_hints(run, job, run.plan, preview, replan, batch=True)
+        plans[key] = [in_job_words(hint) for hint in hints]
+    return plans[key]
 
 
 def busy_holder(path: Path) -> str | None:

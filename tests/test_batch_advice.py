@@ -1,6 +1,8 @@
 """Batch jobs against presets and the command's flags: a preset's format yields to a job's
 output suffix (as gen's --preset to -o), and errors give advice a job file can take."""
 
+import json
+
 import pytest
 from helpers_cli import cli, write
 
@@ -126,3 +128,33 @@ def test_a_preset_that_is_no_text_is_said_so(tmp_path):
     jobs.write_text('{"prompt": "a", "preset": true}\n')  # in JSON's spelling, not Python's
     with pytest.raises(JobError, match=r"\.toml file\), got true$"):
         read_batch(jobs)
+
+
+def test_a_batch_dry_run_gives_the_plan_hints_in_job_keys_once_for_the_jobs_they_fit(tmp_path):
+    """`batch --dry-run` said none of gen's plan hints: a job 8 px past a stage ran a whole
+    stage more, unsaid. Each hint is said once with the jobs it is about, in the job file's
+    keys (size = 16384, not --size), and a job's JSON row lists its own."""
+    jobs = tmp_path / "j.jsonl"
+    jobs.write_text('{"prompt": "a", "size": 16392}\n{"prompt": "b", "size": 16392}\n'
+                    '{"prompt": "c", "size": 16384}\n')
+    out = ("-o", tmp_path / "out")
+    planned = cli("batch", jobs, "--gpu", "h100", "--dry-run", *out)
+    assert planned.exit_code == 0, planned.stderr
+    (said,) = [line for line in planned.stderr.splitlines() if "stage of its own" in line]
+    assert said.startswith("jobs 0, 1: 16392x16392 is 0.049 % larger a side than stage 4's")
+    assert "(size = 16384) takes ~4 min instead of ~8 min" in said
+    rows = [json.loads(line) for line in cli("batch", jobs, "--gpu", "h100", "--dry-run",
+                                             "--json", *out).stdout.splitlines()]
+    assert [len(row["hints"]) for row in rows] == [1, 1, 0]
+    assert said.endswith(rows[0]["hints"][0])
+
+
+def test_a_batch_s_slow_vae_hint_is_said_once_for_its_jobs_in_keys(tmp_path):
+    """A card without bf16 runs the VAE in fp32: said once for the batch's jobs with the job
+    key that changes it, not a --vae flag nor each job's seconds."""
+    jobs = tmp_path / "j.jsonl"
+    jobs.write_text('{"prompt": "a", "size": 2048}\n{"prompt": "b", "size": 4096}\n')
+    planned = cli("batch", jobs, "--gpu", "t4", "--dry-run", "-o", tmp_path / "out")
+    (said,) = [line for line in planned.stderr.splitlines() if "no native bf16" in line]
+    assert said.startswith("jobs 0, 1: the t4 has no native bf16, so the VAE runs in fp32; ")
+    assert said.endswith('(vae = "madebyollin/sdxl-vae-fp16-fix" in the job)')
