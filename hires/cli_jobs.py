@@ -184,6 +184,11 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
         say(f"--from {from_image}: model {model} (as recorded; --model picks another)")
     if recorded.get("vae") and "vae" not in flags:
         say(f"--from {from_image}: VAE {recorded['vae']} (as recorded; --vae picks another)")
+    linfusion = recorded.get("linfusion")
+    if isinstance(linfusion, str) and linfusion.strip().lower() not in ("", "auto", "none") \
+            and "linfusion" not in flags:  # a checkpoint: its errors name --linfusion
+        say(f"--from {from_image}: LinFusion {linfusion} (as recorded; --linfusion picks "
+            "another)")
     if "vae_tile" not in flags and (old := old_tile(recorded)):
         raise JobError(f"{from_image} {old}")
     levels += [(recorded, where, True), (flags, OPTIONS, False)]
