@@ -193,8 +193,11 @@ def stage_sizes(width: int, height: int, native: int) -> list[tuple[int, int, fl
     return sizes
 
 
-def upscale_sizes(width: int, height: int, source: tuple[int, int]) -> list[tuple[int, int]]:
-    """Stages of an upscale: the input doubled while below the request, then the request."""
+def upscale_sizes(width: int, height: int, source: tuple[int, int],
+                  native: int = 1024) -> list[tuple[int, int]]:
+    """Stages of an upscale: the input doubled while below the request, then the request;
+    none below a quarter of the `native` area but the request (a small input is resized to the
+    first stage above it)."""
     sw, sh = source
     cover = max(width / sw, height / sh)
     sizes = []
@@ -208,7 +211,10 @@ def upscale_sizes(width: int, height: int, source: tuple[int, int]) -> list[tupl
         if not sizes or sizes[-1] != (w, h):  # a side at its request or its 8 px floor
             sizes.append((w, h))                # stays: no stage at the same size again
         k += 1
-    return [*sizes, (width, height)]
+    # SDXL denoises poorly far below its native size (a 64 px icon's first stage was 128 px,
+    # a 1 px one's 8 px): a stage starts at half its native side's area, or the request
+    floor = (native // 2) ** 2
+    return [*[(w, h) for w, h in sizes if w * h >= floor], (width, height)]
 
 
 def check_size(width: int, height: int) -> None:
@@ -329,7 +335,7 @@ def _stages(width: int, height: int, strength: float, native: int,
             stages.append(denoise(len(stages), w, h, max(1, round(scale)), s, "upscale"))
         return stages
     bw, bh = base_size(width, height, native)  # the global pass dilates to native scale
-    sizes = upscale_sizes(width, height, source)
+    sizes = upscale_sizes(width, height, source, native)
     stages = []
     for (w, h), s in zip(sizes, stage_strengths(strength, len(sizes)), strict=True):
         ratio = max(1, round(max(w / bw, h / bh)))

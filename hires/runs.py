@@ -363,9 +363,9 @@ def stage_count(job: Job) -> int:
     from hires.plan import stage_sizes, upscale_sizes
     from hires.tiny import TINY_SAMPLE_SIZE
 
-    if job.image:
-        return len(upscale_sizes(job.width, job.height, image_size(job.image)))
     native = TINY_SAMPLE_SIZE * 8 if job.model == "tiny" else 1024
+    if job.image:
+        return len(upscale_sizes(job.width, job.height, image_size(job.image), native))
     return len(stage_sizes(job.width, job.height, native))
 
 

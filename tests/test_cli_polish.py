@@ -158,7 +158,7 @@ def test_a_presets_errors_name_it_alike(tmp_path):
 def test_an_upscale_that_changes_the_aspect_runs_no_stage_twice_at_one_size():
     """A 4000x1 strip to 4000x64 ran stages 0-2 all at 4000x8 (its width at the request, its
     height at the 8 px floor), each labelled x1."""
-    sizes = upscale_sizes(4000, 64, (4000, 1))
+    sizes = upscale_sizes(4000, 64, (4000, 1), native=64)
     assert sizes == [(4000, 8), (4000, 16), (4000, 32), (4000, 64)]
     assert len(set(sizes)) == len(sizes)
     # 128x96 to 256x1024: the height grows more than the width, and names the scale.
@@ -169,7 +169,7 @@ def test_an_upscale_that_changes_the_aspect_runs_no_stage_twice_at_one_size():
 def _describe(width, height, source):
     from hires.plan import describe
 
-    return describe(make_plan(width, height, source=source))
+    return describe(make_plan(width, height, source=source, native=128))
 
 
 def test_a_plan_that_cannot_fit_names_the_budget_that_would():

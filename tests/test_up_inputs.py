@@ -267,18 +267,20 @@ def test_grey_is_told_by_the_files_channels_before_its_profile_is_converted(tmp_
     assert got.grey and got.converted_from == "Adobe RGB (1998)"
 
 
-def test_an_input_under_32_px_runs_as_its_dry_run_said(tmp_path, asked):
-    """A 20 px input's first stage is 40 px: the planner clipped its VAE tile to 40, which
-    the tiled VAE refuses (under 64), and the run failed after the load (exit 1)."""
-    Image.new("RGB", (20, 20), "teal").save(tmp_path / "in.png")
-    args = ("up", tmp_path / "in.png", *TINY, "--scale", "4", "-o", tmp_path / "out.png")
+def test_a_stage_under_64_px_a_side_runs_as_its_dry_run_said(tmp_path, asked):
+    """A 20 px input's stage of 40 px: the planner clipped its VAE tile to 40, which the
+    tiled VAE refuses (under 64), and the run failed after the load (exit 1). A first stage
+    now holds a quarter of the native area, so a side that short is a strip's."""
+    Image.new("RGB", (400, 20), "teal").save(tmp_path / "in.png")
+    args = ("up", tmp_path / "in.png", *TINY, "--scale", "4", "--steps", "2",
+            "-o", tmp_path / "out.png")
     planned = cli(*args, "--dry-run")
     assert planned.exit_code == 0, planned.stderr
-    assert "40x40" in planned.stdout and "VAE tiles 64 px" in planned.stdout
+    assert "stage 0 (from the input): 800x40," in planned.stdout
     made = cli(*args)
     assert made.exit_code == 0, made.stderr
     with Image.open(tmp_path / "out.png") as out:
-        assert out.size == (80, 80)
+        assert out.size == (1600, 80)
 
 
 def test_an_input_that_cannot_fit_stops_the_run_before_any_image_and_is_named(tmp_path,

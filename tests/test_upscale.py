@@ -32,8 +32,24 @@ def test_target_sizes_keep_the_aspect_and_refuse_shrinking():
 def test_rounding_never_adds_a_stage_of_a_few_pixels():
     from hires.plan import upscale_sizes
 
-    assert upscale_sizes(128, 88, (64, 43)) == [(128, 88)]
-    assert upscale_sizes(256, 176, (64, 43)) == [(128, 88), (256, 176)]
+    assert upscale_sizes(128, 88, (64, 43), native=128) == [(128, 88)]
+    assert upscale_sizes(256, 176, (64, 43), native=128) == [(128, 88), (256, 176)]
+
+
+def test_a_small_input_starts_at_half_the_native_side_not_at_twice_its_own():
+    """A 1 px input's first stage was 8 px, a 64 px icon's 128 px: SDXL denoising at a
+    latent of 1 or 16 px. Stages start at a quarter of the native area (512x512 for SDXL),
+    or at the request where that is smaller."""
+    from hires.plan import upscale_sizes
+
+    assert upscale_sizes(512, 512, (1, 1)) == [(512, 512)]
+    assert upscale_sizes(4096, 4096, (64, 64)) == [(512, 512), (1024, 1024), (2048, 2048),
+                                                    (4096, 4096)]
+    assert upscale_sizes(4096, 2730, (300, 200)) == [(1200, 800), (2400, 1600), (4096, 2730)]
+    assert upscale_sizes(256, 256, (16, 16)) == [(256, 256)]  # the request, however small
+    assert upscale_sizes(4096, 4096, (64, 64), native=256)[0] == (128, 128)  # the tiny model's
+    p = make_plan(4096, 4096, source=(64, 64))
+    assert [s.kind for s in p.stages] == ["input", "upscale", "upscale", "upscale"]
 
 
 def test_the_plan_starts_from_the_input_and_ends_on_the_request():
