@@ -734,6 +734,8 @@ KEY_ADVICE = {
               "(or model = \"tiny\" to try hires offline)"),
     "vae": ("pass a local folder or .safetensors file with --vae",
             "give the job's vae as a local folder or .safetensors file"),
+    # hires.dry_run: --gpu with a CPU's or a Mac's device
+    "device": (", and --device ", ", and the job's device "),
 }
 
 

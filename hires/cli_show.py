@@ -20,6 +20,7 @@ from hires.cli_output import (
     EXIT_RUNTIME,
     EXIT_USAGE,
     exit_codes,
+    fail,
     json_line,
     out_line,
     say,
@@ -437,6 +438,10 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
             for loss, said in zip(losses, row["warnings"], strict=True):
                 warn(said if flag_key(loss) else f"job {item.index}: {said}")
         stops.check()  # one a library swallowed while this job was planned
+        if row["status"] == "cannot run":  # on stderr, as the run says a failed job
+            fail(f"job {item.index} cannot run: {row['error']}", EXIT_USAGE)
+            if not as_json:  # its text line is that error: not said twice
+                continue
         out_line(json_line(row) if as_json else text)
     warn_space(tally.to_make)
     if gpu is None:  # --gpu plans that card, on another machine

@@ -4,7 +4,7 @@ output suffix (as gen's --preset to -o), and errors give advice a job file can t
 import json
 
 import pytest
-from helpers_cli import cli, write
+from helpers_cli import cli, error_lines, write
 
 from hires.batch import name_outputs, read_batch
 from hires.job import JobError
@@ -110,7 +110,7 @@ def test_a_job_that_cannot_fit_is_told_its_keys_not_gen_s_flags(tmp_path):
     jobs.write_text('{"prompt": "a", "size": 2048, "model": "tiny", "vram": 0.9}\n'
                     '{"prompt": "b", "size": 2048, "model": "tiny", "ram": 0.9, "steps": 1}\n')
     planned = cli("batch", jobs, "--device", "cpu", "--dry-run", "-o", tmp_path / "out")
-    lines = [line for line in planned.stdout.splitlines() if "cannot run:" in line]
+    lines = [line for line in planned.stderr.splitlines() if "cannot run:" in line]
     assert [line.rsplit("; ", 1)[1] for line in lines] == [
         "try a larger vram in the job", "try a larger ram in the job"], planned.stdout
     assert "--vram" not in planned.stdout + planned.stderr
@@ -158,3 +158,25 @@ def test_a_batch_s_slow_vae_hint_is_said_once_for_its_jobs_in_keys(tmp_path):
     (said,) = [line for line in planned.stderr.splitlines() if "no native bf16" in line]
     assert said.startswith("jobs 0, 1: the t4 has no native bf16, so the VAE runs in fp32; ")
     assert said.endswith('(vae = "madebyollin/sdxl-vae-fp16-fix" in the job)')
+
+
+def test_a_job_that_cannot_run_is_an_error_line_on_stderr_named_by_its_key(tmp_path):
+    """A dry run exited 2 with its reason on stdout alone (a script logging stderr saw none),
+    and a job's device = "cpu" was named as --device, a flag never typed (QA 194)."""
+    jobs = tmp_path / "j.toml"
+    jobs.write_text('[[job]]\nprompt = "a"\nmodel = "tiny"\nsize = 64\ndevice = "cpu"\n'
+                    '[[job]]\nprompt = "b"\nmodel = "tiny"\nsize = 64\n')
+    args = ("batch", jobs, "--gpu", "h100", "--dry-run", "-o", tmp_path / "out")
+    planned = cli(*args)
+    assert planned.exit_code == 2
+    assert error_lines(planned.stderr) == [
+        "error: job 0 cannot run: --gpu h100 plans that CUDA card, and the job's device cpu a "
+        "run on this CPU: give one (a TFLOP/s figure, --gpu 0.5, times a run here)"]
+    assert "job 0" not in planned.stdout and "job 1: 64x64" in planned.stdout
+    as_json = cli(*args, "--json")  # its row too, and the same line on stderr
+    assert as_json.exit_code == 2 and error_lines(as_json.stderr) == error_lines(planned.stderr)
+    assert [row["status"] for row in map(json.loads, as_json.stdout.splitlines())] == [
+        "cannot run", "to make"]
+    flagged = cli("batch", jobs, "--device", "cpu", "--gpu", "h100", "--dry-run", "-o",
+                  tmp_path / "out")  # the flag's words where the flag gave it
+    assert "and --device cpu a run" in flagged.stderr

@@ -197,8 +197,8 @@ def test_a_batch_dry_run_lists_a_job_whose_model_is_not_here(tmp_path, monkeypat
                     '[[job]]\nprompt = "b"\nmodel = "tiny"\nsize = 64\n')
     result = cli("batch", str(jobs), "-o", str(tmp_path / "out"), "--dry-run")
     assert result.exit_code == 1, result.stderr
-    assert "job 0: cannot run: model 'someone/not-cached' is not in the local cache" in \
-        result.stdout
+    assert "error: job 0 cannot run: model 'someone/not-cached' is not in the local cache" in \
+        result.stderr and "job 0" not in result.stdout  # said once, as an error
     assert "job 1: 64x64" in result.stdout and "1 to make; 0 made already; 1 cannot run" in \
         result.stdout
 

@@ -54,13 +54,13 @@ def test_a_print_that_does_not_fit_is_told_the_dpi_that_does(tmp_path, command):
         result = cli("batch", jobs, "-o", tmp_path / "out", "--gpu", "h100", "--dry-run")
         assert result.exit_code == 2, result.stderr
         found = re.search(r"; A2 fits at dpi = (\d+) \((\d+)x(\d+)\); try a larger vram",
-                          result.stdout)
+                          result.stderr)
     else:
         given = ("gen", "x") if command == "gen" else ("up", photo)
         found = re.search(r"; A2 fits at --dpi (\d+) \((\d+)x(\d+)\); try a larger --vram",
                           _refusal(cli(*given, "--print-size", "A2", *CARD)))
-    assert found, result.stdout if command == "batch" else None
-    said = result.stdout if command == "batch" else found.string
+    assert found, result.stderr if command == "batch" else None
+    said = result.stderr if command == "batch" else found.string
     assert not re.search(r"; \d+x\d+ fits", said), said  # no pixels smaller than the print's
     dpi, width, height = (int(g) for g in found.groups())
     assert 1 <= dpi < 300
@@ -183,8 +183,8 @@ def test_a_batch_plans_a_refusal_once_for_the_jobs_that_share_it(tmp_path, monke
     jobs.write_text("\n".join(lines) + "\n")
     result = cli("batch", jobs, "-o", tmp_path / "out", "--gpu", "h100", "--dry-run")
     assert result.exit_code == 2, result.stderr
-    said = [line for line in result.stdout.splitlines() if ": cannot run: " in line]
-    assert len(said) == 5 and len(set(s.split(": ", 1)[1] for s in said[:4])) == 1
+    said = [line for line in result.stderr.splitlines() if " cannot run: " in line]
+    assert len(said) == 5 and len(set(s.split(": ", 2)[2] for s in said[:4])) == 1
     assert "A2 fits at dpi = " in said[0] and "A2 fits" not in said[4], said
     assert calls == [{"print_size": "A2"}, {}]
 
