@@ -108,6 +108,9 @@ FORMAT_ADVICE = {
     "--vae-stats exact gives the same pixels as fast (the default)":
         "vae_stats = \"exact\" gives the same pixels as \"fast\" (the default)",
     "--preview added to the gen command": "--preview added to the batch command",
+    # the CPU's notes (hires.cli_runs.check_steps_and_notes)
+    "--dtype bf16 runs the UNet": "dtype = \"bf16\" in a job runs the UNet",
+    "; drop --dtype there": "; leave dtype out of the job there",
 }
 
 # Keys a batch file takes besides the job's own: the same as `gen`'s flags.
@@ -721,6 +724,7 @@ def in_job_words(problem: str, file_keys: Iterable[str] = ()) -> str:
     for said, meant in FORMAT_ADVICE.items():
         problem = problem.replace(said, meant)
     problem = re.sub(r"\(--vae (\S+)\)", r'(vae = "\1" in the job)', problem)  # fp16_vae_hint
+    problem = re.sub(r"^--(dtype|offload) (\w+) ", r'\1 = "\2" ', problem)  # the CPU's notes
     for key in set(file_keys) & KEY_ADVICE.keys():
         problem = problem.replace(*KEY_ADVICE[key])
     return problem

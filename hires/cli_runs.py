@@ -237,11 +237,14 @@ def warn_space(todo: list[tuple[Path, Any]], stage_images: bool = False) -> None
         warn(note)
 
 
-def check_steps_and_notes(job, components, notes: bool = True) -> None:
+def check_steps_and_notes(job, components, notes: bool = True,
+                          worded: Callable[[str], str] | None = None) -> None:
     """Checks that need the loaded model: steps within its schedule; with `notes`, a word
-    on slow settings (once per loaded model)."""
+    on slow settings (once per loaded model). `worded`: a batch job's warning in its file's
+    words (its keys, the job named)."""
     import torch
 
+    from hires.batch import in_job_words
     from hires.job import JobError
 
     config = components.pipe.scheduler.config
@@ -262,12 +265,15 @@ def check_steps_and_notes(job, components, notes: bool = True) -> None:
 
     if job.dtype == "auto" and cpu_has_fast_bf16():
         # auto stays fp32 on the CPU: bf16's effect on SDXL's pictures is unmeasured here.
-        say("this CPU has native bf16: --dtype bf16 runs the UNet about 3x faster than fp32 "
-            "(BENCHMARKS.md, bf16)")
+        note = ("this CPU has native bf16: --dtype bf16 runs the UNet about 3x faster than "
+                "fp32 (BENCHMARKS.md, bf16)")
+        say(in_job_words(note) if worded else note)
     if job.dtype == "fp16" or (job.dtype == "bf16" and not cpu_has_fast_bf16()):
-        warn(f"--dtype {job.dtype} on the CPU is about 4x slower than fp32; drop --dtype there")
+        said = f"--dtype {job.dtype} on the CPU is about 4x slower than fp32; drop --dtype there"
+        warn(worded(said) if worded else said)
     if job.offload in ("model", "sequential"):
-        warn(f"--offload {job.offload} does nothing on the CPU (the weights are in RAM already)")
+        said = f"--offload {job.offload} does nothing on the CPU (the weights are in RAM already)"
+        warn(worded(said) if worded else said)
 
 
 def fp16_vae_hint(gpu: str, detail: str = "") -> str:

@@ -180,3 +180,17 @@ def test_a_job_that_cannot_run_is_an_error_line_on_stderr_named_by_its_key(tmp_p
     flagged = cli("batch", jobs, "--device", "cpu", "--gpu", "h100", "--dry-run", "-o",
                   tmp_path / "out")  # the flag's words where the flag gave it
     assert "and --device cpu a run" in flagged.stderr
+
+
+def test_a_batch_run_s_cpu_notes_name_the_job_and_its_keys(tmp_path):
+    """A job's dtype = "fp16" on the CPU was told "drop --dtype there", a flag batch has not,
+    and the bf16 note "--dtype bf16" (QA 194)."""
+    jobs = tmp_path / "j.toml"
+    jobs.write_text('[[job]]\nprompt = "a"\nmodel = "tiny"\nsize = 64\nsteps = 1\n'
+                    'dtype = "fp16"\noffload = "model"\n')
+    made = cli("batch", jobs, "-o", tmp_path / "out", "--device", "cpu")
+    assert made.exit_code == 0, made.stderr
+    assert ('warning: job 0: dtype = "fp16" on the CPU is about 4x slower than fp32; leave '
+            "dtype out of the job there") in made.stderr.splitlines()
+    assert 'warning: job 0: offload = "model" does nothing on the CPU' in made.stderr
+    assert "--dtype" not in made.stderr and "--offload" not in made.stderr
