@@ -129,11 +129,10 @@ def read_batch(path: str | Path, base: Job | None = None,
     keys beat. An upscale job's size (`image` with `size` or `scale`) reads the image's. The
     path '-' reads the jobs from stdin (JSONL when its first entry starts with '{')."""
     name, defaults, entries, line_of = _tables(Path(path))
-    _check_keys(defaults, f"{name} [defaults]")
-    _check_seed(defaults, f"{name} [defaults]")
+    # every job's said at once: a file of 1,000 jobs, fixed in one go; [defaults]' first
+    defaults, errors = _good_defaults(defaults, f"{name} [defaults]")
     items: list[BatchItem] = []
     drawn: dict[str, int] = {}  # the seeds drawn so far for each job text (`stable_seed`)
-    errors: list[JobError] = []  # every job's said at once: a file of 1,000 jobs, fixed in one go
     for i, entry in enumerate(entries):
         # Numbered from 0, as the run, the manifest and the default names number it.
         where = job_place(name, i, line_of.get(i))
@@ -167,6 +166,23 @@ def read_batch(path: str | Path, base: Job | None = None,
         error.items = items
         raise error
     return items
+
+
+def _good_defaults(defaults: dict[str, Any], where: str) -> tuple[dict[str, Any],
+                                                                  list[JobError]]:
+    """[defaults] without its unknown or refused keys and a seed that is no whole number, and
+    an error for each: the jobs are still read on the rest, so that their own errors are
+    said beside these (not hidden until the next run)."""
+    good, errors = {}, []
+    for key, value in defaults.items():
+        try:
+            _check_keys({key: value}, where)
+            _check_seed({key: value}, where)
+        except JobError as e:
+            errors.append(e)
+            continue
+        good[key] = value
+    return good, errors
 
 
 def _hidden_errors(i: int, entry: dict[str, Any], defaults: dict[str, Any], where: str,

@@ -136,3 +136,21 @@ def test_an_error_of_a_key_left_out_is_not_said_and_hides_nothing(tmp_path):
                  '[[job]]\nprompt = "c"\n')
     lines = error_lines(cli("batch", path, "-o", tmp_path / "out", "--dry-run").stderr)
     assert len(lines) == 1 and lines[0].startswith("error: d.toml [defaults]: JPEG holds 8 bits")
+
+
+def test_an_unknown_default_key_or_bad_default_seed_hides_no_job_s_error(tmp_path):
+    """An unknown [defaults] key (or a seed of 1.5 there) stopped the read: the jobs' own
+    errors came one fix-and-run later (QA 194)."""
+    path = write(tmp_path / "k.toml", '[defaults]\nmodel = "tiny"\ncolour = 3\nseed = 1.5\n'
+                 '[[job]]\nprompt = "a"\nsize = 64.0\n[[job]]\nsize = 64\n'
+                 '[[job]]\nprompt = "c"\nsize = 64\n')
+    result = cli("batch", path, "-o", tmp_path / "out", "--dry-run")
+    assert result.exit_code == 2 and result.stdout == ""
+    said = error_lines(result.stderr)
+    assert said[0].startswith("error: unknown key 'colour' in k.toml [defaults]")
+    assert said[1:] == [
+        "error: 'seed' in k.toml [defaults] must be a whole number (no quotes, no decimal "
+        "point), got 1.5",
+        "error: 'size' in k.toml job 0 must be a whole number of pixels (write it without a "
+        "decimal point), got 64.0",
+        "error: k.toml job 1 has no prompt; give it a 'prompt' (or an 'image' to upscale)"]

@@ -404,13 +404,13 @@ def test_a_model_not_here_is_told_to_be_named_where_it_was_named(tmp_path, monke
     job_words = ("give the job's model as a local folder or .safetensors file (or model = "
                  '"tiny" to try hires offline)')
     planned = cli("batch", keyed_jobs, "-o", tmp_path / "ot", "--dry-run")
-    assert planned.exit_code == 1 and planned.stdout.splitlines()[0].endswith(job_words)
+    assert planned.exit_code == 1 and error_lines(planned.stderr)[0].endswith(job_words)
     made = cli("batch", keyed_jobs, "-o", tmp_path / "ot")
     assert made.exit_code == 1 and job_words in made.stderr and "--model" not in made.stderr
     flagged = write(tmp_path / "f.jsonl", '{"prompt": "a"}\n')
     planned = cli("batch", flagged, "-o", tmp_path / "ot", "--dry-run", "--model", "some/thing")
-    assert planned.stdout.splitlines()[0].endswith("with --model (or --model tiny to try hires "
-                                                   "offline)"), planned.stdout
+    assert error_lines(planned.stderr)[0].endswith("with --model (or --model tiny to try hires "
+                                                   "offline)"), planned.stderr
 
 
 @pytest.mark.parametrize("where, named", [
