@@ -117,15 +117,20 @@ def check_arguments(plan: Any, checkpoint: Any) -> None:
         check_path(Path(checkpoint))
 
 
-def check_flags(**flags: Any) -> None:
+def check_flags(**flags: Any) -> dict[str, bool]:
     """A library call's switches that are not job settings (`save_stages`, a save's
     `overwrite`), True or False before any work: "no" is truthy, and `overwrite="no"` wrote
-    over the file. numpy's bools count as bools."""
+    over the file. numpy's bools count as bools; None is not given (False), as for any
+    setting. Returns them as bools."""
     from hires.job import plain_number
 
+    checked = {}
     for name, value in flags.items():
-        if not isinstance(plain_number(value), bool):
+        value = False if value is None else plain_number(value)
+        if not isinstance(value, bool):
             raise TypeError(f"{name} must be True or False, got {value!r}")
+        checked[name] = value
+    return checked
 
 
 def keyword_words(text: str) -> str:

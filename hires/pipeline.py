@@ -145,7 +145,8 @@ class Result:
         if unknown:
             raise TypeError(f"save() takes overwrite=, save_stages=, quality= and format=, not "
                             f"{unknown[0]}=")
-        check_flags(**{k: options[k] for k in ("overwrite", "save_stages") if k in options})
+        options = {**options, **check_flags(**{k: options[k] for k in ("overwrite", "save_stages")
+                                               if k in options})}
         if "quality" in options:  # numpy's 50 is 50, as generate(quality=...) takes it
             options = {**options, "quality": plain_number(options["quality"])}
         # A preview's record says so, as the CLI's --preview's does: else `hires info` and
@@ -329,7 +330,7 @@ def generate(
     *,
     components: Components | None = None,
     progress: ProgressFn | None = None,
-    save_stages: bool = False,
+    save_stages: bool | None = False,
     plan: Plan | None = None,
     checkpoint: str | Path | None = None,
     on_stage_image: StageImage | None = None,
@@ -368,7 +369,7 @@ def generate(
         check_known(generate, overrides)
     check_callback("on_stage_image", on_stage_image, "(index, image)")
     check_arguments(plan, checkpoint)
-    check_flags(save_stages=save_stages)
+    save_stages = check_flags(save_stages=save_stages)["save_stages"]
     if (job is None or isinstance(job, (str, Job))) and given_image:
         # `hires up`'s sizes, not a Job's default 1024x1024 square (which squashed a wide
         # input, or shrank it): see hires.upscale. A Job's own size where it gives one.

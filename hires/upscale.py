@@ -54,7 +54,7 @@ def upscale(
     job: Job | None = None,
     components: Components | None = None,
     progress: ProgressFn | None = None,
-    save_stages: bool = False,
+    save_stages: bool | None = False,
     plan: Plan | None = None,
     checkpoint: str | Path | None = None,
     on_stage_image: StageImage | None = None,
@@ -97,7 +97,7 @@ def upscale(
     check_callback("on_stage_image", on_stage_image, "(index, image)")
     check_callback("on_score", on_score, "(index, psnr)")
     check_arguments(plan, checkpoint)
-    check_flags(save_stages=save_stages)
+    save_stages = check_flags(save_stages=save_stages)["save_stages"]
     sizes = plain_numbers({"size": size, "scale": scale, "width": width, "height": height})
     size, scale, width, height = sizes.values()
     overrides = plain_numbers(given_only(overrides))

@@ -12,7 +12,7 @@ import torch
 import hires
 from hires.job import Job, JobError
 from hires.model_refs import ModelError
-from hires.output import OutputError, OutputUnwritable, OutputUsage
+from hires.output import OutputError, OutputExists, OutputUnwritable, OutputUsage
 from hires.pipeline import plan_for
 
 ONE = {"steps": 1, "seed": 3}
@@ -121,6 +121,20 @@ def test_save_stages_must_be_a_bool(tiny, small):
         hires.generate("x", components=tiny, size=64, save_stages="yes", **ONE)
     with pytest.raises(TypeError, match="save_stages must be True or False, got 'no'"):
         hires.upscale(small, scale=2, components=tiny, save_stages="no", **ONE)
+
+
+def test_a_switch_of_none_is_not_given(made, tiny, tmp_path):
+    """`save_stages=None` and `save(overwrite=None)` were TypeErrors, where README says None
+    for any setting is not given: a script passing an unset option through broke (QA 193)."""
+    kept = tmp_path / "keep.png"
+    kept.write_bytes(b"mine")
+    with pytest.raises(OutputExists):  # None is not True: the file is kept
+        made.save(kept, overwrite=None)
+    assert kept.read_bytes() == b"mine"
+    made.save(tmp_path / "b.png", overwrite=None, save_stages=None)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("b.")] == ["b.png"]
+    assert hires.generate("x", components=tiny, size=64, save_stages=None,
+                          **ONE).stage_images == []
 
 
 @pytest.mark.parametrize("name,value", [("karras", "no"), ("dilate_downsamplers", 1)])
