@@ -139,6 +139,11 @@ def keyword_words(text: str) -> str:
     said = re.sub(r"'(\w+)' in (?:the )?job ", r"\1 ", text)
     said = re.sub(r"--allow-pickle\b", "allow_pickle=True", said)  # as ModelError says it
     said = said.replace("hires up makes images larger", "an upscale makes images larger")
+    said = said.replace("upscale the new file with hires up", "upscale the new file: "
+                        "hires.upscale(path, ...) without job=")
+    # hires.images' folder: no glob here, a call an image
+    said = re.sub(r"; for every image in it, give .*\Z", "; give one of its image files (a "
+                  "call for each)", said, flags=re.S)
     # A flag is a word of its own: a name's '--' (my--style.safetensors, ./--x.safetensors,
     # a Hub cache's models--x--y) is left as it is.
     return re.sub(r"(?<![\w-])--([a-z][a-z0-9-]*)(?![\w\\-]|\.\w)",
@@ -189,6 +194,7 @@ def in_keywords() -> Iterator[None]:
     shared checks name: 'aspect needs size', not '--aspect needs --size'; 'allow_pickle=True',
     not '--allow-pickle'."""
     from hires.errors import NotFinite
+    from hires.images import ImageInputError
     from hires.job import JobError
     from hires.model_refs import ModelError
     from hires.models import in_library_terms
@@ -197,6 +203,8 @@ def in_keywords() -> Iterator[None]:
         yield
     except JobError as e:
         raise JobError(keyword_words(str(e))) from None
+    except ImageInputError as e:  # a folder's advice is a shell's glob
+        raise ImageInputError(keyword_words(str(e))) from None
     except (ModelError, NotFinite) as e:
         raise in_library_terms(e) from None
     except PlanError as e:  # with the size that would fit, as the CLI says it

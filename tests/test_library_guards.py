@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 import hires
 from hires.job import Job, JobError
@@ -327,3 +328,19 @@ def test_a_commands_flag_given_as_none_is_not_given(tiny):
     assert (result.job.width, result.job.height) == (64, 64)
     with pytest.raises(JobError, match="unknown keyword n=: each call makes one image"):
         hires.generate("x", components=tiny, size=64, n=2, **ONE)
+
+
+def test_an_input_s_advice_is_the_library_s_not_the_shell_s(tiny, tmp_path):
+    """A folder was told to give FOLDER/* (a glob the library does not expand: "*: no such
+    file"), a changed input to run `hires up` (QA 193)."""
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(ValueError, match=r"photos: is a folder, not an image file; give one of "
+                       r"its image files \(a call for each\)$"):
+        hires.upscale(tmp_path / "photos", scale=2, components=tiny, **ONE)
+    photo = tmp_path / "m.png"
+    Image.new("RGB", (64, 64), "red").save(photo)
+    made = hires.upscale(photo, scale=2, components=tiny, **ONE)
+    Image.new("RGB", (64, 64), "blue").save(photo)
+    with pytest.raises(JobError, match=r"restore the original, or upscale the new file: "
+                       r"hires.upscale\(path, \.\.\.\) without job=$"):
+        hires.generate(made.job, components=tiny)
