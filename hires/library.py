@@ -254,6 +254,13 @@ def library_load(*args: Any, **kwargs: Any) -> Components:
         return load(*args, **kwargs)
 
 
+# help() and editors show what it takes: the model by position, the rest by keyword (wraps
+# copied load's signature, where each may be given by position)
+library_load.__signature__ = inspect.signature(load).replace(parameters=[
+    p if i == 0 else p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+    for i, p in enumerate(inspect.signature(load).parameters.values())])
+
+
 def with_prompt(prompt: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """The overrides with a prompt given as the first argument; a second one is refused."""
     if "prompt" in overrides:

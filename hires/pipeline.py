@@ -116,8 +116,8 @@ class Result:
         via a temp file; return the record. `path` is read as `-o`'s: a folder (one that
         exists, or a name ending in `/`) holds it under hires' default name, a name without a
         format's suffix gets the job's format's, `~` is the home folder, and a `{seed}`-style
-        template is filled ({seed}, {width}, {height}, {prompt}, {name}, {format}). Options:
-        `overwrite`, `save_stages`, `quality` and `fmt` (as `hires.record.save` takes them;
+        template is filled ({seed}, {width}, {height}, {prompt}, {name}, {format}, {index}).
+        Options: `overwrite`, `save_stages`, `quality` and `fmt` (as `hires.record.save` takes them;
         `format` is `fmt`). What the save warns of (a JPEG loses transparency) is in the
         record it returns (and the file's) and given to Python's `warnings`. A preview's (a run of
         `hires.plan.preview_of`'s plan) records itself as its job's stage 0, as `--preview`'s."""

@@ -102,7 +102,7 @@ def check_path(path: Path) -> None:
         raise OutputUsage(f"{said} is a device or pipe, not a file: give a file's path, "
                           f"{example}")
     if path.is_file() and not is_checkpoint(path):
-        raise OutputUsage(f"{said} is a file but not a checkpoint of hires', which the run "
+        raise OutputUsage(f"{said} is a file but not a hires checkpoint, which the run "
                           f"would write over: give another path, {example}")
     try:
         check_writable(path, overwrite=True)
@@ -708,6 +708,6 @@ def remove(path: str | Path) -> None:
         return
     # Only a regular file: a pipe, a device (/dev/null, as root) or a link is no checkpoint
     if not stat.S_ISREG(mode) or not is_checkpoint(path):
-        raise ValueError(f"{str(path)!r} is not a checkpoint of hires' (those end in {SUFFIX}: "
+        raise ValueError(f"{str(path)!r} is not a hires checkpoint (those end in {SUFFIX}: "
                          "hires.resume.path_for(output)); not removed")
     path.unlink(missing_ok=True)

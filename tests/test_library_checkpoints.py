@@ -69,7 +69,7 @@ def test_the_cli_says_a_checkpoint_of_another_job_once(tiny, tmp_path, asked):
 def test_remove_takes_a_text_path_and_refuses_a_file_that_is_not_a_checkpoint(tiny, tmp_path):
     image = tmp_path / "fox.png"
     generate(components=tiny, seed=1, **JOB).save(image)
-    with pytest.raises(ValueError, match="is not a checkpoint of hires'.*not removed"):
+    with pytest.raises(ValueError, match="is not a hires checkpoint.*not removed"):
         resume.remove(image)
     assert image.is_file()
     kept = resume.path_for(image)

@@ -184,7 +184,7 @@ def test_a_checkpoint_of_hires_is_taken_and_another_file_is_not(tiny, tmp_path):
     image = tmp_path / "out.png"
     image.write_bytes(b"mine")
     with pytest.raises(OutputUsage, match="checkpoint='.*out.png' is a file but not a "
-                                          "checkpoint of hires', which the run would write over"):
+                                          "hires checkpoint, which the run would write over"):
         hires.generate("x", components=tiny, size=64, checkpoint=image, **ONE)
     assert image.read_bytes() == b"mine"
 
@@ -344,3 +344,13 @@ def test_an_input_s_advice_is_the_library_s_not_the_shell_s(tiny, tmp_path):
     with pytest.raises(JobError, match=r"restore the original, or upscale the new file: "
                        r"hires.upscale\(path, \.\.\.\) without job=$"):
         hires.generate(made.job, components=tiny)
+
+
+def test_load_s_signature_shows_the_model_by_position_and_the_rest_by_keyword():
+    """help(hires.load) showed every parameter as positional, which load refuses (QA 193)."""
+    import inspect
+
+    params = list(inspect.signature(hires.load).parameters.values())
+    assert params[0].name == "model" and params[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    assert {p.kind for p in params[1:]} == {inspect.Parameter.KEYWORD_ONLY}
+    assert "linfusion" in [p.name for p in params]
