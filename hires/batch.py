@@ -108,9 +108,8 @@ FORMAT_ADVICE = {
     "--vae-stats exact gives the same pixels as fast (the default)":
         "vae_stats = \"exact\" gives the same pixels as \"fast\" (the default)",
     "--preview added to the gen command": "--preview added to the batch command",
-    # the CPU's notes (hires.cli_runs.check_steps_and_notes)
+    # the CPU's note (hires.cli_runs.check_steps_and_notes)
     "--dtype bf16 runs the UNet": "dtype = \"bf16\" in a job runs the UNet",
-    "; drop --dtype there": "; leave dtype out of the job there",
 }
 
 # Keys a batch file takes besides the job's own: the same as `gen`'s flags.
@@ -332,7 +331,8 @@ def _item(i: int, entry: dict[str, Any], defaults: dict[str, Any], where: str, n
     quality_given = "quality" in {str(k).replace("-", "_") for k in entry}
     file_keys = frozenset(str(k).replace("-", "_") for keys, _, _ in
                           job_levels[len(levels or []):] for k in keys)
-    given_in = {key: level for key in FLAG_KEYS.values()
+    # and the settings the CPU's notes name (hires.cli_runs.check_steps_and_notes)
+    given_in = {key: level for key in (*FLAG_KEYS.values(), "dtype", "offload")
                 if (level := giver(job_levels, key) or "").startswith("preset '")}
     home = f"{name} [defaults]"
     from_defaults = frozenset(key for key in (str(k).replace("-", "_") for k in defaults)
@@ -740,7 +740,6 @@ def in_job_words(problem: str, file_keys: Iterable[str] = ()) -> str:
     for said, meant in FORMAT_ADVICE.items():
         problem = problem.replace(said, meant)
     problem = re.sub(r"\(--vae (\S+)\)", r'(vae = "\1" in the job)', problem)  # fp16_vae_hint
-    problem = re.sub(r"^--(dtype|offload) (\w+) ", r'\1 = "\2" ', problem)  # the CPU's notes
     for key in set(file_keys) & KEY_ADVICE.keys():
         problem = problem.replace(*KEY_ADVICE[key])
     return problem
@@ -777,6 +776,15 @@ def by_giver(message: str, item: BatchItem, file_name: str) -> str:
         return by_key(message, where)
     said = by_key(message, preset, "the preset's")
     return said if preset.endswith(f"({where})") else f"{where}: {said}"
+
+
+def key_place(item: BatchItem, key: str, file_name: str) -> str:
+    """Where a batch job's `key` was given, as its notes name it: the job file's [defaults],
+    a preset (the job's own, "(jobs.toml job 3)" said, or the batch's --preset), else the
+    job."""
+    if key in item.from_defaults:
+        return f"{file_name} [defaults]"
+    return item.given_in.get(key) or item.where(file_name)
 
 
 def warning_by_giver(message: str, item: BatchItem, file_name: str) -> str:

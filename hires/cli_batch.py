@@ -215,7 +215,7 @@ def image_maker(todo: list, pace: Any, *, gpu: str | None, quiet: bool, overwrit
             loaded.clear()  # one model in memory at a time
             loaded[key] = load_model(item.job, quiet)
         check_steps_and_notes(item.job, loaded[key], notes=fresh,
-                              worded=lambda said: worded(b.in_job_words(said), item))
+                              place=lambda setting: b.key_place(item, setting, name))
         number = todo.index(item) if item in todo else len(todo) - 1
         pace.start(number, item.job.width * item.job.height,
                    [i.job.width * i.job.height for i in todo[number + 1:]])

@@ -238,10 +238,10 @@ def warn_space(todo: list[tuple[Path, Any]], stage_images: bool = False) -> None
 
 
 def check_steps_and_notes(job, components, notes: bool = True,
-                          worded: Callable[[str], str] | None = None) -> None:
+                          place: Callable[[str], str] | None = None) -> None:
     """Checks that need the loaded model: steps within its schedule; with `notes`, a word
-    on slow settings (once per loaded model). `worded`: a batch job's warning in its file's
-    words (its keys, the job named)."""
+    on slow settings (once per loaded model). `place`: a batch job's, where a key of it was
+    given ("jobs.toml [defaults]"), so that a note names that key there, not a flag."""
     import torch
 
     from hires.batch import in_job_words
@@ -267,13 +267,15 @@ def check_steps_and_notes(job, components, notes: bool = True,
         # auto stays fp32 on the CPU: bf16's effect on SDXL's pictures is unmeasured here.
         note = ("this CPU has native bf16: --dtype bf16 runs the UNet about 3x faster than "
                 "fp32 (BENCHMARKS.md, bf16)")
-        say(in_job_words(note) if worded else note)
+        say(in_job_words(note) if place else note)
     if job.dtype == "fp16" or (job.dtype == "bf16" and not cpu_has_fast_bf16()):
-        said = f"--dtype {job.dtype} on the CPU is about 4x slower than fp32; drop --dtype there"
-        warn(worded(said) if worded else said)
+        warn(f'dtype = "{job.dtype}" in {place("dtype")} is about 4x slower than fp32 on the '
+             "CPU; leave it out for a CPU run" if place else
+             f"--dtype {job.dtype} on the CPU is about 4x slower than fp32; drop --dtype there")
     if job.offload in ("model", "sequential"):
-        said = f"--offload {job.offload} does nothing on the CPU (the weights are in RAM already)"
-        warn(worded(said) if worded else said)
+        said = "does nothing on the CPU (the weights are in RAM already)"
+        warn(f'offload = "{job.offload}" in {place("offload")} {said}' if place else
+             f"--offload {job.offload} {said}")
 
 
 def fp16_vae_hint(gpu: str, detail: str = "") -> str:

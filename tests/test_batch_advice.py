@@ -182,15 +182,22 @@ def test_a_job_that_cannot_run_is_an_error_line_on_stderr_named_by_its_key(tmp_p
     assert "and --device cpu a run" in flagged.stderr
 
 
-def test_a_batch_run_s_cpu_notes_name_the_job_and_its_keys(tmp_path):
-    """A job's dtype = "fp16" on the CPU was told "drop --dtype there", a flag batch has not,
-    and the bf16 note "--dtype bf16" (QA 194)."""
-    jobs = tmp_path / "j.toml"
-    jobs.write_text('[[job]]\nprompt = "a"\nmodel = "tiny"\nsize = 64\nsteps = 1\n'
-                    'dtype = "fp16"\noffload = "model"\n')
+def test_a_batch_run_s_cpu_notes_name_each_key_where_it_was_given(tmp_path):
+    """A job's dtype = "fp16" on the CPU was told "drop --dtype there", a flag batch has not;
+    then "job 0: ... leave dtype out of the job" for one from [defaults] or a preset, which the
+    job does not hold (QA 194, 195)."""
+    preset = write(tmp_path / "cpu.toml", 'offload = "model"\n')
+    jobs = write(tmp_path / "j.toml", '[defaults]\ndtype = "fp16"\n[[job]]\nprompt = "a"\n'
+                 f'model = "tiny"\nsize = 64\nsteps = 1\npreset = "{preset}"\n')
     made = cli("batch", jobs, "-o", tmp_path / "out", "--device", "cpu")
     assert made.exit_code == 0, made.stderr
-    assert ('warning: job 0: dtype = "fp16" on the CPU is about 4x slower than fp32; leave '
-            "dtype out of the job there") in made.stderr.splitlines()
-    assert 'warning: job 0: offload = "model" does nothing on the CPU' in made.stderr
+    said = [line for line in made.stderr.splitlines() if line.startswith("warning: ")]
+    assert 'warning: dtype = "fp16" in j.toml [defaults] is about 4x slower than fp32 on the ' \
+           "CPU; leave it out for a CPU run" in said
+    assert f"warning: offload = \"model\" in preset '{preset}' (j.toml job 0) does nothing on " \
+           "the CPU (the weights are in RAM already)" in said
     assert "--dtype" not in made.stderr and "--offload" not in made.stderr
+    own = write(tmp_path / "own.toml", '[[job]]\nprompt = "a"\nmodel = "tiny"\nsize = 64\n'
+                'steps = 1\ndtype = "fp16"\n')
+    made = cli("batch", own, "-o", tmp_path / "out2", "--device", "cpu")
+    assert 'warning: dtype = "fp16" in own.toml job 0 is about 4x slower' in made.stderr
