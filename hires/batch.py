@@ -129,7 +129,11 @@ def read_batch(path: str | Path, base: Job | None = None,
     path '-' reads the jobs from stdin (JSONL when its first entry starts with '{')."""
     name, defaults, entries, line_of = _tables(Path(path))
     # every job's said at once: a file of 1,000 jobs, fixed in one go; [defaults]' first
+    given = defaults
     defaults, errors = _good_defaults(defaults, f"{name} [defaults]")
+    # An unknown [defaults] key left out may be a misspelt one the jobs need ('promt'): of
+    # theirs, only the errors of their own keys are said (the rest, once it is fixed)
+    dropped = set(given) - set(defaults) - {"seed"}
     items: list[BatchItem] = []
     drawn: dict[str, int] = {}  # the seeds drawn so far for each job text (`stable_seed`)
     for i, entry in enumerate(entries):
@@ -150,7 +154,9 @@ def read_batch(path: str | Path, base: Job | None = None,
             item = dataclasses.replace(_item(i, entry, defaults, where, name, base, levels),
                                        line=line_of.get(i))
         except JobError as e:
-            errors += [e, *_hidden_errors(i, entry, defaults, where, name, base, levels, e)]
+            found = [e, *_hidden_errors(i, entry, defaults, where, name, base, levels, e)]
+            errors += [f for f in found if not dropped or any(
+                f"'{key}' in {where}" in str(f) for key in entry)]
             continue
         if item.job.seed is None:
             text = json.dumps([item.job.prompt, item.job.negative, item.job.image])
