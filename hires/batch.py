@@ -931,7 +931,28 @@ def made_already(path: Path, job: Job, stage: int | None = None) -> bool:
     from hires.cut_short import cut_short
 
     return (of_this_job(path, job) and recorded_stage(path) == stage
+            and (stage is None or older_plan(path, job, stage) is None)
             and cut_short(path) is None)
+
+
+def older_plan(path: Path, job: Job, stage: int) -> str | None:
+    """Why `job`'s `stage` image at `path` is not this hires' (an older one planned an
+    upscale's first stages smaller, with the same settings): "64x64, where ... plans 128x128";
+    None where its size is the plan's."""
+    from PIL import Image
+
+    from hires.runs import stage_size
+
+    try:
+        with Image.open(path) as image:
+            size = image.size
+        want = stage_size(job, stage)
+    except (OSError, ValueError, IndexError):  # unreadable, or the input gone: said elsewhere
+        return None
+    if size == want:
+        return None
+    return (f"{size[0]}x{size[1]}, where this hires plans stage {stage} at "
+            f"{want[0]}x{want[1]}")
 
 
 def of_this_job(path: Path, job: Job) -> bool:
@@ -978,6 +999,8 @@ def _run_one(item: BatchItem, path: Path, settings: str,
             if not cut and held != stage:  # a preview where the whole image goes, or back
                 cut = (f"this job's stage {held} image, not its whole one" if held is not None
                        else f"this job's whole image, not its stage {stage} one")
+            elif not cut and stage is not None and (older := older_plan(path, item.job, stage)):
+                cut = f"this job's stage {stage} image at {older}"
         elif old is None:  # a TIFF or WebP cut short lost its record with its end
             cut = cut_with_its_record(path)
         if cut:  # kept aside as one of other settings is: the user's bytes, whatever they are

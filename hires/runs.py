@@ -232,7 +232,7 @@ def check_free(path: Path, job: Job, overwrite: bool, stage: int | None = None) 
     """OutputExists when `path` is taken, unless `overwrite`: by another image, or by this
     job's made with an input or add-on file as it was before an edit (its sha256 recorded), or
     cut short, or another stage's image of it than `stage`'s (None: the whole job's)."""
-    from hires.batch import changed_input, recorded_hash, recorded_stage, settings_hash
+    from hires.batch import changed_input, older_plan, recorded_hash, recorded_stage, settings_hash
     from hires.cut_short import cut_short
 
     # this job's file (its metadata read once): cut short, or of inputs edited since
@@ -248,6 +248,10 @@ def check_free(path: Path, job: Job, overwrite: bool, stage: int | None = None) 
     if cut:
         raise out.OutputExists(f"{path} holds this job's image, {cut} (a copy cut short?); "
                                "pass --overwrite to make it again, or choose another -o")
+    if ours and stage is not None and not changed and (older := older_plan(path, job, stage)):
+        raise out.OutputExists(f"{path} holds this job's stage {stage} image at {older} (an "
+                               "older hires'); pass --overwrite to make it again, or choose "
+                               "another -o")
     if changed:
         from hires.addons import elsewhere_hint
 
@@ -359,14 +363,23 @@ def input_name(image: str) -> str:
 def stage_count(job: Job) -> int:
     """How many stages `job` has, from its sizes alone (no weights): SDXL's native 1024 px, or
     the tiny model's. A run checks again with the loaded model's (hires.cli_runs.make_image)."""
+    return len(_stage_sizes(job))
+
+
+def stage_size(job: Job, stage: int) -> tuple[int, int]:
+    """The size of `job`'s stage `stage`, as `stage_count` finds its stages."""
+    return _stage_sizes(job)[stage]
+
+
+def _stage_sizes(job: Job) -> list[tuple[int, int]]:
     from hires.piped import image_size
     from hires.plan import stage_sizes, upscale_sizes
     from hires.tiny import TINY_SAMPLE_SIZE
 
     native = TINY_SAMPLE_SIZE * 8 if job.model == "tiny" else 1024
     if job.image:
-        return len(upscale_sizes(job.width, job.height, image_size(job.image), native))
-    return len(stage_sizes(job.width, job.height, native))
+        return upscale_sizes(job.width, job.height, image_size(job.image), native)
+    return [(w, h) for w, h, _ in stage_sizes(job.width, job.height, native)]
 
 
 def made_by(path: Path, job: Job, stage: int | None = None) -> dict[str, Any] | None:

@@ -786,12 +786,14 @@ def test_run_batch_makes_a_job_again_where_another_stage_of_it_is_and_keeps_that
     from PIL import Image
 
     from hires.record import save_stage
+    from hires.runs import stage_size
 
     one = items(1)
-    save_stage(Image.new("RGB", (64, 32)), tmp_path / "0.png", one[0].job, 0)
+    size = stage_size(one[0].job, 0)  # a preview of another size is an older hires'
+    save_stage(Image.new("RGB", size), tmp_path / "0.png", one[0].job, 0)
 
     def make(item, path):
-        save_stage(Image.new("RGB", (64, 32)), path, item.job, 0)  # a preview's record
+        save_stage(Image.new("RGB", size), path, item.job, 0)  # a preview's record
         return {"path": str(path)}
 
     whole = run_batch(one, lambda i: tmp_path / f"{i.index}.png", make)[0]

@@ -331,3 +331,47 @@ def test_from_an_upscale_made_elsewhere_says_where_to_run_it(tmp_path, monkeypat
     for args in (("plan", "--from", "up.png"), ("gen", "--from", "up.png", "-o", "again.png")):
         assert_usage_error(cli(*args), "made from in.png", "run this command in that folder")
     assert not (tmp_path / "o" / "again.png").exists()
+
+
+def _as_older_hires_made_it(stage0) -> None:
+    """The stage image at `stage0` at 64 px a side, its record kept."""
+    from PIL import PngImagePlugin
+
+    with Image.open(stage0) as image:
+        assert image.size == (128, 128)
+        info = PngImagePlugin.PngInfo()
+        for key, value in image.info.items():
+            if isinstance(value, str):
+                info.add_text(key, value)
+        image.resize((64, 64)).save(stage0, pnginfo=info)
+
+
+def test_a_preview_planned_by_an_older_hires_is_not_taken_as_made(tmp_path):
+    """A 32 px input's stage 0 was 64 px before its first stage held a quarter of the native
+    area; that preview, of the same settings, was kept as made ("made already by these
+    settings") where this hires makes a 128 px one (QA 195)."""
+    Image.new("RGB", (32, 32), "teal").save(tmp_path / "in.png")
+    settings = ("--size", "512", "--model", "tiny", "--steps", "1", "--seed", "1", "--preview")
+    args = ("up", tmp_path / "in.png", *settings, "-o", tmp_path / "p.png")
+    assert cli(*args).exit_code == 0
+    stage0 = tmp_path / "p.stage0.png"
+    _as_older_hires_made_it(stage0)
+    assert_usage_error(cli(*args), f"{stage0} holds this job's stage 0 image at 64x64, where "
+                       "this hires plans stage 0 at 128x128 (an older hires'); pass --overwrite")
+    assert cli(*args, "--overwrite").exit_code == 0
+    with Image.open(stage0) as image:
+        assert image.size == (128, 128)
+    jobs = tmp_path / "j.toml"  # a batch's: made again, the older one kept aside
+    jobs.write_text(f'[[job]]\nimage = "{tmp_path / "in.png"}"\nsize = 512\nmodel = "tiny"\n'
+                    'steps = 1\nseed = 1\n')
+    batch = ("batch", jobs, "--preview", "-o", tmp_path / "out")
+    assert cli(*batch).exit_code == 0
+    (made,) = (tmp_path / "out").glob("*.stage0.png")
+    assert [row["status"] for row in json_lines(cli(*batch, "--dry-run", "--json").stdout)] == [
+        "made"]
+    _as_older_hires_made_it(made)
+    rows = json_lines(cli(*batch, "--dry-run", "--json").stdout)
+    assert [row["status"] for row in rows] == ["to make"]
+    again = cli(*batch)
+    assert again.exit_code == 0 and "image at 64x64, where this hires plans stage 0 at " \
+        "128x128; it is kept as" in again.stderr

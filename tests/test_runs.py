@@ -177,8 +177,10 @@ def _recorded(path: Path, job: Job, stage: int | None) -> None:
     from hires.output import save_image
     from hires.record import save_stage
 
-    if stage is not None:
-        save_stage(Image.new("RGB", (64, 32)), path, job, stage)
+    if stage is not None:  # at the size of that stage: another is an older hires' plan's
+        from hires.runs import stage_size
+
+        save_stage(Image.new("RGB", stage_size(job, stage)), path, job, stage)
         return
     from hires import __version__
     from hires.batch import settings_hash
