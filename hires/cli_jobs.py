@@ -185,8 +185,8 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
     if recorded.get("vae") and "vae" not in flags:
         say(f"--from {from_image}: VAE {recorded['vae']} (as recorded; --vae picks another)")
     linfusion = recorded.get("linfusion")
-    if isinstance(linfusion, str) and linfusion.strip().lower() not in ("", "auto", "none") \
-            and "linfusion" not in flags:  # a checkpoint: its errors name --linfusion
+    if isinstance(linfusion, str) and linfusion.strip() and linfusion not in ("auto", "none") \
+            and "linfusion" not in flags:  # a checkpoint (as the loader reads it: "None" too)
         say(f"--from {from_image}: LinFusion {linfusion} (as recorded; --linfusion picks "
             "another)")
     if "vae_tile" not in flags and (old := old_tile(recorded)):

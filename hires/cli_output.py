@@ -227,6 +227,11 @@ def fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+def error_line(message: str) -> None:
+    """An error on stderr whose exit code the command sets at its end (a batch's job)."""
+    _stderr("error", message)
+
+
 def stopped(stop: KeyboardInterrupt) -> int:
     """The line for Ctrl-C, SIGTERM or SIGHUP (an error object with --progress json); returns
     the exit code."""

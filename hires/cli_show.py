@@ -19,8 +19,8 @@ from hires.cli_jobs import check_gpu, fitted_plan, plan_key
 from hires.cli_output import (
     EXIT_RUNTIME,
     EXIT_USAGE,
+    error_line,
     exit_codes,
-    fail,
     json_line,
     out_line,
     say,
@@ -439,7 +439,7 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
                 warn(said if flag_key(loss) else f"job {item.index}: {said}")
         stops.check()  # one a library swallowed while this job was planned
         if row["status"] == "cannot run":  # on stderr, as the run says a failed job
-            fail(f"job {item.index} cannot run: {row['error']}", EXIT_USAGE)
+            error_line(f"job {item.index} cannot run: {row['error']}")
             if not as_json:  # its text line is that error: not said twice
                 continue
         out_line(json_line(row) if as_json else text)

@@ -385,6 +385,12 @@ def test_a_bad_recorded_value_is_told_the_flag_that_replaces_it(tmp_path):
     assert "give --" not in refused.stderr
 
 
+def _with_record(record: dict) -> PngImagePlugin.PngInfo:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("hires", json.dumps(record))
+    return info
+
+
 def test_a_recorded_linfusion_checkpoint_is_said_as_recorded_before_its_error(tmp_path):
     """A record's LinFusion that is not here was refused naming --linfusion, a flag never
     typed, with no word that the record gave it (as --from says of its model and VAE)."""
@@ -393,9 +399,7 @@ def test_a_recorded_linfusion_checkpoint_is_said_as_recorded_before_its_error(tm
     with Image.open(path) as im:
         record = json.loads(im.info["hires"])
         record["job"]["linfusion"] = "someone/no-such-linfusion"
-        info = PngImagePlugin.PngInfo()
-        info.add_text("hires", json.dumps(record))
-        im.save(bad, pnginfo=info)
+        im.save(bad, pnginfo=_with_record(record))
     refused = cli("gen", "--from", bad, "--dry-run")
     assert refused.exit_code != 0
     said = refused.stderr.splitlines()
@@ -404,6 +408,11 @@ def test_a_recorded_linfusion_checkpoint_is_said_as_recorded_before_its_error(tm
     assert said[-1].startswith("error: LinFusion checkpoint someone/no-such-linfusion ")
     plain = cli("gen", "--from", path, "--dry-run")  # the default's: no word
     assert plain.exit_code == 0 and "LinFusion" not in plain.stderr
+    with Image.open(path) as im:  # "None" is no switch to the loader: a checkpoint's name
+        record["job"]["linfusion"] = "None"
+        im.save(bad, pnginfo=_with_record(record))
+    assert "LinFusion None (as recorded; --linfusion picks another)" in cli(
+        "gen", "--from", bad, "--dry-run").stderr
 
 
 def test_a_record_of_a_newer_hires_says_to_upgrade(tmp_path):
