@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import errno
 import hashlib
 import io
@@ -131,10 +132,32 @@ def read_batch(path: str | Path, base: Job | None = None,
     # every job's said at once: a file of 1,000 jobs, fixed in one go; [defaults]' first
     given = defaults
     defaults, errors = _good_defaults(defaults, f"{name} [defaults]")
-    # An unknown [defaults] key left out may be a misspelt one the jobs need ('promt'): of
-    # theirs, only the errors of their own keys are said (the rest, once it is fixed)
-    dropped = set(given) - set(defaults) - {"seed"}
+    items, found = _read_jobs(name, entries, line_of, defaults, base, levels)
+    if (meant := _as_meant(given, defaults)) is not None:
+        # An unknown [defaults] key may be a misspelt one the jobs need ('promt'): their
+        # errors are said where they hold both without it and with the key it likely meant
+        # (not "has no prompt" a job); the rest, once it is fixed
+        try:
+            also = {str(e) for e in _read_jobs(name, entries, line_of, meant, base, levels)[1]}
+        except Exception:  # a guess's trouble: the jobs' errors as they are
+            also = {str(e) for e in found}
+        found = [e for e in found if str(e) in also]
+    errors += found
+    if errors:
+        # the good jobs ride along: a caller checks their outputs too (`name_outputs`), so
+        # that every bad job of the file is said at once. [defaults]' errors, once.
+        error = all_of(list({str(e): e for e in errors}.values()))
+        error.items = items
+        raise error
+    return items
+
+
+def _read_jobs(name: str, entries: list, line_of: dict[int, int], defaults: dict[str, Any],
+               base: Job | None, levels: list[tuple[dict[str, Any], str, bool]] | None
+               ) -> tuple[list[BatchItem], list[JobError]]:
+    """`read_batch`'s jobs on `defaults`: those that pass, and every error of the others."""
     items: list[BatchItem] = []
+    errors: list[JobError] = []
     drawn: dict[str, int] = {}  # the seeds drawn so far for each job text (`stable_seed`)
     for i, entry in enumerate(entries):
         # Numbered from 0, as the run, the manifest and the default names number it.
@@ -154,9 +177,7 @@ def read_batch(path: str | Path, base: Job | None = None,
             item = dataclasses.replace(_item(i, entry, defaults, where, name, base, levels),
                                        line=line_of.get(i))
         except JobError as e:
-            found = [e, *_hidden_errors(i, entry, defaults, where, name, base, levels, e)]
-            errors += [f for f in found if not dropped or any(
-                f"'{key}' in {where}" in str(f) for key in entry)]
+            errors += [e, *_hidden_errors(i, entry, defaults, where, name, base, levels, e)]
             continue
         if item.job.seed is None:
             text = json.dumps([item.job.prompt, item.job.negative, item.job.image])
@@ -164,13 +185,23 @@ def read_batch(path: str | Path, base: Job | None = None,
             item = dataclasses.replace(
                 item, job=item.job.merged({"seed": stable_seed(text, drawn[text])}))
         items.append(item)
-    if errors:
-        # the good jobs ride along: a caller checks their outputs too (`name_outputs`), so
-        # that every bad job of the file is said at once. [defaults]' errors, once.
-        error = all_of(list({str(e): e for e in errors}.values()))
-        error.items = items
-        raise error
-    return items
+    return items, errors
+
+
+def _as_meant(given: dict[str, Any], good: dict[str, Any]) -> dict[str, Any] | None:
+    """[defaults] (`good`, its checked keys) with each unknown key of `given` as the valid key
+    it is closest to ('promt' as 'prompt'), where one is close and not given too; None where
+    no unknown key has one (a refused key, 'n' or 'allow_pickle', is no misspelling)."""
+    valid = batch_keys()
+    meant = dict(good)
+    for key, value in given.items():
+        name = str(key).replace("-", "_")
+        if key in good or name in valid or _refused_key(key):
+            continue
+        close = difflib.get_close_matches(name.lower(), valid, n=1, cutoff=0.5)
+        if close and close[0] not in given and close[0] not in meant:
+            meant[close[0]] = value
+    return meant if meant != good else None
 
 
 def _good_defaults(defaults: dict[str, Any], where: str) -> tuple[dict[str, Any],

@@ -430,3 +430,13 @@ def test_a_dry_run_says_what_the_run_warns_of_before_it(tmp_path, small):
     tmp = cli("gen", "a", "--model", "tiny", "--size", "256", "-o", tmp_path / "t.png",
               "--dry-run", env={"TMPDIR": str(gone)})
     assert tmp.exit_code == 0 and f"TMPDIR={gone} is not a folder" in tmp.stderr
+
+
+@pytest.mark.parametrize("text", ["", "\n# nothing yet\n", 'description = "mine"\n'])
+def test_a_preset_that_sets_nothing_is_refused(tmp_path, text):
+    """An empty preset file (saved empty by mistake) ran the defaults, 1024 px at 50 steps,
+    without a word (QA 198)."""
+    preset = tmp_path / "blank.toml"
+    preset.write_text(text)
+    assert_usage_error(cli("plan", "--preset", preset, "--gpu", "h100"),
+                       f"error: preset 'blank' ({preset}) sets nothing (an empty file?)")
