@@ -3,6 +3,7 @@ it was said once a job (the same line twenty times, hiding the rest) and the job
 only once it was fixed."""
 
 from helpers_cli import cli, error_lines, write
+from PIL import Image
 
 
 def test_a_bad_default_is_said_once_and_the_jobs_errors_beside_it(tmp_path):
@@ -162,3 +163,22 @@ def test_an_unknown_default_key_hides_no_job_s_error_of_its_own_keys(tmp_path):
                   '[[job]]\nseed = 1\n')  # a bad seed alone hides nothing: seeds are drawn
     assert error_lines(cli("batch", fixed, "-o", tmp_path / "out", "--dry-run").stderr)[1:] == [
         "error: f.toml job 0 has no prompt; give it a 'prompt' (or an 'image' to upscale)"]
+
+
+def test_a_misspelt_default_hides_no_bad_default_nor_makes_errors_up(tmp_path):
+    """The first fix kept only errors naming a job's own key: a bad [defaults] value beside
+    'promt' went unsaid, a job's dashed key's error too, and 'imag' or 'sise' still made
+    errors up ('scale' is for upscales; 'aspect' needs a long side) (QA 197)."""
+    path = write(tmp_path / "a.toml", '[defaults]\npromt = "a fox"\nsize = "64x64"\n'
+                 'model = "tiny"\n[[job]]\nseed = 1\n[[job]]\nvae-tile = -3\n')
+    said = error_lines(cli("batch", path, "-o", tmp_path / "out", "--dry-run").stderr)
+    assert [line.split(" must")[0].split(" (did")[0] for line in said] == [
+        "error: unknown key 'promt' in a.toml [defaults]", "error: 'size' in a.toml [defaults]",
+        "error: 'vae_tile' in a.toml job 1"]
+    Image.new("RGB", (64, 64)).save(tmp_path / "in.png")
+    for defaults, job in ((f'imag = "{tmp_path / "in.png"}"', "scale = 2"),
+                          ('sise = 128', 'aspect = "16:9"')):
+        path = write(tmp_path / "b.toml", f'[defaults]\n{defaults}\nprompt = "x"\n'
+                     f'model = "tiny"\n[[job]]\n{job}\n')
+        said = error_lines(cli("batch", path, "-o", tmp_path / "out", "--dry-run").stderr)
+        assert len(said) == 1 and said[0].startswith("error: unknown key"), said
