@@ -268,13 +268,20 @@ def check_steps_and_notes(job, components, notes: bool = True,
         note = ("this CPU has native bf16: --dtype bf16 runs the UNet about 3x faster than "
                 "fp32 (BENCHMARKS.md, bf16)")
         say(in_job_words(note) if place else note)
+    def given_in(key: str) -> str | None:
+        """Where a preset, a record or a batch's job file gave `key`; None for a flag's."""
+        return place(key) if place else job.extra.get("given_in", {}).get(key)
+
     if job.dtype == "fp16" or (job.dtype == "bf16" and not cpu_has_fast_bf16()):
-        warn(f'dtype = "{job.dtype}" in {place("dtype")} is about 4x slower than fp32 on the '
-             "CPU; leave it out for a CPU run" if place else
+        fix = "leave it out for a CPU run" if place else "--dtype auto runs fp32"
+        where = given_in("dtype")
+        warn(f'dtype = "{job.dtype}" in {where} is about 4x slower than fp32 on the CPU; {fix}'
+             if where else
              f"--dtype {job.dtype} on the CPU is about 4x slower than fp32; drop --dtype there")
     if job.offload in ("model", "sequential"):
         said = "does nothing on the CPU (the weights are in RAM already)"
-        warn(f'offload = "{job.offload}" in {place("offload")} {said}' if place else
+        where = given_in("offload")
+        warn(f'offload = "{job.offload}" in {where} {said}' if where else
              f"--offload {job.offload} {said}")
 
 

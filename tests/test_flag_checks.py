@@ -440,3 +440,22 @@ def test_a_preset_that_sets_nothing_is_refused(tmp_path, text):
     preset.write_text(text)
     assert_usage_error(cli("plan", "--preset", preset, "--gpu", "h100"),
                        f"error: preset 'blank' ({preset}) sets nothing (an empty file?)")
+
+
+def test_the_cpu_notes_name_a_preset_s_or_a_record_s_dtype_where_it_was_given(tmp_path):
+    """A preset's dtype = "fp16" on the CPU was told "drop --dtype there", a flag never given;
+    --from that image said it again of the record's (QA 197)."""
+    preset = tmp_path / "cpu.toml"
+    preset.write_text('dtype = "fp16"\noffload = "model"\n')
+    made = tmp_path / "a.png"
+    first = cli("gen", "a", "--preset", preset, "--model", "tiny", "--size", "64", "--steps", "1",
+                "--device", "cpu", "-o", made)
+    assert first.exit_code == 0, first.stderr
+    assert (f"warning: dtype = \"fp16\" in preset 'cpu' ({preset}) is about 4x slower than fp32 "
+            "on the CPU; --dtype auto runs fp32") in first.stderr.splitlines()
+    assert "--offload" not in first.stderr and "drop --dtype" not in first.stderr
+    again = cli("gen", "--from", made, "--device", "cpu", "-o", tmp_path / "b.png")
+    assert f'warning: offload = "model" in metadata of {made} does nothing' in again.stderr
+    flagged = cli("gen", "a", "--dtype", "fp16", "--model", "tiny", "--size", "64", "--steps",
+                  "1", "--device", "cpu", "-o", tmp_path / "c.png")
+    assert "warning: --dtype fp16 on the CPU is about 4x slower" in flagged.stderr
