@@ -136,12 +136,18 @@ def read_batch(path: str | Path, base: Job | None = None,
     if (meant := _as_meant(given, defaults)) is not None:
         # An unknown [defaults] key may be a misspelt one the jobs need ('promt'): their
         # errors are said where they hold both without it and with the key it likely meant
-        # (not "has no prompt" a job); the rest, once it is fixed
+        # (not "has no prompt" a job); the rest, once it is fixed. Where the guess itself
+        # fails in [defaults] (a value that key refuses), it hides the jobs' errors: then
+        # those that name no guessed key are said.
+        said = {str(e) for e in found}
         try:
             also = {str(e) for e in _read_jobs(name, entries, line_of, meant, base, levels)[1]}
         except Exception:  # a guess's trouble: the jobs' errors as they are
-            also = {str(e) for e in found}
-        found = [e for e in found if str(e) in also]
+            also = said
+        failed = any(f"{name} [defaults]" in e and e not in said for e in also)
+        guessed = set(meant) - set(defaults)
+        found = [e for e in found if str(e) in also or (failed and not any(
+            re.search(rf"(?<![\w-]){re.escape(k)}(?![\w-])", str(e)) for k in guessed))]
     errors += found
     if errors:
         # the good jobs ride along: a caller checks their outputs too (`name_outputs`), so

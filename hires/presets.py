@@ -75,8 +75,9 @@ def _parse(name: str, path: str, data: dict[str, Any]) -> Preset:
                        f"{spelled(description)}")
     description = " ".join(description.split())  # a multi-line one, on its one line
     if not values:  # a file saved empty by mistake ran the defaults without a word
-        raise JobError(f"{where} sets nothing (an empty file?): give it settings (as "
-                       "'hires presets show draft' does), or leave the preset out")
+        what = "but its description" if description else "(an empty file?)"
+        raise JobError(f"{where} sets nothing {what}: give it settings (steps = 30, say), or "
+                       "leave the preset out")
     # Unknown keys and out-of-range numbers (nan, inf) fail here, whoever uses the preset. The
     # size keys (size, aspect, scale, width, height) are kept as written: what they make
     # depends on the flags and, for an upscale, the input (hires.sizes).

@@ -2,6 +2,7 @@
 it was said once a job (the same line twenty times, hiding the rest) and the jobs' own errors
 only once it was fixed."""
 
+import pytest
 from helpers_cli import cli, error_lines, write
 from PIL import Image
 
@@ -182,3 +183,15 @@ def test_a_misspelt_default_hides_no_bad_default_nor_makes_errors_up(tmp_path):
                      f'model = "tiny"\n[[job]]\n{job}\n')
         said = error_lines(cli("batch", path, "-o", tmp_path / "out", "--dry-run").stderr)
         assert len(said) == 1 and said[0].startswith("error: unknown key"), said
+
+
+@pytest.mark.parametrize("typo", ['prest = "nonexistent"', 'aspcet = "16:9"'])
+def test_a_misspelt_default_whose_guess_fails_hides_no_job_error(tmp_path, typo):
+    """'prest' read as 'preset' (an unknown preset), or 'aspcet' as an aspect too wide for
+    the size, failed in [defaults] and hid every job's error from the guessed read, so none
+    was said (QA 199)."""
+    path = write(tmp_path / "g.toml", f'[defaults]\nmodel = "tiny"\nsize = 64\nprompt = "a"\n'
+                 f'{typo}\n[[job]]\n[[job]]\nsteps = 0\n')
+    said = error_lines(cli("batch", path, "-o", tmp_path / "out", "--dry-run").stderr)
+    assert len(said) == 2 and said[0].startswith("error: unknown key"), said
+    assert said[1].startswith("error: 'steps' in g.toml job 1 must be a whole number")

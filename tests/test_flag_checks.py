@@ -439,7 +439,9 @@ def test_a_preset_that_sets_nothing_is_refused(tmp_path, text):
     preset = tmp_path / "blank.toml"
     preset.write_text(text)
     assert_usage_error(cli("plan", "--preset", preset, "--gpu", "h100"),
-                       f"error: preset 'blank' ({preset}) sets nothing (an empty file?)")
+                       f"error: preset 'blank' ({preset}) sets nothing "
+                       f"{'but its description' if 'desc' in text else '(an empty file?)'}: "
+                       "give it settings (steps = 30, say)")
 
 
 def test_the_cpu_notes_name_a_preset_s_or_a_record_s_dtype_where_it_was_given(tmp_path):
