@@ -136,18 +136,12 @@ def read_batch(path: str | Path, base: Job | None = None,
     if (meant := _as_meant(given, defaults)) is not None:
         # An unknown [defaults] key may be a misspelt one the jobs need ('promt'): their
         # errors are said where they hold both without it and with the key it likely meant
-        # (not "has no prompt" a job); the rest, once it is fixed. Where the guess itself
-        # fails in [defaults] (a value that key refuses), it hides the jobs' errors: then
-        # those that name no guessed key are said.
-        said = {str(e) for e in found}
+        # (not "has no prompt" a job); the rest, once it is fixed
         try:
-            also = {str(e) for e in _read_jobs(name, entries, line_of, meant, base, levels)[1]}
+            also = [str(e) for e in _read_jobs(name, entries, line_of, meant, base, levels)[1]]
         except Exception:  # a guess's trouble: the jobs' errors as they are
-            also = said
-        failed = any(f"{name} [defaults]" in e and e not in said for e in also)
-        guessed = set(meant) - set(defaults)
-        found = [e for e in found if str(e) in also or (failed and not any(
-            re.search(rf"(?<![\w-]){re.escape(k)}(?![\w-])", str(e)) for k in guessed))]
+            also = [str(e) for e in found]
+        found = _beside_guess(found, also, set(meant) - set(defaults), f"{name} [defaults]")
     errors += found
     if errors:
         # the good jobs ride along: a caller checks their outputs too (`name_outputs`), so
@@ -192,6 +186,22 @@ def _read_jobs(name: str, entries: list, line_of: dict[int, int], defaults: dict
                 item, job=item.job.merged({"seed": stable_seed(text, drawn[text])}))
         items.append(item)
     return items, errors
+
+
+def _beside_guess(found: list[JobError], also: list[str], guessed: set[str],
+                  home: str) -> list[JobError]:
+    """The jobs' errors `found` without a misspelt [defaults] key that `also` holds, read as
+    the `guessed` keys it likely meant. Where the guess itself fails in [defaults] (`home`: a
+    value that key refuses), it hides the jobs' errors: then those naming no guessed key."""
+    said = {str(e) for e in found}
+    failed = any(home in e and e not in said for e in also)
+    return [e for e in found if str(e) in also or (failed and not any(
+        _as_word(key, str(e)) for key in guessed))]
+
+
+def _as_word(key: str, text: str) -> bool:
+    """Whether `text` names `key` as a word of its own ('add ip_image', not 'ip_image_x')."""
+    return re.search(rf"(?<![\w-]){re.escape(key)}(?![\w-])", text) is not None
 
 
 def _as_meant(given: dict[str, Any], good: dict[str, Any]) -> dict[str, Any] | None:
@@ -248,8 +258,7 @@ def _hidden_errors(i: int, entry: dict[str, Any], defaults: dict[str, Any], wher
         """`named`, or the key as a bare word ('add ip_image'): an error about a key left out
         is the absence's, not the job's."""
         key = str(key).replace("-", "_")
-        word = re.search(rf"(?<![\w-]){re.escape(key)}(?![\w-])", said)
-        return named(key) or word is not None
+        return named(key) or _as_word(key, said)
 
     for _ in range(len(defaults) + len(entry)):
         if home in said:
