@@ -141,7 +141,11 @@ def read_batch(path: str | Path, base: Job | None = None,
             also = [str(e) for e in _read_jobs(name, entries, line_of, meant, base, levels)[1]]
         except Exception:  # a guess's trouble: the jobs' errors as they are
             also = [str(e) for e in found]
-        found = _beside_guess(found, also, set(meant) - set(defaults), f"{name} [defaults]")
+        guessed = set(meant) - set(defaults)
+        if "preset" in guessed:  # what it gives may be what the jobs lack
+            with contextlib.suppress(JobError):
+                guessed |= set(load_preset(str(meant["preset"])).values)
+        found = _beside_guess(found, also, guessed, f"{name} [defaults]")
     errors += found
     if errors:
         # the good jobs ride along: a caller checks their outputs too (`name_outputs`), so
@@ -250,9 +254,11 @@ def _hidden_errors(i: int, entry: dict[str, Any], defaults: dict[str, Any], wher
     home = f"{name} [defaults]"
 
     def named(key: str) -> bool:
-        """Whether the error names `key`: vae-tile as 'vae_tile', print_size as 'print size'."""
+        """Whether the error names `key`: vae-tile as 'vae_tile', print_size as 'print size',
+        and a table's "jobs.toml [defaults]: aspect = 16:9 at size = 64 makes ..." its first."""
         key = str(key).replace("-", "_")
-        return f"'{key}'" in said or ("_" in key and key.replace("_", " ") in said)
+        return f"'{key}'" in said or ("_" in key and key.replace("_", " ") in said) or \
+            said.startswith((f"{home}: {key} = ", f"{where}: {key} = "))
 
     def mentions(key: str) -> bool:
         """`named`, or the key as a bare word ('add ip_image'): an error about a key left out

@@ -195,3 +195,25 @@ def test_a_misspelt_default_whose_guess_fails_hides_no_job_error(tmp_path, typo)
     said = error_lines(cli("batch", path, "-o", tmp_path / "out", "--dry-run").stderr)
     assert len(said) == 2 and said[0].startswith("error: unknown key"), said
     assert said[1].startswith("error: 'steps' in g.toml job 1 must be a whole number")
+
+
+def test_a_misspelt_preset_makes_up_no_error_of_what_the_preset_gives(tmp_path):
+    """'prest' naming a preset that gives the prompt and size, beside an aspect that fails at
+    that size: every job was told it "has no prompt" (QA 200)."""
+    preset = write(tmp_path / "p.toml", 'size = 64\nprompt = "from the preset"\n')
+    path = write(tmp_path / "m.toml", f'[defaults]\nmodel = "tiny"\nprest = "{preset}"\n'
+                 'aspect = "16:9"\nsteps = 2\n[[job]]\nseed = 1\n[[job]]\nsteps = 0\n')
+    said = error_lines(cli("batch", path, "-o", tmp_path / "out", "--dry-run").stderr)
+    assert said[0].startswith("error: unknown key 'prest'") and len(said) == 2, said
+    assert said[1].startswith("error: 'steps' in m.toml job 1 must be a whole number")
+
+
+def test_a_default_s_error_naming_its_key_unquoted_hides_no_job_s_error(tmp_path):
+    """"[defaults]: aspect = 16:9 at size = 64 makes the short side 32 px" did not name
+    'aspect' as the re-check reads keys, so the jobs behind it were never checked (QA 200)."""
+    path = write(tmp_path / "n.toml", '[defaults]\nmodel = "tiny"\naspect = "16:9"\nsize = 64\n'
+                 'prompt = "x"\n[[job]]\nseed = 1\n[[job]]\nsteps = 0\n')
+    said = error_lines(cli("batch", path, "-o", tmp_path / "out", "--dry-run").stderr)
+    assert said[0].startswith("error: n.toml [defaults]: aspect = 16:9 at size = 64 makes")
+    assert said[1:] == ["error: 'steps' in n.toml job 1 must be a whole number from 1 to 1000, "
+                        "got 0"]
