@@ -255,6 +255,11 @@ def check_steps_and_notes(job, components, notes: bool = True,
                        f"timesteps), got {job.steps}")
     if not notes:
         return
+
+    def given_in(key: str) -> str | None:
+        """Where a preset, a record or a batch's job file gave `key`; None for a flag's."""
+        return place(key) if place else job.extra.get("given_in", {}).get(key)
+
     if (components.device.type == "cuda" and components.vae_dtype == torch.float32
             and components.dtype != torch.float32 and job.vae_dtype == "auto"):
         say(fp16_vae_hint("this GPU"))
@@ -268,10 +273,6 @@ def check_steps_and_notes(job, components, notes: bool = True,
         note = ("this CPU has native bf16: --dtype bf16 runs the UNet about 3x faster than "
                 "fp32 (BENCHMARKS.md, bf16)")
         say(in_job_words(note) if place else note)
-    def given_in(key: str) -> str | None:
-        """Where a preset, a record or a batch's job file gave `key`; None for a flag's."""
-        return place(key) if place else job.extra.get("given_in", {}).get(key)
-
     if job.dtype == "fp16" or (job.dtype == "bf16" and not cpu_has_fast_bf16()):
         fix = "leave it out for a CPU run" if place else "--dtype auto runs fp32"
         where = given_in("dtype")

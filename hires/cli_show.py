@@ -528,7 +528,7 @@ def batch_hints(item: Any, run: Any, source: tuple[int, int] | None, plans: dict
     from hires.batch import in_job_words
     from hires.dry_run import as_run_here, dry_run
 
-    key = "hints " + plan_key(item.job, source) + repr(sorted(item.job.extra.items()))
+    key = "hints " + _shared_key(item.job, source)
     if key not in plans:
         job = as_run_here(item.job, run.gpu)
         replan = lambda j: dry_run(j, run.gpu, source, preview=preview).plan  # noqa: E731
@@ -549,6 +549,12 @@ def busy_holder(path: Path) -> str | None:
     return held
 
 
+def _shared_key(job: Any, source: tuple[int, int] | None) -> str:
+    """What a batch job's plan (and its hints) depend on: `plan_key` and how its size was asked
+    for (a print size is told a dpi)."""
+    return plan_key(job, source) + repr(sorted(job.extra.items()))
+
+
 def shared_plan(job: Any, source: tuple[int, int] | None, gpu: str | None,
                 plans: dict[str, Any], preview: bool) -> Any:
     """`job`'s fitted plan on `gpu` (its first stage's with `preview`), made once for the jobs
@@ -559,7 +565,7 @@ def shared_plan(job: Any, source: tuple[int, int] | None, gpu: str | None,
 
     # A refusal is kept too: its search of a size that fits takes seconds. Its words depend
     # on how the job was asked for (a print size is told a dpi): that is in the key.
-    key = plan_key(job, source) + repr(sorted(job.extra.items()))
+    key = _shared_key(job, source)
     if key not in plans:
         here = as_run_here(job, gpu)
         try:

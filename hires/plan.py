@@ -212,7 +212,7 @@ def upscale_sizes(width: int, height: int, source: tuple[int, int],
             sizes.append((w, h))                # stays: no stage at the same size again
         k += 1
     # SDXL denoises poorly far below its native size (a 64 px icon's first stage was 128 px,
-    # a 1 px one's 8 px): a stage starts at half its native side's area, or the request
+    # a 1 px one's 8 px): a stage holds a quarter of the native area, or is the request
     floor = (native // 2) ** 2
     return [*[(w, h) for w, h in sizes if w * h >= floor], (width, height)]
 

@@ -372,6 +372,7 @@ def stage_size(job: Job, stage: int) -> tuple[int, int]:
 
 
 def _stage_sizes(job: Job) -> list[tuple[int, int]]:
+    """`job`'s stages' sizes, planned at its model's native size (no weights read)."""
     from hires.piped import image_size
     from hires.plan import stage_sizes, upscale_sizes
     from hires.tiny import TINY_SAMPLE_SIZE
