@@ -208,6 +208,15 @@ def _as_word(key: str, text: str) -> bool:
     return re.search(rf"(?<![\w-]){re.escape(key)}(?![\w-])", text) is not None
 
 
+def _meant_key(key: Any) -> str | None:
+    """The valid key an unknown `key` is closest to ('promt': 'prompt'), or None."""
+    name = str(key).replace("-", "_")
+    if name in batch_keys():
+        return None
+    close = difflib.get_close_matches(name.lower(), batch_keys(), n=1, cutoff=0.5)
+    return close[0] if close else None
+
+
 def _as_meant(given: dict[str, Any], good: dict[str, Any]) -> dict[str, Any] | None:
     """[defaults] (`good`, its checked keys) with each unknown key of `given` as the valid key
     it is closest to ('promt' as 'prompt'), where one is close and not given too; None where
@@ -218,9 +227,9 @@ def _as_meant(given: dict[str, Any], good: dict[str, Any]) -> dict[str, Any] | N
         name = str(key).replace("-", "_")
         if key in good or name in valid or _refused_key(key):
             continue
-        close = difflib.get_close_matches(name.lower(), valid, n=1, cutoff=0.5)
-        if close and close[0] not in given and close[0] not in meant:
-            meant[close[0]] = value
+        close = _meant_key(key)
+        if close and close not in given and close not in meant:
+            meant[close] = value
     return meant if meant != good else None
 
 
@@ -285,7 +294,10 @@ def _hidden_errors(i: int, entry: dict[str, Any], defaults: dict[str, Any], wher
             said = str(e)
             # Of a key left out ('width' and 'height' go together): not said, and the keys it
             # names are left out too, so the job's other errors are still found
-            if not any(mentions(k) for k in [*defaults, *entry] if k not in rest and k not in own):
+            # ... and so is one of the key a misspelt one likely meant ('promt': "has no
+            # prompt"), said once the spelling is fixed
+            left = [k for k in [*defaults, *entry] if k not in rest and k not in own]
+            if not any(mentions(k) for k in [*left, *filter(None, map(_meant_key, left))]):
                 found.append(e)
     return found
 

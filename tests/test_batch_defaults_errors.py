@@ -217,3 +217,16 @@ def test_a_default_s_error_naming_its_key_unquoted_hides_no_job_s_error(tmp_path
     assert said[0].startswith("error: n.toml [defaults]: aspect = 16:9 at size = 64 makes")
     assert said[1:] == ["error: 'steps' in n.toml job 1 must be a whole number from 1 to 1000, "
                         "got 0"]
+
+
+@pytest.mark.parametrize("ext", ["toml", "jsonl"])
+def test_a_jobs_own_misspelt_key_makes_up_no_error_of_the_key_it_meant(tmp_path, ext):
+    """A job's own 'promt' said "unknown key 'promt' ... (did you mean 'prompt'?)" and then
+    "has no prompt" for the same job; its other errors are still said."""
+    body = ('[defaults]\nmodel = "tiny"\nsize = 64\n[[job]]\npromt = "a cat"\nsteps = 0\n'
+            if ext == "toml" else '{"model": "tiny", "size": 64, "promt": "a cat", "steps": 0}\n')
+    said = error_lines(cli("batch", write(tmp_path / f"j.{ext}", body), "-o", tmp_path / "out",
+                           "--dry-run").stderr)
+    assert len(said) == 2, said
+    assert said[0].startswith("error: unknown key 'promt' in j.") and "'prompt'?" in said[0]
+    assert said[1].startswith("error: 'steps' in j.") and "must be a whole number" in said[1]
