@@ -664,7 +664,7 @@ def old_tile(recorded: dict[str, Any]) -> str | None:
 def fitted_plan(make, job):
     """`make()`'s plan; a plan that cannot fit becomes a usage error that says what would."""
     from hires.job import JobError
-    from hires.plan import PlanError, fitting_print, fitting_size, whole_job_need
+    from hires.plan import PlanError, cpu_budget_flag, fitting_print, fitting_size, whole_job_need
 
     try:
         return make()
@@ -673,9 +673,9 @@ def fitted_plan(make, job):
         model = (e.plan_kwargs or {}).get("model")
         if e.host:
             hint = "; try --ram with what is free" if job.ram is None else "; try a larger --ram"
-        elif model is not None and not model.on_gpu:  # a CPU run's memory: --vram, else --ram
-            hint = ("; try a larger --vram" if job.vram is not None else
-                    "; try a larger --ram" if job.ram is not None else "")
+        elif model is not None and not model.on_gpu:  # a CPU run's memory: the flag setting it
+            flag = cpu_budget_flag(job.vram, job.ram)
+            hint = f"; try a larger --{flag}" if flag else ""
         elif job.vram is not None or job.offload != "auto":
             # --offload auto only where it was not: the plan already had every offload to try
             hint = "; try a larger --vram" + (" or --offload auto" if job.offload != "auto"

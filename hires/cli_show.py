@@ -243,6 +243,9 @@ def times_phrase(run, p) -> str:
 
     gpu, rate = run.gpu, run.rate
     if rate is None:
+        if gpu == "mps":
+            return ("no times: a Mac GPU's rate is not known (--gpu with a TFLOP/s figure "
+                    "times it)")
         return ("no times: a CPU's rate is not known (expect minutes per megapixel; --gpu "
                 "with a TFLOP/s figure times it)")
     # Without a budget the plan may take more memory than the card has: its rate only.

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from hires.gpus import FP32_SHARE, Card
 from hires.memory import GIB, scratch_folder
-from hires.plan import Plan, budget_bytes, make_plan
+from hires.plan import Plan, budget_bytes, cpu_budget_flag, make_plan
 
 if TYPE_CHECKING:
     import torch
@@ -31,8 +31,8 @@ def _vae_dtype_bytes(requested: str, dtype_bytes: int, device: str, bf16: bool =
     from hires.models import DTYPES, choose_vae_dtype
 
     if device.startswith(("cpu", "mps")):  # this machine: ask the rule itself
-        return choose_vae_dtype(torch.device(device), torch.float32, requested,
-                                fp16_ok).itemsize
+        model = torch.float32 if dtype_bytes == 4 else torch.float16  # MPS: fp16 goes with it
+        return choose_vae_dtype(torch.device(device), model, requested, fp16_ok).itemsize
     if requested == "fp16":
         choose_vae_dtype(torch.device("cpu"), torch.float16, requested, fp16_ok)  # or refuse
     wanted = requested if requested != "auto" else "fp32" if dtype_bytes == 4 else "bf16"
@@ -57,7 +57,7 @@ class DryRun:
     """A plan made without weights, and what its budget and times are for."""
 
     plan: Plan
-    gpu: str  # the card (or TFLOP/s figure) its times are for; "cpu": a CPU's, not timed
+    gpu: str  # the card (or TFLOP/s figure) its times are for; "cpu", "mps": not timed
     rate: float | None  # FLOP/s; None: no times
     budget_from: str | None  # 'vram', 'gpu' (the named card's memory), 'ram' (a CPU's, from
     # --ram), 'device' or None
@@ -68,7 +68,8 @@ def dry_run(job, gpu: str | None = None, source: tuple[int, int] | None = None,
     """`hires plan`: the job planned for the card `gpu` names (its memory unless `--vram`
     says, its rate), else for the local GPU, else at an H100's rate without a budget. A job
     for the CPU (`--device cpu`) is planned as a run plans it, in the free RAM, and timed only
-    at a rate `gpu` gives (a CPU's is not known: `gpu` is then "cpu", the rate None).
+    at a rate `gpu` gives (a CPU's is not known: `gpu` is then "cpu", the rate None); a job
+    for a Mac's GPU (`--device mps`) likewise ("mps").
 
     Raises ValueError for a `gpu` that is neither a known card nor a TFLOP/s figure.
     """
@@ -80,11 +81,13 @@ def dry_run(job, gpu: str | None = None, source: tuple[int, int] | None = None,
         here = "this CPU" if job.device.startswith("cpu") else "this Mac's GPU"
         raise JobError(f"--gpu {gpu} plans that CUDA card, and --device {job.device} a run on "
                        f"{here}: give one (a TFLOP/s figure, --gpu 0.5, times a run here)")
-    if job.device.startswith("cpu") and gpu is None:
+    if job.device.startswith(("cpu", "mps")) and gpu is None:
+        # not at a CUDA card's rate: a CPU's or a Mac's is not known
         plan = plan_without_weights(job, None, source=source, stage_images=stage_images,
                                     preview=preview)
-        return DryRun(plan, "cpu", None, "vram" if job.vram is not None else
-                      "ram" if job.ram is not None else "device")
+        if job.device.startswith("mps"):
+            return DryRun(plan, "mps", None, "vram" if job.vram is not None else None)
+        return DryRun(plan, "cpu", None, cpu_budget_flag(job.vram, job.ram) or "device")
     card_vram = card_budget_gib(gpu) if gpu is not None and job.vram is None else None
     gpu = gpu or local_gpu() or "h100"
     rate = rate_for(gpu)
@@ -219,12 +222,14 @@ def plan_without_weights(job, rate: float | None = None,
     from hires.costs import sdxl_shape
     from hires.ip_adapter import projection_params
     from hires.memory import disk_room, free_memory, host_room
-    from hires.models import vae_fp16_ok
+    from hires.models import resolve_dtype, vae_fp16_ok
     from hires.unet_costs import with_ip_adapter
     from hires.vae_stats import spill_from_free
 
     on_gpu = not job.device.startswith(("cpu", "mps"))
-    dtype_bytes = 4 if job.dtype in ("fp32", "float32") or not on_gpu else 2
+    # as the run resolves it: --dtype bf16 on the CPU runs (and is planned) in 2 bytes
+    dtype_bytes = resolve_dtype(job.dtype, torch.device("cuda" if on_gpu else job.device)
+                                ).itemsize
     vae_dtype_bytes = _vae_dtype_bytes(job.vae_dtype, dtype_bytes, job.device,
                                        gpu.bf16 if gpu else True, vae_fp16_ok(job.model, job.vae))
 

@@ -492,14 +492,23 @@ def _apart(need: float, have: float) -> tuple[str, str]:
     return f"{need:.{digits}f}", f"{have:.{digits}f}"
 
 
+def cpu_budget_flag(vram: float | None, ram: float | None) -> str | None:
+    """The flag that sets a CPU run's budget (`budget_bytes`): 'vram', 'ram' (the smaller
+    where both are given) or None."""
+    if vram is None or ram is None:
+        return "vram" if vram is not None else "ram" if ram is not None else None
+    return "vram" if vram <= ram else "ram"
+
+
 def budget_bytes(vram: float | None, ram: float | None, on_cpu: bool,
                  free: Callable[[], int | None]) -> int | None:
     """The device bytes a plan may use: `vram` GiB (--vram), else on a CPU, whose memory is the
-    RAM, `ram` GiB (--ram), else what `free()` finds free (None: no budget)."""
+    RAM, `ram` GiB (--ram), else what `free()` finds free (None: no budget). On a CPU both
+    cap the same memory: given both, the smaller holds."""
+    if on_cpu and ram is not None:
+        return int(min(ram, vram if vram is not None else ram) * GIB)
     if vram is not None:
         return int(vram * GIB)
-    if on_cpu and ram is not None:
-        return int(ram * GIB)
     return free()
 
 

@@ -1,0 +1,48 @@
+"""A plan for the CPU or a Mac's GPU is made as that run goes: in the dtype it takes, in the
+memory its flags allow, and untimed where the device's rate is not known."""
+
+import json
+
+from helpers_cli import cli, error_lines
+
+
+def plan(*args: str) -> dict:
+    result = cli("plan", "--size", "1024", *args, "--json")
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_a_cpu_plan_counts_the_dtype_the_run_takes():
+    """Every CPU plan counted fp32 weights: --dtype bf16, which the run takes, planned 14 GiB
+    for SDXL where it needs about half, and a --ram that fits it was refused (QA 202)."""
+    fp32, bf16 = plan("--device", "cpu", "--dtype", "fp32"), plan("--device", "cpu",
+                                                                  "--dtype", "bf16")
+    assert plan("--device", "cpu")["peak_bytes"] == fp32["peak_bytes"]  # auto: fp32 there
+    assert bf16["peak_bytes"] < 0.7 * fp32["peak_bytes"]
+    ram = f"{bf16['peak_bytes'] * 1.3 / 2**30:.1f}"
+    assert cli("plan", "--device", "cpu", "--dtype", "bf16", "--ram", ram).exit_code == 0
+    assert cli("plan", "--device", "cpu", "--dtype", "fp32", "--ram", ram).exit_code == 2
+
+
+def test_a_macs_gpu_is_not_timed_at_a_cuda_cards_rate():
+    """--device mps was timed at an H100's rate, faster than the CUDA plan, while --gpu h100
+    with it is refused (QA 202)."""
+    mps = plan("--device", "mps")
+    assert mps["gpu"] == "mps" and mps["seconds"] is None and mps["tflops"] is None
+    text = cli("plan", "--device", "mps")
+    assert "no times: a Mac GPU's rate is not known" in text.stdout.splitlines()[0]
+    timed = plan("--device", "mps", "--gpu", "5")  # a measured figure still times it
+    assert timed["seconds"] > 0 and timed["tflops"] == 5
+    # its fp16 weights, as the run takes them there
+    assert mps["peak_bytes"] < 0.8 * plan("--device", "cpu")["peak_bytes"]
+
+
+def test_vram_and_ram_on_a_cpu_the_smaller_holds():
+    """On a CPU both cap its RAM: --ram was dropped without a word where --vram was given."""
+    for vram, ram, flag in (("8", "64", "vram"), ("64", "8", "ram")):
+        result = cli("plan", "--size", "1024", "--device", "cpu", "--vram", vram, "--ram", ram)
+        assert result.exit_code == 2
+        (line,) = error_lines(result.stderr)
+        assert "more than the 8.0 GiB one" in line and line.endswith(f"try a larger --{flag}")
+    both = plan("--device", "cpu", "--vram", "40", "--ram", "30")
+    assert both["budget_bytes"] == 30 * 2**30 and both["budget_from"] == "ram"
