@@ -249,8 +249,11 @@ def times_phrase(run, p) -> str:
         return ("no times: a CPU's rate is not known (expect minutes per megapixel; --gpu "
                 "with a TFLOP/s figure times it)")
     # Without a budget the plan may take more memory than the card has: its rate only.
-    where = (f"times on {gpu}" if p.budget else f"times at {gpu}'s rate, its memory aside"
-             ) + f" ({rate / 1e12:.3g} TFLOP/s achieved"
+    if not card(gpu):  # a measured figure ("times at 12's rate" read as a card's)
+        where = f"times at {rate / 1e12:.3g} TFLOP/s (--gpu {gpu}"
+    else:
+        where = (f"times on {gpu}" if p.budget else f"times at {gpu}'s rate, its memory aside"
+                 ) + f" ({rate / 1e12:.3g} TFLOP/s achieved"
     if p.fp32:
         fp32 = rate * p.fp32_share / 1e12
         where += f", {fp32:.{0 if fp32 >= 10 else 1}f} in the fp32 {' and '.join(p.fp32)}"

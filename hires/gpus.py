@@ -130,6 +130,10 @@ def rate_for(gpu: str) -> float:
     if named:
         return named.peak * EFFICIENCY
     names = ", ".join(GPUS)
+    size = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(?:g|gb|gib)", gpu.strip().lower())
+    if size:  # "12gb": a card's memory, which --vram gives
+        raise ValueError(f"--gpu {gpu} is a memory size: give it as --vram {size[1]}, and --gpu "
+                         "a card's name (4090, h100, ...) or a TFLOP/s figure for the times")
     try:
         value = float(gpu)
     except ValueError:

@@ -430,7 +430,7 @@ def test_a_cpu_plan_fits_the_free_ram_and_claims_no_time():
     assert all(s["seconds"] is None and s["peak_bytes"] <= p["budget_bytes"]
                for s in p["stages"])
     timed = cli("plan", "--size", "2048", "--device", "cpu", "--gpu", "0.5").stdout
-    assert "times on 0.5 (0.5 TFLOP/s achieved; host work on" in timed
+    assert "times at 0.5 TFLOP/s (--gpu 0.5; host work on" in timed
     assert "~" in timed.splitlines()[-1]
 
 
@@ -803,4 +803,4 @@ def test_a_named_card_and_a_cpu_or_mps_device_are_refused_together():
         assert_usage_error(cli("plan", "--size", "4096", "--device", device, "--gpu", "4090"),
                            f"--gpu 4090 plans that CUDA card, and --device {device} a run on")
     timed = cli("plan", "--size", "4096", "--device", "cpu", "--gpu", "0.5")  # a rate: times it
-    assert timed.exit_code == 0 and "(the free RAM), times on 0.5" in timed.stdout
+    assert timed.exit_code == 0 and "(the free RAM), times at 0.5 TFLOP/s" in timed.stdout

@@ -46,3 +46,17 @@ def test_vram_and_ram_on_a_cpu_the_smaller_holds():
         assert "more than the 8.0 GiB one" in line and line.endswith(f"try a larger --{flag}")
     both = plan("--device", "cpu", "--vram", "40", "--ram", "30")
     assert both["budget_bytes"] == 30 * 2**30 and both["budget_from"] == "ram"
+
+
+def test_a_memory_size_given_as_gpu_names_vram():
+    """--gpu 12gb said "unknown GPU '12gb'", and a bare 12, a TFLOP/s figure, was said as a
+    card's: "times at 12's rate" (QA 202)."""
+    for given in ("12gb", "12 GiB", "12G"):
+        result = cli("plan", "--size", "4096", "--gpu", given)
+        assert result.exit_code == 2
+        (line,) = error_lines(result.stderr)
+        assert "is a memory size: give it as --vram 12," in line, line
+    header = cli("plan", "--size", "4096", "--gpu", "12").stdout.splitlines()[0]
+    assert "times at 12 TFLOP/s (--gpu 12;" in header and "12's" not in header
+    card = cli("plan", "--size", "4096", "--gpu", "4090").stdout.splitlines()[0]
+    assert "times on 4090 (" in card
