@@ -255,11 +255,6 @@ def check_steps_and_notes(job, components, notes: bool = True,
                        f"timesteps), got {job.steps}")
     if not notes:
         return
-
-    def given_in(key: str) -> str | None:
-        """Where a preset, a record or a batch's job file gave `key`; None for a flag's."""
-        return place(key) if place else job.extra.get("given_in", {}).get(key)
-
     if (components.device.type == "cuda" and components.vae_dtype == torch.float32
             and components.dtype != torch.float32 and job.vae_dtype == "auto"):
         say(fp16_vae_hint("this GPU"))
@@ -273,17 +268,32 @@ def check_steps_and_notes(job, components, notes: bool = True,
         note = ("this CPU has native bf16: --dtype bf16 runs the UNet about 3x faster than "
                 "fp32 (BENCHMARKS.md, bf16)")
         say(in_job_words(note) if place else note)
+    for warning in cpu_setting_warnings(job, place):
+        warn(warning)
+
+
+def cpu_setting_warnings(job, place: Callable[[str], str] | None = None) -> list[str]:
+    """What a CPU run of `job` warns of its settings (a dry run too): a dtype slower than
+    fp32 there, an offload that does nothing. `place` as `check_steps_and_notes`'s."""
+    from hires.models import cpu_has_fast_bf16
+
+    def given_in(key: str) -> str | None:
+        """Where a preset, a record or a batch's job file gave `key`; None for a flag's."""
+        return place(key) if place else job.extra.get("given_in", {}).get(key)
+
+    said = []
     if job.dtype == "fp16" or (job.dtype == "bf16" and not cpu_has_fast_bf16()):
         fix = "leave it out for a CPU run" if place else "--dtype auto runs fp32"
         where = given_in("dtype")
-        warn(f'dtype = "{job.dtype}" in {where} is about 4x slower than fp32 on the CPU; {fix}'
-             if where else
-             f"--dtype {job.dtype} on the CPU is about 4x slower than fp32; drop --dtype there")
+        said.append(f'dtype = "{job.dtype}" in {where} is about 4x slower than fp32 on the '
+                    f"CPU; {fix}" if where else f"--dtype {job.dtype} on the CPU is about 4x "
+                    "slower than fp32; drop --dtype there")
     if job.offload in ("model", "sequential"):
-        said = "does nothing on the CPU (the weights are in RAM already)"
+        what = "does nothing on the CPU (the weights are in RAM already)"
         where = given_in("offload")
-        warn(f'offload = "{job.offload}" in {where} {said}' if where else
-             f"--offload {job.offload} {said}")
+        said.append(f'offload = "{job.offload}" in {where} {what}' if where else
+                    f"--offload {job.offload} {what}")
+    return said
 
 
 def fp16_vae_hint(gpu: str, detail: str = "") -> str:

@@ -28,7 +28,13 @@ from hires.cli_output import (
     warn_once,
 )
 from hires.cli_resume import stages_upto
-from hires.cli_runs import checkpoint_note, fp16_vae_hint, warn_ram, warn_space
+from hires.cli_runs import (
+    checkpoint_note,
+    cpu_setting_warnings,
+    fp16_vae_hint,
+    warn_ram,
+    warn_space,
+)
 from hires.job import JobError
 from hires.strips import cores
 
@@ -62,6 +68,9 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
             warn_once(warning)
     for cropped in crop_notes(job, source):  # as the run says it, before its work
         warn(cropped)
+    if job.device.startswith("cpu"):  # its settings' notes, as the run warns them
+        for warning in cpu_setting_warnings(job):
+            warn(warning)
     named = card(run.gpu)
     if run.budget_from == "vram" and named and job.vram > named.memory_gib:
         # planned as asked (a card of that size at this one's speed), but likely a preset's

@@ -60,3 +60,18 @@ def test_a_memory_size_given_as_gpu_names_vram():
     assert "times at 12 TFLOP/s (--gpu 12;" in header and "12's" not in header
     card = cli("plan", "--size", "4096", "--gpu", "4090").stdout.splitlines()[0]
     assert "times on 4090 (" in card
+
+
+def test_a_cpu_dry_run_warns_of_its_settings_as_the_run_does(tmp_path):
+    """The run warns that --offload does nothing on the CPU and that fp16 is slow there; a
+    dry run and `hires plan --device cpu` said neither (QA 202)."""
+    result = cli("plan", "--size", "1024", "--device", "cpu", "--offload", "sequential")
+    assert result.exit_code == 0
+    assert "warning: --offload sequential does nothing on the CPU" in result.stderr
+    dry = cli("gen", "x", "--model", "tiny", "--size", "256", "--device", "cpu", "--dtype",
+              "fp16", "--offload", "model", "-o", tmp_path / "x.png", "--dry-run")
+    assert dry.exit_code == 0
+    assert "warning: --dtype fp16 on the CPU is about 4x slower than fp32" in dry.stderr
+    assert "warning: --offload model does nothing on the CPU" in dry.stderr
+    gpu = cli("plan", "--size", "1024", "--gpu", "h100", "--offload", "sequential")
+    assert "does nothing" not in gpu.stderr  # a GPU's offload does what it says
