@@ -446,9 +446,11 @@ def fit_stage(stage: Stage, stages: list[Stage], model: ModelShape, budget: int 
             floor = lean.cost.host_bytes - lean.cost.parked_bytes
             if model.disk and floor < least.cost.host_bytes:
                 # the RAM left is the weights it streams; none where it streams none ("0.0
-                # GiB of it would do: the weights it streams"), and a disk too small is said
-                ram = (f"{floor / GIB:.1f} GiB of it would do: the weights it streams"
-                       if floor >= 0.05 * GIB else "it needs no RAM for them")
+                # GiB of it would do: the weights it streams"), and a disk too small is said.
+                # As free RAM, the --ram that plans it (it said the part left after the
+                # margin, and --ram that large was refused).
+                ram = (f"{_free_ram_words(floor)} GiB of free RAM would do, for the weights it "
+                       "streams" if floor >= 0.05 * GIB else "it needs no RAM for them")
                 room = (f"; {scratch_folder()} has room for {model.disk / 1e9:.1f} GB, TMPDIR "
                         "picks the folder and --disk the room"
                         if model.disk < lean.cost.parked_bytes else "")

@@ -266,7 +266,13 @@ def test_a_ram_error_says_what_ram_would_do_with_the_maps_on_a_disk():
     result = cli("plan", "x", "--size", "16384", "--gpu", "3060", "--ram", "8", "--disk", "100")
     assert result.exit_code == 2
     said = result.stderr.split(" GB of parked maps on a disk, ")[1]
-    assert 5 < float(said.split(" GiB")[0]) < 26.2 and "--disk the room" not in said
+    ram = float(said.split(" GiB of free RAM would do")[0])
+    assert 5 < ram < 26.2 and "--disk the room" not in said
+    # the figure is free RAM, as --ram takes it: it plans, and a little less does not (it
+    # said the part left after hires' margin, 6.5 where 9.5 was needed: QA 202)
+    for given, code in ((ram, 0), (ram - 0.2, 2)):
+        assert cli("plan", "x", "--size", "16384", "--gpu", "3060", "--ram", f"{given:.1f}",
+                   "--disk", "100").exit_code == code
     no_disk = cli("plan", "x", "--size", "16384", "--gpu", "3060", "--ram", "8", "--disk", "0")
     assert no_disk.exit_code == 2 and "parked maps on a disk" not in no_disk.stderr
     # a plan that streams no weights needs no RAM for them; a disk too small is said so, not
