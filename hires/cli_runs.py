@@ -258,6 +258,9 @@ def check_steps_and_notes(job, components, notes: bool = True,
     if (components.device.type == "cuda" and components.vae_dtype == torch.float32
             and components.dtype != torch.float32 and job.vae_dtype == "auto"):
         say(fp16_vae_hint("this GPU"))
+    if components.device.type == "cuda" and components.dtype == torch.bfloat16 and not \
+            torch.cuda.is_bf16_supported(including_emulation=False):
+        warn(emulated_bf16_warning(job, "this GPU", place))
     if components.device.type != "cpu":
         return
     say("running on the CPU: expect minutes per megapixel (a GPU takes seconds)")
@@ -294,6 +297,14 @@ def cpu_setting_warnings(job, place: Callable[[str], str] | None = None) -> list
         said.append(f'offload = "{job.offload}" in {where} {what}' if where else
                     f"--offload {job.offload} {what}")
     return said
+
+
+def emulated_bf16_warning(job, gpu: str, place: Callable[[str], str] | None = None) -> str:
+    """A UNet asked for in bf16 on a GPU without native bf16 (T4, V100): torch emulates it."""
+    where = place("dtype") if place else job.extra.get("given_in", {}).get("dtype")
+    asked = f'dtype = "{job.dtype}" in {where}' if where else f"--dtype {job.dtype}"
+    return (f"{gpu} has no native bf16: {asked} runs the UNet emulated, several times slower "
+            "than fp16 (what --dtype auto runs there)")
 
 
 def fp16_vae_hint(gpu: str, detail: str = "") -> str:

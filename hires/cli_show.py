@@ -31,6 +31,7 @@ from hires.cli_resume import stages_upto
 from hires.cli_runs import (
     checkpoint_note,
     cpu_setting_warnings,
+    emulated_bf16_warning,
     fp16_vae_hint,
     warn_ram,
     warn_space,
@@ -72,6 +73,8 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
         for warning in cpu_setting_warnings(job):
             warn(warning)
     named = card(run.gpu)
+    if named and not named.bf16 and job.dtype in ("bf16", "bfloat16"):
+        warn(emulated_bf16_warning(job, f"the {run.gpu}"))  # timed at its fp16 rate
     if run.budget_from == "vram" and named and job.vram > named.memory_gib:
         # planned as asked (a card of that size at this one's speed), but likely a preset's
         # budget for another card

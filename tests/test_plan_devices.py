@@ -75,3 +75,41 @@ def test_a_cpu_dry_run_warns_of_its_settings_as_the_run_does(tmp_path):
     assert "warning: --offload model does nothing on the CPU" in dry.stderr
     gpu = cli("plan", "--size", "1024", "--gpu", "h100", "--offload", "sequential")
     assert "does nothing" not in gpu.stderr  # a GPU's offload does what it says
+
+
+def test_bf16_on_a_card_without_it_is_warned_of(tmp_path):
+    """--dtype bf16 planned on a T4 or V100 was timed as fp16 and said nothing; torch emulates
+    bf16 there (QA 202). A preset's is named as the preset's."""
+    for gpu in ("t4", "v100"):
+        said = cli("plan", "--size", "1024", "--gpu", gpu, "--dtype", "bf16").stderr
+        assert f"warning: the {gpu} has no native bf16: --dtype bf16 runs the UNet emulated" \
+            in said
+    assert "native bf16" not in cli("plan", "--size", "1024", "--gpu", "a100", "--dtype",
+                                    "bf16").stderr
+    assert "no native bf16: --dtype" not in cli("plan", "--size", "1024", "--gpu", "t4").stderr
+    preset = tmp_path / "b.toml"
+    preset.write_text('dtype = "bf16"\n')
+    said = cli("plan", "--size", "1024", "--gpu", "t4", "--preset", str(preset)).stderr
+    assert f"no native bf16: dtype = \"bf16\" in preset 'b' ({preset}) runs the UNet" in said
+
+
+def test_a_run_in_bf16_on_a_gpu_without_it_warns(monkeypatch, capsys):
+    """The run's side of it: a CUDA UNet in bf16 where torch has no native bf16."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from hires.cli_runs import check_steps_and_notes
+    from hires.job import Job
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: including_emulation)
+    parts = SimpleNamespace(device=torch.device("cuda"), dtype=torch.bfloat16,
+                            vae_dtype=torch.bfloat16,
+                            pipe=SimpleNamespace(scheduler=SimpleNamespace(config={})))
+    check_steps_and_notes(Job(prompt="x", dtype="bf16"), parts)
+    assert "this GPU has no native bf16: --dtype bf16 runs the UNet emulated" in \
+        capsys.readouterr().err
+    check_steps_and_notes(Job(prompt="x", dtype="fp16"),
+                          SimpleNamespace(**{**vars(parts), "dtype": torch.float16}))
+    assert "native bf16" not in capsys.readouterr().err
