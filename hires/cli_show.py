@@ -238,12 +238,12 @@ def budget_phrase(run, job, p) -> str:
 
 def planned_ram(job) -> dict[str, Any]:
     """The free RAM a GPU plan took (--ram's, else DRY_RUN_FREE_RAM of this machine's) and
-    where it came from, as --json gives them; none for a CPU's or a Mac's, whose RAM is the
-    budget (`budget_bytes`)."""
+    where it came from, as --json gives them; null for a CPU's or a Mac's, whose RAM is the
+    budget (`budget_bytes`): the keys are there for a script either way."""
     from hires.dry_run import dry_run_free_ram
 
     if job.device.startswith(("cpu", "mps")):
-        return {}
+        return {"ram_bytes": None, "ram_from": None}
     return {"ram_bytes": int(dry_run_free_ram(job)),
             "ram_from": "ram" if job.ram is not None else "machine"}
 

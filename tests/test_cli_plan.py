@@ -550,7 +550,8 @@ def test_a_plan_says_the_free_ram_it_took_and_json_gives_the_ram_apart_from_the_
     assert "taken as free" not in cli("plan", "--size", "2048", "--gpu", "h200").stdout
     # a CPU's plan: its RAM is the budget, not 80 % of the machine's (QA 191)
     cpu = plan_json("--size", "2048", "--device", "cpu")
-    assert "ram_bytes" not in cpu and "ram_from" not in cpu and cpu["budget_from"] == "device"
+    # null, not left out: a script's d["ram_from"] holds for every plan (QA 202)
+    assert cpu["ram_bytes"] is None and cpu["ram_from"] is None and cpu["budget_from"] == "device"
 
 
 def test_ram_is_a_cpu_runs_budget(tmp_path):
