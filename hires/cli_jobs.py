@@ -471,10 +471,19 @@ def up_inputs(images: list[str]) -> Iterator[list[str]]:
         with piped.held(stream, head):
             yield [piped.STDIN]
         return
-    paths = stdin_lines("paths", head)
+    yield distinct(stdin_paths(head))
+
+
+def stdin_paths(head: bytes, what: str = "paths") -> list[str]:
+    """Image paths read from stdin, one a line (after `head`, read already); none, or '-'
+    among them, is a usage error."""
+    paths = stdin_lines(what, head)
     if not paths:
         raise typer.BadParameter("'-' read no image paths from stdin (one per line)")
-    yield distinct(paths)
+    if "-" in paths:  # not "pipe the same image in again" (up) or "no such image" (info)
+        raise typer.BadParameter("a path read from stdin is '-', but stdin holds the paths; "
+                                 "list image files, one a line (./- for a file named '-')")
+    return paths
 
 
 def dash_head(names: list[str], example: str) -> tuple[Any, bytes] | None:

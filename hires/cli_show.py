@@ -686,7 +686,7 @@ def info_inputs(paths: list[str]) -> Iterator[list[tuple[str, str]]]:
     does: an image's bytes (kept in a temporary file for the block, said as "-"), else
     image paths, one a line."""
     from hires import piped
-    from hires.cli_jobs import dash_head, stdin_lines
+    from hires.cli_jobs import dash_head, stdin_paths
 
     given = dash_head(paths, "hires info - < image.png")
     if given is None:
@@ -697,10 +697,7 @@ def info_inputs(paths: list[str]) -> Iterator[list[tuple[str, str]]]:
         with piped.spooled(stream, head) as held:  # read as a file: its metadata, not pixels
             yield [(str(held), "-")]
         return
-    named = stdin_lines("image paths", head)
-    if not named:
-        raise typer.BadParameter("'-' read no image paths from stdin (one per line)")
-    yield [(path, path) for path in named]
+    yield [(path, path) for path in stdin_paths(head, "image paths")]
 
 
 def _safetensors_metadata(path: Path) -> dict[str, Any] | None:

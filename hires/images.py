@@ -392,18 +392,37 @@ def shown_size(im: Image.Image, orientation: int) -> tuple[int, int]:
     return (h, w) if turned else (w, h)
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
+
+
+def _folder_hint(folder: Path) -> str:
+    """How to give a folder's images: a pattern for each image suffix in it ('shots/*' also
+    named its notes and sidecars, each refused)."""
+    try:
+        found = sorted({p.suffix for p in folder.iterdir()
+                        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()})
+    except OSError:
+        found = []
+    if not found:
+        return f"it holds no {ACCEPTED} file"
+    return "for every image in it, give " + " ".join(str(folder / f"*{s}") for s in found)
+
+
 @contextlib.contextmanager
 def _reading(path: Path) -> Iterator[Image.Image]:
     """The image at `path`, opened (not decoded) and checked for format and size; whatever
     goes wrong in the block becomes an ImageInputError of one line."""
     if not path.exists():
-        raise ImageInputError(f"{path}: no such file")
+        pattern = any(c in path.name for c in "*?[")  # a glob no shell expanded
+        raise ImageInputError(f"{path}: no such file" + (
+            "; a pattern the shell did not expand (quoted, or it matched nothing): leave it "
+            "unquoted, or name the files" if pattern else ""))
     if path.is_dir():
-        raise ImageInputError(f"{path}: is a folder, not an image file; for every image in it, "
-                              f"give {path / '*'}")
+        raise ImageInputError(f"{path}: is a folder, not an image file; {_folder_hint(path)}")
     if not path.is_file():  # a pipe (`cat x.png | hires up /dev/stdin`), a device
         raise ImageInputError(f"{path}: not a file (a pipe?); hires reads an input more than "
-                              "once, so save it to a file first")
+                              "once, so save it to a file first (`hires up -` takes an image "
+                              "piped in)")
     try:
         with pixel_limit(MAX_PIXELS), _strict_decoding(), warnings.catch_warnings():
             # Pillow's own on a damaged file ("Corrupt EXIF data") are no reader's: what

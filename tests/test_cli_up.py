@@ -139,8 +139,9 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(photo, tmp_path, cont
 
 
 def test_a_folder_says_how_to_give_its_images(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     result = cli("up", tmp_path, "--scale", "2", "--dry-run")
-    assert result.exit_code == 2 and f"give {tmp_path / '*'}" in result.stderr
+    assert result.exit_code == 2 and f"give {tmp_path / '*.png'}" in result.stderr
 
 
 def test_a_pipe_says_to_save_it_first_without_waiting_on_it(tmp_path):

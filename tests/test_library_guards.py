@@ -334,6 +334,7 @@ def test_an_input_s_advice_is_the_library_s_not_the_shell_s(tiny, tmp_path):
     """A folder was told to give FOLDER/* (a glob the library does not expand: "*: no such
     file"), a changed input to run `hires up` (QA 193)."""
     (tmp_path / "photos").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "photos" / "a.png")
     with pytest.raises(ValueError, match=r"photos: is a folder, not an image file; give one of "
                        r"its image files \(a call for each\)$"):
         hires.upscale(tmp_path / "photos", scale=2, components=tiny, **ONE)
