@@ -63,7 +63,7 @@ def named_as_stdout() -> Iterator[None]:
     try:
         yield
     except (JobError, OutputError) as e:
-        raise reworded(e, re.sub(rf"^{NAME}\.[a-z]+: ", "-o -: ", str(e))) from None
+        raise reworded(e, re.sub(rf"^(?:.*[/\\])?{NAME}\.[a-z]+: ", "-o -: ", str(e))) from None
 
 
 @contextmanager

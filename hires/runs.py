@@ -124,7 +124,11 @@ def image_namer(path_of: Callable[[int, Job, int], Path], *, preview: bool,
         fmt = out.format_of(path, job.format, fmt_flag)
         if fmt not in LOSSY_FORMATS and one.quality is not None:
             if quality_flag:
-                raise JobError(f"{path.name}: {out.QUALITY_LOSSLESS}")
+                # the file, where its name holds no seed (one not drawn yet said "s0"), as
+                # it will be written (in its folder: "r.tif" was zz/r.tif)
+                if path_of(i, one, SEED_MARK) == path_of(i, one, 0):
+                    raise JobError(f"{path}: {out.QUALITY_LOSSLESS}")
+                raise JobError(f"{out.QUALITY_LOSSLESS} (this output is {fmt})")
             one = one.merged({"quality": None})
         return one.merged({"format": fmt}), path
 

@@ -88,6 +88,17 @@ def test_quality_for_an_upscale(tmp_path, asked, small):
     assert_usage_error(refused, "--quality applies to jpg and webp")
 
 
+def test_a_lossless_refusal_names_no_file_the_run_would_not_write(tmp_path, small):
+    """It named hires_128x96_s0_x.png for a seed not drawn yet, and r.tif for zz/r.tif
+    (QA 201)."""
+    drawn = cli("up", small, "--model", "tiny", "--scale", "2", "--quality", "50", "--dry-run")
+    assert_usage_error(drawn, "--quality applies to jpg and webp")
+    assert "_s0_" not in drawn.stderr and drawn.stderr.rstrip().endswith("(this output is png)")
+    folder = cli("up", small, "--model", "tiny", "--scale", "2", "-o",
+                 f"{tmp_path}/zz/{{name}}.tif", "--quality", "90", "--dry-run")
+    assert_usage_error(folder, f"{tmp_path}/zz/{small.stem}.tif: --quality applies to jpg")
+
+
 @pytest.mark.parametrize("value", ["0", "101", "abc", "-5", "9.5"])
 def test_bad_values_are_usage_errors(tmp_path, value):
     for command in (("gen", "x", "-o", tmp_path / "a.jpg"), ("up", tmp_path / "in.png"),
