@@ -930,11 +930,18 @@ def _dpi_lines(job: dict[str, Any], record_size: tuple[Any, Any], file_size: tup
         else:  # as the file holds it, each side's own (a 300x150 dpi file)
             said = _shown_dpis(across, down)
             note = f" (as the file holds it; {asked:g} dpi was asked for)"
-    lines = [f"print size {w / across * 2.54:.1f} x {h / down * 2.54:.1f} cm at {said} dpi{note}"]
+    lines = [f"print size {_on_paper(w / across, h / down)} at {said} dpi{note}"]
     if (w, h) != tuple(file_size):  # resized since: the recorded size is not what prints
         lines.append(f"this file ({file_size[0]}x{file_size[1]}) prints at "
-                     f"{file_size[0] / across * 2.54:.1f} x {file_size[1] / down * 2.54:.1f} cm")
+                     f"{_on_paper(file_size[0] / across, file_size[1] / down)}")
     return lines
+
+
+def _on_paper(width_in: float, height_in: float) -> str:
+    """A print's size in both units, as the plan says it: a print asked in inches was said
+    in centimetres alone."""
+    return (f"{width_in * 2.54:.1f} x {height_in * 2.54:.1f} cm, {width_in:.1f} x "
+            f"{height_in:.1f} in")
 
 
 def _file_facts(meta: dict[str, Any]) -> dict[str, Any]:

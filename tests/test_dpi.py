@@ -61,7 +61,7 @@ def test_dpi_is_checked_and_leaves_older_settings_hashes_alone(tmp_path):
     path = output.save_image(Image.new("RGB", (16, 8)), tmp_path / "p.png", dpi=300,
                              metadata={"hires": __version__, "job": job.to_dict(),
                                        "result": {"width": 16384, "height": 8192}})
-    assert "print size 138.7 x 69.4 cm at 300 dpi\n" in cli("info", path).stdout
+    assert "print size 138.7 x 69.4 cm, 54.6 x 27.3 in at 300 dpi\n" in cli("info", path).stdout
     # A WebP's record asks for 300 dpi, but the file cannot hold it: info says so.
     webp = output.save_image(Image.new("RGB", (16, 8)), tmp_path / "p.webp", dpi=300,
                              metadata={"hires": __version__, "job": job.to_dict(),

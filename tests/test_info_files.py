@@ -316,7 +316,8 @@ def test_a_file_whose_sides_hold_different_dpi_prints_at_each(tmp_path, asked):
         im.save(odd, pnginfo=info, dpi=(300, 150))
         width, height = im.size
     shown = cli("info", odd).stdout
-    assert (f"print size {width / 300 * 2.54:.1f} x {height / 150 * 2.54:.1f} cm at 300x150 dpi "
+    assert (f"print size {width / 300 * 2.54:.1f} x {height / 150 * 2.54:.1f} cm, "
+            f"{width / 300:.1f} x {height / 150:.1f} in at 300x150 dpi "
             "(as the file holds it; 300 dpi was asked for)") in shown
     facts = json.loads(cli("info", odd, "--json").stdout)["image"]
     assert facts["dpi"] == pytest.approx(300, abs=0.01)
