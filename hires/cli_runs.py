@@ -206,6 +206,7 @@ def warn_ram(jobs: list) -> None:
     import torch
 
     from hires.memory import GIB, ram_bytes
+    from hires.plan import cpu_budget_flag
 
     total = ram_bytes()[0]
     if not total:
@@ -218,13 +219,21 @@ def warn_ram(jobs: list) -> None:
                  "plan that fills it fails here (--ram plans another machine's, with `hires "
                  "plan`)")
     on_cpu = [j for j in jobs if j not in on_gpu]
-    # named as a key: it may be a flag's, a preset's or a job file's
-    for key, gib in sorted({("vram", j.vram) if j.vram is not None else ("ram", j.ram)
-                            for j in on_cpu if j.vram is not None or j.ram is not None}):
+    # named as a key: it may be a flag's, a preset's or a job file's; the one that holds,
+    # the smaller where both are given (plan.budget_bytes)
+    for vram, ram in sorted({(j.vram, j.ram) for j in on_cpu},
+                            key=lambda pair: [-1 if v is None else v for v in pair]):
+        key = cpu_budget_flag(vram, ram)
+        if key is None:
+            continue
+        gib = vram if key == "vram" else ram
         if gib * GIB > total:
+            keys = [k for k, v in (("vram", vram), ("ram", ram)) if v is not None]
+            flags = " and ".join(f"--{k}" for k in keys)
             warn(f"a {key} of {gib:g} GiB is the CPU run's memory budget, more than this "
                  f"machine's {total / GIB:.1f} GiB of RAM: a plan that fills it fails here "
-                 f"(drop --{key}, or the preset's or job's {key}, to plan in the free RAM)")
+                 f"(drop {flags}, or the preset's or job's {' and '.join(keys)}, to plan in "
+                 "the free RAM)")
 
 
 def warn_space(todo: list[tuple[Path, Any]], stage_images: bool = False) -> None:

@@ -223,8 +223,8 @@ def budget_phrase(run, job, p) -> str:
                    "preset)")
     elif job.device.startswith("cpu") and run.budget_from == "device":
         budget += " (the free RAM)"
-    elif run.budget_from == "ram":
-        budget += " (--ram)"
+    elif run.budget_from in ("ram", "vram"):  # a flag's, a preset's or a job file's
+        budget += f" (--{run.budget_from})"
     if p.vae_spill_bytes:
         budget += f", +{p.vae_spill_bytes / GIB:.1f} GiB of RAM for VAE outputs"
     on_host = p.vae_spill_bytes or any(s.cost and s.cost.host_bytes for s in p.stages)

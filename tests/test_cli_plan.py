@@ -521,9 +521,9 @@ def test_a_vram_above_the_named_cards_memory_is_said():
     assert "--vram 11.5 plans the card (or --vram left out, where no preset gives one)" \
         in said.stderr
     card = cli("plan", *args, "--vram", "11.5")
-    assert "11.5 GiB budget, " in card.stdout and "warning" not in card.stderr
+    assert "11.5 GiB budget (--vram), " in card.stdout and "warning" not in card.stderr
     below = cli("plan", "x", "--size", "2048", "--gpu", "4090", "--vram", "8", "--ram", "32")
-    assert "8.0 GiB budget, times" in below.stdout and "warning" not in below.stderr
+    assert "8.0 GiB budget (--vram), times" in below.stdout and "warning" not in below.stderr
 
 
 def test_a_plan_says_the_free_ram_it_took_and_json_gives_the_ram_apart_from_the_disk():

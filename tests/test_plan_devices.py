@@ -113,3 +113,21 @@ def test_a_run_in_bf16_on_a_gpu_without_it_warns(monkeypatch, capsys):
     check_steps_and_notes(Job(prompt="x", dtype="fp16"),
                           SimpleNamespace(**{**vars(parts), "dtype": torch.float16}))
     assert "native bf16" not in capsys.readouterr().err
+
+
+def test_the_ram_warning_judges_the_budget_that_holds(tmp_path):
+    """Given --vram 100 --ram 20 on a CPU the budget is 20 GiB, but the warning said "a vram
+    of 100 GiB is the CPU run's memory budget ... drop --vram" (QA 203)."""
+    from hires.memory import ram_bytes
+
+    huge = f"{ram_bytes()[0] / 2**30 * 4:.0f}"
+    args = ("gen", "x", "--model", "tiny", "--size", "256", "--device", "cpu", "-o",
+            tmp_path / "x.png", "--dry-run")
+    for vram, ram in ((huge, "8"), ("8", huge)):
+        result = cli(*args, "--vram", vram, "--ram", ram)
+        assert result.exit_code == 0 and "memory budget" not in result.stderr, result.stderr
+    both = cli(*args, "--vram", huge, "--ram", str(int(huge) + 1))
+    assert f"warning: a vram of {huge} GiB is the CPU run's memory budget" in both.stderr
+    assert "(drop --vram and --ram, or the preset's or job's vram and ram," in both.stderr
+    header = cli(*args[:-1], "--vram", "8", "--dry-run").stdout.splitlines()[0]
+    assert "8.0 GiB budget (--vram)" in header
