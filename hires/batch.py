@@ -294,10 +294,12 @@ def _hidden_errors(i: int, entry: dict[str, Any], defaults: dict[str, Any], wher
             said = str(e)
             # Of a key left out ('width' and 'height' go together): not said, and the keys it
             # names are left out too, so the job's other errors are still found
-            # ... and so is one of the key a misspelt one likely meant ('promt': "has no
-            # prompt"), said once the spelling is fixed
+            # ... and so is one of the key a misspelt one likely meant, where that key is not
+            # given ('promt': "has no prompt"), said once the spelling is fixed
             left = [k for k in [*defaults, *entry] if k not in rest and k not in own]
-            if not any(mentions(k) for k in [*left, *filter(None, map(_meant_key, left))]):
+            given = {str(k).replace("-", "_") for k in [*defaults, *entry]}
+            meant = [m for m in map(_meant_key, left) if m and m not in given]
+            if not any(mentions(k) for k in [*left, *meant]):
                 found.append(e)
     return found
 

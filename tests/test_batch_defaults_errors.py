@@ -230,3 +230,13 @@ def test_a_jobs_own_misspelt_key_makes_up_no_error_of_the_key_it_meant(tmp_path,
     assert len(said) == 2, said
     assert said[0].startswith("error: unknown key 'promt' in j.") and "'prompt'?" in said[0]
     assert said[1].startswith("error: 'steps' in j.") and "must be a whole number" in said[1]
+
+
+def test_a_misspelt_key_hides_no_error_of_the_key_it_meant_where_that_is_given(tmp_path):
+    """'promt' beside a 'prompt = 5' of the job's own: the fix above hid that error too
+    (QA 203)."""
+    path = write(tmp_path / "t.toml", '[defaults]\nmodel = "tiny"\nsize = 64\n'
+                 '[[job]]\npromt = "a cat"\nprompt = 5\n')
+    said = error_lines(cli("batch", path, "-o", tmp_path / "out", "--dry-run").stderr)
+    assert len(said) == 2 and said[0].startswith("error: unknown key 'promt'"), said
+    assert said[1].startswith("error: 'prompt' in t.toml job 0 must be text")
