@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hires.images import ImageInputError, input_size
+from hires.images import ImageInputError, input_size, without_shell_advice
 from hires.job import (
     COMMAND_FLAGS,
     FILE_KEYS,
@@ -380,9 +380,10 @@ def _item(i: int, entry: dict[str, Any], defaults: dict[str, Any], where: str, n
         job = job_from_levels(job_levels, base=base, size_of=input_size)
     except ImageInputError as e:  # named as the key of the level that gave the image
         given = giver(job_levels, "image")
+        said = without_shell_advice(str(e), "a job for each")  # no shell reads a job file
         if given is None or given == OPTIONS:
-            raise JobError(f"{where}: {e}") from None
-        raise JobError(by_key(f"--image {e}", given, "the preset's" if given.startswith(
+            raise JobError(f"{where}: {said}") from None
+        raise JobError(by_key(f"--image {said}", given, "the preset's" if given.startswith(
             "preset ") else "the job file's")) from None
     except JobError as e:
         said = str(e).replace(ASPECT_ALONE, "set 'size' (in pixels) with it, in the job or in "

@@ -302,6 +302,7 @@ def up(
                                      "images one command makes; split them")
         refuse_empty("-o", output, "a file, folder or template")
         from hires import piped
+        from hires.images import PIPE_ADVICE, ImageInputError
 
         flags = job_flags(options)  # no --strength: up's own default (hires.sizes)
         flags.update(prompt=argv_text(prompt or ""))
@@ -309,7 +310,11 @@ def up(
         for image in names:
             # Every input is decoded here, so that a broken one stops the command before any
             # work; none is kept (each is loaded again in its turn), so memory stays flat.
-            source = piped.load(image)
+            try:
+                source = piped.load(image)
+            except ImageInputError as e:  # a pipe given by its path: up reads '-'
+                said = str(e).replace(PIPE_ADVICE, f"{PIPE_ADVICE} (or pipe it to `hires up -`)")
+                raise ImageInputError(said) from None
             sizes.append(source.rgb.size)
             if source.alpha is not None:  # the output keeps it: a 4th channel to store
                 alpha.add(image)

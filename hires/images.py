@@ -13,6 +13,8 @@ import functools
 import hashlib
 import io
 import math
+import re
+import shlex
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -393,11 +395,17 @@ def shown_size(im: Image.Image, orientation: int) -> tuple[int, int]:
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
+# The shell's advice on an input (a command line's): reworded where a path is no shell's
+# (`without_shell_advice`).
+_FOLDER_HINT = "for every image in it, give "
+GLOB_HINT = ("; a pattern the shell did not expand (quoted, or it matched nothing): leave it "
+             "unquoted, or name the files")
+PIPE_ADVICE = "hires reads an input more than once, so save it to a file first"
 
 
 def _folder_hint(folder: Path) -> str:
     """How to give a folder's images: a pattern for each image suffix in it ('shots/*' also
-    named its notes and sidecars, each refused)."""
+    named its notes and sidecars, each refused), quoted for the shell ('my shots')."""
     try:
         found = sorted({p.suffix for p in folder.iterdir()
                         if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()})
@@ -405,7 +413,15 @@ def _folder_hint(folder: Path) -> str:
         found = []
     if not found:
         return f"it holds no {ACCEPTED} file"
-    return "for every image in it, give " + " ".join(str(folder / f"*{s}") for s in found)
+    return _FOLDER_HINT + " ".join(f"{shlex.quote(str(folder))}/*{s}" for s in found)
+
+
+def without_shell_advice(text: str, each: str) -> str:
+    """An input's error for a path no shell reads (a job file's, a library call's): one image
+    file `each` ("a job for each"), not a folder's glob; a pattern is not expanded there."""
+    text = re.sub(rf"; {_FOLDER_HINT}.*\Z", f"; give one of its image files ({each})", text,
+                  flags=re.S)
+    return text.replace(GLOB_HINT, "; patterns are not expanded here: name the file")
 
 
 @contextlib.contextmanager
@@ -414,15 +430,11 @@ def _reading(path: Path) -> Iterator[Image.Image]:
     goes wrong in the block becomes an ImageInputError of one line."""
     if not path.exists():
         pattern = any(c in path.name for c in "*?[")  # a glob no shell expanded
-        raise ImageInputError(f"{path}: no such file" + (
-            "; a pattern the shell did not expand (quoted, or it matched nothing): leave it "
-            "unquoted, or name the files" if pattern else ""))
+        raise ImageInputError(f"{path}: no such file" + (GLOB_HINT if pattern else ""))
     if path.is_dir():
         raise ImageInputError(f"{path}: is a folder, not an image file; {_folder_hint(path)}")
     if not path.is_file():  # a pipe (`cat x.png | hires up /dev/stdin`), a device
-        raise ImageInputError(f"{path}: not a file (a pipe?); hires reads an input more than "
-                              "once, so save it to a file first (`hires up -` takes an image "
-                              "piped in)")
+        raise ImageInputError(f"{path}: not a file (a pipe?); {PIPE_ADVICE}")
     try:
         with pixel_limit(MAX_PIXELS), _strict_decoding(), warnings.catch_warnings():
             # Pillow's own on a damaged file ("Corrupt EXIF data") are no reader's: what

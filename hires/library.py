@@ -136,14 +136,14 @@ def check_flags(**flags: Any) -> dict[str, bool]:
 def keyword_words(text: str) -> str:
     """A message worded with flags, in the library's keywords; a setting's check worded for a
     job ("'model' in the job must be text"), as the keyword it was given as."""
+    from hires.images import without_shell_advice
+
     said = re.sub(r"'(\w+)' in (?:the )?job ", r"\1 ", text)
     said = re.sub(r"--allow-pickle\b", "allow_pickle=True", said)  # as ModelError says it
     said = said.replace("hires up makes images larger", "an upscale makes images larger")
     said = said.replace("upscale the new file with hires up", "upscale the new file: "
                         "hires.upscale(path, ...) without job=")
-    # hires.images' folder: no glob here, a call an image
-    said = re.sub(r"; for every image in it, give .*\Z", "; give one of its image files (a "
-                  "call for each)", said, flags=re.S)
+    said = without_shell_advice(said, "a call for each")  # no shell reads a call's paths
     # A flag is a word of its own: a name's '--' (my--style.safetensors, ./--x.safetensors,
     # a Hub cache's models--x--y) is left as it is.
     return re.sub(r"(?<![\w-])--([a-z][a-z0-9-]*)(?![\w\\-]|\.\w)",

@@ -57,5 +57,34 @@ def test_a_pipe_given_by_its_path_is_told_up_dash(tmp_path):
     os.mkfifo(fifo)
     result = cli("up", str(fifo), *TINY)
     assert result.exit_code == 2
-    assert "not a file (a pipe?)" in result.stderr and "`hires up -` takes an image" \
+    assert "not a file (a pipe?)" in result.stderr and "(or pipe it to `hires up -`)" \
         in result.stderr
+
+
+def test_a_folder_with_a_space_is_quoted_for_the_shell(tmp_path, monkeypatch):
+    """'give my shots/*.png' split in two as typed (QA 203)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my shots").mkdir()
+    Image.new("RGB", (64, 64)).save(tmp_path / "my shots" / "a.png")
+    (line,) = error_lines(cli("up", "my shots", *TINY).stderr)
+    assert line.endswith("for every image in it, give 'my shots'/*.png")
+
+
+def test_a_job_file_and_an_add_on_get_no_shell_advice(tmp_path, monkeypatch):
+    """A job's image given as a folder was told shell patterns, a pattern to leave unquoted,
+    and an --ip-image pipe to use `hires up -`: none works there (QA 203)."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shots").mkdir()
+    Image.new("RGB", (64, 64)).save(tmp_path / "shots" / "a.png")
+    for image, words in (("shots", "give one of its image files (a job for each)"),
+                         ("shots/*.png", "patterns are not expanded here: name the file")):
+        jobs = tmp_path / "j.toml"
+        jobs.write_text(f'[[job]]\nimage = "{image}"\nscale = 2\nmodel = "tiny"\n')
+        (line,) = error_lines(cli("batch", str(jobs), "--dry-run").stderr)
+        assert words in line and "shell" not in line, line
+    os.mkfifo(tmp_path / "ff")
+    result = cli("gen", "x", "--model", "tiny", "--size", "256", "--ip-image", "ff",
+                 "--dry-run")
+    assert result.exit_code == 2 and "hires up -" not in result.stderr
