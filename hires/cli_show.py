@@ -443,7 +443,7 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
     for item in items:
         path = paths[item.index]
         row, text = batch_job_row(item, path, gpu, plans, tally, overwrite=overwrite,
-                                  preview=preview, resume_runs=resume_runs)
+                                  preview=preview, resume_runs=resume_runs, name=name)
         tally.counts[row["status"]] += 1
         if row["status"] == "to make":
             tally.to_make.append((path, item.job))
@@ -455,6 +455,11 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
             row["warnings"] = [warning_by_giver(loss, item, name) for loss in losses]
             for loss, said in zip(losses, row["warnings"], strict=True):
                 warn(said if flag_key(loss) else f"job {item.index}: {said}")
+            # a CPU job's settings, named where they were given (the job too): once each
+            settings = row.pop("settings")
+            row["warnings"] += settings
+            for said in settings:
+                warn_once(said)
         stops.check()  # one a library swallowed while this job was planned
         if row["status"] == "cannot run":  # on stderr, as the run says a failed job
             error_line(f"job {item.index} cannot run: {row['error']}")
@@ -503,9 +508,10 @@ class BatchPlanTally:
 
 def batch_job_row(item: Any, path: Path, gpu: str | None, plans: dict[str, Any],
                   tally: BatchPlanTally, *, overwrite: bool, preview: bool,
-                  resume_runs: bool) -> tuple[dict[str, Any], str]:
+                  resume_runs: bool, name: str = "the batch file") -> tuple[dict[str, Any], str]:
     """A `batch --dry-run` job's JSON row and line: left to another run, made already, cannot
-    run, or to make (its planned time and why it cannot run added to `tally`)."""
+    run, or to make (its planned time and why it cannot run added to `tally`). `name`: the
+    job file's, where its settings' warnings say they were given."""
     from hires import batch as b
     from hires.images import input_size
     from hires.job import JobError
@@ -532,6 +538,9 @@ def batch_job_row(item: Any, path: Path, gpu: str | None, plans: dict[str, Any],
         tally.usage = tally.usage or not isinstance(e, ModelError) or e.usage
         return row, f"job {item.index}: cannot run: {said}"
     row["notes"] = run_warnings(job, run.plan) + crop_notes(job, source)
+    # as the run warns them, by the key's place (hires.cli_runs.check_steps_and_notes)
+    row["settings"] = cpu_setting_warnings(job, lambda key: b.key_place(item, key, name)) \
+        if run.gpu == "cpu" else []
     row["hints"] = batch_hints(item, run, source, plans, preview)
     seconds = run.plan.seconds  # None: a CPU job, not timed
     if seconds is not None:

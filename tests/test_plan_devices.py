@@ -131,3 +131,20 @@ def test_the_ram_warning_judges_the_budget_that_holds(tmp_path):
     assert "(drop --vram and --ram, or the preset's or job's vram and ram," in both.stderr
     header = cli(*args[:-1], "--vram", "8", "--dry-run").stdout.splitlines()[0]
     assert "8.0 GiB budget (--vram)" in header
+
+
+def test_a_batch_dry_run_warns_of_a_cpu_jobs_settings(tmp_path):
+    """The batch run warns of them by the key that gave them; its dry run said nothing, and
+    each job's `warnings` was empty (QA 203). A [defaults] key's is said once."""
+    jobs = tmp_path / "t.toml"
+    jobs.write_text('[defaults]\ndevice = "cpu"\nmodel = "tiny"\nsize = 256\n'
+                    'offload = "sequential"\n[[job]]\nprompt = "a"\ndtype = "fp16"\n'
+                    '[[job]]\nprompt = "b"\n')
+    text = cli("batch", str(jobs), "--dry-run", "-o", str(tmp_path / "out"))
+    assert text.exit_code == 0, text.stderr
+    assert text.stderr.count('warning: offload = "sequential" in t.toml [defaults] does '
+                             "nothing on the CPU") == 1
+    assert 'warning: dtype = "fp16" in t.toml job 0 is about 4x slower' in text.stderr
+    rows = [json.loads(line) for line in cli("batch", str(jobs), "--dry-run", "--json", "-o",
+                                            str(tmp_path / "out")).stdout.splitlines()]
+    assert [len(row["warnings"]) for row in rows] == [2, 1]
