@@ -141,7 +141,7 @@ def batch_jobs(file: Path, output: Path, manifest: Path | None, shard: str | Non
         raise bad
     lossless = next((i for i in items if i.job.format not in LOSSY_FORMATS), None)
     if "quality" in overrides and lossless is not None:
-        raise JobError(f"{lossless.where(name)} writes {paths[lossless.index].name}: "
+        raise JobError(f"{lossless.where(name)} writes {paths[lossless.index]}: "
                        f"{QUALITY_LOSSLESS}; set `quality` in the jpg and webp jobs")
     if preview:
         paths = {index: stage_path(path, 0) for index, path in paths.items()}

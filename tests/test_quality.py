@@ -166,7 +166,9 @@ def test_batch_file_keys(tmp_path, asked):
     refused = cli("batch", batch_file(tmp_path), "-o", tmp_path / "b", "--model", "tiny",
                   "--quality", "90")
     assert refused.exit_code == 2
-    assert "job 1 writes fox.png: --quality applies to jpg and webp" in refused.stderr
+    # the file as written, in its folder (QA 203: "writes y.png" was b/x/y.png)
+    assert f"job 1 writes {tmp_path / 'b' / 'fox.png'}: --quality applies to jpg and webp" \
+        in refused.stderr
     # A changed quality re-makes the job (its settings changed); the PNG is kept as made.
     again = cli("batch", batch_file(tmp_path, "quality = 90"), "-o", out, "--model", "tiny",
                 "-q", "--json")
