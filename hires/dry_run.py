@@ -160,25 +160,27 @@ def _small_local_model(model: str) -> bool:
     return 0 < total <= SMALL_MODEL_BYTES
 
 
-def _small_model_shape(job) -> tuple[ModelShape, tuple[str, int, int], torch.Tensor]:
+def _small_model_shape(job, dtype: str = "fp32"
+                       ) -> tuple[ModelShape, tuple[str, int, int], torch.Tensor]:
     """A small model's shapes (the tiny model's, or a local folder as small), loaded on the
-    CPU, and its scheduler's (timestep spacing, training steps, offset) and alphas."""
+    CPU in `dtype` (the run's: its weights' bytes), and its scheduler's (timestep spacing,
+    training steps, offset) and alphas."""
     from hires.addons import runs_controlnet
 
     if job.model == "tiny":  # builtin, so the same in every plan of a process
-        return _tiny_shape(job.linfusion, runs_controlnet(job))
-    return _loaded_shape(job.model, job.linfusion, runs_controlnet(job))
+        return _tiny_shape(job.linfusion, runs_controlnet(job), dtype)
+    return _loaded_shape(job.model, job.linfusion, runs_controlnet(job), dtype)
 
 
 @functools.lru_cache(maxsize=8)
-def _tiny_shape(linfusion: str, controlnet: bool) -> tuple[ModelShape, tuple[str, int, int],
-                                                           torch.Tensor]:
+def _tiny_shape(linfusion: str, controlnet: bool, dtype: str = "fp32"
+                ) -> tuple[ModelShape, tuple[str, int, int], torch.Tensor]:
     """The tiny model's `_loaded_shape`, once a process: `hires up`'s dry run of 250 inputs
     built it 250 times (0.5 s each)."""
-    return _loaded_shape("tiny", linfusion, controlnet)
+    return _loaded_shape("tiny", linfusion, controlnet, dtype)
 
 
-def _loaded_shape(model: str, linfusion: str, controlnet: bool
+def _loaded_shape(model: str, linfusion: str, controlnet: bool, dtype: str = "fp32"
                   ) -> tuple[ModelShape, tuple[str, int, int], torch.Tensor]:
     from hires.costs import model_shape
     from hires.models import load, quiet_loading
@@ -187,7 +189,7 @@ def _loaded_shape(model: str, linfusion: str, controlnet: bool
     # (a Hub one named may be another machine's to fetch).
     own = model == "tiny" and linfusion in ("auto", "none")
     with quiet_loading():  # a check: its libraries' bars were left in the line of its error
-        small = load(model, linfusion if own else "none", "fp32", "cpu")
+        small = load(model, linfusion if own else "none", dtype, "cpu")
     if not own and linfusion != "none":
         from hires.linfusion import LinFusion
 
@@ -244,7 +246,8 @@ def plan_without_weights(job, rate: float | None = None,
     if job.model == "tiny" or _small_local_model(job.model):
         # The tiny model, or a local one as small (the tiny model saved as a folder, say):
         # loaded, as a run would, to see its shapes; SDXL's would be wrong for it.
-        shape, (spacing, train, offset), alphas = _small_model_shape(job)
+        shape, (spacing, train, offset), alphas = _small_model_shape(
+            job, "fp32" if dtype_bytes == 4 else "bf16")  # the run's weights' bytes
         shape = copy(shape, on_gpu=on_gpu, vae_dtype_bytes=vae_dtype_bytes)
     else:
         # An SDXL ControlNet's shape is fixed by SDXL's: its name is all a dry run needs.

@@ -148,3 +148,14 @@ def test_a_batch_dry_run_warns_of_a_cpu_jobs_settings(tmp_path):
     rows = [json.loads(line) for line in cli("batch", str(jobs), "--dry-run", "--json", "-o",
                                             str(tmp_path / "out")).stdout.splitlines()]
     assert [len(row["warnings"]) for row in rows] == [2, 1]
+
+
+def test_a_small_models_plan_counts_its_dtype_too(tmp_path):
+    """The tiny model (and a small local one) was planned with fp32 weights whatever --dtype
+    said: its bf16 run's estimated peak differed from its dry run's (QA 203)."""
+    peaks = {}
+    for dtype in ("auto", "bf16", "fp32"):
+        result = cli("gen", "a", "--model", "tiny", "--size", "1024", "--device", "cpu",
+                     "--dtype", dtype, "-o", tmp_path / "a.png", "--dry-run", "--json")
+        peaks[dtype] = json.loads(result.stdout.splitlines()[0])["peak_bytes"]
+    assert peaks["auto"] == peaks["fp32"] > peaks["bf16"]
