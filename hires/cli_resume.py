@@ -30,20 +30,30 @@ def kept_stage(kept: Path, job, plan, source=None) -> int | None:
 
 
 def lost_stage_image(stage_files: list[Path], stage: int, job) -> str | None:
-    """--save-stages: '{NAME} is gone' (cut short, or not its stage image) for the first image
-    of the stages before `stage` that is not this job's of its stage; None when all are. A
-    run goes on from a checkpoint only where they are (the last kept stage is decoded again)."""
+    """--save-stages: '{NAME} is cut short' (or not its stage image) for the first image of
+    the stages before `stage` that is there but not this job's of its stage; None when none
+    is. A run goes on from a checkpoint only where none is (one there is to be made again;
+    the last kept stage is decoded again). Those not there are `missing_stage_images`'."""
     from hires.cut_short import cut_short
     from hires.runs import stage_of_this_job
 
-    lost = [p for i, p in enumerate(stage_files[:stage])
-            if not (stage_of_this_job(p, job, i) and cut_short(p) is None)]
+    lost = [p for i, p in enumerate(stage_files[:stage]) if p.exists()
+            and not (stage_of_this_job(p, job, i) and cut_short(p) is None)]
     if not lost:
         return None
-
     cut = cut_short(lost[0])
-    what = "is gone" if not lost[0].exists() else f"is {cut}" if cut else "is not its stage image"
-    return f"{lost[0].name} {what}"
+    return f"{lost[0].name} {f'is {cut}' if cut else 'is not its stage image'}"
+
+
+def missing_stage_images(stage_files: list[Path], stage: int) -> str | None:
+    """--save-stages: the words for the images of the stages before `stage` that are not on
+    disk (never saved: --save-stages added on resuming; or removed), which a run going on
+    from its checkpoint does not make; None when all are there."""
+    missing = [p.name for p in stage_files[:stage] if not p.exists()]
+    if not missing:
+        return None
+    return (f"without {', '.join(missing)}, not on disk (--save-stages; --no-resume makes "
+            "every stage's image, starting over)")
 
 
 def say_resume(kept: Path, job, plan, source=None, stage_files: list[Path] | None = None,
@@ -69,11 +79,16 @@ def say_resume(kept: Path, job, plan, source=None, stage_files: list[Path] | Non
     if stage is None:
         return None
     lost = lost_stage_image(stage_files or [], stage, job)
+    missing = missing_stage_images(stage_files or [], stage)
     if lost:
         warn(worded(f"{kept.name} holds {stages_upto(stage)} of this job, but {lost} "
                     "(--save-stages): starting over"))
         resume.remove(kept)
-    elif stage == len(plan.stages) - 1:
+        return None
+    if missing:  # hours of a 16K job's stages are not thrown away for their previews
+        warn(worded(f"{kept.name} holds {stages_upto(stage)} of this job: going on from it, "
+                    f"{missing}"))
+    if stage == len(plan.stages) - 1:
         say(f"  resuming: every stage was kept in {kept.name}; only the decode is left")
     else:
         say(f"  resuming: {stages_upto(stage)} {'was' if stage == 0 else 'were'} kept in "

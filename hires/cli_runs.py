@@ -137,13 +137,17 @@ def checkpoint_note(path: Path, job, plan=None, stage_images: bool = False) -> s
         return f"{kept.name} {why}: the run starts over"
     stage = resume.stage_of(kept, job, plan)
     if stage_images and stage is not None:
-        from hires.cli_resume import lost_stage_image
+        from hires.cli_resume import lost_stage_image, missing_stage_images
         from hires.record import stage_paths
 
-        lost = lost_stage_image(stage_paths(path, len(plan.stages)), stage, asked)
+        files = stage_paths(path, len(plan.stages))
+        lost = lost_stage_image(files, stage, asked)
         if lost:
             return (f"{kept.name} holds {stages_upto(stage)} of this job, but {lost} "
                     "(--save-stages): the run starts over")
+        missing = missing_stage_images(files, stage)
+        if missing:
+            return (f"the run goes on from {kept.name}: {stages_upto(stage)} kept, {missing}")
     if stage == len(plan.stages) - 1:
         return f"the run goes on from {kept.name}: every stage kept, only the decode left"
     return f"the run goes on from {kept.name}: {stages_upto(stage)} kept"
