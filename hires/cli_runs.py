@@ -28,7 +28,7 @@ from hires.cli_output import (
     warn,
     warn_once,
 )
-from hires.cli_resume import kept_job, say_resume, saying_what_is_kept, stages_upto
+from hires.cli_resume import kept_job, kept_stage, say_resume, saying_what_is_kept, stages_upto
 
 
 def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overwrite: bool,
@@ -74,6 +74,9 @@ def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overw
                                                          stage_images=stage_images)):
             # as the run says it: a warning where the stages kept are lost to it
             (warn if note.endswith("the run starts over") else say)(f"{run.path}: {note}")
+    for run in runs if not preview and not resume_runs else []:
+        if run.made is None and (note := unkept_note(run.path, run.job)):
+            say(f"{run.path}: {note}")
     from hires import resume
 
     def stopped_runs(run) -> bool:
@@ -151,6 +154,29 @@ def checkpoint_note(path: Path, job, plan=None, stage_images: bool = False) -> s
     if stage == len(plan.stages) - 1:
         return f"the run goes on from {kept.name}: every stage kept, only the decode left"
     return f"the run goes on from {kept.name}: {stages_upto(stage)} kept"
+
+
+def unkept_note(path: Path, job) -> str | None:
+    """For a dry run with --no-resume: the stages of this job a stopped run's checkpoint
+    keeps, which the run removes; None if none."""
+    from hires import resume
+    from hires.dry_run import dry_run
+    from hires.job import JobError
+    from hires.model_refs import ModelError
+    from hires.piped import image_size
+
+    kept = resume.path_for(path)
+    if not kept.is_file():
+        return None
+    try:
+        plan = dry_run(job, None, image_size(job.image) if job.image else None).plan
+        stage = resume.stage_of(kept, job, plan)
+    except (JobError, ModelError, OSError, ValueError):
+        return None
+    if stage is None:
+        return None
+    return f"--no-resume: the run removes {kept.name}, which keeps {stages_upto(stage)}, and " \
+        "starts over"
 
 
 def take_up_elsewhere(path: Path, job, plan) -> None:
@@ -580,7 +606,11 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
     kept = None if preview or piped else resume.path_for(path)
     if kept is not None:
         if not resume_runs:
+            stage = kept_stage(kept, job, plan, source) if kept.is_file() else None
             resume.remove(kept)
+            if stage is not None:  # the stages it threw away, said (it was silent)
+                say(f"  --no-resume: removed {kept.name}, which kept {stages_upto(stage)}; "
+                    "starting over")
         elif not kept.exists():
             take_up_elsewhere(path, kept_job(job, source), plan)
         said = say_resume(kept, job, plan, source, stage_files, worded)

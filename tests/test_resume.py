@@ -172,10 +172,16 @@ def test_no_resume_starts_over(tmp_path, asked, monkeypatch):
             "-o", tmp_path / "fox.png")
     stages = failing_once(monkeypatch)
     assert cli(*args).exit_code == 1 and resume.path_for(tmp_path / "fox.png").exists()
+    # the stages it throws away are said, by its dry run too (they went silently: QA 204)
+    dry = cli(*args, "--no-resume", "--dry-run")
+    assert (f"{tmp_path / 'fox.png'}: --no-resume: the run removes fox.png.resume.safetensors, "
+            "which keeps stages 0-1, and starts over") in dry.stderr, dry.stderr
     stages.clear()
     result = cli(*args, "--no-resume")
     assert result.exit_code == 0, result.stderr
     assert stages == [0, 1, 2] and "resuming" not in result.stderr
+    assert "--no-resume: removed fox.png.resume.safetensors, which kept stages 0-1; starting " \
+        "over" in result.stderr
     assert not resume.path_for(tmp_path / "fox.png").exists()
 
 
