@@ -595,6 +595,9 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
         say(f"  {line}")
     early = prompt_warnings(components, job)  # before the work, not after it
     machine = half_vae_note(components, job)  # the machine's pick: once in a batch, unnamed
+    # a preview is a stage image, 8 bits a channel: --depth 16's note is the whole job's
+    unsaid = set(machine) if preview else set()
+    early = [warning for warning in early if warning not in unsaid]
     for warning in early:  # each image's record keeps them; the terminal hears them once
         if worded and warning in machine:  # a batch's: in its jobs' keys
             from hires.batch import in_job_words
@@ -656,7 +659,8 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
                              on_stage_image=stage_image if save_stages else None,
                              on_score=score)
             for warning in result.warnings[len(components.warnings):]:
-                if warning not in early and warning not in noted:  # said already
+                # said already, or not of this file
+                if warning not in early and warning not in noted and warning not in unsaid:
                     warn(worded(warning) if worded else warning)
             for s in result.stages:  # stages a stopped run had scored, and none after them
                 if s.psnr is not None and s.index not in scored:
