@@ -110,6 +110,7 @@ from hires.cli_output import (
     stopped,
     warn,
 )
+from hires.cli_resume import stopped_beside
 from hires.cli_runs import check_outputs, read_notes, run_jobs, say_read
 from hires.cli_show import (
     crop_notes,
@@ -201,6 +202,9 @@ def gen(
             check_stdin_prompts(prompts)
         jobs = [job.merged({"prompt": text}) for text in prompts]
         check_preview(preview, save_stages)
+        if from_image is not None and output is None and resume_runs and not preview and (
+                beside := stopped_beside(from_image, job)):
+            say(beside)
         if not prompts[0].strip() and from_image is None:  # in a dry run too, as it starts
             raise typer.BadParameter("give a prompt (or '-' to read prompts from stdin)")
         if not dry_run or gpu is None:  # a dry run with --gpu plans that card, not this one

@@ -114,3 +114,22 @@ def saying_what_is_kept(kept: Path, job, plan, source=None) -> Iterator[None]:
         elif stage is not None:
             tell(f"{kept} keeps {stages_upto(stage)}: {command} goes on from there")
         raise
+
+
+def stopped_beside(image: Path, job) -> str | None:
+    """For `--from` a stage image (NAME.stage1.png) with no -o: where a stopped run of this
+    job kept its stages beside it, the -o that goes on from them (the run wrote a new image
+    in the current folder, every stage again, without a word); None where none is."""
+    import glob
+    import re
+
+    from hires import resume
+
+    named = re.fullmatch(r"(.+)\.stage\d+", image.stem)
+    if named is None:
+        return None
+    for kept in sorted(image.parent.glob(glob.escape(named[1]) + ".*" + resume.SUFFIX)):
+        if resume.seed_of(kept, job) == job.seed:
+            target = kept.with_name(kept.name[:-len(resume.SUFFIX)])
+            return f"{kept} keeps a stopped run of this job: -o {target} goes on from it"
+    return None

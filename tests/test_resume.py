@@ -582,3 +582,19 @@ def test_a_run_that_saves_stages_goes_on_with_a_setting_a_resume_may_change(chan
     again = cli(*args, *change)
     assert again.exit_code == 0, again.stderr
     assert stages == [2] and "resuming: stages 0-1" in again.stderr
+
+
+def test_from_a_stopped_runs_stage_image_names_its_checkpoint(tmp_path, asked, monkeypatch):
+    """`gen --from NAME.stage1.png` of a stopped run made every stage again in the current
+    folder without a word of the stages kept beside it (QA 204)."""
+    out = tmp_path / "fox.png"
+    failing_once(monkeypatch)
+    assert cli("gen", "a fox", "--model", "tiny", "--size", "640", "--steps", "3", "--seed",
+               "5", "--save-stages", "-o", out).exit_code == 1
+    said = cli("gen", "--from", tmp_path / "fox.stage0.png", "--model", "tiny", "--dry-run")
+    assert said.exit_code == 0, said.stderr
+    assert (f"{resume.path_for(out)} keeps a stopped run of this job: -o {out} goes on from "
+            "it") in said.stderr
+    again = cli("gen", "--from", tmp_path / "fox.stage0.png", "--model", "tiny", "-o", out,
+                "--dry-run")
+    assert "keeps a stopped run" not in again.stderr and "goes on from" in again.stderr
