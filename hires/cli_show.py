@@ -1053,12 +1053,24 @@ def show_made(path: str | Path, as_json: bool, name: str | None = None) -> None:
         except JobError as e:  # model weights, say: said of stdin, not a temporary file
             raise JobError(path_said(str(e), path, said)) from None
         return
+    if name != "-" and path.is_dir():  # info reads many: the folder's images, as `up` says
+        from hires.images import folder_hint
+
+        raise JobError(f"{given} is a folder, not an image; {folder_hint(path)}")
     try:
         # Read by the name as typed, which its messages then say: a file named 'image' read
         # as './image' is not rewritten into their words afterwards ('as an ./image')
         meta = read_metadata(given)
     except OutputError as e:
-        raise JobError(path_said(str(e), given, said)) from None
+        from hires.images import GLOB_HINT
+
+        text = path_said(str(e), given, said)
+        if name != "-" and text.startswith("no such image") and any(c in path.name
+                                                                   for c in "*?["):
+            text += GLOB_HINT
+        elif text.endswith("give the image file itself"):  # or its bytes, as `up -` takes
+            text += " (or pipe it: hires info - < IMAGE)"
+        raise JobError(text) from None
     record, (width, height) = meta["hires"], meta["size"]
     if meta["hires_error"] or (record is not None and _record_problem(record)):
         why = meta["hires_error"] or _record_problem(record)

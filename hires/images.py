@@ -403,7 +403,7 @@ GLOB_HINT = ("; a pattern the shell did not expand (quoted, or it matched nothin
 PIPE_ADVICE = "hires reads an input more than once, so save it to a file first"
 
 
-def _folder_hint(folder: Path) -> str:
+def folder_hint(folder: Path) -> str:
     """How to give a folder's images: a pattern for each image suffix in it ('shots/*' also
     named its notes and sidecars, each refused), quoted for the shell ('my shots')."""
     try:
@@ -432,7 +432,7 @@ def _reading(path: Path) -> Iterator[Image.Image]:
         pattern = any(c in path.name for c in "*?[")  # a glob no shell expanded
         raise ImageInputError(f"{path}: no such file" + (GLOB_HINT if pattern else ""))
     if path.is_dir():
-        raise ImageInputError(f"{path}: is a folder, not an image file; {_folder_hint(path)}")
+        raise ImageInputError(f"{path}: is a folder, not an image file; {folder_hint(path)}")
     if not path.is_file():  # a pipe (`cat x.png | hires up /dev/stdin`), a device
         raise ImageInputError(f"{path}: not a file (a pipe?); {PIPE_ADVICE}")
     try:

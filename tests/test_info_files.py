@@ -340,8 +340,11 @@ def test_a_path_typed_otherwise_is_said_as_typed_not_inside_words(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     (tmp_path / "g").mkdir()
     (tmp_path / "e").write_text("x")
-    assert_usage_error(cli("info", "g/"), "error: g/ is a folder, not an image; give an image "
-                       "file")
+    assert_usage_error(cli("info", "g/"), "error: g/ is a folder, not an image; it holds no "
+                       "PNG, JPEG, WebP or TIFF file")
+    Image.new("RGB", (8, 8)).save(tmp_path / "g" / "a.png")  # its images, as `up` says them
+    assert_usage_error(cli("info", "g/"), "error: g/ is a folder, not an image; for every image "
+                       "in it, give g/*.png")
     assert_usage_error(cli("info", "./e"), "error: cannot read ./e as an image: not an image "
                        "file; expected PNG")
     (tmp_path / "image").write_text("x")  # a name that is a word of the message

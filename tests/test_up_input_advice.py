@@ -88,3 +88,16 @@ def test_a_job_file_and_an_add_on_get_no_shell_advice(tmp_path, monkeypatch):
     result = cli("gen", "x", "--model", "tiny", "--size", "256", "--ip-image", "ff",
                  "--dry-run")
     assert result.exit_code == 2 and "hires up -" not in result.stderr
+
+
+def test_info_gets_the_same_advice(tmp_path, monkeypatch):
+    """`hires info` of a glob the shell left, or a pipe by its path, was not told what `up`
+    is (QA 203)."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    assert_usage_error(cli("info", "shots/*.png"), "no such image: shots/*.png; a pattern the "
+                       "shell did not expand")
+    os.mkfifo(tmp_path / "ff")
+    said = cli("info", "ff")
+    assert said.exit_code != 0 and "(or pipe it: hires info - < IMAGE)" in said.stderr
