@@ -622,10 +622,17 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
 
     def stage_image(index: int, image) -> None:
         from hires.errors import dtype_name
+        from hires.output import DiskRefused
 
-        save_stage(image, stage_files[index], job, index, fmt=job.format, overwrite=True,
-                   linfusion=components.linfusion, vae_dtype=dtype_name(components.vae_dtype),
-                   addons=components.addons_running)
+        try:
+            save_stage(image, stage_files[index], job, index, fmt=job.format, overwrite=True,
+                       linfusion=components.linfusion,
+                       vae_dtype=dtype_name(components.vae_dtype),
+                       addons=components.addons_running)
+        except DiskRefused as e:  # an extra file: what to do said (it stopped the job bare)
+            raise DiskRefused(f"{e} (a --save-stages image); free room there, or drop "
+                              "--save-stages, and run the same command again", e.folder,
+                              e.errno) from None
         say(f"  stage {index}: {stage_files[index]}")
 
     scored: set[int] = set()

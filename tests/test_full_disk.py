@@ -211,3 +211,20 @@ def test_a_read_only_disk_is_said_before_the_run(tmp_path, monkeypatch):
     with pytest.raises(hires.output.OutputUnwritable,
                        match=r"^cannot write to .*: its disk is read-only; choose another -o$"):
         hires.output.check_writable(tmp_path / "a.png", overwrite=False)
+
+
+def test_a_stage_image_the_disk_refuses_says_what_to_do(tmp_path, monkeypatch, asked):
+    """A full disk at a --save-stages image stopped the job with a bare "cannot write ...:
+    No space left on device" (QA 204)."""
+    import hires.record
+
+    def refused(image, path, *args, **kwargs):
+        raise DiskRefused(f"cannot write {path}: No space left on device", tmp_path,
+                          errno.ENOSPC)
+
+    monkeypatch.setattr(hires.record, "save_stage", refused)
+    result = cli("gen", "a fox", "--model", "tiny", "--size", "512", "--steps", "1", "--seed",
+                 "1", "--save-stages", "-o", tmp_path / "f.png")
+    assert result.exit_code == 1
+    assert ("f.stage0.png: No space left on device (a --save-stages image); free room there, "
+            "or drop --save-stages, and run the same command again") in result.stderr
