@@ -497,18 +497,33 @@ A1111_SAMPLERS = {("euler", False): "Euler", ("euler", True): "Euler Karras",
 A1111_NEAREST = {"Euler a": (("euler", False), "it has no ancestral sampler")}
 
 
-def parameters_text(job: dict[str, Any], width: int, height: int) -> str:
-    """The A1111 'parameters' layout, read by PNG Info, civitai and image galleries."""
+def parameters_text(job: dict[str, Any], width: int, height: int,
+                    result: dict[str, Any] | None = None) -> str:
+    """The A1111 'parameters' layout, read by PNG Info, civitai and image galleries; `result`
+    (the record's) says whether a stage re-noised an image."""
     lines = [job.get("prompt", "")]
     if job.get("negative"):
         lines.append(f"Negative prompt: {job['negative']}")
     sampler = A1111_SAMPLERS.get((job.get("sampler", "euler"), bool(job.get("karras"))))
     pairs = [("Steps", job.get("steps")), ("Sampler", sampler), ("CFG scale", job.get("guidance")),
              ("Seed", job.get("seed")), ("Size", f"{width}x{height}"), ("Model", job.get("model")),
-             ("Denoising strength", job.get("strength")), ("LinFusion", job.get("linfusion")),
+             ("Denoising strength", job.get("strength") if _refined(job, result) else None),
+             ("LinFusion", job.get("linfusion")),
              ("Version", f"hires {__version__}")]
     lines.append(", ".join(f"{k}: {_a1111_value(v)}" for k, v in pairs if v is not None))
     return "\n".join(lines)
+
+
+def _refined(job: dict[str, Any], result: dict[str, Any] | None) -> bool:
+    """Whether a stage re-noised an image at the job's strength (an upscale's input, or a
+    stage after the base), as A1111's "Denoising strength" means: a one-stage image from a
+    prompt ran none (it said 0.32, which galleries show as img2img's). Unknown: True."""
+    if job.get("image") or not isinstance(result, dict):
+        return True
+    if "stage" in result:  # a stage image: the base, or one after it
+        return not (isinstance(result["stage"], int) and result["stage"] == 0)
+    stages = result.get("stages")
+    return not isinstance(stages, list) or len(stages) > 1
 
 
 def _a1111_value(value: Any) -> str:
@@ -753,7 +768,8 @@ def _encoder_args(image: Image.Image, fmt: str, metadata: dict | None, quality: 
         metadata = _fit_jpeg_metadata(metadata, image.width, image.height, warn)
     params = blob = None
     if metadata is not None:
-        params = parameters_text(metadata.get("job", {}), image.width, image.height)
+        params = parameters_text(metadata.get("job", {}), image.width, image.height,
+                                 metadata.get("result"))
         blob = json.dumps(metadata, ensure_ascii=True, sort_keys=True)
     if fmt == "png":
         info = PngImagePlugin.PngInfo()
@@ -792,7 +808,7 @@ def _lossy_args(fmt: str, quality: int) -> dict[str, Any]:
 
 
 def _jpeg_exif(metadata: dict, width: int, height: int) -> bytes:
-    params = parameters_text(metadata.get("job", {}), width, height)
+    params = parameters_text(metadata.get("job", {}), width, height, metadata.get("result"))
     exif = Image.Exif()
     exif.get_ifd(EXIF_IFD)[USER_COMMENT] = b"UNICODE\0" + params.encode("utf-16-be")
     exif[IMAGE_DESCRIPTION] = json.dumps(metadata, ensure_ascii=True, sort_keys=True)

@@ -72,6 +72,20 @@ def test_a1111_parameters_layout():
                                "Size: 16384x16384, Model: stabilityai/stable-diffusion-xl-base-1.0")
 
 
+def test_a1111_denoising_strength_only_where_a_stage_re_noised():
+    """A one-stage image from a prompt said "Denoising strength: 0.32", which galleries show
+    as img2img's; an upscale's, a later stage's and a multi-stage image's say it (QA 206)."""
+    job = {"prompt": "a fox", "steps": 4, "seed": 1, "strength": 0.32}
+    said = lambda job, result: "Denoising strength: 0.32" in parameters_text(  # noqa: E731
+        job, 256, 256, result)
+    assert not said(job, {"stages": [{"index": 0}]})
+    assert not said(job, {"stage": 0})
+    assert said(job, {"stages": [{"index": 0}, {"index": 1}]})
+    assert said(job, {"stage": 1})
+    assert said({**job, "image": "in.png"}, {"stages": [{"index": 0}]})
+    assert said(job, None)  # not known: as before
+
+
 def test_a1111_parameters_without_negative_has_two_lines():
     text = parameters_text({"prompt": "a red fox", "steps": 4, "seed": 1}, 256, 256)
     assert text.split("\n")[0] == "a red fox"
