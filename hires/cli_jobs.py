@@ -134,10 +134,15 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
                               images=images)
         return check_scale_flags(files_given_in(job, [*levels, (flags, OPTIONS, False)]),
                                  flags, images)
+    def noted(line: str) -> None:
+        """An A1111 text's note, unless a flag given answers it: --sampler its sampler's,
+        --lora its LoRAs' (the hires fix's stays)."""
+        if not (flags.get("sampler") is not None and "--sampler picks" in line
+                or flags.get("lora") and "--lora FILE" in line):
+            warn(line)
+
     try:
-        # An A1111 text's notes are of its sampler, which --sampler replaces
-        recorded = job_values_from_image(
-            from_image, warn=warn if flags.get("sampler") is None else None)
+        recorded = job_values_from_image(from_image, warn=noted)
     except OutputError as e:  # a missing or unreadable input is the user's to fix
         raise JobError(str(e)) from None
     if recorded.get("allow_pickle") in (False, None):

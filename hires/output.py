@@ -1188,13 +1188,19 @@ def _settings_pairs(line: str) -> dict[str, str]:
 
 def a1111_notes(text: str) -> list[str]:
     """A line for each setting of an A1111 text that hires makes otherwise than asked: a hires
-    fix (read as a job of its final size), a sampler it has not (read as its nearest, or left
-    to the job's)."""
+    fix (read as a job of its final size), LoRAs (not applied), a sampler it has not (read as
+    its nearest, or left to the job's)."""
     lines = text.strip().split("\n")
     if not re.match(r"^\s*Steps: ", lines[-1]):
         return []
     pairs = _settings_pairs(lines[-1])
     notes = []
+    # "Lora hashes" names them, or the prompt's <lora:name:0.8> (read as text): not applied
+    loras = [part.split(":")[0].strip() for part in pairs.get("Lora hashes", "").strip(
+        ' "').split(",") if part.strip()] or re.findall(r"<lora:([^:>]+)", "\n".join(lines[:-1]))
+    if loras:
+        notes.append(f"A1111's LoRAs ({', '.join(dict.fromkeys(loras))}) are not applied, so "
+                     "the image will differ (--lora FILE applies one)")
     if final := hires_fix_size(pairs):
         notes.append(f"A1111's hires fix ({pairs.get('Size', '?').strip()} first) is read as a "
                      f"{final[0]}x{final[1]} job, which hires makes in its own stages (its "

@@ -99,3 +99,21 @@ def test_info_of_a1111_text_without_a_size_says_from_makes_the_default(tmp_path,
         != (64, 64)
     sized = a1111_png(tmp_path / "sized.png", EULER_A)
     assert "size 64x64 (the file's)" in cli("info", sized).stdout
+
+
+def test_an_a1111_images_loras_are_said_not_applied(tmp_path):
+    """`info` and `--from` said nothing of an A1111 image's LoRAs, which hires does not apply:
+    the image differs as much as with a sampler it lacks (QA 206). --lora answers it."""
+    from hires.output import a1111_notes
+
+    text = ('a fox <lora:foo:0.8>\nSteps: 1, Sampler: Euler, CFG scale: 5, Seed: 9, Size: '
+            '128x128, Model: tiny, Lora hashes: "foo: abc, bar: def"')
+    (note,) = a1111_notes(text)
+    assert note.startswith("A1111's LoRAs (foo, bar) are not applied")
+    assert a1111_notes(text.replace(', Lora hashes: "foo: abc, bar: def"', "")) == [
+        note.replace("foo, bar", "foo")]  # the prompt's tag alone
+    image = a1111_png(tmp_path / "a.png", text)
+    said = cli("plan", "--from", str(image))
+    assert "warning: --from" in said.stderr and "LoRAs (foo, bar) are not applied" in said.stderr
+    swapped = cli("plan", "--from", str(image), "--sampler", "dpmpp-2m")  # another answer
+    assert "LoRAs (foo, bar)" in swapped.stderr
