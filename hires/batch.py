@@ -264,10 +264,12 @@ def _hidden_errors(i: int, entry: dict[str, Any], defaults: dict[str, Any], wher
 
     def named(key: str) -> bool:
         """Whether the error names `key`: vae-tile as 'vae_tile', print_size as 'print size',
-        and a table's "jobs.toml [defaults]: aspect = 16:9 at size = 64 makes ..." its first."""
+        and a table's "jobs.toml [defaults]: aspect = 16:9 at size = 64 makes ..." its first;
+        not its guess at a misspelt key ("(did you mean 'steps'?)": 'stepz' is at fault)."""
         key = str(key).replace("-", "_")
-        return f"'{key}'" in said or ("_" in key and key.replace("_", " ") in said) or \
-            said.startswith((f"{home}: {key} = ", f"{where}: {key} = "))
+        text = re.sub(r" \(did you mean [^)]*\)", "", said)
+        return f"'{key}'" in text or ("_" in key and key.replace("_", " ") in text) or \
+            text.startswith((f"{home}: {key} = ", f"{where}: {key} = "))
 
     def mentions(key: str) -> bool:
         """`named`, or the key as a bare word ('add ip_image'): an error about a key left out

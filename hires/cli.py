@@ -202,8 +202,8 @@ def gen(
             check_stdin_prompts(prompts)
         jobs = [job.merged({"prompt": text}) for text in prompts]
         check_preview(preview, save_stages)
-        if from_image is not None and output is None and resume_runs and not preview and (
-                beside := stopped_beside(from_image, job)):
+        if from_image is not None and output is None and resume_runs and not preview and \
+                len(prompts) * n == 1 and (beside := stopped_beside(from_image, job)):
             say(beside)
         if not prompts[0].strip() and from_image is None:  # in a dry run too, as it starts
             raise typer.BadParameter("give a prompt (or '-' to read prompts from stdin)")

@@ -229,8 +229,9 @@ def files_given_in(job, levels: list[tuple[dict[str, Any], str, bool]]):
     from hires.batch import FLAG_KEYS
     from hires.sizes import OPTIONS, giver
 
-    # and the settings the CPU's notes name (hires.cli_runs.check_steps_and_notes)
-    given = {key: where for key in (*FLAG_KEYS.values(), "dtype", "offload")
+    # and the settings the CPU's notes name (hires.cli_runs.check_steps_and_notes), and the
+    # budget's (a plan's header)
+    given = {key: where for key in (*FLAG_KEYS.values(), "dtype", "offload", "vram", "ram")
              if (where := giver(levels, key)) not in (None, OPTIONS)}
     return replace(job, extra={**job.extra, "given_in": given})
 

@@ -45,15 +45,16 @@ def lost_stage_image(stage_files: list[Path], stage: int, job) -> str | None:
     return f"{lost[0].name} {f'is {cut}' if cut else 'is not its stage image'}"
 
 
-def missing_stage_images(stage_files: list[Path], stage: int) -> str | None:
+def missing_stage_images(stage_files: list[Path], stage: int, seed: int) -> str | None:
     """--save-stages: the words for the images of the stages before `stage` that are not on
     disk (never saved: --save-stages added on resuming; or removed), which a run going on
-    from its checkpoint does not make; None when all are there."""
+    from its checkpoint does not make; None when all are there. The advice names the job's
+    `seed`: --no-resume alone draws another, whose run its stage images are in the way of."""
     missing = [p.name for p in stage_files[:stage] if not p.exists()]
     if not missing:
         return None
-    return (f"without {', '.join(missing)}, not on disk (--save-stages; --no-resume makes "
-            "every stage's image, starting over)")
+    return (f"without {', '.join(missing)}, not on disk (--save-stages; --no-resume --seed "
+            f"{seed} makes every stage's image, starting over)")
 
 
 def say_resume(kept: Path, job, plan, source=None, stage_files: list[Path] | None = None,
@@ -79,7 +80,7 @@ def say_resume(kept: Path, job, plan, source=None, stage_files: list[Path] | Non
     if stage is None:
         return None
     lost = lost_stage_image(stage_files or [], stage, job)
-    missing = missing_stage_images(stage_files or [], stage)
+    missing = missing_stage_images(stage_files or [], stage, job.seed)
     if lost:
         warn(worded(f"{kept.name} holds {stages_upto(stage)} of this job, but {lost} "
                     "(--save-stages): starting over"))
@@ -133,3 +134,22 @@ def stopped_beside(image: Path, job) -> str | None:
             target = kept.with_name(kept.name[:-len(resume.SUFFIX)])
             return f"{kept} keeps a stopped run of this job: -o {target} goes on from it"
     return None
+
+
+def kept_words(kept: Path, job, plan, source=None) -> str | None:
+    """What a checkpoint of this job keeps, as --no-resume says it throws it away: 'stages
+    0-1', or 'stages 0-1 of seed 7' for a stopped run that drew another seed (a run without
+    --seed draws anew: its checkpoint at the image's name went without a word); None when it
+    is of another job."""
+    from hires import resume
+
+    if not kept.is_file():
+        return None
+    stage = kept_stage(kept, job, plan, source)
+    if stage is not None:
+        return stages_upto(stage)
+    seed = resume.seed_of(kept, kept_job(job, source))
+    if seed is None:
+        return None
+    stage = kept_stage(kept, job.merged({"seed": seed}), plan, source)
+    return f"{stages_upto(stage)} of seed {seed}" if stage is not None else None

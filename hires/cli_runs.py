@@ -28,7 +28,13 @@ from hires.cli_output import (
     warn,
     warn_once,
 )
-from hires.cli_resume import kept_job, kept_stage, say_resume, saying_what_is_kept, stages_upto
+from hires.cli_resume import (
+    kept_job,
+    kept_words,
+    say_resume,
+    saying_what_is_kept,
+    stages_upto,
+)
 
 
 def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overwrite: bool,
@@ -73,7 +79,8 @@ def check_outputs(jobs: list, output: str | None, fmt: str | None, n: int, overw
         if run.made is None and (note := checkpoint_note(run.path, run.job,
                                                          stage_images=stage_images)):
             # as the run says it: a warning where the stages kept are lost to it
-            (warn if note.endswith("the run starts over") else say)(f"{run.path}: {note}")
+            (warn if note.endswith("the run starts over") or "not on disk" in note else say)(
+                f"{run.path}: {note}")
     for run in runs if not preview and not resume_runs else []:
         if run.made is None and (note := unkept_note(run.path, run.job)):
             say(f"{run.path}: {note}")
@@ -148,7 +155,7 @@ def checkpoint_note(path: Path, job, plan=None, stage_images: bool = False) -> s
         if lost:
             return (f"{kept.name} holds {stages_upto(stage)} of this job, but {lost} "
                     "(--save-stages): the run starts over")
-        missing = missing_stage_images(files, stage)
+        missing = missing_stage_images(files, stage, job.seed)
         if missing:
             return (f"the run goes on from {kept.name}: {stages_upto(stage)} kept, {missing}")
     if stage == len(plan.stages) - 1:
@@ -170,13 +177,12 @@ def unkept_note(path: Path, job) -> str | None:
         return None
     try:
         plan = dry_run(job, None, image_size(job.image) if job.image else None).plan
-        stage = resume.stage_of(kept, job, plan)
+        what = kept_words(kept, job, plan)
     except (JobError, ModelError, OSError, ValueError):
         return None
-    if stage is None:
+    if what is None:
         return None
-    return f"--no-resume: the run removes {kept.name}, which keeps {stages_upto(stage)}, and " \
-        "starts over"
+    return f"--no-resume: the run removes {kept.name}, which keeps {what}, and starts over"
 
 
 def take_up_elsewhere(path: Path, job, plan) -> None:
@@ -609,11 +615,10 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
     kept = None if preview or piped else resume.path_for(path)
     if kept is not None:
         if not resume_runs:
-            stage = kept_stage(kept, job, plan, source) if kept.is_file() else None
+            what = kept_words(kept, job, plan, source)
             resume.remove(kept)
-            if stage is not None:  # the stages it threw away, said (it was silent)
-                say(f"  --no-resume: removed {kept.name}, which kept {stages_upto(stage)}; "
-                    "starting over")
+            if what is not None:  # the stages it threw away, said (it was silent)
+                say(f"  --no-resume: removed {kept.name}, which kept {what}; starting over")
         elif not kept.exists():
             take_up_elsewhere(path, kept_job(job, source), plan)
         said = say_resume(kept, job, plan, source, stage_files, worded)

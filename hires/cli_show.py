@@ -33,6 +33,7 @@ from hires.cli_runs import (
     cpu_setting_warnings,
     emulated_bf16_warning,
     fp16_vae_hint,
+    unkept_note,
     warn_ram,
     warn_space,
 )
@@ -223,8 +224,9 @@ def budget_phrase(run, job, p) -> str:
                    "preset)")
     elif job.device.startswith("cpu") and run.budget_from == "device":
         budget += " (the free RAM)"
-    elif run.budget_from in ("ram", "vram"):  # a flag's, a preset's or a job file's
-        budget += f" (--{run.budget_from})"
+    elif run.budget_from in ("ram", "vram"):  # a flag's, or a preset's or record's
+        where = job.extra.get("given_in", {}).get(run.budget_from)
+        budget += f" ({run.budget_from} in {where})" if where else f" (--{run.budget_from})"
     if p.vae_spill_bytes:
         budget += f", +{p.vae_spill_bytes / GIB:.1f} GiB of RAM for VAE outputs"
     on_host = p.vae_spill_bytes or any(s.cost and s.cost.host_bytes for s in p.stages)
@@ -468,6 +470,7 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
         out_line(json_line(row) if as_json else text)
     warn_space(tally.to_make)
     if gpu is None:  # --gpu plans that card, on another machine
+        warn_ram([job for _, job in tally.to_make])  # as the run warns: a budget over the RAM
         _would_stop([job for _, job in tally.to_make])
     if not as_json:
         out_line(batch_total_line(tally))
@@ -629,6 +632,9 @@ def to_make_line(item: Any, path: Path, run: Any, row: dict[str, Any], *, previe
         text += f"; {note}"
         if note.endswith("the run starts over"):  # as gen's dry run and the run warn of it
             warn(f"job {item.index}: {note}")
+    elif not preview and not resume_runs and (note := unkept_note(path, job)):
+        row["checkpoint"] = note  # the stages --no-resume throws away, as the run says
+        text += f"; {note}"
     return text
 
 

@@ -240,3 +240,16 @@ def test_a_misspelt_key_hides_no_error_of_the_key_it_meant_where_that_is_given(t
     said = error_lines(cli("batch", path, "-o", tmp_path / "out", "--dry-run").stderr)
     assert len(said) == 2 and said[0].startswith("error: unknown key 'promt'"), said
     assert said[1].startswith("error: 'prompt' in t.toml job 0 must be text")
+
+
+@pytest.mark.parametrize("typo, key, value", [("stepz", "steps", '"x"'),
+                                              ("strenght", "strength", "7"),
+                                              ("widht", "width", '"a"')])
+def test_a_misspelt_key_beside_a_bad_value_of_the_key_it_meant(tmp_path, typo, key, value):
+    """'stepz' beside 'steps = "x"': its "(did you mean 'steps'?)" counted 'steps' at fault
+    too, so that error was never checked (QA 205)."""
+    path = write(tmp_path / "t.toml", f'[defaults]\nmodel = "tiny"\nsize = 64\n[[job]]\n'
+                 f'prompt = "x"\n{typo} = 3\n{key} = {value}\n')
+    said = error_lines(cli("batch", path, "-o", tmp_path / "out", "--dry-run").stderr)
+    assert len(said) == 2 and said[0].startswith(f"error: unknown key '{typo}'"), said
+    assert said[1].startswith("error: ") and f"'{key}'" in said[1], said

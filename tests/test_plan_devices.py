@@ -131,6 +131,15 @@ def test_the_ram_warning_judges_the_budget_that_holds(tmp_path):
     assert "(drop --vram and --ram, or the preset's or job's vram and ram," in both.stderr
     header = cli(*args[:-1], "--vram", "8", "--dry-run").stdout.splitlines()[0]
     assert "8.0 GiB budget (--vram)" in header
+    preset = tmp_path / "p.toml"  # a preset's is said as the preset's, not a flag never typed
+    preset.write_text("vram = 8\n")
+    header = cli(*args[:-1], "--preset", str(preset), "--dry-run").stdout.splitlines()[0]
+    assert f"8.0 GiB budget (vram in preset 'p' ({preset}))" in header, header
+    jobs = tmp_path / "j.toml"  # and a batch's dry run warns as its run does (QA 205)
+    jobs.write_text(f'[defaults]\ndevice = "cpu"\nmodel = "tiny"\nsize = 256\nvram = {huge}\n'
+                    '[[job]]\nprompt = "a"\n')
+    batch = cli("batch", str(jobs), "-o", str(tmp_path / "out"), "--dry-run")
+    assert f"warning: a vram of {huge} GiB is the CPU run's memory budget" in batch.stderr
 
 
 def test_a_batch_dry_run_warns_of_a_cpu_jobs_settings(tmp_path):

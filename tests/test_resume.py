@@ -292,8 +292,8 @@ def test_a_stage_image_not_on_disk_costs_no_kept_stage(how, tmp_path, asked, mon
     (tmp_path / "fox.stage0.png").unlink(missing_ok=True)
     dry = cli(*args, "--save-stages", "--dry-run")
     assert ("the run goes on from fox.png.resume.safetensors: stages 0-1 kept, without "
-            "fox.stage0.png, not on disk (--save-stages; --no-resume makes every stage's "
-            "image, starting over)") in dry.stderr, dry.stderr
+            "fox.stage0.png, not on disk (--save-stages; --no-resume --seed 5 makes every "
+            "stage's image, starting over)") in dry.stderr, dry.stderr
     stages.clear()
     again = cli(*args, "--save-stages")
     assert again.exit_code == 0, again.stderr
@@ -598,3 +598,31 @@ def test_from_a_stopped_runs_stage_image_names_its_checkpoint(tmp_path, asked, m
     again = cli("gen", "--from", tmp_path / "fox.stage0.png", "--model", "tiny", "-o", out,
                 "--dry-run")
     assert "keeps a stopped run" not in again.stderr and "goes on from" in again.stderr
+    # several images: that -o, one file, is refused for them (QA 205)
+    several = cli("gen", "--from", tmp_path / "fox.stage0.png", "--model", "tiny", "--n", "2",
+                  "--dry-run")
+    assert several.exit_code == 0 and "keeps a stopped run" not in several.stderr
+
+
+def test_no_resume_without_a_seed_says_the_stopped_runs_stages_it_removes(tmp_path, asked,
+                                                                           monkeypatch):
+    """Without --seed, --no-resume drew a new one, and the checkpoint at the image's name (a
+    name without the seed) went without a word, in the run and its dry run (QA 205); a batch's
+    dry run said nothing either."""
+    out = tmp_path / "fox.png"
+    base = ("gen", "a fox", "--model", "tiny", "--size", "640", "--steps", "3", "-o", out)
+    failing_once(monkeypatch)
+    assert cli(*base, "--seed", "5").exit_code == 1
+    dry = cli(*base, "--no-resume", "--dry-run")
+    assert ("--no-resume: the run removes fox.png.resume.safetensors, which keeps stages 0-1 "
+            "of seed 5, and starts over") in dry.stderr, dry.stderr
+    jobs = tmp_path / "j.toml"
+    jobs.write_text('[[job]]\nprompt = "a fox"\nmodel = "tiny"\nsize = 640\nsteps = 3\n'
+                    'seed = 5\noutput = "fox.png"\n')
+    batch = cli("batch", jobs, "-o", tmp_path, "--dry-run", "--no-resume")
+    assert "; --no-resume: the run removes fox.png.resume.safetensors, which keeps stages " \
+        "0-1, and starts over" in batch.stdout, batch.stdout
+    done = cli(*base, "--no-resume")
+    assert done.exit_code == 0, done.stderr
+    assert "--no-resume: removed fox.png.resume.safetensors, which kept stages 0-1 of seed 5;" \
+        in done.stderr
