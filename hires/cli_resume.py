@@ -80,13 +80,13 @@ def say_resume(kept: Path, job, plan, source=None, stage_files: list[Path] | Non
     if stage is None:
         return None
     lost = lost_stage_image(stage_files or [], stage, job)
-    missing = missing_stage_images(stage_files or [], stage, job.seed)
     if lost:
         warn(worded(f"{kept.name} holds {stages_upto(stage)} of this job, but {lost} "
                     "(--save-stages): starting over"))
         resume.remove(kept)
         return None
-    if missing:  # hours of a 16K job's stages are not thrown away for their previews
+    # hours of a 16K job's stages are not thrown away for their previews
+    if missing := missing_stage_images(stage_files or [], stage, job.seed):
         warn(worded(f"{kept.name} holds {stages_upto(stage)} of this job: going on from it, "
                     f"{missing}"))
     if stage == len(plan.stages) - 1:
