@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hires.images import ImageInputError, input_size, without_shell_advice
+from hires.images import ImageInputError, input_size, pixel_limit, without_shell_advice
 from hires.job import (
     COMMAND_FLAGS,
     FILE_KEYS,
@@ -1013,7 +1013,7 @@ def older_plan(path: Path, job: Job, stage: int) -> str | None:
     from hires.runs import stage_size
 
     try:
-        with Image.open(path) as image:
+        with pixel_limit(None), Image.open(path) as image:  # its header alone
             size = image.size
         want = stage_size(job, stage)
     except (OSError, ValueError, IndexError):  # unreadable, or the input gone: said elsewhere

@@ -99,6 +99,8 @@ def _tiff_whole(data: mmap.mmap, size: int, path: Path) -> bool | None:
     cannot be read (reading its record fails first)."""
     from PIL import Image
 
+    from hires.images import pixel_limit
+
     # hires writes the directory after the strips, and its values after it, the record last:
     # a copy cut short lost them, and was refused as anyone's file rather than remade.
     order = "<" if data[:2] == b"II" else ">"
@@ -119,7 +121,7 @@ def _tiff_whole(data: mmap.mmap, size: int, path: Path) -> bool | None:
     try:
         with warnings.catch_warnings():  # Pillow's own on a damaged file are no reader's
             warnings.simplefilter("ignore")
-            with Image.open(path) as image:
+            with pixel_limit(None), Image.open(path) as image:  # its header alone
                 tags = image.tag_v2
                 offsets = tags.get(273) or tags.get(324) or ()
                 counts = tags.get(279) or tags.get(325) or ()

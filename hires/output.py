@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 from hires import __version__, png, tiff
-from hires.images import ORIENTATION, TIFF_MAGIC, shown_size, srgb_icc
+from hires.images import ORIENTATION, TIFF_MAGIC, pixel_limit, shown_size, srgb_icc
 from hires.job import DEFAULT_MODEL, LOSSY_FORMATS, MAX_QUALITY, SAMPLERS, format_name
 from hires.leftovers import pid_alive
 
@@ -45,8 +45,8 @@ QUALITY_LOSSLESS = "--quality applies to jpg and webp; png and tiff are lossless
 USER_COMMENT, IMAGE_DESCRIPTION, EXIF_IFD = 0x9286, 0x010E, 0x8769
 TIFF_HIRES_TAG = 65000  # a private TIFF tag for the job JSON
 # Pillow refuses to open images above ~179 MP as a decompression-bomb guard; our own 16K
-# outputs are 268 MP, so `--from` and `hires up` lift the limit deliberately.
-Image.MAX_IMAGE_PIXELS = None
+# outputs are 268 MP, so hires lifts the limit around its own reads (`images.pixel_limit`),
+# never for the whole process: a library caller's other reads keep their guard.
 
 
 class OutputError(Exception):
@@ -987,7 +987,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         # cannot be read is said here, in one line.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(path) as im:
+            with pixel_limit(None), Image.open(path) as im:  # its header alone
                 # Never im.load() nor a PNG's getexif() (which loads): pixels are not needed,
                 # and decoding a 16K image, or a bomb whose header claims 40000x40000, takes
                 # GBs. hires writes its PNG text chunks before the pixels: open() has them.

@@ -453,6 +453,29 @@ def test_large_but_sane_passes_pillows_bomb_guard(tmp_path, monkeypatch):
     assert Image.MAX_IMAGE_PIXELS == 89478485
 
 
+def test_hires_leaves_pillows_guard_on_for_its_caller(tmp_path, monkeypatch):
+    """Importing hires.output set Image.MAX_IMAGE_PIXELS = None for the whole process: a
+    library caller's own reads lost their bomb guard (QA 208). hires lifts it around its own
+    header reads instead: `info` of a 225 MP image's file still reads it."""
+    import subprocess
+    import sys
+
+    from helpers_cli import cli, subprocess_env
+
+    code = ("import hires, hires.output, hires.cli, hires.batch; from PIL import Image; "
+            "print(Image.MAX_IMAGE_PIXELS)")
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env=subprocess_env(), timeout=120)
+    assert shown.stdout.strip() == "89478485", shown.stderr
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 89478485)
+    p = tmp_path / "big.png"
+    p.write_bytes(png_header(15000, 15000))
+    result = cli("info", str(p))
+    assert "15000x15000" in result.stdout and "decompression" not in result.stderr.lower(), \
+        result.stdout + result.stderr
+    assert Image.MAX_IMAGE_PIXELS == 89478485
+
+
 def test_psnr(photo):
     assert psnr(photo, photo.copy()) == math.inf
     rng = np.random.default_rng(0)
