@@ -5,7 +5,9 @@ The UNet and text encoders are random; the VAE is trained (see `tiny_vae`).
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -82,9 +84,22 @@ def tiny_text_config() -> CLIPTextConfig:
     )
 
 
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """The CPU's random numbers from `seed` for the block, the caller's stream restored after:
+    `hires.load("tiny")` reseeded a script's torch RNG (QA 208)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 def tiny_unet(seed: int = 0) -> UNet2DConditionModel:
     """SDXL's UNet layout in miniature: a plain level, then two attention levels, mid attention."""
-    torch.manual_seed(seed)
+    with _seeded(seed):
+        return _tiny_unet()
+
+
+def _tiny_unet() -> UNet2DConditionModel:
     return UNet2DConditionModel(
         sample_size=TINY_SAMPLE_SIZE, in_channels=4, out_channels=4,
         block_out_channels=(32, 64, 64), layers_per_block=1,
@@ -114,8 +129,8 @@ def tiny_vae(seed: int = 0, trained: bool = True) -> AutoencoderKL:
     `trained` loads the weights trained on scikit-image photos (`tools/train_tiny_vae.py`), so
     round trips and GroupNorm statistics behave like a real VAE's; otherwise random from `seed`.
     """
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(**TINY_VAE_CONFIG)
+    with _seeded(seed):
+        vae = AutoencoderKL(**TINY_VAE_CONFIG)
     if trained:
         vae.load_state_dict(load_file(str(TINY_VAE_WEIGHTS)))
     return vae
@@ -132,10 +147,10 @@ def tiny_scheduler() -> EulerDiscreteScheduler:
 def tiny_pipeline(seed: int = 0, trained_vae: bool = True) -> StableDiffusionXLPipeline:
     """The whole tiny SDXL, deterministic from `seed`: random UNet and text encoders, trained VAE
     (or the random one, with `trained_vae=False`)."""
-    torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(tiny_text_config())
-    torch.manual_seed(seed + 1)
-    text_encoder_2 = CLIPTextModelWithProjection(tiny_text_config())
+    with _seeded(seed):
+        text_encoder = CLIPTextModel(tiny_text_config())
+    with _seeded(seed + 1):
+        text_encoder_2 = CLIPTextModelWithProjection(tiny_text_config())
     return StableDiffusionXLPipeline(
         unet=tiny_unet(seed), vae=tiny_vae(seed, trained=trained_vae), scheduler=tiny_scheduler(),
         text_encoder=text_encoder, text_encoder_2=text_encoder_2,

@@ -79,3 +79,21 @@ def test_tiny_model_and_its_saved_folder_use_the_trained_vae(tiny, tiny_folder):
     saved = AutoencoderKL.from_pretrained(tiny_folder / "vae").eval()
     recorded = float(metadata()["coffee_crop256_psnr"])
     assert psnr(saved, coffee_crop()) == pytest.approx(recorded, abs=0.5)
+
+
+def test_building_the_tiny_model_leaves_the_callers_random_stream_alone():
+    """`hires.load("tiny")` reseeded the caller's torch RNG: a script's seed made no
+    difference after it (QA 208). Its weights are still the same each time."""
+    from hires.tiny import tiny_pipeline
+
+    draws = []
+    for seed in (123, 999):
+        torch.manual_seed(seed)
+        pipe = tiny_pipeline()
+        draws.append(torch.rand(4))
+        torch.manual_seed(seed)
+        assert torch.equal(draws[-1], torch.rand(4))  # as if no model were built
+    assert not torch.equal(*draws)
+    again = tiny_pipeline()
+    assert all(torch.equal(a, b) for a, b in zip(pipe.unet.state_dict().values(),
+                                                 again.unet.state_dict().values()))
