@@ -45,16 +45,17 @@ def lost_stage_image(stage_files: list[Path], stage: int, job) -> str | None:
     return f"{lost[0].name} {f'is {cut}' if cut else 'is not its stage image'}"
 
 
-def missing_stage_images(stage_files: list[Path], stage: int, seed: int) -> str | None:
+def missing_stage_images(stage_files: list[Path], stage: int) -> str | None:
     """--save-stages: the words for the images of the stages before `stage` that are not on
     disk (never saved: --save-stages added on resuming; or removed), which a run going on
-    from its checkpoint does not make; None when all are there. The advice names the job's
-    `seed`: --no-resume alone draws another, whose run its stage images are in the way of."""
+    from its checkpoint does not make; None when all are there. The advice keeps the seed:
+    --no-resume alone draws another, whose run the stage images there are in the way of (an
+    image's own seed, named, is not the command's --seed of several images)."""
     missing = [p.name for p in stage_files[:stage] if not p.exists()]
     if not missing:
         return None
-    return (f"without {', '.join(missing)}, not on disk (--save-stages; --no-resume --seed "
-            f"{seed} makes every stage's image, starting over)")
+    return (f"without {', '.join(missing)}, not on disk (--save-stages; --no-resume, with "
+            "--seed fixing the run's seed, makes every stage's image, starting over)")
 
 
 def say_resume(kept: Path, job, plan, source=None, stage_files: list[Path] | None = None,
@@ -86,7 +87,7 @@ def say_resume(kept: Path, job, plan, source=None, stage_files: list[Path] | Non
         resume.remove(kept)
         return None
     # hours of a 16K job's stages are not thrown away for their previews
-    if missing := missing_stage_images(stage_files or [], stage, job.seed):
+    if missing := missing_stage_images(stage_files or [], stage):
         warn(worded(f"{kept.name} holds {stages_upto(stage)} of this job: going on from it, "
                     f"{missing}"))
     if stage == len(plan.stages) - 1:

@@ -155,7 +155,7 @@ def checkpoint_note(path: Path, job, plan=None, stage_images: bool = False) -> s
         if lost:
             return (f"{kept.name} holds {stages_upto(stage)} of this job, but {lost} "
                     "(--save-stages): the run starts over")
-        missing = missing_stage_images(files, stage, job.seed)
+        missing = missing_stage_images(files, stage)
         if missing:
             return (f"the run goes on from {kept.name}: {stages_upto(stage)} kept, {missing}")
     if stage == len(plan.stages) - 1:

@@ -1075,7 +1075,7 @@ def show_made(path: str | Path, as_json: bool, name: str | None = None) -> None:
                                                                    for c in "*?["):
             text += GLOB_HINT
         elif text.endswith("give the image file itself"):  # or its bytes, as `up -` takes
-            text += " (or pipe it: hires info - < IMAGE)"
+            text += " (or pipe it to `hires info -`)"
         raise JobError(text) from None
     record, (width, height) = meta["hires"], meta["size"]
     if meta["hires_error"] or (record is not None and _record_problem(record)):

@@ -292,8 +292,8 @@ def test_a_stage_image_not_on_disk_costs_no_kept_stage(how, tmp_path, asked, mon
     (tmp_path / "fox.stage0.png").unlink(missing_ok=True)
     dry = cli(*args, "--save-stages", "--dry-run")
     assert ("the run goes on from fox.png.resume.safetensors: stages 0-1 kept, without "
-            "fox.stage0.png, not on disk (--save-stages; --no-resume --seed 5 makes every "
-            "stage's image, starting over)") in dry.stderr, dry.stderr
+            "fox.stage0.png, not on disk (--save-stages; --no-resume, with --seed fixing the "
+            "run's seed, makes every stage's image, starting over)") in dry.stderr, dry.stderr
     stages.clear()
     again = cli(*args, "--save-stages")
     assert again.exit_code == 0, again.stderr

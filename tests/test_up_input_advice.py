@@ -100,4 +100,4 @@ def test_info_gets_the_same_advice(tmp_path, monkeypatch):
                        "shell did not expand")
     os.mkfifo(tmp_path / "ff")
     said = cli("info", "ff")
-    assert said.exit_code != 0 and "(or pipe it: hires info - < IMAGE)" in said.stderr
+    assert said.exit_code != 0 and "(or pipe it to `hires info -`)" in said.stderr
