@@ -213,25 +213,32 @@ def in_keywords() -> Iterator[None]:
 
 def fitted(error: PlanError) -> PlanError:
     """`error` with the size at its aspect whose plan fits, in keywords: a script can take it;
-    a job sized by a print size is told the dpi at which that print fits instead."""
-    from hires.plan import fitting_print, fitting_size, whole_job_need
+    a job sized by a print size is told the dpi at which that print fits instead; and the
+    keyword whose budget was too small (`vram=`, or on a CPU the smaller of it and `ram=`)."""
+    from hires.plan import cpu_budget_flag, fitting_print, fitting_size, whole_job_need
 
     fits, need = fitting_size(error), whole_job_need(error)
-    if fits is None and not need:
+    model, job = (error.plan_kwargs or {}).get("model"), error.job
+    flag = None
+    if job is not None and not error.host and model is not None:
+        flag = cpu_budget_flag(job.vram, job.ram) if not model.on_gpu else \
+            "vram" if job.vram is not None else None
+    larger = f"; or a larger {flag}=" if flag else ""
+    if fits is None and not need and not larger:
         return error
-    printed = error.job is not None and "print_size" in error.job.extra
-    found = fitting_print(error.job, error) if printed and fits else None
+    printed = job is not None and "print_size" in job.extra
+    found = fitting_print(job, error) if printed and fits else None
     if fits is None:
-        said = PlanError(f"{error}{need}")
+        text = f"{error}{need}"
     elif found is not None:  # a print's maker lowers the dpi, not the pixels
         dpi, (w, h) = found
-        said = PlanError(f"{error}{need}; the print_size fits at dpi={dpi} ({w}x{h})")
+        text = f"{error}{need}; the print_size fits at dpi={dpi} ({w}x{h})"
     elif printed:
-        said = PlanError(f"{error}{need}; the print_size fits at no whole dpi: a smaller "
-                         f"print_size ({fits[0]}x{fits[1]} px fits)")
+        text = (f"{error}{need}; the print_size fits at no whole dpi: a smaller print_size "
+                f"({fits[0]}x{fits[1]} px fits)")
     else:
-        said = PlanError(f"{error}{need}; {fits[0]}x{fits[1]} fits (width={fits[0]}, "
-                         f"height={fits[1]})")
+        text = f"{error}{need}; {fits[0]}x{fits[1]} fits (width={fits[0]}, height={fits[1]})"
+    said = PlanError(text + larger)
     said.host, said.plan_kwargs, said.size = error.host, error.plan_kwargs, error.size
     said.job, said.needed, said.host_needed = error.job, error.needed, error.host_needed
     return said

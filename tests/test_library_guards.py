@@ -221,7 +221,8 @@ def test_a_plan_that_cannot_fit_says_the_size_that_would_as_the_cli_does(tiny):
     short, so a script had no size to fall back to."""
     from hires.plan import PlanError
 
-    with pytest.raises(PlanError, match=r"; (\d+)x\1 fits \(width=\1, height=\1\)$") as caught:
+    with pytest.raises(PlanError, match=r"; (\d+)x\1 fits \(width=\1, height=\1\)"
+                       r"(; or a larger \w+=)?$") as caught:
         hires.generate("x", components=tiny, size=2048, ram=1.3, **ONE)
     fits = int(caught.value.args[0].rsplit("width=", 1)[1].split(",")[0])
     assert 64 <= fits < 2048
@@ -355,3 +356,14 @@ def test_load_s_signature_shows_the_model_by_position_and_the_rest_by_keyword():
     assert params[0].name == "model" and params[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
     assert {p.kind for p in params[1:]} == {inspect.Parameter.KEYWORD_ONLY}
     assert "linfusion" in [p.name for p in params]
+
+
+def test_a_budget_too_small_names_its_keyword(tiny):
+    """The library's refusal named no keyword to change (the CLI says "try a larger --vram"),
+    and none at all where no size fits (QA 208)."""
+    from hires.plan import PlanError
+
+    with pytest.raises(PlanError, match=r"; or a larger vram=$"):
+        hires.generate("x", components=tiny, size=256, steps=1, seed=1, vram=0.1)
+    with pytest.raises(PlanError, match=r"fits \(width=\d+, height=\d+\); or a larger ram=$"):
+        hires.generate("x", components=tiny, size=2048, steps=1, seed=1, ram=1)
