@@ -1068,12 +1068,11 @@ def show_made(path: str | Path, as_json: bool, name: str | None = None) -> None:
         # as './image' is not rewritten into their words afterwards ('as an ./image')
         meta = read_metadata(given)
     except OutputError as e:
-        from hires.images import GLOB_HINT
+        from hires.images import glob_hint
 
         text = path_said(str(e), given, said)
-        if name != "-" and text.startswith("no such image") and any(c in path.name
-                                                                   for c in "*?["):
-            text += GLOB_HINT
+        if name != "-" and text.startswith("no such image"):
+            text += glob_hint(path)
         elif text.endswith("give the image file itself"):  # or its bytes, as `up -` takes
             text += " (or pipe it to `hires info -`)"
         raise JobError(text) from None

@@ -416,6 +416,11 @@ def folder_hint(folder: Path) -> str:
     return _FOLDER_HINT + " ".join(f"{shlex.quote(str(folder))}/*{s}" for s in found)
 
 
+def glob_hint(path: Path) -> str:
+    """GLOB_HINT for a path not found whose name is a pattern no shell expanded, else ''."""
+    return GLOB_HINT if any(c in path.name for c in "*?[") else ""
+
+
 def without_shell_advice(text: str, each: str) -> str:
     """An input's error for a path no shell reads (a job file's, a library call's): one image
     file `each` ("a job for each"), not a folder's glob; a pattern is not expanded there."""
@@ -429,8 +434,7 @@ def _reading(path: Path) -> Iterator[Image.Image]:
     """The image at `path`, opened (not decoded) and checked for format and size; whatever
     goes wrong in the block becomes an ImageInputError of one line."""
     if not path.exists():
-        pattern = any(c in path.name for c in "*?[")  # a glob no shell expanded
-        raise ImageInputError(f"{path}: no such file" + (GLOB_HINT if pattern else ""))
+        raise ImageInputError(f"{path}: no such file{glob_hint(path)}")
     if path.is_dir():
         raise ImageInputError(f"{path}: is a folder, not an image file; {folder_hint(path)}")
     if not path.is_file():  # a pipe (`cat x.png | hires up /dev/stdin`), a device
