@@ -235,10 +235,11 @@ def warn_tmpdir() -> None:
         warn(problem)
 
 
-def warn_ram(jobs: list) -> None:
+def warn_ram(jobs: list, batch: bool = False) -> None:
     """Before a run: a --ram above this machine's RAM plans parking that cannot happen here
     (it is meant for `hires plan` of another machine); on a CPU, whose memory is the RAM, a
-    --vram or --ram above it plans a run that fails here."""
+    --vram or --ram above it plans a run that fails here. `batch`: jobs of a batch, which has
+    no such flags: their keys are named."""
     import torch
 
     from hires.memory import GIB, ram_bytes
@@ -251,9 +252,9 @@ def warn_ram(jobs: list) -> None:
                                                          or torch.cuda.is_available())]
     for ram in sorted({j.ram for j in on_gpu if j.ram is not None}):
         if ram * GIB > total:
-            warn(f"--ram {ram:g} is more than this machine's {total / GIB:.1f} GiB of RAM: a "
-                 "plan that fills it fails here (--ram plans another machine's, with `hires "
-                 "plan`)")
+            given = f"a ram of {ram:g} GiB" if batch else f"--ram {ram:g}"
+            warn(f"{given} is more than this machine's {total / GIB:.1f} GiB of RAM: a plan "
+                 "that fills it fails here (--ram plans another machine's, with `hires plan`)")
     on_cpu = [j for j in jobs if j not in on_gpu]
     # named as a key: it may be a flag's, a preset's or a job file's; the one that holds,
     # the smaller where both are given (plan.budget_bytes)
@@ -265,11 +266,11 @@ def warn_ram(jobs: list) -> None:
         gib = vram if key == "vram" else ram
         if gib * GIB > total:
             keys = [k for k, v in (("vram", vram), ("ram", ram)) if v is not None]
-            flags = " and ".join(f"--{k}" for k in keys)
+            flags = "" if batch else " and ".join(f"--{k}" for k in keys) + ", or "
             warn(f"a {key} of {gib:g} GiB is the CPU run's memory budget, more than this "
                  f"machine's {total / GIB:.1f} GiB of RAM: a plan that fills it fails here "
-                 f"(drop {flags}, or the preset's or job's {' and '.join(keys)}, to plan in "
-                 "the free RAM)")
+                 f"(drop {flags}the preset's or job's {' and '.join(keys)}, to plan in the "
+                 "free RAM)")
 
 
 def warn_space(todo: list[tuple[Path, Any]], stage_images: bool = False) -> None:

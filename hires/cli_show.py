@@ -470,7 +470,8 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
         out_line(json_line(row) if as_json else text)
     warn_space(tally.to_make)
     if gpu is None:  # --gpu plans that card, on another machine
-        warn_ram([job for _, job in tally.to_make])  # as the run warns: a budget over the RAM
+        # as the run warns: a budget over the RAM
+        warn_ram([job for _, job in tally.to_make], batch=True)
         _would_stop([job for _, job in tally.to_make])
     if not as_json:
         out_line(batch_total_line(tally))

@@ -140,6 +140,9 @@ def test_the_ram_warning_judges_the_budget_that_holds(tmp_path):
                     '[[job]]\nprompt = "a"\n')
     batch = cli("batch", str(jobs), "-o", str(tmp_path / "out"), "--dry-run")
     assert f"warning: a vram of {huge} GiB is the CPU run's memory budget" in batch.stderr
+    # batch has no --vram: its keys are named (QA 207)
+    assert "(drop the preset's or job's vram, to plan" in batch.stderr and "--vram" not in \
+        batch.stderr
 
 
 def test_a_batch_dry_run_warns_of_a_cpu_jobs_settings(tmp_path):
