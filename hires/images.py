@@ -398,8 +398,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 # The shell's advice on an input (a command line's): reworded where a path is no shell's
 # (`without_shell_advice`).
 _FOLDER_HINT = "for every image in it, give "
-GLOB_HINT = ("; a pattern the shell did not expand (quoted, or it matched nothing): leave it "
-             "unquoted, or name the files")
+GLOB_HINT = ("; a pattern the shell did not expand (quoted, or it matched nothing): leave "
+             "its wildcards unquoted ('my shots'/*.png), or name the files")
 PIPE_ADVICE = "hires reads an input more than once, so save it to a file first"
 
 

@@ -34,6 +34,8 @@ def test_an_unexpanded_glob_is_said_as_one(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = cli("up", "shots/*.png", *TINY)
     assert_usage_error(result, "shots/*.png: no such file; a pattern the shell did not expand")
+    # not "leave it unquoted", which splits a folder with a space (QA 205)
+    assert "leave its wildcards unquoted ('my shots'/*.png)" in result.stderr
     assert "pattern" not in cli("up", "shots/a.png", *TINY).stderr
 
 
