@@ -461,8 +461,10 @@ def _make_runs(runs: list, *, save_stages: bool, as_json: bool, quiet: bool, ove
     for number, run in enumerate(runs, 1):
         of = f" (image {number} of {len(runs)})" if len(runs) > 1 else ""
         if run.made is not None:
+            # stage images are written as an image is made: none for one kept (QA 204)
+            stages = ", its stage images too" if save_stages else ""
             say(f"{run.path}{of}: made already by these settings, kept (--overwrite makes it "
-                "again)")
+                f"again{stages})")
             # its record as it was saved, its seconds then: 'status' tells it from a new one
             emit({"status": "skipped", **run.made}, as_json)
             continue

@@ -626,3 +626,15 @@ def test_no_resume_without_a_seed_says_the_stopped_runs_stages_it_removes(tmp_pa
     assert done.exit_code == 0, done.stderr
     assert "--no-resume: removed fox.png.resume.safetensors, which kept stages 0-1 of seed 5;" \
         in done.stderr
+
+
+def test_save_stages_on_an_image_made_already_says_overwrite_makes_them(tmp_path, asked):
+    """--save-stages on an image made already wrote no stage images without a word (QA 204)."""
+    args = ("gen", "a fox", "--model", "tiny", "--size", "512", "--steps", "1", "--seed", "5",
+            "-o", tmp_path / "fox.png")
+    assert cli(*args).exit_code == 0
+    again = cli(*args, "--save-stages")
+    assert again.exit_code == 0, again.stderr
+    assert "made already by these settings, kept (--overwrite makes it again, its stage " \
+        "images too)" in again.stderr
+    assert not list(tmp_path.glob("fox.stage*"))
