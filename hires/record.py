@@ -232,11 +232,34 @@ def save(result: Result, path: str | Path, *, fmt: str | None = None, overwrite:
             output.check_format(stage_image, taken, fmt)
         for taken in (path, *stage_paths(path, len(result.stage_images))):
             output.check_writable(Path(taken), overwrite)
-        for index, (stage_image, stage_path) in enumerate(zip(
-                result.stage_images[:-1], stage_paths(path, len(result.stage_images)))):
-            save_stage(stage_image, stage_path, job, index, fmt=fmt, overwrite=overwrite,
-                       linfusion=result.linfusion, vae_dtype=result.vae_dtype,
-                       dtype=record["dtype"], addons=result.addons)
+    made: list[Path] = []  # stage images this save added: gone again if a later write fails
+    try:
+        if save_stages:
+            for index, (stage_image, stage_path) in enumerate(zip(
+                    result.stage_images[:-1], stage_paths(path, len(result.stage_images)))):
+                new = not stage_path.exists()
+                try:
+                    save_stage(stage_image, stage_path, job, index, fmt=fmt, overwrite=overwrite,
+                               linfusion=result.linfusion, vae_dtype=result.vae_dtype,
+                               dtype=record["dtype"], addons=result.addons)
+                except output.DiskRefused as e:  # an extra file: say what to do about it
+                    raise output.DiskRefused(f"{e} (a stage image); free room there, or save "
+                                             "without save_stages", e.folder, e.errno) from None
+                if new:
+                    made.append(stage_path)
+        return _save_image(result, path, record, metadata, fmt=fmt, overwrite=overwrite,
+                           quality=quality, recorded_as=recorded_as, warn=warn)
+    except BaseException:  # nothing half-written: not some stage images without their image
+        for stage_path in made:
+            stage_path.unlink(missing_ok=True)
+        raise
+
+
+def _save_image(result: Result, path: Path, record: dict[str, Any], metadata: dict[str, Any], *,
+                fmt: str | None, overwrite: bool, quality: int | None, recorded_as: str | None,
+                warn: Callable[[str], None] | None) -> dict[str, Any]:
+    """`save`'s image itself, with what its format cannot keep in its record and `warn`ed."""
+    from hires import output
 
     def saving(text: str) -> None:
         """What the file's format cannot keep (a JPEG's transparency), in this save's record

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from helpers_cli import cli, json_lines, write
 
+import hires
 import hires.full_disk
 import hires.output
 import hires.pipeline
@@ -228,3 +229,53 @@ def test_a_stage_image_the_disk_refuses_says_what_to_do(tmp_path, monkeypatch, a
     assert result.exit_code == 1
     assert ("f.stage0.png: No space left on device (a --save-stages image); free room there, "
             "or drop --save-stages, and run the same command again") in result.stderr
+
+
+def _staged(tiny):
+    """A library result of three stages (256, 512, 1024 px) that kept its stage images."""
+    return hires.generate("a fox", components=tiny, width=1024, height=1024, steps=1, seed=4,
+                          save_stages=True)
+
+
+def test_the_library_says_what_to_do_when_a_stage_image_is_refused(tmp_path, monkeypatch,
+                                                                    tiny):
+    """`Result.save(save_stages=True)` on a full disk gave a bare "No space left on device"
+    at a stage image, and left the stage images written before it."""
+    result = _staged(tiny)
+    real = hires.output.save_image
+
+    def full_at_stage1(image, path, *args, **kwargs):
+        if Path(path).name == "f.stage1.png":
+            raise DiskRefused(f"cannot write {path}: No space left on device", tmp_path,
+                              errno.ENOSPC)
+        return real(image, path, *args, **kwargs)
+
+    monkeypatch.setattr(hires.output, "save_image", full_at_stage1)
+    with pytest.raises(DiskRefused, match=r"f\.stage1\.png: No space left on device \(a stage "
+                       r"image\); free room there, or save without save_stages$"):
+        result.save(tmp_path / "f.png", save_stages=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # stage 0's image not left behind
+
+
+def test_a_refused_image_takes_back_the_stage_images_its_save_made(tmp_path, monkeypatch,
+                                                                   tiny):
+    """The image refused after its stage images were written: they are removed, an older one
+    that was overwritten is not (it was replaced whole; only its save is undone)."""
+    result = _staged(tiny)
+    real = hires.output.save_image
+    (tmp_path / "f.stage1.png").write_bytes(b"older")
+
+    def full_at_the_image(image, path, *args, **kwargs):
+        if Path(path).name == "f.png":
+            raise DiskRefused(f"cannot write {path}: No space left on device", tmp_path,
+                              errno.ENOSPC)
+        return real(image, path, *args, **kwargs)
+
+    monkeypatch.setattr(hires.output, "save_image", full_at_the_image)
+    with pytest.raises(DiskRefused, match=r"f\.png: No space left on device$"):
+        result.save(tmp_path / "f.png", save_stages=True, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.stage1.png"]
+    monkeypatch.setattr(hires.output, "save_image", real)
+    result.save(tmp_path / "f.png", save_stages=True, overwrite=True)  # room again: all three
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.png", "f.stage0.png",
+                                                          "f.stage1.png"]
