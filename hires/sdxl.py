@@ -57,8 +57,10 @@ def random_components(device: torch.device, dtype: torch.dtype):
     common = dict(vocab_size=vocab, bos_token_id=vocab - 2, eos_token_id=vocab - 1,
                   pad_token_id=vocab - 1, max_position_embeddings=77, hidden_act="gelu")
     vae_dtype = choose_vae_dtype(device, dtype)
-    torch.manual_seed(0)
-    with device:  # initialize on the GPU: seconds instead of a minute of CPU init
+    # The same weights each time, and the caller's random streams as they were after.
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda), device:  # on the GPU: seconds, not a CPU minute
+        torch.manual_seed(0)
         unet = UNet2DConditionModel(**SDXL_UNET_CONFIG).to(dtype)
         vae = AutoencoderKL(**SDXL_VAE_CONFIG).to(vae_dtype)
         te1 = CLIPTextModel(CLIPTextConfig(**SDXL_TEXT_CONFIGS[0], **common)).to(dtype)

@@ -53,3 +53,28 @@ def test_sdxl_shape_counts_what_the_built_models_hold(linfusion):
     bf16 = sdxl_shape(linfusion=linfusion)
     assert sdxl_shape(linfusion=linfusion, vae_dtype_bytes=4) == replace(
         bf16, vae_dtype_bytes=4, vae=replace(bf16.vae, param_bytes=bf16.vae.param_bytes * 2))
+
+
+def test_random_components_leave_the_callers_random_stream_alone(monkeypatch):
+    """`random_components` reseeded the caller's torch RNG (as `hires.load("tiny")` did): a
+    benchmark's own seed meant nothing after it. Its weights are still the same each time.
+    (SDXL's layout at tiny widths: the full one takes a minute of CPU to build.)"""
+    import hires.sdxl
+
+    monkeypatch.setattr(hires.sdxl, "SDXL_UNET_CONFIG", dict(
+        SDXL_UNET_CONFIG, block_out_channels=[32, 64, 64], attention_head_dim=[1, 2, 2],
+        transformer_layers_per_block=[1, 1, 1], cross_attention_dim=64,
+        projection_class_embeddings_input_dim=6 * 256 + 32, norm_num_groups=32))
+    monkeypatch.setattr(hires.sdxl, "SDXL_VAE_CONFIG", dict(
+        SDXL_VAE_CONFIG, block_out_channels=[32, 32, 32, 32]))
+    monkeypatch.setattr(hires.sdxl, "SDXL_TEXT_CONFIGS", (
+        dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=1),
+        dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=1,
+             projection_dim=32)))
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    first = hires.sdxl.random_components(torch.device("cpu"), torch.float32)
+    assert torch.equal(torch.rand(3), expected)
+    again = hires.sdxl.random_components(torch.device("cpu"), torch.float32)
+    assert torch.equal(first.pipe.unet.conv_in.weight, again.pipe.unet.conv_in.weight)
