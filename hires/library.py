@@ -253,10 +253,17 @@ def library_load(*args: Any, **kwargs: Any) -> Components:
     if len(args) > 1:
         raise TypeError(f"load() takes the model by position and the rest by keyword "
                         f"({names[1]}=..., device=...): got {len(args)} positional arguments")
+    from hires.job import JOB_KEYS
+
     for key in kwargs:
-        if key not in names:
-            raise TypeError(f"load() got an unknown keyword {key}= "
-                            f"({keyword_hint(str(key), names)})")
+        if key in names:
+            continue
+        if str(key) in (*JOB_KEYS, *SIZE_KEYWORDS):  # lora= was told 'did you mean offload='
+            raise TypeError(f"load() got {key}=, a setting of each image, not of the model: "
+                            f"pass it to hires.generate(..., {key}=...) or hires.upscale, "
+                            "with components=hires.load(...)")
+        raise TypeError(f"load() got an unknown keyword {key}= "
+                        f"({keyword_hint(str(key), names)})")
     with in_keywords():  # load checks its arguments as a job's: 'model' in the job
         return load(*args, **kwargs)
 

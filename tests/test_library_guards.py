@@ -288,6 +288,17 @@ def test_load_takes_the_model_by_position_and_the_rest_by_keyword():
         hires.load("tiny", zzz=1)
 
 
+@pytest.mark.parametrize("key", ["lora", "steps", "vram", "size"])
+def test_load_tells_an_images_setting_where_it_goes(key):
+    """`hires.load("tiny", lora=...)` was asked 'did you mean offload=?': a setting of each
+    image is generate's (or upscale's), whatever load's keyword is spelt like it."""
+    with pytest.raises(TypeError, match=re.escape(
+            f"load() got {key}=, a setting of each image, not of the model: pass it to "
+            f"hires.generate(..., {key}=...) or hires.upscale, with "
+            "components=hires.load(...)")):
+        hires.load("tiny", **{key: 1})
+
+
 def test_an_unknown_keyword_is_matched_against_every_keyword_of_the_call(tiny, tmp_path):
     """Only Job's fields were candidates: `sise=` was told 'seed', `componets=` 'prompt';
     and an upscale's `scael=` was said to be a missing size (found by QA)."""
