@@ -181,7 +181,7 @@ def jobs_to_make(items: list, paths: dict[int, Path], overwrite: bool,
             not b.made_already(paths[item.index], item.job, stage)]
     warn_space([(paths[item.index], item.job) for item in todo])
     warn_tmpdir()
-    warn_ram([item.job for item in todo], batch=True)
+    warn_ram([item.job for item in todo], batch=[item.index for item in todo])
     return todo
 
 

@@ -235,11 +235,11 @@ def warn_tmpdir() -> None:
         warn(problem)
 
 
-def warn_ram(jobs: list, batch: bool = False) -> None:
+def warn_ram(jobs: list, batch: list[int] | None = None) -> None:
     """Before a run: a --ram above this machine's RAM plans parking that cannot happen here
     (it is meant for `hires plan` of another machine); on a CPU, whose memory is the RAM, a
-    --vram or --ram above it plans a run that fails here. `batch`: jobs of a batch, which has
-    no such flags: their keys are named."""
+    --vram or --ram above it plans a run that fails here. `batch`: the jobs' numbers in a
+    batch, which has no such flags: their keys are named, and the jobs that gave them."""
     import torch
 
     from hires.memory import GIB, ram_bytes
@@ -248,17 +248,24 @@ def warn_ram(jobs: list, batch: bool = False) -> None:
     total = ram_bytes()[0]
     if not total:
         return
-    on_gpu = [j for j in jobs if j.device != "cpu" and (j.device != "auto"
-                                                         or torch.cuda.is_available())]
-    for ram in sorted({j.ram for j in on_gpu if j.ram is not None}):
+    numbered = list(zip(batch or [0] * len(jobs), jobs))
+    gpu_runs = [(n, j) for n, j in numbered if j.device != "cpu" and (
+        j.device != "auto" or torch.cuda.is_available())]
+    cpu_runs = [(n, j) for n, j in numbered if (n, j) not in gpu_runs]
+
+    def whose(runs: list, given: Callable[[Any], bool]) -> str:
+        """'jobs 2-4: ' in a batch: the numbers of the `runs` whose job is `given`."""
+        return "" if batch is None else f"{job_numbers([n for n, j in runs if given(j)])}: "
+
+    for ram in sorted({j.ram for _, j in gpu_runs if j.ram is not None}):
         if ram * GIB > total:
-            given = f"a ram of {ram:g} GiB" if batch else f"--ram {ram:g}"
+            given = f"a ram of {ram:g} GiB" if batch is not None else f"--ram {ram:g}"
+            given = whose(gpu_runs, lambda j: j.ram == ram) + given  # noqa: B023 (used at once)
             warn(f"{given} is more than this machine's {total / GIB:.1f} GiB of RAM: a plan "
                  "that fills it fails here (--ram plans another machine's, with `hires plan`)")
-    on_cpu = [j for j in jobs if j not in on_gpu]
     # named as a key: it may be a flag's, a preset's or a job file's; the one that holds,
     # the smaller where both are given (plan.budget_bytes)
-    for vram, ram in sorted({(j.vram, j.ram) for j in on_cpu},
+    for vram, ram in sorted({(j.vram, j.ram) for _, j in cpu_runs},
                             key=lambda pair: [-1 if v is None else v for v in pair]):
         key = cpu_budget_flag(vram, ram)
         if key is None:
@@ -266,11 +273,25 @@ def warn_ram(jobs: list, batch: bool = False) -> None:
         gib = vram if key == "vram" else ram
         if gib * GIB > total:
             keys = [k for k, v in (("vram", vram), ("ram", ram)) if v is not None]
-            flags = "" if batch else " and ".join(f"--{k}" for k in keys) + ", or "
-            warn(f"a {key} of {gib:g} GiB is the CPU run's memory budget, more than this "
+            flags = "" if batch is not None else " and ".join(f"--{k}" for k in keys) + ", or "
+            given = whose(cpu_runs, lambda j: (j.vram, j.ram) == (vram, ram))  # noqa: B023
+            warn(f"{given}a {key} of {gib:g} GiB is the CPU run's memory budget, more than this "
                  f"machine's {total / GIB:.1f} GiB of RAM: a plan that fills it fails here "
                  f"(drop {flags}the preset's or job's {' and '.join(keys)}, to plan in the "
                  "free RAM)")
+
+
+def job_numbers(numbers: list[int]) -> str:
+    """'job 3', 'jobs 1-4 and 7': a batch's jobs, runs of numbers shortened."""
+    runs: list[list[int]] = []
+    for n in sorted(set(numbers)):
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    words = [str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs]
+    said = words[0] if len(words) == 1 else ", ".join(words[:-1]) + f" and {words[-1]}"
+    return f"job {said}" if len(numbers) == 1 or len(set(numbers)) == 1 else f"jobs {said}"
 
 
 def warn_space(todo: list[tuple[Path, Any]], stage_images: bool = False) -> None:

@@ -449,6 +449,7 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
         tally.counts[row["status"]] += 1
         if row["status"] == "to make":
             tally.to_make.append((path, item.job))
+            tally.numbers.append(item.index)
             for hint in row["hints"]:
                 hinted.setdefault(hint, []).append(item.index)
             # what the run will say of its inputs, and the save of its file
@@ -471,7 +472,7 @@ def show_batch_plan(items: list, paths: dict[int, Path], gpu: str | None, as_jso
     warn_space(tally.to_make)
     if gpu is None:  # --gpu plans that card, on another machine
         # as the run warns: a budget over the RAM
-        warn_ram([job for _, job in tally.to_make], batch=True)
+        warn_ram([job for _, job in tally.to_make], batch=tally.numbers)
         _would_stop([job for _, job in tally.to_make])
     if not as_json:
         out_line(batch_total_line(tally))
@@ -508,6 +509,7 @@ class BatchPlanTally:
     planned_on: str | None = None  # the GPU they are planned on
     usage: bool = False  # some job cannot run for a setting to fix (else: for a model not here)
     to_make: list[tuple[Path, Any]] = field(default_factory=list)
+    numbers: list[int] = field(default_factory=list)  # the batch's numbers of those to make
 
 
 def batch_job_row(item: Any, path: Path, gpu: str | None, plans: dict[str, Any],

@@ -139,7 +139,7 @@ def test_the_ram_warning_judges_the_budget_that_holds(tmp_path):
     jobs.write_text(f'[defaults]\ndevice = "cpu"\nmodel = "tiny"\nsize = 256\nvram = {huge}\n'
                     '[[job]]\nprompt = "a"\n')
     batch = cli("batch", str(jobs), "-o", str(tmp_path / "out"), "--dry-run")
-    assert f"warning: a vram of {huge} GiB is the CPU run's memory budget" in batch.stderr
+    assert f"warning: job 0: a vram of {huge} GiB is the CPU run's memory budget" in batch.stderr
     # batch has no --vram: its keys are named (QA 207)
     assert "(drop the preset's or job's vram, to plan" in batch.stderr and "--vram" not in \
         batch.stderr
@@ -171,3 +171,22 @@ def test_a_small_models_plan_counts_its_dtype_too(tmp_path):
                      "--dtype", dtype, "-o", tmp_path / "a.png", "--dry-run", "--json")
         peaks[dtype] = json.loads(result.stdout.splitlines()[0])["peak_bytes"]
     assert peaks["auto"] == peaks["fp32"] > peaks["bf16"]
+
+
+def test_a_batchs_ram_warning_names_its_jobs(tmp_path):
+    """A batch's RAM warning named no job: in a file of many, which had the budget?"""
+    from hires.cli_runs import job_numbers
+    from hires.memory import ram_bytes
+
+    assert job_numbers([3]) == "job 3"
+    assert job_numbers([5, 1, 2, 3, 7]) == "jobs 1-3, 5 and 7"
+    huge = f"{ram_bytes()[0] / 2**30 * 4:.0f}"
+    jobs = tmp_path / "j.toml"
+    jobs.write_text('[defaults]\ndevice = "cpu"\nmodel = "tiny"\nsize = 256\nsteps = 1\n'
+                    f'[[job]]\nprompt = "a"\nvram = {huge}\n[[job]]\nprompt = "b"\n'
+                    f'[[job]]\nprompt = "c"\nvram = {huge}\n')
+    said = f"warning: jobs 0 and 2: a vram of {huge} GiB is the CPU run's memory budget"
+    for dry in (["--dry-run"], []):
+        result = cli("batch", str(jobs), "-o", str(tmp_path / "out"), *dry)
+        assert result.exit_code == 0, result.stderr
+        assert said in result.stderr, result.stderr
