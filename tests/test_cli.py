@@ -755,6 +755,12 @@ def test_a_ram_above_this_machines_is_a_warning_before_a_gpu_run(capsys):
     assert line.startswith(f"warning: --ram {total * 2:g} is more than this machine's")
     warn_ram([Job(ram=total / 2, device="cuda"), Job(ram=total / 2, device="cpu")])
     assert capsys.readouterr().err == ""  # within the RAM
+    # a batch's: its key, and the jobs that gave it (the same job twice is two jobs)
+    over = Job(ram=total * 2, device="cuda")
+    warn_ram([over, Job(device="cuda"), over, Job(ram=total * 2, device="cpu")], batch=[4, 5, 6, 7])
+    gpu, cpu = capsys.readouterr().err.strip().splitlines()
+    assert gpu.startswith(f"warning: jobs 4 and 6: a ram of {total * 2:g} GiB is more than")
+    assert cpu.startswith(f"warning: job 7: a ram of {total * 2:g} GiB is the CPU run's")
 
 
 @pytest.mark.parametrize("flag", ["vram", "ram"])
