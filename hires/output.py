@@ -1008,7 +1008,8 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         # identify the file (or one of samples it cannot read: why is said); an empty file or
         # a HEIC is said as `hires up` says it, not in Pillow's words.
         cut = cut_short(Path(path))
-        why = f"it is {cut}" if cut else unidentified(Path(path)) \
+        # what to do, as `hires up` says it: a TIFF's or WebP's record went with its end
+        why = f"it is {cut}; copy the whole file again" if cut else unidentified(Path(path)) \
             if isinstance(e, UnidentifiedImageError) else unread_tiff(Path(path)) \
             if _starts_with(path, TIFF_MAGIC) else e
         raise OutputError(f"cannot read {path} as an image: {why}") from None

@@ -106,7 +106,8 @@ def test_hires_tiff_cut_short_is_found_though_its_directory_is_gone(tmp_path, as
     assert error_lines(again.stderr) == [
         f"error: {out} already exists, {said}; pass --overwrite or choose another -o"]
     shown = cli("info", out)
-    assert shown.exit_code != 0 and f"cannot read {out} as an image: it is {said}" in shown.stderr
+    assert error_lines(shown.stderr) == [  # what to do said, as `up` says it
+        f"error: cannot read {out} as an image: it is {said}; copy the whole file again"]
     up = cli("up", out, "--model", "tiny", "--size", "512", "-o", tmp_path / "up.png")
     assert error_lines(up.stderr) == [
         f"error: {out}: truncated image, {said}; re-export or re-download it"]
