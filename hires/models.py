@@ -102,6 +102,25 @@ class Components:
         return self.unet.config.sample_size * self.pipe.vae_scale_factor
 
 
+def _no_fetch_error(record: logging.LogRecord) -> bool:
+    """A logging filter: False (dropped) for diffusers' 'An error occurred while trying to
+    fetch' line."""
+    return not str(record.msg).startswith("An error occurred while trying to fetch")
+
+
+@contextmanager
+def no_fetch_errors() -> Iterator[None]:
+    """diffusers logs, as an error, the missing .safetensors of a part it then loads from its
+    .bin under --allow-pickle ("An error occurred while trying to fetch ..."): no error at all
+    then, and else the load's own error says it in one line. Off meanwhile."""
+    fetching = logging.getLogger("diffusers.models.modeling_utils")
+    fetching.addFilter(_no_fetch_error)
+    try:
+        yield
+    finally:
+        fetching.removeFilter(_no_fetch_error)
+
+
 @contextmanager
 def quiet_loading() -> Iterator[None]:
     """diffusers' and transformers' loading chatter (logs, progress bars) off meanwhile: our
@@ -116,7 +135,7 @@ def quiet_loading() -> Iterator[None]:
     tlogging.disable_progress_bar()
     dlogging.disable_progress_bar()  # "Loading pipeline components", a folder's
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), no_fetch_errors():
             # diffusers passes huggingface_hub an argument it deprecated (single-file loads):
             # not the user's to fix.
             warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks")
@@ -326,7 +345,7 @@ def load_pipeline(ref: str, dtype: torch.dtype, allow_pickle: bool = False):
     variant = "fp16" if (dtype == torch.float16 and kind == "hub") or (
         kind == "folder" and fp16_only(path)) else None
     try:
-        with weights_not_found() as lacking:
+        with weights_not_found() as lacking, no_fetch_errors():
             try:
                 pipe = StableDiffusionXLPipeline.from_pretrained(
                     where, dtype=dtype, use_safetensors=safetensors, variant=variant)

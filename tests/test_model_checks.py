@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_cli import assert_usage_error, cli
+from helpers_cli import assert_usage_error, cli, run_hires
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -731,3 +731,16 @@ def test_a_pickle_cut_short_is_refused_in_the_dry_run(tiny, tmp_path):
     weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
     assert_usage_error(dry("--model", folder, "--allow-pickle"),
                        "unet/diffusion_pytorch_model.bin is cut short")
+
+
+def test_a_pickle_model_loads_without_an_error_line(tiny, tmp_path):
+    """A folder of .bin weights under --allow-pickle made its image, but diffusers logged
+    "An error occurred while trying to fetch .../unet: ..." on the way: an error that was
+    none (QA 210)."""
+    folder = tmp_path / "bin"
+    tiny.pipe.save_pretrained(folder, safe_serialization=False)
+    out = tmp_path / "out.png"  # a process: diffusers' log goes to the real stderr
+    result = run_hires("gen", "a fox", *SMALL, "--model", folder, "--allow-pickle",
+                       "--linfusion", "none", "-q", "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert out.is_file() and "error" not in result.stderr.lower(), result.stderr
