@@ -123,6 +123,12 @@ def local_problem(ref: str, allow_pickle: bool = False) -> str | None:
 
     path = Path(ref).expanduser()
     if path.is_dir():
+        if (path / "model_index.json").is_file():  # a whole model, with its ControlNet maybe
+            own = path / "controlnet"
+            its = f" (its ControlNet: {own})" if config_class(own / "config.json") == \
+                "ControlNetModel" else ""
+            return (f"{ref} is a whole model's folder (model_index.json), not a ControlNet"
+                    f"{its}; give a ControlNet's folder, a .safetensors file or a Hub id")
         if not (path / "config.json").is_file():
             return (f"{ref} is a folder but not a diffusers ControlNet (no config.json); give "
                     "the folder that holds it, a .safetensors file or a Hub id")

@@ -377,6 +377,9 @@ def _local_weight(path: Path, ref: str, allow_pickle: bool) -> tuple[str, str, s
     if refusal:
         raise IPAdapterError(refusal)
     if not (folder / subfolder / IMAGE_ENCODER_FOLDER / "config.json").is_file():
+        # A LoRA or ControlNet given here is told so, not to find it an image encoder
+        if other := _other_weights(folder / subfolder / weight, ref):
+            raise IPAdapterError(other)
         raise IPAdapterError(
             f"no image encoder for IP-Adapter {ref}: put the CLIP vision model (config.json and "
             f"weights) in an {IMAGE_ENCODER_FOLDER}/ folder beside {weight}")

@@ -585,6 +585,15 @@ def read_config(path: Path) -> list[dict]:
         raise LinFusionError(f"{path}: unreadable ({first_line(e)})") from None
     if not isinstance(config, dict) or config.get("_class_name") != "LinFusion":
         found = config.get("_class_name") if isinstance(config, dict) else None
+        from hires.model_refs import folder_holds
+
+        held = folder_holds(path.parent) if isinstance(found, str) else None
+        if held is not None:  # another part's folder: what it is, and where it goes
+            what, flag = held
+            where = f"pass it as {flag}, and " if flag else ""
+            raise LinFusionError(f"--linfusion {path.parent} is {what}'s folder, not a LinFusion "
+                                 f"checkpoint; {where}give --linfusion a LinFusion folder, or "
+                                 "auto (the model's own) or none (plain attention)")
         raise LinFusionError(f"{path}: _class_name is {found!r}, not 'LinFusion'; this is not a "
                              "LinFusion checkpoint")
     modules_list = config.get("modules_list")

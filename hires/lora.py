@@ -85,6 +85,20 @@ def cached_problem(ref: str, allow_pickle: bool = False, model: str | None = Non
     return file_problem(ref, file) or (fit_problem(ref, file, model) if model else None)
 
 
+def not_safetensors(file: Path) -> str:
+    """What a file that is no safetensors one is instead, and what to do: 'a pickle ...; name
+    it .bin and pass --allow-pickle if you trust it', or that it is no LoRA's file."""
+    try:
+        with file.open("rb") as f:
+            start = f.read(4)
+    except OSError:
+        start = b""
+    if start.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip, or a plain pickle
+        return ("a pickle (torch.save's), not a safetensors file; name it .bin and pass "
+                "--allow-pickle if you trust it (pickles can run code), or convert it")
+    return "not a readable safetensors file; name the LoRA's .safetensors file"
+
+
 def file_problem(ref: str, file: Path) -> str | None:
     """Why LoRA `ref`'s weights file cannot be one, from its name and header alone."""
     from hires.safetensors_header import read_header, truncated
@@ -93,7 +107,9 @@ def file_problem(ref: str, file: Path) -> str | None:
         return None  # a pickle allowed: read only by torch
     header = read_header(file)  # any other name is read as safetensors, as the run reads it
     if header is None:
-        return f"LoRA {ref}: {file.name} is {truncated(file) or 'not a readable safetensors file'}"
+        if cut := truncated(file):
+            return f"LoRA {ref}: {file.name} is {cut}"
+        return f"LoRA {ref}: {file.name} is {not_safetensors(file)}"
     from hires.controlnet import control_lora
 
     if said := control_lora(f"LoRA {ref}", list(header)):
@@ -189,6 +205,12 @@ def resolve(ref: str, allow_pickle: bool = False) -> Path:
     """
     path = Path(ref).expanduser()
     if path.is_dir():
+        from hires.model_refs import folder_holds
+
+        held = folder_holds(path)
+        if held is not None:  # it holds .safetensors files, in its parts' folders: no LoRA's
+            raise LoraError(f"LoRA {ref} is {held[0]}'s folder, not a LoRA; name the LoRA's "
+                            ".safetensors file")
         return path / _pick(ref, [p.name for p in path.iterdir() if p.is_file()], allow_pickle)
     if path.is_file():
         _refuse_pickle(ref, path.name, allow_pickle)

@@ -494,6 +494,13 @@ def pipeline_folder_refusal(path: Path, allow_pickle: bool = True) -> str | None
 
     index = path / "model_index.json"
     if not index.is_file():
+        held = folder_holds(path)
+        if held is not None:  # a part's folder ('tiny/vae'): what it is, and where it goes
+            what, flag = held
+            model = f" ({path.parent})" if (path.parent / "model_index.json").is_file() else ""
+            where = f"pass it as {flag}, and the model's folder{model} as --model" if flag \
+                else f"give the model's folder{model}, a .safetensors file or a Hub id"
+            return f"is {what}'s folder, not a whole model (no model_index.json); {where}"
         return ("is a folder but not a diffusers model (no model_index.json); give the folder "
                 "that holds it, a .safetensors file or a Hub id")
     try:
@@ -658,6 +665,25 @@ def check_vae_fits(model: str, vae: str | None) -> None:
 
 def _a(word: str) -> str:
     return f"{'an' if word[:1] in 'AEIO' else 'a'} {word}"  # a UNet, an Autoencoder
+
+
+# A diffusers part's config class: what it is, and the flag that takes it (None: no flag)
+PART_KINDS = {"AutoencoderKL": ("a VAE", "--vae"),
+              "LinFusion": ("a LinFusion checkpoint", "--linfusion"),
+              "ControlNetModel": ("a ControlNet", "--control-model"),
+              "UNet2DConditionModel": ("a UNet", None)}
+
+
+def folder_holds(path: Path) -> tuple[str, str | None] | None:
+    """What the diffusers folder at `path` is, and the flag that takes it: ('a whole model',
+    '--model') for a pipeline's (model_index.json), ('a VAE', '--vae') for a part's by its
+    config.json; None for a folder that is neither."""
+    if (path / "model_index.json").is_file():
+        return "a whole model", "--model"
+    kind = config_class(path / "config.json")
+    if kind is None:
+        return None
+    return PART_KINDS.get(kind, (_a(kind), None))
 
 
 def config_class(config: Path) -> str | None:
