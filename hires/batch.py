@@ -75,7 +75,7 @@ def _numbered(index: int, line: int | None) -> str:
 
 
 # A command's flag written as a key, told what `hires batch` can do instead: it takes the
-# others for every job (COMMAND_FLAGS' "pass it on the command line").
+# others for every job (COMMAND_FLAGS' advice names the other commands).
 BATCH_FLAGS = {
     **{key: f"pass --{key.replace('_', '-')} to hires batch (it applies to every job)"
        for key in COMMAND_FLAGS},
@@ -334,7 +334,8 @@ def _tables(path: Path) -> tuple[str, dict[str, Any], list[dict[str, Any]], dict
         defaults, entries = {}, [entry for _, entry in lines]
         line_of = {i: n for i, (n, _) in enumerate(lines)}
     else:
-        data = read_toml(path) if text is None else parse_toml(text, label)
+        data = read_toml(path, "a job file: TOML, or one JSON object a line") if text is None \
+            else parse_toml(text, label)
         unknown = set(data) - {"defaults", "job"}
         if unknown:
             raise JobError(f"{label}: unknown table '{sorted(unknown)[0]}'; "

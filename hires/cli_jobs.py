@@ -131,7 +131,7 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
         levels.append((chosen.values, f"preset '{chosen.name}' ({chosen.path})", True))
     if from_image is None:
         job = job_from_levels([*levels, (flags, OPTIONS, False)], size_of=size_of,
-                              images=images)
+                              images=images, scale="image" in flags)
         return check_scale_flags(files_given_in(job, [*levels, (flags, OPTIONS, False)]),
                                  flags, images)
     def noted(line: str) -> None:
@@ -198,7 +198,8 @@ def build_job(preset: str | None, from_image: Path | None, flags: dict[str, Any]
         raise JobError(f"{from_image} {old}")
     levels += [(recorded, where, True), (flags, OPTIONS, False)]
     try:
-        job = files_given_in(job_from_levels(levels, size_of=size_of, images=images), levels)
+        job = files_given_in(job_from_levels(levels, size_of=size_of, images=images,
+                                             scale="image" in flags), levels)
     except JobError as e:  # a key or value a newer hires records: said so
         raise newer(e) from None
     if preset is not None and (hidden := hidden_by_record(chosen.values, recorded, flags)):

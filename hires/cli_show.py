@@ -65,8 +65,11 @@ def show_plan(job, gpu: str | None, as_json: bool, source: tuple[int, int] | Non
             warn_ram([job])  # as the run warns: a budget over this machine's RAM
             _would_stop([job])
     run = fitted_plan(lambda: dry_run(job, gpu, source, stage_images, preview), job)
-    for one in prompts or [job]:  # `up` plans each input: one prompt, said once
+    several = prompts is not None and len(prompts) > 1
+    for i, one in enumerate(prompts or [job], start=1):  # `up` plans each input: said once
         for warning in run_warnings(one, run.plan):
+            if several and warning.startswith("the prompt is "):  # which, of the stdin's
+                warning = f"prompt {i} on stdin: {warning}"
             warn_once(warning)
     for cropped in crop_notes(job, source):  # as the run says it, before its work
         warn(cropped)

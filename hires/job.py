@@ -370,8 +370,12 @@ COMMAND_FLAGS = {
     "from": "pass --from IMAGE to gen; in a batch, give the job's keys",
     "shard": "pass --shard I/N to hires batch",
     "manifest": "pass --manifest FILE to hires batch",
-    **dict.fromkeys(("save_stages", "preview", "overwrite", "resume", "dry_run", "gpu", "json",
-                     "progress", "quiet"), "pass it on the command line"),
+    # the commands that have it: `hires plan` has none of the run's (QA 209)
+    "save_stages": "pass it to gen or up",
+    **dict.fromkeys(("preview", "overwrite", "resume", "dry_run", "progress"),
+                    "pass it to gen, up or batch"),
+    "gpu": "pass it to plan, or to gen, up or batch with --dry-run",
+    **dict.fromkeys(("json", "quiet"), "pass it on the command line"),
 }
 FILE_KEYS = tuple(k for k in JOB_KEYS if k not in TRUSTED_ONLY)
 _TYPES = {f.name: f.type for f in fields(Job)}

@@ -411,8 +411,25 @@ def _check_template(text: str, fields: dict[str, Any]) -> None:
             raise ValueError((f"unknown field {{{name}}}" if name else "an empty {}")
                              + (f", did you mean {{{close[0]}}}?" if close else ""))
         if conversion or "{" in (spec or "") or not _FORMAT_SPEC.fullmatch(spec or ""):
-            raise ValueError(f"{{{name}{'!' + conversion if conversion else ''}"
-                             f"{':' + spec if spec else ''}}} is not a field with a format")
+            field = (f"{{{name}{'!' + conversion if conversion else ''}"
+                     f"{':' + spec if spec else ''}}}")
+            raise ValueError(f"{field} {_spec_problem(spec or '', bool(conversion))}")
+
+
+def _spec_problem(spec: str, conversion: bool) -> str:
+    """Why a field's format spec is refused (`_FORMAT_SPEC`), in words: a valid Python spec
+    was told it 'is not a field with a format'."""
+    if conversion:
+        return "has a conversion (!r, !s, !a), which names do not take: drop it"
+    fill = re.match(r"(.)[<>^=]", spec)
+    if fill and fill[1] in "/\\":
+        return (f"fills with '{fill[1]}', a path separator, which would make folders of the "
+                "name: fill with another character")
+    if re.search(r"\d{4,}", spec):
+        return "asks for a width or precision of 1000 or more: at most 999"
+    if spec.endswith("c"):
+        return "makes a number a character (type c), which a name cannot hold: drop the c"
+    return f"has '{spec}', not a format Python writes"
 
 
 def named_for_input(path: Path, output: str | Path | None, name: str, *, width: int,

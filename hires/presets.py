@@ -43,8 +43,10 @@ def user_folder() -> Path:
     return Path(config) / "hires" / "presets"
 
 
-def read_toml(path: str | Path) -> dict[str, Any]:
-    """Parse a TOML file; errors name the file and the line."""
+def read_toml(path: str | Path, wanted: str = "a preset's .toml text file (key = value lines)"
+              ) -> dict[str, Any]:
+    """Parse a TOML file; errors name the file and the line (`wanted`: what the file should
+    be, for one that is no text)."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
@@ -52,7 +54,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     except OSError as e:
         raise JobError(f"cannot read {path}: {e.strerror}") from None
     try:
-        text = decoded(data, str(path), "save it as UTF-8")
+        text = decoded(data, str(path), "save it as UTF-8", wanted)
     except ValueError as e:
         raise JobError(str(e)) from None
     return parse_toml(text, str(path))
@@ -171,7 +173,10 @@ def load_preset(ref: str) -> Preset:
             # a name that loads as one (not 'a.toml' of the user's 'a.toml.toml')
             known = os.sep not in ref and not name.endswith(".toml") and (
                 (user_folder() / ref).is_file() or name in shipped())
-            hint = f" (a preset named '{name}' is known: give its name)" if known else ""
+            toml = Path(f"{path}.toml")  # 'p/many' of p/many.toml
+            hint = f" (a preset named '{name}' is known: give its name)" if known else \
+                f" (did you mean {ref}.toml?)" if not ref.endswith(".toml") and toml.is_file() \
+                else "; give a .toml file's path, or a preset's name ('hires presets' lists them)"
             raise JobError(f"preset file not found: {ref}{hint}")
         return _parse(path.stem, str(path), read_toml(path))
     own = user_folder() / f"{ref}.toml"

@@ -603,13 +603,14 @@ def giver(levels: list[tuple[dict[str, Any], str, bool]], key: str) -> str | Non
 
 def job_from_levels(levels: list[tuple[dict[str, Any], str, bool]], base: Job | None = None,
                     size_of: Callable[[str], tuple[int, int]] | None = None,
-                    images: bool = True) -> Job:
+                    images: bool = True, scale: bool = True) -> Job:
     """`base` with each level's keys applied in turn, least specific first (values, where,
     untrusted: from a file), and its size from all of them (`layered_size`); validated
     (`images`: as `Job.validate`'s).
 
     `size_of(path)` reads an upscale input's size (a job with an `image`); an upscale must be
     given its size at some level, as the default 1024 x 1024 would crop most pictures.
+    `scale`: whether the command has --scale (`up`), to name it in that error.
     """
     levels = list(levels)
     for i in reversed(range(len(levels))):  # each level's 'none' drops the add-on below it
@@ -636,7 +637,9 @@ def job_from_levels(levels: list[tuple[dict[str, Any], str, bool]], base: Job | 
         where = levels[-1][1] if levels else OPTIONS
         n = (lambda key: _name(key, where))  # noqa: E731
         preset = " (or a preset that gives one)" if where == OPTIONS else ""
-        raise JobError(f"give one of {n('size')}, {n('scale')}, {n('width')}/{n('height')} or "
+        # `gen` and `plan` have no --scale: an image a preset or record gave is sized without
+        scaled = f"{n('scale')}, " if scale or where != OPTIONS else ""
+        raise JobError(f"give one of {n('size')}, {scaled}{n('width')}/{n('height')} or "
                        f"{n('print_size')} for the upscale's output size{preset}{_in(where)}")
     job = sized_by_print(job, None)  # not a base job's print that other keys sized again
     if size is not None:

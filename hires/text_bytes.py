@@ -50,11 +50,30 @@ def unmarked_problem(name: str, what: str) -> str:
             f"(iconv -f {name.lower()} -t utf-8 converts it)")
 
 
-def decoded(data: bytes, what: str, fix: str) -> str:
+# What a file that is no text often is, by its first bytes: said, rather than Latin-1 advice
+_BINARY_KINDS = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
+                 (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"),
+                 (b"GIF8", "a GIF image"), (b"%PDF", "a PDF"), (b"PK\x03\x04", "a zip file"),
+                 (b"\x1f\x8b", "a gzip file"))
+
+
+def binary_kind(data: bytes) -> str | None:
+    """'a PNG image' (or 'binary data': NUL bytes) where `data` is no text; None: it may be."""
+    if kind := next((kind for magic, kind in _BINARY_KINDS if data.startswith(magic)), None):
+        return kind
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "a WebP image"
+    return "binary data" if b"\x00" in data[:8192] and not marked(data) else None
+
+
+def decoded(data: bytes, what: str, fix: str, wanted: str = "a text file") -> str:
     """`data` as text (a UTF-8 byte-order mark dropped); ValueError naming `what` ("j.toml",
-    "the jobs on stdin") and the bad line, and saying `fix` ("save it as UTF-8")."""
+    "the jobs on stdin") and the bad line, and saying `fix` ("save it as UTF-8"); for bytes
+    that are no text at all (an image), what they are and that `wanted` is needed."""
     if name := unmarked(data):  # else read as a TOML error at line 1, column 2
         raise ValueError(unmarked_problem(name, what))
+    if kind := binary_kind(data):  # a PNG given as a preset was told to convert from Latin-1
+        raise ValueError(f"{what} is {kind}, not text; give {wanted}")
     encoding = marked(data)
     try:
         return data.decode(encoding or "utf-8").removeprefix("\ufeff")

@@ -122,10 +122,15 @@ def test_an_output_template_field_may_carry_a_format(template, name):
 @pytest.mark.parametrize(("template", "why"), [
     ("{seed.real}.png", "unknown field {seed.real}"),  # str.format read attributes
     ("{prompt[0]}.png", "unknown field {prompt[0]}"),  # ... and items
-    ("{seed!r}.png", "{seed!r} is not a field with a format"),
-    ("{seed:999999999}.png", "{seed:999999999} is not a field"),  # a gigabyte-long name
+    ("{seed!r}.png", "{seed!r} has a conversion (!r, !s, !a), which names do not take"),
+    # a gigabyte-long name; each said as what is wrong with it, not 'is not a field' (QA 209)
+    ("{seed:999999999}.png", "{seed:999999999} asks for a width or precision of 1000 or more"),
+    ("{seed:0>2000}.png", "{seed:0>2000} asks for a width or precision of 1000 or more: at "
+                          "most 999"),
     ("{sead}.png", "did you mean {seed}?"),
-    ("{prompt:/>12}.png", "{prompt:/>12} is not a field")])  # made //a-cat.png, at the root
+    ("{seed:zz}.png", "{seed:zz} has 'zz', not a format Python writes"),
+    ("{prompt:/>12}.png", "{prompt:/>12} fills with '/', a path separator, which would make "
+                          "folders of the name")])  # made //a-cat.png, at the root
 def test_an_output_template_reads_only_its_fields(tmp_path, template, why):
     result = cli("gen", "a cat", "--model", "tiny", "--size", "256", "--dry-run", "-o",
                  str(tmp_path / template))

@@ -543,7 +543,7 @@ def test_a_template_may_not_make_a_number_a_character(template):
     character in the name."""
     from hires.output import OutputError, output_path
 
-    with pytest.raises(OutputError, match="is not a field with a format"):
+    with pytest.raises(OutputError, match=r"makes a number a character \(type c\)"):
         output_path(template, width=64, height=64, seed=5, fmt="png")
 
 
