@@ -334,8 +334,7 @@ def _tables(path: Path) -> tuple[str, dict[str, Any], list[dict[str, Any]], dict
         defaults, entries = {}, [entry for _, entry in lines]
         line_of = {i: n for i, (n, _) in enumerate(lines)}
     else:
-        data = read_toml(path, "a job file: TOML, or one JSON object a line") if text is None \
-            else parse_toml(text, label)
+        data = read_toml(path, JOB_FILE_TEXT) if text is None else parse_toml(text, label)
         unknown = set(data) - {"defaults", "job"}
         if unknown:
             raise JobError(f"{label}: unknown table '{sorted(unknown)[0]}'; "
@@ -447,12 +446,16 @@ def _first_entry(head: bytes) -> bool | None:
     return None
 
 
+JOB_FILE_TEXT = "a job file: TOML, or one JSON object a line"  # what a binary one is not
+
+
 def _stdin_text() -> str:
     """The job file piped in (`hires batch -`)."""
     import sys
 
     try:
-        return decoded(sys.stdin.buffer.read(), "the jobs on stdin", "give them as UTF-8")
+        return decoded(sys.stdin.buffer.read(), "the jobs on stdin", "give them as UTF-8",
+                       JOB_FILE_TEXT)
     except ValueError as e:
         raise JobError(str(e)) from None
 
@@ -543,7 +546,7 @@ def _jsonl(path: Path, text: str | None = None
             yield from _jsonl_entries(enumerate(f, start=1))
         except UnicodeDecodeError:
             try:
-                decoded(path.read_bytes(), str(path), "save it as UTF-8")
+                decoded(path.read_bytes(), str(path), "save it as UTF-8", JOB_FILE_TEXT)
             except ValueError as e:
                 raise JobError(str(e)) from None
             raise
@@ -875,9 +878,13 @@ def warning_by_giver(message: str, item: BatchItem, file_name: str) -> str:
     return by_giver(message, item, file_name)
 
 
-def by_key(message: str, where: str, home: str = "the job file's") -> str:
+def by_key(message: str, where: str, home: str = "the job file's", keyed: bool = True) -> str:
     """A job's file error in a job file's words: "'lora' in jobs.toml job 3: ..." rather than
-    its flag; a file not found says where relative paths are read from (not `home`)."""
+    its flag; a file not found says where relative paths are read from (not `home`). `keyed`
+    (a batch's, which has none of those flags): its advice's other flags as keys too ("pass it
+    as 'vae'", not "--vae")."""
+    if keyed:
+        message = _keyed(message)
     for flag, key in {**FLAG_KEYS, "--image": "image"}.items():
         if message.startswith(f"{flag} "):
             text = message[len(flag) + 1:].replace(f"{flag} ", f"'{key}' ")
@@ -889,6 +896,15 @@ def by_key(message: str, where: str, home: str = "the job file's") -> str:
     return f"{where}: {message}"
 
 
+def _keyed(message: str) -> str:
+    """`message` with the job keys' flags as the keys ('--vae' as 'vae'): a batch has no
+    such flags. A leading one is left as it is: `by_key` names where it was given."""
+    head, rest = (message.split(" ", 1) + [""])[:2] if message.startswith("--") else ("", message)
+    for flag, key in FLAG_KEYS.items():
+        rest = re.sub(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", f"'{key}'", rest)
+    return f"{head} {rest}" if head else rest
+
+
 def said_where_given(error: Exception, job: Job) -> Exception:
     """A file's error worded for its flag ("--lora x: no such file"), said of the preset's or
     record's key that gave the file instead; any other error as it is."""
@@ -896,7 +912,7 @@ def said_where_given(error: Exception, job: Job) -> Exception:
     if where is None:
         return error
     said = by_key(str(error), where, "the preset's" if where.startswith("preset ") else
-                  "the image's folder")
+                  "the image's folder", keyed=False)  # gen's, up's or plan's: flags they have
     from hires.model_refs import ModelError
 
     if isinstance(error, ModelError):

@@ -401,7 +401,7 @@ def stdin_lines(what: str, head: bytes = b"", text: bool = False) -> list[str]:
     first bytes, read already from `sys.stdin.buffer`; `text`: prompts, not file names."""
     if sys.stdin.isatty():
         say(f"reading {what} from stdin, one a line; end with Ctrl-D")
-    from hires.text_bytes import marked, problem, unmarked, unmarked_problem
+    from hires.text_bytes import binary_kind, marked, problem, unmarked, unmarked_problem
 
     raw = getattr(sys.stdin, "buffer", None)
     try:
@@ -411,6 +411,10 @@ def stdin_lines(what: str, head: bytes = b"", text: bool = False) -> list[str]:
             data = head + raw.read()
             if name := unmarked(data):  # else a NUL every other character
                 raise typer.BadParameter(unmarked_problem(name, f"the {what} on stdin"))
+            # an image piped as prompts was told to convert it from Latin-1 (NULs: find -print0)
+            if text and (kind := binary_kind(data, nuls=False)):
+                raise typer.BadParameter(f"the {what} on stdin: {kind}, not text; give them "
+                                         "as text, one a line")
             # each ended by a NUL (find -print0, xargs -0's input): taken whole, newlines too
             if b"\0" in data and not marked(data):
                 if not data.endswith(b"\0"):  # a last entry ended by echo's newline instead

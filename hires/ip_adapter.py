@@ -368,6 +368,14 @@ def _local_weight(path: Path, ref: str, allow_pickle: bool) -> tuple[str, str, s
     if path.is_file():
         folder, subfolder, weight = path.parent, "", path.name
     elif path.is_dir():
+        from hires.model_refs import folder_holds
+
+        held = folder_holds(path)
+        if held is not None:  # a model's or a VAE's: not 'must hold one weight file'
+            what, flag = held
+            where = f": pass it as {flag}" if flag else ""
+            raise IPAdapterError(f"IP-Adapter {ref} is {what}'s folder, not an IP-Adapter"
+                                 f"{where}; give an IP-Adapter's folder or file, or a Hub id")
         folder = path
         subfolder = HUB_SUBFOLDER if (path / HUB_SUBFOLDER).is_dir() else ""
         weight = _pick_weight(path / subfolder, ref, allow_pickle)

@@ -367,7 +367,7 @@ JOB_KEYS = tuple(f.name for f in fields(Job) if f.name != "extra")
 # Flags that steer a command, not an image: named as keys, what to do instead.
 COMMAND_FLAGS = {
     "n": "pass --n to gen; in a batch, give a job for each image",
-    "from": "pass --from IMAGE to gen; in a batch, give the job's keys",
+    "from": "pass --from IMAGE to gen or plan; in a batch, give the job's keys",
     "shard": "pass --shard I/N to hires batch",
     "manifest": "pass --manifest FILE to hires batch",
     # the commands that have it: `hires plan` has none of the run's (QA 209)

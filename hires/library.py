@@ -254,11 +254,16 @@ def library_load(*args: Any, **kwargs: Any) -> Components:
         raise TypeError(f"load() takes the model by position and the rest by keyword "
                         f"({names[1]}=..., device=...): got {len(args)} positional arguments")
     from hires.job import JOB_KEYS
+    from hires.pipeline import generate
+    from hires.upscale import upscale
 
+    # generate's and upscale's own keywords too: save_stages= was told 'did you mean vae_dtype='
+    calls = [n for f in (generate, upscale) for n, p in inspect.signature(f).parameters.items()
+             if p.kind is not inspect.Parameter.VAR_KEYWORD and n not in ("job", "image")]
     for key in kwargs:
         if key in names:
             continue
-        if str(key) in (*JOB_KEYS, *SIZE_KEYWORDS):  # lora= was told 'did you mean offload='
+        if str(key) in (*JOB_KEYS, *SIZE_KEYWORDS, *calls, "scale"):  # lora=: 'offload='?
             raise TypeError(f"load() got {key}=, a setting of each image, not of the model: "
                             f"pass it to hires.generate(..., {key}=...) or hires.upscale, "
                             "with components=hires.load(...)")

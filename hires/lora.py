@@ -93,10 +93,23 @@ def not_safetensors(file: Path) -> str:
             start = f.read(4)
     except OSError:
         start = b""
-    if start.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip, or a plain pickle
-        return ("a pickle (torch.save's), not a safetensors file; name it .bin and pass "
-                "--allow-pickle if you trust it (pickles can run code), or convert it")
+    if start.startswith(b"\x80") or (start.startswith(b"PK\x03\x04") and _saved_by_torch(file)):
+        return ("a pickle (torch.save's), not a safetensors file: name it .bin (a run then "
+                "needs --allow-pickle, if you trust it: pickles can run code), or convert it")
+    if start.startswith(b"PK\x03\x04"):
+        return "a zip file, not a safetensors file; unzip it and name the LoRA file inside"
     return "not a readable safetensors file; name the LoRA's .safetensors file"
+
+
+def _saved_by_torch(file: Path) -> bool:
+    """Whether the zip at `file` is torch.save's: its pickle is NAME/data.pkl."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(file) as zipped:
+            return any(name.endswith("/data.pkl") for name in zipped.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def file_problem(ref: str, file: Path) -> str | None:

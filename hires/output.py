@@ -421,6 +421,8 @@ def _spec_problem(spec: str, conversion: bool) -> str:
     was told it 'is not a field with a format'."""
     if conversion:
         return "has a conversion (!r, !s, !a), which names do not take: drop it"
+    if "{" in spec:
+        return "nests a field in its format, which names do not take: give the format itself"
     fill = re.match(r"(.)[<>^=]", spec)
     if fill and fill[1] in "/\\":
         return (f"fills with '{fill[1]}', a path separator, which would make folders of the "

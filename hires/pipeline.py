@@ -122,7 +122,7 @@ class Result:
         record it returns (and the file's) and given to Python's `warnings`. A preview's (a run of
         `hires.plan.preview_of`'s plan) records itself as its job's stage 0, as `--preview`'s."""
         from hires.job import plain_number
-        from hires.output import OutputError, OutputUsage, in_library_terms
+        from hires.output import DiskRefused, OutputError, OutputUsage, in_library_terms
         from hires.record import save
 
         if not isinstance(path, (str, os.PathLike)):
@@ -156,6 +156,11 @@ class Result:
         try:
             return save(self, self._path(path, options.get("fmt")),
                         **{"warn": self._warned, **options})
+        except DiskRefused as e:  # the result is still here: said what to do, as the CLI does
+            said = str(in_library_terms(e))
+            if "free room" not in said:
+                said += "; free room there, or save it elsewhere: the result is kept"
+            raise DiskRefused(said, e.folder, e.errno) from None
         except OutputError as e:  # its message names the CLI's flags: say the keywords
             raise in_library_terms(e) from None
 

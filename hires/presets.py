@@ -186,8 +186,12 @@ def load_preset(ref: str) -> Preset:
         raise _not_a_file(own)
     presets = available(broken=[])
     if ref not in presets:
-        raise JobError(f"unknown preset '{ref}'{closest_hint(ref, sorted(presets))}; "
-                       f"'hires presets' lists them{_folder_note()}")
+        # a file of the user's here, named without the path that makes it a file
+        here = next((f for f in (f"{ref}.toml", ref) if Path(f).is_file()), None)
+        hint = f" ({here} is a file here: give ./{here} to read it)" if here else \
+            closest_hint(ref, sorted(presets))
+        raise JobError(f"unknown preset '{ref}'{hint}; 'hires presets' lists them"
+                       f"{_folder_note()}")
     return presets[ref]
 
 

@@ -57,13 +57,14 @@ _BINARY_KINDS = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
                  (b"\x1f\x8b", "a gzip file"))
 
 
-def binary_kind(data: bytes) -> str | None:
-    """'a PNG image' (or 'binary data': NUL bytes) where `data` is no text; None: it may be."""
+def binary_kind(data: bytes, nuls: bool = True) -> str | None:
+    """'a PNG image' (or with `nuls`, 'binary data' for NUL bytes) where `data` is no text;
+    None: it may be."""
     if kind := next((kind for magic, kind in _BINARY_KINDS if data.startswith(magic)), None):
         return kind
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "a WebP image"
-    return "binary data" if b"\x00" in data[:8192] and not marked(data) else None
+    return "binary data" if nuls and b"\x00" in data[:8192] and not marked(data) else None
 
 
 def decoded(data: bytes, what: str, fix: str, wanted: str = "a text file") -> str:
@@ -73,7 +74,7 @@ def decoded(data: bytes, what: str, fix: str, wanted: str = "a text file") -> st
     if name := unmarked(data):  # else read as a TOML error at line 1, column 2
         raise ValueError(unmarked_problem(name, what))
     if kind := binary_kind(data):  # a PNG given as a preset was told to convert from Latin-1
-        raise ValueError(f"{what} is {kind}, not text; give {wanted}")
+        raise ValueError(f"{what}: {kind}, not text; give {wanted}")
     encoding = marked(data)
     try:
         return data.decode(encoding or "utf-8").removeprefix("\ufeff")

@@ -85,7 +85,7 @@ def tiny_text_config() -> CLIPTextConfig:
 
 
 @contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
+def seeded(seed: int) -> Iterator[None]:
     """The CPU's random numbers from `seed` for the block, the caller's stream restored after:
     `hires.load("tiny")` reseeded a script's torch RNG (QA 208)."""
     with torch.random.fork_rng(devices=[]):
@@ -95,7 +95,7 @@ def _seeded(seed: int) -> Iterator[None]:
 
 def tiny_unet(seed: int = 0) -> UNet2DConditionModel:
     """SDXL's UNet layout in miniature: a plain level, then two attention levels, mid attention."""
-    with _seeded(seed):
+    with seeded(seed):
         return _tiny_unet()
 
 
@@ -129,7 +129,7 @@ def tiny_vae(seed: int = 0, trained: bool = True) -> AutoencoderKL:
     `trained` loads the weights trained on scikit-image photos (`tools/train_tiny_vae.py`), so
     round trips and GroupNorm statistics behave like a real VAE's; otherwise random from `seed`.
     """
-    with _seeded(seed):
+    with seeded(seed):
         vae = AutoencoderKL(**TINY_VAE_CONFIG)
     if trained:
         vae.load_state_dict(load_file(str(TINY_VAE_WEIGHTS)))
@@ -147,9 +147,9 @@ def tiny_scheduler() -> EulerDiscreteScheduler:
 def tiny_pipeline(seed: int = 0, trained_vae: bool = True) -> StableDiffusionXLPipeline:
     """The whole tiny SDXL, deterministic from `seed`: random UNet and text encoders, trained VAE
     (or the random one, with `trained_vae=False`)."""
-    with _seeded(seed):
+    with seeded(seed):
         text_encoder = CLIPTextModel(tiny_text_config())
-    with _seeded(seed + 1):
+    with seeded(seed + 1):
         text_encoder_2 = CLIPTextModelWithProjection(tiny_text_config())
     return StableDiffusionXLPipeline(
         unet=tiny_unet(seed), vae=tiny_vae(seed, trained=trained_vae), scheduler=tiny_scheduler(),

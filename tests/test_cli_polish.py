@@ -41,12 +41,15 @@ def test_a_broken_preset_of_the_users_does_not_break_completion(own_presets):
     assert "bad" not in offered and ".draft" not in offered
 
 
+NOT_HERE = "; give a .toml file's path, or a preset's name ('hires presets' lists them)"
+
+
 @pytest.mark.parametrize(("given", "hint"), [("own.toml", " (a preset named 'own' is known: "
                                                              "give its name)"),
                                              ("16k.toml", " (a preset named '16k' is known: "
                                                           "give its name)"),
-                                             ("none.toml", ""),
-                                             ("a.toml.toml", "")])  # 'a.toml' is a path too
+                                             ("none.toml", NOT_HERE),
+                                             ("a.toml.toml", NOT_HERE)])  # 'a.toml': a path
 def test_a_presets_file_name_not_here_points_to_its_name(own_presets, given, hint):
     """`--preset own.toml` for the user's own preset said 'not found' and no more."""
     from helpers_cli import error_lines

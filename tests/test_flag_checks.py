@@ -129,6 +129,7 @@ def test_an_output_template_field_may_carry_a_format(template, name):
                           "most 999"),
     ("{sead}.png", "did you mean {seed}?"),
     ("{seed:zz}.png", "{seed:zz} has 'zz', not a format Python writes"),
+    ("{seed:{width}}.png", "{seed:{width}} nests a field in its format"),
     ("{prompt:/>12}.png", "{prompt:/>12} fills with '/', a path separator, which would make "
                           "folders of the name")])  # made //a-cat.png, at the root
 def test_an_output_template_reads_only_its_fields(tmp_path, template, why):

@@ -272,7 +272,8 @@ def test_a_refused_image_takes_back_the_stage_images_its_save_made(tmp_path, mon
         return real(image, path, *args, **kwargs)
 
     monkeypatch.setattr(hires.output, "save_image", full_at_the_image)
-    with pytest.raises(DiskRefused, match=r"f\.png: No space left on device$"):
+    with pytest.raises(DiskRefused, match=r"f\.png: No space left on device; free room there, "
+                       r"or save it elsewhere: the result is kept$"):
         result.save(tmp_path / "f.png", save_stages=True, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.stage1.png"]
     monkeypatch.setattr(hires.output, "save_image", real)

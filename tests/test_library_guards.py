@@ -288,7 +288,8 @@ def test_load_takes_the_model_by_position_and_the_rest_by_keyword():
         hires.load("tiny", zzz=1)
 
 
-@pytest.mark.parametrize("key", ["lora", "steps", "vram", "size"])
+@pytest.mark.parametrize("key", ["lora", "steps", "vram", "size", "scale", "save_stages",
+                                 "checkpoint"])
 def test_load_tells_an_images_setting_where_it_goes(key):
     """`hires.load("tiny", lora=...)` was asked 'did you mean offload=?': a setting of each
     image is generate's (or upscale's), whatever load's keyword is spelt like it."""

@@ -39,16 +39,25 @@ def test_an_image_as_a_preset_or_job_file_is_said_to_be_one(tmp_path):
     """It was told to convert the file from Latin-1 (iconv), which garbles an image."""
     Image.new("RGB", (8, 8)).save(tmp_path / "q.png")
     assert_usage_error(cli("gen", "a", *GEN, "--preset", tmp_path / "q.png", "--dry-run"),
-                       "q.png is a PNG image, not text; give a preset's .toml text file")
+                       "q.png: a PNG image, not text; give a preset's .toml text file")
     (tmp_path / "p.toml").write_bytes((tmp_path / "q.png").read_bytes())
     assert_usage_error(cli("gen", "a", *GEN, "--preset", tmp_path / "p.toml", "--dry-run"),
-                       "p.toml is a PNG image, not text")
+                       "p.toml: a PNG image, not text")
     (tmp_path / "zeros.toml").write_bytes(b"steps = 1\n\x00\x00\x00\x01")
     assert_usage_error(cli("gen", "a", *GEN, "--preset", tmp_path / "zeros.toml", "--dry-run"),
-                       "zeros.toml is binary data, not text")
+                       "zeros.toml: binary data, not text")
     assert_usage_error(cli("batch", tmp_path / "q.png", "--dry-run"),
-                       "q.png is a PNG image, not text; give a job file: TOML, or one JSON "
+                       "q.png: a PNG image, not text; give a job file: TOML, or one JSON "
                        "object a line")
+    (tmp_path / "q.jsonl").write_bytes((tmp_path / "q.png").read_bytes())
+    assert_usage_error(cli("batch", tmp_path / "q.jsonl", "--dry-run"),
+                       "q.jsonl: a PNG image, not text; give a job file: TOML")
+    png = (tmp_path / "q.png").read_bytes()
+    assert_usage_error(cli("batch", "-", "--dry-run", input=png),
+                       "the jobs on stdin: a PNG image, not text; give a job file")
+    assert_usage_error(cli("gen", "-", *GEN, "--dry-run", input=png),
+                       "the prompts on stdin: a PNG image, not text; give them as text, one a "
+                       "line")
     (tmp_path / "latin.toml").write_bytes("steps = 1\n# caf\xe9\n".encode("latin-1"))
     assert_usage_error(cli("gen", "a", *GEN, "--preset", tmp_path / "latin.toml", "--dry-run"),
                        "not UTF-8 text (line 2,", "iconv -f latin1")  # text: as it was
@@ -63,6 +72,15 @@ def test_a_preset_file_not_found_says_what_to_do(tmp_path, monkeypatch):
     assert_usage_error(cli("gen", "a", *GEN, "--preset", "p/none.toml", "--dry-run"),
                        "preset file not found: p/none.toml; give a .toml file's path, or a "
                        "preset's name ('hires presets' lists them)")
+    # a name that is a file here, without the ./ that makes it a path (QA 211)
+    write(tmp_path / "one.toml", "steps = 1\n")
+    Image.new("RGB", (8, 8)).save(tmp_path / "c.png")
+    for given, here in (("one", "one.toml"), ("c.png", "c.png")):
+        assert_usage_error(cli("gen", "a", *GEN, "--preset", given, "--dry-run"),
+                           f"unknown preset '{given}' ({here} is a file here: give ./{here} to "
+                           "read it)")
+    assert_usage_error(cli("gen", "a", *GEN, "--preset", "./c.png", "--dry-run"),
+                       "c.png: a PNG image, not text")
 
 
 def test_a_long_prompt_on_stdin_is_said_with_its_number(tmp_path):

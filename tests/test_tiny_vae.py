@@ -97,3 +97,20 @@ def test_building_the_tiny_model_leaves_the_callers_random_stream_alone():
     again = tiny_pipeline()
     assert all(torch.equal(a, b) for a, b in zip(pipe.unet.state_dict().values(),
                                                  again.unet.state_dict().values()))
+
+
+def test_loading_the_tiny_model_with_its_linfusion_leaves_the_random_stream_alone():
+    """`hires.load("tiny")` still drew its LinFusion's MLPs from the caller's stream: a
+    script's seed meant nothing after it, and the tiny LinFusion differed with what the
+    script had drawn before (QA 211)."""
+    import hires
+
+    torch.manual_seed(5)
+    expected = torch.rand(4)
+    torch.manual_seed(5)
+    first = hires.load("tiny")
+    assert torch.equal(torch.rand(4), expected)
+    torch.rand(1000)  # a script's own draws before the next load change nothing in it
+    again = hires.load("tiny")
+    assert all(torch.equal(a, b) for a, b in zip(first.pipe.unet.state_dict().values(),
+                                                 again.pipe.unet.state_dict().values()))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers_cli import assert_usage_error, cli
+from helpers_cli import assert_usage_error, cli, error_lines
 from helpers_lora import write_tiny_lora
 from PIL import Image
 from safetensors.torch import load_file
@@ -56,8 +56,14 @@ def test_a_pickle_named_safetensors_as_a_lora_says_what_it_is(tmp_path, tiny):
     lora = write_tiny_lora(tmp_path / "l.safetensors", tiny.pipe)
     torch.save(load_file(lora), tmp_path / "p.safetensors")  # a pickle, renamed
     assert_usage_error(dry("--lora", tmp_path / "p.safetensors"),
-                       "p.safetensors is a pickle (torch.save's), not a safetensors file; name "
-                       "it .bin and pass --allow-pickle if you trust it")
+                       "p.safetensors is a pickle (torch.save's), not a safetensors file: name "
+                       "it .bin (a run then needs --allow-pickle, if you trust it")
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "z.safetensors", "w") as zipped:  # a download's zip
+        zipped.write(lora, "l.safetensors")
+    assert_usage_error(dry("--lora", tmp_path / "z.safetensors"), "z.safetensors is a zip "
+                       "file, not a safetensors file; unzip it and name the LoRA file inside")
     (tmp_path / "notes.safetensors").write_text("{}")
     assert_usage_error(dry("--lora", tmp_path / "notes.safetensors"),
                        "notes.safetensors is not a readable safetensors file; name the LoRA's "
@@ -71,3 +77,39 @@ def test_a_lora_as_the_ip_adapter_is_told_to_go_to_lora(tmp_path, tiny):
     assert_usage_error(dry("--ip-image", tmp_path / "face.png", "--ip-adapter", lora),
                        "l.safetensors is not an IP-Adapter", "it looks like a LoRA: give it "
                        "with --lora")
+
+
+def test_a_models_or_vaes_folder_as_the_ip_adapter_says_what_it_is(tiny_folder, tmp_path):
+    """A model's folder 'must hold one weight file (no .safetensors file)', untrue: its parts'
+    folders hold five (QA 211)."""
+    Image.new("RGB", (64, 64)).save(tmp_path / "face.png")
+    for folder, said in ((tiny_folder, "is a whole model's folder, not an IP-Adapter: pass it "
+                                       "as --model;"),
+                         (tiny_folder / "vae", "is a VAE's folder, not an IP-Adapter: pass it "
+                                               "as --vae;")):
+        assert_usage_error(dry("--ip-image", tmp_path / "face.png", "--ip-adapter", folder),
+                           f"IP-Adapter {folder} {said} give an IP-Adapter's folder or file")
+
+
+def test_a_job_files_advice_names_keys_a_presets_names_flags(tiny_folder, tmp_path, tiny):
+    """A batch, which has no --vae or --lora, was told to pass them (QA 211); a preset's
+    advice is for gen, which has them."""
+    vae = tiny_folder / "vae"
+    jobs = tmp_path / "j.toml"
+    jobs.write_text(f'[[job]]\nprompt = "a"\nsize = 256\nmodel = "{vae}"\n')
+    result = cli("batch", jobs, "--dry-run")
+    assert result.exit_code == 2 and error_lines(result.stderr) == [
+        f"error: 'model' in j.toml job 0: {vae} is a VAE's folder, not a whole model (no "
+        f"model_index.json); pass it as 'vae', and the model's folder ({tiny_folder}) as "
+        "'model'"]
+    lora = write_tiny_lora(tmp_path / "l.safetensors", tiny.pipe)
+    Image.new("RGB", (64, 64)).save(tmp_path / "face.png")
+    jobs.write_text(f'[[job]]\nprompt = "a"\nsize = 256\nmodel = "tiny"\nip_image = '
+                    f'"{tmp_path / "face.png"}"\nip_adapter = "{lora}"\n')
+    result = cli("batch", jobs, "--dry-run")
+    assert result.exit_code == 2 and error_lines(result.stderr)[0].endswith(
+        "it looks like a LoRA: give it with 'lora'"), result.stderr
+    preset = tmp_path / "p.toml"
+    preset.write_text(f'model = "{vae}"\n')
+    assert_usage_error(cli("gen", "a", "--preset", preset, "--dry-run"),
+                       "pass it as --vae, and the model's folder")
