@@ -884,7 +884,7 @@ def by_key(message: str, where: str, home: str = "the job file's", keyed: bool =
     (a batch's, which has none of those flags): its advice's other flags as keys too ("pass it
     as 'vae'", not "--vae")."""
     if keyed:
-        message = _keyed(message)
+        message = keyed_flags(message)
     for flag, key in {**FLAG_KEYS, "--image": "image"}.items():
         if message.startswith(f"{flag} "):
             text = message[len(flag) + 1:].replace(f"{flag} ", f"'{key}' ")
@@ -896,7 +896,7 @@ def by_key(message: str, where: str, home: str = "the job file's", keyed: bool =
     return f"{where}: {message}"
 
 
-def _keyed(message: str) -> str:
+def keyed_flags(message: str) -> str:
     """`message` with the job keys' flags as the keys ('--vae' as 'vae'): a batch has no
     such flags. A leading one is left as it is: `by_key` names where it was given."""
     head, rest = (message.split(" ", 1) + [""])[:2] if message.startswith("--") else ("", message)

@@ -461,7 +461,7 @@ def check_batch_paths(items: list, name: str) -> None:
     """Every batch job's model, VAE and LinFusion paths are there, before any work and in
     --dry-run alike (exit 2, naming the job, or --model when no job file key gave the model);
     `name`: the job file's, for messages."""
-    from hires.batch import by_giver
+    from hires.batch import by_giver, keyed_flags
     from hires.job import JobError, all_of
     from hires.model_refs import ModelError
 
@@ -474,7 +474,9 @@ def check_batch_paths(items: list, name: str) -> None:
         except ModelError as e:
             flagged = "model" not in item.file_keys and "model" not in item.given_in and \
                 str(e).startswith("--model ")  # --model's, not a preset's
-            said.setdefault(str(e), str(e) if flagged else by_giver(str(e), item, name))
+            # --model's advice names job keys past its own flag: batch has no --vae or --lora
+            said.setdefault(str(e), keyed_flags(str(e)) if flagged else
+                            by_giver(str(e), item, name))
     if said:
         raise all_of([JobError(line) for line in said.values()])
 

@@ -368,30 +368,43 @@ def _local_weight(path: Path, ref: str, allow_pickle: bool) -> tuple[str, str, s
     if path.is_file():
         folder, subfolder, weight = path.parent, "", path.name
     elif path.is_dir():
-        from hires.model_refs import folder_holds
-
-        held = folder_holds(path)
-        if held is not None:  # a model's or a VAE's: not 'must hold one weight file'
-            what, flag = held
-            where = f": pass it as {flag}" if flag else ""
-            raise IPAdapterError(f"IP-Adapter {ref} is {what}'s folder, not an IP-Adapter"
-                                 f"{where}; give an IP-Adapter's folder or file, or a Hub id")
         folder = path
         subfolder = HUB_SUBFOLDER if (path / HUB_SUBFOLDER).is_dir() else ""
-        weight = _pick_weight(path / subfolder, ref, allow_pickle)
+        try:
+            weight = _pick_weight(path / subfolder, ref, allow_pickle)
+        except IPAdapterError:  # a model's folder: not 'must hold one weight file'
+            if other := _other_folder(path, ref):
+                raise IPAdapterError(other) from None
+            raise
     else:
         raise IPAdapterError(f"IP-Adapter file or folder not found: {ref}")
     refusal = weights_refusal(Path(weight), "an IP-Adapter", allow_pickle)
     if refusal:
         raise IPAdapterError(refusal)
     if not (folder / subfolder / IMAGE_ENCODER_FOLDER / "config.json").is_file():
-        # A LoRA or ControlNet given here is told so, not to find it an image encoder
-        if other := _other_weights(folder / subfolder / weight, ref):
+        # A VAE's folder, a LoRA or a ControlNet given here is told so, not to find it an
+        # image encoder
+        if other := (path.is_dir() and _other_folder(path, ref)) or \
+                _other_weights(folder / subfolder / weight, ref):
             raise IPAdapterError(other)
         raise IPAdapterError(
             f"no image encoder for IP-Adapter {ref}: put the CLIP vision model (config.json and "
             f"weights) in an {IMAGE_ENCODER_FOLDER}/ folder beside {weight}")
     return str(folder), subfolder, weight
+
+
+def _other_folder(path: Path, ref: str) -> str | None:
+    """That the folder at `path` is a model's or a part's (a VAE's), not an IP-Adapter's, and
+    where it goes; None where it is none of those."""
+    from hires.model_refs import folder_holds
+
+    held = folder_holds(path)
+    if held is None:
+        return None
+    what, flag = held
+    where = f": pass it as {flag}" if flag else ""
+    return (f"IP-Adapter {ref} is {what}'s folder, not an IP-Adapter{where}; give an "
+            "IP-Adapter's folder or file, or a Hub id")
 
 
 def _pick_weight(folder: Path, ref: str, allow_pickle: bool) -> str:

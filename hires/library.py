@@ -263,7 +263,17 @@ def library_load(*args: Any, **kwargs: Any) -> Components:
     for key in kwargs:
         if key in names:
             continue
-        if str(key) in (*JOB_KEYS, *SIZE_KEYWORDS, *calls, "scale"):  # lora=: 'offload='?
+        if key == "components":
+            raise TypeError("load() got components=: load makes them; pass what it returns "
+                            "to hires.generate(..., components=...) or hires.upscale")
+        only_up = [n for n in inspect.signature(upscale).parameters  # scale, on_score
+                   if n not in (*inspect.signature(generate).parameters, *JOB_KEYS,
+                                *SIZE_KEYWORDS)]
+        if key in only_up:  # scale=: generate refuses it as upscale's
+            raise TypeError(f"load() got {key}=, a setting of each upscale, not of the "
+                            f"model: pass it to hires.upscale(image, {key}=...), with "
+                            "components=hires.load(...)")
+        if str(key) in (*JOB_KEYS, *SIZE_KEYWORDS, *calls):  # lora= was told 'offload='
             raise TypeError(f"load() got {key}=, a setting of each image, not of the model: "
                             f"pass it to hires.generate(..., {key}=...) or hires.upscale, "
                             "with components=hires.load(...)")

@@ -555,12 +555,9 @@ def attach_linfusion(
     unet = pipe.unet
     if linfusion == "auto":
         if model == "tiny":
-            # The tiny model's LinFusion is random like the rest of it, made from its UNet:
-            # the same each time, and the caller's random numbers left as they were.
-            from hires.tiny import seeded
+            from hires.tiny import tiny_linfusion
 
-            with seeded(2):
-                mounted = lf.LinFusion.from_unet(unet).mount(unet)
+            mounted = tiny_linfusion(unet).mount(unet)
             return "tiny", [], mounted.originals
         carried = Path(model).expanduser() / "linfusion"
         if model_kind(model) == "folder" and (carried / "config.json").is_file():

@@ -3,6 +3,7 @@ with the CLI: a checked Job through its stages."""
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import time
@@ -159,7 +160,8 @@ class Result:
         except DiskRefused as e:  # the result is still here: said what to do, as the CLI does
             said = str(in_library_terms(e))
             if "free room" not in said:
-                said += "; free room there, or save it elsewhere: the result is kept"
+                fix = "make it writable" if e.errno == errno.EROFS else "free room there"
+                said += f"; {fix}, or save it elsewhere: the result is kept"
             raise DiskRefused(said, e.folder, e.errno) from None
         except OutputError as e:  # its message names the CLI's flags: say the keywords
             raise in_library_terms(e) from None

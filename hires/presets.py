@@ -188,8 +188,9 @@ def load_preset(ref: str) -> Preset:
     if ref not in presets:
         # a file of the user's here, named without the path that makes it a file
         here = next((f for f in (f"{ref}.toml", ref) if Path(f).is_file()), None)
-        hint = f" ({here} is a file here: give ./{here} to read it)" if here else \
-            closest_hint(ref, sorted(presets))
+        hint = (f" ({here} is a file here: give ./{here} to read it)" if here.endswith(".toml")
+                else f" ({here} is a file here, not a preset: a preset is a .toml text file)"
+                ) if here else closest_hint(ref, sorted(presets))
         raise JobError(f"unknown preset '{ref}'{hint}; 'hires presets' lists them"
                        f"{_folder_note()}")
     return presets[ref]

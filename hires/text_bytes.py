@@ -64,6 +64,10 @@ def binary_kind(data: bytes, nuls: bool = True) -> str | None:
         return kind
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "a WebP image"
+    if data[:2] == b"BM" and data[6:10] == b"\x00" * 4:  # its reserved bytes: no text's
+        return "a BMP image"
+    if data[:4] == b"\x00\x00\x01\x00":
+        return "an ICO image"
     return "binary data" if nuls and b"\x00" in data[:8192] and not marked(data) else None
 
 

@@ -159,16 +159,23 @@ def tiny_pipeline(seed: int = 0, trained_vae: bool = True) -> StableDiffusionXLP
     )
 
 
+def tiny_linfusion(unet: UNet2DConditionModel, seed: int = 0):
+    """The tiny model's LinFusion, random like the rest of it, made from its UNet: the same
+    each time (`--model tiny` and a saved folder's alike), the caller's random numbers kept."""
+    from hires.linfusion import LinFusion
+
+    with seeded(seed + 2):
+        return LinFusion.from_unet(unet)
+
+
 def save_tiny(folder: str | Path, seed: int = 0, trained_vae: bool = True) -> Path:
     """Write the tiny SDXL as a diffusers folder (safetensors), loadable like any real model.
 
     Its LinFusion weights go in `linfusion/` inside, where the resolver looks for a folder's own.
     """
-    from hires.linfusion import LinFusion
-
     folder = Path(folder)
     pipe = tiny_pipeline(seed, trained_vae)
     pipe.save_pretrained(folder, safe_serialization=True)
-    LinFusion.from_unet(pipe.unet).save(folder / "linfusion")
+    tiny_linfusion(pipe.unet, seed).save(folder / "linfusion")
     (folder / "hires_tiny.json").write_text(json.dumps({"seed": seed, "trained_vae": trained_vae}))
     return folder

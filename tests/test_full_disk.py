@@ -276,6 +276,13 @@ def test_a_refused_image_takes_back_the_stage_images_its_save_made(tmp_path, mon
                        r"or save it elsewhere: the result is kept$"):
         result.save(tmp_path / "f.png", save_stages=True, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.stage1.png"]
+    def read_only(image, path, *args, **kwargs):
+        raise DiskRefused(f"cannot write {path}: Read-only file system", tmp_path, errno.EROFS)
+
+    monkeypatch.setattr(hires.output, "save_image", read_only)  # no room to free: said so
+    with pytest.raises(DiskRefused, match=r"f\.png: Read-only file system; make it writable, "
+                       r"or save it elsewhere: the result is kept$"):
+        result.save(tmp_path / "f.png")
     monkeypatch.setattr(hires.output, "save_image", real)
     result.save(tmp_path / "f.png", save_stages=True, overwrite=True)  # room again: all three
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.png", "f.stage0.png",

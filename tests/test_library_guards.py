@@ -288,7 +288,7 @@ def test_load_takes_the_model_by_position_and_the_rest_by_keyword():
         hires.load("tiny", zzz=1)
 
 
-@pytest.mark.parametrize("key", ["lora", "steps", "vram", "size", "scale", "save_stages",
+@pytest.mark.parametrize("key", ["lora", "steps", "vram", "size", "save_stages",
                                  "checkpoint"])
 def test_load_tells_an_images_setting_where_it_goes(key):
     """`hires.load("tiny", lora=...)` was asked 'did you mean offload=?': a setting of each
@@ -298,6 +298,18 @@ def test_load_tells_an_images_setting_where_it_goes(key):
             f"hires.generate(..., {key}=...) or hires.upscale, with "
             "components=hires.load(...)")):
         hires.load("tiny", **{key: 1})
+
+
+def test_load_tells_an_upscales_setting_and_the_components_where_they_go():
+    """load(scale=2) was sent to generate, which refuses scale= as upscale's; components= was
+    told to pass components=hires.load(...) (QA 212)."""
+    for key in ("scale", "on_score"):
+        with pytest.raises(TypeError, match=re.escape(
+                f"load() got {key}=, a setting of each upscale, not of the model: pass it to "
+                f"hires.upscale(image, {key}=...)")):
+            hires.load("tiny", **{key: 2})
+    with pytest.raises(TypeError, match=re.escape("load() got components=: load makes them")):
+        hires.load("tiny", components=1)
 
 
 def test_an_unknown_keyword_is_matched_against_every_keyword_of_the_call(tiny, tmp_path):

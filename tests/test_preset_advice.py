@@ -58,6 +58,10 @@ def test_an_image_as_a_preset_or_job_file_is_said_to_be_one(tmp_path):
     assert_usage_error(cli("gen", "-", *GEN, "--dry-run", input=png),
                        "the prompts on stdin: a PNG image, not text; give them as text, one a "
                        "line")
+    Image.new("RGB", (8, 8)).save(tmp_path / "q.bmp")  # its 'BM' could start a prompt
+    assert_usage_error(cli("gen", "-", *GEN, "--dry-run",
+                           input=(tmp_path / "q.bmp").read_bytes()),
+                       "the prompts on stdin: a BMP image, not text")
     (tmp_path / "latin.toml").write_bytes("steps = 1\n# caf\xe9\n".encode("latin-1"))
     assert_usage_error(cli("gen", "a", *GEN, "--preset", tmp_path / "latin.toml", "--dry-run"),
                        "not UTF-8 text (line 2,", "iconv -f latin1")  # text: as it was
@@ -75,10 +79,12 @@ def test_a_preset_file_not_found_says_what_to_do(tmp_path, monkeypatch):
     # a name that is a file here, without the ./ that makes it a path (QA 211)
     write(tmp_path / "one.toml", "steps = 1\n")
     Image.new("RGB", (8, 8)).save(tmp_path / "c.png")
-    for given, here in (("one", "one.toml"), ("c.png", "c.png")):
-        assert_usage_error(cli("gen", "a", *GEN, "--preset", given, "--dry-run"),
-                           f"unknown preset '{given}' ({here} is a file here: give ./{here} to "
-                           "read it)")
+    assert_usage_error(cli("gen", "a", *GEN, "--preset", "one", "--dry-run"),
+                       "unknown preset 'one' (one.toml is a file here: give ./one.toml to read "
+                       "it)")
+    assert_usage_error(cli("gen", "a", *GEN, "--preset", "c.png", "--dry-run"),  # QA 212
+                       "unknown preset 'c.png' (c.png is a file here, not a preset: a preset "
+                       "is a .toml text file)")
     assert_usage_error(cli("gen", "a", *GEN, "--preset", "./c.png", "--dry-run"),
                        "c.png: a PNG image, not text")
 

@@ -114,3 +114,20 @@ def test_loading_the_tiny_model_with_its_linfusion_leaves_the_random_stream_alon
     again = hires.load("tiny")
     assert all(torch.equal(a, b) for a, b in zip(first.pipe.unet.state_dict().values(),
                                                  again.pipe.unet.state_dict().values()))
+
+
+def test_a_saved_tiny_folder_runs_as_the_tiny_model(tmp_path):
+    """save_tiny drew its LinFusion from the caller's stream: two saves differed, and
+    `--model FOLDER` ran another LinFusion than `--model tiny` (QA 212)."""
+    import hires
+    from hires.tiny import save_tiny
+
+    torch.manual_seed(5)
+    expected = torch.rand(4)
+    torch.manual_seed(5)
+    folder = save_tiny(tmp_path / "t")
+    assert torch.equal(torch.rand(4), expected)
+    saved, built = hires.load(str(folder)), hires.load("tiny")
+    assert saved.linfusion is not None
+    assert all(torch.equal(a, b) for a, b in zip(saved.pipe.unet.state_dict().values(),
+                                                 built.pipe.unet.state_dict().values()))

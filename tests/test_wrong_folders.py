@@ -3,6 +3,8 @@ it is and where it goes, not as a file missing (QA 210)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from helpers_cli import assert_usage_error, cli, error_lines
@@ -109,7 +111,26 @@ def test_a_job_files_advice_names_keys_a_presets_names_flags(tiny_folder, tmp_pa
     result = cli("batch", jobs, "--dry-run")
     assert result.exit_code == 2 and error_lines(result.stderr)[0].endswith(
         "it looks like a LoRA: give it with 'lora'"), result.stderr
+    jobs.write_text('[[job]]\nprompt = "a"\nsize = 256\n')  # batch's own --model: its flag
+    result = cli("batch", jobs, "--model", vae, "--dry-run")
+    assert result.exit_code == 2 and error_lines(result.stderr) == [
+        f"error: --model {vae} is a VAE's folder, not a whole model (no model_index.json); "
+        f"pass it as 'vae', and the model's folder ({tiny_folder}) as 'model'"]
     preset = tmp_path / "p.toml"
     preset.write_text(f'model = "{vae}"\n')
     assert_usage_error(cli("gen", "a", "--preset", preset, "--dry-run"),
                        "pass it as --vae, and the model's folder")
+
+
+def test_a_models_folder_that_holds_an_ip_adapter_is_one(tiny_folder, tmp_path, tiny):
+    """A folder with model_index.json and an IP-Adapter in the Hub's layout (sdxl_models/) was
+    refused as a model's by the check above (QA 212): the adapter is looked for first."""
+    import shutil
+
+    from helpers_ip import write_tiny_ip_adapter
+
+    both = Path(shutil.copytree(tiny_folder, tmp_path / "both"))
+    write_tiny_ip_adapter(both / "sdxl_models", tiny.pipe)
+    Image.new("RGB", (64, 64)).save(tmp_path / "face.png")
+    result = dry("--ip-image", tmp_path / "face.png", "--ip-adapter", both)
+    assert result.exit_code == 0, result.stderr
