@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 from collections import namedtuple
 from pathlib import Path
 
@@ -237,20 +238,25 @@ def _staged(tiny):
                           save_stages=True)
 
 
+def _refusing(name: str, code: int, folder: Path):
+    """hires.output.save_image, but the disk refuses the file called `name` (errno `code`)."""
+    real = hires.output.save_image
+
+    def save_image(image, path, *args, **kwargs):
+        if Path(path).name == name:
+            raise DiskRefused(f"cannot write {path}: {os.strerror(code)}", folder, code)
+        return real(image, path, *args, **kwargs)
+
+    return save_image
+
+
 def test_the_library_says_what_to_do_when_a_stage_image_is_refused(tmp_path, monkeypatch,
                                                                     tiny):
     """`Result.save(save_stages=True)` on a full disk gave a bare "No space left on device"
     at a stage image, and left the stage images written before it."""
     result = _staged(tiny)
-    real = hires.output.save_image
-
-    def full_at_stage1(image, path, *args, **kwargs):
-        if Path(path).name == "f.stage1.png":
-            raise DiskRefused(f"cannot write {path}: No space left on device", tmp_path,
-                              errno.ENOSPC)
-        return real(image, path, *args, **kwargs)
-
-    monkeypatch.setattr(hires.output, "save_image", full_at_stage1)
+    monkeypatch.setattr(hires.output, "save_image",
+                        _refusing("f.stage1.png", errno.ENOSPC, tmp_path))
     with pytest.raises(DiskRefused, match=r"f\.stage1\.png: No space left on device \(a stage "
                        r"image\); free room there, or save without save_stages$"):
         result.save(tmp_path / "f.png", save_stages=True)
@@ -264,22 +270,13 @@ def test_a_refused_image_takes_back_the_stage_images_its_save_made(tmp_path, mon
     result = _staged(tiny)
     real = hires.output.save_image
     (tmp_path / "f.stage1.png").write_bytes(b"older")
-
-    def full_at_the_image(image, path, *args, **kwargs):
-        if Path(path).name == "f.png":
-            raise DiskRefused(f"cannot write {path}: No space left on device", tmp_path,
-                              errno.ENOSPC)
-        return real(image, path, *args, **kwargs)
-
-    monkeypatch.setattr(hires.output, "save_image", full_at_the_image)
+    monkeypatch.setattr(hires.output, "save_image", _refusing("f.png", errno.ENOSPC, tmp_path))
     with pytest.raises(DiskRefused, match=r"f\.png: No space left on device; free room there, "
                        r"or save it elsewhere: the result is kept$"):
         result.save(tmp_path / "f.png", save_stages=True, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.stage1.png"]
-    def read_only(image, path, *args, **kwargs):
-        raise DiskRefused(f"cannot write {path}: Read-only file system", tmp_path, errno.EROFS)
-
-    monkeypatch.setattr(hires.output, "save_image", read_only)  # no room to free: said so
+    monkeypatch.setattr(hires.output, "save_image",  # no room to free: said so
+                        _refusing("f.png", errno.EROFS, tmp_path))
     with pytest.raises(DiskRefused, match=r"f\.png: Read-only file system; make it writable, "
                        r"or save it elsewhere: the result is kept$"):
         result.save(tmp_path / "f.png")
