@@ -409,12 +409,13 @@ def stdin_lines(what: str, head: bytes = b"", text: bool = False) -> list[str]:
             lines = (head.decode("utf-8") + sys.stdin.read()).splitlines()
         else:
             data = head + raw.read()
-            if name := unmarked(data):  # else a NUL every other character
-                raise typer.BadParameter(unmarked_problem(name, f"the {what} on stdin"))
-            # an image piped as prompts was told to convert it from Latin-1 (NULs: find -print0)
+            # an image piped as prompts was told to convert it from Latin-1 (NULs: find
+            # -print0), a BMP's NULs read as UTF-32
             if text and (kind := binary_kind(data, nuls=False)):
                 raise typer.BadParameter(f"the {what} on stdin: {kind}, not text; give them "
                                          "as text, one a line")
+            if name := unmarked(data):  # else a NUL every other character
+                raise typer.BadParameter(unmarked_problem(name, f"the {what} on stdin"))
             # each ended by a NUL (find -print0, xargs -0's input): taken whole, newlines too
             if b"\0" in data and not marked(data):
                 if not data.endswith(b"\0"):  # a last entry ended by echo's newline instead

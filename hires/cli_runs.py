@@ -3,6 +3,7 @@ once, each image planned, resumed, shown in progress and saved (`make_image`, `b
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import time
@@ -659,7 +660,8 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
                        vae_dtype=dtype_name(components.vae_dtype),
                        addons=components.addons_running)
         except DiskRefused as e:  # an extra file: what to do said (it stopped the job bare)
-            raise DiskRefused(f"{e} (a --save-stages image); free room there, or drop "
+            fix = "make it writable" if e.errno == errno.EROFS else "free room there"
+            raise DiskRefused(f"{e} (a --save-stages image); {fix}, or drop "
                               "--save-stages, and run the same command again", e.folder,
                               e.errno) from None
         say(f"  stage {index}: {stage_files[index]}")

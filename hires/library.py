@@ -253,34 +253,41 @@ def library_load(*args: Any, **kwargs: Any) -> Components:
     if len(args) > 1:
         raise TypeError(f"load() takes the model by position and the rest by keyword "
                         f"({names[1]}=..., device=...): got {len(args)} positional arguments")
+    for key in kwargs:
+        if key not in names:
+            raise TypeError(_not_loads(str(key), names))
+    with in_keywords():  # load checks its arguments as a job's: 'model' in the job
+        return load(*args, **kwargs)
+
+
+def _not_loads(key: str, names: list[str]) -> str:
+    """What to say of `key=` given to load, which takes `names`: another call's keyword (lora=,
+    or a misspelling of one: lroa=) is said to be that call's, not 'did you mean offload='."""
+    import difflib
+
     from hires.job import JOB_KEYS
     from hires.pipeline import generate
     from hires.upscale import upscale
 
-    # generate's and upscale's own keywords too: save_stages= was told 'did you mean vae_dtype='
-    calls = [n for f in (generate, upscale) for n, p in inspect.signature(f).parameters.items()
-             if p.kind is not inspect.Parameter.VAR_KEYWORD and n not in ("job", "image")]
-    for key in kwargs:
-        if key in names:
-            continue
-        if key == "components":
-            raise TypeError("load() got components=: load makes them; pass what it returns "
-                            "to hires.generate(..., components=...) or hires.upscale")
-        only_up = [n for n in inspect.signature(upscale).parameters  # scale, on_score
-                   if n not in (*inspect.signature(generate).parameters, *JOB_KEYS,
-                                *SIZE_KEYWORDS)]
-        if key in only_up:  # scale=: generate refuses it as upscale's
-            raise TypeError(f"load() got {key}=, a setting of each upscale, not of the "
-                            f"model: pass it to hires.upscale(image, {key}=...), with "
-                            "components=hires.load(...)")
-        if str(key) in (*JOB_KEYS, *SIZE_KEYWORDS, *calls):  # lora= was told 'offload='
-            raise TypeError(f"load() got {key}=, a setting of each image, not of the model: "
-                            f"pass it to hires.generate(..., {key}=...) or hires.upscale, "
-                            "with components=hires.load(...)")
-        raise TypeError(f"load() got an unknown keyword {key}= "
-                        f"({keyword_hint(str(key), names)})")
-    with in_keywords():  # load checks its arguments as a job's: 'model' in the job
-        return load(*args, **kwargs)
+    made = [n for f in (generate, upscale) for n, p in inspect.signature(f).parameters.items()
+            if p.kind is not inspect.Parameter.VAR_KEYWORD and n not in ("job", "image")]
+    only_up = [n for n in inspect.signature(upscale).parameters  # scale, on_score
+               if n not in (*inspect.signature(generate).parameters, *JOB_KEYS, *SIZE_KEYWORDS)]
+    theirs = list(dict.fromkeys([*JOB_KEYS, *SIZE_KEYWORDS, *made]))
+    meant = key if key in theirs else next(iter(difflib.get_close_matches(
+        key, [*names, *theirs], n=1, cutoff=0.5)), None)
+    if meant is None or meant in names:
+        return f"load() got an unknown keyword {key}= ({keyword_hint(key, names)})"
+    got = f"{key}=" if meant == key else f"{key}= ({meant}=?)"
+    if meant == "components":
+        return (f"load() got {got}: load makes the components; pass what it returns to "
+                "hires.generate(..., components=...) or hires.upscale")
+    if meant in only_up:  # scale=: generate refuses it as upscale's
+        return (f"load() got {got}, a setting of each upscale, not of the model: pass it to "
+                f"hires.upscale(image, {meant}=...), with components=hires.load(...)")
+    return (f"load() got {got}, a setting of each image, not of the model: pass it to "
+            f"hires.generate(..., {meant}=...) or hires.upscale, with "
+            "components=hires.load(...)")
 
 
 # help() and editors show what it takes: the model by position, the rest by keyword (wraps

@@ -74,7 +74,7 @@ def check_paths(model: str, vae: str | None, linfusion: str, allow_pickle: bool 
             raise ModelError(f"{what} {ref}: no such file; give a .safetensors file, a diffusers "
                              "folder or a Hugging Face Hub id (owner/name)", usage=True)
         # what the file is first: junk is not "a pickle checkpoint" to allow
-        refusal = single_file_refusal(path, what == "--vae") or weights_refusal(
+        refusal = single_file_refusal(path, what == "--vae", ref) or weights_refusal(
             path, {"--vae": "a VAE"}.get(what, "an SDXL model"), allow_pickle)
         if refusal:
             raise ModelError(f"{what} {refusal}", usage=True)
@@ -364,24 +364,26 @@ def check_vae_ref(ref: str, allow_pickle: bool) -> None:
 SDXL_FILE_PREFIXES = ("model.diffusion_model.", "conditioner.")
 
 
-def single_file_refusal(path: Path, vae: bool = False) -> str | None:
+def single_file_refusal(path: Path, vae: bool = False, shown: str | None = None) -> str | None:
     """Why the single file at `path` is not an SDXL checkpoint (`vae`: a VAE's weights), from
     its tensor names alone (None: it may be): a .safetensors header's, a torch.save file's
     where they can be read without running its code (`_pickle_keys`); a pickle's first bytes
-    are checked to be torch.save's (a zip, or a pickle), so a dry run refuses junk."""
+    are checked to be torch.save's (a zip, or a pickle), so a dry run refuses junk. `shown`:
+    the file as the user named it (else its name alone)."""
     from hires.safetensors_header import read_header, truncated
 
+    name = shown or path.name  # 'diffusion_pytorch_model.safetensors' is every part's
     if path.suffix in PICKLE_SUFFIXES:
-        return _pickle_file_refusal(path) or _keys_refusal(path.name, _pickle_keys(path), vae)
+        return _pickle_file_refusal(path) or _keys_refusal(name, _pickle_keys(path), vae)
     if path.suffix != ".safetensors":
         return None
     header = read_header(path)
     if header is None and (cut := truncated(path)):
-        return f"{path.name} is {cut}"
+        return f"{name} is {cut}"
     if header is None:
-        return (f"{path.name} is not a valid safetensors file (truncated, or not safetensors at "
+        return (f"{name} is not a valid safetensors file (truncated, or not safetensors at "
                 "all?); re-download or re-save it")
-    return _keys_refusal(path.name, [k for k in header if k != "__metadata__"], vae)
+    return _keys_refusal(name, [k for k in header if k != "__metadata__"], vae)
 
 
 def _keys_refusal(name: str, keys: list[str] | None, vae: bool) -> str | None:
@@ -501,6 +503,10 @@ def pipeline_folder_refusal(path: Path, allow_pickle: bool = True) -> str | None
             where = f"pass it as {flag}, and the model's folder{model} as --model" if flag \
                 else f"give the model's folder{model}, a .safetensors file or a Hub id"
             return f"is {what}'s folder, not a whole model (no model_index.json); {where}"
+        if any((path / sub / "image_encoder" / "config.json").is_file()
+               for sub in ("", "sdxl_models")):  # no part of a model: no folder above holds it
+            return ("is an IP-Adapter's folder (its image_encoder/), not a whole model (no "
+                    "model_index.json); pass it as --ip-adapter, and a model as --model")
         return ("is a folder but not a diffusers model (no model_index.json); give the folder "
                 "that holds it, a .safetensors file or a Hub id")
     try:

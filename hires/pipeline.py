@@ -159,7 +159,7 @@ class Result:
                         **{"warn": self._warned, **options})
         except DiskRefused as e:  # the result is still here: said what to do, as the CLI does
             said = str(in_library_terms(e))
-            if "free room" not in said:
+            if "(a stage image)" not in said:
                 fix = "make it writable" if e.errno == errno.EROFS else "free room there"
                 said += f"; {fix}, or save it elsewhere: the result is kept"
             raise DiskRefused(said, e.folder, e.errno) from None

@@ -3,6 +3,7 @@ metadata), and saving a result with that record (`save`: the CLI's, and `Result.
 
 from __future__ import annotations
 
+import errno
 import math
 from collections.abc import Callable
 from dataclasses import replace
@@ -243,8 +244,9 @@ def save(result: Result, path: str | Path, *, fmt: str | None = None, overwrite:
                                linfusion=result.linfusion, vae_dtype=result.vae_dtype,
                                dtype=record["dtype"], addons=result.addons)
                 except output.DiskRefused as e:  # an extra file: say what to do about it
-                    raise output.DiskRefused(f"{e} (a stage image); free room there, or save "
-                                             "without save_stages", e.folder, e.errno) from None
+                    fix = "make it writable" if e.errno == errno.EROFS else "free room there"
+                    raise output.DiskRefused(f"{e} (a stage image); {fix}, or save without "
+                                             "save_stages", e.folder, e.errno) from None
                 if new:
                     made.append(stage_path)
         return _save_image(result, path, record, metadata, fmt=fmt, overwrite=overwrite,

@@ -59,25 +59,43 @@ _BINARY_KINDS = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
 
 def binary_kind(data: bytes, nuls: bool = True) -> str | None:
     """'a PNG image' (or with `nuls`, 'binary data' for NUL bytes) where `data` is no text;
-    None: it may be."""
-    if kind := next((kind for magic, kind in _BINARY_KINDS if data.startswith(magic)), None):
-        return kind
+    None: it may be. A format's mark counts only where the bytes after it are no text: a
+    prompt may start 'GIF89a' or 'BM'."""
+    kind = next((kind for magic, kind in _BINARY_KINDS if data.startswith(magic)), None)
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "a WebP image"
-    if data[:2] == b"BM" and data[6:10] == b"\x00" * 4:  # its reserved bytes: no text's
-        return "a BMP image"
-    if data[:4] == b"\x00\x00\x01\x00":
-        return "an ICO image"
+        kind = "a WebP image"
+    elif data[:2] == b"BM":
+        kind = "a BMP image"
+    elif data[:4] == b"\x00\x00\x01\x00":
+        kind = "an ICO image"
+    if kind and _binary(data[:64]):
+        return kind
     return "binary data" if nuls and b"\x00" in data[:8192] and not marked(data) else None
+
+
+def _binary(head: bytes) -> bool:
+    """Whether `head` (a file's first bytes) holds what no text does: a NUL or another control
+    byte than tab and line ends, or bytes that are not UTF-8 (before a character cut at its
+    end)."""
+    if any(b < 0x20 and b not in b"\t\n\r" for b in head):
+        return True
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e.start < len(head) - 3
+    return False
 
 
 def decoded(data: bytes, what: str, fix: str, wanted: str = "a text file") -> str:
     """`data` as text (a UTF-8 byte-order mark dropped); ValueError naming `what` ("j.toml",
     "the jobs on stdin") and the bad line, and saying `fix` ("save it as UTF-8"); for bytes
     that are no text at all (an image), what they are and that `wanted` is needed."""
+    # a PNG given as a preset was told to convert from Latin-1; a BMP's NULs read as UTF-32
+    if kind := binary_kind(data, nuls=False):
+        raise ValueError(f"{what}: {kind}, not text; give {wanted}")
     if name := unmarked(data):  # else read as a TOML error at line 1, column 2
         raise ValueError(unmarked_problem(name, what))
-    if kind := binary_kind(data):  # a PNG given as a preset was told to convert from Latin-1
+    if kind := binary_kind(data):
         raise ValueError(f"{what}: {kind}, not text; give {wanted}")
     encoding = marked(data)
     try:

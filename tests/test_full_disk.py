@@ -261,6 +261,11 @@ def test_the_library_says_what_to_do_when_a_stage_image_is_refused(tmp_path, mon
                        r"image\); free room there, or save without save_stages$"):
         result.save(tmp_path / "f.png", save_stages=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # stage 0's image not left behind
+    monkeypatch.setattr(hires.output, "save_image",  # no room to free there (QA 214)
+                        _refusing("f.stage1.png", errno.EROFS, tmp_path))
+    with pytest.raises(DiskRefused, match=r"Read-only file system \(a stage image\); make it "
+                       r"writable, or save without save_stages$"):
+        result.save(tmp_path / "f.png", save_stages=True)
 
 
 def test_a_refused_image_takes_back_the_stage_images_its_save_made(tmp_path, monkeypatch,

@@ -308,8 +308,15 @@ def test_load_tells_an_upscales_setting_and_the_components_where_they_go():
                 f"load() got {key}=, a setting of each upscale, not of the model: pass it to "
                 f"hires.upscale(image, {key}=...)")):
             hires.load("tiny", **{key: 2})
-    with pytest.raises(TypeError, match=re.escape("load() got components=: load makes them")):
+    with pytest.raises(TypeError, match=re.escape("load() got components=: load makes the "
+                                                  "components")):
         hires.load("tiny", components=1)
+    # misspelt, each is said as what it was meant to be, not as a load keyword (QA 214)
+    for key, said in (("lroa", "lroa= (lora=?), a setting of each image"),
+                      ("sacle", "sacle= (scale=?), a setting of each upscale"),
+                      ("componets", "componets= (components=?): load makes the components")):
+        with pytest.raises(TypeError, match=re.escape(f"load() got {said}")):
+            hires.load("tiny", **{key: 1})
 
 
 def test_an_unknown_keyword_is_matched_against_every_keyword_of_the_call(tiny, tmp_path):

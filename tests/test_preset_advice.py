@@ -58,7 +58,7 @@ def test_an_image_as_a_preset_or_job_file_is_said_to_be_one(tmp_path):
     assert_usage_error(cli("gen", "-", *GEN, "--dry-run", input=png),
                        "the prompts on stdin: a PNG image, not text; give them as text, one a "
                        "line")
-    Image.new("RGB", (8, 8)).save(tmp_path / "q.bmp")  # its 'BM' could start a prompt
+    Image.new("RGB", (64, 64)).save(tmp_path / "q.bmp")  # its NULs read as UTF-32 (QA 214)
     assert_usage_error(cli("gen", "-", *GEN, "--dry-run",
                            input=(tmp_path / "q.bmp").read_bytes()),
                        "the prompts on stdin: a BMP image, not text")
@@ -101,3 +101,10 @@ def test_a_long_prompt_on_stdin_is_said_with_its_number(tmp_path):
         "warning: prompt 2 on stdin", "warning: prompt 3 on stdin"]
     one = cli("gen", long_a, *GEN, "-o", tmp_path / "one.png", "--dry-run")
     assert "warning: the prompt is " in one.stderr  # one prompt: no number
+
+
+def test_a_prompt_that_starts_as_an_image_format_does_is_a_prompt(tmp_path):
+    """'GIF89a cat' on stdin was refused as a GIF image (QA 214)."""
+    result = cli("gen", "-", *GEN, "-o", tmp_path / "{index}.png", "--dry-run",
+                 input="GIF89a cat\nBM of a cat\n%PDF of a fox\n")
+    assert result.exit_code == 0, result.stderr

@@ -134,3 +134,17 @@ def test_a_models_folder_that_holds_an_ip_adapter_is_one(tiny_folder, tmp_path, 
     Image.new("RGB", (64, 64)).save(tmp_path / "face.png")
     result = dry("--ip-image", tmp_path / "face.png", "--ip-adapter", both)
     assert result.exit_code == 0, result.stderr
+
+
+def test_an_ip_adapters_folder_as_the_model_says_what_it_is(tmp_path, tiny):
+    """It was told to 'give the folder that holds it': no model's folder holds one (QA 214)."""
+    from helpers_ip import write_tiny_ip_adapter
+
+    write_tiny_ip_adapter(tmp_path / "ip", tiny.pipe)
+    assert_usage_error(cli("gen", "a", "--model", tmp_path / "ip", "--dry-run"),
+                       f"--model {tmp_path / 'ip'} is an IP-Adapter's folder (its "
+                       "image_encoder/), not a whole model (no model_index.json); pass it as "
+                       "--ip-adapter, and a model as --model")
+    file = tmp_path / "ip" / "image_encoder" / "model.safetensors"
+    said = cli("gen", "a", "--model", file, "--dry-run")  # named as given, not by its name
+    assert_usage_error(said, f"--model {file} is not an SDXL checkpoint")
