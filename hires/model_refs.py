@@ -74,7 +74,7 @@ def check_paths(model: str, vae: str | None, linfusion: str, allow_pickle: bool 
             raise ModelError(f"{what} {ref}: no such file; give a .safetensors file, a diffusers "
                              "folder or a Hugging Face Hub id (owner/name)", usage=True)
         # what the file is first: junk is not "a pickle checkpoint" to allow
-        refusal = single_file_refusal(path, what == "--vae", ref) or weights_refusal(
+        refusal = single_file_refusal(path, what == "--vae") or weights_refusal(
             path, {"--vae": "a VAE"}.get(what, "an SDXL model"), allow_pickle)
         if refusal:
             raise ModelError(f"{what} {refusal}", usage=True)
