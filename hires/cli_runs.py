@@ -3,7 +3,6 @@ once, each image planned, resumed, shown in progress and saved (`make_image`, `b
 
 from __future__ import annotations
 
-import errno
 import math
 import os
 import time
@@ -652,7 +651,7 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
 
     def stage_image(index: int, image) -> None:
         from hires.errors import dtype_name
-        from hires.output import DiskRefused
+        from hires.output import DiskRefused, disk_fix
 
         try:
             save_stage(image, stage_files[index], job, index, fmt=job.format, overwrite=True,
@@ -660,8 +659,7 @@ def make_image(job, path: Path, components, *, heading: str, gpu: str | None = N
                        vae_dtype=dtype_name(components.vae_dtype),
                        addons=components.addons_running)
         except DiskRefused as e:  # an extra file: what to do said (it stopped the job bare)
-            fix = "make it writable" if e.errno == errno.EROFS else "free room there"
-            raise DiskRefused(f"{e} (a --save-stages image); {fix}, or drop "
+            raise DiskRefused(f"{e} (a --save-stages image); {disk_fix(e.errno)}, or drop "
                               "--save-stages, and run the same command again", e.folder,
                               e.errno) from None
         say(f"  stage {index}: {stage_files[index]}")

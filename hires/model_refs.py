@@ -364,15 +364,14 @@ def check_vae_ref(ref: str, allow_pickle: bool) -> None:
 SDXL_FILE_PREFIXES = ("model.diffusion_model.", "conditioner.")
 
 
-def single_file_refusal(path: Path, vae: bool = False, shown: str | None = None) -> str | None:
+def single_file_refusal(path: Path, vae: bool = False) -> str | None:
     """Why the single file at `path` is not an SDXL checkpoint (`vae`: a VAE's weights), from
     its tensor names alone (None: it may be): a .safetensors header's, a torch.save file's
     where they can be read without running its code (`_pickle_keys`); a pickle's first bytes
-    are checked to be torch.save's (a zip, or a pickle), so a dry run refuses junk. `shown`:
-    the file as the user named it (else its name alone)."""
+    are checked to be torch.save's (a zip, or a pickle), so a dry run refuses junk."""
     from hires.safetensors_header import read_header, truncated
 
-    name = shown or path.name  # 'diffusion_pytorch_model.safetensors' is every part's
+    name = path.name
     if path.suffix in PICKLE_SUFFIXES:
         return _pickle_file_refusal(path) or _keys_refusal(name, _pickle_keys(path), vae)
     if path.suffix != ".safetensors":

@@ -74,6 +74,11 @@ class DiskRefused(OutputError):
         self.folder, self.errno = folder, code
 
 
+def disk_fix(code: int | None) -> str:
+    """What frees a disk that refused a write with errno `code`: room, or a writable mount."""
+    return "make it writable" if code == errno.EROFS else "free room there"
+
+
 # The errors of a disk that refuses every write alike until a person frees space or remounts it.
 LASTING_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 

@@ -3,7 +3,6 @@ with the CLI: a checked Job through its stages."""
 
 from __future__ import annotations
 
-import errno
 import os
 import sys
 import time
@@ -123,7 +122,7 @@ class Result:
         record it returns (and the file's) and given to Python's `warnings`. A preview's (a run of
         `hires.plan.preview_of`'s plan) records itself as its job's stage 0, as `--preview`'s."""
         from hires.job import plain_number
-        from hires.output import DiskRefused, OutputError, OutputUsage, in_library_terms
+        from hires.output import DiskRefused, OutputError, OutputUsage, disk_fix, in_library_terms
         from hires.record import save
 
         if not isinstance(path, (str, os.PathLike)):
@@ -160,8 +159,7 @@ class Result:
         except DiskRefused as e:  # the result is still here: said what to do, as the CLI does
             said = str(in_library_terms(e))
             if "(a stage image)" not in said:
-                fix = "make it writable" if e.errno == errno.EROFS else "free room there"
-                said += f"; {fix}, or save it elsewhere: the result is kept"
+                said += f"; {disk_fix(e.errno)}, or save it elsewhere: the result is kept"
             raise DiskRefused(said, e.folder, e.errno) from None
         except OutputError as e:  # its message names the CLI's flags: say the keywords
             raise in_library_terms(e) from None

@@ -3,7 +3,6 @@ metadata), and saving a result with that record (`save`: the CLI's, and `Result.
 
 from __future__ import annotations
 
-import errno
 import math
 from collections.abc import Callable
 from dataclasses import replace
@@ -244,8 +243,8 @@ def save(result: Result, path: str | Path, *, fmt: str | None = None, overwrite:
                                linfusion=result.linfusion, vae_dtype=result.vae_dtype,
                                dtype=record["dtype"], addons=result.addons)
                 except output.DiskRefused as e:  # an extra file: say what to do about it
-                    fix = "make it writable" if e.errno == errno.EROFS else "free room there"
-                    raise output.DiskRefused(f"{e} (a stage image); {fix}, or save without "
+                    raise output.DiskRefused(f"{e} (a stage image); {output.disk_fix(e.errno)}, "
+                                             "or save without "
                                              "save_stages", e.folder, e.errno) from None
                 if new:
                     made.append(stage_path)
